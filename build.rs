@@ -1,0 +1,24 @@
+//! Compiles `proto/agentd/v1/*.proto` with protox (pure Rust, no protoc needed) and writes the
+//! file descriptor set next to the generated code so the server can offer reflection.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "agentd/v1/session.proto",
+        "agentd/v1/job.proto",
+        "agentd/v1/file.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed=proto/{f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("agentd_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .bytes(".agentd.v1")
+        .compile_fds(fds)?;
+    Ok(())
+}

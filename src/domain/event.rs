@@ -1,0 +1,130 @@
+//! Job events: the numbered log of what happened in a job. Stored as-is by the store and
+//! converted to `agentd.v1.JobEvent` at the API edge.
+
+use super::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// One event of a job's log. `seq` starts at 1 and has no gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub seq: u64,
+    pub time: Timestamp,
+    /// The agent's original output line, for events parsed from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    pub kind: EventKind,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// The final states a job can end in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinalState {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl FinalState {
+    pub fn name(self) -> &'static str {
+        match self {
+            FinalState::Succeeded => "SUCCEEDED",
+            FinalState::Failed => "FAILED",
+            FinalState::Cancelled => "CANCELLED",
+            FinalState::TimedOut => "TIMED_OUT",
+        }
+    }
+}
+
+/// Token, cost and turn usage as reported by an agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cost_usd: Option<f64>,
+    pub num_turns: u32,
+    pub duration_ms: u64,
+}
+
+/// What happened. Mirrors the `agentd.v1.JobEvent.kind` oneof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum EventKind {
+    Started {
+        agent: String,
+        command: String,
+        pid: i32,
+        #[serde(default)]
+        resumed_conversation_id: Option<String>,
+    },
+    Init {
+        conversation_id: String,
+        model: String,
+        tools: Vec<String>,
+        agent_version: String,
+    },
+    Text {
+        text: String,
+    },
+    ToolCall {
+        id: String,
+        name: String,
+        input_json: String,
+    },
+    ToolResult {
+        id: String,
+        is_error: bool,
+        content: String,
+    },
+    Usage(Usage),
+    Stderr {
+        line: String,
+        truncated: bool,
+    },
+    Unparsed {
+        line: String,
+        truncated: bool,
+    },
+    Other {
+        r#type: String,
+    },
+    Truncated {
+        reason: String,
+    },
+    Finished {
+        state: FinalState,
+        exit: Option<ExitStatus>,
+        result: String,
+        error_message: String,
+        usage: Usage,
+    },
+}
+
+impl EventKind {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, EventKind::Finished { .. })
+    }
+}

@@ -1,0 +1,162 @@
+//! Jobs: what to run (`JobSpec`) and the state machine of a run (`JobState`). A job's state is an
+//! enum carrying exactly the data each state has, so "finished without an end time" or "running
+//! with an exit code" cannot be written down.
+
+use super::{ExitStatus, FinalState, JobId, SessionId, TenantId, Timestamp, Usage};
+use crate::error::{Error, Reason, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a job runs: validated, with defaults already applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Agent profile name (never empty: the default is resolved at submit time).
+    pub agent: String,
+    pub prompt: String,
+    pub model: Option<String>,
+    pub timeout: Duration,
+    /// Client-given environment; already checked against the forbidden names.
+    pub env: BTreeMap<String, String>,
+    pub allowed_tools: Vec<String>,
+    pub max_turns: Option<u32>,
+    pub append_system_prompt: Option<String>,
+    pub permission_mode: Option<String>,
+}
+
+/// How a finished job ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded,
+    Failed { message: String },
+    Cancelled { reason: String },
+    TimedOut { after: Duration },
+}
+
+impl Outcome {
+    pub fn final_state(&self) -> FinalState {
+        match self {
+            Outcome::Succeeded => FinalState::Succeeded,
+            Outcome::Failed { .. } => FinalState::Failed,
+            Outcome::Cancelled { .. } => FinalState::Cancelled,
+            Outcome::TimedOut { .. } => FinalState::TimedOut,
+        }
+    }
+
+    /// Why the job did not succeed, in words; empty for success.
+    pub fn message(&self) -> String {
+        match self {
+            Outcome::Succeeded => String::new(),
+            Outcome::Failed { message } => message.clone(),
+            Outcome::Cancelled { reason } => format!("cancelled: {reason}"),
+            Outcome::TimedOut { after } => format!("timed out after {}s", after.as_secs()),
+        }
+    }
+}
+
+/// Everything known about a job that has reached its final state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    /// Unset when the job never started (cancelled while queued, failed to spawn).
+    pub started: Option<Timestamp>,
+    pub ended: Timestamp,
+    pub outcome: Outcome,
+    /// Unset when no process ran.
+    pub exit: Option<ExitStatus>,
+}
+
+/// The job state machine: Queued → Running → Finished, or Queued → Finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running { started: Timestamp },
+    Finished(Finished),
+}
+
+impl JobState {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, JobState::Finished(_))
+    }
+
+    /// The one place that decides which transitions are legal.
+    pub fn transition(&self, next: JobState) -> Result<JobState> {
+        let ok = matches!(
+            (self, &next),
+            (JobState::Queued, JobState::Running { .. })
+                | (JobState::Queued, JobState::Finished(Finished { started: None, .. }))
+                | (JobState::Running { .. }, JobState::Finished(Finished { started: Some(_), .. }))
+        );
+        if ok {
+            Ok(next)
+        } else {
+            Err(Error::precondition(
+                Reason::JobFinished,
+                format!("illegal job transition from {} to {}", self.name(), next.name()),
+            ))
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued => "QUEUED",
+            JobState::Running { .. } => "RUNNING",
+            JobState::Finished(f) => f.outcome.final_state().name(),
+        }
+    }
+}
+
+/// A job row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub session_id: SessionId,
+    pub tenant: TenantId,
+    pub spec: JobSpec,
+    pub created: Timestamp,
+    pub state: JobState,
+    /// Idempotency key given at submission.
+    pub request_id: Option<String>,
+    /// The agent's final answer text.
+    pub result: String,
+    pub usage: Usage,
+    /// The agent's own conversation id, once it reported one.
+    pub conversation_id: Option<String>,
+    /// Highest stored event seq.
+    pub last_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(started: Option<Timestamp>) -> JobState {
+        JobState::Finished(Finished {
+            started,
+            ended: Timestamp(2),
+            outcome: Outcome::Succeeded,
+            exit: None,
+        })
+    }
+
+    #[test]
+    fn legal_transitions_are_accepted() {
+        let running = JobState::Running {
+            started: Timestamp(1),
+        };
+        assert!(JobState::Queued.transition(running.clone()).is_ok());
+        assert!(JobState::Queued.transition(finished(None)).is_ok());
+        assert!(running.transition(finished(Some(Timestamp(1)))).is_ok());
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        let running = JobState::Running {
+            started: Timestamp(1),
+        };
+        assert!(finished(None).transition(running.clone()).is_err());
+        assert!(finished(None).transition(JobState::Queued).is_err());
+        assert!(running.transition(JobState::Queued).is_err());
+        // A running job always has a start time when it finishes.
+        assert!(running.transition(finished(None)).is_err());
+    }
+}

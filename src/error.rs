@@ -1,0 +1,225 @@
+//! The crate's one error type. Every fallible core operation returns [`Error`]; the API edge maps
+//! it to a `tonic::Status` in exactly one place (`api::status`). Each error carries a stable
+//! [`Reason`] that clients can switch on (it becomes `google.rpc.ErrorInfo.reason`), so message
+//! wording can change without breaking anyone.
+//!
+//! Messages must never contain secrets: they are shown to callers and written to logs.
+
+use std::time::Duration;
+
+/// A stable, machine-readable cause. Rendered in SCREAMING_SNAKE_CASE as the ErrorInfo reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // INVALID_ARGUMENT
+    MissingField,
+    InvalidField,
+    InvalidPath,
+    ForbiddenEnv,
+    UnknownAgent,
+    UnsupportedOption,
+    InvalidPageToken,
+    ChecksumMismatch,
+    SizeMismatch,
+    // NOT_FOUND
+    SessionNotFound,
+    JobNotFound,
+    FileNotFound,
+    NoSucceededJob,
+    // FAILED_PRECONDITION
+    JobFinished,
+    NotARegularFile,
+    NotADirectory,
+    DirectoryNotEmpty,
+    SymlinkEscape,
+    SessionBusy,
+    // RESOURCE_EXHAUSTED
+    TooManyFiles,
+    SessionTooLarge,
+    FileTooLarge,
+    QueueFull,
+    TooManyJobs,
+    RateLimited,
+    // OUT_OF_RANGE
+    CursorExpired,
+    OffsetOutOfRange,
+    // UNAUTHENTICATED
+    MissingCredentials,
+    InvalidCredentials,
+    // UNAVAILABLE
+    ShuttingDown,
+    // ALREADY_EXISTS
+    RequestIdConflict,
+    // INTERNAL
+    Internal,
+}
+
+impl Reason {
+    /// The stable wire form of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingField => "MISSING_FIELD",
+            Reason::InvalidField => "INVALID_FIELD",
+            Reason::InvalidPath => "INVALID_PATH",
+            Reason::ForbiddenEnv => "FORBIDDEN_ENV",
+            Reason::UnknownAgent => "UNKNOWN_AGENT",
+            Reason::UnsupportedOption => "UNSUPPORTED_OPTION",
+            Reason::InvalidPageToken => "INVALID_PAGE_TOKEN",
+            Reason::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            Reason::SizeMismatch => "SIZE_MISMATCH",
+            Reason::SessionNotFound => "SESSION_NOT_FOUND",
+            Reason::JobNotFound => "JOB_NOT_FOUND",
+            Reason::FileNotFound => "FILE_NOT_FOUND",
+            Reason::NoSucceededJob => "NO_SUCCEEDED_JOB",
+            Reason::JobFinished => "JOB_FINISHED",
+            Reason::NotARegularFile => "NOT_A_REGULAR_FILE",
+            Reason::NotADirectory => "NOT_A_DIRECTORY",
+            Reason::DirectoryNotEmpty => "DIRECTORY_NOT_EMPTY",
+            Reason::SymlinkEscape => "SYMLINK_ESCAPE",
+            Reason::SessionBusy => "SESSION_BUSY",
+            Reason::TooManyFiles => "TOO_MANY_FILES",
+            Reason::SessionTooLarge => "SESSION_TOO_LARGE",
+            Reason::FileTooLarge => "FILE_TOO_LARGE",
+            Reason::QueueFull => "QUEUE_FULL",
+            Reason::TooManyJobs => "TOO_MANY_JOBS",
+            Reason::RateLimited => "RATE_LIMITED",
+            Reason::CursorExpired => "CURSOR_EXPIRED",
+            Reason::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            Reason::MissingCredentials => "MISSING_CREDENTIALS",
+            Reason::InvalidCredentials => "INVALID_CREDENTIALS",
+            Reason::ShuttingDown => "SHUTTING_DOWN",
+            Reason::RequestIdConflict => "REQUEST_ID_CONFLICT",
+            Reason::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every way a core operation can fail. The variant decides the gRPC code; the reason refines it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; `field` names the offending request field (or path).
+    #[error("{message}")]
+    InvalidArgument {
+        reason: Reason,
+        field: String,
+        message: String,
+    },
+    /// The thing named does not exist for this caller (also used for other tenants' ids).
+    #[error("{message}")]
+    NotFound { reason: Reason, message: String },
+    /// The thing exists but is in a state that does not allow the operation.
+    #[error("{message}")]
+    FailedPrecondition { reason: Reason, message: String },
+    /// A limit was hit. `retry_after` is set when waiting helps.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: Reason,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// A cursor or offset outside what exists.
+    #[error("{message}")]
+    OutOfRange { reason: Reason, message: String },
+    /// A request id was reused with different parameters.
+    #[error("{message}")]
+    AlreadyExists { reason: Reason, message: String },
+    /// Missing or wrong credentials.
+    #[error("{message}")]
+    Unauthenticated { reason: Reason, message: String },
+    /// The server cannot take the work now (shutting down).
+    #[error("{message}")]
+    Unavailable { reason: Reason, message: String },
+    /// A bug or an environment failure (disk, database). The message is safe to show.
+    #[error("{message}")]
+    Internal { message: String },
+}
+
+/// The crate-wide result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(reason: Reason, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            reason,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(reason: Reason, message: impl Into<String>) -> Self {
+        Error::NotFound {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn precondition(reason: Reason, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn exhausted(reason: Reason, message: impl Into<String>) -> Self {
+        Error::ResourceExhausted {
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn out_of_range(reason: Reason, message: impl Into<String>) -> Self {
+        Error::OutOfRange {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(reason: Reason, message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal {
+            message: message.into(),
+        }
+    }
+
+    /// The stable reason code of this error.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Error::InvalidArgument { reason, .. }
+            | Error::NotFound { reason, .. }
+            | Error::FailedPrecondition { reason, .. }
+            | Error::ResourceExhausted { reason, .. }
+            | Error::OutOfRange { reason, .. }
+            | Error::AlreadyExists { reason, .. }
+            | Error::Unauthenticated { reason, .. }
+            | Error::Unavailable { reason, .. } => *reason,
+            Error::Internal { .. } => Reason::Internal,
+        }
+    }
+
+    pub fn session_not_found(id: &str) -> Self {
+        Error::not_found(Reason::SessionNotFound, format!("session {id:?} not found"))
+    }
+
+    pub fn job_not_found(id: &str) -> Self {
+        Error::not_found(Reason::JobNotFound, format!("job {id:?} not found"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    /// I/O failures that reach here unclassified are the server's problem, not the caller's.
+    fn from(e: std::io::Error) -> Self {
+        Error::internal(format!("i/o error: {e}"))
+    }
+}

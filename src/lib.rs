@@ -1,0 +1,45 @@
+//! agentd runs CLI coding agents (Claude Code, operator-defined commands, …) as subprocesses in
+//! per-session workspaces and streams what they do over gRPC.
+//!
+//! # Map of the modules
+//! Data flows one way, top to bottom; a module only imports the ones below it.
+//! ```text
+//! main.rs        parse config, init tracing, run (and the hidden `supervise` entry of the runner)
+//! config         clap + TOML configuration, validated once; secrets redacted when printed
+//! server         mounts the services, health, reflection and auth; serves until shutdown
+//! shutdown       CancellationToken + TaskTracker, and the fixed drain order
+//! auth           API keys → tenants (constant-time comparison)
+//! api/           the only place that knows tonic and prost: convert, call the core, map errors
+//! core/          the use cases: sessions, jobs (submit, cancel, run), files, TTL reaper
+//! scheduler      which job runs next: per-session FIFO + a global concurrency limit
+//! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
+//! agents/        one adapter per agent kind: job → argv/env/config files; stdout lines → events
+//! runner/        spawns an agent contained in a supervisor, pumps its output, cancels whole trees
+//! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
+//! store/         the `Store` trait (sessions, jobs, events) and its SQLite implementation
+//! domain/        plain types with no I/O: ids, sessions, job specs and state machine, events
+//! error          the one error enum with stable reason codes (mapped to gRPC in api::status)
+//! ```
+
+pub mod agents;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod runner;
+pub mod scheduler;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod workspace;
+
+/// Generated protobuf and gRPC code for `agentd.v1`. Only `api` and tests should touch it.
+pub mod pb {
+    tonic::include_proto!("agentd.v1");
+
+    /// Encoded file descriptor set of the agentd.v1 protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agentd_descriptor");
+}
