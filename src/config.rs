@@ -1,1 +1,428 @@
-//! TODO
+//! Configuration: command-line flags with environment fallbacks (clap) plus an optional TOML file
+//! for agent profiles and API keys. Everything is validated once, here, into [`Config`]; nothing
+//! else reads the environment or the file. `Display` prints the effective configuration with every
+//! secret redacted.
+
+use crate::agents::{AgentKind, AgentProfile};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `agentd serve` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on for gRPC (h2c).
+    #[arg(long, env = "AGENTD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory for the database and the session workspaces.
+    #[arg(long, env = "AGENTD_DATA_DIR", default_value = "./agentd-data")]
+    pub data_dir: PathBuf,
+    /// Optional TOML file with agent profiles, default agent and API keys.
+    #[arg(long, env = "AGENTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// API keys as comma-separated `tenant:key` pairs.
+    #[arg(long, env = "AGENTD_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Serve without authentication, even on a non-loopback address (everyone is tenant `default`).
+    #[arg(long, env = "AGENTD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// The Claude Code executable for the built-in `claude` profile.
+    #[arg(long, env = "AGENTD_CLAUDE_BIN", default_value = "claude")]
+    pub claude_bin: String,
+    /// Agent profile used when a job names none (overrides the config file's `default_agent`).
+    #[arg(long, env = "AGENTD_DEFAULT_AGENT")]
+    pub default_agent: Option<String>,
+    /// Maximum number of jobs running at once across all sessions.
+    #[arg(long, env = "AGENTD_MAX_CONCURRENT_JOBS", default_value_t = 8)]
+    pub max_concurrent_jobs: usize,
+    /// Maximum number of queued jobs per session.
+    #[arg(long, env = "AGENTD_MAX_QUEUED_JOBS_PER_SESSION", default_value_t = 100)]
+    pub max_queued_jobs_per_session: usize,
+    /// Job timeout when a job asks for none, in seconds.
+    #[arg(long, env = "AGENTD_JOB_TIMEOUT_DEFAULT", default_value_t = 1800)]
+    pub job_timeout_default: u32,
+    /// Largest job timeout a job may ask for, in seconds.
+    #[arg(long, env = "AGENTD_JOB_TIMEOUT_MAX", default_value_t = 7200)]
+    pub job_timeout_max: u32,
+    /// Session time to live when a session asks for none, in seconds.
+    #[arg(long, env = "AGENTD_SESSION_TTL_DEFAULT", default_value_t = 3600)]
+    pub session_ttl_default: u32,
+    /// Largest session time to live a session may ask for, in seconds.
+    #[arg(long, env = "AGENTD_SESSION_TTL_MAX", default_value_t = 7 * 24 * 3600)]
+    pub session_ttl_max: u32,
+    /// Maximum number of files in one session's workspace.
+    #[arg(long, env = "AGENTD_MAX_FILES_PER_SESSION", default_value_t = 100_000)]
+    pub max_files_per_session: u64,
+    /// Maximum total bytes of one session's workspace.
+    #[arg(long, env = "AGENTD_MAX_SESSION_BYTES", default_value_t = 8 << 30)]
+    pub max_session_bytes: u64,
+    /// Maximum size of one file.
+    #[arg(long, env = "AGENTD_MAX_FILE_BYTES", default_value_t = 2 << 30)]
+    pub max_file_bytes: u64,
+    /// Seconds between SIGTERM and the forced kill of a job's process tree.
+    #[arg(long, env = "AGENTD_KILL_GRACE_SECONDS", default_value_t = 5)]
+    pub kill_grace_seconds: u64,
+    /// Seconds running jobs get to stop on server shutdown before they are killed.
+    #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+    /// Seconds between keepalive messages on a quiet event stream.
+    #[arg(long, env = "AGENTD_STREAM_KEEPALIVE_SECONDS", default_value_t = 15)]
+    pub stream_keepalive_seconds: u64,
+    /// Seconds between sweeps for expired sessions.
+    #[arg(long, env = "AGENTD_REAPER_INTERVAL_SECONDS", default_value_t = 30)]
+    pub reaper_interval_seconds: u64,
+}
+
+/// The optional TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    default_agent: Option<String>,
+    #[serde(default)]
+    agents: BTreeMap<String, FileAgent>,
+    #[serde(default)]
+    api_keys: Vec<FileApiKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAgent {
+    kind: String,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApiKey {
+    tenant: String,
+    /// Hex SHA-256 of the key, so plain keys need not be stored.
+    sha256: String,
+}
+
+/// One accepted API key, kept only as its SHA-256 digest.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub tenant: String,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey {{ tenant: {:?}, sha256: <redacted> }}", self.tenant)
+    }
+}
+
+/// Limits applied to requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_concurrent_jobs: usize,
+    pub max_queued_jobs_per_session: usize,
+    pub job_timeout_default: Duration,
+    pub job_timeout_max: Duration,
+    pub session_ttl_default: Duration,
+    pub session_ttl_max: Duration,
+    pub max_files_per_session: u64,
+    pub max_session_bytes: u64,
+    pub max_file_bytes: u64,
+    /// Longest stdout/stderr line kept whole; longer lines are cut and marked.
+    pub max_line_bytes: usize,
+}
+
+/// Timing of background work and shutdown.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub kill_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub stream_keepalive: Duration,
+    pub reaper_interval: Duration,
+}
+
+/// The validated configuration of a server. `Debug` prints the redacted `Display` form.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Accepted API keys; empty means authentication is off (only allowed on loopback or with
+    /// `insecure_no_auth`).
+    pub api_keys: Vec<ApiKey>,
+    pub insecure_no_auth: bool,
+    pub agents: BTreeMap<String, AgentProfile>,
+    pub default_agent: String,
+    pub limits: Limits,
+    pub timing: Timing,
+    /// The executable re-run as the per-job process supervisor (normally agentd itself).
+    pub supervisor: PathBuf,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Validates flags and reads the config file they name.
+    pub fn from_args(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| bad(format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let mut api_keys = Vec::new();
+        if let Some(list) = &args.api_keys {
+            for (i, item) in list.split(',').map(str::trim).enumerate() {
+                if item.is_empty() {
+                    continue;
+                }
+                let (tenant, key) = item.split_once(':').ok_or_else(|| {
+                    bad(format!("AGENTD_API_KEYS entry {i} is not `tenant:key`"))
+                })?;
+                if tenant.is_empty() || key.len() < 8 {
+                    return Err(bad(format!(
+                        "AGENTD_API_KEYS entry {i} needs a tenant and a key of at least 8 characters"
+                    )));
+                }
+                api_keys.push(ApiKey {
+                    tenant: tenant.to_owned(),
+                    sha256: Sha256::digest(key.as_bytes()).into(),
+                });
+            }
+        }
+        for (i, k) in file.api_keys.iter().enumerate() {
+            let digest: [u8; 32] = hex::decode(&k.sha256)
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| bad(format!("api_keys[{i}].sha256 is not 64 hex digits")))?;
+            if k.tenant.is_empty() {
+                return Err(bad(format!("api_keys[{i}].tenant is empty")));
+            }
+            api_keys.push(ApiKey {
+                tenant: k.tenant.clone(),
+                sha256: digest,
+            });
+        }
+        if api_keys.is_empty() && !args.insecure_no_auth && !args.listen.ip().is_loopback() {
+            return Err(bad(format!(
+                "no API keys configured: refusing to listen on non-loopback {} \
+                 (set AGENTD_API_KEYS or pass --insecure-no-auth)",
+                args.listen
+            )));
+        }
+
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            "claude".to_owned(),
+            AgentProfile {
+                name: "claude".to_owned(),
+                kind: AgentKind::Claude,
+                command: args.claude_bin.clone(),
+                args: Vec::new(),
+                env: BTreeMap::new(),
+            },
+        );
+        for (name, a) in file.agents {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(format!("agent name {name:?} must be [A-Za-z0-9_-]+")));
+            }
+            let kind = match a.kind.as_str() {
+                "claude" => AgentKind::Claude,
+                "command" => AgentKind::Command,
+                other => {
+                    return Err(bad(format!(
+                        "agents.{name}.kind {other:?} is not one of: claude, command"
+                    )));
+                }
+            };
+            let command = match (a.command, &kind) {
+                (Some(c), _) if !c.is_empty() => c,
+                (_, AgentKind::Claude) => args.claude_bin.clone(),
+                _ => return Err(bad(format!("agents.{name}.command is required"))),
+            };
+            agents.insert(
+                name.clone(),
+                AgentProfile {
+                    name,
+                    kind,
+                    command,
+                    args: a.args,
+                    env: a.env,
+                },
+            );
+        }
+        let default_agent = args
+            .default_agent
+            .or(file.default_agent)
+            .unwrap_or_else(|| "claude".to_owned());
+        if !agents.contains_key(&default_agent) {
+            return Err(bad(format!(
+                "default agent {default_agent:?} is not a configured profile"
+            )));
+        }
+
+        if args.max_concurrent_jobs == 0 {
+            return Err(bad("--max-concurrent-jobs must be at least 1"));
+        }
+        if args.job_timeout_default == 0 || args.job_timeout_default > args.job_timeout_max {
+            return Err(bad(
+                "--job-timeout-default must be between 1 and --job-timeout-max",
+            ));
+        }
+        if args.session_ttl_default == 0 || args.session_ttl_default > args.session_ttl_max {
+            return Err(bad(
+                "--session-ttl-default must be between 1 and --session-ttl-max",
+            ));
+        }
+        let supervisor = std::env::current_exe()
+            .map_err(|e| bad(format!("cannot locate the agentd executable: {e}")))?;
+
+        Ok(Config {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            api_keys,
+            insecure_no_auth: args.insecure_no_auth,
+            agents,
+            default_agent,
+            limits: Limits {
+                max_concurrent_jobs: args.max_concurrent_jobs,
+                max_queued_jobs_per_session: args.max_queued_jobs_per_session,
+                job_timeout_default: Duration::from_secs(args.job_timeout_default.into()),
+                job_timeout_max: Duration::from_secs(args.job_timeout_max.into()),
+                session_ttl_default: Duration::from_secs(args.session_ttl_default.into()),
+                session_ttl_max: Duration::from_secs(args.session_ttl_max.into()),
+                max_files_per_session: args.max_files_per_session,
+                max_session_bytes: args.max_session_bytes,
+                max_file_bytes: args.max_file_bytes,
+                max_line_bytes: 16 << 20,
+            },
+            timing: Timing {
+                kill_grace: Duration::from_secs(args.kill_grace_seconds),
+                shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+                stream_keepalive: Duration::from_secs(args.stream_keepalive_seconds.max(1)),
+                reaper_interval: Duration::from_secs(args.reaper_interval_seconds.max(1)),
+            },
+            supervisor,
+        })
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for Config {
+    /// The effective configuration, secrets redacted: agent env values and API keys never print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "listen = {}", self.listen)?;
+        writeln!(f, "data_dir = {}", self.data_dir.display())?;
+        let tenants: std::collections::BTreeSet<&str> =
+            self.api_keys.iter().map(|k| k.tenant.as_str()).collect();
+        if self.api_keys.is_empty() {
+            writeln!(f, "auth = off (loopback or --insecure-no-auth)")?;
+        } else {
+            writeln!(
+                f,
+                "auth = {} key(s) for tenants {:?}",
+                self.api_keys.len(),
+                tenants
+            )?;
+        }
+        writeln!(f, "default_agent = {}", self.default_agent)?;
+        for a in self.agents.values() {
+            let env: Vec<String> = a.env.keys().map(|k| format!("{k}=<redacted>")).collect();
+            writeln!(
+                f,
+                "agent {} = kind {:?}, command {:?}, args {:?}, env [{}]",
+                a.name,
+                a.kind,
+                a.command,
+                a.args,
+                env.join(", ")
+            )?;
+        }
+        write!(f, "limits = {:?}\ntiming = {:?}", self.limits, self.timing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["agentd"];
+        v.extend_from_slice(args);
+        Config::from_args(T::try_parse_from(v).expect("flags parse").a)
+    }
+
+    #[test]
+    fn refuses_non_loopback_without_keys() {
+        let err = parse(&["--listen", "0.0.0.0:1"]).unwrap_err();
+        assert!(err.to_string().contains("no API keys"), "{err}");
+        assert!(parse(&["--listen", "0.0.0.0:1", "--insecure-no-auth"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:1", "--api-keys", "a:secretkey1"]).is_ok());
+    }
+
+    #[test]
+    fn config_file_profiles_and_redaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentd.toml");
+        std::fs::write(
+            &path,
+            r#"
+default_agent = "echo"
+[agents.echo]
+kind = "command"
+command = "echo"
+args = ["-n"]
+env = { ECHO_API_KEY = "very-secret-value" }
+[[api_keys]]
+tenant = "team-a"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+"#,
+        )
+        .unwrap();
+        let cfg = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(cfg.default_agent, "echo");
+        assert_eq!(cfg.agents["echo"].kind, AgentKind::Command);
+        assert_eq!(cfg.api_keys.len(), 1);
+        let printed = cfg.to_string();
+        assert!(printed.contains("ECHO_API_KEY=<redacted>"), "{printed}");
+        assert!(!printed.contains("very-secret-value"), "{printed}");
+        assert!(!format!("{cfg:?}").contains("9f86d0"));
+        assert!(!format!("{cfg:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn refuses_unknown_default_agent_and_bad_keys() {
+        assert!(parse(&["--default-agent", "nope"]).is_err());
+        assert!(parse(&["--api-keys", "nokey"]).is_err());
+        assert!(parse(&["--api-keys", "a:short"]).is_err());
+    }
+}

@@ -27,6 +27,7 @@ pub enum Reason {
     NoSucceededJob,
     // FAILED_PRECONDITION
     JobFinished,
+    JobNotFinished,
     NotARegularFile,
     NotADirectory,
     DirectoryNotEmpty,
@@ -71,6 +72,7 @@ impl Reason {
             Reason::FileNotFound => "FILE_NOT_FOUND",
             Reason::NoSucceededJob => "NO_SUCCEEDED_JOB",
             Reason::JobFinished => "JOB_FINISHED",
+            Reason::JobNotFinished => "JOB_NOT_FINISHED",
             Reason::NotARegularFile => "NOT_A_REGULAR_FILE",
             Reason::NotADirectory => "NOT_A_DIRECTORY",
             Reason::DirectoryNotEmpty => "DIRECTORY_NOT_EMPTY",

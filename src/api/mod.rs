@@ -1,1 +1,50 @@
-//! TODO
+//! The API edge: the only module that knows tonic and prost. Each service decodes a request,
+//! makes one core call, and encodes the answer; errors become statuses in `status` only.
+
+pub mod convert;
+mod file;
+mod job;
+mod session;
+pub mod status;
+
+pub use file::FileApi;
+pub use job::JobApi;
+pub use session::SessionApi;
+
+use crate::auth::Authenticator;
+use crate::domain::TenantId;
+use tonic::{Request, Status};
+
+/// Resolves the caller's tenant from metadata and stores it in the request's extensions.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    auth: Authenticator,
+}
+
+impl AuthInterceptor {
+    pub fn new(auth: Authenticator) -> Self {
+        Self { auth }
+    }
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let md = req.metadata();
+        let authorization = md.get("authorization").and_then(|v| v.to_str().ok());
+        let x_api_key = md.get("x-api-key").and_then(|v| v.to_str().ok());
+        let tenant = self
+            .auth
+            .authenticate(authorization, x_api_key)
+            .map_err(status::to_status)?;
+        req.extensions_mut().insert(tenant);
+        Ok(req)
+    }
+}
+
+/// The tenant the interceptor resolved.
+fn tenant<T>(req: &Request<T>) -> Result<TenantId, Status> {
+    req.extensions()
+        .get::<TenantId>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("request did not pass authentication"))
+}

@@ -1,1 +1,169 @@
-//! TODO
+//! The use cases behind the API: sessions, jobs, files and the TTL reaper. [`Core`] owns the
+//! store handle, the event log, the workspaces and the scheduler, and is the only thing the API
+//! layer calls. Every operation takes the caller's tenant and answers NOT_FOUND for ids of other
+//! tenants, exactly as for ids that do not exist.
+
+mod files;
+mod jobs;
+mod reaper;
+mod run;
+mod sessions;
+
+pub use files::UploadSink;
+pub use jobs::{JobView, SubmitJob};
+pub use sessions::{CreateSession, SessionView};
+
+use crate::config::Config;
+use crate::domain::{JobId, SessionId};
+use crate::error::{Error, Reason, Result};
+use crate::events::EventLog;
+use crate::scheduler::Scheduler;
+use crate::shutdown::Shutdown;
+use crate::store::DynStore;
+use crate::workspace::{WorkspaceLimits, Workspaces};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// A running job's controls.
+#[derive(Clone)]
+struct RunHandle {
+    session: SessionId,
+    cancel: CancellationToken,
+    /// Why the job was cancelled; the first reason given wins.
+    reason: Arc<OnceLock<String>>,
+    /// Becomes `true` once the job's final state is stored.
+    done: watch::Receiver<bool>,
+}
+
+/// The application core. Shared as `Arc<Core>`.
+pub struct Core {
+    config: Arc<Config>,
+    store: DynStore,
+    events: Arc<EventLog>,
+    workspaces: Workspaces,
+    scheduler: Scheduler,
+    shutdown: Shutdown,
+    /// Cancelled after running jobs have recorded their final events on shutdown, so streams end
+    /// only once those events are readable.
+    streams_stop: CancellationToken,
+    accepting: AtomicBool,
+    running: Mutex<HashMap<JobId, RunHandle>>,
+    deleting: Mutex<HashSet<SessionId>>,
+    wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    /// Builds the core, recovers jobs interrupted by a previous stop, and starts the dispatcher
+    /// and the TTL reaper.
+    pub async fn start(config: Arc<Config>, store: DynStore, shutdown: Shutdown) -> Result<Arc<Core>> {
+        let workspaces = Workspaces::new(
+            config.data_dir.join("sessions"),
+            WorkspaceLimits {
+                max_files: config.limits.max_files_per_session,
+                max_session_bytes: config.limits.max_session_bytes,
+                max_file_bytes: config.limits.max_file_bytes,
+            },
+        );
+        let events = EventLog::start(store.clone(), shutdown.tracker());
+        let core = Arc::new(Core {
+            scheduler: Scheduler::new(config.limits.max_concurrent_jobs),
+            config,
+            store,
+            events,
+            workspaces,
+            shutdown: shutdown.clone(),
+            streams_stop: CancellationToken::new(),
+            accepting: AtomicBool::new(true),
+            running: Mutex::new(HashMap::new()),
+            deleting: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        });
+        core.recover().await?;
+        shutdown.spawn(Arc::clone(&core).dispatch());
+        shutdown.spawn(Arc::clone(&core).reap_expired());
+        Ok(core)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Refuses new work once shutdown began.
+    fn check_accepting(&self) -> Result<()> {
+        if self.accepting.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::unavailable(
+                Reason::ShuttingDown,
+                "server is shutting down and accepts no new work",
+            ))
+        }
+    }
+
+    /// Starts every job the scheduler allows, whenever woken.
+    async fn dispatch(self: Arc<Self>) {
+        loop {
+            for (job, session) in self.scheduler.take_runnable() {
+                let (done_tx, done_rx) = watch::channel(false);
+                let handle = RunHandle {
+                    session,
+                    cancel: CancellationToken::new(),
+                    reason: Arc::new(OnceLock::new()),
+                    done: done_rx,
+                };
+                lock(&self.running).insert(job.clone(), handle.clone());
+                let core = Arc::clone(&self);
+                self.shutdown.spawn(async move {
+                    core.run_job(&job, &handle).await;
+                    lock(&core.running).remove(&job);
+                    core.scheduler.finished(&job);
+                    let _ = done_tx.send(true);
+                    core.wake.notify_one();
+                });
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.shutdown.triggered() => return,
+            }
+        }
+    }
+
+    /// The drain of the job core on shutdown (steps 1–4 of the order in `shutdown`): refuse new
+    /// work, stop starting jobs, cancel running ones with reason "shutdown" and wait until each
+    /// has stored its final state, then let streams finish.
+    pub async fn drain(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.scheduler.pause();
+        let handles: Vec<RunHandle> = lock(&self.running).values().cloned().collect();
+        for h in &handles {
+            let _ = h.reason.set("shutdown".to_owned());
+            h.cancel.cancel();
+        }
+        for mut h in handles {
+            let _ = h.done.wait_for(|d| *d).await;
+        }
+        self.streams_stop.cancel();
+    }
+
+    /// Cancels a running job; returns whether it was running.
+    fn cancel_running(&self, job: &JobId, reason: &str) -> Option<watch::Receiver<bool>> {
+        let h = lock(&self.running).get(job).cloned()?;
+        let _ = h.reason.set(reason.to_owned());
+        h.cancel.cancel();
+        Some(h.done)
+    }
+
+    fn running_job_of(&self, session: &SessionId) -> Option<JobId> {
+        lock(&self.running)
+            .iter()
+            .find(|(_, h)| &h.session == session)
+            .map(|(j, _)| j.clone())
+    }
+}

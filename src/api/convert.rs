@@ -1,0 +1,302 @@
+//! Conversions between the domain and `agentd.v1` messages, and opaque page tokens.
+
+use crate::core::{JobView, SessionView};
+use crate::domain::{
+    ChangeKind, EventKind, ExitStatus, FileChange, FileEntry, FileKind, FinalState, JobEvent,
+    JobState, Outcome, PageCursor, Timestamp, Usage,
+};
+use crate::error::{Error, Reason, Result};
+use crate::pb;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+pub fn ts(t: Timestamp) -> prost_types::Timestamp {
+    let (seconds, nanos) = t.seconds_nanos();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// Page size with a default and a ceiling; negative is refused.
+pub fn page_size(n: i32, default: usize, max: usize) -> Result<usize> {
+    match n {
+        0 => Ok(default),
+        n if n < 0 => Err(Error::invalid(
+            Reason::InvalidField,
+            "page_size",
+            format!("page_size must not be negative, got {n}"),
+        )),
+        n => Ok((n as usize).min(max)),
+    }
+}
+
+/// Encodes a listing position as an opaque token; `kind` keeps tokens of different listings apart.
+pub fn encode_cursor(kind: &str, c: &PageCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}|{}|{}", c.created.micros(), c.id))
+}
+
+pub fn decode_cursor(kind: &str, token: &str) -> Result<Option<PageCursor>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::invalid(
+            Reason::InvalidPageToken,
+            "page_token",
+            "page_token is not a token from this listing",
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let mut parts = text.splitn(3, '|');
+    let (Some(k), Some(micros), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if k != kind {
+        return Err(bad());
+    }
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    Ok(Some(PageCursor {
+        created: Timestamp(micros),
+        id: id.to_owned(),
+    }))
+}
+
+pub fn encode_path_token(path: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("f|{path}"))
+}
+
+pub fn decode_path_token(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::invalid(
+            Reason::InvalidPageToken,
+            "page_token",
+            "page_token is not a token from this listing",
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    text.strip_prefix("f|").map(|p| Some(p.to_owned())).ok_or_else(bad)
+}
+
+pub fn session(v: SessionView) -> pb::Session {
+    let s = v.session;
+    pb::Session {
+        session_id: s.id.to_string(),
+        labels: s.labels.into_iter().collect(),
+        create_time: Some(ts(s.created)),
+        expire_time: Some(ts(s.expires)),
+        ttl_seconds: u32::try_from(s.ttl.as_secs()).unwrap_or(u32::MAX),
+        file_count: v.usage.files,
+        total_bytes: v.usage.bytes,
+        job_count: s.job_count,
+        running_job_id: v.running_job.unwrap_or_default(),
+        conversation_id: s.conversation_id.unwrap_or_default(),
+    }
+}
+
+pub fn final_state(s: FinalState) -> pb::JobState {
+    match s {
+        FinalState::Succeeded => pb::JobState::Succeeded,
+        FinalState::Failed => pb::JobState::Failed,
+        FinalState::Cancelled => pb::JobState::Cancelled,
+        FinalState::TimedOut => pb::JobState::TimedOut,
+    }
+}
+
+/// The state names the store filters on, from the wire enum.
+pub fn state_name(s: i32) -> Result<&'static str> {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Queued) => Ok("QUEUED"),
+        Ok(pb::JobState::Running) => Ok("RUNNING"),
+        Ok(pb::JobState::Succeeded) => Ok("SUCCEEDED"),
+        Ok(pb::JobState::Failed) => Ok("FAILED"),
+        Ok(pb::JobState::Cancelled) => Ok("CANCELLED"),
+        Ok(pb::JobState::TimedOut) => Ok("TIMED_OUT"),
+        _ => Err(Error::invalid(
+            Reason::InvalidField,
+            "states",
+            format!("states: {s} is not a valid JobState"),
+        )),
+    }
+}
+
+pub fn exit(e: ExitStatus) -> pb::ExitStatus {
+    pb::ExitStatus {
+        status: Some(match e {
+            ExitStatus::Code(c) => pb::exit_status::Status::Code(c),
+            ExitStatus::Signal(s) => pb::exit_status::Status::Signal(s),
+        }),
+    }
+}
+
+pub fn usage(u: Usage) -> pb::Usage {
+    pb::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+        cost_usd: u.cost_usd,
+        num_turns: u.num_turns,
+        duration_ms: u.duration_ms,
+    }
+}
+
+pub fn job(v: JobView) -> pb::Job {
+    let j = v.job;
+    let mut out = pb::Job {
+        job_id: j.id.to_string(),
+        session_id: j.session_id.to_string(),
+        agent: j.spec.agent,
+        model: j.spec.model.unwrap_or_default(),
+        prompt: j.spec.prompt,
+        create_time: Some(ts(j.created)),
+        queue_position: v.queue_position.unwrap_or(0),
+        result: j.result,
+        usage: Some(usage(j.usage)),
+        conversation_id: j.conversation_id.unwrap_or_default(),
+        timeout_seconds: u32::try_from(j.spec.timeout.as_secs()).unwrap_or(u32::MAX),
+        last_seq: j.last_seq,
+        ..Default::default()
+    };
+    match j.state {
+        JobState::Queued => out.state = pb::JobState::Queued as i32,
+        JobState::Running { started } => {
+            out.state = pb::JobState::Running as i32;
+            out.start_time = Some(ts(started));
+        }
+        JobState::Finished(f) => {
+            out.state = final_state(f.outcome.final_state()) as i32;
+            out.start_time = f.started.map(ts);
+            out.end_time = Some(ts(f.ended));
+            out.exit_status = f.exit.map(exit);
+            if !matches!(f.outcome, Outcome::Succeeded) {
+                out.error_message = f.outcome.message();
+            }
+        }
+    }
+    out
+}
+
+fn line(line: String, truncated: bool) -> pb::OutputLine {
+    pb::OutputLine { line, truncated }
+}
+
+pub fn event(e: JobEvent) -> pb::JobEvent {
+    use pb::job_event::Kind;
+    let kind = match e.kind {
+        EventKind::Started {
+            agent,
+            command,
+            pid,
+            resumed_conversation_id,
+        } => Kind::Started(pb::JobStarted {
+            agent,
+            command,
+            pid,
+            resumed_conversation_id: resumed_conversation_id.unwrap_or_default(),
+        }),
+        EventKind::Init {
+            conversation_id,
+            model,
+            tools,
+            agent_version,
+        } => Kind::Init(pb::AgentInit {
+            conversation_id,
+            model,
+            tools,
+            agent_version,
+        }),
+        EventKind::Text { text } => Kind::Text(pb::TextEvent { text }),
+        EventKind::ToolCall {
+            id,
+            name,
+            input_json,
+        } => Kind::ToolCall(pb::ToolCall {
+            id,
+            name,
+            input_json,
+        }),
+        EventKind::ToolResult {
+            id,
+            is_error,
+            content,
+        } => Kind::ToolResult(pb::ToolResult {
+            id,
+            is_error,
+            content,
+        }),
+        EventKind::Usage(u) => Kind::Usage(usage(u)),
+        EventKind::Stderr { line: l, truncated } => Kind::Stderr(line(l, truncated)),
+        EventKind::Unparsed { line: l, truncated } => Kind::Unparsed(line(l, truncated)),
+        EventKind::Other { r#type } => Kind::Other(pb::OtherEvent { r#type }),
+        EventKind::Truncated { reason } => Kind::Truncated(pb::OutputTruncated { reason }),
+        EventKind::Finished {
+            state,
+            exit: ex,
+            result,
+            error_message,
+            usage: u,
+        } => Kind::Finished(pb::JobFinished {
+            state: final_state(state) as i32,
+            exit_status: ex.map(exit),
+            result,
+            error_message,
+            usage: Some(usage(u)),
+        }),
+    };
+    pb::JobEvent {
+        seq: e.seq,
+        time: Some(ts(e.time)),
+        raw: e.raw.unwrap_or_default(),
+        kind: Some(kind),
+    }
+}
+
+pub fn file(f: FileEntry) -> pb::FileInfo {
+    pb::FileInfo {
+        path: f.path,
+        r#type: match f.kind {
+            FileKind::Regular => pb::FileType::Regular,
+            FileKind::Directory => pb::FileType::Directory,
+            FileKind::Symlink => pb::FileType::Symlink,
+        } as i32,
+        size: f.size,
+        mode: f.mode,
+        modify_time: Some(ts(f.modified)),
+        sha256: f.sha256.unwrap_or_default(),
+        symlink_target: f.symlink_target.unwrap_or_default(),
+    }
+}
+
+pub fn change(c: FileChange) -> pb::FileChange {
+    pb::FileChange {
+        path: c.path,
+        kind: match c.kind {
+            ChangeKind::Added => pb::ChangeKind::Added,
+            ChangeKind::Modified => pb::ChangeKind::Modified,
+            ChangeKind::Deleted => pb::ChangeKind::Deleted,
+        } as i32,
+        file: c.entry.map(file),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_misuse() {
+        let c = PageCursor {
+            created: Timestamp(123),
+            id: "ses_x".into(),
+        };
+        let t = encode_cursor("s", &c);
+        assert_eq!(decode_cursor("s", &t).unwrap(), Some(c));
+        assert!(decode_cursor("j", &t).is_err());
+        assert!(decode_cursor("s", "!!!").is_err());
+        assert_eq!(decode_cursor("s", "").unwrap(), None);
+        assert_eq!(decode_path_token(&encode_path_token("a/b")).unwrap().unwrap(), "a/b");
+    }
+}

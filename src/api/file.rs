@@ -1,0 +1,211 @@
+//! `agentd.v1.FileService`: streamed uploads and downloads, listings, job outputs, deletion.
+
+use super::{convert, tenant};
+use crate::core::Core;
+use crate::error::{Error, Reason};
+use crate::pb;
+use crate::pb::file_service_server::FileService;
+use crate::workspace::UploadHeader;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest chunk accepted in an upload, and the size of download chunks.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+pub struct FileApi {
+    core: Arc<Core>,
+}
+
+impl FileApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl FileService for FileApi {
+    async fn upload_files(
+        &self,
+        req: Request<Streaming<pb::UploadFilesRequest>>,
+    ) -> Result<Response<pb::UploadFilesResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let mut stream = req.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "session_id",
+                "empty upload: the first message must carry session_id and a header",
+            )
+            .into());
+        };
+        if first.session_id.is_empty() {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "session_id",
+                "the first upload message must carry session_id",
+            )
+            .into());
+        }
+        let session_id = first.session_id.clone();
+        // Dropping `upload` on any early return removes every staged temp file.
+        let mut upload = self.core.begin_upload(&tenant, &session_id).await?;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            if !msg.session_id.is_empty() && msg.session_id != session_id {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "session_id",
+                    "session_id changed in the middle of an upload",
+                )
+                .into());
+            }
+            match msg.part {
+                Some(pb::upload_files_request::Part::Header(h)) => {
+                    upload
+                        .start_file(UploadHeader {
+                            path: h.path,
+                            mode: h.mode,
+                            size: h.size,
+                            sha256: (!h.sha256.is_empty()).then_some(h.sha256),
+                        })
+                        .await?;
+                }
+                Some(pb::upload_files_request::Part::Chunk(c)) => {
+                    if c.len() > CHUNK_BYTES {
+                        return Err(Error::invalid(
+                            Reason::InvalidField,
+                            "chunk",
+                            format!("chunks must be at most 1 MiB, got {} bytes", c.len()),
+                        )
+                        .into());
+                    }
+                    upload.write_chunk(c).await?;
+                }
+                None => {
+                    return Err(Error::invalid(
+                        Reason::MissingField,
+                        "part",
+                        "each upload message needs a header or a chunk",
+                    )
+                    .into());
+                }
+            }
+            next = stream.message().await?;
+        }
+        let files = upload.commit().await?;
+        Ok(Response::new(pb::UploadFilesResponse {
+            files: files.into_iter().map(convert::file).collect(),
+        }))
+    }
+
+    type DownloadFileStream = BoxStream<pb::DownloadFileResponse>;
+
+    async fn download_file(
+        &self,
+        req: Request<pb::DownloadFileRequest>,
+    ) -> Result<Response<Self::DownloadFileStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let (info, mut file) = self
+            .core
+            .open_file(&tenant, &r.session_id, &r.path, r.offset, r.include_sha256)
+            .await?;
+        let mut remaining = info.size.saturating_sub(r.offset);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use pb::download_file_response::Part;
+            let first = pb::DownloadFileResponse {
+                part: Some(Part::Info(convert::file(info))),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            // Send exactly the size announced in the info message, even if the file grows.
+            while remaining > 0 {
+                let want = remaining.min(CHUNK_BYTES as u64) as usize;
+                let mut buf = bytes::BytesMut::with_capacity(want);
+                match (&mut file).take(want as u64).read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        remaining -= n as u64;
+                        let msg = pb::DownloadFileResponse {
+                            part: Some(Part::Chunk(buf.freeze())),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Error::internal(format!("read failed: {e}")).into()))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_files(
+        &self,
+        req: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let limit = convert::page_size(r.page_size, 1000, 10_000)?;
+        let after = convert::decode_path_token(&r.page_token)?;
+        let (files, next) = self
+            .core
+            .list_files(
+                &tenant,
+                &r.session_id,
+                &r.path,
+                r.include_sha256,
+                after.as_deref(),
+                limit,
+            )
+            .await?;
+        Ok(Response::new(pb::ListFilesResponse {
+            files: files.into_iter().map(convert::file).collect(),
+            next_page_token: next
+                .map(|p| convert::encode_path_token(&p))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn get_job_outputs(
+        &self,
+        req: Request<pb::GetJobOutputsRequest>,
+    ) -> Result<Response<pb::GetJobOutputsResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let (job, changes) = self
+            .core
+            .job_outputs(&tenant, &r.session_id, &r.job_id)
+            .await?;
+        Ok(Response::new(pb::GetJobOutputsResponse {
+            job_id: job.to_string(),
+            changes: changes.into_iter().map(convert::change).collect(),
+        }))
+    }
+
+    async fn delete_file(
+        &self,
+        req: Request<pb::DeleteFileRequest>,
+    ) -> Result<Response<pb::DeleteFileResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let n = self
+            .core
+            .delete_file(&tenant, &r.session_id, &r.path, r.recursive)
+            .await?;
+        Ok(Response::new(pb::DeleteFileResponse { deleted_files: n }))
+    }
+}

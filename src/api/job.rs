@@ -1,0 +1,170 @@
+//! `agentd.v1.JobService`.
+
+use super::{convert, tenant};
+use crate::core::{Core, SubmitJob};
+use crate::events::StreamItem;
+use crate::pb;
+use crate::pb::job_service_server::JobService;
+use crate::store::JobFilter;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+pub struct JobApi {
+    core: Arc<Core>,
+}
+
+impl JobApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
+    SubmitJob {
+        session_id: r.session_id,
+        agent: r.agent,
+        prompt: r.prompt,
+        model: r.model,
+        timeout_seconds: r.timeout_seconds,
+        env: r.env.into_iter().collect(),
+        allowed_tools: r.allowed_tools,
+        max_turns: r.max_turns,
+        append_system_prompt: r.append_system_prompt,
+        permission_mode: r.permission_mode,
+        request_id: r.request_id,
+    }
+}
+
+/// Core stream items → (events, keepalive) pairs, errors → statuses.
+fn items(
+    rx: tokio::sync::mpsc::Receiver<crate::error::Result<StreamItem>>,
+) -> impl Stream<Item = Result<(Vec<pb::JobEvent>, bool), Status>> {
+    ReceiverStream::new(rx).map(|item| match item {
+        Ok(StreamItem::Events(evs)) => Ok((evs.into_iter().map(convert::event).collect(), false)),
+        Ok(StreamItem::Keepalive) => Ok((Vec::new(), true)),
+        Err(e) => Err(e.into()),
+    })
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let view = self
+            .core
+            .submit_job(&tenant, submit_request(req.into_inner()))
+            .await?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(convert::job(view)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let view = self.core.get_job(&tenant, &req.get_ref().job_id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(convert::job(view)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let limit = convert::page_size(r.page_size, 100, 1000)?;
+        let after = convert::decode_cursor("j", &r.page_token)?;
+        let filter = JobFilter {
+            states: r
+                .states
+                .iter()
+                .map(|s| convert::state_name(*s))
+                .collect::<Result<_, _>>()?,
+        };
+        let (views, next) = self
+            .core
+            .list_jobs(&tenant, &r.session_id, &filter, after, limit)
+            .await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: views.into_iter().map(convert::job).collect(),
+            next_page_token: next
+                .map(|c| convert::encode_cursor("j", &c))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let view = self.core.cancel_job(&tenant, &req.get_ref().job_id).await?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(convert::job(view)),
+        }))
+    }
+
+    type StreamJobEventsStream = BoxStream<pb::StreamJobEventsResponse>;
+
+    async fn stream_job_events(
+        &self,
+        req: Request<pb::StreamJobEventsRequest>,
+    ) -> Result<Response<Self::StreamJobEventsStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let rx = self
+            .core
+            .stream_events(&tenant, &r.job_id, r.after_seq)
+            .await?;
+        let stream = items(rx).map(|r| {
+            r.map(|(events, keepalive)| pb::StreamJobEventsResponse { events, keepalive })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type RunJobStream = BoxStream<pb::RunJobResponse>;
+
+    async fn run_job(
+        &self,
+        req: Request<pb::RunJobRequest>,
+    ) -> Result<Response<Self::RunJobStream>, Status> {
+        let tenant = tenant(&req)?;
+        let submit = req.into_inner().job.ok_or_else(|| {
+            Status::from(crate::error::Error::invalid(
+                crate::error::Reason::MissingField,
+                "job",
+                "job is required",
+            ))
+        })?;
+        let view = self.core.submit_job(&tenant, submit_request(submit)).await?;
+        let job_id = view.job.id.to_string();
+        let rx = self.core.stream_events(&tenant, &job_id, 0).await?;
+        let first = pb::RunJobResponse {
+            job: Some(convert::job(view)),
+            events: Vec::new(),
+            keepalive: false,
+        };
+        let rest = items(rx).map(|r| {
+            r.map(|(events, keepalive)| pb::RunJobResponse {
+                job: None,
+                events,
+                keepalive,
+            })
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::once(Ok(first)).chain(rest),
+        )))
+    }
+}

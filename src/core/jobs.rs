@@ -1,0 +1,350 @@
+//! Job use cases: submit (validated, idempotent, queued), get, list, cancel and follow events.
+
+use super::Core;
+use super::sessions::validate_request_id;
+use crate::domain::{
+    EventKind, Finished, Job, JobEvent, JobId, JobSpec, JobState, Outcome, PageCursor, TenantId,
+    Timestamp, Usage,
+};
+use crate::error::{Error, Reason, Result};
+use crate::events::StreamItem;
+use crate::store::{JobFilter, JobUpdate, JobWrite};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A submit request as the API edge hands it over (not yet validated against the server).
+pub struct SubmitJob {
+    pub session_id: String,
+    pub agent: String,
+    pub prompt: String,
+    pub model: String,
+    pub timeout_seconds: u32,
+    pub env: BTreeMap<String, String>,
+    pub allowed_tools: Vec<String>,
+    pub max_turns: u32,
+    pub append_system_prompt: String,
+    pub permission_mode: String,
+    pub request_id: String,
+}
+
+/// A job with its live queue position.
+pub struct JobView {
+    pub job: Job,
+    pub queue_position: Option<u32>,
+}
+
+/// Longest prompt accepted (bytes); argv limits make larger prompts fail at exec anyway.
+const MAX_PROMPT_BYTES: usize = 1 << 20;
+
+/// Environment names a job may not set: the server's and the operator's.
+fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in env {
+        let field = format!("env[{k:?}]");
+        let valid_name = !k.is_empty()
+            && k.len() <= 256
+            && !k.as_bytes()[0].is_ascii_digit()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                field,
+                format!("env name {k:?} must match [A-Za-z_][A-Za-z0-9_]*"),
+            ));
+        }
+        let upper = k.to_ascii_uppercase();
+        let forbidden = upper == "PATH"
+            || upper == "HOME"
+            || upper.starts_with("LD_")
+            || upper.ends_with("_BASE_URL")
+            || upper.ends_with("_API_KEY");
+        if forbidden {
+            return Err(Error::invalid(
+                Reason::ForbiddenEnv,
+                field,
+                format!(
+                    "env {k:?} may not be set by a job (PATH, HOME, LD_*, *_BASE_URL and *_API_KEY \
+                     belong to the operator)"
+                ),
+            ));
+        }
+        if v.contains('\0') || v.len() > 64 * 1024 {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                field,
+                format!("env {k:?}: value must be under 64 KiB with no NUL byte"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl Core {
+    /// Validates and queues a job. The same `request_id` returns the job it created first.
+    pub async fn submit_job(&self, tenant: &TenantId, req: SubmitJob) -> Result<JobView> {
+        self.check_accepting()?;
+        if req.prompt.trim().is_empty() {
+            return Err(Error::invalid(Reason::MissingField, "prompt", "prompt is required"));
+        }
+        if req.prompt.len() > MAX_PROMPT_BYTES || req.prompt.contains('\0') {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                "prompt",
+                "prompt must be at most 1 MiB with no NUL byte",
+            ));
+        }
+        let request_id = opt(req.request_id);
+        validate_request_id(&request_id)?;
+        check_env(&req.env)?;
+        let session = self.owned_session(tenant, &req.session_id).await?;
+        let agent = if req.agent.is_empty() {
+            self.config.default_agent.clone()
+        } else {
+            req.agent
+        };
+        let profile = self.config.agents.get(&agent).ok_or_else(|| {
+            Error::invalid(
+                Reason::UnknownAgent,
+                "agent",
+                format!(
+                    "unknown agent {agent:?}; configured: {}",
+                    self.config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let limits = &self.config.limits;
+        let timeout = match req.timeout_seconds {
+            0 => limits.job_timeout_default,
+            s if Duration::from_secs(s.into()) > limits.job_timeout_max => {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "timeout_seconds",
+                    format!(
+                        "timeout_seconds {s} exceeds the server maximum of {}",
+                        limits.job_timeout_max.as_secs()
+                    ),
+                ));
+            }
+            s => Duration::from_secs(s.into()),
+        };
+        for (i, t) in req.allowed_tools.iter().enumerate() {
+            if t.is_empty() || t.len() > 256 || t.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    format!("allowed_tools[{i}]"),
+                    format!("allowed_tools[{i}] must be 1-256 printable characters"),
+                ));
+            }
+        }
+        let spec = JobSpec {
+            agent,
+            prompt: req.prompt,
+            model: opt(req.model),
+            timeout,
+            env: req.env,
+            allowed_tools: req.allowed_tools,
+            max_turns: (req.max_turns > 0).then_some(req.max_turns),
+            append_system_prompt: opt(req.append_system_prompt),
+            permission_mode: opt(req.permission_mode),
+        };
+        crate::agents::validate(profile, &spec)?;
+        if self.is_deleting(&session.id) {
+            return Err(Error::session_not_found(&req.session_id));
+        }
+        if self.scheduler.queued_in_session(&session.id) >= limits.max_queued_jobs_per_session {
+            return Err(Error::ResourceExhausted {
+                reason: Reason::QueueFull,
+                message: format!(
+                    "session {} already has {} queued jobs (the maximum)",
+                    session.id, limits.max_queued_jobs_per_session
+                ),
+                retry_after: Some(Duration::from_secs(5)),
+            });
+        }
+        let now = Timestamp::now();
+        let job = Job {
+            id: JobId::generate(),
+            session_id: session.id.clone(),
+            tenant: tenant.clone(),
+            spec,
+            created: now,
+            state: JobState::Queued,
+            request_id,
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+            last_seq: 0,
+        };
+        let stored = self
+            .store
+            .create_job(&job, now.saturating_add(session.ttl).max(session.expires))
+            .await?;
+        if stored.id == job.id {
+            self.scheduler.enqueue(job.id.clone(), session.id.clone());
+            self.wake.notify_one();
+        }
+        Ok(self.job_view(stored))
+    }
+
+    pub(super) fn job_view(&self, job: Job) -> JobView {
+        let queue_position = match job.state {
+            JobState::Queued => self.scheduler.position(&job.id),
+            _ => None,
+        };
+        JobView {
+            job,
+            queue_position,
+        }
+    }
+
+    pub(super) async fn owned_job(&self, tenant: &TenantId, id: &str) -> Result<Job> {
+        let parsed = JobId::parse(id).ok_or_else(|| Error::job_not_found(id))?;
+        match self.store.get_job(&parsed).await? {
+            Some(j) if &j.tenant == tenant => Ok(j),
+            _ => Err(Error::job_not_found(id)),
+        }
+    }
+
+    pub async fn get_job(&self, tenant: &TenantId, id: &str) -> Result<JobView> {
+        let job = self.owned_job(tenant, id).await?;
+        Ok(self.job_view(job))
+    }
+
+    pub async fn list_jobs(
+        &self,
+        tenant: &TenantId,
+        session_id: &str,
+        filter: &JobFilter,
+        after: Option<PageCursor>,
+        limit: usize,
+    ) -> Result<(Vec<JobView>, Option<PageCursor>)> {
+        let session = self.owned_session(tenant, session_id).await?;
+        let mut rows = self
+            .store
+            .list_jobs(&session.id, filter, after.as_ref(), limit + 1)
+            .await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = if more {
+            rows.last().map(|j| PageCursor {
+                created: j.created,
+                id: j.id.to_string(),
+            })
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(|j| self.job_view(j)).collect(), next))
+    }
+
+    /// Cancels a job. A queued job ends at once; a running one is signalled and this returns
+    /// after its final state is stored. Cancelling an already cancelled job is a no-op.
+    pub async fn cancel_job(&self, tenant: &TenantId, id: &str) -> Result<JobView> {
+        let job = self.owned_job(tenant, id).await?;
+        if let JobState::Finished(f) = &job.state {
+            return match f.outcome {
+                Outcome::Cancelled { .. } => Ok(self.job_view(job)),
+                _ => Err(Error::precondition(
+                    Reason::JobFinished,
+                    format!("job {id} already finished as {}", job.state.name()),
+                )),
+            };
+        }
+        if self.scheduler.dequeue(&job.id) {
+            self.finish_unstarted(&job.id, "cancelled by request").await?;
+        } else if let Some(mut done) = self.cancel_running(&job.id, "cancelled by request") {
+            let _ = done.wait_for(|d| *d).await;
+        }
+        let job = self.owned_job(tenant, id).await?;
+        Ok(self.job_view(job))
+    }
+
+    /// Ends a job that never started (cancelled while queued) with its final event.
+    pub(super) async fn finish_unstarted(&self, id: &JobId, reason: &str) -> Result<()> {
+        let Some(job) = self.store.get_job(id).await? else {
+            return Ok(());
+        };
+        if job.state.is_finished() {
+            return Ok(());
+        }
+        let outcome = Outcome::Cancelled {
+            reason: reason.to_owned(),
+        };
+        let state = job.state.transition(JobState::Finished(Finished {
+            started: None,
+            ended: Timestamp::now(),
+            outcome: outcome.clone(),
+            exit: None,
+        }))?;
+        let event = JobEvent {
+            seq: job.last_seq + 1,
+            time: Timestamp::now(),
+            raw: None,
+            kind: EventKind::Finished {
+                state: outcome.final_state(),
+                exit: None,
+                result: String::new(),
+                error_message: outcome.message(),
+                usage: Usage::default(),
+            },
+        };
+        self.events
+            .write(JobWrite {
+                job_id: job.id.clone(),
+                events: vec![event],
+                update: Some(JobUpdate {
+                    state,
+                    result: String::new(),
+                    usage: Usage::default(),
+                    conversation_id: None,
+                }),
+            })
+            .await
+    }
+
+    /// Follows a job's events after `after_seq` (replay, then live, ending after `finished`).
+    pub async fn stream_events(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        after_seq: u64,
+    ) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+        let job = self.owned_job(tenant, id).await?;
+        if job.state.is_finished() && after_seq >= job.last_seq {
+            // Nothing will ever follow: end at once instead of waiting.
+            let (_, rx) = mpsc::channel(1);
+            return Ok(rx);
+        }
+        Ok(self.events.follow(
+            job.id,
+            after_seq,
+            self.config.timing.stream_keepalive,
+            self.streams_stop.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(k.to_owned(), "v".to_owned())])
+    }
+
+    #[test]
+    fn env_rules() {
+        for bad in ["PATH", "HOME", "LD_PRELOAD", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "path"] {
+            let e = check_env(&env(bad)).unwrap_err();
+            assert_eq!(e.reason(), Reason::ForbiddenEnv, "{bad}");
+        }
+        for bad in ["", "1X", "A-B", "A B"] {
+            assert_eq!(check_env(&env(bad)).unwrap_err().reason(), Reason::InvalidField, "{bad:?}");
+        }
+        assert!(check_env(&env("MY_SETTING")).is_ok());
+        assert!(check_env(&env("API_KEY_HINT")).is_ok());
+    }
+}

@@ -1,0 +1,435 @@
+//! Running one job: prepare the agent's launch, spawn it contained, turn its output into events
+//! (written in batches through the event log), decide the outcome, record what changed in the
+//! workspace. Also start-up recovery of jobs a previous process left behind.
+
+use super::{Core, RunHandle};
+use crate::agents::{self, LaunchContext, OutputParser};
+use crate::domain::{
+    EventKind, ExitStatus, FinalState, Finished, Job, JobEvent, JobId, JobState, Outcome,
+    Session, Timestamp, Usage,
+};
+use crate::error::Result;
+use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
+use crate::store::{JobUpdate, JobWrite};
+use std::collections::VecDeque;
+use tokio::sync::mpsc;
+
+/// Variables passed through from the server's own environment; everything else is dropped.
+const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
+/// Output lines handled per event-log write at most.
+const MAX_BATCH: usize = 512;
+/// Stderr lines kept to explain a failure when the agent gave no error of its own.
+const STDERR_TAIL: usize = 5;
+
+/// Appends events to one job's log with consecutive seqs.
+struct Sink<'a> {
+    core: &'a Core,
+    job: JobId,
+    next_seq: u64,
+    secrets: Vec<String>,
+}
+
+impl Sink<'_> {
+    fn event(&mut self, kind: EventKind, raw: Option<String>) -> JobEvent {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut ev = JobEvent {
+            seq,
+            time: Timestamp::now(),
+            raw,
+            kind,
+        };
+        redact_event(&mut ev, &self.secrets);
+        ev
+    }
+
+    async fn write(&self, events: Vec<JobEvent>, update: Option<JobUpdate>) -> Result<()> {
+        if events.is_empty() && update.is_none() {
+            return Ok(());
+        }
+        self.core
+            .events
+            .write(JobWrite {
+                job_id: self.job.clone(),
+                events,
+                update,
+            })
+            .await
+    }
+}
+
+/// Replaces operator secret values wherever an agent might echo them.
+fn redact(s: &mut String, secrets: &[String]) {
+    for secret in secrets {
+        if s.contains(secret.as_str()) {
+            *s = s.replace(secret.as_str(), "[REDACTED]");
+        }
+    }
+}
+
+fn redact_event(ev: &mut JobEvent, secrets: &[String]) {
+    if secrets.is_empty() {
+        return;
+    }
+    if let Some(raw) = &mut ev.raw {
+        redact(raw, secrets);
+    }
+    match &mut ev.kind {
+        EventKind::Text { text } => redact(text, secrets),
+        EventKind::ToolCall { input_json, .. } => redact(input_json, secrets),
+        EventKind::ToolResult { content, .. } => redact(content, secrets),
+        EventKind::Stderr { line, .. } | EventKind::Unparsed { line, .. } => redact(line, secrets),
+        EventKind::Finished {
+            result,
+            error_message,
+            ..
+        } => {
+            redact(result, secrets);
+            redact(error_message, secrets);
+        }
+        _ => {}
+    }
+}
+
+impl Core {
+    /// Runs one job to its final state. Never fails: every failure becomes the job's outcome.
+    pub(super) async fn run_job(&self, id: &JobId, handle: &RunHandle) {
+        let job = match self.store.get_job(id).await {
+            Ok(Some(j)) if !j.state.is_finished() => j,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot load job to run");
+                return;
+            }
+        };
+        let profile = self.config.agents.get(&job.spec.agent);
+        let secrets: Vec<String> = profile
+            .map(|p| p.env.values().filter(|v| v.len() >= 6).cloned().collect())
+            .unwrap_or_default();
+        let mut sink = Sink {
+            core: self,
+            job: job.id.clone(),
+            next_seq: job.last_seq + 1,
+            secrets,
+        };
+        if let Err(e) = self.execute(&job, handle, &mut sink).await {
+            tracing::error!(job = %id, error = %e, "job failed inside the server");
+            // The store may be what failed; try once to record the failure anyway.
+            let _ = self
+                .finish(&job, &mut sink, None, FinishFacts::failed(format!("internal error: {e}")))
+                .await;
+        }
+    }
+
+    async fn execute(&self, job: &Job, handle: &RunHandle, sink: &mut Sink<'_>) -> Result<()> {
+        let Some(session) = self.store.get_session_any(&job.session_id).await? else {
+            return self
+                .finish(job, sink, None, FinishFacts::failed("session was deleted".into()))
+                .await;
+        };
+        if handle.cancel.is_cancelled() {
+            let reason = handle.reason.get().cloned().unwrap_or_default();
+            return self
+                .finish(job, sink, None, FinishFacts::outcome(Outcome::Cancelled { reason }))
+                .await;
+        }
+        let Some(profile) = self.config.agents.get(&job.spec.agent) else {
+            let msg = format!("agent profile {:?} is no longer configured", job.spec.agent);
+            return self.finish(job, sink, None, FinishFacts::failed(msg)).await;
+        };
+        let workspace = self.workspaces.workspace_dir(&session.id);
+        let home = self.workspaces.home_dir(&session.id);
+        let resume = session.conversation_id.clone();
+        let launch = match agents::launch(
+            profile,
+            &job.spec,
+            &LaunchContext {
+                workspace: &workspace,
+                home: &home,
+                resume_conversation: resume.as_deref(),
+            },
+        ) {
+            Ok(l) => l,
+            Err(e) => return self.finish(job, sink, None, FinishFacts::failed(e.to_string())).await,
+        };
+        for (path, content) in &launch.files {
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::write(path, content).await?;
+        }
+        let before = self.workspaces.snapshot(&session.id).await?;
+
+        let mut env: Vec<(String, String)> = ENV_ALLOWLIST
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+            .collect();
+        env.push(("HOME".into(), home.to_string_lossy().into_owned()));
+        env.extend(launch.env.iter().cloned());
+        env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+        let process = match Process::spawn(ProcessSpec {
+            supervisor: self.config.supervisor.clone(),
+            program: launch.program.clone(),
+            args: launch.args.clone(),
+            env,
+            cwd: workspace.clone(),
+            max_line_bytes: self.config.limits.max_line_bytes,
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("cannot start agent {:?}: {e}", launch.program);
+                return self.finish(job, sink, None, FinishFacts::failed(msg)).await;
+            }
+        };
+        let started = Timestamp::now();
+        let state = job.state.transition(JobState::Running { started })?;
+        let ev = sink.event(
+            EventKind::Started {
+                agent: job.spec.agent.clone(),
+                command: launch.program.clone(),
+                pid: process.pid(),
+                resumed_conversation_id: resume.clone(),
+            },
+            None,
+        );
+        sink.write(
+            vec![ev],
+            Some(JobUpdate {
+                state: state.clone(),
+                result: String::new(),
+                usage: Usage::default(),
+                conversation_id: resume.clone(),
+            }),
+        )
+        .await?;
+
+        let (tx, mut rx) = mpsc::channel::<Output>(1024);
+        let control = RunControl {
+            cancel: handle.cancel.clone(),
+            timeout: job.spec.timeout,
+            grace: self.config.timing.kill_grace,
+        };
+        let run = tokio::spawn(process.run(tx, control));
+        let mut parser = agents::parser(profile);
+        let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
+        let mut buf = Vec::with_capacity(MAX_BATCH);
+        let mut conversation = resume;
+        while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+            let mut events = Vec::with_capacity(buf.len());
+            for out in buf.drain(..) {
+                match out {
+                    Output::Stdout(line) => {
+                        for p in parser.parse_line(&line.text, line.truncated) {
+                            if let EventKind::Init {
+                                conversation_id, ..
+                            } = &p.kind
+                                && !conversation_id.is_empty()
+                            {
+                                conversation = Some(conversation_id.clone());
+                            }
+                            events.push(sink.event(p.kind, p.raw));
+                        }
+                    }
+                    Output::Stderr(line) => {
+                        if stderr_tail.len() == STDERR_TAIL {
+                            stderr_tail.pop_front();
+                        }
+                        stderr_tail.push_back(line.text.clone());
+                        events.push(sink.event(
+                            EventKind::Stderr {
+                                line: line.text,
+                                truncated: line.truncated,
+                            },
+                            None,
+                        ));
+                    }
+                }
+            }
+            let update = conversation.clone().map(|c| JobUpdate {
+                state: state.clone(),
+                result: String::new(),
+                usage: Usage::default(),
+                conversation_id: Some(c),
+            });
+            sink.write(events, update).await?;
+        }
+        let outcome = match run.await {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = format!("agent supervisor task failed: {e}");
+                return self.finish(job, sink, Some(started), FinishFacts::failed(msg)).await;
+            }
+        };
+        let summary = parser.summary();
+        let verdict = match outcome.stop {
+            Some(StopCause::Cancelled) => Outcome::Cancelled {
+                reason: handle.reason.get().cloned().unwrap_or_else(|| "cancelled".into()),
+            },
+            Some(StopCause::TimedOut) => Outcome::TimedOut {
+                after: job.spec.timeout,
+            },
+            None if outcome.exit.success() && summary.error.is_none() => Outcome::Succeeded,
+            None => Outcome::Failed {
+                message: summary
+                    .error
+                    .clone()
+                    .or_else(|| {
+                        (!stderr_tail.is_empty())
+                            .then(|| stderr_tail.iter().cloned().collect::<Vec<_>>().join("\n"))
+                    })
+                    .map(|m| format!("agent failed ({}): {m}", outcome.exit))
+                    .unwrap_or_else(|| format!("agent exited with {}", outcome.exit)),
+            },
+        };
+        match self.workspaces.snapshot(&session.id).await {
+            Ok(after) => match self.workspaces.diff(&session.id, &before, &after).await {
+                Ok(changes) => self.store.put_job_outputs(&job.id, &changes).await?,
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot diff workspace"),
+            },
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
+        }
+        let facts = FinishFacts {
+            outcome: verdict,
+            exit: Some(outcome.exit),
+            result: summary.result.unwrap_or_default(),
+            usage: summary.usage,
+            conversation_id: summary.conversation_id.or(conversation),
+        };
+        self.finish(job, sink, Some(started), facts).await?;
+        self.extend_session(&session).await;
+        Ok(())
+    }
+
+    /// Stores the final event and the final job row together.
+    async fn finish(
+        &self,
+        job: &Job,
+        sink: &mut Sink<'_>,
+        started: Option<Timestamp>,
+        facts: FinishFacts,
+    ) -> Result<()> {
+        let current = match started {
+            Some(s) => JobState::Running { started: s },
+            None => JobState::Queued,
+        };
+        let state = current.transition(JobState::Finished(Finished {
+            started,
+            ended: Timestamp::now(),
+            outcome: facts.outcome.clone(),
+            exit: facts.exit,
+        }))?;
+        let mut result = facts.result;
+        redact(&mut result, &sink.secrets);
+        let ev = sink.event(
+            EventKind::Finished {
+                state: facts.outcome.final_state(),
+                exit: facts.exit,
+                result: result.clone(),
+                error_message: facts.outcome.message(),
+                usage: facts.usage.clone(),
+            },
+            None,
+        );
+        sink.write(
+            vec![ev],
+            Some(JobUpdate {
+                state,
+                result,
+                usage: facts.usage,
+                conversation_id: facts.conversation_id,
+            }),
+        )
+        .await
+    }
+
+    async fn extend_session(&self, session: &Session) {
+        let expires = Timestamp::now().saturating_add(session.ttl);
+        if expires > session.expires
+            && let Err(e) = self.store.set_session_expiry(&session.id, expires).await
+        {
+            tracing::warn!(session = %session.id, error = %e, "cannot extend session expiry");
+        }
+    }
+
+    /// Start-up recovery: jobs that were running when the previous process stopped can't be
+    /// resumed (their agent died with it), so they fail with a reason; queued jobs queue again,
+    /// in their original order.
+    pub(super) async fn recover(&self) -> Result<()> {
+        for job in self.store.unfinished_jobs().await? {
+            match job.state {
+                JobState::Running { started } => {
+                    let mut sink = Sink {
+                        core: self,
+                        job: job.id.clone(),
+                        next_seq: job.last_seq + 1,
+                        secrets: Vec::new(),
+                    };
+                    let msg = "the server restarted while the job was running".to_owned();
+                    let mut facts = FinishFacts::failed(msg);
+                    facts.result = job.result.clone();
+                    facts.usage = job.usage.clone();
+                    facts.conversation_id = job.conversation_id.clone();
+                    self.finish(&job, &mut sink, Some(started), facts).await?;
+                    tracing::warn!(job = %job.id, "marked interrupted job FAILED");
+                }
+                JobState::Queued => self.scheduler.enqueue(job.id, job.session_id),
+                JobState::Finished(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the final event and row say.
+struct FinishFacts {
+    outcome: Outcome,
+    exit: Option<ExitStatus>,
+    result: String,
+    usage: Usage,
+    conversation_id: Option<String>,
+}
+
+impl FinishFacts {
+    fn outcome(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            exit: None,
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+        }
+    }
+
+    fn failed(message: String) -> Self {
+        Self::outcome(Outcome::Failed { message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_covers_text_raw_and_results() {
+        let secrets = vec!["sk-very-secret".to_owned()];
+        let mut ev = JobEvent {
+            seq: 1,
+            time: Timestamp(0),
+            raw: Some(r#"{"text":"key sk-very-secret"}"#.into()),
+            kind: EventKind::Text {
+                text: "my key is sk-very-secret!".into(),
+            },
+        };
+        redact_event(&mut ev, &secrets);
+        assert_eq!(ev.raw.as_deref(), Some(r#"{"text":"key [REDACTED]"}"#));
+        assert_eq!(
+            ev.kind,
+            EventKind::Text {
+                text: "my key is [REDACTED]!".into()
+            }
+        );
+        let _ = FinalState::Failed;
+    }
+}

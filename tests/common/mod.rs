@@ -1,0 +1,340 @@
+//! The test harness: starts the real `agentd` binary on port 0 with a temp data dir and the
+//! stand-in Claude, and hands out generated clients that send an API key, as a user would.
+#![allow(dead_code)]
+
+use agentd::pb;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const KEY_A: &str = "tenant-a-secret-key";
+pub const KEY_B: &str = "tenant-b-secret-key";
+
+/// Path of the stand-in Claude executable.
+pub fn fake_claude() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude")
+}
+
+/// A running agentd process.
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
+}
+
+#[derive(Default, Clone)]
+pub struct Options {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let mut s = TestServer {
+            child: None,
+            addr: String::new(),
+            data_dir,
+            _tmp: Some(tmp),
+            extra_args: opts.args,
+            extra_env: opts.env,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentd"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("AGENTD_API_KEYS", format!("a:{KEY_A},b:{KEY_B}"))
+            .env("AGENTD_CLAUDE_BIN", fake_claude())
+            .env("AGENTD_KILL_GRACE_SECONDS", "2")
+            .env("AGENTD_SHUTDOWN_GRACE_SECONDS", "2")
+            .env("AGENTD_LOG", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start agentd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("agentd listening on ") {
+                        break a.trim().to_owned();
+                    }
+                }
+                _ => panic!("agentd exited before listening"),
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `kill -9` the server and wait for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("agentd did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a new server process on the same data dir (new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn clients(&self, key: &str) -> Clients {
+        Clients::new(self.channel().await, key)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Adds the API key to every call.
+#[derive(Clone)]
+pub struct ApiKey(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Svc = InterceptedService<Channel, ApiKey>;
+
+pub struct Clients {
+    pub sessions: pb::session_service_client::SessionServiceClient<Svc>,
+    pub jobs: pb::job_service_client::JobServiceClient<Svc>,
+    pub files: pb::file_service_client::FileServiceClient<Svc>,
+}
+
+impl Clients {
+    pub fn new(ch: Channel, key: &str) -> Clients {
+        let k = ApiKey(if key.is_empty() {
+            None
+        } else {
+            Some(MetadataValue::try_from(format!("Bearer {key}")).expect("ascii key"))
+        });
+        Clients {
+            sessions: pb::session_service_client::SessionServiceClient::with_interceptor(
+                ch.clone(),
+                k.clone(),
+            ),
+            jobs: pb::job_service_client::JobServiceClient::with_interceptor(ch.clone(), k.clone()),
+            files: pb::file_service_client::FileServiceClient::with_interceptor(ch, k),
+        }
+    }
+
+    pub async fn create_session(&mut self, files: &[(&str, &[u8])]) -> pb::Session {
+        self.sessions
+            .create_session(pb::CreateSessionRequest {
+                files: files
+                    .iter()
+                    .map(|(p, c)| pb::FileContent {
+                        path: (*p).into(),
+                        content: c.to_vec().into(),
+                        mode: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("create session")
+            .into_inner()
+            .session
+            .expect("session")
+    }
+
+    pub async fn submit(&mut self, session: &str, prompt: &str) -> pb::Job {
+        self.jobs
+            .submit_job(pb::SubmitJobRequest {
+                session_id: session.into(),
+                prompt: prompt.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    /// Streams a job's events after `after` until its `finished` event.
+    pub async fn events(&mut self, job: &str, after: u64) -> Vec<pb::JobEvent> {
+        let mut s = self
+            .jobs
+            .stream_job_events(pb::StreamJobEventsRequest {
+                job_id: job.into(),
+                after_seq: after,
+            })
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = s.message().await.expect("stream message") {
+            out.extend(msg.events);
+        }
+        out
+    }
+
+    pub async fn wait(&mut self, job: &str) -> pb::Job {
+        let _ = self.events(job, 0).await;
+        self.get_job(job).await
+    }
+
+    pub async fn get_job(&mut self, job: &str) -> pb::Job {
+        self.jobs
+            .get_job(pb::GetJobRequest { job_id: job.into() })
+            .await
+            .expect("get job")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    pub async fn download(&mut self, session: &str, path: &str) -> Result<Vec<u8>, tonic::Status> {
+        let mut s = self
+            .files
+            .download_file(pb::DownloadFileRequest {
+                session_id: session.into(),
+                path: path.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = s.message().await? {
+            if let Some(pb::download_file_response::Part::Chunk(c)) = m.part {
+                out.extend_from_slice(&c);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The ErrorInfo reason of a status.
+pub fn reason(st: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    st.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Processes whose command line is exactly `sleep <n>` (the stand-in's grandchildren).
+pub fn sleepers(n: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let parts: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+                if parts.len() == 2 && parts[0].ends_with(b"sleep") && parts[1] == n.as_bytes() {
+                    // Zombies have an empty cmdline, so anything listed here is alive.
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls until `f` holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+pub fn kind(e: &pb::JobEvent) -> &'static str {
+    use pb::job_event::Kind;
+    match &e.kind {
+        Some(Kind::Started(_)) => "started",
+        Some(Kind::Init(_)) => "init",
+        Some(Kind::Text(_)) => "text",
+        Some(Kind::ToolCall(_)) => "tool_call",
+        Some(Kind::ToolResult(_)) => "tool_result",
+        Some(Kind::Usage(_)) => "usage",
+        Some(Kind::Stderr(_)) => "stderr",
+        Some(Kind::Unparsed(_)) => "unparsed",
+        Some(Kind::Other(_)) => "other",
+        Some(Kind::Truncated(_)) => "truncated",
+        Some(Kind::Finished(_)) => "finished",
+        None => "none",
+    }
+}
+
+pub fn texts(events: &[pb::JobEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Text(t)) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
