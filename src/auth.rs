@@ -98,21 +98,34 @@ mod tests {
     #[test]
     fn accepts_bearer_and_x_api_key() {
         let a = auth();
-        assert_eq!(a.authenticate(Some("Bearer key-of-a-123"), None).unwrap().0, "a");
-        assert_eq!(a.authenticate(Some("bearer key-of-b-456"), None).unwrap().0, "b");
+        assert_eq!(
+            a.authenticate(Some("Bearer key-of-a-123"), None).unwrap().0,
+            "a"
+        );
+        assert_eq!(
+            a.authenticate(Some("bearer key-of-b-456"), None).unwrap().0,
+            "b"
+        );
         assert_eq!(a.authenticate(None, Some("key-of-b-456")).unwrap().0, "b");
     }
 
     #[test]
     fn refuses_missing_wrong_and_malformed() {
         let a = auth();
-        assert_eq!(a.authenticate(None, None).unwrap_err().reason(), Reason::MissingCredentials);
         assert_eq!(
-            a.authenticate(Some("Bearer nope-nope"), None).unwrap_err().reason(),
+            a.authenticate(None, None).unwrap_err().reason(),
+            Reason::MissingCredentials
+        );
+        assert_eq!(
+            a.authenticate(Some("Bearer nope-nope"), None)
+                .unwrap_err()
+                .reason(),
             Reason::InvalidCredentials
         );
         assert_eq!(
-            a.authenticate(Some("Basic key-of-a-123"), None).unwrap_err().reason(),
+            a.authenticate(Some("Basic key-of-a-123"), None)
+                .unwrap_err()
+                .reason(),
             Reason::InvalidCredentials
         );
     }

@@ -39,7 +39,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AGENTD_MAX_CONCURRENT_JOBS", default_value_t = 8)]
     pub max_concurrent_jobs: usize,
     /// Maximum number of queued jobs per session.
-    #[arg(long, env = "AGENTD_MAX_QUEUED_JOBS_PER_SESSION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "AGENTD_MAX_QUEUED_JOBS_PER_SESSION",
+        default_value_t = 100
+    )]
     pub max_queued_jobs_per_session: usize,
     /// Job timeout when a job asks for none, in seconds.
     #[arg(long, env = "AGENTD_JOB_TIMEOUT_DEFAULT", default_value_t = 1800)]
@@ -115,7 +119,11 @@ pub struct ApiKey {
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKey {{ tenant: {:?}, sha256: <redacted> }}", self.tenant)
+        write!(
+            f,
+            "ApiKey {{ tenant: {:?}, sha256: <redacted> }}",
+            self.tenant
+        )
     }
 }
 
@@ -189,9 +197,9 @@ impl Config {
                 if item.is_empty() {
                     continue;
                 }
-                let (tenant, key) = item.split_once(':').ok_or_else(|| {
-                    bad(format!("AGENTD_API_KEYS entry {i} is not `tenant:key`"))
-                })?;
+                let (tenant, key) = item
+                    .split_once(':')
+                    .ok_or_else(|| bad(format!("AGENTD_API_KEYS entry {i} is not `tenant:key`")))?;
                 if tenant.is_empty() || key.len() < 8 {
                     return Err(bad(format!(
                         "AGENTD_API_KEYS entry {i} needs a tenant and a key of at least 8 characters"

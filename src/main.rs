@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "agentd", version, about = "Runs CLI coding agents in sessions, over gRPC")]
+#[command(
+    name = "agentd",
+    version,
+    about = "Runs CLI coding agents in sessions, over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,8 +24,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "__supervise") {
-        std::process::exit(agentd::runner::supervise::main(args[2..].to_vec()));
+    if args
+        .get(1)
+        .is_some_and(|a| a == agentd::runner::supervise::SUBCOMMAND)
+    {
+        // The runner builds this argv from UTF-8 strings, so nothing is lost here.
+        let rest = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        std::process::exit(agentd::runner::supervise::main(rest));
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()

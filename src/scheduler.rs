@@ -91,7 +91,11 @@ impl Scheduler {
 
     /// Number of queued jobs of one session.
     pub fn queued_in_session(&self, session: &SessionId) -> usize {
-        self.lock().queue.iter().filter(|(_, s)| s == session).count()
+        self.lock()
+            .queue
+            .iter()
+            .filter(|(_, s)| s == session)
+            .count()
     }
 
     /// Queued jobs of one session, in order.

@@ -68,7 +68,9 @@ pub async fn serve(
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     for name in SERVICES.iter().copied().chain([""]) {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -98,10 +100,12 @@ pub async fn serve(
             JobApi::new(core.clone()),
             auth.clone(),
         ))
-        .add_service(pb::file_service_server::FileServiceServer::with_interceptor(
-            FileApi::new(core.clone()),
-            auth,
-        ));
+        .add_service(
+            pb::file_service_server::FileServiceServer::with_interceptor(
+                FileApi::new(core.clone()),
+                auth,
+            ),
+        );
 
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(

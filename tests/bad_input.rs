@@ -33,11 +33,13 @@ fn upload_msgs(session: &str, files: &[(&str, &[u8], &str)]) -> Vec<pb::UploadFi
     for (path, content, sha) in files {
         v.push(pb::UploadFilesRequest {
             session_id: session.into(),
-            part: Some(pb::upload_files_request::Part::Header(pb::UploadFileHeader {
-                path: (*path).into(),
-                sha256: (*sha).into(),
-                ..Default::default()
-            })),
+            part: Some(pb::upload_files_request::Part::Header(
+                pb::UploadFileHeader {
+                    path: (*path).into(),
+                    sha256: (*sha).into(),
+                    ..Default::default()
+                },
+            )),
         });
         for chunk in content.chunks(1000) {
             v.push(pb::UploadFilesRequest {
@@ -54,7 +56,14 @@ async fn bad_paths_are_refused_and_nothing_is_written() {
     let server = TestServer::start();
     let mut c = server.clients(KEY_A).await;
     let long = "x".repeat(300);
-    for bad in ["../escape", "/etc/passwd", "a/../../b", "nul\0byte", long.as_str(), ""] {
+    for bad in [
+        "../escape",
+        "/etc/passwd",
+        "a/../../b",
+        "nul\0byte",
+        long.as_str(),
+        "",
+    ] {
         let err = c
             .sessions
             .create_session(pb::CreateSessionRequest {
@@ -74,11 +83,18 @@ async fn bad_paths_are_refused_and_nothing_is_written() {
     assert!(files_in(&server.data_dir.join("sessions")).is_empty());
 
     let s = c.create_session(&[("keep.txt", b"keep")]).await;
-    let ws = server.data_dir.join("sessions").join(&s.session_id).join("workspace");
+    let ws = server
+        .data_dir
+        .join("sessions")
+        .join(&s.session_id)
+        .join("workspace");
     for bad in ["../x", "/abs", "a/../../x"] {
         let err = c
             .files
-            .upload_files(tokio_stream::iter(upload_msgs(&s.session_id, &[("ok.txt", b"fine", ""), (bad, b"bad", "")])))
+            .upload_files(tokio_stream::iter(upload_msgs(
+                &s.session_id,
+                &[("ok.txt", b"fine", ""), (bad, b"bad", "")],
+            )))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
@@ -92,7 +108,10 @@ async fn bad_paths_are_refused_and_nothing_is_written() {
     // Checksum mismatch leaves nothing.
     let err = c
         .files
-        .upload_files(tokio_stream::iter(upload_msgs(&s.session_id, &[("sum.txt", b"abc", &"0".repeat(64))])))
+        .upload_files(tokio_stream::iter(upload_msgs(
+            &s.session_id,
+            &[("sum.txt", b"abc", &"0".repeat(64))],
+        )))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -103,12 +122,18 @@ async fn bad_paths_are_refused_and_nothing_is_written() {
     let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     let up = c
         .files
-        .upload_files(tokio_stream::iter(upload_msgs(&s.session_id, &[("dir/abc.txt", b"abc", sha)])))
+        .upload_files(tokio_stream::iter(upload_msgs(
+            &s.session_id,
+            &[("dir/abc.txt", b"abc", sha)],
+        )))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(up.files[0].sha256, sha);
-    assert_eq!(c.download(&s.session_id, "dir/abc.txt").await.unwrap(), b"abc");
+    assert_eq!(
+        c.download(&s.session_id, "dir/abc.txt").await.unwrap(),
+        b"abc"
+    );
     // Resume a download from an offset.
     let mut st = c
         .files
@@ -151,23 +176,38 @@ async fn symlinks_out_of_the_workspace_are_never_followed() {
     let s = c.create_session(&[]).await;
     // The agent creates links out of the workspace, as an agent may.
     let j = c
-        .submit(&s.session_id, "bash ln -s /etc/passwd leak && ln -s /tmp outdir")
+        .submit(
+            &s.session_id,
+            "bash ln -s /etc/passwd leak && ln -s /tmp outdir",
+        )
         .await;
-    assert_eq!(c.wait(&j.job_id).await.state, pb::JobState::Succeeded as i32);
+    assert_eq!(
+        c.wait(&j.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
     let err = c.download(&s.session_id, "leak").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(reason(&err), "SYMLINK_ESCAPE");
     let marker = format!("agentd-escape-{}", s.session_id);
     let err = c
         .files
-        .upload_files(tokio_stream::iter(upload_msgs(&s.session_id, &[(&format!("outdir/{marker}"), b"x", "")])))
+        .upload_files(tokio_stream::iter(upload_msgs(
+            &s.session_id,
+            &[(&format!("outdir/{marker}"), b"x", "")],
+        )))
         .await
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
-    assert!(!Path::new("/tmp").join(&marker).exists(), "wrote through a symlink");
+    assert!(
+        !Path::new("/tmp").join(&marker).exists(),
+        "wrote through a symlink"
+    );
     let err = c
         .files
-        .upload_files(tokio_stream::iter(upload_msgs(&s.session_id, &[("leak", b"overwrite", "")])))
+        .upload_files(tokio_stream::iter(upload_msgs(
+            &s.session_id,
+            &[("leak", b"overwrite", "")],
+        )))
         .await;
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     assert!(!passwd.contains("overwrite"));
@@ -183,7 +223,10 @@ async fn symlinks_out_of_the_workspace_are_never_followed() {
         .unwrap()
         .into_inner()
         .files;
-    let leak = files.iter().find(|f| f.path == "leak").expect("leak listed");
+    let leak = files
+        .iter()
+        .find(|f| f.path == "leak")
+        .expect("leak listed");
     assert_eq!(leak.r#type, pb::FileType::Symlink as i32);
     assert!(!files.iter().any(|f| f.path.starts_with("outdir/")));
 }
@@ -203,11 +246,18 @@ async fn limits_answer_resource_exhausted_and_leave_nothing() {
     });
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
-    let ws = server.data_dir.join("sessions").join(&s.session_id).join("workspace");
+    let ws = server
+        .data_dir
+        .join("sessions")
+        .join(&s.session_id)
+        .join("workspace");
     let big = vec![b'x'; 1500];
     let err = c
         .files
-        .upload_files(tokio_stream::iter(upload_msgs(&s.session_id, &[("big.bin", &big, "")])))
+        .upload_files(tokio_stream::iter(upload_msgs(
+            &s.session_id,
+            &[("big.bin", &big, "")],
+        )))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
@@ -241,7 +291,12 @@ async fn limits_answer_resource_exhausted_and_leave_nothing() {
 #[tokio::test]
 async fn bad_job_requests_are_refused_precisely() {
     let server = TestServer::start_with(Options {
-        args: vec!["--job-timeout-max".into(), "60".into(), "--job-timeout-default".into(), "30".into()],
+        args: vec![
+            "--job-timeout-max".into(),
+            "60".into(),
+            "--job-timeout-default".into(),
+            "30".into(),
+        ],
         ..Default::default()
     });
     let mut c = server.clients(KEY_A).await;
@@ -252,15 +307,78 @@ async fn bad_job_requests_are_refused_precisely() {
         ..Default::default()
     };
     let cases: Vec<(pb::SubmitJobRequest, Code, &str)> = vec![
-        (pb::SubmitJobRequest { prompt: String::new(), ..base.clone() }, Code::InvalidArgument, "MISSING_FIELD"),
-        (pb::SubmitJobRequest { agent: "nope".into(), ..base.clone() }, Code::InvalidArgument, "UNKNOWN_AGENT"),
-        (pb::SubmitJobRequest { timeout_seconds: 61, ..base.clone() }, Code::InvalidArgument, "INVALID_FIELD"),
-        (pb::SubmitJobRequest { env: [("PATH".to_string(), "/x".to_string())].into(), ..base.clone() }, Code::InvalidArgument, "FORBIDDEN_ENV"),
-        (pb::SubmitJobRequest { env: [("LD_PRELOAD".to_string(), "x".to_string())].into(), ..base.clone() }, Code::InvalidArgument, "FORBIDDEN_ENV"),
-        (pb::SubmitJobRequest { env: [("ANTHROPIC_BASE_URL".to_string(), "x".to_string())].into(), ..base.clone() }, Code::InvalidArgument, "FORBIDDEN_ENV"),
-        (pb::SubmitJobRequest { env: [("OPENAI_API_KEY".to_string(), "x".to_string())].into(), ..base.clone() }, Code::InvalidArgument, "FORBIDDEN_ENV"),
-        (pb::SubmitJobRequest { env: [("HOME".to_string(), "/".to_string())].into(), ..base.clone() }, Code::InvalidArgument, "FORBIDDEN_ENV"),
-        (pb::SubmitJobRequest { session_id: "ses_nope".into(), ..base.clone() }, Code::NotFound, "SESSION_NOT_FOUND"),
+        (
+            pb::SubmitJobRequest {
+                prompt: String::new(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            pb::SubmitJobRequest {
+                agent: "nope".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "UNKNOWN_AGENT",
+        ),
+        (
+            pb::SubmitJobRequest {
+                timeout_seconds: 61,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            pb::SubmitJobRequest {
+                env: [("PATH".to_string(), "/x".to_string())].into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FORBIDDEN_ENV",
+        ),
+        (
+            pb::SubmitJobRequest {
+                env: [("LD_PRELOAD".to_string(), "x".to_string())].into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FORBIDDEN_ENV",
+        ),
+        (
+            pb::SubmitJobRequest {
+                env: [("ANTHROPIC_BASE_URL".to_string(), "x".to_string())].into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FORBIDDEN_ENV",
+        ),
+        (
+            pb::SubmitJobRequest {
+                env: [("OPENAI_API_KEY".to_string(), "x".to_string())].into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FORBIDDEN_ENV",
+        ),
+        (
+            pb::SubmitJobRequest {
+                env: [("HOME".to_string(), "/".to_string())].into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FORBIDDEN_ENV",
+        ),
+        (
+            pb::SubmitJobRequest {
+                session_id: "ses_nope".into(),
+                ..base.clone()
+            },
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+        ),
     ];
     for (req, code, why) in cases {
         let err = c.jobs.submit_job(req.clone()).await.unwrap_err();
@@ -270,23 +388,38 @@ async fn bad_job_requests_are_refused_precisely() {
     }
     let listed = c
         .jobs
-        .list_jobs(pb::ListJobsRequest { session_id: s.session_id.clone(), ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            session_id: s.session_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(listed.jobs.is_empty(), "refused submissions created no job");
 
-    let err = c.get_job("job_doesnotexist").await;
-    let _ = err;
     let err = c
         .jobs
-        .get_job(pb::GetJobRequest { job_id: "garbage".into() })
+        .get_job(pb::GetJobRequest {
+            job_id: format!("job_{}", "0".repeat(32)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(reason(&err), "JOB_NOT_FOUND");
+    let err = c
+        .jobs
+        .get_job(pb::GetJobRequest {
+            job_id: "garbage".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = c
         .sessions
-        .list_sessions(pb::ListSessionsRequest { page_token: "not-a-token".into(), ..Default::default() })
+        .list_sessions(pb::ListSessionsRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "INVALID_PAGE_TOKEN");
@@ -309,29 +442,49 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
     let mut anon = server.clients("").await;
     let mut wrong = server.clients("not-a-valid-key").await;
 
-    let err = anon.sessions.list_sessions(pb::ListSessionsRequest::default()).await.unwrap_err();
+    let err = anon
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(reason(&err), "MISSING_CREDENTIALS");
-    let err = wrong.sessions.list_sessions(pb::ListSessionsRequest::default()).await.unwrap_err();
+    let err = wrong
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(reason(&err), "INVALID_CREDENTIALS");
 
     // x-api-key works too.
     let ch = server.channel().await;
-    let mut xk = pb::session_service_client::SessionServiceClient::with_interceptor(ch.clone(), |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("x-api-key", KEY_A.parse().unwrap());
-        Ok(r)
-    });
-    assert!(xk.list_sessions(pb::ListSessionsRequest::default()).await.is_ok());
+    let mut xk = pb::session_service_client::SessionServiceClient::with_interceptor(
+        ch.clone(),
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("x-api-key", KEY_A.parse().unwrap());
+            Ok(r)
+        },
+    );
+    assert!(
+        xk.list_sessions(pb::ListSessionsRequest::default())
+            .await
+            .is_ok()
+    );
 
     // Health needs no key.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
     let st = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "agentd.v1.JobService".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "agentd.v1.JobService".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(st.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        st.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let s = a.create_session(&[("a.txt", b"secret of a")]).await;
     let j = a.submit(&s.session_id, "write out.txt x").await;
@@ -343,31 +496,163 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
         let e = r.expect_err(what);
         assert_eq!(e.code(), Code::NotFound, "{what}: {e:?}");
     };
-    nf(b.sessions.get_session(pb::GetSessionRequest { session_id: sid.clone() }).await.map(|_| ()), "GetSession");
-    nf(b.sessions.delete_session(pb::DeleteSessionRequest { session_id: sid.clone() }).await.map(|_| ()), "DeleteSession");
-    nf(b.jobs.submit_job(pb::SubmitJobRequest { session_id: sid.clone(), prompt: "x".into(), ..Default::default() }).await.map(|_| ()), "SubmitJob");
-    nf(b.jobs.get_job(pb::GetJobRequest { job_id: jid.clone() }).await.map(|_| ()), "GetJob");
-    nf(b.jobs.list_jobs(pb::ListJobsRequest { session_id: sid.clone(), ..Default::default() }).await.map(|_| ()), "ListJobs");
-    nf(b.jobs.cancel_job(pb::CancelJobRequest { job_id: jid.clone() }).await.map(|_| ()), "CancelJob");
-    nf(b.jobs.stream_job_events(pb::StreamJobEventsRequest { job_id: jid.clone(), after_seq: 0 }).await.map(|_| ()), "StreamJobEvents");
-    nf(b.jobs.run_job(pb::RunJobRequest { job: Some(pb::SubmitJobRequest { session_id: sid.clone(), prompt: "x".into(), ..Default::default() }) }).await.map(|_| ()), "RunJob");
+    nf(
+        b.sessions
+            .get_session(pb::GetSessionRequest {
+                session_id: sid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "GetSession",
+    );
+    nf(
+        b.sessions
+            .delete_session(pb::DeleteSessionRequest {
+                session_id: sid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "DeleteSession",
+    );
+    nf(
+        b.jobs
+            .submit_job(pb::SubmitJobRequest {
+                session_id: sid.clone(),
+                prompt: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "SubmitJob",
+    );
+    nf(
+        b.jobs
+            .get_job(pb::GetJobRequest {
+                job_id: jid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "GetJob",
+    );
+    nf(
+        b.jobs
+            .list_jobs(pb::ListJobsRequest {
+                session_id: sid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "ListJobs",
+    );
+    nf(
+        b.jobs
+            .cancel_job(pb::CancelJobRequest {
+                job_id: jid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "CancelJob",
+    );
+    nf(
+        b.jobs
+            .stream_job_events(pb::StreamJobEventsRequest {
+                job_id: jid.clone(),
+                after_seq: 0,
+            })
+            .await
+            .map(|_| ()),
+        "StreamJobEvents",
+    );
+    nf(
+        b.jobs
+            .run_job(pb::RunJobRequest {
+                job: Some(pb::SubmitJobRequest {
+                    session_id: sid.clone(),
+                    prompt: "x".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|_| ()),
+        "RunJob",
+    );
     nf(b.download(&sid, "a.txt").await.map(|_| ()), "DownloadFile");
-    nf(b.files.list_files(pb::ListFilesRequest { session_id: sid.clone(), ..Default::default() }).await.map(|_| ()), "ListFiles");
-    nf(b.files.get_job_outputs(pb::GetJobOutputsRequest { session_id: sid.clone(), job_id: jid.clone() }).await.map(|_| ()), "GetJobOutputs");
-    nf(b.files.delete_file(pb::DeleteFileRequest { session_id: sid.clone(), path: "a.txt".into(), recursive: false }).await.map(|_| ()), "DeleteFile");
-    nf(b.files.upload_files(tokio_stream::iter(vec![pb::UploadFilesRequest {
-        session_id: sid.clone(),
-        part: Some(pb::upload_files_request::Part::Header(pb::UploadFileHeader { path: "b.txt".into(), ..Default::default() })),
-    }])).await.map(|_| ()), "UploadFiles");
+    nf(
+        b.files
+            .list_files(pb::ListFilesRequest {
+                session_id: sid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "ListFiles",
+    );
+    nf(
+        b.files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: sid.clone(),
+                job_id: jid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "GetJobOutputs",
+    );
+    nf(
+        b.files
+            .delete_file(pb::DeleteFileRequest {
+                session_id: sid.clone(),
+                path: "a.txt".into(),
+                recursive: false,
+            })
+            .await
+            .map(|_| ()),
+        "DeleteFile",
+    );
+    nf(
+        b.files
+            .upload_files(tokio_stream::iter(vec![pb::UploadFilesRequest {
+                session_id: sid.clone(),
+                part: Some(pb::upload_files_request::Part::Header(
+                    pb::UploadFileHeader {
+                        path: "b.txt".into(),
+                        ..Default::default()
+                    },
+                )),
+            }]))
+            .await
+            .map(|_| ()),
+        "UploadFiles",
+    );
     // B's own session can't be used to reach A's job either.
     let sb = b.create_session(&[]).await;
-    nf(b.files.get_job_outputs(pb::GetJobOutputsRequest { session_id: sb.session_id.clone(), job_id: jid.clone() }).await.map(|_| ()), "GetJobOutputs cross");
-    let listed = b.sessions.list_sessions(pb::ListSessionsRequest::default()).await.unwrap().into_inner();
+    nf(
+        b.files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: sb.session_id.clone(),
+                job_id: jid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "GetJobOutputs cross",
+    );
+    let listed = b
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.sessions.len(), 1);
 
     // Nothing changed for A.
     assert_eq!(a.download(&sid, "a.txt").await.unwrap(), b"secret of a");
     assert!(a.download(&sid, "b.txt").await.is_err());
     assert_eq!(a.get_job(&jid).await.state, pb::JobState::Succeeded as i32);
-    assert!(a.sessions.get_session(pb::GetSessionRequest { session_id: sid.clone() }).await.is_ok());
+    assert!(
+        a.sessions
+            .get_session(pb::GetSessionRequest {
+                session_id: sid.clone()
+            })
+            .await
+            .is_ok()
+    );
 }

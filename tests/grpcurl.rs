@@ -22,18 +22,19 @@ fn grpcurl() -> PathBuf {
     p
 }
 
-fn run(addr: &str, args: &[&str]) -> String {
+/// `grpcurl -plaintext FLAGS… ADDR VERB…`.
+fn run(addr: &str, flags: &[&str], verb: &[&str]) -> String {
     let out = Command::new(grpcurl())
         .arg("-plaintext")
-        .args(args.iter().take(args.len().saturating_sub(1)))
+        .args(flags)
         .arg(addr)
-        .args(args.last())
+        .args(verb)
         .output()
         .expect("run grpcurl");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "grpcurl {args:?} failed: {}\n{stdout}",
+        "grpcurl {flags:?} {verb:?} failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -61,7 +62,7 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
     let addr = server.addr.clone();
     let auth = format!("authorization: Bearer {KEY_A}");
     tokio::task::spawn_blocking(move || {
-        let list = run(&addr, &["list"]);
+        let list = run(&addr, &[], &["list"]);
         for svc in [
             "agentd.v1.SessionService",
             "agentd.v1.JobService",
@@ -70,12 +71,12 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
         ] {
             assert!(list.contains(svc), "{svc} missing from:\n{list}");
         }
-        let desc = run(&addr, &["describe", "agentd.v1.JobService"]);
+        let desc = run(&addr, &[], &["describe", "agentd.v1.JobService"]);
         assert!(desc.contains("rpc SubmitJob") && desc.contains("rpc StreamJobEvents"), "{desc}");
-        let msg = run(&addr, &["describe", "agentd.v1.SubmitJobRequest"]);
+        let msg = run(&addr, &[], &["describe", "agentd.v1.SubmitJobRequest"]);
         assert!(msg.contains("Idempotency key"), "field comments missing:\n{msg}");
 
-        let health = run(&addr, &["grpc.health.v1.Health/Check"]);
+        let health = run(&addr, &[], &["grpc.health.v1.Health/Check"]);
         assert!(health.contains("SERVING"), "{health}");
 
         let created = run(
@@ -85,8 +86,8 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
                 &auth,
                 "-d",
                 r#"{"files":[{"path":"notes/hi.txt","content":"aGVsbG8="}],"labels":{"via":"grpcurl"}}"#,
-                "agentd.v1.SessionService/CreateSession",
             ],
+            &["agentd.v1.SessionService/CreateSession"],
         );
         let session = field(&created, "sessionId");
         let submitted = run(
@@ -96,8 +97,8 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
                 &auth,
                 "-d",
                 &format!(r#"{{"session_id":"{session}","prompt":"write out.txt from grpcurl"}}"#),
-                "agentd.v1.JobService/SubmitJob",
             ],
+            &["agentd.v1.JobService/SubmitJob"],
         );
         let job = field(&submitted, "jobId");
         let streamed = run(
@@ -107,8 +108,8 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
                 &auth,
                 "-d",
                 &format!(r#"{{"job_id":"{job}"}}"#),
-                "agentd.v1.JobService/StreamJobEvents",
             ],
+            &["agentd.v1.JobService/StreamJobEvents"],
         );
         assert!(streamed.contains("\"finished\""), "{streamed}");
         assert!(streamed.contains("JOB_STATE_SUCCEEDED"), "{streamed}");
@@ -119,8 +120,8 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
                 &auth,
                 "-d",
                 &format!(r#"{{"session_id":"{session}","path":"out.txt"}}"#),
-                "agentd.v1.FileService/DownloadFile",
             ],
+            &["agentd.v1.FileService/DownloadFile"],
         );
         // "from grpcurl" in base64.
         assert!(downloaded.contains("ZnJvbSBncnBjdXJs"), "{downloaded}");

@@ -30,7 +30,9 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
     assert_eq!(session.file_count, 2);
     assert!(session.session_id.starts_with("ses_"));
 
-    let job = c.submit(&session.session_id, "write hello.py print('hi')").await;
+    let job = c
+        .submit(&session.session_id, "write hello.py print('hi')")
+        .await;
     assert_eq!(job.agent, "claude", "empty agent means the default profile");
     let events = c.events(&job.job_id, 0).await;
     assert_gapless(&events, 1);
@@ -60,7 +62,10 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
     assert!(job.end_time.is_some() && job.start_time.is_some());
     assert!(!job.conversation_id.is_empty());
     assert!(job.usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0) > 0.0);
-    assert_eq!(job.exit_status.and_then(|e| e.status), Some(pb::exit_status::Status::Code(0)));
+    assert_eq!(
+        job.exit_status.and_then(|e| e.status),
+        Some(pb::exit_status::Status::Code(0))
+    );
 
     let files = c
         .files
@@ -74,7 +79,10 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
         .into_inner()
         .files;
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    assert!(paths.contains(&"hello.py") && paths.contains(&"src/lib.py"), "{paths:?}");
+    assert!(
+        paths.contains(&"hello.py") && paths.contains(&"src/lib.py"),
+        "{paths:?}"
+    );
     let hello = files.iter().find(|f| f.path == "hello.py").unwrap();
     assert_eq!(hello.sha256.len(), 64);
 
@@ -96,7 +104,9 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
     assert_eq!(outputs.changes[0].kind, pb::ChangeKind::Added as i32);
 
     // The next job continues the conversation from the same workspace and HOME.
-    let job2 = c.submit(&session.session_id, "write hello.py print('again')").await;
+    let job2 = c
+        .submit(&session.session_id, "write hello.py print('again')")
+        .await;
     let events2 = c.events(&job2.job_id, 0).await;
     let started = match &events2[0].kind {
         Some(pb::job_event::Kind::Started(s)) => s.clone(),
@@ -134,13 +144,25 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert!(!server
-        .data_dir
-        .join("sessions")
-        .join(&session.session_id)
-        .exists());
-    let err = c.get_job(&job.job_id).await;
-    let _ = err;
+    assert!(
+        !server
+            .data_dir
+            .join("sessions")
+            .join(&session.session_id)
+            .exists()
+    );
+    let err = c
+        .jobs
+        .get_job(pb::GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::NotFound,
+        "a deleted session's jobs are gone"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +170,9 @@ async fn replay_from_cursor_mid_job_and_after_the_end() {
     let server = TestServer::start();
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
-    let job = c.submit(&s.session_id, "lines 50 ; sleep 1 ; lines 50").await;
+    let job = c
+        .submit(&s.session_id, "lines 50 ; sleep 1 ; lines 50")
+        .await;
 
     // Read part of the stream while the job runs, then drop it.
     let mut stream = c
@@ -177,7 +201,10 @@ async fn replay_from_cursor_mid_job_and_after_the_end() {
     // Dropping the stream did not affect the job; replay after the end works too.
     let total = seen.len() as u64;
     let tail = c.events(&job.job_id, total - 3).await;
-    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![total - 2, total - 1, total]);
+    assert_eq!(
+        tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![total - 2, total - 1, total]
+    );
     let none = c.events(&job.job_id, total).await;
     assert!(none.is_empty());
     let all = c.events(&job.job_id, 0).await;
@@ -222,8 +249,22 @@ async fn idempotent_create_and_submit_and_listing() {
         labels: [("team".to_string(), "infra".to_string())].into(),
         ..Default::default()
     };
-    let a = c.sessions.create_session(req.clone()).await.unwrap().into_inner().session.unwrap();
-    let b = c.sessions.create_session(req).await.unwrap().into_inner().session.unwrap();
+    let a = c
+        .sessions
+        .create_session(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let b = c
+        .sessions
+        .create_session(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
     assert_eq!(a.session_id, b.session_id);
 
     let submit = pb::SubmitJobRequest {
@@ -232,8 +273,22 @@ async fn idempotent_create_and_submit_and_listing() {
         request_id: "job-req-1".into(),
         ..Default::default()
     };
-    let j1 = c.jobs.submit_job(submit.clone()).await.unwrap().into_inner().job.unwrap();
-    let j2 = c.jobs.submit_job(submit).await.unwrap().into_inner().job.unwrap();
+    let j1 = c
+        .jobs
+        .submit_job(submit.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let j2 = c
+        .jobs
+        .submit_job(submit)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(j1.job_id, j2.job_id);
     c.wait(&j1.job_id).await;
 
@@ -319,7 +374,9 @@ async fn cancel_and_timeout_leave_no_descendant() {
     assert!(queued.queue_position >= 1);
     let cancelled_queued = c
         .jobs
-        .cancel_job(pb::CancelJobRequest { job_id: queued.job_id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            job_id: queued.job_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -327,27 +384,40 @@ async fn cancel_and_timeout_leave_no_descendant() {
         .unwrap();
     assert_eq!(cancelled_queued.state, pb::JobState::Cancelled as i32);
     let qe = c.events(&queued.job_id, 0).await;
-    assert_eq!(qe.len(), 1, "a job cancelled while queued has just its finished event");
+    assert_eq!(
+        qe.len(),
+        1,
+        "a job cancelled while queued has just its finished event"
+    );
 
     let cancelled = c
         .jobs
-        .cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .job
         .unwrap();
     assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
-    assert!(cancelled.error_message.contains("cancel"), "{}", cancelled.error_message);
+    assert!(
+        cancelled.error_message.contains("cancel"),
+        "{}",
+        cancelled.error_message
+    );
     assert!(sleepers("4711").is_empty(), "grandchild survived cancel");
     let ev = c.events(&job.job_id, 0).await;
     assert_eq!(finished(&ev).state, pb::JobState::Cancelled as i32);
     // Cancelling again is a no-op; cancelling a succeeded job is refused.
-    assert!(c
-        .jobs
-        .cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone() })
-        .await
-        .is_ok());
+    assert!(
+        c.jobs
+            .cancel_job(pb::CancelJobRequest {
+                job_id: job.job_id.clone()
+            })
+            .await
+            .is_ok()
+    );
 
     let timed = c
         .jobs
@@ -371,7 +441,9 @@ async fn cancel_and_timeout_leave_no_descendant() {
     assert_eq!(ok.state, pb::JobState::Succeeded as i32);
     let err = c
         .jobs
-        .cancel_job(pb::CancelJobRequest { job_id: ok.job_id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            job_id: ok.job_id.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -389,13 +461,22 @@ async fn agent_failures_carry_the_agents_own_words() {
     assert_eq!(j.state, pb::JobState::Failed as i32);
     assert!(j.error_message.contains("API Error"), "{}", j.error_message);
 
-    let j = c.submit(&s.session_id, "stderr something broke ; exit 3").await;
+    let j = c
+        .submit(&s.session_id, "stderr something broke ; exit 3")
+        .await;
     let ev = c.events(&j.job_id, 0).await;
     assert!(ev.iter().any(|e| kind(e) == "stderr"));
     let j = c.get_job(&j.job_id).await;
     assert_eq!(j.state, pb::JobState::Failed as i32);
-    assert_eq!(j.exit_status.and_then(|e| e.status), Some(pb::exit_status::Status::Code(3)));
-    assert!(j.error_message.contains("something broke"), "{}", j.error_message);
+    assert_eq!(
+        j.exit_status.and_then(|e| e.status),
+        Some(pb::exit_status::Status::Code(3))
+    );
+    assert!(
+        j.error_message.contains("something broke"),
+        "{}",
+        j.error_message
+    );
 }
 
 #[tokio::test]
@@ -423,7 +504,10 @@ async fn agent_environment_is_scrubbed_and_job_env_applies() {
     let t = texts(&ev).join("\n");
     assert!(t.contains("on"), "{t}");
     assert!(!t.contains("server-secret"), "server env leaked: {t}");
-    assert!(t.contains("/home"), "HOME is the session's private home: {t}");
+    assert!(
+        t.contains("/home"),
+        "HOME is the session's private home: {t}"
+    );
     assert!(!t.contains("/workspace"), "{t}");
 }
 
@@ -434,7 +518,14 @@ async fn jobs_of_one_session_run_in_order_one_at_a_time() {
     let s = c.create_session(&[]).await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(c.submit(&s.session_id, &format!("bash echo {i} >> order.txt ; sleep 0.2")).await.job_id);
+        ids.push(
+            c.submit(
+                &s.session_id,
+                &format!("bash echo {i} >> order.txt ; sleep 0.2"),
+            )
+            .await
+            .job_id,
+        );
     }
     for id in &ids {
         assert_eq!(c.wait(id).await.state, pb::JobState::Succeeded as i32);
@@ -451,6 +542,9 @@ async fn jobs_of_one_session_run_in_order_one_at_a_time() {
     for w in jobs.windows(2) {
         let end = w[0].end_time.unwrap();
         let start = w[1].start_time.unwrap();
-        assert!((start.seconds, start.nanos) >= (end.seconds, end.nanos), "jobs overlapped");
+        assert!(
+            (start.seconds, start.nanos) >= (end.seconds, end.nanos),
+            "jobs overlapped"
+        );
     }
 }

@@ -20,9 +20,14 @@ async fn restart_after_kill9_keeps_everything_and_fails_interrupted_jobs() {
 
     let s2 = c.create_session(&[]).await;
     let running = c.submit(&s2.session_id, "grandchild 4721 ; sleep 60").await;
-    let queued = c.submit(&s.session_id, "write later.txt ran after restart").await;
+    let queued = c
+        .submit(&s.session_id, "write later.txt ran after restart")
+        .await;
     assert!(eventually(Duration::from_secs(10), || !sleepers("4721").is_empty()).await);
-    assert_eq!(c.get_job(&queued.job_id).await.state, pb::JobState::Queued as i32);
+    assert_eq!(
+        c.get_job(&queued.job_id).await.state,
+        pb::JobState::Queued as i32
+    );
 
     server.restart();
     // The agent and its detached grandchild did not outlive the server.
@@ -33,19 +38,32 @@ async fn restart_after_kill9_keeps_everything_and_fails_interrupted_jobs() {
     let mut c = server.clients(KEY_A).await;
     let again = c.get_job(&done.job_id).await;
     assert_eq!(again, done, "finished job unchanged");
-    assert_eq!(c.events(&done.job_id, 0).await, done_events, "events unchanged");
-    assert_eq!(c.download(&s.session_id, "out.txt").await.unwrap(), b"result");
+    assert_eq!(
+        c.events(&done.job_id, 0).await,
+        done_events,
+        "events unchanged"
+    );
+    assert_eq!(
+        c.download(&s.session_id, "out.txt").await.unwrap(),
+        b"result"
+    );
     assert_eq!(c.download(&s.session_id, "in.txt").await.unwrap(), b"input");
 
     let r = c.get_job(&running.job_id).await;
     assert_eq!(r.state, pb::JobState::Failed as i32);
     assert!(r.error_message.contains("restarted"), "{}", r.error_message);
     let ev = c.events(&running.job_id, 0).await;
-    assert!(matches!(ev.last().and_then(|e| e.kind.clone()), Some(pb::job_event::Kind::Finished(_))));
+    assert!(matches!(
+        ev.last().and_then(|e| e.kind.clone()),
+        Some(pb::job_event::Kind::Finished(_))
+    ));
 
     let q = c.wait(&queued.job_id).await;
     assert_eq!(q.state, pb::JobState::Succeeded as i32);
-    assert_eq!(c.download(&s.session_id, "later.txt").await.unwrap(), b"ran after restart");
+    assert_eq!(
+        c.download(&s.session_id, "later.txt").await.unwrap(),
+        b"ran after restart"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +75,10 @@ async fn sigterm_drains_running_jobs_and_exits_zero() {
     assert!(eventually(Duration::from_secs(10), || !sleepers("4731").is_empty()).await);
     let mut stream = c
         .jobs
-        .stream_job_events(pb::StreamJobEventsRequest { job_id: job.job_id.clone(), after_seq: 0 })
+        .stream_job_events(pb::StreamJobEventsRequest {
+            job_id: job.job_id.clone(),
+            after_seq: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -87,7 +108,10 @@ async fn sigterm_drains_running_jobs_and_exits_zero() {
     assert!(sleepers("4731").is_empty());
     server.restart();
     let mut c = server.clients(KEY_A).await;
-    assert_eq!(c.get_job(&job.job_id).await.state, pb::JobState::Cancelled as i32);
+    assert_eq!(
+        c.get_job(&job.job_id).await.state,
+        pb::JobState::Cancelled as i32
+    );
 }
 
 #[tokio::test]
@@ -99,7 +123,10 @@ async fn expired_sessions_are_reaped_and_jobs_extend_expiry() {
     let mut c = server.clients(KEY_A).await;
     let s = c
         .sessions
-        .create_session(pb::CreateSessionRequest { ttl_seconds: 2, ..Default::default() })
+        .create_session(pb::CreateSessionRequest {
+            ttl_seconds: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -107,7 +134,10 @@ async fn expired_sessions_are_reaped_and_jobs_extend_expiry() {
         .unwrap();
     let keep = c
         .sessions
-        .create_session(pb::CreateSessionRequest { ttl_seconds: 3600, ..Default::default() })
+        .create_session(pb::CreateSessionRequest {
+            ttl_seconds: 3600,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -119,26 +149,39 @@ async fn expired_sessions_are_reaped_and_jobs_extend_expiry() {
     c.wait(&j.job_id).await;
     let after = c
         .sessions
-        .get_session(pb::GetSessionRequest { session_id: s.session_id.clone() })
+        .get_session(pb::GetSessionRequest {
+            session_id: s.session_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .session
         .unwrap();
-    assert!(after.expire_time.unwrap().seconds > expire0, "submitting extended the expiry");
+    assert!(
+        after.expire_time.unwrap().seconds > expire0,
+        "submitting extended the expiry"
+    );
     let dir = server.data_dir.join("sessions").join(&s.session_id);
-    assert!(eventually(Duration::from_secs(10), || !dir.exists()).await, "workspace not reaped");
+    assert!(
+        eventually(Duration::from_secs(10), || !dir.exists()).await,
+        "workspace not reaped"
+    );
     let err = c
         .sessions
-        .get_session(pb::GetSessionRequest { session_id: s.session_id.clone() })
+        .get_session(pb::GetSessionRequest {
+            session_id: s.session_id.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert!(c
-        .sessions
-        .get_session(pb::GetSessionRequest { session_id: keep.session_id.clone() })
-        .await
-        .is_ok());
+    assert!(
+        c.sessions
+            .get_session(pb::GetSessionRequest {
+                session_id: keep.session_id.clone()
+            })
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -151,15 +194,27 @@ async fn delete_session_cancels_running_job_and_removes_workspace() {
     let q = c.submit(&s.session_id, "hi").await;
     let del = c
         .sessions
-        .delete_session(pb::DeleteSessionRequest { session_id: s.session_id.clone() })
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: s.session_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(del.cancelled_jobs, 2);
     assert!(sleepers("4741").is_empty());
-    assert!(!server.data_dir.join("sessions").join(&s.session_id).exists());
+    assert!(
+        !server
+            .data_dir
+            .join("sessions")
+            .join(&s.session_id)
+            .exists()
+    );
     for id in [&j.job_id, &q.job_id] {
-        let e = c.jobs.get_job(pb::GetJobRequest { job_id: id.clone() }).await.unwrap_err();
+        let e = c
+            .jobs
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
     }
 }

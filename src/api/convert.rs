@@ -77,7 +77,9 @@ pub fn decode_path_token(token: &str) -> Result<Option<String>> {
     };
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
-    text.strip_prefix("f|").map(|p| Some(p.to_owned())).ok_or_else(bad)
+    text.strip_prefix("f|")
+        .map(|p| Some(p.to_owned()))
+        .ok_or_else(bad)
 }
 
 pub fn session(v: SessionView) -> pb::Session {
@@ -297,6 +299,11 @@ mod tests {
         assert!(decode_cursor("j", &t).is_err());
         assert!(decode_cursor("s", "!!!").is_err());
         assert_eq!(decode_cursor("s", "").unwrap(), None);
-        assert_eq!(decode_path_token(&encode_path_token("a/b")).unwrap().unwrap(), "a/b");
+        assert_eq!(
+            decode_path_token(&encode_path_token("a/b"))
+                .unwrap()
+                .unwrap(),
+            "a/b"
+        );
     }
 }

@@ -148,7 +148,10 @@ impl JobService for JobApi {
                 "job is required",
             ))
         })?;
-        let view = self.core.submit_job(&tenant, submit_request(submit)).await?;
+        let view = self
+            .core
+            .submit_job(&tenant, submit_request(submit))
+            .await?;
         let job_id = view.job.id.to_string();
         let rx = self.core.stream_events(&tenant, &job_id, 0).await?;
         let first = pb::RunJobResponse {

@@ -1,7 +1,7 @@
 //! `agentd.v1.SessionService`.
 
 use super::{convert, tenant};
-use crate::core::{CreateSession, Core};
+use crate::core::{Core, CreateSession};
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
 use crate::workspace::NewFile;
@@ -57,7 +57,10 @@ impl SessionService for SessionApi {
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let tenant = tenant(&req)?;
-        let view = self.core.get_session(&tenant, &req.get_ref().session_id).await?;
+        let view = self
+            .core
+            .get_session(&tenant, &req.get_ref().session_id)
+            .await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(convert::session(view)),
         }))

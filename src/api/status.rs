@@ -54,7 +54,11 @@ mod tests {
 
     #[test]
     fn carries_reason_and_field() {
-        let st = to_status(Error::invalid(Reason::InvalidPath, "path", "bad path \"../x\""));
+        let st = to_status(Error::invalid(
+            Reason::InvalidPath,
+            "path",
+            "bad path \"../x\"",
+        ));
         assert_eq!(st.code(), Code::InvalidArgument);
         let d = st.get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "INVALID_PATH");

@@ -84,12 +84,15 @@ impl Core {
     ) -> Result<(JobId, Vec<FileChange>)> {
         let s = self.owned_session(tenant, session_id).await?;
         let job = if job_id.is_empty() {
-            self.store.latest_succeeded_job(&s.id).await?.ok_or_else(|| {
-                Error::not_found(
-                    Reason::NoSucceededJob,
-                    format!("session {session_id} has no succeeded job yet"),
-                )
-            })?
+            self.store
+                .latest_succeeded_job(&s.id)
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        Reason::NoSucceededJob,
+                        format!("session {session_id} has no succeeded job yet"),
+                    )
+                })?
         } else {
             let j = self.owned_job(tenant, job_id).await?;
             if j.session_id != s.id {
@@ -100,10 +103,17 @@ impl Core {
         if !job.state.is_finished() {
             return Err(Error::precondition(
                 Reason::JobNotFinished,
-                format!("job {} has not finished; its outputs are known when it ends", job.id),
+                format!(
+                    "job {} has not finished; its outputs are known when it ends",
+                    job.id
+                ),
             ));
         }
-        let changes = self.store.get_job_outputs(&job.id).await?.unwrap_or_default();
+        let changes = self
+            .store
+            .get_job_outputs(&job.id)
+            .await?
+            .unwrap_or_default();
         Ok((job.id, changes))
     }
 }

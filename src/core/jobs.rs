@@ -88,7 +88,11 @@ impl Core {
     pub async fn submit_job(&self, tenant: &TenantId, req: SubmitJob) -> Result<JobView> {
         self.check_accepting()?;
         if req.prompt.trim().is_empty() {
-            return Err(Error::invalid(Reason::MissingField, "prompt", "prompt is required"));
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "prompt",
+                "prompt is required",
+            ));
         }
         if req.prompt.len() > MAX_PROMPT_BYTES || req.prompt.contains('\0') {
             return Err(Error::invalid(
@@ -112,7 +116,12 @@ impl Core {
                 "agent",
                 format!(
                     "unknown agent {agent:?}; configured: {}",
-                    self.config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.config
+                        .agents
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?;
@@ -254,7 +263,8 @@ impl Core {
             };
         }
         if self.scheduler.dequeue(&job.id) {
-            self.finish_unstarted(&job.id, "cancelled by request").await?;
+            self.finish_unstarted(&job.id, "cancelled by request")
+                .await?;
         } else if let Some(mut done) = self.cancel_running(&job.id, "cancelled by request") {
             let _ = done.wait_for(|d| *d).await;
         }
@@ -337,12 +347,23 @@ mod tests {
 
     #[test]
     fn env_rules() {
-        for bad in ["PATH", "HOME", "LD_PRELOAD", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "path"] {
+        for bad in [
+            "PATH",
+            "HOME",
+            "LD_PRELOAD",
+            "ANTHROPIC_BASE_URL",
+            "OPENAI_API_KEY",
+            "path",
+        ] {
             let e = check_env(&env(bad)).unwrap_err();
             assert_eq!(e.reason(), Reason::ForbiddenEnv, "{bad}");
         }
         for bad in ["", "1X", "A-B", "A B"] {
-            assert_eq!(check_env(&env(bad)).unwrap_err().reason(), Reason::InvalidField, "{bad:?}");
+            assert_eq!(
+                check_env(&env(bad)).unwrap_err().reason(),
+                Reason::InvalidField,
+                "{bad:?}"
+            );
         }
         assert!(check_env(&env("MY_SETTING")).is_ok());
         assert!(check_env(&env("API_KEY_HINT")).is_ok());

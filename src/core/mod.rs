@@ -62,7 +62,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Core {
     /// Builds the core, recovers jobs interrupted by a previous stop, and starts the dispatcher
     /// and the TTL reaper.
-    pub async fn start(config: Arc<Config>, store: DynStore, shutdown: Shutdown) -> Result<Arc<Core>> {
+    pub async fn start(
+        config: Arc<Config>,
+        store: DynStore,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Core>> {
         let workspaces = Workspaces::new(
             config.data_dir.join("sessions"),
             WorkspaceLimits {

@@ -3,10 +3,10 @@
 //! workspace. Also start-up recovery of jobs a previous process left behind.
 
 use super::{Core, RunHandle};
-use crate::agents::{self, LaunchContext, OutputParser};
+use crate::agents::{self, LaunchContext};
 use crate::domain::{
-    EventKind, ExitStatus, FinalState, Finished, Job, JobEvent, JobId, JobState, Outcome,
-    Session, Timestamp, Usage,
+    EventKind, ExitStatus, Finished, Job, JobEvent, JobId, JobState, Outcome, Session, Timestamp,
+    Usage,
 };
 use crate::error::Result;
 use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
@@ -116,7 +116,11 @@ impl Core {
             tracing::error!(job = %id, error = %e, "job failed inside the server");
             // The store may be what failed; try once to record the failure anyway.
             let _ = self
-                .finish(&job, &mut sink, None, FinishFacts::failed(format!("internal error: {e}")))
+                .finish(
+                    &mut sink,
+                    None,
+                    FinishFacts::failed(format!("internal error: {e}")),
+                )
                 .await;
         }
     }
@@ -124,18 +128,26 @@ impl Core {
     async fn execute(&self, job: &Job, handle: &RunHandle, sink: &mut Sink<'_>) -> Result<()> {
         let Some(session) = self.store.get_session_any(&job.session_id).await? else {
             return self
-                .finish(job, sink, None, FinishFacts::failed("session was deleted".into()))
+                .finish(
+                    sink,
+                    None,
+                    FinishFacts::failed("session was deleted".into()),
+                )
                 .await;
         };
         if handle.cancel.is_cancelled() {
             let reason = handle.reason.get().cloned().unwrap_or_default();
             return self
-                .finish(job, sink, None, FinishFacts::outcome(Outcome::Cancelled { reason }))
+                .finish(
+                    sink,
+                    None,
+                    FinishFacts::outcome(Outcome::Cancelled { reason }),
+                )
                 .await;
         }
         let Some(profile) = self.config.agents.get(&job.spec.agent) else {
             let msg = format!("agent profile {:?} is no longer configured", job.spec.agent);
-            return self.finish(job, sink, None, FinishFacts::failed(msg)).await;
+            return self.finish(sink, None, FinishFacts::failed(msg)).await;
         };
         let workspace = self.workspaces.workspace_dir(&session.id);
         let home = self.workspaces.home_dir(&session.id);
@@ -150,7 +162,11 @@ impl Core {
             },
         ) {
             Ok(l) => l,
-            Err(e) => return self.finish(job, sink, None, FinishFacts::failed(e.to_string())).await,
+            Err(e) => {
+                return self
+                    .finish(sink, None, FinishFacts::failed(e.to_string()))
+                    .await;
+            }
         };
         for (path, content) in &launch.files {
             if let Some(parent) = path.parent() {
@@ -180,7 +196,7 @@ impl Core {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("cannot start agent {:?}: {e}", launch.program);
-                return self.finish(job, sink, None, FinishFacts::failed(msg)).await;
+                return self.finish(sink, None, FinishFacts::failed(msg)).await;
             }
         };
         let started = Timestamp::now();
@@ -216,6 +232,7 @@ impl Core {
         let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
         let mut buf = Vec::with_capacity(MAX_BATCH);
         let mut conversation = resume;
+        let mut recorded = conversation.clone();
         while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
             let mut events = Vec::with_capacity(buf.len());
             for out in buf.drain(..) {
@@ -247,25 +264,38 @@ impl Core {
                     }
                 }
             }
-            let update = conversation.clone().map(|c| JobUpdate {
-                state: state.clone(),
-                result: String::new(),
-                usage: Usage::default(),
-                conversation_id: Some(c),
-            });
+            // Record the conversation id as soon as the agent reports it, so a job interrupted
+            // by a crash still lets the session's next job resume the conversation.
+            let update = if conversation != recorded {
+                recorded.clone_from(&conversation);
+                Some(JobUpdate {
+                    state: state.clone(),
+                    result: String::new(),
+                    usage: Usage::default(),
+                    conversation_id: conversation.clone(),
+                })
+            } else {
+                None
+            };
             sink.write(events, update).await?;
         }
         let outcome = match run.await {
             Ok(o) => o,
             Err(e) => {
                 let msg = format!("agent supervisor task failed: {e}");
-                return self.finish(job, sink, Some(started), FinishFacts::failed(msg)).await;
+                return self
+                    .finish(sink, Some(started), FinishFacts::failed(msg))
+                    .await;
             }
         };
         let summary = parser.summary();
         let verdict = match outcome.stop {
             Some(StopCause::Cancelled) => Outcome::Cancelled {
-                reason: handle.reason.get().cloned().unwrap_or_else(|| "cancelled".into()),
+                reason: handle
+                    .reason
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| "cancelled".into()),
             },
             Some(StopCause::TimedOut) => Outcome::TimedOut {
                 after: job.spec.timeout,
@@ -297,7 +327,7 @@ impl Core {
             usage: summary.usage,
             conversation_id: summary.conversation_id.or(conversation),
         };
-        self.finish(job, sink, Some(started), facts).await?;
+        self.finish(sink, Some(started), facts).await?;
         self.extend_session(&session).await;
         Ok(())
     }
@@ -305,7 +335,6 @@ impl Core {
     /// Stores the final event and the final job row together.
     async fn finish(
         &self,
-        job: &Job,
         sink: &mut Sink<'_>,
         started: Option<Timestamp>,
         facts: FinishFacts,
@@ -371,7 +400,7 @@ impl Core {
                     facts.result = job.result.clone();
                     facts.usage = job.usage.clone();
                     facts.conversation_id = job.conversation_id.clone();
-                    self.finish(&job, &mut sink, Some(started), facts).await?;
+                    self.finish(&mut sink, Some(started), facts).await?;
                     tracing::warn!(job = %job.id, "marked interrupted job FAILED");
                 }
                 JobState::Queued => self.scheduler.enqueue(job.id, job.session_id),
@@ -430,6 +459,5 @@ mod tests {
                 text: "my key is [REDACTED]!".into()
             }
         );
-        let _ = FinalState::Failed;
     }
 }

@@ -67,7 +67,11 @@ pub(super) fn validate_request_id(id: &Option<String>) -> Result<()> {
 }
 
 impl Core {
-    pub async fn create_session(&self, tenant: &TenantId, req: CreateSession) -> Result<SessionView> {
+    pub async fn create_session(
+        &self,
+        tenant: &TenantId,
+        req: CreateSession,
+    ) -> Result<SessionView> {
         self.check_accepting()?;
         validate_labels(&req.labels, "labels")?;
         validate_request_id(&req.request_id)?;
@@ -128,7 +132,11 @@ impl Core {
     }
 
     async fn view(&self, session: Session) -> Result<SessionView> {
-        let usage = self.workspaces.usage(&session.id).await.unwrap_or(WsUsage { files: 0, bytes: 0 });
+        let usage = self
+            .workspaces
+            .usage(&session.id)
+            .await
+            .unwrap_or(WsUsage { files: 0, bytes: 0 });
         let running_job = self.running_job_of(&session.id).map(|j| j.to_string());
         Ok(SessionView {
             session,
@@ -175,7 +183,8 @@ impl Core {
     /// running agent's tree to be gone, then removes the rows and the workspace.
     pub async fn delete_session(&self, tenant: &TenantId, id: &str) -> Result<u32> {
         let session = self.owned_session(tenant, id).await?;
-        self.delete_session_inner(&session.id, "session deleted").await
+        self.delete_session_inner(&session.id, "session deleted")
+            .await
     }
 
     pub(super) async fn delete_session_inner(&self, id: &SessionId, reason: &str) -> Result<u32> {

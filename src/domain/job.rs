@@ -83,15 +83,28 @@ impl JobState {
         let ok = matches!(
             (self, &next),
             (JobState::Queued, JobState::Running { .. })
-                | (JobState::Queued, JobState::Finished(Finished { started: None, .. }))
-                | (JobState::Running { .. }, JobState::Finished(Finished { started: Some(_), .. }))
+                | (
+                    JobState::Queued,
+                    JobState::Finished(Finished { started: None, .. })
+                )
+                | (
+                    JobState::Running { .. },
+                    JobState::Finished(Finished {
+                        started: Some(_),
+                        ..
+                    })
+                )
         );
         if ok {
             Ok(next)
         } else {
             Err(Error::precondition(
                 Reason::JobFinished,
-                format!("illegal job transition from {} to {}", self.name(), next.name()),
+                format!(
+                    "illegal job transition from {} to {}",
+                    self.name(),
+                    next.name()
+                ),
             ))
         }
     }

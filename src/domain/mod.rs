@@ -28,7 +28,10 @@ impl Timestamp {
     }
 
     pub fn saturating_add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.

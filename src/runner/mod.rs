@@ -1,1 +1,446 @@
-//! TODO
+//! The runner owns one agent process from spawn to reaping: it starts the agent *contained* (under
+//! the [`supervise`] program, so cancel, timeout or agentd's death leave no descendant alive), pumps
+//! its stdout/stderr as bounded lines, and escalates signals on cancel or timeout.
+//!
+//! The tokio side spawns `<supervisor> __supervise <program> <args...>` with exactly the given
+//! environment and working directory, stdin `/dev/null`, in its own process group, with
+//! `PR_SET_PDEATHSIG(SIGKILL)` armed. PDEATHSIG fires when the *thread* that spawned the process
+//! exits, so [`Process::spawn`] must be called on a thread that lives as long as the job: any tokio
+//! worker thread (plain async code), never inside `spawn_blocking` or `block_in_place`.
+//!
+//! Escalation on cancel or timeout: SIGTERM to the supervisor (forwarded to the agent's process
+//! group), after `grace` SIGUSR1 (the supervisor kills the whole tree), after 2 more seconds
+//! SIGKILL to the supervisor's process group.
+
+mod lines;
+pub mod supervise;
+
+use crate::domain::ExitStatus;
+use crate::error::{Error, Reason, Result};
+use lines::LineSplitter;
+use nix::sys::prctl;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Pid, getpid, getppid};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// How long the supervisor gets to kill the tree after SIGUSR1 before its group is SIGKILLed.
+const TREE_KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Size of each stream's read buffer.
+const READ_BUF: usize = 64 * 1024;
+
+/// After the supervisor exited, an output stream that stays silent this long is abandoned: every
+/// process that could write to it should be dead, so someone escaped containment.
+const DRAIN_IDLE: Duration = Duration::from_secs(2);
+
+/// After the supervisor exited, output streams are abandoned after this long in any case.
+const DRAIN_CAP: Duration = Duration::from_secs(30);
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    /// The agentd executable, re-executed as the supervisor.
+    pub supervisor: PathBuf,
+    /// Executable name (resolved against `PATH` of `env`) or path.
+    pub program: String,
+    pub args: Vec<String>,
+    /// The complete environment of the agent.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// Lines longer than this are cut and marked truncated.
+    pub max_line_bytes: usize,
+}
+
+/// One line of output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Lossy UTF-8, without the trailing `\n` or `\r\n`; cut at a character boundary at or below
+    /// `max_line_bytes` when truncated.
+    pub text: String,
+    pub truncated: bool,
+}
+
+/// A line from one of the two output streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Line),
+    Stderr(Line),
+}
+
+/// Why the runner stopped the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    Cancelled,
+    TimedOut,
+}
+
+/// How a run is bounded.
+#[derive(Debug, Clone)]
+pub struct RunControl {
+    pub cancel: tokio_util::sync::CancellationToken,
+    /// Counted from the start of [`Process::run`].
+    pub timeout: Duration,
+    /// SIGTERM → wait this long → SIGUSR1 (tree kill) → 2 s → SIGKILL.
+    pub grace: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The agent's exit, as seen through the supervisor (which mirrors it).
+    pub exit: ExitStatus,
+    /// Set when the runner stopped the process (even if it then exited on its own).
+    pub stop: Option<StopCause>,
+}
+
+/// A spawned, contained agent process.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    pid: i32,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    max_line_bytes: usize,
+}
+
+impl Process {
+    /// Spawns the supervisor+agent. Errors only if the supervisor itself can't start (or the spec
+    /// cannot be passed to a process: NUL bytes, bad environment names). That the agent's program
+    /// cannot be executed shows as exit code 127/126 and a line on stderr instead.
+    pub fn spawn(spec: ProcessSpec) -> Result<Process> {
+        validate(&spec)?;
+        let mut cmd = tokio::process::Command::new(&spec.supervisor);
+        cmd.arg(supervise::SUBCOMMAND)
+            .arg(&spec.program)
+            .args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let parent = getpid();
+        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+        // calls are allowed: it makes two syscalls (prctl, getppid) and builds io::Errors from raw
+        // errno values, which does not allocate. It captures only a Copy pid.
+        unsafe {
+            cmd.pre_exec(move || {
+                prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // agentd died between fork and prctl: nobody would kill us later.
+                if getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::internal(format!(
+                "cannot start the agent supervisor {:?} in {:?}: {e}",
+                spec.supervisor, spec.cwd
+            ))
+        })?;
+        let (Some(pid), Some(stdout), Some(stderr)) =
+            (child.id(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(Error::internal(
+                "supervisor started without its output pipes",
+            ));
+        };
+        let pid = i32::try_from(pid)
+            .map_err(|_| Error::internal(format!("supervisor pid {pid} out of range")))?;
+        Ok(Process {
+            child,
+            pid,
+            stdout,
+            stderr,
+            max_line_bytes: spec.max_line_bytes,
+        })
+    }
+
+    /// The supervisor's pid (also its process group id).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Pumps output into `out` (bounded; awaiting send is fine = backpressure), enforces the
+    /// timeout and cancel token with the escalation above, waits for exit, and returns once the
+    /// process has exited AND both output streams were fully read and sent. If `out` is dropped,
+    /// output is drained and discarded so the agent never blocks on a full pipe.
+    pub async fn run(self, out: mpsc::Sender<Output>, control: RunControl) -> RunOutcome {
+        let Process {
+            mut child,
+            pid,
+            stdout,
+            stderr,
+            max_line_bytes,
+        } = self;
+        let (exited_tx, exited_rx) = watch::channel(None);
+        let waiter = async move {
+            let outcome = wait_with_escalation(&mut child, Pid::from_raw(pid), &control).await;
+            let _ = exited_tx.send(Some(Instant::now()));
+            outcome
+        };
+        let (outcome, (), ()) = tokio::join!(
+            waiter,
+            pump(
+                stdout,
+                out.clone(),
+                Output::Stdout,
+                max_line_bytes,
+                exited_rx.clone()
+            ),
+            pump(stderr, out, Output::Stderr, max_line_bytes, exited_rx),
+        );
+        outcome
+    }
+}
+
+fn validate(spec: &ProcessSpec) -> Result<()> {
+    if spec.program.is_empty() {
+        return Err(Error::invalid(
+            Reason::MissingField,
+            "program",
+            "program is empty",
+        ));
+    }
+    if spec.program.contains('\0') {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "program",
+            "program contains a NUL byte",
+        ));
+    }
+    if let Some(i) = spec.args.iter().position(|a| a.contains('\0')) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            format!("args[{i}]"),
+            format!("argument {i} contains a NUL byte"),
+        ));
+    }
+    for (name, value) in &spec.env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                "env",
+                format!("environment variable name {name:?} is empty or contains '=' or NUL"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                format!("env.{name}"),
+                format!("the value of environment variable {name} contains a NUL byte"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            (None, None) => ExitStatus::Code(-1),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot wait for the agent supervisor");
+            ExitStatus::Code(-1)
+        }
+    }
+}
+
+async fn wait_with_escalation(child: &mut Child, pid: Pid, control: &RunControl) -> RunOutcome {
+    let stop = tokio::select! {
+        biased;
+        status = child.wait() => return RunOutcome { exit: exit_status(status), stop: None },
+        () = control.cancel.cancelled() => StopCause::Cancelled,
+        () = tokio::time::sleep(control.timeout) => StopCause::TimedOut,
+    };
+    // The child is not reaped until `wait` returns, so `pid` cannot have been reused.
+    for (sig, patience) in [
+        (Signal::SIGTERM, control.grace),
+        (Signal::SIGUSR1, TREE_KILL_WAIT),
+    ] {
+        let _ = kill(pid, sig);
+        if let Ok(status) = tokio::time::timeout(patience, child.wait()).await {
+            return RunOutcome {
+                exit: exit_status(status),
+                stop: Some(stop),
+            };
+        }
+    }
+    tracing::warn!(
+        pid = pid.as_raw(),
+        "supervisor ignored SIGUSR1; killing its process group"
+    );
+    let _ = killpg(pid, Signal::SIGKILL);
+    RunOutcome {
+        exit: exit_status(child.wait().await),
+        stop: Some(stop),
+    }
+}
+
+/// Resolves once a stream should be abandoned: the supervisor has exited and the stream was
+/// silent for [`DRAIN_IDLE`], or [`DRAIN_CAP`] has passed since the exit.
+async fn drain_deadline(exited: &mut watch::Receiver<Option<Instant>>) {
+    let at = match exited.wait_for(Option::is_some).await {
+        Ok(at) => *at,
+        Err(_) => None,
+    };
+    match at {
+        Some(at) => {
+            tokio::time::sleep_until((Instant::now() + DRAIN_IDLE).min(at + DRAIN_CAP)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn pump(
+    mut stream: impl AsyncRead + Unpin,
+    out: mpsc::Sender<Output>,
+    wrap: fn(Line) -> Output,
+    max_line_bytes: usize,
+    mut exited: watch::Receiver<Option<Instant>>,
+) {
+    let mut out = Some(out);
+    let mut splitter = LineSplitter::new(max_line_bytes);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut lines = Vec::new();
+    loop {
+        let n = tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading agent output failed");
+                    0
+                }
+            },
+            () = drain_deadline(&mut exited) => {
+                tracing::warn!("agent output still open after the supervisor exited; abandoning it");
+                0
+            }
+        };
+        if n == 0 {
+            lines.extend(splitter.finish());
+        } else {
+            splitter.push(&buf[..n], &mut lines);
+        }
+        for line in lines.drain(..) {
+            if let Some(tx) = &out
+                && tx.send(wrap(line)).await.is_err()
+            {
+                // Nobody listens any more; keep draining so the agent never blocks.
+                out = None;
+            }
+        }
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str, truncated: bool) -> Line {
+        Line {
+            text: text.to_owned(),
+            truncated,
+        }
+    }
+
+    #[test]
+    fn validate_names_the_offending_field() {
+        let spec = ProcessSpec {
+            supervisor: "/nonexistent".into(),
+            program: "sh".into(),
+            args: vec!["ok".into(), "bad\0".into()],
+            env: vec![],
+            cwd: "/".into(),
+            max_line_bytes: 10,
+        };
+        let err = validate(&spec).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { ref field, .. } if field == "args[1]"),
+            "{err:?}"
+        );
+        let spec = ProcessSpec {
+            args: vec![],
+            env: vec![("A=B".into(), "x".into())],
+            ..spec
+        };
+        assert!(validate(&spec).is_err());
+        let spec = ProcessSpec {
+            env: vec![("SECRET".into(), "x\0y".into())],
+            ..spec
+        };
+        let err = validate(&spec).unwrap_err();
+        assert!(!err.to_string().contains("x\0y"));
+        assert!(matches!(err, Error::InvalidArgument { ref field, .. } if field == "env.SECRET"));
+    }
+
+    #[tokio::test]
+    async fn spawn_fails_cleanly_without_supervisor() {
+        let err = Process::spawn(ProcessSpec {
+            supervisor: "/nonexistent/agentd".into(),
+            program: "true".into(),
+            args: vec![],
+            env: vec![],
+            cwd: "/".into(),
+            max_line_bytes: 10,
+        })
+        .unwrap_err();
+        assert_eq!(err.reason(), Reason::Internal);
+        assert!(err.to_string().contains("/nonexistent/agentd"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pump_sends_lines_in_order() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let (_exited_tx, exited_rx) = watch::channel(None);
+        let input = b"one\ntwo\r\nthree".to_vec();
+        let pumping = tokio::spawn(async move {
+            pump(&input[..], tx, Output::Stderr, 1024, exited_rx).await;
+        });
+        let mut got = Vec::new();
+        while let Some(o) = rx.recv().await {
+            got.push(o);
+        }
+        pumping.await.unwrap();
+        assert_eq!(
+            got,
+            ["one", "two", "three"]
+                .map(|t| Output::Stderr(line(t, false)))
+                .to_vec()
+        );
+    }
+
+    #[tokio::test]
+    async fn pump_drains_when_receiver_is_dropped() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let (_exited_tx, exited_rx) = watch::channel(None);
+        let mut data = vec![b'y'; 3 * READ_BUF];
+        data.push(b'\n');
+        let mut input = data.repeat(50);
+        input.extend_from_slice(b"last");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            pump(&input[..], tx, Output::Stdout, 1024, exited_rx),
+        )
+        .await
+        .expect("pump blocked on a dropped receiver");
+    }
+}

@@ -1,1 +1,1036 @@
-//! TODO
+//! The behaviour every [`Store`] backend must show, as backend-agnostic async checks. A backend
+//! runs the whole suite with one line in its tests:
+//! `crate::store::contract::store_contract_tests!(MyHarness::new());`, where the harness opens a
+//! store on a fresh database (and opening it again reaches the same data, for the reopen check).
+
+use crate::domain::{
+    ChangeKind, EventKind, ExitStatus, FileChange, FileEntry, FileKind, FinalState, Finished, Job,
+    JobEvent, JobId, JobSpec, JobState, Outcome, PageCursor, Session, SessionId, TenantId,
+    Timestamp, Usage,
+};
+use crate::error::{Error, Reason};
+use crate::store::{DynStore, JobFilter, JobUpdate, JobWrite, Store};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Opens the backend under test. Each harness owns one fresh database; every `open` returns a
+/// new store handle on that same database.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    async fn open(&self) -> DynStore;
+}
+
+/// Generates one `#[tokio::test]` per contract check, each with a fresh harness from `$harness`.
+macro_rules! store_contract_tests {
+    ($harness:expr) => {
+        $crate::store::contract::store_contract_tests!(@each $harness;
+            session_crud,
+            session_idempotency,
+            session_label_filter,
+            session_paging,
+            expired_sessions_listing,
+            job_create_and_idempotency,
+            list_jobs_filter_and_paging,
+            unfinished_jobs_order,
+            append_consecutive,
+            append_refuses_gap_repeat_unknown,
+            read_events_cursor_and_limit,
+            finished_update_sets_conversation,
+            latest_succeeded,
+            job_outputs,
+            delete_session_cascades,
+            survives_reopen,
+            concurrent_appends,
+            many_events_in_order,
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let harness = $harness;
+                $crate::store::contract::$name(&harness).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_contract_tests;
+
+// ---- fixtures ----------------------------------------------------------------------------------
+
+const T0: i64 = 1_700_000_000_000_000;
+
+fn ts(offset_s: i64) -> Timestamp {
+    Timestamp(T0 + offset_s * 1_000_000)
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId(name.to_owned())
+}
+
+fn session(t: &str, created: Timestamp) -> Session {
+    Session {
+        id: SessionId::generate(),
+        tenant: tenant(t),
+        labels: BTreeMap::new(),
+        created,
+        expires: Timestamp(created.0 + 3_600_000_000),
+        ttl: Duration::from_secs(3600),
+        request_id: None,
+        conversation_id: None,
+        job_count: 0,
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn job(s: &Session, created: Timestamp) -> Job {
+    Job {
+        id: JobId::generate(),
+        session_id: s.id.clone(),
+        tenant: s.tenant.clone(),
+        spec: JobSpec {
+            agent: "claude".into(),
+            prompt: "fix the \"bug\" ✓".into(),
+            model: Some("sonnet".into()),
+            timeout: Duration::from_millis(90_500),
+            env: labels(&[("A", "1"), ("B", "two")]),
+            allowed_tools: vec!["Read".into(), "Edit".into()],
+            max_turns: Some(7),
+            append_system_prompt: None,
+            permission_mode: Some("acceptEdits".into()),
+        },
+        created,
+        state: JobState::Queued,
+        request_id: None,
+        result: String::new(),
+        usage: Usage::default(),
+        conversation_id: None,
+        last_seq: 0,
+    }
+}
+
+fn text(seq: u64, s: &str) -> JobEvent {
+    JobEvent {
+        seq,
+        time: Timestamp(T0 + seq as i64),
+        raw: Some(format!("{{\"type\":\"text\",\"n\":{seq}}}")),
+        kind: EventKind::Text { text: s.to_owned() },
+    }
+}
+
+fn texts(from: u64, to: u64) -> Vec<JobEvent> {
+    (from..=to).map(|n| text(n, &format!("line {n}"))).collect()
+}
+
+fn usage() -> Usage {
+    Usage {
+        input_tokens: 120,
+        output_tokens: 45,
+        cache_read_input_tokens: 3,
+        cache_creation_input_tokens: 4,
+        cost_usd: Some(0.25),
+        num_turns: 2,
+        duration_ms: 1500,
+    }
+}
+
+fn running(started: Timestamp) -> JobUpdate {
+    JobUpdate {
+        state: JobState::Running { started },
+        result: String::new(),
+        usage: Usage::default(),
+        conversation_id: None,
+    }
+}
+
+fn finished(outcome: Outcome, conversation: Option<&str>) -> JobUpdate {
+    JobUpdate {
+        state: JobState::Finished(Finished {
+            started: Some(ts(1)),
+            ended: ts(2),
+            outcome,
+            exit: Some(ExitStatus::Code(0)),
+        }),
+        result: "done".into(),
+        usage: usage(),
+        conversation_id: conversation.map(str::to_owned),
+    }
+}
+
+fn write(job: &Job, events: Vec<JobEvent>, update: Option<JobUpdate>) -> JobWrite {
+    JobWrite {
+        job_id: job.id.clone(),
+        events,
+        update,
+    }
+}
+
+async fn new_session(store: &dyn Store, s: Session) -> Session {
+    store.create_session(&s).await.expect("create_session")
+}
+
+async fn new_job(store: &dyn Store, s: &Session, created: Timestamp) -> Job {
+    let j = job(s, created);
+    store
+        .create_job(&j, Timestamp(created.0 + 1))
+        .await
+        .expect("create_job")
+}
+
+/// Moves a job to a final state through the same path the runner uses.
+async fn finish(store: &dyn Store, j: &Job, outcome: Outcome) {
+    store
+        .append(vec![write(j, vec![], Some(running(ts(1))))])
+        .await
+        .expect("append running");
+    store
+        .append(vec![write(j, vec![], Some(finished(outcome, None)))])
+        .await
+        .expect("append finished");
+}
+
+fn ids<T, I: std::fmt::Display>(items: &[T], id: impl Fn(&T) -> &I) -> Vec<String> {
+    items.iter().map(|i| id(i).to_string()).collect()
+}
+
+// ---- sessions ----------------------------------------------------------------------------------
+
+pub async fn session_crud(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut s = session("acme", ts(0));
+    s.labels = labels(&[("env", "prod"), ("owner", "ünïcode \"q\"")]);
+    s.ttl = Duration::from_micros(1_234_567);
+    s.conversation_id = Some("conv-0".into());
+    let created = new_session(&*store, s.clone()).await;
+    assert_eq!(created, s);
+
+    assert_eq!(
+        store.get_session(&tenant("acme"), &s.id).await.unwrap(),
+        Some(s.clone())
+    );
+    assert_eq!(
+        store.get_session(&tenant("other"), &s.id).await.unwrap(),
+        None,
+        "another tenant must not see the session"
+    );
+    assert_eq!(store.get_session_any(&s.id).await.unwrap(), Some(s.clone()));
+    let missing = SessionId::generate();
+    assert_eq!(store.get_session_any(&missing).await.unwrap(), None);
+
+    store.set_session_expiry(&s.id, ts(99)).await.unwrap();
+    let got = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(got.expires, ts(99));
+    let err = store.set_session_expiry(&missing, ts(1)).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::SessionNotFound);
+
+    store.delete_session(&s.id).await.unwrap();
+    assert_eq!(store.get_session_any(&s.id).await.unwrap(), None);
+    // Deleting what is already gone is fine.
+    store.delete_session(&s.id).await.unwrap();
+}
+
+pub async fn session_idempotency(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut first = session("acme", ts(0));
+    first.request_id = Some("req-1".into());
+    new_session(&*store, first.clone()).await;
+
+    let mut retry = session("acme", ts(5));
+    retry.request_id = Some("req-1".into());
+    let got = store.create_session(&retry).await.unwrap();
+    assert_eq!(got, first, "a retried request returns the original session");
+    assert_eq!(store.get_session_any(&retry.id).await.unwrap(), None);
+
+    // The same request id from another tenant is a different request.
+    let mut other = session("globex", ts(6));
+    other.request_id = Some("req-1".into());
+    assert_eq!(store.create_session(&other).await.unwrap(), other);
+
+    // Sessions without a request id never collide.
+    let a = new_session(&*store, session("acme", ts(7))).await;
+    let b = new_session(&*store, session("acme", ts(8))).await;
+    let listed = store
+        .list_sessions(&tenant("acme"), &BTreeMap::new(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&listed, |s| &s.id),
+        ids(&[b, a, first], |s: &Session| &s.id)
+    );
+}
+
+pub async fn session_label_filter(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut both = session("acme", ts(3));
+    both.labels = labels(&[("env", "prod"), ("team", "a"), ("we.ird key", "v\"1")]);
+    let mut prod = session("acme", ts(2));
+    prod.labels = labels(&[("env", "prod")]);
+    let mut dev = session("acme", ts(1));
+    dev.labels = labels(&[("env", "dev"), ("team", "a")]);
+    let mut foreign = session("globex", ts(4));
+    foreign.labels = labels(&[("env", "prod")]);
+    for s in [&both, &prod, &dev, &foreign] {
+        new_session(&*store, s.clone()).await;
+    }
+    let acme = tenant("acme");
+    let cases: Vec<(BTreeMap<String, String>, Vec<&Session>)> = vec![
+        (labels(&[]), vec![&both, &prod, &dev]),
+        (labels(&[("env", "prod")]), vec![&both, &prod]),
+        (labels(&[("team", "a")]), vec![&both, &dev]),
+        (labels(&[("env", "prod"), ("team", "a")]), vec![&both]),
+        (labels(&[("we.ird key", "v\"1")]), vec![&both]),
+        (labels(&[("env", "staging")]), vec![]),
+        (labels(&[("nope", "prod")]), vec![]),
+    ];
+    for (filter, want) in cases {
+        let got = store
+            .list_sessions(&acme, &filter, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&got, |s| &s.id),
+            want.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(),
+            "filter {filter:?}"
+        );
+    }
+}
+
+pub async fn session_paging(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut all = Vec::new();
+    for i in 0..23 {
+        // Pairs of sessions share a creation time, so the id must break ties.
+        let mut s = session("acme", ts(i / 2));
+        if i % 3 == 0 {
+            s.labels = labels(&[("k", "v")]);
+        }
+        all.push(new_session(&*store, s).await);
+        new_session(&*store, session("globex", ts(i / 2))).await;
+    }
+    let mut expected = all.clone();
+    expected.sort_by(|a, b| (b.created, b.id.as_str()).cmp(&(a.created, a.id.as_str())));
+
+    for (filter, want) in [
+        (labels(&[]), expected.clone()),
+        (
+            labels(&[("k", "v")]),
+            expected
+                .iter()
+                .filter(|s| !s.labels.is_empty())
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+    ] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<PageCursor> = None;
+        loop {
+            let page = store
+                .list_sessions(&tenant("acme"), &filter, cursor.as_ref(), 4)
+                .await
+                .unwrap();
+            assert!(page.len() <= 4);
+            let Some(last) = page.last() else { break };
+            cursor = Some(PageCursor {
+                created: last.created,
+                id: last.id.to_string(),
+            });
+            seen.extend(page);
+        }
+        assert_eq!(
+            ids(&seen, |s| &s.id),
+            ids(&want, |s| &s.id),
+            "filter {filter:?}"
+        );
+    }
+}
+
+pub async fn expired_sessions_listing(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut made = Vec::new();
+    for (i, exp) in [50, 10, 30, 40, 20].into_iter().enumerate() {
+        let mut s = session(if i % 2 == 0 { "acme" } else { "globex" }, ts(0));
+        s.expires = ts(exp);
+        made.push(new_session(&*store, s).await);
+    }
+    let got = store.expired_sessions(ts(30), 100).await.unwrap();
+    let exp: Vec<Timestamp> = got.iter().map(|s| s.expires).collect();
+    assert_eq!(
+        exp,
+        vec![ts(10), ts(20), ts(30)],
+        "at or before now, oldest first"
+    );
+    let got = store.expired_sessions(ts(100), 2).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].expires, ts(10));
+    assert!(store.expired_sessions(ts(9), 100).await.unwrap().is_empty());
+    // Extending the expiry takes a session off the list.
+    store
+        .set_session_expiry(&made[1].id, ts(1000))
+        .await
+        .unwrap();
+    let got = store.expired_sessions(ts(30), 100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.expires).collect::<Vec<_>>(),
+        vec![ts(20), ts(30)]
+    );
+}
+
+// ---- jobs --------------------------------------------------------------------------------------
+
+pub async fn job_create_and_idempotency(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let mut j = job(&s, ts(1));
+    j.request_id = Some("job-req".into());
+    assert_eq!(store.create_job(&j, ts(500)).await.unwrap(), j);
+    assert_eq!(store.get_job(&j.id).await.unwrap(), Some(j.clone()));
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.job_count, 1);
+    assert_eq!(sess.expires, ts(500));
+
+    let mut retry = job(&s, ts(2));
+    retry.request_id = Some("job-req".into());
+    assert_eq!(store.create_job(&retry, ts(900)).await.unwrap(), j);
+    assert_eq!(store.get_job(&retry.id).await.unwrap(), None);
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.job_count, 1, "a retried submission changes nothing");
+    assert_eq!(sess.expires, ts(500));
+
+    let second = new_job(&*store, &s, ts(3)).await;
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.job_count, 2);
+    assert_eq!(sess.expires, Timestamp(second.created.0 + 1));
+
+    // No job in a missing session, nor in another tenant's session.
+    let ghost = session("acme", ts(0));
+    let err = store
+        .create_job(&job(&ghost, ts(1)), ts(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::SessionNotFound);
+    let mut intruder = job(&s, ts(4));
+    intruder.tenant = tenant("globex");
+    let err = store.create_job(&intruder, ts(5)).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::SessionNotFound);
+    assert_eq!(store.get_job(&intruder.id).await.unwrap(), None);
+    assert_eq!(store.get_job(&JobId::generate()).await.unwrap(), None);
+}
+
+pub async fn list_jobs_filter_and_paging(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("acme", ts(0))).await;
+    let mut jobs = Vec::new();
+    for i in 0..13 {
+        let j = new_job(&*store, &s, ts(i / 3)).await;
+        match i % 4 {
+            0 => {}
+            1 => store
+                .append(vec![write(&j, vec![], Some(running(ts(1))))])
+                .await
+                .unwrap(),
+            2 => finish(&*store, &j, Outcome::Succeeded).await,
+            _ => {
+                finish(
+                    &*store,
+                    &j,
+                    Outcome::Failed {
+                        message: "boom".into(),
+                    },
+                )
+                .await
+            }
+        }
+        jobs.push(store.get_job(&j.id).await.unwrap().unwrap());
+        new_job(&*store, &other, ts(i)).await;
+    }
+    jobs.sort_by(|a, b| (b.created, b.id.as_str()).cmp(&(a.created, a.id.as_str())));
+
+    for states in [
+        vec![],
+        vec!["SUCCEEDED"],
+        vec!["QUEUED", "RUNNING"],
+        vec!["FAILED", "SUCCEEDED"],
+        vec!["CANCELLED"],
+    ] {
+        let want: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| states.is_empty() || states.contains(&j.state.name()))
+            .collect();
+        let filter = JobFilter {
+            states: states.clone(),
+        };
+        let mut seen = Vec::new();
+        let mut cursor: Option<PageCursor> = None;
+        loop {
+            let page = store
+                .list_jobs(&s.id, &filter, cursor.as_ref(), 3)
+                .await
+                .unwrap();
+            assert!(page.len() <= 3);
+            let Some(last) = page.last() else { break };
+            cursor = Some(PageCursor {
+                created: last.created,
+                id: last.id.to_string(),
+            });
+            seen.extend(page);
+        }
+        assert_eq!(
+            seen,
+            want.into_iter().cloned().collect::<Vec<_>>(),
+            "states {states:?}"
+        );
+    }
+}
+
+pub async fn unfinished_jobs_order(h: &dyn Harness) {
+    let store = h.open().await;
+    let a = new_session(&*store, session("acme", ts(0))).await;
+    let b = new_session(&*store, session("globex", ts(0))).await;
+    let a1 = new_job(&*store, &a, ts(5)).await;
+    let b1 = new_job(&*store, &b, ts(1)).await;
+    let a2 = new_job(&*store, &a, ts(3)).await;
+    let b2 = new_job(&*store, &b, ts(4)).await;
+    let a3 = new_job(&*store, &a, ts(2)).await;
+    store
+        .append(vec![write(&a2, vec![], Some(running(ts(3))))])
+        .await
+        .unwrap();
+    finish(&*store, &b2, Outcome::Succeeded).await;
+    store
+        .append(vec![write(
+            &a3,
+            vec![],
+            Some(JobUpdate {
+                state: JobState::Finished(Finished {
+                    started: None,
+                    ended: ts(3),
+                    outcome: Outcome::Cancelled {
+                        reason: "user".into(),
+                    },
+                    exit: None,
+                }),
+                result: String::new(),
+                usage: Usage::default(),
+                conversation_id: None,
+            }),
+        )])
+        .await
+        .unwrap();
+    let got = store.unfinished_jobs().await.unwrap();
+    assert_eq!(
+        ids(&got, |j| &j.id),
+        ids(&[b1, a2.clone(), a1], |j: &Job| &j.id)
+    );
+    assert_eq!(got[1].state, JobState::Running { started: ts(3) });
+}
+
+// ---- events ------------------------------------------------------------------------------------
+
+pub async fn append_consecutive(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    store
+        .append(vec![write(&j, texts(1, 3), None)])
+        .await
+        .unwrap();
+    assert_eq!(store.get_job(&j.id).await.unwrap().unwrap().last_seq, 3);
+    // Two writes for the same job in one batch continue each other.
+    store
+        .append(vec![
+            write(&j, texts(4, 5), None),
+            write(&j, texts(6, 6), Some(running(ts(1)))),
+            write(&j, vec![], None),
+        ])
+        .await
+        .unwrap();
+    let got = store.get_job(&j.id).await.unwrap().unwrap();
+    assert_eq!(got.last_seq, 6);
+    assert_eq!(got.state, JobState::Running { started: ts(1) });
+    let events = store.read_events(&j.id, 0, 100).await.unwrap();
+    assert_eq!(events, texts(1, 6));
+    // An empty batch is a no-op.
+    store.append(vec![]).await.unwrap();
+}
+
+pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let b = new_job(&*store, &s, ts(2)).await;
+    store
+        .append(vec![write(&a, texts(1, 3), None)])
+        .await
+        .unwrap();
+    let a_before = store.get_job(&a.id).await.unwrap().unwrap();
+    let b_before = store.get_job(&b.id).await.unwrap().unwrap();
+    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+
+    let ghost = job(&s, ts(3));
+    let bad_batches: Vec<(&str, Vec<JobWrite>)> = vec![
+        ("gap", vec![write(&a, texts(5, 6), None)]),
+        ("repeat", vec![write(&a, texts(3, 4), None)]),
+        ("restart", vec![write(&a, texts(1, 1), None)]),
+        (
+            "hole inside a write",
+            vec![write(&a, vec![text(4, "x"), text(6, "y")], None)],
+        ),
+        ("unknown job", vec![write(&ghost, texts(1, 1), None)]),
+        (
+            "valid writes before a bad one",
+            vec![
+                write(
+                    &b,
+                    texts(1, 2),
+                    Some(finished(Outcome::Succeeded, Some("conv-x"))),
+                ),
+                write(&a, texts(4, 4), Some(running(ts(1)))),
+                write(&a, texts(4, 4), None),
+            ],
+        ),
+        (
+            "same job twice from the same seq",
+            vec![write(&b, texts(1, 1), None), write(&b, texts(1, 1), None)],
+        ),
+    ];
+    for (what, batch) in bad_batches {
+        let err = store.append(batch).await.unwrap_err();
+        assert!(matches!(err, Error::Internal { .. }), "{what}: {err:?}");
+        assert_eq!(
+            store.get_job(&a.id).await.unwrap().unwrap(),
+            a_before,
+            "{what}"
+        );
+        assert_eq!(
+            store.get_job(&b.id).await.unwrap().unwrap(),
+            b_before,
+            "{what}"
+        );
+        assert_eq!(
+            store.read_events(&a.id, 0, 100).await.unwrap(),
+            texts(1, 3),
+            "{what}"
+        );
+        assert!(
+            store.read_events(&b.id, 0, 100).await.unwrap().is_empty(),
+            "{what}"
+        );
+        assert_eq!(
+            store.get_session_any(&s.id).await.unwrap().unwrap(),
+            session_before,
+            "{what}"
+        );
+    }
+    // The log still continues normally afterwards.
+    store
+        .append(vec![write(&a, texts(4, 4), None)])
+        .await
+        .unwrap();
+    assert_eq!(store.read_events(&a.id, 0, 100).await.unwrap(), texts(1, 4));
+}
+
+pub async fn read_events_cursor_and_limit(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    let other = new_job(&*store, &s, ts(2)).await;
+    let kinds = vec![
+        EventKind::Started {
+            agent: "claude".into(),
+            command: "claude -p".into(),
+            pid: 4242,
+            resumed_conversation_id: Some("c0".into()),
+        },
+        EventKind::Init {
+            conversation_id: "c1".into(),
+            model: "sonnet".into(),
+            tools: vec!["Read".into(), "Bash".into()],
+            agent_version: "2.1.0".into(),
+        },
+        EventKind::Text {
+            text: "multi\nline \u{1F600} \"quoted\"".into(),
+        },
+        EventKind::ToolCall {
+            id: "t1".into(),
+            name: "Bash".into(),
+            input_json: "{\"command\":\"ls\"}".into(),
+        },
+        EventKind::ToolResult {
+            id: "t1".into(),
+            is_error: true,
+            content: String::new(),
+        },
+        EventKind::Usage(usage()),
+        EventKind::Stderr {
+            line: "warn".into(),
+            truncated: true,
+        },
+        EventKind::Unparsed {
+            line: "{not json".into(),
+            truncated: false,
+        },
+        EventKind::Other {
+            r#type: "system".into(),
+        },
+        EventKind::Truncated {
+            reason: "too many events".into(),
+        },
+        EventKind::Finished {
+            state: FinalState::TimedOut,
+            exit: Some(ExitStatus::Signal(9)),
+            result: String::new(),
+            error_message: "timed out after 90s".into(),
+            usage: usage(),
+        },
+    ];
+    let events: Vec<JobEvent> = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| JobEvent {
+            seq: i as u64 + 1,
+            time: Timestamp(T0 + i as i64 * 7),
+            raw: (i % 2 == 0).then(|| format!("raw line {i}")),
+            kind,
+        })
+        .collect();
+    store
+        .append(vec![
+            write(&j, events.clone(), None),
+            write(&other, texts(1, 2), None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.read_events(&j.id, 0, 3).await.unwrap(), events[..3]);
+    assert_eq!(store.read_events(&j.id, 3, 100).await.unwrap(), events[3..]);
+    assert_eq!(store.read_events(&j.id, 9, 1).await.unwrap(), events[9..10]);
+    assert!(store.read_events(&j.id, 11, 100).await.unwrap().is_empty());
+    assert!(store.read_events(&j.id, 0, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_events(&JobId::generate(), 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.read_events(&other.id, 0, 100).await.unwrap(),
+        texts(1, 2)
+    );
+}
+
+pub async fn finished_update_sets_conversation(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    // A conversation id reported while running does not move the session yet.
+    let mut run = running(ts(1));
+    run.conversation_id = Some("conv-early".into());
+    store
+        .append(vec![write(&j, texts(1, 1), Some(run))])
+        .await
+        .unwrap();
+    let got = store.get_job(&j.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id.as_deref(), Some("conv-early"));
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.conversation_id, None);
+
+    let done = finished(Outcome::Succeeded, Some("conv-1"));
+    store
+        .append(vec![write(&j, texts(2, 2), Some(done.clone()))])
+        .await
+        .unwrap();
+    let got = store.get_job(&j.id).await.unwrap().unwrap();
+    assert_eq!(got.state, done.state);
+    assert_eq!(got.result, "done");
+    assert_eq!(got.usage, usage());
+    assert_eq!(got.conversation_id.as_deref(), Some("conv-1"));
+    assert_eq!(got.last_seq, 2);
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.conversation_id.as_deref(), Some("conv-1"));
+
+    // A job finishing without a conversation id leaves the session's alone.
+    let k = new_job(&*store, &s, ts(2)).await;
+    finish(
+        &*store,
+        &k,
+        Outcome::Failed {
+            message: "x".into(),
+        },
+    )
+    .await;
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.conversation_id.as_deref(), Some("conv-1"));
+}
+
+pub async fn latest_succeeded(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("acme", ts(0))).await;
+    assert_eq!(store.latest_succeeded_job(&s.id).await.unwrap(), None);
+    let j1 = new_job(&*store, &s, ts(1)).await;
+    let j2 = new_job(&*store, &s, ts(2)).await;
+    let j3 = new_job(&*store, &s, ts(3)).await;
+    let _j4 = new_job(&*store, &s, ts(4)).await;
+    let o1 = new_job(&*store, &other, ts(9)).await;
+    finish(&*store, &j1, Outcome::Succeeded).await;
+    assert_eq!(
+        store
+            .latest_succeeded_job(&s.id)
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(j1.id.clone())
+    );
+    finish(&*store, &j3, Outcome::Succeeded).await;
+    finish(
+        &*store,
+        &j2,
+        Outcome::Failed {
+            message: "no".into(),
+        },
+    )
+    .await;
+    finish(&*store, &o1, Outcome::Succeeded).await;
+    let got = store.latest_succeeded_job(&s.id).await.unwrap().unwrap();
+    assert_eq!(got.id, j3.id);
+    assert_eq!(got.state.name(), "SUCCEEDED");
+}
+
+// ---- outputs and deletion ----------------------------------------------------------------------
+
+fn change(path: &str, kind: ChangeKind) -> FileChange {
+    FileChange {
+        path: path.to_owned(),
+        kind,
+        entry: (kind != ChangeKind::Deleted).then(|| FileEntry {
+            path: path.to_owned(),
+            kind: FileKind::Regular,
+            size: 12,
+            mode: 0o644,
+            modified: ts(1),
+            sha256: Some("ab".repeat(32)),
+            symlink_target: None,
+        }),
+    }
+}
+
+pub async fn job_outputs(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), None);
+    let changes = vec![
+        change("src/z.rs", ChangeKind::Modified),
+        change("README.md", ChangeKind::Added),
+        change("a/b.txt", ChangeKind::Deleted),
+    ];
+    store.put_job_outputs(&j.id, &changes).await.unwrap();
+    let mut sorted = changes.clone();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), Some(sorted));
+
+    let replaced = vec![change("only.txt", ChangeKind::Added)];
+    store.put_job_outputs(&j.id, &replaced).await.unwrap();
+    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), Some(replaced));
+    store.put_job_outputs(&j.id, &[]).await.unwrap();
+    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), Some(vec![]));
+
+    let err = store
+        .put_job_outputs(&JobId::generate(), &changes)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::JobNotFound);
+}
+
+pub async fn delete_session_cascades(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let keep = new_session(&*store, session("acme", ts(0))).await;
+    let j1 = new_job(&*store, &s, ts(1)).await;
+    let j2 = new_job(&*store, &s, ts(2)).await;
+    let k = new_job(&*store, &keep, ts(3)).await;
+    store
+        .append(vec![
+            write(&j1, texts(1, 5), None),
+            write(&j2, texts(1, 2), None),
+            write(&k, texts(1, 3), None),
+        ])
+        .await
+        .unwrap();
+    store
+        .put_job_outputs(&j1.id, &[change("a", ChangeKind::Added)])
+        .await
+        .unwrap();
+    store
+        .put_job_outputs(&k.id, &[change("b", ChangeKind::Added)])
+        .await
+        .unwrap();
+
+    store.delete_session(&s.id).await.unwrap();
+    assert_eq!(store.get_session_any(&s.id).await.unwrap(), None);
+    for j in [&j1, &j2] {
+        assert_eq!(store.get_job(&j.id).await.unwrap(), None);
+        assert!(store.read_events(&j.id, 0, 100).await.unwrap().is_empty());
+        assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), None);
+    }
+    assert!(
+        store
+            .list_jobs(&s.id, &JobFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let unfinished = store.unfinished_jobs().await.unwrap();
+    assert_eq!(ids(&unfinished, |j| &j.id), vec![k.id.to_string()]);
+    // The other session is untouched.
+    assert!(store.get_session_any(&keep.id).await.unwrap().is_some());
+    assert_eq!(store.read_events(&k.id, 0, 100).await.unwrap(), texts(1, 3));
+    assert!(store.get_job_outputs(&k.id).await.unwrap().is_some());
+    // Its events still append after the neighbour's deletion.
+    store
+        .append(vec![write(&k, texts(4, 4), None)])
+        .await
+        .unwrap();
+}
+
+pub async fn survives_reopen(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut s = session("acme", ts(0));
+    s.labels = labels(&[("env", "prod")]);
+    s.request_id = Some("r".into());
+    let s = new_session(&*store, s).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    store
+        .append(vec![write(
+            &j,
+            texts(1, 50),
+            Some(finished(Outcome::Succeeded, Some("conv-9"))),
+        )])
+        .await
+        .unwrap();
+    store
+        .put_job_outputs(&j.id, &[change("x", ChangeKind::Added)])
+        .await
+        .unwrap();
+    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let job_before = store.get_job(&j.id).await.unwrap().unwrap();
+    drop(store);
+
+    let store = h.open().await;
+    assert_eq!(
+        store.get_session_any(&s.id).await.unwrap(),
+        Some(session_before)
+    );
+    assert_eq!(store.get_job(&j.id).await.unwrap(), Some(job_before));
+    assert_eq!(
+        store.read_events(&j.id, 0, 1000).await.unwrap(),
+        texts(1, 50)
+    );
+    assert_eq!(
+        store.get_job_outputs(&j.id).await.unwrap(),
+        Some(vec![change("x", ChangeKind::Added)])
+    );
+    // Idempotency keys survive too.
+    let mut retry = session("acme", ts(5));
+    retry.request_id = Some("r".into());
+    assert_eq!(store.create_session(&retry).await.unwrap().id, s.id);
+    store
+        .append(vec![write(&j, texts(51, 51), None)])
+        .await
+        .unwrap();
+}
+
+/// Many writers at once: every valid write lands exactly once, in order per job, and the invalid
+/// ones fail without disturbing the valid writes they may share a commit with.
+pub async fn concurrent_appends(h: &dyn Harness) {
+    const JOBS: usize = 8;
+    const BATCHES: u64 = 40;
+    const PER_BATCH: u64 = 5;
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let mut tasks = Vec::new();
+    for i in 0..JOBS {
+        let j = new_job(&*store, &s, ts(i as i64)).await;
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for b in 0..BATCHES {
+                let from = b * PER_BATCH + 1;
+                store
+                    .append(vec![write(&j, texts(from, from + PER_BATCH - 1), None)])
+                    .await
+                    .expect("valid append");
+                // Replaying the same seqs must fail every time.
+                if store
+                    .append(vec![write(&j, texts(from, from), None)])
+                    .await
+                    .is_err()
+                {
+                    refused += 1;
+                }
+            }
+            (j.id, refused)
+        }));
+    }
+    for t in tasks {
+        let (id, refused) = t.await.expect("task");
+        assert_eq!(refused, BATCHES);
+        let events = store.read_events(&id, 0, 10_000).await.unwrap();
+        assert_eq!(events, texts(1, BATCHES * PER_BATCH));
+        assert_eq!(
+            store.get_job(&id).await.unwrap().unwrap().last_seq,
+            BATCHES * PER_BATCH
+        );
+    }
+}
+
+/// 100k events in batches of 100 read back complete and in order (a sanity check, no timing).
+pub async fn many_events_in_order(h: &dyn Harness) {
+    const TOTAL: u64 = 100_000;
+    const BATCH: u64 = 100;
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    for b in 0..TOTAL / BATCH {
+        let from = b * BATCH + 1;
+        let events = (from..from + BATCH)
+            .map(|n| JobEvent {
+                seq: n,
+                time: Timestamp(T0 + n as i64),
+                raw: None,
+                kind: EventKind::Text {
+                    text: format!("event {n}"),
+                },
+            })
+            .collect();
+        store.append(vec![write(&j, events, None)]).await.unwrap();
+    }
+    let mut after = 0;
+    let mut seen = BTreeSet::new();
+    loop {
+        let page = store.read_events(&j.id, after, 4096).await.unwrap();
+        let Some(last) = page.last() else { break };
+        for e in &page {
+            assert_eq!(e.seq, after + 1, "events come in seq order without gaps");
+            assert_eq!(
+                e.kind,
+                EventKind::Text {
+                    text: format!("event {}", e.seq)
+                }
+            );
+            after = e.seq;
+            seen.insert(e.seq);
+        }
+        assert_eq!(last.seq, after);
+    }
+    assert_eq!(seen.len() as u64, TOTAL);
+    assert_eq!(store.get_job(&j.id).await.unwrap().unwrap().last_seq, TOTAL);
+}

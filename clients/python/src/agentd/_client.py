@@ -1,0 +1,443 @@
+"""The synchronous client: thin helpers over the generated grpcio stubs (``client.sessions``,
+``client.jobs``, ``client.files`` stay available, already authenticated, for anything the helpers
+do not cover). Every grpc error leaving this module is an :class:`agentd.AgentdError`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, TypeVar
+
+import grpc
+
+from agentd import _common
+from agentd._common import EventCursor, FileSource, Reconnect, StrPath, UploadEntry
+from agentd._errors import AgentdError, from_rpc_error
+from agentd.v1 import (
+    file_pb2,
+    file_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
+
+_T = TypeVar("_T")
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(
+        self, base: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class _AuthInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <key>`` to every call made through the channel."""
+
+    def __init__(self, api_key: str) -> None:
+        self._md = _common.auth_metadata(api_key)
+
+    def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(d, (*(d.metadata or ()), *self._md))
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def _call(fn: Callable[[], _T]) -> _T:
+    try:
+        return fn()
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+
+
+class Run:
+    """A job started by :meth:`Client.run`: iterate it for the job's events (in seq order, each
+    exactly once, reattaching transparently); afterwards ``job`` is the final job.
+
+    ``job`` is the job as submitted once the first response arrived, and the final job (state,
+    result, usage) once the iteration ended or :meth:`wait` returned.
+    """
+
+    def __init__(self, client: Client, request: job_pb2.SubmitJobRequest) -> None:
+        self._client = client
+        self._request = request
+        self.job: job_pb2.Job | None = None
+        self._events = self._generate()
+
+    def __iter__(self) -> Iterator[job_pb2.JobEvent]:
+        return self
+
+    def __next__(self) -> job_pb2.JobEvent:
+        return next(self._events)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id if self.job is not None else ""
+
+    def wait(self) -> job_pb2.Job:
+        """Consumes the remaining events and returns the final job."""
+        for _ in self._events:
+            pass
+        if self.job is None:  # pragma: no cover - _generate always sets it or raises
+            raise AgentdError(grpc.StatusCode.INTERNAL, "RunJob returned no job")
+        return self.job
+
+    def cancel(self) -> job_pb2.Job:
+        """Cancels the job (it must have been submitted, i.e. one event or ``job`` was seen)."""
+        return self._client.cancel(self.job_id)
+
+    def _generate(self) -> Iterator[job_pb2.JobEvent]:
+        cursor = EventCursor()
+        policy = Reconnect(self._client.reconnect_timeout)
+        # Until the first response names the job, retry RunJob itself: its request_id makes the
+        # retry return the same job instead of submitting a second one.
+        while self.job is None:
+            call = self._client.jobs.RunJob(job_pb2.RunJobRequest(job=self._request))
+            try:
+                for resp in call:
+                    if resp.HasField("job") and self.job is None:
+                        self.job = resp.job
+                    policy.progressed()
+                    yield from cursor.accept(resp.events)
+                    if cursor.finished:
+                        break
+                if self.job is None:
+                    raise AgentdError(grpc.StatusCode.INTERNAL, "RunJob ended without a job")
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                if self.job is not None and err.code == grpc.StatusCode.UNAVAILABLE:
+                    break  # reattach below with StreamJobEvents from the last seq
+                time.sleep(policy.next_delay(err))
+            finally:
+                call.cancel()
+        if not cursor.finished:
+            yield from self._client._follow(self.job.job_id, cursor, policy)
+        self.job = self._client._final_job(self.job.job_id)
+
+
+class Client:
+    """Synchronous agentd client.
+
+    >>> with Client("127.0.0.1:50051", api_key="...") as c:   # or AGENTD_URL / AGENTD_API_KEY
+    ...     session = c.create_session({"hello.py": "print('hi')"})
+    ...     run = c.run(session.session_id, "run hello.py")
+    ...     for event in run:
+    ...         print(event)
+    ...     print(run.job.state, run.job.result)
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        api_key: str | None = None,
+        *,
+        reconnect_timeout: float = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """``target``: ``host:port``, ``http://host:port`` or ``https://host[:port]`` (default
+        ``AGENTD_URL``); ``api_key`` defaults to ``AGENTD_API_KEY``. ``reconnect_timeout`` bounds
+        how long streams keep reattaching without progress."""
+        t = _common.resolve_target(target)
+        key = _common.resolve_api_key(api_key)
+        if t.secure:
+            raw = grpc.secure_channel(t.address, grpc.ssl_channel_credentials(), options=options)
+        else:
+            raw = grpc.insecure_channel(t.address, options=options)
+        self._raw_channel = raw
+        self.channel: grpc.Channel = grpc.intercept_channel(raw, _AuthInterceptor(key))
+        self.reconnect_timeout = reconnect_timeout
+        self.sessions = session_pb2_grpc.SessionServiceStub(self.channel)
+        self.jobs = job_pb2_grpc.JobServiceStub(self.channel)
+        self.files = file_pb2_grpc.FileServiceStub(self.channel)
+
+    def close(self) -> None:
+        self._raw_channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- sessions -------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        files: StrPath | Mapping[str, bytes | str] | None = None,
+        *,
+        ttl_seconds: int = 0,
+        labels: Mapping[str, str] | None = None,
+        request_id: str = "",
+    ) -> session_pb2.Session:
+        """Creates a session. ``files`` is a local directory (uploaded, streamed, after creation)
+        or a dict of workspace path → content (sent inline; ``str`` is UTF-8 encoded)."""
+        inline: list[session_pb2.FileContent] = []
+        directory: StrPath | None = None
+        if isinstance(files, Mapping):
+            for path, content in files.items():
+                data = content.encode() if isinstance(content, str) else content
+                inline.append(session_pb2.FileContent(path=path, content=data))
+        elif files is not None:
+            directory = files
+            _common.directory_entries(directory)  # fail before creating anything
+        req = session_pb2.CreateSessionRequest(
+            files=inline, ttl_seconds=ttl_seconds, labels=dict(labels or {}), request_id=request_id
+        )
+        session = _call(lambda: self.sessions.CreateSession(req)).session
+        if directory is not None:
+            self.upload_dir(session.session_id, directory)
+            session = self.get_session(session.session_id)
+        return session
+
+    def get_session(self, session_id: str) -> session_pb2.Session:
+        req = session_pb2.GetSessionRequest(session_id=session_id)
+        return _call(lambda: self.sessions.GetSession(req)).session
+
+    def list_sessions(
+        self, label_filter: Mapping[str, str] | None = None, *, page_size: int = 0
+    ) -> Iterator[session_pb2.Session]:
+        """All of the caller's sessions, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            req = session_pb2.ListSessionsRequest(
+                page_size=page_size, page_token=token, label_filter=dict(label_filter or {})
+            )
+            resp = _call(lambda: self.sessions.ListSessions(req))
+            yield from resp.sessions
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def delete_session(self, session_id: str) -> int:
+        """Deletes a session; returns how many queued or running jobs that cancelled."""
+        req = session_pb2.DeleteSessionRequest(session_id=session_id)
+        return _call(lambda: self.sessions.DeleteSession(req)).cancelled_jobs
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def upload(self, session_id: str, files: Mapping[str, FileSource]) -> list[file_pb2.FileInfo]:
+        """Uploads ``{workspace path: local path or bytes}`` in one stream, 1 MiB at a time."""
+        return self._upload(session_id, _common.upload_entries(files))
+
+    def upload_dir(
+        self, session_id: str, local_dir: StrPath, prefix: str = ""
+    ) -> list[file_pb2.FileInfo]:
+        """Uploads every regular file under ``local_dir`` (modes kept) to ``prefix/``."""
+        return self._upload(session_id, _common.directory_entries(local_dir, prefix))
+
+    def _upload(self, session_id: str, entries: list[UploadEntry]) -> list[file_pb2.FileInfo]:
+        def requests() -> Iterator[file_pb2.UploadFilesRequest]:
+            if not entries:
+                yield file_pb2.UploadFilesRequest(session_id=session_id)
+            for entry in entries:
+                yield _common.header_request(session_id, entry)
+                for chunk in _common.iter_chunks(entry):
+                    yield file_pb2.UploadFilesRequest(chunk=chunk)
+
+        return list(_call(lambda: self.files.UploadFiles(requests())).files)
+
+    def download(
+        self,
+        session_id: str,
+        path: str,
+        dest: StrPath | BinaryIO,
+        *,
+        offset: int = 0,
+        include_sha256: bool = False,
+    ) -> file_pb2.FileInfo:
+        """Streams one workspace file into ``dest`` (a local path, written via a temp file and
+        renamed, or an open binary file). ``offset`` resumes: only bytes from there are sent."""
+        req = file_pb2.DownloadFileRequest(
+            session_id=session_id, path=path, offset=offset, include_sha256=include_sha256
+        )
+        if isinstance(dest, (str, os.PathLike)):
+            target = Path(dest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.agentd-partial")
+            try:
+                with open(tmp, "wb") as f:
+                    info = self._download_into(req, f)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return info
+        return self._download_into(req, dest)
+
+    def _download_into(self, req: file_pb2.DownloadFileRequest, out: BinaryIO) -> file_pb2.FileInfo:
+        info = file_pb2.FileInfo()
+        call = self.files.DownloadFile(req)
+        try:
+            for resp in call:
+                if resp.HasField("info"):
+                    info = resp.info
+                else:
+                    out.write(resp.chunk)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return info
+
+    def read_file(self, session_id: str, path: str) -> bytes:
+        """A small workspace file's content (use :meth:`download` for large ones)."""
+        buf = io.BytesIO()
+        self.download(session_id, path, buf)
+        return buf.getvalue()
+
+    def list_files(
+        self, session_id: str, path: str = "", *, include_sha256: bool = False, page_size: int = 0
+    ) -> Iterator[file_pb2.FileInfo]:
+        """Every entry under ``path`` (recursively, in path order), fetching pages as needed."""
+        token = ""
+        while True:
+            req = file_pb2.ListFilesRequest(
+                session_id=session_id,
+                path=path,
+                include_sha256=include_sha256,
+                page_size=page_size,
+                page_token=token,
+            )
+            resp = _call(lambda: self.files.ListFiles(req))
+            yield from resp.files
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> int:
+        req = file_pb2.DeleteFileRequest(session_id=session_id, path=path, recursive=recursive)
+        return _call(lambda: self.files.DeleteFile(req)).deleted_files
+
+    def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
+        """What a job changed (default: the session's latest succeeded job)."""
+        req = file_pb2.GetJobOutputsRequest(session_id=session_id, job_id=job_id)
+        return _call(lambda: self.files.GetJobOutputs(req))
+
+    def download_outputs(self, session_id: str, dest_dir: StrPath, job_id: str = "") -> list[Path]:
+        """Downloads every file the job added or modified into ``dest_dir`` (keeping relative
+        paths); returns the local paths written."""
+        written: list[Path] = []
+        for rel in _common.output_paths(self.outputs(session_id, job_id)):
+            local = _common.safe_local_path(dest_dir, rel)
+            self.download(session_id, rel, local)
+            written.append(local)
+        return written
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def submit(self, session_id: str, prompt: str, **options: Any) -> job_pb2.Job:
+        """Queues a job. ``options``: agent, model, timeout_seconds, env, allowed_tools,
+        max_turns, append_system_prompt, permission_mode, request_id."""
+        req = _common.submit_request(session_id, prompt, **options)
+        return _call(lambda: self.jobs.SubmitJob(req)).job
+
+    def run(self, session_id: str, prompt: str, **options: Any) -> Run:
+        """Submits a job and streams its events: iterate the returned :class:`Run`, then read
+        ``run.job`` (or call ``run.wait()``) for the final job. Options as for :meth:`submit`."""
+        return Run(self, _common.submit_request(session_id, prompt, **options))
+
+    def get_job(self, job_id: str) -> job_pb2.Job:
+        req = job_pb2.GetJobRequest(job_id=job_id)
+        return _call(lambda: self.jobs.GetJob(req)).job
+
+    def list_jobs(
+        self,
+        session_id: str,
+        states: Iterable[job_pb2.JobState.ValueType] = (),
+        *,
+        page_size: int = 0,
+    ) -> Iterator[job_pb2.Job]:
+        token = ""
+        wanted = list(states)
+        while True:
+            req = job_pb2.ListJobsRequest(
+                session_id=session_id, states=wanted, page_size=page_size, page_token=token
+            )
+            resp = _call(lambda: self.jobs.ListJobs(req))
+            yield from resp.jobs
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job_id: str) -> job_pb2.Job:
+        req = job_pb2.CancelJobRequest(job_id=job_id)
+        return _call(lambda: self.jobs.CancelJob(req)).job
+
+    def stream(self, job_id: str, after_seq: int = 0) -> Iterator[job_pb2.JobEvent]:
+        """The job's events after ``after_seq``, each exactly once, ending with ``finished``.
+        When the connection drops it reattaches from the last seq it delivered."""
+        cursor = EventCursor(after_seq)
+        return self._follow(job_id, cursor, Reconnect(self.reconnect_timeout))
+
+    def wait(self, job_id: str) -> job_pb2.Job:
+        """Blocks until the job is final and returns it."""
+        job = self.get_job(job_id)
+        if job.state not in _common.FINAL_STATES:
+            for _ in self.stream(job_id, after_seq=max(job.last_seq - 1, 0)):
+                pass
+        return self._final_job(job_id)
+
+    def _follow(
+        self, job_id: str, cursor: EventCursor, policy: Reconnect
+    ) -> Iterator[job_pb2.JobEvent]:
+        while not cursor.finished:
+            req = job_pb2.StreamJobEventsRequest(job_id=job_id, after_seq=cursor.last_seq)
+            call = self.jobs.StreamJobEvents(req)
+            try:
+                for resp in call:
+                    policy.progressed()
+                    yield from cursor.accept(resp.events)
+                    if cursor.finished:
+                        return
+                # A clean end before `finished` (e.g. the server draining): reattach.
+                delay = policy.next_delay(
+                    AgentdError(grpc.StatusCode.UNAVAILABLE, "event stream ended early")
+                )
+            except grpc.RpcError as e:
+                delay = policy.next_delay(from_rpc_error(e))
+            finally:
+                call.cancel()
+            time.sleep(delay)
+
+    def _final_job(self, job_id: str) -> job_pb2.Job:
+        # The `finished` event is written with the final state; allow a short lag regardless.
+        deadline = time.monotonic() + 5.0
+        while True:
+            job = self.get_job(job_id)
+            if job.state in _common.FINAL_STATES or time.monotonic() > deadline:
+                return job
+            time.sleep(0.05)

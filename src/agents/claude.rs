@@ -1,0 +1,356 @@
+//! The `claude` kind: Claude Code run headless (`claude -p <prompt> --output-format stream-json
+//! --verbose`). Owns its argv and environment, and the mapping of its stream-json lines (one JSON
+//! object per line: `system`, `assistant`, `user`, `result`, …) to job events.
+
+use super::{AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary};
+use crate::domain::{EventKind, JobSpec, Usage};
+use crate::error::{Error, Reason, Result};
+use serde_json::Value;
+
+/// Keeps an unattended CLI quiet and offline apart from its model API.
+const QUIET_ENV: [(&str, &str); 4] = [
+    ("DISABLE_TELEMETRY", "1"),
+    ("DISABLE_ERROR_REPORTING", "1"),
+    ("DISABLE_AUTOUPDATER", "1"),
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+];
+
+const SKIP_PERMISSIONS: &str = "--dangerously-skip-permissions";
+const BYPASS_MODE: &str = "bypassPermissions";
+
+pub(super) fn validate(spec: &JobSpec) -> Result<()> {
+    if spec.max_turns == Some(0) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "max_turns",
+            "max_turns must be at least 1",
+        ));
+    }
+    for (field, value) in [
+        ("model", spec.model.as_deref()),
+        ("permission_mode", spec.permission_mode.as_deref()),
+    ] {
+        if value.is_some_and(|v| v.trim().is_empty()) {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                field,
+                format!("{field} must not be empty when set"),
+            ));
+        }
+    }
+    if spec.allowed_tools.iter().any(|t| t.trim().is_empty()) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "allowed_tools",
+            "allowed_tools must not contain empty names",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    let mut args = profile.args.clone();
+    // `-p` is a flag and the prompt a positional argument, so a prompt starting with `-` would be
+    // read as an option; a leading space keeps it a positional without changing its meaning.
+    let prompt = if spec.prompt.starts_with('-') {
+        format!(" {}", spec.prompt)
+    } else {
+        spec.prompt.clone()
+    };
+    args.extend(["-p".into(), prompt]);
+    args.extend(["--output-format", "stream-json", "--verbose"].map(String::from));
+    if let Some(id) = ctx.resume_conversation {
+        args.extend(["--resume".into(), id.to_owned()]);
+    }
+    if let Some(model) = &spec.model {
+        args.extend(["--model".into(), model.clone()]);
+    }
+    if let Some(n) = spec.max_turns {
+        args.extend(["--max-turns".into(), n.to_string()]);
+    }
+    if let Some(s) = &spec.append_system_prompt {
+        args.extend(["--append-system-prompt".into(), s.clone()]);
+    }
+    let profile_mode = profile_permission_mode(&profile.args);
+    let bypass = match (&spec.permission_mode, &profile_mode) {
+        (Some(mode), _) => {
+            args.extend(["--permission-mode".into(), mode.clone()]);
+            mode == BYPASS_MODE
+        }
+        (None, Some(mode)) => mode == BYPASS_MODE,
+        // Nobody can answer a permission prompt in a headless run: without a mode, skip them.
+        (None, None) => {
+            args.push(SKIP_PERMISSIONS.into());
+            true
+        }
+    };
+    if !spec.allowed_tools.is_empty() {
+        // `--allowedTools` takes a variadic list, so it goes last: nothing after it can be
+        // swallowed as a tool name. One argument per tool keeps names with spaces intact.
+        args.push("--allowedTools".into());
+        args.extend(spec.allowed_tools.iter().cloned());
+    }
+    let mut env: Vec<(String, String)> = QUIET_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if bypass {
+        // Claude refuses to skip permissions as root unless told it is sandboxed; agentd's
+        // per-job containment is that sandbox.
+        env.push(("IS_SANDBOX".into(), "1".into()));
+    }
+    Launch {
+        program: profile.command.clone(),
+        args,
+        env,
+        files: Vec::new(),
+    }
+}
+
+/// The permission mode the operator's profile args already choose, if any
+/// (`--dangerously-skip-permissions` counts as bypassing).
+fn profile_permission_mode(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == SKIP_PERMISSIONS {
+            return Some(BYPASS_MODE.into());
+        }
+        if a == "--permission-mode" {
+            return Some(it.next().cloned().unwrap_or_default());
+        }
+        if let Some(mode) = a.strip_prefix("--permission-mode=") {
+            return Some(mode.to_owned());
+        }
+    }
+    None
+}
+
+/// Parses stream-json. Remembers the conversation id, the `result` event and any `API Error: …`
+/// text the CLI printed as an assistant message, for the summary.
+#[derive(Debug, Default)]
+pub(super) struct ClaudeParser {
+    conversation_id: Option<String>,
+    outcome: Option<ResultEvent>,
+    api_error: Option<String>,
+}
+
+/// What the `result` line said.
+#[derive(Debug)]
+struct ResultEvent {
+    is_error: bool,
+    subtype: String,
+    text: Option<String>,
+    errors: Vec<String>,
+    usage: Usage,
+}
+
+impl OutputParser for ClaudeParser {
+    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        let value = match serde_json::from_str::<Value>(line) {
+            Ok(v @ Value::Object(_)) if v.get("type").is_some_and(Value::is_string) => v,
+            _ => {
+                return vec![Parsed {
+                    kind: EventKind::Unparsed {
+                        line: line.to_owned(),
+                        truncated,
+                    },
+                    raw: None,
+                }];
+            }
+        };
+        self.interpret(&value)
+            .into_iter()
+            .map(|kind| Parsed {
+                kind,
+                raw: Some(line.to_owned()),
+            })
+            .collect()
+    }
+
+    fn summary(&self) -> Summary {
+        let mut summary = Summary {
+            conversation_id: self.conversation_id.clone(),
+            ..Summary::default()
+        };
+        match &self.outcome {
+            Some(r) if r.is_error => {
+                let own_words = r.text.clone().filter(|t| !t.is_empty());
+                summary.error = Some(
+                    own_words
+                        .or_else(|| self.api_error.clone())
+                        .unwrap_or_else(|| describe_failure(&r.subtype, &r.errors)),
+                );
+                summary.usage = r.usage.clone();
+            }
+            Some(r) => {
+                summary.result = Some(r.text.clone().unwrap_or_default());
+                summary.usage = r.usage.clone();
+            }
+            // No result line (killed, crashed): only an API error it printed is worth reporting.
+            None => summary.error = self.api_error.clone(),
+        }
+        summary
+    }
+}
+
+impl ClaudeParser {
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+        if self.conversation_id.is_none()
+            && let Some(id) = str_at(v, "session_id").filter(|s| !s.is_empty())
+        {
+            self.conversation_id = Some(id.to_owned());
+        }
+        let ty = str_at(v, "type").unwrap_or_default();
+        let subtype = str_at(v, "subtype");
+        match (ty, subtype) {
+            ("system", Some("init")) => vec![EventKind::Init {
+                conversation_id: str_at(v, "session_id").unwrap_or_default().to_owned(),
+                model: str_at(v, "model").unwrap_or_default().to_owned(),
+                tools: v
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                agent_version: str_at(v, "claude_code_version")
+                    .unwrap_or_default()
+                    .to_owned(),
+            }],
+            ("assistant", _) => self.assistant(v),
+            ("user", _) => user(v),
+            ("result", _) => {
+                let usage = usage_of(v);
+                self.outcome = Some(ResultEvent {
+                    is_error: v.get("is_error").and_then(Value::as_bool).unwrap_or(false)
+                        || subtype.is_some_and(|s| s != "success"),
+                    subtype: subtype.unwrap_or("unknown").to_owned(),
+                    text: str_at(v, "result").map(String::from),
+                    errors: v
+                        .get("errors")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    usage: usage.clone(),
+                });
+                vec![EventKind::Usage(usage)]
+            }
+            (ty, Some(sub)) => vec![other(format!("{ty}/{sub}"))],
+            (ty, None) => vec![other(ty.to_owned())],
+        }
+    }
+
+    /// One event per content block.
+    fn assistant(&mut self, v: &Value) -> Vec<EventKind> {
+        let Some(blocks) = content_blocks(v) else {
+            return vec![other("assistant".into())];
+        };
+        // The CLI reports model API failures as a synthetic assistant message with a top-level
+        // `error` and text `API Error: …`.
+        let flagged = v.get("error").is_some_and(|e| !e.is_null());
+        blocks
+            .iter()
+            .map(|b| match str_at(b, "type").unwrap_or_default() {
+                "text" => {
+                    let text = str_at(b, "text").unwrap_or_default().to_owned();
+                    if flagged || text.starts_with("API Error") {
+                        self.api_error = Some(text.clone());
+                    }
+                    EventKind::Text { text }
+                }
+                "tool_use" => EventKind::ToolCall {
+                    id: str_at(b, "id").unwrap_or_default().to_owned(),
+                    name: str_at(b, "name").unwrap_or_default().to_owned(),
+                    input_json: b
+                        .get("input")
+                        .filter(|i| !i.is_null())
+                        .map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+                t => other(format!("assistant/{t}")),
+            })
+            .collect()
+    }
+}
+
+/// Tool results, one event per block; other user content (an interruption notice, an echoed
+/// prompt) is only noted.
+fn user(v: &Value) -> Vec<EventKind> {
+    let Some(blocks) = content_blocks(v) else {
+        return vec![other("user/text".into())];
+    };
+    blocks
+        .iter()
+        .map(|b| match str_at(b, "type").unwrap_or_default() {
+            "tool_result" => EventKind::ToolResult {
+                id: str_at(b, "tool_use_id").unwrap_or_default().to_owned(),
+                is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                content: match b.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                },
+            },
+            t => other(format!("user/{t}")),
+        })
+        .collect()
+}
+
+fn usage_of(v: &Value) -> Usage {
+    let tokens = |key: &str| {
+        v.get("usage")
+            .and_then(|u| u.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    Usage {
+        input_tokens: tokens("input_tokens"),
+        output_tokens: tokens("output_tokens"),
+        cache_read_input_tokens: tokens("cache_read_input_tokens"),
+        cache_creation_input_tokens: tokens("cache_creation_input_tokens"),
+        cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+        num_turns: v
+            .get("num_turns")
+            .and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        duration_ms: v.get("duration_ms").and_then(Value::as_u64).unwrap_or(0),
+    }
+}
+
+/// A failure the CLI gave no text for, e.g. `error_max_turns: Reached maximum number of turns (1)`.
+fn describe_failure(subtype: &str, errors: &[String]) -> String {
+    if errors.is_empty() {
+        subtype.to_owned()
+    } else {
+        format!("{subtype}: {}", errors.join("; "))
+    }
+}
+
+fn content_blocks(v: &Value) -> Option<&Vec<Value>> {
+    v.get("message")?
+        .get("content")?
+        .as_array()
+        .filter(|a| !a.is_empty())
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn other(r#type: String) -> EventKind {
+    EventKind::Other { r#type }
+}
+
+#[cfg(test)]
+#[path = "claude_tests.rs"]
+mod tests;

@@ -1,0 +1,542 @@
+//! The containment supervisor: the synchronous program agentd re-executes itself as
+//! (`agentd __supervise <program> <args...>`) to run one agent so that nothing the agent starts can
+//! outlive the job. It runs before any tokio runtime exists, is single-threaded, and so may fork.
+//!
+//! # Modes
+//! * **PID namespace (preferred).** The supervisor calls `unshare(CLONE_NEWPID)` and forks
+//!   "ns-init", PID 1 of a fresh PID namespace. ns-init arms `PR_SET_PDEATHSIG(SIGKILL)`, forks the
+//!   agent (PID 2, its own process group), reaps every process of the namespace, and when the agent
+//!   exits it reports the agent's wait status to the supervisor over a pipe and exits. When PID 1 of
+//!   a namespace exits, the kernel SIGKILLs every process in it (even ones that called `setsid` or
+//!   double-forked, like Claude's Bash tool) and only then lets ns-init be reaped, so once the
+//!   supervisor has reaped ns-init the tree is gone. Killing the supervisor kills ns-init (PDEATHSIG)
+//!   and with it the namespace. Needs `CAP_SYS_ADMIN` (agentd runs as root here). When a mount
+//!   namespace can be created too, ns-init mounts a fresh `/proc` in it (made private first, so
+//!   nothing propagates to the host), so PIDs seen through `/proc` (`ps`, `pkill`, `/proc/$$`)
+//!   match the job's own PIDs; otherwise the agent sees the host's `/proc`.
+//! * **Subreaper (fallback)** when `unshare` fails (an unprivileged container) or when
+//!   [`NO_NS_ENV`]`=1` is in the supervisor's environment (tests use this to exercise the mode; the
+//!   variable is removed from the agent's environment). The supervisor becomes a child subreaper and
+//!   forks the agent in its own process group; orphaned descendants are reparented to the supervisor,
+//!   which finds every descendant by scanning `/proc/*/stat` (this kernel has no
+//!   `/proc/<pid>/task/*/children`) and SIGKILLs them until it has no child left. Limitation: if the
+//!   supervisor itself is SIGKILLed (agentd died, or the final escalation step), only the agent
+//!   (which has PDEATHSIG armed) dies; descendants that left its process group survive.
+//!
+//! # Signals
+//! The supervisor (and ns-init) block SIGTERM, SIGINT, SIGUSR1 and SIGCHLD and take them with
+//! `sigwait`, so there are no signal handlers to keep async-signal-safe. Blocked signals are queued
+//! even for a namespace's PID 1 (which otherwise drops signals it has no handler for).
+//! * SIGTERM / SIGINT: forwarded to the agent's process group (in ns mode via ns-init): graceful.
+//! * SIGUSR1: kill the whole tree now, then exit as if killed by SIGKILL.
+//!
+//! # Exit status
+//! The supervisor exits with the agent's exit code, or re-raises the signal that killed the agent on
+//! itself, so its parent sees what the agent did. If the program cannot be executed, one line
+//! `agentd: cannot execute "<program>": <reason>` goes to stderr and the exit code is 127 (not
+//! found) or 126 (found but not executable). The program is resolved with execvp semantics against
+//! the `PATH` of the supervisor's environment, which is exactly the agent's environment.
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, raise, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, execvpe, fork, getpid, getppid, pipe2, read, setpgid};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+/// `argv[1]` that makes the agentd binary act as the supervisor.
+pub const SUBCOMMAND: &str = "__supervise";
+
+/// Set to `1` in the supervisor's environment to force the subreaper fallback mode.
+pub const NO_NS_ENV: &str = "AGENTD_SUPERVISE_NO_NS";
+
+/// Exit code when the supervisor cannot set itself up (fork or pipe failure).
+const SETUP_FAILED: i32 = 126;
+
+/// How long the fallback mode keeps killing descendants before giving up (a process stuck in
+/// uninterruptible sleep cannot die; the parent's escalation then SIGKILLs the supervisor).
+const TREE_KILL_LIMIT: Duration = Duration::from_secs(10);
+
+/// The supervisor entry point. `args` are the arguments after [`SUBCOMMAND`]: the program, then its
+/// arguments. Returns the exit code to exit with (when the agent died of a signal, the supervisor
+/// re-raises it and does not return at all, unless that signal does not terminate).
+pub fn main(args: Vec<String>) -> i32 {
+    let agent = match Agent::new(&args) {
+        Ok(agent) => agent,
+        Err(msg) => {
+            let _ = writeln!(std::io::stderr(), "agentd: {msg}");
+            return 127;
+        }
+    };
+    let handled = handled_signals();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "agentd: supervisor cannot block signals: {e}"
+        );
+        return SETUP_FAILED;
+    }
+    let force_fallback = std::env::var_os(NO_NS_ENV).is_some_and(|v| v == "1");
+    let end = if !force_fallback && unshare(CloneFlags::CLONE_NEWPID).is_ok() {
+        // A private mount namespace lets ns-init mount a /proc that matches the new PID numbers.
+        let own_proc = unshare(CloneFlags::CLONE_NEWNS).is_ok();
+        run_namespaced(&agent, &handled, own_proc)
+    } else {
+        run_subreaper(&agent, &handled)
+    };
+    match end {
+        Ok(end) => exit_like(end),
+        Err(msg) => {
+            let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+            SETUP_FAILED
+        }
+    }
+}
+
+/// How the agent (or the tree) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl End {
+    fn from_wait(status: WaitStatus) -> Option<End> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(End::Code(code)),
+            WaitStatus::Signaled(_, sig, _) => Some(End::Signal(sig)),
+            _ => None,
+        }
+    }
+
+    fn encode(self) -> [u8; 8] {
+        let (kind, value) = match self {
+            End::Code(c) => (0i32, c),
+            End::Signal(s) => (1i32, s as i32),
+        };
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&kind.to_le_bytes());
+        buf[4..].copy_from_slice(&value.to_le_bytes());
+        buf
+    }
+
+    fn decode(buf: [u8; 8]) -> Option<End> {
+        let kind = i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let value = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        match kind {
+            0 => Some(End::Code(value)),
+            1 => Signal::try_from(value).ok().map(End::Signal),
+            _ => None,
+        }
+    }
+}
+
+/// What to exec, prepared before forking so the child only has to call exec.
+struct Agent {
+    display: String,
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl Agent {
+    fn new(args: &[String]) -> Result<Agent, String> {
+        let Some(display) = args.first().cloned() else {
+            return Err(format!("{SUBCOMMAND}: missing program"));
+        };
+        let argv = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                CString::new(a.as_bytes()).map_err(|_| format!("argument {i} contains a NUL byte"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let program = argv[0].clone();
+        let envp = std::env::vars_os()
+            .filter(|(k, _)| k != NO_NS_ENV)
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        Ok(Agent {
+            display,
+            program,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// Ends a forked child. `exit` (rather than `_exit`, which nix does not offer) is fine here: the
+/// supervisor is single-threaded, so no lock can be held by a thread that did not survive the fork.
+fn _exit(code: i32) -> ! {
+    std::process::exit(code)
+}
+
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGCHLD,
+    ] {
+        set.add(sig);
+    }
+    set
+}
+
+/// Runs in the forked child: becomes the agent. Never returns.
+fn exec_agent(agent: &Agent, supervisor: Option<Pid>) -> ! {
+    // Own process group, so graceful signals reach the agent and its ordinary children only.
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    if let Some(supervisor) = supervisor {
+        // Fallback mode: without a namespace, at least the agent dies with the supervisor.
+        if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != supervisor {
+            _exit(SETUP_FAILED);
+        }
+    }
+    // The Rust runtime ignores SIGPIPE, agentd's own parent may have ignored others, and the
+    // supervisor blocks signals; all of that would be inherited across exec, so give the agent the
+    // default state (glibc's reserved real-time signals 32/33 cannot be touched and are left).
+    for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SAFETY: installing SIG_DFL registers no handler code, so no handler-safety rules apply.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let err = match execvpe(&agent.program, &agent.argv, &agent.envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "agentd: cannot execute {:?}: {}",
+        agent.display,
+        err.desc()
+    );
+    _exit(match err {
+        Errno::ENOENT | Errno::ENOTDIR => 127,
+        _ => 126,
+    })
+}
+
+/// Waits for signals until `target` (a child) has exited, reaping every child on the way.
+/// `on_signal` handles SIGTERM/SIGINT/SIGUSR1 and may end the wait early.
+fn wait_for(
+    target: Pid,
+    handled: &SigSet,
+    mut on_signal: impl FnMut(Signal) -> Option<End>,
+) -> End {
+    loop {
+        let Ok(sig) = handled.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            if let Some(end) = on_signal(sig) {
+                return end;
+            }
+            continue;
+        }
+        // SIGCHLDs coalesce: reap everything that has exited.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(status) => {
+                    if status.pid() == Some(target)
+                        && let Some(end) = End::from_wait(status)
+                    {
+                        return end;
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => return End::Code(SETUP_FAILED),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Blocks until `pid` has been reaped.
+fn reap_blocking(pid: Pid) -> Option<End> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(status) => {
+                if let Some(end) = End::from_wait(status) {
+                    return Some(end);
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn fork_or_err() -> Result<ForkResult, String> {
+    // SAFETY: the supervisor is single-threaded (it runs before any runtime or thread is started),
+    // so the child may do anything the parent could, including allocating.
+    unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))
+}
+
+/// PID-namespace mode: this process has already unshared; its first child becomes ns-init.
+fn run_namespaced(agent: &Agent, handled: &SigSet, own_proc: bool) -> Result<End, String> {
+    // `life`: ns-init holds the read end; EOF there means the supervisor is gone.
+    let (life_r, life_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| format!("cannot create a pipe: {e}"))?;
+    // `status`: ns-init writes the agent's end here before exiting.
+    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| format!("cannot create a pipe: {e}"))?;
+    match fork_or_err()? {
+        ForkResult::Child => {
+            drop(life_w);
+            drop(status_r);
+            if own_proc {
+                mount_proc();
+            }
+            ns_init(agent, handled, life_r, status_w)
+        }
+        ForkResult::Parent { child: init } => {
+            drop(life_r);
+            drop(status_w);
+            let end = wait_for(init, handled, |sig| match sig {
+                Signal::SIGUSR1 => {
+                    // Killing PID 1 makes the kernel kill the whole namespace; ns-init is only
+                    // reapable once every process in it is gone.
+                    let _ = kill(init, Signal::SIGKILL);
+                    reap_blocking(init);
+                    Some(End::Signal(Signal::SIGKILL))
+                }
+                _ => {
+                    let _ = kill(init, sig);
+                    None
+                }
+            });
+            drop(life_w);
+            let mut buf = [0u8; 8];
+            match read(&status_r, &mut buf) {
+                Ok(8) => Ok(End::decode(buf).unwrap_or(end)),
+                _ => Ok(end),
+            }
+        }
+    }
+}
+
+/// Mounts a fresh /proc for the new PID namespace (in the private mount namespace), so `$$`,
+/// `ps`, `pgrep`/`pkill` and `/proc/<pid>` inside the job agree with the PIDs the job sees. Best
+/// effort: on failure the agent sees the host's /proc, as without a mount namespace.
+fn mount_proc() {
+    use nix::mount::{MsFlags, mount};
+    // Private first, so neither this nor anything the agent mounts propagates to the host.
+    let private = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    );
+    if private.is_ok() {
+        let _ = mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        );
+    }
+}
+
+/// PID 1 of the agent's namespace. Never returns; its exit takes the namespace down.
+fn ns_init(agent: &Agent, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd) -> ! {
+    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        _exit(SETUP_FAILED);
+    }
+    // The supervisor may have died before PDEATHSIG was armed: then its end of `life` is closed.
+    if !matches!(read(&life_r, &mut [0u8; 1]), Err(Errno::EAGAIN)) {
+        _exit(SETUP_FAILED);
+    }
+    let agent_pid = match fork_or_err() {
+        Ok(ForkResult::Child) => exec_agent(agent, None),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(msg) => {
+            let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
+            _exit(SETUP_FAILED)
+        }
+    };
+    // Also set here so a signal forwarded right after the fork already reaches the group.
+    let _ = setpgid(agent_pid, agent_pid);
+    let end = wait_for(agent_pid, handled, |sig| {
+        if matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
+            let _ = killpg(agent_pid, sig);
+        }
+        None
+    });
+    let _ = nix::unistd::write(&status_w, &end.encode());
+    _exit(0)
+}
+
+/// Fallback mode: this process is a child subreaper and cleans up descendants itself.
+fn run_subreaper(agent: &Agent, handled: &SigSet) -> Result<End, String> {
+    prctl::set_child_subreaper(true).map_err(|e| format!("cannot become a subreaper: {e}"))?;
+    let me = getpid();
+    let agent_pid = match fork_or_err()? {
+        ForkResult::Child => exec_agent(agent, Some(me)),
+        ForkResult::Parent { child } => child,
+    };
+    let _ = setpgid(agent_pid, agent_pid);
+    let end = wait_for(agent_pid, handled, |sig| match sig {
+        Signal::SIGUSR1 => {
+            kill_descendants(me);
+            Some(End::Signal(Signal::SIGKILL))
+        }
+        _ => {
+            let _ = killpg(agent_pid, sig);
+            None
+        }
+    });
+    // A finished job leaves nothing behind.
+    kill_descendants(me);
+    Ok(end)
+}
+
+/// SIGKILLs every descendant of `me` and reaps until `me` has no children left.
+fn kill_descendants(me: Pid) {
+    let started = Instant::now();
+    loop {
+        for pid in descendants(me) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => return,
+                Err(_) => break,
+            }
+        }
+        if started.elapsed() > TREE_KILL_LIMIT {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// All descendants of `root`, from one scan of `/proc/*/stat`.
+fn descendants(root: Pid) -> Vec<Pid> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The process may be gone already: skip it.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(ppid) = parse_ppid(&stat)
+        {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![root.as_raw()];
+    while let Some(pid) = stack.pop() {
+        if let Some(kids) = children.get(&pid) {
+            for &kid in kids {
+                found.push(Pid::from_raw(kid));
+                stack.push(kid);
+            }
+        }
+    }
+    found
+}
+
+/// The ppid field of `/proc/<pid>/stat`: "pid (comm) state ppid ...", where comm may contain
+/// spaces and parentheses, so parse after the last ')'.
+fn parse_ppid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Exits the way the agent did: returns its exit code, or re-raises its fatal signal.
+fn exit_like(end: End) -> i32 {
+    match end {
+        End::Code(code) => code,
+        End::Signal(sig) => {
+            // A core-dumping signal must not leave a core of the supervisor in the workspace.
+            let _ = prctl::set_dumpable(false);
+            // SAFETY: installing SIG_DFL registers no handler code; the Rust runtime's own
+            // SIGSEGV/SIGBUS handlers must be replaced so the signal is fatal as for the agent.
+            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+            let mut only = SigSet::empty();
+            only.add(sig);
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&only), None);
+            let _ = raise(sig);
+            // Still alive: the signal's default action does not terminate.
+            128 + sig as i32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_ppid_handles_odd_command_names() {
+        assert_eq!(parse_ppid("42 (a) b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn descendants_finds_grandchildren() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 2917 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let child_pid = Pid::from_raw(child.id() as i32);
+        let is_sleep = |pid: &Pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x002917\x00")
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let found = descendants(getpid());
+            if found.iter().any(is_sleep) || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let saw_grandchild = found.iter().any(is_sleep);
+        let _ = killpg(child_pid, Signal::SIGKILL);
+        child.wait().unwrap();
+        assert!(found.contains(&child_pid), "{found:?}");
+        assert!(saw_grandchild, "grandchild not found: {found:?}");
+    }
+
+    #[test]
+    fn end_round_trips_through_the_status_pipe_encoding() {
+        for end in [
+            End::Code(0),
+            End::Code(-3),
+            End::Code(255),
+            End::Signal(Signal::SIGTERM),
+            End::Signal(Signal::SIGKILL),
+        ] {
+            assert_eq!(End::decode(end.encode()), Some(end));
+        }
+        assert_eq!(End::decode([9, 0, 0, 0, 0, 0, 0, 0]), None);
+    }
+}

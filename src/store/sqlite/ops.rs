@@ -1,0 +1,557 @@
+//! The SQL of every store operation, as synchronous functions on a connection, plus the mapping
+//! between rows and domain types. Write functions run on the writer thread inside a savepoint;
+//! read functions on a pooled read connection.
+
+use super::db;
+use crate::domain::{
+    FileChange, Job, JobEvent, JobId, JobState, PageCursor, Session, SessionId, TenantId, Timestamp,
+};
+use crate::error::{Error, Result};
+use crate::store::{JobFilter, JobWrite};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+macro_rules! session_cols {
+    () => {
+        "id, tenant, labels, created, expires, ttl_us, request_id, conversation_id, job_count"
+    };
+}
+
+macro_rules! job_cols {
+    () => {
+        "id, session_id, tenant, created, spec, state, request_id, result, usage, \
+         conversation_id, last_seq"
+    };
+}
+
+/// A column that does not hold what this build wrote. The message names the column only: the
+/// serde error could quote stored (client) data.
+#[derive(Debug)]
+struct Corrupt(&'static str);
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "column {} does not hold valid JSON for its type", self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+fn json_col<T: DeserializeOwned>(
+    row: &Row<'_>,
+    idx: usize,
+    name: &'static str,
+) -> rusqlite::Result<T> {
+    let text = row.get_ref(idx)?.as_str()?;
+    serde_json::from_str(text).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(Corrupt(name)))
+    })
+}
+
+fn to_json<T: Serialize>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Error::internal(format!("store: cannot encode {what}: {e}")))
+}
+
+/// Reads a column this store only ever fills with non-negative integers.
+fn uint(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+/// SQLite integers are i64; counts and limits beyond that range mean "no limit".
+fn sql_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn ttl_micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn session_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: SessionId::from_trusted(row.get(0)?),
+        tenant: TenantId(row.get(1)?),
+        labels: json_col(row, 2, "sessions.labels")?,
+        created: Timestamp(row.get(3)?),
+        expires: Timestamp(row.get(4)?),
+        ttl: Duration::from_micros(uint(row, 5)?),
+        request_id: row.get(6)?,
+        conversation_id: row.get(7)?,
+        job_count: uint(row, 8)?,
+    })
+}
+
+fn job_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: JobId::from_trusted(row.get(0)?),
+        session_id: SessionId::from_trusted(row.get(1)?),
+        tenant: TenantId(row.get(2)?),
+        created: Timestamp(row.get(3)?),
+        spec: json_col(row, 4, "jobs.spec")?,
+        state: json_col(row, 5, "jobs.state")?,
+        request_id: row.get(6)?,
+        result: row.get(7)?,
+        usage: json_col(row, 8, "jobs.usage")?,
+        conversation_id: row.get(9)?,
+        last_seq: uint(row, 10)?,
+    })
+}
+
+fn event_row(row: &Row<'_>) -> rusqlite::Result<JobEvent> {
+    Ok(JobEvent {
+        seq: uint(row, 0)?,
+        time: Timestamp(row.get(1)?),
+        raw: row.get(2)?,
+        kind: json_col(row, 3, "events.kind")?,
+    })
+}
+
+// ---- sessions ----------------------------------------------------------------------------------
+
+pub(super) fn create_session(conn: &Connection, s: &Session) -> Result<Session> {
+    if let Some(rid) = &s.request_id {
+        let existing = conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                session_cols!(),
+                " FROM sessions WHERE tenant = ?1 AND request_id = ?2"
+            ))
+            .and_then(|mut st| {
+                st.query_row(params![s.tenant.as_str(), rid], session_row)
+                    .optional()
+            })
+            .map_err(db)?;
+        if let Some(existing) = existing {
+            return Ok(existing);
+        }
+    }
+    let labels = to_json(&s.labels, "session labels")?;
+    conn.prepare_cached(concat!(
+        "INSERT INTO sessions (",
+        session_cols!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
+            s.id.as_str(),
+            s.tenant.as_str(),
+            labels,
+            s.created.micros(),
+            s.expires.micros(),
+            ttl_micros(s.ttl),
+            s.request_id,
+            s.conversation_id,
+            sql_int(s.job_count),
+        ])
+    })
+    .map_err(db)?;
+    Ok(s.clone())
+}
+
+pub(super) fn get_session(
+    conn: &Connection,
+    tenant: Option<&TenantId>,
+    id: &SessionId,
+) -> Result<Option<Session>> {
+    let mut st = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"
+        ))
+        .map_err(db)?;
+    st.query_row(
+        params![id.as_str(), tenant.map(TenantId::as_str)],
+        session_row,
+    )
+    .optional()
+    .map_err(db)
+}
+
+/// Sessions carrying every wanted label: no wanted (key, value) pair is missing from `labels`.
+/// Both sides are JSON objects so one cached statement serves any label set.
+macro_rules! has_labels {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM json_each(?2) AS want WHERE NOT EXISTS ( \
+             SELECT 1 FROM json_each(sessions.labels) AS have \
+             WHERE have.key = want.key AND have.value = want.value))"
+    };
+}
+
+pub(super) fn list_sessions(
+    conn: &Connection,
+    tenant: &TenantId,
+    labels: &BTreeMap<String, String>,
+    after: Option<&PageCursor>,
+    limit: usize,
+) -> Result<Vec<Session>> {
+    let labels = to_json(labels, "label filter")?;
+    let limit = sql_int(limit as u64);
+    // Two statements rather than `?3 IS NULL OR …`, which would stop the index range scan.
+    let mut st;
+    let rows = match after {
+        None => {
+            st = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    session_cols!(),
+                    " FROM sessions WHERE tenant = ?1 AND ",
+                    has_labels!(),
+                    " ORDER BY created DESC, id DESC LIMIT ?3"
+                ))
+                .map_err(db)?;
+            st.query_map(params![tenant.as_str(), labels, limit], session_row)
+        }
+        Some(c) => {
+            st = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    session_cols!(),
+                    " FROM sessions WHERE tenant = ?1 AND ",
+                    has_labels!(),
+                    " AND (created, id) < (?4, ?5) ORDER BY created DESC, id DESC LIMIT ?3"
+                ))
+                .map_err(db)?;
+            st.query_map(
+                params![tenant.as_str(), labels, limit, c.created.micros(), c.id],
+                session_row,
+            )
+        }
+    };
+    rows.and_then(|r| r.collect()).map_err(db)
+}
+
+pub(super) fn set_session_expiry(
+    conn: &Connection,
+    id: &SessionId,
+    expires: Timestamp,
+) -> Result<()> {
+    let n = conn
+        .prepare_cached("UPDATE sessions SET expires = ?2 WHERE id = ?1")
+        .and_then(|mut st| st.execute(params![id.as_str(), expires.micros()]))
+        .map_err(db)?;
+    if n == 0 {
+        return Err(Error::session_not_found(id.as_str()));
+    }
+    Ok(())
+}
+
+pub(super) fn delete_session(conn: &Connection, id: &SessionId) -> Result<()> {
+    // Explicit deletes, children first: cheaper than letting each cascade level discover its rows.
+    for sql in [
+        "DELETE FROM events WHERE job_pk IN (SELECT pk FROM jobs WHERE session_id = ?1)",
+        "DELETE FROM job_outputs WHERE job_pk IN (SELECT pk FROM jobs WHERE session_id = ?1)",
+        "DELETE FROM jobs WHERE session_id = ?1",
+        "DELETE FROM sessions WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute([id.as_str()]))
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+pub(super) fn expired_sessions(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<Session>> {
+    let mut st = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE expires <= ?1 ORDER BY expires, id LIMIT ?2"
+        ))
+        .map_err(db)?;
+    st.query_map(params![now.micros(), sql_int(limit as u64)], session_row)
+        .and_then(|r| r.collect())
+        .map_err(db)
+}
+
+// ---- jobs --------------------------------------------------------------------------------------
+
+pub(super) fn create_job(conn: &Connection, job: &Job, session_expires: Timestamp) -> Result<Job> {
+    if let Some(rid) = &job.request_id {
+        let existing = conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                job_cols!(),
+                " FROM jobs WHERE tenant = ?1 AND request_id = ?2"
+            ))
+            .and_then(|mut st| {
+                st.query_row(params![job.tenant.as_str(), rid], job_row)
+                    .optional()
+            })
+            .map_err(db)?;
+        if let Some(existing) = existing {
+            return Ok(existing);
+        }
+    }
+    // The tenant is part of the match so a job can never land in another tenant's session.
+    let n = conn
+        .prepare_cached(
+            "UPDATE sessions SET job_count = job_count + 1, expires = ?3 \
+             WHERE id = ?1 AND tenant = ?2",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                job.session_id.as_str(),
+                job.tenant.as_str(),
+                session_expires.micros()
+            ])
+        })
+        .map_err(db)?;
+    if n == 0 {
+        return Err(Error::session_not_found(job.session_id.as_str()));
+    }
+    let spec = to_json(&job.spec, "job spec")?;
+    let state = to_json(&job.state, "job state")?;
+    let usage = to_json(&job.usage, "job usage")?;
+    conn.prepare_cached(concat!(
+        "INSERT INTO jobs (",
+        job_cols!(),
+        ", state_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
+            job.id.as_str(),
+            job.session_id.as_str(),
+            job.tenant.as_str(),
+            job.created.micros(),
+            spec,
+            state,
+            job.request_id,
+            job.result,
+            usage,
+            job.conversation_id,
+            sql_int(job.last_seq),
+            job.state.name(),
+        ])
+    })
+    .map_err(db)?;
+    Ok(job.clone())
+}
+
+pub(super) fn get_job(conn: &Connection, id: &JobId) -> Result<Option<Job>> {
+    let mut st = conn
+        .prepare_cached(concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = ?1"))
+        .map_err(db)?;
+    st.query_row([id.as_str()], job_row).optional().map_err(db)
+}
+
+/// Jobs whose state is among the wanted ones; `?2` is a JSON array, or NULL for every state.
+macro_rules! in_states {
+    () => {
+        "(?2 IS NULL OR state_name IN (SELECT value FROM json_each(?2)))"
+    };
+}
+
+pub(super) fn list_jobs(
+    conn: &Connection,
+    session: &SessionId,
+    filter: &JobFilter,
+    after: Option<&PageCursor>,
+    limit: usize,
+) -> Result<Vec<Job>> {
+    let states = if filter.states.is_empty() {
+        None
+    } else {
+        Some(to_json(&filter.states, "state filter")?)
+    };
+    let limit = sql_int(limit as u64);
+    let mut st;
+    let rows = match after {
+        None => {
+            st = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    job_cols!(),
+                    " FROM jobs WHERE session_id = ?1 AND ",
+                    in_states!(),
+                    " ORDER BY created DESC, id DESC LIMIT ?3"
+                ))
+                .map_err(db)?;
+            st.query_map(params![session.as_str(), states, limit], job_row)
+        }
+        Some(c) => {
+            st = conn
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    job_cols!(),
+                    " FROM jobs WHERE session_id = ?1 AND ",
+                    in_states!(),
+                    " AND (created, id) < (?4, ?5) ORDER BY created DESC, id DESC LIMIT ?3"
+                ))
+                .map_err(db)?;
+            st.query_map(
+                params![session.as_str(), states, limit, c.created.micros(), c.id],
+                job_row,
+            )
+        }
+    };
+    rows.and_then(|r| r.collect()).map_err(db)
+}
+
+pub(super) fn unfinished_jobs(conn: &Connection) -> Result<Vec<Job>> {
+    let mut st = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            job_cols!(),
+            " FROM jobs WHERE state_name IN ('QUEUED', 'RUNNING') ORDER BY created, id"
+        ))
+        .map_err(db)?;
+    st.query_map([], job_row)
+        .and_then(|r| r.collect())
+        .map_err(db)
+}
+
+pub(super) fn latest_succeeded_job(conn: &Connection, session: &SessionId) -> Result<Option<Job>> {
+    let mut st = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            job_cols!(),
+            " FROM jobs WHERE session_id = ?1 AND state_name = 'SUCCEEDED' \
+              ORDER BY created DESC, id DESC LIMIT 1"
+        ))
+        .map_err(db)?;
+    st.query_row([session.as_str()], job_row)
+        .optional()
+        .map_err(db)
+}
+
+// ---- events ------------------------------------------------------------------------------------
+
+pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
+    let mut find = conn
+        .prepare_cached("SELECT pk, last_seq, session_id FROM jobs WHERE id = ?1")
+        .map_err(db)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (job_pk, seq, time, raw, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(db)?;
+    for w in writes {
+        let found: Option<(i64, u64, String)> = find
+            .query_row([w.job_id.as_str()], |r| {
+                Ok((r.get(0)?, uint(r, 1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(db)?;
+        let Some((pk, last_seq, session_id)) = found else {
+            return Err(Error::internal(format!(
+                "store: append to job {} which does not exist",
+                w.job_id
+            )));
+        };
+        let mut expected = last_seq + 1;
+        for e in &w.events {
+            if e.seq != expected {
+                return Err(Error::internal(format!(
+                    "store: event seq {} of job {} does not continue its log (expected {expected})",
+                    e.seq, w.job_id
+                )));
+            }
+            let kind = to_json(&e.kind, "event")?;
+            insert
+                .execute(params![pk, sql_int(e.seq), e.time.micros(), e.raw, kind])
+                .map_err(db)?;
+            expected += 1;
+        }
+        let new_last = expected - 1;
+        match &w.update {
+            Some(u) => {
+                let state = to_json(&u.state, "job state")?;
+                let usage = to_json(&u.usage, "job usage")?;
+                conn.prepare_cached(
+                    "UPDATE jobs SET last_seq = ?2, state = ?3, state_name = ?4, result = ?5, \
+                     usage = ?6, conversation_id = ?7 WHERE pk = ?1",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        pk,
+                        sql_int(new_last),
+                        state,
+                        u.state.name(),
+                        u.result,
+                        usage,
+                        u.conversation_id
+                    ])
+                })
+                .map_err(db)?;
+                if let (JobState::Finished(_), Some(conv)) = (&u.state, &u.conversation_id) {
+                    conn.prepare_cached("UPDATE sessions SET conversation_id = ?2 WHERE id = ?1")
+                        .and_then(|mut st| st.execute(params![session_id, conv]))
+                        .map_err(db)?;
+                }
+            }
+            None if new_last != last_seq => {
+                conn.prepare_cached("UPDATE jobs SET last_seq = ?2 WHERE pk = ?1")
+                    .and_then(|mut st| st.execute(params![pk, sql_int(new_last)]))
+                    .map_err(db)?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn read_events(
+    conn: &Connection,
+    job: &JobId,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<JobEvent>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT seq, time, raw, kind FROM events \
+             WHERE job_pk = (SELECT pk FROM jobs WHERE id = ?1) AND seq > ?2 \
+             ORDER BY seq LIMIT ?3",
+        )
+        .map_err(db)?;
+    st.query_map(
+        params![job.as_str(), sql_int(after_seq), sql_int(limit as u64)],
+        event_row,
+    )
+    .and_then(|r| r.collect())
+    .map_err(db)
+}
+
+// ---- outputs -----------------------------------------------------------------------------------
+
+pub(super) fn put_job_outputs(
+    conn: &Connection,
+    job: &JobId,
+    changes: &[FileChange],
+) -> Result<()> {
+    let mut sorted: Vec<&FileChange> = changes.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let changes = to_json(&sorted, "job outputs")?;
+    // `WHERE true` resolves the parsing ambiguity between a SELECT's join and the upsert clause.
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO job_outputs (job_pk, changes) SELECT pk, ?2 FROM jobs WHERE id = ?1 AND true \
+             ON CONFLICT (job_pk) DO UPDATE SET changes = excluded.changes",
+        )
+        .and_then(|mut st| st.execute(params![job.as_str(), changes]))
+        .map_err(db)?;
+    if n == 0 {
+        return Err(Error::job_not_found(job.as_str()));
+    }
+    Ok(())
+}
+
+pub(super) fn get_job_outputs(conn: &Connection, job: &JobId) -> Result<Option<Vec<FileChange>>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT changes FROM job_outputs WHERE job_pk = (SELECT pk FROM jobs WHERE id = ?1)",
+        )
+        .map_err(db)?;
+    st.query_row([job.as_str()], |r| json_col(r, 0, "job_outputs.changes"))
+        .optional()
+        .map_err(db)
+}

@@ -1,0 +1,565 @@
+//! Streaming uploads into a workspace. Each file is written to a hidden temp file in its target
+//! directory by a blocking writer task fed through a bounded channel (hashing as it goes), and
+//! only renamed into place when the whole upload commits. Limits are checked per chunk, before
+//! the bytes are handed to the writer; any error, or dropping the `Upload`, removes every temp
+//! file.
+
+use super::fsops::{self, kind_of, mkdir_beneath, stat_at};
+use super::path::{TEMP_PREFIX, normalize_path, split_parent};
+use super::{UploadHeader, WorkspaceLimits, blocking};
+use crate::domain::{FileEntry, FileKind};
+use crate::error::{Error, Reason, Result};
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::Mode;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Chunks in flight between the request stream and the writer thread (64 KiB each in practice).
+const CHANNEL_CHUNKS: usize = 8;
+const WRITE_BUFFER: usize = 256 * 1024;
+const DEFAULT_MODE: u32 = 0o644;
+
+/// A temp file and where it goes.
+struct Target {
+    rel: String,
+    parent: Arc<OwnedFd>,
+    name: String,
+    temp: String,
+    /// Size of the regular file this one replaces, if any (it stops counting once replaced).
+    replaces: Option<u64>,
+}
+
+struct Staged {
+    target: Target,
+    size: u64,
+    sha256: String,
+}
+
+struct Current {
+    target: Target,
+    declared_size: Option<u64>,
+    declared_sha256: Option<String>,
+    written: u64,
+    tx: mpsc::Sender<Bytes>,
+    writer: JoinHandle<std::io::Result<(u64, String)>>,
+}
+
+/// An upload in progress. Nothing it writes is visible until [`Upload::commit`].
+pub struct Upload {
+    root: Arc<OwnedFd>,
+    limits: WorkspaceLimits,
+    /// Regular files and bytes in the workspace when the upload began.
+    base_files: u64,
+    base_bytes: u64,
+    staged: Vec<Staged>,
+    current: Option<Current>,
+    /// The error that ended this upload; every later call answers it again.
+    failed: Option<Error>,
+}
+
+impl Upload {
+    pub(crate) fn new(root: OwnedFd, limits: WorkspaceLimits, files: u64, bytes: u64) -> Self {
+        Upload {
+            root: Arc::new(root),
+            limits,
+            base_files: files,
+            base_bytes: bytes,
+            staged: Vec::new(),
+            current: None,
+            failed: None,
+        }
+    }
+
+    /// Ends the previous file (checking its declared size and checksum) and starts a new one.
+    pub async fn start_file(&mut self, header: UploadHeader) -> Result<()> {
+        self.check_alive()?;
+        if let Err(e) = self.finish_current().await {
+            return Err(self.fail(e).await);
+        }
+        match self.open_file(header).await {
+            Ok(current) => {
+                self.current = Some(current);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    /// Appends to the current file. Limits are enforced before the bytes are written.
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<()> {
+        self.check_alive()?;
+        let Some(current) = &self.current else {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "header",
+                "a chunk arrived before any file header",
+            ));
+        };
+        let len = chunk.len() as u64;
+        let written = current.written.saturating_add(len);
+        let rel = current.target.rel.clone();
+        if written > self.limits.max_file_bytes {
+            let e = Error::exhausted(
+                Reason::FileTooLarge,
+                format!(
+                    "file {rel:?} exceeds the limit of {} bytes per file",
+                    self.limits.max_file_bytes
+                ),
+            );
+            return Err(self.fail(e).await);
+        }
+        if let Some(declared) = current.declared_size
+            && written > declared
+        {
+            let e = Error::invalid(
+                Reason::SizeMismatch,
+                "header.size",
+                format!("file {rel:?} is longer than its declared size of {declared} bytes"),
+            );
+            return Err(self.fail(e).await);
+        }
+        let (_, session_bytes) = self.projected();
+        if session_bytes.saturating_add(len) > self.limits.max_session_bytes {
+            let e = Error::exhausted(
+                Reason::SessionTooLarge,
+                format!(
+                    "writing {rel:?} exceeds the session limit of {} bytes",
+                    self.limits.max_session_bytes
+                ),
+            );
+            return Err(self.fail(e).await);
+        }
+        let tx = current.tx.clone();
+        if tx.send(chunk).await.is_err() {
+            // The writer stopped early: its result says why.
+            let e = match self.current.take() {
+                Some(c) => {
+                    let e = writer_error(c.writer.await, &c.target.rel);
+                    remove_temps(vec![c.target]).await;
+                    e
+                }
+                None => Error::internal("upload writer vanished"),
+            };
+            return Err(self.fail(e).await);
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.written = written;
+        }
+        Ok(())
+    }
+
+    /// Ends the last file and renames every file into place, in order (a later file with the same
+    /// path has already replaced the earlier one). Returns the entries, with sha256.
+    pub async fn commit(mut self) -> Result<Vec<FileEntry>> {
+        self.check_alive()?;
+        if let Err(e) = self.finish_current().await {
+            return Err(self.fail(e).await);
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let result = blocking(move || commit_blocking(staged)).await;
+        match result {
+            Ok(Ok(entries)) => Ok(entries),
+            // The blocking task already removed whatever temp files were left.
+            Ok(Err(e)) | Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Files and bytes the workspace would hold if the upload committed now.
+    fn projected(&self) -> (u64, u64) {
+        let mut files = self.base_files;
+        let mut bytes = self.base_bytes;
+        let targets = self
+            .staged
+            .iter()
+            .map(|s| (&s.target, s.size))
+            .chain(self.current.iter().map(|c| (&c.target, c.written)));
+        for (target, size) in targets {
+            match target.replaces {
+                Some(old) => bytes = bytes.saturating_sub(old),
+                None => files += 1,
+            }
+            bytes = bytes.saturating_add(size);
+        }
+        (files, bytes)
+    }
+
+    async fn open_file(&mut self, header: UploadHeader) -> Result<Current> {
+        let rel = normalize_path(&header.path, "header.path")?;
+        if let Some(size) = header.size
+            && size > self.limits.max_file_bytes
+        {
+            return Err(Error::exhausted(
+                Reason::FileTooLarge,
+                format!(
+                    "file {rel:?} declares {size} bytes; the limit is {} bytes per file",
+                    self.limits.max_file_bytes
+                ),
+            ));
+        }
+        let declared_sha256 = match header.sha256 {
+            Some(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(s.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "header.sha256",
+                    format!("sha256 of {rel:?} must be 64 hex digits"),
+                ));
+            }
+            None => None,
+        };
+        for other in &self.staged {
+            let (a, b) = (other.target.rel.as_str(), rel.as_str());
+            if a.len() != b.len() && (is_ancestor(a, b) || is_ancestor(b, a)) {
+                return Err(Error::invalid(
+                    Reason::InvalidPath,
+                    "header.path",
+                    format!("path {rel:?} conflicts with {a:?} uploaded earlier in this request"),
+                ));
+            }
+        }
+        // A later file with the same path wins: drop the earlier temp now.
+        if let Some(i) = self.staged.iter().position(|s| s.target.rel == rel) {
+            let earlier = self.staged.remove(i);
+            remove_temps(vec![earlier.target]).await;
+        }
+        let mode = header.mode.unwrap_or(DEFAULT_MODE) & 0o777;
+        let root = self.root.clone();
+        let rel2 = rel.clone();
+        let (target, file) = blocking(move || create_temp(&root, &rel2)).await??;
+
+        let mut next = self.projected();
+        if target.replaces.is_none() {
+            next.0 += 1;
+        } else if let Some(old) = target.replaces {
+            next.1 = next.1.saturating_sub(old);
+        }
+        if next.0 > self.limits.max_files {
+            remove_temps(vec![target]).await;
+            return Err(Error::exhausted(
+                Reason::TooManyFiles,
+                format!(
+                    "adding {rel:?} exceeds the limit of {} files per session",
+                    self.limits.max_files
+                ),
+            ));
+        }
+        if let Some(size) = header.size
+            && next.1.saturating_add(size) > self.limits.max_session_bytes
+        {
+            remove_temps(vec![target]).await;
+            return Err(Error::exhausted(
+                Reason::SessionTooLarge,
+                format!(
+                    "file {rel:?} of {size} bytes exceeds the session limit of {} bytes",
+                    self.limits.max_session_bytes
+                ),
+            ));
+        }
+
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || write_file(file, rx, mode));
+        Ok(Current {
+            target,
+            declared_size: header.size,
+            declared_sha256,
+            written: 0,
+            tx,
+            writer,
+        })
+    }
+
+    /// Closes the current file's writer and checks it against its header.
+    async fn finish_current(&mut self) -> Result<()> {
+        let Some(current) = self.current.take() else {
+            return Ok(());
+        };
+        let Current {
+            target,
+            declared_size,
+            declared_sha256,
+            tx,
+            writer,
+            ..
+        } = current;
+        drop(tx);
+        let (size, sha256) = match writer.await {
+            Ok(Ok(v)) => v,
+            other => {
+                let e = writer_error(other, &target.rel);
+                remove_temps(vec![target]).await;
+                return Err(e);
+            }
+        };
+        let mismatch = if declared_size.is_some_and(|d| d != size) {
+            Some(Error::invalid(
+                Reason::SizeMismatch,
+                "header.size",
+                format!(
+                    "file {:?} has {size} bytes, its header declared {}",
+                    target.rel,
+                    declared_size.unwrap_or_default()
+                ),
+            ))
+        } else if declared_sha256.as_ref().is_some_and(|d| *d != sha256) {
+            Some(Error::invalid(
+                Reason::ChecksumMismatch,
+                "header.sha256",
+                format!(
+                    "file {:?} has sha256 {sha256}, its header declared another",
+                    target.rel
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = mismatch {
+            remove_temps(vec![target]).await;
+            return Err(e);
+        }
+        self.staged.push(Staged {
+            target,
+            size,
+            sha256,
+        });
+        Ok(())
+    }
+
+    /// Ends the upload: removes every temp file (awaited, so callers see a clean workspace).
+    async fn fail(&mut self, e: Error) -> Error {
+        let mut targets: Vec<Target> = self.staged.drain(..).map(|s| s.target).collect();
+        if let Some(current) = self.current.take() {
+            drop(current.tx);
+            // The writer only holds the (soon unlinked) fd; it ends on its own.
+            targets.push(current.target);
+        }
+        remove_temps(targets).await;
+        self.failed = Some(e.clone());
+        e
+    }
+
+    fn pending_targets(&mut self) -> Vec<Target> {
+        let mut targets: Vec<Target> = self.staged.drain(..).map(|s| s.target).collect();
+        if let Some(current) = self.current.take() {
+            targets.push(current.target);
+        }
+        targets
+    }
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field(
+                "staged",
+                &self
+                    .staged
+                    .iter()
+                    .map(|s| &s.target.rel)
+                    .collect::<Vec<_>>(),
+            )
+            .field("current", &self.current.as_ref().map(|c| &c.target.rel))
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let targets = self.pending_targets();
+        if targets.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || remove_temps_blocking(targets));
+            }
+            Err(_) => remove_temps_blocking(targets),
+        }
+    }
+}
+
+fn is_ancestor(dir: &str, path: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+fn writer_error(
+    result: std::result::Result<std::io::Result<(u64, String)>, tokio::task::JoinError>,
+    rel: &str,
+) -> Error {
+    match result {
+        Ok(Ok(_)) => Error::internal(format!("writer for {rel:?} stopped early")),
+        Ok(Err(e)) => Error::internal(format!("cannot write {rel:?}: {e}")),
+        Err(e) => Error::internal(format!("writer for {rel:?} failed: {e}")),
+    }
+}
+
+async fn remove_temps(targets: Vec<Target>) {
+    if targets.is_empty() {
+        return;
+    }
+    if let Err(e) = blocking(move || remove_temps_blocking(targets)).await {
+        tracing::warn!(error = %e, "could not remove upload temp files");
+    }
+}
+
+fn remove_temps_blocking(targets: Vec<Target>) {
+    for t in targets {
+        match nix::unistd::unlinkat(
+            t.parent.as_fd(),
+            t.temp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                tracing::warn!(path = %t.rel, error = %e, "could not remove upload temp file")
+            }
+        }
+    }
+}
+
+/// Creates the parent directories and a temp file next to the destination.
+fn create_temp(root: &OwnedFd, rel: &str) -> Result<(Target, std::fs::File)> {
+    let (parent_rel, name) = split_parent(rel);
+    let parent = mkdir_beneath(root.as_fd(), parent_rel, rel)?;
+    let replaces = match stat_at(parent.as_fd(), name)? {
+        None => None,
+        Some(st) => match kind_of(&st) {
+            Some(FileKind::Regular) => Some(u64::try_from(st.st_size).unwrap_or(0)),
+            Some(FileKind::Directory) => {
+                return Err(Error::precondition(
+                    Reason::NotARegularFile,
+                    format!("path {rel:?} is a directory"),
+                ));
+            }
+            Some(FileKind::Symlink) => {
+                let target = nix::fcntl::readlinkat(parent.as_fd(), name)
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return Err(fsops::symlink_error(
+                    rel,
+                    rel,
+                    &target,
+                    true,
+                    Reason::NotARegularFile,
+                ));
+            }
+            None => return Err(fsops::not_regular(rel)),
+        },
+    };
+    let temp = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let fd = openat(
+        parent.as_fd(),
+        temp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::internal(format!("cannot create a temp file for {rel:?}: {e}")))?;
+    Ok((
+        Target {
+            rel: rel.to_owned(),
+            parent: Arc::new(parent),
+            name: name.to_owned(),
+            temp,
+            replaces,
+        },
+        std::fs::File::from(fd),
+    ))
+}
+
+/// The writer task: drains chunks into the file, hashing as it goes, then applies the mode.
+fn write_file(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<Bytes>,
+    mode: u32,
+) -> std::io::Result<(u64, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    while let Some(chunk) = rx.blocking_recv() {
+        hasher.update(&chunk);
+        out.write_all(&chunk)?;
+        size += chunk.len() as u64;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn commit_blocking(staged: Vec<Staged>) -> Result<Vec<FileEntry>> {
+    // Refuse before renaming anything if a destination became something we cannot replace.
+    for s in &staged {
+        let t = &s.target;
+        let problem = match stat_at(t.parent.as_fd(), &t.name) {
+            Ok(Some(st)) => match kind_of(&st) {
+                Some(FileKind::Directory) => Some(Error::precondition(
+                    Reason::NotARegularFile,
+                    format!("path {:?} is a directory", t.rel),
+                )),
+                Some(FileKind::Symlink) => Some(Error::precondition(
+                    Reason::SymlinkEscape,
+                    format!(
+                        "path {:?} is a symlink; symlinks are never written through",
+                        t.rel
+                    ),
+                )),
+                _ => None,
+            },
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = problem {
+            remove_temps_blocking(staged.into_iter().map(|s| s.target).collect());
+            return Err(e);
+        }
+    }
+    let mut done = Vec::with_capacity(staged.len());
+    let mut rest = staged.into_iter();
+    while let Some(s) = rest.next() {
+        let t = &s.target;
+        if let Err(e) = renameat(
+            t.parent.as_fd(),
+            t.temp.as_str(),
+            t.parent.as_fd(),
+            t.name.as_str(),
+        ) {
+            let err = Error::internal(format!("cannot move {:?} into place: {e}", t.rel));
+            let mut left = vec![s.target];
+            left.extend(rest.map(|s| s.target));
+            remove_temps_blocking(left);
+            return Err(err);
+        }
+        done.push(s);
+    }
+    let mut entries = Vec::with_capacity(done.len());
+    for s in done {
+        let t = &s.target;
+        let st = stat_at(t.parent.as_fd(), &t.name)?
+            .ok_or_else(|| Error::internal(format!("{:?} vanished after upload", t.rel)))?;
+        if let Some(mut entry) =
+            fsops::entry_from_stat(t.rel.clone(), &st, t.parent.as_fd(), &t.name, false)?
+        {
+            entry.sha256 = Some(s.sha256);
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}

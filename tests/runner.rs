@@ -1,0 +1,481 @@
+//! The runner with real processes: the agentd binary as supervisor, `sh` scripts as agents.
+//! Each test uses its own unique `sleep` duration so parallel tests never see each other's processes.
+
+use agentd::domain::ExitStatus;
+use agentd::runner::supervise::{NO_NS_ENV, SUBCOMMAND};
+use agentd::runner::{Line, Output, Process, ProcessSpec, RunControl, RunOutcome, StopCause};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const SUPERVISOR: &str = env!("CARGO_BIN_EXE_agentd");
+const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+fn spec(program: &str, args: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        supervisor: SUPERVISOR.into(),
+        program: program.to_owned(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: vec![("PATH".into(), PATH.into())],
+        cwd: std::env::temp_dir(),
+        max_line_bytes: 1 << 20,
+    }
+}
+
+fn sh(script: &str) -> ProcessSpec {
+    spec("sh", &["-c", script])
+}
+
+fn no_ns(mut spec: ProcessSpec) -> ProcessSpec {
+    spec.env.push((NO_NS_ENV.into(), "1".into()));
+    spec
+}
+
+fn control(timeout: Duration, grace: Duration) -> RunControl {
+    RunControl {
+        cancel: CancellationToken::new(),
+        timeout,
+        grace,
+    }
+}
+
+fn relaxed() -> RunControl {
+    control(Duration::from_secs(60), Duration::from_secs(5))
+}
+
+struct Ran {
+    outcome: RunOutcome,
+    stdout: Vec<Line>,
+    stderr: Vec<Line>,
+}
+
+impl Ran {
+    fn stdout_texts(&self) -> Vec<&str> {
+        self.stdout.iter().map(|l| l.text.as_str()).collect()
+    }
+    fn stderr_texts(&self) -> Vec<&str> {
+        self.stderr.iter().map(|l| l.text.as_str()).collect()
+    }
+}
+
+async fn run(spec: ProcessSpec, control: RunControl) -> Ran {
+    let process = Process::spawn(spec).expect("spawn");
+    let (tx, mut rx) = mpsc::channel(16);
+    let collect = tokio::spawn(async move {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(o) = rx.recv().await {
+            match o {
+                Output::Stdout(l) => stdout.push(l),
+                Output::Stderr(l) => stderr.push(l),
+            }
+        }
+        (stdout, stderr)
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(60), process.run(tx, control))
+        .await
+        .expect("run did not return");
+    let (stdout, stderr) = collect.await.unwrap();
+    Ran {
+        outcome,
+        stdout,
+        stderr,
+    }
+}
+
+/// Pids of live `sleep <arg>` processes, wherever they are.
+fn sleepers(arg: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if argv.first().is_some_and(|a0| a0.ends_with(b"sleep")) && argv.contains(&arg.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn wait_for_sleeper(arg: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers(arg).is_empty() {
+        assert!(Instant::now() < deadline, "sleep {arg} never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_gone(arg: &str) {
+    let left = sleepers(arg);
+    assert!(left.is_empty(), "sleep {arg} still alive: {left:?}");
+}
+
+fn line(text: &str) -> Line {
+    Line {
+        text: text.into(),
+        truncated: false,
+    }
+}
+
+// ---- output, exit status, exec errors ----
+
+async fn check_output_and_exit(spec: ProcessSpec) {
+    let ran = run(spec, relaxed()).await;
+    assert_eq!(ran.stdout, vec![line("one"), line("three")]);
+    assert_eq!(ran.stderr, vec![line("two"), line("four")]);
+    assert_eq!(
+        ran.outcome,
+        RunOutcome {
+            exit: ExitStatus::Code(3),
+            stop: None
+        }
+    );
+}
+
+const ECHO_SCRIPT: &str = "echo one; echo two >&2; printf 'three\\r\\n'; echo four >&2; exit 3";
+
+#[tokio::test]
+async fn echo_lines_in_order_and_exit_code() {
+    check_output_and_exit(sh(ECHO_SCRIPT)).await;
+}
+
+#[tokio::test]
+async fn echo_lines_in_order_and_exit_code_fallback() {
+    check_output_and_exit(no_ns(sh(ECHO_SCRIPT))).await;
+}
+
+#[tokio::test]
+async fn signal_death_is_propagated() {
+    for spec in [sh("kill -TERM $$"), no_ns(sh("kill -TERM $$"))] {
+        let ran = run(spec, relaxed()).await;
+        assert_eq!(ran.outcome.exit, ExitStatus::Signal(15));
+        assert_eq!(ran.outcome.stop, None);
+    }
+    // A core-dumping signal too, without leaving a core file behind.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = sh("kill -SEGV $$");
+    spec.cwd = dir.path().to_owned();
+    let ran = run(spec, relaxed()).await;
+    assert_eq!(ran.outcome.exit, ExitStatus::Signal(11));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn program_not_found_is_127_with_one_stderr_line() {
+    for spec in [
+        spec("no-such-agent-xyz", &["a"]),
+        no_ns(spec("no-such-agent-xyz", &["a"])),
+    ] {
+        let ran = run(spec, relaxed()).await;
+        assert_eq!(ran.outcome.exit, ExitStatus::Code(127));
+        assert_eq!(
+            ran.stderr_texts(),
+            vec![r#"agentd: cannot execute "no-such-agent-xyz": No such file or directory"#]
+        );
+        assert!(ran.stdout.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn program_not_executable_is_126() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
+    let ran = run(spec(file.to_str().unwrap(), &[]), relaxed()).await;
+    assert_eq!(ran.outcome.exit, ExitStatus::Code(126));
+    assert_eq!(
+        ran.stderr_texts(),
+        vec![format!(
+            "agentd: cannot execute {:?}: Permission denied",
+            file.to_str().unwrap()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn environment_and_cwd_are_exactly_the_given_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    for no_namespace in [false, true] {
+        let mut spec = spec("env", &[]);
+        spec.env.push(("FOO".into(), "bar baz".into()));
+        if no_namespace {
+            spec = no_ns(spec);
+        }
+        let ran = run(spec, relaxed()).await;
+        let mut env = ran.stdout_texts();
+        env.sort();
+        assert_eq!(env, vec!["FOO=bar baz", &format!("PATH={PATH}")]);
+    }
+    let mut spec = spec("pwd", &["-P"]);
+    spec.cwd = cwd.clone();
+    let ran = run(spec, relaxed()).await;
+    assert_eq!(ran.stdout_texts(), vec![cwd.to_str().unwrap()]);
+}
+
+/// Nothing blocked, no standard signal ignored (agentd's parent may ignore some; the test harness
+/// ignores SIGPIPE), stdin is empty.
+#[tokio::test]
+async fn agent_starts_with_default_signal_state_and_no_stdin() {
+    for spec in [
+        sh("grep -E '^Sig(Blk|Ign)' /proc/self/status; cat; echo eof"),
+        no_ns(sh(
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status; cat; echo eof",
+        )),
+    ] {
+        let ran = run(spec, relaxed()).await;
+        let out = ran.stdout_texts();
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0], "SigBlk:\t0000000000000000");
+        let ignored = u64::from_str_radix(out[1].trim_start_matches("SigIgn:\t"), 16).unwrap();
+        // Bits 0..31 are signals 1..32; glibc reserves 32 and 33 and won't let them be reset.
+        assert_eq!(ignored & 0x7fff_ffff, 0, "{}", out[1]);
+        assert_eq!(out[2], "eof");
+    }
+}
+
+/// In ns mode the agent is PID 2 and /proc shows the namespace's PIDs.
+#[tokio::test]
+async fn agent_sees_its_own_pid_namespace_in_proc() {
+    let ran = run(
+        sh("echo $$; cat /proc/$$/comm; ls /proc | grep -c '^[0-9]'"),
+        relaxed(),
+    )
+    .await;
+    let out = ran.stdout_texts();
+    assert_eq!(out[..2], ["2", "sh"], "{out:?}");
+    // ns-init, sh, ls and grep at most.
+    let visible: u32 = out[2].parse().unwrap();
+    assert!(visible <= 4, "{out:?}");
+}
+
+#[tokio::test]
+async fn long_line_is_truncated_and_next_line_is_intact() {
+    let ran = run(
+        sh("head -c 5000000 /dev/zero | tr '\\0' a; echo; echo next"),
+        relaxed(),
+    )
+    .await;
+    assert_eq!(ran.stdout.len(), 2);
+    assert!(ran.stdout[0].truncated);
+    assert_eq!(ran.stdout[0].text.len(), 1 << 20);
+    assert!(ran.stdout[0].text.bytes().all(|b| b == b'a'));
+    assert_eq!(ran.stdout[1], line("next"));
+    assert_eq!(ran.outcome.exit, ExitStatus::Code(0));
+}
+
+#[tokio::test]
+async fn dropped_receiver_does_not_block_the_agent() {
+    let process = Process::spawn(sh("yes hello | head -n 300000; echo done >&2")).unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    drop(rx);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), process.run(tx, relaxed()))
+        .await
+        .expect("run blocked");
+    assert_eq!(outcome.exit, ExitStatus::Code(0));
+}
+
+#[tokio::test]
+async fn invalid_spec_is_rejected_before_spawning() {
+    let err = Process::spawn(sh("echo\0")).unwrap_err();
+    assert_eq!(err.reason(), agentd::error::Reason::InvalidField);
+}
+
+// ---- containment ----
+
+/// Starts `script` (which must start `setsid sleep <grandchild>`), waits until the grandchild
+/// runs, then stops the run with `stop` and checks nothing is left.
+async fn check_stop_kills_tree(
+    spec: ProcessSpec,
+    grandchild: &str,
+    control: RunControl,
+    stop: Option<CancellationToken>,
+) -> (RunOutcome, Duration) {
+    let process = Process::spawn(spec).unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let started = Instant::now();
+    let running = tokio::spawn(process.run(tx, control));
+    wait_for_sleeper(grandchild).await;
+    let stopping = Instant::now();
+    if let Some(token) = stop {
+        token.cancel();
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("run did not return")
+        .unwrap();
+    let took = if outcome.stop == Some(StopCause::TimedOut) {
+        started.elapsed()
+    } else {
+        stopping.elapsed()
+    };
+    assert_gone(grandchild);
+    drain.await.unwrap();
+    (outcome, took)
+}
+
+#[tokio::test]
+async fn cancel_kills_setsid_grandchild() {
+    let c = control(Duration::from_secs(60), Duration::from_secs(20));
+    let token = c.cancel.clone();
+    let (outcome, took) =
+        check_stop_kills_tree(sh("setsid sleep 3217 & sleep 3218"), "3217", c, Some(token)).await;
+    assert_eq!(outcome.stop, Some(StopCause::Cancelled));
+    // Graceful: the agent died of the forwarded SIGTERM, long before the grace period ended.
+    assert_eq!(outcome.exit, ExitStatus::Signal(15));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_gone("3218");
+}
+
+#[tokio::test]
+async fn timeout_kills_setsid_grandchild() {
+    let c = control(Duration::from_millis(1500), Duration::from_secs(20));
+    let (outcome, took) =
+        check_stop_kills_tree(sh("setsid sleep 3227 & sleep 3228"), "3227", c, None).await;
+    assert_eq!(outcome.stop, Some(StopCause::TimedOut));
+    assert_eq!(outcome.exit, ExitStatus::Signal(15));
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert_gone("3228");
+}
+
+#[tokio::test]
+async fn agent_ignoring_sigterm_ends_by_escalation() {
+    let c = control(Duration::from_secs(60), Duration::from_millis(500));
+    let token = c.cancel.clone();
+    let (outcome, took) = check_stop_kills_tree(
+        sh("trap '' TERM; setsid sleep 3237 & sleep 3238"),
+        "3237",
+        c,
+        Some(token),
+    )
+    .await;
+    assert_eq!(outcome.stop, Some(StopCause::Cancelled));
+    assert_eq!(outcome.exit, ExitStatus::Signal(9));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert_gone("3238");
+}
+
+#[tokio::test]
+async fn finished_agent_leaves_no_grandchild() {
+    let (outcome, _) = check_stop_kills_tree(
+        sh("setsid sleep 3247 & sleep 1; echo done"),
+        "3247",
+        relaxed(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        outcome,
+        RunOutcome {
+            exit: ExitStatus::Code(0),
+            stop: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn fallback_cancel_kills_setsid_grandchild() {
+    let c = control(Duration::from_secs(60), Duration::from_secs(20));
+    let token = c.cancel.clone();
+    let (outcome, took) = check_stop_kills_tree(
+        no_ns(sh("setsid sleep 3257 & sleep 3258")),
+        "3257",
+        c,
+        Some(token),
+    )
+    .await;
+    assert_eq!(outcome.stop, Some(StopCause::Cancelled));
+    assert_eq!(outcome.exit, ExitStatus::Signal(15));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_gone("3258");
+}
+
+#[tokio::test]
+async fn fallback_finished_agent_leaves_no_grandchild() {
+    let (outcome, _) = check_stop_kills_tree(
+        no_ns(sh("setsid sleep 3267 & sleep 1; exit 4")),
+        "3267",
+        relaxed(),
+        None,
+    )
+    .await;
+    assert_eq!(outcome.exit, ExitStatus::Code(4));
+}
+
+#[tokio::test]
+async fn fallback_ignoring_sigterm_ends_by_escalation() {
+    let c = control(Duration::from_millis(800), Duration::from_millis(300));
+    let (outcome, _) = check_stop_kills_tree(
+        no_ns(sh("trap '' TERM; setsid sleep 3277 & sleep 3278")),
+        "3277",
+        c,
+        None,
+    )
+    .await;
+    assert_eq!(outcome.stop, Some(StopCause::TimedOut));
+    assert_eq!(outcome.exit, ExitStatus::Signal(9));
+    assert_gone("3278");
+}
+
+async fn wait_gone(arg: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sleepers(arg).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "sleep {arg} survived: {:?}",
+            sleepers(arg)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The thread that spawned the supervisor dies (as when agentd dies): PDEATHSIG kills the
+/// supervisor, which takes ns-init and the whole namespace with it.
+#[tokio::test]
+async fn spawning_thread_death_kills_the_tree() {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let process = Process::spawn(sh("setsid sleep 3287 & sleep 3288")).unwrap();
+            wait_for_sleeper("3287").await;
+            ready_tx.send(process.pid()).unwrap();
+            // No kill_on_drop, no run: only the thread's death may kill it.
+            std::mem::forget(process);
+        });
+        drop(rt);
+    });
+    let pid = ready_rx.recv().unwrap();
+    thread.join().unwrap();
+    wait_gone("3287").await;
+    wait_gone("3288").await;
+    // Reap the supervisor zombie we still own.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+}
+
+/// SIGKILL of the supervisor itself (no chance to clean up) kills the whole tree in ns mode.
+#[tokio::test]
+async fn killing_the_supervisor_kills_the_tree() {
+    let mut supervisor = std::process::Command::new(SUPERVISOR)
+        .args([SUBCOMMAND, "sh", "-c", "setsid sleep 3297 & sleep 3298"])
+        .env_clear()
+        .env("PATH", PATH)
+        .spawn()
+        .unwrap();
+    wait_for_sleeper("3297").await;
+    supervisor.kill().unwrap();
+    supervisor.wait().unwrap();
+    wait_gone("3297").await;
+    wait_gone("3298").await;
+}
