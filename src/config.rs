@@ -94,8 +94,10 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAgent {
-    kind: String,
+    kind: AgentKind,
     command: Option<String>,
+    /// The agent's own config file content, written into the session HOME by its adapter.
+    config: Option<String>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -241,6 +243,7 @@ impl Config {
                 command: args.claude_bin.clone(),
                 args: Vec::new(),
                 env: BTreeMap::new(),
+                config: None,
             },
         );
         for (name, a) in file.agents {
@@ -251,28 +254,24 @@ impl Config {
             {
                 return Err(bad(format!("agent name {name:?} must be [A-Za-z0-9_-]+")));
             }
-            let kind = match a.kind.as_str() {
-                "claude" => AgentKind::Claude,
-                "command" => AgentKind::Command,
-                other => {
-                    return Err(bad(format!(
-                        "agents.{name}.kind {other:?} is not one of: claude, command"
-                    )));
-                }
-            };
-            let command = match (a.command, &kind) {
-                (Some(c), _) if !c.is_empty() => c,
-                (_, AgentKind::Claude) => args.claude_bin.clone(),
-                _ => return Err(bad(format!("agents.{name}.command is required"))),
+            let command = match a.command {
+                Some(c) if !c.is_empty() => c,
+                _ if a.kind == AgentKind::Claude => args.claude_bin.clone(),
+                _ => a
+                    .kind
+                    .default_command()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(format!("agents.{name}.command is required")))?,
             };
             agents.insert(
                 name.clone(),
                 AgentProfile {
                     name,
-                    kind,
+                    kind: a.kind,
                     command,
                     args: a.args,
                     env: a.env,
+                    config: a.config,
                 },
             );
         }
@@ -360,12 +359,17 @@ impl std::fmt::Display for Config {
             let env: Vec<String> = a.env.keys().map(|k| format!("{k}=<redacted>")).collect();
             writeln!(
                 f,
-                "agent {} = kind {:?}, command {:?}, args {:?}, env [{}]",
+                "agent {} = kind {}, command {:?}, args {:?}, env [{}]{}",
                 a.name,
                 a.kind,
                 a.command,
                 a.args,
-                env.join(", ")
+                env.join(", "),
+                if a.config.is_some() {
+                    ", config file <redacted>"
+                } else {
+                    ""
+                }
             )?;
         }
         write!(f, "limits = {:?}\ntiming = {:?}", self.limits, self.timing)

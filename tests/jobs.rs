@@ -548,3 +548,76 @@ async fn jobs_of_one_session_run_in_order_one_at_a_time() {
         );
     }
 }
+
+#[tokio::test]
+async fn operator_command_profile_runs_and_secrets_are_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agentd.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[agents.shell]
+kind = "command"
+command = "sh"
+args = ["-c", "echo \"prompt: $0\"; echo \"token: $SHELL_TOKEN\"; echo done > made-by-shell.txt"]
+env = { SHELL_TOKEN = "operator-secret-123" }
+"#,
+    )
+    .unwrap();
+    let server = TestServer::start_with(Options {
+        args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s.session_id.clone(),
+            agent: "shell".into(),
+            prompt: "list the files".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let events = c.events(&job.job_id, 0).await;
+    let t = texts(&events);
+    assert_eq!(t, vec!["prompt: list the files", "token: [REDACTED]"]);
+    let job = c.get_job(&job.job_id).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32);
+    assert!(
+        !job.result.contains("operator-secret-123"),
+        "{}",
+        job.result
+    );
+    assert!(job.result.contains("prompt: list the files"));
+    let outputs = c
+        .files
+        .get_job_outputs(pb::GetJobOutputsRequest {
+            session_id: s.session_id.clone(),
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outputs.changes[0].path, "made-by-shell.txt");
+
+    // An option the command kind cannot honour is refused, naming it.
+    let err = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s.session_id.clone(),
+            agent: "shell".into(),
+            prompt: "x".into(),
+            max_turns: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(reason(&err), "UNSUPPORTED_OPTION");
+    assert!(err.message().contains("max_turns"), "{}", err.message());
+}

@@ -24,6 +24,14 @@ pub enum AgentKind {
 }
 
 impl AgentKind {
+    /// The executable used when a profile names none (`None`: the profile must name one).
+    pub fn default_command(self) -> Option<&'static str> {
+        match self {
+            AgentKind::Claude => Some("claude"),
+            AgentKind::Command => None,
+        }
+    }
+
     /// The name operators write in the configuration.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +56,9 @@ pub struct AgentProfile {
     pub command: String,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The agent's own configuration file content (e.g. Codex `config.toml`), written into the
+    /// session's private HOME by the adapter that knows where it goes; may hold secrets.
+    pub config: Option<String>,
 }
 
 impl std::fmt::Debug for AgentProfile {
@@ -58,6 +69,7 @@ impl std::fmt::Debug for AgentProfile {
             .field("command", &self.command)
             .field("args", &self.args)
             .field("env", &RedactedEnv(&self.env))
+            .field("config", &self.config.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -210,6 +222,7 @@ pub(crate) mod tests {
             command: command.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::from([("ANTHROPIC_API_KEY".into(), "sk-secret-value".into())]),
+            config: None,
         }
     }
 

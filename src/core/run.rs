@@ -200,6 +200,7 @@ impl Core {
             }
         };
         let started = Timestamp::now();
+        tracing::info!(job = %job.id, session = %session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
         let state = job.state.transition(JobState::Running { started })?;
         let ev = sink.event(
             EventKind::Started {
@@ -351,6 +352,7 @@ impl Core {
         }))?;
         let mut result = facts.result;
         redact(&mut result, &sink.secrets);
+        tracing::info!(job = %sink.job, state = facts.outcome.final_state().name(), exit = ?facts.exit, "job finished");
         let ev = sink.event(
             EventKind::Finished {
                 state: facts.outcome.final_state(),
