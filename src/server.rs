@@ -3,7 +3,7 @@
 //! 1.8 only speaks v1alpha) without it, and serves until `stop` resolves, then drains in the fixed
 //! order documented in `shutdown`.
 
-use crate::api::{AuthInterceptor, FileApi, JobApi, SessionApi};
+use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::core::Core;
@@ -38,11 +38,13 @@ pub enum ServeError {
 type SessionSvc = pb::session_service_server::SessionServiceServer<SessionApi>;
 type JobSvc = pb::job_service_server::JobServiceServer<JobApi>;
 type FileSvc = pb::file_service_server::FileServiceServer<FileApi>;
+type InfoSvc = pb::server_info_service_server::ServerInfoServiceServer<ServerInfoApi>;
 
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
+    <InfoSvc as NamedService>::NAME,
 ];
 
 /// Serves on `listener` until `stop` resolves; returns after a clean drain.
@@ -103,6 +105,12 @@ pub async fn serve(
         .add_service(
             pb::file_service_server::FileServiceServer::with_interceptor(
                 FileApi::new(core.clone()),
+                auth.clone(),
+            ),
+        )
+        .add_service(
+            pb::server_info_service_server::ServerInfoServiceServer::with_interceptor(
+                ServerInfoApi::new(core.clone()),
                 auth,
             ),
         );

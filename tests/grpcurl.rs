@@ -67,6 +67,7 @@ async fn grpcurl_lists_describes_checks_health_and_runs_the_seed_flow() {
             "agentd.v1.SessionService",
             "agentd.v1.JobService",
             "agentd.v1.FileService",
+            "agentd.v1.ServerInfoService",
             "grpc.health.v1.Health",
         ] {
             assert!(list.contains(svc), "{svc} missing from:\n{list}");

@@ -621,3 +621,31 @@ env = { SHELL_TOKEN = "operator-secret-123" }
     assert_eq!(reason(&err), "UNSUPPORTED_OPTION");
     assert!(err.message().contains("max_turns"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn server_info_lists_agents_with_versions_and_limits() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--max-concurrent-jobs".into(), "3".into()],
+        env: vec![("AGENTD_DEFAULT_AGENT".into(), "claude".into())],
+    });
+    let ch = server.channel().await;
+    let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
+        ch,
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {KEY_A}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    let got = info
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.default_agent, "claude");
+    let claude = got.agents.iter().find(|a| a.name == "claude").unwrap();
+    assert!(claude.available);
+    assert_eq!(claude.kind, "claude");
+    assert_eq!(claude.version, "2.1.197 (Claude Code)");
+    assert_eq!(got.limits.unwrap().max_concurrent_jobs, 3);
+}

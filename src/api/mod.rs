@@ -3,11 +3,13 @@
 
 pub mod convert;
 mod file;
+mod info;
 mod job;
 mod session;
 pub mod status;
 
 pub use file::FileApi;
+pub use info::ServerInfoApi;
 pub use job::JobApi;
 pub use session::SessionApi;
 

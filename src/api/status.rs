@@ -1,5 +1,5 @@
 //! The one mapping from the core's [`Error`] to a gRPC `Status`: the code comes from the variant,
-//! and every status carries `google.rpc.ErrorInfo` (reason + domain `agentd.dev`), plus
+//! and every status carries `google.rpc.ErrorInfo` (reason + domain `agentd`), plus
 //! `BadRequest` naming the field for INVALID_ARGUMENT and `RetryInfo` when waiting helps.
 
 use crate::error::Error;
@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The ErrorInfo domain of every agentd error.
-pub const ERROR_DOMAIN: &str = "agentd.dev";
+pub const ERROR_DOMAIN: &str = "agentd";
 
 /// Converts a core error into the status a client sees.
 pub fn to_status(err: Error) -> Status {

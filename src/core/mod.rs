@@ -4,12 +4,14 @@
 //! tenants, exactly as for ids that do not exist.
 
 mod files;
+mod info;
 mod jobs;
 mod reaper;
 mod run;
 mod sessions;
 
 pub use files::UploadSink;
+pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use sessions::{CreateSession, SessionView};
 
@@ -53,6 +55,8 @@ pub struct Core {
     running: Mutex<HashMap<JobId, RunHandle>>,
     deleting: Mutex<HashSet<SessionId>>,
     wake: Notify,
+    /// Agent profiles as probed at start.
+    agents: Vec<AgentStatus>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,7 +80,16 @@ impl Core {
             },
         );
         let events = EventLog::start(store.clone(), shutdown.tracker());
+        let agents = info::probe_all(config.agents.values()).await;
+        for a in &agents {
+            if a.available {
+                tracing::info!(agent = %a.name, version = %a.version, "agent available");
+            } else {
+                tracing::warn!(agent = %a.name, problem = %a.problem, "agent unavailable");
+            }
+        }
         let core = Arc::new(Core {
+            agents,
             scheduler: Scheduler::new(config.limits.max_concurrent_jobs),
             config,
             store,

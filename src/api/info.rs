@@ -1,0 +1,62 @@
+//! `agentd.v1.ServerInfoService`.
+
+use crate::core::Core;
+use crate::pb;
+use crate::pb::server_info_service_server::ServerInfoService;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct ServerInfoApi {
+    core: Arc<Core>,
+}
+
+impl ServerInfoApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+fn secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl ServerInfoService for ServerInfoApi {
+    async fn get_server_info(
+        &self,
+        _req: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        let cfg = self.core.config();
+        let l = &cfg.limits;
+        Ok(Response::new(pb::GetServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            agents: self
+                .core
+                .agents()
+                .iter()
+                .map(|a| pb::AgentInfo {
+                    name: a.name.clone(),
+                    kind: a.kind.clone(),
+                    command: a.command.clone(),
+                    available: a.available,
+                    version: a.version.clone(),
+                    problem: a.problem.clone(),
+                })
+                .collect(),
+            default_agent: cfg.default_agent.clone(),
+            limits: Some(pb::ServerLimits {
+                max_concurrent_jobs: u32::try_from(l.max_concurrent_jobs).unwrap_or(u32::MAX),
+                max_queued_jobs_per_session: u32::try_from(l.max_queued_jobs_per_session)
+                    .unwrap_or(u32::MAX),
+                job_timeout_default_seconds: secs(l.job_timeout_default),
+                job_timeout_max_seconds: secs(l.job_timeout_max),
+                session_ttl_default_seconds: secs(l.session_ttl_default),
+                session_ttl_max_seconds: secs(l.session_ttl_max),
+                max_files_per_session: l.max_files_per_session,
+                max_session_bytes: l.max_session_bytes,
+                max_file_bytes: l.max_file_bytes,
+                max_upload_chunk_bytes: super::file::CHUNK_BYTES as u32,
+            }),
+        }))
+    }
+}
