@@ -66,6 +66,26 @@ pub struct ServeArgs {
     /// Maximum size of one file.
     #[arg(long, env = "AGENTD_MAX_FILE_BYTES", default_value_t = 2 << 30)]
     pub max_file_bytes: u64,
+    /// Most bytes of agent output stored per job; beyond it a `truncated` event ends the log.
+    #[arg(long, env = "AGENTD_JOB_OUTPUT_MAX_BYTES", default_value_t = 1 << 30)]
+    pub job_output_max_bytes: u64,
+    /// Most events stored per job; beyond it a `truncated` event ends the log.
+    #[arg(
+        long,
+        env = "AGENTD_JOB_OUTPUT_MAX_EVENTS",
+        default_value_t = 1_000_000
+    )]
+    pub job_output_max_events: u64,
+    /// Seconds to keep the events of finished jobs (their final event is kept forever); 0 keeps
+    /// everything. Streams resuming from a pruned cursor answer OUT_OF_RANGE.
+    #[arg(long, env = "AGENTD_EVENT_RETENTION_SECONDS", default_value_t = 0)]
+    pub event_retention_seconds: u64,
+    /// Most queued plus running jobs per tenant; 0 means no limit.
+    #[arg(long, env = "AGENTD_TENANT_MAX_ACTIVE_JOBS", default_value_t = 0)]
+    pub tenant_max_active_jobs: usize,
+    /// Requests per second allowed per tenant (bursts of twice as many); 0 means no limit.
+    #[arg(long, env = "AGENTD_TENANT_RATE_LIMIT", default_value_t = 0)]
+    pub tenant_rate_limit: u32,
     /// Seconds between SIGTERM and the forced kill of a job's process tree.
     #[arg(long, env = "AGENTD_KILL_GRACE_SECONDS", default_value_t = 5)]
     pub kill_grace_seconds: u64,
@@ -143,6 +163,14 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Longest stdout/stderr line kept whole; longer lines are cut and marked.
     pub max_line_bytes: usize,
+    pub job_output_max_bytes: u64,
+    pub job_output_max_events: u64,
+    /// Zero keeps events forever.
+    pub event_retention: Duration,
+    /// Zero means unlimited.
+    pub tenant_max_active_jobs: usize,
+    /// Zero means unlimited.
+    pub tenant_rate_limit: u32,
 }
 
 /// Timing of background work and shutdown.
@@ -319,6 +347,11 @@ impl Config {
                 max_session_bytes: args.max_session_bytes,
                 max_file_bytes: args.max_file_bytes,
                 max_line_bytes: 16 << 20,
+                job_output_max_bytes: args.job_output_max_bytes,
+                job_output_max_events: args.job_output_max_events,
+                event_retention: Duration::from_secs(args.event_retention_seconds),
+                tenant_max_active_jobs: args.tenant_max_active_jobs,
+                tenant_rate_limit: args.tenant_rate_limit,
             },
             timing: Timing {
                 kill_grace: Duration::from_secs(args.kill_grace_seconds),

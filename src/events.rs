@@ -115,6 +115,20 @@ impl EventLog {
                     Ok(e) => e,
                     Err(e) => break Err(e),
                 };
+                if let Some(first) = events.first()
+                    && first.seq != cursor + 1
+                {
+                    // Seqs have no gaps, so a jump means the events before `first` were pruned.
+                    break Err(Error::out_of_range(
+                        crate::error::Reason::CursorExpired,
+                        format!(
+                            "events after seq {cursor} of job {job} are no longer retained; \
+                             the oldest retained event has seq {}: resume with after_seq >= {}",
+                            first.seq,
+                            first.seq - 1
+                        ),
+                    ));
+                }
                 if let Some(last) = events.last() {
                     cursor = last.seq;
                     let done = last.kind.is_finished();

@@ -6,7 +6,7 @@
 //! reports back with [`Scheduler::finished`]. State is in memory: on start-up the job core
 //! re-enqueues the store's queued jobs in creation order.
 
-use crate::domain::{JobId, SessionId};
+use crate::domain::{JobId, SessionId, TenantId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
@@ -15,8 +15,28 @@ struct State {
     queue: VecDeque<(JobId, SessionId)>,
     running: HashMap<JobId, SessionId>,
     busy_sessions: HashSet<SessionId>,
+    /// Queued plus running jobs per tenant (reservations included), for per-tenant limits.
+    active: HashMap<TenantId, usize>,
+    job_tenant: HashMap<JobId, TenantId>,
     /// Once paused (shutdown), nothing new starts.
     paused: bool,
+}
+
+impl State {
+    fn release(&mut self, tenant: &TenantId) {
+        if let Some(n) = self.active.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active.remove(tenant);
+            }
+        }
+    }
+
+    fn forget(&mut self, job: &JobId) {
+        if let Some(t) = self.job_tenant.remove(job) {
+            self.release(&t);
+        }
+    }
 }
 
 /// The queue and the running set.
@@ -37,9 +57,39 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a job to the queue.
-    pub fn enqueue(&self, job: JobId, session: SessionId) {
-        self.lock().queue.push_back((job, session));
+    /// Reserves a slot for one more active job of `tenant`; `false` when it already has `limit`
+    /// (0 = unlimited). A reservation becomes the job's on [`Scheduler::enqueue`], or is given back
+    /// with [`Scheduler::release`] if the job is not created after all.
+    pub fn reserve(&self, tenant: &TenantId, limit: usize) -> bool {
+        let mut s = self.lock();
+        let n = s.active.entry(tenant.clone()).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release(&self, tenant: &TenantId) {
+        self.lock().release(tenant);
+    }
+
+    /// Appends a job to the queue, taking over a reservation of its tenant.
+    pub fn enqueue(&self, job: JobId, session: SessionId, tenant: TenantId) {
+        let mut s = self.lock();
+        s.job_tenant.insert(job.clone(), tenant);
+        s.queue.push_back((job, session));
+    }
+
+    /// Appends a job recovered from the store (no reservation was made for it).
+    pub fn enqueue_recovered(&self, job: JobId, session: SessionId, tenant: TenantId) {
+        *self.lock().active.entry(tenant.clone()).or_insert(0) += 1;
+        self.enqueue(job, session, tenant);
+    }
+
+    /// Active (queued or running) jobs of a tenant.
+    pub fn active_of(&self, tenant: &TenantId) -> usize {
+        self.lock().active.get(tenant).copied().unwrap_or(0)
     }
 
     /// Removes a queued job; `false` if it was not queued (already started or unknown).
@@ -47,7 +97,11 @@ impl Scheduler {
         let mut s = self.lock();
         let before = s.queue.len();
         s.queue.retain(|(j, _)| j != job);
-        s.queue.len() != before
+        let removed = s.queue.len() != before;
+        if removed {
+            s.forget(job);
+        }
+        removed
     }
 
     /// Takes every job that may start now, marking each running.
@@ -77,6 +131,7 @@ impl Scheduler {
         let mut s = self.lock();
         if let Some(session) = s.running.remove(job) {
             s.busy_sessions.remove(&session);
+            s.forget(job);
         }
     }
 
@@ -135,11 +190,12 @@ mod tests {
             SessionId::generate(),
         );
         let j = ids(5);
-        s.enqueue(j[0].clone(), a.clone());
-        s.enqueue(j[1].clone(), a.clone());
-        s.enqueue(j[2].clone(), b.clone());
-        s.enqueue(j[3].clone(), c.clone());
-        s.enqueue(j[4].clone(), b.clone());
+        let t = TenantId("t".into());
+        s.enqueue(j[0].clone(), a.clone(), t.clone());
+        s.enqueue(j[1].clone(), a.clone(), t.clone());
+        s.enqueue(j[2].clone(), b.clone(), t.clone());
+        s.enqueue(j[3].clone(), c.clone(), t.clone());
+        s.enqueue(j[4].clone(), b.clone(), t.clone());
         let first: Vec<JobId> = s.take_runnable().into_iter().map(|x| x.0).collect();
         assert_eq!(first, vec![j[0].clone(), j[2].clone()]);
         assert_eq!(s.position(&j[1]), Some(1));
@@ -161,12 +217,37 @@ mod tests {
         let s = Scheduler::new(1);
         let a = SessionId::generate();
         let j = ids(2);
-        s.enqueue(j[0].clone(), a.clone());
-        s.enqueue(j[1].clone(), a.clone());
+        let t = TenantId("t".into());
+        s.enqueue(j[0].clone(), a.clone(), t.clone());
+        s.enqueue(j[1].clone(), a.clone(), t.clone());
         assert!(s.dequeue(&j[0]));
         assert!(!s.dequeue(&j[0]));
         assert_eq!(s.queued_in_session(&a), 1);
         s.pause();
         assert!(s.take_runnable().is_empty());
+    }
+
+    #[test]
+    fn tenant_reservations_follow_jobs() {
+        let s = Scheduler::new(4);
+        let (a, b) = (TenantId("a".into()), TenantId("b".into()));
+        let sess = SessionId::generate();
+        let j = ids(3);
+        assert!(s.reserve(&a, 2));
+        s.enqueue(j[0].clone(), sess.clone(), a.clone());
+        assert!(s.reserve(&a, 2));
+        s.enqueue(j[1].clone(), sess.clone(), a.clone());
+        assert!(!s.reserve(&a, 2), "limit of 2 active jobs");
+        assert!(s.reserve(&b, 2), "other tenants are not affected");
+        s.release(&b);
+        assert_eq!(s.active_of(&b), 0);
+        let started = s.take_runnable();
+        assert_eq!(started.len(), 1, "one per session");
+        s.finished(&j[0]);
+        assert_eq!(s.active_of(&a), 1);
+        assert!(s.dequeue(&j[1]));
+        assert_eq!(s.active_of(&a), 0);
+        assert!(s.reserve(&a, 0), "0 is unlimited");
+        let _ = j[2].clone();
     }
 }

@@ -86,7 +86,10 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let auth = AuthInterceptor::new(Authenticator::new(config.api_keys.clone()));
+    let auth = AuthInterceptor::new(
+        Authenticator::new(config.api_keys.clone()),
+        crate::auth::RateLimiter::new(config.limits.tenant_rate_limit),
+    );
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_svc)

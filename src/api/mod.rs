@@ -13,19 +13,21 @@ pub use info::ServerInfoApi;
 pub use job::JobApi;
 pub use session::SessionApi;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, RateLimiter};
 use crate::domain::TenantId;
 use tonic::{Request, Status};
 
-/// Resolves the caller's tenant from metadata and stores it in the request's extensions.
+/// Resolves the caller's tenant from metadata, applies the tenant's rate limit, and stores the
+/// tenant in the request's extensions.
 #[derive(Clone)]
 pub struct AuthInterceptor {
     auth: Authenticator,
+    limiter: Option<RateLimiter>,
 }
 
 impl AuthInterceptor {
-    pub fn new(auth: Authenticator) -> Self {
-        Self { auth }
+    pub fn new(auth: Authenticator, limiter: Option<RateLimiter>) -> Self {
+        Self { auth, limiter }
     }
 }
 
@@ -38,6 +40,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .auth
             .authenticate(authorization, x_api_key)
             .map_err(status::to_status)?;
+        if let Some(l) = &self.limiter {
+            l.check(&tenant).map_err(status::to_status)?;
+        }
         req.extensions_mut().insert(tenant);
         Ok(req)
     }

@@ -174,6 +174,17 @@ impl Core {
                 retry_after: Some(Duration::from_secs(5)),
             });
         }
+        let max_active = limits.tenant_max_active_jobs;
+        if !self.scheduler.reserve(tenant, max_active) {
+            return Err(Error::ResourceExhausted {
+                reason: Reason::TooManyJobs,
+                message: format!(
+                    "tenant {:?} already has {max_active} queued or running jobs (the maximum)",
+                    tenant.as_str()
+                ),
+                retry_after: Some(Duration::from_secs(5)),
+            });
+        }
         let now = Timestamp::now();
         let job = Job {
             id: JobId::generate(),
@@ -191,11 +202,17 @@ impl Core {
         let stored = self
             .store
             .create_job(&job, now.saturating_add(session.ttl).max(session.expires))
-            .await?;
-        if stored.id == job.id {
-            self.scheduler.enqueue(job.id.clone(), session.id.clone());
-            self.wake.notify_one();
+            .await;
+        match &stored {
+            Ok(s) if s.id == job.id => {
+                self.scheduler
+                    .enqueue(job.id.clone(), session.id.clone(), tenant.clone());
+                self.wake.notify_one();
+            }
+            // An idempotent repeat or a failure: the reservation is not needed.
+            _ => self.scheduler.release(tenant),
         }
+        let stored = stored?;
         Ok(self.job_view(stored))
     }
 

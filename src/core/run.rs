@@ -234,12 +234,19 @@ impl Core {
         let mut buf = Vec::with_capacity(MAX_BATCH);
         let mut conversation = resume;
         let mut recorded = conversation.clone();
+        let mut cap = OutputCap::new(
+            self.config.limits.job_output_max_bytes,
+            self.config.limits.job_output_max_events,
+        );
         while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
             let mut events = Vec::with_capacity(buf.len());
             for out in buf.drain(..) {
                 match out {
                     Output::Stdout(line) => {
-                        for p in parser.parse_line(&line.text, line.truncated) {
+                        // The parser sees every line, kept or not, so the summary (conversation,
+                        // result, usage) stays right after truncation.
+                        let parsed = parser.parse_line(&line.text, line.truncated);
+                        for p in &parsed {
                             if let EventKind::Init {
                                 conversation_id, ..
                             } = &p.kind
@@ -247,7 +254,15 @@ impl Core {
                             {
                                 conversation = Some(conversation_id.clone());
                             }
-                            events.push(sink.event(p.kind, p.raw));
+                        }
+                        match cap.admit(line.text.len(), parsed.len()) {
+                            Admit::Keep => {
+                                events.extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw)))
+                            }
+                            Admit::Truncate(reason) => {
+                                events.push(sink.event(EventKind::Truncated { reason }, None))
+                            }
+                            Admit::Drop => {}
                         }
                     }
                     Output::Stderr(line) => {
@@ -255,13 +270,19 @@ impl Core {
                             stderr_tail.pop_front();
                         }
                         stderr_tail.push_back(line.text.clone());
-                        events.push(sink.event(
-                            EventKind::Stderr {
-                                line: line.text,
-                                truncated: line.truncated,
-                            },
-                            None,
-                        ));
+                        match cap.admit(line.text.len(), 1) {
+                            Admit::Keep => events.push(sink.event(
+                                EventKind::Stderr {
+                                    line: line.text,
+                                    truncated: line.truncated,
+                                },
+                                None,
+                            )),
+                            Admit::Truncate(reason) => {
+                                events.push(sink.event(EventKind::Truncated { reason }, None))
+                            }
+                            Admit::Drop => {}
+                        }
                     }
                 }
             }
@@ -405,11 +426,61 @@ impl Core {
                     self.finish(&mut sink, Some(started), facts).await?;
                     tracing::warn!(job = %job.id, "marked interrupted job FAILED");
                 }
-                JobState::Queued => self.scheduler.enqueue(job.id, job.session_id),
+                JobState::Queued => {
+                    self.scheduler
+                        .enqueue_recovered(job.id, job.session_id, job.tenant)
+                }
                 JobState::Finished(_) => {}
             }
         }
         Ok(())
+    }
+}
+
+/// Per-job output limits: once either is reached, one `Truncated` event is stored and further
+/// output is dropped (the agent keeps running and is never blocked).
+struct OutputCap {
+    max_bytes: u64,
+    max_events: u64,
+    bytes: u64,
+    events: u64,
+    tripped: bool,
+}
+
+enum Admit {
+    Keep,
+    Truncate(String),
+    Drop,
+}
+
+impl OutputCap {
+    fn new(max_bytes: u64, max_events: u64) -> Self {
+        Self {
+            max_bytes,
+            max_events,
+            bytes: 0,
+            events: 0,
+            tripped: false,
+        }
+    }
+
+    /// Decides about one output line of `bytes` that produced `events` events.
+    fn admit(&mut self, bytes: usize, events: usize) -> Admit {
+        if self.tripped {
+            return Admit::Drop;
+        }
+        let bytes = self.bytes + bytes as u64;
+        let events = self.events + events as u64;
+        if bytes > self.max_bytes || events > self.max_events {
+            self.tripped = true;
+            return Admit::Truncate(format!(
+                "job output limit reached ({} bytes / {} events); further output was dropped",
+                self.max_bytes, self.max_events
+            ));
+        }
+        self.bytes = bytes;
+        self.events = events;
+        Admit::Keep
     }
 }
 
@@ -441,6 +512,18 @@ impl FinishFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_cap_truncates_once_then_drops() {
+        let mut cap = OutputCap::new(10, 3);
+        assert!(matches!(cap.admit(4, 1), Admit::Keep));
+        assert!(matches!(cap.admit(6, 1), Admit::Keep));
+        assert!(matches!(cap.admit(1, 1), Admit::Truncate(_)));
+        assert!(matches!(cap.admit(0, 1), Admit::Drop));
+        let mut by_events = OutputCap::new(1000, 2);
+        assert!(matches!(by_events.admit(1, 2), Admit::Keep));
+        assert!(matches!(by_events.admit(1, 1), Admit::Truncate(_)));
+    }
 
     #[test]
     fn redaction_covers_text_raw_and_results() {

@@ -43,6 +43,7 @@ macro_rules! store_contract_tests {
             survives_reopen,
             concurrent_appends,
             many_events_in_order,
+            prune_keeps_last_event_of_finished_jobs,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1033,4 +1034,51 @@ pub async fn many_events_in_order(h: &dyn Harness) {
     }
     assert_eq!(seen.len() as u64, TOTAL);
     assert_eq!(store.get_job(&j.id).await.unwrap().unwrap().last_seq, TOTAL);
+}
+
+pub async fn prune_keeps_last_event_of_finished_jobs(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let done = new_job(&*store, &s, ts(1)).await;
+    let live = new_job(&*store, &s, ts(2)).await;
+    // `text(n)` events carry time T0 + n.
+    store
+        .append(vec![
+            write(&done, texts(1, 9), Some(running(ts(1)))),
+            write(&live, texts(1, 5), Some(running(ts(2)))),
+        ])
+        .await
+        .unwrap();
+    store
+        .append(vec![write(
+            &done,
+            texts(10, 10),
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    // Only events older than T0 + 6 of the finished job: seqs 1..=5, in batches of 2.
+    let before = Timestamp(T0 + 6);
+    let mut total = 0;
+    loop {
+        let n = store.prune_events(before, 2).await.unwrap();
+        assert!(n <= 2);
+        total += n;
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(total, 5);
+    let left = store.read_events(&done.id, 0, 100).await.unwrap();
+    assert_eq!(
+        left.first().map(|e| e.seq),
+        Some(6),
+        "a reader sees the gap"
+    );
+    assert_eq!(left.len(), 5);
+    // The running job keeps everything; the last event of a finished job always stays.
+    assert_eq!(store.read_events(&live.id, 0, 100).await.unwrap().len(), 5);
+    while store.prune_events(Timestamp(i64::MAX), 100).await.unwrap() > 0 {}
+    let left = store.read_events(&done.id, 0, 100).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10]);
 }

@@ -117,6 +117,11 @@ pub trait Store: Send + Sync + 'static {
     async fn read_events(&self, job: &JobId, after_seq: u64, limit: usize)
     -> Result<Vec<JobEvent>>;
 
+    /// Deletes stored events older than `before` of finished jobs, always keeping each job's last
+    /// (`Finished`) event; at most `limit` rows per call. Returns how many were deleted. Readers
+    /// notice pruning as a gap before the first retained seq.
+    async fn prune_events(&self, before: Timestamp, limit: usize) -> Result<u64>;
+
     /// Records the files a job changed (replacing any earlier record for that job).
     async fn put_job_outputs(&self, job: &JobId, changes: &[FileChange]) -> Result<()>;
 

@@ -93,6 +93,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn prune_events(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.writer
+            .write(move |c| ops::prune_events(c, before, limit))
+            .await
+    }
+
     async fn set_session_expiry(&self, id: &SessionId, expires: Timestamp) -> Result<()> {
         let id = id.clone();
         self.writer

@@ -226,6 +226,20 @@ pub(super) fn list_sessions(
     rows.and_then(|r| r.collect()).map_err(db)
 }
 
+pub(super) fn prune_events(conn: &Connection, before: Timestamp, limit: usize) -> Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM events WHERE (job_pk, seq) IN (
+                 SELECT e.job_pk, e.seq FROM events e JOIN jobs j ON j.pk = e.job_pk
+                 WHERE j.state_name IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')
+                   AND e.time < ?1 AND e.seq < j.last_seq
+                 LIMIT ?2)",
+        )
+        .and_then(|mut st| st.execute(params![before.micros(), limit as i64]))
+        .map_err(db)?;
+    Ok(n as u64)
+}
+
 pub(super) fn set_session_expiry(
     conn: &Connection,
     id: &SessionId,

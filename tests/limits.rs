@@ -1,0 +1,281 @@
+//! Stream keepalives, output caps, event retention, and per-tenant limits with RetryInfo.
+
+mod common;
+
+use agentd::pb;
+use common::*;
+use std::time::Duration;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn retry_after(st: &tonic::Status) -> Option<Duration> {
+    st.get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+}
+
+#[tokio::test]
+async fn quiet_streams_get_unnumbered_keepalives() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--stream-keepalive-seconds".into(), "1".into()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let job = c.submit(&s.session_id, "sleep 2.5").await;
+    let mut stream = c
+        .jobs
+        .stream_job_events(pb::StreamJobEventsRequest {
+            job_id: job.job_id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut keepalives, mut events) = (0, Vec::new());
+    while let Some(m) = stream.message().await.unwrap() {
+        if m.keepalive {
+            assert!(m.events.is_empty(), "keepalives carry no events");
+            keepalives += 1;
+        }
+        events.extend(m.events);
+    }
+    assert!(keepalives >= 1, "no keepalive during a 2.5 s quiet period");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "keepalives take no seq");
+    }
+    assert_eq!(kind(events.last().unwrap()), "finished");
+}
+
+#[tokio::test]
+async fn output_caps_end_in_one_visible_truncation_event() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--job-output-max-events".into(), "20".into()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let job = c
+        .submit(&s.session_id, "lines 200 ; write after.txt still ran")
+        .await;
+    let events = c.events(&job.job_id, 0).await;
+    let truncated: Vec<_> = events.iter().filter(|e| kind(e) == "truncated").collect();
+    assert_eq!(truncated.len(), 1, "exactly one truncation event");
+    assert!(events.len() <= 20 + 3, "stored {} events", events.len());
+    assert_eq!(kind(events.last().unwrap()), "finished");
+    let job = c.get_job(&job.job_id).await;
+    assert_eq!(
+        job.state,
+        pb::JobState::Succeeded as i32,
+        "truncation is not a failure"
+    );
+    assert!(
+        !job.conversation_id.is_empty(),
+        "summary kept after truncation"
+    );
+    // The agent was never blocked: its later work happened.
+    assert_eq!(
+        c.download(&s.session_id, "after.txt").await.unwrap(),
+        b"still ran"
+    );
+}
+
+#[tokio::test]
+async fn pruned_cursors_answer_out_of_range() {
+    let server = TestServer::start_with(Options {
+        args: vec![
+            "--event-retention-seconds".into(),
+            "1".into(),
+            "--reaper-interval-seconds".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let job = c.submit(&s.session_id, "lines 5").await;
+    let all = c.events(&job.job_id, 0).await;
+    let last = all.last().unwrap().seq;
+    let mut expired = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut st = c
+            .jobs
+            .stream_job_events(pb::StreamJobEventsRequest {
+                job_id: job.job_id.clone(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match st.message().await {
+            Err(e) => {
+                expired = Some(e);
+                break;
+            }
+            Ok(_) => continue,
+        }
+    }
+    let e = expired.expect("events were never pruned");
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert_eq!(reason(&e), "CURSOR_EXPIRED");
+    // The final event is kept forever.
+    let tail = c.events(&job.job_id, last - 1).await;
+    assert_eq!(tail.len(), 1);
+    assert_eq!(kind(&tail[0]), "finished");
+}
+
+#[tokio::test]
+async fn tenant_job_limit_and_session_queue_limit_carry_retry_info() {
+    let server = TestServer::start_with(Options {
+        args: vec![
+            "--tenant-max-active-jobs".into(),
+            "2".into(),
+            "--max-queued-jobs-per-session".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let s1 = a.create_session(&[]).await;
+    let s2 = a.create_session(&[]).await;
+    let j1 = a.submit(&s1.session_id, "sleep 30").await;
+    let j2 = a.submit(&s1.session_id, "sleep 30").await;
+    let err = a
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s2.session_id.clone(),
+            prompt: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&err), "TOO_MANY_JOBS");
+    assert!(retry_after(&err).is_some());
+    // Another tenant is not affected.
+    let sb = b.create_session(&[]).await;
+    let jb = b.submit(&sb.session_id, "hi").await;
+    assert_eq!(
+        b.wait(&jb.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+
+    // Cancelling frees the tenant's slot.
+    a.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: j2.job_id.clone(),
+        })
+        .await
+        .unwrap();
+    let j3 = a.submit(&s1.session_id, "hi").await;
+    // s1 now has j1 running and j3 queued: the per-session queue limit (1) is reached.
+    let err = b
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: sb.session_id.clone(),
+            prompt: "x".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(err.is_ok());
+    a.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: j1.job_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.wait(&j3.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    let _j4 = a.submit(&s1.session_id, "sleep 30").await;
+    let _j5 = a.submit(&s2.session_id, "hi").await;
+    let err = a
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s1.session_id.clone(),
+            prompt: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        ["TOO_MANY_JOBS", "QUEUE_FULL"].contains(&reason(&err).as_str()),
+        "{err:?}"
+    );
+    assert!(retry_after(&err).is_some());
+}
+
+#[tokio::test]
+async fn session_queue_limit() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--max-queued-jobs-per-session".into(), "1".into()],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let s = a.create_session(&[]).await;
+    let running = a.submit(&s.session_id, "sleep 30").await;
+    assert!(eventually(Duration::from_secs(10), || true).await);
+    // Wait until the first job left the queue, so exactly one more fits.
+    for _ in 0..100 {
+        if a.get_job(&running.job_id).await.state == pb::JobState::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _queued = a.submit(&s.session_id, "hi").await;
+    let err = a
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s.session_id.clone(),
+            prompt: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&err), "QUEUE_FULL");
+    assert!(retry_after(&err).is_some());
+}
+
+#[tokio::test]
+async fn tenant_rate_limit_answers_resource_exhausted_with_retry_info() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--tenant-rate-limit".into(), "5".into()],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let mut limited = None;
+    for _ in 0..40 {
+        if let Err(e) = a
+            .sessions
+            .list_sessions(pb::ListSessionsRequest::default())
+            .await
+        {
+            limited = Some(e);
+            break;
+        }
+    }
+    let e = limited.expect("40 calls at once were never limited at 5/s");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&e), "RATE_LIMITED");
+    let wait = retry_after(&e).expect("RetryInfo");
+    assert!(wait <= Duration::from_secs(1));
+    assert!(
+        b.sessions
+            .list_sessions(pb::ListSessionsRequest::default())
+            .await
+            .is_ok()
+    );
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    assert!(
+        a.sessions
+            .list_sessions(pb::ListSessionsRequest::default())
+            .await
+            .is_ok()
+    );
+}
