@@ -170,16 +170,6 @@ async fn tenant_job_limit_and_session_queue_limit_carry_retry_info() {
         .await
         .unwrap();
     let j3 = a.submit(&s1.session_id, "hi").await;
-    // s1 now has j1 running and j3 queued: the per-session queue limit (1) is reached.
-    let err = b
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
-            session_id: sb.session_id.clone(),
-            prompt: "x".into(),
-            ..Default::default()
-        })
-        .await;
-    assert!(err.is_ok());
     a.jobs
         .cancel_job(pb::CancelJobRequest {
             job_id: j1.job_id.clone(),
@@ -218,7 +208,6 @@ async fn session_queue_limit() {
     let mut a = server.clients(KEY_A).await;
     let s = a.create_session(&[]).await;
     let running = a.submit(&s.session_id, "sleep 30").await;
-    assert!(eventually(Duration::from_secs(10), || true).await);
     // Wait until the first job left the queue, so exactly one more fits.
     for _ in 0..100 {
         if a.get_job(&running.job_id).await.state == pb::JobState::Running as i32 {

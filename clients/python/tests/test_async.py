@@ -28,6 +28,8 @@ def test_async_seed_flow(server: Server, tmp_path: Path) -> None:
             (src / "a.txt").write_text("a")
             big = os.urandom(2 * agentd.CHUNK_SIZE + 7)
             (src / "big.bin").write_bytes(big)
+            info = await c.server_info()
+            assert info.version and info.default_agent == "claude"
             session = await c.create_session(src, labels={"t": "async"})
             assert session.file_count == 2
 

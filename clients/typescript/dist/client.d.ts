@@ -2,6 +2,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { type FileInfo, type GetJobOutputsResponse, type UploadFilesRequestSchema } from "./gen/agentd/v1/file_pb.js";
 import { JobState, type Job, type JobEvent, type SubmitJobRequestSchema } from "./gen/agentd/v1/job_pb.js";
+import { type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
 import { type Session } from "./gen/agentd/v1/session_pb.js";
 /** Upload chunk size: the server accepts at most 1 MiB per chunk. */
 export declare const CHUNK_SIZE: number;
@@ -118,10 +119,19 @@ export declare function createAgentdClient(options?: AgentdClientOptions): {
             output: typeof import("./gen/agentd/v1/file_pb.js").DeleteFileResponseSchema;
         };
     }>>;
+    server: Client<import("@bufbuild/protobuf/codegenv2").GenService<{
+        getServerInfo: {
+            methodKind: "unary";
+            input: typeof import("./gen/agentd/v1/server_info_pb.js").GetServerInfoRequestSchema;
+            output: typeof import("./gen/agentd/v1/server_info_pb.js").GetServerInfoResponseSchema;
+        };
+    }>>;
     transport: Transport;
     baseUrl: string;
     /** Closes the HTTP/2 connection (and any open streams). */
     close(): void;
+    /** The server's version, agents (with availability) and limits. */
+    serverInfo(): Promise<GetServerInfoResponse>;
     createSession(opts?: CreateSessionOptions): Promise<Session>;
     getSession(sessionId: string): Promise<Session>;
     /** All of the caller's sessions, newest first, fetching pages as needed. */

@@ -10,6 +10,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { ChangeKind, FileService, FileType, } from "./gen/agentd/v1/file_pb.js";
 import { JobService, JobState, } from "./gen/agentd/v1/job_pb.js";
+import { ServerInfoService } from "./gen/agentd/v1/server_info_pb.js";
 import { SessionService } from "./gen/agentd/v1/session_pb.js";
 import { AgentdError, errorInterceptor, toAgentdError } from "./errors.js";
 /** Upload chunk size: the server accepts at most 1 MiB per chunk. */
@@ -49,7 +50,13 @@ class EventCursor {
         return out;
     }
 }
-/** Retry on UNAVAILABLE with capped backoff until no progress was made for `timeoutMs`. */
+/** Whether a failed stream is worth reattaching: the server is unreachable (UNAVAILABLE), or the
+ * connection broke under the stream (connect-node reports a reset socket as ABORTED; agentd
+ * itself never answers ABORTED, and its own errors carry a reason). */
+function isConnectionError(err) {
+    return err.code === Code.Unavailable || (err.code === Code.Aborted && err.reason === "");
+}
+/** Retry on connection errors with capped backoff until no progress was made for `timeoutMs`. */
 class Reconnect {
     timeoutMs;
     attempt = 0;
@@ -63,7 +70,7 @@ class Reconnect {
     }
     /** The pause before the next attempt; throws `err` when it is not retryable. */
     nextDelay(err) {
-        if (err.code !== Code.Unavailable || Date.now() - this.since > this.timeoutMs)
+        if (!isConnectionError(err) || Date.now() - this.since > this.timeoutMs)
             throw err;
         this.attempt += 1;
         return Math.min(50 * 2 ** (this.attempt - 1), 2000);
@@ -155,6 +162,7 @@ export function createAgentdClient(options = {}) {
     const sessions = createClient(SessionService, transport);
     const jobs = createClient(JobService, transport);
     const files = createClient(FileService, transport);
+    const server = createClient(ServerInfoService, transport);
     async function upload(sessionId, entries) {
         async function* requests() {
             if (entries.length === 0)
@@ -225,11 +233,16 @@ export function createAgentdClient(options = {}) {
         sessions,
         jobs,
         files,
+        server,
         transport,
         baseUrl,
         /** Closes the HTTP/2 connection (and any open streams). */
         close() {
             sessionManager.abort();
+        },
+        /** The server's version, agents (with availability) and limits. */
+        async serverInfo() {
+            return server.getServerInfo({});
         },
         // ---- sessions ---------------------------------------------------------------------------
         async createSession(opts = {}) {
@@ -368,7 +381,7 @@ export function createAgentdClient(options = {}) {
                     }
                     catch (e) {
                         const err = toAgentdError(e);
-                        if (job !== undefined && err.code === Code.Unavailable)
+                        if (job !== undefined && isConnectionError(err))
                             break;
                         await sleep(policy.nextDelay(err));
                     }

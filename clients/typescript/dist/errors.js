@@ -4,16 +4,17 @@
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError } from "@connectrpc/connect";
 /** ErrorInfo.domain of agentd's own errors. */
-export const ERROR_DOMAIN = "agentd.dev";
+export const ERROR_DOMAIN = "agentd";
+const brand = Symbol("agentd.AgentdError");
 /** A failed agentd call: `code` is the gRPC code, `reason` the stable cause (or ""). */
 export class AgentdError extends ConnectError {
-    name = "AgentdError";
     /** e.g. "JOB_NOT_FOUND"; empty when the server (or transport) gave none. */
     reason;
-    /** "agentd.dev" for agentd's own errors. */
+    /** "agentd" for agentd's own errors. */
     domain;
     /** ErrorInfo metadata, e.g. the offending `field`. */
     errorMetadata;
+    [brand] = true;
     constructor(message, code, info, metadata, cause, details = []) {
         super(message, code, metadata, undefined, cause);
         this.details = details;
@@ -67,9 +68,14 @@ export function errorInfo(err) {
     }
     return undefined;
 }
+/** Whether `err` is an AgentdError. (`instanceof` cannot tell: ConnectError's Symbol.hasInstance
+ * accepts any ConnectError-shaped value, subclasses included.) */
+export function isAgentdError(err) {
+    return typeof err === "object" && err !== null && brand in err;
+}
 /** Converts anything thrown by a call into an AgentdError (idempotent). */
 export function toAgentdError(err) {
-    if (err instanceof AgentdError)
+    if (isAgentdError(err))
         return err;
     const ce = ConnectError.from(err);
     const info = errorInfo(ce) ?? { reason: "", domain: "", metadata: {} };
@@ -77,7 +83,7 @@ export function toAgentdError(err) {
 }
 /** The `reason` of any error thrown by this SDK ("" when there is none). */
 export function errorReason(err) {
-    if (err instanceof AgentdError)
+    if (isAgentdError(err))
         return err.reason;
     return errorInfo(err)?.reason ?? "";
 }

@@ -25,6 +25,7 @@ import {
   type JobEvent,
   type SubmitJobRequestSchema,
 } from "./gen/agentd/v1/job_pb.js";
+import { ServerInfoService, type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
 import { SessionService, type Session } from "./gen/agentd/v1/session_pb.js";
 import { AgentdError, errorInterceptor, toAgentdError } from "./errors.js";
 
@@ -112,7 +113,14 @@ class EventCursor {
   }
 }
 
-/** Retry on UNAVAILABLE with capped backoff until no progress was made for `timeoutMs`. */
+/** Whether a failed stream is worth reattaching: the server is unreachable (UNAVAILABLE), or the
+ * connection broke under the stream (connect-node reports a reset socket as ABORTED; agentd
+ * itself never answers ABORTED, and its own errors carry a reason). */
+function isConnectionError(err: AgentdError): boolean {
+  return err.code === Code.Unavailable || (err.code === Code.Aborted && err.reason === "");
+}
+
+/** Retry on connection errors with capped backoff until no progress was made for `timeoutMs`. */
 class Reconnect {
   private attempt = 0;
   private since = Date.now();
@@ -125,7 +133,7 @@ class Reconnect {
 
   /** The pause before the next attempt; throws `err` when it is not retryable. */
   nextDelay(err: AgentdError): number {
-    if (err.code !== Code.Unavailable || Date.now() - this.since > this.timeoutMs) throw err;
+    if (!isConnectionError(err) || Date.now() - this.since > this.timeoutMs) throw err;
     this.attempt += 1;
     return Math.min(50 * 2 ** (this.attempt - 1), 2000);
   }
@@ -224,6 +232,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
   const sessions: Client<typeof SessionService> = createClient(SessionService, transport);
   const jobs: Client<typeof JobService> = createClient(JobService, transport);
   const files: Client<typeof FileService> = createClient(FileService, transport);
+  const server: Client<typeof ServerInfoService> = createClient(ServerInfoService, transport);
 
   async function upload(sessionId: string, entries: UploadEntry[]): Promise<FileInfo[]> {
     async function* requests(): AsyncIterable<MessageInitShape<typeof UploadFilesRequestSchema>> {
@@ -296,12 +305,18 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     sessions,
     jobs,
     files,
+    server,
     transport,
     baseUrl,
 
     /** Closes the HTTP/2 connection (and any open streams). */
     close(): void {
       sessionManager.abort();
+    },
+
+    /** The server's version, agents (with availability) and limits. */
+    async serverInfo(): Promise<GetServerInfoResponse> {
+      return server.getServerInfo({});
     },
 
     // ---- sessions ---------------------------------------------------------------------------
@@ -458,7 +473,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
             }
           } catch (e) {
             const err = toAgentdError(e);
-            if (job !== undefined && err.code === Code.Unavailable) break;
+            if (job !== undefined && isConnectionError(err)) break;
             await sleep(policy.nextDelay(err));
           } finally {
             ac.abort();

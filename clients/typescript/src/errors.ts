@@ -5,17 +5,19 @@ import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
 /** ErrorInfo.domain of agentd's own errors. */
-export const ERROR_DOMAIN = "agentd.dev";
+export const ERROR_DOMAIN = "agentd";
+
+const brand = Symbol("agentd.AgentdError");
 
 /** A failed agentd call: `code` is the gRPC code, `reason` the stable cause (or ""). */
 export class AgentdError extends ConnectError {
-  override name = "AgentdError";
   /** e.g. "JOB_NOT_FOUND"; empty when the server (or transport) gave none. */
   readonly reason: string;
-  /** "agentd.dev" for agentd's own errors. */
+  /** "agentd" for agentd's own errors. */
   readonly domain: string;
   /** ErrorInfo metadata, e.g. the offending `field`. */
   readonly errorMetadata: Record<string, string>;
+  readonly [brand] = true;
 
   constructor(
     message: string,
@@ -77,9 +79,15 @@ export function errorInfo(err: unknown): ErrorInfo | undefined {
   return undefined;
 }
 
+/** Whether `err` is an AgentdError. (`instanceof` cannot tell: ConnectError's Symbol.hasInstance
+ * accepts any ConnectError-shaped value, subclasses included.) */
+export function isAgentdError(err: unknown): err is AgentdError {
+  return typeof err === "object" && err !== null && brand in err;
+}
+
 /** Converts anything thrown by a call into an AgentdError (idempotent). */
 export function toAgentdError(err: unknown): AgentdError {
-  if (err instanceof AgentdError) return err;
+  if (isAgentdError(err)) return err;
   const ce = ConnectError.from(err);
   const info = errorInfo(ce) ?? { reason: "", domain: "", metadata: {} };
   return new AgentdError(ce.rawMessage, ce.code, info, ce.metadata, ce.cause ?? err, ce.details);
@@ -87,7 +95,7 @@ export function toAgentdError(err: unknown): AgentdError {
 
 /** The `reason` of any error thrown by this SDK ("" when there is none). */
 export function errorReason(err: unknown): string {
-  if (err instanceof AgentdError) return err.reason;
+  if (isAgentdError(err)) return err.reason;
   return errorInfo(err)?.reason ?? "";
 }
 

@@ -3,6 +3,7 @@
 export * from "./gen/agentd/v1/session_pb.js";
 export * from "./gen/agentd/v1/job_pb.js";
 export * from "./gen/agentd/v1/file_pb.js";
+export * from "./gen/agentd/v1/server_info_pb.js";
 export {
   CHUNK_SIZE,
   FINAL_STATES,
@@ -20,5 +21,6 @@ export {
   ERROR_DOMAIN,
   errorInfo,
   errorReason,
+  isAgentdError,
   toAgentdError,
 } from "./errors.js";

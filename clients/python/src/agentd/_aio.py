@@ -24,6 +24,8 @@ from agentd.v1 import (
     file_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
 )
@@ -194,6 +196,7 @@ class AsyncClient:
         self.sessions = session_pb2_grpc.SessionServiceStub(self.channel)
         self.jobs = job_pb2_grpc.JobServiceStub(self.channel)
         self.files = file_pb2_grpc.FileServiceStub(self.channel)
+        self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -208,6 +211,10 @@ class AsyncClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def server_info(self) -> server_info_pb2.GetServerInfoResponse:
+        """The server's version, agents (with availability) and limits."""
+        return await _call(self.server.GetServerInfo(server_info_pb2.GetServerInfoRequest()))
 
     # ---- sessions -------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from agentd.v1 import (
     file_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
 )
@@ -179,6 +181,7 @@ class Client:
         self.sessions = session_pb2_grpc.SessionServiceStub(self.channel)
         self.jobs = job_pb2_grpc.JobServiceStub(self.channel)
         self.files = file_pb2_grpc.FileServiceStub(self.channel)
+        self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
 
     def close(self) -> None:
         self._raw_channel.close()
@@ -193,6 +196,11 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def server_info(self) -> server_info_pb2.GetServerInfoResponse:
+        """The server's version, agents (with availability) and limits."""
+        req = server_info_pb2.GetServerInfoRequest()
+        return _call(lambda: self.server.GetServerInfo(req))
 
     # ---- sessions -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-ERROR_DOMAIN = "agentd.dev"
+ERROR_DOMAIN = "agentd"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -77,7 +77,7 @@ class AgentdError(Exception):
         reason: the stable machine-readable cause from ``ErrorInfo`` (e.g. ``"JOB_NOT_FOUND"``),
             or ``""`` when the server (or a proxy, or the transport) sent none.
         message: the server's human-readable message.
-        domain: the ``ErrorInfo`` domain (``"agentd.dev"`` for agentd's own errors).
+        domain: the ``ErrorInfo`` domain (``"agentd"`` for agentd's own errors).
         metadata: the ``ErrorInfo`` metadata (e.g. the offending ``field``).
     """
 
