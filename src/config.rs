@@ -89,7 +89,7 @@ pub struct ServeArgs {
     /// Seconds between SIGTERM and the forced kill of a job's process tree.
     #[arg(long, env = "AGENTD_KILL_GRACE_SECONDS", default_value_t = 5)]
     pub kill_grace_seconds: u64,
-    /// Seconds running jobs get to stop on server shutdown before they are killed.
+    /// Seconds running jobs get to finish on server shutdown before they are cancelled.
     #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
     /// Seconds between keepalive messages on a quiet event stream.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 /// Why the server could not start or stopped abnormally.
@@ -34,6 +35,9 @@ pub enum ServeError {
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
+
+/// Largest CreateSession request (inline files); other requests keep tonic's 4 MiB default.
+pub const MAX_CREATE_SESSION_BYTES: usize = 64 << 20;
 
 type SessionSvc = pb::session_service_server::SessionServiceServer<SessionApi>;
 type JobSvc = pb::job_service_server::JobServiceServer<JobApi>;
@@ -95,12 +99,12 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            pb::session_service_server::SessionServiceServer::with_interceptor(
-                SessionApi::new(core.clone()),
-                auth.clone(),
-            ),
-        )
+        .add_service(InterceptedService::new(
+            // CreateSession carries inline files; larger content belongs in UploadFiles.
+            SessionSvc::new(SessionApi::new(core.clone()))
+                .max_decoding_message_size(MAX_CREATE_SESSION_BYTES),
+            auth.clone(),
+        ))
         .add_service(pb::job_service_server::JobServiceServer::with_interceptor(
             JobApi::new(core.clone()),
             auth.clone(),

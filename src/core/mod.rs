@@ -153,18 +153,30 @@ impl Core {
     }
 
     /// The drain of the job core on shutdown (steps 1–4 of the order in `shutdown`): refuse new
-    /// work, stop starting jobs, cancel running ones with reason "shutdown" and wait until each
-    /// has stored its final state, then let streams finish.
+    /// work, stop starting jobs, give running jobs the shutdown grace period to finish on their
+    /// own, cancel the rest with reason "shutdown" and wait until each has stored its final state,
+    /// then let streams finish.
     pub async fn drain(&self) {
         self.accepting.store(false, Ordering::Release);
         self.scheduler.pause();
         let handles: Vec<RunHandle> = lock(&self.running).values().cloned().collect();
-        for h in &handles {
-            let _ = h.reason.set("shutdown".to_owned());
-            h.cancel.cancel();
-        }
-        for mut h in handles {
-            let _ = h.done.wait_for(|d| *d).await;
+        let all_done = async {
+            for h in &handles {
+                let mut done = h.done.clone();
+                let _ = done.wait_for(|d| *d).await;
+            }
+        };
+        if tokio::time::timeout(self.config.timing.shutdown_grace, all_done)
+            .await
+            .is_err()
+        {
+            for h in &handles {
+                let _ = h.reason.set("shutdown".to_owned());
+                h.cancel.cancel();
+            }
+            for mut h in handles {
+                let _ = h.done.wait_for(|d| *d).await;
+            }
         }
         self.streams_stop.cancel();
     }
