@@ -67,7 +67,7 @@ impl TestServer {
             .env("AGENTD_CLAUDE_BIN", fake_claude())
             .env("AGENTD_KILL_GRACE_SECONDS", "2")
             .env("AGENTD_SHUTDOWN_GRACE_SECONDS", "2")
-            .env("AGENTD_LOG", "info")
+            .env("AGENTD_LOG", "warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
