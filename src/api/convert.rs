@@ -28,58 +28,56 @@ pub fn page_size(n: i32, default: usize, max: usize) -> Result<usize> {
     }
 }
 
-/// Encodes a listing position as an opaque token; `kind` keeps tokens of different listings apart.
-pub fn encode_cursor(kind: &str, c: &PageCursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{kind}|{}|{}", c.created.micros(), c.id))
+fn bad_token() -> Error {
+    Error::invalid(
+        Reason::InvalidPageToken,
+        "page_token",
+        "page_token is not a token from this listing",
+    )
 }
 
-pub fn decode_cursor(kind: &str, token: &str) -> Result<Option<PageCursor>> {
+/// Wraps a listing position as an opaque token; `kind` keeps tokens of different listings apart.
+fn encode_token(kind: &str, body: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}|{body}"))
+}
+
+/// The body of a token of listing `kind`; `None` for the empty token (first page).
+fn decode_token(kind: &str, token: &str) -> Result<Option<String>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || {
-        Error::invalid(
-            Reason::InvalidPageToken,
-            "page_token",
-            "page_token is not a token from this listing",
-        )
-    };
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let mut parts = text.splitn(3, '|');
-    let (Some(k), Some(micros), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    if k != kind {
-        return Err(bad());
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad_token())?;
+    let text = String::from_utf8(raw).map_err(|_| bad_token())?;
+    match text.split_once('|') {
+        Some((k, body)) if k == kind => Ok(Some(body.to_owned())),
+        _ => Err(bad_token()),
     }
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
+}
+
+/// Token for a newest-first listing position (sessions `s`, jobs `j`).
+pub fn encode_cursor(kind: &str, c: &PageCursor) -> String {
+    encode_token(kind, &format!("{}|{}", c.created.micros(), c.id))
+}
+
+pub fn decode_cursor(kind: &str, token: &str) -> Result<Option<PageCursor>> {
+    let Some(body) = decode_token(kind, token)? else {
+        return Ok(None);
+    };
+    let (micros, id) = body.split_once('|').ok_or_else(bad_token)?;
+    let micros: i64 = micros.parse().map_err(|_| bad_token())?;
     Ok(Some(PageCursor {
         created: Timestamp(micros),
         id: id.to_owned(),
     }))
 }
 
+/// Token for a file listing position (the last path returned).
 pub fn encode_path_token(path: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("f|{path}"))
+    encode_token("f", path)
 }
 
 pub fn decode_path_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || {
-        Error::invalid(
-            Reason::InvalidPageToken,
-            "page_token",
-            "page_token is not a token from this listing",
-        )
-    };
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    text.strip_prefix("f|")
-        .map(|p| Some(p.to_owned()))
-        .ok_or_else(bad)
+    decode_token("f", token)
 }
 
 pub fn session(v: SessionView) -> pb::Session {

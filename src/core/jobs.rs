@@ -249,20 +249,14 @@ impl Core {
         limit: usize,
     ) -> Result<(Vec<JobView>, Option<PageCursor>)> {
         let session = self.owned_session(tenant, session_id).await?;
-        let mut rows = self
+        let rows = self
             .store
             .list_jobs(&session.id, filter, after.as_ref(), limit + 1)
             .await?;
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let next = if more {
-            rows.last().map(|j| PageCursor {
-                created: j.created,
-                id: j.id.to_string(),
-            })
-        } else {
-            None
-        };
+        let (rows, next) = super::paginate(rows, limit, |j| PageCursor {
+            created: j.created,
+            id: j.id.to_string(),
+        });
         Ok((rows.into_iter().map(|j| self.job_view(j)).collect(), next))
     }
 

@@ -59,6 +59,22 @@ pub struct Core {
     agents: Vec<AgentStatus>,
 }
 
+/// Splits `limit + 1` rows fetched for a page into the page and the cursor of the next one.
+fn paginate<T>(
+    mut rows: Vec<T>,
+    limit: usize,
+    cursor_of: impl Fn(&T) -> crate::domain::PageCursor,
+) -> (Vec<T>, Option<crate::domain::PageCursor>) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(cursor_of)
+    } else {
+        None
+    };
+    (rows, next)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

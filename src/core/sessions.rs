@@ -158,20 +158,14 @@ impl Core {
         limit: usize,
     ) -> Result<(Vec<SessionView>, Option<PageCursor>)> {
         validate_labels(labels, "label_filter")?;
-        let mut rows = self
+        let rows = self
             .store
             .list_sessions(tenant, labels, after.as_ref(), limit + 1)
             .await?;
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let next = if more {
-            rows.last().map(|s| PageCursor {
-                created: s.created,
-                id: s.id.to_string(),
-            })
-        } else {
-            None
-        };
+        let (rows, next) = super::paginate(rows, limit, |s| PageCursor {
+            created: s.created,
+            id: s.id.to_string(),
+        });
         let mut out = Vec::with_capacity(rows.len());
         for s in rows {
             out.push(self.view(s).await?);
