@@ -1,7 +1,7 @@
 """Five agents write five short stories at once, then every story is downloaded into ./out/.
 
 Start a server (see the README), then:
-    AGENTD_URL=127.0.0.1:50051 AGENTD_API_KEY=... python examples/stories.py
+    python examples/stories.py   # AGENTD_URL (default 127.0.0.1:50051), AGENTD_API_KEY if the server has keys
 """
 
 from __future__ import annotations

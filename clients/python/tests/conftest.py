@@ -27,10 +27,12 @@ def agentd_binary() -> Path:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, keys: bool = True) -> None:
         env = dict(os.environ)
+        env.pop("AGENTD_API_KEYS", None)
+        if keys:
+            env["AGENTD_API_KEYS"] = f"a:{KEY_A},b:{KEY_B}"
         env.update(
-            AGENTD_API_KEYS=f"a:{KEY_A},b:{KEY_B}",
             AGENTD_CLAUDE_BIN=str(REPO / "tests" / "fixtures" / "fake-claude"),
             AGENTD_KILL_GRACE_SECONDS="2",
             AGENTD_SHUTDOWN_GRACE_SECONDS="2",
@@ -131,6 +133,14 @@ class Proxy:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = Server(tmp_path_factory.mktemp("agentd") / "data")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def keyless_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server started like the README's start command: loopback, no API keys."""
+    s = Server(tmp_path_factory.mktemp("agentd-nokeys") / "data", keys=False)
     yield s
     s.stop()
 

@@ -129,9 +129,10 @@ def test_async_cancel_and_errors(server: Server) -> None:
     run_async(main())
 
 
-def test_example_writes_five_stories(server: Server, tmp_path: Path) -> None:
+def test_example_writes_five_stories(keyless_server: Server, tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "stories.py"
-    env = dict(os.environ, AGENTD_URL=server.address, AGENTD_API_KEY=KEY_A)
+    env = dict(os.environ, AGENTD_URL=keyless_server.address)
+    env.pop("AGENTD_API_KEY", None)
     proc = subprocess.run(
         [sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

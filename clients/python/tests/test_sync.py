@@ -233,8 +233,10 @@ def test_env_configuration(server: Server, monkeypatch: pytest.MonkeyPatch) -> N
         s = c.create_session()
         assert c.get_session(s.session_id).session_id == s.session_id
     monkeypatch.delenv("AGENTD_API_KEY")
-    with pytest.raises(agentd.InvalidArgumentError):
-        agentd.Client()
+    with agentd.Client() as c:  # no key: none is sent, and this server requires one
+        with pytest.raises(agentd.UnauthenticatedError) as e:
+            c.create_session()
+        assert e.value.reason == "MISSING_CREDENTIALS"
 
 
 def test_raw_stubs_are_authenticated(client: agentd.Client) -> None:

@@ -43,7 +43,7 @@ export const FINAL_STATES: ReadonlySet<JobState> = new Set([
 export interface AgentdClientOptions {
   /** e.g. "http://127.0.0.1:50051"; default: AGENTD_URL. A bare host:port means http. */
   baseUrl?: string;
-  /** Default: AGENTD_API_KEY. Sent as `authorization: Bearer <key>`. */
+  /** Default: AGENTD_API_KEY. Sent as `authorization: Bearer <key>`; none is sent when empty. */
   apiKey?: string;
   /** How long streams keep reattaching without progress before giving up (default 30 s). */
   reconnectTimeoutMs?: number;
@@ -214,13 +214,10 @@ async function writeAll(fd: FileHandle, data: Uint8Array): Promise<void> {
 export function createAgentdClient(options: AgentdClientOptions = {}) {
   const baseUrl = resolveBaseUrl(options.baseUrl);
   const apiKey = options.apiKey ?? process.env.AGENTD_API_KEY ?? "";
-  if (!apiKey) {
-    throw new AgentdError("apiKey is required (pass apiKey or set AGENTD_API_KEY)",
-      Code.InvalidArgument, { reason: "MISSING_FIELD", domain: "", metadata: {} });
-  }
   const reconnectTimeoutMs = options.reconnectTimeoutMs ?? 30_000;
   const auth: Interceptor = (next) => (req) => {
-    req.header.set("authorization", `Bearer ${apiKey}`);
+    // No key: send none (a server on loopback without configured keys accepts that).
+    if (apiKey) req.header.set("authorization", `Bearer ${apiKey}`);
     return next(req);
   };
   const sessionManager = new Http2SessionManager(baseUrl);

@@ -167,7 +167,7 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """``target``: ``host:port``, ``http://host:port`` or ``https://host[:port]`` (default
-        ``AGENTD_URL``); ``api_key`` defaults to ``AGENTD_API_KEY``. ``reconnect_timeout`` bounds
+        ``AGENTD_URL``); ``api_key`` defaults to ``AGENTD_API_KEY`` (none: no key is sent). ``reconnect_timeout`` bounds
         how long streams keep reattaching without progress."""
         t = _common.resolve_target(target)
         key = _common.resolve_api_key(api_key)

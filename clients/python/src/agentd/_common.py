@@ -66,18 +66,12 @@ def resolve_target(target: str | None) -> Target:
 
 
 def resolve_api_key(api_key: str | None) -> str:
-    key = api_key if api_key is not None else os.environ.get("AGENTD_API_KEY", "")
-    if not key:
-        raise InvalidArgumentError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "api_key is required (pass api_key= or set AGENTD_API_KEY)",
-            "MISSING_FIELD",
-        )
-    return key
+    """The key to send; ``""`` sends none (a server on loopback without keys accepts that)."""
+    return api_key if api_key is not None else os.environ.get("AGENTD_API_KEY", "")
 
 
 def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {api_key}"),)
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
 class EventCursor:

@@ -1,7 +1,0 @@
-export * from "./gen/agentd/v1/session_pb.js";
-export * from "./gen/agentd/v1/job_pb.js";
-export * from "./gen/agentd/v1/file_pb.js";
-export * from "./gen/agentd/v1/server_info_pb.js";
-export { CHUNK_SIZE, FINAL_STATES, createAgentdClient, type AgentdClient, type AgentdClientOptions, type CreateSessionOptions, type JobOptions, type JobRun, } from "./client.js";
-export { AgentdError, Code, ConnectError, ERROR_DOMAIN, errorInfo, errorReason, isAgentdError, toAgentdError, } from "./errors.js";
-//# sourceMappingURL=index.d.ts.map

@@ -1,9 +1,0 @@
-// @agentd/client: the generated agentd.v1 services and messages, plus createAgentdClient() with
-// helpers for sessions, files and job event streams.
-export * from "./gen/agentd/v1/session_pb.js";
-export * from "./gen/agentd/v1/job_pb.js";
-export * from "./gen/agentd/v1/file_pb.js";
-export * from "./gen/agentd/v1/server_info_pb.js";
-export { CHUNK_SIZE, FINAL_STATES, createAgentdClient, } from "./client.js";
-export { AgentdError, Code, ConnectError, ERROR_DOMAIN, errorInfo, errorReason, isAgentdError, toAgentdError, } from "./errors.js";
-//# sourceMappingURL=index.js.map
