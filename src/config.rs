@@ -98,6 +98,72 @@ pub struct ServeArgs {
     /// Seconds between sweeps for expired sessions.
     #[arg(long, env = "AGENTD_REAPER_INTERVAL_SECONDS", default_value_t = 30)]
     pub reaper_interval_seconds: u64,
+    /// Observability and transport flags (boxed: they would make every `ServeArgs` move large).
+    #[command(flatten)]
+    pub ops: Box<OpsArgs>,
+}
+
+/// `agentd serve` flags for metrics, logs and the transport (TLS, keepalive, gRPC-Web).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpsArgs {
+    /// Address of a separate plain-HTTP listener serving Prometheus metrics at `/metrics`; off
+    /// when unset.
+    #[arg(long, env = "AGENTD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format on stderr.
+    #[arg(long, env = "AGENTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// PEM certificate chain for TLS; with `--tls-key`, the server speaks TLS instead of h2c.
+    #[arg(long, env = "AGENTD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "AGENTD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "AGENTD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Seconds between HTTP/2 keepalive pings on idle connections; 0 disables them.
+    #[arg(
+        long,
+        env = "AGENTD_HTTP2_KEEPALIVE_INTERVAL_SECONDS",
+        default_value_t = 30
+    )]
+    pub http2_keepalive_interval_seconds: u64,
+    /// Seconds to wait for a keepalive ping's answer before closing the connection.
+    #[arg(
+        long,
+        env = "AGENTD_HTTP2_KEEPALIVE_TIMEOUT_SECONDS",
+        default_value_t = 20
+    )]
+    pub http2_keepalive_timeout_seconds: u64,
+    /// Seconds after which a connection is sent GOAWAY so clients reconnect (and load balancers
+    /// rebalance); 0 keeps connections forever.
+    #[arg(long, env = "AGENTD_MAX_CONNECTION_AGE_SECONDS", default_value_t = 0)]
+    pub max_connection_age_seconds: u64,
+    /// Seconds in-flight calls get to finish after the GOAWAY of `--max-connection-age-seconds`.
+    #[arg(
+        long,
+        env = "AGENTD_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        default_value_t = 300
+    )]
+    pub max_connection_age_grace_seconds: u64,
+    /// Also accept gRPC-Web (HTTP/1.1 and HTTP/2), for browsers.
+    #[arg(long, env = "AGENTD_GRPC_WEB")]
+    pub grpc_web: bool,
+    /// Comma-separated origins allowed to make cross-origin gRPC-Web calls (`*` for any); none
+    /// when unset, so only same-origin pages (or a proxy) can use gRPC-Web.
+    #[arg(long, env = "AGENTD_GRPC_WEB_ALLOW_ORIGINS", requires = "grpc_web")]
+    pub grpc_web_allow_origins: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, span fields (request_id, job, trace_id) included.
+    Json,
 }
 
 /// The optional TOML file.
@@ -182,6 +248,29 @@ pub struct Timing {
     pub reaper_interval: Duration,
 }
 
+/// Files of the server's TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Set for mutual TLS.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Transport behaviour of the gRPC listener.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// Unset: plaintext h2c.
+    pub tls: Option<TlsFiles>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub max_connection_age: Option<Duration>,
+    pub max_connection_age_grace: Duration,
+    pub grpc_web: bool,
+    /// Origins allowed for cross-origin gRPC-Web; `*` means any.
+    pub grpc_web_allow_origins: Vec<String>,
+}
+
 /// The validated configuration of a server. `Debug` prints the redacted `Display` form.
 #[derive(Clone)]
 pub struct Config {
@@ -197,6 +286,10 @@ pub struct Config {
     pub timing: Timing,
     /// The executable re-run as the per-job process supervisor (normally agentd itself).
     pub supervisor: PathBuf,
+    pub transport: Transport,
+    /// Where Prometheus metrics are served; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
 }
 
 /// Why a configuration was refused.
@@ -326,12 +419,78 @@ impl Config {
                 "--session-ttl-default must be between 1 and --session-ttl-max",
             ));
         }
+        let tls = match (&args.ops.tls_cert, &args.ops.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.ops.tls_client_ca.clone(),
+            }),
+            (None, None) if args.ops.tls_client_ca.is_some() => {
+                return Err(bad("--tls-client-ca needs --tls-cert and --tls-key"));
+            }
+            (None, None) => None,
+            _ => return Err(bad("--tls-cert and --tls-key must be given together")),
+        };
+        if let Some(t) = &tls {
+            for (flag, path) in [("--tls-cert", &t.cert), ("--tls-key", &t.key)]
+                .into_iter()
+                .chain(t.client_ca.as_ref().map(|p| ("--tls-client-ca", p)))
+            {
+                if !path.is_file() {
+                    return Err(bad(format!(
+                        "{flag} {} is not a readable file",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        if args.ops.metrics_listen.is_some_and(|m| m == args.listen) {
+            return Err(bad("--metrics-listen must differ from --listen"));
+        }
+        let grpc_web_allow_origins: Vec<String> = args
+            .ops
+            .grpc_web_allow_origins
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for o in &grpc_web_allow_origins {
+            if o != "*" && http::HeaderValue::from_str(o).is_err() {
+                return Err(bad(format!(
+                    "--grpc-web-allow-origins: {o:?} is not a valid origin"
+                )));
+            }
+        }
+        let transport = Transport {
+            tls,
+            keepalive_interval: (args.ops.http2_keepalive_interval_seconds > 0)
+                .then(|| Duration::from_secs(args.ops.http2_keepalive_interval_seconds)),
+            keepalive_timeout: Duration::from_secs(args.ops.http2_keepalive_timeout_seconds.max(1)),
+            max_connection_age: (args.ops.max_connection_age_seconds > 0)
+                .then(|| Duration::from_secs(args.ops.max_connection_age_seconds)),
+            max_connection_age_grace: Duration::from_secs(
+                args.ops.max_connection_age_grace_seconds,
+            ),
+            grpc_web: args.ops.grpc_web,
+            grpc_web_allow_origins,
+        };
+        // Absolute, because agents run with their workspace as cwd and HOME under the data dir:
+        // a relative HOME would resolve inside the workspace.
+        let data_dir = std::path::absolute(&args.data_dir).map_err(|e| {
+            bad(format!(
+                "cannot resolve data dir {}: {e}",
+                args.data_dir.display()
+            ))
+        })?;
         let supervisor = std::env::current_exe()
             .map_err(|e| bad(format!("cannot locate the agentd executable: {e}")))?;
 
         Ok(Config {
             listen: args.listen,
-            data_dir: args.data_dir,
+            data_dir,
             api_keys,
             insecure_no_auth: args.insecure_no_auth,
             agents,
@@ -360,6 +519,9 @@ impl Config {
                 reaper_interval: Duration::from_secs(args.reaper_interval_seconds.max(1)),
             },
             supervisor,
+            transport,
+            metrics_listen: args.ops.metrics_listen,
+            log_format: args.ops.log_format,
         })
     }
 }
@@ -405,7 +567,16 @@ impl std::fmt::Display for Config {
                 }
             )?;
         }
-        write!(f, "limits = {:?}\ntiming = {:?}", self.limits, self.timing)
+        match &self.metrics_listen {
+            Some(m) => writeln!(f, "metrics_listen = {m}")?,
+            None => writeln!(f, "metrics_listen = off")?,
+        }
+        writeln!(f, "log_format = {:?}", self.log_format)?;
+        write!(
+            f,
+            "limits = {:?}\ntiming = {:?}\ntransport = {:?}",
+            self.limits, self.timing, self.transport
+        )
     }
 }
 
@@ -462,6 +633,59 @@ sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         assert!(!printed.contains("very-secret-value"), "{printed}");
         assert!(!format!("{cfg:?}").contains("9f86d0"));
         assert!(!format!("{cfg:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn transport_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let cfg = parse(&[]).unwrap();
+        assert!(cfg.transport.tls.is_none(), "h2c is the default");
+        assert_eq!(
+            cfg.transport.keepalive_interval,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(cfg.transport.max_connection_age, None);
+        assert!(cfg.metrics_listen.is_none());
+        let cfg = parse(&["--tls-cert", c, "--tls-key", k, "--tls-client-ca", c]).unwrap();
+        let tls = cfg.transport.tls.unwrap();
+        assert_eq!(tls.client_ca.as_deref(), Some(cert.as_path()));
+        // clap refuses half a TLS identity; a missing file is named.
+        assert!(T::try_parse_from(["agentd", "--tls-cert", c]).is_err());
+        let missing = dir.path().join("nope.pem");
+        let err = parse(&["--tls-cert", c, "--tls-key", missing.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("--tls-key"), "{err}");
+        let cfg = parse(&[
+            "--max-connection-age-seconds",
+            "60",
+            "--http2-keepalive-interval-seconds",
+            "0",
+            "--grpc-web",
+            "--grpc-web-allow-origins",
+            "https://a.example, *",
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            "127.0.0.1:9090",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.transport.max_connection_age,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(cfg.transport.keepalive_interval, None);
+        assert!(cfg.transport.grpc_web);
+        assert_eq!(
+            cfg.transport.grpc_web_allow_origins,
+            ["https://a.example", "*"]
+        );
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert!(cfg.to_string().contains("metrics_listen = 127.0.0.1:9090"));
+        assert!(parse(&["--metrics-listen", "127.0.0.1:50051"]).is_err());
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! Data flows one way, top to bottom; a module only imports the ones below it.
 //! ```text
 //! main.rs        parse config, init tracing, run (and the hidden `supervise` entry of the runner)
+//! cli/           the client subcommands (run, sessions, jobs, files, agents) over the generated clients
 //! config         clap + TOML configuration, validated once; secrets redacted when printed
-//! server         mounts the services, health, reflection and auth; serves until shutdown
+//! server         mounts services, health, reflection, auth; transport (TLS, gRPC-Web); serves
+//! telemetry      Prometheus metrics + listener; per-RPC span, request id and metrics; traceparent
 //! shutdown       CancellationToken + TaskTracker, and the fixed drain order
 //! auth           API keys → tenants (constant-time comparison)
 //! api/           the only place that knows tonic and prost: convert, call the core, map errors
@@ -24,6 +26,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod domain;
@@ -34,6 +37,7 @@ pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 pub mod workspace;
 
 /// Generated protobuf and gRPC code for `agentd.v1`. Only `api` and tests should touch it.

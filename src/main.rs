@@ -1,6 +1,7 @@
-//! The `agentd` binary: `agentd serve` runs the server; the hidden `__supervise` entry is the
-//! per-job process supervisor (see `runner::supervise`), dispatched before any runtime or thread
-//! exists because it forks.
+//! The `agentd` binary: `agentd serve` runs the server; `run`, `sessions`, `jobs`, `files` and
+//! `agents` are the client (see `agentd::cli`); the hidden `__supervise` entry is the per-job
+//! process supervisor (see `runner::supervise`), dispatched before any runtime or thread exists
+//! because it forks.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -9,7 +10,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "agentd",
     version,
-    about = "Runs CLI coding agents in sessions, over gRPC"
+    about = "Runs CLI coding agents in sessions, over gRPC",
+    after_help = agentd::cli::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the gRPC server.
     Serve(agentd::config::ServeArgs),
+    #[command(flatten)]
+    Client(agentd::cli::ClientCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,23 +40,25 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(agentd::runner::supervise::main(rest));
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The client prints what matters itself; its logs are for debugging only.
+    let (default_filter, log_format) = match &cli.command {
+        Command::Serve(a) => ("info", a.ops.log_format),
+        Command::Client(_) => ("warn", agentd::config::LogFormat::Text),
+    };
+    agentd::telemetry::init_logging(log_format, default_filter);
     match cli.command {
         Command::Serve(args) => {
             let config = agentd::config::Config::from_args(args)?;
-            tokio::runtime::Builder::new_multi_thread()
+            let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the tokio runtime")?
-                .block_on(serve(config))
+                .block_on(serve(config));
+            // Outside the runtime: sends any buffered OTLP spans.
+            agentd::telemetry::flush();
+            served
         }
+        Command::Client(cmd) => std::process::exit(agentd::cli::main(cmd)),
     }
 }
 

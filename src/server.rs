@@ -2,10 +2,14 @@
 //! services behind authentication plus health and reflection (both v1 and v1alpha, since grpcurl
 //! 1.8 only speaks v1alpha) without it, and serves until `stop` resolves, then drains in the fixed
 //! order documented in `shutdown`.
+//!
+//! It also owns the transport: h2c or TLS/mTLS (rustls), HTTP/2 keepalive and maximum connection
+//! age, gzip, optional gRPC-Web (+ CORS), the per-RPC telemetry layer, the metrics listener, and
+//! the store probe that turns health NOT_SERVING while the store is unusable.
 
 use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, TlsFiles, Transport};
 use crate::core::Core;
 use crate::pb;
 use crate::shutdown::Shutdown;
@@ -16,9 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding::Gzip;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +42,17 @@ pub enum ServeError {
     Reflection(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot read {flag} {path}: {source}")]
+    TlsFile {
+        flag: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Largest CreateSession request (inline files); other requests keep tonic's 4 MiB default.
@@ -50,6 +69,151 @@ const SERVICES: [&str; 4] = [
     <FileSvc as NamedService>::NAME,
     <InfoSvc as NamedService>::NAME,
 ];
+
+/// Health names that need the store: these (and the overall "") go NOT_SERVING while it fails.
+/// ServerInfo answers from memory and stays SERVING.
+const STORE_SERVICES: [&str; 4] = [
+    <SessionSvc as NamedService>::NAME,
+    <JobSvc as NamedService>::NAME,
+    <FileSvc as NamedService>::NAME,
+    "",
+];
+
+/// How often the store is probed for health and the queue-depth gauge.
+pub const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Headers a browser may send / read on cross-origin gRPC-Web calls.
+const CORS_ALLOW_HEADERS: [&str; 9] = [
+    "authorization",
+    "x-api-key",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+const CORS_EXPOSE_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+];
+
+async fn read_pem(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| ServeError::TlsFile {
+            flag,
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+async fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServeError> {
+    let cert = read_pem("--tls-cert", &files.cert).await?;
+    let key = read_pem("--tls-key", &files.key).await?;
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &files.client_ca {
+        // Client certificates become mandatory: a client without one fails the handshake.
+        tls = tls.client_ca_root(Certificate::from_pem(
+            read_pem("--tls-client-ca", ca).await?,
+        ));
+    }
+    Ok(tls)
+}
+
+fn cors_layer(t: &Transport) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if !t.grpc_web || t.grpc_web_allow_origins.is_empty() {
+        return None;
+    }
+    let origin = if t.grpc_web_allow_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Config validated every origin as a header value.
+        AllowOrigin::list(
+            t.grpc_web_allow_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let names = |list: &[&'static str]| {
+        list.iter()
+            .map(|h| http::HeaderName::from_static(h))
+            .collect::<Vec<_>>()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([http::Method::POST, http::Method::OPTIONS])
+            .allow_headers(names(&CORS_ALLOW_HEADERS))
+            .expose_headers(names(&CORS_EXPOSE_HEADERS))
+            .max_age(Duration::from_secs(24 * 3600)),
+    )
+}
+
+/// One probe of the store: a write transaction through the writer and a read of the unfinished
+/// jobs; on success, the number of queued jobs.
+async fn probe_store(store: &DynStore) -> crate::error::Result<usize> {
+    store.append(Vec::new()).await?;
+    let jobs = store.unfinished_jobs().await?;
+    Ok(jobs
+        .iter()
+        .filter(|j| matches!(j.state, crate::domain::JobState::Queued))
+        .count())
+}
+
+/// Probes with `probe` every `interval` until `stop`, switching the store-backed health names
+/// between SERVING and NOT_SERVING when the outcome changes.
+async fn watch_store<F, Fut>(
+    health: HealthReporter,
+    interval: Duration,
+    stop: CancellationToken,
+    mut probe: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::error::Result<usize>>,
+{
+    // The store just opened (or the caller would not be here).
+    let mut serving = true;
+    crate::telemetry::metrics().set_store_up(true);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        let ok = match tokio::time::timeout(interval, probe()).await {
+            Ok(Ok(queued)) => {
+                crate::telemetry::metrics().set_queued(queued);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store probe failed");
+                false
+            }
+            Err(_) => {
+                tracing::error!("store probe timed out");
+                false
+            }
+        };
+        crate::telemetry::metrics().set_store_up(ok);
+        if ok != serving && !stop.is_cancelled() {
+            serving = ok;
+            let status = if ok {
+                tracing::info!("store usable again: health SERVING");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("store unusable: health NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            for name in STORE_SERVICES {
+                health.set_service_status(name, status).await;
+            }
+        }
+    }
+}
 
 /// Serves on `listener` until `stop` resolves; returns after a clean drain.
 pub async fn serve(
@@ -68,7 +232,7 @@ pub async fn serve(
             .map_err(ServeError::Store)?,
     );
     let shutdown = Shutdown::new();
-    let core = Core::start(config.clone(), store, shutdown.clone())
+    let core = Core::start(config.clone(), store.clone(), shutdown.clone())
         .await
         .map_err(ServeError::Store)?;
 
@@ -94,33 +258,80 @@ pub async fn serve(
         Authenticator::new(config.api_keys.clone()),
         crate::auth::RateLimiter::new(config.limits.tenant_rate_limit),
     );
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+    let t = &config.transport;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(t.keepalive_interval)
+        .http2_keepalive_timeout(Some(t.keepalive_timeout))
+        .accept_http1(t.grpc_web);
+    if let Some(age) = t.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(t.max_connection_age_grace);
+    }
+    if let Some(files) = &t.tls {
+        builder = builder.tls_config(tls_config(files).await?)?;
+    }
+    // Outermost first: CORS answers preflights, gRPC-Web translates to gRPC, and the telemetry
+    // layer then sees every call as plain gRPC.
+    let router = builder
+        .layer(tower::util::option_layer(cors_layer(t)))
+        .layer(tower::util::option_layer(
+            t.grpc_web.then(tonic_web::GrpcWebLayer::new),
+        ))
+        .layer(crate::telemetry::rpc::RpcLayer)
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             // CreateSession carries inline files; larger content belongs in UploadFiles.
             SessionSvc::new(SessionApi::new(core.clone()))
-                .max_decoding_message_size(MAX_CREATE_SESSION_BYTES),
+                .max_decoding_message_size(MAX_CREATE_SESSION_BYTES)
+                .accept_compressed(Gzip)
+                .send_compressed(Gzip),
             auth.clone(),
         ))
-        .add_service(pb::job_service_server::JobServiceServer::with_interceptor(
-            JobApi::new(core.clone()),
+        .add_service(InterceptedService::new(
+            JobSvc::new(JobApi::new(core.clone()))
+                .accept_compressed(Gzip)
+                .send_compressed(Gzip),
             auth.clone(),
         ))
-        .add_service(
-            pb::file_service_server::FileServiceServer::with_interceptor(
-                FileApi::new(core.clone()),
-                auth.clone(),
-            ),
+        .add_service(InterceptedService::new(
+            FileSvc::new(FileApi::new(core.clone()))
+                .accept_compressed(Gzip)
+                .send_compressed(Gzip),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            InfoSvc::new(ServerInfoApi::new(core.clone()))
+                .accept_compressed(Gzip)
+                .send_compressed(Gzip),
+            auth,
+        ));
+
+    let telemetry_stop = CancellationToken::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Metrics { addr, source })?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving metrics");
+        shutdown.spawn(crate::telemetry::metrics::serve(
+            listener,
+            telemetry_stop.clone(),
+        ));
+    }
+    let probe = tokio::spawn({
+        let (health, store) = (health.clone(), store.clone());
+        watch_store(
+            health,
+            STORE_PROBE_INTERVAL,
+            telemetry_stop.clone(),
+            move || {
+                let store = store.clone();
+                async move { probe_store(&store).await }
+            },
         )
-        .add_service(
-            pb::server_info_service_server::ServerInfoServiceServer::with_interceptor(
-                ServerInfoApi::new(core.clone()),
-                auth,
-            ),
-        );
+    });
 
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
@@ -134,6 +345,8 @@ pub async fn serve(
 
     // The drain order (see `shutdown`): health first, so balancers stop sending work ...
     tracing::info!("shutting down: health NOT_SERVING");
+    telemetry_stop.cancel();
+    let _ = probe.await;
     for name in SERVICES.iter().copied().chain([""]) {
         health
             .set_service_status(name, ServingStatus::NotServing)
@@ -161,5 +374,86 @@ pub async fn serve(
             tracing::error!(error = %e, "server task failed");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    use tonic_health::pb::health_server::Health;
+
+    async fn status_of(svc: &impl Health, name: &str) -> Wire {
+        let req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: name.to_owned(),
+        });
+        let resp = svc.check(req).await.unwrap().into_inner();
+        Wire::try_from(resp.status).unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_store_probe_per_service() {
+        let health = HealthReporter::new();
+        for name in SERVICES.iter().copied().chain([""]) {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+        let inner = tonic_health::server::HealthService::from_health_reporter(health.clone());
+        let store_ok = Arc::new(AtomicBool::new(true));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch_store(
+            health.clone(),
+            Duration::from_millis(20),
+            stop.clone(),
+            {
+                let ok = store_ok.clone();
+                move || {
+                    let ok = ok.load(Ordering::SeqCst);
+                    async move {
+                        if ok {
+                            Ok(3)
+                        } else {
+                            Err(crate::error::Error::internal("store: disk I/O error"))
+                        }
+                    }
+                }
+            },
+        ));
+        let info = <InfoSvc as NamedService>::NAME;
+        let jobs = <JobSvc as NamedService>::NAME;
+        let wait_for = |name: &'static str, want: Wire| {
+            let inner = &inner;
+            async move {
+                for _ in 0..200 {
+                    if status_of(inner, name).await == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        store_ok.store(false, Ordering::SeqCst);
+        assert!(wait_for(jobs, Wire::NotServing).await);
+        assert_eq!(status_of(&inner, "").await, Wire::NotServing);
+        assert_eq!(
+            status_of(&inner, info).await,
+            Wire::Serving,
+            "info needs no store"
+        );
+        store_ok.store(true, Ordering::SeqCst);
+        assert!(wait_for(jobs, Wire::Serving).await);
+        assert_eq!(status_of(&inner, "").await, Wire::Serving);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn probe_reads_queue_depth_from_a_real_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        assert_eq!(probe_store(&store).await.unwrap(), 0);
     }
 }

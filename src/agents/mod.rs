@@ -5,11 +5,15 @@
 //! nothing else in the crate matches on [`AgentKind`].
 
 mod claude;
+mod codex;
 mod command;
+mod gemini;
+mod opencode;
 
 use crate::domain::{EventKind, JobSpec, Usage};
 use crate::error::{Error, Reason, Result};
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +25,12 @@ pub enum AgentKind {
     Claude,
     /// Any operator command: the prompt is its last argument, each stdout line is text.
     Command,
+    /// OpenAI Codex CLI (`codex exec --json`).
+    Codex,
+    /// OpenCode (`opencode run --format json`).
+    Opencode,
+    /// Gemini CLI (`gemini --output-format stream-json`).
+    Gemini,
 }
 
 impl AgentKind {
@@ -29,6 +39,9 @@ impl AgentKind {
         match self {
             AgentKind::Claude => Some("claude"),
             AgentKind::Command => None,
+            AgentKind::Codex => Some("codex"),
+            AgentKind::Opencode => Some("opencode"),
+            AgentKind::Gemini => Some("gemini"),
         }
     }
 
@@ -37,6 +50,9 @@ impl AgentKind {
         match self {
             AgentKind::Claude => "claude",
             AgentKind::Command => "command",
+            AgentKind::Codex => "codex",
+            AgentKind::Opencode => "opencode",
+            AgentKind::Gemini => "gemini",
         }
     }
 }
@@ -153,6 +169,9 @@ pub fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     match profile.kind {
         AgentKind::Claude => claude::validate(spec),
         AgentKind::Command => command::validate(profile, spec),
+        AgentKind::Codex => codex::validate(profile, spec),
+        AgentKind::Opencode => opencode::validate(profile, spec),
+        AgentKind::Gemini => gemini::validate(profile, spec),
     }
 }
 
@@ -161,6 +180,9 @@ pub fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Re
     match profile.kind {
         AgentKind::Claude => Ok(claude::launch(profile, spec, ctx)),
         AgentKind::Command => Ok(command::launch(profile, spec)),
+        AgentKind::Codex => Ok(codex::launch(profile, spec, ctx)),
+        AgentKind::Opencode => Ok(opencode::launch(profile, spec, ctx)),
+        AgentKind::Gemini => Ok(gemini::launch(profile, spec, ctx)),
     }
 }
 
@@ -169,6 +191,9 @@ pub fn parser(profile: &AgentProfile) -> Box<dyn OutputParser> {
     match profile.kind {
         AgentKind::Claude => Box::new(claude::ClaudeParser::default()),
         AgentKind::Command => Box::new(command::CommandParser::default()),
+        AgentKind::Codex => Box::new(codex::CodexParser::default()),
+        AgentKind::Opencode => Box::new(opencode::OpencodeParser::default()),
+        AgentKind::Gemini => Box::new(gemini::GeminiParser::default()),
     }
 }
 
@@ -194,6 +219,141 @@ fn unsupported(profile: &AgentProfile, field: &str) -> Error {
             profile.name, profile.kind
         ),
     )
+}
+
+/// The option-value checks every kind with real options shares: an option that is set must say
+/// something (an empty model or tool name is a client bug, not a request for the default).
+fn check_option_values(spec: &JobSpec) -> Result<()> {
+    if spec.max_turns == Some(0) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "max_turns",
+            "max_turns must be at least 1",
+        ));
+    }
+    for (field, value) in [
+        ("model", spec.model.as_deref()),
+        ("permission_mode", spec.permission_mode.as_deref()),
+    ] {
+        if value.is_some_and(|v| v.trim().is_empty()) {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                field,
+                format!("{field} must not be empty when set"),
+            ));
+        }
+    }
+    if spec.allowed_tools.iter().any(|t| t.trim().is_empty()) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "allowed_tools",
+            "allowed_tools must not contain empty names",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses the first of `fields` that the job sets (for options a kind cannot honour).
+fn refuse_set_options(profile: &AgentProfile, spec: &JobSpec, fields: &[&str]) -> Result<()> {
+    for &field in fields {
+        let set = match field {
+            "model" => spec.model.is_some(),
+            "allowed_tools" => !spec.allowed_tools.is_empty(),
+            "max_turns" => spec.max_turns.is_some(),
+            "append_system_prompt" => spec.append_system_prompt.is_some(),
+            "permission_mode" => spec.permission_mode.is_some(),
+            _ => false,
+        };
+        if set {
+            return Err(unsupported(profile, field));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a permission mode against the values the agent accepts.
+fn check_choice(field: &str, value: Option<&str>, choices: &[&str]) -> Result<()> {
+    match value {
+        Some(v) if !choices.contains(&v) => Err(Error::invalid(
+            Reason::InvalidField,
+            field,
+            format!("{field} must be one of {}", choices.join(", ")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the operator's profile args already give one of these options (`--opt`, `--opt=v`,
+/// or a short `-o`): the adapter then leaves it alone, since these CLIs refuse an option given
+/// twice.
+fn args_have(args: &[String], names: &[&str]) -> bool {
+    args.iter().any(|a| {
+        names.iter().any(|n| {
+            a == n
+                || (n.starts_with("--")
+                    && a.strip_prefix(n).is_some_and(|rest| rest.starts_with('=')))
+        })
+    })
+}
+
+/// A stdout line as a JSON object with a string `type`, the shape every JSON-lines agent uses.
+fn typed_object(line: &str) -> Option<Value> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(v @ Value::Object(_)) if v.get("type").is_some_and(Value::is_string) => Some(v),
+        _ => None,
+    }
+}
+
+/// A line that is not an event of the agent's protocol: kept verbatim.
+fn unparsed(line: &str, truncated: bool) -> Parsed {
+    Parsed {
+        kind: EventKind::Unparsed {
+            line: line.to_owned(),
+            truncated,
+        },
+        raw: None,
+    }
+}
+
+/// Events parsed from `line`, each keeping the line as its raw form.
+fn with_raw(kinds: Vec<EventKind>, line: &str) -> Vec<Parsed> {
+    kinds
+        .into_iter()
+        .map(|kind| Parsed {
+            kind,
+            raw: Some(line.to_owned()),
+        })
+        .collect()
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn u64_at(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// A JSON value as the text of an event field: strings as they are, anything else as JSON,
+/// nothing as empty.
+fn text_of(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A tool input as a JSON object text (`{}` when the agent gave none).
+fn input_json_of(v: Option<&Value>) -> String {
+    v.filter(|i| !i.is_null())
+        .map_or_else(|| "{}".to_owned(), Value::to_string)
+}
+
+fn other(r#type: impl Into<String>) -> EventKind {
+    EventKind::Other {
+        r#type: r#type.into(),
+    }
 }
 
 #[cfg(test)]
@@ -254,9 +414,17 @@ pub(crate) mod tests {
         assert_eq!(k, AgentKind::Claude);
         let k: AgentKind = serde_json::from_str("\"command\"").unwrap();
         assert_eq!(k, AgentKind::Command);
+        for kind in [AgentKind::Codex, AgentKind::Opencode, AgentKind::Gemini] {
+            let k: AgentKind = serde_json::from_str(&format!("\"{kind}\"")).unwrap();
+            assert_eq!(k, kind);
+            assert_eq!(kind.default_command(), Some(kind.as_str()));
+        }
+        assert!(serde_json::from_str::<AgentKind>("\"open_code\"").is_err());
         assert!(serde_json::from_str::<AgentKind>("\"Claude\"").is_err());
     }
 }
 
 #[cfg(test)]
 mod fake_claude_tests;
+#[cfg(test)]
+mod genuine_tests;

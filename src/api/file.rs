@@ -85,7 +85,9 @@ impl FileService for FileApi {
                         )
                         .into());
                     }
+                    let n = c.len();
                     upload.write_chunk(c).await?;
+                    crate::telemetry::metrics().uploaded(n);
                 }
                 None => {
                     return Err(Error::invalid(
@@ -140,6 +142,7 @@ impl FileService for FileApi {
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }
+                        crate::telemetry::metrics().downloaded(n);
                     }
                     Err(e) => {
                         let _ = tx

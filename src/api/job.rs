@@ -6,6 +6,7 @@ use crate::events::StreamItem;
 use crate::pb;
 use crate::pb::job_service_server::JobService;
 use crate::store::JobFilter;
+use crate::telemetry::{TraceParent, metrics, trace};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,12 +41,27 @@ fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
     }
 }
 
+/// The caller's trace context travels with the job (stored in its spec env), so the job's spans
+/// and the agent's `TRACEPARENT` continue that trace; an explicit env entry wins.
+fn with_trace(mut submit: SubmitJob, traceparent: Option<TraceParent>) -> SubmitJob {
+    if let Some(tp) = traceparent {
+        submit
+            .env
+            .entry(trace::ENV.to_owned())
+            .or_insert_with(|| tp.as_str().to_owned());
+    }
+    submit
+}
+
 /// Core stream items → (events, keepalive) pairs, errors → statuses.
 fn items(
     rx: tokio::sync::mpsc::Receiver<crate::error::Result<StreamItem>>,
 ) -> impl Stream<Item = Result<(Vec<pb::JobEvent>, bool), Status>> {
     ReceiverStream::new(rx).map(|item| match item {
-        Ok(StreamItem::Events(evs)) => Ok((evs.into_iter().map(convert::event).collect(), false)),
+        Ok(StreamItem::Events(evs)) => {
+            metrics().events_streamed(evs.len());
+            Ok((evs.into_iter().map(convert::event).collect(), false))
+        }
         Ok(StreamItem::Keepalive) => Ok((Vec::new(), true)),
         Err(e) => Err(e.into()),
     })
@@ -58,10 +74,10 @@ impl JobService for JobApi {
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let tenant = tenant(&req)?;
-        let view = self
-            .core
-            .submit_job(&tenant, submit_request(req.into_inner()))
-            .await?;
+        let traceparent = TraceParent::from_metadata(req.metadata());
+        let submit = with_trace(submit_request(req.into_inner()), traceparent);
+        let view = self.core.submit_job(&tenant, submit).await?;
+        metrics().job_submitted();
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(convert::job(view)),
         }))
@@ -141,6 +157,7 @@ impl JobService for JobApi {
         req: Request<pb::RunJobRequest>,
     ) -> Result<Response<Self::RunJobStream>, Status> {
         let tenant = tenant(&req)?;
+        let traceparent = TraceParent::from_metadata(req.metadata());
         let submit = req.into_inner().job.ok_or_else(|| {
             Status::from(crate::error::Error::invalid(
                 crate::error::Reason::MissingField,
@@ -150,8 +167,9 @@ impl JobService for JobApi {
         })?;
         let view = self
             .core
-            .submit_job(&tenant, submit_request(submit))
+            .submit_job(&tenant, with_trace(submit_request(submit), traceparent))
             .await?;
+        metrics().job_submitted();
         let job_id = view.job.id.to_string();
         let rx = self.core.stream_events(&tenant, &job_id, 0).await?;
         let first = pb::RunJobResponse {

@@ -323,7 +323,9 @@ impl Core {
                     conversation_id: None,
                 }),
             })
-            .await
+            .await?;
+        crate::telemetry::metrics().job_finished(outcome.final_state().name(), None);
+        Ok(())
     }
 
     /// Follows a job's events after `after_seq` (replay, then live, ending after `finished`).

@@ -11,8 +11,10 @@ use crate::domain::{
 use crate::error::Result;
 use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
+use crate::telemetry::{TraceParent, metrics, trace};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Variables passed through from the server's own environment; everything else is dropped.
 const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
@@ -47,14 +49,21 @@ impl Sink<'_> {
         if events.is_empty() && update.is_none() {
             return Ok(());
         }
-        self.core
+        let (n, start) = (events.len(), std::time::Instant::now());
+        let written = self
+            .core
             .events
             .write(JobWrite {
                 job_id: self.job.clone(),
                 events,
                 update,
             })
-            .await
+            .await;
+        metrics().store_write(start.elapsed());
+        if written.is_ok() {
+            metrics().events_written(n);
+        }
+        written
     }
 }
 
@@ -112,17 +121,40 @@ impl Core {
             next_seq: job.last_seq + 1,
             secrets,
         };
-        if let Err(e) = self.execute(&job, handle, &mut sink).await {
-            tracing::error!(job = %id, error = %e, "job failed inside the server");
-            // The store may be what failed; try once to record the failure anyway.
-            let _ = self
-                .finish(
-                    &mut sink,
-                    None,
-                    FinishFacts::failed(format!("internal error: {e}")),
-                )
-                .await;
+        // The job span continues the submitter's trace: its TRACEPARENT (taken from the
+        // SubmitJob metadata by the API edge) is also what the agent receives.
+        let span = tracing::info_span!(
+            "job",
+            job = %job.id,
+            session = %job.session_id,
+            agent = %job.spec.agent,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(tp) = job
+            .spec
+            .env
+            .get(trace::ENV)
+            .and_then(|v| TraceParent::parse(v))
+        {
+            tp.adopt(&span);
+            span.record("parent_span_id", tp.parent_id());
         }
+        async {
+            if let Err(e) = self.execute(&job, handle, &mut sink).await {
+                tracing::error!(job = %id, error = %e, "job failed inside the server");
+                // The store may be what failed; try once to record the failure anyway.
+                let _ = self
+                    .finish(
+                        &mut sink,
+                        None,
+                        FinishFacts::failed(format!("internal error: {e}")),
+                    )
+                    .await;
+            }
+        }
+        .instrument(span)
+        .await;
     }
 
     async fn execute(&self, job: &Job, handle: &RunHandle, sink: &mut Sink<'_>) -> Result<()> {
@@ -185,13 +217,17 @@ impl Core {
         env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
-        let process = match Process::spawn(ProcessSpec {
-            supervisor: self.config.supervisor.clone(),
-            program: launch.program.clone(),
-            args: launch.args.clone(),
-            env,
-            cwd: workspace.clone(),
-            max_line_bytes: self.config.limits.max_line_bytes,
+        let agent_span =
+            tracing::info_span!("agent", program = %launch.program, pid = tracing::field::Empty);
+        let process = match agent_span.in_scope(|| {
+            Process::spawn(ProcessSpec {
+                supervisor: self.config.supervisor.clone(),
+                program: launch.program.clone(),
+                args: launch.args.clone(),
+                env,
+                cwd: workspace.clone(),
+                max_line_bytes: self.config.limits.max_line_bytes,
+            })
         }) {
             Ok(p) => p,
             Err(e) => {
@@ -200,6 +236,8 @@ impl Core {
             }
         };
         let started = Timestamp::now();
+        agent_span.record("pid", process.pid());
+        let _running = metrics().job_running();
         tracing::info!(job = %job.id, session = %session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
         let state = job.state.transition(JobState::Running { started })?;
         let ev = sink.event(
@@ -228,7 +266,7 @@ impl Core {
             timeout: job.spec.timeout,
             grace: self.config.timing.kill_grace,
         };
-        let run = tokio::spawn(process.run(tx, control));
+        let run = tokio::spawn(process.run(tx, control).instrument(agent_span));
         let mut parser = agents::parser(profile);
         let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
         let mut buf = Vec::with_capacity(MAX_BATCH);
@@ -311,6 +349,11 @@ impl Core {
             }
         };
         let summary = parser.summary();
+        match outcome.stop {
+            Some(StopCause::Cancelled) => metrics().kill_escalation("cancelled"),
+            Some(StopCause::TimedOut) => metrics().kill_escalation("timed_out"),
+            None => {}
+        }
         let verdict = match outcome.stop {
             Some(StopCause::Cancelled) => Outcome::Cancelled {
                 reason: handle
@@ -365,9 +408,10 @@ impl Core {
             Some(s) => JobState::Running { started: s },
             None => JobState::Queued,
         };
+        let ended = Timestamp::now();
         let state = current.transition(JobState::Finished(Finished {
             started,
-            ended: Timestamp::now(),
+            ended,
             outcome: facts.outcome.clone(),
             exit: facts.exit,
         }))?;
@@ -393,7 +437,12 @@ impl Core {
                 conversation_id: facts.conversation_id,
             }),
         )
-        .await
+        .await?;
+        metrics().job_finished(
+            facts.outcome.final_state().name(),
+            started.map(|s| ended.since(s)),
+        );
+        Ok(())
     }
 
     async fn extend_session(&self, session: &Session) {

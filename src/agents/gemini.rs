@@ -1,0 +1,238 @@
+//! The `gemini` kind: Gemini CLI run headless (`gemini --prompt=… --output-format stream-json`).
+//! Owns its argv, its environment, `$HOME/.gemini/settings.json` and `$HOME/.gemini/GEMINI.md`,
+//! and the mapping of its JSON lines (`init`, `message`, `tool_use`, `tool_result`, `error`,
+//! `result`) to job events.
+//!
+//! Gemini keeps conversations under `$HOME/.gemini/tmp/<project>`, keyed by the working
+//! directory, so a later job of the session (same HOME and cwd) can `--resume` them.
+
+use super::{
+    AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary, args_have, check_choice,
+    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
+    u64_at, unparsed, with_raw,
+};
+use crate::domain::{EventKind, JobSpec, Usage};
+use crate::error::Result;
+use serde_json::Value;
+
+/// Gemini's approval modes, which is what a job's permission mode selects.
+const APPROVAL_MODES: [&str; 4] = ["default", "auto_edit", "yolo", "plan"];
+/// Profile args that already decide approvals.
+const APPROVAL_FLAGS: [&str; 3] = ["-y", "--yolo", "--approval-mode"];
+
+/// Used when the profile gives no settings: API-key auth (without it Gemini exits 41), folder
+/// trust off (else an untrusted workspace silently overrides the approval mode), no usage
+/// statistics and no update checks.
+const DEFAULT_SETTINGS: &str = r#"{
+  "security": {
+    "auth": { "selectedType": "gemini-api-key" },
+    "folderTrust": { "enabled": false }
+  },
+  "general": { "enableAutoUpdate": false, "enableAutoUpdateNotification": false },
+  "privacy": { "usageStatisticsEnabled": false }
+}
+"#;
+
+pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
+    check_option_values(spec)?;
+    // `--allowed-tools` only skips confirmation (a no-op next to yolo) and the turn limit is a
+    // per-conversation setting, so neither means what the job asks for.
+    refuse_set_options(profile, spec, &["allowed_tools", "max_turns"])?;
+    check_choice(
+        "permission_mode",
+        spec.permission_mode.as_deref(),
+        &APPROVAL_MODES,
+    )?;
+    // Given twice, the approval mode becomes a list and Gemini refuses to start ("Invalid
+    // approval mode: yolo,plan"). A repeated `--model` is fine: the last one, the job's, wins.
+    if spec.permission_mode.is_some() && args_have(&profile.args, &APPROVAL_FLAGS) {
+        return Err(super::unsupported(profile, "permission_mode"));
+    }
+    Ok(())
+}
+
+pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    let mut args = profile.args.clone();
+    if let Some(model) = &spec.model {
+        args.extend(["--model".into(), model.clone()]);
+    }
+    // One `--prompt=…` argument: a prompt starting with `-` stays the prompt's value.
+    args.push(format!("--prompt={}", spec.prompt));
+    args.extend(["--output-format".into(), "stream-json".into()]);
+    if let Some(mode) = &spec.permission_mode {
+        args.extend(["--approval-mode".into(), mode.clone()]);
+    } else if !args_have(&profile.args, &APPROVAL_FLAGS) {
+        // Nobody can approve a tool call in a headless run.
+        args.push("--yolo".into());
+    }
+    if let Some(id) = ctx.resume_conversation {
+        args.extend(["--resume".into(), id.to_owned()]);
+    }
+
+    let dot_gemini = ctx.home.join(".gemini");
+    let settings = profile
+        .config
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SETTINGS.to_owned());
+    // Gemini puts `~/.gemini/GEMINI.md` into its system instruction. Written on every job (empty
+    // when unset) so that an earlier job's text does not linger in the session's HOME.
+    let memory = spec.append_system_prompt.clone().unwrap_or_default();
+    Launch {
+        program: profile.command.clone(),
+        args,
+        env: vec![("GEMINI_CLI_NO_RELAUNCH".into(), "1".into())],
+        files: vec![
+            (dot_gemini.join("settings.json"), settings.into_bytes()),
+            (dot_gemini.join("GEMINI.md"), memory.into_bytes()),
+        ],
+    }
+}
+
+/// Parses stream-json. Remembers the session id, the last assistant message (Gemini streams it
+/// in chunks: consecutive `delta` messages form one), usage and how the run ended.
+#[derive(Debug, Default)]
+pub(super) struct GeminiParser {
+    session_id: Option<String>,
+    /// The assistant message being streamed, or the last one once something else happened.
+    message: String,
+    /// Whether the last event was an assistant message chunk (a new chunk then continues it).
+    in_message: bool,
+    any_message: bool,
+    result: Option<Outcome>,
+    /// The latest `error` event of severity error (warnings are not failures).
+    last_error: Option<String>,
+    usage: Usage,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Success,
+    Error(String),
+}
+
+impl OutputParser for GeminiParser {
+    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        match typed_object(line) {
+            Some(v) => with_raw(self.interpret(&v), line),
+            None => vec![unparsed(line, truncated)],
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let error = match &self.result {
+            Some(Outcome::Error(m)) => Some(m.clone()),
+            Some(Outcome::Success) => None,
+            // No result line (killed, crashed): only an error it reported is worth keeping.
+            None => self.last_error.clone(),
+        };
+        Summary {
+            conversation_id: self.session_id.clone(),
+            result: if error.is_none() && self.any_message {
+                Some(self.message.clone())
+            } else {
+                None
+            },
+            error,
+            usage: self.usage.clone(),
+        }
+    }
+}
+
+impl GeminiParser {
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+        let ty = str_at(v, "type").unwrap_or_default();
+        let assistant_chunk = ty == "message" && str_at(v, "role") == Some("assistant");
+        let continues = self.in_message && assistant_chunk;
+        self.in_message = assistant_chunk;
+        match ty {
+            "init" => {
+                let id = str_at(v, "session_id").unwrap_or_default().to_owned();
+                if !id.is_empty() {
+                    self.session_id = Some(id.clone());
+                }
+                vec![EventKind::Init {
+                    conversation_id: id,
+                    model: str_at(v, "model").unwrap_or_default().to_owned(),
+                    tools: Vec::new(),
+                    agent_version: String::new(),
+                }]
+            }
+            "message" if assistant_chunk => {
+                let text = text_of(v.get("content"));
+                let delta = v.get("delta").and_then(Value::as_bool).unwrap_or(false);
+                if !(continues && delta) {
+                    self.message.clear();
+                }
+                self.message.push_str(&text);
+                self.any_message = true;
+                vec![EventKind::Text { text }]
+            }
+            "message" => vec![other(format!(
+                "message/{}",
+                str_at(v, "role").unwrap_or("unknown")
+            ))],
+            "tool_use" => vec![EventKind::ToolCall {
+                id: str_at(v, "tool_id").unwrap_or_default().to_owned(),
+                name: str_at(v, "tool_name").unwrap_or_default().to_owned(),
+                input_json: input_json_of(v.get("parameters")),
+            }],
+            "tool_result" => {
+                let is_error = str_at(v, "status") != Some("success");
+                let error_text = v.get("error").and_then(|e| str_at(e, "message"));
+                let content = match (is_error, error_text) {
+                    (true, Some(m)) => m.to_owned(),
+                    _ => text_of(v.get("output")),
+                };
+                vec![EventKind::ToolResult {
+                    id: str_at(v, "tool_id").unwrap_or_default().to_owned(),
+                    is_error,
+                    content,
+                }]
+            }
+            "error" => {
+                if str_at(v, "severity") == Some("error")
+                    && let Some(m) = str_at(v, "message")
+                {
+                    self.last_error = Some(m.to_owned());
+                }
+                vec![other(ty)]
+            }
+            "result" => {
+                let stats = v.get("stats").unwrap_or(&Value::Null);
+                self.usage = Usage {
+                    input_tokens: u64_at(stats, "input_tokens"),
+                    output_tokens: u64_at(stats, "output_tokens"),
+                    cache_read_input_tokens: u64_at(stats, "cached"),
+                    duration_ms: u64_at(stats, "duration_ms"),
+                    ..Usage::default()
+                };
+                self.result = Some(if str_at(v, "status") == Some("success") {
+                    Outcome::Success
+                } else {
+                    Outcome::Error(
+                        v.get("error")
+                            .and_then(|e| str_at(e, "message"))
+                            .map_or_else(
+                                || {
+                                    format!(
+                                        "gemini reported status {:?}",
+                                        str_at(v, "status").unwrap_or_default()
+                                    )
+                                },
+                                String::from,
+                            ),
+                    )
+                });
+                vec![EventKind::Usage(self.usage.clone())]
+            }
+            _ => vec![other(ty)],
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "gemini_tests.rs"]
+mod tests;

@@ -1,0 +1,393 @@
+//! Tests of the gemini adapter: argv/env/settings for launch, validation, and the parser against
+//! real stream-json output of Gemini CLI 0.61 (copied into `testdata/`; the error capture was
+//! taken with the test suite's mock model answering HTTP 500).
+
+use super::super::tests::{profile, spec};
+use super::super::{AgentKind, LaunchContext, launch, parser, validate};
+use super::*;
+use crate::error::{Error, Reason};
+use std::path::{Path, PathBuf};
+
+const STREAM: &str = include_str!("testdata/gemini-stream-sample.jsonl");
+const ERROR_500: &str = include_str!("testdata/gemini-error-500-sample.jsonl");
+const SESSION: &str = "36ce3bf1-6df0-404a-a308-35f31a293243";
+
+fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
+    LaunchContext {
+        workspace: Path::new("/ws/s1"),
+        home: Path::new("/home/s1"),
+        resume_conversation: resume,
+    }
+}
+
+fn gemini(args: &[&str]) -> AgentProfile {
+    profile(AgentKind::Gemini, "gemini", args)
+}
+
+fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
+    let mut p = parser(&gemini(&[]));
+    let events = text.lines().flat_map(|l| p.parse_line(l, false)).collect();
+    (events, p.summary())
+}
+
+fn kinds(events: &[Parsed]) -> Vec<&EventKind> {
+    events.iter().map(|e| &e.kind).collect()
+}
+
+#[test]
+fn launch_default_is_headless_yolo_with_default_settings() {
+    let l = launch(&gemini(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
+    assert_eq!(l.program, "gemini");
+    assert_eq!(
+        l.args,
+        [
+            "--prompt=fix the bug",
+            "--output-format",
+            "stream-json",
+            "--yolo"
+        ]
+    );
+    assert_eq!(
+        l.env,
+        [("GEMINI_CLI_NO_RELAUNCH".to_owned(), "1".to_owned())]
+    );
+    assert_eq!(l.files.len(), 2);
+    assert_eq!(
+        l.files[0].0,
+        PathBuf::from("/home/s1/.gemini/settings.json")
+    );
+    let settings: Value = serde_json::from_slice(&l.files[0].1).unwrap();
+    assert_eq!(
+        settings["security"]["auth"]["selectedType"],
+        "gemini-api-key"
+    );
+    assert_eq!(settings["security"]["folderTrust"]["enabled"], false);
+    // No appended prompt: the memory file is emptied, not left from an earlier job.
+    assert_eq!(
+        l.files[1],
+        (PathBuf::from("/home/s1/.gemini/GEMINI.md"), Vec::new())
+    );
+    assert!(!format!("{l:?}").contains("sk-secret-value"));
+}
+
+#[test]
+fn launch_maps_every_supported_option_and_resumes() {
+    let mut p = gemini(&["--include-directories", "/data"]);
+    p.config = Some(r#"{"general":{"maxAttempts":1}}"#.into());
+    let mut s = spec("-rf is a flag; explain it");
+    s.model = Some("gemini-2.5-flash".into());
+    s.permission_mode = Some("auto_edit".into());
+    s.append_system_prompt = Some("Answer in French.".into());
+    let l = launch(&p, &s, &ctx(Some(SESSION))).unwrap();
+    assert_eq!(
+        l.args,
+        [
+            "--include-directories",
+            "/data",
+            "--model",
+            "gemini-2.5-flash",
+            "--prompt=-rf is a flag; explain it",
+            "--output-format",
+            "stream-json",
+            "--approval-mode",
+            "auto_edit",
+            "--resume",
+            SESSION,
+        ]
+    );
+    assert_eq!(
+        l.files,
+        [
+            (
+                PathBuf::from("/home/s1/.gemini/settings.json"),
+                br#"{"general":{"maxAttempts":1}}"#.to_vec()
+            ),
+            (
+                PathBuf::from("/home/s1/.gemini/GEMINI.md"),
+                b"Answer in French.".to_vec()
+            ),
+        ]
+    );
+    // A profile that chooses approvals itself gets no --yolo added.
+    let l = launch(&gemini(&["--approval-mode=plan"]), &spec("hi"), &ctx(None)).unwrap();
+    assert!(
+        !l.args
+            .iter()
+            .any(|a| a == "--yolo" || a == "--approval-mode")
+    );
+}
+
+#[test]
+fn validate_maps_what_gemini_honours_and_refuses_the_rest() {
+    let p = gemini(&[]);
+    let mut s = spec("hi");
+    s.model = Some("gemini-2.5-pro".into());
+    s.append_system_prompt = Some("be brief".into());
+    for mode in APPROVAL_MODES {
+        s.permission_mode = Some(mode.into());
+        assert!(validate(&p, &s).is_ok(), "{mode}");
+    }
+    let refusal = |p: &AgentProfile, s: &JobSpec| match validate(p, s) {
+        Err(Error::InvalidArgument {
+            reason,
+            field,
+            message,
+        }) => (reason, field, message),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    };
+    for (name, set) in [
+        (
+            "allowed_tools",
+            (|s: &mut JobSpec| s.allowed_tools = vec!["x".into()]) as fn(&mut JobSpec),
+        ),
+        ("max_turns", |s: &mut JobSpec| s.max_turns = Some(2)),
+    ] {
+        let mut s = spec("hi");
+        set(&mut s);
+        assert_eq!(
+            refusal(&p, &s),
+            (
+                Reason::UnsupportedOption,
+                name.to_owned(),
+                format!("agent \"gemini\" (kind gemini) does not support {name}")
+            )
+        );
+    }
+    let mut s = spec("hi");
+    s.permission_mode = Some("acceptEdits".into());
+    let (reason, field, message) = refusal(&p, &s);
+    assert_eq!(
+        (reason, field.as_str()),
+        (Reason::InvalidField, "permission_mode")
+    );
+    assert_eq!(
+        message,
+        "permission_mode must be one of default, auto_edit, yolo, plan"
+    );
+    let fixed = gemini(&["-y", "-m", "gemini-2.5-pro"]);
+    let mut s = spec("hi");
+    s.permission_mode = Some("plan".into());
+    assert_eq!(refusal(&fixed, &s).1, "permission_mode");
+    let mut s = spec("hi");
+    s.model = Some("other".into());
+    assert!(validate(&fixed, &s).is_ok());
+}
+
+#[test]
+fn parses_a_successful_run() {
+    let (events, summary) = parse_all(STREAM);
+    assert!(events.iter().all(|e| e.raw.is_some()));
+    let k = kinds(&events);
+    assert_eq!(k.len(), 6, "{k:#?}");
+    assert_eq!(
+        k[0],
+        &EventKind::Init {
+            conversation_id: SESSION.into(),
+            model: "gemini-2.5-pro".into(),
+            tools: Vec::new(),
+            agent_version: String::new(),
+        }
+    );
+    assert_eq!(
+        k[1],
+        &EventKind::Other {
+            r#type: "message/user".into()
+        }
+    );
+    match k[2] {
+        EventKind::ToolCall {
+            id,
+            name,
+            input_json,
+        } => {
+            assert_eq!(id, "write_file__write_file_1795314136589_0");
+            assert_eq!(name, "write_file");
+            let input: Value = serde_json::from_str(input_json).unwrap();
+            assert_eq!(input["file_path"], "/var/lib/agentd/ws/s3/hello.py");
+            assert_eq!(input["content"], "print('hello from mock')\n");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        k[3],
+        &EventKind::ToolResult {
+            id: "write_file__write_file_1795314136589_0".into(),
+            is_error: false,
+            content: String::new()
+        }
+    );
+    assert_eq!(
+        k[4],
+        &EventKind::Text {
+            text: "Done.".into()
+        }
+    );
+    let usage = Usage {
+        input_tokens: 200,
+        output_tokens: 40,
+        duration_ms: 290,
+        ..Usage::default()
+    };
+    assert_eq!(k[5], &EventKind::Usage(usage.clone()));
+    assert_eq!(
+        summary,
+        Summary {
+            conversation_id: Some(SESSION.into()),
+            result: Some("Done.".into()),
+            error: None,
+            usage,
+        }
+    );
+}
+
+#[test]
+fn parses_a_model_error_in_gemini_words() {
+    let (events, summary) = parse_all(ERROR_500);
+    let k = kinds(&events);
+    assert_eq!(k.len(), 3, "{k:#?}");
+    assert!(
+        matches!(k[0], EventKind::Init { conversation_id, .. } if conversation_id == "617a688b-6d37-4c6a-88e3-81966038ef52")
+    );
+    assert_eq!(k[2], &EventKind::Usage(Usage::default()));
+    assert_eq!(
+        summary.error.as_deref(),
+        Some(
+            r#"[API Error: {"error":{"code":500,"message":"mock model failure 500","status":"INTERNAL"}}]"#
+        )
+    );
+    assert_eq!(summary.result, None);
+}
+
+#[test]
+fn streamed_chunks_form_one_message_and_the_result_is_the_last_one() {
+    let mut p = GeminiParser::default();
+    let lines = [
+        r#"{"type":"message","role":"assistant","content":"I'll create ","delta":true}"#,
+        r#"{"type":"message","role":"assistant","content":"hello.py.","delta":true}"#,
+        r#"{"type":"tool_use","tool_name":"run_shell_command","tool_id":"t1","parameters":{"command":"false"}}"#,
+        r#"{"type":"tool_result","tool_id":"t1","status":"error","output":"","error":{"type":"TOOL_EXECUTION_ERROR","message":"exit 1"}}"#,
+        r#"{"type":"message","role":"assistant","content":"It ","delta":true}"#,
+        r#"{"type":"message","role":"assistant","content":"failed.","delta":true}"#,
+    ];
+    let events: Vec<Parsed> = lines.iter().flat_map(|l| p.parse_line(l, false)).collect();
+    assert_eq!(
+        events[0].kind,
+        EventKind::Text {
+            text: "I'll create ".into()
+        }
+    );
+    assert_eq!(
+        events[3].kind,
+        EventKind::ToolResult {
+            id: "t1".into(),
+            is_error: true,
+            content: "exit 1".into()
+        }
+    );
+    // No result event yet (e.g. killed): the message so far, no error.
+    assert_eq!(p.summary().result.as_deref(), Some("It failed."));
+    assert_eq!(p.summary().error, None);
+    // A warning is not a failure; an error-severity event is one when no result follows.
+    p.parse_line(
+        r#"{"type":"error","severity":"warning","message":"Loop detected, stopping execution"}"#,
+        false,
+    );
+    assert_eq!(p.summary().error, None);
+    p.parse_line(
+        r#"{"type":"error","severity":"error","message":"Maximum session turns exceeded"}"#,
+        false,
+    );
+    assert_eq!(
+        p.summary().error.as_deref(),
+        Some("Maximum session turns exceeded")
+    );
+    assert_eq!(p.summary().result, None);
+    // A non-delta message replaces rather than continues.
+    let mut p = GeminiParser::default();
+    p.parse_line(
+        r#"{"type":"message","role":"assistant","content":"a"}"#,
+        false,
+    );
+    p.parse_line(
+        r#"{"type":"message","role":"assistant","content":"b"}"#,
+        false,
+    );
+    p.parse_line(r#"{"type":"result","status":"success","stats":{}}"#, false);
+    assert_eq!(p.summary().result.as_deref(), Some("b"));
+    // A result without a message is a success with no text.
+    let mut p = GeminiParser::default();
+    p.parse_line(r#"{"type":"result","status":"error"}"#, false);
+    assert_eq!(
+        p.summary().error.as_deref(),
+        Some("gemini reported status \"error\"")
+    );
+}
+
+#[test]
+fn odd_lines_become_unparsed_or_other() {
+    let mut p = GeminiParser::default();
+    let cut = &STREAM.lines().next().unwrap()[..50];
+    assert_eq!(
+        p.parse_line(cut, true),
+        [Parsed {
+            kind: EventKind::Unparsed {
+                line: cut.into(),
+                truncated: true
+            },
+            raw: None
+        }]
+    );
+    for line in [
+        "YOLO mode is enabled. All tool calls will be automatically approved.",
+        "\"x\"",
+        "{}",
+    ] {
+        assert!(
+            matches!(&p.parse_line(line, false)[..], [Parsed { kind: EventKind::Unparsed { line: l, .. }, raw: None }] if l == line),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        kinds(&p.parse_line(r#"{"type":"thought","subject":"x"}"#, false)),
+        [&EventKind::Other {
+            r#type: "thought".into()
+        }]
+    );
+    assert_eq!(
+        kinds(&p.parse_line(r#"{"type":"message","content":"x"}"#, false)),
+        [&EventKind::Other {
+            r#type: "message/unknown".into()
+        }]
+    );
+    let out = p.parse_line(
+        r#"{"type":"result","status":"success","stats":{"input_tokens":-3}}"#,
+        false,
+    );
+    assert_eq!(out[0].kind, EventKind::Usage(Usage::default()));
+    assert_eq!(p.summary().result, None);
+    assert_eq!(p.summary().error, None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_any_line(line in "\\PC*", truncated: bool) {
+        let mut p = GeminiParser::default();
+        let _ = p.parse_line(&line, truncated);
+        let _ = p.summary();
+    }
+
+    #[test]
+    fn never_panics_on_json_shaped_lines(
+        ty in "(init|message|tool_use|tool_result|error|result|x)",
+        role in "(assistant|user|)",
+        val in "(null|1|\"s\"|\\{\\}|\\[\\]|true)",
+    ) {
+        let line = format!(
+            r#"{{"type":"{ty}","role":"{role}","session_id":{val},"content":{val},"delta":{val},"tool_id":{val},"parameters":{val},"status":{val},"error":{val},"output":{val},"severity":{val},"message":{val},"stats":{val}}}"#
+        );
+        let mut p = GeminiParser::default();
+        let _ = p.parse_line(&line, false);
+        let _ = p.parse_line(&line, false);
+        let _ = p.summary();
+    }
+}

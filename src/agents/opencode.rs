@@ -1,0 +1,203 @@
+//! The `opencode` kind: OpenCode run headless (`opencode run --format json …`). Owns its argv, its
+//! environment and config file, and the mapping of its JSON lines (`step_start`, `text`,
+//! `tool_use`, `step_finish`, `error`) to job events.
+//!
+//! OpenCode keeps conversations in `$HOME/.local/share/opencode`, so the session's private HOME is
+//! what lets a later job continue with `-s <sessionID>`. It prints no final result event: the
+//! job's result is its last text.
+
+use super::{
+    AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary, args_have,
+    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
+    unparsed, with_raw,
+};
+use crate::domain::{EventKind, JobSpec, Usage};
+use crate::error::Result;
+use serde_json::Value;
+
+/// Keeps an unattended OpenCode from fetching model lists, updating itself, or downloading
+/// language servers when it edits a file.
+const QUIET_ENV: [(&str, &str); 3] = [
+    ("OPENCODE_DISABLE_MODELS_FETCH", "1"),
+    ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
+    ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1"),
+];
+
+/// Where the profile's config goes, relative to the session HOME (OpenCode's own default place).
+const CONFIG_PATH: &str = ".config/opencode/opencode.json";
+
+pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
+    check_option_values(spec)?;
+    // OpenCode's tools, step limit, prompt and permissions live in its config file (the
+    // operator's), not on its command line.
+    refuse_set_options(
+        profile,
+        spec,
+        &[
+            "allowed_tools",
+            "max_turns",
+            "append_system_prompt",
+            "permission_mode",
+        ],
+    )
+}
+
+pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    let mut args: Vec<String> = vec!["run".into()];
+    args.extend(profile.args.iter().cloned());
+    if !args_have(&profile.args, &["--format"]) {
+        args.extend(["--format".into(), "json".into()]);
+    }
+    // Nobody can answer a permission prompt in a headless run (OpenCode would reject the tool
+    // call); `--auto` approves what the operator's config does not explicitly deny.
+    if !args_have(&profile.args, &["--auto"]) {
+        args.push("--auto".into());
+    }
+    if let Some(model) = &spec.model {
+        args.extend(["--model".into(), model.clone()]);
+    }
+    if let Some(id) = ctx.resume_conversation {
+        args.extend(["--session".into(), id.to_owned()]);
+    }
+    // `--` keeps a prompt that starts with `-` the message rather than options.
+    args.extend(["--".into(), spec.prompt.clone()]);
+
+    let mut env: Vec<(String, String)> = QUIET_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut files = Vec::new();
+    if let Some(config) = &profile.config {
+        let path = ctx.home.join(CONFIG_PATH);
+        env.push((
+            "OPENCODE_CONFIG".into(),
+            path.to_string_lossy().into_owned(),
+        ));
+        files.push((path, config.clone().into_bytes()));
+    }
+    Launch {
+        program: profile.command.clone(),
+        args,
+        env,
+        files,
+    }
+}
+
+/// Parses `opencode run --format json`. Remembers the session id, the last text, usage summed
+/// over steps, and the error OpenCode reported.
+#[derive(Debug, Default)]
+pub(super) struct OpencodeParser {
+    session_id: Option<String>,
+    last_text: Option<String>,
+    error: Option<String>,
+    usage: Usage,
+}
+
+impl OutputParser for OpencodeParser {
+    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        match typed_object(line) {
+            Some(v) => with_raw(self.interpret(&v), line),
+            None => vec![unparsed(line, truncated)],
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            conversation_id: self.session_id.clone(),
+            result: if self.error.is_none() {
+                self.last_text.clone()
+            } else {
+                None
+            },
+            error: self.error.clone(),
+            usage: self.usage.clone(),
+        }
+    }
+}
+
+impl OpencodeParser {
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+        let mut events = Vec::new();
+        // OpenCode has no init event; every event names the session, so the first one stands in.
+        if self.session_id.is_none()
+            && let Some(id) = str_at(v, "sessionID").filter(|s| !s.is_empty())
+        {
+            self.session_id = Some(id.to_owned());
+            events.push(EventKind::Init {
+                conversation_id: id.to_owned(),
+                model: String::new(),
+                tools: Vec::new(),
+                agent_version: String::new(),
+            });
+        }
+        let ty = str_at(v, "type").unwrap_or_default();
+        let part = v.get("part").unwrap_or(&Value::Null);
+        match ty {
+            "text" => {
+                let text = str_at(part, "text").unwrap_or_default().to_owned();
+                self.last_text = Some(text.clone());
+                events.push(EventKind::Text { text });
+            }
+            // Reported once the tool has finished: the call and its result together.
+            "tool_use" => {
+                let id = str_at(part, "callID").unwrap_or_default().to_owned();
+                let state = part.get("state").unwrap_or(&Value::Null);
+                events.push(EventKind::ToolCall {
+                    id: id.clone(),
+                    name: str_at(part, "tool").unwrap_or_default().to_owned(),
+                    input_json: input_json_of(state.get("input")),
+                });
+                let is_error = str_at(state, "status") == Some("error");
+                let content = if is_error {
+                    text_of(state.get("error"))
+                } else {
+                    text_of(state.get("output"))
+                };
+                events.push(EventKind::ToolResult {
+                    id,
+                    is_error,
+                    content,
+                });
+            }
+            "step_finish" => {
+                let tokens = part.get("tokens").unwrap_or(&Value::Null);
+                let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+                let cache = tokens.get("cache").unwrap_or(&Value::Null);
+                let u = &mut self.usage;
+                u.input_tokens += count(tokens, "input");
+                u.output_tokens += count(tokens, "output");
+                u.cache_read_input_tokens += count(cache, "read");
+                u.cache_creation_input_tokens += count(cache, "write");
+                if let Some(cost) = part.get("cost").and_then(Value::as_f64) {
+                    u.cost_usd = Some(u.cost_usd.unwrap_or(0.0) + cost);
+                }
+                u.num_turns = u.num_turns.saturating_add(1);
+                // Totals so far, so the last usage event of a job is its usage.
+                events.push(EventKind::Usage(self.usage.clone()));
+            }
+            "error" => {
+                self.error = Some(error_text(v.get("error").unwrap_or(&Value::Null)));
+                events.push(other(ty));
+            }
+            _ => events.push(other(ty)),
+        }
+        events
+    }
+}
+
+/// OpenCode's own words for an error: `data.message` (e.g. the provider's message), else its
+/// name.
+fn error_text(e: &Value) -> String {
+    e.get("data")
+        .and_then(|d| str_at(d, "message"))
+        .or_else(|| str_at(e, "message"))
+        .or_else(|| str_at(e, "name"))
+        .map_or_else(|| "opencode reported an error".to_owned(), String::from)
+}
+
+#[cfg(test)]
+#[path = "opencode_tests.rs"]
+mod tests;

@@ -1,0 +1,361 @@
+//! Tests of the opencode adapter: argv/env/config for launch, validation, and the parser against
+//! real `opencode run --format json` output of OpenCode 1.18 (copied into `testdata/`).
+
+use super::super::tests::{profile, spec};
+use super::super::{AgentKind, LaunchContext, launch, parser, validate};
+use super::*;
+use crate::error::{Error, Reason};
+use std::path::{Path, PathBuf};
+
+const STREAM: &str = include_str!("testdata/opencode-stream-sample.jsonl");
+const ERROR_500: &str = include_str!("testdata/opencode-error-500-sample.jsonl");
+const SESSION: &str = "ses_dfef30a3bffeVSewjb1hxYBdG3";
+
+fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
+    LaunchContext {
+        workspace: Path::new("/ws/s1"),
+        home: Path::new("/home/s1"),
+        resume_conversation: resume,
+    }
+}
+
+fn opencode(args: &[&str]) -> AgentProfile {
+    profile(AgentKind::Opencode, "opencode", args)
+}
+
+fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
+    let mut p = parser(&opencode(&[]));
+    let events = text.lines().flat_map(|l| p.parse_line(l, false)).collect();
+    (events, p.summary())
+}
+
+fn kinds(events: &[Parsed]) -> Vec<&EventKind> {
+    events.iter().map(|e| &e.kind).collect()
+}
+
+fn env_of<'a>(l: &'a Launch, name: &str) -> Option<&'a str> {
+    l.env
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn launch_default_is_run_json_auto_approved_and_quiet() {
+    let l = launch(&opencode(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
+    assert_eq!(l.program, "opencode");
+    assert_eq!(
+        l.args,
+        ["run", "--format", "json", "--auto", "--", "fix the bug"]
+    );
+    for (k, v) in QUIET_ENV {
+        assert_eq!(env_of(&l, k), Some(v), "{k}");
+    }
+    // Without a profile config OpenCode is not pointed at any file.
+    assert_eq!(env_of(&l, "OPENCODE_CONFIG"), None);
+    assert!(l.files.is_empty());
+    assert!(!format!("{l:?}").contains("sk-secret-value"));
+}
+
+#[test]
+fn launch_writes_the_profile_config_and_resumes_the_session() {
+    let mut p = opencode(&["--agent", "build", "--auto"]);
+    let config = r#"{"model":"mock/mock-model","autoupdate":false}"#;
+    p.config = Some(config.into());
+    let mut s = spec("-x starts with a dash");
+    s.model = Some("mock/other".into());
+    let l = launch(&p, &s, &ctx(Some(SESSION))).unwrap();
+    assert_eq!(
+        l.args,
+        [
+            "run",
+            "--agent",
+            "build",
+            "--auto",
+            "--format",
+            "json",
+            "--model",
+            "mock/other",
+            "--session",
+            SESSION,
+            "--",
+            "-x starts with a dash",
+        ]
+    );
+    assert_eq!(
+        env_of(&l, "OPENCODE_CONFIG"),
+        Some("/home/s1/.config/opencode/opencode.json")
+    );
+    assert_eq!(
+        l.files,
+        [(
+            PathBuf::from("/home/s1/.config/opencode/opencode.json"),
+            config.as_bytes().to_vec()
+        )]
+    );
+}
+
+#[test]
+fn validate_accepts_a_model_and_refuses_the_rest_naming_it() {
+    let p = opencode(&[]);
+    let mut s = spec("hi");
+    s.model = Some("mock/mock-model".into());
+    assert!(validate(&p, &s).is_ok());
+    type SetOption = fn(&mut JobSpec);
+    let cases: [(&str, SetOption); 4] = [
+        ("allowed_tools", |s| s.allowed_tools = vec!["bash".into()]),
+        ("max_turns", |s| s.max_turns = Some(3)),
+        ("append_system_prompt", |s| {
+            s.append_system_prompt = Some("be brief".into())
+        }),
+        ("permission_mode", |s| {
+            s.permission_mode = Some("plan".into())
+        }),
+    ];
+    for (name, set) in cases {
+        let mut s = spec("hi");
+        set(&mut s);
+        match validate(&p, &s) {
+            Err(Error::InvalidArgument {
+                reason: Reason::UnsupportedOption,
+                field,
+                message,
+            }) => {
+                assert_eq!(field, name);
+                assert_eq!(
+                    message,
+                    format!("agent \"opencode\" (kind opencode) does not support {name}")
+                );
+            }
+            other => panic!("{name}: expected UNSUPPORTED_OPTION, got {other:?}"),
+        }
+    }
+    let mut s = spec("hi");
+    s.model = Some(String::new());
+    assert!(matches!(
+        validate(&p, &s),
+        Err(Error::InvalidArgument { reason: Reason::InvalidField, field, .. }) if field == "model"
+    ));
+}
+
+#[test]
+fn parses_a_successful_run() {
+    let (events, summary) = parse_all(STREAM);
+    assert!(events.iter().all(|e| e.raw.is_some()));
+    let k = kinds(&events);
+    assert_eq!(k.len(), 9, "{k:#?}");
+    assert_eq!(
+        k[0],
+        &EventKind::Init {
+            conversation_id: SESSION.into(),
+            model: String::new(),
+            tools: Vec::new(),
+            agent_version: String::new(),
+        }
+    );
+    // The stand-in init comes from the first line, which is also a step start.
+    assert_eq!(events[0].raw, events[1].raw);
+    assert_eq!(
+        k[1],
+        &EventKind::Other {
+            r#type: "step_start".into()
+        }
+    );
+    assert_eq!(
+        k[2],
+        &EventKind::Text {
+            text: "Creating hello.py.".into()
+        }
+    );
+    match k[3] {
+        EventKind::ToolCall {
+            id,
+            name,
+            input_json,
+        } => {
+            assert_eq!(id, "call_ad58b6ee699142fdaccf2f3e");
+            assert_eq!(name, "write");
+            let input: Value = serde_json::from_str(input_json).unwrap();
+            assert_eq!(input["filePath"], "/var/lib/agentd/ws/s4/hello.py");
+            assert_eq!(input["content"], "print('hello from mock')\n");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        k[4],
+        &EventKind::ToolResult {
+            id: "call_ad58b6ee699142fdaccf2f3e".into(),
+            is_error: false,
+            content: "Wrote file successfully.".into()
+        }
+    );
+    let step = Usage {
+        input_tokens: 100,
+        output_tokens: 20,
+        cost_usd: Some(0.0),
+        num_turns: 1,
+        ..Usage::default()
+    };
+    assert_eq!(k[5], &EventKind::Usage(step));
+    assert_eq!(
+        k[6],
+        &EventKind::Other {
+            r#type: "step_start".into()
+        }
+    );
+    assert_eq!(
+        k[7],
+        &EventKind::Text {
+            text: "Done.".into()
+        }
+    );
+    // Usage events carry the totals so far.
+    let total = Usage {
+        input_tokens: 200,
+        output_tokens: 40,
+        cost_usd: Some(0.0),
+        num_turns: 2,
+        ..Usage::default()
+    };
+    assert_eq!(k[8], &EventKind::Usage(total.clone()));
+    assert_eq!(
+        summary,
+        Summary {
+            conversation_id: Some(SESSION.into()),
+            result: Some("Done.".into()),
+            error: None,
+            usage: total,
+        }
+    );
+}
+
+#[test]
+fn parses_a_model_error_in_opencode_words() {
+    let (events, summary) = parse_all(ERROR_500);
+    let k = kinds(&events);
+    assert_eq!(k.len(), 2, "{k:#?}");
+    assert!(
+        matches!(k[0], EventKind::Init { conversation_id, .. } if conversation_id == "ses_dfef2285dffefwZxA6lobdoBDJ")
+    );
+    assert_eq!(
+        k[1],
+        &EventKind::Other {
+            r#type: "error".into()
+        }
+    );
+    assert_eq!(summary.error.as_deref(), Some("mock internal error"));
+    assert_eq!(summary.result, None);
+    assert_eq!(
+        summary.conversation_id.as_deref(),
+        Some("ses_dfef2285dffefwZxA6lobdoBDJ")
+    );
+}
+
+#[test]
+fn a_failed_tool_is_an_error_result_with_its_message() {
+    let mut p = OpencodeParser::default();
+    let out = p.parse_line(
+        r#"{"type":"tool_use","sessionID":"ses_1","part":{"type":"tool","tool":"bash","callID":"c9","state":{"status":"error","input":{"command":"false"},"error":"Command failed with exit code 1"}}}"#,
+        false,
+    );
+    assert_eq!(
+        kinds(&out),
+        [
+            &EventKind::Init {
+                conversation_id: "ses_1".into(),
+                model: String::new(),
+                tools: Vec::new(),
+                agent_version: String::new(),
+            },
+            &EventKind::ToolCall {
+                id: "c9".into(),
+                name: "bash".into(),
+                input_json: r#"{"command":"false"}"#.into()
+            },
+            &EventKind::ToolResult {
+                id: "c9".into(),
+                is_error: true,
+                content: "Command failed with exit code 1".into()
+            }
+        ]
+    );
+    // Init only once per run.
+    let out = p.parse_line(
+        r#"{"type":"reasoning","sessionID":"ses_1","part":{}}"#,
+        false,
+    );
+    assert_eq!(
+        kinds(&out),
+        [&EventKind::Other {
+            r#type: "reasoning".into()
+        }]
+    );
+    // An error without data falls back to its name.
+    p.parse_line(r#"{"type":"error","error":{"name":"UnknownError"}}"#, false);
+    assert_eq!(p.summary().error.as_deref(), Some("UnknownError"));
+}
+
+#[test]
+fn odd_lines_become_unparsed_or_other() {
+    let mut p = OpencodeParser::default();
+    let cut = &STREAM.lines().next().unwrap()[..80];
+    assert_eq!(
+        p.parse_line(cut, true),
+        [Parsed {
+            kind: EventKind::Unparsed {
+                line: cut.into(),
+                truncated: true
+            },
+            raw: None
+        }]
+    );
+    for line in ["INFO  service=bus", "1", "{}", r#"{"type":null}"#] {
+        assert!(
+            matches!(&p.parse_line(line, false)[..], [Parsed { kind: EventKind::Unparsed { line: l, .. }, raw: None }] if l == line),
+            "{line}"
+        );
+    }
+    assert!(p.parse_line(" ", false).is_empty());
+    // Fields of the wrong type degrade to defaults; a missing cost stays unreported.
+    let out = p.parse_line(
+        r#"{"type":"step_finish","part":{"tokens":{"input":"5","cache":3}}}"#,
+        false,
+    );
+    assert_eq!(
+        out[0].kind,
+        EventKind::Usage(Usage {
+            num_turns: 1,
+            ..Usage::default()
+        })
+    );
+    let out = p.parse_line(r#"{"type":"text","part":null}"#, false);
+    assert_eq!(
+        out[0].kind,
+        EventKind::Text {
+            text: String::new()
+        }
+    );
+    assert_eq!(p.summary().conversation_id, None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_any_line(line in "\\PC*", truncated: bool) {
+        let mut p = OpencodeParser::default();
+        let _ = p.parse_line(&line, truncated);
+        let _ = p.summary();
+    }
+
+    #[test]
+    fn never_panics_on_json_shaped_lines(
+        ty in "(step_start|text|tool_use|step_finish|error|reasoning|x)",
+        val in "(null|1|\"s\"|\\{\\}|\\[\\]|-1.5)",
+    ) {
+        let line = format!(
+            r#"{{"type":"{ty}","sessionID":{val},"error":{val},"part":{{"text":{val},"callID":{val},"tool":{val},"state":{{"status":{val},"input":{val},"output":{val},"error":{val}}},"tokens":{{"input":{val},"cache":{val}}},"cost":{val}}}}}"#
+        );
+        let mut p = OpencodeParser::default();
+        let _ = p.parse_line(&line, false);
+        let _ = p.summary();
+    }
+}

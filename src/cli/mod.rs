@@ -1,0 +1,339 @@
+//! The client half of the `agentd` binary: `run`, `sessions`, `jobs`, `files` and `agents`.
+//! It owns the command line of those subcommands, the connection to a server (target, API key),
+//! rendering a job's events for a person or as JSON lines, streamed uploads and downloads, and the
+//! mapping of every failure to a documented exit code ([`exit`]).
+//!
+//! It talks to the server only through the generated clients in [`crate::pb`], like any other
+//! client would; it shares no state with the server modules.
+
+mod commands;
+mod conn;
+mod render;
+mod transfer;
+
+pub use conn::CliError;
+
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes of the client subcommands. Stable: scripts switch on them.
+pub mod exit {
+    /// Success (for `run` and `jobs logs -f`: the job succeeded).
+    pub const OK: i32 = 0;
+    /// The job failed, was cancelled or timed out.
+    pub const JOB_FAILED: i32 = 1;
+    /// Usage error: bad flags or arguments, or a request the server rejected as invalid.
+    pub const USAGE: i32 = 2;
+    /// The server could not be reached, or the connection broke for good.
+    pub const UNAVAILABLE: i32 = 3;
+    /// Not found, or not allowed (wrong or missing API key).
+    pub const NOT_FOUND: i32 = 4;
+    /// The server refused the request for another reason: a limit, a state that does not allow
+    /// it, an internal error; or a local file could not be read or written.
+    pub const OTHER: i32 = 5;
+    /// Interrupted by a second Ctrl-C.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Help text shared by the client subcommands.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+    0  success (run, jobs logs -f: the job succeeded)
+    1  the job failed, was cancelled or timed out
+    2  usage error, or the server rejected the request as invalid
+    3  the server is unreachable or the connection broke for good
+    4  not found, or not allowed (missing or wrong API key)
+    5  other refusal (limits, job state, server error) or a local file error
+  130  interrupted";
+
+/// Where the server is and how to authenticate; accepted by every client subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server URL (plaintext h2c).
+    #[arg(
+        long,
+        env = "AGENTD_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// API key, sent as `authorization: Bearer <key>`.
+    #[arg(long, env = "AGENTD_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Print one JSON object per line instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The client subcommands, flattened into the binary's top-level command.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a session from a directory, run a prompt in it, stream what the agent does and
+    /// download what it changed.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(Box<RunArgs>),
+    /// List, show, create or delete sessions.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Sessions {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// List, show or cancel jobs, and print or follow their events.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Jobs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// List, download, upload or delete files of a session's workspace.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Files {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
+    /// Show the agents (and limits) the server offers.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Agents {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `agentd run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Directory uploaded into a new session before the job runs (streamed, recursively;
+    /// symlinks and special files are skipped). Without it the session starts empty.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Run in this existing session instead of creating one (`--dir` is then uploaded into it).
+    #[arg(long, value_name = "SESSION_ID")]
+    pub session: Option<String>,
+    /// Download the files the job added or modified into this directory when it succeeds
+    /// (it may be the same as `--dir`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Skip files and directories with this name when uploading `--dir` (repeatable), e.g. `.git`.
+    #[arg(long, value_name = "NAME")]
+    pub exclude: Vec<String>,
+    /// Agent profile; the server's default when absent (see `agentd agents`).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Model passed to the agent.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Job timeout in seconds; the server default when absent.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u32>,
+    /// Maximum number of agent turns.
+    #[arg(long)]
+    pub max_turns: Option<u32>,
+    /// Tool the agent may use without asking (repeatable), e.g. `Bash`, `Write`.
+    #[arg(long = "allowed-tool", value_name = "TOOL")]
+    pub allowed_tools: Vec<String>,
+    /// Agent permission mode, e.g. `acceptEdits`.
+    #[arg(long)]
+    pub permission_mode: Option<String>,
+    /// Text appended to the agent's system prompt.
+    #[arg(long)]
+    pub append_system_prompt: Option<String>,
+    /// Extra environment variable for the agent, `NAME=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+    /// Session time to live in seconds (new sessions only).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u32>,
+    /// Session label `KEY=VALUE` (repeatable; new sessions only).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// Submit the job, print its id and return without waiting.
+    #[arg(long)]
+    pub detach: bool,
+    /// The prompt.
+    pub prompt: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions, newest first.
+    Ls {
+        /// Only sessions with this label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        labels: Vec<(String, String)>,
+    },
+    /// Show one session.
+    Get { session_id: String },
+    /// Create a session, optionally uploading a directory into it; prints its id.
+    Create {
+        /// Directory to upload (recursively).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Skip files and directories with this name (repeatable).
+        #[arg(long, value_name = "NAME")]
+        exclude: Vec<String>,
+        /// Time to live in seconds.
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u32>,
+        /// Label `KEY=VALUE` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        labels: Vec<(String, String)>,
+    },
+    /// Delete a session (cancels its jobs, removes its workspace).
+    Rm { session_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List a session's jobs, newest first.
+    Ls {
+        session_id: String,
+        /// Only jobs in this state (repeatable): queued, running, succeeded, failed, cancelled,
+        /// timed_out.
+        #[arg(long = "state", value_parser = parse_state)]
+        states: Vec<i32>,
+    },
+    /// Show one job.
+    Get { job_id: String },
+    /// Cancel a queued or running job.
+    Cancel { job_id: String },
+    /// Print a job's stored events; with `-f`, follow them until the job ends (reconnecting
+    /// from the last event seen when the connection breaks).
+    Logs {
+        job_id: String,
+        /// Follow until the job finishes; the exit code then tells how it ended.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after this seq.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        after_seq: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// List the files under a directory of the workspace, recursively.
+    Ls {
+        session_id: String,
+        /// Directory inside the workspace; the root when absent.
+        #[arg(default_value = "")]
+        path: String,
+        /// Also show each file's SHA-256.
+        #[arg(long)]
+        sha256: bool,
+    },
+    /// Download one file (`-o -` writes it to stdout).
+    Get {
+        session_id: String,
+        /// Path inside the workspace.
+        path: String,
+        /// Local destination; the file's name in the current directory when absent.
+        #[arg(short, long, value_name = "DEST")]
+        output: Option<PathBuf>,
+    },
+    /// Upload a local file or directory (recursively, streamed).
+    Put {
+        session_id: String,
+        /// Local file or directory.
+        local: PathBuf,
+        /// Destination path inside the workspace: the file's path, or the directory to upload
+        /// into. The file's name (or the workspace root for a directory) when absent.
+        remote: Option<String>,
+        /// Skip files and directories with this name (repeatable).
+        #[arg(long, value_name = "NAME")]
+        exclude: Vec<String>,
+    },
+    /// Delete a file, or a directory with `-r`.
+    Rm {
+        session_id: String,
+        path: String,
+        /// Delete a non-empty directory.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+fn parse_state(s: &str) -> Result<i32, String> {
+    use crate::pb::JobState;
+    let st = match s.to_ascii_lowercase().replace('-', "_").as_str() {
+        "queued" => JobState::Queued,
+        "running" => JobState::Running,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" | "canceled" => JobState::Cancelled,
+        "timed_out" => JobState::TimedOut,
+        _ => {
+            return Err(format!(
+                "unknown state {s:?}: use queued, running, succeeded, failed, cancelled or timed_out"
+            ));
+        }
+    };
+    Ok(st as i32)
+}
+
+/// Runs a client subcommand to completion and returns the process exit code. Errors are printed
+/// to stderr here (as a JSON line with `--json`).
+pub fn main(cmd: ClientCommand) -> i32 {
+    let json = match &cmd {
+        ClientCommand::Run(a) => a.client.json,
+        ClientCommand::Sessions { client, .. }
+        | ClientCommand::Jobs { client, .. }
+        | ClientCommand::Files { client, .. }
+        | ClientCommand::Agents { client } => client.json,
+    };
+    // One thread is plenty for a client, and keeps it light on a busy machine.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentd: cannot start the tokio runtime: {e}");
+            return exit::OTHER;
+        }
+    };
+    match rt.block_on(commands::dispatch(cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                eprintln!("{}", e.to_json());
+            } else {
+                eprintln!("agentd: {e}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_and_states_parse() {
+        assert_eq!(
+            parse_pair("A=b=c").unwrap(),
+            ("A".to_owned(), "b=c".to_owned())
+        );
+        assert!(parse_pair("=x").is_err());
+        assert!(parse_pair("novalue").is_err());
+        assert_eq!(
+            parse_state("timed-out").unwrap(),
+            crate::pb::JobState::TimedOut as i32
+        );
+        assert!(parse_state("done").unwrap_err().contains("\"done\""));
+    }
+}

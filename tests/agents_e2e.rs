@@ -1,0 +1,673 @@
+//! End-to-end tests with the genuine agent CLIs: the real agentd binary runs Claude Code, Codex,
+//! OpenCode and Gemini CLI, installed by `scripts/install-agents` into `.cache/agents`, each CLI
+//! talking to `tests/fixtures/mock-model`, a scripted model server on 127.0.0.1. The CLIs really
+//! run their own tools in the session workspace; the mock only decides what the "model" says (see
+//! the prompt language at the top of that script). Nothing here reaches the internet except what
+//! a CLI itself does on a fresh HOME (OpenCode asks the npm registry for plugin metadata).
+//!
+//! Every scenario is one test per agent: a file written through the agent's own tool shows up in
+//! GetJobOutputs, a shell command really runs, the second job of a session continues the first
+//! one's conversation, an HTTP 500 fails the job with the agent's message (in seconds: retries are
+//! off in the profiles), a cancel during a long tool call leaves no process behind, and max turns
+//! is honoured or refused as an unsupported option. At most `AGENTS_E2E_PARALLEL` (default 2)
+//! scenarios run at once: each starts a heavyweight CLI.
+
+mod common;
+
+use agentd::pb;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Longest a single scenario may take before it fails instead of hanging the suite.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(240);
+/// Job timeout asked of agentd: generous, the CLIs start slowly on a loaded machine.
+const JOB_TIMEOUT_SECONDS: u32 = 180;
+
+static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let n = std::env::var("AGENTS_E2E_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
+    Arc::new(Semaphore::new(n))
+});
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The installed CLI, or a failure that says how to install it.
+fn cli(bin: &str) -> PathBuf {
+    let path = root().join(".cache/agents/node_modules/.bin").join(bin);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-agents first (scripts/test runs it) to install the \
+         genuine agent CLIs into .cache/agents",
+        path.display()
+    );
+    path
+}
+
+/// One agent under test: how its profile is written and what it can do.
+struct Agent {
+    /// Profile name and kind.
+    name: &'static str,
+    bin: &'static str,
+    /// The `[agents.<name>]` table pointing the CLI at the mock at `base` (`http://127.0.0.1:P`).
+    profile: fn(cli: &Path, base: &str) -> String,
+    /// Text the failed job's error must contain after an HTTP 500 (`None`: any, the CLI words it
+    /// its own way).
+    error_500_text: Option<&'static str>,
+    /// The `sleep <n>` argument of this agent's cancel test, unique across the test suites so
+    /// that `common::sleepers` sees only this test's tool process.
+    sleep_secs: &'static str,
+    /// Whether the agent honours `max_turns` (otherwise submit must refuse it).
+    max_turns: bool,
+}
+
+fn toml_str(s: &str) -> String {
+    // TOML basic strings share JSON's escapes for everything that can occur here.
+    serde_json::to_string(s).expect("string")
+}
+
+static CLAUDE: Agent = Agent {
+    name: "claude",
+    bin: "claude",
+    profile: |cli, base| {
+        format!(
+            "[agents.claude]\nkind = \"claude\"\ncommand = {}\n\
+             [agents.claude.env]\n\
+             ANTHROPIC_BASE_URL = {}\n\
+             ANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
+             CLAUDE_CODE_MAX_RETRIES = \"0\"\n",
+            toml_str(&cli.to_string_lossy()),
+            toml_str(base)
+        )
+    },
+    error_500_text: Some("mock model failure 500"),
+    sleep_secs: "3601",
+    max_turns: true,
+};
+
+static CODEX: Agent = Agent {
+    name: "codex",
+    bin: "codex",
+    profile: |cli, base| {
+        // Codex reads its provider from its own config.toml (written into the session's
+        // CODEX_HOME by the adapter); `env_key` names the variable holding the key.
+        let config = format!(
+            "model = \"mock-model\"\n\
+             model_provider = \"mock\"\n\
+             [model_providers.mock]\n\
+             name = \"mock\"\n\
+             base_url = \"{base}/v1\"\n\
+             env_key = \"MOCK_API_KEY\"\n\
+             wire_api = \"responses\"\n\
+             request_max_retries = 0\n\
+             stream_max_retries = 0\n"
+        );
+        format!(
+            "[agents.codex]\nkind = \"codex\"\ncommand = {}\nconfig = {}\n\
+             [agents.codex.env]\nMOCK_API_KEY = \"sk-codex-e2e-mock-key\"\n",
+            toml_str(&cli.to_string_lossy()),
+            toml_str(&config)
+        )
+    },
+    // Codex words every HTTP 500 its own way ("We're currently experiencing high demand…").
+    error_500_text: None,
+    sleep_secs: "3602",
+    max_turns: false,
+};
+
+static OPENCODE: Agent = Agent {
+    name: "opencode",
+    bin: "opencode",
+    profile: |cli, base| {
+        let config = serde_json::json!({
+            "$schema": "https://opencode.ai/config.json",
+            "provider": {
+                "mock": {
+                    "npm": "@ai-sdk/openai-compatible",
+                    "name": "Mock",
+                    "options": { "baseURL": format!("{base}/v1"), "apiKey": "{env:MOCK_API_KEY}" },
+                    "models": { "mock-model": { "name": "Mock", "tool_call": true } }
+                }
+            },
+            "model": "mock/mock-model",
+            "permission": { "edit": "allow", "bash": "allow" },
+            "autoupdate": false,
+            "share": "disabled"
+        });
+        format!(
+            "[agents.opencode]\nkind = \"opencode\"\ncommand = {}\nconfig = {}\n\
+             [agents.opencode.env]\nMOCK_API_KEY = \"sk-opencode-e2e-mock-key\"\n",
+            toml_str(&cli.to_string_lossy()),
+            toml_str(&config.to_string())
+        )
+    },
+    error_500_text: Some("mock model failure 500"),
+    sleep_secs: "3603",
+    max_turns: false,
+};
+
+static GEMINI: Agent = Agent {
+    name: "gemini",
+    bin: "gemini",
+    profile: |cli, base| {
+        // `general.maxAttempts = 1` turns Gemini CLI's retries off.
+        let settings = serde_json::json!({
+            "security": {
+                "auth": { "selectedType": "gemini-api-key" },
+                "folderTrust": { "enabled": false }
+            },
+            "general": {
+                "maxAttempts": 1,
+                "enableAutoUpdate": false,
+                "enableAutoUpdateNotification": false
+            },
+            "privacy": { "usageStatisticsEnabled": false }
+        });
+        format!(
+            "[agents.gemini]\nkind = \"gemini\"\ncommand = {}\n\
+             args = [\"--model\", \"mock-model\"]\nconfig = {}\n\
+             [agents.gemini.env]\nGEMINI_API_KEY = \"gemini-e2e-mock-key\"\n\
+             GOOGLE_GEMINI_BASE_URL = {}\n",
+            toml_str(&cli.to_string_lossy()),
+            toml_str(&settings.to_string()),
+            toml_str(base)
+        )
+    },
+    error_500_text: Some("mock model failure 500"),
+    sleep_secs: "3604",
+    max_turns: false,
+};
+
+/// A running mock model server; killed on drop (it also exits when its stdin closes).
+struct Mock {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Mock {
+    fn start(dir: &Path) -> Mock {
+        let log = dir.join("mock-model.log");
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/fixtures/mock-model"))
+            .arg("--port")
+            .arg("0")
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/fixtures/mock-model with python3");
+        let stdout = child.stdout.take().expect("mock stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read mock banner");
+        let addr = line
+            .trim()
+            .strip_prefix("mock-model listening on ")
+            .unwrap_or_else(|| panic!("unexpected mock banner {line:?}"))
+            .to_owned();
+        Mock {
+            child,
+            base: format!("http://{addr}"),
+            log,
+        }
+    }
+
+    /// The requests the mock saw, one JSON object per line (for failure messages).
+    fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One scenario's world: a mock, an agentd configured for the agent, a client and a session.
+struct World {
+    agent: &'static Agent,
+    c: Clients,
+    session: String,
+    server: TestServer,
+    mock: Mock,
+    _dir: tempfile::TempDir,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl World {
+    async fn new(agent: &'static Agent) -> World {
+        let cli = cli(agent.bin);
+        let slot = SLOTS.clone().acquire_owned().await.expect("semaphore");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mock = Mock::start(dir.path());
+        let config = dir.path().join("agentd.toml");
+        std::fs::write(&config, (agent.profile)(&cli, &mock.base)).expect("write config");
+        let server = TestServer::start_with(Options {
+            args: vec!["--config".into(), config.to_string_lossy().into_owned()],
+            env: Vec::new(),
+        });
+        let mut c = server.clients(KEY_A).await;
+        let session = c
+            .create_session(&[("README.md", b"# e2e\n")])
+            .await
+            .session_id;
+        World {
+            agent,
+            c,
+            session,
+            server,
+            mock,
+            _dir: dir,
+            _slot: slot,
+        }
+    }
+
+    fn request(&self, prompt: &str) -> pb::SubmitJobRequest {
+        pb::SubmitJobRequest {
+            session_id: self.session.clone(),
+            agent: self.agent.name.into(),
+            prompt: prompt.into(),
+            timeout_seconds: JOB_TIMEOUT_SECONDS,
+            ..Default::default()
+        }
+    }
+
+    async fn submit(&mut self, req: pb::SubmitJobRequest) -> Result<pb::Job, tonic::Status> {
+        self.c
+            .jobs
+            .submit_job(req)
+            .await
+            .map(|r| r.into_inner().job.expect("job"))
+    }
+
+    /// Submits, waits for the final event and returns the finished job with its events.
+    async fn run(&mut self, prompt: &str) -> (pb::Job, Vec<pb::JobEvent>) {
+        let job = self
+            .submit(self.request(prompt))
+            .await
+            .unwrap_or_else(|st| panic!("submit {prompt:?} to {}: {st:?}", self.agent.name));
+        self.finish(&job.job_id).await
+    }
+
+    async fn finish(&mut self, job_id: &str) -> (pb::Job, Vec<pb::JobEvent>) {
+        let events = self.c.events(job_id, 0).await;
+        (self.c.get_job(job_id).await, events)
+    }
+
+    /// Everything worth seeing when an assertion fails.
+    fn explain(&self, job: &pb::Job, events: &[pb::JobEvent]) -> String {
+        let mut out = format!(
+            "agent {}: state {:?}, error {:?}, result {:?}\nevents:\n",
+            self.agent.name,
+            pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified),
+            job.error_message,
+            job.result
+        );
+        for e in events {
+            let detail = match &e.kind {
+                Some(pb::job_event::Kind::Text(t)) => t.text.clone(),
+                Some(pb::job_event::Kind::ToolCall(t)) => format!("{} {}", t.name, t.input_json),
+                Some(pb::job_event::Kind::ToolResult(t)) => {
+                    format!("error={} {}", t.is_error, t.content)
+                }
+                Some(pb::job_event::Kind::Stderr(l)) | Some(pb::job_event::Kind::Unparsed(l)) => {
+                    l.line.clone()
+                }
+                Some(pb::job_event::Kind::Other(o)) => o.r#type.clone(),
+                Some(pb::job_event::Kind::Finished(f)) => {
+                    format!("{:?} {}", f.state, f.error_message)
+                }
+                _ => String::new(),
+            };
+            let detail: String = detail.chars().take(300).collect();
+            out.push_str(&format!("  {:>3} {:<11} {detail}\n", e.seq, kind(e)));
+        }
+        out.push_str("mock requests:\n");
+        for line in self.mock.requests().lines() {
+            let line: String = line.chars().take(400).collect();
+            out.push_str(&format!("  {line}\n"));
+        }
+        out
+    }
+
+    fn expect_state(&self, job: &pb::Job, events: &[pb::JobEvent], state: pb::JobState) {
+        assert_eq!(
+            job.state,
+            state as i32,
+            "expected {state:?}\n{}",
+            self.explain(job, events)
+        );
+        assert_eq!(
+            events.last().map(kind),
+            Some("finished"),
+            "{}",
+            self.explain(job, events)
+        );
+    }
+}
+
+/// Runs a scenario within [`SCENARIO_LIMIT`] (the wait for a slot in [`World::new`] is not
+/// counted).
+async fn scenario<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(SCENARIO_LIMIT, f)
+        .await
+        .expect("scenario took longer than its limit");
+}
+
+fn tool_calls(events: &[pb::JobEvent]) -> Vec<pb::ToolCall> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::ToolCall(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tool_results(events: &[pb::JobEvent]) -> Vec<pb::ToolResult> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::ToolResult(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Live processes whose working directory is under `dir` (zombies have none, so are not listed).
+fn processes_in(dir: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+            continue;
+        };
+        if cwd.starts_with(dir) {
+            let cmd = std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------------
+// Scenarios, written once for every agent.
+
+async fn writes_a_file_seen_in_job_outputs(mut w: World) {
+    let agent = w.agent;
+    let text = format!("written by {} through its own tool", agent.name);
+    let (job, events) = w.run(&format!("write e2e-note.txt {text}")).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    // Whichever agent runs, the stream has the same shape.
+    let kinds: Vec<&str> = events.iter().map(kind).collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{why}");
+    for k in ["init", "text", "tool_call", "tool_result", "usage"] {
+        assert!(kinds.contains(&k), "no {k} event\n{why}");
+    }
+    let usage = job.usage.unwrap_or_default();
+    assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{why}");
+    assert!(
+        tool_calls(&events)
+            .iter()
+            .any(|t| t.input_json.contains("e2e-note.txt")),
+        "no tool call names the file\n{why}"
+    );
+    assert!(!tool_results(&events).is_empty(), "no tool result\n{why}");
+    assert!(job.result.starts_with("Done."), "{why}");
+    assert!(!job.conversation_id.is_empty(), "{why}");
+
+    let content =
+        w.c.download(&w.session, "e2e-note.txt")
+            .await
+            .expect("download");
+    assert_eq!(String::from_utf8_lossy(&content), format!("{text}\n"));
+    let outputs =
+        w.c.files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: w.session.clone(),
+                job_id: job.job_id.clone(),
+            })
+            .await
+            .expect("outputs")
+            .into_inner();
+    let paths: Vec<(&str, i32)> = outputs
+        .changes
+        .iter()
+        .map(|c| (c.path.as_str(), c.kind))
+        .collect();
+    assert!(
+        paths.contains(&("e2e-note.txt", pb::ChangeKind::Added as i32)),
+        "{paths:?}\n{why}"
+    );
+}
+
+async fn runs_a_shell_command(mut w: World) {
+    // The output appears only if a shell really ran printf (the command text never contains it).
+    // No `$(…)`: Gemini CLI refuses substitutions.
+    let (job, events) = w.run("bash printf 'shell-says-%d\\n' 42").await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    assert!(
+        tool_calls(&events)
+            .iter()
+            .any(|t| t.input_json.contains("shell-says-")),
+        "no tool call carries the command\n{why}"
+    );
+    // Some CLIs report the output in their tool result event, all of them send it to the model,
+    // which quotes it in its final answer.
+    let seen = tool_results(&events)
+        .iter()
+        .any(|r| r.content.contains("shell-says-42"))
+        || job.result.contains("shell-says-42");
+    assert!(seen, "the command's output never came back\n{why}");
+}
+
+async fn second_job_continues_the_conversation(mut w: World) {
+    let agent = w.agent;
+    let word = format!("pineapple-{}", agent.name);
+    let (first, events) = w.run(&format!("remember {word}")).await;
+    w.expect_state(&first, &events, pb::JobState::Succeeded);
+    assert_eq!(first.result, format!("I will remember {word}."));
+    assert!(
+        !first.conversation_id.is_empty(),
+        "{}",
+        w.explain(&first, &events)
+    );
+
+    let (second, events) = w.run("recall").await;
+    w.expect_state(&second, &events, pb::JobState::Succeeded);
+    let why = w.explain(&second, &events);
+    let started = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Started(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("started event");
+    assert_eq!(
+        started.resumed_conversation_id, first.conversation_id,
+        "{why}"
+    );
+    // The mock answers from the request alone: the word is only there if the CLI resent the
+    // first turn.
+    assert_eq!(
+        second.result,
+        format!("You asked me to remember {word}."),
+        "{why}"
+    );
+}
+
+async fn model_error_fails_the_job_with_the_agents_message(mut w: World) {
+    let agent = w.agent;
+    let t0 = Instant::now();
+    let (job, events) = w.run("error 500").await;
+    w.expect_state(&job, &events, pb::JobState::Failed);
+    let why = w.explain(&job, &events);
+    assert!(!job.error_message.is_empty(), "{why}");
+    if let Some(text) = agent.error_500_text {
+        assert!(job.error_message.contains(text), "{why}");
+    }
+    // Retries are off: a failing model must not keep the job for minutes.
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}\n{why}",
+        t0.elapsed()
+    );
+}
+
+async fn cancel_during_a_long_tool_call_leaves_no_process(mut w: World) {
+    let agent = w.agent;
+    let job = w
+        .submit(w.request(&format!("sleep-tool {}", agent.sleep_secs)))
+        .await
+        .expect("submit");
+    // Wait for the tool's process, but stop waiting as soon as the job ends without it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sleepers(agent.sleep_secs).is_empty() {
+        let now = w.c.get_job(&job.job_id).await;
+        let finished =
+            ![pb::JobState::Queued as i32, pb::JobState::Running as i32].contains(&now.state);
+        if finished || Instant::now() > deadline {
+            let events = w.c.events(&job.job_id, 0).await;
+            let now = w.c.get_job(&job.job_id).await;
+            panic!(
+                "the tool never started `sleep {}`\n{}",
+                agent.sleep_secs,
+                w.explain(&now, &events)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.c.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Cancelled);
+    let data_dir = w.server.data_dir.clone();
+    let gone = eventually(Duration::from_secs(10), || {
+        sleepers(agent.sleep_secs).is_empty() && processes_in(&data_dir).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "left behind: sleepers {:?}, processes in the data dir {:?}",
+        sleepers(agent.sleep_secs),
+        processes_in(&data_dir)
+    );
+}
+
+async fn max_turns_is_honoured_or_refused_as_unsupported(mut w: World) {
+    let agent = w.agent;
+    // A tool call ends the first turn; the answer to its result would be the second.
+    let req = pb::SubmitJobRequest {
+        max_turns: 1,
+        ..w.request("bash echo first-turn")
+    };
+    let submitted = w.submit(req).await;
+    if !agent.max_turns {
+        let st =
+            submitted.expect_err("max_turns must be refused by an agent that cannot honour it");
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        assert_eq!(reason(&st), "UNSUPPORTED_OPTION", "{st:?}");
+        assert!(
+            st.message().contains("max_turns") && st.message().contains(agent.name),
+            "{st:?}"
+        );
+        return;
+    }
+    let job = submitted.expect("submit with max_turns");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Failed);
+    let why = w.explain(&job, &events);
+    assert!(
+        job.error_message.to_lowercase().contains("turns"),
+        "the error should say the turn limit was reached\n{why}"
+    );
+    // The tool of the first turn ran; the model was not asked a second time.
+    assert_eq!(tool_calls(&events).len(), 1, "{why}");
+    assert!(!job.result.starts_with("Done."), "{why}");
+}
+
+macro_rules! agent_tests {
+    ($module:ident, $agent:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn writes_a_file_seen_in_job_outputs() {
+                scenario(super::writes_a_file_seen_in_job_outputs(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn runs_a_shell_command() {
+                scenario(super::runs_a_shell_command(World::new(&$agent).await)).await;
+            }
+
+            #[tokio::test]
+            async fn second_job_continues_the_conversation() {
+                scenario(super::second_job_continues_the_conversation(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn model_error_fails_the_job_with_the_agents_message() {
+                scenario(super::model_error_fails_the_job_with_the_agents_message(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn cancel_during_a_long_tool_call_leaves_no_process() {
+                scenario(super::cancel_during_a_long_tool_call_leaves_no_process(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn max_turns_is_honoured_or_refused_as_unsupported() {
+                scenario(super::max_turns_is_honoured_or_refused_as_unsupported(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+        }
+    };
+}
+
+agent_tests!(claude, CLAUDE);
+agent_tests!(codex, CODEX);
+agent_tests!(opencode, OPENCODE);
+agent_tests!(gemini, GEMINI);
