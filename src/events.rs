@@ -45,16 +45,17 @@ pub enum StreamItem {
 }
 
 impl EventLog {
-    /// Starts the writer task. It runs until every `EventLog` handle is dropped, so writes made
-    /// during shutdown (final job states) still land; the tracker waits for it.
-    pub fn start(store: DynStore, tracker: &TaskTracker) -> Arc<EventLog> {
+    /// Starts the writer task. It runs until `stop` fires (the last step of shutdown, after every
+    /// job has stored its final state) or every handle is dropped, and commits whatever is queued
+    /// before it ends; the tracker waits for it.
+    pub fn start(store: DynStore, tracker: &TaskTracker, stop: CancellationToken) -> Arc<EventLog> {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let log = Arc::new(EventLog {
             store,
             tx,
             watchers: Mutex::new(HashMap::new()),
         });
-        tracker.spawn(writer(Arc::downgrade(&log), log.store.clone(), rx));
+        tracker.spawn(writer(Arc::downgrade(&log), log.store.clone(), rx, stop));
         log
     }
 
@@ -184,9 +185,21 @@ async fn writer(
     log: std::sync::Weak<EventLog>,
     store: DynStore,
     mut rx: mpsc::Receiver<WriteRequest>,
+    stop: CancellationToken,
 ) {
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n,
+            _ = stop.cancelled() => {
+                // Refuse new writes, but commit what is already queued.
+                rx.close();
+                rx.recv_many(&mut batch, 256).await
+            }
+        };
+        if n == 0 {
+            break;
+        }
         let mut writes = Vec::with_capacity(batch.len());
         let mut waiters = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {

@@ -55,6 +55,9 @@ pub enum ServeError {
     },
 }
 
+/// How long open calls get to finish once the transport stops accepting new ones.
+const TRANSPORT_DRAIN: Duration = Duration::from_secs(5);
+
 /// Largest CreateSession request (inline files); other requests keep tonic's 4 MiB default.
 pub const MAX_CREATE_SESSION_BYTES: usize = 64 << 20;
 
@@ -355,9 +358,22 @@ pub async fn serve(
     // ... then refuse new work, stop the scheduler, cancel running jobs and record their final
     // states, and let streams deliver those final events ...
     core.drain().await;
-    // ... then stop the transport (in-flight calls finish) ...
+    // ... then stop the transport: in-flight calls get a bounded time to finish (job streams
+    // already have their final event; a health Watch or a client that never hangs up would keep a
+    // graceful shutdown waiting forever), then remaining connections are dropped ...
     let _ = server_stop.send(());
-    let served = server.await;
+    let mut server = server;
+    let served = match tokio::time::timeout(TRANSPORT_DRAIN, &mut server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                "open calls did not end within {}s of shutdown; closing their connections",
+                TRANSPORT_DRAIN.as_secs()
+            );
+            server.abort();
+            Ok(Ok(()))
+        }
+    };
     // ... then background tasks, and finally the event log writer and the store.
     shutdown.trigger();
     drop(core);

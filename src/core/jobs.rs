@@ -228,6 +228,13 @@ impl Core {
     }
 
     pub(super) async fn owned_job(&self, tenant: &TenantId, id: &str) -> Result<Job> {
+        if id.is_empty() {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "job_id",
+                "job_id is required",
+            ));
+        }
         let parsed = JobId::parse(id).ok_or_else(|| Error::job_not_found(id))?;
         match self.store.get_job(&parsed).await? {
             Some(j) if &j.tenant == tenant => Ok(j),

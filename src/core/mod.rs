@@ -95,7 +95,7 @@ impl Core {
                 max_file_bytes: config.limits.max_file_bytes,
             },
         );
-        let events = EventLog::start(store.clone(), shutdown.tracker());
+        let events = EventLog::start(store.clone(), shutdown.tracker(), shutdown.token().clone());
         let agents = info::probe_all(config.agents.values()).await;
         for a in &agents {
             if a.available {

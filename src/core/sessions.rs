@@ -124,6 +124,13 @@ impl Core {
     }
 
     pub(super) async fn owned_session(&self, tenant: &TenantId, id: &str) -> Result<Session> {
+        if id.is_empty() {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "session_id",
+                "session_id is required",
+            ));
+        }
         let parsed = SessionId::parse(id).ok_or_else(|| Error::session_not_found(id))?;
         self.store
             .get_session(tenant, &parsed)
