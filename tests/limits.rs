@@ -268,3 +268,44 @@ async fn tenant_rate_limit_answers_resource_exhausted_with_retry_info() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn api_keys_from_the_config_file_are_stored_as_digests() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agentd.toml");
+    let key = "tenant-c-config-key";
+    let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    std::fs::write(
+        &cfg,
+        format!("[[api_keys]]\ntenant = \"c\"\nsha256 = \"{digest}\"\n"),
+    )
+    .unwrap();
+    let server = TestServer::start_with(Options {
+        args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
+    });
+    let mut c = server.clients(key).await;
+    let mut a = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    // The env keys still work beside the file's, and tenants stay apart.
+    let err = a
+        .sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: s.session_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut wrong = server.clients(&digest).await;
+    let err = wrong
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "the digest itself is not a key"
+    );
+}
