@@ -407,7 +407,17 @@ async fn soak_concurrent_jobs_and_streams_with_expiring_sessions() {
         end.sessions_bytes, start.sessions_bytes,
         "workspace disk not back to baseline"
     );
-    assert_eq!(end_other, start_other, "file descriptors leaked");
+    // Per kind (sockets, pipes, files): no more open at the end than at the start (a client
+    // connection the server closed meanwhile makes one fewer, which is fine).
+    let count = |v: &[&String], k: &str| v.iter().filter(|t| t.as_str() == k).count();
+    for k in end_other.iter().map(|k| k.as_str()) {
+        assert!(
+            count(&end_other, k) <= count(&start_other, k),
+            "file descriptors leaked: {} {k:?} at the end, {} at the start",
+            count(&end_other, k),
+            count(&start_other, k)
+        );
+    }
     assert!(
         end_store.len() <= 32,
         "store files open {} times at the end",
