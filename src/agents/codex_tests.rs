@@ -1,36 +1,22 @@
 //! Tests of the codex adapter: argv/env/config for launch, validation, and the parser against real
 //! `codex exec --json` output of Codex 0.169 (copied from the shared samples into `testdata/`).
 
-use super::super::tests::{profile, spec};
-use super::super::{AgentKind, LaunchContext, launch, parser, validate};
+use super::super::tests::{ctx, kinds, parse_with, profile, spec};
+use super::super::{AgentKind, launch, validate};
 use super::*;
 use crate::error::{Error, Reason};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const STREAM: &str = include_str!("testdata/codex-stream-sample.jsonl");
 const ERROR_500: &str = include_str!("testdata/codex-error-500-sample.jsonl");
 const THREAD: &str = "01a2010b-e3cf-7352-bec5-58a3c7a93e68";
-
-fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
-    LaunchContext {
-        workspace: Path::new("/ws/s1"),
-        home: Path::new("/home/s1"),
-        resume_conversation: resume,
-    }
-}
 
 fn codex(args: &[&str]) -> AgentProfile {
     profile(AgentKind::Codex, "codex", args)
 }
 
 fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
-    let mut p = parser(&codex(&[]));
-    let events = text.lines().flat_map(|l| p.parse_line(l, false)).collect();
-    (events, p.summary())
-}
-
-fn kinds(events: &[Parsed]) -> Vec<&EventKind> {
-    events.iter().map(|e| &e.kind).collect()
+    parse_with(&codex(&[]), text)
 }
 
 #[test]

@@ -2,36 +2,22 @@
 //! real stream-json output of Gemini CLI 0.61 (copied into `testdata/`; the error capture was
 //! taken with the test suite's mock model answering HTTP 500).
 
-use super::super::tests::{profile, spec};
-use super::super::{AgentKind, LaunchContext, launch, parser, validate};
+use super::super::tests::{ctx, kinds, parse_with, profile, spec};
+use super::super::{AgentKind, launch, validate};
 use super::*;
 use crate::error::{Error, Reason};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const STREAM: &str = include_str!("testdata/gemini-stream-sample.jsonl");
 const ERROR_500: &str = include_str!("testdata/gemini-error-500-sample.jsonl");
 const SESSION: &str = "36ce3bf1-6df0-404a-a308-35f31a293243";
-
-fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
-    LaunchContext {
-        workspace: Path::new("/ws/s1"),
-        home: Path::new("/home/s1"),
-        resume_conversation: resume,
-    }
-}
 
 fn gemini(args: &[&str]) -> AgentProfile {
     profile(AgentKind::Gemini, "gemini", args)
 }
 
 fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
-    let mut p = parser(&gemini(&[]));
-    let events = text.lines().flat_map(|l| p.parse_line(l, false)).collect();
-    (events, p.summary())
-}
-
-fn kinds(events: &[Parsed]) -> Vec<&EventKind> {
-    events.iter().map(|e| &e.kind).collect()
+    parse_with(&gemini(&[]), text)
 }
 
 #[test]

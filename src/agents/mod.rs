@@ -375,6 +375,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// The launch context adapter tests use: fixed workspace and HOME paths.
+    pub(crate) fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
+        LaunchContext {
+            workspace: Path::new("/ws/s1"),
+            home: Path::new("/home/s1"),
+            resume_conversation: resume,
+        }
+    }
+
+    /// Every line of `text` through a fresh parser of `profile`, and the summary at the end.
+    pub(crate) fn parse_with(profile: &AgentProfile, text: &str) -> (Vec<Parsed>, Summary) {
+        let mut p = parser(profile);
+        let events = text.lines().flat_map(|l| p.parse_line(l, false)).collect();
+        (events, p.summary())
+    }
+
+    pub(crate) fn kinds(events: &[Parsed]) -> Vec<&EventKind> {
+        events.iter().map(|e| &e.kind).collect()
+    }
+
     pub(crate) fn profile(kind: AgentKind, command: &str, args: &[&str]) -> AgentProfile {
         AgentProfile {
             name: kind.as_str().into(),

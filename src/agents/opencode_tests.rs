@@ -1,36 +1,22 @@
 //! Tests of the opencode adapter: argv/env/config for launch, validation, and the parser against
 //! real `opencode run --format json` output of OpenCode 1.18 (copied into `testdata/`).
 
-use super::super::tests::{profile, spec};
-use super::super::{AgentKind, LaunchContext, launch, parser, validate};
+use super::super::tests::{ctx, kinds, parse_with, profile, spec};
+use super::super::{AgentKind, launch, validate};
 use super::*;
 use crate::error::{Error, Reason};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const STREAM: &str = include_str!("testdata/opencode-stream-sample.jsonl");
 const ERROR_500: &str = include_str!("testdata/opencode-error-500-sample.jsonl");
 const SESSION: &str = "ses_dfef30a3bffeVSewjb1hxYBdG3";
-
-fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
-    LaunchContext {
-        workspace: Path::new("/ws/s1"),
-        home: Path::new("/home/s1"),
-        resume_conversation: resume,
-    }
-}
 
 fn opencode(args: &[&str]) -> AgentProfile {
     profile(AgentKind::Opencode, "opencode", args)
 }
 
 fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
-    let mut p = parser(&opencode(&[]));
-    let events = text.lines().flat_map(|l| p.parse_line(l, false)).collect();
-    (events, p.summary())
-}
-
-fn kinds(events: &[Parsed]) -> Vec<&EventKind> {
-    events.iter().map(|e| &e.kind).collect()
+    parse_with(&opencode(&[]), text)
 }
 
 fn env_of<'a>(l: &'a Launch, name: &str) -> Option<&'a str> {
