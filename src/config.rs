@@ -20,6 +20,27 @@ pub struct ServeArgs {
     /// Directory for the database and the session workspaces.
     #[arg(long, env = "AGENTD_DATA_DIR", default_value = "./agentd-data")]
     pub data_dir: PathBuf,
+    /// Where sessions, jobs and events are stored: `sqlite:///path/to/file.db` or
+    /// `postgres://user@host/db` (shared by several replicas). Empty: `<data-dir>/agentd.db`.
+    #[arg(
+        long,
+        env = "AGENTD_DATABASE_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub store: String,
+    /// Directory holding the session workspaces; replicas sharing a Postgres store must all mount
+    /// the same one. Default: `<data-dir>/sessions`.
+    #[arg(long, env = "AGENTD_WORKSPACE_ROOT")]
+    pub workspace_root: Option<PathBuf>,
+    /// This process's name among replicas (shown in the reason of jobs it loses). Default:
+    /// `<hostname>-<pid>-<random>`, new at every start.
+    #[arg(long, env = "AGENTD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Seconds a replica's claim on a job lasts without renewal (renewed every third of it); a
+    /// replica that dies loses its running jobs (FAILED) this long after its last renewal.
+    #[arg(long, env = "AGENTD_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
     /// Optional TOML file with agent profiles, default agent and API keys.
     #[arg(long, env = "AGENTD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -35,7 +56,7 @@ pub struct ServeArgs {
     /// Agent profile used when a job names none (overrides the config file's `default_agent`).
     #[arg(long, env = "AGENTD_DEFAULT_AGENT")]
     pub default_agent: Option<String>,
-    /// Maximum number of jobs running at once across all sessions.
+    /// Maximum number of jobs this replica runs at once across all sessions.
     #[arg(long, env = "AGENTD_MAX_CONCURRENT_JOBS", default_value_t = 8)]
     pub max_concurrent_jobs: usize,
     /// Maximum number of queued jobs per session.
@@ -246,6 +267,8 @@ pub struct Timing {
     pub shutdown_grace: Duration,
     pub stream_keepalive: Duration,
     pub reaper_interval: Duration,
+    /// How long a claim on a job lasts without renewal.
+    pub lease: Duration,
 }
 
 /// Files of the server's TLS identity.
@@ -276,6 +299,10 @@ pub struct Transport {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The store URL as given (may hold a password: print it only through [`redact_url`]).
+    pub store: String,
+    pub workspace_root: PathBuf,
+    pub replica_id: String,
     /// Accepted API keys; empty means authentication is off (only allowed on loopback or with
     /// `insecure_no_auth`).
     pub api_keys: Vec<ApiKey>,
@@ -290,6 +317,48 @@ pub struct Config {
     /// Where Prometheus metrics are served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+}
+
+/// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agentd".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &rand[..4])
+}
+
+/// A URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    // A password may also hide in the query (`?password=`).
+    let tail = if tail.contains("password=") {
+        tail.split('&')
+            .map(|kv| match kv.split_once("password=") {
+                Some((pre, _)) => format!("{pre}password=***"),
+                None => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    } else {
+        tail.to_owned()
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Why a configuration was refused.
@@ -485,12 +554,34 @@ impl Config {
                 args.data_dir.display()
             ))
         })?;
+        let workspace_root = match &args.workspace_root {
+            Some(p) => std::path::absolute(p).map_err(|e| {
+                bad(format!(
+                    "cannot resolve workspace root {}: {e}",
+                    p.display()
+                ))
+            })?,
+            None => data_dir.join("sessions"),
+        };
+        let replica_id = match &args.replica_id {
+            Some(r) if r.is_empty() || r.len() > 128 || r.chars().any(char::is_control) => {
+                return Err(bad("--replica-id must be 1-128 printable characters"));
+            }
+            Some(r) => r.clone(),
+            None => default_replica_id(),
+        };
+        if args.lease_seconds < 3 {
+            return Err(bad("--lease-seconds must be at least 3"));
+        }
         let supervisor = std::env::current_exe()
             .map_err(|e| bad(format!("cannot locate the agentd executable: {e}")))?;
 
         Ok(Config {
             listen: args.listen,
             data_dir,
+            store: args.store.clone(),
+            workspace_root,
+            replica_id,
             api_keys,
             insecure_no_auth: args.insecure_no_auth,
             agents,
@@ -517,6 +608,7 @@ impl Config {
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
                 stream_keepalive: Duration::from_secs(args.stream_keepalive_seconds.max(1)),
                 reaper_interval: Duration::from_secs(args.reaper_interval_seconds.max(1)),
+                lease: Duration::from_secs(args.lease_seconds),
             },
             supervisor,
             transport,
@@ -537,6 +629,11 @@ impl std::fmt::Display for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "listen = {}", self.listen)?;
         writeln!(f, "data_dir = {}", self.data_dir.display())?;
+        if !self.store.is_empty() {
+            writeln!(f, "store = {}", redact_url(&self.store))?;
+        }
+        writeln!(f, "workspace_root = {}", self.workspace_root.display())?;
+        writeln!(f, "replica_id = {}", self.replica_id)?;
         let tenants: std::collections::BTreeSet<&str> =
             self.api_keys.iter().map(|k| k.tenant.as_str()).collect();
         if self.api_keys.is_empty() {
@@ -595,6 +692,34 @@ mod tests {
         let mut v = vec!["agentd"];
         v.extend_from_slice(args);
         Config::from_args(T::try_parse_from(v).expect("flags parse").a)
+    }
+
+    #[test]
+    fn store_url_password_never_prints() {
+        let c = parse(&[
+            "--store",
+            "postgres://agentd:hunter2secret@db.internal:5432/agentd?sslmode=require",
+            "--replica-id",
+            "r1",
+        ])
+        .expect("valid");
+        let shown = format!("{c}");
+        assert!(!shown.contains("hunter2secret"), "{shown}");
+        assert!(
+            shown.contains("postgres://agentd:***@db.internal:5432/agentd?sslmode=require"),
+            "{shown}"
+        );
+        assert!(shown.contains("replica_id = r1"), "{shown}");
+        assert_eq!(
+            redact_url("postgres://u@h/db?user=x&password=p4ss"),
+            "postgres://u@h/db?user=x&password=***"
+        );
+        assert_eq!(redact_url("sqlite:///a/b.db"), "sqlite:///a/b.db");
+        assert!(parse(&["--lease-seconds", "1"]).is_err());
+        assert!(parse(&["--replica-id", ""]).is_err());
+        let d = parse(&[]).expect("defaults");
+        assert_eq!(d.workspace_root, d.data_dir.join("sessions"));
+        assert_ne!(d.replica_id, parse(&[]).expect("defaults").replica_id);
     }
 
     #[test]

@@ -90,9 +90,24 @@ impl EventLog {
         }
     }
 
-    fn notify(&self, job: &JobId, seq: u64) {
+    /// Wakes the readers of `job`: events up to `seq` are committed (by this process's writer or,
+    /// through a store signal, by another replica).
+    pub fn notify(&self, job: &JobId, seq: u64) {
         if let Some(tx) = self.watchers().get(job) {
-            tx.send_replace(seq);
+            tx.send_if_modified(|last| {
+                if seq > *last {
+                    *last = seq;
+                }
+                // Always wake: a reader re-reads the store after its own cursor anyway.
+                true
+            });
+        }
+    }
+
+    /// Wakes every reader (signals from other replicas may have been missed).
+    pub fn notify_all(&self) {
+        for tx in self.watchers().values() {
+            tx.send_modify(|_| {});
         }
     }
 

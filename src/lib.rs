@@ -12,13 +12,13 @@
 //! shutdown       CancellationToken + TaskTracker, and the fixed drain order
 //! auth           API keys → tenants (constant-time comparison)
 //! api/           the only place that knows tonic and prost: convert, call the core, map errors
-//! core/          the use cases: sessions, jobs (submit, cancel, run), files, TTL reaper
-//! scheduler      which job runs next: per-session FIFO + a global concurrency limit
+//! core/          the use cases: sessions, jobs (submit, cancel, run), files, TTL reaper; claims
+//!                jobs under leases so several replicas can share one store
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
 //! agents/        one adapter per agent kind: job → argv/env/config files; stdout lines → events
 //! runner/        spawns an agent contained in a supervisor, pumps its output, cancels whole trees
 //! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
-//! store/         the `Store` trait (sessions, jobs, events) and its SQLite implementation
+//! store/         the `Store` trait (sessions, jobs, events, claims and leases); SQLite and Postgres
 //! domain/        plain types with no I/O: ids, sessions, job specs and state machine, events
 //! error          the one error enum with stable reason codes (mapped to gRPC in api::status)
 //! ```
@@ -33,7 +33,6 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod runner;
-pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC server.
-    Serve(agentd::config::ServeArgs),
+    Serve(Box<agentd::config::ServeArgs>),
     #[command(flatten)]
     Client(agentd::cli::ClientCommand),
 }
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     agentd::telemetry::init_logging(log_format, default_filter);
     match cli.command {
         Command::Serve(args) => {
-            let config = agentd::config::Config::from_args(args)?;
+            let config = agentd::config::Config::from_args(*args)?;
             let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

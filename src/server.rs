@@ -19,7 +19,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding::Gzip;
 use tonic::server::NamedService;
@@ -168,6 +167,13 @@ async fn probe_store(store: &DynStore) -> crate::error::Result<usize> {
         .count())
 }
 
+// TODO(merge): replaced by `crate::store::open` from the store branch.
+async fn open_store(config: &Config) -> crate::error::Result<DynStore> {
+    Ok(Arc::new(
+        SqliteStore::open(&config.data_dir.join("agentd.db")).await?,
+    ))
+}
+
 /// Probes with `probe` every `interval` until `stop`, switching the store-backed health names
 /// between SERVING and NOT_SERVING when the outcome changes.
 async fn watch_store<F, Fut>(
@@ -229,10 +235,12 @@ pub async fn serve(
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let store: DynStore = Arc::new(
-        SqliteStore::open(&config.data_dir.join("agentd.db"))
-            .await
-            .map_err(ServeError::Store)?,
+    let store = open_store(&config).await.map_err(ServeError::Store)?;
+    tracing::info!(
+        replica = %config.replica_id,
+        store = %crate::config::redact_url(&config.store),
+        shared = store.shared(),
+        "store open"
     );
     let shutdown = Shutdown::new();
     let core = Core::start(config.clone(), store.clone(), shutdown.clone())
@@ -337,12 +345,12 @@ pub async fn serve(
     });
 
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = server_stopped.await;
-        },
-    ));
+    // Nagle's algorithm would hold each small event message back until the previous one is
+    // acknowledged (tens of ms on a live stream): every message is written whole, so send at once.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = server_stopped.await;
+    }));
     tracing::info!("serving");
     stop.await;
 
@@ -355,7 +363,7 @@ pub async fn serve(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
-    // ... then refuse new work, stop the scheduler, cancel running jobs and record their final
+    // ... then refuse new work, stop claiming jobs, cancel running jobs and record their final
     // states, and let streams deliver those final events ...
     core.drain().await;
     // ... then stop the transport: in-flight calls get a bounded time to finish (job streams

@@ -8,7 +8,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Reason, Result};
 use crate::events::StreamItem;
-use crate::store::{JobFilter, JobUpdate, JobWrite};
+use crate::store::{AdmitLimits, JobFilter, JobUpdate, JobWrite};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -77,6 +77,42 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The final event and row of a job cancelled before it started.
+fn cancelled_write(job: &Job, reason: &str) -> JobWrite {
+    let outcome = Outcome::Cancelled {
+        reason: reason.to_owned(),
+    };
+    let now = Timestamp::now();
+    let state = JobState::Finished(Finished {
+        started: None,
+        ended: now,
+        outcome: outcome.clone(),
+        exit: None,
+    });
+    let event = JobEvent {
+        seq: job.last_seq + 1,
+        time: now,
+        raw: None,
+        kind: EventKind::Finished {
+            state: outcome.final_state(),
+            exit: None,
+            result: String::new(),
+            error_message: outcome.message(),
+            usage: Usage::default(),
+        },
+    };
+    JobWrite {
+        job_id: job.id.clone(),
+        events: vec![event],
+        update: Some(JobUpdate {
+            state,
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+        }),
+    }
 }
 
 fn opt(s: String) -> Option<String> {
@@ -164,27 +200,6 @@ impl Core {
         if self.is_deleting(&session.id) {
             return Err(Error::session_not_found(&req.session_id));
         }
-        if self.scheduler.queued_in_session(&session.id) >= limits.max_queued_jobs_per_session {
-            return Err(Error::ResourceExhausted {
-                reason: Reason::QueueFull,
-                message: format!(
-                    "session {} already has {} queued jobs (the maximum)",
-                    session.id, limits.max_queued_jobs_per_session
-                ),
-                retry_after: Some(Duration::from_secs(5)),
-            });
-        }
-        let max_active = limits.tenant_max_active_jobs;
-        if !self.scheduler.reserve(tenant, max_active) {
-            return Err(Error::ResourceExhausted {
-                reason: Reason::TooManyJobs,
-                message: format!(
-                    "tenant {:?} already has {max_active} queued or running jobs (the maximum)",
-                    tenant.as_str()
-                ),
-                retry_after: Some(Duration::from_secs(5)),
-            });
-        }
         let now = Timestamp::now();
         let job = Job {
             id: JobId::generate(),
@@ -199,32 +214,34 @@ impl Core {
             conversation_id: None,
             last_seq: 0,
         };
+        // The store checks the queue and tenant limits in the insert's transaction, so they
+        // hold across replicas.
         let stored = self
             .store
-            .create_job(&job, now.saturating_add(session.ttl).max(session.expires))
-            .await;
-        match &stored {
-            Ok(s) if s.id == job.id => {
-                self.scheduler
-                    .enqueue(job.id.clone(), session.id.clone(), tenant.clone());
-                self.wake.notify_one();
-            }
-            // An idempotent repeat or a failure: the reservation is not needed.
-            _ => self.scheduler.release(tenant),
+            .create_job(
+                &job,
+                now.saturating_add(session.ttl).max(session.expires),
+                &AdmitLimits {
+                    max_queued_in_session: limits.max_queued_jobs_per_session,
+                    max_active_for_tenant: limits.tenant_max_active_jobs,
+                },
+            )
+            .await?;
+        if stored.id == job.id {
+            self.wake.notify_one();
         }
-        let stored = stored?;
-        Ok(self.job_view(stored))
+        self.job_view(stored).await
     }
 
-    pub(super) fn job_view(&self, job: Job) -> JobView {
+    pub(super) async fn job_view(&self, job: Job) -> Result<JobView> {
         let queue_position = match job.state {
-            JobState::Queued => self.scheduler.position(&job.id),
+            JobState::Queued => self.store.queue_position(&job.id).await?,
             _ => None,
         };
-        JobView {
+        Ok(JobView {
             job,
             queue_position,
-        }
+        })
     }
 
     pub(super) async fn owned_job(&self, tenant: &TenantId, id: &str) -> Result<Job> {
@@ -244,7 +261,7 @@ impl Core {
 
     pub async fn get_job(&self, tenant: &TenantId, id: &str) -> Result<JobView> {
         let job = self.owned_job(tenant, id).await?;
-        Ok(self.job_view(job))
+        self.job_view(job).await
     }
 
     pub async fn list_jobs(
@@ -264,75 +281,73 @@ impl Core {
             created: j.created,
             id: j.id.to_string(),
         });
-        Ok((rows.into_iter().map(|j| self.job_view(j)).collect(), next))
+        let mut views = Vec::with_capacity(rows.len());
+        for j in rows {
+            views.push(self.job_view(j).await?);
+        }
+        Ok((views, next))
     }
 
-    /// Cancels a job. A queued job ends at once; a running one is signalled and this returns
-    /// after its final state is stored. Cancelling an already cancelled job is a no-op.
+    /// Cancels a job. A queued job nobody claimed ends at once; a running one (on this replica or
+    /// another) is signalled and this returns after its final state is stored. Cancelling an
+    /// already cancelled job is a no-op.
     pub async fn cancel_job(&self, tenant: &TenantId, id: &str) -> Result<JobView> {
         let job = self.owned_job(tenant, id).await?;
         if let JobState::Finished(f) = &job.state {
             return match f.outcome {
-                Outcome::Cancelled { .. } => Ok(self.job_view(job)),
+                Outcome::Cancelled { .. } => self.job_view(job).await,
                 _ => Err(Error::precondition(
                     Reason::JobFinished,
                     format!("job {id} already finished as {}", job.state.name()),
                 )),
             };
         }
-        if self.scheduler.dequeue(&job.id) {
-            self.finish_unstarted(&job.id, "cancelled by request")
-                .await?;
-        } else if let Some(mut done) = self.cancel_running(&job.id, "cancelled by request") {
-            let _ = done.wait_for(|d| *d).await;
-        }
+        self.cancel(&job, "cancelled by request").await?;
         let job = self.owned_job(tenant, id).await?;
-        Ok(self.job_view(job))
+        self.job_view(job).await
     }
 
-    /// Ends a job that never started (cancelled while queued) with its final event.
-    pub(super) async fn finish_unstarted(&self, id: &JobId, reason: &str) -> Result<()> {
-        let Some(job) = self.store.get_job(id).await? else {
-            return Ok(());
-        };
-        if job.state.is_finished() {
-            return Ok(());
+    /// Cancels an unfinished job wherever it is and waits (bounded) until it has ended. Returns
+    /// whether it ended cancelled by this call's doing (not already finished).
+    pub(super) async fn cancel(&self, job: &Job, reason: &str) -> Result<bool> {
+        if matches!(job.state, JobState::Queued)
+            && self
+                .store
+                .finish_unclaimed(cancelled_write(job, reason))
+                .await?
+        {
+            self.events.notify(&job.id, job.last_seq + 1);
+            crate::telemetry::metrics().job_finished("CANCELLED", None);
+            // The session's next job may start now.
+            self.wake.notify_one();
+            return Ok(true);
         }
-        let outcome = Outcome::Cancelled {
-            reason: reason.to_owned(),
-        };
-        let state = job.state.transition(JobState::Finished(Finished {
-            started: None,
-            ended: Timestamp::now(),
-            outcome: outcome.clone(),
-            exit: None,
-        }))?;
-        let event = JobEvent {
-            seq: job.last_seq + 1,
-            time: Timestamp::now(),
-            raw: None,
-            kind: EventKind::Finished {
-                state: outcome.final_state(),
-                exit: None,
-                result: String::new(),
-                error_message: outcome.message(),
-                usage: Usage::default(),
-            },
-        };
-        self.events
-            .write(JobWrite {
-                job_id: job.id.clone(),
-                events: vec![event],
-                update: Some(JobUpdate {
-                    state,
-                    result: String::new(),
-                    usage: Usage::default(),
-                    conversation_id: None,
-                }),
-            })
-            .await?;
-        crate::telemetry::metrics().job_finished(outcome.final_state().name(), None);
-        Ok(())
+        // Claimed or running, here or elsewhere. The request is recorded first, so an owner that
+        // claims or starts the job after this point still sees it.
+        self.store.request_cancel(&job.id, reason).await?;
+        if let Some(mut done) = self.cancel_running(&job.id, reason) {
+            let _ = done.wait_for(|d| *d).await;
+            return Ok(true);
+        }
+        let wait = self.config.timing.kill_grace
+            + self.config.timing.lease
+            + super::REMOTE_CANCEL_WAIT_EXTRA;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.store.get_job(&job.id).await? {
+                Some(j) if !j.state.is_finished() => {}
+                _ => return Ok(true),
+            }
+            // Claimed by this replica after the request: stop it here.
+            if let Some(mut done) = self.cancel_running(&job.id, reason) {
+                let _ = done.wait_for(|d| *d).await;
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Follows a job's events after `after_seq` (replay, then live, ending after `finished`).

@@ -1,12 +1,19 @@
 //! The use cases behind the API: sessions, jobs, files and the TTL reaper. [`Core`] owns the
-//! store handle, the event log, the workspaces and the scheduler, and is the only thing the API
-//! layer calls. Every operation takes the caller's tenant and answers NOT_FOUND for ids of other
-//! tenants, exactly as for ids that do not exist.
+//! store handle, the event log, the workspaces and this replica's running jobs, and is the only
+//! thing the API layer calls. Every operation takes the caller's tenant and answers NOT_FOUND for
+//! ids of other tenants, exactly as for ids that do not exist.
+//!
+//! Which job runs where is decided by the store, so that several replicas can share one: the
+//! dispatcher claims runnable jobs under a lease (`replicas`), the lease keeper renews them and
+//! settles the jobs of replicas that stopped renewing, and store signals carry other replicas'
+//! commits and cancel requests to this one. With the embedded store there is one replica and the
+//! same code runs unchanged.
 
 mod files;
 mod info;
 mod jobs;
 mod reaper;
+mod replicas;
 mod run;
 mod sessions;
 
@@ -19,7 +26,6 @@ use crate::config::Config;
 use crate::domain::{JobId, SessionId};
 use crate::error::{Error, Reason, Result};
 use crate::events::EventLog;
-use crate::scheduler::Scheduler;
 use crate::shutdown::Shutdown;
 use crate::store::DynStore;
 use crate::workspace::{WorkspaceLimits, Workspaces};
@@ -32,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 /// A running job's controls.
 #[derive(Clone)]
 struct RunHandle {
-    session: SessionId,
     cancel: CancellationToken,
     /// Why the job was cancelled; the first reason given wins.
     reason: Arc<OnceLock<String>>,
@@ -46,18 +51,23 @@ pub struct Core {
     store: DynStore,
     events: Arc<EventLog>,
     workspaces: Workspaces,
-    scheduler: Scheduler,
     shutdown: Shutdown,
     /// Cancelled after running jobs have recorded their final events on shutdown, so streams end
     /// only once those events are readable.
     streams_stop: CancellationToken,
+    /// Cleared on shutdown: new work is refused and no more jobs are claimed.
     accepting: AtomicBool,
+    /// Jobs this replica claimed and runs (including claimed ones about to start).
     running: Mutex<HashMap<JobId, RunHandle>>,
     deleting: Mutex<HashSet<SessionId>>,
     wake: Notify,
     /// Agent profiles as probed at start.
     agents: Vec<AgentStatus>,
 }
+
+/// How long a cancel waits for a job owned by another replica to end before answering with the
+/// job as it is then (the owner may be dead: its lease expiry settles the job later).
+const REMOTE_CANCEL_WAIT_EXTRA: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Splits `limit + 1` rows fetched for a page into the page and the cursor of the next one.
 fn paginate<T>(
@@ -88,7 +98,7 @@ impl Core {
         shutdown: Shutdown,
     ) -> Result<Arc<Core>> {
         let workspaces = Workspaces::new(
-            config.data_dir.join("sessions"),
+            config.workspace_root.clone(),
             WorkspaceLimits {
                 max_files: config.limits.max_files_per_session,
                 max_session_bytes: config.limits.max_session_bytes,
@@ -106,7 +116,6 @@ impl Core {
         }
         let core = Arc::new(Core {
             agents,
-            scheduler: Scheduler::new(config.limits.max_concurrent_jobs),
             config,
             store,
             events,
@@ -119,7 +128,11 @@ impl Core {
             wake: Notify::new(),
         });
         core.recover().await?;
+        if let Some(signals) = core.store.signals() {
+            shutdown.spawn(Arc::clone(&core).follow_signals(signals));
+        }
         shutdown.spawn(Arc::clone(&core).dispatch());
+        shutdown.spawn(Arc::clone(&core).keep_leases());
         shutdown.spawn(Arc::clone(&core).reap_expired());
         Ok(core)
     }
@@ -140,41 +153,12 @@ impl Core {
         }
     }
 
-    /// Starts every job the scheduler allows, whenever woken.
-    async fn dispatch(self: Arc<Self>) {
-        loop {
-            for (job, session) in self.scheduler.take_runnable() {
-                let (done_tx, done_rx) = watch::channel(false);
-                let handle = RunHandle {
-                    session,
-                    cancel: CancellationToken::new(),
-                    reason: Arc::new(OnceLock::new()),
-                    done: done_rx,
-                };
-                lock(&self.running).insert(job.clone(), handle.clone());
-                let core = Arc::clone(&self);
-                self.shutdown.spawn(async move {
-                    core.run_job(&job, &handle).await;
-                    lock(&core.running).remove(&job);
-                    core.scheduler.finished(&job);
-                    let _ = done_tx.send(true);
-                    core.wake.notify_one();
-                });
-            }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = self.shutdown.triggered() => return,
-            }
-        }
-    }
-
     /// The drain of the job core on shutdown (steps 1–4 of the order in `shutdown`): refuse new
     /// work, stop starting jobs, give running jobs the shutdown grace period to finish on their
     /// own, cancel the rest with reason "shutdown" and wait until each has stored its final state,
     /// then let streams finish.
     pub async fn drain(&self) {
         self.accepting.store(false, Ordering::Release);
-        self.scheduler.pause();
         let handles: Vec<RunHandle> = lock(&self.running).values().cloned().collect();
         let all_done = async {
             for h in &handles {
@@ -205,10 +189,7 @@ impl Core {
         Some(h.done)
     }
 
-    fn running_job_of(&self, session: &SessionId) -> Option<JobId> {
-        lock(&self.running)
-            .iter()
-            .find(|(_, h)| &h.session == session)
-            .map(|(j, _)| j.clone())
+    fn is_running_here(&self, job: &JobId) -> bool {
+        lock(&self.running).contains_key(job)
     }
 }

@@ -41,8 +41,16 @@ impl Core {
                 Ok(expired) => {
                     for s in expired {
                         // A running job keeps its session alive; its end extends the expiry.
-                        if self.running_job_of(&s.id).is_some() || self.is_deleting(&s.id) {
+                        if self.is_deleting(&s.id) {
                             continue;
+                        }
+                        match self.running_job_of(&s.id).await {
+                            Ok(None) => {}
+                            Ok(Some(_)) => continue,
+                            Err(e) => {
+                                tracing::warn!(session = %s.id, error = %e, "cannot check for a running job");
+                                continue;
+                            }
                         }
                         match self.delete_session_inner(&s.id, "session expired").await {
                             Ok(_) => tracing::info!(session = %s.id, "expired session deleted"),

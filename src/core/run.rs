@@ -102,15 +102,8 @@ fn redact_event(ev: &mut JobEvent, secrets: &[String]) {
 
 impl Core {
     /// Runs one job to its final state. Never fails: every failure becomes the job's outcome.
-    pub(super) async fn run_job(&self, id: &JobId, handle: &RunHandle) {
-        let job = match self.store.get_job(id).await {
-            Ok(Some(j)) if !j.state.is_finished() => j,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::error!(job = %id, error = %e, "cannot load job to run");
-                return;
-            }
-        };
+    pub(super) async fn run_job(&self, job: Job, handle: &RunHandle) {
+        let id = &job.id;
         let profile = self.config.agents.get(&job.spec.agent);
         let secrets: Vec<String> = profile
             .map(|p| p.env.values().filter(|v| v.len() >= 6).cloned().collect())
@@ -454,35 +447,50 @@ impl Core {
         }
     }
 
-    /// Start-up recovery: jobs that were running when the previous process stopped can't be
-    /// resumed (their agent died with it), so they fail with a reason; queued jobs queue again,
-    /// in their original order.
+    /// Start-up recovery. With an unshared store every unfinished job was this process's before
+    /// it stopped: started ones can't be resumed (their agent died with it) and fail with a
+    /// reason, claimed ones go back to the queue. A shared store leaves this to lease expiry,
+    /// since the other replicas are alive and own their jobs.
     pub(super) async fn recover(&self) -> Result<()> {
+        if self.store.shared() {
+            return Ok(());
+        }
+        // Every lease of an unshared store is expired from this process's point of view. Bounded,
+        // in case some orphan can't be settled (it is logged, and settled at a later tick).
+        for _ in 0..1000 {
+            if !self.settle_orphans(Timestamp(i64::MAX)).await {
+                break;
+            }
+        }
+        // Rows from before leases existed: running without an owner.
         for job in self.store.unfinished_jobs().await? {
-            match job.state {
-                JobState::Running { started } => {
-                    let mut sink = Sink {
-                        core: self,
-                        job: job.id.clone(),
-                        next_seq: job.last_seq + 1,
-                        secrets: Vec::new(),
-                    };
-                    let msg = "the server restarted while the job was running".to_owned();
-                    let mut facts = FinishFacts::failed(msg);
-                    facts.result = job.result.clone();
-                    facts.usage = job.usage.clone();
-                    facts.conversation_id = job.conversation_id.clone();
-                    self.finish(&mut sink, Some(started), facts).await?;
-                    tracing::warn!(job = %job.id, "marked interrupted job FAILED");
-                }
-                JobState::Queued => {
-                    self.scheduler
-                        .enqueue_recovered(job.id, job.session_id, job.tenant)
-                }
-                JobState::Finished(_) => {}
+            if let JobState::Running { started } = job.state {
+                let msg = "the server restarted while the job was running".to_owned();
+                self.fail_interrupted(&job, started, msg).await?;
             }
         }
         Ok(())
+    }
+
+    /// Ends a started job whose agent is gone (server restart, lost replica) as FAILED, keeping
+    /// what it had reported.
+    pub(super) async fn fail_interrupted(
+        &self,
+        job: &Job,
+        started: Timestamp,
+        message: String,
+    ) -> Result<()> {
+        let mut sink = Sink {
+            core: self,
+            job: job.id.clone(),
+            next_seq: job.last_seq + 1,
+            secrets: Vec::new(),
+        };
+        let mut facts = FinishFacts::failed(message);
+        facts.result = job.result.clone();
+        facts.usage = job.usage.clone();
+        facts.conversation_id = job.conversation_id.clone();
+        self.finish(&mut sink, Some(started), facts).await
     }
 }
 

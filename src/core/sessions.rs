@@ -1,8 +1,9 @@
 //! Session use cases: create (with files, idempotent), get, list, delete (cancelling its jobs).
 
 use super::{Core, lock};
-use crate::domain::{PageCursor, Session, SessionId, TenantId, Timestamp};
+use crate::domain::{Job, PageCursor, Session, SessionId, TenantId, Timestamp};
 use crate::error::{Error, Reason, Result};
+use crate::store::JobFilter;
 use crate::workspace::{NewFile, WsUsage};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -144,7 +145,10 @@ impl Core {
             .usage(&session.id)
             .await
             .unwrap_or(WsUsage { files: 0, bytes: 0 });
-        let running_job = self.running_job_of(&session.id).map(|j| j.to_string());
+        let running_job = self
+            .running_job_of(&session.id)
+            .await?
+            .map(|j| j.id.to_string());
         Ok(SessionView {
             session,
             usage,
@@ -192,17 +196,14 @@ impl Core {
         lock(&self.deleting).insert(id.clone());
         let result = async {
             let mut cancelled = 0u32;
-            for job in self.scheduler.queued_jobs_of(id) {
-                if self.scheduler.dequeue(&job) {
-                    self.finish_unstarted(&job, reason).await?;
+            // Oldest first, so the running job is cancelled before the queued ones behind it get
+            // a chance to start.
+            let mut jobs = self.unfinished_jobs_of(id).await?;
+            jobs.reverse();
+            for job in jobs {
+                if self.cancel(&job, reason).await? {
                     cancelled += 1;
                 }
-            }
-            if let Some(job) = self.running_job_of(id)
-                && let Some(mut done) = self.cancel_running(&job, reason)
-            {
-                cancelled += 1;
-                let _ = done.wait_for(|d| *d).await;
             }
             self.store.delete_session(id).await?;
             self.workspaces.remove(id).await?;
@@ -211,6 +212,38 @@ impl Core {
         .await;
         lock(&self.deleting).remove(id);
         result
+    }
+
+    /// The session's queued and running jobs, newest first.
+    async fn unfinished_jobs_of(&self, id: &SessionId) -> Result<Vec<Job>> {
+        let filter = JobFilter {
+            states: vec!["QUEUED", "RUNNING"],
+        };
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_jobs(id, &filter, after.as_ref(), 500)
+                .await?;
+            let full = page.len() == 500;
+            after = page.last().map(|j| PageCursor {
+                created: j.created,
+                id: j.id.to_string(),
+            });
+            out.extend(page);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The session's running job, on whichever replica.
+    pub(super) async fn running_job_of(&self, id: &SessionId) -> Result<Option<Job>> {
+        let filter = JobFilter {
+            states: vec!["RUNNING"],
+        };
+        Ok(self.store.list_jobs(id, &filter, None, 1).await?.pop())
     }
 
     pub(super) fn is_deleting(&self, id: &SessionId) -> bool {

@@ -9,10 +9,16 @@ use crate::domain::{
     Timestamp, Usage,
 };
 use crate::error::{Error, Reason};
-use crate::store::{DynStore, JobFilter, JobUpdate, JobWrite, Store};
+use crate::store::{AdmitLimits, DynStore, JobFilter, JobUpdate, JobWrite, Store};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+
+/// Limits that never refuse, for tests about other things.
+pub const NO_LIMITS: AdmitLimits = AdmitLimits {
+    max_queued_in_session: usize::MAX,
+    max_active_for_tenant: 0,
+};
 
 /// Opens the backend under test. Each harness owns one fresh database; every `open` returns a
 /// new store handle on that same database.
@@ -180,7 +186,7 @@ async fn new_session(store: &dyn Store, s: Session) -> Session {
 async fn new_job(store: &dyn Store, s: &Session, created: Timestamp) -> Job {
     let j = job(s, created);
     store
-        .create_job(&j, Timestamp(created.0 + 1))
+        .create_job(&j, Timestamp(created.0 + 1), &NO_LIMITS)
         .await
         .expect("create_job")
 }
@@ -390,7 +396,7 @@ pub async fn job_create_and_idempotency(h: &dyn Harness) {
     let s = new_session(&*store, session("acme", ts(0))).await;
     let mut j = job(&s, ts(1));
     j.request_id = Some("job-req".into());
-    assert_eq!(store.create_job(&j, ts(500)).await.unwrap(), j);
+    assert_eq!(store.create_job(&j, ts(500), &NO_LIMITS).await.unwrap(), j);
     assert_eq!(store.get_job(&j.id).await.unwrap(), Some(j.clone()));
     let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
     assert_eq!(sess.job_count, 1);
@@ -398,7 +404,10 @@ pub async fn job_create_and_idempotency(h: &dyn Harness) {
 
     let mut retry = job(&s, ts(2));
     retry.request_id = Some("job-req".into());
-    assert_eq!(store.create_job(&retry, ts(900)).await.unwrap(), j);
+    assert_eq!(
+        store.create_job(&retry, ts(900), &NO_LIMITS).await.unwrap(),
+        j
+    );
     assert_eq!(store.get_job(&retry.id).await.unwrap(), None);
     let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
     assert_eq!(sess.job_count, 1, "a retried submission changes nothing");
@@ -412,13 +421,16 @@ pub async fn job_create_and_idempotency(h: &dyn Harness) {
     // No job in a missing session, nor in another tenant's session.
     let ghost = session("acme", ts(0));
     let err = store
-        .create_job(&job(&ghost, ts(1)), ts(5))
+        .create_job(&job(&ghost, ts(1)), ts(5), &NO_LIMITS)
         .await
         .unwrap_err();
     assert_eq!(err.reason(), Reason::SessionNotFound);
     let mut intruder = job(&s, ts(4));
     intruder.tenant = tenant("globex");
-    let err = store.create_job(&intruder, ts(5)).await.unwrap_err();
+    let err = store
+        .create_job(&intruder, ts(5), &NO_LIMITS)
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), Reason::SessionNotFound);
     assert_eq!(store.get_job(&intruder.id).await.unwrap(), None);
     assert_eq!(store.get_job(&JobId::generate()).await.unwrap(), None);

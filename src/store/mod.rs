@@ -2,6 +2,13 @@
 //! event. `sqlite` is the embedded default; other backends (Postgres) implement the same trait and
 //! must pass the same contract suite (`contract`).
 //!
+//! Several agentd processes (replicas) may share one store when it is [`Store::shared`]. The store
+//! then also decides who runs what: a replica claims queued jobs under a lease it renews
+//! ([`Store::claim_jobs`], [`Store::renew_leases`]); a job whose lease expired is an orphan that
+//! any replica can settle ([`Store::expired_leases`]); and [`Store::signals`] tells every replica
+//! what the others committed, so nothing needs polling in the normal case. Lease times are the
+//! callers' clocks (replicas are expected to run NTP; the lease is tens of seconds).
+//!
 //! Invariants every backend keeps:
 //! - a job's events are stored with consecutive seqs from 1; `append` refuses a gap or a repeat;
 //! - a [`JobWrite`] (events plus the job row update) is applied atomically, so a reader that sees a
@@ -46,6 +53,47 @@ pub struct JobWrite {
     pub update: Option<JobUpdate>,
 }
 
+/// Limits checked in the same transaction that inserts a job, so they hold across replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmitLimits {
+    /// Queued (not yet started) jobs one session may have; a new job beyond it is refused.
+    pub max_queued_in_session: usize,
+    /// Queued plus running jobs one tenant may have; 0 = unlimited.
+    pub max_active_for_tenant: usize,
+}
+
+/// A job a replica has just claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub job: Job,
+    /// Set when a cancel was requested before the claim; the job must end without starting.
+    pub cancel_reason: Option<String>,
+}
+
+/// An unfinished job whose owner stopped renewing its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orphan {
+    pub job: Job,
+    /// The replica that held the lease.
+    pub owner: String,
+    /// When the lease ran out.
+    pub lease_until: Timestamp,
+}
+
+/// What other replicas (and this one) committed. Signals carry no data a reader relies on: they
+/// only say when to look at the store again, and may be lost or repeated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSignal {
+    /// Events of `job` up to `seq` are committed.
+    Events { job: JobId, seq: u64 },
+    /// A job was queued, released or finished: dispatchers should try to claim.
+    JobsChanged,
+    /// Someone asked for `job` to be cancelled; its owner should stop it.
+    CancelRequested { job: JobId, reason: String },
+    /// Signals may have been missed (listener reconnected, receiver lagged): look at everything.
+    Resync,
+}
+
 /// Filters for [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -86,10 +134,23 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions whose expiry is at or before `now`, oldest expiry first, at most `limit`.
     async fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<Session>>;
 
+    /// Whether other processes may use this store at the same time (Postgres: yes; SQLite: no, so
+    /// at start-up every job left unfinished in it belongs to a previous run of this process).
+    fn shared(&self) -> bool;
+
     /// Inserts a queued job, increments its session's `job_count` and sets the session's expiry
     /// to `session_expires`. If the tenant already has a job with the same `request_id`, nothing
-    /// changes and that existing job is returned instead.
-    async fn create_job(&self, job: &Job, session_expires: Timestamp) -> Result<Job>;
+    /// changes and that existing job is returned instead (before any limit is checked).
+    /// Otherwise `limits` are checked atomically with the insert: a session with
+    /// `max_queued_in_session` queued jobs answers `ResourceExhausted(QueueFull)` and a tenant with
+    /// `max_active_for_tenant` unfinished jobs `ResourceExhausted(TooManyJobs)`, both with a
+    /// `retry_after` of 5 s and nothing written.
+    async fn create_job(
+        &self,
+        job: &Job,
+        session_expires: Timestamp,
+        limits: &AdmitLimits,
+    ) -> Result<Job>;
 
     /// The job with this id, whatever its tenant (the core compares tenants).
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>>;
@@ -110,7 +171,8 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_succeeded_job(&self, session: &SessionId) -> Result<Option<Job>>;
 
     /// Applies several job writes, in order, atomically as a whole. Fails (changing nothing)
-    /// if any job does not exist or any seq does not continue its job's log.
+    /// if any job does not exist, any seq does not continue its job's log, or any job is already
+    /// finished (which fences off a replica that lost its lease). A finished job's owner is cleared.
     async fn append(&self, writes: Vec<JobWrite>) -> Result<()>;
 
     /// Up to `limit` events of a job with seq > `after_seq`, in seq order.
@@ -121,6 +183,49 @@ pub trait Store: Send + Sync + 'static {
     /// (`Finished`) event; at most `limit` rows per call. Returns how many were deleted. Readers
     /// notice pruning as a gap before the first retained seq.
     async fn prune_events(&self, before: Timestamp, limit: usize) -> Result<u64>;
+
+    /// Claims up to `limit` runnable jobs for `replica`, oldest first, each leased until
+    /// `lease_until`. Runnable: state QUEUED, no owner, and the oldest unfinished job of its session
+    /// (so a session's jobs run one at a time and in order, whichever replica runs them). No two
+    /// callers ever claim the same job; a claimed job stays QUEUED until its owner starts it.
+    async fn claim_jobs(
+        &self,
+        replica: &str,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+
+    /// Extends to `lease_until` the lease of every unfinished job `replica` owns, and returns
+    /// their ids (a job missing from the answer was taken away, e.g. settled as an orphan).
+    async fn renew_leases(&self, replica: &str, lease_until: Timestamp) -> Result<Vec<JobId>>;
+
+    /// Unfinished owned jobs whose lease ended before `now`, oldest lease first, at most `limit`.
+    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>>;
+
+    /// Gives a claimed job that has not started (state QUEUED, owned by `owner`) back to the
+    /// queue, in its original place. `false`, changing nothing, if it is not in that state.
+    async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool>;
+
+    /// Applies `write` (a job's `Finished` event and final row) only if the job is still QUEUED
+    /// and unowned, atomically with that check: cancelling a job nobody has claimed. `false`,
+    /// changing nothing, if it was claimed, started or finished meanwhile.
+    async fn finish_unclaimed(&self, write: JobWrite) -> Result<bool>;
+
+    /// Records that `job` should be cancelled (the first reason is kept) and signals its owner
+    /// with [`StoreSignal::CancelRequested`]. No-op for a finished or missing job.
+    async fn request_cancel(&self, job: &JobId, reason: &str) -> Result<()>;
+
+    /// Unfinished jobs owned by `replica` that have a cancel request, with its reason (for a
+    /// replica that may have missed the signal).
+    async fn cancel_requests(&self, replica: &str) -> Result<Vec<(JobId, String)>>;
+
+    /// 1-based position of a QUEUED job among all QUEUED jobs in creation order (claimed or not);
+    /// `None` if the job is not queued.
+    async fn queue_position(&self, job: &JobId) -> Result<Option<u32>>;
+
+    /// Signals of commits by every process sharing the store, including this one. `None` when the
+    /// store is not shared (this process's own wake-ups are all there is).
+    fn signals(&self) -> Option<tokio::sync::broadcast::Receiver<StoreSignal>>;
 
     /// Records the files a job changed (replacing any earlier record for that job).
     async fn put_job_outputs(&self, job: &JobId, changes: &[FileChange]) -> Result<()>;

@@ -14,7 +14,7 @@ use crate::domain::{
     FileChange, Job, JobEvent, JobId, PageCursor, Session, SessionId, TenantId, Timestamp,
 };
 use crate::error::{Error, Result};
-use crate::store::{JobFilter, JobWrite, Store};
+use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan, Store, StoreSignal};
 use async_trait::async_trait;
 use conn::Readers;
 use std::collections::BTreeMap;
@@ -119,7 +119,45 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_job(&self, job: &Job, session_expires: Timestamp) -> Result<Job> {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    // TODO(store helper): the scale-out methods, replaced by real implementations.
+    async fn claim_jobs(&self, _: &str, _: Timestamp, _: usize) -> Result<Vec<Claimed>> {
+        Err(Error::internal("claim_jobs: not implemented"))
+    }
+    async fn renew_leases(&self, _: &str, _: Timestamp) -> Result<Vec<JobId>> {
+        Err(Error::internal("renew_leases: not implemented"))
+    }
+    async fn expired_leases(&self, _: Timestamp, _: usize) -> Result<Vec<Orphan>> {
+        Err(Error::internal("expired_leases: not implemented"))
+    }
+    async fn release_job(&self, _: &JobId, _: &str) -> Result<bool> {
+        Err(Error::internal("release_job: not implemented"))
+    }
+    async fn finish_unclaimed(&self, _: JobWrite) -> Result<bool> {
+        Err(Error::internal("finish_unclaimed: not implemented"))
+    }
+    async fn request_cancel(&self, _: &JobId, _: &str) -> Result<()> {
+        Err(Error::internal("request_cancel: not implemented"))
+    }
+    async fn cancel_requests(&self, _: &str) -> Result<Vec<(JobId, String)>> {
+        Err(Error::internal("cancel_requests: not implemented"))
+    }
+    async fn queue_position(&self, _: &JobId) -> Result<Option<u32>> {
+        Err(Error::internal("queue_position: not implemented"))
+    }
+    fn signals(&self) -> Option<tokio::sync::broadcast::Receiver<StoreSignal>> {
+        None
+    }
+
+    async fn create_job(
+        &self,
+        job: &Job,
+        session_expires: Timestamp,
+        _limits: &AdmitLimits,
+    ) -> Result<Job> {
         let job = job.clone();
         self.writer
             .write(move |c| ops::create_job(c, &job, session_expires))
@@ -327,7 +365,10 @@ mod tests {
             conversation_id: None,
             last_seq: 0,
         };
-        store.create_job(&job, Timestamp(3)).await.unwrap();
+        store
+            .create_job(&job, Timestamp(3), &crate::store::contract::NO_LIMITS)
+            .await
+            .unwrap();
         let start = std::time::Instant::now();
         for b in 0..TOTAL / 100 {
             let events = (b * 100 + 1..=b * 100 + 100)

@@ -1,0 +1,364 @@
+//! Several agentd replicas as separate processes on one Postgres store (the one this machine runs
+//! on 127.0.0.1:5432, each test in its own schema) and one shared workspace root: any replica
+//! answers any RPC, a job runs on exactly one replica, streams on other replicas see its events
+//! live, a replica killed with -9 loses nothing acknowledged, and its jobs are settled by the others.
+//!
+//! An unreachable Postgres fails these tests; it never skips them.
+
+mod common;
+
+use agentd::pb;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Seconds a replica's lease lasts in these tests (renewed every second).
+const LEASE: u64 = 3;
+
+fn database_url() -> String {
+    std::env::var("AGENTD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn psql(sql: &str) {
+    let st = std::process::Command::new("psql")
+        .arg(database_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .status()
+        .expect("run psql");
+    assert!(st.success(), "psql {sql:?} failed");
+}
+
+/// Replicas sharing one schema and one workspace root. Dropping it kills them and drops the schema.
+struct Cluster {
+    schema: String,
+    root: tempfile::TempDir,
+    replicas: Vec<TestServer>,
+    metrics: Vec<String>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        assert!(
+            std::net::TcpStream::connect("127.0.0.1:5432").is_ok(),
+            "Postgres is not reachable on 127.0.0.1:5432: the replica tests need it \
+             (start it with: pg_ctlcluster $(ls /etc/postgresql) main start)"
+        );
+        let schema = format!("agentd_r_{}", uuid::Uuid::new_v4().simple());
+        Cluster {
+            schema,
+            root: tempfile::tempdir().expect("workspace root"),
+            replicas: Vec::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    fn store_url(&self) -> String {
+        format!("{}?options=-csearch_path%3D{}", database_url(), self.schema)
+    }
+
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Starts replica `name`; returns its index.
+    fn start(&mut self, name: &str, extra: &[&str]) -> usize {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = [
+            "--store",
+            &self.store_url(),
+            "--workspace-root",
+            &self.root.path().display().to_string(),
+            "--replica-id",
+            name,
+            "--lease-seconds",
+            &LEASE.to_string(),
+            "--metrics-listen",
+            &metrics,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.replicas.push(TestServer::start_with(Options {
+            args,
+            env: Vec::new(),
+        }));
+        self.metrics.push(metrics);
+        self.replicas.len() - 1
+    }
+
+    async fn clients(&self, i: usize) -> Clients {
+        self.replicas[i].clients(KEY_A).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            r.kill9();
+        }
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+    }
+}
+
+async fn wait_state(c: &mut Clients, job: &str, state: pb::JobState, within: Duration) -> pb::Job {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let j = c.get_job(job).await;
+        if j.state == state as i32 {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} still {:?} after {within:?}, wanted {state:?}",
+            pb::JobState::try_from(j.state)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a stream until `n` events arrived, returning them (the stream is then dropped, as by a
+/// client whose connection broke).
+async fn read_some(c: &mut Clients, job: &str, n: usize) -> Vec<pb::JobEvent> {
+    let mut s = c
+        .jobs
+        .stream_job_events(pb::StreamJobEventsRequest {
+            job_id: job.into(),
+            after_seq: 0,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(30), s.message())
+            .await
+            .expect("events within 30s")
+            .expect("stream message")
+            .expect("stream open");
+        out.extend(msg.events);
+    }
+    out
+}
+
+fn seqs(events: &[pb::JobEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+fn assert_complete(events: &[pb::JobEvent], what: &str) {
+    let s = seqs(events);
+    let want: Vec<u64> = (1..=s.len() as u64).collect();
+    assert_eq!(
+        s, want,
+        "{what}: seqs must be 1..=n with no gap or duplicate"
+    );
+    assert_eq!(
+        events.last().map(kind),
+        Some("finished"),
+        "{what}: ends with the finished event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
+    let mut cl = Cluster::new();
+    // A alone first, so that A is the one running the job.
+    let a = cl.start("replica-a", &[]);
+    let mut ca = cl.clients(a).await;
+    let session = ca.create_session(&[]).await;
+    let j1 = ca.submit(&session.session_id, "lines 20 ; sleep 120").await;
+    wait_state(
+        &mut ca,
+        &j1.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
+    let b = cl.start("replica-b", &[]);
+    let c = cl.start("replica-c", &[]);
+    let (mut cb, mut cc) = (cl.clients(b).await, cl.clients(c).await);
+
+    // Any replica answers, for jobs it does not run too.
+    let seen_by_b = cb.get_job(&j1.job_id).await;
+    assert_eq!(seen_by_b.state, pb::JobState::Running as i32);
+    // The session's next job, submitted on C, waits behind the running one.
+    let j2 = cc.submit(&session.session_id, "after the loss").await;
+    assert_eq!(j2.state, pb::JobState::Queued as i32);
+
+    // Streams on B and C follow the job A runs, live.
+    let follow =
+        |mut cl: Clients, job: String| tokio::spawn(async move { cl.events(&job, 0).await });
+    let on_b = follow(cl.clients(b).await, j1.job_id.clone());
+    let on_c = follow(cl.clients(c).await, j1.job_id.clone());
+    // A client streaming from A has the first events when A dies.
+    let from_a = read_some(&mut ca, &j1.job_id, 21).await;
+    let last = from_a.last().expect("events").seq;
+
+    let killed_at = std::time::Instant::now();
+    cl.replicas[a].kill9();
+
+    // The client reattaches to B from its last seq and loses nothing.
+    let rest = cb.events(&j1.job_id, last).await;
+    let mut whole = from_a.clone();
+    whole.extend(rest);
+    assert_complete(&whole, "reattached stream");
+    let on_b = on_b.await.expect("stream on B");
+    let on_c = on_c.await.expect("stream on C");
+    assert_complete(&on_b, "stream on B");
+    assert_complete(&on_c, "stream on C");
+    assert_eq!(seqs(&on_b), seqs(&whole));
+    assert_eq!(seqs(&on_c), seqs(&whole));
+    assert_eq!(
+        texts(&on_b)[..20],
+        (1..=20).map(|i| format!("line {i}")).collect::<Vec<_>>()[..]
+    );
+
+    // The lost job failed, naming the lost replica, once its lease ran out.
+    let j1_final = cc.get_job(&j1.job_id).await;
+    assert_eq!(j1_final.state, pb::JobState::Failed as i32, "{j1_final:?}");
+    assert!(
+        j1_final.error_message.contains("replica-a"),
+        "reason names the lost replica: {:?}",
+        j1_final.error_message
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(LEASE - 1),
+        "settled only after the lease ran out"
+    );
+    // The queued job was taken by a surviving replica and ran.
+    let j2_final = wait_state(
+        &mut cb,
+        &j2.job_id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(j2_final.result.contains("after the loss"), "{j2_final:?}");
+    // The lost replica's agent did not outlive it.
+    let root = cl.root().to_path_buf();
+    assert!(
+        eventually(Duration::from_secs(10), || procs_under(&root).is_empty()).await,
+        "processes left in the workspaces: {:?}",
+        procs_under(&root)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_on_one_replica_stops_the_job_running_on_another() {
+    let mut cl = Cluster::new();
+    let a = cl.start("replica-a", &[]);
+    let mut ca = cl.clients(a).await;
+    let session = ca.create_session(&[]).await;
+    let job = ca.submit(&session.session_id, "sleep 120").await;
+    wait_state(
+        &mut ca,
+        &job.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
+    let b = cl.start("replica-b", &[]);
+    let mut cb = cl.clients(b).await;
+    let cancelled = cb
+        .jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("cancel via B")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(
+        cancelled.state,
+        pb::JobState::Cancelled as i32,
+        "cancel returns once the owner stored the final state: {cancelled:?}"
+    );
+    assert!(
+        cancelled.error_message.contains("cancelled by request"),
+        "{cancelled:?}"
+    );
+    let root: PathBuf = cl.root().to_path_buf();
+    assert!(
+        eventually(Duration::from_secs(10), || procs_under(&root).is_empty()).await,
+        "the agent's tree is gone: {:?}",
+        procs_under(&root)
+    );
+    // A stream on A (the owner) and one on B see the same complete log.
+    let on_a = ca.events(&job.job_id, 0).await;
+    let on_b = cb.events(&job.job_id, 0).await;
+    assert_complete(&on_a, "on A");
+    assert_eq!(seqs(&on_a), seqs(&on_b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_jobs_spread_over_three_replicas_each_run_once_in_session_order() {
+    const SESSIONS: usize = 10;
+    const PER_SESSION: usize = 5;
+    let mut cl = Cluster::new();
+    let ids: Vec<usize> = ["replica-a", "replica-b", "replica-c"]
+        .iter()
+        .map(|n| cl.start(n, &["--max-concurrent-jobs", "3"]))
+        .collect();
+    let mut clients = Vec::new();
+    for &i in &ids {
+        clients.push(cl.clients(i).await);
+    }
+    let mut sessions = Vec::new();
+    for s in 0..SESSIONS {
+        sessions.push(clients[s % 3].create_session(&[]).await.session_id);
+    }
+    // Round-robin over replicas and sessions; each job appends its token to its session's file.
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for n in 0..SESSIONS * PER_SESSION {
+        let session = &sessions[n % SESSIONS];
+        let token = format!("tok-{n}");
+        let prompt = format!("bash echo {token} >> runs.txt ; sleep 0.2");
+        jobs.push(clients[n % 3].submit(session, &prompt).await.job_id);
+        expected.entry(session.clone()).or_default().push(token);
+    }
+    for (n, job) in jobs.iter().enumerate() {
+        let done = wait_state(
+            &mut clients[(n + 1) % 3],
+            job,
+            pb::JobState::Succeeded,
+            Duration::from_secs(180),
+        )
+        .await;
+        assert_eq!(done.job_id, *job);
+    }
+    for (session, tokens) in &expected {
+        let file = clients[0]
+            .download(session, "runs.txt")
+            .await
+            .expect("download runs.txt");
+        let lines: Vec<String> = String::from_utf8(file)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            &lines, tokens,
+            "session {session}: every job ran exactly once, in submission order"
+        );
+    }
+    // The work was shared: every job finished on exactly one replica, and more than one worked.
+    let mut per_replica = Vec::new();
+    for m in &cl.metrics {
+        let page = scrape(m).await;
+        per_replica
+            .push(sample(&page, r#"agentd_jobs_finished_total{state="SUCCEEDED"}"#) as usize);
+    }
+    assert_eq!(
+        per_replica.iter().sum::<usize>(),
+        SESSIONS * PER_SESSION,
+        "{per_replica:?}"
+    );
+    assert!(
+        per_replica.iter().filter(|n| **n > 0).count() >= 2,
+        "jobs spread over the replicas: {per_replica:?}"
+    );
+}
