@@ -373,6 +373,14 @@ async fn bad_job_requests_are_refused_precisely() {
         ),
         (
             pb::SubmitJobRequest {
+                env: [("AGENTD_RUN_TOKEN".to_string(), "x".to_string())].into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FORBIDDEN_ENV",
+        ),
+        (
+            pb::SubmitJobRequest {
                 session_id: "ses_nope".into(),
                 ..base.clone()
             },
@@ -386,6 +394,30 @@ async fn bad_job_requests_are_refused_precisely() {
         assert_eq!(reason(&err), why, "{req:?}");
         assert!(!err.message().is_empty());
     }
+    // The server's own names are reserved; the violation names the variable.
+    let err = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            env: [("AGENTD_SUPERVISE_NO_NS".to_string(), "1".to_string())].into(),
+            ..base.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(&err), "FORBIDDEN_ENV");
+    let violations = {
+        use tonic_types::StatusExt;
+        err.get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.field.contains("AGENTD_SUPERVISE_NO_NS")),
+        "{violations:?}"
+    );
     let listed = c
         .jobs
         .list_jobs(pb::ListJobsRequest {

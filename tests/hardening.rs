@@ -1767,6 +1767,14 @@ async fn every_rpc_refuses_bad_input_precisely_and_writes_nothing_outside() {
             Want::Err(InvalidArgument, "INVALID_FIELD"),
         ),
         (
+            "env name reserved for the server",
+            pb::SubmitJobRequest {
+                env: [("AGENTD_RUN_TOKEN".to_string(), "v".to_string())].into(),
+                ..base.clone()
+            },
+            Want::Err(InvalidArgument, "FORBIDDEN_ENV"),
+        ),
+        (
             "allowed tool 256",
             pb::SubmitJobRequest {
                 allowed_tools: vec!["T".repeat(256)],

@@ -37,7 +37,8 @@ pub struct JobView {
 /// Longest prompt accepted (bytes); argv limits make larger prompts fail at exec anyway.
 const MAX_PROMPT_BYTES: usize = 1 << 20;
 
-/// Environment names a job may not set: the server's and the operator's.
+/// Environment names a job may not set: the server's (`AGENTD_*`, e.g. the run marker the start-up
+/// sweep looks for, which a job must not forge or clear) and the operator's.
 fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in env {
         let field = format!("env[{k:?}]");
@@ -55,6 +56,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
         let upper = k.to_ascii_uppercase();
         let forbidden = upper == "PATH"
             || upper == "HOME"
+            || upper.starts_with("AGENTD_")
             || upper.starts_with("LD_")
             || upper.ends_with("_BASE_URL")
             || upper.ends_with("_API_KEY");
@@ -63,8 +65,8 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
                 Reason::ForbiddenEnv,
                 field,
                 format!(
-                    "env {k:?} may not be set by a job (PATH, HOME, LD_*, *_BASE_URL and *_API_KEY \
-                     belong to the operator)"
+                    "env {k:?} may not be set by a job (PATH, HOME, AGENTD_*, LD_*, *_BASE_URL and \
+                     *_API_KEY belong to the server and the operator)"
                 ),
             ));
         }
@@ -389,6 +391,8 @@ mod tests {
             "ANTHROPIC_BASE_URL",
             "OPENAI_API_KEY",
             "path",
+            "AGENTD_RUN_TOKEN",
+            "agentd_supervise_no_ns",
         ] {
             let e = check_env(&env(bad)).unwrap_err();
             assert_eq!(e.reason(), Reason::ForbiddenEnv, "{bad}");
