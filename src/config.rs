@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// Seconds between sweeps for expired sessions.
     #[arg(long, env = "AGENTD_REAPER_INTERVAL_SECONDS", default_value_t = 30)]
     pub reaper_interval_seconds: u64,
+    /// Consecutive failures of a store health probe before health turns NOT_SERVING (the first
+    /// success turns it back).
+    #[arg(long, env = "AGENTD_HEALTH_PROBE_FAILURES", default_value_t = 3)]
+    pub health_probe_failures: u32,
     /// Observability and transport flags (boxed: they would make every `ServeArgs` move large).
     #[command(flatten)]
     pub ops: Box<OpsArgs>,
@@ -317,6 +321,8 @@ pub struct Config {
     /// Where Prometheus metrics are served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// Consecutive failures of a store probe that turn health NOT_SERVING (at least 1).
+    pub health_probe_failures: u32,
 }
 
 /// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
@@ -614,6 +620,7 @@ impl Config {
             transport,
             metrics_listen: args.ops.metrics_listen,
             log_format: args.ops.log_format,
+            health_probe_failures: args.health_probe_failures.max(1),
         })
     }
 }
@@ -669,6 +676,7 @@ impl std::fmt::Display for Config {
             None => writeln!(f, "metrics_listen = off")?,
         }
         writeln!(f, "log_format = {:?}", self.log_format)?;
+        writeln!(f, "health_probe_failures = {}", self.health_probe_failures)?;
         write!(
             f,
             "limits = {:?}\ntiming = {:?}\ntransport = {:?}",
@@ -720,6 +728,9 @@ mod tests {
         let d = parse(&[]).expect("defaults");
         assert_eq!(d.workspace_root, d.data_dir.join("sessions"));
         assert_ne!(d.replica_id, parse(&[]).expect("defaults").replica_id);
+        assert_eq!(d.health_probe_failures, 3);
+        let one = parse(&["--health-probe-failures", "0"]).expect("clamped");
+        assert_eq!(one.health_probe_failures, 1);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! cli/           the client subcommands (run, sessions, jobs, files, agents) over the generated clients
 //! config         clap + TOML configuration, validated once; secrets redacted when printed
 //! server         mounts services, health, reflection, auth; transport (TLS, gRPC-Web); serves
+//! health         store probes behind grpc.health (a read and a write, each on its own schedule;
+//!                NOT_SERVING after N consecutive failures); the queued-jobs gauge
 //! telemetry      Prometheus metrics + listener; per-RPC span, request id and metrics; traceparent
 //! shutdown       CancellationToken + TaskTracker, and the fixed drain order
 //! auth           API keys → tenants (constant-time comparison)
@@ -32,6 +34,7 @@ pub mod core;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod runner;
 pub mod server;
 pub mod shutdown;

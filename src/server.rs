@@ -5,7 +5,7 @@
 //!
 //! It also owns the transport: h2c or TLS/mTLS (rustls), HTTP/2 keepalive and maximum connection
 //! age, gzip, optional gRPC-Web (+ CORS), the per-RPC telemetry layer, the metrics listener, and
-//! the store probe that turns health NOT_SERVING while the store is unusable.
+//! the store probes (`health`) that turn health NOT_SERVING while the store is unusable.
 
 use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi};
 use crate::auth::Authenticator;
@@ -25,7 +25,6 @@ use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +79,6 @@ const STORE_SERVICES: [&str; 4] = [
     <FileSvc as NamedService>::NAME,
     "",
 ];
-
-/// How often the store is probed for health and the queue-depth gauge.
-pub const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Headers a browser may send / read on cross-origin gRPC-Web calls.
 const CORS_ALLOW_HEADERS: [&str; 9] = [
@@ -156,72 +152,11 @@ fn cors_layer(t: &Transport) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// One probe of the store: a write transaction through the writer and a read of the unfinished
-/// jobs; on success, the number of queued jobs.
-async fn probe_store(store: &DynStore) -> crate::error::Result<usize> {
-    store.append(Vec::new()).await?;
-    let jobs = store.unfinished_jobs().await?;
-    Ok(jobs
-        .iter()
-        .filter(|j| matches!(j.state, crate::domain::JobState::Queued))
-        .count())
-}
-
 // TODO(merge): replaced by `crate::store::open` from the store branch.
 async fn open_store(config: &Config) -> crate::error::Result<DynStore> {
     Ok(Arc::new(
         SqliteStore::open(&config.data_dir.join("agentd.db")).await?,
     ))
-}
-
-/// Probes with `probe` every `interval` until `stop`, switching the store-backed health names
-/// between SERVING and NOT_SERVING when the outcome changes.
-async fn watch_store<F, Fut>(
-    health: HealthReporter,
-    interval: Duration,
-    stop: CancellationToken,
-    mut probe: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = crate::error::Result<usize>>,
-{
-    // The store just opened (or the caller would not be here).
-    let mut serving = true;
-    crate::telemetry::metrics().set_store_up(true);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
-        }
-        let ok = match tokio::time::timeout(interval, probe()).await {
-            Ok(Ok(queued)) => {
-                crate::telemetry::metrics().set_queued(queued);
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "store probe failed");
-                false
-            }
-            Err(_) => {
-                tracing::error!("store probe timed out");
-                false
-            }
-        };
-        crate::telemetry::metrics().set_store_up(ok);
-        if ok != serving && !stop.is_cancelled() {
-            serving = ok;
-            let status = if ok {
-                tracing::info!("store usable again: health SERVING");
-                ServingStatus::Serving
-            } else {
-                tracing::warn!("store unusable: health NOT_SERVING");
-                ServingStatus::NotServing
-            };
-            for name in STORE_SERVICES {
-                health.set_service_status(name, status).await;
-            }
-        }
-    }
 }
 
 /// Serves on `listener` until `stop` resolves; returns after a clean drain.
@@ -331,18 +266,14 @@ pub async fn serve(
             telemetry_stop.clone(),
         ));
     }
-    let probe = tokio::spawn({
-        let (health, store) = (health.clone(), store.clone());
-        watch_store(
-            health,
-            STORE_PROBE_INTERVAL,
-            telemetry_stop.clone(),
-            move || {
-                let store = store.clone();
-                async move { probe_store(&store).await }
-            },
-        )
-    });
+    let probe = crate::health::spawn(
+        health.clone(),
+        &STORE_SERVICES,
+        store.clone(),
+        config.health_probe_failures,
+        crate::health::ProbeTiming::default(),
+        telemetry_stop.clone(),
+    );
 
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
     // Nagle's algorithm would hold each small event message back until the previous one is
@@ -398,86 +329,5 @@ pub async fn serve(
             tracing::error!(error = %e, "server task failed");
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use tonic_health::pb::health_check_response::ServingStatus as Wire;
-    use tonic_health::pb::health_server::Health;
-
-    async fn status_of(svc: &impl Health, name: &str) -> Wire {
-        let req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
-            service: name.to_owned(),
-        });
-        let resp = svc.check(req).await.unwrap().into_inner();
-        Wire::try_from(resp.status).unwrap()
-    }
-
-    #[tokio::test]
-    async fn health_follows_the_store_probe_per_service() {
-        let health = HealthReporter::new();
-        for name in SERVICES.iter().copied().chain([""]) {
-            health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
-        let inner = tonic_health::server::HealthService::from_health_reporter(health.clone());
-        let store_ok = Arc::new(AtomicBool::new(true));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(watch_store(
-            health.clone(),
-            Duration::from_millis(20),
-            stop.clone(),
-            {
-                let ok = store_ok.clone();
-                move || {
-                    let ok = ok.load(Ordering::SeqCst);
-                    async move {
-                        if ok {
-                            Ok(3)
-                        } else {
-                            Err(crate::error::Error::internal("store: disk I/O error"))
-                        }
-                    }
-                }
-            },
-        ));
-        let info = <InfoSvc as NamedService>::NAME;
-        let jobs = <JobSvc as NamedService>::NAME;
-        let wait_for = |name: &'static str, want: Wire| {
-            let inner = &inner;
-            async move {
-                for _ in 0..200 {
-                    if status_of(inner, name).await == want {
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                false
-            }
-        };
-        store_ok.store(false, Ordering::SeqCst);
-        assert!(wait_for(jobs, Wire::NotServing).await);
-        assert_eq!(status_of(&inner, "").await, Wire::NotServing);
-        assert_eq!(
-            status_of(&inner, info).await,
-            Wire::Serving,
-            "info needs no store"
-        );
-        store_ok.store(true, Ordering::SeqCst);
-        assert!(wait_for(jobs, Wire::Serving).await);
-        assert_eq!(status_of(&inner, "").await, Wire::Serving);
-        stop.cancel();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn probe_reads_queue_depth_from_a_real_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        assert_eq!(probe_store(&store).await.unwrap(), 0);
     }
 }
