@@ -36,6 +36,8 @@ pub enum ServeError {
     },
     #[error("store: {0}")]
     Store(crate::error::Error),
+    #[error("{0}")]
+    RunDir(crate::error::Error),
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("transport: {0}")]
@@ -159,6 +161,24 @@ async fn open_store(config: &Config) -> crate::error::Result<DynStore> {
     ))
 }
 
+async fn claim_data_dir(
+    data_dir: &std::path::Path,
+) -> Result<crate::runner::records::RunLock, ServeError> {
+    let dir = data_dir.to_owned();
+    let (lock, swept) = tokio::task::spawn_blocking(move || crate::runner::records::claim(&dir))
+        .await
+        .map_err(|e| ServeError::RunDir(crate::error::Error::internal(e.to_string())))?
+        .map_err(ServeError::RunDir)?;
+    if swept.records > 0 {
+        tracing::warn!(
+            records = swept.records,
+            killed = swept.killed,
+            "swept the processes of jobs a previous run left behind"
+        );
+    }
+    Ok(lock)
+}
+
 /// Serves on `listener` until `stop` resolves; returns after a clean drain.
 pub async fn serve(
     config: Config,
@@ -170,6 +190,9 @@ pub async fn serve(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    // Before the store opens: refuse a second agentd on this data dir, and kill what a crashed
+    // previous run left behind (see `runner::records`). Held until `serve` returns.
+    let _run_lock = claim_data_dir(&config.data_dir).await?;
     let store = open_store(&config).await.map_err(ServeError::Store)?;
     tracing::info!(
         replica = %config.replica_id,

@@ -2251,7 +2251,8 @@ async fn every_rpc_refuses_bad_input_precisely_and_writes_nothing_outside() {
         outside_before,
         "written outside the workspace"
     );
-    // Nothing escaped into the data dir either: only the store and the sessions directory.
+    // Nothing escaped into the data dir either: only the store, the sessions directory and the
+    // run records.
     let top: BTreeSet<String> = std::fs::read_dir(&server.data_dir)
         .unwrap()
         .flatten()
@@ -2260,7 +2261,7 @@ async fn every_rpc_refuses_bad_input_precisely_and_writes_nothing_outside() {
         .collect();
     assert_eq!(
         top,
-        BTreeSet::from(["sessions".to_owned()]),
+        BTreeSet::from(["run".to_owned(), "sessions".to_owned()]),
         "unexpected entries in the data dir"
     );
     eprintln!("bad input: {} cases checked", t.count);
@@ -2284,4 +2285,262 @@ fn async_stream_upload(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The start-up sweep and the data dir lock, in the containment fallback (no PID namespaces),
+//    where a killed server's supervisors cannot take setsid'd descendants with them.
+
+/// Tokens of the run records in a data dir.
+fn run_tokens(server: &TestServer) -> BTreeSet<String> {
+    std::fs::read_dir(server.data_dir.join("run"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".run").map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live processes whose environment carries one of `tokens` as `AGENTD_RUN_TOKEN`.
+fn marked(tokens: &BTreeSet<String>) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let carries = environ.split(|b| *b == 0).any(|v| {
+            v.strip_prefix(b"AGENTD_RUN_TOKEN=")
+                .is_some_and(|t| tokens.contains(&*String::from_utf8_lossy(t)))
+        });
+        if carries {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_in_the_fallback_containment_leaves_nothing_after_restart() {
+    let mut server = TestServer::start_with(Options {
+        env: vec![("AGENTD_SUPERVISE_NO_NS".into(), "1".into())],
+        ..Default::default()
+    });
+    let sessions_dir = server.data_dir.join("sessions");
+    for round in 0..3u32 {
+        let mut c = server.clients(KEY_A).await;
+        let s = c.create_session(&[]).await;
+        let sleeper = (7310 + round).to_string();
+        let job = c
+            .submit(&s.session_id, &format!("grandchild {sleeper} ; sleep 60"))
+            .await;
+        assert!(
+            eventually(Duration::from_secs(10), || !sleepers(&sleeper).is_empty()).await,
+            "round {round}: grandchild never started"
+        );
+        let tokens = run_tokens(&server);
+        assert_eq!(
+            tokens.len(),
+            1,
+            "round {round}: one running job, one record"
+        );
+        let before = marked(&tokens);
+        assert!(
+            before.len() >= 3,
+            "round {round}: supervisor, agent and grandchild carry the marker: {before:?}"
+        );
+
+        server.kill9();
+        // This is the gap the sweep closes: in this mode the setsid'd grandchild outlives the
+        // server, its supervisor and the agent.
+        assert!(
+            !sleepers(&sleeper).is_empty(),
+            "round {round}: the grandchild died with the server; the test would prove nothing"
+        );
+        server.restart();
+        // The sweep runs before the store opens, so once a call is answered it is done.
+        let mut c = server.clients(KEY_A).await;
+        let job = c.get_job(&job.job_id).await;
+        assert_eq!(job.state, pb::JobState::Failed as i32, "round {round}");
+        assert!(
+            eventually(Duration::from_secs(5), || marked(&tokens).is_empty()
+                && sleepers(&sleeper).is_empty()
+                && procs_under(&sessions_dir).is_empty())
+            .await,
+            "round {round}: processes from before the crash survived the restart: marked \
+             {:?}, sleepers {:?}, in workspaces {:?}",
+            marked(&tokens),
+            sleepers(&sleeper),
+            procs_under(&sessions_dir)
+        );
+        assert!(
+            run_tokens(&server).is_disjoint(&tokens),
+            "round {round}: swept records were not removed"
+        );
+    }
+    // A job on the restarted server runs and ends normally, leaving no record.
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let job = c.submit(&s.session_id, "hi").await;
+    assert_eq!(
+        c.wait(&job.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || run_tokens(&server).is_empty()).await,
+        "a finished job left its record: {:?}",
+        run_tokens(&server)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[("keep.txt", b"kept")]).await;
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data_dir)
+        .env("AGENTD_API_KEYS", format!("a:{KEY_A}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second agentd kept running on a data dir already in use");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        stderr.contains("another agentd")
+            && stderr.contains(&server.pid().to_string())
+            && stderr.contains(&server.data_dir.display().to_string()),
+        "the refusal should name the holder and the data dir: {stderr}"
+    );
+    // The first server is unaffected.
+    assert_eq!(
+        c.download(&s.session_id, "keep.txt").await.unwrap(),
+        b"kept"
+    );
+    let job = c.submit(&s.session_id, "hi").await;
+    assert_eq!(
+        c.wait(&job.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. The reaper never deletes a session under a queued or running job.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_skips_sessions_with_queued_or_running_jobs() {
+    let server = TestServer::start_with(Options {
+        args: vec![
+            "--reaper-interval-seconds".into(),
+            "1".into(),
+            "--max-concurrent-jobs".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let create = |ttl: u32| pb::CreateSessionRequest {
+        ttl_seconds: ttl,
+        ..Default::default()
+    };
+    let busy = c
+        .sessions
+        .create_session(create(3600))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let short = c
+        .sessions
+        .create_session(create(1))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    // The only slot is taken for 4 s, so `short`'s job waits in the queue well past its TTL,
+    // then runs for 2 s, again past its TTL.
+    let hog = c.submit(&busy.session_id, "sleep 4").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get_job(&hog.job_id).await.state != pb::JobState::Running as i32 {
+        assert!(Instant::now() < deadline, "the first job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = c.submit(&short.session_id, "sleep 2").await;
+    let expiry = |s: pb::Session| {
+        let t = s.expire_time.unwrap();
+        (t.seconds, t.nanos)
+    };
+    let mut get_short = {
+        let mut sessions = c.sessions.clone();
+        let id = short.session_id.clone();
+        move || {
+            let mut sessions = sessions.clone();
+            let id = id.clone();
+            async move {
+                sessions
+                    .get_session(pb::GetSessionRequest { session_id: id })
+                    .await
+                    .map(|r| r.into_inner().session.unwrap())
+            }
+        }
+    };
+    let submitted = expiry(get_short().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let still = get_short()
+        .await
+        .expect("a session with a queued job was reaped");
+    assert_eq!(
+        c.get_job(&waiting.job_id).await.state,
+        pb::JobState::Queued as i32,
+        "the job should still be waiting for the slot"
+    );
+    assert!(
+        expiry(still) > submitted,
+        "the reaper moved the busy session's expiry on"
+    );
+    let done = c.wait(&waiting.job_id).await;
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "the job ran to its end: {}",
+        done.error_message
+    );
+    assert_eq!(
+        c.wait(&hog.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    // Idle now, it expires for real.
+    let dir = workspace(&server, &short.session_id);
+    assert!(
+        eventually(Duration::from_secs(15), || !dir.exists()).await,
+        "the idle expired session was never reaped"
+    );
 }

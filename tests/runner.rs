@@ -19,6 +19,7 @@ fn spec(program: &str, args: &[&str]) -> ProcessSpec {
         env: vec![("PATH".into(), PATH.into())],
         cwd: std::env::temp_dir(),
         max_line_bytes: 1 << 20,
+        run_dir: None,
     }
 }
 
@@ -203,16 +204,30 @@ async fn program_not_executable_is_126() {
 async fn environment_and_cwd_are_exactly_the_given_ones() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path().canonicalize().unwrap();
+    let runs = tempfile::tempdir().unwrap();
     for no_namespace in [false, true] {
         let mut spec = spec("env", &[]);
         spec.env.push(("FOO".into(), "bar baz".into()));
+        spec.run_dir = Some(runs.path().to_owned());
         if no_namespace {
             spec = no_ns(spec);
         }
         let ran = run(spec, relaxed()).await;
         let mut env = ran.stdout_texts();
         env.sort();
+        // The run marker is the one addition; the record's location is not passed on.
+        let token = env.remove(0);
+        let token = token.strip_prefix("AGENTD_RUN_TOKEN=").expect(token);
+        assert!(
+            token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{token}"
+        );
         assert_eq!(env, vec!["FOO=bar baz", &format!("PATH={PATH}")]);
+        assert_eq!(
+            std::fs::read_dir(runs.path()).unwrap().count(),
+            0,
+            "a finished run leaves no record"
+        );
     }
     let mut spec = spec("pwd", &["-P"]);
     spec.cwd = cwd.clone();
@@ -478,4 +493,109 @@ async fn killing_the_supervisor_kills_the_tree() {
     supervisor.wait().unwrap();
     wait_gone("3297").await;
     wait_gone("3298").await;
+}
+
+// ---- run records: what outlives a killed supervisor ----
+
+/// The records in a run dir, as (token, content).
+fn records_in(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let token = name.strip_suffix(".run")?.to_owned();
+            Some((token, std::fs::read_to_string(e.path()).unwrap_or_default()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// In the fallback mode a SIGKILLed supervisor leaves a setsid'd grandchild alive; its record is
+/// still there, so the runner sweeps the tree by its marker before `run` returns.
+#[tokio::test]
+async fn fallback_supervisor_killed_by_sigkill_leaves_nothing_behind() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut spec = no_ns(sh("setsid sleep 3307 & sleep 3308"));
+    spec.run_dir = Some(runs.path().to_owned());
+    let process = Process::spawn(spec).unwrap();
+    let pid = process.pid();
+    let (tx, mut rx) = mpsc::channel(16);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let running = tokio::spawn(process.run(tx, relaxed()));
+    wait_for_sleeper("3307").await;
+    let records = records_in(runs.path());
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records[0]
+            .1
+            .starts_with(&format!("pid={pid}\npgid={pid}\nstart=")),
+        "{records:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("run did not return")
+        .unwrap();
+    drain.await.unwrap();
+    assert_eq!(outcome.exit, ExitStatus::Signal(9));
+    assert_gone("3307");
+    assert_gone("3308");
+    assert!(records_in(runs.path()).is_empty(), "record not removed");
+}
+
+/// What a crashed agentd leaves: a record whose supervisor is gone and a marked process that
+/// escaped. The start-up claim kills it (and not an unmarked one), then removes the record.
+#[tokio::test]
+async fn startup_sweep_kills_marked_leftovers_only() {
+    use agentd::runner::records::{RUN_TOKEN_ENV, claim, run_dir};
+    let data = tempfile::tempdir().unwrap();
+    let dir = run_dir(data.path());
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "00112233445566778899aabbccddeeff";
+    // A recycled pid: our own, with another start time, must not be killed.
+    std::fs::write(
+        dir.join(format!("{token}.run")),
+        format!(
+            "pid={}\npgid={}\nstart=1\n",
+            std::process::id(),
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let mut marked = std::process::Command::new("setsid")
+        .args(["sleep", "3317"])
+        .env(RUN_TOKEN_ENV, token)
+        .spawn()
+        .unwrap();
+    let mut other = std::process::Command::new("sleep")
+        .arg("3318")
+        .env(RUN_TOKEN_ENV, "ffffffffffffffffffffffffffffffff")
+        .spawn()
+        .unwrap();
+    wait_for_sleeper("3317").await;
+    wait_for_sleeper("3318").await;
+    let (_lock, swept) = tokio::task::spawn_blocking({
+        let data = data.path().to_owned();
+        move || claim(&data)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(swept.records, 1);
+    assert_eq!(swept.killed, 1, "{swept:?}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(marked.wait().unwrap().signal(), Some(9));
+    assert!(records_in(&dir).is_empty());
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "an unrecorded token was killed"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
 }

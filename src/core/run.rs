@@ -220,6 +220,7 @@ impl Core {
                 env,
                 cwd: workspace.clone(),
                 max_line_bytes: self.config.limits.max_line_bytes,
+                run_dir: Some(crate::runner::records::run_dir(&self.config.data_dir)),
             })
         }) {
             Ok(p) => p,

@@ -11,8 +11,14 @@
 //! Escalation on cancel or timeout: SIGTERM to the supervisor (forwarded to the agent's process
 //! group), after `grace` SIGUSR1 (the supervisor kills the whole tree), after 2 more seconds
 //! SIGKILL to the supervisor's process group.
+//!
+//! Every tree carries a run marker and, given a run dir, is recorded there by its supervisor
+//! ([`records`]); a supervisor that died without removing its record (SIGKILLed) has its tree
+//! swept by marker when the run ends, and the records of a crashed agentd are swept at its next
+//! start.
 
 mod lines;
+pub mod records;
 pub mod supervise;
 
 use crate::domain::ExitStatus;
@@ -55,6 +61,8 @@ pub struct ProcessSpec {
     pub cwd: PathBuf,
     /// Lines longer than this are cut and marked truncated.
     pub max_line_bytes: usize,
+    /// Where the supervisor records the tree (see [`records`]); `None` records nothing.
+    pub run_dir: Option<PathBuf>,
 }
 
 /// One line of output.
@@ -107,6 +115,46 @@ pub struct Process {
     stdout: ChildStdout,
     stderr: ChildStderr,
     max_line_bytes: usize,
+    leftovers: Leftovers,
+}
+
+/// Sweeps a tree's marked processes if its supervisor could not clean up: awaited at the end of
+/// [`Process::run`], or in the background when a `Process` is dropped without running (its
+/// supervisor is then SIGKILLed).
+#[derive(Debug)]
+struct Leftovers {
+    run_dir: Option<PathBuf>,
+    token: String,
+}
+
+impl Leftovers {
+    async fn sweep(mut self) {
+        let (Some(dir), token) = (self.run_dir.take(), std::mem::take(&mut self.token)) else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || records::sweep_one(&dir, &token)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                killed = n,
+                "killed processes that outlived their supervisor"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweeping a job's leftover processes failed"),
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let Some(dir) = self.run_dir.take() else {
+            return;
+        };
+        let token = std::mem::take(&mut self.token);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || records::sweep_one(&dir, &token));
+        } else {
+            records::sweep_one(&dir, &token);
+        }
+    }
 }
 
 impl Process {
@@ -115,13 +163,23 @@ impl Process {
     /// cannot be executed shows as exit code 127/126 and a line on stderr instead.
     pub fn spawn(spec: ProcessSpec) -> Result<Process> {
         validate(&spec)?;
+        let token = records::new_token();
         let mut cmd = tokio::process::Command::new(&spec.supervisor);
         cmd.arg(supervise::SUBCOMMAND)
             .arg(&spec.program)
             .args(&spec.args)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.cwd)
+            .env(records::RUN_TOKEN_ENV, &token);
+        if let Some(dir) = &spec.run_dir {
+            cmd.env(records::RUN_DIR_ENV, dir);
+        }
+        // Set in agentd's own environment, it forces the fallback containment for every job (how
+        // the server-level tests exercise that mode).
+        if std::env::var_os(supervise::NO_NS_ENV).is_some_and(|v| v == "1") {
+            cmd.env(supervise::NO_NS_ENV, "1");
+        }
+        cmd.current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -162,6 +220,10 @@ impl Process {
             stdout,
             stderr,
             max_line_bytes: spec.max_line_bytes,
+            leftovers: Leftovers {
+                run_dir: spec.run_dir,
+                token,
+            },
         })
     }
 
@@ -181,10 +243,13 @@ impl Process {
             stdout,
             stderr,
             max_line_bytes,
+            leftovers,
         } = self;
         let (exited_tx, exited_rx) = watch::channel(None);
         let waiter = async move {
             let outcome = wait_with_escalation(&mut child, Pid::from_raw(pid), &control).await;
+            // Before the drain: a survivor holding the output pipes would keep them open.
+            leftovers.sweep().await;
             let _ = exited_tx.send(Some(Instant::now()));
             outcome
         };
@@ -370,6 +435,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             max_line_bytes: 10,
+            run_dir: None,
         };
         let err = validate(&spec).unwrap_err();
         assert!(
@@ -400,6 +466,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             max_line_bytes: 10,
+            run_dir: None,
         })
         .unwrap_err();
         assert_eq!(err.reason(), Reason::Internal);

@@ -21,7 +21,8 @@
 //!   which finds every descendant by scanning `/proc/*/stat` (this kernel has no
 //!   `/proc/<pid>/task/*/children`) and SIGKILLs them until it has no child left. Limitation: if the
 //!   supervisor itself is SIGKILLed (agentd died, or the final escalation step), only the agent
-//!   (which has PDEATHSIG armed) dies; descendants that left its process group survive.
+//!   (which has PDEATHSIG armed) dies; descendants that left its process group survive until the
+//!   runner (final escalation) or the next start of agentd sweeps them by their run marker.
 //!
 //! # Signals
 //! The supervisor (and ns-init) block SIGTERM, SIGINT, SIGUSR1 and SIGCHLD and take them with
@@ -29,6 +30,12 @@
 //! even for a namespace's PID 1 (which otherwise drops signals it has no handler for).
 //! * SIGTERM / SIGINT: forwarded to the agent's process group (in ns mode via ns-init): graceful.
 //! * SIGUSR1: kill the whole tree now, then exit as if killed by SIGKILL.
+//!
+//! # Run record
+//! When the runner asks for one (see [`super::records`]), the supervisor writes a record of itself
+//! before it starts anything and removes it once the tree is gone; the agent keeps the
+//! `AGENTD_RUN_TOKEN` marker in its environment. What a killed supervisor leaves behind is then
+//! found and killed by the next start-up sweep.
 //!
 //! # Exit status
 //! The supervisor exits with the agent's exit code, or re-raises the signal that killed the agent on
@@ -50,6 +57,8 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
+
+use super::records::{OwnRecord, RUN_DIR_ENV, stat_field};
 
 /// `argv[1]` that makes the agentd binary act as the supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
@@ -75,29 +84,47 @@ pub fn main(args: Vec<String>) -> i32 {
             return 127;
         }
     };
+    // Written before anything is started, removed once the tree is gone: a record left behind
+    // means this supervisor was killed and the start-up sweep has work to do.
+    let record = match OwnRecord::write_from_env() {
+        Ok(record) => record,
+        Err(msg) => {
+            let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+            return SETUP_FAILED;
+        }
+    };
+    let end = supervise(&agent);
+    if let Some(record) = record {
+        record.remove();
+    }
+    match end {
+        Ok(end) => exit_like(end),
+        Err(code) => code,
+    }
+}
+
+/// Runs the agent in the best containment available; the tree is gone when this returns.
+fn supervise(agent: &Agent) -> Result<End, i32> {
     let handled = handled_signals();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None) {
         let _ = writeln!(
             std::io::stderr(),
             "agentd: supervisor cannot block signals: {e}"
         );
-        return SETUP_FAILED;
+        return Err(SETUP_FAILED);
     }
     let force_fallback = std::env::var_os(NO_NS_ENV).is_some_and(|v| v == "1");
     let end = if !force_fallback && unshare(CloneFlags::CLONE_NEWPID).is_ok() {
         // A private mount namespace lets ns-init mount a /proc that matches the new PID numbers.
         let own_proc = unshare(CloneFlags::CLONE_NEWNS).is_ok();
-        run_namespaced(&agent, &handled, own_proc)
+        run_namespaced(agent, &handled, own_proc)
     } else {
-        run_subreaper(&agent, &handled)
+        run_subreaper(agent, &handled)
     };
-    match end {
-        Ok(end) => exit_like(end),
-        Err(msg) => {
-            let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
-            SETUP_FAILED
-        }
-    }
+    end.map_err(|msg| {
+        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+        SETUP_FAILED
+    })
 }
 
 /// How the agent (or the tree) ended.
@@ -160,7 +187,7 @@ impl Agent {
             .collect::<Result<Vec<_>, _>>()?;
         let program = argv[0].clone();
         let envp = std::env::vars_os()
-            .filter(|(k, _)| k != NO_NS_ENV)
+            .filter(|(k, _)| k != NO_NS_ENV && k != RUN_DIR_ENV)
             .filter_map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
@@ -461,11 +488,9 @@ fn descendants(root: Pid) -> Vec<Pid> {
     found
 }
 
-/// The ppid field of `/proc/<pid>/stat`: "pid (comm) state ppid ...", where comm may contain
-/// spaces and parentheses, so parse after the last ')'.
+/// The ppid field of `/proc/<pid>/stat`.
 fn parse_ppid(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(stat, 4)?.parse().ok()
 }
 
 /// Exits the way the agent did: returns its exit code, or re-raises its fatal signal.
