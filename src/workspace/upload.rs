@@ -1,8 +1,14 @@
 //! Streaming uploads into a workspace. Each file is written to a hidden temp file in its target
 //! directory by a blocking writer task fed through a bounded channel (hashing as it goes), and
 //! only renamed into place when the whole upload commits. Limits are checked per chunk, before
-//! the bytes are handed to the writer; any error, or dropping the `Upload`, removes every temp
-//! file.
+//! the bytes are handed to the writer.
+//!
+//! An upload that does not complete leaves nothing: any error, or dropping the `Upload` (the call
+//! was cancelled or ran past its deadline), removes every temp file, and a dropped upload never
+//! renames anything into place. Both hold even when the drop lands while blocking work is in
+//! flight (which runs to its end regardless): each temp file is owned by a [`Target`] that
+//! unlinks it when dropped unless it was renamed, and the commit checks, in the same atomic step
+//! that starts the renames, that its upload was not abandoned.
 
 use super::fsops::{self, kind_of, mkdir_beneath, stat_at};
 use super::path::{TEMP_PREFIX, normalize_path, split_parent};
@@ -17,6 +23,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -25,7 +32,13 @@ const CHANNEL_CHUNKS: usize = 8;
 const WRITE_BUFFER: usize = 256 * 1024;
 const DEFAULT_MODE: u32 = 0o644;
 
-/// A temp file and where it goes.
+/// Where an upload is in its life; moves only forward, from `LIVE` to one of the others.
+const LIVE: u8 = 0;
+const COMMITTING: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A temp file and where it goes. Dropping it unlinks the temp file unless it was renamed into
+/// place (blocking: drop it on the blocking pool, see [`remove_temps`]).
 struct Target {
     rel: String,
     parent: Arc<OwnedFd>,
@@ -33,6 +46,25 @@ struct Target {
     temp: String,
     /// Size of the regular file this one replaces, if any (it stops counting once replaced).
     replaces: Option<u64>,
+    renamed: bool,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if self.renamed {
+            return;
+        }
+        match nix::unistd::unlinkat(
+            self.parent.as_fd(),
+            self.temp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                tracing::warn!(path = %self.rel, error = %e, "could not remove upload temp file")
+            }
+        }
+    }
 }
 
 struct Staged {
@@ -61,6 +93,8 @@ pub struct Upload {
     current: Option<Current>,
     /// The error that ended this upload; every later call answers it again.
     failed: Option<Error>,
+    /// `LIVE`, `COMMITTING` or `ABANDONED`, shared with the blocking commit.
+    state: Arc<AtomicU8>,
 }
 
 impl Upload {
@@ -73,6 +107,7 @@ impl Upload {
             staged: Vec::new(),
             current: None,
             failed: None,
+            state: Arc::new(AtomicU8::new(LIVE)),
         }
     }
 
@@ -162,7 +197,8 @@ impl Upload {
             return Err(self.fail(e).await);
         }
         let staged = std::mem::take(&mut self.staged);
-        let result = blocking(move || commit_blocking(staged)).await;
+        let state = self.state.clone();
+        let result = blocking(move || commit_blocking(staged, &state)).await;
         match result {
             Ok(Ok(entries)) => Ok(entries),
             // The blocking task already removed whatever temp files were left.
@@ -383,15 +419,20 @@ impl std::fmt::Debug for Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        // A commit still on its way to the blocking pool must not rename anything any more; one
+        // that already started finishes (the renames are the upload's last step).
+        let _ = self
+            .state
+            .compare_exchange(LIVE, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
         let targets = self.pending_targets();
         if targets.is_empty() {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn_blocking(move || remove_temps_blocking(targets));
+                handle.spawn_blocking(move || drop(targets));
             }
-            Err(_) => remove_temps_blocking(targets),
+            Err(_) => drop(targets),
         }
     }
 }
@@ -411,27 +452,13 @@ fn writer_error(
     }
 }
 
+/// Removes the temp files (by dropping their targets) on the blocking pool, and waits for it.
 async fn remove_temps(targets: Vec<Target>) {
     if targets.is_empty() {
         return;
     }
-    if let Err(e) = blocking(move || remove_temps_blocking(targets)).await {
+    if let Err(e) = blocking(move || drop(targets)).await {
         tracing::warn!(error = %e, "could not remove upload temp files");
-    }
-}
-
-fn remove_temps_blocking(targets: Vec<Target>) {
-    for t in targets {
-        match nix::unistd::unlinkat(
-            t.parent.as_fd(),
-            t.temp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => {
-                tracing::warn!(path = %t.rel, error = %e, "could not remove upload temp file")
-            }
-        }
     }
 }
 
@@ -479,6 +506,7 @@ fn create_temp(root: &OwnedFd, rel: &str) -> Result<(Target, std::fs::File)> {
             name: name.to_owned(),
             temp,
             replaces,
+            renamed: false,
         },
         std::fs::File::from(fd),
     ))
@@ -504,7 +532,17 @@ fn write_file(
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-fn commit_blocking(staged: Vec<Staged>) -> Result<Vec<FileEntry>> {
+/// Renames every staged file into place (dropping `staged` on any error removes the temp files).
+fn commit_blocking(mut staged: Vec<Staged>, state: &AtomicU8) -> Result<Vec<FileEntry>> {
+    if state
+        .compare_exchange(LIVE, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Nobody waits for this answer: the call was dropped.
+        return Err(Error::internal(
+            "the upload was abandoned before it committed",
+        ));
+    }
     // Refuse before renaming anything if a destination became something we cannot replace.
     for s in &staged {
         let t = &s.target;
@@ -527,30 +565,26 @@ fn commit_blocking(staged: Vec<Staged>) -> Result<Vec<FileEntry>> {
             Err(e) => Some(e),
         };
         if let Some(e) = problem {
-            remove_temps_blocking(staged.into_iter().map(|s| s.target).collect());
             return Err(e);
         }
     }
-    let mut done = Vec::with_capacity(staged.len());
-    let mut rest = staged.into_iter();
-    while let Some(s) = rest.next() {
-        let t = &s.target;
+    for s in &mut staged {
+        let t = &mut s.target;
         if let Err(e) = renameat(
             t.parent.as_fd(),
             t.temp.as_str(),
             t.parent.as_fd(),
             t.name.as_str(),
         ) {
-            let err = Error::internal(format!("cannot move {:?} into place: {e}", t.rel));
-            let mut left = vec![s.target];
-            left.extend(rest.map(|s| s.target));
-            remove_temps_blocking(left);
-            return Err(err);
+            return Err(Error::internal(format!(
+                "cannot move {:?} into place: {e}",
+                t.rel
+            )));
         }
-        done.push(s);
+        t.renamed = true;
     }
-    let mut entries = Vec::with_capacity(done.len());
-    for s in done {
+    let mut entries = Vec::with_capacity(staged.len());
+    for s in staged {
         let t = &s.target;
         let st = stat_at(t.parent.as_fd(), &t.name)?
             .ok_or_else(|| Error::internal(format!("{:?} vanished after upload", t.rel)))?;
@@ -562,4 +596,105 @@ fn commit_blocking(staged: Vec<Staged>) -> Result<Vec<FileEntry>> {
         }
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn upload(dir: &Path) -> Upload {
+        let root = std::fs::File::open(dir).unwrap();
+        let limits = WorkspaceLimits {
+            max_files: 100,
+            max_session_bytes: 1 << 20,
+            max_file_bytes: 1 << 20,
+        };
+        Upload::new(OwnedFd::from(root), limits, 0, 0)
+    }
+
+    fn header(path: &str) -> UploadHeader {
+        UploadHeader {
+            path: path.into(),
+            mode: None,
+            size: None,
+            sha256: None,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// What the runtime does with the result of a blocking task whose caller was dropped: the
+    /// temp file it created goes with it.
+    #[test]
+    fn a_dropped_target_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = OwnedFd::from(std::fs::File::open(dir.path()).unwrap());
+        let (target, file) = create_temp(&root, "sub/a.txt").unwrap();
+        drop(file);
+        assert_eq!(names(dir.path()).len(), 1);
+        assert!(names(dir.path())[0].starts_with(TEMP_PREFIX));
+        drop(target);
+        assert!(names(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_upload_renames_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut up = upload(dir.path());
+        up.start_file(header("slow.bin")).await.unwrap();
+        up.write_chunk(Bytes::from_static(b"data")).await.unwrap();
+        up.finish_current().await.unwrap();
+        let staged = std::mem::take(&mut up.staged);
+        let state = up.state.clone();
+        // The call is dropped while its commit waits for a blocking thread.
+        drop(up);
+        let err = blocking(move || commit_blocking(staged, &state))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.reason(), Reason::Internal);
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_started_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut up = upload(dir.path());
+        up.start_file(header("a.txt")).await.unwrap();
+        up.write_chunk(Bytes::from_static(b"data")).await.unwrap();
+        let entries = up.commit().await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(names(dir.path()), ["a.txt"]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_upload_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut up = upload(dir.path());
+        up.start_file(header("done.txt")).await.unwrap();
+        up.write_chunk(Bytes::from_static(b"one")).await.unwrap();
+        up.start_file(header("d/half.txt")).await.unwrap();
+        up.write_chunk(Bytes::from_static(b"tw")).await.unwrap();
+        assert_eq!(names(dir.path()).len(), 2);
+        drop(up);
+        // The removal runs on the blocking pool.
+        for _ in 0..500 {
+            if names(dir.path()).is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("temp files left: {:?}", names(dir.path()));
+    }
 }
