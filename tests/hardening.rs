@@ -2498,8 +2498,8 @@ async fn the_reaper_skips_sessions_with_queued_or_running_jobs() {
         let t = s.expire_time.unwrap();
         (t.seconds, t.nanos)
     };
-    let mut get_short = {
-        let mut sessions = c.sessions.clone();
+    let get_short = {
+        let sessions = c.sessions.clone();
         let id = short.session_id.clone();
         move || {
             let mut sessions = sessions.clone();
