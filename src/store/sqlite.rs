@@ -3,6 +3,9 @@
 //! commits), and a small pool of read connections used from `spawn_blocking`. rusqlite is
 //! synchronous and never runs on the async runtime.
 //!
+//! Claims and leases follow the trait's contract even though the store is not `shared`: each claim
+//! is a write in an IMMEDIATE transaction, so two handles on one file never claim the same job.
+//!
 //! Durability: `synchronous=NORMAL` under WAL means a committed write survives the process being
 //! killed (the case we care about: crash, `kill -9`), while a power loss may drop the last commits.
 
