@@ -141,6 +141,13 @@ async fn tenant_job_limit_and_session_queue_limit_carry_retry_info() {
     let s1 = a.create_session(&[]).await;
     let s2 = a.create_session(&[]).await;
     let j1 = a.submit(&s1.session_id, "sleep 30").await;
+    // Only unclaimed queued jobs count against the session's queue: wait until j1 left the queue.
+    for _ in 0..200 {
+        if a.get_job(&j1.job_id).await.state == pb::JobState::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let j2 = a.submit(&s1.session_id, "sleep 30").await;
     let err = a
         .jobs

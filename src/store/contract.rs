@@ -9,7 +9,7 @@ use crate::domain::{
     Timestamp, Usage,
 };
 use crate::error::{Error, Reason};
-use crate::store::{AdmitLimits, DynStore, JobFilter, JobUpdate, JobWrite, Store};
+use crate::store::{AdmitLimits, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, Store};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -50,6 +50,18 @@ macro_rules! store_contract_tests {
             concurrent_appends,
             many_events_in_order,
             prune_keeps_last_event_of_finished_jobs,
+            claims_are_exclusive_across_stores,
+            claims_keep_session_order,
+            renew_returns_only_owned_unfinished,
+            expired_leases_listing,
+            release_restores_queue_place,
+            finish_unclaimed_only_when_unclaimed,
+            cancel_requests_keep_first_reason,
+            queue_positions,
+            admit_limits_queue_full,
+            admit_limits_tenant_active,
+            admit_retry_bypasses_limits,
+            append_refuses_finished_job_and_clears_owner,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1100,4 +1112,710 @@ pub async fn prune_keeps_last_event_of_finished_jobs(h: &dyn Harness) {
     while store.prune_events(Timestamp(i64::MAX), 100).await.unwrap() > 0 {}
     let left = store.read_events(&done.id, 0, 100).await.unwrap();
     assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10]);
+}
+
+// ---- claims, leases, cancel requests, admission ------------------------------------------------
+
+fn cancelled(j: &Job, reason: &str) -> JobWrite {
+    let outcome = Outcome::Cancelled {
+        reason: reason.to_owned(),
+    };
+    write(
+        j,
+        vec![JobEvent {
+            seq: j.last_seq + 1,
+            time: ts(3),
+            raw: None,
+            kind: EventKind::Finished {
+                state: FinalState::Cancelled,
+                exit: None,
+                result: String::new(),
+                error_message: reason.to_owned(),
+                usage: Usage::default(),
+            },
+        }],
+        Some(JobUpdate {
+            state: JobState::Finished(Finished {
+                started: None,
+                ended: ts(3),
+                outcome,
+                exit: None,
+            }),
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+        }),
+    )
+}
+
+fn claimed_ids(claims: &[Claimed]) -> Vec<String> {
+    ids(claims, |c| &c.job.id)
+}
+
+fn job_ids(jobs: &[&Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.id.to_string()).collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Several claimers on two store handles of one database, racing: every runnable job is claimed
+/// exactly once.
+pub async fn claims_are_exclusive_across_stores(h: &dyn Harness) {
+    const SESSIONS: i64 = 60;
+    let one = h.open().await;
+    let two = h.open().await;
+    let mut all = Vec::new();
+    for i in 0..SESSIONS {
+        let s = new_session(&*one, session("acme", ts(0))).await;
+        all.push(new_job(&*one, &s, ts(i)).await.id.to_string());
+    }
+    let mut tasks = Vec::new();
+    for (n, store) in [&one, &two, &one, &two].into_iter().enumerate() {
+        let store = store.clone();
+        let replica = format!("r{n}");
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            // Bounded, so a store that hands out a job twice fails here instead of spinning.
+            for _ in 0..=SESSIONS {
+                let got = store
+                    .claim_jobs(&replica, ts(100), 3)
+                    .await
+                    .expect("claim_jobs");
+                if got.is_empty() {
+                    break;
+                }
+                assert!(got.len() <= 3);
+                for c in &got {
+                    assert_eq!(c.job.state, JobState::Queued, "a claimed job stays queued");
+                    assert_eq!(c.cancel_reason, None);
+                }
+                mine.extend(claimed_ids(&got));
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                store
+                    .claim_jobs(&replica, ts(100), 3)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "claims never ran dry"
+            );
+            (replica, mine)
+        }));
+    }
+    let mut every = Vec::new();
+    for t in tasks {
+        let (replica, mine) = t.await.expect("claimer");
+        // The store agrees on who owns what.
+        let owned = one.renew_leases(&replica, ts(200)).await.unwrap();
+        assert_eq!(
+            sorted(ids(&owned, |j| j)),
+            sorted(mine.clone()),
+            "{replica}"
+        );
+        every.extend(mine);
+    }
+    assert_eq!(sorted(every), sorted(all), "each job claimed exactly once");
+    assert!(
+        one.claim_jobs("late", ts(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn claims_keep_session_order(h: &dyn Harness) {
+    let store = h.open().await;
+    let other = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let t = new_session(&*store, session("globex", ts(0))).await;
+    let u = new_session(&*store, session("acme", ts(0))).await;
+    let s1 = new_job(&*store, &s, ts(1)).await;
+    let s2 = new_job(&*store, &s, ts(2)).await;
+    let t1 = new_job(&*store, &t, ts(4)).await;
+    let u1 = new_job(&*store, &u, ts(3)).await;
+    let u2 = new_job(&*store, &u, ts(5)).await;
+
+    // Oldest first overall, limited.
+    let got = store.claim_jobs("r1", ts(100), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&s1]));
+    assert_eq!(got[0].job, s1, "the claim returns the stored job");
+    // s2 waits behind s1 even though another replica owns s1.
+    let got = other.claim_jobs("r2", ts(100), 10).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&u1, &t1]));
+    assert!(
+        other
+            .claim_jobs("r2", ts(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.get_job(&s1.id).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    // Running, s1 still holds its session.
+    store
+        .append(vec![write(&s1, vec![], Some(running(ts(6))))])
+        .await
+        .unwrap();
+    assert!(
+        other
+            .claim_jobs("r2", ts(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A started job without an owner (a row from before leases) holds its session too.
+    store
+        .append(vec![write(&u1, vec![], Some(running(ts(6))))])
+        .await
+        .unwrap();
+    store
+        .append(vec![write(
+            &u1,
+            vec![],
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    let got = other.claim_jobs("r2", ts(100), 10).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&u2]));
+    // Once s1 finishes, s2 is next.
+    store
+        .append(vec![write(
+            &s1,
+            vec![],
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    let got = other.claim_jobs("r2", ts(100), 10).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&s2]));
+    assert!(
+        store
+            .claim_jobs("r1", ts(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.claim_jobs("r1", ts(100), 0).await.unwrap().is_empty());
+}
+
+pub async fn renew_returns_only_owned_unfinished(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        jobs.push(new_job(&*store, &s, ts(i)).await);
+    }
+    let (a, b, c) = (&jobs[0], &jobs[1], &jobs[2]);
+    store.claim_jobs("r1", ts(10), 2).await.unwrap();
+    store.claim_jobs("r2", ts(10), 2).await.unwrap();
+    finish(&*store, a, Outcome::Succeeded).await;
+    store
+        .append(vec![write(b, vec![], Some(running(ts(2))))])
+        .await
+        .unwrap();
+    let renewed = store.renew_leases("r1", ts(50)).await.unwrap();
+    assert_eq!(ids(&renewed, |j| j), job_ids(&[b]));
+    let renewed = store.renew_leases("r2", ts(20)).await.unwrap();
+    assert_eq!(ids(&renewed, |j| j), job_ids(&[c]));
+    assert!(
+        store
+            .renew_leases("nobody", ts(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The renewal moved the leases: at ts(30) only r2's has run out.
+    let expired = store.expired_leases(ts(30), 10).await.unwrap();
+    assert_eq!(ids(&expired, |o| &o.job.id), job_ids(&[c]));
+    assert_eq!(expired[0].lease_until, ts(20));
+}
+
+pub async fn expired_leases_listing(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let t = new_session(&*store, session("acme", ts(0))).await;
+    let u = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let b = new_job(&*store, &t, ts(2)).await;
+    let _unclaimed = new_job(&*store, &u, ts(3)).await;
+    store.claim_jobs("r1", ts(20), 1).await.unwrap();
+    store.claim_jobs("r2", ts(10), 1).await.unwrap();
+    assert!(
+        store.expired_leases(ts(10), 10).await.unwrap().is_empty(),
+        "strictly before now"
+    );
+    let got = store.expired_leases(ts(11), 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job, b);
+    assert_eq!(got[0].owner, "r2");
+    assert_eq!(got[0].lease_until, ts(10));
+    // Oldest lease first; a started job is still an orphan; the limit holds.
+    store
+        .append(vec![write(&a, texts(1, 2), Some(running(ts(4))))])
+        .await
+        .unwrap();
+    let got = store.expired_leases(ts(21), 10).await.unwrap();
+    assert_eq!(ids(&got, |o| &o.job.id), job_ids(&[&b, &a]));
+    assert_eq!(got[1].owner, "r1");
+    assert_eq!(got[1].job.state, JobState::Running { started: ts(4) });
+    assert_eq!(got[1].job.last_seq, 2);
+    assert_eq!(store.expired_leases(ts(21), 1).await.unwrap().len(), 1);
+    // A finished job is nobody's orphan.
+    finish(&*store, &b, Outcome::Succeeded).await;
+    let got = store.expired_leases(Timestamp(i64::MAX), 10).await.unwrap();
+    assert_eq!(ids(&got, |o| &o.job.id), job_ids(&[&a]));
+}
+
+pub async fn release_restores_queue_place(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        jobs.push(new_job(&*store, &s, ts(i)).await);
+    }
+    let a = &jobs[0];
+    let got = store.claim_jobs("r1", ts(10), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[a]));
+    assert!(!store.release_job(&a.id, "r2").await.unwrap(), "not r2's");
+    assert!(!store.release_job(&JobId::generate(), "r1").await.unwrap());
+    assert!(store.release_job(&a.id, "r1").await.unwrap());
+    assert!(
+        !store.release_job(&a.id, "r1").await.unwrap(),
+        "already released"
+    );
+    assert!(
+        store
+            .expired_leases(Timestamp(i64::MAX), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.renew_leases("r1", ts(10)).await.unwrap().is_empty());
+    assert_eq!(store.queue_position(&a.id).await.unwrap(), Some(1));
+    // Back in its original place: the next claim takes it first.
+    let got = store.claim_jobs("r2", ts(10), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[a]));
+    // A started job cannot be released.
+    store
+        .append(vec![write(a, vec![], Some(running(ts(4))))])
+        .await
+        .unwrap();
+    assert!(!store.release_job(&a.id, "r2").await.unwrap());
+    assert_eq!(
+        store.get_job(&a.id).await.unwrap().unwrap().state,
+        JobState::Running { started: ts(4) }
+    );
+    assert_eq!(
+        store.renew_leases("r2", ts(20)).await.unwrap(),
+        vec![a.id.clone()]
+    );
+}
+
+pub async fn finish_unclaimed_only_when_unclaimed(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        jobs.push(new_job(&*store, &s, ts(i)).await);
+    }
+    let (a, b, c) = (&jobs[0], &jobs[1], &jobs[2]);
+    // b is claimed, c is started without a claim; a is free.
+    store.claim_jobs("r1", ts(10), 2).await.unwrap();
+    assert!(store.release_job(&a.id, "r1").await.unwrap());
+    store
+        .append(vec![write(c, texts(1, 1), Some(running(ts(1))))])
+        .await
+        .unwrap();
+    let c = store.get_job(&c.id).await.unwrap().unwrap();
+
+    let w = cancelled(a, "by user");
+    assert!(store.finish_unclaimed(w.clone()).await.unwrap());
+    let got = store.get_job(&a.id).await.unwrap().unwrap();
+    assert_eq!(Some(&got.state), w.update.as_ref().map(|u| &u.state));
+    assert_eq!(store.read_events(&a.id, 0, 10).await.unwrap(), w.events);
+    assert_eq!(store.queue_position(&a.id).await.unwrap(), None);
+    // Finished now: a second attempt changes nothing.
+    assert!(
+        !store
+            .finish_unclaimed(cancelled(&got, "again"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.read_events(&a.id, 0, 10).await.unwrap(), w.events);
+
+    for (j, what) in [(b, "claimed"), (&c, "started")] {
+        let before = store.get_job(&j.id).await.unwrap().unwrap();
+        let events = store.read_events(&j.id, 0, 10).await.unwrap();
+        assert!(
+            !store
+                .finish_unclaimed(cancelled(&before, "x"))
+                .await
+                .unwrap(),
+            "{what}"
+        );
+        assert_eq!(
+            store.get_job(&j.id).await.unwrap().unwrap(),
+            before,
+            "{what}"
+        );
+        assert_eq!(
+            store.read_events(&j.id, 0, 10).await.unwrap(),
+            events,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        store.renew_leases("r1", ts(10)).await.unwrap(),
+        vec![b.id.clone()]
+    );
+}
+
+pub async fn cancel_requests_keep_first_reason(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        jobs.push(new_job(&*store, &s, ts(i)).await);
+    }
+    let (a, b, c) = (&jobs[0], &jobs[1], &jobs[2]);
+    store.claim_jobs("r1", ts(10), 1).await.unwrap();
+    assert!(store.cancel_requests("r1").await.unwrap().is_empty());
+    store.request_cancel(&a.id, "first").await.unwrap();
+    store.request_cancel(&a.id, "second").await.unwrap();
+    assert_eq!(
+        store.cancel_requests("r1").await.unwrap(),
+        vec![(a.id.clone(), "first".to_owned())]
+    );
+    assert!(store.cancel_requests("r2").await.unwrap().is_empty());
+    // A request made before the claim travels with it.
+    store.request_cancel(&b.id, "early").await.unwrap();
+    let got = store.claim_jobs("r2", ts(10), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[b]));
+    assert_eq!(got[0].cancel_reason.as_deref(), Some("early"));
+    assert_eq!(
+        store.cancel_requests("r2").await.unwrap(),
+        vec![(b.id.clone(), "early".to_owned())]
+    );
+    // Finished, missing: no-ops; a finished job's request is no longer listed.
+    finish(&*store, a, Outcome::Succeeded).await;
+    assert!(store.cancel_requests("r1").await.unwrap().is_empty());
+    store.request_cancel(&a.id, "late").await.unwrap();
+    store
+        .request_cancel(&JobId::generate(), "ghost")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_job(&a.id).await.unwrap().unwrap().state.name(),
+        "SUCCEEDED"
+    );
+    // An unclaimed job's request shows up for whoever claims it.
+    store.request_cancel(&c.id, "c").await.unwrap();
+    let got = store.claim_jobs("r1", ts(10), 5).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[c]));
+    assert_eq!(got[0].cancel_reason.as_deref(), Some("c"));
+}
+
+pub async fn queue_positions(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let t = new_session(&*store, session("globex", ts(0))).await;
+    // Positions follow creation time, not insertion order, across sessions and tenants.
+    let s2 = new_job(&*store, &s, ts(20)).await;
+    let t1 = new_job(&*store, &t, ts(10)).await;
+    let s1 = new_job(&*store, &s, ts(5)).await;
+    let t2 = new_job(&*store, &t, ts(30)).await;
+    let pos = |j: &Job| {
+        let (store, id) = (store.clone(), j.id.clone());
+        async move { store.queue_position(&id).await.unwrap() }
+    };
+    assert_eq!(pos(&s1).await, Some(1));
+    assert_eq!(pos(&t1).await, Some(2));
+    assert_eq!(pos(&s2).await, Some(3));
+    assert_eq!(pos(&t2).await, Some(4));
+    // Claimed jobs are still queued.
+    store.claim_jobs("r1", ts(100), 10).await.unwrap();
+    assert_eq!(pos(&s1).await, Some(1));
+    assert_eq!(pos(&t2).await, Some(4));
+    store
+        .append(vec![write(&s1, vec![], Some(running(ts(40))))])
+        .await
+        .unwrap();
+    assert_eq!(pos(&s1).await, None, "a running job has no position");
+    assert_eq!(pos(&t1).await, Some(1));
+    assert_eq!(pos(&s2).await, Some(2));
+    assert_eq!(pos(&t2).await, Some(3));
+    finish(&*store, &t1, Outcome::Succeeded).await;
+    assert_eq!(pos(&t1).await, None);
+    assert_eq!(pos(&t2).await, Some(2));
+    assert_eq!(
+        store.queue_position(&JobId::generate()).await.unwrap(),
+        None
+    );
+}
+
+fn refused(err: &Error, reason: Reason) {
+    match err {
+        Error::ResourceExhausted {
+            reason: r,
+            retry_after,
+            ..
+        } => {
+            assert_eq!(*r, reason, "{err:?}");
+            assert_eq!(*retry_after, Some(Duration::from_secs(5)), "{err:?}");
+        }
+        other => panic!("expected ResourceExhausted({reason}), got {other:?}"),
+    }
+}
+
+pub async fn admit_limits_queue_full(h: &dyn Harness) {
+    let store = h.open().await;
+    let limits = AdmitLimits {
+        max_queued_in_session: 2,
+        max_active_for_tenant: 0,
+    };
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("acme", ts(0))).await;
+    for i in 0..2 {
+        store
+            .create_job(&job(&s, ts(i)), ts(100), &limits)
+            .await
+            .unwrap();
+    }
+    let before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let extra = job(&s, ts(5));
+    let err = store
+        .create_job(&extra, ts(200), &limits)
+        .await
+        .unwrap_err();
+    refused(&err, Reason::QueueFull);
+    assert_eq!(
+        store.get_job(&extra.id).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    assert_eq!(store.get_session_any(&s.id).await.unwrap().unwrap(), before);
+    // Another session has its own queue.
+    store
+        .create_job(&job(&other, ts(6)), ts(100), &limits)
+        .await
+        .unwrap();
+    // A claimed job has left the queue.
+    let got = store.claim_jobs("r1", ts(100), 1).await.unwrap();
+    assert_eq!(got[0].job.session_id, s.id);
+    store.create_job(&extra, ts(200), &limits).await.unwrap();
+    let err = store
+        .create_job(&job(&s, ts(7)), ts(200), &limits)
+        .await
+        .unwrap_err();
+    refused(&err, Reason::QueueFull);
+}
+
+pub async fn admit_limits_tenant_active(h: &dyn Harness) {
+    let store = h.open().await;
+    let limits = AdmitLimits {
+        max_queued_in_session: usize::MAX,
+        max_active_for_tenant: 3,
+    };
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let t = new_session(&*store, session("acme", ts(0))).await;
+    let g = new_session(&*store, session("globex", ts(0))).await;
+    let a = store
+        .create_job(&job(&s, ts(1)), ts(100), &limits)
+        .await
+        .unwrap();
+    let b = store
+        .create_job(&job(&t, ts(2)), ts(100), &limits)
+        .await
+        .unwrap();
+    store
+        .create_job(&job(&s, ts(3)), ts(100), &limits)
+        .await
+        .unwrap();
+    // Running jobs count as well as queued ones.
+    store
+        .append(vec![write(&a, vec![], Some(running(ts(4))))])
+        .await
+        .unwrap();
+    let extra = job(&t, ts(5));
+    let err = store
+        .create_job(&extra, ts(100), &limits)
+        .await
+        .unwrap_err();
+    refused(&err, Reason::TooManyJobs);
+    assert_eq!(store.get_job(&extra.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_session_any(&t.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .job_count,
+        1
+    );
+    // Other tenants are not affected.
+    for i in 0..3 {
+        store
+            .create_job(&job(&g, ts(i)), ts(100), &limits)
+            .await
+            .unwrap();
+    }
+    // A finished job frees its slot; 0 means unlimited.
+    finish(&*store, &b, Outcome::Succeeded).await;
+    store.create_job(&extra, ts(100), &limits).await.unwrap();
+    let err = store
+        .create_job(&job(&t, ts(6)), ts(100), &limits)
+        .await
+        .unwrap_err();
+    refused(&err, Reason::TooManyJobs);
+    let unlimited = AdmitLimits {
+        max_queued_in_session: usize::MAX,
+        max_active_for_tenant: 0,
+    };
+    store
+        .create_job(&job(&t, ts(6)), ts(100), &unlimited)
+        .await
+        .unwrap();
+}
+
+pub async fn admit_retry_bypasses_limits(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let mut first = job(&s, ts(1));
+    first.request_id = Some("once".into());
+    let first = store.create_job(&first, ts(100), &NO_LIMITS).await.unwrap();
+    let full = AdmitLimits {
+        max_queued_in_session: 1,
+        max_active_for_tenant: 1,
+    };
+    let mut retry = job(&s, ts(2));
+    retry.request_id = Some("once".into());
+    assert_eq!(
+        store.create_job(&retry, ts(200), &full).await.unwrap(),
+        first
+    );
+    let zero = AdmitLimits {
+        max_queued_in_session: 0,
+        max_active_for_tenant: 1,
+    };
+    assert_eq!(
+        store.create_job(&retry, ts(200), &zero).await.unwrap(),
+        first
+    );
+    // A new request at the same limits is refused.
+    let mut fresh = job(&s, ts(3));
+    fresh.request_id = Some("twice".into());
+    let err = store.create_job(&fresh, ts(200), &full).await.unwrap_err();
+    refused(&err, Reason::QueueFull);
+    let sess = store.get_session_any(&s.id).await.unwrap().unwrap();
+    assert_eq!(sess.job_count, 1);
+    assert_eq!(sess.expires, ts(100));
+}
+
+pub async fn append_refuses_finished_job_and_clears_owner(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let t = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let b = new_job(&*store, &t, ts(2)).await;
+    store.claim_jobs("r1", ts(10), 2).await.unwrap();
+    store
+        .append(vec![write(&a, texts(1, 2), Some(running(ts(3))))])
+        .await
+        .unwrap();
+    store
+        .append(vec![write(
+            &a,
+            texts(3, 3),
+            Some(finished(Outcome::Succeeded, Some("conv-a"))),
+        )])
+        .await
+        .unwrap();
+    // Its owner is cleared: no renewal, no orphan, no cancel request listed.
+    assert_eq!(
+        store.renew_leases("r1", ts(20)).await.unwrap(),
+        vec![b.id.clone()]
+    );
+    let orphans = store.expired_leases(Timestamp(i64::MAX), 10).await.unwrap();
+    assert_eq!(ids(&orphans, |o| &o.job.id), job_ids(&[&b]));
+    assert!(!store.release_job(&a.id, "r1").await.unwrap());
+
+    let a_before = store.get_job(&a.id).await.unwrap().unwrap();
+    let b_before = store.get_job(&b.id).await.unwrap().unwrap();
+    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let bad: Vec<(&str, Vec<JobWrite>)> = vec![
+        ("events", vec![write(&a, texts(4, 4), None)]),
+        ("row only", vec![write(&a, vec![], Some(running(ts(9))))]),
+        (
+            "second finish",
+            vec![write(
+                &a,
+                texts(4, 4),
+                Some(finished(
+                    Outcome::Failed {
+                        message: "late".into(),
+                    },
+                    Some("conv-z"),
+                )),
+            )],
+        ),
+        (
+            "valid write first",
+            vec![write(&b, texts(1, 1), None), write(&a, texts(4, 4), None)],
+        ),
+        (
+            "finished within the batch",
+            vec![
+                write(&b, texts(1, 1), Some(finished(Outcome::Succeeded, None))),
+                write(&b, texts(2, 2), None),
+            ],
+        ),
+    ];
+    for (what, batch) in bad {
+        let err = store.append(batch).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FailedPrecondition {
+                    reason: Reason::JobFinished,
+                    ..
+                }
+            ),
+            "{what}: {err:?}"
+        );
+        assert_eq!(
+            store.get_job(&a.id).await.unwrap().unwrap(),
+            a_before,
+            "{what}"
+        );
+        assert_eq!(
+            store.get_job(&b.id).await.unwrap().unwrap(),
+            b_before,
+            "{what}"
+        );
+        assert_eq!(
+            store.read_events(&a.id, 0, 10).await.unwrap(),
+            texts(1, 3),
+            "{what}"
+        );
+        assert!(
+            store.read_events(&b.id, 0, 10).await.unwrap().is_empty(),
+            "{what}"
+        );
+        assert_eq!(
+            store.get_session_any(&s.id).await.unwrap().unwrap(),
+            session_before,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        store.renew_leases("r1", ts(30)).await.unwrap(),
+        vec![b.id.clone()]
+    );
 }

@@ -3,6 +3,9 @@
 //! commits), and a small pool of read connections used from `spawn_blocking`. rusqlite is
 //! synchronous and never runs on the async runtime.
 //!
+//! Claims and leases follow the trait's contract even though the store is not `shared`: each claim
+//! is a write in an IMMEDIATE transaction, so two handles on one file never claim the same job.
+//!
 //! Durability: `synchronous=NORMAL` under WAL means a committed write survives the process being
 //! killed (the case we care about: crash, `kill -9`), while a power loss may drop the last commits.
 
@@ -308,6 +311,133 @@ mod tests {
         drop(store);
         // Opening an up-to-date database again applies nothing and works.
         SqliteStore::open(&path).await.unwrap();
+    }
+
+    /// A database written by schema 1 (before leases) upgrades in place: its rows keep working,
+    /// its queued jobs can be claimed, and its started jobs (which have no owner) still hold their
+    /// session's queue.
+    #[tokio::test]
+    async fn upgrades_a_schema_1_database_in_place() {
+        use crate::domain::{JobState, Usage};
+        use crate::store::JobUpdate;
+        use crate::store::contract::NO_LIMITS;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let spec = r#"{"agent":"a","prompt":"p","model":null,"timeout":{"secs":1,"nanos":0},
+                   "env":{},"allowed_tools":[],"max_turns":null,"append_system_prompt":null,
+                   "permission_mode":null}"#;
+        let queued = serde_json::to_string(&JobState::Queued).unwrap();
+        let running = serde_json::to_string(&JobState::Running {
+            started: Timestamp(5),
+        })
+        .unwrap();
+        let usage = serde_json::to_string(&Usage::default()).unwrap();
+        let (s1, s2) = (SessionId::generate(), SessionId::generate());
+        let (old_queued, old_running, behind) =
+            (JobId::generate(), JobId::generate(), JobId::generate());
+        {
+            let raw = rusqlite::Connection::open(&path).unwrap();
+            raw.execute_batch(include_str!("migrations/sqlite/0001_init.sql"))
+                .unwrap();
+            raw.pragma_update(None, "user_version", 1).unwrap();
+            for s in [&s1, &s2] {
+                raw.execute(
+                    "INSERT INTO sessions (id, tenant, labels, created, expires, ttl_us, job_count) \
+                     VALUES (?1, 't', '{}', 1, 9999999999999999, 1000000, 1)",
+                    [s.as_str()],
+                )
+                .unwrap();
+            }
+            for (id, session, created, state, name) in [
+                (&old_queued, &s1, 2, &queued, "QUEUED"),
+                (&old_running, &s2, 3, &running, "RUNNING"),
+                (&behind, &s2, 4, &queued, "QUEUED"),
+            ] {
+                raw.execute(
+                    "INSERT INTO jobs (id, session_id, tenant, created, spec, state, state_name, \
+                     result, usage, last_seq) VALUES (?1, ?2, 't', ?3, ?4, ?5, ?6, '', ?7, 0)",
+                    rusqlite::params![
+                        id.as_str(),
+                        session.as_str(),
+                        created,
+                        spec,
+                        state,
+                        name,
+                        usage
+                    ],
+                )
+                .unwrap();
+            }
+        }
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let version: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let got = store.get_job(&old_running).await.unwrap().unwrap();
+        assert_eq!(
+            got.state,
+            JobState::Running {
+                started: Timestamp(5)
+            }
+        );
+        assert_eq!(store.unfinished_jobs().await.unwrap().len(), 3);
+        assert_eq!(store.queue_position(&behind).await.unwrap(), Some(2));
+        assert!(
+            store
+                .expired_leases(Timestamp(i64::MAX), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = store.claim_jobs("r1", Timestamp(100), 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        assert_eq!(claimed[0].job.id, old_queued);
+
+        // Finishing clears the owner column itself, not just what the queries show.
+        let done = JobUpdate {
+            state: JobState::Finished(crate::domain::Finished {
+                started: Some(Timestamp(6)),
+                ended: Timestamp(7),
+                outcome: crate::domain::Outcome::Succeeded,
+                exit: None,
+            }),
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+        };
+        store
+            .append(vec![JobWrite {
+                job_id: old_queued.clone(),
+                events: vec![],
+                update: Some(done),
+            }])
+            .await
+            .unwrap();
+        let owner: Option<String> = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT owner FROM jobs WHERE id = ?1",
+                [old_queued.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(owner, None);
+        // New jobs go in as usual.
+        let session = store.get_session_any(&s1).await.unwrap().unwrap();
+        let mut fresh = store.get_job(&behind).await.unwrap().unwrap();
+        fresh.id = JobId::generate();
+        fresh.session_id = session.id.clone();
+        fresh.created = Timestamp(8);
+        store
+            .create_job(&fresh, Timestamp(9), &NO_LIMITS)
+            .await
+            .unwrap();
+        let claimed = store.claim_jobs("r1", Timestamp(100), 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].job.id, fresh.id);
     }
 
     #[tokio::test]
