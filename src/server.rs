@@ -14,7 +14,6 @@ use crate::core::Core;
 use crate::pb;
 use crate::shutdown::Shutdown;
 use crate::store::DynStore;
-use crate::store::sqlite::SqliteStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,11 +166,8 @@ async fn probe_store(store: &DynStore) -> crate::error::Result<usize> {
         .count())
 }
 
-// TODO(merge): replaced by `crate::store::open` from the store branch.
 async fn open_store(config: &Config) -> crate::error::Result<DynStore> {
-    Ok(Arc::new(
-        SqliteStore::open(&config.data_dir.join("agentd.db")).await?,
-    ))
+    crate::store::open(&config.store, &config.data_dir).await
 }
 
 /// Probes with `probe` every `interval` until `stop`, switching the store-backed health names
@@ -477,7 +473,7 @@ mod tests {
     #[tokio::test]
     async fn probe_reads_queue_depth_from_a_real_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let store = crate::store::open("", dir.path()).await.unwrap();
         assert_eq!(probe_store(&store).await.unwrap(), 0);
     }
 }
