@@ -243,11 +243,12 @@ impl PgStore {
                 ))
                 .into());
             };
+            // Fences off a replica that lost its lease while another one settled the job.
             if j.finished {
-                return Err(Error::internal(format!(
-                    "store: append to job {} which is already finished",
-                    w.job_id
-                ))
+                return Err(Error::precondition(
+                    Reason::JobFinished,
+                    format!("job {} already finished; its log is closed", w.job_id),
+                )
                 .into());
             }
             let mut expected = j.last_seq + 1;
