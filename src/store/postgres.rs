@@ -176,9 +176,9 @@ impl PgStore {
         }
     }
 
-    /// Applies `writes` in `tx` (see [`Store::append`]), and queues their signals. With
-    /// `only_unclaimed`, does nothing and answers `false` unless the (single) job is QUEUED and
-    /// unowned.
+    /// Applies `writes` in `tx` (see [`Store::append`]), with the NOTIFYs announcing them. With
+    /// `only_unclaimed`, does nothing and answers `false` unless the (single) job exists and is
+    /// QUEUED and unowned.
     async fn apply(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -198,6 +198,10 @@ impl PgStore {
             )
             .await?;
         let found = tx.query(&lock, &[&ids]).await?;
+        if only_unclaimed && found.is_empty() {
+            // Deleted meanwhile: nothing to cancel.
+            return Ok(false);
+        }
 
         struct Pending<'a> {
             pk: i64,

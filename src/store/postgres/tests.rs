@@ -403,6 +403,13 @@ async fn finished_jobs_are_fenced_and_unclaimed_ones_finish_atomically() {
     assert_eq!(got.state.name(), "CANCELLED");
     assert_eq!(got.last_seq, 1);
     assert!(!store.finish_unclaimed(cancel(&k)).await.unwrap());
+    assert!(
+        !store
+            .finish_unclaimed(cancel(&job(&s, ts(9))))
+            .await
+            .unwrap(),
+        "missing job"
+    );
 
     // A replica that lost its job (settled elsewhere) can write nothing more to it.
     run_to_end(&*store, &j).await;
@@ -683,4 +690,69 @@ async fn open_picks_the_backend_from_the_url() {
         .expect("unknown scheme");
     assert_eq!(err.reason(), Reason::InvalidField);
     assert!(!err.to_string().contains("pw"), "{err}");
+}
+
+/// Rough throughput, for humans: `cargo test --release --lib store::postgres::tests::throughput
+/// -- --ignored --nocapture`. Appends of 100 events per call, from one writer and from eight
+/// writers at once (one job each), then a replay of one job's log in pages of 2000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    const PER_JOB: u64 = 100_000;
+    const BATCH: u64 = 100;
+    let h = PgHarness::new();
+    let store = h.open().await;
+    let s = new_session(&*store, "acme").await;
+    let append_all = |store: DynStore, j: Job, total: u64| async move {
+        for b in 0..total / BATCH {
+            let events = (b * BATCH + 1..=b * BATCH + BATCH)
+                .map(|n| JobEvent {
+                    seq: n,
+                    time: Timestamp(n as i64),
+                    raw: Some(format!(r#"{{"type":"assistant","n":{n}}}"#)),
+                    kind: EventKind::Text {
+                        text: format!("some assistant text number {n}"),
+                    },
+                })
+                .collect();
+            store
+                .append(vec![JobWrite {
+                    job_id: j.id.clone(),
+                    events,
+                    update: None,
+                }])
+                .await
+                .expect("append");
+        }
+    };
+
+    let one = new_job(&*store, &s, ts(1)).await;
+    let start = std::time::Instant::now();
+    append_all(store.clone(), one.clone(), PER_JOB).await;
+    let single = PER_JOB as f64 / start.elapsed().as_secs_f64();
+
+    let mut tasks = Vec::new();
+    let start = std::time::Instant::now();
+    for i in 0..8 {
+        let j = new_job(&*store, &new_session(&*store, "acme").await, ts(i)).await;
+        tasks.push(tokio::spawn(append_all(store.clone(), j, PER_JOB / 8)));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let eight = PER_JOB as f64 / start.elapsed().as_secs_f64();
+
+    let start = std::time::Instant::now();
+    let mut after = 0;
+    loop {
+        let page = store.read_events(&one.id, after, 2000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+    }
+    let replay = PER_JOB as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(after, PER_JOB);
+    eprintln!(
+        "postgres append, 1 job: {single:.0} events/s; 8 jobs at once: {eight:.0} events/s; \
+         replay: {replay:.0} events/s"
+    );
 }
