@@ -13,8 +13,6 @@ use crate::config::{Config, TlsFiles, Transport};
 use crate::core::Core;
 use crate::pb;
 use crate::shutdown::Shutdown;
-use crate::store::DynStore;
-use crate::store::sqlite::SqliteStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,13 +152,6 @@ fn cors_layer(t: &Transport) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-// TODO(merge): replaced by `crate::store::open` from the store branch.
-async fn open_store(config: &Config) -> crate::error::Result<DynStore> {
-    Ok(Arc::new(
-        SqliteStore::open(&config.data_dir.join("agentd.db")).await?,
-    ))
-}
-
 async fn claim_data_dir(
     data_dir: &std::path::Path,
 ) -> Result<crate::runner::records::RunLock, ServeError> {
@@ -193,7 +184,7 @@ pub async fn serve(
     // Before the store opens: refuse a second agentd on this data dir, and kill what a crashed
     // previous run left behind (see `runner::records`). Held until `serve` returns.
     let _run_lock = claim_data_dir(&config.data_dir).await?;
-    let store = open_store(&config).await.map_err(ServeError::Store)?;
+    let store = crate::store::open(&config.store, &config.data_dir).await.map_err(ServeError::Store)?;
     tracing::info!(
         replica = %config.replica_id,
         store = %crate::config::redact_url(&config.store),

@@ -16,6 +16,7 @@
 //! - tenant scoping happens here for sessions (`get_session` takes the tenant), so a forgotten
 //!   check in the core cannot leak another tenant's session.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -28,10 +29,37 @@ use crate::domain::{
 use crate::error::Result;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// A shared handle to the configured store.
 pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` (shared by replicas), or
+/// `sqlite://<path>`; empty means SQLite at `<data_dir>/agentd.db`. Errors never show the URL's
+/// password.
+pub async fn open(url: &str, data_dir: &Path) -> Result<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PgStore::open(url).await?));
+    }
+    let path = match url.strip_prefix("sqlite://") {
+        _ if url.is_empty() => data_dir.join("agentd.db"),
+        Some("") => data_dir.join("agentd.db"),
+        Some(path) => Path::new(path).to_path_buf(),
+        None => {
+            let scheme = url.split_once("://").map_or("", |(s, _)| s);
+            return Err(crate::error::Error::invalid(
+                crate::error::Reason::InvalidField,
+                "store",
+                format!(
+                    "unsupported store URL scheme {scheme:?}: use postgres://, postgresql:// or \
+                     sqlite://"
+                ),
+            ));
+        }
+    };
+    Ok(Arc::new(sqlite::SqliteStore::open(&path).await?))
+}
 
 /// The job row fields that change while a job runs. Applied together with a batch of events.
 #[derive(Debug, Clone, PartialEq)]
