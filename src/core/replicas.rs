@@ -214,7 +214,7 @@ impl Core {
                 };
                 match self.fail_interrupted(&job, started, message).await {
                     Ok(()) => {
-                        tracing::warn!(job = %job.id, replica = %owner, "marked a job of a lost replica FAILED")
+                        tracing::warn!(job = %job.id, replica = %owner, "marked an interrupted job FAILED")
                     }
                     // Another replica settled it first, or the owner wrote meanwhile (then it is
                     // alive and renews; a later tick looks again).

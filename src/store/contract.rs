@@ -955,8 +955,15 @@ pub async fn survives_reopen(h: &dyn Harness) {
     let mut retry = session("acme", ts(5));
     retry.request_id = Some("r".into());
     assert_eq!(store.create_session(&retry).await.unwrap().id, s.id);
-    store
+    // The finished job's log stays closed; a new job's log opens.
+    let err = store
         .append(vec![write(&j, texts(51, 51), None)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::JobFinished);
+    let k = new_job(&*store, &s, ts(2)).await;
+    store
+        .append(vec![write(&k, texts(1, 1), None)])
         .await
         .unwrap();
 }

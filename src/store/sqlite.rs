@@ -123,31 +123,66 @@ impl Store for SqliteStore {
         false
     }
 
-    // TODO(store helper): the scale-out methods, replaced by real implementations.
-    async fn claim_jobs(&self, _: &str, _: Timestamp, _: usize) -> Result<Vec<Claimed>> {
-        Err(Error::internal("claim_jobs: not implemented"))
+    async fn claim_jobs(
+        &self,
+        replica: &str,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let replica = replica.to_owned();
+        self.writer
+            .write(move |c| ops::claim_jobs(c, &replica, lease_until, limit))
+            .await
     }
-    async fn renew_leases(&self, _: &str, _: Timestamp) -> Result<Vec<JobId>> {
-        Err(Error::internal("renew_leases: not implemented"))
+
+    async fn renew_leases(&self, replica: &str, lease_until: Timestamp) -> Result<Vec<JobId>> {
+        let replica = replica.to_owned();
+        self.writer
+            .write(move |c| ops::renew_leases(c, &replica, lease_until))
+            .await
     }
-    async fn expired_leases(&self, _: Timestamp, _: usize) -> Result<Vec<Orphan>> {
-        Err(Error::internal("expired_leases: not implemented"))
+
+    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>> {
+        self.readers
+            .read(move |c| ops::expired_leases(c, now, limit))
+            .await
     }
-    async fn release_job(&self, _: &JobId, _: &str) -> Result<bool> {
-        Err(Error::internal("release_job: not implemented"))
+
+    async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {
+        let (job, owner) = (job.clone(), owner.to_owned());
+        self.writer
+            .write(move |c| ops::release_job(c, &job, &owner))
+            .await
     }
-    async fn finish_unclaimed(&self, _: JobWrite) -> Result<bool> {
-        Err(Error::internal("finish_unclaimed: not implemented"))
+
+    async fn finish_unclaimed(&self, write: JobWrite) -> Result<bool> {
+        self.writer
+            .write(move |c| ops::finish_unclaimed(c, &write))
+            .await
     }
-    async fn request_cancel(&self, _: &JobId, _: &str) -> Result<()> {
-        Err(Error::internal("request_cancel: not implemented"))
+
+    async fn request_cancel(&self, job: &JobId, reason: &str) -> Result<()> {
+        let (job, reason) = (job.clone(), reason.to_owned());
+        self.writer
+            .write(move |c| ops::request_cancel(c, &job, &reason))
+            .await
     }
-    async fn cancel_requests(&self, _: &str) -> Result<Vec<(JobId, String)>> {
-        Err(Error::internal("cancel_requests: not implemented"))
+
+    async fn cancel_requests(&self, replica: &str) -> Result<Vec<(JobId, String)>> {
+        let replica = replica.to_owned();
+        self.readers
+            .read(move |c| ops::cancel_requests(c, &replica))
+            .await
     }
-    async fn queue_position(&self, _: &JobId) -> Result<Option<u32>> {
-        Err(Error::internal("queue_position: not implemented"))
+
+    async fn queue_position(&self, job: &JobId) -> Result<Option<u32>> {
+        let job = job.clone();
+        self.readers
+            .read(move |c| ops::queue_position(c, &job))
+            .await
     }
+
+    /// Only this process writes an unshared store, and it wakes itself.
     fn signals(&self) -> Option<tokio::sync::broadcast::Receiver<StoreSignal>> {
         None
     }
@@ -156,11 +191,11 @@ impl Store for SqliteStore {
         &self,
         job: &Job,
         session_expires: Timestamp,
-        _limits: &AdmitLimits,
+        limits: &AdmitLimits,
     ) -> Result<Job> {
-        let job = job.clone();
+        let (job, limits) = (job.clone(), *limits);
         self.writer
-            .write(move |c| ops::create_job(c, &job, session_expires))
+            .write(move |c| ops::create_job(c, &job, session_expires, &limits))
             .await
     }
 
@@ -269,7 +304,7 @@ mod tests {
         let version: i64 = raw
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
         drop(store);
         // Opening an up-to-date database again applies nothing and works.
         SqliteStore::open(&path).await.unwrap();

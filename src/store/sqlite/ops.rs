@@ -6,14 +6,17 @@ use super::db;
 use crate::domain::{
     FileChange, Job, JobEvent, JobId, JobState, PageCursor, Session, SessionId, TenantId, Timestamp,
 };
-use crate::error::{Error, Result};
-use crate::store::{JobFilter, JobWrite};
+use crate::error::{Error, Reason, Result};
+use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// How long a client refused by an admission limit should wait: jobs typically take seconds.
+const RETRY_ADMIT: Duration = Duration::from_secs(5);
 
 macro_rules! session_cols {
     () => {
@@ -87,18 +90,23 @@ fn session_row(row: &Row<'_>) -> rusqlite::Result<Session> {
 }
 
 fn job_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    job_row_at(row, 0)
+}
+
+/// A job whose `job_cols!()` start at column `at`.
+fn job_row_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Job> {
     Ok(Job {
-        id: JobId::from_trusted(row.get(0)?),
-        session_id: SessionId::from_trusted(row.get(1)?),
-        tenant: TenantId(row.get(2)?),
-        created: Timestamp(row.get(3)?),
-        spec: json_col(row, 4, "jobs.spec")?,
-        state: json_col(row, 5, "jobs.state")?,
-        request_id: row.get(6)?,
-        result: row.get(7)?,
-        usage: json_col(row, 8, "jobs.usage")?,
-        conversation_id: row.get(9)?,
-        last_seq: uint(row, 10)?,
+        id: JobId::from_trusted(row.get(at)?),
+        session_id: SessionId::from_trusted(row.get(at + 1)?),
+        tenant: TenantId(row.get(at + 2)?),
+        created: Timestamp(row.get(at + 3)?),
+        spec: json_col(row, at + 4, "jobs.spec")?,
+        state: json_col(row, at + 5, "jobs.state")?,
+        request_id: row.get(at + 6)?,
+        result: row.get(at + 7)?,
+        usage: json_col(row, at + 8, "jobs.usage")?,
+        conversation_id: row.get(at + 9)?,
+        last_seq: uint(row, at + 10)?,
     })
 }
 
@@ -289,7 +297,12 @@ pub(super) fn expired_sessions(
 
 // ---- jobs --------------------------------------------------------------------------------------
 
-pub(super) fn create_job(conn: &Connection, job: &Job, session_expires: Timestamp) -> Result<Job> {
+pub(super) fn create_job(
+    conn: &Connection,
+    job: &Job,
+    session_expires: Timestamp,
+    limits: &AdmitLimits,
+) -> Result<Job> {
     if let Some(rid) = &job.request_id {
         let existing = conn
             .prepare_cached(concat!(
@@ -307,6 +320,15 @@ pub(super) fn create_job(conn: &Connection, job: &Job, session_expires: Timestam
         }
     }
     // The tenant is part of the match so a job can never land in another tenant's session.
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1 AND tenant = ?2")
+        .and_then(|mut st| st.exists(params![job.session_id.as_str(), job.tenant.as_str()]))
+        .map_err(db)?;
+    if !exists {
+        return Err(Error::session_not_found(job.session_id.as_str()));
+    }
+    // Checked here, in the insert's transaction, so concurrent submissions cannot both slip in.
+    admit(conn, job, limits)?;
     let n = conn
         .prepare_cached(
             "UPDATE sessions SET job_count = job_count + 1, expires = ?3 \
@@ -349,6 +371,56 @@ pub(super) fn create_job(conn: &Connection, job: &Job, session_expires: Timestam
     })
     .map_err(db)?;
     Ok(job.clone())
+}
+
+fn count(conn: &Connection, sql: &str, key: &str) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(sql)
+        .and_then(|mut st| st.query_row([key], |r| r.get(0)))
+        .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Refuses a job beyond the session's queue or the tenant's active-job limit.
+fn admit(conn: &Connection, job: &Job, limits: &AdmitLimits) -> Result<()> {
+    // Claimed jobs have left the queue as far as the session's limit is concerned: they are about
+    // to start. The `IN` term lets the planner use the partial index.
+    let queued = count(
+        conn,
+        "SELECT count(*) FROM jobs WHERE session_id = ?1 \
+         AND state_name IN ('QUEUED', 'RUNNING') AND state_name = 'QUEUED' AND owner IS NULL",
+        job.session_id.as_str(),
+    )?;
+    let max_queued = limits.max_queued_in_session;
+    if queued >= max_queued as u64 {
+        return Err(Error::ResourceExhausted {
+            reason: Reason::QueueFull,
+            message: format!(
+                "session {} already has {max_queued} queued jobs (the maximum)",
+                job.session_id
+            ),
+            retry_after: Some(RETRY_ADMIT),
+        });
+    }
+    let max_active = limits.max_active_for_tenant;
+    if max_active > 0 {
+        let active = count(
+            conn,
+            "SELECT count(*) FROM jobs WHERE tenant = ?1 AND state_name IN ('QUEUED', 'RUNNING')",
+            job.tenant.as_str(),
+        )?;
+        if active >= max_active as u64 {
+            return Err(Error::ResourceExhausted {
+                reason: Reason::TooManyJobs,
+                message: format!(
+                    "tenant {:?} already has {max_active} queued or running jobs (the maximum)",
+                    job.tenant.as_str()
+                ),
+                retry_after: Some(RETRY_ADMIT),
+            });
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn get_job(conn: &Connection, id: &JobId) -> Result<Option<Job>> {
@@ -438,11 +510,159 @@ pub(super) fn latest_succeeded_job(conn: &Connection, session: &SessionId) -> Re
         .map_err(db)
 }
 
+// ---- claims and leases -------------------------------------------------------------------------
+
+pub(super) fn claim_jobs(
+    conn: &Connection,
+    replica: &str,
+    lease_until: Timestamp,
+    limit: usize,
+) -> Result<Vec<Claimed>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // Runnable: queued, unowned, and no older unfinished job in its session (whoever owns it).
+    let found: Vec<(i64, Job, Option<String>)> = conn
+        .prepare_cached(concat!(
+            "SELECT pk, cancel_reason, ",
+            job_cols!(),
+            " FROM jobs AS j WHERE state_name = 'QUEUED' AND owner IS NULL \
+              AND NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.session_id = j.session_id \
+                  AND o.state_name IN ('QUEUED', 'RUNNING') AND (o.created, o.id) < (j.created, j.id)) \
+              ORDER BY created, id LIMIT ?1"
+        ))
+        .and_then(|mut st| {
+            st.query_map([sql_int(limit as u64)], |r| {
+                Ok((r.get(0)?, job_row_at(r, 2)?, r.get(1)?))
+            })?
+            .collect()
+        })
+        .map_err(db)?;
+    let mut claim = conn
+        .prepare_cached("UPDATE jobs SET owner = ?2, lease_until = ?3 WHERE pk = ?1")
+        .map_err(db)?;
+    let mut claimed = Vec::with_capacity(found.len());
+    for (pk, job, cancel_reason) in found {
+        claim
+            .execute(params![pk, replica, lease_until.micros()])
+            .map_err(db)?;
+        claimed.push(Claimed { job, cancel_reason });
+    }
+    Ok(claimed)
+}
+
+pub(super) fn renew_leases(
+    conn: &Connection,
+    replica: &str,
+    lease_until: Timestamp,
+) -> Result<Vec<JobId>> {
+    conn.prepare_cached(
+        "UPDATE jobs SET lease_until = ?2 \
+         WHERE owner = ?1 AND state_name IN ('QUEUED', 'RUNNING') RETURNING id",
+    )
+    .and_then(|mut st| {
+        st.query_map(params![replica, lease_until.micros()], |r| {
+            Ok(JobId::from_trusted(r.get(0)?))
+        })?
+        .collect()
+    })
+    .map_err(db)
+}
+
+pub(super) fn expired_leases(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<Orphan>> {
+    conn.prepare_cached(concat!(
+        "SELECT owner, lease_until, ",
+        job_cols!(),
+        " FROM jobs WHERE owner IS NOT NULL AND lease_until < ?1 \
+          AND state_name IN ('QUEUED', 'RUNNING') ORDER BY lease_until, id LIMIT ?2"
+    ))
+    .and_then(|mut st| {
+        st.query_map(params![now.micros(), sql_int(limit as u64)], |r| {
+            Ok(Orphan {
+                owner: r.get(0)?,
+                lease_until: Timestamp(r.get(1)?),
+                job: job_row_at(r, 2)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(db)
+}
+
+pub(super) fn release_job(conn: &Connection, job: &JobId, owner: &str) -> Result<bool> {
+    // Its place in the queue is its creation time, which nothing here changes.
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET owner = NULL, lease_until = NULL \
+             WHERE id = ?1 AND owner = ?2 AND state_name = 'QUEUED'",
+        )
+        .and_then(|mut st| st.execute(params![job.as_str(), owner]))
+        .map_err(db)?;
+    Ok(n == 1)
+}
+
+pub(super) fn finish_unclaimed(conn: &Connection, write: &JobWrite) -> Result<bool> {
+    let unclaimed = conn
+        .prepare_cached(
+            "SELECT 1 FROM jobs WHERE id = ?1 AND state_name = 'QUEUED' AND owner IS NULL",
+        )
+        .and_then(|mut st| st.exists([write.job_id.as_str()]))
+        .map_err(db)?;
+    if !unclaimed {
+        return Ok(false);
+    }
+    append(conn, std::slice::from_ref(write))?;
+    Ok(true)
+}
+
+pub(super) fn request_cancel(conn: &Connection, job: &JobId, reason: &str) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET cancel_reason = coalesce(cancel_reason, ?2) \
+         WHERE id = ?1 AND state_name IN ('QUEUED', 'RUNNING')",
+    )
+    .and_then(|mut st| st.execute(params![job.as_str(), reason]))
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(super) fn cancel_requests(conn: &Connection, replica: &str) -> Result<Vec<(JobId, String)>> {
+    conn.prepare_cached(
+        "SELECT id, cancel_reason FROM jobs WHERE owner = ?1 AND cancel_reason IS NOT NULL \
+         AND state_name IN ('QUEUED', 'RUNNING') ORDER BY created, id",
+    )
+    .and_then(|mut st| {
+        st.query_map([replica], |r| {
+            Ok((JobId::from_trusted(r.get(0)?), r.get(1)?))
+        })?
+        .collect()
+    })
+    .map_err(db)
+}
+
+pub(super) fn queue_position(conn: &Connection, job: &JobId) -> Result<Option<u32>> {
+    let n: Option<i64> = conn
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM jobs AS q WHERE q.state_name = 'QUEUED' \
+                     AND (q.created, q.id) <= (j.created, j.id)) \
+             FROM jobs AS j WHERE j.id = ?1 AND j.state_name = 'QUEUED'",
+        )
+        .and_then(|mut st| st.query_row([job.as_str()], |r| r.get(0)).optional())
+        .map_err(db)?;
+    Ok(n.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
 // ---- events ------------------------------------------------------------------------------------
 
 pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
     let mut find = conn
-        .prepare_cached("SELECT pk, last_seq, session_id FROM jobs WHERE id = ?1")
+        .prepare_cached(
+            "SELECT pk, last_seq, session_id, state_name IN ('QUEUED', 'RUNNING') \
+             FROM jobs WHERE id = ?1",
+        )
         .map_err(db)?;
     let mut insert = conn
         .prepare_cached(
@@ -450,18 +670,25 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
         )
         .map_err(db)?;
     for w in writes {
-        let found: Option<(i64, u64, String)> = find
+        let found: Option<(i64, u64, String, bool)> = find
             .query_row([w.job_id.as_str()], |r| {
-                Ok((r.get(0)?, uint(r, 1)?, r.get(2)?))
+                Ok((r.get(0)?, uint(r, 1)?, r.get(2)?, r.get(3)?))
             })
             .optional()
             .map_err(db)?;
-        let Some((pk, last_seq, session_id)) = found else {
+        let Some((pk, last_seq, session_id, unfinished)) = found else {
             return Err(Error::internal(format!(
                 "store: append to job {} which does not exist",
                 w.job_id
             )));
         };
+        // Fences off a replica that lost its lease while another one settled the job.
+        if !unfinished {
+            return Err(Error::precondition(
+                Reason::JobFinished,
+                format!("job {} already finished; its log is closed", w.job_id),
+            ));
+        }
         let mut expected = last_seq + 1;
         for e in &w.events {
             if e.seq != expected {
@@ -483,7 +710,10 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
                 let usage = to_json(&u.usage, "job usage")?;
                 conn.prepare_cached(
                     "UPDATE jobs SET last_seq = ?2, state = ?3, state_name = ?4, result = ?5, \
-                     usage = ?6, conversation_id = ?7 WHERE pk = ?1",
+                     usage = ?6, conversation_id = ?7, \
+                     owner = CASE WHEN ?4 IN ('QUEUED', 'RUNNING') THEN owner END, \
+                     lease_until = CASE WHEN ?4 IN ('QUEUED', 'RUNNING') THEN lease_until END \
+                     WHERE pk = ?1",
                 )
                 .and_then(|mut st| {
                     st.execute(params![
