@@ -4,14 +4,20 @@
 //! Writes go through one writer task that takes everything queued at that moment and appends it
 //! in one store transaction (group commit: one commit for many events, across jobs). Only after the
 //! commit are readers woken, through a per-job `watch` carrying the last committed seq, so a reader
-//! can never see a seq that is not durable. Notifications carry no data: readers always read the
-//! store after their cursor, so a slow reader simply reads further behind and never holds up an
-//! agent, and a reader that reconnects with its last seq loses nothing.
+//! can never see a seq that is not durable. A slow reader simply reads further behind and never
+//! holds up an agent, and a reader that reconnects with its last seq loses nothing.
+//!
+//! While a job has readers, the events this process commits for it are also kept in a short
+//! in-memory window, so readers that keep up tail from memory instead of each re-reading the store
+//! after every commit (with many readers on one job that read was most of the cost). A reader
+//! goes back to the store whenever the window cannot serve it: when it attaches, when it lags
+//! behind the window, for events another replica committed (known only through a notification),
+//! and after every keepalive tick or missed-signals wake-up.
 
 use crate::domain::{JobEvent, JobId};
 use crate::error::{Error, Result};
 use crate::store::{DynStore, JobWrite};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +28,34 @@ use tokio_util::task::TaskTracker;
 const READ_BATCH: usize = 1000;
 /// Queued writes before writers wait (backpressure, bounded memory).
 const WRITE_QUEUE: usize = 1024;
+/// Most recent committed events kept in memory per job that has readers.
+const WINDOW: usize = 4096;
+
+/// What a job's readers are told on each wake-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Mark {
+    /// The highest seq known to be committed.
+    seq: u64,
+    /// Bumped when readers must re-read the store (signals from other replicas may be lost).
+    resync: u64,
+}
+
+/// A job that has readers: its wake-ups and its recent committed events.
+struct Tail {
+    tx: watch::Sender<Mark>,
+    /// Consecutive committed events, oldest first, at most [`WINDOW`].
+    window: VecDeque<JobEvent>,
+}
+
+/// What the window can give a reader at `cursor`.
+enum Recent {
+    /// The events after the cursor (up to a read batch).
+    Events(Vec<JobEvent>),
+    /// Nothing is committed after the cursor.
+    CaughtUp,
+    /// The window does not cover the cursor: read the store.
+    Miss,
+}
 
 struct WriteRequest {
     write: JobWrite,
@@ -32,7 +66,7 @@ struct WriteRequest {
 pub struct EventLog {
     store: DynStore,
     tx: mpsc::Sender<WriteRequest>,
-    watchers: Mutex<HashMap<JobId, watch::Sender<u64>>>,
+    watchers: Mutex<HashMap<JobId, Tail>>,
 }
 
 /// What a reader of a job's log receives.
@@ -70,22 +104,26 @@ impl EventLog {
             .map_err(|_| Error::internal("event log writer stopped"))?
     }
 
-    fn watchers(&self) -> MutexGuard<'_, HashMap<JobId, watch::Sender<u64>>> {
+    fn watchers(&self) -> MutexGuard<'_, HashMap<JobId, Tail>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A receiver that changes whenever new events of `job` are committed.
-    fn watch(&self, job: &JobId) -> watch::Receiver<u64> {
+    fn watch(&self, job: &JobId) -> watch::Receiver<Mark> {
         self.watchers()
             .entry(job.clone())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| Tail {
+                tx: watch::channel(Mark::default()).0,
+                window: VecDeque::new(),
+            })
+            .tx
             .subscribe()
     }
 
     fn release(&self, job: &JobId) {
         let mut w = self.watchers();
-        if w.get(job).is_some_and(|tx| tx.receiver_count() == 0) {
+        if w.get(job).is_some_and(|t| t.tx.receiver_count() == 0) {
             w.remove(job);
         }
     }
@@ -93,21 +131,59 @@ impl EventLog {
     /// Wakes the readers of `job`: events up to `seq` are committed (by this process's writer or,
     /// through a store signal, by another replica).
     pub fn notify(&self, job: &JobId, seq: u64) {
-        if let Some(tx) = self.watchers().get(job) {
-            tx.send_if_modified(|last| {
-                if seq > *last {
-                    *last = seq;
-                }
-                // Always wake: a reader re-reads the store after its own cursor anyway.
+        if let Some(t) = self.watchers().get(job) {
+            t.tx.send_if_modified(|m| {
+                m.seq = m.seq.max(seq);
+                // Always wake: a reader that cannot use the window re-reads the store anyway.
                 true
             });
         }
     }
 
-    /// Wakes every reader (signals from other replicas may have been missed).
+    /// Puts events this process just committed into the window of `job` (if it has readers) and
+    /// wakes them.
+    fn committed(&self, job: &JobId, events: Vec<JobEvent>) {
+        let mut w = self.watchers();
+        let Some(t) = w.get_mut(job) else {
+            return;
+        };
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return;
+        };
+        let first = events.first().map_or(0, |e| e.seq);
+        if t.window.back().is_some_and(|b| b.seq + 1 != first) {
+            // Not consecutive (another writer's events in between): start over from these.
+            t.window.clear();
+        }
+        t.window.extend(events);
+        let excess = t.window.len().saturating_sub(WINDOW);
+        t.window.drain(..excess);
+        t.tx.send_modify(|m| m.seq = m.seq.max(last));
+    }
+
+    /// What the window holds for a reader of `job` at `cursor`.
+    fn recent(&self, job: &JobId, cursor: u64) -> Recent {
+        let w = self.watchers();
+        let Some(t) = w.get(job) else {
+            return Recent::Miss;
+        };
+        if cursor >= t.tx.borrow().seq {
+            return Recent::CaughtUp;
+        }
+        match (t.window.front(), t.window.back()) {
+            (Some(front), Some(back)) if front.seq <= cursor + 1 && back.seq > cursor => {
+                let skip = (cursor + 1 - front.seq) as usize;
+                Recent::Events(t.window.range(skip..).take(READ_BATCH).cloned().collect())
+            }
+            _ => Recent::Miss,
+        }
+    }
+
+    /// Wakes every reader and sends it back to the store (signals from other replicas may have
+    /// been missed).
     pub fn notify_all(&self) {
-        for tx in self.watchers().values() {
-            tx.send_modify(|_| {});
+        for t in self.watchers().values() {
+            t.tx.send_modify(|m| m.resync += 1);
         }
     }
 
@@ -125,11 +201,27 @@ impl EventLog {
         let log = Arc::clone(self);
         tokio::spawn(async move {
             let mut watch = log.watch(&job);
+            let mut resync = watch.borrow_and_update().resync;
             let mut cursor = after_seq;
+            // The store first, until a short read shows the reader reached what was committed
+            // when it subscribed; every later commit of this process is then in the window.
+            let mut from_store = true;
             let outcome = loop {
-                let events = match log.store.read_events(&job, cursor, READ_BATCH).await {
-                    Ok(e) => e,
-                    Err(e) => break Err(e),
+                let recent = if from_store {
+                    Recent::Miss
+                } else {
+                    log.recent(&job, cursor)
+                };
+                let events = match recent {
+                    Recent::Events(e) => e,
+                    Recent::CaughtUp => Vec::new(),
+                    Recent::Miss => match log.store.read_events(&job, cursor, READ_BATCH).await {
+                        Ok(e) => {
+                            from_store = e.len() >= READ_BATCH;
+                            e
+                        }
+                        Err(e) => break Err(e),
+                    },
                 };
                 if let Some(first) = events.first()
                     && first.seq != cursor + 1
@@ -162,12 +254,20 @@ impl EventLog {
                         if changed.is_err() {
                             // Sender replaced/removed: re-subscribe, then re-read the store.
                             watch = log.watch(&job);
+                            from_store = true;
+                        }
+                        let now = watch.borrow_and_update().resync;
+                        if now != resync {
+                            resync = now;
+                            from_store = true;
                         }
                     }
                     _ = tokio::time::sleep(keepalive) => {
                         if tx.send(Ok(StreamItem::Keepalive)).await.is_err() {
                             break Ok(());
                         }
+                        // A lost signal from another replica delays a reader at most this long.
+                        from_store = true;
                     }
                     _ = tx.closed() => break Ok(()),
                     _ = stop.cancelled() => {
@@ -218,8 +318,7 @@ async fn writer(
         let mut writes = Vec::with_capacity(batch.len());
         let mut waiters = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
-            let last = req.write.events.last().map(|e| e.seq);
-            waiters.push((req.write.job_id.clone(), last, req.done));
+            waiters.push(req.done);
             writes.push(req.write);
         }
         let results: Vec<Result<()>> = match store.append(writes.clone()).await {
@@ -229,22 +328,24 @@ async fn writer(
             Err(e) if writes.len() > 1 => {
                 tracing::warn!(error = %e, "batched append failed; retrying writes one by one");
                 let mut rs = Vec::with_capacity(writes.len());
-                for w in writes {
-                    rs.push(store.append(vec![w]).await);
+                for w in &writes {
+                    rs.push(store.append(vec![w.clone()]).await);
                 }
                 rs
             }
             Err(e) => vec![Err(e)],
         };
         let log = log.upgrade();
-        for ((job, last, done), result) in waiters.into_iter().zip(results) {
+        for ((write, done), result) in writes.into_iter().zip(waiters).zip(results) {
             match &result {
                 Ok(()) => {
-                    if let (Some(log), Some(seq)) = (&log, last) {
-                        log.notify(&job, seq);
+                    if let Some(log) = &log {
+                        log.committed(&write.job_id, write.events);
                     }
                 }
-                Err(e) => tracing::error!(job = %job, error = %e, "event log append failed"),
+                Err(e) => {
+                    tracing::error!(job = %write.job_id, error = %e, "event log append failed")
+                }
             }
             let _ = done.send(result);
         }

@@ -8,7 +8,6 @@ use crate::pb::file_service_server::FileService;
 use crate::workspace::UploadHeader;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,6 +23,21 @@ impl FileApi {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
     }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -114,11 +128,15 @@ impl FileService for FileApi {
     ) -> Result<Response<Self::DownloadFileStream>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
-        let (info, mut file) = self
+        let (info, file) = self
             .core
             .open_file(&tenant, &r.session_id, &r.path, r.offset, r.include_sha256)
             .await?;
         let mut remaining = info.size.saturating_sub(r.offset);
+        // Each chunk is read straight into the buffer that becomes the message (tokio::fs reads
+        // into its own buffer and copies), one blocking call per chunk so that no blocking
+        // thread waits on a slow client; the channel lets the next read overlap the sends.
+        let mut file = Some(file.into_std().await);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             use pb::download_file_response::Part;
@@ -131,13 +149,32 @@ impl FileService for FileApi {
             // Send exactly the size announced in the info message, even if the file grows.
             while remaining > 0 {
                 let want = remaining.min(CHUNK_BYTES as u64) as usize;
-                let mut buf = bytes::BytesMut::with_capacity(want);
-                match (&mut file).take(want as u64).read_buf(&mut buf).await {
+                let Some(mut f) = file.take() else {
+                    return;
+                };
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let n = read_full(&mut f, &mut buf);
+                    (f, buf, n)
+                })
+                .await;
+                let (f, mut buf, n) = match read {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Error::internal(format!("read task failed: {e}")).into()))
+                            .await;
+                        return;
+                    }
+                };
+                file = Some(f);
+                match n {
                     Ok(0) => break,
                     Ok(n) => {
                         remaining -= n as u64;
+                        buf.truncate(n);
                         let msg = pb::DownloadFileResponse {
-                            part: Some(Part::Chunk(buf.freeze())),
+                            part: Some(Part::Chunk(buf.into())),
                         };
                         if tx.send(Ok(msg)).await.is_err() {
                             return;

@@ -1,0 +1,101 @@
+//! The stand-in agent (`agentd-bench __agent <script>`): agentd runs it as a `command` profile,
+//! whose prompt is the script, and the bare relay runs the very same executable directly. Lines
+//! that matter carry a CLOCK_MONOTONIC stamp so the reader can tell how long each took to arrive.
+//!
+//! Scripts:
+//! - `hello`: prints `h <ns>` once and exits;
+//! - `ticks <interval_us> <count> <delay_ms>`: after `delay_ms`, prints `t <ns>` every
+//!   `interval_us` (on a fixed schedule, so a late line does not delay the next ones);
+//! - `flood <count>`: prints `count` lines of 100 bytes as fast as it can;
+//! - `tree`: starts a child in its own process group (as agents' tools do), prints
+//!   `ready <child pid>` and sleeps; exits on SIGTERM (the default action);
+//! - `sleep`: sleeps until killed.
+
+use crate::harness::mono_ns;
+use std::io::Write;
+use std::time::Duration;
+
+/// A flood line is this prefix, a 9-digit counter and this padding: 100 bytes with the newline.
+pub const FLOOD_PAD: &str =
+    ".................................................................................... end";
+
+pub fn flood_line(i: u64) -> String {
+    format!("x{i:09} {FLOOD_PAD}")
+}
+
+pub fn main(args: &[String]) -> i32 {
+    let script = args.join(" ");
+    let words: Vec<&str> = script.split_whitespace().collect();
+    let out = std::io::stdout();
+    let result = match words.as_slice() {
+        ["hello"] => {
+            let mut o = out.lock();
+            writeln!(o, "h {}", mono_ns()).and_then(|_| o.flush())
+        }
+        ["ticks", interval_us, count, delay_ms] => {
+            match (interval_us.parse(), count.parse(), delay_ms.parse()) {
+                (Ok(i), Ok(n), Ok(d)) => ticks(i, n, d),
+                _ => return usage(&script),
+            }
+        }
+        ["flood", count] => match count.parse() {
+            Ok(n) => flood(n),
+            Err(_) => return usage(&script),
+        },
+        ["tree"] => tree(),
+        ["sleep"] => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        _ => return usage(&script),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("stand-in agent: {e}");
+            1
+        }
+    }
+}
+
+fn usage(script: &str) -> i32 {
+    eprintln!("stand-in agent: unknown script {script:?}");
+    2
+}
+
+fn ticks(interval_us: u64, count: u64, delay_ms: u64) -> std::io::Result<()> {
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let start = mono_ns();
+    let mut o = std::io::stdout().lock();
+    for i in 0..count {
+        let due = start + i * interval_us * 1000;
+        let now = mono_ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        writeln!(o, "t {}", mono_ns())?;
+        o.flush()?;
+    }
+    Ok(())
+}
+
+fn flood(count: u64) -> std::io::Result<()> {
+    let mut o = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    for i in 0..count {
+        writeln!(o, "{}", flood_line(i))?;
+    }
+    o.flush()
+}
+
+fn tree() -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["__agent", "sleep"])
+        .process_group(0)
+        .spawn()?;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "ready {}", child.id())?;
+    o.flush()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

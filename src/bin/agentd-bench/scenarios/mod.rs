@@ -1,0 +1,84 @@
+//! The scenarios of issue #8, each a function that starts what it needs (a fresh agentd, the bare
+//! server) and returns its metrics.
+
+mod files;
+mod jobs;
+mod rss;
+mod sdk;
+mod stream;
+
+use crate::harness::Env;
+use crate::report::Metric;
+use std::future::Future;
+use std::pin::Pin;
+
+type Run = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<Metric>>> + 'a>>;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: Run,
+}
+
+macro_rules! scenario {
+    ($name:literal, $f:path, $about:literal) => {
+        Scenario {
+            name: $name,
+            about: $about,
+            run: |env| Box::pin($f(env)),
+        }
+    };
+}
+
+pub const ALL: &[Scenario] = &[
+    scenario!(
+        "latency",
+        stream::latency,
+        "agent line every 10 ms → RunJob subscriber, p50/p99, vs a bare tonic relay of the same child"
+    ),
+    scenario!(
+        "throughput",
+        stream::throughput,
+        "events/s of one job flooding lines, vs the bare relay"
+    ),
+    scenario!(
+        "startup",
+        jobs::startup,
+        "SubmitJob → agent running; RunJob → first agent event; vs tokio spawn + first line"
+    ),
+    scenario!(
+        "job",
+        jobs::whole_job,
+        "whole RunJob until the stream ends vs running the agent directly, p50"
+    ),
+    scenario!(
+        "cancel",
+        jobs::cancel,
+        "CancelJob → no process of the job's tree left, p50/p99"
+    ),
+    scenario!(
+        "files",
+        files::transfer,
+        "upload and download of 1 GiB with sha256 and peak RSS growth, vs a bare tonic chunk stream"
+    ),
+    scenario!(
+        "fanout",
+        stream::fanout,
+        "1,000 subscribers on one job at 1k events/s: delivery latency p99"
+    ),
+    scenario!(
+        "replay",
+        stream::replay,
+        "events/s replaying a finished 1 M-event job"
+    ),
+    scenario!(
+        "rss",
+        rss::rss,
+        "idle RSS, and RSS per idle session with 10k sessions"
+    ),
+    scenario!(
+        "sdk",
+        sdk::sdk,
+        "Python and TypeScript SDKs consuming a 200k-event job vs a bare one-event-per-message stream"
+    ),
+];
