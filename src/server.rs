@@ -184,7 +184,9 @@ pub async fn serve(
     // Before the store opens: refuse a second agentd on this data dir, and kill what a crashed
     // previous run left behind (see `runner::records`). Held until `serve` returns.
     let _run_lock = claim_data_dir(&config.data_dir).await?;
-    let store = crate::store::open(&config.store, &config.data_dir).await.map_err(ServeError::Store)?;
+    let store = crate::store::open(&config.store, &config.data_dir)
+        .await
+        .map_err(ServeError::Store)?;
     tracing::info!(
         replica = %config.replica_id,
         store = %crate::config::redact_url(&config.store),
