@@ -459,7 +459,8 @@ impl PgStore {
             let st = tx
                 .prepare_cached(
                     "SELECT count(*) FROM jobs WHERE session_id = $1 \
-                     AND state_name IN ('QUEUED', 'RUNNING') AND state_name = 'QUEUED'",
+                     AND state_name IN ('QUEUED', 'RUNNING') AND state_name = 'QUEUED' \
+                     AND owner IS NULL",
                 )
                 .await
                 .map_err(db)?;
