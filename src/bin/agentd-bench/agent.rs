@@ -9,7 +9,9 @@
 //! - `flood <count>`: prints `count` lines of 100 bytes as fast as it can;
 //! - `tree`: starts a child in its own process group (as agents' tools do), prints
 //!   `ready <child pid>` and sleeps; exits on SIGTERM (the default action);
-//! - `sleep`: sleeps until killed.
+//! - `sleep`: sleeps until killed;
+//! - `mark <token>`: appends `<token>` as a line to `runs.txt` in its working directory (the
+//!   session's workspace) and prints `m <token>`, so a job that ran twice leaves two lines.
 
 use crate::harness::mono_ns;
 use std::io::Write;
@@ -43,6 +45,7 @@ pub fn main(args: &[String]) -> i32 {
             Err(_) => return usage(&script),
         },
         ["tree"] => tree(),
+        ["mark", token] => mark(token),
         ["sleep"] => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
@@ -83,6 +86,17 @@ fn flood(count: u64) -> std::io::Result<()> {
     for i in 0..count {
         writeln!(o, "{}", flood_line(i))?;
     }
+    o.flush()
+}
+
+fn mark(token: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("runs.txt")?;
+    writeln!(f, "{token}")?;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "m {token}")?;
     o.flush()
 }
 

@@ -3,6 +3,7 @@
 
 mod files;
 mod jobs;
+mod replicas;
 mod rss;
 mod sdk;
 mod stream;
@@ -80,5 +81,10 @@ pub const ALL: &[Scenario] = &[
         "sdk",
         sdk::sdk,
         "Python and TypeScript SDKs consuming a 200k-event job vs a bare one-event-per-message stream"
+    ),
+    scenario!(
+        "replicas",
+        replicas::replicas,
+        "jobs/s of 200 jobs over 50 sessions on 1, 2, 3 replicas on Postgres, vs one server on SQLite"
     ),
 ];
