@@ -18,7 +18,10 @@ use crate::domain::{JobEvent, JobId};
 use crate::error::{Error, Result};
 use crate::store::{DynStore, JobWrite};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +72,22 @@ pub struct EventLog {
     watchers: Mutex<HashMap<JobId, Tail>>,
 }
 
+/// A submitted write whose commit has not been awaited yet. As a future it resolves once the
+/// write is committed and readers were woken, or with why it failed.
+#[must_use = "a write's outcome is only known by awaiting its commit"]
+pub struct Pending(oneshot::Receiver<Result<()>>);
+
+impl Future for Pending {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.map_err(|_| Error::internal("event log writer stopped"))
+                .and_then(|r| r)
+        })
+    }
+}
+
 /// What a reader of a job's log receives.
 #[derive(Debug)]
 pub enum StreamItem {
@@ -95,13 +114,20 @@ impl EventLog {
 
     /// Durably appends `write`; returns once it is committed and readers were woken.
     pub async fn write(&self, write: JobWrite) -> Result<()> {
+        self.submit(write).await?.await
+    }
+
+    /// Queues `write` behind every write submitted before it (waiting only while the queue is
+    /// full) and returns without waiting for the commit, so a job can prepare its next batch
+    /// meanwhile. Writes are committed in submission order; a job's later write can only succeed
+    /// if its earlier ones did, since its seqs would not continue the stored log otherwise.
+    pub async fn submit(&self, write: JobWrite) -> Result<Pending> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(WriteRequest { write, done })
             .await
             .map_err(|_| Error::internal("event log writer stopped"))?;
-        rx.await
-            .map_err(|_| Error::internal("event log writer stopped"))?
+        Ok(Pending(rx))
     }
 
     fn watchers(&self) -> MutexGuard<'_, HashMap<JobId, Tail>> {

@@ -9,6 +9,7 @@ use crate::domain::{
     Usage,
 };
 use crate::error::Result;
+use crate::events::Pending;
 use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
 use crate::telemetry::{TraceParent, metrics, trace};
@@ -46,22 +47,61 @@ impl Sink<'_> {
     }
 
     async fn write(&self, events: Vec<JobEvent>, update: Option<JobUpdate>) -> Result<()> {
+        match self.submit(events, update).await? {
+            Some(w) => w.committed().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a write without waiting for its commit (`None` when there is nothing to write).
+    async fn submit(
+        &self,
+        events: Vec<JobEvent>,
+        update: Option<JobUpdate>,
+    ) -> Result<Option<InFlight>> {
         if events.is_empty() && update.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let (n, start) = (events.len(), std::time::Instant::now());
-        let written = self
+        let pending = self
             .core
             .events
-            .write(JobWrite {
+            .submit(JobWrite {
                 job_id: self.job.clone(),
                 events,
                 update,
             })
-            .await;
-        metrics().store_write(start.elapsed());
+            .await?;
+        Ok(Some(InFlight { pending, n, start }))
+    }
+}
+
+/// What the event pump waits for.
+enum Next {
+    /// This many outputs were received (0: the agent's output has ended).
+    Batch(usize),
+    /// The batch in flight was committed, or failed.
+    Committed(Result<()>),
+}
+
+/// A batch handed to the event log whose commit is still to be awaited.
+struct InFlight {
+    pending: Pending,
+    n: usize,
+    start: std::time::Instant,
+}
+
+impl InFlight {
+    async fn committed(mut self) -> Result<()> {
+        let written = (&mut self.pending).await;
+        self.settle(written)
+    }
+
+    /// Records the outcome of the commit once it is known.
+    fn settle(self, written: Result<()>) -> Result<()> {
+        metrics().store_write(self.start.elapsed());
         if written.is_ok() {
-            metrics().events_written(n);
+            metrics().events_written(self.n);
         }
         written
     }
@@ -270,7 +310,31 @@ impl Core {
             self.config.limits.job_output_max_bytes,
             self.config.limits.job_output_max_events,
         );
-        while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+        // The batch whose commit is awaited only after the next batch was parsed and queued, so
+        // parsing and committing overlap. At most two batches are in flight; the event log
+        // commits them in order, so seqs stay consecutive.
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            let next = match &mut in_flight {
+                // A commit that ends before the next batch arrives is settled right away, so its
+                // outcome and timing are not held back by a quiet agent.
+                Some(w) => tokio::select! {
+                    biased;
+                    written = &mut w.pending => Next::Committed(written),
+                    n = rx.recv_many(&mut buf, MAX_BATCH) => Next::Batch(n),
+                },
+                None => Next::Batch(rx.recv_many(&mut buf, MAX_BATCH).await),
+            };
+            match next {
+                Next::Committed(written) => {
+                    if let Some(w) = in_flight.take() {
+                        w.settle(written)?;
+                    }
+                    continue;
+                }
+                Next::Batch(0) => break,
+                Next::Batch(_) => {}
+            }
             let mut events = Vec::with_capacity(buf.len());
             for out in buf.drain(..) {
                 match out {
@@ -331,7 +395,13 @@ impl Core {
             } else {
                 None
             };
-            sink.write(events, update).await?;
+            let queued = sink.submit(events, update).await?;
+            if let Some(previous) = std::mem::replace(&mut in_flight, queued) {
+                previous.committed().await?;
+            }
+        }
+        if let Some(last) = in_flight.take() {
+            last.committed().await?;
         }
         let outcome = match run.await {
             Ok(o) => o,
