@@ -8,7 +8,7 @@ use crate::domain::{
     EventKind, ExitStatus, Finished, Job, JobEvent, JobId, JobState, Outcome, Session, Timestamp,
     Usage,
 };
-use crate::error::Result;
+use crate::error::{Reason, Result};
 use crate::events::Pending;
 use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
@@ -174,16 +174,24 @@ impl Core {
             span.record("parent_span_id", tp.parent_id());
         }
         async {
-            if let Err(e) = self.execute(&job, handle, &mut sink).await {
-                tracing::error!(job = %id, error = %e, "job failed inside the server");
-                // The store may be what failed; try once to record the failure anyway.
-                let _ = self
-                    .finish(
-                        &mut sink,
-                        None,
-                        FinishFacts::failed(format!("internal error: {e}")),
-                    )
-                    .await;
+            match self.execute(&job, handle, &mut sink).await {
+                Ok(()) => {}
+                // Another replica settled the job after this one lost its lease: expected
+                // fencing, and a final event could not be stored either.
+                Err(e) if e.reason() == Reason::JobFinished => {
+                    tracing::info!(job = %id, error = %e, "job was settled by another replica");
+                }
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "job failed inside the server");
+                    // The store may be what failed; try once to record the failure anyway.
+                    let _ = self
+                        .finish(
+                            &mut sink,
+                            None,
+                            FinishFacts::failed(format!("internal error: {e}")),
+                        )
+                        .await;
+                }
             }
         }
         .instrument(span)
