@@ -370,9 +370,11 @@ async fn writer(
                     }
                 }
                 // Expected fencing: another replica settled the job after this one lost its lease.
-                Err(e) if e.reason() == Reason::JobFinished => {
-                    tracing::info!(job = %write.job_id, error = %e, "event log append refused: job already finished")
-                }
+                Err(e) if e.reason() == Reason::JobFinished => tracing::info!(
+                    job = %write.job_id,
+                    error = %e,
+                    "event log append refused: job already finished"
+                ),
                 Err(e) => {
                     tracing::error!(job = %write.job_id, error = %e, "event log append failed")
                 }

@@ -291,16 +291,19 @@ impl Core {
             },
             None,
         );
-        sink.write(
-            vec![ev],
-            Some(JobUpdate {
-                state: state.clone(),
-                result: String::new(),
-                usage: Usage::default(),
-                conversation_id: resume.clone(),
-            }),
-        )
-        .await?;
+        // Not awaited here: the pump starts while it commits and the first output lines join it
+        // in the event log's queue (often in the same commit).
+        let started_write = sink
+            .submit(
+                vec![ev],
+                Some(JobUpdate {
+                    state: state.clone(),
+                    result: String::new(),
+                    usage: Usage::default(),
+                    conversation_id: resume.clone(),
+                }),
+            )
+            .await?;
 
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
         let control = RunControl {
@@ -321,95 +324,105 @@ impl Core {
         // The batch whose commit is awaited only after the next batch was parsed and queued, so
         // parsing and committing overlap. At most two batches are in flight; the event log
         // commits them in order, so seqs stay consecutive.
-        let mut in_flight: Option<InFlight> = None;
-        loop {
-            let next = match &mut in_flight {
-                // A commit that ends before the next batch arrives is settled right away, so its
-                // outcome and timing are not held back by a quiet agent.
-                Some(w) => tokio::select! {
-                    biased;
-                    written = &mut w.pending => Next::Committed(written),
-                    n = rx.recv_many(&mut buf, MAX_BATCH) => Next::Batch(n),
-                },
-                None => Next::Batch(rx.recv_many(&mut buf, MAX_BATCH).await),
-            };
-            match next {
-                Next::Committed(written) => {
-                    if let Some(w) = in_flight.take() {
-                        w.settle(written)?;
+        let mut in_flight: Option<InFlight> = started_write;
+        let pumped: Result<()> = async {
+            loop {
+                let next = match &mut in_flight {
+                    // A commit that ends before the next batch arrives is settled right away, so
+                    // its outcome and timing are not held back by a quiet agent.
+                    Some(w) => tokio::select! {
+                        biased;
+                        written = &mut w.pending => Next::Committed(written),
+                        n = rx.recv_many(&mut buf, MAX_BATCH) => Next::Batch(n),
+                    },
+                    None => Next::Batch(rx.recv_many(&mut buf, MAX_BATCH).await),
+                };
+                match next {
+                    Next::Committed(written) => {
+                        if let Some(w) = in_flight.take() {
+                            w.settle(written)?;
+                        }
+                        continue;
                     }
-                    continue;
+                    Next::Batch(0) => break,
+                    Next::Batch(_) => {}
                 }
-                Next::Batch(0) => break,
-                Next::Batch(_) => {}
-            }
-            let mut events = Vec::with_capacity(buf.len());
-            for out in buf.drain(..) {
-                match out {
-                    Output::Stdout(line) => {
-                        // The parser sees every line, kept or not, so the summary (conversation,
-                        // result, usage) stays right after truncation.
-                        let parsed = parser.parse_line(&line.text, line.truncated);
-                        for p in &parsed {
-                            if let EventKind::Init {
-                                conversation_id, ..
-                            } = &p.kind
-                                && !conversation_id.is_empty()
-                            {
-                                conversation = Some(conversation_id.clone());
+                let mut events = Vec::with_capacity(buf.len());
+                for out in buf.drain(..) {
+                    match out {
+                        Output::Stdout(line) => {
+                            // The parser sees every line, kept or not, so the summary
+                            // (conversation, result, usage) stays right after truncation.
+                            let parsed = parser.parse_line(&line.text, line.truncated);
+                            for p in &parsed {
+                                if let EventKind::Init {
+                                    conversation_id, ..
+                                } = &p.kind
+                                    && !conversation_id.is_empty()
+                                {
+                                    conversation = Some(conversation_id.clone());
+                                }
+                            }
+                            match cap.admit(line.text.len(), parsed.len()) {
+                                Admit::Keep => events
+                                    .extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw))),
+                                Admit::Truncate(reason) => {
+                                    events.push(sink.event(EventKind::Truncated { reason }, None))
+                                }
+                                Admit::Drop => {}
                             }
                         }
-                        match cap.admit(line.text.len(), parsed.len()) {
-                            Admit::Keep => {
-                                events.extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw)))
+                        Output::Stderr(line) => {
+                            if stderr_tail.len() == STDERR_TAIL {
+                                stderr_tail.pop_front();
                             }
-                            Admit::Truncate(reason) => {
-                                events.push(sink.event(EventKind::Truncated { reason }, None))
+                            stderr_tail.push_back(line.text.clone());
+                            match cap.admit(line.text.len(), 1) {
+                                Admit::Keep => events.push(sink.event(
+                                    EventKind::Stderr {
+                                        line: line.text,
+                                        truncated: line.truncated,
+                                    },
+                                    None,
+                                )),
+                                Admit::Truncate(reason) => {
+                                    events.push(sink.event(EventKind::Truncated { reason }, None))
+                                }
+                                Admit::Drop => {}
                             }
-                            Admit::Drop => {}
-                        }
-                    }
-                    Output::Stderr(line) => {
-                        if stderr_tail.len() == STDERR_TAIL {
-                            stderr_tail.pop_front();
-                        }
-                        stderr_tail.push_back(line.text.clone());
-                        match cap.admit(line.text.len(), 1) {
-                            Admit::Keep => events.push(sink.event(
-                                EventKind::Stderr {
-                                    line: line.text,
-                                    truncated: line.truncated,
-                                },
-                                None,
-                            )),
-                            Admit::Truncate(reason) => {
-                                events.push(sink.event(EventKind::Truncated { reason }, None))
-                            }
-                            Admit::Drop => {}
                         }
                     }
                 }
+                // Record the conversation id as soon as the agent reports it, so a job interrupted
+                // by a crash still lets the session's next job resume the conversation.
+                let update = if conversation != recorded {
+                    recorded.clone_from(&conversation);
+                    Some(JobUpdate {
+                        state: state.clone(),
+                        result: String::new(),
+                        usage: Usage::default(),
+                        conversation_id: conversation.clone(),
+                    })
+                } else {
+                    None
+                };
+                let queued = sink.submit(events, update).await?;
+                if let Some(previous) = std::mem::replace(&mut in_flight, queued) {
+                    previous.committed().await?;
+                }
             }
-            // Record the conversation id as soon as the agent reports it, so a job interrupted
-            // by a crash still lets the session's next job resume the conversation.
-            let update = if conversation != recorded {
-                recorded.clone_from(&conversation);
-                Some(JobUpdate {
-                    state: state.clone(),
-                    result: String::new(),
-                    usage: Usage::default(),
-                    conversation_id: conversation.clone(),
-                })
-            } else {
-                None
-            };
-            let queued = sink.submit(events, update).await?;
-            if let Some(previous) = std::mem::replace(&mut in_flight, queued) {
-                previous.committed().await?;
+            if let Some(last) = in_flight.take() {
+                last.committed().await?;
             }
+            Ok(())
         }
-        if let Some(last) = in_flight.take() {
-            last.committed().await?;
+        .await;
+        if let Err(e) = pumped {
+            // Nothing more of this run can be recorded (the job is about to be marked failed, or
+            // another replica settled it): stop the agent instead of leaving it running
+            // unobserved. Dropping the process kills its supervisor and with it the whole tree.
+            run.abort();
+            return Err(e);
         }
         let outcome = match run.await {
             Ok(o) => o,
