@@ -19,8 +19,10 @@ use tracing::Instrument;
 
 /// Variables passed through from the server's own environment; everything else is dropped.
 const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
-/// Output lines handled per event-log write at most.
+/// Output lines taken from the runner at a time.
 const MAX_BATCH: usize = 512;
+/// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
+const MAX_PARSED: usize = 4 * MAX_BATCH;
 /// Stderr lines kept to explain a failure when the agent gave no error of its own.
 const STDERR_TAIL: usize = 5;
 
@@ -321,20 +323,40 @@ impl Core {
             self.config.limits.job_output_max_bytes,
             self.config.limits.job_output_max_events,
         );
-        // The batch whose commit is awaited only after the next batch was parsed and queued, so
-        // parsing and committing overlap. At most two batches are in flight; the event log
-        // commits them in order, so seqs stay consecutive.
+        // One batch commits while the next is read and parsed; that one is queued as soon as the
+        // commit ends, with everything that arrived meanwhile. Batches grow while the store is
+        // busy (fewer commits and reader wake-ups than one batch per arrival) and at most one is
+        // in flight, so seqs reach the event log in order.
         let mut in_flight: Option<InFlight> = started_write;
+        let mut events: Vec<JobEvent> = Vec::new();
+        let mut ended = false;
         let pumped: Result<()> = async {
             loop {
+                if in_flight.is_none() {
+                    // Record the conversation id as soon as the agent reports it, so a job
+                    // interrupted by a crash still lets the session's next job resume it.
+                    let update = (conversation != recorded).then(|| {
+                        recorded.clone_from(&conversation);
+                        JobUpdate {
+                            state: state.clone(),
+                            result: String::new(),
+                            usage: Usage::default(),
+                            conversation_id: conversation.clone(),
+                        }
+                    });
+                    in_flight = sink.submit(std::mem::take(&mut events), update).await?;
+                }
                 let next = match &mut in_flight {
-                    // A commit that ends before the next batch arrives is settled right away, so
-                    // its outcome and timing are not held back by a quiet agent.
-                    Some(w) => tokio::select! {
+                    // A commit that ends before more output arrives is settled right away, so its
+                    // outcome and timing are not held back by a quiet agent.
+                    Some(w) if !ended && events.len() < MAX_PARSED => tokio::select! {
                         biased;
                         written = &mut w.pending => Next::Committed(written),
                         n = rx.recv_many(&mut buf, MAX_BATCH) => Next::Batch(n),
                     },
+                    // Output ended, or enough is parsed: wait for the store (backpressure).
+                    Some(w) => Next::Committed((&mut w.pending).await),
+                    None if ended => break,
                     None => Next::Batch(rx.recv_many(&mut buf, MAX_BATCH).await),
                 };
                 match next {
@@ -344,10 +366,12 @@ impl Core {
                         }
                         continue;
                     }
-                    Next::Batch(0) => break,
+                    Next::Batch(0) => {
+                        ended = true;
+                        continue;
+                    }
                     Next::Batch(_) => {}
                 }
-                let mut events = Vec::with_capacity(buf.len());
                 for out in buf.drain(..) {
                     match out {
                         Output::Stdout(line) => {
@@ -393,26 +417,6 @@ impl Core {
                         }
                     }
                 }
-                // Record the conversation id as soon as the agent reports it, so a job interrupted
-                // by a crash still lets the session's next job resume the conversation.
-                let update = if conversation != recorded {
-                    recorded.clone_from(&conversation);
-                    Some(JobUpdate {
-                        state: state.clone(),
-                        result: String::new(),
-                        usage: Usage::default(),
-                        conversation_id: conversation.clone(),
-                    })
-                } else {
-                    None
-                };
-                let queued = sink.submit(events, update).await?;
-                if let Some(previous) = std::mem::replace(&mut in_flight, queued) {
-                    previous.committed().await?;
-                }
-            }
-            if let Some(last) = in_flight.take() {
-                last.committed().await?;
             }
             Ok(())
         }
