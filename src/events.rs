@@ -15,10 +15,13 @@
 //! and after every keepalive tick or missed-signals wake-up.
 
 use crate::domain::{JobEvent, JobId};
-use crate::error::{Error, Result};
+use crate::error::{Error, Reason, Result};
 use crate::store::{DynStore, JobWrite};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +72,22 @@ pub struct EventLog {
     watchers: Mutex<HashMap<JobId, Tail>>,
 }
 
+/// A submitted write whose commit has not been awaited yet. As a future it resolves once the
+/// write is committed and readers were woken, or with why it failed.
+#[must_use = "a write's outcome is only known by awaiting its commit"]
+pub struct Pending(oneshot::Receiver<Result<()>>);
+
+impl Future for Pending {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.map_err(|_| Error::internal("event log writer stopped"))
+                .and_then(|r| r)
+        })
+    }
+}
+
 /// What a reader of a job's log receives.
 #[derive(Debug)]
 pub enum StreamItem {
@@ -95,13 +114,20 @@ impl EventLog {
 
     /// Durably appends `write`; returns once it is committed and readers were woken.
     pub async fn write(&self, write: JobWrite) -> Result<()> {
+        self.submit(write).await?.await
+    }
+
+    /// Queues `write` behind every write submitted before it (waiting only while the queue is
+    /// full) and returns without waiting for the commit, so a job can prepare its next batch
+    /// meanwhile. Writes are committed in submission order; a job's later write can only succeed
+    /// if its earlier ones did, since its seqs would not continue the stored log otherwise.
+    pub async fn submit(&self, write: JobWrite) -> Result<Pending> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(WriteRequest { write, done })
             .await
             .map_err(|_| Error::internal("event log writer stopped"))?;
-        rx.await
-            .map_err(|_| Error::internal("event log writer stopped"))?
+        Ok(Pending(rx))
     }
 
     fn watchers(&self) -> MutexGuard<'_, HashMap<JobId, Tail>> {
@@ -228,7 +254,7 @@ impl EventLog {
                 {
                     // Seqs have no gaps, so a jump means the events before `first` were pruned.
                     break Err(Error::out_of_range(
-                        crate::error::Reason::CursorExpired,
+                        Reason::CursorExpired,
                         format!(
                             "events after seq {cursor} of job {job} are no longer retained; \
                              the oldest retained event has seq {}: resume with after_seq >= {}",
@@ -280,7 +306,7 @@ impl EventLog {
                             _ => {}
                         }
                         break Err(Error::unavailable(
-                            crate::error::Reason::ShuttingDown,
+                            Reason::ShuttingDown,
                             "server is shutting down; resume from your last seq on another server",
                         ));
                     }
@@ -343,11 +369,180 @@ async fn writer(
                         log.committed(&write.job_id, write.events);
                     }
                 }
+                // Expected fencing: another replica settled the job after this one lost its lease.
+                Err(e) if e.reason() == Reason::JobFinished => tracing::info!(
+                    job = %write.job_id,
+                    error = %e,
+                    "event log append refused: job already finished"
+                ),
                 Err(e) => {
                     tracing::error!(job = %write.job_id, error = %e, "event log append failed")
                 }
             }
             let _ = done.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        EventKind, Finished, Job, JobSpec, JobState, Outcome, Session, SessionId, TenantId,
+        Timestamp, Usage,
+    };
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{JobUpdate, contract::NO_LIMITS};
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    /// Collects formatted log lines so a test can check their levels.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn take(&self) -> String {
+            String::from_utf8_lossy(&std::mem::take(&mut *self.0.lock().expect("log buffer")))
+                .into_owned()
+        }
+    }
+
+    fn update(state: JobState) -> Option<JobUpdate> {
+        Some(JobUpdate {
+            state,
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+        })
+    }
+
+    fn text(seq: u64) -> JobEvent {
+        JobEvent {
+            seq,
+            time: Timestamp(seq as i64),
+            raw: None,
+            kind: EventKind::Text { text: "x".into() },
+        }
+    }
+
+    /// An append refused because the job is already finished (fencing after a lost lease) is
+    /// logged at INFO; any other failed append stays an ERROR.
+    #[tokio::test]
+    async fn appends_to_finished_jobs_are_not_errors() {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        // The runtime has one thread, so the writer task logs through this subscriber too.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: DynStore = Arc::new(
+            SqliteStore::open(&dir.path().join("agentd.db"))
+                .await
+                .expect("open store"),
+        );
+        let now = Timestamp(1_000_000);
+        let session = store
+            .create_session(&Session {
+                id: SessionId::generate(),
+                tenant: TenantId("t".into()),
+                labels: BTreeMap::new(),
+                created: now,
+                expires: Timestamp(now.0 + 3_600_000_000),
+                ttl: Duration::from_secs(3600),
+                request_id: None,
+                conversation_id: None,
+                job_count: 0,
+            })
+            .await
+            .expect("session");
+        let job = Job {
+            id: JobId::generate(),
+            session_id: session.id.clone(),
+            tenant: session.tenant.clone(),
+            spec: JobSpec {
+                agent: "a".into(),
+                prompt: "p".into(),
+                model: None,
+                timeout: Duration::from_secs(60),
+                env: BTreeMap::new(),
+                allowed_tools: Vec::new(),
+                max_turns: None,
+                append_system_prompt: None,
+                permission_mode: None,
+            },
+            created: now,
+            state: JobState::Queued,
+            request_id: None,
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: None,
+            last_seq: 0,
+        };
+        let job = store.create_job(&job, now, &NO_LIMITS).await.expect("job");
+
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let log = EventLog::start(store, &tracker, stop.clone());
+        let write = |events, update| JobWrite {
+            job_id: job.id.clone(),
+            events,
+            update,
+        };
+        log.write(write(vec![], update(JobState::Running { started: now })))
+            .await
+            .expect("running");
+        let done = JobState::Finished(Finished {
+            started: Some(now),
+            ended: now,
+            outcome: Outcome::Succeeded,
+            exit: None,
+        });
+        log.write(write(vec![text(1)], update(done)))
+            .await
+            .expect("finished");
+        logs.take();
+
+        let late = log.write(write(vec![text(2)], None)).await.unwrap_err();
+        assert_eq!(late.reason(), Reason::JobFinished, "{late}");
+        let lines = logs.take();
+        assert!(
+            lines.contains("INFO") && lines.contains("job already finished"),
+            "{lines}"
+        );
+        assert!(!lines.contains("ERROR"), "{lines}");
+
+        // A write to a job that does not exist is a bug, not fencing.
+        let unknown = JobWrite {
+            job_id: JobId::generate(),
+            events: vec![text(1)],
+            update: None,
+        };
+        assert!(log.write(unknown).await.is_err());
+        let lines = logs.take();
+        assert!(
+            lines.contains("ERROR") && lines.contains("event log append failed"),
+            "{lines}"
+        );
+
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 }

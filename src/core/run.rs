@@ -8,7 +8,8 @@ use crate::domain::{
     EventKind, ExitStatus, Finished, Job, JobEvent, JobId, JobState, Outcome, Session, Timestamp,
     Usage,
 };
-use crate::error::Result;
+use crate::error::{Reason, Result};
+use crate::events::Pending;
 use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
 use crate::telemetry::{TraceParent, metrics, trace};
@@ -18,8 +19,10 @@ use tracing::Instrument;
 
 /// Variables passed through from the server's own environment; everything else is dropped.
 const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
-/// Output lines handled per event-log write at most.
+/// Output lines taken from the runner at a time.
 const MAX_BATCH: usize = 512;
+/// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
+const MAX_PARSED: usize = 4 * MAX_BATCH;
 /// Stderr lines kept to explain a failure when the agent gave no error of its own.
 const STDERR_TAIL: usize = 5;
 
@@ -46,22 +49,61 @@ impl Sink<'_> {
     }
 
     async fn write(&self, events: Vec<JobEvent>, update: Option<JobUpdate>) -> Result<()> {
+        match self.submit(events, update).await? {
+            Some(w) => w.committed().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a write without waiting for its commit (`None` when there is nothing to write).
+    async fn submit(
+        &self,
+        events: Vec<JobEvent>,
+        update: Option<JobUpdate>,
+    ) -> Result<Option<InFlight>> {
         if events.is_empty() && update.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let (n, start) = (events.len(), std::time::Instant::now());
-        let written = self
+        let pending = self
             .core
             .events
-            .write(JobWrite {
+            .submit(JobWrite {
                 job_id: self.job.clone(),
                 events,
                 update,
             })
-            .await;
-        metrics().store_write(start.elapsed());
+            .await?;
+        Ok(Some(InFlight { pending, n, start }))
+    }
+}
+
+/// What the event pump waits for.
+enum Next {
+    /// This many outputs were received (0: the agent's output has ended).
+    Batch(usize),
+    /// The batch in flight was committed, or failed.
+    Committed(Result<()>),
+}
+
+/// A batch handed to the event log whose commit is still to be awaited.
+struct InFlight {
+    pending: Pending,
+    n: usize,
+    start: std::time::Instant,
+}
+
+impl InFlight {
+    async fn committed(mut self) -> Result<()> {
+        let written = (&mut self.pending).await;
+        self.settle(written)
+    }
+
+    /// Records the outcome of the commit once it is known.
+    fn settle(self, written: Result<()>) -> Result<()> {
+        metrics().store_write(self.start.elapsed());
         if written.is_ok() {
-            metrics().events_written(n);
+            metrics().events_written(self.n);
         }
         written
     }
@@ -134,16 +176,24 @@ impl Core {
             span.record("parent_span_id", tp.parent_id());
         }
         async {
-            if let Err(e) = self.execute(&job, handle, &mut sink).await {
-                tracing::error!(job = %id, error = %e, "job failed inside the server");
-                // The store may be what failed; try once to record the failure anyway.
-                let _ = self
-                    .finish(
-                        &mut sink,
-                        None,
-                        FinishFacts::failed(format!("internal error: {e}")),
-                    )
-                    .await;
+            match self.execute(&job, handle, &mut sink).await {
+                Ok(()) => {}
+                // Another replica settled the job after this one lost its lease: expected
+                // fencing, and a final event could not be stored either.
+                Err(e) if e.reason() == Reason::JobFinished => {
+                    tracing::info!(job = %id, error = %e, "job was settled by another replica");
+                }
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "job failed inside the server");
+                    // The store may be what failed; try once to record the failure anyway.
+                    let _ = self
+                        .finish(
+                            &mut sink,
+                            None,
+                            FinishFacts::failed(format!("internal error: {e}")),
+                        )
+                        .await;
+                }
             }
         }
         .instrument(span)
@@ -243,16 +293,19 @@ impl Core {
             },
             None,
         );
-        sink.write(
-            vec![ev],
-            Some(JobUpdate {
-                state: state.clone(),
-                result: String::new(),
-                usage: Usage::default(),
-                conversation_id: resume.clone(),
-            }),
-        )
-        .await?;
+        // Not awaited here: the pump starts while it commits and the first output lines join it
+        // in the event log's queue (often in the same commit).
+        let started_write = sink
+            .submit(
+                vec![ev],
+                Some(JobUpdate {
+                    state: state.clone(),
+                    result: String::new(),
+                    usage: Usage::default(),
+                    conversation_id: resume.clone(),
+                }),
+            )
+            .await?;
 
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
         let control = RunControl {
@@ -270,68 +323,110 @@ impl Core {
             self.config.limits.job_output_max_bytes,
             self.config.limits.job_output_max_events,
         );
-        while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
-            let mut events = Vec::with_capacity(buf.len());
-            for out in buf.drain(..) {
-                match out {
-                    Output::Stdout(line) => {
-                        // The parser sees every line, kept or not, so the summary (conversation,
-                        // result, usage) stays right after truncation.
-                        let parsed = parser.parse_line(&line.text, line.truncated);
-                        for p in &parsed {
-                            if let EventKind::Init {
-                                conversation_id, ..
-                            } = &p.kind
-                                && !conversation_id.is_empty()
-                            {
-                                conversation = Some(conversation_id.clone());
-                            }
+        // One batch commits while the next is read and parsed; that one is queued as soon as the
+        // commit ends, with everything that arrived meanwhile. Batches grow while the store is
+        // busy (fewer commits and reader wake-ups than one batch per arrival) and at most one is
+        // in flight, so seqs reach the event log in order.
+        let mut in_flight: Option<InFlight> = started_write;
+        let mut events: Vec<JobEvent> = Vec::new();
+        let mut ended = false;
+        let pumped: Result<()> = async {
+            loop {
+                if in_flight.is_none() {
+                    // Record the conversation id as soon as the agent reports it, so a job
+                    // interrupted by a crash still lets the session's next job resume it.
+                    let update = (conversation != recorded).then(|| {
+                        recorded.clone_from(&conversation);
+                        JobUpdate {
+                            state: state.clone(),
+                            result: String::new(),
+                            usage: Usage::default(),
+                            conversation_id: conversation.clone(),
                         }
-                        match cap.admit(line.text.len(), parsed.len()) {
-                            Admit::Keep => {
-                                events.extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw)))
-                            }
-                            Admit::Truncate(reason) => {
-                                events.push(sink.event(EventKind::Truncated { reason }, None))
-                            }
-                            Admit::Drop => {}
+                    });
+                    in_flight = sink.submit(std::mem::take(&mut events), update).await?;
+                }
+                let next = match &mut in_flight {
+                    // A commit that ends before more output arrives is settled right away, so its
+                    // outcome and timing are not held back by a quiet agent.
+                    Some(w) if !ended && events.len() < MAX_PARSED => tokio::select! {
+                        biased;
+                        written = &mut w.pending => Next::Committed(written),
+                        n = rx.recv_many(&mut buf, MAX_BATCH) => Next::Batch(n),
+                    },
+                    // Output ended, or enough is parsed: wait for the store (backpressure).
+                    Some(w) => Next::Committed((&mut w.pending).await),
+                    None if ended => break,
+                    None => Next::Batch(rx.recv_many(&mut buf, MAX_BATCH).await),
+                };
+                match next {
+                    Next::Committed(written) => {
+                        if let Some(w) = in_flight.take() {
+                            w.settle(written)?;
                         }
+                        continue;
                     }
-                    Output::Stderr(line) => {
-                        if stderr_tail.len() == STDERR_TAIL {
-                            stderr_tail.pop_front();
-                        }
-                        stderr_tail.push_back(line.text.clone());
-                        match cap.admit(line.text.len(), 1) {
-                            Admit::Keep => events.push(sink.event(
-                                EventKind::Stderr {
-                                    line: line.text,
-                                    truncated: line.truncated,
-                                },
-                                None,
-                            )),
-                            Admit::Truncate(reason) => {
-                                events.push(sink.event(EventKind::Truncated { reason }, None))
+                    Next::Batch(0) => {
+                        ended = true;
+                        continue;
+                    }
+                    Next::Batch(_) => {}
+                }
+                for out in buf.drain(..) {
+                    match out {
+                        Output::Stdout(line) => {
+                            // The parser sees every line, kept or not, so the summary
+                            // (conversation, result, usage) stays right after truncation.
+                            let parsed = parser.parse_line(&line.text, line.truncated);
+                            for p in &parsed {
+                                if let EventKind::Init {
+                                    conversation_id, ..
+                                } = &p.kind
+                                    && !conversation_id.is_empty()
+                                {
+                                    conversation = Some(conversation_id.clone());
+                                }
                             }
-                            Admit::Drop => {}
+                            match cap.admit(line.text.len(), parsed.len()) {
+                                Admit::Keep => events
+                                    .extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw))),
+                                Admit::Truncate(reason) => {
+                                    events.push(sink.event(EventKind::Truncated { reason }, None))
+                                }
+                                Admit::Drop => {}
+                            }
+                        }
+                        Output::Stderr(line) => {
+                            if stderr_tail.len() == STDERR_TAIL {
+                                stderr_tail.pop_front();
+                            }
+                            stderr_tail.push_back(line.text.clone());
+                            match cap.admit(line.text.len(), 1) {
+                                Admit::Keep => events.push(sink.event(
+                                    EventKind::Stderr {
+                                        line: line.text,
+                                        truncated: line.truncated,
+                                    },
+                                    None,
+                                )),
+                                Admit::Truncate(reason) => {
+                                    events.push(sink.event(EventKind::Truncated { reason }, None))
+                                }
+                                Admit::Drop => {}
+                            }
                         }
                     }
                 }
             }
-            // Record the conversation id as soon as the agent reports it, so a job interrupted
-            // by a crash still lets the session's next job resume the conversation.
-            let update = if conversation != recorded {
-                recorded.clone_from(&conversation);
-                Some(JobUpdate {
-                    state: state.clone(),
-                    result: String::new(),
-                    usage: Usage::default(),
-                    conversation_id: conversation.clone(),
-                })
-            } else {
-                None
-            };
-            sink.write(events, update).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = pumped {
+            // Nothing more of this run can be recorded (the job is about to be marked failed, or
+            // another replica settled it): stop the agent instead of leaving it running
+            // unobserved. Dropping the process kills its supervisor and with it the whole tree.
+            run.abort();
+            return Err(e);
         }
         let outcome = match run.await {
             Ok(o) => o,
