@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `agentd serve` flags.
@@ -175,6 +175,11 @@ pub struct OpsArgs {
     /// Also accept gRPC-Web (HTTP/1.1 and HTTP/2), for browsers.
     #[arg(long, env = "AGENTD_GRPC_WEB")]
     pub grpc_web: bool,
+    /// Gzip responses for clients that accept gzip (most gRPC clients announce it). Off by
+    /// default: inside a data centre or mesh, compressing every event batch costs both ends more
+    /// CPU than the bytes save. Gzip requests are always accepted.
+    #[arg(long, env = "AGENTD_SEND_GZIP")]
+    pub send_gzip: bool,
     /// Comma-separated origins allowed to make cross-origin gRPC-Web calls (`*` for any); none
     /// when unset, so only same-origin pages (or a proxy) can use gRPC-Web.
     #[arg(long, env = "AGENTD_GRPC_WEB_ALLOW_ORIGINS", requires = "grpc_web")]
@@ -294,6 +299,8 @@ pub struct Transport {
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Duration,
     pub grpc_web: bool,
+    /// Gzip responses to clients that accept it.
+    pub send_gzip: bool,
     /// Origins allowed for cross-origin gRPC-Web; `*` means any.
     pub grpc_web_allow_origins: Vec<String>,
 }
@@ -315,7 +322,8 @@ pub struct Config {
     pub default_agent: String,
     pub limits: Limits,
     pub timing: Timing,
-    /// The executable re-run as the per-job process supervisor (normally agentd itself).
+    /// The executable run as the per-job process supervisor (`<exe> __supervise …`):
+    /// `agentd-supervise` when it sits next to the agentd binary, else agentd itself.
     pub supervisor: PathBuf,
     pub transport: Transport,
     /// Where Prometheus metrics are served; off when unset.
@@ -326,6 +334,16 @@ pub struct Config {
 }
 
 /// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
+/// The small supervisor binary installed beside `exe` (what `cargo build` and the deploy files
+/// produce), or `exe` itself, which can act as the supervisor too. The small one starts faster:
+/// it is exec'ed for every job.
+fn supervisor_beside(exe: &Path) -> PathBuf {
+    exe.parent()
+        .map(|dir| dir.join("agentd-supervise"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| exe.to_path_buf())
+}
+
 fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -550,6 +568,7 @@ impl Config {
                 args.ops.max_connection_age_grace_seconds,
             ),
             grpc_web: args.ops.grpc_web,
+            send_gzip: args.ops.send_gzip,
             grpc_web_allow_origins,
         };
         // Absolute, because agents run with their workspace as cwd and HOME under the data dir:
@@ -579,8 +598,9 @@ impl Config {
         if args.lease_seconds < 3 {
             return Err(bad("--lease-seconds must be at least 3"));
         }
-        let supervisor = std::env::current_exe()
+        let exe = std::env::current_exe()
             .map_err(|e| bad(format!("cannot locate the agentd executable: {e}")))?;
+        let supervisor = supervisor_beside(&exe);
 
         Ok(Config {
             listen: args.listen,
@@ -700,6 +720,20 @@ mod tests {
         let mut v = vec!["agentd"];
         v.extend_from_slice(args);
         Config::from_args(T::try_parse_from(v).expect("flags parse").a)
+    }
+
+    #[test]
+    fn supervisor_is_the_small_binary_beside_agentd_when_there_is_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("agentd");
+        std::fs::write(&exe, b"").expect("write");
+        assert_eq!(supervisor_beside(&exe), exe);
+        // A directory of that name is not an executable to run.
+        std::fs::create_dir(dir.path().join("agentd-supervise")).expect("mkdir");
+        assert_eq!(supervisor_beside(&exe), exe);
+        std::fs::remove_dir(dir.path().join("agentd-supervise")).expect("rmdir");
+        std::fs::write(dir.path().join("agentd-supervise"), b"").expect("write");
+        assert_eq!(supervisor_beside(&exe), dir.path().join("agentd-supervise"));
     }
 
     #[test]

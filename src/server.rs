@@ -221,6 +221,17 @@ pub async fn serve(
         crate::auth::RateLimiter::new(config.limits.tenant_rate_limit),
     );
     let t = &config.transport;
+    // Gzip requests are always accepted; responses are gzipped only when configured.
+    macro_rules! gzip {
+        ($svc:expr) => {{
+            let svc = $svc.accept_compressed(Gzip);
+            if t.send_gzip {
+                svc.send_compressed(Gzip)
+            } else {
+                svc
+            }
+        }};
+    }
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(t.keepalive_interval)
         .http2_keepalive_timeout(Some(t.keepalive_timeout))
@@ -246,28 +257,22 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             // CreateSession carries inline files; larger content belongs in UploadFiles.
-            SessionSvc::new(SessionApi::new(core.clone()))
-                .max_decoding_message_size(MAX_CREATE_SESSION_BYTES)
-                .accept_compressed(Gzip)
-                .send_compressed(Gzip),
+            gzip!(
+                SessionSvc::new(SessionApi::new(core.clone()))
+                    .max_decoding_message_size(MAX_CREATE_SESSION_BYTES)
+            ),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
-            JobSvc::new(JobApi::new(core.clone()))
-                .accept_compressed(Gzip)
-                .send_compressed(Gzip),
+            gzip!(JobSvc::new(JobApi::new(core.clone()))),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
-            FileSvc::new(FileApi::new(core.clone()))
-                .accept_compressed(Gzip)
-                .send_compressed(Gzip),
+            gzip!(FileSvc::new(FileApi::new(core.clone()))),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
-            InfoSvc::new(ServerInfoApi::new(core.clone()))
-                .accept_compressed(Gzip)
-                .send_compressed(Gzip),
+            gzip!(InfoSvc::new(ServerInfoApi::new(core.clone()))),
             auth,
         ));
 

@@ -433,7 +433,7 @@ async fn gzip_and_request_ids() {
             .unwrap(),
         "ops-test-42"
     );
-    assert!(resp.into_inner().job.is_some());
+    let job_id = resp.into_inner().job.unwrap().job_id;
     // Without one, the server makes one up; errors carry it too.
     let err = c
         .jobs
@@ -449,6 +449,38 @@ async fn gzip_and_request_ids() {
         .to_str()
         .unwrap();
     assert_eq!(rid.len(), 32, "{rid}");
+    // Responses stay uncompressed unless the server is told to gzip them.
+    let resp = jobs
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.metadata().get("grpc-encoding"), None);
+}
+
+#[tokio::test]
+async fn send_gzip_compresses_responses_for_clients_that_accept_it() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--send-gzip".into()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c.submit(&session.session_id, "x").await;
+    let get = |job_id: String| pb::GetJobRequest { job_id };
+    let mut accepting = c.jobs.clone().accept_compressed(CompressionEncoding::Gzip);
+    let resp = accepting.get_job(get(job.job_id.clone())).await.unwrap();
+    assert_eq!(
+        resp.metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    assert_eq!(resp.into_inner().job.unwrap().job_id, job.job_id);
+    // A client that does not announce gzip still gets plain responses.
+    let resp = c.jobs.get_job(get(job.job_id.clone())).await.unwrap();
+    assert_eq!(resp.metadata().get("grpc-encoding"), None);
 }
 
 #[tokio::test]

@@ -24,9 +24,8 @@ pub mod supervise;
 use crate::domain::ExitStatus;
 use crate::error::{Error, Reason, Result};
 use lines::LineSplitter;
-use nix::sys::prctl;
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::{Pid, getpid, getppid};
+use nix::unistd::{Pid, getpid};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -185,20 +184,10 @@ impl Process {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let parent = getpid();
-        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-        // calls are allowed: it makes two syscalls (prctl, getppid) and builds io::Errors from raw
-        // errno values, which does not allocate. It captures only a Copy pid.
-        unsafe {
-            cmd.pre_exec(move || {
-                prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                // agentd died between fork and prctl: nobody would kill us later.
-                if getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        // No pre_exec closure: without one std spawns with posix_spawn (vfork) instead of forking
+        // this whole multi-threaded process, which costs a page-table copy per job. The supervisor
+        // arms its own parent-death signal first thing and checks it is still our child.
+        cmd.env(supervise::PARENT_ENV, getpid().to_string());
         let mut child = cmd.spawn().map_err(|e| {
             Error::internal(format!(
                 "cannot start the agent supervisor {:?} in {:?}: {e}",

@@ -66,6 +66,11 @@ pub const SUBCOMMAND: &str = "__supervise";
 /// Set to `1` in the supervisor's environment to force the subreaper fallback mode.
 pub const NO_NS_ENV: &str = "AGENTD_SUPERVISE_NO_NS";
 
+/// The pid of the process that started the supervisor (the runner sets it): the supervisor arms
+/// `PR_SET_PDEATHSIG` itself and then exits unless that process is still its parent, so an agentd
+/// that died between the spawn and the prctl is noticed. Not passed on to the agent.
+pub const PARENT_ENV: &str = "AGENTD_SUPERVISOR_PARENT";
+
 /// Exit code when the supervisor cannot set itself up (fork or pipe failure).
 const SETUP_FAILED: i32 = 126;
 
@@ -77,6 +82,10 @@ const TREE_KILL_LIMIT: Duration = Duration::from_secs(10);
 /// arguments. Returns the exit code to exit with (when the agent died of a signal, the supervisor
 /// re-raises it and does not return at all, unless that signal does not terminate).
 pub fn main(args: Vec<String>) -> i32 {
+    if let Err(msg) = die_with_parent() {
+        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+        return SETUP_FAILED;
+    }
     let agent = match Agent::new(&args) {
         Ok(agent) => agent,
         Err(msg) => {
@@ -101,6 +110,24 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(end) => exit_like(end),
         Err(code) => code,
     }
+}
+
+/// Arms SIGKILL on the parent's death, then checks the parent named in [`PARENT_ENV`] is still
+/// the parent (it may have died before the prctl, when nobody would kill us later). Without the
+/// variable (the supervisor run by hand) only the signal is armed.
+fn die_with_parent() -> Result<(), String> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("cannot set PDEATHSIG: {e}"))?;
+    let Some(want) = std::env::var_os(PARENT_ENV) else {
+        return Ok(());
+    };
+    let want: i32 = want
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{PARENT_ENV} must be a pid"))?;
+    if getppid() != Pid::from_raw(want) {
+        return Err("agentd exited before the supervisor started".into());
+    }
+    Ok(())
 }
 
 /// Runs the agent in the best containment available; the tree is gone when this returns.
@@ -187,7 +214,7 @@ impl Agent {
             .collect::<Result<Vec<_>, _>>()?;
         let program = argv[0].clone();
         let envp = std::env::vars_os()
-            .filter(|(k, _)| k != NO_NS_ENV && k != RUN_DIR_ENV)
+            .filter(|(k, _)| k != NO_NS_ENV && k != RUN_DIR_ENV && k != PARENT_ENV)
             .filter_map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
