@@ -1037,7 +1037,8 @@ pub async fn many_events_in_order(h: &dyn Harness) {
             .map(|n| JobEvent {
                 seq: n,
                 time: Timestamp(T0 + n as i64),
-                raw: None,
+                // Rows with and without a raw line, at every position of a multi-row insert.
+                raw: (n % 3 == 0).then(|| format!("raw {n}")),
                 kind: EventKind::Text {
                     text: format!("event {n}"),
                 },
@@ -1058,6 +1059,8 @@ pub async fn many_events_in_order(h: &dyn Harness) {
                     text: format!("event {}", e.seq)
                 }
             );
+            assert_eq!(e.time, Timestamp(T0 + e.seq as i64));
+            assert_eq!(e.raw, (e.seq % 3 == 0).then(|| format!("raw {}", e.seq)));
             after = e.seq;
             seen.insert(e.seq);
         }

@@ -664,11 +664,6 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
              FROM jobs WHERE id = ?1",
         )
         .map_err(db)?;
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO events (job_pk, seq, time, raw, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(db)?;
     for w in writes {
         let found: Option<(i64, u64, String, bool)> = find
             .query_row([w.job_id.as_str()], |r| {
@@ -697,12 +692,9 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
                     e.seq, w.job_id
                 )));
             }
-            let kind = to_json(&e.kind, "event")?;
-            insert
-                .execute(params![pk, sql_int(e.seq), e.time.micros(), e.raw, kind])
-                .map_err(db)?;
             expected += 1;
         }
+        insert_events(conn, pk, &w.events)?;
         let new_last = expected - 1;
         match &w.update {
             Some(u) => {
@@ -740,6 +732,48 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
             }
             None => {}
         }
+    }
+    Ok(())
+}
+
+/// Rows per multi-row INSERT: one statement execution per this many events instead of one per
+/// event (most of an event's insert cost was the statement round, not the B-tree).
+const INSERT_ROWS: usize = 32;
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO events (job_pk, seq, time, raw, kind) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?)");
+    }
+    sql
+}
+
+fn insert_events(conn: &Connection, pk: i64, events: &[JobEvent]) -> Result<()> {
+    let mut kinds = Vec::with_capacity(INSERT_ROWS);
+    // Two statement shapes only (full chunks, then single rows), so both stay in the cache.
+    let full = events.len() - events.len() % INSERT_ROWS;
+    let chunks = events[..full]
+        .chunks(INSERT_ROWS)
+        .chain(events[full..].chunks(1));
+    for chunk in chunks {
+        kinds.clear();
+        for e in chunk {
+            kinds.push(to_json(&e.kind, "event")?);
+        }
+        let mut st = conn.prepare_cached(&insert_sql(chunk.len())).map_err(db)?;
+        for (i, (e, kind)) in chunk.iter().zip(&kinds).enumerate() {
+            let at = i * 5;
+            st.raw_bind_parameter(at + 1, pk).map_err(db)?;
+            st.raw_bind_parameter(at + 2, sql_int(e.seq)).map_err(db)?;
+            st.raw_bind_parameter(at + 3, e.time.micros()).map_err(db)?;
+            st.raw_bind_parameter(at + 4, e.raw.as_deref())
+                .map_err(db)?;
+            st.raw_bind_parameter(at + 5, kind.as_str()).map_err(db)?;
+        }
+        st.raw_execute().map_err(db)?;
     }
     Ok(())
 }
