@@ -3,10 +3,11 @@
 //! its stdout/stderr as bounded lines, and escalates signals on cancel or timeout.
 //!
 //! The tokio side spawns `<supervisor> __supervise <program> <args...>` with exactly the given
-//! environment and working directory, stdin `/dev/null`, in its own process group, with
-//! `PR_SET_PDEATHSIG(SIGKILL)` armed. PDEATHSIG fires when the *thread* that spawned the process
-//! exits, so [`Process::spawn`] must be called on a thread that lives as long as the job: any tokio
-//! worker thread (plain async code), never inside `spawn_blocking` or `block_in_place`.
+//! environment and working directory, stdin `/dev/null`, in its own process group; the supervisor
+//! arms `PR_SET_PDEATHSIG(SIGKILL)` first thing and checks that the spawner is still its parent.
+//! PDEATHSIG fires when the *thread* that spawned the process exits, so [`Process::spawn`] must be
+//! called on a thread that lives as long as the job: any tokio worker thread (plain async code),
+//! never inside `spawn_blocking` or `block_in_place`.
 //!
 //! Escalation on cancel or timeout: SIGTERM to the supervisor (forwarded to the agent's process
 //! group), after `grace` SIGUSR1 (the supervisor kills the whole tree), after 2 more seconds
@@ -50,7 +51,7 @@ const DRAIN_CAP: Duration = Duration::from_secs(30);
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
-    /// The agentd executable, re-executed as the supervisor.
+    /// The supervisor executable: `agentd-supervise`, or agentd itself (both take `__supervise`).
     pub supervisor: PathBuf,
     /// Executable name (resolved against `PATH` of `env`) or path.
     pub program: String,
