@@ -1,5 +1,5 @@
 //! The one shutdown mechanism: a `CancellationToken` that says "stop" and a `TaskTracker` that
-//! knows every background task. The drain order is fixed and lives in [`crate::server::run`]:
+//! knows every background task. The drain order is fixed and lives in [`crate::server::serve`]:
 //! 1. health → NOT_SERVING, and the job core refuses new work (UNAVAILABLE);
 //! 2. the dispatcher stops claiming jobs;
 //! 3. running agents get SIGTERM, a grace period, then the tree kill; each job records its final
