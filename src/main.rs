@@ -68,8 +68,9 @@ async fn serve(config: agentd::config::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("agentd listening on {addr}");
-    agentd::server::serve(config, listener, agentd::shutdown::signal()).await?;
+    // Tests and scripts read this line to learn the port when listening on port 0; printed once
+    // the server is serving, so a server refused at start-up (data dir in use) never prints it.
+    let ready = move || println!("agentd listening on {addr}");
+    agentd::server::serve(config, listener, ready, agentd::shutdown::signal()).await?;
     Ok(())
 }

@@ -170,10 +170,13 @@ async fn claim_data_dir(
     Ok(lock)
 }
 
-/// Serves on `listener` until `stop` resolves; returns after a clean drain.
+/// Serves on `listener` until `stop` resolves; returns after a clean drain. `ready` runs once the
+/// data dir is claimed, the store is open and calls are being served (not before: a server that
+/// is about to be refused must not announce itself).
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    ready: impl FnOnce(),
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
@@ -304,6 +307,7 @@ pub async fn serve(
         let _ = server_stopped.await;
     }));
     tracing::info!("serving");
+    ready();
     stop.await;
 
     // The drain order (see `shutdown`): health first, so balancers stop sending work ...

@@ -2413,7 +2413,7 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
         .arg(&server.data_dir)
         .env("AGENTD_API_KEYS", format!("a:{KEY_A}"))
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -2431,7 +2431,14 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(!status.success(), "{status:?}");
+    // Scripts wait for this line to know a server is up: a refused one must not print it.
+    assert!(
+        !stdout.contains("listening"),
+        "a refused server announced itself: {stdout}"
+    );
     assert!(
         stderr.contains("another agentd")
             && stderr.contains(&server.pid().to_string())
