@@ -387,13 +387,9 @@ async fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        EventKind, Finished, Job, JobSpec, JobState, Outcome, Session, SessionId, TenantId,
-        Timestamp, Usage,
-    };
+    use crate::domain::{EventKind, Finished, JobState, Outcome, Timestamp, Usage};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{JobUpdate, contract::NO_LIMITS};
-    use std::collections::BTreeMap;
+    use crate::store::{JobUpdate, contract, contract::NO_LIMITS};
     use std::io::Write;
 
     /// Collects formatted log lines so a test can check their levels.
@@ -459,43 +455,13 @@ mod tests {
         );
         let now = Timestamp(1_000_000);
         let session = store
-            .create_session(&Session {
-                id: SessionId::generate(),
-                tenant: TenantId("t".into()),
-                labels: BTreeMap::new(),
-                created: now,
-                expires: Timestamp(now.0 + 3_600_000_000),
-                ttl: Duration::from_secs(3600),
-                request_id: None,
-                conversation_id: None,
-                job_count: 0,
-            })
+            .create_session(&contract::session("t", now))
             .await
             .expect("session");
-        let job = Job {
-            id: JobId::generate(),
-            session_id: session.id.clone(),
-            tenant: session.tenant.clone(),
-            spec: JobSpec {
-                agent: "a".into(),
-                prompt: "p".into(),
-                model: None,
-                timeout: Duration::from_secs(60),
-                env: BTreeMap::new(),
-                allowed_tools: Vec::new(),
-                max_turns: None,
-                append_system_prompt: None,
-                permission_mode: None,
-            },
-            created: now,
-            state: JobState::Queued,
-            request_id: None,
-            result: String::new(),
-            usage: Usage::default(),
-            conversation_id: None,
-            last_seq: 0,
-        };
-        let job = store.create_job(&job, now, &NO_LIMITS).await.expect("job");
+        let job = store
+            .create_job(&contract::job(&session, now), now, &NO_LIMITS)
+            .await
+            .expect("job");
 
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();

@@ -88,7 +88,8 @@ fn tenant(name: &str) -> TenantId {
     TenantId(name.to_owned())
 }
 
-fn session(t: &str, created: Timestamp) -> Session {
+/// A session of tenant `t` living an hour (also used by other modules' tests).
+pub(crate) fn session(t: &str, created: Timestamp) -> Session {
     Session {
         id: SessionId::generate(),
         tenant: tenant(t),
@@ -109,7 +110,8 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn job(s: &Session, created: Timestamp) -> Job {
+/// A queued job of `s` with every spec field set (also used by other modules' tests).
+pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
     Job {
         id: JobId::generate(),
         session_id: s.id.clone(),

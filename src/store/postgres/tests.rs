@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::store::DynStore;
-use crate::store::contract::{Harness, NO_LIMITS};
+use crate::store::contract::{Harness, NO_LIMITS, job};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -81,7 +81,7 @@ crate::store::contract::store_contract_tests!(PgHarness::new());
 
 // ---- scale-out behaviour, on two stores (two pools, as two replicas would have) ----------------
 
-use crate::domain::{EventKind, Finished, JobEvent, JobSpec, JobState, Outcome, Usage};
+use crate::domain::{EventKind, Finished, JobEvent, JobState, Outcome, Usage};
 use crate::error::Reason;
 use crate::store::{AdmitLimits, JobUpdate, JobWrite, Store};
 use std::collections::{BTreeMap as Map, HashSet};
@@ -105,32 +105,6 @@ async fn new_session(store: &dyn Store, tenant: &str) -> Session {
         job_count: 0,
     };
     store.create_session(&s).await.expect("create_session")
-}
-
-fn job(s: &Session, created: Timestamp) -> Job {
-    Job {
-        id: JobId::generate(),
-        session_id: s.id.clone(),
-        tenant: s.tenant.clone(),
-        spec: JobSpec {
-            agent: "claude".into(),
-            prompt: "p".into(),
-            model: None,
-            timeout: Duration::from_secs(60),
-            env: Map::new(),
-            allowed_tools: vec![],
-            max_turns: None,
-            append_system_prompt: None,
-            permission_mode: None,
-        },
-        created,
-        state: JobState::Queued,
-        request_id: None,
-        result: String::new(),
-        usage: Usage::default(),
-        conversation_id: None,
-        last_seq: 0,
-    }
 }
 
 async fn new_job(store: &dyn Store, s: &Session, created: Timestamp) -> Job {
