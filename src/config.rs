@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Seconds between SIGTERM and the forced kill of a job's process tree.
     #[arg(long, env = "AGENTD_KILL_GRACE_SECONDS", default_value_t = 5)]
     pub kill_grace_seconds: u64,
+    /// Supervisors kept started ahead of time, each waiting for a job (its spawn, exec and
+    /// namespace set-up then cost the job nothing); 0 starts one per job instead.
+    #[arg(long, env = "AGENTD_STANDBY_SUPERVISORS", default_value_t = 1)]
+    pub standby_supervisors: usize,
     /// Seconds running jobs get to finish on server shutdown before they are cancelled.
     #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -325,6 +329,8 @@ pub struct Config {
     /// The executable run as the per-job process supervisor (`<exe> __supervise …`):
     /// `agentd-supervise` when it sits next to the agentd binary, else agentd itself.
     pub supervisor: PathBuf,
+    /// Supervisors kept ready for the next jobs (`runner::Launcher`).
+    pub standby_supervisors: usize,
     pub transport: Transport,
     /// Where Prometheus metrics are served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
@@ -637,6 +643,7 @@ impl Config {
                 lease: Duration::from_secs(args.lease_seconds),
             },
             supervisor,
+            standby_supervisors: args.standby_supervisors,
             transport,
             metrics_listen: args.ops.metrics_listen,
             log_format: args.ops.log_format,

@@ -19,7 +19,8 @@
 //!                jobs under leases so several replicas can share one store
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
 //! agents/        one adapter per agent kind: job → argv/env/config files; stdout lines → events
-//! runner/        spawns an agent contained in a supervisor, pumps its output, cancels whole trees
+//! runner/        spawns an agent contained in a supervisor (kept on standby ahead of jobs), pumps
+//!                its output, cancels whole trees
 //! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
 //! store/         the `Store` trait (sessions, jobs, events, claims and leases); SQLite and Postgres
 //! domain/        plain types with no I/O: ids, sessions, job specs and state machine, events

@@ -30,6 +30,12 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .get(1)
+        .is_some_and(|a| a == agentd::runner::supervise::STANDBY_SUBCOMMAND)
+    {
+        std::process::exit(agentd::runner::supervise::main_standby());
+    }
+    if args
+        .get(1)
         .is_some_and(|a| a == agentd::runner::supervise::SUBCOMMAND)
     {
         // The runner builds this argv from UTF-8 strings, so nothing is lost here.

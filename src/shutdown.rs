@@ -4,6 +4,7 @@
 //! 2. the dispatcher stops claiming jobs;
 //! 3. running agents get SIGTERM, a grace period, then the tree kill; each job records its final
 //!    state (CANCELLED, reason "shutdown") and final event;
+//!    then the standby supervisors are killed (no job can start any more);
 //! 4. the event log flushes and streams end with their final event;
 //! 5. the gRPC server stops and the store closes.
 

@@ -2348,12 +2348,13 @@ async fn kill9_in_the_fallback_containment_leaves_nothing_after_restart() {
             eventually(Duration::from_secs(10), || !sleepers(&sleeper).is_empty()).await,
             "round {round}: grandchild never started"
         );
-        let tokens = run_tokens(&server);
-        assert_eq!(
-            tokens.len(),
-            1,
-            "round {round}: one running job, one record"
+        // The running job's record and the standby supervisor's (started for the next job).
+        assert!(
+            eventually(Duration::from_secs(5), || run_tokens(&server).len() == 2).await,
+            "round {round}: records: {:?}",
+            run_tokens(&server)
         );
+        let tokens = run_tokens(&server);
         let before = marked(&tokens);
         assert!(
             before.len() >= 3,
@@ -2388,17 +2389,28 @@ async fn kill9_in_the_fallback_containment_leaves_nothing_after_restart() {
             "round {round}: swept records were not removed"
         );
     }
-    // A job on the restarted server runs and ends normally, leaving no record.
+    // A job on the restarted server runs (from the standby, whose record becomes the job's) and
+    // ends normally, leaving no record; only the standby started after it has one.
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
+    assert!(
+        eventually(Duration::from_secs(5), || run_tokens(&server).len() == 1).await,
+        "the restarted server has no standby: {:?}",
+        run_tokens(&server)
+    );
+    let standby = run_tokens(&server);
     let job = c.submit(&s.session_id, "hi").await;
     assert_eq!(
         c.wait(&job.job_id).await.state,
         pb::JobState::Succeeded as i32
     );
     assert!(
-        eventually(Duration::from_secs(5), || run_tokens(&server).is_empty()).await,
-        "a finished job left its record: {:?}",
+        eventually(Duration::from_secs(5), || {
+            let now = run_tokens(&server);
+            now.len() == 1 && now.is_disjoint(&standby)
+        })
+        .await,
+        "a finished job left its record: {:?} (standby before the job: {standby:?})",
         run_tokens(&server)
     );
 }

@@ -3,7 +3,10 @@
 
 use agentd::domain::ExitStatus;
 use agentd::runner::supervise::{NO_NS_ENV, SUBCOMMAND};
-use agentd::runner::{Line, Output, Process, ProcessSpec, RunControl, RunOutcome, StopCause};
+use agentd::runner::{
+    Launcher, Line, Output, Process, ProcessSpec, RunControl, RunOutcome, StopCause,
+};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +63,10 @@ impl Ran {
 }
 
 async fn run(spec: ProcessSpec, control: RunControl) -> Ran {
-    let process = Process::spawn(spec).expect("spawn");
+    run_process(Process::spawn(spec).expect("spawn"), control).await
+}
+
+async fn run_process(process: Process, control: RunControl) -> Ran {
     let (tx, mut rx) = mpsc::channel(16);
     let collect = tokio::spawn(async move {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -598,4 +604,267 @@ async fn startup_sweep_kills_marked_leftovers_only() {
     );
     other.kill().unwrap();
     other.wait().unwrap();
+}
+
+// ---- standby supervisors (the launcher) ----
+
+/// A launcher for `spec`'s supervisor, run dir and containment mode, with its one standby ready.
+async fn ready_launcher(spec: &ProcessSpec) -> Arc<Launcher> {
+    let fallback = spec.env.iter().any(|(k, _)| k == NO_NS_ENV);
+    let launcher = Launcher::new(spec.supervisor.clone(), spec.run_dir.clone(), 1, fallback);
+    launcher.warm();
+    wait_ready(&launcher).await;
+    launcher
+}
+
+async fn wait_ready(launcher: &Launcher) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while launcher.ready() == 0 {
+        assert!(Instant::now() < deadline, "no standby became ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The pid in the one record of `runs`, once the standby has written it.
+async fn standby_record(runs: &std::path::Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = records_in(runs);
+        assert!(records.len() <= 1, "{records:?}");
+        if let Some((_, content)) = records.first()
+            && let Some(pid) = content.lines().next().and_then(|l| l.strip_prefix("pid="))
+        {
+            return pid.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the standby wrote no record");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Spawns `spec` through a standby (asserting it was one).
+async fn standby_spawn(spec: ProcessSpec) -> (Process, Arc<Launcher>) {
+    let launcher = ready_launcher(&spec).await;
+    let process = launcher.spawn(spec).await.expect("spawn");
+    assert!(process.from_standby(), "a standby was ready but not used");
+    (process, launcher)
+}
+
+async fn run_standby(spec: ProcessSpec, control: RunControl) -> Ran {
+    let (process, _launcher) = standby_spawn(spec).await;
+    run_process(process, control).await
+}
+
+#[tokio::test]
+async fn standby_runs_output_exit_code_and_signal_death_as_a_fresh_supervisor() {
+    for spec in [sh(ECHO_SCRIPT), no_ns(sh(ECHO_SCRIPT))] {
+        let ran = run_standby(spec, relaxed()).await;
+        assert_eq!(ran.stdout, vec![line("one"), line("three")]);
+        assert_eq!(ran.stderr, vec![line("two"), line("four")]);
+        assert_eq!(ran.outcome.exit, ExitStatus::Code(3));
+    }
+    for spec in [sh("kill -TERM $$"), no_ns(sh("kill -TERM $$"))] {
+        let ran = run_standby(spec, relaxed()).await;
+        assert_eq!(ran.outcome.exit, ExitStatus::Signal(15));
+    }
+    for spec in [
+        spec("no-such-agent-xyz", &["a"]),
+        no_ns(spec("no-such-agent-xyz", &["a"])),
+    ] {
+        let ran = run_standby(spec, relaxed()).await;
+        assert_eq!(ran.outcome.exit, ExitStatus::Code(127));
+        assert_eq!(
+            ran.stderr_texts(),
+            vec![r#"agentd: cannot execute "no-such-agent-xyz": No such file or directory"#]
+        );
+    }
+}
+
+/// The agent gets exactly the spec's environment (plus the run marker), working directory, PATH
+/// lookup, default signal state and an empty stdin, although its supervisor was started before
+/// any of that was known; the supervisor itself never holds the agent's environment.
+#[tokio::test]
+async fn standby_agent_gets_the_specs_environment_cwd_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    let bin = cwd.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tool = bin.join("only-here-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho tool \"$@\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let path = format!("{}:{PATH}", bin.display());
+    for no_namespace in [false, true] {
+        let mut spec = sh("env | sort; pwd -P; only-here-tool a 'b c'; \
+             grep -E '^Sig(Blk|Ign)' /proc/self/status; cat; echo eof; sleep 0.3");
+        spec.env = vec![
+            ("PATH".into(), path.clone()),
+            ("SECRET_TOKEN".into(), "s3cr3t-standby-value".into()),
+        ];
+        spec.cwd = cwd.clone();
+        spec.run_dir = Some(runs.path().to_owned());
+        if no_namespace {
+            spec = no_ns(spec);
+        }
+        let (process, _launcher) = standby_spawn(spec).await;
+        let environ = std::fs::read(format!("/proc/{}/environ", process.pid())).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&environ).contains("s3cr3t"),
+            "the supervisor holds the agent's environment"
+        );
+        let ran = run_process(process, relaxed()).await;
+        let out = ran.stdout_texts();
+        assert_eq!(out.len(), 9, "{out:?} {:?}", ran.stderr_texts());
+        let token = out[0].strip_prefix("AGENTD_RUN_TOKEN=").expect(out[0]);
+        assert!(token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(out[1], format!("PATH={path}"));
+        // `sh` adds PWD (it is not in the spec); nothing else is there.
+        assert_eq!(out[2], format!("PWD={}", cwd.display()));
+        assert_eq!(out[3], "SECRET_TOKEN=s3cr3t-standby-value");
+        assert_eq!(out[4], cwd.to_str().unwrap());
+        assert_eq!(out[5], "tool a b c");
+        assert_eq!(out[6], "SigBlk:\t0000000000000000");
+        let ignored = u64::from_str_radix(out[7].trim_start_matches("SigIgn:\t"), 16).unwrap();
+        assert_eq!(ignored & 0x7fff_ffff, 0, "{}", out[7]);
+        assert_eq!(out[8], "eof");
+        assert_eq!(ran.outcome.exit, ExitStatus::Code(0));
+        // The replacement standby has its own record; the finished run's is gone.
+        assert!(
+            records_in(runs.path()).iter().all(|(t, _)| t != token),
+            "a finished run leaves no record"
+        );
+    }
+}
+
+#[tokio::test]
+async fn standby_agent_sees_its_own_pid_namespace() {
+    let ran = run_standby(sh("echo $$; ls /proc | grep -c '^[0-9]'"), relaxed()).await;
+    let out = ran.stdout_texts();
+    assert_eq!(out[0], "2", "{out:?}");
+    let visible: u32 = out[1].parse().unwrap();
+    assert!(visible <= 4, "{out:?}");
+}
+
+#[tokio::test]
+async fn standby_cancel_and_timeout_kill_the_tree() {
+    for (script, grandchild, no_namespace) in [
+        ("setsid sleep 3327 & sleep 3328", "3327", false),
+        ("setsid sleep 3337 & sleep 3338", "3337", true),
+    ] {
+        let mut spec = sh(script);
+        if no_namespace {
+            spec = no_ns(spec);
+        }
+        let (process, _launcher) = standby_spawn(spec).await;
+        let c = control(Duration::from_secs(60), Duration::from_secs(20));
+        let token = c.cancel.clone();
+        let (tx, mut rx) = mpsc::channel(16);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let running = tokio::spawn(process.run(tx, c));
+        wait_for_sleeper(grandchild).await;
+        token.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("run did not return")
+            .unwrap();
+        drain.await.unwrap();
+        assert_eq!(outcome.stop, Some(StopCause::Cancelled));
+        assert_eq!(outcome.exit, ExitStatus::Signal(15));
+        assert_gone(grandchild);
+    }
+    let (process, _launcher) =
+        standby_spawn(sh("trap '' TERM; setsid sleep 3347 & sleep 3348")).await;
+    let c = control(Duration::from_millis(800), Duration::from_millis(300));
+    let (tx, mut rx) = mpsc::channel(16);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let outcome = tokio::time::timeout(Duration::from_secs(30), process.run(tx, c))
+        .await
+        .expect("run did not return");
+    drain.await.unwrap();
+    assert_eq!(outcome.stop, Some(StopCause::TimedOut));
+    assert_eq!(outcome.exit, ExitStatus::Signal(9));
+    assert_gone("3347");
+    assert_gone("3348");
+}
+
+/// A taken standby is replaced; closing the launcher kills the ready one and removes its record;
+/// afterwards jobs still start, each with a supervisor of its own.
+#[tokio::test]
+async fn launcher_refills_and_close_leaves_nothing_behind() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut base = sh("echo hi");
+    base.run_dir = Some(runs.path().to_owned());
+    let launcher = ready_launcher(&base).await;
+    for _ in 0..3 {
+        wait_ready(&launcher).await;
+        let process = launcher.spawn(base.clone()).await.unwrap();
+        assert!(process.from_standby());
+        let ran = run_process(process, relaxed()).await;
+        assert_eq!(ran.stdout_texts(), vec!["hi"]);
+    }
+    wait_ready(&launcher).await;
+    let standby_pid = standby_record(runs.path()).await;
+    launcher.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !records_in(runs.path()).is_empty()
+        || std::fs::read_to_string(format!("/proc/{standby_pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the closed launcher left its standby behind"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(launcher.ready(), 0);
+    let process = launcher.spawn(base.clone()).await.unwrap();
+    assert!(!process.from_standby());
+    assert_eq!(
+        run_process(process, relaxed()).await.stdout_texts(),
+        vec!["hi"]
+    );
+    assert_eq!(launcher.ready(), 0, "a closed launcher started a standby");
+}
+
+/// A standby killed while it waited is noticed at the next start, which then gets a supervisor of
+/// its own; a spec the standby does not fit (the other containment mode) never uses it.
+#[tokio::test]
+async fn dead_or_unfit_standbys_are_not_used() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut base = sh("echo ok");
+    base.run_dir = Some(runs.path().to_owned());
+    let launcher = ready_launcher(&base).await;
+    let process = launcher.spawn(no_ns(base.clone())).await.unwrap();
+    assert!(!process.from_standby());
+    assert_eq!(
+        run_process(process, relaxed()).await.stdout_texts(),
+        vec!["ok"]
+    );
+    assert_eq!(launcher.ready(), 1);
+    let pid = standby_record(runs.path()).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Dead (a zombie until the launcher looks at it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "the standby did not die");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let process = launcher.spawn(base.clone()).await.unwrap();
+    assert!(!process.from_standby(), "a dead standby was used");
+    assert_eq!(
+        run_process(process, relaxed()).await.stdout_texts(),
+        vec!["ok"]
+    );
+    // A new one replaced it.
+    wait_ready(&launcher).await;
+    let process = launcher.spawn(base).await.unwrap();
+    assert!(process.from_standby());
+    assert_eq!(
+        run_process(process, relaxed()).await.stdout_texts(),
+        vec!["ok"]
+    );
 }

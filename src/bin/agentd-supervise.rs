@@ -4,16 +4,22 @@
 //! here: ~1 ms less per job; see BENCHMARKS.md). Without it agentd re-executes itself as
 //! `agentd __supervise`, which behaves the same.
 //!
-//! Usage (by the runner): `agentd-supervise __supervise <program> <args...>`.
+//! Usage (by the runner): `agentd-supervise __supervise <program> <args...>`, or
+//! `agentd-supervise __supervise-standby` with the launch spec to come on stdin.
+
+use agentd::runner::supervise;
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    // The runner passes the same argv to either executable.
     if args
         .first()
-        .is_some_and(|a| a == agentd::runner::supervise::SUBCOMMAND)
+        .is_some_and(|a| a == supervise::STANDBY_SUBCOMMAND)
     {
+        std::process::exit(supervise::main_standby());
+    }
+    // The runner passes the same argv to either executable.
+    if args.first().is_some_and(|a| a == supervise::SUBCOMMAND) {
         args.remove(0);
     }
-    std::process::exit(agentd::runner::supervise::main(args));
+    std::process::exit(supervise::main(args));
 }

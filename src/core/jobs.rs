@@ -10,6 +10,7 @@ use crate::error::{Error, Reason, Result};
 use crate::events::StreamItem;
 use crate::store::{AdmitLimits, JobFilter, JobUpdate, JobWrite};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -123,7 +124,11 @@ fn opt(s: String) -> Option<String> {
 
 impl Core {
     /// Validates and queues a job. The same `request_id` returns the job it created first.
-    pub async fn submit_job(&self, tenant: &TenantId, req: SubmitJob) -> Result<JobView> {
+    pub async fn submit_job(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        req: SubmitJob,
+    ) -> Result<JobView> {
         self.check_accepting()?;
         if req.prompt.trim().is_empty() {
             return Err(Error::invalid(
@@ -218,18 +223,40 @@ impl Core {
         };
         // The store checks the queue and tenant limits in the insert's transaction, so they
         // hold across replicas.
-        let stored = self
-            .store
-            .create_job(
-                &job,
-                now.saturating_add(session.ttl).max(session.expires),
-                &AdmitLimits {
-                    max_queued_in_session: limits.max_queued_jobs_per_session,
-                    max_active_for_tenant: limits.tenant_max_active_jobs,
-                },
-            )
-            .await?;
-        if stored.id == job.id {
+        let admit = AdmitLimits {
+            max_queued_in_session: limits.max_queued_jobs_per_session,
+            max_active_for_tenant: limits.tenant_max_active_jobs,
+        };
+        let insert = self.store.create_job(
+            &job,
+            now.saturating_add(session.ttl).max(session.expires),
+            &admit,
+        );
+        // A store with one writer commits what is queued together (SQLite): a claim queued right
+        // behind the insert shares its commit, and the job starts without waiting for the
+        // dispatcher's own claim (a commit and a wake-up later). Shared stores leave it to the
+        // dispatcher, where the claim would run beside the uncommitted insert and find nothing.
+        let turn = if self.store.shared() {
+            None
+        } else {
+            self.dispatching.try_lock().ok()
+        };
+        let (stored, started_now) = match turn {
+            Some(_turn) => {
+                let (stored, claims) = tokio::join!(insert, self.claim_free());
+                let claims = claims.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot claim jobs");
+                    Vec::new()
+                });
+                let mine = claims.iter().any(|c| c.job.id == job.id);
+                for c in claims {
+                    self.start_claimed(c);
+                }
+                (stored?, mine)
+            }
+            None => (insert.await?, false),
+        };
+        if stored.id == job.id && !started_now {
             self.wake.notify_one();
         }
         self.job_view(stored).await

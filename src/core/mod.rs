@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::domain::{JobId, SessionId};
 use crate::error::{Error, Reason, Result};
 use crate::events::EventLog;
+use crate::runner::Launcher;
 use crate::shutdown::Shutdown;
 use crate::store::DynStore;
 use crate::workspace::{WorkspaceLimits, Workspaces};
@@ -61,8 +62,13 @@ pub struct Core {
     running: Mutex<HashMap<JobId, RunHandle>>,
     deleting: Mutex<HashSet<SessionId>>,
     wake: Notify,
+    /// Held while claiming jobs and starting them (the dispatcher, or a submission claiming
+    /// right behind its insert), so the free slots are counted by one claimer at a time.
+    dispatching: tokio::sync::Mutex<()>,
     /// Agent profiles as probed at start.
     agents: Vec<AgentStatus>,
+    /// Starts agents, from standby supervisors when ready.
+    launcher: Arc<Launcher>,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -114,8 +120,15 @@ impl Core {
                 tracing::warn!(agent = %a.name, problem = %a.problem, "agent unavailable");
             }
         }
+        let launcher = Launcher::new(
+            config.supervisor.clone(),
+            Some(crate::runner::records::run_dir(&config.data_dir)),
+            config.standby_supervisors,
+            crate::runner::fallback_forced(),
+        );
         let core = Arc::new(Core {
             agents,
+            launcher,
             config,
             store,
             events,
@@ -126,8 +139,10 @@ impl Core {
             running: Mutex::new(HashMap::new()),
             deleting: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            dispatching: tokio::sync::Mutex::new(()),
         });
         core.recover().await?;
+        core.launcher.warm();
         if let Some(signals) = core.store.signals() {
             shutdown.spawn(Arc::clone(&core).follow_signals(signals));
         }
@@ -178,6 +193,8 @@ impl Core {
                 let _ = h.done.wait_for(|d| *d).await;
             }
         }
+        // No job starts any more (claims stopped with `accepting`).
+        self.launcher.close();
         self.streams_stop.cancel();
     }
 

@@ -8,6 +8,7 @@
 
 use super::{Core, RunHandle, lock};
 use crate::domain::{JobId, JobState, Timestamp};
+use crate::error::Result;
 use crate::store::{Claimed, Orphan, StoreSignal};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -37,25 +38,15 @@ impl Core {
             POLL_LOCAL
         };
         loop {
-            if self.accepting.load(Ordering::Acquire) {
-                let free = self
-                    .config
-                    .limits
-                    .max_concurrent_jobs
-                    .saturating_sub(lock(&self.running).len());
-                if free > 0 {
-                    match self
-                        .store
-                        .claim_jobs(&self.config.replica_id, self.lease_until(), free)
-                        .await
-                    {
-                        Ok(claims) => {
-                            for c in claims {
-                                self.start_claimed(c);
-                            }
+            {
+                let _turn = self.dispatching.lock().await;
+                match self.claim_free().await {
+                    Ok(claims) => {
+                        for c in claims {
+                            self.start_claimed(c);
                         }
-                        Err(e) => tracing::warn!(error = %e, "cannot claim jobs"),
                     }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim jobs"),
                 }
             }
             tokio::select! {
@@ -66,7 +57,27 @@ impl Core {
         }
     }
 
-    fn start_claimed(self: &Arc<Self>, claimed: Claimed) {
+    /// Claims runnable jobs for this replica's free slots (none while shutting down). Callers
+    /// hold `dispatching` until they have started what they claimed ([`Core::start_claimed`]),
+    /// so that two claims never count the same free slot.
+    pub(super) async fn claim_free(&self) -> Result<Vec<Claimed>> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let free = self
+            .config
+            .limits
+            .max_concurrent_jobs
+            .saturating_sub(lock(&self.running).len());
+        if free == 0 {
+            return Ok(Vec::new());
+        }
+        self.store
+            .claim_jobs(&self.config.replica_id, self.lease_until(), free)
+            .await
+    }
+
+    pub(super) fn start_claimed(self: &Arc<Self>, claimed: Claimed) {
         let Claimed { job, cancel_reason } = claimed;
         let (done_tx, done_rx) = watch::channel(false);
         let handle = RunHandle {

@@ -10,7 +10,7 @@ use crate::domain::{
 };
 use crate::error::{Reason, Result};
 use crate::events::Pending;
-use crate::runner::{Output, Process, ProcessSpec, RunControl, StopCause};
+use crate::runner::{Output, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
 use crate::telemetry::{TraceParent, metrics, trace};
 use std::collections::VecDeque;
@@ -262,8 +262,9 @@ impl Core {
 
         let agent_span =
             tracing::info_span!("agent", program = %launch.program, pid = tracing::field::Empty);
-        let process = match agent_span.in_scope(|| {
-            Process::spawn(ProcessSpec {
+        let spawned = self
+            .launcher
+            .spawn(ProcessSpec {
                 supervisor: self.config.supervisor.clone(),
                 program: launch.program.clone(),
                 args: launch.args.clone(),
@@ -272,7 +273,9 @@ impl Core {
                 max_line_bytes: self.config.limits.max_line_bytes,
                 run_dir: Some(crate::runner::records::run_dir(&self.config.data_dir)),
             })
-        }) {
+            .instrument(agent_span.clone())
+            .await;
+        let process = match spawned {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("cannot start agent {:?}: {e}", launch.program);

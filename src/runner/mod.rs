@@ -13,6 +13,9 @@
 //! group), after `grace` SIGUSR1 (the supervisor kills the whole tree), after 2 more seconds
 //! SIGKILL to the supervisor's process group.
 //!
+//! A job normally starts from a standby supervisor that did all of the above ahead of time and then
+//! receives the job over its stdin ([`Launcher`]); the result is the same.
+//!
 //! Every tree carries a run marker and, given a run dir, is recorded there by its supervisor
 //! ([`records`]); a supervisor that died without removing its record (SIGKILLed) has its tree
 //! swept by marker when the run ends, and the records of a crashed agentd are swept at its next
@@ -20,7 +23,10 @@
 
 mod lines;
 pub mod records;
+mod standby;
 pub mod supervise;
+
+pub use standby::Launcher;
 
 use crate::domain::ExitStatus;
 use crate::error::{Error, Reason, Result};
@@ -116,6 +122,8 @@ pub struct Process {
     stderr: ChildStderr,
     max_line_bytes: usize,
     leftovers: Leftovers,
+    /// Whether a standby supervisor runs it.
+    from_standby: bool,
 }
 
 /// Sweeps a tree's marked processes if its supervisor could not clean up: awaited at the end of
@@ -174,9 +182,7 @@ impl Process {
         if let Some(dir) = &spec.run_dir {
             cmd.env(records::RUN_DIR_ENV, dir);
         }
-        // Set in agentd's own environment, it forces the fallback containment for every job (how
-        // the server-level tests exercise that mode).
-        if std::env::var_os(supervise::NO_NS_ENV).is_some_and(|v| v == "1") {
+        if fallback_forced() {
             cmd.env(supervise::NO_NS_ENV, "1");
         }
         cmd.current_dir(&spec.cwd)
@@ -214,12 +220,18 @@ impl Process {
                 run_dir: spec.run_dir,
                 token,
             },
+            from_standby: false,
         })
     }
 
     /// The supervisor's pid (also its process group id).
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Whether a standby supervisor ran it ([`Launcher`]).
+    pub fn from_standby(&self) -> bool {
+        self.from_standby
     }
 
     /// Pumps output into `out` (bounded; awaiting send is fine = backpressure), enforces the
@@ -234,6 +246,7 @@ impl Process {
             stderr,
             max_line_bytes,
             leftovers,
+            from_standby: _,
         } = self;
         let (exited_tx, exited_rx) = watch::channel(None);
         let waiter = async move {
@@ -256,6 +269,12 @@ impl Process {
         );
         outcome
     }
+}
+
+/// Whether agentd's own environment sets [`supervise::NO_NS_ENV`], which forces the fallback
+/// containment for every job (how the server-level tests exercise that mode).
+pub fn fallback_forced() -> bool {
+    std::env::var_os(supervise::NO_NS_ENV).is_some_and(|v| v == "1")
 }
 
 fn validate(spec: &ProcessSpec) -> Result<()> {

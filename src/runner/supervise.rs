@@ -31,6 +31,16 @@
 //! * SIGTERM / SIGINT: forwarded to the agent's process group (in ns mode via ns-init): graceful.
 //! * SIGUSR1: kill the whole tree now, then exit as if killed by SIGKILL.
 //!
+//! # Standby supervisors
+//! Started as `agentd __supervise-standby` (no program), the supervisor does everything above that
+//! does not depend on the job (parent check, run record, namespaces, ns-init and its `/proc`)
+//! ahead of time and then waits on its stdin for the launch spec ([`encode_spec`]): program,
+//! arguments, environment and working directory. Whoever forks the agent (ns-init, or the
+//! supervisor in the fallback mode) reads it to EOF, points its stdin at `/dev/null` and goes on as
+//! above. The runner keeps one ready per server ([`super::Launcher`]), which takes a job start's
+//! spawn, exec and namespace set-up (≈ 2 ms here) off the path of the job. EOF before any spec means
+//! the standby is not needed: it exits 0 and removes its record.
+//!
 //! # Run record
 //! When the runner asks for one (see [`super::records`]), the supervisor writes a record of itself
 //! before it starts anything and removes it once the tree is gone; the agent keeps the
@@ -63,6 +73,9 @@ use super::records::{OwnRecord, RUN_DIR_ENV, stat_field};
 /// `argv[1]` that makes the agentd binary act as the supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
 
+/// `argv[1]` for a standby supervisor: the launch spec comes later, on its stdin.
+pub const STANDBY_SUBCOMMAND: &str = "__supervise-standby";
+
 /// Set to `1` in the supervisor's environment to force the subreaper fallback mode.
 pub const NO_NS_ENV: &str = "AGENTD_SUPERVISE_NO_NS";
 
@@ -86,13 +99,26 @@ pub fn main(args: Vec<String>) -> i32 {
         let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
         return SETUP_FAILED;
     }
-    let agent = match Agent::new(&args) {
-        Ok(agent) => agent,
+    match Agent::new(&args) {
+        Ok(agent) => run(Source::Ready(agent)),
         Err(msg) => {
             let _ = writeln!(std::io::stderr(), "agentd: {msg}");
-            return 127;
+            127
         }
-    };
+    }
+}
+
+/// The entry point of a standby supervisor ([`STANDBY_SUBCOMMAND`]): as [`main`], with the agent
+/// read from stdin once the containment is set up.
+pub fn main_standby() -> i32 {
+    if let Err(msg) = die_with_parent() {
+        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+        return SETUP_FAILED;
+    }
+    run(Source::Stdin)
+}
+
+fn run(source: Source) -> i32 {
     // Written before anything is started, removed once the tree is gone: a record left behind
     // means this supervisor was killed and the start-up sweep has work to do.
     let record = match OwnRecord::write_from_env() {
@@ -102,7 +128,7 @@ pub fn main(args: Vec<String>) -> i32 {
             return SETUP_FAILED;
         }
     };
-    let end = supervise(&agent);
+    let end = supervise(source);
     if let Some(record) = record {
         record.remove();
     }
@@ -131,7 +157,7 @@ fn die_with_parent() -> Result<(), String> {
 }
 
 /// Runs the agent in the best containment available; the tree is gone when this returns.
-fn supervise(agent: &Agent) -> Result<End, i32> {
+fn supervise(source: Source) -> Result<End, i32> {
     let handled = handled_signals();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None) {
         let _ = writeln!(
@@ -144,9 +170,9 @@ fn supervise(agent: &Agent) -> Result<End, i32> {
     let end = if !force_fallback && unshare(CloneFlags::CLONE_NEWPID).is_ok() {
         // A private mount namespace lets ns-init mount a /proc that matches the new PID numbers.
         let own_proc = unshare(CloneFlags::CLONE_NEWNS).is_ok();
-        run_namespaced(agent, &handled, own_proc)
+        run_namespaced(source, &handled, own_proc)
     } else {
-        run_subreaper(agent, &handled)
+        run_subreaper(source, &handled)
     };
     end.map_err(|msg| {
         let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
@@ -198,6 +224,124 @@ struct Agent {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    /// Set when the agent came from a launch spec: the supervisor's own working directory and
+    /// environment are not the agent's then.
+    place: Option<Place>,
+}
+
+struct Place {
+    cwd: CString,
+    /// The agent's `PATH`, which `program` is resolved against.
+    path: Option<std::ffi::OsString>,
+}
+
+/// Where the agent to run comes from.
+enum Source {
+    /// From the command line and the supervisor's own environment and working directory.
+    Ready(Agent),
+    /// From a launch spec on stdin (a standby supervisor).
+    Stdin,
+}
+
+/// Why no agent was started.
+enum NoAgent {
+    /// Stdin closed before a spec arrived: the standby was not needed.
+    Unused,
+    Failed(String),
+}
+
+impl Source {
+    /// The agent; for a standby, blocks until the launch spec arrived (and then points stdin at
+    /// `/dev/null`, which the agent inherits).
+    fn resolve(self) -> Result<Agent, NoAgent> {
+        match self {
+            Source::Ready(agent) => Ok(agent),
+            Source::Stdin => {
+                let mut spec = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut spec)
+                    .map_err(|e| NoAgent::Failed(format!("cannot read the launch spec: {e}")))?;
+                if spec.is_empty() {
+                    return Err(NoAgent::Unused);
+                }
+                let agent = decode_spec(&spec).map_err(NoAgent::Failed)?;
+                let null = std::fs::File::open("/dev/null")
+                    .map_err(|e| NoAgent::Failed(format!("cannot open /dev/null: {e}")))?;
+                nix::unistd::dup2_stdin(&null)
+                    .map_err(|e| NoAgent::Failed(format!("cannot redirect stdin: {e}")))?;
+                Ok(agent)
+            }
+        }
+    }
+}
+
+/// Format tag of the launch spec, bumped on any change (the runner and the supervisor may come
+/// from different builds during an upgrade).
+const SPEC_VERSION: &str = "agentd-launch-1";
+
+/// The launch spec a standby supervisor reads from stdin: NUL-terminated fields, namely the
+/// version tag, the working directory, the argument count, the arguments (program first), then
+/// `NAME=value` environment entries up to the end. Callers have rejected NUL bytes in every part.
+pub fn encode_spec(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut field = |bytes: &[u8]| {
+        out.extend_from_slice(bytes);
+        out.push(0);
+    };
+    field(SPEC_VERSION.as_bytes());
+    field(cwd.as_os_str().as_bytes());
+    field((args.len() + 1).to_string().as_bytes());
+    field(program.as_bytes());
+    for a in args {
+        field(a.as_bytes());
+    }
+    for (k, v) in env {
+        field(format!("{k}={v}").as_bytes());
+    }
+    out
+}
+
+fn decode_spec(spec: &[u8]) -> Result<Agent, String> {
+    let body = spec
+        .strip_suffix(&[0])
+        .ok_or("launch spec does not end with a NUL byte")?;
+    let mut fields = body.split(|&b| b == 0);
+    let mut next = |what: &str| {
+        fields
+            .next()
+            .ok_or_else(|| format!("launch spec has no {what}"))
+    };
+    if next("version")? != SPEC_VERSION.as_bytes() {
+        return Err(format!("launch spec is not {SPEC_VERSION}"));
+    }
+    let cwd = next("working directory")?.to_vec();
+    let argc: usize = std::str::from_utf8(next("argument count")?)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n >= 1)
+        .ok_or("launch spec has a bad argument count")?;
+    let mut argv = Vec::with_capacity(argc);
+    for _ in 0..argc {
+        argv.push(next("argument")?.to_vec());
+    }
+    let envp: Vec<Vec<u8>> = fields.map(<[u8]>::to_vec).collect();
+    let path = envp
+        .iter()
+        .find_map(|kv| kv.strip_prefix(b"PATH="))
+        .map(|p| std::ffi::OsStr::from_bytes(p).to_owned());
+    // No field holds a NUL (they were split on it), so these cannot fail.
+    let c = |bytes: Vec<u8>| CString::new(bytes).map_err(|_| "NUL in launch spec".to_owned());
+    Ok(Agent {
+        display: String::from_utf8_lossy(&argv[0]).into_owned(),
+        program: c(argv[0].clone())?,
+        argv: argv.into_iter().map(c).collect::<Result<_, _>>()?,
+        envp: envp.into_iter().map(c).collect::<Result<_, _>>()?,
+        place: Some(Place { cwd: c(cwd)?, path }),
+    })
 }
 
 impl Agent {
@@ -227,6 +371,7 @@ impl Agent {
             program,
             argv,
             envp,
+            place: None,
         })
     }
 }
@@ -258,6 +403,25 @@ fn exec_agent(agent: &Agent, supervisor: Option<Pid>) -> ! {
         // Fallback mode: without a namespace, at least the agent dies with the supervisor.
         if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != supervisor {
             _exit(SETUP_FAILED);
+        }
+    }
+    if let Some(place) = &agent.place {
+        if let Err(e) = nix::unistd::chdir(place.cwd.as_c_str()) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "agentd: cannot enter the working directory {:?}: {}",
+                place.cwd,
+                e.desc()
+            );
+            _exit(126);
+        }
+        // execvpe resolves the program against this process's PATH, which must be the agent's.
+        // SAFETY: this forked child is single-threaded; nothing else reads the environment.
+        unsafe {
+            match &place.path {
+                Some(path) => std::env::set_var("PATH", path),
+                None => std::env::remove_var("PATH"),
+            }
         }
     }
     // The Rust runtime ignores SIGPIPE, agentd's own parent may have ignored others, and the
@@ -340,7 +504,7 @@ fn fork_or_err() -> Result<ForkResult, String> {
 }
 
 /// PID-namespace mode: this process has already unshared; its first child becomes ns-init.
-fn run_namespaced(agent: &Agent, handled: &SigSet, own_proc: bool) -> Result<End, String> {
+fn run_namespaced(source: Source, handled: &SigSet, own_proc: bool) -> Result<End, String> {
     // `life`: ns-init holds the read end; EOF there means the supervisor is gone.
     let (life_r, life_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
         .map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -354,7 +518,7 @@ fn run_namespaced(agent: &Agent, handled: &SigSet, own_proc: bool) -> Result<End
             if own_proc {
                 mount_proc();
             }
-            ns_init(agent, handled, life_r, status_w)
+            ns_init(source, handled, life_r, status_w)
         }
         ForkResult::Parent { child: init } => {
             drop(life_r);
@@ -407,7 +571,7 @@ fn mount_proc() {
 }
 
 /// PID 1 of the agent's namespace. Never returns; its exit takes the namespace down.
-fn ns_init(agent: &Agent, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd) -> ! {
+fn ns_init(source: Source, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd) -> ! {
     if prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         _exit(SETUP_FAILED);
     }
@@ -415,8 +579,16 @@ fn ns_init(agent: &Agent, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd) 
     if !matches!(read(&life_r, &mut [0u8; 1]), Err(Errno::EAGAIN)) {
         _exit(SETUP_FAILED);
     }
+    let agent = match source.resolve() {
+        Ok(agent) => agent,
+        Err(NoAgent::Unused) => _exit(0),
+        Err(NoAgent::Failed(msg)) => {
+            let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
+            _exit(SETUP_FAILED)
+        }
+    };
     let agent_pid = match fork_or_err() {
-        Ok(ForkResult::Child) => exec_agent(agent, None),
+        Ok(ForkResult::Child) => exec_agent(&agent, None),
         Ok(ForkResult::Parent { child }) => child,
         Err(msg) => {
             let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
@@ -436,11 +608,16 @@ fn ns_init(agent: &Agent, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd) 
 }
 
 /// Fallback mode: this process is a child subreaper and cleans up descendants itself.
-fn run_subreaper(agent: &Agent, handled: &SigSet) -> Result<End, String> {
+fn run_subreaper(source: Source, handled: &SigSet) -> Result<End, String> {
     prctl::set_child_subreaper(true).map_err(|e| format!("cannot become a subreaper: {e}"))?;
+    let agent = match source.resolve() {
+        Ok(agent) => agent,
+        Err(NoAgent::Unused) => return Ok(End::Code(0)),
+        Err(NoAgent::Failed(msg)) => return Err(msg),
+    };
     let me = getpid();
     let agent_pid = match fork_or_err()? {
-        ForkResult::Child => exec_agent(agent, Some(me)),
+        ForkResult::Child => exec_agent(&agent, Some(me)),
         ForkResult::Parent { child } => child,
     };
     let _ = setpgid(agent_pid, agent_pid);
@@ -576,6 +753,57 @@ mod tests {
         child.wait().unwrap();
         assert!(found.contains(&child_pid), "{found:?}");
         assert!(saw_grandchild, "grandchild not found: {found:?}");
+    }
+
+    #[test]
+    fn launch_spec_round_trips() {
+        let args = vec!["-c".to_owned(), String::new(), "a b=c".to_owned()];
+        let env = vec![
+            ("FOO".to_owned(), "x=y z".to_owned()),
+            ("PATH".to_owned(), "/opt/bin:/bin".to_owned()),
+            ("EMPTY".to_owned(), String::new()),
+        ];
+        let spec = encode_spec("sh", &args, &env, std::path::Path::new("/tmp/w s"));
+        let agent = decode_spec(&spec).unwrap();
+        assert_eq!(agent.display, "sh");
+        assert_eq!(agent.program.as_bytes(), b"sh");
+        let argv: Vec<&[u8]> = agent.argv.iter().map(|a| a.as_bytes()).collect();
+        assert_eq!(argv, [&b"sh"[..], b"-c", b"", b"a b=c"]);
+        let envp: Vec<&[u8]> = agent.envp.iter().map(|a| a.as_bytes()).collect();
+        assert_eq!(envp, [&b"FOO=x=y z"[..], b"PATH=/opt/bin:/bin", b"EMPTY="]);
+        let place = agent.place.unwrap();
+        assert_eq!(place.cwd.as_bytes(), b"/tmp/w s");
+        assert_eq!(
+            place.path.as_deref(),
+            Some(std::ffi::OsStr::new("/opt/bin:/bin"))
+        );
+
+        // No PATH given: none is set for the agent either.
+        let spec = encode_spec("sh", &[], &[], std::path::Path::new("/"));
+        assert!(decode_spec(&spec).unwrap().place.unwrap().path.is_none());
+    }
+
+    #[test]
+    fn malformed_launch_specs_are_refused() {
+        let good = encode_spec("sh", &["x".to_owned()], &[], std::path::Path::new("/"));
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..good.len() - 1].to_vec(), "does not end with a NUL"),
+            (
+                b"agentd-launch-0\0/\x001\0sh\0".to_vec(),
+                "is not agentd-launch-1",
+            ),
+            (
+                b"agentd-launch-1\0/\0zero\0sh\0".to_vec(),
+                "bad argument count",
+            ),
+            (b"agentd-launch-1\0/\x000\0".to_vec(), "bad argument count"),
+            (b"agentd-launch-1\0/\x003\0sh\0".to_vec(), "has no argument"),
+            (b"agentd-launch-1\0".to_vec(), "has no working directory"),
+        ];
+        for (spec, want) in cases {
+            let err = decode_spec(&spec).err().expect("refused");
+            assert!(err.contains(want), "{err} (wanted {want})");
+        }
     }
 
     #[test]
