@@ -316,3 +316,80 @@ async fn api_keys_from_the_config_file_are_stored_as_digests() {
         "the digest itself is not a key"
     );
 }
+
+/// `--max-concurrent-jobs` holds when many submissions race (each may claim right behind its
+/// insert, beside the dispatcher): the agents' own start/end stamps never overlap more than the
+/// limit allows, and the limit is reached, so the jobs did run side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_jobs_holds_under_racing_submissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let cfg = dir.path().join("agentd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[agents.slot]
+kind = "command"
+command = "sh"
+args = ["-c", "echo \"start $(date +%s%N)\" >> '{log}'; sleep 0.3; echo \"end $(date +%s%N)\" >> '{log}'"]
+"#,
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(Options {
+        args: vec![
+            "--config".into(),
+            cfg.to_string_lossy().into_owned(),
+            "--max-concurrent-jobs".into(),
+            "2".into(),
+        ],
+        ..Default::default()
+    });
+    let c = server.clients(KEY_A).await;
+    let mut submits = Vec::new();
+    for _ in 0..8 {
+        let mut c = c.clone();
+        submits.push(tokio::spawn(async move {
+            let s = c.create_session(&[]).await;
+            let job = c
+                .jobs
+                .submit_job(pb::SubmitJobRequest {
+                    session_id: s.session_id,
+                    agent: "slot".into(),
+                    prompt: "go".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("submit")
+                .into_inner()
+                .job
+                .expect("job");
+            c.wait(&job.job_id).await
+        }));
+    }
+    for s in submits {
+        assert_eq!(s.await.unwrap().state, pb::JobState::Succeeded as i32);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut marks: Vec<(u128, i32)> = text
+        .lines()
+        .map(|l| {
+            let (what, at) = l.split_once(' ').expect(l);
+            (at.parse().expect(l), if what == "start" { 1 } else { -1 })
+        })
+        .collect();
+    assert_eq!(marks.len(), 16, "{text}");
+    // Ends sort before starts at the same instant.
+    marks.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, d) in marks {
+        running += d;
+        most = most.max(running);
+    }
+    assert_eq!(
+        most, 2,
+        "at most 2 jobs may run at once, and 8 jobs reach 2:\n{text}"
+    );
+}

@@ -163,6 +163,7 @@ impl tonic::service::Interceptor for ApiKey {
 
 pub type Svc = InterceptedService<Channel, ApiKey>;
 
+#[derive(Clone)]
 pub struct Clients {
     pub sessions: pb::session_service_client::SessionServiceClient<Svc>,
     pub jobs: pb::job_service_client::JobServiceClient<Svc>,
