@@ -9,6 +9,7 @@
 //! Durability: `synchronous=NORMAL` under WAL means a committed write survives the process being
 //! killed (the case we care about: crash, `kill -9`), while a power loss may drop the last commits.
 
+mod checkpoint;
 mod conn;
 mod ops;
 mod writer;
@@ -43,7 +44,8 @@ impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let conn = conn::open_writer(&path)?;
+            let mut conn = conn::open_writer(&path)?;
+            checkpoint::install(&mut conn, &path)?;
             Ok(Self {
                 writer: Writer::spawn(conn)?,
                 readers: Arc::new(Readers::new(path)),

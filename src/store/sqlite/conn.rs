@@ -1,6 +1,7 @@
 //! SQLite connections: opening and configuring them, the schema migrations, and the small pool of
 //! read connections. rusqlite is synchronous, so every use of a connection happens on a blocking
-//! thread (`spawn_blocking` for reads, the writer thread for writes).
+//! thread (`spawn_blocking` for reads, the writer thread for writes, the checkpointer thread for
+//! checkpoints).
 
 use super::db;
 use crate::error::{Error, Result};
@@ -23,7 +24,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads that may run at once; the machine has few cores and each read occupies a blocking thread.
 const MAX_READERS: usize = 4;
 
-fn open_raw(path: &Path) -> Result<Connection> {
+pub(super) fn open_raw(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
