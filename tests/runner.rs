@@ -868,3 +868,48 @@ async fn dead_or_unfit_standbys_are_not_used() {
         vec!["ok"]
     );
 }
+
+/// The scheduling policy of `pid` (field 41 of its stat; 0 = SCHED_OTHER, 5 = SCHED_IDLE).
+fn policy(pid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Fields from 3 on; policy is field 41.
+    after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+/// Where the test process may leave SCHED_IDLE again (root here), a standby sets up at the idle
+/// priority, and is back at the normal one, with its agent, once it has a job.
+#[tokio::test]
+async fn standby_sets_up_at_idle_priority_and_runs_the_agent_at_normal_priority() {
+    let reversible = std::thread::spawn(|| {
+        let p = nix::libc::sched_param { sched_priority: 0 };
+        // SAFETY: only reads `p`; changes this short-lived thread's own policy.
+        unsafe {
+            nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &p) == 0
+                && nix::libc::sched_setscheduler(0, nix::libc::SCHED_OTHER, &p) == 0
+        }
+    })
+    .join()
+    .unwrap();
+    for no_namespace in [false, true] {
+        let runs = tempfile::tempdir().unwrap();
+        let mut spec = sh("awk '{print $41}' /proc/self/stat; sleep 0.5");
+        spec.run_dir = Some(runs.path().to_owned());
+        if no_namespace {
+            spec = no_ns(spec);
+        }
+        let launcher = ready_launcher(&spec).await;
+        let standby = standby_record(runs.path()).await;
+        assert_eq!(policy(standby), if reversible { 5 } else { 0 });
+        let process = launcher.spawn(spec).await.unwrap();
+        assert!(process.from_standby());
+        assert_eq!(process.pid(), standby);
+        assert_eq!(
+            policy(standby),
+            0,
+            "the supervisor stayed at the idle priority"
+        );
+        let ran = run_process(process, relaxed()).await;
+        assert_eq!(ran.stdout_texts(), vec!["0"], "{:?}", ran.stderr_texts());
+    }
+}

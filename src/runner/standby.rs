@@ -9,6 +9,12 @@
 //! (a burst of starts, or standbys turned off), a supervisor is started for the job as before,
 //! with the same result.
 //!
+//! The set-up runs at the idle CPU priority (SCHED_IDLE) where agentd may raise it back afterwards:
+//! a replacement is started while the job that took the last standby is starting, and on two
+//! cores it would otherwise compete with that job's agent for the CPU. The runner restores the
+//! supervisor's priority when it hands it a job, ns-init its own once the spec arrived, so the
+//! agent never runs at the idle priority.
+//!
 //! A standby runs with an environment holding only agentd's own markers; the agent's environment
 //! (secrets included) exists only in the spec it reads and in the agent itself. Standbys are
 //! started, like every supervisor, from tokio worker threads (see [`Process::spawn`] on
@@ -32,6 +38,8 @@ pub struct Launcher {
     keep: usize,
     /// Standbys use the fallback containment ([`supervise::NO_NS_ENV`]).
     fallback: bool,
+    /// Whether standbys set up at the idle CPU priority (see [`idle_priority_is_reversible`]).
+    idle_setup: bool,
     state: Mutex<State>,
 }
 
@@ -79,6 +87,7 @@ impl Launcher {
             run_dir,
             keep,
             fallback,
+            idle_setup: idle_priority_is_reversible(),
             state: Mutex::new(State::default()),
         })
     }
@@ -223,6 +232,12 @@ impl Launcher {
         };
         let pid = i32::try_from(pid)
             .map_err(|_| Error::internal(format!("supervisor pid {pid} out of range")))?;
+        // Its set-up (exec, namespaces, /proc) is background work: at the idle priority it only
+        // takes CPU that jobs starting meanwhile do not want. What it forks before this lands
+        // keeps the normal priority, which is harmless.
+        if self.idle_setup && set_policy(pid, libc::SCHED_IDLE).is_err() {
+            tracing::debug!(pid, "cannot lower a standby supervisor's priority");
+        }
         Ok(Standby {
             child,
             pid,
@@ -238,6 +253,13 @@ impl Standby {
     /// Hands the job to the standby. The spec is written whole and stdin closed, which tells the
     /// supervisor it is complete.
     async fn launch(mut self, spec: &ProcessSpec) -> Result<Process> {
+        // Back to the normal priority before it forks the agent (in the fallback mode) and while
+        // it forwards signals; ns-init restores its own once it has the spec.
+        set_policy(self.pid, libc::SCHED_OTHER).map_err(|e| {
+            Error::internal(format!(
+                "cannot restore the standby supervisor's priority: {e}"
+            ))
+        })?;
         // The supervisor's own markers are not the agent's business (as `Agent::new` filters them).
         let mut env: Vec<(String, String)> = spec
             .env
@@ -271,4 +293,26 @@ impl Standby {
             from_standby: true,
         })
     }
+}
+
+/// Sets the scheduling policy of process `pid` (its only thread: supervisors are single-threaded).
+pub(super) fn set_policy(pid: i32, policy: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`, which lives across the call.
+    if unsafe { libc::sched_setscheduler(pid, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether a process with agentd's credentials may leave SCHED_IDLE again (CAP_SYS_NICE, or a
+/// high enough RLIMIT_NICE): tried once on a thread of its own, which ends with the test. Only
+/// then do standbys set up at the idle priority, since they must return to the normal one.
+fn idle_priority_is_reversible() -> bool {
+    std::thread::spawn(|| {
+        set_policy(0, libc::SCHED_IDLE).is_ok() && set_policy(0, libc::SCHED_OTHER).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
 }
