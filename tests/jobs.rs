@@ -649,3 +649,70 @@ async fn server_info_lists_agents_with_versions_and_limits() {
     assert_eq!(claude.version, "2.1.197 (Claude Code)");
     assert_eq!(got.limits.unwrap().max_concurrent_jobs, 3);
 }
+
+/// Many readers following one job live (each live event is encoded once and the same bytes go
+/// to every reader) all receive the same complete, gapless log, equal to a replay after the job
+/// ended; readers attaching mid-job from a cursor receive exactly its suffix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_live_readers_receive_identical_complete_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agentd.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[agents.ticker]
+kind = "command"
+command = "sh"
+args = ["-c", "i=1; while [ $i -le 150 ]; do echo \"tick $i ü\"; i=$((i+1)); sleep 0.005; done"]
+"#,
+    )
+    .unwrap();
+    let server = TestServer::start_with(Options {
+        args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s.session_id.clone(),
+            agent: "ticker".into(),
+            prompt: "go".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut readers = Vec::new();
+    for i in 0..24u64 {
+        let mut c = c.clone();
+        let id = job.job_id.clone();
+        // A third attach from a cursor, after letting the job get going.
+        let after = if i % 3 == 2 { 40 } else { 0 };
+        readers.push(tokio::spawn(async move {
+            if after > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (after, c.events(&id, after).await)
+        }));
+    }
+    let mut live = Vec::new();
+    for r in readers {
+        live.push(r.await.unwrap());
+    }
+    let replay = c.events(&job.job_id, 0).await;
+    // started, 150 lines, finished.
+    assert_eq!(replay.len(), 152);
+    assert_gapless(&replay, 1);
+    assert_eq!(finished(&replay).state, pb::JobState::Succeeded as i32);
+    match &replay[1].kind {
+        Some(pb::job_event::Kind::Text(t)) => assert_eq!(t.text, "tick 1 ü"),
+        other => panic!("{other:?}"),
+    }
+    for (after, events) in live {
+        assert_eq!(events, replay[after as usize..], "reader from {after}");
+    }
+}
