@@ -704,6 +704,12 @@ impl std::fmt::Display for Config {
         }
         writeln!(f, "log_format = {:?}", self.log_format)?;
         writeln!(f, "health_probe_failures = {}", self.health_probe_failures)?;
+        writeln!(
+            f,
+            "supervisor = {} ({} on standby)",
+            self.supervisor.display(),
+            self.standby_supervisors
+        )?;
         write!(
             f,
             "limits = {:?}\ntiming = {:?}\ntransport = {:?}",
@@ -741,6 +747,13 @@ mod tests {
         std::fs::remove_dir(dir.path().join("agentd-supervise")).expect("rmdir");
         std::fs::write(dir.path().join("agentd-supervise"), b"").expect("write");
         assert_eq!(supervisor_beside(&exe), dir.path().join("agentd-supervise"));
+
+        // One standby by default, none on request; both shown in the effective configuration.
+        let d = parse(&[]).expect("defaults");
+        assert_eq!(d.standby_supervisors, 1);
+        assert!(format!("{d}").contains("(1 on standby)"), "{d}");
+        let none = parse(&["--standby-supervisors", "0"]).expect("valid");
+        assert_eq!(none.standby_supervisors, 0);
     }
 
     #[test]
