@@ -20,6 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".agentd.v1")
+        // Hand-written so that the server can send events encoded once for all readers
+        // (src/api/wire.rs); identical on the wire.
+        .extern_path(
+            ".agentd.v1.StreamJobEventsResponse",
+            "crate::api::wire::StreamJobEventsResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::store::{DynStore, JobWrite};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -43,17 +43,45 @@ struct Mark {
     resync: u64,
 }
 
+/// A committed event as readers receive it. Events tailed from the window are shared by every
+/// reader of the job, with room for the API edge to keep the event's encoding, made by the first
+/// reader that needs it and reused by all the others.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: JobEvent,
+    encoded: OnceLock<bytes::Bytes>,
+}
+
+impl SharedEvent {
+    fn new(event: JobEvent) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent {
+            event,
+            encoded: OnceLock::new(),
+        })
+    }
+
+    /// The event's encoding: `encode`d on the first call, the same bytes afterwards.
+    pub fn encoded(&self, encode: impl FnOnce(&JobEvent) -> bytes::Bytes) -> bytes::Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+
+    /// The event itself, moved out when nobody else holds it (events read from the store).
+    pub fn into_event(self: Arc<Self>) -> JobEvent {
+        Arc::try_unwrap(self).map_or_else(|shared| shared.event.clone(), |own| own.event)
+    }
+}
+
 /// A job that has readers: its wake-ups and its recent committed events.
 struct Tail {
     tx: watch::Sender<Mark>,
     /// Consecutive committed events, oldest first, at most [`WINDOW`].
-    window: VecDeque<JobEvent>,
+    window: VecDeque<Arc<SharedEvent>>,
 }
 
 /// What the window can give a reader at `cursor`.
 enum Recent {
     /// The events after the cursor (up to a read batch).
-    Events(Vec<JobEvent>),
+    Events(Vec<Arc<SharedEvent>>),
     /// Nothing is committed after the cursor.
     CaughtUp,
     /// The window does not cover the cursor: read the store.
@@ -92,7 +120,9 @@ impl Future for Pending {
 #[derive(Debug)]
 pub enum StreamItem {
     /// Consecutive events; the batch ends with the job's `Finished` event when the job is done.
-    Events(Vec<JobEvent>),
+    /// Events from the window are shared with the job's other readers; events read from the
+    /// store are this reader's alone.
+    Events(Vec<Arc<SharedEvent>>),
     /// Nothing happened for a while: a message that keeps proxies from cutting the stream.
     Keepalive,
 }
@@ -177,11 +207,11 @@ impl EventLog {
             return;
         };
         let first = events.first().map_or(0, |e| e.seq);
-        if t.window.back().is_some_and(|b| b.seq + 1 != first) {
+        if t.window.back().is_some_and(|b| b.event.seq + 1 != first) {
             // Not consecutive (another writer's events in between): start over from these.
             t.window.clear();
         }
-        t.window.extend(events);
+        t.window.extend(events.into_iter().map(SharedEvent::new));
         let excess = t.window.len().saturating_sub(WINDOW);
         t.window.drain(..excess);
         t.tx.send_modify(|m| m.seq = m.seq.max(last));
@@ -197,8 +227,10 @@ impl EventLog {
             return Recent::CaughtUp;
         }
         match (t.window.front(), t.window.back()) {
-            (Some(front), Some(back)) if front.seq <= cursor + 1 && back.seq > cursor => {
-                let skip = (cursor + 1 - front.seq) as usize;
+            (Some(front), Some(back))
+                if front.event.seq <= cursor + 1 && back.event.seq > cursor =>
+            {
+                let skip = (cursor + 1 - front.event.seq) as usize;
                 Recent::Events(t.window.range(skip..).take(READ_BATCH).cloned().collect())
             }
             _ => Recent::Miss,
@@ -250,12 +282,12 @@ impl EventLog {
                     Recent::Miss => match log.store.read_events(&job, cursor, READ_BATCH).await {
                         Ok(e) => {
                             from_store = e.len() >= READ_BATCH;
-                            e
+                            e.into_iter().map(SharedEvent::new).collect()
                         }
                         Err(e) => break Err(e),
                     },
                 };
-                if let Some(first) = events.first()
+                if let Some(first) = events.first().map(|e| &e.event)
                     && first.seq != cursor + 1
                 {
                     // Seqs have no gaps, so a jump means the events before `first` were pruned.
@@ -269,7 +301,7 @@ impl EventLog {
                         ),
                     ));
                 }
-                if let Some(last) = events.last() {
+                if let Some(last) = events.last().map(|e| &e.event) {
                     cursor = last.seq;
                     let done = last.kind.is_finished();
                     if tx.send(Ok(StreamItem::Events(events))).await.is_err() {
@@ -313,6 +345,7 @@ impl EventLog {
                         // so one last read delivers them.
                         match log.store.read_events(&job, cursor, READ_BATCH).await {
                             Ok(events) if !events.is_empty() => {
+                                let events = events.into_iter().map(SharedEvent::new).collect();
                                 let _ = tx.send(Ok(StreamItem::Events(events))).await;
                             }
                             _ => {}

@@ -47,6 +47,7 @@ pub mod workspace;
 /// Generated protobuf and gRPC code for `agentd.v1`. Only `api` and tests should touch it.
 pub mod pb {
     tonic::include_proto!("agentd.v1");
+    pub use crate::api::wire::StreamJobEventsResponse;
 
     /// Encoded file descriptor set of the agentd.v1 protos, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agentd_descriptor");

@@ -1,8 +1,8 @@
 //! `agentd.v1.JobService`.
 
-use super::{convert, tenant};
+use super::{convert, tenant, wire};
 use crate::core::{Core, SubmitJob};
-use crate::events::StreamItem;
+use crate::events::{SharedEvent, StreamItem};
 use crate::pb;
 use crate::pb::job_service_server::JobService;
 use crate::store::JobFilter;
@@ -56,15 +56,43 @@ fn with_trace(mut submit: SubmitJob, traceparent: Option<TraceParent>) -> Submit
 /// Core stream items → (events, keepalive) pairs, errors → statuses.
 fn items(
     rx: tokio::sync::mpsc::Receiver<crate::error::Result<StreamItem>>,
-) -> impl Stream<Item = Result<(Vec<pb::JobEvent>, bool), Status>> {
+) -> impl Stream<Item = Result<(Vec<Arc<SharedEvent>>, bool), Status>> {
     ReceiverStream::new(rx).map(|item| match item {
         Ok(StreamItem::Events(evs)) => {
             metrics().events_streamed(evs.len());
-            Ok((evs.into_iter().map(convert::event).collect(), false))
+            Ok((evs, false))
         }
         Ok(StreamItem::Keepalive) => Ok((Vec::new(), true)),
         Err(e) => Err(e.into()),
     })
+}
+
+fn events(evs: Vec<Arc<SharedEvent>>) -> Vec<pb::JobEvent> {
+    evs.into_iter()
+        .map(|e| convert::event(e.into_event()))
+        .collect()
+}
+
+/// Events shared with other readers go out as their one encoding (see `api::wire`); events
+/// this reader alone holds (read from the store) are converted as they are.
+fn stream_response(evs: Vec<Arc<SharedEvent>>, keepalive: bool) -> pb::StreamJobEventsResponse {
+    if evs.iter().any(|e| Arc::strong_count(e) > 1) {
+        let encoded = evs
+            .iter()
+            .map(|e| e.encoded(|ev| wire::encode_event(&convert::event(ev.clone()))))
+            .collect();
+        pb::StreamJobEventsResponse {
+            events: Vec::new(),
+            keepalive,
+            encoded,
+        }
+    } else {
+        pb::StreamJobEventsResponse {
+            events: events(evs),
+            keepalive,
+            encoded: Vec::new(),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -144,9 +172,7 @@ impl JobService for JobApi {
             .core
             .stream_events(&tenant, &r.job_id, r.after_seq)
             .await?;
-        let stream = items(rx).map(|r| {
-            r.map(|(events, keepalive)| pb::StreamJobEventsResponse { events, keepalive })
-        });
+        let stream = items(rx).map(|r| r.map(|(evs, keepalive)| stream_response(evs, keepalive)));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -178,9 +204,9 @@ impl JobService for JobApi {
             keepalive: false,
         };
         let rest = items(rx).map(|r| {
-            r.map(|(events, keepalive)| pb::RunJobResponse {
+            r.map(|(evs, keepalive)| pb::RunJobResponse {
                 job: None,
-                events,
+                events: events(evs),
                 keepalive,
             })
         });

@@ -7,6 +7,7 @@ mod info;
 mod job;
 mod session;
 pub mod status;
+pub mod wire;
 
 pub use file::FileApi;
 pub use info::ServerInfoApi;

@@ -13,8 +13,8 @@ use crate::pb;
 use bytes::{Buf, BufMut, Bytes};
 use prost::DecodeError;
 use prost::encoding::{
-    DecodeContext, WireType, bool as pbool, encode_key, encode_varint, encoded_len_varint,
-    key_len, message, skip_field,
+    DecodeContext, WireType, bool as pbool, encode_key, encode_varint, encoded_len_varint, key_len,
+    message, skip_field,
 };
 
 /// Response for JobService.StreamJobEvents.
@@ -54,10 +54,12 @@ impl prost::Message for StreamJobEventsResponse {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            EVENTS => message::merge_repeated(wire_type, &mut self.events, buf, ctx).map_err(|mut e| {
-                e.push("StreamJobEventsResponse", "events");
-                e
-            }),
+            EVENTS => {
+                message::merge_repeated(wire_type, &mut self.events, buf, ctx).map_err(|mut e| {
+                    e.push("StreamJobEventsResponse", "events");
+                    e
+                })
+            }
             KEEPALIVE => pbool::merge(wire_type, &mut self.keepalive, buf, ctx).map_err(|mut e| {
                 e.push("StreamJobEventsResponse", "keepalive");
                 e

@@ -60,7 +60,7 @@ fn text_event(seq: u64, text: String) -> pb::StreamJobEventsResponse {
             raw: String::new(),
             kind: Some(pb::job_event::Kind::Text(pb::TextEvent { text })),
         }],
-        keepalive: false,
+        ..Default::default()
     }
 }
 
@@ -80,7 +80,7 @@ fn finished_event(seq: u64, ok: bool) -> pb::StreamJobEventsResponse {
                 ..Default::default()
             })),
         }],
-        keepalive: false,
+        ..Default::default()
     }
 }
 
