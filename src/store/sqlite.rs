@@ -1,7 +1,8 @@
 //! The embedded SQLite [`Store`]: one file in WAL mode, one writer thread that group-commits
 //! whatever writes are queued (so thousands of event appends per second cost a handful of
-//! commits), and a small pool of read connections used from `spawn_blocking`. rusqlite is
-//! synchronous and never runs on the async runtime.
+//! commits), a checkpointer thread that copies the WAL into the database file beside it
+//! (`sqlite/checkpoint.rs`), and a small pool of read connections used from `spawn_blocking`.
+//! rusqlite is synchronous and never runs on the async runtime.
 //!
 //! Claims and leases follow the trait's contract even though the store is not `shared`: each claim
 //! is a write in an IMMEDIATE transaction, so two handles on one file never claim the same job.
