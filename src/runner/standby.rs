@@ -136,11 +136,11 @@ impl Launcher {
         }
     }
 
-    /// Spawns the agent of `spec`: through a standby when one is ready and fits (`spec` names
-    /// this launcher's supervisor and run dir, and asks for the fallback containment (through
-    /// [`supervise::NO_NS_ENV`] in its environment or agentd's) exactly when this launcher's
-    /// standbys use it),
-    /// else by starting a supervisor for it ([`Process::spawn`]). Errors as [`Process::spawn`].
+    /// Spawns the agent of `spec`: through a standby when one is ready and fits, else by starting
+    /// a supervisor for it ([`Process::spawn`]). A standby fits when `spec` names this launcher's
+    /// supervisor and run dir and asks for the fallback containment ([`supervise::NO_NS_ENV`] in
+    /// its environment or agentd's) exactly when the standbys use it. Errors as
+    /// [`Process::spawn`].
     pub async fn spawn(self: &Arc<Self>, spec: ProcessSpec) -> Result<Process> {
         validate(&spec)?;
         let wants_fallback = super::fallback_forced()
