@@ -266,14 +266,9 @@ impl Source {
                 let agent = decode_spec(&spec).map_err(NoAgent::Failed)?;
                 // The runner may have set this standby up at the idle CPU priority; the agent
                 // inherits whatever this process has when it forks it.
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sched_setscheduler only reads `param`, which lives across the call.
-                if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
-                    return Err(NoAgent::Failed(format!(
-                        "cannot restore the normal CPU priority: {}",
-                        std::io::Error::last_os_error()
-                    )));
-                }
+                super::standby::set_policy(0, libc::SCHED_OTHER).map_err(|e| {
+                    NoAgent::Failed(format!("cannot restore the normal CPU priority: {e}"))
+                })?;
                 let null = std::fs::File::open("/dev/null")
                     .map_err(|e| NoAgent::Failed(format!("cannot open /dev/null: {e}")))?;
                 nix::unistd::dup2_stdin(&null)
