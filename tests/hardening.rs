@@ -557,19 +557,7 @@ async fn slow_consumer(flood_bytes: u64, deadline: Duration) {
     let pid = server.pid();
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
-    let job = c
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
-            session_id: s.session_id.clone(),
-            agent: "flood".into(),
-            prompt: "go".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = c.submit_to(&s.session_id, "flood", "go").await;
     // The slow consumer: attached from the start, reads nothing until the job is over.
     let mut slow = Clients::new(server.channel().await, KEY_A);
     let mut stream = slow

@@ -570,19 +570,7 @@ env = { SHELL_TOKEN = "operator-secret-123" }
     });
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
-    let job = c
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
-            session_id: s.session_id.clone(),
-            agent: "shell".into(),
-            prompt: "list the files".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = c.submit_to(&s.session_id, "shell", "list the files").await;
     let events = c.events(&job.job_id, 0).await;
     let t = texts(&events);
     assert_eq!(t, vec!["prompt: list the files", "token: [REDACTED]"]);
@@ -673,19 +661,7 @@ args = ["-c", "i=1; while [ $i -le 150 ]; do echo \"tick $i ü\"; i=$((i+1)); sl
     });
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
-    let job = c
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
-            session_id: s.session_id.clone(),
-            agent: "ticker".into(),
-            prompt: "go".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = c.submit_to(&s.session_id, "ticker", "go").await;
     let mut readers = Vec::new();
     for i in 0..24u64 {
         let mut c = c.clone();

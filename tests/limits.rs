@@ -353,19 +353,7 @@ args = ["-c", "echo \"start $(date +%s%N)\" >> '{log}'; sleep 0.3; echo \"end $(
         let mut c = c.clone();
         submits.push(tokio::spawn(async move {
             let s = c.create_session(&[]).await;
-            let job = c
-                .jobs
-                .submit_job(pb::SubmitJobRequest {
-                    session_id: s.session_id,
-                    agent: "slot".into(),
-                    prompt: "go".into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("submit")
-                .into_inner()
-                .job
-                .expect("job");
+            let job = c.submit_to(&s.session_id, "slot", "go").await;
             c.wait(&job.job_id).await
         }));
     }

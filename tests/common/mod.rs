@@ -208,9 +208,15 @@ impl Clients {
     }
 
     pub async fn submit(&mut self, session: &str, prompt: &str) -> pb::Job {
+        self.submit_to(session, "", prompt).await
+    }
+
+    /// Submits to the named agent profile ("" for the server's default).
+    pub async fn submit_to(&mut self, session: &str, agent: &str, prompt: &str) -> pb::Job {
         self.jobs
             .submit_job(pb::SubmitJobRequest {
                 session_id: session.into(),
+                agent: agent.into(),
                 prompt: prompt.into(),
                 ..Default::default()
             })
