@@ -255,11 +255,9 @@ impl World {
         let slot = SLOTS.clone().acquire_owned().await.expect("semaphore");
         let dir = tempfile::tempdir().expect("temp dir");
         let mock = Mock::start(dir.path());
-        let config = dir.path().join("agentd.toml");
-        std::fs::write(&config, (agent.profile)(&cli, &mock.base)).expect("write config");
         let server = TestServer::start_with(Options {
-            args: vec!["--config".into(), config.to_string_lossy().into_owned()],
-            env: Vec::new(),
+            config: Some((agent.profile)(&cli, &mock.base)),
+            ..Default::default()
         });
         let mut c = server.clients(KEY_A).await;
         let session = c

@@ -532,26 +532,18 @@ async fn slow_consumer_of_1_gb_never_blocks_the_agent_and_memory_stays_bounded()
 /// A consumer attached from the start reads nothing while the agent writes `flood_bytes`; the
 /// job must finish within `deadline` with bounded server memory, then the consumer reads it all.
 async fn slow_consumer(flood_bytes: u64, deadline: Duration) {
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = cfg_dir.path().join("agentd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agents.flood]\nkind = \"command\"\ncommand = \"/bin/sh\"\n\
-             args = [\"-c\", \"yes {} | head -c {flood_bytes}\", \"flood\"]\n",
-            flood_line()
-        ),
-    )
-    .unwrap();
     let server = TestServer::start_with(Options {
         args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
             "--job-output-max-bytes".into(),
             "2000000000".into(),
             "--job-output-max-events".into(),
             "5000000".into(),
         ],
+        config: Some(format!(
+            "[agents.flood]\nkind = \"command\"\ncommand = \"/bin/sh\"\n\
+             args = [\"-c\", \"yes {} | head -c {flood_bytes}\", \"flood\"]\n",
+            flood_line()
+        )),
         ..Default::default()
     });
     let pid = server.pid();

@@ -551,21 +551,17 @@ async fn jobs_of_one_session_run_in_order_one_at_a_time() {
 
 #[tokio::test]
 async fn operator_command_profile_runs_and_secrets_are_redacted() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agentd.toml");
-    std::fs::write(
-        &cfg,
-        r#"
+    let server = TestServer::start_with(Options {
+        config: Some(
+            r#"
 [agents.shell]
 kind = "command"
 command = "sh"
 args = ["-c", "echo \"prompt: $0\"; echo \"token: $SHELL_TOKEN\"; echo done > made-by-shell.txt"]
 env = { SHELL_TOKEN = "operator-secret-123" }
-"#,
-    )
-    .unwrap();
-    let server = TestServer::start_with(Options {
-        args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+"#
+            .into(),
+        ),
         ..Default::default()
     });
     let mut c = server.clients(KEY_A).await;
@@ -615,6 +611,7 @@ async fn server_info_lists_agents_with_versions_and_limits() {
     let server = TestServer::start_with(Options {
         args: vec!["--max-concurrent-jobs".into(), "3".into()],
         env: vec![("AGENTD_DEFAULT_AGENT".into(), "claude".into())],
+        ..Default::default()
     });
     let ch = server.channel().await;
     let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
@@ -643,20 +640,16 @@ async fn server_info_lists_agents_with_versions_and_limits() {
 /// ended; readers attaching mid-job from a cursor receive exactly its suffix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_live_readers_receive_identical_complete_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agentd.toml");
-    std::fs::write(
-        &cfg,
-        r#"
+    let server = TestServer::start_with(Options {
+        config: Some(
+            r#"
 [agents.ticker]
 kind = "command"
 command = "sh"
 args = ["-c", "i=1; while [ $i -le 150 ]; do echo \"tick $i ü\"; i=$((i+1)); sleep 0.005; done"]
-"#,
-    )
-    .unwrap();
-    let server = TestServer::start_with(Options {
-        args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+"#
+            .into(),
+        ),
         ..Default::default()
     });
     let mut c = server.clients(KEY_A).await;

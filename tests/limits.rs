@@ -279,17 +279,12 @@ async fn tenant_rate_limit_answers_resource_exhausted_with_retry_info() {
 #[tokio::test]
 async fn api_keys_from_the_config_file_are_stored_as_digests() {
     use sha2::Digest;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agentd.toml");
     let key = "tenant-c-config-key";
     let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
-    std::fs::write(
-        &cfg,
-        format!("[[api_keys]]\ntenant = \"c\"\nsha256 = \"{digest}\"\n"),
-    )
-    .unwrap();
     let server = TestServer::start_with(Options {
-        args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        config: Some(format!(
+            "[[api_keys]]\ntenant = \"c\"\nsha256 = \"{digest}\"\n"
+        )),
         ..Default::default()
     });
     let mut c = server.clients(key).await;
@@ -324,10 +319,9 @@ async fn api_keys_from_the_config_file_are_stored_as_digests() {
 async fn max_concurrent_jobs_holds_under_racing_submissions() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("runs.log");
-    let cfg = dir.path().join("agentd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let server = TestServer::start_with(Options {
+        args: vec!["--max-concurrent-jobs".into(), "2".into()],
+        config: Some(format!(
             r#"
 [agents.slot]
 kind = "command"
@@ -335,16 +329,7 @@ command = "sh"
 args = ["-c", "echo \"start $(date +%s%N)\" >> '{log}'; sleep 0.3; echo \"end $(date +%s%N)\" >> '{log}'"]
 "#,
             log = log.display()
-        ),
-    )
-    .unwrap();
-    let server = TestServer::start_with(Options {
-        args: vec![
-            "--config".into(),
-            cfg.to_string_lossy().into_owned(),
-            "--max-concurrent-jobs".into(),
-            "2".into(),
-        ],
+        )),
         ..Default::default()
     });
     let c = server.clients(KEY_A).await;

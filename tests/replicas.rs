@@ -83,7 +83,7 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         self.replicas.push(TestServer::start_with(Options {
             args,
-            env: Vec::new(),
+            ..Default::default()
         }));
         self.metrics.push(metrics);
         self.replicas.len() - 1

@@ -33,6 +33,8 @@ pub struct TestServer {
 pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A TOML configuration, written next to the data dir and passed with `--config`.
+    pub config: Option<String>,
 }
 
 impl TestServer {
@@ -43,12 +45,18 @@ impl TestServer {
     pub fn start_with(opts: Options) -> TestServer {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("data");
+        let mut extra_args = opts.args;
+        if let Some(toml) = &opts.config {
+            let path = tmp.path().join("agentd.toml");
+            std::fs::write(&path, toml).expect("write config");
+            extra_args.extend(["--config".to_owned(), path.to_string_lossy().into_owned()]);
+        }
         let mut s = TestServer {
             child: None,
             addr: String::new(),
             data_dir,
             _tmp: Some(tmp),
-            extra_args: opts.args,
+            extra_args,
             extra_env: opts.env,
         };
         s.spawn();
