@@ -22,6 +22,7 @@
 //! start.
 
 mod lines;
+pub mod jail;
 pub mod records;
 mod standby;
 pub mod supervise;

@@ -1,0 +1,1 @@
+//! Per-job cgroups (placeholder: filled in by the cgroup work).
