@@ -3,6 +3,9 @@
 //! else reads the environment or the file. `Display` prints the effective configuration with every
 //! secret redacted.
 
+mod sandbox;
+pub use sandbox::{Sandbox, SandboxConfig};
+
 use crate::agents::{AgentKind, AgentProfile};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -114,6 +117,10 @@ pub struct ServeArgs {
     /// namespace set-up then cost the job nothing); 0 starts one per job instead.
     #[arg(long, env = "AGENTD_STANDBY_SUPERVISORS", default_value_t = 1)]
     pub standby_supervisors: usize,
+    /// Run every agent unjailed (see the README's threat model before you do): the explicit,
+    /// logged opt-out from the sandbox for all profiles.
+    #[arg(long, env = "AGENTD_NO_SANDBOX")]
+    pub no_sandbox: bool,
     /// Seconds running jobs get to finish on server shutdown before they are cancelled.
     #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -205,6 +212,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     default_agent: Option<String>,
+    sandbox: Option<sandbox::FileSandbox>,
     #[serde(default)]
     agents: BTreeMap<String, FileAgent>,
     #[serde(default)]
@@ -222,6 +230,7 @@ struct FileAgent {
     args: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    sandbox: Option<sandbox::FileSandbox>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +340,10 @@ pub struct Config {
     pub supervisor: PathBuf,
     /// Supervisors kept ready for the next jobs (`runner::Launcher`).
     pub standby_supervisors: usize,
+    /// Each profile's jail.
+    pub sandbox: SandboxConfig,
+    /// Files a jail must hide even where a visible directory holds them (the config file).
+    pub config_file: Option<PathBuf>,
     pub transport: Transport,
     /// Where Prometheus metrics are served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
@@ -455,6 +468,7 @@ impl Config {
         }
 
         let mut agents = BTreeMap::new();
+        let mut sandboxes = BTreeMap::from([("claude".to_owned(), None)]);
         agents.insert(
             "claude".to_owned(),
             AgentProfile {
@@ -483,6 +497,7 @@ impl Config {
                     .map(str::to_owned)
                     .ok_or_else(|| bad(format!("agents.{name}.command is required")))?,
             };
+            sandboxes.insert(name.clone(), a.sandbox);
             agents.insert(
                 name.clone(),
                 AgentProfile {
@@ -495,6 +510,7 @@ impl Config {
                 },
             );
         }
+        let sandbox = sandbox::resolve(file.sandbox, sandboxes, args.no_sandbox)?;
         let default_agent = args
             .default_agent
             .or(file.default_agent)
@@ -644,6 +660,8 @@ impl Config {
             },
             supervisor,
             standby_supervisors: args.standby_supervisors,
+            sandbox,
+            config_file: args.config.as_ref().and_then(|p| p.canonicalize().ok()),
             transport,
             metrics_listen: args.ops.metrics_listen,
             log_format: args.ops.log_format,
@@ -697,6 +715,9 @@ impl std::fmt::Display for Config {
                     ""
                 }
             )?;
+        }
+        for (name, s) in &self.sandbox.profiles {
+            writeln!(f, "sandbox {name} = {s:?}")?;
         }
         match &self.metrics_listen {
             Some(m) => writeln!(f, "metrics_listen = {m}")?,

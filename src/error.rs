@@ -48,6 +48,7 @@ pub enum Reason {
     InvalidCredentials,
     // UNAVAILABLE
     ShuttingDown,
+    SandboxUnavailable,
     // ALREADY_EXISTS
     RequestIdConflict,
     // INTERNAL
@@ -89,6 +90,7 @@ impl Reason {
             Reason::MissingCredentials => "MISSING_CREDENTIALS",
             Reason::InvalidCredentials => "INVALID_CREDENTIALS",
             Reason::ShuttingDown => "SHUTTING_DOWN",
+            Reason::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
             Reason::RequestIdConflict => "REQUEST_ID_CONFLICT",
             Reason::Internal => "INTERNAL",
         }

@@ -27,23 +27,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args
-        .get(1)
-        .is_some_and(|a| a == agentd::runner::supervise::STANDBY_SUBCOMMAND)
-    {
-        std::process::exit(agentd::runner::supervise::main_standby());
-    }
-    if args
-        .get(1)
-        .is_some_and(|a| a == agentd::runner::supervise::SUBCOMMAND)
-    {
-        // The runner builds this argv from UTF-8 strings, so nothing is lost here.
-        let rest = args[2..]
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        std::process::exit(agentd::runner::supervise::main(rest));
+    // The supervisor entries run before any runtime or thread exists. The runner builds their
+    // argv from UTF-8 strings, so nothing is lost in the conversion.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(code) = agentd::runner::supervise::dispatch(&args) {
+        std::process::exit(code);
     }
     let cli = Cli::parse();
     // The client prints what matters itself; its logs are for debugging only.

@@ -23,6 +23,7 @@ fn spec(program: &str, args: &[&str]) -> ProcessSpec {
         cwd: std::env::temp_dir(),
         max_line_bytes: 1 << 20,
         run_dir: None,
+        jail: None,
     }
 }
 
@@ -74,6 +75,7 @@ async fn run_process(process: Process, control: RunControl) -> Ran {
             match o {
                 Output::Stdout(l) => stdout.push(l),
                 Output::Stderr(l) => stderr.push(l),
+                Output::Notice(n) => panic!("an unjailed run got a notice: {n:?}"),
             }
         }
         (stdout, stderr)
@@ -611,7 +613,13 @@ async fn startup_sweep_kills_marked_leftovers_only() {
 /// A launcher for `spec`'s supervisor, run dir and containment mode, with its one standby ready.
 async fn ready_launcher(spec: &ProcessSpec) -> Arc<Launcher> {
     let fallback = spec.env.iter().any(|(k, _)| k == NO_NS_ENV);
-    let launcher = Launcher::new(spec.supervisor.clone(), spec.run_dir.clone(), 1, fallback);
+    let launcher = Launcher::new(
+        spec.supervisor.clone(),
+        spec.run_dir.clone(),
+        1,
+        fallback,
+        None,
+    );
     launcher.warm();
     wait_ready(&launcher).await;
     launcher

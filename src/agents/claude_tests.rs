@@ -16,6 +16,7 @@ fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
         workspace: Path::new("/ws/s1"),
         home: Path::new("/home/s1"),
         resume_conversation: resume,
+        jailed: false,
     }
 }
 

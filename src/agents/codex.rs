@@ -19,6 +19,8 @@ use std::collections::HashSet;
 const SANDBOX_MODES: [&str; 3] = ["read-only", "workspace-write", "danger-full-access"];
 /// Lets the agent edit the workspace and nothing else, without asking anyone.
 const DEFAULT_SANDBOX: &str = "workspace-write";
+/// Inside agentd's jail, which already confines the agent to its workspace.
+const JAILED_SANDBOX: &str = "danger-full-access";
 /// Profile args that already decide the sandbox.
 const SANDBOX_FLAGS: [&str; 4] = [
     "-s",
@@ -58,7 +60,12 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(mode) = &spec.permission_mode {
         args.extend(["--sandbox".into(), mode.clone()]);
     } else if !args_have(&profile.args, &SANDBOX_FLAGS) {
-        args.extend(["--sandbox".into(), DEFAULT_SANDBOX.into()]);
+        let mode = if ctx.jailed {
+            JAILED_SANDBOX
+        } else {
+            DEFAULT_SANDBOX
+        };
+        args.extend(["--sandbox".into(), mode.into()]);
     }
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);

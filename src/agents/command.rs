@@ -94,6 +94,7 @@ mod tests {
             workspace: Path::new("/ws"),
             home: Path::new("/home"),
             resume_conversation: Some("ignored"),
+            jailed: false,
         };
         let l = super::super::launch(&p, &spec("do it; rm -rf /"), &ctx).unwrap();
         assert_eq!(l.program, "/usr/bin/my-agent");

@@ -26,6 +26,7 @@ fn run(spec: &JobSpec, workspace: &Path, home: &Path, resume: Option<&str>) -> R
         workspace,
         home,
         resume_conversation: resume,
+        jailed: false,
     };
     let l = launch(&p, spec, &ctx).unwrap();
     let out = Command::new(&l.program)

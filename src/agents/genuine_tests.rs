@@ -141,6 +141,7 @@ fn run(p: &AgentProfile, spec: &JobSpec, dir: &Path, resume: Option<&str>) -> Ru
         workspace: &workspace,
         home: &home,
         resume_conversation: resume,
+        jailed: false,
     };
     let l = launch(p, spec, &ctx).unwrap();
     for (path, content) in &l.files {

@@ -110,6 +110,9 @@ pub struct LaunchContext<'a> {
     pub home: &'a Path,
     /// The agent's conversation id to continue, from the session's previous job.
     pub resume_conversation: Option<&'a str>,
+    /// Whether the job runs in agentd's jail, which is then the agent's sandbox: an agent's own
+    /// (Codex's bubblewrap helper) cannot work inside it, since new namespaces are refused there.
+    pub jailed: bool,
 }
 
 /// What to execute for one job. No shell is involved: `program` and `args` become argv as they are.
@@ -381,6 +384,7 @@ pub(crate) mod tests {
             workspace: Path::new("/ws/s1"),
             home: Path::new("/home/s1"),
             resume_conversation: resume,
+            jailed: false,
         }
     }
 

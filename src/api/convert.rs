@@ -174,6 +174,7 @@ pub fn job(v: JobView) -> pb::Job {
             if !matches!(f.outcome, Outcome::Succeeded) {
                 out.error_message = f.outcome.message();
             }
+            out.reason = f.outcome.reason().to_owned();
         }
     }
     out
@@ -232,18 +233,23 @@ pub fn event(e: JobEvent) -> pb::JobEvent {
         EventKind::Unparsed { line: l, truncated } => Kind::Unparsed(line(l, truncated)),
         EventKind::Other { r#type } => Kind::Other(pb::OtherEvent { r#type }),
         EventKind::Truncated { reason } => Kind::Truncated(pb::OutputTruncated { reason }),
+        EventKind::LimitExceeded { limit, message } => {
+            Kind::LimitExceeded(pb::LimitExceeded { limit, message })
+        }
         EventKind::Finished {
             state,
             exit: ex,
             result,
             error_message,
             usage: u,
+            reason,
         } => Kind::Finished(pb::JobFinished {
             state: final_state(state) as i32,
             exit_status: ex.map(exit),
             result,
             error_message,
             usage: Some(usage(u)),
+            reason,
         }),
     };
     pb::JobEvent {

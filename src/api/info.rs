@@ -41,6 +41,7 @@ impl ServerInfoService for ServerInfoApi {
                     available: a.available,
                     version: a.version.clone(),
                     problem: a.problem.clone(),
+                    sandbox: Some(sandbox(cfg.sandbox.profiles.get(&a.name))),
                 })
                 .collect(),
             default_agent: cfg.default_agent.clone(),
@@ -57,6 +58,39 @@ impl ServerInfoService for ServerInfoApi {
                 max_file_bytes: l.max_file_bytes,
                 max_upload_chunk_bytes: super::file::CHUNK_BYTES as u32,
             }),
+            sandbox: Some(support(self.core.host_support())),
         }))
+    }
+}
+
+fn support(h: &crate::runner::jail::probe::HostSupport) -> pb::SandboxSupport {
+    pb::SandboxSupport {
+        user_namespaces: h.user_ns,
+        mount_namespaces: h.mount_ns,
+        pid_namespaces: h.pid_ns,
+        network_namespaces: h.net_ns,
+        seccomp: h.seccomp,
+        landlock_abi: h.landlock_abi,
+        cgroup_version: h.cgroup_version.clone(),
+        cgroup_controllers: h.cgroup_controllers.clone(),
+    }
+}
+
+fn sandbox(s: Option<&crate::config::Sandbox>) -> pb::AgentSandbox {
+    let Some(s) = s else {
+        return pb::AgentSandbox::default();
+    };
+    let mb = |b: Option<u64>| b.map_or(0, |b| b >> 20);
+    let paths = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect();
+    pb::AgentSandbox {
+        enabled: s.enabled,
+        network: s.network.as_str().to_owned(),
+        memory_mb: mb(s.limits.memory_bytes),
+        max_pids: s.limits.max_pids.unwrap_or(0),
+        cpu_millis: s.limits.cpu_millis.unwrap_or(0),
+        tmp_mb: s.limits.tmp_bytes >> 20,
+        workspace_mb: mb(s.limits.workspace_bytes),
+        read_only: paths(&s.read_only),
+        read_write: paths(&s.read_write),
     }
 }

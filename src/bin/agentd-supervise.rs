@@ -10,16 +10,8 @@
 use agentd::runner::supervise;
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args
-        .first()
-        .is_some_and(|a| a == supervise::STANDBY_SUBCOMMAND)
-    {
-        std::process::exit(supervise::main_standby());
-    }
-    // The runner passes the same argv to either executable.
-    if args.first().is_some_and(|a| a == supervise::SUBCOMMAND) {
-        args.remove(0);
-    }
-    std::process::exit(supervise::main(args));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The runner passes the same argv to either executable; a bare program is `__supervise`'s.
+    let code = supervise::dispatch(&args).unwrap_or_else(|| supervise::main(args));
+    std::process::exit(code);
 }

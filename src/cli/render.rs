@@ -216,6 +216,10 @@ pub fn human_event(e: &pb::JobEvent, st: Style) -> Option<Piece> {
             "{}\n",
             st.bad(&format!("! output truncated: {}", t.reason))
         ))),
+        Kind::LimitExceeded(l) => Some(Piece::Out(format!(
+            "{}\n",
+            st.bad(&format!("! limit exceeded: {}", l.message))
+        ))),
         _ => None,
     }
 }
@@ -471,11 +475,15 @@ pub fn event_json(job_id: &str, e: &pb::JobEvent) -> Value {
         ),
         Some(Kind::Other(o)) => ("other", json!({ "other_type": o.r#type })),
         Some(Kind::Truncated(t)) => ("truncated", json!({ "reason": t.reason })),
+        Some(Kind::LimitExceeded(l)) => (
+            "limit_exceeded",
+            json!({ "limit": l.limit, "message": l.message }),
+        ),
         Some(Kind::Finished(f)) => (
             "finished",
             json!({"state": state_name(f.state), "exit_status": exit_json(f.exit_status.as_ref()),
                    "result": f.result, "error_message": f.error_message,
-                   "usage": usage_json(f.usage.as_ref())}),
+                   "reason": f.reason, "usage": usage_json(f.usage.as_ref())}),
         ),
         None => ("unknown", json!({})),
     };

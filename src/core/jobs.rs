@@ -104,6 +104,7 @@ fn cancelled_write(job: &Job, reason: &str) -> JobWrite {
             result: String::new(),
             error_message: outcome.message(),
             usage: Usage::default(),
+            reason: outcome.reason().to_owned(),
         },
     };
     JobWrite {

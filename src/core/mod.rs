@@ -11,6 +11,7 @@
 
 mod files;
 mod info;
+mod jail;
 mod jobs;
 mod reaper;
 mod replicas;
@@ -27,6 +28,8 @@ use crate::domain::{JobId, SessionId};
 use crate::error::{Error, Reason, Result};
 use crate::events::EventLog;
 use crate::runner::Launcher;
+use crate::runner::jail::Shape;
+use crate::runner::jail::probe::HostSupport;
 use crate::shutdown::Shutdown;
 use crate::store::DynStore;
 use crate::workspace::{WorkspaceLimits, Workspaces};
@@ -69,6 +72,8 @@ pub struct Core {
     agents: Vec<AgentStatus>,
     /// Starts agents, from standby supervisors when ready.
     launcher: Arc<Launcher>,
+    /// What the host offers the jail, probed at start.
+    host: HostSupport,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -120,14 +125,21 @@ impl Core {
                 tracing::warn!(agent = %a.name, problem = %a.problem, "agent unavailable");
             }
         }
+        let host = jail::probe_host(&config).await?;
+        let default_jail = config.sandbox.of(&config.default_agent).map(|s| Shape {
+            network: s.network,
+            host_ids: config.sandbox.host_ids,
+        });
         let launcher = Launcher::new(
             config.supervisor.clone(),
             Some(crate::runner::records::run_dir(&config.data_dir)),
             config.standby_supervisors,
             crate::runner::fallback_forced(),
+            default_jail,
         );
         let core = Arc::new(Core {
             agents,
+            host,
             launcher,
             config,
             store,
@@ -154,6 +166,11 @@ impl Core {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What the host offers the jobs' sandbox.
+    pub fn host_support(&self) -> &HostSupport {
+        &self.host
     }
 
     /// Refuses new work once shutdown began.

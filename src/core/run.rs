@@ -227,6 +227,7 @@ impl Core {
         let workspace = self.workspaces.workspace_dir(&session.id);
         let home = self.workspaces.home_dir(&session.id);
         let resume = session.conversation_id.clone();
+        let sandbox = self.config.sandbox.of(&job.spec.agent);
         let launch = match agents::launch(
             profile,
             &job.spec,
@@ -234,6 +235,7 @@ impl Core {
                 workspace: &workspace,
                 home: &home,
                 resume_conversation: resume.as_deref(),
+                jailed: sandbox.is_some(),
             },
         ) {
             Ok(l) => l,
@@ -259,6 +261,20 @@ impl Core {
         env.extend(launch.env.iter().cloned());
         env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let jail = sandbox.map(|sandbox| {
+            // The host's temp dir does not exist in the jail; its own /tmp does.
+            env.retain(|(k, _)| k != "TMPDIR");
+            env.push(("TMPDIR".into(), "/tmp".into()));
+            let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+            super::jail::for_job(
+                &self.config,
+                sandbox,
+                &launch.program,
+                path,
+                &workspace,
+                &home,
+            )
+        });
 
         let agent_span =
             tracing::info_span!("agent", program = %launch.program, pid = tracing::field::Empty);
@@ -272,6 +288,7 @@ impl Core {
                 cwd: workspace.clone(),
                 max_line_bytes: self.config.limits.max_line_bytes,
                 run_dir: Some(crate::runner::records::run_dir(&self.config.data_dir)),
+                jail,
             })
             .instrument(agent_span.clone())
             .await;
@@ -331,6 +348,8 @@ impl Core {
         // busy (fewer commits and reader wake-ups than one batch per arrival) and at most one is
         // in flight, so seqs reach the event log in order.
         let mut in_flight: Option<InFlight> = started_write;
+        // A limit of the jail that ended the job, as its supervisor reported it.
+        let mut limit_hit: Option<crate::runner::jail::Notice> = None;
         let mut events: Vec<JobEvent> = Vec::new();
         let mut ended = false;
         let pumped: Result<()> = async {
@@ -418,6 +437,19 @@ impl Core {
                                 Admit::Drop => {}
                             }
                         }
+                        Output::Notice(notice) => {
+                            // Few and important: never dropped by the output caps.
+                            if notice.fatal {
+                                limit_hit = Some(notice.clone());
+                            }
+                            events.push(sink.event(
+                                EventKind::LimitExceeded {
+                                    limit: notice.limit,
+                                    message: notice.message,
+                                },
+                                None,
+                            ));
+                        }
                     }
                 }
             }
@@ -446,19 +478,25 @@ impl Core {
             Some(StopCause::TimedOut) => metrics().kill_escalation("timed_out"),
             None => {}
         }
-        let verdict = match outcome.stop {
-            Some(StopCause::Cancelled) => Outcome::Cancelled {
+        let verdict = match (outcome.stop, limit_hit) {
+            (Some(StopCause::Cancelled), _) => Outcome::Cancelled {
                 reason: handle
                     .reason
                     .get()
                     .cloned()
                     .unwrap_or_else(|| "cancelled".into()),
             },
-            Some(StopCause::TimedOut) => Outcome::TimedOut {
+            (Some(StopCause::TimedOut), _) => Outcome::TimedOut {
                 after: job.spec.timeout,
             },
-            None if outcome.exit.success() && summary.error.is_none() => Outcome::Succeeded,
-            None => Outcome::Failed {
+            (None, Some(hit)) => Outcome::LimitExceeded {
+                limit: hit.limit,
+                message: hit.message,
+            },
+            (None, None) if outcome.exit.success() && summary.error.is_none() => {
+                Outcome::Succeeded
+            }
+            (None, None) => Outcome::Failed {
                 message: summary
                     .error
                     .clone()
@@ -517,6 +555,7 @@ impl Core {
                 result: result.clone(),
                 error_message: facts.outcome.message(),
                 usage: facts.usage.clone(),
+                reason: facts.outcome.reason().to_owned(),
             },
             None,
         );

@@ -114,12 +114,20 @@ pub enum EventKind {
     Truncated {
         reason: String,
     },
+    /// A limit of the job's jail was hit; `limit` is `memory`, `pids`, `tmp` or `workspace`.
+    LimitExceeded {
+        limit: String,
+        message: String,
+    },
     Finished {
         state: FinalState,
         exit: Option<ExitStatus>,
         result: String,
         error_message: String,
         usage: Usage,
+        /// [`crate::domain::Outcome::reason`].
+        #[serde(default)]
+        reason: String,
     },
 }
 

@@ -31,13 +31,15 @@ pub enum Outcome {
     Failed { message: String },
     Cancelled { reason: String },
     TimedOut { after: Duration },
+    /// A limit of the job's jail (`memory`, `pids`, `tmp`, `workspace`) ended it.
+    LimitExceeded { limit: String, message: String },
 }
 
 impl Outcome {
     pub fn final_state(&self) -> FinalState {
         match self {
             Outcome::Succeeded => FinalState::Succeeded,
-            Outcome::Failed { .. } => FinalState::Failed,
+            Outcome::Failed { .. } | Outcome::LimitExceeded { .. } => FinalState::Failed,
             Outcome::Cancelled { .. } => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
@@ -50,6 +52,16 @@ impl Outcome {
             Outcome::Failed { message } => message.clone(),
             Outcome::Cancelled { reason } => format!("cancelled: {reason}"),
             Outcome::TimedOut { after } => format!("timed out after {}s", after.as_secs()),
+            Outcome::LimitExceeded { message, .. } => message.clone(),
+        }
+    }
+
+    /// A stable, machine-readable code for why the job ended as it did; empty when the state
+    /// says it all.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Outcome::LimitExceeded { .. } => "LIMIT_EXCEEDED",
+            _ => "",
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct ProcessSpec {
     pub max_line_bytes: usize,
     /// Where the supervisor records the tree (see [`records`]); `None` records nothing.
     pub run_dir: Option<PathBuf>,
+    /// The jail to run the agent in; `None` runs it with containment only.
+    pub jail: Option<jail::Jail>,
 }
 
 /// One line of output.
@@ -81,11 +83,13 @@ pub struct Line {
     pub truncated: bool,
 }
 
-/// A line from one of the two output streams.
+/// A line from one of the two output streams, or word from the supervisor about the jail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     Stdout(Line),
     Stderr(Line),
+    /// A limit of the jail was hit.
+    Notice(jail::Notice),
 }
 
 /// Why the runner stopped the process.
@@ -125,6 +129,8 @@ pub struct Process {
     leftovers: Leftovers,
     /// Whether a standby supervisor runs it.
     from_standby: bool,
+    /// The supervisor's notices about a jailed job ([`jail::Notice`], one JSON line each).
+    notices: Option<tokio::net::UnixStream>,
 }
 
 /// Sweeps a tree's marked processes if its supervisor could not clean up: awaited at the end of
@@ -222,6 +228,7 @@ impl Process {
                 token,
             },
             from_standby: false,
+            notices: None,
         })
     }
 
@@ -248,6 +255,7 @@ impl Process {
             max_line_bytes,
             leftovers,
             from_standby: _,
+            notices,
         } = self;
         let (exited_tx, exited_rx) = watch::channel(None);
         let waiter = async move {
@@ -257,7 +265,7 @@ impl Process {
             let _ = exited_tx.send(Some(Instant::now()));
             outcome
         };
-        let (outcome, (), ()) = tokio::join!(
+        let (outcome, (), (), ()) = tokio::join!(
             waiter,
             pump(
                 stdout,
@@ -266,7 +274,14 @@ impl Process {
                 max_line_bytes,
                 exited_rx.clone()
             ),
-            pump(stderr, out, Output::Stderr, max_line_bytes, exited_rx),
+            pump(
+                stderr,
+                out.clone(),
+                Output::Stderr,
+                max_line_bytes,
+                exited_rx.clone()
+            ),
+            pump_notices(notices, out, exited_rx),
         );
         outcome
     }
@@ -425,6 +440,30 @@ async fn pump(
     }
 }
 
+/// Turns the supervisor's notice lines into [`Output::Notice`]s until it closes the channel.
+async fn pump_notices(
+    notices: Option<tokio::net::UnixStream>,
+    out: mpsc::Sender<Output>,
+    exited: watch::Receiver<Option<Instant>>,
+) {
+    let Some(stream) = notices else { return };
+    // Notices are short; a longer line is not one.
+    const MAX_NOTICE: usize = 4096;
+    let (tx, mut rx) = mpsc::channel(16);
+    let lines = pump(stream, tx, Output::Stdout, MAX_NOTICE, exited);
+    let forward = async {
+        while let Some(Output::Stdout(line)) = rx.recv().await {
+            match serde_json::from_str::<jail::Notice>(&line.text) {
+                Ok(notice) => {
+                    let _ = out.send(Output::Notice(notice)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable notice from a supervisor"),
+            }
+        }
+    };
+    tokio::join!(lines, forward);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +485,7 @@ mod tests {
             cwd: "/".into(),
             max_line_bytes: 10,
             run_dir: None,
+            jail: None,
         };
         let err = validate(&spec).unwrap_err();
         assert!(
@@ -477,6 +517,7 @@ mod tests {
             cwd: "/".into(),
             max_line_bytes: 10,
             run_dir: None,
+            jail: None,
         })
         .unwrap_err();
         assert_eq!(err.reason(), Reason::Internal);

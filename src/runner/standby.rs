@@ -21,6 +21,7 @@
 //! `PR_SET_PDEATHSIG`), die with agentd, and are SIGKILLed and swept (their run record removed)
 //! when the launcher closes.
 
+use super::jail::Shape;
 use super::{Leftovers, Process, ProcessSpec, records, supervise, validate};
 use crate::error::{Error, Result};
 use nix::unistd::getpid;
@@ -28,7 +29,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStderr, ChildStdout};
 
 /// Starts agents, from a standby supervisor when one is ready.
 pub struct Launcher {
@@ -42,6 +43,9 @@ pub struct Launcher {
     idle_setup: bool,
     state: Mutex<State>,
 }
+
+/// The containment a standby was built for: a jail of a shape, or none.
+type Kind = Option<Shape>;
 
 impl std::fmt::Debug for Launcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,13 +63,18 @@ struct State {
     /// Standbys being started.
     starting: usize,
     closed: bool,
+    /// What standbys are built for: the kind of the last job started (most jobs of a server
+    /// share one).
+    kind: Kind,
 }
 
 /// A supervisor that set up its containment and waits for a launch spec.
 struct Standby {
+    kind: Kind,
     child: Child,
     pid: i32,
-    stdin: ChildStdin,
+    /// Its stdin: the launch spec goes in, notices come out.
+    channel: tokio::net::UnixStream,
     stdout: ChildStdout,
     stderr: ChildStderr,
     leftovers: Leftovers,
@@ -76,11 +85,14 @@ impl Launcher {
     /// `run_dir`, in the fallback containment when `fallback` is set (specs then need
     /// [`supervise::NO_NS_ENV`] to use them; see [`Launcher::spawn`]). Standbys are started on
     /// first use; call [`Launcher::warm`] to have them ready earlier.
+    /// `jail` is the shape of the jail most jobs will want (the default profile's), `None` when
+    /// they run unjailed.
     pub fn new(
         supervisor: PathBuf,
         run_dir: Option<PathBuf>,
         keep: usize,
         fallback: bool,
+        jail: Option<Shape>,
     ) -> Arc<Launcher> {
         Arc::new(Launcher {
             supervisor,
@@ -88,7 +100,10 @@ impl Launcher {
             keep,
             fallback,
             idle_setup: idle_priority_is_reversible(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                kind: jail,
+                ..State::default()
+            }),
         })
     }
 
@@ -106,21 +121,23 @@ impl Launcher {
     /// Starts standbys in the background until `keep` are ready or starting. Must be called from
     /// within the tokio runtime.
     pub fn warm(self: &Arc<Self>) {
-        let missing = {
+        let (missing, kind) = {
             let mut st = self.state();
             if st.closed {
                 return;
             }
-            let missing = self.keep.saturating_sub(st.ready.len() + st.starting);
+            let kind = st.kind;
+            let ready = st.ready.iter().filter(|s| s.kind == kind).count();
+            let missing = self.keep.saturating_sub(ready + st.starting);
             st.starting += missing;
-            missing
+            (missing, kind)
         };
         for _ in 0..missing {
             let me = Arc::clone(self);
             // A worker thread, not a blocking one: the supervisor dies with the thread that
             // spawned it.
             tokio::spawn(async move {
-                let started = me.start_standby();
+                let started = me.start_standby(kind, me.idle_setup);
                 let mut st = me.state();
                 st.starting -= 1;
                 match started {
@@ -151,7 +168,8 @@ impl Launcher {
         let fits = spec.supervisor == self.supervisor
             && spec.run_dir == self.run_dir
             && wants_fallback == self.fallback;
-        let standby = if fits { self.take() } else { None };
+        let kind = spec.jail.as_ref().map(|j| j.shape);
+        let standby = if fits { self.take(kind) } else { None };
         let spawned = match standby {
             Some(standby) => {
                 let pid = standby.pid;
@@ -160,20 +178,43 @@ impl Launcher {
                     // It died meanwhile (killed from outside): start one for this job instead.
                     Err(e) => {
                         tracing::warn!(pid, error = %e, "standby supervisor unusable");
-                        Process::spawn(spec)
+                        self.spawn_fresh(spec).await
                     }
                 }
             }
-            None => Process::spawn(spec),
+            None => self.spawn_fresh(spec).await,
         };
         // Only now: the replacement's spawn would otherwise delay this job's own start.
         self.warm();
         spawned
     }
 
-    /// A ready standby that is still alive.
-    fn take(&self) -> Option<Standby> {
+    /// A supervisor started for this job alone: jailed jobs take their jail through the launch
+    /// spec like a standby does, others as arguments.
+    async fn spawn_fresh(&self, spec: ProcessSpec) -> Result<Process> {
+        match &spec.jail {
+            Some(jail) if spec.supervisor == self.supervisor && spec.run_dir == self.run_dir => {
+                let standby = self.start_standby(Some(jail.shape), false)?;
+                standby.launch(&spec).await
+            }
+            Some(_) => Err(Error::internal(
+                "a jailed job must use the launcher's supervisor and run dir",
+            )),
+            None => Process::spawn(spec),
+        }
+    }
+
+    /// A ready standby of `kind` that is still alive; standbys of another kind are dropped
+    /// (killed), since the next ones will be built for this kind.
+    fn take(&self, kind: Kind) -> Option<Standby> {
         let mut st = self.state();
+        if st.kind != kind {
+            st.kind = kind;
+            let stale: Vec<Standby> = std::mem::take(&mut st.ready);
+            drop(st);
+            drop(stale);
+            return None;
+        }
         while let Some(mut standby) = st.ready.pop() {
             if matches!(standby.child.try_wait(), Ok(None)) {
                 return Some(standby);
@@ -193,11 +234,25 @@ impl Launcher {
         drop(ready);
     }
 
-    fn start_standby(&self) -> Result<Standby> {
+    fn start_standby(&self, kind: Kind, idle: bool) -> Result<Standby> {
         let token = records::new_token();
         let mut cmd = tokio::process::Command::new(&self.supervisor);
-        cmd.arg(supervise::STANDBY_SUBCOMMAND)
-            .env_clear()
+        cmd.arg(supervise::STANDBY_SUBCOMMAND);
+        if let Some(shape) = kind {
+            let json = serde_json::to_string(&shape)
+                .map_err(|e| Error::internal(format!("cannot encode a jail shape: {e}")))?;
+            cmd.arg(supervise::JAIL_FLAG).arg(json);
+        }
+        // A socket rather than a pipe: the spec goes in, and the supervisor's notices come back.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .and_then(|(a, b)| {
+                a.set_nonblocking(true)?;
+                Ok((a, b))
+            })
+            .map_err(|e| Error::internal(format!("cannot create a socket pair: {e}")))?;
+        let channel = tokio::net::UnixStream::from_std(ours)
+            .map_err(|e| Error::internal(format!("cannot register a socket: {e}")))?;
+        cmd.env_clear()
             .env(records::RUN_TOKEN_ENV, &token)
             .env(supervise::PARENT_ENV, getpid().to_string());
         if let Some(dir) = &self.run_dir {
@@ -207,7 +262,7 @@ impl Launcher {
             cmd.env(supervise::NO_NS_ENV, "1");
         }
         cmd.current_dir("/")
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -222,12 +277,11 @@ impl Launcher {
             run_dir: self.run_dir.clone(),
             token,
         };
-        let (Some(pid), Some(stdin), Some(stdout), Some(stderr)) = (
-            child.id(),
-            child.stdin.take(),
-            child.stdout.take(),
-            child.stderr.take(),
-        ) else {
+        // The child holds its end now; ours must not keep it open.
+        drop(cmd);
+        let (Some(pid), Some(stdout), Some(stderr)) =
+            (child.id(), child.stdout.take(), child.stderr.take())
+        else {
             return Err(Error::internal("supervisor started without its pipes"));
         };
         let pid = i32::try_from(pid)
@@ -235,13 +289,14 @@ impl Launcher {
         // Its set-up (exec, namespaces, /proc) is background work: at the idle priority it only
         // takes CPU that jobs starting meanwhile do not want. What it forks before this lands
         // keeps the normal priority, which is harmless.
-        if self.idle_setup && set_policy(pid, libc::SCHED_IDLE).is_err() {
+        if idle && set_policy(pid, libc::SCHED_IDLE).is_err() {
             tracing::debug!(pid, "cannot lower a standby supervisor's priority");
         }
         Ok(Standby {
+            kind,
             child,
             pid,
-            stdin,
+            channel,
             stdout,
             stderr,
             leftovers,
@@ -271,10 +326,16 @@ impl Standby {
             records::RUN_TOKEN_ENV.to_owned(),
             self.leftovers.token.clone(),
         ));
-        let bytes = supervise::encode_spec(&spec.program, &spec.args, &env, &spec.cwd);
+        let bytes = supervise::encode_spec(
+            &spec.program,
+            &spec.args,
+            &env,
+            &spec.cwd,
+            spec.jail.as_ref().map(|j| &j.spec),
+        );
         let written = async {
-            self.stdin.write_all(&bytes).await?;
-            self.stdin.shutdown().await
+            self.channel.write_all(&bytes).await?;
+            self.channel.shutdown().await
         }
         .await;
         written.map_err(|e| {
@@ -282,7 +343,6 @@ impl Standby {
                 "cannot hand the job to the standby supervisor: {e}"
             ))
         })?;
-        drop(self.stdin);
         Ok(Process {
             child: self.child,
             pid: self.pid,
@@ -291,6 +351,7 @@ impl Standby {
             max_line_bytes: spec.max_line_bytes,
             leftovers: self.leftovers,
             from_standby: true,
+            notices: spec.jail.is_some().then_some(self.channel),
         })
     }
 }

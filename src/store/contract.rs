@@ -710,12 +710,17 @@ pub async fn read_events_cursor_and_limit(h: &dyn Harness) {
         EventKind::Truncated {
             reason: "too many events".into(),
         },
+        EventKind::LimitExceeded {
+            limit: "memory".into(),
+            message: "memory: limit 64 MiB reached; the kernel killed process 7 (python3)".into(),
+        },
         EventKind::Finished {
             state: FinalState::TimedOut,
             exit: Some(ExitStatus::Signal(9)),
             result: String::new(),
             error_message: "timed out after 90s".into(),
             usage: usage(),
+            reason: String::new(),
         },
     ];
     let events: Vec<JobEvent> = kinds
@@ -1137,6 +1142,7 @@ fn cancelled(j: &Job, reason: &str) -> JobWrite {
                 result: String::new(),
                 error_message: reason.to_owned(),
                 usage: Usage::default(),
+                reason: String::new(),
             },
         }],
         Some(JobUpdate {

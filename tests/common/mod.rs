@@ -342,6 +342,7 @@ pub fn kind(e: &pb::JobEvent) -> &'static str {
         Some(Kind::Unparsed(_)) => "unparsed",
         Some(Kind::Other(_)) => "other",
         Some(Kind::Truncated(_)) => "truncated",
+        Some(Kind::LimitExceeded(_)) => "limit_exceeded",
         Some(Kind::Finished(_)) => "finished",
         None => "none",
     }

@@ -1,7 +1,124 @@
 //! The jail: what a job's agent may see and do. Built by the supervisor between its fork and the
 //! agent's exec (see [`super::supervise`]); nothing above the runner knows about the kernel.
 //!
-//! - [`cgroup`]: per-job resource limits (memory, pids, CPU) on cgroup v1 or v2, and the
-//!   counters that say when a limit was hit.
+//! A jailed job gets, in this order:
+//! - user, PID, mount, IPC and UTS namespaces (and a network namespace with only `lo` when its
+//!   profile says `network = "none"`), created by ns-init's `clone`. The agent is uid/gid
+//!   [`INSIDE_ID`] there, mapped to an unprivileged host uid ([`Shape::host_ids`] when agentd runs
+//!   as root, agentd's own uid otherwise), so setuid binaries and file capabilities do nothing;
+//! - a root assembled from bind mounts ([`fs`]): system directories read-only, its workspace and
+//!   HOME read-write at the paths it already uses, a size-capped `/tmp`, a minimal `/dev`, its own
+//!   `/proc`; then `pivot_root`, so nothing else of the host exists for it;
+//! - Landlock ([`writes`]) as a second layer: writes only beneath the read-write paths;
+//! - `no_new_privs`, every capability dropped, a seccomp filter ([`seccomp`]) refusing the calls
+//!   that reach the kernel's less-audited parts or could undo the above, with `EPERM`;
+//! - a cgroup ([`cgroup`]) bounding memory, processes and CPU, watched by the supervisor
+//!   ([`watch`]), which reports each limit that was hit as a [`Notice`].
+//!
+//! The part that does not depend on the job (namespaces, the system part of the root, `/proc`,
+//! `/dev`) is built by standby supervisors ahead of time; a job pays for its own bind mounts,
+//! `pivot_root` and the cgroup only.
 
 pub mod cgroup;
+pub mod fs;
+pub mod probe;
+pub mod seccomp;
+pub mod watch;
+pub mod writes;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The uid and gid of the agent inside its user namespace.
+pub const INSIDE_ID: u32 = 1000;
+
+/// Which network a job has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network namespace.
+    #[default]
+    Host,
+    /// A network namespace of its own with only loopback.
+    None,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::None => "none",
+        }
+    }
+}
+
+/// What a jail is made of before the job is known: every job of one shape can take a standby
+/// built for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    pub network: Network,
+    /// Host uid and gid the agent runs as when agentd is root; `None` maps it to agentd's own
+    /// (the only mapping an unprivileged user namespace allows).
+    pub host_ids: Option<(u32, u32)>,
+}
+
+/// Resource limits of one job; `None` leaves a resource unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub max_pids: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    /// Size of the private `/tmp`.
+    pub tmp_bytes: u64,
+    /// What the workspace may hold in all; also the largest file the agent may write.
+    pub workspace_bytes: Option<u64>,
+}
+
+/// The job's part of the jail, sent with the launch spec. Every path is absolute and canonical
+/// (the runner resolves them before the supervisor sees them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailSpec {
+    pub workspace: PathBuf,
+    pub home: PathBuf,
+    /// Host paths visible read-only at the same path (the agent's installation, the profile's
+    /// `read_only`).
+    pub read_only: Vec<PathBuf>,
+    /// Host paths visible read-write at the same path (the profile's `read_write`).
+    pub read_write: Vec<PathBuf>,
+    /// Host paths that must not be visible even where a read-only directory contains them
+    /// (agentd's config, binary, data dir).
+    pub hide: Vec<PathBuf>,
+    pub limits: Limits,
+    /// The cgroup parent under each controller's root; `None` applies no cgroup limits.
+    pub cgroup_parent: Option<String>,
+}
+
+/// A jail for one job: the shape a standby may have prepared, and the job's own part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    pub shape: Shape,
+    pub spec: JailSpec,
+}
+
+/// What the supervisor tells agentd about a job's limits, one JSON object per line on the
+/// channel it shares with the runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// `memory`, `pids`, `tmp` or `workspace`.
+    pub limit: String,
+    /// What happened and what was done, for people.
+    pub message: String,
+    /// Set when the limit ended the job.
+    #[serde(default)]
+    pub fatal: bool,
+}
+
+impl Notice {
+    pub fn new(limit: &str, message: String, fatal: bool) -> Notice {
+        Notice {
+            limit: limit.to_owned(),
+            message,
+            fatal,
+        }
+    }
+}

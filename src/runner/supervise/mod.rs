@@ -68,7 +68,10 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
+use super::jail::{JailSpec, Shape};
 use super::records::{OwnRecord, RUN_DIR_ENV, stat_field};
+
+mod jailed;
 
 /// `argv[1]` that makes the agentd binary act as the supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
@@ -91,6 +94,18 @@ const SETUP_FAILED: i32 = 126;
 /// uninterruptible sleep cannot die; the parent's escalation then SIGKILLs the supervisor).
 const TREE_KILL_LIMIT: Duration = Duration::from_secs(10);
 
+/// Runs the supervisor subcommand named by `args[0]` (the arguments after the executable), if it
+/// is one; both the agentd binary and `agentd-supervise` call this before anything else.
+pub fn dispatch(args: &[String]) -> Option<i32> {
+    let (first, rest) = args.split_first()?;
+    match first.as_str() {
+        STANDBY_SUBCOMMAND => Some(main_standby(rest)),
+        SUBCOMMAND => Some(main(rest.to_vec())),
+        crate::runner::jail::probe::SUBCOMMAND => Some(crate::runner::jail::probe::main(rest)),
+        _ => None,
+    }
+}
+
 /// The supervisor entry point. `args` are the arguments after [`SUBCOMMAND`]: the program, then its
 /// arguments. Returns the exit code to exit with (when the agent died of a signal, the supervisor
 /// re-raises it and does not return at all, unless that signal does not terminate).
@@ -100,7 +115,7 @@ pub fn main(args: Vec<String>) -> i32 {
         return SETUP_FAILED;
     }
     match Agent::new(&args) {
-        Ok(agent) => run(Source::Ready(agent)),
+        Ok(agent) => run(Source::Ready(agent), None),
         Err(msg) => {
             let _ = writeln!(std::io::stderr(), "agentd: {msg}");
             127
@@ -109,16 +124,34 @@ pub fn main(args: Vec<String>) -> i32 {
 }
 
 /// The entry point of a standby supervisor ([`STANDBY_SUBCOMMAND`]): as [`main`], with the agent
-/// read from stdin once the containment is set up.
-pub fn main_standby() -> i32 {
+/// read from stdin once the containment is set up. `args` may hold `--jail <shape JSON>`: the
+/// job then runs in a jail of that shape ([`jailed`]).
+pub fn main_standby(args: &[String]) -> i32 {
     if let Err(msg) = die_with_parent() {
         let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
         return SETUP_FAILED;
     }
-    run(Source::Stdin)
+    let shape = match args {
+        [] => None,
+        [flag, json] if flag == JAIL_FLAG => match serde_json::from_str::<Shape>(json) {
+            Ok(shape) => Some(shape),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "agentd: supervisor: bad jail shape: {e}");
+                return SETUP_FAILED;
+            }
+        },
+        _ => {
+            let _ = writeln!(std::io::stderr(), "agentd: supervisor: unexpected arguments");
+            return SETUP_FAILED;
+        }
+    };
+    run(Source::Stdin, shape)
 }
 
-fn run(source: Source) -> i32 {
+/// The standby argument that carries the jail's [`Shape`] as JSON.
+pub const JAIL_FLAG: &str = "--jail";
+
+fn run(source: Source, shape: Option<Shape>) -> i32 {
     // Written before anything is started, removed once the tree is gone: a record left behind
     // means this supervisor was killed and the start-up sweep has work to do.
     let record = match OwnRecord::write_from_env() {
@@ -128,7 +161,7 @@ fn run(source: Source) -> i32 {
             return SETUP_FAILED;
         }
     };
-    let end = supervise(source);
+    let end = supervise(source, shape);
     if let Some(record) = record {
         record.remove();
     }
@@ -156,8 +189,9 @@ fn die_with_parent() -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the agent in the best containment available; the tree is gone when this returns.
-fn supervise(source: Source) -> Result<End, i32> {
+/// Runs the agent in the best containment available (the jail when a shape is given); the tree is
+/// gone when this returns.
+fn supervise(source: Source, shape: Option<Shape>) -> Result<End, i32> {
     let handled = handled_signals();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None) {
         let _ = writeln!(
@@ -167,7 +201,9 @@ fn supervise(source: Source) -> Result<End, i32> {
         return Err(SETUP_FAILED);
     }
     let force_fallback = std::env::var_os(NO_NS_ENV).is_some_and(|v| v == "1");
-    let end = if !force_fallback && unshare(CloneFlags::CLONE_NEWPID).is_ok() {
+    let end = if let Some(shape) = shape {
+        jailed::run(shape, &handled)
+    } else if !force_fallback && unshare(CloneFlags::CLONE_NEWPID).is_ok() {
         // A private mount namespace lets ns-init mount a /proc that matches the new PID numbers.
         let own_proc = unshare(CloneFlags::CLONE_NEWNS).is_ok();
         run_namespaced(source, &handled, own_proc)
@@ -263,7 +299,7 @@ impl Source {
                 if spec.is_empty() {
                     return Err(NoAgent::Unused);
                 }
-                let agent = decode_spec(&spec).map_err(NoAgent::Failed)?;
+                let (agent, _) = decode_spec(&spec).map_err(NoAgent::Failed)?;
                 // The runner may have set this standby up at the idle CPU priority; the agent
                 // inherits whatever this process has when it forks it.
                 super::standby::set_policy(0, libc::SCHED_OTHER).map_err(|e| {
@@ -281,16 +317,18 @@ impl Source {
 
 /// Format tag of the launch spec, bumped on any change (the runner and the supervisor may come
 /// from different builds during an upgrade).
-const SPEC_VERSION: &str = "agentd-launch-1";
+const SPEC_VERSION: &str = "agentd-launch-2";
 
 /// The launch spec a standby supervisor reads from stdin: NUL-terminated fields, namely the
-/// version tag, the working directory, the argument count, the arguments (program first), then
-/// `NAME=value` environment entries up to the end. Callers have rejected NUL bytes in every part.
+/// version tag, the job's [`JailSpec`] as JSON (empty when unjailed), the working directory, the
+/// argument count, the arguments (program first), then `NAME=value` environment entries up to the
+/// end. Callers have rejected NUL bytes in every part (JSON escapes its own).
 pub fn encode_spec(
     program: &str,
     args: &[String],
     env: &[(String, String)],
     cwd: &std::path::Path,
+    jail: Option<&JailSpec>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let mut field = |bytes: &[u8]| {
@@ -298,6 +336,11 @@ pub fn encode_spec(
         out.push(0);
     };
     field(SPEC_VERSION.as_bytes());
+    // Serializing plain paths and numbers cannot fail.
+    let jail = jail
+        .and_then(|j| serde_json::to_vec(j).ok())
+        .unwrap_or_default();
+    field(&jail);
     field(cwd.as_os_str().as_bytes());
     field((args.len() + 1).to_string().as_bytes());
     field(program.as_bytes());
@@ -310,19 +353,32 @@ pub fn encode_spec(
     out
 }
 
-fn decode_spec(spec: &[u8]) -> Result<Agent, String> {
+/// The jail part of a launch spec, read by the supervisor before ns-init gets the whole spec.
+fn decode_jail(spec: &[u8]) -> Result<Option<JailSpec>, String> {
+    let mut fields = spec.split(|&b| b == 0);
+    if fields.next() != Some(SPEC_VERSION.as_bytes()) {
+        return Err(format!("launch spec is not {SPEC_VERSION}"));
+    }
+    match fields.next() {
+        None => Err("launch spec has no jail".into()),
+        Some([]) => Ok(None),
+        Some(json) => serde_json::from_slice(json)
+            .map(Some)
+            .map_err(|e| format!("launch spec has a bad jail: {e}")),
+    }
+}
+
+fn decode_spec(spec: &[u8]) -> Result<(Agent, Option<JailSpec>), String> {
     let body = spec
         .strip_suffix(&[0])
         .ok_or("launch spec does not end with a NUL byte")?;
-    let mut fields = body.split(|&b| b == 0);
+    let jail = decode_jail(body)?;
+    let mut fields = body.split(|&b| b == 0).skip(2);
     let mut next = |what: &str| {
         fields
             .next()
             .ok_or_else(|| format!("launch spec has no {what}"))
     };
-    if next("version")? != SPEC_VERSION.as_bytes() {
-        return Err(format!("launch spec is not {SPEC_VERSION}"));
-    }
     let cwd = next("working directory")?.to_vec();
     let argc: usize = std::str::from_utf8(next("argument count")?)
         .ok()
@@ -340,13 +396,14 @@ fn decode_spec(spec: &[u8]) -> Result<Agent, String> {
         .map(|p| std::ffi::OsStr::from_bytes(p).to_owned());
     // No field holds a NUL (they were split on it), so these cannot fail.
     let c = |bytes: Vec<u8>| CString::new(bytes).map_err(|_| "NUL in launch spec".to_owned());
-    Ok(Agent {
+    let agent = Agent {
         display: String::from_utf8_lossy(&argv[0]).into_owned(),
         program: c(argv[0].clone())?,
         argv: argv.into_iter().map(c).collect::<Result<_, _>>()?,
         envp: envp.into_iter().map(c).collect::<Result<_, _>>()?,
         place: Some(Place { cwd: c(cwd)?, path }),
-    })
+    };
+    Ok((agent, jail))
 }
 
 impl Agent {
@@ -394,6 +451,8 @@ fn handled_signals() -> SigSet {
         Signal::SIGINT,
         Signal::SIGUSR1,
         Signal::SIGCHLD,
+        // The jail's limit watch ticks on it.
+        Signal::SIGALRM,
     ] {
         set.add(sig);
     }
@@ -410,6 +469,12 @@ fn exec_agent(agent: &Agent, supervisor: Option<Pid>) -> ! {
             _exit(SETUP_FAILED);
         }
     }
+    enter_place(agent);
+    exec_now(agent)
+}
+
+/// Moves into the agent's working directory and takes its `PATH` (for a spec'd agent).
+fn enter_place(agent: &Agent) {
     if let Some(place) = &agent.place {
         if let Err(e) = nix::unistd::chdir(place.cwd.as_c_str()) {
             let _ = writeln!(
@@ -429,6 +494,11 @@ fn exec_agent(agent: &Agent, supervisor: Option<Pid>) -> ! {
             }
         }
     }
+}
+
+/// Gives the agent the default signal state and execs it; on failure reports it and exits
+/// 127/126. Never returns.
+fn exec_now(agent: &Agent) -> ! {
     // The Rust runtime ignores SIGPIPE, agentd's own parent may have ignored others, and the
     // supervisor blocks signals; all of that would be inherited across exec, so give the agent the
     // default state (glibc's reserved real-time signals 32/33 cannot be touched and are left).
@@ -768,8 +838,9 @@ mod tests {
             ("PATH".to_owned(), "/opt/bin:/bin".to_owned()),
             ("EMPTY".to_owned(), String::new()),
         ];
-        let spec = encode_spec("sh", &args, &env, std::path::Path::new("/tmp/w s"));
-        let agent = decode_spec(&spec).unwrap();
+        let spec = encode_spec("sh", &args, &env, std::path::Path::new("/tmp/w s"), None);
+        let (agent, jail) = decode_spec(&spec).unwrap();
+        assert!(jail.is_none());
         assert_eq!(agent.display, "sh");
         assert_eq!(agent.program.as_bytes(), b"sh");
         let argv: Vec<&[u8]> = agent.argv.iter().map(|a| a.as_bytes()).collect();
@@ -784,26 +855,27 @@ mod tests {
         );
 
         // No PATH given: none is set for the agent either.
-        let spec = encode_spec("sh", &[], &[], std::path::Path::new("/"));
-        assert!(decode_spec(&spec).unwrap().place.unwrap().path.is_none());
+        let spec = encode_spec("sh", &[], &[], std::path::Path::new("/"), None);
+        assert!(decode_spec(&spec).unwrap().0.place.unwrap().path.is_none());
     }
 
     #[test]
     fn malformed_launch_specs_are_refused() {
-        let good = encode_spec("sh", &["x".to_owned()], &[], std::path::Path::new("/"));
+        let good = encode_spec("sh", &["x".to_owned()], &[], std::path::Path::new("/"), None);
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (good[..good.len() - 1].to_vec(), "does not end with a NUL"),
             (
-                b"agentd-launch-0\0/\x001\0sh\0".to_vec(),
-                "is not agentd-launch-1",
+                b"agentd-launch-1\0/\x001\0sh\0".to_vec(),
+                "is not agentd-launch-2",
             ),
             (
-                b"agentd-launch-1\0/\0zero\0sh\0".to_vec(),
+                b"agentd-launch-2\0\0/\0zero\0sh\0".to_vec(),
                 "bad argument count",
             ),
-            (b"agentd-launch-1\0/\x000\0".to_vec(), "bad argument count"),
-            (b"agentd-launch-1\0/\x003\0sh\0".to_vec(), "has no argument"),
-            (b"agentd-launch-1\0".to_vec(), "has no working directory"),
+            (b"agentd-launch-2\0\0/\x000\0".to_vec(), "bad argument count"),
+            (b"agentd-launch-2\0\0/\x003\0sh\0".to_vec(), "has no argument"),
+            (b"agentd-launch-2\0\0".to_vec(), "has no working directory"),
+            (b"agentd-launch-2\0{\0/\x001\0sh\0".to_vec(), "bad jail"),
         ];
         for (spec, want) in cases {
             let err = decode_spec(&spec).err().expect("refused");

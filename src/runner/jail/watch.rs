@@ -1,0 +1,248 @@
+//! The supervisor's watch over a jailed job's limits: on every tick it reads the job's cgroup
+//! counters, the free space of its `/tmp` and (less often) the size of its workspace, and writes
+//! a [`Notice`] for each limit that was hit. Memory and process limits are enforced by the
+//! kernel (the OOM killer, a refused fork); `/tmp` by its tmpfs size; the workspace cap by a
+//! per-file size limit and, for the total, by stopping the job here.
+
+use super::cgroup::JobCgroup;
+use super::{JailSpec, Notice};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often the supervisor looks (its SIGALRM interval).
+pub const TICK: Duration = Duration::from_millis(250);
+/// The workspace is measured this often (a walk of the tree).
+const WORKSPACE_EVERY: u32 = 4;
+/// A limit hit again within this long is not reported again.
+const REPEAT_AFTER: Duration = Duration::from_secs(5);
+
+const MIB: u64 = 1 << 20;
+
+/// What the supervisor should do after a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// A limit ended the job: kill the tree.
+    Stop,
+}
+
+pub struct Watch {
+    cgroup: Option<JobCgroup>,
+    spec: JailSpec,
+    /// The jail's `/tmp` as the supervisor sees it (through ns-init's root).
+    tmp: PathBuf,
+    out: Option<std::fs::File>,
+    ticks: u32,
+    oom_kills: u64,
+    pids_hits: u64,
+    last_pids_notice: Option<Instant>,
+    tmp_full: bool,
+    /// Processes of the job seen at the last tick (host pid → job pid and name), to name what the
+    /// OOM killer took.
+    seen: HashMap<i32, (i32, String)>,
+    stopped: bool,
+}
+
+impl Watch {
+    pub fn new(
+        cgroup: Option<JobCgroup>,
+        spec: JailSpec,
+        init_pid: i32,
+        out: Option<std::fs::File>,
+    ) -> Watch {
+        Watch {
+            cgroup,
+            spec,
+            tmp: PathBuf::from(format!("/proc/{init_pid}/root/tmp")),
+            out,
+            ticks: 0,
+            oom_kills: 0,
+            pids_hits: 0,
+            last_pids_notice: None,
+            tmp_full: false,
+            seen: HashMap::new(),
+            stopped: false,
+        }
+    }
+
+    pub fn tick(&mut self) -> Verdict {
+        self.ticks += 1;
+        self.memory_and_pids();
+        self.tmp();
+        if self.ticks % WORKSPACE_EVERY == 0 && !self.stopped && self.workspace_over() {
+            self.stopped = true;
+            return Verdict::Stop;
+        }
+        Verdict::Continue
+    }
+
+    /// After the agent ended: a last look, and whether the memory limit is what ended it (the
+    /// agent itself was killed while the OOM killer was at work).
+    pub fn finish(&mut self, agent_killed: bool) {
+        self.memory_and_pids();
+        if agent_killed && self.oom_kills > 0 && !self.stopped {
+            let limit = self.spec.limits.memory_bytes.unwrap_or(0) / MIB;
+            self.notify(Notice::new(
+                "memory",
+                format!(
+                    "memory limit exceeded: the agent was killed by the kernel's OOM killer \
+                     (limit {limit} MiB)"
+                ),
+                true,
+            ));
+        }
+    }
+
+    /// Kills what is left in the cgroup and removes it.
+    pub fn clean_up(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            cg.kill_all();
+            if let Err(e) = cg.remove() {
+                let _ = writeln!(std::io::stderr(), "agentd: supervisor: {e}");
+            }
+        }
+    }
+
+    fn memory_and_pids(&mut self) {
+        let Some(cg) = &self.cgroup else { return };
+        let c = cg.counters();
+        let alive: Vec<i32> = cg.procs();
+        if c.oom_kills > self.oom_kills {
+            let gone: Vec<String> = self
+                .seen
+                .iter()
+                .filter(|(pid, _)| !alive.contains(pid))
+                .map(|(_, (inner, name))| format!("process {inner} ({name})"))
+                .collect();
+            let limit = self.spec.limits.memory_bytes.unwrap_or(0) / MIB;
+            let who = if gone.is_empty() {
+                "a process".to_owned()
+            } else {
+                gone.join(", ")
+            };
+            self.oom_kills = c.oom_kills;
+            self.notify(Notice::new(
+                "memory",
+                format!("memory: limit {limit} MiB reached; the kernel killed {who}"),
+                false,
+            ));
+        }
+        if c.pids_hits > self.pids_hits {
+            let due = self
+                .last_pids_notice
+                .is_none_or(|at| at.elapsed() >= REPEAT_AFTER);
+            if due {
+                let limit = self.spec.limits.max_pids.unwrap_or(0);
+                self.notify(Notice::new(
+                    "pids",
+                    format!(
+                        "pids: limit {limit} reached; fork refused {} time(s)",
+                        c.pids_hits
+                    ),
+                    false,
+                ));
+                self.last_pids_notice = Some(Instant::now());
+                self.pids_hits = c.pids_hits;
+            }
+        }
+        // Only worth naming processes when the OOM killer may come.
+        let near = self
+            .spec
+            .limits
+            .memory_bytes
+            .is_some_and(|max| c.memory_bytes * 2 >= max);
+        if near {
+            self.seen = alive
+                .into_iter()
+                .filter_map(|pid| Some((pid, describe(pid)?)))
+                .collect();
+        }
+    }
+
+    fn tmp(&mut self) {
+        let Ok(st) = nix::sys::statvfs::statvfs(&self.tmp) else {
+            return;
+        };
+        let total = st.blocks();
+        let free = st.blocks_available();
+        if total == 0 {
+            return;
+        }
+        if free == 0 && !self.tmp_full {
+            self.tmp_full = true;
+            let size = self.spec.limits.tmp_bytes / MIB;
+            self.notify(Notice::new(
+                "tmp",
+                format!("tmp: /tmp is full ({size} MiB); writes fail with ENOSPC"),
+                false,
+            ));
+        } else if free * 10 > total {
+            self.tmp_full = false;
+        }
+    }
+
+    fn workspace_over(&mut self) -> bool {
+        let Some(cap) = self.spec.limits.workspace_bytes else {
+            return false;
+        };
+        let used = disk_usage(&self.spec.workspace);
+        if used <= cap {
+            return false;
+        }
+        self.notify(Notice::new(
+            "workspace",
+            format!(
+                "workspace limit exceeded: {} MiB used of {} MiB; the job was stopped",
+                used.div_ceil(MIB),
+                cap / MIB
+            ),
+            true,
+        ));
+        true
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        let Some(out) = &mut self.out else { return };
+        let Ok(mut line) = serde_json::to_vec(&notice) else {
+            return;
+        };
+        line.push(b'\n');
+        // agentd may be gone; the job goes on regardless.
+        if out.write_all(&line).is_err() {
+            self.out = None;
+        }
+    }
+}
+
+/// `(pid in the job's namespace, command name)` of a host pid.
+fn describe(pid: i32) -> Option<(i32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut name = String::new();
+    let mut inner = pid;
+    for line in status.lines() {
+        if let Some(n) = line.strip_prefix("Name:") {
+            name = n.trim().to_owned();
+        } else if let Some(ns) = line.strip_prefix("NSpid:") {
+            inner = ns
+                .split_whitespace()
+                .last()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(pid);
+        }
+    }
+    Some((inner, name))
+}
+
+/// Bytes allocated to the files under `dir` (not following symlinks).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}

@@ -1,0 +1,433 @@
+//! The supervisor in jail mode (see [`crate::runner::jail`] for what the jail is).
+//!
+//! Three processes, as in the PID-namespace mode, with the jail split between them:
+//! - the **supervisor** stays on the host side: it maps the user namespace's ids, reads the
+//!   launch spec, puts ns-init into the job's cgroup, hands it the spec, watches the limits on a
+//!   SIGALRM tick and reports [`Notice`]s to agentd on the channel it was started with (its
+//!   stdin, a socket), and removes the cgroup when the tree is gone;
+//! - **ns-init**, cloned into new user, PID, mount, IPC and UTS (and network) namespaces, builds
+//!   the job-independent root while the supervisor is a standby, then adds the job's paths,
+//!   pivots into the root, and forks the agent;
+//! - the **agent** drops to [`INSIDE_ID`] with no capabilities, `no_new_privs`, Landlock and
+//!   the seccomp filter, and execs.
+
+use super::{
+    Agent, End, SETUP_FAILED, _exit, decode_jail, decode_spec, enter_place, exec_now,
+    reap_blocking, wait_for,
+};
+use crate::runner::jail::{self, INSIDE_ID, JailSpec, Network, Shape, fs, seccomp, watch, writes};
+use crate::runner::records::{RUN_DIR_ENV, RUN_TOKEN_ENV};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::prctl;
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, pipe2, read, setpgid};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// The supervisor's side. Returns how the agent (or the tree) ended.
+pub(super) fn run(shape: Shape, handled: &SigSet) -> Result<End, String> {
+    let token = std::env::var(RUN_TOKEN_ENV).unwrap_or_else(|_| std::process::id().to_string());
+    let run_dir = std::env::var_os(RUN_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    // The new root is mounted here, inside ns-init's mount namespace only; on the host it stays
+    // an empty directory, removed below (or by the next start-up sweep after a kill).
+    let root = run_dir.join(format!("{token}.root"));
+    std::fs::create_dir(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let end = supervise(shape, &token, &root, handled);
+    let _ = std::fs::remove_dir(&root);
+    end
+}
+
+/// Pipes between the supervisor and ns-init.
+struct Pipes {
+    /// EOF at ns-init means the supervisor is gone.
+    life: (OwnedFd, OwnedFd),
+    /// ns-init writes the agent's end here.
+    status: (OwnedFd, OwnedFd),
+    /// One byte once the id maps are written.
+    go: (OwnedFd, OwnedFd),
+    /// The launch spec, then EOF.
+    spec: (OwnedFd, OwnedFd),
+}
+
+fn pipes() -> Result<Pipes, String> {
+    let p = |flags| pipe2(flags).map_err(|e| format!("cannot create a pipe: {e}"));
+    Ok(Pipes {
+        life: p(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?,
+        status: p(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?,
+        go: p(OFlag::O_CLOEXEC)?,
+        spec: p(OFlag::O_CLOEXEC)?,
+    })
+}
+
+fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result<End, String> {
+    let Pipes {
+        life: (life_r, life_w),
+        status: (status_r, status_w),
+        go: (go_r, go_w),
+        spec: (spec_r, spec_w),
+    } = pipes()?;
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if shape.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let Some(init) = clone_child(flags)? else {
+        drop((life_w, status_r, go_w, spec_w));
+        ns_init(shape, root, life_r, status_w, go_r, spec_r)
+    };
+    drop((life_r, status_w, go_r, spec_r));
+    let abandon = |msg: String| {
+        let _ = kill(init, Signal::SIGKILL);
+        reap_blocking(init);
+        msg
+    };
+    write_id_maps(init, shape).map_err(abandon)?;
+    nix::unistd::write(&go_w, &[1]).map_err(|e| abandon(format!("cannot start ns-init: {e}")))?;
+    drop(go_w);
+
+    // A standby waits here for its job.
+    let spec = read_spec().map_err(abandon)?;
+    if spec.is_empty() {
+        abandon(String::new());
+        return Ok(End::Code(0));
+    }
+    let notices = notice_channel().map_err(abandon)?;
+    let jail = match decode_jail(&spec) {
+        Ok(Some(jail)) => jail,
+        Ok(None) => return Err(abandon("the launch spec of a jailed job has no jail".into())),
+        Err(e) => return Err(abandon(e)),
+    };
+    let cgroup = job_cgroup(&jail, token, init).map_err(abandon)?;
+    write_all(&spec_w, &spec).map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
+    drop(spec_w);
+
+    let mut watch = watch::Watch::new(cgroup, jail, init.as_raw(), Some(notices));
+    tick(watch::TICK);
+    let end = wait_for(init, handled, |sig| match sig {
+        Signal::SIGUSR1 => Some(kill_tree(init)),
+        Signal::SIGALRM => match watch.tick() {
+            watch::Verdict::Stop => Some(kill_tree(init)),
+            watch::Verdict::Continue => None,
+        },
+        _ => {
+            let _ = kill(init, sig);
+            None
+        }
+    });
+    tick(std::time::Duration::ZERO);
+    drop(life_w);
+    let mut buf = [0u8; 8];
+    let end = match read(&status_r, &mut buf) {
+        Ok(8) => End::decode(buf).unwrap_or(end),
+        _ => end,
+    };
+    watch.finish(end == End::Signal(Signal::SIGKILL));
+    watch.clean_up();
+    Ok(end)
+}
+
+/// Kills ns-init, which takes the whole PID namespace with it, and waits until it is gone.
+fn kill_tree(init: Pid) -> End {
+    let _ = kill(init, Signal::SIGKILL);
+    reap_blocking(init);
+    End::Signal(Signal::SIGKILL)
+}
+
+/// `clone` with namespace flags and fork semantics (the child continues here on a copy of this
+/// stack). `None` in the child.
+fn clone_child(flags: CloneFlags) -> Result<Option<Pid>, String> {
+    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: as fork: the supervisor is single-threaded; with a null stack pointer the kernel
+    // gives the child a copy-on-write copy of this one, and no other argument is used.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match rc {
+        -1 => Err(format!(
+            "cannot create the jail's namespaces: {}",
+            std::io::Error::last_os_error()
+        )),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// Maps the agent's [`INSIDE_ID`] to its host ids. As root, inside root stays host root (ns-init
+/// needs to reach agentd's files to bind them; it has no capability on the host); unprivileged,
+/// only agentd's own ids can be mapped, and `setgroups` must be denied first.
+fn write_id_maps(init: Pid, shape: Shape) -> Result<(), String> {
+    let write = |file: &str, text: String| {
+        let path = format!("/proc/{init}/{file}");
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {path}: {e}"))
+    };
+    match shape.host_ids {
+        Some((uid, gid)) => {
+            write("uid_map", format!("0 0 1\n{INSIDE_ID} {uid} 1\n"))?;
+            write("gid_map", format!("0 0 1\n{INSIDE_ID} {gid} 1\n"))
+        }
+        None => {
+            write("setgroups", "deny".into())?;
+            write("uid_map", format!("{INSIDE_ID} {} 1\n", Uid::current()))?;
+            write("gid_map", format!("{INSIDE_ID} {} 1\n", Gid::current()))
+        }
+    }
+}
+
+/// The launch spec on stdin, to EOF (empty: the standby is not needed).
+fn read_spec() -> Result<Vec<u8>, String> {
+    let mut spec = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut spec)
+        .map_err(|e| format!("cannot read the launch spec: {e}"))?;
+    Ok(spec)
+}
+
+/// Stdin is a socket whose other end agentd reads notices from: keep it as a file, and give
+/// stdin `/dev/null` for everything started from here.
+fn notice_channel() -> Result<std::fs::File, String> {
+    let channel = nix::unistd::dup(std::io::stdin())
+        .map_err(|e| format!("cannot keep the notice channel: {e}"))?;
+    let _ = nix::fcntl::fcntl(&channel, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
+    Ok(std::fs::File::from(channel))
+}
+
+fn job_cgroup(
+    jail: &JailSpec,
+    token: &str,
+    init: Pid,
+) -> Result<Option<jail::cgroup::JobCgroup>, String> {
+    let Some(parent) = &jail.cgroup_parent else {
+        return Ok(None);
+    };
+    let limits = jail::cgroup::Limits {
+        memory_bytes: jail.limits.memory_bytes,
+        max_pids: jail.limits.max_pids,
+        cpu_millis: jail.limits.cpu_millis,
+    };
+    let cg = jail::cgroup::JobCgroup::create(parent, token, &limits)?;
+    cg.attach(init.as_raw())?;
+    Ok(Some(cg))
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Arms (or, with zero, disarms) the SIGALRM tick of the limit watch.
+fn tick(every: std::time::Duration) {
+    let tv = libc::timeval {
+        tv_sec: every.as_secs() as libc::time_t,
+        tv_usec: every.subsec_micros() as libc::suseconds_t,
+    };
+    let timer = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: setitimer reads `timer` and writes nothing back (null old value).
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+}
+
+/// ns-init: builds the jail and runs the agent in it. Never returns.
+fn ns_init(
+    shape: Shape,
+    root: &Path,
+    life_r: OwnedFd,
+    status_w: OwnedFd,
+    go_r: OwnedFd,
+    spec_r: OwnedFd,
+) -> ! {
+    let fail = |msg: String| -> ! {
+        let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
+        _exit(SETUP_FAILED)
+    };
+    if prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        _exit(SETUP_FAILED);
+    }
+    if !matches!(read(&life_r, &mut [0u8; 1]), Err(Errno::EAGAIN)) {
+        _exit(SETUP_FAILED);
+    }
+    // The notice channel is the supervisor's, never the job's.
+    match std::fs::File::open("/dev/null") {
+        Ok(null) if nix::unistd::dup2_stdin(&null).is_ok() => {}
+        _ => fail("cannot redirect stdin".into()),
+    }
+    // Nothing inside may attach to this process, which holds the namespace's capabilities.
+    let _ = prctl::set_dumpable(false);
+    if !matches!(read(&go_r, &mut [0u8; 1]), Ok(1)) {
+        _exit(SETUP_FAILED);
+    }
+    drop(go_r);
+    fs::prepare(root).unwrap_or_else(|e| fail(e));
+    if shape.network == Network::None {
+        fs::loopback_up().unwrap_or_else(|e| fail(e));
+    }
+    let _ = nix::unistd::sethostname("agentd");
+
+    let spec = read_to_end(spec_r).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
+    if spec.is_empty() {
+        _exit(0);
+    }
+    let (agent, jail) = match decode_spec(&spec) {
+        Ok((agent, Some(jail))) => (agent, jail),
+        Ok((_, None)) => fail("the job has no jail".into()),
+        Err(e) => fail(e),
+    };
+    fs::enter(root, &jail).unwrap_or_else(|e| fail(e));
+    if shape.host_ids.is_some() {
+        // Files agentd wrote (uploads, the agent's config) belong to it; the agent's id must be
+        // able to change them.
+        give_to_agent(&jail.workspace);
+        give_to_agent(&jail.home);
+    }
+    let filters = seccomp::filters().unwrap_or_else(|e| fail(e));
+    let writable: Vec<PathBuf> = [&jail.workspace, &jail.home]
+        .into_iter()
+        .cloned()
+        .chain(jail.read_write.iter().cloned())
+        .chain(writes::ALWAYS_WRITABLE.iter().map(PathBuf::from))
+        .collect();
+    // A standby was set up at the idle priority; the agent must not inherit it.
+    let _ = crate::runner::standby::set_policy(0, libc::SCHED_OTHER);
+    let agent_pid = match super::fork_or_err() {
+        Ok(ForkResult::Child) => exec_jailed(&agent, &jail, shape, &filters, &writable),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(msg) => fail(msg),
+    };
+    let _ = setpgid(agent_pid, agent_pid);
+    let end = wait_for(agent_pid, &super::handled_signals(), |sig| {
+        if matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
+            let _ = killpg(agent_pid, sig);
+        }
+        None
+    });
+    let _ = nix::unistd::write(&status_w, &end.encode());
+    _exit(0)
+}
+
+fn read_to_end(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Gives every file under `dir` not yet the agent's to [`INSIDE_ID`] (best effort: a file of an
+/// id the namespace does not map stays as it is).
+fn give_to_agent(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for entry in walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten() {
+        let owned = entry
+            .metadata()
+            .is_ok_and(|m| m.uid() == INSIDE_ID && m.gid() == INSIDE_ID);
+        if !owned {
+            let _ = std::os::unix::fs::lchown(
+                entry.path(),
+                Some(INSIDE_ID),
+                Some(INSIDE_ID),
+            );
+        }
+    }
+}
+
+/// The agent's side of the fork: drop every privilege, lock the jail, exec. Never returns.
+fn exec_jailed(
+    agent: &Agent,
+    jail: &JailSpec,
+    shape: Shape,
+    filters: &seccomp::Filters,
+    writable: &[PathBuf],
+) -> ! {
+    let fail = |msg: String| -> ! {
+        let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
+        _exit(SETUP_FAILED)
+    };
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    enter_place(agent);
+    drop_privileges(shape).unwrap_or_else(|e| fail(e));
+    if let Some(max) = jail.limits.workspace_bytes {
+        // No single file beyond the workspace cap; the total is the supervisor's watch.
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, max, max);
+    }
+    prctl::set_no_new_privs().unwrap_or_else(|e| fail(format!("no_new_privs: {e}")));
+    match writes::restrict(writable) {
+        Ok(true) => {}
+        // Fail closed where the kernel has Landlock but refused it.
+        Ok(false) if writes::kernel_abi() == 0 => {}
+        Ok(false) => fail("landlock is available but was not enforced".into()),
+        Err(e) => fail(e),
+    }
+    filters.apply().unwrap_or_else(|e| fail(e));
+    exec_now(agent)
+}
+
+/// Becomes [`INSIDE_ID`] with no capability left in any set.
+fn drop_privileges(shape: Shape) -> Result<(), String> {
+    let id = |e: Errno| format!("cannot drop privileges: {e}");
+    if shape.host_ids.is_some() {
+        nix::unistd::setgroups(&[]).map_err(id)?;
+    }
+    let gid = Gid::from_raw(INSIDE_ID);
+    let uid = Uid::from_raw(INSIDE_ID);
+    // The bounding set first: dropping it needs CAP_SETPCAP, which the uid change takes away.
+    for cap in 0..=63 {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number; unknown ones fail with EINVAL.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+    }
+    // SAFETY: clears the ambient set; takes no pointers.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    nix::unistd::setresgid(gid, gid, gid).map_err(id)?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(id)?;
+    // Unprivileged, the uid was INSIDE_ID all along and the change above kept the capabilities of
+    // the namespace's creator: clear them explicitly.
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: capset reads a v3 header and two data structs, all initialized and alive.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(id(Errno::last()));
+    }
+    Ok(())
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
