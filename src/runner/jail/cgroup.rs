@@ -291,11 +291,11 @@ fn probe_v2(root: &Path, rel: &Path, probe: &mut Probe) {
         enable_controllers(&dir, probe);
         let Some(next) = levels.next() else { break };
         dir.push(next);
-        if let Err(e) = fs::create_dir(&dir) {
-            if e.kind() != ErrorKind::AlreadyExists {
-                probe.problems.push(io_error("create", &dir, &e));
-                return;
-            }
+        if let Err(e) = fs::create_dir(&dir)
+            && e.kind() != ErrorKind::AlreadyExists
+        {
+            probe.problems.push(io_error("create", &dir, &e));
+            return;
         }
     }
     if let Err(e) = writable(&dir) {
@@ -381,31 +381,33 @@ impl JobCgroup {
             dirs: Vec::new(),
             removed: false,
         };
+        let mut skipped = None;
         for (parent_dir, controllers) in dirs {
             let dir = parent_dir.join(name);
-            match fs::create_dir(&dir) {
-                Ok(()) => cgroup.dirs.push((dir, controllers)),
-                // A v1 hierarchy no limit needs is only for counters: an operator may have
-                // delegated just the controllers the limits use.
-                Err(_)
-                    if layout.version() == Version::V1
-                        && !controllers
-                            .iter()
-                            .any(|c| needed.iter().any(|(n, _)| n == c)) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(format!(
-                        "cgroup parent {} does not exist (probe creates it)",
-                        parent_dir.display()
-                    ));
+            let error = match fs::create_dir(&dir) {
+                Ok(()) => {
+                    cgroup.dirs.push((dir, controllers));
+                    continue;
                 }
-                Err(e) => return Err(io_error("create", &dir, &e)),
+                Err(e) if e.kind() == ErrorKind::NotFound => format!(
+                    "cgroup parent {} does not exist (probe creates it)",
+                    parent_dir.display()
+                ),
+                Err(e) => io_error("create", &dir, &e),
+            };
+            // A v1 hierarchy no limit needs only gives counters: an operator may have delegated
+            // just the controllers the limits use.
+            let optional = layout.version() == Version::V1
+                && !controllers
+                    .iter()
+                    .any(|c| needed.iter().any(|(n, _)| n == c));
+            if !optional {
+                return Err(error);
             }
+            skipped.get_or_insert(error);
         }
         if cgroup.dirs.is_empty() {
-            return Err(format!(
-                "no cgroup directory could be created for {name:?} under {}",
-                parent.display()
-            ));
+            return Err(skipped.unwrap_or_else(|| format!("no cgroup hierarchy for {name:?}")));
         }
         cgroup.write_limits(limits)?;
         Ok(cgroup)
@@ -1095,6 +1097,84 @@ mod tests {
             assert!(dir.is_dir(), "{}", dir.display());
         }
         assert!(probe_in(layout, "../escape").problems[0].contains("'..'"));
+    }
+
+    const DELEGATED_PARENT_ENV: &str = "AGENTD_TEST_DELEGATED_CGROUP_PARENT";
+    const NOBODY: u32 = 65534;
+
+    /// What an operator does for a non-root agentd (README, "Running without root"): a parent
+    /// owned by agentd's user. Then the whole life of a job cgroup as that user, in a child.
+    #[test]
+    fn an_unprivileged_user_works_in_a_delegated_parent() {
+        use std::os::unix::process::CommandExt;
+        let layout = host();
+        let parent = Parent::new(layout, "delegated");
+        for (dir, _) in layout.dirs(Path::new(&parent.name)) {
+            for file in [
+                "",
+                "cgroup.procs",
+                "tasks",
+                "cgroup.subtree_control",
+                "cgroup.threads",
+            ] {
+                let path = dir.join(file);
+                if path.exists() {
+                    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).expect("chown");
+                }
+            }
+        }
+        let out = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "runner::jail::cgroup::tests::delegated_user_side",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env(DELEGATED_PARENT_ENV, &parent.name)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("run the test binary as nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{stderr}"
+        );
+    }
+
+    /// The unprivileged half of [`an_unprivileged_user_works_in_a_delegated_parent`].
+    #[test]
+    #[ignore = "run as uid 65534 by an_unprivileged_user_works_in_a_delegated_parent"]
+    fn delegated_user_side() {
+        let parent = std::env::var(DELEGATED_PARENT_ENV)
+            .expect("started by an_unprivileged_user_works_in_a_delegated_parent");
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, NOBODY);
+        let probe = probe(&parent);
+        assert_eq!(probe.controllers, CONTROLLERS.to_vec(), "{probe:?}");
+
+        let outside = JobCgroup::create("", "agentd-unit-not-delegated", &Limits::default())
+            .expect_err("refused");
+        assert!(outside.contains("EACCES"), "{outside}");
+
+        let limits = Limits {
+            memory_bytes: Some(32 * MIB),
+            max_pids: Some(8),
+            cpu_millis: Some(500),
+        };
+        let cgroup = JobCgroup::create(&parent, "job", &limits).expect("create as nobody");
+        assert!(!hog(&cgroup).success());
+        assert!(cgroup.counters().oom_kills >= 1, "{:?}", cgroup.counters());
+        let child = run_inside(&cgroup, "sleep 60 >/dev/null 2>&1 & sleep 60");
+        sleep(Duration::from_millis(100));
+        assert_eq!(cgroup.procs().len(), 3);
+        let dirs: Vec<PathBuf> = cgroup.dirs().into_iter().map(Path::to_path_buf).collect();
+        cgroup.remove().expect("remove as nobody");
+        wait(child, Duration::from_secs(5));
+        for dir in dirs {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
     }
 
     /// The v2 path against the real kernel: this host's cgroup2 carries no memory/pids/cpu (they
