@@ -37,7 +37,7 @@ const CPU_MIN_QUOTA_US: u64 = 1_000;
 const REMOVE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Resource limits of one job; `None` leaves the resource unlimited.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub max_pids: Option<u64>,
@@ -78,16 +78,16 @@ impl Probe {
     }
 }
 
-/// What the kernel counted for a job; counts are 0 where the controller or file is missing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the kernel counted for a job; 0 where the controller or file is missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Processes the OOM killer killed in the cgroup (v1 `memory.oom_control` `oom_kill`,
     /// v2 `memory.events` `oom_kill`).
     pub oom_kills: u64,
     /// Forks refused because of `pids.max` (`pids.events` `max`).
-    pub pids_max_hits: u64,
+    pub pids_hits: u64,
     /// Memory charged now (v1 `memory.usage_in_bytes`, v2 `memory.current`).
-    pub memory_bytes: Option<u64>,
+    pub memory_bytes: u64,
     /// Highest memory charged (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`, kernel ≥ 5.19).
     pub memory_peak_bytes: Option<u64>,
     /// CFS periods in which the quota stopped the job (`cpu.stat` `nr_throttled`).
@@ -477,11 +477,11 @@ impl JobCgroup {
                 Version::V2 => ("memory.events", "memory.current", "memory.peak"),
             };
             counters.oom_kills = read_key(&dir.join(events), "oom_kill").unwrap_or(0);
-            counters.memory_bytes = read_u64(&dir.join(current));
+            counters.memory_bytes = read_u64(&dir.join(current)).unwrap_or(0);
             counters.memory_peak_bytes = read_u64(&dir.join(peak));
         }
         if let Some(dir) = self.dir_of("pids") {
-            counters.pids_max_hits = read_key(&dir.join("pids.events"), "max").unwrap_or(0);
+            counters.pids_hits = read_key(&dir.join("pids.events"), "max").unwrap_or(0);
         }
         if let Some(dir) = self.dir_of("cpu") {
             counters.cpu_throttled_periods =
@@ -998,11 +998,7 @@ mod tests {
             "30 forks succeeded under pids.max 8 ({stderr})"
         );
         assert!(stderr.to_lowercase().contains("fork"), "{stderr}");
-        assert!(
-            cgroup.counters().pids_max_hits >= 1,
-            "{:?}",
-            cgroup.counters()
-        );
+        assert!(cgroup.counters().pids_hits >= 1, "{:?}", cgroup.counters());
 
         // The shell is gone; the sleeps it left behind are still found through the cgroup.
         let left = cgroup.procs();
@@ -1273,8 +1269,8 @@ mod tests {
             cgroup.counters(),
             Counters {
                 oom_kills: 2,
-                pids_max_hits: 5,
-                memory_bytes: Some(4096),
+                pids_hits: 5,
+                memory_bytes: 4096,
                 memory_peak_bytes: Some(8192),
                 cpu_throttled_periods: 4,
             }
