@@ -338,6 +338,9 @@ pub struct JobCgroup {
     /// Each directory with the controllers it carries (v2: those enabled for it).
     dirs: Vec<(PathBuf, Vec<String>)>,
     removed: bool,
+    /// The process that created it; a forked copy (ns-init, a child that unwinds instead of
+    /// exec'ing) must not kill the job and remove the cgroup when it drops its copy.
+    owner: u32,
 }
 
 impl JobCgroup {
@@ -367,19 +370,20 @@ impl JobCgroup {
                 .map(|c| c.to_string())
                 .collect();
         }
-        for (controller, _) in needed_controllers(limits) {
+        let needed = needed_controllers(limits);
+        for (controller, limit) in &needed {
             if !dirs
                 .iter()
                 .any(|(_, cs)| cs.iter().any(|c| c == controller))
             {
-                return Err(missing_controller(layout, &dirs, controller));
+                return Err(missing_controller(layout, &dirs, controller, limit));
             }
         }
-        let needed = needed_controllers(limits);
         let mut cgroup = JobCgroup {
             version: layout.version(),
             dirs: Vec::new(),
             removed: false,
+            owner: std::process::id(),
         };
         let mut skipped = None;
         for (parent_dir, controllers) in dirs {
@@ -614,7 +618,9 @@ impl JobCgroup {
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
-        let _ = self.remove_dirs();
+        if std::process::id() == self.owner {
+            let _ = self.remove_dirs();
+        }
     }
 }
 
@@ -727,11 +733,15 @@ fn missing_controller(
     layout: &Layout,
     dirs: &[(PathBuf, Vec<String>)],
     controller: &str,
+    limit: &str,
 ) -> String {
     match layout {
-        Layout::V1(_) => format!("cgroup v1: the {controller} controller is not mounted"),
+        Layout::V1(_) => {
+            format!("cgroup v1: the {controller} controller (for the {limit}) is not mounted")
+        }
         Layout::V2(_) => format!(
-            "cgroup v2: the {controller} controller is not enabled in {} (probe enables it where allowed)",
+            "cgroup v2: the {controller} controller (for the {limit}) is not enabled in {} \
+             (probe enables it where allowed)",
             dirs[0].0.join("cgroup.subtree_control").display()
         ),
     }
@@ -1046,6 +1056,39 @@ mod tests {
         }
     }
 
+    /// ns-init is forked from the supervisor holding the JobCgroup; its copy must not tear the
+    /// job down if it ever drops it.
+    #[test]
+    fn a_forked_copy_dropping_the_cgroup_leaves_it_alone() {
+        let layout = host();
+        let parent = Parent::new(layout, "fork");
+        let cgroup =
+            JobCgroup::create_in(layout, &parent.name, "job", &Limits::default()).expect("create");
+        let sleeper = run_inside(&cgroup, "sleep 60");
+        // SAFETY: the child only drops its bitwise copy (getpid, then frees memory) and _exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: the child's copy is the only one in its address space.
+                drop(unsafe { std::ptr::read(&cgroup) });
+                // SAFETY: _exit skips the parent's atexit handlers and destructors.
+                unsafe { libc::_exit(0) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).expect("waitpid");
+            }
+        }
+        for dir in cgroup.dirs() {
+            assert!(dir.is_dir(), "{} removed by the fork's copy", dir.display());
+        }
+        assert!(
+            cgroup.procs().contains(&(sleeper.id() as i32)),
+            "the job was killed"
+        );
+        cgroup.remove().expect("remove");
+        let (status, _) = wait(sleeper, Duration::from_secs(5));
+        assert!(!status.success());
+    }
+
     #[test]
     fn cpu_quota_is_written_and_throttles() {
         let layout = host();
@@ -1070,7 +1113,8 @@ mod tests {
         }
         let spin = run_inside(
             &cgroup,
-            "end=$(($(date +%s) + 1)); while [ $(date +%s) -lt $end ]; do :; done",
+            // ~0.1 s of CPU in one process: far more than one 10 ms quota of a 100 ms period.
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done",
         );
         wait(spin, Duration::from_secs(10));
         assert!(
@@ -1264,6 +1308,7 @@ mod tests {
             version: Version::V2,
             dirs: vec![(dir.clone(), all)],
             removed: false,
+            owner: std::process::id(),
         };
         assert_eq!(
             cgroup.counters(),
