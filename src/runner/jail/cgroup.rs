@@ -1217,6 +1217,101 @@ mod tests {
         }
     }
 
+    const V2_DELEGATED_ENV: &str = "AGENTD_TEST_V2_DELEGATED_SUBTREE";
+
+    /// The v2 delegation of README "Running without root" on the real cgroup2: a subtree
+    /// `<d>/` handed to uid 65534, which runs in `<d>/main` and puts jobs in `<d>/jobs`; a parent
+    /// outside that subtree is refused when a process is moved (the common-ancestor rule).
+    #[test]
+    fn v2_delegated_subtree_works_for_an_unprivileged_user() {
+        let root = v2_root();
+        let layout = Layout::V2(root.clone());
+        let subtree = Parent::new(&layout, "v2-delegated");
+        let outside = Parent::new(&layout, "v2-outside");
+        let main = root.join(&subtree.name).join("main");
+        fs::create_dir(&main).expect("mkdir main");
+        for dir in [
+            root.join(&subtree.name),
+            main.clone(),
+            root.join(&outside.name),
+        ] {
+            for file in [
+                "",
+                "cgroup.procs",
+                "cgroup.subtree_control",
+                "cgroup.threads",
+            ] {
+                std::os::unix::fs::chown(dir.join(file), Some(NOBODY), Some(NOBODY))
+                    .expect("chown");
+            }
+        }
+        // Into <d>/main as root, then nobody for the rest, as an operator's start script does.
+        let test_binary = std::env::current_exe().expect("test binary");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec setpriv --reuid={NOBODY} --regid={NOBODY} \
+                 --clear-groups \"$0\" --exact runner::jail::cgroup::tests::v2_delegated_side \
+                 --include-ignored --nocapture",
+                main.display()
+            ))
+            .arg(&test_binary)
+            .env(
+                V2_DELEGATED_ENV,
+                format!("{}\n{}", subtree.name, outside.name),
+            )
+            .output()
+            .expect("run the test binary as nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{stderr}"
+        );
+        let _ = fs::remove_dir(&main);
+    }
+
+    /// The unprivileged half of [`v2_delegated_subtree_works_for_an_unprivileged_user`].
+    #[test]
+    #[ignore = "run as uid 65534 by v2_delegated_subtree_works_for_an_unprivileged_user"]
+    fn v2_delegated_side() {
+        let names = std::env::var(V2_DELEGATED_ENV)
+            .expect("started by v2_delegated_subtree_works_for_an_unprivileged_user");
+        let (subtree, outside) = names.split_once('\n').expect("two names");
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, NOBODY);
+        let layout = Layout::V2(v2_root());
+        let jobs = format!("{subtree}/jobs");
+        let probe = probe_in(&layout, &jobs);
+        assert_eq!(probe.version, Some(Version::V2));
+        assert!(v2_root().join(&jobs).is_dir(), "{probe:?}");
+
+        let cgroup = JobCgroup::create_in(&layout, &jobs, "job", &Limits::default())
+            .expect("create as nobody");
+        let child = run_inside(&cgroup, "sleep 60");
+        assert_eq!(cgroup.procs(), vec![child.id() as i32]);
+        cgroup.kill_all();
+        wait(child, Duration::from_secs(5));
+        cgroup.remove().expect("remove as nobody");
+
+        probe_in(&layout, &format!("{outside}/jobs"));
+        let elsewhere = JobCgroup::create_in(
+            &layout,
+            &format!("{outside}/jobs"),
+            "job",
+            &Limits::default(),
+        )
+        .expect("creating is allowed: the directory is nobody's");
+        let mut sleeper = Command::new("sleep").arg("60").spawn().expect("spawn");
+        let refused = elsewhere
+            .attach(sleeper.id() as i32)
+            .expect_err("moving is not");
+        assert!(refused.contains("EACCES"), "{refused}");
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        elsewhere.remove().expect("remove");
+    }
+
     /// The v2 path against the real kernel: this host's cgroup2 carries no memory/pids/cpu (they
     /// are bound to v1), but directories, cgroup.procs, cgroup.kill and rmdir are the real thing.
     #[test]
