@@ -286,7 +286,7 @@ fn probe_v2(root: &Path, rel: &Path, probe: &mut Probe) {
         }
     }
     let mut dir = root.to_path_buf();
-    let mut levels = rel.components().peekable();
+    let mut levels = rel.components();
     loop {
         enable_controllers(&dir, probe);
         let Some(next) = levels.next() else { break };
