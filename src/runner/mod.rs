@@ -21,8 +21,8 @@
 //! swept by marker when the run ends, and the records of a crashed agentd are swept at its next
 //! start.
 
-mod lines;
 pub mod jail;
+mod lines;
 pub mod records;
 mod standby;
 pub mod supervise;
