@@ -154,9 +154,12 @@ fn cors_layer(t: &Transport) -> Option<tower_http::cors::CorsLayer> {
 
 async fn claim_data_dir(
     data_dir: &std::path::Path,
+    cgroup_parent: Option<String>,
 ) -> Result<crate::runner::records::RunLock, ServeError> {
     let dir = data_dir.to_owned();
-    let (lock, swept) = tokio::task::spawn_blocking(move || crate::runner::records::claim(&dir))
+    let (lock, swept) = tokio::task::spawn_blocking(move || {
+        crate::runner::records::claim(&dir, cgroup_parent.as_deref())
+    })
         .await
         .map_err(|e| ServeError::RunDir(crate::error::Error::internal(e.to_string())))?
         .map_err(ServeError::RunDir)?;
@@ -186,7 +189,7 @@ pub async fn serve(
     })?;
     // Before the store opens: refuse a second agentd on this data dir, and kill what a crashed
     // previous run left behind (see `runner::records`). Held until `serve` returns.
-    let _run_lock = claim_data_dir(&config.data_dir).await?;
+    let _run_lock = claim_data_dir(&config.data_dir, Some(config.sandbox.cgroup_parent.clone())).await?;
     let store = crate::store::open(&config.store, &config.data_dir)
         .await
         .map_err(ServeError::Store)?;

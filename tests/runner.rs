@@ -590,7 +590,7 @@ async fn startup_sweep_kills_marked_leftovers_only() {
     wait_for_sleeper("3318").await;
     let (_lock, swept) = tokio::task::spawn_blocking({
         let data = data.path().to_owned();
-        move || claim(&data)
+        move || claim(&data, None)
     })
     .await
     .unwrap()

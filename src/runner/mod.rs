@@ -140,6 +140,8 @@ pub struct Process {
 struct Leftovers {
     run_dir: Option<PathBuf>,
     token: String,
+    /// Where a jailed job's cgroup lives, once it has one.
+    cgroup_parent: Option<String>,
 }
 
 impl Leftovers {
@@ -147,7 +149,10 @@ impl Leftovers {
         let (Some(dir), token) = (self.run_dir.take(), std::mem::take(&mut self.token)) else {
             return;
         };
-        match tokio::task::spawn_blocking(move || records::sweep_one(&dir, &token)).await {
+        let cg = self.cgroup_parent.take();
+        match tokio::task::spawn_blocking(move || records::sweep_one(&dir, &token, cg.as_deref()))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 killed = n,
@@ -164,10 +169,11 @@ impl Drop for Leftovers {
             return;
         };
         let token = std::mem::take(&mut self.token);
+        let cg = self.cgroup_parent.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || records::sweep_one(&dir, &token));
+            rt.spawn_blocking(move || records::sweep_one(&dir, &token, cg.as_deref()));
         } else {
-            records::sweep_one(&dir, &token);
+            records::sweep_one(&dir, &token, cg.as_deref());
         }
     }
 }
@@ -226,6 +232,7 @@ impl Process {
             leftovers: Leftovers {
                 run_dir: spec.run_dir,
                 token,
+                cgroup_parent: None,
             },
             from_standby: false,
             notices: None,

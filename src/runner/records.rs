@@ -72,7 +72,7 @@ pub struct Swept {
 }
 
 /// Takes the data dir's lock, then kills whatever a previous run of agentd left behind.
-pub fn claim(data_dir: &Path) -> Result<(RunLock, Swept)> {
+pub fn claim(data_dir: &Path, cgroup_parent: Option<&str>) -> Result<(RunLock, Swept)> {
     let dir = run_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
@@ -107,12 +107,12 @@ pub fn claim(data_dir: &Path) -> Result<(RunLock, Swept)> {
     let _ = lock.set_len(0);
     let _ = lock.rewind();
     let _ = write!(lock, "{}", std::process::id());
-    let swept = sweep(&dir);
+    let swept = sweep(&dir, cgroup_parent);
     Ok((RunLock { _lock: lock }, swept))
 }
 
 /// Kills what the records in `dir` describe and removes them.
-fn sweep(dir: &Path) -> Swept {
+fn sweep(dir: &Path, cgroup_parent: Option<&str>) -> Swept {
     let mut swept = Swept::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return swept;
@@ -148,18 +148,31 @@ fn sweep(dir: &Path) -> Swept {
     for f in files {
         let _ = std::fs::remove_file(f);
     }
+    for token in &tokens {
+        remove_jail_leftovers(dir, token, cgroup_parent);
+    }
     swept
+}
+
+/// What a jailed job's supervisor removes itself unless it was killed: the empty directory its
+/// jail's root was mounted on (the mount died with the job's mount namespace) and its cgroup.
+fn remove_jail_leftovers(dir: &Path, token: &str, cgroup_parent: Option<&str>) {
+    let _ = std::fs::remove_dir(dir.join(format!("{token}.root")));
+    if let Some(parent) = cgroup_parent {
+        super::jail::cgroup::remove_stale(parent, token);
+    }
 }
 
 /// After a job's supervisor died without cleaning up (it was SIGKILLed): kills what still carries
 /// its token and removes its record. A no-op when the supervisor removed the record itself.
-pub fn sweep_one(dir: &Path, token: &str) -> usize {
+pub fn sweep_one(dir: &Path, token: &str, cgroup_parent: Option<&str>) -> usize {
     let path = record_path(dir, token);
     if !path.exists() {
         return 0;
     }
     let killed = kill_marked(&HashSet::from([token.to_owned()]));
     let _ = std::fs::remove_file(path);
+    remove_jail_leftovers(dir, token, cgroup_parent);
     killed
 }
 
@@ -350,15 +363,15 @@ mod tests {
     #[test]
     fn a_second_claim_on_the_same_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (lock, swept) = claim(dir.path()).unwrap();
+        let (lock, swept) = claim(dir.path(), None).unwrap();
         assert_eq!(swept, Swept::default());
-        let err = claim(dir.path()).unwrap_err();
+        let err = claim(dir.path(), None).unwrap_err();
         assert!(err.to_string().contains("another agentd"), "{err}");
         assert!(
             err.to_string().contains(&std::process::id().to_string()),
             "{err}"
         );
         drop(lock);
-        claim(dir.path()).expect("free again once the holder is gone");
+        claim(dir.path(), None).expect("free again once the holder is gone");
     }
 }

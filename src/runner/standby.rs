@@ -276,6 +276,7 @@ impl Launcher {
         let leftovers = Leftovers {
             run_dir: self.run_dir.clone(),
             token,
+            cgroup_parent: None,
         };
         // The child holds its end now; ours must not keep it open.
         drop(cmd);
@@ -343,6 +344,10 @@ impl Standby {
                 "cannot hand the job to the standby supervisor: {e}"
             ))
         })?;
+        self.leftovers.cgroup_parent = spec
+            .jail
+            .as_ref()
+            .and_then(|j| j.spec.cgroup_parent.clone());
         Ok(Process {
             child: self.child,
             pid: self.pid,

@@ -616,6 +616,32 @@ impl JobCgroup {
     }
 }
 
+/// Removes the cgroup `name` under `parent` that a killed supervisor left behind (killing what
+/// may still be in it); true when there was one.
+pub fn remove_stale(parent: &str, name: &str) -> bool {
+    let (Some(layout), Ok(()), Ok(rel)) = (Layout::detect(), check_name(name), relative_parent(parent))
+    else {
+        return false;
+    };
+    let dirs: Vec<(PathBuf, Vec<String>)> = layout
+        .dirs(&rel)
+        .into_iter()
+        .map(|(d, cs)| (d.join(name), cs))
+        .filter(|(d, _)| d.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        return false;
+    }
+    let stale = JobCgroup {
+        version: layout.version(),
+        dirs,
+        removed: false,
+        owner: std::process::id(),
+    };
+    let _ = stale.remove();
+    true
+}
+
 impl Drop for JobCgroup {
     fn drop(&mut self) {
         if std::process::id() == self.owner {
