@@ -159,6 +159,7 @@ class Job(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier, e.g. `job_0192f3c1...`."""
     session_id: _builtins.str
@@ -185,6 +186,10 @@ class Job(_message.Message):
     """The timeout applied to the job, in seconds."""
     last_seq: _builtins.int
     """The highest event seq stored for the job so far."""
+    reason: _builtins.str
+    """A stable, machine-readable code for why the job ended as it did, when the state alone does
+    not say it: `LIMIT_EXCEEDED` (a limit of the job's sandbox ended it). Empty otherwise.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the job was submitted."""
@@ -225,10 +230,11 @@ class Job(_message.Message):
         conversation_id: _builtins.str = ...,
         timeout_seconds: _builtins.int = ...,
         last_seq: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "exit_status", b"exit_status", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "result", b"result", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,6 +642,7 @@ class JobEvent(_message.Message):
     OTHER_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    LIMIT_EXCEEDED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the job's event log, from 1."""
     raw: _builtins.str
@@ -688,6 +695,10 @@ class JobEvent(_message.Message):
     def finished(self) -> Global___JobFinished:
         """The job reached its final state. Always the last event of a job."""
 
+    @_builtins.property
+    def limit_exceeded(self) -> Global___LimitExceeded:
+        """A limit of the job's sandbox was hit (memory, processes, /tmp, workspace)."""
+
     def __init__(
         self,
         *,
@@ -705,12 +716,13 @@ class JobEvent(_message.Message):
         other: Global___OtherEvent | None = ...,
         truncated: Global___OutputTruncated | None = ...,
         finished: Global___JobFinished | None = ...,
+        limit_exceeded: Global___LimitExceeded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -949,12 +961,15 @@ class JobFinished(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     """The final state."""
     result: _builtins.str
     """The agent's final answer text."""
     error_message: _builtins.str
     """Why the job did not succeed, in words."""
+    reason: _builtins.str
+    """As `Job.reason`."""
     @_builtins.property
     def exit_status(self) -> Global___ExitStatus:
         """How the agent process ended; unset when it never started."""
@@ -971,11 +986,42 @@ class JobFinished(_message.Message):
         result: _builtins.str = ...,
         error_message: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["exit_status", b"exit_status", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "exit_status", b"exit_status", "result", b"result", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "exit_status", b"exit_status", "reason", b"reason", "result", b"result", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobFinished: _TypeAlias = JobFinished  # noqa: Y015
+
+@_typing.final
+class LimitExceeded(_message.Message):
+    """A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
+    the job, it is FAILED with reason `LIMIT_EXCEEDED`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    """Which limit: `memory`, `pids`, `tmp` or `workspace`."""
+    message: _builtins.str
+    """What happened and what was done, e.g. `memory: limit 256 MiB reached; the kernel killed
+    process 7 (python3)`.
+    """
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LimitExceeded: _TypeAlias = LimitExceeded  # noqa: Y015

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentd/v1/server_info.proto\x12\tagentd.v1\"\x16\n\x14GetServerInfoRequest\"\xb5\x01\n\x15GetServerInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12,\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x14.agentd.v1.AgentInfoR\x06\x61gents\x12#\n\rdefault_agent\x18\x03 \x01(\tR\x0c\x64\x65\x66\x61ultAgent\x12/\n\x06limits\x18\x04 \x01(\x0b\x32\x17.agentd.v1.ServerLimitsR\x06limits\"\x9f\x01\n\tAgentInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n\x07\x63ommand\x18\x03 \x01(\tR\x07\x63ommand\x12\x1c\n\tavailable\x18\x04 \x01(\x08R\tavailable\x12\x18\n\x07version\x18\x05 \x01(\tR\x07version\x12\x18\n\x07problem\x18\x06 \x01(\tR\x07problem\"\xa2\x04\n\x0cServerLimits\x12.\n\x13max_concurrent_jobs\x18\x01 \x01(\rR\x11maxConcurrentJobs\x12<\n\x1bmax_queued_jobs_per_session\x18\x02 \x01(\rR\x17maxQueuedJobsPerSession\x12=\n\x1bjob_timeout_default_seconds\x18\x03 \x01(\rR\x18jobTimeoutDefaultSeconds\x12\x35\n\x17job_timeout_max_seconds\x18\x04 \x01(\rR\x14jobTimeoutMaxSeconds\x12=\n\x1bsession_ttl_default_seconds\x18\x05 \x01(\rR\x18sessionTtlDefaultSeconds\x12\x35\n\x17session_ttl_max_seconds\x18\x06 \x01(\rR\x14sessionTtlMaxSeconds\x12\x31\n\x15max_files_per_session\x18\x07 \x01(\x04R\x12maxFilesPerSession\x12*\n\x11max_session_bytes\x18\x08 \x01(\x04R\x0fmaxSessionBytes\x12$\n\x0emax_file_bytes\x18\t \x01(\x04R\x0cmaxFileBytes\x12\x33\n\x16max_upload_chunk_bytes\x18\n \x01(\rR\x13maxUploadChunkBytes2g\n\x11ServerInfoService\x12R\n\rGetServerInfo\x12\x1f.agentd.v1.GetServerInfoRequest\x1a .agentd.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentd/v1/server_info.proto\x12\tagentd.v1\"\x16\n\x14GetServerInfoRequest\"\xea\x01\n\x15GetServerInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12,\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x14.agentd.v1.AgentInfoR\x06\x61gents\x12#\n\rdefault_agent\x18\x03 \x01(\tR\x0c\x64\x65\x66\x61ultAgent\x12/\n\x06limits\x18\x04 \x01(\x0b\x32\x17.agentd.v1.ServerLimitsR\x06limits\x12\x33\n\x07sandbox\x18\x05 \x01(\x0b\x32\x19.agentd.v1.SandboxSupportR\x07sandbox\"\xcd\x02\n\x0eSandboxSupport\x12\'\n\x0fuser_namespaces\x18\x01 \x01(\x08R\x0euserNamespaces\x12)\n\x10mount_namespaces\x18\x02 \x01(\x08R\x0fmountNamespaces\x12%\n\x0epid_namespaces\x18\x03 \x01(\x08R\rpidNamespaces\x12-\n\x12network_namespaces\x18\x04 \x01(\x08R\x11networkNamespaces\x12\x18\n\x07seccomp\x18\x05 \x01(\x08R\x07seccomp\x12!\n\x0clandlock_abi\x18\x06 \x01(\rR\x0blandlockAbi\x12%\n\x0e\x63group_version\x18\x07 \x01(\tR\rcgroupVersion\x12-\n\x12\x63group_controllers\x18\x08 \x03(\tR\x11\x63groupControllers\"\x8f\x02\n\x0c\x41gentSandbox\x12\x18\n\x07\x65nabled\x18\x01 \x01(\x08R\x07\x65nabled\x12\x18\n\x07network\x18\x02 \x01(\tR\x07network\x12\x1b\n\tmemory_mb\x18\x03 \x01(\x04R\x08memoryMb\x12\x19\n\x08max_pids\x18\x04 \x01(\x04R\x07maxPids\x12\x1d\n\ncpu_millis\x18\x05 \x01(\x04R\tcpuMillis\x12\x15\n\x06tmp_mb\x18\x06 \x01(\x04R\x05tmpMb\x12!\n\x0cworkspace_mb\x18\x07 \x01(\x04R\x0bworkspaceMb\x12\x1b\n\tread_only\x18\x08 \x03(\tR\x08readOnly\x12\x1d\n\nread_write\x18\t \x03(\tR\treadWrite\"\xd2\x01\n\tAgentInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n\x07\x63ommand\x18\x03 \x01(\tR\x07\x63ommand\x12\x1c\n\tavailable\x18\x04 \x01(\x08R\tavailable\x12\x18\n\x07version\x18\x05 \x01(\tR\x07version\x12\x18\n\x07problem\x18\x06 \x01(\tR\x07problem\x12\x31\n\x07sandbox\x18\x07 \x01(\x0b\x32\x17.agentd.v1.AgentSandboxR\x07sandbox\"\xa2\x04\n\x0cServerLimits\x12.\n\x13max_concurrent_jobs\x18\x01 \x01(\rR\x11maxConcurrentJobs\x12<\n\x1bmax_queued_jobs_per_session\x18\x02 \x01(\rR\x17maxQueuedJobsPerSession\x12=\n\x1bjob_timeout_default_seconds\x18\x03 \x01(\rR\x18jobTimeoutDefaultSeconds\x12\x35\n\x17job_timeout_max_seconds\x18\x04 \x01(\rR\x14jobTimeoutMaxSeconds\x12=\n\x1bsession_ttl_default_seconds\x18\x05 \x01(\rR\x18sessionTtlDefaultSeconds\x12\x35\n\x17session_ttl_max_seconds\x18\x06 \x01(\rR\x14sessionTtlMaxSeconds\x12\x31\n\x15max_files_per_session\x18\x07 \x01(\x04R\x12maxFilesPerSession\x12*\n\x11max_session_bytes\x18\x08 \x01(\x04R\x0fmaxSessionBytes\x12$\n\x0emax_file_bytes\x18\t \x01(\x04R\x0cmaxFileBytes\x12\x33\n\x16max_upload_chunk_bytes\x18\n \x01(\rR\x13maxUploadChunkBytes2g\n\x11ServerInfoService\x12R\n\rGetServerInfo\x12\x1f.agentd.v1.GetServerInfoRequest\x1a .agentd.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERINFOREQUEST']._serialized_start=42
   _globals['_GETSERVERINFOREQUEST']._serialized_end=64
   _globals['_GETSERVERINFORESPONSE']._serialized_start=67
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=248
-  _globals['_AGENTINFO']._serialized_start=251
-  _globals['_AGENTINFO']._serialized_end=410
-  _globals['_SERVERLIMITS']._serialized_start=413
-  _globals['_SERVERLIMITS']._serialized_end=959
-  _globals['_SERVERINFOSERVICE']._serialized_start=961
-  _globals['_SERVERINFOSERVICE']._serialized_end=1064
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=301
+  _globals['_SANDBOXSUPPORT']._serialized_start=304
+  _globals['_SANDBOXSUPPORT']._serialized_end=637
+  _globals['_AGENTSANDBOX']._serialized_start=640
+  _globals['_AGENTSANDBOX']._serialized_end=911
+  _globals['_AGENTINFO']._serialized_start=914
+  _globals['_AGENTINFO']._serialized_end=1124
+  _globals['_SERVERLIMITS']._serialized_start=1127
+  _globals['_SERVERLIMITS']._serialized_end=1673
+  _globals['_SERVERINFOSERVICE']._serialized_start=1675
+  _globals['_SERVERINFOSERVICE']._serialized_end=1778
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,7 @@ class GetServerInfoResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     DEFAULT_AGENT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The agentd version."""
     default_agent: _builtins.str
@@ -57,6 +58,10 @@ class GetServerInfoResponse(_message.Message):
     def limits(self) -> Global___ServerLimits:
         """The limits requests are checked against."""
 
+    @_builtins.property
+    def sandbox(self) -> Global___SandboxSupport:
+        """What the host offers the jobs' sandbox, as probed at start."""
+
     def __init__(
         self,
         *,
@@ -64,14 +69,116 @@ class GetServerInfoResponse(_message.Message):
         agents: _abc.Iterable[Global___AgentInfo] | None = ...,
         default_agent: _builtins.str = ...,
         limits: Global___ServerLimits | None = ...,
+        sandbox: Global___SandboxSupport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "default_agent", b"default_agent", "limits", b"limits", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "default_agent", b"default_agent", "limits", b"limits", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class SandboxSupport(_message.Message):
+    """The isolation the host offers, probed when the server started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAMESPACES_FIELD_NUMBER: _builtins.int
+    MOUNT_NAMESPACES_FIELD_NUMBER: _builtins.int
+    PID_NAMESPACES_FIELD_NUMBER: _builtins.int
+    NETWORK_NAMESPACES_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    LANDLOCK_ABI_FIELD_NUMBER: _builtins.int
+    CGROUP_VERSION_FIELD_NUMBER: _builtins.int
+    CGROUP_CONTROLLERS_FIELD_NUMBER: _builtins.int
+    user_namespaces: _builtins.bool
+    """Unprivileged-usable user, mount, PID and network namespaces."""
+    mount_namespaces: _builtins.bool
+    pid_namespaces: _builtins.bool
+    network_namespaces: _builtins.bool
+    seccomp: _builtins.bool
+    """Seccomp filters."""
+    landlock_abi: _builtins.int
+    """The kernel's Landlock ABI version; 0 without Landlock."""
+    cgroup_version: _builtins.str
+    """`v1`, `v2`, or empty when no usable cgroup hierarchy was found."""
+    @_builtins.property
+    def cgroup_controllers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cgroup controllers the server can use for job limits (`memory`, `pids`, `cpu`)."""
+
+    def __init__(
+        self,
+        *,
+        user_namespaces: _builtins.bool = ...,
+        mount_namespaces: _builtins.bool = ...,
+        pid_namespaces: _builtins.bool = ...,
+        network_namespaces: _builtins.bool = ...,
+        seccomp: _builtins.bool = ...,
+        landlock_abi: _builtins.int = ...,
+        cgroup_version: _builtins.str = ...,
+        cgroup_controllers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup_controllers", b"cgroup_controllers", "cgroup_version", b"cgroup_version", "landlock_abi", b"landlock_abi", "mount_namespaces", b"mount_namespaces", "network_namespaces", b"network_namespaces", "pid_namespaces", b"pid_namespaces", "seccomp", b"seccomp", "user_namespaces", b"user_namespaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxSupport: _TypeAlias = SandboxSupport  # noqa: Y015
+
+@_typing.final
+class AgentSandbox(_message.Message):
+    """A profile's effective sandbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    MAX_PIDS_FIELD_NUMBER: _builtins.int
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    TMP_MB_FIELD_NUMBER: _builtins.int
+    WORKSPACE_MB_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    READ_WRITE_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """False only when the operator opted out (`enabled = false` or `--no-sandbox`)."""
+    network: _builtins.str
+    """`host` or `none` (own network namespace with only loopback)."""
+    memory_mb: _builtins.int
+    """Limits; 0 means unbounded."""
+    max_pids: _builtins.int
+    cpu_millis: _builtins.int
+    tmp_mb: _builtins.int
+    workspace_mb: _builtins.int
+    @_builtins.property
+    def read_only(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Extra host paths visible read-only and read-write."""
+
+    @_builtins.property
+    def read_write(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        network: _builtins.str = ...,
+        memory_mb: _builtins.int = ...,
+        max_pids: _builtins.int = ...,
+        cpu_millis: _builtins.int = ...,
+        tmp_mb: _builtins.int = ...,
+        workspace_mb: _builtins.int = ...,
+        read_only: _abc.Iterable[_builtins.str] | None = ...,
+        read_write: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "enabled", b"enabled", "max_pids", b"max_pids", "memory_mb", b"memory_mb", "network", b"network", "read_only", b"read_only", "read_write", b"read_write", "tmp_mb", b"tmp_mb", "workspace_mb", b"workspace_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentSandbox: _TypeAlias = AgentSandbox  # noqa: Y015
 
 @_typing.final
 class AgentInfo(_message.Message):
@@ -85,6 +192,7 @@ class AgentInfo(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Profile name, as given in SubmitJobRequest.agent."""
     kind: _builtins.str
@@ -97,6 +205,10 @@ class AgentInfo(_message.Message):
     """The executable's `--version` output (first line), asked once at start; empty if unknown."""
     problem: _builtins.str
     """Why the executable is unavailable or its version unknown, when it is."""
+    @_builtins.property
+    def sandbox(self) -> Global___AgentSandbox:
+        """The profile's effective sandbox."""
+
     def __init__(
         self,
         *,
@@ -106,10 +218,11 @@ class AgentInfo(_message.Message):
         available: _builtins.bool = ...,
         version: _builtins.str = ...,
         problem: _builtins.str = ...,
+        sandbox: Global___AgentSandbox | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "command", b"command", "kind", b"kind", "name", b"name", "problem", b"problem", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "command", b"command", "kind", b"kind", "name", b"name", "problem", b"problem", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

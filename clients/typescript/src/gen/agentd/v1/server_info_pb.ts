@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/server_info.proto.
  */
 export const file_agentd_v1_server_info: GenFile = /*@__PURE__*/
-  fileDesc("ChthZ2VudGQvdjEvc2VydmVyX2luZm8ucHJvdG8SCWFnZW50ZC52MSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCKOAQoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSJAoGYWdlbnRzGAIgAygLMhQuYWdlbnRkLnYxLkFnZW50SW5mbxIVCg1kZWZhdWx0X2FnZW50GAMgASgJEicKBmxpbWl0cxgEIAEoCzIXLmFnZW50ZC52MS5TZXJ2ZXJMaW1pdHMibQoJQWdlbnRJbmZvEgwKBG5hbWUYASABKAkSDAoEa2luZBgCIAEoCRIPCgdjb21tYW5kGAMgASgJEhEKCWF2YWlsYWJsZRgEIAEoCBIPCgd2ZXJzaW9uGAUgASgJEg8KB3Byb2JsZW0YBiABKAkizgIKDFNlcnZlckxpbWl0cxIbChNtYXhfY29uY3VycmVudF9qb2JzGAEgASgNEiMKG21heF9xdWV1ZWRfam9ic19wZXJfc2Vzc2lvbhgCIAEoDRIjChtqb2JfdGltZW91dF9kZWZhdWx0X3NlY29uZHMYAyABKA0SHwoXam9iX3RpbWVvdXRfbWF4X3NlY29uZHMYBCABKA0SIwobc2Vzc2lvbl90dGxfZGVmYXVsdF9zZWNvbmRzGAUgASgNEh8KF3Nlc3Npb25fdHRsX21heF9zZWNvbmRzGAYgASgNEh0KFW1heF9maWxlc19wZXJfc2Vzc2lvbhgHIAEoBBIZChFtYXhfc2Vzc2lvbl9ieXRlcxgIIAEoBBIWCg5tYXhfZmlsZV9ieXRlcxgJIAEoBBIeChZtYXhfdXBsb2FkX2NodW5rX2J5dGVzGAogASgNMmcKEVNlcnZlckluZm9TZXJ2aWNlElIKDUdldFNlcnZlckluZm8SHy5hZ2VudGQudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaIC5hZ2VudGQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChthZ2VudGQvdjEvc2VydmVyX2luZm8ucHJvdG8SCWFnZW50ZC52MSIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCK6AQoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSJAoGYWdlbnRzGAIgAygLMhQuYWdlbnRkLnYxLkFnZW50SW5mbxIVCg1kZWZhdWx0X2FnZW50GAMgASgJEicKBmxpbWl0cxgEIAEoCzIXLmFnZW50ZC52MS5TZXJ2ZXJMaW1pdHMSKgoHc2FuZGJveBgFIAEoCzIZLmFnZW50ZC52MS5TYW5kYm94U3VwcG9ydCLSAQoOU2FuZGJveFN1cHBvcnQSFwoPdXNlcl9uYW1lc3BhY2VzGAEgASgIEhgKEG1vdW50X25hbWVzcGFjZXMYAiABKAgSFgoOcGlkX25hbWVzcGFjZXMYAyABKAgSGgoSbmV0d29ya19uYW1lc3BhY2VzGAQgASgIEg8KB3NlY2NvbXAYBSABKAgSFAoMbGFuZGxvY2tfYWJpGAYgASgNEhYKDmNncm91cF92ZXJzaW9uGAcgASgJEhoKEmNncm91cF9jb250cm9sbGVycxgIIAMoCSK2AQoMQWdlbnRTYW5kYm94Eg8KB2VuYWJsZWQYASABKAgSDwoHbmV0d29yaxgCIAEoCRIRCgltZW1vcnlfbWIYAyABKAQSEAoIbWF4X3BpZHMYBCABKAQSEgoKY3B1X21pbGxpcxgFIAEoBBIOCgZ0bXBfbWIYBiABKAQSFAoMd29ya3NwYWNlX21iGAcgASgEEhEKCXJlYWRfb25seRgIIAMoCRISCgpyZWFkX3dyaXRlGAkgAygJIpcBCglBZ2VudEluZm8SDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEg8KB2NvbW1hbmQYAyABKAkSEQoJYXZhaWxhYmxlGAQgASgIEg8KB3ZlcnNpb24YBSABKAkSDwoHcHJvYmxlbRgGIAEoCRIoCgdzYW5kYm94GAcgASgLMhcuYWdlbnRkLnYxLkFnZW50U2FuZGJveCLOAgoMU2VydmVyTGltaXRzEhsKE21heF9jb25jdXJyZW50X2pvYnMYASABKA0SIwobbWF4X3F1ZXVlZF9qb2JzX3Blcl9zZXNzaW9uGAIgASgNEiMKG2pvYl90aW1lb3V0X2RlZmF1bHRfc2Vjb25kcxgDIAEoDRIfChdqb2JfdGltZW91dF9tYXhfc2Vjb25kcxgEIAEoDRIjChtzZXNzaW9uX3R0bF9kZWZhdWx0X3NlY29uZHMYBSABKA0SHwoXc2Vzc2lvbl90dGxfbWF4X3NlY29uZHMYBiABKA0SHQoVbWF4X2ZpbGVzX3Blcl9zZXNzaW9uGAcgASgEEhkKEW1heF9zZXNzaW9uX2J5dGVzGAggASgEEhYKDm1heF9maWxlX2J5dGVzGAkgASgEEh4KFm1heF91cGxvYWRfY2h1bmtfYnl0ZXMYCiABKA0yZwoRU2VydmVySW5mb1NlcnZpY2USUgoNR2V0U2VydmVySW5mbxIfLmFnZW50ZC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBogLmFnZW50ZC52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Request for ServerInfoService.GetServerInfo.
@@ -60,6 +60,13 @@ export type GetServerInfoResponse = Message<"agentd.v1.GetServerInfoResponse"> &
    * @generated from field: agentd.v1.ServerLimits limits = 4;
    */
   limits?: ServerLimits | undefined;
+
+  /**
+   * What the host offers the jobs' sandbox, as probed at start.
+   *
+   * @generated from field: agentd.v1.SandboxSupport sandbox = 5;
+   */
+  sandbox?: SandboxSupport | undefined;
 };
 
 /**
@@ -68,6 +75,137 @@ export type GetServerInfoResponse = Message<"agentd.v1.GetServerInfoResponse"> &
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
   messageDesc(file_agentd_v1_server_info, 1);
+
+/**
+ * The isolation the host offers, probed when the server started.
+ *
+ * @generated from message agentd.v1.SandboxSupport
+ */
+export type SandboxSupport = Message<"agentd.v1.SandboxSupport"> & {
+  /**
+   * Unprivileged-usable user, mount, PID and network namespaces.
+   *
+   * @generated from field: bool user_namespaces = 1;
+   */
+  userNamespaces: boolean;
+
+  /**
+   * @generated from field: bool mount_namespaces = 2;
+   */
+  mountNamespaces: boolean;
+
+  /**
+   * @generated from field: bool pid_namespaces = 3;
+   */
+  pidNamespaces: boolean;
+
+  /**
+   * @generated from field: bool network_namespaces = 4;
+   */
+  networkNamespaces: boolean;
+
+  /**
+   * Seccomp filters.
+   *
+   * @generated from field: bool seccomp = 5;
+   */
+  seccomp: boolean;
+
+  /**
+   * The kernel's Landlock ABI version; 0 without Landlock.
+   *
+   * @generated from field: uint32 landlock_abi = 6;
+   */
+  landlockAbi: number;
+
+  /**
+   * `v1`, `v2`, or empty when no usable cgroup hierarchy was found.
+   *
+   * @generated from field: string cgroup_version = 7;
+   */
+  cgroupVersion: string;
+
+  /**
+   * Cgroup controllers the server can use for job limits (`memory`, `pids`, `cpu`).
+   *
+   * @generated from field: repeated string cgroup_controllers = 8;
+   */
+  cgroupControllers: string[];
+};
+
+/**
+ * Describes the message agentd.v1.SandboxSupport.
+ * Use `create(SandboxSupportSchema)` to create a new message.
+ */
+export const SandboxSupportSchema: GenMessage<SandboxSupport> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_server_info, 2);
+
+/**
+ * A profile's effective sandbox.
+ *
+ * @generated from message agentd.v1.AgentSandbox
+ */
+export type AgentSandbox = Message<"agentd.v1.AgentSandbox"> & {
+  /**
+   * False only when the operator opted out (`enabled = false` or `--no-sandbox`).
+   *
+   * @generated from field: bool enabled = 1;
+   */
+  enabled: boolean;
+
+  /**
+   * `host` or `none` (own network namespace with only loopback).
+   *
+   * @generated from field: string network = 2;
+   */
+  network: string;
+
+  /**
+   * Limits; 0 means unbounded.
+   *
+   * @generated from field: uint64 memory_mb = 3;
+   */
+  memoryMb: bigint;
+
+  /**
+   * @generated from field: uint64 max_pids = 4;
+   */
+  maxPids: bigint;
+
+  /**
+   * @generated from field: uint64 cpu_millis = 5;
+   */
+  cpuMillis: bigint;
+
+  /**
+   * @generated from field: uint64 tmp_mb = 6;
+   */
+  tmpMb: bigint;
+
+  /**
+   * @generated from field: uint64 workspace_mb = 7;
+   */
+  workspaceMb: bigint;
+
+  /**
+   * Extra host paths visible read-only and read-write.
+   *
+   * @generated from field: repeated string read_only = 8;
+   */
+  readOnly: string[];
+
+  /**
+   * @generated from field: repeated string read_write = 9;
+   */
+  readWrite: string[];
+};
+
+/**
+ * Describes the message agentd.v1.AgentSandbox.
+ * Use `create(AgentSandboxSchema)` to create a new message.
+ */
+export const AgentSandboxSchema: GenMessage<AgentSandbox> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_server_info, 3);
 
 /**
  * One configured agent profile.
@@ -116,6 +254,13 @@ export type AgentInfo = Message<"agentd.v1.AgentInfo"> & {
    * @generated from field: string problem = 6;
    */
   problem: string;
+
+  /**
+   * The profile's effective sandbox.
+   *
+   * @generated from field: agentd.v1.AgentSandbox sandbox = 7;
+   */
+  sandbox?: AgentSandbox | undefined;
 };
 
 /**
@@ -123,7 +268,7 @@ export type AgentInfo = Message<"agentd.v1.AgentInfo"> & {
  * Use `create(AgentInfoSchema)` to create a new message.
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_server_info, 2);
+  messageDesc(file_agentd_v1_server_info, 4);
 
 /**
  * Limits applied by the server.
@@ -207,7 +352,7 @@ export type ServerLimits = Message<"agentd.v1.ServerLimits"> & {
  * Use `create(ServerLimitsSchema)` to create a new message.
  */
 export const ServerLimitsSchema: GenMessage<ServerLimits> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_server_info, 3);
+  messageDesc(file_agentd_v1_server_info, 5);
 
 /**
  * ServerInfoService tells a client what this server offers: its agents and its limits.
