@@ -119,7 +119,7 @@ pub struct ServeArgs {
     pub standby_supervisors: usize,
     /// Run every agent unjailed (see the README's threat model before you do): the explicit,
     /// logged opt-out from the sandbox for all profiles.
-    #[arg(long, env = "AGENTD_NO_SANDBOX")]
+    #[arg(long, env = "AGENTD_NO_SANDBOX", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_sandbox: bool,
     /// Seconds running jobs get to finish on server shutdown before they are cancelled.
     #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]

@@ -45,6 +45,10 @@ fn main() -> anyhow::Result<()> {
     agentd::telemetry::init_logging(log_format, default_filter);
     match cli.command {
         Command::Serve(args) => {
+            // agentd's memory and /proc/<pid>/environ hold every tenant's secrets and the
+            // providers' keys: no process of the same uid (a job of a non-root deploy, a
+            // debugger) may read or trace it.
+            nix::sys::prctl::set_dumpable(false).context("cannot make agentd non-dumpable")?;
             let config = agentd::config::Config::from_args(*args)?;
             let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -2313,7 +2313,11 @@ fn marked(tokens: &BTreeSet<String>) -> Vec<(u32, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_in_the_fallback_containment_leaves_nothing_after_restart() {
     let mut server = TestServer::start_with(Options {
-        env: vec![("AGENTD_SUPERVISE_NO_NS".into(), "1".into())],
+        // The fallback is the containment of unjailed jobs on hosts without namespaces.
+        env: vec![
+            ("AGENTD_SUPERVISE_NO_NS".into(), "1".into()),
+            ("AGENTD_NO_SANDBOX".into(), "1".into()),
+        ],
         ..Default::default()
     });
     let sessions_dir = server.data_dir.join("sessions");

@@ -327,8 +327,12 @@ async fn max_concurrent_jobs_holds_under_racing_submissions() {
 kind = "command"
 command = "sh"
 args = ["-c", "echo \"start $(date +%s%N)\" >> '{log}'; sleep 0.3; echo \"end $(date +%s%N)\" >> '{log}'"]
+
+[agents.slot.sandbox]      # the jobs share a log outside their workspaces
+read_write = ["{dir}"]
 "#,
-            log = log.display()
+            log = log.display(),
+            dir = dir.path().display()
         )),
         ..Default::default()
     });
