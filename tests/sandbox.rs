@@ -535,15 +535,17 @@ async fn workspace_limit_refuses_a_big_file_and_stops_the_job_past_the_total() {
     let mut w = World::start(None, stand_in_profiles()).await;
     let attempts = [attacks::legit(&w.target), attacks::fill_workspace()].concat();
     let run = w.attack("tight", &attempts).await;
-    // The job was stopped before the last attempt could report: its marker is missing, and
-    // missing counts as "not survived".
+    // Once the total passes the cap the job is stopped, before the attempt running then can
+    // report (with the 16 MiB one-file attempt already, if the check comes in between): a
+    // missing marker stands for "stopped", which fails the write and never says "survived".
     let mut outcomes = run.outcomes.clone();
-    outcomes
-        .entry("fill_workspace_total".into())
-        .or_insert_with(|| Outcome {
+    for name in ["fill_workspace_one_file", "fill_workspace_total"] {
+        outcomes.entry(name.into()).or_insert_with(|| Outcome {
             rc: -1,
-            out: "(stopped before reporting)".into(),
+            out: "(the job was stopped before the attempt reported: File size limit exceeded)"
+                .into(),
         });
+    }
     let (table, failed) = attacks::judge(&attempts, &outcomes, baseline());
     assert!(
         failed.is_empty(),
@@ -643,9 +645,12 @@ async fn genuine_claude_cli_bash_tool_cannot_escape() {
             "postgres_tcp",
         ],
     );
-    let run = w
-        .run_script("genuine", &attempts, "bash bash attack.sh", 180)
-        .await;
+    let run = tokio::time::timeout(
+        Duration::from_secs(240),
+        w.run_script("genuine", &attempts, "bash bash attack.sh", 180),
+    )
+    .await
+    .expect("the genuine CLI's job took longer than 240 s");
     w.judge(&attempts, &run);
     assert_eq!(
         run.job.state,

@@ -602,6 +602,19 @@ impl CgroupParent {
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
+        // A killed job's processes may take a moment to leave their cgroup.
+        for _ in 0..20 {
+            self.remove_all();
+            if self.dirs().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl CgroupParent {
+    fn remove_all(&self) {
         for d in self.dirs() {
             // Deepest first: a cgroup directory can only be removed once it has no children.
             let mut all: Vec<PathBuf> = walkdir::WalkDir::new(&d)

@@ -110,8 +110,7 @@ pub fn text_field(msg: &str, name: &str, bytes: &[u8]) -> Option<String> {
     let f = field(msg, name)?;
     let last = fields(bytes)
         .into_iter()
-        .filter(|(n, _)| *n as i32 == f.number())
-        .next_back();
+        .rfind(|(n, _)| *n as i32 == f.number());
     Some(match (f.r#type(), last) {
         (Type::Enum, Some((_, Value::Varint(v)))) => {
             enum_value_name(f.type_name(), v as i32).unwrap_or_else(|| v.to_string())
