@@ -868,3 +868,48 @@ mod non_root {
         w.assert_limit_event(&run, "memory");
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// The reader of fields by proto name (sandbox/wire.rs), on fields the proto has today: without it
+// working, the limit assertions above could not fail for the right reason.
+
+#[tokio::test]
+async fn wire_reads_job_and_event_fields_by_proto_name() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_B).await;
+    let s = c.create_session(&[]).await.session_id;
+    let job = c.submit(&s, "say wire-check ; exit 3").await;
+    let job = c.wait(&job.job_id).await;
+    let ch = server.channel().await;
+    let raw = wire::get_job(ch.clone(), KEY_B, &job.job_id).await;
+    assert_eq!(
+        wire::text_field("Job", "job_id", &raw).as_deref(),
+        Some(job.job_id.as_str())
+    );
+    assert_eq!(
+        wire::text_field("Job", "state", &raw).as_deref(),
+        pb::JobState::try_from(job.state)
+            .ok()
+            .map(|s| s.as_str_name())
+    );
+    assert_eq!(
+        wire::text_field("Job", "error_message", &raw).as_deref(),
+        Some(job.error_message.as_str())
+    );
+    assert_eq!(wire::text_field("Job", "no_such_field", &raw), None);
+    let events = wire::events(ch, KEY_B, &job.job_id).await;
+    let texts: Vec<String> = events
+        .iter()
+        .flat_map(|e| wire::message_fields("JobEvent", "text", e).unwrap_or_default())
+        .filter_map(|t| wire::text_field("TextEvent", "text", &t))
+        .collect();
+    assert!(
+        texts.iter().any(|t| t == "turn 1: say wire-check"),
+        "{texts:?}"
+    );
+    assert_eq!(
+        wire::message_fields("JobEvent", "finished", events.last().expect("events"))
+            .map(|f| f.len()),
+        Some(1)
+    );
+}
