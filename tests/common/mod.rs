@@ -545,7 +545,7 @@ pub struct CgroupParent {
 }
 
 impl CgroupParent {
-    /// A fresh name; agentd (as root) creates the directories itself.
+    /// A fresh name, not created.
     pub fn unique() -> CgroupParent {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -554,14 +554,24 @@ impl CgroupParent {
         }
     }
 
-    /// A delegated subtree, as an operator creates it for a non-root agentd: the directory under
-    /// each v1 controller, created by the test (as root) and chowned to `user`, files included.
-    pub fn delegate(user: RunAs) -> CgroupParent {
+    /// The parent as an operator creates it for agentd (which refuses to start without it): the
+    /// directory under each v1 controller, created by the test (as root).
+    pub fn create() -> CgroupParent {
         let cg = CgroupParent::unique();
         for c in CGROUP_V1_CONTROLLERS {
             let dir = Path::new("/sys/fs/cgroup").join(c).join(&cg.name);
             std::fs::create_dir(&dir)
                 .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        }
+        cg
+    }
+
+    /// A delegated subtree for a non-root agentd: [`CgroupParent::create`], then chowned to
+    /// `user`, files included.
+    pub fn delegate(user: RunAs) -> CgroupParent {
+        let cg = CgroupParent::create();
+        for c in CGROUP_V1_CONTROLLERS {
+            let dir = Path::new("/sys/fs/cgroup").join(c).join(&cg.name);
             let files = std::fs::read_dir(&dir).expect("list cgroup").flatten();
             for p in std::iter::once(dir.clone()).chain(files.map(|e| e.path())) {
                 std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))
