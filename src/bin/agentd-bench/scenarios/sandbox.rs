@@ -144,10 +144,25 @@ fn mounts_mentioning(needle: &str) -> usize {
         .count()
 }
 
+/// Creates the cgroup parent under each v1 controller, as an operator does for agentd (which
+/// refuses to start a jail with limits without it). Where a controller is not mounted (v2 only)
+/// there is nothing to create: agentd then finds its parent in the unified hierarchy.
+fn create_cgroups(parent: &str) -> Result<()> {
+    for c in ["memory", "pids", "cpu"] {
+        let root = Path::new("/sys/fs/cgroup").join(c);
+        if root.is_dir() {
+            let dir = root.join(parent);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn sandbox(env: &Env) -> Result<Vec<Metric>> {
     let n = env.size(5, 30);
     bwrap()?;
     let parent = format!("agentd-bench-{}", std::process::id());
+    create_cgroups(&parent)?;
     let result = measure(env, n, &parent).await;
     remove_cgroups(&parent);
     result
