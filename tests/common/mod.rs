@@ -24,9 +24,12 @@ pub struct TestServer {
     child: Option<Child>,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// The `--config` file, when the options had one.
+    pub config_path: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
+    run_as: Option<RunAs>,
 }
 
 #[derive(Default, Clone)]
@@ -35,6 +38,25 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// A TOML configuration, written next to the data dir and passed with `--config`.
     pub config: Option<String>,
+    /// Runs the server as this unprivileged user (see [`Options::run_as`]).
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged uid/gid the server runs as, the way the shipped deployments run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Options {
+    /// Starts the server through `setpriv --reuid U --regid G --clear-groups` (util-linux), with a
+    /// data dir owned by that user. The test must run as root to do this, and this machine's test
+    /// runs do.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Options {
+        self.run_as = Some(RunAs { uid, gid });
+        self
+    }
 }
 
 impl TestServer {
@@ -46,25 +68,47 @@ impl TestServer {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("data");
         let mut extra_args = opts.args;
+        let mut config_path = None;
         if let Some(toml) = &opts.config {
             let path = tmp.path().join("agentd.toml");
             std::fs::write(&path, toml).expect("write config");
             extra_args.extend(["--config".to_owned(), path.to_string_lossy().into_owned()]);
+            config_path = Some(path);
+        }
+        if let Some(user) = opts.run_as {
+            hand_over(tmp.path(), &data_dir, user);
         }
         let mut s = TestServer {
             child: None,
             addr: String::new(),
             data_dir,
+            config_path,
             _tmp: Some(tmp),
             extra_args,
             extra_env: opts.env,
+            run_as: opts.run_as,
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentd"));
+        let mut cmd = match self.run_as {
+            None => Command::new(env!("CARGO_BIN_EXE_agentd")),
+            Some(user) => {
+                // setpriv execs agentd in place, so the child's pid is agentd's.
+                let mut c = Command::new(setpriv());
+                c.arg("--reuid")
+                    .arg(user.uid.to_string())
+                    .arg("--regid")
+                    .arg(user.gid.to_string())
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_agentd"))
+                    .env("HOME", self.data_dir.parent().expect("temp dir"));
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -148,6 +192,26 @@ impl TestServer {
     pub async fn clients(&self, key: &str) -> Clients {
         Clients::new(self.channel().await, key)
     }
+}
+
+/// The setpriv executable (util-linux), or a failure that says what to install.
+fn setpriv() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/setpriv");
+    assert!(
+        path.exists(),
+        "{} is missing: install util-linux (`apt-get install -y util-linux`) to run agentd as \
+         an unprivileged user",
+        path.display()
+    );
+    path
+}
+
+/// Lets `user` reach the temp dir and own the data dir (and so everything agentd creates in it).
+fn hand_over(tmp: &Path, data_dir: &Path, user: RunAs) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+    std::fs::create_dir_all(data_dir).expect("create data dir");
+    std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid)).expect("chown data dir");
 }
 
 impl Drop for TestServer {
@@ -470,4 +534,145 @@ pub fn sample(page: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
+}
+
+/// Cgroup controllers (v1) a job's limits live under on this machine.
+pub const CGROUP_V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// A `[sandbox] cgroup_parent` of one test: unique (`agentd-test-<pid>-<n>`), so a test sees only
+/// its own jobs' cgroups, and removed with whatever job cgroups are left under it when dropped.
+pub struct CgroupParent {
+    pub name: String,
+}
+
+impl CgroupParent {
+    /// A fresh name, not created.
+    pub fn unique() -> CgroupParent {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CgroupParent {
+            name: format!("agentd-test-{}-{n}", std::process::id()),
+        }
+    }
+
+    /// The parent as an operator creates it for agentd (which refuses to start without it): the
+    /// directory under each v1 controller, created by the test (as root).
+    pub fn create() -> CgroupParent {
+        let cg = CgroupParent::unique();
+        for c in CGROUP_V1_CONTROLLERS {
+            let dir = Path::new("/sys/fs/cgroup").join(c).join(&cg.name);
+            std::fs::create_dir(&dir)
+                .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        }
+        cg
+    }
+
+    /// A delegated subtree for a non-root agentd: [`CgroupParent::create`], then chowned to
+    /// `user`, files included.
+    pub fn delegate(user: RunAs) -> CgroupParent {
+        let cg = CgroupParent::create();
+        for c in CGROUP_V1_CONTROLLERS {
+            let dir = Path::new("/sys/fs/cgroup").join(c).join(&cg.name);
+            let files = std::fs::read_dir(&dir).expect("list cgroup").flatten();
+            for p in std::iter::once(dir.clone()).chain(files.map(|e| e.path())) {
+                std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+            }
+        }
+        cg
+    }
+
+    /// This parent's directory in every mounted hierarchy that has it.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return Vec::new();
+        };
+        roots
+            .flatten()
+            .map(|r| r.path().join(&self.name))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+
+    /// Cgroup directories below the parent (jobs' cgroups and anything under them).
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in self.dirs() {
+            out.extend(
+                walkdir::WalkDir::new(&d)
+                    .min_depth(1)
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.file_type().is_dir())
+                    .map(|e| e.into_path()),
+            );
+        }
+        out
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        // A killed job's processes may take a moment to leave their cgroup.
+        for _ in 0..20 {
+            self.remove_all();
+            if self.dirs().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl CgroupParent {
+    fn remove_all(&self) {
+        for d in self.dirs() {
+            // Deepest first: a cgroup directory can only be removed once it has no children.
+            let mut all: Vec<PathBuf> = walkdir::WalkDir::new(&d)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.file_type().is_dir())
+                .map(|e| e.into_path())
+                .collect();
+            all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for p in all {
+                let _ = std::fs::remove_dir(&p);
+            }
+        }
+    }
+}
+
+/// Lines of this process's mountinfo (the host's mount namespace) that mention `needle`.
+pub fn mounts_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Live (non-zombie) processes whose command line contains `token`, as (pid, cmdline): a run
+/// marker put in a prompt or a shell command finds the agent and every tool process it started.
+pub fn procs_with(token: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        // Zombies have an empty cmdline, so anything matching here is alive.
+        if cmd.contains(token) {
+            out.push((pid, cmd.trim().to_owned()));
+        }
+    }
+    out
 }

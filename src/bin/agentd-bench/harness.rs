@@ -146,19 +146,25 @@ impl Drop for Proc {
 /// A running agentd with its temp data dir.
 pub struct Agentd {
     pub proc: Proc,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Agentd {
     /// Starts agentd on port 0, embedded SQLite in a temp data dir, no API keys (loopback), the
     /// stand-in agent as the default profile `bench`; `extra` are more `serve` flags.
     pub fn start(env: &Env, extra: &[&str]) -> Result<Agentd> {
+        Agentd::start_with(env, "", extra)
+    }
+
+    /// Like [`Agentd::start`], with `toml` added to the configuration file (e.g. a `[sandbox]`
+    /// table).
+    pub fn start_with(env: &Env, toml: &str, extra: &[&str]) -> Result<Agentd> {
         let dir = TempDir::new("agentd")?;
         let config = dir.path().join("agentd.toml");
         std::fs::write(
             &config,
             format!(
-                "default_agent = \"bench\"\n\n[agents.bench]\nkind = \"command\"\n\
+                "default_agent = \"bench\"\n{toml}\n[agents.bench]\nkind = \"command\"\n\
                  command = {:?}\nargs = [\"__agent\"]\n",
                 env.me.display().to_string()
             ),
@@ -178,11 +184,16 @@ impl Agentd {
             .env("AGENTD_LOG", "warn")
             .env("AGENTD_KILL_GRACE_SECONDS", "5");
         let proc = Proc::spawn(cmd, "agentd", &dir.path().join("agentd.log"))?;
-        Ok(Agentd { proc, _dir: dir })
+        Ok(Agentd { proc, dir })
     }
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// The temp dir holding the data dir and the configuration.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub async fn clients(&self) -> Result<Clients> {

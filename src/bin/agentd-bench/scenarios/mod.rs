@@ -5,6 +5,7 @@ mod files;
 mod jobs;
 mod replicas;
 mod rss;
+mod sandbox;
 mod sdk;
 mod stream;
 
@@ -51,6 +52,11 @@ pub const ALL: &[Scenario] = &[
         "job",
         jobs::whole_job,
         "whole RunJob until the stream ends vs running the agent directly, p50"
+    ),
+    scenario!(
+        "sandbox",
+        sandbox::sandbox,
+        "SubmitJob → agent running with the jail, without it, and bwrap with an equivalent jail, p50/p99; leftovers"
     ),
     scenario!(
         "cancel",

@@ -1,0 +1,916 @@
+//! The escape suite of issue #15: attempts to get out of a job's jail, made from inside a job,
+//! each asserting it fails while the job's own work in the same job still succeeds.
+//!
+//! Tenant A owns a session holding `secret.txt`; tenant B's job runs a bash script of attempts
+//! (built in `sandbox/attacks.rs`) through the stand-in agent's Bash tool, or through the genuine
+//! Claude Code CLI's, and the test holds the report the script leaves in B's workspace to each
+//! attempt's expectation. Tests are grouped per boundary (filesystem, identity, syscalls, agentd's
+//! process, network, each resource limit), and some run again with agentd itself unprivileged.
+//! Then kill -9 and a cancel storm must leave no process, mount or cgroup behind.
+//!
+//! Baseline mode, `AGENTD_ESCAPE_BASELINE=1`: the same attempts against a server without the jail
+//! (no `[sandbox]` tables, `AGENTD_NO_SANDBOX=1`), asserting that each one GETS THROUGH. It proves
+//! that every attempt is real, so that a regression of the jail fails the suite. It never runs
+//! unless asked for; the suite itself never skips.
+
+#[path = "sandbox/attacks.rs"]
+mod attacks;
+mod common;
+#[path = "sandbox/wire.rs"]
+mod wire;
+
+use agentd::pb;
+use attacks::{Attempt, Outcome, Target};
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The unprivileged user agentd runs as in the non-root tests (no such account is needed).
+const UNPRIVILEGED: RunAs = RunAs {
+    uid: 2345,
+    gid: 2345,
+};
+
+fn baseline() -> bool {
+    std::env::var("AGENTD_ESCAPE_BASELINE").as_deref() == Ok("1")
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn toml_str(s: impl AsRef<str>) -> String {
+    // TOML basic strings share JSON's escapes for everything that can occur here.
+    serde_json::to_string(s.as_ref()).expect("string")
+}
+
+/// One `[agents.<name>]` profile with its `[agents.<name>.sandbox]` overrides.
+struct Profile {
+    name: &'static str,
+    command: PathBuf,
+    env: Vec<(&'static str, String)>,
+    /// TOML lines of the profile's sandbox table (dropped in baseline mode).
+    sandbox: String,
+}
+
+impl Profile {
+    fn stand_in(name: &'static str, sandbox: &str) -> Profile {
+        Profile {
+            name,
+            command: fake_claude(),
+            env: Vec::new(),
+            sandbox: sandbox.to_owned(),
+        }
+    }
+}
+
+/// The profiles every test's server has: the defaults, no network, small limits (/tmp smaller
+/// than the largest file, which the workspace cap bounds, so that filling /tmp meets ENOSPC).
+fn stand_in_profiles() -> Vec<Profile> {
+    vec![
+        Profile::stand_in("jailed", ""),
+        Profile::stand_in("offline", "network = \"none\"\n"),
+        Profile::stand_in(
+            "tight",
+            "memory_mb = 64\nmax_pids = 64\ntmp_mb = 8\nworkspace_mb = 16\n",
+        ),
+    ]
+}
+
+fn config(cg: &CgroupParent, profiles: &[Profile]) -> String {
+    let jail = !baseline();
+    let mut s = String::new();
+    if jail {
+        s.push_str(&format!(
+            "[sandbox]\ncgroup_parent = {}\n\n",
+            toml_str(&cg.name)
+        ));
+    }
+    for p in profiles {
+        s.push_str(&format!(
+            "[agents.{}]\nkind = \"claude\"\ncommand = {}\n",
+            p.name,
+            toml_str(p.command.to_string_lossy())
+        ));
+        if !p.env.is_empty() {
+            s.push_str(&format!("[agents.{}.env]\n", p.name));
+            for (k, v) in &p.env {
+                s.push_str(&format!("{k} = {}\n", toml_str(v)));
+            }
+        }
+        if jail && !p.sandbox.is_empty() {
+            s.push_str(&format!("[agents.{}.sandbox]\n{}", p.name, p.sandbox));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// A unique run marker.
+fn token() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "esc{}x{}x{nanos}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A file the test puts on the host, removed when dropped.
+struct HostFile(PathBuf);
+
+impl Drop for HostFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A server with the suite's profiles, tenant A's session with a secret, and tenant B's client.
+struct World {
+    attacker: Clients,
+    target: Target,
+    server: TestServer,
+    cg: CgroupParent,
+    _marker: HostFile,
+}
+
+/// One finished attack job.
+struct Run {
+    session: String,
+    job: pb::Job,
+    events: Vec<pb::JobEvent>,
+    raw_events: Vec<Vec<u8>>,
+    outcomes: BTreeMap<String, Outcome>,
+    report: String,
+}
+
+/// What an API attempt downloads from the attacker's workspace.
+const DOWNLOADS: &[(&str, &str)] = &[
+    ("download_symlink_passwd", "link-passwd"),
+    ("download_symlink_other_session", "link-secret"),
+    ("download_symlink_store", "link-store"),
+    ("download_hardlink_other_session", "hard-secret"),
+    ("download_hardlink_shadow", "hard-shadow"),
+];
+
+impl World {
+    async fn start(run_as: Option<RunAs>, profiles: Vec<Profile>) -> World {
+        World::start_env(run_as, profiles, Vec::new()).await
+    }
+
+    /// Like [`World::start`], with more environment for agentd.
+    async fn start_env(
+        run_as: Option<RunAs>,
+        profiles: Vec<Profile>,
+        env: Vec<(String, String)>,
+    ) -> World {
+        let cg = match run_as {
+            Some(user) => CgroupParent::delegate(user),
+            None => CgroupParent::create(),
+        };
+        let mut opts = Options {
+            config: Some(config(&cg, &profiles)),
+            env,
+            ..Default::default()
+        };
+        if baseline() {
+            opts.env.push(("AGENTD_NO_SANDBOX".into(), "1".into()));
+        }
+        if let Some(user) = run_as {
+            opts = opts.run_as(user.uid, user.gid);
+        }
+        let server = TestServer::start_with(opts);
+        let mut victim = server.clients(KEY_A).await;
+        let attacker = server.clients(KEY_B).await;
+        let token = token();
+        let secret = format!("secret-of-tenant-a-{token}");
+        let victim_session = victim
+            .create_session(&[("secret.txt", secret.as_bytes())])
+            .await
+            .session_id;
+        let marker = HostFile(std::env::temp_dir().join(format!("agentd-escape-marker-{token}")));
+        std::fs::write(&marker.0, &secret).expect("write the host /tmp marker");
+        let ws_root = server.data_dir.join("sessions");
+        let target = Target {
+            other_ws: ws_root.join(&victim_session).join("workspace"),
+            other_session: victim_session,
+            secret,
+            data_dir: server.data_dir.clone(),
+            ws_root,
+            agentd_pid: server.pid(),
+            agentd_bin: PathBuf::from(env!("CARGO_BIN_EXE_agentd")),
+            config: server.config_path.clone().expect("config file"),
+            host_tmp_marker: marker.0.clone(),
+            api_key: KEY_A.to_owned(),
+            token,
+        };
+        assert!(
+            target.other_ws.join("secret.txt").is_file(),
+            "the victim's secret is not where the attempts look for it"
+        );
+        World {
+            attacker,
+            target,
+            server,
+            cg,
+            _marker: marker,
+        }
+    }
+
+    /// Runs `attempts` in one job of tenant B on `profile` through the stand-in agent; then the
+    /// agent writes `legit-note.txt` with its Write tool.
+    async fn attack(&mut self, profile: &str, attempts: &[Attempt]) -> Run {
+        let prompt = format!(
+            "bash bash attack.sh ; write legit-note.txt legit-{}",
+            self.target.token
+        );
+        self.run_script(profile, attempts, &prompt, 0).await
+    }
+
+    async fn run_script(
+        &mut self,
+        profile: &str,
+        attempts: &[Attempt],
+        prompt: &str,
+        timeout_seconds: u32,
+    ) -> Run {
+        let script = attacks::script(attempts);
+        let session = self
+            .attacker
+            .create_session(&[("attack.sh", script.as_bytes())])
+            .await
+            .session_id;
+        let job = self
+            .attacker
+            .jobs
+            .submit_job(pb::SubmitJobRequest {
+                session_id: session.clone(),
+                agent: profile.into(),
+                prompt: prompt.into(),
+                timeout_seconds,
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .job
+            .expect("job");
+        let events = self.attacker.events(&job.job_id, 0).await;
+        let job = self.attacker.get_job(&job.job_id).await;
+        let raw_events = wire::events(self.server.channel().await, KEY_B, &job.job_id).await;
+        let report = self
+            .attacker
+            .download(&session, attacks::REPORT)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|st| format!("(no report: {st:?})"));
+        let mut outcomes = attacks::parse(&report);
+        for (name, path) in DOWNLOADS {
+            if attempts.iter().any(|a| a.name == *name) {
+                let o = match self.attacker.download(&session, path).await {
+                    Ok(b) => Outcome {
+                        rc: 0,
+                        out: String::from_utf8_lossy(&b).into_owned(),
+                    },
+                    Err(st) => Outcome {
+                        rc: 1,
+                        out: format!("{:?}: {}", st.code(), st.message()),
+                    },
+                };
+                outcomes.insert((*name).to_owned(), o);
+            }
+        }
+        Run {
+            session,
+            job,
+            events,
+            raw_events,
+            outcomes,
+            report,
+        }
+    }
+
+    /// Holds every attempt of `run` to its expectation (see `attacks::judge`).
+    fn judge(&self, attempts: &[Attempt], run: &Run) {
+        let (table, failed) = attacks::judge(attempts, &run.outcomes, baseline());
+        let mode = if baseline() {
+            "baseline (no jail): every attempt must get through"
+        } else {
+            "jailed: every attempt must fail"
+        };
+        eprintln!("{mode}\n{table}");
+        assert!(
+            failed.is_empty(),
+            "{mode}; failed: {failed:?}\n{table}\n{}",
+            explain(run)
+        );
+    }
+
+    /// The job's own work: it succeeded, and what it wrote downloads.
+    async fn assert_legit_work(&mut self, run: &Run) {
+        assert_eq!(
+            run.job.state,
+            pb::JobState::Succeeded as i32,
+            "{}",
+            explain(run)
+        );
+        let tok = &self.target.token;
+        let note = download_text(&mut self.attacker, &run.session, "legit-note.txt").await;
+        assert_eq!(note, format!("legit-{tok}"), "{}", explain(run));
+        let legit = download_text(&mut self.attacker, &run.session, "legit.txt").await;
+        assert_eq!(legit, format!("legit-{tok}\n"), "{}", explain(run));
+    }
+
+    /// Nothing the attempts tried to create exists on the host.
+    fn assert_nothing_created_on_host(&self) {
+        let tok = &self.target.token;
+        for p in [
+            PathBuf::from(format!("/usr/escape-{tok}")),
+            PathBuf::from(format!("/etc/escape-{tok}")),
+            self.target.ws_root.join(format!("escape-rel-{tok}")),
+            self.target.ws_root.join(format!("escape-abs-{tok}")),
+        ] {
+            assert!(!p.exists(), "{} was created on the host", p.display());
+        }
+    }
+
+    /// A new job of a new session still runs to success: the server is healthy.
+    async fn assert_server_healthy(&mut self) {
+        let s = self.attacker.create_session(&[]).await.session_id;
+        let job = self
+            .attacker
+            .submit_to(&s, "jailed", "bash echo still-serving")
+            .await;
+        let job = self.attacker.wait(&job.job_id).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    }
+
+    /// The `limit_exceeded` events of `run` naming `limit` (fails when the proto has none).
+    fn limit_events(&self, run: &Run, limit: &str) -> Vec<String> {
+        let all = wire::limit_events(&run.raw_events);
+        if baseline() {
+            return all
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(l, _)| l == limit)
+                .map(|(_, m)| m)
+                .collect();
+        }
+        let all = all.unwrap_or_else(|| {
+            panic!(
+                "the proto has no JobEvent.limit_exceeded {{ limit, message }} (issue #15)\n{}",
+                explain(run)
+            )
+        });
+        all.into_iter()
+            .filter(|(l, _)| l == limit)
+            .map(|(_, m)| m)
+            .collect()
+    }
+
+    /// Asserts one `limit_exceeded` event for `limit` with jail, none without.
+    fn assert_limit_event(&self, run: &Run, limit: &str) {
+        let msgs = self.limit_events(run, limit);
+        if baseline() {
+            assert!(msgs.is_empty(), "{msgs:?}");
+            return;
+        }
+        assert!(
+            !msgs.is_empty(),
+            "no limit_exceeded event with limit {limit:?}\n{}",
+            explain(run)
+        );
+        assert!(
+            msgs.iter().all(|m| m.contains(limit)),
+            "the message must name the limit: {msgs:?}"
+        );
+    }
+}
+
+/// A file of a session's workspace as text, or why it could not be downloaded.
+async fn download_text(c: &mut Clients, session: &str, path: &str) -> String {
+    match c.download(session, path).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(st) => format!(
+            "(download of {path} failed: {:?} {})",
+            st.code(),
+            st.message()
+        ),
+    }
+}
+
+/// Everything worth seeing when an assertion fails.
+fn explain(run: &Run) -> String {
+    let mut out = format!(
+        "job {}: state {:?}, error {:?}, result {:?}\nevents:\n",
+        run.job.job_id,
+        pb::JobState::try_from(run.job.state).unwrap_or(pb::JobState::Unspecified),
+        run.job.error_message,
+        run.job.result
+    );
+    for e in &run.events {
+        let detail = match &e.kind {
+            Some(pb::job_event::Kind::Text(t)) => t.text.clone(),
+            Some(pb::job_event::Kind::ToolCall(t)) => format!("{} {}", t.name, t.input_json),
+            Some(pb::job_event::Kind::ToolResult(t)) => {
+                format!("error={} {}", t.is_error, t.content)
+            }
+            Some(pb::job_event::Kind::Stderr(l)) | Some(pb::job_event::Kind::Unparsed(l)) => {
+                l.line.clone()
+            }
+            Some(pb::job_event::Kind::Finished(f)) => format!("{:?} {}", f.state, f.error_message),
+            _ => String::new(),
+        };
+        let detail: String = detail.chars().take(200).collect();
+        out.push_str(&format!("  {:>3} {:<11} {detail}\n", e.seq, kind(e)));
+    }
+    let report: String = run.report.chars().take(2000).collect();
+    out.push_str(&format!("report:\n{report}\n"));
+    out
+}
+
+// ------------------------------------------------------------------------------------------------
+// Through the stand-in agent's Bash tool, agentd running as root.
+
+#[tokio::test]
+async fn filesystem_other_sessions_data_dir_and_host_files_are_out_of_reach() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::filesystem(&w.target)].concat();
+    let run = w.attack("jailed", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+    w.assert_nothing_created_on_host();
+}
+
+#[tokio::test]
+async fn identity_is_unprivileged_without_capabilities_setuid_mount_or_namespaces() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::identity(&w.target)].concat();
+    let run = w.attack("jailed", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+}
+
+#[tokio::test]
+async fn syscalls_of_the_kernel_attack_surface_fail_with_eperm() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::syscalls(&w.target)].concat();
+    let run = w.attack("jailed", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+}
+
+#[tokio::test]
+async fn agentd_process_cannot_be_signalled_traced_or_read() {
+    // Today's supervisor already gives the job a PID namespace where it can; the baseline proves
+    // the attempts against its fallback without one (what it does where unshare fails).
+    let env = if baseline() {
+        vec![("AGENTD_SUPERVISE_NO_NS".to_owned(), "1".to_owned())]
+    } else {
+        Vec::new()
+    };
+    let mut w = World::start_env(None, stand_in_profiles(), env).await;
+    let attempts = [
+        attacks::legit(&w.target),
+        attacks::agentd_process(&w.target),
+    ]
+    .concat();
+    let run = w.attack("jailed", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+    w.assert_server_healthy().await;
+}
+
+#[tokio::test]
+async fn network_none_reaches_no_host_service() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    // The attempt must be able to succeed: Postgres really listens there.
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:5432").is_ok(),
+        "nothing listens on 127.0.0.1:5432 (the suite needs this machine's Postgres)"
+    );
+    let attempts = [attacks::legit(&w.target), attacks::network()].concat();
+    let run = w.attack("offline", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+}
+
+#[tokio::test]
+async fn pids_limit_stops_a_fork_bomb_and_the_server_stays_healthy() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::fork_bomb(), attacks::legit(&w.target)].concat();
+    let run = w.attack("tight", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+    w.assert_limit_event(&run, "pids");
+    w.assert_server_healthy().await;
+}
+
+#[tokio::test]
+async fn memory_limit_kills_the_hog_and_the_job_goes_on() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::memory_hog(), attacks::legit(&w.target)].concat();
+    let run = w.attack("tight", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+    w.assert_limit_event(&run, "memory");
+}
+
+#[tokio::test]
+async fn tmp_limit_fails_writes_with_enospc() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::fill_tmp(&w.target), attacks::legit(&w.target)].concat();
+    let run = w.attack("tight", &attempts).await;
+    w.judge(&attempts, &run);
+    w.assert_legit_work(&run).await;
+    w.assert_limit_event(&run, "tmp");
+}
+
+#[tokio::test]
+async fn workspace_limit_refuses_a_big_file_and_stops_the_job_past_the_total() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::fill_workspace()].concat();
+    let run = w.attack("tight", &attempts).await;
+    // Once the total passes the cap the job is stopped, before the attempt running then can
+    // report (with the 16 MiB one-file attempt already, if the check comes in between): a
+    // missing marker stands for "stopped", which fails the write and never says "survived".
+    let mut outcomes = run.outcomes.clone();
+    for name in ["fill_workspace_one_file", "fill_workspace_total"] {
+        outcomes.entry(name.into()).or_insert_with(|| Outcome {
+            rc: -1,
+            out: "(the job was stopped before the attempt reported: File size limit exceeded)"
+                .into(),
+        });
+    }
+    let (table, failed) = attacks::judge(&attempts, &outcomes, baseline());
+    assert!(
+        failed.is_empty(),
+        "failed: {failed:?}\n{table}\n{}",
+        explain(&run)
+    );
+    // What the job wrote before the limit is still there.
+    let legit = download_text(&mut w.attacker, &run.session, "legit.txt").await;
+    assert_eq!(
+        legit,
+        format!("legit-{}\n", w.target.token),
+        "{}",
+        explain(&run)
+    );
+    if baseline() {
+        assert_eq!(
+            run.job.state,
+            pb::JobState::Succeeded as i32,
+            "{}",
+            explain(&run)
+        );
+        return;
+    }
+    w.assert_limit_event(&run, "workspace");
+    assert_eq!(
+        run.job.state,
+        pb::JobState::Failed as i32,
+        "{}",
+        explain(&run)
+    );
+    assert!(
+        run.job
+            .error_message
+            .starts_with("workspace limit exceeded"),
+        "{}",
+        explain(&run)
+    );
+    let raw = wire::get_job(w.server.channel().await, KEY_B, &run.job.job_id).await;
+    let reason = wire::text_field("Job", "reason", &raw);
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.ends_with("LIMIT_EXCEEDED")),
+        "Job.reason must be LIMIT_EXCEEDED, is {reason:?}\n{}",
+        explain(&run)
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Through the genuine Claude Code CLI's Bash tool, scripted by tests/fixtures/mock-model, which
+// runs inside the job next to the CLI (tests/fixtures/claude-in-jail): with `network = "none"`
+// a mock on the host's loopback would be out of reach.
+
+#[tokio::test]
+async fn genuine_claude_cli_bash_tool_cannot_escape() {
+    let cli = root().join(".cache/agents/node_modules/.bin/claude");
+    assert!(
+        cli.exists(),
+        "{} is missing: run scripts/install-agents first (scripts/test runs it)",
+        cli.display()
+    );
+    let genuine = Profile {
+        name: "genuine",
+        command: root().join("tests/fixtures/claude-in-jail"),
+        env: vec![
+            ("CLAUDE_IN_JAIL_CLI", cli.to_string_lossy().into_owned()),
+            ("ANTHROPIC_API_KEY", "sk-ant-e2e-mock-key".into()),
+            ("CLAUDE_CODE_MAX_RETRIES", "0".into()),
+        ],
+        sandbox: format!(
+            "network = \"none\"\nread_only = [{}, {}]\n",
+            toml_str(root().join(".cache/agents").to_string_lossy()),
+            toml_str(root().join("tests/fixtures").to_string_lossy())
+        ),
+    };
+    let mut w = World::start(None, vec![genuine]).await;
+    let all = [
+        attacks::legit(&w.target),
+        attacks::filesystem(&w.target),
+        attacks::identity(&w.target),
+        attacks::network(),
+    ]
+    .concat();
+    let attempts = attacks::pick(
+        &all,
+        &[
+            "legit_workspace_write",
+            "legit_tmp_write",
+            "other_session_relative",
+            "other_session_absolute",
+            "data_dir_listing",
+            "store_file",
+            "etc_shadow",
+            "write_usr",
+            "uid",
+            "capabilities",
+            "postgres_tcp",
+        ],
+    );
+    let run = tokio::time::timeout(
+        Duration::from_secs(240),
+        w.run_script("genuine", &attempts, "bash bash attack.sh", 180),
+    )
+    .await
+    .expect("the genuine CLI's job took longer than 240 s");
+    w.judge(&attempts, &run);
+    assert_eq!(
+        run.job.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        explain(&run)
+    );
+    assert!(
+        run.events.iter().any(|e| matches!(&e.kind,
+            Some(pb::job_event::Kind::ToolCall(t)) if t.input_json.contains("attack.sh"))),
+        "the CLI never called its Bash tool with the script\n{}",
+        explain(&run)
+    );
+    let legit = download_text(&mut w.attacker, &run.session, "legit.txt").await;
+    assert_eq!(
+        legit,
+        format!("legit-{}\n", w.target.token),
+        "{}",
+        explain(&run)
+    );
+    w.assert_nothing_created_on_host();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Nothing left behind.
+
+/// No process, no host mount, no job cgroup of `w` is left, within `within`.
+async fn assert_nothing_left(w: &World, sleeps: &[&str], within: Duration) {
+    let tok = w.target.token.clone();
+    let data_dir = w.server.data_dir.to_string_lossy().into_owned();
+    let gone = eventually(within, || {
+        sleeps.iter().all(|n| sleepers(n).is_empty()) && procs_with(&tok).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "left behind: sleepers {:?}, processes of the run {:?}",
+        sleeps.iter().map(|n| sleepers(n)).collect::<Vec<_>>(),
+        procs_with(&tok)
+    );
+    let mounts = [mounts_mentioning(&data_dir), mounts_mentioning(&tok)].concat();
+    assert!(mounts.is_empty(), "mounts left on the host: {mounts:#?}");
+    let cg = eventually(within, || w.cg.leftovers().is_empty()).await;
+    assert!(cg, "job cgroups left: {:?}", w.cg.leftovers());
+}
+
+#[tokio::test]
+async fn kill9_of_agentd_mid_job_leaves_no_process_mount_or_cgroup() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let tok = w.target.token.clone();
+    for i in 0..3 {
+        let s = w.attacker.create_session(&[]).await.session_id;
+        w.attacker
+            .submit_to(
+                &s,
+                "jailed",
+                &format!("grandchild 3641 ; bash echo {tok}-{i} && sleep 3642 ; sleep 30"),
+            )
+            .await;
+    }
+    let running = eventually(Duration::from_secs(60), || {
+        sleepers("3641").len() >= 3 && sleepers("3642").len() >= 3
+    })
+    .await;
+    assert!(running, "the jobs' sleepers never all started");
+    w.server.kill9();
+    let gone = eventually(Duration::from_secs(15), || {
+        sleepers("3641").is_empty() && sleepers("3642").is_empty() && procs_with(&tok).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "kill -9 of agentd left: {:?} {:?} {:?}",
+        sleepers("3641"),
+        sleepers("3642"),
+        procs_with(&tok)
+    );
+    // A dead agentd cannot remove its jobs' cgroups; the next one on the same data dir must.
+    w.server.restart();
+    assert_nothing_left(&w, &["3641", "3642"], Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn cancel_storm_leaves_no_process_mount_or_cgroup() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let tok = w.target.token.clone();
+    // xorshift: cancel moments that differ from run to run, and can be replayed from the seed.
+    let mut seed = u64::from(std::process::id()) << 32
+        | u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(1),
+        );
+    eprintln!("cancel storm seed {seed}");
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let s = w.attacker.create_session(&[]).await.session_id;
+        let job = w
+            .attacker
+            .submit_to(
+                &s,
+                "jailed",
+                &format!("grandchild 3651 ; bash echo {tok}-{i} && sleep 3652 ; sleep 30"),
+            )
+            .await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 2000);
+        let mut c = w.attacker.clone();
+        jobs.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            c.jobs
+                .cancel_job(pb::CancelJobRequest {
+                    job_id: job.job_id.clone(),
+                })
+                .await
+                .expect("cancel");
+            c.wait(&job.job_id).await
+        }));
+    }
+    let started = Instant::now();
+    for j in jobs {
+        let job = j.await.expect("cancel task");
+        assert_eq!(job.state, pb::JobState::Cancelled as i32, "{job:?}");
+    }
+    eprintln!("20 jobs cancelled in {:?}", started.elapsed());
+    assert_nothing_left(&w, &["3651", "3652"], Duration::from_secs(15)).await;
+    w.assert_server_healthy().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// agentd itself unprivileged (the shipped deployments): unprivileged user namespaces, and a
+// cgroup subtree the test delegates to agentd's user.
+
+mod non_root {
+    use super::*;
+
+    #[tokio::test]
+    async fn escape_attempts_fail_with_agentd_unprivileged() {
+        let mut w = World::start(Some(UNPRIVILEGED), stand_in_profiles()).await;
+        let all = [
+            attacks::legit(&w.target),
+            attacks::filesystem(&w.target),
+            attacks::identity(&w.target),
+            attacks::agentd_process(&w.target),
+        ]
+        .concat();
+        let attempts = attacks::pick(
+            &all,
+            &[
+                "legit_workspace_write",
+                "legit_tmp_write",
+                "legit_home_write",
+                "other_session_relative",
+                "other_session_absolute",
+                "walk_up_listing",
+                "data_dir_listing",
+                "store_file",
+                "etc_shadow",
+                "write_usr",
+                "host_tmp",
+                "uid",
+                "capabilities",
+                "no_new_privs_and_seccomp",
+                "setuid_mount",
+                "mount_syscall",
+                "unshare_user",
+                "unshare_map_root",
+                "kill_agentd",
+                "agentd_environ",
+            ],
+        );
+        // An unprivileged agentd's agents cannot do these even without a jail; they stay in the
+        // list because the jail must not give the power back.
+        let unprivileged_anyway = ["etc_shadow", "write_usr", "setuid_mount", "mount_syscall"];
+        let attempts: Vec<Attempt> = attempts
+            .into_iter()
+            .map(|a| {
+                if unprivileged_anyway.contains(&a.name) {
+                    a.held_anyway()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let run = w.attack("jailed", &attempts).await;
+        w.judge(&attempts, &run);
+        w.assert_legit_work(&run).await;
+        w.assert_nothing_created_on_host();
+        // agentd is non-dumpable: not even another process of its own user reads its
+        // environment (every tenant's API key).
+        let read = std::process::Command::new("setpriv")
+            .args(["--reuid", &UNPRIVILEGED.uid.to_string()])
+            .args(["--regid", &UNPRIVILEGED.gid.to_string(), "--clear-groups"])
+            .args(["cat", &format!("/proc/{}/environ", w.server.pid())])
+            .output()
+            .expect("run setpriv cat");
+        let leaked = String::from_utf8_lossy(&read.stdout).contains(KEY_A);
+        assert_eq!(
+            leaked,
+            baseline(),
+            "reading agentd's environ as its own user: {read:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_limit_works_with_agentd_unprivileged() {
+        let mut w = World::start(Some(UNPRIVILEGED), stand_in_profiles()).await;
+        let attempts = [attacks::memory_hog(), attacks::legit(&w.target)].concat();
+        let run = w.attack("tight", &attempts).await;
+        w.judge(&attempts, &run);
+        w.assert_legit_work(&run).await;
+        w.assert_limit_event(&run, "memory");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The reader of fields by proto name (sandbox/wire.rs), on fields the proto has today: without it
+// working, the limit assertions above could not fail for the right reason.
+
+#[tokio::test]
+async fn wire_reads_job_and_event_fields_by_proto_name() {
+    let w = World::start(None, stand_in_profiles()).await;
+    let mut c = w.attacker.clone();
+    let s = c.create_session(&[]).await.session_id;
+    let job = c.submit_to(&s, "jailed", "say wire-check ; exit 3").await;
+    let job = c.wait(&job.job_id).await;
+    let ch = w.server.channel().await;
+    let raw = wire::get_job(ch.clone(), KEY_B, &job.job_id).await;
+    assert_eq!(
+        wire::text_field("Job", "job_id", &raw).as_deref(),
+        Some(job.job_id.as_str())
+    );
+    assert_eq!(
+        wire::text_field("Job", "state", &raw).as_deref(),
+        pb::JobState::try_from(job.state)
+            .ok()
+            .map(|s| s.as_str_name())
+    );
+    assert_eq!(
+        wire::text_field("Job", "error_message", &raw).as_deref(),
+        Some(job.error_message.as_str())
+    );
+    assert_eq!(wire::text_field("Job", "no_such_field", &raw), None);
+    let events = wire::events(ch, KEY_B, &job.job_id).await;
+    let texts: Vec<String> = events
+        .iter()
+        .flat_map(|e| wire::message_fields("JobEvent", "text", e).unwrap_or_default())
+        .filter_map(|t| wire::text_field("TextEvent", "text", &t))
+        .collect();
+    assert!(
+        texts.iter().any(|t| t == "turn 1: say wire-check"),
+        "{texts:?}"
+    );
+    assert_eq!(
+        wire::message_fields("JobEvent", "finished", events.last().expect("events"))
+            .map(|f| f.len()),
+        Some(1)
+    );
+}
