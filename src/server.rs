@@ -160,9 +160,9 @@ async fn claim_data_dir(
     let (lock, swept) = tokio::task::spawn_blocking(move || {
         crate::runner::records::claim(&dir, cgroup_parent.as_deref())
     })
-        .await
-        .map_err(|e| ServeError::RunDir(crate::error::Error::internal(e.to_string())))?
-        .map_err(ServeError::RunDir)?;
+    .await
+    .map_err(|e| ServeError::RunDir(crate::error::Error::internal(e.to_string())))?
+    .map_err(ServeError::RunDir)?;
     if swept.records > 0 {
         tracing::warn!(
             records = swept.records,
@@ -189,7 +189,8 @@ pub async fn serve(
     })?;
     // Before the store opens: refuse a second agentd on this data dir, and kill what a crashed
     // previous run left behind (see `runner::records`). Held until `serve` returns.
-    let _run_lock = claim_data_dir(&config.data_dir, Some(config.sandbox.cgroup_parent.clone())).await?;
+    let _run_lock =
+        claim_data_dir(&config.data_dir, Some(config.sandbox.cgroup_parent.clone())).await?;
     let store = crate::store::open(&config.store, &config.data_dir)
         .await
         .map_err(ServeError::Store)?;

@@ -4,6 +4,7 @@ mod common;
 
 use agentd::pb;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -319,6 +320,8 @@ async fn api_keys_from_the_config_file_are_stored_as_digests() {
 async fn max_concurrent_jobs_holds_under_racing_submissions() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("runs.log");
+    // Jailed agents run as an unprivileged uid: the shared directory must let them write.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let server = TestServer::start_with(Options {
         args: vec!["--max-concurrent-jobs".into(), "2".into()],
         config: Some(format!(

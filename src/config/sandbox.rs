@@ -139,7 +139,9 @@ fn merge(
     let bounded = |mb: u64, scale: u64| (mb > 0).then_some(mb.saturating_mul(scale));
     let tmp_mb = pick(own.tmp_mb, global.tmp_mb, TMP_MB);
     if tmp_mb == 0 {
-        return Err(bad(format!("agents.{name}.sandbox.tmp_mb must be at least 1")));
+        return Err(bad(format!(
+            "agents.{name}.sandbox.tmp_mb must be at least 1"
+        )));
     }
     let paths = |key: &str, list: &[PathBuf]| -> Result<Vec<PathBuf>, ConfigError> {
         list.iter()
@@ -150,12 +152,8 @@ fn merge(
                         p.display()
                     )));
                 }
-                p.canonicalize().map_err(|e| {
-                    bad(format!(
-                        "agents.{name}.sandbox.{key}: {}: {e}",
-                        p.display()
-                    ))
-                })
+                p.canonicalize()
+                    .map_err(|e| bad(format!("agents.{name}.sandbox.{key}: {}: {e}", p.display())))
             })
             .collect()
     };

@@ -48,7 +48,7 @@ pub(super) async fn probe_host(config: &Config) -> Result<HostSupport> {
             return Err(Error::unavailable(
                 crate::error::Reason::SandboxUnavailable,
                 format!(
-                "the sandbox of agent {name:?} needs what this host does not offer agentd: {} \
+                    "the sandbox of agent {name:?} needs what this host does not offer agentd: {} \
                  (see the README's sandbox section; `enabled = false` under \
                  [agents.{name}.sandbox] opts out)",
                     missing.join(", ")
@@ -151,7 +151,10 @@ mod tests {
         let got = installation("x", Some(&format!("/nonexistent:{}", bin.display())));
         let root = dir.path().canonicalize().unwrap();
         assert!(got.contains(&root.join("node_modules")), "{got:?}");
-        assert!(got.contains(&root.join("node_modules/@x/cli/cli.js")), "{got:?}");
+        assert!(
+            got.contains(&root.join("node_modules/@x/cli/cli.js")),
+            "{got:?}"
+        );
         assert!(installation("surely-not-a-program", Some("/usr/bin")).is_empty());
         assert_eq!(
             installation("/bin/sh", None).first(),

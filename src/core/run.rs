@@ -265,7 +265,11 @@ impl Core {
             // The host's temp dir does not exist in the jail; its own /tmp does.
             env.retain(|(k, _)| k != "TMPDIR");
             env.push(("TMPDIR".into(), "/tmp".into()));
-            let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+            let path = env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str());
             super::jail::for_job(
                 &self.config,
                 sandbox,
@@ -493,9 +497,7 @@ impl Core {
                 limit: hit.limit,
                 message: hit.message,
             },
-            (None, None) if outcome.exit.success() && summary.error.is_none() => {
-                Outcome::Succeeded
-            }
+            (None, None) if outcome.exit.success() && summary.error.is_none() => Outcome::Succeeded,
             (None, None) => Outcome::Failed {
                 message: summary
                     .error

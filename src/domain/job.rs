@@ -28,11 +28,20 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Succeeded,
-    Failed { message: String },
-    Cancelled { reason: String },
-    TimedOut { after: Duration },
+    Failed {
+        message: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    TimedOut {
+        after: Duration,
+    },
     /// A limit of the job's jail (`memory`, `pids`, `tmp`, `workspace`) ended it.
-    LimitExceeded { limit: String, message: String },
+    LimitExceeded {
+        limit: String,
+        message: String,
+    },
 }
 
 impl Outcome {

@@ -744,7 +744,13 @@ pub async fn read_events_cursor_and_limit(h: &dyn Harness) {
     assert_eq!(store.read_events(&j.id, 3, 100).await.unwrap(), events[3..]);
     assert_eq!(store.read_events(&j.id, 9, 1).await.unwrap(), events[9..10]);
     let last = events.len() as u64;
-    assert!(store.read_events(&j.id, last, 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_events(&j.id, last, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.read_events(&j.id, 0, 0).await.unwrap().is_empty());
     assert!(
         store

@@ -619,7 +619,8 @@ impl JobCgroup {
 /// Removes the cgroup `name` under `parent` that a killed supervisor left behind (killing what
 /// may still be in it); true when there was one.
 pub fn remove_stale(parent: &str, name: &str) -> bool {
-    let (Some(layout), Ok(()), Ok(rel)) = (Layout::detect(), check_name(name), relative_parent(parent))
+    let (Some(layout), Ok(()), Ok(rel)) =
+        (Layout::detect(), check_name(name), relative_parent(parent))
     else {
         return false;
     };

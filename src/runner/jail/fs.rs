@@ -19,7 +19,12 @@ const SYSTEM: &[&str] = &[
 ];
 
 /// Host secrets under `/etc` replaced by an empty file.
-const ETC_SECRETS: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-"];
+const ETC_SECRETS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+];
 
 /// Devices bound from the host's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -118,13 +123,17 @@ fn pivot(root: &Path) -> Result<()> {
     nix::unistd::chdir(root).map_err(|e| err("cannot enter", root, e))?;
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves the new.
     nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root into", root, e))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("cannot detach the host root at", root, e))?;
+    umount2(".", MntFlags::MNT_DETACH)
+        .map_err(|e| err("cannot detach the host root at", root, e))?;
     nix::unistd::chdir("/").map_err(|e| err("cannot enter", Path::new("/"), e))?;
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
             | MsFlags::MS_NODEV,
         None::<&str>,
     )

@@ -99,14 +99,10 @@ pub fn filters() -> Result<Filters, String> {
         .map_err(|e| format!("seccomp: {e}"))?;
     deny.insert(libc::SYS_clone, clone_rules);
     // Typing into the controlling terminal of whoever owns it.
-    let tiocsti = SeccompCondition::new(
-        1,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        libc::TIOCSTI,
-    )
-    .and_then(|c| SeccompRule::new(vec![c]))
-    .map_err(|e| format!("seccomp: {e}"))?;
+    let tiocsti =
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(|e| format!("seccomp: {e}"))?;
     deny.insert(libc::SYS_ioctl, vec![tiocsti]);
     let compile = |rules, errno: i32| -> Result<BpfProgram, String> {
         SeccompFilter::new(
@@ -179,7 +175,10 @@ mod tests {
                 let mut buf = [9u8; 1];
                 let _ = nix::unistd::read(&r, &mut buf);
                 let _ = nix::sys::wait::waitpid(child, None);
-                assert_eq!(buf[0], 0, "filter did not behave (1: not installed, 2: wrong results)");
+                assert_eq!(
+                    buf[0], 0,
+                    "filter did not behave (1: not installed, 2: wrong results)"
+                );
             }
         }
     }

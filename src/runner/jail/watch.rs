@@ -8,7 +8,7 @@ use super::cgroup::JobCgroup;
 use super::{JailSpec, Notice};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How often the supervisor looks (its SIGALRM interval).
@@ -31,8 +31,8 @@ pub enum Verdict {
 pub struct Watch {
     cgroup: Option<JobCgroup>,
     spec: JailSpec,
-    /// The jail's `/tmp` as the supervisor sees it (through ns-init's root).
-    tmp: PathBuf,
+    /// The jail's `/tmp`, opened through ns-init's root.
+    tmp: Option<std::fs::File>,
     out: Option<std::fs::File>,
     ticks: u32,
     oom_kills: u64,
@@ -49,13 +49,13 @@ impl Watch {
     pub fn new(
         cgroup: Option<JobCgroup>,
         spec: JailSpec,
-        init_pid: i32,
+        tmp: Option<std::fs::File>,
         out: Option<std::fs::File>,
     ) -> Watch {
         Watch {
             cgroup,
             spec,
-            tmp: PathBuf::from(format!("/proc/{init_pid}/root/tmp")),
+            tmp,
             out,
             ticks: 0,
             oom_kills: 0,
@@ -82,6 +82,7 @@ impl Watch {
     /// agent itself was killed while the OOM killer was at work).
     pub fn finish(&mut self, agent_killed: bool) {
         self.memory_and_pids();
+        self.tmp();
         if agent_killed && self.oom_kills > 0 && !self.stopped {
             let limit = self.spec.limits.memory_bytes.unwrap_or(0) / MIB;
             self.notify(Notice::new(
@@ -162,7 +163,11 @@ impl Watch {
     }
 
     fn tmp(&mut self) {
-        let Ok(st) = nix::sys::statvfs::statvfs(&self.tmp) else {
+        let Some(st) = self
+            .tmp
+            .as_ref()
+            .and_then(|f| nix::sys::statvfs::fstatvfs(f).ok())
+        else {
             return;
         };
         let total = st.blocks();

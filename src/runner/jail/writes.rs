@@ -4,8 +4,7 @@
 //! handled by the crate's best-effort mode; the probe reports the ABI (ServerInfo).
 
 use landlock::{
-    ABI, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    path_beneath_rules,
+    ABI, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, path_beneath_rules,
 };
 use std::path::Path;
 

@@ -12,7 +12,7 @@
 //!   the seccomp filter, and execs.
 
 use super::{
-    Agent, End, SETUP_FAILED, _exit, decode_jail, decode_spec, enter_place, exec_now,
+    _exit, Agent, End, SETUP_FAILED, decode_jail, decode_spec, enter_place, exec_now,
     reap_blocking, wait_for,
 };
 use crate::runner::jail::{self, INSIDE_ID, JailSpec, Network, Shape, fs, seccomp, watch, writes};
@@ -52,6 +52,8 @@ struct Pipes {
     go: (OwnedFd, OwnedFd),
     /// The launch spec, then EOF.
     spec: (OwnedFd, OwnedFd),
+    /// One byte once the job's root is entered (EOF: ns-init failed).
+    ready: (OwnedFd, OwnedFd),
 }
 
 fn pipes() -> Result<Pipes, String> {
@@ -61,6 +63,7 @@ fn pipes() -> Result<Pipes, String> {
         status: p(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?,
         go: p(OFlag::O_CLOEXEC)?,
         spec: p(OFlag::O_CLOEXEC)?,
+        ready: p(OFlag::O_CLOEXEC)?,
     })
 }
 
@@ -70,6 +73,7 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         status: (status_r, status_w),
         go: (go_r, go_w),
         spec: (spec_r, spec_w),
+        ready: (ready_r, ready_w),
     } = pipes()?;
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWPID
@@ -80,10 +84,10 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let Some(init) = clone_child(flags)? else {
-        drop((life_w, status_r, go_w, spec_w));
-        ns_init(shape, root, life_r, status_w, go_r, spec_r)
+        drop((life_w, status_r, go_w, spec_w, ready_r));
+        ns_init(shape, root, life_r, status_w, go_r, spec_r, ready_w)
     };
-    drop((life_r, status_w, go_r, spec_r));
+    drop((life_r, status_w, go_r, spec_r, ready_w));
     let abandon = |msg: String| {
         let _ = kill(init, Signal::SIGKILL);
         reap_blocking(init);
@@ -102,14 +106,25 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     let notices = notice_channel().map_err(abandon)?;
     let jail = match decode_jail(&spec) {
         Ok(Some(jail)) => jail,
-        Ok(None) => return Err(abandon("the launch spec of a jailed job has no jail".into())),
+        Ok(None) => {
+            return Err(abandon(
+                "the launch spec of a jailed job has no jail".into(),
+            ));
+        }
         Err(e) => return Err(abandon(e)),
     };
     let cgroup = job_cgroup(&jail, token, init).map_err(abandon)?;
     write_all(&spec_w, &spec).map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
     drop(spec_w);
+    // The job's /tmp, held open so that its fill level can still be read after the job ended.
+    // Nothing when ns-init failed (it said why on stderr, and its exit is the job's).
+    let tmp = match read(&ready_r, &mut [0u8; 1]) {
+        Ok(1) => std::fs::File::open(format!("/proc/{init}/root/tmp")).ok(),
+        _ => None,
+    };
+    drop(ready_r);
 
-    let mut watch = watch::Watch::new(cgroup, jail, init.as_raw(), Some(notices));
+    let mut watch = watch::Watch::new(cgroup, jail, tmp, Some(notices));
     tick(watch::TICK);
     let end = wait_for(init, handled, |sig| match sig {
         Signal::SIGUSR1 => Some(kill_tree(init)),
@@ -194,8 +209,12 @@ fn read_spec() -> Result<Vec<u8>, String> {
 fn notice_channel() -> Result<std::fs::File, String> {
     let channel = nix::unistd::dup(std::io::stdin())
         .map_err(|e| format!("cannot keep the notice channel: {e}"))?;
-    let _ = nix::fcntl::fcntl(&channel, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-    let null = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let _ = nix::fcntl::fcntl(
+        &channel,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let null =
+        std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
     Ok(std::fs::File::from(channel))
 }
@@ -251,6 +270,7 @@ fn ns_init(
     status_w: OwnedFd,
     go_r: OwnedFd,
     spec_r: OwnedFd,
+    ready_w: OwnedFd,
 ) -> ! {
     let fail = |msg: String| -> ! {
         let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
@@ -267,12 +287,14 @@ fn ns_init(
         Ok(null) if nix::unistd::dup2_stdin(&null).is_ok() => {}
         _ => fail("cannot redirect stdin".into()),
     }
-    // Nothing inside may attach to this process, which holds the namespace's capabilities.
-    let _ = prctl::set_dumpable(false);
     if !matches!(read(&go_r, &mut [0u8; 1]), Ok(1)) {
         _exit(SETUP_FAILED);
     }
     drop(go_r);
+    // Nothing inside may attach to this process, which holds the namespace's capabilities. Only
+    // now: a non-dumpable process's /proc files belong to root, and an unprivileged supervisor
+    // had to write its id maps there first.
+    let _ = prctl::set_dumpable(false);
     fs::prepare(root).unwrap_or_else(|e| fail(e));
     if shape.network == Network::None {
         fs::loopback_up().unwrap_or_else(|e| fail(e));
@@ -289,6 +311,8 @@ fn ns_init(
         Err(e) => fail(e),
     };
     fs::enter(root, &jail).unwrap_or_else(|e| fail(e));
+    let _ = nix::unistd::write(&ready_w, &[1]);
+    drop(ready_w);
     if shape.host_ids.is_some() {
         // Files agentd wrote (uploads, the agent's config) belong to it; the agent's id must be
         // able to change them.
@@ -330,16 +354,16 @@ fn read_to_end(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
 /// id the namespace does not map stays as it is).
 fn give_to_agent(dir: &Path) {
     use std::os::unix::fs::MetadataExt;
-    for entry in walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten() {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
         let owned = entry
             .metadata()
             .is_ok_and(|m| m.uid() == INSIDE_ID && m.gid() == INSIDE_ID);
         if !owned {
-            let _ = std::os::unix::fs::lchown(
-                entry.path(),
-                Some(INSIDE_ID),
-                Some(INSIDE_ID),
-            );
+            let _ = std::os::unix::fs::lchown(entry.path(), Some(INSIDE_ID), Some(INSIDE_ID));
         }
     }
 }
@@ -430,4 +454,3 @@ struct CapData {
     permitted: u32,
     inheritable: u32,
 }
-

@@ -141,7 +141,10 @@ pub fn main_standby(args: &[String]) -> i32 {
             }
         },
         _ => {
-            let _ = writeln!(std::io::stderr(), "agentd: supervisor: unexpected arguments");
+            let _ = writeln!(
+                std::io::stderr(),
+                "agentd: supervisor: unexpected arguments"
+            );
             return SETUP_FAILED;
         }
     };
@@ -861,7 +864,13 @@ mod tests {
 
     #[test]
     fn malformed_launch_specs_are_refused() {
-        let good = encode_spec("sh", &["x".to_owned()], &[], std::path::Path::new("/"), None);
+        let good = encode_spec(
+            "sh",
+            &["x".to_owned()],
+            &[],
+            std::path::Path::new("/"),
+            None,
+        );
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (good[..good.len() - 1].to_vec(), "does not end with a NUL"),
             (
@@ -872,8 +881,14 @@ mod tests {
                 b"agentd-launch-2\0\0/\0zero\0sh\0".to_vec(),
                 "bad argument count",
             ),
-            (b"agentd-launch-2\0\0/\x000\0".to_vec(), "bad argument count"),
-            (b"agentd-launch-2\0\0/\x003\0sh\0".to_vec(), "has no argument"),
+            (
+                b"agentd-launch-2\0\0/\x000\0".to_vec(),
+                "bad argument count",
+            ),
+            (
+                b"agentd-launch-2\0\0/\x003\0sh\0".to_vec(),
+                "has no argument",
+            ),
             (b"agentd-launch-2\0\0".to_vec(), "has no working directory"),
             (b"agentd-launch-2\0{\0/\x001\0sh\0".to_vec(), "bad jail"),
         ];
