@@ -27,10 +27,14 @@ pub trait Harness: Send + Sync {
     async fn open(&self) -> DynStore;
 }
 
-/// Generates one `#[tokio::test]` per contract check, each with a fresh harness from `$harness`.
+/// Generates one `#[tokio::test]` per contract check, each with a fresh harness from `$harness`
+/// and the attribute given after it, if any (the Postgres suite's opt-in gate).
 macro_rules! store_contract_tests {
     ($harness:expr) => {
-        $crate::store::contract::store_contract_tests!(@each $harness;
+        $crate::store::contract::store_contract_tests!($harness; #[doc = "A contract check."]);
+    };
+    ($harness:expr; #[$attr:meta]) => {
+        $crate::store::contract::store_contract_tests!(@each $harness; $attr;
             session_crud,
             session_idempotency,
             session_label_filter,
@@ -64,9 +68,10 @@ macro_rules! store_contract_tests {
             append_refuses_finished_job_and_clears_owner,
         );
     };
-    (@each $harness:expr; $($name:ident),* $(,)?) => {
+    (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
             async fn $name() {
                 let harness = $harness;
                 $crate::store::contract::$name(&harness).await;
