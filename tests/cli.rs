@@ -219,6 +219,11 @@ async fn exit_codes_tell_usage_connection_and_not_found_apart() {
     let o = cli(&s, KEY_A, &["sessions", "--json", "ls"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(json_lines(&o).is_empty(), "{}", stdout(&o));
+    // host:port, as grpcurl takes it, through AGENTD_URL and through --url.
+    let o = cli(&server.addr, KEY_A, &["sessions", "ls"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cli("", KEY_A, &["sessions", "ls", "--url", &server.addr]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     let help = cli(&s, KEY_A, &["run", "--help"]);
     assert!(stdout(&help).contains("Exit codes:"), "{}", stdout(&help));
