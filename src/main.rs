@@ -54,7 +54,16 @@ fn main() -> anyhow::Result<()> {
     agentd::telemetry::init_logging(log_format, default_filter);
     match cli.command {
         Command::Serve(args) => {
-            let config = agentd::config::Config::from_args(*args)?;
+            // A configuration mistake is the operator's to fix: the one line that says what,
+            // exit code 2 like any usage error, and never a backtrace (anyhow would print one
+            // under RUST_BACKTRACE).
+            let config = match agentd::config::Config::from_args(*args) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("agentd: {e}");
+                    std::process::exit(agentd::cli::exit::USAGE);
+                }
+            };
             let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

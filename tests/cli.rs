@@ -508,3 +508,40 @@ async fn logs_follow_reattaches_after_the_connection_breaks() {
         ]
     );
 }
+
+/// `agentd serve` refusing its configuration prints the one line that says what to fix and exits
+/// with the usage code, also with backtraces asked for.
+#[test]
+fn a_configuration_mistake_is_one_line_and_exit_code_2() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("AGENTD_API_KEYS", "acme:short")
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .env_remove("AGENTD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agentd serve");
+    // A server that accepted the configuration would serve forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("agentd serve accepted a 5-character API key");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().expect("output");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, no backtrace:\n{err}");
+    assert!(
+        err.contains("AGENTD_API_KEYS") && err.contains("at least 8 characters"),
+        "{err}"
+    );
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+}
