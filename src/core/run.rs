@@ -17,8 +17,6 @@ use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-/// Variables passed through from the server's own environment; everything else is dropped.
-const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
 /// Output lines taken from the runner at a time.
 const MAX_BATCH: usize = 512;
 /// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
@@ -251,14 +249,7 @@ impl Core {
         }
         let before = self.workspaces.snapshot(&session.id).await?;
 
-        let mut env: Vec<(String, String)> = ENV_ALLOWLIST
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-            .collect();
-        env.push(("HOME".into(), home.to_string_lossy().into_owned()));
-        env.extend(launch.env.iter().cloned());
-        env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env = super::env::agent_env(&home, &launch.env, &profile.env, &job.spec.env);
 
         let agent_span =
             tracing::info_span!("agent", program = %launch.program, pid = tracing::field::Empty);
