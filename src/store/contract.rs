@@ -1535,35 +1535,48 @@ pub async fn cancel_requests_keep_first_reason(h: &dyn Harness) {
 pub async fn queue_positions(h: &dyn Harness) {
     let store = h.open().await;
     let s = new_session(&*store, session("acme", ts(0))).await;
+    let u = new_session(&*store, session("acme", ts(0))).await;
+    let v = new_session(&*store, session("acme", ts(0))).await;
     let t = new_session(&*store, session("globex", ts(0))).await;
-    // Positions follow creation time, not insertion order, across sessions and tenants.
+    // Inserted out of creation order on purpose: positions follow creation time.
     let s2 = new_job(&*store, &s, ts(20)).await;
     let t1 = new_job(&*store, &t, ts(10)).await;
     let s1 = new_job(&*store, &s, ts(5)).await;
+    let u1 = new_job(&*store, &u, ts(15)).await;
     let t2 = new_job(&*store, &t, ts(30)).await;
+    let v1 = new_job(&*store, &v, ts(1)).await;
+    let v2 = new_job(&*store, &v, ts(2)).await;
+    // Claimed jobs are still queued; v1 starts, so v2 waits behind it.
+    assert_eq!(store.claim_jobs("r1", ts(100), 10).await.unwrap().len(), 4);
+    store
+        .append(vec![write(&v1, vec![], Some(running(ts(40))))])
+        .await
+        .unwrap();
     let pos = |j: &Job| {
         let (store, id) = (store.clone(), j.id.clone());
         async move { store.queue_position(&id).await.unwrap() }
     };
+    // A position counts only the asking tenant's jobs that start first: the older queued jobs of
+    // its own session, and the tenant's other runnable jobs created before it. Other tenants'
+    // jobs never count (their load is not this tenant's business), nor do jobs blocked behind a
+    // running job of their own session (v2 does not start before s1).
+    assert_eq!(pos(&v1).await, None, "a running job has no position");
+    assert_eq!(pos(&v2).await, Some(1));
     assert_eq!(pos(&s1).await, Some(1));
-    assert_eq!(pos(&t1).await, Some(2));
-    assert_eq!(pos(&s2).await, Some(3));
-    assert_eq!(pos(&t2).await, Some(4));
-    // Claimed jobs are still queued.
-    store.claim_jobs("r1", ts(100), 10).await.unwrap();
-    assert_eq!(pos(&s1).await, Some(1));
-    assert_eq!(pos(&t2).await, Some(4));
+    assert_eq!(pos(&u1).await, Some(2), "after s1");
+    assert_eq!(pos(&s2).await, Some(3), "after s1 (its session) and u1");
+    assert_eq!(pos(&t1).await, Some(1), "acme's jobs do not count for globex");
+    assert_eq!(pos(&t2).await, Some(2));
     store
-        .append(vec![write(&s1, vec![], Some(running(ts(40))))])
+        .append(vec![write(&s1, vec![], Some(running(ts(41))))])
         .await
         .unwrap();
-    assert_eq!(pos(&s1).await, None, "a running job has no position");
-    assert_eq!(pos(&t1).await, Some(1));
-    assert_eq!(pos(&s2).await, Some(2));
-    assert_eq!(pos(&t2).await, Some(3));
+    assert_eq!(pos(&s1).await, None);
+    assert_eq!(pos(&u1).await, Some(1));
+    assert_eq!(pos(&s2).await, Some(2), "after u1");
     finish(&*store, &t1, Outcome::Succeeded).await;
     assert_eq!(pos(&t1).await, None);
-    assert_eq!(pos(&t2).await, Some(2));
+    assert_eq!(pos(&t2).await, Some(1));
     assert_eq!(
         store.queue_position(&JobId::generate()).await.unwrap(),
         None

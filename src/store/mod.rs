@@ -247,8 +247,10 @@ pub trait Store: Send + Sync + 'static {
     /// replica that may have missed the signal).
     async fn cancel_requests(&self, replica: &str) -> Result<Vec<(JobId, String)>>;
 
-    /// 1-based position of a QUEUED job among all QUEUED jobs in creation order (claimed or not);
-    /// `None` if the job is not queued.
+    /// 1-based position of a QUEUED job (claimed or not) in its tenant's start order: 1 + the
+    /// older QUEUED jobs of its session + the tenant's runnable QUEUED jobs (no older unfinished
+    /// job in their session) of other sessions created before it. Other tenants' jobs never
+    /// count. `None` if the job is not queued.
     async fn queue_position(&self, job: &JobId) -> Result<Option<u32>>;
 
     /// Signals of commits by every process sharing the store, including this one. `None` when the

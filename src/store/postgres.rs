@@ -1099,18 +1099,28 @@ impl Store for PgStore {
     async fn queue_position(&self, job: &JobId) -> Result<Option<u32>> {
         let rows = self
             .query(
-                "SELECT count(*) FROM jobs q, \
-                   (SELECT created, id FROM jobs WHERE id = $1 AND state_name = 'QUEUED') t \
-                 WHERE q.state_name IN ('QUEUED', 'RUNNING') AND q.state_name = 'QUEUED' \
-                   AND (q.created, q.id) <= (t.created, t.id)",
+                "SELECT 1 \
+                   + (SELECT count(*) FROM jobs AS q WHERE q.session_id = j.session_id \
+                        AND q.state_name = 'QUEUED' AND (q.created, q.id) < (j.created, j.id)) \
+                   + (SELECT count(*) FROM jobs AS q WHERE q.tenant = j.tenant \
+                        AND q.session_id <> j.session_id \
+                        AND q.state_name IN ('QUEUED', 'RUNNING') AND q.state_name = 'QUEUED' \
+                        AND (q.created, q.id) < (j.created, j.id) \
+                        AND NOT EXISTS (SELECT 1 FROM jobs AS o \
+                          WHERE o.session_id = q.session_id \
+                          AND o.state_name IN ('QUEUED', 'RUNNING') \
+                          AND (o.created, o.id) < (q.created, q.id))) \
+                 FROM jobs AS j WHERE j.id = $1 AND j.state_name = 'QUEUED'",
                 &[&job.as_str()],
             )
             .await?;
-        let n: i64 = match rows.first() {
-            Some(r) => rows::get(r, 0, "count")?,
-            None => 0,
-        };
-        Ok((n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX)))
+        match rows.first() {
+            Some(r) => {
+                let n: i64 = rows::get(r, 0, "position")?;
+                Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+            }
+            None => Ok(None),
+        }
     }
 
     fn signals(&self) -> Option<broadcast::Receiver<StoreSignal>> {

@@ -646,8 +646,16 @@ pub(super) fn cancel_requests(conn: &Connection, replica: &str) -> Result<Vec<(J
 pub(super) fn queue_position(conn: &Connection, job: &JobId) -> Result<Option<u32>> {
     let n: Option<i64> = conn
         .prepare_cached(
-            "SELECT (SELECT count(*) FROM jobs AS q WHERE q.state_name = 'QUEUED' \
-                     AND (q.created, q.id) <= (j.created, j.id)) \
+            "SELECT 1 \
+               + (SELECT count(*) FROM jobs AS q WHERE q.session_id = j.session_id \
+                    AND q.state_name = 'QUEUED' AND (q.created, q.id) < (j.created, j.id)) \
+               + (SELECT count(*) FROM jobs AS q WHERE q.tenant = j.tenant \
+                    AND q.session_id <> j.session_id \
+                    AND q.state_name IN ('QUEUED', 'RUNNING') AND q.state_name = 'QUEUED' \
+                    AND (q.created, q.id) < (j.created, j.id) \
+                    AND NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.session_id = q.session_id \
+                      AND o.state_name IN ('QUEUED', 'RUNNING') \
+                      AND (o.created, o.id) < (q.created, q.id))) \
              FROM jobs AS j WHERE j.id = ?1 AND j.state_name = 'QUEUED'",
         )
         .and_then(|mut st| st.query_row([job.as_str()], |r| r.get(0)).optional())
