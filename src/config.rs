@@ -104,6 +104,9 @@ pub struct ServeArgs {
     /// Most queued plus running jobs per tenant; 0 means no limit.
     #[arg(long, env = "AGENTD_TENANT_MAX_ACTIVE_JOBS", default_value_t = 0)]
     pub tenant_max_active_jobs: usize,
+    /// Most running jobs per tenant (across replicas); more wait queued; 0 means no limit.
+    #[arg(long, env = "AGENTD_TENANT_MAX_RUNNING_JOBS", default_value_t = 0)]
+    pub tenant_max_running_jobs: usize,
     /// Requests per second allowed per tenant (bursts of twice as many); 0 means no limit.
     #[arg(long, env = "AGENTD_TENANT_RATE_LIMIT", default_value_t = 0)]
     pub tenant_rate_limit: u32,
@@ -269,6 +272,8 @@ pub struct Limits {
     pub event_retention: Duration,
     /// Zero means unlimited.
     pub tenant_max_active_jobs: usize,
+    /// Zero means unlimited.
+    pub tenant_max_running_jobs: usize,
     /// Zero means unlimited.
     pub tenant_rate_limit: u32,
 }
@@ -633,6 +638,7 @@ impl Config {
                 job_output_max_events: args.job_output_max_events,
                 event_retention: Duration::from_secs(args.event_retention_seconds),
                 tenant_max_active_jobs: args.tenant_max_active_jobs,
+                tenant_max_running_jobs: args.tenant_max_running_jobs,
                 tenant_rate_limit: args.tenant_rate_limit,
             },
             timing: Timing {

@@ -56,6 +56,8 @@ macro_rules! store_contract_tests {
             prune_keeps_last_event_of_finished_jobs,
             claims_are_exclusive_across_stores,
             claims_keep_session_order,
+            claims_share_slots_fairly_between_tenants,
+            claims_respect_the_tenant_running_cap,
             renew_returns_only_owned_unfinished,
             expired_leases_listing,
             release_restores_queue_place,
@@ -1235,6 +1237,79 @@ pub async fn claims_are_exclusive_across_stores(h: &dyn Harness) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Each pick goes to the tenant with the fewest running (or claimed) jobs, ties to the oldest job:
+/// one tenant's backlog cannot take every slot.
+pub async fn claims_share_slots_fairly_between_tenants(h: &dyn Harness) {
+    let store = h.open().await;
+    // acme: five jobs in five sessions (all runnable at once), older than globex's and initech's.
+    let mut acme = Vec::new();
+    for i in 0..5 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        acme.push(new_job(&*store, &s, ts(1 + i)).await);
+    }
+    let g = new_session(&*store, session("globex", ts(0))).await;
+    let g1 = new_job(&*store, &g, ts(10)).await;
+    let g2 = new_job(&*store, &new_session(&*store, session("globex", ts(0))).await, ts(11)).await;
+    let i = new_session(&*store, session("initech", ts(0))).await;
+    let i1 = new_job(&*store, &i, ts(12)).await;
+
+    // Every tenant at 0: the oldest job of each (acme's first, then globex, then initech).
+    let got = store.claim_jobs("r1", ts(100), 3).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[0], &g1, &i1]));
+    // acme 1, globex 1, initech 0 with nothing left: acme's next (older) before globex's.
+    let got = store.claim_jobs("r1", ts(100), 2).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[1], &g2]));
+    // A running job counts like a claimed one: acme has 2, and only acme has work left.
+    store
+        .append(vec![write(&acme[0], vec![], Some(running(ts(20))))])
+        .await
+        .unwrap();
+    let got = store.claim_jobs("r1", ts(100), 10).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[2], &acme[3], &acme[4]]));
+}
+
+/// A tenant at its running cap gets no more jobs until one of its own ends; others still do.
+pub async fn claims_respect_the_tenant_running_cap(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut acme = Vec::new();
+    for i in 0..3 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        acme.push(new_job(&*store, &s, ts(1 + i)).await);
+    }
+    let g = new_session(&*store, session("globex", ts(0))).await;
+    let g1 = new_job(&*store, &g, ts(10)).await;
+    let got = store.claim_jobs_within("r1", ts(100), 10, 2).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[0], &acme[1], &g1]));
+    assert!(
+        store
+            .claim_jobs_within("r2", ts(100), 10, 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "acme is at its cap of 2 (claims by any replica count)"
+    );
+    store
+        .append(vec![write(&acme[0], vec![], Some(running(ts(20))))])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_jobs_within("r2", ts(100), 10, 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "running jobs count too"
+    );
+    finish(&*store, &acme[0], Outcome::Succeeded).await;
+    let got = store.claim_jobs_within("r2", ts(100), 10, 2).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[2]]));
+    // 0 means no cap.
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let more = new_job(&*store, &s, ts(30)).await;
+    let got = store.claim_jobs_within("r2", ts(100), 10, 0).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&more]));
 }
 
 pub async fn claims_keep_session_order(h: &dyn Harness) {
