@@ -142,6 +142,13 @@ pub struct OpsArgs {
     /// when unset.
     #[arg(long, env = "AGENTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// File holding a bearer token that `/metrics` requires (`authorization: Bearer <token>`);
+    /// without it or `AGENTD_METRICS_TOKEN`, anyone reaching the metrics port may read them.
+    #[arg(long, env = "AGENTD_METRICS_TOKEN_FILE", conflicts_with = "metrics_token")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// The `/metrics` bearer token itself (prefer the file: the environment leaks to children).
+    #[arg(long, env = "AGENTD_METRICS_TOKEN", hide_env_values = true, hide = true)]
+    pub metrics_token: Option<String>,
     /// Log line format on stderr.
     #[arg(long, env = "AGENTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -339,6 +346,8 @@ pub struct Config {
     pub transport: Transport,
     /// Where Prometheus metrics are served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token `/metrics` requires; anyone may read them when unset.
+    pub metrics_token: Option<String>,
     pub log_format: LogFormat,
     /// Consecutive failures of a store probe that turn health NOT_SERVING (at least 1).
     pub health_probe_failures: u32,
@@ -551,6 +560,19 @@ impl Config {
         if args.ops.metrics_listen.is_some_and(|m| m == args.listen) {
             return Err(bad("--metrics-listen must differ from --listen"));
         }
+        let metrics_token = match (&args.ops.metrics_token_file, &args.ops.metrics_token) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--metrics-token-file {}: {e}", path.display())))?,
+            ),
+            (None, token) => token.clone(),
+        }
+        .map(|t| t.trim().to_owned());
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(bad(
+                "the metrics token (--metrics-token-file / AGENTD_METRICS_TOKEN) needs at least 16 characters",
+            ));
+        }
         let grpc_web_allow_origins: Vec<String> = args
             .ops
             .grpc_web_allow_origins
@@ -652,6 +674,7 @@ impl Config {
             standby_supervisors: args.standby_supervisors,
             transport,
             metrics_listen: args.ops.metrics_listen,
+            metrics_token,
             log_format: args.ops.log_format,
             health_probe_failures: args.health_probe_failures.max(1),
         })
@@ -705,6 +728,9 @@ impl std::fmt::Display for Config {
             )?;
         }
         match &self.metrics_listen {
+            Some(m) if self.metrics_token.is_some() => {
+                writeln!(f, "metrics_listen = {m} (bearer token required)")?
+            }
             Some(m) => writeln!(f, "metrics_listen = {m}")?,
             None => writeln!(f, "metrics_listen = off")?,
         }
