@@ -144,10 +144,19 @@ pub struct OpsArgs {
     pub metrics_listen: Option<SocketAddr>,
     /// File holding a bearer token that `/metrics` requires (`authorization: Bearer <token>`);
     /// without it or `AGENTD_METRICS_TOKEN`, anyone reaching the metrics port may read them.
-    #[arg(long, env = "AGENTD_METRICS_TOKEN_FILE", conflicts_with = "metrics_token")]
+    #[arg(
+        long,
+        env = "AGENTD_METRICS_TOKEN_FILE",
+        conflicts_with = "metrics_token"
+    )]
     pub metrics_token_file: Option<PathBuf>,
     /// The `/metrics` bearer token itself (prefer the file: the environment leaks to children).
-    #[arg(long, env = "AGENTD_METRICS_TOKEN", hide_env_values = true, hide = true)]
+    #[arg(
+        long,
+        env = "AGENTD_METRICS_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
     pub metrics_token: Option<String>,
     /// Log line format on stderr.
     #[arg(long, env = "AGENTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

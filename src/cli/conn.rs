@@ -281,7 +281,14 @@ mod tests {
         assert_eq!(ok("[::1]:50051"), "http://[::1]:50051");
         assert_eq!(ok("http://127.0.0.1:50051"), "http://127.0.0.1:50051");
         assert_eq!(ok("HTTP://h:1"), "HTTP://h:1");
-        for bad in ["https://h:1", "localhost", "grpc://h:1", "h:1/path", "h:port", ""] {
+        for bad in [
+            "https://h:1",
+            "localhost",
+            "grpc://h:1",
+            "h:1/path",
+            "h:port",
+            "",
+        ] {
             let Err(e) = server_url(bad) else {
                 panic!("{bad:?} must be refused")
             };

@@ -21,12 +21,7 @@ pub(super) fn agent_env(
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
         .chain([("HOME".to_owned(), home.to_string_lossy().into_owned())]);
-    merge([
-        base.collect(),
-        adapter.to_vec(),
-        pairs(profile),
-        pairs(job),
-    ])
+    merge([base.collect(), adapter.to_vec(), pairs(profile), pairs(job)])
 }
 
 /// Layers from lowest to highest precedence; a later layer's value replaces an earlier one's.
@@ -64,7 +59,12 @@ mod tests {
         ]);
         assert_eq!(
             got,
-            kv(&[("A", "base"), ("B", "adapter"), ("C", "profile"), ("D", "job")])
+            kv(&[
+                ("A", "base"),
+                ("B", "adapter"),
+                ("C", "profile"),
+                ("D", "job")
+            ])
         );
     }
 
@@ -92,9 +92,8 @@ mod tests {
         assert_eq!(get("PATH"), std::env::var("PATH").ok());
         // Nothing outside the allowlist leaks from agentd's own environment.
         assert!(
-            env.iter()
-                .all(|(k, _)| ALLOWLIST.contains(&k.as_str())
-                    || ["HOME", "FOO", "BAR", "BAZ"].contains(&k.as_str())),
+            env.iter().all(|(k, _)| ALLOWLIST.contains(&k.as_str())
+                || ["HOME", "FOO", "BAR", "BAZ"].contains(&k.as_str())),
             "{env:?}"
         );
     }

@@ -1251,7 +1251,12 @@ pub async fn claims_share_slots_fairly_between_tenants(h: &dyn Harness) {
     }
     let g = new_session(&*store, session("globex", ts(0))).await;
     let g1 = new_job(&*store, &g, ts(10)).await;
-    let g2 = new_job(&*store, &new_session(&*store, session("globex", ts(0))).await, ts(11)).await;
+    let g2 = new_job(
+        &*store,
+        &new_session(&*store, session("globex", ts(0))).await,
+        ts(11),
+    )
+    .await;
     let i = new_session(&*store, session("initech", ts(0))).await;
     let i1 = new_job(&*store, &i, ts(12)).await;
 
@@ -1640,7 +1645,11 @@ pub async fn queue_positions(h: &dyn Harness) {
     assert_eq!(pos(&s1).await, Some(1));
     assert_eq!(pos(&u1).await, Some(2), "after s1");
     assert_eq!(pos(&s2).await, Some(3), "after s1 (its session) and u1");
-    assert_eq!(pos(&t1).await, Some(1), "acme's jobs do not count for globex");
+    assert_eq!(
+        pos(&t1).await,
+        Some(1),
+        "acme's jobs do not count for globex"
+    );
     assert_eq!(pos(&t2).await, Some(2));
     store
         .append(vec![write(&s1, vec![], Some(running(ts(41))))])

@@ -192,7 +192,10 @@ async fn expect_signal(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn claims_never_overlap_and_keep_each_session_in_order() {
     const SESSIONS: usize = 4;
     const PER_SESSION: i64 = 4;
@@ -257,7 +260,10 @@ async fn claims_never_overlap_and_keep_each_session_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn leases_renew_expire_and_release() {
     let h = PgHarness::new();
     let store = h.open().await;
@@ -360,7 +366,10 @@ async fn leases_renew_expire_and_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn finished_jobs_are_fenced_and_unclaimed_ones_finish_atomically() {
     let h = PgHarness::new();
     let store = h.open().await;
@@ -431,7 +440,10 @@ async fn finished_jobs_are_fenced_and_unclaimed_ones_finish_atomically() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn cancel_requests_reach_the_owner() {
     let h = PgHarness::new();
     let (a, b) = (h.open().await, h.open().await);
@@ -476,7 +488,10 @@ async fn cancel_requests_reach_the_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn signals_cross_stores_and_resync_after_reconnect() {
     let h = PgHarness::new();
     let (a, b) = (h.pg().await, h.open().await);
@@ -530,7 +545,10 @@ async fn signals_cross_stores_and_resync_after_reconnect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn admission_limits_hold_across_stores() {
     let h = PgHarness::new();
     let (a, b) = (h.open().await, h.open().await);
@@ -602,7 +620,10 @@ async fn admission_limits_hold_across_stores() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn replicas_starting_together_migrate_once() {
     let h = PgHarness::new();
     let opens: Vec<_> = (0..4)
@@ -653,7 +674,10 @@ async fn connection_errors_never_show_the_password() {
 }
 
 #[tokio::test]
-#[cfg_attr(not(agentd_pg_tests), ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)")]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn open_picks_the_backend_from_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let default = crate::store::open("", dir.path()).await.unwrap();
