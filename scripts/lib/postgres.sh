@@ -72,7 +72,9 @@ _pg_wheel_bindir() {
 # Starts a throwaway server with the binaries in $1 (default: found or installed by _pg_bindir).
 _pg_start_throwaway() {
   local bin="${1:-}" run_as=() user= port dir
-  [ -n "$bin" ] || bin="$(_pg_bindir)" || { echo "no Postgres binaries and none could be installed" >&2; return 1; }
+  if [ -z "$bin" ]; then
+    bin="$(_pg_bindir)" || { echo "no Postgres binaries, and none could be installed" >&2; return 1; }
+  fi
   [ -x "$bin/initdb" ] || { echo "no initdb in $bin" >&2; return 1; }
   if [ "$(id -u)" = 0 ]; then
     user=postgres
@@ -82,7 +84,8 @@ _pg_start_throwaway() {
     fi
     run_as=(runuser -u "$user" --)
   fi
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')"
   dir="$(mktemp -d "${TMPDIR:-/tmp}/agentd-test-pg.XXXXXX")"
   # mktemp makes the directory 0700 for us; the server's user must own it.
   if [ -n "$user" ]; then chown "$user" "$dir"; fi
@@ -105,7 +108,8 @@ _pg_start_throwaway() {
 
 _pg_stop_throwaway() {
   if [ -n "${PG_THROWAWAY_DIR:-}" ]; then
-    "${PG_THROWAWAY_CTL[@]}" -D "$PG_THROWAWAY_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    "${PG_THROWAWAY_CTL[@]}" -D "$PG_THROWAWAY_DIR/data" -m immediate -w stop >/dev/null 2>&1 ||
+      true
     rm -rf "$PG_THROWAWAY_DIR"
     PG_THROWAWAY_DIR=
   fi

@@ -58,9 +58,9 @@ impl Core {
     }
 
     /// Claims runnable jobs for this replica's free slots (none while shutting down), the least
-    /// busy tenant first and none beyond a tenant's running cap (`Store::claim_jobs_within`). Callers
-    /// hold `dispatching` until they have started what they claimed ([`Core::start_claimed`]),
-    /// so that two claims never count the same free slot.
+    /// busy tenant first and none beyond a tenant's running cap (`Store::claim_jobs_within`).
+    /// Callers hold `dispatching` until they have started what they claimed
+    /// ([`Core::start_claimed`]), so that two claims never count the same free slot.
     pub(super) async fn claim_free(&self) -> Result<Vec<Claimed>> {
         if !self.accepting.load(Ordering::Acquire) {
             return Ok(Vec::new());
