@@ -383,9 +383,12 @@ async fn a_tenants_backlog_does_not_take_every_slot() {
     let mut a = server.clients(KEY_A).await;
     let mut b = server.clients(KEY_B).await;
     let mut a_jobs = Vec::new();
-    for _ in 0..10 {
+    for i in 0..10 {
         let s = a.create_session(&[]).await;
-        a_jobs.push(a.submit(&s.session_id, "sleep 1").await.job_id);
+        // A's first job ends well before the others, so that one slot frees at a time: with two
+        // free at once, A's next job and B's would tie at 0 running and A's, older, would go first.
+        let prompt = if i == 0 { "sleep 1" } else { "sleep 3" };
+        a_jobs.push(a.submit(&s.session_id, prompt).await.job_id);
     }
     let s = b.create_session(&[]).await;
     let b_job = b.submit(&s.session_id, "sleep 0.1").await.job_id;
