@@ -1,8 +1,16 @@
 //! Compiles `proto/agentd/v1/*.proto` with protox (pure Rust, no protoc needed) and writes the
 //! file descriptor set next to the generated code so the server can offer reflection.
+//!
+//! Also turns the Postgres tests on (cfg `agentd_pg_tests`) when `AGENTD_TEST_DATABASE_URL` is
+//! set, so that without it `cargo test` reports them as ignored instead of failing.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo::rustc-check-cfg=cfg(agentd_pg_tests)");
+    println!("cargo:rerun-if-env-changed=AGENTD_TEST_DATABASE_URL");
+    if std::env::var_os("AGENTD_TEST_DATABASE_URL").is_some_and(|v| !v.is_empty()) {
+        println!("cargo:rustc-cfg=agentd_pg_tests");
+    }
     let files = [
         "agentd/v1/session.proto",
         "agentd/v1/job.proto",

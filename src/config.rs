@@ -107,6 +107,9 @@ pub struct ServeArgs {
     /// Most queued plus running jobs per tenant; 0 means no limit.
     #[arg(long, env = "AGENTD_TENANT_MAX_ACTIVE_JOBS", default_value_t = 0)]
     pub tenant_max_active_jobs: usize,
+    /// Most running jobs per tenant (across replicas); more wait queued; 0 means no limit.
+    #[arg(long, env = "AGENTD_TENANT_MAX_RUNNING_JOBS", default_value_t = 0)]
+    pub tenant_max_running_jobs: usize,
     /// Requests per second allowed per tenant (bursts of twice as many); 0 means no limit.
     #[arg(long, env = "AGENTD_TENANT_RATE_LIMIT", default_value_t = 0)]
     pub tenant_rate_limit: u32,
@@ -146,6 +149,22 @@ pub struct OpsArgs {
     /// when unset.
     #[arg(long, env = "AGENTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// File holding a bearer token that `/metrics` requires (`authorization: Bearer <token>`);
+    /// without it or `AGENTD_METRICS_TOKEN`, anyone reaching the metrics port may read them.
+    #[arg(
+        long,
+        env = "AGENTD_METRICS_TOKEN_FILE",
+        conflicts_with = "metrics_token"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
+    /// The `/metrics` bearer token itself (prefer the file: the environment leaks to children).
+    #[arg(
+        long,
+        env = "AGENTD_METRICS_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub metrics_token: Option<String>,
     /// Log line format on stderr.
     #[arg(long, env = "AGENTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -279,6 +298,8 @@ pub struct Limits {
     /// Zero means unlimited.
     pub tenant_max_active_jobs: usize,
     /// Zero means unlimited.
+    pub tenant_max_running_jobs: usize,
+    /// Zero means unlimited.
     pub tenant_rate_limit: u32,
 }
 
@@ -347,6 +368,8 @@ pub struct Config {
     pub transport: Transport,
     /// Where Prometheus metrics are served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token `/metrics` requires; anyone may read them when unset.
+    pub metrics_token: Option<String>,
     pub log_format: LogFormat,
     /// Consecutive failures of a store probe that turn health NOT_SERVING (at least 1).
     pub health_probe_failures: u32,
@@ -562,6 +585,19 @@ impl Config {
         if args.ops.metrics_listen.is_some_and(|m| m == args.listen) {
             return Err(bad("--metrics-listen must differ from --listen"));
         }
+        let metrics_token = match (&args.ops.metrics_token_file, &args.ops.metrics_token) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--metrics-token-file {}: {e}", path.display())))?,
+            ),
+            (None, token) => token.clone(),
+        }
+        .map(|t| t.trim().to_owned());
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(bad(
+                "the metrics token (--metrics-token-file / AGENTD_METRICS_TOKEN) needs at least 16 characters",
+            ));
+        }
         let grpc_web_allow_origins: Vec<String> = args
             .ops
             .grpc_web_allow_origins
@@ -649,6 +685,7 @@ impl Config {
                 job_output_max_events: args.job_output_max_events,
                 event_retention: Duration::from_secs(args.event_retention_seconds),
                 tenant_max_active_jobs: args.tenant_max_active_jobs,
+                tenant_max_running_jobs: args.tenant_max_running_jobs,
                 tenant_rate_limit: args.tenant_rate_limit,
             },
             timing: Timing {
@@ -664,6 +701,7 @@ impl Config {
             config_file: args.config.as_ref().and_then(|p| p.canonicalize().ok()),
             transport,
             metrics_listen: args.ops.metrics_listen,
+            metrics_token,
             log_format: args.ops.log_format,
             health_probe_failures: args.health_probe_failures.max(1),
         })
@@ -720,6 +758,9 @@ impl std::fmt::Display for Config {
             writeln!(f, "sandbox {name} = {s:?}")?;
         }
         match &self.metrics_listen {
+            Some(m) if self.metrics_token.is_some() => {
+                writeln!(f, "metrics_listen = {m} (bearer token required)")?
+            }
             Some(m) => writeln!(f, "metrics_listen = {m}")?,
             None => writeln!(f, "metrics_listen = off")?,
         }

@@ -49,7 +49,16 @@ fn main() -> anyhow::Result<()> {
             // providers' keys: no process of the same uid (a job of a non-root deploy, a
             // debugger) may read or trace it.
             nix::sys::prctl::set_dumpable(false).context("cannot make agentd non-dumpable")?;
-            let config = agentd::config::Config::from_args(*args)?;
+            // A configuration mistake is the operator's to fix: the one line that says what,
+            // exit code 2 like any usage error, and never a backtrace (anyhow would print one
+            // under RUST_BACKTRACE).
+            let config = match agentd::config::Config::from_args(*args) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("agentd: {e}");
+                    std::process::exit(agentd::cli::exit::USAGE);
+                }
+            };
             let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -291,6 +291,7 @@ pub async fn serve(
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving metrics");
         shutdown.spawn(crate::telemetry::metrics::serve(
             listener,
+            crate::telemetry::metrics::MetricsAccess::new(config.metrics_token.as_deref()),
             telemetry_stop.clone(),
         ));
     }

@@ -219,6 +219,11 @@ async fn exit_codes_tell_usage_connection_and_not_found_apart() {
     let o = cli(&s, KEY_A, &["sessions", "--json", "ls"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(json_lines(&o).is_empty(), "{}", stdout(&o));
+    // host:port, as grpcurl takes it, through AGENTD_URL and through --url.
+    let o = cli(&server.addr, KEY_A, &["sessions", "ls"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cli("", KEY_A, &["sessions", "ls", "--url", &server.addr]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     let help = cli(&s, KEY_A, &["run", "--help"]);
     assert!(stdout(&help).contains("Exit codes:"), "{}", stdout(&help));
@@ -502,4 +507,41 @@ async fn logs_follow_reattaches_after_the_connection_breaks() {
             "turn 1: done"
         ]
     );
+}
+
+/// `agentd serve` refusing its configuration prints the one line that says what to fix and exits
+/// with the usage code, also with backtraces asked for.
+#[test]
+fn a_configuration_mistake_is_one_line_and_exit_code_2() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("AGENTD_API_KEYS", "acme:short")
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .env_remove("AGENTD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agentd serve");
+    // A server that accepted the configuration would serve forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("agentd serve accepted a 5-character API key");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().expect("output");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, no backtrace:\n{err}");
+    assert!(
+        err.contains("AGENTD_API_KEYS") && err.contains("at least 8 characters"),
+        "{err}"
+    );
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 }

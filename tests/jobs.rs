@@ -685,3 +685,73 @@ args = ["-c", "i=1; while [ $i -le 150 ]; do echo \"tick $i ü\"; i=$((i+1)); sl
         assert_eq!(events, replay[after as usize..], "reader from {after}");
     }
 }
+
+/// A job's env overrides the profile's for the same name, whether the job's supervisor was on
+/// standby or started for it: the agent's environment holds the name once, with the job's value
+/// (the standby path once passed both values to execve, where Python and glibc read the first and
+/// sh the last). `envdump` shows the environment exactly as the agent was exec'd with it
+/// (/proc/self/environ of the sh the supervisor started); the stand-in Claude shows what a
+/// Python agent and its shell tools read.
+#[tokio::test]
+async fn job_env_overrides_profile_env_with_and_without_standby() {
+    for standby in ["1", "0"] {
+        let server = TestServer::start_with(Options {
+            args: vec!["--standby-supervisors".into(), standby.into()],
+            config: Some(format!(
+                r#"
+[agents.claude]
+kind = "claude"
+command = {:?}
+env = {{ FOO = "profile" }}
+
+[agents.envdump]
+kind = "command"
+command = "sh"
+args = ["-c", "tr '\\0' '\\n' < /proc/$$/environ | grep '^FOO='"]
+env = {{ FOO = "profile" }}
+"#,
+                fake_claude().to_string_lossy()
+            )),
+            ..Default::default()
+        });
+        let mut c = server.clients(KEY_A).await;
+        let s = c.create_session(&[]).await;
+        for (agent, prompt) in [
+            ("envdump", "go"),
+            ("envdump", "again"),
+            ("claude", "echo-env FOO ; bash echo \"sh: $FOO\""),
+        ] {
+            // Time for a standby to be (re)started, so that the job takes it.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let job = c
+                .jobs
+                .submit_job(pb::SubmitJobRequest {
+                    session_id: s.session_id.clone(),
+                    agent: agent.into(),
+                    prompt: prompt.into(),
+                    env: [("FOO".to_owned(), "job".to_owned())].into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("submit")
+                .into_inner()
+                .job
+                .expect("job");
+            let events = c.events(&job.job_id, 0).await;
+            let t = texts(&events);
+            if agent == "envdump" {
+                assert_eq!(t, vec!["FOO=job"], "standby {standby}: environ as exec'd");
+                continue;
+            }
+            assert!(t.iter().any(|l| l == "FOO=job"), "standby {standby}: {t:?}");
+            let bash: Vec<String> = events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    Some(pb::job_event::Kind::ToolResult(r)) => Some(r.content.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(bash, vec!["sh: job"], "standby {standby}");
+        }
+    }
+}

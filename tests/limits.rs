@@ -373,3 +373,81 @@ read_write = ["{dir}"]
         "at most 2 jobs may run at once, and 8 jobs reach 2:\n{text}"
     );
 }
+
+fn started(j: &pb::Job) -> Option<(i64, i32)> {
+    j.start_time.as_ref().map(|t| (t.seconds, t.nanos))
+}
+
+/// Slots are shared between tenants: with 2 slots, tenant A's backlog of 10 jobs (in 10 sessions,
+/// all runnable) does not keep tenant B's later job waiting until A's queue drains; B's job starts
+/// as soon as a slot frees, before A's third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_does_not_take_every_slot() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--max-concurrent-jobs".into(), "2".into()],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let mut a_jobs = Vec::new();
+    for i in 0..10 {
+        let s = a.create_session(&[]).await;
+        // A's first job ends well before the others, so that one slot frees at a time: with two
+        // free at once, A's next job and B's would tie at 0 running and A's, older, would go first.
+        let prompt = if i == 0 { "sleep 1" } else { "sleep 3" };
+        a_jobs.push(a.submit(&s.session_id, prompt).await.job_id);
+    }
+    let s = b.create_session(&[]).await;
+    let b_job = b.submit(&s.session_id, "sleep 0.1").await.job_id;
+    let b_done = b.wait(&b_job).await;
+    assert_eq!(b_done.state, pb::JobState::Succeeded as i32);
+    let b_start = started(&b_done).expect("B's job started");
+    let mut a_before = 0;
+    for id in &a_jobs {
+        let j = a.get_job(id).await;
+        if started(&j).is_some_and(|t| t < b_start) {
+            a_before += 1;
+        }
+    }
+    assert_eq!(
+        a_before, 2,
+        "B's job must start right after A's first two (the two slots), not behind A's backlog"
+    );
+}
+
+/// `--tenant-max-running-jobs`: a tenant at its cap waits although slots are free, and other
+/// tenants still get them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_running_cap_waits_for_its_own_jobs() {
+    let server = TestServer::start_with(Options {
+        args: vec![
+            "--max-concurrent-jobs".into(),
+            "4".into(),
+            "--tenant-max-running-jobs".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let s1 = a.create_session(&[]).await;
+    let s2 = a.create_session(&[]).await;
+    let first = a.submit(&s1.session_id, "sleep 30").await.job_id;
+    let second = a.submit(&s2.session_id, "hi").await.job_id;
+    let s = b.create_session(&[]).await;
+    let other = b.submit(&s.session_id, "hi").await.job_id;
+    assert_eq!(b.wait(&other).await.state, pb::JobState::Succeeded as i32);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.get_job(&second).await.state,
+        pb::JobState::Queued as i32,
+        "A already runs its 1 job"
+    );
+    a.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: first.clone(),
+        })
+        .await
+        .expect("cancel");
+    assert_eq!(a.wait(&second).await.state, pb::JobState::Succeeded as i32);
+}

@@ -18,6 +18,47 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// With a metrics token (from a file), `/metrics` answers 401 without it and the page with it.
+#[tokio::test]
+async fn a_metrics_token_is_required_when_configured() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics-token");
+    std::fs::write(&token_file, "scrape-token-0123456789\n").unwrap();
+    let _server = TestServer::start_with(Options {
+        args: vec![
+            "--metrics-listen".into(),
+            metrics_addr.clone(),
+            "--metrics-token-file".into(),
+            token_file.to_string_lossy().into_owned(),
+        ],
+        ..Default::default()
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            &metrics_addr
+        )
+        .is_ok())
+        .await,
+        "metrics listener never came up"
+    );
+    let get = |auth: &'static str| {
+        let addr = metrics_addr.clone();
+        async move {
+            let req = format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{auth}\r\n");
+            String::from_utf8(raw_http(&addr, req.as_bytes()).await).unwrap()
+        }
+    };
+    let refused = get("").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(!refused.contains("agentd_"), "{refused}");
+    let wrong = get("authorization: Bearer not-the-token-0123\r\n").await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let page = get("authorization: Bearer scrape-token-0123456789\r\n").await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("agentd_jobs_running"), "{page}");
+}
+
 #[tokio::test]
 async fn metrics_scraped_before_and_after_a_job_show_it() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());

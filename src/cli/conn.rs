@@ -38,18 +38,8 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(server: &str, api_key: Option<&str>) -> Result<Conn, CliError> {
-        let lower = server.to_ascii_lowercase();
-        if lower.starts_with("https://") {
-            return Err(CliError::Usage(format!(
-                "--server {server:?}: this build of the client speaks plaintext h2c only; use an http:// URL"
-            )));
-        }
-        if !lower.starts_with("http://") {
-            return Err(CliError::Usage(format!(
-                "--server {server:?}: expected a URL like http://127.0.0.1:50051"
-            )));
-        }
-        let endpoint = Endpoint::from_shared(server.to_owned())
+        let server = server_url(server)?;
+        let endpoint = Endpoint::from_shared(server.clone())
             .map_err(|e| CliError::Usage(format!("--server {server:?} is not a valid URL: {e}")))?
             .connect_timeout(Duration::from_secs(10))
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -95,6 +85,35 @@ impl Conn {
             self.channel.clone(),
             self.auth.clone(),
         )
+    }
+}
+
+/// The URL to dial for `--server`: an `http://` URL as given, or `host:port` as every gRPC tool
+/// takes it (grpcurl, grpc_health_probe), meaning `http://host:port` since the client speaks h2c
+/// only.
+fn server_url(server: &str) -> Result<String, CliError> {
+    let lower = server.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err(CliError::Usage(format!(
+            "--server {server:?}: this build of the client speaks plaintext h2c only; use an http:// URL or host:port"
+        )));
+    }
+    if lower.starts_with("http://") {
+        return Ok(server.to_owned());
+    }
+    let expected = || {
+        CliError::Usage(format!(
+            "--server {server:?}: expected host:port or a URL like http://127.0.0.1:50051"
+        ))
+    };
+    if server.contains("://") {
+        return Err(expected());
+    }
+    let url = format!("http://{server}");
+    // A bare host would silently mean port 80; `host:port` must name its port.
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.port().is_some() && uri.path() == "/" => Ok(url),
+        _ => Err(expected()),
     }
 }
 
@@ -252,7 +271,29 @@ mod tests {
         };
         assert!(!e.to_string().contains("sec"), "{e}");
         assert!(Conn::new("https://x:1", None).is_err());
-        assert!(Conn::new("127.0.0.1:50051", None).is_err());
+    }
+
+    #[test]
+    fn host_port_means_plaintext_http() {
+        let ok = |s: &str| server_url(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        assert_eq!(ok("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(ok("localhost:7"), "http://localhost:7");
+        assert_eq!(ok("[::1]:50051"), "http://[::1]:50051");
+        assert_eq!(ok("http://127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(ok("HTTP://h:1"), "HTTP://h:1");
+        for bad in [
+            "https://h:1",
+            "localhost",
+            "grpc://h:1",
+            "h:1/path",
+            "h:port",
+            "",
+        ] {
+            let Err(e) = server_url(bad) else {
+                panic!("{bad:?} must be refused")
+            };
+            assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -49,9 +49,10 @@ Exit codes:
 /// Where the server is and how to authenticate; accepted by every client subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Server URL (plaintext h2c).
+    /// Server address: host:port or http://host:port (plaintext h2c).
     #[arg(
         long,
+        alias = "url",
         env = "AGENTD_URL",
         default_value = "http://127.0.0.1:50051",
         global = true

@@ -57,9 +57,10 @@ impl Core {
         }
     }
 
-    /// Claims runnable jobs for this replica's free slots (none while shutting down). Callers
-    /// hold `dispatching` until they have started what they claimed ([`Core::start_claimed`]),
-    /// so that two claims never count the same free slot.
+    /// Claims runnable jobs for this replica's free slots (none while shutting down), the least
+    /// busy tenant first and none beyond a tenant's running cap (`Store::claim_jobs_within`).
+    /// Callers hold `dispatching` until they have started what they claimed
+    /// ([`Core::start_claimed`]), so that two claims never count the same free slot.
     pub(super) async fn claim_free(&self) -> Result<Vec<Claimed>> {
         if !self.accepting.load(Ordering::Acquire) {
             return Ok(Vec::new());
@@ -73,7 +74,12 @@ impl Core {
             return Ok(Vec::new());
         }
         self.store
-            .claim_jobs(&self.config.replica_id, self.lease_until(), free)
+            .claim_jobs_within(
+                &self.config.replica_id,
+                self.lease_until(),
+                free,
+                self.config.limits.tenant_max_running_jobs,
+            )
             .await
     }
 

@@ -17,8 +17,6 @@ use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-/// Variables passed through from the server's own environment; everything else is dropped.
-const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
 /// Output lines taken from the runner at a time.
 const MAX_BATCH: usize = 512;
 /// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
@@ -253,21 +251,13 @@ impl Core {
         }
         let before = self.workspaces.snapshot(&session.id).await?;
 
-        let mut env: Vec<(String, String)> = ENV_ALLOWLIST
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-            .collect();
-        env.push(("HOME".into(), home.to_string_lossy().into_owned()));
-        env.extend(launch.env.iter().cloned());
-        env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut env = super::env::agent_env(&home, &launch.env, &profile.env, &job.spec.env);
         let jail = sandbox.map(|sandbox| {
             // The host's temp dir does not exist in the jail; its own /tmp does.
             env.retain(|(k, _)| k != "TMPDIR");
             env.push(("TMPDIR".into(), "/tmp".into()));
             let path = env
                 .iter()
-                .rev()
                 .find(|(k, _)| k == "PATH")
                 .map(|(_, v)| v.as_str());
             super::jail::for_job(

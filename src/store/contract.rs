@@ -27,10 +27,14 @@ pub trait Harness: Send + Sync {
     async fn open(&self) -> DynStore;
 }
 
-/// Generates one `#[tokio::test]` per contract check, each with a fresh harness from `$harness`.
+/// Generates one `#[tokio::test]` per contract check, each with a fresh harness from `$harness`
+/// and the attribute given after it, if any (the Postgres suite's opt-in gate).
 macro_rules! store_contract_tests {
     ($harness:expr) => {
-        $crate::store::contract::store_contract_tests!(@each $harness;
+        $crate::store::contract::store_contract_tests!($harness; #[doc = "A contract check."]);
+    };
+    ($harness:expr; #[$attr:meta]) => {
+        $crate::store::contract::store_contract_tests!(@each $harness; $attr;
             session_crud,
             session_idempotency,
             session_label_filter,
@@ -52,6 +56,8 @@ macro_rules! store_contract_tests {
             prune_keeps_last_event_of_finished_jobs,
             claims_are_exclusive_across_stores,
             claims_keep_session_order,
+            claims_share_slots_fairly_between_tenants,
+            claims_respect_the_tenant_running_cap,
             renew_returns_only_owned_unfinished,
             expired_leases_listing,
             release_restores_queue_place,
@@ -64,9 +70,10 @@ macro_rules! store_contract_tests {
             append_refuses_finished_job_and_clears_owner,
         );
     };
-    (@each $harness:expr; $($name:ident),* $(,)?) => {
+    (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
             async fn $name() {
                 let harness = $harness;
                 $crate::store::contract::$name(&harness).await;
@@ -1245,6 +1252,84 @@ pub async fn claims_are_exclusive_across_stores(h: &dyn Harness) {
     );
 }
 
+/// Each pick goes to the tenant with the fewest running (or claimed) jobs, ties to the oldest job:
+/// one tenant's backlog cannot take every slot.
+pub async fn claims_share_slots_fairly_between_tenants(h: &dyn Harness) {
+    let store = h.open().await;
+    // acme: five jobs in five sessions (all runnable at once), older than globex's and initech's.
+    let mut acme = Vec::new();
+    for i in 0..5 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        acme.push(new_job(&*store, &s, ts(1 + i)).await);
+    }
+    let g = new_session(&*store, session("globex", ts(0))).await;
+    let g1 = new_job(&*store, &g, ts(10)).await;
+    let g2 = new_job(
+        &*store,
+        &new_session(&*store, session("globex", ts(0))).await,
+        ts(11),
+    )
+    .await;
+    let i = new_session(&*store, session("initech", ts(0))).await;
+    let i1 = new_job(&*store, &i, ts(12)).await;
+
+    // Every tenant at 0: the oldest job of each (acme's first, then globex, then initech).
+    let got = store.claim_jobs("r1", ts(100), 3).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[0], &g1, &i1]));
+    // acme 1, globex 1, initech 0 with nothing left: acme's next (older) before globex's.
+    let got = store.claim_jobs("r1", ts(100), 2).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[1], &g2]));
+    // A running job counts like a claimed one: acme has 2, and only acme has work left.
+    store
+        .append(vec![write(&acme[0], vec![], Some(running(ts(20))))])
+        .await
+        .unwrap();
+    let got = store.claim_jobs("r1", ts(100), 10).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[2], &acme[3], &acme[4]]));
+}
+
+/// A tenant at its running cap gets no more jobs until one of its own ends; others still do.
+pub async fn claims_respect_the_tenant_running_cap(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut acme = Vec::new();
+    for i in 0..3 {
+        let s = new_session(&*store, session("acme", ts(0))).await;
+        acme.push(new_job(&*store, &s, ts(1 + i)).await);
+    }
+    let g = new_session(&*store, session("globex", ts(0))).await;
+    let g1 = new_job(&*store, &g, ts(10)).await;
+    let got = store.claim_jobs_within("r1", ts(100), 10, 2).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[0], &acme[1], &g1]));
+    assert!(
+        store
+            .claim_jobs_within("r2", ts(100), 10, 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "acme is at its cap of 2 (claims by any replica count)"
+    );
+    store
+        .append(vec![write(&acme[0], vec![], Some(running(ts(20))))])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_jobs_within("r2", ts(100), 10, 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "running jobs count too"
+    );
+    finish(&*store, &acme[0], Outcome::Succeeded).await;
+    let got = store.claim_jobs_within("r2", ts(100), 10, 2).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&acme[2]]));
+    // 0 means no cap.
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let more = new_job(&*store, &s, ts(30)).await;
+    let got = store.claim_jobs_within("r2", ts(100), 10, 0).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&more]));
+}
+
 pub async fn claims_keep_session_order(h: &dyn Harness) {
     let store = h.open().await;
     let other = h.open().await;
@@ -1543,35 +1628,52 @@ pub async fn cancel_requests_keep_first_reason(h: &dyn Harness) {
 pub async fn queue_positions(h: &dyn Harness) {
     let store = h.open().await;
     let s = new_session(&*store, session("acme", ts(0))).await;
+    let u = new_session(&*store, session("acme", ts(0))).await;
+    let v = new_session(&*store, session("acme", ts(0))).await;
     let t = new_session(&*store, session("globex", ts(0))).await;
-    // Positions follow creation time, not insertion order, across sessions and tenants.
+    // Inserted out of creation order on purpose: positions follow creation time.
     let s2 = new_job(&*store, &s, ts(20)).await;
     let t1 = new_job(&*store, &t, ts(10)).await;
     let s1 = new_job(&*store, &s, ts(5)).await;
+    let u1 = new_job(&*store, &u, ts(15)).await;
     let t2 = new_job(&*store, &t, ts(30)).await;
+    let v1 = new_job(&*store, &v, ts(1)).await;
+    let v2 = new_job(&*store, &v, ts(2)).await;
+    // Claimed jobs are still queued; v1 starts, so v2 waits behind it.
+    assert_eq!(store.claim_jobs("r1", ts(100), 10).await.unwrap().len(), 4);
+    store
+        .append(vec![write(&v1, vec![], Some(running(ts(40))))])
+        .await
+        .unwrap();
     let pos = |j: &Job| {
         let (store, id) = (store.clone(), j.id.clone());
         async move { store.queue_position(&id).await.unwrap() }
     };
+    // A position counts only the asking tenant's jobs that start first: the older queued jobs of
+    // its own session, and the tenant's other runnable jobs created before it. Other tenants'
+    // jobs never count (their load is not this tenant's business), nor do jobs blocked behind a
+    // running job of their own session (v2 does not start before s1).
+    assert_eq!(pos(&v1).await, None, "a running job has no position");
+    assert_eq!(pos(&v2).await, Some(1));
     assert_eq!(pos(&s1).await, Some(1));
-    assert_eq!(pos(&t1).await, Some(2));
-    assert_eq!(pos(&s2).await, Some(3));
-    assert_eq!(pos(&t2).await, Some(4));
-    // Claimed jobs are still queued.
-    store.claim_jobs("r1", ts(100), 10).await.unwrap();
-    assert_eq!(pos(&s1).await, Some(1));
-    assert_eq!(pos(&t2).await, Some(4));
+    assert_eq!(pos(&u1).await, Some(2), "after s1");
+    assert_eq!(pos(&s2).await, Some(3), "after s1 (its session) and u1");
+    assert_eq!(
+        pos(&t1).await,
+        Some(1),
+        "acme's jobs do not count for globex"
+    );
+    assert_eq!(pos(&t2).await, Some(2));
     store
-        .append(vec![write(&s1, vec![], Some(running(ts(40))))])
+        .append(vec![write(&s1, vec![], Some(running(ts(41))))])
         .await
         .unwrap();
-    assert_eq!(pos(&s1).await, None, "a running job has no position");
-    assert_eq!(pos(&t1).await, Some(1));
-    assert_eq!(pos(&s2).await, Some(2));
-    assert_eq!(pos(&t2).await, Some(3));
+    assert_eq!(pos(&s1).await, None);
+    assert_eq!(pos(&u1).await, Some(1));
+    assert_eq!(pos(&s2).await, Some(2), "after u1");
     finish(&*store, &t1, Outcome::Succeeded).await;
     assert_eq!(pos(&t1).await, None);
-    assert_eq!(pos(&t2).await, Some(2));
+    assert_eq!(pos(&t2).await, Some(1));
     assert_eq!(
         store.queue_position(&JobId::generate()).await.unwrap(),
         None

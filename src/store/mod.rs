@@ -212,15 +212,30 @@ pub trait Store: Send + Sync + 'static {
     /// notice pruning as a gap before the first retained seq.
     async fn prune_events(&self, before: Timestamp, limit: usize) -> Result<u64>;
 
-    /// Claims up to `limit` runnable jobs for `replica`, oldest first, each leased until
-    /// `lease_until`. Runnable: state QUEUED, no owner, and the oldest unfinished job of its session
-    /// (so a session's jobs run one at a time and in order, whichever replica runs them). No two
-    /// callers ever claim the same job; a claimed job stays QUEUED until its owner starts it.
+    /// Claims up to `limit` runnable jobs for `replica`, each leased until `lease_until`, with no
+    /// cap per tenant ([`Store::claim_jobs_within`]).
     async fn claim_jobs(
         &self,
         replica: &str,
         lease_until: Timestamp,
         limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        self.claim_jobs_within(replica, lease_until, limit, 0).await
+    }
+
+    /// Claims up to `limit` runnable jobs for `replica`, each leased until `lease_until`.
+    /// Runnable: state QUEUED, no owner, and the oldest unfinished job of its session (so a
+    /// session's jobs run one at a time and in order, whichever replica runs them). Fair share
+    /// between tenants: each pick goes to the tenant with the fewest running jobs (RUNNING, or
+    /// claimed by any replica, counting this call's picks), ties to the oldest job; a tenant with
+    /// `tenant_max_running` such jobs (0: no cap) gets none. No two callers ever claim the same
+    /// job; a claimed job stays QUEUED until its owner starts it. Answered oldest first.
+    async fn claim_jobs_within(
+        &self,
+        replica: &str,
+        lease_until: Timestamp,
+        limit: usize,
+        tenant_max_running: usize,
     ) -> Result<Vec<Claimed>>;
 
     /// Extends to `lease_until` the lease of every unfinished job `replica` owns, and returns
@@ -247,8 +262,10 @@ pub trait Store: Send + Sync + 'static {
     /// replica that may have missed the signal).
     async fn cancel_requests(&self, replica: &str) -> Result<Vec<(JobId, String)>>;
 
-    /// 1-based position of a QUEUED job among all QUEUED jobs in creation order (claimed or not);
-    /// `None` if the job is not queued.
+    /// 1-based position of a QUEUED job (claimed or not) in its tenant's start order: 1 + the
+    /// older QUEUED jobs of its session + the tenant's runnable QUEUED jobs (no older unfinished
+    /// job in their session) of other sessions created before it. Other tenants' jobs never
+    /// count. `None` if the job is not queued.
     async fn queue_position(&self, job: &JobId) -> Result<Option<u32>>;
 
     /// Signals of commits by every process sharing the store, including this one. `None` when the

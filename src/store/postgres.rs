@@ -40,6 +40,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SIGNAL_BUFFER: usize = 1024;
 /// First key of the per-tenant admission advisory lock: "agnu".
 const ADMIT_LOCK: i32 = 0x6167_6e75;
+/// The advisory lock claims take turns on when a per-tenant running cap is set: "agcl".
+const CLAIM_LOCK: i64 = 0x6167_636c;
 /// Times a transaction is retried after Postgres aborted it to break a deadlock.
 const DEADLOCK_RETRIES: usize = 3;
 
@@ -957,41 +959,82 @@ impl Store for PgStore {
         .await
     }
 
-    async fn claim_jobs(
+    async fn claim_jobs_within(
         &self,
         replica: &str,
         lease_until: Timestamp,
         limit: usize,
+        tenant_max_running: usize,
     ) -> Result<Vec<Claimed>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         // Runnable: queued, unowned, and nothing else of its session is older or already held
         // (the second half keeps a session's jobs one at a time even if clocks disagreed on
-        // `created`). Rows another replica is locking are skipped, not waited for.
-        let rows = self
-            .query(
-                concat!(
-                    "WITH cand AS ( \
-                       SELECT c.pk FROM jobs c \
-                       WHERE c.state_name IN ('QUEUED', 'RUNNING') AND c.state_name = 'QUEUED' \
-                         AND c.owner IS NULL \
-                         AND NOT EXISTS ( \
-                           SELECT 1 FROM jobs o \
-                           WHERE o.session_id = c.session_id AND o.pk <> c.pk \
-                             AND o.state_name IN ('QUEUED', 'RUNNING') \
-                             AND ((o.created, o.id) < (c.created, c.id) \
-                                  OR o.owner IS NOT NULL OR o.state_name = 'RUNNING')) \
-                       ORDER BY c.created, c.id LIMIT $3 \
-                       FOR UPDATE OF c SKIP LOCKED) \
-                     UPDATE jobs AS j SET owner = $1, lease_until = $2 FROM cand \
-                     WHERE j.pk = cand.pk RETURNING ",
-                    job_cols_j!(),
-                    ", j.cancel_reason"
-                ),
-                &[&replica, &lease_until.micros(), &int(limit as u64)],
-            )
-            .await?;
+        // `created`). A tenant's k-th runnable job (oldest first) would make its running count
+        // `running + k - 1` when picked: ordering by that load, then age, picks the least busy
+        // tenant each time. Rows another replica is locking are skipped, not waited for; the
+        // runnable test is repeated where the rows are locked, so that it is checked again on
+        // the latest row versions.
+        const CLAIM: &str = concat!(
+            "WITH run AS ( \
+               SELECT tenant, count(*) AS n FROM jobs \
+               WHERE state_name IN ('QUEUED', 'RUNNING') \
+                 AND (owner IS NOT NULL OR state_name = 'RUNNING') GROUP BY tenant), \
+             cand AS ( \
+               SELECT c.pk, c.tenant, c.created, c.id, \
+                 row_number() OVER (PARTITION BY c.tenant ORDER BY c.created, c.id) AS k \
+               FROM jobs c \
+               WHERE c.state_name IN ('QUEUED', 'RUNNING') AND c.state_name = 'QUEUED' \
+                 AND c.owner IS NULL \
+                 AND NOT EXISTS ( \
+                   SELECT 1 FROM jobs o \
+                   WHERE o.session_id = c.session_id AND o.pk <> c.pk \
+                     AND o.state_name IN ('QUEUED', 'RUNNING') \
+                     AND ((o.created, o.id) < (c.created, c.id) \
+                          OR o.owner IS NOT NULL OR o.state_name = 'RUNNING'))), \
+             ranked AS ( \
+               SELECT cand.pk, coalesce(run.n, 0) + cand.k - 1 AS load, cand.created, cand.id \
+               FROM cand LEFT JOIN run ON run.tenant = cand.tenant \
+               WHERE $4::bigint = 0 OR coalesce(run.n, 0) + cand.k - 1 < $4::bigint), \
+             pick AS ( \
+               SELECT c.pk FROM jobs c JOIN ranked r ON r.pk = c.pk \
+               WHERE c.state_name IN ('QUEUED', 'RUNNING') AND c.state_name = 'QUEUED' \
+                 AND c.owner IS NULL \
+                 AND NOT EXISTS ( \
+                   SELECT 1 FROM jobs o \
+                   WHERE o.session_id = c.session_id AND o.pk <> c.pk \
+                     AND o.state_name IN ('QUEUED', 'RUNNING') \
+                     AND ((o.created, o.id) < (c.created, c.id) \
+                          OR o.owner IS NOT NULL OR o.state_name = 'RUNNING')) \
+               ORDER BY r.load, r.created, r.id LIMIT $3 \
+               FOR UPDATE OF c SKIP LOCKED) \
+             UPDATE jobs AS j SET owner = $1, lease_until = $2 FROM pick \
+             WHERE j.pk = pick.pk RETURNING ",
+            job_cols_j!(),
+            ", j.cancel_reason"
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &replica,
+            &lease_until.micros(),
+            &int(limit as u64),
+            &int(tenant_max_running as u64),
+        ];
+        let rows = if tenant_max_running == 0 {
+            self.query(CLAIM, &params).await?
+        } else {
+            // Replicas claiming at once would each see the tenant below its cap: with a cap,
+            // claims take turns.
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(db)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
+                .await
+                .map_err(db)?;
+            let st = tx.prepare_cached(CLAIM).await.map_err(db)?;
+            let rows = tx.query(&st, &params).await.map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            rows
+        };
         let mut claimed = rows
             .iter()
             .map(|r| {
@@ -1099,18 +1142,28 @@ impl Store for PgStore {
     async fn queue_position(&self, job: &JobId) -> Result<Option<u32>> {
         let rows = self
             .query(
-                "SELECT count(*) FROM jobs q, \
-                   (SELECT created, id FROM jobs WHERE id = $1 AND state_name = 'QUEUED') t \
-                 WHERE q.state_name IN ('QUEUED', 'RUNNING') AND q.state_name = 'QUEUED' \
-                   AND (q.created, q.id) <= (t.created, t.id)",
+                "SELECT 1 \
+                   + (SELECT count(*) FROM jobs AS q WHERE q.session_id = j.session_id \
+                        AND q.state_name = 'QUEUED' AND (q.created, q.id) < (j.created, j.id)) \
+                   + (SELECT count(*) FROM jobs AS q WHERE q.tenant = j.tenant \
+                        AND q.session_id <> j.session_id \
+                        AND q.state_name IN ('QUEUED', 'RUNNING') AND q.state_name = 'QUEUED' \
+                        AND (q.created, q.id) < (j.created, j.id) \
+                        AND NOT EXISTS (SELECT 1 FROM jobs AS o \
+                          WHERE o.session_id = q.session_id \
+                          AND o.state_name IN ('QUEUED', 'RUNNING') \
+                          AND (o.created, o.id) < (q.created, q.id))) \
+                 FROM jobs AS j WHERE j.id = $1 AND j.state_name = 'QUEUED'",
                 &[&job.as_str()],
             )
             .await?;
-        let n: i64 = match rows.first() {
-            Some(r) => rows::get(r, 0, "count")?,
-            None => 0,
-        };
-        Ok((n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX)))
+        match rows.first() {
+            Some(r) => {
+                let n: i64 = rows::get(r, 0, "position")?;
+                Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+            }
+            None => Ok(None),
+        }
     }
 
     fn signals(&self) -> Option<broadcast::Receiver<StoreSignal>> {

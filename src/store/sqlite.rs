@@ -129,15 +129,16 @@ impl Store for SqliteStore {
         false
     }
 
-    async fn claim_jobs(
+    async fn claim_jobs_within(
         &self,
         replica: &str,
         lease_until: Timestamp,
         limit: usize,
+        tenant_max_running: usize,
     ) -> Result<Vec<Claimed>> {
         let replica = replica.to_owned();
         self.writer
-            .write(move |c| ops::claim_jobs(c, &replica, lease_until, limit))
+            .write(move |c| ops::claim_jobs(c, &replica, lease_until, limit, tenant_max_running))
             .await
     }
 

@@ -1,5 +1,6 @@
 //! The process-wide Prometheus metrics and the plain-HTTP listener that serves them
-//! (`--metrics-listen`, off by default). Metrics are global (one server per process) so any layer
+//! (`--metrics-listen`, off by default; with `--metrics-token-file` only to callers presenting
+//! that bearer token). Metrics are global (one server per process) so any layer
 //! can count without the registry being threaded through every constructor.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,8 +9,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::LazyLock;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -256,8 +259,42 @@ impl Drop for RunningGuard {
 const MAX_HEAD: usize = 8 << 10;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Who may read `/metrics`: anyone, or only callers sending `authorization: Bearer <token>`
+/// (compared as SHA-256 digests in constant time, so timing reveals nothing of the token).
+#[derive(Clone)]
+pub struct MetricsAccess(Option<Arc<[u8; 32]>>);
+
+impl MetricsAccess {
+    pub fn new(token: Option<&str>) -> Self {
+        Self(token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())))
+    }
+
+    fn allows(&self, head: &[u8]) -> bool {
+        let Some(want) = &self.0 else {
+            return true;
+        };
+        let presented = head
+            .split(|b| *b == b'\n')
+            .filter_map(|line| {
+                let line = std::str::from_utf8(line).ok()?.trim();
+                let (name, value) = line.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("authorization")
+                    .then(|| value.trim())
+            })
+            .find_map(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        presented.is_some_and(|t| {
+            let got: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+            bool::from(got.ct_eq(&**want))
+        })
+    }
+}
+
 /// Serves `GET /metrics` (HTTP/1.x, one request per connection) until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, access: MetricsAccess, stop: CancellationToken) {
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -265,8 +302,9 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
         };
         match conn {
             Ok((stream, _)) => {
+                let access = access.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream)).await;
+                    let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, &access)).await;
                 });
             }
             Err(e) => {
@@ -277,7 +315,7 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
     }
 }
 
-async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, access: &MetricsAccess) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -295,6 +333,11 @@ async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
     );
     let path = target.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
+        (b"GET", b"/metrics") if !access.allows(&head) => (
+            "401 Unauthorized\r\nwww-authenticate: Bearer",
+            "text/plain",
+            "a bearer token is required\n".to_owned(),
+        ),
         (b"GET", b"/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
@@ -320,8 +363,12 @@ mod tests {
     use super::*;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        get_with(addr, path, "").await
+    }
+
+    async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}\r\n").as_bytes())
             .await
             .unwrap();
         let mut out = String::new();
@@ -334,7 +381,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, stop.clone()));
+        let task = tokio::spawn(serve(listener, MetricsAccess::new(None), stop.clone()));
         metrics().uploaded(1234);
         metrics().rpc("/t.S/M", "NOT_FOUND", Duration::from_millis(3));
         metrics().job_finished("SUCCEEDED", Some(Duration::from_secs(2)));
@@ -357,6 +404,38 @@ mod tests {
         );
         assert!(page.contains(r#"agentd_jobs_finished_total{state="SUCCEEDED"}"#));
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_keeps_metrics_from_callers_without_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = "metrics-token-0123456789";
+        let access = MetricsAccess::new(Some(token));
+        let task = tokio::spawn(serve(listener, access, stop.clone()));
+        for refused in [
+            "",
+            "authorization: Bearer wrong-token-0123456789\r\n",
+            "authorization: Basic bWV0cmljcy10b2tlbi0wMTIzNDU2Nzg5\r\n",
+            "authorization: Bearer metrics-token-012345678\r\n",
+            "x-authorization: Bearer metrics-token-0123456789\r\n",
+        ] {
+            let page = get_with(addr, "/metrics", refused).await;
+            assert!(page.starts_with("HTTP/1.1 401"), "{refused:?}: {page}");
+            assert!(page.contains("www-authenticate: Bearer"), "{page}");
+            assert!(!page.contains("agentd_"), "{refused:?}: {page}");
+        }
+        for accepted in [
+            format!("authorization: Bearer {token}\r\n"),
+            format!("Authorization: bearer  {token} \r\n"),
+        ] {
+            let page = get_with(addr, "/metrics", &accepted).await;
+            assert!(page.starts_with("HTTP/1.1 200 OK"), "{accepted:?}: {page}");
+            assert!(page.contains("agentd_jobs_running"), "{page}");
+        }
         stop.cancel();
         task.await.unwrap();
     }

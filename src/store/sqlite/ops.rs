@@ -517,27 +517,47 @@ pub(super) fn claim_jobs(
     replica: &str,
     lease_until: Timestamp,
     limit: usize,
+    tenant_max_running: usize,
 ) -> Result<Vec<Claimed>> {
     if limit == 0 {
         return Ok(Vec::new());
     }
-    // Runnable: queued, unowned, and no older unfinished job in its session (whoever owns it).
-    let found: Vec<(i64, Job, Option<String>)> = conn
+    // Runnable: queued, unowned, and no older unfinished job of its session (whoever owns it).
+    // A tenant's k-th runnable job (oldest first) would make its running count `running + k - 1`
+    // when picked: ordering by that load, then age, picks the least busy tenant each time.
+    let mut found: Vec<(i64, Job, Option<String>)> = conn
         .prepare_cached(concat!(
-            "SELECT pk, cancel_reason, ",
+            "WITH run AS ( \
+               SELECT tenant, count(*) AS n FROM jobs \
+               WHERE state_name IN ('QUEUED', 'RUNNING') \
+                 AND (owner IS NOT NULL OR state_name = 'RUNNING') GROUP BY tenant), \
+             cand AS ( \
+               SELECT j.pk, j.tenant, \
+                 row_number() OVER (PARTITION BY j.tenant ORDER BY j.created, j.id) AS k \
+               FROM jobs AS j WHERE state_name = 'QUEUED' AND owner IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.session_id = j.session_id \
+                   AND o.state_name IN ('QUEUED', 'RUNNING') \
+                   AND (o.created, o.id) < (j.created, j.id))), \
+             ranked AS ( \
+               SELECT cand.pk AS rpk, coalesce(run.n, 0) + cand.k - 1 AS load \
+               FROM cand LEFT JOIN run ON run.tenant = cand.tenant) \
+             SELECT pk, cancel_reason, ",
             job_cols!(),
-            " FROM jobs AS j WHERE state_name = 'QUEUED' AND owner IS NULL \
-              AND NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.session_id = j.session_id \
-                  AND o.state_name IN ('QUEUED', 'RUNNING') AND (o.created, o.id) < (j.created, j.id)) \
-              ORDER BY created, id LIMIT ?1"
+            " FROM jobs JOIN ranked ON ranked.rpk = jobs.pk \
+              WHERE ?2 = 0 OR load < ?2 \
+              ORDER BY load, created, id LIMIT ?1"
         ))
         .and_then(|mut st| {
-            st.query_map([sql_int(limit as u64)], |r| {
-                Ok((r.get(0)?, job_row_at(r, 2)?, r.get(1)?))
-            })?
+            st.query_map(
+                params![sql_int(limit as u64), sql_int(tenant_max_running as u64)],
+                |r| Ok((r.get(0)?, job_row_at(r, 2)?, r.get(1)?)),
+            )?
             .collect()
         })
         .map_err(db)?;
+    found.sort_by(|(_, a, _), (_, b, _)| {
+        (a.created, a.id.as_str()).cmp(&(b.created, b.id.as_str()))
+    });
     let mut claim = conn
         .prepare_cached("UPDATE jobs SET owner = ?2, lease_until = ?3 WHERE pk = ?1")
         .map_err(db)?;
@@ -646,8 +666,16 @@ pub(super) fn cancel_requests(conn: &Connection, replica: &str) -> Result<Vec<(J
 pub(super) fn queue_position(conn: &Connection, job: &JobId) -> Result<Option<u32>> {
     let n: Option<i64> = conn
         .prepare_cached(
-            "SELECT (SELECT count(*) FROM jobs AS q WHERE q.state_name = 'QUEUED' \
-                     AND (q.created, q.id) <= (j.created, j.id)) \
+            "SELECT 1 \
+               + (SELECT count(*) FROM jobs AS q WHERE q.session_id = j.session_id \
+                    AND q.state_name = 'QUEUED' AND (q.created, q.id) < (j.created, j.id)) \
+               + (SELECT count(*) FROM jobs AS q WHERE q.tenant = j.tenant \
+                    AND q.session_id <> j.session_id \
+                    AND q.state_name IN ('QUEUED', 'RUNNING') AND q.state_name = 'QUEUED' \
+                    AND (q.created, q.id) < (j.created, j.id) \
+                    AND NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.session_id = q.session_id \
+                      AND o.state_name IN ('QUEUED', 'RUNNING') \
+                      AND (o.created, o.id) < (q.created, q.id))) \
              FROM jobs AS j WHERE j.id = ?1 AND j.state_name = 'QUEUED'",
         )
         .and_then(|mut st| st.query_row([job.as_str()], |r| r.get(0)).optional())

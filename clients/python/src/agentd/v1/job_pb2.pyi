@@ -173,7 +173,9 @@ class Job(_message.Message):
     state: Global___JobState.ValueType
     """Current state."""
     queue_position: _builtins.int
-    """While queued: 1 when the job runs next in its session and a slot is free, larger behind others."""
+    """While queued: 1 + the caller's jobs that start before it (the older ones of its session, then
+    the tenant's runnable jobs submitted earlier); other tenants' jobs never count.
+    """
     error_message: _builtins.str
     """Why the job failed, was cancelled or timed out, in words (the agent's own error text when it
     gave one).

@@ -184,7 +184,8 @@ export type Job = Message<"agentd.v1.Job"> & {
   endTime?: Timestamp | undefined;
 
   /**
-   * While queued: 1 when the job runs next in its session and a slot is free, larger behind others.
+   * While queued: 1 + the caller's jobs that start before it (the older ones of its session, then
+   * the tenant's runnable jobs submitted earlier); other tenants' jobs never count.
    *
    * @generated from field: uint32 queue_position = 10;
    */
