@@ -162,6 +162,11 @@ impl Watch {
         }
     }
 
+    /// Something wrote to the job's `/tmp`.
+    pub fn tmp_written(&mut self) {
+        self.tmp();
+    }
+
     fn tmp(&mut self) {
         let Some(st) = self
             .tmp

@@ -124,10 +124,19 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     };
     drop(ready_r);
 
+    // Writes into /tmp raise SIGIO, so a /tmp filled and emptied between two ticks is seen too.
+    let tmp_writes = watch_writes(init);
     let mut watch = watch::Watch::new(cgroup, jail, tmp, Some(notices));
     tick(watch::TICK);
     let end = wait_for(init, handled, |sig| match sig {
         Signal::SIGUSR1 => Some(kill_tree(init)),
+        Signal::SIGIO => {
+            if let Some(w) = &tmp_writes {
+                while w.read_events().is_ok_and(|e| !e.is_empty()) {}
+            }
+            watch.tmp_written();
+            None
+        }
         Signal::SIGALRM => match watch.tick() {
             watch::Verdict::Stop => Some(kill_tree(init)),
             watch::Verdict::Continue => None,
@@ -147,6 +156,24 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     watch.finish(end == End::Signal(Signal::SIGKILL));
     watch.clean_up();
     Ok(end)
+}
+
+/// An inotify watch on the job's `/tmp` that signals SIGIO to this process when it has events.
+fn watch_writes(init: Pid) -> Option<nix::sys::inotify::Inotify> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+    ino.add_watch(
+        format!("/proc/{init}/root/tmp").as_str(),
+        AddWatchFlags::IN_MODIFY,
+    )
+    .ok()?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ino));
+    // SAFETY: fcntl on a descriptor this function owns, with integer arguments only.
+    let armed = unsafe {
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
+            && libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
+    };
+    armed.then_some(ino)
 }
 
 /// Kills ns-init, which takes the whole PID namespace with it, and waits until it is gone.

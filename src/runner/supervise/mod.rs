@@ -454,8 +454,9 @@ fn handled_signals() -> SigSet {
         Signal::SIGINT,
         Signal::SIGUSR1,
         Signal::SIGCHLD,
-        // The jail's limit watch ticks on it.
+        // The jail's limit watch ticks on it, and hears of writes to the job's /tmp.
         Signal::SIGALRM,
+        Signal::SIGIO,
     ] {
         set.add(sig);
     }
