@@ -20,7 +20,8 @@
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
 //! agents/        one adapter per agent kind: job → argv/env/config files; stdout lines → events
 //! runner/        spawns an agent contained in a supervisor (kept on standby ahead of jobs), pumps
-//!                its output, cancels whole trees
+//!                its output, cancels whole trees; runner/jail/ is the sandbox every job runs in
+//!                (namespaces, assembled root, Landlock, seccomp, cgroups, the limit watch)
 //! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
 //! store/         the `Store` trait (sessions, jobs, events, claims and leases); SQLite and Postgres
 //! domain/        plain types with no I/O: ids, sessions, job specs and state machine, events

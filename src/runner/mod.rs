@@ -13,6 +13,9 @@
 //! group), after `grace` SIGUSR1 (the supervisor kills the whole tree), after 2 more seconds
 //! SIGKILL to the supervisor's process group.
 //!
+//! A jailed job (the default, see [`jail`]) always goes through the launch spec, which carries its
+//! jail; its supervisor reports limits that were hit as [`Output::Notice`]s on its stdin socket.
+//!
 //! A job normally starts from a standby supervisor that did all of the above ahead of time and then
 //! receives the job over its stdin ([`Launcher`]); the result is the same.
 //!

@@ -327,6 +327,8 @@ fn ns_init(
         fs::loopback_up().unwrap_or_else(|e| fail(e));
     }
     let _ = nix::unistd::sethostname("agentd");
+    // Compiled ahead of the job, like the rest of the standby's set-up.
+    let filters = seccomp::filters().unwrap_or_else(|e| fail(e));
 
     let spec = read_to_end(spec_r).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
     if spec.is_empty() {
@@ -346,7 +348,6 @@ fn ns_init(
         give_to_agent(&jail.workspace);
         give_to_agent(&jail.home);
     }
-    let filters = seccomp::filters().unwrap_or_else(|e| fail(e));
     let writable: Vec<PathBuf> = [&jail.workspace, &jail.home]
         .into_iter()
         .cloned()
