@@ -914,3 +914,121 @@ async fn wire_reads_job_and_event_fields_by_proto_name() {
         Some(1)
     );
 }
+
+/// What the host offers and each profile's jail, as ServerInfo tells them; and the refusal to
+/// start when a profile's jail cannot be built (fail closed).
+mod probe {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_info_reports_the_probe_and_each_profiles_sandbox() {
+        let server = TestServer::start_with(Options {
+            config: Some(
+                "[agents.offline]\nkind = \"claude\"\n\
+                 [agents.offline.sandbox]\nnetwork = \"none\"\nmemory_mb = 64\n\
+                 [agents.open]\nkind = \"claude\"\n[agents.open.sandbox]\nenabled = false\n"
+                    .into(),
+            ),
+            ..Default::default()
+        });
+        let mut client = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
+            server.channel().await,
+            |mut r: tonic::Request<()>| {
+                r.metadata_mut()
+                    .insert("authorization", format!("Bearer {KEY_A}").parse().unwrap());
+                Ok(r)
+            },
+        );
+        let info = client
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let host = info.sandbox.expect("sandbox support");
+        assert!(host.user_namespaces && host.mount_namespaces && host.pid_namespaces);
+        assert!(host.network_namespaces && host.seccomp);
+        assert_eq!(
+            host.landlock_abi,
+            agentd::runner::jail::writes::kernel_abi(),
+            "the ABI the kernel reports"
+        );
+        assert!(host.landlock_abi >= 1, "this machine's kernel has Landlock");
+        for c in ["memory", "pids", "cpu"] {
+            assert!(host.cgroup_controllers.iter().any(|h| h == c), "{host:?}");
+        }
+        let sandbox = |name: &str| {
+            info.agents
+                .iter()
+                .find(|a| a.name == name)
+                .and_then(|a| a.sandbox.clone())
+                .unwrap_or_else(|| panic!("no sandbox for {name}"))
+        };
+        let claude = sandbox("claude");
+        assert!(claude.enabled, "on by default");
+        assert_eq!(claude.network, "host");
+        assert_eq!(
+            (claude.memory_mb, claude.max_pids, claude.tmp_mb),
+            (4096, 1024, 512)
+        );
+        let offline = sandbox("offline");
+        assert_eq!((offline.network.as_str(), offline.memory_mb), ("none", 64));
+        assert!(!sandbox("open").enabled, "the explicit opt-out");
+    }
+
+    /// An unprivileged agentd without a delegated cgroup cannot bound memory, processes and CPU:
+    /// it refuses to start and says what is missing; opting out of the limits lets it start.
+    #[test]
+    fn agentd_refuses_to_start_when_a_jail_cannot_be_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(UNPRIVILEGED.uid), Some(UNPRIVILEGED.gid))
+            .unwrap();
+        std::os::unix::fs::chown(&data, Some(UNPRIVILEGED.uid), Some(UNPRIVILEGED.gid)).unwrap();
+        let parent = format!("agentd-undelegated-{}", std::process::id());
+        let start = |config: &str| {
+            let path = dir.path().join("agentd.toml");
+            std::fs::write(
+                &path,
+                format!("[sandbox]\ncgroup_parent = \"{parent}\"\n{config}"),
+            )
+            .unwrap();
+            std::process::Command::new("setpriv")
+                .args(["--reuid", &UNPRIVILEGED.uid.to_string()])
+                .args([
+                    "--regid",
+                    &UNPRIVILEGED.gid.to_string(),
+                    "--clear-groups",
+                    "--",
+                ])
+                .arg(env!("CARGO_BIN_EXE_agentd"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&data)
+                .arg("--config")
+                .arg(&path)
+                .env("AGENTD_CLAUDE_BIN", fake_claude())
+                .env("HOME", dir.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start agentd")
+        };
+        let refused = start("").wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("does not offer") && stderr.contains("cgroup controller"),
+            "names what is missing: {stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&refused.stdout).contains("listening"));
+
+        let mut started = start("memory_mb = 0\nmax_pids = 0\ncpu_millis = 0\n");
+        let mut out = std::io::BufReader::new(started.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let _ = started.kill();
+        let _ = started.wait();
+        assert!(line.starts_with("agentd listening on"), "{line:?}");
+    }
+}
