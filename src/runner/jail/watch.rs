@@ -71,7 +71,7 @@ impl Watch {
         self.ticks += 1;
         self.memory_and_pids();
         self.tmp();
-        if self.ticks % WORKSPACE_EVERY == 0 && !self.stopped && self.workspace_over() {
+        if self.ticks.is_multiple_of(WORKSPACE_EVERY) && !self.stopped && self.workspace_over() {
             self.stopped = true;
             return Verdict::Stop;
         }
