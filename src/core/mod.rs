@@ -20,6 +20,7 @@ mod sessions;
 pub use files::UploadSink;
 pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
+pub use run::ENV_ALLOWLIST;
 pub use sessions::{CreateSession, SessionView};
 
 use crate::config::Config;

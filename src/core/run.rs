@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// Variables passed through from the server's own environment; everything else is dropped.
-const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
+pub const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
 /// Output lines taken from the runner at a time.
 const MAX_BATCH: usize = 512;
 /// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
