@@ -279,6 +279,54 @@ async fn agent_sees_its_own_pid_namespace_in_proc() {
     assert!(visible <= 4, "{out:?}");
 }
 
+/// A repository above the workspace (agentd's data dir inside a checkout) is not the job's: its
+/// `.git` (a directory here, a worktree's file one level down) looks empty to the agent, in a
+/// directly started supervisor and in a standby; the workspace's own `.git` and the host's view
+/// stay as they were.
+#[tokio::test]
+async fn repositories_above_the_workspace_are_hidden() {
+    let top = tempfile::tempdir().unwrap();
+    let repo = top.path().join("repo");
+    let worktree = repo.join("wt");
+    let workspace = worktree.join("data/sessions/s1/workspace");
+    std::fs::create_dir_all(workspace.join(".git")).unwrap();
+    std::fs::create_dir_all(repo.join(".git")).unwrap();
+    std::fs::write(repo.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(worktree.join(".git"), "gitdir: ../.git\n").unwrap();
+    std::fs::write(workspace.join(".git/HEAD"), "ref: refs/heads/mine\n").unwrap();
+    let script = format!(
+        "ls -A {repo}/.git | wc -l; wc -c < {wt}/.git; cat .git/HEAD",
+        repo = repo.display(),
+        wt = worktree.display()
+    );
+    let mut direct = sh(&script);
+    direct.cwd = workspace.clone();
+    let ran = run(direct.clone(), relaxed()).await;
+    assert_eq!(
+        ran.stdout_texts(),
+        ["0", "0", "ref: refs/heads/mine"],
+        "{:?}",
+        ran.stderr_texts()
+    );
+    let launcher = ready_launcher(&direct).await;
+    let process = launcher.spawn(direct).await.expect("spawn");
+    assert!(process.from_standby());
+    let ran = run_process(process, relaxed()).await;
+    assert_eq!(
+        ran.stdout_texts(),
+        ["0", "0", "ref: refs/heads/mine"],
+        "{:?}",
+        ran.stderr_texts()
+    );
+    launcher.close();
+    // Only the job's mount namespace was changed.
+    assert!(repo.join(".git/HEAD").is_file());
+    assert_eq!(
+        std::fs::read_to_string(worktree.join(".git")).unwrap(),
+        "gitdir: ../.git\n"
+    );
+}
+
 #[tokio::test]
 async fn long_line_is_truncated_and_next_line_is_intact() {
     let ran = run(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Variables passed through from the server's own environment; everything else is dropped.
-const ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
+pub const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR"];
 
 /// The complete environment of a job's agent.
 pub(super) fn agent_env(
@@ -17,7 +17,7 @@ pub(super) fn agent_env(
     profile: &BTreeMap<String, String>,
     job: &BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
-    let base = ALLOWLIST
+    let base = ENV_ALLOWLIST
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
         .chain([("HOME".to_owned(), home.to_string_lossy().into_owned())]);
@@ -92,7 +92,7 @@ mod tests {
         assert_eq!(get("PATH"), std::env::var("PATH").ok());
         // Nothing outside the allowlist leaks from agentd's own environment.
         assert!(
-            env.iter().all(|(k, _)| ALLOWLIST.contains(&k.as_str())
+            env.iter().all(|(k, _)| ENV_ALLOWLIST.contains(&k.as_str())
                 || ["HOME", "FOO", "BAR", "BAZ"].contains(&k.as_str())),
             "{env:?}"
         );

@@ -19,6 +19,7 @@ mod replicas;
 mod run;
 mod sessions;
 
+pub use env::ENV_ALLOWLIST;
 pub use files::UploadSink;
 pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};

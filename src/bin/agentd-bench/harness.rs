@@ -19,6 +19,8 @@ pub struct Env {
     /// The repository (for the SDK consumers under `clients/`).
     pub repo: PathBuf,
     pub quick: bool,
+    /// Agent kinds the `genuine` scenario runs (`claude`, `codex`, `opencode`, `gemini`).
+    pub agents: Vec<String>,
 }
 
 impl Env {
@@ -59,7 +61,12 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(what: &str) -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!(
+        TempDir::new_in(&std::env::temp_dir(), what)
+    }
+
+    /// A fresh directory under `parent`.
+    pub fn new_in(parent: &Path, what: &str) -> Result<TempDir> {
+        let p = parent.join(format!(
             "agentd-bench-{what}-{}",
             uuid::Uuid::new_v4().simple()
         ));
@@ -159,16 +166,21 @@ impl Agentd {
     /// Like [`Agentd::start`], with `toml` added to the configuration file (e.g. a `[sandbox]`
     /// table).
     pub fn start_with(env: &Env, toml: &str, extra: &[&str]) -> Result<Agentd> {
-        let dir = TempDir::new("agentd")?;
-        let config = dir.path().join("agentd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "default_agent = \"bench\"\n{toml}\n[agents.bench]\nkind = \"command\"\n\
-                 command = {:?}\nargs = [\"__agent\"]\n",
-                env.me.display().to_string()
-            ),
-        )?;
+        let config = format!(
+            "default_agent = \"bench\"\n{toml}\n[agents.bench]\nkind = \"command\"\n\
+             command = {:?}\nargs = [\"__agent\"]\n",
+            env.me.display().to_string()
+        );
+        Agentd::start_in(&std::env::temp_dir(), env, &config, extra)
+    }
+
+    /// As [`Agentd::start`] with `config` as the whole configuration file, its temp dir (the
+    /// data dir's parent) under `parent`.
+    pub fn start_in(parent: &Path, env: &Env, config: &str, extra: &[&str]) -> Result<Agentd> {
+        let dir = TempDir::new_in(parent, "agentd")?;
+        let config_path = dir.path().join("agentd.toml");
+        std::fs::write(&config_path, config)?;
+        let config = config_path;
         let mut cmd = Command::new(&env.agentd);
         cmd.arg("serve")
             .arg("--listen")
@@ -262,10 +274,16 @@ impl Clients {
     }
 
     pub async fn submit(&mut self, session: &str, prompt: &str) -> Result<String> {
+        self.submit_to(session, "", prompt).await
+    }
+
+    /// SubmitJob to the agent profile `agent` (the default one when empty).
+    pub async fn submit_to(&mut self, session: &str, agent: &str, prompt: &str) -> Result<String> {
         let job = self
             .jobs
             .submit_job(pb::SubmitJobRequest {
                 session_id: session.into(),
+                agent: agent.into(),
                 prompt: prompt.into(),
                 ..Default::default()
             })

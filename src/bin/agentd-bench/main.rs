@@ -12,6 +12,7 @@
 mod agent;
 mod bare;
 mod harness;
+mod procwatch;
 mod report;
 mod scenarios;
 
@@ -41,6 +42,10 @@ struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// The genuine agent CLIs the `genuine` scenario runs (from `.cache/agents`, installed by
+    /// `scripts/install-agents`): comma-separated kinds, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "claude")]
+    agents: Vec<String>,
 }
 
 fn main() {
@@ -93,6 +98,7 @@ fn run(args: Args) -> Result<i32> {
         me,
         repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         quick: args.quick,
+        agents: scenarios::genuine::agents(&args.agents)?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -597,7 +597,7 @@ fn run_namespaced(source: Source, handled: &SigSet, own_proc: bool) -> Result<En
             if own_proc {
                 mount_proc();
             }
-            ns_init(source, handled, life_r, status_w)
+            ns_init(source, handled, life_r, status_w, own_proc)
         }
         ForkResult::Parent { child: init } => {
             drop(life_r);
@@ -650,7 +650,13 @@ fn mount_proc() {
 }
 
 /// PID 1 of the agent's namespace. Never returns; its exit takes the namespace down.
-fn ns_init(source: Source, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd) -> ! {
+fn ns_init(
+    source: Source,
+    handled: &SigSet,
+    life_r: OwnedFd,
+    status_w: OwnedFd,
+    own_mounts: bool,
+) -> ! {
     if prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         _exit(SETUP_FAILED);
     }
@@ -666,6 +672,9 @@ fn ns_init(source: Source, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd)
             _exit(SETUP_FAILED)
         }
     };
+    if own_mounts {
+        hide_enclosing_repos(&agent);
+    }
     let agent_pid = match fork_or_err() {
         Ok(ForkResult::Child) => exec_agent(&agent, None),
         Ok(ForkResult::Parent { child }) => child,
@@ -684,6 +693,68 @@ fn ns_init(source: Source, handled: &SigSet, life_r: OwnedFd, status_w: OwnedFd)
     });
     let _ = nix::unistd::write(&status_w, &end.encode());
     _exit(0)
+}
+
+/// Covers every `.git` in the directories above the agent's working directory, in the job's own
+/// mount namespace (never call it in the host's): an empty read-only tmpfs over a `.git`
+/// directory, `/dev/null` over a `.git` file (a worktree's). When agentd's data dir lies inside a
+/// git work tree (`./agentd-data` of agentd run from a checkout), agents otherwise take the
+/// operator's repository for the job's: Claude Code reads its refs and runs `git status`,
+/// `git log`, `rg` over it, +70–150 ms per job (BENCHMARKS.md, issue #22), and an agent's own
+/// `git commit` would land there. The working directory itself may be a repository the session
+/// uploaded: it stays. Best effort: a failure leaves the job as it was.
+fn hide_enclosing_repos(agent: &Agent) {
+    use nix::mount::{MsFlags, mount};
+    let cwd = match &agent.place {
+        Some(place) => std::path::PathBuf::from(std::ffi::OsStr::from_bytes(place.cwd.as_bytes())),
+        None => match std::env::current_dir() {
+            Ok(cwd) => cwd,
+            Err(_) => return,
+        },
+    };
+    let mut found = cwd
+        .ancestors()
+        .skip(1)
+        .map(|dir| dir.join(".git"))
+        .filter_map(|git| std::fs::symlink_metadata(&git).ok().map(|m| (git, m)))
+        .peekable();
+    if found.peek().is_none() {
+        return;
+    }
+    // mount_proc made the namespace private already; again here, so that nothing below can ever
+    // propagate to the host even if that step failed.
+    let private = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    );
+    if private.is_err() {
+        return;
+    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (git, meta) in found {
+        let _ = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &git,
+                Some("tmpfs"),
+                flags,
+                Some("size=4k,mode=0555"),
+            )
+        } else if meta.is_file() {
+            mount(
+                Some("/dev/null"),
+                &git,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        } else {
+            Ok(())
+        };
+    }
 }
 
 /// Fallback mode: this process is a child subreaper and cleans up descendants itself.

@@ -2,6 +2,7 @@
 //! server) and returns its metrics.
 
 mod files;
+pub mod genuine;
 mod jobs;
 mod replicas;
 mod rss;
@@ -87,6 +88,11 @@ pub const ALL: &[Scenario] = &[
         "sdk",
         sdk::sdk,
         "Python and TypeScript SDKs consuming a 200k-event job vs a bare one-event-per-message stream"
+    ),
+    scenario!(
+        "genuine",
+        genuine::genuine,
+        "the genuine Claude Code CLI (--agents all: and the other three) against the scripted model server, through agentd vs spawned directly, interleaved"
     ),
     scenario!(
         "replicas",
