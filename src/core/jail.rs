@@ -84,13 +84,8 @@ pub(super) fn for_job(
     .collect();
     hide.sort();
     hide.dedup();
-    let l = &sandbox.limits;
-    let bounded = l.memory_bytes.is_some() || l.max_pids.is_some() || l.cpu_millis.is_some();
     Jail {
-        shape: Shape {
-            network: sandbox.network,
-            host_ids: config.sandbox.host_ids,
-        },
+        shape: shape(config, sandbox),
         spec: JailSpec {
             workspace: workspace.to_path_buf(),
             home: home.to_path_buf(),
@@ -98,8 +93,18 @@ pub(super) fn for_job(
             read_write: sandbox.read_write.clone(),
             hide,
             limits: sandbox.limits,
-            cgroup_parent: bounded.then(|| config.sandbox.cgroup_parent.clone()),
         },
+    }
+}
+
+/// What a standby for jobs of this profile is built as.
+pub(super) fn shape(config: &Config, sandbox: &Sandbox) -> Shape {
+    let l = &sandbox.limits;
+    let bounded = l.memory_bytes.is_some() || l.max_pids.is_some() || l.cpu_millis.is_some();
+    Shape {
+        network: sandbox.network,
+        host_ids: config.sandbox.host_ids,
+        cgroup_parent: bounded.then(|| config.sandbox.cgroup_parent.clone()),
     }
 }
 

@@ -30,7 +30,6 @@ use crate::domain::{JobId, SessionId};
 use crate::error::{Error, Reason, Result};
 use crate::events::EventLog;
 use crate::runner::Launcher;
-use crate::runner::jail::Shape;
 use crate::runner::jail::probe::HostSupport;
 use crate::shutdown::Shutdown;
 use crate::store::DynStore;
@@ -128,10 +127,10 @@ impl Core {
             }
         }
         let host = jail::probe_host(&config).await?;
-        let default_jail = config.sandbox.of(&config.default_agent).map(|s| Shape {
-            network: s.network,
-            host_ids: config.sandbox.host_ids,
-        });
+        let default_jail = config
+            .sandbox
+            .of(&config.default_agent)
+            .map(|s| jail::shape(&config, s));
         let launcher = Launcher::new(
             config.supervisor.clone(),
             Some(crate::runner::records::run_dir(&config.data_dir)),

@@ -126,7 +126,7 @@ impl Launcher {
             if st.closed {
                 return;
             }
-            let kind = st.kind;
+            let kind = st.kind.clone();
             let ready = st.ready.iter().filter(|s| s.kind == kind).count();
             let missing = self.keep.saturating_sub(ready + st.starting);
             st.starting += missing;
@@ -134,6 +134,7 @@ impl Launcher {
         };
         for _ in 0..missing {
             let me = Arc::clone(self);
+            let kind = kind.clone();
             // A worker thread, not a blocking one: the supervisor dies with the thread that
             // spawned it.
             tokio::spawn(async move {
@@ -168,7 +169,7 @@ impl Launcher {
         let fits = spec.supervisor == self.supervisor
             && spec.run_dir == self.run_dir
             && wants_fallback == self.fallback;
-        let kind = spec.jail.as_ref().map(|j| j.shape);
+        let kind = spec.jail.as_ref().map(|j| j.shape.clone());
         let standby = if fits { self.take(kind) } else { None };
         let spawned = match standby {
             Some(standby) => {
@@ -194,7 +195,7 @@ impl Launcher {
     async fn spawn_fresh(&self, spec: ProcessSpec) -> Result<Process> {
         match &spec.jail {
             Some(jail) if spec.supervisor == self.supervisor && spec.run_dir == self.run_dir => {
-                let standby = self.start_standby(Some(jail.shape), false)?;
+                let standby = self.start_standby(Some(jail.shape.clone()), false)?;
                 standby.launch(&spec).await
             }
             Some(_) => Err(Error::internal(
@@ -238,7 +239,7 @@ impl Launcher {
         let token = records::new_token();
         let mut cmd = tokio::process::Command::new(&self.supervisor);
         cmd.arg(supervise::STANDBY_SUBCOMMAND);
-        if let Some(shape) = kind {
+        if let Some(shape) = &kind {
             let json = serde_json::to_string(&shape)
                 .map_err(|e| Error::internal(format!("cannot encode a jail shape: {e}")))?;
             cmd.arg(supervise::JAIL_FLAG).arg(json);
@@ -276,7 +277,7 @@ impl Launcher {
         let leftovers = Leftovers {
             run_dir: self.run_dir.clone(),
             token,
-            cgroup_parent: None,
+            cgroup_parent: kind.as_ref().and_then(|s| s.cgroup_parent.clone()),
         };
         // The child holds its end now; ours must not keep it open.
         drop(cmd);
@@ -344,10 +345,6 @@ impl Standby {
                 "cannot hand the job to the standby supervisor: {e}"
             ))
         })?;
-        self.leftovers.cgroup_parent = spec
-            .jail
-            .as_ref()
-            .and_then(|j| j.spec.cgroup_parent.clone());
         Ok(Process {
             child: self.child,
             pid: self.pid,

@@ -594,7 +594,8 @@ impl CgroupParent {
             .collect()
     }
 
-    /// Cgroup directories below the parent (jobs' cgroups and anything under them).
+    /// Cgroup directories below the parent (jobs' cgroups and anything under them) except the
+    /// one a ready standby supervisor made for its next job (only the standby is in it).
     pub fn leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for d in self.dirs() {
@@ -604,7 +605,8 @@ impl CgroupParent {
                     .into_iter()
                     .flatten()
                     .filter(|e| e.file_type().is_dir())
-                    .map(|e| e.into_path()),
+                    .map(|e| e.into_path())
+                    .filter(|d| !is_standbys(d)),
             );
         }
         out
@@ -675,4 +677,16 @@ pub fn procs_with(token: &str) -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// Whether the processes in cgroup `dir` are all a waiting standby supervisor's (its ns-init keeps
+/// the standby's command line).
+pub fn is_standbys(dir: &Path) -> bool {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<&str> = procs.split_whitespace().collect();
+    !pids.is_empty()
+        && pids.iter().all(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__supervise-standby"))
+        })
 }

@@ -417,6 +417,19 @@ impl JobCgroup {
         Ok(cgroup)
     }
 
+    /// Sets `limits` on a cgroup created earlier (a standby's, made before its job was known);
+    /// fails when a limit's controller is not part of it.
+    pub fn apply(&self, limits: &Limits) -> Result<(), String> {
+        for (controller, limit) in needed_controllers(limits) {
+            if self.dir_of(controller).is_none() {
+                return Err(format!(
+                    "the job's cgroup has no {controller} controller for its {limit} limit"
+                ));
+            }
+        }
+        self.write_limits(limits)
+    }
+
     fn write_limits(&self, limits: &Limits) -> Result<(), String> {
         for setting in limit_files(self.version, limits) {
             let Some(dir) = self.dir_of(setting.controller) else {

@@ -54,12 +54,15 @@ impl Network {
 
 /// What a jail is made of before the job is known: every job of one shape can take a standby
 /// built for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Shape {
     pub network: Network,
     /// Host uid and gid the agent runs as when agentd is root; `None` maps it to agentd's own
     /// (the only mapping an unprivileged user namespace allows).
     pub host_ids: Option<(u32, u32)>,
+    /// The cgroup parent the job's cgroup is created under, ahead of the job (moving a process
+    /// into a v1 cgroup waits for an RCU grace period, ~10 ms here); `None`: no cgroup limits.
+    pub cgroup_parent: Option<String>,
 }
 
 /// Resource limits of one job; `None` leaves a resource unbounded.
@@ -89,8 +92,6 @@ pub struct JailSpec {
     /// (agentd's config, binary, data dir).
     pub hide: Vec<PathBuf>,
     pub limits: Limits,
-    /// The cgroup parent under each controller's root; `None` applies no cgroup limits.
-    pub cgroup_parent: Option<String>,
 }
 
 /// A jail for one job: the shape a standby may have prepared, and the job's own part.

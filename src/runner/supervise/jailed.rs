@@ -93,7 +93,9 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         reap_blocking(init);
         msg
     };
-    write_id_maps(init, shape).map_err(abandon)?;
+    write_id_maps(init, &shape).map_err(abandon)?;
+    // Ahead of the job: the move into the cgroup is the slowest step of a jail (v1).
+    let cgroup = job_cgroup(shape.cgroup_parent.as_deref(), token, init).map_err(abandon)?;
     nix::unistd::write(&go_w, &[1]).map_err(|e| abandon(format!("cannot start ns-init: {e}")))?;
     drop(go_w);
 
@@ -113,7 +115,9 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         }
         Err(e) => return Err(abandon(e)),
     };
-    let cgroup = job_cgroup(&jail, token, init).map_err(abandon)?;
+    if let Err(e) = limit(cgroup.as_ref(), &jail) {
+        return Err(abandon(e));
+    }
     write_all(&spec_w, &spec).map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
     drop(spec_w);
     // The job's /tmp, held open so that its fill level can still be read after the job ended.
@@ -203,7 +207,7 @@ fn clone_child(flags: CloneFlags) -> Result<Option<Pid>, String> {
 /// Maps the agent's [`INSIDE_ID`] to its host ids. As root, inside root stays host root (ns-init
 /// needs to reach agentd's files to bind them; it has no capability on the host); unprivileged,
 /// only agentd's own ids can be mapped, and `setgroups` must be denied first.
-fn write_id_maps(init: Pid, shape: Shape) -> Result<(), String> {
+fn write_id_maps(init: Pid, shape: &Shape) -> Result<(), String> {
     let write = |file: &str, text: String| {
         let path = format!("/proc/{init}/{file}");
         std::fs::write(&path, text).map_err(|e| format!("cannot write {path}: {e}"))
@@ -246,22 +250,32 @@ fn notice_channel() -> Result<std::fs::File, String> {
     Ok(std::fs::File::from(channel))
 }
 
+/// The job's cgroup, named after its run token, with ns-init in it (no limits yet).
 fn job_cgroup(
-    jail: &JailSpec,
+    parent: Option<&str>,
     token: &str,
     init: Pid,
 ) -> Result<Option<jail::cgroup::JobCgroup>, String> {
-    let Some(parent) = &jail.cgroup_parent else {
+    let Some(parent) = parent else {
         return Ok(None);
     };
+    let cg = jail::cgroup::JobCgroup::create(parent, token, &jail::cgroup::Limits::default())?;
+    cg.attach(init.as_raw())?;
+    Ok(Some(cg))
+}
+
+/// Sets the job's limits on its cgroup; a job that asks for limits without one fails closed.
+fn limit(cgroup: Option<&jail::cgroup::JobCgroup>, jail: &JailSpec) -> Result<(), String> {
     let limits = jail::cgroup::Limits {
         memory_bytes: jail.limits.memory_bytes,
         max_pids: jail.limits.max_pids,
         cpu_millis: jail.limits.cpu_millis,
     };
-    let cg = jail::cgroup::JobCgroup::create(parent, token, &limits)?;
-    cg.attach(init.as_raw())?;
-    Ok(Some(cg))
+    match cgroup {
+        Some(cg) => cg.apply(&limits),
+        None if limits == jail::cgroup::Limits::default() => Ok(()),
+        None => Err("the job has resource limits but its jail has no cgroup".into()),
+    }
 }
 
 fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
@@ -410,7 +424,7 @@ fn exec_jailed(
     };
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     enter_place(agent);
-    drop_privileges(shape).unwrap_or_else(|e| fail(e));
+    drop_privileges(&shape).unwrap_or_else(|e| fail(e));
     if let Some(max) = jail.limits.workspace_bytes {
         // No single file beyond the workspace cap; the total is the supervisor's watch.
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, max, max);
@@ -428,7 +442,7 @@ fn exec_jailed(
 }
 
 /// Becomes [`INSIDE_ID`] with no capability left in any set.
-fn drop_privileges(shape: Shape) -> Result<(), String> {
+fn drop_privileges(shape: &Shape) -> Result<(), String> {
     let id = |e: Errno| format!("cannot drop privileges: {e}");
     if shape.host_ids.is_some() {
         nix::unistd::setgroups(&[]).map_err(id)?;

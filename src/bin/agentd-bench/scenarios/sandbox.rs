@@ -108,11 +108,24 @@ fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
                     .into_iter()
                     .flatten()
                     .filter(|e| e.file_type().is_dir())
-                    .map(|e| e.into_path()),
+                    .map(|e| e.into_path())
+                    .filter(|d| !is_standbys(d)),
             );
         }
     }
     out
+}
+
+/// Whether the processes in cgroup `dir` are all a waiting standby supervisor's: the cgroup it
+/// made for its next job is not a finished job's leftover.
+fn is_standbys(dir: &Path) -> bool {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<&str> = procs.split_whitespace().collect();
+    !pids.is_empty()
+        && pids.iter().all(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__supervise-standby"))
+        })
 }
 
 /// Removes the parent and what is left under it, deepest first.
