@@ -295,7 +295,7 @@ impl Core {
         };
         let started = Timestamp::now();
         agent_span.record("pid", process.pid());
-        let _running = metrics().job_running();
+        let running = metrics().job_running();
         tracing::info!(job = %job.id, session = %session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
         let state = job.state.transition(JobState::Running { started })?;
         let ev = sink.event(
@@ -514,6 +514,8 @@ impl Core {
             usage: summary.usage,
             conversation_id: summary.conversation_id.or(conversation),
         };
+        // Not running any more once a reader can see it final (a scrape right after must agree).
+        drop(running);
         self.finish(sink, Some(started), facts).await?;
         self.extend_session(&session).await;
         Ok(())
