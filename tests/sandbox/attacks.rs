@@ -238,6 +238,13 @@ pub fn legit(t: &Target) -> Vec<Attempt> {
             "python3 -c 'print(6 * 7)'",
             Expect::Prints("42".into()),
         ),
+        // Standbys are set up at SCHED_IDLE; an agent left there starves on a busy host.
+        // Field 41 of stat is the policy: 0 = SCHED_OTHER.
+        Attempt::always(
+            "legit_normal_priority",
+            "cut -d' ' -f41 /proc/self/stat",
+            Expect::Prints("0".into()),
+        ),
     ]
 }
 

@@ -118,6 +118,7 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     if let Err(e) = limit(cgroup.as_ref(), &jail) {
         return Err(abandon(e));
     }
+    normal_priority(init).map_err(abandon)?;
     write_all(&spec_w, &spec).map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
     drop(spec_w);
     // The job's /tmp, held open so that its fill level can still be read after the job ended.
@@ -160,6 +161,21 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     watch.finish(end == End::Signal(Signal::SIGKILL));
     watch.clean_up();
     Ok(end)
+}
+
+/// Puts ns-init (and so the agent it forks) back at the normal priority. A standby is set up at
+/// SCHED_IDLE, which ns-init inherits; inside its user namespace it lacks the host's CAP_SYS_NICE
+/// and cannot leave SCHED_IDLE itself, so the supervisor, still on the host's side, does it. An
+/// agent left at SCHED_IDLE only runs when a core is otherwise idle: on a busy host it starves.
+fn normal_priority(init: Pid) -> Result<(), String> {
+    let set = crate::runner::standby::set_policy(init.as_raw(), libc::SCHED_OTHER);
+    // SAFETY: sched_getscheduler only reads the policy of the given pid.
+    let policy = unsafe { libc::sched_getscheduler(init.as_raw()) };
+    match set {
+        Ok(()) => Ok(()),
+        Err(_) if policy != libc::SCHED_IDLE && policy >= 0 => Ok(()),
+        Err(e) => Err(format!("cannot give the job the normal priority: {e}")),
+    }
 }
 
 /// An inotify watch on the job's `/tmp` that signals SIGIO to this process when it has events.
@@ -368,8 +384,8 @@ fn ns_init(
         .chain(jail.read_write.iter().cloned())
         .chain(writes::ALWAYS_WRITABLE.iter().map(PathBuf::from))
         .collect();
-    // A standby was set up at the idle priority; the agent must not inherit it.
-    let _ = crate::runner::standby::set_policy(0, libc::SCHED_OTHER);
+    // A standby was set up at the idle priority; the supervisor has put ns-init back at the normal
+    // one (see `normal_priority`), which the agent inherits.
     let agent_pid = match super::fork_or_err() {
         Ok(ForkResult::Child) => exec_jailed(&agent, &jail, shape, &filters, &writable),
         Ok(ForkResult::Parent { child }) => child,
