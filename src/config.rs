@@ -137,6 +137,13 @@ pub struct ServeArgs {
     /// success turns it back).
     #[arg(long, env = "AGENTD_HEALTH_PROBE_FAILURES", default_value_t = 3)]
     pub health_probe_failures: u32,
+    /// Where the model gateway listens (only when a profile has `[agents.<name>.gateway]`);
+    /// loopback, port 0 picks a free one.
+    #[arg(long, env = "AGENTD_GATEWAY_LISTEN", default_value = "127.0.0.1:0")]
+    pub gateway_listen: SocketAddr,
+    /// Longest wait for a model upstream's response headers, and between two chunks of its body.
+    #[arg(long, env = "AGENTD_GATEWAY_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub gateway_timeout_seconds: u64,
     /// Observability and transport flags (boxed: they would make every `ServeArgs` move large).
     #[command(flatten)]
     pub ops: Box<OpsArgs>,
@@ -236,6 +243,11 @@ struct FileConfig {
     agents: BTreeMap<String, FileAgent>,
     #[serde(default)]
     api_keys: Vec<FileApiKey>,
+    /// `[prices."<model>"]`, for the gateway's metering.
+    #[serde(default)]
+    prices: BTreeMap<String, crate::gateway::Price>,
+    /// `[budgets]`: tenant budgets enforced by the gateway.
+    budgets: Option<crate::gateway::Budgets>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +262,8 @@ struct FileAgent {
     #[serde(default)]
     env: BTreeMap<String, String>,
     sandbox: Option<sandbox::FileSandbox>,
+    /// Route the agent's model calls through agentd's gateway to this upstream.
+    gateway: Option<crate::gateway::FileGateway>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +387,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Consecutive failures of a store probe that turn health NOT_SERVING (at least 1).
     pub health_probe_failures: u32,
+    /// Upstreams, prices and budgets of the model gateway (holds provider keys: never printed).
+    pub gateway: crate::gateway::config::GatewayConfig,
+    pub gateway_listen: SocketAddr,
+    pub gateway_timeout: Duration,
 }
 
 /// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
@@ -503,6 +521,7 @@ impl Config {
                 config: None,
             },
         );
+        let mut upstreams = BTreeMap::new();
         for (name, a) in file.agents {
             if name.is_empty()
                 || !name
@@ -521,6 +540,10 @@ impl Config {
                     .ok_or_else(|| bad(format!("agents.{name}.command is required")))?,
             };
             sandboxes.insert(name.clone(), a.sandbox);
+            if let Some(g) = a.gateway {
+                let up = crate::gateway::config::resolve_upstream(&name, a.kind, g).map_err(bad)?;
+                upstreams.insert(name.clone(), up);
+            }
             agents.insert(
                 name.clone(),
                 AgentProfile {
@@ -704,6 +727,13 @@ impl Config {
             metrics_token,
             log_format: args.ops.log_format,
             health_probe_failures: args.health_probe_failures.max(1),
+            gateway: crate::gateway::config::GatewayConfig {
+                upstreams,
+                prices: file.prices,
+                budgets: file.budgets.unwrap_or_default(),
+            },
+            gateway_listen: args.gateway_listen,
+            gateway_timeout: Duration::from_secs(args.gateway_timeout_seconds.max(1)),
         })
     }
 }

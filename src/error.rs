@@ -53,6 +53,8 @@ pub enum Reason {
     RequestIdConflict,
     // INTERNAL
     Internal,
+    // A job's final reason (not an RPC error): a model budget was spent.
+    BudgetExceeded,
 }
 
 impl Reason {
@@ -93,6 +95,7 @@ impl Reason {
             Reason::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
             Reason::RequestIdConflict => "REQUEST_ID_CONFLICT",
             Reason::Internal => "INTERNAL",
+            Reason::BudgetExceeded => "BUDGET_EXCEEDED",
         }
     }
 }

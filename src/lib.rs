@@ -17,6 +17,8 @@
 //! api/           the only place that knows tonic and prost: convert, call the core, map errors
 //! core/          the use cases: sessions, jobs (submit, cancel, run), files, TTL reaper; claims
 //!                jobs under leases so several replicas can share one store
+//! gateway/       the model gateway: per-job tokens, forwarding to each profile's upstream with the
+//!                real key, metering every answer, the usage ledger rows, budgets (issue #16)
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
 //! agents/        one adapter per agent kind: job → argv/env/config files; stdout lines → events
 //! runner/        spawns an agent contained in a supervisor (kept on standby ahead of jobs), pumps
@@ -37,6 +39,7 @@ pub mod core;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod health;
 pub mod runner;
 pub mod server;

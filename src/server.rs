@@ -7,7 +7,7 @@
 //! age, gzip, optional gRPC-Web (+ CORS), the per-RPC telemetry layer, the metrics listener, and
 //! the store probes (`health`) that turn health NOT_SERVING while the store is unusable.
 
-use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi};
+use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi, UsageApi};
 use crate::auth::Authenticator;
 use crate::config::{Config, TlsFiles, Transport};
 use crate::core::Core;
@@ -51,6 +51,11 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for the model gateway on {addr}: {source}")]
+    Gateway {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// How long open calls get to finish once the transport stops accepting new ones.
@@ -63,20 +68,23 @@ type SessionSvc = pb::session_service_server::SessionServiceServer<SessionApi>;
 type JobSvc = pb::job_service_server::JobServiceServer<JobApi>;
 type FileSvc = pb::file_service_server::FileServiceServer<FileApi>;
 type InfoSvc = pb::server_info_service_server::ServerInfoServiceServer<ServerInfoApi>;
+type UsageSvc = pb::usage_service_server::UsageServiceServer<UsageApi>;
 
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <InfoSvc as NamedService>::NAME,
+    <UsageSvc as NamedService>::NAME,
 ];
 
 /// Health names that need the store: these (and the overall "") go NOT_SERVING while it fails.
 /// ServerInfo answers from memory and stays SERVING.
-const STORE_SERVICES: [&str; 4] = [
+const STORE_SERVICES: [&str; 5] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
+    <UsageSvc as NamedService>::NAME,
     "",
 ];
 
@@ -201,7 +209,26 @@ pub async fn serve(
         "store open"
     );
     let shutdown = Shutdown::new();
-    let core = Core::start(config.clone(), store.clone(), shutdown.clone())
+    // Stopped once the running jobs are drained: their model calls may go on until then.
+    let gateway_stop = CancellationToken::new();
+    let gateway = match config.gateway.enabled() {
+        true => Some(
+            crate::gateway::Gateway::start(
+                config.gateway.clone(),
+                store.clone(),
+                config.gateway_listen,
+                config.gateway_timeout,
+                gateway_stop.clone(),
+            )
+            .await
+            .map_err(|source| ServeError::Gateway {
+                addr: config.gateway_listen,
+                source,
+            })?,
+        ),
+        false => None,
+    };
+    let core = Core::start(config.clone(), store.clone(), shutdown.clone(), gateway)
         .await
         .map_err(ServeError::Store)?;
 
@@ -280,6 +307,10 @@ pub async fn serve(
         ))
         .add_service(InterceptedService::new(
             gzip!(InfoSvc::new(ServerInfoApi::new(core.clone()))),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            gzip!(UsageSvc::new(UsageApi::new(core.clone()))),
             auth,
         ));
 
@@ -327,6 +358,7 @@ pub async fn serve(
     // ... then refuse new work, stop claiming jobs, cancel running jobs and record their final
     // states, and let streams deliver those final events ...
     core.drain().await;
+    gateway_stop.cancel();
     // ... then stop the transport: in-flight calls get a bounded time to finish (job streams
     // already have their final event; a health Watch or a client that never hangs up would keep a
     // graceful shutdown waiting forever), then remaining connections are dropped ...

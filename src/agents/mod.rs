@@ -7,6 +7,7 @@
 mod claude;
 mod codex;
 mod command;
+pub mod gateway;
 mod gemini;
 mod opencode;
 
@@ -375,6 +376,7 @@ pub(crate) mod tests {
             max_turns: None,
             append_system_prompt: None,
             permission_mode: None,
+            budget: Default::default(),
         }
     }
 

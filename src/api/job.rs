@@ -38,6 +38,8 @@ fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
         append_system_prompt: r.append_system_prompt,
         permission_mode: r.permission_mode,
         request_id: r.request_id,
+        max_cost_usd: r.max_cost_usd,
+        max_tokens: r.max_tokens,
     }
 }
 

@@ -7,12 +7,14 @@ mod info;
 mod job;
 mod session;
 pub mod status;
+mod usage;
 pub mod wire;
 
 pub use file::FileApi;
 pub use info::ServerInfoApi;
 pub use job::JobApi;
 pub use session::SessionApi;
+pub use usage::UsageApi;
 
 use crate::auth::{Authenticator, RateLimiter};
 use crate::domain::TenantId;

@@ -223,6 +223,8 @@ async fn submit(
             append_system_prompt: a.append_system_prompt.clone().unwrap_or_default(),
             request_id: uuid::Uuid::new_v4().to_string(),
             permission_mode: a.permission_mode.clone().unwrap_or_default(),
+            max_cost_usd: 0.0,
+            max_tokens: 0,
         })
         .await
         .map_err(CliError::rpc("submitting the job"))?

@@ -479,6 +479,14 @@ pub fn event_json(job_id: &str, e: &pb::JobEvent) -> Value {
             "limit_exceeded",
             json!({ "limit": l.limit, "message": l.message }),
         ),
+        Some(Kind::ModelCall(c)) => (
+            "model_call",
+            json!({"model": c.model, "api": c.api, "status": c.status,
+                   "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+                   "cache_read_tokens": c.cache_read_tokens,
+                   "cache_write_tokens": c.cache_write_tokens, "cost_usd": c.cost_usd,
+                   "latency_ms": c.latency_ms}),
+        ),
         Some(Kind::Finished(f)) => (
             "finished",
             json!({"state": state_name(f.state), "exit_status": exit_json(f.exit_status.as_ref()),

@@ -24,6 +24,23 @@ pub(super) fn agent_env(
     merge([base.collect(), adapter.to_vec(), pairs(profile), pairs(job)])
 }
 
+/// Points a gateway profile's agent at the gateway: the profile's provider keys and endpoints are
+/// dropped, so is any variable holding the real `key` (a profile may carry it under another name),
+/// and the gateway's `overrides` win over everything.
+pub(super) fn route_through_gateway(
+    env: &mut Vec<(String, String)>,
+    overrides: &[(String, String)],
+    key: &str,
+) {
+    env.retain(|(k, v)| {
+        !crate::agents::gateway::is_provider_env(k)
+            && (key.is_empty() || !v.contains(key))
+            && !overrides.iter().any(|(o, _)| o == k)
+    });
+    env.extend(overrides.iter().cloned());
+    env.sort();
+}
+
 /// Layers from lowest to highest precedence; a later layer's value replaces an earlier one's.
 fn merge<const N: usize>(layers: [Vec<(String, String)>; N]) -> Vec<(String, String)> {
     let merged: BTreeMap<String, String> = layers.into_iter().flatten().collect();

@@ -3,8 +3,8 @@
 use super::Core;
 use super::sessions::validate_request_id;
 use crate::domain::{
-    EventKind, Finished, Job, JobEvent, JobId, JobSpec, JobState, Outcome, PageCursor, TenantId,
-    Timestamp, Usage,
+    EventKind, Finished, Job, JobBudget, JobEvent, JobId, JobSpec, JobState, Outcome, PageCursor,
+    TenantId, Timestamp, Usage,
 };
 use crate::error::{Error, Reason, Result};
 use crate::events::StreamItem;
@@ -27,6 +27,10 @@ pub struct SubmitJob {
     pub append_system_prompt: String,
     pub permission_mode: String,
     pub request_id: String,
+    /// 0: no budget.
+    pub max_cost_usd: f64,
+    /// 0: no budget.
+    pub max_tokens: u64,
 }
 
 /// A job with its live queue position.
@@ -40,6 +44,69 @@ const MAX_PROMPT_BYTES: usize = 1 << 20;
 
 /// Environment names a job may not set: the server's (`AGENTD_*`, e.g. the run marker the start-up
 /// sweep looks for, which a job must not forge or clear) and the operator's.
+/// Job env names that would redirect the agent's traffic, replace its provider settings or config
+/// location, or load code into it: a job must not route around the gateway or the jail.
+const FORBIDDEN_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "FTP_PROXY",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "NODE_EXTRA_CA_CERTS",
+    "NODE_TLS_REJECT_UNAUTHORIZED",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "CODEX_HOME",
+    "CLAUDE_CONFIG_DIR",
+    "GEMINI_CLI_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "XDG_CACHE_HOME",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PERL5LIB",
+    "PERL5OPT",
+    "RUBYOPT",
+    "RUBYLIB",
+    "BASH_ENV",
+    "ENV",
+    "BUN_OPTIONS",
+    "DENO_CERT",
+];
+
+/// Prefixes of forbidden job env names: agentd's own, the loader's, and every provider's and
+/// agent CLI's settings (`ANTHROPIC_*`, `CLAUDE_CODE_*`, `OPENAI_*`, `OPENCODE_*`, `GEMINI_*`,
+/// `GOOGLE_*`, …).
+const FORBIDDEN_ENV_PREFIXES: &[&str] = &[
+    "AGENTD_",
+    "LD_",
+    "ANTHROPIC_",
+    "CLAUDE_CODE_",
+    "OPENAI_",
+    "CODEX_",
+    "OPENCODE_",
+    "GEMINI_",
+    "GOOGLE_",
+];
+
+/// Whether a job may not set env `name` (case-insensitive).
+pub(crate) fn forbidden_env(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    FORBIDDEN_ENV.contains(&upper.as_str())
+        || FORBIDDEN_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+        || upper.ends_with("_BASE_URL")
+        || upper.ends_with("_API_KEY")
+        || upper.ends_with("_PROXY")
+}
+
 fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in env {
         let field = format!("env[{k:?}]");
@@ -54,20 +121,14 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
                 format!("env name {k:?} must match [A-Za-z_][A-Za-z0-9_]*"),
             ));
         }
-        let upper = k.to_ascii_uppercase();
-        let forbidden = upper == "PATH"
-            || upper == "HOME"
-            || upper.starts_with("AGENTD_")
-            || upper.starts_with("LD_")
-            || upper.ends_with("_BASE_URL")
-            || upper.ends_with("_API_KEY");
-        if forbidden {
+        if forbidden_env(k) {
             return Err(Error::invalid(
                 Reason::ForbiddenEnv,
                 field,
                 format!(
-                    "env {k:?} may not be set by a job (PATH, HOME, AGENTD_*, LD_*, *_BASE_URL and \
-                     *_API_KEY belong to the server and the operator)"
+                    "env {k:?} may not be set by a job (PATH, HOME, AGENTD_*, LD_*, *_BASE_URL, \
+                     *_API_KEY, provider, proxy, CA, config-location and code-loading variables \
+                     belong to the server and the operator)"
                 ),
             ));
         }
@@ -117,6 +178,20 @@ fn cancelled_write(job: &Job, reason: &str) -> JobWrite {
             conversation_id: None,
         }),
     }
+}
+
+fn budget(max_cost_usd: f64, max_tokens: u64) -> Result<JobBudget> {
+    if !max_cost_usd.is_finite() || max_cost_usd < 0.0 {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "max_cost_usd",
+            "max_cost_usd must be a finite number of dollars, at least 0",
+        ));
+    }
+    Ok(JobBudget {
+        max_cost_usd: (max_cost_usd > 0.0).then_some(max_cost_usd),
+        max_tokens: (max_tokens > 0).then_some(max_tokens),
+    })
 }
 
 fn opt(s: String) -> Option<String> {
@@ -203,6 +278,7 @@ impl Core {
             max_turns: (req.max_turns > 0).then_some(req.max_turns),
             append_system_prompt: opt(req.append_system_prompt),
             permission_mode: opt(req.permission_mode),
+            budget: budget(req.max_cost_usd, req.max_tokens)?,
         };
         crate::agents::validate(profile, &spec)?;
         if self.is_deleting(&session.id) {

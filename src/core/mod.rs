@@ -1,4 +1,4 @@
-//! The use cases behind the API: sessions, jobs, files and the TTL reaper. [`Core`] owns the
+//! The use cases behind the API: sessions, jobs, files, usage and the TTL reaper. [`Core`] owns the
 //! store handle, the event log, the workspaces and this replica's running jobs, and is the only
 //! thing the API layer calls. Every operation takes the caller's tenant and answers NOT_FOUND for
 //! ids of other tenants, exactly as for ids that do not exist.
@@ -18,6 +18,7 @@ mod reaper;
 mod replicas;
 mod run;
 mod sessions;
+mod usage;
 
 pub use env::ENV_ALLOWLIST;
 pub use files::UploadSink;
@@ -75,6 +76,8 @@ pub struct Core {
     launcher: Arc<Launcher>,
     /// What the host offers the jail, probed at start.
     host: HostSupport,
+    /// The model gateway, when a profile routes through it.
+    gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -108,6 +111,7 @@ impl Core {
         config: Arc<Config>,
         store: DynStore,
         shutdown: Shutdown,
+        gateway: Option<Arc<crate::gateway::Gateway>>,
     ) -> Result<Arc<Core>> {
         let workspaces = Workspaces::new(
             config.workspace_root.clone(),
@@ -153,6 +157,7 @@ impl Core {
             deleting: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             dispatching: tokio::sync::Mutex::new(()),
+            gateway,
         });
         core.recover().await?;
         core.launcher.warm();

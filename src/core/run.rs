@@ -14,6 +14,7 @@ use crate::runner::{Output, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
 use crate::telemetry::{TraceParent, metrics, trace};
 use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -251,7 +252,15 @@ impl Core {
         }
         let before = self.workspaces.snapshot(&session.id).await?;
 
+        let (tx, mut rx) = mpsc::channel::<Output>(1024);
+        let budget_hit: Arc<OnceLock<String>> = Arc::default();
+        let mut launch = launch;
+        let access = self.gateway_access(job, &mut launch, &tx, handle, &budget_hit);
         let mut env = super::env::agent_env(&home, &launch.env, &profile.env, &job.spec.env);
+        if let Some((access, overrides)) = &access {
+            super::env::route_through_gateway(&mut env, overrides, access.key());
+            sink.secrets.push(access.key().to_owned());
+        }
         let jail = sandbox.map(|sandbox| {
             // The host's temp dir does not exist in the jail; its own /tmp does.
             env.retain(|(k, _)| k != "TMPDIR");
@@ -321,7 +330,6 @@ impl Core {
             )
             .await?;
 
-        let (tx, mut rx) = mpsc::channel::<Output>(1024);
         let control = RunControl {
             cancel: handle.cancel.clone(),
             timeout: job.spec.timeout,
@@ -346,17 +354,20 @@ impl Core {
         let mut limit_hit: Option<crate::runner::jail::Notice> = None;
         let mut events: Vec<JobEvent> = Vec::new();
         let mut ended = false;
+        // The running total of the job's model calls through the gateway.
+        let mut metered = Metered::default();
         let pumped: Result<()> = async {
             loop {
                 if in_flight.is_none() {
                     // Record the conversation id as soon as the agent reports it, so a job
                     // interrupted by a crash still lets the session's next job resume it.
-                    let update = (conversation != recorded).then(|| {
+                    let update = (conversation != recorded || metered.dirty).then(|| {
                         recorded.clone_from(&conversation);
+                        metered.dirty = false;
                         JobUpdate {
                             state: state.clone(),
                             result: String::new(),
-                            usage: Usage::default(),
+                            usage: metered.total.clone(),
                             conversation_id: conversation.clone(),
                         }
                     });
@@ -431,6 +442,11 @@ impl Core {
                                 Admit::Drop => {}
                             }
                         }
+                        Output::ModelCall(call) => {
+                            // Few and what the tenant is charged for: never dropped by the caps.
+                            metered.add(&call);
+                            events.push(sink.event(EventKind::ModelCall(call), None));
+                        }
                         Output::Notice(notice) => {
                             // Few and important: never dropped by the output caps.
                             if notice.fatal {
@@ -472,7 +488,12 @@ impl Core {
             Some(StopCause::TimedOut) => metrics().kill_escalation("timed_out"),
             None => {}
         }
+        // The gateway's grant ends with the agent: a call after this is refused.
+        drop(access);
         let verdict = match (outcome.stop, limit_hit) {
+            _ if budget_hit.get().is_some() => Outcome::BudgetExceeded {
+                message: budget_hit.get().cloned().unwrap_or_default(),
+            },
             (Some(StopCause::Cancelled), _) => Outcome::Cancelled {
                 reason: handle
                     .reason
@@ -511,7 +532,7 @@ impl Core {
             outcome: verdict,
             exit: Some(outcome.exit),
             result: summary.result.unwrap_or_default(),
-            usage: summary.usage,
+            usage: metered.over(summary.usage),
             conversation_id: summary.conversation_id.or(conversation),
         };
         // Not running any more once a reader can see it final (a scrape right after must agree).
@@ -623,6 +644,103 @@ impl Core {
         facts.usage = job.usage.clone();
         facts.conversation_id = job.conversation_id.clone();
         self.finish(&mut sink, Some(started), facts).await
+    }
+}
+
+/// The job's model calls through the gateway, summed as their events arrive.
+#[derive(Default)]
+struct Metered {
+    total: Usage,
+    calls: u64,
+    /// The total changed since the job row last got it.
+    dirty: bool,
+}
+
+impl Metered {
+    fn add(&mut self, c: &crate::domain::ModelCall) {
+        let t = &mut self.total;
+        t.input_tokens += c.input_tokens;
+        t.output_tokens += c.output_tokens;
+        t.cache_read_input_tokens += c.cache_read_tokens;
+        t.cache_creation_input_tokens += c.cache_write_tokens;
+        if let Some(cost) = c.cost_usd {
+            *t.cost_usd.get_or_insert(0.0) += cost;
+        }
+        self.calls += 1;
+        self.dirty = true;
+    }
+
+    /// The job's usage: the gateway's metering when the job called through it, whatever the CLI
+    /// reported; turns, duration (and cost, for unpriced models) from the CLI.
+    fn over(&self, reported: Usage) -> Usage {
+        if self.calls == 0 {
+            return reported;
+        }
+        Usage {
+            cost_usd: self.total.cost_usd.or(reported.cost_usd),
+            num_turns: reported.num_turns,
+            duration_ms: reported.duration_ms,
+            ..self.total.clone()
+        }
+    }
+}
+
+/// What the gateway tells a running job: its model calls become events in its stream, and a
+/// spent budget stops it.
+struct JobHooks {
+    /// Weak: the job's output ends when the process's senders are gone, whatever the gateway holds.
+    events: mpsc::WeakSender<Output>,
+    cancel: tokio_util::sync::CancellationToken,
+    reason: Arc<OnceLock<String>>,
+    budget: Arc<OnceLock<String>>,
+}
+
+impl crate::gateway::GrantHooks for JobHooks {
+    fn model_call(&self, call: crate::domain::ModelCall) {
+        if let (Some(tx), Ok(rt)) = (self.events.upgrade(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = tx.send(Output::ModelCall(call)).await;
+            });
+        }
+    }
+
+    fn budget_exceeded(&self, message: String) {
+        let _ = self.budget.set(message);
+        let _ = self.reason.set("budget exceeded".to_owned());
+        self.cancel.cancel();
+    }
+}
+
+impl Core {
+    /// A gateway token for the job when its profile routes through the gateway, with the env
+    /// that points the agent at it (the adapter's rewrite of `launch` included).
+    fn gateway_access(
+        &self,
+        job: &Job,
+        launch: &mut agents::Launch,
+        tx: &mpsc::Sender<Output>,
+        handle: &RunHandle,
+        budget: &Arc<OnceLock<String>>,
+    ) -> Option<(crate::gateway::Access, Vec<(String, String)>)> {
+        let gateway = self.gateway.as_ref()?;
+        let profile = self.config.agents.get(&job.spec.agent)?;
+        let hooks = JobHooks {
+            events: tx.downgrade(),
+            cancel: handle.cancel.clone(),
+            reason: handle.reason.clone(),
+            budget: budget.clone(),
+        };
+        let grant = crate::gateway::Grant::new(
+            job.id.clone(),
+            job.tenant.clone(),
+            job.session_id.clone(),
+            job.spec.agent.clone(),
+            (job.spec.budget.max_cost_usd, job.spec.budget.max_tokens),
+            Arc::new(hooks),
+        );
+        let access = gateway.mint(grant)?;
+        let env = agents::gateway::via_gateway(profile, launch, &access.base_url, &access.token);
+        Some((access, env))
     }
 }
 

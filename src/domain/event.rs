@@ -129,10 +129,39 @@ pub enum EventKind {
         #[serde(default)]
         reason: String,
     },
+    /// One model call that went through agentd's gateway, metered from the provider's answer.
+    ModelCall(ModelCall),
 }
 
 impl EventKind {
     pub fn is_finished(&self) -> bool {
         matches!(self, EventKind::Finished { .. })
+    }
+}
+
+/// One model call through the gateway: what the upstream was asked and answered, and what it
+/// cost. Also a row of the usage ledger, which outlives the job and its session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCall {
+    pub time: Timestamp,
+    /// The model the provider answered with (else the one asked for).
+    pub model: String,
+    /// `anthropic`, `openai` or `gemini`.
+    pub api: String,
+    /// The upstream's HTTP status; 0 when it never answered (unreachable, timed out).
+    pub status: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// `None`: the model has no configured price (metered in tokens only).
+    pub cost_usd: Option<f64>,
+    /// From the request to the end of the answer.
+    pub latency_ms: u64,
+}
+
+impl ModelCall {
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
     }
 }

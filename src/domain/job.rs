@@ -22,6 +22,16 @@ pub struct JobSpec {
     pub max_turns: Option<u32>,
     pub append_system_prompt: Option<String>,
     pub permission_mode: Option<String>,
+    /// Limits of the job's model calls through the gateway.
+    #[serde(default)]
+    pub budget: JobBudget,
+}
+
+/// A job's own model budget (`SubmitJobRequest.max_cost_usd`, `max_tokens`); unset: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobBudget {
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
 }
 
 /// How a finished job ended.
@@ -42,13 +52,19 @@ pub enum Outcome {
         limit: String,
         message: String,
     },
+    /// A model budget of the job or its tenant was spent; the gateway refused the next call.
+    BudgetExceeded {
+        message: String,
+    },
 }
 
 impl Outcome {
     pub fn final_state(&self) -> FinalState {
         match self {
             Outcome::Succeeded => FinalState::Succeeded,
-            Outcome::Failed { .. } | Outcome::LimitExceeded { .. } => FinalState::Failed,
+            Outcome::Failed { .. }
+            | Outcome::LimitExceeded { .. }
+            | Outcome::BudgetExceeded { .. } => FinalState::Failed,
             Outcome::Cancelled { .. } => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
@@ -62,6 +78,7 @@ impl Outcome {
             Outcome::Cancelled { reason } => format!("cancelled: {reason}"),
             Outcome::TimedOut { after } => format!("timed out after {}s", after.as_secs()),
             Outcome::LimitExceeded { message, .. } => message.clone(),
+            Outcome::BudgetExceeded { message } => message.clone(),
         }
     }
 
@@ -70,6 +87,7 @@ impl Outcome {
     pub fn reason(&self) -> &'static str {
         match self {
             Outcome::LimitExceeded { .. } => "LIMIT_EXCEEDED",
+            Outcome::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
             _ => "",
         }
     }

@@ -5,9 +5,9 @@ mod event;
 mod file;
 mod job;
 
-pub use event::{EventKind, ExitStatus, FinalState, JobEvent, Usage};
+pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, Usage};
 pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
-pub use job::{Finished, Job, JobSpec, JobState, Outcome};
+pub use job::{Finished, Job, JobBudget, JobSpec, JobState, Outcome};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -87,12 +87,15 @@ pub struct Line {
 }
 
 /// A line from one of the two output streams, or word from the supervisor about the jail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     Stdout(Line),
     Stderr(Line),
     /// A limit of the jail was hit.
     Notice(jail::Notice),
+    /// A model call of the job through agentd's gateway ended (sent by the gateway, not the
+    /// process).
+    ModelCall(crate::domain::ModelCall),
 }
 
 /// Why the runner stopped the process.

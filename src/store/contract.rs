@@ -9,7 +9,10 @@ use crate::domain::{
     Timestamp, Usage,
 };
 use crate::error::{Error, Reason};
-use crate::store::{AdmitLimits, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, Store};
+use crate::store::{
+    AdmitLimits, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, LedgerRow, Store, UsageFilter,
+    UsageGroup,
+};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -68,6 +71,7 @@ macro_rules! store_contract_tests {
             admit_limits_tenant_active,
             admit_retry_bypasses_limits,
             append_refuses_finished_job_and_clears_owner,
+            ledger_outlives_sessions_and_groups_per_tenant,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -133,6 +137,10 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
             max_turns: Some(7),
             append_system_prompt: None,
             permission_mode: Some("acceptEdits".into()),
+            budget: crate::domain::JobBudget {
+                max_cost_usd: Some(0.25),
+                max_tokens: Some(5000),
+            },
         },
         created,
         state: JobState::Queued,
@@ -1937,5 +1945,112 @@ pub async fn append_refuses_finished_job_and_clears_owner(h: &dyn Harness) {
     assert_eq!(
         store.renew_leases("r1", ts(30)).await.unwrap(),
         vec![b.id.clone()]
+    );
+}
+
+/// A ledger row of `job` at `time` (micros) for `model`, with `cost` (`None`: unpriced).
+fn ledger_row(job: &Job, agent: &str, model: &str, time: i64, cost: Option<f64>) -> LedgerRow {
+    LedgerRow {
+        tenant: job.tenant.clone(),
+        session: job.session_id.clone(),
+        job: job.id.clone(),
+        agent: agent.into(),
+        call: crate::domain::ModelCall {
+            time: Timestamp(time),
+            model: model.into(),
+            api: "anthropic".into(),
+            status: 200,
+            input_tokens: 100,
+            output_tokens: 20,
+            cache_read_tokens: 7,
+            cache_write_tokens: 3,
+            cost_usd: cost,
+            latency_ms: 12,
+        },
+    }
+}
+
+pub async fn ledger_outlives_sessions_and_groups_per_tenant(h: &dyn Harness) {
+    const DAY: i64 = 86_400_000_000;
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("globex", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    let k = new_job(&*store, &other, ts(2)).await;
+    let rows = [
+        ledger_row(&j, "claude", "m1", DAY + 5, Some(0.5)),
+        ledger_row(&j, "claude", "m2", DAY + 6, None),
+        ledger_row(&j, "codex", "m1", 2 * DAY + 1, Some(0.25)),
+        ledger_row(&k, "claude", "m1", DAY + 7, Some(9.0)),
+    ];
+    for r in &rows {
+        store.record_model_call(r).await.unwrap();
+    }
+    store.delete_session(&s.id).await.unwrap();
+    let acme = tenant("acme");
+    let calls = store.model_calls(&acme, &j.id).await.unwrap();
+    assert_eq!(
+        calls,
+        rows[..3].to_vec(),
+        "the ledger outlives the session, in order"
+    );
+    assert!(
+        store.model_calls(&acme, &k.id).await.unwrap().is_empty(),
+        "other tenant's job"
+    );
+    let all = |group| UsageFilter {
+        since: Timestamp(i64::MIN),
+        until: Timestamp(i64::MAX),
+        group,
+    };
+    let total = store.usage(&acme, &all(None)).await.unwrap();
+    assert_eq!(total.len(), 1);
+    let t = &total[0];
+    assert_eq!((t.calls, t.input_tokens, t.output_tokens), (3, 300, 60));
+    assert_eq!(
+        (t.cache_read_tokens, t.cache_write_tokens, t.unpriced_calls),
+        (21, 9, 1)
+    );
+    assert!((t.cost_usd - 0.75).abs() < 1e-9, "{}", t.cost_usd);
+    let by_day = store
+        .usage(&acme, &all(Some(UsageGroup::Day)))
+        .await
+        .unwrap();
+    let keys: Vec<_> = by_day.iter().map(|b| (b.key.as_str(), b.calls)).collect();
+    assert_eq!(keys, vec![("1", 2), ("2", 1)]);
+    let by_model = store
+        .usage(&acme, &all(Some(UsageGroup::Model)))
+        .await
+        .unwrap();
+    let keys: Vec<_> = by_model.iter().map(|b| (b.key.as_str(), b.calls)).collect();
+    assert_eq!(keys, vec![("m1", 2), ("m2", 1)]);
+    let by_agent = store
+        .usage(&acme, &all(Some(UsageGroup::Agent)))
+        .await
+        .unwrap();
+    assert_eq!(by_agent.len(), 2);
+    let by_session = store
+        .usage(&acme, &all(Some(UsageGroup::Session)))
+        .await
+        .unwrap();
+    assert_eq!(by_session[0].key, s.id.to_string());
+    let day2 = UsageFilter {
+        since: Timestamp(2 * DAY),
+        until: Timestamp(3 * DAY),
+        group: None,
+    };
+    assert_eq!(store.usage(&acme, &day2).await.unwrap()[0].calls, 1);
+    let none = UsageFilter {
+        since: Timestamp(10 * DAY),
+        until: Timestamp(11 * DAY),
+        group: None,
+    };
+    assert!(store.usage(&acme, &none).await.unwrap().is_empty());
+    assert!(
+        store
+            .usage(&tenant("nobody"), &all(None))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

@@ -277,4 +277,102 @@ pub trait Store: Send + Sync + 'static {
 
     /// The files a job changed, in path order; `None` if none were recorded for it.
     async fn get_job_outputs(&self, job: &JobId) -> Result<Option<Vec<FileChange>>>;
+
+    /// Appends one model call to the usage ledger. Ledger rows are never deleted with their
+    /// session or job.
+    async fn record_model_call(&self, row: &LedgerRow) -> Result<()>;
+
+    /// The tenant's ledger totals over `[since, until)`, one bucket per group key in key order
+    /// (one bucket with an empty key when `group` is `None`; no bucket when nothing was spent).
+    async fn usage(&self, tenant: &TenantId, filter: &UsageFilter) -> Result<Vec<UsageBucket>>;
+
+    /// The ledger rows of one of the tenant's jobs, oldest first.
+    async fn model_calls(&self, tenant: &TenantId, job: &JobId) -> Result<Vec<LedgerRow>>;
 }
+
+/// One row of the usage ledger: a model call and whose it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRow {
+    pub tenant: TenantId,
+    pub session: SessionId,
+    pub job: JobId,
+    /// The agent profile.
+    pub agent: String,
+    pub call: crate::domain::ModelCall,
+}
+
+/// How ledger rows are grouped by [`Store::usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    /// UTC day; the key is `YYYY-MM-DD`.
+    Day,
+    Session,
+    Agent,
+    Model,
+}
+
+impl UsageGroup {
+    /// The SQL expression of the group key (the same in SQLite and Postgres): days are counted
+    /// from the epoch here and rendered as dates by the caller.
+    pub fn sql_key(self) -> &'static str {
+        match self {
+            UsageGroup::Day => "CAST(time / 86400000000 AS TEXT)",
+            UsageGroup::Session => "session_id",
+            UsageGroup::Agent => "agent",
+            UsageGroup::Model => "model",
+        }
+    }
+}
+
+/// A range of the ledger and how to group it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageFilter {
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub group: Option<UsageGroup>,
+}
+
+/// Totals of a group of ledger rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageBucket {
+    pub key: String,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Of the priced calls only.
+    pub cost_usd: f64,
+    /// Calls of models without a configured price.
+    pub unpriced_calls: u64,
+}
+
+impl UsageBucket {
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+}
+
+/// The SQL every backend runs for [`Store::usage`], with `$1` tenant, `$2` since, `$3` until
+/// (SQLite reads `$n` as numbered parameters too).
+pub fn usage_sql(group: Option<UsageGroup>) -> String {
+    let sum = |c: &str| format!("CAST(coalesce(sum({c}), 0) AS BIGINT)");
+    let (key, group_by) = match group {
+        Some(g) => (g.sql_key(), " GROUP BY 1"),
+        None => ("''", ""),
+    };
+    format!(
+        "SELECT {key} AS k, count(*), {}, {}, {}, {}, \
+         CAST(coalesce(sum(cost_usd), 0) AS DOUBLE PRECISION), count(*) - count(cost_usd) \
+         FROM model_calls WHERE tenant = $1 AND time >= $2 AND time < $3{group_by} \
+         HAVING count(*) > 0 ORDER BY 1",
+        sum("input_tokens"),
+        sum("output_tokens"),
+        sum("cache_read_tokens"),
+        sum("cache_write_tokens"),
+    )
+}
+
+/// The columns of a ledger row, in the order the backends select and insert them.
+pub const LEDGER_COLS: &str = "tenant, session_id, job_id, agent, time, model, api, status, \
+     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_ms";

@@ -8,6 +8,7 @@
 //!
 //! Write transactions lock the job rows they touch in `pk` order, so two of them never deadlock.
 
+mod ledger;
 mod listen;
 mod migrate;
 mod rows;
@@ -1204,5 +1205,25 @@ impl Store for PgStore {
             }
             None => Ok(None),
         }
+    }
+
+    async fn record_model_call(&self, row: &crate::store::LedgerRow) -> Result<()> {
+        ledger::record(self, row).await
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        filter: &crate::store::UsageFilter,
+    ) -> Result<Vec<crate::store::UsageBucket>> {
+        ledger::usage(self, tenant, filter).await
+    }
+
+    async fn model_calls(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+    ) -> Result<Vec<crate::store::LedgerRow>> {
+        ledger::model_calls(self, tenant, job).await
     }
 }

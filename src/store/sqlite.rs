@@ -12,6 +12,7 @@
 
 mod checkpoint;
 mod conn;
+mod ledger;
 mod ops;
 mod writer;
 
@@ -264,6 +265,33 @@ impl Store for SqliteStore {
             .read(move |c| ops::get_job_outputs(c, &job))
             .await
     }
+
+    async fn record_model_call(&self, row: &crate::store::LedgerRow) -> Result<()> {
+        let row = row.clone();
+        self.writer.write(move |c| ledger::record(c, &row)).await
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        filter: &crate::store::UsageFilter,
+    ) -> Result<Vec<crate::store::UsageBucket>> {
+        let (tenant, filter) = (tenant.clone(), filter.clone());
+        self.readers
+            .read(move |c| ledger::usage(c, &tenant, &filter))
+            .await
+    }
+
+    async fn model_calls(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+    ) -> Result<Vec<crate::store::LedgerRow>> {
+        let (tenant, job) = (tenant.clone(), job.clone());
+        self.readers
+            .read(move |c| ledger::model_calls(c, &tenant, &job))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -311,7 +339,7 @@ mod tests {
         let version: i64 = raw
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, conn::MIGRATIONS.len() as i64);
         drop(store);
         // Opening an up-to-date database again applies nothing and works.
         SqliteStore::open(&path).await.unwrap();
@@ -379,7 +407,7 @@ mod tests {
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, conn::MIGRATIONS.len() as i64);
         let got = store.get_job(&old_running).await.unwrap().unwrap();
         assert_eq!(
             got.state,

@@ -33,6 +33,12 @@ struct CauseLabels {
     cause: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    tenant: String,
+    model: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -62,6 +68,9 @@ pub struct Metrics {
     kill_escalations: Family<CauseLabels, Counter>,
     store_write: Histogram,
     store_up: Gauge,
+    model_calls: Family<ModelLabels, Counter>,
+    model_tokens: Family<ModelLabels, Counter>,
+    model_cost: Family<ModelLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -89,6 +98,9 @@ impl Metrics {
             kill_escalations: Family::default(),
             store_write: latency_histogram(),
             store_up: Gauge::default(),
+            model_calls: Family::default(),
+            model_tokens: Family::default(),
+            model_cost: Family::default(),
             registry: Registry::default(),
         };
         // Counters get the `_total` suffix from the encoder.
@@ -162,6 +174,21 @@ impl Metrics {
             "1 when the last store probe (a write and a read) succeeded, else 0",
             m.store_up.clone(),
         );
+        registry.register(
+            "gateway_model_calls",
+            "Model calls through the gateway, by tenant and model",
+            m.model_calls.clone(),
+        );
+        registry.register(
+            "gateway_tokens",
+            "Tokens metered by the gateway (input, output and cache), by tenant and model",
+            m.model_tokens.clone(),
+        );
+        registry.register(
+            "gateway_cost_usd",
+            "Cost of priced model calls through the gateway, by tenant and model",
+            m.model_cost.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -175,6 +202,19 @@ impl Metrics {
         self.rpc_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One model call through the gateway; `cost` is unset for an unpriced model.
+    pub fn model_call(&self, tenant: &str, model: &str, tokens: u64, cost: Option<f64>) {
+        let labels = ModelLabels {
+            tenant: tenant.to_owned(),
+            model: model.to_owned(),
+        };
+        self.model_calls.get_or_create(&labels).inc();
+        self.model_tokens.get_or_create(&labels).inc_by(tokens);
+        if let Some(c) = cost {
+            self.model_cost.get_or_create(&labels).inc_by(c);
+        }
     }
 
     pub fn job_submitted(&self) {

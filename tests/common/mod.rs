@@ -407,6 +407,7 @@ pub fn kind(e: &pb::JobEvent) -> &'static str {
         Some(Kind::Other(_)) => "other",
         Some(Kind::Truncated(_)) => "truncated",
         Some(Kind::LimitExceeded(_)) => "limit_exceeded",
+        Some(Kind::ModelCall(_)) => "model_call",
         Some(Kind::Finished(_)) => "finished",
         None => "none",
     }

@@ -265,6 +265,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         max_turns: None,
         append_system_prompt: None,
         permission_mode: None,
+        budget: Default::default(),
     };
     let launch = agentd::agents::launch(
         p,

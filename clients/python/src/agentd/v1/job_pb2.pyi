@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from agentd.v1 import usage_pb2 as _usage_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -190,7 +191,8 @@ class Job(_message.Message):
     """The highest event seq stored for the job so far."""
     reason: _builtins.str
     """A stable, machine-readable code for why the job ended as it did, when the state alone does
-    not say it: `LIMIT_EXCEEDED` (a limit of the job's sandbox ended it). Empty otherwise.
+    not say it: `LIMIT_EXCEEDED` (a limit of the job's sandbox ended it), `BUDGET_EXCEEDED` (a
+    model budget of the job or its tenant was spent). Empty otherwise.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -279,6 +281,8 @@ class SubmitJobRequest(_message.Message):
     APPEND_SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PERMISSION_MODE_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to run in."""
     agent: _builtins.str
@@ -297,6 +301,13 @@ class SubmitJobRequest(_message.Message):
     """Idempotency key: a second request with the same key returns the job the first created."""
     permission_mode: _builtins.str
     """Agent permission mode where the agent has one (e.g. Claude `acceptEdits`); empty = profile default."""
+    max_cost_usd: _builtins.float
+    """Budget of this job's model calls through the gateway, in US dollars (priced models); 0 means
+    none. Once spent, the next call is refused and the job ends FAILED with reason
+    `BUDGET_EXCEEDED`.
+    """
+    max_tokens: _builtins.int
+    """Budget of this job's model tokens (input, output and cache) through the gateway; 0 means none."""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra environment variables for the agent. PATH, HOME, LD_* and *_BASE_URL / *_API_KEY are
@@ -321,10 +332,12 @@ class SubmitJobRequest(_message.Message):
         append_system_prompt: _builtins.str = ...,
         request_id: _builtins.str = ...,
         permission_mode: _builtins.str = ...,
+        max_cost_usd: _builtins.float = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "env", b"env", "max_turns", b"max_turns", "model", b"model", "permission_mode", b"permission_mode", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "model", b"model", "permission_mode", b"permission_mode", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,6 +658,7 @@ class JobEvent(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     LIMIT_EXCEEDED_FIELD_NUMBER: _builtins.int
+    MODEL_CALL_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the job's event log, from 1."""
     raw: _builtins.str
@@ -701,6 +715,10 @@ class JobEvent(_message.Message):
     def limit_exceeded(self) -> Global___LimitExceeded:
         """A limit of the job's sandbox was hit (memory, processes, /tmp, workspace)."""
 
+    @_builtins.property
+    def model_call(self) -> _usage_pb2.ModelCall:
+        """A model call through agentd's gateway ended; metered from the provider's answer."""
+
     def __init__(
         self,
         *,
@@ -719,12 +737,13 @@ class JobEvent(_message.Message):
         truncated: Global___OutputTruncated | None = ...,
         finished: Global___JobFinished | None = ...,
         limit_exceeded: Global___LimitExceeded | None = ...,
+        model_call: _usage_pb2.ModelCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -1,0 +1,303 @@
+//! The model gateway: agentd's own HTTP endpoint for the model APIs the agent CLIs speak
+//! (Anthropic Messages, OpenAI Responses and Chat Completions, Gemini generateContent and
+//! streamGenerateContent) under `/gw/<profile>/…`. It owns the per-job tokens (minted when a job
+//! starts, revoked when it ends, valid only for the job's profile), the forwarding to each
+//! profile's upstream with the real provider key added on the way out, the metering of every
+//! answer as it streams past, the per-call record (a `model_call` event in the job's stream and a
+//! row of the usage ledger in the store) and the budgets checked before each call.
+//!
+//! The agent only ever holds its job token and the gateway's base URL; the provider key stays in
+//! this process's memory.
+
+pub mod config;
+pub mod meter;
+mod proxy;
+mod upstream;
+
+use crate::domain::{JobId, ModelCall, SessionId, TenantId, Timestamp};
+use crate::store::{DynStore, UsageFilter};
+use config::GatewayConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Api, Budgets, FileGateway, Price, Upstream};
+
+/// What the gateway tells the job that owns a token.
+pub trait GrantHooks: Send + Sync {
+    /// A model call of the job ended (answered, failed or cut off).
+    fn model_call(&self, call: ModelCall);
+    /// A budget is spent: the call was refused, and the job must end `BUDGET_EXCEEDED`.
+    fn budget_exceeded(&self, message: String);
+}
+
+/// A running job's right to call its profile's upstream.
+pub struct Grant {
+    pub job: JobId,
+    pub tenant: TenantId,
+    pub session: SessionId,
+    pub profile: String,
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub hooks: Arc<dyn GrantHooks>,
+    /// What the job's calls cost so far (tokens, USD).
+    spent: Mutex<(u64, f64)>,
+}
+
+impl Grant {
+    pub fn new(
+        job: JobId,
+        tenant: TenantId,
+        session: SessionId,
+        profile: String,
+        limits: (Option<f64>, Option<u64>),
+        hooks: Arc<dyn GrantHooks>,
+    ) -> Self {
+        Self {
+            job,
+            tenant,
+            session,
+            profile,
+            max_cost_usd: limits.0,
+            max_tokens: limits.1,
+            hooks,
+            spent: Mutex::new((0, 0.0)),
+        }
+    }
+
+    fn spent(&self) -> (u64, f64) {
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What an agent is given instead of a key. Revokes the token when dropped.
+pub struct Access {
+    pub token: String,
+    /// `http://127.0.0.1:<port>/gw/<profile>`.
+    pub base_url: String,
+    profile: String,
+    gateway: Arc<Gateway>,
+}
+
+impl Access {
+    /// The real key of the job's upstream, only to scrub it from anything the job may see.
+    pub fn key(&self) -> &str {
+        self.gateway.key_of(&self.profile).unwrap_or_default()
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        self.gateway.lock().remove(&self.token);
+    }
+}
+
+/// The gateway of one agentd process.
+pub struct Gateway {
+    config: GatewayConfig,
+    store: DynStore,
+    addr: SocketAddr,
+    grants: Mutex<HashMap<String, Arc<Grant>>>,
+    /// Longest wait for the upstream's response headers, and between two chunks of its body.
+    timeout: std::time::Duration,
+}
+
+impl Gateway {
+    /// Binds the gateway's listener (loopback) and serves it until `stop`.
+    pub async fn start(
+        config: GatewayConfig,
+        store: DynStore,
+        listen: SocketAddr,
+        timeout: std::time::Duration,
+        stop: CancellationToken,
+    ) -> std::io::Result<Arc<Gateway>> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let gw = Arc::new(Gateway {
+            config,
+            store,
+            addr,
+            grants: Mutex::new(HashMap::new()),
+            timeout,
+        });
+        tracing::info!(%addr, "model gateway listening");
+        tokio::spawn(proxy::serve(gw.clone(), listener, stop));
+        Ok(gw)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether `profile` is routed through the gateway.
+    pub fn routes(&self, profile: &str) -> bool {
+        self.config.upstreams.contains_key(profile)
+    }
+
+    /// The upstream key of `profile`, for scrubbing it from anything a job could see.
+    pub fn key_of(&self, profile: &str) -> Option<&str> {
+        self.config.upstreams.get(profile).map(|u| u.key.expose())
+    }
+
+    /// Mints a token for a job that is about to start. `None` if the profile has no gateway.
+    pub fn mint(self: &Arc<Self>, grant: Grant) -> Option<Access> {
+        if !self.routes(&grant.profile) {
+            return None;
+        }
+        let token = format!(
+            "agj_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let base_url = format!("http://{}/gw/{}", self.addr, grant.profile);
+        let profile = grant.profile.clone();
+        self.lock().insert(token.clone(), Arc::new(grant));
+        Some(Access {
+            token,
+            base_url,
+            profile,
+            gateway: self.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Grant>>> {
+        self.grants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn grant(&self, token: &str) -> Option<Arc<Grant>> {
+        self.lock().get(token).cloned()
+    }
+
+    /// Refuses a call when a budget of its job or tenant is spent (the message says which).
+    async fn admit(&self, grant: &Grant) -> Result<(), String> {
+        let (tokens, usd) = grant.spent();
+        if grant.max_tokens.is_some_and(|m| tokens >= m) {
+            return Err(format!("the job's token budget ({tokens} used) is spent"));
+        }
+        if grant.max_cost_usd.is_some_and(|m| usd >= m) {
+            return Err(format!("the job's cost budget (${usd:.4} used) is spent"));
+        }
+        let b = self.config.budgets;
+        let now = Timestamp::now().micros();
+        for (since, usd_max, tok_max, period) in [
+            (
+                day_start(now),
+                b.tenant_daily_usd,
+                b.tenant_daily_tokens,
+                "daily",
+            ),
+            (
+                month_start(now),
+                b.tenant_monthly_usd,
+                b.tenant_monthly_tokens,
+                "monthly",
+            ),
+        ] {
+            if usd_max <= 0.0 && tok_max == 0 {
+                continue;
+            }
+            let filter = UsageFilter {
+                since: Timestamp(since),
+                until: Timestamp(i64::MAX),
+                group: None,
+            };
+            let spent = match self.store.usage(&grant.tenant, &filter).await {
+                Ok(rows) => rows.into_iter().next().unwrap_or_default(),
+                // Fail closed: a budget that cannot be checked is not granted.
+                Err(e) => return Err(format!("the tenant's budget cannot be checked: {e}")),
+            };
+            if (usd_max > 0.0 && spent.cost_usd >= usd_max)
+                || (tok_max > 0 && spent.tokens() >= tok_max)
+            {
+                return Err(format!("the tenant's {period} budget is spent"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a finished call: the job's running total, its event, the ledger row.
+    fn record(&self, grant: &Grant, mut call: ModelCall) {
+        call.cost_usd = self.config.prices.get(&call.model).map(|p| {
+            let t = meter::Tokens {
+                input: call.input_tokens,
+                output: call.output_tokens,
+                cache_read: call.cache_read_tokens,
+                cache_write: call.cache_write_tokens,
+            };
+            t.cost(p)
+        });
+        {
+            let mut spent = grant.spent.lock().unwrap_or_else(|e| e.into_inner());
+            spent.0 += call.tokens();
+            spent.1 += call.cost_usd.unwrap_or(0.0);
+        }
+        crate::telemetry::metrics().model_call(
+            grant.tenant.as_str(),
+            &call.model,
+            call.tokens(),
+            call.cost_usd,
+        );
+        grant.hooks.model_call(call.clone());
+        let row = crate::store::LedgerRow {
+            tenant: grant.tenant.clone(),
+            session: grant.session.clone(),
+            job: grant.job.clone(),
+            agent: grant.profile.clone(),
+            call,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_model_call(&row).await {
+                tracing::error!(job = %row.job, error = %e, "cannot record a model call in the ledger");
+            }
+        });
+    }
+}
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Start of the UTC day of `micros`.
+pub fn day_start(micros: i64) -> i64 {
+    micros - micros.rem_euclid(DAY_MICROS)
+}
+
+/// Start of the UTC month of `micros`.
+pub fn month_start(micros: i64) -> i64 {
+    let days = micros.div_euclid(DAY_MICROS);
+    let (_, _, day) = civil_from_days(days);
+    (days - i64::from(day) + 1) * DAY_MICROS
+}
+
+/// The UTC date (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (Howard
+/// Hinnant's civil-from-days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_start_at_utc_midnight_and_the_first_of_the_month() {
+        // 2026-12-05T19:20:00Z
+        let t = 1_796_498_400_000_000;
+        assert_eq!(day_start(t), 1_796_428_800_000_000); // 2026-12-05T00:00Z
+        assert_eq!(month_start(t), 1_796_083_200_000_000); // 2026-12-01T00:00Z
+        assert_eq!(month_start(0), 0);
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_792), (2026, 12, 5));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
