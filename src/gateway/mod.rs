@@ -100,6 +100,9 @@ pub struct Gateway {
     store: DynStore,
     addr: SocketAddr,
     grants: Mutex<HashMap<String, Arc<Grant>>>,
+    /// Per tenant, what finished calls spent that the ledger does not hold yet (tokens, USD), so
+    /// a budget check between a call's end and its ledger row still counts it.
+    unledgered: Arc<Mutex<HashMap<TenantId, (u64, f64)>>>,
     /// Longest wait for the upstream's response headers, and between two chunks of its body.
     timeout: std::time::Duration,
 }
@@ -120,6 +123,7 @@ impl Gateway {
             store,
             addr,
             grants: Mutex::new(HashMap::new()),
+            unledgered: Arc::default(),
             timeout,
         });
         tracing::info!(%addr, "model gateway listening");
@@ -208,8 +212,15 @@ impl Gateway {
                 // Fail closed: a budget that cannot be checked is not granted.
                 Err(e) => return Err(format!("the tenant's budget cannot be checked: {e}")),
             };
-            if (usd_max > 0.0 && spent.cost_usd >= usd_max)
-                || (tok_max > 0 && spent.tokens() >= tok_max)
+            let (pending_tokens, pending_usd) = self
+                .unledgered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&grant.tenant)
+                .copied()
+                .unwrap_or_default();
+            if (usd_max > 0.0 && spent.cost_usd + pending_usd >= usd_max)
+                || (tok_max > 0 && spent.tokens() + pending_tokens >= tok_max)
             {
                 return Err(format!("the tenant's {period} budget is spent"));
             }
@@ -247,12 +258,38 @@ impl Gateway {
             agent: grant.profile.clone(),
             call,
         };
-        let store = self.store.clone();
-        tokio::spawn(async move {
+        let spent = (row.call.tokens(), row.call.cost_usd.unwrap_or(0.0));
+        pending(&self.unledgered, &row.tenant, spent, 1.0);
+        let (store, unledgered) = (self.store.clone(), self.unledgered.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
             if let Err(e) = store.record_model_call(&row).await {
                 tracing::error!(job = %row.job, error = %e, "cannot record a model call in the ledger");
             }
+            pending(&unledgered, &row.tenant, spent, -1.0);
         });
+    }
+}
+
+/// Adds (`sign` 1) or removes (-1) a call's spend from the tenant's not-yet-ledgered total.
+fn pending(
+    map: &Mutex<HashMap<TenantId, (u64, f64)>>,
+    tenant: &TenantId,
+    (tokens, usd): (u64, f64),
+    sign: f64,
+) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = map.entry(tenant.clone()).or_default();
+    if sign > 0.0 {
+        entry.0 += tokens;
+    } else {
+        entry.0 = entry.0.saturating_sub(tokens);
+    }
+    entry.1 = (entry.1 + sign * usd).max(0.0);
+    if entry.0 == 0 && entry.1 == 0.0 {
+        map.remove(tenant);
     }
 }
 

@@ -18,8 +18,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub type UpstreamError = String;
 
 /// Sends `req` (absolute URI) and waits for the response headers.
-pub async fn send(req: Request<Full<Bytes>>) -> Result<Response<Incoming>, UpstreamError> {
+pub async fn send(mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, UpstreamError> {
     let uri = req.uri().clone();
+    // On the wire an origin server gets the origin form (`/path?query`); the absolute form is
+    // for proxies.
+    *req.uri_mut() = uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|_| "bad upstream path")?;
     let host = uri.host().ok_or("upstream URL has no host")?.to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });

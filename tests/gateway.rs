@@ -1,0 +1,687 @@
+//! The model gateway (issue #16), end to end with the real agentd binary, jail on: agents get a
+//! per-job token and the gateway's URL, never the provider key; the scripted model server
+//! (`tests/fixtures/mock-model --expect-key`) refuses any call without the real key, so every
+//! answered call proves the gateway added it. Attacks that must fail: a forged token, a token used
+//! after its job ended or for another profile, a probe inside the job searching its env, HOME,
+//! workspace and /proc for the key, job env that would redirect the agent. Also: a huge request,
+//! an upstream that hangs or answers garbage, job and tenant budgets ending jobs
+//! `BUDGET_EXCEEDED`, and the usage ledger answering after the session is deleted and agentd
+//! restarted. `genuine_*` run the four real CLIs through the gateway with hostile project configs
+//! in the workspace (installed by `scripts/install-agents`).
+
+mod common;
+
+use agentd::pb;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The provider key only agentd and the mock know.
+const REAL_KEY: &str = "sk-real-provider-key-7f3a9c";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The scripted model server, accepting only [`REAL_KEY`]; killed on drop.
+struct Mock {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Mock {
+    fn start(dir: &Path) -> Mock {
+        let log = dir.join("mock-model.log");
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/fixtures/mock-model"))
+            .args(["--port", "0", "--expect-key", REAL_KEY, "--log"])
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mock-model");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("banner");
+        let addr = line
+            .trim()
+            .strip_prefix("mock-model listening on ")
+            .expect("mock banner")
+            .to_owned();
+        Mock { child, addr, log }
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// POSTs the mock answered (they all carried the real key) and POSTs it refused.
+    fn posts(&self) -> (usize, Vec<String>) {
+        let reqs = self.requests();
+        let posts = reqs.iter().filter(|r| r["method"] == "POST");
+        let wrong: Vec<String> = posts
+            .clone()
+            .filter(|r| r["key"] == "wrong")
+            .map(|r| r["presented"].to_string())
+            .collect();
+        (posts.count() - wrong.len(), wrong)
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command agent that speaks the Anthropic API to the gateway with its job token. Its prompt is
+/// words: `token` saves the token and URL to `token.txt`; `calls=N` makes N streamed calls and
+/// prints `call I STATUS` (exit 3 on the first refusal); `probe` copies everything the job can read
+/// (env, HOME, workspace, /proc of every visible process) into `probe.txt`; `sleep=S` waits.
+const PROBE_AGENT: &str = r#"#!/usr/bin/env python3
+import json, os, sys, time, urllib.request, urllib.error
+url, tok = os.environ["AGENTD_GATEWAY_URL"], os.environ["AGENTD_GATEWAY_TOKEN"]
+def call():
+    body = json.dumps({"model": "mock-model", "max_tokens": 10, "stream": True,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    req = urllib.request.Request(url + "/v1/messages", data=body, headers={
+        "x-api-key": tok, "content-type": "application/json", "anthropic-version": "2023-06-01"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+def readable(root):
+    out = []
+    for d, _, files in os.walk(root):
+        for f in files:
+            try:
+                with open(os.path.join(d, f), "rb") as fh:
+                    out.append(fh.read(1 << 20).decode("utf-8", "replace"))
+            except OSError:
+                pass
+    return out
+def probe():
+    seen = [json.dumps(dict(os.environ))]
+    seen += readable(os.environ["HOME"]) + readable(".")
+    for pid in os.listdir("/proc"):
+        for f in ("environ", "cmdline"):
+            try:
+                with open("/proc/%s/%s" % (pid, f), "rb") as fh:
+                    seen.append(fh.read().decode("utf-8", "replace"))
+            except OSError:
+                pass
+    with open("probe.txt", "w") as fh:
+        fh.write("\n".join(seen))
+for word in sys.argv[-1].split():
+    if word == "token":
+        with open("token.txt", "w") as fh:
+            fh.write(tok + "\n" + url + "\n")
+    elif word.startswith("calls="):
+        for i in range(int(word[6:])):
+            st = call()
+            print("call %d %d" % (i, st), flush=True)
+            if st != 200:
+                sys.exit(3)
+    elif word == "probe":
+        probe()
+    elif word.startswith("sleep="):
+        time.sleep(float(word[6:]))
+print("done", flush=True)
+"#;
+
+/// A gateway profile running [`PROBE_AGENT`] against `upstream`.
+fn probe_profile(name: &str, script: &Path, upstream: &str) -> String {
+    let dir = script.parent().expect("dir").to_string_lossy().into_owned();
+    format!(
+        "[agents.{name}]\nkind = \"command\"\ncommand = \"/usr/bin/python3\"\nargs = [{script:?}]\n\
+         [agents.{name}.env]\nPROFILE_SECRET = {REAL_KEY:?}\n\
+         [agents.{name}.sandbox]\nread_only = [{dir:?}]\n\
+         [agents.{name}.gateway]\nupstream_url = {upstream:?}\napi_key = {REAL_KEY:?}\n\
+         api = \"anthropic\"\n",
+        script = script.to_string_lossy(),
+    )
+}
+
+/// A temp dir holding the probe agent, a mock, and an agentd with the gateway on a known port.
+struct World {
+    server: TestServer,
+    c: Clients,
+    mock: Mock,
+    gateway: String,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(extra_config: &str, args: &[&str]) -> World {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let script = dir.path().join("probe-agent");
+        std::fs::write(&script, PROBE_AGENT).expect("write agent");
+        let mock = Mock::start(dir.path());
+        let upstream = format!("http://{}", mock.addr);
+        let gateway = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "{}{}{extra_config}",
+            probe_profile("alpha", &script, &upstream),
+            probe_profile("beta", &script, &upstream)
+        );
+        let mut all_args = vec!["--gateway-listen".to_owned(), gateway.clone()];
+        all_args.extend(args.iter().map(|a| (*a).to_owned()));
+        let server = TestServer::start_with(Options {
+            config: Some(config),
+            args: all_args,
+            ..Default::default()
+        });
+        let c = server.clients(KEY_A).await;
+        World {
+            server,
+            c,
+            mock,
+            gateway,
+            dir,
+        }
+    }
+
+    async fn session(&mut self) -> String {
+        self.c
+            .create_session(&[("README.md", b"# gw\n")])
+            .await
+            .session_id
+    }
+
+    async fn submit(&mut self, session: &str, agent: &str, prompt: &str) -> pb::Job {
+        self.submit_with(pb::SubmitJobRequest {
+            session_id: session.into(),
+            agent: agent.into(),
+            prompt: prompt.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn submit_with(&mut self, req: pb::SubmitJobRequest) -> pb::Job {
+        self.c
+            .jobs
+            .submit_job(req)
+            .await
+            .expect("submit")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    async fn download(&mut self, session: &str, path: &str) -> String {
+        String::from_utf8(self.c.download(session, path).await.expect("download")).expect("utf8")
+    }
+
+    fn usage_client(&self, ch: tonic::transport::Channel, key: &str) -> UsageClient {
+        let k: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().expect("key");
+        pb::usage_service_client::UsageServiceClient::with_interceptor(
+            ch,
+            Box::new(move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", k.clone());
+                Ok(r)
+            }),
+        )
+    }
+}
+
+type UsageClient = pb::usage_service_client::UsageServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+/// One HTTP/1.1 POST to the gateway; the status and body of its answer.
+async fn post(addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect gateway");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write head");
+    // The gateway may refuse before reading all of a huge body; its answer is what matters.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+const HELLO: &[u8] =
+    br#"{"model":"mock-model","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn model_calls(events: &[pb::JobEvent]) -> Vec<pb::ModelCall> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::ModelCall(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state(job: &pb::Job) -> pb::JobState {
+    pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_added_on_the_way_out_and_nowhere_a_job_can_read() {
+    let mut w = World::new("", &[]).await;
+    let s = w.session().await;
+    let job = w.submit(&s, "alpha", "token calls=2 probe").await;
+    let events = w.c.events(&job.job_id, 0).await;
+    let job = w.c.get_job(&job.job_id).await;
+    assert_eq!(state(&job), pb::JobState::Succeeded, "{job:?} {events:?}");
+    let (answered, wrong) = w.mock.posts();
+    assert_eq!((answered, wrong.len()), (2, 0), "the mock saw {wrong:?}");
+    let calls = model_calls(&events);
+    assert_eq!(calls.len(), 2, "{events:?}");
+    for c in &calls {
+        assert_eq!((c.status, c.input_tokens, c.output_tokens), (200, 100, 20));
+        assert_eq!(c.model, "mock-model");
+        assert_eq!(
+            c.cost_usd, None,
+            "no price configured: metered in tokens only"
+        );
+    }
+    let usage = job.usage.expect("usage");
+    assert_eq!((usage.input_tokens, usage.output_tokens), (200, 40));
+
+    let token_file = w.download(&s, "token.txt").await;
+    let token = token_file.lines().next().expect("token line").to_owned();
+    assert!(token.starts_with("agj_"), "{token_file}");
+    let probe = w.download(&s, "probe.txt").await;
+    assert!(probe.contains(&token), "the probe saw its own env");
+    assert!(
+        !probe.contains(REAL_KEY),
+        "the real key is readable inside the job"
+    );
+    let dump = format!("{events:?}{job:?}");
+    assert!(
+        !dump.contains(REAL_KEY) && !dump.contains("[REDACTED]"),
+        "{dump}"
+    );
+
+    // The token died with its job.
+    let (st, body) = post(
+        &w.gateway,
+        "/gw/alpha/v1/messages",
+        &[("x-api-key", &token)],
+        HELLO,
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    assert!(body.contains("authentication_error"), "{body}");
+    let (st, _) = post(
+        &w.gateway,
+        "/gw/alpha/v1/messages",
+        &[("x-api-key", "agj_forged")],
+        HELLO,
+    )
+    .await;
+    assert_eq!(st, 401);
+    let (st, _) = post(&w.gateway, "/gw/alpha/v1/messages", &[], HELLO).await;
+    assert_eq!(st, 401);
+    assert_eq!(
+        w.mock.posts(),
+        (2, Vec::new()),
+        "refused calls never reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_works_only_for_its_own_profile_while_its_job_runs() {
+    let mut w = World::new("", &[]).await;
+    let s = w.session().await;
+    let job = w.submit(&s, "alpha", "token sleep=120").await;
+    let mut token = String::new();
+    for _ in 0..600 {
+        if let Ok(b) = w.c.download(&s, "token.txt").await {
+            token = String::from_utf8(b).expect("utf8");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = token
+        .lines()
+        .next()
+        .expect("the job wrote its token")
+        .to_owned();
+    let auth = [("x-api-key", token.as_str())];
+    let (st, body) = post(&w.gateway, "/gw/beta/v1/messages", &auth, HELLO).await;
+    assert_eq!(st, 401, "another profile's token: {body}");
+    let bearer = format!("Bearer {token}");
+    let (st, body) = post(
+        &w.gateway,
+        "/gw/alpha/v1/messages",
+        &[("authorization", &bearer)],
+        HELLO,
+    )
+    .await;
+    assert_eq!(st, 200, "its own profile, while the job runs: {body}");
+    assert!(body.contains("\"usage\""), "{body}");
+    // A huge body is refused by the gateway, not forwarded.
+    let huge = vec![b' '; 33 << 20];
+    let (st, _) = post(&w.gateway, "/gw/alpha/v1/messages", &auth, &huge).await;
+    assert_eq!(st, 413);
+    let (st, _) = post(&w.gateway, "/gw/nope/v1/messages", &auth, HELLO).await;
+    assert_eq!(st, 404);
+
+    w.c.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("cancel");
+    let done = w.c.wait(&job.job_id).await;
+    assert_eq!(state(&done), pb::JobState::Cancelled);
+    let (st, _) = post(&w.gateway, "/gw/alpha/v1/messages", &auth, HELLO).await;
+    assert_eq!(st, 401, "a token after its job ended");
+    assert_eq!(w.mock.posts(), (1, Vec::new()));
+    // The call the test made with the job's token is the job's: in its ledger.
+    let mut u = w.usage_client(w.server.channel().await, KEY_A);
+    let calls = u
+        .list_model_calls(pb::ListModelCallsRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].agent.as_str(), calls[0].session_id.as_str()),
+        ("alpha", s.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_over_their_budget_end_budget_exceeded_and_the_ledger_outlives_them() {
+    let mut w = World::new("", &[]).await;
+    let s = w.session().await;
+    let job = w
+        .submit_with(pb::SubmitJobRequest {
+            session_id: s.clone(),
+            agent: "alpha".into(),
+            prompt: "calls=5".into(),
+            max_tokens: 150,
+            ..Default::default()
+        })
+        .await;
+    let events = w.c.events(&job.job_id, 0).await;
+    let done = w.c.get_job(&job.job_id).await;
+    assert_eq!(state(&done), pb::JobState::Failed, "{done:?}");
+    assert_eq!(done.reason, "BUDGET_EXCEEDED", "{done:?}");
+    let Some(pb::job_event::Kind::Finished(f)) = &events.last().expect("events").kind else {
+        panic!("last event is not finished: {events:?}")
+    };
+    assert_eq!(f.reason, "BUDGET_EXCEEDED");
+    // 120 tokens a call: the first two are within 150 when they start, the third is refused
+    // (and the job stopped).
+    assert_eq!(model_calls(&events).len(), 2, "{events:?}");
+    assert!(
+        !texts(&events).iter().any(|t| t == "call 2 200"),
+        "{events:?}"
+    );
+    assert_eq!(w.mock.posts().0, 2);
+    assert_eq!(done.usage.expect("usage").input_tokens, 200);
+
+    // Bad budgets are refused at submit.
+    let err =
+        w.c.jobs
+            .submit_job(pb::SubmitJobRequest {
+                session_id: s.clone(),
+                agent: "alpha".into(),
+                prompt: "x".into(),
+                max_cost_usd: -1.0,
+                ..Default::default()
+            })
+            .await
+            .expect_err("negative budget");
+    assert_eq!(reason(&err), "INVALID_FIELD");
+
+    // The ledger answers after the session is gone and agentd restarted.
+    w.c.sessions
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: s.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    w.server.restart();
+    let ch = w.server.channel().await;
+    let mut u = w.usage_client(ch.clone(), KEY_A);
+    let calls = u
+        .list_model_calls(pb::ListModelCallsRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("list after restart")
+        .into_inner()
+        .calls;
+    assert_eq!(calls.len(), 2);
+    let total = u
+        .get_usage(pb::GetUsageRequest {
+            group_by: pb::UsageGroupBy::Model as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+        .buckets;
+    assert_eq!(total.len(), 1);
+    assert_eq!((total[0].key.as_str(), total[0].calls), ("mock-model", 2));
+    assert_eq!((total[0].input_tokens, total[0].unpriced_calls), (200, 2));
+    // Another tenant sees none of it.
+    let mut other = w.usage_client(ch, KEY_B);
+    let st = other
+        .list_model_calls(pb::ListModelCallsRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect_err("other tenant");
+    assert_eq!(reason(&st), "JOB_NOT_FOUND");
+    let theirs = other
+        .get_usage(pb::GetUsageRequest::default())
+        .await
+        .expect("usage")
+        .into_inner()
+        .buckets;
+    assert!(theirs.is_empty(), "{theirs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_of_a_tenant_overspend_its_daily_budget_by_at_most_one_call_each() {
+    let prices = "[prices.\"mock-model\"]\ninput_per_mtok = 1000.0\noutput_per_mtok = 5000.0\n\
+                  [budgets]\ntenant_daily_usd = 0.5\n";
+    let mut w = World::new(prices, &[]).await;
+    // 100 input + 20 output tokens = $0.2 a call: the third call of the day spends the budget.
+    let (s1, s2) = (w.session().await, w.session().await);
+    let j1 = w.submit(&s1, "alpha", "calls=20").await;
+    let j2 = w.submit(&s2, "beta", "calls=20").await;
+    for j in [&j1, &j2] {
+        let done = w.c.wait(&j.job_id).await;
+        assert_eq!(done.reason, "BUDGET_EXCEEDED", "{done:?}");
+    }
+    let mut u = w.usage_client(w.server.channel().await, KEY_A);
+    let total = u
+        .get_usage(pb::GetUsageRequest::default())
+        .await
+        .expect("usage")
+        .into_inner()
+        .buckets;
+    let calls = total[0].calls;
+    assert!(
+        (3..=4).contains(&calls),
+        "{calls} calls for a 3-call budget and 2 jobs"
+    );
+    assert!(
+        (total[0].cost_usd - 0.2 * calls as f64).abs() < 1e-9,
+        "{total:?}"
+    );
+    let by_agent = u
+        .get_usage(pb::GetUsageRequest {
+            group_by: pb::UsageGroupBy::Agent as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+        .buckets;
+    assert_eq!(by_agent.iter().map(|b| b.calls).sum::<u64>(), calls);
+    // A new job of the tenant is refused at its first call.
+    let j3 = w.submit(&s1, "alpha", "calls=1").await;
+    assert_eq!(w.c.wait(&j3.job_id).await.reason, "BUDGET_EXCEEDED");
+    assert_eq!(w.mock.posts().0 as u64, calls);
+}
+
+/// An upstream that never answers (`/hang…`) or answers garbage (`/junk…`).
+async fn bad_upstream() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).starts_with("POST /junk") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!")
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_hangs_times_out_and_garbage_passes_through_unmetered() {
+    let bad = bad_upstream().await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let script = dir.path().join("probe-agent");
+    std::fs::write(&script, PROBE_AGENT).expect("write");
+    let config = format!(
+        "{}{}",
+        probe_profile("hang", &script, &format!("http://{bad}/hang")),
+        probe_profile("junk", &script, &format!("http://{bad}/junk"))
+    );
+    let server = TestServer::start_with(Options {
+        config: Some(config),
+        args: vec!["--gateway-timeout-seconds".into(), "2".into()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await.session_id;
+    let hang = c.submit_to(&s, "hang", "calls=1").await;
+    let events = c.events(&hang.job_id, 0).await;
+    assert!(
+        texts(&events).iter().any(|t| t == "call 0 504"),
+        "{events:?}"
+    );
+    let calls = model_calls(&events);
+    assert_eq!(
+        (calls.len(), calls[0].status),
+        (1, 0),
+        "a call that got no answer is recorded"
+    );
+    let junk = c.submit_to(&s, "junk", "calls=1").await;
+    let events = c.events(&junk.job_id, 0).await;
+    assert!(
+        texts(&events).iter().any(|t| t == "call 0 200"),
+        "{events:?}"
+    );
+    let calls = model_calls(&events);
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            calls[0].status,
+            calls[0].input_tokens,
+            calls[0].output_tokens
+        ),
+        (200, 0, 0)
+    );
+    assert_eq!(
+        state(&c.get_job(&junk.job_id).await),
+        pb::JobState::Succeeded
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_env_that_would_route_around_the_gateway_is_refused() {
+    let mut w = World::new("", &[]).await;
+    let s = w.session().await;
+    for name in [
+        "HTTPS_PROXY",
+        "http_proxy",
+        "NODE_OPTIONS",
+        "OPENCODE_CONFIG_CONTENT",
+        "CODEX_HOME",
+        "ANTHROPIC_AUTH_TOKEN",
+        "GOOGLE_GEMINI_BASE_URL",
+        "CLAUDE_CONFIG_DIR",
+        "XDG_CONFIG_HOME",
+        "SSL_CERT_FILE",
+        "PYTHONPATH",
+    ] {
+        let err =
+            w.c.jobs
+                .submit_job(pb::SubmitJobRequest {
+                    session_id: s.clone(),
+                    agent: "alpha".into(),
+                    prompt: "x".into(),
+                    env: [(name.to_owned(), "http://evil".to_owned())].into(),
+                    ..Default::default()
+                })
+                .await
+                .expect_err(name);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}");
+        assert_eq!(reason(&err), "FORBIDDEN_ENV", "{name}");
+    }
+    let _ = &w.dir;
+}
