@@ -216,7 +216,10 @@ pub async fn serve(
             crate::gateway::Gateway::start(
                 config.gateway.clone(),
                 store.clone(),
-                config.gateway_listen,
+                (
+                    config.gateway_listen,
+                    config.data_dir.join("gateway").join("gateway.sock"),
+                ),
                 config.gateway_timeout,
                 gateway_stop.clone(),
             )

@@ -139,6 +139,14 @@ for word in sys.argv[-1].split():
         probe()
     elif word.startswith("sleep="):
         time.sleep(float(word[6:]))
+    elif word.startswith("connect="):
+        import socket
+        host, port = word[8:].rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            print("connect %s open" % word[8:], flush=True)
+        except OSError:
+            print("connect %s refused" % word[8:], flush=True)
 print("done", flush=True)
 "#;
 
@@ -897,4 +905,47 @@ async fn genuine_opencode_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn genuine_gemini_through_the_gateway() {
     genuine("gemini").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_gateway_reaches_the_model_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let script = dir.path().join("probe-agent");
+    std::fs::write(&script, PROBE_AGENT).expect("write");
+    let mock = Mock::start(dir.path());
+    let profile = probe_profile("closed", &script, &format!("http://{}", mock.addr)).replace(
+        "[agents.closed.sandbox]\n",
+        "[agents.closed.sandbox]\nnetwork = \"gateway\"\n",
+    );
+    let server = TestServer::start_with(Options {
+        config: Some(profile),
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await.session_id;
+    let prompt = format!("calls=2 connect={} connect=127.0.0.1:5432", mock.addr);
+    let job = c.submit_to(&s, "closed", &prompt).await;
+    let events = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?} {events:?}");
+    let t = texts(&events);
+    assert!(
+        t.contains(&"call 1 200".to_owned()),
+        "the model is reachable: {t:?}"
+    );
+    assert!(
+        t.contains(&format!("connect {} refused", mock.addr)),
+        "the upstream directly: {t:?}"
+    );
+    assert!(
+        t.contains(&"connect 127.0.0.1:5432 refused".to_owned()),
+        "{t:?}"
+    );
+    assert_eq!(model_calls(&events).len(), 2);
+    assert_eq!(mock.posts(), (2, Vec::new()));
 }

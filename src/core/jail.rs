@@ -29,7 +29,7 @@ pub(super) async fn probe_host(config: &Config) -> Result<HostSupport> {
             continue;
         }
         let mut missing: Vec<String> = host.missing().into_iter().map(str::to_owned).collect();
-        if sandbox.network == crate::runner::jail::Network::None && !host.net_ns {
+        if sandbox.network != crate::runner::jail::Network::Host && !host.net_ns {
             missing.push("network namespaces".into());
         }
         for (wanted, controller) in [
@@ -93,6 +93,7 @@ pub(super) fn for_job(
             read_write: sandbox.read_write.clone(),
             hide,
             limits: sandbox.limits,
+            bridges: Vec::new(),
         },
     }
 }

@@ -10,6 +10,7 @@ use crate::domain::{
 };
 use crate::error::{Reason, Result};
 use crate::events::Pending;
+use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
 use crate::telemetry::{TraceParent, metrics, trace};
@@ -22,6 +23,9 @@ use tracing::Instrument;
 const MAX_BATCH: usize = 512;
 /// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
 const MAX_PARSED: usize = 4 * MAX_BATCH;
+/// The loopback port of a `network = "gateway"` job's own namespace where its bridge to agentd's
+/// gateway listens (the namespace is the job's alone, so any fixed port is free).
+const BRIDGE_PORT: u16 = 4317;
 /// Stderr lines kept to explain a failure when the agent gave no error of its own.
 const STDERR_TAIL: usize = 5;
 
@@ -255,12 +259,20 @@ impl Core {
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();
         let mut launch = launch;
-        let access = self.gateway_access(job, &mut launch, &tx, handle, &budget_hit);
+        let in_netns = sandbox.is_some_and(|s| s.network == Network::Gateway);
+        let access = self.gateway_access(job, &mut launch, &tx, handle, &budget_hit, in_netns);
         let mut env = super::env::agent_env(&home, &launch.env, &profile.env, &job.spec.env);
         if let Some((access, overrides)) = &access {
             super::env::route_through_gateway(&mut env, overrides, access.key());
             sink.secrets.push(access.key().to_owned());
         }
+        let bridges: Vec<Bridge> = match (&self.gateway, in_netns) {
+            (Some(gw), true) => vec![Bridge {
+                port: BRIDGE_PORT,
+                socket: gw.socket().to_path_buf(),
+            }],
+            _ => Vec::new(),
+        };
         let jail = sandbox.map(|sandbox| {
             // The host's temp dir does not exist in the jail; its own /tmp does.
             env.retain(|(k, _)| k != "TMPDIR");
@@ -269,14 +281,16 @@ impl Core {
                 .iter()
                 .find(|(k, _)| k == "PATH")
                 .map(|(_, v)| v.as_str());
-            super::jail::for_job(
+            let mut jail = super::jail::for_job(
                 &self.config,
                 sandbox,
                 &launch.program,
                 path,
                 &workspace,
                 &home,
-            )
+            );
+            jail.spec.bridges = bridges;
+            jail
         });
 
         let agent_span =
@@ -721,6 +735,7 @@ impl Core {
         tx: &mpsc::Sender<Output>,
         handle: &RunHandle,
         budget: &Arc<OnceLock<String>>,
+        in_netns: bool,
     ) -> Option<(crate::gateway::Access, Vec<(String, String)>)> {
         let gateway = self.gateway.as_ref()?;
         let profile = self.config.agents.get(&job.spec.agent)?;
@@ -739,7 +754,11 @@ impl Core {
             Arc::new(hooks),
         );
         let access = gateway.mint(grant)?;
-        let env = agents::gateway::via_gateway(profile, launch, &access.base_url, &access.token);
+        let base = match in_netns {
+            true => access.base_url_at(BRIDGE_PORT),
+            false => access.base_url.clone(),
+        };
+        let env = agents::gateway::via_gateway(profile, launch, &base, &access.token);
         Some((access, env))
     }
 }

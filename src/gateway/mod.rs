@@ -75,13 +75,19 @@ impl Grant {
 /// What an agent is given instead of a key. Revokes the token when dropped.
 pub struct Access {
     pub token: String,
-    /// `http://127.0.0.1:<port>/gw/<profile>`.
+    /// `http://127.0.0.1:<port>/gw/<profile>` (the host's loopback; a job in its own network
+    /// namespace uses [`Access::base_url_at`] instead).
     pub base_url: String,
     profile: String,
     gateway: Arc<Gateway>,
 }
 
 impl Access {
+    /// The base URL on a loopback `port` of the job's own network namespace (its bridge).
+    pub fn base_url_at(&self, port: u16) -> String {
+        format!("http://127.0.0.1:{port}/gw/{}", self.profile)
+    }
+
     /// The real key of the job's upstream, only to scrub it from anything the job may see.
     pub fn key(&self) -> &str {
         self.gateway.key_of(&self.profile).unwrap_or_default()
@@ -99,6 +105,8 @@ pub struct Gateway {
     config: GatewayConfig,
     store: DynStore,
     addr: SocketAddr,
+    /// The unix socket jobs in their own network namespace reach through their bridge.
+    socket: std::path::PathBuf,
     grants: Mutex<HashMap<String, Arc<Grant>>>,
     /// Per tenant, what finished calls spent that the ledger does not hold yet (tokens, USD), so
     /// a budget check between a call's end and its ledger row still counts it.
@@ -108,31 +116,46 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the gateway's listener (loopback) and serves it until `stop`.
+    /// Binds the gateway's listeners (TCP on `listen`, and the unix socket `socket`, which it
+    /// replaces) and serves them until `stop`.
     pub async fn start(
         config: GatewayConfig,
         store: DynStore,
-        listen: SocketAddr,
+        (listen, socket): (SocketAddr, std::path::PathBuf),
         timeout: std::time::Duration,
         stop: CancellationToken,
     ) -> std::io::Result<Arc<Gateway>> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        if let Some(dir) = socket.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let _ = tokio::fs::remove_file(&socket).await;
+        let unix = tokio::net::UnixListener::bind(&socket)?;
+        // Jailed ids connect through the bridge: the job token is what authorises a call.
+        tokio::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .await?;
         let gw = Arc::new(Gateway {
             config,
             store,
             addr,
+            socket,
             grants: Mutex::new(HashMap::new()),
             unledgered: Arc::default(),
             timeout,
         });
         tracing::info!(%addr, "model gateway listening");
-        tokio::spawn(proxy::serve(gw.clone(), listener, stop));
+        tokio::spawn(proxy::serve(gw.clone(), listener, stop.clone()));
+        tokio::spawn(proxy::serve_unix(gw.clone(), unix, stop));
         Ok(gw)
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
     }
 
     /// Whether `profile` is routed through the gateway.

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 /// Largest request body forwarded (a long conversation with images stays well below it).
@@ -41,20 +41,41 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationTo
             },
         };
         let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(gw.clone(), TokioIo::new(stream), stop.clone()));
+    }
+}
+
+/// The same on agentd's unix socket, which jobs with `network = "gateway"` reach through their
+/// namespace's bridge.
+pub async fn serve_unix(gw: Arc<Gateway>, listener: UnixListener, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(gw.clone(), TokioIo::new(stream), stop.clone()));
+    }
+}
+
+async fn connection<IO>(gw: Arc<Gateway>, io: IO, stop: CancellationToken)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
         let gw = gw.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(gw, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+        async move { Ok::<_, Infallible>(handle(gw, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = stop.cancelled() => {}
     }
 }
 

@@ -24,6 +24,7 @@
 //! swept by marker when the run ends, and the records of a crashed agentd are swept at its next
 //! start.
 
+pub mod bridge;
 pub mod jail;
 mod lines;
 pub mod records;

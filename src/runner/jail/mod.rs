@@ -41,6 +41,9 @@ pub enum Network {
     Host,
     /// A network namespace of its own with only loopback.
     None,
+    /// A network namespace of its own whose only way out is agentd's model gateway, reached on
+    /// a loopback port bridged to agentd's unix socket (`runner::bridge`).
+    Gateway,
 }
 
 impl Network {
@@ -48,6 +51,7 @@ impl Network {
         match self {
             Network::Host => "host",
             Network::None => "none",
+            Network::Gateway => "gateway",
         }
     }
 }
@@ -92,6 +96,18 @@ pub struct JailSpec {
     /// (agentd's config, binary, data dir).
     pub hide: Vec<PathBuf>,
     pub limits: Limits,
+    /// Loopback ports of the job's own network namespace forwarded to unix sockets of agentd
+    /// (`network = "gateway"`).
+    #[serde(default)]
+    pub bridges: Vec<Bridge>,
+}
+
+/// One loopback port inside the job's network namespace, forwarded to a unix socket outside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bridge {
+    pub port: u16,
+    /// An absolute host path; it need not be visible in the jail.
+    pub socket: PathBuf,
 }
 
 /// A jail for one job: the shape a standby may have prepared, and the job's own part.

@@ -80,7 +80,7 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    if shape.network == Network::None {
+    if matches!(shape.network, Network::None | Network::Gateway) {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let Some(init) = clone_child(flags)? else {
@@ -353,7 +353,7 @@ fn ns_init(
     // had to write its id maps there first.
     let _ = prctl::set_dumpable(false);
     fs::prepare(root).unwrap_or_else(|e| fail(e));
-    if shape.network == Network::None {
+    if matches!(shape.network, Network::None | Network::Gateway) {
         fs::loopback_up().unwrap_or_else(|e| fail(e));
     }
     let _ = nix::unistd::sethostname("agentd");
@@ -369,6 +369,9 @@ fn ns_init(
         Ok((_, None)) => fail("the job has no jail".into()),
         Err(e) => fail(e),
     };
+    if !jail.bridges.is_empty() {
+        crate::runner::bridge::spawn(&jail.bridges).unwrap_or_else(|e| fail(e));
+    }
     fs::enter(root, &jail).unwrap_or_else(|e| fail(e));
     let _ = nix::unistd::write(&ready_w, &[1]);
     drop(ready_w);
