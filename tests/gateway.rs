@@ -147,6 +147,21 @@ for word in sys.argv[-1].split():
             print("connect %s open" % word[8:], flush=True)
         except OSError:
             print("connect %s refused" % word[8:], flush=True)
+    elif word.startswith("proxy="):
+        import base64, socket, urllib.parse
+        p = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+        auth = base64.b64encode(("%s:%s" % (p.username, p.password)).encode()).decode()
+        s = socket.create_connection((p.hostname, p.port), timeout=10)
+        s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n"
+                   % (word[6:], word[6:], auth)).encode())
+        head = s.recv(4096).decode("latin-1")
+        status = head.split(" ")[1] if " " in head else "0"
+        print("proxy %s %s" % (word[6:], status), flush=True)
+        if status == "200":
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = s.recv(4096).decode("latin-1")
+            print("tunnel %s" % reply.split("\r\n")[0], flush=True)
+        s.close()
 print("done", flush=True)
 "#;
 
@@ -920,7 +935,7 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     let mock = Mock::start(dir.path());
     let profile = probe_profile("closed", &script, &format!("http://{}", mock.addr)).replace(
         "[agents.closed.sandbox]\n",
-        "[agents.closed.sandbox]\nnetwork = \"gateway\"\n",
+        "[agents.closed.sandbox]\nnetwork = \"gateway\"\nallow_hosts = [\"localhost\"]\n",
     );
     let server = TestServer::start_with(Options {
         config: Some(profile),
@@ -928,7 +943,12 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     });
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await.session_id;
-    let prompt = format!("calls=2 connect={} connect=127.0.0.1:5432", mock.addr);
+    let port = mock.addr.rsplit(':').next().expect("port");
+    let prompt = format!(
+        "calls=2 connect={} connect=127.0.0.1:5432 proxy=localhost:{port} \
+         proxy=127.0.0.1:5432 proxy=example.com:443",
+        mock.addr
+    );
     let job = c.submit_to(&s, "closed", &prompt).await;
     let events = c.events(&job.job_id, 0).await;
     let done = c.get_job(&job.job_id).await;
@@ -948,4 +968,24 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     );
     assert_eq!(model_calls(&events).len(), 2);
     assert_eq!(mock.posts(), (2, Vec::new()));
+    // The egress proxy: an allowed host goes through, the others are refused and reported.
+    assert!(t.contains(&format!("proxy localhost:{port} 200")), "{t:?}");
+    assert!(t.contains(&"tunnel HTTP/1.1 200 OK".to_owned()), "{t:?}");
+    assert!(t.contains(&"proxy 127.0.0.1:5432 403".to_owned()), "{t:?}");
+    assert!(t.contains(&"proxy example.com:443 403".to_owned()), "{t:?}");
+    let denied: Vec<(String, u32)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::EgressDenied(d)) => Some((d.host.clone(), d.port)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        denied,
+        vec![
+            ("127.0.0.1".to_owned(), 5432),
+            ("example.com".to_owned(), 443)
+        ],
+        "{events:?}"
+    );
 }

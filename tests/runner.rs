@@ -76,7 +76,7 @@ async fn run_process(process: Process, control: RunControl) -> Ran {
                 Output::Stdout(l) => stdout.push(l),
                 Output::Stderr(l) => stderr.push(l),
                 Output::Notice(n) => panic!("an unjailed run got a notice: {n:?}"),
-                Output::ModelCall(c) => panic!("a bare process cannot call the gateway: {c:?}"),
+                Output::Event(e) => panic!("a bare process has no gateway: {e:?}"),
             }
         }
         (stdout, stderr)

@@ -252,6 +252,10 @@ pub fn event(e: JobEvent) -> pb::JobEvent {
             reason,
         }),
         EventKind::ModelCall(c) => Kind::ModelCall(model_call(c)),
+        EventKind::EgressDenied { host, port } => Kind::EgressDenied(pb::EgressDenied {
+            host,
+            port: u32::from(port),
+        }),
     };
     pb::JobEvent {
         seq: e.seq,

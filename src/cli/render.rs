@@ -487,6 +487,7 @@ pub fn event_json(job_id: &str, e: &pb::JobEvent) -> Value {
                    "cache_write_tokens": c.cache_write_tokens, "cost_usd": c.cost_usd,
                    "latency_ms": c.latency_ms}),
         ),
+        Some(Kind::EgressDenied(d)) => ("egress_denied", json!({"host": d.host, "port": d.port})),
         Some(Kind::Finished(f)) => (
             "finished",
             json!({"state": state_name(f.state), "exit_status": exit_json(f.exit_status.as_ref()),

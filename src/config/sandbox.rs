@@ -35,6 +35,9 @@ pub(super) struct FileSandbox {
     read_only: Vec<PathBuf>,
     #[serde(default)]
     read_write: Vec<PathBuf>,
+    /// Hosts the egress proxy lets the agent reach (`host` or `*.domain`).
+    #[serde(default)]
+    allow_hosts: Vec<String>,
     /// Server-wide only.
     cgroup_parent: Option<String>,
     host_uid: Option<u32>,
@@ -50,6 +53,9 @@ pub struct Sandbox {
     pub limits: Limits,
     pub read_only: Vec<PathBuf>,
     pub read_write: Vec<PathBuf>,
+    /// Hosts the egress proxy lets the agent reach through CONNECT (`host` or `*.domain`);
+    /// anything else is refused with an `egress_denied` event.
+    pub allow_hosts: Vec<String>,
 }
 
 /// The jail settings of the server.
@@ -176,6 +182,12 @@ fn merge(
         },
         read_only,
         read_write,
+        allow_hosts: global
+            .allow_hosts
+            .iter()
+            .chain(&own.allow_hosts)
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     })
 }
 

@@ -456,10 +456,13 @@ impl Core {
                                 Admit::Drop => {}
                             }
                         }
-                        Output::ModelCall(call) => {
-                            // Few and what the tenant is charged for: never dropped by the caps.
-                            metered.add(&call);
-                            events.push(sink.event(EventKind::ModelCall(call), None));
+                        Output::Event(kind) => {
+                            // Few, and what the tenant is charged for or must know: never
+                            // dropped by the caps.
+                            if let EventKind::ModelCall(call) = &kind {
+                                metered.add(call);
+                            }
+                            events.push(sink.event(kind, None));
                         }
                         Output::Notice(notice) => {
                             // Few and important: never dropped by the output caps.
@@ -709,13 +712,23 @@ struct JobHooks {
     budget: Arc<OnceLock<String>>,
 }
 
-impl crate::gateway::GrantHooks for JobHooks {
-    fn model_call(&self, call: crate::domain::ModelCall) {
+impl JobHooks {
+    fn send(&self, kind: EventKind) {
         if let (Some(tx), Ok(rt)) = (self.events.upgrade(), tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {
-                let _ = tx.send(Output::ModelCall(call)).await;
+                let _ = tx.send(Output::Event(kind)).await;
             });
         }
+    }
+}
+
+impl crate::gateway::GrantHooks for JobHooks {
+    fn model_call(&self, call: crate::domain::ModelCall) {
+        self.send(EventKind::ModelCall(call));
+    }
+
+    fn egress_denied(&self, host: String, port: u16) {
+        self.send(EventKind::EgressDenied { host, port });
     }
 
     fn budget_exceeded(&self, message: String) {
@@ -745,7 +758,7 @@ impl Core {
             reason: handle.reason.clone(),
             budget: budget.clone(),
         };
-        let grant = crate::gateway::Grant::new(
+        let mut grant = crate::gateway::Grant::new(
             job.id.clone(),
             job.tenant.clone(),
             job.session_id.clone(),
@@ -753,12 +766,31 @@ impl Core {
             (job.spec.budget.max_cost_usd, job.spec.budget.max_tokens),
             Arc::new(hooks),
         );
+        let allow_hosts = self
+            .config
+            .sandbox
+            .of(&job.spec.agent)
+            .map(|s| s.allow_hosts.clone())
+            .unwrap_or_default();
+        grant.allow_hosts.clone_from(&allow_hosts);
         let access = gateway.mint(grant)?;
-        let base = match in_netns {
-            true => access.base_url_at(BRIDGE_PORT),
-            false => access.base_url.clone(),
+        let authority = match in_netns {
+            true => format!("127.0.0.1:{BRIDGE_PORT}"),
+            false => gateway.addr().to_string(),
         };
-        let env = agents::gateway::via_gateway(profile, launch, &base, &access.token);
+        let base = access.base_url_at_authority(&authority);
+        let mut env = agents::gateway::via_gateway(profile, launch, &base, &access.token);
+        if !allow_hosts.is_empty() {
+            // Everything else the agent runs goes through the egress proxy; the gateway itself
+            // is reached directly.
+            let proxy = access.proxy_url(&authority);
+            for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                env.push((name.to_owned(), proxy.clone()));
+            }
+            for name in ["NO_PROXY", "no_proxy"] {
+                env.push((name.to_owned(), "127.0.0.1,localhost".to_owned()));
+            }
+        }
         Some((access, env))
     }
 }

@@ -131,6 +131,11 @@ pub enum EventKind {
     },
     /// One model call that went through agentd's gateway, metered from the provider's answer.
     ModelCall(ModelCall),
+    /// The egress proxy refused a connection to a host outside the profile's `allow_hosts`.
+    EgressDenied {
+        host: String,
+        port: u16,
+    },
 }
 
 impl EventKind {

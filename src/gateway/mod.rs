@@ -10,6 +10,7 @@
 //! this process's memory.
 
 pub mod config;
+mod egress;
 pub mod meter;
 mod proxy;
 mod upstream;
@@ -31,6 +32,8 @@ pub trait GrantHooks: Send + Sync {
     fn model_call(&self, call: ModelCall);
     /// A budget is spent: the call was refused, and the job must end `BUDGET_EXCEEDED`.
     fn budget_exceeded(&self, message: String);
+    /// The egress proxy refused a connection to a host outside the profile's `allow_hosts`.
+    fn egress_denied(&self, host: String, port: u16);
 }
 
 /// A running job's right to call its profile's upstream.
@@ -42,6 +45,8 @@ pub struct Grant {
     pub max_cost_usd: Option<f64>,
     pub max_tokens: Option<u64>,
     pub hooks: Arc<dyn GrantHooks>,
+    /// Hosts the egress proxy may connect the job to.
+    pub allow_hosts: Vec<String>,
     /// What the job's calls cost so far (tokens, USD).
     spent: Mutex<(u64, f64)>,
 }
@@ -63,6 +68,7 @@ impl Grant {
             max_cost_usd: limits.0,
             max_tokens: limits.1,
             hooks,
+            allow_hosts: Vec::new(),
             spent: Mutex::new((0, 0.0)),
         }
     }
@@ -76,16 +82,22 @@ impl Grant {
 pub struct Access {
     pub token: String,
     /// `http://127.0.0.1:<port>/gw/<profile>` (the host's loopback; a job in its own network
-    /// namespace uses [`Access::base_url_at`] instead).
+    /// namespace uses [`Access::base_url_at_authority`] instead).
     pub base_url: String,
     profile: String,
     gateway: Arc<Gateway>,
 }
 
 impl Access {
-    /// The base URL on a loopback `port` of the job's own network namespace (its bridge).
-    pub fn base_url_at(&self, port: u16) -> String {
-        format!("http://127.0.0.1:{port}/gw/{}", self.profile)
+    /// The egress proxy URL for the job's `HTTPS_PROXY`, at `authority` (`host:port`).
+    pub fn proxy_url(&self, authority: &str) -> String {
+        format!("http://agentd:{}@{authority}", self.token)
+    }
+
+    /// The base URL at `authority` (`host:port`): the gateway's own listener, or the bridge in
+    /// the job's network namespace.
+    pub fn base_url_at_authority(&self, authority: &str) -> String {
+        format!("http://{authority}/gw/{}", self.profile)
     }
 
     /// The real key of the job's upstream, only to scrub it from anything the job may see.

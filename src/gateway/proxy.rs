@@ -72,7 +72,9 @@ where
         let gw = gw.clone();
         async move { Ok::<_, Infallible>(handle(gw, req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = stop.cancelled() => {}
@@ -106,6 +108,9 @@ fn token_of(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Out> {
+    if super::egress::is_proxy_request(&req) {
+        return super::egress::handle(gw, req).await.map(Either::Left);
+    }
     let Some((profile, rest)) = route(req.uri().path()).map(|(p, r)| (p.to_owned(), r.to_owned()))
     else {
         return refuse(

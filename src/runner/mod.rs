@@ -94,9 +94,9 @@ pub enum Output {
     Stderr(Line),
     /// A limit of the jail was hit.
     Notice(jail::Notice),
-    /// A model call of the job through agentd's gateway ended (sent by the gateway, not the
-    /// process).
-    ModelCall(crate::domain::ModelCall),
+    /// An event about the job from outside its process: a model call through agentd's gateway,
+    /// an egress attempt its proxy refused.
+    Event(crate::domain::EventKind),
 }
 
 /// Why the runner stopped the process.

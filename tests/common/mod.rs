@@ -408,6 +408,7 @@ pub fn kind(e: &pb::JobEvent) -> &'static str {
         Some(Kind::Truncated(_)) => "truncated",
         Some(Kind::LimitExceeded(_)) => "limit_exceeded",
         Some(Kind::ModelCall(_)) => "model_call",
+        Some(Kind::EgressDenied(_)) => "egress_denied",
         Some(Kind::Finished(_)) => "finished",
         None => "none",
     }

@@ -659,6 +659,7 @@ class JobEvent(_message.Message):
     FINISHED_FIELD_NUMBER: _builtins.int
     LIMIT_EXCEEDED_FIELD_NUMBER: _builtins.int
     MODEL_CALL_FIELD_NUMBER: _builtins.int
+    EGRESS_DENIED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the job's event log, from 1."""
     raw: _builtins.str
@@ -719,6 +720,10 @@ class JobEvent(_message.Message):
     def model_call(self) -> _usage_pb2.ModelCall:
         """A model call through agentd's gateway ended; metered from the provider's answer."""
 
+    @_builtins.property
+    def egress_denied(self) -> _usage_pb2.EgressDenied:
+        """The job's egress proxy refused a connection to a host outside the profile's allow_hosts."""
+
     def __init__(
         self,
         *,
@@ -738,12 +743,13 @@ class JobEvent(_message.Message):
         finished: Global___JobFinished | None = ...,
         limit_exceeded: Global___LimitExceeded | None = ...,
         model_call: _usage_pb2.ModelCall | None = ...,
+        egress_denied: _usage_pb2.EgressDenied | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call", "egress_denied"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

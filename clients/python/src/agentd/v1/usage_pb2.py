@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gentd/v1/usage.proto\x12\tagentd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x03\n\tModelCall\x12.\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x10\n\x03\x61pi\x18\x03 \x01(\tR\x03\x61pi\x12\x16\n\x06status\x18\x04 \x01(\rR\x06status\x12!\n\x0cinput_tokens\x18\x05 \x01(\x04R\x0binputTokens\x12#\n\routput_tokens\x18\x06 \x01(\x04R\x0coutputTokens\x12*\n\x11\x63\x61\x63he_read_tokens\x18\x07 \x01(\x04R\x0f\x63\x61\x63heReadTokens\x12,\n\x12\x63\x61\x63he_write_tokens\x18\x08 \x01(\x04R\x10\x63\x61\x63heWriteTokens\x12\x1e\n\x08\x63ost_usd\x18\t \x01(\x01H\x00R\x07\x63ostUsd\x88\x01\x01\x12\x1d\n\nlatency_ms\x18\n \x01(\x04R\tlatencyMs\x12\x15\n\x06job_id\x18\x0b \x01(\tR\x05jobId\x12\x1d\n\nsession_id\x18\x0c \x01(\tR\tsessionId\x12\x14\n\x05\x61gent\x18\r \x01(\tR\x05\x61gentB\x0b\n\t_cost_usd\"\xb7\x01\n\x0fGetUsageRequest\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x32\n\x08group_by\x18\x03 \x01(\x0e\x32\x17.agentd.v1.UsageGroupByR\x07groupBy\"\x99\x02\n\x0bUsageBucket\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05\x63\x61lls\x18\x02 \x01(\x04R\x05\x63\x61lls\x12!\n\x0cinput_tokens\x18\x03 \x01(\x04R\x0binputTokens\x12#\n\routput_tokens\x18\x04 \x01(\x04R\x0coutputTokens\x12*\n\x11\x63\x61\x63he_read_tokens\x18\x05 \x01(\x04R\x0f\x63\x61\x63heReadTokens\x12,\n\x12\x63\x61\x63he_write_tokens\x18\x06 \x01(\x04R\x10\x63\x61\x63heWriteTokens\x12\x19\n\x08\x63ost_usd\x18\x07 \x01(\x01R\x07\x63ostUsd\x12%\n\x0eunpriced_calls\x18\x08 \x01(\x04R\runpricedCalls\"D\n\x10GetUsageResponse\x12\x30\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x16.agentd.v1.UsageBucketR\x07\x62uckets\".\n\x15ListModelCallsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"D\n\x16ListModelCallsResponse\x12*\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x14.agentd.v1.ModelCallR\x05\x63\x61lls*\x96\x01\n\x0cUsageGroupBy\x12\x1e\n\x1aUSAGE_GROUP_BY_UNSPECIFIED\x10\x00\x12\x16\n\x12USAGE_GROUP_BY_DAY\x10\x01\x12\x1a\n\x16USAGE_GROUP_BY_SESSION\x10\x02\x12\x18\n\x14USAGE_GROUP_BY_AGENT\x10\x03\x12\x18\n\x14USAGE_GROUP_BY_MODEL\x10\x04\x32\xaa\x01\n\x0cUsageService\x12\x43\n\x08GetUsage\x12\x1a.agentd.v1.GetUsageRequest\x1a\x1b.agentd.v1.GetUsageResponse\x12U\n\x0eListModelCalls\x12 .agentd.v1.ListModelCallsRequest\x1a!.agentd.v1.ListModelCallsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gentd/v1/usage.proto\x12\tagentd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x03\n\tModelCall\x12.\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x10\n\x03\x61pi\x18\x03 \x01(\tR\x03\x61pi\x12\x16\n\x06status\x18\x04 \x01(\rR\x06status\x12!\n\x0cinput_tokens\x18\x05 \x01(\x04R\x0binputTokens\x12#\n\routput_tokens\x18\x06 \x01(\x04R\x0coutputTokens\x12*\n\x11\x63\x61\x63he_read_tokens\x18\x07 \x01(\x04R\x0f\x63\x61\x63heReadTokens\x12,\n\x12\x63\x61\x63he_write_tokens\x18\x08 \x01(\x04R\x10\x63\x61\x63heWriteTokens\x12\x1e\n\x08\x63ost_usd\x18\t \x01(\x01H\x00R\x07\x63ostUsd\x88\x01\x01\x12\x1d\n\nlatency_ms\x18\n \x01(\x04R\tlatencyMs\x12\x15\n\x06job_id\x18\x0b \x01(\tR\x05jobId\x12\x1d\n\nsession_id\x18\x0c \x01(\tR\tsessionId\x12\x14\n\x05\x61gent\x18\r \x01(\tR\x05\x61gentB\x0b\n\t_cost_usd\"6\n\x0c\x45gressDenied\x12\x12\n\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n\x04port\x18\x02 \x01(\rR\x04port\"\xb7\x01\n\x0fGetUsageRequest\x12\x39\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x32\n\x08group_by\x18\x03 \x01(\x0e\x32\x17.agentd.v1.UsageGroupByR\x07groupBy\"\x99\x02\n\x0bUsageBucket\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05\x63\x61lls\x18\x02 \x01(\x04R\x05\x63\x61lls\x12!\n\x0cinput_tokens\x18\x03 \x01(\x04R\x0binputTokens\x12#\n\routput_tokens\x18\x04 \x01(\x04R\x0coutputTokens\x12*\n\x11\x63\x61\x63he_read_tokens\x18\x05 \x01(\x04R\x0f\x63\x61\x63heReadTokens\x12,\n\x12\x63\x61\x63he_write_tokens\x18\x06 \x01(\x04R\x10\x63\x61\x63heWriteTokens\x12\x19\n\x08\x63ost_usd\x18\x07 \x01(\x01R\x07\x63ostUsd\x12%\n\x0eunpriced_calls\x18\x08 \x01(\x04R\runpricedCalls\"D\n\x10GetUsageResponse\x12\x30\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x16.agentd.v1.UsageBucketR\x07\x62uckets\".\n\x15ListModelCallsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"D\n\x16ListModelCallsResponse\x12*\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x14.agentd.v1.ModelCallR\x05\x63\x61lls*\x96\x01\n\x0cUsageGroupBy\x12\x1e\n\x1aUSAGE_GROUP_BY_UNSPECIFIED\x10\x00\x12\x16\n\x12USAGE_GROUP_BY_DAY\x10\x01\x12\x1a\n\x16USAGE_GROUP_BY_SESSION\x10\x02\x12\x18\n\x14USAGE_GROUP_BY_AGENT\x10\x03\x12\x18\n\x14USAGE_GROUP_BY_MODEL\x10\x04\x32\xaa\x01\n\x0cUsageService\x12\x43\n\x08GetUsage\x12\x1a.agentd.v1.GetUsageRequest\x1a\x1b.agentd.v1.GetUsageResponse\x12U\n\x0eListModelCalls\x12 .agentd.v1.ListModelCallsRequest\x1a!.agentd.v1.ListModelCallsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentd.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGEGROUPBY']._serialized_start=1168
-  _globals['_USAGEGROUPBY']._serialized_end=1318
+  _globals['_USAGEGROUPBY']._serialized_start=1224
+  _globals['_USAGEGROUPBY']._serialized_end=1374
   _globals['_MODELCALL']._serialized_start=70
   _globals['_MODELCALL']._serialized_end=507
-  _globals['_GETUSAGEREQUEST']._serialized_start=510
-  _globals['_GETUSAGEREQUEST']._serialized_end=693
-  _globals['_USAGEBUCKET']._serialized_start=696
-  _globals['_USAGEBUCKET']._serialized_end=977
-  _globals['_GETUSAGERESPONSE']._serialized_start=979
-  _globals['_GETUSAGERESPONSE']._serialized_end=1047
-  _globals['_LISTMODELCALLSREQUEST']._serialized_start=1049
-  _globals['_LISTMODELCALLSREQUEST']._serialized_end=1095
-  _globals['_LISTMODELCALLSRESPONSE']._serialized_start=1097
-  _globals['_LISTMODELCALLSRESPONSE']._serialized_end=1165
-  _globals['_USAGESERVICE']._serialized_start=1321
-  _globals['_USAGESERVICE']._serialized_end=1491
+  _globals['_EGRESSDENIED']._serialized_start=509
+  _globals['_EGRESSDENIED']._serialized_end=563
+  _globals['_GETUSAGEREQUEST']._serialized_start=566
+  _globals['_GETUSAGEREQUEST']._serialized_end=749
+  _globals['_USAGEBUCKET']._serialized_start=752
+  _globals['_USAGEBUCKET']._serialized_end=1033
+  _globals['_GETUSAGERESPONSE']._serialized_start=1035
+  _globals['_GETUSAGERESPONSE']._serialized_end=1103
+  _globals['_LISTMODELCALLSREQUEST']._serialized_start=1105
+  _globals['_LISTMODELCALLSREQUEST']._serialized_end=1151
+  _globals['_LISTMODELCALLSRESPONSE']._serialized_start=1153
+  _globals['_LISTMODELCALLSRESPONSE']._serialized_end=1221
+  _globals['_USAGESERVICE']._serialized_start=1377
+  _globals['_USAGESERVICE']._serialized_end=1547
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/usage.proto.
  */
 export const file_agentd_v1_usage: GenFile = /*@__PURE__*/
-  fileDesc("ChVhZ2VudGQvdjEvdXNhZ2UucHJvdG8SCWFnZW50ZC52MSKwAgoJTW9kZWxDYWxsEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW1vZGVsGAIgASgJEgsKA2FwaRgDIAEoCRIOCgZzdGF0dXMYBCABKA0SFAoMaW5wdXRfdG9rZW5zGAUgASgEEhUKDW91dHB1dF90b2tlbnMYBiABKAQSGQoRY2FjaGVfcmVhZF90b2tlbnMYByABKAQSGgoSY2FjaGVfd3JpdGVfdG9rZW5zGAggASgEEhUKCGNvc3RfdXNkGAkgASgBSACIAQESEgoKbGF0ZW5jeV9tcxgKIAEoBBIOCgZqb2JfaWQYCyABKAkSEgoKc2Vzc2lvbl9pZBgMIAEoCRINCgVhZ2VudBgNIAEoCUILCglfY29zdF91c2QimgEKD0dldFVzYWdlUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoIZ3JvdXBfYnkYAyABKA4yFy5hZ2VudGQudjEuVXNhZ2VHcm91cEJ5IrcBCgtVc2FnZUJ1Y2tldBILCgNrZXkYASABKAkSDQoFY2FsbHMYAiABKAQSFAoMaW5wdXRfdG9rZW5zGAMgASgEEhUKDW91dHB1dF90b2tlbnMYBCABKAQSGQoRY2FjaGVfcmVhZF90b2tlbnMYBSABKAQSGgoSY2FjaGVfd3JpdGVfdG9rZW5zGAYgASgEEhAKCGNvc3RfdXNkGAcgASgBEhYKDnVucHJpY2VkX2NhbGxzGAggASgEIjsKEEdldFVzYWdlUmVzcG9uc2USJwoHYnVja2V0cxgBIAMoCzIWLmFnZW50ZC52MS5Vc2FnZUJ1Y2tldCInChVMaXN0TW9kZWxDYWxsc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJIj0KFkxpc3RNb2RlbENhbGxzUmVzcG9uc2USIwoFY2FsbHMYASADKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsKpYBCgxVc2FnZUdyb3VwQnkSHgoaVVNBR0VfR1JPVVBfQllfVU5TUEVDSUZJRUQQABIWChJVU0FHRV9HUk9VUF9CWV9EQVkQARIaChZVU0FHRV9HUk9VUF9CWV9TRVNTSU9OEAISGAoUVVNBR0VfR1JPVVBfQllfQUdFTlQQAxIYChRVU0FHRV9HUk9VUF9CWV9NT0RFTBAEMqoBCgxVc2FnZVNlcnZpY2USQwoIR2V0VXNhZ2USGi5hZ2VudGQudjEuR2V0VXNhZ2VSZXF1ZXN0GhsuYWdlbnRkLnYxLkdldFVzYWdlUmVzcG9uc2USVQoOTGlzdE1vZGVsQ2FsbHMSIC5hZ2VudGQudjEuTGlzdE1vZGVsQ2FsbHNSZXF1ZXN0GiEuYWdlbnRkLnYxLkxpc3RNb2RlbENhbGxzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChVhZ2VudGQvdjEvdXNhZ2UucHJvdG8SCWFnZW50ZC52MSKwAgoJTW9kZWxDYWxsEigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW1vZGVsGAIgASgJEgsKA2FwaRgDIAEoCRIOCgZzdGF0dXMYBCABKA0SFAoMaW5wdXRfdG9rZW5zGAUgASgEEhUKDW91dHB1dF90b2tlbnMYBiABKAQSGQoRY2FjaGVfcmVhZF90b2tlbnMYByABKAQSGgoSY2FjaGVfd3JpdGVfdG9rZW5zGAggASgEEhUKCGNvc3RfdXNkGAkgASgBSACIAQESEgoKbGF0ZW5jeV9tcxgKIAEoBBIOCgZqb2JfaWQYCyABKAkSEgoKc2Vzc2lvbl9pZBgMIAEoCRINCgVhZ2VudBgNIAEoCUILCglfY29zdF91c2QiKgoMRWdyZXNzRGVuaWVkEgwKBGhvc3QYASABKAkSDAoEcG9ydBgCIAEoDSKaAQoPR2V0VXNhZ2VSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghncm91cF9ieRgDIAEoDjIXLmFnZW50ZC52MS5Vc2FnZUdyb3VwQnkitwEKC1VzYWdlQnVja2V0EgsKA2tleRgBIAEoCRINCgVjYWxscxgCIAEoBBIUCgxpbnB1dF90b2tlbnMYAyABKAQSFQoNb3V0cHV0X3Rva2VucxgEIAEoBBIZChFjYWNoZV9yZWFkX3Rva2VucxgFIAEoBBIaChJjYWNoZV93cml0ZV90b2tlbnMYBiABKAQSEAoIY29zdF91c2QYByABKAESFgoOdW5wcmljZWRfY2FsbHMYCCABKAQiOwoQR2V0VXNhZ2VSZXNwb25zZRInCgdidWNrZXRzGAEgAygLMhYuYWdlbnRkLnYxLlVzYWdlQnVja2V0IicKFUxpc3RNb2RlbENhbGxzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPQoWTGlzdE1vZGVsQ2FsbHNSZXNwb25zZRIjCgVjYWxscxgBIAMoCzIULmFnZW50ZC52MS5Nb2RlbENhbGwqlgEKDFVzYWdlR3JvdXBCeRIeChpVU0FHRV9HUk9VUF9CWV9VTlNQRUNJRklFRBAAEhYKElVTQUdFX0dST1VQX0JZX0RBWRABEhoKFlVTQUdFX0dST1VQX0JZX1NFU1NJT04QAhIYChRVU0FHRV9HUk9VUF9CWV9BR0VOVBADEhgKFFVTQUdFX0dST1VQX0JZX01PREVMEAQyqgEKDFVzYWdlU2VydmljZRJDCghHZXRVc2FnZRIaLmFnZW50ZC52MS5HZXRVc2FnZVJlcXVlc3QaGy5hZ2VudGQudjEuR2V0VXNhZ2VSZXNwb25zZRJVCg5MaXN0TW9kZWxDYWxscxIgLmFnZW50ZC52MS5MaXN0TW9kZWxDYWxsc1JlcXVlc3QaIS5hZ2VudGQudjEuTGlzdE1vZGVsQ2FsbHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * One model call through the gateway.
@@ -110,6 +110,30 @@ export const ModelCallSchema: GenMessage<ModelCall> = /*@__PURE__*/
   messageDesc(file_agentd_v1_usage, 0);
 
 /**
+ * A connection the job's egress proxy refused (a JobEvent).
+ *
+ * @generated from message agentd.v1.EgressDenied
+ */
+export type EgressDenied = Message<"agentd.v1.EgressDenied"> & {
+  /**
+   * @generated from field: string host = 1;
+   */
+  host: string;
+
+  /**
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+};
+
+/**
+ * Describes the message agentd.v1.EgressDenied.
+ * Use `create(EgressDeniedSchema)` to create a new message.
+ */
+export const EgressDeniedSchema: GenMessage<EgressDenied> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_usage, 1);
+
+/**
  * @generated from message agentd.v1.GetUsageRequest
  */
 export type GetUsageRequest = Message<"agentd.v1.GetUsageRequest"> & {
@@ -140,7 +164,7 @@ export type GetUsageRequest = Message<"agentd.v1.GetUsageRequest"> & {
  * Use `create(GetUsageRequestSchema)` to create a new message.
  */
 export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_usage, 1);
+  messageDesc(file_agentd_v1_usage, 2);
 
 /**
  * Totals of one group.
@@ -201,7 +225,7 @@ export type UsageBucket = Message<"agentd.v1.UsageBucket"> & {
  * Use `create(UsageBucketSchema)` to create a new message.
  */
 export const UsageBucketSchema: GenMessage<UsageBucket> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_usage, 2);
+  messageDesc(file_agentd_v1_usage, 3);
 
 /**
  * @generated from message agentd.v1.GetUsageResponse
@@ -218,7 +242,7 @@ export type GetUsageResponse = Message<"agentd.v1.GetUsageResponse"> & {
  * Use `create(GetUsageResponseSchema)` to create a new message.
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_usage, 3);
+  messageDesc(file_agentd_v1_usage, 4);
 
 /**
  * @generated from message agentd.v1.ListModelCallsRequest
@@ -235,7 +259,7 @@ export type ListModelCallsRequest = Message<"agentd.v1.ListModelCallsRequest"> &
  * Use `create(ListModelCallsRequestSchema)` to create a new message.
  */
 export const ListModelCallsRequestSchema: GenMessage<ListModelCallsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_usage, 4);
+  messageDesc(file_agentd_v1_usage, 5);
 
 /**
  * @generated from message agentd.v1.ListModelCallsResponse
@@ -252,7 +276,7 @@ export type ListModelCallsResponse = Message<"agentd.v1.ListModelCallsResponse">
  * Use `create(ListModelCallsResponseSchema)` to create a new message.
  */
 export const ListModelCallsResponseSchema: GenMessage<ListModelCallsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_usage, 5);
+  messageDesc(file_agentd_v1_usage, 6);
 
 /**
  * @generated from enum agentd.v1.UsageGroupBy
