@@ -539,7 +539,16 @@ impl Config {
                     .map(str::to_owned)
                     .ok_or_else(|| bad(format!("agents.{name}.command is required")))?,
             };
-            sandboxes.insert(name.clone(), a.sandbox);
+            let own_sandbox = match a.gateway.is_some() {
+                // Behind the gateway, the job's network is the gateway's unless the profile says
+                // otherwise.
+                true => Some(sandbox::FileSandbox::default_network(
+                    a.sandbox,
+                    crate::runner::jail::Network::Gateway,
+                )),
+                false => a.sandbox,
+            };
+            sandboxes.insert(name.clone(), own_sandbox);
             if let Some(g) = a.gateway {
                 let up = crate::gateway::config::resolve_upstream(&name, a.kind, g).map_err(bad)?;
                 upstreams.insert(name.clone(), up);

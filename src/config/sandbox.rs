@@ -44,6 +44,15 @@ pub(super) struct FileSandbox {
     host_gid: Option<u32>,
 }
 
+impl FileSandbox {
+    /// The network a profile gets when its own table names none (gateway profiles: `gateway`).
+    pub(super) fn default_network(sandbox: Option<FileSandbox>, network: Network) -> FileSandbox {
+        let mut s = sandbox.unwrap_or_default();
+        s.network.get_or_insert(network);
+        s
+    }
+}
+
 /// One profile's effective jail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sandbox {
