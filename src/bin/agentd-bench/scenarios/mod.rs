@@ -2,6 +2,7 @@
 //! server) and returns its metrics.
 
 mod files;
+mod gateway;
 pub mod genuine;
 mod jobs;
 mod replicas;
@@ -88,6 +89,11 @@ pub const ALL: &[Scenario] = &[
         "sdk",
         sdk::sdk,
         "Python and TypeScript SDKs consuming a 200k-event job vs a bare one-event-per-message stream"
+    ),
+    scenario!(
+        "gateway",
+        gateway::gateway,
+        "a streamed model call through the model gateway vs straight to the same mock upstream, interleaved: first byte and whole stream p50; RSS growth under 100 concurrent streams"
     ),
     scenario!(
         "genuine",
