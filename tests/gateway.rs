@@ -165,6 +165,19 @@ for word in sys.argv[-1].split():
 print("done", flush=True)
 "#;
 
+/// A temp dir the jailed agent can read, holding [`PROBE_AGENT`] (its path is the second value).
+fn agent_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let script = dir.path().join("probe-agent");
+    std::fs::write(&script, PROBE_AGENT).expect("write agent");
+    (dir, script)
+}
+
 /// A gateway profile running [`PROBE_AGENT`] against `upstream`.
 fn probe_profile(name: &str, script: &Path, upstream: &str) -> String {
     let dir = script.parent().expect("dir").to_string_lossy().into_owned();
@@ -189,14 +202,7 @@ struct World {
 
 impl World {
     async fn new(extra_config: &str, args: &[&str]) -> World {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
-        let script = dir.path().join("probe-agent");
-        std::fs::write(&script, PROBE_AGENT).expect("write agent");
+        let (dir, script) = agent_dir();
         let mock = Mock::start(dir.path());
         let upstream = format!("http://{}", mock.addr);
         let gateway = format!("127.0.0.1:{}", free_port());
@@ -429,7 +435,6 @@ async fn a_token_works_only_for_its_own_profile_while_its_job_runs() {
     w.c.jobs
         .cancel_job(pb::CancelJobRequest {
             job_id: job.job_id.clone(),
-            ..Default::default()
         })
         .await
         .expect("cancel");
@@ -504,7 +509,6 @@ async fn jobs_over_their_budget_end_budget_exceeded_and_the_ledger_outlives_them
     w.c.sessions
         .delete_session(pb::DeleteSessionRequest {
             session_id: s.clone(),
-            ..Default::default()
         })
         .await
         .expect("delete");
@@ -621,14 +625,7 @@ async fn bad_upstream() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_hangs_times_out_and_garbage_passes_through_unmetered() {
     let bad = bad_upstream().await;
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let script = dir.path().join("probe-agent");
-    std::fs::write(&script, PROBE_AGENT).expect("write");
+    let (_dir, script) = agent_dir();
     let config = format!(
         "{}{}",
         probe_profile("hang", &script, &format!("http://{bad}/hang")),
@@ -924,14 +921,7 @@ async fn genuine_gemini_through_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_gateway_reaches_the_model_and_nothing_else() {
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let script = dir.path().join("probe-agent");
-    std::fs::write(&script, PROBE_AGENT).expect("write");
+    let (dir, script) = agent_dir();
     let mock = Mock::start(dir.path());
     let profile = probe_profile("closed", &script, &format!("http://{}", mock.addr)).replace(
         "[agents.closed.sandbox]\n",

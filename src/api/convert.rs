@@ -293,6 +293,25 @@ pub fn change(c: FileChange) -> pb::FileChange {
     }
 }
 
+/// A gateway model call (without its job, session and agent, which the caller adds when needed).
+pub fn model_call(c: crate::domain::ModelCall) -> pb::ModelCall {
+    pb::ModelCall {
+        time: Some(ts(c.time)),
+        model: c.model,
+        api: c.api,
+        status: c.status,
+        input_tokens: c.input_tokens,
+        output_tokens: c.output_tokens,
+        cache_read_tokens: c.cache_read_tokens,
+        cache_write_tokens: c.cache_write_tokens,
+        cost_usd: c.cost_usd,
+        latency_ms: c.latency_ms,
+        job_id: String::new(),
+        session_id: String::new(),
+        agent: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,24 +333,5 @@ mod tests {
                 .unwrap(),
             "a/b"
         );
-    }
-}
-
-/// A gateway model call (without its job, session and agent, which the caller adds when needed).
-pub fn model_call(c: crate::domain::ModelCall) -> pb::ModelCall {
-    pb::ModelCall {
-        time: Some(ts(c.time)),
-        model: c.model,
-        api: c.api,
-        status: c.status,
-        input_tokens: c.input_tokens,
-        output_tokens: c.output_tokens,
-        cache_read_tokens: c.cache_read_tokens,
-        cache_write_tokens: c.cache_write_tokens,
-        cost_usd: c.cost_usd,
-        latency_ms: c.latency_ms,
-        job_id: String::new(),
-        session_id: String::new(),
-        agent: String::new(),
     }
 }

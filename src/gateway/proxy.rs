@@ -26,33 +26,37 @@ pub const MAX_REQUEST_BYTES: usize = 32 << 20;
 
 type Out = Either<Full<Bytes>, Metered>;
 
-/// Accepts connections until `stop`; each connection is served on its own task.
+/// Accepts TCP connections until `stop`; each connection is served on its own task.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "gateway accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(gw.clone(), TokioIo::new(stream), stop.clone()));
-    }
+    accept_loop(gw, stop, || async {
+        let (s, _) = listener.accept().await?;
+        // Each SSE event is written whole: send it at once.
+        let _ = s.set_nodelay(true);
+        Ok(TokioIo::new(s))
+    })
+    .await
 }
 
 /// The same on agentd's unix socket, which jobs with `network = "gateway"` reach through their
 /// namespace's bridge.
 pub async fn serve_unix(gw: Arc<Gateway>, listener: UnixListener, stop: CancellationToken) {
+    accept_loop(gw, stop, || async {
+        Ok(TokioIo::new(listener.accept().await?.0))
+    })
+    .await
+}
+
+async fn accept_loop<IO, F, Fut>(gw: Arc<Gateway>, stop: CancellationToken, mut accept: F)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<IO>>,
+{
     loop {
-        let stream = tokio::select! {
+        let io = tokio::select! {
             _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+            accepted = accept() => match accepted {
+                Ok(io) => io,
                 Err(e) => {
                     tracing::warn!(error = %e, "gateway accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -60,7 +64,7 @@ pub async fn serve_unix(gw: Arc<Gateway>, listener: UnixListener, stop: Cancella
                 }
             },
         };
-        tokio::spawn(connection(gw.clone(), TokioIo::new(stream), stop.clone()));
+        tokio::spawn(connection(gw.clone(), io, stop.clone()));
     }
 }
 
