@@ -599,6 +599,30 @@ async fn concurrent_jobs_of_a_tenant_overspend_its_daily_budget_by_at_most_one_c
     assert_eq!(w.mock.posts().0 as u64, calls);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_budget_holds_across_its_jobs_and_only_for_it() {
+    let mut w = World::new("[budgets]\nsession_tokens = 200\n", &[]).await;
+    let (s1, s2) = (w.session().await, w.session().await);
+    let first = w.submit(&s1, "alpha", "calls=5").await;
+    let done = w.c.wait(&first.job_id).await;
+    assert_eq!(done.reason, "BUDGET_EXCEEDED", "{done:?}");
+    assert_eq!(
+        done.usage.expect("usage").input_tokens,
+        200,
+        "two calls of 120 tokens"
+    );
+    let second = w.submit(&s1, "alpha", "calls=1").await;
+    assert_eq!(w.c.wait(&second.job_id).await.reason, "BUDGET_EXCEEDED");
+    let elsewhere = w.submit(&s2, "alpha", "calls=1").await;
+    let done = w.c.wait(&elsewhere.job_id).await;
+    assert_eq!(
+        state(&done),
+        pb::JobState::Succeeded,
+        "another session has its own budget"
+    );
+    assert_eq!(w.mock.posts().0, 3);
+}
+
 /// An upstream that never answers (`/hang…`) or answers garbage (`/junk…`).
 async fn bad_upstream() -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -19,6 +19,7 @@ impl Core {
             since: since.unwrap_or(Timestamp(i64::MIN)),
             until: until.unwrap_or(Timestamp(i64::MAX)),
             group,
+            session: None,
         };
         if filter.since >= filter.until {
             return Err(Error::invalid(

@@ -43,6 +43,11 @@ pub struct Budgets {
     pub tenant_daily_tokens: u64,
     #[serde(default)]
     pub tenant_monthly_tokens: u64,
+    /// Over a session's whole life.
+    #[serde(default)]
+    pub session_usd: f64,
+    #[serde(default)]
+    pub session_tokens: u64,
 }
 
 /// The model API family an upstream speaks; decides how the key is sent and usage is read.

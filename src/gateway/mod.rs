@@ -220,18 +220,28 @@ impl Gateway {
         }
         let b = self.config.budgets;
         let now = Timestamp::now().micros();
-        for (since, usd_max, tok_max, period) in [
+        let session = Some(grant.session.clone());
+        for (whose, since, session, usd_max, tok_max) in [
             (
+                "tenant's daily",
                 day_start(now),
+                None,
                 b.tenant_daily_usd,
                 b.tenant_daily_tokens,
-                "daily",
             ),
             (
+                "tenant's monthly",
                 month_start(now),
+                None,
                 b.tenant_monthly_usd,
                 b.tenant_monthly_tokens,
-                "monthly",
+            ),
+            (
+                "session's",
+                i64::MIN,
+                session,
+                b.session_usd,
+                b.session_tokens,
             ),
         ] {
             if usd_max <= 0.0 && tok_max == 0 {
@@ -241,12 +251,15 @@ impl Gateway {
                 since: Timestamp(since),
                 until: Timestamp(i64::MAX),
                 group: None,
+                session,
             };
             let spent = match self.store.usage(&grant.tenant, &filter).await {
                 Ok(rows) => rows.into_iter().next().unwrap_or_default(),
                 // Fail closed: a budget that cannot be checked is not granted.
-                Err(e) => return Err(format!("the tenant's budget cannot be checked: {e}")),
+                Err(e) => return Err(format!("the budget cannot be checked: {e}")),
             };
+            // Calls that ended but are not in the ledger yet count too (all of the tenant's:
+            // for a session budget that errs on the safe side).
             let (pending_tokens, pending_usd) = self
                 .unledgered
                 .lock()
@@ -257,7 +270,7 @@ impl Gateway {
             if (usd_max > 0.0 && spent.cost_usd + pending_usd >= usd_max)
                 || (tok_max > 0 && spent.tokens() + pending_tokens >= tok_max)
             {
-                return Err(format!("the tenant's {period} budget is spent"));
+                return Err(format!("the {whose} budget is spent"));
             }
         }
         Ok(())

@@ -2002,6 +2002,7 @@ pub async fn ledger_outlives_sessions_and_groups_per_tenant(h: &dyn Harness) {
         since: Timestamp(i64::MIN),
         until: Timestamp(i64::MAX),
         group,
+        session: None,
     };
     let total = store.usage(&acme, &all(None)).await.unwrap();
     assert_eq!(total.len(), 1);
@@ -2038,14 +2039,32 @@ pub async fn ledger_outlives_sessions_and_groups_per_tenant(h: &dyn Harness) {
         since: Timestamp(2 * DAY),
         until: Timestamp(3 * DAY),
         group: None,
+        session: None,
     };
     assert_eq!(store.usage(&acme, &day2).await.unwrap()[0].calls, 1);
     let none = UsageFilter {
         since: Timestamp(10 * DAY),
         until: Timestamp(11 * DAY),
         group: None,
+        session: None,
     };
     assert!(store.usage(&acme, &none).await.unwrap().is_empty());
+    let of_session = |session: &Session| UsageFilter {
+        session: Some(session.id.clone()),
+        ..all(None)
+    };
+    assert_eq!(
+        store.usage(&acme, &of_session(&s)).await.unwrap()[0].calls,
+        3
+    );
+    assert!(
+        store
+            .usage(&acme, &of_session(&other))
+            .await
+            .unwrap()
+            .is_empty(),
+        "other tenant's session"
+    );
     assert!(
         store
             .usage(&tenant("nobody"), &all(None))

@@ -330,6 +330,8 @@ pub struct UsageFilter {
     pub since: Timestamp,
     pub until: Timestamp,
     pub group: Option<UsageGroup>,
+    /// Only this session's calls.
+    pub session: Option<SessionId>,
 }
 
 /// Totals of a group of ledger rows.
@@ -353,8 +355,8 @@ impl UsageBucket {
     }
 }
 
-/// The SQL every backend runs for [`Store::usage`], with `$1` tenant, `$2` since, `$3` until
-/// (SQLite reads `$n` as numbered parameters too).
+/// The SQL every backend runs for [`Store::usage`], with `$1` tenant, `$2` since, `$3` until,
+/// `$4` the session or `''` for all (SQLite reads `$n` as numbered parameters too).
 pub fn usage_sql(group: Option<UsageGroup>) -> String {
     let sum = |c: &str| format!("CAST(coalesce(sum({c}), 0) AS BIGINT)");
     let (key, group_by) = match group {
@@ -364,7 +366,8 @@ pub fn usage_sql(group: Option<UsageGroup>) -> String {
     format!(
         "SELECT {key} AS k, count(*), {}, {}, {}, {}, \
          CAST(coalesce(sum(cost_usd), 0) AS DOUBLE PRECISION), count(*) - count(cost_usd) \
-         FROM model_calls WHERE tenant = $1 AND time >= $2 AND time < $3{group_by} \
+         FROM model_calls WHERE tenant = $1 AND time >= $2 AND time < $3 \
+         AND ($4 = '' OR session_id = $4){group_by} \
          HAVING count(*) > 0 ORDER BY 1",
         sum("input_tokens"),
         sum("output_tokens"),

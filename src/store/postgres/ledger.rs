@@ -47,7 +47,12 @@ pub(super) async fn usage(
     let rows = store
         .query(
             &sql,
-            &[&tenant.as_str(), &f.since.micros(), &f.until.micros()],
+            &[
+                &tenant.as_str(),
+                &f.since.micros(),
+                &f.until.micros(),
+                &f.session.as_ref().map_or("", |s| s.as_str()),
+            ],
         )
         .await?;
     rows.iter()

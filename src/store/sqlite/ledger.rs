@@ -50,7 +50,12 @@ pub(super) fn usage(
     let mut st = conn.prepare_cached(&usage_sql(f.group)).map_err(db)?;
     let rows = st
         .query_map(
-            params![tenant.as_str(), f.since.micros(), f.until.micros()],
+            params![
+                tenant.as_str(),
+                f.since.micros(),
+                f.until.micros(),
+                session(f)
+            ],
             |r| {
                 Ok(UsageBucket {
                     key: r.get(0)?,
@@ -66,6 +71,10 @@ pub(super) fn usage(
         )
         .map_err(db)?;
     rows.collect::<Result<_, _>>().map_err(db)
+}
+
+fn session(f: &UsageFilter) -> &str {
+    f.session.as_ref().map_or("", |s| s.as_str())
 }
 
 pub(super) fn model_calls(
