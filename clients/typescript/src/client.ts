@@ -27,6 +27,12 @@ import {
 } from "./gen/agentd/v1/job_pb.js";
 import { ServerInfoService, type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
 import { SessionService, type Session } from "./gen/agentd/v1/session_pb.js";
+import {
+  UsageGroupBy,
+  UsageService,
+  type ModelCall,
+  type UsageBucket,
+} from "./gen/agentd/v1/usage_pb.js";
 import { AgentdError, errorInterceptor, toAgentdError } from "./errors.js";
 
 /** Upload chunk size: the server accepts at most 1 MiB per chunk. */
@@ -230,6 +236,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
   const jobs: Client<typeof JobService> = createClient(JobService, transport);
   const files: Client<typeof FileService> = createClient(FileService, transport);
   const server: Client<typeof ServerInfoService> = createClient(ServerInfoService, transport);
+  const usage: Client<typeof UsageService> = createClient(UsageService, transport);
 
   async function upload(sessionId: string, entries: UploadEntry[]): Promise<FileInfo[]> {
     async function* requests(): AsyncIterable<MessageInitShape<typeof UploadFilesRequestSchema>> {
@@ -303,6 +310,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     jobs,
     files,
     server,
+    usage,
     transport,
     baseUrl,
 
@@ -314,6 +322,25 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     /** The server's version, agents (with availability) and limits. */
     async serverInfo(): Promise<GetServerInfoResponse> {
       return server.getServerInfo({});
+    },
+
+    /** The caller's model usage from the ledger over [start, end), grouped (default: one total). */
+    async getUsage(
+      opts: { groupBy?: UsageGroupBy; start?: Date; end?: Date } = {},
+    ): Promise<UsageBucket[]> {
+      const ts = (d?: Date) =>
+        d && { seconds: BigInt(Math.floor(d.getTime() / 1000)), nanos: (d.getTime() % 1000) * 1e6 };
+      const res = await usage.getUsage({
+        groupBy: opts.groupBy ?? UsageGroupBy.UNSPECIFIED,
+        startTime: ts(opts.start),
+        endTime: ts(opts.end),
+      });
+      return res.buckets;
+    },
+
+    /** Every model call of a job through the gateway (model, tokens, cost, latency, status). */
+    async listModelCalls(jobId: string): Promise<ModelCall[]> {
+      return (await usage.listModelCalls({ jobId })).calls;
     },
 
     // ---- sessions ---------------------------------------------------------------------------

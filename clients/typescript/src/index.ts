@@ -4,6 +4,7 @@ export * from "./gen/agentd/v1/session_pb.js";
 export * from "./gen/agentd/v1/job_pb.js";
 export * from "./gen/agentd/v1/file_pb.js";
 export * from "./gen/agentd/v1/server_info_pb.js";
+export * from "./gen/agentd/v1/usage_pb.js";
 export {
   CHUNK_SIZE,
   FINAL_STATES,

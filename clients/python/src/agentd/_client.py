@@ -27,6 +27,8 @@ from agentd.v1 import (
     server_info_pb2_grpc,
     session_pb2,
     session_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 
 _T = TypeVar("_T")
@@ -182,6 +184,7 @@ class Client:
         self.jobs = job_pb2_grpc.JobServiceStub(self.channel)
         self.files = file_pb2_grpc.FileServiceStub(self.channel)
         self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
+        self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
 
     def close(self) -> None:
         self._raw_channel.close()
@@ -201,6 +204,19 @@ class Client:
         """The server's version, agents (with availability) and limits."""
         req = server_info_pb2.GetServerInfoRequest()
         return _call(lambda: self.server.GetServerInfo(req))
+
+    def get_usage(
+        self, group_by: int = 0, *, start_seconds: int | None = None, end_seconds: int | None = None
+    ) -> list[usage_pb2.UsageBucket]:
+        """The caller's model usage from the ledger over [start, end) (Unix seconds), grouped by
+        ``usage_pb2.USAGE_GROUP_BY_*`` (default: one total)."""
+        req = _common.usage_request(group_by, start_seconds, end_seconds)
+        return list(_call(lambda: self.usage.GetUsage(req)).buckets)
+
+    def list_model_calls(self, job_id: str) -> list[usage_pb2.ModelCall]:
+        """Every model call of a job through the gateway (model, tokens, cost, latency, status)."""
+        req = usage_pb2.ListModelCallsRequest(job_id=job_id)
+        return list(_call(lambda: self.usage.ListModelCalls(req)).calls)
 
     # ---- sessions -------------------------------------------------------------------------
 

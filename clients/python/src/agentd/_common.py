@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import grpc
 
 from agentd._errors import AgentdError, InternalError, InvalidArgumentError
-from agentd.v1 import file_pb2, job_pb2
+from agentd.v1 import file_pb2, job_pb2, usage_pb2
 
 #: Upload chunk size: the server accepts at most 1 MiB per chunk.
 CHUNK_SIZE = 1 << 20
@@ -246,3 +246,15 @@ def output_paths(outputs: file_pb2.GetJobOutputsResponse) -> list[str]:
         if c.kind in (file_pb2.CHANGE_KIND_ADDED, file_pb2.CHANGE_KIND_MODIFIED)
         and c.file.type == file_pb2.FILE_TYPE_REGULAR
     ]
+
+
+def usage_request(
+    group_by: int, start_seconds: int | None, end_seconds: int | None
+) -> usage_pb2.GetUsageRequest:
+    """A GetUsage request; unset bounds leave the range open on that side."""
+    req = usage_pb2.GetUsageRequest(group_by=usage_pb2.UsageGroupBy.ValueType(group_by))
+    if start_seconds is not None:
+        req.start_time.seconds = start_seconds
+    if end_seconds is not None:
+        req.end_time.seconds = end_seconds
+    return req
