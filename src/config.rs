@@ -793,6 +793,15 @@ impl std::fmt::Display for Config {
                 }
             )?;
         }
+        for (name, up) in &self.gateway.upstreams {
+            // The URL may carry credentials like a store URL; the key never prints.
+            writeln!(
+                f,
+                "gateway {name} = {} api {}, key <redacted>",
+                redact_url(&up.url),
+                up.api.as_str()
+            )?;
+        }
         for (name, s) in &self.sandbox.profiles {
             writeln!(f, "sandbox {name} = {s:?}")?;
         }

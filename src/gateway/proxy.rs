@@ -154,29 +154,9 @@ async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Out> {
             &message,
         );
     }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return refuse(
-                api,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                "request body over the gateway's limit or cut off",
-            );
-        }
-    };
-    let asked = model_asked(&body, &rest);
-    let out = match outgoing(
-        &up,
-        &rest,
-        parts.uri.query(),
-        parts.method,
-        &parts.headers,
-        body,
-    ) {
-        Ok(r) => r,
-        Err(m) => return refuse(api, StatusCode::BAD_REQUEST, "invalid_request_error", &m),
+    let (out, asked) = match prepare(&up, &rest, req).await {
+        Ok(x) => x,
+        Err(refusal) => return *refusal,
     };
     let start = Instant::now();
     let mut call = Call {
@@ -212,6 +192,45 @@ async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Out> {
             )
         }
     }
+}
+
+/// Reads the agent's request (bounded) into the upstream's, and the model it asks for.
+async fn prepare(
+    up: &super::Upstream,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Result<(Request<Full<Bytes>>, String), Box<Response<Out>>> {
+    let api = up.api;
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(Box::new(refuse(
+                api,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "request body over the gateway's limit or cut off",
+            )));
+        }
+    };
+    let asked = model_asked(&body, rest);
+    outgoing(
+        up,
+        rest,
+        parts.uri.query(),
+        parts.method,
+        &parts.headers,
+        body,
+    )
+    .map(|out| (out, asked))
+    .map_err(|m| {
+        Box::new(refuse(
+            api,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &m,
+        ))
+    })
 }
 
 /// Headers a proxy must not forward (hop-by-hop), and every header that could carry a key.
