@@ -558,7 +558,8 @@ async fn jobs_over_their_budget_end_budget_exceeded_and_the_ledger_outlives_them
 async fn concurrent_jobs_of_a_tenant_overspend_its_daily_budget_by_at_most_one_call_each() {
     let prices = "[prices.\"mock-model\"]\ninput_per_mtok = 1000.0\noutput_per_mtok = 5000.0\n\
                   [budgets]\ntenant_daily_usd = 0.5\n";
-    let mut w = World::new(prices, &[]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut w = World::new(prices, &["--metrics-listen", &metrics]).await;
     // 100 input + 20 output tokens = $0.2 a call: the third call of the day spends the budget.
     let (s1, s2) = (w.session().await, w.session().await);
     let j1 = w.submit(&s1, "alpha", "calls=20").await;
@@ -593,6 +594,17 @@ async fn concurrent_jobs_of_a_tenant_overspend_its_daily_budget_by_at_most_one_c
         .into_inner()
         .buckets;
     assert_eq!(by_agent.iter().map(|b| b.calls).sum::<u64>(), calls);
+    let page = scrape(&metrics).await;
+    let series = "{tenant=\"a\",model=\"mock-model\"}";
+    let calls_metric = sample(&page, &format!("agentd_gateway_model_calls_total{series}"));
+    let tokens_metric = sample(&page, &format!("agentd_gateway_tokens_total{series}"));
+    let cost_metric = sample(&page, &format!("agentd_gateway_cost_usd_total{series}"));
+    assert_eq!(
+        (calls_metric, tokens_metric),
+        (calls as f64, 120.0 * calls as f64),
+        "{page}"
+    );
+    assert!((cost_metric - 0.2 * calls as f64).abs() < 1e-9, "{page}");
     // A new job of the tenant is refused at its first call.
     let j3 = w.submit(&s1, "alpha", "calls=1").await;
     assert_eq!(w.c.wait(&j3.job_id).await.reason, "BUDGET_EXCEEDED");
@@ -621,6 +633,90 @@ async fn a_session_budget_holds_across_its_jobs_and_only_for_it() {
         "another session has its own budget"
     );
     assert_eq!(w.mock.posts().0, 3);
+}
+
+/// An upstream that sends its first SSE event, then the rest only once `go` fires.
+async fn held_upstream(go: tokio::sync::oneshot::Receiver<()>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = vec![0u8; 65536];
+        let _ = s.read(&mut buf).await;
+        let first = "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":7}}}\n\n";
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+            first.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("head");
+        let _ = go.await;
+        let last = "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n";
+        let tail = format!("{:x}\r\n{last}\r\n0\r\n\r\n", last.len());
+        let _ = s.write_all(tail.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pass_through_as_they_arrive_and_are_metered_at_the_end() {
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+    let held = held_upstream(go_rx).await;
+    let (_dir, script) = agent_dir();
+    let gateway = format!("127.0.0.1:{}", free_port());
+    let server = TestServer::start_with(Options {
+        config: Some(probe_profile("held", &script, &format!("http://{held}"))),
+        args: vec!["--gateway-listen".into(), gateway.clone()],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await.session_id;
+    let job = c.submit_to(&s, "held", "token sleep=120").await;
+    let mut token = String::new();
+    for _ in 0..600 {
+        if let Ok(b) = c.download(&s, "token.txt").await {
+            token = String::from_utf8(b).expect("utf8");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = token.lines().next().expect("token").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&gateway)
+        .await
+        .expect("connect");
+    let req = format!(
+        "POST /gw/held/v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+        HELLO.len(),
+        String::from_utf8_lossy(HELLO)
+    );
+    conn.write_all(req.as_bytes()).await.expect("write");
+    // The first event arrives while the upstream still holds the rest: nothing is buffered.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("message_start") {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the gateway closed before the first event");
+        got.extend_from_slice(&buf[..n]);
+    }
+    go_tx.send(()).expect("release the upstream");
+    while !String::from_utf8_lossy(&got).contains("\r\n0\r\n\r\n") {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the stream ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    c.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let events = c.events(&job.job_id, 0).await;
+    let calls = model_calls(&events);
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!((calls[0].input_tokens, calls[0].output_tokens), (7, 3));
 }
 
 /// An upstream that never answers (`/hang…`) or answers garbage (`/junk…`).
