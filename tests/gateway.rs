@@ -1099,3 +1099,27 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
         "{events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genuine_claude_sees_an_upstream_error_as_the_provider_sent_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mock = Mock::start(dir.path());
+    let server = TestServer::start_with(Options {
+        config: Some(genuine_profile("claude", &mock.addr)),
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await.session_id;
+    let job = c.submit_to(&s, "claude", "error 500").await;
+    let events = tokio::time::timeout(Duration::from_secs(240), c.events(&job.job_id, 0))
+        .await
+        .expect("job within 240s");
+    let job = c.get_job(&job.job_id).await;
+    assert_eq!(state(&job), pb::JobState::Failed, "{job:?}");
+    assert!(
+        job.error_message.contains("mock model failure 500"),
+        "{job:?}"
+    );
+    let calls = model_calls(&events);
+    assert!(calls.iter().any(|c| c.status == 500), "{calls:?}");
+}
