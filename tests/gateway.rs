@@ -823,6 +823,19 @@ async fn job_env_that_would_route_around_the_gateway_is_refused() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}");
         assert_eq!(reason(&err), "FORBIDDEN_ENV", "{name}");
     }
+    // A budget for an agent whose calls do not go through the gateway could never hold.
+    let err =
+        w.c.jobs
+            .submit_job(pb::SubmitJobRequest {
+                session_id: s.clone(),
+                agent: "claude".into(),
+                prompt: "x".into(),
+                max_tokens: 10,
+                ..Default::default()
+            })
+            .await
+            .expect_err("budget without a gateway");
+    assert_eq!(reason(&err), "UNSUPPORTED_OPTION");
     let _ = &w.dir;
 }
 

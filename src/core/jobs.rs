@@ -281,6 +281,22 @@ impl Core {
             budget: budget(req.max_cost_usd, req.max_tokens)?,
         };
         crate::agents::validate(profile, &spec)?;
+        let budgeted = spec.budget.max_cost_usd.is_some() || spec.budget.max_tokens.is_some();
+        if budgeted && !self.config.gateway.upstreams.contains_key(&spec.agent) {
+            // Only calls through the gateway are metered: a budget elsewhere would never hold.
+            let field = match spec.budget.max_cost_usd {
+                Some(_) => "max_cost_usd",
+                None => "max_tokens",
+            };
+            return Err(Error::invalid(
+                Reason::UnsupportedOption,
+                field,
+                format!(
+                    "agent {:?} has no [gateway]: its model calls cannot be budgeted",
+                    spec.agent
+                ),
+            ));
+        }
         if self.is_deleting(&session.id) {
             return Err(Error::session_not_found(&req.session_id));
         }
