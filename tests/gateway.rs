@@ -312,6 +312,18 @@ async fn post(addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> 
     (status, body)
 }
 
+/// The token a running `token sleep=…` job of `session` wrote (polled until it appears).
+async fn running_token(c: &mut Clients, session: &str) -> String {
+    for _ in 0..600 {
+        if let Ok(b) = c.download(session, "token.txt").await {
+            let text = String::from_utf8(b).expect("utf8");
+            return text.lines().next().expect("token line").to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the job never wrote its token")
+}
+
 const HELLO: &[u8] =
     br#"{"model":"mock-model","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -399,19 +411,7 @@ async fn a_token_works_only_for_its_own_profile_while_its_job_runs() {
     let mut w = World::new("", &[]).await;
     let s = w.session().await;
     let job = w.submit(&s, "alpha", "token sleep=120").await;
-    let mut token = String::new();
-    for _ in 0..600 {
-        if let Ok(b) = w.c.download(&s, "token.txt").await {
-            token = String::from_utf8(b).expect("utf8");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let token = token
-        .lines()
-        .next()
-        .expect("the job wrote its token")
-        .to_owned();
+    let token = running_token(&mut w.c, &s).await;
     let auth = [("x-api-key", token.as_str())];
     let (st, body) = post(&w.gateway, "/gw/beta/v1/messages", &auth, HELLO).await;
     assert_eq!(st, 401, "another profile's token: {body}");
@@ -674,15 +674,7 @@ async fn streams_pass_through_as_they_arrive_and_are_metered_at_the_end() {
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await.session_id;
     let job = c.submit_to(&s, "held", "token sleep=120").await;
-    let mut token = String::new();
-    for _ in 0..600 {
-        if let Ok(b) = c.download(&s, "token.txt").await {
-            token = String::from_utf8(b).expect("utf8");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let token = token.lines().next().expect("token").to_owned();
+    let token = running_token(&mut c, &s).await;
     let mut conn = tokio::net::TcpStream::connect(&gateway)
         .await
         .expect("connect");
