@@ -87,7 +87,7 @@ impl Outcome {
     pub fn reason(&self) -> &'static str {
         match self {
             Outcome::LimitExceeded { .. } => "LIMIT_EXCEEDED",
-            Outcome::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
+            Outcome::BudgetExceeded { .. } => Reason::BudgetExceeded.as_str(),
             _ => "",
         }
     }
