@@ -53,6 +53,10 @@ pub enum Reason {
     RequestIdConflict,
     // INTERNAL
     Internal,
+    // NOT_FOUND: an UploadFileChunk upload id that is not (or no longer) staged.
+    UploadNotFound,
+    // RESOURCE_EXHAUSTED: too many UploadFileChunk uploads staged at once by one tenant.
+    TooManyUploads,
 }
 
 impl Reason {
@@ -93,6 +97,8 @@ impl Reason {
             Reason::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
             Reason::RequestIdConflict => "REQUEST_ID_CONFLICT",
             Reason::Internal => "INTERNAL",
+            Reason::UploadNotFound => "UPLOAD_NOT_FOUND",
+            Reason::TooManyUploads => "TOO_MANY_UPLOADS",
         }
     }
 }
