@@ -55,7 +55,7 @@ export function Files({ api, sessionId }: { api: Api; sessionId: string }) {
         Files <span class="mono">/{dir}</span>
       </h3>
       <ErrorLine error={list.error ?? error} />
-      <table class="list">
+      <table class="list" aria-label={`Files in /${dir}`}>
         <tbody>
           {dir && (
             <tr>
