@@ -221,6 +221,21 @@ pub struct OpsArgs {
     /// when unset, so only same-origin pages (or a proxy) can use gRPC-Web.
     #[arg(long, env = "AGENTD_GRPC_WEB_ALLOW_ORIGINS", requires = "grpc_web")]
     pub grpc_web_allow_origins: Option<String>,
+    /// Serve the web console (a browser client of this API over gRPC-Web, which it turns on) at
+    /// `/`. Default: on when `--listen` is a loopback address, off elsewhere; `--console=false`
+    /// turns it off.
+    #[arg(
+        long,
+        env = "AGENTD_CONSOLE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub console: Option<bool>,
+    /// Serve the console on this extra address instead of `--listen` (with the API beside it, so
+    /// the page's calls stay same-origin).
+    #[arg(long, env = "AGENTD_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
 }
 
 /// How log lines are written.
@@ -351,6 +366,10 @@ pub struct Transport {
     pub send_gzip: bool,
     /// Origins allowed for cross-origin gRPC-Web; `*` means any.
     pub grpc_web_allow_origins: Vec<String>,
+    /// Serve the web console's assets (implies `grpc_web`).
+    pub console: bool,
+    /// The console's own listener; unset: the console is served on `listen`.
+    pub console_listen: Option<SocketAddr>,
 }
 
 /// The validated configuration of a server. `Debug` prints the redacted `Display` form.
@@ -647,6 +666,21 @@ impl Config {
                 )));
             }
         }
+        let console = match (args.ops.console, args.ops.console_listen) {
+            (Some(false), Some(_)) => {
+                return Err(bad(
+                    "--console-listen needs the console on (not --console=false)",
+                ));
+            }
+            (_, Some(c)) if c == args.listen || args.ops.metrics_listen == Some(c) => {
+                return Err(bad(format!(
+                    "--console-listen {c} is already in use by another listener"
+                )));
+            }
+            (Some(on), _) => on,
+            (None, Some(_)) => true,
+            (None, None) => args.listen.ip().is_loopback(),
+        };
         let transport = Transport {
             tls,
             keepalive_interval: (args.ops.http2_keepalive_interval_seconds > 0)
@@ -657,9 +691,11 @@ impl Config {
             max_connection_age_grace: Duration::from_secs(
                 args.ops.max_connection_age_grace_seconds,
             ),
-            grpc_web: args.ops.grpc_web,
+            grpc_web: args.ops.grpc_web || console,
             send_gzip: args.ops.send_gzip,
             grpc_web_allow_origins,
+            console,
+            console_listen: args.ops.console_listen,
         };
         // Absolute, because agents run with their workspace as cwd and HOME under the data dir:
         // a relative HOME would resolve inside the workspace.
@@ -993,5 +1029,28 @@ sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         assert!(parse(&["--default-agent", "nope"]).is_err());
         assert!(parse(&["--api-keys", "nokey"]).is_err());
         assert!(parse(&["--api-keys", "a:short"]).is_err());
+    }
+
+    #[test]
+    fn the_console_is_on_by_default_on_loopback_only() {
+        let cfg = parse(&[]).unwrap();
+        assert!(cfg.transport.console && cfg.transport.grpc_web);
+        let open = ["--listen", "0.0.0.0:50051", "--insecure-no-auth"];
+        let cfg = parse(&open).unwrap();
+        assert!(!cfg.transport.console && !cfg.transport.grpc_web);
+        let cfg = parse(&[&open[..], &["--console"]].concat()).unwrap();
+        assert!(cfg.transport.console && cfg.transport.grpc_web);
+        let cfg = parse(&["--console=false"]).unwrap();
+        assert!(!cfg.transport.console && !cfg.transport.grpc_web);
+        let cfg = parse(&["--console-listen", "127.0.0.1:8080"]).unwrap();
+        assert_eq!(
+            cfg.transport.console_listen,
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert!(cfg.transport.console);
+        let err = parse(&["--console=false", "--console-listen", "127.0.0.1:8080"]).unwrap_err();
+        assert!(err.to_string().contains("--console-listen"), "{err}");
+        let err = parse(&["--console-listen", "127.0.0.1:50051"]).unwrap_err();
+        assert!(err.to_string().contains("already in use"), "{err}");
     }
 }

@@ -55,6 +55,10 @@ pub enum Reason {
     Internal,
     // A job's final reason (not an RPC error): a model budget was spent.
     BudgetExceeded,
+    // NOT_FOUND: an UploadFileChunk upload id that is not (or no longer) staged.
+    UploadNotFound,
+    // RESOURCE_EXHAUSTED: too many UploadFileChunk uploads staged at once by one tenant.
+    TooManyUploads,
 }
 
 impl Reason {
@@ -96,6 +100,8 @@ impl Reason {
             Reason::RequestIdConflict => "REQUEST_ID_CONFLICT",
             Reason::Internal => "INTERNAL",
             Reason::BudgetExceeded => "BUDGET_EXCEEDED",
+            Reason::UploadNotFound => "UPLOAD_NOT_FOUND",
+            Reason::TooManyUploads => "TOO_MANY_UPLOADS",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! cli/           the client subcommands (run, sessions, jobs, files, agents) over the generated clients
 //! config         clap + TOML configuration, validated once; secrets redacted when printed
 //! server         mounts services, health, reflection, auth; transport (TLS, gRPC-Web); serves
+//! console        the web console: its built pages embedded, served for GETs beside the gRPC services
 //! health         store probes behind grpc.health (a read and a write, each on its own schedule;
 //!                NOT_SERVING after N consecutive failures); the queued-jobs gauge
 //! telemetry      Prometheus metrics + listener; per-RPC span, request id and metrics; traceparent
@@ -35,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod domain;
 pub mod error;

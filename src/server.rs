@@ -4,7 +4,8 @@
 //! order documented in `shutdown`.
 //!
 //! It also owns the transport: h2c or TLS/mTLS (rustls), HTTP/2 keepalive and maximum connection
-//! age, gzip, optional gRPC-Web (+ CORS), the per-RPC telemetry layer, the metrics listener, and
+//! age, gzip, optional gRPC-Web (+ CORS), the web console's pages (`console`) and its optional
+//! listener, the per-RPC telemetry layer, the metrics listener, and
 //! the store probes (`health`) that turn health NOT_SERVING while the store is unusable.
 
 use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi, UsageApi};
@@ -53,6 +54,11 @@ pub enum ServeError {
     },
     #[error("cannot listen for the model gateway on {addr}: {source}")]
     Gateway {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for the console on {addr}: {source}")]
+    Console {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -281,9 +287,22 @@ pub async fn serve(
     if let Some(files) = &t.tls {
         builder = builder.tls_config(tls_config(files).await?)?;
     }
-    // Outermost first: CORS answers preflights, gRPC-Web translates to gRPC, and the telemetry
-    // layer then sees every call as plain gRPC.
+    let console_listener = match t.console_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Console { addr, source })?,
+        ),
+        None => None,
+    };
+    let console_only_on = console_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Outermost first: the console answers GETs (gRPC is always POST), CORS answers preflights,
+    // gRPC-Web translates to gRPC, and the telemetry layer then sees every call as plain gRPC.
     let router = builder
+        .layer(crate::console::ConsoleLayer::new(
+            t.console,
+            console_only_on,
+        ))
         .layer(tower::util::option_layer(cors_layer(t)))
         .layer(tower::util::option_layer(
             t.grpc_web.then(tonic_web::GrpcWebLayer::new),
@@ -342,8 +361,27 @@ pub async fn serve(
     // Nagle's algorithm would hold each small event message back until the previous one is
     // acknowledged (tens of ms on a live stream): every message is written whole, so send at once.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let console_stop = CancellationToken::new();
+    if let Some(listener) = console_listener {
+        // The same services (and the API keys they check) beside the pages, so the console's
+        // calls are same-origin; it stops with the main listener.
+        tracing::info!(addr = ?console_only_on, "serving the console");
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = console_stop.clone();
+        let console_router = router.clone();
+        shutdown.spawn(async move {
+            if let Err(e) = console_router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "console listener failed");
+            }
+        });
+    }
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = server_stopped.await;
+        console_stop.cancel();
     }));
     tracing::info!("serving");
     ready();

@@ -438,7 +438,11 @@ async fn grpc_web_requests_succeed() {
 
 #[tokio::test]
 async fn grpc_web_is_off_by_default() {
-    let server = TestServer::start();
+    // The web console (on by default on loopback) needs gRPC-Web; without it, it stays off.
+    let server = TestServer::start_with(Options {
+        args: vec!["--console=false".into()],
+        ..Default::default()
+    });
     let resp = raw_http(
         &server.addr,
         &grpc_web_request("/grpc.health.v1.Health/Check", b"", ""),

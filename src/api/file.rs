@@ -1,7 +1,8 @@
-//! `agentd.v1.FileService`: streamed uploads and downloads, listings, job outputs, deletion.
+//! `agentd.v1.FileService`: streamed uploads and downloads, uploads in unary pieces (for
+//! gRPC-Web), listings, job outputs, deletion.
 
 use super::{convert, tenant};
-use crate::core::Core;
+use crate::core::{Core, Piece, PiecedUploads};
 use crate::error::{Error, Reason};
 use crate::pb;
 use crate::pb::file_service_server::FileService;
@@ -17,11 +18,25 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct FileApi {
     core: Arc<Core>,
+    /// UploadFileChunk's uploads in progress.
+    pieces: PiecedUploads,
 }
 
 impl FileApi {
     pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+        Self {
+            core,
+            pieces: PiecedUploads::default(),
+        }
+    }
+}
+
+fn upload_header(h: pb::UploadFileHeader) -> UploadHeader {
+    UploadHeader {
+        path: h.path,
+        mode: h.mode,
+        size: h.size,
+        sha256: (!h.sha256.is_empty()).then_some(h.sha256),
     }
 }
 
@@ -81,14 +96,7 @@ impl FileService for FileApi {
             }
             match msg.part {
                 Some(pb::upload_files_request::Part::Header(h)) => {
-                    upload
-                        .start_file(UploadHeader {
-                            path: h.path,
-                            mode: h.mode,
-                            size: h.size,
-                            sha256: (!h.sha256.is_empty()).then_some(h.sha256),
-                        })
-                        .await?;
+                    upload.start_file(upload_header(h)).await?;
                 }
                 Some(pb::upload_files_request::Part::Chunk(c)) => {
                     if c.len() > CHUNK_BYTES {
@@ -247,5 +255,36 @@ impl FileService for FileApi {
             .delete_file(&tenant, &r.session_id, &r.path, r.recursive)
             .await?;
         Ok(Response::new(pb::DeleteFileResponse { deleted_files: n }))
+    }
+
+    async fn upload_file_chunk(
+        &self,
+        req: Request<pb::UploadFileChunkRequest>,
+    ) -> Result<Response<pb::UploadFileChunkResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        if r.chunk.len() > CHUNK_BYTES {
+            return Err(Error::invalid(
+                Reason::InvalidField,
+                "chunk",
+                format!("chunks must be at most 1 MiB, got {} bytes", r.chunk.len()),
+            )
+            .into());
+        }
+        let n = r.chunk.len();
+        let piece = Piece {
+            session_id: r.session_id,
+            upload_id: r.upload_id,
+            header: r.header.map(upload_header),
+            offset: r.offset,
+            chunk: r.chunk,
+            last: r.last,
+        };
+        let done = self.pieces.put(&self.core, &tenant, piece).await?;
+        crate::telemetry::metrics().uploaded(n);
+        Ok(Response::new(pb::UploadFileChunkResponse {
+            received: done.received,
+            file: done.file.map(convert::file),
+        }))
     }
 }

@@ -14,6 +14,7 @@ mod files;
 mod info;
 mod jail;
 mod jobs;
+mod pieces;
 mod reaper;
 mod replicas;
 mod run;
@@ -24,6 +25,7 @@ pub use env::ENV_ALLOWLIST;
 pub use files::UploadSink;
 pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
+pub use pieces::{Piece, PieceDone, PiecedUploads};
 pub use sessions::{CreateSession, SessionView};
 
 use crate::config::Config;

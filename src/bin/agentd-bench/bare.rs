@@ -317,4 +317,11 @@ impl FileService for Files {
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
         unimplemented()
     }
+
+    async fn upload_file_chunk(
+        &self,
+        _: Request<pb::UploadFileChunkRequest>,
+    ) -> Result<Response<pb::UploadFileChunkResponse>, Status> {
+        unimplemented()
+    }
 }

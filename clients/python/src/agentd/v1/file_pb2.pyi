@@ -490,3 +490,77 @@ class DeleteFileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteFileResponse: _TypeAlias = DeleteFileResponse  # noqa: Y015
+
+@_typing.final
+class UploadFileChunkRequest(_message.Message):
+    """Request for FileService.UploadFileChunk: one piece of a one-file upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session to upload into (the same on every piece)."""
+    upload_id: _builtins.str
+    """Names the upload: chosen by the client (a UUID), the same on every piece."""
+    offset: _builtins.int
+    """How many bytes of the file earlier pieces carried; a piece at any other offset is refused
+    with OUT_OF_RANGE (OFFSET_OUT_OF_RANGE), so a retried piece is detected, never doubled.
+    """
+    chunk: _builtins.bytes
+    """At most 1 MiB of the file's content."""
+    last: _builtins.bool
+    """Commits the file after this piece."""
+    @_builtins.property
+    def header(self) -> Global___UploadFileHeader:
+        """On the first piece (offset 0) only: the file's path, mode, and optionally size and SHA-256."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+        header: Global___UploadFileHeader | None = ...,
+        offset: _builtins.int = ...,
+        chunk: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "last", b"last", "offset", b"offset", "session_id", b"session_id", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFileChunkRequest: _TypeAlias = UploadFileChunkRequest  # noqa: Y015
+
+@_typing.final
+class UploadFileChunkResponse(_message.Message):
+    """Response for FileService.UploadFileChunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    received: _builtins.int
+    """Bytes of the file received so far."""
+    @_builtins.property
+    def file(self) -> Global___FileInfo:
+        """The file written, on the last piece."""
+
+    def __init__(
+        self,
+        *,
+        received: _builtins.int = ...,
+        file: Global___FileInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "received", b"received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFileChunkResponse: _TypeAlias = UploadFileChunkResponse  # noqa: Y015

@@ -61,6 +61,11 @@ class FileServiceStub:
                 request_serializer=agentd_dot_v1_dot_file__pb2.DeleteFileRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_file__pb2.DeleteFileResponse.FromString,
                 _registered_method=True)
+        self.UploadFileChunk = channel.unary_unary(
+                '/agentd.v1.FileService/UploadFileChunk',
+                request_serializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.FromString,
+                _registered_method=True)
 
 
 class FileServiceServicer:
@@ -105,6 +110,17 @@ class FileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFileChunk(self, request, context):
+        """Uploads one file in pieces with unary calls, for clients that cannot stream requests
+        (browsers over gRPC-Web): the first piece carries the header, each piece appends its chunk
+        at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
+        a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
+        The pieces of one upload must reach the same server process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +148,11 @@ def add_FileServiceServicer_to_server(servicer, server):
                     servicer.DeleteFile,
                     request_deserializer=agentd_dot_v1_dot_file__pb2.DeleteFileRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_file__pb2.DeleteFileResponse.SerializeToString,
+            ),
+            'UploadFileChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadFileChunk,
+                    request_deserializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +292,33 @@ class FileService:
             '/agentd.v1.FileService/DeleteFile',
             agentd_dot_v1_dot_file__pb2.DeleteFileRequest.SerializeToString,
             agentd_dot_v1_dot_file__pb2.DeleteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFileChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.FileService/UploadFileChunk',
+            agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.SerializeToString,
+            agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,13 @@ class FileServiceStub:
     """Lists the files a job added, modified or deleted."""
     DeleteFile: _grpc.UnaryUnaryMultiCallable[_file_pb2.DeleteFileRequest, _file_pb2.DeleteFileResponse]
     """Deletes one file, or a directory with `recursive`."""
+    UploadFileChunk: _grpc.UnaryUnaryMultiCallable[_file_pb2.UploadFileChunkRequest, _file_pb2.UploadFileChunkResponse]
+    """Uploads one file in pieces with unary calls, for clients that cannot stream requests
+    (browsers over gRPC-Web): the first piece carries the header, each piece appends its chunk
+    at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
+    a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
+    The pieces of one upload must reach the same server process.
+    """
 
 @_typing.type_check_only
 class FileServiceAsyncStub(FileServiceStub):
@@ -69,6 +76,13 @@ class FileServiceAsyncStub(FileServiceStub):
     """Lists the files a job added, modified or deleted."""
     DeleteFile: _aio.UnaryUnaryMultiCallable[_file_pb2.DeleteFileRequest, _file_pb2.DeleteFileResponse]  # type: ignore[assignment]
     """Deletes one file, or a directory with `recursive`."""
+    UploadFileChunk: _aio.UnaryUnaryMultiCallable[_file_pb2.UploadFileChunkRequest, _file_pb2.UploadFileChunkResponse]  # type: ignore[assignment]
+    """Uploads one file in pieces with unary calls, for clients that cannot stream requests
+    (browsers over gRPC-Web): the first piece carries the header, each piece appends its chunk
+    at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
+    a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
+    The pieces of one upload must reach the same server process.
+    """
 
 class FileServiceServicer(metaclass=_abc_1.ABCMeta):
     """FileService moves files in and out of a session's workspace, streamed in chunks, and reports
@@ -117,5 +131,18 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_file_pb2.DeleteFileResponse, _abc.Awaitable[_file_pb2.DeleteFileResponse]]:
         """Deletes one file, or a directory with `recursive`."""
+
+    @_abc_1.abstractmethod
+    def UploadFileChunk(
+        self,
+        request: _file_pb2.UploadFileChunkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_file_pb2.UploadFileChunkResponse, _abc.Awaitable[_file_pb2.UploadFileChunkResponse]]:
+        """Uploads one file in pieces with unary calls, for clients that cannot stream requests
+        (browsers over gRPC-Web): the first piece carries the header, each piece appends its chunk
+        at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
+        a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
+        The pieces of one upload must reach the same server process.
+        """
 
 def add_FileServiceServicer_to_server(servicer: FileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/file.proto.
  */
 export const file_agentd_v1_file: GenFile = /*@__PURE__*/
-  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxIrABCghGaWxlSW5mbxIMCgRwYXRoGAEgASgJEiEKBHR5cGUYAiABKA4yEy5hZ2VudGQudjEuRmlsZVR5cGUSDAoEc2l6ZRgDIAEoBBIMCgRtb2RlGAQgASgNEi8KC21vZGlmeV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzaGEyNTYYBiABKAkSFgoOc3ltbGlua190YXJnZXQYByABKAkiaAoQVXBsb2FkRmlsZUhlYWRlchIMCgRwYXRoGAEgASgJEhEKBG1vZGUYAiABKA1IAIgBARIRCgRzaXplGAMgASgESAGIAQESDgoGc2hhMjU2GAQgASgJQgcKBV9tb2RlQgcKBV9zaXplInAKElVwbG9hZEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEi0KBmhlYWRlchgCIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IjkKE1VwbG9hZEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8iXwoTRG93bmxvYWRGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEhYKDmluY2x1ZGVfc2hhMjU2GAQgASgIIlQKFERvd25sb2FkRmlsZVJlc3BvbnNlEiMKBGluZm8YASABKAsyEy5hZ2VudGQudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQicwoQTGlzdEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFgoOaW5jbHVkZV9zaGEyNTYYAyABKAgSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyI6ChRHZXRKb2JPdXRwdXRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJPChVHZXRKb2JPdXRwdXRzUmVzcG9uc2USDgoGam9iX2lkGAEgASgJEiYKB2NoYW5nZXMYAiADKAsyFS5hZ2VudGQudjEuRmlsZUNoYW5nZSJIChFEZWxldGVGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIisKEkRlbGV0ZUZpbGVSZXNwb25zZRIVCg1kZWxldGVkX2ZpbGVzGAEgASgEKmwKCEZpbGVUeXBlEhkKFUZJTEVfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUZJTEVfVFlQRV9SRUdVTEFSEAESFwoTRklMRV9UWVBFX0RJUkVDVE9SWRACEhUKEUZJTEVfVFlQRV9TWU1MSU5LEAMqcwoKQ2hhbmdlS2luZBIbChdDSEFOR0VfS0lORF9VTlNQRUNJRklFRBAAEhUKEUNIQU5HRV9LSU5EX0FEREVEEAESGAoUQ0hBTkdFX0tJTkRfTU9ESUZJRUQQAhIXChNDSEFOR0VfS0lORF9ERUxFVEVEEAMylwMKC0ZpbGVTZXJ2aWNlEk4KC1VwbG9hZEZpbGVzEh0uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVxdWVzdBoeLmFnZW50ZC52MS5VcGxvYWRGaWxlc1Jlc3BvbnNlKAESUQoMRG93bmxvYWRGaWxlEh4uYWdlbnRkLnYxLkRvd25sb2FkRmlsZVJlcXVlc3QaHy5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVzcG9uc2UwARJGCglMaXN0RmlsZXMSGy5hZ2VudGQudjEuTGlzdEZpbGVzUmVxdWVzdBocLmFnZW50ZC52MS5MaXN0RmlsZXNSZXNwb25zZRJSCg1HZXRKb2JPdXRwdXRzEh8uYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXF1ZXN0GiAuYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXNwb25zZRJJCgpEZWxldGVGaWxlEhwuYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0Gh0uYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxIrABCghGaWxlSW5mbxIMCgRwYXRoGAEgASgJEiEKBHR5cGUYAiABKA4yEy5hZ2VudGQudjEuRmlsZVR5cGUSDAoEc2l6ZRgDIAEoBBIMCgRtb2RlGAQgASgNEi8KC21vZGlmeV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzaGEyNTYYBiABKAkSFgoOc3ltbGlua190YXJnZXQYByABKAkiaAoQVXBsb2FkRmlsZUhlYWRlchIMCgRwYXRoGAEgASgJEhEKBG1vZGUYAiABKA1IAIgBARIRCgRzaXplGAMgASgESAGIAQESDgoGc2hhMjU2GAQgASgJQgcKBV9tb2RlQgcKBV9zaXplInAKElVwbG9hZEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEi0KBmhlYWRlchgCIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IjkKE1VwbG9hZEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8iXwoTRG93bmxvYWRGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEhYKDmluY2x1ZGVfc2hhMjU2GAQgASgIIlQKFERvd25sb2FkRmlsZVJlc3BvbnNlEiMKBGluZm8YASABKAsyEy5hZ2VudGQudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQicwoQTGlzdEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFgoOaW5jbHVkZV9zaGEyNTYYAyABKAgSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyI6ChRHZXRKb2JPdXRwdXRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJPChVHZXRKb2JPdXRwdXRzUmVzcG9uc2USDgoGam9iX2lkGAEgASgJEiYKB2NoYW5nZXMYAiADKAsyFS5hZ2VudGQudjEuRmlsZUNoYW5nZSJIChFEZWxldGVGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIisKEkRlbGV0ZUZpbGVSZXNwb25zZRIVCg1kZWxldGVkX2ZpbGVzGAEgASgEIpkBChZVcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEisKBmhlYWRlchgDIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVyEg4KBm9mZnNldBgEIAEoBBINCgVjaHVuaxgFIAEoDBIMCgRsYXN0GAYgASgIIk4KF1VwbG9hZEZpbGVDaHVua1Jlc3BvbnNlEhAKCHJlY2VpdmVkGAEgASgEEiEKBGZpbGUYAiABKAsyEy5hZ2VudGQudjEuRmlsZUluZm8qbAoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRklMRV9UWVBFX1JFR1VMQVIQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAypzCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAzLxAwoLRmlsZVNlcnZpY2USTgoLVXBsb2FkRmlsZXMSHS5hZ2VudGQudjEuVXBsb2FkRmlsZXNSZXF1ZXN0Gh4uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVzcG9uc2UoARJRCgxEb3dubG9hZEZpbGUSHi5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVxdWVzdBofLmFnZW50ZC52MS5Eb3dubG9hZEZpbGVSZXNwb25zZTABEkYKCUxpc3RGaWxlcxIbLmFnZW50ZC52MS5MaXN0RmlsZXNSZXF1ZXN0GhwuYWdlbnRkLnYxLkxpc3RGaWxlc1Jlc3BvbnNlElIKDUdldEpvYk91dHB1dHMSHy5hZ2VudGQudjEuR2V0Sm9iT3V0cHV0c1JlcXVlc3QaIC5hZ2VudGQudjEuR2V0Sm9iT3V0cHV0c1Jlc3BvbnNlEkkKCkRlbGV0ZUZpbGUSHC5hZ2VudGQudjEuRGVsZXRlRmlsZVJlcXVlc3QaHS5hZ2VudGQudjEuRGVsZXRlRmlsZVJlc3BvbnNlElgKD1VwbG9hZEZpbGVDaHVuaxIhLmFnZW50ZC52MS5VcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0GiIuYWdlbnRkLnYxLlVwbG9hZEZpbGVDaHVua1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Metadata of one workspace entry.
@@ -488,6 +488,91 @@ export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PUR
   messageDesc(file_agentd_v1_file, 12);
 
 /**
+ * Request for FileService.UploadFileChunk: one piece of a one-file upload.
+ *
+ * @generated from message agentd.v1.UploadFileChunkRequest
+ */
+export type UploadFileChunkRequest = Message<"agentd.v1.UploadFileChunkRequest"> & {
+  /**
+   * The session to upload into (the same on every piece).
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Names the upload: chosen by the client (a UUID), the same on every piece.
+   *
+   * @generated from field: string upload_id = 2;
+   */
+  uploadId: string;
+
+  /**
+   * On the first piece (offset 0) only: the file's path, mode, and optionally size and SHA-256.
+   *
+   * @generated from field: agentd.v1.UploadFileHeader header = 3;
+   */
+  header?: UploadFileHeader | undefined;
+
+  /**
+   * How many bytes of the file earlier pieces carried; a piece at any other offset is refused
+   * with OUT_OF_RANGE (OFFSET_OUT_OF_RANGE), so a retried piece is detected, never doubled.
+   *
+   * @generated from field: uint64 offset = 4;
+   */
+  offset: bigint;
+
+  /**
+   * At most 1 MiB of the file's content.
+   *
+   * @generated from field: bytes chunk = 5;
+   */
+  chunk: Uint8Array;
+
+  /**
+   * Commits the file after this piece.
+   *
+   * @generated from field: bool last = 6;
+   */
+  last: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.UploadFileChunkRequest.
+ * Use `create(UploadFileChunkRequestSchema)` to create a new message.
+ */
+export const UploadFileChunkRequestSchema: GenMessage<UploadFileChunkRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 13);
+
+/**
+ * Response for FileService.UploadFileChunk.
+ *
+ * @generated from message agentd.v1.UploadFileChunkResponse
+ */
+export type UploadFileChunkResponse = Message<"agentd.v1.UploadFileChunkResponse"> & {
+  /**
+   * Bytes of the file received so far.
+   *
+   * @generated from field: uint64 received = 1;
+   */
+  received: bigint;
+
+  /**
+   * The file written, on the last piece.
+   *
+   * @generated from field: agentd.v1.FileInfo file = 2;
+   */
+  file?: FileInfo | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.UploadFileChunkResponse.
+ * Use `create(UploadFileChunkResponseSchema)` to create a new message.
+ */
+export const UploadFileChunkResponseSchema: GenMessage<UploadFileChunkResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 14);
+
+/**
  * The kind of a workspace entry.
  *
  * @generated from enum agentd.v1.FileType
@@ -627,6 +712,20 @@ export const FileService: GenService<{
     methodKind: "unary";
     input: typeof DeleteFileRequestSchema;
     output: typeof DeleteFileResponseSchema;
+  },
+  /**
+   * Uploads one file in pieces with unary calls, for clients that cannot stream requests
+   * (browsers over gRPC-Web): the first piece carries the header, each piece appends its chunk
+   * at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
+   * a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
+   * The pieces of one upload must reach the same server process.
+   *
+   * @generated from rpc agentd.v1.FileService.UploadFileChunk
+   */
+  uploadFileChunk: {
+    methodKind: "unary";
+    input: typeof UploadFileChunkRequestSchema;
+    output: typeof UploadFileChunkResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_file, 0);

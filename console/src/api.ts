@@ -1,0 +1,153 @@
+// The console's only way to the server: the generated clients (the same files the Node SDK
+// ships, clients/typescript/src/gen) over gRPC-Web to the page's own origin, with the API key the
+// user entered (kept in sessionStorage: gone when the tab closes, never in localStorage or a URL).
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { FileService } from "../../clients/typescript/src/gen/agentd/v1/file_pb.js";
+import { JobService, JobState, type JobEvent } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import { ServerInfoService } from "../../clients/typescript/src/gen/agentd/v1/server_info_pb.js";
+import { SessionService } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
+import { errorInterceptor, isAgentdError, Code } from "../../clients/typescript/src/errors.js";
+
+export interface Api {
+  sessions: Client<typeof SessionService>;
+  jobs: Client<typeof JobService>;
+  files: Client<typeof FileService>;
+  info: Client<typeof ServerInfoService>;
+}
+
+const KEY_SLOT = "agentd.console.apiKey";
+
+export const savedKey = (): string => sessionStorage.getItem(KEY_SLOT) ?? "";
+export const saveKey = (key: string) => sessionStorage.setItem(KEY_SLOT, key);
+export const forgetKey = () => sessionStorage.removeItem(KEY_SLOT);
+
+export function connect(key: string): Api {
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${key}`);
+    return next(req);
+  };
+  const transport = createGrpcWebTransport({
+    baseUrl: location.origin,
+    useBinaryFormat: true,
+    interceptors: [auth, errorInterceptor],
+  });
+  return {
+    sessions: createClient(SessionService, transport),
+    jobs: createClient(JobService, transport),
+    files: createClient(FileService, transport),
+    info: createClient(ServerInfoService, transport),
+  };
+}
+
+/** "CODE (REASON): message" — what the user needs to act, and the stable reason to search for. */
+export function describe(err: unknown): string {
+  if (isAgentdError(err)) {
+    const reason = err.reason ? ` (${err.reason})` : "";
+    return `${Code[err.code] ?? err.code}${reason}: ${err.rawMessage}`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+export const isUnauthenticated = (err: unknown) => isAgentdError(err) && err.code === Code.Unauthenticated;
+
+export const FINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]);
+
+export const stateName = (s: JobState) => (JobState[s] ?? String(s)).toLowerCase().replace("_", " ");
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((res) => {
+    const t = setTimeout(res, ms);
+    signal.addEventListener("abort", () => (clearTimeout(t), res()), { once: true });
+  });
+
+/**
+ * Follows a job's events from `after` until its stream ends (the job is final) or `signal`
+ * aborts. A dropped connection reattaches from the last seq delivered, so nothing is missed or
+ * repeated; errors the server meant (not found, denied) end it.
+ */
+export async function follow(
+  api: Api,
+  jobId: string,
+  after: bigint,
+  onEvents: (events: JobEvent[]) => void,
+  onRetry: (err: unknown) => void,
+  signal: AbortSignal,
+): Promise<void> {
+  let last = after;
+  let delay = 250;
+  while (!signal.aborted) {
+    try {
+      for await (const r of api.jobs.streamJobEvents({ jobId, afterSeq: last }, { signal })) {
+        if (r.events.length === 0) continue;
+        last = r.events[r.events.length - 1].seq;
+        delay = 250;
+        onEvents(r.events);
+      }
+      return;
+    } catch (err) {
+      if (signal.aborted) return;
+      const transient = isAgentdError(err) && [Code.Unavailable, Code.Unknown, Code.Internal, Code.DeadlineExceeded].includes(err.code);
+      if (!transient && !(err instanceof TypeError)) throw err;
+      onRetry(err);
+      await sleep(delay, signal);
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}
+
+export function fmtBytes(n: bigint | number): string {
+  let v = Number(n);
+  for (const u of ["B", "KiB", "MiB", "GiB"]) {
+    if (v < 1024 || u === "GiB") return u === "B" ? `${v} B` : `${v.toFixed(1)} ${u}`;
+    v /= 1024;
+  }
+  return `${v}`;
+}
+
+export function fmtTime(t?: { seconds: bigint; nanos: number }): string {
+  if (!t || t.seconds === 0n) return "—";
+  return new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6)).toLocaleString();
+}
+
+/** Reads a server-streamed file into a Blob and hands it to the browser as a download. */
+export async function download(api: Api, sessionId: string, path: string): Promise<void> {
+  const parts: BlobPart[] = [];
+  for await (const r of api.files.downloadFile({ sessionId, path })) {
+    if (r.part.case === "chunk") parts.push(r.part.value.slice());
+  }
+  const url = URL.createObjectURL(new Blob(parts));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = path.split("/").pop() || "download";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/** Bytes per UploadFileChunk call (the server takes at most 1 MiB per piece). */
+const PIECE = 512 * 1024;
+
+/**
+ * Uploads one browser File into a session with UploadFileChunk: gRPC-Web cannot stream a
+ * request, so the file goes in unary pieces that the server stages and commits atomically.
+ */
+export async function upload(api: Api, sessionId: string, path: string, file: Blob, onProgress: (sent: number) => void) {
+  const uploadId = crypto.randomUUID();
+  let offset = 0;
+  do {
+    const chunk = new Uint8Array(await file.slice(offset, offset + PIECE).arrayBuffer());
+    const last = offset + chunk.length >= file.size;
+    await api.files.uploadFileChunk({
+      sessionId,
+      uploadId,
+      header: offset === 0 ? { path, size: BigInt(file.size) } : undefined,
+      offset: BigInt(offset),
+      chunk,
+      last,
+    });
+    offset += chunk.length;
+    onProgress(offset);
+  } while (offset < file.size);
+}

@@ -1,0 +1,296 @@
+// A job's page: its facts (state, reason, usage and cost), cancel, and its timeline — every event
+// replayed from the store and then followed live, in a virtualised list (fixed-height rows, so
+// thousands of events cost the same as thirty and nothing shifts while streaming), with the
+// selected event unfolded below it. Keys: ↑/↓ or j/k select, Home/End jump, End also re-follows.
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { FINAL, fmtTime, follow, isUnauthenticated, stateName, type Api } from "./api";
+import { ErrorLine } from "./sessions";
+import type { Job, JobEvent, Usage } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import { JobState } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+
+const ROW = 26;
+const OVERSCAN = 10;
+
+/** The events seen so far, deduplicated by seq; `gaps` counts seqs that never arrived. */
+class Timeline {
+  events: JobEvent[] = [];
+  lastSeq = 0n;
+  gaps = 0;
+  results = new Map<string, number>();
+  add(batch: JobEvent[]) {
+    for (const e of batch) {
+      if (e.seq <= this.lastSeq) continue;
+      if (e.seq !== this.lastSeq + 1n) this.gaps += Number(e.seq - this.lastSeq - 1n);
+      this.lastSeq = e.seq;
+      if (e.kind.case === "toolResult") this.results.set(e.kind.value.id, this.events.length);
+      this.events.push(e);
+    }
+  }
+}
+
+export function usageText(u?: Usage): string {
+  if (!u) return "—";
+  const cost = u.costUsd !== undefined ? ` · $${u.costUsd.toFixed(4)}` : "";
+  return `${u.inputTokens} in · ${u.outputTokens} out · ${u.cacheReadInputTokens} cached · ${u.numTurns} turns${cost}`;
+}
+
+function summary(e: JobEvent): [string, string] {
+  const k = e.kind;
+  switch (k.case) {
+    case "started":
+      return ["started", `${k.value.agent} · pid ${k.value.pid}${k.value.resumedConversationId ? " · resumed" : ""}`];
+    case "init":
+      return ["init", `${k.value.model} · ${k.value.tools.length} tools${k.value.agentVersion ? ` · ${k.value.agentVersion}` : ""}`];
+    case "text":
+      return ["text", k.value.text];
+    case "toolCall":
+      return ["tool", `${k.value.name} ${k.value.inputJson}`];
+    case "toolResult":
+      return [k.value.isError ? "tool error" : "result", k.value.content];
+    case "usage":
+      return ["usage", usageText(k.value)];
+    case "stderr":
+      return ["stderr", k.value.line];
+    case "unparsed":
+      return ["stdout", k.value.line];
+    case "other":
+      return ["other", k.value.type];
+    case "truncated":
+      return ["truncated", k.value.reason];
+    case "limitExceeded":
+      return ["limit", `${k.value.limit}: ${k.value.message}`];
+    case "finished":
+      return ["finished", `${stateName(k.value.state)}${k.value.reason ? ` · ${k.value.reason}` : ""}${k.value.errorMessage ? ` · ${k.value.errorMessage}` : ""}`];
+    default:
+      return ["event", e.raw];
+  }
+}
+
+function pretty(json: string): string {
+  try {
+    return JSON.stringify(JSON.parse(json), null, 2);
+  } catch {
+    return json;
+  }
+}
+
+function Detail({ t, index }: { t: Timeline; index: number }) {
+  const e = t.events[index];
+  if (!e) return <p class="empty">Select an event (↑/↓, Enter) to unfold it.</p>;
+  const [kind, text] = summary(e);
+  let body = <pre>{text}</pre>;
+  if (e.kind.case === "toolCall") {
+    const r = t.results.get(e.kind.value.id);
+    const res = r !== undefined ? t.events[r].kind : undefined;
+    body = (
+      <>
+        <h4>{e.kind.value.name} · input</h4>
+        <pre>{pretty(e.kind.value.inputJson)}</pre>
+        <h4>result{res?.case === "toolResult" && res.value.isError ? " (error)" : ""}</h4>
+        <pre>{res?.case === "toolResult" ? res.value.content : "(none yet)"}</pre>
+      </>
+    );
+  }
+  return (
+    <div class="detail" aria-label="Event detail">
+      <div class="muted">
+        #{String(e.seq)} · {kind} · {fmtTime(e.time)}
+      </div>
+      {body}
+    </div>
+  );
+}
+
+function Rows({ t, version, selected, onSelect }: { t: Timeline; version: number; selected: number; onSelect: (i: number) => void }) {
+  const box = useRef<HTMLDivElement>(null);
+  const [top, setTop] = useState(0);
+  const [height, setHeight] = useState(600);
+  const [tail, setTail] = useState(true);
+  const n = t.events.length;
+  useEffect(() => {
+    const el = box.current!;
+    const ro = new ResizeObserver(() => setHeight(el.clientHeight));
+    ro.observe(el);
+    return () => ro.disconnect();
+  }, []);
+  useEffect(() => {
+    if (tail && box.current) box.current.scrollTop = n * ROW;
+  }, [version, tail]);
+  useEffect(() => {
+    const el = box.current;
+    if (!el || selected < 0) return;
+    if (selected * ROW < el.scrollTop) el.scrollTop = selected * ROW;
+    else if ((selected + 1) * ROW > el.scrollTop + el.clientHeight) el.scrollTop = (selected + 1) * ROW - el.clientHeight;
+  }, [selected]);
+  const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
+  const last = Math.min(n, Math.ceil((top + height) / ROW) + OVERSCAN);
+  const onKey = (e: KeyboardEvent) => {
+    const move = (i: number) => {
+      e.preventDefault();
+      setTail(false);
+      onSelect(Math.max(0, Math.min(n - 1, i)));
+    };
+    if (e.key === "ArrowDown" || e.key === "j") move(selected + 1);
+    else if (e.key === "ArrowUp" || e.key === "k") move(selected - 1);
+    else if (e.key === "Home") move(0);
+    else if (e.key === "PageDown") move(selected + Math.floor(height / ROW));
+    else if (e.key === "PageUp") move(selected - Math.floor(height / ROW));
+    else if (e.key === "End") {
+      e.preventDefault();
+      onSelect(n - 1);
+      setTail(true);
+    }
+  };
+  const rows = [];
+  for (let i = first; i < last; i++) {
+    const e = t.events[i];
+    const [kind, text] = summary(e);
+    rows.push(
+      <div
+        key={String(e.seq)}
+        class={`ev k-${e.kind.case ?? "none"}${i === selected ? " sel" : ""}`}
+        style={{ top: `${i * ROW}px` }}
+        role="row"
+        aria-selected={i === selected}
+        data-seq={String(e.seq)}
+        onClick={() => (setTail(false), onSelect(i))}
+      >
+        <span class="seq">{String(e.seq)}</span>
+        <span class="kind">{kind}</span>
+        <span class="text">{text.length > 400 ? text.slice(0, 400) + "…" : text}</span>
+      </div>,
+    );
+  }
+  return (
+    <div
+      ref={box}
+      class="timeline"
+      tabIndex={0}
+      role="grid"
+      aria-label="Timeline"
+      aria-rowcount={n}
+      onKeyDown={onKey}
+      onScroll={(e) => {
+        const el = e.currentTarget;
+        setTop(el.scrollTop);
+        setTail(el.scrollTop + el.clientHeight >= el.scrollHeight - ROW);
+      }}
+    >
+      <div class="spacer" style={{ height: `${n * ROW}px` }}>
+        {rows}
+      </div>
+    </div>
+  );
+}
+
+function Facts({ job }: { job: Job }) {
+  const exit = job.exitStatus?.status;
+  return (
+    <dl class="facts">
+      <dt>State</dt>
+      <dd class={`state s${job.state}`} data-testid="job-state">
+        {stateName(job.state)}
+        {job.state === JobState.QUEUED && job.queuePosition ? ` (#${job.queuePosition} in queue)` : ""}
+      </dd>
+      {job.reason && (
+        <>
+          <dt>Reason</dt>
+          <dd>{job.reason}</dd>
+        </>
+      )}
+      {job.errorMessage && (
+        <>
+          <dt>Error</dt>
+          <dd class="error">{job.errorMessage}</dd>
+        </>
+      )}
+      <dt>Agent</dt>
+      <dd>
+        {job.agent}
+        {job.model ? ` · ${job.model}` : ""}
+      </dd>
+      <dt>Session</dt>
+      <dd>
+        <a class="mono" href={`#/sessions/${encodeURIComponent(job.sessionId)}`}>
+          {job.sessionId}
+        </a>
+      </dd>
+      <dt>Times</dt>
+      <dd>
+        created {fmtTime(job.createTime)} · started {fmtTime(job.startTime)} · ended {fmtTime(job.endTime)}
+      </dd>
+      {exit?.case && (
+        <>
+          <dt>Exit</dt>
+          <dd>{exit.case === "code" ? `code ${exit.value}` : `signal ${exit.value}`}</dd>
+        </>
+      )}
+      <dt>Usage</dt>
+      <dd>{usageText(job.usage)}</dd>
+      <dt>Prompt</dt>
+      <dd class="clip">{job.prompt}</dd>
+    </dl>
+  );
+}
+
+export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuthError: () => void }) {
+  const t = useMemo(() => new Timeline(), [id]);
+  const [version, setVersion] = useState(0);
+  const [job, setJob] = useState<Job>();
+  const [error, setError] = useState<unknown>();
+  const [live, setLive] = useState<"connecting" | "live" | "reconnecting" | "complete">("connecting");
+  const [selected, setSelected] = useState(-1);
+  const fail = (e: unknown) => (isUnauthenticated(e) ? onAuthError() : setError(e));
+  const refresh = () => api.jobs.getJob({ jobId: id }).then((r) => setJob(r.job), fail);
+  useEffect(() => {
+    const stop = new AbortController();
+    let frame = 0;
+    let marked = false;
+    refresh();
+    const onEvents = (batch: JobEvent[]) => {
+      t.add(batch);
+      setLive("live");
+      if (batch.some((e) => e.kind.case === "finished")) refresh();
+      // One render per frame however many batches arrive in it.
+      if (!frame)
+        frame = requestAnimationFrame(() => {
+          frame = 0;
+          setVersion((v) => v + 1);
+          if (!marked) {
+            marked = true;
+            requestAnimationFrame(() => performance.mark("agentd:first-events"));
+          }
+        });
+    };
+    follow(api, id, 0n, onEvents, () => setLive("reconnecting"), stop.signal).then(
+      () => {
+        if (!stop.signal.aborted) (setLive("complete"), refresh());
+      },
+      fail,
+    );
+    return () => stop.abort();
+  }, [api, id]);
+  const cancel = () =>
+    api.jobs.cancelJob({ jobId: id }).then((r) => setJob(r.job), setError);
+  return (
+    <section class="job">
+      <h2>
+        Job <span class="mono">{id}</span>{" "}
+        {job && !FINAL.has(job.state) && (
+          <button class="danger" onClick={cancel}>
+            Cancel
+          </button>
+        )}
+      </h2>
+      <ErrorLine error={error} />
+      {job && <Facts job={job} />}
+      <div class="status" aria-live="polite">
+        <span data-testid="stream-state">{live}</span> · <span data-testid="event-count">{t.events.length}</span> events · last seq{" "}
+        <span data-testid="last-seq">{String(t.lastSeq)}</span>
+        {t.gaps > 0 && <span class="error"> · {t.gaps} missing</span>}
+      </div>
+      <Rows t={t} version={version} selected={selected} onSelect={setSelected} />
+      <Detail t={t} index={selected} />
+    </section>
+  );
+}
