@@ -7,6 +7,7 @@ mod info;
 mod job;
 mod session;
 pub mod status;
+mod watch;
 pub mod wire;
 
 pub use file::FileApi;

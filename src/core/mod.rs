@@ -18,12 +18,14 @@ mod reaper;
 mod replicas;
 mod run;
 mod sessions;
+mod tenant_watch;
 
 pub use env::ENV_ALLOWLIST;
 pub use files::UploadSink;
 pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use sessions::{CreateSession, SessionView};
+pub use tenant_watch::{WatchFilter, WatchItem};
 
 use crate::config::Config;
 use crate::domain::{JobId, SessionId};

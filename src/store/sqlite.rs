@@ -10,6 +10,7 @@
 //! Durability: `synchronous=NORMAL` under WAL means a committed write survives the process being
 //! killed (the case we care about: crash, `kill -9`), while a power loss may drop the last commits.
 
+mod changes;
 mod checkpoint;
 mod conn;
 mod ops;
@@ -19,7 +20,9 @@ use crate::domain::{
     FileChange, Job, JobEvent, JobId, PageCursor, Session, SessionId, TenantId, Timestamp,
 };
 use crate::error::{Error, Result};
-use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan, Store, StoreSignal};
+use crate::store::{
+    AdmitLimits, Claimed, JobChange, JobFilter, JobWrite, Orphan, Store, StoreSignal,
+};
 use async_trait::async_trait;
 use conn::Readers;
 use std::collections::BTreeMap;
@@ -264,6 +267,31 @@ impl Store for SqliteStore {
             .read(move |c| ops::get_job_outputs(c, &job))
             .await
     }
+
+    async fn read_changes(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobChange>> {
+        let tenant = tenant.clone();
+        self.readers
+            .read(move |c| changes::read_changes(c, &tenant, after, limit))
+            .await
+    }
+
+    async fn last_change(&self, tenant: &TenantId) -> Result<u64> {
+        let tenant = tenant.clone();
+        self.readers
+            .read(move |c| changes::last_change(c, &tenant))
+            .await
+    }
+
+    async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.writer
+            .write(move |c| changes::prune_changes(c, before, limit))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -311,7 +339,7 @@ mod tests {
         let version: i64 = raw
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, conn::MIGRATIONS.len() as i64);
         drop(store);
         // Opening an up-to-date database again applies nothing and works.
         SqliteStore::open(&path).await.unwrap();
@@ -379,7 +407,7 @@ mod tests {
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, conn::MIGRATIONS.len() as i64);
         let got = store.get_job(&old_running).await.unwrap().unwrap();
         assert_eq!(
             got.state,

@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 use tokio_postgres::Client;
 
 /// Migrations in order; the version of `MIGRATIONS[i]` is `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0013_job_changes.sql"),
+];
 
 /// First key of the migration advisory lock (the second is the schema's hash): "agnt".
 const MIGRATE_LOCK: i32 = 0x6167_6e74;

@@ -12,9 +12,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Migrations in order; `PRAGMA user_version` holds how many have been applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_leases.sql"),
+    include_str!("../migrations/sqlite/0013_job_changes.sql"),
 ];
 
 /// How long a connection waits for a lock held by another connection (a second process, a
