@@ -245,7 +245,7 @@ async fn the_sequence_survives_kill_9() {
         &mut s,
         &mut before,
         Duration::from_secs(30),
-        all_final(&[done.clone()]),
+        all_final(std::slice::from_ref(&done)),
     )
     .await;
     let cursor = before.last().unwrap().cursor;
@@ -259,7 +259,7 @@ async fn the_sequence_survives_kill_9() {
         &mut s,
         &mut seen,
         Duration::from_secs(60),
-        all_final(&[after.clone()]),
+        all_final(std::slice::from_ref(&after)),
     )
     .await;
     check_sequences(&seen, &[after]);
@@ -474,7 +474,7 @@ async fn bad_input_and_other_tenants_ids() {
         &mut s,
         &mut got,
         Duration::from_secs(60),
-        all_final(&[their_job.clone()]),
+        all_final(std::slice::from_ref(&their_job)),
     )
     .await;
     let mut s = watch(&mut a, from(0)).await.unwrap();
