@@ -266,12 +266,18 @@ async fn the_sequence_survives_kill_9() {
     assert_eq!(seen[0].cursor, cursor + 1, "{seen:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn wait_job_answers_when_final_or_when_the_timeout_passes() {
+/// A server, tenant A's clients, and a job of A running `prompt` in a new session.
+async fn slow_job(prompt: &str) -> (TestServer, Clients, String) {
     let server = TestServer::start();
     let mut a = server.clients(KEY_A).await;
     let session = a.create_session(&[]).await;
-    let slow = a.submit(&session.session_id, "sleep 4").await.job_id;
+    let job = a.submit(&session.session_id, prompt).await.job_id;
+    (server, a, job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_job_answers_when_final_or_when_the_timeout_passes() {
+    let (_server, mut a, slow) = slow_job("sleep 4").await;
     let early = a
         .jobs
         .wait_job(pb::WaitJobRequest {
@@ -574,4 +580,45 @@ async fn two_postgres_replicas_share_one_sequence() {
             "no gap, no repeat across replicas"
         );
     }
+}
+
+/// `agentd jobs wait` exits as the job ended (5 when the wait timed out first); `agentd jobs
+/// watch --json` prints each change as a JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_wait_and_watch() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (server, _a, slow) = slow_job("sleep 3").await;
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_agentd"));
+        c.args(args)
+            .env("AGENTD_URL", &server.addr)
+            .env("AGENTD_API_KEY", KEY_A)
+            .env_remove("AGENTD_LOG")
+            .stdin(Stdio::null());
+        c
+    };
+    let early = cli(&["jobs", "wait", &slow, "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(early.status.code(), Some(5), "{early:?}");
+    let done = cli(&["jobs", "wait", &slow, "--json"]).output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    let v: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(v["timed_out"], false, "{v}");
+
+    let mut child = cli(&["jobs", "watch", "--after-cursor", "0", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut cursors = Vec::new();
+    while cursors.len() < 3 {
+        let line = lines.next().expect("a change line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        cursors.push(v["cursor"].as_u64().unwrap());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(cursors, [1, 2, 3]);
 }
