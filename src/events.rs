@@ -98,6 +98,9 @@ pub struct EventLog {
     store: DynStore,
     tx: mpsc::Sender<WriteRequest>,
     watchers: Mutex<HashMap<JobId, Tail>>,
+    /// Bumped whenever some job's state may have changed (a committed write with a row update,
+    /// a submission, another replica's signal): tenant watchers and waiters re-read the store.
+    changes: watch::Sender<u64>,
 }
 
 /// A submitted write whose commit has not been awaited yet. As a future it resolves once the
@@ -137,6 +140,7 @@ impl EventLog {
             store,
             tx,
             watchers: Mutex::new(HashMap::new()),
+            changes: watch::channel(0).0,
         });
         tracker.spawn(writer(Arc::downgrade(&log), log.store.clone(), rx, stop));
         log
@@ -158,6 +162,16 @@ impl EventLog {
             .await
             .map_err(|_| Error::internal("event log writer stopped"))?;
         Ok(Pending(rx))
+    }
+
+    /// Wakes whoever follows job state changes ([`EventLog::changes`]).
+    pub fn job_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever some job's state may have changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn watchers(&self) -> MutexGuard<'_, HashMap<JobId, Tail>> {
@@ -407,9 +421,11 @@ async fn writer(
             Err(e) => vec![Err(e)],
         };
         let log = log.upgrade();
+        let mut state_changed = false;
         for ((write, done), result) in writes.into_iter().zip(waiters).zip(results) {
             match &result {
                 Ok(()) => {
+                    state_changed |= write.update.is_some();
                     if let Some(log) = &log {
                         log.committed(&write.job_id, write.events);
                     }
@@ -425,6 +441,11 @@ async fn writer(
                 }
             }
             let _ = done.send(result);
+        }
+        if let Some(log) = &log
+            && state_changed
+        {
+            log.job_changed();
         }
     }
 }

@@ -18,6 +18,7 @@
 //! api/           the only place that knows tonic and prost: convert, call the core, map errors
 //! core/          the use cases: sessions, jobs (submit, cancel, run), files, TTL reaper; claims
 //!                jobs under leases so several replicas can share one store
+//!                core/tenant_watch: WatchJobs and WaitJob over each tenant's change sequence (#19)
 //! gateway/       the model gateway: per-job tokens, forwarding to each profile's upstream with the
 //!                real key, metering every answer, the usage ledger rows, budgets (issue #16)
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
@@ -26,7 +27,8 @@
 //!                its output, cancels whole trees; runner/jail/ is the sandbox every job runs in
 //!                (namespaces, assembled root, Landlock, seccomp, cgroups, the limit watch)
 //! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
-//! store/         the `Store` trait (sessions, jobs, events, claims and leases); SQLite and Postgres
+//! store/         the `Store` trait (sessions, jobs, events, claims and leases, each tenant's job
+//!                change sequence); SQLite and Postgres
 //! domain/        plain types with no I/O: ids, sessions, job specs and state machine, events
 //! error          the one error enum with stable reason codes (mapped to gRPC in api::status)
 //! ```

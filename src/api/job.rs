@@ -216,4 +216,35 @@ impl JobService for JobApi {
             tokio_stream::once(Ok(first)).chain(rest),
         )))
     }
+    type WatchJobsStream = BoxStream<pb::WatchJobsResponse>;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let filter = super::watch::filter(&r)?;
+        let rx = self
+            .core
+            .watch_jobs(&tenant, filter, r.after_cursor)
+            .await?;
+        Ok(Response::new(Box::pin(super::watch::responses(rx))))
+    }
+
+    async fn wait_job(
+        &self,
+        req: Request<pb::WaitJobRequest>,
+    ) -> Result<Response<pb::WaitJobResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.get_ref();
+        let (view, timed_out) = self
+            .core
+            .wait_job(&tenant, &r.job_id, r.timeout_seconds)
+            .await?;
+        Ok(Response::new(pb::WaitJobResponse {
+            job: Some(convert::job(view)),
+            timed_out,
+        }))
+    }
 }

@@ -8,6 +8,7 @@ mod job;
 mod session;
 pub mod status;
 mod usage;
+mod watch;
 pub mod wire;
 
 pub use file::FileApi;

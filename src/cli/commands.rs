@@ -646,6 +646,25 @@ async fn jobs(conn: &Conn, json: bool, cmd: JobsCommand, p: &mut Printer) -> Res
                 _ => exit::OK,
             })
         }
+        JobsCommand::Watch {
+            session,
+            labels,
+            agents,
+            states,
+            after_cursor,
+        } => {
+            let args = super::watch::WatchArgs {
+                session,
+                labels,
+                agents,
+                states,
+                after_cursor,
+            };
+            super::watch::watch(conn, json, args, p).await
+        }
+        JobsCommand::Wait { job_id, timeout } => {
+            super::watch::wait(conn, json, &job_id, timeout, p).await
+        }
     }
 }
 

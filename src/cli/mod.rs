@@ -10,6 +10,7 @@ mod commands;
 mod conn;
 mod render;
 mod transfer;
+mod watch;
 
 pub use conn::CliError;
 
@@ -214,6 +215,33 @@ pub enum JobsCommand {
         /// Only events after this seq.
         #[arg(long, default_value_t = 0, value_name = "N")]
         after_seq: u64,
+    },
+    /// Follow every job of the caller: one line per creation, start and finish, reattaching
+    /// from the last cursor when the connection breaks. Runs until interrupted.
+    Watch {
+        /// Only jobs of this session.
+        #[arg(long, value_name = "SESSION_ID")]
+        session: Option<String>,
+        /// Only jobs whose session has this label (repeatable): KEY=VALUE.
+        #[arg(long = "label", value_parser = parse_pair, value_name = "KEY=VALUE")]
+        labels: Vec<(String, String)>,
+        /// Only jobs of this agent profile (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Only changes into this state (repeatable).
+        #[arg(long = "state", value_parser = parse_state)]
+        states: Vec<i32>,
+        /// Replay retained changes after this cursor first (0: all of them); without it, from now.
+        #[arg(long, value_name = "CURSOR")]
+        after_cursor: Option<u64>,
+    },
+    /// Wait until a job is final and show it; the exit code tells how it ended (5 when the wait
+    /// timed out first).
+    Wait {
+        job_id: String,
+        /// Longest wait in seconds (at most 3600); the server's default (60) when absent.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        timeout: u32,
     },
 }
 

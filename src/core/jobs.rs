@@ -349,6 +349,9 @@ impl Core {
             }
             None => (insert.await?, false),
         };
+        if stored.id == job.id {
+            self.events.job_changed();
+        }
         if stored.id == job.id && !started_now {
             self.wake.notify_one();
         }
@@ -439,6 +442,7 @@ impl Core {
                 .await?
         {
             self.events.notify(&job.id, job.last_seq + 1);
+            self.events.job_changed();
             crate::telemetry::metrics().job_finished("CANCELLED", None);
             // The session's next job may start now.
             self.wake.notify_one();

@@ -20,6 +20,7 @@ mod replicas;
 mod run;
 mod sessions;
 mod usage;
+mod tenant_watch;
 
 pub use env::ENV_ALLOWLIST;
 pub use files::UploadSink;
@@ -27,6 +28,7 @@ pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use pieces::{Piece, PieceDone, PiecedUploads};
 pub use sessions::{CreateSession, SessionView};
+pub use tenant_watch::{WatchFilter, WatchItem};
 
 use crate::config::Config;
 use crate::domain::{JobId, SessionId};

@@ -47,6 +47,7 @@ impl Core {
             }
             self.reap_once().await;
             self.prune_events().await;
+            self.prune_changes().await;
         }
     }
 

@@ -254,11 +254,13 @@ impl Core {
             match signal {
                 Ok(StoreSignal::Events { job, seq }) => self.events.notify(&job, seq),
                 Ok(StoreSignal::JobsChanged) => self.wake.notify_one(),
+                Ok(StoreSignal::JobChanges) => self.events.job_changed(),
                 Ok(StoreSignal::CancelRequested { job, reason }) => {
                     self.cancel_running(&job, &reason);
                 }
                 Ok(StoreSignal::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.events.notify_all();
+                    self.events.job_changed();
                     self.wake.notify_one();
                     self.poll_cancel_requests().await;
                 }

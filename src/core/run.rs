@@ -28,6 +28,11 @@ const MAX_PARSED: usize = 4 * MAX_BATCH;
 const BRIDGE_PORT: u16 = 4317;
 /// Stderr lines kept to explain a failure when the agent gave no error of its own.
 const STDERR_TAIL: usize = 5;
+/// Attempts to record the failure of a job that failed inside the server, and their backoff
+/// (about a minute in all).
+const SETTLE_ATTEMPTS: usize = 16;
+const SETTLE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const SETTLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Appends events to one job's log with consecutive seqs.
 struct Sink<'a> {
@@ -188,13 +193,8 @@ impl Core {
                 }
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "job failed inside the server");
-                    // The store may be what failed; try once to record the failure anyway.
-                    let _ = self
-                        .finish(
-                            &mut sink,
-                            None,
-                            FinishFacts::failed(format!("internal error: {e}")),
-                        )
+                    let secrets = std::mem::take(&mut sink.secrets);
+                    self.settle_failed(id, secrets, format!("internal error: {e}"))
                         .await;
                 }
             }
@@ -606,6 +606,48 @@ impl Core {
             started.map(|s| ended.since(s)),
         );
         Ok(())
+    }
+
+    /// Records a job that failed inside the server as FAILED. The store may be what failed, and
+    /// events the sink numbered may never have been stored, so each attempt starts from the
+    /// stored row (its last seq and start time); attempts repeat with backoff while the store
+    /// fails, since a job left RUNNING would never end for its watchers and waiters.
+    async fn settle_failed(&self, id: &JobId, secrets: Vec<String>, message: String) {
+        let mut delay = SETTLE_BACKOFF_MIN;
+        for _ in 0..SETTLE_ATTEMPTS {
+            let attempt = match self.store.get_job(id).await {
+                Ok(Some(job)) if !job.state.is_finished() => {
+                    let started = match job.state {
+                        JobState::Running { started } => Some(started),
+                        _ => None,
+                    };
+                    let mut sink = Sink {
+                        core: self,
+                        job: id.clone(),
+                        next_seq: job.last_seq + 1,
+                        secrets: secrets.clone(),
+                    };
+                    let mut facts = FinishFacts::failed(message.clone());
+                    facts.result = job.result;
+                    facts.usage = job.usage;
+                    facts.conversation_id = job.conversation_id;
+                    self.finish(&mut sink, started, facts).await
+                }
+                // Finished (settled elsewhere) or deleted meanwhile.
+                Ok(_) => return,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(()) => return,
+                Err(e) if e.reason() == Reason::JobFinished => return,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot record the job's failure yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(SETTLE_BACKOFF_MAX);
+                }
+            }
+        }
+        tracing::error!(job = %id, "gave up recording the job's failure; it is settled at restart or when its lease expires");
     }
 
     async fn extend_session(&self, session: &Session) {

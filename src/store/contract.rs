@@ -72,6 +72,9 @@ macro_rules! store_contract_tests {
             admit_retry_bypasses_limits,
             append_refuses_finished_job_and_clears_owner,
             ledger_outlives_sessions_and_groups_per_tenant,
+            change_sequence_per_tenant,
+            change_sequence_under_concurrent_writers,
+            pruned_changes_expire_cursors,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -2072,4 +2075,124 @@ pub async fn ledger_outlives_sessions_and_groups_per_tenant(h: &dyn Harness) {
             .unwrap()
             .is_empty()
     );
+}
+
+// ---- change sequence (issue #19) ---------------------------------------------------------------
+
+/// (seq, job, state name) of a tenant's changes after `after`.
+async fn changes(store: &dyn Store, t: &str, after: u64) -> Vec<(u64, JobId, &'static str)> {
+    store
+        .read_changes(&tenant(t), after, 10_000)
+        .await
+        .expect("read_changes")
+        .into_iter()
+        .map(|c| (c.seq, c.job.id, c.job.state.name()))
+        .collect()
+}
+
+pub async fn change_sequence_per_tenant(h: &dyn Harness) {
+    let store = h.open().await;
+    let a = new_session(&*store, session("acme", ts(0))).await;
+    let b = new_session(&*store, session("other", ts(0))).await;
+    assert_eq!(store.last_change(&tenant("acme")).await.unwrap(), 0);
+    let j1 = new_job(&*store, &a, ts(1)).await;
+    let theirs = new_job(&*store, &b, ts(1)).await;
+    let j2 = new_job(&*store, &a, ts(2)).await;
+    // Events without a state change and a conversation update add no change.
+    store
+        .append(vec![write(&j1, texts(1, 3), Some(running(ts(3))))])
+        .await
+        .unwrap();
+    let mut conv = running(ts(3));
+    conv.conversation_id = Some("c1".into());
+    store
+        .append(vec![write(&j1, texts(4, 5), Some(conv))])
+        .await
+        .unwrap();
+    // Two state changes of one job in one batch are two changes.
+    store
+        .append(vec![
+            write(&j2, vec![], Some(running(ts(4)))),
+            write(&j2, vec![], Some(finished(Outcome::Succeeded, None))),
+        ])
+        .await
+        .unwrap();
+    finish(&*store, &theirs, Outcome::Succeeded).await;
+    let got = changes(&*store, "acme", 0).await;
+    let want = vec![
+        (1, j1.id.clone(), "QUEUED"),
+        (2, j2.id.clone(), "QUEUED"),
+        (3, j1.id.clone(), "RUNNING"),
+        (4, j2.id.clone(), "RUNNING"),
+        (5, j2.id.clone(), "SUCCEEDED"),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(changes(&*store, "acme", 3).await, want[3..].to_vec());
+    assert_eq!(store.last_change(&tenant("acme")).await.unwrap(), 5);
+    assert_eq!(changes(&*store, "other", 0).await.len(), 3);
+    // A change carries the job as it was then: j1's RUNNING change has its last seq of then.
+    let all = store.read_changes(&tenant("acme"), 0, 10).await.unwrap();
+    assert_eq!(all[2].job.last_seq, 3);
+    assert_eq!(all[4].job.result, "done");
+    assert_eq!(all[4].job.usage, usage());
+    assert_eq!(all[4].job.spec, j2.spec);
+    assert_eq!(
+        store
+            .read_changes(&tenant("acme"), 0, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // A deleted job's changes are skipped; the others keep their seqs.
+    store.delete_session(&b.id).await.unwrap();
+    assert!(changes(&*store, "other", 0).await.is_empty());
+}
+
+pub async fn change_sequence_under_concurrent_writers(h: &dyn Harness) {
+    const JOBS: usize = 12;
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let mut tasks = Vec::new();
+    for i in 0..JOBS {
+        let store = store.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let j = new_job(&*store, &s, ts(i as i64)).await;
+            finish(&*store, &j, Outcome::Succeeded).await;
+            j.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.expect("task"));
+    }
+    let got = changes(&*store, "acme", 0).await;
+    let seqs: Vec<u64> = got.iter().map(|c| c.0).collect();
+    assert_eq!(seqs, (1..=3 * JOBS as u64).collect::<Vec<_>>(), "gapless");
+    for id in ids {
+        let states: Vec<&str> = got.iter().filter(|c| c.1 == id).map(|c| c.2).collect();
+        assert_eq!(states, ["QUEUED", "RUNNING", "SUCCEEDED"]);
+    }
+}
+
+pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    finish(&*store, &j, Outcome::Succeeded).await;
+    let future = Timestamp(Timestamp::now().0 + 60_000_000);
+    assert_eq!(store.prune_changes(future, 2).await.unwrap(), 2);
+    let err = store
+        .read_changes(&tenant("acme"), 1, 10)
+        .await
+        .expect_err("cursor 1 is before what was pruned");
+    assert_eq!(err.reason(), Reason::CursorExpired);
+    assert_eq!(changes(&*store, "acme", 2).await.len(), 1);
+    assert_eq!(store.prune_changes(future, 10).await.unwrap(), 1);
+    assert!(changes(&*store, "acme", 3).await.is_empty());
+    assert!(store.read_changes(&tenant("acme"), 2, 10).await.is_err());
+    // The sequence goes on after pruning.
+    new_job(&*store, &s, ts(2)).await;
+    assert_eq!(changes(&*store, "acme", 3).await.len(), 1);
 }

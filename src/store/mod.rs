@@ -81,6 +81,17 @@ pub struct JobWrite {
     pub update: Option<JobUpdate>,
 }
 
+/// What [`Store::read_changes`] answers for a cursor whose following changes were pruned.
+pub(crate) fn cursor_expired(after: u64, pruned: u64) -> crate::error::Error {
+    crate::error::Error::out_of_range(
+        crate::error::Reason::CursorExpired,
+        format!(
+            "job changes after cursor {after} are no longer retained; the oldest retained \
+             change follows cursor {pruned}: resume with after_cursor >= {pruned}"
+        ),
+    )
+}
+
 /// Limits checked in the same transaction that inserts a job, so they hold across replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmitLimits {
@@ -120,6 +131,17 @@ pub enum StoreSignal {
     CancelRequested { job: JobId, reason: String },
     /// Signals may have been missed (listener reconnected, receiver lagged): look at everything.
     Resync,
+    /// Some tenant's change sequence grew ([`Store::read_changes`]): watchers should read it.
+    JobChanges,
+}
+
+/// One entry of a tenant's change sequence: a job as it was right after one of its state changes
+/// (created, started, finished). Seqs number a tenant's changes from 1 without gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobChange {
+    pub seq: u64,
+    pub time: Timestamp,
+    pub job: Job,
 }
 
 /// Filters for [`Store::list_jobs`].
@@ -288,6 +310,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ledger rows of one of the tenant's jobs, oldest first.
     async fn model_calls(&self, tenant: &TenantId, job: &JobId) -> Result<Vec<LedgerRow>>;
+
+    /// Up to `limit` of the tenant's changes with seq > `after`, in seq order. Every job state
+    /// change (`create_job`, an `append` whose update changes the state name) adds one in its own
+    /// transaction, and a tenant's seqs become visible in order (no reader ever sees seq n+1
+    /// before n). Changes of deleted jobs are skipped. `OutOfRange(CursorExpired)` when changes
+    /// after `after` were pruned.
+    async fn read_changes(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobChange>>;
+
+    /// The seq of the tenant's latest change (0 if none).
+    async fn last_change(&self, tenant: &TenantId) -> Result<u64>;
+
+    /// Deletes changes older than `before`, at most `limit`, remembering per tenant up to where,
+    /// so that older cursors answer `CursorExpired`. Returns how many were deleted.
+    async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64>;
 }
 
 /// One row of the usage ledger: a model call and whose it was.

@@ -9,6 +9,7 @@
 //! Write transactions lock the job rows they touch in `pk` order, so two of them never deadlock.
 
 mod ledger;
+mod changes;
 mod listen;
 mod migrate;
 mod rows;
@@ -20,7 +21,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Reason, Result};
 use crate::store::{
-    AdmitLimits, Claimed, JobFilter, JobUpdate, JobWrite, Orphan, Store, StoreSignal,
+    AdmitLimits, Claimed, JobChange, JobFilter, JobUpdate, JobWrite, Orphan, Store, StoreSignal,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -196,7 +197,7 @@ impl PgStore {
         ids.dedup();
         let lock = tx
             .prepare_cached(
-                "SELECT id, pk, last_seq, state_name, session_id, owner IS NULL FROM jobs \
+                "SELECT id, pk, last_seq, state_name, session_id, owner IS NULL, tenant FROM jobs \
                  WHERE id = ANY($1) ORDER BY pk FOR UPDATE",
             )
             .await?;
@@ -213,6 +214,9 @@ impl PgStore {
             stored_seq: u64,
             finished: bool,
             update: Option<&'a JobUpdate>,
+            tenant: String,
+            /// The state name after the writes seen so far, to spot the ones that change it.
+            state_name: String,
         }
         let mut jobs: HashMap<String, Pending> = HashMap::with_capacity(found.len());
         for row in &found {
@@ -231,6 +235,8 @@ impl PgStore {
                     stored_seq: last_seq,
                     finished: !matches!(state_name, "QUEUED" | "RUNNING"),
                     update: None,
+                    tenant: rows::get(row, 6, "jobs.tenant")?,
+                    state_name: state_name.to_owned(),
                 },
             );
         }
@@ -242,6 +248,7 @@ impl PgStore {
             Vec::with_capacity(n),
         );
         let (mut raws, mut kinds) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut changed = Vec::new();
         for w in writes {
             let Some(j) = jobs.get_mut(w.job_id.as_str()) else {
                 return Err(Error::internal(format!(
@@ -279,6 +286,10 @@ impl PgStore {
             if let Some(u) = &w.update {
                 j.update = Some(u);
                 j.finished = u.state.is_finished();
+                if u.state.name() != j.state_name {
+                    j.state_name = u.state.name().to_owned();
+                    changed.push(changes::Change::of(&j.tenant, &w.job_id, u, j.last_seq)?);
+                }
             }
         }
 
@@ -326,6 +337,9 @@ impl PgStore {
         }
         if jobs_changed {
             notes.push(listen::JOBS_CHANGED.to_owned());
+        }
+        if !changed.is_empty() {
+            notes.push(listen::JOB_CHANGES.to_owned());
         }
 
         let insert = tx
@@ -394,6 +408,8 @@ impl PgStore {
             tx.execute(&notify, &[&self.channel, &notes]).await
         };
         tokio::try_join!(inserted, updated, conversed, notified)?;
+        // Last, so the tenants' sequence rows are locked for as short a time as possible.
+        changes::record(tx, &mut changed).await?;
         Ok(true)
     }
 
@@ -564,6 +580,20 @@ impl PgStore {
             Err(e) => return Err(db(e)),
         }
         self.notify_in(&tx, listen::JOBS_CHANGED).await?;
+        let queued = JobUpdate {
+            state: job.state.clone(),
+            result: job.result.clone(),
+            usage: job.usage.clone(),
+            conversation_id: job.conversation_id.clone(),
+        };
+        let mut change = vec![changes::Change::of(
+            job.tenant.as_str(),
+            &job.id,
+            &queued,
+            job.last_seq,
+        )?];
+        changes::record(&tx, &mut change).await.map_err(db)?;
+        self.notify_in(&tx, listen::JOB_CHANGES).await?;
         tx.commit().await.map_err(db)?;
         Ok(Some(job.clone()))
     }
@@ -1225,5 +1255,22 @@ impl Store for PgStore {
         job: &JobId,
     ) -> Result<Vec<crate::store::LedgerRow>> {
         ledger::model_calls(self, tenant, job).await
+    }
+
+    async fn read_changes(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobChange>> {
+        self.changes_after(tenant, after, limit).await
+    }
+
+    async fn last_change(&self, tenant: &TenantId) -> Result<u64> {
+        self.last_change_of(tenant).await
+    }
+
+    async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.prune_changes_before(before, limit).await
     }
 }

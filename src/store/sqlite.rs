@@ -10,6 +10,7 @@
 //! Durability: `synchronous=NORMAL` under WAL means a committed write survives the process being
 //! killed (the case we care about: crash, `kill -9`), while a power loss may drop the last commits.
 
+mod changes;
 mod checkpoint;
 mod conn;
 mod ledger;
@@ -20,7 +21,9 @@ use crate::domain::{
     FileChange, Job, JobEvent, JobId, PageCursor, Session, SessionId, TenantId, Timestamp,
 };
 use crate::error::{Error, Result};
-use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan, Store, StoreSignal};
+use crate::store::{
+    AdmitLimits, Claimed, JobChange, JobFilter, JobWrite, Orphan, Store, StoreSignal,
+};
 use async_trait::async_trait;
 use conn::Readers;
 use std::collections::BTreeMap;
@@ -290,6 +293,31 @@ impl Store for SqliteStore {
         let (tenant, job) = (tenant.clone(), job.clone());
         self.readers
             .read(move |c| ledger::model_calls(c, &tenant, &job))
+            .await
+    }
+
+    async fn read_changes(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobChange>> {
+        let tenant = tenant.clone();
+        self.readers
+            .read(move |c| changes::read_changes(c, &tenant, after, limit))
+            .await
+    }
+
+    async fn last_change(&self, tenant: &TenantId) -> Result<u64> {
+        let tenant = tenant.clone();
+        self.readers
+            .read(move |c| changes::last_change(c, &tenant))
+            .await
+    }
+
+    async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.writer
+            .write(move |c| changes::prune_changes(c, before, limit))
             .await
     }
 }

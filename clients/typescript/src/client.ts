@@ -22,6 +22,7 @@ import {
   JobService,
   JobState,
   type Job,
+  type JobChange,
   type JobEvent,
   type SubmitJobRequestSchema,
 } from "./gen/agentd/v1/job_pb.js";
@@ -543,6 +544,52 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     /** The job's events after `afterSeq`, each exactly once, ending with `finished`. */
     stream(jobId: string, opts: { afterSeq?: bigint } = {}): AsyncIterable<JobEvent> {
       return follow(jobId, new EventCursor(opts.afterSeq ?? 0n), new Reconnect(reconnectTimeoutMs));
+    },
+
+    /**
+     * Every change of the caller's jobs (creation, start, finish) matching the filter, each once
+     * and in order, forever. `afterCursor` replays retained changes after it (0n: all); absent
+     * starts now. Resumes from the last position read when the connection drops.
+     */
+    async *watchJobs(
+      opts: {
+        sessionId?: string;
+        labels?: Record<string, string>;
+        agents?: string[];
+        states?: JobState[];
+        afterCursor?: bigint;
+      } = {},
+    ): AsyncGenerator<JobChange> {
+      const policy = new Reconnect(reconnectTimeoutMs);
+      let cursor = opts.afterCursor;
+      for (;;) {
+        const ac = new AbortController();
+        try {
+          const req = {
+            sessionId: opts.sessionId ?? "",
+            labels: opts.labels ?? {},
+            agents: opts.agents ?? [],
+            states: opts.states ?? [],
+            afterCursor: cursor,
+          };
+          for await (const res of jobs.watchJobs(req, { signal: ac.signal })) {
+            policy.progressed();
+            yield* res.changes;
+            cursor = res.cursor;
+          }
+          await sleep(policy.nextDelay(new AgentdError("watch stream ended", Code.Unavailable, { reason: "", domain: "", metadata: {} })));
+        } catch (e) {
+          await sleep(policy.nextDelay(toAgentdError(e)));
+        } finally {
+          ac.abort();
+        }
+      }
+    },
+
+    /** One WaitJob call: the job once final, or as it is when the timeout passes first. */
+    async waitJob(jobId: string, opts: { timeoutSeconds?: number } = {}): Promise<{ job: Job; timedOut: boolean }> {
+      const res = await jobs.waitJob({ jobId, timeoutSeconds: opts.timeoutSeconds ?? 0 });
+      return { job: res.job!, timedOut: res.timedOut };
     },
 
     /** Resolves to the job once it is final. */

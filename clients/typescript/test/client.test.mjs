@@ -290,3 +290,34 @@ describe("@agentd/client", () => {
     assert.equal(stdout.split("finished: SUCCEEDED").length - 1, 5);
   });
 });
+
+describe("watch and wait (issue #19)", () => {
+  let server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(() => server.stop());
+
+  test("watchJobs sees each change once and waitJob answers", async () => {
+    const c = createAgentdClient({ baseUrl: server.url, apiKey: KEY_A });
+    const session = await c.createSession({});
+    const job = (await c.submit(session.sessionId, "hello")).jobId;
+    const states = [];
+    let last = 0n;
+    for await (const ch of c.watchJobs({ sessionId: session.sessionId, afterCursor: 0n })) {
+      assert.ok(ch.cursor > last);
+      last = ch.cursor;
+      assert.equal(ch.job.jobId, job);
+      states.push(ch.job.state);
+      if (ch.job.state >= JobState.SUCCEEDED) break;
+    }
+    assert.deepEqual(states, [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]);
+    const done = await c.waitJob(job, { timeoutSeconds: 30 });
+    assert.equal(done.timedOut, false);
+    assert.equal(done.job.state, JobState.SUCCEEDED);
+    const slow = (await c.submit(session.sessionId, "sleep 3")).jobId;
+    const early = await c.waitJob(slow, { timeoutSeconds: 1 });
+    assert.equal(early.timedOut, true);
+    await rejectsWith(c.waitJob("job_nope", { timeoutSeconds: 1 }), Code.NotFound, "JOB_NOT_FOUND");
+  });
+});

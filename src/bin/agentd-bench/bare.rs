@@ -129,6 +129,21 @@ impl JobService for Jobs {
         unimplemented()
     }
 
+    type WatchJobsStream = BoxStream<pb::WatchJobsResponse>;
+    async fn watch_jobs(
+        &self,
+        _: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        unimplemented()
+    }
+
+    async fn wait_job(
+        &self,
+        _: Request<pb::WaitJobRequest>,
+    ) -> Result<Response<pb::WaitJobResponse>, Status> {
+        unimplemented()
+    }
+
     type StreamJobEventsStream = BoxStream<pb::StreamJobEventsResponse>;
     async fn stream_job_events(
         &self,

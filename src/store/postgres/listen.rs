@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 /// Payload of "jobs were queued, released or finished".
 pub(super) const JOBS_CHANGED: &str = "j";
 
+/// Payload of "some tenant's change sequence grew".
+pub(super) const JOB_CHANGES: &str = "w";
+
 /// Payload of "events of `job` up to `seq` are committed".
 pub(super) fn events_payload(job: &str, seq: u64) -> String {
     format!("e {job} {seq}")
@@ -32,6 +35,7 @@ pub(super) fn parse(payload: &str) -> StoreSignal {
     let mut parts = payload.splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("j"), None, None) => StoreSignal::JobsChanged,
+        (Some("w"), None, None) => StoreSignal::JobChanges,
         (Some("e"), Some(job), Some(seq)) => match seq.parse() {
             Ok(seq) => StoreSignal::Events {
                 job: JobId::from_trusted(job.to_owned()),

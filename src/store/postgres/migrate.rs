@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0010_usage.sql"),
+    include_str!("../migrations/postgres/0013_job_changes.sql"),
 ];
 
 /// First key of the migration advisory lock (the second is the schema's hash): "agnt".

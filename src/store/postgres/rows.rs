@@ -48,7 +48,7 @@ pub(super) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize, name: &str) -> R
     row.try_get(idx).map_err(|_| corrupt(name))
 }
 
-fn json<T: DeserializeOwned>(row: &Row, idx: usize, name: &str) -> Result<T> {
+pub(super) fn json<T: DeserializeOwned>(row: &Row, idx: usize, name: &str) -> Result<T> {
     let text: &str = get(row, idx, name)?;
     serde_json::from_str(text).map_err(|_| corrupt(name))
 }

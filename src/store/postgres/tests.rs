@@ -646,6 +646,8 @@ async fn replicas_starting_together_migrate_once() {
         .collect();
     let want: Vec<i32> = (1..=super::migrate::MIGRATIONS.len() as i32).collect();
     assert_eq!(versions, want);
+    let all: Vec<i32> = (1..=super::migrate::MIGRATIONS.len() as i32).collect();
+    assert_eq!(versions, all);
     // A schema from a newer build is refused.
     c.execute(
         "INSERT INTO agentd_schema_version (version) VALUES (99)",

@@ -55,19 +55,19 @@ fn json_col<T: DeserializeOwned>(
     })
 }
 
-fn to_json<T: Serialize>(value: &T, what: &str) -> Result<String> {
+pub(super) fn to_json<T: Serialize>(value: &T, what: &str) -> Result<String> {
     serde_json::to_string(value)
         .map_err(|e| Error::internal(format!("store: cannot encode {what}: {e}")))
 }
 
 /// Reads a column this store only ever fills with non-negative integers.
-fn uint(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+pub(super) fn uint(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     let v: i64 = row.get(idx)?;
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
 }
 
 /// SQLite integers are i64; counts and limits beyond that range mean "no limit".
-fn sql_int(n: u64) -> i64 {
+pub(super) fn sql_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -94,7 +94,7 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<Job> {
 }
 
 /// A job whose `job_cols!()` start at column `at`.
-fn job_row_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Job> {
+pub(super) fn job_row_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Job> {
     Ok(Job {
         id: JobId::from_trusted(row.get(at)?),
         session_id: SessionId::from_trusted(row.get(at + 1)?),
@@ -370,6 +370,18 @@ pub(super) fn create_job(
         ])
     })
     .map_err(db)?;
+    super::changes::record(
+        conn,
+        &super::changes::Snapshot {
+            tenant: job.tenant.as_str(),
+            job: &job.id,
+            state: &job.state,
+            result: &job.result,
+            usage: &job.usage,
+            conversation_id: job.conversation_id.as_deref(),
+            last_seq: job.last_seq,
+        },
+    )?;
     Ok(job.clone())
 }
 
@@ -688,18 +700,26 @@ pub(super) fn queue_position(conn: &Connection, job: &JobId) -> Result<Option<u3
 pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
     let mut find = conn
         .prepare_cached(
-            "SELECT pk, last_seq, session_id, state_name IN ('QUEUED', 'RUNNING') \
-             FROM jobs WHERE id = ?1",
+            "SELECT pk, last_seq, session_id, state_name IN ('QUEUED', 'RUNNING'), tenant, \
+             state_name FROM jobs WHERE id = ?1",
         )
         .map_err(db)?;
     for w in writes {
-        let found: Option<(i64, u64, String, bool)> = find
+        type Found = (i64, u64, String, bool, String, String);
+        let found: Option<Found> = find
             .query_row([w.job_id.as_str()], |r| {
-                Ok((r.get(0)?, uint(r, 1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get(0)?,
+                    uint(r, 1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()
             .map_err(db)?;
-        let Some((pk, last_seq, session_id, unfinished)) = found else {
+        let Some((pk, last_seq, session_id, unfinished, tenant, state_name)) = found else {
             return Err(Error::internal(format!(
                 "store: append to job {} which does not exist",
                 w.job_id
@@ -751,6 +771,20 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
                     conn.prepare_cached("UPDATE sessions SET conversation_id = ?2 WHERE id = ?1")
                         .and_then(|mut st| st.execute(params![session_id, conv]))
                         .map_err(db)?;
+                }
+                if u.state.name() != state_name {
+                    super::changes::record(
+                        conn,
+                        &super::changes::Snapshot {
+                            tenant: &tenant,
+                            job: &w.job_id,
+                            state: &u.state,
+                            result: &u.result,
+                            usage: &u.usage,
+                            conversation_id: u.conversation_id.as_deref(),
+                            last_seq: new_last,
+                        },
+                    )?;
                 }
             }
             None if new_last != last_seq => {

@@ -454,6 +454,51 @@ class AsyncClient:
                 pass
         return await self._final_job(job_id)
 
+    async def watch_jobs(
+        self,
+        *,
+        session_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        agents: Sequence[str] = (),
+        states: Iterable[job_pb2.JobState.ValueType] = (),
+        after_cursor: int | None = None,
+    ) -> AsyncIterator[job_pb2.JobChange]:
+        """As :meth:`agentd.Client.watch_jobs`: every matching change once, in order, resuming
+        from the last position read when the connection drops."""
+        policy = Reconnect(self.reconnect_timeout)
+        cursor = after_cursor
+        while True:
+            req = job_pb2.WatchJobsRequest(
+                session_id=session_id,
+                labels=dict(labels or {}),
+                agents=list(agents),
+                states=list(states),
+            )
+            if cursor is not None:
+                req.after_cursor = cursor
+            call = self.jobs.WatchJobs(req)
+            try:
+                async for resp in call:
+                    policy.progressed()
+                    for change in resp.changes:
+                        yield change
+                    cursor = resp.cursor
+                delay = policy.next_delay(
+                    AgentdError(grpc.StatusCode.UNAVAILABLE, "watch stream ended")
+                )
+            except grpc.RpcError as e:
+                delay = policy.next_delay(from_rpc_error(e))
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+
+    async def wait_job(self, job_id: str, timeout_seconds: int = 0) -> tuple[job_pb2.Job, bool]:
+        """One WaitJob call: the job once final, or as it is when the timeout passes first
+        (the flag is then True)."""
+        req = job_pb2.WaitJobRequest(job_id=job_id, timeout_seconds=timeout_seconds)
+        resp = await _call(self.jobs.WaitJob(req))
+        return resp.job, resp.timed_out
+
     async def _follow(
         self, job_id: str, cursor: EventCursor, policy: Reconnect
     ) -> AsyncIterator[job_pb2.JobEvent]:

@@ -435,6 +435,51 @@ class Client:
                 pass
         return self._final_job(job_id)
 
+    def watch_jobs(
+        self,
+        *,
+        session_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        agents: Sequence[str] = (),
+        states: Iterable[job_pb2.JobState.ValueType] = (),
+        after_cursor: int | None = None,
+    ) -> Iterator[job_pb2.JobChange]:
+        """Every change of the caller's jobs (creation, start, finish) matching the filter, each
+        once and in order, forever. ``after_cursor`` replays retained changes after it (0: all);
+        ``None`` starts now. When the connection drops it resumes from the last position read."""
+        policy = Reconnect(self.reconnect_timeout)
+        cursor = after_cursor
+        while True:
+            req = job_pb2.WatchJobsRequest(
+                session_id=session_id,
+                labels=dict(labels or {}),
+                agents=list(agents),
+                states=list(states),
+            )
+            if cursor is not None:
+                req.after_cursor = cursor
+            call = self.jobs.WatchJobs(req)
+            try:
+                for resp in call:
+                    policy.progressed()
+                    yield from resp.changes
+                    cursor = resp.cursor
+                delay = policy.next_delay(
+                    AgentdError(grpc.StatusCode.UNAVAILABLE, "watch stream ended")
+                )
+            except grpc.RpcError as e:
+                delay = policy.next_delay(from_rpc_error(e))
+            finally:
+                call.cancel()
+            time.sleep(delay)
+
+    def wait_job(self, job_id: str, timeout_seconds: int = 0) -> tuple[job_pb2.Job, bool]:
+        """One WaitJob call: the job once final, or as it is when the timeout (0: the server's
+        default, a minute) passes first; the flag is True when it timed out."""
+        req = job_pb2.WaitJobRequest(job_id=job_id, timeout_seconds=timeout_seconds)
+        resp = _call(lambda: self.jobs.WaitJob(req))
+        return resp.job, resp.timed_out
+
     def _follow(
         self, job_id: str, cursor: EventCursor, policy: Reconnect
     ) -> Iterator[job_pb2.JobEvent]:

@@ -10,6 +10,7 @@ mod rss;
 mod sandbox;
 mod sdk;
 mod stream;
+mod watch;
 
 use crate::harness::Env;
 use crate::report::Metric;
@@ -104,5 +105,10 @@ pub const ALL: &[Scenario] = &[
         "replicas",
         replicas::replicas,
         "jobs/s of 200 jobs over 50 sessions on 1, 2, 3 replicas on Postgres, vs one server on SQLite"
+    ),
+    scenario!(
+        "watch",
+        watch::watch,
+        "1,000 jobs finishing while 100 WatchJobs streams follow the tenant: change → watcher p50/p99"
     ),
 ];

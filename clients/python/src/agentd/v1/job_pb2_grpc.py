@@ -68,6 +68,16 @@ class JobServiceStub:
                 request_serializer=agentd_dot_v1_dot_job__pb2.RunJobRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_job__pb2.RunJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/agentd.v1.JobService/WatchJobs',
+                request_serializer=agentd_dot_v1_dot_job__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_job__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
+        self.WaitJob = channel.unary_unary(
+                '/agentd.v1.JobService/WaitJob',
+                request_serializer=agentd_dot_v1_dot_job__pb2.WaitJobRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_job__pb2.WaitJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -120,6 +130,22 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """Follows every job of the caller (optionally filtered): each creation, start and finish, in
+        one per-tenant order, resumable from a cursor. Never ends by itself; keepalives on quiet
+        streams. A cursor whose following changes were pruned answers OUT_OF_RANGE (CURSOR_EXPIRED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitJob(self, request, context):
+        """Returns the job once it is final, or as it is when the timeout passes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +178,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RunJob,
                     request_deserializer=agentd_dot_v1_dot_job__pb2.RunJobRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_job__pb2.RunJobResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=agentd_dot_v1_dot_job__pb2.WatchJobsRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_job__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'WaitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitJob,
+                    request_deserializer=agentd_dot_v1_dot_job__pb2.WaitJobRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_job__pb2.WaitJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +356,60 @@ class JobService:
             '/agentd.v1.JobService/RunJob',
             agentd_dot_v1_dot_job__pb2.RunJobRequest.SerializeToString,
             agentd_dot_v1_dot_job__pb2.RunJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentd.v1.JobService/WatchJobs',
+            agentd_dot_v1_dot_job__pb2.WatchJobsRequest.SerializeToString,
+            agentd_dot_v1_dot_job__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.JobService/WaitJob',
+            agentd_dot_v1_dot_job__pb2.WaitJobRequest.SerializeToString,
+            agentd_dot_v1_dot_job__pb2.WaitJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,13 @@ class JobServiceStub:
     """
     RunJob: _grpc.UnaryStreamMultiCallable[_job_pb2.RunJobRequest, _job_pb2.RunJobResponse]
     """Submits a job and streams its events in one call (SubmitJob + StreamJobEvents from 0)."""
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_job_pb2.WatchJobsRequest, _job_pb2.WatchJobsResponse]
+    """Follows every job of the caller (optionally filtered): each creation, start and finish, in
+    one per-tenant order, resumable from a cursor. Never ends by itself; keepalives on quiet
+    streams. A cursor whose following changes were pruned answers OUT_OF_RANGE (CURSOR_EXPIRED).
+    """
+    WaitJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.WaitJobRequest, _job_pb2.WaitJobResponse]
+    """Returns the job once it is final, or as it is when the timeout passes first."""
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -75,6 +82,13 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     RunJob: _aio.UnaryStreamMultiCallable[_job_pb2.RunJobRequest, _job_pb2.RunJobResponse]  # type: ignore[assignment]
     """Submits a job and streams its events in one call (SubmitJob + StreamJobEvents from 0)."""
+    WatchJobs: _aio.UnaryStreamMultiCallable[_job_pb2.WatchJobsRequest, _job_pb2.WatchJobsResponse]  # type: ignore[assignment]
+    """Follows every job of the caller (optionally filtered): each creation, start and finish, in
+    one per-tenant order, resumable from a cursor. Never ends by itself; keepalives on quiet
+    streams. A cursor whose following changes were pruned answers OUT_OF_RANGE (CURSOR_EXPIRED).
+    """
+    WaitJob: _aio.UnaryUnaryMultiCallable[_job_pb2.WaitJobRequest, _job_pb2.WaitJobResponse]  # type: ignore[assignment]
+    """Returns the job once it is final, or as it is when the timeout passes first."""
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService runs prompts through coding agents inside a session's workspace and streams what
@@ -132,5 +146,24 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_pb2.RunJobResponse], _abc.AsyncIterator[_job_pb2.RunJobResponse]]:
         """Submits a job and streams its events in one call (SubmitJob + StreamJobEvents from 0)."""
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _job_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_pb2.WatchJobsResponse], _abc.AsyncIterator[_job_pb2.WatchJobsResponse]]:
+        """Follows every job of the caller (optionally filtered): each creation, start and finish, in
+        one per-tenant order, resumable from a cursor. Never ends by itself; keepalives on quiet
+        streams. A cursor whose following changes were pruned answers OUT_OF_RANGE (CURSOR_EXPIRED).
+        """
+
+    @_abc_1.abstractmethod
+    def WaitJob(
+        self,
+        request: _job_pb2.WaitJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.WaitJobResponse, _abc.Awaitable[_job_pb2.WaitJobResponse]]:
+        """Returns the job once it is final, or as it is when the timeout passes first."""
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

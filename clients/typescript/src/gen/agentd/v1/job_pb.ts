@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSLrAgoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIwChFTdWJtaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KDkdldEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlIkkKEExpc3RKb2JzUmVzcG9uc2USHAoEam9icxgBIAMoCzIOLmFnZW50ZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKEUNhbmNlbEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiOwoWU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKF1N0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlEiMKBmV2ZW50cxgBIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAiABKAgiOQoNUnVuSm9iUmVxdWVzdBIoCgNqb2IYASABKAsyGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdCJlCg5SdW5Kb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEiMKBmV2ZW50cxgCIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAyABKAgisgUKCEpvYkV2ZW50EgsKA3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNyYXcYAyABKAkSKAoHc3RhcnRlZBgKIAEoCzIVLmFnZW50ZC52MS5Kb2JTdGFydGVkSAASJAoEaW5pdBgLIAEoCzIULmFnZW50ZC52MS5BZ2VudEluaXRIABIkCgR0ZXh0GAwgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCXRvb2xfY2FsbBgNIAEoCzITLmFnZW50ZC52MS5Ub29sQ2FsbEgAEiwKC3Rvb2xfcmVzdWx0GA4gASgLMhUuYWdlbnRkLnYxLlRvb2xSZXN1bHRIABIhCgV1c2FnZRgPIAEoCzIQLmFnZW50ZC52MS5Vc2FnZUgAEicKBnN0ZGVychgQIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASKQoIdW5wYXJzZWQYESABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEiYKBW90aGVyGBIgASgLMhUuYWdlbnRkLnYxLk90aGVyRXZlbnRIABIvCgl0cnVuY2F0ZWQYEyABKAsyGi5hZ2VudGQudjEuT3V0cHV0VHJ1bmNhdGVkSAASKgoIZmluaXNoZWQYFCABKAsyFi5hZ2VudGQudjEuSm9iRmluaXNoZWRIABIyCg5saW1pdF9leGNlZWRlZBgVIAEoCzIYLmFnZW50ZC52MS5MaW1pdEV4Y2VlZGVkSAASKgoKbW9kZWxfY2FsbBgyIAEoCzIULmFnZW50ZC52MS5Nb2RlbENhbGxIABIwCg1lZ3Jlc3NfZGVuaWVkGDMgASgLMhcuYWdlbnRkLnYxLkVncmVzc0RlbmllZEgAQgYKBGtpbmQiWgoKSm9iU3RhcnRlZBINCgVhZ2VudBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEgsKA3BpZBgDIAEoBRIfChdyZXN1bWVkX2NvbnZlcnNhdGlvbl9pZBgEIAEoCSJZCglBZ2VudEluaXQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEg0KBXRvb2xzGAMgAygJEhUKDWFnZW50X3ZlcnNpb24YBCABKAkiGQoJVGV4dEV2ZW50EgwKBHRleHQYASABKAkiOAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJIjsKClRvb2xSZXN1bHQSCgoCaWQYASABKAkSEAoIaXNfZXJyb3IYAiABKAgSDwoHY29udGVudBgDIAEoCSItCgpPdXRwdXRMaW5lEgwKBGxpbmUYASABKAkSEQoJdHJ1bmNhdGVkGAIgASgIIhoKCk90aGVyRXZlbnQSDAoEdHlwZRgBIAEoCSIhCg9PdXRwdXRUcnVuY2F0ZWQSDgoGcmVhc29uGAEgASgJIrUBCgtKb2JGaW5pc2hlZBIiCgVzdGF0ZRgBIAEoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIqCgtleGl0X3N0YXR1cxgCIAEoCzIVLmFnZW50ZC52MS5FeGl0U3RhdHVzEg4KBnJlc3VsdBgDIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEh8KBXVzYWdlGAUgASgLMhAuYWdlbnRkLnYxLlVzYWdlEg4KBnJlYXNvbhgGIAEoCSIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAkqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhcKE0pPQl9TVEFURV9USU1FRF9PVVQQBjK9AwoKSm9iU2VydmljZRJGCglTdWJtaXRKb2ISGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdBocLmFnZW50ZC52MS5TdWJtaXRKb2JSZXNwb25zZRI9CgZHZXRKb2ISGC5hZ2VudGQudjEuR2V0Sm9iUmVxdWVzdBoZLmFnZW50ZC52MS5HZXRKb2JSZXNwb25zZRJDCghMaXN0Sm9icxIaLmFnZW50ZC52MS5MaXN0Sm9ic1JlcXVlc3QaGy5hZ2VudGQudjEuTGlzdEpvYnNSZXNwb25zZRJGCglDYW5jZWxKb2ISGy5hZ2VudGQudjEuQ2FuY2VsSm9iUmVxdWVzdBocLmFnZW50ZC52MS5DYW5jZWxKb2JSZXNwb25zZRJaCg9TdHJlYW1Kb2JFdmVudHMSIS5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBoiLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXNwb25zZTABEj8KBlJ1bkpvYhIYLmFnZW50ZC52MS5SdW5Kb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLlJ1bkpvYlJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSLrAgoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIwChFTdWJtaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KDkdldEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlIkkKEExpc3RKb2JzUmVzcG9uc2USHAoEam9icxgBIAMoCzIOLmFnZW50ZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKEUNhbmNlbEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiOwoWU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKF1N0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlEiMKBmV2ZW50cxgBIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAiABKAgiOQoNUnVuSm9iUmVxdWVzdBIoCgNqb2IYASABKAsyGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdCJlCg5SdW5Kb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEiMKBmV2ZW50cxgCIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAyABKAgisgUKCEpvYkV2ZW50EgsKA3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNyYXcYAyABKAkSKAoHc3RhcnRlZBgKIAEoCzIVLmFnZW50ZC52MS5Kb2JTdGFydGVkSAASJAoEaW5pdBgLIAEoCzIULmFnZW50ZC52MS5BZ2VudEluaXRIABIkCgR0ZXh0GAwgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCXRvb2xfY2FsbBgNIAEoCzITLmFnZW50ZC52MS5Ub29sQ2FsbEgAEiwKC3Rvb2xfcmVzdWx0GA4gASgLMhUuYWdlbnRkLnYxLlRvb2xSZXN1bHRIABIhCgV1c2FnZRgPIAEoCzIQLmFnZW50ZC52MS5Vc2FnZUgAEicKBnN0ZGVychgQIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASKQoIdW5wYXJzZWQYESABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEiYKBW90aGVyGBIgASgLMhUuYWdlbnRkLnYxLk90aGVyRXZlbnRIABIvCgl0cnVuY2F0ZWQYEyABKAsyGi5hZ2VudGQudjEuT3V0cHV0VHJ1bmNhdGVkSAASKgoIZmluaXNoZWQYFCABKAsyFi5hZ2VudGQudjEuSm9iRmluaXNoZWRIABIyCg5saW1pdF9leGNlZWRlZBgVIAEoCzIYLmFnZW50ZC52MS5MaW1pdEV4Y2VlZGVkSAASKgoKbW9kZWxfY2FsbBgyIAEoCzIULmFnZW50ZC52MS5Nb2RlbENhbGxIABIwCg1lZ3Jlc3NfZGVuaWVkGDMgASgLMhcuYWdlbnRkLnYxLkVncmVzc0RlbmllZEgAQgYKBGtpbmQiWgoKSm9iU3RhcnRlZBINCgVhZ2VudBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEgsKA3BpZBgDIAEoBRIfChdyZXN1bWVkX2NvbnZlcnNhdGlvbl9pZBgEIAEoCSJZCglBZ2VudEluaXQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEg0KBXRvb2xzGAMgAygJEhUKDWFnZW50X3ZlcnNpb24YBCABKAkiGQoJVGV4dEV2ZW50EgwKBHRleHQYASABKAkiOAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJIjsKClRvb2xSZXN1bHQSCgoCaWQYASABKAkSEAoIaXNfZXJyb3IYAiABKAgSDwoHY29udGVudBgDIAEoCSItCgpPdXRwdXRMaW5lEgwKBGxpbmUYASABKAkSEQoJdHJ1bmNhdGVkGAIgASgIIhoKCk90aGVyRXZlbnQSDAoEdHlwZRgBIAEoCSIhCg9PdXRwdXRUcnVuY2F0ZWQSDgoGcmVhc29uGAEgASgJIrUBCgtKb2JGaW5pc2hlZBIiCgVzdGF0ZRgBIAEoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIqCgtleGl0X3N0YXR1cxgCIAEoCzIVLmFnZW50ZC52MS5FeGl0U3RhdHVzEg4KBnJlc3VsdBgDIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEh8KBXVzYWdlGAUgASgLMhAuYWdlbnRkLnYxLlVzYWdlEg4KBnJlYXNvbhgGIAEoCSIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMskECgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -1142,6 +1142,185 @@ export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
   messageDesc(file_agentd_v1_job, 25);
 
 /**
+ * Request for JobService.WatchJobs.
+ *
+ * @generated from message agentd.v1.WatchJobsRequest
+ */
+export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
+  /**
+   * Only jobs of this session; empty means every session of the caller.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Only jobs whose session carries every one of these labels.
+   *
+   * @generated from field: map<string, string> labels = 2;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * Only jobs run by one of these agent profiles; empty means all.
+   *
+   * @generated from field: repeated string agents = 3;
+   */
+  agents: string[];
+
+  /**
+   * Only changes into one of these states; empty means all.
+   *
+   * @generated from field: repeated agentd.v1.JobState states = 4;
+   */
+  states: JobState[];
+
+  /**
+   * Resume after this cursor (the `cursor` of the last change or keepalive received); 0 replays
+   * every retained change. Unset starts at the present: the first message is a keepalive carrying
+   * the current cursor.
+   *
+   * @generated from field: optional uint64 after_cursor = 5;
+   */
+  afterCursor?: bigint | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.WatchJobsRequest.
+ * Use `create(WatchJobsRequestSchema)` to create a new message.
+ */
+export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 26);
+
+/**
+ * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
+ *
+ * @generated from message agentd.v1.JobChange
+ */
+export type JobChange = Message<"agentd.v1.JobChange"> & {
+  /**
+   * Position in the caller's change sequence; resume after it with `after_cursor`.
+   *
+   * @generated from field: uint64 cursor = 1;
+   */
+  cursor: bigint;
+
+  /**
+   * When the change was stored.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The job as it was right after the change (state, result, usage, last_seq); fields that do not
+   * change after submission (prompt, agent, ...) are as submitted. `queue_position` is not set.
+   *
+   * @generated from field: agentd.v1.Job job = 3;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.JobChange.
+ * Use `create(JobChangeSchema)` to create a new message.
+ */
+export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 27);
+
+/**
+ * Response for JobService.WatchJobs.
+ *
+ * @generated from message agentd.v1.WatchJobsResponse
+ */
+export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
+  /**
+   * Changes that match the filter, in cursor order.
+   *
+   * @generated from field: repeated agentd.v1.JobChange changes = 1;
+   */
+  changes: JobChange[];
+
+  /**
+   * True on a keepalive message sent on a quiet stream; such a message carries no changes.
+   *
+   * @generated from field: bool keepalive = 2;
+   */
+  keepalive: boolean;
+
+  /**
+   * The position the stream has read up to (changes skipped by the filter included): resuming
+   * after it misses nothing that matches.
+   *
+   * @generated from field: uint64 cursor = 3;
+   */
+  cursor: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.WatchJobsResponse.
+ * Use `create(WatchJobsResponseSchema)` to create a new message.
+ */
+export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 28);
+
+/**
+ * Request for JobService.WaitJob.
+ *
+ * @generated from message agentd.v1.WaitJobRequest
+ */
+export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
+  /**
+   * The job to wait for.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Longest wait in seconds (at most 3600); 0 means 60.
+   *
+   * @generated from field: uint32 timeout_seconds = 2;
+   */
+  timeoutSeconds: number;
+};
+
+/**
+ * Describes the message agentd.v1.WaitJobRequest.
+ * Use `create(WaitJobRequestSchema)` to create a new message.
+ */
+export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 29);
+
+/**
+ * Response for JobService.WaitJob.
+ *
+ * @generated from message agentd.v1.WaitJobResponse
+ */
+export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
+  /**
+   * The job: final, unless `timed_out`.
+   *
+   * @generated from field: agentd.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+
+  /**
+   * True when the wait ended before the job did; `job` is then its current state.
+   *
+   * @generated from field: bool timed_out = 2;
+   */
+  timedOut: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.WaitJobResponse.
+ * Use `create(WaitJobResponseSchema)` to create a new message.
+ */
+export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 30);
+
+/**
  * The lifecycle state of a job.
  *
  * @generated from enum agentd.v1.JobState
@@ -1272,6 +1451,28 @@ export const JobService: GenService<{
     methodKind: "server_streaming";
     input: typeof RunJobRequestSchema;
     output: typeof RunJobResponseSchema;
+  },
+  /**
+   * Follows every job of the caller (optionally filtered): each creation, start and finish, in
+   * one per-tenant order, resumable from a cursor. Never ends by itself; keepalives on quiet
+   * streams. A cursor whose following changes were pruned answers OUT_OF_RANGE (CURSOR_EXPIRED).
+   *
+   * @generated from rpc agentd.v1.JobService.WatchJobs
+   */
+  watchJobs: {
+    methodKind: "server_streaming";
+    input: typeof WatchJobsRequestSchema;
+    output: typeof WatchJobsResponseSchema;
+  },
+  /**
+   * Returns the job once it is final, or as it is when the timeout passes first.
+   *
+   * @generated from rpc agentd.v1.JobService.WaitJob
+   */
+  waitJob: {
+    methodKind: "unary";
+    input: typeof WaitJobRequestSchema;
+    output: typeof WaitJobResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_job, 0);

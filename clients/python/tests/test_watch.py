@@ -1,0 +1,54 @@
+"""WatchJobs and WaitJob helpers against the real server (issue #19)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import agentd
+from agentd.v1 import job_pb2
+from conftest import KEY_A, Server
+
+FINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED, job_pb2.JOB_STATE_TIMED_OUT}
+
+
+def test_watch_jobs_and_wait_job(server: Server) -> None:
+    with agentd.Client(server.address, api_key=KEY_A) as c:
+        session = c.create_session({})
+        jobs = [c.submit(session.session_id, f"hello {i}").job_id for i in range(3)]
+        states: dict[str, list[int]] = {j: [] for j in jobs}
+        cursors: list[int] = []
+        for change in c.watch_jobs(after_cursor=0, session_id=session.session_id):
+            cursors.append(change.cursor)
+            states[change.job.job_id].append(change.job.state)
+            if all(s and s[-1] in FINAL for s in states.values()):
+                break
+        assert cursors == sorted(set(cursors))
+        for s in states.values():
+            assert s[:2] == [job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING]
+            assert len(s) == 3
+        job, timed_out = c.wait_job(jobs[-1], timeout_seconds=30)
+        assert not timed_out and job.state == job_pb2.JOB_STATE_SUCCEEDED
+        slow = c.submit(session.session_id, "sleep 3").job_id
+        job, timed_out = c.wait_job(slow, timeout_seconds=1)
+        assert timed_out and job.state not in FINAL
+        with pytest.raises(agentd.AgentdError):
+            c.wait_job("job_nope", timeout_seconds=1)
+
+
+def test_async_watch_and_wait(server: Server) -> None:
+    async def main() -> None:
+        async with agentd.AsyncClient(server.address, api_key=KEY_A) as c:
+            session = await c.create_session({})
+            job = (await c.submit(session.session_id, "hello")).job_id
+            seen = []
+            async for change in c.watch_jobs(after_cursor=0, session_id=session.session_id):
+                seen.append(change.job.state)
+                if change.job.state in FINAL:
+                    break
+            assert seen[0] == job_pb2.JOB_STATE_QUEUED
+            final, timed_out = await c.wait_job(job)
+            assert not timed_out and final.state == job_pb2.JOB_STATE_SUCCEEDED
+
+    asyncio.run(main())

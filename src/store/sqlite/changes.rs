@@ -1,0 +1,145 @@
+//! Each tenant's change sequence in SQLite (see `Store::read_changes`). The one writer thread
+//! serializes every write, so taking the next seq from `change_seqs` in the transaction of the
+//! change keeps a tenant's seqs gapless and visible in order.
+
+use super::db;
+use super::ops::{job_row_at, sql_int, to_json, uint};
+use crate::domain::{JobId, JobState, TenantId, Timestamp, Usage};
+use crate::error::{Error, Result};
+use crate::store::JobChange;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A job's state right after a change, as the change row keeps it.
+pub(super) struct Snapshot<'a> {
+    pub tenant: &'a str,
+    pub job: &'a JobId,
+    pub state: &'a JobState,
+    pub result: &'a str,
+    pub usage: &'a Usage,
+    pub conversation_id: Option<&'a str>,
+    pub last_seq: u64,
+}
+
+/// Appends one change to the tenant's sequence; returns its seq.
+pub(super) fn record(conn: &Connection, s: &Snapshot<'_>) -> Result<u64> {
+    let seq: i64 = conn
+        .prepare_cached(
+            "INSERT INTO change_seqs (tenant, last_seq) VALUES (?1, 1) \
+             ON CONFLICT (tenant) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        )
+        .and_then(|mut st| st.query_row([s.tenant], |r| r.get(0)))
+        .map_err(db)?;
+    conn.prepare_cached(
+        "INSERT INTO job_changes (tenant, seq, job_id, time, state, result, usage, \
+         conversation_id, last_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            s.tenant,
+            seq,
+            s.job.as_str(),
+            Timestamp::now().micros(),
+            to_json(s.state, "job state").map_err(to_sql)?,
+            s.result,
+            to_json(s.usage, "job usage").map_err(to_sql)?,
+            s.conversation_id,
+            sql_int(s.last_seq),
+        ])
+    })
+    .map_err(db)?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+fn to_sql(e: Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string())))
+}
+
+/// `(last_seq, pruned_through)` of the tenant's sequence.
+fn bounds(conn: &Connection, tenant: &TenantId) -> Result<(u64, u64)> {
+    let row = conn
+        .prepare_cached("SELECT last_seq, pruned_through FROM change_seqs WHERE tenant = ?1")
+        .and_then(|mut st| {
+            st.query_row([tenant.as_str()], |r| Ok((uint(r, 0)?, uint(r, 1)?)))
+                .optional()
+        })
+        .map_err(db)?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
+pub(super) fn last_change(conn: &Connection, tenant: &TenantId) -> Result<u64> {
+    Ok(bounds(conn, tenant)?.0)
+}
+
+pub(super) fn read_changes(
+    conn: &Connection,
+    tenant: &TenantId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<JobChange>> {
+    // One read transaction: the bounds and the rows come from the same snapshot.
+    conn.execute_batch("BEGIN").map_err(db)?;
+    let out = read_in_snapshot(conn, tenant, after, limit);
+    conn.execute_batch("COMMIT").map_err(db)?;
+    out
+}
+
+fn read_in_snapshot(
+    conn: &Connection,
+    tenant: &TenantId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<JobChange>> {
+    let (_, pruned) = bounds(conn, tenant)?;
+    if after < pruned {
+        return Err(crate::store::cursor_expired(after, pruned));
+    }
+    conn.prepare_cached(
+        "SELECT j.id, j.session_id, j.tenant, j.created, j.spec, c.state, j.request_id, \
+                c.result, c.usage, c.conversation_id, c.last_seq, c.seq, c.time \
+         FROM job_changes c JOIN jobs j ON j.id = c.job_id \
+         WHERE c.tenant = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3",
+    )
+    .and_then(|mut st| {
+        st.query_map(
+            params![tenant.as_str(), sql_int(after), sql_int(limit as u64)],
+            |r| {
+                Ok(JobChange {
+                    job: job_row_at(r, 0)?,
+                    seq: uint(r, 11)?,
+                    time: Timestamp(r.get(12)?),
+                })
+            },
+        )?
+        .collect()
+    })
+    .map_err(db)
+}
+
+pub(super) fn prune_changes(conn: &Connection, before: Timestamp, limit: usize) -> Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM job_changes WHERE (tenant, seq) IN (
+                 SELECT tenant, seq FROM job_changes WHERE time < ?1 ORDER BY time LIMIT ?2)
+             RETURNING tenant, seq",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![before.micros(), sql_int(limit as u64)], |r| {
+                Ok((r.get::<_, String>(0)?, uint(r, 1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(db)?;
+    let mut through: std::collections::HashMap<String, u64> = Default::default();
+    for (tenant, seq) in &n {
+        let e = through.entry(tenant.clone()).or_default();
+        *e = (*e).max(*seq);
+    }
+    for (tenant, seq) in through {
+        conn.prepare_cached(
+            "UPDATE change_seqs SET pruned_through = max(pruned_through, ?2) WHERE tenant = ?1",
+        )
+        .and_then(|mut st| st.execute(params![tenant, sql_int(seq)]))
+        .map_err(db)?;
+    }
+    Ok(n.len() as u64)
+}

@@ -1,0 +1,624 @@
+//! WatchJobs and WaitJob (issue #19) against the real server: a tenant's job changes arrive once,
+//! in per-job order, never another tenant's; a watcher that reconnects with its last cursor
+//! misses nothing and sees nothing twice, across a kill -9 and across two Postgres replicas;
+//! filters, CURSOR_EXPIRED after pruning, WaitJob's answer and timeout, and the bad-input table.
+
+mod common;
+
+use agentd::pb;
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::Code;
+
+type Changes = tonic::Streaming<pb::WatchJobsResponse>;
+
+async fn watch(c: &mut Clients, req: pb::WatchJobsRequest) -> Result<Changes, tonic::Status> {
+    c.jobs.watch_jobs(req).await.map(|r| r.into_inner())
+}
+
+fn from(cursor: u64) -> pb::WatchJobsRequest {
+    pb::WatchJobsRequest {
+        after_cursor: Some(cursor),
+        ..Default::default()
+    }
+}
+
+fn is_final(state: i32) -> bool {
+    state >= pb::JobState::Succeeded as i32
+}
+
+/// Reads changes until `done` says the collection is complete (keepalives skipped); panics after
+/// `within`.
+async fn collect(
+    s: &mut Changes,
+    out: &mut Vec<pb::JobChange>,
+    within: Duration,
+    done: impl Fn(&[pb::JobChange]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(out) {
+        let msg = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .unwrap_or_else(|_| panic!("no complete set of changes within {within:?}: {out:#?}"))
+            .expect("watch message")
+            .expect("the watch stream never ends by itself");
+        out.extend(msg.changes);
+    }
+}
+
+/// True once every job in `jobs` has a final change in `seen`.
+fn all_final(jobs: &[String]) -> impl Fn(&[pb::JobChange]) -> bool + '_ {
+    move |seen| {
+        jobs.iter().all(|j| {
+            seen.iter().any(|c| {
+                c.job
+                    .as_ref()
+                    .is_some_and(|x| &x.job_id == j && is_final(x.state))
+            })
+        })
+    }
+}
+
+/// Every job's changes are QUEUED, RUNNING, then one final state, each once; cursors strictly
+/// increase; nothing of another job appears.
+fn check_sequences(seen: &[pb::JobChange], jobs: &[String]) {
+    let mut last = 0;
+    let mut per_job: HashMap<&str, Vec<i32>> = HashMap::new();
+    for c in seen {
+        assert!(c.cursor > last, "cursors must increase: {seen:#?}");
+        last = c.cursor;
+        let job = c.job.as_ref().expect("job");
+        assert!(jobs.contains(&job.job_id), "unexpected job {}", job.job_id);
+        per_job.entry(&job.job_id).or_default().push(job.state);
+    }
+    for j in jobs {
+        let states = &per_job[j.as_str()];
+        assert_eq!(states.len(), 3, "job {j}: {states:?}");
+        assert_eq!(
+            states[0],
+            pb::JobState::Queued as i32,
+            "job {j}: {states:?}"
+        );
+        assert_eq!(
+            states[1],
+            pb::JobState::Running as i32,
+            "job {j}: {states:?}"
+        );
+        assert!(is_final(states[2]), "job {j}: {states:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watcher_sees_each_change_once_and_resumes_from_its_cursor() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let mut s = watch(&mut a, pb::WatchJobsRequest::default())
+        .await
+        .unwrap();
+    let first = s.message().await.unwrap().expect("first message");
+    assert!(first.keepalive && first.changes.is_empty(), "{first:?}");
+    let start = first.cursor;
+
+    let (s1, s2) = (a.create_session(&[]).await, a.create_session(&[]).await);
+    let other = b.create_session(&[]).await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(a.submit(&s1.session_id, &format!("one {i}")).await.job_id);
+        jobs.push(a.submit(&s2.session_id, &format!("two {i}")).await.job_id);
+        b.submit(&other.session_id, "not yours").await;
+    }
+    // Half the changes on the first stream, then a reconnect from the last cursor received.
+    let mut seen = Vec::new();
+    collect(&mut s, &mut seen, Duration::from_secs(60), |c| c.len() >= 9).await;
+    drop(s);
+    let resume = seen.last().unwrap().cursor;
+    let mut s = watch(&mut a, from(resume)).await.unwrap();
+    collect(&mut s, &mut seen, Duration::from_secs(60), all_final(&jobs)).await;
+    check_sequences(&seen, &jobs);
+    assert_eq!(
+        seen[0].cursor,
+        start + 1,
+        "the first change follows the start cursor"
+    );
+    // Without a filter, a tenant's cursors have no gaps.
+    for w in seen.windows(2) {
+        assert_eq!(w[1].cursor, w[0].cursor + 1);
+    }
+    let finished = seen
+        .iter()
+        .rev()
+        .find(|c| is_final(c.job.as_ref().unwrap().state));
+    let job = finished.unwrap().job.as_ref().unwrap();
+    assert!(job.result.starts_with("turn "), "{job:?}");
+    assert!(job.usage.as_ref().is_some_and(|u| u.output_tokens > 0));
+
+    // A replay from 0 gives the same changes again, exactly.
+    let mut replay = watch(&mut a, from(start)).await.unwrap();
+    let mut again = Vec::new();
+    collect(&mut replay, &mut again, Duration::from_secs(30), |c| {
+        c.len() >= seen.len()
+    })
+    .await;
+    assert_eq!(again.len(), seen.len());
+    for (x, y) in again.iter().zip(&seen) {
+        assert_eq!(x, y);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filters_select_sessions_labels_agents_and_states() {
+    let server = TestServer::start_with(Options {
+        env: vec![("AGENTD_STREAM_KEEPALIVE_SECONDS".into(), "1".into())],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let labelled = a
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            labels: [("team".to_owned(), "red".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let plain = a.create_session(&[]).await;
+    let by_label = watch(
+        &mut a,
+        pb::WatchJobsRequest {
+            labels: [("team".to_owned(), "red".to_owned())].into(),
+            states: vec![pb::JobState::Succeeded as i32],
+            after_cursor: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let by_session = watch(
+        &mut a,
+        pb::WatchJobsRequest {
+            session_id: plain.session_id.clone(),
+            after_cursor: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let no_agent = watch(
+        &mut a,
+        pb::WatchJobsRequest {
+            agents: vec!["no-such-agent".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let red = a.submit(&labelled.session_id, "red").await.job_id;
+    let other = a.submit(&plain.session_id, "plain").await.job_id;
+    let last = a.submit(&plain.session_id, "plain again").await.job_id;
+
+    let mut s = by_label;
+    let mut got = Vec::new();
+    collect(&mut s, &mut got, Duration::from_secs(60), |c| !c.is_empty()).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let job = got[0].job.as_ref().unwrap();
+    assert_eq!(
+        (job.job_id.as_str(), job.state),
+        (red.as_str(), pb::JobState::Succeeded as i32)
+    );
+
+    let mut s = by_session;
+    let mut got = Vec::new();
+    let both = [other.clone(), last.clone()];
+    collect(&mut s, &mut got, Duration::from_secs(60), all_final(&both)).await;
+    check_sequences(&got, &both);
+
+    // A filter that matches nothing still moves the cursor: its keepalives say how far it read.
+    a.wait(&last).await;
+    let mut s = no_agent;
+    let mut cursor = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cursor < got.last().unwrap().cursor {
+        let msg = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .expect("keepalive in time")
+            .unwrap()
+            .unwrap();
+        assert!(msg.changes.is_empty(), "{msg:?}");
+        cursor = msg.cursor;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sequence_survives_kill_9() {
+    let mut server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let session = a.create_session(&[]).await;
+    let done = a.submit(&session.session_id, "before").await.job_id;
+    a.wait(&done).await;
+    let mut s = watch(&mut a, from(0)).await.unwrap();
+    let mut before = Vec::new();
+    collect(
+        &mut s,
+        &mut before,
+        Duration::from_secs(30),
+        all_final(std::slice::from_ref(&done)),
+    )
+    .await;
+    let cursor = before.last().unwrap().cursor;
+
+    server.restart();
+    let mut a = server.clients(KEY_A).await;
+    let mut s = watch(&mut a, from(cursor)).await.unwrap();
+    let after = a.submit(&session.session_id, "after").await.job_id;
+    let mut seen = Vec::new();
+    collect(
+        &mut s,
+        &mut seen,
+        Duration::from_secs(60),
+        all_final(std::slice::from_ref(&after)),
+    )
+    .await;
+    check_sequences(&seen, &[after]);
+    assert_eq!(seen[0].cursor, cursor + 1, "{seen:#?}");
+}
+
+/// A server, tenant A's clients, and a job of A running `prompt` in a new session.
+async fn slow_job(prompt: &str) -> (TestServer, Clients, String) {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let session = a.create_session(&[]).await;
+    let job = a.submit(&session.session_id, prompt).await.job_id;
+    (server, a, job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_job_answers_when_final_or_when_the_timeout_passes() {
+    let (_server, mut a, slow) = slow_job("sleep 4").await;
+    let early = a
+        .jobs
+        .wait_job(pb::WaitJobRequest {
+            job_id: slow.clone(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(early.timed_out, "{early:?}");
+    assert!(!is_final(early.job.unwrap().state));
+
+    let done = a
+        .jobs
+        .wait_job(pb::WaitJobRequest {
+            job_id: slow.clone(),
+            timeout_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!done.timed_out, "{done:?}");
+    let job = done.job.unwrap();
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    // The answer is the final job as stored, result included.
+    assert_eq!(job, a.get_job(&slow).await);
+
+    // A job that is already final answers at once, even with the longest timeout.
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        a.jobs.wait_job(pb::WaitJobRequest {
+            job_id: slow,
+            timeout_seconds: 3600,
+        }),
+    )
+    .await
+    .expect("a final job answers at once")
+    .unwrap()
+    .into_inner();
+    assert!(!again.timed_out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pruned_cursor_is_expired() {
+    let server = TestServer::start_with(Options {
+        args: [
+            "--event-retention-seconds",
+            "1",
+            "--reaper-interval-seconds",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let session = a.create_session(&[]).await;
+    let job = a.submit(&session.session_id, "old").await.job_id;
+    a.wait(&job).await;
+    let mut expired = None;
+    for _ in 0..100 {
+        match watch(&mut a, from(0)).await {
+            Err(st) => {
+                expired = Some(st);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let st = expired.expect("changes older than the retention are pruned");
+    assert_eq!(st.code(), Code::OutOfRange, "{st:?}");
+    assert_eq!(reason(&st), "CURSOR_EXPIRED");
+    // The present is always a valid place to start from.
+    let mut s = watch(&mut a, pb::WatchJobsRequest::default())
+        .await
+        .unwrap();
+    let first = s.message().await.unwrap().unwrap();
+    assert!(first.keepalive && first.cursor >= 3, "{first:?}");
+    watch(&mut a, from(first.cursor)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_and_other_tenants_ids() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let theirs = b.create_session(&[]).await;
+    let their_job = b.submit(&theirs.session_id, "theirs").await.job_id;
+    let watches: Vec<(&str, pb::WatchJobsRequest, Code, &str)> = vec![
+        (
+            "another tenant's session",
+            pb::WatchJobsRequest {
+                session_id: theirs.session_id.clone(),
+                ..Default::default()
+            },
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+        ),
+        (
+            "a malformed session id",
+            pb::WatchJobsRequest {
+                session_id: "nope".into(),
+                ..Default::default()
+            },
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+        ),
+        (
+            "an unknown state",
+            pb::WatchJobsRequest {
+                states: vec![99],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            "an empty agent name",
+            pb::WatchJobsRequest {
+                agents: vec![String::new()],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            "too many agents",
+            pb::WatchJobsRequest {
+                agents: (0..65).map(|i| format!("a{i}")).collect(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            "too many labels",
+            pb::WatchJobsRequest {
+                labels: (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+    ];
+    for (what, req, code, why) in watches {
+        let st = watch(&mut a, req).await.expect_err(what);
+        assert_eq!(
+            (st.code(), reason(&st).as_str()),
+            (code, why),
+            "{what}: {st:?}"
+        );
+    }
+    let waits: Vec<(&str, pb::WaitJobRequest, Code, &str)> = vec![
+        (
+            "no job id",
+            pb::WaitJobRequest::default(),
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            "another tenant's job",
+            pb::WaitJobRequest {
+                job_id: their_job.clone(),
+                timeout_seconds: 1,
+            },
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            "a malformed job id",
+            pb::WaitJobRequest {
+                job_id: "job_/../x".into(),
+                timeout_seconds: 1,
+            },
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            "a timeout over an hour",
+            pb::WaitJobRequest {
+                job_id: their_job.clone(),
+                timeout_seconds: 3601,
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+    ];
+    for (what, req, code, why) in waits {
+        let st = a.jobs.wait_job(req).await.expect_err(what);
+        assert_eq!(
+            (st.code(), reason(&st).as_str()),
+            (code, why),
+            "{what}: {st:?}"
+        );
+    }
+    // Tenant B's own watch sees its job; A's sees nothing of it.
+    let mut s = watch(&mut b, from(0)).await.unwrap();
+    let mut got = Vec::new();
+    collect(
+        &mut s,
+        &mut got,
+        Duration::from_secs(60),
+        all_final(std::slice::from_ref(&their_job)),
+    )
+    .await;
+    let mut s = watch(&mut a, from(0)).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_secs(2), s.message()).await;
+    assert!(quiet.is_err(), "tenant A saw something: {quiet:?}");
+}
+
+/// The Postgres of the tests: the variable at run time, else the one the tests were built with.
+fn database_url() -> String {
+    std::env::var("AGENTD_TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| option_env!("AGENTD_TEST_DATABASE_URL").map(String::from))
+        .expect("the replica tests need AGENTD_TEST_DATABASE_URL")
+}
+
+fn psql(sql: &str) {
+    let st = std::process::Command::new("psql")
+        .arg(database_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .status()
+        .expect("run psql");
+    assert!(st.success(), "psql {sql:?} failed");
+}
+
+/// Drops the test's schema when the test ends, however it ends.
+struct Schema(String);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn two_postgres_replicas_share_one_sequence() {
+    let schema = Schema(format!("agentd_w_{}", uuid::Uuid::new_v4().simple()));
+    let root = tempfile::tempdir().unwrap();
+    let url = format!("{}?options=-csearch_path%3D{}", database_url(), schema.0);
+    let replica = |name: &str| {
+        TestServer::start_with(Options {
+            args: [
+                "--store",
+                &url,
+                "--workspace-root",
+                &root.path().display().to_string(),
+                "--replica-id",
+                name,
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        })
+    };
+    let servers = [replica("w1"), replica("w2")];
+    let mut c = [
+        servers[0].clients(KEY_A).await,
+        servers[1].clients(KEY_A).await,
+    ];
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let session = c[i % 2].create_session(&[]).await;
+        for k in 0..3 {
+            let job = c[(i + k) % 2]
+                .submit(&session.session_id, &format!("p{k}"))
+                .await;
+            jobs.push(job.job_id);
+        }
+    }
+    // The watcher hops between replicas every few changes, resuming from its last cursor.
+    let mut seen: Vec<pb::JobChange> = Vec::new();
+    let mut hop = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !all_final(&jobs)(&seen) {
+        let cursor = seen.last().map_or(0, |x| x.cursor);
+        let mut s = watch(&mut c[hop % 2], from(cursor)).await.unwrap();
+        let want = seen.len() + 5;
+        let done = |got: &[pb::JobChange]| got.len() >= want || all_final(&jobs)(got);
+        while !done(&seen) {
+            let msg = tokio::time::timeout_at(deadline, s.message())
+                .await
+                .unwrap_or_else(|_| panic!("changes missing: {seen:#?}"))
+                .unwrap()
+                .unwrap();
+            seen.extend(msg.changes);
+        }
+        hop += 1;
+    }
+    check_sequences(&seen, &jobs);
+    for w in seen.windows(2) {
+        assert_eq!(
+            w[1].cursor,
+            w[0].cursor + 1,
+            "no gap, no repeat across replicas"
+        );
+    }
+}
+
+/// `agentd jobs wait` exits as the job ended (5 when the wait timed out first); `agentd jobs
+/// watch --json` prints each change as a JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_wait_and_watch() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (server, _a, slow) = slow_job("sleep 3").await;
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_agentd"));
+        c.args(args)
+            .env("AGENTD_URL", &server.addr)
+            .env("AGENTD_API_KEY", KEY_A)
+            .env_remove("AGENTD_LOG")
+            .stdin(Stdio::null());
+        c
+    };
+    let early = cli(&["jobs", "wait", &slow, "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(early.status.code(), Some(5), "{early:?}");
+    let done = cli(&["jobs", "wait", &slow, "--json"]).output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    let v: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(v["timed_out"], false, "{v}");
+
+    let mut child = cli(&["jobs", "watch", "--after-cursor", "0", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut cursors = Vec::new();
+    while cursors.len() < 3 {
+        let line = lines.next().expect("a change line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        cursors.push(v["cursor"].as_u64().unwrap());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(cursors, [1, 2, 3]);
+}
