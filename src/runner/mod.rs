@@ -25,6 +25,7 @@
 //! start.
 
 pub mod jail;
+pub mod journal;
 mod lines;
 pub mod records;
 mod standby;
