@@ -1,7 +1,7 @@
 //! The spool journal of an adoptable supervisor (issue #23; not wired into any run yet): the
 //! on-disk format in which a supervisor that outlives agentd keeps its agent's output until an
 //! agentd adopts it, and the replay that turns a journal back into the exact [`Output`] sequence
-//! the runner would have produced live.
+//! the runner would have produced live; [`spool`] is the supervisor side that fills it.
 //!
 //! Why a journal of raw chunks rather than of lines: the supervisor does not split lines; agentd
 //! replays the chunks of each stream through the same [`LineSplitter`] it uses live, so the lines
@@ -216,6 +216,62 @@ impl Replay {
     }
 }
 
+/// Copies the agent's stdout and stderr pipes into the journal as they arrive, until both are at
+/// EOF (every writer, the whole tree, is gone). After each append one byte goes to `bell`
+/// (non-blocking: when it is full a byte is pending already, which wakes the reader just as well;
+/// when nobody reads it any more, appends go on: that is the spooling while agentd is away).
+/// Blocking: for the synchronous supervisor.
+pub fn spool<W: Write>(
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+    journal: &mut Writer<W>,
+    bell: Option<&std::os::fd::OwnedFd>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut open = [Some((stdout, Tag::Stdout)), Some((stderr, Tag::Stderr))];
+    let mut buf = vec![0u8; 64 * 1024];
+    while open.iter().any(Option::is_some) {
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .flatten()
+            .map(|(fd, _)| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a live, correctly sized array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for slot in open.iter_mut() {
+            let Some((fd, tag)) = slot else { continue };
+            let ready = fds.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents != 0);
+            if !ready {
+                continue;
+            }
+            match nix::unistd::read(&*fd, &mut buf) {
+                Ok(0) => *slot = None,
+                Ok(n) => {
+                    journal.append(*tag, &buf[..n])?;
+                    journal.out.flush()?;
+                    if let Some(bell) = bell {
+                        let _ = nix::unistd::write(bell, &[1]);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The lines of `outputs` as (stream, line) pairs; for tests and diagnostics.
 pub fn lines_of(outputs: &[Output]) -> Vec<(&'static str, &Line)> {
     outputs
@@ -321,5 +377,45 @@ mod tests {
         let mut bad = MAGIC.to_vec();
         bad.extend_from_slice(&[b'?', 0, 0, 0, 0]);
         assert!(Replay::new(64).push(&bad, &mut Vec::new()).is_err());
+    }
+    #[test]
+    fn spool_copies_both_pipes_in_full_and_rings_the_bell() {
+        use nix::fcntl::OFlag;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (bell_r, bell_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        // More than a pipe holds, so the writer blocks until the spool reads.
+        let big: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let sent = big.clone();
+        let writer = std::thread::spawn(move || {
+            let mut out = std::fs::File::from(out_w);
+            let mut err = std::fs::File::from(err_w);
+            out.write_all(&sent).unwrap();
+            err.write_all(b"oops\nno newline").unwrap();
+        });
+        let mut journal = Writer::new(Vec::new(), 1 << 30).unwrap();
+        spool(out_r, err_r, &mut journal, Some(&bell_w)).unwrap();
+        writer.join().unwrap();
+        assert!(nix::unistd::read(&bell_r, &mut [0u8; 1]).is_ok_and(|n| n == 1));
+        let mut r = Replay::new(64);
+        let mut out = Vec::new();
+        r.push(&journal.out, &mut out).unwrap();
+        r.finish(&mut out);
+        let lines = lines_of(&out);
+        let stdout: Vec<&str> = lines
+            .iter()
+            .filter(|(s, _)| *s == "stdout")
+            .map(|(_, l)| l.text.as_str())
+            .collect();
+        let want: Vec<String> = (0..20_000).map(|i| format!("line {i}")).collect();
+        assert_eq!(stdout, want);
+        let stderr: Vec<&str> = lines
+            .iter()
+            .filter(|(s, _)| *s == "stderr")
+            .map(|(_, l)| l.text.as_str())
+            .collect();
+        assert_eq!(stderr, ["oops", "no newline"]);
     }
 }
