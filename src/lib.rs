@@ -26,6 +26,7 @@
 //! runner/        spawns an agent contained in a supervisor (kept on standby ahead of jobs), pumps
 //!                its output, cancels whole trees; runner/jail/ is the sandbox every job runs in
 //!                (namespaces, assembled root, Landlock, seccomp, cgroups, the limit watch)
+//!                runner/journal is the spool format of supervisors that outlive agentd (#23)
 //! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
 //! store/         the `Store` trait (sessions, jobs, events, claims and leases, each tenant's job
 //!                change sequence); SQLite and Postgres

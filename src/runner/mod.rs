@@ -26,6 +26,7 @@
 
 pub mod bridge;
 pub mod jail;
+pub mod journal;
 mod lines;
 pub mod records;
 mod standby;
