@@ -59,6 +59,12 @@ pub enum Reason {
     UploadNotFound,
     // RESOURCE_EXHAUSTED: too many UploadFileChunk uploads staged at once by one tenant.
     TooManyUploads,
+    // UNAVAILABLE: the store cannot be reached or cannot write now (retry later).
+    StoreUnavailable,
+    // INVALID_ARGUMENT: the request message is not valid protobuf for its method.
+    MalformedRequest,
+    // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
+    MessageTooLarge,
 }
 
 impl Reason {
@@ -102,6 +108,9 @@ impl Reason {
             Reason::BudgetExceeded => "BUDGET_EXCEEDED",
             Reason::UploadNotFound => "UPLOAD_NOT_FOUND",
             Reason::TooManyUploads => "TOO_MANY_UPLOADS",
+            Reason::StoreUnavailable => "STORE_UNAVAILABLE",
+            Reason::MalformedRequest => "MALFORMED_REQUEST",
+            Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
         }
     }
 }
@@ -144,13 +153,22 @@ pub enum Error {
     /// Missing or wrong credentials.
     #[error("{message}")]
     Unauthenticated { reason: Reason, message: String },
-    /// The server cannot take the work now (shutting down).
+    /// The server cannot take the work now (shutting down, the store unreachable). `retry_after`
+    /// is set when the same call is expected to work after a wait.
     #[error("{message}")]
-    Unavailable { reason: Reason, message: String },
+    Unavailable {
+        reason: Reason,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// A bug or an environment failure (disk, database). The message is safe to show.
     #[error("{message}")]
     Internal { message: String },
 }
+
+/// What a caller is told to wait after a store outage: a restarting database or a broken
+/// connection's replacement is typically back within a second or two.
+pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The crate-wide result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -197,6 +215,19 @@ impl Error {
         Error::Unavailable {
             reason,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The store failed for a reason outside the request (connection lost or refused, database
+    /// shutting down, disk full or read-only): the caller should retry after a wait. The message
+    /// is logged, never shown: it may name hosts and files.
+    pub fn store_unavailable(message: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %message, "store unavailable");
+        Error::Unavailable {
+            reason: Reason::StoreUnavailable,
+            message: "the store is unavailable; retry later".into(),
+            retry_after: Some(STORE_RETRY_AFTER),
         }
     }
 

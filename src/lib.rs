@@ -33,6 +33,13 @@
 //! domain/        plain types with no I/O: ids, sessions, job specs and state machine, events
 //! error          the one error enum with stable reason codes (mapped to gRPC in api::status)
 //! ```
+//!
+//! Unsafe code is denied here; the few functions that call the kernel directly (fork, prctl,
+//! pidfds, capabilities) allow it locally, each block with a SAFETY comment, and so does
+//! `runner::supervise`, whose work between fork and exec is nothing else. ARCHITECTURE.md is the
+//! longer map.
+
+#![deny(unsafe_code)]
 
 pub mod agents;
 pub mod api;

@@ -3,6 +3,8 @@
 //! process supervisor (see `runner::supervise`), dispatched before any runtime or thread exists
 //! because it forks.
 
+#![deny(unsafe_code)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 

@@ -19,6 +19,7 @@ pub use usage::UsageApi;
 
 use crate::auth::{Authenticator, RateLimiter};
 use crate::domain::TenantId;
+use crate::error::{Error, Reason};
 use tonic::{Request, Status};
 
 /// Resolves the caller's tenant from metadata, applies the tenant's rate limit, and stores the
@@ -54,8 +55,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
 
 /// The tenant the interceptor resolved.
 fn tenant<T>(req: &Request<T>) -> Result<TenantId, Status> {
-    req.extensions()
-        .get::<TenantId>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("request did not pass authentication"))
+    req.extensions().get::<TenantId>().cloned().ok_or_else(|| {
+        status::to_status(Error::Unauthenticated {
+            reason: Reason::MissingCredentials,
+            message: "request did not pass authentication".into(),
+        })
+    })
 }

@@ -31,7 +31,12 @@ pub fn to_status(err: Error) -> Status {
         Error::OutOfRange { .. } => Code::OutOfRange,
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::Unauthenticated { .. } => Code::Unauthenticated,
-        Error::Unavailable { .. } => Code::Unavailable,
+        Error::Unavailable { retry_after, .. } => {
+            if retry_after.is_some() {
+                details.set_retry_info(*retry_after);
+            }
+            Code::Unavailable
+        }
         Error::Internal { message } => {
             // The details stay in our log; the caller gets a stable, secret-free message.
             tracing::error!(error = %message, "internal error");

@@ -7,6 +7,8 @@
 //! Usage (by the runner): `agentd-supervise __supervise <program> <args...>`, or
 //! `agentd-supervise __supervise-standby` with the launch spec to come on stdin.
 
+#![deny(unsafe_code)]
+
 use agentd::runner::supervise;
 
 fn main() {

@@ -110,8 +110,7 @@ pub(super) fn resolve(
             "sandbox.cgroup_parent {cgroup_parent:?} must be a relative path without '..'"
         )));
     }
-    // SAFETY: geteuid only reads this process's credentials.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     let host_ids = root.then(|| {
         (
             global.host_uid.unwrap_or(HOST_ID),

@@ -19,8 +19,8 @@ mod reaper;
 mod replicas;
 mod run;
 mod sessions;
-mod usage;
 mod tenant_watch;
+mod usage;
 
 pub use env::ENV_ALLOWLIST;
 pub use files::UploadSink;

@@ -279,7 +279,7 @@ pub fn lines_of(outputs: &[Output]) -> Vec<(&'static str, &Line)> {
         .filter_map(|o| match o {
             Output::Stdout(l) => Some(("stdout", l)),
             Output::Stderr(l) => Some(("stderr", l)),
-            Output::Notice(_) => None,
+            Output::Notice(_) | Output::Event(_) => None,
         })
         .collect()
 }

@@ -360,6 +360,7 @@ impl Standby {
 
 /// Sets the scheduling policy of process `pid` (its only thread: supervisors are single-threaded;
 /// 0 is the calling thread).
+#[allow(unsafe_code)]
 pub(super) fn set_policy(pid: i32, policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler only reads `param`, which lives across the call.

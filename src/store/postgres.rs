@@ -8,8 +8,8 @@
 //!
 //! Write transactions lock the job rows they touch in `pk` order, so two of them never deadlock.
 
-mod ledger;
 mod changes;
+mod ledger;
 mod listen;
 mod migrate;
 mod rows;
@@ -57,13 +57,29 @@ fn msg(e: &tokio_postgres::Error) -> String {
 }
 
 fn db(e: tokio_postgres::Error) -> Error {
+    if is_outage(&e) {
+        return Error::store_unavailable(format!("store: {}", msg(&e)));
+    }
     Error::internal(format!("store: {}", msg(&e)))
+}
+
+/// Whether Postgres could not be reached or is going away, as opposed to refusing a statement:
+/// a lost or refused connection (an I/O cause), or SQLSTATE class 08 (connection exception),
+/// 57P01-57P03 (shutdown, cannot connect now) and 53300 (too many connections).
+fn is_outage(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300");
+    }
+    e.is_closed()
+        || std::error::Error::source(e)
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
 }
 
 fn pool(e: PoolError) -> Error {
     match e {
         PoolError::Backend(e) => db(e),
-        PoolError::Timeout(_) => Error::internal(format!(
+        PoolError::Timeout(_) => Error::store_unavailable(format!(
             "store: no Postgres connection available within {}s",
             POOL_WAIT.as_secs()
         )),

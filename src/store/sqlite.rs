@@ -32,9 +32,22 @@ use std::sync::Arc;
 use writer::Writer;
 
 /// Every rusqlite failure is the server's problem. The message is SQLite's own, which names the
-/// table or constraint but never row data.
+/// table or constraint but never row data. A database that cannot be written now (disk full or
+/// failing, file read-only or unopenable, locked past the busy timeout) is an outage the caller
+/// may retry; anything else is a bug.
 fn db(e: rusqlite::Error) -> Error {
-    Error::internal(format!("store: {e}"))
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(
+            C::DiskFull
+            | C::SystemIoFailure
+            | C::ReadOnly
+            | C::CannotOpen
+            | C::DatabaseBusy
+            | C::DatabaseLocked,
+        ) => Error::store_unavailable(format!("store: {e}")),
+        _ => Error::internal(format!("store: {e}")),
+    }
 }
 
 /// The SQLite-backed store. Cheap to share behind an `Arc`; dropping it stops the writer thread

@@ -556,6 +556,7 @@ impl JobCgroup {
 
     /// SIGKILLs `pid` through a pidfd after checking it is still a member, so a pid that was
     /// recycled between reading `cgroup.procs` and the kill is never signalled.
+    #[allow(unsafe_code)]
     fn kill_member(&self, pid: i32) {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -877,6 +878,7 @@ fn parse_key(text: &str, key: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // the tests fork to act as another user or a copy of the process
 mod tests {
     //! The kernel tests use this host's real hierarchies (as root: v1 memory/pids/cpu here, and the
     //! `cgroup2` mounted beside them for the v2 path); each test works under its own parent.

@@ -397,6 +397,7 @@ fn proc(root: &Path) -> Result<()> {
 }
 
 /// Brings `lo` up in a fresh network namespace (it starts down).
+#[allow(unsafe_code)]
 pub fn loopback_up() -> Result<()> {
     // SAFETY: a plain socket; closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

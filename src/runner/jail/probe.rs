@@ -46,6 +46,7 @@ impl HostSupport {
 }
 
 /// Probes in this process; call only from a single-threaded process.
+#[allow(unsafe_code)]
 pub fn run(cgroup_parent: &str) -> HostSupport {
     let user = CloneFlags::CLONE_NEWUSER;
     let cg = cgroup::probe(cgroup_parent);
@@ -67,6 +68,7 @@ pub fn run(cgroup_parent: &str) -> HostSupport {
 }
 
 /// Whether a child may unshare `flags` (the child exits at once; this process is unchanged).
+#[allow(unsafe_code)]
 fn try_unshare(flags: CloneFlags) -> bool {
     // SAFETY: called from a single-threaded process; the child only unshares and exits.
     match unsafe { fork() } {

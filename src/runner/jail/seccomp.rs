@@ -132,6 +132,7 @@ impl Filters {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // the test forks to try the refused calls in a filtered child
 mod tests {
     use super::*;
 

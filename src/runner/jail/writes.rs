@@ -41,6 +41,7 @@ pub fn restrict<P: AsRef<Path>>(writable: &[P]) -> Result<bool, String> {
 
 /// The kernel's Landlock ABI version (0: none), asked of the kernel itself since
 /// `/sys/kernel/security` is often not mounted.
+#[allow(unsafe_code)]
 pub fn kernel_abi() -> u32 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a null attribute and size 0 this call only returns the ABI version.

@@ -1,0 +1,140 @@
+//! A store outage answers UNAVAILABLE with `STORE_UNAVAILABLE` and RetryInfo, not INTERNAL: the
+//! server reaches the Postgres of `AGENTD_TEST_DATABASE_URL` through a TCP relay owned by the
+//! test, which then cuts every connection and stops listening, as a database host going away
+//! would. Once the relay listens again, the same calls work.
+//!
+//! Built without `AGENTD_TEST_DATABASE_URL` the test is reported as ignored (see build.rs).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn database_url() -> String {
+    std::env::var("AGENTD_TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| option_env!("AGENTD_TEST_DATABASE_URL").map(String::from))
+        .expect("the store outage test needs AGENTD_TEST_DATABASE_URL")
+}
+
+/// `url` with its `host:port` replaced by `addr` (user, database and options kept).
+fn via(url: &str, addr: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, target) = match authority.rsplit_once('@') {
+        Some((u, t)) => (format!("{u}@"), t),
+        None => (String::new(), authority),
+    };
+    let target = if target.contains(':') {
+        target.to_owned()
+    } else {
+        format!("{target}:5432")
+    };
+    (format!("{scheme}://{user}{addr}{tail}"), target)
+}
+
+/// Accepts on `listener` and relays each connection to `target` until aborted; aborting drops the
+/// listener and every relayed socket.
+fn relay(listener: TcpListener, target: String) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            let target = target.clone();
+            conns.spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    })
+}
+
+fn psql(sql: &str) {
+    let st = std::process::Command::new("psql")
+        .arg(database_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .status()
+        .expect("run psql");
+    assert!(st.success(), "psql {sql:?} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_lost_postgres_answers_unavailable_with_retry_info_then_recovers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+    let addr = listener.local_addr().expect("relay addr").to_string();
+    let schema = format!("agentd_o_{}", uuid::Uuid::new_v4().simple());
+    let (url, target) = via(&database_url(), &addr);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let mut up = relay(listener, target.clone());
+    let server = TestServer::start_with(Options {
+        args: vec!["--store".into(), store],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+
+    up.abort();
+    let _ = (&mut up).await;
+    for (what, got) in [
+        (
+            "CreateSession",
+            c.sessions
+                .create_session(agentd::pb::CreateSessionRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "GetSession",
+            c.sessions
+                .get_session(agentd::pb::GetSessionRequest {
+                    session_id: session.session_id.clone(),
+                })
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        let st = got.expect_err(what);
+        assert_eq!(st.code(), Code::Unavailable, "{what}: {st:?}");
+        assert_eq!(reason(&st), "STORE_UNAVAILABLE", "{what}: {st:?}");
+        let retry = st.get_error_details().retry_info().map(|r| r.retry_delay);
+        assert!(
+            matches!(retry, Some(Some(d)) if d > Duration::ZERO),
+            "{what}: RetryInfo with a delay, got {retry:?}"
+        );
+        // Neither the database's address nor its user reaches the caller.
+        assert!(!st.message().contains(&target), "{what}: {}", st.message());
+    }
+
+    let listener = TcpListener::bind(&addr).await.expect("rebind relay");
+    let _up = relay(listener, target);
+    let mut back = false;
+    for _ in 0..100 {
+        let got = c
+            .sessions
+            .get_session(agentd::pb::GetSessionRequest {
+                session_id: session.session_id.clone(),
+            })
+            .await;
+        if got.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "the store never came back after the relay listened again"
+    );
+    drop(server);
+    psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+}
