@@ -104,6 +104,17 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn a_prompt_too_long_for_one_argument_is_refused_at_submit() {
+        let p = profile(AgentKind::Command, "/usr/bin/my-agent", &[]);
+        assert!(super::super::validate(&p, &spec(&"x".repeat(MAX_ARG_BYTES))).is_ok());
+        let err = super::super::validate(&p, &spec(&"x".repeat(MAX_ARG_BYTES + 1))).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { field, reason: Reason::InvalidField, .. } if field == "prompt"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn launch_puts_the_prompt_last_as_one_argument() {
         let p = profile(AgentKind::Command, "/usr/bin/my-agent", &["--fast", "-x"]);
         let ctx = super::super::LaunchContext {
