@@ -147,3 +147,41 @@ async fn the_variable_in_the_env_does_not_choose_the_file() {
     let empty = hex::encode(sha2::Sha256::digest(b""));
     expect_delivered(Process::spawn(spec).expect("spawn"), &empty).await;
 }
+
+mod common;
+
+/// The server's prompt bound is configured (`--max-prompt-bytes`), and a prompt at the bound
+/// reaches the (stand-in) agent on stdin, jailed, whole.
+#[tokio::test]
+async fn the_configured_prompt_bound_is_enforced_and_a_prompt_at_it_arrives() {
+    let server = common::TestServer::start_with(common::Options {
+        args: vec!["--max-prompt-bytes".into(), "4096".into()],
+        ..Default::default()
+    });
+    let mut c = server.clients(common::KEY_A).await;
+    let session = c.create_session(&[]).await.session_id;
+    // One directive of 4096 bytes: the fake answers `turn 1: <directive>`.
+    let prompt = format!("{}end", "x".repeat(4096 - 3));
+    let job = c.submit(&session, &prompt).await;
+    let job = c.wait(&job.job_id).await;
+    assert_eq!(
+        job.state,
+        agentd::pb::JobState::Succeeded as i32,
+        "{}",
+        job.error_message
+    );
+    assert_eq!(job.result, format!("turn 1: {prompt}"));
+
+    let err = c
+        .jobs
+        .submit_job(agentd::pb::SubmitJobRequest {
+            session_id: session.clone(),
+            prompt: format!("{prompt}!"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a prompt over the bound");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(common::reason(&err), "INVALID_FIELD");
+    assert!(err.message().contains("4096"), "{}", err.message());
+}
