@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Requests per second allowed per tenant (bursts of twice as many); 0 means no limit.
     #[arg(long, env = "AGENTD_TENANT_RATE_LIMIT", default_value_t = 0)]
     pub tenant_rate_limit: u32,
+    /// Longest prompt a job may have, in bytes (it reaches the agent on stdin, not in argv).
+    #[arg(long, env = "AGENTD_MAX_PROMPT_BYTES", default_value_t = 1 << 20)]
+    pub max_prompt_bytes: usize,
     /// Seconds between SIGTERM and the forced kill of a job's process tree.
     #[arg(long, env = "AGENTD_KILL_GRACE_SECONDS", default_value_t = 5)]
     pub kill_grace_seconds: u64,
@@ -330,6 +333,8 @@ pub struct Limits {
     pub tenant_max_running_jobs: usize,
     /// Zero means unlimited.
     pub tenant_rate_limit: u32,
+    /// Longest prompt accepted, in bytes.
+    pub max_prompt_bytes: usize,
 }
 
 /// Timing of background work and shutdown.
@@ -595,6 +600,9 @@ impl Config {
             )));
         }
 
+        if args.max_prompt_bytes == 0 {
+            return Err(bad("--max-prompt-bytes must be at least 1"));
+        }
         if args.max_concurrent_jobs == 0 {
             return Err(bad("--max-concurrent-jobs must be at least 1"));
         }
@@ -755,6 +763,7 @@ impl Config {
                 tenant_max_active_jobs: args.tenant_max_active_jobs,
                 tenant_max_running_jobs: args.tenant_max_running_jobs,
                 tenant_rate_limit: args.tenant_rate_limit,
+                max_prompt_bytes: args.max_prompt_bytes,
             },
             timing: Timing {
                 kill_grace: Duration::from_secs(args.kill_grace_seconds),

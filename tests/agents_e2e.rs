@@ -580,6 +580,35 @@ async fn cancel_during_a_long_tool_call_leaves_no_process(mut w: World) {
     );
 }
 
+/// A prompt far over Linux's 128 KiB cap on one argv string: delivered on stdin, it must reach the
+/// model byte for byte (the mock answers with its digest and length).
+async fn a_900_kib_prompt_reaches_the_model_intact(mut w: World) {
+    use sha2::Digest;
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+    ];
+    let mut payload = String::with_capacity(920 * 1024);
+    let mut i = 0usize;
+    while payload.len() < 900 * 1024 {
+        // Lines of varied words and a counter, so a lost, repeated or reordered piece shows.
+        payload.push_str(words[i % words.len()]);
+        payload.push(' ');
+        payload.push_str(&i.to_string());
+        payload.push(if i % 12 == 11 { '\n' } else { ' ' });
+        i += 1;
+    }
+    let payload = payload.trim().to_owned();
+    assert!(payload.len() > 900 * 1024);
+    let want = format!(
+        "digest {} {}",
+        hex::encode(sha2::Sha256::digest(payload.as_bytes())),
+        payload.len()
+    );
+    let (job, events) = w.run(&format!("digest {payload}")).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    assert_eq!(job.result.trim(), want, "{}", w.explain(&job, &events));
+}
+
 async fn max_turns_is_honoured_or_refused_as_unsupported(mut w: World) {
     let agent = w.agent;
     // A tool call ends the first turn; the answer to its result would be the second.
@@ -649,6 +678,14 @@ macro_rules! agent_tests {
             #[tokio::test]
             async fn cancel_during_a_long_tool_call_leaves_no_process() {
                 scenario(super::cancel_during_a_long_tool_call_leaves_no_process(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn a_900_kib_prompt_reaches_the_model_intact() {
+                scenario(super::a_900_kib_prompt_reaches_the_model_intact(
                     World::new(&$agent).await,
                 ))
                 .await;

@@ -24,6 +24,7 @@ fn spec(program: &str, args: &[&str]) -> ProcessSpec {
         max_line_bytes: 1 << 20,
         run_dir: None,
         jail: None,
+        stdin: Default::default(),
     }
 }
 

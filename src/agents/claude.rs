@@ -1,5 +1,5 @@
-//! The `claude` kind: Claude Code run headless (`claude -p <prompt> --output-format stream-json
-//! --verbose`). Owns its argv and environment, and the mapping of its stream-json lines (one JSON
+//! The `claude` kind: Claude Code run headless (`claude -p --output-format stream-json --verbose`,
+//! the prompt on stdin). Owns its argv and environment, and the mapping of its stream-json lines (one JSON
 //! object per line: `system`, `assistant`, `user`, `result`, …) to job events.
 
 use super::{AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary};
@@ -50,14 +50,9 @@ pub(super) fn validate(spec: &JobSpec) -> Result<()> {
 
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
     let mut args = profile.args.clone();
-    // `-p` is a flag and the prompt a positional argument, so a prompt starting with `-` would be
-    // read as an option; a leading space keeps it a positional without changing its meaning.
-    let prompt = if spec.prompt.starts_with('-') {
-        format!(" {}", spec.prompt)
-    } else {
-        spec.prompt.clone()
-    };
-    args.extend(["-p".into(), prompt]);
+    // Without a prompt argument, `-p` reads the prompt from stdin: any size, and a prompt that
+    // starts with `-` cannot be taken for an option.
+    args.push("-p".into());
     args.extend(["--output-format", "stream-json", "--verbose"].map(String::from));
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--resume".into(), id.to_owned()]);
@@ -104,6 +99,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         args,
         env,
         files: Vec::new(),
+        stdin: Some(spec.prompt.clone()),
     }
 }
 

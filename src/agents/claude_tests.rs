@@ -50,7 +50,6 @@ fn launch_default_is_unattended_stream_json() {
         l.args,
         [
             "-p",
-            "fix the bug",
             "--output-format",
             "stream-json",
             "--verbose",
@@ -62,6 +61,7 @@ fn launch_default_is_unattended_stream_json() {
     }
     assert_eq!(env_of(&l, "IS_SANDBOX"), Some("1"));
     assert!(l.files.is_empty());
+    assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     // The operator's secrets travel in the profile env, never in the agent env or argv.
     assert!(!format!("{l:?}").contains("sk-secret-value"));
 }
@@ -82,7 +82,6 @@ fn launch_passes_every_job_option_after_profile_args() {
             "--add-dir",
             "/data",
             "-p",
-            " -rf is a flag; explain it",
             "--output-format",
             "stream-json",
             "--verbose",
@@ -101,6 +100,8 @@ fn launch_passes_every_job_option_after_profile_args() {
             "Bash(git commit:*)",
         ]
     );
+    // On stdin, a prompt that looks like an option stays the prompt, unchanged.
+    assert_eq!(l.stdin.as_deref(), Some("-rf is a flag; explain it"));
     // A chosen mode that is not bypass needs no sandbox declaration.
     assert_eq!(env_of(&l, "IS_SANDBOX"), None);
 }

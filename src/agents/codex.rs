@@ -83,8 +83,8 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(id) = ctx.resume_conversation {
         args.extend(["resume".into(), id.to_owned()]);
     }
-    // `--` keeps a prompt that starts with `-` a positional argument.
-    args.extend(["--".into(), spec.prompt.clone()]);
+    // `-` reads the prompt from stdin (any size); `--` keeps it from being taken for an option.
+    args.extend(["--".into(), "-".into()]);
 
     let codex_home = ctx.home.join(".codex");
     let files = profile
@@ -100,6 +100,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             codex_home.to_string_lossy().into_owned(),
         )],
         files,
+        stdin: Some(spec.prompt.clone()),
     }
 }
 

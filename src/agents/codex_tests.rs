@@ -32,7 +32,7 @@ fn launch_default_is_exec_json_in_a_workspace_write_sandbox() {
             "--sandbox",
             "workspace-write",
             "--",
-            "fix the bug"
+            "-"
         ]
     );
     assert_eq!(
@@ -70,9 +70,10 @@ fn launch_puts_every_option_before_resume_and_the_prompt_after_a_double_dash() {
             "resume",
             THREAD,
             "--",
-            "-rf is a flag; explain it",
+            "-",
         ]
     );
+    assert_eq!(l.stdin.as_deref(), Some("-rf is a flag; explain it"));
     assert_eq!(
         l.files,
         [(

@@ -3,10 +3,13 @@
 
 use super::{AgentProfile, Launch, OutputParser, Parsed, Summary, unsupported};
 use crate::domain::{EventKind, JobSpec};
-use crate::error::Result;
+use crate::error::{Error, Reason, Result};
 
 /// How much of the output the result keeps: its tail, since that is where a command's answer is.
 const RESULT_LIMIT: usize = 64 * 1024;
+
+/// Longest single argument Linux passes to exec (`MAX_ARG_STRLEN`, 32 pages, less the NUL).
+const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
 
 pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     let set = [
@@ -16,10 +19,22 @@ pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
         ("append_system_prompt", spec.append_system_prompt.is_some()),
         ("permission_mode", spec.permission_mode.is_some()),
     ];
-    match set.into_iter().find(|(_, is_set)| *is_set) {
-        Some((field, _)) => Err(unsupported(profile, field)),
-        None => Ok(()),
+    if let Some((field, _)) = set.into_iter().find(|(_, is_set)| *is_set) {
+        return Err(unsupported(profile, field));
     }
+    // The prompt is an argument here (the command's contract), and Linux caps one at 128 KiB
+    // including its NUL: refused now rather than failing at exec.
+    if spec.prompt.len() > MAX_ARG_BYTES {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "prompt",
+            format!(
+                "agent {:?} (kind command) takes the prompt as an argument: at most {MAX_ARG_BYTES} bytes",
+                profile.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec) -> Launch {
@@ -30,6 +45,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec) -> Launch {
         args,
         env: Vec::new(),
         files: Vec::new(),
+        stdin: None,
     }
 }
 
@@ -86,6 +102,17 @@ mod tests {
     use super::*;
     use crate::error::{Error, Reason};
     use std::path::Path;
+
+    #[test]
+    fn a_prompt_too_long_for_one_argument_is_refused_at_submit() {
+        let p = profile(AgentKind::Command, "/usr/bin/my-agent", &[]);
+        assert!(super::super::validate(&p, &spec(&"x".repeat(MAX_ARG_BYTES))).is_ok());
+        let err = super::super::validate(&p, &spec(&"x".repeat(MAX_ARG_BYTES + 1))).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { field, reason: Reason::InvalidField, .. } if field == "prompt"),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn launch_puts_the_prompt_last_as_one_argument() {

@@ -36,6 +36,7 @@ fn run(spec: &JobSpec, workspace: &Path, home: &Path, resume: Option<&str>) -> R
         .env("HOME", home)
         .envs(l.env.iter().map(|(k, v)| (k, v)))
         .current_dir(workspace)
+        .stdin(super::tests::stdin_of(&l, home))
         .output()
         .unwrap();
     let mut parser = parser(&p);

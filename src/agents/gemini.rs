@@ -1,4 +1,5 @@
-//! The `gemini` kind: Gemini CLI run headless (`gemini --prompt=… --output-format stream-json`).
+//! The `gemini` kind: Gemini CLI run headless (`gemini --output-format stream-json`, the prompt on
+//! stdin).
 //! Owns its argv, its environment, `$HOME/.gemini/settings.json` and `$HOME/.gemini/GEMINI.md`,
 //! and the mapping of its JSON lines (`init`, `message`, `tool_use`, `tool_result`, `error`,
 //! `result`) to job events.
@@ -56,8 +57,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);
     }
-    // One `--prompt=…` argument: a prompt starting with `-` stays the prompt's value.
-    args.push(format!("--prompt={}", spec.prompt));
+    // No `--prompt`: with stdin not a terminal, Gemini runs headless on what stdin holds.
     args.extend(["--output-format".into(), "stream-json".into()]);
     if let Some(mode) = &spec.permission_mode {
         args.extend(["--approval-mode".into(), mode.clone()]);
@@ -85,6 +85,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             (dot_gemini.join("settings.json"), settings.into_bytes()),
             (dot_gemini.join("GEMINI.md"), memory.into_bytes()),
         ],
+        stdin: Some(spec.prompt.clone()),
     }
 }
 

@@ -24,15 +24,8 @@ fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
 fn launch_default_is_headless_yolo_with_default_settings() {
     let l = launch(&gemini(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
     assert_eq!(l.program, "gemini");
-    assert_eq!(
-        l.args,
-        [
-            "--prompt=fix the bug",
-            "--output-format",
-            "stream-json",
-            "--yolo"
-        ]
-    );
+    assert_eq!(l.args, ["--output-format", "stream-json", "--yolo"]);
+    assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     assert_eq!(
         l.env,
         [("GEMINI_CLI_NO_RELAUNCH".to_owned(), "1".to_owned())]
@@ -72,7 +65,6 @@ fn launch_maps_every_supported_option_and_resumes() {
             "/data",
             "--model",
             "gemini-2.5-flash",
-            "--prompt=-rf is a flag; explain it",
             "--output-format",
             "stream-json",
             "--approval-mode",
@@ -81,6 +73,7 @@ fn launch_maps_every_supported_option_and_resumes() {
             SESSION,
         ]
     );
+    assert_eq!(l.stdin.as_deref(), Some("-rf is a flag; explain it"));
     assert_eq!(
         l.files,
         [

@@ -6,7 +6,7 @@
 //!
 //! The profiles here are the ones the README documents for pointing each CLI at a local server.
 
-use super::tests::spec;
+use super::tests::{spec, stdin_of};
 use super::{AgentKind, AgentProfile, LaunchContext, Parsed, Summary, launch, parser};
 use crate::domain::{EventKind, JobSpec};
 use std::collections::BTreeMap;
@@ -161,7 +161,7 @@ fn run(p: &AgentProfile, spec: &JobSpec, dir: &Path, resume: Option<&str>) -> Ru
         .env_clear()
         .envs(env)
         .current_dir(&workspace)
-        .stdin(Stdio::null())
+        .stdin(stdin_of(&l, &home))
         .output()
         .unwrap();
     let mut parser = parser(p);

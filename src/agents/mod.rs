@@ -126,6 +126,9 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Configuration files to write before starting: absolute paths under `home`, and contents.
     pub files: Vec<(PathBuf, Vec<u8>)>,
+    /// What the agent reads on stdin: the prompt, for every agent that can take it there (one
+    /// argv string is capped at 128 KiB by Linux, a prompt may be larger); `None`: `/dev/null`.
+    pub stdin: Option<String>,
 }
 
 /// One event parsed from an agent's output, with the line it came from when that is worth keeping.
@@ -387,6 +390,18 @@ pub(crate) mod tests {
             home: Path::new("/home/s1"),
             resume_conversation: resume,
             jailed: false,
+        }
+    }
+
+    /// The stdin a launch asks for, as the core gives it: a file holding the text, or nothing.
+    pub(crate) fn stdin_of(l: &Launch, home: &Path) -> std::process::Stdio {
+        match &l.stdin {
+            Some(text) => {
+                let path = home.join(".agentd-stdin");
+                std::fs::write(&path, text).unwrap();
+                std::fs::File::open(&path).unwrap().into()
+            }
+            None => std::process::Stdio::null(),
         }
     }
 

@@ -59,8 +59,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--session".into(), id.to_owned()]);
     }
-    // `--` keeps a prompt that starts with `-` the message rather than options.
-    args.extend(["--".into(), spec.prompt.clone()]);
+    // No message argument: `run` reads the message from stdin when it is not a terminal.
 
     let mut env: Vec<(String, String)> = QUIET_ENV
         .iter()
@@ -80,6 +79,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         args,
         env,
         files,
+        stdin: Some(spec.prompt.clone()),
     }
 }
 

@@ -30,10 +30,8 @@ fn env_of<'a>(l: &'a Launch, name: &str) -> Option<&'a str> {
 fn launch_default_is_run_json_auto_approved_and_quiet() {
     let l = launch(&opencode(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
     assert_eq!(l.program, "opencode");
-    assert_eq!(
-        l.args,
-        ["run", "--format", "json", "--auto", "--", "fix the bug"]
-    );
+    assert_eq!(l.args, ["run", "--format", "json", "--auto"]);
+    assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     for (k, v) in QUIET_ENV {
         assert_eq!(env_of(&l, k), Some(v), "{k}");
     }
@@ -64,10 +62,9 @@ fn launch_writes_the_profile_config_and_resumes_the_session() {
             "mock/other",
             "--session",
             SESSION,
-            "--",
-            "-x starts with a dash",
         ]
     );
+    assert_eq!(l.stdin.as_deref(), Some("-x starts with a dash"));
     assert_eq!(
         env_of(&l, "OPENCODE_CONFIG"),
         Some("/home/s1/.config/opencode/opencode.json")

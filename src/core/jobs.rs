@@ -39,9 +39,6 @@ pub struct JobView {
     pub queue_position: Option<u32>,
 }
 
-/// Longest prompt accepted (bytes); argv limits make larger prompts fail at exec anyway.
-const MAX_PROMPT_BYTES: usize = 1 << 20;
-
 /// Environment names a job may not set: the server's (`AGENTD_*`, e.g. the run marker the start-up
 /// sweep looks for, which a job must not forge or clear) and the operator's.
 /// Job env names that would redirect the agent's traffic, replace its provider settings or config
@@ -213,11 +210,12 @@ impl Core {
                 "prompt is required",
             ));
         }
-        if req.prompt.len() > MAX_PROMPT_BYTES || req.prompt.contains('\0') {
+        let max = self.config.limits.max_prompt_bytes;
+        if req.prompt.len() > max || req.prompt.contains('\0') {
             return Err(Error::invalid(
                 Reason::InvalidField,
                 "prompt",
-                "prompt must be at most 1 MiB with no NUL byte",
+                format!("prompt must be at most {max} bytes with no NUL byte"),
             ));
         }
         let request_id = opt(req.request_id);

@@ -118,6 +118,33 @@ impl InFlight {
 }
 
 /// Replaces operator secret values wherever an agent might echo them.
+/// Where a job's stdin text is kept while it runs: in the session's HOME, which the agent sees at
+/// the same path inside its jail.
+const INPUT_FILE: &str = ".agentd-stdin";
+
+/// Writes the agent's stdin text into its HOME. Whatever an earlier job left at that name (the
+/// agent owns HOME: it may be a symlink to a host file) is removed first and the file created
+/// anew without following links, so agentd never writes through the agent's links.
+async fn write_input(home: &std::path::Path, text: &str) -> Result<std::path::PathBuf> {
+    use tokio::io::AsyncWriteExt;
+    let path = home.join(INPUT_FILE);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .await?;
+    file.write_all(text.as_bytes()).await?;
+    file.flush().await?;
+    Ok(path)
+}
+
 fn redact(s: &mut String, secrets: &[String]) {
     for secret in secrets {
         if s.contains(secret.as_str()) {
@@ -254,6 +281,10 @@ impl Core {
             }
             tokio::fs::write(path, content).await?;
         }
+        let stdin = match &launch.stdin {
+            Some(text) => crate::runner::Stdin::File(write_input(&home, text).await?),
+            None => crate::runner::Stdin::Null,
+        };
         let before = self.workspaces.snapshot(&session.id).await?;
 
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
@@ -306,6 +337,7 @@ impl Core {
                 max_line_bytes: self.config.limits.max_line_bytes,
                 run_dir: Some(crate::runner::records::run_dir(&self.config.data_dir)),
                 jail,
+                stdin: stdin.clone(),
             })
             .instrument(agent_span.clone())
             .await;
@@ -490,7 +522,12 @@ impl Core {
             run.abort();
             return Err(e);
         }
-        let outcome = match run.await {
+        let outcome = run.await;
+        if let crate::runner::Stdin::File(path) = &stdin {
+            // The agent read it (or never will): a large prompt need not linger in its HOME.
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
                 let msg = format!("agent supervisor task failed: {e}");

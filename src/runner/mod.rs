@@ -85,6 +85,33 @@ pub struct ProcessSpec {
     pub run_dir: Option<PathBuf>,
     /// The jail to run the agent in; `None` runs it with containment only.
     pub jail: Option<jail::Jail>,
+    /// What the agent reads on its standard input.
+    pub stdin: Stdin,
+}
+
+/// The agent's standard input: the one way into a running agent that the runner offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Stdin {
+    /// `/dev/null`.
+    #[default]
+    Null,
+    /// A regular file, opened by the supervisor right before it execs the agent (inside the jail,
+    /// so the path must be one the agent can see), never following a symlink. How a prompt too
+    /// large for argv reaches the agent.
+    File(PathBuf),
+}
+
+impl Stdin {
+    /// The environment entry that tells the supervisor about it ([`supervise::STDIN_FILE_ENV`]).
+    fn env(&self) -> Option<(String, String)> {
+        match self {
+            Stdin::Null => None,
+            Stdin::File(path) => Some((
+                supervise::STDIN_FILE_ENV.to_owned(),
+                path.to_string_lossy().into_owned(),
+            )),
+        }
+    }
 }
 
 /// One line of output.
@@ -206,7 +233,13 @@ impl Process {
             .arg(&spec.program)
             .args(&spec.args)
             .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                spec.env
+                    .iter()
+                    .filter(|(k, _)| k != supervise::STDIN_FILE_ENV)
+                    .map(|(k, v)| (k, v)),
+            )
+            .envs(spec.stdin.env())
             .env(records::RUN_TOKEN_ENV, &token);
         if let Some(dir) = &spec.run_dir {
             cmd.env(records::RUN_DIR_ENV, dir);
@@ -239,6 +272,7 @@ impl Process {
         };
         let pid = i32::try_from(pid)
             .map_err(|_| Error::internal(format!("supervisor pid {pid} out of range")))?;
+        widen_stdout(&stdout);
         Ok(Process {
             child,
             pid,
@@ -310,6 +344,23 @@ impl Process {
     }
 }
 
+/// Room asked for in an agent's stdout pipe, largest first. Some CLIs (Gemini CLI, a Node
+/// program) echo the prompt as one stdout line and exit before a write that did not fit in the
+/// pipe has completed, losing the rest of their output when agentd reads slower than they exit:
+/// with room for a large prompt's echo the write completes at once. Best effort: beyond
+/// `/proc/sys/fs/pipe-max-size` (1 MiB by default) the kernel wants `CAP_SYS_RESOURCE`. Pages
+/// are only allocated as the pipe fills.
+const STDOUT_PIPE_BYTES: [libc::c_int; 2] = [4 << 20, 1 << 20];
+
+/// Widens the agent's stdout pipe as far as the kernel allows ([`STDOUT_PIPE_BYTES`]).
+fn widen_stdout(stdout: &ChildStdout) {
+    for size in STDOUT_PIPE_BYTES {
+        if nix::fcntl::fcntl(stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)).is_ok() {
+            return;
+        }
+    }
+}
+
 /// Whether agentd's own environment sets [`supervise::NO_NS_ENV`], which forces the fallback
 /// containment for every job (how the server-level tests exercise that mode).
 pub fn fallback_forced() -> bool {
@@ -353,6 +404,15 @@ fn validate(spec: &ProcessSpec) -> Result<()> {
                 format!("the value of environment variable {name} contains a NUL byte"),
             ));
         }
+    }
+    if let Stdin::File(path) = &spec.stdin
+        && (path.as_os_str().as_encoded_bytes().contains(&0) || path.to_str().is_none())
+    {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "stdin",
+            "the stdin file's path must be UTF-8 without a NUL byte",
+        ));
     }
     Ok(())
 }
@@ -509,6 +569,7 @@ mod tests {
             max_line_bytes: 10,
             run_dir: None,
             jail: None,
+            stdin: Stdin::Null,
         };
         let err = validate(&spec).unwrap_err();
         assert!(
@@ -541,6 +602,7 @@ mod tests {
             max_line_bytes: 10,
             run_dir: None,
             jail: None,
+            stdin: Stdin::Null,
         })
         .unwrap_err();
         assert_eq!(err.reason(), Reason::Internal);

@@ -288,6 +288,7 @@ impl Launcher {
         };
         let pid = i32::try_from(pid)
             .map_err(|_| Error::internal(format!("supervisor pid {pid} out of range")))?;
+        super::widen_stdout(&stdout);
         // Its set-up (exec, namespaces, /proc) is background work: at the idle priority it only
         // takes CPU that jobs starting meanwhile do not want. What it forks before this lands
         // keeps the normal priority, which is harmless.
@@ -321,8 +322,9 @@ impl Standby {
         let mut env: Vec<(String, String)> = spec
             .env
             .iter()
-            .filter(|(k, _)| k != supervise::NO_NS_ENV)
+            .filter(|(k, _)| k != supervise::NO_NS_ENV && k != supervise::STDIN_FILE_ENV)
             .cloned()
+            .chain(spec.stdin.env())
             .collect();
         env.push((
             records::RUN_TOKEN_ENV.to_owned(),

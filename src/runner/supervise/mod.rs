@@ -87,6 +87,11 @@ pub const NO_NS_ENV: &str = "AGENTD_SUPERVISE_NO_NS";
 /// that died between the spawn and the prctl is noticed. Not passed on to the agent.
 pub const PARENT_ENV: &str = "AGENTD_SUPERVISOR_PARENT";
 
+/// A file the agent gets as its stdin instead of `/dev/null` (the runner sets it from
+/// [`super::Stdin::File`]). Opened by whoever execs the agent, as its last step before dropping
+/// privileges, so the path is the agent's own (inside a jail's root). Not passed on to the agent.
+pub const STDIN_FILE_ENV: &str = "AGENTD_STDIN_FILE";
+
 /// Exit code when the supervisor cannot set itself up (fork or pipe failure).
 const SETUP_FAILED: i32 = 126;
 
@@ -266,6 +271,8 @@ struct Agent {
     /// Set when the agent came from a launch spec: the supervisor's own working directory and
     /// environment are not the agent's then.
     place: Option<Place>,
+    /// The file to open as the agent's stdin ([`STDIN_FILE_ENV`]); `None` keeps `/dev/null`.
+    stdin: Option<CString>,
 }
 
 struct Place {
@@ -392,7 +399,7 @@ fn decode_spec(spec: &[u8]) -> Result<(Agent, Option<JailSpec>), String> {
     for _ in 0..argc {
         argv.push(next("argument")?.to_vec());
     }
-    let envp: Vec<Vec<u8>> = fields.map(<[u8]>::to_vec).collect();
+    let (stdin, envp) = split_stdin(fields.map(<[u8]>::to_vec).collect());
     let path = envp
         .iter()
         .find_map(|kv| kv.strip_prefix(b"PATH="))
@@ -405,6 +412,7 @@ fn decode_spec(spec: &[u8]) -> Result<(Agent, Option<JailSpec>), String> {
         argv: argv.into_iter().map(c).collect::<Result<_, _>>()?,
         envp: envp.into_iter().map(c).collect::<Result<_, _>>()?,
         place: Some(Place { cwd: c(cwd)?, path }),
+        stdin: stdin.map(c).transpose()?,
     };
     Ok((agent, jail))
 }
@@ -422,23 +430,46 @@ impl Agent {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let program = argv[0].clone();
-        let envp = std::env::vars_os()
-            .filter(|(k, _)| k != NO_NS_ENV && k != RUN_DIR_ENV && k != PARENT_ENV)
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok()
-            })
-            .collect();
+        let (stdin, envp) = split_stdin(
+            std::env::vars_os()
+                .filter(|(k, _)| k != NO_NS_ENV && k != RUN_DIR_ENV && k != PARENT_ENV)
+                .map(|(k, v)| {
+                    let mut kv = k.as_bytes().to_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    kv
+                })
+                .collect(),
+        );
         Ok(Agent {
             display,
             program,
             argv,
-            envp,
+            envp: envp
+                .into_iter()
+                .filter_map(|kv| CString::new(kv).ok())
+                .collect(),
             place: None,
+            stdin: stdin.and_then(|p| CString::new(p).ok()),
         })
     }
+}
+
+/// Takes the [`STDIN_FILE_ENV`] entry (the last one wins) out of `NAME=value` entries.
+fn split_stdin(envp: Vec<Vec<u8>>) -> (Option<Vec<u8>>, Vec<Vec<u8>>) {
+    let prefix = format!("{STDIN_FILE_ENV}=");
+    let mut stdin = None;
+    let rest = envp
+        .into_iter()
+        .filter_map(|kv| match kv.strip_prefix(prefix.as_bytes()) {
+            Some(path) => {
+                stdin = Some(path.to_vec());
+                None
+            }
+            None => Some(kv),
+        })
+        .collect();
+    (stdin, rest)
 }
 
 /// Ends a forked child. `exit` (rather than `_exit`, which nix does not offer) is fine here: the
@@ -477,8 +508,37 @@ fn exec_agent(agent: &Agent, supervisor: Option<Pid>) -> ! {
     exec_now(agent)
 }
 
-/// Moves into the agent's working directory and takes its `PATH` (for a spec'd agent).
+/// Moves into the agent's working directory and takes its `PATH` (for a spec'd agent), then its
+/// stdin.
 fn enter_place(agent: &Agent) {
+    enter_cwd(agent);
+    take_stdin(agent);
+}
+
+/// Points stdin at the agent's input file, if it has one. `O_NOFOLLOW`: the file lies in the
+/// agent's own HOME, where a symlink left by an earlier job must not redirect it elsewhere.
+fn take_stdin(agent: &Agent) {
+    let Some(path) = &agent.stdin else {
+        return;
+    };
+    let opened = nix::fcntl::open(
+        path.as_c_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .and_then(|fd| nix::unistd::dup2_stdin(&fd));
+    if let Err(e) = opened {
+        let _ = writeln!(
+            std::io::stderr(),
+            "agentd: cannot open the agent's input {path:?}: {}",
+            e.desc()
+        );
+        _exit(126);
+    }
+}
+
+/// The working directory and `PATH` of a spec'd agent.
+fn enter_cwd(agent: &Agent) {
     if let Some(place) = &agent.place {
         if let Err(e) = nix::unistd::chdir(place.cwd.as_c_str()) {
             let _ = writeln!(

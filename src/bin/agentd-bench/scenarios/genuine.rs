@@ -300,12 +300,21 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         agentd::runner::records::RUN_TOKEN_ENV.into(),
         uuid::Uuid::new_v4().simple().to_string(),
     ));
+    // As agentd gives it: the prompt on stdin, from a file.
+    let stdin = match &launch.stdin {
+        Some(text) => {
+            let path = home.join(".agentd-stdin");
+            std::fs::write(&path, text)?;
+            Stdio::from(std::fs::File::open(&path)?)
+        }
+        None => Stdio::null(),
+    };
     let mut cmd = Command::new(&launch.program);
     cmd.args(&launch.args)
         .env_clear()
         .envs(vars)
         .current_dir(&workspace)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
