@@ -52,6 +52,7 @@ async fn run(process: Process) -> (Option<i32>, Vec<String>, Vec<String>) {
                 Output::Stdout(l) => out.push(l.text),
                 Output::Stderr(l) => err.push(l.text),
                 Output::Notice(n) => panic!("unexpected notice {n:?}"),
+                Output::Event(e) => panic!("a bare process has no gateway: {e:?}"),
             }
         }
         (out, err)

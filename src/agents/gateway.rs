@@ -130,6 +130,7 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             files: Vec::new(),
+            stdin: None,
         }
     }
 
