@@ -24,11 +24,11 @@
 //! swept by marker when the run ends, and the records of a crashed agentd are swept at its next
 //! start.
 
-// fork/close/_exit and poll(2) on raw fds, each with its SAFETY comment.
+// The bridge forks its relay and closes raw fds in the child; each block has its SAFETY comment.
 #[allow(unsafe_code)]
 pub mod bridge;
 pub mod jail;
-// fork/close/_exit and poll(2) on raw fds, each with its SAFETY comment.
+// The spool polls raw pipe fds (nix's poll feature is off); the block has its SAFETY comment.
 #[allow(unsafe_code)]
 pub mod journal;
 mod lines;
