@@ -258,7 +258,7 @@ impl Core {
         let home = self.workspaces.home_dir(&session.id);
         let resume = session.conversation_id.clone();
         let sandbox = self.config.sandbox.of(&job.spec.agent);
-        let launch = match agents::launch(
+        let mut launch = match agents::launch(
             profile,
             &job.spec,
             &LaunchContext {
@@ -275,12 +275,9 @@ impl Core {
                     .await;
             }
         };
-        for (path, content) in &launch.files {
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::write(path, content).await?;
-        }
+        self.workspaces
+            .write_home_files(&session.id, std::mem::take(&mut launch.files))
+            .await?;
         let stdin = match &launch.stdin {
             Some(text) => crate::runner::Stdin::File(write_input(&home, text).await?),
             None => crate::runner::Stdin::Null,
@@ -289,7 +286,6 @@ impl Core {
 
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();
-        let mut launch = launch;
         let in_netns = sandbox.is_some_and(|s| s.network == Network::Gateway);
         let access = self.gateway_access(job, &mut launch, &tx, handle, &budget_hit, in_netns);
         let mut env = super::env::agent_env(&home, &launch.env, &profile.env, &job.spec.env);

@@ -9,6 +9,7 @@
 //! runs on blocking threads.
 
 mod fsops;
+mod home;
 mod path;
 mod snapshot;
 mod upload;
@@ -408,6 +409,20 @@ impl Workspaces {
             }
         })
         .await?
+    }
+
+    /// Writes agentd's configuration files for the agent into the session's HOME, never through
+    /// a symlink the agent left there (see `home`).
+    pub async fn write_home_files(
+        &self,
+        session: &SessionId,
+        files: Vec<(PathBuf, Vec<u8>)>,
+    ) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let home = self.home_dir(session);
+        blocking(move || home::write_files(&home, &files)).await?
     }
 
     /// Metadata of every entry of the workspace (no hashes).
