@@ -240,3 +240,49 @@ pub(crate) async fn sigterm_exits_even_while_a_health_watch_stays_open() {
         "{seen:?}"
     );
 }
+
+/// A SIGTERM that arrives while agentd is still starting (here: as soon as it has printed its
+/// configuration, before it opens the store or listens) starts the drain instead of killing the
+/// process by the default action: agentd exits 0, having stopped cleanly.
+#[test]
+pub(crate) fn sigterm_during_start_up_is_a_clean_exit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    for _ in 0..5 {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env("AGENTD_API_KEYS", format!("a:{KEY_A}"))
+            .env("AGENTD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = stderr.next().and_then(|l| l.ok()).unwrap_or_default();
+        assert!(
+            first.starts_with("agentd effective configuration"),
+            "{first}"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        std::thread::spawn(move || for _ in stderr {});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agentd did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "agentd ended with {status:?}");
+    }
+}
