@@ -9,6 +9,7 @@
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
+mod dispatch;
 mod env;
 mod files;
 mod info;
@@ -16,7 +17,6 @@ mod jail;
 mod jobs;
 mod pieces;
 mod reaper;
-mod dispatch;
 mod run;
 mod sessions;
 mod tenant_watch;
