@@ -21,6 +21,9 @@ const APPROVAL_MODES: [&str; 4] = ["default", "auto_edit", "yolo", "plan"];
 /// Profile args that already decide approvals.
 const APPROVAL_FLAGS: [&str; 3] = ["-y", "--yolo", "--approval-mode"];
 
+/// agentd's system settings file for Gemini, under `~/.gemini` (rewritten on every job).
+const SYSTEM_SETTINGS: &str = "agentd-system-settings.json";
+
 /// Used when the profile gives no settings: API-key auth (without it Gemini exits 41), folder
 /// trust off (else an untrusted workspace silently overrides the approval mode), no usage
 /// statistics and no update checks.
@@ -68,8 +71,19 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--resume".into(), id.to_owned()]);
     }
+    // Only the job's servers may start, whatever the agent's own settings (user or workspace,
+    // both writable by it) define; an empty list would allow all, hence a name none can have.
+    args.push("--allowed-mcp-server-names".into());
+    match ctx.mcp.is_empty() {
+        true => args.push(super::mcp::NONE_ALLOWED.into()),
+        false => args.extend(ctx.mcp.iter().map(|(n, _)| n.clone())),
+    }
 
     let dot_gemini = ctx.home.join(".gemini");
+    // The servers go into the system settings, which override the user's and the workspace's, so
+    // a same-named server of the agent's cannot replace a catalog one.
+    let system = dot_gemini.join(SYSTEM_SETTINGS);
+    let system_settings = serde_json::json!({ "mcpServers": super::mcp::gemini(ctx.mcp) });
     let settings = profile
         .config
         .clone()
@@ -80,10 +94,17 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     Launch {
         program: profile.command.clone(),
         args,
-        env: vec![("GEMINI_CLI_NO_RELAUNCH".into(), "1".into())],
+        env: vec![
+            ("GEMINI_CLI_NO_RELAUNCH".into(), "1".into()),
+            (
+                "GEMINI_CLI_SYSTEM_SETTINGS_PATH".into(),
+                system.to_string_lossy().into_owned(),
+            ),
+        ],
         files: vec![
             (dot_gemini.join("settings.json"), settings.into_bytes()),
             (dot_gemini.join("GEMINI.md"), memory.into_bytes()),
+            (system, system_settings.to_string().into_bytes()),
         ],
         stdin: Some(spec.prompt.clone()),
     }

@@ -24,13 +24,28 @@ fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
 fn launch_default_is_headless_yolo_with_default_settings() {
     let l = launch(&gemini(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
     assert_eq!(l.program, "gemini");
-    assert_eq!(l.args, ["--output-format", "stream-json", "--yolo"]);
+    assert_eq!(
+        l.args,
+        [
+            "--output-format",
+            "stream-json",
+            "--yolo",
+            "--allowed-mcp-server-names",
+            "agentd:none"
+        ]
+    );
     assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     assert_eq!(
         l.env,
-        [("GEMINI_CLI_NO_RELAUNCH".to_owned(), "1".to_owned())]
+        [
+            ("GEMINI_CLI_NO_RELAUNCH".to_owned(), "1".to_owned()),
+            (
+                "GEMINI_CLI_SYSTEM_SETTINGS_PATH".to_owned(),
+                "/home/s1/.gemini/agentd-system-settings.json".to_owned()
+            )
+        ]
     );
-    assert_eq!(l.files.len(), 2);
+    assert_eq!(l.files.len(), 3);
     assert_eq!(
         l.files[0].0,
         PathBuf::from("/home/s1/.gemini/settings.json")
@@ -71,11 +86,13 @@ fn launch_maps_every_supported_option_and_resumes() {
             "auto_edit",
             "--resume",
             SESSION,
+            "--allowed-mcp-server-names",
+            "agentd:none",
         ]
     );
     assert_eq!(l.stdin.as_deref(), Some("-rf is a flag; explain it"));
     assert_eq!(
-        l.files,
+        l.files[..2],
         [
             (
                 PathBuf::from("/home/s1/.gemini/settings.json"),
