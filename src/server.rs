@@ -200,6 +200,7 @@ pub async fn serve(
     listener: TcpListener,
     ready: impl FnOnce(),
     stop: impl Future<Output = ()> + Send + 'static,
+    hangups: crate::shutdown::Hangups,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
@@ -245,6 +246,10 @@ pub async fn serve(
     let core = Core::start(config.clone(), store.clone(), shutdown.clone(), gateway)
         .await
         .map_err(ServeError::Store)?;
+    {
+        let core = core.clone();
+        shutdown.spawn(hangups.serve(shutdown.clone(), move || core.reload_catalog()));
+    }
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     for name in SERVICES.iter().copied().chain([""]) {
