@@ -21,9 +21,6 @@ const APPROVAL_MODES: [&str; 4] = ["default", "auto_edit", "yolo", "plan"];
 /// Profile args that already decide approvals.
 const APPROVAL_FLAGS: [&str; 3] = ["-y", "--yolo", "--approval-mode"];
 
-/// agentd's system settings file for Gemini, under `~/.gemini` (rewritten on every job).
-const SYSTEM_SETTINGS: &str = "agentd-system-settings.json";
-
 /// Used when the profile gives no settings: API-key auth (without it Gemini exits 41), folder
 /// trust off (else an untrusted workspace silently overrides the approval mode), no usage
 /// statistics and no update checks.
@@ -80,31 +77,27 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     }
 
     let dot_gemini = ctx.home.join(".gemini");
-    // The servers go into the system settings, which override the user's and the workspace's, so
-    // a same-named server of the agent's cannot replace a catalog one.
-    let system = dot_gemini.join(SYSTEM_SETTINGS);
-    let system_settings = serde_json::json!({ "mcpServers": super::mcp::gemini(ctx.mcp) });
-    let settings = profile
+    let mut settings = profile
         .config
         .clone()
         .unwrap_or_else(|| DEFAULT_SETTINGS.to_owned());
+    if !ctx.mcp.is_empty() {
+        // The user settings, rewritten on every job. (Gemini refuses a system settings file in a
+        // directory the agent can write, so the servers cannot go above the workspace's
+        // settings; `--allowed-mcp-server-names` above still admits only the catalog's names.)
+        settings =
+            super::mcp::json_with(Some(&settings), "mcpServers", super::mcp::gemini(ctx.mcp));
+    }
     // Gemini puts `~/.gemini/GEMINI.md` into its system instruction. Written on every job (empty
     // when unset) so that an earlier job's text does not linger in the session's HOME.
     let memory = spec.append_system_prompt.clone().unwrap_or_default();
     Launch {
         program: profile.command.clone(),
         args,
-        env: vec![
-            ("GEMINI_CLI_NO_RELAUNCH".into(), "1".into()),
-            (
-                "GEMINI_CLI_SYSTEM_SETTINGS_PATH".into(),
-                system.to_string_lossy().into_owned(),
-            ),
-        ],
+        env: vec![("GEMINI_CLI_NO_RELAUNCH".into(), "1".into())],
         files: vec![
             (dot_gemini.join("settings.json"), settings.into_bytes()),
             (dot_gemini.join("GEMINI.md"), memory.into_bytes()),
-            (system, system_settings.to_string().into_bytes()),
         ],
         stdin: Some(spec.prompt.clone()),
     }

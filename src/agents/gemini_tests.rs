@@ -37,15 +37,9 @@ fn launch_default_is_headless_yolo_with_default_settings() {
     assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     assert_eq!(
         l.env,
-        [
-            ("GEMINI_CLI_NO_RELAUNCH".to_owned(), "1".to_owned()),
-            (
-                "GEMINI_CLI_SYSTEM_SETTINGS_PATH".to_owned(),
-                "/home/s1/.gemini/agentd-system-settings.json".to_owned()
-            )
-        ]
+        [("GEMINI_CLI_NO_RELAUNCH".to_owned(), "1".to_owned())]
     );
-    assert_eq!(l.files.len(), 3);
+    assert_eq!(l.files.len(), 2);
     assert_eq!(
         l.files[0].0,
         PathBuf::from("/home/s1/.gemini/settings.json")
@@ -92,7 +86,7 @@ fn launch_maps_every_supported_option_and_resumes() {
     );
     assert_eq!(l.stdin.as_deref(), Some("-rf is a flag; explain it"));
     assert_eq!(
-        l.files[..2],
+        l.files,
         [
             (
                 PathBuf::from("/home/s1/.gemini/settings.json"),

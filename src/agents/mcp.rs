@@ -200,7 +200,11 @@ mod tests {
             .position(|a| a == "--allowed-mcp-server-names")
             .unwrap();
         assert_eq!(l.args[at + 1..at + 3], ["echo", "web"]);
-        let v: Value = serde_json::from_slice(file(&l, "agentd-system-settings.json")).unwrap();
+        let v: Value = serde_json::from_slice(file(&l, "settings.json")).unwrap();
         assert_eq!(v["mcpServers"]["web"]["httpUrl"], "https://mcp.example/mcp");
+        assert_eq!(
+            v["security"]["folderTrust"]["enabled"], false,
+            "the defaults stay"
+        );
     }
 }
