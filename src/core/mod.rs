@@ -4,11 +4,12 @@
 //! ids of other tenants, exactly as for ids that do not exist.
 //!
 //! Which job runs where is decided by the store, so that several replicas can share one: the
-//! dispatcher claims runnable jobs under a lease (`replicas`), the lease keeper renews them and
+//! dispatcher claims runnable jobs under a lease (`dispatch`), the lease keeper renews them and
 //! settles the jobs of replicas that stopped renewing, and store signals carry other replicas'
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
+mod dispatch;
 mod env;
 mod files;
 mod info;
@@ -17,7 +18,6 @@ mod jobs;
 mod pieces;
 mod presets;
 mod reaper;
-mod replicas;
 mod run;
 mod sessions;
 mod tenant_watch;
