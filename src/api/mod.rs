@@ -6,6 +6,7 @@ pub mod convert;
 mod file;
 mod info;
 mod job;
+mod preset;
 mod session;
 pub mod status;
 mod usage;
@@ -15,6 +16,7 @@ pub mod wire;
 pub use file::FileApi;
 pub use info::ServerInfoApi;
 pub use job::JobApi;
+pub use preset::PresetApi;
 pub use session::SessionApi;
 pub use usage::UsageApi;
 
