@@ -162,6 +162,17 @@ for word in sys.argv[-1].split():
             reply = s.recv(4096).decode("latin-1")
             print("tunnel %s" % reply.split("\r\n")[0], flush=True)
         s.close()
+    elif word.startswith("http="):
+        import urllib.request, urllib.error
+        # NO_PROXY names localhost (the gateway itself): this request is for the proxy.
+        os.environ.pop("NO_PROXY", None); os.environ.pop("no_proxy", None)
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"http": os.environ["HTTP_PROXY"]}))
+        try:
+            with opener.open("http://%s/v1/models" % word[5:], timeout=10) as r:
+                print("http %s %d %s" % (word[5:], r.status, r.read(200).decode()[:1]), flush=True)
+        except urllib.error.HTTPError as e:
+            print("http %s %d" % (word[5:], e.code), flush=True)
 print("done", flush=True)
 "#;
 
@@ -1061,7 +1072,7 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     let port = mock.addr.rsplit(':').next().expect("port");
     let prompt = format!(
         "calls=2 connect={} connect=127.0.0.1:5432 proxy=localhost:{port} \
-         proxy=127.0.0.1:5432 proxy=example.com:443",
+         proxy=127.0.0.1:5432 proxy=example.com:443 http=localhost:{port} http=example.com:80",
         mock.addr
     );
     let job = c.submit_to(&s, "closed", &prompt).await;
@@ -1088,17 +1099,23 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     assert!(t.contains(&"tunnel HTTP/1.1 200 OK".to_owned()), "{t:?}");
     assert!(t.contains(&"proxy 127.0.0.1:5432 403".to_owned()), "{t:?}");
     assert!(t.contains(&"proxy example.com:443 403".to_owned()), "{t:?}");
-    let denied: Vec<(String, u32)> = events
+    // Plain HTTP in absolute form: forwarded to an allowed host, refused for the others.
+    assert!(t.contains(&format!("http localhost:{port} 200 {{")), "{t:?}");
+    assert!(t.contains(&"http example.com:80 403".to_owned()), "{t:?}");
+    // Each refusal is one event; they may land in any order.
+    let mut denied: Vec<(String, u32)> = events
         .iter()
         .filter_map(|e| match &e.kind {
             Some(pb::job_event::Kind::EgressDenied(d)) => Some((d.host.clone(), d.port)),
             _ => None,
         })
         .collect();
+    denied.sort();
     assert_eq!(
         denied,
         vec![
             ("127.0.0.1".to_owned(), 5432),
+            ("example.com".to_owned(), 80),
             ("example.com".to_owned(), 443)
         ],
         "{events:?}"
