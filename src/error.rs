@@ -65,6 +65,20 @@ pub enum Reason {
     MalformedRequest,
     // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
     MessageTooLarge,
+    // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
+    // its preset does not list as overridable; a template variable without a value, or a value
+    // the template does not use; a catalog name the operator did not configure.
+    UnknownPreset,
+    PresetOverrideDenied,
+    MissingVariable,
+    UnknownVariable,
+    UnknownMcpServer,
+    UnknownSubagent,
+    UnknownSkill,
+    // NOT_FOUND / ALREADY_EXISTS / FAILED_PRECONDITION of PresetService.
+    PresetNotFound,
+    PresetExists,
+    PresetReadOnly,
 }
 
 impl Reason {
@@ -111,6 +125,16 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::UnknownPreset => "UNKNOWN_PRESET",
+            Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
+            Reason::MissingVariable => "MISSING_VARIABLE",
+            Reason::UnknownVariable => "UNKNOWN_VARIABLE",
+            Reason::UnknownMcpServer => "UNKNOWN_MCP_SERVER",
+            Reason::UnknownSubagent => "UNKNOWN_SUBAGENT",
+            Reason::UnknownSkill => "UNKNOWN_SKILL",
+            Reason::PresetNotFound => "PRESET_NOT_FOUND",
+            Reason::PresetExists => "PRESET_EXISTS",
+            Reason::PresetReadOnly => "PRESET_READ_ONLY",
         }
     }
 }
