@@ -1100,7 +1100,10 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     assert!(t.contains(&"proxy 127.0.0.1:5432 403".to_owned()), "{t:?}");
     assert!(t.contains(&"proxy example.com:443 403".to_owned()), "{t:?}");
     // Plain HTTP in absolute form: forwarded to an allowed host, refused for the others.
-    assert!(t.contains(&format!("http localhost:{port} 200 {{")), "{t:?}");
+    assert!(
+        t.contains(&format!("http localhost:{port} 200 {{")),
+        "{t:?}"
+    );
     assert!(t.contains(&"http example.com:80 403".to_owned()), "{t:?}");
     // Each refusal is one event; they may land in any order.
     let mut denied: Vec<(String, u32)> = events
@@ -1144,4 +1147,80 @@ async fn genuine_claude_sees_an_upstream_error_as_the_provider_sent_it() {
     );
     let calls = model_calls(&events);
     assert!(calls.iter().any(|c| c.status == 500), "{calls:?}");
+}
+
+/// `agentd ARGS…` (the client) pointed at `server` with `key`.
+fn agentd_cli(server: &TestServer, key: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(args)
+        .env("AGENTD_URL", format!("http://{}", server.addr))
+        .env("AGENTD_API_KEY", key)
+        .env_remove("AGENTD_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agentd cli")
+}
+
+fn json_lines(o: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_job_budgets_and_shows_the_ledger() {
+    let w = World::new("", &[]).await;
+    let o = agentd_cli(
+        &w.server,
+        KEY_A,
+        &[
+            "run",
+            "--json",
+            "--agent",
+            "alpha",
+            "--max-tokens",
+            "150",
+            "calls=5",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "the job fails: {err}");
+    let lines = json_lines(&o);
+    let fin = lines
+        .iter()
+        .find(|l| l["kind"] == "finished")
+        .unwrap_or_else(|| panic!("no finished event: {lines:?}"));
+    assert_eq!(fin["reason"], "BUDGET_EXCEEDED", "{fin}");
+    let job = lines
+        .iter()
+        .find(|l| l["type"] == "job")
+        .and_then(|l| l["job"]["job_id"].as_str().or(l["job_id"].as_str()))
+        .unwrap_or_else(|| panic!("no job line: {lines:?}"))
+        .to_owned();
+    assert_eq!(w.mock.posts().0, 2, "the third call was refused");
+
+    let o = agentd_cli(
+        &w.server,
+        KEY_A,
+        &["usage", "--json", "--by", "agent", "--days", "1"],
+    );
+    let buckets = json_lines(&o);
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    assert_eq!(
+        (&buckets[0]["key"], &buckets[0]["calls"]),
+        (&"alpha".into(), &2.into())
+    );
+    assert_eq!(buckets[0]["input_tokens"], 200);
+
+    let o = agentd_cli(&w.server, KEY_A, &["usage", "--job", &job]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("mock-model").count(), 2, "{text}");
+    // Another tenant sees neither the job's calls nor any usage.
+    let o = agentd_cli(&w.server, KEY_B, &["usage", "--json", "--job", &job]);
+    assert_ne!(o.status.code(), Some(0));
+    let o = agentd_cli(&w.server, KEY_B, &["usage", "--json"]);
+    let theirs = json_lines(&o);
+    assert!(theirs.iter().all(|b| b["calls"] == 0), "{theirs:?}");
 }

@@ -155,7 +155,9 @@ async fn forward(req: Request<Incoming>, timeout: Duration) -> Response<ProxyBod
     else {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     };
-    let mut out = Request::builder().method(parts.method).uri(parts.uri.clone());
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(parts.uri.clone());
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) {
             out = out.header(name, value);

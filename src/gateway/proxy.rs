@@ -342,14 +342,15 @@ fn respond(resp: Response<Incoming>, call: Call, idle: Duration) -> Response<Out
         sleep: Box::pin(tokio::time::sleep(idle)),
         call: Some(call),
     };
-    out.body(Either::Right(Either::Left(body))).unwrap_or_else(|_| {
-        refuse(
-            Api::Openai,
-            StatusCode::BAD_GATEWAY,
-            "api_error",
-            "bad upstream headers",
-        )
-    })
+    out.body(Either::Right(Either::Left(body)))
+        .unwrap_or_else(|_| {
+            refuse(
+                Api::Openai,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "bad upstream headers",
+            )
+        })
 }
 
 /// A refusal by the gateway itself, in the provider's error shape.
