@@ -1224,3 +1224,137 @@ async fn the_cli_sets_job_budgets_and_shows_the_ledger() {
     let theirs = json_lines(&o);
     assert!(theirs.iter().all(|b| b["calls"] == 0), "{theirs:?}");
 }
+
+/// agentd at trace level with its log captured: `serve` with the probe profiles, killed (and its
+/// whole log returned) by [`Traced::log`].
+struct Traced {
+    child: Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Traced {
+    fn start(config: &str, gateway: &str) -> Traced {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("agentd.toml");
+        std::fs::write(&path, config).expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                gateway,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&path)
+            .env("AGENTD_API_KEYS", format!("a:{KEY_A},b:{KEY_B}"))
+            .env("AGENTD_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agentd");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (sink, stderr) = (log.clone(), child.stderr.take().expect("stderr"));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => match l.strip_prefix("agentd listening on ") {
+                    Some(a) => break a.trim().to_owned(),
+                    None => continue,
+                },
+                _ => panic!(
+                    "agentd exited before listening: {}",
+                    log.lock().expect("log")
+                ),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Traced {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.lock().expect("log").clone();
+        log
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_hold_the_key_or_a_job_token() {
+    let (dir, script) = agent_dir();
+    let mock = Mock::start(dir.path());
+    let gateway = format!("127.0.0.1:{}", free_port());
+    let config = probe_profile("alpha", &script, &format!("http://{}", mock.addr));
+    let agentd = Traced::start(&config, &gateway);
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agentd.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = Clients::new(ch, KEY_A);
+    let s = c.create_session(&[]).await.session_id;
+    // Calls that succeed, one over budget (refused by the gateway), and a job that fails.
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s.clone(),
+            agent: "alpha".into(),
+            prompt: "token calls=3".into(),
+            max_tokens: 150,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    let events = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    assert_eq!(done.reason, "BUDGET_EXCEEDED", "{done:?}");
+    let token_file =
+        String::from_utf8(c.download(&s, "token.txt").await.expect("token.txt")).expect("utf-8");
+    let token = token_file.lines().next().expect("token").to_owned();
+    assert!(token.starts_with("agj_"), "{token_file}");
+    // A dead token presented again, and the gateway's errors.
+    let (st, body) = post(
+        &gateway,
+        "/gw/alpha/v1/messages",
+        &[("x-api-key", &token)],
+        HELLO,
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    assert!(!body.contains(REAL_KEY) && !body.contains(&token), "{body}");
+    let log = agentd.log();
+    assert!(
+        log.contains("model gateway listening") && log.contains(&job.job_id),
+        "the log was captured at trace level: {log}"
+    );
+    assert!(!log.contains(REAL_KEY), "the provider key is in the log");
+    assert!(!log.contains(&token), "a job token is in the log");
+    assert!(
+        !log.contains(&token[4..20]),
+        "part of a job token is in the log"
+    );
+    let dump = format!("{events:?}{done:?}");
+    assert!(!dump.contains(REAL_KEY), "{dump}");
+}
