@@ -6,8 +6,10 @@
 //! workspace and /proc for the key, job env that would redirect the agent. Also: a huge request,
 //! an upstream that hangs or answers garbage, job and tenant budgets ending jobs
 //! `BUDGET_EXCEEDED`, and the usage ledger answering after the session is deleted and agentd
-//! restarted. `genuine_*` run the four real CLIs through the gateway with hostile project configs
-//! in the workspace (installed by `scripts/install-agents`).
+//! restarted. `genuine_*` run the four real CLIs through the gateway (`network = "gateway"`) with
+//! hostile project configs in the workspace (installed by `scripts/install-agents`); each CLI's own
+//! shell tool then searches its env, /proc/self, HOME and workspace for the key and tries the model
+//! server directly, the host's Postgres port and a public address, all of which must fail.
 
 mod common;
 
@@ -984,9 +986,9 @@ async fn genuine(kind: &str) {
     let job = c
         .jobs
         .submit_job(pb::SubmitJobRequest {
-            session_id: s,
+            session_id: s.clone(),
             agent: kind.into(),
-            prompt: "bash env".into(),
+            prompt: bypass_probe(&mock.addr),
             timeout_seconds: 180,
             ..Default::default()
         })
@@ -1033,6 +1035,50 @@ async fn genuine(kind: &str) {
         "{why}"
     );
     assert!(job.usage.expect("usage").input_tokens > 0, "{why}");
+    // What the agent's shell found: the key nowhere it can read, nothing reachable but the
+    // gateway.
+    let read = |path: &'static str| {
+        let mut c = c.clone();
+        let s = s.clone();
+        async move {
+            let bytes = c.download(&s, path).await.unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    };
+    let probe = read("probe.txt").await;
+    assert!(
+        probe.contains("agj_"),
+        "the probe read the agent's env: {probe}\n{why}"
+    );
+    assert!(
+        !probe.contains(REAL_KEY),
+        "{kind} can read the provider key"
+    );
+    let net = read("net.txt").await;
+    let lines: Vec<&str> = net.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("connect {} refused", mock.addr),
+            "connect 127.0.0.1:5432 refused".to_owned(),
+            "connect 1.1.1.1:443 refused".to_owned(),
+        ],
+        "{kind} reached past the gateway\n{why}"
+    );
+}
+
+/// A `bash` prompt for the mock: the agent's own shell tool copies everything it can read (env,
+/// /proc/self, HOME with the config written for the CLI, the workspace) into `probe.txt`, and
+/// tries the model server directly, the host's Postgres port and a public address (`net.txt`).
+fn bypass_probe(mock: &str) -> String {
+    let net = format!(
+        "import socket; [print('connect', t, 'open' if socket.socket().connect_ex((t.rsplit(':', 1)[0], \
+         int(t.rsplit(':', 1)[1]))) == 0 else 'refused') for t in ['{mock}', '127.0.0.1:5432', '1.1.1.1:443']]"
+    );
+    format!(
+        "bash env; (env; cat /proc/self/environ /proc/self/cmdline; find ~ . -type f -exec cat {{}} +) \
+         > probe.txt 2>&1; python3 -c \"{net}\" > net.txt 2>&1; echo probed"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
