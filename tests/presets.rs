@@ -634,3 +634,66 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(args)
+        .env("AGENTD_URL", format!("http://{}", server.addr))
+        .env("AGENTD_API_KEY", KEY_A)
+        .env_remove("AGENTD_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agentd cli")
+}
+
+#[tokio::test]
+async fn the_cli_manages_presets_and_runs_one_with_variables() {
+    let cat = Catalog::new();
+    let (server, _c, _session) = start(&cat, "").await;
+    let o = cli(
+        &server,
+        &[
+            "presets",
+            "create",
+            "greet",
+            "--template",
+            "say hi to {{who}}",
+            "--overridable",
+            "model",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(&server, &["presets", "ls", "--json"]);
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let names: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or(""),
+                v["read_only"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("greet", false), ("open", true), ("review", true)]);
+    let o = cli(
+        &server,
+        &["run", "--preset", "greet", "--var", "who=the cli", "--json"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(out.contains("turn 1: say hi to the cli"), "{out}");
+    // A missing variable is a usage error with the server's reason.
+    let o = cli(&server, &["run", "--preset", "greet", "--json"]);
+    assert_eq!(o.status.code(), Some(agentd::cli::exit::USAGE), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("MISSING_VARIABLE"),
+        "{o:?}"
+    );
+    let o = cli(&server, &["presets", "rm", "greet"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(&server, &["presets", "get", "greet"]);
+    assert!(!o.status.success(), "{o:?}");
+}

@@ -38,6 +38,9 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
             files(&connect(&client)?, client.json, command, p).await
         }
         ClientCommand::Agents { client } => agents(&connect(&client)?, client.json, p).await,
+        ClientCommand::Presets { client, command } => {
+            super::presets::presets(&connect(&client)?, client.json, command, p).await
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod commands;
 mod conn;
+mod presets;
 mod render;
 mod transfer;
 mod watch;
@@ -103,6 +104,14 @@ pub enum ClientCommand {
     Agents {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// List, show, create or delete job presets (`agentd run --preset NAME --var k=v`).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Presets {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: presets::PresetsCommand,
     },
 }
 
@@ -337,6 +346,7 @@ pub fn main(cmd: ClientCommand) -> i32 {
         ClientCommand::Sessions { client, .. }
         | ClientCommand::Jobs { client, .. }
         | ClientCommand::Files { client, .. }
+        | ClientCommand::Presets { client, .. }
         | ClientCommand::Agents { client } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.
