@@ -14,35 +14,39 @@ pub enum PresetsCommand {
     /// Show one preset.
     Get { name: String },
     /// Create one of your presets.
-    Create {
-        name: String,
-        /// The prompt with `{{variables}}` (`\{{` for literal braces).
-        #[arg(long, value_name = "TEXT")]
-        template: Option<String>,
-        #[arg(long)]
-        description: Option<String>,
-        #[arg(long)]
-        agent: Option<String>,
-        #[arg(long)]
-        model: Option<String>,
-        /// Job timeout in seconds.
-        #[arg(long, value_name = "SECONDS")]
-        timeout: Option<u32>,
-        /// A job field that jobs of this preset may set themselves (repeatable).
-        #[arg(long = "overridable", value_name = "FIELD")]
-        overridable: Vec<String>,
-        /// An MCP server of the operator's catalog (repeatable).
-        #[arg(long = "mcp", value_name = "NAME")]
-        mcp_servers: Vec<String>,
-        /// A Claude subagent of the operator's catalog (repeatable).
-        #[arg(long = "subagent", value_name = "NAME")]
-        subagents: Vec<String>,
-        /// A skill of the operator's catalog (repeatable).
-        #[arg(long = "skill", value_name = "NAME")]
-        skills: Vec<String>,
-    },
+    Create(Box<CreateArgs>),
     /// Delete one of your presets.
     Rm { name: String },
+}
+
+/// `agentd presets create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    name: String,
+    /// The prompt with `{{variables}}` (`\{{` for literal braces).
+    #[arg(long, value_name = "TEXT")]
+    template: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Job timeout in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u32>,
+    /// A job field that jobs of this preset may set themselves (repeatable).
+    #[arg(long = "overridable", value_name = "FIELD")]
+    overridable: Vec<String>,
+    /// An MCP server of the operator's catalog (repeatable).
+    #[arg(long = "mcp", value_name = "NAME")]
+    mcp_servers: Vec<String>,
+    /// A Claude subagent of the operator's catalog (repeatable).
+    #[arg(long = "subagent", value_name = "NAME")]
+    subagents: Vec<String>,
+    /// A skill of the operator's catalog (repeatable).
+    #[arg(long = "skill", value_name = "NAME")]
+    skills: Vec<String>,
 }
 
 fn client(conn: &Conn) -> pb::preset_service_client::PresetServiceClient<super::conn::Svc> {
@@ -113,18 +117,19 @@ pub(super) async fn presets(
                 .unwrap_or_default();
             p.json(&to_json(&preset)).await;
         }
-        PresetsCommand::Create {
-            name,
-            template,
-            description,
-            agent,
-            model,
-            timeout,
-            overridable,
-            mcp_servers,
-            subagents,
-            skills,
-        } => {
+        PresetsCommand::Create(a) => {
+            let CreateArgs {
+                name,
+                template,
+                description,
+                agent,
+                model,
+                timeout,
+                overridable,
+                mcp_servers,
+                subagents,
+                skills,
+            } = *a;
             let preset = pb::Preset {
                 name,
                 prompt_template: template.unwrap_or_default(),
