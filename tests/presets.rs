@@ -697,3 +697,51 @@ async fn the_cli_manages_presets_and_runs_one_with_variables() {
     let o = cli(&server, &["presets", "get", "greet"]);
     assert!(!o.status.success(), "{o:?}");
 }
+
+#[tokio::test]
+async fn a_linked_mcp_config_file_is_replaced_not_written_through() {
+    let cat = Catalog::new();
+    let (server, mut c, session) = start(&cat, "").await;
+    let victim = tempfile::tempdir().unwrap();
+    let target = victim.path().join("host-file");
+    std::fs::write(&target, "host content").unwrap();
+    // The agent links the file agentd writes the MCP config to onto a host file.
+    run(
+        &mut c,
+        pb::SubmitJobRequest {
+            prompt: format!(
+                "bash ln -sf {} ~/.claude/agentd-mcp.json && echo linked",
+                target.display()
+            ),
+            ..req(&session)
+        },
+    )
+    .await;
+    let home = server.data_dir.join("sessions").join(&session).join("home");
+    let planted = home.join(".claude/agentd-mcp.json");
+    assert!(
+        std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let (job, _) = run(
+        &mut c,
+        pb::SubmitJobRequest {
+            prompt: "hello".into(),
+            mcp_servers: vec!["echo".into()],
+            ..req(&session)
+        },
+    )
+    .await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "host content");
+    let meta = std::fs::symlink_metadata(&planted).unwrap();
+    assert!(
+        meta.is_file(),
+        "the link itself was replaced by agentd's file"
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&planted).unwrap()).unwrap();
+    assert_eq!(written["mcpServers"]["echo"]["command"], "python3");
+}
