@@ -41,6 +41,9 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
         ClientCommand::Usage { client, args } => {
             super::usage::usage(&connect(&client)?, client.json, &args, p).await
         }
+        ClientCommand::Presets { client, command } => {
+            super::presets::presets(&connect(&client)?, client.json, command, p).await
+        }
     }
 }
 

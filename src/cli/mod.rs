@@ -8,6 +8,7 @@
 
 mod commands;
 mod conn;
+mod presets;
 mod render;
 mod transfer;
 mod usage;
@@ -104,6 +105,14 @@ pub enum ClientCommand {
     Agents {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// List, show, create or delete job presets (`agentd run --preset NAME --var k=v`).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Presets {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: presets::PresetsCommand,
     },
     /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -375,8 +384,9 @@ pub fn main(cmd: ClientCommand) -> i32 {
         ClientCommand::Sessions { client, .. }
         | ClientCommand::Jobs { client, .. }
         | ClientCommand::Files { client, .. }
-        | ClientCommand::Agents { client }
-        | ClientCommand::Usage { client, .. } => client.json,
+        | ClientCommand::Usage { client, .. }
+        | ClientCommand::Presets { client, .. }
+        | ClientCommand::Agents { client } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.
     let rt = match tokio::runtime::Builder::new_current_thread()

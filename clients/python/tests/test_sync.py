@@ -287,3 +287,29 @@ def test_server_info(client: agentd.Client) -> None:
     claude = [a for a in info.agents if a.name == "claude"]
     assert claude and claude[0].available
     assert info.limits.max_upload_chunk_bytes in (0, agentd.CHUNK_SIZE) or info.limits.max_upload_chunk_bytes >= agentd.CHUNK_SIZE
+
+
+def test_presets_render_and_stay_per_tenant(client: agentd.Client, server: Server) -> None:
+    client.create_preset(
+        "py-greet", prompt_template="say hi to {{who}}", overridable=["model"], timeout_seconds=60
+    )
+    names = [p.name for p in client.list_presets()]
+    assert "py-greet" in names
+    s = client.create_session()
+    job = client.run(s.session_id, "", preset="py-greet", variables={"who": "python"}).wait()
+    assert job.prompt == "say hi to python"
+    assert job.result == "turn 1: say hi to python"
+    with pytest.raises(agentd.InvalidArgumentError) as e:
+        client.submit(s.session_id, "", preset="py-greet")
+    assert e.value.reason == "MISSING_VARIABLE"
+    with pytest.raises(agentd.InvalidArgumentError) as e:
+        client.submit(s.session_id, "", preset="py-greet", variables={"who": "x"}, agent="claude")
+    assert e.value.reason == "PRESET_OVERRIDE_DENIED"
+    with agentd.Client(server.address, api_key=KEY_B) as other:
+        with pytest.raises(agentd.NotFoundError):
+            other.get_preset("py-greet")
+    updated = client.update_preset("py-greet", prompt_template="bye {{who}}")
+    assert updated.prompt_template == "bye {{who}}"
+    client.delete_preset("py-greet")
+    with pytest.raises(agentd.NotFoundError):
+        client.get_preset("py-greet")
