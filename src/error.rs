@@ -65,6 +65,12 @@ pub enum Reason {
     MalformedRequest,
     // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
     MessageTooLarge,
+    // INVALID_ARGUMENT: an uploaded archive is truncated, corrupt or not of its declared format.
+    InvalidArchive,
+    // RESOURCE_EXHAUSTED: an uploaded archive expands more than the configured ratio (a bomb).
+    CompressionRatioTooHigh,
+    // RESOURCE_EXHAUSTED: the host's inotify watches or instances are used up.
+    WatchLimitReached,
 }
 
 impl Reason {
@@ -111,6 +117,9 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::InvalidArchive => "INVALID_ARCHIVE",
+            Reason::CompressionRatioTooHigh => "COMPRESSION_RATIO_TOO_HIGH",
+            Reason::WatchLimitReached => "WATCH_LIMIT_REACHED",
         }
     }
 }
