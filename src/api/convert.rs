@@ -312,30 +312,6 @@ pub fn model_call(c: crate::domain::ModelCall) -> pb::ModelCall {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trip_and_misuse() {
-        let c = PageCursor {
-            created: Timestamp(123),
-            id: "ses_x".into(),
-        };
-        let t = encode_cursor("s", &c);
-        assert_eq!(decode_cursor("s", &t).unwrap(), Some(c));
-        assert!(decode_cursor("j", &t).is_err());
-        assert!(decode_cursor("s", "!!!").is_err());
-        assert_eq!(decode_cursor("s", "").unwrap(), None);
-        assert_eq!(
-            decode_path_token(&encode_path_token("a/b"))
-                .unwrap()
-                .unwrap(),
-            "a/b"
-        );
-    }
-}
-
 pub fn file_event(e: crate::workspace::WatchEvent) -> pb::FileEvent {
     use crate::workspace::ChangeType;
     let kind = match e.change {
@@ -359,5 +335,29 @@ pub fn file_event(e: crate::workspace::WatchEvent) -> pb::FileEvent {
         r#type: r#type as i32,
         size: e.size,
         time: Some(ts(Timestamp(e.time_micros))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_misuse() {
+        let c = PageCursor {
+            created: Timestamp(123),
+            id: "ses_x".into(),
+        };
+        let t = encode_cursor("s", &c);
+        assert_eq!(decode_cursor("s", &t).unwrap(), Some(c));
+        assert!(decode_cursor("j", &t).is_err());
+        assert!(decode_cursor("s", "!!!").is_err());
+        assert_eq!(decode_cursor("s", "").unwrap(), None);
+        assert_eq!(
+            decode_path_token(&encode_path_token("a/b"))
+                .unwrap()
+                .unwrap(),
+            "a/b"
+        );
     }
 }

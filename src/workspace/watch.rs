@@ -71,6 +71,8 @@ struct SessionWatch {
     streams: AtomicUsize,
     /// Set when raw events were dropped; the coalescer turns it into an OVERFLOW event.
     overflow: Arc<AtomicBool>,
+    /// Set when the session is deleted: streams end.
+    closed: AtomicBool,
     /// Kept alive with the watch; dropping it stops inotify and ends the coalescer.
     _watcher: notify::INotifyWatcher,
 }
@@ -178,6 +180,7 @@ impl Watches {
             published,
             streams: AtomicUsize::new(0),
             overflow,
+            closed: AtomicBool::new(false),
             _watcher: watcher,
         });
         let mut map = lock(&self.map);
@@ -193,7 +196,11 @@ impl Watches {
 
     /// Stops the session's watch (the session is being deleted); its streams end.
     pub fn remove(&self, session: &SessionId) {
-        lock(&self.map).remove(session);
+        let removed = lock(&self.map).remove(session);
+        if let Some(w) = removed {
+            w.closed.store(true, Ordering::SeqCst);
+            w.published.send_modify(|_| {});
+        }
     }
 
     fn release(&self, session: &SessionId, watch: &Arc<SessionWatch>) {
@@ -260,6 +267,9 @@ impl Subscription {
     /// watch ended (the session was deleted).
     pub async fn next(&mut self) -> Option<Result<Vec<WatchEvent>>> {
         loop {
+            if self.watch.closed.load(Ordering::SeqCst) {
+                return None;
+            }
             match self.take() {
                 Err(e) => return Some(Err(e)),
                 Ok(batch) if !batch.is_empty() => return Some(Ok(batch)),
@@ -423,6 +433,9 @@ impl Window {
                     self.rename(from, to);
                 }
             }
+            // Attribute-only changes (IN_ATTRIB) are not reported: every job start hands the
+            // files it has not seen to the jail's user by chown, which would report each one.
+            EventKind::Modify(ModifyKind::Metadata(_)) => {}
             EventKind::Modify(_) => rels
                 .into_iter()
                 .for_each(|r| self.set(r, ChangeType::Modified)),
@@ -612,6 +625,22 @@ mod tests {
                 ("d".into(), Modified)
             ]
         );
+    }
+
+    #[test]
+    fn inotify_limits_are_a_stable_reason_not_a_hang() {
+        let limit = watch_error(notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        assert_eq!(limit.reason(), Reason::WatchLimitReached);
+        for errno in [libc::EMFILE, libc::ENOSPC] {
+            let e = notify::Error::io(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(
+                watch_error(e).reason(),
+                Reason::WatchLimitReached,
+                "{errno}"
+            );
+        }
+        let other = notify::Error::io(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(watch_error(other).reason(), Reason::Internal);
     }
 
     #[test]

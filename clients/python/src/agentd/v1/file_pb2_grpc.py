@@ -161,7 +161,8 @@ class FileServiceServicer:
 
     def WatchFiles(self, request, context):
         """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
-        over a short window, each with a sequence number. A stream resumed with `after_seq` gets
+        over a short window, each with a sequence number. Content changes only: a change of mode,
+        owner or times alone is not reported. A stream resumed with `after_seq` gets
         every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
         (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
         RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes

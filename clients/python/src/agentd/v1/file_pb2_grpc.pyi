@@ -72,7 +72,8 @@ class FileServiceStub:
     """
     WatchFiles: _grpc.UnaryStreamMultiCallable[_file_pb2.WatchFilesRequest, _file_pb2.WatchFilesResponse]
     """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
-    over a short window, each with a sequence number. A stream resumed with `after_seq` gets
+    over a short window, each with a sequence number. Content changes only: a change of mode,
+    owner or times alone is not reported. A stream resumed with `after_seq` gets
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
     (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
     RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
@@ -123,7 +124,8 @@ class FileServiceAsyncStub(FileServiceStub):
     """
     WatchFiles: _aio.UnaryStreamMultiCallable[_file_pb2.WatchFilesRequest, _file_pb2.WatchFilesResponse]  # type: ignore[assignment]
     """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
-    over a short window, each with a sequence number. A stream resumed with `after_seq` gets
+    over a short window, each with a sequence number. Content changes only: a change of mode,
+    owner or times alone is not reported. A stream resumed with `after_seq` gets
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
     (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
     RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
@@ -225,7 +227,8 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_file_pb2.WatchFilesResponse], _abc.AsyncIterator[_file_pb2.WatchFilesResponse]]:
         """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
-        over a short window, each with a sequence number. A stream resumed with `after_seq` gets
+        over a short window, each with a sequence number. Content changes only: a change of mode,
+        owner or times alone is not reported. A stream resumed with `after_seq` gets
         every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
         (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
         RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
