@@ -225,6 +225,11 @@ async fn submit(
             permission_mode: a.permission_mode.clone().unwrap_or_default(),
             max_cost_usd: 0.0,
             max_tokens: 0,
+            preset: a.preset.clone().unwrap_or_default(),
+            variables: a.vars.iter().cloned().collect(),
+            mcp_servers: a.mcp_servers.clone(),
+            subagents: a.subagents.clone(),
+            skills: a.skills.clone(),
         })
         .await
         .map_err(CliError::rpc("submitting the job"))?

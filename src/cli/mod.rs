@@ -158,7 +158,23 @@ pub struct RunArgs {
     /// Submit the job, print its id and return without waiting.
     #[arg(long)]
     pub detach: bool,
-    /// The prompt.
+    /// Make the job from this preset (see `agentd presets ls`).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// A variable of the preset's prompt template, `NAME=VALUE` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub vars: Vec<(String, String)>,
+    /// An MCP server of the operator's catalog (repeatable).
+    #[arg(long = "mcp", value_name = "NAME")]
+    pub mcp_servers: Vec<String>,
+    /// A Claude subagent definition of the operator's catalog (repeatable).
+    #[arg(long = "subagent", value_name = "NAME")]
+    pub subagents: Vec<String>,
+    /// A skill of the operator's catalog (repeatable).
+    #[arg(long = "skill", value_name = "NAME")]
+    pub skills: Vec<String>,
+    /// The prompt (may be left out with a `--preset` that has a prompt template).
+    #[arg(default_value = "")]
     pub prompt: String,
 }
 
