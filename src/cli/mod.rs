@@ -6,6 +6,7 @@
 //! It talks to the server only through the generated clients in [`crate::pb`], like any other
 //! client would; it shares no state with the server modules.
 
+mod archive;
 mod commands;
 mod conn;
 mod presets;
@@ -158,8 +159,8 @@ pub struct RunArgs {
     /// Run in this existing session instead of creating one (`--dir` is then uploaded into it).
     #[arg(long, value_name = "SESSION_ID")]
     pub session: Option<String>,
-    /// Download the files the job added or modified into this directory when it succeeds
-    /// (it may be the same as `--dir`).
+    /// Download the files the job added or modified into this directory when it succeeds (it
+    /// may be the same as `--dir`), as one archive stream.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Skip files and directories with this name when uploading `--dir` (repeatable), e.g. `.git`.
@@ -340,6 +341,19 @@ pub enum FilesCommand {
         /// Skip files and directories with this name (repeatable).
         #[arg(long, value_name = "NAME")]
         exclude: Vec<String>,
+    },
+    /// Download the workspace (or some of its paths) as one archive: tar.gz, or tar / zip when
+    /// the file name ends so (`-o -` writes it to stdout, as tar.gz unless `--format` says).
+    Archive {
+        session_id: String,
+        /// Files or directories to include; everything when absent.
+        paths: Vec<String>,
+        /// Local destination, e.g. `ws.tar.gz`, `ws.zip`.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// tar, tar.gz or zip; from the file name when absent.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Delete a file, or a directory with `-r`.
     Rm {
