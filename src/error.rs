@@ -65,6 +65,8 @@ pub enum Reason {
     MalformedRequest,
     // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
     MessageTooLarge,
+    // NOT_FOUND: a job's snapshot is not (or no longer) in the workspace history.
+    SnapshotNotFound,
 }
 
 impl Reason {
@@ -111,6 +113,7 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::SnapshotNotFound => "SNAPSHOT_NOT_FOUND",
         }
     }
 }

@@ -9,8 +9,8 @@ use crate::pb::file_service_server::FileService;
 use crate::workspace::UploadHeader;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Largest chunk accepted in an upload, and the size of download chunks.
@@ -242,6 +242,37 @@ impl FileService for FileApi {
             job_id: job.to_string(),
             changes: changes.into_iter().map(convert::change).collect(),
         }))
+    }
+
+    type GetJobDiffStream = BoxStream<pb::GetJobDiffResponse>;
+
+    async fn get_job_diff(
+        &self,
+        req: Request<pb::GetJobDiffRequest>,
+    ) -> Result<Response<Self::GetJobDiffStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let rx = self
+            .core
+            .job_diff(
+                &tenant,
+                crate::core::history::DiffRequest {
+                    job_id: r.job_id,
+                    paths: r.paths,
+                    context_lines: r.context_lines,
+                    max_bytes: r.max_bytes,
+                },
+            )
+            .await?;
+        let stream = ReceiverStream::new(rx).map(|piece| {
+            piece
+                .map(|c| pb::GetJobDiffResponse {
+                    chunk: c.text.into_bytes().into(),
+                    truncated: c.truncated,
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn delete_file(

@@ -11,6 +11,7 @@
 
 mod env;
 mod files;
+pub mod history;
 mod info;
 mod jail;
 mod jobs;

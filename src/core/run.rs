@@ -12,7 +12,7 @@ use crate::error::{Reason, Result};
 use crate::events::Pending;
 use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, StopCause};
-use crate::store::{JobUpdate, JobWrite};
+use crate::store::{JobUpdate, JobWrite, SnapPoint};
 use crate::telemetry::{TraceParent, metrics, trace};
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -282,7 +282,9 @@ impl Core {
             Some(text) => crate::runner::Stdin::File(write_input(&home, text).await?),
             None => crate::runner::Stdin::Null,
         };
-        let before = self.workspaces.snapshot(&session.id).await?;
+        let before = self
+            .snapshot_job(&session.id, &job.id, SnapPoint::Before)
+            .await?;
 
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();
@@ -571,11 +573,17 @@ impl Core {
                     .unwrap_or_else(|| format!("agent exited with {}", outcome.exit)),
             },
         };
-        match self.workspaces.snapshot(&session.id).await {
-            Ok(after) => match self.workspaces.diff(&session.id, &before, &after).await {
-                Ok(changes) => self.store.put_job_outputs(&job.id, &changes).await?,
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot diff workspace"),
-            },
+        match self
+            .snapshot_job(&session.id, &job.id, SnapPoint::After)
+            .await
+        {
+            Ok(after) => {
+                let changes = Self::outputs_of(&before.tree, &after.tree);
+                self.store.put_job_outputs(&job.id, &changes).await?;
+                if let Err(e) = self.enforce_retention(&session.id).await {
+                    tracing::warn!(job = %job.id, error = %e, "cannot apply history retention");
+                }
+            }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
         }
         let facts = FinishFacts {

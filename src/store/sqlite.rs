@@ -15,6 +15,7 @@ mod checkpoint;
 mod conn;
 mod ledger;
 mod ops;
+mod snapshots;
 mod writer;
 
 use crate::domain::{
@@ -279,6 +280,28 @@ impl Store for SqliteStore {
         let job = job.clone();
         self.readers
             .read(move |c| ops::get_job_outputs(c, &job))
+            .await
+    }
+
+    async fn put_snapshot(&self, row: &crate::store::SnapshotRow) -> Result<()> {
+        let row = row.clone();
+        self.writer.write(move |c| snapshots::put(c, &row)).await
+    }
+
+    async fn snapshots(
+        &self,
+        filter: &crate::store::SnapshotFilter,
+    ) -> Result<Vec<crate::store::SnapshotRow>> {
+        let filter = filter.clone();
+        self.readers
+            .read(move |c| snapshots::list(c, &filter))
+            .await
+    }
+
+    async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
+        let keys = keys.to_vec();
+        self.writer
+            .write(move |c| snapshots::delete(c, &keys))
             .await
     }
 

@@ -66,6 +66,11 @@ class FileServiceStub:
                 request_serializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.FromString,
                 _registered_method=True)
+        self.GetJobDiff = channel.unary_stream(
+                '/agentd.v1.FileService/GetJobDiff',
+                request_serializer=agentd_dot_v1_dot_file__pb2.GetJobDiffRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_file__pb2.GetJobDiffResponse.FromString,
+                _registered_method=True)
 
 
 class FileServiceServicer:
@@ -121,6 +126,15 @@ class FileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobDiff(self, request, context):
+        """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+        computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+        past `max_bytes` the diff ends with a marker line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +167,11 @@ def add_FileServiceServicer_to_server(servicer, server):
                     servicer.UploadFileChunk,
                     request_deserializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.SerializeToString,
+            ),
+            'GetJobDiff': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetJobDiff,
+                    request_deserializer=agentd_dot_v1_dot_file__pb2.GetJobDiffRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_file__pb2.GetJobDiffResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +338,33 @@ class FileService:
             '/agentd.v1.FileService/UploadFileChunk',
             agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.SerializeToString,
             agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobDiff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentd.v1.FileService/GetJobDiff',
+            agentd_dot_v1_dot_file__pb2.GetJobDiffRequest.SerializeToString,
+            agentd_dot_v1_dot_file__pb2.GetJobDiffResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,11 @@ class FileServiceStub:
     a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
     The pieces of one upload must reach the same server process.
     """
+    GetJobDiff: _grpc.UnaryStreamMultiCallable[_file_pb2.GetJobDiffRequest, _file_pb2.GetJobDiffResponse]
+    """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+    computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+    past `max_bytes` the diff ends with a marker line.
+    """
 
 @_typing.type_check_only
 class FileServiceAsyncStub(FileServiceStub):
@@ -82,6 +87,11 @@ class FileServiceAsyncStub(FileServiceStub):
     at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
     a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
     The pieces of one upload must reach the same server process.
+    """
+    GetJobDiff: _aio.UnaryStreamMultiCallable[_file_pb2.GetJobDiffRequest, _file_pb2.GetJobDiffResponse]  # type: ignore[assignment]
+    """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+    computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+    past `max_bytes` the diff ends with a marker line.
     """
 
 class FileServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +153,17 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
         a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
         The pieces of one upload must reach the same server process.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobDiff(
+        self,
+        request: _file_pb2.GetJobDiffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_file_pb2.GetJobDiffResponse], _abc.AsyncIterator[_file_pb2.GetJobDiffResponse]]:
+        """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+        computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+        past `max_bytes` the diff ends with a marker line.
         """
 
 def add_FileServiceServicer_to_server(servicer: FileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,77 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/file.proto.
  */
 export const file_agentd_v1_file: GenFile = /*@__PURE__*/
-  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxIrABCghGaWxlSW5mbxIMCgRwYXRoGAEgASgJEiEKBHR5cGUYAiABKA4yEy5hZ2VudGQudjEuRmlsZVR5cGUSDAoEc2l6ZRgDIAEoBBIMCgRtb2RlGAQgASgNEi8KC21vZGlmeV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzaGEyNTYYBiABKAkSFgoOc3ltbGlua190YXJnZXQYByABKAkiaAoQVXBsb2FkRmlsZUhlYWRlchIMCgRwYXRoGAEgASgJEhEKBG1vZGUYAiABKA1IAIgBARIRCgRzaXplGAMgASgESAGIAQESDgoGc2hhMjU2GAQgASgJQgcKBV9tb2RlQgcKBV9zaXplInAKElVwbG9hZEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEi0KBmhlYWRlchgCIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IjkKE1VwbG9hZEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8iXwoTRG93bmxvYWRGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEhYKDmluY2x1ZGVfc2hhMjU2GAQgASgIIlQKFERvd25sb2FkRmlsZVJlc3BvbnNlEiMKBGluZm8YASABKAsyEy5hZ2VudGQudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQicwoQTGlzdEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFgoOaW5jbHVkZV9zaGEyNTYYAyABKAgSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyI6ChRHZXRKb2JPdXRwdXRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJPChVHZXRKb2JPdXRwdXRzUmVzcG9uc2USDgoGam9iX2lkGAEgASgJEiYKB2NoYW5nZXMYAiADKAsyFS5hZ2VudGQudjEuRmlsZUNoYW5nZSJIChFEZWxldGVGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIisKEkRlbGV0ZUZpbGVSZXNwb25zZRIVCg1kZWxldGVkX2ZpbGVzGAEgASgEIpkBChZVcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEisKBmhlYWRlchgDIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVyEg4KBm9mZnNldBgEIAEoBBINCgVjaHVuaxgFIAEoDBIMCgRsYXN0GAYgASgIIk4KF1VwbG9hZEZpbGVDaHVua1Jlc3BvbnNlEhAKCHJlY2VpdmVkGAEgASgEEiEKBGZpbGUYAiABKAsyEy5hZ2VudGQudjEuRmlsZUluZm8qbAoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRklMRV9UWVBFX1JFR1VMQVIQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAypzCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAzLxAwoLRmlsZVNlcnZpY2USTgoLVXBsb2FkRmlsZXMSHS5hZ2VudGQudjEuVXBsb2FkRmlsZXNSZXF1ZXN0Gh4uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVzcG9uc2UoARJRCgxEb3dubG9hZEZpbGUSHi5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVxdWVzdBofLmFnZW50ZC52MS5Eb3dubG9hZEZpbGVSZXNwb25zZTABEkYKCUxpc3RGaWxlcxIbLmFnZW50ZC52MS5MaXN0RmlsZXNSZXF1ZXN0GhwuYWdlbnRkLnYxLkxpc3RGaWxlc1Jlc3BvbnNlElIKDUdldEpvYk91dHB1dHMSHy5hZ2VudGQudjEuR2V0Sm9iT3V0cHV0c1JlcXVlc3QaIC5hZ2VudGQudjEuR2V0Sm9iT3V0cHV0c1Jlc3BvbnNlEkkKCkRlbGV0ZUZpbGUSHC5hZ2VudGQudjEuRGVsZXRlRmlsZVJlcXVlc3QaHS5hZ2VudGQudjEuRGVsZXRlRmlsZVJlc3BvbnNlElgKD1VwbG9hZEZpbGVDaHVuaxIhLmFnZW50ZC52MS5VcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0GiIuYWdlbnRkLnYxLlVwbG9hZEZpbGVDaHVua1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxInMKEUdldEpvYkRpZmZSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVwYXRocxgCIAMoCRIaCg1jb250ZXh0X2xpbmVzGAMgASgNSACIAQESEQoJbWF4X2J5dGVzGAQgASgEQhAKDl9jb250ZXh0X2xpbmVzIjYKEkdldEpvYkRpZmZSZXNwb25zZRINCgVjaHVuaxgBIAEoDBIRCgl0cnVuY2F0ZWQYAiABKAgisAEKCEZpbGVJbmZvEgwKBHBhdGgYASABKAkSIQoEdHlwZRgCIAEoDjITLmFnZW50ZC52MS5GaWxlVHlwZRIMCgRzaXplGAMgASgEEgwKBG1vZGUYBCABKA0SLwoLbW9kaWZ5X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNoYTI1NhgGIAEoCRIWCg5zeW1saW5rX3RhcmdldBgHIAEoCSJoChBVcGxvYWRGaWxlSGVhZGVyEgwKBHBhdGgYASABKAkSEQoEbW9kZRgCIAEoDUgAiAEBEhEKBHNpemUYAyABKARIAYgBARIOCgZzaGEyNTYYBCABKAlCBwoFX21vZGVCBwoFX3NpemUicAoSVXBsb2FkRmlsZXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSLQoGaGVhZGVyGAIgASgLMhsuYWdlbnRkLnYxLlVwbG9hZEZpbGVIZWFkZXJIABIPCgVjaHVuaxgDIAEoDEgAQgYKBHBhcnQiOQoTVXBsb2FkRmlsZXNSZXNwb25zZRIiCgVmaWxlcxgBIAMoCzITLmFnZW50ZC52MS5GaWxlSW5mbyJfChNEb3dubG9hZEZpbGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZvZmZzZXQYAyABKAQSFgoOaW5jbHVkZV9zaGEyNTYYBCABKAgiVAoURG93bmxvYWRGaWxlUmVzcG9uc2USIwoEaW5mbxgBIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCJzChBMaXN0RmlsZXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEcGF0aBgCIAEoCRIWCg5pbmNsdWRlX3NoYTI1NhgDIAEoCBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJQChFMaXN0RmlsZXNSZXNwb25zZRIiCgVmaWxlcxgBIAMoCzITLmFnZW50ZC52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimgEKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbxIRCglmcm9tX3BhdGgYBCABKAkSIwoGYmVmb3JlGAUgASgLMhMuYWdlbnRkLnYxLkZpbGVJbmZvIjoKFEdldEpvYk91dHB1dHNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGam9iX2lkGAIgASgJIk8KFUdldEpvYk91dHB1dHNSZXNwb25zZRIOCgZqb2JfaWQYASABKAkSJgoHY2hhbmdlcxgCIAMoCzIVLmFnZW50ZC52MS5GaWxlQ2hhbmdlIkgKEURlbGV0ZUZpbGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEcGF0aBgCIAEoCRIRCglyZWN1cnNpdmUYAyABKAgiKwoSRGVsZXRlRmlsZVJlc3BvbnNlEhUKDWRlbGV0ZWRfZmlsZXMYASABKAQimQEKFlVwbG9hZEZpbGVDaHVua1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl1cGxvYWRfaWQYAiABKAkSKwoGaGVhZGVyGAMgASgLMhsuYWdlbnRkLnYxLlVwbG9hZEZpbGVIZWFkZXISDgoGb2Zmc2V0GAQgASgEEg0KBWNodW5rGAUgASgMEgwKBGxhc3QYBiABKAgiTgoXVXBsb2FkRmlsZUNodW5rUmVzcG9uc2USEAoIcmVjZWl2ZWQYASABKAQSIQoEZmlsZRgCIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbypsCghGaWxlVHlwZRIZChVGSUxFX1RZUEVfVU5TUEVDSUZJRUQQABIVChFGSUxFX1RZUEVfUkVHVUxBUhABEhcKE0ZJTEVfVFlQRV9ESVJFQ1RPUlkQAhIVChFGSUxFX1RZUEVfU1lNTElOSxADKowBCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAxIXChNDSEFOR0VfS0lORF9SRU5BTUVEEAQyvgQKC0ZpbGVTZXJ2aWNlEk4KC1VwbG9hZEZpbGVzEh0uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVxdWVzdBoeLmFnZW50ZC52MS5VcGxvYWRGaWxlc1Jlc3BvbnNlKAESUQoMRG93bmxvYWRGaWxlEh4uYWdlbnRkLnYxLkRvd25sb2FkRmlsZVJlcXVlc3QaHy5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVzcG9uc2UwARJGCglMaXN0RmlsZXMSGy5hZ2VudGQudjEuTGlzdEZpbGVzUmVxdWVzdBocLmFnZW50ZC52MS5MaXN0RmlsZXNSZXNwb25zZRJSCg1HZXRKb2JPdXRwdXRzEh8uYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXF1ZXN0GiAuYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXNwb25zZRJJCgpEZWxldGVGaWxlEhwuYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0Gh0uYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXNwb25zZRJYCg9VcGxvYWRGaWxlQ2h1bmsSIS5hZ2VudGQudjEuVXBsb2FkRmlsZUNodW5rUmVxdWVzdBoiLmFnZW50ZC52MS5VcGxvYWRGaWxlQ2h1bmtSZXNwb25zZRJLCgpHZXRKb2JEaWZmEhwuYWdlbnRkLnYxLkdldEpvYkRpZmZSZXF1ZXN0Gh0uYWdlbnRkLnYxLkdldEpvYkRpZmZSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * Request for FileService.GetJobDiff.
+ *
+ * @generated from message agentd.v1.GetJobDiffRequest
+ */
+export type GetJobDiffRequest = Message<"agentd.v1.GetJobDiffRequest"> & {
+  /**
+   * The finished job.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Only changes at or under these workspace paths; empty means all.
+   *
+   * @generated from field: repeated string paths = 2;
+   */
+  paths: string[];
+
+  /**
+   * Lines of context around each change; unset means 3.
+   *
+   * @generated from field: optional uint32 context_lines = 3;
+   */
+  contextLines?: number | undefined;
+
+  /**
+   * Bytes of diff text after which it is cut (with a marker line); 0 means 16 MiB.
+   *
+   * @generated from field: uint64 max_bytes = 4;
+   */
+  maxBytes: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.GetJobDiffRequest.
+ * Use `create(GetJobDiffRequestSchema)` to create a new message.
+ */
+export const GetJobDiffRequestSchema: GenMessage<GetJobDiffRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 0);
+
+/**
+ * One piece of a job's diff: whole files' diffs, in path order.
+ *
+ * @generated from message agentd.v1.GetJobDiffResponse
+ */
+export type GetJobDiffResponse = Message<"agentd.v1.GetJobDiffResponse"> & {
+  /**
+   * UTF-8 text of the unified diff.
+   *
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+
+  /**
+   * Set on the last piece when the diff was cut at `max_bytes`.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.GetJobDiffResponse.
+ * Use `create(GetJobDiffResponseSchema)` to create a new message.
+ */
+export const GetJobDiffResponseSchema: GenMessage<GetJobDiffResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 1);
 
 /**
  * Metadata of one workspace entry.
@@ -75,7 +145,7 @@ export type FileInfo = Message<"agentd.v1.FileInfo"> & {
  * Use `create(FileInfoSchema)` to create a new message.
  */
 export const FileInfoSchema: GenMessage<FileInfo> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 0);
+  messageDesc(file_agentd_v1_file, 2);
 
 /**
  * Announces one file in an upload stream.
@@ -117,7 +187,7 @@ export type UploadFileHeader = Message<"agentd.v1.UploadFileHeader"> & {
  * Use `create(UploadFileHeaderSchema)` to create a new message.
  */
 export const UploadFileHeaderSchema: GenMessage<UploadFileHeader> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 1);
+  messageDesc(file_agentd_v1_file, 3);
 
 /**
  * Request message of FileService.UploadFiles (a client stream).
@@ -161,7 +231,7 @@ export type UploadFilesRequest = Message<"agentd.v1.UploadFilesRequest"> & {
  * Use `create(UploadFilesRequestSchema)` to create a new message.
  */
 export const UploadFilesRequestSchema: GenMessage<UploadFilesRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 2);
+  messageDesc(file_agentd_v1_file, 4);
 
 /**
  * Response for FileService.UploadFiles.
@@ -182,7 +252,7 @@ export type UploadFilesResponse = Message<"agentd.v1.UploadFilesResponse"> & {
  * Use `create(UploadFilesResponseSchema)` to create a new message.
  */
 export const UploadFilesResponseSchema: GenMessage<UploadFilesResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 3);
+  messageDesc(file_agentd_v1_file, 5);
 
 /**
  * Request for FileService.DownloadFile.
@@ -224,7 +294,7 @@ export type DownloadFileRequest = Message<"agentd.v1.DownloadFileRequest"> & {
  * Use `create(DownloadFileRequestSchema)` to create a new message.
  */
 export const DownloadFileRequestSchema: GenMessage<DownloadFileRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 4);
+  messageDesc(file_agentd_v1_file, 6);
 
 /**
  * Response message of FileService.DownloadFile (a server stream).
@@ -261,7 +331,7 @@ export type DownloadFileResponse = Message<"agentd.v1.DownloadFileResponse"> & {
  * Use `create(DownloadFileResponseSchema)` to create a new message.
  */
 export const DownloadFileResponseSchema: GenMessage<DownloadFileResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 5);
+  messageDesc(file_agentd_v1_file, 7);
 
 /**
  * Request for FileService.ListFiles.
@@ -310,7 +380,7 @@ export type ListFilesRequest = Message<"agentd.v1.ListFilesRequest"> & {
  * Use `create(ListFilesRequestSchema)` to create a new message.
  */
 export const ListFilesRequestSchema: GenMessage<ListFilesRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 6);
+  messageDesc(file_agentd_v1_file, 8);
 
 /**
  * Response for FileService.ListFiles.
@@ -338,7 +408,7 @@ export type ListFilesResponse = Message<"agentd.v1.ListFilesResponse"> & {
  * Use `create(ListFilesResponseSchema)` to create a new message.
  */
 export const ListFilesResponseSchema: GenMessage<ListFilesResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 7);
+  messageDesc(file_agentd_v1_file, 9);
 
 /**
  * One file a job changed.
@@ -366,6 +436,20 @@ export type FileChange = Message<"agentd.v1.FileChange"> & {
    * @generated from field: agentd.v1.FileInfo file = 3;
    */
   file?: FileInfo | undefined;
+
+  /**
+   * For renames: the path before the job.
+   *
+   * @generated from field: string from_path = 4;
+   */
+  fromPath: string;
+
+  /**
+   * The file before the job (its sha256 always set for regular files); unset for added files.
+   *
+   * @generated from field: agentd.v1.FileInfo before = 5;
+   */
+  before?: FileInfo | undefined;
 };
 
 /**
@@ -373,7 +457,7 @@ export type FileChange = Message<"agentd.v1.FileChange"> & {
  * Use `create(FileChangeSchema)` to create a new message.
  */
 export const FileChangeSchema: GenMessage<FileChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 8);
+  messageDesc(file_agentd_v1_file, 10);
 
 /**
  * Request for FileService.GetJobOutputs.
@@ -401,7 +485,7 @@ export type GetJobOutputsRequest = Message<"agentd.v1.GetJobOutputsRequest"> & {
  * Use `create(GetJobOutputsRequestSchema)` to create a new message.
  */
 export const GetJobOutputsRequestSchema: GenMessage<GetJobOutputsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 9);
+  messageDesc(file_agentd_v1_file, 11);
 
 /**
  * Response for FileService.GetJobOutputs.
@@ -429,7 +513,7 @@ export type GetJobOutputsResponse = Message<"agentd.v1.GetJobOutputsResponse"> &
  * Use `create(GetJobOutputsResponseSchema)` to create a new message.
  */
 export const GetJobOutputsResponseSchema: GenMessage<GetJobOutputsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 10);
+  messageDesc(file_agentd_v1_file, 12);
 
 /**
  * Request for FileService.DeleteFile.
@@ -464,7 +548,7 @@ export type DeleteFileRequest = Message<"agentd.v1.DeleteFileRequest"> & {
  * Use `create(DeleteFileRequestSchema)` to create a new message.
  */
 export const DeleteFileRequestSchema: GenMessage<DeleteFileRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 11);
+  messageDesc(file_agentd_v1_file, 13);
 
 /**
  * Response for FileService.DeleteFile.
@@ -485,7 +569,7 @@ export type DeleteFileResponse = Message<"agentd.v1.DeleteFileResponse"> & {
  * Use `create(DeleteFileResponseSchema)` to create a new message.
  */
 export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 12);
+  messageDesc(file_agentd_v1_file, 14);
 
 /**
  * Request for FileService.UploadFileChunk: one piece of a one-file upload.
@@ -542,7 +626,7 @@ export type UploadFileChunkRequest = Message<"agentd.v1.UploadFileChunkRequest">
  * Use `create(UploadFileChunkRequestSchema)` to create a new message.
  */
 export const UploadFileChunkRequestSchema: GenMessage<UploadFileChunkRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 13);
+  messageDesc(file_agentd_v1_file, 15);
 
 /**
  * Response for FileService.UploadFileChunk.
@@ -570,7 +654,7 @@ export type UploadFileChunkResponse = Message<"agentd.v1.UploadFileChunkResponse
  * Use `create(UploadFileChunkResponseSchema)` to create a new message.
  */
 export const UploadFileChunkResponseSchema: GenMessage<UploadFileChunkResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 14);
+  messageDesc(file_agentd_v1_file, 16);
 
 /**
  * The kind of a workspace entry.
@@ -646,6 +730,13 @@ export enum ChangeKind {
    * @generated from enum value: CHANGE_KIND_DELETED = 3;
    */
   DELETED = 3,
+
+  /**
+   * The file moved from `from_path` with the same content (its mode may have changed).
+   *
+   * @generated from enum value: CHANGE_KIND_RENAMED = 4;
+   */
+  RENAMED = 4,
 }
 
 /**
@@ -726,6 +817,18 @@ export const FileService: GenService<{
     methodKind: "unary";
     input: typeof UploadFileChunkRequestSchema;
     output: typeof UploadFileChunkResponseSchema;
+  },
+  /**
+   * Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+   * computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+   * past `max_bytes` the diff ends with a marker line.
+   *
+   * @generated from rpc agentd.v1.FileService.GetJobDiff
+   */
+  getJobDiff: {
+    methodKind: "server_streaming";
+    input: typeof GetJobDiffRequestSchema;
+    output: typeof GetJobDiffResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_file, 0);
