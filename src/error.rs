@@ -67,6 +67,20 @@ pub enum Reason {
     MessageTooLarge,
     // NOT_FOUND: a job's snapshot is not (or no longer) in the workspace history.
     SnapshotNotFound,
+    // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
+    // its preset does not list as overridable; a template variable without a value, or a value
+    // the template does not use; a catalog name the operator did not configure.
+    UnknownPreset,
+    PresetOverrideDenied,
+    MissingVariable,
+    UnknownVariable,
+    UnknownMcpServer,
+    UnknownSubagent,
+    UnknownSkill,
+    // NOT_FOUND / ALREADY_EXISTS / FAILED_PRECONDITION of PresetService.
+    PresetNotFound,
+    PresetExists,
+    PresetReadOnly,
 }
 
 impl Reason {
@@ -114,6 +128,16 @@ impl Reason {
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Reason::SnapshotNotFound => "SNAPSHOT_NOT_FOUND",
+            Reason::UnknownPreset => "UNKNOWN_PRESET",
+            Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
+            Reason::MissingVariable => "MISSING_VARIABLE",
+            Reason::UnknownVariable => "UNKNOWN_VARIABLE",
+            Reason::UnknownMcpServer => "UNKNOWN_MCP_SERVER",
+            Reason::UnknownSubagent => "UNKNOWN_SUBAGENT",
+            Reason::UnknownSkill => "UNKNOWN_SKILL",
+            Reason::PresetNotFound => "PRESET_NOT_FOUND",
+            Reason::PresetExists => "PRESET_EXISTS",
+            Reason::PresetReadOnly => "PRESET_READ_ONLY",
         }
     }
 }

@@ -266,6 +266,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         append_system_prompt: None,
         permission_mode: None,
         budget: Default::default(),
+        catalog: Default::default(),
     };
     let launch = agentd::agents::launch(
         p,
@@ -276,6 +277,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
             resume_conversation: None,
             // agentd jails its jobs (the default, as users run it): the same adapter choices.
             jailed: true,
+            mcp: &[],
         },
     )
     .map_err(|e| anyhow!("{e}"))?;
