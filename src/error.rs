@@ -71,6 +71,8 @@ pub enum Reason {
     CompressionRatioTooHigh,
     // RESOURCE_EXHAUSTED: the host's inotify watches or instances are used up.
     WatchLimitReached,
+    // NOT_FOUND: a job's snapshot is not (or no longer) in the workspace history.
+    SnapshotNotFound,
     // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
     // its preset does not list as overridable; a template variable without a value, or a value
     // the template does not use; a catalog name the operator did not configure.
@@ -136,6 +138,7 @@ impl Reason {
             Reason::InvalidArchive => "INVALID_ARCHIVE",
             Reason::CompressionRatioTooHigh => "COMPRESSION_RATIO_TOO_HIGH",
             Reason::WatchLimitReached => "WATCH_LIMIT_REACHED",
+            Reason::SnapshotNotFound => "SNAPSHOT_NOT_FOUND",
             Reason::UnknownPreset => "UNKNOWN_PRESET",
             Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
             Reason::MissingVariable => "MISSING_VARIABLE",

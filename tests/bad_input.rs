@@ -558,6 +558,16 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
         "SubmitJob",
     );
     nf(
+        b.files
+            .get_job_diff(pb::GetJobDiffRequest {
+                job_id: jid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "GetJobDiff",
+    );
+    nf(
         b.jobs
             .get_job(pb::GetJobRequest {
                 job_id: jid.clone(),

@@ -288,8 +288,11 @@ pub fn change(c: FileChange) -> pb::FileChange {
             ChangeKind::Added => pb::ChangeKind::Added,
             ChangeKind::Modified => pb::ChangeKind::Modified,
             ChangeKind::Deleted => pb::ChangeKind::Deleted,
+            ChangeKind::Renamed => pb::ChangeKind::Renamed,
         } as i32,
         file: c.entry.map(file),
+        from_path: c.from_path.unwrap_or_default(),
+        before: c.before.map(file),
     }
 }
 

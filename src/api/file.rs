@@ -244,6 +244,37 @@ impl FileService for FileApi {
         }))
     }
 
+    type GetJobDiffStream = BoxStream<pb::GetJobDiffResponse>;
+
+    async fn get_job_diff(
+        &self,
+        req: Request<pb::GetJobDiffRequest>,
+    ) -> Result<Response<Self::GetJobDiffStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let rx = self
+            .core
+            .job_diff(
+                &tenant,
+                crate::core::history::DiffRequest {
+                    job_id: r.job_id,
+                    paths: r.paths,
+                    context_lines: r.context_lines,
+                    max_bytes: r.max_bytes,
+                },
+            )
+            .await?;
+        let stream = ReceiverStream::new(rx).map(|piece| {
+            piece
+                .map(|c| pb::GetJobDiffResponse {
+                    chunk: c.text.into_bytes().into(),
+                    truncated: c.truncated,
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn delete_file(
         &self,
         req: Request<pb::DeleteFileRequest>,

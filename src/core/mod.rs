@@ -12,6 +12,7 @@
 mod dispatch;
 mod env;
 mod files;
+pub mod history;
 mod info;
 mod jail;
 mod jobs;

@@ -207,6 +207,9 @@ impl Core {
             }
             self.store.delete_session(id).await?;
             self.workspaces.remove(id).await?;
+            if let Err(e) = self.forget_history(id).await {
+                tracing::warn!(session = %id, error = %e, "cannot free the session's history");
+            }
             Ok(cancelled)
         }
         .await;

@@ -33,6 +33,8 @@ pub enum ChangeKind {
     Added,
     Modified,
     Deleted,
+    /// Moved from `FileChange::from_path` with the same content (and maybe a new mode).
+    Renamed,
 }
 
 /// One file a job changed. `entry` is the file after the job; `None` for deletions.
@@ -41,4 +43,10 @@ pub struct FileChange {
     pub path: String,
     pub kind: ChangeKind,
     pub entry: Option<FileEntry>,
+    /// The path before the job, for renames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_path: Option<String>,
+    /// The file before the job (content hash, mode, kind, link target); `None` for additions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<FileEntry>,
 }

@@ -52,6 +52,7 @@ macro_rules! store_contract_tests {
             finished_update_sets_conversation,
             latest_succeeded,
             job_outputs,
+            snapshots_index,
             delete_session_cascades,
             survives_reopen,
             concurrent_appends,
@@ -883,7 +884,84 @@ fn change(path: &str, kind: ChangeKind) -> FileChange {
             sha256: Some("ab".repeat(32)),
             symlink_target: None,
         }),
+        from_path: (kind == ChangeKind::Renamed).then(|| format!("old/{path}")),
+        before: None,
     }
+}
+
+fn snap(j: &Job, point: crate::store::SnapPoint, tree: char, at: i64) -> crate::store::SnapshotRow {
+    crate::store::SnapshotRow {
+        job: j.id.clone(),
+        point,
+        session: j.session_id.clone(),
+        tree: tree.to_string().repeat(64),
+        bytes_added: 7,
+        created: ts(at),
+    }
+}
+
+pub async fn snapshots_index(h: &dyn Harness) {
+    use crate::store::{SnapPoint, SnapshotFilter};
+    let store = h.open().await;
+    let s1 = new_session(&*store, session("acme", ts(0))).await;
+    let s2 = new_session(&*store, session("acme", ts(0))).await;
+    let j1 = new_job(&*store, &s1, ts(1)).await;
+    let j2 = new_job(&*store, &s2, ts(2)).await;
+    for r in [
+        snap(&j1, SnapPoint::After, 'b', 20),
+        snap(&j1, SnapPoint::Before, 'a', 10),
+        snap(&j2, SnapPoint::Before, 'c', 15),
+    ] {
+        store.put_snapshot(&r).await.unwrap();
+    }
+    let all = store.snapshots(&SnapshotFilter::default()).await.unwrap();
+    let trees: String = all.iter().map(|r| &r.tree[..1]).collect();
+    assert_eq!(trees, "acb", "oldest first across sessions");
+    assert_eq!(
+        all[0],
+        snap(&j1, SnapPoint::Before, 'a', 10),
+        "every field round-trips"
+    );
+    let of_job = SnapshotFilter {
+        job: Some(j1.id.clone()),
+        session: None,
+    };
+    assert_eq!(store.snapshots(&of_job).await.unwrap().len(), 2);
+    let of_s2 = SnapshotFilter {
+        job: None,
+        session: Some(s2.id.clone()),
+    };
+    assert_eq!(
+        store.snapshots(&of_s2).await.unwrap(),
+        vec![snap(&j2, SnapPoint::Before, 'c', 15)]
+    );
+    // Same job and point: replaced, not doubled.
+    store
+        .put_snapshot(&snap(&j1, SnapPoint::After, 'd', 30))
+        .await
+        .unwrap();
+    let got = store.snapshots(&of_job).await.unwrap();
+    assert_eq!(got.iter().map(|r| &r.tree[..1]).collect::<String>(), "ad");
+    let n = store
+        .delete_snapshots(&[
+            (j1.id.clone(), SnapPoint::Before),
+            (JobId::generate(), SnapPoint::After),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(store.snapshots(&of_job).await.unwrap().len(), 1);
+    drop(store);
+    let store = h.open().await;
+    assert_eq!(
+        store
+            .snapshots(&SnapshotFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "survives a reopen"
+    );
 }
 
 pub async fn job_outputs(h: &dyn Harness) {
@@ -895,6 +973,7 @@ pub async fn job_outputs(h: &dyn Harness) {
         change("src/z.rs", ChangeKind::Modified),
         change("README.md", ChangeKind::Added),
         change("a/b.txt", ChangeKind::Deleted),
+        change("moved.txt", ChangeKind::Renamed),
     ];
     store.put_job_outputs(&j.id, &changes).await.unwrap();
     let mut sorted = changes.clone();

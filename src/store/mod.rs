@@ -146,6 +146,49 @@ pub struct JobChange {
     pub job: Job,
 }
 
+/// Which side of a job a snapshot was taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SnapPoint {
+    Before,
+    After,
+}
+
+impl SnapPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapPoint::Before => "BEFORE",
+            SnapPoint::After => "AFTER",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SnapPoint> {
+        match s {
+            "BEFORE" => Some(SnapPoint::Before),
+            "AFTER" => Some(SnapPoint::After),
+            _ => None,
+        }
+    }
+}
+
+/// One snapshot of the workspace history: the tree (in `workspace::history`) taken on one side
+/// of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub job: JobId,
+    pub point: SnapPoint,
+    pub session: SessionId,
+    pub tree: String,
+    pub bytes_added: u64,
+    pub created: Timestamp,
+}
+
+/// Which snapshots [`Store::snapshots`] returns; both unset means all of them.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    pub job: Option<JobId>,
+    pub session: Option<SessionId>,
+}
+
 /// Filters for [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -301,6 +344,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The files a job changed, in path order; `None` if none were recorded for it.
     async fn get_job_outputs(&self, job: &JobId) -> Result<Option<Vec<FileChange>>>;
+
+    /// Records a snapshot (replacing the row of the same job and point).
+    async fn put_snapshot(&self, row: &SnapshotRow) -> Result<()>;
+
+    /// Snapshots matching `filter`, oldest first (by `created`, then job and point).
+    async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotRow>>;
+
+    /// Forgets these snapshots (the history's collector then frees what only they used);
+    /// returns how many rows went.
+    async fn delete_snapshots(&self, keys: &[(JobId, SnapPoint)]) -> Result<u64>;
 
     /// Appends one model call to the usage ledger. Ledger rows are never deleted with their
     /// session or job.

@@ -14,6 +14,7 @@ mod listen;
 mod migrate;
 mod presets;
 mod rows;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
@@ -1252,6 +1253,21 @@ impl Store for PgStore {
             }
             None => Ok(None),
         }
+    }
+
+    async fn put_snapshot(&self, row: &crate::store::SnapshotRow) -> Result<()> {
+        snapshots::put(self, row).await
+    }
+
+    async fn snapshots(
+        &self,
+        filter: &crate::store::SnapshotFilter,
+    ) -> Result<Vec<crate::store::SnapshotRow>> {
+        snapshots::list(self, filter).await
+    }
+
+    async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
+        snapshots::delete(self, keys).await
     }
 
     async fn record_model_call(&self, row: &crate::store::LedgerRow) -> Result<()> {

@@ -16,6 +16,7 @@ mod conn;
 mod ledger;
 mod ops;
 mod presets;
+mod snapshots;
 mod writer;
 
 use crate::domain::{
@@ -280,6 +281,28 @@ impl Store for SqliteStore {
         let job = job.clone();
         self.readers
             .read(move |c| ops::get_job_outputs(c, &job))
+            .await
+    }
+
+    async fn put_snapshot(&self, row: &crate::store::SnapshotRow) -> Result<()> {
+        let row = row.clone();
+        self.writer.write(move |c| snapshots::put(c, &row)).await
+    }
+
+    async fn snapshots(
+        &self,
+        filter: &crate::store::SnapshotFilter,
+    ) -> Result<Vec<crate::store::SnapshotRow>> {
+        let filter = filter.clone();
+        self.readers
+            .read(move |c| snapshots::list(c, &filter))
+            .await
+    }
+
+    async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
+        let keys = keys.to_vec();
+        self.writer
+            .write(move |c| snapshots::delete(c, &keys))
             .await
     }
 

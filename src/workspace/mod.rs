@@ -12,6 +12,7 @@ mod archive;
 mod archive_extract;
 mod archive_upload;
 mod fsops;
+pub mod history;
 mod home;
 mod path;
 mod snapshot;
@@ -91,6 +92,8 @@ struct Inner {
     limits: WorkspaceLimits,
     archive: ArchiveLimits,
     watches: watch::Watches,
+    /// Opened on first use (creating its directories needs a blocking thread).
+    history: std::sync::OnceLock<history::History>,
 }
 
 impl Workspaces {
@@ -109,6 +112,7 @@ impl Workspaces {
                 limits,
                 archive,
                 watches: watch::Watches::default(),
+                history: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -540,6 +544,44 @@ impl Workspaces {
         let session = session.clone();
         let after = after.clone();
         blocking(move || snapshot::describe(this.open_ws(&session)?, &after, changes)).await?
+    }
+
+    /// The workspace history's object store, `<root>/.history` (no session id starts with a
+    /// dot). Blocking on first use.
+    pub fn history(&self) -> Result<history::History> {
+        if let Some(h) = self.inner.history.get() {
+            return Ok(h.clone());
+        }
+        let h = history::History::open(&self.inner.root.join(".history"))?;
+        Ok(self.inner.history.get_or_init(|| h).clone())
+    }
+
+    /// Snapshots a session's workspace into the history, reusing `prev`'s unchanged files.
+    pub async fn take_snapshot(
+        &self,
+        session: &SessionId,
+        prev: Option<String>,
+    ) -> Result<history::Taken> {
+        let this = self.clone();
+        let session = session.clone();
+        blocking(move || {
+            let h = this.history()?;
+            let prev = match prev {
+                Some(id) => h.tree(&id).ok(),
+                None => None,
+            };
+            h.take(this.open_ws(&session)?, prev.as_ref())
+        })
+        .await?
+    }
+
+    /// Runs `f` with the history on a blocking thread.
+    pub async fn with_history<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&history::History) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        blocking(move || f(&this.history()?)).await?
     }
 
     /// Opens the workspace directory; a missing one means the session does not exist.

@@ -107,7 +107,13 @@ pub(crate) fn describe(
                 None => from_snapshot(&path, after.entries.get(&path)),
             }),
         };
-        out.push(FileChange { path, kind, entry });
+        out.push(FileChange {
+            path,
+            kind,
+            entry,
+            from_path: None,
+            before: None,
+        });
     }
     Ok(out)
 }

@@ -320,6 +320,13 @@ impl FileService for Files {
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
         unimplemented()
     }
+    type GetJobDiffStream = BoxStream<pb::GetJobDiffResponse>;
+    async fn get_job_diff(
+        &self,
+        _: Request<pb::GetJobDiffRequest>,
+    ) -> Result<Response<Self::GetJobDiffStream>, Status> {
+        unimplemented()
+    }
     async fn get_job_outputs(
         &self,
         _: Request<pb::GetJobOutputsRequest>,

@@ -16,9 +16,9 @@ use crate::domain::{EventKind, Job, JobState, Outcome, Session, Timestamp, Usage
 use crate::error::{Reason, Result};
 use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, Stdin, StopCause};
-use crate::store::JobUpdate;
+use crate::store::{JobUpdate, SnapPoint};
 use crate::telemetry::{TraceParent, metrics, trace};
-use crate::workspace::Snapshot;
+use crate::workspace::history::Taken;
 use finish::FinishFacts;
 use pump::Pump;
 use sink::{Sink, write_input};
@@ -45,7 +45,7 @@ struct Prepared<'c> {
     /// The gateway grant: held while the agent runs, dropped when it ends.
     access: Option<(crate::gateway::Access, Vec<(String, String)>)>,
     budget_hit: Arc<OnceLock<String>>,
-    before: Snapshot,
+    before: Taken,
     tx: mpsc::Sender<Output>,
     rx: mpsc::Receiver<Output>,
 }
@@ -276,7 +276,9 @@ impl Core {
             Some(text) => Stdin::File(write_input(&home, text).await?),
             None => Stdin::Null,
         };
-        let before = self.workspaces.snapshot(&session.id).await?;
+        let before = self
+            .snapshot_job(&session.id, &job.id, SnapPoint::Before)
+            .await?;
 
         let (tx, rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();
@@ -336,14 +338,20 @@ impl Core {
         })))
     }
 
-    /// What the job changed in the workspace, stored with the job. A snapshot that cannot be
-    /// taken loses the outputs, not the job.
-    async fn record_outputs(&self, job: &Job, session: &Session, before: &Snapshot) -> Result<()> {
-        match self.workspaces.snapshot(&session.id).await {
-            Ok(after) => match self.workspaces.diff(&session.id, before, &after).await {
-                Ok(changes) => self.store.put_job_outputs(&job.id, &changes).await?,
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot diff workspace"),
-            },
+    /// What the job changed in the workspace, from its two snapshots, stored with the job; then
+    /// the history's retention. A snapshot that cannot be taken loses the outputs, not the job.
+    async fn record_outputs(&self, job: &Job, session: &Session, before: &Taken) -> Result<()> {
+        match self
+            .snapshot_job(&session.id, &job.id, SnapPoint::After)
+            .await
+        {
+            Ok(after) => {
+                let changes = Self::outputs_of(&before.tree, &after.tree);
+                self.store.put_job_outputs(&job.id, &changes).await?;
+                if let Err(e) = self.enforce_retention(&session.id).await {
+                    tracing::warn!(job = %job.id, error = %e, "cannot apply history retention");
+                }
+            }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
         }
         Ok(())

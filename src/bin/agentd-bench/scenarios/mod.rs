@@ -9,6 +9,7 @@ mod replicas;
 mod rss;
 mod sandbox;
 mod sdk;
+mod snapshot;
 mod stream;
 mod watch;
 
@@ -110,5 +111,10 @@ pub const ALL: &[Scenario] = &[
         "watch",
         watch::watch,
         "1,000 jobs finishing while 100 WatchJobs streams follow the tenant: change → watcher p50/p99"
+    ),
+    scenario!(
+        "snapshot",
+        snapshot::snapshot,
+        "workspace history: snapshot of a 20,000-file, 300 MB tree after a job changed 10 files, vs git add -A && git commit of it; bytes stored vs bytes changed"
     ),
 ];

@@ -62,6 +62,8 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     """The file's content, size or mode changed."""
     CHANGE_KIND_DELETED: _ChangeKind.ValueType  # 3
     """The file existed before the job and does not after."""
+    CHANGE_KIND_RENAMED: _ChangeKind.ValueType  # 4
+    """The file moved from `from_path` with the same content (its mode may have changed)."""
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
     """How a job changed a file."""
@@ -74,6 +76,8 @@ CHANGE_KIND_MODIFIED: ChangeKind.ValueType  # 2
 """The file's content, size or mode changed."""
 CHANGE_KIND_DELETED: ChangeKind.ValueType  # 3
 """The file existed before the job and does not after."""
+CHANGE_KIND_RENAMED: ChangeKind.ValueType  # 4
+"""The file moved from `from_path` with the same content (its mode may have changed)."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 class _ArchiveFormat:
@@ -139,6 +143,70 @@ FILE_EVENT_KIND_RENAMED: FileEventKind.ValueType  # 4
 FILE_EVENT_KIND_OVERFLOW: FileEventKind.ValueType  # 5
 """Changes were lost (a queue overflowed or a watch could not be added): list the files again."""
 Global___FileEventKind: _TypeAlias = FileEventKind  # noqa: Y015
+
+@_typing.final
+class GetJobDiffRequest(_message.Message):
+    """Request for FileService.GetJobDiff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    CONTEXT_LINES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The finished job."""
+    context_lines: _builtins.int
+    """Lines of context around each change; unset means 3."""
+    max_bytes: _builtins.int
+    """Bytes of diff text after which it is cut (with a marker line); 0 means 16 MiB."""
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only changes at or under these workspace paths; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        context_lines: _builtins.int | None = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_context_lines", b"_context_lines", "context_lines", b"context_lines"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_context_lines", b"_context_lines", "context_lines", b"context_lines", "job_id", b"job_id", "max_bytes", b"max_bytes", "paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__context_lines: _TypeAlias = _typing.Literal["context_lines"]  # noqa: Y015
+    _WhichOneofArgType__context_lines: _TypeAlias = _typing.Literal["_context_lines", b"_context_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__context_lines) -> _WhichOneofReturnType__context_lines | None: ...
+
+Global___GetJobDiffRequest: _TypeAlias = GetJobDiffRequest  # noqa: Y015
+
+@_typing.final
+class GetJobDiffResponse(_message.Message):
+    """One piece of a job's diff: whole files' diffs, in path order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """UTF-8 text of the unified diff."""
+    truncated: _builtins.bool
+    """Set on the last piece when the diff was cut at `max_bytes`."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobDiffResponse: _TypeAlias = GetJobDiffResponse  # noqa: Y015
 
 @_typing.final
 class FileInfo(_message.Message):
@@ -426,13 +494,21 @@ class FileChange(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
+    FROM_PATH_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Relative path inside the workspace."""
     kind: Global___ChangeKind.ValueType
     """What happened to it."""
+    from_path: _builtins.str
+    """For renames: the path before the job."""
     @_builtins.property
     def file(self) -> Global___FileInfo:
         """The file after the job; unset for deleted files."""
+
+    @_builtins.property
+    def before(self) -> Global___FileInfo:
+        """The file before the job (its sha256 always set for regular files); unset for added files."""
 
     def __init__(
         self,
@@ -440,10 +516,12 @@ class FileChange(_message.Message):
         path: _builtins.str = ...,
         kind: Global___ChangeKind.ValueType = ...,
         file: Global___FileInfo | None = ...,
+        from_path: _builtins.str = ...,
+        before: Global___FileInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "file", b"file", "from_path", b"from_path", "kind", b"kind", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

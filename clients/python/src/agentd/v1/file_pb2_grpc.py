@@ -81,6 +81,11 @@ class FileServiceStub:
                 request_serializer=agentd_dot_v1_dot_file__pb2.WatchFilesRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_file__pb2.WatchFilesResponse.FromString,
                 _registered_method=True)
+        self.GetJobDiff = channel.unary_stream(
+                '/agentd.v1.FileService/GetJobDiff',
+                request_serializer=agentd_dot_v1_dot_file__pb2.GetJobDiffRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_file__pb2.GetJobDiffResponse.FromString,
+                _registered_method=True)
 
 
 class FileServiceServicer:
@@ -172,6 +177,15 @@ class FileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobDiff(self, request, context):
+        """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+        computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+        past `max_bytes` the diff ends with a marker line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +233,11 @@ def add_FileServiceServicer_to_server(servicer, server):
                     servicer.WatchFiles,
                     request_deserializer=agentd_dot_v1_dot_file__pb2.WatchFilesRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_file__pb2.WatchFilesResponse.SerializeToString,
+            ),
+            'GetJobDiff': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetJobDiff,
+                    request_deserializer=agentd_dot_v1_dot_file__pb2.GetJobDiffRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_file__pb2.GetJobDiffResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -466,6 +485,33 @@ class FileService:
             '/agentd.v1.FileService/WatchFiles',
             agentd_dot_v1_dot_file__pb2.WatchFilesRequest.SerializeToString,
             agentd_dot_v1_dot_file__pb2.WatchFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobDiff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentd.v1.FileService/GetJobDiff',
+            agentd_dot_v1_dot_file__pb2.GetJobDiffRequest.SerializeToString,
+            agentd_dot_v1_dot_file__pb2.GetJobDiffResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,11 @@ class FileServiceStub:
     RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
     were lost and the client should list the files again.
     """
+    GetJobDiff: _grpc.UnaryStreamMultiCallable[_file_pb2.GetJobDiffRequest, _file_pb2.GetJobDiffResponse]
+    """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+    computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+    past `max_bytes` the diff ends with a marker line.
+    """
 
 @_typing.type_check_only
 class FileServiceAsyncStub(FileServiceStub):
@@ -130,6 +135,11 @@ class FileServiceAsyncStub(FileServiceStub):
     (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
     RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
     were lost and the client should list the files again.
+    """
+    GetJobDiff: _aio.UnaryStreamMultiCallable[_file_pb2.GetJobDiffRequest, _file_pb2.GetJobDiffResponse]  # type: ignore[assignment]
+    """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+    computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+    past `max_bytes` the diff ends with a marker line.
     """
 
 class FileServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -233,6 +243,17 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
         RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
         were lost and the client should list the files again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobDiff(
+        self,
+        request: _file_pb2.GetJobDiffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_file_pb2.GetJobDiffResponse], _abc.AsyncIterator[_file_pb2.GetJobDiffResponse]]:
+        """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+        computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+        past `max_bytes` the diff ends with a marker line.
         """
 
 def add_FileServiceServicer_to_server(servicer: FileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

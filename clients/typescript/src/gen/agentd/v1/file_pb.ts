@@ -12,7 +12,77 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/file.proto.
  */
 export const file_agentd_v1_file: GenFile = /*@__PURE__*/
-  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxIrABCghGaWxlSW5mbxIMCgRwYXRoGAEgASgJEiEKBHR5cGUYAiABKA4yEy5hZ2VudGQudjEuRmlsZVR5cGUSDAoEc2l6ZRgDIAEoBBIMCgRtb2RlGAQgASgNEi8KC21vZGlmeV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzaGEyNTYYBiABKAkSFgoOc3ltbGlua190YXJnZXQYByABKAkiaAoQVXBsb2FkRmlsZUhlYWRlchIMCgRwYXRoGAEgASgJEhEKBG1vZGUYAiABKA1IAIgBARIRCgRzaXplGAMgASgESAGIAQESDgoGc2hhMjU2GAQgASgJQgcKBV9tb2RlQgcKBV9zaXplInAKElVwbG9hZEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEi0KBmhlYWRlchgCIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IjkKE1VwbG9hZEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8iXwoTRG93bmxvYWRGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEhYKDmluY2x1ZGVfc2hhMjU2GAQgASgIIlQKFERvd25sb2FkRmlsZVJlc3BvbnNlEiMKBGluZm8YASABKAsyEy5hZ2VudGQudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQicwoQTGlzdEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFgoOaW5jbHVkZV9zaGEyNTYYAyABKAgSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyI6ChRHZXRKb2JPdXRwdXRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJPChVHZXRKb2JPdXRwdXRzUmVzcG9uc2USDgoGam9iX2lkGAEgASgJEiYKB2NoYW5nZXMYAiADKAsyFS5hZ2VudGQudjEuRmlsZUNoYW5nZSJIChFEZWxldGVGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIisKEkRlbGV0ZUZpbGVSZXNwb25zZRIVCg1kZWxldGVkX2ZpbGVzGAEgASgEIpkBChZVcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEisKBmhlYWRlchgDIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVyEg4KBm9mZnNldBgEIAEoBBINCgVjaHVuaxgFIAEoDBIMCgRsYXN0GAYgASgIIk4KF1VwbG9hZEZpbGVDaHVua1Jlc3BvbnNlEhAKCHJlY2VpdmVkGAEgASgEEiEKBGZpbGUYAiABKAsyEy5hZ2VudGQudjEuRmlsZUluZm8idQoWRG93bmxvYWRBcmNoaXZlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBXBhdGhzGAIgAygJEigKBmZvcm1hdBgDIAEoDjIYLmFnZW50ZC52MS5BcmNoaXZlRm9ybWF0Eg4KBmpvYl9pZBgEIAEoCSIoChdEb3dubG9hZEFyY2hpdmVSZXNwb25zZRINCgVjaHVuaxgBIAEoDCJNChNVcGxvYWRBcmNoaXZlSGVhZGVyEigKBmZvcm1hdBgBIAEoDjIYLmFnZW50ZC52MS5BcmNoaXZlRm9ybWF0EgwKBGRlc3QYAiABKAkidQoUVXBsb2FkQXJjaGl2ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgZoZWFkZXIYAiABKAsyHi5hZ2VudGQudjEuVXBsb2FkQXJjaGl2ZUhlYWRlckgAEg8KBWNodW5rGAMgASgMSABCBgoEcGFydCJGChVVcGxvYWRBcmNoaXZlUmVzcG9uc2USDwoHZW50cmllcxgBIAEoBBINCgVmaWxlcxgCIAEoBBINCgVieXRlcxgDIAEoBCK8AQoJRmlsZUV2ZW50EgsKA3NlcRgBIAEoBBImCgRraW5kGAIgASgOMhguYWdlbnRkLnYxLkZpbGVFdmVudEtpbmQSDAoEcGF0aBgDIAEoCRIRCglmcm9tX3BhdGgYBCABKAkSIQoEdHlwZRgFIAEoDjITLmFnZW50ZC52MS5GaWxlVHlwZRIMCgRzaXplGAYgASgEEigKBHRpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEVdhdGNoRmlsZXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDQoFcGF0aHMYAiADKAkSEQoJYWZ0ZXJfc2VxGAMgASgEIjkKEldhdGNoRmlsZXNSZXNwb25zZRIjCgVldmVudBgBIAEoCzIULmFnZW50ZC52MS5GaWxlRXZlbnQqbAoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRklMRV9UWVBFX1JFR1VMQVIQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAypzCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAyp6Cg1BcmNoaXZlRm9ybWF0Eh4KGkFSQ0hJVkVfRk9STUFUX1VOU1BFQ0lGSUVEEAASFgoSQVJDSElWRV9GT1JNQVRfVEFSEAESGQoVQVJDSElWRV9GT1JNQVRfVEFSX0daEAISFgoSQVJDSElWRV9GT1JNQVRfWklQEAMqwwEKDUZpbGVFdmVudEtpbmQSHwobRklMRV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGwoXRklMRV9FVkVOVF9LSU5EX0NSRUFURUQQARIcChhGSUxFX0VWRU5UX0tJTkRfTU9ESUZJRUQQAhIbChdGSUxFX0VWRU5UX0tJTkRfREVMRVRFRBADEhsKF0ZJTEVfRVZFTlRfS0lORF9SRU5BTUVEEAQSHAoYRklMRV9FVkVOVF9LSU5EX09WRVJGTE9XEAUy8AUKC0ZpbGVTZXJ2aWNlEk4KC1VwbG9hZEZpbGVzEh0uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVxdWVzdBoeLmFnZW50ZC52MS5VcGxvYWRGaWxlc1Jlc3BvbnNlKAESUQoMRG93bmxvYWRGaWxlEh4uYWdlbnRkLnYxLkRvd25sb2FkRmlsZVJlcXVlc3QaHy5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVzcG9uc2UwARJGCglMaXN0RmlsZXMSGy5hZ2VudGQudjEuTGlzdEZpbGVzUmVxdWVzdBocLmFnZW50ZC52MS5MaXN0RmlsZXNSZXNwb25zZRJSCg1HZXRKb2JPdXRwdXRzEh8uYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXF1ZXN0GiAuYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXNwb25zZRJJCgpEZWxldGVGaWxlEhwuYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0Gh0uYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXNwb25zZRJYCg9VcGxvYWRGaWxlQ2h1bmsSIS5hZ2VudGQudjEuVXBsb2FkRmlsZUNodW5rUmVxdWVzdBoiLmFnZW50ZC52MS5VcGxvYWRGaWxlQ2h1bmtSZXNwb25zZRJaCg9Eb3dubG9hZEFyY2hpdmUSIS5hZ2VudGQudjEuRG93bmxvYWRBcmNoaXZlUmVxdWVzdBoiLmFnZW50ZC52MS5Eb3dubG9hZEFyY2hpdmVSZXNwb25zZTABElQKDVVwbG9hZEFyY2hpdmUSHy5hZ2VudGQudjEuVXBsb2FkQXJjaGl2ZVJlcXVlc3QaIC5hZ2VudGQudjEuVXBsb2FkQXJjaGl2ZVJlc3BvbnNlKAESSwoKV2F0Y2hGaWxlcxIcLmFnZW50ZC52MS5XYXRjaEZpbGVzUmVxdWVzdBodLmFnZW50ZC52MS5XYXRjaEZpbGVzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxInMKEUdldEpvYkRpZmZSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVwYXRocxgCIAMoCRIaCg1jb250ZXh0X2xpbmVzGAMgASgNSACIAQESEQoJbWF4X2J5dGVzGAQgASgEQhAKDl9jb250ZXh0X2xpbmVzIjYKEkdldEpvYkRpZmZSZXNwb25zZRINCgVjaHVuaxgBIAEoDBIRCgl0cnVuY2F0ZWQYAiABKAgisAEKCEZpbGVJbmZvEgwKBHBhdGgYASABKAkSIQoEdHlwZRgCIAEoDjITLmFnZW50ZC52MS5GaWxlVHlwZRIMCgRzaXplGAMgASgEEgwKBG1vZGUYBCABKA0SLwoLbW9kaWZ5X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNoYTI1NhgGIAEoCRIWCg5zeW1saW5rX3RhcmdldBgHIAEoCSJoChBVcGxvYWRGaWxlSGVhZGVyEgwKBHBhdGgYASABKAkSEQoEbW9kZRgCIAEoDUgAiAEBEhEKBHNpemUYAyABKARIAYgBARIOCgZzaGEyNTYYBCABKAlCBwoFX21vZGVCBwoFX3NpemUicAoSVXBsb2FkRmlsZXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSLQoGaGVhZGVyGAIgASgLMhsuYWdlbnRkLnYxLlVwbG9hZEZpbGVIZWFkZXJIABIPCgVjaHVuaxgDIAEoDEgAQgYKBHBhcnQiOQoTVXBsb2FkRmlsZXNSZXNwb25zZRIiCgVmaWxlcxgBIAMoCzITLmFnZW50ZC52MS5GaWxlSW5mbyJfChNEb3dubG9hZEZpbGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZvZmZzZXQYAyABKAQSFgoOaW5jbHVkZV9zaGEyNTYYBCABKAgiVAoURG93bmxvYWRGaWxlUmVzcG9uc2USIwoEaW5mbxgBIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCJzChBMaXN0RmlsZXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEcGF0aBgCIAEoCRIWCg5pbmNsdWRlX3NoYTI1NhgDIAEoCBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJQChFMaXN0RmlsZXNSZXNwb25zZRIiCgVmaWxlcxgBIAMoCzITLmFnZW50ZC52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimgEKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbxIRCglmcm9tX3BhdGgYBCABKAkSIwoGYmVmb3JlGAUgASgLMhMuYWdlbnRkLnYxLkZpbGVJbmZvIjoKFEdldEpvYk91dHB1dHNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGam9iX2lkGAIgASgJIk8KFUdldEpvYk91dHB1dHNSZXNwb25zZRIOCgZqb2JfaWQYASABKAkSJgoHY2hhbmdlcxgCIAMoCzIVLmFnZW50ZC52MS5GaWxlQ2hhbmdlIkgKEURlbGV0ZUZpbGVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEcGF0aBgCIAEoCRIRCglyZWN1cnNpdmUYAyABKAgiKwoSRGVsZXRlRmlsZVJlc3BvbnNlEhUKDWRlbGV0ZWRfZmlsZXMYASABKAQimQEKFlVwbG9hZEZpbGVDaHVua1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl1cGxvYWRfaWQYAiABKAkSKwoGaGVhZGVyGAMgASgLMhsuYWdlbnRkLnYxLlVwbG9hZEZpbGVIZWFkZXISDgoGb2Zmc2V0GAQgASgEEg0KBWNodW5rGAUgASgMEgwKBGxhc3QYBiABKAgiTgoXVXBsb2FkRmlsZUNodW5rUmVzcG9uc2USEAoIcmVjZWl2ZWQYASABKAQSIQoEZmlsZRgCIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyJ1ChZEb3dubG9hZEFyY2hpdmVSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDQoFcGF0aHMYAiADKAkSKAoGZm9ybWF0GAMgASgOMhguYWdlbnRkLnYxLkFyY2hpdmVGb3JtYXQSDgoGam9iX2lkGAQgASgJIigKF0Rvd25sb2FkQXJjaGl2ZVJlc3BvbnNlEg0KBWNodW5rGAEgASgMIk0KE1VwbG9hZEFyY2hpdmVIZWFkZXISKAoGZm9ybWF0GAEgASgOMhguYWdlbnRkLnYxLkFyY2hpdmVGb3JtYXQSDAoEZGVzdBgCIAEoCSJ1ChRVcGxvYWRBcmNoaXZlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKBmhlYWRlchgCIAEoCzIeLmFnZW50ZC52MS5VcGxvYWRBcmNoaXZlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IkYKFVVwbG9hZEFyY2hpdmVSZXNwb25zZRIPCgdlbnRyaWVzGAEgASgEEg0KBWZpbGVzGAIgASgEEg0KBWJ5dGVzGAMgASgEIrwBCglGaWxlRXZlbnQSCwoDc2VxGAEgASgEEiYKBGtpbmQYAiABKA4yGC5hZ2VudGQudjEuRmlsZUV2ZW50S2luZBIMCgRwYXRoGAMgASgJEhEKCWZyb21fcGF0aBgEIAEoCRIhCgR0eXBlGAUgASgOMhMuYWdlbnRkLnYxLkZpbGVUeXBlEgwKBHNpemUYBiABKAQSKAoEdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSQoRV2F0Y2hGaWxlc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVwYXRocxgCIAMoCRIRCglhZnRlcl9zZXEYAyABKAQiOQoSV2F0Y2hGaWxlc1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuYWdlbnRkLnYxLkZpbGVFdmVudCpsCghGaWxlVHlwZRIZChVGSUxFX1RZUEVfVU5TUEVDSUZJRUQQABIVChFGSUxFX1RZUEVfUkVHVUxBUhABEhcKE0ZJTEVfVFlQRV9ESVJFQ1RPUlkQAhIVChFGSUxFX1RZUEVfU1lNTElOSxADKowBCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAxIXChNDSEFOR0VfS0lORF9SRU5BTUVEEAQqegoNQXJjaGl2ZUZvcm1hdBIeChpBUkNISVZFX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhYKEkFSQ0hJVkVfRk9STUFUX1RBUhABEhkKFUFSQ0hJVkVfRk9STUFUX1RBUl9HWhACEhYKEkFSQ0hJVkVfRk9STUFUX1pJUBADKsMBCg1GaWxlRXZlbnRLaW5kEh8KG0ZJTEVfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEhsKF0ZJTEVfRVZFTlRfS0lORF9DUkVBVEVEEAESHAoYRklMRV9FVkVOVF9LSU5EX01PRElGSUVEEAISGwoXRklMRV9FVkVOVF9LSU5EX0RFTEVURUQQAxIbChdGSUxFX0VWRU5UX0tJTkRfUkVOQU1FRBAEEhwKGEZJTEVfRVZFTlRfS0lORF9PVkVSRkxPVxAFMr0GCgtGaWxlU2VydmljZRJOCgtVcGxvYWRGaWxlcxIdLmFnZW50ZC52MS5VcGxvYWRGaWxlc1JlcXVlc3QaHi5hZ2VudGQudjEuVXBsb2FkRmlsZXNSZXNwb25zZSgBElEKDERvd25sb2FkRmlsZRIeLmFnZW50ZC52MS5Eb3dubG9hZEZpbGVSZXF1ZXN0Gh8uYWdlbnRkLnYxLkRvd25sb2FkRmlsZVJlc3BvbnNlMAESRgoJTGlzdEZpbGVzEhsuYWdlbnRkLnYxLkxpc3RGaWxlc1JlcXVlc3QaHC5hZ2VudGQudjEuTGlzdEZpbGVzUmVzcG9uc2USUgoNR2V0Sm9iT3V0cHV0cxIfLmFnZW50ZC52MS5HZXRKb2JPdXRwdXRzUmVxdWVzdBogLmFnZW50ZC52MS5HZXRKb2JPdXRwdXRzUmVzcG9uc2USSQoKRGVsZXRlRmlsZRIcLmFnZW50ZC52MS5EZWxldGVGaWxlUmVxdWVzdBodLmFnZW50ZC52MS5EZWxldGVGaWxlUmVzcG9uc2USWAoPVXBsb2FkRmlsZUNodW5rEiEuYWdlbnRkLnYxLlVwbG9hZEZpbGVDaHVua1JlcXVlc3QaIi5hZ2VudGQudjEuVXBsb2FkRmlsZUNodW5rUmVzcG9uc2USWgoPRG93bmxvYWRBcmNoaXZlEiEuYWdlbnRkLnYxLkRvd25sb2FkQXJjaGl2ZVJlcXVlc3QaIi5hZ2VudGQudjEuRG93bmxvYWRBcmNoaXZlUmVzcG9uc2UwARJUCg1VcGxvYWRBcmNoaXZlEh8uYWdlbnRkLnYxLlVwbG9hZEFyY2hpdmVSZXF1ZXN0GiAuYWdlbnRkLnYxLlVwbG9hZEFyY2hpdmVSZXNwb25zZSgBEksKCldhdGNoRmlsZXMSHC5hZ2VudGQudjEuV2F0Y2hGaWxlc1JlcXVlc3QaHS5hZ2VudGQudjEuV2F0Y2hGaWxlc1Jlc3BvbnNlMAESSwoKR2V0Sm9iRGlmZhIcLmFnZW50ZC52MS5HZXRKb2JEaWZmUmVxdWVzdBodLmFnZW50ZC52MS5HZXRKb2JEaWZmUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+
+/**
+ * Request for FileService.GetJobDiff.
+ *
+ * @generated from message agentd.v1.GetJobDiffRequest
+ */
+export type GetJobDiffRequest = Message<"agentd.v1.GetJobDiffRequest"> & {
+  /**
+   * The finished job.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Only changes at or under these workspace paths; empty means all.
+   *
+   * @generated from field: repeated string paths = 2;
+   */
+  paths: string[];
+
+  /**
+   * Lines of context around each change; unset means 3.
+   *
+   * @generated from field: optional uint32 context_lines = 3;
+   */
+  contextLines?: number | undefined;
+
+  /**
+   * Bytes of diff text after which it is cut (with a marker line); 0 means 16 MiB.
+   *
+   * @generated from field: uint64 max_bytes = 4;
+   */
+  maxBytes: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.GetJobDiffRequest.
+ * Use `create(GetJobDiffRequestSchema)` to create a new message.
+ */
+export const GetJobDiffRequestSchema: GenMessage<GetJobDiffRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 0);
+
+/**
+ * One piece of a job's diff: whole files' diffs, in path order.
+ *
+ * @generated from message agentd.v1.GetJobDiffResponse
+ */
+export type GetJobDiffResponse = Message<"agentd.v1.GetJobDiffResponse"> & {
+  /**
+   * UTF-8 text of the unified diff.
+   *
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+
+  /**
+   * Set on the last piece when the diff was cut at `max_bytes`.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.GetJobDiffResponse.
+ * Use `create(GetJobDiffResponseSchema)` to create a new message.
+ */
+export const GetJobDiffResponseSchema: GenMessage<GetJobDiffResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 1);
 
 /**
  * Metadata of one workspace entry.
@@ -75,7 +145,7 @@ export type FileInfo = Message<"agentd.v1.FileInfo"> & {
  * Use `create(FileInfoSchema)` to create a new message.
  */
 export const FileInfoSchema: GenMessage<FileInfo> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 0);
+  messageDesc(file_agentd_v1_file, 2);
 
 /**
  * Announces one file in an upload stream.
@@ -117,7 +187,7 @@ export type UploadFileHeader = Message<"agentd.v1.UploadFileHeader"> & {
  * Use `create(UploadFileHeaderSchema)` to create a new message.
  */
 export const UploadFileHeaderSchema: GenMessage<UploadFileHeader> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 1);
+  messageDesc(file_agentd_v1_file, 3);
 
 /**
  * Request message of FileService.UploadFiles (a client stream).
@@ -161,7 +231,7 @@ export type UploadFilesRequest = Message<"agentd.v1.UploadFilesRequest"> & {
  * Use `create(UploadFilesRequestSchema)` to create a new message.
  */
 export const UploadFilesRequestSchema: GenMessage<UploadFilesRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 2);
+  messageDesc(file_agentd_v1_file, 4);
 
 /**
  * Response for FileService.UploadFiles.
@@ -182,7 +252,7 @@ export type UploadFilesResponse = Message<"agentd.v1.UploadFilesResponse"> & {
  * Use `create(UploadFilesResponseSchema)` to create a new message.
  */
 export const UploadFilesResponseSchema: GenMessage<UploadFilesResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 3);
+  messageDesc(file_agentd_v1_file, 5);
 
 /**
  * Request for FileService.DownloadFile.
@@ -224,7 +294,7 @@ export type DownloadFileRequest = Message<"agentd.v1.DownloadFileRequest"> & {
  * Use `create(DownloadFileRequestSchema)` to create a new message.
  */
 export const DownloadFileRequestSchema: GenMessage<DownloadFileRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 4);
+  messageDesc(file_agentd_v1_file, 6);
 
 /**
  * Response message of FileService.DownloadFile (a server stream).
@@ -261,7 +331,7 @@ export type DownloadFileResponse = Message<"agentd.v1.DownloadFileResponse"> & {
  * Use `create(DownloadFileResponseSchema)` to create a new message.
  */
 export const DownloadFileResponseSchema: GenMessage<DownloadFileResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 5);
+  messageDesc(file_agentd_v1_file, 7);
 
 /**
  * Request for FileService.ListFiles.
@@ -310,7 +380,7 @@ export type ListFilesRequest = Message<"agentd.v1.ListFilesRequest"> & {
  * Use `create(ListFilesRequestSchema)` to create a new message.
  */
 export const ListFilesRequestSchema: GenMessage<ListFilesRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 6);
+  messageDesc(file_agentd_v1_file, 8);
 
 /**
  * Response for FileService.ListFiles.
@@ -338,7 +408,7 @@ export type ListFilesResponse = Message<"agentd.v1.ListFilesResponse"> & {
  * Use `create(ListFilesResponseSchema)` to create a new message.
  */
 export const ListFilesResponseSchema: GenMessage<ListFilesResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 7);
+  messageDesc(file_agentd_v1_file, 9);
 
 /**
  * One file a job changed.
@@ -366,6 +436,20 @@ export type FileChange = Message<"agentd.v1.FileChange"> & {
    * @generated from field: agentd.v1.FileInfo file = 3;
    */
   file?: FileInfo | undefined;
+
+  /**
+   * For renames: the path before the job.
+   *
+   * @generated from field: string from_path = 4;
+   */
+  fromPath: string;
+
+  /**
+   * The file before the job (its sha256 always set for regular files); unset for added files.
+   *
+   * @generated from field: agentd.v1.FileInfo before = 5;
+   */
+  before?: FileInfo | undefined;
 };
 
 /**
@@ -373,7 +457,7 @@ export type FileChange = Message<"agentd.v1.FileChange"> & {
  * Use `create(FileChangeSchema)` to create a new message.
  */
 export const FileChangeSchema: GenMessage<FileChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 8);
+  messageDesc(file_agentd_v1_file, 10);
 
 /**
  * Request for FileService.GetJobOutputs.
@@ -401,7 +485,7 @@ export type GetJobOutputsRequest = Message<"agentd.v1.GetJobOutputsRequest"> & {
  * Use `create(GetJobOutputsRequestSchema)` to create a new message.
  */
 export const GetJobOutputsRequestSchema: GenMessage<GetJobOutputsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 9);
+  messageDesc(file_agentd_v1_file, 11);
 
 /**
  * Response for FileService.GetJobOutputs.
@@ -429,7 +513,7 @@ export type GetJobOutputsResponse = Message<"agentd.v1.GetJobOutputsResponse"> &
  * Use `create(GetJobOutputsResponseSchema)` to create a new message.
  */
 export const GetJobOutputsResponseSchema: GenMessage<GetJobOutputsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 10);
+  messageDesc(file_agentd_v1_file, 12);
 
 /**
  * Request for FileService.DeleteFile.
@@ -464,7 +548,7 @@ export type DeleteFileRequest = Message<"agentd.v1.DeleteFileRequest"> & {
  * Use `create(DeleteFileRequestSchema)` to create a new message.
  */
 export const DeleteFileRequestSchema: GenMessage<DeleteFileRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 11);
+  messageDesc(file_agentd_v1_file, 13);
 
 /**
  * Response for FileService.DeleteFile.
@@ -485,7 +569,7 @@ export type DeleteFileResponse = Message<"agentd.v1.DeleteFileResponse"> & {
  * Use `create(DeleteFileResponseSchema)` to create a new message.
  */
 export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 12);
+  messageDesc(file_agentd_v1_file, 14);
 
 /**
  * Request for FileService.UploadFileChunk: one piece of a one-file upload.
@@ -542,7 +626,7 @@ export type UploadFileChunkRequest = Message<"agentd.v1.UploadFileChunkRequest">
  * Use `create(UploadFileChunkRequestSchema)` to create a new message.
  */
 export const UploadFileChunkRequestSchema: GenMessage<UploadFileChunkRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 13);
+  messageDesc(file_agentd_v1_file, 15);
 
 /**
  * Response for FileService.UploadFileChunk.
@@ -570,7 +654,7 @@ export type UploadFileChunkResponse = Message<"agentd.v1.UploadFileChunkResponse
  * Use `create(UploadFileChunkResponseSchema)` to create a new message.
  */
 export const UploadFileChunkResponseSchema: GenMessage<UploadFileChunkResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 14);
+  messageDesc(file_agentd_v1_file, 16);
 
 /**
  * Request for FileService.DownloadArchive.
@@ -612,7 +696,7 @@ export type DownloadArchiveRequest = Message<"agentd.v1.DownloadArchiveRequest">
  * Use `create(DownloadArchiveRequestSchema)` to create a new message.
  */
 export const DownloadArchiveRequestSchema: GenMessage<DownloadArchiveRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 15);
+  messageDesc(file_agentd_v1_file, 17);
 
 /**
  * Response message of FileService.DownloadArchive (a server stream).
@@ -633,7 +717,7 @@ export type DownloadArchiveResponse = Message<"agentd.v1.DownloadArchiveResponse
  * Use `create(DownloadArchiveResponseSchema)` to create a new message.
  */
 export const DownloadArchiveResponseSchema: GenMessage<DownloadArchiveResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 16);
+  messageDesc(file_agentd_v1_file, 18);
 
 /**
  * Starts an archive upload.
@@ -661,7 +745,7 @@ export type UploadArchiveHeader = Message<"agentd.v1.UploadArchiveHeader"> & {
  * Use `create(UploadArchiveHeaderSchema)` to create a new message.
  */
 export const UploadArchiveHeaderSchema: GenMessage<UploadArchiveHeader> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 17);
+  messageDesc(file_agentd_v1_file, 19);
 
 /**
  * Request message of FileService.UploadArchive (a client stream).
@@ -705,7 +789,7 @@ export type UploadArchiveRequest = Message<"agentd.v1.UploadArchiveRequest"> & {
  * Use `create(UploadArchiveRequestSchema)` to create a new message.
  */
 export const UploadArchiveRequestSchema: GenMessage<UploadArchiveRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 18);
+  messageDesc(file_agentd_v1_file, 20);
 
 /**
  * Response for FileService.UploadArchive.
@@ -740,7 +824,7 @@ export type UploadArchiveResponse = Message<"agentd.v1.UploadArchiveResponse"> &
  * Use `create(UploadArchiveResponseSchema)` to create a new message.
  */
 export const UploadArchiveResponseSchema: GenMessage<UploadArchiveResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 19);
+  messageDesc(file_agentd_v1_file, 21);
 
 /**
  * One coalesced change of a watched workspace.
@@ -803,7 +887,7 @@ export type FileEvent = Message<"agentd.v1.FileEvent"> & {
  * Use `create(FileEventSchema)` to create a new message.
  */
 export const FileEventSchema: GenMessage<FileEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 20);
+  messageDesc(file_agentd_v1_file, 22);
 
 /**
  * Request for FileService.WatchFiles.
@@ -838,7 +922,7 @@ export type WatchFilesRequest = Message<"agentd.v1.WatchFilesRequest"> & {
  * Use `create(WatchFilesRequestSchema)` to create a new message.
  */
 export const WatchFilesRequestSchema: GenMessage<WatchFilesRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 21);
+  messageDesc(file_agentd_v1_file, 23);
 
 /**
  * Response message of FileService.WatchFiles (a server stream).
@@ -859,7 +943,7 @@ export type WatchFilesResponse = Message<"agentd.v1.WatchFilesResponse"> & {
  * Use `create(WatchFilesResponseSchema)` to create a new message.
  */
 export const WatchFilesResponseSchema: GenMessage<WatchFilesResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_file, 22);
+  messageDesc(file_agentd_v1_file, 24);
 
 /**
  * The kind of a workspace entry.
@@ -935,6 +1019,13 @@ export enum ChangeKind {
    * @generated from enum value: CHANGE_KIND_DELETED = 3;
    */
   DELETED = 3,
+
+  /**
+   * The file moved from `from_path` with the same content (its mode may have changed).
+   *
+   * @generated from enum value: CHANGE_KIND_RENAMED = 4;
+   */
+  RENAMED = 4,
 }
 
 /**
@@ -1156,6 +1247,18 @@ export const FileService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchFilesRequestSchema;
     output: typeof WatchFilesResponseSchema;
+  },
+  /**
+   * Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
+   * computed from the snapshots taken before and after it. Binary files are marked, not dumped;
+   * past `max_bytes` the diff ends with a marker line.
+   *
+   * @generated from rpc agentd.v1.FileService.GetJobDiff
+   */
+  getJobDiff: {
+    methodKind: "server_streaming";
+    input: typeof GetJobDiffRequestSchema;
+    output: typeof GetJobDiffResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_file, 0);
