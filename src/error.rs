@@ -85,6 +85,8 @@ pub enum Reason {
     PresetNotFound,
     PresetExists,
     PresetReadOnly,
+    // RESOURCE_EXHAUSTED: a tenant keeps too many presets.
+    TooManyPresets,
 }
 
 impl Reason {
@@ -144,6 +146,7 @@ impl Reason {
             Reason::PresetNotFound => "PRESET_NOT_FOUND",
             Reason::PresetExists => "PRESET_EXISTS",
             Reason::PresetReadOnly => "PRESET_READ_ONLY",
+            Reason::TooManyPresets => "TOO_MANY_PRESETS",
         }
     }
 }

@@ -23,6 +23,8 @@
 //! gateway/       the model gateway: per-job tokens, forwarding to each profile's upstream with the
 //!                real key, metering every answer, the usage ledger rows, budgets (issue #16)
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
+//! presets/       job presets (strict `{{var}}` templates, overridable fields) and the operator's
+//!                catalogs of MCP servers, Claude subagents and skills; the SIGHUP-swapped catalog
 //! agents/        one adapter per agent kind: job → argv/env/config files; stdout lines → events
 //! runner/        spawns an agent contained in a supervisor (kept on standby ahead of jobs), pumps
 //!                its output, cancels whole trees; runner/jail/ is the sandbox every job runs in

@@ -709,7 +709,7 @@ async fn an_mcp_server_from_the_catalog_is_called(mut w: World) {
     // Started by the agent inside the job's jail: another PID namespace than this test's.
     let ours = std::fs::read_link("/proc/self/ns/pid").expect("own pid ns");
     assert!(
-        !format!("{why}").contains(&format!("pidns {}", ours.display())),
+        !why.contains(&format!("pidns {}", ours.display())),
         "the MCP server ran outside the jail\n{why}"
     );
 }

@@ -634,3 +634,114 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(args)
+        .env("AGENTD_URL", format!("http://{}", server.addr))
+        .env("AGENTD_API_KEY", KEY_A)
+        .env_remove("AGENTD_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agentd cli")
+}
+
+#[tokio::test]
+async fn the_cli_manages_presets_and_runs_one_with_variables() {
+    let cat = Catalog::new();
+    let (server, _c, _session) = start(&cat, "").await;
+    let o = cli(
+        &server,
+        &[
+            "presets",
+            "create",
+            "greet",
+            "--template",
+            "say hi to {{who}}",
+            "--overridable",
+            "model",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(&server, &["presets", "ls", "--json"]);
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let names: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or(""),
+                v["read_only"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("greet", false), ("open", true), ("review", true)]);
+    let o = cli(
+        &server,
+        &["run", "--preset", "greet", "--var", "who=the cli", "--json"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(out.contains("turn 1: say hi to the cli"), "{out}");
+    // A missing variable is a usage error with the server's reason.
+    let o = cli(&server, &["run", "--preset", "greet", "--json"]);
+    assert_eq!(o.status.code(), Some(agentd::cli::exit::USAGE), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("MISSING_VARIABLE"),
+        "{o:?}"
+    );
+    let o = cli(&server, &["presets", "rm", "greet"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(&server, &["presets", "get", "greet"]);
+    assert!(!o.status.success(), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_linked_mcp_config_file_is_replaced_not_written_through() {
+    let cat = Catalog::new();
+    let (server, mut c, session) = start(&cat, "").await;
+    let victim = tempfile::tempdir().unwrap();
+    let target = victim.path().join("host-file");
+    std::fs::write(&target, "host content").unwrap();
+    // The agent links the file agentd writes the MCP config to onto a host file.
+    run(
+        &mut c,
+        pb::SubmitJobRequest {
+            prompt: format!(
+                "bash ln -sf {} ~/.claude/agentd-mcp.json && echo linked",
+                target.display()
+            ),
+            ..req(&session)
+        },
+    )
+    .await;
+    let home = server.data_dir.join("sessions").join(&session).join("home");
+    let planted = home.join(".claude/agentd-mcp.json");
+    assert!(
+        std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let (job, _) = run(
+        &mut c,
+        pb::SubmitJobRequest {
+            prompt: "hello".into(),
+            mcp_servers: vec!["echo".into()],
+            ..req(&session)
+        },
+    )
+    .await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "host content");
+    let meta = std::fs::symlink_metadata(&planted).unwrap();
+    assert!(
+        meta.is_file(),
+        "the link itself was replaced by agentd's file"
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&planted).unwrap()).unwrap();
+    assert_eq!(written["mcpServers"]["echo"]["command"], "python3");
+}

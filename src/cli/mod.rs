@@ -9,8 +9,10 @@
 mod archive;
 mod commands;
 mod conn;
+mod presets;
 mod render;
 mod transfer;
+mod usage;
 mod watch;
 
 pub use conn::CliError;
@@ -105,6 +107,44 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List, show, create or delete job presets (`agentd run --preset NAME --var k=v`).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Presets {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: presets::PresetsCommand,
+    },
+    /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Usage {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: UsageArgs,
+    },
+}
+
+/// `agentd usage`.
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// Totals per `day`, `session`, `agent` or `model`; one total without it.
+    #[arg(long, value_enum)]
+    pub by: Option<UsageBy>,
+    /// Only the last N UTC days, today included; all time without it.
+    #[arg(long, value_name = "N")]
+    pub days: Option<u32>,
+    /// List every model call of this job instead of totals.
+    #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["by", "days"])]
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsageBy {
+    Day,
+    Session,
+    Agent,
+    Model,
 }
 
 /// `agentd run`.
@@ -147,6 +187,13 @@ pub struct RunArgs {
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     pub append_system_prompt: Option<String>,
+    /// Budget of the job in USD (priced models, metered by the model gateway): the job ends
+    /// `BUDGET_EXCEEDED` once spent.
+    #[arg(long, value_name = "USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget of the job in tokens (input, output and cache, metered by the model gateway).
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<u64>,
     /// Extra environment variable for the agent, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_pair)]
     pub env: Vec<(String, String)>,
@@ -351,6 +398,8 @@ pub fn main(cmd: ClientCommand) -> i32 {
         ClientCommand::Sessions { client, .. }
         | ClientCommand::Jobs { client, .. }
         | ClientCommand::Files { client, .. }
+        | ClientCommand::Usage { client, .. }
+        | ClientCommand::Presets { client, .. }
         | ClientCommand::Agents { client } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.

@@ -49,7 +49,7 @@ pub fn row(
 pub fn refused(count: i64, name: &str) -> Error {
     if usize::try_from(count).unwrap_or(usize::MAX) >= MAX_PER_TENANT {
         Error::exhausted(
-            Reason::TooManyJobs,
+            Reason::TooManyPresets,
             format!("a tenant keeps at most {MAX_PER_TENANT} presets"),
         )
     } else {

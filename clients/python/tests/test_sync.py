@@ -340,3 +340,29 @@ def test_watch_files_sees_a_jobs_writes(client: agentd.Client) -> None:
     client.run(session.session_id, "write a.txt 1 ; sleep 0.2 ; write b.txt 2").wait()
     t.join(20)
     assert seen == [(file_pb2.FILE_EVENT_KIND_CREATED, "a.txt"), (file_pb2.FILE_EVENT_KIND_CREATED, "b.txt")]
+
+
+def test_presets_render_and_stay_per_tenant(client: agentd.Client, server: Server) -> None:
+    client.create_preset(
+        "py-greet", prompt_template="say hi to {{who}}", overridable=["model"], timeout_seconds=60
+    )
+    names = [p.name for p in client.list_presets()]
+    assert "py-greet" in names
+    s = client.create_session()
+    job = client.run(s.session_id, "", preset="py-greet", variables={"who": "python"}).wait()
+    assert job.prompt == "say hi to python"
+    assert job.result == "turn 1: say hi to python"
+    with pytest.raises(agentd.InvalidArgumentError) as e:
+        client.submit(s.session_id, "", preset="py-greet")
+    assert e.value.reason == "MISSING_VARIABLE"
+    with pytest.raises(agentd.InvalidArgumentError) as e:
+        client.submit(s.session_id, "", preset="py-greet", variables={"who": "x"}, agent="claude")
+    assert e.value.reason == "PRESET_OVERRIDE_DENIED"
+    with agentd.Client(server.address, api_key=KEY_B) as other:
+        with pytest.raises(agentd.NotFoundError):
+            other.get_preset("py-greet")
+    updated = client.update_preset("py-greet", prompt_template="bye {{who}}")
+    assert updated.prompt_template == "bye {{who}}"
+    client.delete_preset("py-greet")
+    with pytest.raises(agentd.NotFoundError):
+        client.get_preset("py-greet")

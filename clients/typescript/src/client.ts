@@ -30,6 +30,7 @@ import {
   type JobEvent,
   type SubmitJobRequestSchema,
 } from "./gen/agentd/v1/job_pb.js";
+import { PresetService, type Preset, type PresetSchema } from "./gen/agentd/v1/preset_pb.js";
 import { ServerInfoService, type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
 import { SessionService, type Session } from "./gen/agentd/v1/session_pb.js";
 import {
@@ -67,6 +68,10 @@ export type JobOptions = Omit<
   MessageInitShape<typeof SubmitJobRequestSchema>,
   "sessionId" | "prompt" | "$typeName"
 >;
+
+/** A preset's fields (PresetService): prompt template with `{{variables}}`, agent, model,
+ * overridable fields, MCP servers, subagents, skills, limits. */
+export type PresetFields = Omit<MessageInitShape<typeof PresetSchema>, "name" | "$typeName">;
 
 export interface CreateSessionOptions {
   /** A local directory to upload (streamed), or workspace path → content (sent inline). */
@@ -242,6 +247,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
   const files: Client<typeof FileService> = createClient(FileService, transport);
   const server: Client<typeof ServerInfoService> = createClient(ServerInfoService, transport);
   const usage: Client<typeof UsageService> = createClient(UsageService, transport);
+  const presets: Client<typeof PresetService> = createClient(PresetService, transport);
 
   async function upload(sessionId: string, entries: UploadEntry[]): Promise<FileInfo[]> {
     async function* requests(): AsyncIterable<MessageInitShape<typeof UploadFilesRequestSchema>> {
@@ -316,6 +322,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     files,
     server,
     usage,
+    presets,
     transport,
     baseUrl,
 
@@ -346,6 +353,33 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     /** Every model call of a job through the gateway (model, tokens, cost, latency, status). */
     async listModelCalls(jobId: string): Promise<ModelCall[]> {
       return (await usage.listModelCalls({ jobId })).calls;
+    },
+
+    // ---- presets ----------------------------------------------------------------------------
+
+    /** Creates one of the caller's presets; jobs use it with `{ preset: name, variables }`. */
+    async createPreset(name: string, fields: PresetFields = {}): Promise<Preset> {
+      const res = await presets.createPreset({ preset: { ...fields, name } });
+      return res.preset!;
+    },
+
+    /** The caller's preset, else the operator's (`readOnly`). */
+    async getPreset(name: string): Promise<Preset> {
+      return (await presets.getPreset({ name })).preset!;
+    },
+
+    /** The caller's presets, then the operator's, by name. */
+    async listPresets(): Promise<Preset[]> {
+      return (await presets.listPresets({})).presets;
+    },
+
+    /** Replaces one of the caller's presets whole. */
+    async updatePreset(name: string, fields: PresetFields = {}): Promise<Preset> {
+      return (await presets.updatePreset({ preset: { ...fields, name } })).preset!;
+    },
+
+    async deletePreset(name: string): Promise<void> {
+      await presets.deletePreset({ name });
     },
 
     // ---- sessions ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ export * from "./gen/agentd/v1/job_pb.js";
 export * from "./gen/agentd/v1/file_pb.js";
 export * from "./gen/agentd/v1/server_info_pb.js";
 export * from "./gen/agentd/v1/usage_pb.js";
+export * from "./gen/agentd/v1/preset_pb.js";
 export {
   CHUNK_SIZE,
   FINAL_STATES,
@@ -15,6 +16,7 @@ export {
   type CreateSessionOptions,
   type JobOptions,
   type JobRun,
+  type PresetFields,
 } from "./client.js";
 export {
   AgentdError,

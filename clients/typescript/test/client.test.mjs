@@ -55,6 +55,34 @@ describe("@agentd/client", () => {
     await server?.stop();
   });
 
+  test("presets: create, run with variables, per tenant, delete (issue #20)", async () => {
+    await client.createPreset("ts-greet", {
+      promptTemplate: "say hi to {{who}}",
+      overridable: ["model"],
+      timeoutSeconds: 60,
+    });
+    assert.ok((await client.listPresets()).some((p) => p.name === "ts-greet" && !p.readOnly));
+    const session = await client.createSession();
+    const job = await client.run(session.sessionId, "", { preset: "ts-greet", variables: { who: "ts" } }).wait();
+    assert.equal(job.prompt, "say hi to ts");
+    assert.equal(job.result, "turn 1: say hi to ts");
+    await rejectsWith(client.submit(session.sessionId, "", { preset: "ts-greet" }), Code.InvalidArgument, "MISSING_VARIABLE");
+    await rejectsWith(
+      client.submit(session.sessionId, "", { preset: "ts-greet", variables: { who: "x" }, agent: "claude" }),
+      Code.InvalidArgument,
+      "PRESET_OVERRIDE_DENIED",
+    );
+    const other = createAgentdClient({ baseUrl: server.url, apiKey: KEY_B });
+    try {
+      await rejectsWith(other.getPreset("ts-greet"), Code.NotFound, "PRESET_NOT_FOUND");
+    } finally {
+      other.close();
+    }
+    assert.equal((await client.updatePreset("ts-greet", { promptTemplate: "bye {{who}}" })).promptTemplate, "bye {{who}}");
+    await client.deletePreset("ts-greet");
+    await rejectsWith(client.getPreset("ts-greet"), Code.NotFound, "PRESET_NOT_FOUND");
+  });
+
   test("seed flow: session, run, outputs, files, delete", async () => {
     const session = await client.createSession({
       files: { "README.md": "hello\n", "data/in.bin": new Uint8Array([0, 1]) },

@@ -29,6 +29,8 @@ from agentd.v1 import (
     session_pb2,
     session_pb2_grpc,
     usage_pb2,
+    preset_pb2,
+    preset_pb2_grpc,
     usage_pb2_grpc,
 )
 
@@ -200,6 +202,7 @@ class AsyncClient:
         self.files = file_pb2_grpc.FileServiceStub(self.channel)
         self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
+        self.presets = preset_pb2_grpc.PresetServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -231,6 +234,34 @@ class AsyncClient:
         """Every model call of a job through the gateway (model, tokens, cost, latency, status)."""
         req = usage_pb2.ListModelCallsRequest(job_id=job_id)
         return list((await _call(self.usage.ListModelCalls(req))).calls)
+
+    # ---- presets --------------------------------------------------------------------------
+
+    async def create_preset(self, name: str, **fields: Any) -> preset_pb2.Preset:
+        """Creates one of the caller's presets. ``fields``: any Preset field (prompt_template with
+        ``{{variables}}``, agent, model, overridable, mcp_servers, subagents, skills, env,
+        timeout_seconds, …). Use it with ``submit(..., preset=name, variables={...})``."""
+        req = preset_pb2.CreatePresetRequest(preset=_common.preset(name, **fields))
+        return (await _call(self.presets.CreatePreset(req))).preset
+
+    async def get_preset(self, name: str) -> preset_pb2.Preset:
+        """The caller's preset, else the operator's (``read_only``)."""
+        req = preset_pb2.GetPresetRequest(name=name)
+        return (await _call(self.presets.GetPreset(req))).preset
+
+    async def list_presets(self) -> list[preset_pb2.Preset]:
+        """The caller's presets, then the operator's, by name."""
+        req = preset_pb2.ListPresetsRequest()
+        return list((await _call(self.presets.ListPresets(req))).presets)
+
+    async def update_preset(self, name: str, **fields: Any) -> preset_pb2.Preset:
+        """Replaces one of the caller's presets whole."""
+        req = preset_pb2.UpdatePresetRequest(preset=_common.preset(name, **fields))
+        return (await _call(self.presets.UpdatePreset(req))).preset
+
+    async def delete_preset(self, name: str) -> None:
+        req = preset_pb2.DeletePresetRequest(name=name)
+        await _call(self.presets.DeletePreset(req))
 
     # ---- sessions -------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from agentd.v1 import (
     session_pb2,
     session_pb2_grpc,
     usage_pb2,
+    preset_pb2,
+    preset_pb2_grpc,
     usage_pb2_grpc,
 )
 
@@ -185,6 +187,7 @@ class Client:
         self.files = file_pb2_grpc.FileServiceStub(self.channel)
         self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
+        self.presets = preset_pb2_grpc.PresetServiceStub(self.channel)
 
     def close(self) -> None:
         self._raw_channel.close()
@@ -217,6 +220,34 @@ class Client:
         """Every model call of a job through the gateway (model, tokens, cost, latency, status)."""
         req = usage_pb2.ListModelCallsRequest(job_id=job_id)
         return list(_call(lambda: self.usage.ListModelCalls(req)).calls)
+
+    # ---- presets --------------------------------------------------------------------------
+
+    def create_preset(self, name: str, **fields: Any) -> preset_pb2.Preset:
+        """Creates one of the caller's presets. ``fields``: any Preset field (prompt_template with
+        ``{{variables}}``, agent, model, overridable, mcp_servers, subagents, skills, env,
+        timeout_seconds, …). Use it with ``submit(..., preset=name, variables={...})``."""
+        req = preset_pb2.CreatePresetRequest(preset=_common.preset(name, **fields))
+        return (_call(lambda: self.presets.CreatePreset(req))).preset
+
+    def get_preset(self, name: str) -> preset_pb2.Preset:
+        """The caller's preset, else the operator's (``read_only``)."""
+        req = preset_pb2.GetPresetRequest(name=name)
+        return (_call(lambda: self.presets.GetPreset(req))).preset
+
+    def list_presets(self) -> list[preset_pb2.Preset]:
+        """The caller's presets, then the operator's, by name."""
+        req = preset_pb2.ListPresetsRequest()
+        return list((_call(lambda: self.presets.ListPresets(req))).presets)
+
+    def update_preset(self, name: str, **fields: Any) -> preset_pb2.Preset:
+        """Replaces one of the caller's presets whole."""
+        req = preset_pb2.UpdatePresetRequest(preset=_common.preset(name, **fields))
+        return (_call(lambda: self.presets.UpdatePreset(req))).preset
+
+    def delete_preset(self, name: str) -> None:
+        req = preset_pb2.DeletePresetRequest(name=name)
+        _call(lambda: self.presets.DeletePreset(req))
 
     # ---- sessions -------------------------------------------------------------------------
 
@@ -460,7 +491,8 @@ class Client:
 
     def submit(self, session_id: str, prompt: str, **options: Any) -> job_pb2.Job:
         """Queues a job. ``options``: agent, model, timeout_seconds, env, allowed_tools,
-        max_turns, append_system_prompt, permission_mode, request_id."""
+        max_turns, append_system_prompt, permission_mode, request_id, preset, variables,
+        mcp_servers, subagents, skills."""
         req = _common.submit_request(session_id, prompt, **options)
         return _call(lambda: self.jobs.SubmitJob(req)).job
 

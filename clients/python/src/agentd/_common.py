@@ -14,10 +14,12 @@ from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from typing import Any
+
 import grpc
 
 from agentd._errors import AgentdError, InternalError, InvalidArgumentError
-from agentd.v1 import file_pb2, job_pb2, usage_pb2
+from agentd.v1 import file_pb2, job_pb2, preset_pb2, usage_pb2
 
 #: Upload chunk size: the server accepts at most 1 MiB per chunk.
 CHUNK_SIZE = 1 << 20
@@ -138,10 +140,20 @@ def submit_request(
     append_system_prompt: str = "",
     permission_mode: str = "",
     request_id: str = "",
+    preset: str = "",
+    variables: Mapping[str, str] | None = None,
+    mcp_servers: Sequence[str] = (),
+    subagents: Sequence[str] = (),
+    skills: Sequence[str] = (),
 ) -> job_pb2.SubmitJobRequest:
     return job_pb2.SubmitJobRequest(
         session_id=session_id,
         prompt=prompt,
+        preset=preset,
+        variables=dict(variables or {}),
+        mcp_servers=list(mcp_servers),
+        subagents=list(subagents),
+        skills=list(skills),
         agent=agent,
         model=model,
         timeout_seconds=timeout_seconds,
@@ -290,3 +302,9 @@ def archive_requests(
     )
     while chunk := source.read(CHUNK_SIZE):
         yield file_pb2.UploadArchiveRequest(chunk=chunk)
+
+
+def preset(name: str, **fields: Any) -> preset_pb2.Preset:
+    """A Preset message: ``name`` plus any Preset field (prompt_template, agent, model,
+    overridable, mcp_servers, subagents, skills, env, timeout_seconds, …)."""
+    return preset_pb2.Preset(name=name, **fields)

@@ -1,0 +1,171 @@
+//! `agentd presets ls|get|create|rm`: the caller's presets and the operator's (PresetService).
+
+use super::conn::{CliError, Conn};
+use super::exit;
+use super::render::{self, Printer};
+use crate::pb;
+use clap::Subcommand;
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum PresetsCommand {
+    /// List your presets, then the operator's.
+    Ls,
+    /// Show one preset.
+    Get { name: String },
+    /// Create one of your presets.
+    Create(Box<CreateArgs>),
+    /// Delete one of your presets.
+    Rm { name: String },
+}
+
+/// `agentd presets create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    name: String,
+    /// The prompt with `{{variables}}` (`\{{` for literal braces).
+    #[arg(long, value_name = "TEXT")]
+    template: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Job timeout in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u32>,
+    /// A job field that jobs of this preset may set themselves (repeatable).
+    #[arg(long = "overridable", value_name = "FIELD")]
+    overridable: Vec<String>,
+    /// An MCP server of the operator's catalog (repeatable).
+    #[arg(long = "mcp", value_name = "NAME")]
+    mcp_servers: Vec<String>,
+    /// A Claude subagent of the operator's catalog (repeatable).
+    #[arg(long = "subagent", value_name = "NAME")]
+    subagents: Vec<String>,
+    /// A skill of the operator's catalog (repeatable).
+    #[arg(long = "skill", value_name = "NAME")]
+    skills: Vec<String>,
+}
+
+fn client(conn: &Conn) -> pb::preset_service_client::PresetServiceClient<super::conn::Svc> {
+    conn.presets()
+}
+
+fn to_json(p: &pb::Preset) -> serde_json::Value {
+    json!({"type": "preset", "name": p.name, "description": p.description, "agent": p.agent,
+           "model": p.model, "prompt_template": p.prompt_template, "overridable": p.overridable,
+           "mcp_servers": p.mcp_servers, "subagents": p.subagents, "skills": p.skills,
+           "timeout_seconds": p.timeout_seconds, "read_only": p.read_only})
+}
+
+fn row(p: &pb::Preset) -> Vec<String> {
+    let vars = crate::presets::template::variables(&p.prompt_template);
+    vec![
+        p.name.clone(),
+        if p.read_only { "operator" } else { "yours" }.into(),
+        if p.agent.is_empty() {
+            "-".into()
+        } else {
+            p.agent.clone()
+        },
+        if vars.is_empty() {
+            "-".into()
+        } else {
+            vars.join(",")
+        },
+        p.description.clone(),
+    ]
+}
+
+pub(super) async fn presets(
+    conn: &Conn,
+    json: bool,
+    cmd: PresetsCommand,
+    p: &mut Printer,
+) -> Result<i32, CliError> {
+    let mut c = client(conn);
+    match cmd {
+        PresetsCommand::Ls => {
+            let list = c
+                .list_presets(pb::ListPresetsRequest {})
+                .await
+                .map_err(CliError::rpc("listing presets"))?
+                .into_inner()
+                .presets;
+            if json {
+                for preset in &list {
+                    p.json(&to_json(preset)).await;
+                }
+            } else {
+                let rows: Vec<Vec<String>> = list.iter().map(row).collect();
+                p.out(&render::table(
+                    &["PRESET", "OWNER", "AGENT", "VARIABLES", "DESCRIPTION"],
+                    &rows,
+                ))
+                .await;
+            }
+        }
+        PresetsCommand::Get { name } => {
+            let preset = c
+                .get_preset(pb::GetPresetRequest { name })
+                .await
+                .map_err(CliError::rpc("getting the preset"))?
+                .into_inner()
+                .preset
+                .unwrap_or_default();
+            p.json(&to_json(&preset)).await;
+        }
+        PresetsCommand::Create(a) => {
+            let CreateArgs {
+                name,
+                template,
+                description,
+                agent,
+                model,
+                timeout,
+                overridable,
+                mcp_servers,
+                subagents,
+                skills,
+            } = *a;
+            let preset = pb::Preset {
+                name,
+                prompt_template: template.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+                agent: agent.unwrap_or_default(),
+                model: model.unwrap_or_default(),
+                timeout_seconds: timeout.unwrap_or(0),
+                overridable,
+                mcp_servers,
+                subagents,
+                skills,
+                ..Default::default()
+            };
+            let created = c
+                .create_preset(pb::CreatePresetRequest {
+                    preset: Some(preset),
+                })
+                .await
+                .map_err(CliError::rpc("creating the preset"))?
+                .into_inner()
+                .preset
+                .unwrap_or_default();
+            if json {
+                p.json(&to_json(&created)).await;
+            } else {
+                p.line(&created.name).await;
+            }
+        }
+        PresetsCommand::Rm { name } => {
+            c.delete_preset(pb::DeletePresetRequest { name: name.clone() })
+                .await
+                .map_err(CliError::rpc("deleting the preset"))?;
+            if json {
+                p.json(&json!({"type": "deleted", "preset": name})).await;
+            }
+        }
+    }
+    Ok(exit::OK)
+}
