@@ -336,12 +336,32 @@ fn write_entry(
                 Err(e) => return Err(e),
             };
             let size = u64::try_from(st.st_size).unwrap_or(0);
-            let mut content =
-                io::BufReader::with_capacity(ARCHIVE_CHUNK, ExactSize::new(file, size));
-            out.file(rel, &st, &mut content).map_err(write_error)
+            let mut content = ExactSize::new(file, size);
+            if size > SMALL_FILE {
+                let mut content = io::BufReader::with_capacity(ARCHIVE_CHUNK, content);
+                return out.file(rel, &st, &mut content).map_err(write_error);
+            }
+            // Small files (most of a source tree) are read whole into a buffer kept for the
+            // whole archive: no allocation per file, one write into the archive.
+            let n = usize::try_from(size).unwrap_or(0);
+            SMALL_BUF
+                .with_borrow_mut(|buf| {
+                    buf.resize(n, 0);
+                    content.read_exact(&mut buf[..n])?;
+                    out.file(rel, &st, &mut &buf[..n])
+                })
+                .map_err(write_error)
         }
         None => Ok(()),
     }
+}
+
+/// Files up to this size are archived from one reused buffer.
+const SMALL_FILE: u64 = 256 * 1024;
+
+thread_local! {
+    /// The reused buffer of small files (blocking-pool threads live on between archives).
+    static SMALL_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Reads exactly `size` bytes: a file that shrank while it was archived is padded with zeros and

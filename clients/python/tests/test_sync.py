@@ -289,6 +289,59 @@ def test_server_info(client: agentd.Client) -> None:
     assert info.limits.max_upload_chunk_bytes in (0, agentd.CHUNK_SIZE) or info.limits.max_upload_chunk_bytes >= agentd.CHUNK_SIZE
 
 
+def test_archives_round_trip_and_refuse_traversal(client: agentd.Client, tmp_path: Path) -> None:
+    import io as _io
+    import tarfile
+    import zipfile
+
+    session = client.create_session({"a.txt": "alpha", "lib/b.py": "print(1)\n"})
+    for fmt, name in (("tar.gz", "ws.tar.gz"), ("zip", "ws.zip"), ("tar", "ws.tar")):
+        size = client.download_archive(session.session_id, tmp_path / name, format=fmt)
+        assert size == (tmp_path / name).stat().st_size > 0
+        copy = client.create_session()
+        done = client.upload_archive(copy.session_id, tmp_path / name, format=fmt, dest="in")
+        assert done.files == 2
+        assert client.read_file(copy.session_id, "in/lib/b.py") == b"print(1)\n"
+    with zipfile.ZipFile(tmp_path / "ws.zip") as z:
+        assert sorted(n.rstrip("/") for n in z.namelist()) == ["a.txt", "lib", "lib/b.py"]
+
+    bad = _io.BytesIO()
+    with tarfile.open(fileobj=bad, mode="w") as t:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        t.addfile(info, _io.BytesIO(b"x"))
+    bad.seek(0)
+    with pytest.raises(agentd.InvalidArgumentError) as err:
+        client.upload_archive(session.session_id, bad, format="tar")
+    assert err.value.reason == "INVALID_PATH"
+    with pytest.raises(ValueError):
+        client.download_archive(session.session_id, tmp_path / "x", format="rar")
+
+
+def test_watch_files_sees_a_jobs_writes(client: agentd.Client) -> None:
+    session = client.create_session()
+    seen: list[tuple[int, str]] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        events = client.watch_files(session.session_id)
+        ready.set()
+        for e in events:
+            seen.append((e.kind, e.path))
+            if e.path == "b.txt":
+                return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    ready.wait(5)
+    import time as _time
+
+    _time.sleep(0.5)  # the generator's call starts on its first next()
+    client.run(session.session_id, "write a.txt 1 ; sleep 0.2 ; write b.txt 2").wait()
+    t.join(20)
+    assert seen == [(file_pb2.FILE_EVENT_KIND_CREATED, "a.txt"), (file_pb2.FILE_EVENT_KIND_CREATED, "b.txt")]
+
+
 def test_presets_render_and_stay_per_tenant(client: agentd.Client, server: Server) -> None:
     client.create_preset(
         "py-greet", prompt_template="say hi to {{who}}", overridable=["model"], timeout_seconds=60

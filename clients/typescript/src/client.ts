@@ -11,10 +11,14 @@ import { Code, createClient, type Client, type Interceptor, type Transport } fro
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import {
+  ArchiveFormat,
   ChangeKind,
   FileService,
   FileType,
+  type FileEvent,
   type FileInfo,
+  type UploadArchiveRequestSchema,
+  type UploadArchiveResponse,
   type GetJobOutputsResponse,
   type UploadFilesRequestSchema,
 } from "./gen/agentd/v1/file_pb.js";
@@ -504,6 +508,75 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
       return written;
     },
 
+    /**
+     * Streams the workspace (or `opts.paths` of it) as one archive to `dest` (via a temp file,
+     * renamed when complete); resolves to its size in bytes. Format: "tar", "tar.gz" (default)
+     * or "zip".
+     */
+    async downloadArchive(
+      sessionId: string,
+      dest: string,
+      opts: { format?: ArchiveFormatName; paths?: string[]; jobId?: string } = {},
+    ): Promise<number> {
+      await mkdir(path.dirname(dest), { recursive: true });
+      const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.agentd-partial`);
+      const fd = await open(tmp, "w");
+      try {
+        let size = 0;
+        try {
+          for await (const res of files.downloadArchive({
+            sessionId,
+            paths: opts.paths ?? [],
+            format: archiveFormat(opts.format ?? "tar.gz"),
+            jobId: opts.jobId ?? "",
+          })) {
+            await writeAll(fd, res.chunk);
+            size += res.chunk.length;
+          }
+        } finally {
+          await fd.close();
+        }
+        await rename(tmp, dest);
+        return size;
+      } finally {
+        await rm(tmp, { force: true });
+      }
+    },
+
+    /**
+     * Extracts a local tar, tar.gz or zip archive into `opts.dest` of the workspace, all or
+     * nothing: a hostile or broken archive rejects and writes nothing.
+     */
+    async uploadArchive(
+      sessionId: string,
+      localArchive: string,
+      opts: { format?: ArchiveFormatName; dest?: string } = {},
+    ): Promise<UploadArchiveResponse> {
+      async function* requests(): AsyncIterable<MessageInitShape<typeof UploadArchiveRequestSchema>> {
+        yield {
+          sessionId,
+          part: { case: "header", value: { format: archiveFormat(opts.format ?? "tar.gz"), dest: opts.dest ?? "" } },
+        };
+        for await (const chunk of createReadStream(localArchive, { highWaterMark: CHUNK_SIZE })) {
+          yield { part: { case: "chunk", value: new Uint8Array(chunk as Buffer) } };
+        }
+      }
+      return files.uploadArchive(requests());
+    },
+
+    /** The workspace's file changes as they happen; resume with `afterSeq` (a seen event's seq). */
+    async *watchFiles(
+      sessionId: string,
+      opts: { paths?: string[]; afterSeq?: bigint; signal?: AbortSignal } = {},
+    ): AsyncGenerator<FileEvent> {
+      for await (const res of files.watchFiles(
+        { sessionId, paths: opts.paths ?? [], afterSeq: opts.afterSeq ?? 0n },
+        { signal: opts.signal },
+      )) {
+        if (res.event) yield res.event;
+      }
+    },
+
     // ---- jobs -------------------------------------------------------------------------------
 
     async submit(sessionId: string, prompt: string, opts: JobOptions = {}): Promise<Job> {
@@ -640,3 +713,19 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
 }
 
 export type AgentdClient = ReturnType<typeof createAgentdClient>;
+
+/** An archive format by name. */
+export type ArchiveFormatName = "tar" | "tar.gz" | "zip";
+
+function archiveFormat(name: ArchiveFormatName): ArchiveFormat {
+  switch (name) {
+    case "tar":
+      return ArchiveFormat.TAR;
+    case "tar.gz":
+      return ArchiveFormat.TAR_GZ;
+    case "zip":
+      return ArchiveFormat.ZIP;
+    default:
+      throw new Error(`unknown archive format ${String(name)}: use tar, tar.gz or zip`);
+  }
+}

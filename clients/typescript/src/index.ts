@@ -12,6 +12,7 @@ export {
   createAgentdClient,
   type AgentdClient,
   type AgentdClientOptions,
+  type ArchiveFormatName,
   type CreateSessionOptions,
   type JobOptions,
   type JobRun,

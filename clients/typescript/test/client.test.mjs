@@ -261,6 +261,44 @@ describe("@agentd/client", () => {
     await rejectsWith(client.jobs.getJob({ jobId: "job_00000000000000000000000000" }), Code.NotFound);
   });
 
+  test("archives round-trip; watchFiles sees a job's writes in order", async () => {
+    const session = await client.createSession({ files: { "a.txt": "alpha", "lib/b.py": "print(1)\n" } });
+    const dir = tmpdir();
+    for (const [format, name] of [["tar.gz", "ws.tar.gz"], ["zip", "ws.zip"], ["tar", "ws.tar"]]) {
+      const dest = path.join(dir, name);
+      const size = await client.downloadArchive(session.sessionId, dest, { format });
+      assert.equal(size, readFileSync(dest).length);
+      const copy = await client.createSession();
+      const done = await client.uploadArchive(copy.sessionId, dest, { format, dest: "in" });
+      assert.equal(done.files, 2n);
+      assert.equal(Buffer.from(await client.readFile(copy.sessionId, "in/lib/b.py")).toString(), "print(1)\n");
+    }
+    const garbage = path.join(dir, "garbage.tar");
+    writeFileSync(garbage, "not a tar archive ".repeat(64));
+    await rejectsWith(client.uploadArchive(session.sessionId, garbage, { format: "tar" }),
+      Code.InvalidArgument, "INVALID_ARCHIVE");
+
+    const watched = await client.createSession();
+    const ac = new AbortController();
+    const seen = [];
+    const watching = (async () => {
+      try {
+        for await (const e of client.watchFiles(watched.sessionId, { signal: ac.signal })) {
+          seen.push(e.path);
+          if (e.path === "b.txt") return;
+        }
+      } catch (e) {
+        if (!ac.signal.aborted) throw e;
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    await client.wait((await client.submit(watched.sessionId, "write a.txt 1 ; sleep 0.2 ; write b.txt 2")).jobId);
+    const timer = setTimeout(() => ac.abort(), 15000);
+    await watching;
+    clearTimeout(timer);
+    assert.deepEqual(seen, ["a.txt", "b.txt"]);
+  });
+
   test("tenants are isolated", async () => {
     const session = await client.createSession();
     const other = createAgentdClient({ baseUrl: server.url, apiKey: KEY_B });

@@ -436,6 +436,84 @@ class AsyncClient:
             written.append(local)
         return written
 
+    async def download_archive(
+        self,
+        session_id: str,
+        dest: StrPath | BinaryIO,
+        *,
+        format: _common.ArchiveFormatName | int = "tar.gz",
+        paths: Sequence[str] = (),
+        job_id: str = "",
+    ) -> int:
+        """Streams the workspace (or ``paths`` of it) as one archive into ``dest`` (a path, via
+        a temp file and rename, or an open binary file); returns its size."""
+        req = file_pb2.DownloadArchiveRequest(
+            session_id=session_id,
+            paths=list(paths),
+            format=_common.archive_format(format),
+            job_id=job_id,
+        )
+
+        async def into(out: BinaryIO) -> int:
+            size = 0
+            call = self.files.DownloadArchive(req)
+            try:
+                async for resp in call:
+                    await asyncio.to_thread(out.write, resp.chunk)
+                    size += len(resp.chunk)
+            except grpc.RpcError as e:
+                raise from_rpc_error(e) from None
+            finally:
+                call.cancel()
+            return size
+
+        if isinstance(dest, (str, os.PathLike)):
+            target = Path(dest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.agentd-partial")
+            try:
+                with open(tmp, "wb") as f:
+                    size = await into(f)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return size
+        return await into(dest)
+
+    async def upload_archive(
+        self,
+        session_id: str,
+        source: StrPath | BinaryIO,
+        *,
+        format: _common.ArchiveFormatName | int = "tar.gz",
+        dest: str = "",
+    ) -> file_pb2.UploadArchiveResponse:
+        """Extracts a tar, tar.gz or zip archive into ``dest`` of the workspace, all or nothing."""
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                return await self.upload_archive(session_id, f, format=format, dest=dest)
+        reqs = _common.archive_requests(session_id, format, dest, source)
+
+        async def requests() -> AsyncIterator[file_pb2.UploadArchiveRequest]:
+            while (req := await asyncio.to_thread(next, reqs, None)) is not None:
+                yield req
+
+        return await _call(self.files.UploadArchive(requests()))
+
+    async def watch_files(
+        self, session_id: str, paths: Sequence[str] = (), *, after_seq: int = 0
+    ) -> AsyncIterator[file_pb2.FileEvent]:
+        """Yields the workspace's file changes as they happen (resume with ``after_seq``)."""
+        req = file_pb2.WatchFilesRequest(session_id=session_id, paths=list(paths), after_seq=after_seq)
+        call = self.files.WatchFiles(req)
+        try:
+            async for resp in call:
+                yield resp.event
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
     # ---- jobs -----------------------------------------------------------------------------
 
     async def submit(self, session_id: str, prompt: str, **options: Any) -> job_pb2.Job:

@@ -412,6 +412,81 @@ class Client:
             written.append(local)
         return written
 
+    def download_archive(
+        self,
+        session_id: str,
+        dest: StrPath | BinaryIO,
+        *,
+        format: _common.ArchiveFormatName | int = "tar.gz",
+        paths: Sequence[str] = (),
+        job_id: str = "",
+    ) -> int:
+        """Streams the workspace (or ``paths`` of it) as one archive into ``dest`` (a local path,
+        written via a temp file and renamed, or an open binary file); returns its size."""
+        req = file_pb2.DownloadArchiveRequest(
+            session_id=session_id,
+            paths=list(paths),
+            format=_common.archive_format(format),
+            job_id=job_id,
+        )
+
+        def into(out: BinaryIO) -> int:
+            size = 0
+            call = self.files.DownloadArchive(req)
+            try:
+                for resp in call:
+                    out.write(resp.chunk)
+                    size += len(resp.chunk)
+            except grpc.RpcError as e:
+                raise from_rpc_error(e) from None
+            finally:
+                call.cancel()
+            return size
+
+        if isinstance(dest, (str, os.PathLike)):
+            target = Path(dest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.agentd-partial")
+            try:
+                with open(tmp, "wb") as f:
+                    size = into(f)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return size
+        return into(dest)
+
+    def upload_archive(
+        self,
+        session_id: str,
+        source: StrPath | BinaryIO,
+        *,
+        format: _common.ArchiveFormatName | int = "tar.gz",
+        dest: str = "",
+    ) -> file_pb2.UploadArchiveResponse:
+        """Extracts a tar, tar.gz or zip archive into ``dest`` of the workspace, all or nothing
+        (a hostile or broken archive raises and writes nothing)."""
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                return self.upload_archive(session_id, f, format=format, dest=dest)
+        reqs = _common.archive_requests(session_id, format, dest, source)
+        return _call(lambda: self.files.UploadArchive(reqs))
+
+    def watch_files(
+        self, session_id: str, paths: Sequence[str] = (), *, after_seq: int = 0
+    ) -> Iterator[file_pb2.FileEvent]:
+        """Yields the workspace's file changes as they happen (resume with ``after_seq``, the
+        ``seq`` of the last event seen); stops when the session is deleted."""
+        req = file_pb2.WatchFilesRequest(session_id=session_id, paths=list(paths), after_seq=after_seq)
+        call = self.files.WatchFiles(req)
+        try:
+            for resp in call:
+                yield resp.event
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
     # ---- jobs -----------------------------------------------------------------------------
 
     def submit(self, session_id: str, prompt: str, **options: Any) -> job_pb2.Job:

@@ -10,6 +10,7 @@ import stat
 import time
 import uuid
 from collections.abc import Generator, Mapping, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -270,6 +271,37 @@ def usage_request(
     if end_seconds is not None:
         req.end_time.seconds = end_seconds
     return req
+
+
+ArchiveFormatName = str
+
+
+def archive_format(fmt: ArchiveFormatName | int) -> file_pb2.ArchiveFormat.ValueType:
+    """``"tar"``, ``"tar.gz"`` (or ``"tgz"``), ``"zip"``, or an ``ArchiveFormat`` value."""
+    if isinstance(fmt, int):
+        return file_pb2.ArchiveFormat.ValueType(fmt)
+    names: dict[str, file_pb2.ArchiveFormat.ValueType] = {
+        "tar": file_pb2.ARCHIVE_FORMAT_TAR,
+        "tar.gz": file_pb2.ARCHIVE_FORMAT_TAR_GZ,
+        "tgz": file_pb2.ARCHIVE_FORMAT_TAR_GZ,
+        "zip": file_pb2.ARCHIVE_FORMAT_ZIP,
+    }
+    try:
+        return names[fmt.lower()]
+    except KeyError:
+        raise ValueError(f"unknown archive format {fmt!r}: use tar, tar.gz or zip") from None
+
+
+def archive_requests(
+    session_id: str, fmt: ArchiveFormatName | int, dest: str, source: BinaryIO
+) -> Generator[file_pb2.UploadArchiveRequest, None, None]:
+    """The UploadArchive stream: the header, then ``source`` 1 MiB at a time."""
+    yield file_pb2.UploadArchiveRequest(
+        session_id=session_id,
+        header=file_pb2.UploadArchiveHeader(format=archive_format(fmt), dest=dest),
+    )
+    while chunk := source.read(CHUNK_SIZE):
+        yield file_pb2.UploadArchiveRequest(chunk=chunk)
 
 
 def preset(name: str, **fields: Any) -> preset_pb2.Preset:

@@ -1,6 +1,7 @@
 //! The scenarios of issue #8, each a function that starts what it needs (a fresh agentd, the bare
 //! server) and returns its metrics.
 
+mod archive;
 mod files;
 mod gateway;
 pub mod genuine;
@@ -71,6 +72,11 @@ pub const ALL: &[Scenario] = &[
         "files",
         files::transfer,
         "upload and download of 1 GiB with sha256 and peak RSS growth, vs a bare tonic chunk stream"
+    ),
+    scenario!(
+        "archive",
+        archive::archive,
+        "DownloadArchive (tar) of a 20,000-file, 300 MB workspace vs DownloadFile of the same bytes in one file, same server, best of 3"
     ),
     scenario!(
         "fanout",
