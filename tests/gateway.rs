@@ -968,12 +968,36 @@ fn hostile_files(trap: &str) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// The same CLI with no `[gateway]`: its provider key and endpoint in the profile's env, the way
+/// a profile is written without the gateway, which then routes it by default.
+fn provider_env_profile(kind: &str, mock: &str) -> String {
+    let with_gateway = genuine_profile(kind, mock);
+    let (profile, _) = with_gateway
+        .split_once(&format!("[agents.{kind}.gateway]"))
+        .expect("gateway table");
+    let vars = match kind {
+        "claude" => {
+            format!("ANTHROPIC_API_KEY = {REAL_KEY:?}\nANTHROPIC_BASE_URL = \"http://{mock}\"\n")
+        }
+        _ => format!("GEMINI_API_KEY = {REAL_KEY:?}\nGOOGLE_GEMINI_BASE_URL = \"http://{mock}\"\n"),
+    };
+    let table = format!("[agents.{kind}.env]\n");
+    match profile.contains(&table) {
+        true => profile.replace(&table, &format!("{table}{vars}")),
+        false => format!("{profile}{table}{vars}"),
+    }
+}
+
 async fn genuine(kind: &str) {
+    genuine_with(kind, |mock| genuine_profile(kind, mock)).await
+}
+
+async fn genuine_with(kind: &str, profile: impl FnOnce(&str) -> String) {
     let dir = tempfile::tempdir().expect("dir");
     let mock = Mock::start(dir.path());
     let (trap_url, hits) = trap().await;
     let server = TestServer::start_with(Options {
-        config: Some(genuine_profile(kind, &mock.addr)),
+        config: Some(profile(&mock.addr)),
         ..Default::default()
     });
     let mut c = server.clients(KEY_A).await;
@@ -1099,6 +1123,14 @@ async fn genuine_opencode_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn genuine_gemini_through_the_gateway() {
     genuine("gemini").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_key_in_the_profile_env_goes_behind_the_gateway_by_default() {
+    // Every check of `genuine` holds: model_call events (the gateway metered the calls), the
+    // mock saw only the real key, the key is nowhere the agent reads, nothing else is reachable.
+    genuine_with("claude", |mock| provider_env_profile("claude", mock)).await;
+    genuine_with("gemini", |mock| provider_env_profile("gemini", mock)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
