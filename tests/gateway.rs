@@ -1371,8 +1371,7 @@ impl Traced {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));
-        let log = self.log.lock().expect("log").clone();
-        log
+        self.log.lock().expect("log").clone()
     }
 }
 
