@@ -574,7 +574,8 @@ impl Config {
             },
         );
         let mut upstreams = BTreeMap::new();
-        for (name, a) in file.agents {
+        let global_network = sandbox::FileSandbox::names_network(file.sandbox.as_ref());
+        for (name, mut a) in file.agents {
             if name.is_empty()
                 || !name
                     .bytes()
@@ -591,6 +592,14 @@ impl Config {
                     .map(str::to_owned)
                     .ok_or_else(|| bad(format!("agents.{name}.command is required")))?,
             };
+            // A provider key in the profile's env goes behind the gateway too, unless the operator
+            // chose a network for the profile (or all of them) and so the direct route.
+            if a.gateway.is_none()
+                && !global_network
+                && !sandbox::FileSandbox::names_network(a.sandbox.as_ref())
+            {
+                a.gateway = crate::gateway::config::from_provider_env(a.kind, &a.env);
+            }
             let own_sandbox = match a.gateway.is_some() {
                 // Behind the gateway, the job's network is the gateway's unless the profile says
                 // otherwise.

@@ -968,12 +968,36 @@ fn hostile_files(trap: &str) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// The same CLI with no `[gateway]`: its provider key and endpoint in the profile's env, the way
+/// a profile is written without the gateway, which then routes it by default.
+fn provider_env_profile(kind: &str, mock: &str) -> String {
+    let with_gateway = genuine_profile(kind, mock);
+    let (profile, _) = with_gateway
+        .split_once(&format!("[agents.{kind}.gateway]"))
+        .expect("gateway table");
+    let vars = match kind {
+        "claude" => {
+            format!("ANTHROPIC_API_KEY = {REAL_KEY:?}\nANTHROPIC_BASE_URL = \"http://{mock}\"\n")
+        }
+        _ => format!("GEMINI_API_KEY = {REAL_KEY:?}\nGOOGLE_GEMINI_BASE_URL = \"http://{mock}\"\n"),
+    };
+    let table = format!("[agents.{kind}.env]\n");
+    match profile.contains(&table) {
+        true => profile.replace(&table, &format!("{table}{vars}")),
+        false => format!("{profile}{table}{vars}"),
+    }
+}
+
 async fn genuine(kind: &str) {
+    genuine_with(kind, |mock| genuine_profile(kind, mock)).await
+}
+
+async fn genuine_with(kind: &str, profile: impl FnOnce(&str) -> String) {
     let dir = tempfile::tempdir().expect("dir");
     let mock = Mock::start(dir.path());
     let (trap_url, hits) = trap().await;
     let server = TestServer::start_with(Options {
-        config: Some(genuine_profile(kind, &mock.addr)),
+        config: Some(profile(&mock.addr)),
         ..Default::default()
     });
     let mut c = server.clients(KEY_A).await;
@@ -1099,6 +1123,14 @@ async fn genuine_opencode_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn genuine_gemini_through_the_gateway() {
     genuine("gemini").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_key_in_the_profile_env_goes_behind_the_gateway_by_default() {
+    // Every check of `genuine` holds: model_call events (the gateway metered the calls), the
+    // mock saw only the real key, the key is nowhere the agent reads, nothing else is reachable.
+    genuine_with("claude", |mock| provider_env_profile("claude", mock)).await;
+    genuine_with("gemini", |mock| provider_env_profile("gemini", mock)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1339,8 +1371,7 @@ impl Traced {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));
-        let log = self.log.lock().expect("log").clone();
-        log
+        self.log.lock().expect("log").clone()
     }
 }
 
@@ -1403,4 +1434,112 @@ async fn trace_logs_never_hold_the_key_or_a_job_token() {
     );
     let dump = format!("{events:?}{done:?}");
     assert!(!dump.contains(REAL_KEY), "{dump}");
+}
+
+fn database_url() -> String {
+    std::env::var("AGENTD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn psql(sql: &str) {
+    let st = Command::new("psql")
+        .arg(database_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .status()
+        .expect("run psql");
+    assert!(st.success(), "psql {sql:?} failed on {}", database_url());
+}
+
+/// Drops the test's Postgres schema however the test ends.
+struct Schema(String);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+    }
+}
+
+fn overlap(a: &pb::Job, b: &pb::Job) -> bool {
+    let secs = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+    };
+    secs(&a.start_time) < secs(&b.end_time) && secs(&b.start_time) < secs(&a.end_time)
+}
+
+/// Two replicas share one Postgres and one tenant budget: the ledger row of each call is written
+/// before the agent sees the end of its answer, so a replica's budget check sees every call any
+/// replica finished, and the overspend is bounded by the calls in flight: one per job here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_a_tenant_budget_to_one_call_in_flight_per_job() {
+    psql("SELECT 1");
+    let schema = Schema(format!("agentd_gw_{}", uuid::Uuid::new_v4().simple()));
+    let store = format!("{}?options=-csearch_path%3D{}", database_url(), schema.0);
+    let (dir, script) = agent_dir();
+    let mock = Mock::start(dir.path());
+    let root = tempfile::tempdir().expect("workspace root");
+    // 120 tokens a call: the budget is spent after five.
+    let config = format!(
+        "{}[budgets]\ntenant_daily_tokens = 600\n",
+        probe_profile("alpha", &script, &format!("http://{}", mock.addr))
+    );
+    let replicas: Vec<TestServer> = ["gw-r1", "gw-r2"]
+        .iter()
+        .map(|name| {
+            let args = [
+                "--store",
+                &store,
+                "--workspace-root",
+                &root.path().display().to_string(),
+                "--replica-id",
+                name,
+                // One job each: two concurrent jobs run on two replicas.
+                "--max-concurrent-jobs",
+                "1",
+            ];
+            TestServer::start_with(Options {
+                config: Some(config.clone()),
+                args: args.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let mut c = replicas[0].clients(KEY_A).await;
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        let s = c.create_session(&[]).await.session_id;
+        jobs.push(c.submit_to(&s, "alpha", "calls=40").await);
+    }
+    let mut done = Vec::new();
+    for j in &jobs {
+        let events = tokio::time::timeout(Duration::from_secs(120), c.events(&j.job_id, 0))
+            .await
+            .expect("job within 120s");
+        let job = c.get_job(&j.job_id).await;
+        assert_eq!(job.reason, "BUDGET_EXCEEDED", "{job:?} {events:?}");
+        done.push(job);
+    }
+    assert!(
+        overlap(&done[0], &done[1]),
+        "the jobs ran at once, so on both replicas: {done:?}"
+    );
+    let answered = mock.posts().0;
+    assert!(
+        (5..=7).contains(&answered),
+        "five calls spend the budget, and each job may have had one in flight: {answered}"
+    );
+    let mut u = pb::usage_service_client::UsageServiceClient::with_interceptor(
+        replicas[1].channel().await,
+        ApiKey::bearer(KEY_A),
+    );
+    let total = u
+        .get_usage(pb::GetUsageRequest::default())
+        .await
+        .expect("usage")
+        .into_inner()
+        .buckets;
+    assert_eq!(
+        total[0].calls, answered as u64,
+        "every answered call is in the ledger"
+    );
 }

@@ -45,6 +45,11 @@ pub(super) struct FileSandbox {
 }
 
 impl FileSandbox {
+    /// Whether the table names a network itself.
+    pub(super) fn names_network(sandbox: Option<&FileSandbox>) -> bool {
+        sandbox.is_some_and(|s| s.network.is_some())
+    }
+
     /// The network a profile gets when its own table names none (gateway profiles: `gateway`).
     pub(super) fn default_network(sandbox: Option<FileSandbox>, network: Network) -> FileSandbox {
         let mut s = sandbox.unwrap_or_default();

@@ -118,6 +118,48 @@ impl GatewayConfig {
     }
 }
 
+/// The provider a profile without a `[gateway]` names in its `env`, as the gateway it gets by
+/// default: the kind's key variable (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, `GEMINI_API_KEY` or
+/// `GOOGLE_API_KEY`) becomes the upstream's key and the kind's base-URL variable, else the
+/// provider's public endpoint, its URL. `None` when the env holds no key (a provider configured
+/// otherwise, e.g. a custom `env_key`, keeps its direct route).
+pub fn from_provider_env(kind: AgentKind, env: &BTreeMap<String, String>) -> Option<FileGateway> {
+    let (keys, url_var, public): (&[&str], &str, &str) = match kind {
+        AgentKind::Claude => (
+            &["ANTHROPIC_API_KEY"],
+            "ANTHROPIC_BASE_URL",
+            "https://api.anthropic.com",
+        ),
+        AgentKind::Codex | AgentKind::Opencode => (
+            &["OPENAI_API_KEY"],
+            "OPENAI_BASE_URL",
+            "https://api.openai.com",
+        ),
+        AgentKind::Gemini => (
+            &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+            "GOOGLE_GEMINI_BASE_URL",
+            "https://generativelanguage.googleapis.com",
+        ),
+        AgentKind::Command => return None,
+    };
+    let key = keys
+        .iter()
+        .find_map(|k| env.get(*k).filter(|v| !v.is_empty()))?;
+    let url = env.get(url_var).map_or(public, |u| u.trim_end_matches('/'));
+    // OpenAI's clients take a base URL ending in `/v1`; the gateway appends the CLI's own path,
+    // which has it already.
+    let url = match kind {
+        AgentKind::Codex | AgentKind::Opencode => url.strip_suffix("/v1").unwrap_or(url),
+        _ => url,
+    };
+    Some(FileGateway {
+        upstream_url: url.to_owned(),
+        api_key: Some(key.clone()),
+        api_key_env: None,
+        api: None,
+    })
+}
+
 /// Resolves one profile's `[agents.<name>.gateway]`; errors are worded for the operator and never
 /// hold the key.
 pub fn resolve_upstream(name: &str, kind: AgentKind, g: FileGateway) -> Result<Upstream, String> {
@@ -153,6 +195,37 @@ pub fn resolve_upstream(name: &str, kind: AgentKind, g: FileGateway) -> Result<U
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_key_in_the_profile_env_becomes_its_default_gateway() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let g =
+            from_provider_env(AgentKind::Claude, &env(&[("ANTHROPIC_API_KEY", "sk-a")])).unwrap();
+        assert_eq!(
+            (g.upstream_url.as_str(), g.api_key.as_deref()),
+            ("https://api.anthropic.com", Some("sk-a"))
+        );
+        let g = from_provider_env(
+            AgentKind::Codex,
+            &env(&[
+                ("OPENAI_API_KEY", "sk-o"),
+                ("OPENAI_BASE_URL", "http://h:1/v1/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(g.upstream_url, "http://h:1");
+        let g = from_provider_env(AgentKind::Gemini, &env(&[("GOOGLE_API_KEY", "g")])).unwrap();
+        assert_eq!(g.upstream_url, "https://generativelanguage.googleapis.com");
+        // No key of the kind's own: no gateway.
+        assert!(from_provider_env(AgentKind::Claude, &env(&[("OPENAI_API_KEY", "x")])).is_none());
+        assert!(from_provider_env(AgentKind::Codex, &env(&[("MOCK_API_KEY", "x")])).is_none());
+        assert!(from_provider_env(AgentKind::Command, &env(&[("OPENAI_API_KEY", "x")])).is_none());
+    }
 
     #[test]
     fn resolves_key_and_api_and_never_prints_the_key() {

@@ -276,8 +276,11 @@ impl Gateway {
         Ok(())
     }
 
-    /// Records a finished call: the job's running total, its event, the ledger row.
-    fn record(&self, grant: &Grant, mut call: ModelCall) {
+    /// Records a finished call: the job's running total, its event, the ledger row. The row is
+    /// written by the returned future; the caller awaits it before the agent sees the end of the
+    /// answer, so the job's next call (and any replica's budget check after it) finds it in the
+    /// store. Until it is written the call counts in this replica's unledgered total.
+    fn record(&self, grant: &Grant, mut call: ModelCall) -> Settle {
         call.cost_usd = self.config.prices.get(&call.model).map(|p| {
             let t = meter::Tokens {
                 input: call.input_tokens,
@@ -309,15 +312,22 @@ impl Gateway {
         let spent = (row.call.tokens(), row.call.cost_usd.unwrap_or(0.0));
         pending(&self.unledgered, &row.tenant, spent, 1.0);
         let (store, unledgered) = (self.store.clone(), self.unledgered.clone());
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
+        Box::pin(async move {
             if let Err(e) = store.record_model_call(&row).await {
                 tracing::error!(job = %row.job, error = %e, "cannot record a model call in the ledger");
             }
             pending(&unledgered, &row.tenant, spent, -1.0);
-        });
+        })
+    }
+}
+
+/// The write of a call's ledger row (see [`Gateway::record`]).
+pub type Settle = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Writes a ledger row no one waits for (the agent hung up, or the call never got an answer).
+fn settle_detached(settle: Settle) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(settle);
     }
 }
 

@@ -177,7 +177,7 @@ async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Out> {
         }
         Ok(Err(e)) => {
             tracing::warn!(profile = %profile, error = %e, "upstream unreachable");
-            call.end(Meter::default());
+            call.end_detached(Meter::default());
             refuse(
                 api,
                 StatusCode::BAD_GATEWAY,
@@ -186,7 +186,7 @@ async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Out> {
             )
         }
         Err(_) => {
-            call.end(Meter::default());
+            call.end_detached(Meter::default());
             refuse(
                 api,
                 StatusCode::GATEWAY_TIMEOUT,
@@ -341,6 +341,7 @@ fn respond(resp: Response<Incoming>, call: Call, idle: Duration) -> Response<Out
         idle,
         sleep: Box::pin(tokio::time::sleep(idle)),
         call: Some(call),
+        settling: None,
     };
     out.body(Either::Right(Either::Left(body)))
         .unwrap_or_else(|_| {
@@ -386,7 +387,8 @@ struct Call {
 }
 
 impl Call {
-    fn end(self, mut meter: Meter) {
+    /// Records the call; the returned future writes its ledger row.
+    fn end(self, mut meter: Meter) -> super::Settle {
         let t = meter.finish();
         let model = if meter.model.is_empty() {
             self.model
@@ -405,25 +407,49 @@ impl Call {
             cost_usd: None,
             latency_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
-        self.gw.record(&self.grant, call);
+        self.gw.record(&self.grant, call)
+    }
+
+    /// Records a call whose answer no one reads to its end.
+    fn end_detached(self, meter: Meter) {
+        super::settle_detached(self.end(meter));
     }
 }
 
 /// The upstream's body, frame by frame, fed to the meter on the way; the call is recorded when it
-/// ends, fails, stalls longer than `idle`, or the agent hangs up.
+/// ends, fails, stalls longer than `idle`, or the agent hangs up. Its last frame (or error) is
+/// held back until the call's ledger row is written.
 pub struct Metered {
     inner: Incoming,
     meter: Meter,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
     call: Option<Call>,
+    /// The ledger write under way, and what the body ends with once it is done.
+    settling: Option<(super::Settle, Option<std::io::Error>)>,
 }
 
+type Polled = Poll<Option<Result<Frame<Bytes>, std::io::Error>>>;
+
 impl Metered {
-    fn end(&mut self) {
+    /// Starts recording the call; the body ends with `last` once its row is written.
+    fn end(&mut self, last: Option<std::io::Error>, cx: &mut Context<'_>) -> Polled {
         if let Some(call) = self.call.take() {
-            call.end(std::mem::take(&mut self.meter));
+            self.settling = Some((call.end(std::mem::take(&mut self.meter)), last));
+            return self.settle(cx);
         }
+        Poll::Ready(last.map(Err))
+    }
+
+    fn settle(&mut self, cx: &mut Context<'_>) -> Polled {
+        let Some((settle, _)) = self.settling.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if settle.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let last = self.settling.take().and_then(|(_, last)| last);
+        Poll::Ready(last.map(Err))
     }
 }
 
@@ -431,11 +457,14 @@ impl Body for Metered {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
+        if this.settling.is_some() {
+            return this.settle(cx);
+        }
+        if this.call.is_none() {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -445,21 +474,15 @@ impl Body for Metered {
                 this.sleep.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.end();
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
-            }
-            Poll::Ready(None) => {
-                this.end();
-                Poll::Ready(None)
-            }
+            Poll::Ready(Some(Err(e))) => this.end(Some(std::io::Error::other(e)), cx),
+            Poll::Ready(None) => this.end(None, cx),
             Poll::Pending => {
                 if this.sleep.as_mut().poll(cx).is_ready() {
-                    this.end();
-                    return Poll::Ready(Some(Err(std::io::Error::new(
+                    let stalled = std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the model upstream stalled",
-                    ))));
+                    );
+                    return this.end(Some(stalled), cx);
                 }
                 Poll::Pending
             }
@@ -469,7 +492,12 @@ impl Body for Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        self.end();
+        if let Some(call) = self.call.take() {
+            call.end_detached(std::mem::take(&mut self.meter));
+        }
+        if let Some((settle, _)) = self.settling.take() {
+            super::settle_detached(settle);
+        }
     }
 }
 
