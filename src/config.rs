@@ -92,6 +92,16 @@ pub struct ServeArgs {
     /// Maximum size of one file.
     #[arg(long, env = "AGENTD_MAX_FILE_BYTES", default_value_t = 2 << 30)]
     pub max_file_bytes: u64,
+    /// Most entries (files, directories, links) in one archive given to UploadArchive.
+    #[arg(long, env = "AGENTD_ARCHIVE_MAX_ENTRIES", default_value_t = 100_000)]
+    pub archive_max_entries: u64,
+    /// Most bytes one archive given to UploadArchive may expand to.
+    #[arg(long, env = "AGENTD_ARCHIVE_MAX_BYTES", default_value_t = 8 << 30)]
+    pub archive_max_bytes: u64,
+    /// Largest expansion (extracted bytes / archive bytes) accepted from UploadArchive once the
+    /// archive has expanded past 1 MiB: a zip or gzip bomb is stopped long before it fills a disk.
+    #[arg(long, env = "AGENTD_ARCHIVE_MAX_RATIO", default_value_t = 200)]
+    pub archive_max_ratio: u64,
     /// Most bytes of agent output stored per job; beyond it a `truncated` event ends the log.
     #[arg(long, env = "AGENTD_JOB_OUTPUT_MAX_BYTES", default_value_t = 1 << 30)]
     pub job_output_max_bytes: u64,
@@ -332,6 +342,10 @@ pub struct Limits {
     pub max_files_per_session: u64,
     pub max_session_bytes: u64,
     pub max_file_bytes: u64,
+    /// UploadArchive's bomb guards: entries, expanded bytes, expansion ratio.
+    pub archive_max_entries: u64,
+    pub archive_max_bytes: u64,
+    pub archive_max_ratio: u64,
     /// Longest stdout/stderr line kept whole; longer lines are cut and marked.
     pub max_line_bytes: usize,
     pub job_output_max_bytes: u64,
@@ -779,6 +793,9 @@ impl Config {
                 max_files_per_session: args.max_files_per_session,
                 max_session_bytes: args.max_session_bytes,
                 max_file_bytes: args.max_file_bytes,
+                archive_max_entries: args.archive_max_entries,
+                archive_max_bytes: args.archive_max_bytes,
+                archive_max_ratio: args.archive_max_ratio.max(1),
                 max_line_bytes: 16 << 20,
                 job_output_max_bytes: args.job_output_max_bytes,
                 job_output_max_events: args.job_output_max_events,

@@ -65,6 +65,12 @@ pub enum Reason {
     MalformedRequest,
     // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
     MessageTooLarge,
+    // INVALID_ARGUMENT: an uploaded archive is truncated, corrupt or not of its declared format.
+    InvalidArchive,
+    // RESOURCE_EXHAUSTED: an uploaded archive expands more than the configured ratio (a bomb).
+    CompressionRatioTooHigh,
+    // RESOURCE_EXHAUSTED: the host's inotify watches or instances are used up.
+    WatchLimitReached,
     // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
     // its preset does not list as overridable; a template variable without a value, or a value
     // the template does not use; a catalog name the operator did not configure.
@@ -127,6 +133,9 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::InvalidArchive => "INVALID_ARCHIVE",
+            Reason::CompressionRatioTooHigh => "COMPRESSION_RATIO_TOO_HIGH",
+            Reason::WatchLimitReached => "WATCH_LIMIT_REACHED",
             Reason::UnknownPreset => "UNKNOWN_PRESET",
             Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
             Reason::MissingVariable => "MISSING_VARIABLE",

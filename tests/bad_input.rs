@@ -655,8 +655,56 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
             .map(|_| ()),
         "UploadFiles",
     );
+    nf(
+        b.files
+            .download_archive(pb::DownloadArchiveRequest {
+                session_id: sid.clone(),
+                format: pb::ArchiveFormat::Tar as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "DownloadArchive",
+    );
+    nf(
+        b.files
+            .upload_archive(tokio_stream::iter(vec![pb::UploadArchiveRequest {
+                session_id: sid.clone(),
+                part: Some(pb::upload_archive_request::Part::Header(
+                    pb::UploadArchiveHeader {
+                        format: pb::ArchiveFormat::Tar as i32,
+                        dest: String::new(),
+                    },
+                )),
+            }]))
+            .await
+            .map(|_| ()),
+        "UploadArchive",
+    );
+    nf(
+        b.files
+            .watch_files(pb::WatchFilesRequest {
+                session_id: sid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "WatchFiles",
+    );
     // B's own session can't be used to reach A's job either.
     let sb = b.create_session(&[]).await;
+    nf(
+        b.files
+            .download_archive(pb::DownloadArchiveRequest {
+                session_id: sb.session_id.clone(),
+                format: pb::ArchiveFormat::Tar as i32,
+                job_id: jid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "DownloadArchive of A's job through B's session",
+    );
     nf(
         b.files
             .get_job_outputs(pb::GetJobOutputsRequest {

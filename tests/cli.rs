@@ -545,3 +545,93 @@ fn a_configuration_mistake_is_one_line_and_exit_code_2() {
     );
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 }
+
+#[tokio::test]
+async fn files_archive_saves_the_workspace_in_the_format_its_name_asks_for() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c
+        .create_session(&[("a.txt", b"alpha"), ("lib/b.txt", b"beta")])
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["ws.tar.gz", "ws.tar", "ws.zip"] {
+        let dest = tmp.path().join(name);
+        let o = cli(
+            &url(&server),
+            KEY_A,
+            &[
+                "files",
+                "archive",
+                &s.session_id,
+                "-o",
+                dest.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let bytes = std::fs::read(&dest).unwrap();
+        let mut names: Vec<String> = if name.ends_with(".zip") {
+            let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+            (0..z.len())
+                .map(|i| {
+                    z.by_index(i)
+                        .unwrap()
+                        .name()
+                        .unwrap()
+                        .trim_end_matches('/')
+                        .to_owned()
+                })
+                .collect()
+        } else {
+            let raw: Box<dyn Read> = if name.ends_with(".gz") {
+                Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+            } else {
+                Box::new(&bytes[..])
+            };
+            tar::Archive::new(raw)
+                .entries()
+                .unwrap()
+                .map(|e| {
+                    let p = e.unwrap().path().unwrap().to_string_lossy().into_owned();
+                    p.trim_end_matches('/').to_owned()
+                })
+                .collect()
+        };
+        names.sort();
+        assert_eq!(names, ["a.txt", "lib", "lib/b.txt"], "{name}");
+        assert!(!tmp.path().join(format!(".{name}.agentd-part")).exists());
+    }
+    // Only the paths asked for; another tenant's session fails and leaves no file.
+    let only = tmp.path().join("only.tar");
+    let o = cli(
+        &url(&server),
+        KEY_A,
+        &[
+            "files",
+            "archive",
+            &s.session_id,
+            "lib",
+            "-o",
+            only.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let names: Vec<String> = tar::Archive::new(std::fs::File::open(&only).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["lib/", "lib/b.txt"]);
+    let o = cli(
+        &url(&server),
+        KEY_B,
+        &[
+            "files",
+            "archive",
+            &s.session_id,
+            "-o",
+            tmp.path().join("b.zip").to_str().unwrap(),
+        ],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!tmp.path().join("b.zip").exists());
+}

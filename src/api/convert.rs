@@ -312,6 +312,32 @@ pub fn model_call(c: crate::domain::ModelCall) -> pb::ModelCall {
     }
 }
 
+pub fn file_event(e: crate::workspace::WatchEvent) -> pb::FileEvent {
+    use crate::workspace::ChangeType;
+    let kind = match e.change {
+        ChangeType::Created => pb::FileEventKind::Created,
+        ChangeType::Modified => pb::FileEventKind::Modified,
+        ChangeType::Deleted => pb::FileEventKind::Deleted,
+        ChangeType::Renamed => pb::FileEventKind::Renamed,
+        ChangeType::Overflow => pb::FileEventKind::Overflow,
+    };
+    let r#type = match e.kind {
+        Some(FileKind::Regular) => pb::FileType::Regular,
+        Some(FileKind::Directory) => pb::FileType::Directory,
+        Some(FileKind::Symlink) => pb::FileType::Symlink,
+        None => pb::FileType::Unspecified,
+    };
+    pb::FileEvent {
+        seq: e.seq,
+        kind: kind as i32,
+        path: e.path,
+        from_path: e.from_path,
+        r#type: r#type as i32,
+        size: e.size,
+        time: Some(ts(Timestamp(e.time_micros))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

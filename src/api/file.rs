@@ -1,16 +1,16 @@
 //! `agentd.v1.FileService`: streamed uploads and downloads, uploads in unary pieces (for
-//! gRPC-Web), listings, job outputs, deletion.
+//! gRPC-Web), listings, job outputs, deletion; archives both ways and the file watch.
 
 use super::{convert, tenant};
 use crate::core::{Core, Piece, PiecedUploads};
 use crate::error::{Error, Reason};
 use crate::pb;
 use crate::pb::file_service_server::FileService;
-use crate::workspace::UploadHeader;
+use crate::workspace::{ArchiveFormat, UploadHeader};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Largest chunk accepted in an upload, and the size of download chunks.
@@ -286,5 +286,135 @@ impl FileService for FileApi {
             received: done.received,
             file: done.file.map(convert::file),
         }))
+    }
+
+    type DownloadArchiveStream = BoxStream<pb::DownloadArchiveResponse>;
+
+    async fn download_archive(
+        &self,
+        req: Request<pb::DownloadArchiveRequest>,
+    ) -> Result<Response<Self::DownloadArchiveStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let format = archive_format(r.format, "format")?;
+        let rx = self
+            .core
+            .download_archive(&tenant, &r.session_id, r.paths, format, &r.job_id)
+            .await?;
+        let stream = ReceiverStream::new(rx).map(|chunk| match chunk {
+            Ok(chunk) => {
+                crate::telemetry::metrics().downloaded(chunk.len());
+                Ok(pb::DownloadArchiveResponse { chunk })
+            }
+            Err(e) => Err(e.into()),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn upload_archive(
+        &self,
+        req: Request<Streaming<pb::UploadArchiveRequest>>,
+    ) -> Result<Response<pb::UploadArchiveResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.unwrap_or_default();
+        let session_id = first.session_id;
+        if session_id.is_empty() {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "session_id",
+                "the first message must carry session_id",
+            )
+            .into());
+        }
+        let Some(pb::upload_archive_request::Part::Header(header)) = first.part else {
+            return Err(Error::invalid(
+                Reason::MissingField,
+                "header",
+                "the first message must carry the header",
+            )
+            .into());
+        };
+        let format = archive_format(header.format, "header.format")?;
+        // Dropping `upload` on any early return removes everything it staged.
+        let mut upload = self
+            .core
+            .begin_archive_upload(&tenant, &session_id, format, &header.dest)
+            .await?;
+        while let Some(msg) = stream.message().await? {
+            if !msg.session_id.is_empty() && msg.session_id != session_id {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "session_id",
+                    "session_id changed in the middle of an upload",
+                )
+                .into());
+            }
+            let Some(pb::upload_archive_request::Part::Chunk(chunk)) = msg.part else {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "part",
+                    "after the header, every message must carry a chunk",
+                )
+                .into());
+            };
+            if chunk.len() > CHUNK_BYTES {
+                return Err(Error::invalid(
+                    Reason::InvalidField,
+                    "chunk",
+                    format!("chunks must be at most 1 MiB, got {} bytes", chunk.len()),
+                )
+                .into());
+            }
+            crate::telemetry::metrics().uploaded(chunk.len());
+            upload.write(chunk).await?;
+        }
+        let done = upload.finish().await?;
+        Ok(Response::new(pb::UploadArchiveResponse {
+            entries: done.entries,
+            files: done.files,
+            bytes: done.bytes,
+        }))
+    }
+
+    type WatchFilesStream = BoxStream<pb::WatchFilesResponse>;
+
+    async fn watch_files(
+        &self,
+        req: Request<pb::WatchFilesRequest>,
+    ) -> Result<Response<Self::WatchFilesStream>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let rx = self
+            .core
+            .watch_files(&tenant, &r.session_id, &r.paths, r.after_seq)
+            .await?;
+        let stream = ReceiverStream::new(rx).map(|event| match event {
+            Ok(e) => Ok(pb::WatchFilesResponse {
+                event: Some(convert::file_event(e)),
+            }),
+            Err(e) => Err(e.into()),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn archive_format(n: i32, field: &str) -> Result<ArchiveFormat, Status> {
+    match pb::ArchiveFormat::try_from(n) {
+        Ok(pb::ArchiveFormat::Tar) => Ok(ArchiveFormat::Tar),
+        Ok(pb::ArchiveFormat::TarGz) => Ok(ArchiveFormat::TarGz),
+        Ok(pb::ArchiveFormat::Zip) => Ok(ArchiveFormat::Zip),
+        Ok(pb::ArchiveFormat::Unspecified) => Err(Error::invalid(
+            Reason::MissingField,
+            field,
+            format!("{field} is required: TAR, TAR_GZ or ZIP"),
+        )
+        .into()),
+        Err(_) => Err(Error::invalid(
+            Reason::InvalidField,
+            field,
+            format!("{field} {n} is not an archive format"),
+        )
+        .into()),
     }
 }

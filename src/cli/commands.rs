@@ -1,6 +1,7 @@
 //! The client subcommands themselves, and `follow`: the event stream that reattaches from the
 //! last seq seen when the connection breaks.
 
+use super::archive;
 use super::conn::{CliError, Conn, is_transport};
 use super::render::{self, Piece, Printer};
 use super::transfer::{self, Dest};
@@ -38,6 +39,9 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
             files(&connect(&client)?, client.json, command, p).await
         }
         ClientCommand::Agents { client } => agents(&connect(&client)?, client.json, p).await,
+        ClientCommand::Usage { client, args } => {
+            super::usage::usage(&connect(&client)?, client.json, &args, p).await
+        }
         ClientCommand::Presets { client, command } => {
             super::presets::presets(&connect(&client)?, client.json, command, p).await
         }
@@ -226,8 +230,8 @@ async fn submit(
             append_system_prompt: a.append_system_prompt.clone().unwrap_or_default(),
             request_id: uuid::Uuid::new_v4().to_string(),
             permission_mode: a.permission_mode.clone().unwrap_or_default(),
-            max_cost_usd: 0.0,
-            max_tokens: 0,
+            max_cost_usd: a.max_cost_usd.unwrap_or(0.0),
+            max_tokens: a.max_tokens.unwrap_or(0),
             preset: a.preset.clone().unwrap_or_default(),
             variables: a.vars.iter().cloned().collect(),
             mcp_servers: a.mcp_servers.clone(),
@@ -267,37 +271,44 @@ async fn download_outputs(
     p: &mut Printer,
 ) -> Result<(), CliError> {
     let changes = outputs(conn, session_id, job_id).await?;
-    let mut files = conn.files();
+    let mut wanted = Vec::new();
     for c in changes {
         let kind = render::change_name(c.kind);
         let regular = c
             .file
             .as_ref()
             .is_some_and(|f| f.r#type == pb::FileType::Regular as i32);
-        if c.kind == pb::ChangeKind::Deleted as i32 || !regular {
-            // Deletions are reported, never applied locally: the output directory is the user's.
-            if json {
-                p.json(
-                    &json!({"type": "output", "path": c.path, "change": kind, "downloaded": false}),
-                )
-                .await;
-            } else {
-                p.line(&format!("  {kind:<8} {} (not downloaded)", c.path))
-                    .await;
-            }
+        if c.kind != pb::ChangeKind::Deleted as i32 && regular {
+            // Checked before anything is requested: a path that cannot land inside `out`.
+            transfer::local_path(out, &c.path)?;
+            wanted.push((c.path, kind));
             continue;
         }
-        let dest = transfer::local_path(out, &c.path)?;
-        let size =
-            transfer::download(&mut files, session_id, &c.path, &Dest::File(dest.clone())).await?;
+        // Deletions are reported, never applied locally: the output directory is the user's.
+        if json {
+            p.json(&json!({"type": "output", "path": c.path, "change": kind, "downloaded": false}))
+                .await;
+        } else {
+            p.line(&format!("  {kind:<8} {} (not downloaded)", c.path))
+                .await;
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let kinds: std::collections::HashMap<String, &str> = wanted.iter().cloned().collect();
+    let paths = wanted.into_iter().map(|(p, _)| p).collect();
+    let written = archive::unpack_into(&mut conn.files(), session_id, paths, out).await?;
+    for (path, dest, size) in written {
+        let kind = kinds.get(&path).copied().unwrap_or("modified");
         if json {
             p.json(
-                &json!({"type": "output", "path": c.path, "change": kind, "downloaded": true,
+                &json!({"type": "output", "path": path, "change": kind, "downloaded": true,
                            "local_path": dest.display().to_string(), "size": size}),
             )
             .await;
         } else {
-            p.line(&format!("  {kind:<8} {} → {}", c.path, dest.display()))
+            p.line(&format!("  {kind:<8} {path} → {}", dest.display()))
                 .await;
         }
     }
@@ -783,6 +794,38 @@ async fn files(
                     sum.files, sum.bytes
                 ))
                 .await;
+            }
+        }
+        FilesCommand::Archive {
+            session_id,
+            paths,
+            output,
+            format,
+        } => {
+            let format = match format.as_deref() {
+                None => archive::format_for(&output),
+                Some("tar") => pb::ArchiveFormat::Tar,
+                Some("tar.gz" | "tgz") => pb::ArchiveFormat::TarGz,
+                Some("zip") => pb::ArchiveFormat::Zip,
+                Some(other) => {
+                    return Err(CliError::Usage(format!(
+                        "--format {other:?}: use tar, tar.gz or zip"
+                    )));
+                }
+            };
+            let size = archive::save(&mut client, &session_id, paths, format, &output).await?;
+            if output.as_os_str() != "-" {
+                if json {
+                    p.json(&json!({"type": "archive", "session_id": session_id,
+                                   "local_path": output.display().to_string(), "size": size}))
+                        .await;
+                } else {
+                    p.err(&format!(
+                        "{session_id} → {} ({size} bytes)",
+                        output.display()
+                    ))
+                    .await;
+                }
             }
         }
         FilesCommand::Rm {

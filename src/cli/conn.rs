@@ -80,6 +80,13 @@ impl Conn {
         )
     }
 
+    pub fn usage(&self) -> pb::usage_service_client::UsageServiceClient<Svc> {
+        pb::usage_service_client::UsageServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn presets(&self) -> pb::preset_service_client::PresetServiceClient<Svc> {
         pb::preset_service_client::PresetServiceClient::with_interceptor(
             self.channel.clone(),

@@ -6,11 +6,13 @@
 //! It talks to the server only through the generated clients in [`crate::pb`], like any other
 //! client would; it shares no state with the server modules.
 
+mod archive;
 mod commands;
 mod conn;
 mod presets;
 mod render;
 mod transfer;
+mod usage;
 mod watch;
 
 pub use conn::CliError;
@@ -113,6 +115,36 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: presets::PresetsCommand,
     },
+    /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Usage {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: UsageArgs,
+    },
+}
+
+/// `agentd usage`.
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// Totals per `day`, `session`, `agent` or `model`; one total without it.
+    #[arg(long, value_enum)]
+    pub by: Option<UsageBy>,
+    /// Only the last N UTC days, today included; all time without it.
+    #[arg(long, value_name = "N")]
+    pub days: Option<u32>,
+    /// List every model call of this job instead of totals.
+    #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["by", "days"])]
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsageBy {
+    Day,
+    Session,
+    Agent,
+    Model,
 }
 
 /// `agentd run`.
@@ -127,8 +159,8 @@ pub struct RunArgs {
     /// Run in this existing session instead of creating one (`--dir` is then uploaded into it).
     #[arg(long, value_name = "SESSION_ID")]
     pub session: Option<String>,
-    /// Download the files the job added or modified into this directory when it succeeds
-    /// (it may be the same as `--dir`).
+    /// Download the files the job added or modified into this directory when it succeeds (it
+    /// may be the same as `--dir`), as one archive stream.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Skip files and directories with this name when uploading `--dir` (repeatable), e.g. `.git`.
@@ -155,6 +187,13 @@ pub struct RunArgs {
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     pub append_system_prompt: Option<String>,
+    /// Budget of the job in USD (priced models, metered by the model gateway): the job ends
+    /// `BUDGET_EXCEEDED` once spent.
+    #[arg(long, value_name = "USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget of the job in tokens (input, output and cache, metered by the model gateway).
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<u64>,
     /// Extra environment variable for the agent, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_pair)]
     pub env: Vec<(String, String)>,
@@ -303,6 +342,19 @@ pub enum FilesCommand {
         #[arg(long, value_name = "NAME")]
         exclude: Vec<String>,
     },
+    /// Download the workspace (or some of its paths) as one archive: tar.gz, or tar / zip when
+    /// the file name ends so (`-o -` writes it to stdout, as tar.gz unless `--format` says).
+    Archive {
+        session_id: String,
+        /// Files or directories to include; everything when absent.
+        paths: Vec<String>,
+        /// Local destination, e.g. `ws.tar.gz`, `ws.zip`.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// tar, tar.gz or zip; from the file name when absent.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Delete a file, or a directory with `-r`.
     Rm {
         session_id: String,
@@ -346,6 +398,7 @@ pub fn main(cmd: ClientCommand) -> i32 {
         ClientCommand::Sessions { client, .. }
         | ClientCommand::Jobs { client, .. }
         | ClientCommand::Files { client, .. }
+        | ClientCommand::Usage { client, .. }
         | ClientCommand::Presets { client, .. }
         | ClientCommand::Agents { client } => client.json,
     };

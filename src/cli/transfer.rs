@@ -301,10 +301,10 @@ pub fn local_path(out: &Path, remote: &str) -> Result<PathBuf, CliError> {
 
 /// Stdout for downloads, each chunk written on the blocking pool so the runtime never waits on a
 /// slow pipe.
-struct BlockingStdout;
+pub(super) struct BlockingStdout;
 
 impl BlockingStdout {
-    async fn write(&self, chunk: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn write(&self, chunk: &[u8]) -> std::io::Result<()> {
         let chunk = chunk.to_vec();
         tokio::task::spawn_blocking(move || {
             use std::io::Write;

@@ -4,7 +4,9 @@
 use super::Core;
 use crate::domain::{FileChange, FileEntry, JobId, TenantId};
 use crate::error::{Error, Reason, Result};
-use crate::workspace::{Upload, UploadHeader};
+use crate::workspace::{
+    ArchiveFormat, ArchiveUpload, Subscription, Upload, UploadHeader, WatchEvent,
+};
 
 /// An upload in progress into one session.
 pub struct UploadSink {
@@ -115,5 +117,96 @@ impl Core {
             .await?
             .unwrap_or_default();
         Ok((job.id, changes))
+    }
+}
+
+impl Core {
+    /// Streams an archive of the session's workspace. `job_id` asks for the workspace as that
+    /// job left it, which needs the job snapshots of the history store.
+    pub async fn download_archive(
+        &self,
+        tenant: &TenantId,
+        session_id: &str,
+        paths: Vec<String>,
+        format: ArchiveFormat,
+        job_id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>> {
+        let s = self.owned_session(tenant, session_id).await?;
+        if !job_id.is_empty() {
+            let j = self.owned_job(tenant, job_id).await?;
+            if j.session_id != s.id {
+                return Err(Error::job_not_found(job_id));
+            }
+            return Err(Error::invalid(
+                Reason::UnsupportedOption,
+                "job_id",
+                "archives of a job's snapshot are not available on this server yet; \\
+                 leave job_id empty for the workspace as it is now",
+            ));
+        }
+        self.workspaces.download_archive(&s.id, paths, format).await
+    }
+
+    /// Starts an archive upload into `dest` of the session's workspace.
+    pub async fn begin_archive_upload(
+        &self,
+        tenant: &TenantId,
+        session_id: &str,
+        format: ArchiveFormat,
+        dest: &str,
+    ) -> Result<ArchiveUpload> {
+        self.check_accepting()?;
+        let s = self.owned_session(tenant, session_id).await?;
+        self.workspaces
+            .begin_archive_upload(&s.id, format, dest)
+            .await
+    }
+}
+
+impl Core {
+    /// Subscribes to the file changes of the caller's session.
+    pub async fn watch_files(
+        &self,
+        tenant: &TenantId,
+        session_id: &str,
+        paths: &[String],
+        after_seq: u64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent>>> {
+        let s = self.owned_session(tenant, session_id).await?;
+        let sub = self.workspaces.watch(&s.id, paths, after_seq).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(pump_watch(sub, tx, self.streams_stop.clone()));
+        Ok(rx)
+    }
+}
+
+/// Forwards a subscription's batches until the client leaves, the watch ends (session deleted)
+/// or the server stops streaming.
+async fn pump_watch(
+    mut sub: Subscription,
+    tx: tokio::sync::mpsc::Sender<Result<WatchEvent>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            () = tx.closed() => return,
+            next = sub.next() => next,
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            Some(Ok(batch)) => {
+                for event in batch {
+                    // The ring holds the events, so waiting here on a slow client costs nothing.
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }

@@ -40,7 +40,7 @@ use crate::runner::Launcher;
 use crate::runner::jail::probe::HostSupport;
 use crate::shutdown::Shutdown;
 use crate::store::DynStore;
-use crate::workspace::{WorkspaceLimits, Workspaces};
+use crate::workspace::{ArchiveLimits, WorkspaceLimits, Workspaces};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -121,12 +121,17 @@ impl Core {
         shutdown: Shutdown,
         gateway: Option<Arc<crate::gateway::Gateway>>,
     ) -> Result<Arc<Core>> {
-        let workspaces = Workspaces::new(
+        let workspaces = Workspaces::with_archive_limits(
             config.workspace_root.clone(),
             WorkspaceLimits {
                 max_files: config.limits.max_files_per_session,
                 max_session_bytes: config.limits.max_session_bytes,
                 max_file_bytes: config.limits.max_file_bytes,
+            },
+            ArchiveLimits {
+                max_entries: config.limits.archive_max_entries,
+                max_bytes: config.limits.archive_max_bytes,
+                max_ratio: config.limits.archive_max_ratio,
             },
         );
         let events = EventLog::start(store.clone(), shutdown.tracker(), shutdown.token().clone());

@@ -8,15 +8,23 @@
 //! for a symlink cannot make the server read or write outside the workspace. All blocking work
 //! runs on blocking threads.
 
+mod archive;
+mod archive_extract;
+mod archive_upload;
 mod fsops;
 mod home;
 mod path;
 mod snapshot;
 mod upload;
+mod watch;
 
+pub use archive::{ARCHIVE_CHUNK, ArchiveFormat};
+pub use archive_extract::{ArchiveLimits, ExtractSummary};
+pub use archive_upload::ArchiveUpload;
 pub use path::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, normalize_dir, normalize_path};
 pub use snapshot::{SnapEntry, Snapshot};
 pub use upload::Upload;
+pub use watch::{ChangeType, RING_EVENTS, Subscription, WatchEvent};
 
 use crate::domain::{FileChange, FileEntry, FileKind, SessionId};
 use crate::error::{Error, Reason, Result};
@@ -81,12 +89,27 @@ pub struct Workspaces {
 struct Inner {
     root: PathBuf,
     limits: WorkspaceLimits,
+    archive: ArchiveLimits,
+    watches: watch::Watches,
 }
 
 impl Workspaces {
     pub fn new(root: PathBuf, limits: WorkspaceLimits) -> Self {
+        Self::with_archive_limits(root, limits, ArchiveLimits::default())
+    }
+
+    pub fn with_archive_limits(
+        root: PathBuf,
+        limits: WorkspaceLimits,
+        archive: ArchiveLimits,
+    ) -> Self {
         Workspaces {
-            inner: Arc::new(Inner { root, limits }),
+            inner: Arc::new(Inner {
+                root,
+                limits,
+                archive,
+                watches: watch::Watches::default(),
+            }),
         }
     }
 
@@ -201,8 +224,9 @@ impl Workspaces {
         Ok(by_path.into_iter().map(|(rel, (_, f))| (rel, f)).collect())
     }
 
-    /// Removes the session's directories. Idempotent.
+    /// Removes the session's directories (and stops its file watch). Idempotent.
     pub async fn remove(&self, session: &SessionId) -> Result<()> {
+        self.inner.watches.remove(session);
         let dir = self.session_dir(session);
         blocking(move || remove_session_dir(&dir)).await?
     }
@@ -370,6 +394,73 @@ impl Workspaces {
             ))
         })
         .await?
+    }
+
+    /// Starts streaming an archive of `paths` (empty: everything). Paths are resolved first, so a
+    /// missing session or path fails the call; later failures end the stream with an error.
+    pub async fn download_archive(
+        &self,
+        session: &SessionId,
+        paths: Vec<String>,
+        format: ArchiveFormat,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Bytes>>> {
+        let this = self.clone();
+        let session = session.clone();
+        let (ws, roots) = blocking(move || {
+            let ws = this.open_ws(&session)?;
+            let roots = archive::resolve_roots(ws.as_fd(), &paths)?;
+            Ok::<_, Error>((ws, roots))
+        })
+        .await??;
+        let (tx, rx) = archive::channel();
+        tokio::task::spawn_blocking(move || archive::write_archive(ws, roots, format, tx));
+        Ok(rx)
+    }
+
+    /// Starts extracting an archive into the directory `dest` (empty: the root); nothing is
+    /// visible in the workspace until [`ArchiveUpload::finish`].
+    pub async fn begin_archive_upload(
+        &self,
+        session: &SessionId,
+        format: ArchiveFormat,
+        dest: &str,
+    ) -> Result<ArchiveUpload> {
+        let dest = normalize_dir(dest, "header.dest")?;
+        let this = self.clone();
+        let session = session.clone();
+        blocking(move || {
+            let ws = this.open_ws(&session)?;
+            let dup = ws
+                .try_clone()
+                .map_err(|e| Error::internal(format!("cannot duplicate workspace fd: {e}")))?;
+            let base = usage_of(dup)?;
+            ArchiveUpload::start(archive_upload::UploadPlan {
+                ws,
+                session_dir: this.session_dir(&session),
+                dest,
+                format,
+                limits: this.inner.limits,
+                archive: this.inner.archive,
+                base,
+            })
+        })
+        .await?
+    }
+
+    /// Subscribes to the workspace's file changes after `after_seq` (0: from now on).
+    pub async fn watch(
+        &self,
+        session: &SessionId,
+        paths: &[String],
+        after_seq: u64,
+    ) -> Result<Subscription> {
+        let this = self.clone();
+        let s = session.clone();
+        let ws = blocking(move || this.open_ws(&s)).await??;
+        self.inner
+            .watches
+            .subscribe(session, self.workspace_dir(session), ws, paths, after_seq)
+            .await
     }
 
     /// Deletes a file, symlink (the link itself) or directory. A non-empty directory needs

@@ -339,4 +339,27 @@ impl FileService for Files {
     ) -> Result<Response<pb::UploadFileChunkResponse>, Status> {
         unimplemented()
     }
+
+    type DownloadArchiveStream = BoxStream<pb::DownloadArchiveResponse>;
+    async fn download_archive(
+        &self,
+        _: Request<pb::DownloadArchiveRequest>,
+    ) -> Result<Response<Self::DownloadArchiveStream>, Status> {
+        unimplemented()
+    }
+
+    async fn upload_archive(
+        &self,
+        _: Request<Streaming<pb::UploadArchiveRequest>>,
+    ) -> Result<Response<pb::UploadArchiveResponse>, Status> {
+        unimplemented()
+    }
+
+    type WatchFilesStream = BoxStream<pb::WatchFilesResponse>;
+    async fn watch_files(
+        &self,
+        _: Request<pb::WatchFilesRequest>,
+    ) -> Result<Response<Self::WatchFilesStream>, Status> {
+        unimplemented()
+    }
 }

@@ -76,6 +76,70 @@ CHANGE_KIND_DELETED: ChangeKind.ValueType  # 3
 """The file existed before the job and does not after."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
+class _ArchiveFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArchiveFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArchiveFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARCHIVE_FORMAT_UNSPECIFIED: _ArchiveFormat.ValueType  # 0
+    """Not set."""
+    ARCHIVE_FORMAT_TAR: _ArchiveFormat.ValueType  # 1
+    """POSIX tar (GNU long names), uncompressed."""
+    ARCHIVE_FORMAT_TAR_GZ: _ArchiveFormat.ValueType  # 2
+    """tar compressed with gzip."""
+    ARCHIVE_FORMAT_ZIP: _ArchiveFormat.ValueType  # 3
+    """zip, files deflated, Unix modes and symlinks kept."""
+
+class ArchiveFormat(_ArchiveFormat, metaclass=_ArchiveFormatEnumTypeWrapper):
+    """The container format of an archive."""
+
+ARCHIVE_FORMAT_UNSPECIFIED: ArchiveFormat.ValueType  # 0
+"""Not set."""
+ARCHIVE_FORMAT_TAR: ArchiveFormat.ValueType  # 1
+"""POSIX tar (GNU long names), uncompressed."""
+ARCHIVE_FORMAT_TAR_GZ: ArchiveFormat.ValueType  # 2
+"""tar compressed with gzip."""
+ARCHIVE_FORMAT_ZIP: ArchiveFormat.ValueType  # 3
+"""zip, files deflated, Unix modes and symlinks kept."""
+Global___ArchiveFormat: _TypeAlias = ArchiveFormat  # noqa: Y015
+
+class _FileEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FileEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILE_EVENT_KIND_UNSPECIFIED: _FileEventKind.ValueType  # 0
+    """Not set."""
+    FILE_EVENT_KIND_CREATED: _FileEventKind.ValueType  # 1
+    """The entry appeared."""
+    FILE_EVENT_KIND_MODIFIED: _FileEventKind.ValueType  # 2
+    """Its content or metadata changed."""
+    FILE_EVENT_KIND_DELETED: _FileEventKind.ValueType  # 3
+    """It was removed."""
+    FILE_EVENT_KIND_RENAMED: _FileEventKind.ValueType  # 4
+    """It was renamed from `from_path` to `path`."""
+    FILE_EVENT_KIND_OVERFLOW: _FileEventKind.ValueType  # 5
+    """Changes were lost (a queue overflowed or a watch could not be added): list the files again."""
+
+class FileEventKind(_FileEventKind, metaclass=_FileEventKindEnumTypeWrapper):
+    """What happened to a path in a watched workspace."""
+
+FILE_EVENT_KIND_UNSPECIFIED: FileEventKind.ValueType  # 0
+"""Not set."""
+FILE_EVENT_KIND_CREATED: FileEventKind.ValueType  # 1
+"""The entry appeared."""
+FILE_EVENT_KIND_MODIFIED: FileEventKind.ValueType  # 2
+"""Its content or metadata changed."""
+FILE_EVENT_KIND_DELETED: FileEventKind.ValueType  # 3
+"""It was removed."""
+FILE_EVENT_KIND_RENAMED: FileEventKind.ValueType  # 4
+"""It was renamed from `from_path` to `path`."""
+FILE_EVENT_KIND_OVERFLOW: FileEventKind.ValueType  # 5
+"""Changes were lost (a queue overflowed or a watch could not be added): list the files again."""
+Global___FileEventKind: _TypeAlias = FileEventKind  # noqa: Y015
+
 @_typing.final
 class FileInfo(_message.Message):
     """Metadata of one workspace entry."""
@@ -564,3 +628,255 @@ class UploadFileChunkResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadFileChunkResponse: _TypeAlias = UploadFileChunkResponse  # noqa: Y015
+
+@_typing.final
+class DownloadArchiveRequest(_message.Message):
+    """Request for FileService.DownloadArchive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session."""
+    format: Global___ArchiveFormat.ValueType
+    """The archive's format."""
+    job_id: _builtins.str
+    """Archive the workspace as this job left it (its snapshot) instead of as it is now."""
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files or directories to include, relative to the workspace root; empty means everything."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        format: Global___ArchiveFormat.ValueType = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "job_id", b"job_id", "paths", b"paths", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadArchiveRequest: _TypeAlias = DownloadArchiveRequest  # noqa: Y015
+
+@_typing.final
+class DownloadArchiveResponse(_message.Message):
+    """Response message of FileService.DownloadArchive (a server stream)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next at most 1 MiB of the archive."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadArchiveResponse: _TypeAlias = DownloadArchiveResponse  # noqa: Y015
+
+@_typing.final
+class UploadArchiveHeader(_message.Message):
+    """Starts an archive upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DEST_FIELD_NUMBER: _builtins.int
+    format: Global___ArchiveFormat.ValueType
+    """The archive's format."""
+    dest: _builtins.str
+    """Directory of the workspace to extract into (created if missing); empty means the root."""
+    def __init__(
+        self,
+        *,
+        format: Global___ArchiveFormat.ValueType = ...,
+        dest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dest", b"dest", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArchiveHeader: _TypeAlias = UploadArchiveHeader  # noqa: Y015
+
+@_typing.final
+class UploadArchiveRequest(_message.Message):
+    """Request message of FileService.UploadArchive (a client stream)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The target session. Required on the first message; later messages may repeat it."""
+    chunk: _builtins.bytes
+    """Up to 1 MiB of the archive."""
+    @_builtins.property
+    def header(self) -> Global___UploadArchiveHeader:
+        """The format and destination; the first message."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        header: Global___UploadArchiveHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadArchiveRequest: _TypeAlias = UploadArchiveRequest  # noqa: Y015
+
+@_typing.final
+class UploadArchiveResponse(_message.Message):
+    """Response for FileService.UploadArchive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    entries: _builtins.int
+    """Entries extracted (files, directories, symlinks, hard links)."""
+    files: _builtins.int
+    """Regular files written."""
+    bytes: _builtins.int
+    """Bytes of the regular files written."""
+    def __init__(
+        self,
+        *,
+        entries: _builtins.int = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "entries", b"entries", "files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArchiveResponse: _TypeAlias = UploadArchiveResponse  # noqa: Y015
+
+@_typing.final
+class FileEvent(_message.Message):
+    """One coalesced change of a watched workspace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    FROM_PATH_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Increases by one per event of this session's watch; resume with `after_seq`."""
+    kind: Global___FileEventKind.ValueType
+    """What happened."""
+    path: _builtins.str
+    """Relative path inside the workspace (the new path of a rename; empty for OVERFLOW)."""
+    from_path: _builtins.str
+    """For RENAMED: the old path."""
+    type: Global___FileType.ValueType
+    """The entry's kind after the change (unset for DELETED)."""
+    size: _builtins.int
+    """Size in bytes after the change (regular files)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When agentd saw the change."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        kind: Global___FileEventKind.ValueType = ...,
+        path: _builtins.str = ...,
+        from_path: _builtins.str = ...,
+        type: Global___FileType.ValueType = ...,
+        size: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_path", b"from_path", "kind", b"kind", "path", b"path", "seq", b"seq", "size", b"size", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileEvent: _TypeAlias = FileEvent  # noqa: Y015
+
+@_typing.final
+class WatchFilesRequest(_message.Message):
+    """Request for FileService.WatchFiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session."""
+    after_seq: _builtins.int
+    """Resume after this sequence number (from a previous stream); 0 starts with new changes."""
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only changes at or under these paths; empty means the whole workspace."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "paths", b"paths", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchFilesRequest: _TypeAlias = WatchFilesRequest  # noqa: Y015
+
+@_typing.final
+class WatchFilesResponse(_message.Message):
+    """Response message of FileService.WatchFiles (a server stream)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___FileEvent:
+        """One change."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___FileEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchFilesResponse: _TypeAlias = WatchFilesResponse  # noqa: Y015

@@ -66,6 +66,21 @@ class FileServiceStub:
                 request_serializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.FromString,
                 _registered_method=True)
+        self.DownloadArchive = channel.unary_stream(
+                '/agentd.v1.FileService/DownloadArchive',
+                request_serializer=agentd_dot_v1_dot_file__pb2.DownloadArchiveRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_file__pb2.DownloadArchiveResponse.FromString,
+                _registered_method=True)
+        self.UploadArchive = channel.stream_unary(
+                '/agentd.v1.FileService/UploadArchive',
+                request_serializer=agentd_dot_v1_dot_file__pb2.UploadArchiveRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_file__pb2.UploadArchiveResponse.FromString,
+                _registered_method=True)
+        self.WatchFiles = channel.unary_stream(
+                '/agentd.v1.FileService/WatchFiles',
+                request_serializer=agentd_dot_v1_dot_file__pb2.WatchFilesRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_file__pb2.WatchFilesResponse.FromString,
+                _registered_method=True)
 
 
 class FileServiceServicer:
@@ -121,6 +136,42 @@ class FileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadArchive(self, request, context):
+        """Streams the workspace (or the entries under `paths`) as one archive, in chunks of at most
+        1 MiB. Symlinks are stored as symlinks, never followed; FIFOs, sockets and devices are left
+        out. The archive is built while it streams: a workspace a job is writing may change under it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadArchive(self, request_iterator, context):
+        """Extracts one archive into the workspace with a client stream: a header first, then the
+        archive's bytes in chunks of at most 1 MiB. Everything is extracted into a staging directory
+        outside the workspace and moved in only when the whole archive was read and checked, so a
+        refused or broken archive writes nothing. Refused: `..` or absolute names (INVALID_PATH),
+        symlinks or hard links pointing out (SYMLINK_ESCAPE), devices and FIFOs
+        (NOT_A_REGULAR_FILE), more entries or bytes than the limits (TOO_MANY_FILES,
+        FILE_TOO_LARGE, SESSION_TOO_LARGE), a compression ratio above the limit
+        (COMPRESSION_RATIO_TOO_HIGH), a truncated or corrupt archive (INVALID_ARCHIVE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchFiles(self, request, context):
+        """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
+        over a short window, each with a sequence number. Content changes only: a change of mode,
+        owner or times alone is not reported. A stream resumed with `after_seq` gets
+        every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
+        (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
+        RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
+        were lost and the client should list the files again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +204,21 @@ def add_FileServiceServicer_to_server(servicer, server):
                     servicer.UploadFileChunk,
                     request_deserializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.SerializeToString,
+            ),
+            'DownloadArchive': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArchive,
+                    request_deserializer=agentd_dot_v1_dot_file__pb2.DownloadArchiveRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_file__pb2.DownloadArchiveResponse.SerializeToString,
+            ),
+            'UploadArchive': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArchive,
+                    request_deserializer=agentd_dot_v1_dot_file__pb2.UploadArchiveRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_file__pb2.UploadArchiveResponse.SerializeToString,
+            ),
+            'WatchFiles': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFiles,
+                    request_deserializer=agentd_dot_v1_dot_file__pb2.WatchFilesRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_file__pb2.WatchFilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +385,87 @@ class FileService:
             '/agentd.v1.FileService/UploadFileChunk',
             agentd_dot_v1_dot_file__pb2.UploadFileChunkRequest.SerializeToString,
             agentd_dot_v1_dot_file__pb2.UploadFileChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentd.v1.FileService/DownloadArchive',
+            agentd_dot_v1_dot_file__pb2.DownloadArchiveRequest.SerializeToString,
+            agentd_dot_v1_dot_file__pb2.DownloadArchiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArchive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/agentd.v1.FileService/UploadArchive',
+            agentd_dot_v1_dot_file__pb2.UploadArchiveRequest.SerializeToString,
+            agentd_dot_v1_dot_file__pb2.UploadArchiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentd.v1.FileService/WatchFiles',
+            agentd_dot_v1_dot_file__pb2.WatchFilesRequest.SerializeToString,
+            agentd_dot_v1_dot_file__pb2.WatchFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,30 @@ class FileServiceStub:
     a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
     The pieces of one upload must reach the same server process.
     """
+    DownloadArchive: _grpc.UnaryStreamMultiCallable[_file_pb2.DownloadArchiveRequest, _file_pb2.DownloadArchiveResponse]
+    """Streams the workspace (or the entries under `paths`) as one archive, in chunks of at most
+    1 MiB. Symlinks are stored as symlinks, never followed; FIFOs, sockets and devices are left
+    out. The archive is built while it streams: a workspace a job is writing may change under it.
+    """
+    UploadArchive: _grpc.StreamUnaryMultiCallable[_file_pb2.UploadArchiveRequest, _file_pb2.UploadArchiveResponse]
+    """Extracts one archive into the workspace with a client stream: a header first, then the
+    archive's bytes in chunks of at most 1 MiB. Everything is extracted into a staging directory
+    outside the workspace and moved in only when the whole archive was read and checked, so a
+    refused or broken archive writes nothing. Refused: `..` or absolute names (INVALID_PATH),
+    symlinks or hard links pointing out (SYMLINK_ESCAPE), devices and FIFOs
+    (NOT_A_REGULAR_FILE), more entries or bytes than the limits (TOO_MANY_FILES,
+    FILE_TOO_LARGE, SESSION_TOO_LARGE), a compression ratio above the limit
+    (COMPRESSION_RATIO_TOO_HIGH), a truncated or corrupt archive (INVALID_ARCHIVE).
+    """
+    WatchFiles: _grpc.UnaryStreamMultiCallable[_file_pb2.WatchFilesRequest, _file_pb2.WatchFilesResponse]
+    """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
+    over a short window, each with a sequence number. Content changes only: a change of mode,
+    owner or times alone is not reported. A stream resumed with `after_seq` gets
+    every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
+    (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
+    RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
+    were lost and the client should list the files again.
+    """
 
 @_typing.type_check_only
 class FileServiceAsyncStub(FileServiceStub):
@@ -82,6 +106,30 @@ class FileServiceAsyncStub(FileServiceStub):
     at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
     a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
     The pieces of one upload must reach the same server process.
+    """
+    DownloadArchive: _aio.UnaryStreamMultiCallable[_file_pb2.DownloadArchiveRequest, _file_pb2.DownloadArchiveResponse]  # type: ignore[assignment]
+    """Streams the workspace (or the entries under `paths`) as one archive, in chunks of at most
+    1 MiB. Symlinks are stored as symlinks, never followed; FIFOs, sockets and devices are left
+    out. The archive is built while it streams: a workspace a job is writing may change under it.
+    """
+    UploadArchive: _aio.StreamUnaryMultiCallable[_file_pb2.UploadArchiveRequest, _file_pb2.UploadArchiveResponse]  # type: ignore[assignment]
+    """Extracts one archive into the workspace with a client stream: a header first, then the
+    archive's bytes in chunks of at most 1 MiB. Everything is extracted into a staging directory
+    outside the workspace and moved in only when the whole archive was read and checked, so a
+    refused or broken archive writes nothing. Refused: `..` or absolute names (INVALID_PATH),
+    symlinks or hard links pointing out (SYMLINK_ESCAPE), devices and FIFOs
+    (NOT_A_REGULAR_FILE), more entries or bytes than the limits (TOO_MANY_FILES,
+    FILE_TOO_LARGE, SESSION_TOO_LARGE), a compression ratio above the limit
+    (COMPRESSION_RATIO_TOO_HIGH), a truncated or corrupt archive (INVALID_ARCHIVE).
+    """
+    WatchFiles: _aio.UnaryStreamMultiCallable[_file_pb2.WatchFilesRequest, _file_pb2.WatchFilesResponse]  # type: ignore[assignment]
+    """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
+    over a short window, each with a sequence number. Content changes only: a change of mode,
+    owner or times alone is not reported. A stream resumed with `after_seq` gets
+    every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
+    (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
+    RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
+    were lost and the client should list the files again.
     """
 
 class FileServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +191,48 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         at `offset`, and the piece with `last` set commits the file as UploadFiles does (staged under
         a temporary name until then). An upload idle for 5 minutes is dropped with what it staged.
         The pieces of one upload must reach the same server process.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadArchive(
+        self,
+        request: _file_pb2.DownloadArchiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_file_pb2.DownloadArchiveResponse], _abc.AsyncIterator[_file_pb2.DownloadArchiveResponse]]:
+        """Streams the workspace (or the entries under `paths`) as one archive, in chunks of at most
+        1 MiB. Symlinks are stored as symlinks, never followed; FIFOs, sockets and devices are left
+        out. The archive is built while it streams: a workspace a job is writing may change under it.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadArchive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_file_pb2.UploadArchiveRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_file_pb2.UploadArchiveResponse, _abc.Awaitable[_file_pb2.UploadArchiveResponse]]:
+        """Extracts one archive into the workspace with a client stream: a header first, then the
+        archive's bytes in chunks of at most 1 MiB. Everything is extracted into a staging directory
+        outside the workspace and moved in only when the whole archive was read and checked, so a
+        refused or broken archive writes nothing. Refused: `..` or absolute names (INVALID_PATH),
+        symlinks or hard links pointing out (SYMLINK_ESCAPE), devices and FIFOs
+        (NOT_A_REGULAR_FILE), more entries or bytes than the limits (TOO_MANY_FILES,
+        FILE_TOO_LARGE, SESSION_TOO_LARGE), a compression ratio above the limit
+        (COMPRESSION_RATIO_TOO_HIGH), a truncated or corrupt archive (INVALID_ARCHIVE).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchFiles(
+        self,
+        request: _file_pb2.WatchFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_file_pb2.WatchFilesResponse], _abc.AsyncIterator[_file_pb2.WatchFilesResponse]]:
+        """Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
+        over a short window, each with a sequence number. Content changes only: a change of mode,
+        owner or times alone is not reported. A stream resumed with `after_seq` gets
+        every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
+        (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
+        RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
+        were lost and the client should list the files again.
         """
 
 def add_FileServiceServicer_to_server(servicer: FileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

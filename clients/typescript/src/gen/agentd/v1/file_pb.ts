@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/file.proto.
  */
 export const file_agentd_v1_file: GenFile = /*@__PURE__*/
-  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxIrABCghGaWxlSW5mbxIMCgRwYXRoGAEgASgJEiEKBHR5cGUYAiABKA4yEy5hZ2VudGQudjEuRmlsZVR5cGUSDAoEc2l6ZRgDIAEoBBIMCgRtb2RlGAQgASgNEi8KC21vZGlmeV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzaGEyNTYYBiABKAkSFgoOc3ltbGlua190YXJnZXQYByABKAkiaAoQVXBsb2FkRmlsZUhlYWRlchIMCgRwYXRoGAEgASgJEhEKBG1vZGUYAiABKA1IAIgBARIRCgRzaXplGAMgASgESAGIAQESDgoGc2hhMjU2GAQgASgJQgcKBV9tb2RlQgcKBV9zaXplInAKElVwbG9hZEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEi0KBmhlYWRlchgCIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IjkKE1VwbG9hZEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8iXwoTRG93bmxvYWRGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEhYKDmluY2x1ZGVfc2hhMjU2GAQgASgIIlQKFERvd25sb2FkRmlsZVJlc3BvbnNlEiMKBGluZm8YASABKAsyEy5hZ2VudGQudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQicwoQTGlzdEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFgoOaW5jbHVkZV9zaGEyNTYYAyABKAgSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyI6ChRHZXRKb2JPdXRwdXRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJPChVHZXRKb2JPdXRwdXRzUmVzcG9uc2USDgoGam9iX2lkGAEgASgJEiYKB2NoYW5nZXMYAiADKAsyFS5hZ2VudGQudjEuRmlsZUNoYW5nZSJIChFEZWxldGVGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIisKEkRlbGV0ZUZpbGVSZXNwb25zZRIVCg1kZWxldGVkX2ZpbGVzGAEgASgEIpkBChZVcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEisKBmhlYWRlchgDIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVyEg4KBm9mZnNldBgEIAEoBBINCgVjaHVuaxgFIAEoDBIMCgRsYXN0GAYgASgIIk4KF1VwbG9hZEZpbGVDaHVua1Jlc3BvbnNlEhAKCHJlY2VpdmVkGAEgASgEEiEKBGZpbGUYAiABKAsyEy5hZ2VudGQudjEuRmlsZUluZm8qbAoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRklMRV9UWVBFX1JFR1VMQVIQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAypzCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAzLxAwoLRmlsZVNlcnZpY2USTgoLVXBsb2FkRmlsZXMSHS5hZ2VudGQudjEuVXBsb2FkRmlsZXNSZXF1ZXN0Gh4uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVzcG9uc2UoARJRCgxEb3dubG9hZEZpbGUSHi5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVxdWVzdBofLmFnZW50ZC52MS5Eb3dubG9hZEZpbGVSZXNwb25zZTABEkYKCUxpc3RGaWxlcxIbLmFnZW50ZC52MS5MaXN0RmlsZXNSZXF1ZXN0GhwuYWdlbnRkLnYxLkxpc3RGaWxlc1Jlc3BvbnNlElIKDUdldEpvYk91dHB1dHMSHy5hZ2VudGQudjEuR2V0Sm9iT3V0cHV0c1JlcXVlc3QaIC5hZ2VudGQudjEuR2V0Sm9iT3V0cHV0c1Jlc3BvbnNlEkkKCkRlbGV0ZUZpbGUSHC5hZ2VudGQudjEuRGVsZXRlRmlsZVJlcXVlc3QaHS5hZ2VudGQudjEuRGVsZXRlRmlsZVJlc3BvbnNlElgKD1VwbG9hZEZpbGVDaHVuaxIhLmFnZW50ZC52MS5VcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0GiIuYWdlbnRkLnYxLlVwbG9hZEZpbGVDaHVua1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChRhZ2VudGQvdjEvZmlsZS5wcm90bxIJYWdlbnRkLnYxIrABCghGaWxlSW5mbxIMCgRwYXRoGAEgASgJEiEKBHR5cGUYAiABKA4yEy5hZ2VudGQudjEuRmlsZVR5cGUSDAoEc2l6ZRgDIAEoBBIMCgRtb2RlGAQgASgNEi8KC21vZGlmeV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzaGEyNTYYBiABKAkSFgoOc3ltbGlua190YXJnZXQYByABKAkiaAoQVXBsb2FkRmlsZUhlYWRlchIMCgRwYXRoGAEgASgJEhEKBG1vZGUYAiABKA1IAIgBARIRCgRzaXplGAMgASgESAGIAQESDgoGc2hhMjU2GAQgASgJQgcKBV9tb2RlQgcKBV9zaXplInAKElVwbG9hZEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEi0KBmhlYWRlchgCIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVySAASDwoFY2h1bmsYAyABKAxIAEIGCgRwYXJ0IjkKE1VwbG9hZEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8iXwoTRG93bmxvYWRGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEhYKDmluY2x1ZGVfc2hhMjU2GAQgASgIIlQKFERvd25sb2FkRmlsZVJlc3BvbnNlEiMKBGluZm8YASABKAsyEy5hZ2VudGQudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQicwoQTGlzdEZpbGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFgoOaW5jbHVkZV9zaGEyNTYYAyABKAgSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdEZpbGVzUmVzcG9uc2USIgoFZmlsZXMYASADKAsyEy5hZ2VudGQudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKCkZpbGVDaGFuZ2USDAoEcGF0aBgBIAEoCRIjCgRraW5kGAIgASgOMhUuYWdlbnRkLnYxLkNoYW5nZUtpbmQSIQoEZmlsZRgDIAEoCzITLmFnZW50ZC52MS5GaWxlSW5mbyI6ChRHZXRKb2JPdXRwdXRzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJPChVHZXRKb2JPdXRwdXRzUmVzcG9uc2USDgoGam9iX2lkGAEgASgJEiYKB2NoYW5nZXMYAiADKAsyFS5hZ2VudGQudjEuRmlsZUNoYW5nZSJIChFEZWxldGVGaWxlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIisKEkRlbGV0ZUZpbGVSZXNwb25zZRIVCg1kZWxldGVkX2ZpbGVzGAEgASgEIpkBChZVcGxvYWRGaWxlQ2h1bmtSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEisKBmhlYWRlchgDIAEoCzIbLmFnZW50ZC52MS5VcGxvYWRGaWxlSGVhZGVyEg4KBm9mZnNldBgEIAEoBBINCgVjaHVuaxgFIAEoDBIMCgRsYXN0GAYgASgIIk4KF1VwbG9hZEZpbGVDaHVua1Jlc3BvbnNlEhAKCHJlY2VpdmVkGAEgASgEEiEKBGZpbGUYAiABKAsyEy5hZ2VudGQudjEuRmlsZUluZm8idQoWRG93bmxvYWRBcmNoaXZlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBXBhdGhzGAIgAygJEigKBmZvcm1hdBgDIAEoDjIYLmFnZW50ZC52MS5BcmNoaXZlRm9ybWF0Eg4KBmpvYl9pZBgEIAEoCSIoChdEb3dubG9hZEFyY2hpdmVSZXNwb25zZRINCgVjaHVuaxgBIAEoDCJNChNVcGxvYWRBcmNoaXZlSGVhZGVyEigKBmZvcm1hdBgBIAEoDjIYLmFnZW50ZC52MS5BcmNoaXZlRm9ybWF0EgwKBGRlc3QYAiABKAkidQoUVXBsb2FkQXJjaGl2ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgZoZWFkZXIYAiABKAsyHi5hZ2VudGQudjEuVXBsb2FkQXJjaGl2ZUhlYWRlckgAEg8KBWNodW5rGAMgASgMSABCBgoEcGFydCJGChVVcGxvYWRBcmNoaXZlUmVzcG9uc2USDwoHZW50cmllcxgBIAEoBBINCgVmaWxlcxgCIAEoBBINCgVieXRlcxgDIAEoBCK8AQoJRmlsZUV2ZW50EgsKA3NlcRgBIAEoBBImCgRraW5kGAIgASgOMhguYWdlbnRkLnYxLkZpbGVFdmVudEtpbmQSDAoEcGF0aBgDIAEoCRIRCglmcm9tX3BhdGgYBCABKAkSIQoEdHlwZRgFIAEoDjITLmFnZW50ZC52MS5GaWxlVHlwZRIMCgRzaXplGAYgASgEEigKBHRpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkkKEVdhdGNoRmlsZXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDQoFcGF0aHMYAiADKAkSEQoJYWZ0ZXJfc2VxGAMgASgEIjkKEldhdGNoRmlsZXNSZXNwb25zZRIjCgVldmVudBgBIAEoCzIULmFnZW50ZC52MS5GaWxlRXZlbnQqbAoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRklMRV9UWVBFX1JFR1VMQVIQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAypzCgpDaGFuZ2VLaW5kEhsKF0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQ0hBTkdFX0tJTkRfQURERUQQARIYChRDSEFOR0VfS0lORF9NT0RJRklFRBACEhcKE0NIQU5HRV9LSU5EX0RFTEVURUQQAyp6Cg1BcmNoaXZlRm9ybWF0Eh4KGkFSQ0hJVkVfRk9STUFUX1VOU1BFQ0lGSUVEEAASFgoSQVJDSElWRV9GT1JNQVRfVEFSEAESGQoVQVJDSElWRV9GT1JNQVRfVEFSX0daEAISFgoSQVJDSElWRV9GT1JNQVRfWklQEAMqwwEKDUZpbGVFdmVudEtpbmQSHwobRklMRV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGwoXRklMRV9FVkVOVF9LSU5EX0NSRUFURUQQARIcChhGSUxFX0VWRU5UX0tJTkRfTU9ESUZJRUQQAhIbChdGSUxFX0VWRU5UX0tJTkRfREVMRVRFRBADEhsKF0ZJTEVfRVZFTlRfS0lORF9SRU5BTUVEEAQSHAoYRklMRV9FVkVOVF9LSU5EX09WRVJGTE9XEAUy8AUKC0ZpbGVTZXJ2aWNlEk4KC1VwbG9hZEZpbGVzEh0uYWdlbnRkLnYxLlVwbG9hZEZpbGVzUmVxdWVzdBoeLmFnZW50ZC52MS5VcGxvYWRGaWxlc1Jlc3BvbnNlKAESUQoMRG93bmxvYWRGaWxlEh4uYWdlbnRkLnYxLkRvd25sb2FkRmlsZVJlcXVlc3QaHy5hZ2VudGQudjEuRG93bmxvYWRGaWxlUmVzcG9uc2UwARJGCglMaXN0RmlsZXMSGy5hZ2VudGQudjEuTGlzdEZpbGVzUmVxdWVzdBocLmFnZW50ZC52MS5MaXN0RmlsZXNSZXNwb25zZRJSCg1HZXRKb2JPdXRwdXRzEh8uYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXF1ZXN0GiAuYWdlbnRkLnYxLkdldEpvYk91dHB1dHNSZXNwb25zZRJJCgpEZWxldGVGaWxlEhwuYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0Gh0uYWdlbnRkLnYxLkRlbGV0ZUZpbGVSZXNwb25zZRJYCg9VcGxvYWRGaWxlQ2h1bmsSIS5hZ2VudGQudjEuVXBsb2FkRmlsZUNodW5rUmVxdWVzdBoiLmFnZW50ZC52MS5VcGxvYWRGaWxlQ2h1bmtSZXNwb25zZRJaCg9Eb3dubG9hZEFyY2hpdmUSIS5hZ2VudGQudjEuRG93bmxvYWRBcmNoaXZlUmVxdWVzdBoiLmFnZW50ZC52MS5Eb3dubG9hZEFyY2hpdmVSZXNwb25zZTABElQKDVVwbG9hZEFyY2hpdmUSHy5hZ2VudGQudjEuVXBsb2FkQXJjaGl2ZVJlcXVlc3QaIC5hZ2VudGQudjEuVXBsb2FkQXJjaGl2ZVJlc3BvbnNlKAESSwoKV2F0Y2hGaWxlcxIcLmFnZW50ZC52MS5XYXRjaEZpbGVzUmVxdWVzdBodLmFnZW50ZC52MS5XYXRjaEZpbGVzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Metadata of one workspace entry.
@@ -573,6 +573,295 @@ export const UploadFileChunkResponseSchema: GenMessage<UploadFileChunkResponse> 
   messageDesc(file_agentd_v1_file, 14);
 
 /**
+ * Request for FileService.DownloadArchive.
+ *
+ * @generated from message agentd.v1.DownloadArchiveRequest
+ */
+export type DownloadArchiveRequest = Message<"agentd.v1.DownloadArchiveRequest"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Files or directories to include, relative to the workspace root; empty means everything.
+   *
+   * @generated from field: repeated string paths = 2;
+   */
+  paths: string[];
+
+  /**
+   * The archive's format.
+   *
+   * @generated from field: agentd.v1.ArchiveFormat format = 3;
+   */
+  format: ArchiveFormat;
+
+  /**
+   * Archive the workspace as this job left it (its snapshot) instead of as it is now.
+   *
+   * @generated from field: string job_id = 4;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message agentd.v1.DownloadArchiveRequest.
+ * Use `create(DownloadArchiveRequestSchema)` to create a new message.
+ */
+export const DownloadArchiveRequestSchema: GenMessage<DownloadArchiveRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 15);
+
+/**
+ * Response message of FileService.DownloadArchive (a server stream).
+ *
+ * @generated from message agentd.v1.DownloadArchiveResponse
+ */
+export type DownloadArchiveResponse = Message<"agentd.v1.DownloadArchiveResponse"> & {
+  /**
+   * The next at most 1 MiB of the archive.
+   *
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+};
+
+/**
+ * Describes the message agentd.v1.DownloadArchiveResponse.
+ * Use `create(DownloadArchiveResponseSchema)` to create a new message.
+ */
+export const DownloadArchiveResponseSchema: GenMessage<DownloadArchiveResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 16);
+
+/**
+ * Starts an archive upload.
+ *
+ * @generated from message agentd.v1.UploadArchiveHeader
+ */
+export type UploadArchiveHeader = Message<"agentd.v1.UploadArchiveHeader"> & {
+  /**
+   * The archive's format.
+   *
+   * @generated from field: agentd.v1.ArchiveFormat format = 1;
+   */
+  format: ArchiveFormat;
+
+  /**
+   * Directory of the workspace to extract into (created if missing); empty means the root.
+   *
+   * @generated from field: string dest = 2;
+   */
+  dest: string;
+};
+
+/**
+ * Describes the message agentd.v1.UploadArchiveHeader.
+ * Use `create(UploadArchiveHeaderSchema)` to create a new message.
+ */
+export const UploadArchiveHeaderSchema: GenMessage<UploadArchiveHeader> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 17);
+
+/**
+ * Request message of FileService.UploadArchive (a client stream).
+ *
+ * @generated from message agentd.v1.UploadArchiveRequest
+ */
+export type UploadArchiveRequest = Message<"agentd.v1.UploadArchiveRequest"> & {
+  /**
+   * The target session. Required on the first message; later messages may repeat it.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The header (first message only), then chunks of the archive.
+   *
+   * @generated from oneof agentd.v1.UploadArchiveRequest.part
+   */
+  part: {
+    /**
+     * The format and destination; the first message.
+     *
+     * @generated from field: agentd.v1.UploadArchiveHeader header = 2;
+     */
+    value: UploadArchiveHeader;
+    case: "header";
+  } | {
+    /**
+     * Up to 1 MiB of the archive.
+     *
+     * @generated from field: bytes chunk = 3;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.UploadArchiveRequest.
+ * Use `create(UploadArchiveRequestSchema)` to create a new message.
+ */
+export const UploadArchiveRequestSchema: GenMessage<UploadArchiveRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 18);
+
+/**
+ * Response for FileService.UploadArchive.
+ *
+ * @generated from message agentd.v1.UploadArchiveResponse
+ */
+export type UploadArchiveResponse = Message<"agentd.v1.UploadArchiveResponse"> & {
+  /**
+   * Entries extracted (files, directories, symlinks, hard links).
+   *
+   * @generated from field: uint64 entries = 1;
+   */
+  entries: bigint;
+
+  /**
+   * Regular files written.
+   *
+   * @generated from field: uint64 files = 2;
+   */
+  files: bigint;
+
+  /**
+   * Bytes of the regular files written.
+   *
+   * @generated from field: uint64 bytes = 3;
+   */
+  bytes: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.UploadArchiveResponse.
+ * Use `create(UploadArchiveResponseSchema)` to create a new message.
+ */
+export const UploadArchiveResponseSchema: GenMessage<UploadArchiveResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 19);
+
+/**
+ * One coalesced change of a watched workspace.
+ *
+ * @generated from message agentd.v1.FileEvent
+ */
+export type FileEvent = Message<"agentd.v1.FileEvent"> & {
+  /**
+   * Increases by one per event of this session's watch; resume with `after_seq`.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * What happened.
+   *
+   * @generated from field: agentd.v1.FileEventKind kind = 2;
+   */
+  kind: FileEventKind;
+
+  /**
+   * Relative path inside the workspace (the new path of a rename; empty for OVERFLOW).
+   *
+   * @generated from field: string path = 3;
+   */
+  path: string;
+
+  /**
+   * For RENAMED: the old path.
+   *
+   * @generated from field: string from_path = 4;
+   */
+  fromPath: string;
+
+  /**
+   * The entry's kind after the change (unset for DELETED).
+   *
+   * @generated from field: agentd.v1.FileType type = 5;
+   */
+  type: FileType;
+
+  /**
+   * Size in bytes after the change (regular files).
+   *
+   * @generated from field: uint64 size = 6;
+   */
+  size: bigint;
+
+  /**
+   * When agentd saw the change.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 7;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.FileEvent.
+ * Use `create(FileEventSchema)` to create a new message.
+ */
+export const FileEventSchema: GenMessage<FileEvent> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 20);
+
+/**
+ * Request for FileService.WatchFiles.
+ *
+ * @generated from message agentd.v1.WatchFilesRequest
+ */
+export type WatchFilesRequest = Message<"agentd.v1.WatchFilesRequest"> & {
+  /**
+   * The session.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Only changes at or under these paths; empty means the whole workspace.
+   *
+   * @generated from field: repeated string paths = 2;
+   */
+  paths: string[];
+
+  /**
+   * Resume after this sequence number (from a previous stream); 0 starts with new changes.
+   *
+   * @generated from field: uint64 after_seq = 3;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.WatchFilesRequest.
+ * Use `create(WatchFilesRequestSchema)` to create a new message.
+ */
+export const WatchFilesRequestSchema: GenMessage<WatchFilesRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 21);
+
+/**
+ * Response message of FileService.WatchFiles (a server stream).
+ *
+ * @generated from message agentd.v1.WatchFilesResponse
+ */
+export type WatchFilesResponse = Message<"agentd.v1.WatchFilesResponse"> & {
+  /**
+   * One change.
+   *
+   * @generated from field: agentd.v1.FileEvent event = 1;
+   */
+  event?: FileEvent | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.WatchFilesResponse.
+ * Use `create(WatchFilesResponseSchema)` to create a new message.
+ */
+export const WatchFilesResponseSchema: GenMessage<WatchFilesResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_file, 22);
+
+/**
  * The kind of a workspace entry.
  *
  * @generated from enum agentd.v1.FileType
@@ -655,6 +944,102 @@ export const ChangeKindSchema: GenEnum<ChangeKind> = /*@__PURE__*/
   enumDesc(file_agentd_v1_file, 1);
 
 /**
+ * The container format of an archive.
+ *
+ * @generated from enum agentd.v1.ArchiveFormat
+ */
+export enum ArchiveFormat {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: ARCHIVE_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * POSIX tar (GNU long names), uncompressed.
+   *
+   * @generated from enum value: ARCHIVE_FORMAT_TAR = 1;
+   */
+  TAR = 1,
+
+  /**
+   * tar compressed with gzip.
+   *
+   * @generated from enum value: ARCHIVE_FORMAT_TAR_GZ = 2;
+   */
+  TAR_GZ = 2,
+
+  /**
+   * zip, files deflated, Unix modes and symlinks kept.
+   *
+   * @generated from enum value: ARCHIVE_FORMAT_ZIP = 3;
+   */
+  ZIP = 3,
+}
+
+/**
+ * Describes the enum agentd.v1.ArchiveFormat.
+ */
+export const ArchiveFormatSchema: GenEnum<ArchiveFormat> = /*@__PURE__*/
+  enumDesc(file_agentd_v1_file, 2);
+
+/**
+ * What happened to a path in a watched workspace.
+ *
+ * @generated from enum agentd.v1.FileEventKind
+ */
+export enum FileEventKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: FILE_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The entry appeared.
+   *
+   * @generated from enum value: FILE_EVENT_KIND_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * Its content or metadata changed.
+   *
+   * @generated from enum value: FILE_EVENT_KIND_MODIFIED = 2;
+   */
+  MODIFIED = 2,
+
+  /**
+   * It was removed.
+   *
+   * @generated from enum value: FILE_EVENT_KIND_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * It was renamed from `from_path` to `path`.
+   *
+   * @generated from enum value: FILE_EVENT_KIND_RENAMED = 4;
+   */
+  RENAMED = 4,
+
+  /**
+   * Changes were lost (a queue overflowed or a watch could not be added): list the files again.
+   *
+   * @generated from enum value: FILE_EVENT_KIND_OVERFLOW = 5;
+   */
+  OVERFLOW = 5,
+}
+
+/**
+ * Describes the enum agentd.v1.FileEventKind.
+ */
+export const FileEventKindSchema: GenEnum<FileEventKind> = /*@__PURE__*/
+  enumDesc(file_agentd_v1_file, 3);
+
+/**
  * FileService moves files in and out of a session's workspace, streamed in chunks, and reports
  * what a job changed.
  *
@@ -726,6 +1111,51 @@ export const FileService: GenService<{
     methodKind: "unary";
     input: typeof UploadFileChunkRequestSchema;
     output: typeof UploadFileChunkResponseSchema;
+  },
+  /**
+   * Streams the workspace (or the entries under `paths`) as one archive, in chunks of at most
+   * 1 MiB. Symlinks are stored as symlinks, never followed; FIFOs, sockets and devices are left
+   * out. The archive is built while it streams: a workspace a job is writing may change under it.
+   *
+   * @generated from rpc agentd.v1.FileService.DownloadArchive
+   */
+  downloadArchive: {
+    methodKind: "server_streaming";
+    input: typeof DownloadArchiveRequestSchema;
+    output: typeof DownloadArchiveResponseSchema;
+  },
+  /**
+   * Extracts one archive into the workspace with a client stream: a header first, then the
+   * archive's bytes in chunks of at most 1 MiB. Everything is extracted into a staging directory
+   * outside the workspace and moved in only when the whole archive was read and checked, so a
+   * refused or broken archive writes nothing. Refused: `..` or absolute names (INVALID_PATH),
+   * symlinks or hard links pointing out (SYMLINK_ESCAPE), devices and FIFOs
+   * (NOT_A_REGULAR_FILE), more entries or bytes than the limits (TOO_MANY_FILES,
+   * FILE_TOO_LARGE, SESSION_TOO_LARGE), a compression ratio above the limit
+   * (COMPRESSION_RATIO_TOO_HIGH), a truncated or corrupt archive (INVALID_ARCHIVE).
+   *
+   * @generated from rpc agentd.v1.FileService.UploadArchive
+   */
+  uploadArchive: {
+    methodKind: "client_streaming";
+    input: typeof UploadArchiveRequestSchema;
+    output: typeof UploadArchiveResponseSchema;
+  },
+  /**
+   * Streams changes to the workspace's files (created, modified, deleted, renamed), coalesced
+   * over a short window, each with a sequence number. Content changes only: a change of mode,
+   * owner or times alone is not reported. A stream resumed with `after_seq` gets
+   * every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
+   * (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
+   * RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
+   * were lost and the client should list the files again.
+   *
+   * @generated from rpc agentd.v1.FileService.WatchFiles
+   */
+  watchFiles: {
+    methodKind: "server_streaming";
+    input: typeof WatchFilesRequestSchema;
+    output: typeof WatchFilesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_file, 0);

@@ -1,0 +1,664 @@
+//! WatchFiles: one inotify watch (through `notify`) per watched session, shared by all its
+//! streams. Raw events cross from notify's thread into a bounded channel; a coalescer task
+//! gathers them over a short window (a file written in many pieces becomes one MODIFIED, created
+//! then deleted becomes nothing), reads each survivor's kind and size fd-relative (never following
+//! a link), numbers them and appends them to a bounded ring. Streams read the ring from their
+//! cursor, so each costs no memory of its own; a cursor that fell off the ring is CURSOR_EXPIRED.
+//!
+//! Sequence numbers start at the watch's creation time in microseconds, so a cursor from an
+//! earlier watch of the same session (dropped a minute after its last stream left) can never be
+//! mistaken for one of the current watch.
+
+use super::fsops::{self, kind_of, open_parent, stat_at};
+use super::path::{TEMP_PREFIX, normalize_dir, split_parent};
+use crate::domain::{FileKind, SessionId};
+use crate::error::{Error, Reason, Result};
+use notify::event::{CreateKind, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Events kept per session for resuming streams.
+pub const RING_EVENTS: usize = 4096;
+/// Raw events queued between notify's thread and the coalescer; beyond it they are dropped and an
+/// OVERFLOW event says so.
+const RAW_QUEUE: usize = 4096;
+/// Paths pending in one coalescing window; beyond it the window is flushed early.
+const MAX_PENDING: usize = 2048;
+/// How long changes are gathered before they are published.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long a watch outlives its last stream, so a reconnecting client can resume.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// What happened to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    Created,
+    Modified,
+    Deleted,
+    Renamed,
+    Overflow,
+}
+
+/// One coalesced change of a watched workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub seq: u64,
+    pub change: ChangeType,
+    pub path: String,
+    /// The old path of a rename.
+    pub from_path: String,
+    pub kind: Option<FileKind>,
+    pub size: u64,
+    /// Microseconds since the Unix epoch.
+    pub time_micros: i64,
+}
+
+struct Ring {
+    events: VecDeque<WatchEvent>,
+    next_seq: u64,
+}
+
+/// The shared watch of one session.
+struct SessionWatch {
+    ring: Mutex<Ring>,
+    published: watch::Sender<u64>,
+    streams: AtomicUsize,
+    /// Set when raw events were dropped; the coalescer turns it into an OVERFLOW event.
+    overflow: Arc<AtomicBool>,
+    /// Set when the session is deleted: streams end.
+    closed: AtomicBool,
+    /// Kept alive with the watch; dropping it stops inotify and ends the coalescer.
+    _watcher: notify::INotifyWatcher,
+}
+
+/// Every session's watch. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Watches {
+    map: Arc<Mutex<HashMap<SessionId, Arc<SessionWatch>>>>,
+}
+
+impl std::fmt::Debug for Watches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watches")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A stream's view of a session's watch.
+pub struct Subscription {
+    watch: Arc<SessionWatch>,
+    watches: Watches,
+    session: SessionId,
+    cursor: u64,
+    filter: Vec<String>,
+    rx: watch::Receiver<u64>,
+}
+
+impl Watches {
+    /// Subscribes to the session's changes after `after_seq` (0: only new ones), starting its
+    /// watch if none runs. `ws_dir` must exist (the caller checked the session).
+    pub async fn subscribe(
+        &self,
+        session: &SessionId,
+        ws_dir: PathBuf,
+        ws: OwnedFd,
+        paths: &[String],
+        after_seq: u64,
+    ) -> Result<Subscription> {
+        let mut filter = Vec::with_capacity(paths.len());
+        for (i, p) in paths.iter().enumerate() {
+            filter.push(normalize_dir(p, &format!("paths[{i}]"))?);
+        }
+        if filter.iter().any(String::is_empty) {
+            filter.clear();
+        }
+        let existing = lock(&self.map).get(session).cloned();
+        let watch = match existing {
+            Some(w) => w,
+            None => self.start(session, ws_dir, ws).await?,
+        };
+        watch.streams.fetch_add(1, Ordering::SeqCst);
+        let sub = Subscription {
+            rx: watch.published.subscribe(),
+            watch,
+            watches: self.clone(),
+            session: session.clone(),
+            cursor: 0,
+            filter,
+        };
+        sub.position(after_seq)
+    }
+
+    async fn start(
+        &self,
+        session: &SessionId,
+        ws_dir: PathBuf,
+        ws: OwnedFd,
+    ) -> Result<Arc<SessionWatch>> {
+        let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let flag = overflow.clone();
+        let dir = ws_dir.clone();
+        let watcher = super::blocking(move || {
+            let mut w = notify::INotifyWatcher::new(
+                move |ev: notify::Result<notify::Event>| {
+                    if raw_tx.try_send(ev).is_err() {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                },
+                notify::Config::default(),
+            )
+            .map_err(watch_error)?;
+            w.watch(&dir, RecursiveMode::Recursive)
+                .map_err(watch_error)?;
+            Ok::<_, Error>(w)
+        })
+        .await??;
+        let first = u64::try_from(now_micros()).unwrap_or(1).max(1);
+        let (published, _) = watch::channel(first - 1);
+        let sw = Arc::new(SessionWatch {
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                next_seq: first,
+            }),
+            published,
+            streams: AtomicUsize::new(0),
+            overflow,
+            closed: AtomicBool::new(false),
+            _watcher: watcher,
+        });
+        let mut map = lock(&self.map);
+        if let Some(w) = map.get(session) {
+            // Another stream started one meanwhile: use it, drop ours.
+            return Ok(w.clone());
+        }
+        map.insert(session.clone(), sw.clone());
+        drop(map);
+        tokio::spawn(coalesce(Arc::downgrade(&sw), ws_dir, Arc::new(ws), raw_rx));
+        Ok(sw)
+    }
+
+    /// Stops the session's watch (the session is being deleted); its streams end.
+    pub fn remove(&self, session: &SessionId) {
+        let removed = lock(&self.map).remove(session);
+        if let Some(w) = removed {
+            w.closed.store(true, Ordering::SeqCst);
+            w.published.send_modify(|_| {});
+        }
+    }
+
+    fn release(&self, session: &SessionId, watch: &Arc<SessionWatch>) {
+        if watch.streams.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let this = self.clone();
+        let session = session.clone();
+        let weak = Arc::downgrade(watch);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            this.remove(&session);
+            return;
+        };
+        handle.spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            let mut map = lock(&this.map);
+            if let Some(w) = weak.upgrade()
+                && w.streams.load(Ordering::SeqCst) == 0
+                && map.get(&session).is_some_and(|m| Arc::ptr_eq(m, &w))
+            {
+                map.remove(&session);
+            }
+        });
+    }
+}
+
+fn watch_error(e: notify::Error) -> Error {
+    let limit = match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => true,
+        notify::ErrorKind::Io(io) => {
+            matches!(
+                io.raw_os_error(),
+                Some(libc::EMFILE | libc::ENOSPC | libc::ENFILE)
+            )
+        }
+        _ => false,
+    };
+    if limit {
+        return Error::exhausted(
+            Reason::WatchLimitReached,
+            "the host's inotify watch limit is reached; retry later or raise \
+             fs.inotify.max_user_watches / max_user_instances",
+        );
+    }
+    Error::internal(format!("cannot watch the workspace: {e}"))
+}
+
+impl Subscription {
+    fn position(mut self, after_seq: u64) -> Result<Self> {
+        let ring = lock(&self.watch.ring);
+        let oldest = ring.events.front().map_or(ring.next_seq, |e| e.seq);
+        self.cursor = if after_seq == 0 {
+            ring.next_seq - 1
+        } else if after_seq >= ring.next_seq || after_seq + 1 < oldest {
+            return Err(expired(after_seq));
+        } else {
+            after_seq
+        };
+        drop(ring);
+        Ok(self)
+    }
+
+    /// The next events after the cursor that match the filter, waiting for some. `None` when the
+    /// watch ended (the session was deleted).
+    pub async fn next(&mut self) -> Option<Result<Vec<WatchEvent>>> {
+        loop {
+            if self.watch.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            match self.take() {
+                Err(e) => return Some(Err(e)),
+                Ok(batch) if !batch.is_empty() => return Some(Ok(batch)),
+                Ok(_) => {}
+            }
+            if self.rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn take(&mut self) -> Result<Vec<WatchEvent>> {
+        let ring = lock(&self.watch.ring);
+        let oldest = ring.events.front().map_or(ring.next_seq, |e| e.seq);
+        if self.cursor + 1 < oldest {
+            // This stream read slower than the ring turned over.
+            return Err(expired(self.cursor));
+        }
+        let skip = usize::try_from(self.cursor + 1 - oldest).unwrap_or(usize::MAX);
+        let batch: Vec<WatchEvent> = ring
+            .events
+            .iter()
+            .skip(skip)
+            .filter(|e| self.matches(e))
+            .cloned()
+            .collect();
+        self.cursor = ring.next_seq - 1;
+        Ok(batch)
+    }
+
+    fn matches(&self, e: &WatchEvent) -> bool {
+        if self.filter.is_empty() || e.change == ChangeType::Overflow {
+            return true;
+        }
+        let under = |p: &str| {
+            self.filter
+                .iter()
+                .any(|f| p == f || (p.starts_with(f.as_str()) && p.as_bytes()[f.len()] == b'/'))
+        };
+        under(&e.path) || (!e.from_path.is_empty() && under(&e.from_path))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.watches.release(&self.session, &self.watch);
+    }
+}
+
+fn expired(after: u64) -> Error {
+    Error::out_of_range(
+        Reason::CursorExpired,
+        format!(
+            "changes after {after} are no longer held (the last {RING_EVENTS} per session are); \
+             list the files again and watch from now"
+        ),
+    )
+}
+
+/// A change gathered in the current window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    change: ChangeType,
+    path: String,
+    from_path: String,
+}
+
+/// Gathers raw events into windows and publishes them until the watch is dropped.
+async fn coalesce(
+    watch: std::sync::Weak<SessionWatch>,
+    ws_dir: PathBuf,
+    ws: Arc<OwnedFd>,
+    mut raw: mpsc::Receiver<notify::Result<notify::Event>>,
+) {
+    while let Some(first) = raw.recv().await {
+        let mut window = Window::default();
+        window.add(&ws_dir, first);
+        let deadline = tokio::time::Instant::now() + DEBOUNCE;
+        while window.pending.len() < MAX_PENDING {
+            match tokio::time::timeout_at(deadline, raw.recv()).await {
+                Ok(Some(ev)) => window.add(&ws_dir, ev),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Some(sw) = watch.upgrade() else { return };
+        if sw.overflow.swap(false, Ordering::Relaxed) {
+            window.overflow = true;
+        }
+        let ws = ws.clone();
+        let Ok(events) = super::blocking(move || window.describe(ws.as_fd())).await else {
+            continue;
+        };
+        publish(&sw, events);
+    }
+}
+
+fn publish(sw: &SessionWatch, events: Vec<WatchEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut ring = lock(&sw.ring);
+    for mut e in events {
+        e.seq = ring.next_seq;
+        ring.next_seq += 1;
+        if ring.events.len() == RING_EVENTS {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(e);
+    }
+    let last = ring.next_seq - 1;
+    drop(ring);
+    sw.published.send_replace(last);
+}
+
+#[derive(Default)]
+struct Window {
+    pending: Vec<Pending>,
+    index: HashMap<String, usize>,
+    /// Directories created in this window: scanned, since files written into them before their
+    /// own inotify watch was added raise no event.
+    new_dirs: Vec<String>,
+    overflow: bool,
+}
+
+impl Window {
+    fn add(&mut self, ws_dir: &Path, ev: notify::Result<notify::Event>) {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(_) => {
+                // A watch could not be added (limit) or inotify failed: changes may be missed.
+                self.overflow = true;
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            self.overflow = true;
+        }
+        let rels: Vec<String> = ev.paths.iter().filter_map(|p| rel_of(ws_dir, p)).collect();
+        match ev.kind {
+            EventKind::Create(kind) => {
+                for r in rels {
+                    if kind == CreateKind::Folder {
+                        self.new_dirs.push(r.clone());
+                    }
+                    self.set(r, ChangeType::Created);
+                }
+            }
+            EventKind::Remove(_) => rels
+                .into_iter()
+                .for_each(|r| self.set(r, ChangeType::Deleted)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => rels
+                .into_iter()
+                .for_each(|r| self.set(r, ChangeType::Deleted)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => rels
+                .into_iter()
+                .for_each(|r| self.set(r, ChangeType::Created)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                if let [from, to] = ev.paths.as_slice()
+                    && let (Some(from), Some(to)) = (rel_of(ws_dir, from), rel_of(ws_dir, to))
+                {
+                    self.rename(from, to);
+                }
+            }
+            // Attribute-only changes (IN_ATTRIB) are not reported: every job start hands the
+            // files it has not seen to the jail's user by chown, which would report each one.
+            EventKind::Modify(ModifyKind::Metadata(_)) => {}
+            EventKind::Modify(_) => rels
+                .into_iter()
+                .for_each(|r| self.set(r, ChangeType::Modified)),
+            EventKind::Any | EventKind::Access(_) | EventKind::Other => {}
+        }
+    }
+
+    fn set(&mut self, path: String, change: ChangeType) {
+        let Some(&i) = self.index.get(&path) else {
+            self.index.insert(path.clone(), self.pending.len());
+            self.pending.push(Pending {
+                change,
+                path,
+                from_path: String::new(),
+            });
+            return;
+        };
+        let old = self.pending[i].change;
+        self.pending[i].change = match (old, change) {
+            // Born in this window: still new, whatever happened to it since, unless it died.
+            (ChangeType::Created, ChangeType::Deleted) => ChangeType::Overflow,
+            (ChangeType::Created, _) => ChangeType::Created,
+            (ChangeType::Deleted, ChangeType::Created) => ChangeType::Modified,
+            (ChangeType::Renamed, ChangeType::Modified) => ChangeType::Renamed,
+            (_, new) => new,
+        };
+    }
+
+    /// `from` was renamed to `to`: the earlier From/To pair becomes one RENAMED.
+    fn rename(&mut self, from: String, to: String) {
+        let born = self.index.get(&from).is_some_and(|&i| {
+            self.pending[i].from_path.is_empty() && self.pending[i].change == ChangeType::Overflow
+        });
+        for p in [&from, &to] {
+            if let Some(&i) = self.index.get(p) {
+                self.pending[i].change = ChangeType::Overflow; // tombstone, skipped
+            }
+        }
+        self.index.remove(&to);
+        self.set(
+            to.clone(),
+            if born {
+                ChangeType::Created
+            } else {
+                ChangeType::Renamed
+            },
+        );
+        if let Some(&i) = self.index.get(&to)
+            && self.pending[i].change == ChangeType::Renamed
+        {
+            self.pending[i].from_path = from;
+        }
+    }
+
+    /// The window's events with each entry's kind and size read now (blocking).
+    fn describe(mut self, ws: std::os::fd::BorrowedFd<'_>) -> Vec<WatchEvent> {
+        self.scan_new_dirs(ws);
+        let now = now_micros();
+        let mut out = Vec::with_capacity(self.pending.len() + 1);
+        if self.overflow {
+            out.push(event(
+                ChangeType::Overflow,
+                String::new(),
+                String::new(),
+                None,
+                0,
+                now,
+            ));
+        }
+        for p in self.pending {
+            if p.change == ChangeType::Overflow {
+                continue; // created and deleted, or superseded by a rename
+            }
+            let (kind, size) = if p.change == ChangeType::Deleted {
+                (None, 0)
+            } else {
+                match lstat(ws, &p.path) {
+                    Some(found) => found,
+                    // Gone again before we looked: it will have its own DELETED, or none.
+                    None if p.change == ChangeType::Created => continue,
+                    None => (None, 0),
+                }
+            };
+            out.push(event(p.change, p.path, p.from_path, kind, size, now));
+        }
+        out
+    }
+
+    fn scan_new_dirs(&mut self, ws: std::os::fd::BorrowedFd<'_>) {
+        for dir in std::mem::take(&mut self.new_dirs) {
+            let Ok(fd) = fsops::open_beneath(ws, &dir, fsops::DIR_FLAGS) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            let _ = fsops::walk(fd, &dir, &mut |v| {
+                if let Some(rel) = v.rel
+                    && found.len() < MAX_PENDING
+                {
+                    found.push(rel.to_owned());
+                }
+                Ok(())
+            });
+            for rel in found {
+                if !self.index.contains_key(&rel) {
+                    self.set(rel, ChangeType::Created);
+                }
+            }
+        }
+    }
+}
+
+fn event(
+    change: ChangeType,
+    path: String,
+    from_path: String,
+    kind: Option<FileKind>,
+    size: u64,
+    time_micros: i64,
+) -> WatchEvent {
+    WatchEvent {
+        seq: 0,
+        change,
+        path,
+        from_path,
+        kind,
+        size,
+        time_micros,
+    }
+}
+
+fn lstat(ws: std::os::fd::BorrowedFd<'_>, rel: &str) -> Option<(Option<FileKind>, u64)> {
+    let parent = open_parent(ws, rel, Reason::NotARegularFile).ok()?;
+    let (_, name) = split_parent(rel);
+    let st = stat_at(parent.as_fd(), name).ok()??;
+    let kind = kind_of(&st);
+    let size = match kind {
+        Some(FileKind::Regular) | Some(FileKind::Symlink) => u64::try_from(st.st_size).unwrap_or(0),
+        _ => 0,
+    };
+    Some((kind, size))
+}
+
+/// The workspace-relative path of an event's path; `None` for the root itself, names that are
+/// not UTF-8 and upload temp files.
+fn rel_of(ws_dir: &Path, p: &Path) -> Option<String> {
+    let rel = p.strip_prefix(ws_dir).ok()?.to_str()?;
+    if rel.is_empty() || rel.split('/').any(|c| c.starts_with(TEMP_PREFIX)) {
+        return None;
+    }
+    Some(rel.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(events: &[(&str, ChangeType)]) -> Vec<(String, ChangeType)> {
+        let mut w = Window::default();
+        for (p, c) in events {
+            w.set((*p).to_owned(), *c);
+        }
+        w.pending
+            .into_iter()
+            .filter(|p| p.change != ChangeType::Overflow)
+            .map(|p| (p.path, p.change))
+            .collect()
+    }
+
+    #[test]
+    fn a_window_coalesces_per_path_in_first_seen_order() {
+        use ChangeType::*;
+        let got = window(&[
+            ("a", Created),
+            ("b", Modified),
+            ("a", Modified),
+            ("c", Created),
+            ("c", Deleted),
+            ("b", Modified),
+            ("d", Deleted),
+            ("d", Created),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), Created),
+                ("b".into(), Modified),
+                ("d".into(), Modified)
+            ]
+        );
+    }
+
+    #[test]
+    fn inotify_limits_are_a_stable_reason_not_a_hang() {
+        let limit = watch_error(notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        assert_eq!(limit.reason(), Reason::WatchLimitReached);
+        for errno in [libc::EMFILE, libc::ENOSPC] {
+            let e = notify::Error::io(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(
+                watch_error(e).reason(),
+                Reason::WatchLimitReached,
+                "{errno}"
+            );
+        }
+        let other = notify::Error::io(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(watch_error(other).reason(), Reason::Internal);
+    }
+
+    #[test]
+    fn a_rename_pair_becomes_one_event() {
+        let mut w = Window::default();
+        w.set("old".into(), ChangeType::Deleted);
+        w.set("new".into(), ChangeType::Created);
+        w.rename("old".into(), "new".into());
+        let live: Vec<_> = w
+            .pending
+            .iter()
+            .filter(|p| p.change != ChangeType::Overflow)
+            .collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].change, ChangeType::Renamed);
+        assert_eq!(
+            (live[0].path.as_str(), live[0].from_path.as_str()),
+            ("new", "old")
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! WatchFiles against the real server and a job of the stand-in agent, jailed, writing, renaming
+//! and deleting files: the stream sees each change once, coalesced, in order, resumes from a
+//! sequence number, filters by path, answers CURSOR_EXPIRED for a cursor it no longer holds, and
+//! ends when the session is deleted.
+
+mod common;
+
+use agentd::pb;
+use common::{KEY_A, KEY_B, TestServer, reason};
+use std::time::Duration;
+use tonic::Code;
+use tonic::codec::Streaming;
+
+type Events = Streaming<pb::WatchFilesResponse>;
+
+async fn watch(
+    c: &mut common::Clients,
+    session: &str,
+    paths: &[&str],
+    after_seq: u64,
+) -> Result<Events, tonic::Status> {
+    Ok(c.files
+        .watch_files(pb::WatchFilesRequest {
+            session_id: session.into(),
+            paths: paths.iter().map(|p| (*p).into()).collect(),
+            after_seq,
+        })
+        .await?
+        .into_inner())
+}
+
+fn label(e: &pb::FileEvent) -> String {
+    let kind = match pb::FileEventKind::try_from(e.kind).unwrap() {
+        pb::FileEventKind::Created => "created",
+        pb::FileEventKind::Modified => "modified",
+        pb::FileEventKind::Deleted => "deleted",
+        pb::FileEventKind::Renamed => "renamed",
+        pb::FileEventKind::Overflow => "overflow",
+        pb::FileEventKind::Unspecified => "?",
+    };
+    if e.from_path.is_empty() {
+        format!("{kind} {}", e.path)
+    } else {
+        format!("{kind} {} -> {}", e.from_path, e.path)
+    }
+}
+
+/// Reads events until one is labelled `last` (or the time runs out).
+async fn until(events: &mut Events, last: &str) -> Vec<pb::FileEvent> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(deadline, events.message()).await {
+        let e = msg.event.expect("event");
+        let done = label(&e) == last;
+        got.push(e);
+        if done {
+            break;
+        }
+    }
+    got
+}
+
+const JOB: &str = "write a.txt one ; sleep 0.3 ; write dir/b.txt two ; sleep 0.3 ; \
+                   bash mv a.txt c.txt ; sleep 0.3 ; bash rm dir/b.txt";
+
+#[tokio::test]
+async fn a_jobs_writes_arrive_in_order_and_resume_from_a_cursor() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let s = a.create_session(&[("seed.txt", b"seed")]).await;
+    let mut all = watch(&mut a, &s.session_id, &[], 0).await.unwrap();
+    let mut only_dir = watch(&mut a, &s.session_id, &["dir"], 0).await.unwrap();
+
+    let job = a.submit(&s.session_id, JOB).await;
+    let got = until(&mut all, "deleted dir/b.txt").await;
+    let labels: Vec<String> = got.iter().map(label).collect();
+    let want = [
+        "created a.txt",
+        "created dir",
+        "created dir/b.txt",
+        "renamed a.txt -> c.txt",
+        "deleted dir/b.txt",
+    ];
+    assert_eq!(labels, want, "{got:#?}");
+    let done = a.wait(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+
+    // Kinds and sizes are read after the change, sequence numbers increase by one.
+    assert_eq!(got[0].r#type, pb::FileType::Regular as i32);
+    assert_eq!(got[0].size, 3);
+    assert_eq!(got[1].r#type, pb::FileType::Directory as i32);
+    assert_eq!(got[3].size, 3);
+    assert_eq!(got[4].r#type, pb::FileType::Unspecified as i32);
+    for pair in got.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "{got:#?}");
+    }
+
+    let dir_labels: Vec<String> = until(&mut only_dir, "deleted dir/b.txt")
+        .await
+        .iter()
+        .map(label)
+        .collect();
+    assert_eq!(
+        dir_labels,
+        ["created dir", "created dir/b.txt", "deleted dir/b.txt"]
+    );
+
+    // Resuming after the second event replays exactly the rest.
+    let mut resumed = watch(&mut a, &s.session_id, &[], got[1].seq).await.unwrap();
+    let again: Vec<String> = until(&mut resumed, "deleted dir/b.txt")
+        .await
+        .iter()
+        .map(label)
+        .collect();
+    assert_eq!(again, want[2..]);
+
+    // A cursor the watch never issued, or from long before it started, is expired.
+    for cursor in [1, got[4].seq + 1_000] {
+        let err = match watch(&mut a, &s.session_id, &[], cursor).await {
+            Err(e) => e,
+            Ok(mut stream) => stream.message().await.unwrap_err(),
+        };
+        assert_eq!(err.code(), Code::OutOfRange, "{cursor}: {err:?}");
+        assert_eq!(reason(&err), "CURSOR_EXPIRED");
+    }
+
+    // Deleting the session ends the streams.
+    a.sessions
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: s.session_id.clone(),
+        })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match all.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends when its session is deleted");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+#[tokio::test]
+async fn other_tenants_and_bad_paths_are_refused() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let s = a.create_session(&[]).await;
+    let err = watch(&mut b, &s.session_id, &[], 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(reason(&err), "SESSION_NOT_FOUND");
+    let err = watch(&mut a, &s.session_id, &["../x"], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "INVALID_PATH");
+    let err = watch(&mut a, "ses_missing", &[], 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
