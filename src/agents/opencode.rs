@@ -25,6 +25,8 @@ const QUIET_ENV: [(&str, &str); 3] = [
 
 /// Where the profile's config goes, relative to the session HOME (OpenCode's own default place).
 const CONFIG_PATH: &str = ".config/opencode/opencode.json";
+/// OpenCode's global config directory, relative to the session HOME.
+const CONFIG_DIR: &str = ".config/opencode";
 
 pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     check_option_values(spec)?;
@@ -68,24 +70,28 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     // A workspace `opencode.json` or `.opencode/` (which the agent can write) must not add MCP
     // servers or anything else to the operator's config.
     env.push(("OPENCODE_DISABLE_PROJECT_CONFIG".into(), "1".into()));
-    let mut files = Vec::new();
+    // OpenCode merges every global config file it finds (`config.json`, `opencode.json`,
+    // `opencode.jsonc` under ~/.config/opencode), all of which the agent can write: agentd
+    // rewrites all three on every job, so only the operator's config and the job's MCP servers
+    // count.
     let config = match (&profile.config, ctx.mcp.is_empty()) {
-        (base, false) => Some(super::mcp::json_with(
-            base.as_deref(),
-            "mcp",
-            super::mcp::opencode(ctx.mcp),
-        )),
-        (Some(c), true) => Some(c.clone()),
-        (None, true) => None,
+        (base, false) => {
+            super::mcp::json_with(base.as_deref(), "mcp", super::mcp::opencode(ctx.mcp))
+        }
+        (Some(c), true) => c.clone(),
+        (None, true) => "{}".to_owned(),
     };
-    if let Some(config) = config {
-        let path = ctx.home.join(CONFIG_PATH);
-        env.push((
-            "OPENCODE_CONFIG".into(),
-            path.to_string_lossy().into_owned(),
-        ));
-        files.push((path, config.into_bytes()));
-    }
+    let path = ctx.home.join(CONFIG_PATH);
+    env.push((
+        "OPENCODE_CONFIG".into(),
+        path.to_string_lossy().into_owned(),
+    ));
+    let dir = ctx.home.join(CONFIG_DIR);
+    let files = vec![
+        (path, config.into_bytes()),
+        (dir.join("config.json"), b"{}".to_vec()),
+        (dir.join("opencode.jsonc"), b"{}".to_vec()),
+    ];
     Launch {
         program: profile.command.clone(),
         args,
