@@ -75,6 +75,10 @@ macro_rules! store_contract_tests {
             change_sequence_per_tenant,
             change_sequence_under_concurrent_writers,
             pruned_changes_expire_cursors,
+            webhook_endpoints_are_tenant_scoped,
+            webhook_cursor_moves_once,
+            webhook_claims_are_exclusive_and_capped,
+            webhook_attempts_are_logged_by_the_owner,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -89,6 +93,8 @@ macro_rules! store_contract_tests {
     };
 }
 pub(crate) use store_contract_tests;
+
+pub use super::contract_webhooks::*;
 
 // ---- fixtures ----------------------------------------------------------------------------------
 
