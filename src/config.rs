@@ -266,6 +266,8 @@ struct FileConfig {
     prices: BTreeMap<String, crate::gateway::Price>,
     /// `[budgets]`: tenant budgets enforced by the gateway.
     budgets: Option<crate::gateway::Budgets>,
+    /// `[webhooks]`: SSRF exceptions, job URL prefixes, retries, operator endpoints.
+    webhooks: Option<crate::webhooks::config::FileWebhooks>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,6 +417,8 @@ pub struct Config {
     pub gateway: crate::gateway::config::GatewayConfig,
     pub gateway_listen: SocketAddr,
     pub gateway_timeout: Duration,
+    /// `[webhooks]` (holds endpoint secrets: never printed).
+    pub webhooks: crate::webhooks::config::WebhookConfig,
 }
 
 /// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
@@ -545,6 +549,7 @@ impl Config {
                 config: None,
             },
         );
+        let webhooks = crate::webhooks::config::resolve(file.webhooks).map_err(bad)?;
         let mut upstreams = BTreeMap::new();
         for (name, a) in file.agents {
             if name.is_empty()
@@ -788,6 +793,7 @@ impl Config {
             },
             gateway_listen: args.gateway_listen,
             gateway_timeout: Duration::from_secs(args.gateway_timeout_seconds.max(1)),
+            webhooks,
         })
     }
 }
@@ -847,6 +853,7 @@ impl std::fmt::Display for Config {
                 up.api.as_str()
             )?;
         }
+        writeln!(f, "webhooks = {:?}", self.webhooks)?;
         for (name, s) in &self.sandbox.profiles {
             writeln!(f, "sandbox {name} = {s:?}")?;
         }

@@ -65,6 +65,12 @@ pub enum Reason {
     MalformedRequest,
     // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
     MessageTooLarge,
+    // NOT_FOUND: a webhook endpoint id the tenant does not have.
+    WebhookNotFound,
+    // INVALID_ARGUMENT: a webhook URL resolves to an address receivers may not have (SSRF guard).
+    WebhookUrlRefused,
+    // INVALID_ARGUMENT: a job's webhook_url outside the operator's allowed prefixes.
+    WebhookUrlNotAllowed,
 }
 
 impl Reason {
@@ -111,6 +117,9 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::WebhookNotFound => "WEBHOOK_NOT_FOUND",
+            Reason::WebhookUrlRefused => "WEBHOOK_URL_REFUSED",
+            Reason::WebhookUrlNotAllowed => "WEBHOOK_URL_NOT_ALLOWED",
         }
     }
 }

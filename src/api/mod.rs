@@ -9,6 +9,7 @@ mod session;
 pub mod status;
 mod usage;
 mod watch;
+mod webhook;
 pub mod wire;
 
 pub use file::FileApi;
@@ -16,6 +17,7 @@ pub use info::ServerInfoApi;
 pub use job::JobApi;
 pub use session::SessionApi;
 pub use usage::UsageApi;
+pub use webhook::WebhookApi;
 
 use crate::auth::{Authenticator, RateLimiter};
 use crate::domain::TenantId;

@@ -150,6 +150,7 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
                 max_cost_usd: Some(0.25),
                 max_tokens: Some(5000),
             },
+            webhook_url: Some("https://hooks.example.com/j".into()),
         },
         created,
         state: JobState::Queued,
