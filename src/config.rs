@@ -3,7 +3,9 @@
 //! else reads the environment or the file. `Display` prints the effective configuration with every
 //! secret redacted.
 
+mod catalog;
 mod sandbox;
+pub use catalog::reload as reload_catalog;
 pub use sandbox::{Sandbox, SandboxConfig};
 
 use crate::agents::{AgentKind, AgentProfile};
@@ -268,6 +270,15 @@ struct FileConfig {
     budgets: Option<crate::gateway::Budgets>,
     /// `[webhooks]`: SSRF exceptions, job URL prefixes, retries, operator endpoints.
     webhooks: Option<crate::webhooks::config::FileWebhooks>,
+    /// `[presets.*]`, `[mcp.*]`, `[subagents.*]`, `[skills.*]` (#20; see `config::catalog`).
+    #[serde(default)]
+    presets: BTreeMap<String, crate::presets::Preset>,
+    #[serde(default)]
+    mcp: BTreeMap<String, crate::presets::McpServer>,
+    #[serde(default)]
+    subagents: BTreeMap<String, crate::presets::CatalogPath>,
+    #[serde(default)]
+    skills: BTreeMap<String, crate::presets::CatalogPath>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,6 +430,9 @@ pub struct Config {
     pub gateway_timeout: Duration,
     /// `[webhooks]` (holds endpoint secrets: never printed).
     pub webhooks: crate::webhooks::config::WebhookConfig,
+    /// Presets, MCP servers, subagents and skills of the config file, as read at start (the core
+    /// holds the live one, which SIGHUP replaces).
+    pub catalog: crate::presets::Catalog,
 }
 
 /// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
@@ -595,6 +609,15 @@ impl Config {
             );
         }
         let sandbox = sandbox::resolve(file.sandbox, sandboxes, args.no_sandbox)?;
+        let catalog = catalog::resolve(
+            catalog::FileCatalog {
+                presets: file.presets,
+                mcp: file.mcp,
+                subagents: file.subagents,
+                skills: file.skills,
+            },
+            &agents,
+        )?;
         let default_agent = args
             .default_agent
             .or(file.default_agent)
@@ -794,6 +817,7 @@ impl Config {
             gateway_listen: args.gateway_listen,
             gateway_timeout: Duration::from_secs(args.gateway_timeout_seconds.max(1)),
             webhooks,
+            catalog,
         })
     }
 }

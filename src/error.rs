@@ -71,6 +71,20 @@ pub enum Reason {
     WebhookUrlRefused,
     // INVALID_ARGUMENT: a job's webhook_url outside the operator's allowed prefixes.
     WebhookUrlNotAllowed,
+    // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
+    // its preset does not list as overridable; a template variable without a value, or a value
+    // the template does not use; a catalog name the operator did not configure.
+    UnknownPreset,
+    PresetOverrideDenied,
+    MissingVariable,
+    UnknownVariable,
+    UnknownMcpServer,
+    UnknownSubagent,
+    UnknownSkill,
+    // NOT_FOUND / ALREADY_EXISTS / FAILED_PRECONDITION of PresetService.
+    PresetNotFound,
+    PresetExists,
+    PresetReadOnly,
 }
 
 impl Reason {
@@ -120,6 +134,16 @@ impl Reason {
             Reason::WebhookNotFound => "WEBHOOK_NOT_FOUND",
             Reason::WebhookUrlRefused => "WEBHOOK_URL_REFUSED",
             Reason::WebhookUrlNotAllowed => "WEBHOOK_URL_NOT_ALLOWED",
+            Reason::UnknownPreset => "UNKNOWN_PRESET",
+            Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
+            Reason::MissingVariable => "MISSING_VARIABLE",
+            Reason::UnknownVariable => "UNKNOWN_VARIABLE",
+            Reason::UnknownMcpServer => "UNKNOWN_MCP_SERVER",
+            Reason::UnknownSubagent => "UNKNOWN_SUBAGENT",
+            Reason::UnknownSkill => "UNKNOWN_SKILL",
+            Reason::PresetNotFound => "PRESET_NOT_FOUND",
+            Reason::PresetExists => "PRESET_EXISTS",
+            Reason::PresetReadOnly => "PRESET_READ_ONLY",
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod health;
+pub mod presets;
 pub mod runner;
 pub mod server;
 pub mod shutdown;

@@ -9,7 +9,7 @@
 //! the store probes (`health`) that turn health NOT_SERVING while the store is unusable.
 
 use crate::api::{
-    AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi, UsageApi, WebhookApi,
+    AuthInterceptor, FileApi, JobApi, PresetApi, ServerInfoApi, SessionApi, UsageApi, WebhookApi,
 };
 use crate::auth::Authenticator;
 use crate::config::{Config, TlsFiles, Transport};
@@ -78,24 +78,27 @@ type FileSvc = pb::file_service_server::FileServiceServer<FileApi>;
 type InfoSvc = pb::server_info_service_server::ServerInfoServiceServer<ServerInfoApi>;
 type UsageSvc = pb::usage_service_server::UsageServiceServer<UsageApi>;
 type WebhookSvc = pb::webhook_service_server::WebhookServiceServer<WebhookApi>;
+type PresetSvc = pb::preset_service_server::PresetServiceServer<PresetApi>;
 
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <InfoSvc as NamedService>::NAME,
     <UsageSvc as NamedService>::NAME,
     <WebhookSvc as NamedService>::NAME,
+    <PresetSvc as NamedService>::NAME,
 ];
 
 /// Health names that need the store: these (and the overall "") go NOT_SERVING while it fails.
 /// ServerInfo answers from memory and stays SERVING.
-const STORE_SERVICES: [&str; 6] = [
+const STORE_SERVICES: [&str; 7] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <UsageSvc as NamedService>::NAME,
     <WebhookSvc as NamedService>::NAME,
+    <PresetSvc as NamedService>::NAME,
     "",
 ];
 
@@ -200,6 +203,7 @@ pub async fn serve(
     listener: TcpListener,
     ready: impl FnOnce(),
     stop: impl Future<Output = ()> + Send + 'static,
+    hangups: crate::shutdown::Hangups,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
@@ -254,6 +258,10 @@ pub async fn serve(
     )
     .await
     .map_err(ServeError::Store)?;
+    {
+        let core = core.clone();
+        shutdown.spawn(hangups.serve(shutdown.clone(), move || core.reload_catalog()));
+    }
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     for name in SERVICES.iter().copied().chain([""]) {
@@ -351,6 +359,10 @@ pub async fn serve(
         ))
         .add_service(InterceptedService::new(
             gzip!(WebhookSvc::new(WebhookApi::new(webhooks))),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            gzip!(PresetSvc::new(PresetApi::new(core.clone()))),
             auth,
         ));
 

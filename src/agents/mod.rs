@@ -9,6 +9,7 @@ mod codex;
 mod command;
 pub mod gateway;
 mod gemini;
+pub mod mcp;
 mod opencode;
 
 use crate::domain::{EventKind, JobSpec, Usage};
@@ -114,6 +115,8 @@ pub struct LaunchContext<'a> {
     /// Whether the job runs in agentd's jail, which is then the agent's sandbox: an agent's own
     /// (Codex's bubblewrap helper) cannot work inside it, since new namespaces are refused there.
     pub jailed: bool,
+    /// The MCP servers the job selected from the operator's catalog (`agents::mcp`).
+    pub mcp: mcp::Servers<'a>,
 }
 
 /// What to execute for one job. No shell is involved: `program` and `args` become argv as they are.
@@ -381,6 +384,7 @@ pub(crate) mod tests {
             permission_mode: None,
             budget: Default::default(),
             webhook_url: None,
+            catalog: Default::default(),
         }
     }
 
@@ -391,6 +395,7 @@ pub(crate) mod tests {
             home: Path::new("/home/s1"),
             resume_conversation: resume,
             jailed: false,
+            mcp: &[],
         }
     }
 

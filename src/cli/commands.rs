@@ -38,6 +38,9 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
             files(&connect(&client)?, client.json, command, p).await
         }
         ClientCommand::Agents { client } => agents(&connect(&client)?, client.json, p).await,
+        ClientCommand::Usage { client, args } => {
+            super::usage::usage(&connect(&client)?, client.json, &args, p).await
+        }
     }
 }
 
@@ -223,8 +226,13 @@ async fn submit(
             append_system_prompt: a.append_system_prompt.clone().unwrap_or_default(),
             request_id: uuid::Uuid::new_v4().to_string(),
             permission_mode: a.permission_mode.clone().unwrap_or_default(),
-            max_cost_usd: 0.0,
-            max_tokens: 0,
+            max_cost_usd: a.max_cost_usd.unwrap_or(0.0),
+            max_tokens: a.max_tokens.unwrap_or(0),
+            preset: a.preset.clone().unwrap_or_default(),
+            variables: a.vars.iter().cloned().collect(),
+            mcp_servers: a.mcp_servers.clone(),
+            subagents: a.subagents.clone(),
+            skills: a.skills.clone(),
             ..Default::default()
         })
         .await

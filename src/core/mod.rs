@@ -16,6 +16,7 @@ mod info;
 mod jail;
 mod jobs;
 mod pieces;
+mod presets;
 mod reaper;
 mod run;
 mod sessions;
@@ -27,6 +28,7 @@ pub use files::UploadSink;
 pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use pieces::{Piece, PieceDone, PiecedUploads};
+pub use presets::PresetView;
 pub use sessions::{CreateSession, SessionView};
 pub use tenant_watch::{WatchFilter, WatchItem};
 
@@ -82,6 +84,8 @@ pub struct Core {
     host: HostSupport,
     /// The model gateway, when a profile routes through it.
     gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// The config file's presets and catalogs; SIGHUP swaps it (`core::presets`).
+    catalog: crate::presets::SharedCatalog,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -146,7 +150,9 @@ impl Core {
             crate::runner::fallback_forced(),
             default_jail,
         );
+        let catalog = crate::presets::SharedCatalog::new(config.catalog.clone());
         let core = Arc::new(Core {
+            catalog,
             agents,
             host,
             launcher,

@@ -29,6 +29,24 @@ pub struct JobSpec {
     /// prefix the operator allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// The preset it came from and the operator catalog entries it uses (#20).
+    #[serde(default)]
+    pub catalog: CatalogSelection,
+}
+
+/// What a job takes from the operator's catalogs, by name: resolved to commands and files only
+/// when the job starts, so a definition's secrets are never stored with the job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogSelection {
+    /// The preset the job was made from, for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subagents: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skills: Vec<String>,
 }
 
 /// A job's own model budget (`SubmitJobRequest.max_cost_usd`, `max_tokens`); unset: none.

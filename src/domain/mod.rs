@@ -7,7 +7,7 @@ mod job;
 
 pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, Usage};
 pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
-pub use job::{Finished, Job, JobBudget, JobSpec, JobState, Outcome};
+pub use job::{CatalogSelection, Finished, Job, JobBudget, JobSpec, JobState, Outcome};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

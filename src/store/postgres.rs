@@ -12,6 +12,7 @@ mod changes;
 mod ledger;
 mod listen;
 mod migrate;
+mod presets;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -1365,5 +1366,29 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<crate::store::DeliveryLog>> {
         self.webhook_delivery_rows(tenant, filter, limit).await
+    }
+
+    async fn create_preset(&self, preset: &crate::presets::TenantPreset) -> Result<()> {
+        presets::create(self, preset).await
+    }
+
+    async fn get_preset(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<crate::presets::TenantPreset>> {
+        presets::get_one(self, tenant, name).await
+    }
+
+    async fn list_presets(&self, tenant: &TenantId) -> Result<Vec<crate::presets::TenantPreset>> {
+        presets::list(self, tenant).await
+    }
+
+    async fn update_preset(&self, preset: &crate::presets::TenantPreset) -> Result<bool> {
+        presets::update(self, preset).await
+    }
+
+    async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool> {
+        presets::delete(self, tenant, name).await
     }
 }

@@ -25,8 +25,6 @@ pub(crate) enum Want {
     Ok,
     /// This code with this ErrorInfo reason.
     Err(Code, &'static str),
-    /// This code from the gRPC layer itself, which carries no ErrorInfo.
-    Transport(Code),
 }
 
 pub(crate) struct Table {
@@ -40,7 +38,6 @@ impl Table {
         let ok = match (&got, want) {
             (Ok(_), Want::Ok) => true,
             (Err(e), Want::Err(code, why)) => e.code() == code && reason(e) == why,
-            (Err(e), Want::Transport(code)) => e.code() == code,
             _ => false,
         };
         if !ok {
@@ -510,7 +507,7 @@ async fn paths(f: &mut Fixture) {
     t.check(
         "CreateSession invalid UTF-8 path",
         r,
-        Want::Transport(InvalidArgument),
+        Want::Err(InvalidArgument, "MALFORMED_REQUEST"),
     );
     let r = raw_server_stream(
         &ch,
@@ -524,7 +521,7 @@ async fn paths(f: &mut Fixture) {
     t.check(
         "DownloadFile invalid UTF-8 path",
         r,
-        Want::Transport(InvalidArgument),
+        Want::Err(InvalidArgument, "MALFORMED_REQUEST"),
     );
     let r = raw_unary(
         &ch,
@@ -538,7 +535,7 @@ async fn paths(f: &mut Fixture) {
     t.check(
         "DeleteFile invalid UTF-8 path",
         r,
-        Want::Transport(InvalidArgument),
+        Want::Err(InvalidArgument, "MALFORMED_REQUEST"),
     );
 }
 
@@ -1572,13 +1569,13 @@ async fn oversized_message(f: &mut Fixture) {
     t.check(
         "SubmitJob message of 5 MiB",
         r,
-        Want::Transport(ResourceExhausted),
+        Want::Err(ResourceExhausted, "MESSAGE_TOO_LARGE"),
     );
     let r = upload_msgs(c, vec![header(eid, "huge.bin"), chunk(vec![0; 5 << 20])]).await;
     t.check(
         "UploadFiles message of 5 MiB",
         r,
-        Want::Transport(ResourceExhausted),
+        Want::Err(ResourceExhausted, "MESSAGE_TOO_LARGE"),
     );
 }
 

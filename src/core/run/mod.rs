@@ -252,18 +252,25 @@ impl Core {
         let home = self.workspaces.home_dir(&session.id);
         let resume = session.conversation_id.clone();
         let sandbox = self.config.sandbox.of(&job.spec.agent);
+        let mut extras = match self.resolve_catalog(&job.spec.catalog, &home) {
+            Ok(e) => e,
+            Err(msg) => return Ok(Prep::Settle(FinishFacts::failed(msg))),
+        };
         let ctx = LaunchContext {
             workspace: &workspace,
             home: &home,
             resume_conversation: resume.as_deref(),
             jailed: sandbox.is_some(),
+            mcp: &extras.mcp,
         };
         let mut launch = match agents::launch(profile, &job.spec, &ctx) {
             Ok(l) => l,
             Err(e) => return Ok(Prep::Settle(FinishFacts::failed(e.to_string()))),
         };
+        let mut home_files = std::mem::take(&mut launch.files);
+        home_files.extend(std::mem::take(&mut extras.placeholders));
         self.workspaces
-            .write_home_files(&session.id, std::mem::take(&mut launch.files))
+            .write_home_files(&session.id, home_files)
             .await?;
         let stdin = match &launch.stdin {
             Some(text) => Stdin::File(write_input(&home, text).await?),
@@ -296,6 +303,7 @@ impl Core {
                 &workspace,
                 &home,
             );
+            jail.spec.installs = std::mem::take(&mut extras.installs);
             if let (Some(gw), true) = (&self.gateway, in_netns) {
                 jail.spec.bridges = vec![Bridge {
                     port: BRIDGE_PORT,
