@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "agentd/v1/file.proto",
         "agentd/v1/server_info.proto",
         "agentd/v1/usage.proto",
+        "agentd/v1/webhook.proto",
         "agentd/v1/preset.proto",
     ];
     for f in &files {

@@ -278,6 +278,8 @@ struct FileConfig {
     prices: BTreeMap<String, crate::gateway::Price>,
     /// `[budgets]`: tenant budgets enforced by the gateway.
     budgets: Option<crate::gateway::Budgets>,
+    /// `[webhooks]`: SSRF exceptions, job URL prefixes, retries, operator endpoints.
+    webhooks: Option<crate::webhooks::config::FileWebhooks>,
     /// `[presets.*]`, `[mcp.*]`, `[subagents.*]`, `[skills.*]` (#20; see `config::catalog`).
     #[serde(default)]
     presets: BTreeMap<String, crate::presets::Preset>,
@@ -440,6 +442,8 @@ pub struct Config {
     pub gateway: crate::gateway::config::GatewayConfig,
     pub gateway_listen: SocketAddr,
     pub gateway_timeout: Duration,
+    /// `[webhooks]` (holds endpoint secrets: never printed).
+    pub webhooks: crate::webhooks::config::WebhookConfig,
     /// Presets, MCP servers, subagents and skills of the config file, as read at start (the core
     /// holds the live one, which SIGHUP replaces).
     pub catalog: crate::presets::Catalog,
@@ -573,6 +577,7 @@ impl Config {
                 config: None,
             },
         );
+        let webhooks = crate::webhooks::config::resolve(file.webhooks).map_err(bad)?;
         let mut upstreams = BTreeMap::new();
         let global_network = sandbox::FileSandbox::names_network(file.sandbox.as_ref());
         for (name, mut a) in file.agents {
@@ -837,6 +842,7 @@ impl Config {
             },
             gateway_listen: args.gateway_listen,
             gateway_timeout: Duration::from_secs(args.gateway_timeout_seconds.max(1)),
+            webhooks,
             catalog,
         })
     }
@@ -897,6 +903,7 @@ impl std::fmt::Display for Config {
                 up.api.as_str()
             )?;
         }
+        writeln!(f, "webhooks = {:?}", self.webhooks)?;
         for (name, s) in &self.sandbox.profiles {
             writeln!(f, "sandbox {name} = {s:?}")?;
         }

@@ -73,6 +73,12 @@ pub enum Reason {
     WatchLimitReached,
     // NOT_FOUND: a job's snapshot is not (or no longer) in the workspace history.
     SnapshotNotFound,
+    // NOT_FOUND: a webhook endpoint id the tenant does not have.
+    WebhookNotFound,
+    // INVALID_ARGUMENT: a webhook URL resolves to an address receivers may not have (SSRF guard).
+    WebhookUrlRefused,
+    // INVALID_ARGUMENT: a job's webhook_url outside the operator's allowed prefixes.
+    WebhookUrlNotAllowed,
     // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
     // its preset does not list as overridable; a template variable without a value, or a value
     // the template does not use; a catalog name the operator did not configure.
@@ -139,6 +145,9 @@ impl Reason {
             Reason::CompressionRatioTooHigh => "COMPRESSION_RATIO_TOO_HIGH",
             Reason::WatchLimitReached => "WATCH_LIMIT_REACHED",
             Reason::SnapshotNotFound => "SNAPSHOT_NOT_FOUND",
+            Reason::WebhookNotFound => "WEBHOOK_NOT_FOUND",
+            Reason::WebhookUrlRefused => "WEBHOOK_URL_REFUSED",
+            Reason::WebhookUrlNotAllowed => "WEBHOOK_URL_NOT_ALLOWED",
             Reason::UnknownPreset => "UNKNOWN_PRESET",
             Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
             Reason::MissingVariable => "MISSING_VARIABLE",

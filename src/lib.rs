@@ -20,6 +20,8 @@
 //!                TTL reaper; dispatch claims
 //!                jobs under leases so several replicas can share one store
 //!                core/tenant_watch: WatchJobs and WaitJob over each tenant's change sequence (#19)
+//! webhooks/      signed job notifications from a durable outbox in the store, the SSRF guard
+//!                and WebhookService's use cases (issue #19)
 //! gateway/       the model gateway: per-job tokens, forwarding to each profile's upstream with the
 //!                real key, metering every answer, the usage ledger rows, budgets (issue #16)
 //! events         the event log: seq assignment, batched appends to the store, wake-ups, replay+tail
@@ -62,6 +64,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 pub mod workspace;
 
 /// Generated protobuf and gRPC code for `agentd.v1`. Only `api` and tests should touch it.

@@ -9,7 +9,7 @@
 //! the store probes (`health`) that turn health NOT_SERVING while the store is unusable.
 
 use crate::api::{
-    AuthInterceptor, FileApi, JobApi, PresetApi, ServerInfoApi, SessionApi, UsageApi,
+    AuthInterceptor, FileApi, JobApi, PresetApi, ServerInfoApi, SessionApi, UsageApi, WebhookApi,
 };
 use crate::auth::Authenticator;
 use crate::config::{Config, TlsFiles, Transport};
@@ -77,24 +77,27 @@ type JobSvc = pb::job_service_server::JobServiceServer<JobApi>;
 type FileSvc = pb::file_service_server::FileServiceServer<FileApi>;
 type InfoSvc = pb::server_info_service_server::ServerInfoServiceServer<ServerInfoApi>;
 type UsageSvc = pb::usage_service_server::UsageServiceServer<UsageApi>;
+type WebhookSvc = pb::webhook_service_server::WebhookServiceServer<WebhookApi>;
 type PresetSvc = pb::preset_service_server::PresetServiceServer<PresetApi>;
 
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <InfoSvc as NamedService>::NAME,
     <UsageSvc as NamedService>::NAME,
+    <WebhookSvc as NamedService>::NAME,
     <PresetSvc as NamedService>::NAME,
 ];
 
 /// Health names that need the store: these (and the overall "") go NOT_SERVING while it fails.
 /// ServerInfo answers from memory and stays SERVING.
-const STORE_SERVICES: [&str; 6] = [
+const STORE_SERVICES: [&str; 7] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <UsageSvc as NamedService>::NAME,
+    <WebhookSvc as NamedService>::NAME,
     <PresetSvc as NamedService>::NAME,
     "",
 ];
@@ -246,6 +249,15 @@ pub async fn serve(
     let core = Core::start(config.clone(), store.clone(), shutdown.clone(), gateway)
         .await
         .map_err(ServeError::Store)?;
+    let webhooks = crate::webhooks::Webhooks::start(
+        store.clone(),
+        config.webhooks.clone(),
+        &config.replica_id,
+        core.job_changes(),
+        &shutdown,
+    )
+    .await
+    .map_err(ServeError::Store)?;
     {
         let core = core.clone();
         shutdown.spawn(hangups.serve(shutdown.clone(), move || core.reload_catalog()));
@@ -343,6 +355,10 @@ pub async fn serve(
         ))
         .add_service(InterceptedService::new(
             gzip!(UsageSvc::new(UsageApi::new(core.clone()))),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            gzip!(WebhookSvc::new(WebhookApi::new(webhooks))),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

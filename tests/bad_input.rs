@@ -745,4 +745,73 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
             .await
             .is_ok()
     );
+    webhook_rpcs_are_tenant_scoped(&mut a, &mut b).await;
+}
+
+/// WebhookService: B can neither see nor touch A's endpoint or its deliveries.
+async fn webhook_rpcs_are_tenant_scoped(a: &mut Clients, b: &mut Clients) {
+    // A literal public address: no DNS needed, and nothing is sent to it here.
+    let created = a
+        .webhooks
+        .create_webhook(pb::CreateWebhookRequest {
+            url: "https://93.184.215.14/hook".into(),
+            events: vec![],
+        })
+        .await
+        .expect("create webhook")
+        .into_inner();
+    let id = created.webhook.expect("webhook").id;
+    let nf = |r: Result<(), tonic::Status>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), Code::NotFound, "{what}: {e:?}");
+        assert_eq!(reason(&e), "WEBHOOK_NOT_FOUND", "{what}");
+    };
+    let wid = || id.clone();
+    nf(
+        b.webhooks
+            .delete_webhook(pb::DeleteWebhookRequest { webhook_id: wid() })
+            .await
+            .map(|_| ()),
+        "DeleteWebhook",
+    );
+    nf(
+        b.webhooks
+            .test_webhook(pb::TestWebhookRequest { webhook_id: wid() })
+            .await
+            .map(|_| ()),
+        "TestWebhook",
+    );
+    nf(
+        b.webhooks
+            .rotate_webhook_secret(pb::RotateWebhookSecretRequest { webhook_id: wid() })
+            .await
+            .map(|_| ()),
+        "RotateWebhookSecret",
+    );
+    let theirs = b
+        .webhooks
+        .list_webhooks(pb::ListWebhooksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(theirs.webhooks.is_empty(), "{theirs:?}");
+    let deliveries = b
+        .webhooks
+        .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
+            webhook_id: wid(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deliveries.deliveries.is_empty());
+    // A's endpoint is intact, and listing never shows a secret.
+    let mine = a
+        .webhooks
+        .list_webhooks(pb::ListWebhooksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.webhooks.len(), 1);
+    assert!(!format!("{mine:?}").contains(&created.secret));
 }

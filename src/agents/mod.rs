@@ -383,6 +383,7 @@ pub(crate) mod tests {
             append_system_prompt: None,
             permission_mode: None,
             budget: Default::default(),
+            webhook_url: None,
             catalog: Default::default(),
         }
     }

@@ -40,6 +40,7 @@ fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
         request_id: r.request_id,
         max_cost_usd: r.max_cost_usd,
         max_tokens: r.max_tokens,
+        webhook_url: r.webhook_url,
         preset: r.preset,
         variables: r.variables.into_iter().collect(),
         mcp_servers: r.mcp_servers,

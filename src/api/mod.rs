@@ -11,6 +11,7 @@ mod session;
 pub mod status;
 mod usage;
 mod watch;
+mod webhook;
 pub mod wire;
 
 pub use file::FileApi;
@@ -19,6 +20,7 @@ pub use job::JobApi;
 pub use preset::PresetApi;
 pub use session::SessionApi;
 pub use usage::UsageApi;
+pub use webhook::WebhookApi;
 
 use crate::auth::{Authenticator, RateLimiter};
 use crate::domain::TenantId;

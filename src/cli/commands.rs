@@ -237,6 +237,7 @@ async fn submit(
             mcp_servers: a.mcp_servers.clone(),
             subagents: a.subagents.clone(),
             skills: a.skills.clone(),
+            ..Default::default()
         })
         .await
         .map_err(CliError::rpc("submitting the job"))?

@@ -31,6 +31,8 @@ pub struct SubmitJob {
     pub max_cost_usd: f64,
     /// 0: no budget.
     pub max_tokens: u64,
+    /// Empty: none.
+    pub webhook_url: String,
     /// A preset of the caller or of the config file; empty: none.
     pub preset: String,
     /// Values of the preset's `{{variables}}`.
@@ -185,6 +187,17 @@ fn cancelled_write(job: &Job, reason: &str) -> JobWrite {
     }
 }
 
+impl Core {
+    /// A job's own webhook URL, when given: only under the operator's allowed prefixes.
+    fn job_webhook_url(&self, url: String) -> Result<Option<String>> {
+        if url.is_empty() {
+            return Ok(None);
+        }
+        crate::webhooks::check_job_url(&self.config.webhooks, &url)?;
+        Ok(Some(url))
+    }
+}
+
 fn budget(max_cost_usd: f64, max_tokens: u64) -> Result<JobBudget> {
     if !max_cost_usd.is_finite() || max_cost_usd < 0.0 {
         return Err(Error::invalid(
@@ -286,6 +299,7 @@ impl Core {
             append_system_prompt: opt(req.append_system_prompt),
             permission_mode: opt(req.permission_mode),
             budget: budget(req.max_cost_usd, req.max_tokens)?,
+            webhook_url: self.job_webhook_url(req.webhook_url)?,
             catalog: crate::domain::CatalogSelection {
                 preset,
                 mcp_servers: req.mcp_servers,

@@ -186,6 +186,12 @@ impl Core {
         Ok(core)
     }
 
+    /// Ticks whenever some job's state changed (this replica's commits and, through store
+    /// signals, other replicas'): what the webhook outbox waits on.
+    pub fn job_changes(&self) -> watch::Receiver<u64> {
+        self.events.changes()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -25,6 +25,10 @@ pub struct JobSpec {
     /// Limits of the job's model calls through the gateway.
     #[serde(default)]
     pub budget: JobBudget,
+    /// Where this job's `job.finished` webhook goes (`SubmitJobRequest.webhook_url`), under a
+    /// prefix the operator allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
     /// The preset it came from and the operator catalog entries it uses (#20).
     #[serde(default)]
     pub catalog: CatalogSelection,

@@ -13,7 +13,7 @@ pub mod config;
 mod egress;
 pub mod meter;
 mod proxy;
-mod upstream;
+pub(crate) mod upstream;
 
 use crate::domain::{JobId, ModelCall, SessionId, TenantId, Timestamp};
 use crate::store::{DynStore, UsageFilter};

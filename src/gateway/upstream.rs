@@ -69,7 +69,7 @@ where
 }
 
 /// The client TLS settings: ring, and the roots of `SSL_CERT_FILE` or the system bundle.
-fn tls_config() -> Result<Arc<ClientConfig>, UpstreamError> {
+pub(crate) fn tls_config() -> Result<Arc<ClientConfig>, UpstreamError> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

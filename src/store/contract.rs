@@ -76,6 +76,10 @@ macro_rules! store_contract_tests {
             change_sequence_per_tenant,
             change_sequence_under_concurrent_writers,
             pruned_changes_expire_cursors,
+            webhook_endpoints_are_tenant_scoped,
+            webhook_cursor_moves_once,
+            webhook_claims_are_exclusive_and_capped,
+            webhook_attempts_are_logged_by_the_owner,
             presets_per_tenant,
         );
     };
@@ -91,6 +95,8 @@ macro_rules! store_contract_tests {
     };
 }
 pub(crate) use store_contract_tests;
+
+pub use super::contract_webhooks::*;
 
 // ---- fixtures ----------------------------------------------------------------------------------
 
@@ -146,6 +152,7 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
                 max_cost_usd: Some(0.25),
                 max_tokens: Some(5000),
             },
+            webhook_url: Some("https://hooks.example.com/j".into()),
             catalog: crate::domain::CatalogSelection {
                 preset: Some("review".into()),
                 mcp_servers: vec!["echo".into()],

@@ -19,9 +19,12 @@
 pub mod postgres;
 pub mod presets;
 pub mod sqlite;
+pub mod webhooks;
 
 #[cfg(test)]
 pub mod contract;
+#[cfg(test)]
+mod contract_webhooks;
 
 use crate::domain::{
     FileChange, Job, JobEvent, JobId, JobState, PageCursor, Session, SessionId, TenantId,
@@ -385,6 +388,80 @@ pub trait Store: Send + Sync + 'static {
     /// so that older cursors answer `CursorExpired`. Returns how many were deleted.
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64>;
 
+    /// Inserts a webhook endpoint, or updates the URL, events and secrets of the one with its id
+    /// (keeping its creation time).
+    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()>;
+
+    /// The tenant's webhook endpoints, oldest first.
+    async fn webhooks(&self, tenant: &TenantId) -> Result<Vec<WebhookEndpoint>>;
+
+    /// Deletes one of the tenant's endpoints; `false` if it has none with this id. Its pending
+    /// deliveries stay and fail when they come due.
+    async fn delete_webhook(&self, tenant: &TenantId, id: &str) -> Result<bool>;
+
+    /// Makes `secret` the endpoint's secret; the previous one still signs until `old_until`.
+    /// `None` if the tenant has no endpoint with this id.
+    async fn rotate_webhook_secret(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+        old_until: Timestamp,
+    ) -> Result<Option<WebhookEndpoint>>;
+
+    /// Up to `limit` tenants whose change sequence is ahead of their webhook cursor, each with
+    /// that cursor (0 when it never moved), in tenant order.
+    async fn webhook_backlog(&self, limit: usize) -> Result<Vec<(TenantId, u64)>>;
+
+    /// Atomically: inserts `deliveries` (skipping any whose endpoint already has that message)
+    /// and moves the tenant's webhook cursor from `from` to `to`. `false`, changing nothing, when
+    /// the cursor is no longer at `from` (another replica moved it first).
+    async fn enqueue_webhooks(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<bool>;
+
+    /// Inserts deliveries outside the change sequence (e.g. permission requests), skipping any
+    /// whose endpoint already has that message.
+    async fn add_webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<()>;
+
+    /// Claims up to `limit` pending deliveries due at `now` for `owner` until `lease_until`
+    /// (unowned, or whose lease ran out), oldest due first, such that no receiver has more than
+    /// `per_endpoint` unexpired leases. No two callers claim the same delivery.
+    async fn claim_webhook_deliveries(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+        per_endpoint: usize,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Logs an attempt of a delivery `owner` holds and applies its outcome (releasing the lease).
+    /// `false`, changing nothing, if `owner` no longer holds it.
+    async fn finish_webhook_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: &Attempt,
+        outcome: AttemptOutcome,
+    ) -> Result<bool>;
+
+    /// The tenant's deliveries matching `filter`, newest first, at most `limit`, each with its
+    /// attempts.
+    async fn webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        filter: &DeliveryFilter,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>>;
     /// Adds a tenant's preset: ALREADY_EXISTS (PRESET_EXISTS) when the name is taken,
     /// RESOURCE_EXHAUSTED past `presets::MAX_PER_TENANT`.
     async fn create_preset(&self, preset: &TenantPreset) -> Result<()>;
@@ -400,6 +477,11 @@ pub trait Store: Send + Sync + 'static {
     /// False when there was none.
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool>;
 }
+
+pub use webhooks::{
+    Attempt, AttemptOutcome, Delivery, DeliveryFilter, DeliveryLog, DeliveryState, NewDelivery,
+    WebhookEndpoint,
+};
 
 /// One row of the usage ledger: a model call and whose it was.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,6 +17,7 @@ mod rows;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use crate::domain::{
     FileChange, Job, JobEvent, JobId, JobState, PageCursor, Session, SessionId, TenantId, Timestamp,
@@ -1305,6 +1306,82 @@ impl Store for PgStore {
 
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.prune_changes_before(before, limit).await
+    }
+
+    async fn put_webhook(&self, endpoint: &crate::store::WebhookEndpoint) -> Result<()> {
+        self.put_webhook_row(endpoint).await
+    }
+
+    async fn webhooks(&self, tenant: &TenantId) -> Result<Vec<crate::store::WebhookEndpoint>> {
+        self.webhook_rows(tenant).await
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId, id: &str) -> Result<bool> {
+        self.delete_webhook_row(tenant, id).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+        old_until: Timestamp,
+    ) -> Result<Option<crate::store::WebhookEndpoint>> {
+        self.rotate_webhook_row(tenant, id, secret, old_until).await
+    }
+
+    async fn webhook_backlog(&self, limit: usize) -> Result<Vec<(TenantId, u64)>> {
+        self.webhook_backlog_rows(limit).await
+    }
+
+    async fn enqueue_webhooks(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+        deliveries: Vec<crate::store::NewDelivery>,
+    ) -> Result<bool> {
+        self.enqueue_webhook_rows(tenant, from, to, &deliveries)
+            .await
+    }
+
+    async fn add_webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        deliveries: Vec<crate::store::NewDelivery>,
+    ) -> Result<()> {
+        self.add_webhook_rows(tenant, &deliveries).await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+        per_endpoint: usize,
+    ) -> Result<Vec<crate::store::Delivery>> {
+        self.claim_webhook_rows(owner, now, lease_until, limit, per_endpoint)
+            .await
+    }
+
+    async fn finish_webhook_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: &crate::store::Attempt,
+        outcome: crate::store::AttemptOutcome,
+    ) -> Result<bool> {
+        self.finish_webhook_row(id, owner, attempt, outcome).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        filter: &crate::store::DeliveryFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::store::DeliveryLog>> {
+        self.webhook_delivery_rows(tenant, filter, limit).await
     }
 
     async fn create_preset(&self, preset: &crate::presets::TenantPreset) -> Result<()> {

@@ -17,6 +17,7 @@ mod ledger;
 mod ops;
 mod presets;
 mod snapshots;
+mod webhooks;
 mod writer;
 
 use crate::domain::{
@@ -355,6 +356,104 @@ impl Store for SqliteStore {
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.writer
             .write(move |c| changes::prune_changes(c, before, limit))
+            .await
+    }
+    async fn put_webhook(&self, endpoint: &crate::store::WebhookEndpoint) -> Result<()> {
+        let e = endpoint.clone();
+        self.writer.write(move |c| webhooks::put(c, &e)).await
+    }
+
+    async fn webhooks(&self, tenant: &TenantId) -> Result<Vec<crate::store::WebhookEndpoint>> {
+        let tenant = tenant.clone();
+        self.readers.read(move |c| webhooks::list(c, &tenant)).await
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId, id: &str) -> Result<bool> {
+        let (tenant, id) = (tenant.clone(), id.to_owned());
+        self.writer
+            .write(move |c| webhooks::delete(c, &tenant, &id))
+            .await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+        old_until: Timestamp,
+    ) -> Result<Option<crate::store::WebhookEndpoint>> {
+        let (tenant, id, secret) = (tenant.clone(), id.to_owned(), secret.to_owned());
+        self.writer
+            .write(move |c| webhooks::rotate(c, &tenant, &id, &secret, old_until))
+            .await
+    }
+
+    async fn webhook_backlog(&self, limit: usize) -> Result<Vec<(TenantId, u64)>> {
+        self.readers
+            .read(move |c| webhooks::backlog(c, limit))
+            .await
+    }
+
+    async fn enqueue_webhooks(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+        deliveries: Vec<crate::store::NewDelivery>,
+    ) -> Result<bool> {
+        let tenant = tenant.clone();
+        self.writer
+            .write(move |c| webhooks::enqueue(c, &tenant, from, to, &deliveries))
+            .await
+    }
+
+    async fn add_webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        deliveries: Vec<crate::store::NewDelivery>,
+    ) -> Result<()> {
+        let tenant = tenant.clone();
+        self.writer
+            .write(move |c| webhooks::add(c, &tenant, &deliveries))
+            .await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+        per_endpoint: usize,
+    ) -> Result<Vec<crate::store::Delivery>> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| webhooks::claim(c, &owner, now, lease_until, limit, per_endpoint))
+            .await
+    }
+
+    async fn finish_webhook_attempt(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: &crate::store::Attempt,
+        outcome: crate::store::AttemptOutcome,
+    ) -> Result<bool> {
+        let (id, owner, attempt) = (id.to_owned(), owner.to_owned(), attempt.clone());
+        self.writer
+            .write(move |c| webhooks::finish(c, &id, &owner, &attempt, outcome))
+            .await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        filter: &crate::store::DeliveryFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::store::DeliveryLog>> {
+        let (tenant, filter) = (tenant.clone(), filter.clone());
+        self.readers
+            .read(move |c| webhooks::deliveries(c, &tenant, &filter, limit))
             .await
     }
 

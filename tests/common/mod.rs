@@ -251,6 +251,7 @@ pub struct Clients {
     pub sessions: pb::session_service_client::SessionServiceClient<Svc>,
     pub jobs: pb::job_service_client::JobServiceClient<Svc>,
     pub files: pb::file_service_client::FileServiceClient<Svc>,
+    pub webhooks: pb::webhook_service_client::WebhookServiceClient<Svc>,
 }
 
 impl Clients {
@@ -266,7 +267,11 @@ impl Clients {
                 k.clone(),
             ),
             jobs: pb::job_service_client::JobServiceClient::with_interceptor(ch.clone(), k.clone()),
-            files: pb::file_service_client::FileServiceClient::with_interceptor(ch, k),
+            files: pb::file_service_client::FileServiceClient::with_interceptor(
+                ch.clone(),
+                k.clone(),
+            ),
+            webhooks: pb::webhook_service_client::WebhookServiceClient::with_interceptor(ch, k),
         }
     }
 

@@ -303,6 +303,7 @@ class SubmitJobRequest(_message.Message):
     PERMISSION_MODE_FIELD_NUMBER: _builtins.int
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
     VARIABLES_FIELD_NUMBER: _builtins.int
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
@@ -333,6 +334,11 @@ class SubmitJobRequest(_message.Message):
     """
     max_tokens: _builtins.int
     """Budget of this job's model tokens (input, output and cache) through the gateway; 0 means none."""
+    webhook_url: _builtins.str
+    """Where to POST this job's `job.finished` webhook (signed per Standard Webhooks with the
+    operator's job secret). Must start with a URL prefix the operator allows
+    (`[webhooks] job_url_prefixes`), else INVALID_ARGUMENT `WEBHOOK_URL_NOT_ALLOWED`. Empty: none.
+    """
     preset: _builtins.str
     """A preset (PresetService) to make the job from: the caller's own, else the operator's. Its
     fields fill what the request leaves unset; a field the request sets must be in the preset's
@@ -390,6 +396,7 @@ class SubmitJobRequest(_message.Message):
         permission_mode: _builtins.str = ...,
         max_cost_usd: _builtins.float = ...,
         max_tokens: _builtins.int = ...,
+        webhook_url: _builtins.str = ...,
         preset: _builtins.str = ...,
         variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
@@ -398,7 +405,7 @@ class SubmitJobRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "permission_mode", b"permission_mode", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "permission_mode", b"permission_mode", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "variables", b"variables", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
