@@ -65,6 +65,17 @@ pub enum Reason {
     MalformedRequest,
     // RESOURCE_EXHAUSTED: the request message is larger than the server accepts.
     MessageTooLarge,
+    // NOT_FOUND: a permission request id the job never made (issue #17).
+    PermissionRequestNotFound,
+    // FAILED_PRECONDITION: the permission request was already answered, by a rule or timed out.
+    PermissionDecided,
+    // FAILED_PRECONDITION: the job cannot be controlled (not `ask`, not running here yet).
+    JobNotControllable,
+    // A job's final reason (not an RPC error): InterruptJob ended its turn.
+    Interrupted,
+    // A job's final reason (not an RPC error): agentd restarted while a permission request of
+    // the job was pending.
+    PermissionPendingAtRestart,
 }
 
 impl Reason {
@@ -111,6 +122,11 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::PermissionRequestNotFound => "PERMISSION_REQUEST_NOT_FOUND",
+            Reason::PermissionDecided => "PERMISSION_DECIDED",
+            Reason::JobNotControllable => "JOB_NOT_CONTROLLABLE",
+            Reason::Interrupted => "INTERRUPTED",
+            Reason::PermissionPendingAtRestart => "PERMISSION_PENDING_AT_RESTART",
         }
     }
 }

@@ -225,6 +225,7 @@ async fn submit(
             permission_mode: a.permission_mode.clone().unwrap_or_default(),
             max_cost_usd: 0.0,
             max_tokens: 0,
+            ..Default::default()
         })
         .await
         .map_err(CliError::rpc("submitting the job"))?

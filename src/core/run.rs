@@ -15,6 +15,7 @@ use crate::runner::{Output, ProcessSpec, RunControl, StopCause};
 use crate::store::{JobUpdate, JobWrite};
 use crate::telemetry::{TraceParent, metrics, trace};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -117,6 +118,15 @@ impl InFlight {
     }
 }
 
+/// Stops a task when its owner goes (a job's controller ends with its run, on every path).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Replaces operator secret values wherever an agent might echo them.
 /// Where a job's stdin text is kept while it runs: in the session's HOME, which the agent sees at
 /// the same path inside its jail.
@@ -178,6 +188,33 @@ fn redact_event(ev: &mut JobEvent, secrets: &[String]) {
 }
 
 impl Core {
+    /// The rules and timeout of a controlled job.
+    fn control_setup(
+        &self,
+        job: &Job,
+        protocol: Arc<dyn agents::interactive::Interactive>,
+        workspace: &std::path::Path,
+    ) -> super::control::Setup {
+        let c = &job.spec.control;
+        super::control::Setup {
+            protocol,
+            operator: self
+                .config
+                .permissions
+                .get(&job.spec.agent)
+                .cloned()
+                .unwrap_or_default(),
+            job: crate::domain::permission::PermissionRules {
+                allow: c.allow_rules.clone(),
+                deny: c.deny_rules.clone(),
+            },
+            timeout: c
+                .permission_timeout
+                .unwrap_or(self.config.permission_timeout_default),
+            workspace: workspace.to_string_lossy().into_owned(),
+        }
+    }
+
     /// Runs one job to its final state. Never fails: every failure becomes the job's outcome.
     pub(super) async fn run_job(&self, job: Job, handle: &RunHandle) {
         let id = &job.id;
@@ -278,9 +315,21 @@ impl Core {
         self.workspaces
             .write_home_files(&session.id, std::mem::take(&mut launch.files))
             .await?;
-        let stdin = match &launch.stdin {
-            Some(text) => crate::runner::Stdin::File(write_input(&home, text).await?),
-            None => crate::runner::Stdin::Null,
+        // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
+        let protocol = job
+            .spec
+            .asks()
+            .then(|| agents::interactive::protocol(profile))
+            .flatten();
+        let mut pipe = None;
+        let stdin = match (&launch.stdin, &protocol) {
+            (_, Some(_)) => {
+                let (path, sender) = super::control::open_pipe(&home).await?;
+                pipe = Some(sender);
+                crate::runner::Stdin::File(path)
+            }
+            (Some(text), None) => crate::runner::Stdin::File(write_input(&home, text).await?),
+            (None, None) => crate::runner::Stdin::Null,
         };
         let before = self.workspaces.snapshot(&session.id).await?;
 
@@ -377,6 +426,16 @@ impl Core {
             timeout: job.spec.timeout,
             grace: self.config.timing.kill_grace,
         };
+        let mut controlled = match (protocol, pipe) {
+            (Some(protocol), Some(pipe)) => {
+                let protocol: Arc<dyn agents::interactive::Interactive> = Arc::from(protocol);
+                let setup = self.control_setup(job, protocol.clone(), &workspace);
+                let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, &tx);
+                let _ = handle.control.set(ctl.clone());
+                Some((ctl, protocol, AbortOnDrop(task)))
+            }
+            _ => None,
+        };
         let run = tokio::spawn(process.run(tx, control).instrument(agent_span));
         let mut parser = agents::parser(profile);
         let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
@@ -446,6 +505,9 @@ impl Core {
                         Output::Stdout(line) => {
                             // The parser sees every line, kept or not, so the summary
                             // (conversation, result, usage) stays right after truncation.
+                            if let Some((ctl, protocol, _)) = &controlled {
+                                ctl.observe(protocol.as_ref(), &line.text);
+                            }
                             let parsed = parser.parse_line(&line.text, line.truncated);
                             for p in &parsed {
                                 if let EventKind::Init {
@@ -540,10 +602,14 @@ impl Core {
         }
         // The gateway's grant ends with the agent: a call after this is refused.
         drop(access);
+        let interrupted = controlled
+            .take()
+            .is_some_and(|(ctl, _, _)| ctl.interrupted.load(Ordering::Acquire));
         let verdict = match (outcome.stop, limit_hit) {
             _ if budget_hit.get().is_some() => Outcome::BudgetExceeded {
                 message: budget_hit.get().cloned().unwrap_or_default(),
             },
+            (None, None) if interrupted => Outcome::Interrupted,
             (Some(StopCause::Cancelled), _) => Outcome::Cancelled {
                 reason: handle
                     .reason
@@ -717,6 +783,40 @@ impl Core {
         Ok(())
     }
 
+    /// The permission request a job left unanswered, described, if any: the event log is its
+    /// durable record (a request without its resolution).
+    async fn pending_permission(&self, job: &Job) -> Option<String> {
+        if !job.spec.asks() {
+            return None;
+        }
+        let mut open: Vec<(String, String)> = Vec::new();
+        let mut after = 0;
+        loop {
+            let events = match self.store.read_events(&job.id, after, 1000).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot read the job's events");
+                    return None;
+                }
+            };
+            let Some(last) = events.last() else { break };
+            after = last.seq;
+            for e in events {
+                match e.kind {
+                    EventKind::PermissionRequest {
+                        request_id, tool, ..
+                    } => open.push((request_id, tool)),
+                    EventKind::PermissionResolved { request_id, .. } => {
+                        open.retain(|(id, _)| *id != request_id)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (id, tool) = open.pop()?;
+        Some(format!("permission request {id} ({tool})"))
+    }
+
     /// Ends a started job whose agent is gone (server restart, lost replica) as FAILED, keeping
     /// what it had reported.
     pub(super) async fn fail_interrupted(
@@ -731,7 +831,12 @@ impl Core {
             next_seq: job.last_seq + 1,
             secrets: Vec::new(),
         };
-        let mut facts = FinishFacts::failed(message);
+        let mut facts = match self.pending_permission(job).await {
+            Some(pending) => FinishFacts::outcome(Outcome::PermissionPending {
+                message: format!("{message} with {pending} pending: nobody can answer it now"),
+            }),
+            None => FinishFacts::failed(message),
+        };
         facts.result = job.result.clone();
         facts.usage = job.usage.clone();
         facts.conversation_id = job.conversation_id.clone();

@@ -144,6 +144,11 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
                 max_cost_usd: Some(0.25),
                 max_tokens: Some(5000),
             },
+            control: crate::domain::JobControl {
+                allow_rules: vec!["Bash(git status*)".into()],
+                deny_rules: vec!["WebFetch".into()],
+                permission_timeout: Some(Duration::from_secs(42)),
+            },
         },
         created,
         state: JobState::Queued,

@@ -266,6 +266,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         append_system_prompt: None,
         permission_mode: None,
         budget: Default::default(),
+        control: Default::default(),
     };
     let launch = agentd::agents::launch(
         p,

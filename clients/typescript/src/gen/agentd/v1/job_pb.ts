@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSLrAgoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIwChFTdWJtaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KDkdldEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlIkkKEExpc3RKb2JzUmVzcG9uc2USHAoEam9icxgBIAMoCzIOLmFnZW50ZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKEUNhbmNlbEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiOwoWU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKF1N0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlEiMKBmV2ZW50cxgBIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAiABKAgiOQoNUnVuSm9iUmVxdWVzdBIoCgNqb2IYASABKAsyGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdCJlCg5SdW5Kb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEiMKBmV2ZW50cxgCIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAyABKAgisgUKCEpvYkV2ZW50EgsKA3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNyYXcYAyABKAkSKAoHc3RhcnRlZBgKIAEoCzIVLmFnZW50ZC52MS5Kb2JTdGFydGVkSAASJAoEaW5pdBgLIAEoCzIULmFnZW50ZC52MS5BZ2VudEluaXRIABIkCgR0ZXh0GAwgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCXRvb2xfY2FsbBgNIAEoCzITLmFnZW50ZC52MS5Ub29sQ2FsbEgAEiwKC3Rvb2xfcmVzdWx0GA4gASgLMhUuYWdlbnRkLnYxLlRvb2xSZXN1bHRIABIhCgV1c2FnZRgPIAEoCzIQLmFnZW50ZC52MS5Vc2FnZUgAEicKBnN0ZGVychgQIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASKQoIdW5wYXJzZWQYESABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEiYKBW90aGVyGBIgASgLMhUuYWdlbnRkLnYxLk90aGVyRXZlbnRIABIvCgl0cnVuY2F0ZWQYEyABKAsyGi5hZ2VudGQudjEuT3V0cHV0VHJ1bmNhdGVkSAASKgoIZmluaXNoZWQYFCABKAsyFi5hZ2VudGQudjEuSm9iRmluaXNoZWRIABIyCg5saW1pdF9leGNlZWRlZBgVIAEoCzIYLmFnZW50ZC52MS5MaW1pdEV4Y2VlZGVkSAASKgoKbW9kZWxfY2FsbBgyIAEoCzIULmFnZW50ZC52MS5Nb2RlbENhbGxIABIwCg1lZ3Jlc3NfZGVuaWVkGDMgASgLMhcuYWdlbnRkLnYxLkVncmVzc0RlbmllZEgAQgYKBGtpbmQiWgoKSm9iU3RhcnRlZBINCgVhZ2VudBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEgsKA3BpZBgDIAEoBRIfChdyZXN1bWVkX2NvbnZlcnNhdGlvbl9pZBgEIAEoCSJZCglBZ2VudEluaXQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEg0KBXRvb2xzGAMgAygJEhUKDWFnZW50X3ZlcnNpb24YBCABKAkiGQoJVGV4dEV2ZW50EgwKBHRleHQYASABKAkiOAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJIjsKClRvb2xSZXN1bHQSCgoCaWQYASABKAkSEAoIaXNfZXJyb3IYAiABKAgSDwoHY29udGVudBgDIAEoCSItCgpPdXRwdXRMaW5lEgwKBGxpbmUYASABKAkSEQoJdHJ1bmNhdGVkGAIgASgIIhoKCk90aGVyRXZlbnQSDAoEdHlwZRgBIAEoCSIhCg9PdXRwdXRUcnVuY2F0ZWQSDgoGcmVhc29uGAEgASgJIrUBCgtKb2JGaW5pc2hlZBIiCgVzdGF0ZRgBIAEoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIqCgtleGl0X3N0YXR1cxgCIAEoCzIVLmFnZW50ZC52MS5FeGl0U3RhdHVzEg4KBnJlc3VsdBgDIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEh8KBXVzYWdlGAUgASgLMhAuYWdlbnRkLnYxLlVzYWdlEg4KBnJlYXNvbhgGIAEoCSIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMskECgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSK4AwoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjAKEVN1Ym1pdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLQoOR2V0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiJxCg9MaXN0Sm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUiSQoQTGlzdEpvYnNSZXNwb25zZRIcCgRqb2JzGAEgAygLMg4uYWdlbnRkLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoRQ2FuY2VsSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiI7ChZTdHJlYW1Kb2JFdmVudHNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQiUQoXU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2USIwoGZXZlbnRzGAEgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgCIAEoCCI5Cg1SdW5Kb2JSZXF1ZXN0EigKA2pvYhgBIAEoCzIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0ImUKDlJ1bkpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISIwoGZXZlbnRzGAIgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgDIAEoCCLUBgoISm9iRXZlbnQSCwoDc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA3JhdxgDIAEoCRIoCgdzdGFydGVkGAogASgLMhUuYWdlbnRkLnYxLkpvYlN0YXJ0ZWRIABIkCgRpbml0GAsgASgLMhQuYWdlbnRkLnYxLkFnZW50SW5pdEgAEiQKBHRleHQYDCABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASKAoJdG9vbF9jYWxsGA0gASgLMhMuYWdlbnRkLnYxLlRvb2xDYWxsSAASLAoLdG9vbF9yZXN1bHQYDiABKAsyFS5hZ2VudGQudjEuVG9vbFJlc3VsdEgAEiEKBXVzYWdlGA8gASgLMhAuYWdlbnRkLnYxLlVzYWdlSAASJwoGc3RkZXJyGBAgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABIpCgh1bnBhcnNlZBgRIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASJgoFb3RoZXIYEiABKAsyFS5hZ2VudGQudjEuT3RoZXJFdmVudEgAEi8KCXRydW5jYXRlZBgTIAEoCzIaLmFnZW50ZC52MS5PdXRwdXRUcnVuY2F0ZWRIABIqCghmaW5pc2hlZBgUIAEoCzIWLmFnZW50ZC52MS5Kb2JGaW5pc2hlZEgAEjIKDmxpbWl0X2V4Y2VlZGVkGBUgASgLMhguYWdlbnRkLnYxLkxpbWl0RXhjZWVkZWRIABIqCgptb2RlbF9jYWxsGDIgASgLMhQuYWdlbnRkLnYxLk1vZGVsQ2FsbEgAEjAKDWVncmVzc19kZW5pZWQYMyABKAsyFy5hZ2VudGQudjEuRWdyZXNzRGVuaWVkSAASOgoScGVybWlzc2lvbl9yZXF1ZXN0GEYgASgLMhwuYWdlbnRkLnYxLlBlcm1pc3Npb25SZXF1ZXN0SAASPAoTcGVybWlzc2lvbl9yZXNvbHZlZBhHIAEoCzIdLmFnZW50ZC52MS5QZXJtaXNzaW9uUmVzb2x2ZWRIABImCgVpbnB1dBhIIAEoCzIVLmFnZW50ZC52MS5JbnB1dEV2ZW50SABCBgoEa2luZCJaCgpKb2JTdGFydGVkEg0KBWFnZW50GAEgASgJEg8KB2NvbW1hbmQYAiABKAkSCwoDcGlkGAMgASgFEh8KF3Jlc3VtZWRfY29udmVyc2F0aW9uX2lkGAQgASgJIlkKCUFnZW50SW5pdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbW9kZWwYAiABKAkSDQoFdG9vbHMYAyADKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoCSIZCglUZXh0RXZlbnQSDAoEdGV4dBgBIAEoCSI4CghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkiOwoKVG9vbFJlc3VsdBIKCgJpZBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBIPCgdjb250ZW50GAMgASgJIi0KCk91dHB1dExpbmUSDAoEbGluZRgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgiGgoKT3RoZXJFdmVudBIMCgR0eXBlGAEgASgJIiEKD091dHB1dFRydW5jYXRlZBIOCgZyZWFzb24YASABKAkitQEKC0pvYkZpbmlzaGVkEiIKBXN0YXRlGAEgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEioKC2V4aXRfc3RhdHVzGAIgASgLMhUuYWdlbnRkLnYxLkV4aXRTdGF0dXMSDgoGcmVzdWx0GAMgASgJEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSHwoFdXNhZ2UYBSABKAsyEC5hZ2VudGQudjEuVXNhZ2USDgoGcmVhc29uGAYgASgJInsKEVBlcm1pc3Npb25SZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEdG9vbBgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJEhcKD3N1Z2dlc3Rpb25fanNvbhgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0iVQoSUGVybWlzc2lvblJlc29sdmVkEhIKCnJlcXVlc3RfaWQYASABKAkSCwoDd2hvGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiGgoKSW5wdXRFdmVudBIMCgR0ZXh0GAEgASgJImAKGlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiHQobUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlIjAKEFNlbmRJbnB1dFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEgwKBHRleHQYAiABKAkiEwoRU2VuZElucHV0UmVzcG9uc2UiJQoTSW50ZXJydXB0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiFgoUSW50ZXJydXB0Sm9iUmVzcG9uc2UiLwoNTGltaXRFeGNlZWRlZBINCgVsaW1pdBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIu8BChBXYXRjaEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSNwoGbGFiZWxzGAIgAygLMicuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSDgoGYWdlbnRzGAMgAygJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIZCgxhZnRlcl9jdXJzb3IYBSABKARIAIgBARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg8KDV9hZnRlcl9jdXJzb3IiYgoJSm9iQ2hhbmdlEg4KBmN1cnNvchgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgNqb2IYAyABKAsyDi5hZ2VudGQudjEuSm9iIl0KEVdhdGNoSm9ic1Jlc3BvbnNlEiUKB2NoYW5nZXMYASADKAsyFC5hZ2VudGQudjEuSm9iQ2hhbmdlEhEKCWtlZXBhbGl2ZRgCIAEoCBIOCgZjdXJzb3IYAyABKAQiOQoOV2FpdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJBCg9XYWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIRCgl0aW1lZF9vdXQYAiABKAgqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhcKE0pPQl9TVEFURV9USU1FRF9PVVQQBjLIBgoKSm9iU2VydmljZRJGCglTdWJtaXRKb2ISGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdBocLmFnZW50ZC52MS5TdWJtaXRKb2JSZXNwb25zZRI9CgZHZXRKb2ISGC5hZ2VudGQudjEuR2V0Sm9iUmVxdWVzdBoZLmFnZW50ZC52MS5HZXRKb2JSZXNwb25zZRJDCghMaXN0Sm9icxIaLmFnZW50ZC52MS5MaXN0Sm9ic1JlcXVlc3QaGy5hZ2VudGQudjEuTGlzdEpvYnNSZXNwb25zZRJGCglDYW5jZWxKb2ISGy5hZ2VudGQudjEuQ2FuY2VsSm9iUmVxdWVzdBocLmFnZW50ZC52MS5DYW5jZWxKb2JSZXNwb25zZRJaCg9TdHJlYW1Kb2JFdmVudHMSIS5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBoiLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXNwb25zZTABEj8KBlJ1bkpvYhIYLmFnZW50ZC52MS5SdW5Kb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLlJ1bkpvYlJlc3BvbnNlMAESSAoJV2F0Y2hKb2JzEhsuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QaHC5hZ2VudGQudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJACgdXYWl0Sm9iEhkuYWdlbnRkLnYxLldhaXRKb2JSZXF1ZXN0GhouYWdlbnRkLnYxLldhaXRKb2JSZXNwb25zZRJkChNSZXNwb25kVG9QZXJtaXNzaW9uEiUuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0GiYuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZRJGCglTZW5kSW5wdXQSGy5hZ2VudGQudjEuU2VuZElucHV0UmVxdWVzdBocLmFnZW50ZC52MS5TZW5kSW5wdXRSZXNwb25zZRJPCgxJbnRlcnJ1cHRKb2ISHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdBofLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -359,6 +359,30 @@ export type SubmitJobRequest = Message<"agentd.v1.SubmitJobRequest"> & {
    * @generated from field: uint64 max_tokens = 51;
    */
   maxTokens: bigint;
+
+  /**
+   * Tool permission rules of this job, `Tool(pattern)` (`Bash(git status*)`, `Write(src/**)`,
+   * `WebFetch`): a tool call matching an allow rule runs without asking. The operator's deny
+   * rules (per profile) win over these.
+   *
+   * @generated from field: repeated string allow_rules = 70;
+   */
+  allowRules: string[];
+
+  /**
+   * Tool permission rules of this job: a tool call matching one is denied without asking.
+   *
+   * @generated from field: repeated string deny_rules = 71;
+   */
+  denyRules: string[];
+
+  /**
+   * Under permission_mode `ask`: seconds to wait for an answer to a permission request before it
+   * is denied; 0 means the server default.
+   *
+   * @generated from field: uint32 permission_timeout_seconds = 72;
+   */
+  permissionTimeoutSeconds: number;
 };
 
 /**
@@ -800,6 +824,30 @@ export type JobEvent = Message<"agentd.v1.JobEvent"> & {
      */
     value: EgressDenied;
     case: "egressDenied";
+  } | {
+    /**
+     * The agent asks whether it may run a tool.
+     *
+     * @generated from field: agentd.v1.PermissionRequest permission_request = 70;
+     */
+    value: PermissionRequest;
+    case: "permissionRequest";
+  } | {
+    /**
+     * A permission request was decided (by the caller, a rule or the timeout).
+     *
+     * @generated from field: agentd.v1.PermissionResolved permission_resolved = 71;
+     */
+    value: PermissionResolved;
+    case: "permissionResolved";
+  } | {
+    /**
+     * A user message was delivered to the agent.
+     *
+     * @generated from field: agentd.v1.InputEvent input = 72;
+     */
+    value: InputEvent;
+    case: "input";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1112,6 +1160,255 @@ export const JobFinishedSchema: GenMessage<JobFinished> = /*@__PURE__*/
   messageDesc(file_agentd_v1_job, 24);
 
 /**
+ * The agent asks whether it may run a tool (permission_mode `ask`); answer with
+ * JobService.RespondToPermission.
+ *
+ * @generated from message agentd.v1.PermissionRequest
+ */
+export type PermissionRequest = Message<"agentd.v1.PermissionRequest"> & {
+  /**
+   * Identifies the request within its job.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The tool's name, as the agent calls it (e.g. `Bash`, `Write`).
+   *
+   * @generated from field: string tool = 2;
+   */
+  tool: string;
+
+  /**
+   * The tool's input as JSON.
+   *
+   * @generated from field: string input_json = 3;
+   */
+  inputJson: string;
+
+  /**
+   * The agent's own suggestion, as JSON, when it gives one.
+   *
+   * @generated from field: string suggestion_json = 4;
+   */
+  suggestionJson: string;
+
+  /**
+   * Seconds left before the request is denied for want of an answer.
+   *
+   * @generated from field: uint32 timeout_seconds = 5;
+   */
+  timeoutSeconds: number;
+};
+
+/**
+ * Describes the message agentd.v1.PermissionRequest.
+ * Use `create(PermissionRequestSchema)` to create a new message.
+ */
+export const PermissionRequestSchema: GenMessage<PermissionRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 25);
+
+/**
+ * A permission request was decided.
+ *
+ * @generated from message agentd.v1.PermissionResolved
+ */
+export type PermissionResolved = Message<"agentd.v1.PermissionResolved"> & {
+  /**
+   * The request decided.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * Who decided: `caller`, `rule` or `timeout`.
+   *
+   * @generated from field: string who = 2;
+   */
+  who: string;
+
+  /**
+   * Whether the tool may run.
+   *
+   * @generated from field: bool allow = 3;
+   */
+  allow: boolean;
+
+  /**
+   * The message given to the agent with a denial (or the rule that decided).
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.PermissionResolved.
+ * Use `create(PermissionResolvedSchema)` to create a new message.
+ */
+export const PermissionResolvedSchema: GenMessage<PermissionResolved> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 26);
+
+/**
+ * A user message delivered to the running agent (the prompt of a turn after the first).
+ *
+ * @generated from message agentd.v1.InputEvent
+ */
+export type InputEvent = Message<"agentd.v1.InputEvent"> & {
+  /**
+   * The text sent.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message agentd.v1.InputEvent.
+ * Use `create(InputEventSchema)` to create a new message.
+ */
+export const InputEventSchema: GenMessage<InputEvent> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 27);
+
+/**
+ * Request for JobService.RespondToPermission.
+ *
+ * @generated from message agentd.v1.RespondToPermissionRequest
+ */
+export type RespondToPermissionRequest = Message<"agentd.v1.RespondToPermissionRequest"> & {
+  /**
+   * The job that asked.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * The `request_id` of its permission_request event.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+
+  /**
+   * Whether the tool may run.
+   *
+   * @generated from field: bool allow = 3;
+   */
+  allow: boolean;
+
+  /**
+   * Told to the agent with a denial (why, what to do instead).
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.RespondToPermissionRequest.
+ * Use `create(RespondToPermissionRequestSchema)` to create a new message.
+ */
+export const RespondToPermissionRequestSchema: GenMessage<RespondToPermissionRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 28);
+
+/**
+ * Response for JobService.RespondToPermission.
+ *
+ * @generated from message agentd.v1.RespondToPermissionResponse
+ */
+export type RespondToPermissionResponse = Message<"agentd.v1.RespondToPermissionResponse"> & {
+};
+
+/**
+ * Describes the message agentd.v1.RespondToPermissionResponse.
+ * Use `create(RespondToPermissionResponseSchema)` to create a new message.
+ */
+export const RespondToPermissionResponseSchema: GenMessage<RespondToPermissionResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 29);
+
+/**
+ * Request for JobService.SendInput.
+ *
+ * @generated from message agentd.v1.SendInputRequest
+ */
+export type SendInputRequest = Message<"agentd.v1.SendInputRequest"> & {
+  /**
+   * The running job.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * The user message. Required.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message agentd.v1.SendInputRequest.
+ * Use `create(SendInputRequestSchema)` to create a new message.
+ */
+export const SendInputRequestSchema: GenMessage<SendInputRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 30);
+
+/**
+ * Response for JobService.SendInput.
+ *
+ * @generated from message agentd.v1.SendInputResponse
+ */
+export type SendInputResponse = Message<"agentd.v1.SendInputResponse"> & {
+};
+
+/**
+ * Describes the message agentd.v1.SendInputResponse.
+ * Use `create(SendInputResponseSchema)` to create a new message.
+ */
+export const SendInputResponseSchema: GenMessage<SendInputResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 31);
+
+/**
+ * Request for JobService.InterruptJob.
+ *
+ * @generated from message agentd.v1.InterruptJobRequest
+ */
+export type InterruptJobRequest = Message<"agentd.v1.InterruptJobRequest"> & {
+  /**
+   * The running job.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message agentd.v1.InterruptJobRequest.
+ * Use `create(InterruptJobRequestSchema)` to create a new message.
+ */
+export const InterruptJobRequestSchema: GenMessage<InterruptJobRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 32);
+
+/**
+ * Response for JobService.InterruptJob.
+ *
+ * @generated from message agentd.v1.InterruptJobResponse
+ */
+export type InterruptJobResponse = Message<"agentd.v1.InterruptJobResponse"> & {
+};
+
+/**
+ * Describes the message agentd.v1.InterruptJobResponse.
+ * Use `create(InterruptJobResponseSchema)` to create a new message.
+ */
+export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 33);
+
+/**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
  * the job, it is FAILED with reason `LIMIT_EXCEEDED`.
  *
@@ -1139,7 +1436,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 25);
+  messageDesc(file_agentd_v1_job, 34);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1190,7 +1487,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 26);
+  messageDesc(file_agentd_v1_job, 35);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1226,7 +1523,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 27);
+  messageDesc(file_agentd_v1_job, 36);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1262,7 +1559,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 28);
+  messageDesc(file_agentd_v1_job, 37);
 
 /**
  * Request for JobService.WaitJob.
@@ -1290,7 +1587,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 29);
+  messageDesc(file_agentd_v1_job, 38);
 
 /**
  * Response for JobService.WaitJob.
@@ -1318,7 +1615,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 30);
+  messageDesc(file_agentd_v1_job, 39);
 
 /**
  * The lifecycle state of a job.
@@ -1473,6 +1770,39 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof WaitJobRequestSchema;
     output: typeof WaitJobResponseSchema;
+  },
+  /**
+   * Answers a `permission_request` of a running job (permission_mode `ask`). The first answer
+   * wins; a second one, or one after the timeout decided, is FAILED_PRECONDITION.
+   *
+   * @generated from rpc agentd.v1.JobService.RespondToPermission
+   */
+  respondToPermission: {
+    methodKind: "unary";
+    input: typeof RespondToPermissionRequestSchema;
+    output: typeof RespondToPermissionResponseSchema;
+  },
+  /**
+   * Delivers a user message to the running agent (queued for its next turn where it cannot take
+   * it mid-turn); recorded as an `input` event. Needs permission_mode `ask` or `interactive`.
+   *
+   * @generated from rpc agentd.v1.JobService.SendInput
+   */
+  sendInput: {
+    methodKind: "unary";
+    input: typeof SendInputRequestSchema;
+    output: typeof SendInputResponseSchema;
+  },
+  /**
+   * Stops the agent's current turn, keeping its conversation and the session: the job ends
+   * CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+   *
+   * @generated from rpc agentd.v1.JobService.InterruptJob
+   */
+  interruptJob: {
+    methodKind: "unary";
+    input: typeof InterruptJobRequestSchema;
+    output: typeof InterruptJobResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_job, 0);
