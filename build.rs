@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "agentd/v1/file.proto",
         "agentd/v1/server_info.proto",
         "agentd/v1/usage.proto",
+        "agentd/v1/preset.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");
@@ -29,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".agentd.v1")
+        // Malformed requests are the caller's mistake (INVALID_ARGUMENT), not INTERNAL.
+        .codec_path("crate::api::codec::Codec")
         // Hand-written so that the server can send events encoded once for all readers
         // (src/api/wire.rs); identical on the wire.
         .extern_path(

@@ -3,7 +3,9 @@
 //! else reads the environment or the file. `Display` prints the effective configuration with every
 //! secret redacted.
 
+mod catalog;
 mod sandbox;
+pub use catalog::reload as reload_catalog;
 pub use sandbox::{Sandbox, SandboxConfig};
 
 use crate::agents::{AgentKind, AgentProfile};
@@ -270,6 +272,15 @@ struct FileConfig {
     prices: BTreeMap<String, crate::gateway::Price>,
     /// `[budgets]`: tenant budgets enforced by the gateway.
     budgets: Option<crate::gateway::Budgets>,
+    /// `[presets.*]`, `[mcp.*]`, `[subagents.*]`, `[skills.*]` (#20; see `config::catalog`).
+    #[serde(default)]
+    presets: BTreeMap<String, crate::presets::Preset>,
+    #[serde(default)]
+    mcp: BTreeMap<String, crate::presets::McpServer>,
+    #[serde(default)]
+    subagents: BTreeMap<String, crate::presets::CatalogPath>,
+    #[serde(default)]
+    skills: BTreeMap<String, crate::presets::CatalogPath>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -427,6 +438,9 @@ pub struct Config {
     pub permissions: BTreeMap<String, crate::domain::permission::PermissionRules>,
     /// How long a permission request waits when the job does not say.
     pub permission_timeout_default: Duration,
+    /// Presets, MCP servers, subagents and skills of the config file, as read at start (the core
+    /// holds the live one, which SIGHUP replaces).
+    pub catalog: crate::presets::Catalog,
 }
 
 /// `<hostname>-<pid>-<4 random hex>`: readable in a job's failure reason, unique per start.
@@ -615,6 +629,15 @@ impl Config {
             );
         }
         let sandbox = sandbox::resolve(file.sandbox, sandboxes, args.no_sandbox)?;
+        let catalog = catalog::resolve(
+            catalog::FileCatalog {
+                presets: file.presets,
+                mcp: file.mcp,
+                subagents: file.subagents,
+                skills: file.skills,
+            },
+            &agents,
+        )?;
         let default_agent = args
             .default_agent
             .or(file.default_agent)
@@ -817,6 +840,7 @@ impl Config {
             permission_timeout_default: Duration::from_secs(
                 args.permission_timeout_default.max(1).into(),
             ),
+            catalog,
         })
     }
 }

@@ -76,6 +76,20 @@ pub enum Reason {
     // A job's final reason (not an RPC error): agentd restarted while a permission request of
     // the job was pending.
     PermissionPendingAtRestart,
+    // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
+    // its preset does not list as overridable; a template variable without a value, or a value
+    // the template does not use; a catalog name the operator did not configure.
+    UnknownPreset,
+    PresetOverrideDenied,
+    MissingVariable,
+    UnknownVariable,
+    UnknownMcpServer,
+    UnknownSubagent,
+    UnknownSkill,
+    // NOT_FOUND / ALREADY_EXISTS / FAILED_PRECONDITION of PresetService.
+    PresetNotFound,
+    PresetExists,
+    PresetReadOnly,
 }
 
 impl Reason {
@@ -127,6 +141,16 @@ impl Reason {
             Reason::JobNotControllable => "JOB_NOT_CONTROLLABLE",
             Reason::Interrupted => "INTERRUPTED",
             Reason::PermissionPendingAtRestart => "PERMISSION_PENDING_AT_RESTART",
+            Reason::UnknownPreset => "UNKNOWN_PRESET",
+            Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
+            Reason::MissingVariable => "MISSING_VARIABLE",
+            Reason::UnknownVariable => "UNKNOWN_VARIABLE",
+            Reason::UnknownMcpServer => "UNKNOWN_MCP_SERVER",
+            Reason::UnknownSubagent => "UNKNOWN_SUBAGENT",
+            Reason::UnknownSkill => "UNKNOWN_SKILL",
+            Reason::PresetNotFound => "PRESET_NOT_FOUND",
+            Reason::PresetExists => "PRESET_EXISTS",
+            Reason::PresetReadOnly => "PRESET_READ_ONLY",
         }
     }
 }

@@ -16,7 +16,8 @@
 //! shutdown       CancellationToken + TaskTracker, and the fixed drain order
 //! auth           API keys → tenants (constant-time comparison)
 //! api/           the only place that knows tonic and prost: convert, call the core, map errors
-//! core/          the use cases: sessions, jobs (submit, cancel, run), files, TTL reaper; claims
+//! core/          the use cases: sessions, jobs (submit, cancel), run/ (one job, as steps), files,
+//!                TTL reaper; dispatch claims
 //!                jobs under leases so several replicas can share one store
 //!                core/tenant_watch: WatchJobs and WaitJob over each tenant's change sequence (#19)
 //! gateway/       the model gateway: per-job tokens, forwarding to each profile's upstream with the
@@ -53,6 +54,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod health;
+pub mod presets;
 pub mod runner;
 pub mod server;
 pub mod shutdown;

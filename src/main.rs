@@ -75,6 +75,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: agentd::config::Config) -> anyhow::Result<()> {
+    let stop = agentd::shutdown::signal();
+    let hangups = agentd::shutdown::hangups();
     eprintln!("agentd effective configuration:\n{config}");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -83,6 +85,6 @@ async fn serve(config: agentd::config::Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on port 0; printed once
     // the server is serving, so a server refused at start-up (data dir in use) never prints it.
     let ready = move || println!("agentd listening on {addr}");
-    agentd::server::serve(config, listener, ready, agentd::shutdown::signal()).await?;
+    agentd::server::serve(config, listener, ready, stop, hangups).await?;
     Ok(())
 }

@@ -8,7 +8,9 @@
 //! listener, the per-RPC telemetry layer, the metrics listener, and
 //! the store probes (`health`) that turn health NOT_SERVING while the store is unusable.
 
-use crate::api::{AuthInterceptor, FileApi, JobApi, ServerInfoApi, SessionApi, UsageApi};
+use crate::api::{
+    AuthInterceptor, FileApi, JobApi, PresetApi, ServerInfoApi, SessionApi, UsageApi,
+};
 use crate::auth::Authenticator;
 use crate::config::{Config, TlsFiles, Transport};
 use crate::core::Core;
@@ -75,22 +77,25 @@ type JobSvc = pb::job_service_server::JobServiceServer<JobApi>;
 type FileSvc = pb::file_service_server::FileServiceServer<FileApi>;
 type InfoSvc = pb::server_info_service_server::ServerInfoServiceServer<ServerInfoApi>;
 type UsageSvc = pb::usage_service_server::UsageServiceServer<UsageApi>;
+type PresetSvc = pb::preset_service_server::PresetServiceServer<PresetApi>;
 
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <InfoSvc as NamedService>::NAME,
     <UsageSvc as NamedService>::NAME,
+    <PresetSvc as NamedService>::NAME,
 ];
 
 /// Health names that need the store: these (and the overall "") go NOT_SERVING while it fails.
 /// ServerInfo answers from memory and stays SERVING.
-const STORE_SERVICES: [&str; 5] = [
+const STORE_SERVICES: [&str; 6] = [
     <SessionSvc as NamedService>::NAME,
     <JobSvc as NamedService>::NAME,
     <FileSvc as NamedService>::NAME,
     <UsageSvc as NamedService>::NAME,
+    <PresetSvc as NamedService>::NAME,
     "",
 ];
 
@@ -195,6 +200,7 @@ pub async fn serve(
     listener: TcpListener,
     ready: impl FnOnce(),
     stop: impl Future<Output = ()> + Send + 'static,
+    hangups: crate::shutdown::Hangups,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
@@ -240,6 +246,10 @@ pub async fn serve(
     let core = Core::start(config.clone(), store.clone(), shutdown.clone(), gateway)
         .await
         .map_err(ServeError::Store)?;
+    {
+        let core = core.clone();
+        shutdown.spawn(hangups.serve(shutdown.clone(), move || core.reload_catalog()));
+    }
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     for name in SERVICES.iter().copied().chain([""]) {
@@ -333,6 +343,10 @@ pub async fn serve(
         ))
         .add_service(InterceptedService::new(
             gzip!(UsageSvc::new(UsageApi::new(core.clone()))),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            gzip!(PresetSvc::new(PresetApi::new(core.clone()))),
             auth,
         ));
 

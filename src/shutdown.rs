@@ -61,19 +61,75 @@ impl Shutdown {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM that arrives while the server is still starting (opening the
+/// store, sweeping run records) must begin the drain as soon as it can, not kill the process by
+/// the default action and leave what it started behind. Call it first thing.
+pub fn signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only wait forever; the process is killed the hard way.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers we can only wait forever; the process is killed the hard
+            // way.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
+}
+
+/// SIGHUP, which asks for a reload of the config file's catalog (presets, MCP servers, subagents,
+/// skills; #20). Installed when created, like [`signal`]: SIGHUP's default action would kill a
+/// server still starting.
+pub struct Hangups(Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    /// Resolves at the next SIGHUP; never, when the handler could not be installed.
+    pub async fn next(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                if s.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Runs `reload` (blocking: it reads files) at each SIGHUP until shutdown; a refused
+    /// reload is logged and changes nothing.
+    pub async fn serve<F>(mut self, stop: Shutdown, reload: F)
+    where
+        F: Fn() -> Result<(), String> + Send + Sync + 'static,
+    {
+        let reload = std::sync::Arc::new(reload);
+        loop {
+            tokio::select! {
+                _ = stop.triggered() => return,
+                _ = self.next() => {
+                    tracing::info!("SIGHUP received: reloading the config file's catalog");
+                    let r = reload.clone();
+                    let outcome = tokio::task::spawn_blocking(move || r())
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
+                    if let Err(e) = outcome {
+                        tracing::error!(error = %e, "config reload refused; the previous configuration stays");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Installs the SIGHUP handler now (call it first thing, with [`signal`]).
+pub fn hangups() -> Hangups {
+    use tokio::signal::unix::{SignalKind, signal};
+    Hangups(signal(SignalKind::hangup()).ok())
 }

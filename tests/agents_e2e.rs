@@ -84,7 +84,8 @@ static CLAUDE: Agent = Agent {
              [agents.claude.env]\n\
              ANTHROPIC_BASE_URL = {}\n\
              ANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
-             CLAUDE_CODE_MAX_RETRIES = \"0\"\n",
+             CLAUDE_CODE_MAX_RETRIES = \"0\"\n\
+             ENABLE_TOOL_SEARCH = \"false\"\n",
             toml_str(&cli.to_string_lossy()),
             toml_str(base)
         )
@@ -251,12 +252,19 @@ struct World {
 
 impl World {
     async fn new(agent: &'static Agent) -> World {
+        Self::with_config(agent, |_| String::new()).await
+    }
+
+    /// A world whose config adds `extra(dir)` (TOML, given the scenario's temp dir) to the
+    /// agent's profile.
+    async fn with_config(agent: &'static Agent, extra: impl FnOnce(&Path) -> String) -> World {
         let cli = cli(agent.bin);
         let slot = SLOTS.clone().acquire_owned().await.expect("semaphore");
         let dir = tempfile::tempdir().expect("temp dir");
         let mock = Mock::start(dir.path());
+        let config = format!("{}{}", (agent.profile)(&cli, &mock.base), extra(dir.path()));
         let server = TestServer::start_with(Options {
-            config: Some((agent.profile)(&cli, &mock.base)),
+            config: Some(config),
             ..Default::default()
         });
         let mut c = server.clients(KEY_A).await;
@@ -639,6 +647,172 @@ async fn max_turns_is_honoured_or_refused_as_unsupported(mut w: World) {
     // The tool of the first turn ran; the model was not asked a second time.
     assert_eq!(tool_calls(&events).len(), 1, "{why}");
     assert!(!job.result.starts_with("Done."), "{why}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Presets and the operator's catalogs (#20).
+
+/// The catalog of the #20 scenarios: the stdio MCP server of `tests/fixtures/mcp-echo` (made
+/// visible read-only in the jail, as an operator would), a Claude subagent and a preset.
+fn catalog(agent: &Agent, dir: &Path) -> String {
+    let fixtures = root().join("tests/fixtures");
+    let subagent = dir.join("e2e-reviewer.md");
+    std::fs::write(
+        &subagent,
+        "---\nname: e2e-reviewer\ndescription: Reviews diffs for the e2e-subagent-marker team.\n         ---\nYou review diffs.\n",
+    )
+    .expect("write subagent");
+    format!(
+        "[agents.{name}.sandbox]\nread_only = [{fixtures}]\n         [mcp.echo]\ncommand = \"python3\"\nargs = [{script}]\n         [mcp.echo.env]\nMCP_ECHO_MARKER = \"marker-{name}\"\n         [subagents.e2e-reviewer]\npath = {subagent}\n         [presets.recall]\nagent = \"{name}\"\nprompt_template = \"remember {{{{word}}}}\"\n\
+         timeout_seconds = {JOB_TIMEOUT_SECONDS}\n",
+        name = agent.name,
+        fixtures = toml_str(&fixtures.to_string_lossy()),
+        script = toml_str(&fixtures.join("mcp-echo").to_string_lossy()),
+        subagent = toml_str(&subagent.to_string_lossy()),
+    )
+}
+
+async fn catalog_world(agent: &'static Agent) -> World {
+    World::with_config(agent, |dir| catalog(agent, dir)).await
+}
+
+/// The agent calls the catalog's MCP server (the mock asks for its tool), which the agent started
+/// inside the job's jail with the catalog's env; the tool's answer is in the stream.
+async fn an_mcp_server_from_the_catalog_is_called(mut w: World) {
+    let agent = w.agent;
+    let req = pb::SubmitJobRequest {
+        mcp_servers: vec!["echo".into()],
+        ..w.request("mcp echo_secret hello-from-the-model")
+    };
+    let job = w.submit(req).await.expect("submit");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    let said = format!(
+        "mcp-echo says: hello-from-the-model (marker marker-{},",
+        agent.name
+    );
+    let in_stream = tool_results(&events)
+        .iter()
+        .any(|r| r.content.contains(&said))
+        || job.result.contains(&said);
+    assert!(
+        in_stream,
+        "the MCP tool's answer is not in the stream\n{why}"
+    );
+    assert!(
+        tool_calls(&events)
+            .iter()
+            .any(|t| t.name.contains("echo_secret")),
+        "no tool call of the MCP tool\n{why}"
+    );
+    // Started by the agent inside the job's jail: another PID namespace than this test's.
+    let ours = std::fs::read_link("/proc/self/ns/pid").expect("own pid ns");
+    assert!(
+        !why.to_string()
+            .contains(&format!("pidns {}", ours.display())),
+        "the MCP server ran outside the jail\n{why}"
+    );
+}
+
+/// Without selecting it, the same server is not offered: the agent's tools have no MCP tool.
+async fn an_unselected_mcp_server_is_not_offered(mut w: World) {
+    let (job, events) = w.run("mcp echo_secret should-not-run").await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    assert!(
+        job.result.starts_with("no tool *echo_secret"),
+        "{}",
+        w.explain(&job, &events)
+    );
+}
+
+/// A preset with a variable: the model sees the rendered prompt.
+async fn a_preset_renders_for_the_model(mut w: World) {
+    let req = pb::SubmitJobRequest {
+        preset: "recall".into(),
+        variables: [("word".to_owned(), "kiwi-preset".to_owned())].into(),
+        prompt: String::new(),
+        agent: String::new(),
+        timeout_seconds: 0,
+        ..w.request("")
+    };
+    let job = w.submit(req).await.expect("submit");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    assert_eq!(
+        job.result,
+        "I will remember kiwi-preset.",
+        "{}",
+        w.explain(&job, &events)
+    );
+}
+
+macro_rules! catalog_tests {
+    ($module:ident, $agent:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn an_mcp_server_from_the_catalog_is_called() {
+                scenario(super::an_mcp_server_from_the_catalog_is_called(
+                    catalog_world(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn an_unselected_mcp_server_is_not_offered() {
+                scenario(super::an_unselected_mcp_server_is_not_offered(
+                    catalog_world(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn a_preset_renders_for_the_model() {
+                scenario(super::a_preset_renders_for_the_model(
+                    catalog_world(&$agent).await,
+                ))
+                .await;
+            }
+        }
+    };
+}
+
+catalog_tests!(claude_catalog, CLAUDE);
+catalog_tests!(codex_catalog, CODEX);
+catalog_tests!(opencode_catalog, OPENCODE);
+catalog_tests!(gemini_catalog, GEMINI);
+
+/// A subagent definition of the catalog reaches Claude: its request to the model offers it.
+#[tokio::test]
+async fn claude_sees_a_subagent_of_the_catalog() {
+    scenario(async {
+        let mut w = catalog_world(&CLAUDE).await;
+        let req = pb::SubmitJobRequest {
+            subagents: vec!["e2e-reviewer".into()],
+            ..w.request("agents-visible e2e-reviewer")
+        };
+        let job = w.submit(req).await.expect("submit");
+        let (job, events) = w.finish(&job.job_id).await;
+        w.expect_state(&job, &events, pb::JobState::Succeeded);
+        assert_eq!(
+            job.result,
+            "agent e2e-reviewer visible",
+            "{}",
+            w.explain(&job, &events)
+        );
+        // Not selected, not there (in a new session: the first one's conversation holds the list).
+        w.session = w.c.create_session(&[]).await.session_id;
+        let (job, events) = w.run("agents-visible e2e-reviewer").await;
+        assert_eq!(
+            job.result,
+            "agent e2e-reviewer not visible",
+            "{}",
+            w.explain(&job, &events)
+        );
+    })
+    .await;
 }
 
 macro_rules! agent_tests {

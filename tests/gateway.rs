@@ -6,8 +6,10 @@
 //! workspace and /proc for the key, job env that would redirect the agent. Also: a huge request,
 //! an upstream that hangs or answers garbage, job and tenant budgets ending jobs
 //! `BUDGET_EXCEEDED`, and the usage ledger answering after the session is deleted and agentd
-//! restarted. `genuine_*` run the four real CLIs through the gateway with hostile project configs
-//! in the workspace (installed by `scripts/install-agents`).
+//! restarted. `genuine_*` run the four real CLIs through the gateway (`network = "gateway"`) with
+//! hostile project configs in the workspace (installed by `scripts/install-agents`); each CLI's own
+//! shell tool then searches its env, /proc/self, HOME and workspace for the key and tries the model
+//! server directly, the host's Postgres port and a public address, all of which must fail.
 
 mod common;
 
@@ -162,6 +164,17 @@ for word in sys.argv[-1].split():
             reply = s.recv(4096).decode("latin-1")
             print("tunnel %s" % reply.split("\r\n")[0], flush=True)
         s.close()
+    elif word.startswith("http="):
+        import urllib.request, urllib.error
+        # NO_PROXY names localhost (the gateway itself): this request is for the proxy.
+        os.environ.pop("NO_PROXY", None); os.environ.pop("no_proxy", None)
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"http": os.environ["HTTP_PROXY"]}))
+        try:
+            with opener.open("http://%s/v1/models" % word[5:], timeout=10) as r:
+                print("http %s %d %s" % (word[5:], r.status, r.read(200).decode()[:1]), flush=True)
+        except urllib.error.HTTPError as e:
+            print("http %s %d" % (word[5:], e.code), flush=True)
 print("done", flush=True)
 "#;
 
@@ -973,9 +986,9 @@ async fn genuine(kind: &str) {
     let job = c
         .jobs
         .submit_job(pb::SubmitJobRequest {
-            session_id: s,
+            session_id: s.clone(),
             agent: kind.into(),
-            prompt: "bash env".into(),
+            prompt: bypass_probe(&mock.addr),
             timeout_seconds: 180,
             ..Default::default()
         })
@@ -1022,6 +1035,50 @@ async fn genuine(kind: &str) {
         "{why}"
     );
     assert!(job.usage.expect("usage").input_tokens > 0, "{why}");
+    // What the agent's shell found: the key nowhere it can read, nothing reachable but the
+    // gateway.
+    let read = |path: &'static str| {
+        let mut c = c.clone();
+        let s = s.clone();
+        async move {
+            let bytes = c.download(&s, path).await.unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    };
+    let probe = read("probe.txt").await;
+    assert!(
+        probe.contains("agj_"),
+        "the probe read the agent's env: {probe}\n{why}"
+    );
+    assert!(
+        !probe.contains(REAL_KEY),
+        "{kind} can read the provider key"
+    );
+    let net = read("net.txt").await;
+    let lines: Vec<&str> = net.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("connect {} refused", mock.addr),
+            "connect 127.0.0.1:5432 refused".to_owned(),
+            "connect 1.1.1.1:443 refused".to_owned(),
+        ],
+        "{kind} reached past the gateway\n{why}"
+    );
+}
+
+/// A `bash` prompt for the mock: the agent's own shell tool copies everything it can read (env,
+/// /proc/self, HOME with the config written for the CLI, the workspace) into `probe.txt`, and
+/// tries the model server directly, the host's Postgres port and a public address (`net.txt`).
+fn bypass_probe(mock: &str) -> String {
+    let net = format!(
+        "import socket; [print('connect', t, 'open' if socket.socket().connect_ex((t.rsplit(':', 1)[0], \
+         int(t.rsplit(':', 1)[1]))) == 0 else 'refused') for t in ['{mock}', '127.0.0.1:5432', '1.1.1.1:443']]"
+    );
+    format!(
+        "bash env; (env; cat /proc/self/environ /proc/self/cmdline; find ~ . -type f -exec cat {{}} +) \
+         > probe.txt 2>&1; python3 -c \"{net}\" > net.txt 2>&1; echo probed"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1061,7 +1118,7 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     let port = mock.addr.rsplit(':').next().expect("port");
     let prompt = format!(
         "calls=2 connect={} connect=127.0.0.1:5432 proxy=localhost:{port} \
-         proxy=127.0.0.1:5432 proxy=example.com:443",
+         proxy=127.0.0.1:5432 proxy=example.com:443 http=localhost:{port} http=example.com:80",
         mock.addr
     );
     let job = c.submit_to(&s, "closed", &prompt).await;
@@ -1088,17 +1145,26 @@ async fn network_gateway_reaches_the_model_and_nothing_else() {
     assert!(t.contains(&"tunnel HTTP/1.1 200 OK".to_owned()), "{t:?}");
     assert!(t.contains(&"proxy 127.0.0.1:5432 403".to_owned()), "{t:?}");
     assert!(t.contains(&"proxy example.com:443 403".to_owned()), "{t:?}");
-    let denied: Vec<(String, u32)> = events
+    // Plain HTTP in absolute form: forwarded to an allowed host, refused for the others.
+    assert!(
+        t.contains(&format!("http localhost:{port} 200 {{")),
+        "{t:?}"
+    );
+    assert!(t.contains(&"http example.com:80 403".to_owned()), "{t:?}");
+    // Each refusal is one event; they may land in any order.
+    let mut denied: Vec<(String, u32)> = events
         .iter()
         .filter_map(|e| match &e.kind {
             Some(pb::job_event::Kind::EgressDenied(d)) => Some((d.host.clone(), d.port)),
             _ => None,
         })
         .collect();
+    denied.sort();
     assert_eq!(
         denied,
         vec![
             ("127.0.0.1".to_owned(), 5432),
+            ("example.com".to_owned(), 80),
             ("example.com".to_owned(), 443)
         ],
         "{events:?}"
@@ -1127,4 +1193,214 @@ async fn genuine_claude_sees_an_upstream_error_as_the_provider_sent_it() {
     );
     let calls = model_calls(&events);
     assert!(calls.iter().any(|c| c.status == 500), "{calls:?}");
+}
+
+/// `agentd ARGS…` (the client) pointed at `server` with `key`.
+fn agentd_cli(server: &TestServer, key: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(args)
+        .env("AGENTD_URL", format!("http://{}", server.addr))
+        .env("AGENTD_API_KEY", key)
+        .env_remove("AGENTD_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agentd cli")
+}
+
+fn json_lines(o: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_job_budgets_and_shows_the_ledger() {
+    let w = World::new("", &[]).await;
+    let o = agentd_cli(
+        &w.server,
+        KEY_A,
+        &[
+            "run",
+            "--json",
+            "--agent",
+            "alpha",
+            "--max-tokens",
+            "150",
+            "calls=5",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "the job fails: {err}");
+    let lines = json_lines(&o);
+    let fin = lines
+        .iter()
+        .find(|l| l["kind"] == "finished")
+        .unwrap_or_else(|| panic!("no finished event: {lines:?}"));
+    assert_eq!(fin["reason"], "BUDGET_EXCEEDED", "{fin}");
+    let job = lines
+        .iter()
+        .find(|l| l["type"] == "job")
+        .and_then(|l| l["job"]["job_id"].as_str().or(l["job_id"].as_str()))
+        .unwrap_or_else(|| panic!("no job line: {lines:?}"))
+        .to_owned();
+    assert_eq!(w.mock.posts().0, 2, "the third call was refused");
+
+    let o = agentd_cli(
+        &w.server,
+        KEY_A,
+        &["usage", "--json", "--by", "agent", "--days", "1"],
+    );
+    let buckets = json_lines(&o);
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    assert_eq!(
+        (&buckets[0]["key"], &buckets[0]["calls"]),
+        (&"alpha".into(), &2.into())
+    );
+    assert_eq!(buckets[0]["input_tokens"], 200);
+
+    let o = agentd_cli(&w.server, KEY_A, &["usage", "--job", &job]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("mock-model").count(), 2, "{text}");
+    // Another tenant sees neither the job's calls nor any usage.
+    let o = agentd_cli(&w.server, KEY_B, &["usage", "--json", "--job", &job]);
+    assert_ne!(o.status.code(), Some(0));
+    let o = agentd_cli(&w.server, KEY_B, &["usage", "--json"]);
+    let theirs = json_lines(&o);
+    assert!(theirs.iter().all(|b| b["calls"] == 0), "{theirs:?}");
+}
+
+/// agentd at trace level with its log captured: `serve` with the probe profiles, killed (and its
+/// whole log returned) by [`Traced::log`].
+struct Traced {
+    child: Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Traced {
+    fn start(config: &str, gateway: &str) -> Traced {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("agentd.toml");
+        std::fs::write(&path, config).expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                gateway,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&path)
+            .env("AGENTD_API_KEYS", format!("a:{KEY_A},b:{KEY_B}"))
+            .env("AGENTD_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agentd");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (sink, stderr) = (log.clone(), child.stderr.take().expect("stderr"));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => match l.strip_prefix("agentd listening on ") {
+                    Some(a) => break a.trim().to_owned(),
+                    None => continue,
+                },
+                _ => panic!(
+                    "agentd exited before listening: {}",
+                    log.lock().expect("log")
+                ),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Traced {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.lock().expect("log").clone();
+        log
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_hold_the_key_or_a_job_token() {
+    let (dir, script) = agent_dir();
+    let mock = Mock::start(dir.path());
+    let gateway = format!("127.0.0.1:{}", free_port());
+    let config = probe_profile("alpha", &script, &format!("http://{}", mock.addr));
+    let agentd = Traced::start(&config, &gateway);
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agentd.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = Clients::new(ch, KEY_A);
+    let s = c.create_session(&[]).await.session_id;
+    // Calls that succeed, one over budget (refused by the gateway), and a job that fails.
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: s.clone(),
+            agent: "alpha".into(),
+            prompt: "token calls=3".into(),
+            max_tokens: 150,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    let events = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    assert_eq!(done.reason, "BUDGET_EXCEEDED", "{done:?}");
+    let token_file =
+        String::from_utf8(c.download(&s, "token.txt").await.expect("token.txt")).expect("utf-8");
+    let token = token_file.lines().next().expect("token").to_owned();
+    assert!(token.starts_with("agj_"), "{token_file}");
+    // A dead token presented again, and the gateway's errors.
+    let (st, body) = post(
+        &gateway,
+        "/gw/alpha/v1/messages",
+        &[("x-api-key", &token)],
+        HELLO,
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    assert!(!body.contains(REAL_KEY) && !body.contains(&token), "{body}");
+    let log = agentd.log();
+    assert!(
+        log.contains("model gateway listening") && log.contains(&job.job_id),
+        "the log was captured at trace level: {log}"
+    );
+    assert!(!log.contains(REAL_KEY), "the provider key is in the log");
+    assert!(!log.contains(&token), "a job token is in the log");
+    assert!(
+        !log.contains(&token[4..20]),
+        "part of a job token is in the log"
+    );
+    let dump = format!("{events:?}{done:?}");
+    assert!(!dump.contains(REAL_KEY), "{dump}");
 }

@@ -15,6 +15,10 @@ const QUIET_ENV: [(&str, &str); 4] = [
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
 ];
 
+/// The job's MCP servers for `--mcp-config`, under `~/.claude` (a file rather than an argv JSON
+/// string: their env may hold secrets, which argv shows to every process of the host).
+const MCP_CONFIG: &str = "agentd-mcp.json";
+
 const SKIP_PERMISSIONS: &str = "--dangerously-skip-permissions";
 const BYPASS_MODE: &str = "bypassPermissions";
 
@@ -95,6 +99,17 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             true
         }
     };
+    let mut files = Vec::new();
+    if !ctx.mcp.is_empty() {
+        let path = ctx.home.join(".claude").join(MCP_CONFIG);
+        args.extend(["--mcp-config".into(), path.to_string_lossy().into_owned()]);
+        files.push((path, super::mcp::claude(ctx.mcp).to_string().into_bytes()));
+    }
+    // Only the servers agentd gives: none from ~/.claude.json, the workspace's .mcp.json or
+    // settings, all of which the jailed agent can write.
+    if !super::args_have(&profile.args, &["--strict-mcp-config"]) {
+        args.push("--strict-mcp-config".into());
+    }
     if !spec.allowed_tools.is_empty() {
         // `--allowedTools` takes a variadic list, so it goes last: nothing after it can be
         // swallowed as a tool name. One argument per tool keeps names with spaces intact.
@@ -114,7 +129,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         program: profile.command.clone(),
         args,
         env,
-        files: Vec::new(),
+        files,
         // Under `ask` the controller writes the prompt as the first user message.
         stdin: (!spec.asks()).then(|| spec.prompt.clone()),
     }

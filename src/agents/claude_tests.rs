@@ -17,6 +17,7 @@ fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
         home: Path::new("/home/s1"),
         resume_conversation: resume,
         jailed: false,
+        mcp: &[],
     }
 }
 
@@ -53,7 +54,8 @@ fn launch_default_is_unattended_stream_json() {
             "--output-format",
             "stream-json",
             "--verbose",
-            "--dangerously-skip-permissions"
+            "--dangerously-skip-permissions",
+            "--strict-mcp-config"
         ]
     );
     for (k, v) in QUIET_ENV {
@@ -95,6 +97,7 @@ fn launch_passes_every_job_option_after_profile_args() {
             "--be brief",
             "--permission-mode",
             "acceptEdits",
+            "--strict-mcp-config",
             "--allowedTools",
             "Read",
             "Bash(git commit:*)",

@@ -87,11 +87,10 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     args.extend(["--".into(), "-".into()]);
 
     let codex_home = ctx.home.join(".codex");
-    let files = profile
-        .config
-        .as_ref()
-        .map(|c| vec![(codex_home.join("config.toml"), c.clone().into_bytes())])
-        .unwrap_or_default();
+    // Written on every job, even empty: the agent can write CODEX_HOME, and an `[mcp_servers]`
+    // table it left there must not start a server the job did not select.
+    let config = config_toml(profile.config.as_deref(), ctx.mcp);
+    let files = vec![(codex_home.join("config.toml"), config.into_bytes())];
     Launch {
         program: profile.command.clone(),
         args,
@@ -101,6 +100,28 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         )],
         files,
         stdin: Some(spec.prompt.clone()),
+    }
+}
+
+/// The operator's config.toml with the job's MCP servers as `[mcp_servers]` (replacing any the
+/// operator's text has: the catalog is where operators configure MCP servers).
+fn config_toml(base: Option<&str>, servers: super::mcp::Servers) -> String {
+    let base = base.unwrap_or("");
+    if servers.is_empty() {
+        return base.to_owned();
+    }
+    let table = super::mcp::codex(servers);
+    match base.parse::<toml::Table>() {
+        Ok(mut t) => {
+            t.insert("mcp_servers".into(), toml::Value::Table(table));
+            t.to_string()
+        }
+        // Not TOML: Codex will say so itself; the servers are appended as their own tables.
+        Err(_) => {
+            let mut wrapper = toml::Table::new();
+            wrapper.insert("mcp_servers".into(), toml::Value::Table(table));
+            format!("{base}\n{wrapper}")
+        }
     }
 }
 

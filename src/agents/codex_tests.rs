@@ -39,8 +39,12 @@ fn launch_default_is_exec_json_in_a_workspace_write_sandbox() {
         l.env,
         [("CODEX_HOME".to_owned(), "/home/s1/.codex".to_owned())]
     );
-    // No config in the profile: nothing written, Codex uses its defaults.
-    assert!(l.files.is_empty());
+    // No config in the profile: an empty one, so Codex uses its defaults and nothing the agent
+    // left in CODEX_HOME.
+    assert_eq!(
+        l.files,
+        [(PathBuf::from("/home/s1/.codex/config.toml"), Vec::new())]
+    );
     assert!(!format!("{l:?}").contains("sk-secret-value"));
 }
 

@@ -122,6 +122,7 @@ mod tests {
             home: Path::new("/home"),
             resume_conversation: Some("ignored"),
             jailed: false,
+            mcp: &[],
         };
         let l = super::super::launch(&p, &spec("do it; rm -rf /"), &ctx).unwrap();
         assert_eq!(l.program, "/usr/bin/my-agent");

@@ -27,6 +27,7 @@ fn run(spec: &JobSpec, workspace: &Path, home: &Path, resume: Option<&str>) -> R
         home,
         resume_conversation: resume,
         jailed: false,
+        mcp: &[],
     };
     let l = launch(&p, spec, &ctx).unwrap();
     let out = Command::new(&l.program)

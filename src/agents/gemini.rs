@@ -68,12 +68,26 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--resume".into(), id.to_owned()]);
     }
+    // Only the job's servers may start, whatever the agent's own settings (user or workspace,
+    // both writable by it) define; an empty list would allow all, hence a name none can have.
+    args.push("--allowed-mcp-server-names".into());
+    match ctx.mcp.is_empty() {
+        true => args.push(super::mcp::NONE_ALLOWED.into()),
+        false => args.extend(ctx.mcp.iter().map(|(n, _)| n.clone())),
+    }
 
     let dot_gemini = ctx.home.join(".gemini");
-    let settings = profile
+    let mut settings = profile
         .config
         .clone()
         .unwrap_or_else(|| DEFAULT_SETTINGS.to_owned());
+    if !ctx.mcp.is_empty() {
+        // The user settings, rewritten on every job. (Gemini refuses a system settings file in a
+        // directory the agent can write, so the servers cannot go above the workspace's
+        // settings; `--allowed-mcp-server-names` above still admits only the catalog's names.)
+        settings =
+            super::mcp::json_with(Some(&settings), "mcpServers", super::mcp::gemini(ctx.mcp));
+    }
     // Gemini puts `~/.gemini/GEMINI.md` into its system instruction. Written on every job (empty
     // when unset) so that an earlier job's text does not linger in the session's HOME.
     let memory = spec.append_system_prompt.clone().unwrap_or_default();

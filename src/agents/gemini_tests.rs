@@ -24,7 +24,16 @@ fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
 fn launch_default_is_headless_yolo_with_default_settings() {
     let l = launch(&gemini(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
     assert_eq!(l.program, "gemini");
-    assert_eq!(l.args, ["--output-format", "stream-json", "--yolo"]);
+    assert_eq!(
+        l.args,
+        [
+            "--output-format",
+            "stream-json",
+            "--yolo",
+            "--allowed-mcp-server-names",
+            "agentd:none"
+        ]
+    );
     assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     assert_eq!(
         l.env,
@@ -71,6 +80,8 @@ fn launch_maps_every_supported_option_and_resumes() {
             "auto_edit",
             "--resume",
             SESSION,
+            "--allowed-mcp-server-names",
+            "agentd:none",
         ]
     );
     assert_eq!(l.stdin.as_deref(), Some("-rf is a flag; explain it"));

@@ -142,6 +142,7 @@ fn run(p: &AgentProfile, spec: &JobSpec, dir: &Path, resume: Option<&str>) -> Ru
         home: &home,
         resume_conversation: resume,
         jailed: false,
+        mcp: &[],
     };
     let l = launch(p, spec, &ctx).unwrap();
     for (path, content) in &l.files {

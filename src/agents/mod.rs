@@ -10,6 +10,7 @@ mod command;
 pub mod gateway;
 mod gemini;
 pub mod interactive;
+pub mod mcp;
 mod opencode;
 
 use crate::domain::{EventKind, JobSpec, Usage};
@@ -115,6 +116,8 @@ pub struct LaunchContext<'a> {
     /// Whether the job runs in agentd's jail, which is then the agent's sandbox: an agent's own
     /// (Codex's bubblewrap helper) cannot work inside it, since new namespaces are refused there.
     pub jailed: bool,
+    /// The MCP servers the job selected from the operator's catalog (`agents::mcp`).
+    pub mcp: mcp::Servers<'a>,
 }
 
 /// What to execute for one job. No shell is involved: `program` and `args` become argv as they are.
@@ -405,6 +408,7 @@ pub(crate) mod tests {
             permission_mode: None,
             budget: Default::default(),
             control: Default::default(),
+            catalog: Default::default(),
         }
     }
 
@@ -415,6 +419,7 @@ pub(crate) mod tests {
             home: Path::new("/home/s1"),
             resume_conversation: resume,
             jailed: false,
+            mcp: &[],
         }
     }
 

@@ -65,14 +65,26 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    // A workspace `opencode.json` or `.opencode/` (which the agent can write) must not add MCP
+    // servers or anything else to the operator's config.
+    env.push(("OPENCODE_DISABLE_PROJECT_CONFIG".into(), "1".into()));
     let mut files = Vec::new();
-    if let Some(config) = &profile.config {
+    let config = match (&profile.config, ctx.mcp.is_empty()) {
+        (base, false) => Some(super::mcp::json_with(
+            base.as_deref(),
+            "mcp",
+            super::mcp::opencode(ctx.mcp),
+        )),
+        (Some(c), true) => Some(c.clone()),
+        (None, true) => None,
+    };
+    if let Some(config) = config {
         let path = ctx.home.join(CONFIG_PATH);
         env.push((
             "OPENCODE_CONFIG".into(),
             path.to_string_lossy().into_owned(),
         ));
-        files.push((path, config.clone().into_bytes()));
+        files.push((path, config.into_bytes()));
     }
     Launch {
         program: profile.command.clone(),

@@ -28,6 +28,7 @@ impl ServerInfoService for ServerInfoApi {
     ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
         let cfg = self.core.config();
         let l = &cfg.limits;
+        let catalog = self.core.catalog();
         Ok(Response::new(pb::GetServerInfoResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             agents: self
@@ -67,6 +68,9 @@ impl ServerInfoService for ServerInfoApi {
                 max_upload_chunk_bytes: super::file::CHUNK_BYTES as u32,
             }),
             sandbox: Some(support(self.core.host_support())),
+            mcp_servers: catalog.mcp.keys().cloned().collect(),
+            subagents: catalog.subagents.keys().cloned().collect(),
+            skills: catalog.skills.keys().cloned().collect(),
         }))
     }
 }

@@ -43,6 +43,11 @@ fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
         allow_rules: r.allow_rules,
         deny_rules: r.deny_rules,
         permission_timeout_seconds: r.permission_timeout_seconds,
+        preset: r.preset,
+        variables: r.variables.into_iter().collect(),
+        mcp_servers: r.mcp_servers,
+        subagents: r.subagents,
+        skills: r.skills,
     }
 }
 

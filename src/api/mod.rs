@@ -1,10 +1,12 @@
 //! The API edge: the only module that knows tonic and prost. Each service decodes a request,
 //! makes one core call, and encodes the answer; errors become statuses in `status` only.
 
+pub mod codec;
 pub mod convert;
 mod file;
 mod info;
 mod job;
+mod preset;
 mod session;
 pub mod status;
 mod usage;
@@ -14,6 +16,7 @@ pub mod wire;
 pub use file::FileApi;
 pub use info::ServerInfoApi;
 pub use job::JobApi;
+pub use preset::PresetApi;
 pub use session::SessionApi;
 pub use usage::UsageApi;
 

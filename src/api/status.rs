@@ -10,6 +10,29 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The ErrorInfo domain of every agentd error.
 pub const ERROR_DOMAIN: &str = "agentd";
 
+/// tonic refuses a request over the server's size limit before any handler runs, with an
+/// OUT_OF_RANGE status and no ErrorInfo (every status of agentd's carries one, so the missing
+/// details, not the message text, tell them apart). It is the caller's mistake, and gRPC's code
+/// for it is RESOURCE_EXHAUSTED: the trailers-only response's headers are rewritten into agentd's
+/// own status for it, reason MESSAGE_TOO_LARGE.
+pub fn reclassify_transport(headers: &mut http::HeaderMap) {
+    let from_transport = headers
+        .get("grpc-status")
+        .is_some_and(|c| c.as_bytes() == b"11")
+        && !headers.contains_key("grpc-status-details-bin");
+    if !from_transport {
+        return;
+    }
+    let status = to_status(Error::exhausted(
+        crate::error::Reason::MessageTooLarge,
+        "the request message is larger than this server accepts",
+    ));
+    headers.remove("grpc-message");
+    if let Err(e) = status.add_header(headers) {
+        tracing::warn!(error = %e, "cannot rewrite a transport status");
+    }
+}
+
 /// Converts a core error into the status a client sees.
 pub fn to_status(err: Error) -> Status {
     let reason = err.reason().as_str();
@@ -56,6 +79,29 @@ impl From<Error> for Status {
 mod tests {
     use super::*;
     use crate::error::Reason;
+
+    #[test]
+    fn only_the_transports_out_of_range_becomes_message_too_large() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("11"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("anything at all"),
+        );
+        reclassify_transport(&mut h);
+        assert_eq!(h["grpc-status"], "8");
+        let status = Status::from_header_map(&h).expect("a status");
+        assert_eq!(
+            status.get_details_error_info().map(|i| i.reason),
+            Some("MESSAGE_TOO_LARGE".to_owned())
+        );
+        // agentd's own OUT_OF_RANGE carries ErrorInfo and stays as it is.
+        let ours = to_status(Error::out_of_range(Reason::CursorExpired, "old"));
+        let mut h = http::HeaderMap::new();
+        ours.add_header(&mut h).unwrap();
+        reclassify_transport(&mut h);
+        assert_eq!(h["grpc-status"], "11");
+    }
 
     #[test]
     fn carries_reason_and_field() {

@@ -38,6 +38,9 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
             files(&connect(&client)?, client.json, command, p).await
         }
         ClientCommand::Agents { client } => agents(&connect(&client)?, client.json, p).await,
+        ClientCommand::Usage { client, args } => {
+            super::usage::usage(&connect(&client)?, client.json, &args, p).await
+        }
     }
 }
 
@@ -223,8 +226,13 @@ async fn submit(
             append_system_prompt: a.append_system_prompt.clone().unwrap_or_default(),
             request_id: uuid::Uuid::new_v4().to_string(),
             permission_mode: a.permission_mode.clone().unwrap_or_default(),
-            max_cost_usd: 0.0,
-            max_tokens: 0,
+            max_cost_usd: a.max_cost_usd.unwrap_or(0.0),
+            max_tokens: a.max_tokens.unwrap_or(0),
+            preset: a.preset.clone().unwrap_or_default(),
+            variables: a.vars.iter().cloned().collect(),
+            mcp_servers: a.mcp_servers.clone(),
+            subagents: a.subagents.clone(),
+            skills: a.skills.clone(),
             ..Default::default()
         })
         .await
@@ -435,24 +443,23 @@ async fn sessions(
     let mut client = conn.sessions();
     match cmd {
         SessionsCommand::Ls { labels } => {
-            let mut all = vec![];
-            let mut token = String::new();
-            loop {
-                let r = client
-                    .list_sessions(pb::ListSessionsRequest {
-                        page_size: 1000,
-                        page_token: token.clone(),
-                        label_filter: labels.iter().cloned().collect(),
-                    })
-                    .await
-                    .map_err(CliError::rpc("listing sessions"))?
-                    .into_inner();
-                all.extend(r.sessions);
-                if r.next_page_token.is_empty() {
-                    break;
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                let label_filter = labels.iter().cloned().collect();
+                async move {
+                    let r = client
+                        .list_sessions(pb::ListSessionsRequest {
+                            page_size: 1000,
+                            page_token,
+                            label_filter,
+                        })
+                        .await
+                        .map_err(CliError::rpc("listing sessions"))?
+                        .into_inner();
+                    Ok((r.sessions, r.next_page_token))
                 }
-                token = r.next_page_token;
-            }
+            })
+            .await?;
             if json {
                 for s in &all {
                     p.json(&render::session_json(s)).await;
@@ -552,26 +559,26 @@ async fn sessions(
 async fn jobs(conn: &Conn, json: bool, cmd: JobsCommand, p: &mut Printer) -> Result<i32, CliError> {
     match cmd {
         JobsCommand::Ls { session_id, states } => {
-            let mut client = conn.jobs();
-            let mut all = vec![];
-            let mut token = String::new();
-            loop {
-                let r = client
-                    .list_jobs(pb::ListJobsRequest {
-                        session_id: session_id.clone(),
-                        page_size: 1000,
-                        page_token: token.clone(),
-                        states: states.clone(),
-                    })
-                    .await
-                    .map_err(CliError::rpc(format!("listing the jobs of {session_id}")))?
-                    .into_inner();
-                all.extend(r.jobs);
-                if r.next_page_token.is_empty() {
-                    break;
+            let client = conn.jobs();
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                let (session_id, states) = (session_id.clone(), states.clone());
+                async move {
+                    let what = format!("listing the jobs of {session_id}");
+                    let r = client
+                        .list_jobs(pb::ListJobsRequest {
+                            session_id,
+                            page_size: 1000,
+                            page_token,
+                            states,
+                        })
+                        .await
+                        .map_err(CliError::rpc(what))?
+                        .into_inner();
+                    Ok((r.jobs, r.next_page_token))
                 }
-                token = r.next_page_token;
-            }
+            })
+            .await?;
             if json {
                 for j in &all {
                     p.json(&render::job_json(j)).await;
@@ -682,26 +689,26 @@ async fn files(
             path,
             sha256,
         } => {
-            let mut all = vec![];
-            let mut token = String::new();
-            loop {
-                let r = client
-                    .list_files(pb::ListFilesRequest {
-                        session_id: session_id.clone(),
-                        path: path.clone(),
-                        include_sha256: sha256,
-                        page_size: 10_000,
-                        page_token: token.clone(),
-                    })
-                    .await
-                    .map_err(CliError::rpc(format!("listing files of {session_id}")))?
-                    .into_inner();
-                all.extend(r.files);
-                if r.next_page_token.is_empty() {
-                    break;
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                let (session_id, path) = (session_id.clone(), path.clone());
+                async move {
+                    let what = format!("listing files of {session_id}");
+                    let r = client
+                        .list_files(pb::ListFilesRequest {
+                            session_id,
+                            path,
+                            include_sha256: sha256,
+                            page_size: 10_000,
+                            page_token,
+                        })
+                        .await
+                        .map_err(CliError::rpc(what))?
+                        .into_inner();
+                    Ok((r.files, r.next_page_token))
                 }
-                token = r.next_page_token;
-            }
+            })
+            .await?;
             if json {
                 for f in &all {
                     p.json(&render::file_json(f)).await;
@@ -870,4 +877,23 @@ async fn agents(conn: &Conn, json: bool, p: &mut Printer) -> Result<i32, CliErro
         .await;
     }
     Ok(exit::OK)
+}
+
+/// Every item of a paged listing: `fetch` gets a page token and answers one page and the next
+/// token (empty after the last page).
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), CliError>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = fetch(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
 }

@@ -80,6 +80,13 @@ impl Conn {
         )
     }
 
+    pub fn usage(&self) -> pb::usage_service_client::UsageServiceClient<Svc> {
+        pb::usage_service_client::UsageServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn info(&self) -> pb::server_info_service_client::ServerInfoServiceClient<Svc> {
         pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
             self.channel.clone(),

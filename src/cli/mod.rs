@@ -10,6 +10,7 @@ mod commands;
 mod conn;
 mod render;
 mod transfer;
+mod usage;
 mod watch;
 
 pub use conn::CliError;
@@ -104,6 +105,36 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Usage {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: UsageArgs,
+    },
+}
+
+/// `agentd usage`.
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// Totals per `day`, `session`, `agent` or `model`; one total without it.
+    #[arg(long, value_enum)]
+    pub by: Option<UsageBy>,
+    /// Only the last N UTC days, today included; all time without it.
+    #[arg(long, value_name = "N")]
+    pub days: Option<u32>,
+    /// List every model call of this job instead of totals.
+    #[arg(long, value_name = "JOB_ID", conflicts_with_all = ["by", "days"])]
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsageBy {
+    Day,
+    Session,
+    Agent,
+    Model,
 }
 
 /// `agentd run`.
@@ -146,6 +177,13 @@ pub struct RunArgs {
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     pub append_system_prompt: Option<String>,
+    /// Budget of the job in USD (priced models, metered by the model gateway): the job ends
+    /// `BUDGET_EXCEEDED` once spent.
+    #[arg(long, value_name = "USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget of the job in tokens (input, output and cache, metered by the model gateway).
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<u64>,
     /// Extra environment variable for the agent, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_pair)]
     pub env: Vec<(String, String)>,
@@ -158,7 +196,23 @@ pub struct RunArgs {
     /// Submit the job, print its id and return without waiting.
     #[arg(long)]
     pub detach: bool,
-    /// The prompt.
+    /// Make the job from this preset (see `agentd presets ls`).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// A variable of the preset's prompt template, `NAME=VALUE` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub vars: Vec<(String, String)>,
+    /// An MCP server of the operator's catalog (repeatable).
+    #[arg(long = "mcp", value_name = "NAME")]
+    pub mcp_servers: Vec<String>,
+    /// A Claude subagent definition of the operator's catalog (repeatable).
+    #[arg(long = "subagent", value_name = "NAME")]
+    pub subagents: Vec<String>,
+    /// A skill of the operator's catalog (repeatable).
+    #[arg(long = "skill", value_name = "NAME")]
+    pub skills: Vec<String>,
+    /// The prompt (may be left out with a `--preset` that has a prompt template).
+    #[arg(default_value = "")]
     pub prompt: String,
 }
 
@@ -321,7 +375,8 @@ pub fn main(cmd: ClientCommand) -> i32 {
         ClientCommand::Sessions { client, .. }
         | ClientCommand::Jobs { client, .. }
         | ClientCommand::Files { client, .. }
-        | ClientCommand::Agents { client } => client.json,
+        | ClientCommand::Agents { client }
+        | ClientCommand::Usage { client, .. } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -51,10 +51,15 @@ pub(super) enum Command {
 pub(super) struct ControlHandle {
     tx: mpsc::Sender<Command>,
     /// Set once InterruptJob reached the agent: the job ends CANCELLED, reason INTERRUPTED.
-    pub(super) interrupted: Arc<AtomicBool>,
+    interrupted: Arc<AtomicBool>,
 }
 
 impl ControlHandle {
+    /// Whether InterruptJob reached the agent.
+    pub(super) fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
     /// Hands a signal from the agent's output over without waiting: the pump must never wait on
     /// the controller, which waits on the pump's channel to record its events.
     pub(super) fn observe(&self, protocol: &dyn Interactive, line: &str) {

@@ -94,6 +94,7 @@ pub(super) fn for_job(
             hide,
             limits: sandbox.limits,
             bridges: Vec::new(),
+            installs: Vec::new(),
         },
     }
 }

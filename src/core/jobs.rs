@@ -31,6 +31,14 @@ pub struct SubmitJob {
     pub max_cost_usd: f64,
     /// 0: no budget.
     pub max_tokens: u64,
+    /// A preset of the caller or of the config file; empty: none.
+    pub preset: String,
+    /// Values of the preset's `{{variables}}`.
+    pub variables: BTreeMap<String, String>,
+    /// Names from the operator's catalogs.
+    pub mcp_servers: Vec<String>,
+    pub subagents: Vec<String>,
+    pub skills: Vec<String>,
     /// Permission rules of the job (`Tool(pattern)`), for permission_mode `ask`.
     pub allow_rules: Vec<String>,
     pub deny_rules: Vec<String>,
@@ -153,7 +161,7 @@ pub(crate) fn forbidden_env(name: &str) -> bool {
         || upper.ends_with("_PROXY")
 }
 
-fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in env {
         let field = format!("env[{k:?}]");
         let valid_name = !k.is_empty()
@@ -252,6 +260,7 @@ impl Core {
         req: SubmitJob,
     ) -> Result<JobView> {
         self.check_accepting()?;
+        let (req, preset) = self.apply_preset(tenant, req).await?;
         if req.prompt.trim().is_empty() {
             return Err(Error::invalid(
                 Reason::MissingField,
@@ -333,8 +342,15 @@ impl Core {
                 req.permission_timeout_seconds,
                 limits.job_timeout_max,
             )?,
+            catalog: crate::domain::CatalogSelection {
+                preset,
+                mcp_servers: req.mcp_servers,
+                subagents: req.subagents,
+                skills: req.skills,
+            },
         };
         crate::agents::validate(profile, &spec)?;
+        self.check_catalog_selection(profile, &spec)?;
         let budgeted = spec.budget.max_cost_usd.is_some() || spec.budget.max_tokens.is_some();
         if budgeted && !self.config.gateway.upstreams.contains_key(&spec.agent) {
             // Only calls through the gateway are metered: a budget elsewhere would never hold.

@@ -4,20 +4,21 @@
 //! ids of other tenants, exactly as for ids that do not exist.
 //!
 //! Which job runs where is decided by the store, so that several replicas can share one: the
-//! dispatcher claims runnable jobs under a lease (`replicas`), the lease keeper renews them and
+//! dispatcher claims runnable jobs under a lease (`dispatch`), the lease keeper renews them and
 //! settles the jobs of replicas that stopped renewing, and store signals carry other replicas'
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
 mod control;
+mod dispatch;
 mod env;
 mod files;
 mod info;
 mod jail;
 mod jobs;
 mod pieces;
+mod presets;
 mod reaper;
-mod replicas;
 mod run;
 mod sessions;
 mod tenant_watch;
@@ -28,6 +29,7 @@ pub use files::UploadSink;
 pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use pieces::{Piece, PieceDone, PiecedUploads};
+pub use presets::PresetView;
 pub use sessions::{CreateSession, SessionView};
 pub use tenant_watch::{WatchFilter, WatchItem};
 
@@ -85,6 +87,8 @@ pub struct Core {
     host: HostSupport,
     /// The model gateway, when a profile routes through it.
     gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// The config file's presets and catalogs; SIGHUP swaps it (`core::presets`).
+    catalog: crate::presets::SharedCatalog,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -149,7 +153,9 @@ impl Core {
             crate::runner::fallback_forced(),
             default_jail,
         );
+        let catalog = crate::presets::SharedCatalog::new(config.catalog.clone());
         let core = Arc::new(Core {
+            catalog,
             agents,
             host,
             launcher,

@@ -28,6 +28,24 @@ pub struct JobSpec {
     /// Two-way control (issue #17): the job's permission rules and answer timeout.
     #[serde(default)]
     pub control: JobControl,
+    /// The preset it came from and the operator catalog entries it uses (#20).
+    #[serde(default)]
+    pub catalog: CatalogSelection,
+}
+
+/// What a job takes from the operator's catalogs, by name: resolved to commands and files only
+/// when the job starts, so a definition's secrets are never stored with the job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogSelection {
+    /// The preset the job was made from, for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subagents: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skills: Vec<String>,
 }
 
 /// The permission mode under which every tool call not decided by a rule is asked of the caller.

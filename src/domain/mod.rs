@@ -8,7 +8,10 @@ pub mod permission;
 
 pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, Usage};
 pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
-pub use job::{Finished, Job, JobBudget, JobControl, JobSpec, JobState, Outcome, PERMISSION_ASK};
+pub use job::{
+    CatalogSelection, Finished, Job, JobBudget, JobControl, JobSpec, JobState, Outcome,
+    PERMISSION_ASK,
+};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -2,13 +2,13 @@
 //! CONNECT on the gateway's own listeners, authorised by the job token as the proxy password
 //! (`HTTPS_PROXY=http://agentd:<token>@…`), tunnelling only to hosts in the profile's
 //! `[agents.<name>.sandbox] allow_hosts`. Every refused attempt becomes an `egress_denied` event
-//! of the job. Plain-HTTP proxying is refused (with the same event for a host not allowed): what
-//! the tools fetch goes over HTTPS.
+//! of the job. Plain-HTTP requests in absolute form (`GET http://host/path`, what `HTTP_PROXY`
+//! clients send) are forwarded to allowed hosts the same way, their answer streamed back.
 
 use super::{Gateway, Grant};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the proxy answers: its own short text, or an origin's streamed body.
+pub type ProxyBody = Either<Full<Bytes>, Incoming>;
 
 /// Whether a request is for the proxy rather than the model routes.
 pub fn is_proxy_request<B>(req: &Request<B>) -> bool {
@@ -47,8 +50,8 @@ fn token(req: &Request<Incoming>) -> Option<String> {
     text.split_once(':').map(|(_, t)| t.to_owned())
 }
 
-fn answer(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+fn answer(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(format!("{text}\n")))));
     *r.status_mut() = status;
     if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         r.headers_mut().insert(
@@ -74,7 +77,7 @@ fn target(req: &Request<Incoming>) -> Option<(String, u16)> {
 }
 
 /// Answers one proxy request; a granted CONNECT goes on as a tunnel once the answer is sent.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<ProxyBody> {
     let Some(grant) = token(&req).and_then(|t| gw.grant(&t)) else {
         return answer(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -95,10 +98,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Full<B
         );
     }
     if req.method() != Method::CONNECT {
-        return answer(
-            StatusCode::NOT_IMPLEMENTED,
-            "agentd egress proxy: only CONNECT (HTTPS) is proxied",
-        );
+        return forward(req, gw.timeout).await;
     }
     let connect = tokio::net::TcpStream::connect((host.as_str(), port));
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -118,6 +118,77 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Full<B
         }
     });
     answer(StatusCode::OK, "")
+}
+
+/// Headers that concern this hop only (RFC 9110 §7.6.1), never passed on.
+fn hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// Forwards a plain-HTTP request in absolute form to its (allowed) origin and streams the answer
+/// back. The job token (`Proxy-Authorization`) stays here.
+async fn forward(req: Request<Incoming>, timeout: Duration) -> Response<ProxyBody> {
+    let refuse = |status, text| answer(status, &format!("agentd egress proxy: {text}"));
+    if req.uri().scheme_str() != Some("http") {
+        // `https://` in absolute form would have the proxy speak TLS for the client: CONNECT is
+        // the way to an HTTPS origin.
+        return refuse(StatusCode::BAD_REQUEST, "use CONNECT for https");
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(body) = Limited::new(body, super::proxy::MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+    else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    };
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(parts.uri.clone());
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    if let Some(authority) = parts.uri.authority() {
+        out = out.header(header::HOST, authority.as_str());
+    }
+    let Ok(out) = out
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Full::new(body))
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "bad request");
+    };
+    let resp = match tokio::time::timeout(timeout, super::upstream::send(out)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "egress proxy: origin unreachable");
+            return refuse(StatusCode::BAD_GATEWAY, "cannot connect");
+        }
+        Err(_) => return refuse(StatusCode::GATEWAY_TIMEOUT, "the origin did not answer"),
+    };
+    let (parts, body) = resp.into_parts();
+    let mut back = Response::builder().status(parts.status);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) || name == header::CONTENT_LENGTH {
+            back = back.header(name, value);
+        }
+    }
+    back.body(Either::Right(body))
+        .unwrap_or_else(|_| refuse(StatusCode::BAD_GATEWAY, "bad origin headers"))
 }
 
 fn deny(grant: &Grant, host: String, port: u16) {

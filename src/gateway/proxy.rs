@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// Largest request body forwarded (a long conversation with images stays well below it).
 pub const MAX_REQUEST_BYTES: usize = 32 << 20;
 
-type Out = Either<Full<Bytes>, Metered>;
+type Out = Either<Full<Bytes>, Either<Metered, Incoming>>;
 
 /// Accepts TCP connections until `stop`; each connection is served on its own task.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
@@ -113,7 +113,10 @@ fn token_of(req: &Request<Incoming>) -> Option<String> {
 
 async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Out> {
     if super::egress::is_proxy_request(&req) {
-        return super::egress::handle(gw, req).await.map(Either::Left);
+        return super::egress::handle(gw, req).await.map(|b| match b {
+            Either::Left(text) => Either::Left(text),
+            Either::Right(origin) => Either::Right(Either::Right(origin)),
+        });
     }
     let Some((profile, rest)) = route(req.uri().path()).map(|(p, r)| (p.to_owned(), r.to_owned()))
     else {
@@ -339,14 +342,15 @@ fn respond(resp: Response<Incoming>, call: Call, idle: Duration) -> Response<Out
         sleep: Box::pin(tokio::time::sleep(idle)),
         call: Some(call),
     };
-    out.body(Either::Right(body)).unwrap_or_else(|_| {
-        refuse(
-            Api::Openai,
-            StatusCode::BAD_GATEWAY,
-            "api_error",
-            "bad upstream headers",
-        )
-    })
+    out.body(Either::Right(Either::Left(body)))
+        .unwrap_or_else(|_| {
+            refuse(
+                Api::Openai,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "bad upstream headers",
+            )
+        })
 }
 
 /// A refusal by the gateway itself, in the provider's error shape.

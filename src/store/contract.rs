@@ -75,6 +75,7 @@ macro_rules! store_contract_tests {
             change_sequence_per_tenant,
             change_sequence_under_concurrent_writers,
             pruned_changes_expire_cursors,
+            presets_per_tenant,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -148,6 +149,12 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
                 allow_rules: vec!["Bash(git status*)".into()],
                 deny_rules: vec!["WebFetch".into()],
                 permission_timeout: Some(Duration::from_secs(42)),
+            },
+            catalog: crate::domain::CatalogSelection {
+                preset: Some("review".into()),
+                mcp_servers: vec!["echo".into()],
+                subagents: vec!["reviewer".into()],
+                skills: vec!["pdf".into()],
             },
         },
         created,
@@ -2200,4 +2207,73 @@ pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {
     // The sequence goes on after pruning.
     new_job(&*store, &s, ts(2)).await;
     assert_eq!(changes(&*store, "acme", 3).await.len(), 1);
+}
+
+/// Tenants' presets: CRUD, one name per tenant, tenants never see each other's.
+pub async fn presets_per_tenant(h: &dyn Harness) {
+    use crate::presets::{Preset, TenantPreset};
+    let store = h.open().await;
+    let acme = TenantId("acme".into());
+    let other = TenantId("other".into());
+    let preset = Preset {
+        model: Some("sonnet".into()),
+        prompt_template: Some("Review {{file}} ✓".into()),
+        overridable: vec!["model".into()],
+        mcp_servers: vec!["echo".into()],
+        env: labels(&[("A", "1")]),
+        max_cost_usd: Some(0.5),
+        ..Preset::default()
+    };
+    let row = |t: &TenantId, name: &str, at: i64| TenantPreset {
+        tenant: t.clone(),
+        name: name.into(),
+        preset: preset.clone(),
+        created: ts(at),
+        updated: ts(at),
+    };
+    store.create_preset(&row(&acme, "review", 1)).await.unwrap();
+    store.create_preset(&row(&acme, "alpha", 2)).await.unwrap();
+    // The same name in another tenant is another preset.
+    store
+        .create_preset(&row(&other, "review", 3))
+        .await
+        .unwrap();
+    let err = store
+        .create_preset(&row(&acme, "review", 4))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::PresetExists);
+
+    assert_eq!(
+        store.get_preset(&acme, "review").await.unwrap(),
+        Some(row(&acme, "review", 1))
+    );
+    assert_eq!(store.get_preset(&acme, "nope").await.unwrap(), None);
+    let names: Vec<String> = store
+        .list_presets(&acme)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["alpha", "review"]);
+
+    let mut changed = row(&acme, "review", 1);
+    changed.preset.model = None;
+    changed.updated = ts(9);
+    assert!(store.update_preset(&changed).await.unwrap());
+    assert_eq!(
+        store.get_preset(&acme, "review").await.unwrap(),
+        Some(changed)
+    );
+    assert!(!store.update_preset(&row(&acme, "nope", 1)).await.unwrap());
+    assert_eq!(
+        store.get_preset(&other, "review").await.unwrap(),
+        Some(row(&other, "review", 3)),
+        "another tenant's preset of the same name is untouched"
+    );
+
+    assert!(store.delete_preset(&acme, "review").await.unwrap());
+    assert!(!store.delete_preset(&acme, "review").await.unwrap());
+    assert!(store.get_preset(&other, "review").await.unwrap().is_some());
 }

@@ -17,6 +17,7 @@
 //!   check in the core cannot leak another tenant's session.
 
 pub mod postgres;
+pub mod presets;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ use crate::domain::{
     Timestamp, Usage,
 };
 use crate::error::Result;
+use crate::presets::TenantPreset;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -329,6 +331,21 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes changes older than `before`, at most `limit`, remembering per tenant up to where,
     /// so that older cursors answer `CursorExpired`. Returns how many were deleted.
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64>;
+
+    /// Adds a tenant's preset: ALREADY_EXISTS (PRESET_EXISTS) when the name is taken,
+    /// RESOURCE_EXHAUSTED past `presets::MAX_PER_TENANT`.
+    async fn create_preset(&self, preset: &TenantPreset) -> Result<()>;
+
+    async fn get_preset(&self, tenant: &TenantId, name: &str) -> Result<Option<TenantPreset>>;
+
+    /// The tenant's presets by name.
+    async fn list_presets(&self, tenant: &TenantId) -> Result<Vec<TenantPreset>>;
+
+    /// Replaces a preset's body (keeping its creation time); false when there is none.
+    async fn update_preset(&self, preset: &TenantPreset) -> Result<bool>;
+
+    /// False when there was none.
+    async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool>;
 }
 
 /// One row of the usage ledger: a model call and whose it was.

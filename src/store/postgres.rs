@@ -12,6 +12,7 @@ mod changes;
 mod ledger;
 mod listen;
 mod migrate;
+mod presets;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -1288,5 +1289,29 @@ impl Store for PgStore {
 
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.prune_changes_before(before, limit).await
+    }
+
+    async fn create_preset(&self, preset: &crate::presets::TenantPreset) -> Result<()> {
+        presets::create(self, preset).await
+    }
+
+    async fn get_preset(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<crate::presets::TenantPreset>> {
+        presets::get_one(self, tenant, name).await
+    }
+
+    async fn list_presets(&self, tenant: &TenantId) -> Result<Vec<crate::presets::TenantPreset>> {
+        presets::list(self, tenant).await
+    }
+
+    async fn update_preset(&self, preset: &crate::presets::TenantPreset) -> Result<bool> {
+        presets::update(self, preset).await
+    }
+
+    async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool> {
+        presets::delete(self, tenant, name).await
     }
 }

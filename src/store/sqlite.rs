@@ -15,6 +15,7 @@ mod checkpoint;
 mod conn;
 mod ledger;
 mod ops;
+mod presets;
 mod writer;
 
 use crate::domain::{
@@ -331,6 +332,39 @@ impl Store for SqliteStore {
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.writer
             .write(move |c| changes::prune_changes(c, before, limit))
+            .await
+    }
+
+    async fn create_preset(&self, preset: &crate::presets::TenantPreset) -> Result<()> {
+        let p = preset.clone();
+        self.writer.write(move |c| presets::create(c, &p)).await
+    }
+
+    async fn get_preset(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<crate::presets::TenantPreset>> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.readers
+            .read(move |c| presets::get(c, &tenant, &name))
+            .await
+    }
+
+    async fn list_presets(&self, tenant: &TenantId) -> Result<Vec<crate::presets::TenantPreset>> {
+        let tenant = tenant.clone();
+        self.readers.read(move |c| presets::list(c, &tenant)).await
+    }
+
+    async fn update_preset(&self, preset: &crate::presets::TenantPreset) -> Result<bool> {
+        let p = preset.clone();
+        self.writer.write(move |c| presets::update(c, &p)).await
+    }
+
+    async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool> {
+        let (tenant, name) = (tenant.clone(), name.to_owned());
+        self.writer
+            .write(move |c| presets::delete(c, &tenant, &name))
             .await
     }
 }

@@ -219,7 +219,7 @@ where
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert(REQUEST_ID_HEADER, v);
                 }
-                reclassify_transport_error(resp.headers_mut());
+                crate::api::status::reclassify_transport(resp.headers_mut());
                 // A trailers-only response (most errors) carries the status in its headers.
                 if let Some(code) = resp.headers().get("grpc-status") {
                     record.finish(code_name(code.as_bytes()));
@@ -232,58 +232,9 @@ where
     }
 }
 
-/// tonic answers a request it cannot decode with INTERNAL (invalid UTF-8 in a string field) and
-/// an over-long message with OUT_OF_RANGE; both are the caller's fault, and gRPC's convention is
-/// INVALID_ARGUMENT and RESOURCE_EXHAUSTED. Rewrites the status of such trailers-only responses.
-fn reclassify_transport_error(headers: &mut http::HeaderMap) {
-    let (Some(code), Some(msg)) = (headers.get("grpc-status"), headers.get("grpc-message")) else {
-        return;
-    };
-    // tonic percent-encodes the message, spaces included.
-    let msg = msg.as_bytes();
-    let contains = |needle: &str| {
-        let enc = needle.replace(' ', "%20");
-        [needle.as_bytes(), enc.as_bytes()]
-            .iter()
-            .any(|n| msg.windows(n.len()).any(|w| w == *n))
-    };
-    let new = match code.as_bytes() {
-        b"13" if contains("failed to decode Protobuf message") => "3",
-        b"11" if contains("message length too large") => "8",
-        _ => return,
-    };
-    headers.insert("grpc-status", HeaderValue::from_static(new));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decode_failures_become_caller_errors() {
-        let mut h = http::HeaderMap::new();
-        h.insert("grpc-status", HeaderValue::from_static("13"));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("failed to decode Protobuf message: x: invalid string value"),
-        );
-        reclassify_transport_error(&mut h);
-        assert_eq!(h["grpc-status"], "3");
-        h.insert("grpc-status", HeaderValue::from_static("11"));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large:%20found"),
-        );
-        reclassify_transport_error(&mut h);
-        assert_eq!(h["grpc-status"], "8");
-        h.insert("grpc-status", HeaderValue::from_static("13"));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("internal server error"),
-        );
-        reclassify_transport_error(&mut h);
-        assert_eq!(h["grpc-status"], "13", "our own INTERNAL stays");
-    }
 
     #[test]
     fn parses_grpc_timeout_and_request_ids() {

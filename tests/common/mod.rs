@@ -233,6 +233,17 @@ impl tonic::service::Interceptor for ApiKey {
     }
 }
 
+impl ApiKey {
+    /// `authorization: Bearer <key>` on every call (none for an empty key).
+    pub fn bearer(key: &str) -> ApiKey {
+        ApiKey(if key.is_empty() {
+            None
+        } else {
+            Some(MetadataValue::try_from(format!("Bearer {key}")).expect("ascii key"))
+        })
+    }
+}
+
 pub type Svc = InterceptedService<Channel, ApiKey>;
 
 #[derive(Clone)]

@@ -105,6 +105,9 @@ pub fn enter(root: &Path, spec: &JailSpec) -> Result<()> {
     for path in spec.read_write.iter().chain([&spec.workspace, &spec.home]) {
         expose(root, path, true)?;
     }
+    for i in &spec.installs {
+        install(root, &spec.home, i)?;
+    }
     let keep = |p: &Path| {
         [&spec.workspace, &spec.home]
             .into_iter()
@@ -173,6 +176,51 @@ fn expose(root: &Path, path: &Path, writable: bool) -> Result<()> {
         read_only_tree(&target)?;
     }
     Ok(())
+}
+
+/// Shows `i.entries` (and nothing else) read-only in `i.dir`: a tmpfs over the directory, each
+/// entry bound onto it read-only, then the tmpfs itself made read-only.
+fn install(root: &Path, home: &Path, i: &super::Install) -> Result<()> {
+    let rel = i
+        .dir
+        .strip_prefix(home)
+        .map_err(|_| err("not under HOME:", &i.dir, "refused"))?;
+    // The agent owned HOME before this job: no component below it may be a link (one would
+    // move the mount to wherever it points).
+    let mut at_dir = at(root, home);
+    for c in rel.components() {
+        at_dir.push(c);
+        match std::fs::symlink_metadata(&at_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(err("not a directory:", &i.dir, "refused")),
+            Err(e) => return Err(err("cannot inspect", &i.dir, e)),
+        }
+    }
+    mount(
+        Some("tmpfs"),
+        &at_dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(|e| err("cannot mount a tmpfs on", &i.dir, e))?;
+    for (name, source) in &i.entries {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(err("bad install name in", &i.dir, name));
+        }
+        let meta = std::fs::metadata(source).map_err(|e| err("cannot inspect", source, e))?;
+        let target = at_dir.join(name);
+        mount_point(&target, meta.is_dir())?;
+        mount(
+            Some(source.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| err("cannot bind", source, e))?;
+    }
+    read_only_tree(&at_dir)
 }
 
 /// Creates what a mount needs to land on: a directory, or an empty file for a file.

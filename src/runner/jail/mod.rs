@@ -100,6 +100,22 @@ pub struct JailSpec {
     /// (`network = "gateway"`).
     #[serde(default)]
     pub bridges: Vec<Bridge>,
+    /// Directories under `home` replaced, for the job, by a read-only view of operator files
+    /// (Claude subagents and skills, #20).
+    #[serde(default)]
+    pub installs: Vec<Install>,
+}
+
+/// A directory of the job's HOME that shows exactly `entries`, read-only: an empty read-only
+/// tmpfs over it with each entry bind-mounted read-only. The agent can neither change these nor
+/// add to them, and what it left in the directory is hidden for the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Install {
+    /// An existing directory under `home` (agentd creates it beneath an fd first); refused when
+    /// any component below `home` is a symlink.
+    pub dir: PathBuf,
+    /// File or directory names in `dir`, and the host paths shown there.
+    pub entries: Vec<(String, PathBuf)>,
 }
 
 /// One loopback port inside the job's network namespace, forwarded to a unix socket outside.

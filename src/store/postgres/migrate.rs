@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0010_usage.sql"),
     include_str!("../migrations/postgres/0013_job_changes.sql"),
+    include_str!("../migrations/postgres/0016_presets.sql"),
 ];
 
 /// First key of the migration advisory lock (the second is the schema's hash): "agnt".

@@ -517,6 +517,23 @@ async fn signals_cross_stores_and_resync_after_reconnect() {
     // Cut the listeners' connections (both stores'): they come back and say that signals may have
     // been missed.
     let c = a.client().await.unwrap();
+    // Store b's listener connects in the background: on a busy machine it may not have sent its
+    // LISTEN yet (nothing above waits for it), so wait until both are listening.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN ' || quote_ident($1)",
+                &[&a.channel],
+            )
+            .await
+            .unwrap();
+        let listening: i64 = row.get(0);
+        if listening >= 2 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let killed = c
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_leases.sql"),
     include_str!("../migrations/sqlite/0010_usage.sql"),
     include_str!("../migrations/sqlite/0013_job_changes.sql"),
+    include_str!("../migrations/sqlite/0016_presets.sql"),
 ];
 
 /// How long a connection waits for a lock held by another connection (a second process, a

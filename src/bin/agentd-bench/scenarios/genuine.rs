@@ -267,6 +267,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         permission_mode: None,
         budget: Default::default(),
         control: Default::default(),
+        catalog: Default::default(),
     };
     let launch = agentd::agents::launch(
         p,
@@ -277,6 +278,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
             resume_conversation: None,
             // agentd jails its jobs (the default, as users run it): the same adapter choices.
             jailed: true,
+            mcp: &[],
         },
     )
     .map_err(|e| anyhow!("{e}"))?;

@@ -270,6 +270,26 @@ class SubmitJobRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class VariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SESSION_ID_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
@@ -286,6 +306,11 @@ class SubmitJobRequest(_message.Message):
     ALLOW_RULES_FIELD_NUMBER: _builtins.int
     DENY_RULES_FIELD_NUMBER: _builtins.int
     PERMISSION_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    MCP_SERVERS_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_FIELD_NUMBER: _builtins.int
+    SKILLS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to run in."""
     agent: _builtins.str
@@ -315,6 +340,12 @@ class SubmitJobRequest(_message.Message):
     """Under permission_mode `ask`: seconds to wait for an answer to a permission request before it
     is denied; 0 means the server default.
     """
+    preset: _builtins.str
+    """A preset (PresetService) to make the job from: the caller's own, else the operator's. Its
+    fields fill what the request leaves unset; a field the request sets must be in the preset's
+    `overridable` (else INVALID_ARGUMENT, reason PRESET_OVERRIDE_DENIED). Unknown name:
+    INVALID_ARGUMENT, UNKNOWN_PRESET.
+    """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra environment variables for the agent. PATH, HOME, LD_* and *_BASE_URL / *_API_KEY are
@@ -336,6 +367,31 @@ class SubmitJobRequest(_message.Message):
     def deny_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tool permission rules of this job: a tool call matching one is denied without asking."""
 
+    @_builtins.property
+    def variables(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Values of the preset's prompt_template `{{variables}}`. A placeholder without a value is
+        refused (MISSING_VARIABLE), and so is a value the template does not use (UNKNOWN_VARIABLE).
+        """
+
+    @_builtins.property
+    def mcp_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """MCP servers of the operator's catalog (ServerInfo.mcp_servers) the agent may use, by name;
+        an unknown name is refused (UNKNOWN_MCP_SERVER). The agent starts them inside the job's
+        sandbox; no other MCP server is configured for it.
+        """
+
+    @_builtins.property
+    def subagents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Claude subagent definitions of the operator's catalog (ServerInfo.subagents), installed
+        read-only into the agent's ~/.claude/agents (UNKNOWN_SUBAGENT when unknown).
+        """
+
+    @_builtins.property
+    def skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Skill folders of the operator's catalog (ServerInfo.skills), installed read-only into the
+        agent's ~/.claude/skills (UNKNOWN_SKILL when unknown).
+        """
+
     def __init__(
         self,
         *,
@@ -355,10 +411,15 @@ class SubmitJobRequest(_message.Message):
         allow_rules: _abc.Iterable[_builtins.str] | None = ...,
         deny_rules: _abc.Iterable[_builtins.str] | None = ...,
         permission_timeout_seconds: _builtins.int = ...,
+        preset: _builtins.str = ...,
+        variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
+        subagents: _abc.Iterable[_builtins.str] | None = ...,
+        skills: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_rules", b"allow_rules", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "deny_rules", b"deny_rules", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "model", b"model", "permission_mode", b"permission_mode", "permission_timeout_seconds", b"permission_timeout_seconds", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_rules", b"allow_rules", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "deny_rules", b"deny_rules", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "permission_mode", b"permission_mode", "permission_timeout_seconds", b"permission_timeout_seconds", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,9 @@ class GetServerInfoResponse(_message.Message):
     DEFAULT_AGENT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    MCP_SERVERS_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_FIELD_NUMBER: _builtins.int
+    SKILLS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The agentd version."""
     default_agent: _builtins.str
@@ -62,6 +65,18 @@ class GetServerInfoResponse(_message.Message):
     def sandbox(self) -> Global___SandboxSupport:
         """What the host offers the jobs' sandbox, as probed at start."""
 
+    @_builtins.property
+    def mcp_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the operator's MCP servers a job may select (SubmitJobRequest.mcp_servers)."""
+
+    @_builtins.property
+    def subagents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the operator's Claude subagent definitions (SubmitJobRequest.subagents)."""
+
+    @_builtins.property
+    def skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the operator's skill folders (SubmitJobRequest.skills)."""
+
     def __init__(
         self,
         *,
@@ -70,10 +85,13 @@ class GetServerInfoResponse(_message.Message):
         default_agent: _builtins.str = ...,
         limits: Global___ServerLimits | None = ...,
         sandbox: Global___SandboxSupport | None = ...,
+        mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
+        subagents: _abc.Iterable[_builtins.str] | None = ...,
+        skills: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "default_agent", b"default_agent", "limits", b"limits", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "default_agent", b"default_agent", "limits", b"limits", "mcp_servers", b"mcp_servers", "sandbox", b"sandbox", "skills", b"skills", "subagents", b"subagents", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,412 @@
+//! Running one job, as named steps: `prepare` (profile, launch, HOME files, stdin, env, jail,
+//! the gateway grant, the workspace's before-snapshot), launch, the event pump (`pump`), the
+//! `verdict` from what happened, the outputs recorder, and `finish` (final event and row).
+//! `recovery` settles what a previous process left; `sink` numbers and writes events.
+
+mod finish;
+mod gateway;
+mod pump;
+mod recovery;
+mod sink;
+mod verdict;
+
+use super::{Core, RunHandle};
+use crate::agents::interactive::Interactive;
+use crate::agents::{self, AgentProfile, LaunchContext};
+use crate::domain::{EventKind, Job, JobState, Outcome, Session, Timestamp, Usage};
+use crate::error::{Reason, Result};
+use crate::runner::jail::{Bridge, Network};
+use crate::runner::{Output, ProcessSpec, RunControl, Stdin, StopCause};
+use crate::store::JobUpdate;
+use crate::telemetry::{TraceParent, metrics, trace};
+use crate::workspace::Snapshot;
+use finish::FinishFacts;
+use pump::Pump;
+use sink::{Sink, write_input};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use verdict::{Ended, verdict};
+
+/// The loopback port of a `network = "gateway"` job's own namespace where its bridge to agentd's
+/// gateway listens (the namespace is the job's alone, so any fixed port is free).
+const BRIDGE_PORT: u16 = 4317;
+/// Attempts to record the failure of a job that failed inside the server, and their backoff
+/// (about a minute in all).
+const SETTLE_ATTEMPTS: usize = 16;
+const SETTLE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const SETTLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Everything a job needs to start, once `prepare` succeeded.
+struct Prepared<'c> {
+    session: Session,
+    profile: &'c AgentProfile,
+    spec: ProcessSpec,
+    resume: Option<String>,
+    /// The gateway grant: held while the agent runs, dropped when it ends.
+    access: Option<(crate::gateway::Access, Vec<(String, String)>)>,
+    budget_hit: Arc<OnceLock<String>>,
+    before: Snapshot,
+    tx: mpsc::Sender<Output>,
+    rx: mpsc::Receiver<Output>,
+    /// Under permission_mode `ask`: the agent's protocol and the write end of its stdin pipe.
+    pipe: Option<(Arc<dyn Interactive>, tokio::net::unix::pipe::Sender)>,
+}
+
+/// `prepare` either readies the job or settles it without starting anything.
+enum Prep<'c> {
+    Ready(Box<Prepared<'c>>),
+    Settle(FinishFacts),
+}
+
+impl Core {
+    /// Runs one job to its final state. Never fails: every failure becomes the job's outcome.
+    pub(super) async fn run_job(&self, job: Job, handle: &RunHandle) {
+        let id = &job.id;
+        let profile = self.config.agents.get(&job.spec.agent);
+        let secrets: Vec<String> = profile
+            .map(|p| p.env.values().filter(|v| v.len() >= 6).cloned().collect())
+            .unwrap_or_default();
+        let mut sink = Sink {
+            core: self,
+            job: job.id.clone(),
+            next_seq: job.last_seq + 1,
+            secrets,
+        };
+        // The job span continues the submitter's trace: its TRACEPARENT (taken from the
+        // SubmitJob metadata by the API edge) is also what the agent receives.
+        let span = tracing::info_span!(
+            "job",
+            job = %job.id,
+            session = %job.session_id,
+            agent = %job.spec.agent,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(tp) = job
+            .spec
+            .env
+            .get(trace::ENV)
+            .and_then(|v| TraceParent::parse(v))
+        {
+            tp.adopt(&span);
+            span.record("parent_span_id", tp.parent_id());
+        }
+        async {
+            match self.execute(&job, handle, &mut sink).await {
+                Ok(()) => {}
+                // Another replica settled the job after this one lost its lease: expected
+                // fencing, and a final event could not be stored either.
+                Err(e) if e.reason() == Reason::JobFinished => {
+                    tracing::info!(job = %id, error = %e, "job was settled by another replica");
+                }
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "job failed inside the server");
+                    let secrets = std::mem::take(&mut sink.secrets);
+                    self.settle_failed(id, secrets, format!("internal error: {e}"))
+                        .await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn execute(&self, job: &Job, handle: &RunHandle, sink: &mut Sink<'_>) -> Result<()> {
+        let p = match self.prepare(job, handle, sink).await? {
+            Prep::Ready(p) => *p,
+            Prep::Settle(facts) => return self.finish(sink, None, facts).await,
+        };
+        let program = p.spec.program.clone();
+        let stdin = p.spec.stdin.clone();
+        let agent_span =
+            tracing::info_span!("agent", program = %program, pid = tracing::field::Empty);
+        let process = match self
+            .launcher
+            .spawn(p.spec)
+            .instrument(agent_span.clone())
+            .await
+        {
+            Ok(process) => process,
+            Err(e) => {
+                let msg = format!("cannot start agent {program:?}: {e}");
+                return self.finish(sink, None, FinishFacts::failed(msg)).await;
+            }
+        };
+        let started = Timestamp::now();
+        agent_span.record("pid", process.pid());
+        let running = metrics().job_running();
+        tracing::info!(job = %job.id, session = %p.session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
+        let state = job.state.transition(JobState::Running { started })?;
+        let ev = sink.event(
+            EventKind::Started {
+                agent: job.spec.agent.clone(),
+                command: program,
+                pid: process.pid(),
+                resumed_conversation_id: p.resume.clone(),
+            },
+            None,
+        );
+        let update = JobUpdate {
+            state: state.clone(),
+            result: String::new(),
+            usage: Usage::default(),
+            conversation_id: p.resume.clone(),
+        };
+        // Not awaited here: the pump starts while it commits and the first output lines join it
+        // in the event log's queue (often in the same commit).
+        let started_write = sink.submit(vec![ev], Some(update)).await?;
+
+        let control = RunControl {
+            cancel: handle.cancel.clone(),
+            timeout: job.spec.timeout,
+            grace: self.config.timing.kill_grace,
+        };
+        let limits = &self.config.limits;
+        let mut pump = Pump::new(
+            agents::parser(p.profile),
+            state,
+            p.resume,
+            (limits.job_output_max_bytes, limits.job_output_max_events),
+        );
+        pump.control = p
+            .pipe
+            .map(|pipe| self.start_control(job, handle, &p.session, pipe, &p.tx));
+        let run = tokio::spawn(process.run(p.tx, control).instrument(agent_span));
+        let mut rx = p.rx;
+        if let Err(e) = pump.run(sink, &mut rx, started_write).await {
+            // Nothing more of this run can be recorded (the job is about to be marked failed, or
+            // another replica settled it): stop the agent instead of leaving it running
+            // unobserved. Dropping the process kills its supervisor and with it the whole tree.
+            run.abort();
+            return Err(e);
+        }
+        let outcome = run.await;
+        if let Stdin::File(path) = &stdin {
+            // The agent read it (or never will): a large prompt need not linger in its HOME.
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = format!("agent supervisor task failed: {e}");
+                return self
+                    .finish(sink, Some(started), FinishFacts::failed(msg))
+                    .await;
+            }
+        };
+        let summary = pump.parser.summary();
+        match outcome.stop {
+            Some(StopCause::Cancelled) => metrics().kill_escalation("cancelled"),
+            Some(StopCause::TimedOut) => metrics().kill_escalation("timed_out"),
+            None => {}
+        }
+        // The gateway's grant ends with the agent: a call after this is refused.
+        drop(p.access);
+        let stderr_tail: Vec<String> = pump.stderr_tail.iter().cloned().collect();
+        let exit = outcome.exit;
+        let verdict = verdict(Ended {
+            stop: outcome.stop,
+            exit,
+            limit_hit: pump.limit_hit.take(),
+            budget_hit: p.budget_hit.get().cloned(),
+            cancel_reason: handle.reason.get().cloned(),
+            timeout: job.spec.timeout,
+            agent_error: summary.error.clone(),
+            stderr_tail: &stderr_tail,
+            interrupted: pump.control.take().is_some_and(|c| c.handle.interrupted()),
+        });
+        self.record_outputs(job, &p.session, &p.before).await?;
+        let facts = FinishFacts {
+            outcome: verdict,
+            exit: Some(exit),
+            result: summary.result.unwrap_or_default(),
+            usage: pump.metered.over(summary.usage),
+            conversation_id: summary.conversation_id.or(pump.conversation.take()),
+        };
+        // Not running any more once a reader can see it final (a scrape right after must agree).
+        drop(running);
+        self.finish(sink, Some(started), facts).await?;
+        self.extend_session(&p.session).await;
+        Ok(())
+    }
+
+    /// Everything before the spawn: the session and profile still exist and the job is not
+    /// cancelled; the adapter's launch, its HOME files and stdin; the env, the gateway grant and
+    /// the jail; the workspace's before-snapshot.
+    async fn prepare<'c>(
+        &'c self,
+        job: &Job,
+        handle: &RunHandle,
+        sink: &mut Sink<'_>,
+    ) -> Result<Prep<'c>> {
+        let Some(session) = self.store.get_session_any(&job.session_id).await? else {
+            return Ok(Prep::Settle(FinishFacts::failed(
+                "session was deleted".into(),
+            )));
+        };
+        if handle.cancel.is_cancelled() {
+            let reason = handle.reason.get().cloned().unwrap_or_default();
+            return Ok(Prep::Settle(FinishFacts::outcome(Outcome::Cancelled {
+                reason,
+            })));
+        }
+        let Some(profile) = self.config.agents.get(&job.spec.agent) else {
+            let msg = format!("agent profile {:?} is no longer configured", job.spec.agent);
+            return Ok(Prep::Settle(FinishFacts::failed(msg)));
+        };
+        let workspace = self.workspaces.workspace_dir(&session.id);
+        let home = self.workspaces.home_dir(&session.id);
+        let resume = session.conversation_id.clone();
+        let sandbox = self.config.sandbox.of(&job.spec.agent);
+        let mut extras = match self.resolve_catalog(&job.spec.catalog, &home) {
+            Ok(e) => e,
+            Err(msg) => return Ok(Prep::Settle(FinishFacts::failed(msg))),
+        };
+        let ctx = LaunchContext {
+            workspace: &workspace,
+            home: &home,
+            resume_conversation: resume.as_deref(),
+            jailed: sandbox.is_some(),
+            mcp: &extras.mcp,
+        };
+        let mut launch = match agents::launch(profile, &job.spec, &ctx) {
+            Ok(l) => l,
+            Err(e) => return Ok(Prep::Settle(FinishFacts::failed(e.to_string()))),
+        };
+        let mut home_files = std::mem::take(&mut launch.files);
+        home_files.extend(std::mem::take(&mut extras.placeholders));
+        self.workspaces
+            .write_home_files(&session.id, home_files)
+            .await?;
+        // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
+        let protocol = job
+            .spec
+            .asks()
+            .then(|| agents::interactive::protocol(profile))
+            .flatten();
+        let mut pipe = None;
+        let stdin = match (&launch.stdin, protocol) {
+            (_, Some(protocol)) => {
+                let (path, sender) = super::control::open_pipe(&home).await?;
+                pipe = Some((Arc::from(protocol), sender));
+                Stdin::File(path)
+            }
+            (Some(text), None) => Stdin::File(write_input(&home, text).await?),
+            (None, None) => Stdin::Null,
+        };
+        let before = self.workspaces.snapshot(&session.id).await?;
+
+        let (tx, rx) = mpsc::channel::<Output>(1024);
+        let budget_hit: Arc<OnceLock<String>> = Arc::default();
+        let in_netns = sandbox.is_some_and(|s| s.network == Network::Gateway);
+        let access = self.gateway_access(job, &mut launch, &tx, handle, &budget_hit, in_netns);
+        let mut env = super::env::agent_env(&home, &launch.env, &profile.env, &job.spec.env);
+        if let Some((access, overrides)) = &access {
+            super::env::route_through_gateway(&mut env, overrides, access.key());
+            sink.secrets.push(access.key().to_owned());
+        }
+        let jail = sandbox.map(|sandbox| {
+            // The host's temp dir does not exist in the jail; its own /tmp does.
+            env.retain(|(k, _)| k != "TMPDIR");
+            env.push(("TMPDIR".into(), "/tmp".into()));
+            let path = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str());
+            let mut jail = super::jail::for_job(
+                &self.config,
+                sandbox,
+                &launch.program,
+                path,
+                &workspace,
+                &home,
+            );
+            jail.spec.installs = std::mem::take(&mut extras.installs);
+            if let (Some(gw), true) = (&self.gateway, in_netns) {
+                jail.spec.bridges = vec![Bridge {
+                    port: BRIDGE_PORT,
+                    socket: gw.socket().to_path_buf(),
+                }];
+            }
+            jail
+        });
+        let spec = ProcessSpec {
+            supervisor: self.config.supervisor.clone(),
+            program: launch.program,
+            args: launch.args,
+            env,
+            cwd: workspace,
+            max_line_bytes: self.config.limits.max_line_bytes,
+            run_dir: Some(crate::runner::records::run_dir(&self.config.data_dir)),
+            jail,
+            stdin,
+        };
+        Ok(Prep::Ready(Box::new(Prepared {
+            session,
+            profile,
+            spec,
+            resume,
+            access,
+            budget_hit,
+            before,
+            tx,
+            rx,
+            pipe,
+        })))
+    }
+
+    /// Starts a controlled job's controller (its rules, its timeout) and hands it to the job's
+    /// run handle, where RespondToPermission, SendInput and InterruptJob find it.
+    fn start_control(
+        &self,
+        job: &Job,
+        handle: &RunHandle,
+        session: &Session,
+        (protocol, pipe): (Arc<dyn Interactive>, tokio::net::unix::pipe::Sender),
+        tx: &mpsc::Sender<Output>,
+    ) -> pump::Controlled {
+        let c = &job.spec.control;
+        let setup = super::control::Setup {
+            protocol: protocol.clone(),
+            operator: self
+                .config
+                .permissions
+                .get(&job.spec.agent)
+                .cloned()
+                .unwrap_or_default(),
+            job: crate::domain::permission::PermissionRules {
+                allow: c.allow_rules.clone(),
+                deny: c.deny_rules.clone(),
+            },
+            timeout: c
+                .permission_timeout
+                .unwrap_or(self.config.permission_timeout_default),
+            workspace: self
+                .workspaces
+                .workspace_dir(&session.id)
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
+        let _ = handle.control.set(ctl.clone());
+        pump::Controlled {
+            handle: ctl,
+            protocol,
+            _task: pump::AbortOnDrop(task),
+        }
+    }
+
+    /// What the job changed in the workspace, stored with the job. A snapshot that cannot be
+    /// taken loses the outputs, not the job.
+    async fn record_outputs(&self, job: &Job, session: &Session, before: &Snapshot) -> Result<()> {
+        match self.workspaces.snapshot(&session.id).await {
+            Ok(after) => match self.workspaces.diff(&session.id, before, &after).await {
+                Ok(changes) => self.store.put_job_outputs(&job.id, &changes).await?,
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot diff workspace"),
+            },
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
+        }
+        Ok(())
+    }
+}
