@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Job timeout when a job asks for none, in seconds.
     #[arg(long, env = "AGENTD_JOB_TIMEOUT_DEFAULT", default_value_t = 1800)]
     pub job_timeout_default: u32,
+    /// How long a permission request (permission_mode `ask`) waits for an answer before it is
+    /// denied, when the job gives no permission_timeout_seconds; in seconds.
+    #[arg(long, env = "AGENTD_PERMISSION_TIMEOUT_DEFAULT", default_value_t = 300)]
+    pub permission_timeout_default: u32,
     /// Largest job timeout a job may ask for, in seconds.
     #[arg(long, env = "AGENTD_JOB_TIMEOUT_MAX", default_value_t = 7200)]
     pub job_timeout_max: u32,
@@ -305,6 +309,10 @@ struct FileAgent {
     sandbox: Option<sandbox::FileSandbox>,
     /// Route the agent's model calls through agentd's gateway to this upstream.
     gateway: Option<crate::gateway::FileGateway>,
+    /// `[agents.<name>.permissions]`: the operator's tool rules for jobs that ask (`allow`,
+    /// `deny`, each `Tool(pattern)`); its deny rules win over any job's.
+    #[serde(default)]
+    permissions: crate::domain::permission::PermissionRules,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +452,10 @@ pub struct Config {
     pub gateway_timeout: Duration,
     /// `[webhooks]` (holds endpoint secrets: never printed).
     pub webhooks: crate::webhooks::config::WebhookConfig,
+    /// Each profile's operator permission rules (issue #17).
+    pub permissions: BTreeMap<String, crate::domain::permission::PermissionRules>,
+    /// How long a permission request waits when the job does not say.
+    pub permission_timeout_default: Duration,
     /// Presets, MCP servers, subagents and skills of the config file, as read at start (the core
     /// holds the live one, which SIGHUP replaces).
     pub catalog: crate::presets::Catalog,
@@ -580,6 +592,7 @@ impl Config {
         let webhooks = crate::webhooks::config::resolve(file.webhooks).map_err(bad)?;
         let mut upstreams = BTreeMap::new();
         let global_network = sandbox::FileSandbox::names_network(file.sandbox.as_ref());
+        let mut permissions = BTreeMap::new();
         for (name, mut a) in file.agents {
             if name.is_empty()
                 || !name
@@ -615,6 +628,18 @@ impl Config {
                 false => a.sandbox,
             };
             sandboxes.insert(name.clone(), own_sandbox);
+            crate::domain::permission::validate_rules(
+                &format!("agents.{name}.permissions.allow"),
+                &a.permissions.allow,
+            )
+            .and_then(|()| {
+                crate::domain::permission::validate_rules(
+                    &format!("agents.{name}.permissions.deny"),
+                    &a.permissions.deny,
+                )
+            })
+            .map_err(|e| bad(e.to_string()))?;
+            permissions.insert(name.clone(), a.permissions);
             if let Some(g) = a.gateway {
                 let up = crate::gateway::config::resolve_upstream(&name, a.kind, g).map_err(bad)?;
                 upstreams.insert(name.clone(), up);
@@ -843,6 +868,10 @@ impl Config {
             gateway_listen: args.gateway_listen,
             gateway_timeout: Duration::from_secs(args.gateway_timeout_seconds.max(1)),
             webhooks,
+            permissions,
+            permission_timeout_default: Duration::from_secs(
+                args.permission_timeout_default.max(1).into(),
+            ),
             catalog,
         })
     }

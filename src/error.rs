@@ -79,6 +79,17 @@ pub enum Reason {
     WebhookUrlRefused,
     // INVALID_ARGUMENT: a job's webhook_url outside the operator's allowed prefixes.
     WebhookUrlNotAllowed,
+    // NOT_FOUND: a permission request id the job never made (issue #17).
+    PermissionRequestNotFound,
+    // FAILED_PRECONDITION: the permission request was already answered, by a rule or timed out.
+    PermissionDecided,
+    // FAILED_PRECONDITION: the job cannot be controlled (not `ask`, not running here yet).
+    JobNotControllable,
+    // A job's final reason (not an RPC error): InterruptJob ended its turn.
+    Interrupted,
+    // A job's final reason (not an RPC error): agentd restarted while a permission request of
+    // the job was pending.
+    PermissionPendingAtRestart,
     // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
     // its preset does not list as overridable; a template variable without a value, or a value
     // the template does not use; a catalog name the operator did not configure.
@@ -148,6 +159,11 @@ impl Reason {
             Reason::WebhookNotFound => "WEBHOOK_NOT_FOUND",
             Reason::WebhookUrlRefused => "WEBHOOK_URL_REFUSED",
             Reason::WebhookUrlNotAllowed => "WEBHOOK_URL_NOT_ALLOWED",
+            Reason::PermissionRequestNotFound => "PERMISSION_REQUEST_NOT_FOUND",
+            Reason::PermissionDecided => "PERMISSION_DECIDED",
+            Reason::JobNotControllable => "JOB_NOT_CONTROLLABLE",
+            Reason::Interrupted => "INTERRUPTED",
+            Reason::PermissionPendingAtRestart => "PERMISSION_PENDING_AT_RESTART",
             Reason::UnknownPreset => "UNKNOWN_PRESET",
             Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
             Reason::MissingVariable => "MISSING_VARIABLE",

@@ -879,3 +879,404 @@ agent_tests!(claude, CLAUDE);
 agent_tests!(codex, CODEX);
 agent_tests!(opencode, OPENCODE);
 agent_tests!(gemini, GEMINI);
+
+// ------------------------------------------------------------------------------------------------
+// Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
+// Code's stream-json control protocol. The others refuse `ask` as an unsupported option.
+
+impl World {
+    fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
+        pb::SubmitJobRequest {
+            permission_mode: "ask".into(),
+            ..self.request(prompt)
+        }
+    }
+
+    /// Follows a job's events from `after` until one satisfies `pick`; returns it.
+    async fn wait_for(
+        &mut self,
+        job_id: &str,
+        pick: impl Fn(&pb::JobEvent) -> bool,
+    ) -> pb::JobEvent {
+        let mut s = self
+            .c
+            .jobs
+            .stream_job_events(pb::StreamJobEventsRequest {
+                job_id: job_id.into(),
+                after_seq: 0,
+            })
+            .await
+            .expect("stream")
+            .into_inner();
+        while let Some(msg) = s.message().await.expect("stream message") {
+            if let Some(e) = msg.events.into_iter().find(|e| pick(e)) {
+                return e;
+            }
+        }
+        let (job, events) = self.finish(job_id).await;
+        panic!(
+            "the job ended without the awaited event\n{}",
+            self.explain(&job, &events)
+        );
+    }
+
+    async fn permission_request(&mut self, job_id: &str) -> pb::PermissionRequest {
+        match self
+            .wait_for(job_id, |e| kind(e) == "permission_request")
+            .await
+            .kind
+        {
+            Some(pb::job_event::Kind::PermissionRequest(r)) => r,
+            _ => unreachable!("picked a permission_request"),
+        }
+    }
+
+    async fn respond(
+        &mut self,
+        job_id: &str,
+        request_id: &str,
+        allow: bool,
+        message: &str,
+    ) -> Result<(), tonic::Status> {
+        self.c
+            .jobs
+            .respond_to_permission(pb::RespondToPermissionRequest {
+                job_id: job_id.into(),
+                request_id: request_id.into(),
+                allow,
+                message: message.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+fn resolutions(events: &[pb::JobEvent]) -> Vec<pb::PermissionResolved> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::PermissionResolved(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn ask_allow_runs_the_tool_once_answered(mut w: World) {
+    let job = w
+        .submit(w.ask("write asked-note.txt allowed by the caller"))
+        .await
+        .expect("submit");
+    let req = w.permission_request(&job.job_id).await;
+    assert_eq!(req.tool, "Write");
+    assert!(req.input_json.contains("asked-note.txt"), "{req:?}");
+    // Nothing runs before the answer.
+    assert!(w.c.download(&w.session, "asked-note.txt").await.is_err());
+    // A second watcher sees the same request.
+    let mut other_watcher = w.server.clients(KEY_A).await;
+    let id = job.job_id.clone();
+    let watched = tokio::spawn(async move { other_watcher.events(&id, 0).await });
+    // Another tenant cannot answer, nor learn that the job exists.
+    let mut b = w.server.clients(KEY_B).await;
+    let st = b
+        .jobs
+        .respond_to_permission(pb::RespondToPermissionRequest {
+            job_id: job.job_id.clone(),
+            request_id: req.request_id.clone(),
+            allow: true,
+            message: String::new(),
+        })
+        .await
+        .expect_err("tenant B answered tenant A's job");
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+    let st = w
+        .respond(&job.job_id, "no-such-request", true, "")
+        .await
+        .expect_err("an unknown request id was accepted");
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+
+    w.respond(&job.job_id, &req.request_id, true, "")
+        .await
+        .expect("answer");
+    let st = w
+        .respond(&job.job_id, &req.request_id, false, "too late")
+        .await
+        .expect_err("a second answer was accepted");
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+    assert_eq!(reason(&st), "PERMISSION_DECIDED");
+
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    let r = resolutions(&events);
+    assert_eq!(r.len(), 1, "{why}");
+    assert_eq!((r[0].who.as_str(), r[0].allow), ("caller", true), "{why}");
+    let content =
+        w.c.download(&w.session, "asked-note.txt")
+            .await
+            .expect("the tool ran");
+    assert_eq!(String::from_utf8_lossy(&content), "allowed by the caller\n");
+    // Both watchers saw one and the same request.
+    let ids = |evs: &[pb::JobEvent]| -> Vec<String> {
+        evs.iter()
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::PermissionRequest(r)) => Some(r.request_id.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let watched = watched.await.expect("second watcher");
+    assert_eq!(ids(&events), vec![req.request_id.clone()], "{why}");
+    assert_eq!(ids(&watched), ids(&events), "{why}");
+}
+
+async fn ask_deny_tells_the_model_why(mut w: World) {
+    let job = w
+        .submit(w.ask("write denied-note.txt never written"))
+        .await
+        .expect("submit");
+    let req = w.permission_request(&job.job_id).await;
+    w.respond(
+        &job.job_id,
+        &req.request_id,
+        false,
+        "not there: use notes/ instead",
+    )
+    .await
+    .expect("answer");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    assert!(
+        w.c.download(&w.session, "denied-note.txt").await.is_err(),
+        "{why}"
+    );
+    // The mock quotes the tool result of its next request: the denial reached the model.
+    assert!(
+        job.result.contains("not there: use notes/ instead"),
+        "{why}"
+    );
+    assert!(
+        w.mock.requests().contains("not there: use notes/ instead"),
+        "{why}"
+    );
+    let r = resolutions(&events);
+    assert_eq!((r[0].who.as_str(), r[0].allow), ("caller", false), "{why}");
+}
+
+async fn ask_unanswered_is_denied_at_the_timeout(mut w: World) {
+    let req = pb::SubmitJobRequest {
+        permission_timeout_seconds: 2,
+        ..w.ask("write timed-note.txt never written")
+    };
+    let job = w.submit(req).await.expect("submit");
+    let asked = w.permission_request(&job.job_id).await;
+    assert_eq!(asked.timeout_seconds, 2);
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    let r = resolutions(&events);
+    assert_eq!((r[0].who.as_str(), r[0].allow), ("timeout", false), "{why}");
+    assert!(
+        w.c.download(&w.session, "timed-note.txt").await.is_err(),
+        "{why}"
+    );
+    let st = w
+        .respond(&job.job_id, &asked.request_id, true, "")
+        .await
+        .expect_err("an answer after the job ended was accepted");
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+}
+
+async fn rules_decide_without_asking(mut w: World) {
+    let req = pb::SubmitJobRequest {
+        allow_rules: vec!["Write(rule-*.txt)".into()],
+        ..w.ask("write rule-ok.txt allowed by a rule")
+    };
+    let (job, events) = {
+        let job = w.submit(req).await.expect("submit");
+        w.finish(&job.job_id).await
+    };
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    assert!(
+        !events.iter().any(|e| kind(e) == "permission_request"),
+        "{why}"
+    );
+    let r = resolutions(&events);
+    assert_eq!((r[0].who.as_str(), r[0].allow), ("rule", true), "{why}");
+    assert!(r[0].message.contains("Write(rule-*.txt)"), "{why}");
+    w.c.download(&w.session, "rule-ok.txt")
+        .await
+        .expect("written");
+
+    // The job allows every Write, the operator's profile denies this path: the operator wins.
+    let req = pb::SubmitJobRequest {
+        allow_rules: vec!["Write".into()],
+        ..w.ask("write operator-denied.txt never written")
+    };
+    let job = w.submit(req).await.expect("submit");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    let r = resolutions(&events);
+    assert_eq!((r[0].who.as_str(), r[0].allow), ("rule", false), "{why}");
+    assert!(r[0].message.contains("operator-denied"), "{why}");
+    assert!(
+        w.c.download(&w.session, "operator-denied.txt")
+            .await
+            .is_err(),
+        "{why}"
+    );
+}
+
+async fn send_input_reaches_the_models_next_request(mut w: World) {
+    let job = w
+        .submit(w.ask("delay 6 remember kiwi"))
+        .await
+        .expect("submit");
+    w.wait_for(&job.job_id, |e| kind(e) == "init").await;
+    w.c.jobs
+        .send_input(pb::SendInputRequest {
+            job_id: job.job_id.clone(),
+            text: "remember mango".into(),
+        })
+        .await
+        .expect("send input");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    assert!(events.iter().any(|e| kind(e) == "input"), "{why}");
+    assert!(
+        w.mock.requests().contains("\"prompt\": \"remember mango\"")
+            || w.mock.requests().contains("\"prompt\":\"remember mango\""),
+        "{why}"
+    );
+    assert_eq!(job.result, "I will remember mango.", "{why}");
+}
+
+async fn interrupt_keeps_the_conversation(mut w: World) {
+    let job = w
+        .submit(w.ask("delay 60 remember papaya"))
+        .await
+        .expect("submit");
+    w.wait_for(&job.job_id, |e| kind(e) == "init").await;
+    w.c.jobs
+        .interrupt_job(pb::InterruptJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("interrupt");
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Cancelled);
+    assert_eq!(job.reason, "INTERRUPTED", "{}", w.explain(&job, &events));
+    let (next, events) = w.run("recall").await;
+    w.expect_state(&next, &events, pb::JobState::Succeeded);
+    assert_eq!(
+        next.result,
+        "You asked me to remember papaya.",
+        "{}",
+        w.explain(&next, &events)
+    );
+}
+
+async fn restart_with_a_pending_request_fails_the_job(mut w: World) {
+    let job = w
+        .submit(w.ask("write pending-note.txt never written"))
+        .await
+        .expect("submit");
+    let req = w.permission_request(&job.job_id).await;
+    w.server.restart();
+    w.c = w.server.clients(KEY_A).await;
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Failed);
+    let why = w.explain(&job, &events);
+    assert_eq!(job.reason, "PERMISSION_PENDING_AT_RESTART", "{why}");
+    assert!(job.error_message.contains(&req.request_id), "{why}");
+    assert!(
+        w.c.download(&w.session, "pending-note.txt").await.is_err(),
+        "{why}"
+    );
+}
+
+mod control_claude {
+    use super::*;
+
+    /// Claude with an operator rule that denies one path whatever a job allows.
+    static CLAUDE_RULED: Agent = Agent {
+        profile: |cli, base| {
+            format!(
+                "{}[agents.claude.permissions]\ndeny = [\"Write(operator-denied*)\"]\n",
+                (CLAUDE.profile)(cli, base)
+            )
+        },
+        ..CLAUDE
+    };
+
+    #[tokio::test]
+    async fn ask_allow_runs_the_tool_once_answered() {
+        scenario(super::ask_allow_runs_the_tool_once_answered(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn ask_deny_tells_the_model_why() {
+        scenario(super::ask_deny_tells_the_model_why(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn ask_unanswered_is_denied_at_the_timeout() {
+        scenario(super::ask_unanswered_is_denied_at_the_timeout(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn rules_decide_without_asking() {
+        scenario(super::rules_decide_without_asking(
+            World::new(&CLAUDE_RULED).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn send_input_reaches_the_models_next_request() {
+        scenario(super::send_input_reaches_the_models_next_request(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn interrupt_keeps_the_conversation() {
+        scenario(super::interrupt_keeps_the_conversation(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn restart_with_a_pending_request_fails_the_job() {
+        scenario(super::restart_with_a_pending_request_fails_the_job(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
+        let mut w = World::new(&CODEX).await;
+        let st = w
+            .submit(w.ask("write x.txt y"))
+            .await
+            .expect_err("codex took ask");
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
+        assert!(st.message().contains("codex"), "{st:?}");
+    }
+}

@@ -58,6 +58,20 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     // starts with `-` cannot be taken for an option.
     args.push("-p".into());
     args.extend(["--output-format", "stream-json", "--verbose"].map(String::from));
+    if spec.asks() {
+        // Two-way control: user messages and permission answers arrive on stdin as stream-json
+        // (written by agentd's controller, which also sends the prompt); every permission
+        // prompt becomes a `control_request` on stdout.
+        args.extend(
+            [
+                "--input-format",
+                "stream-json",
+                "--permission-prompt-tool",
+                "stdio",
+            ]
+            .map(String::from),
+        );
+    }
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--resume".into(), id.to_owned()]);
     }
@@ -72,6 +86,8 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     }
     let profile_mode = profile_permission_mode(&profile.args);
     let bypass = match (&spec.permission_mode, &profile_mode) {
+        // Claude's default mode: whatever it would ask, it asks agentd.
+        (Some(_), _) if spec.asks() => false,
         (Some(mode), _) => {
             args.extend(["--permission-mode".into(), mode.clone()]);
             mode == BYPASS_MODE
@@ -114,7 +130,8 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         args,
         env,
         files,
-        stdin: Some(spec.prompt.clone()),
+        // Under `ask` the controller writes the prompt as the first user message.
+        stdin: (!spec.asks()).then(|| spec.prompt.clone()),
     }
 }
 

@@ -9,6 +9,7 @@ mod codex;
 mod command;
 pub mod gateway;
 mod gemini;
+pub mod interactive;
 pub mod mcp;
 mod opencode;
 
@@ -176,6 +177,17 @@ pub fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     for tool in &spec.allowed_tools {
         check_no_nul("allowed_tools", tool)?;
     }
+    if spec.asks() {
+        if !interactive::controls(profile.kind).contains(&interactive::CONTROL_ASK) {
+            return Err(unsupported_control(profile, "permission_mode", "ask"));
+        }
+        // The caller answers instead of the agent's own mode: nothing else to check.
+        let rest = JobSpec {
+            permission_mode: None,
+            ..spec.clone()
+        };
+        return validate(profile, &rest);
+    }
     match profile.kind {
         AgentKind::Claude => claude::validate(spec),
         AgentKind::Command => command::validate(profile, spec),
@@ -226,6 +238,18 @@ fn unsupported(profile: &AgentProfile, field: &str) -> Error {
         field,
         format!(
             "agent {:?} (kind {}) does not support {field}",
+            profile.name, profile.kind
+        ),
+    )
+}
+
+/// The refusal for a two-way control (issue #17) that an agent kind cannot do.
+pub fn unsupported_control(profile: &AgentProfile, field: &str, control: &str) -> Error {
+    Error::invalid(
+        Reason::UnsupportedOption,
+        field,
+        format!(
+            "agent {:?} (kind {}) does not support the {control} control",
             profile.name, profile.kind
         ),
     )
@@ -384,6 +408,7 @@ pub(crate) mod tests {
             permission_mode: None,
             budget: Default::default(),
             webhook_url: None,
+            control: Default::default(),
             catalog: Default::default(),
         }
     }

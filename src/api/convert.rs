@@ -256,6 +256,31 @@ pub fn event(e: JobEvent) -> pb::JobEvent {
             host,
             port: u32::from(port),
         }),
+        EventKind::PermissionRequest {
+            request_id,
+            tool,
+            input_json,
+            suggestion_json,
+            timeout_seconds,
+        } => Kind::PermissionRequest(pb::PermissionRequest {
+            request_id,
+            tool,
+            input_json,
+            suggestion_json,
+            timeout_seconds,
+        }),
+        EventKind::PermissionResolved {
+            request_id,
+            who,
+            allow,
+            message,
+        } => Kind::PermissionResolved(pb::PermissionResolved {
+            request_id,
+            who,
+            allow,
+            message,
+        }),
+        EventKind::Input { text } => Kind::Input(pb::InputEvent { text }),
     };
     pb::JobEvent {
         seq: e.seq,

@@ -43,6 +43,14 @@ impl ServerInfoService for ServerInfoApi {
                     version: a.version.clone(),
                     problem: a.problem.clone(),
                     sandbox: Some(sandbox(cfg.sandbox.profiles.get(&a.name))),
+                    controls: cfg
+                        .agents
+                        .get(&a.name)
+                        .map(|p| crate::agents::interactive::controls(p.kind))
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|c| (*c).to_owned())
+                        .collect(),
                 })
                 .collect(),
             default_agent: cfg.default_agent.clone(),

@@ -41,6 +41,9 @@ fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
         max_cost_usd: r.max_cost_usd,
         max_tokens: r.max_tokens,
         webhook_url: r.webhook_url,
+        allow_rules: r.allow_rules,
+        deny_rules: r.deny_rules,
+        permission_timeout_seconds: r.permission_timeout_seconds,
         preset: r.preset,
         variables: r.variables.into_iter().collect(),
         mcp_servers: r.mcp_servers,
@@ -252,5 +255,38 @@ impl JobService for JobApi {
             job: Some(convert::job(view)),
             timed_out,
         }))
+    }
+
+    async fn respond_to_permission(
+        &self,
+        req: Request<pb::RespondToPermissionRequest>,
+    ) -> Result<Response<pb::RespondToPermissionResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        self.core
+            .respond_to_permission(&tenant, &r.job_id, r.request_id, r.allow, r.message)
+            .await?;
+        Ok(Response::new(pb::RespondToPermissionResponse {}))
+    }
+
+    async fn send_input(
+        &self,
+        req: Request<pb::SendInputRequest>,
+    ) -> Result<Response<pb::SendInputResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        self.core.send_input(&tenant, &r.job_id, r.text).await?;
+        Ok(Response::new(pb::SendInputResponse {}))
+    }
+
+    async fn interrupt_job(
+        &self,
+        req: Request<pb::InterruptJobRequest>,
+    ) -> Result<Response<pb::InterruptJobResponse>, Status> {
+        let tenant = tenant(&req)?;
+        self.core
+            .interrupt_job(&tenant, &req.get_ref().job_id)
+            .await?;
+        Ok(Response::new(pb::InterruptJobResponse {}))
     }
 }

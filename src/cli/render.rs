@@ -488,6 +488,18 @@ pub fn event_json(job_id: &str, e: &pb::JobEvent) -> Value {
                    "latency_ms": c.latency_ms}),
         ),
         Some(Kind::EgressDenied(d)) => ("egress_denied", json!({"host": d.host, "port": d.port})),
+        Some(Kind::PermissionRequest(r)) => (
+            "permission_request",
+            json!({"request_id": r.request_id, "tool": r.tool,
+                   "input": serde_json::from_str::<Value>(&r.input_json).unwrap_or(Value::String(r.input_json.clone())),
+                   "suggestion": serde_json::from_str::<Value>(&r.suggestion_json).unwrap_or(Value::Null),
+                   "timeout_seconds": r.timeout_seconds}),
+        ),
+        Some(Kind::PermissionResolved(r)) => (
+            "permission_resolved",
+            json!({"request_id": r.request_id, "who": r.who, "allow": r.allow, "message": r.message}),
+        ),
+        Some(Kind::Input(i)) => ("input", json!({ "text": i.text })),
         Some(Kind::Finished(f)) => (
             "finished",
             json!({"state": state_name(f.state), "exit_status": exit_json(f.exit_status.as_ref()),

@@ -87,6 +87,7 @@ impl Core {
         let Claimed { job, cancel_reason } = claimed;
         let (done_tx, done_rx) = watch::channel(false);
         let handle = RunHandle {
+            control: Arc::default(),
             cancel: CancellationToken::new(),
             reason: Arc::new(OnceLock::new()),
             done: done_rx,

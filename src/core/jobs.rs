@@ -41,6 +41,55 @@ pub struct SubmitJob {
     pub mcp_servers: Vec<String>,
     pub subagents: Vec<String>,
     pub skills: Vec<String>,
+    /// Permission rules of the job (`Tool(pattern)`), for permission_mode `ask`.
+    pub allow_rules: Vec<String>,
+    pub deny_rules: Vec<String>,
+    /// 0: the server default.
+    pub permission_timeout_seconds: u32,
+}
+
+/// The two-way control options of a submit: rules and a timeout only make sense when the job
+/// asks, and the timeout cannot outlast the longest job.
+fn control(
+    mode: &str,
+    allow_rules: Vec<String>,
+    deny_rules: Vec<String>,
+    timeout_seconds: u32,
+    max: Duration,
+) -> Result<crate::domain::JobControl> {
+    use crate::domain::permission::validate_rules;
+    validate_rules("allow_rules", &allow_rules)?;
+    validate_rules("deny_rules", &deny_rules)?;
+    let asks = mode == crate::domain::PERMISSION_ASK;
+    let field = match () {
+        _ if !allow_rules.is_empty() => "allow_rules",
+        _ if !deny_rules.is_empty() => "deny_rules",
+        _ if timeout_seconds > 0 => "permission_timeout_seconds",
+        _ => "",
+    };
+    if !asks && !field.is_empty() {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            field,
+            format!("{field} applies only with permission_mode \"ask\""),
+        ));
+    }
+    let timeout = (timeout_seconds > 0).then(|| Duration::from_secs(timeout_seconds.into()));
+    if timeout.is_some_and(|t| t > max) {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            "permission_timeout_seconds",
+            format!(
+                "permission_timeout_seconds must be at most {}",
+                max.as_secs()
+            ),
+        ));
+    }
+    Ok(crate::domain::JobControl {
+        allow_rules,
+        deny_rules,
+        permission_timeout: timeout,
+    })
 }
 
 /// A job with its live queue position.
@@ -297,9 +346,16 @@ impl Core {
             allowed_tools: req.allowed_tools,
             max_turns: (req.max_turns > 0).then_some(req.max_turns),
             append_system_prompt: opt(req.append_system_prompt),
-            permission_mode: opt(req.permission_mode),
+            permission_mode: opt(req.permission_mode.clone()),
             budget: budget(req.max_cost_usd, req.max_tokens)?,
             webhook_url: self.job_webhook_url(req.webhook_url)?,
+            control: control(
+                req.permission_mode.as_str(),
+                req.allow_rules,
+                req.deny_rules,
+                req.permission_timeout_seconds,
+                limits.job_timeout_max,
+            )?,
             catalog: crate::domain::CatalogSelection {
                 preset,
                 mcp_servers: req.mcp_servers,

@@ -9,6 +9,7 @@
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
+mod control;
 mod dispatch;
 mod env;
 mod files;
@@ -56,6 +57,8 @@ struct RunHandle {
     reason: Arc<OnceLock<String>>,
     /// Becomes `true` once the job's final state is stored.
     done: watch::Receiver<bool>,
+    /// The job's controller, once it runs with permission_mode `ask` (issue #17).
+    control: Arc<OnceLock<control::ControlHandle>>,
 }
 
 /// The application core. Shared as `Arc<Core>`.

@@ -136,6 +136,25 @@ pub enum EventKind {
         host: String,
         port: u16,
     },
+    /// The agent asks whether it may run a tool (permission_mode `ask`).
+    PermissionRequest {
+        request_id: String,
+        tool: String,
+        input_json: String,
+        suggestion_json: String,
+        timeout_seconds: u32,
+    },
+    /// A permission request was decided; `who` is `caller`, `rule` or `timeout`.
+    PermissionResolved {
+        request_id: String,
+        who: String,
+        allow: bool,
+        message: String,
+    },
+    /// A user message delivered to the running agent.
+    Input {
+        text: String,
+    },
 }
 
 impl EventKind {

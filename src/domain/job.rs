@@ -29,6 +29,9 @@ pub struct JobSpec {
     /// prefix the operator allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Two-way control (issue #17): the job's permission rules and answer timeout.
+    #[serde(default)]
+    pub control: JobControl,
     /// The preset it came from and the operator catalog entries it uses (#20).
     #[serde(default)]
     pub catalog: CatalogSelection,
@@ -47,6 +50,25 @@ pub struct CatalogSelection {
     pub subagents: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skills: Vec<String>,
+}
+
+/// The permission mode under which every tool call not decided by a rule is asked of the caller.
+pub const PERMISSION_ASK: &str = "ask";
+
+/// A job's own permission rules (`Tool(pattern)`) and how long a permission request waits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobControl {
+    pub allow_rules: Vec<String>,
+    pub deny_rules: Vec<String>,
+    /// Unset: the server's default.
+    pub permission_timeout: Option<Duration>,
+}
+
+impl JobSpec {
+    /// Whether the caller answers this job's permission requests (permission_mode `ask`).
+    pub fn asks(&self) -> bool {
+        self.permission_mode.as_deref() == Some(PERMISSION_ASK)
+    }
 }
 
 /// A job's own model budget (`SubmitJobRequest.max_cost_usd`, `max_tokens`); unset: none.
@@ -78,6 +100,12 @@ pub enum Outcome {
     BudgetExceeded {
         message: String,
     },
+    /// InterruptJob stopped the agent's turn; its conversation goes on in the next job.
+    Interrupted,
+    /// agentd stopped while a permission request of the job waited for its answer.
+    PermissionPending {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -86,8 +114,9 @@ impl Outcome {
             Outcome::Succeeded => FinalState::Succeeded,
             Outcome::Failed { .. }
             | Outcome::LimitExceeded { .. }
-            | Outcome::BudgetExceeded { .. } => FinalState::Failed,
-            Outcome::Cancelled { .. } => FinalState::Cancelled,
+            | Outcome::BudgetExceeded { .. }
+            | Outcome::PermissionPending { .. } => FinalState::Failed,
+            Outcome::Cancelled { .. } | Outcome::Interrupted => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
     }
@@ -101,6 +130,8 @@ impl Outcome {
             Outcome::TimedOut { after } => format!("timed out after {}s", after.as_secs()),
             Outcome::LimitExceeded { message, .. } => message.clone(),
             Outcome::BudgetExceeded { message } => message.clone(),
+            Outcome::Interrupted => "interrupted by the caller".into(),
+            Outcome::PermissionPending { message } => message.clone(),
         }
     }
 
@@ -110,6 +141,8 @@ impl Outcome {
         match self {
             Outcome::LimitExceeded { .. } => "LIMIT_EXCEEDED",
             Outcome::BudgetExceeded { .. } => Reason::BudgetExceeded.as_str(),
+            Outcome::Interrupted => Reason::Interrupted.as_str(),
+            Outcome::PermissionPending { .. } => Reason::PermissionPendingAtRestart.as_str(),
             _ => "",
         }
     }

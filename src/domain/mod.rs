@@ -4,10 +4,14 @@
 mod event;
 mod file;
 mod job;
+pub mod permission;
 
 pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, Usage};
 pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
-pub use job::{CatalogSelection, Finished, Job, JobBudget, JobSpec, JobState, Outcome};
+pub use job::{
+    CatalogSelection, Finished, Job, JobBudget, JobControl, JobSpec, JobState, Outcome,
+    PERMISSION_ASK,
+};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

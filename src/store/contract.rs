@@ -153,6 +153,11 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
                 max_tokens: Some(5000),
             },
             webhook_url: Some("https://hooks.example.com/j".into()),
+            control: crate::domain::JobControl {
+                allow_rules: vec!["Bash(git status*)".into()],
+                deny_rules: vec!["WebFetch".into()],
+                permission_timeout: Some(Duration::from_secs(42)),
+            },
             catalog: crate::domain::CatalogSelection {
                 preset: Some("review".into()),
                 mcp_servers: vec!["echo".into()],

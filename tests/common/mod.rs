@@ -425,6 +425,9 @@ pub fn kind(e: &pb::JobEvent) -> &'static str {
         Some(Kind::LimitExceeded(_)) => "limit_exceeded",
         Some(Kind::ModelCall(_)) => "model_call",
         Some(Kind::EgressDenied(_)) => "egress_denied",
+        Some(Kind::PermissionRequest(_)) => "permission_request",
+        Some(Kind::PermissionResolved(_)) => "permission_resolved",
+        Some(Kind::Input(_)) => "input",
         Some(Kind::Finished(_)) => "finished",
         None => "none",
     }

@@ -144,6 +144,27 @@ impl JobService for Jobs {
         unimplemented()
     }
 
+    async fn respond_to_permission(
+        &self,
+        _: Request<pb::RespondToPermissionRequest>,
+    ) -> Result<Response<pb::RespondToPermissionResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn send_input(
+        &self,
+        _: Request<pb::SendInputRequest>,
+    ) -> Result<Response<pb::SendInputResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn interrupt_job(
+        &self,
+        _: Request<pb::InterruptJobRequest>,
+    ) -> Result<Response<pb::InterruptJobResponse>, Status> {
+        unimplemented()
+    }
+
     type StreamJobEventsStream = BoxStream<pb::StreamJobEventsResponse>;
     async fn stream_job_events(
         &self,

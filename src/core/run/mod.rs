@@ -11,6 +11,7 @@ mod sink;
 mod verdict;
 
 use super::{Core, RunHandle};
+use crate::agents::interactive::Interactive;
 use crate::agents::{self, AgentProfile, LaunchContext};
 use crate::domain::{EventKind, Job, JobState, Outcome, Session, Timestamp, Usage};
 use crate::error::{Reason, Result};
@@ -48,6 +49,8 @@ struct Prepared<'c> {
     before: Taken,
     tx: mpsc::Sender<Output>,
     rx: mpsc::Receiver<Output>,
+    /// Under permission_mode `ask`: the agent's protocol and the write end of its stdin pipe.
+    pipe: Option<(Arc<dyn Interactive>, tokio::net::unix::pipe::Sender)>,
 }
 
 /// `prepare` either readies the job or settles it without starting anything.
@@ -159,7 +162,6 @@ impl Core {
             timeout: job.spec.timeout,
             grace: self.config.timing.kill_grace,
         };
-        let run = tokio::spawn(process.run(p.tx, control).instrument(agent_span));
         let limits = &self.config.limits;
         let mut pump = Pump::new(
             agents::parser(p.profile),
@@ -167,6 +169,10 @@ impl Core {
             p.resume,
             (limits.job_output_max_bytes, limits.job_output_max_events),
         );
+        pump.control = p
+            .pipe
+            .map(|pipe| self.start_control(job, handle, &p.session, pipe, &p.tx));
+        let run = tokio::spawn(process.run(p.tx, control).instrument(agent_span));
         let mut rx = p.rx;
         if let Err(e) = pump.run(sink, &mut rx, started_write).await {
             // Nothing more of this run can be recorded (the job is about to be marked failed, or
@@ -208,6 +214,7 @@ impl Core {
             timeout: job.spec.timeout,
             agent_error: summary.error.clone(),
             stderr_tail: &stderr_tail,
+            interrupted: pump.control.take().is_some_and(|c| c.handle.interrupted()),
         });
         self.record_outputs(job, &p.session, &p.before).await?;
         let facts = FinishFacts {
@@ -272,9 +279,21 @@ impl Core {
         self.workspaces
             .write_home_files(&session.id, home_files)
             .await?;
-        let stdin = match &launch.stdin {
-            Some(text) => Stdin::File(write_input(&home, text).await?),
-            None => Stdin::Null,
+        // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
+        let protocol = job
+            .spec
+            .asks()
+            .then(|| agents::interactive::protocol(profile))
+            .flatten();
+        let mut pipe = None;
+        let stdin = match (&launch.stdin, protocol) {
+            (_, Some(protocol)) => {
+                let (path, sender) = super::control::open_pipe(&home).await?;
+                pipe = Some((Arc::from(protocol), sender));
+                Stdin::File(path)
+            }
+            (Some(text), None) => Stdin::File(write_input(&home, text).await?),
+            (None, None) => Stdin::Null,
         };
         let before = self
             .snapshot_job(&session.id, &job.id, SnapPoint::Before)
@@ -335,6 +354,7 @@ impl Core {
             before,
             tx,
             rx,
+            pipe,
         })))
     }
 
@@ -355,5 +375,46 @@ impl Core {
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
         }
         Ok(())
+    }
+
+    /// Starts a controlled job's controller (its rules, its timeout) and hands it to the job's
+    /// run handle, where RespondToPermission, SendInput and InterruptJob find it.
+    fn start_control(
+        &self,
+        job: &Job,
+        handle: &RunHandle,
+        session: &Session,
+        (protocol, pipe): (Arc<dyn Interactive>, tokio::net::unix::pipe::Sender),
+        tx: &mpsc::Sender<Output>,
+    ) -> pump::Controlled {
+        let c = &job.spec.control;
+        let setup = super::control::Setup {
+            protocol: protocol.clone(),
+            operator: self
+                .config
+                .permissions
+                .get(&job.spec.agent)
+                .cloned()
+                .unwrap_or_default(),
+            job: crate::domain::permission::PermissionRules {
+                allow: c.allow_rules.clone(),
+                deny: c.deny_rules.clone(),
+            },
+            timeout: c
+                .permission_timeout
+                .unwrap_or(self.config.permission_timeout_default),
+            workspace: self
+                .workspaces
+                .workspace_dir(&session.id)
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
+        let _ = handle.control.set(ctl.clone());
+        pump::Controlled {
+            handle: ctl,
+            protocol,
+            _task: pump::AbortOnDrop(task),
+        }
     }
 }

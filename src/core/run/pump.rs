@@ -45,6 +45,25 @@ pub(super) struct Pump {
     pub(super) metered: Metered,
     /// Parsed events not yet handed to the event log.
     events: Vec<JobEvent>,
+    /// The job's controller, which reads the agent's requests in its output (issue #17).
+    pub(super) control: Option<Controlled>,
+}
+
+/// A controlled job's controller and the protocol its output is read with.
+pub(super) struct Controlled {
+    pub(super) handle: crate::core::control::ControlHandle,
+    pub(super) protocol: std::sync::Arc<dyn crate::agents::interactive::Interactive>,
+    /// Ends the controller with the run, on every path.
+    pub(super) _task: AbortOnDrop,
+}
+
+/// Stops a task when its owner goes.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Pump {
@@ -64,6 +83,7 @@ impl Pump {
             limit_hit: None,
             metered: Metered::default(),
             events: Vec::new(),
+            control: None,
         }
     }
 
@@ -138,6 +158,9 @@ impl Pump {
             Output::Stdout(line) => {
                 // The parser sees every line, kept or not, so the summary (conversation, result,
                 // usage) stays right after truncation.
+                if let Some(c) = &self.control {
+                    c.handle.observe(c.protocol.as_ref(), &line.text);
+                }
                 let parsed = self.parser.parse_line(&line.text, line.truncated);
                 for p in &parsed {
                     if let EventKind::Init {

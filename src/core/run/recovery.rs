@@ -3,7 +3,7 @@
 use super::finish::FinishFacts;
 use super::sink::Sink;
 use crate::core::Core;
-use crate::domain::{Job, JobState, Timestamp};
+use crate::domain::{EventKind, Job, JobState, Outcome, Timestamp};
 use crate::error::Result;
 
 impl Core {
@@ -32,6 +32,40 @@ impl Core {
         Ok(())
     }
 
+    /// The permission request a job left unanswered, described, if any: the event log is its
+    /// durable record (a request without its resolution).
+    async fn pending_permission(&self, job: &Job) -> Option<String> {
+        if !job.spec.asks() {
+            return None;
+        }
+        let mut open: Vec<(String, String)> = Vec::new();
+        let mut after = 0;
+        loop {
+            let events = match self.store.read_events(&job.id, after, 1000).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot read the job's events");
+                    return None;
+                }
+            };
+            let Some(last) = events.last() else { break };
+            after = last.seq;
+            for e in events {
+                match e.kind {
+                    EventKind::PermissionRequest {
+                        request_id, tool, ..
+                    } => open.push((request_id, tool)),
+                    EventKind::PermissionResolved { request_id, .. } => {
+                        open.retain(|(id, _)| *id != request_id)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (id, tool) = open.pop()?;
+        Some(format!("permission request {id} ({tool})"))
+    }
+
     /// Ends a started job whose agent is gone (server restart, lost replica) as FAILED, keeping
     /// what it had reported.
     pub(in crate::core) async fn fail_interrupted(
@@ -46,7 +80,12 @@ impl Core {
             next_seq: job.last_seq + 1,
             secrets: Vec::new(),
         };
-        let mut facts = FinishFacts::failed(message);
+        let mut facts = match self.pending_permission(job).await {
+            Some(pending) => FinishFacts::outcome(Outcome::PermissionPending {
+                message: format!("{message} with {pending} pending: nobody can answer it now"),
+            }),
+            None => FinishFacts::failed(message),
+        };
         facts.result = job.result.clone();
         facts.usage = job.usage.clone();
         facts.conversation_id = job.conversation_id.clone();

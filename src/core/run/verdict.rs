@@ -22,6 +22,8 @@ pub(super) struct Ended<'a> {
     /// The agent's own error, from its output.
     pub agent_error: Option<String>,
     pub stderr_tail: &'a [String],
+    /// InterruptJob reached the agent (issue #17).
+    pub interrupted: bool,
 }
 
 pub(super) fn verdict(e: Ended<'_>) -> Outcome {
@@ -37,6 +39,8 @@ pub(super) fn verdict(e: Ended<'_>) -> Outcome {
             limit: hit.limit,
             message: hit.message,
         },
+        // The interrupted turn ends as the agent words it (often an error): the caller asked.
+        (None, None) if e.interrupted => Outcome::Interrupted,
         (None, None) if e.exit.success() && e.agent_error.is_none() => Outcome::Succeeded,
         (None, None) => Outcome::Failed {
             message: e
@@ -62,6 +66,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             agent_error: None,
             stderr_tail: &[],
+            interrupted: false,
         }
     }
 

@@ -267,6 +267,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         permission_mode: None,
         budget: Default::default(),
         webhook_url: None,
+        control: Default::default(),
         catalog: Default::default(),
     };
     let launch = agentd::agents::launch(

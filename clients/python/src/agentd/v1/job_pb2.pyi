@@ -304,6 +304,9 @@ class SubmitJobRequest(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    ALLOW_RULES_FIELD_NUMBER: _builtins.int
+    DENY_RULES_FIELD_NUMBER: _builtins.int
+    PERMISSION_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
     VARIABLES_FIELD_NUMBER: _builtins.int
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
@@ -339,6 +342,10 @@ class SubmitJobRequest(_message.Message):
     operator's job secret). Must start with a URL prefix the operator allows
     (`[webhooks] job_url_prefixes`), else INVALID_ARGUMENT `WEBHOOK_URL_NOT_ALLOWED`. Empty: none.
     """
+    permission_timeout_seconds: _builtins.int
+    """Under permission_mode `ask`: seconds to wait for an answer to a permission request before it
+    is denied; 0 means the server default.
+    """
     preset: _builtins.str
     """A preset (PresetService) to make the job from: the caller's own, else the operator's. Its
     fields fill what the request leaves unset; a field the request sets must be in the preset's
@@ -354,6 +361,17 @@ class SubmitJobRequest(_message.Message):
     @_builtins.property
     def allowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tools the agent may use without asking (agent-specific names, e.g. `Bash`, `Write`)."""
+
+    @_builtins.property
+    def allow_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tool permission rules of this job, `Tool(pattern)` (`Bash(git status*)`, `Write(src/**)`,
+        `WebFetch`): a tool call matching an allow rule runs without asking. The operator's deny
+        rules (per profile) win over these.
+        """
+
+    @_builtins.property
+    def deny_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tool permission rules of this job: a tool call matching one is denied without asking."""
 
     @_builtins.property
     def variables(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -397,6 +415,9 @@ class SubmitJobRequest(_message.Message):
         max_cost_usd: _builtins.float = ...,
         max_tokens: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
+        allow_rules: _abc.Iterable[_builtins.str] | None = ...,
+        deny_rules: _abc.Iterable[_builtins.str] | None = ...,
+        permission_timeout_seconds: _builtins.int = ...,
         preset: _builtins.str = ...,
         variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
@@ -405,7 +426,7 @@ class SubmitJobRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "permission_mode", b"permission_mode", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "variables", b"variables", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_rules", b"allow_rules", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "deny_rules", b"deny_rules", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "permission_mode", b"permission_mode", "permission_timeout_seconds", b"permission_timeout_seconds", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "variables", b"variables", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -728,6 +749,9 @@ class JobEvent(_message.Message):
     LIMIT_EXCEEDED_FIELD_NUMBER: _builtins.int
     MODEL_CALL_FIELD_NUMBER: _builtins.int
     EGRESS_DENIED_FIELD_NUMBER: _builtins.int
+    PERMISSION_REQUEST_FIELD_NUMBER: _builtins.int
+    PERMISSION_RESOLVED_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the job's event log, from 1."""
     raw: _builtins.str
@@ -792,6 +816,18 @@ class JobEvent(_message.Message):
     def egress_denied(self) -> _usage_pb2.EgressDenied:
         """The job's egress proxy refused a connection to a host outside the profile's allow_hosts."""
 
+    @_builtins.property
+    def permission_request(self) -> Global___PermissionRequest:
+        """The agent asks whether it may run a tool."""
+
+    @_builtins.property
+    def permission_resolved(self) -> Global___PermissionResolved:
+        """A permission request was decided (by the caller, a rule or the timeout)."""
+
+    @_builtins.property
+    def input(self) -> Global___InputEvent:
+        """A user message was delivered to the agent."""
+
     def __init__(
         self,
         *,
@@ -812,12 +848,15 @@ class JobEvent(_message.Message):
         limit_exceeded: Global___LimitExceeded | None = ...,
         model_call: _usage_pb2.ModelCall | None = ...,
         egress_denied: _usage_pb2.EgressDenied | None = ...,
+        permission_request: Global___PermissionRequest | None = ...,
+        permission_resolved: Global___PermissionResolved | None = ...,
+        input: Global___InputEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "input", b"input", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "permission_request", b"permission_request", "permission_resolved", b"permission_resolved", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "input", b"input", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "permission_request", b"permission_request", "permission_resolved", b"permission_resolved", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call", "egress_denied"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call", "egress_denied", "permission_request", "permission_resolved", "input"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1090,6 +1129,235 @@ class JobFinished(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobFinished: _TypeAlias = JobFinished  # noqa: Y015
+
+@_typing.final
+class PermissionRequest(_message.Message):
+    """The agent asks whether it may run a tool (permission_mode `ask`); answer with
+    JobService.RespondToPermission.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    SUGGESTION_JSON_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Identifies the request within its job."""
+    tool: _builtins.str
+    """The tool's name, as the agent calls it (e.g. `Bash`, `Write`)."""
+    input_json: _builtins.str
+    """The tool's input as JSON."""
+    suggestion_json: _builtins.str
+    """The agent's own suggestion, as JSON, when it gives one."""
+    timeout_seconds: _builtins.int
+    """Seconds left before the request is denied for want of an answer."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        input_json: _builtins.str = ...,
+        suggestion_json: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_json", b"input_json", "request_id", b"request_id", "suggestion_json", b"suggestion_json", "timeout_seconds", b"timeout_seconds", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionRequest: _TypeAlias = PermissionRequest  # noqa: Y015
+
+@_typing.final
+class PermissionResolved(_message.Message):
+    """A permission request was decided."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WHO_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request decided."""
+    who: _builtins.str
+    """Who decided: `caller`, `rule` or `timeout`."""
+    allow: _builtins.bool
+    """Whether the tool may run."""
+    message: _builtins.str
+    """The message given to the agent with a denial (or the rule that decided)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        who: _builtins.str = ...,
+        allow: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "message", b"message", "request_id", b"request_id", "who", b"who"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionResolved: _TypeAlias = PermissionResolved  # noqa: Y015
+
+@_typing.final
+class InputEvent(_message.Message):
+    """A user message delivered to the running agent (the prompt of a turn after the first)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text sent."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputEvent: _TypeAlias = InputEvent  # noqa: Y015
+
+@_typing.final
+class RespondToPermissionRequest(_message.Message):
+    """Request for JobService.RespondToPermission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job that asked."""
+    request_id: _builtins.str
+    """The `request_id` of its permission_request event."""
+    allow: _builtins.bool
+    """Whether the tool may run."""
+    message: _builtins.str
+    """Told to the agent with a denial (why, what to do instead)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        allow: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "job_id", b"job_id", "message", b"message", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondToPermissionRequest: _TypeAlias = RespondToPermissionRequest  # noqa: Y015
+
+@_typing.final
+class RespondToPermissionResponse(_message.Message):
+    """Response for JobService.RespondToPermission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondToPermissionResponse: _TypeAlias = RespondToPermissionResponse  # noqa: Y015
+
+@_typing.final
+class SendInputRequest(_message.Message):
+    """Request for JobService.SendInput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The running job."""
+    text: _builtins.str
+    """The user message. Required."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendInputRequest: _TypeAlias = SendInputRequest  # noqa: Y015
+
+@_typing.final
+class SendInputResponse(_message.Message):
+    """Response for JobService.SendInput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendInputResponse: _TypeAlias = SendInputResponse  # noqa: Y015
+
+@_typing.final
+class InterruptJobRequest(_message.Message):
+    """Request for JobService.InterruptJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The running job."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterruptJobRequest: _TypeAlias = InterruptJobRequest  # noqa: Y015
+
+@_typing.final
+class InterruptJobResponse(_message.Message):
+    """Response for JobService.InterruptJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterruptJobResponse: _TypeAlias = InterruptJobResponse  # noqa: Y015
 
 @_typing.final
 class LimitExceeded(_message.Message):

@@ -78,6 +78,21 @@ class JobServiceStub:
                 request_serializer=agentd_dot_v1_dot_job__pb2.WaitJobRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_job__pb2.WaitJobResponse.FromString,
                 _registered_method=True)
+        self.RespondToPermission = channel.unary_unary(
+                '/agentd.v1.JobService/RespondToPermission',
+                request_serializer=agentd_dot_v1_dot_job__pb2.RespondToPermissionRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_job__pb2.RespondToPermissionResponse.FromString,
+                _registered_method=True)
+        self.SendInput = channel.unary_unary(
+                '/agentd.v1.JobService/SendInput',
+                request_serializer=agentd_dot_v1_dot_job__pb2.SendInputRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_job__pb2.SendInputResponse.FromString,
+                _registered_method=True)
+        self.InterruptJob = channel.unary_unary(
+                '/agentd.v1.JobService/InterruptJob',
+                request_serializer=agentd_dot_v1_dot_job__pb2.InterruptJobRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_job__pb2.InterruptJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -146,6 +161,30 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RespondToPermission(self, request, context):
+        """Answers a `permission_request` of a running job (permission_mode `ask`). The first answer
+        wins; a second one, or one after the timeout decided, is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendInput(self, request, context):
+        """Delivers a user message to the running agent (queued for its next turn where it cannot take
+        it mid-turn); recorded as an `input` event. Needs permission_mode `ask` or `interactive`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InterruptJob(self, request, context):
+        """Stops the agent's current turn, keeping its conversation and the session: the job ends
+        CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +227,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WaitJob,
                     request_deserializer=agentd_dot_v1_dot_job__pb2.WaitJobRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_job__pb2.WaitJobResponse.SerializeToString,
+            ),
+            'RespondToPermission': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondToPermission,
+                    request_deserializer=agentd_dot_v1_dot_job__pb2.RespondToPermissionRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_job__pb2.RespondToPermissionResponse.SerializeToString,
+            ),
+            'SendInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendInput,
+                    request_deserializer=agentd_dot_v1_dot_job__pb2.SendInputRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_job__pb2.SendInputResponse.SerializeToString,
+            ),
+            'InterruptJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.InterruptJob,
+                    request_deserializer=agentd_dot_v1_dot_job__pb2.InterruptJobRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_job__pb2.InterruptJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -410,6 +464,87 @@ class JobService:
             '/agentd.v1.JobService/WaitJob',
             agentd_dot_v1_dot_job__pb2.WaitJobRequest.SerializeToString,
             agentd_dot_v1_dot_job__pb2.WaitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondToPermission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.JobService/RespondToPermission',
+            agentd_dot_v1_dot_job__pb2.RespondToPermissionRequest.SerializeToString,
+            agentd_dot_v1_dot_job__pb2.RespondToPermissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.JobService/SendInput',
+            agentd_dot_v1_dot_job__pb2.SendInputRequest.SerializeToString,
+            agentd_dot_v1_dot_job__pb2.SendInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InterruptJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.JobService/InterruptJob',
+            agentd_dot_v1_dot_job__pb2.InterruptJobRequest.SerializeToString,
+            agentd_dot_v1_dot_job__pb2.InterruptJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,18 @@ class JobServiceStub:
     """
     WaitJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.WaitJobRequest, _job_pb2.WaitJobResponse]
     """Returns the job once it is final, or as it is when the timeout passes first."""
+    RespondToPermission: _grpc.UnaryUnaryMultiCallable[_job_pb2.RespondToPermissionRequest, _job_pb2.RespondToPermissionResponse]
+    """Answers a `permission_request` of a running job (permission_mode `ask`). The first answer
+    wins; a second one, or one after the timeout decided, is FAILED_PRECONDITION.
+    """
+    SendInput: _grpc.UnaryUnaryMultiCallable[_job_pb2.SendInputRequest, _job_pb2.SendInputResponse]
+    """Delivers a user message to the running agent (queued for its next turn where it cannot take
+    it mid-turn); recorded as an `input` event. Needs permission_mode `ask` or `interactive`.
+    """
+    InterruptJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.InterruptJobRequest, _job_pb2.InterruptJobResponse]
+    """Stops the agent's current turn, keeping its conversation and the session: the job ends
+    CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -89,6 +101,18 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     WaitJob: _aio.UnaryUnaryMultiCallable[_job_pb2.WaitJobRequest, _job_pb2.WaitJobResponse]  # type: ignore[assignment]
     """Returns the job once it is final, or as it is when the timeout passes first."""
+    RespondToPermission: _aio.UnaryUnaryMultiCallable[_job_pb2.RespondToPermissionRequest, _job_pb2.RespondToPermissionResponse]  # type: ignore[assignment]
+    """Answers a `permission_request` of a running job (permission_mode `ask`). The first answer
+    wins; a second one, or one after the timeout decided, is FAILED_PRECONDITION.
+    """
+    SendInput: _aio.UnaryUnaryMultiCallable[_job_pb2.SendInputRequest, _job_pb2.SendInputResponse]  # type: ignore[assignment]
+    """Delivers a user message to the running agent (queued for its next turn where it cannot take
+    it mid-turn); recorded as an `input` event. Needs permission_mode `ask` or `interactive`.
+    """
+    InterruptJob: _aio.UnaryUnaryMultiCallable[_job_pb2.InterruptJobRequest, _job_pb2.InterruptJobResponse]  # type: ignore[assignment]
+    """Stops the agent's current turn, keeping its conversation and the session: the job ends
+    CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService runs prompts through coding agents inside a session's workspace and streams what
@@ -165,5 +189,35 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.WaitJobResponse, _abc.Awaitable[_job_pb2.WaitJobResponse]]:
         """Returns the job once it is final, or as it is when the timeout passes first."""
+
+    @_abc_1.abstractmethod
+    def RespondToPermission(
+        self,
+        request: _job_pb2.RespondToPermissionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.RespondToPermissionResponse, _abc.Awaitable[_job_pb2.RespondToPermissionResponse]]:
+        """Answers a `permission_request` of a running job (permission_mode `ask`). The first answer
+        wins; a second one, or one after the timeout decided, is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def SendInput(
+        self,
+        request: _job_pb2.SendInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.SendInputResponse, _abc.Awaitable[_job_pb2.SendInputResponse]]:
+        """Delivers a user message to the running agent (queued for its next turn where it cannot take
+        it mid-turn); recorded as an `input` event. Needs permission_mode `ask` or `interactive`.
+        """
+
+    @_abc_1.abstractmethod
+    def InterruptJob(
+        self,
+        request: _job_pb2.InterruptJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.InterruptJobResponse, _abc.Awaitable[_job_pb2.InterruptJobResponse]]:
+        """Stops the agent's current turn, keeping its conversation and the session: the job ends
+        CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -211,6 +211,7 @@ class AgentInfo(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    CONTROLS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Profile name, as given in SubmitJobRequest.agent."""
     kind: _builtins.str
@@ -227,6 +228,13 @@ class AgentInfo(_message.Message):
     def sandbox(self) -> Global___AgentSandbox:
         """The profile's effective sandbox."""
 
+    @_builtins.property
+    def controls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The two-way controls (issue #17) this agent supports: `ask` (permission_mode `ask` and
+        RespondToPermission), `input` (SendInput), `interrupt` (InterruptJob). A control not listed
+        answers UNSUPPORTED_OPTION naming the agent.
+        """
+
     def __init__(
         self,
         *,
@@ -237,10 +245,11 @@ class AgentInfo(_message.Message):
         version: _builtins.str = ...,
         problem: _builtins.str = ...,
         sandbox: Global___AgentSandbox | None = ...,
+        controls: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "command", b"command", "kind", b"kind", "name", b"name", "problem", b"problem", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "command", b"command", "controls", b"controls", "kind", b"kind", "name", b"name", "problem", b"problem", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

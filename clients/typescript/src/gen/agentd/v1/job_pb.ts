@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSK5BAoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSDgoGcHJlc2V0GC0gASgJEj0KCXZhcmlhYmxlcxguIAMoCzIqLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhMKC21jcF9zZXJ2ZXJzGC8gAygJEhEKCXN1YmFnZW50cxgwIAMoCRIOCgZza2lsbHMYMSADKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjAKEVN1Ym1pdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLQoOR2V0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiJxCg9MaXN0Sm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUiSQoQTGlzdEpvYnNSZXNwb25zZRIcCgRqb2JzGAEgAygLMg4uYWdlbnRkLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoRQ2FuY2VsSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiI7ChZTdHJlYW1Kb2JFdmVudHNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQiUQoXU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2USIwoGZXZlbnRzGAEgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgCIAEoCCI5Cg1SdW5Kb2JSZXF1ZXN0EigKA2pvYhgBIAEoCzIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0ImUKDlJ1bkpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISIwoGZXZlbnRzGAIgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgDIAEoCCKyBQoISm9iRXZlbnQSCwoDc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA3JhdxgDIAEoCRIoCgdzdGFydGVkGAogASgLMhUuYWdlbnRkLnYxLkpvYlN0YXJ0ZWRIABIkCgRpbml0GAsgASgLMhQuYWdlbnRkLnYxLkFnZW50SW5pdEgAEiQKBHRleHQYDCABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASKAoJdG9vbF9jYWxsGA0gASgLMhMuYWdlbnRkLnYxLlRvb2xDYWxsSAASLAoLdG9vbF9yZXN1bHQYDiABKAsyFS5hZ2VudGQudjEuVG9vbFJlc3VsdEgAEiEKBXVzYWdlGA8gASgLMhAuYWdlbnRkLnYxLlVzYWdlSAASJwoGc3RkZXJyGBAgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABIpCgh1bnBhcnNlZBgRIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASJgoFb3RoZXIYEiABKAsyFS5hZ2VudGQudjEuT3RoZXJFdmVudEgAEi8KCXRydW5jYXRlZBgTIAEoCzIaLmFnZW50ZC52MS5PdXRwdXRUcnVuY2F0ZWRIABIqCghmaW5pc2hlZBgUIAEoCzIWLmFnZW50ZC52MS5Kb2JGaW5pc2hlZEgAEjIKDmxpbWl0X2V4Y2VlZGVkGBUgASgLMhguYWdlbnRkLnYxLkxpbWl0RXhjZWVkZWRIABIqCgptb2RlbF9jYWxsGDIgASgLMhQuYWdlbnRkLnYxLk1vZGVsQ2FsbEgAEjAKDWVncmVzc19kZW5pZWQYMyABKAsyFy5hZ2VudGQudjEuRWdyZXNzRGVuaWVkSABCBgoEa2luZCJaCgpKb2JTdGFydGVkEg0KBWFnZW50GAEgASgJEg8KB2NvbW1hbmQYAiABKAkSCwoDcGlkGAMgASgFEh8KF3Jlc3VtZWRfY29udmVyc2F0aW9uX2lkGAQgASgJIlkKCUFnZW50SW5pdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbW9kZWwYAiABKAkSDQoFdG9vbHMYAyADKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoCSIZCglUZXh0RXZlbnQSDAoEdGV4dBgBIAEoCSI4CghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkiOwoKVG9vbFJlc3VsdBIKCgJpZBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBIPCgdjb250ZW50GAMgASgJIi0KCk91dHB1dExpbmUSDAoEbGluZRgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgiGgoKT3RoZXJFdmVudBIMCgR0eXBlGAEgASgJIiEKD091dHB1dFRydW5jYXRlZBIOCgZyZWFzb24YASABKAkitQEKC0pvYkZpbmlzaGVkEiIKBXN0YXRlGAEgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEioKC2V4aXRfc3RhdHVzGAIgASgLMhUuYWdlbnRkLnYxLkV4aXRTdGF0dXMSDgoGcmVzdWx0GAMgASgJEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSHwoFdXNhZ2UYBSABKAsyEC5hZ2VudGQudjEuVXNhZ2USDgoGcmVhc29uGAYgASgJIi8KDUxpbWl0RXhjZWVkZWQSDQoFbGltaXQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSLvAQoQV2F0Y2hKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjcKBmxhYmVscxgCIAMoCzInLmFnZW50ZC52MS5XYXRjaEpvYnNSZXF1ZXN0LkxhYmVsc0VudHJ5Eg4KBmFnZW50cxgDIAMoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSGQoMYWZ0ZXJfY3Vyc29yGAUgASgESACIAQEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIPCg1fYWZ0ZXJfY3Vyc29yImIKCUpvYkNoYW5nZRIOCgZjdXJzb3IYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoDam9iGAMgASgLMg4uYWdlbnRkLnYxLkpvYiJdChFXYXRjaEpvYnNSZXNwb25zZRIlCgdjaGFuZ2VzGAEgAygLMhQuYWdlbnRkLnYxLkpvYkNoYW5nZRIRCglrZWVwYWxpdmUYAiABKAgSDgoGY3Vyc29yGAMgASgEIjkKDldhaXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYAiABKA0iQQoPV2FpdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISEQoJdGltZWRfb3V0GAIgASgIKrMBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBRIXChNKT0JfU1RBVEVfVElNRURfT1VUEAYyyQQKCkpvYlNlcnZpY2USRgoJU3VibWl0Sm9iEhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QaHC5hZ2VudGQudjEuU3VibWl0Sm9iUmVzcG9uc2USPQoGR2V0Sm9iEhguYWdlbnRkLnYxLkdldEpvYlJlcXVlc3QaGS5hZ2VudGQudjEuR2V0Sm9iUmVzcG9uc2USQwoITGlzdEpvYnMSGi5hZ2VudGQudjEuTGlzdEpvYnNSZXF1ZXN0GhsuYWdlbnRkLnYxLkxpc3RKb2JzUmVzcG9uc2USRgoJQ2FuY2VsSm9iEhsuYWdlbnRkLnYxLkNhbmNlbEpvYlJlcXVlc3QaHC5hZ2VudGQudjEuQ2FuY2VsSm9iUmVzcG9uc2USWgoPU3RyZWFtSm9iRXZlbnRzEiEuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QaIi5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2UwARI/CgZSdW5Kb2ISGC5hZ2VudGQudjEuUnVuSm9iUmVxdWVzdBoZLmFnZW50ZC52MS5SdW5Kb2JSZXNwb25zZTABEkgKCVdhdGNoSm9icxIbLmFnZW50ZC52MS5XYXRjaEpvYnNSZXF1ZXN0GhwuYWdlbnRkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESQAoHV2FpdEpvYhIZLmFnZW50ZC52MS5XYWl0Sm9iUmVxdWVzdBoaLmFnZW50ZC52MS5XYWl0Sm9iUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSKGBQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIItQGCghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIAEIGCgRraW5kIloKCkpvYlN0YXJ0ZWQSDQoFYWdlbnQYASABKAkSDwoHY29tbWFuZBgCIAEoCRILCgNwaWQYAyABKAUSHwoXcmVzdW1lZF9jb252ZXJzYXRpb25faWQYBCABKAkiWQoJQWdlbnRJbml0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV0b29scxgDIAMoCRIVCg1hZ2VudF92ZXJzaW9uGAQgASgJIhkKCVRleHRFdmVudBIMCgR0ZXh0GAEgASgJIjgKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCSI7CgpUb29sUmVzdWx0EgoKAmlkGAEgASgJEhAKCGlzX2Vycm9yGAIgASgIEg8KB2NvbnRlbnQYAyABKAkiLQoKT3V0cHV0TGluZRIMCgRsaW5lGAEgASgJEhEKCXRydW5jYXRlZBgCIAEoCCIaCgpPdGhlckV2ZW50EgwKBHR5cGUYASABKAkiIQoPT3V0cHV0VHJ1bmNhdGVkEg4KBnJlYXNvbhgBIAEoCSK1AQoLSm9iRmluaXNoZWQSIgoFc3RhdGUYASABKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSKgoLZXhpdF9zdGF0dXMYAiABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIOCgZyZXN1bHQYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIfCgV1c2FnZRgFIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIOCgZyZWFzb24YBiABKAkiewoRUGVybWlzc2lvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIMCgR0b29sGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSFwoPc3VnZ2VzdGlvbl9qc29uGAQgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoDSJVChJQZXJtaXNzaW9uUmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRILCgN3aG8YAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIaCgpJbnB1dEV2ZW50EgwKBHRleHQYASABKAkiYAoaUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIdChtSZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2UiMAoQU2VuZElucHV0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDAoEdGV4dBgCIAEoCSITChFTZW5kSW5wdXRSZXNwb25zZSIlChNJbnRlcnJ1cHRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIWChRJbnRlcnJ1cHRKb2JSZXNwb25zZSIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMsgGCgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlEmQKE1Jlc3BvbmRUb1Blcm1pc3Npb24SJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QaJi5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0GhwuYWdlbnRkLnYxLlNlbmRJbnB1dFJlc3BvbnNlEk8KDEludGVycnVwdEpvYhIeLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXF1ZXN0Gh8uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -368,6 +368,30 @@ export type SubmitJobRequest = Message<"agentd.v1.SubmitJobRequest"> & {
    * @generated from field: string webhook_url = 60;
    */
   webhookUrl: string;
+
+  /**
+   * Tool permission rules of this job, `Tool(pattern)` (`Bash(git status*)`, `Write(src/**)`,
+   * `WebFetch`): a tool call matching an allow rule runs without asking. The operator's deny
+   * rules (per profile) win over these.
+   *
+   * @generated from field: repeated string allow_rules = 70;
+   */
+  allowRules: string[];
+
+  /**
+   * Tool permission rules of this job: a tool call matching one is denied without asking.
+   *
+   * @generated from field: repeated string deny_rules = 71;
+   */
+  denyRules: string[];
+
+  /**
+   * Under permission_mode `ask`: seconds to wait for an answer to a permission request before it
+   * is denied; 0 means the server default.
+   *
+   * @generated from field: uint32 permission_timeout_seconds = 72;
+   */
+  permissionTimeoutSeconds: number;
 
   /**
    * A preset (PresetService) to make the job from: the caller's own, else the operator's. Its
@@ -852,6 +876,30 @@ export type JobEvent = Message<"agentd.v1.JobEvent"> & {
      */
     value: EgressDenied;
     case: "egressDenied";
+  } | {
+    /**
+     * The agent asks whether it may run a tool.
+     *
+     * @generated from field: agentd.v1.PermissionRequest permission_request = 70;
+     */
+    value: PermissionRequest;
+    case: "permissionRequest";
+  } | {
+    /**
+     * A permission request was decided (by the caller, a rule or the timeout).
+     *
+     * @generated from field: agentd.v1.PermissionResolved permission_resolved = 71;
+     */
+    value: PermissionResolved;
+    case: "permissionResolved";
+  } | {
+    /**
+     * A user message was delivered to the agent.
+     *
+     * @generated from field: agentd.v1.InputEvent input = 72;
+     */
+    value: InputEvent;
+    case: "input";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1164,6 +1212,255 @@ export const JobFinishedSchema: GenMessage<JobFinished> = /*@__PURE__*/
   messageDesc(file_agentd_v1_job, 24);
 
 /**
+ * The agent asks whether it may run a tool (permission_mode `ask`); answer with
+ * JobService.RespondToPermission.
+ *
+ * @generated from message agentd.v1.PermissionRequest
+ */
+export type PermissionRequest = Message<"agentd.v1.PermissionRequest"> & {
+  /**
+   * Identifies the request within its job.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The tool's name, as the agent calls it (e.g. `Bash`, `Write`).
+   *
+   * @generated from field: string tool = 2;
+   */
+  tool: string;
+
+  /**
+   * The tool's input as JSON.
+   *
+   * @generated from field: string input_json = 3;
+   */
+  inputJson: string;
+
+  /**
+   * The agent's own suggestion, as JSON, when it gives one.
+   *
+   * @generated from field: string suggestion_json = 4;
+   */
+  suggestionJson: string;
+
+  /**
+   * Seconds left before the request is denied for want of an answer.
+   *
+   * @generated from field: uint32 timeout_seconds = 5;
+   */
+  timeoutSeconds: number;
+};
+
+/**
+ * Describes the message agentd.v1.PermissionRequest.
+ * Use `create(PermissionRequestSchema)` to create a new message.
+ */
+export const PermissionRequestSchema: GenMessage<PermissionRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 25);
+
+/**
+ * A permission request was decided.
+ *
+ * @generated from message agentd.v1.PermissionResolved
+ */
+export type PermissionResolved = Message<"agentd.v1.PermissionResolved"> & {
+  /**
+   * The request decided.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * Who decided: `caller`, `rule` or `timeout`.
+   *
+   * @generated from field: string who = 2;
+   */
+  who: string;
+
+  /**
+   * Whether the tool may run.
+   *
+   * @generated from field: bool allow = 3;
+   */
+  allow: boolean;
+
+  /**
+   * The message given to the agent with a denial (or the rule that decided).
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.PermissionResolved.
+ * Use `create(PermissionResolvedSchema)` to create a new message.
+ */
+export const PermissionResolvedSchema: GenMessage<PermissionResolved> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 26);
+
+/**
+ * A user message delivered to the running agent (the prompt of a turn after the first).
+ *
+ * @generated from message agentd.v1.InputEvent
+ */
+export type InputEvent = Message<"agentd.v1.InputEvent"> & {
+  /**
+   * The text sent.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message agentd.v1.InputEvent.
+ * Use `create(InputEventSchema)` to create a new message.
+ */
+export const InputEventSchema: GenMessage<InputEvent> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 27);
+
+/**
+ * Request for JobService.RespondToPermission.
+ *
+ * @generated from message agentd.v1.RespondToPermissionRequest
+ */
+export type RespondToPermissionRequest = Message<"agentd.v1.RespondToPermissionRequest"> & {
+  /**
+   * The job that asked.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * The `request_id` of its permission_request event.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+
+  /**
+   * Whether the tool may run.
+   *
+   * @generated from field: bool allow = 3;
+   */
+  allow: boolean;
+
+  /**
+   * Told to the agent with a denial (why, what to do instead).
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.RespondToPermissionRequest.
+ * Use `create(RespondToPermissionRequestSchema)` to create a new message.
+ */
+export const RespondToPermissionRequestSchema: GenMessage<RespondToPermissionRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 28);
+
+/**
+ * Response for JobService.RespondToPermission.
+ *
+ * @generated from message agentd.v1.RespondToPermissionResponse
+ */
+export type RespondToPermissionResponse = Message<"agentd.v1.RespondToPermissionResponse"> & {
+};
+
+/**
+ * Describes the message agentd.v1.RespondToPermissionResponse.
+ * Use `create(RespondToPermissionResponseSchema)` to create a new message.
+ */
+export const RespondToPermissionResponseSchema: GenMessage<RespondToPermissionResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 29);
+
+/**
+ * Request for JobService.SendInput.
+ *
+ * @generated from message agentd.v1.SendInputRequest
+ */
+export type SendInputRequest = Message<"agentd.v1.SendInputRequest"> & {
+  /**
+   * The running job.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * The user message. Required.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message agentd.v1.SendInputRequest.
+ * Use `create(SendInputRequestSchema)` to create a new message.
+ */
+export const SendInputRequestSchema: GenMessage<SendInputRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 30);
+
+/**
+ * Response for JobService.SendInput.
+ *
+ * @generated from message agentd.v1.SendInputResponse
+ */
+export type SendInputResponse = Message<"agentd.v1.SendInputResponse"> & {
+};
+
+/**
+ * Describes the message agentd.v1.SendInputResponse.
+ * Use `create(SendInputResponseSchema)` to create a new message.
+ */
+export const SendInputResponseSchema: GenMessage<SendInputResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 31);
+
+/**
+ * Request for JobService.InterruptJob.
+ *
+ * @generated from message agentd.v1.InterruptJobRequest
+ */
+export type InterruptJobRequest = Message<"agentd.v1.InterruptJobRequest"> & {
+  /**
+   * The running job.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message agentd.v1.InterruptJobRequest.
+ * Use `create(InterruptJobRequestSchema)` to create a new message.
+ */
+export const InterruptJobRequestSchema: GenMessage<InterruptJobRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 32);
+
+/**
+ * Response for JobService.InterruptJob.
+ *
+ * @generated from message agentd.v1.InterruptJobResponse
+ */
+export type InterruptJobResponse = Message<"agentd.v1.InterruptJobResponse"> & {
+};
+
+/**
+ * Describes the message agentd.v1.InterruptJobResponse.
+ * Use `create(InterruptJobResponseSchema)` to create a new message.
+ */
+export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 33);
+
+/**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
  * the job, it is FAILED with reason `LIMIT_EXCEEDED`.
  *
@@ -1191,7 +1488,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 25);
+  messageDesc(file_agentd_v1_job, 34);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1242,7 +1539,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 26);
+  messageDesc(file_agentd_v1_job, 35);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1278,7 +1575,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 27);
+  messageDesc(file_agentd_v1_job, 36);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1314,7 +1611,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 28);
+  messageDesc(file_agentd_v1_job, 37);
 
 /**
  * Request for JobService.WaitJob.
@@ -1342,7 +1639,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 29);
+  messageDesc(file_agentd_v1_job, 38);
 
 /**
  * Response for JobService.WaitJob.
@@ -1370,7 +1667,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 30);
+  messageDesc(file_agentd_v1_job, 39);
 
 /**
  * The lifecycle state of a job.
@@ -1525,6 +1822,39 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof WaitJobRequestSchema;
     output: typeof WaitJobResponseSchema;
+  },
+  /**
+   * Answers a `permission_request` of a running job (permission_mode `ask`). The first answer
+   * wins; a second one, or one after the timeout decided, is FAILED_PRECONDITION.
+   *
+   * @generated from rpc agentd.v1.JobService.RespondToPermission
+   */
+  respondToPermission: {
+    methodKind: "unary";
+    input: typeof RespondToPermissionRequestSchema;
+    output: typeof RespondToPermissionResponseSchema;
+  },
+  /**
+   * Delivers a user message to the running agent (queued for its next turn where it cannot take
+   * it mid-turn); recorded as an `input` event. Needs permission_mode `ask` or `interactive`.
+   *
+   * @generated from rpc agentd.v1.JobService.SendInput
+   */
+  sendInput: {
+    methodKind: "unary";
+    input: typeof SendInputRequestSchema;
+    output: typeof SendInputResponseSchema;
+  },
+  /**
+   * Stops the agent's current turn, keeping its conversation and the session: the job ends
+   * CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+   *
+   * @generated from rpc agentd.v1.JobService.InterruptJob
+   */
+  interruptJob: {
+    methodKind: "unary";
+    input: typeof InterruptJobRequestSchema;
+    output: typeof InterruptJobResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_job, 0);

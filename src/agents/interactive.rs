@@ -1,0 +1,174 @@
+//! The agents' interactive protocols (issue #17): what agentd writes on a running agent's stdin
+//! (the prompt as a user message, answers to its permission requests, more user messages, an
+//! interrupt) and which of its stdout lines are such requests or end a turn. One implementation
+//! per agent that has such a protocol; the core drives it (core::control) and never sees its
+//! wire format.
+
+use super::{AgentKind, AgentProfile};
+use serde_json::{Value, json};
+
+/// The two-way controls, as ServerInfo names them.
+pub const CONTROL_ASK: &str = "ask";
+pub const CONTROL_INPUT: &str = "input";
+pub const CONTROL_INTERRUPT: &str = "interrupt";
+
+/// Something an agent's output line tells the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// The agent waits for an answer before it runs a tool.
+    Permission {
+        /// The agent's own id of the request.
+        id: String,
+        tool: String,
+        /// The tool's input, as the agent will run it.
+        input: Value,
+        /// The agent's own suggestion (JSON), if it gives one.
+        suggestion: Option<Value>,
+    },
+    /// The agent finished a turn (its answer to one user message, or an interrupted one).
+    TurnEnded,
+}
+
+/// An agent's interactive protocol over its stdin and stdout, one JSON object per line.
+pub trait Interactive: Send + Sync {
+    /// The first turn's user message.
+    fn prompt(&self, text: &str) -> String;
+    /// Reads one stdout line for a [`Signal`].
+    fn observe(&self, line: &str) -> Option<Signal>;
+    /// The answer to a permission request.
+    fn answer(&self, id: &str, allow: bool, message: &str, input: &Value) -> String;
+    /// A further user message.
+    fn user_message(&self, text: &str) -> String;
+    /// Asks the agent to stop its current turn; `n` numbers agentd's own requests.
+    fn interrupt(&self, n: u64) -> String;
+}
+
+/// The controls an agent kind supports (listed in ServerInfo).
+pub fn controls(kind: AgentKind) -> &'static [&'static str] {
+    match kind {
+        AgentKind::Claude => &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT],
+        _ => &[],
+    }
+}
+
+/// The protocol of a profile's agent, when it has one agentd speaks.
+pub fn protocol(profile: &AgentProfile) -> Option<Box<dyn Interactive>> {
+    match profile.kind {
+        AgentKind::Claude => Some(Box::new(Claude)),
+        _ => None,
+    }
+}
+
+/// Claude Code's `--input-format stream-json` with `--permission-prompt-tool stdio`: user
+/// messages in, `control_request`s (`can_use_tool`) out, answered with `control_response`s; an
+/// `interrupt` control request stops the turn, which still ends with its `result` line.
+struct Claude;
+
+fn line(v: Value) -> String {
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+impl Interactive for Claude {
+    fn prompt(&self, text: &str) -> String {
+        self.user_message(text)
+    }
+
+    fn observe(&self, text: &str) -> Option<Signal> {
+        // Cheap test first: most lines are neither.
+        if !text.contains("\"control_request\"") && !text.contains("\"result\"") {
+            return None;
+        }
+        let v: Value = serde_json::from_str(text).ok()?;
+        match v.get("type")?.as_str()? {
+            "result" => Some(Signal::TurnEnded),
+            "control_request" => {
+                let req = v.get("request")?;
+                if req.get("subtype")?.as_str()? != "can_use_tool" {
+                    return None;
+                }
+                Some(Signal::Permission {
+                    id: v.get("request_id")?.as_str()?.to_owned(),
+                    tool: req.get("tool_name")?.as_str()?.to_owned(),
+                    input: req.get("input").cloned().unwrap_or(json!({})),
+                    suggestion: req.get("permission_suggestions").cloned(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn answer(&self, id: &str, allow: bool, message: &str, input: &Value) -> String {
+        let decision = if allow {
+            json!({"behavior": "allow", "updatedInput": input})
+        } else {
+            json!({"behavior": "deny", "message": message})
+        };
+        line(json!({
+            "type": "control_response",
+            "response": {"subtype": "success", "request_id": id, "response": decision}
+        }))
+    }
+
+    fn user_message(&self, text: &str) -> String {
+        line(json!({
+            "type": "user",
+            "message": {"role": "user", "content": text},
+            "parent_tool_use_id": null,
+            "session_id": ""
+        }))
+    }
+
+    fn interrupt(&self, n: u64) -> String {
+        line(json!({
+            "type": "control_request",
+            "request_id": format!("agentd-interrupt-{n}"),
+            "request": {"subtype": "interrupt"}
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claude_permission_request_and_turn_end_are_seen() {
+        let p = Claude;
+        let line = r#"{"type":"control_request","request_id":"r1","request":{"subtype":"can_use_tool","tool_name":"Write","input":{"file_path":"/w/a.txt","content":"hi"},"permission_suggestions":[{"type":"setMode"}]}}"#;
+        match p.observe(line) {
+            Some(Signal::Permission {
+                id,
+                tool,
+                input,
+                suggestion,
+            }) => {
+                assert_eq!((id.as_str(), tool.as_str()), ("r1", "Write"));
+                assert_eq!(input["file_path"], "/w/a.txt");
+                assert!(suggestion.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            p.observe(r#"{"type":"result","subtype":"success"}"#),
+            Some(Signal::TurnEnded)
+        );
+        assert_eq!(p.observe(r#"{"type":"assistant","text":"result"}"#), None);
+        assert_eq!(p.observe("not json \"result\""), None);
+    }
+
+    #[test]
+    fn claude_answers_are_one_json_line_each() {
+        let p = Claude;
+        let deny = p.answer("r1", false, "no \"push\"", &json!({}));
+        assert!(deny.ends_with('\n') && deny.matches('\n').count() == 1);
+        let v: Value = serde_json::from_str(&deny).unwrap();
+        assert_eq!(v["response"]["response"]["behavior"], "deny");
+        assert_eq!(v["response"]["response"]["message"], "no \"push\"");
+        let v: Value = serde_json::from_str(&p.answer("r2", true, "", &json!({"a": 1}))).unwrap();
+        assert_eq!(v["response"]["response"]["updatedInput"]["a"], 1);
+        let v: Value = serde_json::from_str(&p.user_message("line1\nline2")).unwrap();
+        assert_eq!(v["message"]["content"], "line1\nline2");
+    }
+}

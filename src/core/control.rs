@@ -1,0 +1,444 @@
+//! Two-way control of a running job (issue #17): the job's controller owns the write end of the
+//! agent's stdin pipe (a FIFO in its HOME), keeps the pending permission requests with their
+//! fail-closed deadlines, applies the permission rules, and turns the caller's answers, input and
+//! interrupts into the agent's own protocol ([`crate::agents::interactive`]). Everything it
+//! decides is also an event of the job, sent into the run's output channel so it is numbered and
+//! stored in order with the agent's own events.
+
+use super::Core;
+use crate::agents::interactive::{Interactive, Signal};
+use crate::domain::permission::{self, PermissionRules};
+use crate::domain::{EventKind, Job, JobId, TenantId};
+use crate::error::{Error, Reason, Result};
+use crate::runner::Output;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Messages queued for one controller: signals seen in the agent's output, requests of callers.
+const INBOX: usize = 256;
+
+/// Where a controlled job's stdin pipe lives in the session's HOME (the agent sees it there).
+const PIPE_FILE: &str = ".agentd-stdin";
+
+/// What a controller is asked to do.
+pub(super) enum Command {
+    /// From the agent's output.
+    Agent(Signal),
+    Respond {
+        request_id: String,
+        allow: bool,
+        message: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Input {
+        text: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Interrupt {
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A running job's way into its controller (kept in its run handle).
+#[derive(Clone)]
+pub(super) struct ControlHandle {
+    tx: mpsc::Sender<Command>,
+    /// Set once InterruptJob reached the agent: the job ends CANCELLED, reason INTERRUPTED.
+    interrupted: Arc<AtomicBool>,
+}
+
+impl ControlHandle {
+    /// Whether InterruptJob reached the agent.
+    pub(super) fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
+    /// Hands a signal from the agent's output over without waiting: the pump must never wait on
+    /// the controller, which waits on the pump's channel to record its events.
+    pub(super) fn observe(&self, protocol: &dyn Interactive, line: &str) {
+        if let Some(signal) = protocol.observe(line)
+            && self.tx.try_send(Command::Agent(signal)).is_err()
+        {
+            tracing::warn!("a job's controller is not keeping up; a signal was dropped");
+        }
+    }
+
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| finishing())?;
+        answer.await.map_err(|_| finishing())?
+    }
+}
+
+fn finishing() -> Error {
+    Error::precondition(Reason::JobFinished, "the job is finishing")
+}
+
+/// Everything a controller needs for one run.
+pub(super) struct Setup {
+    pub protocol: Arc<dyn Interactive>,
+    pub operator: PermissionRules,
+    pub job: PermissionRules,
+    pub timeout: std::time::Duration,
+    pub workspace: String,
+}
+
+/// Creates the FIFO the agent reads as its stdin (replacing whatever an earlier job left at that
+/// name, without following links) and opens its write end. Opened read-write so that the open
+/// neither blocks nor fails before the agent opens its end, and the agent never sees EOF before
+/// agentd closes it.
+pub(super) async fn open_pipe(home: &Path) -> Result<(PathBuf, pipe::Sender)> {
+    let path = home.join(PIPE_FILE);
+    let made = path.clone();
+    tokio::task::spawn_blocking(move || make_fifo(&made))
+        .await
+        .map_err(|e| Error::internal(format!("creating the agent's input pipe failed: {e}")))??;
+    // agentd just made the node and no process of the session runs; the open checks it is
+    // still a FIFO.
+    let sender = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(&path)?;
+    Ok((path, sender))
+}
+
+fn make_fifo(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| Error::internal(format!("cannot create the agent's input pipe: {e}")))
+}
+
+/// Starts a controller writing to `pipe`, its first words the prompt. Its events go to `events`
+/// (weakly held: the run's output channel must close when the agent's output ends).
+pub(super) fn start(
+    setup: Setup,
+    pipe: pipe::Sender,
+    prompt: &str,
+    events: &mpsc::Sender<Output>,
+) -> (ControlHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let first = setup.protocol.prompt(prompt);
+    let controller = Controller {
+        setup,
+        pipe: Some(pipe),
+        events: events.downgrade(),
+        pending: HashMap::new(),
+        decided: HashSet::new(),
+        open_turns: 1,
+        interrupts: 0,
+        interrupted: interrupted.clone(),
+    };
+    let task = tokio::spawn(controller.run(rx, first));
+    (ControlHandle { tx, interrupted }, task)
+}
+
+struct Pending {
+    input: Value,
+    deadline: Instant,
+}
+
+struct Controller {
+    setup: Setup,
+    /// Closed (dropped) once the agent has answered every message: it then ends.
+    pipe: Option<pipe::Sender>,
+    events: mpsc::WeakSender<Output>,
+    pending: HashMap<String, Pending>,
+    decided: HashSet<String>,
+    /// User messages sent whose turn has not ended yet.
+    open_turns: u64,
+    interrupts: u64,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Controller {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, first: String) {
+        self.write(&first).await;
+        loop {
+            let next = self.pending.values().map(|p| p.deadline).min();
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+                () = sleep_until(next) => {
+                    self.expire().await;
+                    continue;
+                }
+            };
+            self.handle(cmd).await;
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Agent(Signal::Permission {
+                id,
+                tool,
+                input,
+                suggestion,
+            }) => self.asked(id, tool, input, suggestion).await,
+            Command::Agent(Signal::TurnEnded) => {
+                self.open_turns = self.open_turns.saturating_sub(1);
+                if self.open_turns == 0 || self.interrupted.load(Ordering::Acquire) {
+                    // Nothing more to say: EOF lets the agent end.
+                    self.pipe = None;
+                }
+            }
+            Command::Respond {
+                request_id,
+                allow,
+                message,
+                reply,
+            } => {
+                let r = self.respond(request_id, allow, message).await;
+                let _ = reply.send(r);
+            }
+            Command::Input { text, reply } => {
+                let r = self.input(text).await;
+                let _ = reply.send(r);
+            }
+            Command::Interrupt { reply } => {
+                let r = self.interrupt().await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn asked(&mut self, id: String, tool: String, input: Value, suggestion: Option<Value>) {
+        let s = &self.setup;
+        if let Some(d) = permission::decide(&s.operator, &s.job, &tool, &input, &s.workspace) {
+            let message = format!("decided by the rule {}", d.rule);
+            self.decide(&id, &input, d.allow, &message, "rule").await;
+            return;
+        }
+        let timeout = self.setup.timeout;
+        self.emit(EventKind::PermissionRequest {
+            request_id: id.clone(),
+            tool,
+            input_json: input.to_string(),
+            suggestion_json: suggestion.map(|v| v.to_string()).unwrap_or_default(),
+            timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+        })
+        .await;
+        self.pending.insert(
+            id,
+            Pending {
+                input,
+                deadline: Instant::now() + timeout,
+            },
+        );
+    }
+
+    async fn respond(&mut self, id: String, allow: bool, message: String) -> Result<()> {
+        let Some(p) = self.pending.remove(&id) else {
+            return Err(if self.decided.contains(&id) {
+                Error::precondition(
+                    Reason::PermissionDecided,
+                    format!("permission request {id:?} was already decided"),
+                )
+            } else {
+                Error::not_found(
+                    Reason::PermissionRequestNotFound,
+                    format!("no permission request {id:?} in this job"),
+                )
+            });
+        };
+        let message = if message.is_empty() && !allow {
+            "denied by the caller".to_owned()
+        } else {
+            message
+        };
+        self.decide(&id, &p.input, allow, &message, "caller").await;
+        Ok(())
+    }
+
+    /// Denies every request whose deadline has passed: fail-closed.
+    async fn expire(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(p) = self.pending.remove(&id) {
+                let message = format!("no answer within {}s: denied", self.setup.timeout.as_secs());
+                self.decide(&id, &p.input, false, &message, "timeout").await;
+            }
+        }
+    }
+
+    async fn decide(&mut self, id: &str, input: &Value, allow: bool, message: &str, who: &str) {
+        self.decided.insert(id.to_owned());
+        let answer = self.setup.protocol.answer(id, allow, message, input);
+        self.write(&answer).await;
+        self.emit(EventKind::PermissionResolved {
+            request_id: id.to_owned(),
+            who: who.to_owned(),
+            allow,
+            message: message.to_owned(),
+        })
+        .await;
+    }
+
+    async fn input(&mut self, text: String) -> Result<()> {
+        if self.pipe.is_none() || self.interrupted.load(Ordering::Acquire) {
+            return Err(finishing());
+        }
+        let msg = self.setup.protocol.user_message(&text);
+        self.open_turns += 1;
+        self.write(&msg).await;
+        self.emit(EventKind::Input { text }).await;
+        Ok(())
+    }
+
+    async fn interrupt(&mut self) -> Result<()> {
+        if self.pipe.is_none() {
+            return Err(finishing());
+        }
+        self.interrupts += 1;
+        self.interrupted.store(true, Ordering::Release);
+        let msg = self.setup.protocol.interrupt(self.interrupts);
+        self.write(&msg).await;
+        Ok(())
+    }
+
+    async fn write(&mut self, text: &str) {
+        let Some(pipe) = &mut self.pipe else { return };
+        if let Err(e) = pipe.write_all(text.as_bytes()).await {
+            tracing::warn!(error = %e, "cannot write to the agent's input");
+            self.pipe = None;
+        }
+    }
+
+    async fn emit(&self, kind: EventKind) {
+        if let Some(tx) = self.events.upgrade() {
+            let _ = tx.send(Output::Event(kind)).await;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Core {
+    /// The controller of a job of `tenant` running here; NOT_FOUND for anyone else's job.
+    async fn control_of(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        control: &str,
+    ) -> Result<ControlHandle> {
+        let job: Job = self.owned_job(tenant, id).await?;
+        if job.state.is_finished() {
+            return Err(Error::precondition(
+                Reason::JobFinished,
+                format!("job {id} already finished as {}", job.state.name()),
+            ));
+        }
+        let profile = self.config.agents.get(&job.spec.agent);
+        if let Some(p) = profile
+            && !crate::agents::interactive::controls(p.kind).contains(&control)
+        {
+            return Err(crate::agents::unsupported_control(p, "job_id", control));
+        }
+        if !job.spec.asks() {
+            return Err(Error::precondition(
+                Reason::JobNotControllable,
+                format!("job {id} was not submitted with permission_mode \"ask\""),
+            ));
+        }
+        self.controller(&job.id).ok_or_else(|| {
+            Error::precondition(
+                Reason::JobNotControllable,
+                format!("job {id} is not running on this server yet"),
+            )
+        })
+    }
+
+    /// RespondToPermission: the first answer wins.
+    pub async fn respond_to_permission(
+        &self,
+        tenant: &TenantId,
+        job_id: &str,
+        request_id: String,
+        allow: bool,
+        message: String,
+    ) -> Result<()> {
+        check_text("request_id", &request_id, 256)?;
+        check_text("message", &message, 64 << 10)
+            .or_else(|e| if message.is_empty() { Ok(()) } else { Err(e) })?;
+        let h = self
+            .control_of(tenant, job_id, crate::agents::interactive::CONTROL_ASK)
+            .await?;
+        h.ask(|reply| Command::Respond {
+            request_id,
+            allow,
+            message,
+            reply,
+        })
+        .await
+    }
+
+    /// SendInput: a user message for the agent's next turn.
+    pub async fn send_input(&self, tenant: &TenantId, job_id: &str, text: String) -> Result<()> {
+        check_text("text", &text, self.config.limits.max_prompt_bytes)?;
+        let h = self
+            .control_of(tenant, job_id, crate::agents::interactive::CONTROL_INPUT)
+            .await?;
+        h.ask(|reply| Command::Input { text, reply }).await
+    }
+
+    /// InterruptJob: stops the agent's turn; the job ends CANCELLED, reason INTERRUPTED.
+    pub async fn interrupt_job(&self, tenant: &TenantId, job_id: &str) -> Result<()> {
+        let h = self
+            .control_of(
+                tenant,
+                job_id,
+                crate::agents::interactive::CONTROL_INTERRUPT,
+            )
+            .await?;
+        h.ask(|reply| Command::Interrupt { reply }).await
+    }
+
+    fn controller(&self, job: &JobId) -> Option<ControlHandle> {
+        super::lock(&self.running)
+            .get(job)
+            .and_then(|h| h.control.get().cloned())
+    }
+}
+
+/// A required text field: set, at most `max` bytes, no NUL.
+fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(
+            Reason::MissingField,
+            field,
+            format!("{field} is required"),
+        ));
+    }
+    if value.len() > max || value.contains('\0') {
+        return Err(Error::invalid(
+            Reason::InvalidField,
+            field,
+            format!("{field} must be at most {max} bytes with no NUL byte"),
+        ));
+    }
+    Ok(())
+}
