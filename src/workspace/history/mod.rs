@@ -17,6 +17,7 @@ mod cas;
 mod changes;
 pub mod diff;
 mod gc;
+mod restore;
 mod take;
 
 pub use changes::changes;
@@ -177,6 +178,13 @@ impl History {
         std::io::Read::read_to_end(&mut f, &mut out)
             .map_err(|e| Error::internal(format!("history: cannot read an object: {e}")))?;
         Ok(out)
+    }
+
+    /// Writes `tree` into `dest`, a directory that must not exist yet (created 0700 here, so
+    /// nothing in it can be a link planted by an agent): files copied from the store with their
+    /// modes, directories, symlinks as stored. For rewind and fork, which then swap it in.
+    pub fn restore_into(&self, tree: &Tree, dest: &Path) -> Result<()> {
+        restore::restore_into(self, tree, dest)
     }
 
     /// Deletes every tree not in `live` and every content no live tree uses.

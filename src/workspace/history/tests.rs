@@ -182,3 +182,38 @@ fn bad_snapshot_ids_are_not_found_not_paths() {
         assert_eq!(e.reason(), crate::error::Reason::SnapshotNotFound, "{id}");
     }
 }
+
+#[test]
+fn a_snapshot_restores_byte_for_byte_with_modes_and_links() {
+    let f = fx();
+    f.write("a/b/c.txt", "deep\n");
+    f.write("top", "t");
+    std::fs::set_permissions(f.ws.join("top"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("../outside", f.ws.join("a/link")).unwrap();
+    std::fs::create_dir(f.ws.join("empty")).unwrap();
+    let t = f.take(None);
+    let dest = f._dir.path().join("restored");
+    f.h.restore_into(&t.tree, &dest).unwrap();
+    assert_eq!(std::fs::read(dest.join("a/b/c.txt")).unwrap(), b"deep\n");
+    let mode = std::fs::metadata(dest.join("top"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+    assert_eq!(
+        std::fs::read_link(dest.join("a/link")).unwrap(),
+        std::path::Path::new("../outside")
+    );
+    assert!(dest.join("empty").is_dir());
+    // The copy is the snapshot again, and writing to it leaves the store alone.
+    let fd = crate::workspace::fsops::open_root(&dest).unwrap().unwrap();
+    let again = f.h.take(fd, None).unwrap();
+    assert!(changes(&t.tree, &again.tree).is_empty());
+    std::fs::write(dest.join("top"), "changed").unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut f.h.open_file(&t.tree, "top").unwrap(), &mut s).unwrap();
+    assert_eq!(s, "t");
+    // An existing destination is refused rather than written through.
+    assert!(f.h.restore_into(&t.tree, &dest).is_err());
+}
