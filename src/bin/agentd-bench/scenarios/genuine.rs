@@ -58,7 +58,11 @@ pub async fn genuine(env: &Env) -> Result<Vec<Metric>> {
         .iter()
         .map(|name| profile(env, name, &mock.base))
         .collect::<Result<Vec<_>>>()?;
-    let config: String = profiles.iter().map(toml_of).collect();
+    // The direct side calls the model server itself, so agentd's side must too: naming the
+    // network keeps a profile that carries a provider key off the default gateway route.
+    let config: String = std::iter::once("[sandbox]\nnetwork = \"host\"\n".to_owned())
+        .chain(profiles.iter().map(toml_of))
+        .collect();
     // Where someone who runs agentd from a checkout has its data dir (`./agentd-data`): inside
     // the repository's work tree. The direct side works in the system's temp dir, as a user's
     // `mktemp -d` would (see the module doc).
