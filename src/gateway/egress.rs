@@ -121,7 +121,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<ProxyB
 }
 
 /// Headers that concern this hop only (RFC 9110 §7.6.1), never passed on.
-fn hop_by_hop(name: &header::HeaderName) -> bool {
+pub(super) fn hop_by_hop(name: &header::HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"

@@ -238,25 +238,15 @@ async fn prepare(
 
 /// Headers a proxy must not forward (hop-by-hop), and every header that could carry a key.
 fn dropped(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "authorization"
-            | "x-api-key"
-            | "x-goog-api-key"
-            // Usage is read from the answer: ask for it uncompressed.
-            | "accept-encoding"
-    )
+    super::egress::hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "authorization"
+                | "x-api-key"
+                | "x-goog-api-key"
+                // Usage is read from the answer: ask for it uncompressed.
+                | "accept-encoding"
+        )
 }
 
 /// The request to the upstream: same method, path, query (minus any `key=`), headers and body,
