@@ -4,8 +4,8 @@
 
 use super::{DEADLOCK_RETRIES, Fail, PgStore, changes, db, is_deadlock, listen, rows};
 use crate::domain::{JobEvent, JobId, JobState, Timestamp};
-use crate::error::{Error, Reason, Result};
-use crate::store::{JobUpdate, JobWrite};
+use crate::error::Result;
+use crate::store::{JobUpdate, JobWrite, rules};
 use rows::{int, to_json};
 use std::collections::HashMap;
 
@@ -106,38 +106,17 @@ impl PgStore {
         let mut changed = Vec::new();
         for w in writes {
             let Some(j) = jobs.get_mut(w.job_id.as_str()) else {
-                return Err(Error::internal(format!(
-                    "store: append to job {} which does not exist",
-                    w.job_id
-                ))
-                .into());
+                return Err(rules::missing_job(&w.job_id).into());
             };
-            // Fences off a replica that lost its lease while another one settled the job.
-            if j.finished {
-                return Err(Error::precondition(
-                    Reason::JobFinished,
-                    format!("job {} already finished; its log is closed", w.job_id),
-                )
-                .into());
-            }
-            let mut expected = j.last_seq + 1;
+            let last = rules::check_append(&w.job_id, j.finished, j.last_seq, &w.events)?;
             for e in &w.events {
-                if e.seq != expected {
-                    return Err(Error::internal(format!(
-                        "store: event seq {} of job {} does not continue its log \
-                         (expected {expected})",
-                        e.seq, w.job_id
-                    ))
-                    .into());
-                }
                 pks.push(j.pk);
                 seqs.push(int(e.seq));
                 times.push(e.time.micros());
                 raws.push(e.raw.as_deref());
                 kinds.push(to_json(&e.kind, "event")?);
-                expected += 1;
             }
-            j.last_seq = expected - 1;
+            j.last_seq = last;
             if let Some(u) = &w.update {
                 j.update = Some(u);
                 j.finished = u.state.is_finished();

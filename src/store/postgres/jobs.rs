@@ -3,10 +3,9 @@
 
 use super::{ADMIT_LOCK, PgStore, changes, db, listen, rows};
 use crate::domain::{FileChange, Job, JobId, PageCursor, SessionId, Timestamp};
-use crate::error::{Error, Reason, Result};
-use crate::store::{AdmitLimits, JobFilter, JobUpdate};
+use crate::error::{Error, Result};
+use crate::store::{AdmitLimits, JobFilter, JobUpdate, rules};
 use rows::{int, job_cols, to_json};
-use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 impl PgStore {
@@ -63,17 +62,8 @@ impl PgStore {
                 .query_one(&st, &[&job.session_id.as_str()])
                 .await
                 .map_err(db)?;
-            let queued: i64 = rows::get(&row, 0, "count")?;
-            if usize::try_from(queued).unwrap_or(usize::MAX) >= limits.max_queued_in_session {
-                return Err(Error::ResourceExhausted {
-                    reason: Reason::QueueFull,
-                    message: format!(
-                        "session {} already has {} queued jobs (the maximum)",
-                        job.session_id, limits.max_queued_in_session
-                    ),
-                    retry_after: Some(Duration::from_secs(5)),
-                });
-            }
+            let queued = rows::uint(&row, 0, "count")?;
+            rules::admit_to_session(&job.session_id, queued, limits.max_queued_in_session)?;
         }
         if limits.max_active_for_tenant > 0 {
             // Jobs of one tenant may be added to different sessions at once, on any replica:
@@ -96,18 +86,8 @@ impl PgStore {
                 .query_one(&st, &[&job.tenant.as_str()])
                 .await
                 .map_err(db)?;
-            let active: i64 = rows::get(&row, 0, "count")?;
-            let max = limits.max_active_for_tenant;
-            if usize::try_from(active).unwrap_or(usize::MAX) >= max {
-                return Err(Error::ResourceExhausted {
-                    reason: Reason::TooManyJobs,
-                    message: format!(
-                        "tenant {:?} already has {max} queued or running jobs (the maximum)",
-                        job.tenant.as_str()
-                    ),
-                    retry_after: Some(Duration::from_secs(5)),
-                });
-            }
+            let active = rows::uint(&row, 0, "count")?;
+            rules::admit_for_tenant(&job.tenant, active, limits.max_active_for_tenant)?;
         }
         let st = tx
             .prepare_cached(
