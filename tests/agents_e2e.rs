@@ -1284,9 +1284,9 @@ async fn attach_drives_a_job_on_one_stream(mut w: World) {
     let mut a = AttachStream::open(&mut w.c).await;
     let mut seen = Vec::new();
     let id = a
-        .send(Action::Submit(
+        .send(Action::Submit(Box::new(
             w.ask("write attached-note.txt answered on the stream"),
-        ))
+        )))
         .await;
     let job = a.answer(id, &mut seen).await.expect("submit").expect("job");
     let req = match a
@@ -1378,6 +1378,78 @@ async fn attach_drives_a_job_on_one_stream(mut w: World) {
     );
 }
 
+/// `agentd run --ask` with its answers piped into stdin (no terminal): line by line, `y` allows,
+/// `n: why` denies and the reason reaches the model.
+async fn cli_ask_reads_answers_line_by_line(w: World) {
+    let run = |prompt: &'static str, answers: &'static str| {
+        let (url, session, agent) = (
+            format!("http://{}", w.server.addr),
+            w.session.clone(),
+            w.agent.name,
+        );
+        async move {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+                .args([
+                    "run",
+                    "--ask",
+                    "--session",
+                    &session,
+                    "--agent",
+                    agent,
+                    prompt,
+                ])
+                .env("AGENTD_URL", url)
+                .env("AGENTD_API_KEY", KEY_A)
+                .env_remove("AGENTD_LOG")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run the cli");
+            let mut stdin = child.stdin.take().expect("stdin");
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, answers.as_bytes())
+                .await
+                .expect("answers");
+            drop(stdin);
+            let out = child.wait_with_output().await.expect("cli output");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, stderr) = run("write cli-allowed.txt allowed at the terminal", "y\n").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the agent asks to run Write"), "{stderr}");
+    assert!(stderr.contains("cli-allowed.txt"), "{stderr}");
+    let content = w.c.clone().download(&w.session, "cli-allowed.txt").await;
+    assert_eq!(
+        content
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .ok(),
+        Some("allowed at the terminal\n".to_owned()),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run(
+        "write cli-denied.txt never written",
+        "n: not from the terminal\n",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        w.c.clone()
+            .download(&w.session, "cli-denied.txt")
+            .await
+            .is_err(),
+        "{stderr}"
+    );
+    assert!(
+        w.mock.requests().contains("not from the terminal"),
+        "{stderr}"
+    );
+}
+
 mod control_claude {
     use super::*;
 
@@ -1451,6 +1523,14 @@ mod control_claude {
     #[tokio::test]
     async fn attach_drives_a_job_on_one_stream() {
         scenario(super::attach_drives_a_job_on_one_stream(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn cli_ask_reads_answers_line_by_line() {
+        scenario(super::cli_ask_reads_answers_line_by_line(
             World::new(&CLAUDE).await,
         ))
         .await;

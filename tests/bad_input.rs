@@ -622,19 +622,19 @@ async fn bad_control_requests_are_refused_precisely() {
             "JOB_NOT_FOUND",
         ),
         (
-            Action::Submit(pb::SubmitJobRequest {
+            Action::Submit(Box::new(pb::SubmitJobRequest {
                 session_id: s.session_id.clone(),
                 ..Default::default()
-            }),
+            })),
             Code::InvalidArgument,
             "MISSING_FIELD",
         ),
         (
-            Action::Submit(pb::SubmitJobRequest {
+            Action::Submit(Box::new(pb::SubmitJobRequest {
                 session_id: "ses_nope".into(),
                 prompt: "hi".into(),
                 ..Default::default()
-            }),
+            })),
             Code::NotFound,
             "SESSION_NOT_FOUND",
         ),
@@ -944,11 +944,11 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
                     job_id: jid.clone(),
                     after_seq: 0,
                 }),
-                Action::Submit(pb::SubmitJobRequest {
+                Action::Submit(Box::new(pb::SubmitJobRequest {
                     session_id: sid.clone(),
                     prompt: "x".into(),
                     ..Default::default()
-                }),
+                })),
                 Action::Respond(pb::RespondToPermissionRequest {
                     job_id: jid.clone(),
                     request_id: "req_1".into(),

@@ -96,10 +96,10 @@ impl Session {
         };
         match result {
             Ok(job) => pb::AttachResponse {
-                kind: Some(pb::attach_response::Kind::Ack(pb::AttachAck {
+                kind: Some(pb::attach_response::Kind::Ack(Box::new(pb::AttachAck {
                     message_id: id,
                     job,
-                })),
+                }))),
             },
             Err(e) => error(id, e),
         }
@@ -108,7 +108,7 @@ impl Session {
     async fn act(&mut self, action: Action) -> Result<Option<pb::Job>> {
         match action {
             Action::Submit(r) => {
-                let submit = with_trace(submit_request(r), self.traceparent.clone());
+                let submit = with_trace(submit_request(*r), self.traceparent.clone());
                 self.room()?;
                 let view = self.core.submit_job(&self.tenant, submit).await?;
                 metrics().job_submitted();
