@@ -263,6 +263,7 @@ pub async fn serve(
     )
     .await
     .map_err(ServeError::Store)?;
+    core.attach_webhooks(webhooks.clone());
     {
         let core = core.clone();
         shutdown.spawn(hangups.serve(shutdown.clone(), move || core.reload_catalog()));

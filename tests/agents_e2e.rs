@@ -1448,6 +1448,77 @@ async fn cli_ask_reads_answers_line_by_line(w: World) {
         w.mock.requests().contains("not from the terminal"),
         "{stderr}"
     );
+/// A tenant's endpoint subscribed to every job event type hears of a job's start, of the
+/// request its agent asks the caller (issue #19: the permission hook), and of its end; each
+/// message signed with the endpoint's secret.
+async fn ask_request_reaches_the_tenants_webhooks(
+    mut w: World,
+    rx: common::receiver::Receiver,
+    port: u16,
+) {
+    let hook =
+        w.c.webhooks
+            .create_webhook(pb::CreateWebhookRequest {
+                url: format!("http://127.0.0.1:{port}/hook"),
+                events: vec![
+                    "job.started".into(),
+                    "job.permission_requested".into(),
+                    "job.finished".into(),
+                ],
+            })
+            .await
+            .expect("create webhook")
+            .into_inner();
+    let job = w
+        .submit(w.ask("write hooked-note.txt allowed by the caller"))
+        .await
+        .expect("submit");
+    let req = w.permission_request(&job.job_id).await;
+    w.respond(&job.job_id, &req.request_id, true, "")
+        .await
+        .expect("answer");
+    let (done, events) = w.finish(&job.job_id).await;
+    w.expect_state(&done, &events, pb::JobState::Succeeded);
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let bodies = loop {
+        let got = rx.received();
+        let bodies: Vec<serde_json::Value> = got
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+            .collect();
+        if bodies.len() >= 3 || tokio::time::Instant::now() > deadline {
+            for r in &got {
+                let ts: i64 = r.headers["webhook-timestamp"].parse().expect("timestamp");
+                let want = agentd::webhooks::sign::signature(
+                    &hook.secret,
+                    &r.headers["webhook-id"],
+                    ts,
+                    &r.body,
+                )
+                .expect("signature");
+                assert!(r.headers["webhook-signature"].split(' ').any(|s| s == want));
+            }
+            break bodies;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut kinds: Vec<&str> = bodies.iter().filter_map(|b| b["type"].as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        ["job.finished", "job.permission_requested", "job.started"],
+        "{bodies:#?}"
+    );
+    let perm = bodies
+        .iter()
+        .find(|b| b["type"] == "job.permission_requested")
+        .expect("permission message");
+    assert_eq!(perm["data"]["job_id"], job.job_id.as_str());
+    assert_eq!(perm["data"]["request_id"], req.request_id.as_str());
+    assert_eq!(perm["data"]["permission"]["tool"], "Write");
+    // The tool's input is not in the message (the event log redacts it; the message does not).
+    assert!(perm["data"]["permission"].get("input").is_none(), "{perm}");
 }
 
 mod control_claude {
@@ -1534,6 +1605,13 @@ mod control_claude {
             World::new(&CLAUDE).await,
         ))
         .await;
+    async fn ask_request_reaches_the_tenants_webhooks() {
+        let (rx, port) = common::receiver::Receiver::start().await;
+        let w = World::with_config(&CLAUDE, |_| {
+            "[webhooks]\nallow_cidrs = [\"127.0.0.1/32\"]\nretry_base_ms = 50\n".into()
+        })
+        .await;
+        scenario(super::ask_request_reaches_the_tenants_webhooks(w, rx, port)).await;
     }
 
     #[tokio::test]

@@ -2,6 +2,8 @@
 //! stand-in Claude, and hands out generated clients that send an API key, as a user would.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use agentd::pb;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
