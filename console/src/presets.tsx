@@ -6,10 +6,11 @@ import { useLoad } from "./hooks";
 import { ErrorLine } from "./sessions";
 import type { Preset } from "../../clients/typescript/src/gen/agentd/v1/preset_pb.js";
 
-/** The `{{name}}` placeholders of a prompt template, in order, each once (`\{{` is literal). */
+/** The `{{name}}` placeholders of a prompt template (spaces inside the braces allowed), in
+ * order, each once; `\{{` is a literal `{{`. */
 export function templateVariables(template: string): string[] {
   const names = new Set<string>();
-  for (const m of template.matchAll(/(\\?)\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}/g)) {
+  for (const m of template.matchAll(/(\\?)\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}/g)) {
     if (!m[1]) names.add(m[2]);
   }
   return [...names];
