@@ -327,10 +327,10 @@ pub async fn serve(
     // Outermost first: the console answers GETs (gRPC is always POST), CORS answers preflights,
     // gRPC-Web translates to gRPC, and the telemetry layer then sees every call as plain gRPC.
     let router = builder
-        .layer(crate::console::ConsoleLayer::new(
-            t.console,
-            console_only_on,
-        ))
+        .layer(
+            crate::console::ConsoleLayer::new(t.console, console_only_on)
+                .with_hosts(&t.console_hosts),
+        )
         .layer(tower::util::option_layer(cors_layer(t)))
         .layer(tower::util::option_layer(
             t.grpc_web.then(tonic_web::GrpcWebLayer::new),
