@@ -68,6 +68,18 @@ struct Agent {
     sleep_secs: &'static str,
     /// Whether the agent honours `max_turns` (otherwise submit must refuse it).
     max_turns: bool,
+    /// The tool its permission requests name for the mock's `write <path> <text>` (a file tool,
+    /// or the shell tool for agents that write files with `printf`).
+    write_tool: &'static str,
+}
+
+/// The permission rule of `agent`'s write tool for paths matching `path_glob`: a file tool's
+/// pattern is the path; the shell tool's is the command, which ends with `> <path>`.
+fn write_rule(agent: &Agent, path_glob: &str) -> String {
+    match agent.write_tool {
+        "Bash" => format!("Bash(*{path_glob})"),
+        tool => format!("{tool}({path_glob})"),
+    }
 }
 
 fn toml_str(s: &str) -> String {
@@ -92,6 +104,7 @@ static CLAUDE: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3601",
+    write_tool: "Write",
     max_turns: true,
 };
 
@@ -122,6 +135,7 @@ static CODEX: Agent = Agent {
     // Codex words every HTTP 500 its own way ("We're currently experiencing high demand…").
     error_500_text: None,
     sleep_secs: "3602",
+    write_tool: "Bash",
     max_turns: false,
 };
 
@@ -153,6 +167,7 @@ static OPENCODE: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3603",
+    write_tool: "write",
     max_turns: false,
 };
 
@@ -185,6 +200,7 @@ static GEMINI: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3604",
+    write_tool: "write_file",
     max_turns: false,
 };
 
@@ -882,7 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol. The others refuse `ask` as an unsupported option.
+// Code's stream-json control protocol, Codex's app server. The others refuse `ask` as an
+// unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -967,7 +984,7 @@ async fn ask_allow_runs_the_tool_once_answered(mut w: World) {
         .await
         .expect("submit");
     let req = w.permission_request(&job.job_id).await;
-    assert_eq!(req.tool, "Write");
+    assert_eq!(req.tool, w.agent.write_tool);
     assert!(req.input_json.contains("asked-note.txt"), "{req:?}");
     // Nothing runs before the answer.
     assert!(w.c.download(&w.session, "asked-note.txt").await.is_err());
@@ -1088,8 +1105,9 @@ async fn ask_unanswered_is_denied_at_the_timeout(mut w: World) {
 }
 
 async fn rules_decide_without_asking(mut w: World) {
+    let rule = write_rule(w.agent, "rule-*.txt");
     let req = pb::SubmitJobRequest {
-        allow_rules: vec!["Write(rule-*.txt)".into()],
+        allow_rules: vec![rule.clone()],
         ..w.ask("write rule-ok.txt allowed by a rule")
     };
     let (job, events) = {
@@ -1104,14 +1122,14 @@ async fn rules_decide_without_asking(mut w: World) {
     );
     let r = resolutions(&events);
     assert_eq!((r[0].who.as_str(), r[0].allow), ("rule", true), "{why}");
-    assert!(r[0].message.contains("Write(rule-*.txt)"), "{why}");
+    assert!(r[0].message.contains(&rule), "{why}");
     w.c.download(&w.session, "rule-ok.txt")
         .await
         .expect("written");
 
     // The job allows every Write, the operator's profile denies this path: the operator wins.
     let req = pb::SubmitJobRequest {
-        allow_rules: vec!["Write".into()],
+        allow_rules: vec![w.agent.write_tool.into()],
         ..w.ask("write operator-denied.txt never written")
     };
     let job = w.submit(req).await.expect("submit");
@@ -1522,74 +1540,8 @@ async fn ask_request_reaches_the_tenants_webhooks(
 }
 
 mod control_claude {
+mod control_claude_api {
     use super::*;
-
-    /// Claude with an operator rule that denies one path whatever a job allows.
-    static CLAUDE_RULED: Agent = Agent {
-        profile: |cli, base| {
-            format!(
-                "{}[agents.claude.permissions]\ndeny = [\"Write(operator-denied*)\"]\n",
-                (CLAUDE.profile)(cli, base)
-            )
-        },
-        ..CLAUDE
-    };
-
-    #[tokio::test]
-    async fn ask_allow_runs_the_tool_once_answered() {
-        scenario(super::ask_allow_runs_the_tool_once_answered(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn ask_deny_tells_the_model_why() {
-        scenario(super::ask_deny_tells_the_model_why(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn ask_unanswered_is_denied_at_the_timeout() {
-        scenario(super::ask_unanswered_is_denied_at_the_timeout(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn rules_decide_without_asking() {
-        scenario(super::rules_decide_without_asking(
-            World::new(&CLAUDE_RULED).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn send_input_reaches_the_models_next_request() {
-        scenario(super::send_input_reaches_the_models_next_request(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn interrupt_keeps_the_conversation() {
-        scenario(super::interrupt_keeps_the_conversation(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn restart_with_a_pending_request_fails_the_job() {
-        scenario(super::restart_with_a_pending_request_fails_the_job(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
 
     #[tokio::test]
     async fn attach_drives_a_job_on_one_stream() {
@@ -1605,6 +1557,9 @@ mod control_claude {
             World::new(&CLAUDE).await,
         ))
         .await;
+    }
+
+    #[tokio::test]
     async fn ask_request_reaches_the_tenants_webhooks() {
         let (rx, port) = common::receiver::Receiver::start().await;
         let w = World::with_config(&CLAUDE, |_| {
@@ -1613,16 +1568,95 @@ mod control_claude {
         .await;
         scenario(super::ask_request_reaches_the_tenants_webhooks(w, rx, port)).await;
     }
+}
 
-    #[tokio::test]
-    async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
-        let mut w = World::new(&CODEX).await;
-        let st = w
-            .submit(w.ask("write x.txt y"))
-            .await
-            .expect_err("codex took ask");
-        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
-        assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
-        assert!(st.message().contains("codex"), "{st:?}");
-    }
+/// `agent`'s profile with an operator rule that denies one path whatever a job allows.
+fn ruled(agent: &Agent, cli: &Path, base: &str) -> String {
+    format!(
+        "{}[agents.{}.permissions]\ndeny = [{}]\n",
+        (agent.profile)(cli, base),
+        agent.name,
+        toml_str(&write_rule(agent, "operator-denied*"))
+    )
+}
+
+macro_rules! control_tests {
+    ($module:ident, $agent:expr) => {
+        mod $module {
+            use super::*;
+
+            static RULED: Agent = Agent {
+                profile: |cli, base| ruled(&$agent, cli, base),
+                ..$agent
+            };
+
+            #[tokio::test]
+            async fn ask_allow_runs_the_tool_once_answered() {
+                scenario(super::ask_allow_runs_the_tool_once_answered(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn ask_deny_tells_the_model_why() {
+                scenario(super::ask_deny_tells_the_model_why(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn ask_unanswered_is_denied_at_the_timeout() {
+                scenario(super::ask_unanswered_is_denied_at_the_timeout(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn rules_decide_without_asking() {
+                scenario(super::rules_decide_without_asking(World::new(&RULED).await)).await;
+            }
+
+            #[tokio::test]
+            async fn send_input_reaches_the_models_next_request() {
+                scenario(super::send_input_reaches_the_models_next_request(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn interrupt_keeps_the_conversation() {
+                scenario(super::interrupt_keeps_the_conversation(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn restart_with_a_pending_request_fails_the_job() {
+                scenario(super::restart_with_a_pending_request_fails_the_job(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+        }
+    };
+}
+
+control_tests!(control_claude, CLAUDE);
+control_tests!(control_codex, CODEX);
+
+#[tokio::test]
+async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
+    let mut w = World::new(&OPENCODE).await;
+    let st = w
+        .submit(w.ask("write x.txt y"))
+        .await
+        .expect_err("opencode took ask");
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
+    assert!(st.message().contains("opencode"), "{st:?}");
 }
