@@ -1466,6 +1466,8 @@ async fn cli_ask_reads_answers_line_by_line(w: World) {
         w.mock.requests().contains("not from the terminal"),
         "{stderr}"
     );
+}
+
 /// A tenant's endpoint subscribed to every job event type hears of a job's start, of the
 /// request its agent asks the caller (issue #19: the permission hook), and of its end; each
 /// message signed with the endpoint's secret.
@@ -1539,7 +1541,6 @@ async fn ask_request_reaches_the_tenants_webhooks(
     assert!(perm["data"]["permission"].get("input").is_none(), "{perm}");
 }
 
-mod control_claude {
 mod control_claude_api {
     use super::*;
 
