@@ -46,6 +46,9 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
         ClientCommand::Presets { client, command } => {
             super::presets::presets(&connect(&client)?, client.json, command, p).await
         }
+        ClientCommand::Webhooks { client, command } => {
+            super::webhooks::webhooks(&connect(&client)?, client.json, command, p).await
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod render;
 mod transfer;
 mod usage;
 mod watch;
+mod webhooks;
 
 pub use conn::CliError;
 
@@ -115,6 +116,14 @@ pub enum ClientCommand {
         client: ClientArgs,
         #[command(subcommand)]
         command: presets::PresetsCommand,
+    },
+    /// Create, list, delete, rotate or test your webhook endpoints, and read their delivery log.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Webhooks {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -406,6 +415,7 @@ pub fn main(cmd: ClientCommand) -> i32 {
         | ClientCommand::Files { client, .. }
         | ClientCommand::Usage { client, .. }
         | ClientCommand::Presets { client, .. }
+        | ClientCommand::Webhooks { client, .. }
         | ClientCommand::Agents { client } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.

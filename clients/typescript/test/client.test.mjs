@@ -386,4 +386,33 @@ describe("watch and wait (issue #19)", () => {
     assert.equal(early.timedOut, true);
     await rejectsWith(c.waitJob("job_nope", { timeoutSeconds: 1 }), Code.NotFound, "JOB_NOT_FOUND");
   });
+
+  test("watchJobs resumes after dropped connections, each change once; wait() returns the final job", async () => {
+    const proxy = await startProxy(server.address);
+    const c = createAgentdClient({ baseUrl: proxy.url, apiKey: KEY_A });
+    try {
+      const session = await c.createSession({});
+      const jobs = [];
+      for (let i = 0; i < 3; i++) jobs.push((await c.submit(session.sessionId, `hello ${i}`)).jobId);
+      const seen = [];
+      for await (const ch of c.watchJobs({ sessionId: session.sessionId, afterCursor: 0n })) {
+        seen.push([ch.cursor, ch.job.jobId, ch.job.state]);
+        if (seen.length === 2 || seen.length === 5) proxy.dropAll();
+        if (seen.length === 3 * jobs.length) break;
+      }
+      assert.ok(proxy.connections >= 3, `connections: ${proxy.connections}`);
+      for (let i = 1; i < seen.length; i++) assert.ok(seen[i][0] > seen[i - 1][0], "each change once, in order");
+      for (const j of jobs) {
+        const states = seen.filter((s) => s[1] === j).map((s) => s[2]);
+        assert.deepEqual(states.slice(0, 2), [JobState.QUEUED, JobState.RUNNING]);
+        assert.equal(states.length, 3);
+        assert.ok(states[2] >= JobState.SUCCEEDED);
+      }
+      const slow = (await c.submit(session.sessionId, "sleep 1")).jobId;
+      assert.equal((await c.wait(slow)).state, JobState.SUCCEEDED);
+    } finally {
+      c.close();
+      await proxy.close();
+    }
+  });
 });
