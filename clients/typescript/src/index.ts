@@ -17,6 +17,7 @@ export {
   type CreateSessionOptions,
   type JobOptions,
   type JobRun,
+  type PermissionAnswer,
   type PresetFields,
 } from "./client.js";
 export {

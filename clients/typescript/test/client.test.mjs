@@ -416,3 +416,48 @@ describe("watch and wait (issue #19)", () => {
     }
   });
 });
+
+describe("two-way control (issue #17)", () => {
+  let server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(() => server.stop());
+
+  test("onPermission allows and denies (sync and async callbacks); send and interrupt", async () => {
+    const c = createAgentdClient({ baseUrl: server.url, apiKey: KEY_A });
+    const session = await c.createSession({});
+    const decide = (req) => (req.inputJson.includes('"allowed') ? true : "not that file");
+    for (const [i, callback] of [decide, async (req) => decide(req)].entries()) {
+      const asked = [];
+      const run = c
+        .run(session.sessionId, `write allowed-${i}.txt yes ; write other-${i}.txt no`, { permissionMode: "ask" })
+        .onPermission((req) => {
+          asked.push(req.tool);
+          return callback(req);
+        });
+      const events = await collect(run);
+      assert.equal(run.job.state, JobState.SUCCEEDED, run.job.errorMessage);
+      assert.deepEqual(asked, ["Write", "Write"]);
+      const resolved = events.filter((e) => kindOf(e) === "permissionResolved").map((e) => [e.kind.value.who, e.kind.value.allow]);
+      assert.deepEqual(resolved, [["caller", true], ["caller", false]]);
+      assert.equal(new TextDecoder().decode(await c.readFile(session.sessionId, `allowed-${i}.txt`)), "yes");
+      await rejectsWith(c.readFile(session.sessionId, `other-${i}.txt`), Code.NotFound);
+    }
+
+    let run = c.run(session.sessionId, "sleep 3", { permissionMode: "ask" });
+    for await (const ev of run) {
+      if (kindOf(ev) === "text" && ev.kind.value.text.startsWith("sleeping")) await run.send("remember mango");
+    }
+    assert.equal(run.job.state, JobState.SUCCEEDED);
+    assert.match(run.job.result, /remember mango/);
+
+    run = c.run(session.sessionId, "sleep 60", { permissionMode: "ask" });
+    for await (const ev of run) {
+      if (kindOf(ev) === "text" && ev.kind.value.text.startsWith("sleeping")) await run.interrupt();
+    }
+    assert.equal(run.job.state, JobState.CANCELLED);
+    assert.equal(run.job.reason, "INTERRUPTED");
+    await rejectsWith(run.send("too late"), Code.FailedPrecondition, "JOB_FINISHED");
+  });
+});
