@@ -18,6 +18,7 @@ export {
   type JobRun,
   type PresetFields,
 } from "./client.js";
+export { PIECE_SIZE, uploadInPieces, type PieceUploadOptions } from "./pieces.js";
 export {
   AgentdError,
   Code,
