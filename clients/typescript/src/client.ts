@@ -42,6 +42,7 @@ import {
   type UsageBucket,
 } from "./gen/agentd/v1/usage_pb.js";
 import { AgentdError, errorInterceptor, toAgentdError } from "./errors.js";
+import { uploadInPieces, type PieceUploadOptions } from "./pieces.js";
 
 /** Upload chunk size: the server accepts at most 1 MiB per chunk. */
 export const CHUNK_SIZE = 1 << 20;
@@ -453,6 +454,14 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     /** Uploads workspace path → local file path or bytes, in one stream of ≤ 1 MiB chunks. */
     async upload(sessionId: string, filesToSend: Record<string, string | Uint8Array>): Promise<FileInfo[]> {
       return upload(sessionId, await fileEntries(filesToSend));
+    },
+
+    /**
+     * Uploads one file in unary UploadFileChunk pieces instead of a client stream (for
+     * proxies that cannot stream a request); committed atomically on the last piece.
+     */
+    async uploadInPieces(sessionId: string, remote: string, data: Blob | Uint8Array, opts: PieceUploadOptions = {}): Promise<FileInfo> {
+      return uploadInPieces(files, sessionId, remote, data, opts);
     },
 
     /** Uploads every regular file under `localDir` (modes kept) to `prefix/`. */

@@ -20,6 +20,7 @@ export {
   type PermissionAnswer,
   type PresetFields,
 } from "./client.js";
+export { PIECE_SIZE, uploadInPieces, type PieceUploadOptions } from "./pieces.js";
 export {
   AgentdError,
   Code,

@@ -83,6 +83,32 @@ describe("@agentd/client", () => {
     await rejectsWith(client.getPreset("ts-greet"), Code.NotFound, "PRESET_NOT_FOUND");
   });
 
+  test("uploadInPieces: unary pieces committed as one file, a bad digest commits nothing", async () => {
+    const session = await client.createSession();
+    const bytes = randomBytes(300_000);
+    const sent = [];
+    const info = await client.uploadInPieces(session.sessionId, "pieces/blob.bin", bytes, {
+      pieceSize: 128 * 1024,
+      onProgress: (n) => sent.push(n),
+    });
+    assert.deepEqual(sent, [131072, 262144, 300000], "three pieces, in order");
+    assert.equal(info.path, "pieces/blob.bin");
+    assert.equal(info.size, 300000n);
+    assert.equal(info.sha256, createHash("sha256").update(bytes).digest("hex"));
+    assert.ok(Buffer.from(await client.readFile(session.sessionId, "pieces/blob.bin")).equals(bytes));
+    // A Blob goes the same way (the browser's File is one).
+    const fromBlob = await client.uploadInPieces(session.sessionId, "pieces/small.txt", new Blob(["hello"]));
+    assert.equal(fromBlob.size, 5n);
+    // The server checks the declared digest before committing: nothing appears.
+    await assert.rejects(
+      client.uploadInPieces(session.sessionId, "pieces/bad.bin", bytes, { pieceSize: 128 * 1024, sha256: "0".repeat(64) }),
+      (err) => isAgentdError(err),
+    );
+    const listed = await collect(client.listFiles(session.sessionId, "pieces"));
+    assert.ok(listed.some((f) => f.path === "pieces/blob.bin"));
+    assert.ok(!listed.some((f) => f.path.startsWith("pieces/bad")), "the refused upload left nothing");
+  });
+
   test("seed flow: session, run, outputs, files, delete", async () => {
     const session = await client.createSession({
       files: { "README.md": "hello\n", "data/in.bin": new Uint8Array([0, 1]) },
