@@ -410,6 +410,10 @@ impl Core {
                 .workspace_dir(&session.id)
                 .to_string_lossy()
                 .into_owned(),
+            notify: super::control::Notify {
+                webhooks: self.webhooks.clone(),
+                job: job.clone(),
+            },
         };
         let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
         let _ = handle.control.set(ctl.clone());
