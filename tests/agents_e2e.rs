@@ -167,7 +167,7 @@ static OPENCODE: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3603",
-    write_tool: "write",
+    write_tool: "Write",
     max_turns: false,
 };
 
@@ -200,7 +200,7 @@ static GEMINI: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3604",
-    write_tool: "write_file",
+    write_tool: "Write",
     max_turns: false,
 };
 
@@ -898,8 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol, Codex's app server. The others refuse `ask` as an
-// unsupported option.
+// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. The others refuse
+// `ask` as an unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -1649,15 +1649,16 @@ macro_rules! control_tests {
 
 control_tests!(control_claude, CLAUDE);
 control_tests!(control_codex, CODEX);
+control_tests!(control_opencode, OPENCODE);
 
 #[tokio::test]
 async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
-    let mut w = World::new(&OPENCODE).await;
+    let mut w = World::new(&GEMINI).await;
     let st = w
         .submit(w.ask("write x.txt y"))
         .await
-        .expect_err("opencode took ask");
+        .expect_err("gemini took ask");
     assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
     assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
-    assert!(st.message().contains("opencode"), "{st:?}");
+    assert!(st.message().contains("gemini"), "{st:?}");
 }

@@ -4,6 +4,7 @@
 //! events ([`parser`]). Adding a kind means one module here and one arm in each function below;
 //! nothing else in the crate matches on [`AgentKind`].
 
+mod acp;
 mod claude;
 mod codex;
 mod codex_app;
