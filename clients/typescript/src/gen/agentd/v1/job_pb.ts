@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIoAECgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCRIUCgxyZXdvdW5kX3Bhc3QYUCABKAgihgUKEFN1Ym1pdEpvYlJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVhZ2VudBgCIAEoCRIOCgZwcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSFwoPdGltZW91dF9zZWNvbmRzGAUgASgNEjEKA2VudhgGIAMoCzIkLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LkVudkVudHJ5EhUKDWFsbG93ZWRfdG9vbHMYByADKAkSEQoJbWF4X3R1cm5zGAggASgNEhwKFGFwcGVuZF9zeXN0ZW1fcHJvbXB0GAkgASgJEhIKCnJlcXVlc3RfaWQYCiABKAkSFwoPcGVybWlzc2lvbl9tb2RlGAsgASgJEhQKDG1heF9jb3N0X3VzZBgyIAEoARISCgptYXhfdG9rZW5zGDMgASgEEhMKC3dlYmhvb2tfdXJsGDwgASgJEhMKC2FsbG93X3J1bGVzGEYgAygJEhIKCmRlbnlfcnVsZXMYRyADKAkSIgoacGVybWlzc2lvbl90aW1lb3V0X3NlY29uZHMYSCABKA0SDgoGcHJlc2V0GC0gASgJEj0KCXZhcmlhYmxlcxguIAMoCzIqLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhMKC21jcF9zZXJ2ZXJzGC8gAygJEhEKCXN1YmFnZW50cxgwIAMoCRIOCgZza2lsbHMYMSADKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjAKEVN1Ym1pdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLQoOR2V0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiJxCg9MaXN0Sm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUiSQoQTGlzdEpvYnNSZXNwb25zZRIcCgRqb2JzGAEgAygLMg4uYWdlbnRkLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoRQ2FuY2VsSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiI7ChZTdHJlYW1Kb2JFdmVudHNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQiUQoXU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2USIwoGZXZlbnRzGAEgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgCIAEoCCI5Cg1SdW5Kb2JSZXF1ZXN0EigKA2pvYhgBIAEoCzIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0ImUKDlJ1bkpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISIwoGZXZlbnRzGAIgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgDIAEoCCLUBgoISm9iRXZlbnQSCwoDc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA3JhdxgDIAEoCRIoCgdzdGFydGVkGAogASgLMhUuYWdlbnRkLnYxLkpvYlN0YXJ0ZWRIABIkCgRpbml0GAsgASgLMhQuYWdlbnRkLnYxLkFnZW50SW5pdEgAEiQKBHRleHQYDCABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASKAoJdG9vbF9jYWxsGA0gASgLMhMuYWdlbnRkLnYxLlRvb2xDYWxsSAASLAoLdG9vbF9yZXN1bHQYDiABKAsyFS5hZ2VudGQudjEuVG9vbFJlc3VsdEgAEiEKBXVzYWdlGA8gASgLMhAuYWdlbnRkLnYxLlVzYWdlSAASJwoGc3RkZXJyGBAgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABIpCgh1bnBhcnNlZBgRIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASJgoFb3RoZXIYEiABKAsyFS5hZ2VudGQudjEuT3RoZXJFdmVudEgAEi8KCXRydW5jYXRlZBgTIAEoCzIaLmFnZW50ZC52MS5PdXRwdXRUcnVuY2F0ZWRIABIqCghmaW5pc2hlZBgUIAEoCzIWLmFnZW50ZC52MS5Kb2JGaW5pc2hlZEgAEjIKDmxpbWl0X2V4Y2VlZGVkGBUgASgLMhguYWdlbnRkLnYxLkxpbWl0RXhjZWVkZWRIABIqCgptb2RlbF9jYWxsGDIgASgLMhQuYWdlbnRkLnYxLk1vZGVsQ2FsbEgAEjAKDWVncmVzc19kZW5pZWQYMyABKAsyFy5hZ2VudGQudjEuRWdyZXNzRGVuaWVkSAASOgoScGVybWlzc2lvbl9yZXF1ZXN0GEYgASgLMhwuYWdlbnRkLnYxLlBlcm1pc3Npb25SZXF1ZXN0SAASPAoTcGVybWlzc2lvbl9yZXNvbHZlZBhHIAEoCzIdLmFnZW50ZC52MS5QZXJtaXNzaW9uUmVzb2x2ZWRIABImCgVpbnB1dBhIIAEoCzIVLmFnZW50ZC52MS5JbnB1dEV2ZW50SABCBgoEa2luZCJaCgpKb2JTdGFydGVkEg0KBWFnZW50GAEgASgJEg8KB2NvbW1hbmQYAiABKAkSCwoDcGlkGAMgASgFEh8KF3Jlc3VtZWRfY29udmVyc2F0aW9uX2lkGAQgASgJIlkKCUFnZW50SW5pdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbW9kZWwYAiABKAkSDQoFdG9vbHMYAyADKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoCSIZCglUZXh0RXZlbnQSDAoEdGV4dBgBIAEoCSI4CghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkiOwoKVG9vbFJlc3VsdBIKCgJpZBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBIPCgdjb250ZW50GAMgASgJIi0KCk91dHB1dExpbmUSDAoEbGluZRgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgiGgoKT3RoZXJFdmVudBIMCgR0eXBlGAEgASgJIiEKD091dHB1dFRydW5jYXRlZBIOCgZyZWFzb24YASABKAkitQEKC0pvYkZpbmlzaGVkEiIKBXN0YXRlGAEgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEioKC2V4aXRfc3RhdHVzGAIgASgLMhUuYWdlbnRkLnYxLkV4aXRTdGF0dXMSDgoGcmVzdWx0GAMgASgJEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSHwoFdXNhZ2UYBSABKAsyEC5hZ2VudGQudjEuVXNhZ2USDgoGcmVhc29uGAYgASgJInsKEVBlcm1pc3Npb25SZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEdG9vbBgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJEhcKD3N1Z2dlc3Rpb25fanNvbhgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0iVQoSUGVybWlzc2lvblJlc29sdmVkEhIKCnJlcXVlc3RfaWQYASABKAkSCwoDd2hvGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiGgoKSW5wdXRFdmVudBIMCgR0ZXh0GAEgASgJImAKGlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiHQobUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlIjAKEFNlbmRJbnB1dFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEgwKBHRleHQYAiABKAkiEwoRU2VuZElucHV0UmVzcG9uc2UiJQoTSW50ZXJydXB0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiFgoUSW50ZXJydXB0Sm9iUmVzcG9uc2UiLwoNTGltaXRFeGNlZWRlZBINCgVsaW1pdBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIu8BChBXYXRjaEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSNwoGbGFiZWxzGAIgAygLMicuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSDgoGYWdlbnRzGAMgAygJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIZCgxhZnRlcl9jdXJzb3IYBSABKARIAIgBARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg8KDV9hZnRlcl9jdXJzb3IiYgoJSm9iQ2hhbmdlEg4KBmN1cnNvchgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgNqb2IYAyABKAsyDi5hZ2VudGQudjEuSm9iIl0KEVdhdGNoSm9ic1Jlc3BvbnNlEiUKB2NoYW5nZXMYASADKAsyFC5hZ2VudGQudjEuSm9iQ2hhbmdlEhEKCWtlZXBhbGl2ZRgCIAEoCBIOCgZjdXJzb3IYAyABKAQiOQoOV2FpdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJBCg9XYWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIRCgl0aW1lZF9vdXQYAiABKAgqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhcKE0pPQl9TVEFURV9USU1FRF9PVVQQBjLIBgoKSm9iU2VydmljZRJGCglTdWJtaXRKb2ISGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdBocLmFnZW50ZC52MS5TdWJtaXRKb2JSZXNwb25zZRI9CgZHZXRKb2ISGC5hZ2VudGQudjEuR2V0Sm9iUmVxdWVzdBoZLmFnZW50ZC52MS5HZXRKb2JSZXNwb25zZRJDCghMaXN0Sm9icxIaLmFnZW50ZC52MS5MaXN0Sm9ic1JlcXVlc3QaGy5hZ2VudGQudjEuTGlzdEpvYnNSZXNwb25zZRJGCglDYW5jZWxKb2ISGy5hZ2VudGQudjEuQ2FuY2VsSm9iUmVxdWVzdBocLmFnZW50ZC52MS5DYW5jZWxKb2JSZXNwb25zZRJaCg9TdHJlYW1Kb2JFdmVudHMSIS5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBoiLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXNwb25zZTABEj8KBlJ1bkpvYhIYLmFnZW50ZC52MS5SdW5Kb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLlJ1bkpvYlJlc3BvbnNlMAESSAoJV2F0Y2hKb2JzEhsuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QaHC5hZ2VudGQudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJACgdXYWl0Sm9iEhkuYWdlbnRkLnYxLldhaXRKb2JSZXF1ZXN0GhouYWdlbnRkLnYxLldhaXRKb2JSZXNwb25zZRJkChNSZXNwb25kVG9QZXJtaXNzaW9uEiUuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0GiYuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZRJGCglTZW5kSW5wdXQSGy5hZ2VudGQudjEuU2VuZElucHV0UmVxdWVzdBocLmFnZW50ZC52MS5TZW5kSW5wdXRSZXNwb25zZRJPCgxJbnRlcnJ1cHRKb2ISHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdBofLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIoAECgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCRIUCgxyZXdvdW5kX3Bhc3QYUCABKAgihgUKEFN1Ym1pdEpvYlJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVhZ2VudBgCIAEoCRIOCgZwcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSFwoPdGltZW91dF9zZWNvbmRzGAUgASgNEjEKA2VudhgGIAMoCzIkLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LkVudkVudHJ5EhUKDWFsbG93ZWRfdG9vbHMYByADKAkSEQoJbWF4X3R1cm5zGAggASgNEhwKFGFwcGVuZF9zeXN0ZW1fcHJvbXB0GAkgASgJEhIKCnJlcXVlc3RfaWQYCiABKAkSFwoPcGVybWlzc2lvbl9tb2RlGAsgASgJEhQKDG1heF9jb3N0X3VzZBgyIAEoARISCgptYXhfdG9rZW5zGDMgASgEEhMKC3dlYmhvb2tfdXJsGDwgASgJEhMKC2FsbG93X3J1bGVzGEYgAygJEhIKCmRlbnlfcnVsZXMYRyADKAkSIgoacGVybWlzc2lvbl90aW1lb3V0X3NlY29uZHMYSCABKA0SDgoGcHJlc2V0GC0gASgJEj0KCXZhcmlhYmxlcxguIAMoCzIqLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhMKC21jcF9zZXJ2ZXJzGC8gAygJEhEKCXN1YmFnZW50cxgwIAMoCRIOCgZza2lsbHMYMSADKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjAKEVN1Ym1pdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLQoOR2V0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiJxCg9MaXN0Sm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUiSQoQTGlzdEpvYnNSZXNwb25zZRIcCgRqb2JzGAEgAygLMg4uYWdlbnRkLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoRQ2FuY2VsSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiI7ChZTdHJlYW1Kb2JFdmVudHNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQiUQoXU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2USIwoGZXZlbnRzGAEgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgCIAEoCCI5Cg1SdW5Kb2JSZXF1ZXN0EigKA2pvYhgBIAEoCzIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0ImUKDlJ1bkpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISIwoGZXZlbnRzGAIgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgDIAEoCCLUBgoISm9iRXZlbnQSCwoDc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA3JhdxgDIAEoCRIoCgdzdGFydGVkGAogASgLMhUuYWdlbnRkLnYxLkpvYlN0YXJ0ZWRIABIkCgRpbml0GAsgASgLMhQuYWdlbnRkLnYxLkFnZW50SW5pdEgAEiQKBHRleHQYDCABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASKAoJdG9vbF9jYWxsGA0gASgLMhMuYWdlbnRkLnYxLlRvb2xDYWxsSAASLAoLdG9vbF9yZXN1bHQYDiABKAsyFS5hZ2VudGQudjEuVG9vbFJlc3VsdEgAEiEKBXVzYWdlGA8gASgLMhAuYWdlbnRkLnYxLlVzYWdlSAASJwoGc3RkZXJyGBAgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABIpCgh1bnBhcnNlZBgRIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASJgoFb3RoZXIYEiABKAsyFS5hZ2VudGQudjEuT3RoZXJFdmVudEgAEi8KCXRydW5jYXRlZBgTIAEoCzIaLmFnZW50ZC52MS5PdXRwdXRUcnVuY2F0ZWRIABIqCghmaW5pc2hlZBgUIAEoCzIWLmFnZW50ZC52MS5Kb2JGaW5pc2hlZEgAEjIKDmxpbWl0X2V4Y2VlZGVkGBUgASgLMhguYWdlbnRkLnYxLkxpbWl0RXhjZWVkZWRIABIqCgptb2RlbF9jYWxsGDIgASgLMhQuYWdlbnRkLnYxLk1vZGVsQ2FsbEgAEjAKDWVncmVzc19kZW5pZWQYMyABKAsyFy5hZ2VudGQudjEuRWdyZXNzRGVuaWVkSAASOgoScGVybWlzc2lvbl9yZXF1ZXN0GEYgASgLMhwuYWdlbnRkLnYxLlBlcm1pc3Npb25SZXF1ZXN0SAASPAoTcGVybWlzc2lvbl9yZXNvbHZlZBhHIAEoCzIdLmFnZW50ZC52MS5QZXJtaXNzaW9uUmVzb2x2ZWRIABImCgVpbnB1dBhIIAEoCzIVLmFnZW50ZC52MS5JbnB1dEV2ZW50SABCBgoEa2luZCJaCgpKb2JTdGFydGVkEg0KBWFnZW50GAEgASgJEg8KB2NvbW1hbmQYAiABKAkSCwoDcGlkGAMgASgFEh8KF3Jlc3VtZWRfY29udmVyc2F0aW9uX2lkGAQgASgJIlkKCUFnZW50SW5pdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbW9kZWwYAiABKAkSDQoFdG9vbHMYAyADKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoCSIZCglUZXh0RXZlbnQSDAoEdGV4dBgBIAEoCSI4CghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkiOwoKVG9vbFJlc3VsdBIKCgJpZBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBIPCgdjb250ZW50GAMgASgJIi0KCk91dHB1dExpbmUSDAoEbGluZRgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgiGgoKT3RoZXJFdmVudBIMCgR0eXBlGAEgASgJIiEKD091dHB1dFRydW5jYXRlZBIOCgZyZWFzb24YASABKAkitQEKC0pvYkZpbmlzaGVkEiIKBXN0YXRlGAEgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEioKC2V4aXRfc3RhdHVzGAIgASgLMhUuYWdlbnRkLnYxLkV4aXRTdGF0dXMSDgoGcmVzdWx0GAMgASgJEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSHwoFdXNhZ2UYBSABKAsyEC5hZ2VudGQudjEuVXNhZ2USDgoGcmVhc29uGAYgASgJInsKEVBlcm1pc3Npb25SZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEdG9vbBgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJEhcKD3N1Z2dlc3Rpb25fanNvbhgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0iVQoSUGVybWlzc2lvblJlc29sdmVkEhIKCnJlcXVlc3RfaWQYASABKAkSCwoDd2hvGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiGgoKSW5wdXRFdmVudBIMCgR0ZXh0GAEgASgJImAKGlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiHQobUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlIjAKEFNlbmRJbnB1dFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEgwKBHRleHQYAiABKAkiEwoRU2VuZElucHV0UmVzcG9uc2UiJQoTSW50ZXJydXB0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiFgoUSW50ZXJydXB0Sm9iUmVzcG9uc2UiyQIKDUF0dGFjaFJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoBBItCgZzdWJtaXQYCiABKAsyGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdEgAEiYKBmF0dGFjaBgLIAEoCzIULmFnZW50ZC52MS5BdHRhY2hKb2JIABI4CgdyZXNwb25kGAwgASgLMiUuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0SAASLAoFaW5wdXQYDSABKAsyGy5hZ2VudGQudjEuU2VuZElucHV0UmVxdWVzdEgAEjMKCWludGVycnVwdBgOIAEoCzIeLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXF1ZXN0SAASJgoGZGV0YWNoGA8gASgLMhQuYWdlbnRkLnYxLkRldGFjaEpvYkgAQggKBmFjdGlvbiIuCglBdHRhY2hKb2ISDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCIbCglEZXRhY2hKb2ISDgoGam9iX2lkGAEgASgJIpEBCg5BdHRhY2hSZXNwb25zZRIjCgNhY2sYASABKAsyFC5hZ2VudGQudjEuQXR0YWNoQWNrSAASJwoFZXJyb3IYAiABKAsyFi5hZ2VudGQudjEuQXR0YWNoRXJyb3JIABIpCgZldmVudHMYAyABKAsyFy5hZ2VudGQudjEuQXR0YWNoRXZlbnRzSABCBgoEa2luZCI8CglBdHRhY2hBY2sSEgoKbWVzc2FnZV9pZBgBIAEoBBIbCgNqb2IYAiABKAsyDi5hZ2VudGQudjEuSm9iIlAKC0F0dGFjaEVycm9yEhIKCm1lc3NhZ2VfaWQYASABKAQSDAoEY29kZRgCIAEoBRIOCgZyZWFzb24YAyABKAkSDwoHbWVzc2FnZRgEIAEoCSJWCgxBdHRhY2hFdmVudHMSDgoGam9iX2lkGAEgASgJEiMKBmV2ZW50cxgCIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAyABKAgiLwoNTGltaXRFeGNlZWRlZBINCgVsaW1pdBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIu8BChBXYXRjaEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSNwoGbGFiZWxzGAIgAygLMicuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSDgoGYWdlbnRzGAMgAygJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIZCgxhZnRlcl9jdXJzb3IYBSABKARIAIgBARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg8KDV9hZnRlcl9jdXJzb3IiYgoJSm9iQ2hhbmdlEg4KBmN1cnNvchgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgNqb2IYAyABKAsyDi5hZ2VudGQudjEuSm9iIl0KEVdhdGNoSm9ic1Jlc3BvbnNlEiUKB2NoYW5nZXMYASADKAsyFC5hZ2VudGQudjEuSm9iQ2hhbmdlEhEKCWtlZXBhbGl2ZRgCIAEoCBIOCgZjdXJzb3IYAyABKAQiOQoOV2FpdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJBCg9XYWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIRCgl0aW1lZF9vdXQYAiABKAgqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhcKE0pPQl9TVEFURV9USU1FRF9PVVQQBjKLBwoKSm9iU2VydmljZRJGCglTdWJtaXRKb2ISGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdBocLmFnZW50ZC52MS5TdWJtaXRKb2JSZXNwb25zZRI9CgZHZXRKb2ISGC5hZ2VudGQudjEuR2V0Sm9iUmVxdWVzdBoZLmFnZW50ZC52MS5HZXRKb2JSZXNwb25zZRJDCghMaXN0Sm9icxIaLmFnZW50ZC52MS5MaXN0Sm9ic1JlcXVlc3QaGy5hZ2VudGQudjEuTGlzdEpvYnNSZXNwb25zZRJGCglDYW5jZWxKb2ISGy5hZ2VudGQudjEuQ2FuY2VsSm9iUmVxdWVzdBocLmFnZW50ZC52MS5DYW5jZWxKb2JSZXNwb25zZRJaCg9TdHJlYW1Kb2JFdmVudHMSIS5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBoiLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXNwb25zZTABEj8KBlJ1bkpvYhIYLmFnZW50ZC52MS5SdW5Kb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLlJ1bkpvYlJlc3BvbnNlMAESSAoJV2F0Y2hKb2JzEhsuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QaHC5hZ2VudGQudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJACgdXYWl0Sm9iEhkuYWdlbnRkLnYxLldhaXRKb2JSZXF1ZXN0GhouYWdlbnRkLnYxLldhaXRKb2JSZXNwb25zZRJkChNSZXNwb25kVG9QZXJtaXNzaW9uEiUuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0GiYuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZRJGCglTZW5kSW5wdXQSGy5hZ2VudGQudjEuU2VuZElucHV0UmVxdWVzdBocLmFnZW50ZC52MS5TZW5kSW5wdXRSZXNwb25zZRJPCgxJbnRlcnJ1cHRKb2ISHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdBofLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXNwb25zZRJBCgZBdHRhY2gSGC5hZ2VudGQudjEuQXR0YWNoUmVxdWVzdBoZLmFnZW50ZC52MS5BdHRhY2hSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -1469,6 +1469,281 @@ export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@_
   messageDesc(file_agentd_v1_job, 33);
 
 /**
+ * A client message of JobService.Attach.
+ *
+ * @generated from message agentd.v1.AttachRequest
+ */
+export type AttachRequest = Message<"agentd.v1.AttachRequest"> & {
+  /**
+   * Chosen by the client; echoed in the ack or error answering this message.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * What to do. The job_id of `respond`, `input` and `interrupt` may be empty: the job this
+   * stream submitted or attached to last.
+   *
+   * @generated from oneof agentd.v1.AttachRequest.action
+   */
+  action: {
+    /**
+     * Submit a job, exactly as SubmitJob, and follow its events from the start.
+     *
+     * @generated from field: agentd.v1.SubmitJobRequest submit = 10;
+     */
+    value: SubmitJobRequest;
+    case: "submit";
+  } | {
+    /**
+     * Follow a job's events after `after_seq`.
+     *
+     * @generated from field: agentd.v1.AttachJob attach = 11;
+     */
+    value: AttachJob;
+    case: "attach";
+  } | {
+    /**
+     * Answer a permission request, as RespondToPermission.
+     *
+     * @generated from field: agentd.v1.RespondToPermissionRequest respond = 12;
+     */
+    value: RespondToPermissionRequest;
+    case: "respond";
+  } | {
+    /**
+     * Send a user message, as SendInput.
+     *
+     * @generated from field: agentd.v1.SendInputRequest input = 13;
+     */
+    value: SendInputRequest;
+    case: "input";
+  } | {
+    /**
+     * Interrupt the agent's turn, as InterruptJob.
+     *
+     * @generated from field: agentd.v1.InterruptJobRequest interrupt = 14;
+     */
+    value: InterruptJobRequest;
+    case: "interrupt";
+  } | {
+    /**
+     * Stop following a job (the job goes on).
+     *
+     * @generated from field: agentd.v1.DetachJob detach = 15;
+     */
+    value: DetachJob;
+    case: "detach";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.AttachRequest.
+ * Use `create(AttachRequestSchema)` to create a new message.
+ */
+export const AttachRequestSchema: GenMessage<AttachRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 34);
+
+/**
+ * Follow a job on an Attach stream.
+ *
+ * @generated from message agentd.v1.AttachJob
+ */
+export type AttachJob = Message<"agentd.v1.AttachJob"> & {
+  /**
+   * The job to follow.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Only events with a larger seq are sent; 0 replays from the start.
+   *
+   * @generated from field: uint64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.AttachJob.
+ * Use `create(AttachJobSchema)` to create a new message.
+ */
+export const AttachJobSchema: GenMessage<AttachJob> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 35);
+
+/**
+ * Stop following a job on an Attach stream.
+ *
+ * @generated from message agentd.v1.DetachJob
+ */
+export type DetachJob = Message<"agentd.v1.DetachJob"> & {
+  /**
+   * The job to stop following.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message agentd.v1.DetachJob.
+ * Use `create(DetachJobSchema)` to create a new message.
+ */
+export const DetachJobSchema: GenMessage<DetachJob> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 36);
+
+/**
+ * A server message of JobService.Attach.
+ *
+ * @generated from message agentd.v1.AttachResponse
+ */
+export type AttachResponse = Message<"agentd.v1.AttachResponse"> & {
+  /**
+   * @generated from oneof agentd.v1.AttachResponse.kind
+   */
+  kind: {
+    /**
+     * A client message was done.
+     *
+     * @generated from field: agentd.v1.AttachAck ack = 1;
+     */
+    value: AttachAck;
+    case: "ack";
+  } | {
+    /**
+     * A client message failed; the stream goes on.
+     *
+     * @generated from field: agentd.v1.AttachError error = 2;
+     */
+    value: AttachError;
+    case: "error";
+  } | {
+    /**
+     * Events of a followed job, as in StreamJobEventsResponse.
+     *
+     * @generated from field: agentd.v1.AttachEvents events = 3;
+     */
+    value: AttachEvents;
+    case: "events";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.AttachResponse.
+ * Use `create(AttachResponseSchema)` to create a new message.
+ */
+export const AttachResponseSchema: GenMessage<AttachResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 37);
+
+/**
+ * The answer to a client message that was done.
+ *
+ * @generated from message agentd.v1.AttachAck
+ */
+export type AttachAck = Message<"agentd.v1.AttachAck"> & {
+  /**
+   * The client message's `message_id`.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * For `submit` and `attach`: the job as it is now.
+   *
+   * @generated from field: agentd.v1.Job job = 2;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.AttachAck.
+ * Use `create(AttachAckSchema)` to create a new message.
+ */
+export const AttachAckSchema: GenMessage<AttachAck> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 38);
+
+/**
+ * The answer to a client message that failed, with what its unary RPC would have answered.
+ *
+ * @generated from message agentd.v1.AttachError
+ */
+export type AttachError = Message<"agentd.v1.AttachError"> & {
+  /**
+   * The client message's `message_id`.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * The gRPC status code, e.g. 5 for NOT_FOUND.
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * The stable reason (google.rpc.ErrorInfo reason), e.g. `JOB_NOT_FOUND`.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * What went wrong, for people.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.AttachError.
+ * Use `create(AttachErrorSchema)` to create a new message.
+ */
+export const AttachErrorSchema: GenMessage<AttachError> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 39);
+
+/**
+ * Events of one followed job on an Attach stream. After a job's `finished` event the stream
+ * stops following it.
+ *
+ * @generated from message agentd.v1.AttachEvents
+ */
+export type AttachEvents = Message<"agentd.v1.AttachEvents"> & {
+  /**
+   * The job the events belong to.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * One or more consecutive events.
+   *
+   * @generated from field: repeated agentd.v1.JobEvent events = 2;
+   */
+  events: JobEvent[];
+
+  /**
+   * True on a keepalive message sent on a quiet job; such a message carries no events.
+   *
+   * @generated from field: bool keepalive = 3;
+   */
+  keepalive: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.AttachEvents.
+ * Use `create(AttachEventsSchema)` to create a new message.
+ */
+export const AttachEventsSchema: GenMessage<AttachEvents> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 40);
+
+/**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
  * the job, it is FAILED with reason `LIMIT_EXCEEDED`.
  *
@@ -1496,7 +1771,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 34);
+  messageDesc(file_agentd_v1_job, 41);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1547,7 +1822,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 35);
+  messageDesc(file_agentd_v1_job, 42);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1583,7 +1858,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 36);
+  messageDesc(file_agentd_v1_job, 43);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1619,7 +1894,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 37);
+  messageDesc(file_agentd_v1_job, 44);
 
 /**
  * Request for JobService.WaitJob.
@@ -1647,7 +1922,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 38);
+  messageDesc(file_agentd_v1_job, 45);
 
 /**
  * Response for JobService.WaitJob.
@@ -1675,7 +1950,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 39);
+  messageDesc(file_agentd_v1_job, 46);
 
 /**
  * The lifecycle state of a job.
@@ -1863,6 +2138,19 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof InterruptJobRequestSchema;
     output: typeof InterruptJobResponseSchema;
+  },
+  /**
+   * One connection for a service: submit jobs or attach to running ones, receive their events
+   * (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+   * same stream. Every client message is answered by an ack or an error carrying its
+   * `message_id`; an error ends only that message, never the stream.
+   *
+   * @generated from rpc agentd.v1.JobService.Attach
+   */
+  attach: {
+    methodKind: "bidi_streaming";
+    input: typeof AttachRequestSchema;
+    output: typeof AttachResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_job, 0);
