@@ -53,6 +53,7 @@ macro_rules! store_contract_tests {
             latest_succeeded,
             job_outputs,
             snapshots_index,
+            rewind_marks,
             delete_session_cascades,
             survives_reopen,
             concurrent_appends,
@@ -923,6 +924,51 @@ fn snap(j: &Job, point: crate::store::SnapPoint, tree: char, at: i64) -> crate::
         bytes_added: 7,
         created: ts(at),
     }
+}
+
+pub async fn rewind_marks(h: &dyn Harness) {
+    use crate::store::Rewind;
+    let store = h.open().await;
+    let s1 = new_session(&*store, session("acme", ts(0))).await;
+    let s2 = new_session(&*store, session("acme", ts(0))).await;
+    let j2 = new_job(&*store, &s1, ts(2)).await;
+    let j3 = new_job(&*store, &s1, ts(3)).await;
+    let rewind = |past: Vec<JobId>, current: Option<JobId>, conv: Option<&str>| Rewind {
+        session: s1.id.clone(),
+        conversation: conv.map(str::to_owned),
+        past,
+        current,
+        at: ts(9),
+    };
+    store
+        .rewind_session(&rewind(
+            vec![j2.id.clone(), j3.id.clone()],
+            None,
+            Some("c1"),
+        ))
+        .await
+        .unwrap();
+    let marks = store.rewound_jobs(&s1.id).await.unwrap();
+    let mut want = vec![j2.id.clone(), j3.id.clone()];
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(marks, want);
+    assert!(store.rewound_jobs(&s2.id).await.unwrap().is_empty());
+    let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id.as_deref(), Some("c1"));
+    // Marking again keeps the marks; `current` loses its own; no conversation clears it.
+    store
+        .rewind_session(&rewind(vec![j3.id.clone()], Some(j2.id.clone()), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rewound_jobs(&s1.id).await.unwrap(),
+        vec![j3.id.clone()]
+    );
+    let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id, None);
+    // The marks go with their session.
+    store.delete_session(&s1.id).await.unwrap();
+    assert!(store.rewound_jobs(&s1.id).await.unwrap().is_empty());
 }
 
 pub async fn snapshots_index(h: &dyn Harness) {

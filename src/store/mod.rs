@@ -186,6 +186,16 @@ pub struct SnapshotRow {
     pub created: Timestamp,
 }
 
+/// What [`Store::rewind_session`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    pub session: SessionId,
+    pub conversation: Option<String>,
+    pub past: Vec<JobId>,
+    pub current: Option<JobId>,
+    pub at: Timestamp,
+}
+
 /// Which snapshots [`Store::snapshots`] returns; both unset means all of them.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFilter {
@@ -358,6 +368,14 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets these snapshots (the history's collector then frees what only they used);
     /// returns how many rows went.
     async fn delete_snapshots(&self, keys: &[(JobId, SnapPoint)]) -> Result<u64>;
+
+    /// Records a rewind of `session` (issue #18) in one transaction: the session's conversation
+    /// id becomes `conversation`, the `past` jobs are marked rewound past (kept when already
+    /// marked) and `current`, the job the session is back after, loses its mark.
+    async fn rewind_session(&self, rewind: &Rewind) -> Result<()>;
+
+    /// The jobs of `session` marked rewound past.
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>>;
 
     /// Appends one model call to the usage ledger. Ledger rows are never deleted with their
     /// session or job.

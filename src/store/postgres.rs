@@ -16,6 +16,7 @@ mod ledger;
 mod listen;
 mod migrate;
 mod presets;
+mod rewinds;
 mod rows;
 mod sessions;
 mod snapshots;
@@ -478,6 +479,14 @@ impl Store for PgStore {
 
     async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
         snapshots::delete(self, keys).await
+    }
+
+    async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
+        rewinds::rewind(self, rewind).await
+    }
+
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>> {
+        rewinds::rewound(self, session).await
     }
 
     async fn record_model_call(&self, row: &crate::store::LedgerRow) -> Result<()> {

@@ -16,6 +16,7 @@ mod conn;
 mod ledger;
 mod ops;
 mod presets;
+mod rewinds;
 mod snapshots;
 mod webhooks;
 mod writer;
@@ -304,6 +305,20 @@ impl Store for SqliteStore {
         let keys = keys.to_vec();
         self.writer
             .write(move |c| snapshots::delete(c, &keys))
+            .await
+    }
+
+    async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
+        let rewind = rewind.clone();
+        self.writer
+            .write(move |c| rewinds::rewind(c, &rewind))
+            .await
+    }
+
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>> {
+        let session = session.clone();
+        self.readers
+            .read(move |c| rewinds::rewound(c, &session))
             .await
     }
 

@@ -34,7 +34,12 @@ import {
 import { PresetService, type Preset, type PresetSchema } from "./gen/agentd/v1/preset_pb.js";
 import { WebhookService } from "./gen/agentd/v1/webhook_pb.js";
 import { ServerInfoService, type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
-import { SessionService, type Session } from "./gen/agentd/v1/session_pb.js";
+import {
+  SessionService,
+  SnapshotPoint,
+  type RewindSessionResponse,
+  type Session,
+} from "./gen/agentd/v1/session_pb.js";
 import {
   UsageGroupBy,
   UsageService,
@@ -110,6 +115,8 @@ export interface JobRun extends AsyncIterable<JobEvent> {
    * INTERRUPTED, and the session's next job continues the conversation.
    */
   interrupt(): Promise<void>;
+  /** The finished job's unified diff (from its workspace snapshots). */
+  diff(opts?: { paths?: string[]; contextLines?: number }): Promise<string>;
 }
 
 interface UploadEntry {
@@ -444,6 +451,28 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
       } while (pageToken);
     },
 
+    /**
+     * A new session whose workspace is the job's snapshot (after it, or `before` it) and whose
+     * conversation is a fork of the job's; the job's own session is untouched.
+     */
+    async forkSession(
+      jobId: string,
+      opts: { before?: boolean; labels?: Record<string, string>; ttlSeconds?: number } = {},
+    ): Promise<Session> {
+      const point = opts.before ? SnapshotPoint.BEFORE : SnapshotPoint.AFTER;
+      const res = await sessions.forkSession({ jobId, point, labels: opts.labels ?? {}, ttlSeconds: opts.ttlSeconds ?? 0 });
+      return res.session!;
+    },
+
+    /**
+     * Puts the session's workspace and conversation back to after the job (or `before` it);
+     * later jobs stay listed with `rewoundPast` set.
+     */
+    async rewindSession(sessionId: string, jobId: string, opts: { before?: boolean } = {}): Promise<RewindSessionResponse> {
+      const point = opts.before ? SnapshotPoint.BEFORE : SnapshotPoint.AFTER;
+      return sessions.rewindSession({ sessionId, jobId, point });
+    },
+
     /** Deletes a session; resolves to the number of jobs that cancelled. */
     async deleteSession(sessionId: string): Promise<number> {
       return (await sessions.deleteSession({ sessionId })).cancelledJobs;
@@ -518,6 +547,15 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
 
     async deleteFile(sessionId: string, remote: string, opts: { recursive?: boolean } = {}): Promise<bigint> {
       return (await files.deleteFile({ sessionId, path: remote, recursive: opts.recursive ?? false })).deletedFiles;
+    },
+
+    /** A finished job's unified diff, as git prints it (binary files marked, not dumped). */
+    async jobDiff(jobId: string, opts: { paths?: string[]; contextLines?: number } = {}): Promise<string> {
+      const parts: Uint8Array[] = [];
+      for await (const res of files.getJobDiff({ jobId, paths: opts.paths ?? [], contextLines: opts.contextLines })) {
+        parts.push(res.chunk);
+      }
+      return Buffer.concat(parts).toString("utf8");
     },
 
     /** What a job changed (default: the session's latest succeeded job). */
@@ -690,6 +728,10 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
         async interrupt(): Promise<void> {
           if (!job) throw notYet();
           await jobs.interruptJob({ jobId: job.jobId });
+        },
+        async diff(opts: { paths?: string[]; contextLines?: number } = {}): Promise<string> {
+          if (!job) throw notYet();
+          return client.jobDiff(job.jobId, opts);
         },
       };
       return run;

@@ -325,6 +325,36 @@ describe("@agentd/client", () => {
     assert.deepEqual(seen, ["a.txt", "b.txt"]);
   });
 
+  test("diff, fork, rewind and a job's snapshot as an archive (issue #18)", async () => {
+    const session = await client.createSession({ files: { "a.txt": "zero\n" } });
+    const sid = session.sessionId;
+    const run1 = client.run(sid, "bash echo one > a.txt ; first");
+    const j1 = await run1.wait();
+    assert.equal(await run1.diff(),
+      "diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-zero\n+one\n");
+    const j2 = await client.run(sid, "bash echo two > a.txt ; second").wait();
+    assert.equal(j2.result, "turn 2: second");
+
+    const tar = path.join(tmpdir(), "j1.tar");
+    await client.downloadArchive(sid, tar, { format: "tar", jobId: j1.jobId });
+    const { stdout } = await promisify(execFile)("tar", ["-xOf", tar, "a.txt"]);
+    assert.equal(stdout, "one\n");
+
+    const fork = await client.forkSession(j1.jobId, { labels: { kind: "fork" } });
+    assert.notEqual(fork.sessionId, sid);
+    assert.equal(fork.labels.kind, "fork");
+    assert.equal(Buffer.from(await client.readFile(fork.sessionId, "a.txt")).toString(), "one\n");
+    assert.equal((await client.run(fork.sessionId, "in fork").wait()).result, "turn 2: in fork");
+    assert.equal(Buffer.from(await client.readFile(sid, "a.txt")).toString(), "two\n");
+
+    const rewound = await client.rewindSession(sid, j2.jobId, { before: true });
+    assert.deepEqual(rewound.rewoundJobIds, [j2.jobId]);
+    assert.equal(Buffer.from(await client.readFile(sid, "a.txt")).toString(), "one\n");
+    assert.equal((await client.getJob(j2.jobId)).rewoundPast, true);
+    assert.equal((await client.run(sid, "again").wait()).result, "turn 2: again");
+    await rejectsWith(client.forkSession("job_nope"), Code.NotFound, "JOB_NOT_FOUND");
+  });
+
   test("tenants are isolated", async () => {
     const session = await client.createSession();
     const other = createAgentdClient({ baseUrl: server.url, apiKey: KEY_B });

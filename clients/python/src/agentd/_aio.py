@@ -173,6 +173,10 @@ class AsyncRun:
     async def cancel(self) -> job_pb2.Job:
         return await self._client.cancel(self.job_id)
 
+    async def diff(self, paths: Sequence[str] = (), context_lines: int | None = None) -> str:
+        """The finished job's unified diff (from its workspace snapshots)."""
+        return await self._client.job_diff(self.job_id, paths, context_lines=context_lines)
+
     async def _generate(self) -> AsyncIterator[job_pb2.JobEvent]:
         cursor = EventCursor()
         policy = Reconnect(self._client.reconnect_timeout)
@@ -360,6 +364,32 @@ class AsyncClient:
         req = session_pb2.DeleteSessionRequest(session_id=session_id)
         return (await _call(self.sessions.DeleteSession(req))).cancelled_jobs
 
+    async def fork_session(
+        self,
+        job_id: str,
+        *,
+        before: bool = False,
+        labels: Mapping[str, str] | None = None,
+        ttl_seconds: int = 0,
+    ) -> session_pb2.Session:
+        """See :meth:`agentd.Client.fork_session`."""
+        req = session_pb2.ForkSessionRequest(
+            job_id=job_id,
+            point=_common.snapshot_point(before),
+            labels=dict(labels or {}),
+            ttl_seconds=ttl_seconds,
+        )
+        return (await _call(self.sessions.ForkSession(req))).session
+
+    async def rewind_session(
+        self, session_id: str, job_id: str, *, before: bool = False
+    ) -> session_pb2.RewindSessionResponse:
+        """See :meth:`agentd.Client.rewind_session`."""
+        req = session_pb2.RewindSessionRequest(
+            session_id=session_id, job_id=job_id, point=_common.snapshot_point(before)
+        )
+        return await _call(self.sessions.RewindSession(req))
+
     # ---- files ----------------------------------------------------------------------------
 
     async def upload(
@@ -467,6 +497,24 @@ class AsyncClient:
     async def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> int:
         req = file_pb2.DeleteFileRequest(session_id=session_id, path=path, recursive=recursive)
         return (await _call(self.files.DeleteFile(req))).deleted_files
+
+    async def job_diff(
+        self, job_id: str, paths: Sequence[str] = (), *, context_lines: int | None = None
+    ) -> str:
+        """See :meth:`agentd.Client.job_diff`."""
+        req = file_pb2.GetJobDiffRequest(job_id=job_id, paths=list(paths))
+        if context_lines is not None:
+            req.context_lines = context_lines
+        call = self.files.GetJobDiff(req)
+        out = bytearray()
+        try:
+            async for resp in call:
+                out += resp.chunk
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return out.decode("utf-8", errors="replace")
 
     async def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
         req = file_pb2.GetJobOutputsRequest(session_id=session_id, job_id=job_id)

@@ -160,6 +160,10 @@ class Run:
         """Cancels the job (it must have been submitted, i.e. one event or ``job`` was seen)."""
         return self._client.cancel(self.job_id)
 
+    def diff(self, paths: Sequence[str] = (), context_lines: int | None = None) -> str:
+        """The finished job's unified diff (from its workspace snapshots)."""
+        return self._client.job_diff(self.job_id, paths, context_lines=context_lines)
+
     def _generate(self) -> Iterator[job_pb2.JobEvent]:
         cursor = EventCursor()
         policy = Reconnect(self._client.reconnect_timeout)
@@ -342,6 +346,34 @@ class Client:
         req = session_pb2.DeleteSessionRequest(session_id=session_id)
         return _call(lambda: self.sessions.DeleteSession(req)).cancelled_jobs
 
+    def fork_session(
+        self,
+        job_id: str,
+        *,
+        before: bool = False,
+        labels: Mapping[str, str] | None = None,
+        ttl_seconds: int = 0,
+    ) -> session_pb2.Session:
+        """A new session whose workspace is the job's snapshot (after it, or ``before``) and whose
+        conversation is a fork of the job's; the job's own session is untouched."""
+        req = session_pb2.ForkSessionRequest(
+            job_id=job_id,
+            point=_common.snapshot_point(before),
+            labels=dict(labels or {}),
+            ttl_seconds=ttl_seconds,
+        )
+        return _call(lambda: self.sessions.ForkSession(req)).session
+
+    def rewind_session(
+        self, session_id: str, job_id: str, *, before: bool = False
+    ) -> session_pb2.RewindSessionResponse:
+        """Puts the session's workspace and conversation back to after the job (or ``before`` it);
+        later jobs stay listed with ``rewound_past`` set."""
+        req = session_pb2.RewindSessionRequest(
+            session_id=session_id, job_id=job_id, point=_common.snapshot_point(before)
+        )
+        return _call(lambda: self.sessions.RewindSession(req))
+
     # ---- files ----------------------------------------------------------------------------
 
     def upload(self, session_id: str, files: Mapping[str, FileSource]) -> list[file_pb2.FileInfo]:
@@ -435,6 +467,24 @@ class Client:
     def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> int:
         req = file_pb2.DeleteFileRequest(session_id=session_id, path=path, recursive=recursive)
         return _call(lambda: self.files.DeleteFile(req)).deleted_files
+
+    def job_diff(
+        self, job_id: str, paths: Sequence[str] = (), *, context_lines: int | None = None
+    ) -> str:
+        """A finished job's unified diff, as git prints it (binary files marked, not dumped)."""
+        req = file_pb2.GetJobDiffRequest(job_id=job_id, paths=list(paths))
+        if context_lines is not None:
+            req.context_lines = context_lines
+        call = self.files.GetJobDiff(req)
+        out = bytearray()
+        try:
+            for resp in call:
+                out += resp.chunk
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return out.decode("utf-8", errors="replace")
 
     def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
         """What a job changed (default: the session's latest succeeded job)."""

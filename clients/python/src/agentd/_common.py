@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from agentd._errors import AgentdError, InternalError, InvalidArgumentError
-from agentd.v1 import file_pb2, job_pb2, preset_pb2, usage_pb2
+from agentd.v1 import file_pb2, job_pb2, preset_pb2, session_pb2, usage_pb2
 
 #: Upload chunk size: the server accepts at most 1 MiB per chunk.
 CHUNK_SIZE = 1 << 20
@@ -280,6 +280,11 @@ def usage_request(
 
 
 ArchiveFormatName = str
+
+
+def snapshot_point(before: bool) -> session_pb2.SnapshotPoint.ValueType:
+    """The side of a job a fork or rewind starts from."""
+    return session_pb2.SNAPSHOT_POINT_BEFORE if before else session_pb2.SNAPSHOT_POINT_AFTER
 
 
 def archive_format(fmt: ArchiveFormatName | int) -> file_pb2.ArchiveFormat.ValueType:

@@ -161,6 +161,7 @@ class Job(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REWOUND_PAST_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier, e.g. `job_0192f3c1...`."""
     session_id: _builtins.str
@@ -193,6 +194,10 @@ class Job(_message.Message):
     """A stable, machine-readable code for why the job ended as it did, when the state alone does
     not say it: `LIMIT_EXCEEDED` (a limit of the job's sandbox ended it), `BUDGET_EXCEEDED` (a
     model budget of the job or its tenant was spent). Empty otherwise.
+    """
+    rewound_past: _builtins.bool
+    """Set once SessionService.RewindSession put the session back to a point before this job ended:
+    its workspace changes and conversation are no longer the session's (the job stays listed).
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -235,10 +240,11 @@ class Job(_message.Message):
         timeout_seconds: _builtins.int = ...,
         last_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
+        rewound_past: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "exit_status", b"exit_status", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "rewound_past", b"rewound_past", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
