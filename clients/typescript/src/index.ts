@@ -28,3 +28,4 @@ export {
   isAgentdError,
   toAgentdError,
 } from "./errors.js";
+export { textDeltas } from "./deltas.js";

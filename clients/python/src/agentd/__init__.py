@@ -9,6 +9,7 @@ server's stable ``reason``.
 from agentd._aio import AsyncClient, AsyncRun
 from agentd._client import Client, Run
 from agentd._common import CHUNK_SIZE, FINAL_STATES
+from agentd._deltas import atext_deltas, text_deltas
 from agentd._errors import (
     ERROR_DOMAIN,
     AgentdError,
@@ -57,7 +58,9 @@ __all__ = [
     "Session",
     "UnauthenticatedError",
     "UnavailableError",
+    "atext_deltas",
     "from_rpc_error",
+    "text_deltas",
 ]
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSKGBQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIItQGCghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIAEIGCgRraW5kIloKCkpvYlN0YXJ0ZWQSDQoFYWdlbnQYASABKAkSDwoHY29tbWFuZBgCIAEoCRILCgNwaWQYAyABKAUSHwoXcmVzdW1lZF9jb252ZXJzYXRpb25faWQYBCABKAkiWQoJQWdlbnRJbml0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV0b29scxgDIAMoCRIVCg1hZ2VudF92ZXJzaW9uGAQgASgJIhkKCVRleHRFdmVudBIMCgR0ZXh0GAEgASgJIjgKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCSI7CgpUb29sUmVzdWx0EgoKAmlkGAEgASgJEhAKCGlzX2Vycm9yGAIgASgIEg8KB2NvbnRlbnQYAyABKAkiLQoKT3V0cHV0TGluZRIMCgRsaW5lGAEgASgJEhEKCXRydW5jYXRlZBgCIAEoCCIaCgpPdGhlckV2ZW50EgwKBHR5cGUYASABKAkiIQoPT3V0cHV0VHJ1bmNhdGVkEg4KBnJlYXNvbhgBIAEoCSK1AQoLSm9iRmluaXNoZWQSIgoFc3RhdGUYASABKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSKgoLZXhpdF9zdGF0dXMYAiABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIOCgZyZXN1bHQYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIfCgV1c2FnZRgFIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIOCgZyZWFzb24YBiABKAkiewoRUGVybWlzc2lvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIMCgR0b29sGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSFwoPc3VnZ2VzdGlvbl9qc29uGAQgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoDSJVChJQZXJtaXNzaW9uUmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRILCgN3aG8YAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIaCgpJbnB1dEV2ZW50EgwKBHRleHQYASABKAkiYAoaUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIdChtSZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2UiMAoQU2VuZElucHV0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDAoEdGV4dBgCIAEoCSITChFTZW5kSW5wdXRSZXNwb25zZSIlChNJbnRlcnJ1cHRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIWChRJbnRlcnJ1cHRKb2JSZXNwb25zZSIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMsgGCgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlEmQKE1Jlc3BvbmRUb1Blcm1pc3Npb24SJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QaJi5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0GhwuYWdlbnRkLnYxLlNlbmRJbnB1dFJlc3BvbnNlEk8KDEludGVycnVwdEpvYhIeLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXF1ZXN0Gh8uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIoUECgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCRIZChFzdHJ1Y3R1cmVkX3Jlc3VsdBgoIAEoCSL6BQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRIVCg1zdHJlYW1fZGVsdGFzGCggASgIEhUKDW91dHB1dF9zY2hlbWEYKSABKAkSFQoNc3lzdGVtX3Byb21wdBgqIAEoCRIYChBkaXNhbGxvd2VkX3Rvb2xzGCsgAygJEhMKC2F0dGFjaG1lbnRzGCwgAygJGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMAoOVmFyaWFibGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIwChFTdWJtaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KDkdldEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlIkkKEExpc3RKb2JzUmVzcG9uc2USHAoEam9icxgBIAMoCzIOLmFnZW50ZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKEUNhbmNlbEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiOwoWU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKF1N0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlEiMKBmV2ZW50cxgBIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAiABKAgiOQoNUnVuSm9iUmVxdWVzdBIoCgNqb2IYASABKAsyGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdCJlCg5SdW5Kb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEiMKBmV2ZW50cxgCIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAyABKAgigAgKCEpvYkV2ZW50EgsKA3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNyYXcYAyABKAkSKAoHc3RhcnRlZBgKIAEoCzIVLmFnZW50ZC52MS5Kb2JTdGFydGVkSAASJAoEaW5pdBgLIAEoCzIULmFnZW50ZC52MS5BZ2VudEluaXRIABIkCgR0ZXh0GAwgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCXRvb2xfY2FsbBgNIAEoCzITLmFnZW50ZC52MS5Ub29sQ2FsbEgAEiwKC3Rvb2xfcmVzdWx0GA4gASgLMhUuYWdlbnRkLnYxLlRvb2xSZXN1bHRIABIhCgV1c2FnZRgPIAEoCzIQLmFnZW50ZC52MS5Vc2FnZUgAEicKBnN0ZGVychgQIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASKQoIdW5wYXJzZWQYESABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEiYKBW90aGVyGBIgASgLMhUuYWdlbnRkLnYxLk90aGVyRXZlbnRIABIvCgl0cnVuY2F0ZWQYEyABKAsyGi5hZ2VudGQudjEuT3V0cHV0VHJ1bmNhdGVkSAASKgoIZmluaXNoZWQYFCABKAsyFi5hZ2VudGQudjEuSm9iRmluaXNoZWRIABIyCg5saW1pdF9leGNlZWRlZBgVIAEoCzIYLmFnZW50ZC52MS5MaW1pdEV4Y2VlZGVkSAASKgoKbW9kZWxfY2FsbBgyIAEoCzIULmFnZW50ZC52MS5Nb2RlbENhbGxIABIwCg1lZ3Jlc3NfZGVuaWVkGDMgASgLMhcuYWdlbnRkLnYxLkVncmVzc0RlbmllZEgAEjoKEnBlcm1pc3Npb25fcmVxdWVzdBhGIAEoCzIcLmFnZW50ZC52MS5QZXJtaXNzaW9uUmVxdWVzdEgAEjwKE3Blcm1pc3Npb25fcmVzb2x2ZWQYRyABKAsyHS5hZ2VudGQudjEuUGVybWlzc2lvblJlc29sdmVkSAASJgoFaW5wdXQYSCABKAsyFS5hZ2VudGQudjEuSW5wdXRFdmVudEgAEioKCnRleHRfZGVsdGEYKCABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASLgoOdGhpbmtpbmdfZGVsdGEYKSABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASKAoIdGhpbmtpbmcYKiABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASJAoEcGxhbhgrIAEoCzIULmFnZW50ZC52MS5QbGFuRXZlbnRIAEIGCgRraW5kIi8KCVBsYW5FdmVudBIiCgVpdGVtcxgBIAMoCzITLmFnZW50ZC52MS5QbGFuSXRlbSIrCghQbGFuSXRlbRIPCgdjb250ZW50GAEgASgJEg4KBnN0YXR1cxgCIAEoCSJaCgpKb2JTdGFydGVkEg0KBWFnZW50GAEgASgJEg8KB2NvbW1hbmQYAiABKAkSCwoDcGlkGAMgASgFEh8KF3Jlc3VtZWRfY29udmVyc2F0aW9uX2lkGAQgASgJIlkKCUFnZW50SW5pdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbW9kZWwYAiABKAkSDQoFdG9vbHMYAyADKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoCSIZCglUZXh0RXZlbnQSDAoEdGV4dBgBIAEoCSI4CghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkiOwoKVG9vbFJlc3VsdBIKCgJpZBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBIPCgdjb250ZW50GAMgASgJIi0KCk91dHB1dExpbmUSDAoEbGluZRgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgiGgoKT3RoZXJFdmVudBIMCgR0eXBlGAEgASgJIiEKD091dHB1dFRydW5jYXRlZBIOCgZyZWFzb24YASABKAkitQEKC0pvYkZpbmlzaGVkEiIKBXN0YXRlGAEgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEioKC2V4aXRfc3RhdHVzGAIgASgLMhUuYWdlbnRkLnYxLkV4aXRTdGF0dXMSDgoGcmVzdWx0GAMgASgJEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSHwoFdXNhZ2UYBSABKAsyEC5hZ2VudGQudjEuVXNhZ2USDgoGcmVhc29uGAYgASgJInsKEVBlcm1pc3Npb25SZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEdG9vbBgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJEhcKD3N1Z2dlc3Rpb25fanNvbhgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0iVQoSUGVybWlzc2lvblJlc29sdmVkEhIKCnJlcXVlc3RfaWQYASABKAkSCwoDd2hvGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiGgoKSW5wdXRFdmVudBIMCgR0ZXh0GAEgASgJImAKGlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiHQobUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlIjAKEFNlbmRJbnB1dFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEgwKBHRleHQYAiABKAkiEwoRU2VuZElucHV0UmVzcG9uc2UiJQoTSW50ZXJydXB0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiFgoUSW50ZXJydXB0Sm9iUmVzcG9uc2UiLwoNTGltaXRFeGNlZWRlZBINCgVsaW1pdBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIu8BChBXYXRjaEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSNwoGbGFiZWxzGAIgAygLMicuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSDgoGYWdlbnRzGAMgAygJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIZCgxhZnRlcl9jdXJzb3IYBSABKARIAIgBARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg8KDV9hZnRlcl9jdXJzb3IiYgoJSm9iQ2hhbmdlEg4KBmN1cnNvchgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgNqb2IYAyABKAsyDi5hZ2VudGQudjEuSm9iIl0KEVdhdGNoSm9ic1Jlc3BvbnNlEiUKB2NoYW5nZXMYASADKAsyFC5hZ2VudGQudjEuSm9iQ2hhbmdlEhEKCWtlZXBhbGl2ZRgCIAEoCBIOCgZjdXJzb3IYAyABKAQiOQoOV2FpdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJBCg9XYWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIRCgl0aW1lZF9vdXQYAiABKAgqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhcKE0pPQl9TVEFURV9USU1FRF9PVVQQBjLIBgoKSm9iU2VydmljZRJGCglTdWJtaXRKb2ISGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdBocLmFnZW50ZC52MS5TdWJtaXRKb2JSZXNwb25zZRI9CgZHZXRKb2ISGC5hZ2VudGQudjEuR2V0Sm9iUmVxdWVzdBoZLmFnZW50ZC52MS5HZXRKb2JSZXNwb25zZRJDCghMaXN0Sm9icxIaLmFnZW50ZC52MS5MaXN0Sm9ic1JlcXVlc3QaGy5hZ2VudGQudjEuTGlzdEpvYnNSZXNwb25zZRJGCglDYW5jZWxKb2ISGy5hZ2VudGQudjEuQ2FuY2VsSm9iUmVxdWVzdBocLmFnZW50ZC52MS5DYW5jZWxKb2JSZXNwb25zZRJaCg9TdHJlYW1Kb2JFdmVudHMSIS5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBoiLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXNwb25zZTABEj8KBlJ1bkpvYhIYLmFnZW50ZC52MS5SdW5Kb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLlJ1bkpvYlJlc3BvbnNlMAESSAoJV2F0Y2hKb2JzEhsuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QaHC5hZ2VudGQudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJACgdXYWl0Sm9iEhkuYWdlbnRkLnYxLldhaXRKb2JSZXF1ZXN0GhouYWdlbnRkLnYxLldhaXRKb2JSZXNwb25zZRJkChNSZXNwb25kVG9QZXJtaXNzaW9uEiUuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0GiYuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZRJGCglTZW5kSW5wdXQSGy5hZ2VudGQudjEuU2VuZElucHV0UmVxdWVzdBocLmFnZW50ZC52MS5TZW5kSW5wdXRSZXNwb25zZRJPCgxJbnRlcnJ1cHRKb2ISHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdBofLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -251,6 +251,14 @@ export type Job = Message<"agentd.v1.Job"> & {
    * @generated from field: string reason = 18;
    */
   reason: string;
+
+  /**
+   * With SubmitJobRequest.output_schema: the final answer as JSON that satisfies the schema
+   * (compact); empty otherwise or when the job did not succeed.
+   *
+   * @generated from field: string structured_result = 40;
+   */
+  structuredResult: string;
 };
 
 /**
@@ -435,6 +443,48 @@ export type SubmitJobRequest = Message<"agentd.v1.SubmitJobRequest"> & {
    * @generated from field: repeated string skills = 49;
    */
   skills: string[];
+
+  /**
+   * Also stream the answer as it is produced: `text_delta` and `thinking_delta` events, live and
+   * replayable, for agents whose AgentInfo.capabilities list `stream_deltas` (ignored by the
+   * others). The complete `text` event still follows. A job stores at most 1 MiB of deltas; the
+   * rest of them are dropped (the full `text` events are kept).
+   *
+   * @generated from field: bool stream_deltas = 40;
+   */
+  streamDeltas: boolean;
+
+  /**
+   * A JSON Schema (draft 2020-12 or earlier) the final answer must satisfy. The answer is
+   * validated by the server and returned as Job.structured_result; an invalid one gets one
+   * corrective turn, then the job FAILS with reason `OUTPUT_SCHEMA`.
+   *
+   * @generated from field: string output_schema = 41;
+   */
+  outputSchema: string;
+
+  /**
+   * Replaces the agent's system prompt (capability `system_prompt`); UNSUPPORTED_OPTION elsewhere.
+   *
+   * @generated from field: string system_prompt = 42;
+   */
+  systemPrompt: string;
+
+  /**
+   * Tools the agent must not use (capability `disallowed_tools`): a call is refused, visibly, as
+   * an error tool_result. UNSUPPORTED_OPTION naming the agent where it cannot be enforced.
+   *
+   * @generated from field: repeated string disallowed_tools = 43;
+   */
+  disallowedTools: string[];
+
+  /**
+   * Workspace-relative paths of files (e.g. uploaded images) the agent is given with the prompt;
+   * each must exist in the session's workspace (capability `attachments`).
+   *
+   * @generated from field: repeated string attachments = 44;
+   */
+  attachments: string[];
 };
 
 /**
@@ -900,6 +950,39 @@ export type JobEvent = Message<"agentd.v1.JobEvent"> & {
      */
     value: InputEvent;
     case: "input";
+  } | {
+    /**
+     * A piece of the answer text as the model produced it (stream_deltas); the pieces of a block
+     * concatenate to the `text` event that follows them.
+     *
+     * @generated from field: agentd.v1.TextEvent text_delta = 40;
+     */
+    value: TextEvent;
+    case: "textDelta";
+  } | {
+    /**
+     * A piece of the model's reasoning as it was produced (stream_deltas).
+     *
+     * @generated from field: agentd.v1.TextEvent thinking_delta = 41;
+     */
+    value: TextEvent;
+    case: "thinkingDelta";
+  } | {
+    /**
+     * The model's reasoning (or its summary), where the agent exposes it.
+     *
+     * @generated from field: agentd.v1.TextEvent thinking = 42;
+     */
+    value: TextEvent;
+    case: "thinking";
+  } | {
+    /**
+     * The agent's plan or todo list as it now stands (Claude TodoWrite, Codex plan updates).
+     *
+     * @generated from field: agentd.v1.PlanEvent plan = 43;
+     */
+    value: PlanEvent;
+    case: "plan";
   } | { case: undefined; value?: undefined };
 };
 
@@ -909,6 +992,55 @@ export type JobEvent = Message<"agentd.v1.JobEvent"> & {
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
   messageDesc(file_agentd_v1_job, 15);
+
+/**
+ * The agent's plan: every item, in order, with its status.
+ *
+ * @generated from message agentd.v1.PlanEvent
+ */
+export type PlanEvent = Message<"agentd.v1.PlanEvent"> & {
+  /**
+   * The items, the whole list each time.
+   *
+   * @generated from field: repeated agentd.v1.PlanItem items = 1;
+   */
+  items: PlanItem[];
+};
+
+/**
+ * Describes the message agentd.v1.PlanEvent.
+ * Use `create(PlanEventSchema)` to create a new message.
+ */
+export const PlanEventSchema: GenMessage<PlanEvent> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 16);
+
+/**
+ * One step of a plan.
+ *
+ * @generated from message agentd.v1.PlanItem
+ */
+export type PlanItem = Message<"agentd.v1.PlanItem"> & {
+  /**
+   * What the step is.
+   *
+   * @generated from field: string content = 1;
+   */
+  content: string;
+
+  /**
+   * `pending`, `in_progress` or `completed`.
+   *
+   * @generated from field: string status = 2;
+   */
+  status: string;
+};
+
+/**
+ * Describes the message agentd.v1.PlanItem.
+ * Use `create(PlanItemSchema)` to create a new message.
+ */
+export const PlanItemSchema: GenMessage<PlanItem> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 17);
 
 /**
  * The agent process started.
@@ -950,7 +1082,7 @@ export type JobStarted = Message<"agentd.v1.JobStarted"> & {
  * Use `create(JobStartedSchema)` to create a new message.
  */
 export const JobStartedSchema: GenMessage<JobStarted> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 16);
+  messageDesc(file_agentd_v1_job, 18);
 
 /**
  * The agent reported its own session information.
@@ -992,7 +1124,7 @@ export type AgentInit = Message<"agentd.v1.AgentInit"> & {
  * Use `create(AgentInitSchema)` to create a new message.
  */
 export const AgentInitSchema: GenMessage<AgentInit> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 17);
+  messageDesc(file_agentd_v1_job, 19);
 
 /**
  * Text from the agent.
@@ -1013,7 +1145,7 @@ export type TextEvent = Message<"agentd.v1.TextEvent"> & {
  * Use `create(TextEventSchema)` to create a new message.
  */
 export const TextEventSchema: GenMessage<TextEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 18);
+  messageDesc(file_agentd_v1_job, 20);
 
 /**
  * The agent called a tool.
@@ -1048,7 +1180,7 @@ export type ToolCall = Message<"agentd.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 19);
+  messageDesc(file_agentd_v1_job, 21);
 
 /**
  * A tool returned.
@@ -1083,7 +1215,7 @@ export type ToolResult = Message<"agentd.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 20);
+  messageDesc(file_agentd_v1_job, 22);
 
 /**
  * A line of process output.
@@ -1111,7 +1243,7 @@ export type OutputLine = Message<"agentd.v1.OutputLine"> & {
  * Use `create(OutputLineSchema)` to create a new message.
  */
 export const OutputLineSchema: GenMessage<OutputLine> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 21);
+  messageDesc(file_agentd_v1_job, 23);
 
 /**
  * An agent event the schema does not model.
@@ -1132,7 +1264,7 @@ export type OtherEvent = Message<"agentd.v1.OtherEvent"> & {
  * Use `create(OtherEventSchema)` to create a new message.
  */
 export const OtherEventSchema: GenMessage<OtherEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 22);
+  messageDesc(file_agentd_v1_job, 24);
 
 /**
  * Output was dropped because the job exceeded an output limit.
@@ -1153,7 +1285,7 @@ export type OutputTruncated = Message<"agentd.v1.OutputTruncated"> & {
  * Use `create(OutputTruncatedSchema)` to create a new message.
  */
 export const OutputTruncatedSchema: GenMessage<OutputTruncated> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 23);
+  messageDesc(file_agentd_v1_job, 25);
 
 /**
  * The job's final state. Always the last event of a job.
@@ -1209,7 +1341,7 @@ export type JobFinished = Message<"agentd.v1.JobFinished"> & {
  * Use `create(JobFinishedSchema)` to create a new message.
  */
 export const JobFinishedSchema: GenMessage<JobFinished> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 24);
+  messageDesc(file_agentd_v1_job, 26);
 
 /**
  * The agent asks whether it may run a tool (permission_mode `ask`); answer with
@@ -1259,7 +1391,7 @@ export type PermissionRequest = Message<"agentd.v1.PermissionRequest"> & {
  * Use `create(PermissionRequestSchema)` to create a new message.
  */
 export const PermissionRequestSchema: GenMessage<PermissionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 25);
+  messageDesc(file_agentd_v1_job, 27);
 
 /**
  * A permission request was decided.
@@ -1301,7 +1433,7 @@ export type PermissionResolved = Message<"agentd.v1.PermissionResolved"> & {
  * Use `create(PermissionResolvedSchema)` to create a new message.
  */
 export const PermissionResolvedSchema: GenMessage<PermissionResolved> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 26);
+  messageDesc(file_agentd_v1_job, 28);
 
 /**
  * A user message delivered to the running agent (the prompt of a turn after the first).
@@ -1322,7 +1454,7 @@ export type InputEvent = Message<"agentd.v1.InputEvent"> & {
  * Use `create(InputEventSchema)` to create a new message.
  */
 export const InputEventSchema: GenMessage<InputEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 27);
+  messageDesc(file_agentd_v1_job, 29);
 
 /**
  * Request for JobService.RespondToPermission.
@@ -1364,7 +1496,7 @@ export type RespondToPermissionRequest = Message<"agentd.v1.RespondToPermissionR
  * Use `create(RespondToPermissionRequestSchema)` to create a new message.
  */
 export const RespondToPermissionRequestSchema: GenMessage<RespondToPermissionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 28);
+  messageDesc(file_agentd_v1_job, 30);
 
 /**
  * Response for JobService.RespondToPermission.
@@ -1379,7 +1511,7 @@ export type RespondToPermissionResponse = Message<"agentd.v1.RespondToPermission
  * Use `create(RespondToPermissionResponseSchema)` to create a new message.
  */
 export const RespondToPermissionResponseSchema: GenMessage<RespondToPermissionResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 29);
+  messageDesc(file_agentd_v1_job, 31);
 
 /**
  * Request for JobService.SendInput.
@@ -1407,7 +1539,7 @@ export type SendInputRequest = Message<"agentd.v1.SendInputRequest"> & {
  * Use `create(SendInputRequestSchema)` to create a new message.
  */
 export const SendInputRequestSchema: GenMessage<SendInputRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 30);
+  messageDesc(file_agentd_v1_job, 32);
 
 /**
  * Response for JobService.SendInput.
@@ -1422,7 +1554,7 @@ export type SendInputResponse = Message<"agentd.v1.SendInputResponse"> & {
  * Use `create(SendInputResponseSchema)` to create a new message.
  */
 export const SendInputResponseSchema: GenMessage<SendInputResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 31);
+  messageDesc(file_agentd_v1_job, 33);
 
 /**
  * Request for JobService.InterruptJob.
@@ -1443,7 +1575,7 @@ export type InterruptJobRequest = Message<"agentd.v1.InterruptJobRequest"> & {
  * Use `create(InterruptJobRequestSchema)` to create a new message.
  */
 export const InterruptJobRequestSchema: GenMessage<InterruptJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 32);
+  messageDesc(file_agentd_v1_job, 34);
 
 /**
  * Response for JobService.InterruptJob.
@@ -1458,7 +1590,7 @@ export type InterruptJobResponse = Message<"agentd.v1.InterruptJobResponse"> & {
  * Use `create(InterruptJobResponseSchema)` to create a new message.
  */
 export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 33);
+  messageDesc(file_agentd_v1_job, 35);
 
 /**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
@@ -1488,7 +1620,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 34);
+  messageDesc(file_agentd_v1_job, 36);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1539,7 +1671,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 35);
+  messageDesc(file_agentd_v1_job, 37);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1575,7 +1707,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 36);
+  messageDesc(file_agentd_v1_job, 38);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1611,7 +1743,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 37);
+  messageDesc(file_agentd_v1_job, 39);
 
 /**
  * Request for JobService.WaitJob.
@@ -1639,7 +1771,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 38);
+  messageDesc(file_agentd_v1_job, 40);
 
 /**
  * Response for JobService.WaitJob.
@@ -1667,7 +1799,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 39);
+  messageDesc(file_agentd_v1_job, 41);
 
 /**
  * The lifecycle state of a job.
