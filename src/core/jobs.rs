@@ -46,6 +46,12 @@ pub struct SubmitJob {
     pub deny_rules: Vec<String>,
     /// 0: the server default.
     pub permission_timeout_seconds: u32,
+    /// The capability options (#20), checked by `core::caps`; empty strings: unset.
+    pub stream_deltas: bool,
+    pub output_schema: String,
+    pub system_prompt: String,
+    pub disallowed_tools: Vec<String>,
+    pub attachments: Vec<String>,
 }
 
 /// The two-way control options of a submit: rules and a timeout only make sense when the job
@@ -364,9 +370,17 @@ impl Core {
                 subagents: req.subagents,
                 skills: req.skills,
             },
+            caps: super::caps::job_caps(
+                req.stream_deltas,
+                req.output_schema,
+                req.system_prompt,
+                req.disallowed_tools,
+                req.attachments,
+            )?,
         };
         crate::agents::validate(profile, &spec)?;
         self.check_catalog_selection(profile, &spec)?;
+        self.check_attachments(&session.id, &spec.caps).await?;
         let budgeted = spec.budget.max_cost_usd.is_some() || spec.budget.max_tokens.is_some();
         if budgeted && !self.config.gateway.upstreams.contains_key(&spec.agent) {
             // Only calls through the gateway are metered: a budget elsewhere would never hold.

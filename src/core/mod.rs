@@ -9,6 +9,7 @@
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
+mod caps;
 mod control;
 mod dispatch;
 mod env;

@@ -82,6 +82,7 @@ macro_rules! store_contract_tests {
             webhook_claims_are_exclusive_and_capped,
             webhook_attempts_are_logged_by_the_owner,
             presets_per_tenant,
+            conversations_per_agent,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -2327,6 +2328,52 @@ pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {
     // The sequence goes on after pruning.
     new_job(&*store, &s, ts(2)).await;
     assert_eq!(changes(&*store, "acme", 3).await.len(), 1);
+}
+
+/// Each agent keeps its own conversation in a session (#20): switching agents never hands one
+/// agent another's id; a newer conversation replaces the agent's older one; none after the
+/// session is deleted, and none is recorded for a session that is gone.
+pub async fn conversations_per_agent(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("acme", ts(0))).await;
+    assert_eq!(
+        store.agent_conversation(&s.id, "claude").await.unwrap(),
+        None
+    );
+    store
+        .set_agent_conversation(&s.id, "claude", "c-1", ts(1))
+        .await
+        .unwrap();
+    store
+        .set_agent_conversation(&s.id, "codex", "x-1", ts(2))
+        .await
+        .unwrap();
+    let of = |agent: &'static str| {
+        let (store, id) = (store.clone(), s.id.clone());
+        async move { store.agent_conversation(&id, agent).await.unwrap() }
+    };
+    assert_eq!(of("claude").await.as_deref(), Some("c-1"));
+    assert_eq!(of("codex").await.as_deref(), Some("x-1"));
+    assert_eq!(of("gemini").await, None);
+    assert_eq!(
+        store.agent_conversation(&other.id, "claude").await.unwrap(),
+        None,
+        "another session's conversation leaked"
+    );
+    store
+        .set_agent_conversation(&s.id, "claude", "c-2", ts(3))
+        .await
+        .unwrap();
+    assert_eq!(of("claude").await.as_deref(), Some("c-2"));
+    assert_eq!(of("codex").await.as_deref(), Some("x-1"));
+    store.delete_session(&s.id).await.unwrap();
+    assert_eq!(of("claude").await, None);
+    store
+        .set_agent_conversation(&s.id, "claude", "c-3", ts(4))
+        .await
+        .unwrap();
+    assert_eq!(of("claude").await, None, "recorded for a deleted session");
 }
 
 /// Tenants' presets: CRUD, one name per tenant, tenants never see each other's.

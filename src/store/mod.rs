@@ -16,6 +16,7 @@
 //! - tenant scoping happens here for sessions (`get_session` takes the tenant), so a forgotten
 //!   check in the core cannot leak another tenant's session.
 
+pub mod conversations;
 pub mod postgres;
 pub mod presets;
 mod rules;
@@ -495,6 +496,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// False when there was none.
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+
+    /// The conversation `agent` (a profile name) last had in the session, to resume (#20).
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>>;
+
+    /// Records `agent`'s conversation in the session (replacing its previous one); nothing when
+    /// the session is gone.
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()>;
 }
 
 pub use webhooks::{

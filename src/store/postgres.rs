@@ -625,4 +625,31 @@ impl Store for PgStore {
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool> {
         presets::delete(self, tenant, name).await
     }
+
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>> {
+        let rows = self
+            .query(
+                crate::store::conversations::SELECT,
+                &[&session.to_string(), &agent],
+            )
+            .await?;
+        rows.first()
+            .map(|r| rows::get(r, 0, "agent_conversations.conversation_id"))
+            .transpose()
+    }
+
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.execute(
+            crate::store::conversations::UPSERT,
+            &[&session.to_string(), &agent, &conversation, &now.micros()],
+        )
+        .await
+        .map(|_| ())
+    }
 }

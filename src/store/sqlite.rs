@@ -504,6 +504,45 @@ impl Store for SqliteStore {
             .write(move |c| presets::delete(c, &tenant, &name))
             .await
     }
+
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>> {
+        let (session, agent) = (session.to_string(), agent.to_owned());
+        self.readers
+            .read(move |c| {
+                use rusqlite::OptionalExtension;
+                c.prepare_cached(crate::store::conversations::SELECT)
+                    .and_then(|mut st| {
+                        st.query_row(rusqlite::params![session, agent], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(db)
+            })
+            .await
+    }
+
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let args = (
+            session.to_string(),
+            agent.to_owned(),
+            conversation.to_owned(),
+        );
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(crate::store::conversations::UPSERT)
+                    .and_then(|mut st| {
+                        st.execute(rusqlite::params![args.0, args.1, args.2, now.micros()])
+                    })
+                    .map(|_| ())
+                    .map_err(db)
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -39,3 +39,4 @@ export {
   verifyWebhook,
   type WebhookHeaders,
 } from "./webhooks.js";
+export { textDeltas } from "./deltas.js";

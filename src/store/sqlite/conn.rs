@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0014_webhooks.sql"),
     include_str!("../migrations/sqlite/0016_presets.sql"),
     include_str!("../migrations/sqlite/0012_snapshots.sql"),
+    include_str!("../migrations/sqlite/0017_agent_conversations.sql"),
     include_str!("../migrations/sqlite/0018_rewinds.sql"),
 ];
 

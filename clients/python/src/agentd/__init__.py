@@ -9,6 +9,7 @@ server's stable ``reason``. ``agentd.verify_webhook`` checks the signed webhooks
 from agentd._aio import AsyncClient, AsyncRun
 from agentd._client import Client, Run
 from agentd._common import CHUNK_SIZE, FINAL_STATES, PermissionAnswer
+from agentd._deltas import atext_deltas, text_deltas
 from agentd._errors import (
     ERROR_DOMAIN,
     AgentdError,
@@ -60,8 +61,10 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "WebhookVerificationError",
+    "atext_deltas",
     "from_rpc_error",
     "sign_webhook",
+    "text_deltas",
     "verify_webhook",
 ]
 
