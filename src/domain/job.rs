@@ -106,6 +106,11 @@ pub enum Outcome {
     PermissionPending {
         message: String,
     },
+    /// agentd stopped leaving the job running, and no agentd adopted it within the adopt timeout:
+    /// its supervisor ended the tree (issue #23).
+    AdoptionTimeout {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -115,7 +120,8 @@ impl Outcome {
             Outcome::Failed { .. }
             | Outcome::LimitExceeded { .. }
             | Outcome::BudgetExceeded { .. }
-            | Outcome::PermissionPending { .. } => FinalState::Failed,
+            | Outcome::PermissionPending { .. }
+            | Outcome::AdoptionTimeout { .. } => FinalState::Failed,
             Outcome::Cancelled { .. } | Outcome::Interrupted => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
@@ -132,6 +138,7 @@ impl Outcome {
             Outcome::BudgetExceeded { message } => message.clone(),
             Outcome::Interrupted => "interrupted by the caller".into(),
             Outcome::PermissionPending { message } => message.clone(),
+            Outcome::AdoptionTimeout { message } => message.clone(),
         }
     }
 
@@ -143,6 +150,7 @@ impl Outcome {
             Outcome::BudgetExceeded { .. } => Reason::BudgetExceeded.as_str(),
             Outcome::Interrupted => Reason::Interrupted.as_str(),
             Outcome::PermissionPending { .. } => Reason::PermissionPendingAtRestart.as_str(),
+            Outcome::AdoptionTimeout { .. } => Reason::AdoptionTimeout.as_str(),
             _ => "",
         }
     }

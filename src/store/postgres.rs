@@ -1139,6 +1139,23 @@ impl Store for PgStore {
         })
     }
 
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        let rows = self
+            .query(
+                "UPDATE jobs SET owner = $3, lease_until = $4 \
+                 WHERE id = $1 AND owner = $2 AND state_name = 'RUNNING' RETURNING 1",
+                &[&job.as_str(), &from, &to, &lease_until.micros()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {
         // One statement, so the NOTIFY commits with the release.
         let rows = self

@@ -47,6 +47,9 @@ pub(super) struct Pump {
     events: Vec<JobEvent>,
     /// The job's controller, which reads the agent's requests in its output (issue #17).
     pub(super) control: Option<Controlled>,
+    /// Events made from output that a previous agentd stored already: an adopted job's journal
+    /// replays them, and they are dropped here, after the caps saw them (issue #23).
+    pub(super) skip: u64,
 }
 
 /// A controlled job's controller and the protocol its output is read with.
@@ -84,6 +87,7 @@ impl Pump {
             metered: Metered::default(),
             events: Vec::new(),
             control: None,
+            skip: 0,
         }
     }
 
@@ -153,6 +157,15 @@ impl Pump {
         })
     }
 
+    /// An event made from an output line, unless it is one already stored ([`Pump::skip`]).
+    fn output_event(&mut self, sink: &mut Sink<'_>, kind: EventKind, raw: Option<String>) {
+        if self.skip > 0 {
+            self.skip -= 1;
+        } else {
+            self.events.push(sink.event(kind, raw));
+        }
+    }
+
     fn take(&mut self, sink: &mut Sink<'_>, out: Output) {
         match out {
             Output::Stdout(line) => {
@@ -172,12 +185,14 @@ impl Pump {
                     }
                 }
                 match self.cap.admit(line.text.len(), parsed.len()) {
-                    Admit::Keep => self
-                        .events
-                        .extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw))),
-                    Admit::Truncate(reason) => self
-                        .events
-                        .push(sink.event(EventKind::Truncated { reason }, None)),
+                    Admit::Keep => {
+                        for p in parsed {
+                            self.output_event(sink, p.kind, p.raw);
+                        }
+                    }
+                    Admit::Truncate(reason) => {
+                        self.output_event(sink, EventKind::Truncated { reason }, None)
+                    }
                     Admit::Drop => {}
                 }
             }
@@ -194,7 +209,7 @@ impl Pump {
                     Admit::Truncate(reason) => EventKind::Truncated { reason },
                     Admit::Drop => return,
                 };
-                self.events.push(sink.event(kind, None));
+                self.output_event(sink, kind, None);
             }
             Output::Event(kind) => {
                 // Few, and what the tenant is charged for or must know: never dropped by the caps.
