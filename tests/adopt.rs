@@ -107,3 +107,143 @@ async fn survive_kill9(rounds: usize, delay: Duration) {
 async fn a_job_survives_kill9_of_agentd_mid_stream() {
     survive_kill9(8, Duration::from_millis(900)).await;
 }
+
+/// Twenty restarts at spread-out moments of a job's life, from before it starts to its last
+/// moments: every job ends SUCCEEDED with its whole output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_restarts_at_random_moments_lose_nothing() {
+    let mut s = TestServer::start_with(keep(600));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = seed | 1;
+    // The first and last: at once, and about when the job ends (~5 rounds of 0.2 s + start-up).
+    let mut delays = vec![0u64, 1_400];
+    while delays.len() < 20 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        delays.push(rng % 1_600);
+    }
+    eprintln!("seed {seed}: kill -9 after {delays:?} ms");
+    let rounds = 5;
+    for delay in delays {
+        let mut c = s.clients(KEY_A).await;
+        let session = c.create_session(&[]).await;
+        let job = c.submit(&session.session_id, &streaming(rounds)).await;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        s.restart();
+        let mut c = s.clients(KEY_A).await;
+        let all = c.events(&job.job_id, 0).await;
+        let done = c.get_job(&job.job_id).await;
+        assert_eq!(
+            done.state,
+            pb::JobState::Succeeded as i32,
+            "killed after {delay} ms (seed {seed}): {done:?}"
+        );
+        assert_contiguous(&all);
+        assert_eq!(
+            texts(&all),
+            streamed(rounds),
+            "killed after {delay} ms (seed {seed})"
+        );
+    }
+}
+
+/// SIGTERM with `keep` leaves the job running; a new binary (a copy: another executable, another
+/// process) adopts it and the job ends SUCCEEDED with its whole output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_keep_then_an_upgraded_binary_adopts() {
+    let mut s = TestServer::start_with(keep(600));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let rounds = 8;
+    let job = c.submit(&session.session_id, &streaming(rounds)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_dir(
+            s.data_dir.join("run")
+        )
+        .is_ok_and(|d| d
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".job"))))
+        .await,
+        "the job never started"
+    );
+    let status = s.terminate();
+    assert!(status.success(), "agentd exited with {status:?}");
+    let bin = tempfile::tempdir().unwrap();
+    let upgraded = bin.path().join("agentd");
+    std::fs::copy(env!("CARGO_BIN_EXE_agentd"), &upgraded).unwrap();
+    s.spawn_exe(&upgraded);
+    let mut c = s.clients(KEY_A).await;
+    let all = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_contiguous(&all);
+    assert_eq!(texts(&all), streamed(rounds));
+    s.kill9();
+}
+
+/// No agentd comes back: after the adopt timeout the supervisor ends the tree itself, and the
+/// next agentd marks the job FAILED with ADOPTION_TIMEOUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unadopted_job_ends_after_the_adopt_timeout() {
+    let mut s = TestServer::start_with(keep(2));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .submit(&session.session_id, "grandchild 31.25 ; sleep 30")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(20), || !common::sleepers("31.25")
+            .is_empty())
+        .await,
+        "the job's grandchild never ran"
+    );
+    s.kill9();
+    assert!(
+        eventually(Duration::from_secs(20), || common::sleepers("31.25")
+            .is_empty())
+        .await,
+        "the tree outlived the adopt timeout"
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Failed as i32, "{done:?}");
+    assert_eq!(done.reason, "ADOPTION_TIMEOUT", "{done:?}");
+}
+
+/// A cancel that reaches the restarted agentd ends the adopted job's tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_a_restart_ends_the_adopted_tree() {
+    let mut s = TestServer::start_with(keep(600));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .submit(&session.session_id, "grandchild 32.25 ; sleep 30")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(20), || !common::sleepers("32.25")
+            .is_empty())
+        .await,
+        "the job's grandchild never ran"
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    c.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Cancelled as i32, "{done:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || common::sleepers("32.25")
+            .is_empty())
+        .await,
+        "the adopted tree outlived the cancel"
+    );
+}

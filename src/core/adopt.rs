@@ -22,11 +22,19 @@ impl Core {
             return;
         }
         let dir = crate::runner::records::run_dir(&self.config.data_dir);
-        let claims = tokio::task::spawn_blocking(move || adopt::claims(&dir))
-            .await
-            .unwrap_or_default();
+        let (claims, unclaimed) = tokio::task::spawn_blocking(move || {
+            let claims = adopt::claims(&dir);
+            let unclaimed = adopt::unclaimed(&dir, &claims);
+            (claims, unclaimed)
+        })
+        .await
+        .unwrap_or_default();
         let started = std::time::Instant::now();
         let n = claims.len();
+        for token in unclaimed {
+            // Its job was never recorded as started: recovery queues it again.
+            self.end_tree(token).await;
+        }
         for claim in claims {
             self.adopt_one(claim).await;
         }

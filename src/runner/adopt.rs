@@ -114,6 +114,22 @@ pub fn claims(dir: &Path) -> Vec<Claim> {
     out
 }
 
+/// Tokens of supervisors waiting for adoption (they listen) that no claim names: agentd died
+/// between starting them and recording their job, so nobody can adopt them (blocking).
+pub fn unclaimed(dir: &Path, claimed: &[Claim]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let token = name.strip_suffix(".sock")?.to_owned();
+            (!claimed.iter().any(|c| c.token == token)).then_some(token)
+        })
+        .collect()
+}
+
 /// Removes what a finished job left next to its run record: the claim, the journal, the socket
 /// (blocking).
 pub fn forget(dir: &Path, token: &str) {
