@@ -265,6 +265,11 @@ pub struct OpsArgs {
     /// the page's calls stay same-origin).
     #[arg(long, env = "AGENTD_CONSOLE_LISTEN")]
     pub console_listen: Option<SocketAddr>,
+    /// Comma-separated host names a browser may reach the console and gRPC-Web by, besides
+    /// `localhost` and loopback addresses (e.g. an SSH tunnel's or a local proxy's name). Other
+    /// names are refused on loopback listeners (DNS rebinding); once set, on every listener.
+    #[arg(long, env = "AGENTD_CONSOLE_HOSTS", value_delimiter = ',')]
+    pub console_hosts: Vec<String>,
 }
 
 /// How log lines are written.
@@ -423,6 +428,8 @@ pub struct Transport {
     pub console: bool,
     /// The console's own listener; unset: the console is served on `listen`.
     pub console_listen: Option<SocketAddr>,
+    /// Host names browsers may use besides the loopback ones (`console::HostGuard`).
+    pub console_hosts: Vec<String>,
 }
 
 /// The validated configuration of a server. `Debug` prints the redacted `Display` form.
@@ -793,6 +800,13 @@ impl Config {
             grpc_web_allow_origins,
             console,
             console_listen: args.ops.console_listen,
+            console_hosts: args
+                .ops
+                .console_hosts
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
         };
         // Absolute, because agents run with their workspace as cwd and HOME under the data dir:
         // a relative HOME would resolve inside the workspace.

@@ -87,6 +87,8 @@ pub enum Reason {
     JobNotControllable,
     // A job's final reason (not an RPC error): InterruptJob ended its turn.
     Interrupted,
+    // RESOURCE_EXHAUSTED: one Attach stream follows as many unfinished jobs as it may.
+    AttachLimit,
     // A job's final reason (not an RPC error): agentd restarted while a permission request of
     // the job was pending.
     PermissionPendingAtRestart,
@@ -166,6 +168,7 @@ impl Reason {
             Reason::PermissionDecided => "PERMISSION_DECIDED",
             Reason::JobNotControllable => "JOB_NOT_CONTROLLABLE",
             Reason::Interrupted => "INTERRUPTED",
+            Reason::AttachLimit => "ATTACH_LIMIT",
             Reason::PermissionPendingAtRestart => "PERMISSION_PENDING_AT_RESTART",
             Reason::AdoptionTimeout => "ADOPTION_TIMEOUT",
             Reason::UnknownPreset => "UNKNOWN_PRESET",

@@ -253,6 +253,11 @@ pub async fn serve(
         ),
         false => None,
     };
+    if let Some(gw) = &gateway {
+        // Tests and scripts read this line to learn the gateway's port when it listens on port 0
+        // (a port picked free beforehand can be taken by then).
+        println!("agentd gateway listening on {}", gw.addr());
+    }
     let core = Core::start(config.clone(), store.clone(), shutdown.clone(), gateway)
         .await
         .map_err(ServeError::Store)?;
@@ -265,6 +270,7 @@ pub async fn serve(
     )
     .await
     .map_err(ServeError::Store)?;
+    core.attach_webhooks(webhooks.clone());
     {
         let core = core.clone();
         shutdown.spawn(hangups.serve(shutdown.clone(), move || core.reload_catalog()));
@@ -328,10 +334,10 @@ pub async fn serve(
     // Outermost first: the console answers GETs (gRPC is always POST), CORS answers preflights,
     // gRPC-Web translates to gRPC, and the telemetry layer then sees every call as plain gRPC.
     let router = builder
-        .layer(crate::console::ConsoleLayer::new(
-            t.console,
-            console_only_on,
-        ))
+        .layer(
+            crate::console::ConsoleLayer::new(t.console, console_only_on)
+                .with_hosts(&t.console_hosts),
+        )
         .layer(tower::util::option_layer(cors_layer(t)))
         .layer(tower::util::option_layer(
             t.grpc_web.then(tonic_web::GrpcWebLayer::new),

@@ -5,6 +5,9 @@ import { createClient, type Client, type Interceptor } from "@connectrpc/connect
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { FileService } from "../../clients/typescript/src/gen/agentd/v1/file_pb.js";
 import { JobService, JobState, type JobEvent } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import { PresetService } from "../../clients/typescript/src/gen/agentd/v1/preset_pb.js";
+import { UsageService } from "../../clients/typescript/src/gen/agentd/v1/usage_pb.js";
+import { WebhookService } from "../../clients/typescript/src/gen/agentd/v1/webhook_pb.js";
 import { ServerInfoService } from "../../clients/typescript/src/gen/agentd/v1/server_info_pb.js";
 import { SessionService } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
 import { errorInterceptor, isAgentdError, Code } from "../../clients/typescript/src/errors.js";
@@ -14,6 +17,9 @@ export interface Api {
   jobs: Client<typeof JobService>;
   files: Client<typeof FileService>;
   info: Client<typeof ServerInfoService>;
+  presets: Client<typeof PresetService>;
+  usage: Client<typeof UsageService>;
+  webhooks: Client<typeof WebhookService>;
 }
 
 const KEY_SLOT = "agentd.console.apiKey";
@@ -37,6 +43,9 @@ export function connect(key: string): Api {
     jobs: createClient(JobService, transport),
     files: createClient(FileService, transport),
     info: createClient(ServerInfoService, transport),
+    presets: createClient(PresetService, transport),
+    usage: createClient(UsageService, transport),
+    webhooks: createClient(WebhookService, transport),
   };
 }
 
@@ -93,6 +102,15 @@ export async function follow(
       await sleep(delay, signal);
       delay = Math.min(delay * 2, 5000);
     }
+  }
+}
+
+/** JSON indented for reading; anything else as it came. */
+export function pretty(json: string): string {
+  try {
+    return JSON.stringify(JSON.parse(json), null, 2);
+  } catch {
+    return json;
   }
 }
 

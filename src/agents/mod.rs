@@ -6,6 +6,7 @@
 
 mod claude;
 mod codex;
+mod codex_app;
 mod command;
 pub mod gateway;
 mod gemini;

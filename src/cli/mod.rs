@@ -7,6 +7,7 @@
 //! client would; it shares no state with the server modules.
 
 mod archive;
+mod ask;
 mod commands;
 mod conn;
 mod presets;
@@ -182,8 +183,13 @@ pub struct RunArgs {
     #[arg(long = "allowed-tool", value_name = "TOOL")]
     pub allowed_tools: Vec<String>,
     /// Agent permission mode, e.g. `acceptEdits`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ask")]
     pub permission_mode: Option<String>,
+    /// Ask on the terminal before each tool call no rule decides (permission mode `ask`): the
+    /// tool and its input are shown, `y` allows, `n` (or `n: reason`) denies. Without a terminal
+    /// the answers are read from stdin, one line per request.
+    #[arg(long, conflicts_with = "detach")]
+    pub ask: bool,
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     pub append_system_prompt: Option<String>,

@@ -91,6 +91,9 @@ pub struct Core {
     gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The config file's presets and catalogs; SIGHUP swaps it (`core::presets`).
     catalog: crate::presets::SharedCatalog,
+    /// The webhook outbox, attached once it started (it follows this core's change sequence);
+    /// controllers read it when an agent asks for a permission.
+    webhooks: Arc<OnceLock<Arc<crate::webhooks::Webhooks>>>,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -178,6 +181,7 @@ impl Core {
             wake: Notify::new(),
             dispatching: tokio::sync::Mutex::new(()),
             gateway,
+            webhooks: Arc::new(OnceLock::new()),
         });
         core.adopt().await;
         core.recover().await?;
@@ -195,6 +199,11 @@ impl Core {
     /// signals, other replicas'): what the webhook outbox waits on.
     pub fn job_changes(&self) -> watch::Receiver<u64> {
         self.events.changes()
+    }
+
+    /// Hands the started webhook outbox to the core, for `job.permission_requested` messages.
+    pub fn attach_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
     }
 
     pub fn config(&self) -> &Config {

@@ -627,6 +627,44 @@ pub async fn append_consecutive(h: &dyn Harness) {
     store.append(vec![]).await.unwrap();
 }
 
+/// What a refused write must leave exactly as it was: some jobs (rows and event logs) and their
+/// session. `check` compares the store now with the capture.
+struct Unchanged {
+    jobs: Vec<(Job, Vec<JobEvent>)>,
+    session: Session,
+}
+
+impl Unchanged {
+    async fn capture(store: &dyn Store, jobs: &[&Job], session: &Session) -> Self {
+        let mut captured = Vec::new();
+        for j in jobs {
+            let row = store.get_job(&j.id).await.unwrap().unwrap();
+            let events = store.read_events(&j.id, 0, 100_000).await.unwrap();
+            captured.push((row, events));
+        }
+        let session = store.get_session_any(&session.id).await.unwrap().unwrap();
+        Self {
+            jobs: captured,
+            session,
+        }
+    }
+
+    async fn check(&self, store: &dyn Store, what: &str) {
+        for (row, events) in &self.jobs {
+            let now = store.get_job(&row.id).await.unwrap().unwrap();
+            assert_eq!(&now, row, "{what}: job {} changed", row.id);
+            let now = store.read_events(&row.id, 0, 100_000).await.unwrap();
+            assert_eq!(&now, events, "{what}: events of job {} changed", row.id);
+        }
+        let now = store
+            .get_session_any(&self.session.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now, self.session, "{what}: the session changed");
+    }
+}
+
 pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
     let store = h.open().await;
     let s = new_session(&*store, session("acme", ts(0))).await;
@@ -636,9 +674,7 @@ pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
         .append(vec![write(&a, texts(1, 3), None)])
         .await
         .unwrap();
-    let a_before = store.get_job(&a.id).await.unwrap().unwrap();
-    let b_before = store.get_job(&b.id).await.unwrap().unwrap();
-    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let before = Unchanged::capture(&*store, &[&a, &b], &s).await;
 
     let ghost = job(&s, ts(3));
     let bad_batches: Vec<(&str, Vec<JobWrite>)> = vec![
@@ -670,30 +706,7 @@ pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
     for (what, batch) in bad_batches {
         let err = store.append(batch).await.unwrap_err();
         assert!(matches!(err, Error::Internal { .. }), "{what}: {err:?}");
-        assert_eq!(
-            store.get_job(&a.id).await.unwrap().unwrap(),
-            a_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.get_job(&b.id).await.unwrap().unwrap(),
-            b_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.read_events(&a.id, 0, 100).await.unwrap(),
-            texts(1, 3),
-            "{what}"
-        );
-        assert!(
-            store.read_events(&b.id, 0, 100).await.unwrap().is_empty(),
-            "{what}"
-        );
-        assert_eq!(
-            store.get_session_any(&s.id).await.unwrap().unwrap(),
-            session_before,
-            "{what}"
-        );
+        before.check(&*store, what).await;
     }
     // The log still continues normally afterwards.
     store
@@ -2040,9 +2053,7 @@ pub async fn append_refuses_finished_job_and_clears_owner(h: &dyn Harness) {
     assert_eq!(ids(&orphans, |o| &o.job.id), job_ids(&[&b]));
     assert!(!store.release_job(&a.id, "r1").await.unwrap());
 
-    let a_before = store.get_job(&a.id).await.unwrap().unwrap();
-    let b_before = store.get_job(&b.id).await.unwrap().unwrap();
-    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let before = Unchanged::capture(&*store, &[&a, &b], &s).await;
     let bad: Vec<(&str, Vec<JobWrite>)> = vec![
         ("events", vec![write(&a, texts(4, 4), None)]),
         ("row only", vec![write(&a, vec![], Some(running(ts(9))))]),
@@ -2083,30 +2094,7 @@ pub async fn append_refuses_finished_job_and_clears_owner(h: &dyn Harness) {
             ),
             "{what}: {err:?}"
         );
-        assert_eq!(
-            store.get_job(&a.id).await.unwrap().unwrap(),
-            a_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.get_job(&b.id).await.unwrap().unwrap(),
-            b_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.read_events(&a.id, 0, 10).await.unwrap(),
-            texts(1, 3),
-            "{what}"
-        );
-        assert!(
-            store.read_events(&b.id, 0, 10).await.unwrap().is_empty(),
-            "{what}"
-        );
-        assert_eq!(
-            store.get_session_any(&s.id).await.unwrap().unwrap(),
-            session_before,
-            "{what}"
-        );
+        before.check(&*store, what).await;
     }
     assert_eq!(
         store.renew_leases("r1", ts(30)).await.unwrap(),

@@ -18,6 +18,7 @@
 
 pub mod postgres;
 pub mod presets;
+mod rules;
 pub mod sqlite;
 pub mod webhooks;
 

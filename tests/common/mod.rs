@@ -2,6 +2,8 @@
 //! stand-in Claude, and hands out generated clients that send an API key, as a user would.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use agentd::pb;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ pub fn fake_claude() -> PathBuf {
 pub struct TestServer {
     child: Option<Child>,
     pub addr: String,
+    /// The model gateway's address, when it is on (`--gateway-listen`, port 0 is fine).
+    pub gateway_addr: Option<String>,
     pub data_dir: PathBuf,
     /// The `--config` file, when the options had one.
     pub config_path: Option<PathBuf>,
@@ -81,6 +85,7 @@ impl TestServer {
         let mut s = TestServer {
             child: None,
             addr: String::new(),
+            gateway_addr: None,
             data_dir,
             config_path,
             _tmp: Some(tmp),
@@ -135,9 +140,13 @@ impl TestServer {
         let mut child = cmd.spawn().expect("start agentd");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        self.gateway_addr = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("agentd gateway listening on ") {
+                        self.gateway_addr = Some(a.trim().to_owned());
+                    }
                     if let Some(a) = l.strip_prefix("agentd listening on ") {
                         break a.trim().to_owned();
                     }

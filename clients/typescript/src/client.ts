@@ -31,6 +31,7 @@ import {
   type SubmitJobRequestSchema,
 } from "./gen/agentd/v1/job_pb.js";
 import { PresetService, type Preset, type PresetSchema } from "./gen/agentd/v1/preset_pb.js";
+import { WebhookService } from "./gen/agentd/v1/webhook_pb.js";
 import { ServerInfoService, type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
 import { SessionService, type Session } from "./gen/agentd/v1/session_pb.js";
 import {
@@ -248,6 +249,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
   const server: Client<typeof ServerInfoService> = createClient(ServerInfoService, transport);
   const usage: Client<typeof UsageService> = createClient(UsageService, transport);
   const presets: Client<typeof PresetService> = createClient(PresetService, transport);
+  const webhooks: Client<typeof WebhookService> = createClient(WebhookService, transport);
 
   async function upload(sessionId: string, entries: UploadEntry[]): Promise<FileInfo[]> {
     async function* requests(): AsyncIterable<MessageInitShape<typeof UploadFilesRequestSchema>> {
@@ -323,6 +325,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     server,
     usage,
     presets,
+    webhooks,
     transport,
     baseUrl,
 

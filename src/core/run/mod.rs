@@ -165,8 +165,10 @@ impl Core {
             grace: self.config.timing.kill_grace,
         };
         let limits = &self.config.limits;
+        // A protocol with its own output (a JSON-RPC agent) has its own parser.
+        let parser = p.pipe.as_ref().and_then(|(protocol, _)| protocol.parser());
         let mut pump = Pump::new(
-            agents::parser(p.profile),
+            parser.unwrap_or_else(|| agents::parser(p.profile)),
             state,
             p.resume,
             (limits.job_output_max_bytes, limits.job_output_max_events),
@@ -288,7 +290,7 @@ impl Core {
         let protocol = job
             .spec
             .asks()
-            .then(|| agents::interactive::protocol(profile))
+            .then(|| agents::interactive::protocol(profile, &job.spec, &ctx))
             .flatten();
         let mut pipe = None;
         let stdin = match (&launch.stdin, protocol) {
@@ -441,6 +443,10 @@ impl Core {
                 .workspace_dir(&session.id)
                 .to_string_lossy()
                 .into_owned(),
+            notify: super::control::Notify {
+                webhooks: self.webhooks.clone(),
+                job: job.clone(),
+            },
         };
         let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
         let _ = handle.control.set(ctl.clone());

@@ -3,7 +3,7 @@ and streams what they do.
 
 ``agentd.Client`` (blocking) and ``agentd.AsyncClient`` (asyncio) wrap the generated gRPC code in
 ``agentd.v1``; every failure is an ``agentd.AgentdError`` carrying the gRPC ``code`` and the
-server's stable ``reason``.
+server's stable ``reason``. ``agentd.verify_webhook`` checks the signed webhooks agentd sends.
 """
 
 from agentd._aio import AsyncClient, AsyncRun
@@ -26,6 +26,7 @@ from agentd._errors import (
     UnavailableError,
     from_rpc_error,
 )
+from agentd._webhooks import WebhookVerificationError, sign_webhook, verify_webhook
 from agentd.v1.file_pb2 import FileChange, FileInfo
 from agentd.v1.job_pb2 import Job, JobEvent, JobState
 from agentd.v1.session_pb2 import Session
@@ -57,7 +58,10 @@ __all__ = [
     "Session",
     "UnauthenticatedError",
     "UnavailableError",
+    "WebhookVerificationError",
     "from_rpc_error",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ from agentd.v1 import (
     preset_pb2,
     preset_pb2_grpc,
     usage_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
 _T = TypeVar("_T")
@@ -203,6 +204,7 @@ class AsyncClient:
         self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
         self.presets = preset_pb2_grpc.PresetServiceStub(self.channel)
+        self.webhooks = webhook_pb2_grpc.WebhookServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()

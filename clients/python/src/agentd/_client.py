@@ -31,6 +31,7 @@ from agentd.v1 import (
     preset_pb2,
     preset_pb2_grpc,
     usage_pb2_grpc,
+    webhook_pb2_grpc,
 )
 
 _T = TypeVar("_T")
@@ -188,6 +189,7 @@ class Client:
         self.server = server_info_pb2_grpc.ServerInfoServiceStub(self.channel)
         self.usage = usage_pb2_grpc.UsageServiceStub(self.channel)
         self.presets = preset_pb2_grpc.PresetServiceStub(self.channel)
+        self.webhooks = webhook_pb2_grpc.WebhookServiceStub(self.channel)
 
     def close(self) -> None:
         self._raw_channel.close()

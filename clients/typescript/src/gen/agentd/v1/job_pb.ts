@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSKGBQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIItQGCghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIAEIGCgRraW5kIloKCkpvYlN0YXJ0ZWQSDQoFYWdlbnQYASABKAkSDwoHY29tbWFuZBgCIAEoCRILCgNwaWQYAyABKAUSHwoXcmVzdW1lZF9jb252ZXJzYXRpb25faWQYBCABKAkiWQoJQWdlbnRJbml0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV0b29scxgDIAMoCRIVCg1hZ2VudF92ZXJzaW9uGAQgASgJIhkKCVRleHRFdmVudBIMCgR0ZXh0GAEgASgJIjgKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCSI7CgpUb29sUmVzdWx0EgoKAmlkGAEgASgJEhAKCGlzX2Vycm9yGAIgASgIEg8KB2NvbnRlbnQYAyABKAkiLQoKT3V0cHV0TGluZRIMCgRsaW5lGAEgASgJEhEKCXRydW5jYXRlZBgCIAEoCCIaCgpPdGhlckV2ZW50EgwKBHR5cGUYASABKAkiIQoPT3V0cHV0VHJ1bmNhdGVkEg4KBnJlYXNvbhgBIAEoCSK1AQoLSm9iRmluaXNoZWQSIgoFc3RhdGUYASABKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSKgoLZXhpdF9zdGF0dXMYAiABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIOCgZyZXN1bHQYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIfCgV1c2FnZRgFIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIOCgZyZWFzb24YBiABKAkiewoRUGVybWlzc2lvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIMCgR0b29sGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSFwoPc3VnZ2VzdGlvbl9qc29uGAQgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoDSJVChJQZXJtaXNzaW9uUmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRILCgN3aG8YAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIaCgpJbnB1dEV2ZW50EgwKBHRleHQYASABKAkiYAoaUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIdChtSZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2UiMAoQU2VuZElucHV0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDAoEdGV4dBgCIAEoCSITChFTZW5kSW5wdXRSZXNwb25zZSIlChNJbnRlcnJ1cHRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIWChRJbnRlcnJ1cHRKb2JSZXNwb25zZSIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMsgGCgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlEmQKE1Jlc3BvbmRUb1Blcm1pc3Npb24SJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QaJi5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0GhwuYWdlbnRkLnYxLlNlbmRJbnB1dFJlc3BvbnNlEk8KDEludGVycnVwdEpvYhIeLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXF1ZXN0Gh8uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSKGBQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIItQGCghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIAEIGCgRraW5kIloKCkpvYlN0YXJ0ZWQSDQoFYWdlbnQYASABKAkSDwoHY29tbWFuZBgCIAEoCRILCgNwaWQYAyABKAUSHwoXcmVzdW1lZF9jb252ZXJzYXRpb25faWQYBCABKAkiWQoJQWdlbnRJbml0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV0b29scxgDIAMoCRIVCg1hZ2VudF92ZXJzaW9uGAQgASgJIhkKCVRleHRFdmVudBIMCgR0ZXh0GAEgASgJIjgKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCSI7CgpUb29sUmVzdWx0EgoKAmlkGAEgASgJEhAKCGlzX2Vycm9yGAIgASgIEg8KB2NvbnRlbnQYAyABKAkiLQoKT3V0cHV0TGluZRIMCgRsaW5lGAEgASgJEhEKCXRydW5jYXRlZBgCIAEoCCIaCgpPdGhlckV2ZW50EgwKBHR5cGUYASABKAkiIQoPT3V0cHV0VHJ1bmNhdGVkEg4KBnJlYXNvbhgBIAEoCSK1AQoLSm9iRmluaXNoZWQSIgoFc3RhdGUYASABKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSKgoLZXhpdF9zdGF0dXMYAiABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIOCgZyZXN1bHQYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIfCgV1c2FnZRgFIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIOCgZyZWFzb24YBiABKAkiewoRUGVybWlzc2lvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIMCgR0b29sGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSFwoPc3VnZ2VzdGlvbl9qc29uGAQgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoDSJVChJQZXJtaXNzaW9uUmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRILCgN3aG8YAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIaCgpJbnB1dEV2ZW50EgwKBHRleHQYASABKAkiYAoaUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIdChtSZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2UiMAoQU2VuZElucHV0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDAoEdGV4dBgCIAEoCSITChFTZW5kSW5wdXRSZXNwb25zZSIlChNJbnRlcnJ1cHRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIWChRJbnRlcnJ1cHRKb2JSZXNwb25zZSLJAgoNQXR0YWNoUmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgEEi0KBnN1Ym1pdBgKIAEoCzIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0SAASJgoGYXR0YWNoGAsgASgLMhQuYWdlbnRkLnYxLkF0dGFjaEpvYkgAEjgKB3Jlc3BvbmQYDCABKAsyJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3RIABIsCgVpbnB1dBgNIAEoCzIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0SAASMwoJaW50ZXJydXB0GA4gASgLMh4uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlcXVlc3RIABImCgZkZXRhY2gYDyABKAsyFC5hZ2VudGQudjEuRGV0YWNoSm9iSABCCAoGYWN0aW9uIi4KCUF0dGFjaEpvYhIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIhsKCURldGFjaEpvYhIOCgZqb2JfaWQYASABKAkikQEKDkF0dGFjaFJlc3BvbnNlEiMKA2FjaxgBIAEoCzIULmFnZW50ZC52MS5BdHRhY2hBY2tIABInCgVlcnJvchgCIAEoCzIWLmFnZW50ZC52MS5BdHRhY2hFcnJvckgAEikKBmV2ZW50cxgDIAEoCzIXLmFnZW50ZC52MS5BdHRhY2hFdmVudHNIAEIGCgRraW5kIjwKCUF0dGFjaEFjaxISCgptZXNzYWdlX2lkGAEgASgEEhsKA2pvYhgCIAEoCzIOLmFnZW50ZC52MS5Kb2IiUAoLQXR0YWNoRXJyb3ISEgoKbWVzc2FnZV9pZBgBIAEoBBIMCgRjb2RlGAIgASgFEg4KBnJlYXNvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJIlYKDEF0dGFjaEV2ZW50cxIOCgZqb2JfaWQYASABKAkSIwoGZXZlbnRzGAIgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgDIAEoCCIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMosHCgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlEmQKE1Jlc3BvbmRUb1Blcm1pc3Npb24SJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QaJi5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0GhwuYWdlbnRkLnYxLlNlbmRJbnB1dFJlc3BvbnNlEk8KDEludGVycnVwdEpvYhIeLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXF1ZXN0Gh8uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlc3BvbnNlEkEKBkF0dGFjaBIYLmFnZW50ZC52MS5BdHRhY2hSZXF1ZXN0GhkuYWdlbnRkLnYxLkF0dGFjaFJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -1461,6 +1461,281 @@ export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@_
   messageDesc(file_agentd_v1_job, 33);
 
 /**
+ * A client message of JobService.Attach.
+ *
+ * @generated from message agentd.v1.AttachRequest
+ */
+export type AttachRequest = Message<"agentd.v1.AttachRequest"> & {
+  /**
+   * Chosen by the client; echoed in the ack or error answering this message.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * What to do. The job_id of `respond`, `input` and `interrupt` may be empty: the job this
+   * stream submitted or attached to last.
+   *
+   * @generated from oneof agentd.v1.AttachRequest.action
+   */
+  action: {
+    /**
+     * Submit a job, exactly as SubmitJob, and follow its events from the start.
+     *
+     * @generated from field: agentd.v1.SubmitJobRequest submit = 10;
+     */
+    value: SubmitJobRequest;
+    case: "submit";
+  } | {
+    /**
+     * Follow a job's events after `after_seq`.
+     *
+     * @generated from field: agentd.v1.AttachJob attach = 11;
+     */
+    value: AttachJob;
+    case: "attach";
+  } | {
+    /**
+     * Answer a permission request, as RespondToPermission.
+     *
+     * @generated from field: agentd.v1.RespondToPermissionRequest respond = 12;
+     */
+    value: RespondToPermissionRequest;
+    case: "respond";
+  } | {
+    /**
+     * Send a user message, as SendInput.
+     *
+     * @generated from field: agentd.v1.SendInputRequest input = 13;
+     */
+    value: SendInputRequest;
+    case: "input";
+  } | {
+    /**
+     * Interrupt the agent's turn, as InterruptJob.
+     *
+     * @generated from field: agentd.v1.InterruptJobRequest interrupt = 14;
+     */
+    value: InterruptJobRequest;
+    case: "interrupt";
+  } | {
+    /**
+     * Stop following a job (the job goes on).
+     *
+     * @generated from field: agentd.v1.DetachJob detach = 15;
+     */
+    value: DetachJob;
+    case: "detach";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.AttachRequest.
+ * Use `create(AttachRequestSchema)` to create a new message.
+ */
+export const AttachRequestSchema: GenMessage<AttachRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 34);
+
+/**
+ * Follow a job on an Attach stream.
+ *
+ * @generated from message agentd.v1.AttachJob
+ */
+export type AttachJob = Message<"agentd.v1.AttachJob"> & {
+  /**
+   * The job to follow.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Only events with a larger seq are sent; 0 replays from the start.
+   *
+   * @generated from field: uint64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.AttachJob.
+ * Use `create(AttachJobSchema)` to create a new message.
+ */
+export const AttachJobSchema: GenMessage<AttachJob> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 35);
+
+/**
+ * Stop following a job on an Attach stream.
+ *
+ * @generated from message agentd.v1.DetachJob
+ */
+export type DetachJob = Message<"agentd.v1.DetachJob"> & {
+  /**
+   * The job to stop following.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message agentd.v1.DetachJob.
+ * Use `create(DetachJobSchema)` to create a new message.
+ */
+export const DetachJobSchema: GenMessage<DetachJob> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 36);
+
+/**
+ * A server message of JobService.Attach.
+ *
+ * @generated from message agentd.v1.AttachResponse
+ */
+export type AttachResponse = Message<"agentd.v1.AttachResponse"> & {
+  /**
+   * @generated from oneof agentd.v1.AttachResponse.kind
+   */
+  kind: {
+    /**
+     * A client message was done.
+     *
+     * @generated from field: agentd.v1.AttachAck ack = 1;
+     */
+    value: AttachAck;
+    case: "ack";
+  } | {
+    /**
+     * A client message failed; the stream goes on.
+     *
+     * @generated from field: agentd.v1.AttachError error = 2;
+     */
+    value: AttachError;
+    case: "error";
+  } | {
+    /**
+     * Events of a followed job, as in StreamJobEventsResponse.
+     *
+     * @generated from field: agentd.v1.AttachEvents events = 3;
+     */
+    value: AttachEvents;
+    case: "events";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.AttachResponse.
+ * Use `create(AttachResponseSchema)` to create a new message.
+ */
+export const AttachResponseSchema: GenMessage<AttachResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 37);
+
+/**
+ * The answer to a client message that was done.
+ *
+ * @generated from message agentd.v1.AttachAck
+ */
+export type AttachAck = Message<"agentd.v1.AttachAck"> & {
+  /**
+   * The client message's `message_id`.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * For `submit` and `attach`: the job as it is now.
+   *
+   * @generated from field: agentd.v1.Job job = 2;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.AttachAck.
+ * Use `create(AttachAckSchema)` to create a new message.
+ */
+export const AttachAckSchema: GenMessage<AttachAck> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 38);
+
+/**
+ * The answer to a client message that failed, with what its unary RPC would have answered.
+ *
+ * @generated from message agentd.v1.AttachError
+ */
+export type AttachError = Message<"agentd.v1.AttachError"> & {
+  /**
+   * The client message's `message_id`.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * The gRPC status code, e.g. 5 for NOT_FOUND.
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * The stable reason (google.rpc.ErrorInfo reason), e.g. `JOB_NOT_FOUND`.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * What went wrong, for people.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.AttachError.
+ * Use `create(AttachErrorSchema)` to create a new message.
+ */
+export const AttachErrorSchema: GenMessage<AttachError> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 39);
+
+/**
+ * Events of one followed job on an Attach stream. After a job's `finished` event the stream
+ * stops following it.
+ *
+ * @generated from message agentd.v1.AttachEvents
+ */
+export type AttachEvents = Message<"agentd.v1.AttachEvents"> & {
+  /**
+   * The job the events belong to.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * One or more consecutive events.
+   *
+   * @generated from field: repeated agentd.v1.JobEvent events = 2;
+   */
+  events: JobEvent[];
+
+  /**
+   * True on a keepalive message sent on a quiet job; such a message carries no events.
+   *
+   * @generated from field: bool keepalive = 3;
+   */
+  keepalive: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.AttachEvents.
+ * Use `create(AttachEventsSchema)` to create a new message.
+ */
+export const AttachEventsSchema: GenMessage<AttachEvents> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 40);
+
+/**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
  * the job, it is FAILED with reason `LIMIT_EXCEEDED`.
  *
@@ -1488,7 +1763,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 34);
+  messageDesc(file_agentd_v1_job, 41);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1539,7 +1814,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 35);
+  messageDesc(file_agentd_v1_job, 42);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1575,7 +1850,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 36);
+  messageDesc(file_agentd_v1_job, 43);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1611,7 +1886,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 37);
+  messageDesc(file_agentd_v1_job, 44);
 
 /**
  * Request for JobService.WaitJob.
@@ -1639,7 +1914,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 38);
+  messageDesc(file_agentd_v1_job, 45);
 
 /**
  * Response for JobService.WaitJob.
@@ -1667,7 +1942,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 39);
+  messageDesc(file_agentd_v1_job, 46);
 
 /**
  * The lifecycle state of a job.
@@ -1855,6 +2130,19 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof InterruptJobRequestSchema;
     output: typeof InterruptJobResponseSchema;
+  },
+  /**
+   * One connection for a service: submit jobs or attach to running ones, receive their events
+   * (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+   * same stream. Every client message is answered by an ack or an error carrying its
+   * `message_id`; an error ends only that message, never the stream.
+   *
+   * @generated from rpc agentd.v1.JobService.Attach
+   */
+  attach: {
+    methodKind: "bidi_streaming";
+    input: typeof AttachRequestSchema;
+    output: typeof AttachResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_job, 0);
