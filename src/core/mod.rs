@@ -10,6 +10,7 @@
 //! same code runs unchanged.
 
 mod caps;
+mod adopt;
 mod control;
 mod dispatch;
 mod env;
@@ -185,6 +186,7 @@ impl Core {
             gateway,
             webhooks: Arc::new(OnceLock::new()),
         });
+        core.adopt().await;
         core.recover().await?;
         core.launcher.warm();
         if let Some(signals) = core.store.signals() {
@@ -256,6 +258,20 @@ impl Core {
         // No job starts any more (claims stopped with `accepting`).
         self.launcher.close();
         self.streams_stop.cancel();
+    }
+
+    /// Shutdown with `--on-shutdown keep` (issue #23): refuse new work and stop claiming jobs,
+    /// but leave running ones to their supervisors; streams end so clients reconnect to the
+    /// next agentd.
+    pub fn leave(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.launcher.close();
+        self.streams_stop.cancel();
+    }
+
+    /// How many jobs run here.
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
     }
 
     /// Cancels a running job; returns whether it was running.

@@ -66,6 +66,7 @@ macro_rules! store_contract_tests {
             renew_returns_only_owned_unfinished,
             expired_leases_listing,
             release_restores_queue_place,
+            take_over_moves_only_a_running_job_of_its_owner,
             finish_unclaimed_only_when_unclaimed,
             cancel_requests_keep_first_reason,
             queue_positions,
@@ -1687,6 +1688,70 @@ pub async fn release_restores_queue_place(h: &dyn Harness) {
     assert_eq!(
         store.renew_leases("r2", ts(20)).await.unwrap(),
         vec![a.id.clone()]
+    );
+}
+
+pub async fn take_over_moves_only_a_running_job_of_its_owner(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let got = store.claim_jobs("r1", ts(10), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&a]));
+    // Not started yet: nothing to adopt.
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    store
+        .append(vec![write(&a, vec![], Some(running(ts(4))))])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over_job(&a.id, "r9", "r2", ts(20))
+            .await
+            .unwrap(),
+        "not r9's"
+    );
+    assert!(
+        !store
+            .take_over_job(&JobId::generate(), "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_over_job(&a.id, "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    // The swap happened once: a second adopter loses.
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r3", ts(20))
+            .await
+            .unwrap()
+    );
+    assert!(store.renew_leases("r1", ts(30)).await.unwrap().is_empty());
+    assert_eq!(
+        store.renew_leases("r2", ts(30)).await.unwrap(),
+        vec![a.id.clone()]
+    );
+    store
+        .append(vec![write(
+            &a,
+            vec![],
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over_job(&a.id, "r2", "r3", ts(40))
+            .await
+            .unwrap()
     );
 }
 

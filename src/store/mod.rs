@@ -327,6 +327,18 @@ pub trait Store: Send + Sync + 'static {
     /// Unfinished owned jobs whose lease ended before `now`, oldest lease first, at most `limit`.
     async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>>;
 
+    /// Moves a running job from replica `from` to `to`, leased until `lease_until`: how a
+    /// restarted agentd adopts the job its previous process left running (issue #23). A
+    /// compare-and-swap: false (changing nothing) unless the job is RUNNING and still `from`'s, so
+    /// only one process adopts it.
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool>;
+
     /// Gives a claimed job that has not started (state QUEUED, owned by `owner`) back to the
     /// queue, in its original place. `false`, changing nothing, if it is not in that state.
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool>;

@@ -434,6 +434,23 @@ impl Store for PgStore {
         leases::expired(self, now, limit).await
     }
 
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        let rows = self
+            .query(
+                "UPDATE jobs SET owner = $3, lease_until = $4 \
+                 WHERE id = $1 AND owner = $2 AND state_name = 'RUNNING' RETURNING 1",
+                &[&job.as_str(), &from, &to, &lease_until.micros()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {
         leases::release(self, job, owner).await
     }

@@ -176,6 +176,19 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        let (job, from, to) = (job.clone(), from.to_owned(), to.to_owned());
+        self.writer
+            .write(move |c| ops::take_over_job(c, &job, (&from, &to), lease_until))
+            .await
+    }
+
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {
         let (job, owner) = (job.clone(), owner.to_owned());
         self.writer
