@@ -9,8 +9,8 @@
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
-mod caps;
 mod adopt;
+mod caps;
 mod control;
 mod dispatch;
 mod env;

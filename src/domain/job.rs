@@ -148,7 +148,7 @@ impl Outcome {
             | Outcome::BudgetExceeded { .. }
             | Outcome::PermissionPending { .. }
             | Outcome::OutputSchema { .. } => FinalState::Failed,
-            | Outcome::AdoptionTimeout { .. } => FinalState::Failed,
+            Outcome::AdoptionTimeout { .. } => FinalState::Failed,
             Outcome::Cancelled { .. } | Outcome::Interrupted => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
