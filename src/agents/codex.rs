@@ -10,7 +10,7 @@ use super::{
     check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
     u64_at, unparsed, with_raw,
 };
-use crate::domain::{EventKind, JobSpec, Usage};
+use crate::domain::{EventKind, JobSpec, PlanItem, Usage};
 use crate::error::Result;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -29,6 +29,8 @@ const SANDBOX_FLAGS: [&str; 4] = [
     "--full-auto",
 ];
 const MODEL_FLAGS: [&str; 2] = ["-m", "--model"];
+/// The job's output schema for `--output-schema`, under CODEX_HOME.
+const OUTPUT_SCHEMA_FILE: &str = "agentd-output-schema.json";
 
 pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     check_option_values(spec)?;
@@ -49,6 +51,9 @@ pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
 }
 
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    if spec.asks() {
+        return app_server_launch(profile, ctx);
+    }
     let mut args: Vec<String> = vec!["exec".into()];
     // `exec` comes first so that the profile's args are exec options, like the ones added here.
     args.extend(profile.args.iter().cloned());
@@ -79,6 +84,17 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             format!("developer_instructions={}", Value::String(s.clone())),
         ]);
     }
+    let codex_home = ctx.home.join(".codex");
+    let mut files = Vec::new();
+    if let Some(schema) = &spec.caps.output_schema {
+        // Codex constrains its final message to the schema (the model's structured output).
+        let path = codex_home.join(OUTPUT_SCHEMA_FILE);
+        args.extend([
+            "--output-schema".into(),
+            path.to_string_lossy().into_owned(),
+        ]);
+        files.push((path, schema.clone().into_bytes()));
+    }
     // Options must precede `resume`: after it, Codex rejects them (exit 2).
     if let Some(id) = ctx.resume_conversation {
         args.extend(["resume".into(), id.to_owned()]);
@@ -86,11 +102,10 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     // `-` reads the prompt from stdin (any size); `--` keeps it from being taken for an option.
     args.extend(["--".into(), "-".into()]);
 
-    let codex_home = ctx.home.join(".codex");
     // Written on every job, even empty: the agent can write CODEX_HOME, and an `[mcp_servers]`
     // table it left there must not start a server the job did not select.
     let config = config_toml(profile.config.as_deref(), ctx.mcp);
-    let files = vec![(codex_home.join("config.toml"), config.into_bytes())];
+    files.push((codex_home.join("config.toml"), config.into_bytes()));
     Launch {
         program: profile.command.clone(),
         args,
@@ -101,6 +116,55 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         files,
         stdin: Some(spec.prompt.clone()),
     }
+}
+
+/// `codex app-server` for a job that asks (`codex_app`): the thread's options (sandbox, model,
+/// instructions, the thread to resume) travel in the protocol's handshake; of the profile's
+/// args, which are `exec` options, only the config overrides apply to the app server.
+fn app_server_launch(profile: &AgentProfile, ctx: &LaunchContext) -> Launch {
+    let mut args: Vec<String> = vec!["app-server".into()];
+    let mut profile_args = profile.args.iter();
+    while let Some(a) = profile_args.next() {
+        if CONFIG_FLAGS.contains(&a.as_str()) {
+            args.push(a.clone());
+            args.extend(profile_args.next().cloned());
+        } else if CONFIG_FLAGS.iter().any(|f| a.starts_with(&format!("{f}="))) {
+            args.push(a.clone());
+        }
+    }
+    let codex_home = ctx.home.join(".codex");
+    let config = config_toml(profile.config.as_deref(), ctx.mcp);
+    Launch {
+        program: profile.command.clone(),
+        args,
+        env: vec![(
+            "CODEX_HOME".into(),
+            codex_home.to_string_lossy().into_owned(),
+        )],
+        files: vec![(codex_home.join("config.toml"), config.into_bytes())],
+        // The controller writes the protocol on the job's pipe.
+        stdin: None,
+    }
+}
+
+/// Profile args that `codex app-server` takes as well as `exec` (each with a value).
+const CONFIG_FLAGS: [&str; 4] = ["-c", "--config", "--enable", "--disable"];
+
+/// The app-server protocol for one job: the same sandbox choice as `exec`, the job's model and
+/// instructions, and the session's thread when there is one.
+pub(super) fn app_protocol(spec: &JobSpec, ctx: &LaunchContext) -> super::codex_app::CodexApp {
+    let sandbox = if ctx.jailed {
+        JAILED_SANDBOX
+    } else {
+        DEFAULT_SANDBOX
+    };
+    super::codex_app::CodexApp::new(super::codex_app::Setup {
+        resume: ctx.resume_conversation.map(str::to_owned),
+        cwd: ctx.workspace.to_string_lossy().into_owned(),
+        sandbox: sandbox.to_owned(),
+        model: spec.model.clone(),
+        developer_instructions: spec.append_system_prompt.clone(),
+    })
 }
 
 /// The operator's config.toml with the job's MCP servers as `[mcp_servers]` (replacing any the
@@ -171,12 +235,14 @@ impl OutputParser for CodexParser {
             },
             error,
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }
 
 impl CodexParser {
-    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+    /// One `codex exec --json` line (also the app server's messages, rewritten: `codex_app`).
+    pub(super) fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         let ty = str_at(v, "type").unwrap_or_default();
         match ty {
             "thread.started" => {
@@ -240,6 +306,14 @@ impl CodexParser {
             self.last_message = Some(text.clone());
             return vec![EventKind::Text { text }];
         }
+        match (item_type, completed) {
+            ("reasoning", true) => {
+                let text = text_of(item.get("text"));
+                return vec![EventKind::Thinking { text }];
+            }
+            ("todo_list", _) => return vec![plan_of(item)],
+            _ => {}
+        }
         if !TOOL_ITEMS.contains(&item_type) {
             // Reasoning, todo lists, and `error` items (warnings such as missing model metadata).
             return vec![other(format!("{stage}/{item_type}"))];
@@ -257,6 +331,27 @@ impl CodexParser {
         }
         events
     }
+}
+
+/// A `todo_list` item (`items: [{text, completed}]`) as the plan it now is.
+fn plan_of(item: &Value) -> EventKind {
+    let items = item
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|i| PlanItem {
+                    content: text_of(i.get("text")),
+                    status: if i.get("completed").and_then(Value::as_bool) == Some(true) {
+                        "completed".into()
+                    } else {
+                        "pending".into()
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    EventKind::Plan { items }
 }
 
 fn tool_call(item_type: &str, id: &str, item: &Value) -> EventKind {

@@ -216,6 +216,7 @@ impl Controller {
                 input,
                 suggestion,
             }) => self.asked(id, tool, input, suggestion).await,
+            Command::Agent(Signal::Send(text)) => self.write(&text).await,
             Command::Agent(Signal::TurnEnded) => {
                 self.open_turns = self.open_turns.saturating_sub(1);
                 if self.open_turns == 0 || self.interrupted.load(Ordering::Acquire) {
