@@ -78,6 +78,7 @@ macro_rules! store_contract_tests {
             change_sequence_per_tenant,
             change_sequence_under_concurrent_writers,
             pruned_changes_expire_cursors,
+            a_failed_final_append_holds_back_its_webhook_until_retried,
             webhook_endpoints_are_tenant_scoped,
             webhook_cursor_moves_once,
             webhook_claims_are_exclusive_and_capped,
@@ -2393,6 +2394,61 @@ pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {
     // The sequence goes on after pruning.
     new_job(&*store, &s, ts(2)).await;
     assert_eq!(changes(&*store, "acme", 3).await.len(), 1);
+}
+
+/// The webhook outbox follows the change sequence, and a job's final change is written in the
+/// same transaction as its final state: a final append that fails leaves no change (nothing to
+/// deliver about a job that is not final), and the append that retries it (the run's own retry,
+/// or recovery settling the job) leaves the change the outbox then picks up. No webhook is lost
+/// between the two, and none is sent for a state that was never stored.
+pub async fn a_failed_final_append_holds_back_its_webhook_until_retried(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    store
+        .append(vec![write(&j, texts(1, 3), Some(running(ts(2))))])
+        .await
+        .unwrap();
+    // The outbox has seen everything so far.
+    assert_eq!(
+        store.webhook_backlog(10).await.unwrap(),
+        vec![(tenant("acme"), 0)]
+    );
+    assert!(
+        store
+            .enqueue_webhooks(&tenant("acme"), 0, 2, vec![])
+            .await
+            .unwrap()
+    );
+    // A final append that cannot be stored (its events do not continue the log).
+    let failed = store
+        .append(vec![write(
+            &j,
+            texts(9, 9),
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await;
+    assert!(failed.is_err());
+    assert!(store.webhook_backlog(10).await.unwrap().is_empty());
+    let now = store.get_job(&j.id).await.unwrap().unwrap();
+    assert!(!now.state.is_finished(), "{:?}", now.state);
+    // Retried: the final state and its change arrive together.
+    store
+        .append(vec![write(
+            &j,
+            texts(4, 4),
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.webhook_backlog(10).await.unwrap(),
+        vec![(tenant("acme"), 2)]
+    );
+    assert_eq!(
+        changes(&*store, "acme", 2).await,
+        vec![(3, j.id.clone(), "SUCCEEDED")]
+    );
 }
 
 /// Each agent keeps its own conversation in a session (#20): switching agents never hands one
