@@ -629,7 +629,9 @@ async fn a_watcher_hopping_across_three_replicas_sees_200_jobs_once() {
         tokio::spawn(async move {
             let mut jobs = Vec::new();
             for i in 0..JOBS {
-                let job = c[i % 3].submit(&sessions[i % sessions.len()], "hello").await;
+                let job = c[i % 3]
+                    .submit(&sessions[i % sessions.len()], "hello")
+                    .await;
                 jobs.push(job.job_id);
             }
             jobs
