@@ -466,8 +466,14 @@ fn capability_flags_deltas_system_prompt_schema_and_disallowed_tools() {
     let at = |flag: &str| l.args.iter().position(|a| a == flag);
     assert!(at("--include-partial-messages").is_some(), "{:?}", l.args);
     assert_eq!(l.args[at("--system-prompt").unwrap() + 1], "be terse");
-    assert_eq!(l.args[at("--json-schema").unwrap() + 1], r#"{"type":"object"}"#);
-    assert!(l.args.contains(&"--disallowedTools=Bash,WebFetch".to_owned()));
+    assert_eq!(
+        l.args[at("--json-schema").unwrap() + 1],
+        r#"{"type":"object"}"#
+    );
+    assert!(
+        l.args
+            .contains(&"--disallowedTools=Bash,WebFetch".to_owned())
+    );
     // The variadic allow list still comes last.
     assert_eq!(&l.args[l.args.len() - 2..], ["--allowedTools", "Read"]);
 }

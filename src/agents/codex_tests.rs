@@ -500,5 +500,9 @@ fn an_output_schema_is_a_file_under_codex_home_given_before_resume() {
     assert!(at < resume, "{:?}", l.args);
     let path = PathBuf::from(&l.args[at + 1]);
     assert!(path.starts_with("/home/s1/.codex"), "{path:?}");
-    assert!(l.files.iter().any(|(p, c)| p == &path && c == br#"{"type":"object"}"#));
+    assert!(
+        l.files
+            .iter()
+            .any(|(p, c)| p == &path && c == br#"{"type":"object"}"#)
+    );
 }
