@@ -33,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".agentd.v1")
         // Malformed requests are the caller's mistake (INVALID_ARGUMENT), not INTERNAL.
         .codec_path("crate::api::codec::Codec")
+        // Attach's messages are oneofs of small and large variants; the large ones go on the heap.
+        .boxed(".agentd.v1.AttachRequest.action.submit")
+        .boxed(".agentd.v1.AttachResponse.kind.ack")
         // Hand-written so that the server can send events encoded once for all readers
         // (src/api/wire.rs); identical on the wire.
         .extern_path(

@@ -11,6 +11,9 @@
 //! for a year as immutable; `index.html` (the one unhashed name, which points at them) is
 //! revalidated on every load with its ETag. A strict Content-Security-Policy allows only this
 //! origin's scripts, styles and calls.
+//!
+//! On a loopback listener a browser's requests must name a loopback host (`host`: the
+//! DNS-rebinding guard), or they are refused before reaching a page or a service.
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -20,6 +23,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+mod host;
+pub use host::HostGuard;
 
 #[derive(rust_embed::Embed)]
 #[folder = "console/dist/"]
@@ -42,11 +48,24 @@ pub struct ConsoleLayer {
     /// Serve the pages only on connections to this bound local address (the `--console-listen`
     /// listener); unset: on every connection.
     only_on: Option<SocketAddr>,
+    guard: HostGuard,
 }
 
 impl ConsoleLayer {
     pub fn new(on: bool, only_on: Option<SocketAddr>) -> ConsoleLayer {
-        ConsoleLayer { on, only_on }
+        ConsoleLayer {
+            on,
+            only_on,
+            guard: HostGuard::default(),
+        }
+    }
+
+    /// Host names a browser may use besides the loopback ones (`--console-hosts`).
+    pub fn with_hosts(self, hosts: &[String]) -> ConsoleLayer {
+        ConsoleLayer {
+            guard: HostGuard::new(hosts),
+            ..self
+        }
     }
 }
 
@@ -57,6 +76,7 @@ impl<S> tower::Layer<S> for ConsoleLayer {
             inner,
             on: self.on,
             only_on: self.only_on,
+            guard: self.guard.clone(),
         }
     }
 }
@@ -66,6 +86,7 @@ pub struct ConsoleService<S> {
     inner: S,
     on: bool,
     only_on: Option<SocketAddr>,
+    guard: HostGuard,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -86,8 +107,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let local = local_addr(&req);
+        if self.on && !self.guard.allows(&req, local) {
+            let resp = plain(StatusCode::MISDIRECTED_REQUEST, "host not allowed");
+            return Box::pin(async move { Ok(resp) });
+        }
         let page = self.on && matches!(*req.method(), Method::GET | Method::HEAD);
-        if page && self.serves_pages_on(&req) {
+        if page && self.only_on.is_none_or(|want| local == Some(want)) {
             let resp = respond(&req);
             return Box::pin(async move { Ok(resp) });
         }
@@ -99,21 +125,15 @@ where
     }
 }
 
-impl<S> ConsoleService<S> {
-    fn serves_pages_on<B>(&self, req: &Request<B>) -> bool {
-        let Some(want) = self.only_on else {
-            return true;
-        };
-        let ext = req.extensions();
-        let local = ext
-            .get::<TcpConnectInfo>()
-            .and_then(|c| c.local_addr())
-            .or_else(|| {
-                ext.get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|c| c.get_ref().local_addr())
-            });
-        local == Some(want)
-    }
+/// The bound local address the request's connection came in on.
+fn local_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(|c| c.local_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|c| c.get_ref().local_addr())
+        })
 }
 
 /// The answer to a GET or HEAD: an asset, the app shell for the app's own routes, or 404.

@@ -68,6 +68,18 @@ struct Agent {
     sleep_secs: &'static str,
     /// Whether the agent honours `max_turns` (otherwise submit must refuse it).
     max_turns: bool,
+    /// The tool its permission requests name for the mock's `write <path> <text>` (a file tool,
+    /// or the shell tool for agents that write files with `printf`).
+    write_tool: &'static str,
+}
+
+/// The permission rule of `agent`'s write tool for paths matching `path_glob`: a file tool's
+/// pattern is the path; the shell tool's is the command, which ends with `> <path>`.
+fn write_rule(agent: &Agent, path_glob: &str) -> String {
+    match agent.write_tool {
+        "Bash" => format!("Bash(*{path_glob})"),
+        tool => format!("{tool}({path_glob})"),
+    }
 }
 
 fn toml_str(s: &str) -> String {
@@ -92,6 +104,7 @@ static CLAUDE: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3601",
+    write_tool: "Write",
     max_turns: true,
 };
 
@@ -122,6 +135,7 @@ static CODEX: Agent = Agent {
     // Codex words every HTTP 500 its own way ("We're currently experiencing high demand…").
     error_500_text: None,
     sleep_secs: "3602",
+    write_tool: "Bash",
     max_turns: false,
 };
 
@@ -153,6 +167,7 @@ static OPENCODE: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3603",
+    write_tool: "Write",
     max_turns: false,
 };
 
@@ -185,6 +200,7 @@ static GEMINI: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3604",
+    write_tool: "Write",
     max_turns: false,
 };
 
@@ -882,7 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol. The others refuse `ask` as an unsupported option.
+// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. The others refuse
+// `ask` as an unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -967,7 +984,7 @@ async fn ask_allow_runs_the_tool_once_answered(mut w: World) {
         .await
         .expect("submit");
     let req = w.permission_request(&job.job_id).await;
-    assert_eq!(req.tool, "Write");
+    assert_eq!(req.tool, w.agent.write_tool);
     assert!(req.input_json.contains("asked-note.txt"), "{req:?}");
     // Nothing runs before the answer.
     assert!(w.c.download(&w.session, "asked-note.txt").await.is_err());
@@ -1088,8 +1105,9 @@ async fn ask_unanswered_is_denied_at_the_timeout(mut w: World) {
 }
 
 async fn rules_decide_without_asking(mut w: World) {
+    let rule = write_rule(w.agent, "rule-*.txt");
     let req = pb::SubmitJobRequest {
-        allow_rules: vec!["Write(rule-*.txt)".into()],
+        allow_rules: vec![rule.clone()],
         ..w.ask("write rule-ok.txt allowed by a rule")
     };
     let (job, events) = {
@@ -1104,14 +1122,14 @@ async fn rules_decide_without_asking(mut w: World) {
     );
     let r = resolutions(&events);
     assert_eq!((r[0].who.as_str(), r[0].allow), ("rule", true), "{why}");
-    assert!(r[0].message.contains("Write(rule-*.txt)"), "{why}");
+    assert!(r[0].message.contains(&rule), "{why}");
     w.c.download(&w.session, "rule-ok.txt")
         .await
         .expect("written");
 
     // The job allows every Write, the operator's profile denies this path: the operator wins.
     let req = pb::SubmitJobRequest {
-        allow_rules: vec!["Write".into()],
+        allow_rules: vec![w.agent.write_tool.into()],
         ..w.ask("write operator-denied.txt never written")
     };
     let job = w.submit(req).await.expect("submit");
@@ -1198,89 +1216,452 @@ async fn restart_with_a_pending_request_fails_the_job(mut w: World) {
     );
 }
 
-mod control_claude {
-    use super::*;
+/// One Attach stream of a client: its message sender and the server's answers.
+struct AttachStream {
+    /// None once the client is done sending.
+    tx: Option<tokio::sync::mpsc::Sender<pb::AttachRequest>>,
+    rx: tonic::Streaming<pb::AttachResponse>,
+    next_id: u64,
+}
 
-    /// Claude with an operator rule that denies one path whatever a job allows.
-    static CLAUDE_RULED: Agent = Agent {
-        profile: |cli, base| {
-            format!(
-                "{}[agents.claude.permissions]\ndeny = [\"Write(operator-denied*)\"]\n",
-                (CLAUDE.profile)(cli, base)
-            )
-        },
-        ..CLAUDE
-    };
-
-    #[tokio::test]
-    async fn ask_allow_runs_the_tool_once_answered() {
-        scenario(super::ask_allow_runs_the_tool_once_answered(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn ask_deny_tells_the_model_why() {
-        scenario(super::ask_deny_tells_the_model_why(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn ask_unanswered_is_denied_at_the_timeout() {
-        scenario(super::ask_unanswered_is_denied_at_the_timeout(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn rules_decide_without_asking() {
-        scenario(super::rules_decide_without_asking(
-            World::new(&CLAUDE_RULED).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn send_input_reaches_the_models_next_request() {
-        scenario(super::send_input_reaches_the_models_next_request(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn interrupt_keeps_the_conversation() {
-        scenario(super::interrupt_keeps_the_conversation(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn restart_with_a_pending_request_fails_the_job() {
-        scenario(super::restart_with_a_pending_request_fails_the_job(
-            World::new(&CLAUDE).await,
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
-        let mut w = World::new(&CODEX).await;
-        let st = w
-            .submit(w.ask("write x.txt y"))
+impl AttachStream {
+    async fn open(c: &mut Clients) -> Self {
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        let rx = c
+            .jobs
+            .attach(tokio_stream::wrappers::ReceiverStream::new(out))
             .await
-            .expect_err("codex took ask");
-        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
-        assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
-        assert!(st.message().contains("codex"), "{st:?}");
+            .expect("attach")
+            .into_inner();
+        Self {
+            tx: Some(tx),
+            rx,
+            next_id: 0,
+        }
+    }
+
+    /// Sends one client message; returns its message_id.
+    async fn send(&mut self, action: pb::attach_request::Action) -> u64 {
+        self.next_id += 1;
+        let msg = pb::AttachRequest {
+            message_id: self.next_id,
+            action: Some(action),
+        };
+        let tx = self.tx.as_ref().expect("the client is still sending");
+        tx.send(msg).await.expect("send on the attach stream");
+        self.next_id
+    }
+
+    /// Reads server messages, keeping the events seen, until the answer to `id`.
+    async fn answer(
+        &mut self,
+        id: u64,
+        seen: &mut Vec<pb::JobEvent>,
+    ) -> Result<Option<pb::Job>, pb::AttachError> {
+        use pb::attach_response::Kind;
+        while let Some(msg) = self.rx.message().await.expect("attach message") {
+            match msg.kind {
+                Some(Kind::Ack(a)) if a.message_id == id => return Ok(a.job),
+                Some(Kind::Error(e)) if e.message_id == id => return Err(e),
+                Some(Kind::Events(evs)) => seen.extend(evs.events),
+                other => panic!("unexpected attach message {other:?}"),
+            }
+        }
+        panic!("the attach stream ended before answering message {id}");
+    }
+
+    /// Reads server messages until an event satisfies `pick` (or the stream ends: None).
+    async fn until(
+        &mut self,
+        seen: &mut Vec<pb::JobEvent>,
+        pick: impl Fn(&pb::JobEvent) -> bool,
+    ) -> Option<pb::JobEvent> {
+        if let Some(e) = seen.iter().find(|e| pick(e)) {
+            return Some(e.clone());
+        }
+        while let Some(msg) = self.rx.message().await.expect("attach message") {
+            if let Some(pb::attach_response::Kind::Events(evs)) = msg.kind {
+                for e in evs.events {
+                    seen.push(e.clone());
+                    if pick(&e) {
+                        return Some(e);
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
+/// Attach: one stream submits an `ask` job, sees its permission request, answers it (without
+/// naming the job), and follows the job to its end; a failed message answers an error with its
+/// message_id and the stream goes on; a second stream resumes by after_seq; another tenant's
+/// attach is NOT_FOUND.
+async fn attach_drives_a_job_on_one_stream(mut w: World) {
+    use pb::attach_request::Action;
+    let mut a = AttachStream::open(&mut w.c).await;
+    let mut seen = Vec::new();
+    let id = a
+        .send(Action::Submit(Box::new(
+            w.ask("write attached-note.txt answered on the stream"),
+        )))
+        .await;
+    let job = a.answer(id, &mut seen).await.expect("submit").expect("job");
+    let req = match a
+        .until(&mut seen, |e| kind(e) == "permission_request")
+        .await
+        .and_then(|e| e.kind)
+    {
+        Some(pb::job_event::Kind::PermissionRequest(r)) => r,
+        other => panic!("no permission request on the stream: {other:?}"),
+    };
+
+    // Another tenant cannot attach to the job, nor learn that it exists.
+    let mut b = AttachStream::open(&mut w.server.clients(KEY_B).await).await;
+    let id = b
+        .send(Action::Attach(pb::AttachJob {
+            job_id: job.job_id.clone(),
+            after_seq: 0,
+        }))
+        .await;
+    let e = b.answer(id, &mut Vec::new()).await.expect_err("B attached");
+    assert_eq!(e.code, tonic::Code::NotFound as i32, "{e:?}");
+    assert_eq!(e.reason, "JOB_NOT_FOUND", "{e:?}");
+    // Nor answer it.
+    let id = b
+        .send(Action::Respond(pb::RespondToPermissionRequest {
+            job_id: job.job_id.clone(),
+            request_id: req.request_id.clone(),
+            allow: true,
+            message: String::new(),
+        }))
+        .await;
+    let e = b.answer(id, &mut Vec::new()).await.expect_err("B answered");
+    assert_eq!(e.code, tonic::Code::NotFound as i32, "{e:?}");
+
+    // A second stream of the tenant resumes after the request's seq: it sees what follows.
+    let mut second = AttachStream::open(&mut w.c).await;
+    let id = second
+        .send(Action::Attach(pb::AttachJob {
+            job_id: job.job_id.clone(),
+            after_seq: seen.last().map_or(0, |e| e.seq),
+        }))
+        .await;
+    let mut resumed = Vec::new();
+    second.answer(id, &mut resumed).await.expect("attach");
+
+    let id = a
+        .send(Action::Respond(pb::RespondToPermissionRequest {
+            job_id: String::new(),
+            request_id: req.request_id.clone(),
+            allow: true,
+            message: String::new(),
+        }))
+        .await;
+    a.answer(id, &mut seen).await.expect("answer");
+    // A second answer is an error of that message only; the stream goes on.
+    let id = a
+        .send(Action::Respond(pb::RespondToPermissionRequest {
+            job_id: String::new(),
+            request_id: req.request_id.clone(),
+            allow: false,
+            message: String::new(),
+        }))
+        .await;
+    let e = a.answer(id, &mut seen).await.expect_err("second answer");
+    assert_eq!(e.code, tonic::Code::FailedPrecondition as i32, "{e:?}");
+    assert_eq!(e.reason, "PERMISSION_DECIDED", "{e:?}");
+
+    // Done sending: the server ends the stream after the job's finished event.
+    a.tx = None;
+    assert!(a.until(&mut seen, |_| false).await.is_none());
+    let (job, events) = w.finish(&job.job_id).await;
+    w.expect_state(&job, &events, pb::JobState::Succeeded);
+    let why = w.explain(&job, &events);
+    let seqs = |evs: &[pb::JobEvent]| evs.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&seen), seqs(&events), "{why}");
+    let after = seen
+        .iter()
+        .position(|e| kind(e) == "permission_request")
+        .expect("request seen");
+    second.until(&mut resumed, |e| kind(e) == "finished").await;
+    assert_eq!(seqs(&resumed), seqs(&events[after + 1..]), "{why}");
+    let content =
+        w.c.download(&w.session, "attached-note.txt")
+            .await
+            .expect("the tool ran");
+    assert_eq!(
+        String::from_utf8_lossy(&content),
+        "answered on the stream\n"
+    );
+}
+
+/// `agentd run --ask` with its answers piped into stdin (no terminal): line by line, `y` allows,
+/// `n: why` denies and the reason reaches the model.
+async fn cli_ask_reads_answers_line_by_line(w: World) {
+    let run = |prompt: &'static str, answers: &'static str| {
+        let (url, session, agent) = (
+            format!("http://{}", w.server.addr),
+            w.session.clone(),
+            w.agent.name,
+        );
+        async move {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+                .args([
+                    "run",
+                    "--ask",
+                    "--session",
+                    &session,
+                    "--agent",
+                    agent,
+                    prompt,
+                ])
+                .env("AGENTD_URL", url)
+                .env("AGENTD_API_KEY", KEY_A)
+                .env_remove("AGENTD_LOG")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run the cli");
+            let mut stdin = child.stdin.take().expect("stdin");
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, answers.as_bytes())
+                .await
+                .expect("answers");
+            drop(stdin);
+            let out = child.wait_with_output().await.expect("cli output");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, stderr) = run("write cli-allowed.txt allowed at the terminal", "y\n").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the agent asks to run Write"), "{stderr}");
+    assert!(stderr.contains("cli-allowed.txt"), "{stderr}");
+    let content = w.c.clone().download(&w.session, "cli-allowed.txt").await;
+    assert_eq!(
+        content
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .ok(),
+        Some("allowed at the terminal\n".to_owned()),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run(
+        "write cli-denied.txt never written",
+        "n: not from the terminal\n",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        w.c.clone()
+            .download(&w.session, "cli-denied.txt")
+            .await
+            .is_err(),
+        "{stderr}"
+    );
+    assert!(
+        w.mock.requests().contains("not from the terminal"),
+        "{stderr}"
+    );
+}
+
+/// A tenant's endpoint subscribed to every job event type hears of a job's start, of the
+/// request its agent asks the caller (issue #19: the permission hook), and of its end; each
+/// message signed with the endpoint's secret.
+async fn ask_request_reaches_the_tenants_webhooks(
+    mut w: World,
+    rx: common::receiver::Receiver,
+    port: u16,
+) {
+    let hook =
+        w.c.webhooks
+            .create_webhook(pb::CreateWebhookRequest {
+                url: format!("http://127.0.0.1:{port}/hook"),
+                events: vec![
+                    "job.started".into(),
+                    "job.permission_requested".into(),
+                    "job.finished".into(),
+                ],
+            })
+            .await
+            .expect("create webhook")
+            .into_inner();
+    let job = w
+        .submit(w.ask("write hooked-note.txt allowed by the caller"))
+        .await
+        .expect("submit");
+    let req = w.permission_request(&job.job_id).await;
+    w.respond(&job.job_id, &req.request_id, true, "")
+        .await
+        .expect("answer");
+    let (done, events) = w.finish(&job.job_id).await;
+    w.expect_state(&done, &events, pb::JobState::Succeeded);
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let bodies = loop {
+        let got = rx.received();
+        let bodies: Vec<serde_json::Value> = got
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+            .collect();
+        if bodies.len() >= 3 || tokio::time::Instant::now() > deadline {
+            for r in &got {
+                let ts: i64 = r.headers["webhook-timestamp"].parse().expect("timestamp");
+                let want = agentd::webhooks::sign::signature(
+                    &hook.secret,
+                    &r.headers["webhook-id"],
+                    ts,
+                    &r.body,
+                )
+                .expect("signature");
+                assert!(r.headers["webhook-signature"].split(' ').any(|s| s == want));
+            }
+            break bodies;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut kinds: Vec<&str> = bodies.iter().filter_map(|b| b["type"].as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        ["job.finished", "job.permission_requested", "job.started"],
+        "{bodies:#?}"
+    );
+    let perm = bodies
+        .iter()
+        .find(|b| b["type"] == "job.permission_requested")
+        .expect("permission message");
+    assert_eq!(perm["data"]["job_id"], job.job_id.as_str());
+    assert_eq!(perm["data"]["request_id"], req.request_id.as_str());
+    assert_eq!(perm["data"]["permission"]["tool"], "Write");
+    // The tool's input is not in the message (the event log redacts it; the message does not).
+    assert!(perm["data"]["permission"].get("input").is_none(), "{perm}");
+}
+
+mod control_claude_api {
+    use super::*;
+
+    #[tokio::test]
+    async fn attach_drives_a_job_on_one_stream() {
+        scenario(super::attach_drives_a_job_on_one_stream(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn cli_ask_reads_answers_line_by_line() {
+        scenario(super::cli_ask_reads_answers_line_by_line(
+            World::new(&CLAUDE).await,
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn ask_request_reaches_the_tenants_webhooks() {
+        let (rx, port) = common::receiver::Receiver::start().await;
+        let w = World::with_config(&CLAUDE, |_| {
+            "[webhooks]\nallow_cidrs = [\"127.0.0.1/32\"]\nretry_base_ms = 50\n".into()
+        })
+        .await;
+        scenario(super::ask_request_reaches_the_tenants_webhooks(w, rx, port)).await;
+    }
+}
+
+/// `agent`'s profile with an operator rule that denies one path whatever a job allows.
+fn ruled(agent: &Agent, cli: &Path, base: &str) -> String {
+    format!(
+        "{}[agents.{}.permissions]\ndeny = [{}]\n",
+        (agent.profile)(cli, base),
+        agent.name,
+        toml_str(&write_rule(agent, "operator-denied*"))
+    )
+}
+
+macro_rules! control_tests {
+    ($module:ident, $agent:expr) => {
+        mod $module {
+            use super::*;
+
+            static RULED: Agent = Agent {
+                profile: |cli, base| ruled(&$agent, cli, base),
+                ..$agent
+            };
+
+            #[tokio::test]
+            async fn ask_allow_runs_the_tool_once_answered() {
+                scenario(super::ask_allow_runs_the_tool_once_answered(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn ask_deny_tells_the_model_why() {
+                scenario(super::ask_deny_tells_the_model_why(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn ask_unanswered_is_denied_at_the_timeout() {
+                scenario(super::ask_unanswered_is_denied_at_the_timeout(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn rules_decide_without_asking() {
+                scenario(super::rules_decide_without_asking(World::new(&RULED).await)).await;
+            }
+
+            #[tokio::test]
+            async fn send_input_reaches_the_models_next_request() {
+                scenario(super::send_input_reaches_the_models_next_request(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn interrupt_keeps_the_conversation() {
+                scenario(super::interrupt_keeps_the_conversation(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+
+            #[tokio::test]
+            async fn restart_with_a_pending_request_fails_the_job() {
+                scenario(super::restart_with_a_pending_request_fails_the_job(
+                    World::new(&$agent).await,
+                ))
+                .await;
+            }
+        }
+    };
+}
+
+control_tests!(control_claude, CLAUDE);
+control_tests!(control_codex, CODEX);
+control_tests!(control_opencode, OPENCODE);
+
+#[tokio::test]
+async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
+    let mut w = World::new(&GEMINI).await;
+    let st = w
+        .submit(w.ask("write x.txt y"))
+        .await
+        .expect_err("gemini took ask");
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
+    assert!(st.message().contains("gemini"), "{st:?}");
+}
 // ------------------------------------------------------------------------------------------------
 // Agent capabilities (issue #20): deltas, thinking and plans, structured output, prompts and
 // tools, attachments, one conversation per agent in a session.

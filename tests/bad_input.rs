@@ -508,6 +508,209 @@ async fn bad_job_requests_are_refused_precisely() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// Sends `actions` on one Attach stream (message_id = index + 1), closes it, and returns each
+/// message's answer by message_id: Ok(()) for an ack, Err((code, reason)) for an error.
+async fn attach_answers(
+    c: &mut Clients,
+    actions: Vec<pb::attach_request::Action>,
+) -> Vec<Result<(), (i32, String)>> {
+    let n = actions.len();
+    let msgs: Vec<pb::AttachRequest> = actions
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| pb::AttachRequest {
+            message_id: i as u64 + 1,
+            action: Some(a),
+        })
+        .collect();
+    let mut rx = c
+        .jobs
+        .attach(tokio_stream::iter(msgs))
+        .await
+        .expect("attach")
+        .into_inner();
+    let mut answers = vec![None; n];
+    while let Some(msg) = rx.message().await.expect("attach message") {
+        let (id, answer) = match msg.kind {
+            Some(pb::attach_response::Kind::Ack(a)) => (a.message_id, Ok(())),
+            Some(pb::attach_response::Kind::Error(e)) => (e.message_id, Err((e.code, e.reason))),
+            _ => continue,
+        };
+        let slot = usize::try_from(id).expect("id") - 1;
+        assert!(answers[slot].is_none(), "message {id} answered twice");
+        answers[slot] = Some(answer);
+    }
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.unwrap_or_else(|| panic!("message {} was not answered", i + 1)))
+        .collect()
+}
+
+/// The control RPCs (RespondToPermission, SendInput, InterruptJob) and Attach's client messages
+/// refuse bad input with its precise code and reason; Attach answers each on the stream.
+#[tokio::test]
+async fn bad_control_requests_are_refused_precisely() {
+    use pb::attach_request::Action;
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let done = c.submit(&s.session_id, "write out.txt x").await;
+    c.wait(&done.job_id).await;
+    let nobody = format!("job_{}", "0".repeat(32));
+    let respond = |job: &str, request_id: &str| pb::RespondToPermissionRequest {
+        job_id: job.into(),
+        request_id: request_id.into(),
+        allow: true,
+        message: String::new(),
+    };
+    let input = |job: &str, text: &str| pb::SendInputRequest {
+        job_id: job.into(),
+        text: text.into(),
+    };
+    let interrupt = |job: &str| pb::InterruptJobRequest { job_id: job.into() };
+    let cases: Vec<(Action, Code, &str)> = vec![
+        (
+            Action::Respond(respond(&done.job_id, "")),
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            Action::Respond(respond(&done.job_id, &"r".repeat(300))),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            Action::Respond(respond(&done.job_id, "req\0x")),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            Action::Respond(respond(&nobody, "req_1")),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            Action::Respond(respond("garbage", "req_1")),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            Action::Respond(respond(&done.job_id, "req_1")),
+            Code::FailedPrecondition,
+            "JOB_FINISHED",
+        ),
+        (
+            Action::Input(input(&done.job_id, " ")),
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            Action::Input(input(&done.job_id, "a\0b")),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            Action::Input(input(&nobody, "hi")),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            Action::Input(input(&done.job_id, "hi")),
+            Code::FailedPrecondition,
+            "JOB_FINISHED",
+        ),
+        (
+            Action::Interrupt(interrupt(&nobody)),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            Action::Interrupt(interrupt(&done.job_id)),
+            Code::FailedPrecondition,
+            "JOB_FINISHED",
+        ),
+    ];
+    for (action, code, why) in &cases {
+        let err = match action.clone() {
+            Action::Respond(r) => c.jobs.respond_to_permission(r).await.map(|_| ()),
+            Action::Input(r) => c.jobs.send_input(r).await.map(|_| ()),
+            Action::Interrupt(r) => c.jobs.interrupt_job(r).await.map(|_| ()),
+            _ => unreachable!("only unary control RPCs in the table"),
+        }
+        .unwrap_err();
+        assert_eq!(err.code(), *code, "{action:?}: {err:?}");
+        assert_eq!(reason(&err), *why, "{action:?}");
+        assert!(!err.message().is_empty());
+    }
+
+    // The same on one Attach stream, plus what only Attach has; each error answers its message
+    // and the stream goes on to the next.
+    let mut actions: Vec<Action> = cases.iter().map(|(a, _, _)| a.clone()).collect();
+    let mut expected: Vec<(Code, &str)> = cases.iter().map(|(_, c, w)| (*c, *w)).collect();
+    let attach_only: Vec<(Action, Code, &str)> = vec![
+        // No job attached yet: a control message must name its job.
+        (
+            Action::Interrupt(interrupt("")),
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            Action::Attach(pb::AttachJob {
+                job_id: nobody.clone(),
+                after_seq: 0,
+            }),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+        (
+            Action::Submit(Box::new(pb::SubmitJobRequest {
+                session_id: s.session_id.clone(),
+                ..Default::default()
+            })),
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            Action::Submit(Box::new(pb::SubmitJobRequest {
+                session_id: "ses_nope".into(),
+                prompt: "hi".into(),
+                ..Default::default()
+            })),
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+        ),
+    ];
+    for (a, code, why) in attach_only {
+        actions.push(a);
+        expected.push((code, why));
+    }
+    let answers = attach_answers(&mut c, actions.clone()).await;
+    for ((answer, (code, why)), action) in answers.iter().zip(&expected).zip(&actions) {
+        assert_eq!(
+            answer,
+            &Err((*code as i32, (*why).to_owned())),
+            "{action:?}"
+        );
+    }
+    // A message without an action.
+    let mut rx = c
+        .jobs
+        .attach(tokio_stream::iter(vec![pb::AttachRequest {
+            message_id: 7,
+            action: None,
+        }]))
+        .await
+        .expect("attach")
+        .into_inner();
+    match rx.message().await.expect("answer").and_then(|m| m.kind) {
+        Some(pb::attach_response::Kind::Error(e)) => {
+            assert_eq!((e.message_id, e.reason.as_str()), (7, "MISSING_FIELD"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
     let server = TestServer::start();
@@ -743,6 +946,77 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
             .map(|_| ()),
         "WatchFiles",
     );
+    nf(
+        b.jobs
+            .respond_to_permission(pb::RespondToPermissionRequest {
+                job_id: jid.clone(),
+                request_id: "req_1".into(),
+                allow: true,
+                message: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        "RespondToPermission",
+    );
+    nf(
+        b.jobs
+            .send_input(pb::SendInputRequest {
+                job_id: jid.clone(),
+                text: "hi".into(),
+            })
+            .await
+            .map(|_| ()),
+        "SendInput",
+    );
+    nf(
+        b.jobs
+            .interrupt_job(pb::InterruptJobRequest {
+                job_id: jid.clone(),
+            })
+            .await
+            .map(|_| ()),
+        "InterruptJob",
+    );
+    {
+        use pb::attach_request::Action;
+        let answers = attach_answers(
+            &mut b,
+            vec![
+                Action::Attach(pb::AttachJob {
+                    job_id: jid.clone(),
+                    after_seq: 0,
+                }),
+                Action::Submit(Box::new(pb::SubmitJobRequest {
+                    session_id: sid.clone(),
+                    prompt: "x".into(),
+                    ..Default::default()
+                })),
+                Action::Respond(pb::RespondToPermissionRequest {
+                    job_id: jid.clone(),
+                    request_id: "req_1".into(),
+                    allow: true,
+                    message: String::new(),
+                }),
+                Action::Input(pb::SendInputRequest {
+                    job_id: jid.clone(),
+                    text: "hi".into(),
+                }),
+                Action::Interrupt(pb::InterruptJobRequest {
+                    job_id: jid.clone(),
+                }),
+            ],
+        )
+        .await;
+        for (i, a) in answers.iter().enumerate() {
+            let (code, _) = a.as_ref().expect_err("B's Attach message was done");
+            assert_eq!(
+                *code,
+                Code::NotFound as i32,
+                "Attach message {}: {a:?}",
+                i + 1
+            );
+        }
+    }
     // B's own session can't be used to reach A's job either.
     let sb = b.create_session(&[]).await;
     nf(
@@ -756,6 +1030,38 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
             .await
             .map(|_| ()),
         "DownloadArchive of A's job through B's session",
+    );
+    nf(
+        b.sessions
+            .rewind_session(pb::RewindSessionRequest {
+                session_id: sid.clone(),
+                job_id: jid.clone(),
+                point: pb::SnapshotPoint::Before as i32,
+            })
+            .await
+            .map(|_| ()),
+        "RewindSession",
+    );
+    nf(
+        b.sessions
+            .rewind_session(pb::RewindSessionRequest {
+                session_id: sb.session_id.clone(),
+                job_id: jid.clone(),
+                point: pb::SnapshotPoint::Before as i32,
+            })
+            .await
+            .map(|_| ()),
+        "RewindSession of B's session to A's job",
+    );
+    nf(
+        b.sessions
+            .fork_session(pb::ForkSessionRequest {
+                job_id: jid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "ForkSession",
     );
     nf(
         b.files
@@ -791,6 +1097,85 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
 }
 
 /// WebhookService: B can neither see nor touch A's endpoint or its deliveries.
+#[tokio::test]
+async fn rewind_and_fork_bad_input_has_stable_reasons() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let other = c.create_session(&[]).await;
+    let job = c.submit(&s.session_id, "hi").await;
+    let job = c.wait(&job.job_id).await;
+    let rw = |session: &str, job: &str, point: i32| pb::RewindSessionRequest {
+        session_id: session.into(),
+        job_id: job.into(),
+        point,
+    };
+    let sid = s.session_id.as_str();
+    let jid = job.job_id.as_str();
+    let cases: Vec<(pb::RewindSessionRequest, Code, &str)> = vec![
+        (rw("", jid, 0), Code::InvalidArgument, "MISSING_FIELD"),
+        (rw(sid, "", 0), Code::InvalidArgument, "MISSING_FIELD"),
+        (rw(sid, jid, 7), Code::InvalidArgument, "INVALID_FIELD"),
+        (rw(sid, "job_nope", 0), Code::NotFound, "JOB_NOT_FOUND"),
+        (rw(sid, "../../etc", 0), Code::NotFound, "JOB_NOT_FOUND"),
+        (rw("ses_nope", jid, 0), Code::NotFound, "SESSION_NOT_FOUND"),
+        (
+            rw(&other.session_id, jid, 0),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+    ];
+    for (req, code, why) in cases {
+        let e = c.sessions.rewind_session(req.clone()).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{req:?}");
+    }
+    let fk = |job: &str, point: i32, label: &str, ttl: u32| pb::ForkSessionRequest {
+        job_id: job.into(),
+        point,
+        labels: [(label.to_string(), "v".to_string())].into(),
+        ttl_seconds: ttl,
+    };
+    let cases: Vec<(pb::ForkSessionRequest, Code, &str)> = vec![
+        (fk("", 0, "k", 0), Code::InvalidArgument, "MISSING_FIELD"),
+        (fk(jid, -1, "k", 0), Code::InvalidArgument, "INVALID_FIELD"),
+        (fk("job_nope", 0, "k", 0), Code::NotFound, "JOB_NOT_FOUND"),
+        (
+            fk(jid, 0, "Bad Key", 0),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            fk(jid, 0, "k", u32::MAX),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+    ];
+    let before = c
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len();
+    for (req, code, why) in cases {
+        let e = c.sessions.fork_session(req.clone()).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{req:?}");
+    }
+    let after = c
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(
+        after.len(),
+        before,
+        "a refused fork leaves no session behind"
+    );
+}
+
 async fn webhook_rpcs_are_tenant_scoped(a: &mut Clients, b: &mut Clients) {
     // A literal public address: no DNS needed, and nothing is sent to it here.
     let created = a

@@ -369,3 +369,57 @@ async fn a_piece_upload_that_breaks_its_header_leaves_nothing() {
         listed.files
     );
 }
+
+/// A request as a DNS-rebinding page sends it: the attacker's name in `Host`.
+fn get_as(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").into_bytes()
+}
+
+fn grpc_web_as(host: &str, path: &str, key: &str) -> Vec<u8> {
+    let req = String::from_utf8(grpc_web(path, key)).expect("ASCII");
+    req.replacen("host: localhost", &format!("host: {host}"), 1)
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn a_rebound_host_name_gets_neither_the_pages_nor_the_api() {
+    let server = TestServer::start_with(Options {
+        args: vec!["--console-hosts".into(), "agentd.tunnel".into()],
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let session = a.create_session(&[("secret.txt", b"tenant a")]).await;
+    let port = server.addr.rsplit_once(':').map(|(_, p)| p).unwrap();
+
+    // The attack: evil.example re-pointed at 127.0.0.1, same port, so the browser treats the
+    // answers as evil.example's own. Neither the pages nor a gRPC-Web call (with a key the
+    // attacker guessed or phished: the guard must not rely on the key) are answered.
+    let evil = format!("evil.example:{port}");
+    for path in ["/", "/assets/", "/jobs/x"] {
+        let (status, _, body) = parse(&raw_http(&server.addr, &get_as(&evil, path)).await);
+        assert!(status.contains(" 421 "), "{path}: {status}");
+        assert!(!contains(&body, b"<div id=\"app\">"));
+    }
+    let call = grpc_web_as(&evil, "/agentd.v1.SessionService/ListSessions", KEY_A);
+    let resp = raw_http(&server.addr, &call).await;
+    let (status, headers, _) = parse(&resp);
+    assert!(status.contains(" 421 "), "{status}");
+    assert!(header(&headers, "grpc-status").is_none());
+    assert!(!contains(&resp, session.session_id.as_bytes()));
+
+    // The names that cannot be re-pointed, and the configured one, are served.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("agentd.tunnel:{port}"),
+    ] {
+        let (status, _, body) = parse(&raw_http(&server.addr, &get_as(&host, "/")).await);
+        assert!(status.contains(" 200 "), "{host}: {status}");
+        assert!(contains(&body, b"<div id=\"app\">"));
+        let call = grpc_web_as(&host, "/agentd.v1.SessionService/ListSessions", KEY_A);
+        let ok = raw_http(&server.addr, &call).await;
+        assert!(contains(&ok, session.session_id.as_bytes()), "{host}");
+    }
+    // Native gRPC clients are not browsers: unaffected.
+    a.create_session(&[]).await;
+}

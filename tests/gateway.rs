@@ -129,8 +129,10 @@ def probe():
         fh.write("\n".join(seen))
 for word in sys.argv[-1].split():
     if word == "token":
-        with open("token.txt", "w") as fh:
+        # Written aside and renamed: a reader polling for the file never sees it half written.
+        with open(".token.tmp", "w") as fh:
             fh.write(tok + "\n" + url + "\n")
+        os.rename(".token.tmp", "token.txt")
     elif word.startswith("calls="):
         for i in range(int(word[6:])):
             st = call()
@@ -218,19 +220,20 @@ impl World {
         let (dir, script) = agent_dir();
         let mock = Mock::start(dir.path());
         let upstream = format!("http://{}", mock.addr);
-        let gateway = format!("127.0.0.1:{}", free_port());
         let config = format!(
             "{}{}{extra_config}",
             probe_profile("alpha", &script, &upstream),
             probe_profile("beta", &script, &upstream)
         );
-        let mut all_args = vec!["--gateway-listen".to_owned(), gateway.clone()];
+        // Port 0: a port picked free here could be taken before agentd binds it.
+        let mut all_args = vec!["--gateway-listen".to_owned(), "127.0.0.1:0".to_owned()];
         all_args.extend(args.iter().map(|a| (*a).to_owned()));
         let server = TestServer::start_with(Options {
             config: Some(config),
             args: all_args,
             ..Default::default()
         });
+        let gateway = server.gateway_addr.clone().expect("gateway address");
         let c = server.clients(KEY_A).await;
         World {
             server,
@@ -678,12 +681,12 @@ async fn streams_pass_through_as_they_arrive_and_are_metered_at_the_end() {
     let (go_tx, go_rx) = tokio::sync::oneshot::channel();
     let held = held_upstream(go_rx).await;
     let (_dir, script) = agent_dir();
-    let gateway = format!("127.0.0.1:{}", free_port());
     let server = TestServer::start_with(Options {
         config: Some(probe_profile("held", &script, &format!("http://{held}"))),
-        args: vec!["--gateway-listen".into(), gateway.clone()],
+        args: vec!["--gateway-listen".into(), "127.0.0.1:0".into()],
         ..Default::default()
     });
+    let gateway = server.gateway_addr.clone().expect("gateway address");
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await.session_id;
     let job = c.submit_to(&s, "held", "token sleep=120").await;

@@ -8,100 +8,11 @@ mod common;
 
 use agentd::pb;
 use agentd::webhooks::sign;
-use bytes::Bytes;
+use common::receiver::{Received, Receiver};
 use common::*;
-use http_body_util::{BodyExt, Full};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tonic::Code;
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-    /// What the receiver answered.
-    status: u16,
-}
-
-/// A webhook receiver: answers `fail_status` to the first `fail_first` requests (or to all while
-/// `fail_first` is `usize::MAX`), then 200; or a redirect to `redirect` when set.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<Received>>>,
-    fail_first: Arc<AtomicUsize>,
-    fail_status: Arc<AtomicU16>,
-    redirect: Arc<Mutex<Option<String>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, u16) {
-        let r = Receiver::default();
-        r.fail_status.store(500, Ordering::SeqCst);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let me = r.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        (r, port)
-    }
-
-    async fn answer(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-    ) -> hyper::Response<Full<Bytes>> {
-        let path = req.uri().path().to_owned();
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
-        let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-        let mut got = self.got.lock().unwrap();
-        let n = got.len();
-        let redirect = self.redirect.lock().unwrap().clone();
-        let status = match redirect {
-            Some(_) => 302,
-            None if n < self.fail_first.load(Ordering::SeqCst) => {
-                self.fail_status.load(Ordering::SeqCst)
-            }
-            None => 200,
-        };
-        got.push(Received {
-            path,
-            headers,
-            body,
-            status,
-        });
-        let mut resp = hyper::Response::builder().status(status);
-        if let Some(to) = redirect {
-            resp = resp.header("location", to);
-        }
-        resp.body(Full::new(Bytes::from_static(b"ok"))).unwrap()
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-}
 
 /// Whether one of the `v1,` signatures in `r`'s header is `secret`'s over its id, time and body.
 fn signed_by(r: &Received, secret: &str) -> bool {
@@ -527,4 +438,109 @@ async fn bad_webhook_input_is_refused_with_stable_reasons() {
         })
         .await;
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+/// `agentd webhooks …` as a user runs it: through the environment's server and key.
+fn cli(server: &TestServer, key: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .arg("webhooks")
+        .args(args)
+        .env("AGENTD_URL", format!("http://{}", server.addr))
+        .env("AGENTD_API_KEY", key)
+        .env_remove("AGENTD_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agentd webhooks");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn one_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON line {text:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_manages_the_tenants_own_endpoints() {
+    let (rx, port) = Receiver::start().await;
+    let server = TestServer::start_with(config(LOOPBACK_ALLOWED));
+    let url = format!("http://127.0.0.1:{port}/cli");
+    let (code, out) = cli(
+        &server,
+        KEY_A,
+        &["create", &url, "--event", "job.finished", "--json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let created = one_json(&out);
+    let id = created["id"].as_str().expect("id").to_owned();
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert_eq!(created["events"], serde_json::json!(["job.finished"]));
+
+    let (code, out) = cli(&server, KEY_A, &["list", "--json"]);
+    assert_eq!(
+        (code, one_json(&out)["id"].as_str()),
+        (0, Some(id.as_str()))
+    );
+    assert!(!out.contains("whsec_"), "the list shows no secret: {out}");
+    // Another tenant neither sees nor touches it.
+    let (code, out) = cli(&server, KEY_B, &["ls"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains(&id), "{out}");
+    for args in [["delete", &id], ["test", &id], ["rotate", &id]] {
+        assert_eq!(cli(&server, KEY_B, &args).0, 4, "tenant B: {args:?}");
+    }
+    // A refused address is the caller's mistake (exit 2).
+    assert_eq!(cli(&server, KEY_A, &["create", "http://10.1.2.3/x"]).0, 2);
+
+    let (code, out) = cli(&server, KEY_A, &["test", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("delivered: HTTP 200"), "{out}");
+    let tested = rx.received();
+    assert_eq!(tested.len(), 1);
+    assert!(signed_by(&tested[0], &secret));
+
+    let mut a = server.clients(KEY_A).await;
+    let s = a.create_session(&[]).await;
+    let job = a.submit(&s.session_id, "hello").await.job_id;
+    a.wait(&job).await;
+    until(Duration::from_secs(30), "delivered", || {
+        let (mut a, id) = (a.clone(), id.clone());
+        async move {
+            deliveries(&mut a, &id)
+                .await
+                .first()
+                .is_some_and(|d| d.state == pb::DeliveryState::Delivered as i32)
+        }
+    })
+    .await;
+    let (code, out) = cli(
+        &server,
+        KEY_A,
+        &["deliveries", &id, "--job", &job, "--json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let d = one_json(&out);
+    assert_eq!(
+        (
+            d["state"].as_str(),
+            d["event_type"].as_str(),
+            d["job_id"].as_str()
+        ),
+        (Some("delivered"), Some("job.finished"), Some(job.as_str())),
+        "{d}"
+    );
+    assert_eq!(d["attempts"][0]["status"], 200, "{d}");
+    let (code, out) = cli(&server, KEY_A, &["deliveries"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("delivered") && out.contains(&job), "{out}");
+
+    let (code, out) = cli(&server, KEY_A, &["rotate", &id, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let rotated = one_json(&out);
+    assert_ne!(rotated["secret"].as_str(), Some(secret.as_str()));
+    assert!(rotated["previous_secret_expires"].is_string(), "{rotated}");
+
+    assert_eq!(cli(&server, KEY_A, &["rm", &id]).0, 0);
+    assert_eq!(cli(&server, KEY_A, &["delete", &id]).0, 4);
+    assert_eq!(cli(&server, KEY_A, &["list", "--json"]).1.trim(), "");
 }

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { gzipSync } from "node:zlib";
 import { after, before, describe, test } from "node:test";
-import { KEY_A, KEY_B, SHOTS, login, openBrowser, startServer } from "./harness.mjs";
+import { KEY_A, KEY_B, SHOTS, count, createSession, lastSeq, login, openBrowser, startServer, stateOf, submit, waitFinal } from "./harness.mjs";
 
 let server;
 let browser;
@@ -19,33 +19,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-/** Creates a session through the form, with `files` ({name, content}), and opens its page. */
-async function createSession(page, labels, files = []) {
-  await page.getByLabel("Labels").fill(labels);
-  if (files.length) {
-    await page.getByLabel("Files").setInputFiles(files.map((f) => ({ name: f.name, mimeType: "text/plain", buffer: Buffer.from(f.content) })));
-  }
-  await page.getByRole("button", { name: "Create session" }).click();
-  await page.getByRole("heading", { name: /^Session / }).waitFor();
-  return decodeURIComponent(new URL(page.url()).hash.replace("#/sessions/", ""));
-}
-
-async function submit(page, prompt) {
-  await page.getByPlaceholder("Prompt").fill(prompt);
-  await page.getByRole("button", { name: "Submit", exact: true }).click();
-  await page.getByRole("heading", { name: /^Job / }).waitFor();
-  return decodeURIComponent(new URL(page.url()).hash.replace("#/jobs/", ""));
-}
-
-const stateOf = (page) => page.getByTestId("job-state");
-const count = async (page) => Number(await page.getByTestId("event-count").textContent());
-const lastSeq = async (page) => Number(await page.getByTestId("last-seq").textContent());
-
-async function waitFinal(page, state) {
-  await page.getByTestId("job-state").filter({ hasText: state }).waitFor({ timeout: 60_000 });
-  await page.getByTestId("stream-state").filter({ hasText: "complete" }).waitFor({ timeout: 60_000 });
-}
 
 describe("console", () => {
   test("the first load stays within the JS budget and passes the CSP", async () => {

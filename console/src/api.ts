@@ -5,15 +5,22 @@ import { createClient, type Client, type Interceptor } from "@connectrpc/connect
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { FileService } from "../../clients/typescript/src/gen/agentd/v1/file_pb.js";
 import { JobService, JobState, type JobEvent } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import { PresetService } from "../../clients/typescript/src/gen/agentd/v1/preset_pb.js";
+import { UsageService } from "../../clients/typescript/src/gen/agentd/v1/usage_pb.js";
+import { WebhookService } from "../../clients/typescript/src/gen/agentd/v1/webhook_pb.js";
 import { ServerInfoService } from "../../clients/typescript/src/gen/agentd/v1/server_info_pb.js";
 import { SessionService } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
 import { errorInterceptor, isAgentdError, Code } from "../../clients/typescript/src/errors.js";
+import { uploadInPieces } from "../../clients/typescript/src/pieces.js";
 
 export interface Api {
   sessions: Client<typeof SessionService>;
   jobs: Client<typeof JobService>;
   files: Client<typeof FileService>;
   info: Client<typeof ServerInfoService>;
+  presets: Client<typeof PresetService>;
+  usage: Client<typeof UsageService>;
+  webhooks: Client<typeof WebhookService>;
 }
 
 const KEY_SLOT = "agentd.console.apiKey";
@@ -37,6 +44,9 @@ export function connect(key: string): Api {
     jobs: createClient(JobService, transport),
     files: createClient(FileService, transport),
     info: createClient(ServerInfoService, transport),
+    presets: createClient(PresetService, transport),
+    usage: createClient(UsageService, transport),
+    webhooks: createClient(WebhookService, transport),
   };
 }
 
@@ -96,6 +106,15 @@ export async function follow(
   }
 }
 
+/** JSON indented for reading; anything else as it came. */
+export function pretty(json: string): string {
+  try {
+    return JSON.stringify(JSON.parse(json), null, 2);
+  } catch {
+    return json;
+  }
+}
+
 export function fmtBytes(n: bigint | number): string {
   let v = Number(n);
   for (const u of ["B", "KiB", "MiB", "GiB"]) {
@@ -126,28 +145,10 @@ export async function download(api: Api, sessionId: string, path: string): Promi
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
-/** Bytes per UploadFileChunk call (the server takes at most 1 MiB per piece). */
-const PIECE = 512 * 1024;
-
 /**
- * Uploads one browser File into a session with UploadFileChunk: gRPC-Web cannot stream a
- * request, so the file goes in unary pieces that the server stages and commits atomically.
+ * Uploads one browser File into a session: gRPC-Web cannot stream a request, so it goes in
+ * unary UploadFileChunk pieces (the SDK's helper) that the server stages and commits atomically.
  */
 export async function upload(api: Api, sessionId: string, path: string, file: Blob, onProgress: (sent: number) => void) {
-  const uploadId = crypto.randomUUID();
-  let offset = 0;
-  do {
-    const chunk = new Uint8Array(await file.slice(offset, offset + PIECE).arrayBuffer());
-    const last = offset + chunk.length >= file.size;
-    await api.files.uploadFileChunk({
-      sessionId,
-      uploadId,
-      header: offset === 0 ? { path, size: BigInt(file.size) } : undefined,
-      offset: BigInt(offset),
-      chunk,
-      last,
-    });
-    offset += chunk.length;
-    onProgress(offset);
-  } while (offset < file.size);
+  await uploadInPieces(api.files, sessionId, path, file, { onProgress });
 }

@@ -2,10 +2,14 @@
 // replayed from the store and then followed live, in a virtualised list (fixed-height rows, so
 // thousands of events cost the same as thirty and nothing shifts while streaming), with the
 // selected event unfolded below it. Keys: ↑/↓ or j/k select, Home/End jump, End also re-follows.
+// While it runs: its open permission requests, input and interrupt (`control`); once final: the
+// files it changed and their diff (`changes`).
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { FINAL, fmtTime, follow, isUnauthenticated, stateName, type Api } from "./api";
+import { FINAL, fmtTime, follow, isUnauthenticated, pretty, stateName, type Api } from "./api";
 import { ErrorLine } from "./sessions";
-import type { Job, JobEvent, Usage } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import { Controls } from "./control";
+import { Changes } from "./changes";
+import type { Job, JobEvent, PermissionRequest, Usage } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
 import { JobState } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
 
 const ROW = 26;
@@ -17,12 +21,16 @@ class Timeline {
   lastSeq = 0n;
   gaps = 0;
   results = new Map<string, number>();
+  /** Permission requests not yet resolved, by request id, oldest first. */
+  asks = new Map<string, PermissionRequest>();
   add(batch: JobEvent[]) {
     for (const e of batch) {
       if (e.seq <= this.lastSeq) continue;
       if (e.seq !== this.lastSeq + 1n) this.gaps += Number(e.seq - this.lastSeq - 1n);
       this.lastSeq = e.seq;
       if (e.kind.case === "toolResult") this.results.set(e.kind.value.id, this.events.length);
+      if (e.kind.case === "permissionRequest") this.asks.set(e.kind.value.requestId, e.kind.value);
+      if (e.kind.case === "permissionResolved") this.asks.delete(e.kind.value.requestId);
       this.events.push(e);
     }
   }
@@ -59,18 +67,20 @@ function summary(e: JobEvent): [string, string] {
       return ["truncated", k.value.reason];
     case "limitExceeded":
       return ["limit", `${k.value.limit}: ${k.value.message}`];
+    case "permissionRequest":
+      return ["asks", `${k.value.tool} ${k.value.inputJson}`];
+    case "permissionResolved":
+      return [k.value.allow ? "allowed" : "denied", `by ${k.value.who}${k.value.message ? ` · ${k.value.message}` : ""}`];
+    case "input":
+      return ["input", k.value.text];
+    case "modelCall":
+      return ["model", `${k.value.model} · ${k.value.status || "no answer"} · ${k.value.inputTokens} in · ${k.value.outputTokens} out · ${k.value.latencyMs} ms`];
+    case "egressDenied":
+      return ["egress", `denied ${k.value.host}:${k.value.port}`];
     case "finished":
       return ["finished", `${stateName(k.value.state)}${k.value.reason ? ` · ${k.value.reason}` : ""}${k.value.errorMessage ? ` · ${k.value.errorMessage}` : ""}`];
     default:
       return ["event", e.raw];
-  }
-}
-
-function pretty(json: string): string {
-  try {
-    return JSON.stringify(JSON.parse(json), null, 2);
-  } catch {
-    return json;
   }
 }
 
@@ -250,7 +260,8 @@ export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuth
     const onEvents = (batch: JobEvent[]) => {
       t.add(batch);
       setLive("live");
-      if (batch.some((e) => e.kind.case === "finished")) refresh();
+      // The job's row changes when it starts and when it ends.
+      if (batch.some((e) => e.kind.case === "started" || e.kind.case === "finished")) refresh();
       // One render per frame however many batches arrive in it.
       if (!frame)
         frame = requestAnimationFrame(() => {
@@ -291,6 +302,11 @@ export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuth
       </div>
       <Rows t={t} version={version} selected={selected} onSelect={setSelected} />
       <Detail t={t} index={selected} />
+      {/* Below the timeline, so a request appearing never moves the rows being read. */}
+      {job && !FINAL.has(job.state) && <Controls api={api} jobId={id} asks={[...t.asks.values()]} />}
+      {job && FINAL.has(job.state) && <Changes api={api} jobId={id} sessionId={job.sessionId} />}
+      {/* Rewind and fork (SessionService.RewindSession / ForkSession, another issue) belong here,
+          beside the changes of the finished job they would start from. */}
     </section>
   );
 }

@@ -1,11 +1,14 @@
-// The console's shell: the key prompt, the hash router (#/, #/sessions/ID, #/jobs/ID, #/server)
-// and the header. Hash routes keep reloads on the one page the server always has.
+// The console's shell: the key prompt, the hash router (#/, #/sessions/ID, #/jobs/ID, #/usage,
+// #/presets, #/webhooks, #/server) and the header. Hash routes keep reloads on the one page the server always has.
 import { render } from "preact";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { connect, forgetKey, saveKey, savedKey, type Api } from "./api";
 import { Sessions, SessionView } from "./sessions";
 import { JobView } from "./job";
 import { ServerView } from "./server";
+import { UsageView } from "./usage";
+import { PresetsView } from "./presets";
+import { WebhooksView } from "./webhooks";
 import "./style.css";
 
 function useHash(): string {
@@ -44,6 +47,9 @@ function route(api: Api, path: string, onAuthError: () => void) {
   if (kind === "sessions" && id) return <SessionView api={api} id={decodeURIComponent(id)} onAuthError={onAuthError} />;
   if (kind === "jobs" && id) return <JobView api={api} id={decodeURIComponent(id)} onAuthError={onAuthError} />;
   if (kind === "server") return <ServerView api={api} onAuthError={onAuthError} />;
+  if (kind === "usage") return <UsageView api={api} onAuthError={onAuthError} />;
+  if (kind === "presets") return <PresetsView api={api} onAuthError={onAuthError} />;
+  if (kind === "webhooks") return <WebhooksView api={api} onAuthError={onAuthError} />;
   return <Sessions api={api} onAuthError={onAuthError} />;
 }
 
@@ -76,6 +82,9 @@ function App() {
         <a href="#/" class="brand">agentd</a>
         <nav>
           <a href="#/">Sessions</a>
+          <a href="#/usage">Usage</a>
+          <a href="#/presets">Presets</a>
+          <a href="#/webhooks">Webhooks</a>
           <a href="#/server">Server</a>
         </nav>
         <button class="quiet" onClick={logout}>Log out</button>

@@ -37,6 +37,7 @@ export function ServerView({ api, onAuthError }: { api: Api; onAuthError: () => 
                 <th>Command</th>
                 <th>Version</th>
                 <th>Sandbox</th>
+                <th>Controls</th>
               </tr>
             </thead>
             <tbody>
@@ -51,6 +52,7 @@ export function ServerView({ api, onAuthError }: { api: Api; onAuthError: () => 
                       ? `on · network ${a.sandbox.network} · ${a.sandbox.memoryMb} MB · ${a.sandbox.maxPids} pids`
                       : "off"}
                   </td>
+                  <td>{a.controls.join(", ") || "—"}</td>
                 </tr>
               ))}
             </tbody>

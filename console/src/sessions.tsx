@@ -4,6 +4,7 @@ import { useState } from "preact/hooks";
 import { describe, fmtBytes, fmtTime, stateName, type Api } from "./api";
 import { useLoad } from "./hooks";
 import { Files } from "./files";
+import { templateVariables } from "./presets";
 import type { Session } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
 
 interface Props {
@@ -122,13 +123,21 @@ export function Sessions({ api, onAuthError }: Props) {
   );
 }
 
+const PERMISSION_MODES = ["ask", "default", "acceptEdits", "plan", "bypassPermissions", "interactive"];
+
 function SubmitJob({ api, sessionId }: { api: Api; sessionId: string }) {
   const info = useLoad(() => api.info.getServerInfo({}), [api], () => {});
+  const presets = useLoad(() => api.presets.listPresets({}), [api], () => {});
   const [agent, setAgent] = useState("");
   const [model, setModel] = useState("");
   const [prompt, setPrompt] = useState("");
   const [timeout, setTimeoutS] = useState("");
+  const [permissionMode, setPermissionMode] = useState("");
+  const [preset, setPreset] = useState("");
+  const [variables, setVariables] = useState<Record<string, string>>({});
   const [error, setError] = useState<unknown>();
+  const chosen = presets.value?.presets.find((p) => p.name === preset);
+  const names = chosen ? templateVariables(chosen.promptTemplate) : [];
   const submit = async (e: Event) => {
     e.preventDefault();
     try {
@@ -138,6 +147,9 @@ function SubmitJob({ api, sessionId }: { api: Api; sessionId: string }) {
         model,
         prompt,
         timeoutSeconds: Number(timeout) || 0,
+        permissionMode,
+        preset,
+        variables: Object.fromEntries(names.map((n) => [n, variables[n] ?? ""])),
         requestId: crypto.randomUUID(),
       });
       location.hash = `#/jobs/${encodeURIComponent(r.job!.jobId)}`;
@@ -150,9 +162,20 @@ function SubmitJob({ api, sessionId }: { api: Api; sessionId: string }) {
       <h3>Submit a job</h3>
       <div class="row-form">
         <label>
+          Preset
+          <select name="preset" value={preset} onChange={(e) => setPreset(e.currentTarget.value)}>
+            <option value="">none</option>
+            {presets.value?.presets.map((p) => (
+              <option key={p.name} value={p.name}>
+                {p.name}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
           Agent
           <select name="agent" value={agent} onChange={(e) => setAgent(e.currentTarget.value)}>
-            <option value="">default{info.value ? ` (${info.value.defaultAgent})` : ""}</option>
+            <option value="">{chosen?.agent ? `preset (${chosen.agent})` : `default${info.value ? ` (${info.value.defaultAgent})` : ""}`}</option>
             {info.value?.agents.map((a) => (
               <option key={a.name} value={a.name} disabled={!a.available}>
                 {a.name}
@@ -161,13 +184,39 @@ function SubmitJob({ api, sessionId }: { api: Api; sessionId: string }) {
           </select>
         </label>
         <label>
-          Model <input name="model" value={model} onInput={(e) => setModel(e.currentTarget.value)} />
+          Model <input name="model" placeholder={chosen?.model} value={model} onInput={(e) => setModel(e.currentTarget.value)} />
+        </label>
+        <label>
+          Permissions
+          <input name="permission-mode" list="permission-modes" size={12} placeholder={chosen?.permissionMode || "profile's"} value={permissionMode} onInput={(e) => setPermissionMode(e.currentTarget.value)} />
+          <datalist id="permission-modes">
+            {PERMISSION_MODES.map((m) => (
+              <option key={m} value={m} />
+            ))}
+          </datalist>
         </label>
         <label>
           Timeout (s) <input name="timeout" inputMode="numeric" size={6} value={timeout} onInput={(e) => setTimeoutS(e.currentTarget.value)} />
         </label>
       </div>
-      <textarea name="prompt" rows={4} placeholder="Prompt" value={prompt} onInput={(e) => setPrompt(e.currentTarget.value)} />
+      {chosen?.description && <p class="muted">{chosen.description}</p>}
+      {names.length > 0 && (
+        <div class="row-form" aria-label="Preset variables">
+          {names.map((n) => (
+            <label key={n}>
+              {n}
+              <input name={`var-${n}`} value={variables[n] ?? ""} onInput={(e) => setVariables({ ...variables, [n]: e.currentTarget.value })} />
+            </label>
+          ))}
+        </div>
+      )}
+      <textarea
+        name="prompt"
+        rows={4}
+        placeholder={chosen?.promptTemplate ? `Prompt (the preset's: ${chosen.promptTemplate})` : "Prompt"}
+        value={prompt}
+        onInput={(e) => setPrompt(e.currentTarget.value)}
+      />
       <button type="submit">Submit</button>
       <ErrorLine error={error} />
     </form>

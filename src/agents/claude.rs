@@ -52,6 +52,26 @@ pub(super) fn validate(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
+/// The transcript of conversation `id` relative to HOME, when the agent runs in `workspace`:
+/// Claude keeps it under `~/.claude/projects/<the working directory, every character other than
+/// an ASCII letter or digit made '-'>/<id>.jsonl`. `None` for an id that is not a plain name
+/// (the id comes from the agent's output).
+pub(super) fn transcript(workspace: &std::path::Path, id: &str) -> Option<std::path::PathBuf> {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let project: String = workspace
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    plain.then(|| {
+        std::path::Path::new(".claude/projects")
+            .join(project)
+            .join(format!("{id}.jsonl"))
+    })
+}
+
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
     let mut args = profile.args.clone();
     // Without a prompt argument, `-p` reads the prompt from stdin: any size, and a prompt that
@@ -73,7 +93,9 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         );
     }
     if let Some(id) = ctx.resume_conversation {
-        args.extend(["--resume".into(), id.to_owned()]);
+        // A new id for every job, its transcript a copy: each job's conversation stays as it
+        // ended, which is what RewindSession and ForkSession resume from (issue #18).
+        args.extend(["--resume".into(), id.to_owned(), "--fork-session".into()]);
     }
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);

@@ -89,6 +89,7 @@ fn launch_passes_every_job_option_after_profile_args() {
             "--verbose",
             "--resume",
             "6d06c9ff-2dd7-4f8f-b925-5cce1a2c3cf9",
+            "--fork-session",
             "--model",
             "sonnet",
             "--max-turns",

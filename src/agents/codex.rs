@@ -51,6 +51,9 @@ pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
 }
 
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    if spec.asks() {
+        return app_server_launch(profile, ctx);
+    }
     let mut args: Vec<String> = vec!["exec".into()];
     // `exec` comes first so that the profile's args are exec options, like the ones added here.
     args.extend(profile.args.iter().cloned());
@@ -113,6 +116,55 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         files,
         stdin: Some(spec.prompt.clone()),
     }
+}
+
+/// `codex app-server` for a job that asks (`codex_app`): the thread's options (sandbox, model,
+/// instructions, the thread to resume) travel in the protocol's handshake; of the profile's
+/// args, which are `exec` options, only the config overrides apply to the app server.
+fn app_server_launch(profile: &AgentProfile, ctx: &LaunchContext) -> Launch {
+    let mut args: Vec<String> = vec!["app-server".into()];
+    let mut profile_args = profile.args.iter();
+    while let Some(a) = profile_args.next() {
+        if CONFIG_FLAGS.contains(&a.as_str()) {
+            args.push(a.clone());
+            args.extend(profile_args.next().cloned());
+        } else if CONFIG_FLAGS.iter().any(|f| a.starts_with(&format!("{f}="))) {
+            args.push(a.clone());
+        }
+    }
+    let codex_home = ctx.home.join(".codex");
+    let config = config_toml(profile.config.as_deref(), ctx.mcp);
+    Launch {
+        program: profile.command.clone(),
+        args,
+        env: vec![(
+            "CODEX_HOME".into(),
+            codex_home.to_string_lossy().into_owned(),
+        )],
+        files: vec![(codex_home.join("config.toml"), config.into_bytes())],
+        // The controller writes the protocol on the job's pipe.
+        stdin: None,
+    }
+}
+
+/// Profile args that `codex app-server` takes as well as `exec` (each with a value).
+const CONFIG_FLAGS: [&str; 4] = ["-c", "--config", "--enable", "--disable"];
+
+/// The app-server protocol for one job: the same sandbox choice as `exec`, the job's model and
+/// instructions, and the session's thread when there is one.
+pub(super) fn app_protocol(spec: &JobSpec, ctx: &LaunchContext) -> super::codex_app::CodexApp {
+    let sandbox = if ctx.jailed {
+        JAILED_SANDBOX
+    } else {
+        DEFAULT_SANDBOX
+    };
+    super::codex_app::CodexApp::new(super::codex_app::Setup {
+        resume: ctx.resume_conversation.map(str::to_owned),
+        cwd: ctx.workspace.to_string_lossy().into_owned(),
+        sandbox: sandbox.to_owned(),
+        model: spec.model.clone(),
+        developer_instructions: spec.append_system_prompt.clone(),
+    })
 }
 
 /// The operator's config.toml with the job's MCP servers as `[mcp_servers]` (replacing any the
@@ -189,7 +241,8 @@ impl OutputParser for CodexParser {
 }
 
 impl CodexParser {
-    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+    /// One `codex exec --json` line (also the app server's messages, rewritten: `codex_app`).
+    pub(super) fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         let ty = str_at(v, "type").unwrap_or_default();
         match ty {
             "thread.started" => {

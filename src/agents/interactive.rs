@@ -4,7 +4,8 @@
 //! per agent that has such a protocol; the core drives it (core::control) and never sees its
 //! wire format.
 
-use super::{AgentKind, AgentProfile};
+use super::{AgentKind, AgentProfile, LaunchContext, OutputParser};
+use crate::domain::JobSpec;
 use serde_json::{Value, json};
 
 /// The two-way controls, as ServerInfo names them.
@@ -27,6 +28,8 @@ pub enum Signal {
     },
     /// The agent finished a turn (its answer to one user message, or an interrupted one).
     TurnEnded,
+    /// The protocol's own reply to the line (a handshake step, a refusal): written as it is.
+    Send(String),
 }
 
 /// An agent's interactive protocol over its stdin and stdout, one JSON object per line.
@@ -41,20 +44,35 @@ pub trait Interactive: Send + Sync {
     fn user_message(&self, text: &str) -> String;
     /// Asks the agent to stop its current turn; `n` numbers agentd's own requests.
     fn interrupt(&self, n: u64) -> String;
+    /// The parser of the agent's output under this protocol, when it is not the headless one.
+    fn parser(&self) -> Option<Box<dyn OutputParser>> {
+        None
+    }
 }
 
 /// The controls an agent kind supports (listed in ServerInfo).
 pub fn controls(kind: AgentKind) -> &'static [&'static str] {
     match kind {
-        AgentKind::Claude => &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT],
+        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode => {
+            &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT]
+        }
         _ => &[],
     }
 }
 
-/// The protocol of a profile's agent, when it has one agentd speaks.
-pub fn protocol(profile: &AgentProfile) -> Option<Box<dyn Interactive>> {
+/// The protocol of a profile's agent for one job, when it has one agentd speaks.
+pub fn protocol(
+    profile: &AgentProfile,
+    spec: &JobSpec,
+    ctx: &LaunchContext,
+) -> Option<Box<dyn Interactive>> {
     match profile.kind {
         AgentKind::Claude => Some(Box::new(Claude)),
+        AgentKind::Codex => Some(Box::new(super::codex::app_protocol(spec, ctx))),
+        AgentKind::Opencode => Some(Box::new(super::acp::Acp::new(super::acp::Setup {
+            resume: ctx.resume_conversation.map(str::to_owned),
+            cwd: ctx.workspace.to_string_lossy().into_owned(),
+        }))),
         _ => None,
     }
 }

@@ -4,8 +4,10 @@
 //! events ([`parser`]). Adding a kind means one module here and one arm in each function below;
 //! nothing else in the crate matches on [`AgentKind`].
 
+mod acp;
 mod claude;
 mod codex;
+mod codex_app;
 mod command;
 pub mod gateway;
 mod gemini;
@@ -299,6 +301,50 @@ fn prompt_notes(kind: AgentKind, spec: &JobSpec) -> String {
         ));
     }
     notes
+}
+
+/// Whether an agent's conversation can be taken back to the end of an earlier job (RewindSession)
+/// and copied into another session (ForkSession), issue #18.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationHistory {
+    /// Every job ends with its own conversation id whose transcript no later job changes (Claude
+    /// resumes with `--fork-session`); [`conversation_files`] names its files.
+    PerJob,
+    /// The agent keeps no conversation (operator commands).
+    Stateless,
+    /// One conversation grows in place across jobs (Codex's rollout file, OpenCode's and Gemini's
+    /// session stores): resuming it always continues from its latest message.
+    InPlace,
+}
+
+pub fn conversation_history(kind: AgentKind) -> ConversationHistory {
+    match kind {
+        AgentKind::Claude => ConversationHistory::PerJob,
+        AgentKind::Command => ConversationHistory::Stateless,
+        AgentKind::Codex | AgentKind::Opencode | AgentKind::Gemini => ConversationHistory::InPlace,
+    }
+}
+
+/// The files (relative to HOME) holding conversation `id` of an agent that ran in `workspace`,
+/// for a fork to copy into the new session's HOME; `None` when the kind keeps none this way or
+/// the id is not a plain name.
+pub fn conversation_files(kind: AgentKind, workspace: &Path, id: &str) -> Option<Vec<PathBuf>> {
+    match kind {
+        AgentKind::Claude => claude::transcript(workspace, id).map(|p| vec![p]),
+        _ => None,
+    }
+}
+
+/// The refusal for rewinding or forking a conversation the agent cannot go back in.
+pub fn unsupported_history(profile_name: &str, kind: AgentKind, what: &str) -> Error {
+    Error::invalid(
+        Reason::UnsupportedOption,
+        "job_id",
+        format!(
+            "agent {profile_name:?} (kind {kind}) cannot {what} its conversation: it continues \
+             one conversation in place, so no earlier point of it can be resumed"
+        ),
+    )
 }
 
 /// A fresh parser for one run of an agent of this profile.

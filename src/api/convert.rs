@@ -159,6 +159,7 @@ pub fn job(v: JobView) -> pb::Job {
         conversation_id: j.conversation_id.unwrap_or_default(),
         timeout_seconds: u32::try_from(j.spec.timeout.as_secs()).unwrap_or(u32::MAX),
         last_seq: j.last_seq,
+        rewound_past: v.rewound_past,
         ..Default::default()
     };
     match j.state {

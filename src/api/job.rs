@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 pub struct JobApi {
     core: Arc<Core>,
@@ -25,7 +25,7 @@ impl JobApi {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
+pub(super) fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
     SubmitJob {
         session_id: r.session_id,
         agent: r.agent,
@@ -59,7 +59,7 @@ fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
 
 /// The caller's trace context travels with the job (stored in its spec env), so the job's spans
 /// and the agent's `TRACEPARENT` continue that trace; an explicit env entry wins.
-fn with_trace(mut submit: SubmitJob, traceparent: Option<TraceParent>) -> SubmitJob {
+pub(super) fn with_trace(mut submit: SubmitJob, traceparent: Option<TraceParent>) -> SubmitJob {
     if let Some(tp) = traceparent {
         submit
             .env
@@ -83,7 +83,7 @@ fn items(
     })
 }
 
-fn events(evs: Vec<Arc<SharedEvent>>) -> Vec<pb::JobEvent> {
+pub(super) fn events(evs: Vec<Arc<SharedEvent>>) -> Vec<pb::JobEvent> {
     evs.into_iter()
         .map(|e| convert::event(e.into_event()))
         .collect()
@@ -293,5 +293,17 @@ impl JobService for JobApi {
             .interrupt_job(&tenant, &req.get_ref().job_id)
             .await?;
         Ok(Response::new(pb::InterruptJobResponse {}))
+    }
+
+    type AttachStream = BoxStream<pb::AttachResponse>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let tenant = tenant(&req)?;
+        let traceparent = TraceParent::from_metadata(req.metadata());
+        let rx = super::attach::start(self.core.clone(), tenant, traceparent, req.into_inner());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,6 +1,7 @@
 //! The API edge: the only module that knows tonic and prost. Each service decodes a request,
 //! makes one core call, and encodes the answer; errors become statuses in `status` only.
 
+mod attach;
 pub mod codec;
 pub mod convert;
 mod file;

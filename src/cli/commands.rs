@@ -2,6 +2,7 @@
 //! last seq seen when the connection breaks.
 
 use super::archive;
+use super::ask::Asker;
 use super::conn::{CliError, Conn, is_transport};
 use super::render::{self, Piece, Printer};
 use super::transfer::{self, Dest};
@@ -44,6 +45,32 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
         }
         ClientCommand::Presets { client, command } => {
             super::presets::presets(&connect(&client)?, client.json, command, p).await
+        }
+        ClientCommand::Webhooks { client, command } => {
+            super::webhooks::webhooks(&connect(&client)?, client.json, command, p).await
+        }
+        ClientCommand::Diff {
+            client,
+            job_id,
+            paths,
+        } => super::history::diff(&connect(&client)?, client.json, &job_id, &paths, p).await,
+        ClientCommand::Fork {
+            client,
+            job_id,
+            before,
+            labels,
+        } => {
+            let conn = connect(&client)?;
+            super::history::fork(&conn, client.json, &job_id, before, &labels, p).await
+        }
+        ClientCommand::Rewind {
+            client,
+            session_id,
+            job_id,
+            before,
+        } => {
+            let conn = connect(&client)?;
+            super::history::rewind(&conn, client.json, &session_id, &job_id, before, p).await
         }
     }
 }
@@ -174,7 +201,12 @@ async fn run(conn: &Conn, a: &RunArgs, p: &mut Printer) -> Result<i32, CliError>
         }
         return Ok(exit::OK);
     }
-    let fin = follow(conn, &job.job_id, 0, None, json, true, p).await?;
+    let run = RunFollow {
+        asker: a
+            .ask
+            .then(|| Asker::start(conn.clone(), job.job_id.clone())),
+    };
+    let fin = follow(conn, &job.job_id, 0, None, json, Some(&run), p).await?;
     let Some(fin) = fin else {
         return Err(CliError::Local(format!(
             "the event stream of job {} ended before the job finished",
@@ -229,7 +261,11 @@ async fn submit(
             max_turns: a.max_turns.unwrap_or(0),
             append_system_prompt: a.append_system_prompt.clone().unwrap_or_default(),
             request_id: uuid::Uuid::new_v4().to_string(),
-            permission_mode: a.permission_mode.clone().unwrap_or_default(),
+            permission_mode: if a.ask {
+                "ask".to_owned()
+            } else {
+                a.permission_mode.clone().unwrap_or_default()
+            },
             max_cost_usd: a.max_cost_usd.unwrap_or(0.0),
             max_tokens: a.max_tokens.unwrap_or(0),
             preset: a.preset.clone().unwrap_or_default(),
@@ -316,19 +352,26 @@ async fn download_outputs(
     Ok(())
 }
 
+/// What following the job of `agentd run` adds to following any job.
+struct RunFollow {
+    asker: Option<Asker>,
+}
+
 /// Prints a job's events after `after`, reattaching from the last seq seen on transport errors.
-/// Stops after the `finished` event (returned), or once `until` is reached. With
-/// `cancel_on_interrupt`, a first Ctrl-C cancels the job (the stream goes on to show how it
-/// ends) and a second one gives up.
+/// Stops after the `finished` event (returned), or once `until` is reached. Following the job of
+/// `agentd run` (`run` set), a first Ctrl-C cancels the job (the stream goes on to show how it
+/// ends) and a second one gives up, and `--ask` answers its permission requests.
 async fn follow(
     conn: &Conn,
     job_id: &str,
     after: u64,
     until: Option<u64>,
     json: bool,
-    cancel_on_interrupt: bool,
+    run: Option<&RunFollow>,
     p: &mut Printer,
 ) -> Result<Option<pb::JobFinished>, CliError> {
+    let cancel_on_interrupt = run.is_some();
+    let asker = run.and_then(|r| r.asker.as_ref());
     let mut last = after;
     if until.is_some_and(|u| u <= last) {
         return Ok(None);
@@ -387,6 +430,11 @@ async fn follow(
                         last = e.seq;
                         if let Some(pb::job_event::Kind::Started(_)) = &e.kind {
                             started_at = e.time;
+                        }
+                        if let (Some(asker), Some(pb::job_event::Kind::PermissionRequest(r))) =
+                            (asker, &e.kind)
+                        {
+                            asker.offer(r);
                         }
                         if json {
                             p.json(&render::event_json(job_id, &e)).await;
@@ -659,7 +707,7 @@ async fn jobs(conn: &Conn, json: bool, cmd: JobsCommand, p: &mut Printer) -> Res
             } else {
                 Some(get_job(conn, &job_id).await?.last_seq)
             };
-            let fin = follow(conn, &job_id, after_seq, until, json, false, p).await?;
+            let fin = follow(conn, &job_id, after_seq, until, json, None, p).await?;
             Ok(match fin {
                 Some(fin) if f => outcome(fin.state),
                 _ => exit::OK,

@@ -7,13 +7,16 @@
 //! client would; it shares no state with the server modules.
 
 mod archive;
+mod ask;
 mod commands;
 mod conn;
+mod history;
 mod presets;
 mod render;
 mod transfer;
 mod usage;
 mod watch;
+mod webhooks;
 
 pub use conn::CliError;
 
@@ -115,6 +118,49 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: presets::PresetsCommand,
     },
+    /// Create, list, delete, rotate or test your webhook endpoints, and read their delivery log.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Webhooks {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
+    /// Print a finished job's unified diff (from the snapshots taken before and after it).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Diff {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+        /// Only changes at or under these workspace paths.
+        paths: Vec<String>,
+    },
+    /// Create a new session from a finished job: its workspace as the job left it (or as it
+    /// found it, with --before) and a fork of the job's conversation. Prints the new session id.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Fork {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+        /// From before the job instead of after it.
+        #[arg(long)]
+        before: bool,
+        /// A label of the new session, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_pair)]
+        labels: Vec<(String, String)>,
+    },
+    /// Put a session's workspace and conversation back to after a job of it (or before it, with
+    /// --before); later jobs stay listed, marked rewound past.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Rewind {
+        #[command(flatten)]
+        client: ClientArgs,
+        session_id: String,
+        job_id: String,
+        /// Back to before the job instead of after it.
+        #[arg(long)]
+        before: bool,
+    },
     /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
     #[command(after_help = EXIT_CODES_HELP)]
     Usage {
@@ -182,8 +228,13 @@ pub struct RunArgs {
     #[arg(long = "allowed-tool", value_name = "TOOL")]
     pub allowed_tools: Vec<String>,
     /// Agent permission mode, e.g. `acceptEdits`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ask")]
     pub permission_mode: Option<String>,
+    /// Ask on the terminal before each tool call no rule decides (permission mode `ask`): the
+    /// tool and its input are shown, `y` allows, `n` (or `n: reason`) denies. Without a terminal
+    /// the answers are read from stdin, one line per request.
+    #[arg(long, conflicts_with = "detach")]
+    pub ask: bool,
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     pub append_system_prompt: Option<String>,
@@ -400,6 +451,10 @@ pub fn main(cmd: ClientCommand) -> i32 {
         | ClientCommand::Files { client, .. }
         | ClientCommand::Usage { client, .. }
         | ClientCommand::Presets { client, .. }
+        | ClientCommand::Webhooks { client, .. }
+        | ClientCommand::Diff { client, .. }
+        | ClientCommand::Fork { client, .. }
+        | ClientCommand::Rewind { client, .. }
         | ClientCommand::Agents { client } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.

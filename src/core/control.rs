@@ -88,6 +88,34 @@ pub(super) struct Setup {
     pub job: PermissionRules,
     pub timeout: std::time::Duration,
     pub workspace: String,
+    pub notify: Notify,
+}
+
+/// Who hears of a request left to the caller besides the job's event stream: the tenant's
+/// webhook endpoints subscribed to `job.permission_requested` (issue #19).
+pub(super) struct Notify {
+    /// Read at each request: the outbox is attached after the core starts.
+    pub webhooks: Arc<std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>>,
+    pub job: Job,
+}
+
+impl Notify {
+    /// Enqueues the message off the controller's path: a slow store never delays the agent's
+    /// answers, and a failed enqueue is logged, not fatal to the job.
+    fn permission_requested(&self, request_id: &str, detail: Value) {
+        let Some(webhooks) = self.webhooks.get().cloned() else {
+            return;
+        };
+        let (job, request_id) = (self.job.clone(), request_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = webhooks
+                .permission_requested(&job, &request_id, detail)
+                .await
+            {
+                tracing::warn!(job = %job.id, error = %e, "cannot enqueue a permission webhook");
+            }
+        });
+    }
 }
 
 /// Creates the FIFO the agent reads as its stdin (replacing whatever an earlier job left at that
@@ -188,6 +216,7 @@ impl Controller {
                 input,
                 suggestion,
             }) => self.asked(id, tool, input, suggestion).await,
+            Command::Agent(Signal::Send(text)) => self.write(&text).await,
             Command::Agent(Signal::TurnEnded) => {
                 self.open_turns = self.open_turns.saturating_sub(1);
                 if self.open_turns == 0 || self.interrupted.load(Ordering::Acquire) {
@@ -223,6 +252,10 @@ impl Controller {
             return;
         }
         let timeout = self.setup.timeout;
+        // The tool's input stays out: it may hold values only the event log's redaction knows;
+        // the receiver reads it from the job's events (`request_id` names the event).
+        let detail = serde_json::json!({ "tool": tool, "timeout_seconds": timeout.as_secs() });
+        self.setup.notify.permission_requested(&id, detail);
         self.emit(EventKind::PermissionRequest {
             request_id: id.clone(),
             tool,

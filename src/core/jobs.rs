@@ -102,6 +102,8 @@ fn control(
 pub struct JobView {
     pub job: Job,
     pub queue_position: Option<u32>,
+    /// A RewindSession went back past this job (issue #18).
+    pub rewound_past: bool,
 }
 
 /// Environment names a job may not set: the server's (`AGENTD_*`, e.g. the run marker the start-up
@@ -464,6 +466,7 @@ impl Core {
         Ok(JobView {
             job,
             queue_position,
+            rewound_past: false,
         })
     }
 
@@ -484,7 +487,12 @@ impl Core {
 
     pub async fn get_job(&self, tenant: &TenantId, id: &str) -> Result<JobView> {
         let job = self.owned_job(tenant, id).await?;
-        self.job_view(job).await
+        let mut view = self.job_view(job).await?;
+        if view.job.state.is_finished() {
+            let marks = self.store.rewound_jobs(&view.job.session_id).await?;
+            view.rewound_past = marks.contains(&view.job.id);
+        }
+        Ok(view)
     }
 
     pub async fn list_jobs(
@@ -504,9 +512,12 @@ impl Core {
             created: j.created,
             id: j.id.to_string(),
         });
+        let marks = self.store.rewound_jobs(&session.id).await?;
         let mut views = Vec::with_capacity(rows.len());
         for j in rows {
-            views.push(self.job_view(j).await?);
+            let mut view = self.job_view(j).await?;
+            view.rewound_past = marks.contains(&view.job.id);
+            views.push(view);
         }
         Ok((views, next))
     }

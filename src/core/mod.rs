@@ -9,6 +9,7 @@
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
+mod adopt;
 mod caps;
 mod control;
 mod dispatch;
@@ -21,6 +22,7 @@ mod jobs;
 mod pieces;
 mod presets;
 mod reaper;
+mod rewind;
 mod run;
 mod sessions;
 mod tenant_watch;
@@ -32,6 +34,7 @@ pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use pieces::{Piece, PieceDone, PiecedUploads};
 pub use presets::PresetView;
+pub use rewind::{ForkSession, Rewound};
 pub use sessions::{CreateSession, SessionView};
 pub use tenant_watch::{WatchFilter, WatchItem};
 
@@ -91,6 +94,9 @@ pub struct Core {
     gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The config file's presets and catalogs; SIGHUP swaps it (`core::presets`).
     catalog: crate::presets::SharedCatalog,
+    /// The webhook outbox, attached once it started (it follows this core's change sequence);
+    /// controllers read it when an agent asks for a permission.
+    webhooks: Arc<OnceLock<Arc<crate::webhooks::Webhooks>>>,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -178,7 +184,9 @@ impl Core {
             wake: Notify::new(),
             dispatching: tokio::sync::Mutex::new(()),
             gateway,
+            webhooks: Arc::new(OnceLock::new()),
         });
+        core.adopt().await;
         core.recover().await?;
         core.launcher.warm();
         if let Some(signals) = core.store.signals() {
@@ -194,6 +202,11 @@ impl Core {
     /// signals, other replicas'): what the webhook outbox waits on.
     pub fn job_changes(&self) -> watch::Receiver<u64> {
         self.events.changes()
+    }
+
+    /// Hands the started webhook outbox to the core, for `job.permission_requested` messages.
+    pub fn attach_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
     }
 
     pub fn config(&self) -> &Config {
@@ -245,6 +258,20 @@ impl Core {
         // No job starts any more (claims stopped with `accepting`).
         self.launcher.close();
         self.streams_stop.cancel();
+    }
+
+    /// Shutdown with `--on-shutdown keep` (issue #23): refuse new work and stop claiming jobs,
+    /// but leave running ones to their supervisors; streams end so clients reconnect to the
+    /// next agentd.
+    pub fn leave(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.launcher.close();
+        self.streams_stop.cancel();
+    }
+
+    /// How many jobs run here.
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
     }
 
     /// Cancels a running job; returns whether it was running.

@@ -132,6 +132,11 @@ pub enum Outcome {
     OutputSchema {
         message: String,
     },
+    /// agentd stopped leaving the job running, and no agentd adopted it within the adopt timeout:
+    /// its supervisor ended the tree (issue #23).
+    AdoptionTimeout {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -143,6 +148,7 @@ impl Outcome {
             | Outcome::BudgetExceeded { .. }
             | Outcome::PermissionPending { .. }
             | Outcome::OutputSchema { .. } => FinalState::Failed,
+            Outcome::AdoptionTimeout { .. } => FinalState::Failed,
             Outcome::Cancelled { .. } | Outcome::Interrupted => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
@@ -160,6 +166,7 @@ impl Outcome {
             Outcome::Interrupted => "interrupted by the caller".into(),
             Outcome::PermissionPending { message } => message.clone(),
             Outcome::OutputSchema { message } => message.clone(),
+            Outcome::AdoptionTimeout { message } => message.clone(),
         }
     }
 
@@ -172,6 +179,7 @@ impl Outcome {
             Outcome::Interrupted => Reason::Interrupted.as_str(),
             Outcome::PermissionPending { .. } => Reason::PermissionPendingAtRestart.as_str(),
             Outcome::OutputSchema { .. } => Reason::OutputSchema.as_str(),
+            Outcome::AdoptionTimeout { .. } => Reason::AdoptionTimeout.as_str(),
             _ => "",
         }
     }

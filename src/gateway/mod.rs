@@ -123,6 +123,11 @@ pub struct Gateway {
     /// Per tenant, what finished calls spent that the ledger does not hold yet (tokens, USD), so
     /// a budget check between a call's end and its ledger row still counts it.
     unledgered: Arc<Mutex<HashMap<TenantId, (u64, f64)>>>,
+    /// Held for reading across a budget check's ledger query and its read of `unledgered`, and
+    /// for writing while a row moves from `unledgered` into the ledger: otherwise a check could
+    /// query the ledger just before a row lands and read `unledgered` just after it left, and
+    /// miss that call entirely (a sequential agent got one call over its budget).
+    ledger_move: Arc<tokio::sync::RwLock<()>>,
     /// Longest wait for the upstream's response headers, and between two chunks of its body.
     timeout: std::time::Duration,
 }
@@ -154,6 +159,7 @@ impl Gateway {
             socket,
             grants: Mutex::new(HashMap::new()),
             unledgered: Arc::default(),
+            ledger_move: Arc::default(),
             timeout,
         });
         tracing::info!(%addr, "model gateway listening");
@@ -253,6 +259,7 @@ impl Gateway {
                 group: None,
                 session,
             };
+            let moving = self.ledger_move.read().await;
             let spent = match self.store.usage(&grant.tenant, &filter).await {
                 Ok(rows) => rows.into_iter().next().unwrap_or_default(),
                 // Fail closed: a budget that cannot be checked is not granted.
@@ -267,6 +274,7 @@ impl Gateway {
                 .get(&grant.tenant)
                 .copied()
                 .unwrap_or_default();
+            drop(moving);
             if (usd_max > 0.0 && spent.cost_usd + pending_usd >= usd_max)
                 || (tok_max > 0 && spent.tokens() + pending_tokens >= tok_max)
             {
@@ -312,7 +320,9 @@ impl Gateway {
         let spent = (row.call.tokens(), row.call.cost_usd.unwrap_or(0.0));
         pending(&self.unledgered, &row.tenant, spent, 1.0);
         let (store, unledgered) = (self.store.clone(), self.unledgered.clone());
+        let moving = self.ledger_move.clone();
         Box::pin(async move {
+            let _moving = moving.write().await;
             if let Err(e) = store.record_model_call(&row).await {
                 tracing::error!(job = %row.job, error = %e, "cannot record a model call in the ledger");
             }

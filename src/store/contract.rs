@@ -53,6 +53,7 @@ macro_rules! store_contract_tests {
             latest_succeeded,
             job_outputs,
             snapshots_index,
+            rewind_marks,
             delete_session_cascades,
             survives_reopen,
             concurrent_appends,
@@ -65,6 +66,7 @@ macro_rules! store_contract_tests {
             renew_returns_only_owned_unfinished,
             expired_leases_listing,
             release_restores_queue_place,
+            take_over_moves_only_a_running_job_of_its_owner,
             finish_unclaimed_only_when_unclaimed,
             cancel_requests_keep_first_reason,
             queue_positions,
@@ -634,6 +636,44 @@ pub async fn append_consecutive(h: &dyn Harness) {
     store.append(vec![]).await.unwrap();
 }
 
+/// What a refused write must leave exactly as it was: some jobs (rows and event logs) and their
+/// session. `check` compares the store now with the capture.
+struct Unchanged {
+    jobs: Vec<(Job, Vec<JobEvent>)>,
+    session: Session,
+}
+
+impl Unchanged {
+    async fn capture(store: &dyn Store, jobs: &[&Job], session: &Session) -> Self {
+        let mut captured = Vec::new();
+        for j in jobs {
+            let row = store.get_job(&j.id).await.unwrap().unwrap();
+            let events = store.read_events(&j.id, 0, 100_000).await.unwrap();
+            captured.push((row, events));
+        }
+        let session = store.get_session_any(&session.id).await.unwrap().unwrap();
+        Self {
+            jobs: captured,
+            session,
+        }
+    }
+
+    async fn check(&self, store: &dyn Store, what: &str) {
+        for (row, events) in &self.jobs {
+            let now = store.get_job(&row.id).await.unwrap().unwrap();
+            assert_eq!(&now, row, "{what}: job {} changed", row.id);
+            let now = store.read_events(&row.id, 0, 100_000).await.unwrap();
+            assert_eq!(&now, events, "{what}: events of job {} changed", row.id);
+        }
+        let now = store
+            .get_session_any(&self.session.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now, self.session, "{what}: the session changed");
+    }
+}
+
 pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
     let store = h.open().await;
     let s = new_session(&*store, session("acme", ts(0))).await;
@@ -643,9 +683,7 @@ pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
         .append(vec![write(&a, texts(1, 3), None)])
         .await
         .unwrap();
-    let a_before = store.get_job(&a.id).await.unwrap().unwrap();
-    let b_before = store.get_job(&b.id).await.unwrap().unwrap();
-    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let before = Unchanged::capture(&*store, &[&a, &b], &s).await;
 
     let ghost = job(&s, ts(3));
     let bad_batches: Vec<(&str, Vec<JobWrite>)> = vec![
@@ -677,30 +715,7 @@ pub async fn append_refuses_gap_repeat_unknown(h: &dyn Harness) {
     for (what, batch) in bad_batches {
         let err = store.append(batch).await.unwrap_err();
         assert!(matches!(err, Error::Internal { .. }), "{what}: {err:?}");
-        assert_eq!(
-            store.get_job(&a.id).await.unwrap().unwrap(),
-            a_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.get_job(&b.id).await.unwrap().unwrap(),
-            b_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.read_events(&a.id, 0, 100).await.unwrap(),
-            texts(1, 3),
-            "{what}"
-        );
-        assert!(
-            store.read_events(&b.id, 0, 100).await.unwrap().is_empty(),
-            "{what}"
-        );
-        assert_eq!(
-            store.get_session_any(&s.id).await.unwrap().unwrap(),
-            session_before,
-            "{what}"
-        );
+        before.check(&*store, what).await;
     }
     // The log still continues normally afterwards.
     store
@@ -918,6 +933,51 @@ fn snap(j: &Job, point: crate::store::SnapPoint, tree: char, at: i64) -> crate::
         bytes_added: 7,
         created: ts(at),
     }
+}
+
+pub async fn rewind_marks(h: &dyn Harness) {
+    use crate::store::Rewind;
+    let store = h.open().await;
+    let s1 = new_session(&*store, session("acme", ts(0))).await;
+    let s2 = new_session(&*store, session("acme", ts(0))).await;
+    let j2 = new_job(&*store, &s1, ts(2)).await;
+    let j3 = new_job(&*store, &s1, ts(3)).await;
+    let rewind = |past: Vec<JobId>, current: Option<JobId>, conv: Option<&str>| Rewind {
+        session: s1.id.clone(),
+        conversation: conv.map(str::to_owned),
+        past,
+        current,
+        at: ts(9),
+    };
+    store
+        .rewind_session(&rewind(
+            vec![j2.id.clone(), j3.id.clone()],
+            None,
+            Some("c1"),
+        ))
+        .await
+        .unwrap();
+    let marks = store.rewound_jobs(&s1.id).await.unwrap();
+    let mut want = vec![j2.id.clone(), j3.id.clone()];
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(marks, want);
+    assert!(store.rewound_jobs(&s2.id).await.unwrap().is_empty());
+    let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id.as_deref(), Some("c1"));
+    // Marking again keeps the marks; `current` loses its own; no conversation clears it.
+    store
+        .rewind_session(&rewind(vec![j3.id.clone()], Some(j2.id.clone()), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rewound_jobs(&s1.id).await.unwrap(),
+        vec![j3.id.clone()]
+    );
+    let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id, None);
+    // The marks go with their session.
+    store.delete_session(&s1.id).await.unwrap();
+    assert!(store.rewound_jobs(&s1.id).await.unwrap().is_empty());
 }
 
 pub async fn snapshots_index(h: &dyn Harness) {
@@ -1638,6 +1698,70 @@ pub async fn release_restores_queue_place(h: &dyn Harness) {
     );
 }
 
+pub async fn take_over_moves_only_a_running_job_of_its_owner(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let got = store.claim_jobs("r1", ts(10), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&a]));
+    // Not started yet: nothing to adopt.
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    store
+        .append(vec![write(&a, vec![], Some(running(ts(4))))])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over_job(&a.id, "r9", "r2", ts(20))
+            .await
+            .unwrap(),
+        "not r9's"
+    );
+    assert!(
+        !store
+            .take_over_job(&JobId::generate(), "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_over_job(&a.id, "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    // The swap happened once: a second adopter loses.
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r3", ts(20))
+            .await
+            .unwrap()
+    );
+    assert!(store.renew_leases("r1", ts(30)).await.unwrap().is_empty());
+    assert_eq!(
+        store.renew_leases("r2", ts(30)).await.unwrap(),
+        vec![a.id.clone()]
+    );
+    store
+        .append(vec![write(
+            &a,
+            vec![],
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over_job(&a.id, "r2", "r3", ts(40))
+            .await
+            .unwrap()
+    );
+}
+
 pub async fn finish_unclaimed_only_when_unclaimed(h: &dyn Harness) {
     let store = h.open().await;
     let mut jobs = Vec::new();
@@ -1983,9 +2107,7 @@ pub async fn append_refuses_finished_job_and_clears_owner(h: &dyn Harness) {
     assert_eq!(ids(&orphans, |o| &o.job.id), job_ids(&[&b]));
     assert!(!store.release_job(&a.id, "r1").await.unwrap());
 
-    let a_before = store.get_job(&a.id).await.unwrap().unwrap();
-    let b_before = store.get_job(&b.id).await.unwrap().unwrap();
-    let session_before = store.get_session_any(&s.id).await.unwrap().unwrap();
+    let before = Unchanged::capture(&*store, &[&a, &b], &s).await;
     let bad: Vec<(&str, Vec<JobWrite>)> = vec![
         ("events", vec![write(&a, texts(4, 4), None)]),
         ("row only", vec![write(&a, vec![], Some(running(ts(9))))]),
@@ -2026,30 +2148,7 @@ pub async fn append_refuses_finished_job_and_clears_owner(h: &dyn Harness) {
             ),
             "{what}: {err:?}"
         );
-        assert_eq!(
-            store.get_job(&a.id).await.unwrap().unwrap(),
-            a_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.get_job(&b.id).await.unwrap().unwrap(),
-            b_before,
-            "{what}"
-        );
-        assert_eq!(
-            store.read_events(&a.id, 0, 10).await.unwrap(),
-            texts(1, 3),
-            "{what}"
-        );
-        assert!(
-            store.read_events(&b.id, 0, 10).await.unwrap().is_empty(),
-            "{what}"
-        );
-        assert_eq!(
-            store.get_session_any(&s.id).await.unwrap().unwrap(),
-            session_before,
-            "{what}"
-        );
+        before.check(&*store, what).await;
     }
     assert_eq!(
         store.renew_leases("r1", ts(30)).await.unwrap(),

@@ -2,6 +2,8 @@
 //! stand-in Claude, and hands out generated clients that send an API key, as a user would.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use agentd::pb;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ pub fn fake_claude() -> PathBuf {
 pub struct TestServer {
     child: Option<Child>,
     pub addr: String,
+    /// The model gateway's address, when it is on (`--gateway-listen`, port 0 is fine).
+    pub gateway_addr: Option<String>,
     pub data_dir: PathBuf,
     /// The `--config` file, when the options had one.
     pub config_path: Option<PathBuf>,
@@ -81,6 +85,7 @@ impl TestServer {
         let mut s = TestServer {
             child: None,
             addr: String::new(),
+            gateway_addr: None,
             data_dir,
             config_path,
             _tmp: Some(tmp),
@@ -93,8 +98,13 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        self.spawn_exe(Path::new(env!("CARGO_BIN_EXE_agentd")));
+    }
+
+    /// Starts the server from `exe` (a copy of the binary stands for an upgraded one).
+    pub fn spawn_exe(&mut self, exe: &Path) {
         let mut cmd = match self.run_as {
-            None => Command::new(env!("CARGO_BIN_EXE_agentd")),
+            None => Command::new(exe),
             Some(user) => {
                 // setpriv execs agentd in place, so the child's pid is agentd's.
                 let mut c = Command::new(setpriv());
@@ -104,7 +114,7 @@ impl TestServer {
                     .arg(user.gid.to_string())
                     .arg("--clear-groups")
                     .arg("--")
-                    .arg(env!("CARGO_BIN_EXE_agentd"))
+                    .arg(exe)
                     .env("HOME", self.data_dir.parent().expect("temp dir"));
                 c
             }
@@ -119,6 +129,9 @@ impl TestServer {
             .env("AGENTD_CLAUDE_BIN", fake_claude())
             .env("AGENTD_KILL_GRACE_SECONDS", "2")
             .env("AGENTD_SHUTDOWN_GRACE_SECONDS", "2")
+            // Jobs die with the server, as the existing tests expect; tests/adopt.rs opts in to
+            // `keep` (issue #23) through `Options::env`.
+            .env("AGENTD_ON_SHUTDOWN", "cancel")
             .env("AGENTD_LOG", "warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -127,9 +140,13 @@ impl TestServer {
         let mut child = cmd.spawn().expect("start agentd");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        self.gateway_addr = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("agentd gateway listening on ") {
+                        self.gateway_addr = Some(a.trim().to_owned());
+                    }
                     if let Some(a) = l.strip_prefix("agentd listening on ") {
                         break a.trim().to_owned();
                     }

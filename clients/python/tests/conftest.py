@@ -27,7 +27,7 @@ def agentd_binary() -> Path:
 
 
 class Server:
-    def __init__(self, data_dir: Path, *, keys: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, keys: bool = True, config: str | None = None) -> None:
         env = dict(os.environ)
         env.pop("AGENTD_API_KEYS", None)
         if keys:
@@ -40,8 +40,14 @@ class Server:
         )
         env.pop("AGENTD_URL", None)
         env.pop("AGENTD_API_KEY", None)
+        argv = [str(agentd_binary()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+        if config is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path = data_dir.parent / "agentd.toml"
+            path.write_text(config)
+            argv += ["--config", str(path)]
         self.proc = subprocess.Popen(
-            [str(agentd_binary()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=sys.stderr,

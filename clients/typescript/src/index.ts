@@ -6,6 +6,7 @@ export * from "./gen/agentd/v1/file_pb.js";
 export * from "./gen/agentd/v1/server_info_pb.js";
 export * from "./gen/agentd/v1/usage_pb.js";
 export * from "./gen/agentd/v1/preset_pb.js";
+export * from "./gen/agentd/v1/webhook_pb.js";
 export {
   CHUNK_SIZE,
   FINAL_STATES,
@@ -16,8 +17,10 @@ export {
   type CreateSessionOptions,
   type JobOptions,
   type JobRun,
+  type PermissionAnswer,
   type PresetFields,
 } from "./client.js";
+export { PIECE_SIZE, uploadInPieces, type PieceUploadOptions } from "./pieces.js";
 export {
   AgentdError,
   Code,
@@ -28,4 +31,12 @@ export {
   isAgentdError,
   toAgentdError,
 } from "./errors.js";
+export {
+  WEBHOOK_SECRET_PREFIX,
+  WEBHOOK_TOLERANCE_SECONDS,
+  WebhookVerificationError,
+  signWebhook,
+  verifyWebhook,
+  type WebhookHeaders,
+} from "./webhooks.js";
 export { textDeltas } from "./deltas.js";

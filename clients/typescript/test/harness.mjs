@@ -1,7 +1,7 @@
 // Test harness: starts the real `agentd` binary on port 0 with a temp data dir and the scripted
 // stand-in Claude, and a TCP proxy that can cut every connection to simulate a dropped network.
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -12,8 +12,11 @@ export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const KEY_A = "sdk-test-key-a";
 export const KEY_B = "sdk-test-key-b";
 
-/** Starts agentd; `keys: false` starts it like the README's start command (loopback, no keys). */
-export async function startServer({ keys = true } = {}) {
+/**
+ * Starts agentd; `keys: false` starts it like the README's start command (loopback, no keys);
+ * `config` is the text of a `--config` file.
+ */
+export async function startServer({ keys = true, config = undefined } = {}) {
   const bin = process.env.AGENTD_BIN ?? path.join(REPO, "target/debug/agentd");
   if (!existsSync(bin)) throw new Error(`agentd binary not found at ${bin}: run cargo build`);
   const tmp = mkdtempSync(path.join(os.tmpdir(), "agentd-ts-"));
@@ -28,7 +31,12 @@ export async function startServer({ keys = true } = {}) {
   if (keys) env.AGENTD_API_KEYS = `a:${KEY_A},b:${KEY_B}`;
   delete env.AGENTD_URL;
   delete env.AGENTD_API_KEY;
-  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--data-dir", path.join(tmp, "data")], {
+  const args = ["serve", "--listen", "127.0.0.1:0", "--data-dir", path.join(tmp, "data")];
+  if (config !== undefined) {
+    writeFileSync(path.join(tmp, "agentd.toml"), config);
+    args.push("--config", path.join(tmp, "agentd.toml"));
+  }
+  const child = spawn(bin, args, {
     env,
     stdio: ["ignore", "pipe", "ignore"],
   });

@@ -164,6 +164,13 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::InterruptJobResponse>, Status> {
         unimplemented()
     }
+    type AttachStream = BoxStream<pb::AttachResponse>;
+    async fn attach(
+        &self,
+        _: Request<Streaming<pb::AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        unimplemented()
+    }
 
     type StreamJobEventsStream = BoxStream<pb::StreamJobEventsResponse>;
     async fn stream_job_events(

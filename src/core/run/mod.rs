@@ -3,6 +3,7 @@
 //! `verdict` from what happened, the outputs recorder, and `finish` (final event and row).
 //! `recovery` settles what a previous process left; `sink` numbers and writes events.
 
+mod adopted;
 mod finish;
 mod gateway;
 mod pump;
@@ -156,6 +157,7 @@ impl Core {
         };
         let started = Timestamp::now();
         agent_span.record("pid", process.pid());
+        let claim = self.claim_for_adoption(job, process.token()).await;
         let running = metrics().job_running();
         tracing::info!(job = %job.id, session = %p.session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
         let state = job.state.transition(JobState::Running { started })?;
@@ -184,8 +186,10 @@ impl Core {
             grace: self.config.timing.kill_grace,
         };
         let limits = &self.config.limits;
+        // A protocol with its own output (a JSON-RPC agent) has its own parser.
+        let parser = p.pipe.as_ref().and_then(|(protocol, _)| protocol.parser());
         let mut pump = Pump::new(
-            agents::parser(p.profile),
+            parser.unwrap_or_else(|| agents::parser(p.profile)),
             state,
             p.resume,
             (limits.job_output_max_bytes, limits.job_output_max_events),
@@ -203,6 +207,9 @@ impl Core {
             return Err(e);
         }
         let outcome = run.await;
+        if let Some(token) = claim {
+            self.forget_claim(token).await;
+        }
         if let Stdin::File(path) = &stdin {
             // The agent read it (or never will): a large prompt need not linger in its HOME.
             let _ = tokio::fs::remove_file(path).await;
@@ -350,7 +357,7 @@ impl Core {
         let protocol = job
             .spec
             .asks()
-            .then(|| agents::interactive::protocol(profile))
+            .then(|| agents::interactive::protocol(profile, &job.spec, &ctx))
             .flatten();
         let mut pipe = None;
         let stdin = match (&launch.stdin, protocol) {
@@ -429,6 +436,34 @@ impl Core {
         })))
     }
 
+    /// With adoption on, records which job the supervisor of `token` runs, so that the next
+    /// agentd can adopt it if this one stops (issue #23). Returns the token to forget at the end.
+    async fn claim_for_adoption(&self, job: &Job, token: &str) -> Option<String> {
+        if !crate::runner::adopt::enabled() {
+            return None;
+        }
+        let dir = crate::runner::records::run_dir(&self.config.data_dir);
+        let claim = crate::runner::adopt::Claim {
+            token: token.to_owned(),
+            job: job.id.to_string(),
+            replica: self.config.replica_id.clone(),
+        };
+        let written =
+            tokio::task::spawn_blocking(move || crate::runner::adopt::write_claim(&dir, &claim))
+                .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(job = %job.id, "cannot record the job for adoption; it ends with agentd");
+        }
+        Some(token.to_owned())
+    }
+
+    /// Removes a finished job's claim and journal.
+    pub(in crate::core) async fn forget_claim(&self, token: String) {
+        let dir = crate::runner::records::run_dir(&self.config.data_dir);
+        let _ =
+            tokio::task::spawn_blocking(move || crate::runner::adopt::forget(&dir, &token)).await;
+    }
+
     /// What the job changed in the workspace, from its two snapshots, stored with the job; then
     /// the history's retention. A snapshot that cannot be taken loses the outputs, not the job.
     async fn record_outputs(&self, job: &Job, session: &Session, before: &Taken) -> Result<()> {
@@ -479,6 +514,10 @@ impl Core {
                 .workspace_dir(&session.id)
                 .to_string_lossy()
                 .into_owned(),
+            notify: super::control::Notify {
+                webhooks: self.webhooks.clone(),
+                job: job.clone(),
+            },
         };
         let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
         let _ = handle.control.set(ctl.clone());

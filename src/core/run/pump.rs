@@ -51,6 +51,9 @@ pub(super) struct Pump {
     pub(super) control: Option<Controlled>,
     /// Delta text stored so far.
     delta_bytes: u64,
+    /// Events made from output that a previous agentd stored already: an adopted job's journal
+    /// replays them, and they are dropped here, after the caps saw them (issue #23).
+    pub(super) skip: u64,
 }
 
 /// A controlled job's controller and the protocol its output is read with.
@@ -89,6 +92,7 @@ impl Pump {
             events: Vec::new(),
             control: None,
             delta_bytes: 0,
+            skip: 0,
         }
     }
 
@@ -158,6 +162,15 @@ impl Pump {
         })
     }
 
+    /// An event made from an output line, unless it is one already stored ([`Pump::skip`]).
+    fn output_event(&mut self, sink: &mut Sink<'_>, kind: EventKind, raw: Option<String>) {
+        if self.skip > 0 {
+            self.skip -= 1;
+        } else {
+            self.events.push(sink.event(kind, raw));
+        }
+    }
+
     fn take(&mut self, sink: &mut Sink<'_>, out: Output) {
         match out {
             Output::Stdout(line) => {
@@ -181,12 +194,14 @@ impl Pump {
                     return;
                 }
                 match self.cap.admit(line.text.len(), parsed.len()) {
-                    Admit::Keep => self
-                        .events
-                        .extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw))),
-                    Admit::Truncate(reason) => self
-                        .events
-                        .push(sink.event(EventKind::Truncated { reason }, None)),
+                    Admit::Keep => {
+                        for p in parsed {
+                            self.output_event(sink, p.kind, p.raw);
+                        }
+                    }
+                    Admit::Truncate(reason) => {
+                        self.output_event(sink, EventKind::Truncated { reason }, None)
+                    }
                     Admit::Drop => {}
                 }
             }
@@ -203,7 +218,7 @@ impl Pump {
                     Admit::Truncate(reason) => EventKind::Truncated { reason },
                     Admit::Drop => return,
                 };
-                self.events.push(sink.event(kind, None));
+                self.output_event(sink, kind, None);
             }
             Output::Event(kind) => {
                 // Few, and what the tenant is charged for or must know: never dropped by the caps.

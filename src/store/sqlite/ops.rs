@@ -6,17 +6,14 @@ use super::db;
 use crate::domain::{
     FileChange, Job, JobEvent, JobId, JobState, PageCursor, Session, SessionId, TenantId, Timestamp,
 };
-use crate::error::{Error, Reason, Result};
-use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan};
+use crate::error::{Error, Result};
+use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan, rules};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// How long a client refused by an admission limit should wait: jobs typically take seconds.
-const RETRY_ADMIT: Duration = Duration::from_secs(5);
 
 macro_rules! session_cols {
     () => {
@@ -403,34 +400,14 @@ fn admit(conn: &Connection, job: &Job, limits: &AdmitLimits) -> Result<()> {
          AND state_name IN ('QUEUED', 'RUNNING') AND state_name = 'QUEUED' AND owner IS NULL",
         job.session_id.as_str(),
     )?;
-    let max_queued = limits.max_queued_in_session;
-    if queued >= max_queued as u64 {
-        return Err(Error::ResourceExhausted {
-            reason: Reason::QueueFull,
-            message: format!(
-                "session {} already has {max_queued} queued jobs (the maximum)",
-                job.session_id
-            ),
-            retry_after: Some(RETRY_ADMIT),
-        });
-    }
-    let max_active = limits.max_active_for_tenant;
-    if max_active > 0 {
+    rules::admit_to_session(&job.session_id, queued, limits.max_queued_in_session)?;
+    if limits.max_active_for_tenant > 0 {
         let active = count(
             conn,
             "SELECT count(*) FROM jobs WHERE tenant = ?1 AND state_name IN ('QUEUED', 'RUNNING')",
             job.tenant.as_str(),
         )?;
-        if active >= max_active as u64 {
-            return Err(Error::ResourceExhausted {
-                reason: Reason::TooManyJobs,
-                message: format!(
-                    "tenant {:?} already has {max_active} queued or running jobs (the maximum)",
-                    job.tenant.as_str()
-                ),
-                retry_after: Some(RETRY_ADMIT),
-            });
-        }
+        rules::admit_for_tenant(&job.tenant, active, limits.max_active_for_tenant)?;
     }
     Ok(())
 }
@@ -625,6 +602,22 @@ pub(super) fn expired_leases(
     .map_err(db)
 }
 
+pub(super) fn take_over_job(
+    conn: &Connection,
+    job: &JobId,
+    (from, to): (&str, &str),
+    lease_until: Timestamp,
+) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET owner = ?3, lease_until = ?4 \
+             WHERE id = ?1 AND owner = ?2 AND state_name = 'RUNNING'",
+        )
+        .and_then(|mut st| st.execute(params![job.as_str(), from, to, lease_until.micros()]))
+        .map_err(db)?;
+    Ok(n == 1)
+}
+
 pub(super) fn release_job(conn: &Connection, job: &JobId, owner: &str) -> Result<bool> {
     // Its place in the queue is its creation time, which nothing here changes.
     let n = conn
@@ -720,30 +713,10 @@ pub(super) fn append(conn: &Connection, writes: &[JobWrite]) -> Result<()> {
             .optional()
             .map_err(db)?;
         let Some((pk, last_seq, session_id, unfinished, tenant, state_name)) = found else {
-            return Err(Error::internal(format!(
-                "store: append to job {} which does not exist",
-                w.job_id
-            )));
+            return Err(rules::missing_job(&w.job_id));
         };
-        // Fences off a replica that lost its lease while another one settled the job.
-        if !unfinished {
-            return Err(Error::precondition(
-                Reason::JobFinished,
-                format!("job {} already finished; its log is closed", w.job_id),
-            ));
-        }
-        let mut expected = last_seq + 1;
-        for e in &w.events {
-            if e.seq != expected {
-                return Err(Error::internal(format!(
-                    "store: event seq {} of job {} does not continue its log (expected {expected})",
-                    e.seq, w.job_id
-                )));
-            }
-            expected += 1;
-        }
+        let new_last = rules::check_append(&w.job_id, !unfinished, last_seq, &w.events)?;
         insert_events(conn, pk, &w.events)?;
-        let new_last = expected - 1;
         match &w.update {
             Some(u) => {
                 let state = to_json(&u.state, "job state")?;

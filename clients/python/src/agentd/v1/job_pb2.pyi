@@ -161,6 +161,7 @@ class Job(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REWOUND_PAST_FIELD_NUMBER: _builtins.int
     STRUCTURED_RESULT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier, e.g. `job_0192f3c1...`."""
@@ -194,6 +195,10 @@ class Job(_message.Message):
     """A stable, machine-readable code for why the job ended as it did, when the state alone does
     not say it: `LIMIT_EXCEEDED` (a limit of the job's sandbox ended it), `BUDGET_EXCEEDED` (a
     model budget of the job or its tenant was spent). Empty otherwise.
+    """
+    rewound_past: _builtins.bool
+    """Set once SessionService.RewindSession put the session back to a point before this job ended:
+    its workspace changes and conversation are no longer the session's (the job stays listed).
     """
     structured_result: _builtins.str
     """With SubmitJobRequest.output_schema: the final answer as JSON that satisfies the schema
@@ -240,11 +245,12 @@ class Job(_message.Message):
         timeout_seconds: _builtins.int = ...,
         last_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
+        rewound_past: _builtins.bool = ...,
         structured_result: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "exit_status", b"exit_status", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "structured_result", b"structured_result", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "rewound_past", b"rewound_past", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "structured_result", b"structured_result", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1475,6 +1481,248 @@ class InterruptJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InterruptJobResponse: _TypeAlias = InterruptJobResponse  # noqa: Y015
+
+@_typing.final
+class AttachRequest(_message.Message):
+    """A client message of JobService.Attach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SUBMIT_FIELD_NUMBER: _builtins.int
+    ATTACH_FIELD_NUMBER: _builtins.int
+    RESPOND_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    INTERRUPT_FIELD_NUMBER: _builtins.int
+    DETACH_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.int
+    """Chosen by the client; echoed in the ack or error answering this message."""
+    @_builtins.property
+    def submit(self) -> Global___SubmitJobRequest:
+        """Submit a job, exactly as SubmitJob, and follow its events from the start."""
+
+    @_builtins.property
+    def attach(self) -> Global___AttachJob:
+        """Follow a job's events after `after_seq`."""
+
+    @_builtins.property
+    def respond(self) -> Global___RespondToPermissionRequest:
+        """Answer a permission request, as RespondToPermission."""
+
+    @_builtins.property
+    def input(self) -> Global___SendInputRequest:
+        """Send a user message, as SendInput."""
+
+    @_builtins.property
+    def interrupt(self) -> Global___InterruptJobRequest:
+        """Interrupt the agent's turn, as InterruptJob."""
+
+    @_builtins.property
+    def detach(self) -> Global___DetachJob:
+        """Stop following a job (the job goes on)."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.int = ...,
+        submit: Global___SubmitJobRequest | None = ...,
+        attach: Global___AttachJob | None = ...,
+        respond: Global___RespondToPermissionRequest | None = ...,
+        input: Global___SendInputRequest | None = ...,
+        interrupt: Global___InterruptJobRequest | None = ...,
+        detach: Global___DetachJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attach", b"attach", "detach", b"detach", "input", b"input", "interrupt", b"interrupt", "respond", b"respond", "submit", b"submit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attach", b"attach", "detach", b"detach", "input", b"input", "interrupt", b"interrupt", "message_id", b"message_id", "respond", b"respond", "submit", b"submit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["submit", "attach", "respond", "input", "interrupt", "detach"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___AttachRequest: _TypeAlias = AttachRequest  # noqa: Y015
+
+@_typing.final
+class AttachJob(_message.Message):
+    """Follow a job on an Attach stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job to follow."""
+    after_seq: _builtins.int
+    """Only events with a larger seq are sent; 0 replays from the start."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachJob: _TypeAlias = AttachJob  # noqa: Y015
+
+@_typing.final
+class DetachJob(_message.Message):
+    """Stop following a job on an Attach stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job to stop following."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachJob: _TypeAlias = DetachJob  # noqa: Y015
+
+@_typing.final
+class AttachResponse(_message.Message):
+    """A server message of JobService.Attach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ack(self) -> Global___AttachAck:
+        """A client message was done."""
+
+    @_builtins.property
+    def error(self) -> Global___AttachError:
+        """A client message failed; the stream goes on."""
+
+    @_builtins.property
+    def events(self) -> Global___AttachEvents:
+        """Events of a followed job, as in StreamJobEventsResponse."""
+
+    def __init__(
+        self,
+        *,
+        ack: Global___AttachAck | None = ...,
+        error: Global___AttachError | None = ...,
+        events: Global___AttachEvents | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "events", b"events", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "events", b"events", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ack", "error", "events"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___AttachResponse: _TypeAlias = AttachResponse  # noqa: Y015
+
+@_typing.final
+class AttachAck(_message.Message):
+    """The answer to a client message that was done."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.int
+    """The client message's `message_id`."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """For `submit` and `attach`: the job as it is now."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.int = ...,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachAck: _TypeAlias = AttachAck  # noqa: Y015
+
+@_typing.final
+class AttachError(_message.Message):
+    """The answer to a client message that failed, with what its unary RPC would have answered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.int
+    """The client message's `message_id`."""
+    code: _builtins.int
+    """The gRPC status code, e.g. 5 for NOT_FOUND."""
+    reason: _builtins.str
+    """The stable reason (google.rpc.ErrorInfo reason), e.g. `JOB_NOT_FOUND`."""
+    message: _builtins.str
+    """What went wrong, for people."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.int = ...,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "message_id", b"message_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachError: _TypeAlias = AttachError  # noqa: Y015
+
+@_typing.final
+class AttachEvents(_message.Message):
+    """Events of one followed job on an Attach stream. After a job's `finished` event the stream
+    stops following it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job the events belong to."""
+    keepalive: _builtins.bool
+    """True on a keepalive message sent on a quiet job; such a message carries no events."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
+        """One or more consecutive events."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
+        keepalive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "job_id", b"job_id", "keepalive", b"keepalive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachEvents: _TypeAlias = AttachEvents  # noqa: Y015
 
 @_typing.final
 class LimitExceeded(_message.Message):

@@ -93,6 +93,11 @@ class JobServiceStub:
                 request_serializer=agentd_dot_v1_dot_job__pb2.InterruptJobRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_job__pb2.InterruptJobResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.stream_stream(
+                '/agentd.v1.JobService/Attach',
+                request_serializer=agentd_dot_v1_dot_job__pb2.AttachRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_job__pb2.AttachResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -185,6 +190,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request_iterator, context):
+        """One connection for a service: submit jobs or attach to running ones, receive their events
+        (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+        same stream. Every client message is answered by an ack or an error carrying its
+        `message_id`; an error ends only that message, never the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +257,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.InterruptJob,
                     request_deserializer=agentd_dot_v1_dot_job__pb2.InterruptJobRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_job__pb2.InterruptJobResponse.SerializeToString,
+            ),
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=agentd_dot_v1_dot_job__pb2.AttachRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_job__pb2.AttachResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -545,6 +565,33 @@ class JobService:
             '/agentd.v1.JobService/InterruptJob',
             agentd_dot_v1_dot_job__pb2.InterruptJobRequest.SerializeToString,
             agentd_dot_v1_dot_job__pb2.InterruptJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentd.v1.JobService/Attach',
+            agentd_dot_v1_dot_job__pb2.AttachRequest.SerializeToString,
+            agentd_dot_v1_dot_job__pb2.AttachResponse.FromString,
             options,
             channel_credentials,
             insecure,

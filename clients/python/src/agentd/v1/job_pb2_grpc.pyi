@@ -70,6 +70,12 @@ class JobServiceStub:
     """Stops the agent's current turn, keeping its conversation and the session: the job ends
     CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
     """
+    Attach: _grpc.StreamStreamMultiCallable[_job_pb2.AttachRequest, _job_pb2.AttachResponse]
+    """One connection for a service: submit jobs or attach to running ones, receive their events
+    (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+    same stream. Every client message is answered by an ack or an error carrying its
+    `message_id`; an error ends only that message, never the stream.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -112,6 +118,12 @@ class JobServiceAsyncStub(JobServiceStub):
     InterruptJob: _aio.UnaryUnaryMultiCallable[_job_pb2.InterruptJobRequest, _job_pb2.InterruptJobResponse]  # type: ignore[assignment]
     """Stops the agent's current turn, keeping its conversation and the session: the job ends
     CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+    """
+    Attach: _aio.StreamStreamMultiCallable[_job_pb2.AttachRequest, _job_pb2.AttachResponse]  # type: ignore[assignment]
+    """One connection for a service: submit jobs or attach to running ones, receive their events
+    (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+    same stream. Every client message is answered by an ack or an error carrying its
+    `message_id`; an error ends only that message, never the stream.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +230,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_pb2.InterruptJobResponse, _abc.Awaitable[_job_pb2.InterruptJobResponse]]:
         """Stops the agent's current turn, keeping its conversation and the session: the job ends
         CANCELLED with reason `INTERRUPTED` and the session's next job continues the conversation.
+        """
+
+    @_abc_1.abstractmethod
+    def Attach(
+        self,
+        request_iterator: _MaybeAsyncIterator[_job_pb2.AttachRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_pb2.AttachResponse], _abc.AsyncIterator[_job_pb2.AttachResponse]]:
+        """One connection for a service: submit jobs or attach to running ones, receive their events
+        (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+        same stream. Every client message is answered by an ack or an error carrying its
+        `message_id`; an error ends only that message, never the stream.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

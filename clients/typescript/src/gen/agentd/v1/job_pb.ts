@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIoUECgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCRIZChFzdHJ1Y3R1cmVkX3Jlc3VsdBgoIAEoCSL6BQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRIVCg1zdHJlYW1fZGVsdGFzGCggASgIEhUKDW91dHB1dF9zY2hlbWEYKSABKAkSFQoNc3lzdGVtX3Byb21wdBgqIAEoCRIYChBkaXNhbGxvd2VkX3Rvb2xzGCsgAygJEhMKC2F0dGFjaG1lbnRzGCwgAygJGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMAoOVmFyaWFibGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIwChFTdWJtaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi0KDkdldEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IicQoPTGlzdEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlIkkKEExpc3RKb2JzUmVzcG9uc2USHAoEam9icxgBIAMoCzIOLmFnZW50ZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKEUNhbmNlbEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2IiOwoWU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIlEKF1N0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlEiMKBmV2ZW50cxgBIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAiABKAgiOQoNUnVuSm9iUmVxdWVzdBIoCgNqb2IYASABKAsyGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdCJlCg5SdW5Kb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEiMKBmV2ZW50cxgCIAMoCzITLmFnZW50ZC52MS5Kb2JFdmVudBIRCglrZWVwYWxpdmUYAyABKAgigAgKCEpvYkV2ZW50EgsKA3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNyYXcYAyABKAkSKAoHc3RhcnRlZBgKIAEoCzIVLmFnZW50ZC52MS5Kb2JTdGFydGVkSAASJAoEaW5pdBgLIAEoCzIULmFnZW50ZC52MS5BZ2VudEluaXRIABIkCgR0ZXh0GAwgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCXRvb2xfY2FsbBgNIAEoCzITLmFnZW50ZC52MS5Ub29sQ2FsbEgAEiwKC3Rvb2xfcmVzdWx0GA4gASgLMhUuYWdlbnRkLnYxLlRvb2xSZXN1bHRIABIhCgV1c2FnZRgPIAEoCzIQLmFnZW50ZC52MS5Vc2FnZUgAEicKBnN0ZGVychgQIAEoCzIVLmFnZW50ZC52MS5PdXRwdXRMaW5lSAASKQoIdW5wYXJzZWQYESABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEiYKBW90aGVyGBIgASgLMhUuYWdlbnRkLnYxLk90aGVyRXZlbnRIABIvCgl0cnVuY2F0ZWQYEyABKAsyGi5hZ2VudGQudjEuT3V0cHV0VHJ1bmNhdGVkSAASKgoIZmluaXNoZWQYFCABKAsyFi5hZ2VudGQudjEuSm9iRmluaXNoZWRIABIyCg5saW1pdF9leGNlZWRlZBgVIAEoCzIYLmFnZW50ZC52MS5MaW1pdEV4Y2VlZGVkSAASKgoKbW9kZWxfY2FsbBgyIAEoCzIULmFnZW50ZC52MS5Nb2RlbENhbGxIABIwCg1lZ3Jlc3NfZGVuaWVkGDMgASgLMhcuYWdlbnRkLnYxLkVncmVzc0RlbmllZEgAEjoKEnBlcm1pc3Npb25fcmVxdWVzdBhGIAEoCzIcLmFnZW50ZC52MS5QZXJtaXNzaW9uUmVxdWVzdEgAEjwKE3Blcm1pc3Npb25fcmVzb2x2ZWQYRyABKAsyHS5hZ2VudGQudjEuUGVybWlzc2lvblJlc29sdmVkSAASJgoFaW5wdXQYSCABKAsyFS5hZ2VudGQudjEuSW5wdXRFdmVudEgAEioKCnRleHRfZGVsdGEYKCABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASLgoOdGhpbmtpbmdfZGVsdGEYKSABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASKAoIdGhpbmtpbmcYKiABKAsyFC5hZ2VudGQudjEuVGV4dEV2ZW50SAASJAoEcGxhbhgrIAEoCzIULmFnZW50ZC52MS5QbGFuRXZlbnRIAEIGCgRraW5kIi8KCVBsYW5FdmVudBIiCgVpdGVtcxgBIAMoCzITLmFnZW50ZC52MS5QbGFuSXRlbSIrCghQbGFuSXRlbRIPCgdjb250ZW50GAEgASgJEg4KBnN0YXR1cxgCIAEoCSJaCgpKb2JTdGFydGVkEg0KBWFnZW50GAEgASgJEg8KB2NvbW1hbmQYAiABKAkSCwoDcGlkGAMgASgFEh8KF3Jlc3VtZWRfY29udmVyc2F0aW9uX2lkGAQgASgJIlkKCUFnZW50SW5pdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbW9kZWwYAiABKAkSDQoFdG9vbHMYAyADKAkSFQoNYWdlbnRfdmVyc2lvbhgEIAEoCSIZCglUZXh0RXZlbnQSDAoEdGV4dBgBIAEoCSI4CghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkiOwoKVG9vbFJlc3VsdBIKCgJpZBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBIPCgdjb250ZW50GAMgASgJIi0KCk91dHB1dExpbmUSDAoEbGluZRgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgiGgoKT3RoZXJFdmVudBIMCgR0eXBlGAEgASgJIiEKD091dHB1dFRydW5jYXRlZBIOCgZyZWFzb24YASABKAkitQEKC0pvYkZpbmlzaGVkEiIKBXN0YXRlGAEgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEioKC2V4aXRfc3RhdHVzGAIgASgLMhUuYWdlbnRkLnYxLkV4aXRTdGF0dXMSDgoGcmVzdWx0GAMgASgJEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSHwoFdXNhZ2UYBSABKAsyEC5hZ2VudGQudjEuVXNhZ2USDgoGcmVhc29uGAYgASgJInsKEVBlcm1pc3Npb25SZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDAoEdG9vbBgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJEhcKD3N1Z2dlc3Rpb25fanNvbhgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0iVQoSUGVybWlzc2lvblJlc29sdmVkEhIKCnJlcXVlc3RfaWQYASABKAkSCwoDd2hvGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiGgoKSW5wdXRFdmVudBIMCgR0ZXh0GAEgASgJImAKGlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEg0KBWFsbG93GAMgASgIEg8KB21lc3NhZ2UYBCABKAkiHQobUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlIjAKEFNlbmRJbnB1dFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEgwKBHRleHQYAiABKAkiEwoRU2VuZElucHV0UmVzcG9uc2UiJQoTSW50ZXJydXB0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiFgoUSW50ZXJydXB0Sm9iUmVzcG9uc2UiLwoNTGltaXRFeGNlZWRlZBINCgVsaW1pdBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIu8BChBXYXRjaEpvYnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSNwoGbGFiZWxzGAIgAygLMicuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSDgoGYWdlbnRzGAMgAygJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIZCgxhZnRlcl9jdXJzb3IYBSABKARIAIgBARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg8KDV9hZnRlcl9jdXJzb3IiYgoJSm9iQ2hhbmdlEg4KBmN1cnNvchgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbCgNqb2IYAyABKAsyDi5hZ2VudGQudjEuSm9iIl0KEVdhdGNoSm9ic1Jlc3BvbnNlEiUKB2NoYW5nZXMYASADKAsyFC5hZ2VudGQudjEuSm9iQ2hhbmdlEhEKCWtlZXBhbGl2ZRgCIAEoCBIOCgZjdXJzb3IYAyABKAQiOQoOV2FpdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoDSJBCg9XYWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIRCgl0aW1lZF9vdXQYAiABKAgqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhcKE0pPQl9TVEFURV9USU1FRF9PVVQQBjLIBgoKSm9iU2VydmljZRJGCglTdWJtaXRKb2ISGy5hZ2VudGQudjEuU3VibWl0Sm9iUmVxdWVzdBocLmFnZW50ZC52MS5TdWJtaXRKb2JSZXNwb25zZRI9CgZHZXRKb2ISGC5hZ2VudGQudjEuR2V0Sm9iUmVxdWVzdBoZLmFnZW50ZC52MS5HZXRKb2JSZXNwb25zZRJDCghMaXN0Sm9icxIaLmFnZW50ZC52MS5MaXN0Sm9ic1JlcXVlc3QaGy5hZ2VudGQudjEuTGlzdEpvYnNSZXNwb25zZRJGCglDYW5jZWxKb2ISGy5hZ2VudGQudjEuQ2FuY2VsSm9iUmVxdWVzdBocLmFnZW50ZC52MS5DYW5jZWxKb2JSZXNwb25zZRJaCg9TdHJlYW1Kb2JFdmVudHMSIS5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVxdWVzdBoiLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXNwb25zZTABEj8KBlJ1bkpvYhIYLmFnZW50ZC52MS5SdW5Kb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLlJ1bkpvYlJlc3BvbnNlMAESSAoJV2F0Y2hKb2JzEhsuYWdlbnRkLnYxLldhdGNoSm9ic1JlcXVlc3QaHC5hZ2VudGQudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJACgdXYWl0Sm9iEhkuYWdlbnRkLnYxLldhaXRKb2JSZXF1ZXN0GhouYWdlbnRkLnYxLldhaXRKb2JSZXNwb25zZRJkChNSZXNwb25kVG9QZXJtaXNzaW9uEiUuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXF1ZXN0GiYuYWdlbnRkLnYxLlJlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZRJGCglTZW5kSW5wdXQSGy5hZ2VudGQudjEuU2VuZElucHV0UmVxdWVzdBocLmFnZW50ZC52MS5TZW5kSW5wdXRSZXNwb25zZRJPCgxJbnRlcnJ1cHRKb2ISHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdBofLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIpsECgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCRIUCgxyZXdvdW5kX3Bhc3QYUCABKAgSGQoRc3RydWN0dXJlZF9yZXN1bHQYKCABKAki+gUKEFN1Ym1pdEpvYlJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVhZ2VudBgCIAEoCRIOCgZwcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSFwoPdGltZW91dF9zZWNvbmRzGAUgASgNEjEKA2VudhgGIAMoCzIkLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LkVudkVudHJ5EhUKDWFsbG93ZWRfdG9vbHMYByADKAkSEQoJbWF4X3R1cm5zGAggASgNEhwKFGFwcGVuZF9zeXN0ZW1fcHJvbXB0GAkgASgJEhIKCnJlcXVlc3RfaWQYCiABKAkSFwoPcGVybWlzc2lvbl9tb2RlGAsgASgJEhQKDG1heF9jb3N0X3VzZBgyIAEoARISCgptYXhfdG9rZW5zGDMgASgEEhMKC3dlYmhvb2tfdXJsGDwgASgJEhMKC2FsbG93X3J1bGVzGEYgAygJEhIKCmRlbnlfcnVsZXMYRyADKAkSIgoacGVybWlzc2lvbl90aW1lb3V0X3NlY29uZHMYSCABKA0SDgoGcHJlc2V0GC0gASgJEj0KCXZhcmlhYmxlcxguIAMoCzIqLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhMKC21jcF9zZXJ2ZXJzGC8gAygJEhEKCXN1YmFnZW50cxgwIAMoCRIOCgZza2lsbHMYMSADKAkSFQoNc3RyZWFtX2RlbHRhcxgoIAEoCBIVCg1vdXRwdXRfc2NoZW1hGCkgASgJEhUKDXN5c3RlbV9wcm9tcHQYKiABKAkSGAoQZGlzYWxsb3dlZF90b29scxgrIAMoCRITCgthdHRhY2htZW50cxgsIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIIoAICghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIABIqCgp0ZXh0X2RlbHRhGCggASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEi4KDnRoaW5raW5nX2RlbHRhGCkgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCHRoaW5raW5nGCogASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEiQKBHBsYW4YKyABKAsyFC5hZ2VudGQudjEuUGxhbkV2ZW50SABCBgoEa2luZCIvCglQbGFuRXZlbnQSIgoFaXRlbXMYASADKAsyEy5hZ2VudGQudjEuUGxhbkl0ZW0iKwoIUGxhbkl0ZW0SDwoHY29udGVudBgBIAEoCRIOCgZzdGF0dXMYAiABKAkiWgoKSm9iU3RhcnRlZBINCgVhZ2VudBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEgsKA3BpZBgDIAEoBRIfChdyZXN1bWVkX2NvbnZlcnNhdGlvbl9pZBgEIAEoCSJZCglBZ2VudEluaXQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEg0KBXRvb2xzGAMgAygJEhUKDWFnZW50X3ZlcnNpb24YBCABKAkiGQoJVGV4dEV2ZW50EgwKBHRleHQYASABKAkiOAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJIjsKClRvb2xSZXN1bHQSCgoCaWQYASABKAkSEAoIaXNfZXJyb3IYAiABKAgSDwoHY29udGVudBgDIAEoCSItCgpPdXRwdXRMaW5lEgwKBGxpbmUYASABKAkSEQoJdHJ1bmNhdGVkGAIgASgIIhoKCk90aGVyRXZlbnQSDAoEdHlwZRgBIAEoCSIhCg9PdXRwdXRUcnVuY2F0ZWQSDgoGcmVhc29uGAEgASgJIrUBCgtKb2JGaW5pc2hlZBIiCgVzdGF0ZRgBIAEoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIqCgtleGl0X3N0YXR1cxgCIAEoCzIVLmFnZW50ZC52MS5FeGl0U3RhdHVzEg4KBnJlc3VsdBgDIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEh8KBXVzYWdlGAUgASgLMhAuYWdlbnRkLnYxLlVzYWdlEg4KBnJlYXNvbhgGIAEoCSJ7ChFQZXJtaXNzaW9uUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEgwKBHRvb2wYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCRIXCg9zdWdnZXN0aW9uX2pzb24YBCABKAkSFwoPdGltZW91dF9zZWNvbmRzGAUgASgNIlUKElBlcm1pc3Npb25SZXNvbHZlZBISCgpyZXF1ZXN0X2lkGAEgASgJEgsKA3dobxgCIAEoCRINCgVhbGxvdxgDIAEoCBIPCgdtZXNzYWdlGAQgASgJIhoKCklucHV0RXZlbnQSDAoEdGV4dBgBIAEoCSJgChpSZXNwb25kVG9QZXJtaXNzaW9uUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRINCgVhbGxvdxgDIAEoCBIPCgdtZXNzYWdlGAQgASgJIh0KG1Jlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZSIwChBTZW5kSW5wdXRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJIhMKEVNlbmRJbnB1dFJlc3BvbnNlIiUKE0ludGVycnVwdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIhYKFEludGVycnVwdEpvYlJlc3BvbnNlIskCCg1BdHRhY2hSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAQSLQoGc3VibWl0GAogASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3RIABImCgZhdHRhY2gYCyABKAsyFC5hZ2VudGQudjEuQXR0YWNoSm9iSAASOAoHcmVzcG9uZBgMIAEoCzIlLmFnZW50ZC52MS5SZXNwb25kVG9QZXJtaXNzaW9uUmVxdWVzdEgAEiwKBWlucHV0GA0gASgLMhsuYWdlbnRkLnYxLlNlbmRJbnB1dFJlcXVlc3RIABIzCglpbnRlcnJ1cHQYDiABKAsyHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdEgAEiYKBmRldGFjaBgPIAEoCzIULmFnZW50ZC52MS5EZXRhY2hKb2JIAEIICgZhY3Rpb24iLgoJQXR0YWNoSm9iEg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQiGwoJRGV0YWNoSm9iEg4KBmpvYl9pZBgBIAEoCSKRAQoOQXR0YWNoUmVzcG9uc2USIwoDYWNrGAEgASgLMhQuYWdlbnRkLnYxLkF0dGFjaEFja0gAEicKBWVycm9yGAIgASgLMhYuYWdlbnRkLnYxLkF0dGFjaEVycm9ySAASKQoGZXZlbnRzGAMgASgLMhcuYWdlbnRkLnYxLkF0dGFjaEV2ZW50c0gAQgYKBGtpbmQiPAoJQXR0YWNoQWNrEhIKCm1lc3NhZ2VfaWQYASABKAQSGwoDam9iGAIgASgLMg4uYWdlbnRkLnYxLkpvYiJQCgtBdHRhY2hFcnJvchISCgptZXNzYWdlX2lkGAEgASgEEgwKBGNvZGUYAiABKAUSDgoGcmVhc29uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkiVgoMQXR0YWNoRXZlbnRzEg4KBmpvYl9pZBgBIAEoCRIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIIi8KDUxpbWl0RXhjZWVkZWQSDQoFbGltaXQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSLvAQoQV2F0Y2hKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjcKBmxhYmVscxgCIAMoCzInLmFnZW50ZC52MS5XYXRjaEpvYnNSZXF1ZXN0LkxhYmVsc0VudHJ5Eg4KBmFnZW50cxgDIAMoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSGQoMYWZ0ZXJfY3Vyc29yGAUgASgESACIAQEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIPCg1fYWZ0ZXJfY3Vyc29yImIKCUpvYkNoYW5nZRIOCgZjdXJzb3IYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoDam9iGAMgASgLMg4uYWdlbnRkLnYxLkpvYiJdChFXYXRjaEpvYnNSZXNwb25zZRIlCgdjaGFuZ2VzGAEgAygLMhQuYWdlbnRkLnYxLkpvYkNoYW5nZRIRCglrZWVwYWxpdmUYAiABKAgSDgoGY3Vyc29yGAMgASgEIjkKDldhaXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYAiABKA0iQQoPV2FpdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISEQoJdGltZWRfb3V0GAIgASgIKrMBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBRIXChNKT0JfU1RBVEVfVElNRURfT1VUEAYyiwcKCkpvYlNlcnZpY2USRgoJU3VibWl0Sm9iEhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QaHC5hZ2VudGQudjEuU3VibWl0Sm9iUmVzcG9uc2USPQoGR2V0Sm9iEhguYWdlbnRkLnYxLkdldEpvYlJlcXVlc3QaGS5hZ2VudGQudjEuR2V0Sm9iUmVzcG9uc2USQwoITGlzdEpvYnMSGi5hZ2VudGQudjEuTGlzdEpvYnNSZXF1ZXN0GhsuYWdlbnRkLnYxLkxpc3RKb2JzUmVzcG9uc2USRgoJQ2FuY2VsSm9iEhsuYWdlbnRkLnYxLkNhbmNlbEpvYlJlcXVlc3QaHC5hZ2VudGQudjEuQ2FuY2VsSm9iUmVzcG9uc2USWgoPU3RyZWFtSm9iRXZlbnRzEiEuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QaIi5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2UwARI/CgZSdW5Kb2ISGC5hZ2VudGQudjEuUnVuSm9iUmVxdWVzdBoZLmFnZW50ZC52MS5SdW5Kb2JSZXNwb25zZTABEkgKCVdhdGNoSm9icxIbLmFnZW50ZC52MS5XYXRjaEpvYnNSZXF1ZXN0GhwuYWdlbnRkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESQAoHV2FpdEpvYhIZLmFnZW50ZC52MS5XYWl0Sm9iUmVxdWVzdBoaLmFnZW50ZC52MS5XYWl0Sm9iUmVzcG9uc2USZAoTUmVzcG9uZFRvUGVybWlzc2lvbhIlLmFnZW50ZC52MS5SZXNwb25kVG9QZXJtaXNzaW9uUmVxdWVzdBomLmFnZW50ZC52MS5SZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2USRgoJU2VuZElucHV0EhsuYWdlbnRkLnYxLlNlbmRJbnB1dFJlcXVlc3QaHC5hZ2VudGQudjEuU2VuZElucHV0UmVzcG9uc2USTwoMSW50ZXJydXB0Sm9iEh4uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlcXVlc3QaHy5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVzcG9uc2USQQoGQXR0YWNoEhguYWdlbnRkLnYxLkF0dGFjaFJlcXVlc3QaGS5hZ2VudGQudjEuQXR0YWNoUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -251,6 +251,14 @@ export type Job = Message<"agentd.v1.Job"> & {
    * @generated from field: string reason = 18;
    */
   reason: string;
+
+  /**
+   * Set once SessionService.RewindSession put the session back to a point before this job ended:
+   * its workspace changes and conversation are no longer the session's (the job stays listed).
+   *
+   * @generated from field: bool rewound_past = 80;
+   */
+  rewoundPast: boolean;
 
   /**
    * With SubmitJobRequest.output_schema: the final answer as JSON that satisfies the schema
@@ -1593,6 +1601,281 @@ export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@_
   messageDesc(file_agentd_v1_job, 35);
 
 /**
+ * A client message of JobService.Attach.
+ *
+ * @generated from message agentd.v1.AttachRequest
+ */
+export type AttachRequest = Message<"agentd.v1.AttachRequest"> & {
+  /**
+   * Chosen by the client; echoed in the ack or error answering this message.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * What to do. The job_id of `respond`, `input` and `interrupt` may be empty: the job this
+   * stream submitted or attached to last.
+   *
+   * @generated from oneof agentd.v1.AttachRequest.action
+   */
+  action: {
+    /**
+     * Submit a job, exactly as SubmitJob, and follow its events from the start.
+     *
+     * @generated from field: agentd.v1.SubmitJobRequest submit = 10;
+     */
+    value: SubmitJobRequest;
+    case: "submit";
+  } | {
+    /**
+     * Follow a job's events after `after_seq`.
+     *
+     * @generated from field: agentd.v1.AttachJob attach = 11;
+     */
+    value: AttachJob;
+    case: "attach";
+  } | {
+    /**
+     * Answer a permission request, as RespondToPermission.
+     *
+     * @generated from field: agentd.v1.RespondToPermissionRequest respond = 12;
+     */
+    value: RespondToPermissionRequest;
+    case: "respond";
+  } | {
+    /**
+     * Send a user message, as SendInput.
+     *
+     * @generated from field: agentd.v1.SendInputRequest input = 13;
+     */
+    value: SendInputRequest;
+    case: "input";
+  } | {
+    /**
+     * Interrupt the agent's turn, as InterruptJob.
+     *
+     * @generated from field: agentd.v1.InterruptJobRequest interrupt = 14;
+     */
+    value: InterruptJobRequest;
+    case: "interrupt";
+  } | {
+    /**
+     * Stop following a job (the job goes on).
+     *
+     * @generated from field: agentd.v1.DetachJob detach = 15;
+     */
+    value: DetachJob;
+    case: "detach";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.AttachRequest.
+ * Use `create(AttachRequestSchema)` to create a new message.
+ */
+export const AttachRequestSchema: GenMessage<AttachRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 36);
+
+/**
+ * Follow a job on an Attach stream.
+ *
+ * @generated from message agentd.v1.AttachJob
+ */
+export type AttachJob = Message<"agentd.v1.AttachJob"> & {
+  /**
+   * The job to follow.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Only events with a larger seq are sent; 0 replays from the start.
+   *
+   * @generated from field: uint64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message agentd.v1.AttachJob.
+ * Use `create(AttachJobSchema)` to create a new message.
+ */
+export const AttachJobSchema: GenMessage<AttachJob> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 37);
+
+/**
+ * Stop following a job on an Attach stream.
+ *
+ * @generated from message agentd.v1.DetachJob
+ */
+export type DetachJob = Message<"agentd.v1.DetachJob"> & {
+  /**
+   * The job to stop following.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message agentd.v1.DetachJob.
+ * Use `create(DetachJobSchema)` to create a new message.
+ */
+export const DetachJobSchema: GenMessage<DetachJob> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 38);
+
+/**
+ * A server message of JobService.Attach.
+ *
+ * @generated from message agentd.v1.AttachResponse
+ */
+export type AttachResponse = Message<"agentd.v1.AttachResponse"> & {
+  /**
+   * @generated from oneof agentd.v1.AttachResponse.kind
+   */
+  kind: {
+    /**
+     * A client message was done.
+     *
+     * @generated from field: agentd.v1.AttachAck ack = 1;
+     */
+    value: AttachAck;
+    case: "ack";
+  } | {
+    /**
+     * A client message failed; the stream goes on.
+     *
+     * @generated from field: agentd.v1.AttachError error = 2;
+     */
+    value: AttachError;
+    case: "error";
+  } | {
+    /**
+     * Events of a followed job, as in StreamJobEventsResponse.
+     *
+     * @generated from field: agentd.v1.AttachEvents events = 3;
+     */
+    value: AttachEvents;
+    case: "events";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentd.v1.AttachResponse.
+ * Use `create(AttachResponseSchema)` to create a new message.
+ */
+export const AttachResponseSchema: GenMessage<AttachResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 39);
+
+/**
+ * The answer to a client message that was done.
+ *
+ * @generated from message agentd.v1.AttachAck
+ */
+export type AttachAck = Message<"agentd.v1.AttachAck"> & {
+  /**
+   * The client message's `message_id`.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * For `submit` and `attach`: the job as it is now.
+   *
+   * @generated from field: agentd.v1.Job job = 2;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message agentd.v1.AttachAck.
+ * Use `create(AttachAckSchema)` to create a new message.
+ */
+export const AttachAckSchema: GenMessage<AttachAck> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 40);
+
+/**
+ * The answer to a client message that failed, with what its unary RPC would have answered.
+ *
+ * @generated from message agentd.v1.AttachError
+ */
+export type AttachError = Message<"agentd.v1.AttachError"> & {
+  /**
+   * The client message's `message_id`.
+   *
+   * @generated from field: uint64 message_id = 1;
+   */
+  messageId: bigint;
+
+  /**
+   * The gRPC status code, e.g. 5 for NOT_FOUND.
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * The stable reason (google.rpc.ErrorInfo reason), e.g. `JOB_NOT_FOUND`.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * What went wrong, for people.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentd.v1.AttachError.
+ * Use `create(AttachErrorSchema)` to create a new message.
+ */
+export const AttachErrorSchema: GenMessage<AttachError> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 41);
+
+/**
+ * Events of one followed job on an Attach stream. After a job's `finished` event the stream
+ * stops following it.
+ *
+ * @generated from message agentd.v1.AttachEvents
+ */
+export type AttachEvents = Message<"agentd.v1.AttachEvents"> & {
+  /**
+   * The job the events belong to.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * One or more consecutive events.
+   *
+   * @generated from field: repeated agentd.v1.JobEvent events = 2;
+   */
+  events: JobEvent[];
+
+  /**
+   * True on a keepalive message sent on a quiet job; such a message carries no events.
+   *
+   * @generated from field: bool keepalive = 3;
+   */
+  keepalive: boolean;
+};
+
+/**
+ * Describes the message agentd.v1.AttachEvents.
+ * Use `create(AttachEventsSchema)` to create a new message.
+ */
+export const AttachEventsSchema: GenMessage<AttachEvents> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 42);
+
+/**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
  * the job, it is FAILED with reason `LIMIT_EXCEEDED`.
  *
@@ -1620,7 +1903,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 36);
+  messageDesc(file_agentd_v1_job, 43);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1671,7 +1954,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 37);
+  messageDesc(file_agentd_v1_job, 44);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1707,7 +1990,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 38);
+  messageDesc(file_agentd_v1_job, 45);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1743,7 +2026,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 39);
+  messageDesc(file_agentd_v1_job, 46);
 
 /**
  * Request for JobService.WaitJob.
@@ -1771,7 +2054,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 40);
+  messageDesc(file_agentd_v1_job, 47);
 
 /**
  * Response for JobService.WaitJob.
@@ -1799,7 +2082,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 41);
+  messageDesc(file_agentd_v1_job, 48);
 
 /**
  * The lifecycle state of a job.
@@ -1987,6 +2270,19 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof InterruptJobRequestSchema;
     output: typeof InterruptJobResponseSchema;
+  },
+  /**
+   * One connection for a service: submit jobs or attach to running ones, receive their events
+   * (resumable by `after_seq`), and answer permission requests, send input and interrupt on the
+   * same stream. Every client message is answered by an ack or an error carrying its
+   * `message_id`; an error ends only that message, never the stream.
+   *
+   * @generated from rpc agentd.v1.JobService.Attach
+   */
+  attach: {
+    methodKind: "bidi_streaming";
+    input: typeof AttachRequestSchema;
+    output: typeof AttachResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_job, 0);
