@@ -1856,6 +1856,23 @@ mod capabilities {
             let why = w.explain(&job, &events);
             assert_eq!(job.reason, "OUTPUT_SCHEMA", "{why}");
             assert!(job.structured_result.is_empty(), "{why}");
+            // Two runs of the agent: the answer and the one corrective turn.
+            let starts = events.iter().filter(|e| kind(e) == "started").count();
+            assert_eq!(starts, 2, "{why}");
+
+            // Wrong first, right once told why: corrected in the same conversation.
+            let req = pb::SubmitJobRequest {
+                output_schema: SCHEMA.into(),
+                ..w.request(r#"json-fix {"n":"x"} {"n":5}"#)
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(
+                job.structured_result,
+                r#"{"n":5}"#,
+                "{}",
+                w.explain(&job, &events)
+            );
         })
         .await;
     }

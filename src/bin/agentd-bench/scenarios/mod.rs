@@ -3,6 +3,7 @@
 
 mod archive;
 mod control;
+mod deltas;
 mod files;
 mod gateway;
 pub mod genuine;
@@ -118,6 +119,11 @@ pub const ALL: &[Scenario] = &[
         "watch",
         watch::watch,
         "1,000 jobs finishing while 100 WatchJobs streams follow the tenant: change → watcher p50/p99"
+    ),
+    scenario!(
+        "deltas",
+        deltas::deltas,
+        "stream_deltas: a Claude stream-json agent's text events with a delta before each vs without (same run), and delta → subscriber p50"
     ),
     scenario!(
         "snapshot",
