@@ -92,6 +92,9 @@ pub enum Reason {
     // A job's final reason (not an RPC error): agentd restarted while a permission request of
     // the job was pending.
     PermissionPendingAtRestart,
+    // A job's final reason (not an RPC error): its answer did not satisfy its output_schema,
+    // even after the corrective turn.
+    OutputSchema,
     // A job's final reason (not an RPC error): its supervisor outlived agentd (issue #23) but no
     // agentd adopted it within the adopt timeout, so it ended the job's tree itself.
     AdoptionTimeout,
@@ -170,6 +173,7 @@ impl Reason {
             Reason::Interrupted => "INTERRUPTED",
             Reason::AttachLimit => "ATTACH_LIMIT",
             Reason::PermissionPendingAtRestart => "PERMISSION_PENDING_AT_RESTART",
+            Reason::OutputSchema => "OUTPUT_SCHEMA",
             Reason::AdoptionTimeout => "ADOPTION_TIMEOUT",
             Reason::UnknownPreset => "UNKNOWN_PRESET",
             Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",

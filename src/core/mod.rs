@@ -10,6 +10,7 @@
 //! same code runs unchanged.
 
 mod adopt;
+mod caps;
 mod control;
 mod dispatch;
 mod env;
@@ -21,6 +22,7 @@ mod jobs;
 mod pieces;
 mod presets;
 mod reaper;
+mod rewind;
 mod run;
 mod sessions;
 mod tenant_watch;
@@ -32,6 +34,7 @@ pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use pieces::{Piece, PieceDone, PiecedUploads};
 pub use presets::PresetView;
+pub use rewind::{ForkSession, Rewound};
 pub use sessions::{CreateSession, SessionView};
 pub use tenant_watch::{WatchFilter, WatchItem};
 

@@ -16,6 +16,7 @@
 //! - tenant scoping happens here for sessions (`get_session` takes the tenant), so a forgotten
 //!   check in the core cannot leak another tenant's session.
 
+pub mod conversations;
 pub mod postgres;
 pub mod presets;
 mod rules;
@@ -184,6 +185,16 @@ pub struct SnapshotRow {
     pub tree: String,
     pub bytes_added: u64,
     pub created: Timestamp,
+}
+
+/// What [`Store::rewind_session`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    pub session: SessionId,
+    pub conversation: Option<String>,
+    pub past: Vec<JobId>,
+    pub current: Option<JobId>,
+    pub at: Timestamp,
 }
 
 /// Which snapshots [`Store::snapshots`] returns; both unset means all of them.
@@ -371,6 +382,14 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many rows went.
     async fn delete_snapshots(&self, keys: &[(JobId, SnapPoint)]) -> Result<u64>;
 
+    /// Records a rewind of `session` (issue #18) in one transaction: the session's conversation
+    /// id becomes `conversation`, the `past` jobs are marked rewound past (kept when already
+    /// marked) and `current`, the job the session is back after, loses its mark.
+    async fn rewind_session(&self, rewind: &Rewind) -> Result<()>;
+
+    /// The jobs of `session` marked rewound past.
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>>;
+
     /// Appends one model call to the usage ledger. Ledger rows are never deleted with their
     /// session or job.
     async fn record_model_call(&self, row: &LedgerRow) -> Result<()>;
@@ -489,6 +508,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// False when there was none.
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+
+    /// The conversation `agent` (a profile name) last had in the session, to resume (#20).
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>>;
+
+    /// Records `agent`'s conversation in the session (replacing its previous one); nothing when
+    /// the session is gone.
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()>;
 }
 
 pub use webhooks::{

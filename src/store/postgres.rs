@@ -16,6 +16,7 @@ mod ledger;
 mod listen;
 mod migrate;
 mod presets;
+mod rewinds;
 mod rows;
 mod sessions;
 mod snapshots;
@@ -497,6 +498,14 @@ impl Store for PgStore {
         snapshots::delete(self, keys).await
     }
 
+    async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
+        rewinds::rewind(self, rewind).await
+    }
+
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>> {
+        rewinds::rewound(self, session).await
+    }
+
     async fn record_model_call(&self, row: &crate::store::LedgerRow) -> Result<()> {
         ledger::record(self, row).await
     }
@@ -632,5 +641,32 @@ impl Store for PgStore {
 
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool> {
         presets::delete(self, tenant, name).await
+    }
+
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>> {
+        let rows = self
+            .query(
+                crate::store::conversations::SELECT,
+                &[&session.to_string(), &agent],
+            )
+            .await?;
+        rows.first()
+            .map(|r| rows::get(r, 0, "agent_conversations.conversation_id"))
+            .transpose()
+    }
+
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.execute(
+            crate::store::conversations::UPSERT,
+            &[&session.to_string(), &agent, &conversation, &now.micros()],
+        )
+        .await
+        .map(|_| ())
     }
 }

@@ -445,6 +445,10 @@ pub fn kind(e: &pb::JobEvent) -> &'static str {
         Some(Kind::PermissionRequest(_)) => "permission_request",
         Some(Kind::PermissionResolved(_)) => "permission_resolved",
         Some(Kind::Input(_)) => "input",
+        Some(Kind::TextDelta(_)) => "text_delta",
+        Some(Kind::ThinkingDelta(_)) => "thinking_delta",
+        Some(Kind::Thinking(_)) => "thinking",
+        Some(Kind::Plan(_)) => "plan",
         Some(Kind::Finished(_)) => "finished",
         None => "none",
     }
