@@ -9,6 +9,7 @@ mod gateway;
 pub mod genuine;
 mod jobs;
 mod replicas;
+mod restart;
 mod rss;
 mod sandbox;
 mod sdk;
@@ -40,6 +41,11 @@ macro_rules! scenario {
 }
 
 pub const ALL: &[Scenario] = &[
+    scenario!(
+        "restart",
+        restart::restart,
+        "kill -9 agentd with N streaming jobs (1, 100): new process start → all adopted and streaming again vs a restart with none; events lost"
+    ),
     scenario!(
         "latency",
         stream::latency,
