@@ -11,6 +11,7 @@ import { WebhookService } from "../../clients/typescript/src/gen/agentd/v1/webho
 import { ServerInfoService } from "../../clients/typescript/src/gen/agentd/v1/server_info_pb.js";
 import { SessionService } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
 import { errorInterceptor, isAgentdError, Code } from "../../clients/typescript/src/errors.js";
+import { uploadInPieces } from "../../clients/typescript/src/pieces.js";
 
 export interface Api {
   sessions: Client<typeof SessionService>;
@@ -144,28 +145,10 @@ export async function download(api: Api, sessionId: string, path: string): Promi
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
-/** Bytes per UploadFileChunk call (the server takes at most 1 MiB per piece). */
-const PIECE = 512 * 1024;
-
 /**
- * Uploads one browser File into a session with UploadFileChunk: gRPC-Web cannot stream a
- * request, so the file goes in unary pieces that the server stages and commits atomically.
+ * Uploads one browser File into a session: gRPC-Web cannot stream a request, so it goes in
+ * unary UploadFileChunk pieces (the SDK's helper) that the server stages and commits atomically.
  */
 export async function upload(api: Api, sessionId: string, path: string, file: Blob, onProgress: (sent: number) => void) {
-  const uploadId = crypto.randomUUID();
-  let offset = 0;
-  do {
-    const chunk = new Uint8Array(await file.slice(offset, offset + PIECE).arrayBuffer());
-    const last = offset + chunk.length >= file.size;
-    await api.files.uploadFileChunk({
-      sessionId,
-      uploadId,
-      header: offset === 0 ? { path, size: BigInt(file.size) } : undefined,
-      offset: BigInt(offset),
-      chunk,
-      last,
-    });
-    offset += chunk.length;
-    onProgress(offset);
-  } while (offset < file.size);
+  await uploadInPieces(api.files, sessionId, path, file, { onProgress });
 }

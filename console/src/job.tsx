@@ -260,7 +260,8 @@ export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuth
     const onEvents = (batch: JobEvent[]) => {
       t.add(batch);
       setLive("live");
-      if (batch.some((e) => e.kind.case === "finished")) refresh();
+      // The job's row changes when it starts and when it ends.
+      if (batch.some((e) => e.kind.case === "started" || e.kind.case === "finished")) refresh();
       // One render per frame however many batches arrive in it.
       if (!frame)
         frame = requestAnimationFrame(() => {

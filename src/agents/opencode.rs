@@ -192,6 +192,7 @@ impl OutputParser for OpencodeParser {
             },
             error: self.error.clone(),
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }
