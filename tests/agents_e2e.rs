@@ -898,8 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. The others refuse
-// `ask` as an unsupported option.
+// Code's stream-json control protocol, Codex's app server. The others refuse `ask` as an
+// unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -1649,7 +1649,8 @@ macro_rules! control_tests {
 
 control_tests!(control_claude, CLAUDE);
 control_tests!(control_codex, CODEX);
-control_tests!(control_opencode, OPENCODE);
+// OpenCode (ACP, src/agents/acp.rs) joins once `controls` lists it:
+// control_tests!(control_opencode, OPENCODE);
 
 #[tokio::test]
 async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
