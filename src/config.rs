@@ -143,9 +143,19 @@ pub struct ServeArgs {
     /// logged opt-out from the sandbox for all profiles.
     #[arg(long, env = "AGENTD_NO_SANDBOX", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_sandbox: bool,
-    /// Seconds running jobs get to finish on server shutdown before they are cancelled.
+    /// Seconds running jobs get to finish on server shutdown before they are cancelled
+    /// (`--on-shutdown cancel`).
     #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+    /// What a stopping agentd does with running jobs: `keep` leaves them running under their
+    /// supervisors for the next agentd on this data dir to adopt (SIGTERM stops accepting work,
+    /// drains calls and exits; a crash leaves them too); `cancel` cancels them after the grace.
+    #[arg(long, env = "AGENTD_ON_SHUTDOWN", default_value = "keep", value_parser = ["keep", "cancel"])]
+    pub on_shutdown: String,
+    /// Seconds a job left running by a stopped agentd waits to be adopted before its supervisor
+    /// ends it (the job is then FAILED with ADOPTION_TIMEOUT).
+    #[arg(long, env = "AGENTD_ADOPT_TIMEOUT", default_value_t = 600)]
+    pub adopt_timeout: u64,
     /// Seconds between keepalive messages on a quiet event stream.
     #[arg(long, env = "AGENTD_STREAM_KEEPALIVE_SECONDS", default_value_t = 15)]
     pub stream_keepalive_seconds: u64,
@@ -386,6 +396,9 @@ pub struct Timing {
     pub reaper_interval: Duration,
     /// How long a claim on a job lasts without renewal.
     pub lease: Duration,
+    /// `--on-shutdown keep`: running jobs outlive agentd and are adopted by the next one; how
+    /// long they wait for it. `None`: they are cancelled on shutdown and die with agentd.
+    pub adopt_timeout: Option<Duration>,
 }
 
 /// Files of the server's TLS identity.
@@ -864,6 +877,8 @@ impl Config {
                 stream_keepalive: Duration::from_secs(args.stream_keepalive_seconds.max(1)),
                 reaper_interval: Duration::from_secs(args.reaper_interval_seconds.max(1)),
                 lease: Duration::from_secs(args.lease_seconds),
+                adopt_timeout: (args.on_shutdown == "keep")
+                    .then(|| Duration::from_secs(args.adopt_timeout.max(1))),
             },
             supervisor,
             standby_supervisors: args.standby_supervisors,

@@ -92,6 +92,12 @@ pub enum Reason {
     // A job's final reason (not an RPC error): agentd restarted while a permission request of
     // the job was pending.
     PermissionPendingAtRestart,
+    // A job's final reason (not an RPC error): its answer did not satisfy its output_schema,
+    // even after the corrective turn.
+    OutputSchema,
+    // A job's final reason (not an RPC error): its supervisor outlived agentd (issue #23) but no
+    // agentd adopted it within the adopt timeout, so it ended the job's tree itself.
+    AdoptionTimeout,
     // INVALID_ARGUMENT (presets, #20): no preset of that name for the caller; a job sets a field
     // its preset does not list as overridable; a template variable without a value, or a value
     // the template does not use; a catalog name the operator did not configure.
@@ -167,6 +173,8 @@ impl Reason {
             Reason::Interrupted => "INTERRUPTED",
             Reason::AttachLimit => "ATTACH_LIMIT",
             Reason::PermissionPendingAtRestart => "PERMISSION_PENDING_AT_RESTART",
+            Reason::OutputSchema => "OUTPUT_SCHEMA",
+            Reason::AdoptionTimeout => "ADOPTION_TIMEOUT",
             Reason::UnknownPreset => "UNKNOWN_PRESET",
             Reason::PresetOverrideDenied => "PRESET_OVERRIDE_DENIED",
             Reason::MissingVariable => "MISSING_VARIABLE",

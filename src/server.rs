@@ -179,8 +179,10 @@ async fn claim_data_dir(
     cgroup_parent: Option<String>,
 ) -> Result<crate::runner::records::RunLock, ServeError> {
     let dir = data_dir.to_owned();
+    // Supervisors waiting for adoption are left for `Core::start` (issue #23).
+    let keep = crate::runner::adopt::enabled();
     let (lock, swept) = tokio::task::spawn_blocking(move || {
-        crate::runner::records::claim(&dir, cgroup_parent.as_deref())
+        crate::runner::records::claim_keeping(&dir, cgroup_parent.as_deref(), keep)
     })
     .await
     .map_err(|e| ServeError::RunDir(crate::error::Error::internal(e.to_string())))?
@@ -210,6 +212,11 @@ pub async fn serve(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    if let Some(timeout) = config.timing.adopt_timeout {
+        // Journals hold at most twice the output a job may keep: the caps trip before the bound.
+        let bound = config.limits.job_output_max_bytes.saturating_mul(2);
+        crate::runner::adopt::enable(bound, timeout);
+    }
     // Before the store opens: refuse a second agentd on this data dir, and kill what a crashed
     // previous run left behind (see `runner::records`). Held until `serve` returns.
     let _run_lock =
@@ -433,8 +440,14 @@ pub async fn serve(
             .await;
     }
     // ... then refuse new work, stop claiming jobs, cancel running jobs and record their final
-    // states, and let streams deliver those final events ...
-    core.drain().await;
+    // states, and let streams deliver those final events (with `--on-shutdown keep`: leave
+    // them running for the next agentd, issue #23) ...
+    let keep = config.timing.adopt_timeout.is_some();
+    if keep {
+        core.leave();
+    } else {
+        core.drain().await;
+    }
     gateway_stop.cancel();
     // ... then stop the transport: in-flight calls get a bounded time to finish (job streams
     // already have their final event; a health Watch or a client that never hangs up would keep a
@@ -452,6 +465,15 @@ pub async fn serve(
             Ok(Ok(()))
         }
     };
+    if keep {
+        // Running jobs stay with their supervisors: exit without the destructors that would
+        // stop them. What the event log had not committed yet is in their journals.
+        tracing::info!(
+            running = core.running_count(),
+            "stopped; running jobs left for the next agentd"
+        );
+        std::process::exit(0);
+    }
     // ... then background tasks, and finally the event log writer and the store.
     shutdown.trigger();
     drop(core);

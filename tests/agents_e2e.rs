@@ -167,7 +167,7 @@ static OPENCODE: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3603",
-    write_tool: "write",
+    write_tool: "Write",
     max_turns: false,
 };
 
@@ -200,7 +200,7 @@ static GEMINI: Agent = Agent {
     },
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3604",
-    write_tool: "write_file",
+    write_tool: "Write",
     max_turns: false,
 };
 
@@ -898,8 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol, Codex's app server. The others refuse `ask` as an
-// unsupported option.
+// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. The others refuse
+// `ask` as an unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -1649,15 +1649,328 @@ macro_rules! control_tests {
 
 control_tests!(control_claude, CLAUDE);
 control_tests!(control_codex, CODEX);
+control_tests!(control_opencode, OPENCODE);
 
 #[tokio::test]
 async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
-    let mut w = World::new(&OPENCODE).await;
+    let mut w = World::new(&GEMINI).await;
     let st = w
         .submit(w.ask("write x.txt y"))
         .await
-        .expect_err("opencode took ask");
+        .expect_err("gemini took ask");
     assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
     assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
-    assert!(st.message().contains("opencode"), "{st:?}");
+    assert!(st.message().contains("gemini"), "{st:?}");
+}
+// ------------------------------------------------------------------------------------------------
+// Agent capabilities (issue #20): deltas, thinking and plans, structured output, prompts and
+// tools, attachments, one conversation per agent in a session.
+
+const SCHEMA: &str = r#"{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}"#;
+
+fn deltas(events: &[pb::JobEvent], thinking: bool) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| match (&e.kind, thinking) {
+            (Some(pb::job_event::Kind::TextDelta(t)), false)
+            | (Some(pb::job_event::Kind::ThinkingDelta(t)), true) => Some((e.seq, t.text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+impl World {
+    /// A world with the profiles of several agents against one mock (the first one is
+    /// `self.agent`).
+    async fn multi(agents: &[&'static Agent]) -> World {
+        let mut w = World::new(agents[0]).await;
+        let mut config = String::new();
+        for a in agents {
+            config.push_str(&(a.profile)(&cli(a.bin), &w.mock.base));
+        }
+        w.server = TestServer::start_with(Options {
+            config: Some(config),
+            ..Default::default()
+        });
+        w.c = w.server.clients(KEY_A).await;
+        w.session =
+            w.c.create_session(&[("README.md", b"# e2e\n")])
+                .await
+                .session_id;
+        w
+    }
+
+    async fn run_req(&mut self, req: pb::SubmitJobRequest) -> (pb::Job, Vec<pb::JobEvent>) {
+        let job = self
+            .submit(req)
+            .await
+            .unwrap_or_else(|st| panic!("submit to {}: {st:?}", self.agent.name));
+        self.finish(&job.job_id).await
+    }
+}
+
+mod capabilities {
+    use super::*;
+
+    #[tokio::test]
+    async fn claude_deltas_arrive_before_the_full_text_and_concatenate_to_it() {
+        scenario(async {
+            let mut w = World::new(&CLAUDE).await;
+            let req = pb::SubmitJobRequest {
+                stream_deltas: true,
+                ..w.request("remember a-long-enough-word-to-stream-in-several-pieces")
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            let pieces = deltas(&events, false);
+            assert!(pieces.len() >= 2, "expected several text deltas\n{why}");
+            let (text_seq, text) = events
+                .iter()
+                .find_map(|e| match &e.kind {
+                    Some(pb::job_event::Kind::Text(t)) => Some((e.seq, t.text.clone())),
+                    _ => None,
+                })
+                .expect("a text event");
+            assert!(pieces.iter().all(|(seq, _)| *seq < text_seq), "{why}");
+            let joined: String = pieces.iter().map(|(_, t)| t.as_str()).collect();
+            assert_eq!(joined, text, "{why}");
+            assert_eq!(job.result, text);
+            // Replayable: a late reader sees the same deltas.
+            let again = w.c.events(&job.job_id, 0).await;
+            assert_eq!(deltas(&again, false), pieces);
+            // Without the option, the same answer comes without deltas.
+            let (job, events) = w.run("remember plain").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert!(
+                deltas(&events, false).is_empty(),
+                "{}",
+                w.explain(&job, &events)
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn claude_thinking_and_todo_plans_are_typed_events() {
+        scenario(async {
+            let mut w = World::new(&CLAUDE).await;
+            let req = pb::SubmitJobRequest {
+                stream_deltas: true,
+                ..w.request("think about the deep structure of the problem")
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            let thinking: Vec<String> = events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    Some(pb::job_event::Kind::Thinking(t)) => Some(t.text.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                thinking,
+                vec!["about the deep structure of the problem".to_owned()],
+                "{why}"
+            );
+            let streamed: String = deltas(&events, true).into_iter().map(|(_, t)| t).collect();
+            assert_eq!(streamed, thinking[0], "{why}");
+
+            let (job, events) = w.run("todo write the tests; ship it").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            let plan = events
+                .iter()
+                .find_map(|e| match &e.kind {
+                    Some(pb::job_event::Kind::Plan(p)) => Some(p.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no plan event\n{why}"));
+            let items: Vec<(&str, &str)> = plan
+                .items
+                .iter()
+                .map(|i| (i.content.as_str(), i.status.as_str()))
+                .collect();
+            assert_eq!(
+                items,
+                vec![("write the tests", "in_progress"), ("ship it", "pending")],
+                "{why}"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn claude_schema_job_returns_valid_json() {
+        scenario(async {
+            let mut w = World::new(&CLAUDE).await;
+            let req = pb::SubmitJobRequest {
+                output_schema: SCHEMA.into(),
+                ..w.request(r#"json {"n": 7}"#)
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(
+                job.structured_result,
+                r#"{"n":7}"#,
+                "{}",
+                w.explain(&job, &events)
+            );
+            // A schema that is not one is the caller's error.
+            let bad = pb::SubmitJobRequest {
+                output_schema: r#"{"type": 5}"#.into(),
+                ..w.request("json 1")
+            };
+            let st = w.submit(bad).await.unwrap_err();
+            assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        })
+        .await;
+    }
+
+    /// An agent without native structured output: the schema goes into the prompt, agentd
+    /// checks the answer, and a wrong one gets one corrective turn.
+    #[tokio::test]
+    async fn gemini_invalid_answer_is_corrected_once_or_fails_output_schema() {
+        scenario(async {
+            let mut w = World::new(&GEMINI).await;
+            let req = pb::SubmitJobRequest {
+                output_schema: SCHEMA.into(),
+                ..w.request(r#"json {"n": 3}"#)
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(
+                job.structured_result,
+                r#"{"n":3}"#,
+                "{}",
+                w.explain(&job, &events)
+            );
+
+            let req = pb::SubmitJobRequest {
+                output_schema: SCHEMA.into(),
+                ..w.request(r#"json {"n":"three"}"#)
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Failed);
+            let why = w.explain(&job, &events);
+            assert_eq!(job.reason, "OUTPUT_SCHEMA", "{why}");
+            assert!(job.structured_result.is_empty(), "{why}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn claude_disallowed_tool_is_refused_visibly() {
+        scenario(async {
+            let mut w = World::new(&CLAUDE).await;
+            let req = pb::SubmitJobRequest {
+                disallowed_tools: vec!["Bash".into()],
+                ..w.request("force-bash touch pwned-by-a-disallowed-tool")
+            };
+            let (job, events) = w.run_req(req).await;
+            let why = w.explain(&job, &events);
+            let results = tool_results(&events);
+            assert!(
+                !results.is_empty() && results.iter().all(|r| r.is_error),
+                "the call was not refused\n{why}"
+            );
+            let file = w.c.download(&w.session, "pwned-by-a-disallowed-tool").await;
+            assert!(file.is_err(), "the disallowed tool ran\n{why}");
+            // Control: allowed, the same call runs.
+            let (job, events) = w.run("force-bash touch ran-when-allowed").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let file = w.c.download(&w.session, "ran-when-allowed").await;
+            assert!(file.is_ok(), "{}", w.explain(&job, &events));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn claude_system_prompt_replaces_and_attachments_are_named() {
+        scenario(async {
+            let mut w = World::new(&CLAUDE).await;
+            let req = pb::SubmitJobRequest {
+                system_prompt: "You are the zebra-77 agent.".into(),
+                ..w.request("agents-visible zebra-77")
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(
+                job.result,
+                "agent zebra-77 visible",
+                "{}",
+                w.explain(&job, &events)
+            );
+
+            let req = pb::SubmitJobRequest {
+                attachments: vec!["README.md".into()],
+                ..w.request("describe the attachment")
+            };
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert!(
+                job.result.contains("- README.md"),
+                "{}",
+                w.explain(&job, &events)
+            );
+            let missing = pb::SubmitJobRequest {
+                attachments: vec!["no-such-file.png".into()],
+                ..w.request("x")
+            };
+            let st = w.submit(missing).await.unwrap_err();
+            assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        })
+        .await;
+    }
+
+    /// claude → codex → claude in one session: each agent continues its own conversation and
+    /// is never handed the other's id.
+    #[tokio::test]
+    async fn switching_agents_resumes_each_agents_own_conversation() {
+        scenario(async {
+            let mut w = World::multi(&[&CLAUDE, &CODEX]).await;
+            let (c1, events) = w.run("remember claude-kiwi").await;
+            w.expect_state(&c1, &events, pb::JobState::Succeeded);
+
+            let req = pb::SubmitJobRequest {
+                agent: "codex".into(),
+                ..w.request("remember codex-mango")
+            };
+            let (x1, events) = w.run_req(req).await;
+            let why = w.explain(&x1, &events);
+            assert_eq!(x1.state, pb::JobState::Succeeded as i32, "{why}");
+            assert_eq!(
+                resumed(&events),
+                "",
+                "codex was handed a conversation\n{why}"
+            );
+
+            let (c2, events) = w.run("recall").await;
+            w.expect_state(&c2, &events, pb::JobState::Succeeded);
+            let why = w.explain(&c2, &events);
+            assert_eq!(resumed(&events), c1.conversation_id, "{why}");
+            assert_eq!(c2.result, "You asked me to remember claude-kiwi.", "{why}");
+
+            let req = pb::SubmitJobRequest {
+                agent: "codex".into(),
+                ..w.request("recall")
+            };
+            let (x2, events) = w.run_req(req).await;
+            let why = w.explain(&x2, &events);
+            assert_eq!(resumed(&events), x1.conversation_id, "{why}");
+            assert_eq!(x2.result, "You asked me to remember codex-mango.", "{why}");
+        })
+        .await;
+    }
+
+    fn resumed(events: &[pb::JobEvent]) -> String {
+        events
+            .iter()
+            .find_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::Started(s)) => Some(s.resumed_conversation_id.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
 }

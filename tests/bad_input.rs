@@ -990,6 +990,38 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
         "DownloadArchive of A's job through B's session",
     );
     nf(
+        b.sessions
+            .rewind_session(pb::RewindSessionRequest {
+                session_id: sid.clone(),
+                job_id: jid.clone(),
+                point: pb::SnapshotPoint::Before as i32,
+            })
+            .await
+            .map(|_| ()),
+        "RewindSession",
+    );
+    nf(
+        b.sessions
+            .rewind_session(pb::RewindSessionRequest {
+                session_id: sb.session_id.clone(),
+                job_id: jid.clone(),
+                point: pb::SnapshotPoint::Before as i32,
+            })
+            .await
+            .map(|_| ()),
+        "RewindSession of B's session to A's job",
+    );
+    nf(
+        b.sessions
+            .fork_session(pb::ForkSessionRequest {
+                job_id: jid.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "ForkSession",
+    );
+    nf(
         b.files
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: sb.session_id.clone(),
@@ -1023,6 +1055,85 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
 }
 
 /// WebhookService: B can neither see nor touch A's endpoint or its deliveries.
+#[tokio::test]
+async fn rewind_and_fork_bad_input_has_stable_reasons() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let other = c.create_session(&[]).await;
+    let job = c.submit(&s.session_id, "hi").await;
+    let job = c.wait(&job.job_id).await;
+    let rw = |session: &str, job: &str, point: i32| pb::RewindSessionRequest {
+        session_id: session.into(),
+        job_id: job.into(),
+        point,
+    };
+    let sid = s.session_id.as_str();
+    let jid = job.job_id.as_str();
+    let cases: Vec<(pb::RewindSessionRequest, Code, &str)> = vec![
+        (rw("", jid, 0), Code::InvalidArgument, "MISSING_FIELD"),
+        (rw(sid, "", 0), Code::InvalidArgument, "MISSING_FIELD"),
+        (rw(sid, jid, 7), Code::InvalidArgument, "INVALID_FIELD"),
+        (rw(sid, "job_nope", 0), Code::NotFound, "JOB_NOT_FOUND"),
+        (rw(sid, "../../etc", 0), Code::NotFound, "JOB_NOT_FOUND"),
+        (rw("ses_nope", jid, 0), Code::NotFound, "SESSION_NOT_FOUND"),
+        (
+            rw(&other.session_id, jid, 0),
+            Code::NotFound,
+            "JOB_NOT_FOUND",
+        ),
+    ];
+    for (req, code, why) in cases {
+        let e = c.sessions.rewind_session(req.clone()).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{req:?}");
+    }
+    let fk = |job: &str, point: i32, label: &str, ttl: u32| pb::ForkSessionRequest {
+        job_id: job.into(),
+        point,
+        labels: [(label.to_string(), "v".to_string())].into(),
+        ttl_seconds: ttl,
+    };
+    let cases: Vec<(pb::ForkSessionRequest, Code, &str)> = vec![
+        (fk("", 0, "k", 0), Code::InvalidArgument, "MISSING_FIELD"),
+        (fk(jid, -1, "k", 0), Code::InvalidArgument, "INVALID_FIELD"),
+        (fk("job_nope", 0, "k", 0), Code::NotFound, "JOB_NOT_FOUND"),
+        (
+            fk(jid, 0, "Bad Key", 0),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            fk(jid, 0, "k", u32::MAX),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+    ];
+    let before = c
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len();
+    for (req, code, why) in cases {
+        let e = c.sessions.fork_session(req.clone()).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{req:?}");
+    }
+    let after = c
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(
+        after.len(),
+        before,
+        "a refused fork leaves no session behind"
+    );
+}
+
 async fn webhook_rpcs_are_tenant_scoped(a: &mut Clients, b: &mut Clients) {
     // A literal public address: no DNS needed, and nothing is sent to it here.
     let created = a

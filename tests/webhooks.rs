@@ -8,13 +8,9 @@ mod common;
 
 use agentd::pb;
 use agentd::webhooks::sign;
-use bytes::Bytes;
 use common::receiver::{Received, Receiver};
 use common::*;
-use http_body_util::{BodyExt, Full};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tonic::Code;
 
@@ -442,4 +438,109 @@ async fn bad_webhook_input_is_refused_with_stable_reasons() {
         })
         .await;
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+/// `agentd webhooks …` as a user runs it: through the environment's server and key.
+fn cli(server: &TestServer, key: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .arg("webhooks")
+        .args(args)
+        .env("AGENTD_URL", format!("http://{}", server.addr))
+        .env("AGENTD_API_KEY", key)
+        .env_remove("AGENTD_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agentd webhooks");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn one_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON line {text:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_manages_the_tenants_own_endpoints() {
+    let (rx, port) = Receiver::start().await;
+    let server = TestServer::start_with(config(LOOPBACK_ALLOWED));
+    let url = format!("http://127.0.0.1:{port}/cli");
+    let (code, out) = cli(
+        &server,
+        KEY_A,
+        &["create", &url, "--event", "job.finished", "--json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let created = one_json(&out);
+    let id = created["id"].as_str().expect("id").to_owned();
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert_eq!(created["events"], serde_json::json!(["job.finished"]));
+
+    let (code, out) = cli(&server, KEY_A, &["list", "--json"]);
+    assert_eq!(
+        (code, one_json(&out)["id"].as_str()),
+        (0, Some(id.as_str()))
+    );
+    assert!(!out.contains("whsec_"), "the list shows no secret: {out}");
+    // Another tenant neither sees nor touches it.
+    let (code, out) = cli(&server, KEY_B, &["ls"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains(&id), "{out}");
+    for args in [["delete", &id], ["test", &id], ["rotate", &id]] {
+        assert_eq!(cli(&server, KEY_B, &args).0, 4, "tenant B: {args:?}");
+    }
+    // A refused address is the caller's mistake (exit 2).
+    assert_eq!(cli(&server, KEY_A, &["create", "http://10.1.2.3/x"]).0, 2);
+
+    let (code, out) = cli(&server, KEY_A, &["test", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("delivered: HTTP 200"), "{out}");
+    let tested = rx.received();
+    assert_eq!(tested.len(), 1);
+    assert!(signed_by(&tested[0], &secret));
+
+    let mut a = server.clients(KEY_A).await;
+    let s = a.create_session(&[]).await;
+    let job = a.submit(&s.session_id, "hello").await.job_id;
+    a.wait(&job).await;
+    until(Duration::from_secs(30), "delivered", || {
+        let (mut a, id) = (a.clone(), id.clone());
+        async move {
+            deliveries(&mut a, &id)
+                .await
+                .first()
+                .is_some_and(|d| d.state == pb::DeliveryState::Delivered as i32)
+        }
+    })
+    .await;
+    let (code, out) = cli(
+        &server,
+        KEY_A,
+        &["deliveries", &id, "--job", &job, "--json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let d = one_json(&out);
+    assert_eq!(
+        (
+            d["state"].as_str(),
+            d["event_type"].as_str(),
+            d["job_id"].as_str()
+        ),
+        (Some("delivered"), Some("job.finished"), Some(job.as_str())),
+        "{d}"
+    );
+    assert_eq!(d["attempts"][0]["status"], 200, "{d}");
+    let (code, out) = cli(&server, KEY_A, &["deliveries"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("delivered") && out.contains(&job), "{out}");
+
+    let (code, out) = cli(&server, KEY_A, &["rotate", &id, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let rotated = one_json(&out);
+    assert_ne!(rotated["secret"].as_str(), Some(secret.as_str()));
+    assert!(rotated["previous_secret_expires"].is_string(), "{rotated}");
+
+    assert_eq!(cli(&server, KEY_A, &["rm", &id]).0, 0);
+    assert_eq!(cli(&server, KEY_A, &["delete", &id]).0, 4);
+    assert_eq!(cli(&server, KEY_A, &["list", "--json"]).1.trim(), "");
 }

@@ -3,7 +3,7 @@
 //! object per line: `system`, `assistant`, `user`, `result`, …) to job events.
 
 use super::{AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary};
-use crate::domain::{EventKind, JobSpec, Usage};
+use crate::domain::{EventKind, JobSpec, PlanItem, Usage};
 use crate::error::{Error, Reason, Result};
 use serde_json::Value;
 
@@ -52,6 +52,26 @@ pub(super) fn validate(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
+/// The transcript of conversation `id` relative to HOME, when the agent runs in `workspace`:
+/// Claude keeps it under `~/.claude/projects/<the working directory, every character other than
+/// an ASCII letter or digit made '-'>/<id>.jsonl`. `None` for an id that is not a plain name
+/// (the id comes from the agent's output).
+pub(super) fn transcript(workspace: &std::path::Path, id: &str) -> Option<std::path::PathBuf> {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let project: String = workspace
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    plain.then(|| {
+        std::path::Path::new(".claude/projects")
+            .join(project)
+            .join(format!("{id}.jsonl"))
+    })
+}
+
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
     let mut args = profile.args.clone();
     // Without a prompt argument, `-p` reads the prompt from stdin: any size, and a prompt that
@@ -73,7 +93,9 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         );
     }
     if let Some(id) = ctx.resume_conversation {
-        args.extend(["--resume".into(), id.to_owned()]);
+        // A new id for every job, its transcript a copy: each job's conversation stays as it
+        // ended, which is what RewindSession and ForkSession resume from (issue #18).
+        args.extend(["--resume".into(), id.to_owned(), "--fork-session".into()]);
     }
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);
@@ -84,6 +106,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(s) = &spec.append_system_prompt {
         args.extend(["--append-system-prompt".into(), s.clone()]);
     }
+    caps_args(spec, &mut args);
     let profile_mode = profile_permission_mode(&profile.args);
     let bypass = match (&spec.permission_mode, &profile_mode) {
         // Claude's default mode: whatever it would ask, it asks agentd.
@@ -110,6 +133,13 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if !super::args_have(&profile.args, &["--strict-mcp-config"]) {
         args.push("--strict-mcp-config".into());
     }
+    if !spec.caps.disallowed_tools.is_empty() {
+        // Variadic like `--allowedTools`: one `=`-joined argument cannot swallow what follows.
+        args.push(format!(
+            "--disallowedTools={}",
+            spec.caps.disallowed_tools.join(",")
+        ));
+    }
     if !spec.allowed_tools.is_empty() {
         // `--allowedTools` takes a variadic list, so it goes last: nothing after it can be
         // swallowed as a tool name. One argument per tool keeps names with spaces intact.
@@ -132,6 +162,21 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         files,
         // Under `ask` the controller writes the prompt as the first user message.
         stdin: (!spec.asks()).then(|| spec.prompt.clone()),
+    }
+}
+
+/// The #20 capability flags: partial messages for deltas, the replaced system prompt and the
+/// native structured output (the CLI makes the model answer through a schema-checked tool).
+fn caps_args(spec: &JobSpec, args: &mut Vec<String>) {
+    let caps = &spec.caps;
+    if caps.stream_deltas {
+        args.push("--include-partial-messages".into());
+    }
+    if let Some(s) = &caps.system_prompt {
+        args.extend(["--system-prompt".into(), s.clone()]);
+    }
+    if let Some(schema) = &caps.output_schema {
+        args.extend(["--json-schema".into(), schema.clone()]);
     }
 }
 
@@ -170,6 +215,8 @@ struct ResultEvent {
     text: Option<String>,
     errors: Vec<String>,
     usage: Usage,
+    /// The answer to `--json-schema`, as the CLI checked it.
+    structured: Option<String>,
 }
 
 impl OutputParser for ClaudeParser {
@@ -215,6 +262,7 @@ impl OutputParser for ClaudeParser {
             }
             Some(r) => {
                 summary.result = Some(r.text.clone().unwrap_or_default());
+                summary.structured.clone_from(&r.structured);
                 summary.usage = r.usage.clone();
             }
             // No result line (killed, crashed): only an API error it printed is worth reporting.
@@ -252,6 +300,7 @@ impl ClaudeParser {
                     .to_owned(),
             }],
             ("assistant", _) => self.assistant(v),
+            ("stream_event", _) => stream_delta(v).into_iter().collect(),
             ("user", _) => user(v),
             ("result", _) => {
                 let usage = usage_of(v);
@@ -260,6 +309,10 @@ impl ClaudeParser {
                         || subtype.is_some_and(|s| s != "success"),
                     subtype: subtype.unwrap_or("unknown").to_owned(),
                     text: str_at(v, "result").map(String::from),
+                    structured: v
+                        .get("structured_output")
+                        .filter(|s| !s.is_null())
+                        .map(Value::to_string),
                     errors: v
                         .get("errors")
                         .and_then(Value::as_array)
@@ -287,27 +340,72 @@ impl ClaudeParser {
         // The CLI reports model API failures as a synthetic assistant message with a top-level
         // `error` and text `API Error: …`.
         let flagged = v.get("error").is_some_and(|e| !e.is_null());
-        blocks
-            .iter()
-            .map(|b| match str_at(b, "type").unwrap_or_default() {
-                "text" => {
-                    let text = str_at(b, "text").unwrap_or_default().to_owned();
-                    if flagged || text.starts_with("API Error") {
-                        self.api_error = Some(text.clone());
-                    }
-                    EventKind::Text { text }
+        let mut events = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            if str_at(b, "name") == Some(TODO_TOOL)
+                && let Some(plan) = plan_of(b.get("input"))
+            {
+                events.push(plan);
+            }
+            events.push(self.block(b, flagged));
+        }
+        events
+    }
+
+    fn block(&mut self, b: &Value, flagged: bool) -> EventKind {
+        match str_at(b, "type").unwrap_or_default() {
+            "thinking" => EventKind::Thinking {
+                text: str_at(b, "thinking").unwrap_or_default().to_owned(),
+            },
+            "text" => {
+                let text = str_at(b, "text").unwrap_or_default().to_owned();
+                if flagged || text.starts_with("API Error") {
+                    self.api_error = Some(text.clone());
                 }
-                "tool_use" => EventKind::ToolCall {
-                    id: str_at(b, "id").unwrap_or_default().to_owned(),
-                    name: str_at(b, "name").unwrap_or_default().to_owned(),
-                    input_json: b
-                        .get("input")
-                        .filter(|i| !i.is_null())
-                        .map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-                t => other(format!("assistant/{t}")),
-            })
-            .collect()
+                EventKind::Text { text }
+            }
+            "tool_use" => EventKind::ToolCall {
+                id: str_at(b, "id").unwrap_or_default().to_owned(),
+                name: str_at(b, "name").unwrap_or_default().to_owned(),
+                input_json: b
+                    .get("input")
+                    .filter(|i| !i.is_null())
+                    .map_or_else(|| "{}".to_owned(), Value::to_string),
+            },
+            t => other(format!("assistant/{t}")),
+        }
+    }
+}
+
+/// Claude's todo tool: its input is the whole plan.
+const TODO_TOOL: &str = "TodoWrite";
+
+/// A TodoWrite input (`todos: [{content, status, activeForm}]`) as a plan event.
+fn plan_of(input: Option<&Value>) -> Option<EventKind> {
+    let todos = input?.get("todos")?.as_array()?;
+    let items = todos
+        .iter()
+        .map(|t| PlanItem {
+            content: str_at(t, "content").unwrap_or_default().to_owned(),
+            status: str_at(t, "status").unwrap_or_default().to_owned(),
+        })
+        .collect();
+    Some(EventKind::Plan { items })
+}
+
+/// A partial-message line (`--include-partial-messages`): text and thinking pieces become
+/// deltas; the rest of the stream (block starts and stops, tool input pieces) is dropped, since
+/// the complete message follows as its own line.
+fn stream_delta(v: &Value) -> Option<EventKind> {
+    let delta = v.get("event")?.get("delta")?;
+    match str_at(delta, "type")? {
+        "text_delta" => Some(EventKind::TextDelta {
+            text: str_at(delta, "text")?.to_owned(),
+        }),
+        "thinking_delta" => Some(EventKind::ThinkingDelta {
+            text: str_at(delta, "thinking")?.to_owned(),
+        }),
+        _ => None,
     }
 }
 

@@ -89,6 +89,7 @@ fn launch_passes_every_job_option_after_profile_args() {
             "--verbose",
             "--resume",
             "6d06c9ff-2dd7-4f8f-b925-5cce1a2c3cf9",
+            "--fork-session",
             "--model",
             "sonnet",
             "--max-turns",
@@ -256,6 +257,7 @@ fn parses_a_successful_run() {
             result: Some("Done.".into()),
             error: None,
             usage,
+            structured: None,
         }
     );
     // Each event keeps the exact line it came from.
@@ -451,4 +453,89 @@ proptest::proptest! {
         let _ = p.parse_line(&line, false);
         let _ = p.summary();
     }
+}
+
+#[test]
+fn capability_flags_deltas_system_prompt_schema_and_disallowed_tools() {
+    let mut s = spec("p");
+    s.caps.stream_deltas = true;
+    s.caps.system_prompt = Some("be terse".into());
+    s.caps.output_schema = Some(r#"{"type":"object"}"#.into());
+    s.caps.disallowed_tools = vec!["Bash".into(), "WebFetch".into()];
+    s.allowed_tools = vec!["Read".into()];
+    let l = launch(&profile(AgentKind::Claude, "claude", &[]), &s, &ctx(None)).unwrap();
+    let at = |flag: &str| l.args.iter().position(|a| a == flag);
+    assert!(at("--include-partial-messages").is_some(), "{:?}", l.args);
+    assert_eq!(l.args[at("--system-prompt").unwrap() + 1], "be terse");
+    assert_eq!(
+        l.args[at("--json-schema").unwrap() + 1],
+        r#"{"type":"object"}"#
+    );
+    assert!(
+        l.args
+            .contains(&"--disallowedTools=Bash,WebFetch".to_owned())
+    );
+    // The variadic allow list still comes last.
+    assert_eq!(&l.args[l.args.len() - 2..], ["--allowedTools", "Read"]);
+}
+
+#[test]
+fn partial_messages_become_deltas_and_the_rest_of_the_stream_is_dropped() {
+    let lines = [
+        r#"{"type":"stream_event","event":{"type":"message_start","message":{}},"session_id":"s"}"#,
+        r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}},"session_id":"s"}"#,
+        r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hel"}},"session_id":"s"}"#,
+        r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{"}},"session_id":"s"}"#,
+        r#"{"type":"assistant","message":{"content":[{"type":"thinking","thinking":"hmm","signature":"x"},{"type":"text","text":"Hello"}]},"session_id":"s"}"#,
+    ];
+    let (events, _) = parse_all(&lines.join("\n"));
+    assert_eq!(
+        kinds(&events),
+        [
+            &EventKind::ThinkingDelta { text: "hmm".into() },
+            &EventKind::TextDelta { text: "Hel".into() },
+            &EventKind::Thinking { text: "hmm".into() },
+            &EventKind::Text {
+                text: "Hello".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn todo_write_is_a_plan_beside_its_tool_call_and_structured_output_is_kept() {
+    let lines = [
+        r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t1","name":"TodoWrite","input":{"todos":[{"content":"a","status":"completed","activeForm":"A"},{"content":"b","status":"pending","activeForm":"B"}]}}]},"session_id":"s"}"#,
+        r#"{"type":"result","subtype":"success","is_error":false,"result":"","structured_output":{"n":1},"session_id":"s"}"#,
+    ];
+    let (events, summary) = parse_all(&lines.join("\n"));
+    assert_eq!(
+        events[0].kind,
+        EventKind::Plan {
+            items: vec![
+                PlanItem {
+                    content: "a".into(),
+                    status: "completed".into()
+                },
+                PlanItem {
+                    content: "b".into(),
+                    status: "pending".into()
+                },
+            ]
+        }
+    );
+    assert!(matches!(&events[1].kind, EventKind::ToolCall { name, .. } if name == "TodoWrite"));
+    assert_eq!(summary.structured.as_deref(), Some(r#"{"n":1}"#));
+}
+
+#[test]
+fn capability_options_other_kinds_lack_are_refused_naming_the_agent() {
+    let mut s = spec("p");
+    s.caps.disallowed_tools = vec!["Bash".into()];
+    for kind in [AgentKind::Codex, AgentKind::Gemini, AgentKind::Opencode] {
+        let err = validate(&profile(kind, kind.as_str(), &[]), &s).unwrap_err();
+        assert_eq!(err.reason(), crate::error::Reason::UnsupportedOption);
+        assert!(err.to_string().contains(kind.as_str()), "{err}");
+    }
+    assert!(validate(&profile(AgentKind::Claude, "claude", &[]), &s).is_ok());
 }

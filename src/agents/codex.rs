@@ -10,7 +10,7 @@ use super::{
     check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
     u64_at, unparsed, with_raw,
 };
-use crate::domain::{EventKind, JobSpec, Usage};
+use crate::domain::{EventKind, JobSpec, PlanItem, Usage};
 use crate::error::Result;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -29,6 +29,8 @@ const SANDBOX_FLAGS: [&str; 4] = [
     "--full-auto",
 ];
 const MODEL_FLAGS: [&str; 2] = ["-m", "--model"];
+/// The job's output schema for `--output-schema`, under CODEX_HOME.
+const OUTPUT_SCHEMA_FILE: &str = "agentd-output-schema.json";
 
 pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     check_option_values(spec)?;
@@ -82,6 +84,17 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             format!("developer_instructions={}", Value::String(s.clone())),
         ]);
     }
+    let codex_home = ctx.home.join(".codex");
+    let mut files = Vec::new();
+    if let Some(schema) = &spec.caps.output_schema {
+        // Codex constrains its final message to the schema (the model's structured output).
+        let path = codex_home.join(OUTPUT_SCHEMA_FILE);
+        args.extend([
+            "--output-schema".into(),
+            path.to_string_lossy().into_owned(),
+        ]);
+        files.push((path, schema.clone().into_bytes()));
+    }
     // Options must precede `resume`: after it, Codex rejects them (exit 2).
     if let Some(id) = ctx.resume_conversation {
         args.extend(["resume".into(), id.to_owned()]);
@@ -89,11 +102,10 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     // `-` reads the prompt from stdin (any size); `--` keeps it from being taken for an option.
     args.extend(["--".into(), "-".into()]);
 
-    let codex_home = ctx.home.join(".codex");
     // Written on every job, even empty: the agent can write CODEX_HOME, and an `[mcp_servers]`
     // table it left there must not start a server the job did not select.
     let config = config_toml(profile.config.as_deref(), ctx.mcp);
-    let files = vec![(codex_home.join("config.toml"), config.into_bytes())];
+    files.push((codex_home.join("config.toml"), config.into_bytes()));
     Launch {
         program: profile.command.clone(),
         args,
@@ -223,6 +235,7 @@ impl OutputParser for CodexParser {
             },
             error,
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }
@@ -293,6 +306,14 @@ impl CodexParser {
             self.last_message = Some(text.clone());
             return vec![EventKind::Text { text }];
         }
+        match (item_type, completed) {
+            ("reasoning", true) => {
+                let text = text_of(item.get("text"));
+                return vec![EventKind::Thinking { text }];
+            }
+            ("todo_list", _) => return vec![plan_of(item)],
+            _ => {}
+        }
         if !TOOL_ITEMS.contains(&item_type) {
             // Reasoning, todo lists, and `error` items (warnings such as missing model metadata).
             return vec![other(format!("{stage}/{item_type}"))];
@@ -310,6 +331,27 @@ impl CodexParser {
         }
         events
     }
+}
+
+/// A `todo_list` item (`items: [{text, completed}]`) as the plan it now is.
+fn plan_of(item: &Value) -> EventKind {
+    let items = item
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|i| PlanItem {
+                    content: text_of(i.get("text")),
+                    status: if i.get("completed").and_then(Value::as_bool) == Some(true) {
+                        "completed".into()
+                    } else {
+                        "pending".into()
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    EventKind::Plan { items }
 }
 
 fn tool_call(item_type: &str, id: &str, item: &Value) -> EventKind {

@@ -268,6 +268,7 @@ fn parses_a_successful_run() {
             result: Some("Done.".into()),
             error: None,
             usage,
+            structured: None,
         }
     );
 }
@@ -464,4 +465,44 @@ proptest::proptest! {
         let _ = p.parse_line(&line, false);
         let _ = p.summary();
     }
+}
+
+#[test]
+fn reasoning_is_thinking_and_todo_lists_are_plans() {
+    let lines = [
+        r#"{"type":"item.completed","item":{"id":"r1","type":"reasoning","text":"**Weighing** options"}}"#,
+        r#"{"type":"item.started","item":{"id":"t1","type":"todo_list","items":[{"text":"read","completed":true},{"text":"write","completed":false}]}}"#,
+    ];
+    let (events, _) = parse_all(&lines.join("\n"));
+    assert_eq!(
+        events[0].kind,
+        EventKind::Thinking {
+            text: "**Weighing** options".into()
+        }
+    );
+    let EventKind::Plan { items } = &events[1].kind else {
+        panic!("{:?}", events[1].kind);
+    };
+    let got: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (i.content.as_str(), i.status.as_str()))
+        .collect();
+    assert_eq!(got, [("read", "completed"), ("write", "pending")]);
+}
+
+#[test]
+fn an_output_schema_is_a_file_under_codex_home_given_before_resume() {
+    let mut s = spec("p");
+    s.caps.output_schema = Some(r#"{"type":"object"}"#.into());
+    let l = launch(&codex(&[]), &s, &ctx(Some("thread-1"))).unwrap();
+    let at = l.args.iter().position(|a| a == "--output-schema").unwrap();
+    let resume = l.args.iter().position(|a| a == "resume").unwrap();
+    assert!(at < resume, "{:?}", l.args);
+    let path = PathBuf::from(&l.args[at + 1]);
+    assert!(path.starts_with("/home/s1/.codex"), "{path:?}");
+    assert!(
+        l.files
+            .iter()
+            .any(|(p, c)| p == &path && c == br#"{"type":"object"}"#)
+    );
 }

@@ -144,7 +144,11 @@ fn resume_continues_the_conversation_only_from_the_same_workspace_and_home() {
 
     let second = run(&spec("hello again"), ws.path(), home.path(), Some(&id));
     assert_eq!(second.code, Some(0), "stderr: {}", second.stderr);
-    assert_eq!(second.summary.conversation_id.as_deref(), Some(id.as_str()));
+    // `--fork-session`: the continuation has its own id, the first transcript stays as it was.
+    let forked = second.summary.conversation_id.clone().unwrap();
+    assert_ne!(forked, id);
+    let again = run(&spec("hello again"), ws.path(), home.path(), Some(&id));
+    assert_eq!(again.summary.result.as_deref(), Some("turn 2: hello again"));
     assert_eq!(
         second.summary.result.as_deref(),
         Some("turn 2: hello again")

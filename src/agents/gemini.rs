@@ -152,6 +152,7 @@ impl OutputParser for GeminiParser {
             },
             error,
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }

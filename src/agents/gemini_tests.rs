@@ -226,6 +226,7 @@ fn parses_a_successful_run() {
             result: Some("Done.".into()),
             error: None,
             usage,
+            structured: None,
         }
     );
 }

@@ -53,7 +53,9 @@ pub trait Interactive: Send + Sync {
 /// The controls an agent kind supports (listed in ServerInfo).
 pub fn controls(kind: AgentKind) -> &'static [&'static str] {
     match kind {
-        AgentKind::Claude | AgentKind::Codex => &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT],
+        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode => {
+            &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT]
+        }
         _ => &[],
     }
 }
@@ -67,6 +69,10 @@ pub fn protocol(
     match profile.kind {
         AgentKind::Claude => Some(Box::new(Claude)),
         AgentKind::Codex => Some(Box::new(super::codex::app_protocol(spec, ctx))),
+        AgentKind::Opencode => Some(Box::new(super::acp::Acp::new(super::acp::Setup {
+            resume: ctx.resume_conversation.map(str::to_owned),
+            cwd: ctx.workspace.to_string_lossy().into_owned(),
+        }))),
         _ => None,
     }
 }

@@ -4,6 +4,7 @@
 //! events ([`parser`]). Adding a kind means one module here and one arm in each function below;
 //! nothing else in the crate matches on [`AgentKind`].
 
+mod acp;
 mod claude;
 mod codex;
 mod codex_app;
@@ -161,6 +162,8 @@ pub struct Summary {
     /// Set when the agent itself reported failure: its own words.
     pub error: Option<String>,
     pub usage: Usage,
+    /// The answer as the agent's own structured output (a JSON text), where it has one.
+    pub structured: Option<String>,
 }
 
 /// Checks a job's options against what the profile's agent kind supports, at submit time.
@@ -189,6 +192,7 @@ pub fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
         };
         return validate(profile, &rest);
     }
+    check_caps(profile, spec)?;
     match profile.kind {
         AgentKind::Claude => claude::validate(spec),
         AgentKind::Command => command::validate(profile, spec),
@@ -198,15 +202,149 @@ pub fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     }
 }
 
+/// A job streams `text_delta`/`thinking_delta` events (`stream_deltas`).
+pub const CAP_STREAM_DELTAS: &str = "stream_deltas";
+/// The agent reports its reasoning as `thinking` events.
+pub const CAP_THINKING: &str = "thinking";
+/// The agent's todo/plan updates are `plan` events.
+pub const CAP_PLAN: &str = "plan";
+/// The agent itself holds its answer to `output_schema` (agentd validates it either way).
+pub const CAP_OUTPUT_SCHEMA_NATIVE: &str = "output_schema_native";
+/// `system_prompt` replaces the agent's system prompt.
+pub const CAP_SYSTEM_PROMPT: &str = "system_prompt";
+/// `disallowed_tools` are refused by the agent.
+pub const CAP_DISALLOWED_TOOLS: &str = "disallowed_tools";
+/// `attachments` reach the agent with the prompt.
+pub const CAP_ATTACHMENTS: &str = "attachments";
+
+/// The #20 capabilities of a kind (ServerInfo's AgentInfo.capabilities); an option whose
+/// capability is missing is refused at submit, except `stream_deltas`, which is a wish.
+pub fn capabilities(kind: AgentKind) -> &'static [&'static str] {
+    match kind {
+        AgentKind::Claude => &[
+            CAP_STREAM_DELTAS,
+            CAP_THINKING,
+            CAP_PLAN,
+            CAP_OUTPUT_SCHEMA_NATIVE,
+            CAP_SYSTEM_PROMPT,
+            CAP_DISALLOWED_TOOLS,
+            CAP_ATTACHMENTS,
+        ],
+        AgentKind::Codex => &[
+            CAP_THINKING,
+            CAP_PLAN,
+            CAP_OUTPUT_SCHEMA_NATIVE,
+            CAP_ATTACHMENTS,
+        ],
+        AgentKind::Opencode | AgentKind::Gemini => &[CAP_ATTACHMENTS],
+        AgentKind::Command => &[],
+    }
+}
+
+/// Refuses the capability options the kind cannot honour, naming the agent.
+fn check_caps(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
+    let caps = &spec.caps;
+    let has = |cap: &str| capabilities(profile.kind).contains(&cap);
+    for (field, set) in [
+        (CAP_SYSTEM_PROMPT, caps.system_prompt.is_some()),
+        (CAP_DISALLOWED_TOOLS, !caps.disallowed_tools.is_empty()),
+        (CAP_ATTACHMENTS, !caps.attachments.is_empty()),
+    ] {
+        if set && !has(field) {
+            return Err(unsupported(profile, field));
+        }
+    }
+    if caps.output_schema.is_some() && profile.kind == AgentKind::Command {
+        return Err(unsupported(profile, "output_schema"));
+    }
+    if let Some(s) = &caps.system_prompt {
+        check_no_nul("system_prompt", s)?;
+    }
+    for tool in &caps.disallowed_tools {
+        check_no_nul("disallowed_tools", tool)?;
+    }
+    Ok(())
+}
+
 /// What to execute for `spec` under `profile`. Assumes [`validate`] accepted the job.
 pub fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Result<Launch> {
-    match profile.kind {
-        AgentKind::Claude => Ok(claude::launch(profile, spec, ctx)),
-        AgentKind::Command => Ok(command::launch(profile, spec)),
-        AgentKind::Codex => Ok(codex::launch(profile, spec, ctx)),
-        AgentKind::Opencode => Ok(opencode::launch(profile, spec, ctx)),
-        AgentKind::Gemini => Ok(gemini::launch(profile, spec, ctx)),
+    let mut launch = match profile.kind {
+        AgentKind::Claude => claude::launch(profile, spec, ctx),
+        AgentKind::Command => command::launch(profile, spec),
+        AgentKind::Codex => codex::launch(profile, spec, ctx),
+        AgentKind::Opencode => opencode::launch(profile, spec, ctx),
+        AgentKind::Gemini => gemini::launch(profile, spec, ctx),
+    };
+    if let Some(prompt) = &mut launch.stdin {
+        prompt.push_str(&prompt_notes(profile.kind, spec));
     }
+    Ok(launch)
+}
+
+/// What the prompt itself must carry of the job's options: the attachments to read, and the
+/// schema where the agent has no native structured output (agentd validates the answer).
+fn prompt_notes(kind: AgentKind, spec: &JobSpec) -> String {
+    let mut notes = String::new();
+    if !spec.caps.attachments.is_empty() {
+        notes
+            .push_str("\n\nAttached files (paths relative to the working directory; read them):\n");
+        for path in &spec.caps.attachments {
+            notes.push_str(&format!("- {path}\n"));
+        }
+    }
+    if let Some(schema) = &spec.caps.output_schema
+        && !capabilities(kind).contains(&CAP_OUTPUT_SCHEMA_NATIVE)
+    {
+        notes.push_str(&format!(
+            "\n\nAnswer with only a JSON value (no other text, no code fence) that satisfies this \
+             JSON Schema:\n{schema}\n"
+        ));
+    }
+    notes
+}
+
+/// Whether an agent's conversation can be taken back to the end of an earlier job (RewindSession)
+/// and copied into another session (ForkSession), issue #18.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationHistory {
+    /// Every job ends with its own conversation id whose transcript no later job changes (Claude
+    /// resumes with `--fork-session`); [`conversation_files`] names its files.
+    PerJob,
+    /// The agent keeps no conversation (operator commands).
+    Stateless,
+    /// One conversation grows in place across jobs (Codex's rollout file, OpenCode's and Gemini's
+    /// session stores): resuming it always continues from its latest message.
+    InPlace,
+}
+
+pub fn conversation_history(kind: AgentKind) -> ConversationHistory {
+    match kind {
+        AgentKind::Claude => ConversationHistory::PerJob,
+        AgentKind::Command => ConversationHistory::Stateless,
+        AgentKind::Codex | AgentKind::Opencode | AgentKind::Gemini => ConversationHistory::InPlace,
+    }
+}
+
+/// The files (relative to HOME) holding conversation `id` of an agent that ran in `workspace`,
+/// for a fork to copy into the new session's HOME; `None` when the kind keeps none this way or
+/// the id is not a plain name.
+pub fn conversation_files(kind: AgentKind, workspace: &Path, id: &str) -> Option<Vec<PathBuf>> {
+    match kind {
+        AgentKind::Claude => claude::transcript(workspace, id).map(|p| vec![p]),
+        _ => None,
+    }
+}
+
+/// The refusal for rewinding or forking a conversation the agent cannot go back in.
+pub fn unsupported_history(profile_name: &str, kind: AgentKind, what: &str) -> Error {
+    Error::invalid(
+        Reason::UnsupportedOption,
+        "job_id",
+        format!(
+            "agent {profile_name:?} (kind {kind}) cannot {what} its conversation: it continues \
+             one conversation in place, so no earlier point of it can be resumed"
+        ),
+    )
 }
 
 /// A fresh parser for one run of an agent of this profile.
@@ -411,6 +549,7 @@ pub(crate) mod tests {
             webhook_url: None,
             control: Default::default(),
             catalog: Default::default(),
+            caps: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@ use super::{
 use crate::domain::{EventKind, JobSpec, Usage};
 use crate::error::Result;
 use serde_json::Value;
+use std::path::PathBuf;
 
 /// Keeps an unattended OpenCode from fetching model lists, updating itself, or downloading
 /// language servers when it edits a file.
@@ -45,6 +46,9 @@ pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
 }
 
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    if spec.asks() {
+        return acp_launch(profile, spec, ctx);
+    }
     let mut args: Vec<String> = vec!["run".into()];
     args.extend(profile.args.iter().cloned());
     if !args_have(&profile.args, &["--format"]) {
@@ -62,7 +66,76 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         args.extend(["--session".into(), id.to_owned()]);
     }
     // No message argument: `run` reads the message from stdin when it is not a terminal.
+    let (env, files) = environment(config_with_mcp(profile, ctx), ctx);
+    Launch {
+        program: profile.command.clone(),
+        args,
+        env,
+        files,
+        stdin: Some(spec.prompt.clone()),
+    }
+}
 
+/// `opencode acp` for a job that asks (`acp`): the operator's config with every tool that
+/// would run unasked set to `ask` (what the operator denies stays denied), and the job's model.
+/// The profile's args are `run` options and do not apply.
+fn acp_launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    let mut config: serde_json::Map<String, Value> =
+        serde_json::from_str(&config_with_mcp(profile, ctx)).unwrap_or_default();
+    let permission = config.remove("permission").unwrap_or(Value::Null);
+    config.insert("permission".into(), asking(&permission));
+    if let Some(model) = &spec.model {
+        config.insert("model".into(), Value::String(model.clone()));
+    }
+    let (env, files) = environment(Value::Object(config).to_string(), ctx);
+    Launch {
+        program: profile.command.clone(),
+        args: vec!["acp".into()],
+        env,
+        files,
+        // The controller writes the protocol on the job's pipe.
+        stdin: None,
+    }
+}
+
+/// OpenCode's permission settings with each tool's `allow` turned into `ask`; `deny`s stay.
+fn asking(permission: &Value) -> Value {
+    let ask = |v: Option<&Value>| match v {
+        Some(Value::String(s)) if s == "deny" => Value::String(s.clone()),
+        Some(Value::Object(patterns)) => {
+            let mut kept: serde_json::Map<String, Value> = patterns
+                .iter()
+                .filter(|(_, a)| a.as_str() == Some("deny"))
+                .map(|(p, a)| (p.clone(), a.clone()))
+                .collect();
+            kept.insert("*".into(), "ask".into());
+            Value::Object(kept)
+        }
+        _ => "ask".into(),
+    };
+    let mut out = serde_json::Map::new();
+    for tool in ["edit", "bash", "webfetch"] {
+        out.insert(tool.into(), ask(permission.get(tool)));
+    }
+    Value::Object(out)
+}
+
+/// The operator's config with the job's MCP servers.
+fn config_with_mcp(profile: &AgentProfile, ctx: &LaunchContext) -> String {
+    match (&profile.config, ctx.mcp.is_empty()) {
+        (base, false) => {
+            super::mcp::json_with(base.as_deref(), "mcp", super::mcp::opencode(ctx.mcp))
+        }
+        (Some(c), true) => c.clone(),
+        (None, true) => "{}".to_owned(),
+    }
+}
+
+/// The environment and config files of every OpenCode job.
+fn environment(
+    config: String,
+    ctx: &LaunchContext,
+) -> (Vec<(String, String)>, Vec<(PathBuf, Vec<u8>)>) {
     let mut env: Vec<(String, String)> = QUIET_ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -74,13 +147,6 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     // `opencode.jsonc` under ~/.config/opencode), all of which the agent can write: agentd
     // rewrites all three on every job, so only the operator's config and the job's MCP servers
     // count.
-    let config = match (&profile.config, ctx.mcp.is_empty()) {
-        (base, false) => {
-            super::mcp::json_with(base.as_deref(), "mcp", super::mcp::opencode(ctx.mcp))
-        }
-        (Some(c), true) => c.clone(),
-        (None, true) => "{}".to_owned(),
-    };
     let path = ctx.home.join(CONFIG_PATH);
     env.push((
         "OPENCODE_CONFIG".into(),
@@ -92,13 +158,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         (dir.join("config.json"), b"{}".to_vec()),
         (dir.join("opencode.jsonc"), b"{}".to_vec()),
     ];
-    Launch {
-        program: profile.command.clone(),
-        args,
-        env,
-        files,
-        stdin: Some(spec.prompt.clone()),
-    }
+    (env, files)
 }
 
 /// Parses `opencode run --format json`. Remembers the session id, the last text, usage summed
@@ -132,6 +192,7 @@ impl OutputParser for OpencodeParser {
             },
             error: self.error.clone(),
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }

@@ -225,6 +225,7 @@ fn parses_a_successful_run() {
             result: Some("Done.".into()),
             error: None,
             usage: total,
+            structured: None,
         }
     );
 }

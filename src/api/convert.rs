@@ -145,6 +145,7 @@ pub fn usage(u: Usage) -> pb::Usage {
 
 pub fn job(v: JobView) -> pb::Job {
     let j = v.job;
+    let schema = j.spec.caps.output_schema.is_some();
     let mut out = pb::Job {
         job_id: j.id.to_string(),
         session_id: j.session_id.to_string(),
@@ -158,6 +159,7 @@ pub fn job(v: JobView) -> pb::Job {
         conversation_id: j.conversation_id.unwrap_or_default(),
         timeout_seconds: u32::try_from(j.spec.timeout.as_secs()).unwrap_or(u32::MAX),
         last_seq: j.last_seq,
+        rewound_past: v.rewound_past,
         ..Default::default()
     };
     match j.state {
@@ -175,6 +177,10 @@ pub fn job(v: JobView) -> pb::Job {
                 out.error_message = f.outcome.message();
             }
             out.reason = f.outcome.reason().to_owned();
+            // With a schema, a successful job's result is the validated JSON (run/schema.rs).
+            if matches!(f.outcome, Outcome::Succeeded) && schema {
+                out.structured_result.clone_from(&out.result);
+            }
         }
     }
     out
@@ -281,6 +287,18 @@ pub fn event(e: JobEvent) -> pb::JobEvent {
             message,
         }),
         EventKind::Input { text } => Kind::Input(pb::InputEvent { text }),
+        EventKind::TextDelta { text } => Kind::TextDelta(pb::TextEvent { text }),
+        EventKind::ThinkingDelta { text } => Kind::ThinkingDelta(pb::TextEvent { text }),
+        EventKind::Thinking { text } => Kind::Thinking(pb::TextEvent { text }),
+        EventKind::Plan { items } => Kind::Plan(pb::PlanEvent {
+            items: items
+                .into_iter()
+                .map(|i| pb::PlanItem {
+                    content: i.content,
+                    status: i.status,
+                })
+                .collect(),
+        }),
     };
     pb::JobEvent {
         seq: e.seq,

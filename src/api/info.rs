@@ -51,6 +51,14 @@ impl ServerInfoService for ServerInfoApi {
                         .iter()
                         .map(|c| (*c).to_owned())
                         .collect(),
+                    capabilities: cfg
+                        .agents
+                        .get(&a.name)
+                        .map(|p| crate::agents::capabilities(p.kind))
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|c| (*c).to_owned())
+                        .collect(),
                 })
                 .collect(),
             default_agent: cfg.default_agent.clone(),

@@ -49,6 +49,11 @@ pub(super) fn submit_request(r: pb::SubmitJobRequest) -> SubmitJob {
         mcp_servers: r.mcp_servers,
         subagents: r.subagents,
         skills: r.skills,
+        stream_deltas: r.stream_deltas,
+        output_schema: r.output_schema,
+        system_prompt: r.system_prompt,
+        disallowed_tools: r.disallowed_tools,
+        attachments: r.attachments,
     }
 }
 

@@ -1,9 +1,11 @@
 //! `agentd.v1.SessionService`.
 
 use super::{convert, tenant};
-use crate::core::{Core, CreateSession};
+use crate::core::{Core, CreateSession, ForkSession};
+use crate::error::{Error, Reason};
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
+use crate::store::SnapPoint;
 use crate::workspace::NewFile;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -99,5 +101,61 @@ impl SessionService for SessionApi {
         Ok(Response::new(pb::DeleteSessionResponse {
             cancelled_jobs: cancelled,
         }))
+    }
+
+    async fn rewind_session(
+        &self,
+        req: Request<pb::RewindSessionRequest>,
+    ) -> Result<Response<pb::RewindSessionResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let point = snap_point(r.point, "point")?;
+        let out = self
+            .core
+            .rewind_session(&tenant, &r.session_id, &r.job_id, point)
+            .await?;
+        Ok(Response::new(pb::RewindSessionResponse {
+            session: Some(convert::session(out.session)),
+            rewound_job_ids: out.past.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn fork_session(
+        &self,
+        req: Request<pb::ForkSessionRequest>,
+    ) -> Result<Response<pb::ForkSessionResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let r = req.into_inner();
+        let point = snap_point(r.point, "point")?;
+        let (view, parent) = self
+            .core
+            .fork_session(
+                &tenant,
+                ForkSession {
+                    job_id: r.job_id,
+                    point,
+                    labels: r.labels.into_iter().collect(),
+                    ttl_seconds: r.ttl_seconds,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::ForkSessionResponse {
+            session: Some(convert::session(view)),
+            parent_session_id: parent.to_string(),
+        }))
+    }
+}
+
+/// A snapshot point; unspecified means after the job.
+fn snap_point(n: i32, field: &str) -> Result<SnapPoint, Status> {
+    match pb::SnapshotPoint::try_from(n) {
+        Ok(pb::SnapshotPoint::Before) => Ok(SnapPoint::Before),
+        Ok(pb::SnapshotPoint::After | pb::SnapshotPoint::Unspecified) => Ok(SnapPoint::After),
+        Err(_) => Err(Error::invalid(
+            Reason::InvalidField,
+            field,
+            format!("{field} {n} is not a snapshot point"),
+        )
+        .into()),
     }
 }

@@ -54,6 +54,7 @@ fn change(c: JobChange) -> pb::JobChange {
         job: Some(convert::job(JobView {
             job: c.job,
             queue_position: None,
+            rewound_past: false,
         })),
     }
 }

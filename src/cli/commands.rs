@@ -46,6 +46,32 @@ async fn dispatch_with(cmd: ClientCommand, p: &mut Printer) -> Result<i32, CliEr
         ClientCommand::Presets { client, command } => {
             super::presets::presets(&connect(&client)?, client.json, command, p).await
         }
+        ClientCommand::Webhooks { client, command } => {
+            super::webhooks::webhooks(&connect(&client)?, client.json, command, p).await
+        }
+        ClientCommand::Diff {
+            client,
+            job_id,
+            paths,
+        } => super::history::diff(&connect(&client)?, client.json, &job_id, &paths, p).await,
+        ClientCommand::Fork {
+            client,
+            job_id,
+            before,
+            labels,
+        } => {
+            let conn = connect(&client)?;
+            super::history::fork(&conn, client.json, &job_id, before, &labels, p).await
+        }
+        ClientCommand::Rewind {
+            client,
+            session_id,
+            job_id,
+            before,
+        } => {
+            let conn = connect(&client)?;
+            super::history::rewind(&conn, client.json, &session_id, &job_id, before, p).await
+        }
     }
 }
 

@@ -87,6 +87,13 @@ impl Conn {
         )
     }
 
+    pub fn webhooks(&self) -> pb::webhook_service_client::WebhookServiceClient<Svc> {
+        pb::webhook_service_client::WebhookServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
     pub fn presets(&self) -> pb::preset_service_client::PresetServiceClient<Svc> {
         pb::preset_service_client::PresetServiceClient::with_interceptor(
             self.channel.clone(),

@@ -10,11 +10,13 @@ mod archive;
 mod ask;
 mod commands;
 mod conn;
+mod history;
 mod presets;
 mod render;
 mod transfer;
 mod usage;
 mod watch;
+mod webhooks;
 
 pub use conn::CliError;
 
@@ -115,6 +117,49 @@ pub enum ClientCommand {
         client: ClientArgs,
         #[command(subcommand)]
         command: presets::PresetsCommand,
+    },
+    /// Create, list, delete, rotate or test your webhook endpoints, and read their delivery log.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Webhooks {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
+    /// Print a finished job's unified diff (from the snapshots taken before and after it).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Diff {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+        /// Only changes at or under these workspace paths.
+        paths: Vec<String>,
+    },
+    /// Create a new session from a finished job: its workspace as the job left it (or as it
+    /// found it, with --before) and a fork of the job's conversation. Prints the new session id.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Fork {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+        /// From before the job instead of after it.
+        #[arg(long)]
+        before: bool,
+        /// A label of the new session, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_pair)]
+        labels: Vec<(String, String)>,
+    },
+    /// Put a session's workspace and conversation back to after a job of it (or before it, with
+    /// --before); later jobs stay listed, marked rewound past.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Rewind {
+        #[command(flatten)]
+        client: ClientArgs,
+        session_id: String,
+        job_id: String,
+        /// Back to before the job instead of after it.
+        #[arg(long)]
+        before: bool,
     },
     /// Show the tenant's metered model usage (the gateway's ledger), or one job's model calls.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -406,6 +451,10 @@ pub fn main(cmd: ClientCommand) -> i32 {
         | ClientCommand::Files { client, .. }
         | ClientCommand::Usage { client, .. }
         | ClientCommand::Presets { client, .. }
+        | ClientCommand::Webhooks { client, .. }
+        | ClientCommand::Diff { client, .. }
+        | ClientCommand::Fork { client, .. }
+        | ClientCommand::Rewind { client, .. }
         | ClientCommand::Agents { client } => client.json,
     };
     // One thread is plenty for a client, and keeps it light on a busy machine.

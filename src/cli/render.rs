@@ -500,6 +500,15 @@ pub fn event_json(job_id: &str, e: &pb::JobEvent) -> Value {
             json!({"request_id": r.request_id, "who": r.who, "allow": r.allow, "message": r.message}),
         ),
         Some(Kind::Input(i)) => ("input", json!({ "text": i.text })),
+        Some(Kind::TextDelta(t)) => ("text_delta", json!({ "text": t.text })),
+        Some(Kind::ThinkingDelta(t)) => ("thinking_delta", json!({ "text": t.text })),
+        Some(Kind::Thinking(t)) => ("thinking", json!({ "text": t.text })),
+        Some(Kind::Plan(p)) => (
+            "plan",
+            json!({"items": p.items.iter()
+                .map(|i| json!({"content": i.content, "status": i.status}))
+                .collect::<Vec<_>>()}),
+        ),
         Some(Kind::Finished(f)) => (
             "finished",
             json!({"state": state_name(f.state), "exit_status": exit_json(f.exit_status.as_ref()),

@@ -26,7 +26,7 @@ const POLL_LOCAL: Duration = Duration::from_secs(5);
 const ORPHAN_BATCH: usize = 100;
 
 impl Core {
-    fn lease_until(&self) -> Timestamp {
+    pub(super) fn lease_until(&self) -> Timestamp {
         Timestamp::now().saturating_add(self.config.timing.lease)
     }
 

@@ -4,6 +4,7 @@
 use super::Core;
 use crate::domain::{FileChange, FileEntry, JobId, TenantId};
 use crate::error::{Error, Reason, Result};
+use crate::store::SnapPoint;
 use crate::workspace::{
     ArchiveFormat, ArchiveUpload, Subscription, Upload, UploadHeader, WatchEvent,
 };
@@ -137,12 +138,11 @@ impl Core {
             if j.session_id != s.id {
                 return Err(Error::job_not_found(job_id));
             }
-            return Err(Error::invalid(
-                Reason::UnsupportedOption,
-                "job_id",
-                "archives of a job's snapshot are not available on this server yet; \\
-                 leave job_id empty for the workspace as it is now",
-            ));
+            let tree = self.snapshot_tree(&j.id, SnapPoint::After).await?;
+            return self
+                .workspaces
+                .download_snapshot_archive(tree, paths, format)
+                .await;
         }
         self.workspaces.download_archive(&s.id, paths, format).await
     }

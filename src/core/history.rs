@@ -74,6 +74,29 @@ impl Core {
         history::changes(before, after)
     }
 
+    /// The tree id of the snapshot taken on `point` of `job`; SNAPSHOT_NOT_FOUND when it was never
+    /// taken (the job has not reached that point) or was evicted.
+    pub(super) async fn snapshot_tree(&self, job: &JobId, point: SnapPoint) -> Result<String> {
+        self.store
+            .snapshots(&SnapshotFilter {
+                job: Some(job.clone()),
+                session: None,
+            })
+            .await?
+            .into_iter()
+            .find(|r| r.point == point)
+            .map(|r| r.tree)
+            .ok_or_else(|| {
+                Error::not_found(
+                    Reason::SnapshotNotFound,
+                    format!(
+                        "job {job} has no {} snapshot (not taken yet, or evicted)",
+                        point.as_str()
+                    ),
+                )
+            })
+    }
+
     /// The trees taken before and after a finished job of this tenant.
     async fn job_trees(&self, tenant: &TenantId, job_id: &str) -> Result<(Tree, Tree)> {
         let job = self.owned_job(tenant, job_id).await?;

@@ -46,6 +46,12 @@ pub struct SubmitJob {
     pub deny_rules: Vec<String>,
     /// 0: the server default.
     pub permission_timeout_seconds: u32,
+    /// The capability options (#20), checked by `core::caps`; empty strings: unset.
+    pub stream_deltas: bool,
+    pub output_schema: String,
+    pub system_prompt: String,
+    pub disallowed_tools: Vec<String>,
+    pub attachments: Vec<String>,
 }
 
 /// The two-way control options of a submit: rules and a timeout only make sense when the job
@@ -96,6 +102,8 @@ fn control(
 pub struct JobView {
     pub job: Job,
     pub queue_position: Option<u32>,
+    /// A RewindSession went back past this job (issue #18).
+    pub rewound_past: bool,
 }
 
 /// Environment names a job may not set: the server's (`AGENTD_*`, e.g. the run marker the start-up
@@ -362,9 +370,17 @@ impl Core {
                 subagents: req.subagents,
                 skills: req.skills,
             },
+            caps: super::caps::job_caps(
+                req.stream_deltas,
+                req.output_schema,
+                req.system_prompt,
+                req.disallowed_tools,
+                req.attachments,
+            )?,
         };
         crate::agents::validate(profile, &spec)?;
         self.check_catalog_selection(profile, &spec)?;
+        self.check_attachments(&session.id, &spec.caps).await?;
         let budgeted = spec.budget.max_cost_usd.is_some() || spec.budget.max_tokens.is_some();
         if budgeted && !self.config.gateway.upstreams.contains_key(&spec.agent) {
             // Only calls through the gateway are metered: a budget elsewhere would never hold.
@@ -450,6 +466,7 @@ impl Core {
         Ok(JobView {
             job,
             queue_position,
+            rewound_past: false,
         })
     }
 
@@ -470,7 +487,12 @@ impl Core {
 
     pub async fn get_job(&self, tenant: &TenantId, id: &str) -> Result<JobView> {
         let job = self.owned_job(tenant, id).await?;
-        self.job_view(job).await
+        let mut view = self.job_view(job).await?;
+        if view.job.state.is_finished() {
+            let marks = self.store.rewound_jobs(&view.job.session_id).await?;
+            view.rewound_past = marks.contains(&view.job.id);
+        }
+        Ok(view)
     }
 
     pub async fn list_jobs(
@@ -490,9 +512,12 @@ impl Core {
             created: j.created,
             id: j.id.to_string(),
         });
+        let marks = self.store.rewound_jobs(&session.id).await?;
         let mut views = Vec::with_capacity(rows.len());
         for j in rows {
-            views.push(self.job_view(j).await?);
+            let mut view = self.job_view(j).await?;
+            view.rewound_past = marks.contains(&view.job.id);
+            views.push(view);
         }
         Ok((views, next))
     }

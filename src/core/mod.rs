@@ -9,6 +9,8 @@
 //! commits and cancel requests to this one. With the embedded store there is one replica and the
 //! same code runs unchanged.
 
+mod adopt;
+mod caps;
 mod control;
 mod dispatch;
 mod env;
@@ -20,6 +22,7 @@ mod jobs;
 mod pieces;
 mod presets;
 mod reaper;
+mod rewind;
 mod run;
 mod sessions;
 mod tenant_watch;
@@ -31,6 +34,7 @@ pub use info::AgentStatus;
 pub use jobs::{JobView, SubmitJob};
 pub use pieces::{Piece, PieceDone, PiecedUploads};
 pub use presets::PresetView;
+pub use rewind::{ForkSession, Rewound};
 pub use sessions::{CreateSession, SessionView};
 pub use tenant_watch::{WatchFilter, WatchItem};
 
@@ -182,6 +186,7 @@ impl Core {
             gateway,
             webhooks: Arc::new(OnceLock::new()),
         });
+        core.adopt().await;
         core.recover().await?;
         core.launcher.warm();
         if let Some(signals) = core.store.signals() {
@@ -253,6 +258,20 @@ impl Core {
         // No job starts any more (claims stopped with `accepting`).
         self.launcher.close();
         self.streams_stop.cancel();
+    }
+
+    /// Shutdown with `--on-shutdown keep` (issue #23): refuse new work and stop claiming jobs,
+    /// but leave running ones to their supervisors; streams end so clients reconnect to the
+    /// next agentd.
+    pub fn leave(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.launcher.close();
+        self.streams_stop.cancel();
+    }
+
+    /// How many jobs run here.
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
     }
 
     /// Cancels a running job; returns whether it was running.

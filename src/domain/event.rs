@@ -155,11 +155,42 @@ pub enum EventKind {
     Input {
         text: String,
     },
+    /// A piece of answer text as the model produced it (`stream_deltas`).
+    TextDelta {
+        text: String,
+    },
+    /// A piece of reasoning as the model produced it (`stream_deltas`).
+    ThinkingDelta {
+        text: String,
+    },
+    /// The model's reasoning, or its summary.
+    Thinking {
+        text: String,
+    },
+    /// The agent's plan or todo list as it now stands.
+    Plan {
+        items: Vec<PlanItem>,
+    },
+}
+
+/// One step of an agent's plan; `status` is `pending`, `in_progress` or `completed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanItem {
+    pub content: String,
+    pub status: String,
 }
 
 impl EventKind {
     pub fn is_finished(&self) -> bool {
         matches!(self, EventKind::Finished { .. })
+    }
+
+    /// A streamed piece of a later complete event: bounded separately, kept without its raw line.
+    pub fn is_delta(&self) -> bool {
+        matches!(
+            self,
+            EventKind::TextDelta { .. } | EventKind::ThinkingDelta { .. }
+        )
     }
 }
 

@@ -35,6 +35,28 @@ pub struct JobSpec {
     /// The preset it came from and the operator catalog entries it uses (#20).
     #[serde(default)]
     pub catalog: CatalogSelection,
+    /// The agent capabilities it asks for beyond the basics (#20): deltas, a schema, prompts.
+    #[serde(default)]
+    pub caps: JobCaps,
+}
+
+/// A job's capability options (#20); each is checked against its agent at submit time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobCaps {
+    /// Stream `text_delta`/`thinking_delta` events (ignored by agents without them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream_deltas: bool,
+    /// A JSON Schema the final answer must satisfy (already checked to compile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<String>,
+    /// Replaces the agent's system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disallowed_tools: Vec<String>,
+    /// Workspace-relative paths of files given to the agent with the prompt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
 }
 
 /// What a job takes from the operator's catalogs, by name: resolved to commands and files only
@@ -106,6 +128,15 @@ pub enum Outcome {
     PermissionPending {
         message: String,
     },
+    /// The answer did not satisfy the job's output_schema (#20).
+    OutputSchema {
+        message: String,
+    },
+    /// agentd stopped leaving the job running, and no agentd adopted it within the adopt timeout:
+    /// its supervisor ended the tree (issue #23).
+    AdoptionTimeout {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -115,7 +146,9 @@ impl Outcome {
             Outcome::Failed { .. }
             | Outcome::LimitExceeded { .. }
             | Outcome::BudgetExceeded { .. }
-            | Outcome::PermissionPending { .. } => FinalState::Failed,
+            | Outcome::PermissionPending { .. }
+            | Outcome::OutputSchema { .. } => FinalState::Failed,
+            Outcome::AdoptionTimeout { .. } => FinalState::Failed,
             Outcome::Cancelled { .. } | Outcome::Interrupted => FinalState::Cancelled,
             Outcome::TimedOut { .. } => FinalState::TimedOut,
         }
@@ -132,6 +165,8 @@ impl Outcome {
             Outcome::BudgetExceeded { message } => message.clone(),
             Outcome::Interrupted => "interrupted by the caller".into(),
             Outcome::PermissionPending { message } => message.clone(),
+            Outcome::OutputSchema { message } => message.clone(),
+            Outcome::AdoptionTimeout { message } => message.clone(),
         }
     }
 
@@ -143,6 +178,8 @@ impl Outcome {
             Outcome::BudgetExceeded { .. } => Reason::BudgetExceeded.as_str(),
             Outcome::Interrupted => Reason::Interrupted.as_str(),
             Outcome::PermissionPending { .. } => Reason::PermissionPendingAtRestart.as_str(),
+            Outcome::OutputSchema { .. } => Reason::OutputSchema.as_str(),
+            Outcome::AdoptionTimeout { .. } => Reason::AdoptionTimeout.as_str(),
             _ => "",
         }
     }

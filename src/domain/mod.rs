@@ -6,10 +6,10 @@ mod file;
 mod job;
 pub mod permission;
 
-pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, Usage};
+pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, PlanItem, Usage};
 pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
 pub use job::{
-    CatalogSelection, Finished, Job, JobBudget, JobControl, JobSpec, JobState, Outcome,
+    CatalogSelection, Finished, Job, JobBudget, JobCaps, JobControl, JobSpec, JobState, Outcome,
     PERMISSION_ASK,
 };
 

@@ -25,6 +25,7 @@
 //! start.
 
 // The bridge forks its relay and closes raw fds in the child; each block has its SAFETY comment.
+pub mod adopt;
 #[allow(unsafe_code)]
 pub mod bridge;
 pub mod jail;
@@ -247,6 +248,9 @@ impl Process {
         if fallback_forced() {
             cmd.env(supervise::NO_NS_ENV, "1");
         }
+        if let Some((k, v)) = adopt::env() {
+            cmd.env(k, v);
+        }
         cmd.current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -292,6 +296,11 @@ impl Process {
     /// The supervisor's pid (also its process group id).
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The run token that marks the tree and names its run record.
+    pub fn token(&self) -> &str {
+        &self.leftovers.token
     }
 
     /// Whether a standby supervisor ran it ([`Launcher`]).

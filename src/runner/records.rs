@@ -71,8 +71,26 @@ pub struct Swept {
     pub killed: usize,
 }
 
+/// The record of `token` in `dir` when its process is still the recorded one.
+pub fn live_record(dir: &Path, token: &str) -> Option<Record> {
+    std::fs::read_to_string(record_path(dir, token))
+        .ok()
+        .and_then(|s| Record::parse(&s))
+        .filter(Record::still_running)
+}
+
 /// Takes the data dir's lock, then kills whatever a previous run of agentd left behind.
 pub fn claim(data_dir: &Path, cgroup_parent: Option<&str>) -> Result<(RunLock, Swept)> {
+    claim_keeping(data_dir, cgroup_parent, false)
+}
+
+/// As [`claim`]; with `adoptable`, a live supervisor that listens for adoption (issue #23) is
+/// left running, with its record, for agentd to adopt once the store is open.
+pub fn claim_keeping(
+    data_dir: &Path,
+    cgroup_parent: Option<&str>,
+    adoptable: bool,
+) -> Result<(RunLock, Swept)> {
     let dir = run_dir(data_dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
@@ -107,12 +125,13 @@ pub fn claim(data_dir: &Path, cgroup_parent: Option<&str>) -> Result<(RunLock, S
     let _ = lock.set_len(0);
     let _ = lock.rewind();
     let _ = write!(lock, "{}", std::process::id());
-    let swept = sweep(&dir, cgroup_parent);
+    let swept = sweep(&dir, cgroup_parent, adoptable);
     Ok((RunLock { _lock: lock }, swept))
 }
 
-/// Kills what the records in `dir` describe and removes them.
-fn sweep(dir: &Path, cgroup_parent: Option<&str>) -> Swept {
+/// Kills what the records in `dir` describe and removes them; with `adoptable`, leaves alone
+/// the live supervisors that wait for adoption.
+fn sweep(dir: &Path, cgroup_parent: Option<&str>, adoptable: bool) -> Swept {
     let mut swept = Swept::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return swept;
@@ -129,12 +148,15 @@ fn sweep(dir: &Path, cgroup_parent: Option<&str>) -> Swept {
         else {
             continue;
         };
-        tokens.insert(token.to_owned());
-        if let Some(rec) = std::fs::read_to_string(&path)
+        let rec = std::fs::read_to_string(&path)
             .ok()
             .and_then(|s| Record::parse(&s))
-            && rec.still_running()
-        {
+            .filter(Record::still_running);
+        if adoptable && rec.is_some() && super::supervise::spool::socket_path(dir, token).exists() {
+            continue;
+        }
+        tokens.insert(token.to_owned());
+        if let Some(rec) = rec {
             let _ = killpg(Pid::from_raw(rec.pid), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(rec.pid), Signal::SIGKILL);
             swept.killed += 1;
@@ -264,7 +286,7 @@ impl Record {
     }
 
     /// Whether the recorded process still exists and is the one recorded (not a recycled pid).
-    fn still_running(&self) -> bool {
+    pub fn still_running(&self) -> bool {
         start_time(self.pid).is_some_and(|s| s == self.start)
     }
 }

@@ -262,6 +262,9 @@ impl Launcher {
         if self.fallback {
             cmd.env(supervise::NO_NS_ENV, "1");
         }
+        if let Some((k, v)) = super::adopt::env() {
+            cmd.env(k, v);
+        }
         cmd.current_dir("/")
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stdout(Stdio::piped())

@@ -53,6 +53,7 @@ macro_rules! store_contract_tests {
             latest_succeeded,
             job_outputs,
             snapshots_index,
+            rewind_marks,
             delete_session_cascades,
             survives_reopen,
             concurrent_appends,
@@ -65,6 +66,7 @@ macro_rules! store_contract_tests {
             renew_returns_only_owned_unfinished,
             expired_leases_listing,
             release_restores_queue_place,
+            take_over_moves_only_a_running_job_of_its_owner,
             finish_unclaimed_only_when_unclaimed,
             cancel_requests_keep_first_reason,
             queue_positions,
@@ -81,6 +83,7 @@ macro_rules! store_contract_tests {
             webhook_claims_are_exclusive_and_capped,
             webhook_attempts_are_logged_by_the_owner,
             presets_per_tenant,
+            conversations_per_agent,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -925,6 +928,51 @@ fn snap(j: &Job, point: crate::store::SnapPoint, tree: char, at: i64) -> crate::
     }
 }
 
+pub async fn rewind_marks(h: &dyn Harness) {
+    use crate::store::Rewind;
+    let store = h.open().await;
+    let s1 = new_session(&*store, session("acme", ts(0))).await;
+    let s2 = new_session(&*store, session("acme", ts(0))).await;
+    let j2 = new_job(&*store, &s1, ts(2)).await;
+    let j3 = new_job(&*store, &s1, ts(3)).await;
+    let rewind = |past: Vec<JobId>, current: Option<JobId>, conv: Option<&str>| Rewind {
+        session: s1.id.clone(),
+        conversation: conv.map(str::to_owned),
+        past,
+        current,
+        at: ts(9),
+    };
+    store
+        .rewind_session(&rewind(
+            vec![j2.id.clone(), j3.id.clone()],
+            None,
+            Some("c1"),
+        ))
+        .await
+        .unwrap();
+    let marks = store.rewound_jobs(&s1.id).await.unwrap();
+    let mut want = vec![j2.id.clone(), j3.id.clone()];
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(marks, want);
+    assert!(store.rewound_jobs(&s2.id).await.unwrap().is_empty());
+    let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id.as_deref(), Some("c1"));
+    // Marking again keeps the marks; `current` loses its own; no conversation clears it.
+    store
+        .rewind_session(&rewind(vec![j3.id.clone()], Some(j2.id.clone()), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rewound_jobs(&s1.id).await.unwrap(),
+        vec![j3.id.clone()]
+    );
+    let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
+    assert_eq!(got.conversation_id, None);
+    // The marks go with their session.
+    store.delete_session(&s1.id).await.unwrap();
+    assert!(store.rewound_jobs(&s1.id).await.unwrap().is_empty());
+}
+
 pub async fn snapshots_index(h: &dyn Harness) {
     use crate::store::{SnapPoint, SnapshotFilter};
     let store = h.open().await;
@@ -1643,6 +1691,70 @@ pub async fn release_restores_queue_place(h: &dyn Harness) {
     );
 }
 
+pub async fn take_over_moves_only_a_running_job_of_its_owner(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let got = store.claim_jobs("r1", ts(10), 1).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&a]));
+    // Not started yet: nothing to adopt.
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    store
+        .append(vec![write(&a, vec![], Some(running(ts(4))))])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over_job(&a.id, "r9", "r2", ts(20))
+            .await
+            .unwrap(),
+        "not r9's"
+    );
+    assert!(
+        !store
+            .take_over_job(&JobId::generate(), "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_over_job(&a.id, "r1", "r2", ts(20))
+            .await
+            .unwrap()
+    );
+    // The swap happened once: a second adopter loses.
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r3", ts(20))
+            .await
+            .unwrap()
+    );
+    assert!(store.renew_leases("r1", ts(30)).await.unwrap().is_empty());
+    assert_eq!(
+        store.renew_leases("r2", ts(30)).await.unwrap(),
+        vec![a.id.clone()]
+    );
+    store
+        .append(vec![write(
+            &a,
+            vec![],
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_over_job(&a.id, "r2", "r3", ts(40))
+            .await
+            .unwrap()
+    );
+}
+
 pub async fn finish_unclaimed_only_when_unclaimed(h: &dyn Harness) {
     let store = h.open().await;
     let mut jobs = Vec::new();
@@ -2281,6 +2393,52 @@ pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {
     // The sequence goes on after pruning.
     new_job(&*store, &s, ts(2)).await;
     assert_eq!(changes(&*store, "acme", 3).await.len(), 1);
+}
+
+/// Each agent keeps its own conversation in a session (#20): switching agents never hands one
+/// agent another's id; a newer conversation replaces the agent's older one; none after the
+/// session is deleted, and none is recorded for a session that is gone.
+pub async fn conversations_per_agent(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("acme", ts(0))).await;
+    assert_eq!(
+        store.agent_conversation(&s.id, "claude").await.unwrap(),
+        None
+    );
+    store
+        .set_agent_conversation(&s.id, "claude", "c-1", ts(1))
+        .await
+        .unwrap();
+    store
+        .set_agent_conversation(&s.id, "codex", "x-1", ts(2))
+        .await
+        .unwrap();
+    let of = |agent: &'static str| {
+        let (store, id) = (store.clone(), s.id.clone());
+        async move { store.agent_conversation(&id, agent).await.unwrap() }
+    };
+    assert_eq!(of("claude").await.as_deref(), Some("c-1"));
+    assert_eq!(of("codex").await.as_deref(), Some("x-1"));
+    assert_eq!(of("gemini").await, None);
+    assert_eq!(
+        store.agent_conversation(&other.id, "claude").await.unwrap(),
+        None,
+        "another session's conversation leaked"
+    );
+    store
+        .set_agent_conversation(&s.id, "claude", "c-2", ts(3))
+        .await
+        .unwrap();
+    assert_eq!(of("claude").await.as_deref(), Some("c-2"));
+    assert_eq!(of("codex").await.as_deref(), Some("x-1"));
+    store.delete_session(&s.id).await.unwrap();
+    assert_eq!(of("claude").await, None);
+    store
+        .set_agent_conversation(&s.id, "claude", "c-3", ts(4))
+        .await
+        .unwrap();
+    assert_eq!(of("claude").await, None, "recorded for a deleted session");
 }
 
 /// Tenants' presets: CRUD, one name per tenant, tenants never see each other's.

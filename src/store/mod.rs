@@ -16,6 +16,7 @@
 //! - tenant scoping happens here for sessions (`get_session` takes the tenant), so a forgotten
 //!   check in the core cannot leak another tenant's session.
 
+pub mod conversations;
 pub mod postgres;
 pub mod presets;
 mod rules;
@@ -186,6 +187,16 @@ pub struct SnapshotRow {
     pub created: Timestamp,
 }
 
+/// What [`Store::rewind_session`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    pub session: SessionId,
+    pub conversation: Option<String>,
+    pub past: Vec<JobId>,
+    pub current: Option<JobId>,
+    pub at: Timestamp,
+}
+
 /// Which snapshots [`Store::snapshots`] returns; both unset means all of them.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFilter {
@@ -316,6 +327,18 @@ pub trait Store: Send + Sync + 'static {
     /// Unfinished owned jobs whose lease ended before `now`, oldest lease first, at most `limit`.
     async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>>;
 
+    /// Moves a running job from replica `from` to `to`, leased until `lease_until`: how a
+    /// restarted agentd adopts the job its previous process left running (issue #23). A
+    /// compare-and-swap: false (changing nothing) unless the job is RUNNING and still `from`'s, so
+    /// only one process adopts it.
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool>;
+
     /// Gives a claimed job that has not started (state QUEUED, owned by `owner`) back to the
     /// queue, in its original place. `false`, changing nothing, if it is not in that state.
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool>;
@@ -358,6 +381,14 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets these snapshots (the history's collector then frees what only they used);
     /// returns how many rows went.
     async fn delete_snapshots(&self, keys: &[(JobId, SnapPoint)]) -> Result<u64>;
+
+    /// Records a rewind of `session` (issue #18) in one transaction: the session's conversation
+    /// id becomes `conversation`, the `past` jobs are marked rewound past (kept when already
+    /// marked) and `current`, the job the session is back after, loses its mark.
+    async fn rewind_session(&self, rewind: &Rewind) -> Result<()>;
+
+    /// The jobs of `session` marked rewound past.
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>>;
 
     /// Appends one model call to the usage ledger. Ledger rows are never deleted with their
     /// session or job.
@@ -477,6 +508,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// False when there was none.
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+
+    /// The conversation `agent` (a profile name) last had in the session, to resume (#20).
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>>;
+
+    /// Records `agent`'s conversation in the session (replacing its previous one); nothing when
+    /// the session is gone.
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()>;
 }
 
 pub use webhooks::{

@@ -16,6 +16,7 @@ mod ledger;
 mod listen;
 mod migrate;
 mod presets;
+mod rewinds;
 mod rows;
 mod sessions;
 mod snapshots;
@@ -433,6 +434,23 @@ impl Store for PgStore {
         leases::expired(self, now, limit).await
     }
 
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        let rows = self
+            .query(
+                "UPDATE jobs SET owner = $3, lease_until = $4 \
+                 WHERE id = $1 AND owner = $2 AND state_name = 'RUNNING' RETURNING 1",
+                &[&job.as_str(), &from, &to, &lease_until.micros()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {
         leases::release(self, job, owner).await
     }
@@ -478,6 +496,14 @@ impl Store for PgStore {
 
     async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
         snapshots::delete(self, keys).await
+    }
+
+    async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
+        rewinds::rewind(self, rewind).await
+    }
+
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>> {
+        rewinds::rewound(self, session).await
     }
 
     async fn record_model_call(&self, row: &crate::store::LedgerRow) -> Result<()> {
@@ -615,5 +641,32 @@ impl Store for PgStore {
 
     async fn delete_preset(&self, tenant: &TenantId, name: &str) -> Result<bool> {
         presets::delete(self, tenant, name).await
+    }
+
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>> {
+        let rows = self
+            .query(
+                crate::store::conversations::SELECT,
+                &[&session.to_string(), &agent],
+            )
+            .await?;
+        rows.first()
+            .map(|r| rows::get(r, 0, "agent_conversations.conversation_id"))
+            .transpose()
+    }
+
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.execute(
+            crate::store::conversations::UPSERT,
+            &[&session.to_string(), &agent, &conversation, &now.micros()],
+        )
+        .await
+        .map(|_| ())
     }
 }

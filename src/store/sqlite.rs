@@ -16,6 +16,7 @@ mod conn;
 mod ledger;
 mod ops;
 mod presets;
+mod rewinds;
 mod snapshots;
 mod webhooks;
 mod writer;
@@ -175,6 +176,19 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn take_over_job(
+        &self,
+        job: &JobId,
+        from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        let (job, from, to) = (job.clone(), from.to_owned(), to.to_owned());
+        self.writer
+            .write(move |c| ops::take_over_job(c, &job, (&from, &to), lease_until))
+            .await
+    }
+
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {
         let (job, owner) = (job.clone(), owner.to_owned());
         self.writer
@@ -304,6 +318,20 @@ impl Store for SqliteStore {
         let keys = keys.to_vec();
         self.writer
             .write(move |c| snapshots::delete(c, &keys))
+            .await
+    }
+
+    async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
+        let rewind = rewind.clone();
+        self.writer
+            .write(move |c| rewinds::rewind(c, &rewind))
+            .await
+    }
+
+    async fn rewound_jobs(&self, session: &SessionId) -> Result<Vec<JobId>> {
+        let session = session.clone();
+        self.readers
+            .read(move |c| rewinds::rewound(c, &session))
             .await
     }
 
@@ -487,6 +515,45 @@ impl Store for SqliteStore {
         let (tenant, name) = (tenant.clone(), name.to_owned());
         self.writer
             .write(move |c| presets::delete(c, &tenant, &name))
+            .await
+    }
+
+    async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>> {
+        let (session, agent) = (session.to_string(), agent.to_owned());
+        self.readers
+            .read(move |c| {
+                use rusqlite::OptionalExtension;
+                c.prepare_cached(crate::store::conversations::SELECT)
+                    .and_then(|mut st| {
+                        st.query_row(rusqlite::params![session, agent], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(db)
+            })
+            .await
+    }
+
+    async fn set_agent_conversation(
+        &self,
+        session: &SessionId,
+        agent: &str,
+        conversation: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let args = (
+            session.to_string(),
+            agent.to_owned(),
+            conversation.to_owned(),
+        );
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(crate::store::conversations::UPSERT)
+                    .and_then(|mut st| {
+                        st.execute(rusqlite::params![args.0, args.1, args.2, now.micros()])
+                    })
+                    .map(|_| ())
+                    .map_err(db)
+            })
             .await
     }
 }

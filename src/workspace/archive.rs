@@ -78,11 +78,29 @@ impl Write for ChunkSink {
     }
 }
 
+/// What an archive entry's header says: from a live file's stat or a snapshot's entry.
+pub(super) struct Meta {
+    pub mode: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    pub size: u64,
+}
+
+impl Meta {
+    fn of(st: &FileStat) -> Meta {
+        Meta {
+            mode: st.st_mode,
+            mtime: st.st_mtime,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+        }
+    }
+}
+
 /// One archive being written: an entry at a time, then `finish`.
-trait ArchiveOut {
-    fn dir(&mut self, rel: &str, st: &FileStat) -> io::Result<()>;
-    fn file(&mut self, rel: &str, st: &FileStat, content: &mut dyn Read) -> io::Result<()>;
-    fn symlink(&mut self, rel: &str, st: &FileStat, target: &OsString) -> io::Result<()>;
+pub(super) trait ArchiveOut {
+    fn dir(&mut self, rel: &str, st: &Meta) -> io::Result<()>;
+    fn file(&mut self, rel: &str, st: &Meta, content: &mut dyn Read) -> io::Result<()>;
+    fn symlink(&mut self, rel: &str, st: &Meta, target: &OsString) -> io::Result<()>;
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
@@ -92,29 +110,29 @@ struct TarOut<W: Write> {
     close: fn(W) -> io::Result<()>,
 }
 
-fn tar_header(st: &FileStat, kind: tar::EntryType, size: u64) -> tar::Header {
+fn tar_header(st: &Meta, kind: tar::EntryType, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
-    h.set_mode(st.st_mode & 0o7777);
-    h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
+    h.set_mode(st.mode & 0o7777);
+    h.set_mtime(u64::try_from(st.mtime).unwrap_or(0));
     h.set_size(size);
     h
 }
 
 impl<W: Write> ArchiveOut for TarOut<W> {
-    fn dir(&mut self, rel: &str, st: &FileStat) -> io::Result<()> {
+    fn dir(&mut self, rel: &str, st: &Meta) -> io::Result<()> {
         let mut h = tar_header(st, tar::EntryType::Directory, 0);
         self.builder
             .append_data(&mut h, format!("{rel}/"), io::empty())
     }
 
-    fn file(&mut self, rel: &str, st: &FileStat, content: &mut dyn Read) -> io::Result<()> {
-        let size = u64::try_from(st.st_size).unwrap_or(0);
+    fn file(&mut self, rel: &str, st: &Meta, content: &mut dyn Read) -> io::Result<()> {
+        let size = st.size;
         let mut h = tar_header(st, tar::EntryType::Regular, size);
         self.builder.append_data(&mut h, rel, content)
     }
 
-    fn symlink(&mut self, rel: &str, st: &FileStat, target: &OsString) -> io::Result<()> {
+    fn symlink(&mut self, rel: &str, st: &Meta, target: &OsString) -> io::Result<()> {
         let mut h = tar_header(st, tar::EntryType::Symlink, 0);
         self.builder.append_link(&mut h, rel, target)
     }
@@ -129,10 +147,10 @@ struct ZipOut {
     zip: zip::ZipWriter<zip::write::StreamWriter<ChunkSink>>,
 }
 
-fn zip_options(st: &FileStat) -> zip::write::SimpleFileOptions {
+fn zip_options(st: &Meta) -> zip::write::SimpleFileOptions {
     zip::write::SimpleFileOptions::default()
-        .unix_permissions(st.st_mode & 0o7777)
-        .last_modified_time(zip_time(st.st_mtime))
+        .unix_permissions(st.mode & 0o7777)
+        .last_modified_time(zip_time(st.mtime))
 }
 
 fn zip_err(e: zip::result::ZipError) -> io::Error {
@@ -143,14 +161,14 @@ fn zip_err(e: zip::result::ZipError) -> io::Error {
 }
 
 impl ArchiveOut for ZipOut {
-    fn dir(&mut self, rel: &str, st: &FileStat) -> io::Result<()> {
+    fn dir(&mut self, rel: &str, st: &Meta) -> io::Result<()> {
         self.zip
             .add_directory(format!("{rel}/"), zip_options(st))
             .map_err(zip_err)
     }
 
-    fn file(&mut self, rel: &str, st: &FileStat, content: &mut dyn Read) -> io::Result<()> {
-        let size = u64::try_from(st.st_size).unwrap_or(0);
+    fn file(&mut self, rel: &str, st: &Meta, content: &mut dyn Read) -> io::Result<()> {
+        let size = st.size;
         let options = zip_options(st)
             .compression_method(zip::CompressionMethod::Deflated)
             .large_file(size >= u64::from(u32::MAX));
@@ -159,7 +177,7 @@ impl ArchiveOut for ZipOut {
         Ok(())
     }
 
-    fn symlink(&mut self, rel: &str, st: &FileStat, target: &OsString) -> io::Result<()> {
+    fn symlink(&mut self, rel: &str, st: &Meta, target: &OsString) -> io::Result<()> {
         self.zip
             .add_symlink(rel, target.to_string_lossy(), zip_options(st))
             .map_err(zip_err)
@@ -200,7 +218,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn open_out(format: ArchiveFormat, sink: ChunkSink) -> Box<dyn ArchiveOut> {
+pub(super) fn open_out(format: ArchiveFormat, sink: ChunkSink) -> Box<dyn ArchiveOut> {
     match format {
         ArchiveFormat::Tar => Box::new(TarOut {
             builder: new_builder(sink),
@@ -287,7 +305,7 @@ pub(crate) fn write_archive(
     }
 }
 
-fn write_error(e: io::Error) -> Error {
+pub(super) fn write_error(e: io::Error) -> Error {
     Error::internal(format!("cannot write the archive: {e}"))
 }
 
@@ -305,7 +323,7 @@ fn write_root(ws: BorrowedFd<'_>, root: &Root, out: &mut dyn ArchiveOut) -> Resu
     if !root.rel.is_empty() {
         let st = nix::sys::stat::fstat(&dir)
             .map_err(|e| Error::internal(format!("cannot stat {:?}: {e}", root.rel)))?;
-        out.dir(&root.rel, &st).map_err(write_error)?;
+        out.dir(&root.rel, &Meta::of(&st)).map_err(write_error)?;
     }
     fsops::walk(dir, &root.rel, &mut |v| match v.rel {
         Some(rel) => write_entry(out, v.dir, v.name, rel, v.stat),
@@ -322,9 +340,11 @@ fn write_entry(
     st: &FileStat,
 ) -> Result<()> {
     match kind_of(st) {
-        Some(FileKind::Directory) => out.dir(rel, st).map_err(write_error),
+        Some(FileKind::Directory) => out.dir(rel, &Meta::of(st)).map_err(write_error),
         Some(FileKind::Symlink) => match nix::fcntl::readlinkat(dir, name) {
-            Ok(target) => out.symlink(rel, st, &target).map_err(write_error),
+            Ok(target) => out
+                .symlink(rel, &Meta::of(st), &target)
+                .map_err(write_error),
             // Removed since the walk saw it.
             Err(_) => Ok(()),
         },
@@ -339,7 +359,9 @@ fn write_entry(
             let mut content = ExactSize::new(file, size);
             if size > SMALL_FILE {
                 let mut content = io::BufReader::with_capacity(ARCHIVE_CHUNK, content);
-                return out.file(rel, &st, &mut content).map_err(write_error);
+                return out
+                    .file(rel, &Meta::of(&st), &mut content)
+                    .map_err(write_error);
             }
             // Small files (most of a source tree) are read whole into a buffer kept for the
             // whole archive: no allocation per file, one write into the archive.
@@ -348,7 +370,7 @@ fn write_entry(
                 .with_borrow_mut(|buf| {
                     buf.resize(n, 0);
                     content.read_exact(&mut buf[..n])?;
-                    out.file(rel, &st, &mut &buf[..n])
+                    out.file(rel, &Meta::of(&st), &mut &buf[..n])
                 })
                 .map_err(write_error)
         }

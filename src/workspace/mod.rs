@@ -10,11 +10,13 @@
 
 mod archive;
 mod archive_extract;
+mod archive_tree;
 mod archive_upload;
 mod fsops;
 pub mod history;
 mod home;
 mod path;
+mod rewind;
 mod snapshot;
 mod upload;
 mod watch;
@@ -418,6 +420,29 @@ impl Workspaces {
         .await??;
         let (tx, rx) = archive::channel();
         tokio::task::spawn_blocking(move || archive::write_archive(ws, roots, format, tx));
+        Ok(rx)
+    }
+
+    /// Starts streaming an archive of `paths` (empty: everything) of the history's snapshot
+    /// `tree_id`, as DownloadArchive does for the live workspace.
+    pub async fn download_snapshot_archive(
+        &self,
+        tree_id: String,
+        paths: Vec<String>,
+        format: ArchiveFormat,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Bytes>>> {
+        let this = self.clone();
+        let (h, tree, selected) = blocking(move || {
+            let h = this.history()?;
+            let tree = h.tree(&tree_id)?;
+            let selected = archive_tree::select(&tree, &paths)?;
+            Ok::<_, Error>((h, tree, selected))
+        })
+        .await??;
+        let (tx, rx) = archive::channel();
+        tokio::task::spawn_blocking(move || {
+            archive_tree::write_tree_archive(h, tree, selected, format, tx)
+        });
         Ok(rx)
     }
 

@@ -98,8 +98,13 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        self.spawn_exe(Path::new(env!("CARGO_BIN_EXE_agentd")));
+    }
+
+    /// Starts the server from `exe` (a copy of the binary stands for an upgraded one).
+    pub fn spawn_exe(&mut self, exe: &Path) {
         let mut cmd = match self.run_as {
-            None => Command::new(env!("CARGO_BIN_EXE_agentd")),
+            None => Command::new(exe),
             Some(user) => {
                 // setpriv execs agentd in place, so the child's pid is agentd's.
                 let mut c = Command::new(setpriv());
@@ -109,7 +114,7 @@ impl TestServer {
                     .arg(user.gid.to_string())
                     .arg("--clear-groups")
                     .arg("--")
-                    .arg(env!("CARGO_BIN_EXE_agentd"))
+                    .arg(exe)
                     .env("HOME", self.data_dir.parent().expect("temp dir"));
                 c
             }
@@ -124,6 +129,9 @@ impl TestServer {
             .env("AGENTD_CLAUDE_BIN", fake_claude())
             .env("AGENTD_KILL_GRACE_SECONDS", "2")
             .env("AGENTD_SHUTDOWN_GRACE_SECONDS", "2")
+            // Jobs die with the server, as the existing tests expect; tests/adopt.rs opts in to
+            // `keep` (issue #23) through `Options::env`.
+            .env("AGENTD_ON_SHUTDOWN", "cancel")
             .env("AGENTD_LOG", "warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -437,6 +445,10 @@ pub fn kind(e: &pb::JobEvent) -> &'static str {
         Some(Kind::PermissionRequest(_)) => "permission_request",
         Some(Kind::PermissionResolved(_)) => "permission_resolved",
         Some(Kind::Input(_)) => "input",
+        Some(Kind::TextDelta(_)) => "text_delta",
+        Some(Kind::ThinkingDelta(_)) => "thinking_delta",
+        Some(Kind::Thinking(_)) => "thinking",
+        Some(Kind::Plan(_)) => "plan",
         Some(Kind::Finished(_)) => "finished",
         None => "none",
     }

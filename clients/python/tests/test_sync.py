@@ -366,3 +366,35 @@ def test_presets_render_and_stay_per_tenant(client: agentd.Client, server: Serve
     client.delete_preset("py-greet")
     with pytest.raises(agentd.NotFoundError):
         client.get_preset("py-greet")
+
+
+def test_diff_fork_rewind_and_snapshot_archives(client: agentd.Client, tmp_path: Path) -> None:
+    import tarfile
+
+    session = client.create_session({"a.txt": "zero\n"})
+    sid = session.session_id
+    run1 = client.run(sid, "bash echo one > a.txt ; first")
+    j1 = run1.wait()
+    assert run1.diff() == "diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-zero\n+one\n"
+    j2 = client.run(sid, "bash echo two > a.txt ; second").wait()
+    assert j2.result == "turn 2: second"
+
+    # The archive of job 1 is its snapshot, whatever the workspace holds now.
+    client.download_archive(sid, tmp_path / "j1.tar", format="tar", job_id=j1.job_id)
+    with tarfile.open(tmp_path / "j1.tar") as t:
+        member = t.extractfile("a.txt")
+        assert member is not None and member.read() == b"one\n"
+
+    fork = client.fork_session(j1.job_id, labels={"kind": "fork"})
+    assert fork.session_id != sid and fork.labels["kind"] == "fork"
+    assert client.read_file(fork.session_id, "a.txt") == b"one\n"
+    assert client.run(fork.session_id, "in fork").wait().result == "turn 2: in fork"
+    assert client.read_file(sid, "a.txt") == b"two\n"
+
+    rewound = client.rewind_session(sid, j2.job_id, before=True)
+    assert list(rewound.rewound_job_ids) == [j2.job_id]
+    assert client.read_file(sid, "a.txt") == b"one\n"
+    assert client.get_job(j2.job_id).rewound_past
+    assert client.run(sid, "again").wait().result == "turn 2: again"
+    with pytest.raises(agentd.NotFoundError):
+        client.fork_session("job_nope")

@@ -8,7 +8,7 @@ import pytest
 
 import agentd
 from agentd.v1 import job_pb2
-from conftest import KEY_A, Server
+from conftest import KEY_A, Proxy, Server
 
 FINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED, job_pb2.JOB_STATE_TIMED_OUT}
 
@@ -52,3 +52,27 @@ def test_async_watch_and_wait(server: Server) -> None:
             assert not timed_out and final.state == job_pb2.JOB_STATE_SUCCEEDED
 
     asyncio.run(main())
+
+
+def test_watch_jobs_resumes_after_a_dropped_connection_and_wait_returns_final(
+    server: Server, proxy: Proxy
+) -> None:
+    with agentd.Client(proxy.address, api_key=KEY_A) as c:
+        session = c.create_session({})
+        jobs = [c.submit(session.session_id, f"hello {i}").job_id for i in range(3)]
+        seen: list[tuple[int, str, int]] = []
+        for change in c.watch_jobs(after_cursor=0, session_id=session.session_id):
+            seen.append((change.cursor, change.job.job_id, change.job.state))
+            if len(seen) in (2, 5):
+                proxy.drop_all()  # the iterator must resume from its last cursor
+            if len(seen) == 3 * len(jobs):
+                break
+        assert proxy.connections >= 3
+        cursors = [s[0] for s in seen]
+        assert cursors == sorted(set(cursors)), "each change once, in order"
+        for j in jobs:
+            states = [s[2] for s in seen if s[1] == j]
+            assert states[:2] == [job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING]
+            assert len(states) == 3 and states[2] in FINAL
+        slow = c.submit(session.session_id, "sleep 1").job_id
+        assert c.wait(slow).state == job_pb2.JOB_STATE_SUCCEEDED

@@ -28,12 +28,18 @@ import {
   type Job,
   type JobChange,
   type JobEvent,
+  type PermissionRequest,
   type SubmitJobRequestSchema,
 } from "./gen/agentd/v1/job_pb.js";
 import { PresetService, type Preset, type PresetSchema } from "./gen/agentd/v1/preset_pb.js";
 import { WebhookService } from "./gen/agentd/v1/webhook_pb.js";
 import { ServerInfoService, type GetServerInfoResponse } from "./gen/agentd/v1/server_info_pb.js";
-import { SessionService, type Session } from "./gen/agentd/v1/session_pb.js";
+import {
+  SessionService,
+  SnapshotPoint,
+  type RewindSessionResponse,
+  type Session,
+} from "./gen/agentd/v1/session_pb.js";
 import {
   UsageGroupBy,
   UsageService,
@@ -83,14 +89,34 @@ export interface CreateSessionOptions {
   requestId?: string;
 }
 
+/**
+ * What an onPermission callback answers: true allows; false denies; a string denies and tells
+ * the agent why; undefined leaves the request to another watcher or to its timeout (denied).
+ */
+export type PermissionAnswer = boolean | string | undefined;
+
 /** A job started by run(): iterate it for the events; afterwards `job` is the final job. */
 export interface JobRun extends AsyncIterable<JobEvent> {
   /** The job as submitted once known; the final job after the iteration or wait(). */
   readonly job: Job | undefined;
-  /** Consumes the remaining events and resolves to the final job. */
+  /** Consumes the remaining events (answering permission requests) and resolves to the final job. */
   wait(): Promise<Job>;
   /** Cancels the job (once it is known). */
   cancel(): Promise<Job>;
+  /**
+   * Answers the job's permission requests (submit with `permissionMode: "ask"`) while the run
+   * is iterated or waited for; the callback may be async. Returns the run.
+   */
+  onPermission(callback: (req: PermissionRequest) => PermissionAnswer | Promise<PermissionAnswer>): JobRun;
+  /** Sends a user message to the running agent (its next turn where it is mid-turn). */
+  send(text: string): Promise<void>;
+  /**
+   * Stops the agent's turn, keeping the conversation: the job ends CANCELLED with reason
+   * INTERRUPTED, and the session's next job continues the conversation.
+   */
+  interrupt(): Promise<void>;
+  /** The finished job's unified diff (from its workspace snapshots). */
+  diff(opts?: { paths?: string[]; contextLines?: number }): Promise<string>;
 }
 
 interface UploadEntry {
@@ -425,6 +451,28 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
       } while (pageToken);
     },
 
+    /**
+     * A new session whose workspace is the job's snapshot (after it, or `before` it) and whose
+     * conversation is a fork of the job's; the job's own session is untouched.
+     */
+    async forkSession(
+      jobId: string,
+      opts: { before?: boolean; labels?: Record<string, string>; ttlSeconds?: number } = {},
+    ): Promise<Session> {
+      const point = opts.before ? SnapshotPoint.BEFORE : SnapshotPoint.AFTER;
+      const res = await sessions.forkSession({ jobId, point, labels: opts.labels ?? {}, ttlSeconds: opts.ttlSeconds ?? 0 });
+      return res.session!;
+    },
+
+    /**
+     * Puts the session's workspace and conversation back to after the job (or `before` it);
+     * later jobs stay listed with `rewoundPast` set.
+     */
+    async rewindSession(sessionId: string, jobId: string, opts: { before?: boolean } = {}): Promise<RewindSessionResponse> {
+      const point = opts.before ? SnapshotPoint.BEFORE : SnapshotPoint.AFTER;
+      return sessions.rewindSession({ sessionId, jobId, point });
+    },
+
     /** Deletes a session; resolves to the number of jobs that cancelled. */
     async deleteSession(sessionId: string): Promise<number> {
       return (await sessions.deleteSession({ sessionId })).cancelledJobs;
@@ -499,6 +547,15 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
 
     async deleteFile(sessionId: string, remote: string, opts: { recursive?: boolean } = {}): Promise<bigint> {
       return (await files.deleteFile({ sessionId, path: remote, recursive: opts.recursive ?? false })).deletedFiles;
+    },
+
+    /** A finished job's unified diff, as git prints it (binary files marked, not dumped). */
+    async jobDiff(jobId: string, opts: { paths?: string[]; contextLines?: number } = {}): Promise<string> {
+      const parts: Uint8Array[] = [];
+      for await (const res of files.getJobDiff({ jobId, paths: opts.paths ?? [], contextLines: opts.contextLines })) {
+        parts.push(res.chunk);
+      }
+      return Buffer.concat(parts).toString("utf8");
     },
 
     /** What a job changed (default: the session's latest succeeded job). */
@@ -626,8 +683,28 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
         if (!cursor.finished) yield* follow(job.jobId, cursor, policy);
         job = await finalJob(job.jobId);
       }
-      const events = generate();
-      return {
+      let onPermission: ((req: PermissionRequest) => PermissionAnswer | Promise<PermissionAnswer>) | undefined;
+      const notYet = () =>
+        new AgentdError("the job is not submitted yet", Code.FailedPrecondition, { reason: "", domain: "", metadata: {} });
+      async function answer(req: PermissionRequest): Promise<void> {
+        const a = await onPermission!(req);
+        if (a === undefined || job === undefined) return;
+        const message = typeof a === "string" ? a : "";
+        try {
+          await jobs.respondToPermission({ jobId: job.jobId, requestId: req.requestId, allow: a === true, message });
+        } catch (e) {
+          // Another watcher, a rule or the timeout decided first: not the caller's failure.
+          if (toAgentdError(e).reason !== "PERMISSION_DECIDED") throw e;
+        }
+      }
+      async function* answered(): AsyncGenerator<JobEvent> {
+        for await (const ev of generate()) {
+          if (onPermission && ev.kind.case === "permissionRequest") await answer(ev.kind.value);
+          yield ev;
+        }
+      }
+      const events = answered();
+      const run: JobRun = {
         get job() {
           return job;
         },
@@ -637,10 +714,27 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
           return job!;
         },
         async cancel(): Promise<Job> {
-          if (!job) throw new AgentdError("the job is not submitted yet", Code.FailedPrecondition, { reason: "", domain: "", metadata: {} });
+          if (!job) throw notYet();
           return client.cancel(job.jobId);
         },
+        onPermission(callback) {
+          onPermission = callback;
+          return run;
+        },
+        async send(text: string): Promise<void> {
+          if (!job) throw notYet();
+          await jobs.sendInput({ jobId: job.jobId, text });
+        },
+        async interrupt(): Promise<void> {
+          if (!job) throw notYet();
+          await jobs.interruptJob({ jobId: job.jobId });
+        },
+        async diff(opts: { paths?: string[]; contextLines?: number } = {}): Promise<string> {
+          if (!job) throw notYet();
+          return client.jobDiff(job.jobId, opts);
+        },
       };
+      return run;
     },
 
     async getJob(jobId: string): Promise<Job> {

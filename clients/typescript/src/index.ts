@@ -17,6 +17,7 @@ export {
   type CreateSessionOptions,
   type JobOptions,
   type JobRun,
+  type PermissionAnswer,
   type PresetFields,
 } from "./client.js";
 export { PIECE_SIZE, uploadInPieces, type PieceUploadOptions } from "./pieces.js";
@@ -38,3 +39,4 @@ export {
   verifyWebhook,
   type WebhookHeaders,
 } from "./webhooks.js";
+export { textDeltas } from "./deltas.js";

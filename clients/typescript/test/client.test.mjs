@@ -325,6 +325,36 @@ describe("@agentd/client", () => {
     assert.deepEqual(seen, ["a.txt", "b.txt"]);
   });
 
+  test("diff, fork, rewind and a job's snapshot as an archive (issue #18)", async () => {
+    const session = await client.createSession({ files: { "a.txt": "zero\n" } });
+    const sid = session.sessionId;
+    const run1 = client.run(sid, "bash echo one > a.txt ; first");
+    const j1 = await run1.wait();
+    assert.equal(await run1.diff(),
+      "diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-zero\n+one\n");
+    const j2 = await client.run(sid, "bash echo two > a.txt ; second").wait();
+    assert.equal(j2.result, "turn 2: second");
+
+    const tar = path.join(tmpdir(), "j1.tar");
+    await client.downloadArchive(sid, tar, { format: "tar", jobId: j1.jobId });
+    const { stdout } = await promisify(execFile)("tar", ["-xOf", tar, "a.txt"]);
+    assert.equal(stdout, "one\n");
+
+    const fork = await client.forkSession(j1.jobId, { labels: { kind: "fork" } });
+    assert.notEqual(fork.sessionId, sid);
+    assert.equal(fork.labels.kind, "fork");
+    assert.equal(Buffer.from(await client.readFile(fork.sessionId, "a.txt")).toString(), "one\n");
+    assert.equal((await client.run(fork.sessionId, "in fork").wait()).result, "turn 2: in fork");
+    assert.equal(Buffer.from(await client.readFile(sid, "a.txt")).toString(), "two\n");
+
+    const rewound = await client.rewindSession(sid, j2.jobId, { before: true });
+    assert.deepEqual(rewound.rewoundJobIds, [j2.jobId]);
+    assert.equal(Buffer.from(await client.readFile(sid, "a.txt")).toString(), "one\n");
+    assert.equal((await client.getJob(j2.jobId)).rewoundPast, true);
+    assert.equal((await client.run(sid, "again").wait()).result, "turn 2: again");
+    await rejectsWith(client.forkSession("job_nope"), Code.NotFound, "JOB_NOT_FOUND");
+  });
+
   test("tenants are isolated", async () => {
     const session = await client.createSession();
     const other = createAgentdClient({ baseUrl: server.url, apiKey: KEY_B });
@@ -411,5 +441,79 @@ describe("watch and wait (issue #19)", () => {
     const early = await c.waitJob(slow, { timeoutSeconds: 1 });
     assert.equal(early.timedOut, true);
     await rejectsWith(c.waitJob("job_nope", { timeoutSeconds: 1 }), Code.NotFound, "JOB_NOT_FOUND");
+  });
+
+  test("watchJobs resumes after dropped connections, each change once; wait() returns the final job", async () => {
+    const proxy = await startProxy(server.address);
+    const c = createAgentdClient({ baseUrl: proxy.url, apiKey: KEY_A });
+    try {
+      const session = await c.createSession({});
+      const jobs = [];
+      for (let i = 0; i < 3; i++) jobs.push((await c.submit(session.sessionId, `hello ${i}`)).jobId);
+      const seen = [];
+      for await (const ch of c.watchJobs({ sessionId: session.sessionId, afterCursor: 0n })) {
+        seen.push([ch.cursor, ch.job.jobId, ch.job.state]);
+        if (seen.length === 2 || seen.length === 5) proxy.dropAll();
+        if (seen.length === 3 * jobs.length) break;
+      }
+      assert.ok(proxy.connections >= 3, `connections: ${proxy.connections}`);
+      for (let i = 1; i < seen.length; i++) assert.ok(seen[i][0] > seen[i - 1][0], "each change once, in order");
+      for (const j of jobs) {
+        const states = seen.filter((s) => s[1] === j).map((s) => s[2]);
+        assert.deepEqual(states.slice(0, 2), [JobState.QUEUED, JobState.RUNNING]);
+        assert.equal(states.length, 3);
+        assert.ok(states[2] >= JobState.SUCCEEDED);
+      }
+      const slow = (await c.submit(session.sessionId, "sleep 1")).jobId;
+      assert.equal((await c.wait(slow)).state, JobState.SUCCEEDED);
+    } finally {
+      c.close();
+      await proxy.close();
+    }
+  });
+});
+
+describe("two-way control (issue #17)", () => {
+  let server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(() => server.stop());
+
+  test("onPermission allows and denies (sync and async callbacks); send and interrupt", async () => {
+    const c = createAgentdClient({ baseUrl: server.url, apiKey: KEY_A });
+    const session = await c.createSession({});
+    const decide = (req) => (req.inputJson.includes('"allowed') ? true : "not that file");
+    for (const [i, callback] of [decide, async (req) => decide(req)].entries()) {
+      const asked = [];
+      const run = c
+        .run(session.sessionId, `write allowed-${i}.txt yes ; write other-${i}.txt no`, { permissionMode: "ask" })
+        .onPermission((req) => {
+          asked.push(req.tool);
+          return callback(req);
+        });
+      const events = await collect(run);
+      assert.equal(run.job.state, JobState.SUCCEEDED, run.job.errorMessage);
+      assert.deepEqual(asked, ["Write", "Write"]);
+      const resolved = events.filter((e) => kindOf(e) === "permissionResolved").map((e) => [e.kind.value.who, e.kind.value.allow]);
+      assert.deepEqual(resolved, [["caller", true], ["caller", false]]);
+      assert.equal(new TextDecoder().decode(await c.readFile(session.sessionId, `allowed-${i}.txt`)), "yes");
+      await rejectsWith(c.readFile(session.sessionId, `other-${i}.txt`), Code.NotFound);
+    }
+
+    let run = c.run(session.sessionId, "sleep 3", { permissionMode: "ask" });
+    for await (const ev of run) {
+      if (kindOf(ev) === "text" && ev.kind.value.text.startsWith("sleeping")) await run.send("remember mango");
+    }
+    assert.equal(run.job.state, JobState.SUCCEEDED);
+    assert.match(run.job.result, /remember mango/);
+
+    run = c.run(session.sessionId, "sleep 60", { permissionMode: "ask" });
+    for await (const ev of run) {
+      if (kindOf(ev) === "text" && ev.kind.value.text.startsWith("sleeping")) await run.interrupt();
+    }
+    assert.equal(run.job.state, JobState.CANCELLED);
+    assert.equal(run.job.reason, "INTERRUPTED");
+    await rejectsWith(run.send("too late"), Code.FailedPrecondition, "JOB_FINISHED");
   });
 });

@@ -90,7 +90,12 @@ impl Core {
     /// events the sink numbered may never have been stored, so each attempt starts from the
     /// stored row (its last seq and start time); attempts repeat with backoff while the store
     /// fails, since a job left RUNNING would never end for its watchers and waiters.
-    pub(super) async fn settle_failed(&self, id: &JobId, secrets: Vec<String>, message: String) {
+    pub(in crate::core) async fn settle_failed(
+        &self,
+        id: &JobId,
+        secrets: Vec<String>,
+        message: String,
+    ) {
         let mut delay = SETTLE_BACKOFF_MIN;
         for _ in 0..SETTLE_ATTEMPTS {
             let attempt = match self.store.get_job(id).await {

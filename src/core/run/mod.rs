@@ -3,6 +3,7 @@
 //! `verdict` from what happened, the outputs recorder, and `finish` (final event and row).
 //! `recovery` settles what a previous process left; `sink` numbers and writes events.
 
+mod adopted;
 mod finish;
 mod gateway;
 mod pump;
@@ -51,6 +52,14 @@ struct Prepared<'c> {
     rx: mpsc::Receiver<Output>,
     /// Under permission_mode `ask`: the agent's protocol and the write end of its stdin pipe.
     pipe: Option<(Arc<dyn Interactive>, tokio::net::unix::pipe::Sender)>,
+}
+
+/// What the first turn of an `output_schema` job leaves to its corrective turn: the workspace
+/// before the job (its outputs span both turns), its start and its usage.
+struct FirstTurn {
+    before: Taken,
+    started: Timestamp,
+    usage: Usage,
 }
 
 /// `prepare` either readies the job or settles it without starting anything.
@@ -113,7 +122,20 @@ impl Core {
     }
 
     async fn execute(&self, job: &Job, handle: &RunHandle, sink: &mut Sink<'_>) -> Result<()> {
-        let p = match self.prepare(job, handle, sink).await? {
+        self.execute_turn(job, handle, sink, None).await
+    }
+
+    /// One run of the agent; `first` is set for the corrective turn of an `output_schema` job
+    /// whose first answer was rejected (#20), which continues the job where that one ended.
+    async fn execute_turn(
+        &self,
+        job: &Job,
+        handle: &RunHandle,
+        sink: &mut Sink<'_>,
+        first: Option<FirstTurn>,
+    ) -> Result<()> {
+        let before = first.as_ref().map(|f| f.before.clone());
+        let p = match self.prepare(job, handle, sink, before).await? {
             Prep::Ready(p) => *p,
             Prep::Settle(facts) => return self.finish(sink, None, facts).await,
         };
@@ -135,6 +157,7 @@ impl Core {
         };
         let started = Timestamp::now();
         agent_span.record("pid", process.pid());
+        let claim = self.claim_for_adoption(job, process.token()).await;
         let running = metrics().job_running();
         tracing::info!(job = %job.id, session = %p.session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
         let state = job.state.transition(JobState::Running { started })?;
@@ -184,6 +207,9 @@ impl Core {
             return Err(e);
         }
         let outcome = run.await;
+        if let Some(token) = claim {
+            self.forget_claim(token).await;
+        }
         if let Stdin::File(path) = &stdin {
             // The agent read it (or never will): a large prompt need not linger in its HOME.
             let _ = tokio::fs::remove_file(path).await;
@@ -218,14 +244,54 @@ impl Core {
             stderr_tail: &stderr_tail,
             interrupted: pump.control.take().is_some_and(|c| c.handle.interrupted()),
         });
-        self.record_outputs(job, &p.session, &p.before).await?;
-        let facts = FinishFacts {
+        let (verdict, result) = super::caps::structured(&job.spec, verdict, &summary);
+        let mut facts = FinishFacts {
             outcome: verdict,
             exit: Some(exit),
-            result: summary.result.unwrap_or_default(),
+            result,
             usage: pump.metered.over(summary.usage),
             conversation_id: summary.conversation_id.or(pump.conversation.take()),
         };
+        let started = match &first {
+            Some(f) => {
+                facts.usage = super::caps::add_usage(&f.usage, &facts.usage);
+                f.started
+            }
+            None => started,
+        };
+        if let (None, Outcome::OutputSchema { message }, Some(conversation)) =
+            (&first, &facts.outcome, &facts.conversation_id)
+        {
+            // One corrective turn in the same conversation, told what was wrong.
+            self.store
+                .set_agent_conversation(
+                    &p.session.id,
+                    &job.spec.agent,
+                    conversation,
+                    Timestamp::now(),
+                )
+                .await?;
+            let mut next = job.clone();
+            next.spec.prompt = super::caps::corrective_prompt(
+                next.spec.caps.output_schema.as_deref().unwrap_or_default(),
+                message,
+            );
+            next.last_seq = sink.next_seq - 1;
+            let first = FirstTurn {
+                before: p.before,
+                started,
+                usage: facts.usage,
+            };
+            drop(running);
+            return Box::pin(self.execute_turn(&next, handle, sink, Some(first))).await;
+        }
+        self.record_outputs(job, &p.session, &p.before).await?;
+        // Before the job is final: the session's next job may start as soon as it is.
+        if let Some(id) = &facts.conversation_id {
+            self.store
+                .set_agent_conversation(&p.session.id, &job.spec.agent, id, Timestamp::now())
+                .await?;
+        }
         // Not running any more once a reader can see it final (a scrape right after must agree).
         drop(running);
         self.finish(sink, Some(started), facts).await?;
@@ -241,6 +307,7 @@ impl Core {
         job: &Job,
         handle: &RunHandle,
         sink: &mut Sink<'_>,
+        before: Option<Taken>,
     ) -> Result<Prep<'c>> {
         let Some(session) = self.store.get_session_any(&job.session_id).await? else {
             return Ok(Prep::Settle(FinishFacts::failed(
@@ -259,7 +326,12 @@ impl Core {
         };
         let workspace = self.workspaces.workspace_dir(&session.id);
         let home = self.workspaces.home_dir(&session.id);
-        let resume = session.conversation_id.clone();
+        // The agent's own conversation: a session that switched agents must never hand one
+        // agent another's id (#20).
+        let resume = self
+            .store
+            .agent_conversation(&session.id, &job.spec.agent)
+            .await?;
         let sandbox = self.config.sandbox.of(&job.spec.agent);
         let mut extras = match self.resolve_catalog(&job.spec.catalog, &home) {
             Ok(e) => e,
@@ -297,9 +369,13 @@ impl Core {
             (Some(text), None) => Stdin::File(write_input(&home, text).await?),
             (None, None) => Stdin::Null,
         };
-        let before = self
-            .snapshot_job(&session.id, &job.id, SnapPoint::Before)
-            .await?;
+        let before = match before {
+            Some(taken) => taken,
+            None => {
+                self.snapshot_job(&session.id, &job.id, SnapPoint::Before)
+                    .await?
+            }
+        };
 
         let (tx, rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();
@@ -358,6 +434,34 @@ impl Core {
             rx,
             pipe,
         })))
+    }
+
+    /// With adoption on, records which job the supervisor of `token` runs, so that the next
+    /// agentd can adopt it if this one stops (issue #23). Returns the token to forget at the end.
+    async fn claim_for_adoption(&self, job: &Job, token: &str) -> Option<String> {
+        if !crate::runner::adopt::enabled() {
+            return None;
+        }
+        let dir = crate::runner::records::run_dir(&self.config.data_dir);
+        let claim = crate::runner::adopt::Claim {
+            token: token.to_owned(),
+            job: job.id.to_string(),
+            replica: self.config.replica_id.clone(),
+        };
+        let written =
+            tokio::task::spawn_blocking(move || crate::runner::adopt::write_claim(&dir, &claim))
+                .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(job = %job.id, "cannot record the job for adoption; it ends with agentd");
+        }
+        Some(token.to_owned())
+    }
+
+    /// Removes a finished job's claim and journal.
+    pub(in crate::core) async fn forget_claim(&self, token: String) {
+        let dir = crate::runner::records::run_dir(&self.config.data_dir);
+        let _ =
+            tokio::task::spawn_blocking(move || crate::runner::adopt::forget(&dir, &token)).await;
     }
 
     /// What the job changed in the workspace, from its two snapshots, stored with the job; then

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 const MAX_BATCH: usize = 512;
 /// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
 const MAX_PARSED: usize = 4 * MAX_BATCH;
+/// Delta text a job stores (`stream_deltas`); beyond it, deltas are dropped.
+const DELTA_MAX_BYTES: u64 = 1 << 20;
 /// Stderr lines kept to explain a failure when the agent gave no error of its own.
 const STDERR_TAIL: usize = 5;
 
@@ -47,6 +49,11 @@ pub(super) struct Pump {
     events: Vec<JobEvent>,
     /// The job's controller, which reads the agent's requests in its output (issue #17).
     pub(super) control: Option<Controlled>,
+    /// Delta text stored so far.
+    delta_bytes: u64,
+    /// Events made from output that a previous agentd stored already: an adopted job's journal
+    /// replays them, and they are dropped here, after the caps saw them (issue #23).
+    pub(super) skip: u64,
 }
 
 /// A controlled job's controller and the protocol its output is read with.
@@ -84,6 +91,8 @@ impl Pump {
             metered: Metered::default(),
             events: Vec::new(),
             control: None,
+            delta_bytes: 0,
+            skip: 0,
         }
     }
 
@@ -153,6 +162,15 @@ impl Pump {
         })
     }
 
+    /// An event made from an output line, unless it is one already stored ([`Pump::skip`]).
+    fn output_event(&mut self, sink: &mut Sink<'_>, kind: EventKind, raw: Option<String>) {
+        if self.skip > 0 {
+            self.skip -= 1;
+        } else {
+            self.events.push(sink.event(kind, raw));
+        }
+    }
+
     fn take(&mut self, sink: &mut Sink<'_>, out: Output) {
         match out {
             Output::Stdout(line) => {
@@ -171,13 +189,19 @@ impl Pump {
                         self.conversation = Some(conversation_id.clone());
                     }
                 }
+                if !parsed.is_empty() && parsed.iter().all(|p| p.kind.is_delta()) {
+                    self.take_deltas(sink, parsed);
+                    return;
+                }
                 match self.cap.admit(line.text.len(), parsed.len()) {
-                    Admit::Keep => self
-                        .events
-                        .extend(parsed.into_iter().map(|p| sink.event(p.kind, p.raw))),
-                    Admit::Truncate(reason) => self
-                        .events
-                        .push(sink.event(EventKind::Truncated { reason }, None)),
+                    Admit::Keep => {
+                        for p in parsed {
+                            self.output_event(sink, p.kind, p.raw);
+                        }
+                    }
+                    Admit::Truncate(reason) => {
+                        self.output_event(sink, EventKind::Truncated { reason }, None)
+                    }
                     Admit::Drop => {}
                 }
             }
@@ -194,7 +218,7 @@ impl Pump {
                     Admit::Truncate(reason) => EventKind::Truncated { reason },
                     Admit::Drop => return,
                 };
-                self.events.push(sink.event(kind, None));
+                self.output_event(sink, kind, None);
             }
             Output::Event(kind) => {
                 // Few, and what the tenant is charged for or must know: never dropped by the caps.
@@ -214,6 +238,49 @@ impl Pump {
                 };
                 self.events.push(sink.event(kind, None));
             }
+        }
+    }
+}
+
+impl Pump {
+    /// Streamed pieces (`stream_deltas`): bounded by their own budget, not the output caps, so
+    /// that many small pieces can never crowd out the complete events that follow them. Kept
+    /// without the raw line (the text is all there is), and merged into the previous piece
+    /// while that one still waits for the store: merging then costs no latency.
+    fn take_deltas(&mut self, sink: &mut Sink<'_>, parsed: Vec<crate::agents::Parsed>) {
+        for p in parsed {
+            let (EventKind::TextDelta { text } | EventKind::ThinkingDelta { text }) = &p.kind
+            else {
+                continue;
+            };
+            if self.delta_bytes >= DELTA_MAX_BYTES {
+                continue;
+            }
+            self.delta_bytes += text.len() as u64;
+            if self.delta_bytes >= DELTA_MAX_BYTES {
+                let reason = format!(
+                    "delta limit reached ({DELTA_MAX_BYTES} bytes); further deltas were dropped \
+                     (complete text events are kept)"
+                );
+                self.events
+                    .push(sink.event(EventKind::Truncated { reason }, None));
+                continue;
+            }
+            if let Some(last) = self.events.last_mut() {
+                match (&mut last.kind, &p.kind) {
+                    (EventKind::TextDelta { text: a }, EventKind::TextDelta { text: b })
+                    | (
+                        EventKind::ThinkingDelta { text: a },
+                        EventKind::ThinkingDelta { text: b },
+                    ) => {
+                        a.push_str(b);
+                        super::sink::redact(a, &sink.secrets);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            self.events.push(sink.event(p.kind, None));
         }
     }
 }

@@ -24,6 +24,10 @@ impl Core {
         }
         // Rows from before leases existed: running without an owner.
         for job in self.store.unfinished_jobs().await? {
+            // Adopted from the previous process (issue #23): it runs here.
+            if self.is_running_here(&job.id) {
+                continue;
+            }
             if let JobState::Running { started } = job.state {
                 let msg = "the server restarted while the job was running".to_owned();
                 self.fail_interrupted(&job, started, msg).await?;

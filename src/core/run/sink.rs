@@ -132,7 +132,15 @@ pub(super) fn redact_event(ev: &mut JobEvent, secrets: &[String]) {
         redact(raw, secrets);
     }
     match &mut ev.kind {
-        EventKind::Text { text } => redact(text, secrets),
+        EventKind::Text { text }
+        | EventKind::TextDelta { text }
+        | EventKind::ThinkingDelta { text }
+        | EventKind::Thinking { text } => redact(text, secrets),
+        EventKind::Plan { items } => {
+            for item in items {
+                redact(&mut item.content, secrets);
+            }
+        }
         EventKind::ToolCall { input_json, .. } => redact(input_json, secrets),
         EventKind::ToolResult { content, .. } => redact(content, secrets),
         EventKind::Stderr { line, .. } | EventKind::Unparsed { line, .. } => redact(line, secrets),

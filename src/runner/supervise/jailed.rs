@@ -88,6 +88,7 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         ns_init(shape, root, life_r, status_w, go_r, spec_r, ready_w)
     };
     drop((life_r, status_w, go_r, spec_r, ready_w));
+    super::spool::start();
     let abandon = |msg: String| {
         let _ = kill(init, Signal::SIGKILL);
         reap_blocking(init);

@@ -72,6 +72,7 @@ use super::jail::{JailSpec, Shape};
 use super::records::{OwnRecord, RUN_DIR_ENV, stat_field};
 
 mod jailed;
+pub mod spool;
 
 /// `argv[1]` that makes the agentd binary act as the supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
@@ -169,7 +170,15 @@ fn run(source: Source, shape: Option<Shape>) -> i32 {
             return SETUP_FAILED;
         }
     };
+    if let Err(msg) = spool::prepare() {
+        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+        return SETUP_FAILED;
+    }
     let end = supervise(source, shape);
+    spool::finish(match &end {
+        Ok(end) => end.encode(),
+        Err(code) => End::Code(*code).encode(),
+    });
     if let Some(record) = record {
         record.remove();
     }
@@ -183,7 +192,10 @@ fn run(source: Source, shape: Option<Shape>) -> i32 {
 /// the parent (it may have died before the prctl, when nobody would kill us later). Without the
 /// variable (the supervisor run by hand) only the signal is armed.
 fn die_with_parent() -> Result<(), String> {
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("cannot set PDEATHSIG: {e}"))?;
+    // An adoptable supervisor outlives agentd on purpose ([`spool`]).
+    if !spool::wanted() {
+        prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("cannot set PDEATHSIG: {e}"))?;
+    }
     let Some(want) = std::env::var_os(PARENT_ENV) else {
         return Ok(());
     };
@@ -432,7 +444,9 @@ impl Agent {
         let program = argv[0].clone();
         let (stdin, envp) = split_stdin(
             std::env::vars_os()
-                .filter(|(k, _)| k != NO_NS_ENV && k != RUN_DIR_ENV && k != PARENT_ENV)
+                .filter(|(k, _)| {
+                    k != NO_NS_ENV && k != RUN_DIR_ENV && k != PARENT_ENV && k != spool::ADOPT_ENV
+                })
                 .map(|(k, v)| {
                     let mut kv = k.as_bytes().to_vec();
                     kv.push(b'=');
@@ -660,6 +674,7 @@ fn run_namespaced(source: Source, handled: &SigSet, own_proc: bool) -> Result<En
             ns_init(source, handled, life_r, status_w, own_proc)
         }
         ForkResult::Parent { child: init } => {
+            spool::start();
             drop(life_r);
             drop(status_w);
             let end = wait_for(init, handled, |sig| match sig {
@@ -830,6 +845,7 @@ fn run_subreaper(source: Source, handled: &SigSet) -> Result<End, String> {
         ForkResult::Child => exec_agent(&agent, Some(me)),
         ForkResult::Parent { child } => child,
     };
+    spool::start();
     let _ = setpgid(agent_pid, agent_pid);
     let end = wait_for(agent_pid, handled, |sig| match sig {
         Signal::SIGUSR1 => {

@@ -18,6 +18,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0014_webhooks.sql"),
     include_str!("../migrations/postgres/0016_presets.sql"),
     include_str!("../migrations/postgres/0012_snapshots.sql"),
+    include_str!("../migrations/postgres/0017_agent_conversations.sql"),
+    include_str!("../migrations/postgres/0018_rewinds.sql"),
 ];
 
 /// First key of the migration advisory lock (the second is the schema's hash): "agnt".

@@ -20,6 +20,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0014_webhooks.sql"),
     include_str!("../migrations/sqlite/0016_presets.sql"),
     include_str!("../migrations/sqlite/0012_snapshots.sql"),
+    include_str!("../migrations/sqlite/0017_agent_conversations.sql"),
+    include_str!("../migrations/sqlite/0018_rewinds.sql"),
 ];
 
 /// How long a connection waits for a lock held by another connection (a second process, a

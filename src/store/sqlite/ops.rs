@@ -602,6 +602,22 @@ pub(super) fn expired_leases(
     .map_err(db)
 }
 
+pub(super) fn take_over_job(
+    conn: &Connection,
+    job: &JobId,
+    (from, to): (&str, &str),
+    lease_until: Timestamp,
+) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET owner = ?3, lease_until = ?4 \
+             WHERE id = ?1 AND owner = ?2 AND state_name = 'RUNNING'",
+        )
+        .and_then(|mut st| st.execute(params![job.as_str(), from, to, lease_until.micros()]))
+        .map_err(db)?;
+    Ok(n == 1)
+}
+
 pub(super) fn release_job(conn: &Connection, job: &JobId, owner: &str) -> Result<bool> {
     // Its place in the queue is its creation time, which nothing here changes.
     let n = conn

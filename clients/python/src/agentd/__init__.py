@@ -8,7 +8,8 @@ server's stable ``reason``. ``agentd.verify_webhook`` checks the signed webhooks
 
 from agentd._aio import AsyncClient, AsyncRun
 from agentd._client import Client, Run
-from agentd._common import CHUNK_SIZE, FINAL_STATES
+from agentd._common import CHUNK_SIZE, FINAL_STATES, PermissionAnswer
+from agentd._deltas import atext_deltas, text_deltas
 from agentd._errors import (
     ERROR_DOMAIN,
     AgentdError,
@@ -35,6 +36,7 @@ __all__ = [
     "CHUNK_SIZE",
     "ERROR_DOMAIN",
     "FINAL_STATES",
+    "PermissionAnswer",
     "AgentdError",
     "AlreadyExistsError",
     "AsyncClient",
@@ -59,8 +61,10 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "WebhookVerificationError",
+    "atext_deltas",
     "from_rpc_error",
     "sign_webhook",
+    "text_deltas",
     "verify_webhook",
 ]
 

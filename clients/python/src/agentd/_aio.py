@@ -5,10 +5,11 @@ async iterators. Local file reads and writes run in worker threads so they never
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -36,6 +37,12 @@ from agentd.v1 import (
 )
 
 _T = TypeVar("_T")
+
+# An on_permission callback of AsyncRun: a function or a coroutine function.
+PermissionCallback = Callable[
+    [job_pb2.PermissionRequest],
+    _common.PermissionAnswer | Awaitable[_common.PermissionAnswer],
+]
 
 
 class _Auth:
@@ -107,20 +114,57 @@ class AsyncRun:
         self._request = request
         self.job: job_pb2.Job | None = None
         self._events = self._generate()
+        self._on_permission: PermissionCallback | None = None
 
     def __aiter__(self) -> AsyncIterator[job_pb2.JobEvent]:
         return self
 
     async def __anext__(self) -> job_pb2.JobEvent:
-        return await self._events.__anext__()
+        ev = await self._events.__anext__()
+        if self._on_permission is not None and ev.HasField("permission_request"):
+            await self._answer(ev.permission_request)
+        return ev
+
+    def on_permission(self, callback: PermissionCallback) -> AsyncRun:
+        """Answers the job's permission requests (submit with ``permission_mode="ask"``) while
+        the run is iterated or waited for: ``callback`` (a function or a coroutine function)
+        gets each request and returns True (allow), False (deny), a string (deny, telling the
+        agent why) or None (leave it to another watcher or to the timeout, which denies).
+        Returns the run."""
+        self._on_permission = callback
+        return self
+
+    async def send(self, text: str) -> None:
+        """Sends a user message to the running agent (its next turn where it is mid-turn)."""
+        await _call(self._client.jobs.SendInput(job_pb2.SendInputRequest(job_id=self.job_id, text=text)))
+
+    async def interrupt(self) -> None:
+        """Stops the agent's turn, keeping the conversation: the job ends CANCELLED with reason
+        INTERRUPTED, and the session's next job continues the conversation."""
+        await _call(self._client.jobs.InterruptJob(job_pb2.InterruptJobRequest(job_id=self.job_id)))
+
+    async def _answer(self, request: job_pb2.PermissionRequest) -> None:
+        assert self._on_permission is not None
+        answer = self._on_permission(request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        req = _common.respond_request(self.job_id, request, answer)
+        if req is None:
+            return
+        try:
+            await _call(self._client.jobs.RespondToPermission(req))
+        except AgentdError as e:
+            if e.reason != _common.ALREADY_DECIDED:
+                raise
 
     @property
     def job_id(self) -> str:
         return self.job.job_id if self.job is not None else ""
 
     async def wait(self) -> job_pb2.Job:
-        """Consumes the remaining events and returns the final job."""
-        async for _ in self._events:
+        """Consumes the remaining events (answering permission requests) and returns the final
+        job."""
+        async for _ in self:
             pass
         if self.job is None:  # pragma: no cover - _generate always sets it or raises
             raise AgentdError(grpc.StatusCode.INTERNAL, "RunJob returned no job")
@@ -128,6 +172,10 @@ class AsyncRun:
 
     async def cancel(self) -> job_pb2.Job:
         return await self._client.cancel(self.job_id)
+
+    async def diff(self, paths: Sequence[str] = (), context_lines: int | None = None) -> str:
+        """The finished job's unified diff (from its workspace snapshots)."""
+        return await self._client.job_diff(self.job_id, paths, context_lines=context_lines)
 
     async def _generate(self) -> AsyncIterator[job_pb2.JobEvent]:
         cursor = EventCursor()
@@ -316,6 +364,32 @@ class AsyncClient:
         req = session_pb2.DeleteSessionRequest(session_id=session_id)
         return (await _call(self.sessions.DeleteSession(req))).cancelled_jobs
 
+    async def fork_session(
+        self,
+        job_id: str,
+        *,
+        before: bool = False,
+        labels: Mapping[str, str] | None = None,
+        ttl_seconds: int = 0,
+    ) -> session_pb2.Session:
+        """See :meth:`agentd.Client.fork_session`."""
+        req = session_pb2.ForkSessionRequest(
+            job_id=job_id,
+            point=_common.snapshot_point(before),
+            labels=dict(labels or {}),
+            ttl_seconds=ttl_seconds,
+        )
+        return (await _call(self.sessions.ForkSession(req))).session
+
+    async def rewind_session(
+        self, session_id: str, job_id: str, *, before: bool = False
+    ) -> session_pb2.RewindSessionResponse:
+        """See :meth:`agentd.Client.rewind_session`."""
+        req = session_pb2.RewindSessionRequest(
+            session_id=session_id, job_id=job_id, point=_common.snapshot_point(before)
+        )
+        return await _call(self.sessions.RewindSession(req))
+
     # ---- files ----------------------------------------------------------------------------
 
     async def upload(
@@ -423,6 +497,24 @@ class AsyncClient:
     async def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> int:
         req = file_pb2.DeleteFileRequest(session_id=session_id, path=path, recursive=recursive)
         return (await _call(self.files.DeleteFile(req))).deleted_files
+
+    async def job_diff(
+        self, job_id: str, paths: Sequence[str] = (), *, context_lines: int | None = None
+    ) -> str:
+        """See :meth:`agentd.Client.job_diff`."""
+        req = file_pb2.GetJobDiffRequest(job_id=job_id, paths=list(paths))
+        if context_lines is not None:
+            req.context_lines = context_lines
+        call = self.files.GetJobDiff(req)
+        out = bytearray()
+        try:
+            async for resp in call:
+                out += resp.chunk
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return out.decode("utf-8", errors="replace")
 
     async def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
         req = file_pb2.GetJobOutputsRequest(session_id=session_id, job_id=job_id)

@@ -100,20 +100,57 @@ class Run:
         self._request = request
         self.job: job_pb2.Job | None = None
         self._events = self._generate()
+        self._on_permission: Callable[[job_pb2.PermissionRequest], _common.PermissionAnswer] | None = None
 
     def __iter__(self) -> Iterator[job_pb2.JobEvent]:
         return self
 
     def __next__(self) -> job_pb2.JobEvent:
-        return next(self._events)
+        ev = next(self._events)
+        if self._on_permission is not None and ev.HasField("permission_request"):
+            self._answer(ev.permission_request)
+        return ev
+
+    def on_permission(
+        self, callback: Callable[[job_pb2.PermissionRequest], _common.PermissionAnswer]
+    ) -> Run:
+        """Answers the job's permission requests (submit with ``permission_mode="ask"``) while
+        the run is iterated or waited for: ``callback`` gets each request and returns True
+        (allow), False (deny), a string (deny, telling the agent why) or None (leave it to
+        another watcher or to the timeout, which denies). Returns the run."""
+        self._on_permission = callback
+        return self
+
+    def send(self, text: str) -> None:
+        """Sends a user message to the running agent (its next turn where it is mid-turn)."""
+        req = job_pb2.SendInputRequest(job_id=self.job_id, text=text)
+        _call(lambda: self._client.jobs.SendInput(req))
+
+    def interrupt(self) -> None:
+        """Stops the agent's turn, keeping the conversation: the job ends CANCELLED with reason
+        INTERRUPTED, and the session's next job continues the conversation."""
+        req = job_pb2.InterruptJobRequest(job_id=self.job_id)
+        _call(lambda: self._client.jobs.InterruptJob(req))
+
+    def _answer(self, request: job_pb2.PermissionRequest) -> None:
+        assert self._on_permission is not None
+        req = _common.respond_request(self.job_id, request, self._on_permission(request))
+        if req is None:
+            return
+        try:
+            _call(lambda: self._client.jobs.RespondToPermission(req))
+        except AgentdError as e:
+            if e.reason != _common.ALREADY_DECIDED:
+                raise
 
     @property
     def job_id(self) -> str:
         return self.job.job_id if self.job is not None else ""
 
     def wait(self) -> job_pb2.Job:
-        """Consumes the remaining events and returns the final job."""
-        for _ in self._events:
+        """Consumes the remaining events (answering permission requests) and returns the final
+        job."""
+        for _ in self:
             pass
         if self.job is None:  # pragma: no cover - _generate always sets it or raises
             raise AgentdError(grpc.StatusCode.INTERNAL, "RunJob returned no job")
@@ -122,6 +159,10 @@ class Run:
     def cancel(self) -> job_pb2.Job:
         """Cancels the job (it must have been submitted, i.e. one event or ``job`` was seen)."""
         return self._client.cancel(self.job_id)
+
+    def diff(self, paths: Sequence[str] = (), context_lines: int | None = None) -> str:
+        """The finished job's unified diff (from its workspace snapshots)."""
+        return self._client.job_diff(self.job_id, paths, context_lines=context_lines)
 
     def _generate(self) -> Iterator[job_pb2.JobEvent]:
         cursor = EventCursor()
@@ -305,6 +346,34 @@ class Client:
         req = session_pb2.DeleteSessionRequest(session_id=session_id)
         return _call(lambda: self.sessions.DeleteSession(req)).cancelled_jobs
 
+    def fork_session(
+        self,
+        job_id: str,
+        *,
+        before: bool = False,
+        labels: Mapping[str, str] | None = None,
+        ttl_seconds: int = 0,
+    ) -> session_pb2.Session:
+        """A new session whose workspace is the job's snapshot (after it, or ``before``) and whose
+        conversation is a fork of the job's; the job's own session is untouched."""
+        req = session_pb2.ForkSessionRequest(
+            job_id=job_id,
+            point=_common.snapshot_point(before),
+            labels=dict(labels or {}),
+            ttl_seconds=ttl_seconds,
+        )
+        return _call(lambda: self.sessions.ForkSession(req)).session
+
+    def rewind_session(
+        self, session_id: str, job_id: str, *, before: bool = False
+    ) -> session_pb2.RewindSessionResponse:
+        """Puts the session's workspace and conversation back to after the job (or ``before`` it);
+        later jobs stay listed with ``rewound_past`` set."""
+        req = session_pb2.RewindSessionRequest(
+            session_id=session_id, job_id=job_id, point=_common.snapshot_point(before)
+        )
+        return _call(lambda: self.sessions.RewindSession(req))
+
     # ---- files ----------------------------------------------------------------------------
 
     def upload(self, session_id: str, files: Mapping[str, FileSource]) -> list[file_pb2.FileInfo]:
@@ -398,6 +467,24 @@ class Client:
     def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> int:
         req = file_pb2.DeleteFileRequest(session_id=session_id, path=path, recursive=recursive)
         return _call(lambda: self.files.DeleteFile(req)).deleted_files
+
+    def job_diff(
+        self, job_id: str, paths: Sequence[str] = (), *, context_lines: int | None = None
+    ) -> str:
+        """A finished job's unified diff, as git prints it (binary files marked, not dumped)."""
+        req = file_pb2.GetJobDiffRequest(job_id=job_id, paths=list(paths))
+        if context_lines is not None:
+            req.context_lines = context_lines
+        call = self.files.GetJobDiff(req)
+        out = bytearray()
+        try:
+            for resp in call:
+                out += resp.chunk
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return out.decode("utf-8", errors="replace")
 
     def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
         """What a job changed (default: the session's latest succeeded job)."""
@@ -493,7 +580,8 @@ class Client:
 
     def submit(self, session_id: str, prompt: str, **options: Any) -> job_pb2.Job:
         """Queues a job. ``options``: agent, model, timeout_seconds, env, allowed_tools,
-        max_turns, append_system_prompt, permission_mode, request_id, preset, variables,
+        max_turns, append_system_prompt, permission_mode (``"ask"``: see :meth:`Run.on_permission`),
+        allow_rules, deny_rules, permission_timeout_seconds, request_id, preset, variables,
         mcp_servers, subagents, skills."""
         req = _common.submit_request(session_id, prompt, **options)
         return _call(lambda: self.jobs.SubmitJob(req)).job

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from agentd._errors import AgentdError, InternalError, InvalidArgumentError
-from agentd.v1 import file_pb2, job_pb2, preset_pb2, usage_pb2
+from agentd.v1 import file_pb2, job_pb2, preset_pb2, session_pb2, usage_pb2
 
 #: Upload chunk size: the server accepts at most 1 MiB per chunk.
 CHUNK_SIZE = 1 << 20
@@ -145,6 +145,9 @@ def submit_request(
     mcp_servers: Sequence[str] = (),
     subagents: Sequence[str] = (),
     skills: Sequence[str] = (),
+    allow_rules: Sequence[str] = (),
+    deny_rules: Sequence[str] = (),
+    permission_timeout_seconds: int = 0,
 ) -> job_pb2.SubmitJobRequest:
     return job_pb2.SubmitJobRequest(
         session_id=session_id,
@@ -162,6 +165,9 @@ def submit_request(
         max_turns=max_turns,
         append_system_prompt=append_system_prompt,
         permission_mode=permission_mode,
+        allow_rules=list(allow_rules),
+        deny_rules=list(deny_rules),
+        permission_timeout_seconds=permission_timeout_seconds,
         # Always set, so that retrying a RunJob/SubmitJob whose reply was lost cannot run it twice.
         request_id=request_id or f"sdk-{uuid.uuid4()}",
     )
@@ -276,6 +282,11 @@ def usage_request(
 ArchiveFormatName = str
 
 
+def snapshot_point(before: bool) -> session_pb2.SnapshotPoint.ValueType:
+    """The side of a job a fork or rewind starts from."""
+    return session_pb2.SNAPSHOT_POINT_BEFORE if before else session_pb2.SNAPSHOT_POINT_AFTER
+
+
 def archive_format(fmt: ArchiveFormatName | int) -> file_pb2.ArchiveFormat.ValueType:
     """``"tar"``, ``"tar.gz"`` (or ``"tgz"``), ``"zip"``, or an ``ArchiveFormat`` value."""
     if isinstance(fmt, int):
@@ -308,3 +319,27 @@ def preset(name: str, **fields: Any) -> preset_pb2.Preset:
     """A Preset message: ``name`` plus any Preset field (prompt_template, agent, model,
     overridable, mcp_servers, subagents, skills, env, timeout_seconds, …)."""
     return preset_pb2.Preset(name=name, **fields)
+
+
+# What an ``on_permission`` callback returns: True allows; False denies; a string denies and tells
+# the agent why; None leaves the request to another watcher or to its timeout (denied).
+PermissionAnswer = bool | str | None
+
+
+def respond_request(
+    job_id: str, request: job_pb2.PermissionRequest, answer: PermissionAnswer
+) -> job_pb2.RespondToPermissionRequest | None:
+    """The RespondToPermission call for a callback's answer, or None when it leaves the request."""
+    if answer is None:
+        return None
+    if isinstance(answer, bool):
+        return job_pb2.RespondToPermissionRequest(
+            job_id=job_id, request_id=request.request_id, allow=answer
+        )
+    return job_pb2.RespondToPermissionRequest(
+        job_id=job_id, request_id=request.request_id, allow=False, message=answer
+    )
+
+
+# Another watcher, a rule or the timeout decided first: not the caller's failure.
+ALREADY_DECIDED = "PERMISSION_DECIDED"

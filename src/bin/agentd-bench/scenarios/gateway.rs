@@ -1,6 +1,7 @@
 //! The model gateway (issue #16): a streamed model call through agentd's gateway vs the same call
 //! straight to the same mock upstream, interleaved in one run: time to the first response byte
-//! and to the end of the stream, p50; and agentd's RSS growth while 100 streams pass at once.
+//! and to the end of the stream, p50; and agentd's RSS before, its peak growth while 100 streams
+//! pass at once, and what is left resident once they are done.
 //! The mock is in this process: an Anthropic-style SSE answer of `CHUNKS` events 1 ms apart.
 
 use crate::harness::{Agentd, Env, mono_ns, ms, peak_kib, percentile, reset_peak, rss_kib};
@@ -128,6 +129,8 @@ pub async fn gateway(env: &Env) -> Result<Vec<Metric>> {
         h.await.context("stream task")??;
     }
     let growth = peak_kib(pid)?.saturating_sub(before) as f64 / 1024.0;
+    // Flat means it also comes back down: what the streams left resident once they are all done.
+    let left = rss_kib(pid)?.saturating_sub(before) as f64 / 1024.0;
     let p50 = |v: &mut Vec<u64>| ms(percentile(v, 50.0));
     Ok(vec![
         Metric::new("ttfb.p50", p50(&mut g_first), "ms")
@@ -136,8 +139,10 @@ pub async fn gateway(env: &Env) -> Result<Vec<Metric>> {
         Metric::new("stream.p50", p50(&mut g_all), "ms")
             .baseline(p50(&mut d_all))
             .goal(Goal::RatioAtMost(1.1)),
+        Metric::new("rss_before_streams", before as f64 / 1024.0, "MiB"),
         Metric::new(&format!("rss_growth.{streams}_streams"), growth, "MiB")
             .goal(Goal::AtMost(32.0)),
+        Metric::new(&format!("rss_left.{streams}_streams"), left, "MiB"),
     ])
 }
 

@@ -85,6 +85,10 @@ struct Sample {
     start_to_exit: u64,
     /// SubmitJob → finished event at the client; spawn → exit reaped (direct).
     whole: u64,
+    /// The agent's exit → its supervisor's exit (agentd side: the jail's teardown).
+    exit_to_supervisor_exit: u64,
+    /// The agent's exit → finished event at the client; → reaped (direct).
+    exit_to_finished: u64,
     cpu: u64,
     /// agentd's own CPU during the job (agentd side only).
     own_cpu: u64,
@@ -165,6 +169,17 @@ async fn one_agent(
         )
         .baseline(p50(&base, |s| s.whole))
         .goal(goal(Goal::OverheadAtMost(15.0))),
+        Metric::new(
+            &name("exit_to_finished.p50"),
+            p50(&ours, |s| s.exit_to_finished),
+            "ms",
+        )
+        .baseline(p50(&base, |s| s.exit_to_finished)),
+        Metric::new(
+            &name("exit_to_supervisor_exit.p50"),
+            p50(&ours, |s| s.exit_to_supervisor_exit),
+            "ms",
+        ),
         Metric::new(&name("cpu.agent_per_job"), mean(&ours, |s| s.cpu), "ms")
             .baseline(mean(&base, |s| s.cpu)),
         Metric::new(
@@ -235,6 +250,10 @@ async fn through_agentd(
         )
     })?;
     let exit = watch.wait_exit(pid, start, Duration::from_secs(5))?;
+    let supervisor_exit = match supervisor {
+        Some(s) => watch.wait_exit(s, t0, Duration::from_secs(5))?,
+        None => exit,
+    };
     let first_line = first_line.context("no stdout event")?;
     Ok((
         Sample {
@@ -242,6 +261,8 @@ async fn through_agentd(
             start_to_first_line: first_line.saturating_sub(start),
             start_to_exit: exit - start,
             whole: finished_at - t0,
+            exit_to_supervisor_exit: supervisor_exit.saturating_sub(exit),
+            exit_to_finished: finished_at.saturating_sub(exit),
             cpu: cpu1.children - cpu0.children,
             own_cpu: cpu1.own - cpu0.own,
         },
@@ -341,6 +362,8 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
             start_to_first_line: r.first_line.saturating_sub(start),
             start_to_exit: exit - start,
             whole: r.reaped - r.t0,
+            exit_to_supervisor_exit: 0,
+            exit_to_finished: r.reaped.saturating_sub(exit),
             cpu: r.cpu,
             own_cpu: 0,
         },

@@ -2,6 +2,7 @@
 //! server) and returns its metrics.
 
 mod archive;
+mod control;
 mod files;
 mod gateway;
 pub mod genuine;
@@ -122,5 +123,10 @@ pub const ALL: &[Scenario] = &[
         "snapshot",
         snapshot::snapshot,
         "workspace history: snapshot of a 20,000-file, 300 MB tree after a job changed 10 files, vs git add -A && git commit of it; bytes stored vs bytes changed"
+    ),
+    scenario!(
+        "control",
+        control::control,
+        "permission_request seen → RespondToPermission → the tool's result seen, p50/p99, vs the same stand-in Claude's stream-json control exchange driven directly"
     ),
 ];

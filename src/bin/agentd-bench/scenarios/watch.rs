@@ -1,11 +1,14 @@
 //! Issue #19: many WatchJobs streams following one tenant while its jobs finish. Measures how
 //! long after a change is stored each watcher receives it (store clock to watcher clock: both
-//! are this machine's wall clock).
+//! are this machine's wall clock), and how fast the webhook outbox delivers the finished jobs to
+//! a receiver on loopback: throughput, and final state (the change's store time) to receipt.
 
 use crate::harness::{Agentd, Env, ms, percentile};
 use crate::report::{Goal, Metric};
 use agentd::pb;
 use anyhow::{Context, Result, ensure};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn wall_ns() -> i128 {
@@ -18,12 +21,15 @@ fn ts_ns(t: &prost_types::Timestamp) -> i128 {
     i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
 }
 
-/// Follows from `cursor` until `jobs` final changes arrived; returns each change's delay (ns).
+/// What one watcher saw: each change's delay (ns), and each job's final change time (ns).
+type Seen = (Vec<u64>, HashMap<String, i128>);
+
+/// Follows from `cursor` until `jobs` final changes arrived.
 async fn watcher(
     mut c: pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
     cursor: u64,
     jobs: usize,
-) -> Result<Vec<u64>> {
+) -> Result<Seen> {
     let mut s = c
         .watch_jobs(pb::WatchJobsRequest {
             after_cursor: Some(cursor),
@@ -31,8 +37,8 @@ async fn watcher(
         })
         .await?
         .into_inner();
-    let (mut delays, mut finals) = (Vec::new(), 0);
-    while finals < jobs {
+    let (mut delays, mut finals) = (Vec::new(), HashMap::new());
+    while finals.len() < jobs {
         let msg = tokio::time::timeout(Duration::from_secs(300), s.message())
             .await
             .context("watcher starved for 300 s")??
@@ -41,19 +47,101 @@ async fn watcher(
         for ch in &msg.changes {
             let at = ch.time.as_ref().context("change without time")?;
             delays.push(u64::try_from(now - ts_ns(at)).unwrap_or(0));
-            let state = ch.job.as_ref().map_or(0, |j| j.state);
-            if state >= pb::JobState::Succeeded as i32 {
-                finals += 1;
+            if let Some(j) = &ch.job
+                && j.state >= pb::JobState::Succeeded as i32
+            {
+                finals.insert(j.job_id.clone(), ts_ns(at));
             }
         }
     }
-    Ok(delays)
+    Ok((delays, finals))
+}
+
+/// A webhook receiver on loopback: notes when each job's `job.finished` message arrived (the
+/// first time: deliveries are at least once).
+async fn receiver() -> Result<(String, Arc<Mutex<HashMap<String, i128>>>)> {
+    use http_body_util::BodyExt;
+    let got: Arc<Mutex<HashMap<String, i128>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let now = wall_ns();
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            if let Some(job) = v["data"]["job_id"].as_str() {
+                                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                                seen.entry(job.to_owned()).or_insert(now);
+                            }
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<
+                                bytes::Bytes,
+                            >::new(
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((url, got))
+}
+
+/// Waits until every job in `finals` was received; returns the delays (ns) and the throughput
+/// from the first final state to the last receipt.
+async fn deliveries(
+    got: &Mutex<HashMap<String, i128>>,
+    finals: &HashMap<String, i128>,
+) -> Result<(Vec<u64>, f64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = {
+            let g = got.lock().unwrap_or_else(|p| p.into_inner());
+            finals.keys().all(|j| g.contains_key(j)).then(|| g.clone())
+        };
+        if let Some(g) = done {
+            let delays = finals
+                .iter()
+                .map(|(j, at)| u64::try_from(g[j] - at).unwrap_or(0))
+                .collect();
+            let first = finals.values().min().copied().unwrap_or(0);
+            let last = finals.keys().map(|j| g[j]).max().unwrap_or(first);
+            let secs = ((last - first) as f64 / 1e9).max(1e-9);
+            return Ok((delays, finals.len() as f64 / secs));
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "webhooks of finished jobs not all received within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn watch(env: &Env) -> Result<Vec<Metric>> {
     let (jobs, watchers, sessions) = (env.size(100, 1000), env.size(10, 100), env.size(10, 50));
-    let a = Agentd::start(env, &[])?;
+    let a = Agentd::start_with(
+        env,
+        "[webhooks]\nallow_cidrs = [\"127.0.0.1/32\"]\nper_endpoint_concurrency = 16\n",
+        &[],
+    )?;
     let mut c = a.clients().await?;
+    let (url, received) = receiver().await?;
+    pb::webhook_service_client::WebhookServiceClient::new(a.proc.channel().await?)
+        .create_webhook(pb::CreateWebhookRequest {
+            url,
+            events: vec!["job.finished".into()],
+        })
+        .await?;
     let mut ids = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         ids.push(c.session().await?);
@@ -74,12 +162,15 @@ pub async fn watch(env: &Env) -> Result<Vec<Metric>> {
     for i in 0..jobs {
         c.submit(&ids[i % sessions], "hello").await?;
     }
-    let mut all = Vec::new();
+    let (mut all, mut finals) = (Vec::new(), HashMap::new());
     for t in tasks {
-        all.extend(t.await??);
+        let (delays, f) = t.await??;
+        all.extend(delays);
+        finals = f;
     }
     let took = t0.elapsed().as_secs_f64();
     ensure!(all.len() >= jobs * watchers, "watchers saw too few changes");
+    let (mut hooks, hooks_per_s) = deliveries(&received, &finals).await?;
     Ok(vec![
         Metric::new(
             "watch.change_to_watcher.p50",
@@ -94,5 +185,18 @@ pub async fn watch(env: &Env) -> Result<Vec<Metric>> {
         )
         .goal(Goal::AtMost(20.0)),
         Metric::new("watch.jobs_per_s", jobs as f64 / took, "jobs/s").goal(Goal::None),
+        Metric::new(
+            "watch.webhook_final_to_receipt.p50",
+            ms(percentile(&mut hooks, 50.0)),
+            "ms",
+        )
+        .goal(Goal::None),
+        Metric::new(
+            "watch.webhook_final_to_receipt.p99",
+            ms(percentile(&mut hooks, 99.0)),
+            "ms",
+        )
+        .goal(Goal::None),
+        Metric::new("watch.webhooks_per_s", hooks_per_s, "webhooks/s").goal(Goal::None),
     ])
 }

@@ -161,6 +161,8 @@ class Job(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REWOUND_PAST_FIELD_NUMBER: _builtins.int
+    STRUCTURED_RESULT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned identifier, e.g. `job_0192f3c1...`."""
     session_id: _builtins.str
@@ -193,6 +195,14 @@ class Job(_message.Message):
     """A stable, machine-readable code for why the job ended as it did, when the state alone does
     not say it: `LIMIT_EXCEEDED` (a limit of the job's sandbox ended it), `BUDGET_EXCEEDED` (a
     model budget of the job or its tenant was spent). Empty otherwise.
+    """
+    rewound_past: _builtins.bool
+    """Set once SessionService.RewindSession put the session back to a point before this job ended:
+    its workspace changes and conversation are no longer the session's (the job stays listed).
+    """
+    structured_result: _builtins.str
+    """With SubmitJobRequest.output_schema: the final answer as JSON that satisfies the schema
+    (compact); empty otherwise or when the job did not succeed.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -235,10 +245,12 @@ class Job(_message.Message):
         timeout_seconds: _builtins.int = ...,
         last_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
+        rewound_past: _builtins.bool = ...,
+        structured_result: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "exit_status", b"exit_status", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "exit_status", b"exit_status", "job_id", b"job_id", "last_seq", b"last_seq", "model", b"model", "prompt", b"prompt", "queue_position", b"queue_position", "reason", b"reason", "result", b"result", "rewound_past", b"rewound_past", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "structured_result", b"structured_result", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -312,6 +324,11 @@ class SubmitJobRequest(_message.Message):
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
     SUBAGENTS_FIELD_NUMBER: _builtins.int
     SKILLS_FIELD_NUMBER: _builtins.int
+    STREAM_DELTAS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    DISALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to run in."""
     agent: _builtins.str
@@ -352,6 +369,19 @@ class SubmitJobRequest(_message.Message):
     `overridable` (else INVALID_ARGUMENT, reason PRESET_OVERRIDE_DENIED). Unknown name:
     INVALID_ARGUMENT, UNKNOWN_PRESET.
     """
+    stream_deltas: _builtins.bool
+    """Also stream the answer as it is produced: `text_delta` and `thinking_delta` events, live and
+    replayable, for agents whose AgentInfo.capabilities list `stream_deltas` (ignored by the
+    others). The complete `text` event still follows. A job stores at most 1 MiB of deltas; the
+    rest of them are dropped (the full `text` events are kept).
+    """
+    output_schema: _builtins.str
+    """A JSON Schema (draft 2020-12 or earlier) the final answer must satisfy. The answer is
+    validated by the server and returned as Job.structured_result; an invalid one gets one
+    corrective turn, then the job FAILS with reason `OUTPUT_SCHEMA`.
+    """
+    system_prompt: _builtins.str
+    """Replaces the agent's system prompt (capability `system_prompt`); UNSUPPORTED_OPTION elsewhere."""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra environment variables for the agent. PATH, HOME, LD_* and *_BASE_URL / *_API_KEY are
@@ -398,6 +428,18 @@ class SubmitJobRequest(_message.Message):
         agent's ~/.claude/skills (UNKNOWN_SKILL when unknown).
         """
 
+    @_builtins.property
+    def disallowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools the agent must not use (capability `disallowed_tools`): a call is refused, visibly, as
+        an error tool_result. UNSUPPORTED_OPTION naming the agent where it cannot be enforced.
+        """
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Workspace-relative paths of files (e.g. uploaded images) the agent is given with the prompt;
+        each must exist in the session's workspace (capability `attachments`).
+        """
+
     def __init__(
         self,
         *,
@@ -423,10 +465,15 @@ class SubmitJobRequest(_message.Message):
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
         subagents: _abc.Iterable[_builtins.str] | None = ...,
         skills: _abc.Iterable[_builtins.str] | None = ...,
+        stream_deltas: _builtins.bool = ...,
+        output_schema: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        disallowed_tools: _abc.Iterable[_builtins.str] | None = ...,
+        attachments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_rules", b"allow_rules", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "deny_rules", b"deny_rules", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "permission_mode", b"permission_mode", "permission_timeout_seconds", b"permission_timeout_seconds", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "variables", b"variables", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_rules", b"allow_rules", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "attachments", b"attachments", "deny_rules", b"deny_rules", "disallowed_tools", b"disallowed_tools", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "output_schema", b"output_schema", "permission_mode", b"permission_mode", "permission_timeout_seconds", b"permission_timeout_seconds", "preset", b"preset", "prompt", b"prompt", "request_id", b"request_id", "session_id", b"session_id", "skills", b"skills", "stream_deltas", b"stream_deltas", "subagents", b"subagents", "system_prompt", b"system_prompt", "timeout_seconds", b"timeout_seconds", "variables", b"variables", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -752,6 +799,10 @@ class JobEvent(_message.Message):
     PERMISSION_REQUEST_FIELD_NUMBER: _builtins.int
     PERMISSION_RESOLVED_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    TEXT_DELTA_FIELD_NUMBER: _builtins.int
+    THINKING_DELTA_FIELD_NUMBER: _builtins.int
+    THINKING_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the job's event log, from 1."""
     raw: _builtins.str
@@ -828,6 +879,24 @@ class JobEvent(_message.Message):
     def input(self) -> Global___InputEvent:
         """A user message was delivered to the agent."""
 
+    @_builtins.property
+    def text_delta(self) -> Global___TextEvent:
+        """A piece of the answer text as the model produced it (stream_deltas); the pieces of a block
+        concatenate to the `text` event that follows them.
+        """
+
+    @_builtins.property
+    def thinking_delta(self) -> Global___TextEvent:
+        """A piece of the model's reasoning as it was produced (stream_deltas)."""
+
+    @_builtins.property
+    def thinking(self) -> Global___TextEvent:
+        """The model's reasoning (or its summary), where the agent exposes it."""
+
+    @_builtins.property
+    def plan(self) -> Global___PlanEvent:
+        """The agent's plan or todo list as it now stands (Claude TodoWrite, Codex plan updates)."""
+
     def __init__(
         self,
         *,
@@ -851,16 +920,70 @@ class JobEvent(_message.Message):
         permission_request: Global___PermissionRequest | None = ...,
         permission_resolved: Global___PermissionResolved | None = ...,
         input: Global___InputEvent | None = ...,
+        text_delta: Global___TextEvent | None = ...,
+        thinking_delta: Global___TextEvent | None = ...,
+        thinking: Global___TextEvent | None = ...,
+        plan: Global___PlanEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "input", b"input", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "permission_request", b"permission_request", "permission_resolved", b"permission_resolved", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "input", b"input", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "permission_request", b"permission_request", "permission_resolved", b"permission_resolved", "plan", b"plan", "started", b"started", "stderr", b"stderr", "text", b"text", "text_delta", b"text_delta", "thinking", b"thinking", "thinking_delta", b"thinking_delta", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "input", b"input", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "permission_request", b"permission_request", "permission_resolved", b"permission_resolved", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_denied", b"egress_denied", "finished", b"finished", "init", b"init", "input", b"input", "kind", b"kind", "limit_exceeded", b"limit_exceeded", "model_call", b"model_call", "other", b"other", "permission_request", b"permission_request", "permission_resolved", b"permission_resolved", "plan", b"plan", "raw", b"raw", "seq", b"seq", "started", b"started", "stderr", b"stderr", "text", b"text", "text_delta", b"text_delta", "thinking", b"thinking", "thinking_delta", b"thinking_delta", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "truncated", b"truncated", "unparsed", b"unparsed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call", "egress_denied", "permission_request", "permission_resolved", "input"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "init", "text", "tool_call", "tool_result", "usage", "stderr", "unparsed", "other", "truncated", "finished", "limit_exceeded", "model_call", "egress_denied", "permission_request", "permission_resolved", "input", "text_delta", "thinking_delta", "thinking", "plan"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+
+@_typing.final
+class PlanEvent(_message.Message):
+    """The agent's plan: every item, in order, with its status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanItem]:
+        """The items, the whole list each time."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___PlanItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanEvent: _TypeAlias = PlanEvent  # noqa: Y015
+
+@_typing.final
+class PlanItem(_message.Message):
+    """One step of a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    """What the step is."""
+    status: _builtins.str
+    """`pending`, `in_progress` or `completed`."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanItem: _TypeAlias = PlanItem  # noqa: Y015
 
 @_typing.final
 class JobStarted(_message.Message):

@@ -212,6 +212,7 @@ class AgentInfo(_message.Message):
     PROBLEM_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
     CONTROLS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Profile name, as given in SubmitJobRequest.agent."""
     kind: _builtins.str
@@ -235,6 +236,13 @@ class AgentInfo(_message.Message):
         answers UNSUPPORTED_OPTION naming the agent.
         """
 
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The job options and event kinds this agent supports beyond the basics: `stream_deltas`,
+        `thinking`, `plan`, `output_schema_native` (checked by the agent itself, not only by
+        agentd), `system_prompt`, `disallowed_tools`, `attachments`.
+        """
+
     def __init__(
         self,
         *,
@@ -246,10 +254,11 @@ class AgentInfo(_message.Message):
         problem: _builtins.str = ...,
         sandbox: Global___AgentSandbox | None = ...,
         controls: _abc.Iterable[_builtins.str] | None = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "command", b"command", "controls", b"controls", "kind", b"kind", "name", b"name", "problem", b"problem", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capabilities", b"capabilities", "command", b"command", "controls", b"controls", "kind", b"kind", "name", b"name", "problem", b"problem", "sandbox", b"sandbox", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -56,6 +56,16 @@ class SessionServiceStub:
                 request_serializer=agentd_dot_v1_dot_session__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=agentd_dot_v1_dot_session__pb2.DeleteSessionResponse.FromString,
                 _registered_method=True)
+        self.RewindSession = channel.unary_unary(
+                '/agentd.v1.SessionService/RewindSession',
+                request_serializer=agentd_dot_v1_dot_session__pb2.RewindSessionRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_session__pb2.RewindSessionResponse.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/agentd.v1.SessionService/ForkSession',
+                request_serializer=agentd_dot_v1_dot_session__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=agentd_dot_v1_dot_session__pb2.ForkSessionResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -91,6 +101,26 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RewindSession(self, request, context):
+        """Puts the session's workspace back to a job's snapshot (before or after it) and its agent's
+        conversation back to that point, so the next job continues from there. Refused with
+        SESSION_BUSY while a job of the session is queued or running; UNSUPPORTED_OPTION when the
+        job's agent has no way to go back in its conversation. Later jobs stay listed, marked
+        `rewound_past`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """Creates a new session of the same tenant whose workspace is a job's snapshot and whose
+        conversation is a fork of the job's (the parent is untouched). UNSUPPORTED_OPTION when the
+        job's agent cannot fork its conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +143,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.DeleteSession,
                     request_deserializer=agentd_dot_v1_dot_session__pb2.DeleteSessionRequest.FromString,
                     response_serializer=agentd_dot_v1_dot_session__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'RewindSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RewindSession,
+                    request_deserializer=agentd_dot_v1_dot_session__pb2.RewindSessionRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_session__pb2.RewindSessionResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=agentd_dot_v1_dot_session__pb2.ForkSessionRequest.FromString,
+                    response_serializer=agentd_dot_v1_dot_session__pb2.ForkSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +265,60 @@ class SessionService:
             '/agentd.v1.SessionService/DeleteSession',
             agentd_dot_v1_dot_session__pb2.DeleteSessionRequest.SerializeToString,
             agentd_dot_v1_dot_session__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewindSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.SessionService/RewindSession',
+            agentd_dot_v1_dot_session__pb2.RewindSessionRequest.SerializeToString,
+            agentd_dot_v1_dot_session__pb2.RewindSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentd.v1.SessionService/ForkSession',
+            agentd_dot_v1_dot_session__pb2.ForkSessionRequest.SerializeToString,
+            agentd_dot_v1_dot_session__pb2.ForkSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

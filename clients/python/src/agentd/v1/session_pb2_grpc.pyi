@@ -43,6 +43,18 @@ class SessionServiceStub:
     """Lists the caller's sessions, newest first, with optional label filtering."""
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteSessionRequest, _session_pb2.DeleteSessionResponse]
     """Deletes a session: cancels its queued and running jobs and removes its workspace."""
+    RewindSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.RewindSessionRequest, _session_pb2.RewindSessionResponse]
+    """Puts the session's workspace back to a job's snapshot (before or after it) and its agent's
+    conversation back to that point, so the next job continues from there. Refused with
+    SESSION_BUSY while a job of the session is queued or running; UNSUPPORTED_OPTION when the
+    job's agent has no way to go back in its conversation. Later jobs stay listed, marked
+    `rewound_past`.
+    """
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.ForkSessionRequest, _session_pb2.ForkSessionResponse]
+    """Creates a new session of the same tenant whose workspace is a job's snapshot and whose
+    conversation is a fork of the job's (the parent is untouched). UNSUPPORTED_OPTION when the
+    job's agent cannot fork its conversation.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -59,6 +71,18 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Lists the caller's sessions, newest first, with optional label filtering."""
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteSessionRequest, _session_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     """Deletes a session: cancels its queued and running jobs and removes its workspace."""
+    RewindSession: _aio.UnaryUnaryMultiCallable[_session_pb2.RewindSessionRequest, _session_pb2.RewindSessionResponse]  # type: ignore[assignment]
+    """Puts the session's workspace back to a job's snapshot (before or after it) and its agent's
+    conversation back to that point, so the next job continues from there. Refused with
+    SESSION_BUSY while a job of the session is queued or running; UNSUPPORTED_OPTION when the
+    job's agent has no way to go back in its conversation. Later jobs stay listed, marked
+    `rewound_past`.
+    """
+    ForkSession: _aio.UnaryUnaryMultiCallable[_session_pb2.ForkSessionRequest, _session_pb2.ForkSessionResponse]  # type: ignore[assignment]
+    """Creates a new session of the same tenant whose workspace is a job's snapshot and whose
+    conversation is a fork of the job's (the parent is untouched). UNSUPPORTED_OPTION when the
+    job's agent cannot fork its conversation.
+    """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SessionService manages sessions: isolated workspaces (a directory of files plus a private HOME
@@ -96,5 +120,29 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.DeleteSessionResponse, _abc.Awaitable[_session_pb2.DeleteSessionResponse]]:
         """Deletes a session: cancels its queued and running jobs and removes its workspace."""
+
+    @_abc_1.abstractmethod
+    def RewindSession(
+        self,
+        request: _session_pb2.RewindSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.RewindSessionResponse, _abc.Awaitable[_session_pb2.RewindSessionResponse]]:
+        """Puts the session's workspace back to a job's snapshot (before or after it) and its agent's
+        conversation back to that point, so the next job continues from there. Refused with
+        SESSION_BUSY while a job of the session is queued or running; UNSUPPORTED_OPTION when the
+        job's agent has no way to go back in its conversation. Later jobs stay listed, marked
+        `rewound_past`.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _session_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ForkSessionResponse, _abc.Awaitable[_session_pb2.ForkSessionResponse]]:
+        """Creates a new session of the same tenant whose workspace is a job's snapshot and whose
+        conversation is a fork of the job's (the parent is untouched). UNSUPPORTED_OPTION when the
+        job's agent cannot fork its conversation.
+        """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

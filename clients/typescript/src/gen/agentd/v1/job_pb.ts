@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/job.proto.
  */
 export const file_agentd_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIuoDCgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCSKGBQoQU3VibWl0Sm9iUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg0KBWFnZW50GAIgASgJEg4KBnByb21wdBgDIAEoCRINCgVtb2RlbBgEIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYBSABKA0SMQoDZW52GAYgAygLMiQuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuRW52RW50cnkSFQoNYWxsb3dlZF90b29scxgHIAMoCRIRCgltYXhfdHVybnMYCCABKA0SHAoUYXBwZW5kX3N5c3RlbV9wcm9tcHQYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIXCg9wZXJtaXNzaW9uX21vZGUYCyABKAkSFAoMbWF4X2Nvc3RfdXNkGDIgASgBEhIKCm1heF90b2tlbnMYMyABKAQSEwoLd2ViaG9va191cmwYPCABKAkSEwoLYWxsb3dfcnVsZXMYRiADKAkSEgoKZGVueV9ydWxlcxhHIAMoCRIiChpwZXJtaXNzaW9uX3RpbWVvdXRfc2Vjb25kcxhIIAEoDRIOCgZwcmVzZXQYLSABKAkSPQoJdmFyaWFibGVzGC4gAygLMiouYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QuVmFyaWFibGVzRW50cnkSEwoLbWNwX3NlcnZlcnMYLyADKAkSEQoJc3ViYWdlbnRzGDAgAygJEg4KBnNraWxscxgxIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIItQGCghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIAEIGCgRraW5kIloKCkpvYlN0YXJ0ZWQSDQoFYWdlbnQYASABKAkSDwoHY29tbWFuZBgCIAEoCRILCgNwaWQYAyABKAUSHwoXcmVzdW1lZF9jb252ZXJzYXRpb25faWQYBCABKAkiWQoJQWdlbnRJbml0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV0b29scxgDIAMoCRIVCg1hZ2VudF92ZXJzaW9uGAQgASgJIhkKCVRleHRFdmVudBIMCgR0ZXh0GAEgASgJIjgKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCSI7CgpUb29sUmVzdWx0EgoKAmlkGAEgASgJEhAKCGlzX2Vycm9yGAIgASgIEg8KB2NvbnRlbnQYAyABKAkiLQoKT3V0cHV0TGluZRIMCgRsaW5lGAEgASgJEhEKCXRydW5jYXRlZBgCIAEoCCIaCgpPdGhlckV2ZW50EgwKBHR5cGUYASABKAkiIQoPT3V0cHV0VHJ1bmNhdGVkEg4KBnJlYXNvbhgBIAEoCSK1AQoLSm9iRmluaXNoZWQSIgoFc3RhdGUYASABKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSKgoLZXhpdF9zdGF0dXMYAiABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIOCgZyZXN1bHQYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIfCgV1c2FnZRgFIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIOCgZyZWFzb24YBiABKAkiewoRUGVybWlzc2lvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIMCgR0b29sGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSFwoPc3VnZ2VzdGlvbl9qc29uGAQgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoDSJVChJQZXJtaXNzaW9uUmVzb2x2ZWQSEgoKcmVxdWVzdF9pZBgBIAEoCRILCgN3aG8YAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIaCgpJbnB1dEV2ZW50EgwKBHRleHQYASABKAkiYAoaUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSDQoFYWxsb3cYAyABKAgSDwoHbWVzc2FnZRgEIAEoCSIdChtSZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2UiMAoQU2VuZElucHV0UmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDAoEdGV4dBgCIAEoCSITChFTZW5kSW5wdXRSZXNwb25zZSIlChNJbnRlcnJ1cHRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIWChRJbnRlcnJ1cHRKb2JSZXNwb25zZSLJAgoNQXR0YWNoUmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgEEi0KBnN1Ym1pdBgKIAEoCzIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0SAASJgoGYXR0YWNoGAsgASgLMhQuYWdlbnRkLnYxLkF0dGFjaEpvYkgAEjgKB3Jlc3BvbmQYDCABKAsyJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3RIABIsCgVpbnB1dBgNIAEoCzIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0SAASMwoJaW50ZXJydXB0GA4gASgLMh4uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlcXVlc3RIABImCgZkZXRhY2gYDyABKAsyFC5hZ2VudGQudjEuRGV0YWNoSm9iSABCCAoGYWN0aW9uIi4KCUF0dGFjaEpvYhIOCgZqb2JfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEIhsKCURldGFjaEpvYhIOCgZqb2JfaWQYASABKAkikQEKDkF0dGFjaFJlc3BvbnNlEiMKA2FjaxgBIAEoCzIULmFnZW50ZC52MS5BdHRhY2hBY2tIABInCgVlcnJvchgCIAEoCzIWLmFnZW50ZC52MS5BdHRhY2hFcnJvckgAEikKBmV2ZW50cxgDIAEoCzIXLmFnZW50ZC52MS5BdHRhY2hFdmVudHNIAEIGCgRraW5kIjwKCUF0dGFjaEFjaxISCgptZXNzYWdlX2lkGAEgASgEEhsKA2pvYhgCIAEoCzIOLmFnZW50ZC52MS5Kb2IiUAoLQXR0YWNoRXJyb3ISEgoKbWVzc2FnZV9pZBgBIAEoBBIMCgRjb2RlGAIgASgFEg4KBnJlYXNvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJIlYKDEF0dGFjaEV2ZW50cxIOCgZqb2JfaWQYASABKAkSIwoGZXZlbnRzGAIgAygLMhMuYWdlbnRkLnYxLkpvYkV2ZW50EhEKCWtlZXBhbGl2ZRgDIAEoCCIvCg1MaW1pdEV4Y2VlZGVkEg0KBWxpbWl0GAEgASgJEg8KB21lc3NhZ2UYAiABKAki7wEKEFdhdGNoSm9ic1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRI3CgZsYWJlbHMYAiADKAsyJy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIOCgZhZ2VudHMYAyADKAkSIwoGc3RhdGVzGAQgAygOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEhkKDGFmdGVyX2N1cnNvchgFIAEoBEgAiAEBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2FmdGVyX2N1cnNvciJiCglKb2JDaGFuZ2USDgoGY3Vyc29yGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKA2pvYhgDIAEoCzIOLmFnZW50ZC52MS5Kb2IiXQoRV2F0Y2hKb2JzUmVzcG9uc2USJQoHY2hhbmdlcxgBIAMoCzIULmFnZW50ZC52MS5Kb2JDaGFuZ2USEQoJa2VlcGFsaXZlGAIgASgIEg4KBmN1cnNvchgDIAEoBCI5Cg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFwoPdGltZW91dF9zZWNvbmRzGAIgASgNIkEKD1dhaXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iEhEKCXRpbWVkX291dBgCIAEoCCqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTSk9CX1NUQVRFX1RJTUVEX09VVBAGMosHCgpKb2JTZXJ2aWNlEkYKCVN1Ym1pdEpvYhIbLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEj0KBkdldEpvYhIYLmFnZW50ZC52MS5HZXRKb2JSZXF1ZXN0GhkuYWdlbnRkLnYxLkdldEpvYlJlc3BvbnNlEkMKCExpc3RKb2JzEhouYWdlbnRkLnYxLkxpc3RKb2JzUmVxdWVzdBobLmFnZW50ZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkYKCUNhbmNlbEpvYhIbLmFnZW50ZC52MS5DYW5jZWxKb2JSZXF1ZXN0GhwuYWdlbnRkLnYxLkNhbmNlbEpvYlJlc3BvbnNlEloKD1N0cmVhbUpvYkV2ZW50cxIhLmFnZW50ZC52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GiIuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1Jlc3BvbnNlMAESPwoGUnVuSm9iEhguYWdlbnRkLnYxLlJ1bkpvYlJlcXVlc3QaGS5hZ2VudGQudjEuUnVuSm9iUmVzcG9uc2UwARJICglXYXRjaEpvYnMSGy5hZ2VudGQudjEuV2F0Y2hKb2JzUmVxdWVzdBocLmFnZW50ZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEkAKB1dhaXRKb2ISGS5hZ2VudGQudjEuV2FpdEpvYlJlcXVlc3QaGi5hZ2VudGQudjEuV2FpdEpvYlJlc3BvbnNlEmQKE1Jlc3BvbmRUb1Blcm1pc3Npb24SJS5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlcXVlc3QaJi5hZ2VudGQudjEuUmVzcG9uZFRvUGVybWlzc2lvblJlc3BvbnNlEkYKCVNlbmRJbnB1dBIbLmFnZW50ZC52MS5TZW5kSW5wdXRSZXF1ZXN0GhwuYWdlbnRkLnYxLlNlbmRJbnB1dFJlc3BvbnNlEk8KDEludGVycnVwdEpvYhIeLmFnZW50ZC52MS5JbnRlcnJ1cHRKb2JSZXF1ZXN0Gh8uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlc3BvbnNlEkEKBkF0dGFjaBIYLmFnZW50ZC52MS5BdHRhY2hSZXF1ZXN0GhkuYWdlbnRkLnYxLkF0dGFjaFJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
+  fileDesc("ChNhZ2VudGQvdjEvam9iLnByb3RvEglhZ2VudGQudjEiOAoKRXhpdFN0YXR1cxIOCgRjb2RlGAEgASgFSAASEAoGc2lnbmFsGAIgASgFSABCCAoGc3RhdHVzIsYBCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAQSFQoNb3V0cHV0X3Rva2VucxgCIAEoBBIfChdjYWNoZV9yZWFkX2lucHV0X3Rva2VucxgDIAEoBBIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYBCABKAQSFQoIY29zdF91c2QYBSABKAFIAIgBARIRCgludW1fdHVybnMYBiABKA0SEwoLZHVyYXRpb25fbXMYByABKARCCwoJX2Nvc3RfdXNkIpsECgNKb2ISDgoGam9iX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDQoFYWdlbnQYAyABKAkSDQoFbW9kZWwYBCABKAkSDgoGcHJvbXB0GAUgASgJEiIKBXN0YXRlGAYgASgOMhMuYWdlbnRkLnYxLkpvYlN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcXVldWVfcG9zaXRpb24YCiABKA0SKgoLZXhpdF9zdGF0dXMYCyABKAsyFS5hZ2VudGQudjEuRXhpdFN0YXR1cxIVCg1lcnJvcl9tZXNzYWdlGAwgASgJEg4KBnJlc3VsdBgNIAEoCRIfCgV1c2FnZRgOIAEoCzIQLmFnZW50ZC52MS5Vc2FnZRIXCg9jb252ZXJzYXRpb25faWQYDyABKAkSFwoPdGltZW91dF9zZWNvbmRzGBAgASgNEhAKCGxhc3Rfc2VxGBEgASgEEg4KBnJlYXNvbhgSIAEoCRIUCgxyZXdvdW5kX3Bhc3QYUCABKAgSGQoRc3RydWN0dXJlZF9yZXN1bHQYKCABKAki+gUKEFN1Ym1pdEpvYlJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVhZ2VudBgCIAEoCRIOCgZwcm9tcHQYAyABKAkSDQoFbW9kZWwYBCABKAkSFwoPdGltZW91dF9zZWNvbmRzGAUgASgNEjEKA2VudhgGIAMoCzIkLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LkVudkVudHJ5EhUKDWFsbG93ZWRfdG9vbHMYByADKAkSEQoJbWF4X3R1cm5zGAggASgNEhwKFGFwcGVuZF9zeXN0ZW1fcHJvbXB0GAkgASgJEhIKCnJlcXVlc3RfaWQYCiABKAkSFwoPcGVybWlzc2lvbl9tb2RlGAsgASgJEhQKDG1heF9jb3N0X3VzZBgyIAEoARISCgptYXhfdG9rZW5zGDMgASgEEhMKC3dlYmhvb2tfdXJsGDwgASgJEhMKC2FsbG93X3J1bGVzGEYgAygJEhIKCmRlbnlfcnVsZXMYRyADKAkSIgoacGVybWlzc2lvbl90aW1lb3V0X3NlY29uZHMYSCABKA0SDgoGcHJlc2V0GC0gASgJEj0KCXZhcmlhYmxlcxguIAMoCzIqLmFnZW50ZC52MS5TdWJtaXRKb2JSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhMKC21jcF9zZXJ2ZXJzGC8gAygJEhEKCXN1YmFnZW50cxgwIAMoCRIOCgZza2lsbHMYMSADKAkSFQoNc3RyZWFtX2RlbHRhcxgoIAEoCBIVCg1vdXRwdXRfc2NoZW1hGCkgASgJEhUKDXN5c3RlbV9wcm9tcHQYKiABKAkSGAoQZGlzYWxsb3dlZF90b29scxgrIAMoCRITCgthdHRhY2htZW50cxgsIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoRU3VibWl0Sm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYiIfCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSItCg5HZXRKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iInEKD0xpc3RKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiMKBnN0YXRlcxgEIAMoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZSJJChBMaXN0Sm9ic1Jlc3BvbnNlEhwKBGpvYnMYASADKAsyDi5hZ2VudGQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIwChFDYW5jZWxKb2JSZXNwb25zZRIbCgNqb2IYASABKAsyDi5hZ2VudGQudjEuSm9iIjsKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBCJRChdTdHJlYW1Kb2JFdmVudHNSZXNwb25zZRIjCgZldmVudHMYASADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAIgASgIIjkKDVJ1bkpvYlJlcXVlc3QSKAoDam9iGAEgASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QiZQoOUnVuSm9iUmVzcG9uc2USGwoDam9iGAEgASgLMg4uYWdlbnRkLnYxLkpvYhIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIIoAICghKb2JFdmVudBILCgNzZXEYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDcmF3GAMgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5hZ2VudGQudjEuSm9iU3RhcnRlZEgAEiQKBGluaXQYCyABKAsyFC5hZ2VudGQudjEuQWdlbnRJbml0SAASJAoEdGV4dBgMIAEoCzIULmFnZW50ZC52MS5UZXh0RXZlbnRIABIoCgl0b29sX2NhbGwYDSABKAsyEy5hZ2VudGQudjEuVG9vbENhbGxIABIsCgt0b29sX3Jlc3VsdBgOIAEoCzIVLmFnZW50ZC52MS5Ub29sUmVzdWx0SAASIQoFdXNhZ2UYDyABKAsyEC5hZ2VudGQudjEuVXNhZ2VIABInCgZzdGRlcnIYECABKAsyFS5hZ2VudGQudjEuT3V0cHV0TGluZUgAEikKCHVucGFyc2VkGBEgASgLMhUuYWdlbnRkLnYxLk91dHB1dExpbmVIABImCgVvdGhlchgSIAEoCzIVLmFnZW50ZC52MS5PdGhlckV2ZW50SAASLwoJdHJ1bmNhdGVkGBMgASgLMhouYWdlbnRkLnYxLk91dHB1dFRydW5jYXRlZEgAEioKCGZpbmlzaGVkGBQgASgLMhYuYWdlbnRkLnYxLkpvYkZpbmlzaGVkSAASMgoObGltaXRfZXhjZWVkZWQYFSABKAsyGC5hZ2VudGQudjEuTGltaXRFeGNlZWRlZEgAEioKCm1vZGVsX2NhbGwYMiABKAsyFC5hZ2VudGQudjEuTW9kZWxDYWxsSAASMAoNZWdyZXNzX2RlbmllZBgzIAEoCzIXLmFnZW50ZC52MS5FZ3Jlc3NEZW5pZWRIABI6ChJwZXJtaXNzaW9uX3JlcXVlc3QYRiABKAsyHC5hZ2VudGQudjEuUGVybWlzc2lvblJlcXVlc3RIABI8ChNwZXJtaXNzaW9uX3Jlc29sdmVkGEcgASgLMh0uYWdlbnRkLnYxLlBlcm1pc3Npb25SZXNvbHZlZEgAEiYKBWlucHV0GEggASgLMhUuYWdlbnRkLnYxLklucHV0RXZlbnRIABIqCgp0ZXh0X2RlbHRhGCggASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEi4KDnRoaW5raW5nX2RlbHRhGCkgASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEigKCHRoaW5raW5nGCogASgLMhQuYWdlbnRkLnYxLlRleHRFdmVudEgAEiQKBHBsYW4YKyABKAsyFC5hZ2VudGQudjEuUGxhbkV2ZW50SABCBgoEa2luZCIvCglQbGFuRXZlbnQSIgoFaXRlbXMYASADKAsyEy5hZ2VudGQudjEuUGxhbkl0ZW0iKwoIUGxhbkl0ZW0SDwoHY29udGVudBgBIAEoCRIOCgZzdGF0dXMYAiABKAkiWgoKSm9iU3RhcnRlZBINCgVhZ2VudBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEgsKA3BpZBgDIAEoBRIfChdyZXN1bWVkX2NvbnZlcnNhdGlvbl9pZBgEIAEoCSJZCglBZ2VudEluaXQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEg0KBXRvb2xzGAMgAygJEhUKDWFnZW50X3ZlcnNpb24YBCABKAkiGQoJVGV4dEV2ZW50EgwKBHRleHQYASABKAkiOAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJIjsKClRvb2xSZXN1bHQSCgoCaWQYASABKAkSEAoIaXNfZXJyb3IYAiABKAgSDwoHY29udGVudBgDIAEoCSItCgpPdXRwdXRMaW5lEgwKBGxpbmUYASABKAkSEQoJdHJ1bmNhdGVkGAIgASgIIhoKCk90aGVyRXZlbnQSDAoEdHlwZRgBIAEoCSIhCg9PdXRwdXRUcnVuY2F0ZWQSDgoGcmVhc29uGAEgASgJIrUBCgtKb2JGaW5pc2hlZBIiCgVzdGF0ZRgBIAEoDjITLmFnZW50ZC52MS5Kb2JTdGF0ZRIqCgtleGl0X3N0YXR1cxgCIAEoCzIVLmFnZW50ZC52MS5FeGl0U3RhdHVzEg4KBnJlc3VsdBgDIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAQgASgJEh8KBXVzYWdlGAUgASgLMhAuYWdlbnRkLnYxLlVzYWdlEg4KBnJlYXNvbhgGIAEoCSJ7ChFQZXJtaXNzaW9uUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEgwKBHRvb2wYAiABKAkSEgoKaW5wdXRfanNvbhgDIAEoCRIXCg9zdWdnZXN0aW9uX2pzb24YBCABKAkSFwoPdGltZW91dF9zZWNvbmRzGAUgASgNIlUKElBlcm1pc3Npb25SZXNvbHZlZBISCgpyZXF1ZXN0X2lkGAEgASgJEgsKA3dobxgCIAEoCRINCgVhbGxvdxgDIAEoCBIPCgdtZXNzYWdlGAQgASgJIhoKCklucHV0RXZlbnQSDAoEdGV4dBgBIAEoCSJgChpSZXNwb25kVG9QZXJtaXNzaW9uUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRINCgVhbGxvdxgDIAEoCBIPCgdtZXNzYWdlGAQgASgJIh0KG1Jlc3BvbmRUb1Blcm1pc3Npb25SZXNwb25zZSIwChBTZW5kSW5wdXRSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJIhMKEVNlbmRJbnB1dFJlc3BvbnNlIiUKE0ludGVycnVwdEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIhYKFEludGVycnVwdEpvYlJlc3BvbnNlIskCCg1BdHRhY2hSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAQSLQoGc3VibWl0GAogASgLMhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3RIABImCgZhdHRhY2gYCyABKAsyFC5hZ2VudGQudjEuQXR0YWNoSm9iSAASOAoHcmVzcG9uZBgMIAEoCzIlLmFnZW50ZC52MS5SZXNwb25kVG9QZXJtaXNzaW9uUmVxdWVzdEgAEiwKBWlucHV0GA0gASgLMhsuYWdlbnRkLnYxLlNlbmRJbnB1dFJlcXVlc3RIABIzCglpbnRlcnJ1cHQYDiABKAsyHi5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVxdWVzdEgAEiYKBmRldGFjaBgPIAEoCzIULmFnZW50ZC52MS5EZXRhY2hKb2JIAEIICgZhY3Rpb24iLgoJQXR0YWNoSm9iEg4KBmpvYl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQiGwoJRGV0YWNoSm9iEg4KBmpvYl9pZBgBIAEoCSKRAQoOQXR0YWNoUmVzcG9uc2USIwoDYWNrGAEgASgLMhQuYWdlbnRkLnYxLkF0dGFjaEFja0gAEicKBWVycm9yGAIgASgLMhYuYWdlbnRkLnYxLkF0dGFjaEVycm9ySAASKQoGZXZlbnRzGAMgASgLMhcuYWdlbnRkLnYxLkF0dGFjaEV2ZW50c0gAQgYKBGtpbmQiPAoJQXR0YWNoQWNrEhIKCm1lc3NhZ2VfaWQYASABKAQSGwoDam9iGAIgASgLMg4uYWdlbnRkLnYxLkpvYiJQCgtBdHRhY2hFcnJvchISCgptZXNzYWdlX2lkGAEgASgEEgwKBGNvZGUYAiABKAUSDgoGcmVhc29uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkiVgoMQXR0YWNoRXZlbnRzEg4KBmpvYl9pZBgBIAEoCRIjCgZldmVudHMYAiADKAsyEy5hZ2VudGQudjEuSm9iRXZlbnQSEQoJa2VlcGFsaXZlGAMgASgIIi8KDUxpbWl0RXhjZWVkZWQSDQoFbGltaXQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSLvAQoQV2F0Y2hKb2JzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjcKBmxhYmVscxgCIAMoCzInLmFnZW50ZC52MS5XYXRjaEpvYnNSZXF1ZXN0LkxhYmVsc0VudHJ5Eg4KBmFnZW50cxgDIAMoCRIjCgZzdGF0ZXMYBCADKA4yEy5hZ2VudGQudjEuSm9iU3RhdGUSGQoMYWZ0ZXJfY3Vyc29yGAUgASgESACIAQEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIPCg1fYWZ0ZXJfY3Vyc29yImIKCUpvYkNoYW5nZRIOCgZjdXJzb3IYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoDam9iGAMgASgLMg4uYWdlbnRkLnYxLkpvYiJdChFXYXRjaEpvYnNSZXNwb25zZRIlCgdjaGFuZ2VzGAEgAygLMhQuYWdlbnRkLnYxLkpvYkNoYW5nZRIRCglrZWVwYWxpdmUYAiABKAgSDgoGY3Vyc29yGAMgASgEIjkKDldhaXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYAiABKA0iQQoPV2FpdEpvYlJlc3BvbnNlEhsKA2pvYhgBIAEoCzIOLmFnZW50ZC52MS5Kb2ISEQoJdGltZWRfb3V0GAIgASgIKrMBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBRIXChNKT0JfU1RBVEVfVElNRURfT1VUEAYyiwcKCkpvYlNlcnZpY2USRgoJU3VibWl0Sm9iEhsuYWdlbnRkLnYxLlN1Ym1pdEpvYlJlcXVlc3QaHC5hZ2VudGQudjEuU3VibWl0Sm9iUmVzcG9uc2USPQoGR2V0Sm9iEhguYWdlbnRkLnYxLkdldEpvYlJlcXVlc3QaGS5hZ2VudGQudjEuR2V0Sm9iUmVzcG9uc2USQwoITGlzdEpvYnMSGi5hZ2VudGQudjEuTGlzdEpvYnNSZXF1ZXN0GhsuYWdlbnRkLnYxLkxpc3RKb2JzUmVzcG9uc2USRgoJQ2FuY2VsSm9iEhsuYWdlbnRkLnYxLkNhbmNlbEpvYlJlcXVlc3QaHC5hZ2VudGQudjEuQ2FuY2VsSm9iUmVzcG9uc2USWgoPU3RyZWFtSm9iRXZlbnRzEiEuYWdlbnRkLnYxLlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QaIi5hZ2VudGQudjEuU3RyZWFtSm9iRXZlbnRzUmVzcG9uc2UwARI/CgZSdW5Kb2ISGC5hZ2VudGQudjEuUnVuSm9iUmVxdWVzdBoZLmFnZW50ZC52MS5SdW5Kb2JSZXNwb25zZTABEkgKCVdhdGNoSm9icxIbLmFnZW50ZC52MS5XYXRjaEpvYnNSZXF1ZXN0GhwuYWdlbnRkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESQAoHV2FpdEpvYhIZLmFnZW50ZC52MS5XYWl0Sm9iUmVxdWVzdBoaLmFnZW50ZC52MS5XYWl0Sm9iUmVzcG9uc2USZAoTUmVzcG9uZFRvUGVybWlzc2lvbhIlLmFnZW50ZC52MS5SZXNwb25kVG9QZXJtaXNzaW9uUmVxdWVzdBomLmFnZW50ZC52MS5SZXNwb25kVG9QZXJtaXNzaW9uUmVzcG9uc2USRgoJU2VuZElucHV0EhsuYWdlbnRkLnYxLlNlbmRJbnB1dFJlcXVlc3QaHC5hZ2VudGQudjEuU2VuZElucHV0UmVzcG9uc2USTwoMSW50ZXJydXB0Sm9iEh4uYWdlbnRkLnYxLkludGVycnVwdEpvYlJlcXVlc3QaHy5hZ2VudGQudjEuSW50ZXJydXB0Sm9iUmVzcG9uc2USQQoGQXR0YWNoEhguYWdlbnRkLnYxLkF0dGFjaFJlcXVlc3QaGS5hZ2VudGQudjEuQXR0YWNoUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_timestamp, file_agentd_v1_usage]);
 
 /**
  * How the agent process ended.
@@ -251,6 +251,22 @@ export type Job = Message<"agentd.v1.Job"> & {
    * @generated from field: string reason = 18;
    */
   reason: string;
+
+  /**
+   * Set once SessionService.RewindSession put the session back to a point before this job ended:
+   * its workspace changes and conversation are no longer the session's (the job stays listed).
+   *
+   * @generated from field: bool rewound_past = 80;
+   */
+  rewoundPast: boolean;
+
+  /**
+   * With SubmitJobRequest.output_schema: the final answer as JSON that satisfies the schema
+   * (compact); empty otherwise or when the job did not succeed.
+   *
+   * @generated from field: string structured_result = 40;
+   */
+  structuredResult: string;
 };
 
 /**
@@ -435,6 +451,48 @@ export type SubmitJobRequest = Message<"agentd.v1.SubmitJobRequest"> & {
    * @generated from field: repeated string skills = 49;
    */
   skills: string[];
+
+  /**
+   * Also stream the answer as it is produced: `text_delta` and `thinking_delta` events, live and
+   * replayable, for agents whose AgentInfo.capabilities list `stream_deltas` (ignored by the
+   * others). The complete `text` event still follows. A job stores at most 1 MiB of deltas; the
+   * rest of them are dropped (the full `text` events are kept).
+   *
+   * @generated from field: bool stream_deltas = 40;
+   */
+  streamDeltas: boolean;
+
+  /**
+   * A JSON Schema (draft 2020-12 or earlier) the final answer must satisfy. The answer is
+   * validated by the server and returned as Job.structured_result; an invalid one gets one
+   * corrective turn, then the job FAILS with reason `OUTPUT_SCHEMA`.
+   *
+   * @generated from field: string output_schema = 41;
+   */
+  outputSchema: string;
+
+  /**
+   * Replaces the agent's system prompt (capability `system_prompt`); UNSUPPORTED_OPTION elsewhere.
+   *
+   * @generated from field: string system_prompt = 42;
+   */
+  systemPrompt: string;
+
+  /**
+   * Tools the agent must not use (capability `disallowed_tools`): a call is refused, visibly, as
+   * an error tool_result. UNSUPPORTED_OPTION naming the agent where it cannot be enforced.
+   *
+   * @generated from field: repeated string disallowed_tools = 43;
+   */
+  disallowedTools: string[];
+
+  /**
+   * Workspace-relative paths of files (e.g. uploaded images) the agent is given with the prompt;
+   * each must exist in the session's workspace (capability `attachments`).
+   *
+   * @generated from field: repeated string attachments = 44;
+   */
+  attachments: string[];
 };
 
 /**
@@ -900,6 +958,39 @@ export type JobEvent = Message<"agentd.v1.JobEvent"> & {
      */
     value: InputEvent;
     case: "input";
+  } | {
+    /**
+     * A piece of the answer text as the model produced it (stream_deltas); the pieces of a block
+     * concatenate to the `text` event that follows them.
+     *
+     * @generated from field: agentd.v1.TextEvent text_delta = 40;
+     */
+    value: TextEvent;
+    case: "textDelta";
+  } | {
+    /**
+     * A piece of the model's reasoning as it was produced (stream_deltas).
+     *
+     * @generated from field: agentd.v1.TextEvent thinking_delta = 41;
+     */
+    value: TextEvent;
+    case: "thinkingDelta";
+  } | {
+    /**
+     * The model's reasoning (or its summary), where the agent exposes it.
+     *
+     * @generated from field: agentd.v1.TextEvent thinking = 42;
+     */
+    value: TextEvent;
+    case: "thinking";
+  } | {
+    /**
+     * The agent's plan or todo list as it now stands (Claude TodoWrite, Codex plan updates).
+     *
+     * @generated from field: agentd.v1.PlanEvent plan = 43;
+     */
+    value: PlanEvent;
+    case: "plan";
   } | { case: undefined; value?: undefined };
 };
 
@@ -909,6 +1000,55 @@ export type JobEvent = Message<"agentd.v1.JobEvent"> & {
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
   messageDesc(file_agentd_v1_job, 15);
+
+/**
+ * The agent's plan: every item, in order, with its status.
+ *
+ * @generated from message agentd.v1.PlanEvent
+ */
+export type PlanEvent = Message<"agentd.v1.PlanEvent"> & {
+  /**
+   * The items, the whole list each time.
+   *
+   * @generated from field: repeated agentd.v1.PlanItem items = 1;
+   */
+  items: PlanItem[];
+};
+
+/**
+ * Describes the message agentd.v1.PlanEvent.
+ * Use `create(PlanEventSchema)` to create a new message.
+ */
+export const PlanEventSchema: GenMessage<PlanEvent> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 16);
+
+/**
+ * One step of a plan.
+ *
+ * @generated from message agentd.v1.PlanItem
+ */
+export type PlanItem = Message<"agentd.v1.PlanItem"> & {
+  /**
+   * What the step is.
+   *
+   * @generated from field: string content = 1;
+   */
+  content: string;
+
+  /**
+   * `pending`, `in_progress` or `completed`.
+   *
+   * @generated from field: string status = 2;
+   */
+  status: string;
+};
+
+/**
+ * Describes the message agentd.v1.PlanItem.
+ * Use `create(PlanItemSchema)` to create a new message.
+ */
+export const PlanItemSchema: GenMessage<PlanItem> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_job, 17);
 
 /**
  * The agent process started.
@@ -950,7 +1090,7 @@ export type JobStarted = Message<"agentd.v1.JobStarted"> & {
  * Use `create(JobStartedSchema)` to create a new message.
  */
 export const JobStartedSchema: GenMessage<JobStarted> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 16);
+  messageDesc(file_agentd_v1_job, 18);
 
 /**
  * The agent reported its own session information.
@@ -992,7 +1132,7 @@ export type AgentInit = Message<"agentd.v1.AgentInit"> & {
  * Use `create(AgentInitSchema)` to create a new message.
  */
 export const AgentInitSchema: GenMessage<AgentInit> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 17);
+  messageDesc(file_agentd_v1_job, 19);
 
 /**
  * Text from the agent.
@@ -1013,7 +1153,7 @@ export type TextEvent = Message<"agentd.v1.TextEvent"> & {
  * Use `create(TextEventSchema)` to create a new message.
  */
 export const TextEventSchema: GenMessage<TextEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 18);
+  messageDesc(file_agentd_v1_job, 20);
 
 /**
  * The agent called a tool.
@@ -1048,7 +1188,7 @@ export type ToolCall = Message<"agentd.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 19);
+  messageDesc(file_agentd_v1_job, 21);
 
 /**
  * A tool returned.
@@ -1083,7 +1223,7 @@ export type ToolResult = Message<"agentd.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 20);
+  messageDesc(file_agentd_v1_job, 22);
 
 /**
  * A line of process output.
@@ -1111,7 +1251,7 @@ export type OutputLine = Message<"agentd.v1.OutputLine"> & {
  * Use `create(OutputLineSchema)` to create a new message.
  */
 export const OutputLineSchema: GenMessage<OutputLine> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 21);
+  messageDesc(file_agentd_v1_job, 23);
 
 /**
  * An agent event the schema does not model.
@@ -1132,7 +1272,7 @@ export type OtherEvent = Message<"agentd.v1.OtherEvent"> & {
  * Use `create(OtherEventSchema)` to create a new message.
  */
 export const OtherEventSchema: GenMessage<OtherEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 22);
+  messageDesc(file_agentd_v1_job, 24);
 
 /**
  * Output was dropped because the job exceeded an output limit.
@@ -1153,7 +1293,7 @@ export type OutputTruncated = Message<"agentd.v1.OutputTruncated"> & {
  * Use `create(OutputTruncatedSchema)` to create a new message.
  */
 export const OutputTruncatedSchema: GenMessage<OutputTruncated> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 23);
+  messageDesc(file_agentd_v1_job, 25);
 
 /**
  * The job's final state. Always the last event of a job.
@@ -1209,7 +1349,7 @@ export type JobFinished = Message<"agentd.v1.JobFinished"> & {
  * Use `create(JobFinishedSchema)` to create a new message.
  */
 export const JobFinishedSchema: GenMessage<JobFinished> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 24);
+  messageDesc(file_agentd_v1_job, 26);
 
 /**
  * The agent asks whether it may run a tool (permission_mode `ask`); answer with
@@ -1259,7 +1399,7 @@ export type PermissionRequest = Message<"agentd.v1.PermissionRequest"> & {
  * Use `create(PermissionRequestSchema)` to create a new message.
  */
 export const PermissionRequestSchema: GenMessage<PermissionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 25);
+  messageDesc(file_agentd_v1_job, 27);
 
 /**
  * A permission request was decided.
@@ -1301,7 +1441,7 @@ export type PermissionResolved = Message<"agentd.v1.PermissionResolved"> & {
  * Use `create(PermissionResolvedSchema)` to create a new message.
  */
 export const PermissionResolvedSchema: GenMessage<PermissionResolved> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 26);
+  messageDesc(file_agentd_v1_job, 28);
 
 /**
  * A user message delivered to the running agent (the prompt of a turn after the first).
@@ -1322,7 +1462,7 @@ export type InputEvent = Message<"agentd.v1.InputEvent"> & {
  * Use `create(InputEventSchema)` to create a new message.
  */
 export const InputEventSchema: GenMessage<InputEvent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 27);
+  messageDesc(file_agentd_v1_job, 29);
 
 /**
  * Request for JobService.RespondToPermission.
@@ -1364,7 +1504,7 @@ export type RespondToPermissionRequest = Message<"agentd.v1.RespondToPermissionR
  * Use `create(RespondToPermissionRequestSchema)` to create a new message.
  */
 export const RespondToPermissionRequestSchema: GenMessage<RespondToPermissionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 28);
+  messageDesc(file_agentd_v1_job, 30);
 
 /**
  * Response for JobService.RespondToPermission.
@@ -1379,7 +1519,7 @@ export type RespondToPermissionResponse = Message<"agentd.v1.RespondToPermission
  * Use `create(RespondToPermissionResponseSchema)` to create a new message.
  */
 export const RespondToPermissionResponseSchema: GenMessage<RespondToPermissionResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 29);
+  messageDesc(file_agentd_v1_job, 31);
 
 /**
  * Request for JobService.SendInput.
@@ -1407,7 +1547,7 @@ export type SendInputRequest = Message<"agentd.v1.SendInputRequest"> & {
  * Use `create(SendInputRequestSchema)` to create a new message.
  */
 export const SendInputRequestSchema: GenMessage<SendInputRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 30);
+  messageDesc(file_agentd_v1_job, 32);
 
 /**
  * Response for JobService.SendInput.
@@ -1422,7 +1562,7 @@ export type SendInputResponse = Message<"agentd.v1.SendInputResponse"> & {
  * Use `create(SendInputResponseSchema)` to create a new message.
  */
 export const SendInputResponseSchema: GenMessage<SendInputResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 31);
+  messageDesc(file_agentd_v1_job, 33);
 
 /**
  * Request for JobService.InterruptJob.
@@ -1443,7 +1583,7 @@ export type InterruptJobRequest = Message<"agentd.v1.InterruptJobRequest"> & {
  * Use `create(InterruptJobRequestSchema)` to create a new message.
  */
 export const InterruptJobRequestSchema: GenMessage<InterruptJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 32);
+  messageDesc(file_agentd_v1_job, 34);
 
 /**
  * Response for JobService.InterruptJob.
@@ -1458,7 +1598,7 @@ export type InterruptJobResponse = Message<"agentd.v1.InterruptJobResponse"> & {
  * Use `create(InterruptJobResponseSchema)` to create a new message.
  */
 export const InterruptJobResponseSchema: GenMessage<InterruptJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 33);
+  messageDesc(file_agentd_v1_job, 35);
 
 /**
  * A client message of JobService.Attach.
@@ -1535,7 +1675,7 @@ export type AttachRequest = Message<"agentd.v1.AttachRequest"> & {
  * Use `create(AttachRequestSchema)` to create a new message.
  */
 export const AttachRequestSchema: GenMessage<AttachRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 34);
+  messageDesc(file_agentd_v1_job, 36);
 
 /**
  * Follow a job on an Attach stream.
@@ -1563,7 +1703,7 @@ export type AttachJob = Message<"agentd.v1.AttachJob"> & {
  * Use `create(AttachJobSchema)` to create a new message.
  */
 export const AttachJobSchema: GenMessage<AttachJob> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 35);
+  messageDesc(file_agentd_v1_job, 37);
 
 /**
  * Stop following a job on an Attach stream.
@@ -1584,7 +1724,7 @@ export type DetachJob = Message<"agentd.v1.DetachJob"> & {
  * Use `create(DetachJobSchema)` to create a new message.
  */
 export const DetachJobSchema: GenMessage<DetachJob> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 36);
+  messageDesc(file_agentd_v1_job, 38);
 
 /**
  * A server message of JobService.Attach.
@@ -1627,7 +1767,7 @@ export type AttachResponse = Message<"agentd.v1.AttachResponse"> & {
  * Use `create(AttachResponseSchema)` to create a new message.
  */
 export const AttachResponseSchema: GenMessage<AttachResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 37);
+  messageDesc(file_agentd_v1_job, 39);
 
 /**
  * The answer to a client message that was done.
@@ -1655,7 +1795,7 @@ export type AttachAck = Message<"agentd.v1.AttachAck"> & {
  * Use `create(AttachAckSchema)` to create a new message.
  */
 export const AttachAckSchema: GenMessage<AttachAck> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 38);
+  messageDesc(file_agentd_v1_job, 40);
 
 /**
  * The answer to a client message that failed, with what its unary RPC would have answered.
@@ -1697,7 +1837,7 @@ export type AttachError = Message<"agentd.v1.AttachError"> & {
  * Use `create(AttachErrorSchema)` to create a new message.
  */
 export const AttachErrorSchema: GenMessage<AttachError> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 39);
+  messageDesc(file_agentd_v1_job, 41);
 
 /**
  * Events of one followed job on an Attach stream. After a job's `finished` event the stream
@@ -1733,7 +1873,7 @@ export type AttachEvents = Message<"agentd.v1.AttachEvents"> & {
  * Use `create(AttachEventsSchema)` to create a new message.
  */
 export const AttachEventsSchema: GenMessage<AttachEvents> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 40);
+  messageDesc(file_agentd_v1_job, 42);
 
 /**
  * A limit of the job's sandbox was hit. The job goes on when the agent does; when the limit ended
@@ -1763,7 +1903,7 @@ export type LimitExceeded = Message<"agentd.v1.LimitExceeded"> & {
  * Use `create(LimitExceededSchema)` to create a new message.
  */
 export const LimitExceededSchema: GenMessage<LimitExceeded> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 41);
+  messageDesc(file_agentd_v1_job, 43);
 
 /**
  * Request for JobService.WatchJobs.
@@ -1814,7 +1954,7 @@ export type WatchJobsRequest = Message<"agentd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 42);
+  messageDesc(file_agentd_v1_job, 44);
 
 /**
  * One change of one job: it was created (QUEUED), started (RUNNING) or finished.
@@ -1850,7 +1990,7 @@ export type JobChange = Message<"agentd.v1.JobChange"> & {
  * Use `create(JobChangeSchema)` to create a new message.
  */
 export const JobChangeSchema: GenMessage<JobChange> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 43);
+  messageDesc(file_agentd_v1_job, 45);
 
 /**
  * Response for JobService.WatchJobs.
@@ -1886,7 +2026,7 @@ export type WatchJobsResponse = Message<"agentd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 44);
+  messageDesc(file_agentd_v1_job, 46);
 
 /**
  * Request for JobService.WaitJob.
@@ -1914,7 +2054,7 @@ export type WaitJobRequest = Message<"agentd.v1.WaitJobRequest"> & {
  * Use `create(WaitJobRequestSchema)` to create a new message.
  */
 export const WaitJobRequestSchema: GenMessage<WaitJobRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 45);
+  messageDesc(file_agentd_v1_job, 47);
 
 /**
  * Response for JobService.WaitJob.
@@ -1942,7 +2082,7 @@ export type WaitJobResponse = Message<"agentd.v1.WaitJobResponse"> & {
  * Use `create(WaitJobResponseSchema)` to create a new message.
  */
 export const WaitJobResponseSchema: GenMessage<WaitJobResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_job, 46);
+  messageDesc(file_agentd_v1_job, 48);
 
 /**
  * The lifecycle state of a job.

@@ -2,8 +2,8 @@
 // @generated from file agentd/v1/session.proto (package agentd.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,140 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/session.proto.
  */
 export const file_agentd_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("ChdhZ2VudGQvdjEvc2Vzc2lvbi5wcm90bxIJYWdlbnRkLnYxIuACCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSLgoGbGFiZWxzGAIgAygLMh4uYWdlbnRkLnYxLlNlc3Npb24uTGFiZWxzRW50cnkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgt0dGxfc2Vjb25kcxgFIAEoDRISCgpmaWxlX2NvdW50GAYgASgEEhMKC3RvdGFsX2J5dGVzGAcgASgEEhEKCWpvYl9jb3VudBgIIAEoBBIWCg5ydW5uaW5nX2pvYl9pZBgJIAEoCRIXCg9jb252ZXJzYXRpb25faWQYCiABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJICgtGaWxlQ29udGVudBIMCgRwYXRoGAEgASgJEg8KB2NvbnRlbnQYAiABKAwSEQoEbW9kZRgDIAEoDUgAiAEBQgcKBV9tb2RlItIBChRDcmVhdGVTZXNzaW9uUmVxdWVzdBIlCgVmaWxlcxgBIAMoCzIWLmFnZW50ZC52MS5GaWxlQ29udGVudBITCgt0dGxfc2Vjb25kcxgCIAEoDRI7CgZsYWJlbHMYAyADKAsyKy5hZ2VudGQudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QuTGFiZWxzRW50cnkSEgoKcmVxdWVzdF9pZBgEIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIuYWdlbnRkLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLmFnZW50ZC52MS5TZXNzaW9uIrcBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEkUKDGxhYmVsX2ZpbHRlchgDIAMoCzIvLmFnZW50ZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0LkxhYmVsRmlsdGVyRW50cnkaMgoQTGFiZWxGaWx0ZXJFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIuYWdlbnRkLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiLwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlEhYKDmNhbmNlbGxlZF9qb2JzGAEgASgNMtQCCg5TZXNzaW9uU2VydmljZRJSCg1DcmVhdGVTZXNzaW9uEh8uYWdlbnRkLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAuYWdlbnRkLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJJCgpHZXRTZXNzaW9uEhwuYWdlbnRkLnYxLkdldFNlc3Npb25SZXF1ZXN0Gh0uYWdlbnRkLnYxLkdldFNlc3Npb25SZXNwb25zZRJPCgxMaXN0U2Vzc2lvbnMSHi5hZ2VudGQudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLmFnZW50ZC52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJSCg1EZWxldGVTZXNzaW9uEh8uYWdlbnRkLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiAuYWdlbnRkLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChdhZ2VudGQvdjEvc2Vzc2lvbi5wcm90bxIJYWdlbnRkLnYxImMKFFJld2luZFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGam9iX2lkGAIgASgJEicKBXBvaW50GAMgASgOMhguYWdlbnRkLnYxLlNuYXBzaG90UG9pbnQiVQoVUmV3aW5kU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi5hZ2VudGQudjEuU2Vzc2lvbhIXCg9yZXdvdW5kX2pvYl9pZHMYAiADKAkizAEKEkZvcmtTZXNzaW9uUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSJwoFcG9pbnQYAiABKA4yGC5hZ2VudGQudjEuU25hcHNob3RQb2ludBI5CgZsYWJlbHMYAyADKAsyKS5hZ2VudGQudjEuRm9ya1Nlc3Npb25SZXF1ZXN0LkxhYmVsc0VudHJ5EhMKC3R0bF9zZWNvbmRzGAQgASgNGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVQoTRm9ya1Nlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIuYWdlbnRkLnYxLlNlc3Npb24SGQoRcGFyZW50X3Nlc3Npb25faWQYAiABKAki4AIKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIuCgZsYWJlbHMYAiADKAsyHi5hZ2VudGQudjEuU2Vzc2lvbi5MYWJlbHNFbnRyeRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3R0bF9zZWNvbmRzGAUgASgNEhIKCmZpbGVfY291bnQYBiABKAQSEwoLdG90YWxfYnl0ZXMYByABKAQSEQoJam9iX2NvdW50GAggASgEEhYKDnJ1bm5pbmdfam9iX2lkGAkgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgKIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKC0ZpbGVDb250ZW50EgwKBHBhdGgYASABKAkSDwoHY29udGVudBgCIAEoDBIRCgRtb2RlGAMgASgNSACIAQFCBwoFX21vZGUi0gEKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EiUKBWZpbGVzGAEgAygLMhYuYWdlbnRkLnYxLkZpbGVDb250ZW50EhMKC3R0bF9zZWNvbmRzGAIgASgNEjsKBmxhYmVscxgDIAMoCzIrLmFnZW50ZC52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdC5MYWJlbHNFbnRyeRISCgpyZXF1ZXN0X2lkGAQgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi5hZ2VudGQudjEuU2Vzc2lvbiInChFHZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjkKEkdldFNlc3Npb25SZXNwb25zZRIjCgdzZXNzaW9uGAEgASgLMhIuYWdlbnRkLnYxLlNlc3Npb24itwEKE0xpc3RTZXNzaW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSRQoMbGFiZWxfZmlsdGVyGAMgAygLMi8uYWdlbnRkLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QuTGFiZWxGaWx0ZXJFbnRyeRoyChBMYWJlbEZpbHRlckVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVQoUTGlzdFNlc3Npb25zUmVzcG9uc2USJAoIc2Vzc2lvbnMYASADKAsyEi5hZ2VudGQudjEuU2Vzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKgoURGVsZXRlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIvChVEZWxldGVTZXNzaW9uUmVzcG9uc2USFgoOY2FuY2VsbGVkX2pvYnMYASABKA0qZAoNU25hcHNob3RQb2ludBIeChpTTkFQU0hPVF9QT0lOVF9VTlNQRUNJRklFRBAAEhkKFVNOQVBTSE9UX1BPSU5UX0JFRk9SRRABEhgKFFNOQVBTSE9UX1BPSU5UX0FGVEVSEAIy9gMKDlNlc3Npb25TZXJ2aWNlElIKDUNyZWF0ZVNlc3Npb24SHy5hZ2VudGQudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIC5hZ2VudGQudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEkkKCkdldFNlc3Npb24SHC5hZ2VudGQudjEuR2V0U2Vzc2lvblJlcXVlc3QaHS5hZ2VudGQudjEuR2V0U2Vzc2lvblJlc3BvbnNlEk8KDExpc3RTZXNzaW9ucxIeLmFnZW50ZC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8uYWdlbnRkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElIKDURlbGV0ZVNlc3Npb24SHy5hZ2VudGQudjEuRGVsZXRlU2Vzc2lvblJlcXVlc3QaIC5hZ2VudGQudjEuRGVsZXRlU2Vzc2lvblJlc3BvbnNlElIKDVJld2luZFNlc3Npb24SHy5hZ2VudGQudjEuUmV3aW5kU2Vzc2lvblJlcXVlc3QaIC5hZ2VudGQudjEuUmV3aW5kU2Vzc2lvblJlc3BvbnNlEkwKC0ZvcmtTZXNzaW9uEh0uYWdlbnRkLnYxLkZvcmtTZXNzaW9uUmVxdWVzdBoeLmFnZW50ZC52MS5Gb3JrU2Vzc2lvblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * Request for SessionService.RewindSession.
+ *
+ * @generated from message agentd.v1.RewindSessionRequest
+ */
+export type RewindSessionRequest = Message<"agentd.v1.RewindSessionRequest"> & {
+  /**
+   * The session to rewind.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * A finished job of that session.
+   *
+   * @generated from field: string job_id = 2;
+   */
+  jobId: string;
+
+  /**
+   * Before or after the job; unspecified means after.
+   *
+   * @generated from field: agentd.v1.SnapshotPoint point = 3;
+   */
+  point: SnapshotPoint;
+};
+
+/**
+ * Describes the message agentd.v1.RewindSessionRequest.
+ * Use `create(RewindSessionRequestSchema)` to create a new message.
+ */
+export const RewindSessionRequestSchema: GenMessage<RewindSessionRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_session, 0);
+
+/**
+ * Response for SessionService.RewindSession.
+ *
+ * @generated from message agentd.v1.RewindSessionResponse
+ */
+export type RewindSessionResponse = Message<"agentd.v1.RewindSessionResponse"> & {
+  /**
+   * The session as it is now.
+   *
+   * @generated from field: agentd.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+
+  /**
+   * The jobs newly marked `rewound_past`, oldest first.
+   *
+   * @generated from field: repeated string rewound_job_ids = 2;
+   */
+  rewoundJobIds: string[];
+};
+
+/**
+ * Describes the message agentd.v1.RewindSessionResponse.
+ * Use `create(RewindSessionResponseSchema)` to create a new message.
+ */
+export const RewindSessionResponseSchema: GenMessage<RewindSessionResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_session, 1);
+
+/**
+ * Request for SessionService.ForkSession.
+ *
+ * @generated from message agentd.v1.ForkSessionRequest
+ */
+export type ForkSessionRequest = Message<"agentd.v1.ForkSessionRequest"> & {
+  /**
+   * A finished job; the new session starts from its snapshot.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Before or after the job; unspecified means after.
+   *
+   * @generated from field: agentd.v1.SnapshotPoint point = 2;
+   */
+  point: SnapshotPoint;
+
+  /**
+   * Labels of the new session (as in CreateSession).
+   *
+   * @generated from field: map<string, string> labels = 3;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * Time to live of the new session; 0 means the server default.
+   *
+   * @generated from field: uint32 ttl_seconds = 4;
+   */
+  ttlSeconds: number;
+};
+
+/**
+ * Describes the message agentd.v1.ForkSessionRequest.
+ * Use `create(ForkSessionRequestSchema)` to create a new message.
+ */
+export const ForkSessionRequestSchema: GenMessage<ForkSessionRequest> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_session, 2);
+
+/**
+ * Response for SessionService.ForkSession.
+ *
+ * @generated from message agentd.v1.ForkSessionResponse
+ */
+export type ForkSessionResponse = Message<"agentd.v1.ForkSessionResponse"> & {
+  /**
+   * The new session.
+   *
+   * @generated from field: agentd.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+
+  /**
+   * The session the job belongs to.
+   *
+   * @generated from field: string parent_session_id = 2;
+   */
+  parentSessionId: string;
+};
+
+/**
+ * Describes the message agentd.v1.ForkSessionResponse.
+ * Use `create(ForkSessionResponseSchema)` to create a new message.
+ */
+export const ForkSessionResponseSchema: GenMessage<ForkSessionResponse> = /*@__PURE__*/
+  messageDesc(file_agentd_v1_session, 3);
 
 /**
  * A session: a workspace directory where jobs run one at a time, in submit order.
@@ -96,7 +229,7 @@ export type Session = Message<"agentd.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 0);
+  messageDesc(file_agentd_v1_session, 4);
 
 /**
  * One file given inline at session creation.
@@ -131,7 +264,7 @@ export type FileContent = Message<"agentd.v1.FileContent"> & {
  * Use `create(FileContentSchema)` to create a new message.
  */
 export const FileContentSchema: GenMessage<FileContent> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 1);
+  messageDesc(file_agentd_v1_session, 5);
 
 /**
  * Request for SessionService.CreateSession.
@@ -173,7 +306,7 @@ export type CreateSessionRequest = Message<"agentd.v1.CreateSessionRequest"> & {
  * Use `create(CreateSessionRequestSchema)` to create a new message.
  */
 export const CreateSessionRequestSchema: GenMessage<CreateSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 2);
+  messageDesc(file_agentd_v1_session, 6);
 
 /**
  * Response for SessionService.CreateSession.
@@ -194,7 +327,7 @@ export type CreateSessionResponse = Message<"agentd.v1.CreateSessionResponse"> &
  * Use `create(CreateSessionResponseSchema)` to create a new message.
  */
 export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 3);
+  messageDesc(file_agentd_v1_session, 7);
 
 /**
  * Request for SessionService.GetSession.
@@ -215,7 +348,7 @@ export type GetSessionRequest = Message<"agentd.v1.GetSessionRequest"> & {
  * Use `create(GetSessionRequestSchema)` to create a new message.
  */
 export const GetSessionRequestSchema: GenMessage<GetSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 4);
+  messageDesc(file_agentd_v1_session, 8);
 
 /**
  * Response for SessionService.GetSession.
@@ -236,7 +369,7 @@ export type GetSessionResponse = Message<"agentd.v1.GetSessionResponse"> & {
  * Use `create(GetSessionResponseSchema)` to create a new message.
  */
 export const GetSessionResponseSchema: GenMessage<GetSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 5);
+  messageDesc(file_agentd_v1_session, 9);
 
 /**
  * Request for SessionService.ListSessions.
@@ -271,7 +404,7 @@ export type ListSessionsRequest = Message<"agentd.v1.ListSessionsRequest"> & {
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 6);
+  messageDesc(file_agentd_v1_session, 10);
 
 /**
  * Response for SessionService.ListSessions.
@@ -299,7 +432,7 @@ export type ListSessionsResponse = Message<"agentd.v1.ListSessionsResponse"> & {
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 7);
+  messageDesc(file_agentd_v1_session, 11);
 
 /**
  * Request for SessionService.DeleteSession.
@@ -320,7 +453,7 @@ export type DeleteSessionRequest = Message<"agentd.v1.DeleteSessionRequest"> & {
  * Use `create(DeleteSessionRequestSchema)` to create a new message.
  */
 export const DeleteSessionRequestSchema: GenMessage<DeleteSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 8);
+  messageDesc(file_agentd_v1_session, 12);
 
 /**
  * Response for SessionService.DeleteSession.
@@ -341,7 +474,41 @@ export type DeleteSessionResponse = Message<"agentd.v1.DeleteSessionResponse"> &
  * Use `create(DeleteSessionResponseSchema)` to create a new message.
  */
 export const DeleteSessionResponseSchema: GenMessage<DeleteSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentd_v1_session, 9);
+  messageDesc(file_agentd_v1_session, 13);
+
+/**
+ * Which side of a job a snapshot of its workspace was taken on.
+ *
+ * @generated from enum agentd.v1.SnapshotPoint
+ */
+export enum SnapshotPoint {
+  /**
+   * Means AFTER.
+   *
+   * @generated from enum value: SNAPSHOT_POINT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * As the workspace was when the job started (and the conversation before it).
+   *
+   * @generated from enum value: SNAPSHOT_POINT_BEFORE = 1;
+   */
+  BEFORE = 1,
+
+  /**
+   * As the job left the workspace (and the conversation after it).
+   *
+   * @generated from enum value: SNAPSHOT_POINT_AFTER = 2;
+   */
+  AFTER = 2,
+}
+
+/**
+ * Describes the enum agentd.v1.SnapshotPoint.
+ */
+export const SnapshotPointSchema: GenEnum<SnapshotPoint> = /*@__PURE__*/
+  enumDesc(file_agentd_v1_session, 0);
 
 /**
  * SessionService manages sessions: isolated workspaces (a directory of files plus a private HOME
@@ -389,6 +556,32 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof DeleteSessionRequestSchema;
     output: typeof DeleteSessionResponseSchema;
+  },
+  /**
+   * Puts the session's workspace back to a job's snapshot (before or after it) and its agent's
+   * conversation back to that point, so the next job continues from there. Refused with
+   * SESSION_BUSY while a job of the session is queued or running; UNSUPPORTED_OPTION when the
+   * job's agent has no way to go back in its conversation. Later jobs stay listed, marked
+   * `rewound_past`.
+   *
+   * @generated from rpc agentd.v1.SessionService.RewindSession
+   */
+  rewindSession: {
+    methodKind: "unary";
+    input: typeof RewindSessionRequestSchema;
+    output: typeof RewindSessionResponseSchema;
+  },
+  /**
+   * Creates a new session of the same tenant whose workspace is a job's snapshot and whose
+   * conversation is a fork of the job's (the parent is untouched). UNSUPPORTED_OPTION when the
+   * job's agent cannot fork its conversation.
+   *
+   * @generated from rpc agentd.v1.SessionService.ForkSession
+   */
+  forkSession: {
+    methodKind: "unary";
+    input: typeof ForkSessionRequestSchema;
+    output: typeof ForkSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentd_v1_session, 0);

@@ -1,0 +1,539 @@
+//! The Agent Client Protocol (ACP, JSON-RPC 2.0 over stdio, one JSON object per line), spoken
+//! with agents run under permission_mode `ask` that have it (`opencode acp`; Gemini CLI's
+//! `gemini --acp` speaks it too, not wired yet): the handshake (`initialize`, then `session/new`, or `session/load` for
+//! the session's conversation, then `session/prompt`), `session/request_permission` as permission
+//! requests answered with the agent's own once-options, further input as more `session/prompt`s
+//! (the agent runs them in turn), `session/cancel` for an interrupt, and the mapping of its
+//! `session/update`s to job events (text, tool call and result, usage, init).
+//!
+//! ACP's answers carry no message: a denial's message reaches the model as a further prompt
+//! (`Permission denied: …`) sent once the denied turn ended (OpenCode ends a turn at a
+//! rejection, and a prompt sent meanwhile ends with it unseen), whose end then stands for the
+//! end of the turn that was denied.
+
+use super::interactive::{Interactive, Signal};
+use super::{OutputParser, Parsed, Summary, input_json_of, other, str_at, unparsed, with_raw};
+use crate::domain::{EventKind, Usage};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+const ID_INIT: &str = "agentd-init";
+const ID_SESSION: &str = "agentd-session";
+/// A prompt of the caller's (the job's prompt, SendInput).
+const ID_PROMPT: &str = "agentd-prompt-";
+/// A prompt agentd sends on its own (a denial's message).
+const ID_NOTE: &str = "agentd-note-";
+
+/// What the handshake asks of the agent for one job.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Setup {
+    /// The session's conversation to continue.
+    pub resume: Option<String>,
+    pub cwd: String,
+}
+
+/// One run's ACP connection (its state is the conversation's: session, open requests).
+pub(super) struct Acp {
+    setup: Setup,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    session: Option<String>,
+    /// Prompts waiting for the session.
+    waiting: Vec<String>,
+    /// Open permission requests: the agent's id as sent, and its options.
+    requests: HashMap<String, (Value, Value)>,
+    /// Denial messages for the model, sent when the running turn ends.
+    note: Option<String>,
+    /// agentd's own prompts not answered yet, and caller turns that ended meanwhile.
+    notes: u32,
+    held: u32,
+    interrupt_pending: bool,
+}
+
+impl Acp {
+    pub(super) fn new(setup: Setup) -> Acp {
+        Acp {
+            setup,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it leaves nothing half-written that matters more than the job's
+        // control.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open_session(&self) -> String {
+        let mut params = json!({"cwd": self.setup.cwd, "mcpServers": []});
+        let method = match &self.setup.resume {
+            Some(id) => {
+                params["sessionId"] = json!(id);
+                "session/load"
+            }
+            None => "session/new",
+        };
+        request(ID_SESSION, method, params)
+    }
+}
+
+fn line(v: Value) -> String {
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+fn request(id: &str, method: &str, params: Value) -> String {
+    line(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+}
+
+impl State {
+    fn prompt(&mut self, session: &str, prefix: &str, text: &str) -> String {
+        self.next_id += 1;
+        let params = json!({"sessionId": session, "prompt": [{"type": "text", "text": text}]});
+        request(
+            &format!("{prefix}{}", self.next_id),
+            "session/prompt",
+            params,
+        )
+    }
+
+    fn cancel(&mut self) -> String {
+        match &self.session {
+            Some(session) => {
+                self.interrupt_pending = false;
+                let cancel = json!({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": session}});
+                line(cancel)
+            }
+            None => {
+                self.interrupt_pending = true;
+                String::new()
+            }
+        }
+    }
+
+    /// The answer to one of agentd's own requests, and what it means for the controller.
+    fn answered(&mut self, id: &str, v: &Value, resumed: Option<&str>) -> Option<Signal> {
+        if id == ID_INIT {
+            return None;
+        }
+        if id == ID_SESSION {
+            if v.get("error").is_some() {
+                // No session: the first turn cannot run (the parser records why).
+                return Some(Signal::TurnEnded);
+            }
+            let found = v.pointer("/result/sessionId").and_then(Value::as_str);
+            let session = found.or(resumed)?.to_owned();
+            self.session = Some(session.clone());
+            let waiting = std::mem::take(&mut self.waiting);
+            let mut out: String = waiting
+                .iter()
+                .map(|t| self.prompt(&session, ID_PROMPT, t))
+                .collect();
+            if self.interrupt_pending {
+                out.push_str(&self.cancel());
+            }
+            return Some(Signal::Send(out));
+        }
+        if id.starts_with(ID_NOTE) {
+            self.notes = self.notes.saturating_sub(1);
+            if self.held > 0 {
+                self.held -= 1;
+                return Some(Signal::TurnEnded);
+            }
+            return None;
+        }
+        if id.starts_with(ID_PROMPT) {
+            // A denial's message is still to come: this turn ends with it.
+            if let (Some(note), Some(session)) = (self.note.take(), self.session.clone()) {
+                self.notes += 1;
+                self.held += 1;
+                return Some(Signal::Send(self.prompt(&session, ID_NOTE, &note)));
+            }
+            if self.notes > 0 {
+                self.held += 1;
+                return None;
+            }
+            return Some(Signal::TurnEnded);
+        }
+        None
+    }
+
+    fn asked(&mut self, id: &Value, method: &str, params: &Value) -> Signal {
+        if method != "session/request_permission" {
+            // fs/*, terminal/* and the like: agentd offered none of them.
+            let refusal = json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": -32601, "message": format!("agentd does not serve {method}")}
+            });
+            return Signal::Send(line(refusal));
+        }
+        let key = match id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let call = params.get("toolCall").unwrap_or(&Value::Null);
+        let options = params.get("options").cloned().unwrap_or(json!([]));
+        self.requests
+            .insert(key.clone(), (id.clone(), options.clone()));
+        let (tool, input) = tool_of(call);
+        Signal::Permission {
+            id: key,
+            tool,
+            input,
+            suggestion: Some(options),
+        }
+    }
+}
+
+/// An ACP tool call as an agent-independent tool (`Bash`, `Write`, `Edit`, `Read`, `WebFetch`,
+/// else the agent's own title) and its input: the agent's raw input with the fields the
+/// permission rules look at (`command`, `file_path`, `url`).
+fn tool_of(call: &Value) -> (String, Value) {
+    let raw = call.get("rawInput").cloned().unwrap_or(json!({}));
+    let mut input = match raw {
+        Value::Object(m) => m,
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("input".into(), other);
+            m
+        }
+    };
+    let path = call
+        .pointer("/locations/0/path")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| first_str(&input, &["file_path", "filePath", "filepath", "path"]));
+    let kind = str_at(call, "kind").unwrap_or("other");
+    let title = str_at(call, "title").unwrap_or_default();
+    let tool = match kind {
+        "execute" => "Bash",
+        "edit" if creates(call) => "Write",
+        "edit" | "delete" | "move" => "Edit",
+        "read" => "Read",
+        "fetch" => "WebFetch",
+        "search" => "Grep",
+        _ if title.is_empty() => "Tool",
+        _ => title,
+    };
+    if let Some(p) = path {
+        input.entry("file_path").or_insert(json!(p));
+    }
+    if tool == "Bash"
+        && let Some(c) = first_str(&input, &["cmd"])
+    {
+        input.entry("command").or_insert(json!(c));
+    }
+    (tool.to_owned(), Value::Object(input))
+}
+
+fn first_str(m: &serde_json::Map<String, Value>, keys: &[&str]) -> Option<String> {
+    keys.iter()
+        .find_map(|k| m.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+/// Whether an edit only creates files: every diff it shows starts from nothing.
+fn creates(call: &Value) -> bool {
+    let diffs: Vec<&Value> = call
+        .get("content")
+        .and_then(Value::as_array)
+        .map(|c| {
+            c.iter()
+                .filter(|d| str_at(d, "type") == Some("diff"))
+                .collect()
+        })
+        .unwrap_or_default();
+    !diffs.is_empty()
+        && diffs
+            .iter()
+            .all(|d| d.get("oldText").is_none_or(|t| t.is_null() || t == ""))
+}
+
+/// The option of `kinds` (in order of preference) the agent offered.
+fn option(options: &Value, kinds: &[&str]) -> Option<Value> {
+    let list = options.as_array()?;
+    kinds.iter().find_map(|k| {
+        list.iter()
+            .find(|o| str_at(o, "kind") == Some(k))
+            .and_then(|o| o.get("optionId").cloned())
+    })
+}
+
+impl Interactive for Acp {
+    fn prompt(&self, text: &str) -> String {
+        self.state().waiting.push(text.to_owned());
+        let params = json!({
+            "protocolVersion": 1,
+            // agentd serves no files and no terminals: the agent uses its own.
+            "clientCapabilities": {"fs": {"readTextFile": false, "writeTextFile": false}, "terminal": false},
+        });
+        request(ID_INIT, "initialize", params) + &self.open_session()
+    }
+
+    fn observe(&self, text: &str) -> Option<Signal> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let mut state = self.state();
+        match (v.get("id"), str_at(&v, "method")) {
+            (Some(id), Some(method)) => {
+                Some(state.asked(id, method, v.get("params").unwrap_or(&Value::Null)))
+            }
+            (Some(Value::String(id)), None) => state.answered(id, &v, self.setup.resume.as_deref()),
+            _ => None,
+        }
+    }
+
+    fn answer(&self, id: &str, allow: bool, message: &str, _input: &Value) -> String {
+        let mut state = self.state();
+        let Some((raw, options)) = state.requests.remove(id) else {
+            return String::new();
+        };
+        // Never an `always` option for a denial: it would outlive the job in the agent's config.
+        let chosen = if allow {
+            option(&options, &["allow_once", "allow_always"])
+        } else {
+            option(&options, &["reject_once"])
+        };
+        let outcome = match chosen {
+            Some(option_id) => json!({"outcome": "selected", "optionId": option_id}),
+            None => json!({"outcome": "cancelled"}),
+        };
+        let reply = line(json!({"jsonrpc": "2.0", "id": raw, "result": {"outcome": outcome}}));
+        if !allow && !message.is_empty() {
+            let note = format!("Permission denied: {message}");
+            state.note = Some(match state.note.take() {
+                Some(earlier) => format!("{earlier}\n{note}"),
+                None => note,
+            });
+        }
+        reply
+    }
+
+    fn user_message(&self, text: &str) -> String {
+        let mut state = self.state();
+        match state.session.clone() {
+            Some(session) => state.prompt(&session, ID_PROMPT, text),
+            None => {
+                state.waiting.push(text.to_owned());
+                String::new()
+            }
+        }
+    }
+
+    fn interrupt(&self, _n: u64) -> String {
+        self.state().cancel()
+    }
+
+    fn parser(&self) -> Option<Box<dyn OutputParser>> {
+        Some(Box::new(AcpParser {
+            loading: self.setup.resume.is_some(),
+            session: self.setup.resume.clone(),
+            ..AcpParser::default()
+        }))
+    }
+}
+
+/// Updates that say nothing a job's events keep.
+const QUIET: [&str; 6] = [
+    "available_commands_update",
+    "current_mode_update",
+    "config_option_update",
+    "session_info_update",
+    "usage_update",
+    "user_message_chunk",
+];
+
+/// Reads an ACP agent's output as job events.
+#[derive(Debug, Default)]
+pub(super) struct AcpParser {
+    /// Until `session/load` is answered the agent replays the conversation: not this job's.
+    loading: bool,
+    session: Option<String>,
+    /// The agent message being streamed, chunk by chunk.
+    text: String,
+    last_text: Option<String>,
+    /// Tool calls seen, by id: their name and input, until they finish.
+    calls: HashMap<String, (String, Value)>,
+    finished: HashSet<String>,
+    error: Option<String>,
+    usage: Usage,
+}
+
+impl OutputParser for AcpParser {
+    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(v @ Value::Object(_)) => {
+                let kinds = self.interpret(&v);
+                with_raw(kinds, line)
+            }
+            _ => vec![unparsed(line, truncated)],
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let pending = (!self.text.is_empty()).then(|| self.text.clone());
+        Summary {
+            conversation_id: self.session.clone(),
+            result: if self.error.is_none() {
+                pending.or_else(|| self.last_text.clone())
+            } else {
+                None
+            },
+            error: self.error.clone(),
+            usage: self.usage.clone(),
+        }
+    }
+}
+
+impl AcpParser {
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+        let params = v.get("params").unwrap_or(&Value::Null);
+        match (v.get("id").and_then(Value::as_str), str_at(v, "method")) {
+            (_, Some("session/update")) if !self.loading => {
+                let update = params.get("update").unwrap_or(&Value::Null);
+                self.update(update)
+            }
+            (_, Some("session/update")) => Vec::new(),
+            (_, Some(method)) => {
+                let mut events = self.flush();
+                events.push(other(method));
+                events
+            }
+            (Some(id), None) => self.answer(id, v),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    fn update(&mut self, u: &Value) -> Vec<EventKind> {
+        let kind = str_at(u, "sessionUpdate").unwrap_or_default();
+        if kind == "agent_message_chunk" {
+            if let Some(t) = u.pointer("/content/text").and_then(Value::as_str) {
+                self.text.push_str(t);
+            }
+            return Vec::new();
+        }
+        let mut events = self.flush();
+        match kind {
+            "tool_call" | "tool_call_update" => events.extend(self.tool(u)),
+            k if QUIET.contains(&k) || k.ends_with("_chunk") => {}
+            k => events.push(other(k)),
+        }
+        events
+    }
+
+    /// The streamed agent message, as one text event.
+    fn flush(&mut self) -> Vec<EventKind> {
+        if self.text.is_empty() {
+            return Vec::new();
+        }
+        let text = std::mem::take(&mut self.text);
+        self.last_text = Some(text.clone());
+        vec![EventKind::Text { text }]
+    }
+
+    /// A tool call is reported once it finished: its call and its result together.
+    fn tool(&mut self, u: &Value) -> Vec<EventKind> {
+        let Some(id) = str_at(u, "toolCallId").map(str::to_owned) else {
+            return Vec::new();
+        };
+        let entry = self
+            .calls
+            .entry(id.clone())
+            .or_insert_with(|| (String::new(), json!({})));
+        if entry.0.is_empty()
+            && let Some(t) = str_at(u, "title")
+        {
+            entry.0 = t.to_owned();
+        }
+        if let Some(raw) = u
+            .get("rawInput")
+            .filter(|r| r.as_object().is_some_and(|m| !m.is_empty()))
+        {
+            entry.1 = raw.clone();
+        }
+        let status = str_at(u, "status").unwrap_or_default();
+        if !matches!(status, "completed" | "failed") || !self.finished.insert(id.clone()) {
+            return Vec::new();
+        }
+        let (name, input) = self.calls.remove(&id).unwrap_or_default();
+        vec![
+            EventKind::ToolCall {
+                id: id.clone(),
+                name,
+                input_json: input_json_of(Some(&input)),
+            },
+            EventKind::ToolResult {
+                id,
+                is_error: status == "failed",
+                content: tool_output(u),
+            },
+        ]
+    }
+
+    fn answer(&mut self, id: &str, v: &Value) -> Vec<EventKind> {
+        let mut events = self.flush();
+        if let Some(e) = v.get("error") {
+            let message = str_at(e, "message").unwrap_or("the agent refused the request");
+            self.error = Some(message.to_owned());
+            events.push(other("error"));
+            return events;
+        }
+        if id == ID_SESSION {
+            self.loading = false;
+            let found = v.pointer("/result/sessionId").and_then(Value::as_str);
+            if let Some(s) = found {
+                self.session = Some(s.to_owned());
+            }
+            events.push(EventKind::Init {
+                conversation_id: self.session.clone().unwrap_or_default(),
+                model: String::new(),
+                tools: Vec::new(),
+                agent_version: String::new(),
+            });
+        } else if id.starts_with(ID_PROMPT) || id.starts_with(ID_NOTE) {
+            let u = v.pointer("/result/usage").unwrap_or(&Value::Null);
+            let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+            self.usage.input_tokens += count("inputTokens");
+            self.usage.output_tokens += count("outputTokens");
+            self.usage.cache_read_input_tokens += count("cachedReadTokens");
+            self.usage.cache_creation_input_tokens += count("cachedWriteTokens");
+            self.usage.num_turns = self.usage.num_turns.saturating_add(1);
+            // Totals so far, so the last usage event of a job is its usage.
+            events.push(EventKind::Usage(self.usage.clone()));
+        }
+        events
+    }
+}
+
+/// A finished tool call's output: its text content, else its raw output.
+fn tool_output(u: &Value) -> String {
+    let texts: Vec<&str> = u
+        .get("content")
+        .and_then(Value::as_array)
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b.pointer("/content/text").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !texts.is_empty() {
+        return texts.join("\n");
+    }
+    match u.get("rawOutput") {
+        Some(Value::Object(m)) => super::text_of(m.get("output").or(m.get("error"))),
+        other => super::text_of(other),
+    }
+}
+
+#[cfg(test)]
+#[path = "acp_tests.rs"]
+mod tests;

@@ -1,0 +1,168 @@
+//! Running an adopted job (issue #23) to its end: the second half of `execute` for a job whose
+//! agent a previous agentd started. The supervisor's journal is replayed through the same pump
+//! (adapter parse, output caps, redaction) as live output; the events the previous process had
+//! already stored are counted and skipped, so the log goes on with no gap and no duplicate.
+
+use super::finish::FinishFacts;
+use super::pump::Pump;
+use super::sink::Sink;
+use super::verdict::{Ended, verdict};
+use crate::core::{Core, RunHandle};
+use crate::domain::{EventKind, Job, JobState, Outcome, Timestamp};
+use crate::error::Result;
+use crate::runner::adopt::Attached;
+use crate::runner::{Output, RunControl, StopCause};
+use tokio::sync::mpsc;
+
+impl Core {
+    /// Follows an adopted job's journal to its end and records the outcome. Never fails: every
+    /// failure becomes the job's outcome.
+    pub(in crate::core) async fn run_adopted(&self, job: Job, handle: &RunHandle, a: Attached) {
+        let id = job.id.clone();
+        let secrets = self.job_secrets(&job);
+        let mut sink = Sink {
+            core: self,
+            job: job.id.clone(),
+            next_seq: job.last_seq + 1,
+            secrets,
+        };
+        match self.follow_adopted(&job, handle, a, &mut sink).await {
+            Ok(()) => {}
+            Err(e) if e.reason() == crate::error::Reason::JobFinished => {
+                tracing::info!(job = %id, error = %e, "adopted job was settled elsewhere");
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "adopted job failed inside the server");
+                let secrets = std::mem::take(&mut sink.secrets);
+                self.settle_failed(&id, secrets, format!("internal error: {e}"))
+                    .await;
+            }
+        }
+    }
+
+    async fn follow_adopted(
+        &self,
+        job: &Job,
+        handle: &RunHandle,
+        a: Attached,
+        sink: &mut Sink<'_>,
+    ) -> Result<()> {
+        let JobState::Running { started } = job.state else {
+            return Ok(());
+        };
+        let Some(profile) = self.config.agents.get(&job.spec.agent) else {
+            a.kill().await;
+            let msg = format!("agent profile {:?} is no longer configured", job.spec.agent);
+            return self
+                .finish(sink, Some(started), FinishFacts::failed(msg))
+                .await;
+        };
+        let limits = &self.config.limits;
+        let mut pump = Pump::new(
+            crate::agents::parser(profile),
+            job.state.clone(),
+            job.conversation_id.clone(),
+            (limits.job_output_max_bytes, limits.job_output_max_events),
+        );
+        pump.skip = self.stored_output_events(job).await?;
+        let left = job
+            .spec
+            .timeout
+            .saturating_sub(Timestamp::now().since(started));
+        let control = RunControl {
+            cancel: handle.cancel.clone(),
+            timeout: left,
+            grace: self.config.timing.kill_grace,
+        };
+        let (tx, mut rx) = mpsc::channel::<Output>(1024);
+        let run = tokio::spawn(a.run(tx, control));
+        if let Err(e) = pump.run(sink, &mut rx, None).await {
+            run.abort();
+            return Err(e);
+        }
+        let adopted = match run.await {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                let msg = format!("adopted job's follower failed: {e}");
+                return self
+                    .finish(sink, Some(started), FinishFacts::failed(msg))
+                    .await;
+            }
+        };
+        let summary = pump.parser.summary();
+        let stderr_tail: Vec<String> = pump.stderr_tail.iter().cloned().collect();
+        let outcome = if adopted.adopt_timed_out && adopted.outcome.stop.is_none() {
+            Outcome::AdoptionTimeout {
+                message: "no agentd adopted the job within the adopt timeout after agentd \
+                          stopped; its supervisor ended it"
+                    .into(),
+            }
+        } else {
+            verdict(Ended {
+                stop: adopted.outcome.stop,
+                exit: adopted.outcome.exit,
+                limit_hit: pump.limit_hit.take(),
+                budget_hit: None,
+                cancel_reason: handle.reason.get().cloned(),
+                timeout: job.spec.timeout,
+                agent_error: summary.error.clone(),
+                stderr_tail: &stderr_tail,
+                interrupted: false,
+            })
+        };
+        match adopted.outcome.stop {
+            Some(StopCause::Cancelled) => crate::telemetry::metrics().kill_escalation("cancelled"),
+            Some(StopCause::TimedOut) => crate::telemetry::metrics().kill_escalation("timed_out"),
+            None => {}
+        }
+        let facts = FinishFacts {
+            outcome,
+            exit: Some(adopted.outcome.exit),
+            result: summary.result.unwrap_or_default(),
+            usage: pump.metered.over(summary.usage),
+            conversation_id: summary.conversation_id.or(pump.conversation.take()),
+        };
+        self.finish(sink, Some(started), facts).await
+    }
+
+    /// The secrets of a job's profile, redacted from its events.
+    pub(in crate::core) fn job_secrets(&self, job: &Job) -> Vec<String> {
+        self.config
+            .agents
+            .get(&job.spec.agent)
+            .map(|p| p.env.values().filter(|v| v.len() >= 6).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many of a job's stored events came from its agent's output (the ones a replay of
+    /// its journal produces again, in the same order); the rest (started, model calls, notices,
+    /// permission traffic) come from elsewhere.
+    async fn stored_output_events(&self, job: &Job) -> Result<u64> {
+        let mut n = 0;
+        let mut after = 0;
+        loop {
+            let events = self.store.read_events(&job.id, after, 1000).await?;
+            let Some(last) = events.last() else {
+                return Ok(n);
+            };
+            after = last.seq;
+            n += events.iter().filter(|e| from_output(&e.kind)).count() as u64;
+        }
+    }
+}
+
+/// Whether an event kind is made from an agent's output lines by the pump.
+fn from_output(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Init { .. }
+            | EventKind::Text { .. }
+            | EventKind::ToolCall { .. }
+            | EventKind::ToolResult { .. }
+            | EventKind::Usage(_)
+            | EventKind::Stderr { .. }
+            | EventKind::Unparsed { .. }
+            | EventKind::Other { .. }
+            | EventKind::Truncated { .. }
+    )
+}

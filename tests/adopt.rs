@@ -1,0 +1,249 @@
+//! Issue #23: running jobs survive an agentd restart. The server runs with `--on-shutdown keep`
+//! here (the harness defaults to `cancel`); supervisors outlive it, spool their agent's output,
+//! and the next agentd on the same data dir adopts them.
+
+mod common;
+
+use agentd::pb;
+use common::{KEY_A, Options, TestServer, eventually, kind, texts};
+use std::time::Duration;
+
+fn keep(adopt_timeout: u64) -> Options {
+    Options {
+        env: vec![
+            ("AGENTD_ON_SHUTDOWN".into(), "keep".into()),
+            ("AGENTD_ADOPT_TIMEOUT".into(), adopt_timeout.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// A job that streams for about `rounds` × 0.2 s: each round three texts and a sleep.
+fn streaming(rounds: usize) -> String {
+    vec!["lines 3 ; sleep 0.2"; rounds].join(" ; ")
+}
+
+/// The texts `streaming(rounds)` reports, in order (the stand-in ends its turn with one more).
+fn streamed(rounds: usize) -> Vec<String> {
+    (0..rounds)
+        .flat_map(|_| ["line 1", "line 2", "line 3", "sleeping 0.2s"])
+        .chain(["turn 1: done"])
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Events of a job, one per seq from 1, none missing or repeated.
+fn assert_contiguous(events: &[pb::JobEvent]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let want: Vec<u64> = (1..=events.len() as u64).collect();
+    assert_eq!(seqs, want, "event seqs have a gap or a repeat");
+}
+
+/// Holds a stream of `job` from seq `after` until it breaks (agentd died) or ends; returns what
+/// it saw.
+async fn hold_stream(addr: String, job: String, after: u64) -> Vec<pb::JobEvent> {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = common::Clients::new(ch, KEY_A);
+    let mut out = Vec::new();
+    let Ok(s) = c
+        .jobs
+        .stream_job_events(pb::StreamJobEventsRequest {
+            job_id: job,
+            after_seq: after,
+        })
+        .await
+    else {
+        return out;
+    };
+    let mut s = s.into_inner();
+    while let Ok(Some(msg)) = s.message().await {
+        out.extend(msg.events);
+    }
+    out
+}
+
+/// kill -9 agentd `delay` into a streaming job, start it again, and check the job ends SUCCEEDED
+/// with every line once, in order, also for a client that held a stream across the restart.
+async fn survive_kill9(rounds: usize, delay: Duration) {
+    let mut s = TestServer::start_with(keep(600));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c.submit(&session.session_id, &streaming(rounds)).await;
+    let held = tokio::spawn(hold_stream(s.addr.clone(), job.job_id.clone(), 0));
+    tokio::time::sleep(delay).await;
+    s.kill9();
+    let before = held.await.unwrap();
+    // The agent goes on while nobody is attached.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    // The client that held a stream resumes from its cursor.
+    let cursor = before.last().map_or(0, |e| e.seq);
+    let after = c.events(&job.job_id, cursor).await;
+    let done = c.get_job(&job.job_id).await;
+    let all = c.events(&job.job_id, 0).await;
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "job {done:?}\nevents {:?}",
+        all.iter().map(kind).collect::<Vec<_>>()
+    );
+    assert_contiguous(&all);
+    assert_eq!(texts(&all), streamed(rounds), "killed after {delay:?}");
+    assert!(
+        before.iter().all(|e| kind(e) != "finished"),
+        "the job ended before agentd was killed: nothing was adopted"
+    );
+    assert!(!after.is_empty(), "nothing came after the restart");
+    let resumed: Vec<pb::JobEvent> = before.into_iter().chain(after).collect();
+    assert_eq!(resumed, all, "the held stream saw a gap or a duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_survives_kill9_of_agentd_mid_stream() {
+    survive_kill9(8, Duration::from_millis(900)).await;
+}
+
+/// Twenty restarts at spread-out moments of a job's life, from before it starts to its last
+/// moments: every job ends SUCCEEDED with its whole output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_restarts_at_random_moments_lose_nothing() {
+    let mut s = TestServer::start_with(keep(600));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = seed | 1;
+    // The first and last: at once, and about when the job ends (~5 rounds of 0.2 s + start-up).
+    let mut delays = vec![0u64, 1_400];
+    while delays.len() < 20 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        delays.push(rng % 1_600);
+    }
+    eprintln!("seed {seed}: kill -9 after {delays:?} ms");
+    let rounds = 5;
+    for delay in delays {
+        let mut c = s.clients(KEY_A).await;
+        let session = c.create_session(&[]).await;
+        let job = c.submit(&session.session_id, &streaming(rounds)).await;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        s.restart();
+        let mut c = s.clients(KEY_A).await;
+        let all = c.events(&job.job_id, 0).await;
+        let done = c.get_job(&job.job_id).await;
+        assert_eq!(
+            done.state,
+            pb::JobState::Succeeded as i32,
+            "killed after {delay} ms (seed {seed}): {done:?}"
+        );
+        assert_contiguous(&all);
+        assert_eq!(
+            texts(&all),
+            streamed(rounds),
+            "killed after {delay} ms (seed {seed})"
+        );
+    }
+}
+
+/// SIGTERM with `keep` leaves the job running; a new binary (a copy: another executable, another
+/// process) adopts it and the job ends SUCCEEDED with its whole output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_keep_then_an_upgraded_binary_adopts() {
+    let mut s = TestServer::start_with(keep(600));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let rounds = 8;
+    let job = c.submit(&session.session_id, &streaming(rounds)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_dir(
+            s.data_dir.join("run")
+        )
+        .is_ok_and(|d| d
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".job"))))
+        .await,
+        "the job never started"
+    );
+    let status = s.terminate();
+    assert!(status.success(), "agentd exited with {status:?}");
+    let bin = tempfile::tempdir().unwrap();
+    let upgraded = bin.path().join("agentd");
+    std::fs::copy(env!("CARGO_BIN_EXE_agentd"), &upgraded).unwrap();
+    s.spawn_exe(&upgraded);
+    let mut c = s.clients(KEY_A).await;
+    let all = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_contiguous(&all);
+    assert_eq!(texts(&all), streamed(rounds));
+    s.kill9();
+}
+
+/// No agentd comes back: after the adopt timeout the supervisor ends the tree itself, and the
+/// next agentd marks the job FAILED with ADOPTION_TIMEOUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unadopted_job_ends_after_the_adopt_timeout() {
+    let mut s = TestServer::start_with(keep(2));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .submit(&session.session_id, "grandchild 31.25 ; sleep 30")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(20), || !common::sleepers("31.25")
+            .is_empty())
+        .await,
+        "the job's grandchild never ran"
+    );
+    s.kill9();
+    assert!(
+        eventually(Duration::from_secs(20), || common::sleepers("31.25")
+            .is_empty())
+        .await,
+        "the tree outlived the adopt timeout"
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Failed as i32, "{done:?}");
+    assert_eq!(done.reason, "ADOPTION_TIMEOUT", "{done:?}");
+}
+
+/// A cancel that reaches the restarted agentd ends the adopted job's tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_a_restart_ends_the_adopted_tree() {
+    let mut s = TestServer::start_with(keep(600));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .submit(&session.session_id, "grandchild 32.25 ; sleep 30")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(20), || !common::sleepers("32.25")
+            .is_empty())
+        .await,
+        "the job's grandchild never ran"
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    c.jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Cancelled as i32, "{done:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || common::sleepers("32.25")
+            .is_empty())
+        .await,
+        "the adopted tree outlived the cancel"
+    );
+}
