@@ -390,6 +390,7 @@ impl OutputParser for AcpParser {
             },
             error: self.error.clone(),
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }
