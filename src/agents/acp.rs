@@ -370,6 +370,7 @@ impl OutputParser for AcpParser {
             },
             error: self.error.clone(),
             usage: self.usage.clone(),
+            structured: None,
         }
     }
 }
