@@ -20,6 +20,7 @@
 //!                TTL reaper; dispatch claims
 //!                jobs under leases so several replicas can share one store
 //!                core/tenant_watch: WatchJobs and WaitJob over each tenant's change sequence (#19)
+//!                core/adopt: at start, jobs a previous agentd left running are adopted (#23)
 //! webhooks/      signed job notifications from a durable outbox in the store, the SSRF guard
 //!                and WebhookService's use cases (issue #19)
 //! gateway/       the model gateway: per-job tokens, forwarding to each profile's upstream with the
@@ -31,7 +32,9 @@
 //! runner/        spawns an agent contained in a supervisor (kept on standby ahead of jobs), pumps
 //!                its output, cancels whole trees; runner/jail/ is the sandbox every job runs in
 //!                (namespaces, assembled root, Landlock, seccomp, cgroups, the limit watch)
-//!                runner/journal is the spool format of supervisors that outlive agentd (#23)
+//!                runner/journal is the spool format of supervisors that outlive agentd (#23),
+//!                supervise/spool their side of adoption, runner/adopt agentd's (claims, the
+//!                agentd-adopt/1 handshake, replaying a journal); core/adopt takes the jobs over
 //! workspace/     per-session directories; safe path resolution; uploads, downloads, diffs
 //! store/         the `Store` trait (sessions, jobs, events, claims and leases, each tenant's job
 //!                change sequence); SQLite and Postgres

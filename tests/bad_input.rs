@@ -387,6 +387,48 @@ async fn bad_job_requests_are_refused_precisely() {
             Code::NotFound,
             "SESSION_NOT_FOUND",
         ),
+        // Capability options (#20): a schema that is no schema, paths out of the workspace or
+        // not in it, empty tool names.
+        (
+            pb::SubmitJobRequest {
+                output_schema: "{\"type\": 12}".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            pb::SubmitJobRequest {
+                attachments: vec!["../../etc/passwd".into()],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            pb::SubmitJobRequest {
+                attachments: vec!["missing.png".into()],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "FILE_NOT_FOUND",
+        ),
+        (
+            pb::SubmitJobRequest {
+                disallowed_tools: vec![" ".into()],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            pb::SubmitJobRequest {
+                system_prompt: "a\0b".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
     ];
     for (req, code, why) in cases {
         let err = c.jobs.submit_job(req.clone()).await.unwrap_err();

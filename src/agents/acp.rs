@@ -11,7 +11,7 @@
 //! rejection, and a prompt sent meanwhile ends with it unseen), whose end then stands for the
 //! end of the turn that was denied.
 
-use super::interactive::{Interactive, Signal};
+use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
 use super::{OutputParser, Parsed, Summary, input_json_of, other, str_at, unparsed, with_raw};
 use crate::domain::{EventKind, Usage};
 use serde_json::{Value, json};
@@ -64,9 +64,7 @@ impl Acp {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding it leaves nothing half-written that matters more than the job's
-        // control.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.state)
     }
 
     fn open_session(&self) -> String {
@@ -80,16 +78,6 @@ impl Acp {
         };
         request(ID_SESSION, method, params)
     }
-}
-
-fn line(v: Value) -> String {
-    let mut s = v.to_string();
-    s.push('\n');
-    s
-}
-
-fn request(id: &str, method: &str, params: Value) -> String {
-    line(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
 }
 
 impl State {
@@ -167,17 +155,9 @@ impl State {
     fn asked(&mut self, id: &Value, method: &str, params: &Value) -> Signal {
         if method != "session/request_permission" {
             // fs/*, terminal/* and the like: agentd offered none of them.
-            let refusal = json!({
-                "jsonrpc": "2.0",
-                "id": id,
-                "error": {"code": -32601, "message": format!("agentd does not serve {method}")}
-            });
-            return Signal::Send(line(refusal));
+            return refusal(id, method);
         }
-        let key = match id {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let key = id_text(id);
         let call = params.get("toolCall").unwrap_or(&Value::Null);
         let options = params.get("options").cloned().unwrap_or(json!([]));
         self.requests

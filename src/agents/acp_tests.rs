@@ -1,4 +1,5 @@
 use super::*;
+use crate::agents::interactive::test_lines::{lines, sent};
 
 const SAMPLE: &str = include_str!("testdata/opencode-acp-sample.jsonl");
 
@@ -7,19 +8,6 @@ fn acp(resume: Option<&str>) -> Acp {
         resume: resume.map(str::to_owned),
         cwd: "/ws/s1".into(),
     })
-}
-
-fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect()
-}
-
-fn sent(signal: Option<Signal>) -> Vec<Value> {
-    match signal {
-        Some(Signal::Send(text)) => lines(&text),
-        other => panic!("expected a reply, got {other:?}"),
-    }
 }
 
 const SESSION: &str = r#"{"jsonrpc":"2.0","id":"agentd-session","result":{"sessionId":"ses_1"}}"#;

@@ -101,7 +101,18 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     }
     // `-` reads the prompt from stdin (any size); `--` keeps it from being taken for an option.
     args.extend(["--".into(), "-".into()]);
+    with_codex_home(profile, ctx, args, files, Some(spec.prompt.clone()))
+}
 
+/// `args` run with the session's CODEX_HOME, its config.toml and `files`.
+fn with_codex_home(
+    profile: &AgentProfile,
+    ctx: &LaunchContext,
+    args: Vec<String>,
+    mut files: Vec<(std::path::PathBuf, Vec<u8>)>,
+    stdin: Option<String>,
+) -> Launch {
+    let codex_home = ctx.home.join(".codex");
     // Written on every job, even empty: the agent can write CODEX_HOME, and an `[mcp_servers]`
     // table it left there must not start a server the job did not select.
     let config = config_toml(profile.config.as_deref(), ctx.mcp);
@@ -114,7 +125,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             codex_home.to_string_lossy().into_owned(),
         )],
         files,
-        stdin: Some(spec.prompt.clone()),
+        stdin,
     }
 }
 
@@ -132,19 +143,8 @@ fn app_server_launch(profile: &AgentProfile, ctx: &LaunchContext) -> Launch {
             args.push(a.clone());
         }
     }
-    let codex_home = ctx.home.join(".codex");
-    let config = config_toml(profile.config.as_deref(), ctx.mcp);
-    Launch {
-        program: profile.command.clone(),
-        args,
-        env: vec![(
-            "CODEX_HOME".into(),
-            codex_home.to_string_lossy().into_owned(),
-        )],
-        files: vec![(codex_home.join("config.toml"), config.into_bytes())],
-        // The controller writes the protocol on the job's pipe.
-        stdin: None,
-    }
+    // The controller writes the protocol on the job's pipe.
+    with_codex_home(profile, ctx, args, Vec::new(), None)
 }
 
 /// Profile args that `codex app-server` takes as well as `exec` (each with a value).

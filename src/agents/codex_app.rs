@@ -11,7 +11,7 @@
 //! model's next request carries both.
 
 use super::codex::CodexParser;
-use super::interactive::{Interactive, Signal};
+use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
 use super::{OutputParser, Parsed, Summary, str_at, unparsed, with_raw};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -65,9 +65,7 @@ impl CodexApp {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding it cannot leave the state half-written in a way that matters
-        // more than losing the job's control.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.state)
     }
 
     fn handshake(&self) -> String {
@@ -98,16 +96,6 @@ impl CodexApp {
         ]
         .concat()
     }
-}
-
-fn line(v: Value) -> String {
-    let mut s = v.to_string();
-    s.push('\n');
-    s
-}
-
-fn request(id: &str, method: &str, params: Value) -> String {
-    line(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
 }
 
 fn text_input(text: &str) -> Value {
@@ -195,10 +183,7 @@ impl State {
     }
 
     fn asked(&mut self, id: &Value, method: &str, params: &Value) -> Signal {
-        let key = match id {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let key = id_text(id);
         let turn = str_at(params, "turnId").unwrap_or_default().to_owned();
         let (tool, input) = match method {
             "item/commandExecution/requestApproval" => ("Bash", command_input(params)),
@@ -209,12 +194,7 @@ impl State {
             }
             // Codex asks something agentd has no question for: refused, so it never waits.
             _ => {
-                let refusal = json!({
-                    "jsonrpc": "2.0",
-                    "id": id,
-                    "error": {"code": -32601, "message": format!("agentd does not answer {method}")}
-                });
-                return Signal::Send(line(refusal));
+                return refusal(id, method);
             }
         };
         self.requests.insert(key.clone(), (id.clone(), turn));

@@ -1,4 +1,5 @@
 use super::*;
+use crate::agents::interactive::test_lines::{lines, sent};
 use crate::domain::EventKind;
 
 const SAMPLE: &str = include_str!("testdata/codex-app-server-sample.jsonl");
@@ -11,19 +12,6 @@ fn app(resume: Option<&str>) -> CodexApp {
         model: None,
         developer_instructions: None,
     })
-}
-
-fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect()
-}
-
-fn sent(signal: Option<Signal>) -> Vec<Value> {
-    match signal {
-        Some(Signal::Send(text)) => lines(&text),
-        other => panic!("expected a reply, got {other:?}"),
-    }
 }
 
 #[test]

@@ -105,7 +105,7 @@ impl Core {
                     return;
                 }
                 tracing::info!(job = %id, pid = a.pid(), "adopted a running job");
-                self.start_adopted(job, a, claim.token);
+                self.start_adopted(job, a, claim);
             }
         }
     }
@@ -140,7 +140,7 @@ impl Core {
     }
 
     /// Registers an adopted job as running here (cancel finds it) and follows it to its end.
-    fn start_adopted(self: &Arc<Self>, job: Job, a: Attached, token: String) {
+    fn start_adopted(self: &Arc<Self>, job: Job, a: Attached, claim: Claim) {
         let (done_tx, done_rx) = watch::channel(false);
         let handle = RunHandle {
             control: Arc::default(),
@@ -152,8 +152,8 @@ impl Core {
         let core = Arc::clone(self);
         self.shutdown.spawn(async move {
             let id = job.id.clone();
-            core.run_adopted(job, &handle, a).await;
-            core.forget_claim(token).await;
+            core.run_adopted(job, &handle, a, claim.gateway).await;
+            core.forget_claim(claim.token).await;
             lock(&core.running).remove(&id);
             let _ = done_tx.send(true);
             core.wake.notify_one();

@@ -188,14 +188,20 @@ impl Gateway {
 
     /// Mints a token for a job that is about to start. `None` if the profile has no gateway.
     pub fn mint(self: &Arc<Self>, grant: Grant) -> Option<Access> {
-        if !self.routes(&grant.profile) {
-            return None;
-        }
         let token = format!(
             "agj_{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
+        self.mint_as(grant, token)
+    }
+
+    /// Grants `token` again, after a restart, to the adopted job whose agent holds it in its
+    /// environment (issue #23). `None` if the profile has no gateway.
+    pub fn mint_as(self: &Arc<Self>, grant: Grant, token: String) -> Option<Access> {
+        if !self.routes(&grant.profile) {
+            return None;
+        }
         let base_url = format!("http://{}/gw/{}", self.addr, grant.profile);
         let profile = grant.profile.clone();
         self.lock().insert(token.clone(), Arc::new(grant));

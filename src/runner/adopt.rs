@@ -62,6 +62,8 @@ pub struct Claim {
     pub job: String,
     /// The replica id of the agentd that started it.
     pub replica: String,
+    /// The job's model gateway token, which its agent holds (granted again on adoption).
+    pub gateway: Option<String>,
 }
 
 fn claim_path(dir: &Path, token: &str) -> PathBuf {
@@ -108,6 +110,7 @@ pub fn claims(dir: &Path) -> Vec<Claim> {
                 token: token.to_owned(),
                 job,
                 replica,
+                gateway: field("gateway"),
             });
         }
     }
@@ -420,6 +423,7 @@ mod tests {
             token: "abc123".into(),
             job: "job_1".into(),
             replica: "r1".into(),
+            gateway: Some("agj_x".into()),
         };
         write_claim(dir.path(), &claim).unwrap();
         std::fs::write(dir.path().join("nothex!.job"), "job=x\nreplica=y\n").unwrap();

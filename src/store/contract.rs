@@ -168,6 +168,13 @@ pub(crate) fn job(s: &Session, created: Timestamp) -> Job {
                 subagents: vec!["reviewer".into()],
                 skills: vec!["pdf".into()],
             },
+            caps: crate::domain::JobCaps {
+                stream_deltas: true,
+                output_schema: Some(r#"{"type":"object"}"#.into()),
+                system_prompt: Some("be terse".into()),
+                disallowed_tools: vec!["Bash".into()],
+                attachments: vec!["img/a.png".into()],
+            },
         },
         created,
         state: JobState::Queued,

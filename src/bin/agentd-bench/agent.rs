@@ -7,6 +7,9 @@
 //! - `ticks <interval_us> <count> <delay_ms>`: after `delay_ms`, prints `t <ns>` every
 //!   `interval_us` (on a fixed schedule, so a late line does not delay the next ones);
 //! - `flood <count>`: prints `count` lines of 100 bytes as fast as it can;
+//! - `claude <interval_us> <count> <0|1>`: Claude stream-json, an assistant text `t <ns>` every
+//!   `interval_us`, each after a partial-message text delta `d <ns> ` when the last word is 1
+//!   (run as a `claude` profile, which reads this script on stdin);
 //! - `tree`: starts a child in its own process group (as agents' tools do), prints
 //!   `ready <child pid>` and sleeps; exits on SIGTERM (the default action);
 //! - `sleep`: sleeps until killed;
@@ -26,7 +29,16 @@ pub fn flood_line(i: u64) -> String {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let script = args.join(" ");
+    // As a `claude` profile (the `deltas` scenario), the script is the prompt on stdin.
+    let script = if args.first().is_some_and(|a| a == "-p") {
+        let mut s = String::new();
+        if std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).is_err() {
+            return usage("<unreadable stdin>");
+        }
+        s
+    } else {
+        args.join(" ")
+    };
     let words: Vec<&str> = script.split_whitespace().collect();
     let out = std::io::stdout();
     let result = match words.as_slice() {
@@ -43,6 +55,10 @@ pub fn main(args: &[String]) -> i32 {
         ["flood", count] => match count.parse() {
             Ok(n) => flood(n),
             Err(_) => return usage(&script),
+        },
+        ["claude", interval_us, count, deltas] => match (interval_us.parse(), count.parse()) {
+            (Ok(i), Ok(n)) => claude(i, n, *deltas == "1"),
+            _ => return usage(&script),
         },
         ["tree"] => tree(),
         ["mark", token] => mark(token),
@@ -79,6 +95,38 @@ fn ticks(interval_us: u64, count: u64, delay_ms: u64) -> std::io::Result<()> {
         o.flush()?;
     }
     Ok(())
+}
+
+/// Claude stream-json: per tick, with `deltas`, a partial-message line `d <ns> ` (as
+/// `--include-partial-messages` prints them), then an assistant text `t <ns>`; a result at the end.
+fn claude(interval_us: u64, count: u64, deltas: bool) -> std::io::Result<()> {
+    let start = mono_ns();
+    let mut o = std::io::stdout().lock();
+    for i in 0..count {
+        let due = start + i * interval_us * 1000;
+        let now = mono_ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        if deltas {
+            let delta = format!("d {} ", mono_ns());
+            writeln!(
+                o,
+                r#"{{"type":"stream_event","event":{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{delta}"}}}},"session_id":"bench"}}"#
+            )?;
+        }
+        let text = format!("t {}", mono_ns());
+        writeln!(
+            o,
+            r#"{{"type":"assistant","message":{{"content":[{{"type":"text","text":"{text}"}}]}},"session_id":"bench"}}"#
+        )?;
+        o.flush()?;
+    }
+    writeln!(
+        o,
+        r#"{{"type":"result","subtype":"success","is_error":false,"result":"done","session_id":"bench"}}"#
+    )?;
+    o.flush()
 }
 
 fn flood(count: u64) -> std::io::Result<()> {

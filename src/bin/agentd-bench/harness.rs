@@ -178,15 +178,30 @@ impl Agentd {
     /// data dir's parent) under `parent`.
     pub fn start_in(parent: &Path, env: &Env, config: &str, extra: &[&str]) -> Result<Agentd> {
         let dir = TempDir::new_in(parent, "agentd")?;
-        let config_path = dir.path().join("agentd.toml");
-        std::fs::write(&config_path, config)?;
-        let config = config_path;
+        std::fs::write(dir.path().join("agentd.toml"), config)?;
+        let cmd = Agentd::command(env, dir.path(), extra);
+        let proc = Proc::spawn(cmd, "agentd", &dir.path().join("agentd.log"))?;
+        Ok(Agentd { proc, dir })
+    }
+
+    /// `kill -9` this agentd and start it again on the same data dir and configuration (the
+    /// `restart` scenario, issue #23).
+    pub fn restart_after_kill9(&mut self, env: &Env, extra: &[&str]) -> Result<()> {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let cmd = Agentd::command(env, self.dir.path(), extra);
+        self.proc = Proc::spawn(cmd, "agentd", &self.dir.path().join("agentd-2.log"))?;
+        Ok(())
+    }
+
+    fn command(env: &Env, dir: &Path, extra: &[&str]) -> Command {
+        let config = dir.join("agentd.toml");
         let mut cmd = Command::new(&env.agentd);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--config")
             .arg(&config)
             .args(extra)
@@ -195,8 +210,7 @@ impl Agentd {
             .env_remove("AGENTD_DATABASE_URL")
             .env("AGENTD_LOG", "warn")
             .env("AGENTD_KILL_GRACE_SECONDS", "5");
-        let proc = Proc::spawn(cmd, "agentd", &dir.path().join("agentd.log"))?;
-        Ok(Agentd { proc, dir })
+        cmd
     }
 
     pub fn pid(&self) -> u32 {

@@ -12,12 +12,19 @@ use crate::domain::{EventKind, Job, JobState, Outcome, Timestamp};
 use crate::error::Result;
 use crate::runner::adopt::Attached;
 use crate::runner::{Output, RunControl, StopCause};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
 impl Core {
     /// Follows an adopted job's journal to its end and records the outcome. Never fails: every
     /// failure becomes the job's outcome.
-    pub(in crate::core) async fn run_adopted(&self, job: Job, handle: &RunHandle, a: Attached) {
+    pub(in crate::core) async fn run_adopted(
+        &self,
+        job: Job,
+        handle: &RunHandle,
+        a: Attached,
+        gateway: Option<String>,
+    ) {
         let id = job.id.clone();
         let secrets = self.job_secrets(&job);
         let mut sink = Sink {
@@ -26,7 +33,10 @@ impl Core {
             next_seq: job.last_seq + 1,
             secrets,
         };
-        match self.follow_adopted(&job, handle, a, &mut sink).await {
+        match self
+            .follow_adopted(&job, handle, a, gateway, &mut sink)
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.reason() == crate::error::Reason::JobFinished => {
                 tracing::info!(job = %id, error = %e, "adopted job was settled elsewhere");
@@ -45,6 +55,7 @@ impl Core {
         job: &Job,
         handle: &RunHandle,
         a: Attached,
+        gateway: Option<String>,
         sink: &mut Sink<'_>,
     ) -> Result<()> {
         let JobState::Running { started } = job.state else {
@@ -75,6 +86,12 @@ impl Core {
             grace: self.config.timing.kill_grace,
         };
         let (tx, mut rx) = mpsc::channel::<Output>(1024);
+        let budget_hit: Arc<OnceLock<String>> = Arc::default();
+        // Held while the agent runs: its model calls go on through this process's gateway.
+        let access = gateway.and_then(|t| self.regrant(job, t, &tx, handle, &budget_hit));
+        if let Some(a) = &access {
+            sink.secrets.push(a.key().to_owned());
+        }
         let run = tokio::spawn(a.run(tx, control));
         if let Err(e) = pump.run(sink, &mut rx, None).await {
             run.abort();
@@ -89,6 +106,7 @@ impl Core {
                     .await;
             }
         };
+        drop(access);
         let summary = pump.parser.summary();
         let stderr_tail: Vec<String> = pump.stderr_tail.iter().cloned().collect();
         let outcome = if adopted.adopt_timed_out && adopted.outcome.stop.is_none() {
@@ -102,7 +120,7 @@ impl Core {
                 stop: adopted.outcome.stop,
                 exit: adopted.outcome.exit,
                 limit_hit: pump.limit_hit.take(),
-                budget_hit: None,
+                budget_hit: budget_hit.get().cloned(),
                 cancel_reason: handle.reason.get().cloned(),
                 timeout: job.spec.timeout,
                 agent_error: summary.error.clone(),

@@ -98,6 +98,38 @@ impl Core {
     ) -> Option<(crate::gateway::Access, Vec<(String, String)>)> {
         let gateway = self.gateway.as_ref()?;
         let profile = self.config.agents.get(&job.spec.agent)?;
+        let (grant, allow_hosts) = self.job_grant(job, tx, handle, budget);
+        let access = gateway.mint(grant)?;
+        let authority = match in_netns {
+            true => format!("127.0.0.1:{BRIDGE_PORT}"),
+            false => gateway.addr().to_string(),
+        };
+        let base = access.base_url_at_authority(&authority);
+        let mut env = agents::gateway::via_gateway(profile, launch, &base, &access.token);
+        if !allow_hosts.is_empty() {
+            // Everything else the agent runs goes through the egress proxy; the gateway itself
+            // is reached directly.
+            let proxy = access.proxy_url(&authority);
+            for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                env.push((name.to_owned(), proxy.clone()));
+            }
+            for name in ["NO_PROXY", "no_proxy"] {
+                env.push((name.to_owned(), "127.0.0.1,localhost".to_owned()));
+            }
+        }
+        Some((access, env))
+    }
+}
+
+impl Core {
+    /// The gateway grant of a job, reporting into `tx` and `handle`, and its egress allow list.
+    fn job_grant(
+        &self,
+        job: &Job,
+        tx: &mpsc::Sender<Output>,
+        handle: &RunHandle,
+        budget: &Arc<OnceLock<String>>,
+    ) -> (crate::gateway::Grant, Vec<String>) {
         let hooks = JobHooks {
             events: tx.downgrade(),
             cancel: handle.cancel.clone(),
@@ -119,24 +151,23 @@ impl Core {
             .map(|s| s.allow_hosts.clone())
             .unwrap_or_default();
         grant.allow_hosts.clone_from(&allow_hosts);
-        let access = gateway.mint(grant)?;
-        let authority = match in_netns {
-            true => format!("127.0.0.1:{BRIDGE_PORT}"),
-            false => gateway.addr().to_string(),
-        };
-        let base = access.base_url_at_authority(&authority);
-        let mut env = agents::gateway::via_gateway(profile, launch, &base, &access.token);
-        if !allow_hosts.is_empty() {
-            // Everything else the agent runs goes through the egress proxy; the gateway itself
-            // is reached directly.
-            let proxy = access.proxy_url(&authority);
-            for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
-                env.push((name.to_owned(), proxy.clone()));
-            }
-            for name in ["NO_PROXY", "no_proxy"] {
-                env.push((name.to_owned(), "127.0.0.1,localhost".to_owned()));
-            }
-        }
-        Some((access, env))
+        (grant, allow_hosts)
+    }
+
+    /// An adopted job's gateway token, granted again by this process's gateway (issue #23): the
+    /// agent keeps calling with the token in its environment. Reaching the gateway needs the same
+    /// address as before (a fixed `--gateway-listen`; jobs in their own network namespace reach
+    /// it through the bridge's socket path, which does not change).
+    pub(super) fn regrant(
+        &self,
+        job: &Job,
+        token: String,
+        tx: &mpsc::Sender<Output>,
+        handle: &RunHandle,
+        budget: &Arc<OnceLock<String>>,
+    ) -> Option<crate::gateway::Access> {
+        let gateway = self.gateway.as_ref()?;
+        let (grant, _) = self.job_grant(job, tx, handle, budget);
+        gateway.mint_as(grant, token)
     }
 }

@@ -157,7 +157,10 @@ impl Core {
         };
         let started = Timestamp::now();
         agent_span.record("pid", process.pid());
-        let claim = self.claim_for_adoption(job, process.token()).await;
+        let gateway_token = p.access.as_ref().map(|(a, _)| a.token.clone());
+        let claim = self
+            .claim_for_adoption(job, process.token(), gateway_token)
+            .await;
         let running = metrics().job_running();
         tracing::info!(job = %job.id, session = %p.session.id, agent = %job.spec.agent, pid = process.pid(), "job started");
         let state = job.state.transition(JobState::Running { started })?;
@@ -438,7 +441,12 @@ impl Core {
 
     /// With adoption on, records which job the supervisor of `token` runs, so that the next
     /// agentd can adopt it if this one stops (issue #23). Returns the token to forget at the end.
-    async fn claim_for_adoption(&self, job: &Job, token: &str) -> Option<String> {
+    async fn claim_for_adoption(
+        &self,
+        job: &Job,
+        token: &str,
+        gateway: Option<String>,
+    ) -> Option<String> {
         if !crate::runner::adopt::enabled() {
             return None;
         }
@@ -447,6 +455,7 @@ impl Core {
             token: token.to_owned(),
             job: job.id.to_string(),
             replica: self.config.replica_id.clone(),
+            gateway,
         };
         let written =
             tokio::task::spawn_blocking(move || crate::runner::adopt::write_claim(&dir, &claim))

@@ -3,11 +3,13 @@
 
 mod archive;
 mod control;
+mod deltas;
 mod files;
 mod gateway;
 pub mod genuine;
 mod jobs;
 mod replicas;
+mod restart;
 mod rss;
 mod sandbox;
 mod sdk;
@@ -39,6 +41,11 @@ macro_rules! scenario {
 }
 
 pub const ALL: &[Scenario] = &[
+    scenario!(
+        "restart",
+        restart::restart,
+        "kill -9 agentd with N streaming jobs (1, 100): new process start → all adopted and streaming again vs a restart with none; events lost"
+    ),
     scenario!(
         "latency",
         stream::latency,
@@ -118,6 +125,11 @@ pub const ALL: &[Scenario] = &[
         "watch",
         watch::watch,
         "1,000 jobs finishing while 100 WatchJobs streams follow the tenant: change → watcher p50/p99"
+    ),
+    scenario!(
+        "deltas",
+        deltas::deltas,
+        "stream_deltas: a Claude stream-json agent's text events with a delta before each vs without (same run), and delta → subscriber p50"
     ),
     scenario!(
         "snapshot",
