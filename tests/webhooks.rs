@@ -69,6 +69,20 @@ async fn until<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// Waits until the endpoint's newest delivery is DELIVERED.
+async fn until_delivered(c: &Clients, webhook_id: &str) {
+    until(Duration::from_secs(30), "delivered", || {
+        let (mut c, id) = (c.clone(), webhook_id.to_owned());
+        async move {
+            deliveries(&mut c, &id)
+                .await
+                .first()
+                .is_some_and(|d| d.state == pb::DeliveryState::Delivered as i32)
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_failing_three_times_gets_exactly_one_success() {
     let (rx, port) = Receiver::start().await;
@@ -83,16 +97,7 @@ async fn a_receiver_failing_three_times_gets_exactly_one_success() {
     a.wait(&job).await;
 
     let mut a2 = a.clone();
-    until(Duration::from_secs(30), "delivered", || {
-        let (mut a, id) = (a2.clone(), id.clone());
-        async move {
-            deliveries(&mut a, &id)
-                .await
-                .first()
-                .is_some_and(|d| d.state == pb::DeliveryState::Delivered as i32)
-        }
-    })
-    .await;
+    until_delivered(&a2, &id).await;
     let got = rx.received();
     assert_eq!(got.len(), 4, "{got:#?}");
     assert_eq!(got.iter().filter(|r| r.status == 200).count(), 1);
@@ -503,16 +508,7 @@ async fn the_cli_manages_the_tenants_own_endpoints() {
     let s = a.create_session(&[]).await;
     let job = a.submit(&s.session_id, "hello").await.job_id;
     a.wait(&job).await;
-    until(Duration::from_secs(30), "delivered", || {
-        let (mut a, id) = (a.clone(), id.clone());
-        async move {
-            deliveries(&mut a, &id)
-                .await
-                .first()
-                .is_some_and(|d| d.state == pb::DeliveryState::Delivered as i32)
-        }
-    })
-    .await;
+    until_delivered(&a, &id).await;
     let (code, out) = cli(
         &server,
         KEY_A,
