@@ -138,7 +138,7 @@ async fn rewind_restores_the_bytes_and_the_conversation_and_marks_later_jobs() {
     let r = rewind(&mut c, &sid, &j3.job_id, pb::SnapshotPoint::After)
         .await
         .unwrap();
-    assert_eq!(r.rewound_job_ids, [j4.job_id.clone()]);
+    assert_eq!(r.rewound_job_ids, std::slice::from_ref(&j4.job_id));
     assert_eq!(
         file(&mut c, &sid, "a.txt").await.as_deref(),
         Some("three\n")
@@ -171,7 +171,6 @@ async fn rewind_is_refused_while_a_job_runs_and_for_unfinished_jobs() {
     c.jobs
         .cancel_job(pb::CancelJobRequest {
             job_id: long.job_id.clone(),
-            ..Default::default()
         })
         .await
         .unwrap();

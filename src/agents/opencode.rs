@@ -131,11 +131,11 @@ fn config_with_mcp(profile: &AgentProfile, ctx: &LaunchContext) -> String {
     }
 }
 
+/// Environment variables (name, value) and files (path, bytes) of a launch.
+type EnvAndFiles = (Vec<(String, String)>, Vec<(PathBuf, Vec<u8>)>);
+
 /// The environment and config files of every OpenCode job.
-fn environment(
-    config: String,
-    ctx: &LaunchContext,
-) -> (Vec<(String, String)>, Vec<(PathBuf, Vec<u8>)>) {
+fn environment(config: String, ctx: &LaunchContext) -> EnvAndFiles {
     let mut env: Vec<(String, String)> = QUIET_ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -294,6 +294,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
         webhook_url: None,
         control: Default::default(),
         catalog: Default::default(),
+        caps: Default::default(),
     };
     let launch = agentd::agents::launch(
         p,
