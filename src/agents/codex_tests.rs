@@ -384,12 +384,7 @@ fn tool_items_become_call_and_result_pairs() {
         r#"{"type":"item.completed","item":{"id":"r1","type":"reasoning","text":"hm"}}"#,
         false,
     );
-    assert_eq!(
-        kinds(&out),
-        [&EventKind::Other {
-            r#type: "item.completed/reasoning".into()
-        }]
-    );
+    assert_eq!(kinds(&out), [&EventKind::Thinking { text: "hm".into() }]);
 }
 
 #[test]

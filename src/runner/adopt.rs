@@ -18,6 +18,7 @@ use super::{Output, RunControl, RunOutcome, StopCause};
 use crate::domain::ExitStatus;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -74,10 +75,19 @@ fn claim_path(dir: &Path, token: &str) -> PathBuf {
 pub fn write_claim(dir: &Path, claim: &Claim) -> std::io::Result<()> {
     let path = claim_path(dir, &claim.token);
     let tmp = dir.join(format!("{}.{CLAIM_EXT}.tmp", claim.token));
-    std::fs::write(
-        &tmp,
-        format!("job={}\nreplica={}\n", claim.job, claim.replica),
-    )?;
+    let mut text = format!("job={}\nreplica={}\n", claim.job, claim.replica);
+    if let Some(token) = &claim.gateway {
+        text.push_str(&format!("gateway={token}\n"));
+    }
+    // Owner-only: the gateway token is a secret the job's agent holds, nobody else.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    drop(file);
     std::fs::rename(tmp, path)
 }
 
