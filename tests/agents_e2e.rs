@@ -1753,7 +1753,7 @@ mod capabilities {
     }
 
     #[tokio::test]
-    async fn claude_thinking_and_todo_plans_are_typed_events() {
+    async fn claude_thinking_is_typed_events_and_deltas() {
         scenario(async {
             let mut w = World::new(&CLAUDE).await;
             let req = pb::SubmitJobRequest {
@@ -1777,6 +1777,19 @@ mod capabilities {
             );
             let streamed: String = deltas(&events, true).into_iter().map(|(_, t)| t).collect();
             assert_eq!(streamed, thinking[0], "{why}");
+        })
+        .await;
+    }
+
+    // The pinned Claude CLI offers no TodoWrite tool in `-p` mode here (the scripted model answers
+    // "no todo tool"), so no plan event can come from it yet; the parser's unit test covers the
+    // TodoWrite → plan mapping. Kept to run by hand: `cargo test --test agents_e2e -- --ignored
+    // claude_todo_plans`.
+    #[tokio::test]
+    #[ignore = "the pinned Claude CLI offers no TodoWrite tool headless (issue #20)"]
+    async fn claude_todo_plans_are_typed_events() {
+        scenario(async {
+            let mut w = World::new(&CLAUDE).await;
 
             let (job, events) = w.run("todo write the tests; ship it").await;
             w.expect_state(&job, &events, pb::JobState::Succeeded);

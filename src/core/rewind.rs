@@ -66,11 +66,13 @@ impl Core {
         self.store
             .rewind_session(&Rewind {
                 session: session.id.clone(),
-                conversation,
+                conversation: conversation.clone(),
                 past: past.clone(),
                 current: (point == SnapPoint::After).then(|| job.id.clone()),
                 at: Timestamp::now(),
             })
+            .await?;
+        self.resume_from(&session.id, &job, conversation.as_deref())
             .await?;
         tracing::info!(session = %session.id, job = %job.id, point = point.as_str(),
             rewound = past.len(), "session rewound");
@@ -136,11 +138,28 @@ impl Core {
         self.store
             .rewind_session(&Rewind {
                 session: child.clone(),
-                conversation,
+                conversation: conversation.clone(),
                 past: Vec::new(),
                 current: None,
                 at: Timestamp::now(),
             })
+            .await?;
+        self.resume_from(child, job, conversation.as_deref()).await
+    }
+
+    /// Points the next job of `job`'s agent in `session` at `conversation`: jobs resume their own
+    /// agent's conversation (#20), so a rewind or fork sets that one, not only the session's.
+    async fn resume_from(
+        &self,
+        session: &SessionId,
+        job: &Job,
+        conversation: Option<&str>,
+    ) -> Result<()> {
+        let Some(conversation) = conversation else {
+            return Ok(());
+        };
+        self.store
+            .set_agent_conversation(session, &job.spec.agent, conversation, Timestamp::now())
             .await
     }
 
