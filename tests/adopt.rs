@@ -69,7 +69,11 @@ async fn hold_stream(addr: String, job: String, after: u64) -> Vec<pb::JobEvent>
 /// kill -9 agentd `delay` into a streaming job, start it again, and check the job ends SUCCEEDED
 /// with every line once, in order, also for a client that held a stream across the restart.
 async fn survive_kill9(rounds: usize, delay: Duration) {
-    let mut s = TestServer::start_with(keep(600));
+    survive_kill9_with(keep(600), rounds, delay).await;
+}
+
+async fn survive_kill9_with(opts: Options, rounds: usize, delay: Duration) {
+    let mut s = TestServer::start_with(opts);
     let mut c = s.clients(KEY_A).await;
     let session = c.create_session(&[]).await;
     let job = c.submit(&session.session_id, &streaming(rounds)).await;
@@ -106,6 +110,17 @@ async fn survive_kill9(rounds: usize, delay: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_survives_kill9_of_agentd_mid_stream() {
     survive_kill9(8, Duration::from_millis(900)).await;
+}
+
+/// The adoption socket lives in the run dir, whose path here is longer than a unix socket path
+/// may be (108 bytes): both sides reach it through a descriptor of the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_survives_kill9_under_a_data_dir_too_long_for_a_socket_path() {
+    let opts = Options {
+        data_dir_name: Some(format!("data-{}", "d".repeat(120))),
+        ..keep(600)
+    };
+    survive_kill9_with(opts, 6, Duration::from_millis(700)).await;
 }
 
 /// Twenty restarts at spread-out moments of a job's life, from before it starts to its last

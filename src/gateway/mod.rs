@@ -148,7 +148,7 @@ impl Gateway {
             tokio::fs::create_dir_all(dir).await?;
         }
         let _ = tokio::fs::remove_file(&socket).await;
-        let unix = tokio::net::UnixListener::bind(&socket)?;
+        let unix = bind_unix(&socket).await?;
         // Jailed ids connect through the bridge: the job token is what authorises a call.
         tokio::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .await?;
@@ -394,6 +394,23 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// Binds `socket` through its directory's descriptor: the data dir may be too long for a socket
+/// path.
+async fn bind_unix(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    let dir = socket
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let fd = tokio::task::spawn_blocking(move || crate::runner::sockpath::open_dir(&dir))
+        .await
+        .map_err(std::io::Error::other)??;
+    tokio::net::UnixListener::bind(crate::runner::sockpath::via(&fd, &name))
 }
 
 #[cfg(test)]

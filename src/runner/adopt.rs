@@ -13,6 +13,7 @@
 
 use super::journal::Replay;
 use super::records::{self, Record};
+use super::sockpath;
 use super::supervise::spool::{ADOPT_ENV, PROTOCOL, journal_path, socket_path};
 use super::{Output, RunControl, RunOutcome, StopCause};
 use crate::domain::ExitStatus;
@@ -205,7 +206,7 @@ pub async fn attach(dir: &Path, token: &str, max_line_bytes: usize) -> Result<At
             Err(Refusal::Gone)
         };
     }
-    let conn = tokio::time::timeout(HANDSHAKE, handshake(&socket_path(dir, token))).await;
+    let conn = tokio::time::timeout(HANDSHAKE, handshake(dir, token)).await;
     match conn {
         Ok(Ok(conn)) => {
             attached.conn = Some(conn);
@@ -216,10 +217,18 @@ pub async fn attach(dir: &Path, token: &str, max_line_bytes: usize) -> Result<At
     }
 }
 
-async fn handshake(path: &Path) -> Result<tokio::net::UnixStream, Refusal> {
-    let mut conn = tokio::net::UnixStream::connect(path)
+async fn handshake(dir: &Path, token: &str) -> Result<tokio::net::UnixStream, Refusal> {
+    let cannot = |e: std::io::Error| Refusal::Incompatible(format!("cannot connect: {e}"));
+    let owned = dir.to_path_buf();
+    let dir_fd = tokio::task::spawn_blocking(move || sockpath::open_dir(&owned))
         .await
-        .map_err(|e| Refusal::Incompatible(format!("cannot connect: {e}")))?;
+        .map_err(|e| cannot(std::io::Error::other(e)))?
+        .map_err(cannot)?;
+    let mut conn =
+        tokio::net::UnixStream::connect(sockpath::via(&dir_fd, &format!("{token}.sock")))
+            .await
+            .map_err(cannot)?;
+    drop(dir_fd);
     conn.write_all(format!("{PROTOCOL}\n").as_bytes())
         .await
         .map_err(|e| Refusal::Incompatible(format!("cannot greet: {e}")))?;
@@ -457,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn a_supervisor_speaking_another_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("s.sock");
+        let sock = dir.path().join("t.sock");
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(async move {
             let (mut c, _) = listener.accept().await.unwrap();
@@ -465,7 +474,7 @@ mod tests {
             c.write_all(b"agentd-adopt/9 ok\n").await.unwrap();
             hello
         });
-        let got = handshake(&sock).await.unwrap_err();
+        let got = handshake(dir.path(), "t").await.unwrap_err();
         assert!(matches!(got, Refusal::Incompatible(_)), "{got:?}");
         assert_eq!(server.await.unwrap(), format!("{PROTOCOL}\n"));
     }

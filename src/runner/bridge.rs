@@ -57,7 +57,7 @@ fn close_others(own: &[i32]) {
 fn serve(listeners: Vec<TcpListener>, targets: Vec<(OwnedFd, String)>) -> ! {
     let mut threads = Vec::new();
     for (listener, (dir, name)) in listeners.into_iter().zip(targets) {
-        let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+        let path = super::sockpath::via(&dir, &name);
         std::mem::forget(dir);
         threads.push(std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {

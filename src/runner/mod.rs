@@ -34,6 +34,7 @@ pub mod jail;
 pub mod journal;
 mod lines;
 pub mod records;
+pub mod sockpath;
 mod standby;
 // The supervisor is the one module where unsafe code is the job: it forks, sets signal
 // dispositions, clones into namespaces and drops capabilities between fork and exec. Each block

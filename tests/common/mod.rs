@@ -44,6 +44,8 @@ pub struct Options {
     pub config: Option<String>,
     /// Runs the server as this unprivileged user (see [`Options::run_as`]).
     pub run_as: Option<RunAs>,
+    /// The data dir's name inside the temp dir (`data` when unset).
+    pub data_dir_name: Option<String>,
 }
 
 /// An unprivileged uid/gid the server runs as, the way the shipped deployments run it.
@@ -70,7 +72,9 @@ impl TestServer {
 
     pub fn start_with(opts: Options) -> TestServer {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let data_dir = tmp.path().join("data");
+        let data_dir = tmp
+            .path()
+            .join(opts.data_dir_name.as_deref().unwrap_or("data"));
         let mut extra_args = opts.args;
         let mut config_path = None;
         if let Some(toml) = &opts.config {

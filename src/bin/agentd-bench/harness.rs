@@ -209,10 +209,7 @@ impl Agentd {
             .env_remove("AGENTD_CONFIG")
             .env_remove("AGENTD_DATABASE_URL")
             .env("AGENTD_LOG", "warn")
-            .env("AGENTD_KILL_GRACE_SECONDS", "5")
-            // The adoption socket's path under this long data dir passes the 108-byte unix path
-            // limit, which fails every job with `keep` (issue #23, open); `restart` asks for keep.
-            .env("AGENTD_ON_SHUTDOWN", "cancel");
+            .env("AGENTD_KILL_GRACE_SECONDS", "5");
         cmd
     }
 

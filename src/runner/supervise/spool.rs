@@ -17,6 +17,7 @@
 
 use crate::runner::journal::{Tag, Writer};
 use crate::runner::records::{RUN_DIR_ENV, RUN_TOKEN_ENV};
+use crate::runner::sockpath;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use std::fs::File;
@@ -111,7 +112,9 @@ pub fn prepare() -> Result<(), String> {
     let journal = Writer::new(file, max)
         .map_err(|e| format!("cannot write {}: {e}", journal_path.display()))?;
     let socket_path = socket_path(&dir, &token);
-    let listener = UnixListener::bind(&socket_path)
+    let name = format!("{token}.sock");
+    let listener = sockpath::open_dir(&dir)
+        .and_then(|fd| UnixListener::bind(sockpath::via(&fd, &name)))
         .map_err(|e| format!("cannot listen on {}: {e}", socket_path.display()))?;
     listener
         .set_nonblocking(true)
