@@ -53,6 +53,28 @@ impl Core {
             .await?
             .pop()
             .map(|r| r.tree);
+        self.take_snapshot(session, job, point, prev).await
+    }
+
+    /// The snapshot after a job, over the listing of the one before it (the session's newest: a
+    /// session runs one job at a time), without asking the store for it.
+    pub(super) async fn snapshot_after(
+        &self,
+        session: &SessionId,
+        job: &JobId,
+        before: &Taken,
+    ) -> Result<Taken> {
+        self.take_snapshot(session, job, SnapPoint::After, Some(before.id.clone()))
+            .await
+    }
+
+    async fn take_snapshot(
+        &self,
+        session: &SessionId,
+        job: &JobId,
+        point: SnapPoint,
+        prev: Option<String>,
+    ) -> Result<Taken> {
         let taken = self.workspaces.take_snapshot(session, prev).await?;
         self.store
             .put_snapshot(&SnapshotRow {

@@ -325,12 +325,24 @@ impl Process {
             notices,
         } = self;
         let (exited_tx, exited_rx) = watch::channel(None);
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
         let waiter = async move {
-            let outcome = wait_with_escalation(&mut child, Pid::from_raw(pid), &control).await;
-            // Before the drain: a survivor holding the output pipes would keep them open.
-            leftovers.sweep().await;
+            let mut ended = Some(ended_rx);
+            let outcome =
+                wait_with_escalation(&mut child, Pid::from_raw(pid), &control, &mut ended).await;
+            if outcome.early {
+                // The supervisor said the tree is gone and now tears the jail down: reaped (and
+                // swept, should it die unclean) in the background.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                    leftovers.sweep().await;
+                });
+            } else {
+                // Before the drain: a survivor holding the output pipes would keep them open.
+                leftovers.sweep().await;
+            }
             let _ = exited_tx.send(Some(Instant::now()));
-            outcome
+            outcome.run
         };
         let (outcome, (), (), ()) = tokio::join!(
             waiter,
@@ -348,7 +360,7 @@ impl Process {
                 max_line_bytes,
                 exited_rx.clone()
             ),
-            pump_notices(notices, out, exited_rx),
+            pump_notices(notices, out, ended_tx, exited_rx),
         );
         outcome
     }
@@ -442,10 +454,25 @@ fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus 
     }
 }
 
-async fn wait_with_escalation(child: &mut Child, pid: Pid, control: &RunControl) -> RunOutcome {
+/// A run's outcome, and whether it came from the supervisor's word rather than its exit.
+struct Waited {
+    run: RunOutcome,
+    early: bool,
+}
+
+async fn wait_with_escalation(
+    child: &mut Child,
+    pid: Pid,
+    control: &RunControl,
+    ended: &mut Option<tokio::sync::oneshot::Receiver<ExitStatus>>,
+) -> Waited {
+    let waited = |(exit, early), stop| Waited {
+        run: RunOutcome { exit, stop },
+        early,
+    };
     let stop = tokio::select! {
         biased;
-        status = child.wait() => return RunOutcome { exit: exit_status(status), stop: None },
+        end = tree_end(child, ended) => return waited(end, None),
         () = control.cancel.cancelled() => StopCause::Cancelled,
         () = tokio::time::sleep(control.timeout) => StopCause::TimedOut,
     };
@@ -455,11 +482,8 @@ async fn wait_with_escalation(child: &mut Child, pid: Pid, control: &RunControl)
         (Signal::SIGUSR1, TREE_KILL_WAIT),
     ] {
         let _ = kill(pid, sig);
-        if let Ok(status) = tokio::time::timeout(patience, child.wait()).await {
-            return RunOutcome {
-                exit: exit_status(status),
-                stop: Some(stop),
-            };
+        if let Ok(end) = tokio::time::timeout(patience, tree_end(child, ended)).await {
+            return waited(end, Some(stop));
         }
     }
     tracing::warn!(
@@ -467,10 +491,27 @@ async fn wait_with_escalation(child: &mut Child, pid: Pid, control: &RunControl)
         "supervisor ignored SIGUSR1; killing its process group"
     );
     let _ = killpg(pid, Signal::SIGKILL);
-    RunOutcome {
-        exit: exit_status(child.wait().await),
-        stop: Some(stop),
+    waited((exit_status(child.wait().await), false), Some(stop))
+}
+
+/// How the tree ended: the jailed supervisor's word that it is gone ([`jail::TreeEnd`], ahead of
+/// the jail's teardown), or the supervisor's exit, whichever comes first. `true` with the word.
+async fn tree_end(
+    child: &mut Child,
+    ended: &mut Option<tokio::sync::oneshot::Receiver<ExitStatus>>,
+) -> (ExitStatus, bool) {
+    if let Some(rx) = ended.as_mut() {
+        tokio::select! {
+            biased;
+            word = rx => match word {
+                Ok(exit) => return (exit, true),
+                // No word will come (no jail, or the channel closed): the exit tells.
+                Err(_) => *ended = None,
+            },
+            status = child.wait() => return (exit_status(status), false),
+        }
     }
+    (exit_status(child.wait().await), false)
 }
 
 /// Resolves once a stream should be abandoned: the supervisor has exited and the stream was
@@ -533,22 +574,33 @@ async fn pump(
     }
 }
 
-/// Turns the supervisor's notice lines into [`Output::Notice`]s until it closes the channel.
+/// Turns the supervisor's notice lines into [`Output::Notice`]s until it closes the channel, and
+/// passes its word of the tree's end to `ended`.
 async fn pump_notices(
     notices: Option<tokio::net::UnixStream>,
     out: mpsc::Sender<Output>,
+    ended: tokio::sync::oneshot::Sender<ExitStatus>,
     exited: watch::Receiver<Option<Instant>>,
 ) {
     let Some(stream) = notices else { return };
+    let mut ended = Some(ended);
     // Notices are short; a longer line is not one.
     const MAX_NOTICE: usize = 4096;
     let (tx, mut rx) = mpsc::channel(16);
     let lines = pump(stream, tx, Output::Stdout, MAX_NOTICE, exited);
     let forward = async {
         while let Some(Output::Stdout(line)) = rx.recv().await {
-            match serde_json::from_str::<jail::Notice>(&line.text) {
-                Ok(notice) => {
+            match serde_json::from_str::<jail::Word>(&line.text) {
+                Ok(jail::Word::Notice(notice)) => {
                     let _ = out.send(Output::Notice(notice)).await;
+                }
+                Ok(jail::Word::Ended { ended: end }) => {
+                    if let Some(tx) = ended.take() {
+                        let _ = tx.send(match end {
+                            jail::TreeEnd::Code(code) => ExitStatus::Code(code),
+                            jail::TreeEnd::Signal(sig) => ExitStatus::Signal(sig),
+                        });
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable notice from a supervisor"),
             }
@@ -617,6 +669,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.reason(), Reason::Internal);
         assert!(err.to_string().contains("/nonexistent/agentd"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_supervisors_word_of_the_end_reaches_the_waiter_while_it_still_runs() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        let (_exited_tx, exited_rx) = watch::channel(None);
+        let notice = jail::Notice::new("pids", "pids: limit reached".into(), false);
+        let mut lines = serde_json::to_vec(&jail::Word::Notice(notice.clone())).unwrap();
+        lines.extend(b"\n{\"ended\":{\"signal\":9}}\n");
+        // The supervisor stays alive (its end of the channel open) while agentd reads the word.
+        theirs.write_all(&lines).await.unwrap();
+        let pumping = tokio::spawn(pump_notices(Some(ours), tx, ended_tx, exited_rx));
+        assert_eq!(ended_rx.await.unwrap(), ExitStatus::Signal(9));
+        assert_eq!(rx.recv().await, Some(Output::Notice(notice)));
+        drop(theirs);
+        pumping.await.unwrap();
+        assert_eq!(rx.recv().await, None);
     }
 
     #[tokio::test]

@@ -298,7 +298,7 @@ impl Core {
         // Not running any more once a reader can see it final (a scrape right after must agree).
         drop(running);
         self.finish(sink, Some(started), facts).await?;
-        self.extend_session(&p.session).await;
+        self.after_finish(job, &p.session).await;
         Ok(())
     }
 
@@ -473,23 +473,25 @@ impl Core {
             tokio::task::spawn_blocking(move || crate::runner::adopt::forget(&dir, &token)).await;
     }
 
-    /// What the job changed in the workspace, from its two snapshots, stored with the job; then
-    /// the history's retention. A snapshot that cannot be taken loses the outputs, not the job.
+    /// What the job changed in the workspace, from its two snapshots, stored with the job. A
+    /// snapshot that cannot be taken loses the outputs, not the job.
     async fn record_outputs(&self, job: &Job, session: &Session, before: &Taken) -> Result<()> {
-        match self
-            .snapshot_job(&session.id, &job.id, SnapPoint::After)
-            .await
-        {
+        match self.snapshot_after(&session.id, &job.id, before).await {
             Ok(after) => {
                 let changes = Self::outputs_of(&before.tree, &after.tree);
                 self.store.put_job_outputs(&job.id, &changes).await?;
-                if let Err(e) = self.enforce_retention(&session.id).await {
-                    tracing::warn!(job = %job.id, error = %e, "cannot apply history retention");
-                }
             }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
         }
         Ok(())
+    }
+
+    /// The history's retention, once the job is final: nobody waits for it.
+    async fn after_finish(&self, job: &Job, session: &Session) {
+        if let Err(e) = self.enforce_retention(&session.id).await {
+            tracing::warn!(job = %job.id, error = %e, "cannot apply history retention");
+        }
+        self.extend_session(session).await;
     }
 
     /// Starts a controlled job's controller (its rules, its timeout) and hands it to the job's

@@ -146,6 +146,23 @@ pub struct Notice {
     pub fatal: bool,
 }
 
+/// How a jailed job's tree ended, told to agentd (`{"ended": …}` on the notice channel) as soon
+/// as it is gone, ahead of the supervisor's own exit, which mirrors it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TreeEnd {
+    Code(i32),
+    Signal(i32),
+}
+
+/// One line on the notice channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Word {
+    Notice(Notice),
+    Ended { ended: TreeEnd },
+}
+
 impl Notice {
     pub fn new(limit: &str, message: String, fatal: bool) -> Notice {
         Notice {

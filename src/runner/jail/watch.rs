@@ -5,7 +5,7 @@
 //! per-file size limit and, for the total, by stopping the job here.
 
 use super::cgroup::JobCgroup;
-use super::{JailSpec, Notice};
+use super::{JailSpec, Notice, TreeEnd, Word};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -213,9 +213,19 @@ impl Watch {
         true
     }
 
+    /// Tells agentd how the tree ended and closes the channel: its end is the last word.
+    pub fn ended(&mut self, ended: TreeEnd) {
+        self.say(&Word::Ended { ended });
+        self.out = None;
+    }
+
     fn notify(&mut self, notice: Notice) {
+        self.say(&Word::Notice(notice));
+    }
+
+    fn say(&mut self, word: &Word) {
         let Some(out) = &mut self.out else { return };
-        let Ok(mut line) = serde_json::to_vec(&notice) else {
+        let Ok(mut line) = serde_json::to_vec(word) else {
             return;
         };
         line.push(b'\n');

@@ -4,7 +4,8 @@
 //! - the **supervisor** stays on the host side: it maps the user namespace's ids, reads the
 //!   launch spec, puts ns-init into the job's cgroup, hands it the spec, watches the limits on a
 //!   SIGALRM tick and reports [`Notice`]s to agentd on the channel it was started with (its
-//!   stdin, a socket), and removes the cgroup when the tree is gone;
+//!   stdin, a socket), tells agentd how the agent ended as soon as ns-init says the tree is gone
+//!   (before the teardown), and then removes the cgroup;
 //! - **ns-init**, cloned into new user, PID, mount, IPC and UTS (and network) namespaces, builds
 //!   the job-independent root while the supervisor is a standby, then adds the job's paths,
 //!   pivots into the root, and forks the agent;
@@ -130,17 +131,26 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     };
     drop(ready_r);
 
-    // Writes into /tmp raise SIGIO, so a /tmp filled and emptied between two ticks is seen too.
+    // Writes into /tmp raise SIGIO, so a /tmp filled and emptied between two ticks is seen too;
+    // so does ns-init's word that the tree is gone.
     let tmp_writes = watch_writes(init);
+    signal_when_readable(&status_r);
     let mut watch = watch::Watch::new(cgroup, jail, tmp, Some(notices));
     tick(watch::TICK);
+    let mut announced = None;
     let end = wait_for(init, handled, |sig| match sig {
         Signal::SIGUSR1 => Some(kill_tree(init)),
         Signal::SIGIO => {
             if let Some(w) = &tmp_writes {
                 while w.read_events().is_ok_and(|e| !e.is_empty()) {}
             }
-            watch.tmp_written();
+            if announced.is_none() {
+                watch.tmp_written();
+                if let Some(end) = read_status(&status_r) {
+                    announce(&mut watch, end);
+                    announced = Some(end);
+                }
+            }
             None
         }
         Signal::SIGALRM => match watch.tick() {
@@ -152,16 +162,50 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
             None
         }
     });
-    tick(std::time::Duration::ZERO);
     drop(life_w);
-    let mut buf = [0u8; 8];
-    let end = match read(&status_r, &mut buf) {
-        Ok(8) => End::decode(buf).unwrap_or(end),
-        _ => end,
+    let end = match announced {
+        Some(end) => end,
+        None => {
+            // Without the signal (or when the tree was killed), the word is read once ns-init is
+            // reaped.
+            let end = read_status(&status_r).unwrap_or(end);
+            announce(&mut watch, end);
+            end
+        }
     };
-    watch.finish(end == End::Signal(Signal::SIGKILL));
     watch.clean_up();
     Ok(end)
+}
+
+/// The tree is gone (ns-init has reaped everything but itself and closed its output): the last
+/// look at the limits, then agentd is told how the agent ended and given its output's end, so
+/// the job finishes now and not after the namespaces' and the cgroup's teardown (tens of ms, much
+/// more on a busy host), which follows.
+fn announce(watch: &mut watch::Watch, end: End) {
+    tick(std::time::Duration::ZERO);
+    watch.finish(end == End::Signal(Signal::SIGKILL));
+    super::tree_gone(end);
+    watch.ended(end.tree_end());
+}
+
+/// ns-init's 8-byte word of how the agent ended, once it is there.
+fn read_status(status_r: &OwnedFd) -> Option<End> {
+    let mut buf = [0u8; 8];
+    match read(status_r, &mut buf) {
+        Ok(8) => End::decode(buf),
+        _ => None,
+    }
+}
+
+/// Asks for SIGIO when `fd` (non-blocking) becomes readable. Best effort: without it the word is
+/// read after ns-init is reaped.
+fn signal_when_readable(fd: &OwnedFd) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
+        libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK);
+    }
 }
 
 /// Puts ns-init (and so the agent it forks) back at the normal priority. A standby is set up at
@@ -402,8 +446,28 @@ fn ns_init(
         }
         None
     });
+    end_the_tree();
     let _ = nix::unistd::write(&status_w, &end.encode());
     _exit(0)
+}
+
+/// What the kernel would do when ns-init exits, done before: every other process of the
+/// namespace killed and reaped, and ns-init's own copies of the output pipes closed. After this
+/// nothing of the job can write to the workspace or the output, so the supervisor may report
+/// the end at once instead of after the namespaces' teardown.
+fn end_the_tree() {
+    loop {
+        // -1 from a namespace's init: every process of the namespace but init.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
 }
 
 fn read_to_end(fd: OwnedFd) -> std::io::Result<Vec<u8>> {

@@ -188,6 +188,17 @@ fn run(source: Source, shape: Option<Shape>) -> i32 {
     }
 }
 
+/// The tree is gone: the rest of its output is handed over (the spool's) and this process lets go
+/// of agentd's output pipes, so agentd reads their end now, not when this process exits after the
+/// jail's teardown. Nothing is written to stdout or stderr after this.
+fn tree_gone(end: End) {
+    spool::finish(end.encode());
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
 /// Arms SIGKILL on the parent's death, then checks the parent named in [`PARENT_ENV`] is still
 /// the parent (it may have died before the prctl, when nobody would kill us later). Without the
 /// variable (the supervisor run by hand) only the signal is armed.
@@ -249,6 +260,14 @@ impl End {
             WaitStatus::Exited(_, code) => Some(End::Code(code)),
             WaitStatus::Signaled(_, sig, _) => Some(End::Signal(sig)),
             _ => None,
+        }
+    }
+
+    /// How agentd sees this end (the supervisor exits the same way, [`exit_like`]).
+    fn tree_end(self) -> crate::runner::jail::TreeEnd {
+        match self {
+            End::Code(code) => crate::runner::jail::TreeEnd::Code(code),
+            End::Signal(sig) => crate::runner::jail::TreeEnd::Signal(sig as i32),
         }
     }
 
