@@ -123,6 +123,20 @@ async fn a_job_survives_kill9_under_a_data_dir_too_long_for_a_socket_path() {
     survive_kill9_with(opts, 6, Duration::from_millis(700)).await;
 }
 
+/// A profile without the jail runs its agent under a supervisor in a PID namespace of its own; that
+/// supervisor's spool is a thread, which it could not start after unsharing the namespace itself
+/// (every such job failed at once under `keep`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unjailed_job_survives_kill9_of_agentd() {
+    let opts = Options {
+        config: Some(
+            "[agents.claude]\nkind = \"claude\"\n[agents.claude.sandbox]\nenabled = false\n".into(),
+        ),
+        ..keep(600)
+    };
+    survive_kill9_with(opts, 6, Duration::from_millis(700)).await;
+}
+
 /// Twenty restarts at spread-out moments of a job's life, from before it starts to its last
 /// moments: every job ends SUCCEEDED with its whole output once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,8 +212,33 @@ pub async fn attach(dir: &Path, token: &str, max_line_bytes: usize) -> Result<At
             attached.conn = Some(conn);
             Ok(attached)
         }
+        Ok(Err(_)) if !socket_path(dir, token).exists() => {
+            // Past its tree's end a supervisor stops listening, then tears the jail down before
+            // it exits and drops its record: once it is gone, its journal is all there is.
+            if let Some(rec) = record {
+                wait_gone(rec).await;
+            }
+            attached.record = None;
+            if journal_ended(&journal_path(dir, token)).await {
+                Ok(attached)
+            } else {
+                Err(Refusal::Gone)
+            }
+        }
         Ok(Err(refusal)) => Err(refusal),
         Err(_) => Err(Refusal::Incompatible("no answer to the handshake".into())),
+    }
+}
+
+/// Waits (bounded: a jail's teardown takes well under a second) until `rec`'s process is gone.
+async fn wait_gone(rec: Record) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        let running = tokio::task::spawn_blocking(move || rec.still_running()).await;
+        if !running.unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

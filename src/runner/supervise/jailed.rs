@@ -13,7 +13,7 @@
 //!   the seccomp filter, and execs.
 
 use super::{
-    _exit, Agent, End, SETUP_FAILED, decode_jail, decode_spec, enter_place, exec_now,
+    _exit, Agent, End, SETUP_FAILED, clone_child, decode_jail, decode_spec, enter_place, exec_now,
     reap_blocking, wait_for,
 };
 use crate::runner::jail::{self, INSIDE_ID, JailSpec, Network, Shape, fs, seccomp, watch, writes};
@@ -246,23 +246,6 @@ fn kill_tree(init: Pid) -> End {
     let _ = kill(init, Signal::SIGKILL);
     reap_blocking(init);
     End::Signal(Signal::SIGKILL)
-}
-
-/// `clone` with namespace flags and fork semantics (the child continues here on a copy of this
-/// stack). `None` in the child.
-fn clone_child(flags: CloneFlags) -> Result<Option<Pid>, String> {
-    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: as fork: the supervisor is single-threaded; with a null stack pointer the kernel
-    // gives the child a copy-on-write copy of this one, and no other argument is used.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    match rc {
-        -1 => Err(format!(
-            "cannot create the jail's namespaces: {}",
-            std::io::Error::last_os_error()
-        )),
-        0 => Ok(None),
-        pid => Ok(Some(Pid::from_raw(pid as i32))),
-    }
 }
 
 /// Maps the agent's [`INSIDE_ID`] to its host ids. As root, inside root stays host root (ns-init

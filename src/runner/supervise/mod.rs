@@ -56,7 +56,7 @@
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use nix::sys::prctl;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, raise, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -234,12 +234,10 @@ fn supervise(source: Source, shape: Option<Shape>) -> Result<End, i32> {
     let force_fallback = std::env::var_os(NO_NS_ENV).is_some_and(|v| v == "1");
     let end = if let Some(shape) = shape {
         jailed::run(shape, &handled)
-    } else if !force_fallback && unshare(CloneFlags::CLONE_NEWPID).is_ok() {
-        // A private mount namespace lets ns-init mount a /proc that matches the new PID numbers.
-        let own_proc = unshare(CloneFlags::CLONE_NEWNS).is_ok();
-        run_namespaced(source, &handled, own_proc)
-    } else {
+    } else if force_fallback {
         run_subreaper(source, &handled)
+    } else {
+        run_namespaced(source, &handled)
     };
     end.map_err(|msg| {
         let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
@@ -669,22 +667,50 @@ fn reap_blocking(pid: Pid) -> Option<End> {
     }
 }
 
+/// `clone` with namespace flags and fork semantics (the child continues here on a copy of this
+/// stack). `None` in the child.
+fn clone_child(flags: CloneFlags) -> Result<Option<Pid>, String> {
+    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: as fork: the supervisor is single-threaded; with a null stack pointer the kernel
+    // gives the child a copy-on-write copy of this one, and no other argument is used.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match rc {
+        -1 => Err(format!(
+            "cannot create the job's namespaces: {}",
+            std::io::Error::last_os_error()
+        )),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as i32))),
+    }
+}
+
 fn fork_or_err() -> Result<ForkResult, String> {
     // SAFETY: the supervisor is single-threaded (it runs before any runtime or thread is started),
     // so the child may do anything the parent could, including allocating.
     unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))
 }
 
-/// PID-namespace mode: this process has already unshared; its first child becomes ns-init.
-fn run_namespaced(source: Source, handled: &SigSet, own_proc: bool) -> Result<End, String> {
+/// PID-namespace mode: ns-init is cloned into a new PID namespace (and, where it can be had, a
+/// private mount namespace, so ns-init can mount a /proc that matches the new PID numbers).
+/// Cloned, not unshared: after `unshare(CLONE_NEWPID)` this process could no longer start a
+/// thread (EINVAL), and the spool of a job that outlives agentd is one. Without the namespaces,
+/// the subreaper mode.
+fn run_namespaced(source: Source, handled: &SigSet) -> Result<End, String> {
     // `life`: ns-init holds the read end; EOF there means the supervisor is gone.
     let (life_r, life_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
         .map_err(|e| format!("cannot create a pipe: {e}"))?;
     // `status`: ns-init writes the agent's end here before exiting.
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
         .map_err(|e| format!("cannot create a pipe: {e}"))?;
-    match fork_or_err()? {
-        ForkResult::Child => {
+    let (cloned, own_proc) = match clone_child(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
+        Ok(cloned) => (cloned, true),
+        Err(_) => match clone_child(CloneFlags::CLONE_NEWPID) {
+            Ok(cloned) => (cloned, false),
+            Err(_) => return run_subreaper(source, handled),
+        },
+    };
+    match cloned {
+        None => {
             drop(life_w);
             drop(status_r);
             if own_proc {
@@ -692,7 +718,7 @@ fn run_namespaced(source: Source, handled: &SigSet, own_proc: bool) -> Result<En
             }
             ns_init(source, handled, life_r, status_w, own_proc)
         }
-        ForkResult::Parent { child: init } => {
+        Some(init) => {
             spool::start();
             drop(life_r);
             drop(status_w);
