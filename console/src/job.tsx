@@ -105,8 +105,15 @@ function Rows({ t, version, selected, onSelect, onView }: { t: Timeline; version
     ro.observe(el);
     return () => ro.disconnect();
   }, []);
+  // Where following the end last put the view: a scroll whose event has not come yet (it comes
+  // with the next frame) has moved it away, and must not be undone by this effect.
+  const followed = useRef(-1);
   useEffect(() => {
-    if (tail && box.current) box.current.scrollTop = n * ROW;
+    const el = box.current;
+    if (!tail || !el) return;
+    if (followed.current >= 0 && el.scrollTop !== followed.current && el.scrollTop + el.clientHeight < el.scrollHeight - ROW) return;
+    el.scrollTop = n * ROW;
+    followed.current = el.scrollTop;
   }, [version, tail]);
   useEffect(() => {
     const el = box.current;
