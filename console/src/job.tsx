@@ -1,6 +1,7 @@
-// A job's page: its facts (state, reason, usage and cost), cancel, and its timeline — every event
-// replayed from the store and then followed live, in a virtualised list (fixed-height rows, so
-// thousands of events cost the same as thirty and nothing shifts while streaming), with the
+// A job's page: its facts (state, reason, usage and cost), cancel, and its timeline — its last
+// events first, then followed live while the earlier ones load behind them (`replay`), in a
+// virtualised list (fixed-height rows placed by seq, so thousands of events cost the same as
+// thirty and nothing shifts while streaming or backfilling), with the
 // selected event unfolded below it. Keys: ↑/↓ or j/k select, Home/End jump, End also re-follows.
 // While it runs: its open permission requests, input and interrupt (`control`); once final: the
 // files it changed and their diff (`changes`), and rewind or fork from it (`history`).

@@ -1,16 +1,16 @@
 // Loading a job's event log into the page, cheapest first screen first. The timeline shows the
 // end of the log, so the tail (the last TAIL events, then the live stream) is fetched before
-// anything else; the rest comes in pages of PAGE events afterwards, the ones the viewport shows
-// first, then backwards from the tail. Rows sit at fixed positions by seq, so an event that
-// arrives late fills its own row and nothing moves. Each read is a StreamJobEvents from a seq,
-// ended by the client once its page is in (the server replays in batches of the same size).
+// anything else; once it is painted, the rest streams in forward from seq 1, jumping to the
+// page of PAGE seqs the viewport shows when the stream would not reach it soon. Rows sit at
+// fixed positions by seq, so an event that arrives late fills its own row and nothing moves.
+// Each read is a StreamJobEvents from a seq, ended by the client once its range is in.
 import { isAgentdError, Code } from "../../clients/typescript/src/errors.js";
 import type { Job, JobEvent, PermissionRequest } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
 import type { Api } from "./api";
 
 /** Events fetched before the first screen: a screenful and then some. */
 export const TAIL = 200;
-/** Events per backfill read: the server's replay batch, so a page is one message. */
+/** The backfill's unit of "loaded" and of a jump (the server's replay batch: one message). */
 export const PAGE = 1000;
 
 /** The events seen so far, by seq (seq N at index N-1; holes not loaded yet). */
