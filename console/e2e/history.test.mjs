@@ -106,6 +106,7 @@ describe("console rewind and fork", () => {
     await page.screenshot({ path: `${SHOTS}/rewind-busy.png` });
     await page.keyboard.press("Escape");
     await rewind.waitFor({ state: "hidden" });
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("aria-label")), `Rewind to job ${job2}`, "focus back on the button that opened it");
     assert.equal(await page.locator("tr.rewound").count(), 0, "the refused rewind marked nothing");
     await page.goto(`${server.url}#/jobs/${job3}`);
     await page.getByRole("button", { name: "Cancel" }).click();
