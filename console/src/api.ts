@@ -65,45 +65,14 @@ export const FINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANC
 
 export const stateName = (s: JobState) => (JobState[s] ?? String(s)).toLowerCase().replace("_", " ");
 
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((res) => {
-    const t = setTimeout(res, ms);
-    signal.addEventListener("abort", () => (clearTimeout(t), res()), { once: true });
-  });
-
-/**
- * Follows a job's events from `after` until its stream ends (the job is final) or `signal`
- * aborts. A dropped connection reattaches from the last seq delivered, so nothing is missed or
- * repeated; errors the server meant (not found, denied) end it.
- */
-export async function follow(
-  api: Api,
-  jobId: string,
-  after: bigint,
-  onEvents: (events: JobEvent[]) => void,
-  onRetry: (err: unknown) => void,
-  signal: AbortSignal,
-): Promise<void> {
-  let last = after;
-  let delay = 250;
-  while (!signal.aborted) {
-    try {
-      for await (const r of api.jobs.streamJobEvents({ jobId, afterSeq: last }, { signal })) {
-        if (r.events.length === 0) continue;
-        last = r.events[r.events.length - 1].seq;
-        delay = 250;
-        onEvents(r.events);
-      }
-      return;
-    } catch (err) {
-      if (signal.aborted) return;
-      const transient = isAgentdError(err) && [Code.Unavailable, Code.Unknown, Code.Internal, Code.DeadlineExceeded].includes(err.code);
-      if (!transient && !(err instanceof TypeError)) throw err;
-      onRetry(err);
-      await sleep(delay, signal);
-      delay = Math.min(delay * 2, 5000);
-    }
+/** "team=a, ticket=42" → labels; an entry without "=" is a label with an empty value. */
+export function parseLabels(text: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const part of text.split(",")) {
+    const [k, ...v] = part.split("=");
+    if (k.trim()) labels[k.trim()] = v.join("=").trim();
   }
+  return labels;
 }
 
 /** JSON indented for reading; anything else as it came. */

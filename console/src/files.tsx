@@ -28,11 +28,12 @@ function children(files: FileInfo[], dir: string): Entry[] {
   return [...out.values()].sort((a, b) => Number(b.dir) - Number(a.dir) || a.name.localeCompare(b.name));
 }
 
-export function Files({ api, sessionId }: { api: Api; sessionId: string }) {
+/** `version` changes when something else changed the workspace (a rewind): the list reloads. */
+export function Files({ api, sessionId, version = 0 }: { api: Api; sessionId: string; version?: number }) {
   const [dir, setDir] = useState("");
   const [error, setError] = useState<unknown>();
   const [progress, setProgress] = useState("");
-  const list = useLoad(() => api.files.listFiles({ sessionId, path: dir, pageSize: 1000 }), [api, sessionId, dir], () => {});
+  const list = useLoad(() => api.files.listFiles({ sessionId, path: dir, pageSize: 1000 }), [api, sessionId, dir, version], () => {});
   const up = dir.includes("/") ? dir.slice(0, dir.lastIndexOf("/")) : "";
   const entries = list.value ? children(list.value.files, dir) : [];
   const onUpload = async (files: FileList | null) => {

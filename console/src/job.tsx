@@ -1,40 +1,22 @@
-// A job's page: its facts (state, reason, usage and cost), cancel, and its timeline — every event
-// replayed from the store and then followed live, in a virtualised list (fixed-height rows, so
-// thousands of events cost the same as thirty and nothing shifts while streaming), with the
+// A job's page: its facts (state, reason, usage and cost), cancel, and its timeline — its last
+// events first, then followed live while the earlier ones load behind them (`replay`), in a
+// virtualised list (fixed-height rows placed by seq, so thousands of events cost the same as
+// thirty and nothing shifts while streaming or backfilling), with the
 // selected event unfolded below it. Keys: ↑/↓ or j/k select, Home/End jump, End also re-follows.
 // While it runs: its open permission requests, input and interrupt (`control`); once final: the
-// files it changed and their diff (`changes`).
+// files it changed and their diff (`changes`), and rewind or fork from it (`history`).
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { FINAL, fmtTime, follow, isUnauthenticated, pretty, stateName, type Api } from "./api";
+import { FINAL, fmtTime, isUnauthenticated, pretty, stateName, type Api } from "./api";
+import { mark, Replay, Timeline } from "./replay";
 import { ErrorLine } from "./sessions";
 import { Controls } from "./control";
 import { Changes } from "./changes";
-import type { Job, JobEvent, PermissionRequest, Usage } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import { HistoryActions, RewoundMark, rewoundText } from "./history";
+import type { Job, JobEvent, Usage } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
 import { JobState } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
 
 const ROW = 26;
 const OVERSCAN = 10;
-
-/** The events seen so far, deduplicated by seq; `gaps` counts seqs that never arrived. */
-class Timeline {
-  events: JobEvent[] = [];
-  lastSeq = 0n;
-  gaps = 0;
-  results = new Map<string, number>();
-  /** Permission requests not yet resolved, by request id, oldest first. */
-  asks = new Map<string, PermissionRequest>();
-  add(batch: JobEvent[]) {
-    for (const e of batch) {
-      if (e.seq <= this.lastSeq) continue;
-      if (e.seq !== this.lastSeq + 1n) this.gaps += Number(e.seq - this.lastSeq - 1n);
-      this.lastSeq = e.seq;
-      if (e.kind.case === "toolResult") this.results.set(e.kind.value.id, this.events.length);
-      if (e.kind.case === "permissionRequest") this.asks.set(e.kind.value.requestId, e.kind.value);
-      if (e.kind.case === "permissionResolved") this.asks.delete(e.kind.value.requestId);
-      this.events.push(e);
-    }
-  }
-}
 
 export function usageText(u?: Usage): string {
   if (!u) return "—";
@@ -86,12 +68,13 @@ function summary(e: JobEvent): [string, string] {
 
 function Detail({ t, index }: { t: Timeline; index: number }) {
   const e = t.events[index];
+  if (index >= 0 && !e) return <p class="empty">Event #{index + 1} is still loading.</p>;
   if (!e) return <p class="empty">Select an event (↑/↓, Enter) to unfold it.</p>;
   const [kind, text] = summary(e);
   let body = <pre>{text}</pre>;
   if (e.kind.case === "toolCall") {
     const r = t.results.get(e.kind.value.id);
-    const res = r !== undefined ? t.events[r].kind : undefined;
+    const res = r !== undefined ? t.events[r]?.kind : undefined;
     body = (
       <>
         <h4>{e.kind.value.name} · input</h4>
@@ -111,20 +94,27 @@ function Detail({ t, index }: { t: Timeline; index: number }) {
   );
 }
 
-function Rows({ t, version, selected, onSelect }: { t: Timeline; version: number; selected: number; onSelect: (i: number) => void }) {
+function Rows({ t, version, selected, onSelect, onView }: { t: Timeline; version: number; selected: number; onSelect: (i: number) => void; onView: (first: number, last: number) => void }) {
   const box = useRef<HTMLDivElement>(null);
   const [top, setTop] = useState(0);
   const [height, setHeight] = useState(600);
   const [tail, setTail] = useState(true);
-  const n = t.events.length;
+  const n = t.size;
   useEffect(() => {
     const el = box.current!;
     const ro = new ResizeObserver(() => setHeight(el.clientHeight));
     ro.observe(el);
     return () => ro.disconnect();
   }, []);
+  // Where following the end last put the view: a scroll whose event has not come yet (it comes
+  // with the next frame) has moved it away, and must not be undone by this effect.
+  const followed = useRef(-1);
   useEffect(() => {
-    if (tail && box.current) box.current.scrollTop = n * ROW;
+    const el = box.current;
+    if (!tail || !el) return;
+    if (followed.current >= 0 && el.scrollTop !== followed.current && el.scrollTop + el.clientHeight < el.scrollHeight - ROW) return;
+    el.scrollTop = n * ROW;
+    followed.current = el.scrollTop;
   }, [version, tail]);
   useEffect(() => {
     const el = box.current;
@@ -134,6 +124,7 @@ function Rows({ t, version, selected, onSelect }: { t: Timeline; version: number
   }, [selected]);
   const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
   const last = Math.min(n, Math.ceil((top + height) / ROW) + OVERSCAN);
+  useEffect(() => onView(first, last), [first, last]);
   const onKey = (e: KeyboardEvent) => {
     const move = (i: number) => {
       e.preventDefault();
@@ -154,12 +145,24 @@ function Rows({ t, version, selected, onSelect }: { t: Timeline; version: number
   const rows = [];
   for (let i = first; i < last; i++) {
     const e = t.events[i];
+    const style = { top: `${i * ROW}px` };
+    const sel = i === selected ? " sel" : "";
+    // A row not loaded yet keeps its place; its event fills it when its page arrives.
+    if (!e) {
+      rows.push(
+        <div key={i} class={`ev pending${sel}`} style={style} role="row" aria-selected={i === selected} aria-busy="true" onClick={() => (setTail(false), onSelect(i))}>
+          <span class="seq">{i + 1}</span>
+          <span class="kind">…</span>
+        </div>,
+      );
+      continue;
+    }
     const [kind, text] = summary(e);
     rows.push(
       <div
-        key={String(e.seq)}
-        class={`ev k-${e.kind.case ?? "none"}${i === selected ? " sel" : ""}`}
-        style={{ top: `${i * ROW}px` }}
+        key={i}
+        class={`ev k-${e.kind.case ?? "none"}${sel}`}
+        style={style}
         role="row"
         aria-selected={i === selected}
         data-seq={String(e.seq)}
@@ -214,6 +217,14 @@ function Facts({ job }: { job: Job }) {
           <dd class="error">{job.errorMessage}</dd>
         </>
       )}
+      {job.rewoundPast && (
+        <>
+          <dt>History</dt>
+          <dd>
+            <RewoundMark job={job} /> the session was rewound to before this job ended: its changes and conversation are no longer the session's
+          </dd>
+        </>
+      )}
       <dt>Agent</dt>
       <dd>
         {job.agent}
@@ -250,15 +261,18 @@ export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuth
   const [error, setError] = useState<unknown>();
   const [live, setLive] = useState<"connecting" | "live" | "reconnecting" | "complete">("connecting");
   const [selected, setSelected] = useState(-1);
+  const [notice, setNotice] = useState("");
   const fail = (e: unknown) => (isUnauthenticated(e) ? onAuthError() : setError(e));
   const refresh = () => api.jobs.getJob({ jobId: id }).then((r) => setJob(r.job), fail);
+  const replay = useMemo(() => new Replay(api, id, t), [api, id, t]);
   useEffect(() => {
     const stop = new AbortController();
     let frame = 0;
-    let marked = false;
-    refresh();
+    let shown = false;
+    let painted: () => void = () => {};
+    const firstPaint = new Promise<void>((res) => (painted = res));
     const onEvents = (batch: JobEvent[]) => {
-      t.add(batch);
+      if (t.count === batch.length) mark("first-batch");
       setLive("live");
       // The job's row changes when it starts and when it ends.
       if (batch.some((e) => e.kind.case === "started" || e.kind.case === "finished")) refresh();
@@ -267,17 +281,22 @@ export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuth
         frame = requestAnimationFrame(() => {
           frame = 0;
           setVersion((v) => v + 1);
-          if (!marked) {
-            marked = true;
-            requestAnimationFrame(() => performance.mark("agentd:first-events"));
+          // The frame after the first render is the first screen.
+          if (!shown) {
+            shown = true;
+            requestAnimationFrame(() => (mark("first-events"), painted()));
           }
         });
     };
-    follow(api, id, 0n, onEvents, () => setLive("reconnecting"), stop.signal).then(
+    const hooks = { job: setJob, events: onEvents, retry: () => setLive("reconnecting") };
+    replay.run(hooks, firstPaint, stop.signal).then(
       () => {
-        if (!stop.signal.aborted) (setLive("complete"), refresh());
+        if (stop.signal.aborted) return;
+        mark("replay-complete");
+        setLive("complete");
+        refresh();
       },
-      fail,
+      (e) => stop.signal.aborted || fail(e),
     );
     return () => stop.abort();
   }, [api, id]);
@@ -296,17 +315,26 @@ export function JobView({ api, id, onAuthError }: { api: Api; id: string; onAuth
       <ErrorLine error={error} />
       {job && <Facts job={job} />}
       <div class="status" aria-live="polite">
-        <span data-testid="stream-state">{live}</span> · <span data-testid="event-count">{t.events.length}</span> events · last seq{" "}
+        <span data-testid="stream-state">{live}</span> · <span data-testid="event-count">{t.count}</span> events · last seq{" "}
         <span data-testid="last-seq">{String(t.lastSeq)}</span>
         {t.gaps > 0 && <span class="error"> · {t.gaps} missing</span>}
       </div>
-      <Rows t={t} version={version} selected={selected} onSelect={setSelected} />
+      <Rows t={t} version={version} selected={selected} onSelect={setSelected} onView={(a, b) => replay.want(a, b)} />
       <Detail t={t} index={selected} />
       {/* Below the timeline, so a request appearing never moves the rows being read. */}
       {job && !FINAL.has(job.state) && <Controls api={api} jobId={id} asks={[...t.asks.values()]} />}
       {job && FINAL.has(job.state) && <Changes api={api} jobId={id} sessionId={job.sessionId} />}
-      {/* Rewind and fork (SessionService.RewindSession / ForkSession, another issue) belong here,
-          beside the changes of the finished job they would start from. */}
+      {job && FINAL.has(job.state) && (
+        <section class="card" aria-label="History">
+          <h3>Rewind or fork from this job</h3>
+          <HistoryActions api={api} job={job} onRewound={(r, p) => (setNotice(rewoundText(job, p, r)), refresh())} />
+          {notice && (
+            <p class="notice" role="status">
+              {notice}
+            </p>
+          )}
+        </section>
+      )}
     </section>
   );
 }

@@ -44,8 +44,8 @@ function Login({ onKey }: { onKey: (k: string) => void }) {
 
 function route(api: Api, path: string, onAuthError: () => void) {
   const [, kind, id] = path.split("/");
-  if (kind === "sessions" && id) return <SessionView api={api} id={decodeURIComponent(id)} onAuthError={onAuthError} />;
-  if (kind === "jobs" && id) return <JobView api={api} id={decodeURIComponent(id)} onAuthError={onAuthError} />;
+  if (kind === "sessions" && id) return <SessionView key={id} api={api} id={decodeURIComponent(id)} onAuthError={onAuthError} />;
+  if (kind === "jobs" && id) return <JobView key={id} api={api} id={decodeURIComponent(id)} onAuthError={onAuthError} />;
   if (kind === "server") return <ServerView api={api} onAuthError={onAuthError} />;
   if (kind === "usage") return <UsageView api={api} onAuthError={onAuthError} />;
   if (kind === "presets") return <PresetsView api={api} onAuthError={onAuthError} />;

@@ -1,11 +1,14 @@
 // Sessions: the tenant's list and a form to create one (labels, TTL, files sent inline), and one
-// session's page: its facts, its jobs, a form to submit a job, and its file browser.
+// session's page: its facts, its jobs (each finished one with rewind and fork, `history`), a form
+// to submit a job, and its file browser.
 import { useState } from "preact/hooks";
-import { describe, fmtBytes, fmtTime, stateName, type Api } from "./api";
+import { describe, FINAL, fmtBytes, fmtTime, parseLabels, stateName, type Api } from "./api";
 import { useLoad } from "./hooks";
 import { Files } from "./files";
 import { templateVariables } from "./presets";
-import type { Session } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
+import { HistoryActions, RewoundMark, rewoundText } from "./history";
+import type { Job } from "../../clients/typescript/src/gen/agentd/v1/job_pb.js";
+import type { RewindSessionResponse, Session, SnapshotPoint } from "../../clients/typescript/src/gen/agentd/v1/session_pb.js";
 
 interface Props {
   api: Api;
@@ -24,15 +27,6 @@ const labelsText = (s: Session) =>
   Object.entries(s.labels)
     .map(([k, v]) => `${k}=${v}`)
     .join(", ");
-
-function parseLabels(text: string): Record<string, string> {
-  const labels: Record<string, string> = {};
-  for (const part of text.split(",")) {
-    const [k, ...v] = part.split("=");
-    if (k.trim()) labels[k.trim()] = v.join("=").trim();
-  }
-  return labels;
-}
 
 function CreateSession({ api, onCreated }: { api: Api; onCreated: (id: string) => void }) {
   const [labels, setLabels] = useState("");
@@ -226,7 +220,16 @@ function SubmitJob({ api, sessionId }: { api: Api; sessionId: string }) {
 export function SessionView({ api, id, onAuthError }: Props & { id: string }) {
   const session = useLoad(() => api.sessions.getSession({ sessionId: id }), [api, id], onAuthError);
   const jobs = useLoad(() => api.jobs.listJobs({ sessionId: id, pageSize: 100 }), [api, id], onAuthError);
+  const [notice, setNotice] = useState("");
+  const [filesVersion, setFilesVersion] = useState(0);
   const s = session.value?.session;
+  // A rewind changes the session's files, its conversation and its jobs' marks: reload all three.
+  const onRewound = (job: Job, r: RewindSessionResponse, point: SnapshotPoint) => {
+    setNotice(rewoundText(job, point, r));
+    session.reload();
+    jobs.reload();
+    setFilesVersion((v) => v + 1);
+  };
   return (
     <section>
       <h2>
@@ -248,12 +251,19 @@ export function SessionView({ api, id, onAuthError }: Props & { id: string }) {
             {String(s.fileCount)} · {fmtBytes(s.totalBytes)}
           </dd>
           <dt>Conversation</dt>
-          <dd class="mono">{s.conversationId || "—"}</dd>
+          <dd class="mono" data-testid="conversation">
+            {s.conversationId || "—"}
+          </dd>
         </dl>
       )}
       {s && <SubmitJob api={api} sessionId={id} />}
       <h3>Jobs</h3>
       <ErrorLine error={jobs.error} />
+      {notice && (
+        <p class="notice" role="status">
+          {notice}
+        </p>
+      )}
       {jobs.value && jobs.value.jobs.length === 0 && <p class="empty">No jobs yet.</p>}
       {jobs.value && jobs.value.jobs.length > 0 && (
         <table class="list" aria-label="Jobs">
@@ -264,26 +274,30 @@ export function SessionView({ api, id, onAuthError }: Props & { id: string }) {
               <th>Agent</th>
               <th>Prompt</th>
               <th>Created</th>
+              <th>History</th>
             </tr>
           </thead>
           <tbody>
             {jobs.value.jobs.map((j) => (
-              <tr key={j.jobId}>
+              <tr key={j.jobId} class={j.rewoundPast ? "rewound" : undefined} data-job={j.jobId}>
                 <td>
                   <a class="mono" href={`#/jobs/${encodeURIComponent(j.jobId)}`}>
                     {j.jobId}
                   </a>
                 </td>
-                <td class={`state s${j.state}`}>{stateName(j.state)}</td>
+                <td>
+                  <span class={`state s${j.state}`}>{stateName(j.state)}</span> <RewoundMark job={j} />
+                </td>
                 <td>{j.agent}</td>
                 <td class="clip">{j.prompt}</td>
                 <td>{fmtTime(j.createTime)}</td>
+                <td>{FINAL.has(j.state) && <HistoryActions api={api} job={j} onRewound={(r, p) => onRewound(j, r, p)} />}</td>
               </tr>
             ))}
           </tbody>
         </table>
       )}
-      {s && <Files api={api} sessionId={id} />}
+      {s && <Files api={api} sessionId={id} version={filesVersion} />}
     </section>
   );
 }
