@@ -53,10 +53,11 @@ pub trait Interactive: Send + Sync {
 /// The controls an agent kind supports (listed in ServerInfo).
 pub fn controls(kind: AgentKind) -> &'static [&'static str] {
     match kind {
-        AgentKind::Claude | AgentKind::Codex => &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT],
-        // OpenCode's ACP adapter (`acp`) is wired below, but its end-to-end tests have not passed
-        // yet: until they do, agentd does not offer it.
-        _ => &[],
+        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode | AgentKind::Gemini => {
+            &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT]
+        }
+        // A configured command has no protocol agentd knows.
+        AgentKind::Command => &[],
     }
 }
 
@@ -69,11 +70,13 @@ pub fn protocol(
     match profile.kind {
         AgentKind::Claude => Some(Box::new(Claude)),
         AgentKind::Codex => Some(Box::new(super::codex::app_protocol(spec, ctx))),
-        AgentKind::Opencode => Some(Box::new(super::acp::Acp::new(super::acp::Setup {
-            resume: ctx.resume_conversation.map(str::to_owned),
-            cwd: ctx.workspace.to_string_lossy().into_owned(),
-        }))),
-        _ => None,
+        AgentKind::Opencode | AgentKind::Gemini => {
+            Some(Box::new(super::acp::Acp::new(super::acp::Setup {
+                resume: ctx.resume_conversation.map(str::to_owned),
+                cwd: ctx.workspace.to_string_lossy().into_owned(),
+            })))
+        }
+        AgentKind::Command => None,
     }
 }
 
