@@ -898,8 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol, Codex's app server, OpenCode's and Gemini CLI's ACP. A
-// configured command refuses `ask` as an unsupported option.
+// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. A configured command
+// (and Gemini CLI, not offered yet) refuses `ask` as an unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -1650,10 +1650,13 @@ macro_rules! control_tests {
 control_tests!(control_claude, CLAUDE);
 control_tests!(control_codex, CODEX);
 control_tests!(control_opencode, OPENCODE);
-control_tests!(control_gemini, GEMINI);
+// Gemini CLI (ACP, `gemini --acp`) joins once `controls` lists it (see interactive::controls:
+// its next job cannot load the conversation of a job that asked):
+// control_tests!(control_gemini, GEMINI);
 
 /// A configured command speaks no protocol agentd knows: `ask` is refused naming it, and
-/// ServerInfo lists no controls for it while it lists all three for a genuine agent.
+/// ServerInfo lists no controls for it (nor for Gemini, not offered yet) while it lists all
+/// three for an agent that has them.
 #[tokio::test]
 async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
     let mut w = World::with_config(&GEMINI, |_| {
@@ -1689,7 +1692,15 @@ async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
         agent.controls.clone()
     };
     assert!(controls("plain-script").is_empty());
-    assert_eq!(controls("gemini"), ["ask", "input", "interrupt"]);
+    assert!(controls("gemini").is_empty());
+    let mut all = w.server.clients(KEY_A).await;
+    let st = all
+        .jobs
+        .submit_job(w.ask("write x.txt y"))
+        .await
+        .expect_err("gemini took ask");
+    assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
+    assert!(st.message().contains("gemini"), "{st:?}");
 }
 // ------------------------------------------------------------------------------------------------
 // Agent capabilities (issue #20): deltas, thinking and plans, structured output, prompts and

@@ -102,9 +102,10 @@ pub const PENDING: &str = "SELECT m.id, m.job_id, m.kind, m.request_id, m.allow,
      WHERE NOT m.done AND j.owner = $1 AND j.state_name IN ('QUEUED', 'RUNNING') \
      ORDER BY m.id LIMIT 256";
 
-/// Marks message $1 delivered ($2 NULL) or refused ($2 reason, $3 message).
+/// Marks message $3 delivered ($1 NULL) or refused ($1 reason, $2 message). (SQLite numbers `$n`
+/// by first appearance, so they appear here in order.)
 pub const SETTLE: &str =
-    "UPDATE control_messages SET done = true, refusal = $2, refusal_message = $3 WHERE id = $1";
+    "UPDATE control_messages SET done = true, refusal = $1, refusal_message = $2 WHERE id = $3";
 
 /// Message $1's state: done, refusal, refusal message.
 pub const OUTCOME: &str =

@@ -65,7 +65,7 @@ pub(super) async fn pending(store: &PgStore, replica: &str) -> Result<Vec<Contro
 pub(super) async fn settle(store: &PgStore, id: i64, refusal: Option<(&str, &str)>) -> Result<()> {
     let (reason, message) = refusal.unzip();
     store
-        .execute(control::SETTLE, &[&id, &reason, &message])
+        .execute(control::SETTLE, &[&reason, &message, &id])
         .await
         .map(|_| ())
 }

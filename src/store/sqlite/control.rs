@@ -46,7 +46,7 @@ pub(super) fn pending(conn: &Connection, replica: &str) -> Result<Vec<ControlMes
 pub(super) fn settle(conn: &Connection, id: i64, refusal: Option<(&str, &str)>) -> Result<()> {
     let (reason, message) = refusal.unzip();
     conn.prepare_cached(control::SETTLE)
-        .and_then(|mut st| st.execute(params![id, reason, message]))
+        .and_then(|mut st| st.execute(params![reason, message, id]))
         .map(|_| ())
         .map_err(db)
 }
