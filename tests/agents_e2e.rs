@@ -898,8 +898,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol, Codex's app server. The others refuse `ask` as an
-// unsupported option.
+// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. A configured command
+// (and Gemini CLI, not offered yet) refuses `ask` as an unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -1649,17 +1649,56 @@ macro_rules! control_tests {
 
 control_tests!(control_claude, CLAUDE);
 control_tests!(control_codex, CODEX);
-// OpenCode (ACP, src/agents/acp.rs) joins once `controls` lists it:
-// control_tests!(control_opencode, OPENCODE);
+control_tests!(control_opencode, OPENCODE);
+// Gemini CLI (ACP, `gemini --acp`) joins once `controls` lists it (see interactive::controls:
+// its next job cannot load the conversation of a job that asked):
+// control_tests!(control_gemini, GEMINI);
 
+/// A configured command speaks no protocol agentd knows: `ask` is refused naming it, and
+/// ServerInfo lists no controls for it (nor for Gemini, not offered yet) while it lists all
+/// three for an agent that has them.
 #[tokio::test]
 async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
-    let mut w = World::new(&GEMINI).await;
+    let mut w = World::with_config(&GEMINI, |_| {
+        "[agents.plain-script]\nkind = \"command\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"cat\"]\n".into()
+    })
+    .await;
     let st = w
-        .submit(w.ask("write x.txt y"))
+        .submit(pb::SubmitJobRequest {
+            agent: "plain-script".into(),
+            ..w.ask("write x.txt y")
+        })
+        .await
+        .expect_err("a command took ask");
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
+    assert!(st.message().contains("plain-script"), "{st:?}");
+
+    let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
+        w.server.channel().await,
+        |mut r: tonic::Request<()>| {
+            let key = format!("Bearer {KEY_A}").parse().expect("header");
+            r.metadata_mut().insert("authorization", key);
+            Ok(r)
+        },
+    );
+    let got = info
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .expect("server info")
+        .into_inner();
+    let controls = |name: &str| {
+        let agent = got.agents.iter().find(|a| a.name == name).expect(name);
+        agent.controls.clone()
+    };
+    assert!(controls("plain-script").is_empty());
+    assert!(controls("gemini").is_empty());
+    let mut all = w.server.clients(KEY_A).await;
+    let st = all
+        .jobs
+        .submit_job(w.ask("write x.txt y"))
         .await
         .expect_err("gemini took ask");
-    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
     assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
     assert!(st.message().contains("gemini"), "{st:?}");
 }
@@ -2004,4 +2043,42 @@ mod capabilities {
             })
             .unwrap_or_default()
     }
+}
+
+/// Codex under `ask` runs the app server: every turn agentd starts carries the job's
+/// `output_schema` (`turn/start`'s `outputSchema`), so the model is asked for JSON fitting it,
+/// as `codex exec --output-schema` asks for a job that does not ask.
+#[tokio::test]
+async fn codex_ask_honours_the_output_schema() {
+    scenario(async {
+        let mut w = World::new(&CODEX).await;
+        let req = pb::SubmitJobRequest {
+            output_schema: SCHEMA.into(),
+            ..w.ask(r#"json {"n": 7}"#)
+        };
+        let (job, events) = w.run_req(req).await;
+        w.expect_state(&job, &events, pb::JobState::Succeeded);
+        let got: serde_json::Value =
+            serde_json::from_str(&job.structured_result).unwrap_or_default();
+        assert_eq!(
+            got,
+            serde_json::json!({"n": 7}),
+            "{}",
+            w.explain(&job, &events)
+        );
+        let turns: Vec<serde_json::Value> = w
+            .mock
+            .requests()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["api"] == "responses" && !r["tools"].as_array().is_none_or(Vec::is_empty))
+            .collect();
+        assert!(!turns.is_empty(), "{}", w.explain(&job, &events));
+        assert!(
+            turns.iter().all(|r| r["json_schema"] == true),
+            "{}",
+            w.explain(&job, &events)
+        );
+    })
+    .await;
 }

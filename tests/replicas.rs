@@ -380,3 +380,207 @@ async fn fifty_jobs_spread_over_three_replicas_each_run_once_in_session_order() 
         "jobs spread over the replicas: {per_replica:?}"
     );
 }
+
+/// The scripted model server of `tests/fixtures/mock-model` (see tests/agents_e2e.rs); killed on
+/// drop.
+struct MockModel {
+    child: std::process::Child,
+    base: String,
+}
+
+impl MockModel {
+    fn start(log: &Path) -> MockModel {
+        use std::io::BufRead;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut child = std::process::Command::new("python3")
+            .arg(root.join("tests/fixtures/mock-model"))
+            .args(["--port", "0", "--log"])
+            .arg(log)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tests/fixtures/mock-model with python3");
+        let mut banner = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("mock stdout"))
+            .read_line(&mut banner)
+            .expect("mock banner");
+        let addr = banner
+            .trim()
+            .strip_prefix("mock-model listening on ")
+            .unwrap_or_else(|| panic!("unexpected mock banner {banner:?}"))
+            .to_owned();
+        MockModel {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The genuine Claude Code (scripts/install-agents) against the mock, as agents_e2e configures it.
+fn genuine_claude(base: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cli = root.join(".cache/agents/node_modules/.bin/claude");
+    assert!(
+        cli.exists(),
+        "{} is missing: run scripts/install-agents",
+        cli.display()
+    );
+    let s = |v: &str| serde_json::to_string(v).expect("string");
+    format!(
+        "[agents.claude]\nkind = \"claude\"\ncommand = {}\n[agents.claude.env]\n\
+         ANTHROPIC_BASE_URL = {}\nANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
+         CLAUDE_CODE_MAX_RETRIES = \"0\"\nENABLE_TOOL_SEARCH = \"false\"\n",
+        s(&cli.to_string_lossy()),
+        s(base)
+    )
+}
+
+/// Follows `job` until its first permission request.
+async fn first_permission_request(c: &mut Clients, job: &str) -> pb::PermissionRequest {
+    let mut s = c
+        .jobs
+        .stream_job_events(pb::StreamJobEventsRequest {
+            job_id: job.into(),
+            after_seq: 0,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(120), s.message())
+            .await
+            .expect("a permission request within 120s")
+            .expect("stream message")
+            .expect("the job ended without asking");
+        for e in msg.events {
+            if let Some(pb::job_event::Kind::PermissionRequest(r)) = e.kind {
+                return r;
+            }
+        }
+    }
+}
+
+/// Two-way control across replicas (issue #17): a job that asks runs on A (genuine Claude Code
+/// against the scripted model); its permission request answered through B reaches A's agent and
+/// the tool runs; a second answer, through A, is refused because the first one won in the
+/// store; another tenant's answer through B learns nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn control_answers_reach_the_job_from_any_replica() {
+    let mut cl = Cluster::new();
+    let log = cl.root().join("mock-model.log");
+    let mock = MockModel::start(&log);
+    let config = genuine_claude(&mock.base);
+    let start = |cl: &mut Cluster, name: &str| {
+        let args: Vec<String> = [
+            "--store",
+            &cl.store_url(),
+            "--workspace-root",
+            &cl.root().display().to_string(),
+            "--replica-id",
+            name,
+            "--lease-seconds",
+            &LEASE.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cl.replicas.push(TestServer::start_with(Options {
+            args,
+            config: Some(config.clone()),
+            ..Default::default()
+        }));
+        cl.replicas.len() - 1
+    };
+    // A alone first, so that A is the one running the job.
+    let a = start(&mut cl, "replica-a");
+    let mut ca = cl.clients(a).await;
+    let session = ca.create_session(&[]).await;
+    let job = ca
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: session.session_id.clone(),
+            agent: "claude".into(),
+            prompt: "write across.txt answered on another replica".into(),
+            permission_mode: "ask".into(),
+            permission_timeout_seconds: 120,
+            timeout_seconds: 180,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    let req = first_permission_request(&mut ca, &job.job_id).await;
+    assert_eq!(req.tool, "Write");
+    let b = start(&mut cl, "replica-b");
+    let mut cb = cl.clients(b).await;
+    assert!(
+        ca.download(&session.session_id, "across.txt")
+            .await
+            .is_err()
+    );
+
+    let answer = |allow: bool| pb::RespondToPermissionRequest {
+        job_id: job.job_id.clone(),
+        request_id: req.request_id.clone(),
+        allow,
+        message: String::new(),
+    };
+    // Another tenant, through B: the job does not exist for it.
+    let mut other = cl.replicas[b].clients(KEY_B).await;
+    let st = other
+        .jobs
+        .respond_to_permission(answer(true))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+    cb.jobs
+        .respond_to_permission(answer(true))
+        .await
+        .expect("the answer through B is delivered by A");
+    let st = ca
+        .jobs
+        .respond_to_permission(answer(false))
+        .await
+        .expect_err("a second answer, through A");
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+    assert_eq!(reason(&st), "PERMISSION_DECIDED");
+
+    let done = wait_state(
+        &mut cb,
+        &job.job_id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(150),
+    )
+    .await;
+    let written = cb.download(&session.session_id, "across.txt").await;
+    assert_eq!(
+        written.ok().as_deref(),
+        Some(&b"answered on another replica\n"[..]),
+        "{done:?}"
+    );
+    let events = cb.events(&job.job_id, 0).await;
+    let resolved: Vec<(String, bool)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::PermissionResolved(r)) => Some((r.who.clone(), r.allow)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resolved, [("caller".to_owned(), true)]);
+    // The model's next request after the tool carried its result.
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(requests.contains("Tool said"), "{requests}");
+}

@@ -1,7 +1,7 @@
 //! The Agent Client Protocol (ACP, JSON-RPC 2.0 over stdio, one JSON object per line), spoken
-//! with agents run under permission_mode `ask` that have it (`opencode acp`; Gemini CLI's
-//! `gemini --acp` speaks it too, not wired yet): the handshake (`initialize`, then `session/new`, or `session/load` for
-//! the session's conversation, then `session/prompt`), `session/request_permission` as permission
+//! with agents run under permission_mode `ask` that have it (`opencode acp`, `gemini --acp`): the
+//! handshake (`initialize`, then `session/new`, or `session/load` for the session's
+//! conversation, then `session/prompt`), `session/request_permission` as permission
 //! requests answered with the agent's own once-options, further input as more `session/prompt`s
 //! (the agent runs them in turn), `session/cancel` for an interrupt, and the mapping of its
 //! `session/update`s to job events (text, tool call and result, usage, init).
@@ -483,8 +483,11 @@ impl AcpParser {
         } else if id.starts_with(ID_PROMPT) || id.starts_with(ID_NOTE) {
             let u = v.pointer("/result/usage").unwrap_or(&Value::Null);
             let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-            self.usage.input_tokens += count("inputTokens");
-            self.usage.output_tokens += count("outputTokens");
+            // Gemini CLI reports a turn's tokens only in its own `_meta`.
+            let quota = v.pointer("/result/_meta/quota/token_count");
+            let quota = |k: &str| quota.and_then(|q| q.get(k)).and_then(Value::as_u64);
+            self.usage.input_tokens += quota("input_tokens").unwrap_or(count("inputTokens"));
+            self.usage.output_tokens += quota("output_tokens").unwrap_or(count("outputTokens"));
             self.usage.cache_read_input_tokens += count("cachedReadTokens");
             self.usage.cache_creation_input_tokens += count("cachedWriteTokens");
             self.usage.num_turns = self.usage.num_turns.saturating_add(1);

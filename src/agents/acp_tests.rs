@@ -187,3 +187,34 @@ fn a_loaded_sessions_replay_is_not_this_jobs_output() {
         Some("mock model failure 500")
     );
 }
+
+/// Gemini CLI 0.61's request (captured): no rawInput, the path only in its locations and diff.
+const GEMINI_ASK: &str = r#"{"jsonrpc":"2.0","id":0,"method":"session/request_permission","params":{"sessionId":"g1","options":[{"optionId":"proceed_always","name":"Allow for this session","kind":"allow_always"},{"optionId":"proceed_once","name":"Allow","kind":"allow_once"},{"optionId":"cancel","name":"Reject","kind":"reject_once"}],"toolCall":{"toolCallId":"write_file__write_file_1_0","status":"pending","title":"Writing to hello.txt","content":[{"type":"diff","path":"/ws/s1/hello.txt","oldText":"","newText":"hi there\n","_meta":{"kind":"add"}}],"locations":[{"path":"/ws/s1/hello.txt"}],"kind":"edit"}}}"#;
+
+#[test]
+fn gemini_requests_and_usage_read_like_opencodes() {
+    let p = acp(None);
+    p.prompt("write hello.txt hi there");
+    p.observe(r#"{"jsonrpc":"2.0","id":"agentd-session","result":{"sessionId":"g1"}}"#);
+    let Some(Signal::Permission {
+        id, tool, input, ..
+    }) = p.observe(GEMINI_ASK)
+    else {
+        panic!("not a permission request");
+    };
+    assert_eq!(
+        (tool.as_str(), input["file_path"].as_str()),
+        ("Write", Some("/ws/s1/hello.txt"))
+    );
+    let allow = lines(&p.answer(&id, true, "", &input));
+    assert_eq!(allow[0]["result"]["outcome"]["optionId"], "proceed_once");
+    p.observe(GEMINI_ASK);
+    let deny = lines(&p.answer(&id, false, "", &input));
+    assert_eq!(deny[0]["result"]["outcome"]["optionId"], "cancel");
+
+    let mut parser = p.parser().unwrap();
+    let end = r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn","_meta":{"quota":{"token_count":{"input_tokens":200,"output_tokens":40}}}}}"#;
+    parser.parse_line(end, false);
+    let u = parser.summary().usage;
+    assert_eq!((u.input_tokens, u.output_tokens, u.num_turns), (200, 40, 1));
+}

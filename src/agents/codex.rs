@@ -164,6 +164,13 @@ pub(super) fn app_protocol(spec: &JobSpec, ctx: &LaunchContext) -> super::codex_
         sandbox: sandbox.to_owned(),
         model: spec.model.clone(),
         developer_instructions: spec.append_system_prompt.clone(),
+        // Checked as JSON at submit; were it not, the turn would go unconstrained and agentd's
+        // own check of the answer would still judge it.
+        output_schema: spec
+            .caps
+            .output_schema
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok()),
     })
 }
 

@@ -30,6 +30,10 @@ pub(super) struct Setup {
     pub sandbox: String,
     pub model: Option<String>,
     pub developer_instructions: Option<String>,
+    /// The job's `output_schema` (checked JSON at submit): every turn agentd starts carries it
+    /// as `outputSchema`, the app server's constraint on the turn's final message, as `codex
+    /// exec --output-schema` does for a job that does not ask.
+    pub output_schema: Option<Value>,
 }
 
 /// `codex app-server`'s protocol for one run (its state is the conversation's: thread, turn,
@@ -54,13 +58,19 @@ struct State {
     requests: HashMap<String, (Value, String)>,
     /// File changes by item id (an approval request names only the item).
     changes: HashMap<String, Value>,
+    /// The job's schema for every turn's final message (see [`Setup::output_schema`]).
+    output_schema: Option<Value>,
 }
 
 impl CodexApp {
     pub(super) fn new(setup: Setup) -> CodexApp {
+        let state = State {
+            output_schema: setup.output_schema.clone(),
+            ..State::default()
+        };
         CodexApp {
             setup,
-            state: Mutex::default(),
+            state: Mutex::new(state),
         }
     }
 
@@ -106,7 +116,10 @@ impl State {
     fn turn_start(&mut self, thread: &str, text: &str) -> String {
         self.next_id += 1;
         let id = format!("{ID_TURN}{}", self.next_id);
-        let params = json!({"threadId": thread, "input": text_input(text)});
+        let mut params = json!({"threadId": thread, "input": text_input(text)});
+        if let Some(schema) = &self.output_schema {
+            params["outputSchema"] = schema.clone();
+        }
         request(&id, "turn/start", params)
     }
 

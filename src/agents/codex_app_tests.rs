@@ -11,6 +11,7 @@ fn app(resume: Option<&str>) -> CodexApp {
         sandbox: "workspace-write".into(),
         model: None,
         developer_instructions: None,
+        output_schema: None,
     })
 }
 
@@ -37,6 +38,25 @@ fn the_handshake_starts_or_resumes_the_thread_then_sends_the_prompt() {
     let resumed = lines(&app(Some("th-1")).prompt("recall"));
     assert_eq!(resumed[2]["method"], "thread/resume");
     assert_eq!(resumed[2]["params"]["threadId"], "th-1");
+}
+
+#[test]
+fn every_turn_carries_the_jobs_output_schema() {
+    let schema = json!({"type": "object", "required": ["n"]});
+    let p = CodexApp::new(Setup {
+        output_schema: Some(schema.clone()),
+        ..Setup::default()
+    });
+    p.prompt("json {\"n\": 1}");
+    let started = sent(p.observe(SAMPLE.lines().nth(2).unwrap()));
+    assert_eq!(started[0]["params"]["outputSchema"], schema);
+    let more = lines(&p.user_message("again"));
+    assert_eq!(more[0]["params"]["outputSchema"], schema);
+    // Without a schema the field is absent, never null.
+    let plain = app(None);
+    plain.prompt("x");
+    let started = sent(plain.observe(SAMPLE.lines().nth(2).unwrap()));
+    assert!(started[0]["params"].get("outputSchema").is_none());
 }
 
 #[test]

@@ -53,6 +53,9 @@ pub(super) fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
 }
 
 pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    if spec.asks() {
+        return acp_launch(profile, spec, ctx);
+    }
     let mut args = profile.args.clone();
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);
@@ -68,14 +71,59 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--resume".into(), id.to_owned()]);
     }
-    // Only the job's servers may start, whatever the agent's own settings (user or workspace,
-    // both writable by it) define; an empty list would allow all, hence a name none can have.
+    allow_mcp(&mut args, ctx);
+    with_settings(profile, spec, ctx, args, Some(spec.prompt.clone()))
+}
+
+/// `gemini --acp` for a job that asks (`acp`): the profile's args without its approval flags,
+/// so Gemini's default mode asks the client (agentd) before every tool that is not read-only;
+/// the conversation continues through `session/load`, not `--resume`.
+fn acp_launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Launch {
+    let mut args = without_approval_flags(&profile.args);
+    if let Some(model) = &spec.model {
+        args.extend(["--model".into(), model.clone()]);
+    }
+    args.push("--acp".into());
+    allow_mcp(&mut args, ctx);
+    // The controller writes the protocol on the job's pipe.
+    with_settings(profile, spec, ctx, args, None)
+}
+
+/// `args` without `-y`, `--yolo` and `--approval-mode[=]<mode>`.
+fn without_approval_flags(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if a == "--approval-mode" {
+            skip_value = true;
+        } else if !(APPROVAL_FLAGS.contains(&a.as_str()) || a.starts_with("--approval-mode=")) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// Only the job's servers may start, whatever the agent's own settings (user or workspace,
+/// both writable by it) define; an empty list would allow all, hence a name none can have.
+fn allow_mcp(args: &mut Vec<String>, ctx: &LaunchContext) {
     args.push("--allowed-mcp-server-names".into());
     match ctx.mcp.is_empty() {
         true => args.push(super::mcp::NONE_ALLOWED.into()),
         false => args.extend(ctx.mcp.iter().map(|(n, _)| n.clone())),
     }
+}
 
+/// The launch of `args` with the settings and memory files every Gemini job gets.
+fn with_settings(
+    profile: &AgentProfile,
+    spec: &JobSpec,
+    ctx: &LaunchContext,
+    args: Vec<String>,
+    stdin: Option<String>,
+) -> Launch {
     let dot_gemini = ctx.home.join(".gemini");
     let mut settings = profile
         .config
@@ -99,7 +147,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
             (dot_gemini.join("settings.json"), settings.into_bytes()),
             (dot_gemini.join("GEMINI.md"), memory.into_bytes()),
         ],
-        stdin: Some(spec.prompt.clone()),
+        stdin,
     }
 }
 

@@ -382,3 +382,29 @@ proptest::proptest! {
         let _ = p.summary();
     }
 }
+
+#[test]
+fn a_job_that_asks_runs_gemini_acp_without_the_profiles_approval_flags() {
+    let p = gemini(&["--yolo", "--approval-mode", "plan", "--model", "m1", "-y"]);
+    let s = JobSpec {
+        permission_mode: Some("ask".into()),
+        ..spec("write x.txt y")
+    };
+    let l = launch(&p, &s, &ctx(Some(SESSION))).unwrap();
+    assert_eq!(l.stdin, None);
+    assert!(l.args.contains(&"--acp".to_owned()), "{:?}", l.args);
+    assert!(
+        !l.args.iter().any(|a| [
+            "--yolo",
+            "-y",
+            "--approval-mode",
+            "plan",
+            "--resume",
+            "--output-format"
+        ]
+        .contains(&a.as_str())),
+        "{:?}",
+        l.args
+    );
+    assert!(l.args.windows(2).any(|w| w == ["--model", "m1"]));
+}

@@ -53,10 +53,18 @@ pub trait Interactive: Send + Sync {
 /// The controls an agent kind supports (listed in ServerInfo).
 pub fn controls(kind: AgentKind) -> &'static [&'static str] {
     match kind {
-        AgentKind::Claude | AgentKind::Codex => &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT],
-        // OpenCode's ACP adapter (`acp`) is wired below, but its end-to-end tests have not passed
-        // yet: until they do, agentd does not offer it.
-        _ => &[],
+        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode => {
+            &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT]
+        }
+        // Gemini CLI 0.61 answers every ACP step of a job that asks (e2e: allow, deny, timeout,
+        // input, restart pass), but a `gemini --acp` that sees EOF right after its turn exits
+        // before its chat file holds the turn (seen: still missing after 0.3 s, there after 3 s),
+        // so the session's next job cannot continue the conversation ("No previous sessions
+        // found"), and a cancelled turn leaves no loadable session at all. Not offered until
+        // that is solved; the adapter (`acp`, `gemini::acp_launch`) stays wired.
+        AgentKind::Gemini => &[],
+        // A configured command has no protocol agentd knows.
+        AgentKind::Command => &[],
     }
 }
 
@@ -69,11 +77,13 @@ pub fn protocol(
     match profile.kind {
         AgentKind::Claude => Some(Box::new(Claude)),
         AgentKind::Codex => Some(Box::new(super::codex::app_protocol(spec, ctx))),
-        AgentKind::Opencode => Some(Box::new(super::acp::Acp::new(super::acp::Setup {
-            resume: ctx.resume_conversation.map(str::to_owned),
-            cwd: ctx.workspace.to_string_lossy().into_owned(),
-        }))),
-        _ => None,
+        AgentKind::Opencode | AgentKind::Gemini => {
+            Some(Box::new(super::acp::Acp::new(super::acp::Setup {
+                resume: ctx.resume_conversation.map(str::to_owned),
+                cwd: ctx.workspace.to_string_lossy().into_owned(),
+            })))
+        }
+        AgentKind::Command => None,
     }
 }
 

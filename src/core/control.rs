@@ -3,7 +3,8 @@
 //! fail-closed deadlines, applies the permission rules, and turns the caller's answers, input and
 //! interrupts into the agent's own protocol ([`crate::agents::interactive`]). Everything it
 //! decides is also an event of the job, sent into the run's output channel so it is numbered and
-//! stored in order with the agent's own events.
+//! stored in order with the agent's own events. A message for a job that runs elsewhere goes
+//! through the store (`control_relay`).
 
 use super::Core;
 use crate::agents::interactive::{Interactive, Signal};
@@ -11,6 +12,7 @@ use crate::domain::permission::{self, PermissionRules};
 use crate::domain::{EventKind, Job, JobId, TenantId};
 use crate::error::{Error, Reason, Result};
 use crate::runner::Output;
+use crate::store::control::Control;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -370,14 +372,17 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Where a control message for a job goes.
+pub(super) enum Route {
+    /// The job runs in this process: straight to its controller.
+    Here(JobId, ControlHandle),
+    /// Through the store, to whichever replica runs (or will run) the job.
+    Elsewhere(JobId),
+}
+
 impl Core {
-    /// The controller of a job of `tenant` running here; NOT_FOUND for anyone else's job.
-    async fn control_of(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        control: &str,
-    ) -> Result<ControlHandle> {
+    /// Where `control` of a job of `tenant` goes; NOT_FOUND for anyone else's job.
+    async fn control_of(&self, tenant: &TenantId, id: &str, control: &str) -> Result<Route> {
         let job: Job = self.owned_job(tenant, id).await?;
         if job.state.is_finished() {
             return Err(Error::precondition(
@@ -397,15 +402,13 @@ impl Core {
                 format!("job {id} was not submitted with permission_mode \"ask\""),
             ));
         }
-        self.controller(&job.id).ok_or_else(|| {
-            Error::precondition(
-                Reason::JobNotControllable,
-                format!("job {id} is not running on this server yet"),
-            )
+        Ok(match self.controller(&job.id) {
+            Some(h) => Route::Here(job.id, h),
+            None => Route::Elsewhere(job.id),
         })
     }
 
-    /// RespondToPermission: the first answer wins.
+    /// RespondToPermission: the first answer wins, whichever replica took it.
     pub async fn respond_to_permission(
         &self,
         tenant: &TenantId,
@@ -417,43 +420,65 @@ impl Core {
         check_text("request_id", &request_id, 256)?;
         check_text("message", &message, 64 << 10)
             .or_else(|e| if message.is_empty() { Ok(()) } else { Err(e) })?;
-        let h = self
+        let route = self
             .control_of(tenant, job_id, crate::agents::interactive::CONTROL_ASK)
             .await?;
-        h.ask(|reply| Command::Respond {
+        let control = Control::Answer {
             request_id,
             allow,
             message,
-            reply,
-        })
-        .await
+        };
+        self.relay(route, control).await
     }
 
     /// SendInput: a user message for the agent's next turn.
     pub async fn send_input(&self, tenant: &TenantId, job_id: &str, text: String) -> Result<()> {
         check_text("text", &text, self.config.limits.max_prompt_bytes)?;
-        let h = self
+        let route = self
             .control_of(tenant, job_id, crate::agents::interactive::CONTROL_INPUT)
             .await?;
-        h.ask(|reply| Command::Input { text, reply }).await
+        self.relay(route, Control::Input { text }).await
     }
 
     /// InterruptJob: stops the agent's turn; the job ends CANCELLED, reason INTERRUPTED.
     pub async fn interrupt_job(&self, tenant: &TenantId, job_id: &str) -> Result<()> {
-        let h = self
+        let route = self
             .control_of(
                 tenant,
                 job_id,
                 crate::agents::interactive::CONTROL_INTERRUPT,
             )
             .await?;
-        h.ask(|reply| Command::Interrupt { reply }).await
+        self.relay(route, Control::Interrupt).await
     }
 
-    fn controller(&self, job: &JobId) -> Option<ControlHandle> {
+    pub(super) fn controller(&self, job: &JobId) -> Option<ControlHandle> {
         super::lock(&self.running)
             .get(job)
             .and_then(|h| h.control.get().cloned())
+    }
+}
+
+impl ControlHandle {
+    /// Hands `control` to the controller and waits for its verdict.
+    pub(super) async fn deliver(&self, control: Control) -> Result<()> {
+        match control {
+            Control::Answer {
+                request_id,
+                allow,
+                message,
+            } => {
+                self.ask(|reply| Command::Respond {
+                    request_id,
+                    allow,
+                    message,
+                    reply,
+                })
+                .await
+            }
+            Control::Input { text } => self.ask(|reply| Command::Input { text, reply }).await,
+            Control::Interrupt => self.ask(|reply| Command::Interrupt { reply }).await,
+        }
     }
 }
 

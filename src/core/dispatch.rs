@@ -256,6 +256,11 @@ impl Core {
                 Ok(StoreSignal::Events { job, seq }) => self.events.notify(&job, seq),
                 Ok(StoreSignal::JobsChanged) => self.wake.notify_one(),
                 Ok(StoreSignal::JobChanges) => self.events.job_changed(),
+                Ok(StoreSignal::Control { job }) => {
+                    if self.is_running_here(&job) {
+                        self.control_wake.notify_one();
+                    }
+                }
                 Ok(StoreSignal::CancelRequested { job, reason }) => {
                     self.cancel_running(&job, &reason);
                 }
@@ -264,6 +269,7 @@ impl Core {
                     self.events.job_changed();
                     self.wake.notify_one();
                     self.poll_cancel_requests().await;
+                    self.control_wake.notify_one();
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }

@@ -12,6 +12,7 @@
 mod adopt;
 mod caps;
 mod control;
+mod control_relay;
 mod dispatch;
 mod env;
 mod files;
@@ -81,6 +82,8 @@ pub struct Core {
     running: Mutex<HashMap<JobId, RunHandle>>,
     deleting: Mutex<HashSet<SessionId>>,
     wake: Notify,
+    /// Wakes the delivery of control messages (issue #17) recorded for jobs this replica runs.
+    control_wake: Notify,
     /// Held while claiming jobs and starting them (the dispatcher, or a submission claiming
     /// right behind its insert), so the free slots are counted by one claimer at a time.
     dispatching: tokio::sync::Mutex<()>,
@@ -182,6 +185,7 @@ impl Core {
             running: Mutex::new(HashMap::new()),
             deleting: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            control_wake: Notify::new(),
             dispatching: tokio::sync::Mutex::new(()),
             gateway,
             webhooks: Arc::new(OnceLock::new()),
@@ -194,6 +198,7 @@ impl Core {
         }
         shutdown.spawn(Arc::clone(&core).dispatch());
         shutdown.spawn(Arc::clone(&core).keep_leases());
+        shutdown.spawn(Arc::clone(&core).deliver_controls());
         shutdown.spawn(Arc::clone(&core).reap_expired());
         Ok(core)
     }

@@ -85,6 +85,7 @@ macro_rules! store_contract_tests {
             webhook_attempts_are_logged_by_the_owner,
             presets_per_tenant,
             conversations_per_agent,
+            control_messages_reach_the_owner_and_answers_claim_once,
         );
     };
     (@each $harness:expr; $attr:meta; $($name:ident),* $(,)?) => {
@@ -1865,6 +1866,124 @@ pub async fn cancel_requests_keep_first_reason(h: &dyn Harness) {
     let got = store.claim_jobs("r1", ts(10), 5).await.unwrap();
     assert_eq!(claimed_ids(&got), job_ids(&[c]));
     assert_eq!(got[0].cancel_reason.as_deref(), Some("c"));
+}
+
+pub async fn control_messages_reach_the_owner_and_answers_claim_once(h: &dyn Harness) {
+    use crate::store::control::{Control, ControlOutcome, RELEASED};
+    let (store, other) = (h.open().await, h.open().await);
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    store.claim_jobs("r1", ts(10), 1).await.unwrap();
+    assert!(store.pending_controls("r1").await.unwrap().is_empty());
+    let answer = |id: &str| Control::Answer {
+        request_id: id.into(),
+        allow: true,
+        message: "go".into(),
+    };
+    let input = Control::Input {
+        text: "more".into(),
+    };
+    // Taken by another replica: waits for the owner, in order.
+    let i = other
+        .send_control(&a.id, &input, false, ts(11))
+        .await
+        .unwrap();
+    let seven = other
+        .send_control(&a.id, &answer("7"), false, ts(12))
+        .await
+        .unwrap();
+    let pending = store.pending_controls("r1").await.unwrap();
+    let got: Vec<(Option<i64>, &Control)> =
+        pending.iter().map(|m| (Some(m.id), &m.control)).collect();
+    assert_eq!(got, vec![(i, &input), (seven, &answer("7"))]);
+    assert!(pending.iter().all(|m| m.job == a.id));
+    assert!(store.pending_controls("r2").await.unwrap().is_empty());
+    // The first answer to a request holds it, whichever handle took the second.
+    assert_eq!(
+        store
+            .send_control(&a.id, &answer("7"), true, ts(13))
+            .await
+            .unwrap(),
+        None
+    );
+    // Delivered by its taker: never pending, and it claims its request too.
+    let eight = store
+        .send_control(&a.id, &answer("8"), true, ts(14))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.pending_controls("r1").await.unwrap().len(), 2);
+    assert_eq!(
+        other
+            .send_control(&a.id, &answer("8"), false, ts(15))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Outcomes: none until settled, then the owner's verdict.
+    let (i, seven) = (i.unwrap(), seven.unwrap());
+    assert_eq!(other.control_outcome(i).await.unwrap(), None);
+    store.settle_control(i, None).await.unwrap();
+    assert_eq!(
+        other.control_outcome(i).await.unwrap(),
+        Some(ControlOutcome::Delivered)
+    );
+    store
+        .settle_control(seven, Some(("PERMISSION_DECIDED", "timed out")))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.control_outcome(seven).await.unwrap(),
+        Some(ControlOutcome::Refused {
+            reason: "PERMISSION_DECIDED".into(),
+            message: "timed out".into()
+        })
+    );
+    assert!(store.pending_controls("r1").await.unwrap().is_empty());
+    // A decided request stays claimed; an answer to a request the job never made is released.
+    assert_eq!(
+        other
+            .send_control(&a.id, &answer("7"), false, ts(16))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(RELEASED, Reason::PermissionRequestNotFound.as_str());
+    store
+        .settle_control(eight, Some((RELEASED, "no such request")))
+        .await
+        .unwrap();
+    assert!(
+        other
+            .send_control(&a.id, &answer("8"), false, ts(17))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.control_outcome(i64::MAX).await.unwrap(), None);
+
+    // Concurrent answers to one request from two handles: exactly one wins.
+    let mut racers = Vec::new();
+    for k in 0..8 {
+        let st = if k % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        let (job, c) = (a.id.clone(), answer("race"));
+        racers.push(tokio::spawn(async move {
+            st.send_control(&job, &c, false, ts(20)).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
+    // A finished job's messages are nobody's to deliver.
+    finish(&*store, &a, Outcome::Succeeded).await;
+    assert!(store.pending_controls("r1").await.unwrap().is_empty());
 }
 
 pub async fn queue_positions(h: &dyn Harness) {

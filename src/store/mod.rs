@@ -16,6 +16,7 @@
 //! - tenant scoping happens here for sessions (`get_session` takes the tenant), so a forgotten
 //!   check in the core cannot leak another tenant's session.
 
+pub mod control;
 pub mod conversations;
 pub mod postgres;
 pub mod presets;
@@ -140,6 +141,8 @@ pub enum StoreSignal {
     Resync,
     /// Some tenant's change sequence grew ([`Store::read_changes`]): watchers should read it.
     JobChanges,
+    /// A control message for `job` was recorded ([`Store::send_control`]): its owner delivers it.
+    Control { job: JobId },
 }
 
 /// One entry of a tenant's change sequence: a job as it was right after one of its state changes
@@ -521,6 +524,28 @@ pub trait Store: Send + Sync + 'static {
         conversation: &str,
         now: Timestamp,
     ) -> Result<()>;
+
+    /// Records a control message for `job` (issue #17) and signals its owner
+    /// ([`StoreSignal::Control`]); `delivered`: the caller delivers it itself (the job runs in
+    /// its process), so no owner picks it up. An answer claims its permission request
+    /// atomically: `None`, recording nothing, when another answer to it holds the claim.
+    async fn send_control(
+        &self,
+        job: &JobId,
+        control: &control::Control,
+        delivered: bool,
+        now: Timestamp,
+    ) -> Result<Option<i64>>;
+
+    /// Undelivered control messages of the unfinished jobs `replica` owns, oldest first.
+    async fn pending_controls(&self, replica: &str) -> Result<Vec<control::ControlMessage>>;
+
+    /// Marks message `id` delivered (`refusal` `None`) or refused with the controller's
+    /// (reason, message); refused with [`control::RELEASED`], an answer gives up its claim.
+    async fn settle_control(&self, id: i64, refusal: Option<(&str, &str)>) -> Result<()>;
+
+    /// What became of message `id`; `None` while it waits for its owner (or is unknown).
+    async fn control_outcome(&self, id: i64) -> Result<Option<control::ControlOutcome>>;
 }
 
 pub use webhooks::{

@@ -9,6 +9,7 @@
 //! Write transactions lock the job rows they touch in `pk` order, so two of them never deadlock.
 
 mod changes;
+mod control;
 mod events;
 mod jobs;
 mod leases;
@@ -668,5 +669,33 @@ impl Store for PgStore {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn send_control(
+        &self,
+        job: &JobId,
+        c: &crate::store::control::Control,
+        delivered: bool,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
+        control::send(self, job, c, delivered, now.micros()).await
+    }
+
+    async fn pending_controls(
+        &self,
+        replica: &str,
+    ) -> Result<Vec<crate::store::control::ControlMessage>> {
+        control::pending(self, replica).await
+    }
+
+    async fn settle_control(&self, id: i64, refusal: Option<(&str, &str)>) -> Result<()> {
+        control::settle(self, id, refusal).await
+    }
+
+    async fn control_outcome(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::store::control::ControlOutcome>> {
+        control::outcome(self, id).await
     }
 }

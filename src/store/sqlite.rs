@@ -13,6 +13,7 @@
 mod changes;
 mod checkpoint;
 mod conn;
+mod control;
 mod ledger;
 mod ops;
 mod presets;
@@ -555,6 +556,46 @@ impl Store for SqliteStore {
                     .map_err(db)
             })
             .await
+    }
+
+    async fn send_control(
+        &self,
+        job: &JobId,
+        c: &crate::store::control::Control,
+        delivered: bool,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
+        let (job, c) = (job.clone(), c.clone());
+        self.writer
+            .write(move |conn| control::send(conn, &job, &c, delivered, now.micros()))
+            .await
+    }
+
+    async fn pending_controls(
+        &self,
+        replica: &str,
+    ) -> Result<Vec<crate::store::control::ControlMessage>> {
+        let replica = replica.to_owned();
+        self.readers
+            .read(move |c| control::pending(c, &replica))
+            .await
+    }
+
+    async fn settle_control(&self, id: i64, refusal: Option<(&str, &str)>) -> Result<()> {
+        let refusal = refusal.map(|(r, m)| (r.to_owned(), m.to_owned()));
+        self.writer
+            .write(move |c| {
+                let refusal = refusal.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
+                control::settle(c, id, refusal)
+            })
+            .await
+    }
+
+    async fn control_outcome(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::store::control::ControlOutcome>> {
+        self.readers.read(move |c| control::outcome(c, id)).await
     }
 }
 

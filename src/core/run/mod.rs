@@ -532,6 +532,8 @@ impl Core {
         };
         let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
         let _ = handle.control.set(ctl.clone());
+        // Messages recorded before the controller existed can be delivered now.
+        self.control_wake.notify_one();
         pump::Controlled {
             handle: ctl,
             protocol,

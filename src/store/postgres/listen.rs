@@ -29,6 +29,9 @@ pub(super) fn events_payload(job: &str, seq: u64) -> String {
 /// `parse`); the reason is cut short because NOTIFY payloads must stay under 8000 bytes.
 pub(super) const CANCEL_PAYLOAD_SQL: &str = "'c ' || $1 || ' ' || left(u.cancel_reason, 200)";
 
+/// The SQL expression building a control message's payload from the job id `$1`.
+pub(super) const CONTROL_PAYLOAD_SQL: &str = "'k ' || $1";
+
 /// Reads a payload written by this module. Anything else (another version's format) is a Resync:
 /// the reader looks at everything, which is always correct.
 pub(super) fn parse(payload: &str) -> StoreSignal {
@@ -42,6 +45,9 @@ pub(super) fn parse(payload: &str) -> StoreSignal {
                 seq,
             },
             Err(_) => StoreSignal::Resync,
+        },
+        (Some("k"), Some(job), None) => StoreSignal::Control {
+            job: JobId::from_trusted(job.to_owned()),
         },
         (Some("c"), Some(job), reason) => StoreSignal::CancelRequested {
             job: JobId::from_trusted(job.to_owned()),
@@ -140,7 +146,21 @@ mod tests {
                 reason: "cancelled by request".into()
             }
         );
-        for junk in ["", "x", "e job", "e job notanumber", "j extra"] {
+        assert_eq!(
+            parse("k job_3"),
+            StoreSignal::Control {
+                job: JobId::from_trusted("job_3".into())
+            }
+        );
+        for junk in [
+            "",
+            "x",
+            "e job",
+            "e job notanumber",
+            "j extra",
+            "k",
+            "k job extra",
+        ] {
             assert_eq!(parse(junk), StoreSignal::Resync, "{junk:?}");
         }
     }
