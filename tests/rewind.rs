@@ -283,3 +283,88 @@ async fn an_archive_of_a_job_is_its_snapshot() {
     let err = get(&j3.job_id, &["b.txt"]).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+/// SubmitJob raced against RewindSession: whichever gets the session first, no job ever runs on a
+/// half-rewound workspace. A rewind that wins holds the session until it is recorded (submits
+/// meanwhile answer UNAVAILABLE, SESSION_BUSY, and a job accepted after it sees the whole rewound
+/// tree); a submit that wins makes the rewind SESSION_BUSY and its job sees the tree untouched.
+/// Each accepted job lists `d` twice, 0.3 s apart, from its working directory: a swap under it
+/// would show in the two counts (or lose counts.txt with the replaced directory).
+#[tokio::test]
+async fn history3_submit_raced_against_rewind_never_sees_a_half_rewound_workspace() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[("a.txt", b"a\n")]).await;
+    let sid = s.session_id;
+    let big = run(
+        &mut c,
+        &sid,
+        "bash mkdir d && for i in $(seq 1500); do echo $i > d/f$i; done ; big",
+    )
+    .await;
+    let small = run(&mut c, &sid, "bash rm -r d ; small").await;
+    const PROBE: &str = "bash (ls d 2>/dev/null | wc -l; sleep 0.3; ls d 2>/dev/null | wc -l) \
+                         > counts.txt ; probe";
+    let (mut held, mut rewound, mut refused) = (0, 0, 0);
+    let mut files_now = 0; // `small` is the newest job: no `d`
+    for round in 0..8u64 {
+        let (target, files) = if round % 2 == 0 {
+            (&big.job_id, 1500)
+        } else {
+            (&small.job_id, 0)
+        };
+        let mut rc = c.clone();
+        let (rsid, rjob) = (sid.clone(), target.clone());
+        let rewinder =
+            tokio::spawn(
+                async move { rewind(&mut rc, &rsid, &rjob, pb::SnapshotPoint::After).await },
+            );
+        tokio::time::sleep(std::time::Duration::from_millis(round * 4)).await;
+        let mut accepted = None;
+        for _ in 0..200 {
+            let r = c
+                .jobs
+                .submit_job(pb::SubmitJobRequest {
+                    session_id: sid.clone(),
+                    prompt: PROBE.into(),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    accepted = r.into_inner().job;
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                    assert_eq!(reason(&e), "SESSION_BUSY", "{e:?}");
+                    held += 1;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let accepted = accepted.expect("a submit gets in once the rewind is done");
+        let outcome = rewinder.await.unwrap();
+        match outcome {
+            Ok(_) => {
+                rewound += 1;
+                files_now = files;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                assert_eq!(reason(&e), "SESSION_BUSY", "{e:?}");
+                refused += 1;
+            }
+        }
+        let job = c.wait(&accepted.job_id).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        let counts = file(&mut c, &sid, "counts.txt")
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the probe's output was lost"));
+        let want = format!("{files_now}\n{files_now}\n");
+        assert_eq!(counts, want, "round {round}: the probe saw another tree");
+    }
+    eprintln!("rewinds {rewound}, refused {refused}, submits held off {held}");
+    assert!(rewound > 0, "no rewind got in");
+    assert!(held > 0, "no submit met a rewind's hold");
+}

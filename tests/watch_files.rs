@@ -1,7 +1,7 @@
 //! WatchFiles against the real server and a job of the stand-in agent, jailed, writing, renaming
 //! and deleting files: the stream sees each change once, coalesced, in order, resumes from a
 //! sequence number, filters by path, answers CURSOR_EXPIRED for a cursor it no longer holds, and
-//! ends when the session is deleted.
+//! ends when the session is deleted; a rewind re-arms it on the restored workspace.
 
 mod common;
 
@@ -35,6 +35,9 @@ fn label(e: &pb::FileEvent) -> String {
         pb::FileEventKind::Modified => "modified",
         pb::FileEventKind::Deleted => "deleted",
         pb::FileEventKind::Renamed => "renamed",
+        pb::FileEventKind::Overflow if e.from_path == agentd::workspace::RESET_MARKER => {
+            return "reset".into();
+        }
         pb::FileEventKind::Overflow => "overflow",
         pb::FileEventKind::Unspecified => "?",
     };
@@ -159,4 +162,53 @@ async fn other_tenants_and_bad_paths_are_refused() {
     assert_eq!(reason(&err), "INVALID_PATH");
     let err = watch(&mut a, "ses_missing", &[], 0).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+}
+
+/// A stream open while its session is rewound follows the restored directory: one reset marker
+/// (OVERFLOW, from_path RESET_MARKER), nothing of the replaced tree's removal, then the next
+/// job's writes in the new tree.
+#[tokio::test]
+async fn history3_a_rewind_resets_the_stream_and_it_watches_the_restored_workspace() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let s = a.create_session(&[("seed.txt", b"seed")]).await;
+    let sid = s.session_id.clone();
+    let j1 = a
+        .submit(&sid, "write a.txt one ; write dir/b.txt two")
+        .await;
+    let j1 = a.wait(&j1.job_id).await;
+    assert_eq!(j1.state, pb::JobState::Succeeded as i32);
+    let mut all = watch(&mut a, &sid, &[], 0).await.unwrap();
+    a.sessions
+        .rewind_session(pb::RewindSessionRequest {
+            session_id: sid.clone(),
+            job_id: j1.job_id.clone(),
+            point: pb::SnapshotPoint::Before as i32,
+        })
+        .await
+        .unwrap();
+    let reset = until(&mut all, "reset").await;
+    let labels: Vec<String> = reset.iter().map(label).collect();
+    assert_eq!(labels, ["reset"], "{reset:#?}");
+
+    let j2 = a
+        .submit(&sid, "write new.txt fresh ; bash rm seed.txt")
+        .await;
+    let got = until(&mut all, "deleted seed.txt").await;
+    let labels: Vec<String> = got.iter().map(label).collect();
+    assert_eq!(labels, ["created new.txt", "deleted seed.txt"], "{got:#?}");
+    assert_eq!(got[0].seq, reset[0].seq + 1);
+    assert_eq!(
+        a.wait(&j2.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+
+    // A stream opened after the rewind resumes across the marker.
+    let mut resumed = watch(&mut a, &sid, &[], reset[0].seq - 1).await.unwrap();
+    let again: Vec<String> = until(&mut resumed, "deleted seed.txt")
+        .await
+        .iter()
+        .map(label)
+        .collect();
+    assert_eq!(again, ["reset", "created new.txt", "deleted seed.txt"]);
 }

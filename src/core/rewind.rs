@@ -17,6 +17,11 @@ use crate::domain::{EventKind, Job, JobId, SessionId, TenantId, Timestamp};
 use crate::error::{Error, Reason, Result};
 use crate::store::{JobFilter, Rewind, SnapPoint};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a rewind holds its session at most: the swap of even a large workspace takes
+/// seconds; a hold left by a crash lapses after this and the session takes jobs again.
+const REWIND_HOLD: Duration = Duration::from_secs(300);
 
 /// A rewind's outcome.
 pub struct Rewound {
@@ -34,7 +39,10 @@ pub struct ForkSession {
 }
 
 impl Core {
-    /// Puts `session_id`'s workspace and conversation back to `point` of `job_id`.
+    /// Puts `session_id`'s workspace and conversation back to `point` of `job_id`. The store holds
+    /// the session for the whole swap (refused while a job is queued or running, and no job is
+    /// admitted until the rewind is recorded or the hold released), so a job never starts on a
+    /// half-rewound session.
     pub async fn rewind_session(
         &self,
         tenant: &TenantId,
@@ -47,15 +55,41 @@ impl Core {
         if job.session_id != session.id {
             return Err(Error::job_not_found(job_id));
         }
-        self.refuse_busy(&session.id).await?;
-        let jobs = self.session_jobs(&session.id).await?;
+        let now = Timestamp::now();
+        let until = Timestamp(now.micros() + REWIND_HOLD.as_micros() as i64);
+        self.store.hold_for_rewind(&session.id, now, until).await?;
+        let past = match self.rewind_held(&session.id, &job, point).await {
+            Ok(past) => past,
+            Err(e) => {
+                if let Err(release) = self.store.release_rewind(&session.id).await {
+                    tracing::warn!(session = %session.id, error = %release,
+                        "could not release a failed rewind's hold; it lapses by itself");
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(session = %session.id, job = %job.id, point = point.as_str(),
+            rewound = past.len(), "session rewound");
+        let session = self.get_session(tenant, session_id).await?;
+        Ok(Rewound { session, past })
+    }
+
+    /// The rewind under the session's hold: the workspace swapped, then the conversations, the
+    /// marks and the hold's end recorded in one store transaction.
+    async fn rewind_held(
+        &self,
+        session: &SessionId,
+        job: &Job,
+        point: SnapPoint,
+    ) -> Result<Vec<JobId>> {
+        let jobs = self.session_jobs(session).await?;
         let newest = jobs.last().is_some_and(|j| j.id == job.id);
         let conversation = self
-            .conversation_at(&job, point, newest && point == SnapPoint::After, "rewind")
+            .conversation_at(job, point, newest && point == SnapPoint::After, "rewind")
             .await?;
         let tree = self.snapshot_tree(&job.id, point).await?;
-        self.workspaces.restore_snapshot(&session.id, tree).await?;
-        let marks = self.store.rewound_jobs(&session.id).await?;
+        self.workspaces.restore_snapshot(session, tree).await?;
+        let marks = self.store.rewound_jobs(session).await?;
         let past: Vec<JobId> = jobs
             .iter()
             .skip_while(|j| j.id != job.id)
@@ -65,19 +99,24 @@ impl Core {
             .collect();
         self.store
             .rewind_session(&Rewind {
-                session: session.id.clone(),
-                conversation: conversation.clone(),
+                session: session.clone(),
+                agent: self.rewound_agent(job),
+                conversation,
                 past: past.clone(),
                 current: (point == SnapPoint::After).then(|| job.id.clone()),
                 at: Timestamp::now(),
             })
             .await?;
-        self.resume_from(&session.id, &job, conversation.as_deref())
-            .await?;
-        tracing::info!(session = %session.id, job = %job.id, point = point.as_str(),
-            rewound = past.len(), "session rewound");
-        let session = self.get_session(tenant, session_id).await?;
-        Ok(Rewound { session, past })
+        Ok(past)
+    }
+
+    /// The agent whose own conversation a rewind or fork to `job` sets: jobs resume their own
+    /// agent's conversation (#20). None when its profile is gone (nothing can resume it).
+    fn rewound_agent(&self, job: &Job) -> Option<String> {
+        self.config
+            .agents
+            .get(&job.spec.agent)
+            .map(|_| job.spec.agent.clone())
     }
 
     /// Creates a new session from `point` of a finished job: its snapshot as the workspace, a
@@ -138,28 +177,12 @@ impl Core {
         self.store
             .rewind_session(&Rewind {
                 session: child.clone(),
-                conversation: conversation.clone(),
+                agent: self.rewound_agent(job),
+                conversation,
                 past: Vec::new(),
                 current: None,
                 at: Timestamp::now(),
             })
-            .await?;
-        self.resume_from(child, job, conversation.as_deref()).await
-    }
-
-    /// Points the next job of `job`'s agent in `session` at `conversation`: jobs resume their own
-    /// agent's conversation (#20), so a rewind or fork sets that one, not only the session's.
-    async fn resume_from(
-        &self,
-        session: &SessionId,
-        job: &Job,
-        conversation: Option<&str>,
-    ) -> Result<()> {
-        let Some(conversation) = conversation else {
-            return Ok(());
-        };
-        self.store
-            .set_agent_conversation(session, &job.spec.agent, conversation, Timestamp::now())
             .await
     }
 
@@ -173,26 +196,6 @@ impl Core {
             ));
         }
         Ok(job)
-    }
-
-    /// SESSION_BUSY while a job of the session is queued or running: a rewind under a running
-    /// agent would swap its working directory away, and a queued job would start from a
-    /// workspace its submitter did not see.
-    async fn refuse_busy(&self, session: &SessionId) -> Result<()> {
-        let filter = JobFilter {
-            states: vec!["QUEUED", "RUNNING"],
-        };
-        if let Some(j) = self.store.list_jobs(session, &filter, None, 1).await?.pop() {
-            return Err(Error::precondition(
-                Reason::SessionBusy,
-                format!(
-                    "session {session} has job {} {}; rewind once it has finished (or cancel it)",
-                    j.id,
-                    j.state.name().to_lowercase()
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Every job of the session, oldest first.

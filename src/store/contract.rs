@@ -54,6 +54,7 @@ macro_rules! store_contract_tests {
             job_outputs,
             snapshots_index,
             rewind_marks,
+            rewind_holds,
             delete_session_cascades,
             survives_reopen,
             concurrent_appends,
@@ -944,8 +945,17 @@ pub async fn rewind_marks(h: &dyn Harness) {
     let s2 = new_session(&*store, session("acme", ts(0))).await;
     let j2 = new_job(&*store, &s1, ts(2)).await;
     let j3 = new_job(&*store, &s1, ts(3)).await;
+    store
+        .set_agent_conversation(&s1.id, "claude", "c3", ts(4))
+        .await
+        .unwrap();
+    store
+        .set_agent_conversation(&s1.id, "codex", "x3", ts(4))
+        .await
+        .unwrap();
     let rewind = |past: Vec<JobId>, current: Option<JobId>, conv: Option<&str>| Rewind {
         session: s1.id.clone(),
+        agent: Some("claude".into()),
         conversation: conv.map(str::to_owned),
         past,
         current,
@@ -966,7 +976,14 @@ pub async fn rewind_marks(h: &dyn Harness) {
     assert!(store.rewound_jobs(&s2.id).await.unwrap().is_empty());
     let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
     assert_eq!(got.conversation_id.as_deref(), Some("c1"));
-    // Marking again keeps the marks; `current` loses its own; no conversation clears it.
+    let of = |agent: &'static str| {
+        let (store, id) = (store.clone(), s1.id.clone());
+        async move { store.agent_conversation(&id, agent).await.unwrap() }
+    };
+    assert_eq!(of("claude").await.as_deref(), Some("c1"), "the agent's own");
+    assert_eq!(of("codex").await.as_deref(), Some("x3"), "another agent's");
+    // Marking again keeps the marks; `current` loses its own; no conversation clears it, the
+    // agent's own too (a point before its first conversation).
     store
         .rewind_session(&rewind(vec![j3.id.clone()], Some(j2.id.clone()), None))
         .await
@@ -977,9 +994,81 @@ pub async fn rewind_marks(h: &dyn Harness) {
     );
     let got = store.get_session_any(&s1.id).await.unwrap().unwrap();
     assert_eq!(got.conversation_id, None);
+    assert_eq!(of("claude").await, None);
+    assert_eq!(of("codex").await.as_deref(), Some("x3"));
     // The marks go with their session.
     store.delete_session(&s1.id).await.unwrap();
     assert!(store.rewound_jobs(&s1.id).await.unwrap().is_empty());
+}
+
+/// A rewind hold (issue #18) is taken atomically with the check that no job of the session is
+/// queued or running, and while it holds, no job of the session is admitted; it ends with the
+/// rewind's record or its release, or lapses by itself.
+pub async fn rewind_holds(h: &dyn Harness) {
+    use crate::store::Rewind;
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let other = new_session(&*store, session("acme", ts(0))).await;
+    let j1 = new_job(&*store, &s, ts(1)).await;
+    let busy = store
+        .hold_for_rewind(&s.id, ts(2), ts(100))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.reason(), Reason::SessionBusy, "{busy}");
+    assert!(busy.to_string().contains(j1.id.as_str()), "{busy}");
+    finish(&*store, &j1, Outcome::Succeeded).await;
+    store.hold_for_rewind(&s.id, ts(3), ts(100)).await.unwrap();
+    let again = store
+        .hold_for_rewind(&s.id, ts(4), ts(100))
+        .await
+        .unwrap_err();
+    assert_eq!(again.reason(), Reason::SessionBusy, "one rewind at a time");
+    let refused = store
+        .create_job(&job(&s, ts(5)), ts(6), &NO_LIMITS)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reason(), Reason::SessionBusy, "{refused}");
+    assert!(matches!(
+        refused,
+        Error::Unavailable {
+            retry_after: Some(_),
+            ..
+        }
+    ));
+    new_job(&*store, &other, ts(5)).await;
+    // A hold left by a crash lapses: a job created after it is admitted.
+    new_job(&*store, &s, ts(100)).await;
+    assert_eq!(
+        store
+            .list_jobs(&s.id, &JobFilter::default(), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let s2 = new_session(&*store, session("acme", ts(0))).await;
+    store.hold_for_rewind(&s2.id, ts(1), ts(100)).await.unwrap();
+    store.release_rewind(&s2.id).await.unwrap();
+    new_job(&*store, &s2, ts(2)).await;
+    let s3 = new_session(&*store, session("acme", ts(0))).await;
+    store.hold_for_rewind(&s3.id, ts(1), ts(100)).await.unwrap();
+    store
+        .rewind_session(&Rewind {
+            session: s3.id.clone(),
+            agent: None,
+            conversation: None,
+            past: Vec::new(),
+            current: None,
+            at: ts(2),
+        })
+        .await
+        .unwrap();
+    new_job(&*store, &s3, ts(3)).await;
+    let gone = store
+        .hold_for_rewind(&SessionId::generate(), ts(1), ts(2))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.reason(), Reason::SessionNotFound);
 }
 
 pub async fn snapshots_index(h: &dyn Harness) {

@@ -194,6 +194,9 @@ pub struct SnapshotRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewind {
     pub session: SessionId,
+    /// The agent profile whose own conversation (#20) becomes `conversation`: set, or cleared
+    /// when `conversation` is none (a point before that agent's first conversation).
+    pub agent: Option<String>,
     pub conversation: Option<String>,
     pub past: Vec<JobId>,
     pub current: Option<JobId>,
@@ -385,9 +388,24 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many rows went.
     async fn delete_snapshots(&self, keys: &[(JobId, SnapPoint)]) -> Result<u64>;
 
+    /// Holds `session` for a rewind until `until` (issue #18): refused with SESSION_BUSY while a
+    /// job of the session is queued or running or another unlapsed hold exists, checked in the
+    /// same transaction that sets the hold; while it holds, [`Store::create_job`] refuses the
+    /// session's jobs (UNAVAILABLE, SESSION_BUSY). `rewind_session` or `release_rewind` ends it.
+    async fn hold_for_rewind(
+        &self,
+        session: &SessionId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<()>;
+
+    /// Ends a rewind hold without recording a rewind (the swap failed).
+    async fn release_rewind(&self, session: &SessionId) -> Result<()>;
+
     /// Records a rewind of `session` (issue #18) in one transaction: the session's conversation
-    /// id becomes `conversation`, the `past` jobs are marked rewound past (kept when already
-    /// marked) and `current`, the job the session is back after, loses its mark.
+    /// id and `agent`'s own conversation become `conversation` (the agent's entry is removed when
+    /// it is none), the `past` jobs are marked rewound past (kept when already marked),
+    /// `current`, the job the session is back after, loses its mark, and the rewind hold ends.
     async fn rewind_session(&self, rewind: &Rewind) -> Result<()>;
 
     /// The jobs of `session` marked rewound past.

@@ -499,6 +499,19 @@ impl Store for PgStore {
         snapshots::delete(self, keys).await
     }
 
+    async fn hold_for_rewind(
+        &self,
+        session: &SessionId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<()> {
+        rewinds::hold(self, session, now, until).await
+    }
+
+    async fn release_rewind(&self, session: &SessionId) -> Result<()> {
+        rewinds::release(self, session).await
+    }
+
     async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
         rewinds::rewind(self, rewind).await
     }

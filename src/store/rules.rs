@@ -1,8 +1,9 @@
 //! The rules both store backends enforce, written once: admission (a session's queue, a tenant's
-//! active jobs) and the append checks (the job exists, its log is open, the events continue it),
+//! active jobs, a rewind holding the session), rewind holds (no job queued or running, one rewind
+//! at a time) and the append checks (the job exists, its log is open, the events continue it),
 //! with their reasons and messages. The backends only count and lock; the verdict is here.
 
-use crate::domain::{JobEvent, JobId, SessionId, TenantId};
+use crate::domain::{JobEvent, JobId, SessionId, TenantId, Timestamp};
 use crate::error::{Error, Reason, Result};
 use std::time::Duration;
 
@@ -35,6 +36,59 @@ pub(crate) fn admit_for_tenant(tenant: &TenantId, active: u64, max: usize) -> Re
         ),
         retry_after: Some(RETRY_ADMIT),
     })
+}
+
+/// How long a client refused because a rewind holds the session should wait: a rewind swaps a
+/// directory, it takes a moment.
+const RETRY_REWIND: Duration = Duration::from_secs(1);
+
+/// SQL both backends run for rewind holds. Its `$n` placeholders are valid SQLite too, where they
+/// are numbered by first appearance: hence `$1` first.
+pub(crate) const BUSY_JOB: &str = "SELECT id, state_name FROM jobs WHERE session_id = $1 \
+     AND state_name IN ('QUEUED', 'RUNNING') ORDER BY created, id LIMIT 1";
+pub(crate) const SET_HOLD: &str = "UPDATE sessions SET rewinding_until = $1 WHERE id = $2";
+
+/// Refuses a job while a rewind holds its session (`held_until` in the future): the job would
+/// start on a workspace being swapped.
+pub(crate) fn admit_while_rewinding(
+    session: &SessionId,
+    held_until: Option<i64>,
+    now: Timestamp,
+) -> Result<()> {
+    if held_until.is_none_or(|until| until <= now.micros()) {
+        return Ok(());
+    }
+    Err(Error::Unavailable {
+        reason: Reason::SessionBusy,
+        message: format!("session {session} is being rewound; submit the job again once it is"),
+        retry_after: Some(RETRY_REWIND),
+    })
+}
+
+/// Refuses to hold `session` for a rewind while it has a queued or running job (`busy`: its id
+/// and state name) or another rewind holds it.
+pub(crate) fn hold_for_rewind(
+    session: &SessionId,
+    busy: Option<(String, String)>,
+    held_until: Option<i64>,
+    now: Timestamp,
+) -> Result<()> {
+    if let Some((job, state)) = busy {
+        return Err(Error::precondition(
+            Reason::SessionBusy,
+            format!(
+                "session {session} has job {job} {}; rewind once it has finished (or cancel it)",
+                state.to_lowercase()
+            ),
+        ));
+    }
+    if held_until.is_some_and(|until| until > now.micros()) {
+        return Err(Error::precondition(
+            Reason::SessionBusy,
+            format!("session {session} is already being rewound"),
+        ));
+    }
+    Ok(())
 }
 
 /// An append to a job the store does not have: a bug in the caller, never the client's doing.
@@ -73,7 +127,7 @@ pub(crate) fn check_append(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EventKind, Timestamp};
+    use crate::domain::EventKind;
 
     fn event(seq: u64) -> JobEvent {
         JobEvent {

@@ -322,6 +322,25 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn hold_for_rewind(
+        &self,
+        session: &SessionId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<()> {
+        let session = session.clone();
+        self.writer
+            .write(move |c| rewinds::hold(c, &session, now, until))
+            .await
+    }
+
+    async fn release_rewind(&self, session: &SessionId) -> Result<()> {
+        let session = session.clone();
+        self.writer
+            .write(move |c| rewinds::set_hold(c, &session, None))
+            .await
+    }
+
     async fn rewind_session(&self, rewind: &crate::store::Rewind) -> Result<()> {
         let rewind = rewind.clone();
         self.writer

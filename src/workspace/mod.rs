@@ -27,7 +27,7 @@ pub use archive_upload::ArchiveUpload;
 pub use path::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, normalize_dir, normalize_path};
 pub use snapshot::{SnapEntry, Snapshot};
 pub use upload::Upload;
-pub use watch::{ChangeType, RING_EVENTS, Subscription, WatchEvent};
+pub use watch::{ChangeType, RESET_MARKER, RING_EVENTS, Subscription, WatchEvent};
 
 use crate::domain::{FileChange, FileEntry, FileKind, SessionId};
 use crate::error::{Error, Reason, Result};

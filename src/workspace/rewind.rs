@@ -4,8 +4,9 @@
 //! The snapshot is materialized into a fresh directory beside the workspace (`restore_into`, so
 //! nothing in it was made by an agent), then swapped with the workspace in one
 //! `renameat2(RENAME_EXCHANGE)`: a reader sees the old tree or the new one, never a mix, and a
-//! failure before the swap leaves the workspace as it was. The core calls this only while no
-//! job of the session runs, so no agent holds the old directory open as its working directory.
+//! failure before the swap leaves the workspace as it was. The core calls this only while the
+//! store holds the session for the rewind (no job queued or running, none admitted), so no agent
+//! holds the old directory open as its working directory.
 
 use super::fsops;
 use super::history::History;
@@ -23,19 +24,43 @@ use std::path::{Path, PathBuf};
 const MAX_CONVERSATION_FILE: u64 = 256 << 20;
 
 impl Workspaces {
-    /// Replaces the session's workspace with snapshot `tree_id` of the history.
+    /// Replaces the session's workspace with snapshot `tree_id` of the history. A WatchFiles
+    /// watch of the session follows the new directory and reports the reset (see `watch`).
     pub async fn restore_snapshot(&self, session: &SessionId, tree_id: String) -> Result<()> {
         let this = self.clone();
-        let session = session.clone();
-        blocking(move || {
+        let s = session.clone();
+        self.inner.watches.suspend(session);
+        let swapped = blocking(move || {
             let h = this.history()?;
-            let ws = this.workspace_dir(&session);
+            let ws = this.workspace_dir(&s);
             if !ws.is_dir() {
-                return Err(Error::session_not_found(session.as_str()));
+                return Err(Error::session_not_found(s.as_str()));
             }
-            swap_in(&h, &tree_id, &ws, &this.session_dir(&session))
+            swap_in(&h, &tree_id, &ws, &this.session_dir(&s))?;
+            this.open_ws(&s)
         })
-        .await?
+        .await?;
+        let ws = match swapped {
+            Ok(ws) => ws,
+            Err(e) => {
+                // Nothing was swapped, but the watch was suspended: resume it where it was.
+                let this = self.clone();
+                let s = session.clone();
+                if let Ok(Ok(ws)) = blocking(move || this.open_ws(&s)).await {
+                    self.rearm_watch(session, ws).await;
+                }
+                return Err(e);
+            }
+        };
+        self.rearm_watch(session, ws).await;
+        Ok(())
+    }
+
+    async fn rearm_watch(&self, session: &SessionId, ws: std::os::fd::OwnedFd) {
+        self.inner
+            .watches
+            .rearm(session, self.workspace_dir(session), ws)
+            .await;
     }
 
     /// Copies the files `rels` (relative to HOME) of `from`'s HOME into `to`'s HOME at

@@ -8,6 +8,13 @@
 //! Sequence numbers start at the watch's creation time in microseconds, so a cursor from an
 //! earlier watch of the same session (dropped a minute after its last stream left) can never be
 //! mistaken for one of the current watch.
+//!
+//! A rewind replaces the workspace directory under a live watch, whose inotify watches stay on
+//! the replaced tree. `suspend` before the swap makes the coalescer drop what the old tree still
+//! reports (its removal would read as every file deleted); `rearm` after it watches the new tree
+//! and publishes one reset marker: an OVERFLOW event with `from_path` [`RESET_MARKER`], which
+//! clients already treat as "list the files again". Raw events carry the generation of the
+//! inotify watcher that saw them, so nothing of the old tree leaks past the marker.
 
 use super::fsops::{self, kind_of, open_parent, stat_at};
 use super::path::{TEMP_PREFIX, normalize_dir, split_parent};
@@ -18,7 +25,7 @@ use notify::{RecursiveMode, Watcher};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -34,6 +41,11 @@ const MAX_PENDING: usize = 2048;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How long a watch outlives its last stream, so a reconnecting client can resume.
 const LINGER: Duration = Duration::from_secs(60);
+/// The `from_path` of the OVERFLOW event published when a rewind replaced the workspace.
+pub const RESET_MARKER: &str = "(rewound)";
+
+/// A raw event, tagged with the generation of the watcher that saw it.
+type Raw = (u64, notify::Result<notify::Event>);
 
 /// What happened to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +85,15 @@ struct SessionWatch {
     overflow: Arc<AtomicBool>,
     /// Set when the session is deleted: streams end.
     closed: AtomicBool,
-    /// Kept alive with the watch; dropping it stops inotify and ends the coalescer.
-    _watcher: notify::INotifyWatcher,
+    /// Bumped by `suspend` and `rearm`: raw events of an older watcher are dropped.
+    generation: AtomicU64,
+    /// What the watcher feeds; a re-armed watcher feeds the same coalescer.
+    raw_tx: mpsc::Sender<Raw>,
+    /// The workspace as the coalescer reads it, replaced by `rearm`.
+    ws: Mutex<Arc<OwnedFd>>,
+    /// Kept alive with the watch; dropping it stops inotify (and the coalescer, once the watch
+    /// itself is gone).
+    watcher: Mutex<Option<notify::INotifyWatcher>>,
 }
 
 /// Every session's watch. Cheap to clone.
@@ -153,23 +172,7 @@ impl Watches {
     ) -> Result<Arc<SessionWatch>> {
         let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let flag = overflow.clone();
-        let dir = ws_dir.clone();
-        let watcher = super::blocking(move || {
-            let mut w = notify::INotifyWatcher::new(
-                move |ev: notify::Result<notify::Event>| {
-                    if raw_tx.try_send(ev).is_err() {
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                },
-                notify::Config::default(),
-            )
-            .map_err(watch_error)?;
-            w.watch(&dir, RecursiveMode::Recursive)
-                .map_err(watch_error)?;
-            Ok::<_, Error>(w)
-        })
-        .await??;
+        let watcher = arm(raw_tx.clone(), overflow.clone(), 0, ws_dir.clone()).await?;
         let first = u64::try_from(now_micros()).unwrap_or(1).max(1);
         let (published, _) = watch::channel(first - 1);
         let sw = Arc::new(SessionWatch {
@@ -181,7 +184,10 @@ impl Watches {
             streams: AtomicUsize::new(0),
             overflow,
             closed: AtomicBool::new(false),
-            _watcher: watcher,
+            generation: AtomicU64::new(0),
+            raw_tx,
+            ws: Mutex::new(Arc::new(ws)),
+            watcher: Mutex::new(Some(watcher)),
         });
         let mut map = lock(&self.map);
         if let Some(w) = map.get(session) {
@@ -190,8 +196,49 @@ impl Watches {
         }
         map.insert(session.clone(), sw.clone());
         drop(map);
-        tokio::spawn(coalesce(Arc::downgrade(&sw), ws_dir, Arc::new(ws), raw_rx));
+        tokio::spawn(coalesce(Arc::downgrade(&sw), ws_dir, raw_rx));
         Ok(sw)
+    }
+
+    /// The session's workspace directory is about to be replaced (a rewind): from now on the
+    /// current watcher's events are dropped. A no-op when nothing watches the session.
+    pub fn suspend(&self, session: &SessionId) {
+        if let Some(w) = lock(&self.map).get(session) {
+            w.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The session's workspace directory was replaced (or its replacement failed): watches the
+    /// directory now at `ws_dir` (`ws` open on it) and publishes the reset marker. If the new
+    /// tree cannot be watched the session's streams end (the client reconnects and gets the
+    /// error), rather than watch nothing in silence.
+    pub async fn rearm(&self, session: &SessionId, ws_dir: PathBuf, ws: OwnedFd) {
+        let Some(sw) = lock(&self.map).get(session).cloned() else {
+            return;
+        };
+        let generation = sw.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let armed = arm(sw.raw_tx.clone(), sw.overflow.clone(), generation, ws_dir).await;
+        match armed {
+            Ok(watcher) => {
+                *lock(&sw.ws) = Arc::new(ws);
+                // The old watcher goes only now: until here its events were already dropped.
+                drop(lock(&sw.watcher).replace(watcher));
+                let marker = event(
+                    ChangeType::Overflow,
+                    String::new(),
+                    RESET_MARKER.to_owned(),
+                    None,
+                    0,
+                    now_micros(),
+                );
+                publish(&sw, vec![marker]);
+            }
+            Err(e) => {
+                tracing::warn!(session = %session, error = %e,
+                    "cannot watch the rewound workspace; its watch streams end");
+                self.remove(session);
+            }
+        }
     }
 
     /// Stops the session's watch (the session is being deleted); its streams end.
@@ -225,6 +272,30 @@ impl Watches {
             }
         });
     }
+}
+
+/// Starts an inotify watcher of `dir` feeding `raw_tx` with events tagged `generation`.
+async fn arm(
+    raw_tx: mpsc::Sender<Raw>,
+    overflow: Arc<AtomicBool>,
+    generation: u64,
+    dir: PathBuf,
+) -> Result<notify::INotifyWatcher> {
+    super::blocking(move || {
+        let mut w = notify::INotifyWatcher::new(
+            move |ev: notify::Result<notify::Event>| {
+                if raw_tx.try_send((generation, ev)).is_err() {
+                    overflow.store(true, Ordering::Relaxed);
+                }
+            },
+            notify::Config::default(),
+        )
+        .map_err(watch_error)?;
+        w.watch(&dir, RecursiveMode::Recursive)
+            .map_err(watch_error)?;
+        Ok::<_, Error>(w)
+    })
+    .await?
 }
 
 fn watch_error(e: notify::Error) -> Error {
@@ -337,20 +408,28 @@ struct Pending {
     from_path: String,
 }
 
-/// Gathers raw events into windows and publishes them until the watch is dropped.
+/// Gathers raw events into windows and publishes them until the watch is dropped. Events of an
+/// older watcher generation (a replaced workspace) are dropped.
 async fn coalesce(
     watch: std::sync::Weak<SessionWatch>,
     ws_dir: PathBuf,
-    ws: Arc<OwnedFd>,
-    mut raw: mpsc::Receiver<notify::Result<notify::Event>>,
+    mut raw: mpsc::Receiver<Raw>,
 ) {
-    while let Some(first) = raw.recv().await {
+    while let Some((generation, first)) = raw.recv().await {
+        let current = |g: u64| {
+            watch
+                .upgrade()
+                .is_some_and(|sw| sw.generation.load(Ordering::SeqCst) == g)
+        };
         let mut window = Window::default();
-        window.add(&ws_dir, first);
+        if current(generation) {
+            window.add(&ws_dir, first);
+        }
         let deadline = tokio::time::Instant::now() + DEBOUNCE;
         while window.pending.len() < MAX_PENDING {
             match tokio::time::timeout_at(deadline, raw.recv()).await {
-                Ok(Some(ev)) => window.add(&ws_dir, ev),
+                Ok(Some((g, ev))) if current(g) => window.add(&ws_dir, ev),
+                Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -358,11 +437,15 @@ async fn coalesce(
         if sw.overflow.swap(false, Ordering::Relaxed) {
             window.overflow = true;
         }
-        let ws = ws.clone();
+        let ws = lock(&sw.ws).clone();
+        let generation = sw.generation.load(Ordering::SeqCst);
         let Ok(events) = super::blocking(move || window.describe(ws.as_fd())).await else {
             continue;
         };
-        publish(&sw, events);
+        // A rewind during `describe` replaced the tree these events were read from.
+        if sw.generation.load(Ordering::SeqCst) == generation {
+            publish(&sw, events);
+        }
     }
 }
 

@@ -37,18 +37,22 @@ impl PgStore {
         }
         // The session row lock orders this job after any other being added to the session; the
         // tenant is part of the match so a job can never land in another tenant's session.
+        // The same lock orders it against a rewind taking its hold.
         let st = tx
-            .prepare_cached("SELECT 1 FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE")
+            .prepare_cached(
+                "SELECT rewinding_until FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE",
+            )
             .await
             .map_err(db)?;
-        if tx
+        let Some(row) = tx
             .query_opt(&st, &[&job.session_id.as_str(), &job.tenant.as_str()])
             .await
             .map_err(db)?
-            .is_none()
-        {
+        else {
             return Err(Error::session_not_found(job.session_id.as_str()));
-        }
+        };
+        let held: Option<i64> = rows::get(&row, 0, "sessions.rewinding_until")?;
+        rules::admit_while_rewinding(&job.session_id, held, job.created)?;
         if limits.max_queued_in_session != usize::MAX {
             let st = tx
                 .prepare_cached(

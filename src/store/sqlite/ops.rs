@@ -317,13 +317,19 @@ pub(super) fn create_job(
         }
     }
     // The tenant is part of the match so a job can never land in another tenant's session.
-    let exists = conn
-        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1 AND tenant = ?2")
-        .and_then(|mut st| st.exists(params![job.session_id.as_str(), job.tenant.as_str()]))
+    let held: Option<Option<i64>> = conn
+        .prepare_cached("SELECT rewinding_until FROM sessions WHERE id = ?1 AND tenant = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![job.session_id.as_str(), job.tenant.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
         .map_err(db)?;
-    if !exists {
+    let Some(held) = held else {
         return Err(Error::session_not_found(job.session_id.as_str()));
-    }
+    };
+    rules::admit_while_rewinding(&job.session_id, held, job.created)?;
     // Checked here, in the insert's transaction, so concurrent submissions cannot both slip in.
     admit(conn, job, limits)?;
     let n = conn

@@ -125,7 +125,9 @@ class _FileEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileEve
     FILE_EVENT_KIND_RENAMED: _FileEventKind.ValueType  # 4
     """It was renamed from `from_path` to `path`."""
     FILE_EVENT_KIND_OVERFLOW: _FileEventKind.ValueType  # 5
-    """Changes were lost (a queue overflowed or a watch could not be added): list the files again."""
+    """Changes were lost (a queue overflowed or a watch could not be added), or, with `from_path`
+    "(rewound)", a rewind replaced the workspace: list the files again.
+    """
 
 class FileEventKind(_FileEventKind, metaclass=_FileEventKindEnumTypeWrapper):
     """What happened to a path in a watched workspace."""
@@ -141,7 +143,9 @@ FILE_EVENT_KIND_DELETED: FileEventKind.ValueType  # 3
 FILE_EVENT_KIND_RENAMED: FileEventKind.ValueType  # 4
 """It was renamed from `from_path` to `path`."""
 FILE_EVENT_KIND_OVERFLOW: FileEventKind.ValueType  # 5
-"""Changes were lost (a queue overflowed or a watch could not be added): list the files again."""
+"""Changes were lost (a queue overflowed or a watch could not be added), or, with `from_path`
+"(rewound)", a rewind replaced the workspace: list the files again.
+"""
 Global___FileEventKind: _TypeAlias = FileEventKind  # noqa: Y015
 
 @_typing.final

@@ -171,7 +171,9 @@ class FileServiceServicer:
         every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
         (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
         RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
-        were lost and the client should list the files again.
+        were lost and the client should list the files again. When the session is rewound the stream
+        follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
+        reset marker) instead of the rewind's individual changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -77,7 +77,9 @@ class FileServiceStub:
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
     (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
     RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
-    were lost and the client should list the files again.
+    were lost and the client should list the files again. When the session is rewound the stream
+    follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
+    reset marker) instead of the rewind's individual changes.
     """
     GetJobDiff: _grpc.UnaryStreamMultiCallable[_file_pb2.GetJobDiffRequest, _file_pb2.GetJobDiffResponse]
     """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
@@ -134,7 +136,9 @@ class FileServiceAsyncStub(FileServiceStub):
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
     (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
     RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
-    were lost and the client should list the files again.
+    were lost and the client should list the files again. When the session is rewound the stream
+    follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
+    reset marker) instead of the rewind's individual changes.
     """
     GetJobDiff: _aio.UnaryStreamMultiCallable[_file_pb2.GetJobDiffRequest, _file_pb2.GetJobDiffResponse]  # type: ignore[assignment]
     """Streams the unified diff (git's format, so `git apply` takes it) of what a job changed,
@@ -242,7 +246,9 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
         (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
         RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
-        were lost and the client should list the files again.
+        were lost and the client should list the files again. When the session is rewound the stream
+        follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
+        reset marker) instead of the rewind's individual changes.
         """
 
     @_abc_1.abstractmethod

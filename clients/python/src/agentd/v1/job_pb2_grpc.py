@@ -108,7 +108,9 @@ class JobServiceServicer:
     """
 
     def SubmitJob(self, request, context):
-        """Queues a job in a session. Jobs of one session run one at a time, in submit order.
+        """Queues a job in a session. Jobs of one session run one at a time, in submit order. While a
+        RewindSession of the session is swapping its workspace the job is refused with UNAVAILABLE
+        (SESSION_BUSY) and a retry delay: submit again once the rewind is done.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

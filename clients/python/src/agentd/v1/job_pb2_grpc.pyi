@@ -38,7 +38,10 @@ class JobServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.SubmitJobRequest, _job_pb2.SubmitJobResponse]
-    """Queues a job in a session. Jobs of one session run one at a time, in submit order."""
+    """Queues a job in a session. Jobs of one session run one at a time, in submit order. While a
+    RewindSession of the session is swapping its workspace the job is refused with UNAVAILABLE
+    (SESSION_BUSY) and a retry delay: submit again once the rewind is done.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]
     """Returns one job."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]
@@ -87,7 +90,10 @@ class JobServiceAsyncStub(JobServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitJob: _aio.UnaryUnaryMultiCallable[_job_pb2.SubmitJobRequest, _job_pb2.SubmitJobResponse]  # type: ignore[assignment]
-    """Queues a job in a session. Jobs of one session run one at a time, in submit order."""
+    """Queues a job in a session. Jobs of one session run one at a time, in submit order. While a
+    RewindSession of the session is swapping its workspace the job is refused with UNAVAILABLE
+    (SESSION_BUSY) and a retry delay: submit again once the rewind is done.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -139,7 +145,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.SubmitJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.SubmitJobResponse, _abc.Awaitable[_job_pb2.SubmitJobResponse]]:
-        """Queues a job in a session. Jobs of one session run one at a time, in submit order."""
+        """Queues a job in a session. Jobs of one session run one at a time, in submit order. While a
+        RewindSession of the session is swapping its workspace the job is refused with UNAVAILABLE
+        (SESSION_BUSY) and a retry delay: submit again once the rewind is done.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(

@@ -1117,7 +1117,8 @@ export enum FileEventKind {
   RENAMED = 4,
 
   /**
-   * Changes were lost (a queue overflowed or a watch could not be added): list the files again.
+   * Changes were lost (a queue overflowed or a watch could not be added), or, with `from_path`
+   * "(rewound)", a rewind replaced the workspace: list the files again.
    *
    * @generated from enum value: FILE_EVENT_KIND_OVERFLOW = 5;
    */
@@ -1239,7 +1240,9 @@ export const FileService: GenService<{
    * every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
    * (CURSOR_EXPIRED). When the host's inotify limits are reached the call fails with
    * RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED), or, while streaming, an OVERFLOW event says changes
-   * were lost and the client should list the files again.
+   * were lost and the client should list the files again. When the session is rewound the stream
+   * follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
+   * reset marker) instead of the rewind's individual changes.
    *
    * @generated from rpc agentd.v1.FileService.WatchFiles
    */

@@ -2156,7 +2156,9 @@ export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
  */
 export const JobService: GenService<{
   /**
-   * Queues a job in a session. Jobs of one session run one at a time, in submit order.
+   * Queues a job in a session. Jobs of one session run one at a time, in submit order. While a
+   * RewindSession of the session is swapping its workspace the job is refused with UNAVAILABLE
+   * (SESSION_BUSY) and a retry delay: submit again once the rewind is done.
    *
    * @generated from rpc agentd.v1.JobService.SubmitJob
    */
