@@ -2070,6 +2070,106 @@ mod capabilities {
         .await;
     }
 
+    fn thinking_of(events: &[pb::JobEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::Thinking(t)) => Some(t.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn plan_of(events: &[pb::JobEvent]) -> Option<Vec<(String, String)>> {
+        events.iter().find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Plan(p)) => Some(
+                p.items
+                    .iter()
+                    .map(|i| (i.content.clone(), i.status.clone()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+
+    fn planned() -> Option<Vec<(String, String)>> {
+        Some(vec![
+            ("write the tests".into(), "in_progress".into()),
+            ("ship it".into(), "pending".into()),
+        ])
+    }
+
+    /// What GetServerInfo says the agent `name` can do.
+    async fn capabilities_of(w: &World, name: &str) -> Vec<String> {
+        let key = ApiKey::bearer(KEY_A);
+        let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
+            w.server.channel().await,
+            key,
+        );
+        let got = info
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .expect("server info")
+            .into_inner();
+        let agent = got.agents.into_iter().find(|a| a.name == name);
+        agent.expect("the agent").capabilities
+    }
+
+    /// OpenCode's reasoning (`--thinking`) and its todowrite calls are typed events, as its
+    /// capabilities say.
+    #[tokio::test]
+    async fn opencode_thinking_and_plans_are_typed_events() {
+        scenario(async {
+            let mut w = World::new(&OPENCODE).await;
+            let caps = capabilities_of(&w, "opencode").await;
+            assert!(
+                caps.iter().any(|c| c == "thinking") && caps.iter().any(|c| c == "plan"),
+                "{caps:?}"
+            );
+            let (job, events) = w.run("think about the deep structure").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            assert_eq!(thinking_of(&events), ["about the deep structure"], "{why}");
+            assert_eq!(job.result, "Thought it over.", "{why}");
+
+            let (job, events) = w.run("todo write the tests; ship it").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(plan_of(&events), planned(), "{}", w.explain(&job, &events));
+        })
+        .await;
+    }
+
+    /// Gemini CLI's write_todos calls (offered to Gemini 2 models) are plan events; its
+    /// stream-json prints no thoughts, so its capabilities do not claim `thinking` and a model
+    /// that thinks yields none.
+    #[tokio::test]
+    async fn gemini_plans_are_typed_events_and_thinking_is_not_claimed() {
+        scenario(async {
+            let mut w = World::new(&GEMINI).await;
+            let caps = capabilities_of(&w, "gemini").await;
+            assert!(caps.iter().any(|c| c == "plan"), "{caps:?}");
+            assert!(!caps.iter().any(|c| c == "thinking"), "{caps:?}");
+            let gemini2 = |w: &World, prompt: &str| pb::SubmitJobRequest {
+                model: "gemini-2.5-flash".into(),
+                ..w.request(prompt)
+            };
+            let (job, events) = w
+                .run_req(gemini2(&w, "todo write the tests; ship it"))
+                .await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(plan_of(&events), planned(), "{}", w.explain(&job, &events));
+
+            let (job, events) = w
+                .run_req(gemini2(&w, "think about the deep structure"))
+                .await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            assert_eq!(job.result, "Thought it over.", "{why}");
+            assert!(thinking_of(&events).is_empty(), "{why}");
+        })
+        .await;
+    }
+
     /// claude → codex → claude in one session: each agent continues its own conversation and
     /// is never handed the other's id.
     #[tokio::test]

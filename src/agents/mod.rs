@@ -295,7 +295,10 @@ pub fn capabilities(kind: AgentKind) -> &'static [&'static str] {
             CAP_ATTACHMENTS,
             CAP_IMAGES,
         ],
-        AgentKind::Opencode | AgentKind::Gemini => &[CAP_ATTACHMENTS],
+        // OpenCode's JSON events carry reasoning (with `--thinking`) and its todo tool; Gemini's
+        // stream-json drops the model's thoughts, and offers its todo tool to Gemini 2 models.
+        AgentKind::Opencode => &[CAP_THINKING, CAP_PLAN, CAP_ATTACHMENTS],
+        AgentKind::Gemini => &[CAP_PLAN, CAP_ATTACHMENTS],
         AgentKind::Command => &[],
     }
 }
@@ -374,6 +377,23 @@ fn prompt_notes(kind: AgentKind, spec: &JobSpec, images: &[Image]) -> String {
         ));
     }
     notes
+}
+
+/// A todo tool's input (`todos: [{content or description, status}]`, the shape OpenCode's and
+/// Gemini's share) as a plan event: the input is always the whole list.
+fn plan_of_todos(input: Option<&Value>) -> Option<EventKind> {
+    let todos = input?.get("todos")?.as_array()?;
+    let field = |t: &Value, k: &str| t.get(k).and_then(Value::as_str).map(str::to_owned);
+    let items = todos
+        .iter()
+        .map(|t| crate::domain::PlanItem {
+            content: field(t, "content")
+                .or_else(|| field(t, "description"))
+                .unwrap_or_default(),
+            status: field(t, "status").unwrap_or_default(),
+        })
+        .collect();
+    Some(EventKind::Plan { items })
 }
 
 /// Whether an agent's conversation can be taken back to the end of an earlier job (RewindSession)

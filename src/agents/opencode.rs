@@ -18,6 +18,9 @@ use std::path::PathBuf;
 
 /// Keeps an unattended OpenCode from fetching model lists, updating itself, or downloading
 /// language servers when it edits a file.
+/// OpenCode's todo tool (`todos: [{content, status, priority}]`): its input is the whole plan.
+const TODO_TOOL: &str = "todowrite";
+
 const QUIET_ENV: [(&str, &str); 3] = [
     ("OPENCODE_DISABLE_MODELS_FETCH", "1"),
     ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
@@ -58,6 +61,10 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     // call); `--auto` approves what the operator's config does not explicitly deny.
     if !args_have(&profile.args, &["--auto"]) {
         args.push("--auto".into());
+    }
+    // Without it the reasoning parts never reach the JSON events (`thinking` events).
+    if !args_have(&profile.args, &["--thinking"]) {
+        args.push("--thinking".into());
     }
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);
@@ -220,10 +227,22 @@ impl OpencodeParser {
                 self.last_text = Some(text.clone());
                 events.push(EventKind::Text { text });
             }
+            // Only with `--thinking`: the model's reasoning, whole.
+            "reasoning" => match str_at(part, "text").filter(|t| !t.is_empty()) {
+                Some(text) => events.push(EventKind::Thinking {
+                    text: text.to_owned(),
+                }),
+                None => events.push(other(ty)),
+            },
             // Reported once the tool has finished: the call and its result together.
             "tool_use" => {
                 let id = str_at(part, "callID").unwrap_or_default().to_owned();
                 let state = part.get("state").unwrap_or(&Value::Null);
+                if str_at(part, "tool") == Some(TODO_TOOL)
+                    && let Some(plan) = super::plan_of_todos(state.get("input"))
+                {
+                    events.push(plan);
+                }
                 events.push(EventKind::ToolCall {
                     id: id.clone(),
                     name: str_at(part, "tool").unwrap_or_default().to_owned(),
