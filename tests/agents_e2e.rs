@@ -150,7 +150,8 @@ static OPENCODE: Agent = Agent {
                     "npm": "@ai-sdk/openai-compatible",
                     "name": "Mock",
                     "options": { "baseURL": format!("{base}/v1"), "apiKey": "{env:MOCK_API_KEY}" },
-                    "models": { "mock-model": { "name": "Mock", "tool_call": true } }
+                    "models": { "mock-model": { "name": "Mock", "tool_call": true, "attachment": true,
+                        "modalities": { "input": ["text", "image"], "output": ["text"] } } }
                 }
             },
             "model": "mock/mock-model",
@@ -2014,6 +2015,11 @@ mod capabilities {
     #[tokio::test]
     async fn codex_gets_an_image_attachment_as_an_image() {
         scenario(an_image_attachment_reaches_the_model(&CODEX)).await;
+    }
+
+    #[tokio::test]
+    async fn opencode_gets_an_image_attachment_as_an_image() {
+        scenario(an_image_attachment_reaches_the_model(&OPENCODE)).await;
     }
 
     /// The newer job fields come from a preset: its system prompt replaces Claude's, its deltas

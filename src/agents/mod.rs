@@ -297,7 +297,7 @@ pub fn capabilities(kind: AgentKind) -> &'static [&'static str] {
         ],
         // OpenCode's JSON events carry reasoning (with `--thinking`) and its todo tool; Gemini's
         // stream-json drops the model's thoughts, and offers its todo tool to Gemini 2 models.
-        AgentKind::Opencode => &[CAP_THINKING, CAP_PLAN, CAP_ATTACHMENTS],
+        AgentKind::Opencode => &[CAP_THINKING, CAP_PLAN, CAP_ATTACHMENTS, CAP_IMAGES],
         AgentKind::Gemini => &[CAP_PLAN, CAP_ATTACHMENTS],
         AgentKind::Command => &[],
     }
@@ -746,7 +746,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn images_go_to_claude_as_base64_blocks_and_to_codex_as_image_flags() {
+    fn images_go_to_claude_as_base64_blocks_and_to_codex_and_opencode_as_files() {
         let p = profile(AgentKind::Claude, "claude", &[]);
         let mut s = spec("look");
         s.caps.attachments = vec!["a.png".into(), "notes.txt".into()];
@@ -787,6 +787,14 @@ pub(crate) mod tests {
         let flag = l.args.iter().position(|a| a == "--image=/ws/s1/a.png");
         let dash = l.args.iter().position(|a| a == "-");
         assert!(flag.is_some() && flag < dash, "{:?}", l.args);
+
+        let opencode = profile(AgentKind::Opencode, "opencode", &[]);
+        let l = launch(&opencode, &s, &ctx).unwrap();
+        assert!(
+            l.args.contains(&"--file=/ws/s1/a.png".to_owned()),
+            "{:?}",
+            l.args
+        );
 
         // A job that asks speaks text through its controller; Gemini takes none.
         s.permission_mode = Some(crate::domain::PERMISSION_ASK.into());

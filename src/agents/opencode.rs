@@ -72,6 +72,14 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--session".into(), id.to_owned()]);
     }
+    for image in ctx.images {
+        // A file part of the message, which OpenCode sends as an image to a model whose config
+        // says it takes them; `=` keeps the array option from taking what follows.
+        args.push(format!(
+            "--file={}",
+            ctx.workspace.join(&image.path).display()
+        ));
+    }
     // No message argument: `run` reads the message from stdin when it is not a terminal.
     let (env, files) = environment(config_with_mcp(profile, ctx), ctx);
     Launch {
