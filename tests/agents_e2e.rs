@@ -150,7 +150,8 @@ static OPENCODE: Agent = Agent {
                     "npm": "@ai-sdk/openai-compatible",
                     "name": "Mock",
                     "options": { "baseURL": format!("{base}/v1"), "apiKey": "{env:MOCK_API_KEY}" },
-                    "models": { "mock-model": { "name": "Mock", "tool_call": true } }
+                    "models": { "mock-model": { "name": "Mock", "tool_call": true, "attachment": true,
+                        "modalities": { "input": ["text", "image"], "output": ["text"] } } }
                 }
             },
             "model": "mock/mock-model",
@@ -1990,6 +1991,226 @@ mod capabilities {
             };
             let st = w.submit(missing).await.unwrap_err();
             assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        })
+        .await;
+    }
+
+    /// A 1×1 PNG: a real image, so a CLI that decodes or checks what it sends accepts it.
+    const PIXEL_PNG: &[u8] = &[
+        0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
+        0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90,
+        0x77, 0x53, 0xde, 0x00, 0x00, 0x00, 0x0c, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8,
+        0xcf, 0xc0, 0x00, 0x00, 0x03, 0x01, 0x01, 0x00, 0xc9, 0xfe, 0x92, 0xef, 0x00, 0x00, 0x00,
+        0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    ];
+
+    /// What the mock answers to `image-digest` when the request carries exactly `bytes`.
+    fn image_digest(bytes: &[u8]) -> String {
+        use sha2::Digest as _;
+        format!(
+            "image {} {}",
+            hex::encode(sha2::Sha256::digest(bytes)),
+            bytes.len()
+        )
+    }
+
+    /// An image attachment reaches the model as image bytes equal to the uploaded file (Claude:
+    /// a base64 block of its stream-json input; Codex: `--image`); a file that only looks like
+    /// one by name does not.
+    async fn an_image_attachment_reaches_the_model(agent: &'static Agent) {
+        let mut w = World::new(agent).await;
+        w.session =
+            w.c.create_session(&[("pixel.png", PIXEL_PNG), ("fake.png", b"not an image")])
+                .await
+                .session_id;
+        let req = pb::SubmitJobRequest {
+            attachments: vec!["pixel.png".into()],
+            ..w.request("image-digest")
+        };
+        let (job, events) = w.run_req(req).await;
+        w.expect_state(&job, &events, pb::JobState::Succeeded);
+        let why = w.explain(&job, &events);
+        assert_eq!(job.result, image_digest(PIXEL_PNG), "{why}");
+
+        // In a new session: the first one's conversation holds the image.
+        w.session =
+            w.c.create_session(&[("fake.png", b"not an image")])
+                .await
+                .session_id;
+        let req = pb::SubmitJobRequest {
+            attachments: vec!["fake.png".into()],
+            ..w.request("image-digest")
+        };
+        let (job, events) = w.run_req(req).await;
+        w.expect_state(&job, &events, pb::JobState::Succeeded);
+        assert_eq!(job.result, "no image", "{}", w.explain(&job, &events));
+    }
+
+    #[tokio::test]
+    async fn claude_gets_an_image_attachment_as_an_image() {
+        scenario(an_image_attachment_reaches_the_model(&CLAUDE)).await;
+    }
+
+    #[tokio::test]
+    async fn codex_gets_an_image_attachment_as_an_image() {
+        scenario(an_image_attachment_reaches_the_model(&CODEX)).await;
+    }
+
+    #[tokio::test]
+    async fn opencode_gets_an_image_attachment_as_an_image() {
+        scenario(an_image_attachment_reaches_the_model(&OPENCODE)).await;
+    }
+
+    /// The newer job fields come from a preset: its system prompt replaces Claude's, its deltas
+    /// stream, its attachment reaches the model as an image, and a job cannot set what the
+    /// preset does not let it.
+    #[tokio::test]
+    async fn claude_preset_carries_system_prompt_deltas_and_images() {
+        scenario(async {
+            let mut w = World::with_config(&CLAUDE, |_| {
+                "[presets.caps]\nsystem_prompt = \"You are the zebra-88 agent.\"\n\
+                 stream_deltas = true\noverridable = [\"prompt\"]\n\
+                 [presets.look]\nattachments = [\"pixel.png\"]\n\
+                 prompt_template = \"image-digest\"\n"
+                    .to_owned()
+            })
+            .await;
+            w.session =
+                w.c.create_session(&[("pixel.png", PIXEL_PNG)])
+                    .await
+                    .session_id;
+            // Agent and timeout come from the server's defaults: the presets do not let a job
+            // set them.
+            let from_preset = |w: &World, preset: &str, prompt: &str| pb::SubmitJobRequest {
+                session_id: w.session.clone(),
+                preset: preset.into(),
+                prompt: prompt.into(),
+                ..Default::default()
+            };
+            let req = from_preset(&w, "caps", "agents-visible zebra-88");
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            assert_eq!(job.result, "agent zebra-88 visible", "{why}");
+            let streamed: String = deltas(&events, false).into_iter().map(|(_, t)| t).collect();
+            assert_eq!(streamed, job.result, "{why}");
+
+            let req = from_preset(&w, "look", "");
+            let (job, events) = w.run_req(req).await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(
+                job.result,
+                image_digest(PIXEL_PNG),
+                "{}",
+                w.explain(&job, &events)
+            );
+
+            let req = pb::SubmitJobRequest {
+                system_prompt: "You are someone else.".into(),
+                ..from_preset(&w, "look", "")
+            };
+            let st = w.submit(req).await.unwrap_err();
+            assert_eq!(common::reason(&st), "PRESET_OVERRIDE_DENIED", "{st:?}");
+        })
+        .await;
+    }
+
+    fn thinking_of(events: &[pb::JobEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::Thinking(t)) => Some(t.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn plan_of(events: &[pb::JobEvent]) -> Option<Vec<(String, String)>> {
+        events.iter().find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Plan(p)) => Some(
+                p.items
+                    .iter()
+                    .map(|i| (i.content.clone(), i.status.clone()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+
+    fn planned() -> Option<Vec<(String, String)>> {
+        Some(vec![
+            ("write the tests".into(), "in_progress".into()),
+            ("ship it".into(), "pending".into()),
+        ])
+    }
+
+    /// What GetServerInfo says the agent `name` can do.
+    async fn capabilities_of(w: &World, name: &str) -> Vec<String> {
+        let key = ApiKey::bearer(KEY_A);
+        let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
+            w.server.channel().await,
+            key,
+        );
+        let got = info
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .expect("server info")
+            .into_inner();
+        let agent = got.agents.into_iter().find(|a| a.name == name);
+        agent.expect("the agent").capabilities
+    }
+
+    /// OpenCode's reasoning (`--thinking`) and its todowrite calls are typed events, as its
+    /// capabilities say.
+    #[tokio::test]
+    async fn opencode_thinking_and_plans_are_typed_events() {
+        scenario(async {
+            let mut w = World::new(&OPENCODE).await;
+            let caps = capabilities_of(&w, "opencode").await;
+            assert!(
+                caps.iter().any(|c| c == "thinking") && caps.iter().any(|c| c == "plan"),
+                "{caps:?}"
+            );
+            let (job, events) = w.run("think about the deep structure").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            assert_eq!(thinking_of(&events), ["about the deep structure"], "{why}");
+            assert_eq!(job.result, "Thought it over.", "{why}");
+
+            let (job, events) = w.run("todo write the tests; ship it").await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(plan_of(&events), planned(), "{}", w.explain(&job, &events));
+        })
+        .await;
+    }
+
+    /// Gemini CLI's write_todos calls (offered to Gemini 2 models) are plan events; its
+    /// stream-json prints no thoughts, so its capabilities do not claim `thinking` and a model
+    /// that thinks yields none.
+    #[tokio::test]
+    async fn gemini_plans_are_typed_events_and_thinking_is_not_claimed() {
+        scenario(async {
+            let mut w = World::new(&GEMINI).await;
+            let caps = capabilities_of(&w, "gemini").await;
+            assert!(caps.iter().any(|c| c == "plan"), "{caps:?}");
+            assert!(!caps.iter().any(|c| c == "thinking"), "{caps:?}");
+            let gemini2 = |w: &World, prompt: &str| pb::SubmitJobRequest {
+                model: "gemini-2.5-flash".into(),
+                ..w.request(prompt)
+            };
+            let (job, events) = w
+                .run_req(gemini2(&w, "todo write the tests; ship it"))
+                .await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            assert_eq!(plan_of(&events), planned(), "{}", w.explain(&job, &events));
+
+            let (job, events) = w
+                .run_req(gemini2(&w, "think about the deep structure"))
+                .await;
+            w.expect_state(&job, &events, pb::JobState::Succeeded);
+            let why = w.explain(&job, &events);
+            assert_eq!(job.result, "Thought it over.", "{why}");
+            assert!(thinking_of(&events).is_empty(), "{why}");
         })
         .await;
     }

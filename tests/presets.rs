@@ -660,9 +660,29 @@ async fn the_cli_manages_presets_and_runs_one_with_variables() {
             "say hi to {{who}}",
             "--overridable",
             "model",
+            "--system-prompt",
+            "You greet.",
+            "--disallowed-tool",
+            "WebFetch",
+            "--stream-deltas",
         ],
     );
     assert!(o.status.success(), "{o:?}");
+    let o = cli(&server, &["presets", "get", "greet", "--json"]);
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        (
+            &got["system_prompt"],
+            &got["disallowed_tools"],
+            &got["stream_deltas"]
+        ),
+        (
+            &serde_json::json!("You greet."),
+            &serde_json::json!(["WebFetch"]),
+            &serde_json::json!(true)
+        ),
+        "{got}"
+    );
     let o = cli(&server, &["presets", "ls", "--json"]);
     let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -744,4 +764,207 @@ async fn a_linked_mcp_config_file_is_replaced_not_written_through() {
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&planted).unwrap()).unwrap();
     assert_eq!(written["mcpServers"]["echo"]["command"], "python3");
+}
+
+/// The argv the stand-in printed for its `echo-args` directive.
+fn argv_of(events: &[pb::JobEvent]) -> Vec<String> {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Text(t)) => t.text.strip_prefix("argv ").map(str::to_owned),
+            _ => None,
+        })
+        .map(|a| serde_json::from_str(&a).expect("argv JSON"))
+        .unwrap_or_default()
+}
+
+/// The capability and control fields of SubmitJobRequest live in presets too: a config preset's
+/// reach the agent's argv, a tenant's come back from PresetService as stored, a job cannot set
+/// one its preset does not list as overridable, and a preset that could never run is refused
+/// when it is stored.
+#[tokio::test]
+async fn presets_carry_the_capability_fields_and_guard_them() {
+    let cat = Catalog::new();
+    let terse = "[presets.terse]\nsystem_prompt = \"You are the terse agent.\"\n\
+                 disallowed_tools = [\"WebFetch\"]\nstream_deltas = true\n\
+                 overridable = [\"prompt\"]\n";
+    let (server, mut c, session) = start(&cat, terse).await;
+    let (job, events) = run(
+        &mut c,
+        pb::SubmitJobRequest {
+            preset: "terse".into(),
+            prompt: "echo-args".into(),
+            ..req(&session)
+        },
+    )
+    .await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let argv = argv_of(&events);
+    let at = argv.iter().position(|a| a == "--system-prompt");
+    assert_eq!(
+        at.map(|i| argv[i + 1].as_str()),
+        Some("You are the terse agent."),
+        "{argv:?}"
+    );
+    assert!(
+        argv.contains(&"--disallowedTools=WebFetch".into()),
+        "{argv:?}"
+    );
+    assert!(
+        argv.contains(&"--include-partial-messages".into()),
+        "{argv:?}"
+    );
+    // Without the preset the same job carries none of them.
+    let (_, events) = run(
+        &mut c,
+        pb::SubmitJobRequest {
+            prompt: "echo-args".into(),
+            ..req(&session)
+        },
+    )
+    .await;
+    let plain = argv_of(&events);
+    assert!(!plain.is_empty(), "the stand-in printed no argv");
+    assert!(
+        !plain
+            .iter()
+            .any(|a| a == "--system-prompt" || a.starts_with("--disallowedTools")),
+        "{plain:?}"
+    );
+
+    // A job may not set what its preset does not let it.
+    let denied: Vec<(&str, pb::SubmitJobRequest)> = vec![
+        (
+            "system_prompt",
+            pb::SubmitJobRequest {
+                system_prompt: "You are someone else.".into(),
+                ..req(&session)
+            },
+        ),
+        (
+            "output_schema",
+            pb::SubmitJobRequest {
+                output_schema: r#"{"type":"object"}"#.into(),
+                ..req(&session)
+            },
+        ),
+        (
+            "attachments",
+            pb::SubmitJobRequest {
+                attachments: vec!["a.rs".into()],
+                ..req(&session)
+            },
+        ),
+        (
+            "deny_rules",
+            pb::SubmitJobRequest {
+                deny_rules: vec!["Bash".into()],
+                ..req(&session)
+            },
+        ),
+    ];
+    for (field, r) in denied {
+        let st = c
+            .jobs
+            .submit_job(pb::SubmitJobRequest {
+                preset: "terse".into(),
+                prompt: "hi".into(),
+                ..r
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(
+            (st.code(), reason(&st).as_str()),
+            (Code::InvalidArgument, "PRESET_OVERRIDE_DENIED"),
+            "{field}: {st:?}"
+        );
+        assert!(st.message().contains(field), "{field}: {st:?}");
+    }
+
+    // A tenant's preset holds them and gives them back as stored.
+    let mut p = presets(server.channel().await, KEY_A);
+    let full = pb::Preset {
+        name: "full".into(),
+        system_prompt: "You review.".into(),
+        disallowed_tools: vec!["Bash".into()],
+        output_schema: r#"{"type":"object"}"#.into(),
+        stream_deltas: true,
+        attachments: vec!["a.rs".into()],
+        allow_rules: vec!["Read".into()],
+        deny_rules: vec!["Bash(rm *)".into()],
+        permission_timeout_seconds: 30,
+        permission_mode: "ask".into(),
+        overridable: vec!["output_schema".into()],
+        ..Default::default()
+    };
+    p.create_preset(pb::CreatePresetRequest {
+        preset: Some(full.clone()),
+    })
+    .await
+    .expect("create");
+    let got = p
+        .get_preset(pb::GetPresetRequest {
+            name: "full".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .preset
+        .expect("preset");
+    assert_eq!(
+        pb::Preset {
+            create_time: None,
+            update_time: None,
+            ..got
+        },
+        full
+    );
+
+    let preset = |p: pb::Preset| pb::Preset {
+        name: "bad".into(),
+        ..p
+    };
+    let bad: Vec<(&str, pb::Preset)> = vec![
+        (
+            "output_schema",
+            preset(pb::Preset {
+                output_schema: r#"{"type": 5}"#.into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "allow_rules",
+            preset(pb::Preset {
+                allow_rules: vec!["Bash(ls".into()],
+                ..Default::default()
+            }),
+        ),
+        (
+            "attachments",
+            preset(pb::Preset {
+                attachments: vec!["../etc/passwd".into()],
+                ..Default::default()
+            }),
+        ),
+        (
+            "overridable",
+            preset(pb::Preset {
+                overridable: vec!["session_id".into()],
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (what, preset) in bad {
+        let st = p
+            .create_preset(pb::CreatePresetRequest {
+                preset: Some(preset),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(
+            (st.code(), reason(&st).as_str()),
+            (Code::InvalidArgument, "INVALID_FIELD"),
+            "{what}: {st:?}"
+        );
+    }
 }

@@ -52,6 +52,48 @@ pub(super) fn validate(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
+/// Gives the job's images to Claude as image content blocks: the prompt on stdin becomes one
+/// stream-json user message (`--input-format stream-json`) holding the text and a base64 block per
+/// image, which is how the Agent SDK sends images; stdin's end then ends the run as a plain
+/// prompt's does.
+pub(super) fn send_images(launch: &mut Launch, spec: &JobSpec, images: &[super::Image]) {
+    use base64::Engine as _;
+    if images.is_empty() || !super::takes_images(super::AgentKind::Claude, spec) {
+        return;
+    }
+    let Some(text) = launch.stdin.take() else {
+        return;
+    };
+    let mut content = vec![serde_json::json!({"type": "text", "text": text})];
+    content.extend(images.iter().map(|i| {
+        serde_json::json!({
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": i.media_type,
+                "data": base64::engine::general_purpose::STANDARD.encode(&i.data),
+            }
+        })
+    }));
+    let message = serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": content},
+        "parent_tool_use_id": null,
+        "session_id": ""
+    });
+    launch.stdin = Some(format!("{message}\n"));
+    // Right after `-p`: the variadic `--allowedTools` at the end must not swallow it.
+    let at = launch
+        .args
+        .iter()
+        .position(|a| a == "-p")
+        .map_or(0, |i| i + 1);
+    launch.args.splice(
+        at..at,
+        ["--input-format".to_owned(), "stream-json".to_owned()],
+    );
+}
+
 /// The transcript of conversation `id` relative to HOME, when the agent runs in `workspace`:
 /// Claude keeps it under `~/.claude/projects/<the working directory, every character other than
 /// an ASCII letter or digit made '-'>/<id>.jsonl`. `None` for an id that is not a plain name

@@ -18,6 +18,7 @@ fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
         resume_conversation: resume,
         jailed: false,
         mcp: &[],
+        images: &[],
     }
 }
 

@@ -95,9 +95,18 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
         ]);
         files.push((path, schema.clone().into_bytes()));
     }
-    // Options must precede `resume`: after it, Codex rejects them (exit 2).
+    // Options must precede `resume`: after it, Codex rejects them (exit 2), except `--image`,
+    // which `resume` has as its own option.
     if let Some(id) = ctx.resume_conversation {
         args.extend(["resume".into(), id.to_owned()]);
+    }
+    for image in ctx.images {
+        // Codex reads the file itself and sends it as an image input; `=` keeps the variadic
+        // `--image` from taking what follows. The absolute path is the same inside the jail.
+        args.push(format!(
+            "--image={}",
+            ctx.workspace.join(&image.path).display()
+        ));
     }
     // `-` reads the prompt from stdin (any size); `--` keeps it from being taken for an option.
     args.extend(["--".into(), "-".into()]);

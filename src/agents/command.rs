@@ -123,6 +123,7 @@ mod tests {
             resume_conversation: Some("ignored"),
             jailed: false,
             mcp: &[],
+            images: &[],
         };
         let l = super::super::launch(&p, &spec("do it; rm -rf /"), &ctx).unwrap();
         assert_eq!(l.program, "/usr/bin/my-agent");

@@ -28,6 +28,7 @@ fn run(spec: &JobSpec, workspace: &Path, home: &Path, resume: Option<&str>) -> R
         resume_conversation: resume,
         jailed: false,
         mcp: &[],
+        images: &[],
     };
     let l = launch(&p, spec, &ctx).unwrap();
     let out = Command::new(&l.program)

@@ -17,6 +17,9 @@ use crate::error::Result;
 use serde_json::Value;
 
 /// Gemini's approval modes, which is what a job's permission mode selects.
+/// Gemini CLI's todo tool (`todos: [{description, status}]`).
+const TODO_TOOL: &str = "write_todos";
+
 const APPROVAL_MODES: [&str; 4] = ["default", "auto_edit", "yolo", "plan"];
 /// Profile args that already decide approvals.
 const APPROVAL_FLAGS: [&str; 3] = ["-y", "--yolo", "--approval-mode"];
@@ -238,11 +241,19 @@ impl GeminiParser {
                 "message/{}",
                 str_at(v, "role").unwrap_or("unknown")
             ))],
-            "tool_use" => vec![EventKind::ToolCall {
-                id: str_at(v, "tool_id").unwrap_or_default().to_owned(),
-                name: str_at(v, "tool_name").unwrap_or_default().to_owned(),
-                input_json: input_json_of(v.get("parameters")),
-            }],
+            "tool_use" => {
+                let name = str_at(v, "tool_name").unwrap_or_default().to_owned();
+                // Its todo tool's input is the whole plan (offered for Gemini 2 models).
+                let plan = (name == TODO_TOOL)
+                    .then(|| super::plan_of_todos(v.get("parameters")))
+                    .flatten();
+                let call = EventKind::ToolCall {
+                    id: str_at(v, "tool_id").unwrap_or_default().to_owned(),
+                    name,
+                    input_json: input_json_of(v.get("parameters")),
+                };
+                plan.into_iter().chain([call]).collect()
+            }
             "tool_result" => {
                 let is_error = str_at(v, "status") != Some("success");
                 let error_text = v.get("error").and_then(|e| str_at(e, "message"));

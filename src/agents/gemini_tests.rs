@@ -408,3 +408,39 @@ fn a_job_that_asks_runs_gemini_acp_without_the_profiles_approval_flags() {
     );
     assert!(l.args.windows(2).any(|w| w == ["--model", "m1"]));
 }
+
+/// Captured from `gemini --output-format stream-json` (model gemini-2.5-flash, which is offered
+/// write_todos) against the test suite's mock model: a `think` answer, whose thought part the
+/// CLI does not print, and a `todo` answer.
+const TODO: &str = include_str!("testdata/gemini-todo-sample.jsonl");
+
+#[test]
+fn write_todos_is_a_plan_before_its_call_and_thoughts_are_not_printed() {
+    let (events, _) = parse_all(TODO);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Thinking { .. })),
+        "stream-json carries no thought"
+    );
+    let at = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::Plan { .. }))
+        .expect("a plan event");
+    let EventKind::Plan { items } = &events[at].kind else {
+        unreachable!()
+    };
+    let items: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (i.content.as_str(), i.status.as_str()))
+        .collect();
+    assert_eq!(
+        items,
+        [("write the tests", "in_progress"), ("ship it", "pending")]
+    );
+    assert!(
+        matches!(&events[at + 1].kind, EventKind::ToolCall { name, .. } if name == "write_todos"),
+        "{:?}",
+        events[at + 1]
+    );
+}

@@ -143,6 +143,7 @@ fn run(p: &AgentProfile, spec: &JobSpec, dir: &Path, resume: Option<&str>) -> Ru
         resume_conversation: resume,
         jailed: false,
         mcp: &[],
+        images: &[],
     };
     let l = launch(p, spec, &ctx).unwrap();
     for (path, content) in &l.files {

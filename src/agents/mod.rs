@@ -120,6 +120,61 @@ pub struct LaunchContext<'a> {
     pub jailed: bool,
     /// The MCP servers the job selected from the operator's catalog (`agents::mcp`).
     pub mcp: mcp::Servers<'a>,
+    /// The job's attachments that are images, read when the job starts, for kinds that take
+    /// images ([`CAP_IMAGES`]); the others only see the paths in the prompt.
+    pub images: &'a [Image],
+}
+
+/// An attachment given to the agent as an image: its bytes as agentd read them when the job
+/// started (sniffed, at most [`MAX_IMAGE_BYTES`]).
+#[derive(Clone, PartialEq)]
+pub struct Image {
+    /// Workspace-relative, as the job named it.
+    pub path: String,
+    pub media_type: &'static str,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("path", &self.path)
+            .field("media_type", &self.media_type)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// Largest attachment given as an image: the Anthropic API's per-image limit. A larger one is
+/// only named in the prompt.
+pub const MAX_IMAGE_BYTES: usize = 5 * 1024 * 1024;
+/// Most image bytes one job carries (its stdin holds them base64 for Claude).
+pub const MAX_IMAGES_TOTAL: usize = 20 * 1024 * 1024;
+
+/// The image type of a file by its first bytes (the formats' own signatures), for the four
+/// formats every agent's model API takes; the file name is not trusted.
+pub fn sniff_image(head: &[u8]) -> Option<&'static str> {
+    match head {
+        [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, ..] => Some("image/png"),
+        [0xff, 0xd8, 0xff, ..] => Some("image/jpeg"),
+        [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some("image/gif"),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Some("image/webp"),
+        _ => None,
+    }
 }
 
 /// What to execute for one job. No shell is involved: `program` and `args` become argv as they are.
@@ -216,6 +271,8 @@ pub const CAP_SYSTEM_PROMPT: &str = "system_prompt";
 pub const CAP_DISALLOWED_TOOLS: &str = "disallowed_tools";
 /// `attachments` reach the agent with the prompt.
 pub const CAP_ATTACHMENTS: &str = "attachments";
+/// Attachments that are images reach the model as images (without it, only their paths).
+pub const CAP_IMAGES: &str = "images";
 
 /// The #20 capabilities of a kind (ServerInfo's AgentInfo.capabilities); an option whose
 /// capability is missing is refused at submit, except `stream_deltas`, which is a wish.
@@ -229,14 +286,19 @@ pub fn capabilities(kind: AgentKind) -> &'static [&'static str] {
             CAP_SYSTEM_PROMPT,
             CAP_DISALLOWED_TOOLS,
             CAP_ATTACHMENTS,
+            CAP_IMAGES,
         ],
         AgentKind::Codex => &[
             CAP_THINKING,
             CAP_PLAN,
             CAP_OUTPUT_SCHEMA_NATIVE,
             CAP_ATTACHMENTS,
+            CAP_IMAGES,
         ],
-        AgentKind::Opencode | AgentKind::Gemini => &[CAP_ATTACHMENTS],
+        // OpenCode's JSON events carry reasoning (with `--thinking`) and its todo tool; Gemini's
+        // stream-json drops the model's thoughts, and offers its todo tool to Gemini 2 models.
+        AgentKind::Opencode => &[CAP_THINKING, CAP_PLAN, CAP_ATTACHMENTS, CAP_IMAGES],
+        AgentKind::Gemini => &[CAP_PLAN, CAP_ATTACHMENTS],
         AgentKind::Command => &[],
     }
 }
@@ -276,20 +338,34 @@ pub fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Re
         AgentKind::Gemini => gemini::launch(profile, spec, ctx),
     };
     if let Some(prompt) = &mut launch.stdin {
-        prompt.push_str(&prompt_notes(profile.kind, spec));
+        prompt.push_str(&prompt_notes(profile.kind, spec, ctx.images));
+    }
+    if profile.kind == AgentKind::Claude {
+        claude::send_images(&mut launch, spec, ctx.images);
     }
     Ok(launch)
 }
 
+/// Whether the job's attachments that are images go to the model as images: the kind takes
+/// them, and the job is one-shot (a job that asks sends its prompt through its controller,
+/// which speaks text only).
+pub fn takes_images(kind: AgentKind, spec: &JobSpec) -> bool {
+    capabilities(kind).contains(&CAP_IMAGES) && !spec.asks()
+}
+
 /// What the prompt itself must carry of the job's options: the attachments to read, and the
 /// schema where the agent has no native structured output (agentd validates the answer).
-fn prompt_notes(kind: AgentKind, spec: &JobSpec) -> String {
+fn prompt_notes(kind: AgentKind, spec: &JobSpec, images: &[Image]) -> String {
     let mut notes = String::new();
     if !spec.caps.attachments.is_empty() {
         notes
             .push_str("\n\nAttached files (paths relative to the working directory; read them):\n");
         for path in &spec.caps.attachments {
-            notes.push_str(&format!("- {path}\n"));
+            if images.iter().any(|i| &i.path == path) {
+                notes.push_str(&format!("- {path} (also given to you as an image)\n"));
+            } else {
+                notes.push_str(&format!("- {path}\n"));
+            }
         }
     }
     if let Some(schema) = &spec.caps.output_schema
@@ -301,6 +377,23 @@ fn prompt_notes(kind: AgentKind, spec: &JobSpec) -> String {
         ));
     }
     notes
+}
+
+/// A todo tool's input (`todos: [{content or description, status}]`, the shape OpenCode's and
+/// Gemini's share) as a plan event: the input is always the whole list.
+fn plan_of_todos(input: Option<&Value>) -> Option<EventKind> {
+    let todos = input?.get("todos")?.as_array()?;
+    let field = |t: &Value, k: &str| t.get(k).and_then(Value::as_str).map(str::to_owned);
+    let items = todos
+        .iter()
+        .map(|t| crate::domain::PlanItem {
+            content: field(t, "content")
+                .or_else(|| field(t, "description"))
+                .unwrap_or_default(),
+            status: field(t, "status").unwrap_or_default(),
+        })
+        .collect();
+    Some(EventKind::Plan { items })
 }
 
 /// Whether an agent's conversation can be taken back to the end of an earlier job (RewindSession)
@@ -561,6 +654,7 @@ pub(crate) mod tests {
             resume_conversation: resume,
             jailed: false,
             mcp: &[],
+            images: &[],
         }
     }
 
@@ -633,6 +727,79 @@ pub(crate) mod tests {
         }
         assert!(serde_json::from_str::<AgentKind>("\"open_code\"").is_err());
         assert!(serde_json::from_str::<AgentKind>("\"Claude\"").is_err());
+    }
+
+    #[test]
+    fn images_are_known_by_their_bytes_not_their_names() {
+        let cases: [(&[u8], Option<&str>); 7] = [
+            (b"\x89PNG\r\n\x1a\n\0\0", Some("image/png")),
+            (b"\xff\xd8\xff\xe0JFIF", Some("image/jpeg")),
+            (b"GIF89a\x01\0", Some("image/gif")),
+            (b"GIF87a", Some("image/gif")),
+            (b"RIFF\x10\0\0\0WEBPVP8 ", Some("image/webp")),
+            (b"RIFF\x10\0\0\0WAVEfmt ", None),
+            (b"\x89PNG\r\n", None),
+        ];
+        for (head, want) in cases {
+            assert_eq!(sniff_image(head), want, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn images_go_to_claude_as_base64_blocks_and_to_codex_and_opencode_as_files() {
+        let p = profile(AgentKind::Claude, "claude", &[]);
+        let mut s = spec("look");
+        s.caps.attachments = vec!["a.png".into(), "notes.txt".into()];
+        s.allowed_tools = vec!["Read".into()];
+        let images = [Image {
+            path: "a.png".into(),
+            media_type: "image/png",
+            data: b"\x89PNG\r\n\x1a\nrest".to_vec(),
+        }];
+        let ctx = LaunchContext {
+            images: &images,
+            ..ctx(None)
+        };
+        let l = launch(&p, &s, &ctx).unwrap();
+        let at = l.args.iter().position(|a| a == "--input-format").unwrap();
+        assert_eq!(l.args[at + 1], "stream-json");
+        assert!(at < l.args.iter().position(|a| a == "--allowedTools").unwrap());
+        let stdin = l.stdin.unwrap();
+        assert_eq!(stdin.lines().count(), 1);
+        let msg: Value = serde_json::from_str(&stdin).unwrap();
+        let content = &msg["message"]["content"];
+        let text = content[0]["text"].as_str().unwrap();
+        assert!(text.starts_with("look"), "{text}");
+        assert!(
+            text.contains("- a.png (also given to you as an image)"),
+            "{text}"
+        );
+        assert!(text.contains("- notes.txt\n"), "{text}");
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(content[1]["source"]["data"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, images[0].data);
+        assert_eq!(content[1]["source"]["media_type"], "image/png");
+
+        let codex = profile(AgentKind::Codex, "codex", &[]);
+        let l = launch(&codex, &s, &ctx).unwrap();
+        let flag = l.args.iter().position(|a| a == "--image=/ws/s1/a.png");
+        let dash = l.args.iter().position(|a| a == "-");
+        assert!(flag.is_some() && flag < dash, "{:?}", l.args);
+
+        let opencode = profile(AgentKind::Opencode, "opencode", &[]);
+        let l = launch(&opencode, &s, &ctx).unwrap();
+        assert!(
+            l.args.contains(&"--file=/ws/s1/a.png".to_owned()),
+            "{:?}",
+            l.args
+        );
+
+        // A job that asks speaks text through its controller; Gemini takes none.
+        s.permission_mode = Some(crate::domain::PERMISSION_ASK.into());
+        assert!(!takes_images(AgentKind::Claude, &s));
+        assert!(!takes_images(AgentKind::Gemini, &spec("x")));
     }
 }
 

@@ -18,6 +18,9 @@ use std::path::PathBuf;
 
 /// Keeps an unattended OpenCode from fetching model lists, updating itself, or downloading
 /// language servers when it edits a file.
+/// OpenCode's todo tool (`todos: [{content, status, priority}]`): its input is the whole plan.
+const TODO_TOOL: &str = "todowrite";
+
 const QUIET_ENV: [(&str, &str); 3] = [
     ("OPENCODE_DISABLE_MODELS_FETCH", "1"),
     ("OPENCODE_DISABLE_AUTOUPDATE", "1"),
@@ -59,11 +62,23 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     if !args_have(&profile.args, &["--auto"]) {
         args.push("--auto".into());
     }
+    // Without it the reasoning parts never reach the JSON events (`thinking` events).
+    if !args_have(&profile.args, &["--thinking"]) {
+        args.push("--thinking".into());
+    }
     if let Some(model) = &spec.model {
         args.extend(["--model".into(), model.clone()]);
     }
     if let Some(id) = ctx.resume_conversation {
         args.extend(["--session".into(), id.to_owned()]);
+    }
+    for image in ctx.images {
+        // A file part of the message, which OpenCode sends as an image to a model whose config
+        // says it takes them; `=` keeps the array option from taking what follows.
+        args.push(format!(
+            "--file={}",
+            ctx.workspace.join(&image.path).display()
+        ));
     }
     // No message argument: `run` reads the message from stdin when it is not a terminal.
     let (env, files) = environment(config_with_mcp(profile, ctx), ctx);
@@ -220,10 +235,22 @@ impl OpencodeParser {
                 self.last_text = Some(text.clone());
                 events.push(EventKind::Text { text });
             }
+            // Only with `--thinking`: the model's reasoning, whole.
+            "reasoning" => match str_at(part, "text").filter(|t| !t.is_empty()) {
+                Some(text) => events.push(EventKind::Thinking {
+                    text: text.to_owned(),
+                }),
+                None => events.push(other(ty)),
+            },
             // Reported once the tool has finished: the call and its result together.
             "tool_use" => {
                 let id = str_at(part, "callID").unwrap_or_default().to_owned();
                 let state = part.get("state").unwrap_or(&Value::Null);
+                if str_at(part, "tool") == Some(TODO_TOOL)
+                    && let Some(plan) = super::plan_of_todos(state.get("input"))
+                {
+                    events.push(plan);
+                }
                 events.push(EventKind::ToolCall {
                     id: id.clone(),
                     name: str_at(part, "tool").unwrap_or_default().to_owned(),

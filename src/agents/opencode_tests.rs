@@ -30,7 +30,7 @@ fn env_of<'a>(l: &'a Launch, name: &str) -> Option<&'a str> {
 fn launch_default_is_run_json_auto_approved_and_quiet() {
     let l = launch(&opencode(&[]), &spec("fix the bug"), &ctx(None)).unwrap();
     assert_eq!(l.program, "opencode");
-    assert_eq!(l.args, ["run", "--format", "json", "--auto"]);
+    assert_eq!(l.args, ["run", "--format", "json", "--auto", "--thinking"]);
     assert_eq!(l.stdin.as_deref(), Some("fix the bug"));
     for (k, v) in QUIET_ENV {
         assert_eq!(env_of(&l, k), Some(v), "{k}");
@@ -75,6 +75,7 @@ fn launch_writes_the_profile_config_and_resumes_the_session() {
             "--auto",
             "--format",
             "json",
+            "--thinking",
             "--model",
             "mock/other",
             "--session",
@@ -282,13 +283,13 @@ fn a_failed_tool_is_an_error_result_with_its_message() {
     );
     // Init only once per run.
     let out = p.parse_line(
-        r#"{"type":"reasoning","sessionID":"ses_1","part":{}}"#,
+        r#"{"type":"snapshot","sessionID":"ses_1","part":{}}"#,
         false,
     );
     assert_eq!(
         kinds(&out),
         [&EventKind::Other {
-            r#type: "reasoning".into()
+            r#type: "snapshot".into()
         }]
     );
     // An error without data falls back to its name.
@@ -359,4 +360,41 @@ proptest::proptest! {
         let _ = p.parse_line(&line, false);
         let _ = p.summary();
     }
+}
+
+/// Captured from `opencode run --format json --thinking` against the test suite's mock model:
+/// a `think` answer (reasoning, then text) and a `todo` answer (a todowrite call).
+const THINKING_TODO: &str = include_str!("testdata/opencode-thinking-todo-sample.jsonl");
+
+#[test]
+fn reasoning_is_thinking_and_todowrite_is_a_plan_before_its_call() {
+    let (events, _) = parse_all(THINKING_TODO);
+    let thinking: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Thinking { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(thinking, ["about the deep structure"]);
+    let at = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::Plan { .. }))
+        .expect("a plan event");
+    let EventKind::Plan { items } = &events[at].kind else {
+        unreachable!()
+    };
+    let items: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (i.content.as_str(), i.status.as_str()))
+        .collect();
+    assert_eq!(
+        items,
+        [("write the tests", "in_progress"), ("ship it", "pending")]
+    );
+    assert!(
+        matches!(&events[at + 1].kind, EventKind::ToolCall { name, .. } if name == "todowrite"),
+        "{:?}",
+        events[at + 1]
+    );
 }

@@ -47,6 +47,21 @@ pub struct CreateArgs {
     /// A skill of the operator's catalog (repeatable).
     #[arg(long = "skill", value_name = "NAME")]
     skills: Vec<String>,
+    /// Replaces the agent's system prompt.
+    #[arg(long, value_name = "TEXT")]
+    system_prompt: Option<String>,
+    /// A tool the agent must not use (repeatable).
+    #[arg(long = "disallowed-tool", value_name = "TOOL")]
+    disallowed_tools: Vec<String>,
+    /// A JSON Schema (the text) the final answer must satisfy.
+    #[arg(long, value_name = "JSON")]
+    output_schema: Option<String>,
+    /// Stream text and thinking deltas.
+    #[arg(long)]
+    stream_deltas: bool,
+    /// A workspace file given to the agent (repeatable).
+    #[arg(long = "attach", value_name = "PATH")]
+    attachments: Vec<String>,
 }
 
 fn client(conn: &Conn) -> pb::preset_service_client::PresetServiceClient<super::conn::Svc> {
@@ -57,7 +72,10 @@ fn to_json(p: &pb::Preset) -> serde_json::Value {
     json!({"type": "preset", "name": p.name, "description": p.description, "agent": p.agent,
            "model": p.model, "prompt_template": p.prompt_template, "overridable": p.overridable,
            "mcp_servers": p.mcp_servers, "subagents": p.subagents, "skills": p.skills,
-           "timeout_seconds": p.timeout_seconds, "read_only": p.read_only})
+           "timeout_seconds": p.timeout_seconds, "read_only": p.read_only,
+           "system_prompt": p.system_prompt, "disallowed_tools": p.disallowed_tools,
+           "output_schema": p.output_schema, "stream_deltas": p.stream_deltas,
+           "attachments": p.attachments})
 }
 
 fn row(p: &pb::Preset) -> Vec<String> {
@@ -129,6 +147,11 @@ pub(super) async fn presets(
                 mcp_servers,
                 subagents,
                 skills,
+                system_prompt,
+                disallowed_tools,
+                output_schema,
+                stream_deltas,
+                attachments,
             } = *a;
             let preset = pb::Preset {
                 name,
@@ -141,6 +164,11 @@ pub(super) async fn presets(
                 mcp_servers,
                 subagents,
                 skills,
+                system_prompt: system_prompt.unwrap_or_default(),
+                disallowed_tools,
+                output_schema: output_schema.unwrap_or_default(),
+                stream_deltas,
+                attachments,
                 ..Default::default()
             };
             let created = c

@@ -2,6 +2,7 @@
 //! end: `output_schema` must compile as a JSON Schema, and the final answer must satisfy it. The
 //! agent-specific half (which agent can do what, its flags) is in `agents`.
 
+use crate::agents;
 use crate::domain::JobCaps;
 use crate::error::{Error, Reason, Result};
 use serde_json::Value;
@@ -32,6 +33,49 @@ impl super::Core {
             }
         }
         Ok(())
+    }
+
+    /// The job's attachments that are images, read now (they may have changed since submit),
+    /// for an agent that takes images: sniffed by content, each at most
+    /// [`agents::MAX_IMAGE_BYTES`] and all together [`agents::MAX_IMAGES_TOTAL`]. Anything else
+    /// (not an image, too large, gone) stays a path in the prompt, as for agents without images.
+    pub(super) async fn attachment_images(
+        &self,
+        session: &crate::domain::SessionId,
+        spec: &crate::domain::JobSpec,
+        kind: agents::AgentKind,
+    ) -> Vec<agents::Image> {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = Vec::new();
+        if !agents::takes_images(kind, spec) {
+            return out;
+        }
+        let mut total = 0;
+        for path in &spec.caps.attachments {
+            let Ok((entry, file)) = self.workspaces.open_read(session, path, 0, false).await else {
+                continue;
+            };
+            let fits =
+                |n: usize| n <= agents::MAX_IMAGE_BYTES && total + n <= agents::MAX_IMAGES_TOTAL;
+            if !usize::try_from(entry.size).is_ok_and(fits) {
+                continue;
+            }
+            let mut data = Vec::with_capacity(entry.size as usize);
+            // One byte over the cap tells a file that grew since its stat.
+            let cap = (agents::MAX_IMAGE_BYTES + 1) as u64;
+            if file.take(cap).read_to_end(&mut data).await.is_err() || !fits(data.len()) {
+                continue;
+            }
+            if let Some(media_type) = agents::sniff_image(&data) {
+                total += data.len();
+                out.push(agents::Image {
+                    path: path.clone(),
+                    media_type,
+                    data,
+                });
+            }
+        }
+        out
     }
 }
 
@@ -110,23 +154,8 @@ fn relative_path(p: &str) -> bool {
     !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "..")
 }
 
-/// The schema as a validator; a schema that is not JSON or not a valid schema is the caller's
-/// error.
 fn compile(schema: &str) -> Result<jsonschema::Validator> {
-    let value: Value = serde_json::from_str(schema).map_err(|e| {
-        Error::invalid(
-            Reason::InvalidField,
-            "output_schema",
-            format!("output_schema is not JSON: {e}"),
-        )
-    })?;
-    jsonschema::validator_for(&value).map_err(|e| {
-        Error::invalid(
-            Reason::InvalidField,
-            "output_schema",
-            format!("output_schema is not a valid JSON Schema: {e}"),
-        )
-    })
+    crate::domain::compile_output_schema(schema)
 }
 
 /// The answer as compact JSON satisfying `schema`, or what is wrong with it (in words the model

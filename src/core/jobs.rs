@@ -246,7 +246,7 @@ fn cancelled_write(job: &Job, reason: &str) -> JobWrite {
 
 impl Core {
     /// A job's own webhook URL, when given: only under the operator's allowed prefixes.
-    fn job_webhook_url(&self, url: String) -> Result<Option<String>> {
+    pub(super) fn job_webhook_url(&self, url: String) -> Result<Option<String>> {
         if url.is_empty() {
             return Ok(None);
         }

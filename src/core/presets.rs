@@ -67,37 +67,9 @@ impl Core {
                 format!("no preset named {name:?}"),
             )
         })?;
-        let mut fields = JobFields {
-            agent: std::mem::take(&mut req.agent),
-            prompt: std::mem::take(&mut req.prompt),
-            model: std::mem::take(&mut req.model),
-            append_system_prompt: std::mem::take(&mut req.append_system_prompt),
-            permission_mode: std::mem::take(&mut req.permission_mode),
-            allowed_tools: std::mem::take(&mut req.allowed_tools),
-            max_turns: req.max_turns,
-            timeout_seconds: req.timeout_seconds,
-            max_cost_usd: req.max_cost_usd,
-            max_tokens: req.max_tokens,
-            mcp_servers: std::mem::take(&mut req.mcp_servers),
-            subagents: std::mem::take(&mut req.subagents),
-            skills: std::mem::take(&mut req.skills),
-            env: std::mem::take(&mut req.env),
-        };
+        let mut fields = take_fields(&mut req);
         presets::apply(&preset, &req.variables, &mut fields)?;
-        req.agent = fields.agent;
-        req.prompt = fields.prompt;
-        req.model = fields.model;
-        req.append_system_prompt = fields.append_system_prompt;
-        req.permission_mode = fields.permission_mode;
-        req.allowed_tools = fields.allowed_tools;
-        req.max_turns = fields.max_turns;
-        req.timeout_seconds = fields.timeout_seconds;
-        req.max_cost_usd = fields.max_cost_usd;
-        req.max_tokens = fields.max_tokens;
-        req.mcp_servers = fields.mcp_servers;
-        req.subagents = fields.subagents;
-        req.skills = fields.skills;
-        req.env = fields.env;
+        put_fields(&mut req, fields);
         Ok((req, Some(name)))
     }
 
@@ -141,6 +113,63 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// The submit request's preset-able fields, moved out for [`presets::apply`].
+fn take_fields(req: &mut SubmitJob) -> JobFields {
+    use std::mem::take;
+    JobFields {
+        agent: take(&mut req.agent),
+        prompt: take(&mut req.prompt),
+        model: take(&mut req.model),
+        append_system_prompt: take(&mut req.append_system_prompt),
+        permission_mode: take(&mut req.permission_mode),
+        allowed_tools: take(&mut req.allowed_tools),
+        max_turns: req.max_turns,
+        timeout_seconds: req.timeout_seconds,
+        max_cost_usd: req.max_cost_usd,
+        max_tokens: req.max_tokens,
+        mcp_servers: take(&mut req.mcp_servers),
+        subagents: take(&mut req.subagents),
+        skills: take(&mut req.skills),
+        env: take(&mut req.env),
+        system_prompt: take(&mut req.system_prompt),
+        disallowed_tools: take(&mut req.disallowed_tools),
+        output_schema: take(&mut req.output_schema),
+        stream_deltas: req.stream_deltas,
+        attachments: take(&mut req.attachments),
+        allow_rules: take(&mut req.allow_rules),
+        deny_rules: take(&mut req.deny_rules),
+        permission_timeout_seconds: req.permission_timeout_seconds,
+        webhook_url: take(&mut req.webhook_url),
+    }
+}
+
+/// Puts the merged fields back; the request then goes through the same checks as any job.
+fn put_fields(req: &mut SubmitJob, f: JobFields) {
+    req.agent = f.agent;
+    req.prompt = f.prompt;
+    req.model = f.model;
+    req.append_system_prompt = f.append_system_prompt;
+    req.permission_mode = f.permission_mode;
+    req.allowed_tools = f.allowed_tools;
+    req.max_turns = f.max_turns;
+    req.timeout_seconds = f.timeout_seconds;
+    req.max_cost_usd = f.max_cost_usd;
+    req.max_tokens = f.max_tokens;
+    req.mcp_servers = f.mcp_servers;
+    req.subagents = f.subagents;
+    req.skills = f.skills;
+    req.env = f.env;
+    req.system_prompt = f.system_prompt;
+    req.disallowed_tools = f.disallowed_tools;
+    req.output_schema = f.output_schema;
+    req.stream_deltas = f.stream_deltas;
+    req.attachments = f.attachments;
+    req.allow_rules = f.allow_rules;
+    req.deny_rules = f.deny_rules;
+    req.permission_timeout_seconds = f.permission_timeout_seconds;
+    req.webhook_url = f.webhook_url;
 }
 
 /// A preset as a caller sees it.
@@ -195,7 +224,20 @@ impl Core {
                 format!("unknown agent {agent:?}"),
             ));
         }
-        super::jobs::check_env(&preset.env)
+        super::jobs::check_env(&preset.env)?;
+        // The capability fields get the job's own checks, so a preset that stores fine is one
+        // whose jobs are not refused for it.
+        super::caps::job_caps(
+            preset.stream_deltas,
+            preset.output_schema.clone().unwrap_or_default(),
+            preset.system_prompt.clone().unwrap_or_default(),
+            preset.disallowed_tools.clone(),
+            preset.attachments.clone(),
+        )?;
+        if let Some(url) = &preset.webhook_url {
+            self.job_webhook_url(url.clone())?;
+        }
+        Ok(())
     }
 
     pub async fn create_preset(

@@ -40,6 +40,25 @@ pub struct JobSpec {
     pub caps: JobCaps,
 }
 
+/// `output_schema` as a validator; a schema that is not JSON or not a valid schema is the
+/// caller's error. Here because both a job and a preset holding one are checked by it.
+pub fn compile_output_schema(schema: &str) -> Result<jsonschema::Validator> {
+    let value: serde_json::Value = serde_json::from_str(schema).map_err(|e| {
+        Error::invalid(
+            Reason::InvalidField,
+            "output_schema",
+            format!("output_schema is not JSON: {e}"),
+        )
+    })?;
+    jsonschema::validator_for(&value).map_err(|e| {
+        Error::invalid(
+            Reason::InvalidField,
+            "output_schema",
+            format!("output_schema is not a valid JSON Schema: {e}"),
+        )
+    })
+}
+
 /// A job's capability options (#20); each is checked against its agent at submit time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobCaps {

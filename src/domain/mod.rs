@@ -10,7 +10,7 @@ pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, PlanItem
 pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
 pub use job::{
     CatalogSelection, Finished, Job, JobBudget, JobCaps, JobControl, JobSpec, JobState, Outcome,
-    PERMISSION_ASK,
+    PERMISSION_ASK, compile_output_schema,
 };
 
 use serde::{Deserialize, Serialize};

@@ -68,6 +68,19 @@ pub struct Preset {
     pub env: BTreeMap<String, String>,
     /// The prompt, with `{{variables}}` (see [`template`]); unset: the job gives its prompt.
     pub prompt_template: Option<String>,
+    /// Replaces the agent's system prompt.
+    pub system_prompt: Option<String>,
+    pub disallowed_tools: Vec<String>,
+    /// A JSON Schema the final answer must satisfy (as text, as on the wire).
+    pub output_schema: Option<String>,
+    pub stream_deltas: bool,
+    /// Workspace files the agent is given (paths relative to the session's workspace).
+    pub attachments: Vec<String>,
+    /// Permission rules for permission_mode `ask`.
+    pub allow_rules: Vec<String>,
+    pub deny_rules: Vec<String>,
+    pub permission_timeout_seconds: Option<u32>,
+    pub webhook_url: Option<String>,
     /// Fields a job using the preset may set itself ([`OVERRIDABLE`] names).
     pub overridable: Vec<String>,
 }
@@ -88,6 +101,15 @@ pub const OVERRIDABLE: &[&str] = &[
     "subagents",
     "skills",
     "env",
+    "system_prompt",
+    "disallowed_tools",
+    "output_schema",
+    "stream_deltas",
+    "attachments",
+    "allow_rules",
+    "deny_rules",
+    "permission_timeout_seconds",
+    "webhook_url",
 ];
 
 /// A preset's name: short, printable, usable on a command line.
@@ -137,6 +159,11 @@ impl Preset {
                 ),
             ));
         }
+        if let Some(schema) = &self.output_schema {
+            crate::domain::compile_output_schema(schema)?;
+        }
+        crate::domain::permission::validate_rules("allow_rules", &self.allow_rules)?;
+        crate::domain::permission::validate_rules("deny_rules", &self.deny_rules)?;
         if self.max_cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
             return Err(Error::invalid(
                 Reason::InvalidField,
@@ -150,6 +177,9 @@ impl Preset {
             ("model", &self.model),
             ("append_system_prompt", &self.append_system_prompt),
             ("permission_mode", &self.permission_mode),
+            ("system_prompt", &self.system_prompt),
+            ("output_schema", &self.output_schema),
+            ("webhook_url", &self.webhook_url),
         ] {
             if value.as_deref().is_some_and(|v| v.contains('\0')) {
                 return Err(Error::invalid(
@@ -268,8 +298,8 @@ impl Catalog {
     }
 }
 
-/// A submit request's fields that a preset can set, as the core receives them (empty or zero
-/// means "not set", as on the wire).
+/// A submit request's fields that a preset can set, as the core receives them (empty, zero or
+/// false means "not set", as on the wire).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct JobFields {
     pub agent: String,
@@ -286,132 +316,177 @@ pub struct JobFields {
     pub subagents: Vec<String>,
     pub skills: Vec<String>,
     pub env: BTreeMap<String, String>,
+    pub system_prompt: String,
+    pub disallowed_tools: Vec<String>,
+    pub output_schema: String,
+    pub stream_deltas: bool,
+    pub attachments: Vec<String>,
+    pub allow_rules: Vec<String>,
+    pub deny_rules: Vec<String>,
+    pub permission_timeout_seconds: u32,
+    pub webhook_url: String,
+}
+
+/// The wire's "not set": a job field holding its unset value takes the preset's.
+trait Unset {
+    fn is_unset(&self) -> bool;
+}
+
+impl Unset for String {
+    fn is_unset(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Unset for Vec<String> {
+    fn is_unset(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Unset for BTreeMap<String, String> {
+    fn is_unset(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Unset for u32 {
+    fn is_unset(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Unset for u64 {
+    fn is_unset(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Unset for f64 {
+    fn is_unset(&self) -> bool {
+        *self == 0.0
+    }
+}
+
+impl Unset for bool {
+    fn is_unset(&self) -> bool {
+        !*self
+    }
+}
+
+/// One field of the merge: a value the job sets must be overridable (else
+/// PRESET_OVERRIDE_DENIED naming it); an unset one takes the preset's, if it has one.
+fn merge<T: Clone + Unset>(
+    p: &Preset,
+    field: &str,
+    slot: &mut T,
+    preset: Option<&T>,
+) -> Result<()> {
+    if !slot.is_unset() {
+        if p.may_override(field) {
+            return Ok(());
+        }
+        return Err(Error::invalid(
+            Reason::PresetOverrideDenied,
+            field,
+            format!(
+                "the preset does not let a job set {field} (overridable: {:?})",
+                p.overridable
+            ),
+        ));
+    }
+    if let Some(v) = preset.filter(|v| !v.is_unset()) {
+        *slot = v.clone();
+    }
+    Ok(())
 }
 
 /// Fills `job` from `preset`: a field the job sets must be listed in `overridable` (else
 /// PRESET_OVERRIDE_DENIED naming it); the rest come from the preset; the prompt is the rendered
-/// template when the preset has one.
-pub fn apply(preset: &Preset, vars: &BTreeMap<String, String>, job: &mut JobFields) -> Result<()> {
-    fn take<T: Clone>(
-        p: &Preset,
-        field: &str,
-        job_set: bool,
-        preset_value: Option<&T>,
-        slot: &mut T,
-    ) -> Result<()> {
-        if job_set {
-            if !p.may_override(field) {
-                return Err(Error::invalid(
-                    Reason::PresetOverrideDenied,
-                    field,
-                    format!(
-                        "the preset does not let a job set {field} (overridable: {:?})",
-                        p.overridable
-                    ),
-                ));
-            }
-        } else if let Some(v) = preset_value {
-            *slot = v.clone();
-        }
-        Ok(())
-    }
-    let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    take(
-        preset,
-        "agent",
-        !job.agent.is_empty(),
-        preset.agent.as_ref(),
-        &mut job.agent,
-    )?;
-    take(
-        preset,
-        "model",
-        !job.model.is_empty(),
-        preset.model.as_ref(),
-        &mut job.model,
-    )?;
-    take(
-        preset,
+/// template when the preset has one. Every field of [`JobFields`] goes through [`merge`], so a
+/// field a preset cannot hold is not one a job can slip past it either.
+pub fn apply(p: &Preset, vars: &BTreeMap<String, String>, job: &mut JobFields) -> Result<()> {
+    merge(p, "agent", &mut job.agent, p.agent.as_ref())?;
+    merge(p, "model", &mut job.model, p.model.as_ref())?;
+    merge(
+        p,
         "append_system_prompt",
-        !job.append_system_prompt.is_empty(),
-        preset.append_system_prompt.as_ref(),
         &mut job.append_system_prompt,
+        p.append_system_prompt.as_ref(),
     )?;
-    take(
-        preset,
+    merge(
+        p,
         "permission_mode",
-        !job.permission_mode.is_empty(),
-        preset.permission_mode.as_ref(),
         &mut job.permission_mode,
+        p.permission_mode.as_ref(),
     )?;
-    take(
-        preset,
+    merge(
+        p,
         "allowed_tools",
-        !job.allowed_tools.is_empty(),
-        some_vec(&preset.allowed_tools).as_ref(),
         &mut job.allowed_tools,
+        Some(&p.allowed_tools),
     )?;
-    take(
-        preset,
-        "max_turns",
-        job.max_turns > 0,
-        preset.max_turns.as_ref(),
-        &mut job.max_turns,
-    )?;
-    take(
-        preset,
+    merge(p, "max_turns", &mut job.max_turns, p.max_turns.as_ref())?;
+    merge(
+        p,
         "timeout_seconds",
-        job.timeout_seconds > 0,
-        preset.timeout_seconds.as_ref(),
         &mut job.timeout_seconds,
+        p.timeout_seconds.as_ref(),
     )?;
-    take(
-        preset,
+    merge(
+        p,
         "max_cost_usd",
-        job.max_cost_usd != 0.0,
-        preset.max_cost_usd.as_ref(),
         &mut job.max_cost_usd,
+        p.max_cost_usd.as_ref(),
     )?;
-    take(
-        preset,
-        "max_tokens",
-        job.max_tokens > 0,
-        preset.max_tokens.as_ref(),
-        &mut job.max_tokens,
+    merge(p, "max_tokens", &mut job.max_tokens, p.max_tokens.as_ref())?;
+    merge(p, "mcp_servers", &mut job.mcp_servers, Some(&p.mcp_servers))?;
+    merge(p, "subagents", &mut job.subagents, Some(&p.subagents))?;
+    merge(p, "skills", &mut job.skills, Some(&p.skills))?;
+    merge(p, "env", &mut job.env, Some(&p.env))?;
+    merge(
+        p,
+        "system_prompt",
+        &mut job.system_prompt,
+        p.system_prompt.as_ref(),
     )?;
-    take(
-        preset,
-        "mcp_servers",
-        !job.mcp_servers.is_empty(),
-        some_vec(&preset.mcp_servers).as_ref(),
-        &mut job.mcp_servers,
+    merge(
+        p,
+        "disallowed_tools",
+        &mut job.disallowed_tools,
+        Some(&p.disallowed_tools),
     )?;
-    take(
-        preset,
-        "subagents",
-        !job.subagents.is_empty(),
-        some_vec(&preset.subagents).as_ref(),
-        &mut job.subagents,
+    merge(
+        p,
+        "output_schema",
+        &mut job.output_schema,
+        p.output_schema.as_ref(),
     )?;
-    take(
-        preset,
-        "skills",
-        !job.skills.is_empty(),
-        some_vec(&preset.skills).as_ref(),
-        &mut job.skills,
+    merge(
+        p,
+        "stream_deltas",
+        &mut job.stream_deltas,
+        Some(&p.stream_deltas),
     )?;
-    let preset_env = (!preset.env.is_empty()).then(|| preset.env.clone());
-    take(
-        preset,
-        "env",
-        !job.env.is_empty(),
-        preset_env.as_ref(),
-        &mut job.env,
+    merge(p, "attachments", &mut job.attachments, Some(&p.attachments))?;
+    merge(p, "allow_rules", &mut job.allow_rules, Some(&p.allow_rules))?;
+    merge(p, "deny_rules", &mut job.deny_rules, Some(&p.deny_rules))?;
+    merge(
+        p,
+        "permission_timeout_seconds",
+        &mut job.permission_timeout_seconds,
+        p.permission_timeout_seconds.as_ref(),
     )?;
-    match &preset.prompt_template {
+    merge(
+        p,
+        "webhook_url",
+        &mut job.webhook_url,
+        p.webhook_url.as_ref(),
+    )?;
+    match &p.prompt_template {
         Some(t) if job.prompt.is_empty() => job.prompt = template::render(t, vars)?,
         Some(_) => {
-            take::<String>(preset, "prompt", true, None, &mut job.prompt)?;
+            merge::<String>(p, "prompt", &mut job.prompt, None)?;
             reject_variables(vars)?;
         }
         None => reject_variables(vars)?,

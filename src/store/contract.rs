@@ -2725,6 +2725,12 @@ pub async fn presets_per_tenant(h: &dyn Harness) {
         mcp_servers: vec!["echo".into()],
         env: labels(&[("A", "1")]),
         max_cost_usd: Some(0.5),
+        system_prompt: Some("You review.".into()),
+        output_schema: Some(r#"{"type":"object"}"#.into()),
+        stream_deltas: true,
+        attachments: vec!["img/a.png".into()],
+        deny_rules: vec!["Bash(rm *)".into()],
+        permission_timeout_seconds: Some(30),
         ..Preset::default()
     };
     let row = |t: &TenantId, name: &str, at: i64| TenantPreset {

@@ -340,12 +340,16 @@ impl Core {
             Ok(e) => e,
             Err(msg) => return Ok(Prep::Settle(FinishFacts::failed(msg))),
         };
+        let images = self
+            .attachment_images(&session.id, &job.spec, profile.kind)
+            .await;
         let ctx = LaunchContext {
             workspace: &workspace,
             home: &home,
             resume_conversation: resume.as_deref(),
             jailed: sandbox.is_some(),
             mcp: &extras.mcp,
+            images: &images,
         };
         let mut launch = match agents::launch(profile, &job.spec, &ctx) {
             Ok(l) => l,

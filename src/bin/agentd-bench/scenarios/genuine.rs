@@ -306,6 +306,7 @@ async fn direct(watch: &Watch, p: &AgentProfile, dir: &Path) -> Result<(Sample, 
             // agentd jails its jobs (the default, as users run it): the same adapter choices.
             jailed: true,
             mcp: &[],
+            images: &[],
         },
     )
     .map_err(|e| anyhow!("{e}"))?;

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentd/v1/preset.proto\x12\tagentd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x06\n\x06Preset\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x14\n\x05\x61gent\x18\x03 \x01(\tR\x05\x61gent\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\x30\n\x14\x61ppend_system_prompt\x18\x05 \x01(\tR\x12\x61ppendSystemPrompt\x12\'\n\x0fpermission_mode\x18\x06 \x01(\tR\x0epermissionMode\x12#\n\rallowed_tools\x18\x07 \x03(\tR\x0c\x61llowedTools\x12\x1b\n\tmax_turns\x18\x08 \x01(\rR\x08maxTurns\x12\'\n\x0ftimeout_seconds\x18\t \x01(\rR\x0etimeoutSeconds\x12 \n\x0cmax_cost_usd\x18\n \x01(\x01R\nmaxCostUsd\x12\x1d\n\nmax_tokens\x18\x0b \x01(\x04R\tmaxTokens\x12\x1f\n\x0bmcp_servers\x18\x0c \x03(\tR\nmcpServers\x12\x1c\n\tsubagents\x18\r \x03(\tR\tsubagents\x12\x16\n\x06skills\x18\x0e \x03(\tR\x06skills\x12,\n\x03\x65nv\x18\x0f \x03(\x0b\x32\x1a.agentd.v1.Preset.EnvEntryR\x03\x65nv\x12\'\n\x0fprompt_template\x18\x10 \x01(\tR\x0epromptTemplate\x12 \n\x0boverridable\x18\x11 \x03(\tR\x0boverridable\x12\x1b\n\tread_only\x18\x12 \x01(\x08R\x08readOnly\x12;\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"@\n\x13\x43reatePresetRequest\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"A\n\x14\x43reatePresetResponse\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"&\n\x10GetPresetRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\">\n\x11GetPresetResponse\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"\x14\n\x12ListPresetsRequest\"B\n\x13ListPresetsResponse\x12+\n\x07presets\x18\x01 \x03(\x0b\x32\x11.agentd.v1.PresetR\x07presets\"@\n\x13UpdatePresetRequest\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"A\n\x14UpdatePresetResponse\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\")\n\x13\x44\x65letePresetRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"\x16\n\x14\x44\x65letePresetResponse2\x98\x03\n\rPresetService\x12O\n\x0c\x43reatePreset\x12\x1e.agentd.v1.CreatePresetRequest\x1a\x1f.agentd.v1.CreatePresetResponse\x12\x46\n\tGetPreset\x12\x1b.agentd.v1.GetPresetRequest\x1a\x1c.agentd.v1.GetPresetResponse\x12L\n\x0bListPresets\x12\x1d.agentd.v1.ListPresetsRequest\x1a\x1e.agentd.v1.ListPresetsResponse\x12O\n\x0cUpdatePreset\x12\x1e.agentd.v1.UpdatePresetRequest\x1a\x1f.agentd.v1.UpdatePresetResponse\x12O\n\x0c\x44\x65letePreset\x12\x1e.agentd.v1.DeletePresetRequest\x1a\x1f.agentd.v1.DeletePresetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentd/v1/preset.proto\x12\tagentd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x08\n\x06Preset\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x14\n\x05\x61gent\x18\x03 \x01(\tR\x05\x61gent\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\x30\n\x14\x61ppend_system_prompt\x18\x05 \x01(\tR\x12\x61ppendSystemPrompt\x12\'\n\x0fpermission_mode\x18\x06 \x01(\tR\x0epermissionMode\x12#\n\rallowed_tools\x18\x07 \x03(\tR\x0c\x61llowedTools\x12\x1b\n\tmax_turns\x18\x08 \x01(\rR\x08maxTurns\x12\'\n\x0ftimeout_seconds\x18\t \x01(\rR\x0etimeoutSeconds\x12 \n\x0cmax_cost_usd\x18\n \x01(\x01R\nmaxCostUsd\x12\x1d\n\nmax_tokens\x18\x0b \x01(\x04R\tmaxTokens\x12\x1f\n\x0bmcp_servers\x18\x0c \x03(\tR\nmcpServers\x12\x1c\n\tsubagents\x18\r \x03(\tR\tsubagents\x12\x16\n\x06skills\x18\x0e \x03(\tR\x06skills\x12,\n\x03\x65nv\x18\x0f \x03(\x0b\x32\x1a.agentd.v1.Preset.EnvEntryR\x03\x65nv\x12\'\n\x0fprompt_template\x18\x10 \x01(\tR\x0epromptTemplate\x12 \n\x0boverridable\x18\x11 \x03(\tR\x0boverridable\x12\x1b\n\tread_only\x18\x12 \x01(\x08R\x08readOnly\x12;\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12#\n\rsystem_prompt\x18\x1e \x01(\tR\x0csystemPrompt\x12)\n\x10\x64isallowed_tools\x18\x1f \x03(\tR\x0f\x64isallowedTools\x12#\n\routput_schema\x18  \x01(\tR\x0coutputSchema\x12#\n\rstream_deltas\x18! \x01(\x08R\x0cstreamDeltas\x12 \n\x0b\x61ttachments\x18\" \x03(\tR\x0b\x61ttachments\x12\x1f\n\x0b\x61llow_rules\x18# \x03(\tR\nallowRules\x12\x1d\n\ndeny_rules\x18$ \x03(\tR\tdenyRules\x12<\n\x1apermission_timeout_seconds\x18% \x01(\rR\x18permissionTimeoutSeconds\x12\x1f\n\x0bwebhook_url\x18& \x01(\tR\nwebhookUrl\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"@\n\x13\x43reatePresetRequest\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"A\n\x14\x43reatePresetResponse\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"&\n\x10GetPresetRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\">\n\x11GetPresetResponse\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"\x14\n\x12ListPresetsRequest\"B\n\x13ListPresetsResponse\x12+\n\x07presets\x18\x01 \x03(\x0b\x32\x11.agentd.v1.PresetR\x07presets\"@\n\x13UpdatePresetRequest\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\"A\n\x14UpdatePresetResponse\x12)\n\x06preset\x18\x01 \x01(\x0b\x32\x11.agentd.v1.PresetR\x06preset\")\n\x13\x44\x65letePresetRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"\x16\n\x14\x44\x65letePresetResponse2\x98\x03\n\rPresetService\x12O\n\x0c\x43reatePreset\x12\x1e.agentd.v1.CreatePresetRequest\x1a\x1f.agentd.v1.CreatePresetResponse\x12\x46\n\tGetPreset\x12\x1b.agentd.v1.GetPresetRequest\x1a\x1c.agentd.v1.GetPresetResponse\x12L\n\x0bListPresets\x12\x1d.agentd.v1.ListPresetsRequest\x1a\x1e.agentd.v1.ListPresetsResponse\x12O\n\x0cUpdatePreset\x12\x1e.agentd.v1.UpdatePresetRequest\x1a\x1f.agentd.v1.UpdatePresetResponse\x12O\n\x0c\x44\x65letePreset\x12\x1e.agentd.v1.DeletePresetRequest\x1a\x1f.agentd.v1.DeletePresetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRESET_ENVENTRY']._loaded_options = None
   _globals['_PRESET_ENVENTRY']._serialized_options = b'8\001'
   _globals['_PRESET']._serialized_start=71
-  _globals['_PRESET']._serialized_end=855
-  _globals['_PRESET_ENVENTRY']._serialized_start=801
-  _globals['_PRESET_ENVENTRY']._serialized_end=855
-  _globals['_CREATEPRESETREQUEST']._serialized_start=857
-  _globals['_CREATEPRESETREQUEST']._serialized_end=921
-  _globals['_CREATEPRESETRESPONSE']._serialized_start=923
-  _globals['_CREATEPRESETRESPONSE']._serialized_end=988
-  _globals['_GETPRESETREQUEST']._serialized_start=990
-  _globals['_GETPRESETREQUEST']._serialized_end=1028
-  _globals['_GETPRESETRESPONSE']._serialized_start=1030
-  _globals['_GETPRESETRESPONSE']._serialized_end=1092
-  _globals['_LISTPRESETSREQUEST']._serialized_start=1094
-  _globals['_LISTPRESETSREQUEST']._serialized_end=1114
-  _globals['_LISTPRESETSRESPONSE']._serialized_start=1116
-  _globals['_LISTPRESETSRESPONSE']._serialized_end=1182
-  _globals['_UPDATEPRESETREQUEST']._serialized_start=1184
-  _globals['_UPDATEPRESETREQUEST']._serialized_end=1248
-  _globals['_UPDATEPRESETRESPONSE']._serialized_start=1250
-  _globals['_UPDATEPRESETRESPONSE']._serialized_end=1315
-  _globals['_DELETEPRESETREQUEST']._serialized_start=1317
-  _globals['_DELETEPRESETREQUEST']._serialized_end=1358
-  _globals['_DELETEPRESETRESPONSE']._serialized_start=1360
-  _globals['_DELETEPRESETRESPONSE']._serialized_end=1382
-  _globals['_PRESETSERVICE']._serialized_start=1385
-  _globals['_PRESETSERVICE']._serialized_end=1793
+  _globals['_PRESET']._serialized_end=1202
+  _globals['_PRESET_ENVENTRY']._serialized_start=1148
+  _globals['_PRESET_ENVENTRY']._serialized_end=1202
+  _globals['_CREATEPRESETREQUEST']._serialized_start=1204
+  _globals['_CREATEPRESETREQUEST']._serialized_end=1268
+  _globals['_CREATEPRESETRESPONSE']._serialized_start=1270
+  _globals['_CREATEPRESETRESPONSE']._serialized_end=1335
+  _globals['_GETPRESETREQUEST']._serialized_start=1337
+  _globals['_GETPRESETREQUEST']._serialized_end=1375
+  _globals['_GETPRESETRESPONSE']._serialized_start=1377
+  _globals['_GETPRESETRESPONSE']._serialized_end=1439
+  _globals['_LISTPRESETSREQUEST']._serialized_start=1441
+  _globals['_LISTPRESETSREQUEST']._serialized_end=1461
+  _globals['_LISTPRESETSRESPONSE']._serialized_start=1463
+  _globals['_LISTPRESETSRESPONSE']._serialized_end=1529
+  _globals['_UPDATEPRESETREQUEST']._serialized_start=1531
+  _globals['_UPDATEPRESETREQUEST']._serialized_end=1595
+  _globals['_UPDATEPRESETRESPONSE']._serialized_start=1597
+  _globals['_UPDATEPRESETRESPONSE']._serialized_end=1662
+  _globals['_DELETEPRESETREQUEST']._serialized_start=1664
+  _globals['_DELETEPRESETREQUEST']._serialized_end=1705
+  _globals['_DELETEPRESETRESPONSE']._serialized_start=1707
+  _globals['_DELETEPRESETRESPONSE']._serialized_end=1729
+  _globals['_PRESETSERVICE']._serialized_start=1732
+  _globals['_PRESETSERVICE']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)

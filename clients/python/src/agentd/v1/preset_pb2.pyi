@@ -65,6 +65,15 @@ class Preset(_message.Message):
     READ_ONLY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    DISALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    STREAM_DELTAS_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    ALLOW_RULES_FIELD_NUMBER: _builtins.int
+    DENY_RULES_FIELD_NUMBER: _builtins.int
+    PERMISSION_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-64 characters of [A-Za-z0-9._-]."""
     description: _builtins.str
@@ -93,6 +102,16 @@ class Preset(_message.Message):
     """
     read_only: _builtins.bool
     """Output only: the operator's preset from the config file (it cannot be changed over the API)."""
+    system_prompt: _builtins.str
+    """Replaces the agent's system prompt (as SubmitJobRequest.system_prompt)."""
+    output_schema: _builtins.str
+    """A JSON Schema the final answer must satisfy (as SubmitJobRequest.output_schema)."""
+    stream_deltas: _builtins.bool
+    """Stream text and thinking deltas (as SubmitJobRequest.stream_deltas)."""
+    permission_timeout_seconds: _builtins.int
+    """As SubmitJobRequest.permission_timeout_seconds; 0: unset."""
+    webhook_url: _builtins.str
+    """As SubmitJobRequest.webhook_url."""
     @_builtins.property
     def allowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tools the agent may use without asking."""
@@ -117,8 +136,10 @@ class Preset(_message.Message):
     def overridable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Job fields a job using this preset may set itself: agent, model, prompt,
         append_system_prompt, permission_mode, allowed_tools, max_turns, timeout_seconds,
-        max_cost_usd, max_tokens, mcp_servers, subagents, skills, env. Any other field the job sets
-        is refused with INVALID_ARGUMENT (PRESET_OVERRIDE_DENIED).
+        max_cost_usd, max_tokens, mcp_servers, subagents, skills, env, system_prompt,
+        disallowed_tools, output_schema, stream_deltas, attachments, allow_rules, deny_rules,
+        permission_timeout_seconds, webhook_url. Any other field the job sets is refused with
+        INVALID_ARGUMENT (PRESET_OVERRIDE_DENIED).
         """
 
     @_builtins.property
@@ -128,6 +149,22 @@ class Preset(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when it was last changed (unset for the operator's)."""
+
+    @_builtins.property
+    def disallowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools the agent must not use (as SubmitJobRequest.disallowed_tools)."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Workspace files given to the agent (as SubmitJobRequest.attachments)."""
+
+    @_builtins.property
+    def allow_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Permission rules for permission_mode "ask" (as SubmitJobRequest.allow_rules)."""
+
+    @_builtins.property
+    def deny_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As SubmitJobRequest.deny_rules."""
 
     def __init__(
         self,
@@ -152,10 +189,19 @@ class Preset(_message.Message):
         read_only: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        system_prompt: _builtins.str = ...,
+        disallowed_tools: _abc.Iterable[_builtins.str] | None = ...,
+        output_schema: _builtins.str = ...,
+        stream_deltas: _builtins.bool = ...,
+        attachments: _abc.Iterable[_builtins.str] | None = ...,
+        allow_rules: _abc.Iterable[_builtins.str] | None = ...,
+        deny_rules: _abc.Iterable[_builtins.str] | None = ...,
+        permission_timeout_seconds: _builtins.int = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "create_time", b"create_time", "description", b"description", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "name", b"name", "overridable", b"overridable", "permission_mode", b"permission_mode", "prompt_template", b"prompt_template", "read_only", b"read_only", "skills", b"skills", "subagents", b"subagents", "timeout_seconds", b"timeout_seconds", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_rules", b"allow_rules", "allowed_tools", b"allowed_tools", "append_system_prompt", b"append_system_prompt", "attachments", b"attachments", "create_time", b"create_time", "deny_rules", b"deny_rules", "description", b"description", "disallowed_tools", b"disallowed_tools", "env", b"env", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "max_turns", b"max_turns", "mcp_servers", b"mcp_servers", "model", b"model", "name", b"name", "output_schema", b"output_schema", "overridable", b"overridable", "permission_mode", b"permission_mode", "permission_timeout_seconds", b"permission_timeout_seconds", "prompt_template", b"prompt_template", "read_only", b"read_only", "skills", b"skills", "stream_deltas", b"stream_deltas", "subagents", b"subagents", "system_prompt", b"system_prompt", "timeout_seconds", b"timeout_seconds", "update_time", b"update_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

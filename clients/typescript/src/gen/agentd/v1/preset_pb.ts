@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentd/v1/preset.proto.
  */
 export const file_agentd_v1_preset: GenFile = /*@__PURE__*/
-  fileDesc("ChZhZ2VudGQvdjEvcHJlc2V0LnByb3RvEglhZ2VudGQudjEinQQKBlByZXNldBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEg0KBWFnZW50GAMgASgJEg0KBW1vZGVsGAQgASgJEhwKFGFwcGVuZF9zeXN0ZW1fcHJvbXB0GAUgASgJEhcKD3Blcm1pc3Npb25fbW9kZRgGIAEoCRIVCg1hbGxvd2VkX3Rvb2xzGAcgAygJEhEKCW1heF90dXJucxgIIAEoDRIXCg90aW1lb3V0X3NlY29uZHMYCSABKA0SFAoMbWF4X2Nvc3RfdXNkGAogASgBEhIKCm1heF90b2tlbnMYCyABKAQSEwoLbWNwX3NlcnZlcnMYDCADKAkSEQoJc3ViYWdlbnRzGA0gAygJEg4KBnNraWxscxgOIAMoCRInCgNlbnYYDyADKAsyGi5hZ2VudGQudjEuUHJlc2V0LkVudkVudHJ5EhcKD3Byb21wdF90ZW1wbGF0ZRgQIAEoCRITCgtvdmVycmlkYWJsZRgRIAMoCRIRCglyZWFkX29ubHkYEiABKAgSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjgKE0NyZWF0ZVByZXNldFJlcXVlc3QSIQoGcHJlc2V0GAEgASgLMhEuYWdlbnRkLnYxLlByZXNldCI5ChRDcmVhdGVQcmVzZXRSZXNwb25zZRIhCgZwcmVzZXQYASABKAsyES5hZ2VudGQudjEuUHJlc2V0IiAKEEdldFByZXNldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSI2ChFHZXRQcmVzZXRSZXNwb25zZRIhCgZwcmVzZXQYASABKAsyES5hZ2VudGQudjEuUHJlc2V0IhQKEkxpc3RQcmVzZXRzUmVxdWVzdCI5ChNMaXN0UHJlc2V0c1Jlc3BvbnNlEiIKB3ByZXNldHMYASADKAsyES5hZ2VudGQudjEuUHJlc2V0IjgKE1VwZGF0ZVByZXNldFJlcXVlc3QSIQoGcHJlc2V0GAEgASgLMhEuYWdlbnRkLnYxLlByZXNldCI5ChRVcGRhdGVQcmVzZXRSZXNwb25zZRIhCgZwcmVzZXQYASABKAsyES5hZ2VudGQudjEuUHJlc2V0IiMKE0RlbGV0ZVByZXNldFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIWChREZWxldGVQcmVzZXRSZXNwb25zZTKYAwoNUHJlc2V0U2VydmljZRJPCgxDcmVhdGVQcmVzZXQSHi5hZ2VudGQudjEuQ3JlYXRlUHJlc2V0UmVxdWVzdBofLmFnZW50ZC52MS5DcmVhdGVQcmVzZXRSZXNwb25zZRJGCglHZXRQcmVzZXQSGy5hZ2VudGQudjEuR2V0UHJlc2V0UmVxdWVzdBocLmFnZW50ZC52MS5HZXRQcmVzZXRSZXNwb25zZRJMCgtMaXN0UHJlc2V0cxIdLmFnZW50ZC52MS5MaXN0UHJlc2V0c1JlcXVlc3QaHi5hZ2VudGQudjEuTGlzdFByZXNldHNSZXNwb25zZRJPCgxVcGRhdGVQcmVzZXQSHi5hZ2VudGQudjEuVXBkYXRlUHJlc2V0UmVxdWVzdBofLmFnZW50ZC52MS5VcGRhdGVQcmVzZXRSZXNwb25zZRJPCgxEZWxldGVQcmVzZXQSHi5hZ2VudGQudjEuRGVsZXRlUHJlc2V0UmVxdWVzdBofLmFnZW50ZC52MS5EZWxldGVQcmVzZXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChZhZ2VudGQvdjEvcHJlc2V0LnByb3RvEglhZ2VudGQudjEi8wUKBlByZXNldBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEg0KBWFnZW50GAMgASgJEg0KBW1vZGVsGAQgASgJEhwKFGFwcGVuZF9zeXN0ZW1fcHJvbXB0GAUgASgJEhcKD3Blcm1pc3Npb25fbW9kZRgGIAEoCRIVCg1hbGxvd2VkX3Rvb2xzGAcgAygJEhEKCW1heF90dXJucxgIIAEoDRIXCg90aW1lb3V0X3NlY29uZHMYCSABKA0SFAoMbWF4X2Nvc3RfdXNkGAogASgBEhIKCm1heF90b2tlbnMYCyABKAQSEwoLbWNwX3NlcnZlcnMYDCADKAkSEQoJc3ViYWdlbnRzGA0gAygJEg4KBnNraWxscxgOIAMoCRInCgNlbnYYDyADKAsyGi5hZ2VudGQudjEuUHJlc2V0LkVudkVudHJ5EhcKD3Byb21wdF90ZW1wbGF0ZRgQIAEoCRITCgtvdmVycmlkYWJsZRgRIAMoCRIRCglyZWFkX29ubHkYEiABKAgSLwoLY3JlYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zeXN0ZW1fcHJvbXB0GB4gASgJEhgKEGRpc2FsbG93ZWRfdG9vbHMYHyADKAkSFQoNb3V0cHV0X3NjaGVtYRggIAEoCRIVCg1zdHJlYW1fZGVsdGFzGCEgASgIEhMKC2F0dGFjaG1lbnRzGCIgAygJEhMKC2FsbG93X3J1bGVzGCMgAygJEhIKCmRlbnlfcnVsZXMYJCADKAkSIgoacGVybWlzc2lvbl90aW1lb3V0X3NlY29uZHMYJSABKA0SEwoLd2ViaG9va191cmwYJiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI4ChNDcmVhdGVQcmVzZXRSZXF1ZXN0EiEKBnByZXNldBgBIAEoCzIRLmFnZW50ZC52MS5QcmVzZXQiOQoUQ3JlYXRlUHJlc2V0UmVzcG9uc2USIQoGcHJlc2V0GAEgASgLMhEuYWdlbnRkLnYxLlByZXNldCIgChBHZXRQcmVzZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoRR2V0UHJlc2V0UmVzcG9uc2USIQoGcHJlc2V0GAEgASgLMhEuYWdlbnRkLnYxLlByZXNldCIUChJMaXN0UHJlc2V0c1JlcXVlc3QiOQoTTGlzdFByZXNldHNSZXNwb25zZRIiCgdwcmVzZXRzGAEgAygLMhEuYWdlbnRkLnYxLlByZXNldCI4ChNVcGRhdGVQcmVzZXRSZXF1ZXN0EiEKBnByZXNldBgBIAEoCzIRLmFnZW50ZC52MS5QcmVzZXQiOQoUVXBkYXRlUHJlc2V0UmVzcG9uc2USIQoGcHJlc2V0GAEgASgLMhEuYWdlbnRkLnYxLlByZXNldCIjChNEZWxldGVQcmVzZXRSZXF1ZXN0EgwKBG5hbWUYASABKAkiFgoURGVsZXRlUHJlc2V0UmVzcG9uc2UymAMKDVByZXNldFNlcnZpY2USTwoMQ3JlYXRlUHJlc2V0Eh4uYWdlbnRkLnYxLkNyZWF0ZVByZXNldFJlcXVlc3QaHy5hZ2VudGQudjEuQ3JlYXRlUHJlc2V0UmVzcG9uc2USRgoJR2V0UHJlc2V0EhsuYWdlbnRkLnYxLkdldFByZXNldFJlcXVlc3QaHC5hZ2VudGQudjEuR2V0UHJlc2V0UmVzcG9uc2USTAoLTGlzdFByZXNldHMSHS5hZ2VudGQudjEuTGlzdFByZXNldHNSZXF1ZXN0Gh4uYWdlbnRkLnYxLkxpc3RQcmVzZXRzUmVzcG9uc2USTwoMVXBkYXRlUHJlc2V0Eh4uYWdlbnRkLnYxLlVwZGF0ZVByZXNldFJlcXVlc3QaHy5hZ2VudGQudjEuVXBkYXRlUHJlc2V0UmVzcG9uc2USTwoMRGVsZXRlUHJlc2V0Eh4uYWdlbnRkLnYxLkRlbGV0ZVByZXNldFJlcXVlc3QaHy5hZ2VudGQudjEuRGVsZXRlUHJlc2V0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A named job template. Unset fields leave the job's own value or the server default.
@@ -138,8 +138,10 @@ export type Preset = Message<"agentd.v1.Preset"> & {
   /**
    * Job fields a job using this preset may set itself: agent, model, prompt,
    * append_system_prompt, permission_mode, allowed_tools, max_turns, timeout_seconds,
-   * max_cost_usd, max_tokens, mcp_servers, subagents, skills, env. Any other field the job sets
-   * is refused with INVALID_ARGUMENT (PRESET_OVERRIDE_DENIED).
+   * max_cost_usd, max_tokens, mcp_servers, subagents, skills, env, system_prompt,
+   * disallowed_tools, output_schema, stream_deltas, attachments, allow_rules, deny_rules,
+   * permission_timeout_seconds, webhook_url. Any other field the job sets is refused with
+   * INVALID_ARGUMENT (PRESET_OVERRIDE_DENIED).
    *
    * @generated from field: repeated string overridable = 17;
    */
@@ -165,6 +167,69 @@ export type Preset = Message<"agentd.v1.Preset"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 20;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Replaces the agent's system prompt (as SubmitJobRequest.system_prompt).
+   *
+   * @generated from field: string system_prompt = 30;
+   */
+  systemPrompt: string;
+
+  /**
+   * Tools the agent must not use (as SubmitJobRequest.disallowed_tools).
+   *
+   * @generated from field: repeated string disallowed_tools = 31;
+   */
+  disallowedTools: string[];
+
+  /**
+   * A JSON Schema the final answer must satisfy (as SubmitJobRequest.output_schema).
+   *
+   * @generated from field: string output_schema = 32;
+   */
+  outputSchema: string;
+
+  /**
+   * Stream text and thinking deltas (as SubmitJobRequest.stream_deltas).
+   *
+   * @generated from field: bool stream_deltas = 33;
+   */
+  streamDeltas: boolean;
+
+  /**
+   * Workspace files given to the agent (as SubmitJobRequest.attachments).
+   *
+   * @generated from field: repeated string attachments = 34;
+   */
+  attachments: string[];
+
+  /**
+   * Permission rules for permission_mode "ask" (as SubmitJobRequest.allow_rules).
+   *
+   * @generated from field: repeated string allow_rules = 35;
+   */
+  allowRules: string[];
+
+  /**
+   * As SubmitJobRequest.deny_rules.
+   *
+   * @generated from field: repeated string deny_rules = 36;
+   */
+  denyRules: string[];
+
+  /**
+   * As SubmitJobRequest.permission_timeout_seconds; 0: unset.
+   *
+   * @generated from field: uint32 permission_timeout_seconds = 37;
+   */
+  permissionTimeoutSeconds: number;
+
+  /**
+   * As SubmitJobRequest.webhook_url.
+   *
+   * @generated from field: string webhook_url = 38;
+   */
+  webhookUrl: string;
 };
 
 /**
