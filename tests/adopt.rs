@@ -263,6 +263,137 @@ async fn cancel_after_a_restart_ends_the_adopted_tree() {
     );
 }
 
+/// Waits until `path` exists (a file the job writes in its workspace).
+async fn written(path: std::path::PathBuf) {
+    assert!(
+        eventually(Duration::from_secs(30), || path.exists()).await,
+        "{} was never written",
+        path.display()
+    );
+}
+
+/// An adopted job ends as one that never changed hands: GetJobOutputs lists what it wrote before
+/// and after the restart (from the before-snapshot its first agentd took), and the session's
+/// next job resumes its conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_job_records_its_outputs_and_conversation() {
+    let mut s = TestServer::start_with(keep(600));
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .submit(
+            &session.session_id,
+            "write early.txt before ; sleep 2 ; write late.txt after",
+        )
+        .await;
+    let ws = s.data_dir.join("sessions").join(&session.session_id);
+    written(ws.join("workspace/early.txt")).await;
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let done = c.wait(&job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    let outputs = c
+        .files
+        .get_job_outputs(pb::GetJobOutputsRequest {
+            session_id: session.session_id.clone(),
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .expect("outputs of the adopted job")
+        .into_inner();
+    let mut got: Vec<(String, i32)> = outputs
+        .changes
+        .iter()
+        .map(|c| (c.path.clone(), c.kind))
+        .collect();
+    got.sort();
+    let added = pb::ChangeKind::Added as i32;
+    assert_eq!(
+        got,
+        vec![
+            ("early.txt".to_owned(), added),
+            ("late.txt".to_owned(), added)
+        ]
+    );
+    // The conversation was recorded for the session's next job, as for any job.
+    let next = c.submit(&session.session_id, "again").await;
+    let next = c.wait(&next.job_id).await;
+    assert_eq!(next.state, pb::JobState::Succeeded as i32, "{next:?}");
+    let events = c.events(&next.job_id, 0).await;
+    let started = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Started(st)) => Some(st.clone()),
+            _ => None,
+        })
+        .expect("started event");
+    assert_eq!(
+        started.resumed_conversation_id, done.conversation_id,
+        "the next job resumes the adopted job's conversation"
+    );
+}
+
+/// A jail limit hit while no agentd is attached still reaches the job: the supervisor journals
+/// the jail's notice, and the adopted job gets its `limit_exceeded` event and ends
+/// LIMIT_EXCEEDED, exactly as without the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_hit_while_agentd_is_down_reaches_the_adopted_job() {
+    let config = format!(
+        "[agents.tight]\nkind = \"claude\"\ncommand = {:?}\n[agents.tight.sandbox]\nworkspace_mb = 4\n",
+        common::fake_claude().to_string_lossy()
+    );
+    let mut opts = keep(600);
+    opts.config = Some(config);
+    let mut s = TestServer::start_with(opts);
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let fill = "bash head -c 3000000 /dev/zero > a.bin ; bash head -c 3000000 /dev/zero > b.bin";
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: session.session_id.clone(),
+            agent: "tight".into(),
+            prompt: format!("write ready.txt go ; sleep 2 ; {fill} ; sleep 20"),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    let ws = s.data_dir.join("sessions").join(&session.session_id);
+    written(ws.join("workspace/ready.txt")).await;
+    s.kill9();
+    // The workspace passes its cap and the job is stopped while nobody is attached.
+    written(ws.join("workspace/b.bin")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let all = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    assert_contiguous(&all);
+    let limits: Vec<&pb::LimitExceeded> = all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::LimitExceeded(l)) => Some(l),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        limits.len(),
+        1,
+        "{:?}",
+        all.iter().map(kind).collect::<Vec<_>>()
+    );
+    assert_eq!(limits[0].limit, "workspace");
+    assert_eq!(done.state, pb::JobState::Failed as i32, "{done:?}");
+    assert_eq!(done.reason, "LIMIT_EXCEEDED", "{done:?}");
+    assert!(
+        done.error_message.starts_with("workspace limit exceeded"),
+        "{done:?}"
+    );
+}
+
 /// The scripted model server of tests/agents_e2e.rs; returns it and its base URL.
 fn mock_model(dir: &std::path::Path) -> (std::process::Child, String) {
     use std::io::BufRead;

@@ -288,7 +288,7 @@ impl Core {
             drop(running);
             return Box::pin(self.execute_turn(&next, handle, sink, Some(first))).await;
         }
-        self.record_outputs(job, &p.session, &p.before).await?;
+        self.record_outputs(job, &p.session, &p.before.tree).await?;
         // Before the job is final: the session's next job may start as soon as it is.
         if let Some(id) = &facts.conversation_id {
             self.store
@@ -475,13 +475,18 @@ impl Core {
 
     /// What the job changed in the workspace, from its two snapshots, stored with the job; then
     /// the history's retention. A snapshot that cannot be taken loses the outputs, not the job.
-    async fn record_outputs(&self, job: &Job, session: &Session, before: &Taken) -> Result<()> {
+    async fn record_outputs(
+        &self,
+        job: &Job,
+        session: &Session,
+        before: &crate::workspace::history::Tree,
+    ) -> Result<()> {
         match self
             .snapshot_job(&session.id, &job.id, SnapPoint::After)
             .await
         {
             Ok(after) => {
-                let changes = Self::outputs_of(&before.tree, &after.tree);
+                let changes = Self::outputs_of(before, &after.tree);
                 self.store.put_job_outputs(&job.id, &changes).await?;
                 if let Err(e) = self.enforce_retention(&session.id).await {
                     tracing::warn!(job = %job.id, error = %e, "cannot apply history retention");

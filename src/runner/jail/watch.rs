@@ -214,11 +214,13 @@ impl Watch {
     }
 
     fn notify(&mut self, notice: Notice) {
-        let Some(out) = &mut self.out else { return };
         let Ok(mut line) = serde_json::to_vec(&notice) else {
             return;
         };
         line.push(b'\n');
+        // Kept for an adopter too, should agentd be gone (issue #23).
+        crate::runner::supervise::spool::notice(&line);
+        let Some(out) = &mut self.out else { return };
         // agentd may be gone; the job goes on regardless.
         if out.write_all(&line).is_err() {
             self.out = None;
