@@ -69,10 +69,11 @@ async fn hold_stream(addr: String, job: String, after: u64) -> Vec<pb::JobEvent>
 /// kill -9 agentd `delay` into a streaming job, start it again, and check the job ends SUCCEEDED
 /// with every line once, in order, also for a client that held a stream across the restart.
 async fn survive_kill9(rounds: usize, delay: Duration) {
-    survive_kill9_with(keep(600), rounds, delay).await;
+    let _ = survive_kill9_with(keep(600), rounds, delay).await;
 }
 
-async fn survive_kill9_with(opts: Options, rounds: usize, delay: Duration) {
+/// Returns the restarted server.
+async fn survive_kill9_with(opts: Options, rounds: usize, delay: Duration) -> TestServer {
     let mut s = TestServer::start_with(opts);
     let mut c = s.clients(KEY_A).await;
     let session = c.create_session(&[]).await;
@@ -105,6 +106,7 @@ async fn survive_kill9_with(opts: Options, rounds: usize, delay: Duration) {
     assert!(!after.is_empty(), "nothing came after the restart");
     let resumed: Vec<pb::JobEvent> = before.into_iter().chain(after).collect();
     assert_eq!(resumed, all, "the held stream saw a gap or a duplicate");
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +122,28 @@ async fn a_job_survives_kill9_under_a_data_dir_too_long_for_a_socket_path() {
         data_dir_name: Some(format!("data-{}", "d".repeat(120))),
         ..keep(600)
     };
-    survive_kill9_with(opts, 6, Duration::from_millis(700)).await;
+    let _ = survive_kill9_with(opts, 6, Duration::from_millis(700)).await;
+}
+
+/// The non-root deploy: agentd as an unprivileged user with a delegated cgroup parent. Its
+/// supervisors (the same user) outlive it, and the restarted agentd adopts the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_an_unprivileged_agentd_survives_kill9() {
+    let user = common::RunAs {
+        uid: 2346,
+        gid: 2346,
+    };
+    let cg = common::CgroupParent::delegate(user);
+    let mut opts = keep(600).run_as(user.uid, user.gid);
+    opts.config = Some(format!("[sandbox]\ncgroup_parent = {:?}\n", cg.name));
+    let s = survive_kill9_with(opts, 6, Duration::from_millis(900)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().nth(1),
+        Some("2346"),
+        "agentd ran as {uid}"
+    );
 }
 
 /// Twenty restarts at spread-out moments of a job's life, from before it starts to its last
