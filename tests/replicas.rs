@@ -536,3 +536,45 @@ async fn a_lost_replica_job_is_failed_only_after_the_adopt_timeout() {
     assert_eq!(after.state, pb::JobState::Failed as i32, "{after:?}");
     assert_eq!(after.error_message, done.error_message);
 }
+
+/// A replica restarted under the same id owns what its previous process owned: a job whose agent
+/// died with that process (supervisors die with agentd here, `--on-shutdown cancel`) is failed at
+/// once, not renewed by the new process for ever, and the session's next job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_replica_restarted_under_its_id_settles_what_it_cannot_adopt() {
+    let mut cl = Cluster::new();
+    let a = cl.start("replica-a", &[]);
+    let mut ca = cl.clients(a).await;
+    let session = ca.create_session(&[]).await;
+    let job = ca.submit(&session.session_id, "sleep 120").await;
+    wait_state(
+        &mut ca,
+        &job.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
+    let next = ca.submit(&session.session_id, "after the restart").await;
+    cl.replicas[a].restart();
+    let mut ca = cl.clients(a).await;
+    let done = wait_state(
+        &mut ca,
+        &job.job_id,
+        pb::JobState::Failed,
+        Duration::from_secs(4 * LEASE),
+    )
+    .await;
+    assert!(done.error_message.contains("server restarted"), "{done:?}");
+    let next = wait_state(
+        &mut ca,
+        &next.job_id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(next.result.contains("after the restart"), "{next:?}");
+}
