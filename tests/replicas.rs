@@ -70,6 +70,19 @@ impl Cluster {
 
     /// Starts replica `name`; returns its index.
     fn start(&mut self, name: &str, extra: &[&str]) -> usize {
+        self.start_env(name, extra, Vec::new())
+    }
+
+    /// Starts replica `name` whose supervisors outlive it (`--on-shutdown keep`, issue #23).
+    fn start_keeping(&mut self, name: &str, adopt_timeout: u64) -> usize {
+        let env = vec![
+            ("AGENTD_ON_SHUTDOWN".into(), "keep".into()),
+            ("AGENTD_ADOPT_TIMEOUT".into(), adopt_timeout.to_string()),
+        ];
+        self.start_env(name, &[], env)
+    }
+
+    fn start_env(&mut self, name: &str, extra: &[&str], env: Vec<(String, String)>) -> usize {
         let metrics = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = [
             "--store",
@@ -89,6 +102,7 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         self.replicas.push(TestServer::start_with(Options {
             args,
+            env,
             ..Default::default()
         }));
         self.metrics.push(metrics);
@@ -379,6 +393,190 @@ async fn fifty_jobs_spread_over_three_replicas_each_run_once_in_session_order() 
         per_replica.iter().filter(|n| **n > 0).count() >= 2,
         "jobs spread over the replicas: {per_replica:?}"
     );
+}
+
+/// A job that streams for about `rounds` × 0.2 s: each round three texts and a sleep.
+fn streaming(rounds: usize) -> String {
+    vec!["lines 3 ; sleep 0.2"; rounds].join(" ; ")
+}
+
+/// The texts `streaming(rounds)` reports, in order (the stand-in ends its turn with one more).
+fn streamed(rounds: usize) -> Vec<String> {
+    (0..rounds)
+        .flat_map(|_| ["line 1", "line 2", "line 3", "sleeping 0.2s"])
+        .chain(["turn 1: done"])
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Jobs that finished SUCCEEDED on the replica whose metrics listen at `addr`.
+async fn succeeded_on(addr: &str) -> usize {
+    sample(
+        &scrape(addr).await,
+        r#"agentd_jobs_finished_total{state="SUCCEEDED"}"#,
+    ) as usize
+}
+
+/// Starts replica A (supervisors outlive it) with a streaming job running on it, then B.
+async fn cluster_with_a_job_on_a(adopt_timeout: u64, rounds: usize) -> (Cluster, String) {
+    let mut cl = Cluster::new();
+    let a = cl.start_keeping("replica-a", adopt_timeout);
+    let mut ca = cl.clients(a).await;
+    let session = ca.create_session(&[]).await;
+    let job = ca.submit(&session.session_id, &streaming(rounds)).await;
+    wait_state(
+        &mut ca,
+        &job.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
+    cl.start_keeping("replica-b", adopt_timeout);
+    (cl, job.job_id)
+}
+
+/// Issue #23 with replicas: replica A is killed with -9 mid-job while B runs on, and restarts
+/// within its lease: A adopts the job, which ends SUCCEEDED there with its whole output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_replica_restarted_within_its_lease_adopts_its_job() {
+    let rounds = 15;
+    let (mut cl, job) = cluster_with_a_job_on_a(600, rounds).await;
+    let (a, b) = (0, 1);
+    let mut cb = cl.clients(b).await;
+    let before = read_some(&mut cb, &job, 4).await;
+    cl.replicas[a].kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cl.replicas[a].restart();
+    let rest = cb.events(&job, before.last().map_or(0, |e| e.seq)).await;
+    let all = cb.events(&job, 0).await;
+    let done = cb.get_job(&job).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_complete(&all, "the adopted job's log");
+    assert_eq!(texts(&all), streamed(rounds));
+    let held: Vec<pb::JobEvent> = before.into_iter().chain(rest).collect();
+    assert_eq!(held, all, "a stream held on B saw a gap or a duplicate");
+    assert_eq!(succeeded_on(&cl.metrics[a]).await, 1, "finished on A");
+    assert_eq!(succeeded_on(&cl.metrics[b]).await, 0, "not on B");
+}
+
+/// A stays down past its lease (three leases) while B sweeps for orphans: B does not fail the
+/// job, whose supervisor still runs it, and A, back, adopts it to a SUCCEEDED end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_replica_down_past_its_lease_still_adopts_and_no_other_replica_fails_its_job() {
+    let rounds = 60;
+    let (mut cl, job) = cluster_with_a_job_on_a(600, rounds).await;
+    let (a, b) = (0, 1);
+    let mut cb = cl.clients(b).await;
+    read_some(&mut cb, &job, 4).await;
+    cl.replicas[a].kill9();
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(3 * LEASE) {
+        let j = cb.get_job(&job).await;
+        assert_eq!(
+            j.state,
+            pb::JobState::Running as i32,
+            "B settled a job whose supervisor still runs it: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cl.replicas[a].restart();
+    let all = cb.events(&job, 0).await;
+    let done = cb.get_job(&job).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_complete(&all, "the adopted job's log");
+    assert_eq!(texts(&all), streamed(rounds));
+    assert_eq!(succeeded_on(&cl.metrics[a]).await, 1, "finished on A");
+}
+
+/// A never comes back: its supervisor ends the tree at the adopt timeout, and only then does B
+/// settle the job (taking it over, one lease generation on). A, restarting afterwards, cannot
+/// adopt it any more: the job stays FAILED with B's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_lost_replica_job_is_failed_only_after_the_adopt_timeout() {
+    let adopt_timeout = 4;
+    let (mut cl, job) = cluster_with_a_job_on_a(adopt_timeout, 200).await;
+    let (a, b) = (0, 1);
+    let mut cb = cl.clients(b).await;
+    read_some(&mut cb, &job, 4).await;
+    cl.replicas[a].kill9();
+    let down = std::time::Instant::now();
+    let done = wait_state(&mut cb, &job, pb::JobState::Failed, Duration::from_secs(60)).await;
+    let waited = down.elapsed();
+    assert!(
+        waited >= Duration::from_secs(adopt_timeout),
+        "failed after {waited:?}, before the supervisor's adopt timeout"
+    );
+    assert!(
+        done.error_message.contains("replica-a") && done.error_message.contains("adopt"),
+        "{done:?}"
+    );
+    let root = cl.root().to_path_buf();
+    assert!(
+        eventually(Duration::from_secs(10), || procs_under(&root).is_empty()).await,
+        "the unadopted tree outlived its adopt timeout: {:?}",
+        procs_under(&root)
+    );
+    cl.replicas[a].restart();
+    let mut ca = cl.clients(a).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = ca.get_job(&job).await;
+    assert_eq!(after, cb.get_job(&job).await);
+    assert_eq!(after.state, pb::JobState::Failed as i32, "{after:?}");
+    assert_eq!(after.error_message, done.error_message);
+}
+
+/// A replica restarted under the same id owns what its previous process owned: a job whose agent
+/// died with that process (supervisors die with agentd here, `--on-shutdown cancel`) is failed at
+/// once, not renewed by the new process for ever, and the session's next job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_replica_restarted_under_its_id_settles_what_it_cannot_adopt() {
+    let mut cl = Cluster::new();
+    let a = cl.start("replica-a", &[]);
+    let mut ca = cl.clients(a).await;
+    let session = ca.create_session(&[]).await;
+    let job = ca.submit(&session.session_id, "sleep 120").await;
+    wait_state(
+        &mut ca,
+        &job.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
+    let next = ca.submit(&session.session_id, "after the restart").await;
+    cl.replicas[a].restart();
+    let mut ca = cl.clients(a).await;
+    let done = wait_state(
+        &mut ca,
+        &job.job_id,
+        pb::JobState::Failed,
+        Duration::from_secs(4 * LEASE),
+    )
+    .await;
+    assert!(done.error_message.contains("server restarted"), "{done:?}");
+    let next = wait_state(
+        &mut ca,
+        &next.job_id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(next.result.contains("after the restart"), "{next:?}");
 }
 
 /// The scripted model server of `tests/fixtures/mock-model` (see tests/agents_e2e.rs); killed on

@@ -25,6 +25,10 @@ const POLL_LOCAL: Duration = Duration::from_secs(5);
 /// Orphans settled per lease-keeper tick at most.
 const ORPHAN_BATCH: usize = 100;
 
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 impl Core {
     pub(super) fn lease_until(&self) -> Timestamp {
         Timestamp::now().saturating_add(self.config.timing.lease)
@@ -177,7 +181,12 @@ impl Core {
     /// job that had not started goes back to the queue for any replica. Returns whether a full
     /// batch was found (there may be more).
     pub(super) async fn settle_orphans(&self, now: Timestamp) -> bool {
-        let orphans = match self.store.expired_leases(now, ORPHAN_BATCH).await {
+        let running_before = Timestamp(now.micros().saturating_sub(micros(self.adoption_grace())));
+        let orphans = match self
+            .store
+            .expired_leases_within(now, running_before, ORPHAN_BATCH)
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list expired leases");
@@ -195,20 +204,28 @@ impl Core {
         full
     }
 
+    /// How long after its lease ran out a started job may still be running under a supervisor
+    /// that outlived its replica (issue #23): that replica, restarted, adopts it until the
+    /// supervisor's adopt timeout, after which the supervisor has ended the tree itself. Failing
+    /// it sooner would fail a job that is still running. Zero with an unshared store, whose only
+    /// process has adopted what it could before recovery, or when supervisors die with agentd.
+    fn adoption_grace(&self) -> Duration {
+        match self.config.timing.adopt_timeout {
+            Some(t) if self.store.shared() => t + self.config.timing.kill_grace,
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Returns whether the job went back to the queue.
     async fn settle(&self, orphan: Orphan) -> bool {
-        let Orphan {
-            job,
-            owner,
-            lease_until,
-        } = orphan;
-        if owner == self.config.replica_id && self.is_running_here(&job.id) {
+        let (job, owner, lease_until) = (&orphan.job, &orphan.owner, orphan.lease_until);
+        if *owner == self.config.replica_id && self.is_running_here(&job.id) {
             // Our own lease expired while we still run it (store trouble): the next renewal
             // takes it back if nobody settled it meanwhile.
             return false;
         }
         match job.state {
-            JobState::Queued => match self.store.release_job(&job.id, &owner).await {
+            JobState::Queued => match self.store.release_job(&job.id, owner).await {
                 Ok(released) => {
                     if released {
                         tracing::warn!(job = %job.id, replica = %owner, "replica lost before starting a claimed job: queued again");
@@ -221,16 +238,35 @@ impl Core {
                 }
             },
             JobState::Running { started } => {
+                // Fenced by the lease generation: a job its replica adopted again meanwhile
+                // (restarted, issue #23) moved on a generation, and is not failed here.
+                match self
+                    .store
+                    .take_over_orphan(&orphan, &self.config.replica_id, self.lease_until())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return false,
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "cannot take over an orphaned job");
+                        return false;
+                    }
+                }
                 let message = if self.store.shared() {
+                    let adopt = if self.adoption_grace().is_zero() {
+                        ""
+                    } else {
+                        " (and it did not come back to adopt the job within the adopt timeout)"
+                    };
                     format!(
                         "replica {owner} was lost while running the job: its lease ran out {:.1}s \
-                         before another replica noticed",
+                         before another replica noticed{adopt}",
                         Timestamp::now().since(lease_until).as_secs_f64()
                     )
                 } else {
                     "the server restarted while the job was running".to_owned()
                 };
-                match self.fail_interrupted(&job, started, message).await {
+                match self.fail_interrupted(job, started, message).await {
                     Ok(()) => {
                         tracing::warn!(job = %job.id, replica = %owner, "marked an interrupted job FAILED")
                     }

@@ -62,9 +62,9 @@ impl Core {
         &self,
         session: &SessionId,
         job: &JobId,
-        before: &Taken,
+        before_id: &str,
     ) -> Result<Taken> {
-        self.take_snapshot(session, job, SnapPoint::After, Some(before.id.clone()))
+        self.take_snapshot(session, job, SnapPoint::After, Some(before_id.to_owned()))
             .await
     }
 

@@ -10,8 +10,8 @@ use crate::domain::{
 };
 use crate::error::{Error, Reason};
 use crate::store::{
-    AdmitLimits, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, LedgerRow, Store, UsageFilter,
-    UsageGroup,
+    AdmitLimits, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, LedgerRow, Orphan, Store,
+    UsageFilter, UsageGroup,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +68,7 @@ macro_rules! store_contract_tests {
             expired_leases_listing,
             release_restores_queue_place,
             take_over_moves_only_a_running_job_of_its_owner,
+            orphans_are_fenced_by_lease_generation,
             finish_unclaimed_only_when_unclaimed,
             cancel_requests_keep_first_reason,
             queue_positions,
@@ -1851,6 +1852,95 @@ pub async fn take_over_moves_only_a_running_job_of_its_owner(h: &dyn Harness) {
             .await
             .unwrap()
     );
+}
+
+/// Issue #23 with replicas: a started job whose replica died stays unlisted until
+/// `running_before` (its supervisor may still be adopted), and settling it is a compare-and-swap
+/// on the generation listed, which any owner change moves on.
+pub async fn orphans_are_fenced_by_lease_generation(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let t = new_session(&*store, session("acme", ts(0))).await;
+    let a = new_job(&*store, &s, ts(1)).await;
+    let q = new_job(&*store, &t, ts(2)).await;
+    store.claim_jobs("r1", ts(10), 2).await.unwrap();
+    store
+        .append(vec![write(&a, vec![], Some(running(ts(4))))])
+        .await
+        .unwrap();
+    // A claimed job that never started is an orphan once its lease ends; a started one only
+    // once it ended before `running_before`.
+    let got = store
+        .expired_leases_within(ts(11), ts(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&got, |o| &o.job.id), job_ids(&[&q]));
+    let got = store
+        .expired_leases_within(ts(11), ts(11), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&got, |o| &o.job.id), job_ids(&[&a, &q]));
+    let listed = got.into_iter().find(|o| o.job.id == a.id).unwrap();
+    assert_eq!(listed.owner, "r1");
+    // Its replica came back and adopted it after it was listed: the stale listing cannot
+    // settle it, neither can a listing of another owner.
+    assert!(
+        store
+            .take_over_job(&a.id, "r1", "r1", ts(30))
+            .await
+            .unwrap()
+    );
+    assert!(!store.take_over_orphan(&listed, "r2", ts(40)).await.unwrap());
+    let relisted = Orphan {
+        owner: "r9".into(),
+        ..listed.clone()
+    };
+    assert!(
+        !store
+            .take_over_orphan(&relisted, "r2", ts(40))
+            .await
+            .unwrap()
+    );
+    let renewed = store.renew_leases("r1", ts(50)).await.unwrap();
+    assert_eq!(sorted(ids(&renewed, |j| j)), sorted(job_ids(&[&a, &q])));
+    // Lost again; listed afresh (one generation on), r2 takes it over once, and the replica
+    // coming back after that cannot adopt it.
+    let fresh = store
+        .expired_leases_within(ts(51), ts(51), 10)
+        .await
+        .unwrap();
+    let fresh = fresh.into_iter().find(|o| o.job.id == a.id).unwrap();
+    assert_eq!(fresh.lease_gen, listed.lease_gen + 1);
+    assert!(store.take_over_orphan(&fresh, "r2", ts(60)).await.unwrap());
+    assert!(!store.take_over_orphan(&fresh, "r3", ts(60)).await.unwrap());
+    assert!(
+        !store
+            .take_over_job(&a.id, "r1", "r1", ts(70))
+            .await
+            .unwrap()
+    );
+    let renewed = store.renew_leases("r2", ts(80)).await.unwrap();
+    assert_eq!(ids(&renewed, |j| j), job_ids(&[&a]));
+    // A finished job is nobody's to take over.
+    store
+        .append(vec![write(
+            &a,
+            vec![],
+            Some(finished(
+                Outcome::Failed {
+                    message: "lost".into(),
+                },
+                None,
+            )),
+        )])
+        .await
+        .unwrap();
+    let done = Orphan {
+        lease_gen: fresh.lease_gen + 1,
+        owner: "r2".into(),
+        ..fresh
+    };
+    assert!(!store.take_over_orphan(&done, "r3", ts(90)).await.unwrap());
 }
 
 pub async fn finish_unclaimed_only_when_unclaimed(h: &dyn Harness) {

@@ -125,6 +125,9 @@ pub struct Orphan {
     pub owner: String,
     /// When the lease ran out.
     pub lease_until: Timestamp,
+    /// The job's lease generation when listed: settling it is a compare-and-swap on it
+    /// ([`Store::take_over_orphan`]).
+    pub lease_gen: u64,
 }
 
 /// What other replicas (and this one) committed. Signals carry no data a reader relies on: they
@@ -331,16 +334,39 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_leases(&self, replica: &str, lease_until: Timestamp) -> Result<Vec<JobId>>;
 
     /// Unfinished owned jobs whose lease ended before `now`, oldest lease first, at most `limit`.
-    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>>;
+    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>> {
+        self.expired_leases_within(now, now, limit).await
+    }
 
-    /// Moves a running job from replica `from` to `to`, leased until `lease_until`: how a
-    /// restarted agentd adopts the job its previous process left running (issue #23). A
-    /// compare-and-swap: false (changing nothing) unless the job is RUNNING and still `from`'s, so
-    /// only one process adopts it.
+    /// Owned jobs whose lease ended: QUEUED ones before `now`, RUNNING ones before
+    /// `running_before` (a started job's supervisor may outlive its replica and be adopted
+    /// until then, issue #23). Oldest lease first, at most `limit`.
+    async fn expired_leases_within(
+        &self,
+        now: Timestamp,
+        running_before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Orphan>>;
+
+    /// Moves a running job from replica `from` to `to`, leased until `lease_until`, adding one to
+    /// its lease generation: how a restarted agentd adopts the job its previous process left
+    /// running (issue #23). A compare-and-swap: false (changing nothing) unless the job is
+    /// RUNNING and still `from`'s, so only one process adopts it.
     async fn take_over_job(
         &self,
         job: &JobId,
         from: &str,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool>;
+
+    /// Takes an orphan over for `to` (which then settles it), leased until `lease_until`, adding
+    /// one to its lease generation. A compare-and-swap on what was listed: false (changing
+    /// nothing) unless the job is unfinished, still the listed owner's and still at the listed
+    /// generation, so a job its owner adopted again meanwhile is never settled by another replica.
+    async fn take_over_orphan(
+        &self,
+        orphan: &Orphan,
         to: &str,
         lease_until: Timestamp,
     ) -> Result<bool>;

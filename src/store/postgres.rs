@@ -431,8 +431,13 @@ impl Store for PgStore {
         leases::renew(self, replica, lease_until).await
     }
 
-    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>> {
-        leases::expired(self, now, limit).await
+    async fn expired_leases_within(
+        &self,
+        now: Timestamp,
+        running_before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Orphan>> {
+        leases::expired(self, now, running_before, limit).await
     }
 
     async fn take_over_job(
@@ -442,14 +447,16 @@ impl Store for PgStore {
         to: &str,
         lease_until: Timestamp,
     ) -> Result<bool> {
-        let rows = self
-            .query(
-                "UPDATE jobs SET owner = $3, lease_until = $4 \
-                 WHERE id = $1 AND owner = $2 AND state_name = 'RUNNING' RETURNING 1",
-                &[&job.as_str(), &from, &to, &lease_until.micros()],
-            )
-            .await?;
-        Ok(!rows.is_empty())
+        leases::take_over(self, job, (from, to), lease_until).await
+    }
+
+    async fn take_over_orphan(
+        &self,
+        orphan: &Orphan,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        leases::take_over_orphan(self, orphan, to, lease_until).await
     }
 
     async fn release_job(&self, job: &JobId, owner: &str) -> Result<bool> {

@@ -171,9 +171,31 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn expired_leases(&self, now: Timestamp, limit: usize) -> Result<Vec<Orphan>> {
+    async fn expired_leases_within(
+        &self,
+        now: Timestamp,
+        running_before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Orphan>> {
         self.readers
-            .read(move |c| ops::expired_leases(c, now, limit))
+            .read(move |c| ops::expired_leases(c, now, running_before, limit))
+            .await
+    }
+
+    async fn take_over_orphan(
+        &self,
+        orphan: &Orphan,
+        to: &str,
+        lease_until: Timestamp,
+    ) -> Result<bool> {
+        let (job, owner, gen_, to) = (
+            orphan.job.id.clone(),
+            orphan.owner.clone(),
+            orphan.lease_gen,
+            to.to_owned(),
+        );
+        self.writer
+            .write(move |c| ops::take_over_orphan(c, (&job, &owner, gen_), &to, lease_until))
             .await
     }
 

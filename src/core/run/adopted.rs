@@ -12,6 +12,8 @@ use crate::domain::{EventKind, Job, JobState, Outcome, Timestamp};
 use crate::error::Result;
 use crate::runner::adopt::Attached;
 use crate::runner::{Output, RunControl, StopCause};
+use crate::store::SnapPoint;
+use crate::workspace::history::Tree;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
@@ -75,7 +77,7 @@ impl Core {
             job.conversation_id.clone(),
             (limits.job_output_max_bytes, limits.job_output_max_events),
         );
-        pump.skip = self.stored_output_events(job).await?;
+        (pump.skip, pump.skip_notices) = self.stored_output_events(job).await?;
         let left = job
             .spec
             .timeout
@@ -92,6 +94,7 @@ impl Core {
         if let Some(a) = &access {
             sink.secrets.push(a.key().to_owned());
         }
+        let running = crate::telemetry::metrics().job_running();
         let run = tokio::spawn(a.run(tx, control));
         if let Err(e) = pump.run(sink, &mut rx, None).await {
             run.abort();
@@ -109,14 +112,15 @@ impl Core {
         drop(access);
         let summary = pump.parser.summary();
         let stderr_tail: Vec<String> = pump.stderr_tail.iter().cloned().collect();
-        let outcome = if adopted.adopt_timed_out && adopted.outcome.stop.is_none() {
-            Outcome::AdoptionTimeout {
-                message: "no agentd adopted the job within the adopt timeout after agentd \
-                          stopped; its supervisor ended it"
-                    .into(),
-            }
+        let (outcome, result) = if adopted.adopt_timed_out && adopted.outcome.stop.is_none() {
+            let message = "no agentd adopted the job within the adopt timeout after agentd \
+                           stopped; its supervisor ended it";
+            let outcome = Outcome::AdoptionTimeout {
+                message: message.into(),
+            };
+            (outcome, summary.result.clone().unwrap_or_default())
         } else {
-            verdict(Ended {
+            let outcome = verdict(Ended {
                 stop: adopted.outcome.stop,
                 exit: adopted.outcome.exit,
                 limit_hit: pump.limit_hit.take(),
@@ -126,7 +130,8 @@ impl Core {
                 agent_error: summary.error.clone(),
                 stderr_tail: &stderr_tail,
                 interrupted: false,
-            })
+            });
+            crate::core::caps::structured(&job.spec, outcome, &summary)
         };
         match adopted.outcome.stop {
             Some(StopCause::Cancelled) => crate::telemetry::metrics().kill_escalation("cancelled"),
@@ -136,11 +141,49 @@ impl Core {
         let facts = FinishFacts {
             outcome,
             exit: Some(adopted.outcome.exit),
-            result: summary.result.unwrap_or_default(),
+            result,
             usage: pump.metered.over(summary.usage),
             conversation_id: summary.conversation_id.or(pump.conversation.take()),
         };
-        self.finish(sink, Some(started), facts).await
+        drop(running);
+        self.end_as_started(job, sink, started, facts).await
+    }
+
+    /// What `execute` does after the agent ended, so that an adopted job ends as if it had never
+    /// changed hands: its outputs from the before-snapshot its first process took, the session's
+    /// conversation for the next job, the final write, the session's TTL.
+    async fn end_as_started(
+        &self,
+        job: &Job,
+        sink: &mut Sink<'_>,
+        started: Timestamp,
+        facts: FinishFacts,
+    ) -> Result<()> {
+        let session = self.store.get_session_any(&job.session_id).await?;
+        if let Some(session) = &session {
+            match self.before_tree(job).await {
+                Ok(before) => self.record_outputs(job, session, &before, None).await?,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "no before-snapshot: the adopted job's outputs are not recorded")
+                }
+            }
+            if let Some(id) = &facts.conversation_id {
+                self.store
+                    .set_agent_conversation(&session.id, &job.spec.agent, id, Timestamp::now())
+                    .await?;
+            }
+        }
+        self.finish(sink, Some(started), facts).await?;
+        if let Some(session) = &session {
+            self.extend_session(session).await;
+        }
+        Ok(())
+    }
+
+    /// The workspace as the job's first process snapshotted it before starting the agent.
+    async fn before_tree(&self, job: &Job) -> Result<Tree> {
+        let id = self.snapshot_tree(&job.id, SnapPoint::Before).await?;
+        self.workspaces.with_history(move |h| h.tree(&id)).await
     }
 
     /// The secrets of a job's profile, redacted from its events.
@@ -152,19 +195,25 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// How many of a job's stored events came from its agent's output (the ones a replay of
-    /// its journal produces again, in the same order); the rest (started, model calls, notices,
-    /// permission traffic) come from elsewhere.
-    async fn stored_output_events(&self, job: &Job) -> Result<u64> {
-        let mut n = 0;
+    /// How many of a job's stored events came from its agent's output, and how many from the
+    /// jail's notices (the ones a replay of its journal produces again, each in the same order);
+    /// the rest (started, model calls, permission traffic) come from elsewhere.
+    async fn stored_output_events(&self, job: &Job) -> Result<(u64, u64)> {
+        let (mut lines, mut notices) = (0, 0);
         let mut after = 0;
         loop {
             let events = self.store.read_events(&job.id, after, 1000).await?;
             let Some(last) = events.last() else {
-                return Ok(n);
+                return Ok((lines, notices));
             };
             after = last.seq;
-            n += events.iter().filter(|e| from_output(&e.kind)).count() as u64;
+            for e in &events {
+                if from_output(&e.kind) {
+                    lines += 1;
+                } else if matches!(e.kind, EventKind::LimitExceeded { .. }) {
+                    notices += 1;
+                }
+            }
         }
     }
 }

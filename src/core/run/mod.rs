@@ -288,7 +288,8 @@ impl Core {
             drop(running);
             return Box::pin(self.execute_turn(&next, handle, sink, Some(first))).await;
         }
-        self.record_outputs(job, &p.session, &p.before).await?;
+        self.record_outputs(job, &p.session, &p.before.tree, Some(&p.before.id))
+            .await?;
         // Before the job is final: the session's next job may start as soon as it is.
         if let Some(id) = &facts.conversation_id {
             self.store
@@ -477,12 +478,27 @@ impl Core {
             tokio::task::spawn_blocking(move || crate::runner::adopt::forget(&dir, &token)).await;
     }
 
-    /// What the job changed in the workspace, from its two snapshots, stored with the job. A
-    /// snapshot that cannot be taken loses the outputs, not the job.
-    async fn record_outputs(&self, job: &Job, session: &Session, before: &Taken) -> Result<()> {
-        match self.snapshot_after(&session.id, &job.id, before).await {
+    /// What the job changed in the workspace, from its two snapshots, stored with the job. The
+    /// after-snapshot is taken over the listing of `before_id` when the caller holds it (a session
+    /// runs one job at a time: it is the session's newest). A snapshot that cannot be taken loses
+    /// the outputs, not the job.
+    async fn record_outputs(
+        &self,
+        job: &Job,
+        session: &Session,
+        before: &crate::workspace::history::Tree,
+        before_id: Option<&str>,
+    ) -> Result<()> {
+        let after = match before_id {
+            Some(id) => self.snapshot_after(&session.id, &job.id, id).await,
+            None => {
+                self.snapshot_job(&session.id, &job.id, SnapPoint::After)
+                    .await
+            }
+        };
+        match after {
             Ok(after) => {
-                let changes = Self::outputs_of(&before.tree, &after.tree);
+                let changes = Self::outputs_of(before, &after.tree);
                 self.store.put_job_outputs(&job.id, &changes).await?;
             }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),

@@ -54,6 +54,8 @@ pub(super) struct Pump {
     /// Events made from output that a previous agentd stored already: an adopted job's journal
     /// replays them, and they are dropped here, after the caps saw them (issue #23).
     pub(super) skip: u64,
+    /// The same for the jail's notices (journaled on their own channel, so counted apart).
+    pub(super) skip_notices: u64,
 }
 
 /// A controlled job's controller and the protocol its output is read with.
@@ -93,6 +95,7 @@ impl Pump {
             control: None,
             delta_bytes: 0,
             skip: 0,
+            skip_notices: 0,
         }
     }
 
@@ -231,6 +234,11 @@ impl Pump {
                 // Few and important: never dropped by the output caps.
                 if notice.fatal {
                     self.limit_hit = Some(notice.clone());
+                }
+                if self.skip_notices > 0 {
+                    // Stored by the previous agentd; it still decides the verdict above.
+                    self.skip_notices -= 1;
+                    return;
                 }
                 let kind = EventKind::LimitExceeded {
                     limit: notice.limit,

@@ -9,11 +9,12 @@ use crate::error::Result;
 impl Core {
     /// Start-up recovery. With an unshared store every unfinished job was this process's before
     /// it stopped: started ones can't be resumed (their agent died with it) and fail with a
-    /// reason, claimed ones go back to the queue. A shared store leaves this to lease expiry,
-    /// since the other replicas are alive and own their jobs.
+    /// reason, claimed ones go back to the queue. A shared store leaves other replicas' jobs to
+    /// lease expiry, since those replicas are alive and own them; only this replica's own are
+    /// settled here.
     pub(in crate::core) async fn recover(&self) -> Result<()> {
         if self.store.shared() {
-            return Ok(());
+            return self.recover_own().await;
         }
         // Every lease of an unshared store is expired from this process's point of view. Bounded,
         // in case some orphan can't be settled (it is logged, and settled at a later tick).
@@ -31,6 +32,35 @@ impl Core {
             if let JobState::Running { started } = job.state {
                 let msg = "the server restarted while the job was running".to_owned();
                 self.fail_interrupted(&job, started, msg).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A replica restarted under the same `--replica-id` owns what its previous process owned:
+    /// the jobs it did not adopt (their agent died with that process, or the tree died with no
+    /// journaled end) would otherwise have their leases renewed by it for ever, and never be
+    /// settled by anyone. Started ones fail, claimed ones go back to the queue.
+    async fn recover_own(&self) -> Result<()> {
+        let me = &self.config.replica_id;
+        for id in self.store.renew_leases(me, self.lease_until()).await? {
+            if self.is_running_here(&id) {
+                continue;
+            }
+            let Some(job) = self.store.get_job(&id).await? else {
+                continue;
+            };
+            let settled = match job.state {
+                JobState::Running { started } => {
+                    let msg = "the server restarted while the job was running".to_owned();
+                    self.fail_interrupted(&job, started, msg).await
+                }
+                JobState::Queued => self.store.release_job(&id, me).await.map(|_| ()),
+                JobState::Finished(_) => Ok(()),
+            };
+            if let Err(e) = settled {
+                // Settled elsewhere meanwhile, or store trouble (tried again at the next start).
+                tracing::warn!(job = %id, error = %e, "cannot settle a job of this replica's previous process");
             }
         }
         Ok(())

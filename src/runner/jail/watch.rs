@@ -213,24 +213,30 @@ impl Watch {
         true
     }
 
-    /// Tells agentd how the tree ended and closes the channel: its end is the last word.
+    /// Tells agentd how the tree ended and closes the channel: its end is the last word. Not
+    /// journaled: an adopter learns the end from the spool.
     pub fn ended(&mut self, ended: TreeEnd) {
-        self.say(&Word::Ended { ended });
+        if let Ok(mut line) = serde_json::to_vec(&Word::Ended { ended }) {
+            line.push(b'\n');
+            self.send(&line);
+        }
         self.out = None;
     }
 
     fn notify(&mut self, notice: Notice) {
-        self.say(&Word::Notice(notice));
-    }
-
-    fn say(&mut self, word: &Word) {
-        let Some(out) = &mut self.out else { return };
-        let Ok(mut line) = serde_json::to_vec(word) else {
+        let Ok(mut line) = serde_json::to_vec(&Word::Notice(notice)) else {
             return;
         };
         line.push(b'\n');
+        // Kept for an adopter too, should agentd be gone (issue #23).
+        crate::runner::supervise::spool::notice(&line);
+        self.send(&line);
+    }
+
+    fn send(&mut self, line: &[u8]) {
+        let Some(out) = &mut self.out else { return };
         // agentd may be gone; the job goes on regardless.
-        if out.write_all(&line).is_err() {
+        if out.write_all(line).is_err() {
             self.out = None;
         }
     }

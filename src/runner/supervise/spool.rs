@@ -12,6 +12,10 @@
 //! tree now. A supervisor nobody adopts within its timeout journals [`journal::Tag::AdoptTimeout`]
 //! and kills its tree itself, so nothing runs unowned for ever.
 //!
+//! The jail's limit notices ([`notice`]) are journaled too, in their order among themselves: an
+//! adopter replays them like the output, so a limit hit while no agentd was attached still
+//! reaches the job's events and verdict.
+//!
 //! The spool runs on a thread of the supervisor, started only after the supervisor's last fork
 //! ([`start`]), so the single-threaded fork rules of the supervisor still hold.
 
@@ -25,7 +29,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// `<max journal bytes>:<adopt timeout seconds>`; set by the runner when jobs outlive agentd.
@@ -47,10 +51,23 @@ pub fn socket_path(dir: &Path, token: &str) -> PathBuf {
 /// How long the spool keeps reading after the tree is gone, for a writer that escaped it.
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 
+/// The write end of the pipe on which the supervisor's main thread hands notices to the spool
+/// (non-blocking: a notice is never worth stalling the watch over).
+static NOTICES: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Journals one notice line (JSON and a newline, as the jail's watch writes it to agentd). A
+/// no-op unless this supervisor spools.
+pub fn notice(line: &[u8]) {
+    if let Some(fd) = NOTICES.get() {
+        let _ = write_all(fd.as_fd(), line);
+    }
+}
+
 /// What the supervisor holds between [`prepare`] and [`start`].
 struct Prepared {
     out_r: OwnedFd,
     err_r: OwnedFd,
+    notice_r: OwnedFd,
     /// agentd's own ends, the supervisor's original stdout and stderr.
     agentd_out: OwnedFd,
     agentd_err: OwnedFd,
@@ -71,6 +88,7 @@ struct Running {
 /// What the spool thread hands back.
 struct Spooled {
     journal: Writer<File>,
+    notices: Notices,
     /// agentd still reads the pipes: it got everything live, the journal is not needed.
     piped: bool,
 }
@@ -128,12 +146,17 @@ pub fn prepare() -> Result<(), String> {
     let (agentd_out, agentd_err) = (keep(1)?, keep(2)?);
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let (notice_r, notice_w) = pipe()?;
+    let _ = fcntl(&notice_w, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    let _ = fcntl(&notice_r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    let _ = NOTICES.set(notice_w);
     widen(&out_w);
     nix::unistd::dup2_stdout(&out_w).map_err(|e| format!("cannot redirect stdout: {e}"))?;
     nix::unistd::dup2_stderr(&err_w).map_err(|e| format!("cannot redirect stderr: {e}"))?;
     *lock() = State::Prepared(Box::new(Prepared {
         out_r,
         err_r,
+        notice_r,
         agentd_out,
         agentd_err,
         journal,
@@ -186,6 +209,8 @@ pub fn finish(end: [u8; 8]) {
         return;
     };
     let _ = std::fs::remove_file(&running.socket_path);
+    // The watch's last look comes after the tree is gone.
+    spooled.notices.drain(&mut spooled.journal);
     if spooled.piped {
         let _ = std::fs::remove_file(&running.journal_path);
     } else {
@@ -269,6 +294,7 @@ fn spool(p: Prepared, done_r: OwnedFd) -> Spooled {
     let Prepared {
         out_r,
         err_r,
+        notice_r,
         agentd_out,
         agentd_err,
         mut journal,
@@ -283,6 +309,10 @@ fn spool(p: Prepared, done_r: OwnedFd) -> Spooled {
         deadline: None,
         timeout,
         timed_out: false,
+    };
+    let mut notices = Notices {
+        fd: notice_r,
+        partial: Vec::new(),
     };
     let mut draining = false;
     let mut buf = vec![0u8; 64 * 1024];
@@ -299,6 +329,7 @@ fn spool(p: Prepared, done_r: OwnedFd) -> Spooled {
             add(fd.as_raw_fd(), libc::POLLIN);
         }
         add(listener.as_raw_fd(), libc::POLLIN);
+        add(notices.fd.as_raw_fd(), libc::POLLIN);
         if let Some(conn) = &at.conn {
             add(conn.as_raw_fd(), libc::POLLIN);
         }
@@ -359,6 +390,9 @@ fn spool(p: Prepared, done_r: OwnedFd) -> Spooled {
                 Err(_) => *slot = None,
             }
         }
+        if ready(notices.fd.as_raw_fd()) && notices.drain(&mut journal) {
+            ring(&mut at);
+        }
         if ready(listener.as_raw_fd()) {
             accept(&listener, &mut at);
         }
@@ -370,7 +404,37 @@ fn spool(p: Prepared, done_r: OwnedFd) -> Spooled {
     }
     Spooled {
         journal,
+        notices,
         piped: at.piped.is_some(),
+    }
+}
+
+/// The read end of the notice pipe, and a line not yet complete.
+struct Notices {
+    fd: OwnedFd,
+    partial: Vec<u8>,
+}
+
+impl Notices {
+    /// Journals every complete notice line waiting in the pipe, one record each; returns whether
+    /// there was any.
+    fn drain(&mut self, journal: &mut Writer<File>) -> bool {
+        let mut any = false;
+        let mut buf = [0u8; 4096];
+        loop {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) | Err(Errno::EAGAIN) => break,
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let _ = journal.append(Tag::Notice, &line[..end]);
+            any = true;
+        }
+        any
     }
 }
 
@@ -383,6 +447,11 @@ fn pass_on(chunk: &[u8], tag: Tag, journal: &mut Writer<File>, at: &mut Attach) 
             at.detach_pipes();
         }
     }
+    ring(at);
+}
+
+/// Tells an attached adopter that the journal grew.
+fn ring(at: &mut Attach) {
     if let Some(conn) = &mut at.conn
         && let Err(e) = conn.write(b".")
         && e.kind() != std::io::ErrorKind::WouldBlock

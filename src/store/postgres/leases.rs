@@ -1,5 +1,6 @@
 //! Claims and leases in Postgres: runnable jobs claimed with `FOR UPDATE SKIP LOCKED` under a
-//! lease, renewal, orphans of replicas whose lease ran out, and cancel requests between replicas.
+//! lease, renewal, orphans of replicas whose lease ran out, owner changes fenced by the lease
+//! generation (adoption, settling an orphan), and cancel requests between replicas.
 
 use super::{CLAIM_LOCK, PgStore, db, listen, rows};
 use crate::domain::{JobId, Timestamp};
@@ -118,18 +119,24 @@ pub(super) async fn renew(
     })
 }
 
-pub(super) async fn expired(store: &PgStore, now: Timestamp, limit: usize) -> Result<Vec<Orphan>> {
+pub(super) async fn expired(
+    store: &PgStore,
+    now: Timestamp,
+    running_before: Timestamp,
+    limit: usize,
+) -> Result<Vec<Orphan>> {
     let rows = store
         .query(
             concat!(
                 "SELECT ",
                 job_cols!(),
-                ", owner, lease_until FROM jobs \
+                ", owner, lease_until, lease_gen FROM jobs \
                   WHERE owner IS NOT NULL AND lease_until < $1 \
-                    AND state_name IN ('QUEUED', 'RUNNING') \
+                    AND (state_name = 'QUEUED' \
+                         OR (state_name = 'RUNNING' AND lease_until < $3)) \
                   ORDER BY lease_until, id LIMIT $2"
             ),
-            &[&now.micros(), &int(limit as u64)],
+            &[&now.micros(), &int(limit as u64), &running_before.micros()],
         )
         .await?;
     rows::all(&rows, |r| {
@@ -137,8 +144,48 @@ pub(super) async fn expired(store: &PgStore, now: Timestamp, limit: usize) -> Re
             job: rows::job(r)?,
             owner: rows::get(r, JOB_COLS, "jobs.owner")?,
             lease_until: Timestamp(rows::get(r, JOB_COLS + 1, "jobs.lease_until")?),
+            lease_gen: rows::uint(r, JOB_COLS + 2, "jobs.lease_gen")?,
         })
     })
+}
+
+pub(super) async fn take_over(
+    store: &PgStore,
+    job: &JobId,
+    (from, to): (&str, &str),
+    lease_until: Timestamp,
+) -> Result<bool> {
+    let rows = store
+        .query(
+            "UPDATE jobs SET owner = $3, lease_until = $4, lease_gen = lease_gen + 1 \
+             WHERE id = $1 AND owner = $2 AND state_name = 'RUNNING' RETURNING 1",
+            &[&job.as_str(), &from, &to, &lease_until.micros()],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+pub(super) async fn take_over_orphan(
+    store: &PgStore,
+    orphan: &Orphan,
+    to: &str,
+    lease_until: Timestamp,
+) -> Result<bool> {
+    let rows = store
+        .query(
+            "UPDATE jobs SET owner = $4, lease_until = $5, lease_gen = lease_gen + 1 \
+             WHERE id = $1 AND owner = $2 AND lease_gen = $3 \
+               AND state_name IN ('QUEUED', 'RUNNING') RETURNING 1",
+            &[
+                &orphan.job.id.as_str(),
+                &orphan.owner,
+                &int(orphan.lease_gen),
+                &to,
+                &lease_until.micros(),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
 }
 
 pub(super) async fn release(store: &PgStore, job: &JobId, owner: &str) -> Result<bool> {

@@ -587,22 +587,28 @@ pub(super) fn renew_leases(
 pub(super) fn expired_leases(
     conn: &Connection,
     now: Timestamp,
+    running_before: Timestamp,
     limit: usize,
 ) -> Result<Vec<Orphan>> {
     conn.prepare_cached(concat!(
-        "SELECT owner, lease_until, ",
+        "SELECT owner, lease_until, lease_gen, ",
         job_cols!(),
         " FROM jobs WHERE owner IS NOT NULL AND lease_until < ?1 \
-          AND state_name IN ('QUEUED', 'RUNNING') ORDER BY lease_until, id LIMIT ?2"
+          AND (state_name = 'QUEUED' OR (state_name = 'RUNNING' AND lease_until < ?3)) \
+          ORDER BY lease_until, id LIMIT ?2"
     ))
     .and_then(|mut st| {
-        st.query_map(params![now.micros(), sql_int(limit as u64)], |r| {
-            Ok(Orphan {
-                owner: r.get(0)?,
-                lease_until: Timestamp(r.get(1)?),
-                job: job_row_at(r, 2)?,
-            })
-        })?
+        st.query_map(
+            params![now.micros(), sql_int(limit as u64), running_before.micros()],
+            |r| {
+                Ok(Orphan {
+                    owner: r.get(0)?,
+                    lease_until: Timestamp(r.get(1)?),
+                    lease_gen: r.get::<_, i64>(2)? as u64,
+                    job: job_row_at(r, 3)?,
+                })
+            },
+        )?
         .collect()
     })
     .map_err(db)
@@ -616,10 +622,36 @@ pub(super) fn take_over_job(
 ) -> Result<bool> {
     let n = conn
         .prepare_cached(
-            "UPDATE jobs SET owner = ?3, lease_until = ?4 \
+            "UPDATE jobs SET owner = ?3, lease_until = ?4, lease_gen = lease_gen + 1 \
              WHERE id = ?1 AND owner = ?2 AND state_name = 'RUNNING'",
         )
         .and_then(|mut st| st.execute(params![job.as_str(), from, to, lease_until.micros()]))
+        .map_err(db)?;
+    Ok(n == 1)
+}
+
+pub(super) fn take_over_orphan(
+    conn: &Connection,
+    orphan: (&JobId, &str, u64),
+    to: &str,
+    lease_until: Timestamp,
+) -> Result<bool> {
+    let (job, owner, gen_) = orphan;
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET owner = ?4, lease_until = ?5, lease_gen = lease_gen + 1 \
+             WHERE id = ?1 AND owner = ?2 AND lease_gen = ?3 \
+               AND state_name IN ('QUEUED', 'RUNNING')",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                job.as_str(),
+                owner,
+                sql_int(gen_),
+                to,
+                lease_until.micros()
+            ])
+        })
         .map_err(db)?;
     Ok(n == 1)
 }
