@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0012_snapshots.sql"),
     include_str!("../migrations/postgres/0017_agent_conversations.sql"),
     include_str!("../migrations/postgres/0018_rewinds.sql"),
+    include_str!("../migrations/postgres/0023_job_changes_by_job.sql"),
 ];
 
 /// First key of the migration advisory lock (the second is the schema's hash): "agnt".

@@ -22,6 +22,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0012_snapshots.sql"),
     include_str!("../migrations/sqlite/0017_agent_conversations.sql"),
     include_str!("../migrations/sqlite/0018_rewinds.sql"),
+    include_str!("../migrations/sqlite/0023_job_changes_by_job.sql"),
 ];
 
 /// How long a connection waits for a lock held by another connection (a second process, a
