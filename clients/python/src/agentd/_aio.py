@@ -9,7 +9,7 @@ import inspect
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
@@ -713,7 +713,9 @@ class AsyncClient:
         after = change.events[-1].seq if change.events else change.events_after_seq
         until = change.job.last_seq
         if after < until:
-            async with aclosing(self.stream(change.job.job_id, after_seq=after)) as rest:
+            policy = Reconnect(self.reconnect_timeout)
+            rest_of = self._follow(change.job.job_id, EventCursor(after), policy)
+            async with aclosing(rest_of) as rest:
                 async for ev in rest:
                     if ev.seq > until:
                         break
@@ -724,7 +726,7 @@ class AsyncClient:
 
     async def _follow(
         self, job_id: str, cursor: EventCursor, policy: Reconnect
-    ) -> AsyncIterator[job_pb2.JobEvent]:
+    ) -> AsyncGenerator[job_pb2.JobEvent, None]:
         while not cursor.finished:
             req = job_pb2.StreamJobEventsRequest(job_id=job_id, after_seq=cursor.last_seq)
             call = self.jobs.StreamJobEvents(req)

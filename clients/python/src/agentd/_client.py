@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
@@ -694,7 +694,9 @@ class Client:
         after = change.events[-1].seq if change.events else change.events_after_seq
         until = change.job.last_seq
         if after < until:
-            with closing(self.stream(change.job.job_id, after_seq=after)) as rest:
+            policy = Reconnect(self.reconnect_timeout)
+            rest_of = self._follow(change.job.job_id, EventCursor(after), policy)
+            with closing(rest_of) as rest:
                 for ev in rest:
                     if ev.seq > until:
                         break
@@ -705,7 +707,7 @@ class Client:
 
     def _follow(
         self, job_id: str, cursor: EventCursor, policy: Reconnect
-    ) -> Iterator[job_pb2.JobEvent]:
+    ) -> Generator[job_pb2.JobEvent, None, None]:
         while not cursor.finished:
             req = job_pb2.StreamJobEventsRequest(job_id=job_id, after_seq=cursor.last_seq)
             call = self.jobs.StreamJobEvents(req)
