@@ -278,7 +278,7 @@ async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped
         &mut s,
         &mut seen,
         Duration::from_secs(30),
-        all_final(&[job.clone()]),
+        all_final(std::slice::from_ref(&job)),
     )
     .await;
     assert_eq!(seen.len(), 1);
@@ -690,13 +690,18 @@ async fn two_postgres_replicas_share_one_sequence() {
             jobs.push(job.job_id);
         }
     }
-    // The watcher hops between replicas every few changes, resuming from its last cursor.
+    // The watcher hops between replicas every few changes, resuming from its last cursor, with
+    // each change's events (read through the Postgres change marks).
     let mut seen: Vec<pb::JobChange> = Vec::new();
     let mut hop = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !all_final(&jobs)(&seen) {
         let cursor = seen.last().map_or(0, |x| x.cursor);
-        let mut s = watch(&mut c[hop % 2], from(cursor)).await.unwrap();
+        let req = pb::WatchJobsRequest {
+            include_events: true,
+            ..from(cursor)
+        };
+        let mut s = watch(&mut c[hop % 2], req).await.unwrap();
         let want = seen.len() + 5;
         let done = |got: &[pb::JobChange]| got.len() >= want || all_final(&jobs)(got);
         while !done(&seen) {
@@ -715,6 +720,14 @@ async fn two_postgres_replicas_share_one_sequence() {
             w[1].cursor,
             w[0].cursor + 1,
             "no gap, no repeat across replicas"
+        );
+    }
+    let carried = events_per_job(&seen);
+    for j in &jobs {
+        assert_eq!(
+            carried[j],
+            c[0].events(j, 0).await,
+            "job {j}: its whole log, once"
         );
     }
 }
@@ -824,7 +837,7 @@ async fn a_watcher_hopping_across_three_replicas_sees_200_jobs_once() {
 async fn cli_wait_and_watch() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let (server, _a, slow) = slow_job("sleep 3").await;
+    let (server, mut a, slow) = slow_job("sleep 3").await;
     let cli = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_agentd"));
         c.args(args)
@@ -857,4 +870,37 @@ async fn cli_wait_and_watch() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(cursors, [1, 2, 3]);
+
+    // --events: the final change (the only one admitted) carries the job's whole log.
+    let log = a.events(&slow, 0).await;
+    let mut out = cli(&[
+        "jobs",
+        "watch",
+        "--after-cursor",
+        "0",
+        "--state",
+        "succeeded",
+        "--events",
+        "--json",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let line = BufReader::new(out.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("a change line")
+        .unwrap();
+    let _ = out.kill();
+    let _ = out.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["events_after_seq"], 0, "{v}");
+    assert_eq!(v["events_truncated"], false, "{v}");
+    let seqs: Vec<u64> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, log.iter().map(|e| e.seq).collect::<Vec<_>>(), "{v}");
 }
