@@ -147,6 +147,157 @@ async fn watcher_sees_each_change_once_and_resumes_from_its_cursor() {
     }
 }
 
+/// Each job's events as its changes carried them, checked to continue one another: a change's
+/// events start right after `events_after_seq`, which is the job's last seq at its previous
+/// change seen, and end at the change's own `job.last_seq`.
+fn events_per_job(seen: &[pb::JobChange]) -> HashMap<String, Vec<pb::JobEvent>> {
+    let mut out: HashMap<String, Vec<pb::JobEvent>> = HashMap::new();
+    let mut upto: HashMap<String, u64> = HashMap::new();
+    for c in seen {
+        let job = c.job.as_ref().expect("job");
+        let prev = upto.insert(job.job_id.clone(), job.last_seq).unwrap_or(0);
+        assert_eq!(
+            c.events_after_seq, prev,
+            "where {}'s events start",
+            job.job_id
+        );
+        assert!(!c.events_truncated, "{c:?}");
+        let seqs: Vec<u64> = c.events.iter().map(|e| e.seq).collect();
+        let want: Vec<u64> = (prev + 1..=job.last_seq).collect();
+        assert_eq!(seqs, want, "job {} change {}", job.job_id, c.cursor);
+        out.entry(job.job_id.clone())
+            .or_default()
+            .extend(c.events.iter().cloned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn include_events_gives_every_event_once_across_a_resume() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let with_events = |cursor| pb::WatchJobsRequest {
+        after_cursor: Some(cursor),
+        include_events: true,
+        ..Default::default()
+    };
+    let start = watch(&mut a, pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .message()
+        .await
+        .unwrap()
+        .expect("first message")
+        .cursor;
+    let mut s = watch(&mut a, with_events(start)).await.unwrap();
+    let session = a.create_session(&[]).await;
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let prompt = format!("lines {} ; sleep 0.2 ; lines 3", 5 + i);
+        jobs.push(a.submit(&session.session_id, &prompt).await.job_id);
+    }
+    // A disconnect half-way, then a resume from the last cursor received.
+    let mut seen = Vec::new();
+    collect(&mut s, &mut seen, Duration::from_secs(60), |c| c.len() >= 6).await;
+    drop(s);
+    let resume = seen.last().unwrap().cursor;
+    let mut s = watch(&mut a, with_events(resume)).await.unwrap();
+    collect(&mut s, &mut seen, Duration::from_secs(60), all_final(&jobs)).await;
+    check_sequences(&seen, &jobs);
+    let carried = events_per_job(&seen);
+    for j in &jobs {
+        let log = a.events(j, 0).await;
+        assert!(log.len() > 8, "job {j}: {} events", log.len());
+        assert_eq!(
+            carried[j], log,
+            "job {j}: the changes carried its whole log, once"
+        );
+    }
+
+    // Admitting only final changes, the final change carries the job's whole log.
+    let mut s = watch(
+        &mut a,
+        pb::WatchJobsRequest {
+            states: vec![pb::JobState::Succeeded as i32],
+            ..with_events(start)
+        },
+    )
+    .await
+    .unwrap();
+    let mut finals = Vec::new();
+    collect(
+        &mut s,
+        &mut finals,
+        Duration::from_secs(30),
+        all_final(&jobs),
+    )
+    .await;
+    assert_eq!(finals.len(), jobs.len());
+    for (j, log) in events_per_job(&finals) {
+        assert_eq!(log, carried[&j], "job {j}");
+    }
+
+    // Without the flag, changes carry no events.
+    let mut s = watch(&mut a, from(start)).await.unwrap();
+    let mut plain = Vec::new();
+    collect(
+        &mut s,
+        &mut plain,
+        Duration::from_secs(30),
+        all_final(&jobs),
+    )
+    .await;
+    assert!(
+        plain
+            .iter()
+            .all(|c| c.events.is_empty() && c.events_after_seq == 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let session = a.create_session(&[]).await;
+    let job = a.submit(&session.session_id, "lines 2500").await.job_id;
+    let done = a.wait(&job).await;
+    assert!(done.last_seq > 2500, "{done:?}");
+    let mut s = watch(
+        &mut a,
+        pb::WatchJobsRequest {
+            after_cursor: Some(0),
+            include_events: true,
+            states: vec![pb::JobState::Succeeded as i32],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    collect(
+        &mut s,
+        &mut seen,
+        Duration::from_secs(30),
+        all_final(std::slice::from_ref(&job)),
+    )
+    .await;
+    assert_eq!(seen.len(), 1);
+    let change = &seen[0];
+    assert!(change.events_truncated, "2,500 lines are over the cap");
+    assert_eq!(change.events_after_seq, 0);
+    let seqs: Vec<u64> = change.events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=1000).collect::<Vec<_>>(),
+        "the first 1,000, in order"
+    );
+    // The rest, from the event log after the last one carried: together, the whole log.
+    let mut all = change.events.clone();
+    all.extend(a.events(&job, 1000).await);
+    assert_eq!(all, a.events(&job, 0).await);
+    assert_eq!(all.last().map(|e| e.seq), Some(done.last_seq));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn filters_select_sessions_labels_agents_and_states() {
     let server = TestServer::start_with(Options {
@@ -539,13 +690,18 @@ async fn two_postgres_replicas_share_one_sequence() {
             jobs.push(job.job_id);
         }
     }
-    // The watcher hops between replicas every few changes, resuming from its last cursor.
+    // The watcher hops between replicas every few changes, resuming from its last cursor, with
+    // each change's events (read through the Postgres change marks).
     let mut seen: Vec<pb::JobChange> = Vec::new();
     let mut hop = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !all_final(&jobs)(&seen) {
         let cursor = seen.last().map_or(0, |x| x.cursor);
-        let mut s = watch(&mut c[hop % 2], from(cursor)).await.unwrap();
+        let req = pb::WatchJobsRequest {
+            include_events: true,
+            ..from(cursor)
+        };
+        let mut s = watch(&mut c[hop % 2], req).await.unwrap();
         let want = seen.len() + 5;
         let done = |got: &[pb::JobChange]| got.len() >= want || all_final(&jobs)(got);
         while !done(&seen) {
@@ -564,6 +720,14 @@ async fn two_postgres_replicas_share_one_sequence() {
             w[1].cursor,
             w[0].cursor + 1,
             "no gap, no repeat across replicas"
+        );
+    }
+    let carried = events_per_job(&seen);
+    for j in &jobs {
+        assert_eq!(
+            carried[j],
+            c[0].events(j, 0).await,
+            "job {j}: its whole log, once"
         );
     }
 }
@@ -673,7 +837,7 @@ async fn a_watcher_hopping_across_three_replicas_sees_200_jobs_once() {
 async fn cli_wait_and_watch() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let (server, _a, slow) = slow_job("sleep 3").await;
+    let (server, mut a, slow) = slow_job("sleep 3").await;
     let cli = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_agentd"));
         c.args(args)
@@ -706,4 +870,37 @@ async fn cli_wait_and_watch() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(cursors, [1, 2, 3]);
+
+    // --events: the final change (the only one admitted) carries the job's whole log.
+    let log = a.events(&slow, 0).await;
+    let mut out = cli(&[
+        "jobs",
+        "watch",
+        "--after-cursor",
+        "0",
+        "--state",
+        "succeeded",
+        "--events",
+        "--json",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let line = BufReader::new(out.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("a change line")
+        .unwrap();
+    let _ = out.kill();
+    let _ = out.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["events_after_seq"], 0, "{v}");
+    assert_eq!(v["events_truncated"], false, "{v}");
+    let seqs: Vec<u64> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, log.iter().map(|e| e.seq).collect::<Vec<_>>(), "{v}");
 }

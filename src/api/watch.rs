@@ -2,10 +2,9 @@
 //! core's watch filter, the core's changes into `WatchJobsResponse`s.
 
 use super::convert;
-use crate::core::{JobView, WatchFilter, WatchItem};
+use crate::core::{JobView, WatchFilter, WatchItem, WatchedChange};
 use crate::error::{Error, Reason};
 use crate::pb;
-use crate::store::JobChange;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -44,10 +43,13 @@ pub(super) fn filter(r: &pb::WatchJobsRequest) -> Result<WatchFilter, Status> {
             .iter()
             .map(|s| convert::state_name(*s))
             .collect::<Result<_, _>>()?,
+        include_events: r.include_events,
     })
 }
 
-fn change(c: JobChange) -> pb::JobChange {
+fn change(w: WatchedChange) -> pb::JobChange {
+    let c = w.change;
+    let events = w.events.unwrap_or_default();
     pb::JobChange {
         cursor: c.seq,
         time: Some(convert::ts(c.time)),
@@ -56,6 +58,9 @@ fn change(c: JobChange) -> pb::JobChange {
             queue_position: None,
             rewound_past: false,
         })),
+        events: events.events.into_iter().map(convert::event).collect(),
+        events_after_seq: events.after_seq,
+        events_truncated: events.truncated,
     }
 }
 
@@ -65,7 +70,7 @@ pub(super) fn responses(
 ) -> impl Stream<Item = Result<pb::WatchJobsResponse, Status>> {
     ReceiverStream::new(rx).map(|item| match item {
         Ok(WatchItem::Changes(cs)) => Ok(pb::WatchJobsResponse {
-            cursor: cs.last().map_or(0, |c| c.seq),
+            cursor: cs.last().map_or(0, |c| c.change.seq),
             changes: cs.into_iter().map(change).collect(),
             keepalive: false,
         }),

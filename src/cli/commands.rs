@@ -719,6 +719,7 @@ async fn jobs(conn: &Conn, json: bool, cmd: JobsCommand, p: &mut Printer) -> Res
             agents,
             states,
             after_cursor,
+            events,
         } => {
             let args = super::watch::WatchArgs {
                 session,
@@ -726,6 +727,7 @@ async fn jobs(conn: &Conn, json: bool, cmd: JobsCommand, p: &mut Printer) -> Res
                 agents,
                 states,
                 after_cursor,
+                events,
             };
             super::watch::watch(conn, json, args, p).await
         }

@@ -349,6 +349,9 @@ pub enum JobsCommand {
         /// Replay retained changes after this cursor first (0: all of them); without it, from now.
         #[arg(long, value_name = "CURSOR")]
         after_cursor: Option<u64>,
+        /// Show each job's events under its changes (each event once, with the change it led to).
+        #[arg(long)]
+        events: bool,
     },
     /// Wait until a job is final and show it; the exit code tells how it ended (5 when the wait
     /// timed out first).

@@ -18,11 +18,49 @@ pub struct WatchArgs {
     pub agents: Vec<String>,
     pub states: Vec<i32>,
     pub after_cursor: Option<u64>,
+    /// Ask for each change's events (`include_events`) and show them.
+    pub events: bool,
 }
 
-fn change_json(c: &pb::JobChange) -> serde_json::Value {
+fn change_json(c: &pb::JobChange, events: bool) -> serde_json::Value {
     let job = c.job.as_ref().map(render::job_json);
-    json!({ "cursor": c.cursor, "time": render::fmt_time(c.time.as_ref()), "job": job })
+    let mut v =
+        json!({ "cursor": c.cursor, "time": render::fmt_time(c.time.as_ref()), "job": job });
+    if events {
+        let id = c.job.as_ref().map_or("", |j| j.job_id.as_str());
+        let evs: Vec<_> = c.events.iter().map(|e| render::event_json(id, e)).collect();
+        v["events"] = json!(evs);
+        v["events_after_seq"] = json!(c.events_after_seq);
+        v["events_truncated"] = json!(c.events_truncated);
+    }
+    v
+}
+
+/// A change's events under its row, one line each; a capped list says how to read the rest.
+fn event_rows(c: &pb::JobChange, st: render::Style) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .events
+        .iter()
+        .filter_map(|e| {
+            let text = match render::human_event(e, st)? {
+                render::Piece::Out(s) | render::Piece::Err(s) => s,
+            };
+            Some(format!(
+                "{:>14}  {}",
+                e.seq,
+                render::one_line(text.trim_end(), 100)
+            ))
+        })
+        .collect();
+    if c.events_truncated {
+        let after = c.events.last().map_or(c.events_after_seq, |e| e.seq);
+        let job = c.job.as_ref().map_or("", |j| j.job_id.as_str());
+        out.push(format!(
+            "{:>14}  … more: agentd jobs logs {job} --after-seq {after}",
+            ""
+        ));
+    }
+    out
 }
 
 fn change_row(c: &pb::JobChange) -> String {
@@ -67,6 +105,7 @@ pub async fn watch(
             agents: args.agents.clone(),
             states: args.states.clone(),
             after_cursor: cursor,
+            include_events: args.events,
         };
         let mut stream = match jobs.watch_jobs(req).await {
             Ok(s) => s.into_inner(),
@@ -88,9 +127,12 @@ pub async fn watch(
                     backoff = Duration::from_millis(200);
                     for c in &m.changes {
                         if json {
-                            p.json(&change_json(c)).await;
-                        } else {
-                            p.line(&change_row(c)).await;
+                            p.json(&change_json(c, args.events)).await;
+                            continue;
+                        }
+                        p.line(&change_row(c)).await;
+                        for row in event_rows(c, p.style()) {
+                            p.line(&row).await;
                         }
                     }
                     cursor = Some(m.cursor);

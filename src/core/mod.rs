@@ -37,7 +37,7 @@ pub use pieces::{Piece, PieceDone, PiecedUploads};
 pub use presets::PresetView;
 pub use rewind::{ForkSession, Rewound};
 pub use sessions::{CreateSession, SessionView};
-pub use tenant_watch::{WatchFilter, WatchItem};
+pub use tenant_watch::{ChangeEvents, WatchFilter, WatchItem, WatchedChange};
 
 use crate::config::Config;
 use crate::domain::{JobId, SessionId};

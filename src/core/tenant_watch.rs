@@ -3,10 +3,14 @@
 //! `wait_job` answers once one job is final. Both read the store only, and are woken by the event
 //! log's change notifications (this replica's commits, and other replicas' through store
 //! signals), with a periodic re-read in case a signal was lost.
+//!
+//! With `include_events` each change also carries the job's events since the job's previous
+//! change the watch admits: the change rows keep the job's last event seq of their moment, so a
+//! watcher resuming from its cursor gets every event of its jobs once, in order, with the changes.
 
 use super::Core;
 use super::jobs::JobView;
-use crate::domain::{SessionId, TenantId};
+use crate::domain::{JobEvent, JobState, SessionId, TenantId};
 use crate::error::{Error, Reason, Result};
 use crate::store::JobChange;
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +23,15 @@ const READ_BATCH: usize = 256;
 /// Messages buffered per watcher: a slow watcher reads the store further behind instead of
 /// holding memory.
 const WATCH_BUFFER: usize = 8;
+/// With `include_events`: most events one change carries, and about how many bytes of events
+/// one message carries (one change alone may pass it by its last event). With the messages
+/// buffered, these bound a watcher's memory.
+const EVENTS_PER_CHANGE: usize = 1000;
+const EVENT_BYTES_PER_MESSAGE: usize = 1 << 20;
+const WATCH_BUFFER_WITH_EVENTS: usize = 2;
+/// Events read from the store at a time while filling one change: small, so the byte cap stops
+/// the reading before much is held.
+const EVENTS_READ: usize = 100;
 /// Sessions whose label match a watcher remembers before it forgets them all.
 const SESSION_CACHE: usize = 4096;
 /// Changes deleted per prune call.
@@ -35,15 +48,42 @@ pub struct WatchFilter {
     pub agents: Vec<String>,
     /// State names as in [`crate::domain::JobState::name`].
     pub states: Vec<&'static str>,
+    /// Not a filter: each change also carries the job's events since its previous admitted one.
+    pub include_events: bool,
+}
+
+impl WatchFilter {
+    fn admits_state(&self, state: &str) -> bool {
+        self.states.is_empty() || self.states.contains(&state)
+    }
 }
 
 /// What a watcher receives.
 #[derive(Debug)]
 pub enum WatchItem {
     /// Matching changes, in cursor order.
-    Changes(Vec<JobChange>),
+    Changes(Vec<WatchedChange>),
     /// Nothing matching for a while (or the stream's start): the position read up to.
     Keepalive { cursor: u64 },
+}
+
+/// A change as a watcher receives it.
+#[derive(Debug)]
+pub struct WatchedChange {
+    pub change: JobChange,
+    /// Set with `include_events`.
+    pub events: Option<ChangeEvents>,
+}
+
+/// The job's events a change carries (`include_events`).
+#[derive(Debug, Default)]
+pub struct ChangeEvents {
+    /// The job's last event seq at its previous change the watch admits (0: none); the events
+    /// are those after it up to the change's `job.last_seq`, fewer where retention pruned some.
+    pub after_seq: u64,
+    pub events: Vec<JobEvent>,
+    /// The cap cut `events` short: the rest are to be read from the event log.
+    pub truncated: bool,
 }
 
 /// A filter bound to one tenant, with the label verdicts of the sessions it has seen.
@@ -116,7 +156,12 @@ impl Core {
             session,
             sessions: HashMap::new(),
         };
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let buffer = if matcher.filter.include_events {
+            WATCH_BUFFER_WITH_EVENTS
+        } else {
+            WATCH_BUFFER
+        };
+        let (tx, rx) = mpsc::channel(buffer);
         if after.is_none() {
             let _ = tx.try_send(Ok(WatchItem::Keepalive { cursor: start }));
         }
@@ -149,12 +194,27 @@ impl Core {
             changes.borrow_and_update();
             let batch = self.store.read_changes(tenant, cursor, READ_BATCH).await?;
             let full = batch.len() >= READ_BATCH;
-            let mut out = Vec::new();
+            let (mut out, mut bytes) = (Vec::new(), 0);
             for c in batch {
                 cursor = c.seq;
-                if matcher.matches(self, tenant, &c).await {
-                    out.push(c);
+                if !matcher.matches(self, tenant, &c).await {
+                    continue;
                 }
+                let (events, size) = if matcher.filter.include_events {
+                    let (e, size) = self.change_events(tenant, &matcher.filter, &c).await?;
+                    (Some(e), size)
+                } else {
+                    (None, 0)
+                };
+                // A change whose events would make the message too big starts the next one.
+                if !out.is_empty() && bytes + size > EVENT_BYTES_PER_MESSAGE {
+                    if tx.send(Ok(WatchItem::Changes(out))).await.is_err() {
+                        return Ok(());
+                    }
+                    (out, bytes) = (Vec::new(), 0);
+                }
+                out.push(WatchedChange { change: c, events });
+                bytes += size;
             }
             if !out.is_empty() {
                 if tx.send(Ok(WatchItem::Changes(out))).await.is_err() {
@@ -190,6 +250,75 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The events change `c` carries, with about how many bytes they take: the job's events
+    /// after [`Core::events_start`] up to its last seq at the change, capped.
+    async fn change_events(
+        &self,
+        tenant: &TenantId,
+        filter: &WatchFilter,
+        c: &JobChange,
+    ) -> Result<(ChangeEvents, usize)> {
+        let after_seq = self.events_start(tenant, filter, c).await?;
+        let until = c.job.last_seq;
+        let mut out = ChangeEvents {
+            after_seq,
+            ..ChangeEvents::default()
+        };
+        let (mut next, mut bytes) = (after_seq, 0);
+        'read: while next < until {
+            let want = (EVENTS_PER_CHANGE - out.events.len()).clamp(1, EVENTS_READ);
+            let read = self.store.read_events(&c.job.id, next, want).await?;
+            if read.is_empty() {
+                break; // pruned (or deleted) since the change was read
+            }
+            for e in read {
+                if e.seq > until {
+                    break 'read;
+                }
+                let size = approx_size(&e);
+                let full =
+                    out.events.len() >= EVENTS_PER_CHANGE || bytes + size > EVENT_BYTES_PER_MESSAGE;
+                if full && !out.events.is_empty() {
+                    out.truncated = true;
+                    break 'read;
+                }
+                next = e.seq;
+                bytes += size;
+                out.events.push(e);
+            }
+        }
+        Ok((out, bytes))
+    }
+
+    /// The job's last event seq at its latest change before `c` that the watch's state filter
+    /// admits (0 when there is none), so that each event goes with exactly one change the
+    /// watcher receives. A job's states only move forward (QUEUED, RUNNING, final), so a change
+    /// whose earlier states the filter all skips needs no look-up.
+    async fn events_start(
+        &self,
+        tenant: &TenantId,
+        filter: &WatchFilter,
+        c: &JobChange,
+    ) -> Result<u64> {
+        let earlier: &[&str] = match c.job.state {
+            JobState::Queued => &[],
+            JobState::Running { .. } => &["QUEUED"],
+            JobState::Finished(_) => &["QUEUED", "RUNNING"],
+        };
+        if !earlier.iter().any(|s| filter.admits_state(s)) {
+            return Ok(0);
+        }
+        let marks = self
+            .store
+            .job_change_marks(tenant, &c.job.id, c.seq)
+            .await?;
+        Ok(marks
+            .iter()
+            .rev()
+            .find(|m| filter.admits_state(m.state))
+            .map_or(0, |m| m.last_seq))
     }
 
     /// Deletes job changes older than the event retention (watch cursors from before then
@@ -261,4 +390,23 @@ impl Core {
             }
         }
     }
+}
+
+/// About how many bytes an event takes on the wire: its JSON form, which is no smaller than its
+/// protobuf one for the text that dominates events. Counted without building the JSON.
+fn approx_size(e: &JobEvent) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Serializing plain data into a counter cannot fail; were it to, the raw line still counts.
+    let _ = serde_json::to_writer(&mut n, &e.kind);
+    n.0 + e.raw.as_ref().map_or(0, String::len) + 16
 }

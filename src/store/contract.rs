@@ -10,8 +10,8 @@ use crate::domain::{
 };
 use crate::error::{Error, Reason};
 use crate::store::{
-    AdmitLimits, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, LedgerRow, Orphan, Store,
-    UsageFilter, UsageGroup,
+    AdmitLimits, ChangeMark, Claimed, DynStore, JobFilter, JobUpdate, JobWrite, LedgerRow, Orphan,
+    Store, UsageFilter, UsageGroup,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,6 +80,7 @@ macro_rules! store_contract_tests {
             change_sequence_per_tenant,
             change_sequence_under_concurrent_writers,
             pruned_changes_expire_cursors,
+            change_marks_of_one_job,
             a_failed_final_append_holds_back_its_webhook_until_retried,
             webhook_endpoints_are_tenant_scoped,
             webhook_cursor_moves_once,
@@ -2678,6 +2679,69 @@ pub async fn change_sequence_under_concurrent_writers(h: &dyn Harness) {
         let states: Vec<&str> = got.iter().filter(|c| c.1 == id).map(|c| c.2).collect();
         assert_eq!(states, ["QUEUED", "RUNNING", "SUCCEEDED"]);
     }
+}
+
+/// A job's marks say from which event seq each of its changes' events start (WatchJobs'
+/// `include_events`): its own changes only, before the bound, each with the job's last seq then.
+pub async fn change_marks_of_one_job(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    let other = new_job(&*store, &s, ts(1)).await;
+    store
+        .append(vec![write(&j, texts(1, 3), Some(running(ts(3))))])
+        .await
+        .unwrap();
+    store
+        .append(vec![write(&other, texts(1, 2), None)])
+        .await
+        .unwrap();
+    store
+        .append(vec![write(
+            &j,
+            texts(4, 6),
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    let mark = |seq, state, last_seq| ChangeMark {
+        seq,
+        state,
+        last_seq,
+    };
+    let all = vec![
+        mark(1, "QUEUED", 0),
+        mark(3, "RUNNING", 3),
+        mark(4, "SUCCEEDED", 6),
+    ];
+    let acme = tenant("acme");
+    assert_eq!(
+        store
+            .job_change_marks(&acme, &j.id, u64::MAX)
+            .await
+            .unwrap(),
+        all
+    );
+    assert_eq!(
+        store.job_change_marks(&acme, &j.id, 4).await.unwrap(),
+        all[..2].to_vec(),
+        "only changes before the bound"
+    );
+    assert!(
+        store
+            .job_change_marks(&acme, &j.id, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .job_change_marks(&tenant("other"), &j.id, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another tenant learns nothing of the job"
+    );
 }
 
 pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {

@@ -157,6 +157,16 @@ pub struct JobChange {
     pub job: Job,
 }
 
+/// One retained change of a job as WatchJobs' `include_events` needs it: the state the job
+/// changed into and the job's last event seq at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeMark {
+    pub seq: u64,
+    /// As [`crate::domain::JobState::name`].
+    pub state: &'static str,
+    pub last_seq: u64,
+}
+
 /// Which side of a job a snapshot was taken on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SnapPoint {
@@ -462,6 +472,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The seq of the tenant's latest change (0 if none).
     async fn last_change(&self, tenant: &TenantId) -> Result<u64>;
+
+    /// The retained changes of one of the tenant's jobs with seq < `before`, oldest first (none
+    /// for a job of another tenant).
+    async fn job_change_marks(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        before: u64,
+    ) -> Result<Vec<ChangeMark>>;
 
     /// Deletes changes older than `before`, at most `limit`, remembering per tenant up to where,
     /// so that older cursors answer `CursorExpired`. Returns how many were deleted.

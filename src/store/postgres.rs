@@ -560,6 +560,15 @@ impl Store for PgStore {
         self.last_change_of(tenant).await
     }
 
+    async fn job_change_marks(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        before: u64,
+    ) -> Result<Vec<crate::store::ChangeMark>> {
+        self.change_marks_of(tenant, job, before).await
+    }
+
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.prune_changes_before(before, limit).await
     }

@@ -423,6 +423,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn job_change_marks(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        before: u64,
+    ) -> Result<Vec<crate::store::ChangeMark>> {
+        let (tenant, job) = (tenant.clone(), job.clone());
+        self.readers
+            .read(move |c| changes::job_change_marks(c, &tenant, &job, before))
+            .await
+    }
+
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64> {
         self.writer
             .write(move |c| changes::prune_changes(c, before, limit))

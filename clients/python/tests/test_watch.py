@@ -76,3 +76,48 @@ def test_watch_jobs_resumes_after_a_dropped_connection_and_wait_returns_final(
             assert len(states) == 3 and states[2] in FINAL
         slow = c.submit(session.session_id, "sleep 1").job_id
         assert c.wait(slow).state == job_pb2.JOB_STATE_SUCCEEDED
+
+
+def _events_by_job(changes: list[job_pb2.JobChange]) -> dict[str, list[job_pb2.JobEvent]]:
+    out: dict[str, list[job_pb2.JobEvent]] = {}
+    for change in changes:
+        assert not change.events_truncated
+        out.setdefault(change.job.job_id, []).extend(change.events)
+    return out
+
+
+def test_watch_jobs_include_events_gives_each_event_once_even_past_the_cap(server: Server) -> None:
+    with agentd.Client(server.address, api_key=KEY_A) as c:
+        session = c.create_session({})
+        # 1,500 lines: over the server's 1,000-event cap, so the helper completes that change.
+        prompts = ["lines 1500", "lines 4 ; sleep 0.2 ; lines 2"]
+        jobs = [c.submit(session.session_id, p).job_id for p in prompts]
+        seen: list[job_pb2.JobChange] = []
+        for change in c.watch_jobs(after_cursor=0, session_id=session.session_id, include_events=True):
+            seen.append(change)
+            if sum(ch.job.state in FINAL for ch in seen) == len(jobs):
+                break
+        carried = _events_by_job(seen)
+        for j in jobs:
+            log = list(c.stream(j))
+            assert [e.seq for e in carried[j]] == list(range(1, log[-1].seq + 1))
+            assert carried[j] == log
+        assert len(carried[jobs[0]]) > 1500
+
+    async def main() -> None:
+        async with agentd.AsyncClient(server.address, api_key=KEY_A) as c:
+            finals = []
+            async for change in c.watch_jobs(
+                after_cursor=0,
+                session_id=session.session_id,
+                states=[job_pb2.JOB_STATE_SUCCEEDED],
+                include_events=True,
+            ):
+                finals.append(change)
+                if len(finals) == len(jobs):
+                    break
+            by_job = _events_by_job(finals)
+            for j in jobs:
+                assert by_job[j] == carried[j], "the final change alone carries the whole log"
+
+    asyncio.run(main())

@@ -344,6 +344,21 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
     }
   }
 
+  // The events a capped change left out run from the last one carried up to the change's own
+  // last seq; the stream may go further (a running job), so it stops there.
+  async function completeEvents(change: JobChange): Promise<void> {
+    const until = change.job?.lastSeq ?? 0n;
+    const after = change.events.at(-1)?.seq ?? change.eventsAfterSeq;
+    if (after < until) {
+      for await (const ev of client.stream(change.job!.jobId, { afterSeq: after })) {
+        if (ev.seq > until) break;
+        change.events.push(ev);
+        if (ev.seq === until) break;
+      }
+    }
+    change.eventsTruncated = false;
+  }
+
   const client = {
     /** The generated Connect clients, authenticated, errors mapped to AgentdError. */
     sessions,
@@ -763,6 +778,10 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
      * Every change of the caller's jobs (creation, start, finish) matching the filter, each once
      * and in order, forever. `afterCursor` replays retained changes after it (0n: all); absent
      * starts now. Resumes from the last position read when the connection drops.
+     *
+     * With `includeEvents` each change also carries the job's events since its previous change
+     * this watch admits (`change.events`), so every event of the followed jobs arrives once, in
+     * order; a change the server capped is completed from the job's event stream first.
      */
     async *watchJobs(
       opts: {
@@ -771,6 +790,7 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
         agents?: string[];
         states?: JobState[];
         afterCursor?: bigint;
+        includeEvents?: boolean;
       } = {},
     ): AsyncGenerator<JobChange> {
       const policy = new Reconnect(reconnectTimeoutMs);
@@ -784,10 +804,14 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
             agents: opts.agents ?? [],
             states: opts.states ?? [],
             afterCursor: cursor,
+            includeEvents: opts.includeEvents ?? false,
           };
           for await (const res of jobs.watchJobs(req, { signal: ac.signal })) {
             policy.progressed();
-            yield* res.changes;
+            for (const change of res.changes) {
+              if (change.eventsTruncated) await completeEvents(change);
+              yield change;
+            }
             cursor = res.cursor;
           }
           await sleep(policy.nextDelay(new AgentdError("watch stream ended", Code.Unavailable, { reason: "", domain: "", metadata: {} })));

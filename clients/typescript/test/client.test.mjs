@@ -443,6 +443,27 @@ describe("watch and wait (issue #19)", () => {
     await rejectsWith(c.waitJob("job_nope", { timeoutSeconds: 1 }), Code.NotFound, "JOB_NOT_FOUND");
   });
 
+  test("watchJobs with includeEvents: each job's events once, a capped change completed", async () => {
+    const c = createAgentdClient({ baseUrl: server.url, apiKey: KEY_A });
+    const session = await c.createSession({});
+    // 1,500 lines: over the server's 1,000-event cap, so the helper completes that change.
+    const jobs = [];
+    for (const p of ["lines 1500", "lines 4 ; sleep 0.2 ; lines 2"]) jobs.push((await c.submit(session.sessionId, p)).jobId);
+    const carried = new Map(jobs.map((j) => [j, []]));
+    let finals = 0;
+    for await (const ch of c.watchJobs({ sessionId: session.sessionId, afterCursor: 0n, includeEvents: true })) {
+      assert.equal(ch.eventsTruncated, false);
+      carried.get(ch.job.jobId).push(...ch.events);
+      if (ch.job.state >= JobState.SUCCEEDED && ++finals === jobs.length) break;
+    }
+    for (const j of jobs) {
+      const log = await collect(c.stream(j));
+      assert.deepEqual(seqs(carried.get(j)), range(1, log.length));
+      assert.deepEqual(carried.get(j), log);
+    }
+    assert.ok(carried.get(jobs[0]).length > 1500);
+  });
+
   test("watchJobs resumes after dropped connections, each change once; wait() returns the final job", async () => {
     const proxy = await startProxy(server.address);
     const c = createAgentdClient({ baseUrl: proxy.url, apiKey: KEY_A });

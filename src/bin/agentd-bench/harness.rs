@@ -90,6 +90,9 @@ impl Drop for TempDir {
 pub struct Proc {
     child: Child,
     pub addr: String,
+    /// Where agentd's model gateway listens, when it announced one (`--gateway-listen`, port 0
+    /// included) before its gRPC address.
+    pub gateway_addr: Option<String>,
 }
 
 impl Proc {
@@ -103,9 +106,14 @@ impl Proc {
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let want = format!("{prefix} listening on ");
+        let gateway = format!("{prefix} gateway listening on ");
+        let mut gateway_addr = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix(&gateway) {
+                        gateway_addr = Some(a.trim().to_owned());
+                    }
                     if let Some(a) = l.strip_prefix(&want) {
                         break a.trim().to_owned();
                     }
@@ -124,7 +132,11 @@ impl Proc {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Proc { child, addr })
+        Ok(Proc {
+            child,
+            addr,
+            gateway_addr,
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -5,9 +5,9 @@
 
 use super::rows::{self, JOB_COLS, int, job_cols_j, to_json};
 use super::{PgStore, db};
-use crate::domain::{JobId, TenantId, Timestamp};
+use crate::domain::{JobId, JobState, TenantId, Timestamp};
 use crate::error::Result;
-use crate::store::{JobChange, JobUpdate};
+use crate::store::{ChangeMark, JobChange, JobUpdate};
 
 /// A change to record: the job's state right after it.
 pub(super) struct Change {
@@ -131,6 +131,30 @@ impl PgStore {
             .await
             .map_err(db)?;
         row.map_or(Ok(0), |r| rows::uint(&r, 0, "change_seqs.last_seq"))
+    }
+
+    pub(super) async fn change_marks_of(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        before: u64,
+    ) -> Result<Vec<ChangeMark>> {
+        let c = self.client().await?;
+        let found = c
+            .query(
+                "SELECT seq, state, last_seq FROM job_changes \
+                 WHERE job_id = $1 AND tenant = $2 AND seq < $3 ORDER BY seq",
+                &[&job.as_str(), &tenant.as_str(), &int(before)],
+            )
+            .await
+            .map_err(db)?;
+        rows::all(&found, |r| {
+            Ok(ChangeMark {
+                seq: rows::uint(r, 0, "job_changes.seq")?,
+                state: rows::json::<JobState>(r, 1, "job_changes.state")?.name(),
+                last_seq: rows::uint(r, 2, "job_changes.last_seq")?,
+            })
+        })
     }
 
     pub(super) async fn prune_changes_before(

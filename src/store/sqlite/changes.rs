@@ -3,10 +3,10 @@
 //! change keeps a tenant's seqs gapless and visible in order.
 
 use super::db;
-use super::ops::{job_row_at, sql_int, to_json, uint};
+use super::ops::{job_row_at, json_col, sql_int, to_json, uint};
 use crate::domain::{JobId, JobState, TenantId, Timestamp, Usage};
 use crate::error::{Error, Result};
-use crate::store::JobChange;
+use crate::store::{ChangeMark, JobChange};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// A job's state right after a change, as the change row keeps it.
@@ -107,6 +107,32 @@ fn read_in_snapshot(
                     job: job_row_at(r, 0)?,
                     seq: uint(r, 11)?,
                     time: Timestamp(r.get(12)?),
+                })
+            },
+        )?
+        .collect()
+    })
+    .map_err(db)
+}
+
+pub(super) fn job_change_marks(
+    conn: &Connection,
+    tenant: &TenantId,
+    job: &JobId,
+    before: u64,
+) -> Result<Vec<ChangeMark>> {
+    conn.prepare_cached(
+        "SELECT seq, state, last_seq FROM job_changes \
+         WHERE job_id = ?1 AND tenant = ?2 AND seq < ?3 ORDER BY seq",
+    )
+    .and_then(|mut st| {
+        st.query_map(
+            params![job.as_str(), tenant.as_str(), sql_int(before)],
+            |r| {
+                Ok(ChangeMark {
+                    seq: uint(r, 0)?,
+                    state: json_col::<JobState>(r, 1, "job_changes.state")?.name(),
+                    last_seq: uint(r, 2)?,
                 })
             },
         )?

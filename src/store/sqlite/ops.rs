@@ -41,7 +41,7 @@ impl std::fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
-fn json_col<T: DeserializeOwned>(
+pub(super) fn json_col<T: DeserializeOwned>(
     row: &Row<'_>,
     idx: usize,
     name: &'static str,

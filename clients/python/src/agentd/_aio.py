@@ -9,7 +9,8 @@ import inspect
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -665,9 +666,11 @@ class AsyncClient:
         agents: Sequence[str] = (),
         states: Iterable[job_pb2.JobState.ValueType] = (),
         after_cursor: int | None = None,
+        include_events: bool = False,
     ) -> AsyncIterator[job_pb2.JobChange]:
         """As :meth:`agentd.Client.watch_jobs`: every matching change once, in order, resuming
-        from the last position read when the connection drops."""
+        from the last position read when the connection drops; with ``include_events`` each
+        carries the job's events since its previous admitted change, completed when capped."""
         policy = Reconnect(self.reconnect_timeout)
         cursor = after_cursor
         while True:
@@ -676,6 +679,7 @@ class AsyncClient:
                 labels=dict(labels or {}),
                 agents=list(agents),
                 states=list(states),
+                include_events=include_events,
             )
             if cursor is not None:
                 req.after_cursor = cursor
@@ -684,6 +688,8 @@ class AsyncClient:
                 async for resp in call:
                     policy.progressed()
                     for change in resp.changes:
+                        if change.events_truncated:
+                            await self._complete_events(change)
                         yield change
                     cursor = resp.cursor
                 delay = policy.next_delay(
@@ -702,9 +708,25 @@ class AsyncClient:
         resp = await _call(self.jobs.WaitJob(req))
         return resp.job, resp.timed_out
 
+    async def _complete_events(self, change: job_pb2.JobChange) -> None:
+        # As the sync client's: from the last event carried up to the change's own last seq.
+        after = change.events[-1].seq if change.events else change.events_after_seq
+        until = change.job.last_seq
+        if after < until:
+            policy = Reconnect(self.reconnect_timeout)
+            rest_of = self._follow(change.job.job_id, EventCursor(after), policy)
+            async with aclosing(rest_of) as rest:
+                async for ev in rest:
+                    if ev.seq > until:
+                        break
+                    change.events.append(ev)
+                    if ev.seq == until:
+                        break
+        change.events_truncated = False
+
     async def _follow(
         self, job_id: str, cursor: EventCursor, policy: Reconnect
-    ) -> AsyncIterator[job_pb2.JobEvent]:
+    ) -> AsyncGenerator[job_pb2.JobEvent, None]:
         while not cursor.finished:
             req = job_pb2.StreamJobEventsRequest(job_id=job_id, after_seq=cursor.last_seq)
             call = self.jobs.StreamJobEvents(req)

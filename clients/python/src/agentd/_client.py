@@ -8,7 +8,8 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -640,10 +641,16 @@ class Client:
         agents: Sequence[str] = (),
         states: Iterable[job_pb2.JobState.ValueType] = (),
         after_cursor: int | None = None,
+        include_events: bool = False,
     ) -> Iterator[job_pb2.JobChange]:
         """Every change of the caller's jobs (creation, start, finish) matching the filter, each
         once and in order, forever. ``after_cursor`` replays retained changes after it (0: all);
-        ``None`` starts now. When the connection drops it resumes from the last position read."""
+        ``None`` starts now. When the connection drops it resumes from the last position read.
+
+        With ``include_events`` each change also carries the job's events since its previous
+        change this watch admits (``change.events``), so every event of the followed jobs
+        arrives once, in order; a change the server capped is completed from the job's event
+        stream before it is yielded."""
         policy = Reconnect(self.reconnect_timeout)
         cursor = after_cursor
         while True:
@@ -652,6 +659,7 @@ class Client:
                 labels=dict(labels or {}),
                 agents=list(agents),
                 states=list(states),
+                include_events=include_events,
             )
             if cursor is not None:
                 req.after_cursor = cursor
@@ -659,7 +667,10 @@ class Client:
             try:
                 for resp in call:
                     policy.progressed()
-                    yield from resp.changes
+                    for change in resp.changes:
+                        if change.events_truncated:
+                            self._complete_events(change)
+                        yield change
                     cursor = resp.cursor
                 delay = policy.next_delay(
                     AgentdError(grpc.StatusCode.UNAVAILABLE, "watch stream ended")
@@ -677,9 +688,26 @@ class Client:
         resp = _call(lambda: self.jobs.WaitJob(req))
         return resp.job, resp.timed_out
 
+    def _complete_events(self, change: job_pb2.JobChange) -> None:
+        # The events the server left out run from the last one carried up to the change's own
+        # last seq; the stream may go further (a running job), so it stops there.
+        after = change.events[-1].seq if change.events else change.events_after_seq
+        until = change.job.last_seq
+        if after < until:
+            policy = Reconnect(self.reconnect_timeout)
+            rest_of = self._follow(change.job.job_id, EventCursor(after), policy)
+            with closing(rest_of) as rest:
+                for ev in rest:
+                    if ev.seq > until:
+                        break
+                    change.events.append(ev)
+                    if ev.seq == until:
+                        break
+        change.events_truncated = False
+
     def _follow(
         self, job_id: str, cursor: EventCursor, policy: Reconnect
-    ) -> Iterator[job_pb2.JobEvent]:
+    ) -> Generator[job_pb2.JobEvent, None, None]:
         while not cursor.finished:
             req = job_pb2.StreamJobEventsRequest(job_id=job_id, after_seq=cursor.last_seq)
             call = self.jobs.StreamJobEvents(req)

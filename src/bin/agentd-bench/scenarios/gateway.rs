@@ -88,17 +88,20 @@ async fn call(addr: &str, path: &str, key: &str) -> Result<(u64, u64)> {
 
 pub async fn gateway(env: &Env) -> Result<Vec<Metric>> {
     let upstream = mock().await?;
-    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let gw = format!("127.0.0.1:{gw_port}");
     let config = format!(
         "[agents.gw]\nkind = \"command\"\ncommand = \"/bin/sh\"\n\
          args = [\"-c\", \"echo $AGENTD_GATEWAY_TOKEN; exec sleep 600\"]\n\
          [agents.gw.gateway]\nupstream_url = \"http://{upstream}\"\napi_key = \"{KEY}\"\n\
          api = \"anthropic\"\n"
     );
-    let a = Agentd::start_with(env, &config, &["--gateway-listen", &gw])?;
+    // Port 0: the kernel picks a free port and agentd announces it (a fixed or probed port could
+    // be taken by another process between the probe and agentd's bind).
+    let a = Agentd::start_with(env, &config, &["--gateway-listen", "127.0.0.1:0"])?;
+    let gw = a
+        .proc
+        .gateway_addr
+        .clone()
+        .context("agentd announced no gateway address")?;
     // A job of the gateway profile prints its token and waits: the token is valid meanwhile.
     let mut c = a.clients().await?;
     let session = c.session().await?;

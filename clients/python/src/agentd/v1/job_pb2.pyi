@@ -1785,12 +1785,20 @@ class WatchJobsRequest(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    INCLUDE_EVENTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Only jobs of this session; empty means every session of the caller."""
     after_cursor: _builtins.int
     """Resume after this cursor (the `cursor` of the last change or keepalive received); 0 replays
     every retained change. Unset starts at the present: the first message is a keepalive carrying
     the current cursor.
+    """
+    include_events: _builtins.bool
+    """Each change also carries the job's events stored since the job's previous change that this
+    filter admits (every event of the job from its start when `states` skips the earlier ones),
+    so a watcher that resumes from its cursor receives every event of the jobs it follows once,
+    in order, along with the changes. A change's events are capped (1,000 events or about 1 MiB);
+    `events_truncated` then says to fetch the rest with StreamJobEvents.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -1812,10 +1820,11 @@ class WatchJobsRequest(_message.Message):
         agents: _abc.Iterable[_builtins.str] | None = ...,
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         after_cursor: _builtins.int | None = ...,
+        include_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor", "agents", b"agents", "labels", b"labels", "session_id", b"session_id", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor", "agents", b"agents", "include_events", b"include_events", "labels", b"labels", "session_id", b"session_id", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_cursor: _TypeAlias = _typing.Literal["after_cursor"]  # noqa: Y015
     _WhichOneofArgType__after_cursor: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor"]  # noqa: Y015
@@ -1832,8 +1841,20 @@ class JobChange(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    EVENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Position in the caller's change sequence; resume after it with `after_cursor`."""
+    events_after_seq: _builtins.int
+    """With `include_events`: the job's last event seq at its previous change this watch admits (0
+    when there is none); the events carried start after it.
+    """
+    events_truncated: _builtins.bool
+    """With `include_events`: true when the cap cut `events` short. The rest are the job's events
+    after the last one carried (or after `events_after_seq` when none is) up to `job.last_seq`:
+    read them with StreamJobEvents from that seq.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change was stored."""
@@ -1844,16 +1865,25 @@ class JobChange(_message.Message):
         change after submission (prompt, agent, ...) are as submitted. `queue_position` is not set.
         """
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
+        """With `include_events`: the job's events with seq in (`events_after_seq`, `job.last_seq`], in
+        seq order (fewer when retention pruned some, or when `events_truncated`).
+        """
+
     def __init__(
         self,
         *,
         cursor: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         job: Global___Job | None = ...,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
+        events_after_seq: _builtins.int = ...,
+        events_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "job", b"job", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "events_after_seq", b"events_after_seq", "events_truncated", b"events_truncated", "job", b"job", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
