@@ -53,6 +53,11 @@ struct State {
     notes: u32,
     held: u32,
     interrupt_pending: bool,
+    /// Caller prompts sent and not answered yet.
+    in_flight: u32,
+    /// Caller input held until the running turn ends: sent mid-turn, an agent such as OpenCode
+    /// folds it into that turn, and the two turns' texts run together.
+    held_input: std::collections::VecDeque<String>,
 }
 
 impl Acp {
@@ -83,6 +88,9 @@ impl Acp {
 impl State {
     fn prompt(&mut self, session: &str, prefix: &str, text: &str) -> String {
         self.next_id += 1;
+        if prefix == ID_PROMPT {
+            self.in_flight += 1;
+        }
         let params = json!({"sessionId": session, "prompt": [{"type": "text", "text": text}]});
         request(
             &format!("{prefix}{}", self.next_id),
@@ -118,11 +126,13 @@ impl State {
             let found = v.pointer("/result/sessionId").and_then(Value::as_str);
             let session = found.or(resumed)?.to_owned();
             self.session = Some(session.clone());
-            let waiting = std::mem::take(&mut self.waiting);
-            let mut out: String = waiting
-                .iter()
-                .map(|t| self.prompt(&session, ID_PROMPT, t))
-                .collect();
+            // One turn at a time: the first prompt now, what came after it once that turn ends.
+            let mut waiting = std::mem::take(&mut self.waiting).into_iter();
+            let mut out = waiting
+                .next()
+                .map(|t| self.prompt(&session, ID_PROMPT, &t))
+                .unwrap_or_default();
+            self.held_input.extend(waiting);
             if self.interrupt_pending {
                 out.push_str(&self.cancel());
             }
@@ -132,11 +142,12 @@ impl State {
             self.notes = self.notes.saturating_sub(1);
             if self.held > 0 {
                 self.held -= 1;
-                return Some(Signal::TurnEnded);
+                return Some(self.turn_ended());
             }
             return None;
         }
         if id.starts_with(ID_PROMPT) {
+            self.in_flight = self.in_flight.saturating_sub(1);
             // A denial's message is still to come: this turn ends with it.
             if let (Some(note), Some(session)) = (self.note.take(), self.session.clone()) {
                 self.notes += 1;
@@ -147,9 +158,19 @@ impl State {
                 self.held += 1;
                 return None;
             }
-            return Some(Signal::TurnEnded);
+            return Some(self.turn_ended());
         }
         None
+    }
+
+    /// A caller turn ended: the next held input, if any, starts its own turn now.
+    fn turn_ended(&mut self) -> Signal {
+        match (self.held_input.pop_front(), self.session.clone()) {
+            (Some(text), Some(session)) => {
+                Signal::TurnEndedThen(self.prompt(&session, ID_PROMPT, &text))
+            }
+            _ => Signal::TurnEnded,
+        }
     }
 
     fn asked(&mut self, id: &Value, method: &str, params: &Value) -> Signal {
@@ -298,6 +319,10 @@ impl Interactive for Acp {
     fn user_message(&self, text: &str) -> String {
         let mut state = self.state();
         match state.session.clone() {
+            Some(_) if state.in_flight > 0 || state.held > 0 || state.notes > 0 => {
+                state.held_input.push_back(text.to_owned());
+                String::new()
+            }
             Some(session) => state.prompt(&session, ID_PROMPT, text),
             None => {
                 state.waiting.push(text.to_owned());

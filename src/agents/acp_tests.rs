@@ -22,15 +22,20 @@ fn the_handshake_opens_or_loads_the_session_then_prompts() {
     assert_eq!(hello[1]["method"], "session/new");
     assert_eq!(hello[1]["params"]["cwd"], "/ws/s1");
     assert_eq!(p.user_message("more"), "");
+    // One turn at a time: the input waits for the first turn's end.
     let prompts = sent(p.observe(SESSION));
-    assert_eq!(prompts.len(), 2);
+    assert_eq!(prompts.len(), 1);
     assert_eq!(prompts[0]["method"], "session/prompt");
     assert_eq!(prompts[0]["params"]["sessionId"], "ses_1");
     assert_eq!(
         prompts[0]["params"]["prompt"][0]["text"],
         "write note.txt hi"
     );
-    assert_eq!(prompts[1]["params"]["prompt"][0]["text"], "more");
+    let first = r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn"}}"#;
+    let Some(Signal::TurnEndedThen(next)) = p.observe(first) else {
+        panic!("the held input was not sent at the turn's end");
+    };
+    assert_eq!(lines(&next)[0]["params"]["prompt"][0]["text"], "more");
 
     let p = acp(Some("ses_0"));
     let hello = lines(&p.prompt("recall"));
@@ -39,6 +44,32 @@ fn the_handshake_opens_or_loads_the_session_then_prompts() {
     // session/load answers null: the session is the one asked for.
     let prompts = sent(p.observe(r#"{"jsonrpc":"2.0","id":"agentd-session","result":null}"#));
     assert_eq!(prompts[0]["params"]["sessionId"], "ses_0");
+}
+
+#[test]
+fn input_sent_mid_turn_is_held_until_the_turn_ends() {
+    let p = acp(None);
+    p.prompt("delay 6 remember kiwi");
+    sent(p.observe(SESSION));
+    assert_eq!(
+        p.user_message("remember mango"),
+        "",
+        "not folded into the running turn"
+    );
+    let first = r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn"}}"#;
+    let Some(Signal::TurnEndedThen(next)) = p.observe(first) else {
+        panic!("the held input was not sent at the turn's end");
+    };
+    let next = lines(&next);
+    assert_eq!(next[0]["params"]["prompt"][0]["text"], "remember mango");
+    let id = next[0]["id"].as_str().unwrap().to_owned();
+    let done = format!(r#"{{"jsonrpc":"2.0","id":"{id}","result":{{"stopReason":"end_turn"}}}}"#);
+    assert_eq!(p.observe(&done), Some(Signal::TurnEnded));
+    // Between turns, input goes at once.
+    assert_eq!(
+        lines(&p.user_message("again"))[0]["params"]["prompt"][0]["text"],
+        "again"
+    );
 }
 
 #[test]

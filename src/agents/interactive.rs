@@ -30,6 +30,9 @@ pub enum Signal {
     TurnEnded,
     /// The protocol's own reply to the line (a handshake step, a refusal): written as it is.
     Send(String),
+    /// A turn ended and the caller's next message, held back until then, is written now (for an
+    /// agent that would fold a message sent mid-turn into the running turn).
+    TurnEndedThen(String),
 }
 
 /// An agent's interactive protocol over its stdin and stdout, one JSON object per line.

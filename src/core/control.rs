@@ -226,6 +226,15 @@ impl Controller {
                     self.pipe = None;
                 }
             }
+            Command::Agent(Signal::TurnEndedThen(next)) => {
+                // The held message's turn is still open, so the input stays open too.
+                self.open_turns = self.open_turns.saturating_sub(1);
+                if self.interrupted.load(Ordering::Acquire) {
+                    self.pipe = None;
+                } else {
+                    self.write(&next).await;
+                }
+            }
             Command::Respond {
                 request_id,
                 allow,
