@@ -67,7 +67,9 @@ def test_watch_jobs_resumes_after_a_dropped_connection_and_wait_returns_final(
                 proxy.drop_all()  # the iterator must resume from its last cursor
             if len(seen) == 3 * len(jobs):
                 break
-        assert proxy.connections >= 3
+        # At least one resume: the second drop may hit a connection whose changes all arrived
+        # already (the iterator then ends before it needs another).
+        assert proxy.connections >= 2
         cursors = [s[0] for s in seen]
         assert cursors == sorted(set(cursors)), "each change once, in order"
         for j in jobs:

@@ -477,7 +477,9 @@ describe("watch and wait (issue #19)", () => {
         if (seen.length === 2 || seen.length === 5) proxy.dropAll();
         if (seen.length === 3 * jobs.length) break;
       }
-      assert.ok(proxy.connections >= 3, `connections: ${proxy.connections}`);
+      // At least one resume: the second drop may hit a connection whose changes all arrived
+      // already (the iterator then ends before it needs another).
+      assert.ok(proxy.connections >= 2, `connections: ${proxy.connections}`);
       for (let i = 1; i < seen.length; i++) assert.ok(seen[i][0] > seen[i - 1][0], "each change once, in order");
       for (const j of jobs) {
         const states = seen.filter((s) => s[1] === j).map((s) => s[2]);
