@@ -139,6 +139,12 @@ pub struct ServeArgs {
     /// namespace set-up then cost the job nothing); 0 starts one per job instead.
     #[arg(long, env = "AGENTD_STANDBY_SUPERVISORS", default_value_t = 1)]
     pub standby_supervisors: usize,
+    /// How a job that runs unjailed is contained: `pid-namespace` (a PID namespace of its own,
+    /// or the subreaper where the kernel refuses one) or `subreaper` (only the subreaper, which
+    /// cannot reach a descendant that left the job's process group once the supervisor is
+    /// SIGKILLed; for testing that mode).
+    #[arg(long, env = "AGENTD_CONTAINMENT", value_enum, default_value_t)]
+    pub containment: crate::runner::Containment,
     /// Run every agent unjailed (see the README's threat model before you do): the explicit,
     /// logged opt-out from the sandbox for all profiles.
     #[arg(long, env = "AGENTD_NO_SANDBOX", value_parser = clap::builder::BoolishValueParser::new())]
@@ -454,6 +460,8 @@ pub struct Config {
     pub supervisor: PathBuf,
     /// Supervisors kept ready for the next jobs (`runner::Launcher`).
     pub standby_supervisors: usize,
+    /// How the supervisor contains an unjailed job.
+    pub containment: crate::runner::Containment,
     /// Each profile's jail.
     pub sandbox: SandboxConfig,
     /// Files a jail must hide even where a visible directory holds them (the config file).
@@ -882,6 +890,7 @@ impl Config {
             },
             supervisor,
             standby_supervisors: args.standby_supervisors,
+            containment: args.containment,
             sandbox,
             config_file: args.config.as_ref().and_then(|p| p.canonicalize().ok()),
             transport,
@@ -976,9 +985,10 @@ impl std::fmt::Display for Config {
         writeln!(f, "health_probe_failures = {}", self.health_probe_failures)?;
         writeln!(
             f,
-            "supervisor = {} ({} on standby)",
+            "supervisor = {} ({} on standby, {} containment)",
             self.supervisor.display(),
-            self.standby_supervisors
+            self.standby_supervisors,
+            self.containment
         )?;
         write!(
             f,
@@ -1021,9 +1031,16 @@ mod tests {
         // One standby by default, none on request; both shown in the effective configuration.
         let d = parse(&[]).expect("defaults");
         assert_eq!(d.standby_supervisors, 1);
-        assert!(format!("{d}").contains("(1 on standby)"), "{d}");
+        assert!(format!("{d}").contains("(1 on standby, "), "{d}");
         let none = parse(&["--standby-supervisors", "0"]).expect("valid");
         assert_eq!(none.standby_supervisors, 0);
+
+        // Containment: a PID namespace by default, the subreaper on request.
+        use crate::runner::Containment;
+        assert_eq!(d.containment, Containment::PidNamespace);
+        let sub = parse(&["--containment", "subreaper"]).expect("valid");
+        assert_eq!(sub.containment, Containment::Subreaper);
+        assert!(format!("{sub}").contains("subreaper containment"), "{sub}");
     }
 
     #[test]

@@ -29,12 +29,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // The supervisor entries run before any runtime or thread exists. The runner builds their
-    // argv from UTF-8 strings, so nothing is lost in the conversion.
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    // The supervisor entries run before any runtime or thread exists.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if let Some(code) = agentd::runner::supervise::dispatch(&args) {
         std::process::exit(code);
     }

@@ -440,7 +440,7 @@ async fn bad_job_requests_are_refused_precisely() {
     let err = c
         .jobs
         .submit_job(pb::SubmitJobRequest {
-            env: [("AGENTD_SUPERVISE_NO_NS".to_string(), "1".to_string())].into(),
+            env: [("AGENTD_CONTAINMENT".to_string(), "1".to_string())].into(),
             ..base.clone()
         })
         .await
@@ -457,7 +457,7 @@ async fn bad_job_requests_are_refused_precisely() {
     assert!(
         violations
             .iter()
-            .any(|v| v.field.contains("AGENTD_SUPERVISE_NO_NS")),
+            .any(|v| v.field.contains("AGENTD_CONTAINMENT")),
         "{violations:?}"
     );
     let listed = c

@@ -4,8 +4,10 @@
 //! is the supervisor, `sh` the agent.
 
 use agentd::domain::ExitStatus;
-use agentd::runner::supervise::{NO_NS_ENV, STDIN_FILE_ENV};
-use agentd::runner::{Launcher, Output, Process, ProcessSpec, RunControl, Stdin};
+use agentd::runner::supervise::STDIN_FILE_ENV;
+use agentd::runner::{
+    Containment, Launcher, Output, Process, ProcessSpec, RunControl, Stdin, Supervisor,
+};
 use sha2::Digest;
 use std::path::Path;
 use std::time::Duration;
@@ -14,15 +16,25 @@ use tokio_util::sync::CancellationToken;
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_agentd");
 
+/// The agentd binary as supervisor, in the subreaper fallback when `fallback` is set.
+fn supervisor(fallback: bool) -> Supervisor {
+    let mut supervisor = Supervisor::new(SUPERVISOR);
+    if fallback {
+        supervisor.containment = Containment::Subreaper;
+    }
+    supervisor
+}
+
+/// Spawns `spec` under a supervisor of its own in the PID-namespace containment.
+fn spawn(spec: ProcessSpec) -> Process {
+    Process::spawn(&supervisor(false), spec).expect("spawn")
+}
+
 /// `sh` printing the sha256 and size of what it reads on stdin, then whether the supervisor's
 /// variable leaked into its environment.
-fn digest_spec(stdin: Stdin, fallback: bool) -> ProcessSpec {
-    let mut env = vec![("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())];
-    if fallback {
-        env.push((NO_NS_ENV.into(), "1".into()));
-    }
+fn digest_spec(stdin: Stdin) -> ProcessSpec {
+    let env = vec![("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())];
     ProcessSpec {
-        supervisor: SUPERVISOR.into(),
         program: "sh".into(),
         args: vec![
             "-c".into(),
@@ -31,7 +43,6 @@ fn digest_spec(stdin: Stdin, fallback: bool) -> ProcessSpec {
         env,
         cwd: std::env::temp_dir(),
         max_line_bytes: 1 << 20,
-        run_dir: None,
         jail: None,
         stdin,
     }
@@ -90,11 +101,12 @@ async fn a_stdin_file_reaches_the_agent_whole_in_every_containment_mode() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (path, want) = big_input(dir.path());
     for fallback in [false, true] {
-        let spec = digest_spec(Stdin::File(path.clone()), fallback);
-        expect_delivered(Process::spawn(spec).expect("spawn"), &want).await;
+        let spec = digest_spec(Stdin::File(path.clone()));
+        let process = Process::spawn(&supervisor(fallback), spec).expect("spawn");
+        expect_delivered(process, &want).await;
 
-        let spec = digest_spec(Stdin::File(path.clone()), fallback);
-        let launcher = Launcher::new(SUPERVISOR.into(), None, 1, fallback, None);
+        let spec = digest_spec(Stdin::File(path.clone()));
+        let launcher = Launcher::new(supervisor(fallback), 1, None);
         launcher.warm();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while launcher.ready() == 0 {
@@ -111,7 +123,7 @@ async fn a_stdin_file_reaches_the_agent_whole_in_every_containment_mode() {
 #[tokio::test]
 async fn without_a_file_stdin_is_empty() {
     let empty = hex::encode(sha2::Sha256::digest(b""));
-    let process = Process::spawn(digest_spec(Stdin::Null, false)).expect("spawn");
+    let process = spawn(digest_spec(Stdin::Null));
     expect_delivered(process, &empty).await;
 }
 
@@ -124,7 +136,7 @@ async fn a_symlink_in_place_of_the_stdin_file_is_refused() {
     std::fs::write(&secret, "host secret\n").expect("write secret");
     let link = dir.path().join("input");
     std::os::unix::fs::symlink(&secret, &link).expect("symlink");
-    let process = Process::spawn(digest_spec(Stdin::File(link), false)).expect("spawn");
+    let process = spawn(digest_spec(Stdin::File(link)));
     let (code, out, err) = run(process).await;
     assert_eq!(code, Some(126), "stdout {out:?} stderr {err:?}");
     assert!(out.is_empty(), "{out:?}");
@@ -142,11 +154,11 @@ async fn the_variable_in_the_env_does_not_choose_the_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "host secret\n").expect("write secret");
-    let mut spec = digest_spec(Stdin::Null, false);
+    let mut spec = digest_spec(Stdin::Null);
     spec.env
         .push((STDIN_FILE_ENV.into(), secret.to_string_lossy().into_owned()));
     let empty = hex::encode(sha2::Sha256::digest(b""));
-    expect_delivered(Process::spawn(spec).expect("spawn"), &empty).await;
+    expect_delivered(spawn(spec), &empty).await;
 }
 
 mod common;

@@ -2,10 +2,12 @@
 //! Each test uses its own unique `sleep` duration so parallel tests never see each other's processes.
 
 use agentd::domain::ExitStatus;
-use agentd::runner::supervise::{NO_NS_ENV, SUBCOMMAND};
+use agentd::runner::supervise::SUBCOMMAND;
 use agentd::runner::{
-    Launcher, Line, Output, Process, ProcessSpec, RunControl, RunOutcome, StopCause,
+    Containment, Launcher, Line, Output, Process, ProcessSpec, RunControl, RunOutcome, StopCause,
+    Supervisor,
 };
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -14,27 +16,54 @@ use tokio_util::sync::CancellationToken;
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_agentd");
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-fn spec(program: &str, args: &[&str]) -> ProcessSpec {
-    ProcessSpec {
-        supervisor: SUPERVISOR.into(),
-        program: program.to_owned(),
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        env: vec![("PATH".into(), PATH.into())],
-        cwd: std::env::temp_dir(),
-        max_line_bytes: 1 << 20,
-        run_dir: None,
-        jail: None,
-        stdin: Default::default(),
+/// A process to run and the supervisor to run it under (in agentd, the launcher's).
+#[derive(Clone)]
+struct Spec {
+    process: ProcessSpec,
+    supervisor: Supervisor,
+}
+
+impl Deref for Spec {
+    type Target = ProcessSpec;
+    fn deref(&self) -> &ProcessSpec {
+        &self.process
     }
 }
 
-fn sh(script: &str) -> ProcessSpec {
+impl DerefMut for Spec {
+    fn deref_mut(&mut self) -> &mut ProcessSpec {
+        &mut self.process
+    }
+}
+
+fn spec(program: &str, args: &[&str]) -> Spec {
+    Spec {
+        process: ProcessSpec {
+            program: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: vec![("PATH".into(), PATH.into())],
+            cwd: std::env::temp_dir(),
+            max_line_bytes: 1 << 20,
+            jail: None,
+            stdin: Default::default(),
+        },
+        supervisor: Supervisor::new(SUPERVISOR),
+    }
+}
+
+fn sh(script: &str) -> Spec {
     spec("sh", &["-c", script])
 }
 
-fn no_ns(mut spec: ProcessSpec) -> ProcessSpec {
-    spec.env.push((NO_NS_ENV.into(), "1".into()));
+/// In the fallback containment: the subreaper without a PID namespace.
+fn no_ns(mut spec: Spec) -> Spec {
+    spec.supervisor.containment = Containment::Subreaper;
     spec
+}
+
+/// Spawns `spec` under a supervisor of its own.
+fn spawn(spec: Spec) -> agentd::error::Result<Process> {
+    Process::spawn(&spec.supervisor, spec.process)
 }
 
 fn control(timeout: Duration, grace: Duration) -> RunControl {
@@ -64,8 +93,8 @@ impl Ran {
     }
 }
 
-async fn run(spec: ProcessSpec, control: RunControl) -> Ran {
-    run_process(Process::spawn(spec).expect("spawn"), control).await
+async fn run(spec: Spec, control: RunControl) -> Ran {
+    run_process(spawn(spec).expect("spawn"), control).await
 }
 
 async fn run_process(process: Process, control: RunControl) -> Ran {
@@ -137,7 +166,7 @@ fn line(text: &str) -> Line {
 
 // ---- output, exit status, exec errors ----
 
-async fn check_output_and_exit(spec: ProcessSpec) {
+async fn check_output_and_exit(spec: Spec) {
     let ran = run(spec, relaxed()).await;
     assert_eq!(ran.stdout, vec![line("one"), line("three")]);
     assert_eq!(ran.stderr, vec![line("two"), line("four")]);
@@ -218,7 +247,7 @@ async fn environment_and_cwd_are_exactly_the_given_ones() {
     for no_namespace in [false, true] {
         let mut spec = spec("env", &[]);
         spec.env.push(("FOO".into(), "bar baz".into()));
-        spec.run_dir = Some(runs.path().to_owned());
+        spec.supervisor.run_dir = Some(runs.path().to_owned());
         if no_namespace {
             spec = no_ns(spec);
         }
@@ -311,7 +340,7 @@ async fn repositories_above_the_workspace_are_hidden() {
         ran.stderr_texts()
     );
     let launcher = ready_launcher(&direct).await;
-    let process = launcher.spawn(direct).await.expect("spawn");
+    let process = launcher.spawn(direct.process).await.expect("spawn");
     assert!(process.from_standby());
     let ran = run_process(process, relaxed()).await;
     assert_eq!(
@@ -346,7 +375,7 @@ async fn long_line_is_truncated_and_next_line_is_intact() {
 
 #[tokio::test]
 async fn dropped_receiver_does_not_block_the_agent() {
-    let process = Process::spawn(sh("yes hello | head -n 300000; echo done >&2")).unwrap();
+    let process = spawn(sh("yes hello | head -n 300000; echo done >&2")).unwrap();
     let (tx, rx) = mpsc::channel(1);
     drop(rx);
     let outcome = tokio::time::timeout(Duration::from_secs(30), process.run(tx, relaxed()))
@@ -357,7 +386,7 @@ async fn dropped_receiver_does_not_block_the_agent() {
 
 #[tokio::test]
 async fn invalid_spec_is_rejected_before_spawning() {
-    let err = Process::spawn(sh("echo\0")).unwrap_err();
+    let err = spawn(sh("echo\0")).unwrap_err();
     assert_eq!(err.reason(), agentd::error::Reason::InvalidField);
 }
 
@@ -366,12 +395,12 @@ async fn invalid_spec_is_rejected_before_spawning() {
 /// Starts `script` (which must start `setsid sleep <grandchild>`), waits until the grandchild
 /// runs, then stops the run with `stop` and checks nothing is left.
 async fn check_stop_kills_tree(
-    spec: ProcessSpec,
+    spec: Spec,
     grandchild: &str,
     control: RunControl,
     stop: Option<CancellationToken>,
 ) -> (RunOutcome, Duration) {
-    let process = Process::spawn(spec).unwrap();
+    let process = spawn(spec).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let started = Instant::now();
@@ -521,7 +550,7 @@ async fn spawning_thread_death_kills_the_tree() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let process = Process::spawn(sh("setsid sleep 3287 & sleep 3288")).unwrap();
+            let process = spawn(sh("setsid sleep 3287 & sleep 3288")).unwrap();
             wait_for_sleeper("3287").await;
             ready_tx.send(process.pid()).unwrap();
             // No kill_on_drop, no run: only the thread's death may kill it.
@@ -576,8 +605,8 @@ fn records_in(dir: &std::path::Path) -> Vec<(String, String)> {
 async fn fallback_supervisor_killed_by_sigkill_leaves_nothing_behind() {
     let runs = tempfile::tempdir().unwrap();
     let mut spec = no_ns(sh("setsid sleep 3307 & sleep 3308"));
-    spec.run_dir = Some(runs.path().to_owned());
-    let process = Process::spawn(spec).unwrap();
+    spec.supervisor.run_dir = Some(runs.path().to_owned());
+    let process = spawn(spec).unwrap();
     let pid = process.pid();
     let (tx, mut rx) = mpsc::channel(16);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -661,15 +690,8 @@ async fn startup_sweep_kills_marked_leftovers_only() {
 // ---- standby supervisors (the launcher) ----
 
 /// A launcher for `spec`'s supervisor, run dir and containment mode, with its one standby ready.
-async fn ready_launcher(spec: &ProcessSpec) -> Arc<Launcher> {
-    let fallback = spec.env.iter().any(|(k, _)| k == NO_NS_ENV);
-    let launcher = Launcher::new(
-        spec.supervisor.clone(),
-        spec.run_dir.clone(),
-        1,
-        fallback,
-        None,
-    );
+async fn ready_launcher(spec: &Spec) -> Arc<Launcher> {
+    let launcher = Launcher::new(spec.supervisor.clone(), 1, None);
     launcher.warm();
     wait_ready(&launcher).await;
     launcher
@@ -700,14 +722,14 @@ async fn standby_record(runs: &std::path::Path) -> i32 {
 }
 
 /// Spawns `spec` through a standby (asserting it was one).
-async fn standby_spawn(spec: ProcessSpec) -> (Process, Arc<Launcher>) {
+async fn standby_spawn(spec: Spec) -> (Process, Arc<Launcher>) {
     let launcher = ready_launcher(&spec).await;
-    let process = launcher.spawn(spec).await.expect("spawn");
+    let process = launcher.spawn(spec.process).await.expect("spawn");
     assert!(process.from_standby(), "a standby was ready but not used");
     (process, launcher)
 }
 
-async fn run_standby(spec: ProcessSpec, control: RunControl) -> Ran {
+async fn run_standby(spec: Spec, control: RunControl) -> Ran {
     let (process, _launcher) = standby_spawn(spec).await;
     run_process(process, control).await
 }
@@ -760,7 +782,7 @@ async fn standby_agent_gets_the_specs_environment_cwd_and_path() {
             ("SECRET_TOKEN".into(), "s3cr3t-standby-value".into()),
         ];
         spec.cwd = cwd.clone();
-        spec.run_dir = Some(runs.path().to_owned());
+        spec.supervisor.run_dir = Some(runs.path().to_owned());
         if no_namespace {
             spec = no_ns(spec);
         }
@@ -851,11 +873,11 @@ async fn standby_cancel_and_timeout_kill_the_tree() {
 async fn launcher_refills_and_close_leaves_nothing_behind() {
     let runs = tempfile::tempdir().unwrap();
     let mut base = sh("echo hi");
-    base.run_dir = Some(runs.path().to_owned());
+    base.supervisor.run_dir = Some(runs.path().to_owned());
     let launcher = ready_launcher(&base).await;
     for _ in 0..3 {
         wait_ready(&launcher).await;
-        let process = launcher.spawn(base.clone()).await.unwrap();
+        let process = launcher.spawn(base.process.clone()).await.unwrap();
         assert!(process.from_standby());
         let ran = run_process(process, relaxed()).await;
         assert_eq!(ran.stdout_texts(), vec!["hi"]);
@@ -875,7 +897,7 @@ async fn launcher_refills_and_close_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(launcher.ready(), 0);
-    let process = launcher.spawn(base.clone()).await.unwrap();
+    let process = launcher.spawn(base.process.clone()).await.unwrap();
     assert!(!process.from_standby());
     assert_eq!(
         run_process(process, relaxed()).await.stdout_texts(),
@@ -885,20 +907,13 @@ async fn launcher_refills_and_close_leaves_nothing_behind() {
 }
 
 /// A standby killed while it waited is noticed at the next start, which then gets a supervisor of
-/// its own; a spec the standby does not fit (the other containment mode) never uses it.
+/// its own. (A spec cannot ask for another containment than the standby's: the launcher owns it.)
 #[tokio::test]
-async fn dead_or_unfit_standbys_are_not_used() {
+async fn dead_standbys_are_not_used() {
     let runs = tempfile::tempdir().unwrap();
     let mut base = sh("echo ok");
-    base.run_dir = Some(runs.path().to_owned());
+    base.supervisor.run_dir = Some(runs.path().to_owned());
     let launcher = ready_launcher(&base).await;
-    let process = launcher.spawn(no_ns(base.clone())).await.unwrap();
-    assert!(!process.from_standby());
-    assert_eq!(
-        run_process(process, relaxed()).await.stdout_texts(),
-        vec!["ok"]
-    );
-    assert_eq!(launcher.ready(), 1);
     let pid = standby_record(runs.path()).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -911,7 +926,7 @@ async fn dead_or_unfit_standbys_are_not_used() {
         assert!(Instant::now() < deadline, "the standby did not die");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let process = launcher.spawn(base.clone()).await.unwrap();
+    let process = launcher.spawn(base.process.clone()).await.unwrap();
     assert!(!process.from_standby(), "a dead standby was used");
     assert_eq!(
         run_process(process, relaxed()).await.stdout_texts(),
@@ -919,7 +934,7 @@ async fn dead_or_unfit_standbys_are_not_used() {
     );
     // A new one replaced it.
     wait_ready(&launcher).await;
-    let process = launcher.spawn(base).await.unwrap();
+    let process = launcher.spawn(base.process).await.unwrap();
     assert!(process.from_standby());
     assert_eq!(
         run_process(process, relaxed()).await.stdout_texts(),
@@ -952,14 +967,14 @@ async fn standby_sets_up_at_idle_priority_and_runs_the_agent_at_normal_priority(
     for no_namespace in [false, true] {
         let runs = tempfile::tempdir().unwrap();
         let mut spec = sh("awk '{print $41}' /proc/self/stat; sleep 0.5");
-        spec.run_dir = Some(runs.path().to_owned());
+        spec.supervisor.run_dir = Some(runs.path().to_owned());
         if no_namespace {
             spec = no_ns(spec);
         }
         let launcher = ready_launcher(&spec).await;
         let standby = standby_record(runs.path()).await;
         assert_eq!(policy(standby), if reversible { 5 } else { 0 });
-        let process = launcher.spawn(spec).await.unwrap();
+        let process = launcher.spawn(spec.process).await.unwrap();
         assert!(process.from_standby());
         assert_eq!(process.pid(), standby);
         assert_eq!(

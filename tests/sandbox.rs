@@ -470,7 +470,7 @@ async fn agentd_process_cannot_be_signalled_traced_or_read() {
     // Today's supervisor already gives the job a PID namespace where it can; the baseline proves
     // the attempts against its fallback without one (what it does where unshare fails).
     let env = if baseline() {
-        vec![("AGENTD_SUPERVISE_NO_NS".to_owned(), "1".to_owned())]
+        vec![("AGENTD_CONTAINMENT".to_owned(), "subreaper".to_owned())]
     } else {
         Vec::new()
     };

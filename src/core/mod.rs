@@ -162,13 +162,12 @@ impl Core {
             .sandbox
             .of(&config.default_agent)
             .map(|s| jail::shape(&config, s));
-        let launcher = Launcher::new(
-            config.supervisor.clone(),
-            Some(crate::runner::records::run_dir(&config.data_dir)),
-            config.standby_supervisors,
-            crate::runner::fallback_forced(),
-            default_jail,
-        );
+        let supervisor = crate::runner::Supervisor {
+            path: config.supervisor.clone(),
+            run_dir: Some(crate::runner::records::run_dir(&config.data_dir)),
+            containment: config.containment,
+        };
+        let launcher = Launcher::new(supervisor, config.standby_supervisors, default_jail);
         let catalog = crate::presets::SharedCatalog::new(config.catalog.clone());
         let core = Arc::new(Core {
             catalog,

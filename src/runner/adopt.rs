@@ -14,7 +14,8 @@
 use super::journal::Replay;
 use super::records::{self, Record};
 use super::sockpath;
-use super::supervise::spool::{ADOPT_ENV, PROTOCOL, journal_path, socket_path};
+use super::supervise::Adoption;
+use super::supervise::spool::{PROTOCOL, journal_path, socket_path};
 use super::{Output, RunControl, RunOutcome, StopCause};
 use crate::domain::ExitStatus;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -50,11 +51,14 @@ pub fn enabled() -> bool {
     SETTING.get().is_some()
 }
 
-/// The supervisor's environment entry that makes it adoptable, when adoption is on.
-pub(super) fn env() -> Option<(&'static str, String)> {
+/// The supervisor setting that makes it adoptable, when adoption is on.
+pub(super) fn setting() -> Option<Adoption> {
     SETTING
         .get()
-        .map(|(max, timeout)| (ADOPT_ENV, format!("{max}:{timeout}")))
+        .map(|&(max_journal_bytes, timeout_secs)| Adoption {
+            max_journal_bytes,
+            timeout_secs,
+        })
 }
 
 /// Which job a token runs, as agentd recorded it.

@@ -2,9 +2,12 @@
 //! the [`supervise`] program, so cancel, timeout or agentd's death leave no descendant alive), pumps
 //! its stdout/stderr as bounded lines, and escalates signals on cancel or timeout.
 //!
-//! The tokio side spawns `<supervisor> __supervise <program> <args...>` with exactly the given
-//! environment and working directory, stdin `/dev/null`, in its own process group; the supervisor
-//! arms `PR_SET_PDEATHSIG(SIGKILL)` first thing and checks that the spawner is still its parent.
+//! The tokio side spawns `<supervisor> __supervise <settings> -- <program> <args...>` with exactly
+//! the given environment and working directory, stdin `/dev/null`, in its own process group; the
+//! supervisor arms `PR_SET_PDEATHSIG(SIGKILL)` first thing and checks that the spawner is still its
+//! parent. Which supervisor, where it records, and how it contains an unjailed tree are the
+//! [`Supervisor`]'s, which the [`Launcher`] owns; each start passes them to the supervisor as
+//! arguments ([`supervise::Settings`]), never through the environment, which is the agent's.
 //! PDEATHSIG fires when the *thread* that spawned the process exits, so [`Process::spawn`] must be
 //! called on a thread that lives as long as the job: any tokio worker thread (plain async code),
 //! never inside `spawn_blocking` or `block_in_place`.
@@ -43,6 +46,7 @@ mod standby;
 pub mod supervise;
 
 pub use standby::Launcher;
+pub use supervise::Containment;
 
 use crate::domain::ExitStatus;
 use crate::error::{Error, Reason, Result};
@@ -70,11 +74,42 @@ const DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// After the supervisor exited, output streams are abandoned after this long in any case.
 const DRAIN_CAP: Duration = Duration::from_secs(30);
 
+/// The supervisor that contains agents, and what every one of them is told: the [`Launcher`]'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supervisor {
+    /// The executable: `agentd-supervise`, or agentd itself (both take `__supervise`).
+    pub path: PathBuf,
+    /// Where supervisors record their trees (see [`records`]); `None` records nothing.
+    pub run_dir: Option<PathBuf>,
+    /// How an unjailed tree is contained.
+    pub containment: Containment,
+}
+
+impl Supervisor {
+    /// `path` with no run records and the default containment.
+    pub fn new(path: impl Into<PathBuf>) -> Supervisor {
+        Supervisor {
+            path: path.into(),
+            run_dir: None,
+            containment: Containment::default(),
+        }
+    }
+
+    /// The settings a supervisor started now gets (`jail` for a standby's).
+    fn settings(&self, jail: Option<jail::Shape>) -> supervise::Settings {
+        supervise::Settings {
+            containment: self.containment,
+            parent: Some(getpid().as_raw()),
+            run_dir: self.run_dir.clone(),
+            adopt: adopt::setting(),
+            jail,
+        }
+    }
+}
+
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
-    /// The supervisor executable: `agentd-supervise`, or agentd itself (both take `__supervise`).
-    pub supervisor: PathBuf,
     /// Executable name (resolved against `PATH` of `env`) or path.
     pub program: String,
     pub args: Vec<String>,
@@ -83,8 +118,6 @@ pub struct ProcessSpec {
     pub cwd: PathBuf,
     /// Lines longer than this are cut and marked truncated.
     pub max_line_bytes: usize,
-    /// Where the supervisor records the tree (see [`records`]); `None` records nothing.
-    pub run_dir: Option<PathBuf>,
     /// The jail to run the agent in; `None` runs it with containment only.
     pub jail: Option<jail::Jail>,
     /// What the agent reads on its standard input.
@@ -224,14 +257,21 @@ impl Drop for Leftovers {
 }
 
 impl Process {
-    /// Spawns the supervisor+agent. Errors only if the supervisor itself can't start (or the spec
-    /// cannot be passed to a process: NUL bytes, bad environment names). That the agent's program
-    /// cannot be executed shows as exit code 127/126 and a line on stderr instead.
-    pub fn spawn(spec: ProcessSpec) -> Result<Process> {
+    /// Spawns the agent under a `supervisor` started for it alone (the [`Launcher`] spawns from
+    /// standbys too). Errors only if the supervisor itself can't start (or the spec cannot be
+    /// passed to a process: NUL bytes, bad environment names). That the agent's program cannot be
+    /// executed shows as exit code 127/126 and a line on stderr instead.
+    pub fn spawn(supervisor: &Supervisor, spec: ProcessSpec) -> Result<Process> {
         validate(&spec)?;
         let token = records::new_token();
-        let mut cmd = tokio::process::Command::new(&spec.supervisor);
+        let settings = supervisor
+            .settings(None)
+            .to_args()
+            .map_err(Error::internal)?;
+        let mut cmd = tokio::process::Command::new(&supervisor.path);
         cmd.arg(supervise::SUBCOMMAND)
+            .args(settings)
+            .arg("--")
             .arg(&spec.program)
             .args(&spec.args)
             .env_clear()
@@ -243,15 +283,6 @@ impl Process {
             )
             .envs(spec.stdin.env())
             .env(records::RUN_TOKEN_ENV, &token);
-        if let Some(dir) = &spec.run_dir {
-            cmd.env(records::RUN_DIR_ENV, dir);
-        }
-        if fallback_forced() {
-            cmd.env(supervise::NO_NS_ENV, "1");
-        }
-        if let Some((k, v)) = adopt::env() {
-            cmd.env(k, v);
-        }
         cmd.current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -261,11 +292,10 @@ impl Process {
         // No pre_exec closure: without one std spawns with posix_spawn (vfork) instead of forking
         // this whole multi-threaded process, which costs a page-table copy per job. The supervisor
         // arms its own parent-death signal first thing and checks it is still our child.
-        cmd.env(supervise::PARENT_ENV, getpid().to_string());
         let mut child = cmd.spawn().map_err(|e| {
             Error::internal(format!(
                 "cannot start the agent supervisor {:?} in {:?}: {e}",
-                spec.supervisor, spec.cwd
+                supervisor.path, spec.cwd
             ))
         })?;
         let (Some(pid), Some(stdout), Some(stderr)) =
@@ -285,7 +315,7 @@ impl Process {
             stderr,
             max_line_bytes: spec.max_line_bytes,
             leftovers: Leftovers {
-                run_dir: spec.run_dir,
+                run_dir: supervisor.run_dir.clone(),
                 token,
                 cgroup_parent: None,
             },
@@ -381,12 +411,6 @@ fn widen_stdout(stdout: &ChildStdout) {
             return;
         }
     }
-}
-
-/// Whether agentd's own environment sets [`supervise::NO_NS_ENV`], which forces the fallback
-/// containment for every job (how the server-level tests exercise that mode).
-pub fn fallback_forced() -> bool {
-    std::env::var_os(supervise::NO_NS_ENV).is_some_and(|v| v == "1")
 }
 
 fn validate(spec: &ProcessSpec) -> Result<()> {
@@ -623,13 +647,11 @@ mod tests {
     #[test]
     fn validate_names_the_offending_field() {
         let spec = ProcessSpec {
-            supervisor: "/nonexistent".into(),
             program: "sh".into(),
             args: vec!["ok".into(), "bad\0".into()],
             env: vec![],
             cwd: "/".into(),
             max_line_bytes: 10,
-            run_dir: None,
             jail: None,
             stdin: Stdin::Null,
         };
@@ -655,17 +677,19 @@ mod tests {
 
     #[tokio::test]
     async fn spawn_fails_cleanly_without_supervisor() {
-        let err = Process::spawn(ProcessSpec {
-            supervisor: "/nonexistent/agentd".into(),
-            program: "true".into(),
-            args: vec![],
-            env: vec![],
-            cwd: "/".into(),
-            max_line_bytes: 10,
-            run_dir: None,
-            jail: None,
-            stdin: Stdin::Null,
-        })
+        let supervisor = Supervisor::new("/nonexistent/agentd");
+        let err = Process::spawn(
+            &supervisor,
+            ProcessSpec {
+                program: "true".into(),
+                args: vec![],
+                env: vec![],
+                cwd: "/".into(),
+                max_line_bytes: 10,
+                jail: None,
+                stdin: Stdin::Null,
+            },
+        )
         .unwrap_err();
         assert_eq!(err.reason(), Reason::Internal);
         assert!(err.to_string().contains("/nonexistent/agentd"), "{err}");

@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 
 /// The marker every process of a contained job inherits.
 pub const RUN_TOKEN_ENV: &str = "AGENTD_RUN_TOKEN";
-/// Where the supervisor writes its record; removed from the agent's environment.
-pub const RUN_DIR_ENV: &str = "AGENTD_RUN_DIR";
 
 const LOCK_FILE: &str = ".lock";
 const RECORD_EXT: &str = "run";
@@ -311,13 +309,10 @@ pub struct OwnRecord {
 }
 
 impl OwnRecord {
-    /// Writes `<RUN_DIR_ENV>/<RUN_TOKEN_ENV>.run` for this process. `Ok(None)` when either
-    /// variable is missing (the runner's own tests run supervisors without records).
-    pub fn write_from_env() -> std::result::Result<Option<OwnRecord>, String> {
-        let (Some(dir), Some(token)) = (
-            std::env::var_os(RUN_DIR_ENV),
-            std::env::var(RUN_TOKEN_ENV).ok(),
-        ) else {
+    /// Writes `<dir>/<RUN_TOKEN_ENV>.run` for this process. `Ok(None)` without a run dir or a
+    /// marker (the runner's own tests run supervisors without records).
+    pub fn write(dir: Option<&Path>) -> std::result::Result<Option<OwnRecord>, String> {
+        let (Some(dir), Some(token)) = (dir, std::env::var(RUN_TOKEN_ENV).ok()) else {
             return Ok(None);
         };
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -325,7 +320,7 @@ impl OwnRecord {
         }
         let pid = std::process::id() as i32;
         let start = start_time(pid).ok_or("cannot read this process's start time")?;
-        let path = record_path(Path::new(&dir), &token);
+        let path = record_path(dir, &token);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -15,17 +15,15 @@
 //! supervisor's priority when it hands it a job, ns-init its own once the spec arrived, so the
 //! agent never runs at the idle priority.
 //!
-//! A standby runs with an environment holding only agentd's own markers; the agent's environment
+//! A standby runs with an environment holding only the run marker; the agent's environment
 //! (secrets included) exists only in the spec it reads and in the agent itself. Standbys are
 //! started, like every supervisor, from tokio worker threads (see [`Process::spawn`] on
 //! `PR_SET_PDEATHSIG`), die with agentd, and are SIGKILLed and swept (their run record removed)
 //! when the launcher closes.
 
 use super::jail::Shape;
-use super::{Leftovers, Process, ProcessSpec, records, supervise, validate};
+use super::{Leftovers, Process, ProcessSpec, Supervisor, records, supervise, validate};
 use crate::error::{Error, Result};
-use nix::unistd::getpid;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::AsyncWriteExt;
@@ -33,12 +31,11 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 
 /// Starts agents, from a standby supervisor when one is ready.
 pub struct Launcher {
-    supervisor: PathBuf,
-    run_dir: Option<PathBuf>,
+    /// Which supervisor every job gets, where it records, and how it contains: the one place
+    /// these are decided.
+    supervisor: Supervisor,
     /// Standbys to keep ready; 0 starts a supervisor per job.
     keep: usize,
-    /// Standbys use the fallback containment ([`supervise::NO_NS_ENV`]).
-    fallback: bool,
     /// Whether standbys set up at the idle CPU priority (see [`idle_priority_is_reversible`]).
     idle_setup: bool,
     state: Mutex<State>,
@@ -81,24 +78,14 @@ struct Standby {
 }
 
 impl Launcher {
-    /// A launcher keeping `keep` standbys run from `supervisor`, recording their trees in
-    /// `run_dir`, in the fallback containment when `fallback` is set (specs then need
-    /// [`supervise::NO_NS_ENV`] to use them; see [`Launcher::spawn`]). Standbys are started on
-    /// first use; call [`Launcher::warm`] to have them ready earlier.
+    /// A launcher starting every job under `supervisor` and keeping `keep` of them on standby.
+    /// Standbys are started on first use; call [`Launcher::warm`] to have them ready earlier.
     /// `jail` is the shape of the jail most jobs will want (the default profile's), `None` when
     /// they run unjailed.
-    pub fn new(
-        supervisor: PathBuf,
-        run_dir: Option<PathBuf>,
-        keep: usize,
-        fallback: bool,
-        jail: Option<Shape>,
-    ) -> Arc<Launcher> {
+    pub fn new(supervisor: Supervisor, keep: usize, jail: Option<Shape>) -> Arc<Launcher> {
         Arc::new(Launcher {
             supervisor,
-            run_dir,
             keep,
-            fallback,
             idle_setup: idle_priority_is_reversible(),
             state: Mutex::new(State {
                 kind: jail,
@@ -154,23 +141,12 @@ impl Launcher {
         }
     }
 
-    /// Spawns the agent of `spec`: through a standby when one is ready and fits, else by starting
-    /// a supervisor for it ([`Process::spawn`]). A standby fits when `spec` names this launcher's
-    /// supervisor and run dir and asks for the fallback containment ([`supervise::NO_NS_ENV`] in
-    /// its environment or agentd's) exactly when the standbys use it. Errors as
-    /// [`Process::spawn`].
+    /// Spawns the agent of `spec`: through a standby when one of its jail's shape is ready, else
+    /// by starting a supervisor for it. Errors as [`Process::spawn`].
     pub async fn spawn(self: &Arc<Self>, spec: ProcessSpec) -> Result<Process> {
         validate(&spec)?;
-        let wants_fallback = super::fallback_forced()
-            || spec
-                .env
-                .iter()
-                .any(|(k, v)| k == supervise::NO_NS_ENV && v == "1");
-        let fits = spec.supervisor == self.supervisor
-            && spec.run_dir == self.run_dir
-            && wants_fallback == self.fallback;
         let kind = spec.jail.as_ref().map(|j| j.shape.clone());
-        let standby = if fits { self.take(kind) } else { None };
+        let standby = self.take(kind);
         let spawned = match standby {
             Some(standby) => {
                 let pid = standby.pid;
@@ -194,14 +170,11 @@ impl Launcher {
     /// spec like a standby does, others as arguments.
     async fn spawn_fresh(&self, spec: ProcessSpec) -> Result<Process> {
         match &spec.jail {
-            Some(jail) if spec.supervisor == self.supervisor && spec.run_dir == self.run_dir => {
+            Some(jail) => {
                 let standby = self.start_standby(Some(jail.shape.clone()), false)?;
                 standby.launch(&spec).await
             }
-            Some(_) => Err(Error::internal(
-                "a jailed job must use the launcher's supervisor and run dir",
-            )),
-            None => Process::spawn(spec),
+            None => Process::spawn(&self.supervisor, spec),
         }
     }
 
@@ -237,13 +210,10 @@ impl Launcher {
 
     fn start_standby(&self, kind: Kind, idle: bool) -> Result<Standby> {
         let token = records::new_token();
-        let mut cmd = tokio::process::Command::new(&self.supervisor);
-        cmd.arg(supervise::STANDBY_SUBCOMMAND);
-        if let Some(shape) = &kind {
-            let json = serde_json::to_string(&shape)
-                .map_err(|e| Error::internal(format!("cannot encode a jail shape: {e}")))?;
-            cmd.arg(supervise::JAIL_FLAG).arg(json);
-        }
+        let settings = self.supervisor.settings(kind.clone()).to_args();
+        let mut cmd = tokio::process::Command::new(&self.supervisor.path);
+        cmd.arg(supervise::STANDBY_SUBCOMMAND)
+            .args(settings.map_err(Error::internal)?);
         // A socket rather than a pipe: the spec goes in, and the supervisor's notices come back.
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .and_then(|(a, b)| {
@@ -253,18 +223,7 @@ impl Launcher {
             .map_err(|e| Error::internal(format!("cannot create a socket pair: {e}")))?;
         let channel = tokio::net::UnixStream::from_std(ours)
             .map_err(|e| Error::internal(format!("cannot register a socket: {e}")))?;
-        cmd.env_clear()
-            .env(records::RUN_TOKEN_ENV, &token)
-            .env(supervise::PARENT_ENV, getpid().to_string());
-        if let Some(dir) = &self.run_dir {
-            cmd.env(records::RUN_DIR_ENV, dir);
-        }
-        if self.fallback {
-            cmd.env(supervise::NO_NS_ENV, "1");
-        }
-        if let Some((k, v)) = super::adopt::env() {
-            cmd.env(k, v);
-        }
+        cmd.env_clear().env(records::RUN_TOKEN_ENV, &token);
         cmd.current_dir("/")
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
@@ -274,11 +233,11 @@ impl Launcher {
         let mut child = cmd.spawn().map_err(|e| {
             Error::internal(format!(
                 "cannot start the agent supervisor {:?}: {e}",
-                self.supervisor
+                self.supervisor.path
             ))
         })?;
         let leftovers = Leftovers {
-            run_dir: self.run_dir.clone(),
+            run_dir: self.supervisor.run_dir.clone(),
             token,
             cgroup_parent: kind.as_ref().and_then(|s| s.cgroup_parent.clone()),
         };
@@ -321,11 +280,11 @@ impl Standby {
                 "cannot restore the standby supervisor's priority: {e}"
             ))
         })?;
-        // The supervisor's own markers are not the agent's business (as `Agent::new` filters them).
+        // The stdin file is the spec's to say, not the job environment's.
         let mut env: Vec<(String, String)> = spec
             .env
             .iter()
-            .filter(|(k, _)| k != supervise::NO_NS_ENV && k != supervise::STDIN_FILE_ENV)
+            .filter(|(k, _)| k != supervise::STDIN_FILE_ENV)
             .cloned()
             .chain(spec.stdin.env())
             .collect();

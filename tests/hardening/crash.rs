@@ -286,7 +286,7 @@ pub(crate) async fn kill9_in_the_fallback_containment_leaves_nothing_after_resta
     let mut server = TestServer::start_with(Options {
         // The fallback is the containment of unjailed jobs on hosts without namespaces.
         env: vec![
-            ("AGENTD_SUPERVISE_NO_NS".into(), "1".into()),
+            ("AGENTD_CONTAINMENT".into(), "subreaper".into()),
             ("AGENTD_NO_SANDBOX".into(), "1".into()),
         ],
         ..Default::default()

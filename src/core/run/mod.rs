@@ -420,13 +420,11 @@ impl Core {
             jail
         });
         let spec = ProcessSpec {
-            supervisor: self.config.supervisor.clone(),
             program: launch.program,
             args: launch.args,
             env,
             cwd: workspace,
             max_line_bytes: self.config.limits.max_line_bytes,
-            run_dir: Some(crate::runner::records::run_dir(&self.config.data_dir)),
             jail,
             stdin,
         };

@@ -17,7 +17,7 @@ use super::{
     reap_blocking, wait_for,
 };
 use crate::runner::jail::{self, INSIDE_ID, JailSpec, Network, Shape, fs, seccomp, watch, writes};
-use crate::runner::records::{RUN_DIR_ENV, RUN_TOKEN_ENV};
+use crate::runner::records::RUN_TOKEN_ENV;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
@@ -28,12 +28,11 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-/// The supervisor's side. Returns how the agent (or the tree) ended.
-pub(super) fn run(shape: Shape, handled: &SigSet) -> Result<End, String> {
+/// The supervisor's side, recording in `run_dir` when given. Returns how the agent (or the tree)
+/// ended.
+pub(super) fn run(shape: Shape, run_dir: Option<&Path>, handled: &SigSet) -> Result<End, String> {
     let token = std::env::var(RUN_TOKEN_ENV).unwrap_or_else(|_| std::process::id().to_string());
-    let run_dir = std::env::var_os(RUN_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let run_dir = run_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     // The new root is mounted here, inside ns-init's mount namespace only; on the host it stays
     // an empty directory, removed below (or by the next start-up sweep after a kill).
     let root = run_dir.join(format!("{token}.root"));

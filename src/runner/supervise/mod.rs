@@ -14,9 +14,9 @@
 //!   namespace can be created too, ns-init mounts a fresh `/proc` in it (made private first, so
 //!   nothing propagates to the host), so PIDs seen through `/proc` (`ps`, `pkill`, `/proc/$$`)
 //!   match the job's own PIDs; otherwise the agent sees the host's `/proc`.
-//! * **Subreaper (fallback)** when `unshare` fails (an unprivileged container) or when
-//!   [`NO_NS_ENV`]`=1` is in the supervisor's environment (tests use this to exercise the mode; the
-//!   variable is removed from the agent's environment). The supervisor becomes a child subreaper and
+//! * **Subreaper (fallback)** when `unshare` fails (an unprivileged container) or when the runner
+//!   asks for it ([`Containment::Subreaper`], which tests use to exercise the mode). The
+//!   supervisor becomes a child subreaper and
 //!   forks the agent in its own process group; orphaned descendants are reparented to the supervisor,
 //!   which finds every descendant by scanning `/proc/*/stat` (this kernel has no
 //!   `/proc/<pid>/task/*/children`) and SIGKILLs them until it has no child left. Limitation: if the
@@ -41,6 +41,10 @@
 //! spawn, exec and namespace set-up (≈ 2 ms here) off the path of the job. EOF before any spec means
 //! the standby is not needed: it exits 0 and removes its record.
 //!
+//! # Settings
+//! How to run comes on the command line ([`settings`]): containment, parent, run dir, adoption
+//! and a standby's jail. The supervisor's environment is the agent's alone.
+//!
 //! # Run record
 //! When the runner asks for one (see [`super::records`]), the supervisor writes a record of itself
 //! before it starts anything and removes it once the tree is gone; the agent keeps the
@@ -62,16 +66,18 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, rai
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvpe, fork, getpid, getppid, pipe2, read, setpgid};
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
-use super::jail::{JailSpec, Shape};
-use super::records::{OwnRecord, RUN_DIR_ENV, stat_field};
+use super::jail::JailSpec;
+use super::records::{OwnRecord, stat_field};
+pub use settings::{Adoption, Containment, Settings};
 
 mod jailed;
+pub mod settings;
 pub mod spool;
 
 /// `argv[1]` that makes the agentd binary act as the supervisor.
@@ -79,14 +85,6 @@ pub const SUBCOMMAND: &str = "__supervise";
 
 /// `argv[1]` for a standby supervisor: the launch spec comes later, on its stdin.
 pub const STANDBY_SUBCOMMAND: &str = "__supervise-standby";
-
-/// Set to `1` in the supervisor's environment to force the subreaper fallback mode.
-pub const NO_NS_ENV: &str = "AGENTD_SUPERVISE_NO_NS";
-
-/// The pid of the process that started the supervisor (the runner sets it): the supervisor arms
-/// `PR_SET_PDEATHSIG` itself and then exits unless that process is still its parent, so an agentd
-/// that died between the spawn and the prctl is noticed. Not passed on to the agent.
-pub const PARENT_ENV: &str = "AGENTD_SUPERVISOR_PARENT";
 
 /// A file the agent gets as its stdin instead of `/dev/null` (the runner sets it from
 /// [`super::Stdin::File`]). Opened by whoever execs the agent, as its last step before dropping
@@ -102,26 +100,38 @@ const TREE_KILL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the supervisor subcommand named by `args[0]` (the arguments after the executable), if it
 /// is one; both the agentd binary and `agentd-supervise` call this before anything else.
-pub fn dispatch(args: &[String]) -> Option<i32> {
+pub fn dispatch(args: &[OsString]) -> Option<i32> {
     let (first, rest) = args.split_first()?;
-    match first.as_str() {
+    match first.to_str()? {
         STANDBY_SUBCOMMAND => Some(main_standby(rest)),
-        SUBCOMMAND => Some(main(rest.to_vec())),
-        crate::runner::jail::probe::SUBCOMMAND => Some(crate::runner::jail::probe::main(rest)),
+        SUBCOMMAND => Some(main(rest)),
+        crate::runner::jail::probe::SUBCOMMAND => {
+            let rest: Vec<String> = rest.iter().map(lossy).collect();
+            Some(crate::runner::jail::probe::main(&rest))
+        }
         _ => None,
     }
 }
 
-/// The supervisor entry point. `args` are the arguments after [`SUBCOMMAND`]: the program, then its
-/// arguments. Returns the exit code to exit with (when the agent died of a signal, the supervisor
-/// re-raises it and does not return at all, unless that signal does not terminate).
-pub fn main(args: Vec<String>) -> i32 {
-    if let Err(msg) = die_with_parent() {
-        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
-        return SETUP_FAILED;
+/// The supervisor entry point. `args` are the arguments after [`SUBCOMMAND`]: the [`Settings`],
+/// then the program and its arguments. Returns the exit code to exit with (when the agent died of
+/// a signal, the supervisor re-raises it and does not return at all, unless that signal does not
+/// terminate).
+pub fn main(args: &[OsString]) -> i32 {
+    let (settings, program) = match Settings::parse(args) {
+        Ok(parsed) => parsed,
+        Err(msg) => return setup_failed(&msg),
+    };
+    if settings.jail.is_some() {
+        return setup_failed("a jail comes with a launch spec (__supervise-standby)");
     }
-    match Agent::new(&args) {
-        Ok(agent) => run(Source::Ready(agent), None),
+    if let Err(msg) = die_with_parent(&settings) {
+        return setup_failed(&msg);
+    }
+    // The runner builds argv from UTF-8 strings, so nothing is lost in the conversion.
+    let program: Vec<String> = program.iter().map(lossy).collect();
+    match Agent::new(&program) {
+        Ok(agent) => run(Source::Ready(agent), &settings),
         Err(msg) => {
             let _ = writeln!(std::io::stderr(), "agentd: {msg}");
             127
@@ -130,51 +140,41 @@ pub fn main(args: Vec<String>) -> i32 {
 }
 
 /// The entry point of a standby supervisor ([`STANDBY_SUBCOMMAND`]): as [`main`], with the agent
-/// read from stdin once the containment is set up. `args` may hold `--jail <shape JSON>`: the
-/// job then runs in a jail of that shape ([`jailed`]).
-pub fn main_standby(args: &[String]) -> i32 {
-    if let Err(msg) = die_with_parent() {
-        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
-        return SETUP_FAILED;
-    }
-    let shape = match args {
-        [] => None,
-        [flag, json] if flag == JAIL_FLAG => match serde_json::from_str::<Shape>(json) {
-            Ok(shape) => Some(shape),
-            Err(e) => {
-                let _ = writeln!(std::io::stderr(), "agentd: supervisor: bad jail shape: {e}");
-                return SETUP_FAILED;
-            }
-        },
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "agentd: supervisor: unexpected arguments"
-            );
-            return SETUP_FAILED;
-        }
+/// read from stdin once the containment is set up. With [`Settings::jail`] the job runs in a jail
+/// of that shape ([`jailed`]).
+pub fn main_standby(args: &[OsString]) -> i32 {
+    let settings = match Settings::parse(args) {
+        Ok((settings, [])) => settings,
+        Ok(_) => return setup_failed("unexpected arguments"),
+        Err(msg) => return setup_failed(&msg),
     };
-    run(Source::Stdin, shape)
+    if let Err(msg) = die_with_parent(&settings) {
+        return setup_failed(&msg);
+    }
+    run(Source::Stdin, &settings)
 }
 
-/// The standby argument that carries the jail's [`Shape`] as JSON.
-pub const JAIL_FLAG: &str = "--jail";
+fn lossy(arg: &OsString) -> String {
+    arg.to_string_lossy().into_owned()
+}
 
-fn run(source: Source, shape: Option<Shape>) -> i32 {
+/// Says why the supervisor cannot start and gives the exit code for it.
+fn setup_failed(msg: &str) -> i32 {
+    let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
+    SETUP_FAILED
+}
+
+fn run(source: Source, settings: &Settings) -> i32 {
     // Written before anything is started, removed once the tree is gone: a record left behind
     // means this supervisor was killed and the start-up sweep has work to do.
-    let record = match OwnRecord::write_from_env() {
+    let record = match OwnRecord::write(settings.run_dir.as_deref()) {
         Ok(record) => record,
-        Err(msg) => {
-            let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
-            return SETUP_FAILED;
-        }
+        Err(msg) => return setup_failed(&msg),
     };
-    if let Err(msg) = spool::prepare() {
-        let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
-        return SETUP_FAILED;
+    if let Err(msg) = spool::prepare(settings) {
+        return setup_failed(&msg);
     }
-    let end = supervise(source, shape);
+    let end = supervise(source, settings);
     spool::finish(match &end {
         Ok(end) => end.encode(),
         Err(code) => End::Code(*code).encode(),
@@ -199,21 +199,17 @@ fn tree_gone(end: End) {
     }
 }
 
-/// Arms SIGKILL on the parent's death, then checks the parent named in [`PARENT_ENV`] is still
-/// the parent (it may have died before the prctl, when nobody would kill us later). Without the
-/// variable (the supervisor run by hand) only the signal is armed.
-fn die_with_parent() -> Result<(), String> {
+/// Arms SIGKILL on the parent's death, then checks the parent named in [`Settings::parent`] is
+/// still the parent (it may have died before the prctl, when nobody would kill us later). Without
+/// one (the supervisor run by hand) only the signal is armed.
+fn die_with_parent(settings: &Settings) -> Result<(), String> {
     // An adoptable supervisor outlives agentd on purpose ([`spool`]).
-    if !spool::wanted() {
+    if settings.adopt.is_none() {
         prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("cannot set PDEATHSIG: {e}"))?;
     }
-    let Some(want) = std::env::var_os(PARENT_ENV) else {
+    let Some(want) = settings.parent else {
         return Ok(());
     };
-    let want: i32 = want
-        .to_str()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("{PARENT_ENV} must be a pid"))?;
     if getppid() != Pid::from_raw(want) {
         return Err("agentd exited before the supervisor started".into());
     }
@@ -222,7 +218,7 @@ fn die_with_parent() -> Result<(), String> {
 
 /// Runs the agent in the best containment available (the jail when a shape is given); the tree is
 /// gone when this returns.
-fn supervise(source: Source, shape: Option<Shape>) -> Result<End, i32> {
+fn supervise(source: Source, settings: &Settings) -> Result<End, i32> {
     let handled = handled_signals();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None) {
         let _ = writeln!(
@@ -231,13 +227,10 @@ fn supervise(source: Source, shape: Option<Shape>) -> Result<End, i32> {
         );
         return Err(SETUP_FAILED);
     }
-    let force_fallback = std::env::var_os(NO_NS_ENV).is_some_and(|v| v == "1");
-    let end = if let Some(shape) = shape {
-        jailed::run(shape, &handled)
-    } else if force_fallback {
-        run_subreaper(source, &handled)
-    } else {
-        run_namespaced(source, &handled)
+    let end = match (&settings.jail, settings.containment) {
+        (Some(shape), _) => jailed::run(shape.clone(), settings.run_dir.as_deref(), &handled),
+        (None, Containment::Subreaper) => run_subreaper(source, &handled),
+        (None, Containment::PidNamespace) => run_namespaced(source, &handled),
     };
     end.map_err(|msg| {
         let _ = writeln!(std::io::stderr(), "agentd: supervisor: {msg}");
@@ -461,9 +454,6 @@ impl Agent {
         let program = argv[0].clone();
         let (stdin, envp) = split_stdin(
             std::env::vars_os()
-                .filter(|(k, _)| {
-                    k != NO_NS_ENV && k != RUN_DIR_ENV && k != PARENT_ENV && k != spool::ADOPT_ENV
-                })
                 .map(|(k, v)| {
                     let mut kv = k.as_bytes().to_vec();
                     kv.push(b'=');

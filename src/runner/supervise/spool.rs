@@ -1,4 +1,4 @@
-//! The adoptable supervisor's side of issue #23: with [`ADOPT_ENV`] set (agentd runs with
+//! The adoptable supervisor's side of issue #23: with [`Settings::adopt`] set (agentd runs with
 //! `--on-shutdown keep`), the supervisor does not die with agentd. It puts itself between the
 //! agent's output and agentd: the agent writes into pipes the supervisor reads, and every chunk
 //! goes into the job's journal (`<run dir>/<token>.journal`, [`journal`]) and, while agentd is
@@ -19,8 +19,9 @@
 //! The spool runs on a thread of the supervisor, started only after the supervisor's last fork
 //! ([`start`]), so the single-threaded fork rules of the supervisor still hold.
 
+use super::Settings;
 use crate::runner::journal::{Tag, Writer};
-use crate::runner::records::{RUN_DIR_ENV, RUN_TOKEN_ENV};
+use crate::runner::records::RUN_TOKEN_ENV;
 use crate::runner::sockpath;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -31,9 +32,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// `<max journal bytes>:<adopt timeout seconds>`; set by the runner when jobs outlive agentd.
-pub const ADOPT_ENV: &str = "AGENTD_ADOPT";
 
 /// The adoption protocol's version, the first line both sides send. A supervisor refuses any other
 /// (`<PROTOCOL> refused`), and an agentd that is refused cancels the job rather than half-attach.
@@ -101,37 +99,24 @@ enum State {
 
 static STATE: Mutex<State> = Mutex::new(State::Idle);
 
-/// Whether this supervisor should outlive agentd.
-pub fn wanted() -> bool {
-    std::env::var_os(ADOPT_ENV).is_some()
-}
-
 /// Creates the journal, the socket and the agent's output pipes, and makes the pipes this
 /// process's stdout and stderr, so that whatever is forked next writes into them. A no-op without
-/// [`ADOPT_ENV`].
-pub fn prepare() -> Result<(), String> {
-    let Some(setting) = std::env::var_os(ADOPT_ENV) else {
+/// [`Settings::adopt`].
+pub fn prepare(settings: &Settings) -> Result<(), String> {
+    let Some(adopt) = settings.adopt else {
         return Ok(());
     };
-    let (max, timeout) = setting
-        .to_str()
-        .and_then(|s| s.split_once(':'))
-        .and_then(|(m, t)| Some((m.parse::<u64>().ok()?, t.parse::<u64>().ok()?)))
-        .ok_or_else(|| format!("{ADOPT_ENV} must be <bytes>:<seconds>"))?;
-    let (Some(dir), Ok(token)) = (std::env::var_os(RUN_DIR_ENV), std::env::var(RUN_TOKEN_ENV))
-    else {
-        return Err(format!(
-            "{ADOPT_ENV} needs {RUN_DIR_ENV} and {RUN_TOKEN_ENV}"
-        ));
+    let (max, timeout) = (adopt.max_journal_bytes, adopt.timeout_secs);
+    let (Some(dir), Ok(token)) = (&settings.run_dir, std::env::var(RUN_TOKEN_ENV)) else {
+        return Err(format!("adoption needs a run dir and {RUN_TOKEN_ENV}"));
     };
-    let dir = PathBuf::from(dir);
-    let journal_path = journal_path(&dir, &token);
+    let journal_path = journal_path(dir, &token);
     let file = private_file(&journal_path)?;
     let journal = Writer::new(file, max)
         .map_err(|e| format!("cannot write {}: {e}", journal_path.display()))?;
-    let socket_path = socket_path(&dir, &token);
+    let socket_path = socket_path(dir, &token);
     let name = format!("{token}.sock");
-    let listener = sockpath::open_dir(&dir)
+    let listener = sockpath::open_dir(dir)
         .and_then(|fd| UnixListener::bind(sockpath::via(&fd, &name)))
         .map_err(|e| format!("cannot listen on {}: {e}", socket_path.display()))?;
     listener
