@@ -12,7 +12,7 @@
 //! end of the turn that was denied.
 
 use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
-use super::{OutputParser, Parsed, Summary, input_json_of, other, str_at, unparsed, with_raw};
+use super::{JsonLines, OutputParser, Summary, input_json_of, other, str_at};
 use crate::domain::{EventKind, Usage};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -370,21 +370,10 @@ pub(super) struct AcpParser {
     usage: Usage,
 }
 
-impl OutputParser for AcpParser {
-    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(v @ Value::Object(_)) => {
-                let kinds = self.interpret(&v);
-                with_raw(kinds, line)
-            }
-            _ => vec![unparsed(line, truncated)],
-        }
-    }
+impl JsonLines for AcpParser {
+    const ANY_OBJECT: bool = true;
 
-    fn summary(&self) -> Summary {
+    fn summarize(&self) -> Summary {
         let pending = (!self.text.is_empty()).then(|| self.text.clone());
         Summary {
             conversation_id: self.session.clone(),
@@ -398,9 +387,7 @@ impl OutputParser for AcpParser {
             structured: None,
         }
     }
-}
 
-impl AcpParser {
     fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         let params = v.get("params").unwrap_or(&Value::Null);
         match (v.get("id").and_then(Value::as_str), str_at(v, "method")) {
@@ -418,7 +405,9 @@ impl AcpParser {
             (None, None) => Vec::new(),
         }
     }
+}
 
+impl AcpParser {
     fn update(&mut self, u: &Value) -> Vec<EventKind> {
         let kind = str_at(u, "sessionUpdate").unwrap_or_default();
         if kind == "agent_message_chunk" {

@@ -2,8 +2,11 @@
 //! the prompt on stdin). Owns its argv and environment, and the mapping of its stream-json lines (one JSON
 //! object per line: `system`, `assistant`, `user`, `result`, …) to job events.
 
-use super::{AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary};
-use crate::domain::{EventKind, JobSpec, PlanItem, Usage};
+use super::{
+    AgentProfile, JsonLines, Launch, LaunchContext, Summary, input_json_of, other, plan_of_todos,
+    str_at, text_of, u64_at,
+};
+use crate::domain::{EventKind, JobSpec, Usage};
 use crate::error::{Error, Reason, Result};
 use serde_json::Value;
 
@@ -261,33 +264,8 @@ struct ResultEvent {
     structured: Option<String>,
 }
 
-impl OutputParser for ClaudeParser {
-    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        let value = match serde_json::from_str::<Value>(line) {
-            Ok(v @ Value::Object(_)) if v.get("type").is_some_and(Value::is_string) => v,
-            _ => {
-                return vec![Parsed {
-                    kind: EventKind::Unparsed {
-                        line: line.to_owned(),
-                        truncated,
-                    },
-                    raw: None,
-                }];
-            }
-        };
-        self.interpret(&value)
-            .into_iter()
-            .map(|kind| Parsed {
-                kind,
-                raw: Some(line.to_owned()),
-            })
-            .collect()
-    }
-
-    fn summary(&self) -> Summary {
+impl JsonLines for ClaudeParser {
+    fn summarize(&self) -> Summary {
         let mut summary = Summary {
             conversation_id: self.conversation_id.clone(),
             ..Summary::default()
@@ -312,9 +290,7 @@ impl OutputParser for ClaudeParser {
         }
         summary
     }
-}
 
-impl ClaudeParser {
     fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         if self.conversation_id.is_none()
             && let Some(id) = str_at(v, "session_id").filter(|s| !s.is_empty())
@@ -373,11 +349,13 @@ impl ClaudeParser {
             (ty, None) => vec![other(ty.to_owned())],
         }
     }
+}
 
+impl ClaudeParser {
     /// One event per content block.
     fn assistant(&mut self, v: &Value) -> Vec<EventKind> {
         let Some(blocks) = content_blocks(v) else {
-            return vec![other("assistant".into())];
+            return vec![other("assistant")];
         };
         // The CLI reports model API failures as a synthetic assistant message with a top-level
         // `error` and text `API Error: …`.
@@ -385,7 +363,7 @@ impl ClaudeParser {
         let mut events = Vec::with_capacity(blocks.len());
         for b in blocks {
             if str_at(b, "name") == Some(TODO_TOOL)
-                && let Some(plan) = plan_of(b.get("input"))
+                && let Some(plan) = plan_of_todos(b.get("input"))
             {
                 events.push(plan);
             }
@@ -409,10 +387,7 @@ impl ClaudeParser {
             "tool_use" => EventKind::ToolCall {
                 id: str_at(b, "id").unwrap_or_default().to_owned(),
                 name: str_at(b, "name").unwrap_or_default().to_owned(),
-                input_json: b
-                    .get("input")
-                    .filter(|i| !i.is_null())
-                    .map_or_else(|| "{}".to_owned(), Value::to_string),
+                input_json: input_json_of(b.get("input")),
             },
             t => other(format!("assistant/{t}")),
         }
@@ -421,19 +396,6 @@ impl ClaudeParser {
 
 /// Claude's todo tool: its input is the whole plan.
 const TODO_TOOL: &str = "TodoWrite";
-
-/// A TodoWrite input (`todos: [{content, status, activeForm}]`) as a plan event.
-fn plan_of(input: Option<&Value>) -> Option<EventKind> {
-    let todos = input?.get("todos")?.as_array()?;
-    let items = todos
-        .iter()
-        .map(|t| PlanItem {
-            content: str_at(t, "content").unwrap_or_default().to_owned(),
-            status: str_at(t, "status").unwrap_or_default().to_owned(),
-        })
-        .collect();
-    Some(EventKind::Plan { items })
-}
 
 /// A partial-message line (`--include-partial-messages`): text and thinking pieces become
 /// deltas; the rest of the stream (block starts and stops, tool input pieces) is dropped, since
@@ -455,7 +417,7 @@ fn stream_delta(v: &Value) -> Option<EventKind> {
 /// prompt) is only noted.
 fn user(v: &Value) -> Vec<EventKind> {
     let Some(blocks) = content_blocks(v) else {
-        return vec![other("user/text".into())];
+        return vec![other("user/text")];
     };
     blocks
         .iter()
@@ -463,11 +425,7 @@ fn user(v: &Value) -> Vec<EventKind> {
             "tool_result" => EventKind::ToolResult {
                 id: str_at(b, "tool_use_id").unwrap_or_default().to_owned(),
                 is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
-                content: match b.get("content") {
-                    None | Some(Value::Null) => String::new(),
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                },
+                content: text_of(b.get("content")),
             },
             t => other(format!("user/{t}")),
         })
@@ -475,12 +433,8 @@ fn user(v: &Value) -> Vec<EventKind> {
 }
 
 fn usage_of(v: &Value) -> Usage {
-    let tokens = |key: &str| {
-        v.get("usage")
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let usage = v.get("usage").unwrap_or(&Value::Null);
+    let tokens = |key: &str| u64_at(usage, key);
     Usage {
         input_tokens: tokens("input_tokens"),
         output_tokens: tokens("output_tokens"),
@@ -491,7 +445,7 @@ fn usage_of(v: &Value) -> Usage {
             .get("num_turns")
             .and_then(Value::as_u64)
             .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-        duration_ms: v.get("duration_ms").and_then(Value::as_u64).unwrap_or(0),
+        duration_ms: u64_at(v, "duration_ms"),
     }
 }
 
@@ -509,14 +463,6 @@ fn content_blocks(v: &Value) -> Option<&Vec<Value>> {
         .get("content")?
         .as_array()
         .filter(|a| !a.is_empty())
-}
-
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-fn other(r#type: String) -> EventKind {
-    EventKind::Other { r#type }
 }
 
 #[cfg(test)]

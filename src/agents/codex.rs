@@ -6,9 +6,8 @@
 //! `<home>/.codex`, so a later job of the session can `resume` the thread.
 
 use super::{
-    AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary, args_have, check_choice,
-    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
-    u64_at, unparsed, with_raw,
+    AgentProfile, JsonLines, Launch, LaunchContext, Summary, args_have, check_choice,
+    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, u64_at,
 };
 use crate::domain::{EventKind, JobSpec, PlanItem, Usage};
 use crate::error::Result;
@@ -229,18 +228,8 @@ pub(super) struct CodexParser {
     started: HashSet<String>,
 }
 
-impl OutputParser for CodexParser {
-    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        match typed_object(line) {
-            Some(v) => with_raw(self.interpret(&v), line),
-            None => vec![unparsed(line, truncated)],
-        }
-    }
-
-    fn summary(&self) -> Summary {
+impl JsonLines for CodexParser {
+    fn summarize(&self) -> Summary {
         let error = self.failure.clone().or_else(|| self.pending_error.clone());
         Summary {
             conversation_id: self.thread_id.clone(),
@@ -254,11 +243,9 @@ impl OutputParser for CodexParser {
             structured: None,
         }
     }
-}
 
-impl CodexParser {
     /// One `codex exec --json` line (also the app server's messages, rewritten: `codex_app`).
-    pub(super) fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         let ty = str_at(v, "type").unwrap_or_default();
         match ty {
             "thread.started" => {
@@ -305,7 +292,9 @@ impl CodexParser {
             _ => vec![other(ty)],
         }
     }
+}
 
+impl CodexParser {
     fn item(&mut self, item: &Value, completed: bool) -> Vec<EventKind> {
         let item_type = str_at(item, "type").unwrap_or_default();
         let id = str_at(item, "id").unwrap_or_default().to_owned();

@@ -12,7 +12,8 @@
 
 use super::codex::CodexParser;
 use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
-use super::{OutputParser, Parsed, Summary, str_at, unparsed, with_raw};
+use super::{JsonLines, OutputParser, Summary, str_at};
+use crate::domain::EventKind;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -330,25 +331,17 @@ pub(super) struct CodexAppParser {
     turn_usage: [u64; 4],
 }
 
-impl OutputParser for CodexAppParser {
-    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(v @ Value::Object(_)) => {
-                let kinds = self
-                    .exec_form(&v)
-                    .map(|e| self.inner.interpret(&e))
-                    .unwrap_or_default();
-                with_raw(kinds, line)
-            }
-            _ => vec![unparsed(line, truncated)],
-        }
+impl JsonLines for CodexAppParser {
+    const ANY_OBJECT: bool = true;
+
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
+        self.exec_form(v)
+            .map(|e| self.inner.interpret(&e))
+            .unwrap_or_default()
     }
 
-    fn summary(&self) -> Summary {
-        self.inner.summary()
+    fn summarize(&self) -> Summary {
+        self.inner.summarize()
     }
 }
 

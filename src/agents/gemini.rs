@@ -8,9 +8,8 @@
 //! directory, so a later job of the session (same HOME and cwd) can `--resume` them.
 
 use super::{
-    AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary, args_have, check_choice,
-    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
-    u64_at, unparsed, with_raw,
+    AgentProfile, JsonLines, Launch, LaunchContext, Summary, args_have, check_choice,
+    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, u64_at,
 };
 use crate::domain::{EventKind, JobSpec, Usage};
 use crate::error::Result;
@@ -176,18 +175,8 @@ enum Outcome {
     Error(String),
 }
 
-impl OutputParser for GeminiParser {
-    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        match typed_object(line) {
-            Some(v) => with_raw(self.interpret(&v), line),
-            None => vec![unparsed(line, truncated)],
-        }
-    }
-
-    fn summary(&self) -> Summary {
+impl JsonLines for GeminiParser {
+    fn summarize(&self) -> Summary {
         let error = match &self.result {
             Some(Outcome::Error(m)) => Some(m.clone()),
             Some(Outcome::Success) => None,
@@ -206,9 +195,7 @@ impl OutputParser for GeminiParser {
             structured: None,
         }
     }
-}
 
-impl GeminiParser {
     fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         let ty = str_at(v, "type").unwrap_or_default();
         let assistant_chunk = ty == "message" && str_at(v, "role") == Some("assistant");

@@ -4,6 +4,7 @@
 
 use super::super::tests::{ctx, kinds, parse_with, profile, spec};
 use super::super::{AgentKind, launch, validate};
+use super::super::{OutputParser, Parsed};
 use super::*;
 use crate::error::{Error, Reason};
 use std::path::PathBuf;
@@ -317,17 +318,6 @@ fn streamed_chunks_form_one_message_and_the_result_is_the_last_one() {
 #[test]
 fn odd_lines_become_unparsed_or_other() {
     let mut p = GeminiParser::default();
-    let cut = &STREAM.lines().next().unwrap()[..50];
-    assert_eq!(
-        p.parse_line(cut, true),
-        [Parsed {
-            kind: EventKind::Unparsed {
-                line: cut.into(),
-                truncated: true
-            },
-            raw: None
-        }]
-    );
     for line in [
         "YOLO mode is enabled. All tool calls will be automatically approved.",
         "\"x\"",
@@ -360,13 +350,6 @@ fn odd_lines_become_unparsed_or_other() {
 }
 
 proptest::proptest! {
-    #[test]
-    fn never_panics_on_any_line(line in "\\PC*", truncated: bool) {
-        let mut p = GeminiParser::default();
-        let _ = p.parse_line(&line, truncated);
-        let _ = p.summary();
-    }
-
     #[test]
     fn never_panics_on_json_shaped_lines(
         ty in "(init|message|tool_use|tool_result|error|result|x)",

@@ -208,6 +208,38 @@ pub trait OutputParser: Send {
     fn summary(&self) -> Summary;
 }
 
+/// An agent whose stdout is JSON lines, one object per line: reading the line is done once here
+/// (the [`OutputParser`] of every implementor), each agent says only what its objects mean. A blank
+/// line is nothing; a line that is not an object of the protocol, or was cut, is kept verbatim as
+/// [`EventKind::Unparsed`]; every event of a line keeps the line as its raw form.
+pub trait JsonLines: Send {
+    /// Whether every JSON object is the protocol's (JSON-RPC: ACP, Codex's app server) rather
+    /// than only objects with a string `type` (the stream-json shape every other agent prints).
+    const ANY_OBJECT: bool = false;
+
+    /// The events one object of the protocol stands for, in order.
+    fn interpret(&mut self, v: &Value) -> Vec<EventKind>;
+
+    /// What the agent said about the run so far ([`OutputParser::summary`]).
+    fn summarize(&self) -> Summary;
+}
+
+impl<A: JsonLines> OutputParser for A {
+    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        match protocol_object(line, A::ANY_OBJECT) {
+            Some(v) => with_raw(self.interpret(&v), line),
+            None => vec![unparsed(line, truncated)],
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        self.summarize()
+    }
+}
+
 /// What an agent reported about its run.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -562,10 +594,13 @@ fn args_have(args: &[String], names: &[&str]) -> bool {
     })
 }
 
-/// A stdout line as a JSON object with a string `type`, the shape every JSON-lines agent uses.
-fn typed_object(line: &str) -> Option<Value> {
+/// A stdout line as a JSON object of a [`JsonLines`] protocol: any object, or only one with a
+/// string `type`.
+fn protocol_object(line: &str, any_object: bool) -> Option<Value> {
     match serde_json::from_str::<Value>(line) {
-        Ok(v @ Value::Object(_)) if v.get("type").is_some_and(Value::is_string) => Some(v),
+        Ok(v @ Value::Object(_)) if any_object || v.get("type").is_some_and(Value::is_string) => {
+            Some(v)
+        }
         _ => None,
     }
 }
@@ -807,3 +842,5 @@ pub(crate) mod tests {
 mod fake_claude_tests;
 #[cfg(test)]
 mod genuine_tests;
+#[cfg(test)]
+mod jsonl_tests;

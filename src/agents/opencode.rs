@@ -7,9 +7,8 @@
 //! job's result is its last text.
 
 use super::{
-    AgentProfile, Launch, LaunchContext, OutputParser, Parsed, Summary, args_have,
-    check_option_values, input_json_of, other, refuse_set_options, str_at, text_of, typed_object,
-    unparsed, with_raw,
+    AgentProfile, JsonLines, Launch, LaunchContext, Summary, args_have, check_option_values,
+    input_json_of, other, refuse_set_options, str_at, text_of,
 };
 use crate::domain::{EventKind, JobSpec, Usage};
 use crate::error::Result;
@@ -186,18 +185,8 @@ pub(super) struct OpencodeParser {
     usage: Usage,
 }
 
-impl OutputParser for OpencodeParser {
-    fn parse_line(&mut self, line: &str, truncated: bool) -> Vec<Parsed> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        match typed_object(line) {
-            Some(v) => with_raw(self.interpret(&v), line),
-            None => vec![unparsed(line, truncated)],
-        }
-    }
-
-    fn summary(&self) -> Summary {
+impl JsonLines for OpencodeParser {
+    fn summarize(&self) -> Summary {
         Summary {
             conversation_id: self.session_id.clone(),
             result: if self.error.is_none() {
@@ -210,9 +199,7 @@ impl OutputParser for OpencodeParser {
             structured: None,
         }
     }
-}
 
-impl OpencodeParser {
     fn interpret(&mut self, v: &Value) -> Vec<EventKind> {
         let mut events = Vec::new();
         // OpenCode has no init event; every event names the session, so the first one stands in.
