@@ -5,7 +5,8 @@
 //! Data flows one way, top to bottom; a module only imports the ones below it.
 //! ```text
 //! main.rs        parse config, init tracing, run (and the hidden `supervise` entry of the runner)
-//! bin/           agentd-supervise (the runner's supervisor alone: execs fast), agentd-bench (#8)
+//! bin/           agentd-supervise (the runner's supervisor alone: execs fast); the bench (#8) is
+//!                its own crate, crates/agentd-bench
 //! cli/           the client subcommands (run, sessions, jobs, files, agents) over the generated clients
 //! config         clap + TOML configuration, validated once; secrets redacted when printed
 //! server         mounts services, health, reflection, auth; transport (TLS, gRPC-Web); serves

@@ -96,7 +96,10 @@ fn run(args: Args) -> Result<i32> {
     let env = harness::Env {
         agentd,
         me,
-        repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        // This crate lives in crates/agentd-bench of the repository.
+        repo: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .canonicalize()
+            .context("the repository this bench was built from")?,
         quick: args.quick,
         agents: scenarios::genuine::agents(&args.agents)?,
     };
