@@ -16,9 +16,8 @@ mod common;
 
 use agentd::pb;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -205,56 +204,7 @@ static GEMINI: Agent = Agent {
     max_turns: false,
 };
 
-/// A running mock model server; killed on drop (it also exits when its stdin closes).
-struct Mock {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Mock {
-    fn start(dir: &Path) -> Mock {
-        let log = dir.join("mock-model.log");
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/fixtures/mock-model"))
-            .arg("--port")
-            .arg("0")
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/fixtures/mock-model with python3");
-        let stdout = child.stdout.take().expect("mock stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read mock banner");
-        let addr = line
-            .trim()
-            .strip_prefix("mock-model listening on ")
-            .unwrap_or_else(|| panic!("unexpected mock banner {line:?}"))
-            .to_owned();
-        Mock {
-            child,
-            base: format!("http://{addr}"),
-            log,
-        }
-    }
-
-    /// The requests the mock saw, one JSON object per line (for failure messages).
-    fn requests(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::mock_model::MockModel as Mock;
 
 /// One scenario's world: a mock, an agentd configured for the agent, a client and a session.
 struct World {
@@ -278,7 +228,7 @@ impl World {
         let cli = cli(agent.bin);
         let slot = SLOTS.clone().acquire_owned().await.expect("semaphore");
         let dir = tempfile::tempdir().expect("temp dir");
-        let mock = Mock::start(dir.path());
+        let mock = Mock::start(dir.path(), &[]);
         let config = format!("{}{}", (agent.profile)(&cli, &mock.base), extra(dir.path()));
         let server = TestServer::start_with(Options {
             config: Some(config),
@@ -361,7 +311,7 @@ impl World {
             out.push_str(&format!("  {:>3} {:<11} {detail}\n", e.seq, kind(e)));
         }
         out.push_str("mock requests:\n");
-        for line in self.mock.requests().lines() {
+        for line in self.mock.requests_text().lines() {
             let line: String = line.chars().take(400).collect();
             out.push_str(&format!("  {line}\n"));
         }
@@ -1074,7 +1024,9 @@ async fn ask_deny_tells_the_model_why(mut w: World) {
         "{why}"
     );
     assert!(
-        w.mock.requests().contains("not there: use notes/ instead"),
+        w.mock
+            .requests_text()
+            .contains("not there: use notes/ instead"),
         "{why}"
     );
     let r = resolutions(&events);
@@ -1166,8 +1118,12 @@ async fn send_input_reaches_the_models_next_request(mut w: World) {
     let why = w.explain(&job, &events);
     assert!(events.iter().any(|e| kind(e) == "input"), "{why}");
     assert!(
-        w.mock.requests().contains("\"prompt\": \"remember mango\"")
-            || w.mock.requests().contains("\"prompt\":\"remember mango\""),
+        w.mock
+            .requests_text()
+            .contains("\"prompt\": \"remember mango\"")
+            || w.mock
+                .requests_text()
+                .contains("\"prompt\":\"remember mango\""),
         "{why}"
     );
     assert_eq!(job.result, "I will remember mango.", "{why}");
@@ -1464,7 +1420,7 @@ async fn cli_ask_reads_answers_line_by_line(w: World) {
         "{stderr}"
     );
     assert!(
-        w.mock.requests().contains("not from the terminal"),
+        w.mock.requests_text().contains("not from the terminal"),
         "{stderr}"
     );
 }
@@ -2289,7 +2245,7 @@ async fn codex_ask_honours_the_output_schema() {
         );
         let turns: Vec<serde_json::Value> = w
             .mock
-            .requests()
+            .requests_text()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|r| r["api"] == "responses" && !r["tools"].as_array().is_none_or(Vec::is_empty))

@@ -28,43 +28,21 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The scripted model server, accepting only [`REAL_KEY`]; killed on drop.
-struct Mock {
-    child: Child,
-    addr: String,
-    log: PathBuf,
+use common::mock_model::MockModel;
+
+/// The scripted model server, accepting only [`REAL_KEY`].
+struct Mock(MockModel);
+
+impl std::ops::Deref for Mock {
+    type Target = MockModel;
+    fn deref(&self) -> &MockModel {
+        &self.0
+    }
 }
 
 impl Mock {
     fn start(dir: &Path) -> Mock {
-        let log = dir.join("mock-model.log");
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/fixtures/mock-model"))
-            .args(["--port", "0", "--expect-key", REAL_KEY, "--log"])
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mock-model");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("banner");
-        let addr = line
-            .trim()
-            .strip_prefix("mock-model listening on ")
-            .expect("mock banner")
-            .to_owned();
-        Mock { child, addr, log }
-    }
-
-    fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        Mock(MockModel::start(dir, &["--expect-key", REAL_KEY]))
     }
 
     /// POSTs the mock answered (they all carried the real key) and POSTs it refused.
@@ -77,13 +55,6 @@ impl Mock {
             .map(|r| r["presented"].to_string())
             .collect();
         (posts.count() - wrong.len(), wrong)
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

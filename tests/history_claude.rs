@@ -11,9 +11,9 @@ mod common;
 use agentd::pb;
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 const JOB_TIMEOUT_SECONDS: u32 = 180;
@@ -22,48 +22,19 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The scripted model server, logging every request it answers; killed on drop.
-struct Mock {
-    child: Child,
-    base: String,
-    log: PathBuf,
+use common::mock_model::MockModel as Mock;
+
+/// What the scripted model server saw of the CLI's conversations.
+trait Conversations {
+    fn conversations_of(&self, prompt: &str) -> Vec<Vec<String>>;
 }
 
-impl Mock {
-    fn start(dir: &Path) -> Mock {
-        let log = dir.join("mock-model.log");
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/fixtures/mock-model"))
-            .args(["--port", "0", "--log"])
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/fixtures/mock-model with python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("mock stdout"))
-            .read_line(&mut line)
-            .expect("read mock banner");
-        let addr = line
-            .trim()
-            .strip_prefix("mock-model listening on ")
-            .unwrap_or_else(|| panic!("unexpected mock banner {line:?}"))
-            .to_owned();
-        Mock {
-            child,
-            base: format!("http://{addr}"),
-            log,
-        }
-    }
-
+impl Conversations for Mock {
     /// The user prompts of every conversation the CLI sent for `prompt` with tools offered
     /// (the job's own turns, not its side requests for titles).
     fn conversations_of(&self, prompt: &str) -> Vec<Vec<String>> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        self.requests()
+            .into_iter()
             .filter(|r| {
                 r["prompt"] == prompt && r["tools"].as_array().is_some_and(|t| !t.is_empty())
             })
@@ -78,13 +49,6 @@ impl Mock {
                     .unwrap_or_default()
             })
             .collect()
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -295,7 +259,7 @@ async fn history3_genuine_claude_diffs_match_git_and_rewind_and_fork_continue_th
         cli.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(dir.path());
+    let mock = Mock::start(dir.path(), &[]);
     let server = TestServer::start_with(Options {
         config: Some(claude_profile(&cli, &mock.base)),
         ..Default::default()

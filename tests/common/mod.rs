@@ -2,6 +2,7 @@
 //! stand-in Claude, and hands out generated clients that send an API key, as a user would.
 #![allow(dead_code)]
 
+pub mod mock_model;
 pub mod receiver;
 
 use agentd::pb;

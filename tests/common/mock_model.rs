@@ -1,0 +1,70 @@
+//! The scripted model server (`tests/fixtures/mock-model`) that agent CLIs run against: started on
+//! a free port, its log of the requests it answered read back. Killed on drop (it also exits when
+//! its stdin closes).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct MockModel {
+    child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// `http://` and the address.
+    pub base: String,
+    /// Its request log, one JSON object per line.
+    pub log: PathBuf,
+}
+
+impl MockModel {
+    /// Starts it with `args` besides the port and the log (e.g. `--expect-key <key>`), logging
+    /// into `dir`.
+    pub fn start(dir: &Path, args: &[&str]) -> MockModel {
+        let log = dir.join("mock-model.log");
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mock-model"))
+            .args(["--port", "0", "--log"])
+            .arg(&log)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/fixtures/mock-model with python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("mock stdout"))
+            .read_line(&mut line)
+            .expect("read mock banner");
+        let addr = line
+            .trim()
+            .strip_prefix("mock-model listening on ")
+            .unwrap_or_else(|| panic!("unexpected mock banner {line:?}"))
+            .to_owned();
+        MockModel {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            log,
+        }
+    }
+
+    /// The requests it answered, as logged (for failure messages and text searches).
+    pub fn requests_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The requests it answered.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.requests_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
