@@ -134,7 +134,8 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     // Writes into /tmp raise SIGIO, so a /tmp filled and emptied between two ticks is seen too;
     // so does ns-init's word that the tree is gone.
     let tmp_writes = watch_writes(init);
-    signal_when_readable(&status_r);
+    // Best effort: without the signal the word is read once ns-init is reaped.
+    let _ = signal_when_readable(&status_r);
     let mut watch = watch::Watch::new(cgroup, jail, tmp, Some(notices));
     tick(watch::TICK);
     let mut announced = None;
@@ -197,14 +198,14 @@ fn read_status(status_r: &OwnedFd) -> Option<End> {
     }
 }
 
-/// Asks for SIGIO when `fd` (non-blocking) becomes readable. Best effort: without it the word is
-/// read after ns-init is reaped.
-fn signal_when_readable(fd: &OwnedFd) {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
-    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
+/// Asks for SIGIO to this process when `fd` (made non-blocking) becomes readable; false when the
+/// kernel refused.
+fn signal_when_readable(fd: impl std::os::fd::AsFd) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd());
+    // SAFETY: fcntl on a descriptor the caller holds, with integer arguments only.
     unsafe {
-        libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
-        libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK);
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
+            && libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
     }
 }
 
@@ -232,13 +233,7 @@ fn watch_writes(init: Pid) -> Option<nix::sys::inotify::Inotify> {
         AddWatchFlags::IN_MODIFY,
     )
     .ok()?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ino));
-    // SAFETY: fcntl on a descriptor this function owns, with integer arguments only.
-    let armed = unsafe {
-        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
-            && libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
-    };
-    armed.then_some(ino)
+    signal_when_readable(&ino).then_some(ino)
 }
 
 /// Kills ns-init, which takes the whole PID namespace with it, and waits until it is gone.
