@@ -1,10 +1,11 @@
 //! Codex under permission_mode `ask` (issue #17): `codex app-server`, JSON-RPC 2.0 over stdio, one
 //! JSON object per line. Owns the handshake (`initialize`, `thread/start` or `thread/resume` for
-//! the session's thread, then `turn/start` with the prompt), the answers to Codex's approval
-//! requests (`item/commandExecution/requestApproval`, `item/fileChange/requestApproval`), further
-//! input (`turn/start`, which joins the running turn when there is one), `turn/interrupt`, and the
-//! mapping of its notifications to the events `codex exec --json` gives (by rewriting them into
-//! that shape for [`CodexParser`]), so that jobs that ask look like jobs that don't.
+//! the session's thread, then `turn/start` with the prompt and the job's images), the answers to
+//! Codex's approval requests (`item/commandExecution/requestApproval`,
+//! `item/fileChange/requestApproval`), further input (`turn/start`, which joins the running turn
+//! when there is one), `turn/interrupt`, and the mapping of its notifications to the events `codex
+//! exec --json` gives (by rewriting them into that shape for [`CodexParser`]), so that jobs that
+//! ask look like jobs that don't.
 //!
 //! Codex's approval answers carry no message; a denial's message reaches the model as a user
 //! message steered into the same turn (`turn/steer`), written before the answer so that the

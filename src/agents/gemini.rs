@@ -1,8 +1,8 @@
 //! The `gemini` kind: Gemini CLI run headless (`gemini --output-format stream-json`, the prompt on
 //! stdin).
 //! Owns its argv, its environment, `$HOME/.gemini/settings.json` and `$HOME/.gemini/GEMINI.md`,
-//! and the mapping of its JSON lines (`init`, `message`, `tool_use`, `tool_result`, `error`,
-//! `result`) to job events.
+//! the `@path` that gives it an image attachment, and the mapping of its JSON lines (`init`,
+//! `message`, `tool_use`, `tool_result`, `error`, `result`) to job events.
 //!
 //! Gemini keeps conversations under `$HOME/.gemini/tmp/<project>`, keyed by the working
 //! directory, so a later job of the session (same HOME and cwd) can `--resume` them.
