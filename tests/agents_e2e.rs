@@ -1821,12 +1821,9 @@ mod capabilities {
         .await;
     }
 
-    // The pinned Claude CLI offers no TodoWrite tool in `-p` mode here (the scripted model answers
-    // "no todo tool"), so no plan event can come from it yet; the parser's unit test covers the
-    // TodoWrite → plan mapping. Kept to run by hand: `cargo test --test agents_e2e -- --ignored
-    // claude_todo_plans`.
+    /// Claude's TodoWrite calls (the tool agentd's environment makes Claude Code 2.1 offer in
+    /// place of its Task* tools) are plan events.
     #[tokio::test]
-    #[ignore = "the pinned Claude CLI offers no TodoWrite tool headless (issue #20)"]
     async fn claude_todo_plans_are_typed_events() {
         scenario(async {
             let mut w = World::new(&CLAUDE).await;
@@ -2015,17 +2012,24 @@ mod capabilities {
     }
 
     /// An image attachment reaches the model as image bytes equal to the uploaded file (Claude:
-    /// a base64 block of its stream-json input; Codex: `--image`); a file that only looks like
-    /// one by name does not.
-    async fn an_image_attachment_reaches_the_model(agent: &'static Agent) {
+    /// a base64 block of its stream-json input; Codex: `--image`; OpenCode: `--file`; Gemini:
+    /// an `@path` it reads itself; and under `ask`, each protocol's image content in the first
+    /// message); a file that only looks like one by name does not.
+    async fn an_image_attachment_reaches_the_model(agent: &'static Agent, ask: bool) {
         let mut w = World::new(agent).await;
+        let caps = capabilities_of(&w, agent.name).await;
+        assert!(caps.iter().any(|c| c == "images"), "{caps:?}");
+        let request = |w: &World| match ask {
+            true => w.ask("image-digest"),
+            false => w.request("image-digest"),
+        };
         w.session =
             w.c.create_session(&[("pixel.png", PIXEL_PNG), ("fake.png", b"not an image")])
                 .await
                 .session_id;
         let req = pb::SubmitJobRequest {
             attachments: vec!["pixel.png".into()],
-            ..w.request("image-digest")
+            ..request(&w)
         };
         let (job, events) = w.run_req(req).await;
         w.expect_state(&job, &events, pb::JobState::Succeeded);
@@ -2039,7 +2043,7 @@ mod capabilities {
                 .session_id;
         let req = pb::SubmitJobRequest {
             attachments: vec!["fake.png".into()],
-            ..w.request("image-digest")
+            ..request(&w)
         };
         let (job, events) = w.run_req(req).await;
         w.expect_state(&job, &events, pb::JobState::Succeeded);
@@ -2048,17 +2052,37 @@ mod capabilities {
 
     #[tokio::test]
     async fn claude_gets_an_image_attachment_as_an_image() {
-        scenario(an_image_attachment_reaches_the_model(&CLAUDE)).await;
+        scenario(an_image_attachment_reaches_the_model(&CLAUDE, false)).await;
     }
 
     #[tokio::test]
     async fn codex_gets_an_image_attachment_as_an_image() {
-        scenario(an_image_attachment_reaches_the_model(&CODEX)).await;
+        scenario(an_image_attachment_reaches_the_model(&CODEX, false)).await;
     }
 
     #[tokio::test]
     async fn opencode_gets_an_image_attachment_as_an_image() {
-        scenario(an_image_attachment_reaches_the_model(&OPENCODE)).await;
+        scenario(an_image_attachment_reaches_the_model(&OPENCODE, false)).await;
+    }
+
+    #[tokio::test]
+    async fn gemini_gets_an_image_attachment_as_an_image() {
+        scenario(an_image_attachment_reaches_the_model(&GEMINI, false)).await;
+    }
+
+    #[tokio::test]
+    async fn claude_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&CLAUDE, true)).await;
+    }
+
+    #[tokio::test]
+    async fn codex_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&CODEX, true)).await;
+    }
+
+    #[tokio::test]
+    async fn opencode_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&OPENCODE, true)).await;
     }
 
     /// The newer job fields come from a preset: its system prompt replaces Claude's, its deltas

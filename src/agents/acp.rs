@@ -12,7 +12,9 @@
 //! end of the turn that was denied.
 
 use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
-use super::{OutputParser, Parsed, Summary, input_json_of, other, str_at, unparsed, with_raw};
+use super::{
+    Image, OutputParser, Parsed, Summary, input_json_of, other, str_at, unparsed, with_raw,
+};
 use crate::domain::{EventKind, Usage};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -43,8 +45,8 @@ pub(super) struct Acp {
 struct State {
     next_id: u64,
     session: Option<String>,
-    /// Prompts waiting for the session.
-    waiting: Vec<String>,
+    /// Prompts waiting for the session (each its content blocks).
+    waiting: Vec<Value>,
     /// Open permission requests: the agent's id as sent, and its options.
     requests: HashMap<String, (Value, Value)>,
     /// Denial messages for the model, sent when the running turn ends.
@@ -57,7 +59,7 @@ struct State {
     in_flight: u32,
     /// Caller input held until the running turn ends: sent mid-turn, an agent such as OpenCode
     /// folds it into that turn, and the two turns' texts run together.
-    held_input: std::collections::VecDeque<String>,
+    held_input: std::collections::VecDeque<Value>,
 }
 
 impl Acp {
@@ -85,13 +87,30 @@ impl Acp {
     }
 }
 
+/// A prompt's content blocks holding only text.
+fn text_content(text: &str) -> Value {
+    json!([{"type": "text", "text": text}])
+}
+
+/// The text and an ACP `image` block per image (base64 `data` and its `mimeType`), which the
+/// agents that advertise `promptCapabilities.image` (OpenCode) send to the model as an image.
+fn content_with_images(text: &str, images: &[Image]) -> Value {
+    let mut blocks = vec![json!({"type": "text", "text": text})];
+    blocks.extend(
+        images
+            .iter()
+            .map(|i| json!({"type": "image", "mimeType": i.media_type, "data": i.base64()})),
+    );
+    Value::Array(blocks)
+}
+
 impl State {
-    fn prompt(&mut self, session: &str, prefix: &str, text: &str) -> String {
+    fn prompt(&mut self, session: &str, prefix: &str, content: Value) -> String {
         self.next_id += 1;
         if prefix == ID_PROMPT {
             self.in_flight += 1;
         }
-        let params = json!({"sessionId": session, "prompt": [{"type": "text", "text": text}]});
+        let params = json!({"sessionId": session, "prompt": content});
         request(
             &format!("{prefix}{}", self.next_id),
             "session/prompt",
@@ -130,7 +149,7 @@ impl State {
             let mut waiting = std::mem::take(&mut self.waiting).into_iter();
             let mut out = waiting
                 .next()
-                .map(|t| self.prompt(&session, ID_PROMPT, &t))
+                .map(|content| self.prompt(&session, ID_PROMPT, content))
                 .unwrap_or_default();
             self.held_input.extend(waiting);
             if self.interrupt_pending {
@@ -152,7 +171,11 @@ impl State {
             if let (Some(note), Some(session)) = (self.note.take(), self.session.clone()) {
                 self.notes += 1;
                 self.held += 1;
-                return Some(Signal::Send(self.prompt(&session, ID_NOTE, &note)));
+                return Some(Signal::Send(self.prompt(
+                    &session,
+                    ID_NOTE,
+                    text_content(&note),
+                )));
             }
             if self.notes > 0 {
                 self.held += 1;
@@ -166,8 +189,8 @@ impl State {
     /// A caller turn ended: the next held input, if any, starts its own turn now.
     fn turn_ended(&mut self) -> Signal {
         match (self.held_input.pop_front(), self.session.clone()) {
-            (Some(text), Some(session)) => {
-                Signal::TurnEndedThen(self.prompt(&session, ID_PROMPT, &text))
+            (Some(content), Some(session)) => {
+                Signal::TurnEndedThen(self.prompt(&session, ID_PROMPT, content))
             }
             _ => Signal::TurnEnded,
         }
@@ -268,8 +291,8 @@ fn option(options: &Value, kinds: &[&str]) -> Option<Value> {
 }
 
 impl Interactive for Acp {
-    fn prompt(&self, text: &str) -> String {
-        self.state().waiting.push(text.to_owned());
+    fn prompt(&self, text: &str, images: &[Image]) -> String {
+        self.state().waiting.push(content_with_images(text, images));
         let params = json!({
             "protocolVersion": 1,
             // agentd serves no files and no terminals: the agent uses its own.
@@ -320,12 +343,12 @@ impl Interactive for Acp {
         let mut state = self.state();
         match state.session.clone() {
             Some(_) if state.in_flight > 0 || state.held > 0 || state.notes > 0 => {
-                state.held_input.push_back(text.to_owned());
+                state.held_input.push_back(text_content(text));
                 String::new()
             }
-            Some(session) => state.prompt(&session, ID_PROMPT, text),
+            Some(session) => state.prompt(&session, ID_PROMPT, text_content(text)),
             None => {
-                state.waiting.push(text.to_owned());
+                state.waiting.push(text_content(text));
                 String::new()
             }
         }

@@ -16,7 +16,7 @@ const ASK: &str = r#"{"jsonrpc":"2.0","id":0,"method":"session/request_permissio
 #[test]
 fn the_handshake_opens_or_loads_the_session_then_prompts() {
     let p = acp(None);
-    let hello = lines(&p.prompt("write note.txt hi"));
+    let hello = lines(&p.prompt("write note.txt hi", &[]));
     assert_eq!(hello[0]["method"], "initialize");
     assert_eq!(hello[0]["params"]["clientCapabilities"]["terminal"], false);
     assert_eq!(hello[1]["method"], "session/new");
@@ -38,7 +38,7 @@ fn the_handshake_opens_or_loads_the_session_then_prompts() {
     assert_eq!(lines(&next)[0]["params"]["prompt"][0]["text"], "more");
 
     let p = acp(Some("ses_0"));
-    let hello = lines(&p.prompt("recall"));
+    let hello = lines(&p.prompt("recall", &[]));
     assert_eq!(hello[1]["method"], "session/load");
     assert_eq!(hello[1]["params"]["sessionId"], "ses_0");
     // session/load answers null: the session is the one asked for.
@@ -49,7 +49,7 @@ fn the_handshake_opens_or_loads_the_session_then_prompts() {
 #[test]
 fn input_sent_mid_turn_is_held_until_the_turn_ends() {
     let p = acp(None);
-    p.prompt("delay 6 remember kiwi");
+    p.prompt("delay 6 remember kiwi", &[]);
     sent(p.observe(SESSION));
     assert_eq!(
         p.user_message("remember mango"),
@@ -75,7 +75,7 @@ fn input_sent_mid_turn_is_held_until_the_turn_ends() {
 #[test]
 fn a_permission_request_names_the_tool_and_the_answers_pick_once_options() {
     let p = acp(None);
-    p.prompt("x");
+    p.prompt("x", &[]);
     p.observe(SESSION);
     let Some(Signal::Permission {
         id,
@@ -102,7 +102,7 @@ fn a_permission_request_names_the_tool_and_the_answers_pick_once_options() {
 #[test]
 fn a_denied_turn_ends_with_the_prompt_carrying_its_message() {
     let p = acp(None);
-    p.prompt("x");
+    p.prompt("x", &[]);
     p.observe(SESSION);
     p.observe(ASK);
     assert_eq!(lines(&p.answer("0", false, "no", &json!({}))).len(), 1);
@@ -144,7 +144,7 @@ fn commands_and_unknown_requests() {
 #[test]
 fn an_interrupt_is_a_cancel_of_the_session() {
     let p = acp(None);
-    p.prompt("delay 60 remember papaya");
+    p.prompt("delay 60 remember papaya", &[]);
     // Before the session exists: sent with the first prompt.
     assert_eq!(p.interrupt(1), "");
     let out = sent(p.observe(SESSION));
@@ -225,7 +225,7 @@ const GEMINI_ASK: &str = r#"{"jsonrpc":"2.0","id":0,"method":"session/request_pe
 #[test]
 fn gemini_requests_and_usage_read_like_opencodes() {
     let p = acp(None);
-    p.prompt("write hello.txt hi there");
+    p.prompt("write hello.txt hi there", &[]);
     p.observe(r#"{"jsonrpc":"2.0","id":"agentd-session","result":{"sessionId":"g1"}}"#);
     let Some(Signal::Permission {
         id, tool, input, ..
@@ -248,4 +248,36 @@ fn gemini_requests_and_usage_read_like_opencodes() {
     parser.parse_line(end, false);
     let u = parser.summary().usage;
     assert_eq!((u.input_tokens, u.output_tokens, u.num_turns), (200, 40, 1));
+}
+
+/// The first prompt carries the job's images as ACP `image` blocks (base64 `data`, `mimeType`);
+/// later input is text alone.
+#[test]
+fn the_first_prompt_carries_the_images_as_image_blocks() {
+    use base64::Engine as _;
+    let p = acp(None);
+    let images = [crate::agents::Image {
+        path: "a.png".into(),
+        media_type: "image/png",
+        data: b"\x89PNG\r\n\x1a\nrest".to_vec(),
+    }];
+    p.prompt("look", &images);
+    assert_eq!(p.user_message("more"), "");
+    let prompts = sent(p.observe(SESSION));
+    let content = &prompts[0]["params"]["prompt"];
+    assert_eq!(content[0], json!({"type": "text", "text": "look"}));
+    assert_eq!(content[1]["type"], "image");
+    assert_eq!(content[1]["mimeType"], "image/png");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(content[1]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, images[0].data);
+    let first = r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn"}}"#;
+    let Some(Signal::TurnEndedThen(next)) = p.observe(first) else {
+        panic!("the held input was not sent at the turn's end");
+    };
+    assert_eq!(
+        lines(&next)[0]["params"]["prompt"],
+        json!([{"type": "text", "text": "more"}])
+    );
 }

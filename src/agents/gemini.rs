@@ -1,8 +1,8 @@
 //! The `gemini` kind: Gemini CLI run headless (`gemini --output-format stream-json`, the prompt on
 //! stdin).
 //! Owns its argv, its environment, `$HOME/.gemini/settings.json` and `$HOME/.gemini/GEMINI.md`,
-//! and the mapping of its JSON lines (`init`, `message`, `tool_use`, `tool_result`, `error`,
-//! `result`) to job events.
+//! the `@path` that gives it an image attachment, and the mapping of its JSON lines (`init`,
+//! `message`, `tool_use`, `tool_result`, `error`, `result`) to job events.
 //!
 //! Gemini keeps conversations under `$HOME/.gemini/tmp/<project>`, keyed by the working
 //! directory, so a later job of the session (same HOME and cwd) can `--resume` them.
@@ -76,6 +76,33 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     }
     allow_mcp(&mut args, ctx);
     with_settings(profile, spec, ctx, args, Some(spec.prompt.clone()))
+}
+
+/// Image extensions Gemini CLI sends as inline image data when a prompt's `@path` names such a
+/// file (it tells images by extension, and reads a named image only then).
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "gif", "webp"];
+
+/// A workspace file as an `@path` of Gemini's prompt, which Gemini CLI reads itself (headless
+/// too) and sends as an `inlineData` part when it is an image: every ASCII character other than
+/// a letter, digit, `/`, `_`, `-` or `.` escaped with `\`, which its parser takes literally.
+/// `None` for a name Gemini would not send as an image (no image extension) or cannot be told
+/// (a backslash, which it reads as a separator, or a control character).
+pub(super) fn at_path(path: &str) -> Option<String> {
+    let ext = std::path::Path::new(path).extension()?.to_str()?;
+    if !IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+        || path.chars().any(|c| c == '\\' || c.is_control())
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len() + 1);
+    out.push('@');
+    for c in path.chars() {
+        if c.is_ascii() && !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.')) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    Some(out)
 }
 
 /// `gemini --acp` for a job that asks (`acp`): the profile's args without its approval flags,

@@ -444,3 +444,18 @@ fn write_todos_is_a_plan_before_its_call_and_thoughts_are_not_printed() {
         events[at + 1]
     );
 }
+
+#[test]
+fn an_image_attachment_is_an_escaped_at_path_gemini_reads_itself() {
+    assert_eq!(at_path("pixel.png").as_deref(), Some("@pixel.png"));
+    assert_eq!(
+        at_path("shots/a b (1).JPG").as_deref(),
+        Some(r"@shots/a\ b\ \(1\).JPG")
+    );
+    assert_eq!(at_path("x,y@z.webp").as_deref(), Some(r"@x\,y\@z.webp"));
+    assert_eq!(at_path("café.gif").as_deref(), Some("@café.gif"));
+    // Gemini tells images by extension, and a backslash is its path separator.
+    for path in ["photo", "notes.txt", "a.png.txt", r"a\b.png", "a\nb.png"] {
+        assert_eq!(at_path(path), None, "{path:?}");
+    }
+}
