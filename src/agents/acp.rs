@@ -6,6 +6,12 @@
 //! (the agent runs them in turn), `session/cancel` for an interrupt, and the mapping of its
 //! `session/update`s to job events (text, tool call and result, usage, init).
 //!
+//! An agent that keeps no conversation whose every turn was cancelled (Gemini CLI drops a turn
+//! cancelled while the model answers, so a session whose only turn was interrupted is gone) cannot
+//! load it in the session's next job: with `new_if_unloadable` that job starts a new conversation
+//! instead (an `other` event `conversation_not_loaded` says so), rather than failing every job of
+//! the session from then on.
+//!
 //! ACP's answers carry no message: a denial's message reaches the model as a further prompt
 //! (`Permission denied: …`) sent once the denied turn ended (OpenCode ends a turn at a
 //! rejection, and a prompt sent meanwhile ends with it unseen), whose end then stands for the
@@ -33,6 +39,13 @@ pub(super) struct Setup {
     /// The session's conversation to continue.
     pub resume: Option<String>,
     pub cwd: String,
+    /// When `session/load` fails, `session/new` instead (see the top of this file).
+    pub new_if_unloadable: bool,
+    /// The agent replays a loaded conversation after answering `session/load`, up to its first
+    /// `available_commands_update` (Gemini CLI: it starts the replay without waiting for it and
+    /// sends its commands on the next timer tick; its stdout, a pipe, is written synchronously, so
+    /// the whole replay is out first). Otherwise the replay ends with the answer (OpenCode).
+    pub replay_ends_with_commands: bool,
 }
 
 /// One run's ACP connection (its state is the conversation's: session, open requests).
@@ -45,6 +58,8 @@ pub(super) struct Acp {
 struct State {
     next_id: u64,
     session: Option<String>,
+    /// The conversation could not be loaded: a new one was asked for.
+    fresh: bool,
     /// Prompts waiting for the session (each its content blocks).
     waiting: Vec<Value>,
     /// Open permission requests: the agent's id as sent, and its options.
@@ -74,9 +89,9 @@ impl Acp {
         locked(&self.state)
     }
 
-    fn open_session(&self) -> String {
+    fn open_session(&self, resume: Option<&str>) -> String {
         let mut params = json!({"cwd": self.setup.cwd, "mcpServers": []});
-        let method = match &self.setup.resume {
+        let method = match resume {
             Some(id) => {
                 params["sessionId"] = json!(id);
                 "session/load"
@@ -298,7 +313,7 @@ impl Interactive for Acp {
             // agentd serves no files and no terminals: the agent uses its own.
             "clientCapabilities": {"fs": {"readTextFile": false, "writeTextFile": false}, "terminal": false},
         });
-        request(ID_INIT, "initialize", params) + &self.open_session()
+        request(ID_INIT, "initialize", params) + &self.open_session(self.setup.resume.as_deref())
     }
 
     fn observe(&self, text: &str) -> Option<Signal> {
@@ -308,7 +323,14 @@ impl Interactive for Acp {
             (Some(id), Some(method)) => {
                 Some(state.asked(id, method, v.get("params").unwrap_or(&Value::Null)))
             }
-            (Some(Value::String(id)), None) => state.answered(id, &v, self.setup.resume.as_deref()),
+            (Some(Value::String(id)), None) if unloadable(&self.setup, id, &v) && !state.fresh => {
+                state.fresh = true;
+                Some(Signal::Send(self.open_session(None)))
+            }
+            (Some(Value::String(id)), None) => {
+                let resumed = self.setup.resume.as_deref().filter(|_| !state.fresh);
+                state.answered(id, &v, resumed)
+            }
             _ => None,
         }
     }
@@ -362,9 +384,20 @@ impl Interactive for Acp {
         Some(Box::new(AcpParser {
             loading: self.setup.resume.is_some(),
             session: self.setup.resume.clone(),
+            new_if_unloadable: self.setup.new_if_unloadable,
+            replay_ends_with_commands: self.setup.replay_ends_with_commands,
             ..AcpParser::default()
         }))
     }
+}
+
+/// Whether `v`, the answer to `id`, is a refused `session/load` the job goes on from with a new
+/// conversation.
+fn unloadable(setup: &Setup, id: &str, v: &Value) -> bool {
+    setup.new_if_unloadable
+        && setup.resume.is_some()
+        && id == ID_SESSION
+        && v.get("error").is_some()
 }
 
 /// Updates that say nothing a job's events keep.
@@ -380,9 +413,15 @@ const QUIET: [&str; 6] = [
 /// Reads an ACP agent's output as job events.
 #[derive(Debug, Default)]
 pub(super) struct AcpParser {
-    /// Until `session/load` is answered the agent replays the conversation: not this job's.
+    /// Until `session/load` is answered (or see [`Setup`]) the agent replays the conversation:
+    /// not this job's.
     loading: bool,
+    /// `session/load` was answered.
+    loaded: bool,
+    replay_ends_with_commands: bool,
     session: Option<String>,
+    /// A refused load is followed by a new conversation, not an error (see [`Setup`]).
+    new_if_unloadable: bool,
     /// The agent message being streamed, chunk by chunk.
     text: String,
     last_text: Option<String>,
@@ -431,8 +470,16 @@ impl AcpParser {
                 let update = params.get("update").unwrap_or(&Value::Null);
                 self.update(update)
             }
-            (_, Some("session/update")) => Vec::new(),
+            (_, Some("session/update")) => {
+                let update = params.pointer("/update/sessionUpdate");
+                if self.loaded && update == Some(&json!("available_commands_update")) {
+                    self.loading = false;
+                }
+                Vec::new()
+            }
             (_, Some(method)) => {
+                // A request of the agent's is never part of a replay.
+                self.loading = false;
                 let mut events = self.flush();
                 events.push(other(method));
                 events
@@ -510,6 +557,13 @@ impl AcpParser {
 
     fn answer(&mut self, id: &str, v: &Value) -> Vec<EventKind> {
         let mut events = self.flush();
+        if id == ID_SESSION && self.loading && self.new_if_unloadable && v.get("error").is_some() {
+            // The answer to the `session/new` sent instead comes next.
+            self.loading = false;
+            self.session = None;
+            events.push(other("conversation_not_loaded"));
+            return events;
+        }
         if let Some(e) = v.get("error") {
             let message = str_at(e, "message").unwrap_or("the agent refused the request");
             self.error = Some(message.to_owned());
@@ -517,7 +571,8 @@ impl AcpParser {
             return events;
         }
         if id == ID_SESSION {
-            self.loading = false;
+            self.loaded = true;
+            self.loading = self.loading && self.replay_ends_with_commands;
             let found = v.pointer("/result/sessionId").and_then(Value::as_str);
             if let Some(s) = found {
                 self.session = Some(s.to_owned());
@@ -529,6 +584,8 @@ impl AcpParser {
                 agent_version: String::new(),
             });
         } else if id.starts_with(ID_PROMPT) || id.starts_with(ID_NOTE) {
+            // Should the commands never come, a turn's end still ends the replay.
+            self.loading = false;
             let u = v.pointer("/result/usage").unwrap_or(&Value::Null);
             let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
             // Gemini CLI reports a turn's tokens only in its own `_meta`.

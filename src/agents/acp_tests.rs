@@ -7,6 +7,8 @@ fn acp(resume: Option<&str>) -> Acp {
     Acp::new(Setup {
         resume: resume.map(str::to_owned),
         cwd: "/ws/s1".into(),
+        new_if_unloadable: false,
+        replay_ends_with_commands: false,
     })
 }
 
@@ -280,4 +282,105 @@ fn the_first_prompt_carries_the_images_as_image_blocks() {
         lines(&next)[0]["params"]["prompt"],
         json!([{"type": "text", "text": "more"}])
     );
+}
+
+#[test]
+fn a_conversation_gemini_cannot_load_is_followed_by_a_new_one() {
+    let refused = r#"{"jsonrpc":"2.0","id":"agentd-session","error":{"code":-32603,"message":"Internal error","data":{"details":"No previous sessions found for this project."}}}"#;
+    let p = Acp::new(Setup {
+        resume: Some("gone".into()),
+        cwd: "/ws/s1".into(),
+        new_if_unloadable: true,
+        replay_ends_with_commands: true,
+    });
+    let mut parser = p.parser().expect("parser");
+    assert_eq!(lines(&p.prompt("recall", &[]))[1]["method"], "session/load");
+    let again = sent(p.observe(refused));
+    assert_eq!(again[0]["method"], "session/new");
+    assert_eq!(again[0]["params"]["cwd"], "/ws/s1");
+    let kinds: Vec<EventKind> = parser
+        .parse_line(refused, false)
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [other("conversation_not_loaded")]);
+    let prompts = sent(p.observe(SESSION));
+    assert_eq!(prompts[0]["params"]["sessionId"], "ses_1");
+    assert_eq!(prompts[0]["params"]["prompt"][0]["text"], "recall");
+    parser.parse_line(SESSION, false);
+    let summary = parser.summary();
+    assert_eq!(summary.conversation_id.as_deref(), Some("ses_1"));
+    assert_eq!(summary.error, None);
+    // Refused twice, the job ends with the agent's words.
+    assert_eq!(p.observe(refused), Some(Signal::TurnEnded));
+
+    // Without the option (OpenCode) a refused load fails the job as before.
+    let p = acp(Some("gone"));
+    let mut parser = p.parser().expect("parser");
+    p.prompt("recall", &[]);
+    assert_eq!(p.observe(refused), Some(Signal::TurnEnded));
+    parser.parse_line(refused, false);
+    assert_eq!(parser.summary().error.as_deref(), Some("Internal error"));
+}
+
+#[test]
+fn gemini_replays_a_loaded_conversation_after_its_answer_up_to_its_commands() {
+    let p = Acp::new(Setup {
+        resume: Some("g0".into()),
+        cwd: "/ws/s1".into(),
+        new_if_unloadable: true,
+        replay_ends_with_commands: true,
+    });
+    let mut parser = p.parser().expect("parser");
+    let update = |kind: &str, rest: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"g0","update":{{"sessionUpdate":"{kind}"{rest}}}}}}}"#
+        )
+    };
+    let text = |t: &str| {
+        update(
+            "agent_message_chunk",
+            &format!(r#","content":{{"type":"text","text":"{t}"}}"#),
+        )
+    };
+    let mut events = Vec::new();
+    // Gemini CLI 0.61's order (captured): the answer, then the replay, then its commands.
+    for line in [
+        update(
+            "user_message_chunk",
+            r#","content":{"type":"text","text":"<session_context>"}"#,
+        ),
+        r#"{"jsonrpc":"2.0","id":"agentd-session","result":{"modes":{}}}"#.to_owned(),
+        update(
+            "user_message_chunk",
+            r#","content":{"type":"text","text":"bash echo hi"}"#,
+        ),
+        text("Running it."),
+        update(
+            "tool_call",
+            r#","toolCallId":"t0","status":"completed","title":"Shell","kind":"execute""#,
+        ),
+        text("Done. Tool said: hi"),
+        update("available_commands_update", r#","availableCommands":[]"#),
+        text("You asked me "),
+        text("to remember kiwi."),
+        r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn"}}"#.to_owned(),
+    ] {
+        events.extend(parser.parse_line(&line, false).into_iter().map(|e| e.kind));
+    }
+    let texts: Vec<&EventKind> = events
+        .iter()
+        .filter(|e| matches!(e, EventKind::Text { .. } | EventKind::ToolCall { .. }))
+        .collect();
+    assert_eq!(
+        texts,
+        [&EventKind::Text {
+            text: "You asked me to remember kiwi.".into()
+        }]
+    );
+    assert_eq!(
+        parser.summary().result.as_deref(),
+        Some("You asked me to remember kiwi.")
+    );
+    assert_eq!(parser.summary().conversation_id.as_deref(), Some("g0"));
 }

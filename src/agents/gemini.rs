@@ -119,6 +119,29 @@ fn acp_launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> La
     with_settings(profile, spec, ctx, args, None)
 }
 
+/// The conversation's chat files, set aside before `gemini --acp` loads it. Its `session/load`
+/// first starts a recording of its own for the id it is given, in a file named
+/// `session-<minute, UTC>-<first 8 characters of the id>.jsonl` under
+/// `~/.gemini/tmp/<project>/chats/`, and only then looks the conversation up. Within the minute
+/// the conversation began that is the conversation's own file: the new recording appends a
+/// record that resets its messages, the lookup finds nothing to resume ("No previous sessions
+/// found for this project") and the turns are lost (seen with 0.61: a load a few seconds after
+/// the first job fails, one in the next minute works). With a mark before the id, Gemini still
+/// lists the file, finds the conversation in it and appends the resumed turns to it, and its
+/// own new recording can never have that name. Headless `--resume` looks the conversation up
+/// before it records anything, so it needs none of this.
+pub(super) fn set_aside(spec: &JobSpec, ctx: &LaunchContext) -> Option<crate::workspace::Rename> {
+    let id = ctx.resume_conversation.filter(|_| spec.asks())?;
+    let short: String = id.chars().take(8).collect();
+    Some(crate::workspace::Rename {
+        parent: ".gemini/tmp".into(),
+        child: "chats".into(),
+        prefix: "session-".into(),
+        suffix: format!("-{short}.jsonl"),
+        mark: "-agentd".into(),
+    })
+}
+
 /// `args` without `-y`, `--yolo` and `--approval-mode[=]<mode>`.
 fn without_approval_flags(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());

@@ -57,16 +57,9 @@ pub trait Interactive: Send + Sync {
 /// The controls an agent kind supports (listed in ServerInfo).
 pub fn controls(kind: AgentKind) -> &'static [&'static str] {
     match kind {
-        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode => {
+        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode | AgentKind::Gemini => {
             &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT]
         }
-        // Gemini CLI 0.61 answers every ACP step of a job that asks (e2e: allow, deny, timeout,
-        // input, restart pass), but a `gemini --acp` that sees EOF right after its turn exits
-        // before its chat file holds the turn (seen: still missing after 0.3 s, there after 3 s),
-        // so the session's next job cannot continue the conversation ("No previous sessions
-        // found"), and a cancelled turn leaves no loadable session at all. Not offered until
-        // that is solved; the adapter (`acp`, `gemini::acp_launch`) stays wired.
-        AgentKind::Gemini => &[],
         // A configured command has no protocol agentd knows.
         AgentKind::Command => &[],
     }
@@ -85,6 +78,8 @@ pub fn protocol(
             Some(Box::new(super::acp::Acp::new(super::acp::Setup {
                 resume: ctx.resume_conversation.map(str::to_owned),
                 cwd: ctx.workspace.to_string_lossy().into_owned(),
+                new_if_unloadable: profile.kind == AgentKind::Gemini,
+                replay_ends_with_commands: profile.kind == AgentKind::Gemini,
             })))
         }
         AgentKind::Command => None,

@@ -341,6 +341,19 @@ fn check_caps(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
+/// Files of the agent's own state that agentd renames in HOME before the job starts; only Gemini
+/// CLI under `ask` needs that (see `gemini::set_aside`).
+pub fn home_renames(
+    profile: &AgentProfile,
+    spec: &JobSpec,
+    ctx: &LaunchContext,
+) -> Option<crate::workspace::Rename> {
+    match profile.kind {
+        AgentKind::Gemini => gemini::set_aside(spec, ctx),
+        _ => None,
+    }
+}
+
 /// What to execute for `spec` under `profile`. Assumes [`validate`] accepted the job.
 pub fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Result<Launch> {
     let mut launch = match profile.kind {

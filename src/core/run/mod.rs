@@ -369,6 +369,11 @@ impl Core {
         self.workspaces
             .write_home_files(&session.id, home_files)
             .await?;
+        if let Some(rename) = agents::home_renames(profile, &job.spec, &ctx) {
+            self.workspaces
+                .rename_home_files(&session.id, rename)
+                .await?;
+        }
         // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
         let protocol = job
             .spec
