@@ -7,8 +7,9 @@
 //!   stdin, a socket), tells agentd how the agent ended as soon as ns-init says the tree is gone
 //!   (before the teardown), and then removes the cgroup;
 //! - **ns-init**, cloned into new user, PID, mount, IPC and UTS (and network) namespaces, builds
-//!   the job-independent root while the supervisor is a standby, then adds the job's paths,
-//!   pivots into the root, and forks the agent;
+//!   the job-independent root while the supervisor is a standby (and pivots into it there, where
+//!   the kernel allows: see [`fs`]), then adds the job's paths, pivots if it has not, and forks
+//!   the agent;
 //! - the **agent** drops to [`INSIDE_ID`] with no capabilities, `no_new_privs`, Landlock and
 //!   the seccomp filter, and execs.
 
@@ -380,7 +381,7 @@ fn ns_init(
     // now: a non-dumpable process's /proc files belong to root, and an unprivileged supervisor
     // had to write its id maps there first.
     let _ = prctl::set_dumpable(false);
-    fs::prepare(root).unwrap_or_else(|e| fail(e));
+    let mut jail_root = fs::prepare(root).unwrap_or_else(|e| fail(e));
     if matches!(shape.network, Network::None | Network::Gateway) {
         fs::loopback_up().unwrap_or_else(|e| fail(e));
     }
@@ -398,9 +399,10 @@ fn ns_init(
         Err(e) => fail(e),
     };
     if !jail.bridges.is_empty() {
-        crate::runner::bridge::spawn(&jail.bridges).unwrap_or_else(|e| fail(e));
+        crate::runner::bridge::spawn(&jail.bridges, |dir| jail_root.open_host_dir(dir))
+            .unwrap_or_else(|e| fail(e));
     }
-    fs::enter(root, &jail).unwrap_or_else(|e| fail(e));
+    fs::enter(&jail_root, &jail).unwrap_or_else(|e| fail(e));
     let _ = nix::unistd::write(&ready_w, &[1]);
     drop(ready_w);
     if shape.host_ids.is_some() {
@@ -417,11 +419,24 @@ fn ns_init(
         .collect();
     // A standby was set up at the idle priority; the supervisor has put ns-init back at the normal
     // one (see `normal_priority`), which the agent inherits.
+    // The host tree's copy goes once the agent has exec'd (its copy is close-on-exec): closing
+    // the last descriptor unmounts it, which is not the job's start to wait for.
+    let host = jail_root.take_host();
+    let execed = match &host {
+        Some(_) => Some(pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")))),
+        None => None,
+    };
     let agent_pid = match super::fork_or_err() {
         Ok(ForkResult::Child) => exec_jailed(&agent, &jail, shape, &filters, &writable),
         Ok(ForkResult::Parent { child }) => child,
         Err(msg) => fail(msg),
     };
+    if let Some((execed_r, execed_w)) = execed {
+        drop(execed_w);
+        // EOF once the agent exec'd (or died trying).
+        while matches!(read(&execed_r, &mut [0u8; 1]), Err(Errno::EINTR)) {}
+        drop(host);
+    }
     let _ = setpgid(agent_pid, agent_pid);
     let end = wait_for(agent_pid, &super::handled_signals(), |sig| {
         if matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
