@@ -490,7 +490,7 @@ fn cover(root: &Path, path: &Path) -> Result<()> {
 fn read_only_tree(target: &Path) -> Result<()> {
     match set_read_only_recursive(target) {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e, nix::errno::Errno::ENOSYS) => remount_read_only_tree(target),
+        Err(nix::errno::Errno::ENOSYS) => remount_read_only_tree(target),
         Err(e) => Err(err("cannot make read-only", target, e)),
     }
 }

@@ -489,10 +489,9 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     // The host tree's copy goes once the agent has exec'd (its copy is close-on-exec): closing
     // the last descriptor unmounts it, which is not the job's start to wait for.
     let host = jail_root.take_host();
-    let execed = match &host {
-        Some(_) => Some(pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")))),
-        None => None,
-    };
+    let execed = host
+        .as_ref()
+        .map(|_| pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}"))));
     let agent_pid = match super::fork_or_err() {
         Ok(ForkResult::Child) => exec_jailed(&agent, &jail, shape, &filters, &writable),
         Ok(ForkResult::Parent { child }) => child,
