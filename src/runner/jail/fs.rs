@@ -64,6 +64,9 @@ pub struct Root {
     at: PathBuf,
     /// Set when ns-init pivoted ahead: a detached copy of the host's mount tree (private to
     /// ns-init's mount namespace, close-on-exec), the only way left to the job's host paths.
+    /// It holds the host's mounts as they were when the standby started: files and directories
+    /// created since are there (same filesystems), a filesystem mounted on the host since is
+    /// not (the job then sees the directory under it).
     host: Option<OwnedFd>,
 }
 
