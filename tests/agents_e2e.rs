@@ -70,6 +70,9 @@ struct Agent {
     /// The tool its permission requests name for the mock's `write <path> <text>` (a file tool,
     /// or the shell tool for agents that write files with `printf`).
     write_tool: &'static str,
+    /// Whether a turn interrupted while the model answers stays in the conversation (Gemini CLI
+    /// rolls its history back to before that turn's prompt).
+    keeps_interrupted_turn: bool,
 }
 
 /// The permission rule of `agent`'s write tool for paths matching `path_glob`: a file tool's
@@ -105,6 +108,7 @@ static CLAUDE: Agent = Agent {
     sleep_secs: "3601",
     write_tool: "Write",
     max_turns: true,
+    keeps_interrupted_turn: true,
 };
 
 static CODEX: Agent = Agent {
@@ -136,6 +140,7 @@ static CODEX: Agent = Agent {
     sleep_secs: "3602",
     write_tool: "Bash",
     max_turns: false,
+    keeps_interrupted_turn: true,
 };
 
 static OPENCODE: Agent = Agent {
@@ -169,6 +174,7 @@ static OPENCODE: Agent = Agent {
     sleep_secs: "3603",
     write_tool: "Write",
     max_turns: false,
+    keeps_interrupted_turn: true,
 };
 
 static GEMINI: Agent = Agent {
@@ -202,6 +208,7 @@ static GEMINI: Agent = Agent {
     sleep_secs: "3604",
     write_tool: "Write",
     max_turns: false,
+    keeps_interrupted_turn: false,
 };
 
 use common::mock_model::MockModel as Mock;
@@ -849,8 +856,8 @@ agent_tests!(gemini, GEMINI);
 
 // ------------------------------------------------------------------------------------------------
 // Two-way control (issue #17), with the agents that support it (ServerInfo `controls`): Claude
-// Code's stream-json control protocol, Codex's app server, OpenCode's ACP. A configured command
-// (and Gemini CLI, not offered yet) refuses `ask` as an unsupported option.
+// Code's stream-json control protocol, Codex's app server, OpenCode's and Gemini CLI's ACP. A
+// configured command refuses `ask` as an unsupported option.
 
 impl World {
     fn ask(&self, prompt: &str) -> pb::SubmitJobRequest {
@@ -1130,6 +1137,16 @@ async fn send_input_reaches_the_models_next_request(mut w: World) {
 }
 
 async fn interrupt_keeps_the_conversation(mut w: World) {
+    // What the next job recalls: the interrupted turn, or for an agent that drops it, a turn of
+    // an earlier job (whose conversation the interrupted job continued).
+    let recalled = if w.agent.keeps_interrupted_turn {
+        "papaya"
+    } else {
+        let job = w.submit(w.ask("remember kiwi")).await.expect("submit");
+        let (job, events) = w.finish(&job.job_id).await;
+        w.expect_state(&job, &events, pb::JobState::Succeeded);
+        "kiwi"
+    };
     let job = w
         .submit(w.ask("delay 60 remember papaya"))
         .await
@@ -1148,7 +1165,7 @@ async fn interrupt_keeps_the_conversation(mut w: World) {
     w.expect_state(&next, &events, pb::JobState::Succeeded);
     assert_eq!(
         next.result,
-        "You asked me to remember papaya.",
+        format!("You asked me to remember {recalled}."),
         "{}",
         w.explain(&next, &events)
     );
@@ -1607,13 +1624,53 @@ macro_rules! control_tests {
 control_tests!(control_claude, CLAUDE);
 control_tests!(control_codex, CODEX);
 control_tests!(control_opencode, OPENCODE);
-// Gemini CLI (ACP, `gemini --acp`) joins once `controls` lists it (see interactive::controls:
-// its next job cannot load the conversation of a job that asked):
-// control_tests!(control_gemini, GEMINI);
+control_tests!(control_gemini, GEMINI);
+
+/// Gemini CLI keeps no conversation whose only turn was interrupted (it drops a turn cancelled
+/// while the model answers): the session's next job that asks cannot load it and starts a new
+/// conversation, saying so, instead of failing; the job after that continues the new one.
+#[tokio::test]
+async fn gemini_after_an_interrupted_first_turn_starts_a_new_conversation() {
+    scenario(async {
+        let mut w = World::new(&GEMINI).await;
+        let job = w
+            .submit(w.ask("delay 60 remember papaya"))
+            .await
+            .expect("submit");
+        w.wait_for(&job.job_id, |e| kind(e) == "init").await;
+        w.c.jobs
+            .interrupt_job(pb::InterruptJobRequest {
+                job_id: job.job_id.clone(),
+            })
+            .await
+            .expect("interrupt");
+        let (job, events) = w.finish(&job.job_id).await;
+        w.expect_state(&job, &events, pb::JobState::Cancelled);
+
+        let next = w.submit(w.ask("remember kiwi")).await.expect("submit");
+        let (next, events) = w.finish(&next.job_id).await;
+        w.expect_state(&next, &events, pb::JobState::Succeeded);
+        let why = w.explain(&next, &events);
+        let said = events.iter().any(|e| {
+            matches!(&e.kind, Some(pb::job_event::Kind::Other(o)) if o.r#type == "conversation_not_loaded")
+        });
+        assert!(said, "{why}");
+        assert_ne!(next.conversation_id, job.conversation_id, "{why}");
+        let (last, events) = w.run("recall").await;
+        w.expect_state(&last, &events, pb::JobState::Succeeded);
+        assert_eq!(
+            last.result,
+            "You asked me to remember kiwi.",
+            "{}",
+            w.explain(&last, &events)
+        );
+    })
+    .await;
+}
 
 /// A configured command speaks no protocol agentd knows: `ask` is refused naming it, and
-/// ServerInfo lists no controls for it (nor for Gemini, not offered yet) while it lists all
-/// three for an agent that has them.
+/// ServerInfo lists no controls for it while it lists all three for an agent that has them
+/// (Gemini CLI, through ACP).
 #[tokio::test]
 async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
     let mut w = World::with_config(&GEMINI, |_| {
@@ -1649,15 +1706,7 @@ async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
         agent.controls.clone()
     };
     assert!(controls("plain-script").is_empty());
-    assert!(controls("gemini").is_empty());
-    let mut all = w.server.clients(KEY_A).await;
-    let st = all
-        .jobs
-        .submit_job(w.ask("write x.txt y"))
-        .await
-        .expect_err("gemini took ask");
-    assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
-    assert!(st.message().contains("gemini"), "{st:?}");
+    assert_eq!(controls("gemini"), ["ask", "input", "interrupt"]);
 }
 // ------------------------------------------------------------------------------------------------
 // Agent capabilities (issue #20): deltas, thinking and plans, structured output, prompts and
@@ -1777,12 +1826,9 @@ mod capabilities {
         .await;
     }
 
-    // The pinned Claude CLI offers no TodoWrite tool in `-p` mode here (the scripted model answers
-    // "no todo tool"), so no plan event can come from it yet; the parser's unit test covers the
-    // TodoWrite → plan mapping. Kept to run by hand: `cargo test --test agents_e2e -- --ignored
-    // claude_todo_plans`.
+    /// Claude's TodoWrite calls (the tool agentd's environment makes Claude Code 2.1 offer in
+    /// place of its Task* tools) are plan events.
     #[tokio::test]
-    #[ignore = "the pinned Claude CLI offers no TodoWrite tool headless (issue #20)"]
     async fn claude_todo_plans_are_typed_events() {
         scenario(async {
             let mut w = World::new(&CLAUDE).await;
@@ -1971,17 +2017,24 @@ mod capabilities {
     }
 
     /// An image attachment reaches the model as image bytes equal to the uploaded file (Claude:
-    /// a base64 block of its stream-json input; Codex: `--image`); a file that only looks like
-    /// one by name does not.
-    async fn an_image_attachment_reaches_the_model(agent: &'static Agent) {
+    /// a base64 block of its stream-json input; Codex: `--image`; OpenCode: `--file`; Gemini:
+    /// an `@path` it reads itself; and under `ask`, each protocol's image content in the first
+    /// message); a file that only looks like one by name does not.
+    async fn an_image_attachment_reaches_the_model(agent: &'static Agent, ask: bool) {
         let mut w = World::new(agent).await;
+        let caps = capabilities_of(&w, agent.name).await;
+        assert!(caps.iter().any(|c| c == "images"), "{caps:?}");
+        let request = |w: &World| match ask {
+            true => w.ask("image-digest"),
+            false => w.request("image-digest"),
+        };
         w.session =
             w.c.create_session(&[("pixel.png", PIXEL_PNG), ("fake.png", b"not an image")])
                 .await
                 .session_id;
         let req = pb::SubmitJobRequest {
             attachments: vec!["pixel.png".into()],
-            ..w.request("image-digest")
+            ..request(&w)
         };
         let (job, events) = w.run_req(req).await;
         w.expect_state(&job, &events, pb::JobState::Succeeded);
@@ -1995,7 +2048,7 @@ mod capabilities {
                 .session_id;
         let req = pb::SubmitJobRequest {
             attachments: vec!["fake.png".into()],
-            ..w.request("image-digest")
+            ..request(&w)
         };
         let (job, events) = w.run_req(req).await;
         w.expect_state(&job, &events, pb::JobState::Succeeded);
@@ -2004,17 +2057,37 @@ mod capabilities {
 
     #[tokio::test]
     async fn claude_gets_an_image_attachment_as_an_image() {
-        scenario(an_image_attachment_reaches_the_model(&CLAUDE)).await;
+        scenario(an_image_attachment_reaches_the_model(&CLAUDE, false)).await;
     }
 
     #[tokio::test]
     async fn codex_gets_an_image_attachment_as_an_image() {
-        scenario(an_image_attachment_reaches_the_model(&CODEX)).await;
+        scenario(an_image_attachment_reaches_the_model(&CODEX, false)).await;
     }
 
     #[tokio::test]
     async fn opencode_gets_an_image_attachment_as_an_image() {
-        scenario(an_image_attachment_reaches_the_model(&OPENCODE)).await;
+        scenario(an_image_attachment_reaches_the_model(&OPENCODE, false)).await;
+    }
+
+    #[tokio::test]
+    async fn gemini_gets_an_image_attachment_as_an_image() {
+        scenario(an_image_attachment_reaches_the_model(&GEMINI, false)).await;
+    }
+
+    #[tokio::test]
+    async fn claude_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&CLAUDE, true)).await;
+    }
+
+    #[tokio::test]
+    async fn codex_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&CODEX, true)).await;
+    }
+
+    #[tokio::test]
+    async fn opencode_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&OPENCODE, true)).await;
     }
 
     /// The newer job fields come from a preset: its system prompt replaces Claude's, its deltas

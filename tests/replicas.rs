@@ -112,6 +112,29 @@ impl Cluster {
     async fn clients(&self, i: usize) -> Clients {
         self.replicas[i].clients(KEY_A).await
     }
+
+    /// Starts replica `name` with `config` (TOML: the agent profiles); returns its index.
+    fn start_configured(&mut self, name: &str, config: &str) -> usize {
+        let args: Vec<String> = [
+            "--store",
+            &self.store_url(),
+            "--workspace-root",
+            &self.root().display().to_string(),
+            "--replica-id",
+            name,
+            "--lease-seconds",
+            &LEASE.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.replicas.push(TestServer::start_with(Options {
+            args,
+            config: Some(config.to_owned()),
+            ..Default::default()
+        }));
+        self.replicas.len() - 1
+    }
 }
 
 impl Drop for Cluster {
@@ -679,27 +702,7 @@ async fn control_answers_reach_the_job_from_any_replica() {
     let log = cl.root().join("mock-model.log");
     let mock = MockModel::start(&log);
     let config = genuine_claude(&mock.base);
-    let start = |cl: &mut Cluster, name: &str| {
-        let args: Vec<String> = [
-            "--store",
-            &cl.store_url(),
-            "--workspace-root",
-            &cl.root().display().to_string(),
-            "--replica-id",
-            name,
-            "--lease-seconds",
-            &LEASE.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        cl.replicas.push(TestServer::start_with(Options {
-            args,
-            config: Some(config.clone()),
-            ..Default::default()
-        }));
-        cl.replicas.len() - 1
-    };
+    let start = |cl: &mut Cluster, name: &str| cl.start_configured(name, &config);
     // A alone first, so that A is the one running the job.
     let a = start(&mut cl, "replica-a");
     let mut ca = cl.clients(a).await;
@@ -781,4 +784,159 @@ async fn control_answers_reach_the_job_from_any_replica() {
     // The model's next request after the tool carried its result.
     let requests = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(requests.contains("Tool said"), "{requests}");
+}
+
+/// Submits `prompt` under `ask` in `session` (Claude, as `genuine_claude` configures it).
+async fn submit_asking(c: &mut Clients, session: &str, prompt: &str) -> pb::Job {
+    c.jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: session.into(),
+            agent: "claude".into(),
+            prompt: prompt.into(),
+            permission_mode: "ask".into(),
+            timeout_seconds: 180,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
+/// Follows `job` until its agent reported its start (so the job runs on the replica `c` talks to
+/// when that replica is the only one).
+async fn until_init(c: &mut Clients, job: &str) {
+    let mut s = c
+        .jobs
+        .stream_job_events(pb::StreamJobEventsRequest {
+            job_id: job.into(),
+            after_seq: 0,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(120), s.message())
+            .await
+            .expect("the agent started within 120s")
+            .expect("stream message")
+            .expect("the job ended before its agent started");
+        if msg.events.iter().any(|e| kind(e) == "init") {
+            return;
+        }
+    }
+}
+
+/// SendInput and InterruptJob across replicas (issue #17): two jobs that ask run on A (genuine
+/// Claude Code against the scripted model, each in its own session, both started before B
+/// exists); input sent through B reaches A's agent on its next model request, an interrupt sent
+/// through B ends the other job CANCELLED (INTERRUPTED) and the session's next job continues its
+/// conversation; once a job is final, more input or another interrupt gets JOB_FINISHED from
+/// either replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn control_input_and_interrupts_reach_the_job_from_any_replica() {
+    let mut cl = Cluster::new();
+    let log = cl.root().join("mock-model.log");
+    let mock = MockModel::start(&log);
+    let config = genuine_claude(&mock.base);
+    let a = cl.start_configured("replica-a", &config);
+    let mut ca = cl.clients(a).await;
+    let talk = ca.create_session(&[]).await.session_id;
+    let stop = ca.create_session(&[]).await.session_id;
+    // The first turn's model answer waits long enough for B to start and the input to arrive
+    // mid-turn; the second one's never comes before the interrupt.
+    let talking = submit_asking(&mut ca, &talk, "delay 25 remember kiwi").await;
+    let stopped = submit_asking(&mut ca, &stop, "delay 120 remember papaya").await;
+    until_init(&mut ca, &talking.job_id).await;
+    until_init(&mut ca, &stopped.job_id).await;
+    let b = cl.start_configured("replica-b", &config);
+    let mut cb = cl.clients(b).await;
+
+    cb.jobs
+        .send_input(pb::SendInputRequest {
+            job_id: talking.job_id.clone(),
+            text: "remember mango".into(),
+        })
+        .await
+        .expect("input through B, delivered by A");
+    cb.jobs
+        .interrupt_job(pb::InterruptJobRequest {
+            job_id: stopped.job_id.clone(),
+        })
+        .await
+        .expect("interrupt through B, delivered by A");
+
+    let done = wait_state(
+        &mut cb,
+        &talking.job_id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(150),
+    )
+    .await;
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        done.result, "I will remember mango.",
+        "{done:?}\n{requests}"
+    );
+    assert!(
+        requests.contains("\"prompt\": \"remember mango\""),
+        "the model's next request carries the input\n{requests}"
+    );
+    let events = cb.events(&talking.job_id, 0).await;
+    let inputs: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::Input(i)) => Some(i.text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inputs, ["remember mango"]);
+
+    let ended = wait_state(
+        &mut ca,
+        &stopped.job_id,
+        pb::JobState::Cancelled,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(ended.reason, "INTERRUPTED", "{ended:?}");
+    let next = submit_asking(&mut cb, &stop, "recall").await;
+    let next = wait_state(
+        &mut cb,
+        &next.job_id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(150),
+    )
+    .await;
+    assert_eq!(next.result, "You asked me to remember papaya.", "{next:?}");
+
+    // Final jobs take no more control, whichever replica is asked.
+    for c in [&mut ca, &mut cb] {
+        for job in [&talking.job_id, &stopped.job_id] {
+            let st = c
+                .jobs
+                .interrupt_job(pb::InterruptJobRequest {
+                    job_id: job.clone(),
+                })
+                .await
+                .expect_err("an interrupt of a final job");
+            assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+            assert_eq!(reason(&st), "JOB_FINISHED", "{st:?}");
+            let st = c
+                .jobs
+                .send_input(pb::SendInputRequest {
+                    job_id: job.clone(),
+                    text: "too late".into(),
+                })
+                .await
+                .expect_err("input for a final job");
+            assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+            assert_eq!(reason(&st), "JOB_FINISHED", "{st:?}");
+        }
+    }
 }

@@ -6,13 +6,19 @@
 //! (the agent runs them in turn), `session/cancel` for an interrupt, and the mapping of its
 //! `session/update`s to job events (text, tool call and result, usage, init).
 //!
+//! An agent that keeps no conversation whose every turn was cancelled (Gemini CLI drops a turn
+//! cancelled while the model answers, so a session whose only turn was interrupted is gone) cannot
+//! load it in the session's next job: with `new_if_unloadable` that job starts a new conversation
+//! instead (an `other` event `conversation_not_loaded` says so), rather than failing every job of
+//! the session from then on.
+//!
 //! ACP's answers carry no message: a denial's message reaches the model as a further prompt
 //! (`Permission denied: …`) sent once the denied turn ended (OpenCode ends a turn at a
 //! rejection, and a prompt sent meanwhile ends with it unseen), whose end then stands for the
 //! end of the turn that was denied.
 
 use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
-use super::{JsonLines, OutputParser, Summary, input_json_of, other, str_at};
+use super::{Image, JsonLines, OutputParser, Summary, input_json_of, other, str_at};
 use crate::domain::{EventKind, Usage};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -31,6 +37,13 @@ pub(super) struct Setup {
     /// The session's conversation to continue.
     pub resume: Option<String>,
     pub cwd: String,
+    /// When `session/load` fails, `session/new` instead (see the top of this file).
+    pub new_if_unloadable: bool,
+    /// The agent replays a loaded conversation after answering `session/load`, up to its first
+    /// `available_commands_update` (Gemini CLI: it starts the replay without waiting for it and
+    /// sends its commands on the next timer tick; its stdout, a pipe, is written synchronously, so
+    /// the whole replay is out first). Otherwise the replay ends with the answer (OpenCode).
+    pub replay_ends_with_commands: bool,
 }
 
 /// One run's ACP connection (its state is the conversation's: session, open requests).
@@ -43,8 +56,10 @@ pub(super) struct Acp {
 struct State {
     next_id: u64,
     session: Option<String>,
-    /// Prompts waiting for the session.
-    waiting: Vec<String>,
+    /// The conversation could not be loaded: a new one was asked for.
+    fresh: bool,
+    /// Prompts waiting for the session (each its content blocks).
+    waiting: Vec<Value>,
     /// Open permission requests: the agent's id as sent, and its options.
     requests: HashMap<String, (Value, Value)>,
     /// Denial messages for the model, sent when the running turn ends.
@@ -57,7 +72,7 @@ struct State {
     in_flight: u32,
     /// Caller input held until the running turn ends: sent mid-turn, an agent such as OpenCode
     /// folds it into that turn, and the two turns' texts run together.
-    held_input: std::collections::VecDeque<String>,
+    held_input: std::collections::VecDeque<Value>,
 }
 
 impl Acp {
@@ -72,9 +87,9 @@ impl Acp {
         locked(&self.state)
     }
 
-    fn open_session(&self) -> String {
+    fn open_session(&self, resume: Option<&str>) -> String {
         let mut params = json!({"cwd": self.setup.cwd, "mcpServers": []});
-        let method = match &self.setup.resume {
+        let method = match resume {
             Some(id) => {
                 params["sessionId"] = json!(id);
                 "session/load"
@@ -85,13 +100,30 @@ impl Acp {
     }
 }
 
+/// A prompt's content blocks holding only text.
+fn text_content(text: &str) -> Value {
+    json!([{"type": "text", "text": text}])
+}
+
+/// The text and an ACP `image` block per image (base64 `data` and its `mimeType`), which the
+/// agents that advertise `promptCapabilities.image` (OpenCode) send to the model as an image.
+fn content_with_images(text: &str, images: &[Image]) -> Value {
+    let mut blocks = vec![json!({"type": "text", "text": text})];
+    blocks.extend(
+        images
+            .iter()
+            .map(|i| json!({"type": "image", "mimeType": i.media_type, "data": i.base64()})),
+    );
+    Value::Array(blocks)
+}
+
 impl State {
-    fn prompt(&mut self, session: &str, prefix: &str, text: &str) -> String {
+    fn prompt(&mut self, session: &str, prefix: &str, content: Value) -> String {
         self.next_id += 1;
         if prefix == ID_PROMPT {
             self.in_flight += 1;
         }
-        let params = json!({"sessionId": session, "prompt": [{"type": "text", "text": text}]});
+        let params = json!({"sessionId": session, "prompt": content});
         request(
             &format!("{prefix}{}", self.next_id),
             "session/prompt",
@@ -130,7 +162,7 @@ impl State {
             let mut waiting = std::mem::take(&mut self.waiting).into_iter();
             let mut out = waiting
                 .next()
-                .map(|t| self.prompt(&session, ID_PROMPT, &t))
+                .map(|content| self.prompt(&session, ID_PROMPT, content))
                 .unwrap_or_default();
             self.held_input.extend(waiting);
             if self.interrupt_pending {
@@ -152,7 +184,11 @@ impl State {
             if let (Some(note), Some(session)) = (self.note.take(), self.session.clone()) {
                 self.notes += 1;
                 self.held += 1;
-                return Some(Signal::Send(self.prompt(&session, ID_NOTE, &note)));
+                return Some(Signal::Send(self.prompt(
+                    &session,
+                    ID_NOTE,
+                    text_content(&note),
+                )));
             }
             if self.notes > 0 {
                 self.held += 1;
@@ -166,8 +202,8 @@ impl State {
     /// A caller turn ended: the next held input, if any, starts its own turn now.
     fn turn_ended(&mut self) -> Signal {
         match (self.held_input.pop_front(), self.session.clone()) {
-            (Some(text), Some(session)) => {
-                Signal::TurnEndedThen(self.prompt(&session, ID_PROMPT, &text))
+            (Some(content), Some(session)) => {
+                Signal::TurnEndedThen(self.prompt(&session, ID_PROMPT, content))
             }
             _ => Signal::TurnEnded,
         }
@@ -268,14 +304,14 @@ fn option(options: &Value, kinds: &[&str]) -> Option<Value> {
 }
 
 impl Interactive for Acp {
-    fn prompt(&self, text: &str) -> String {
-        self.state().waiting.push(text.to_owned());
+    fn prompt(&self, text: &str, images: &[Image]) -> String {
+        self.state().waiting.push(content_with_images(text, images));
         let params = json!({
             "protocolVersion": 1,
             // agentd serves no files and no terminals: the agent uses its own.
             "clientCapabilities": {"fs": {"readTextFile": false, "writeTextFile": false}, "terminal": false},
         });
-        request(ID_INIT, "initialize", params) + &self.open_session()
+        request(ID_INIT, "initialize", params) + &self.open_session(self.setup.resume.as_deref())
     }
 
     fn observe(&self, text: &str) -> Option<Signal> {
@@ -285,7 +321,14 @@ impl Interactive for Acp {
             (Some(id), Some(method)) => {
                 Some(state.asked(id, method, v.get("params").unwrap_or(&Value::Null)))
             }
-            (Some(Value::String(id)), None) => state.answered(id, &v, self.setup.resume.as_deref()),
+            (Some(Value::String(id)), None) if unloadable(&self.setup, id, &v) && !state.fresh => {
+                state.fresh = true;
+                Some(Signal::Send(self.open_session(None)))
+            }
+            (Some(Value::String(id)), None) => {
+                let resumed = self.setup.resume.as_deref().filter(|_| !state.fresh);
+                state.answered(id, &v, resumed)
+            }
             _ => None,
         }
     }
@@ -320,12 +363,12 @@ impl Interactive for Acp {
         let mut state = self.state();
         match state.session.clone() {
             Some(_) if state.in_flight > 0 || state.held > 0 || state.notes > 0 => {
-                state.held_input.push_back(text.to_owned());
+                state.held_input.push_back(text_content(text));
                 String::new()
             }
-            Some(session) => state.prompt(&session, ID_PROMPT, text),
+            Some(session) => state.prompt(&session, ID_PROMPT, text_content(text)),
             None => {
-                state.waiting.push(text.to_owned());
+                state.waiting.push(text_content(text));
                 String::new()
             }
         }
@@ -339,9 +382,20 @@ impl Interactive for Acp {
         Some(Box::new(AcpParser {
             loading: self.setup.resume.is_some(),
             session: self.setup.resume.clone(),
+            new_if_unloadable: self.setup.new_if_unloadable,
+            replay_ends_with_commands: self.setup.replay_ends_with_commands,
             ..AcpParser::default()
         }))
     }
+}
+
+/// Whether `v`, the answer to `id`, is a refused `session/load` the job goes on from with a new
+/// conversation.
+fn unloadable(setup: &Setup, id: &str, v: &Value) -> bool {
+    setup.new_if_unloadable
+        && setup.resume.is_some()
+        && id == ID_SESSION
+        && v.get("error").is_some()
 }
 
 /// Updates that say nothing a job's events keep.
@@ -357,9 +411,15 @@ const QUIET: [&str; 6] = [
 /// Reads an ACP agent's output as job events.
 #[derive(Debug, Default)]
 pub(super) struct AcpParser {
-    /// Until `session/load` is answered the agent replays the conversation: not this job's.
+    /// Until `session/load` is answered (or see [`Setup`]) the agent replays the conversation:
+    /// not this job's.
     loading: bool,
+    /// `session/load` was answered.
+    loaded: bool,
+    replay_ends_with_commands: bool,
     session: Option<String>,
+    /// A refused load is followed by a new conversation, not an error (see [`Setup`]).
+    new_if_unloadable: bool,
     /// The agent message being streamed, chunk by chunk.
     text: String,
     last_text: Option<String>,
@@ -395,8 +455,16 @@ impl JsonLines for AcpParser {
                 let update = params.get("update").unwrap_or(&Value::Null);
                 self.update(update)
             }
-            (_, Some("session/update")) => Vec::new(),
+            (_, Some("session/update")) => {
+                let update = params.pointer("/update/sessionUpdate");
+                if self.loaded && update == Some(&json!("available_commands_update")) {
+                    self.loading = false;
+                }
+                Vec::new()
+            }
             (_, Some(method)) => {
+                // A request of the agent's is never part of a replay.
+                self.loading = false;
                 let mut events = self.flush();
                 events.push(other(method));
                 events
@@ -476,6 +544,13 @@ impl AcpParser {
 
     fn answer(&mut self, id: &str, v: &Value) -> Vec<EventKind> {
         let mut events = self.flush();
+        if id == ID_SESSION && self.loading && self.new_if_unloadable && v.get("error").is_some() {
+            // The answer to the `session/new` sent instead comes next.
+            self.loading = false;
+            self.session = None;
+            events.push(other("conversation_not_loaded"));
+            return events;
+        }
         if let Some(e) = v.get("error") {
             let message = str_at(e, "message").unwrap_or("the agent refused the request");
             self.error = Some(message.to_owned());
@@ -483,7 +558,8 @@ impl AcpParser {
             return events;
         }
         if id == ID_SESSION {
-            self.loading = false;
+            self.loaded = true;
+            self.loading = self.loading && self.replay_ends_with_commands;
             let found = v.pointer("/result/sessionId").and_then(Value::as_str);
             if let Some(s) = found {
                 self.session = Some(s.to_owned());
@@ -495,6 +571,8 @@ impl AcpParser {
                 agent_version: String::new(),
             });
         } else if id.starts_with(ID_PROMPT) || id.starts_with(ID_NOTE) {
+            // Should the commands never come, a turn's end still ends the replay.
+            self.loading = false;
             let u = v.pointer("/result/usage").unwrap_or(&Value::Null);
             let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
             // Gemini CLI reports a turn's tokens only in its own `_meta`.

@@ -7,6 +7,8 @@ fn acp(resume: Option<&str>) -> Acp {
     Acp::new(Setup {
         resume: resume.map(str::to_owned),
         cwd: "/ws/s1".into(),
+        new_if_unloadable: false,
+        replay_ends_with_commands: false,
     })
 }
 
@@ -16,7 +18,7 @@ const ASK: &str = r#"{"jsonrpc":"2.0","id":0,"method":"session/request_permissio
 #[test]
 fn the_handshake_opens_or_loads_the_session_then_prompts() {
     let p = acp(None);
-    let hello = lines(&p.prompt("write note.txt hi"));
+    let hello = lines(&p.prompt("write note.txt hi", &[]));
     assert_eq!(hello[0]["method"], "initialize");
     assert_eq!(hello[0]["params"]["clientCapabilities"]["terminal"], false);
     assert_eq!(hello[1]["method"], "session/new");
@@ -38,7 +40,7 @@ fn the_handshake_opens_or_loads_the_session_then_prompts() {
     assert_eq!(lines(&next)[0]["params"]["prompt"][0]["text"], "more");
 
     let p = acp(Some("ses_0"));
-    let hello = lines(&p.prompt("recall"));
+    let hello = lines(&p.prompt("recall", &[]));
     assert_eq!(hello[1]["method"], "session/load");
     assert_eq!(hello[1]["params"]["sessionId"], "ses_0");
     // session/load answers null: the session is the one asked for.
@@ -49,7 +51,7 @@ fn the_handshake_opens_or_loads_the_session_then_prompts() {
 #[test]
 fn input_sent_mid_turn_is_held_until_the_turn_ends() {
     let p = acp(None);
-    p.prompt("delay 6 remember kiwi");
+    p.prompt("delay 6 remember kiwi", &[]);
     sent(p.observe(SESSION));
     assert_eq!(
         p.user_message("remember mango"),
@@ -75,7 +77,7 @@ fn input_sent_mid_turn_is_held_until_the_turn_ends() {
 #[test]
 fn a_permission_request_names_the_tool_and_the_answers_pick_once_options() {
     let p = acp(None);
-    p.prompt("x");
+    p.prompt("x", &[]);
     p.observe(SESSION);
     let Some(Signal::Permission {
         id,
@@ -102,7 +104,7 @@ fn a_permission_request_names_the_tool_and_the_answers_pick_once_options() {
 #[test]
 fn a_denied_turn_ends_with_the_prompt_carrying_its_message() {
     let p = acp(None);
-    p.prompt("x");
+    p.prompt("x", &[]);
     p.observe(SESSION);
     p.observe(ASK);
     assert_eq!(lines(&p.answer("0", false, "no", &json!({}))).len(), 1);
@@ -144,7 +146,7 @@ fn commands_and_unknown_requests() {
 #[test]
 fn an_interrupt_is_a_cancel_of_the_session() {
     let p = acp(None);
-    p.prompt("delay 60 remember papaya");
+    p.prompt("delay 60 remember papaya", &[]);
     // Before the session exists: sent with the first prompt.
     assert_eq!(p.interrupt(1), "");
     let out = sent(p.observe(SESSION));
@@ -225,7 +227,7 @@ const GEMINI_ASK: &str = r#"{"jsonrpc":"2.0","id":0,"method":"session/request_pe
 #[test]
 fn gemini_requests_and_usage_read_like_opencodes() {
     let p = acp(None);
-    p.prompt("write hello.txt hi there");
+    p.prompt("write hello.txt hi there", &[]);
     p.observe(r#"{"jsonrpc":"2.0","id":"agentd-session","result":{"sessionId":"g1"}}"#);
     let Some(Signal::Permission {
         id, tool, input, ..
@@ -248,4 +250,137 @@ fn gemini_requests_and_usage_read_like_opencodes() {
     parser.parse_line(end, false);
     let u = parser.summary().usage;
     assert_eq!((u.input_tokens, u.output_tokens, u.num_turns), (200, 40, 1));
+}
+
+/// The first prompt carries the job's images as ACP `image` blocks (base64 `data`, `mimeType`);
+/// later input is text alone.
+#[test]
+fn the_first_prompt_carries_the_images_as_image_blocks() {
+    use base64::Engine as _;
+    let p = acp(None);
+    let images = [crate::agents::Image {
+        path: "a.png".into(),
+        media_type: "image/png",
+        data: b"\x89PNG\r\n\x1a\nrest".to_vec(),
+    }];
+    p.prompt("look", &images);
+    assert_eq!(p.user_message("more"), "");
+    let prompts = sent(p.observe(SESSION));
+    let content = &prompts[0]["params"]["prompt"];
+    assert_eq!(content[0], json!({"type": "text", "text": "look"}));
+    assert_eq!(content[1]["type"], "image");
+    assert_eq!(content[1]["mimeType"], "image/png");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(content[1]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, images[0].data);
+    let first = r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn"}}"#;
+    let Some(Signal::TurnEndedThen(next)) = p.observe(first) else {
+        panic!("the held input was not sent at the turn's end");
+    };
+    assert_eq!(
+        lines(&next)[0]["params"]["prompt"],
+        json!([{"type": "text", "text": "more"}])
+    );
+}
+
+#[test]
+fn a_conversation_gemini_cannot_load_is_followed_by_a_new_one() {
+    let refused = r#"{"jsonrpc":"2.0","id":"agentd-session","error":{"code":-32603,"message":"Internal error","data":{"details":"No previous sessions found for this project."}}}"#;
+    let p = Acp::new(Setup {
+        resume: Some("gone".into()),
+        cwd: "/ws/s1".into(),
+        new_if_unloadable: true,
+        replay_ends_with_commands: true,
+    });
+    let mut parser = p.parser().expect("parser");
+    assert_eq!(lines(&p.prompt("recall", &[]))[1]["method"], "session/load");
+    let again = sent(p.observe(refused));
+    assert_eq!(again[0]["method"], "session/new");
+    assert_eq!(again[0]["params"]["cwd"], "/ws/s1");
+    let kinds: Vec<EventKind> = parser
+        .parse_line(refused, false)
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [other("conversation_not_loaded")]);
+    let prompts = sent(p.observe(SESSION));
+    assert_eq!(prompts[0]["params"]["sessionId"], "ses_1");
+    assert_eq!(prompts[0]["params"]["prompt"][0]["text"], "recall");
+    parser.parse_line(SESSION, false);
+    let summary = parser.summary();
+    assert_eq!(summary.conversation_id.as_deref(), Some("ses_1"));
+    assert_eq!(summary.error, None);
+    // Refused twice, the job ends with the agent's words.
+    assert_eq!(p.observe(refused), Some(Signal::TurnEnded));
+
+    // Without the option (OpenCode) a refused load fails the job as before.
+    let p = acp(Some("gone"));
+    let mut parser = p.parser().expect("parser");
+    p.prompt("recall", &[]);
+    assert_eq!(p.observe(refused), Some(Signal::TurnEnded));
+    parser.parse_line(refused, false);
+    assert_eq!(parser.summary().error.as_deref(), Some("Internal error"));
+}
+
+#[test]
+fn gemini_replays_a_loaded_conversation_after_its_answer_up_to_its_commands() {
+    let p = Acp::new(Setup {
+        resume: Some("g0".into()),
+        cwd: "/ws/s1".into(),
+        new_if_unloadable: true,
+        replay_ends_with_commands: true,
+    });
+    let mut parser = p.parser().expect("parser");
+    let update = |kind: &str, rest: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"g0","update":{{"sessionUpdate":"{kind}"{rest}}}}}}}"#
+        )
+    };
+    let text = |t: &str| {
+        update(
+            "agent_message_chunk",
+            &format!(r#","content":{{"type":"text","text":"{t}"}}"#),
+        )
+    };
+    let mut events = Vec::new();
+    // Gemini CLI 0.61's order (captured): the answer, then the replay, then its commands.
+    for line in [
+        update(
+            "user_message_chunk",
+            r#","content":{"type":"text","text":"<session_context>"}"#,
+        ),
+        r#"{"jsonrpc":"2.0","id":"agentd-session","result":{"modes":{}}}"#.to_owned(),
+        update(
+            "user_message_chunk",
+            r#","content":{"type":"text","text":"bash echo hi"}"#,
+        ),
+        text("Running it."),
+        update(
+            "tool_call",
+            r#","toolCallId":"t0","status":"completed","title":"Shell","kind":"execute""#,
+        ),
+        text("Done. Tool said: hi"),
+        update("available_commands_update", r#","availableCommands":[]"#),
+        text("You asked me "),
+        text("to remember kiwi."),
+        r#"{"jsonrpc":"2.0","id":"agentd-prompt-1","result":{"stopReason":"end_turn"}}"#.to_owned(),
+    ] {
+        events.extend(parser.parse_line(&line, false).into_iter().map(|e| e.kind));
+    }
+    let texts: Vec<&EventKind> = events
+        .iter()
+        .filter(|e| matches!(e, EventKind::Text { .. } | EventKind::ToolCall { .. }))
+        .collect();
+    assert_eq!(
+        texts,
+        [&EventKind::Text {
+            text: "You asked me to remember kiwi.".into()
+        }]
+    );
+    assert_eq!(
+        parser.summary().result.as_deref(),
+        Some("You asked me to remember kiwi.")
+    );
+    assert_eq!(parser.summary().conversation_id.as_deref(), Some("g0"));
 }

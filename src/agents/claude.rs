@@ -18,6 +18,17 @@ const QUIET_ENV: [(&str, &str); 4] = [
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
 ];
 
+/// Makes Claude Code offer its TodoWrite tool, whose input is always the whole plan (a typed
+/// `plan` event). Claude Code 2.1.330 offers todo tools only to the models on its own list (or
+/// with `CLAUDE_CODE_ENABLE_TODO_TOOLS`), and then the Task* tools (TaskCreate, TaskUpdate, …,
+/// each call one change to a list it keeps) unless `CLAUDE_CODE_ENABLE_TASKS` is false, when it
+/// offers TodoWrite. Seen with the genuine CLI and the test model: with neither set it offers
+/// no todo tool at all; with only the first, the Task* tools; with both, TodoWrite.
+const TODO_ENV: [(&str, &str); 2] = [
+    ("CLAUDE_CODE_ENABLE_TASKS", "0"),
+    ("CLAUDE_CODE_ENABLE_TODO_TOOLS", "1"),
+];
+
 /// The job's MCP servers for `--mcp-config`, under `~/.claude` (a file rather than an argv JSON
 /// string: their env may hold secrets, which argv shows to every process of the host).
 const MCP_CONFIG: &str = "agentd-mcp.json";
@@ -58,33 +69,15 @@ pub(super) fn validate(spec: &JobSpec) -> Result<()> {
 /// Gives the job's images to Claude as image content blocks: the prompt on stdin becomes one
 /// stream-json user message (`--input-format stream-json`) holding the text and a base64 block per
 /// image, which is how the Agent SDK sends images; stdin's end then ends the run as a plain
-/// prompt's does.
+/// prompt's does. (A job that asks sends the same message through its controller.)
 pub(super) fn send_images(launch: &mut Launch, spec: &JobSpec, images: &[super::Image]) {
-    use base64::Engine as _;
-    if images.is_empty() || !super::takes_images(super::AgentKind::Claude, spec) {
+    if images.is_empty() || spec.asks() {
         return;
     }
     let Some(text) = launch.stdin.take() else {
         return;
     };
-    let mut content = vec![serde_json::json!({"type": "text", "text": text})];
-    content.extend(images.iter().map(|i| {
-        serde_json::json!({
-            "type": "image",
-            "source": {
-                "type": "base64",
-                "media_type": i.media_type,
-                "data": base64::engine::general_purpose::STANDARD.encode(&i.data),
-            }
-        })
-    }));
-    let message = serde_json::json!({
-        "type": "user",
-        "message": {"role": "user", "content": content},
-        "parent_tool_use_id": null,
-        "session_id": ""
-    });
-    launch.stdin = Some(format!("{message}\n"));
+    launch.stdin = Some(user_message(&text, images));
     // Right after `-p`: the variadic `--allowedTools` at the end must not swallow it.
     let at = launch
         .args
@@ -95,6 +88,34 @@ pub(super) fn send_images(launch: &mut Launch, spec: &JobSpec, images: &[super::
         at..at,
         ["--input-format".to_owned(), "stream-json".to_owned()],
     );
+}
+
+/// A stream-json user message, as one line: the text alone, or the text and a base64 image
+/// block per image.
+pub(super) fn user_message(text: &str, images: &[super::Image]) -> String {
+    let content = if images.is_empty() {
+        serde_json::json!(text)
+    } else {
+        let mut blocks = vec![serde_json::json!({"type": "text", "text": text})];
+        blocks.extend(images.iter().map(|i| {
+            serde_json::json!({
+                "type": "image",
+                "source": {
+                    "type": "base64",
+                    "media_type": i.media_type,
+                    "data": i.base64(),
+                }
+            })
+        }));
+        Value::Array(blocks)
+    };
+    let message = serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": content},
+        "parent_tool_use_id": null,
+        "session_id": ""
+    });
+    format!("{message}\n")
 }
 
 /// The transcript of conversation `id` relative to HOME, when the agent runs in `workspace`:
@@ -193,6 +214,7 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     }
     let mut env: Vec<(String, String)> = QUIET_ENV
         .iter()
+        .chain(&TODO_ENV)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     if bypass {

@@ -61,8 +61,8 @@ fn launch_default_is_unattended_stream_json() {
             "--strict-mcp-config"
         ]
     );
-    for (k, v) in QUIET_ENV {
-        assert_eq!(env_of(&l, k), Some(v), "{k}");
+    for (k, v) in QUIET_ENV.iter().chain(&TODO_ENV) {
+        assert_eq!(env_of(&l, k), Some(*v), "{k}");
     }
     assert_eq!(env_of(&l, "IS_SANDBOX"), Some("1"));
     assert!(l.files.is_empty());

@@ -1,10 +1,11 @@
 //! Codex under permission_mode `ask` (issue #17): `codex app-server`, JSON-RPC 2.0 over stdio, one
 //! JSON object per line. Owns the handshake (`initialize`, `thread/start` or `thread/resume` for
-//! the session's thread, then `turn/start` with the prompt), the answers to Codex's approval
-//! requests (`item/commandExecution/requestApproval`, `item/fileChange/requestApproval`), further
-//! input (`turn/start`, which joins the running turn when there is one), `turn/interrupt`, and the
-//! mapping of its notifications to the events `codex exec --json` gives (by rewriting them into
-//! that shape for [`CodexParser`]), so that jobs that ask look like jobs that don't.
+//! the session's thread, then `turn/start` with the prompt and the job's images), the answers to
+//! Codex's approval requests (`item/commandExecution/requestApproval`,
+//! `item/fileChange/requestApproval`), further input (`turn/start`, which joins the running turn
+//! when there is one), `turn/interrupt`, and the mapping of its notifications to the events `codex
+//! exec --json` gives (by rewriting them into that shape for [`CodexParser`]), so that jobs that
+//! ask look like jobs that don't.
 //!
 //! Codex's approval answers carry no message; a denial's message reaches the model as a user
 //! message steered into the same turn (`turn/steer`), written before the answer so that the
@@ -12,7 +13,7 @@
 
 use super::codex::CodexParser;
 use super::interactive::{Interactive, Signal, id_text, line, locked, refusal, request};
-use super::{JsonLines, OutputParser, Summary, str_at};
+use super::{Image, JsonLines, OutputParser, Summary, str_at};
 use crate::domain::EventKind;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -52,8 +53,8 @@ struct State {
     turn: Option<String>,
     /// Turns agentd started (a `turn/start` answered with one of these joined it).
     turns: HashSet<String>,
-    /// User messages waiting for the thread.
-    waiting: Vec<String>,
+    /// User messages waiting for the thread (each its `input` items).
+    waiting: Vec<Value>,
     interrupt_pending: bool,
     /// Open approval requests: Codex's id as sent, and the turn asking.
     requests: HashMap<String, (Value, String)>,
@@ -113,11 +114,23 @@ fn text_input(text: &str) -> Value {
     json!([{"type": "text", "text": text}])
 }
 
+/// The text and an `image` input item per image, its bytes as a `data:` URL (the bytes agentd
+/// read and checked, not a path Codex would read again).
+fn input_with_images(text: &str, images: &[Image]) -> Value {
+    let mut items = vec![json!({"type": "text", "text": text})];
+    items.extend(
+        images
+            .iter()
+            .map(|i| json!({"type": "image", "url": i.data_url()})),
+    );
+    Value::Array(items)
+}
+
 impl State {
-    fn turn_start(&mut self, thread: &str, text: &str) -> String {
+    fn turn_start(&mut self, thread: &str, input: Value) -> String {
         self.next_id += 1;
         let id = format!("{ID_TURN}{}", self.next_id);
-        let mut params = json!({"threadId": thread, "input": text_input(text)});
+        let mut params = json!({"threadId": thread, "input": input});
         if let Some(schema) = &self.output_schema {
             params["outputSchema"] = schema.clone();
         }
@@ -153,7 +166,10 @@ impl State {
             };
             self.thread = Some(thread.to_owned());
             let waiting = std::mem::take(&mut self.waiting);
-            let out: String = waiting.iter().map(|t| self.turn_start(thread, t)).collect();
+            let out: String = waiting
+                .into_iter()
+                .map(|input| self.turn_start(thread, input))
+                .collect();
             return Some(Signal::Send(out));
         }
         if !id.starts_with(ID_TURN) {
@@ -249,8 +265,8 @@ fn file_input(changes: &Value) -> (&'static str, Value) {
 }
 
 impl Interactive for CodexApp {
-    fn prompt(&self, text: &str) -> String {
-        self.state().waiting.push(text.to_owned());
+    fn prompt(&self, text: &str, images: &[Image]) -> String {
+        self.state().waiting.push(input_with_images(text, images));
         self.handshake()
     }
 
@@ -296,9 +312,9 @@ impl Interactive for CodexApp {
     fn user_message(&self, text: &str) -> String {
         let mut state = self.state();
         match state.thread.clone() {
-            Some(thread) => state.turn_start(&thread, text),
+            Some(thread) => state.turn_start(&thread, text_input(text)),
             None => {
-                state.waiting.push(text.to_owned());
+                state.waiting.push(text_input(text));
                 String::new()
             }
         }

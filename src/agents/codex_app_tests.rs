@@ -18,7 +18,7 @@ fn app(resume: Option<&str>) -> CodexApp {
 #[test]
 fn the_handshake_starts_or_resumes_the_thread_then_sends_the_prompt() {
     let p = app(None);
-    let hello = lines(&p.prompt("write a.txt hi"));
+    let hello = lines(&p.prompt("write a.txt hi", &[]));
     let methods: Vec<_> = hello.iter().map(|v| v["method"].clone()).collect();
     assert_eq!(methods, ["initialize", "initialized", "thread/start"]);
     assert_eq!(hello[2]["params"]["approvalPolicy"], "untrusted");
@@ -35,7 +35,7 @@ fn the_handshake_starts_or_resumes_the_thread_then_sends_the_prompt() {
         "01a24923-c9a4-7690-9cbe-7be278b706bc"
     );
 
-    let resumed = lines(&app(Some("th-1")).prompt("recall"));
+    let resumed = lines(&app(Some("th-1")).prompt("recall", &[]));
     assert_eq!(resumed[2]["method"], "thread/resume");
     assert_eq!(resumed[2]["params"]["threadId"], "th-1");
 }
@@ -47,14 +47,14 @@ fn every_turn_carries_the_jobs_output_schema() {
         output_schema: Some(schema.clone()),
         ..Setup::default()
     });
-    p.prompt("json {\"n\": 1}");
+    p.prompt("json {\"n\": 1}", &[]);
     let started = sent(p.observe(SAMPLE.lines().nth(2).unwrap()));
     assert_eq!(started[0]["params"]["outputSchema"], schema);
     let more = lines(&p.user_message("again"));
     assert_eq!(more[0]["params"]["outputSchema"], schema);
     // Without a schema the field is absent, never null.
     let plain = app(None);
-    plain.prompt("x");
+    plain.prompt("x", &[]);
     let started = sent(plain.observe(SAMPLE.lines().nth(2).unwrap()));
     assert!(started[0]["params"].get("outputSchema").is_none());
 }
@@ -62,7 +62,7 @@ fn every_turn_carries_the_jobs_output_schema() {
 #[test]
 fn a_command_approval_is_a_bash_permission_request_and_its_answers_are_codexs() {
     let p = app(None);
-    p.prompt("write note.txt hello there");
+    p.prompt("write note.txt hello there", &[]);
     for l in SAMPLE.lines().take(14) {
         p.observe(l);
     }
@@ -91,7 +91,7 @@ fn a_command_approval_is_a_bash_permission_request_and_its_answers_are_codexs() 
 #[test]
 fn a_denial_steers_its_message_into_the_turn_before_declining() {
     let p = app(None);
-    p.prompt("x");
+    p.prompt("x", &[]);
     p.observe(SAMPLE.lines().nth(2).unwrap());
     let ask = r#"{"method":"item/commandExecution/requestApproval","id":7,"params":{"threadId":"t","turnId":"turn-9","itemId":"c1","command":"/bin/bash -lc 'git push'","cwd":"/ws/s1"}}"#;
     let Some(Signal::Permission { id, input, .. }) = p.observe(ask) else {
@@ -133,7 +133,7 @@ fn questions_agentd_cannot_ask_are_refused_so_codex_never_waits() {
 #[test]
 fn turns_end_once_each_and_input_joining_a_turn_ends_with_it() {
     let p = app(None);
-    p.prompt("delay 3 remember kiwi");
+    p.prompt("delay 3 remember kiwi", &[]);
     p.observe(SAMPLE.lines().nth(2).unwrap());
     assert_eq!(p.observe(SAMPLE.lines().nth(5).unwrap()), None);
     // Input while the turn runs: Codex answers with the running turn's id.
@@ -151,7 +151,7 @@ fn turns_end_once_each_and_input_joining_a_turn_ends_with_it() {
 #[test]
 fn an_interrupt_names_the_running_turn_or_waits_for_one() {
     let p = app(None);
-    p.prompt("delay 60 remember papaya");
+    p.prompt("delay 60 remember papaya", &[]);
     p.observe(SAMPLE.lines().nth(2).unwrap());
     // Before the turn is known: nothing yet, sent when it starts.
     assert_eq!(p.interrupt(1), "");
@@ -253,5 +253,33 @@ fn a_failed_turn_or_missing_thread_is_the_jobs_error() {
             line: "not json".into(),
             truncated: false
         }
+    );
+}
+
+/// The first turn carries the job's images as `image` input items whose `data:` URL holds the
+/// bytes agentd read; later input is text alone.
+#[test]
+fn the_first_turn_carries_the_images_as_data_urls() {
+    let p = app(None);
+    let images = [crate::agents::Image {
+        path: "a.png".into(),
+        media_type: "image/png",
+        data: b"\x89PNG\r\n\x1a\nrest".to_vec(),
+    }];
+    p.prompt("look", &images);
+    let started = sent(p.observe(SAMPLE.lines().nth(2).unwrap()));
+    let input = &started[0]["params"]["input"];
+    assert_eq!(input[0], json!({"type": "text", "text": "look"}));
+    assert_eq!(input[1]["type"], "image");
+    assert_eq!(input[1]["url"], images[0].data_url());
+    assert!(
+        images[0]
+            .data_url()
+            .starts_with("data:image/png;base64,iVBORw0KGgpyZXN0")
+    );
+    let more = lines(&p.user_message("again"));
+    assert_eq!(
+        more[0]["params"]["input"],
+        json!([{"type": "text", "text": "again"}])
     );
 }

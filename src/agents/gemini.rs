@@ -1,8 +1,8 @@
 //! The `gemini` kind: Gemini CLI run headless (`gemini --output-format stream-json`, the prompt on
 //! stdin).
 //! Owns its argv, its environment, `$HOME/.gemini/settings.json` and `$HOME/.gemini/GEMINI.md`,
-//! and the mapping of its JSON lines (`init`, `message`, `tool_use`, `tool_result`, `error`,
-//! `result`) to job events.
+//! the `@path` that gives it an image attachment, and the mapping of its JSON lines (`init`,
+//! `message`, `tool_use`, `tool_result`, `error`, `result`) to job events.
 //!
 //! Gemini keeps conversations under `$HOME/.gemini/tmp/<project>`, keyed by the working
 //! directory, so a later job of the session (same HOME and cwd) can `--resume` them.
@@ -77,6 +77,33 @@ pub(super) fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext
     with_settings(profile, spec, ctx, args, Some(spec.prompt.clone()))
 }
 
+/// Image extensions Gemini CLI sends as inline image data when a prompt's `@path` names such a
+/// file (it tells images by extension, and reads a named image only then).
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "gif", "webp"];
+
+/// A workspace file as an `@path` of Gemini's prompt, which Gemini CLI reads itself (headless
+/// too) and sends as an `inlineData` part when it is an image: every ASCII character other than
+/// a letter, digit, `/`, `_`, `-` or `.` escaped with `\`, which its parser takes literally.
+/// `None` for a name Gemini would not send as an image (no image extension) or cannot be told
+/// (a backslash, which it reads as a separator, or a control character).
+pub(super) fn at_path(path: &str) -> Option<String> {
+    let ext = std::path::Path::new(path).extension()?.to_str()?;
+    if !IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+        || path.chars().any(|c| c == '\\' || c.is_control())
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len() + 1);
+    out.push('@');
+    for c in path.chars() {
+        if c.is_ascii() && !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.')) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    Some(out)
+}
+
 /// `gemini --acp` for a job that asks (`acp`): the profile's args without its approval flags,
 /// so Gemini's default mode asks the client (agentd) before every tool that is not read-only;
 /// the conversation continues through `session/load`, not `--resume`.
@@ -89,6 +116,29 @@ fn acp_launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> La
     allow_mcp(&mut args, ctx);
     // The controller writes the protocol on the job's pipe.
     with_settings(profile, spec, ctx, args, None)
+}
+
+/// The conversation's chat files, set aside before `gemini --acp` loads it. Its `session/load`
+/// first starts a recording of its own for the id it is given, in a file named
+/// `session-<minute, UTC>-<first 8 characters of the id>.jsonl` under
+/// `~/.gemini/tmp/<project>/chats/`, and only then looks the conversation up. Within the minute
+/// the conversation began that is the conversation's own file: the new recording appends a
+/// record that resets its messages, the lookup finds nothing to resume ("No previous sessions
+/// found for this project") and the turns are lost (seen with 0.61: a load a few seconds after
+/// the first job fails, one in the next minute works). With a mark before the id, Gemini still
+/// lists the file, finds the conversation in it and appends the resumed turns to it, and its
+/// own new recording can never have that name. Headless `--resume` looks the conversation up
+/// before it records anything, so it needs none of this.
+pub(super) fn set_aside(spec: &JobSpec, ctx: &LaunchContext) -> Option<crate::workspace::Rename> {
+    let id = ctx.resume_conversation.filter(|_| spec.asks())?;
+    let short: String = id.chars().take(8).collect();
+    Some(crate::workspace::Rename {
+        parent: ".gemini/tmp".into(),
+        child: "chats".into(),
+        prefix: "session-".into(),
+        suffix: format!("-{short}.jsonl"),
+        mark: "-agentd".into(),
+    })
 }
 
 /// `args` without `-y`, `--yolo` and `--approval-mode[=]<mode>`.

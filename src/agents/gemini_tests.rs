@@ -392,6 +392,34 @@ fn a_job_that_asks_runs_gemini_acp_without_the_profiles_approval_flags() {
     assert!(l.args.windows(2).any(|w| w == ["--model", "m1"]));
 }
 
+#[test]
+fn a_job_that_asks_to_continue_sets_the_conversations_chat_files_aside() {
+    let asks = JobSpec {
+        permission_mode: Some("ask".into()),
+        ..spec("recall")
+    };
+    let p = gemini(&[]);
+    let rename = super::super::home_renames(&p, &asks, &ctx(Some(SESSION))).expect("a rename");
+    assert_eq!(
+        (rename.parent.as_str(), rename.child.as_str()),
+        (".gemini/tmp", "chats")
+    );
+    // Gemini's own name for the conversation's recording, and the one it can never make.
+    assert_eq!(
+        rename
+            .new_name("session-2026-12-06T09-21-36ce3bf1.jsonl")
+            .as_deref(),
+        Some("session-2026-12-06T09-21-agentd-36ce3bf1.jsonl")
+    );
+    assert_eq!(
+        rename.new_name("session-2026-12-06T09-21-aaaaaaaa.jsonl"),
+        None
+    );
+    // A new conversation, or headless `--resume`, needs none.
+    assert!(super::super::home_renames(&p, &asks, &ctx(None)).is_none());
+    assert!(super::super::home_renames(&p, &spec("recall"), &ctx(Some(SESSION))).is_none());
+}
+
 /// Captured from `gemini --output-format stream-json` (model gemini-2.5-flash, which is offered
 /// write_todos) against the test suite's mock model: a `think` answer, whose thought part the
 /// CLI does not print, and a `todo` answer.
@@ -426,4 +454,19 @@ fn write_todos_is_a_plan_before_its_call_and_thoughts_are_not_printed() {
         "{:?}",
         events[at + 1]
     );
+}
+
+#[test]
+fn an_image_attachment_is_an_escaped_at_path_gemini_reads_itself() {
+    assert_eq!(at_path("pixel.png").as_deref(), Some("@pixel.png"));
+    assert_eq!(
+        at_path("shots/a b (1).JPG").as_deref(),
+        Some(r"@shots/a\ b\ \(1\).JPG")
+    );
+    assert_eq!(at_path("x,y@z.webp").as_deref(), Some(r"@x\,y\@z.webp"));
+    assert_eq!(at_path("café.gif").as_deref(), Some("@café.gif"));
+    // Gemini tells images by extension, and a backslash is its path separator.
+    for path in ["photo", "notes.txt", "a.png.txt", r"a\b.png", "a\nb.png"] {
+        assert_eq!(at_path(path), None, "{path:?}");
+    }
 }

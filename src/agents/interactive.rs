@@ -4,7 +4,7 @@
 //! per agent that has such a protocol; the core drives it (core::control) and never sees its
 //! wire format.
 
-use super::{AgentKind, AgentProfile, LaunchContext, OutputParser};
+use super::{AgentKind, AgentProfile, Image, LaunchContext, OutputParser};
 use crate::domain::JobSpec;
 use serde_json::{Value, json};
 
@@ -37,8 +37,9 @@ pub enum Signal {
 
 /// An agent's interactive protocol over its stdin and stdout, one JSON object per line.
 pub trait Interactive: Send + Sync {
-    /// The first turn's user message.
-    fn prompt(&self, text: &str) -> String;
+    /// The first turn's user message: its text and the job's images, each as the protocol's
+    /// own image content.
+    fn prompt(&self, text: &str, images: &[Image]) -> String;
     /// Reads one stdout line for a [`Signal`].
     fn observe(&self, line: &str) -> Option<Signal>;
     /// The answer to a permission request.
@@ -56,16 +57,9 @@ pub trait Interactive: Send + Sync {
 /// The controls an agent kind supports (listed in ServerInfo).
 pub fn controls(kind: AgentKind) -> &'static [&'static str] {
     match kind {
-        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode => {
+        AgentKind::Claude | AgentKind::Codex | AgentKind::Opencode | AgentKind::Gemini => {
             &[CONTROL_ASK, CONTROL_INPUT, CONTROL_INTERRUPT]
         }
-        // Gemini CLI 0.61 answers every ACP step of a job that asks (e2e: allow, deny, timeout,
-        // input, restart pass), but a `gemini --acp` that sees EOF right after its turn exits
-        // before its chat file holds the turn (seen: still missing after 0.3 s, there after 3 s),
-        // so the session's next job cannot continue the conversation ("No previous sessions
-        // found"), and a cancelled turn leaves no loadable session at all. Not offered until
-        // that is solved; the adapter (`acp`, `gemini::acp_launch`) stays wired.
-        AgentKind::Gemini => &[],
         // A configured command has no protocol agentd knows.
         AgentKind::Command => &[],
     }
@@ -84,6 +78,8 @@ pub fn protocol(
             Some(Box::new(super::acp::Acp::new(super::acp::Setup {
                 resume: ctx.resume_conversation.map(str::to_owned),
                 cwd: ctx.workspace.to_string_lossy().into_owned(),
+                new_if_unloadable: profile.kind == AgentKind::Gemini,
+                replay_ends_with_commands: profile.kind == AgentKind::Gemini,
             })))
         }
         AgentKind::Command => None,
@@ -132,8 +128,8 @@ pub(super) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T>
 }
 
 impl Interactive for Claude {
-    fn prompt(&self, text: &str) -> String {
-        self.user_message(text)
+    fn prompt(&self, text: &str, images: &[Image]) -> String {
+        super::claude::user_message(text, images)
     }
 
     fn observe(&self, text: &str) -> Option<Signal> {
@@ -173,12 +169,7 @@ impl Interactive for Claude {
     }
 
     fn user_message(&self, text: &str) -> String {
-        line(json!({
-            "type": "user",
-            "message": {"role": "user", "content": text},
-            "parent_tool_use_id": null,
-            "session_id": ""
-        }))
+        super::claude::user_message(text, &[])
     }
 
     fn interrupt(&self, n: u64) -> String {
@@ -253,5 +244,30 @@ mod tests {
         assert_eq!(v["response"]["response"]["updatedInput"]["a"], 1);
         let v: Value = serde_json::from_str(&p.user_message("line1\nline2")).unwrap();
         assert_eq!(v["message"]["content"], "line1\nline2");
+        assert_eq!(
+            p.prompt("line1\nline2", &[]),
+            p.user_message("line1\nline2")
+        );
+    }
+
+    #[test]
+    fn claude_first_message_carries_images_as_base64_blocks() {
+        use base64::Engine as _;
+        let images = [crate::agents::Image {
+            path: "a.png".into(),
+            media_type: "image/png",
+            data: b"\x89PNG\r\n\x1a\nrest".to_vec(),
+        }];
+        let first = Claude.prompt("look", &images);
+        assert!(first.ends_with('\n') && first.matches('\n').count() == 1);
+        let v: Value = serde_json::from_str(&first).unwrap();
+        let content = &v["message"]["content"];
+        assert_eq!(content[0], json!({"type": "text", "text": "look"}));
+        assert_eq!(content[1]["type"], "image");
+        assert_eq!(content[1]["source"]["media_type"], "image/png");
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(content[1]["source"]["data"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, images[0].data);
     }
 }

@@ -135,6 +135,19 @@ pub struct Image {
     pub data: Vec<u8>,
 }
 
+impl Image {
+    /// The bytes in standard base64, as every protocol's inline image carries them.
+    pub fn base64(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&self.data)
+    }
+
+    /// The image as a `data:` URL.
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.media_type, self.base64())
+    }
+}
+
 impl std::fmt::Debug for Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Image")
@@ -330,7 +343,7 @@ pub fn capabilities(kind: AgentKind) -> &'static [&'static str] {
         // OpenCode's JSON events carry reasoning (with `--thinking`) and its todo tool; Gemini's
         // stream-json drops the model's thoughts, and offers its todo tool to Gemini 2 models.
         AgentKind::Opencode => &[CAP_THINKING, CAP_PLAN, CAP_ATTACHMENTS, CAP_IMAGES],
-        AgentKind::Gemini => &[CAP_PLAN, CAP_ATTACHMENTS],
+        AgentKind::Gemini => &[CAP_PLAN, CAP_ATTACHMENTS, CAP_IMAGES],
         AgentKind::Command => &[],
     }
 }
@@ -360,6 +373,19 @@ fn check_caps(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
+/// Files of the agent's own state that agentd renames in HOME before the job starts; only Gemini
+/// CLI under `ask` needs that (see `gemini::set_aside`).
+pub fn home_renames(
+    profile: &AgentProfile,
+    spec: &JobSpec,
+    ctx: &LaunchContext,
+) -> Option<crate::workspace::Rename> {
+    match profile.kind {
+        AgentKind::Gemini => gemini::set_aside(spec, ctx),
+        _ => None,
+    }
+}
+
 /// What to execute for `spec` under `profile`. Assumes [`validate`] accepted the job.
 pub fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Result<Launch> {
     let mut launch = match profile.kind {
@@ -379,10 +405,18 @@ pub fn launch(profile: &AgentProfile, spec: &JobSpec, ctx: &LaunchContext) -> Re
 }
 
 /// Whether the job's attachments that are images go to the model as images: the kind takes
-/// them, and the job is one-shot (a job that asks sends its prompt through its controller,
-/// which speaks text only).
-pub fn takes_images(kind: AgentKind, spec: &JobSpec) -> bool {
-    capabilities(kind).contains(&CAP_IMAGES) && !spec.asks()
+/// them, whether its prompt goes on stdin or, under `ask`, as its protocol's first message
+/// ([`interactive::Interactive::prompt`]).
+pub fn takes_images(kind: AgentKind) -> bool {
+    capabilities(kind).contains(&CAP_IMAGES)
+}
+
+/// The first user message's text of a job that asks (its controller sends it): the prompt with
+/// the same notes a one-shot job's stdin carries.
+pub fn first_prompt(kind: AgentKind, spec: &JobSpec, images: &[Image]) -> String {
+    let mut prompt = spec.prompt.clone();
+    prompt.push_str(&prompt_notes(kind, spec, images));
+    prompt
 }
 
 /// What the prompt itself must carry of the job's options: the attachments to read, and the
@@ -393,7 +427,15 @@ fn prompt_notes(kind: AgentKind, spec: &JobSpec, images: &[Image]) -> String {
         notes
             .push_str("\n\nAttached files (paths relative to the working directory; read them):\n");
         for path in &spec.caps.attachments {
-            if images.iter().any(|i| &i.path == path) {
+            let image = images.iter().any(|i| &i.path == path);
+            // Gemini CLI reads an `@path` of the prompt itself and sends an image file it names
+            // as inline data.
+            let at = (kind == AgentKind::Gemini && image)
+                .then(|| gemini::at_path(path))
+                .flatten();
+            if let Some(at) = at {
+                notes.push_str(&format!("- {at} (also given to you as an image)\n"));
+            } else if image && kind != AgentKind::Gemini {
                 notes.push_str(&format!("- {path} (also given to you as an image)\n"));
             } else {
                 notes.push_str(&format!("- {path}\n"));
@@ -831,10 +873,26 @@ pub(crate) mod tests {
             l.args
         );
 
-        // A job that asks speaks text through its controller; Gemini takes none.
+        // Gemini is told `@path`, which it reads and sends as inline data itself.
+        let gemini = profile(AgentKind::Gemini, "gemini", &[]);
+        let text = launch(&gemini, &s, &ctx).unwrap().stdin.unwrap();
+        assert!(
+            text.contains("- @a.png (also given to you as an image)\n"),
+            "{text}"
+        );
+        assert!(text.contains("- notes.txt\n"), "{text}");
+        // A command takes none.
+        assert!(!takes_images(AgentKind::Command));
+
+        // A job that asks gets them in its first message (the protocols' tests look at its
+        // shape); its text names the attachments as a one-shot job's stdin does.
         s.permission_mode = Some(crate::domain::PERMISSION_ASK.into());
-        assert!(!takes_images(AgentKind::Claude, &s));
-        assert!(!takes_images(AgentKind::Gemini, &spec("x")));
+        let text = first_prompt(AgentKind::Claude, &s, &images);
+        assert!(text.starts_with("look\n\nAttached files"), "{text}");
+        assert!(
+            text.contains("- a.png (also given to you as an image)\n"),
+            "{text}"
+        );
     }
 }
 

@@ -47,7 +47,7 @@ impl super::Core {
     ) -> Vec<agents::Image> {
         use tokio::io::AsyncReadExt as _;
         let mut out = Vec::new();
-        if !agents::takes_images(kind, spec) {
+        if !agents::takes_images(kind) {
             return out;
         }
         let mut total = 0;

@@ -148,17 +148,17 @@ fn make_fifo(path: &Path) -> Result<()> {
         .map_err(|e| Error::internal(format!("cannot create the agent's input pipe: {e}")))
 }
 
-/// Starts a controller writing to `pipe`, its first words the prompt. Its events go to `events`
-/// (weakly held: the run's output channel must close when the agent's output ends).
+/// Starts a controller writing to `pipe`, its first words `first` (the protocol's prompt
+/// message, [`Interactive::prompt`]). Its events go to `events` (weakly held: the run's output
+/// channel must close when the agent's output ends).
 pub(super) fn start(
     setup: Setup,
     pipe: pipe::Sender,
-    prompt: &str,
+    first: String,
     events: &mpsc::Sender<Output>,
 ) -> (ControlHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
     let interrupted = Arc::new(AtomicBool::new(false));
-    let first = setup.protocol.prompt(prompt);
     let controller = Controller {
         setup,
         pipe: Some(pipe),

@@ -10,17 +10,19 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-/// Forks the bridge. `keep` are the caller's descriptors the bridge must not hold open (it closes
-/// every descriptor but its own). Returns once the ports listen, so the agent can connect at once.
-pub fn spawn(bridges: &[Bridge]) -> Result<(), String> {
+/// Forks the bridge, which closes every descriptor but its own. `open_dir` opens a host
+/// directory (by name, or through the jail's copy of the host tree once ns-init has pivoted).
+/// Returns once the ports listen, so the agent can connect at once.
+pub fn spawn(
+    bridges: &[Bridge],
+    open_dir: impl Fn(&std::path::Path) -> Result<OwnedFd, String>,
+) -> Result<(), String> {
     let mut targets = Vec::new();
     let mut listeners = Vec::new();
     for b in bridges {
         let dir = b.socket.parent().ok_or("bridge socket has no directory")?;
         let name = b.socket.file_name().ok_or("bridge socket has no name")?;
-        let dir: OwnedFd = std::fs::File::open(dir)
-            .map_err(|e| format!("bridge: cannot open {}: {e}", dir.display()))?
-            .into();
+        let dir = open_dir(dir).map_err(|e| format!("bridge: {e}"))?;
         let listener = TcpListener::bind(("127.0.0.1", b.port))
             .map_err(|e| format!("bridge: cannot listen on 127.0.0.1:{}: {e}", b.port))?;
         targets.push((dir, name.to_string_lossy().into_owned()));

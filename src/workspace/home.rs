@@ -1,4 +1,5 @@
-//! Writing agentd's own files (the agents' configuration) into a session's private HOME.
+//! Writing agentd's own files (the agents' configuration) into a session's private HOME, and
+//! renaming files of an agent's own state there ([`Rename`]).
 //!
 //! The jailed agent owns that HOME between jobs: it can leave `~/.claude/settings.json` (or a
 //! whole `~/.codex`) as a symlink to a host path. A plain `fs::write` would then write agentd's
@@ -8,7 +9,8 @@
 
 use super::fsops::{self, mkdir_beneath};
 use crate::error::{Error, Result};
-use nix::fcntl::{OFlag, openat, renameat};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::Mode;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -50,6 +52,111 @@ pub(super) fn write_files(home: &Path, files: &[(std::path::PathBuf, Vec<u8>)]) 
         }
     }
     Ok(())
+}
+
+/// A rename of an agent's own state files in HOME, made before its job starts: in every directory
+/// `<HOME>/<parent>/<any name>/<child>/`, each regular file named `<prefix><middle><suffix>`
+/// whose middle does not already end with `mark` becomes `<prefix><middle><mark><suffix>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rename {
+    pub parent: String,
+    pub child: String,
+    pub prefix: String,
+    pub suffix: String,
+    pub mark: String,
+}
+
+impl Rename {
+    /// The new name of `name`, when it is one this rename applies to.
+    pub fn new_name(&self, name: &str) -> Option<String> {
+        let middle = name
+            .strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())?;
+        (!middle.ends_with(self.mark.as_str()))
+            .then(|| format!("{}{middle}{}{}", self.prefix, self.mark, self.suffix))
+    }
+}
+
+/// Applies `rename` beneath `home`. Nothing is followed through a symlink (the agent owns these
+/// directories) and no existing entry is replaced. Returns how many files were renamed.
+pub(super) fn rename_files(home: &Path, rename: &Rename) -> Result<usize> {
+    let Some(root) = fsops::open_root(home)? else {
+        return Ok(0);
+    };
+    let parent = match fsops::open_beneath(root.as_fd(), &rename.parent, fsops::DIR_FLAGS) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(0),
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot open {:?}: {e}",
+                rename.parent
+            )));
+        }
+    };
+    let mut renamed = 0;
+    for project in names(parent.as_fd())? {
+        let dir = match openat(
+            parent.as_fd(),
+            project.as_str(),
+            fsops::DIR_FLAGS,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => continue,
+        };
+        let dir = match openat(
+            dir.as_fd(),
+            rename.child.as_str(),
+            fsops::DIR_FLAGS,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => continue,
+        };
+        for name in names(dir.as_fd())? {
+            let Some(new) = rename.new_name(&name) else {
+                continue;
+            };
+            let regular = fsops::stat_at(dir.as_fd(), &name)?.and_then(|st| fsops::kind_of(&st))
+                == Some(crate::domain::FileKind::Regular);
+            if !regular {
+                continue;
+            }
+            match renameat2(
+                dir.as_fd(),
+                name.as_str(),
+                dir.as_fd(),
+                new.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => renamed += 1,
+                // Gone meanwhile, or the new name is taken (by a file an earlier rename made).
+                Err(Errno::ENOENT | Errno::EEXIST) => {}
+                Err(e) => return Err(Error::internal(format!("cannot rename {name:?}: {e}"))),
+            }
+        }
+    }
+    Ok(renamed)
+}
+
+/// The UTF-8 names in an open directory (other names are no agent's state agentd knows).
+fn names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
+    let fd = dir
+        .try_clone_to_owned()
+        .map_err(|e| Error::internal(format!("cannot duplicate a directory fd: {e}")))?;
+    let mut d = nix::dir::Dir::from_fd(fd)
+        .map_err(|e| Error::internal(format!("cannot read a directory: {e}")))?;
+    let mut out = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.map_err(|e| Error::internal(format!("cannot read a directory: {e}")))?;
+        if let Ok(n) = entry.file_name().to_str()
+            && n != "."
+            && n != ".."
+        {
+            out.push(n.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// `path` relative to `home`, with plain components only (the adapters build these paths; a
@@ -105,6 +212,51 @@ mod tests {
             "a symlinked directory is refused, not entered"
         );
         assert!(!outside.join("config.toml").exists());
+    }
+
+    #[test]
+    fn renames_apply_beneath_home_only_once_and_never_through_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let outside = dir.path().join("outside");
+        let chats = home.join(".gemini/tmp/ws/chats");
+        std::fs::create_dir_all(&chats).unwrap();
+        std::fs::create_dir_all(outside.join("chats")).unwrap();
+        std::fs::write(chats.join("session-T1-abcd1234.jsonl"), b"a").unwrap();
+        std::fs::write(chats.join("session-T2-ffff0000.jsonl"), b"other").unwrap();
+        // Taken: the file an earlier rename made stays, the one that would replace it too.
+        std::fs::write(chats.join("session-T3-abcd1234.jsonl"), b"stray").unwrap();
+        std::fs::write(chats.join("session-T3-x-abcd1234.jsonl"), b"kept").unwrap();
+        std::fs::create_dir(chats.join("session-T4-abcd1234.jsonl")).unwrap();
+        let victim = outside.join("chats/session-T5-abcd1234.jsonl");
+        std::fs::write(&victim, b"host").unwrap();
+        std::os::unix::fs::symlink(&outside, home.join(".gemini/tmp/linked")).unwrap();
+        let rename = Rename {
+            parent: ".gemini/tmp".into(),
+            child: "chats".into(),
+            prefix: "session-".into(),
+            suffix: "-abcd1234.jsonl".into(),
+            mark: "-x".into(),
+        };
+        assert_eq!(rename_files(&home, &rename).unwrap(), 1);
+        assert_eq!(
+            std::fs::read(chats.join("session-T1-x-abcd1234.jsonl")).unwrap(),
+            b"a"
+        );
+        assert!(chats.join("session-T2-ffff0000.jsonl").exists());
+        assert_eq!(
+            std::fs::read(chats.join("session-T3-x-abcd1234.jsonl")).unwrap(),
+            b"kept"
+        );
+        assert!(chats.join("session-T3-abcd1234.jsonl").exists());
+        assert!(chats.join("session-T4-abcd1234.jsonl").is_dir());
+        assert!(
+            victim.exists(),
+            "a symlinked project directory is not entered"
+        );
+        assert_eq!(rename_files(&home, &rename).unwrap(), 0, "already renamed");
+        assert_eq!(rename.new_name("session-T-x-abcd1234.jsonl"), None);
+        assert_eq!(rename_files(&dir.path().join("none"), &rename).unwrap(), 0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod watch;
 pub use archive::{ARCHIVE_CHUNK, ArchiveFormat};
 pub use archive_extract::{ArchiveLimits, ExtractSummary};
 pub use archive_upload::ArchiveUpload;
+pub use home::Rename;
 pub use path::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, normalize_dir, normalize_path};
 pub use snapshot::{SnapEntry, Snapshot};
 pub use upload::Upload;
@@ -543,6 +544,13 @@ impl Workspaces {
         }
         let home = self.home_dir(session);
         blocking(move || home::write_files(&home, &files)).await?
+    }
+
+    /// Renames files of the agent's own state in the session's HOME (see [`Rename`]); returns how
+    /// many.
+    pub async fn rename_home_files(&self, session: &SessionId, rename: Rename) -> Result<usize> {
+        let home = self.home_dir(session);
+        blocking(move || home::rename_files(&home, &rename)).await?
     }
 
     /// Metadata of every entry of the workspace (no hashes).

@@ -50,8 +50,16 @@ struct Prepared<'c> {
     before: Taken,
     tx: mpsc::Sender<Output>,
     rx: mpsc::Receiver<Output>,
-    /// Under permission_mode `ask`: the agent's protocol and the write end of its stdin pipe.
-    pipe: Option<(Arc<dyn Interactive>, tokio::net::unix::pipe::Sender)>,
+    /// Under permission_mode `ask`: what its controller needs.
+    pipe: Option<AskPipe>,
+}
+
+/// A job that asks: the agent's protocol, the write end of its stdin pipe, and the first message
+/// the controller writes there (the prompt and the job's images, in the protocol's shape).
+struct AskPipe {
+    protocol: Arc<dyn Interactive>,
+    sender: tokio::net::unix::pipe::Sender,
+    first: String,
 }
 
 /// What the first turn of an `output_schema` job leaves to its corrective turn: the workspace
@@ -190,7 +198,7 @@ impl Core {
         };
         let limits = &self.config.limits;
         // A protocol with its own output (a JSON-RPC agent) has its own parser.
-        let parser = p.pipe.as_ref().and_then(|(protocol, _)| protocol.parser());
+        let parser = p.pipe.as_ref().and_then(|pipe| pipe.protocol.parser());
         let mut pump = Pump::new(
             parser.unwrap_or_else(|| agents::parser(p.profile)),
             state,
@@ -361,6 +369,11 @@ impl Core {
         self.workspaces
             .write_home_files(&session.id, home_files)
             .await?;
+        if let Some(rename) = agents::home_renames(profile, &job.spec, &ctx) {
+            self.workspaces
+                .rename_home_files(&session.id, rename)
+                .await?;
+        }
         // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
         let protocol = job
             .spec
@@ -371,7 +384,12 @@ impl Core {
         let stdin = match (&launch.stdin, protocol) {
             (_, Some(protocol)) => {
                 let (path, sender) = super::control::open_pipe(&home).await?;
-                pipe = Some((Arc::from(protocol), sender));
+                let text = agents::first_prompt(profile.kind, &job.spec, &images);
+                pipe = Some(AskPipe {
+                    first: protocol.prompt(&text, &images),
+                    protocol: Arc::from(protocol),
+                    sender,
+                });
                 Stdin::File(path)
             }
             (Some(text), None) => Stdin::File(write_input(&home, text).await?),
@@ -519,9 +537,14 @@ impl Core {
         job: &Job,
         handle: &RunHandle,
         session: &Session,
-        (protocol, pipe): (Arc<dyn Interactive>, tokio::net::unix::pipe::Sender),
+        pipe: AskPipe,
         tx: &mpsc::Sender<Output>,
     ) -> pump::Controlled {
+        let AskPipe {
+            protocol,
+            sender,
+            first,
+        } = pipe;
         let c = &job.spec.control;
         let setup = super::control::Setup {
             protocol: protocol.clone(),
@@ -548,7 +571,7 @@ impl Core {
                 job: job.clone(),
             },
         };
-        let (ctl, task) = super::control::start(setup, pipe, &job.spec.prompt, tx);
+        let (ctl, task) = super::control::start(setup, sender, first, tx);
         let _ = handle.control.set(ctl.clone());
         // Messages recorded before the controller existed can be delivered now.
         self.control_wake.notify_one();

@@ -16,8 +16,9 @@
 //!   ([`watch`]), which reports each limit that was hit as a [`Notice`].
 //!
 //! The part that does not depend on the job (namespaces, the system part of the root, `/proc`,
-//! `/dev`) is built by standby supervisors ahead of time; a job pays for its own bind mounts,
-//! `pivot_root` and the cgroup only.
+//! `/dev`, the `pivot_root` where the kernel can clone mounts from a detached tree, the cgroup
+//! and the move into it, the seccomp filter's compilation) is built by standby supervisors ahead
+//! of time; a job pays for its own bind mounts, its limits, Landlock and the exec.
 
 pub mod cgroup;
 pub mod fs;

@@ -1,14 +1,17 @@
 //! The supervisor in jail mode (see [`crate::runner::jail`] for what the jail is).
 //!
 //! Three processes, as in the PID-namespace mode, with the jail split between them:
-//! - the **supervisor** stays on the host side: it maps the user namespace's ids, reads the
-//!   launch spec, puts ns-init into the job's cgroup, hands it the spec, watches the limits on a
-//!   SIGALRM tick and reports [`Notice`]s to agentd on the channel it was started with (its
+//! - the **supervisor** stays on the host side: it maps the user namespace's ids, puts ns-init
+//!   into the job's cgroup, gives it the normal priority back once it is set up (or the job
+//!   came first), sets the job's limits from the launch spec ns-init passes on, watches them on
+//!   a SIGALRM tick and reports [`Notice`]s to agentd on the channel it was started with (its
 //!   stdin, a socket), tells agentd how the agent ended as soon as ns-init says the tree is gone
 //!   (before the teardown), and then removes the cgroup;
 //! - **ns-init**, cloned into new user, PID, mount, IPC and UTS (and network) namespaces, builds
-//!   the job-independent root while the supervisor is a standby, then adds the job's paths,
-//!   pivots into the root, and forks the agent;
+//!   the job-independent root while the supervisor is a standby (and pivots into it there, where
+//!   the kernel allows: see [`fs`]), reads the launch spec from agentd itself on the inherited
+//!   channel and passes it to the supervisor, adds the job's paths meanwhile, pivots if it has
+//!   not, and forks the agent once the supervisor says the limits are set;
 //! - the **agent** drops to [`INSIDE_ID`] with no capabilities, `no_new_privs`, Landlock and
 //!   the seccomp filter, and execs.
 
@@ -50,8 +53,12 @@ struct Pipes {
     status: (OwnedFd, OwnedFd),
     /// One byte once the id maps are written.
     go: (OwnedFd, OwnedFd),
-    /// The launch spec, then EOF.
+    /// One byte once ns-init has set up everything it can ahead of the job.
+    prepared: (OwnedFd, OwnedFd),
+    /// The launch spec as ns-init read it from agentd, then EOF (nothing: no job).
     spec: (OwnedFd, OwnedFd),
+    /// One byte once the job's limits are set (EOF: they could not be).
+    limited: (OwnedFd, OwnedFd),
     /// One byte once the job's root is entered (EOF: ns-init failed).
     ready: (OwnedFd, OwnedFd),
 }
@@ -62,7 +69,9 @@ fn pipes() -> Result<Pipes, String> {
         life: p(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?,
         status: p(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?,
         go: p(OFlag::O_CLOEXEC)?,
+        prepared: p(OFlag::O_CLOEXEC)?,
         spec: p(OFlag::O_CLOEXEC)?,
+        limited: p(OFlag::O_CLOEXEC)?,
         ready: p(OFlag::O_CLOEXEC)?,
     })
 }
@@ -72,7 +81,9 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         life: (life_r, life_w),
         status: (status_r, status_w),
         go: (go_r, go_w),
+        prepared: (prepared_r, prepared_w),
         spec: (spec_r, spec_w),
+        limited: (limited_r, limited_w),
         ready: (ready_r, ready_w),
     } = pipes()?;
     let mut flags = CloneFlags::CLONE_NEWUSER
@@ -84,10 +95,23 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let Some(init) = clone_child(flags)? else {
-        drop((life_w, status_r, go_w, spec_w, ready_r));
-        ns_init(shape, root, life_r, status_w, go_r, spec_r, ready_w)
+        drop((
+            life_w, status_r, go_w, prepared_r, spec_r, limited_w, ready_r,
+        ));
+        let pipes = InitPipes {
+            life_r,
+            status_w,
+            go_r,
+            prepared_w,
+            spec_w,
+            limited_r,
+            ready_w,
+        };
+        ns_init(shape, root, pipes)
     };
-    drop((life_r, status_w, go_r, spec_r, ready_w));
+    drop((
+        life_r, status_w, go_r, prepared_w, spec_w, limited_r, ready_w,
+    ));
     super::spool::start();
     let abandon = |msg: String| {
         let _ = kill(init, Signal::SIGKILL);
@@ -100,12 +124,19 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     nix::unistd::write(&go_w, &[1]).map_err(|e| abandon(format!("cannot start ns-init: {e}")))?;
     drop(go_w);
 
-    // A standby waits here for its job.
-    let spec = read_spec().map_err(abandon)?;
+    // A standby waits here for its job. ns-init reads the launch spec from agentd itself (one
+    // process less between agentd and the agent) and passes it on; this side only has to give
+    // ns-init the normal priority in time, which it does as soon as ns-init is set up or the
+    // job arrives, whichever is first.
+    wait_prepared_or_job(&prepared_r);
+    let raised = normal_priority(init);
+    drop(prepared_r);
+    let spec = read_to_end(spec_r).map_err(|e| abandon(format!("cannot read the job: {e}")))?;
     if spec.is_empty() {
-        abandon(String::new());
-        return Ok(End::Code(0));
+        // No job (agentd closed the channel: exit 0), or ns-init failed (it said why on stderr).
+        return Ok(reap_blocking(init).unwrap_or(End::Code(SETUP_FAILED)));
     }
+    raised.map_err(abandon)?;
     let notices = notice_channel().map_err(abandon)?;
     let jail = match decode_jail(&spec) {
         Ok(Some(jail)) => jail,
@@ -119,9 +150,9 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     if let Err(e) = limit(cgroup.as_ref(), &jail) {
         return Err(abandon(e));
     }
-    normal_priority(init).map_err(abandon)?;
-    write_all(&spec_w, &spec).map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
-    drop(spec_w);
+    nix::unistd::write(&limited_w, &[1])
+        .map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
+    drop(limited_w);
     // The job's /tmp, held open so that its fill level can still be read after the job ended.
     // Nothing when ns-init failed (it said why on stderr, and its exit is the job's).
     let tmp = match read(&ready_r, &mut [0u8; 1]) {
@@ -133,7 +164,8 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     // Writes into /tmp raise SIGIO, so a /tmp filled and emptied between two ticks is seen too;
     // so does ns-init's word that the tree is gone.
     let tmp_writes = watch_writes(init);
-    signal_when_readable(&status_r);
+    // Best effort: without the signal the word is read once ns-init is reaped.
+    let _ = signal_when_readable(&status_r);
     let mut watch = watch::Watch::new(cgroup, jail, tmp, Some(notices));
     tick(watch::TICK);
     let mut announced = None;
@@ -187,6 +219,19 @@ fn announce(watch: &mut watch::Watch, end: End) {
     watch.ended(end.tree_end());
 }
 
+/// Blocks until ns-init says it is set up (or is gone) or the launch spec (or EOF) arrives on
+/// stdin, the channel ns-init reads it from.
+fn wait_prepared_or_job(prepared: &OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let mut fds = [
+        PollFd::new(prepared.as_fd(), PollFlags::POLLIN),
+        PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+    ];
+    while matches!(poll(&mut fds, PollTimeout::NONE), Err(Errno::EINTR)) {}
+}
+
 /// ns-init's 8-byte word of how the agent ended, once it is there.
 fn read_status(status_r: &OwnedFd) -> Option<End> {
     let mut buf = [0u8; 8];
@@ -196,14 +241,14 @@ fn read_status(status_r: &OwnedFd) -> Option<End> {
     }
 }
 
-/// Asks for SIGIO when `fd` (non-blocking) becomes readable. Best effort: without it the word is
-/// read after ns-init is reaped.
-fn signal_when_readable(fd: &OwnedFd) {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
-    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
+/// Asks for SIGIO to this process when `fd` (made non-blocking) becomes readable; false when the
+/// kernel refused.
+fn signal_when_readable(fd: impl std::os::fd::AsFd) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd());
+    // SAFETY: fcntl on a descriptor the caller holds, with integer arguments only.
     unsafe {
-        libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
-        libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK);
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
+            && libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
     }
 }
 
@@ -231,13 +276,7 @@ fn watch_writes(init: Pid) -> Option<nix::sys::inotify::Inotify> {
         AddWatchFlags::IN_MODIFY,
     )
     .ok()?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ino));
-    // SAFETY: fcntl on a descriptor this function owns, with integer arguments only.
-    let armed = unsafe {
-        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
-            && libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
-    };
-    armed.then_some(ino)
+    signal_when_readable(&ino).then_some(ino)
 }
 
 /// Kills ns-init, which takes the whole PID namespace with it, and waits until it is gone.
@@ -266,16 +305,6 @@ fn write_id_maps(init: Pid, shape: &Shape) -> Result<(), String> {
             write("gid_map", format!("{INSIDE_ID} {} 1\n", Gid::current()))
         }
     }
-}
-
-/// The launch spec on stdin, to EOF (empty: the standby is not needed).
-fn read_spec() -> Result<Vec<u8>, String> {
-    let mut spec = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut spec)
-        .map_err(|e| format!("cannot read the launch spec: {e}"))?;
-    Ok(spec)
 }
 
 /// Stdin is a socket whose other end agentd reads notices from: keep it as a file, and give
@@ -346,16 +375,28 @@ fn tick(every: std::time::Duration) {
     unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
 }
 
-/// ns-init: builds the jail and runs the agent in it. Never returns.
-fn ns_init(
-    shape: Shape,
-    root: &Path,
+/// ns-init's ends of the pipes to the supervisor.
+struct InitPipes {
     life_r: OwnedFd,
     status_w: OwnedFd,
     go_r: OwnedFd,
-    spec_r: OwnedFd,
+    prepared_w: OwnedFd,
+    spec_w: OwnedFd,
+    limited_r: OwnedFd,
     ready_w: OwnedFd,
-) -> ! {
+}
+
+/// ns-init: builds the jail and runs the agent in it. Never returns.
+fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
+    let InitPipes {
+        life_r,
+        status_w,
+        go_r,
+        prepared_w,
+        spec_w,
+        limited_r,
+        ready_w,
+    } = pipes;
     let fail = |msg: String| -> ! {
         let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
         _exit(SETUP_FAILED)
@@ -366,7 +407,18 @@ fn ns_init(
     if !matches!(read(&life_r, &mut [0u8; 1]), Err(Errno::EAGAIN)) {
         _exit(SETUP_FAILED);
     }
-    // The notice channel is the supervisor's, never the job's.
+    // The channel from agentd: the launch spec comes in on it, then it is the supervisor's
+    // notice channel, never the job's (kept close-on-exec, closed once the spec is read).
+    let job_in = nix::unistd::dup(std::io::stdin())
+        .ok()
+        .filter(|fd| {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .is_ok()
+        })
+        .unwrap_or_else(|| fail("cannot keep the job's channel".into()));
     match std::fs::File::open("/dev/null") {
         Ok(null) if nix::unistd::dup2_stdin(&null).is_ok() => {}
         _ => fail("cannot redirect stdin".into()),
@@ -379,15 +431,21 @@ fn ns_init(
     // now: a non-dumpable process's /proc files belong to root, and an unprivileged supervisor
     // had to write its id maps there first.
     let _ = prctl::set_dumpable(false);
-    fs::prepare(root).unwrap_or_else(|e| fail(e));
+    let mut jail_root = fs::prepare(root).unwrap_or_else(|e| fail(e));
     if matches!(shape.network, Network::None | Network::Gateway) {
         fs::loopback_up().unwrap_or_else(|e| fail(e));
     }
     let _ = nix::unistd::sethostname("agentd");
     // Compiled ahead of the job, like the rest of the standby's set-up.
     let filters = seccomp::filters().unwrap_or_else(|e| fail(e));
+    let _ = nix::unistd::write(&prepared_w, &[1]);
+    drop(prepared_w);
 
-    let spec = read_to_end(spec_r).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
+    let spec = read_to_end(job_in).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
+    // The supervisor needs the job too (its limits and what to watch); it sets the limits while
+    // this side builds the job's root.
+    write_all(&spec_w, &spec).unwrap_or_else(|e| fail(format!("cannot pass the job on: {e}")));
+    drop(spec_w);
     if spec.is_empty() {
         _exit(0);
     }
@@ -397,9 +455,10 @@ fn ns_init(
         Err(e) => fail(e),
     };
     if !jail.bridges.is_empty() {
-        crate::runner::bridge::spawn(&jail.bridges).unwrap_or_else(|e| fail(e));
+        crate::runner::bridge::spawn(&jail.bridges, |dir| jail_root.open_host_dir(dir))
+            .unwrap_or_else(|e| fail(e));
     }
-    fs::enter(root, &jail).unwrap_or_else(|e| fail(e));
+    fs::enter(&jail_root, &jail).unwrap_or_else(|e| fail(e));
     let _ = nix::unistd::write(&ready_w, &[1]);
     drop(ready_w);
     if shape.host_ids.is_some() {
@@ -414,13 +473,30 @@ fn ns_init(
         .chain(jail.read_write.iter().cloned())
         .chain(writes::ALWAYS_WRITABLE.iter().map(PathBuf::from))
         .collect();
+    // Not before the job's limits are set.
+    if !matches!(read(&limited_r, &mut [0u8; 1]), Ok(1)) {
+        _exit(SETUP_FAILED);
+    }
+    drop(limited_r);
     // A standby was set up at the idle priority; the supervisor has put ns-init back at the normal
     // one (see `normal_priority`), which the agent inherits.
+    // The host tree's copy goes once the agent has exec'd (its copy is close-on-exec): closing
+    // the last descriptor unmounts it, which is not the job's start to wait for.
+    let host = jail_root.take_host();
+    let execed = host
+        .as_ref()
+        .map(|_| pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}"))));
     let agent_pid = match super::fork_or_err() {
         Ok(ForkResult::Child) => exec_jailed(&agent, &jail, shape, &filters, &writable),
         Ok(ForkResult::Parent { child }) => child,
         Err(msg) => fail(msg),
     };
+    if let Some((execed_r, execed_w)) = execed {
+        drop(execed_w);
+        // EOF once the agent exec'd (or died trying).
+        while matches!(read(&execed_r, &mut [0u8; 1]), Err(Errno::EINTR)) {}
+        drop(host);
+    }
     let _ = setpgid(agent_pid, agent_pid);
     let end = wait_for(agent_pid, &super::handled_signals(), |sig| {
         if matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
