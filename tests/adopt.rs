@@ -229,6 +229,53 @@ async fn a_kill9_between_the_agents_end_and_its_storing_loses_nothing() {
     );
 }
 
+/// Several jobs killed in that window at once, three times over: the restarted agentd adopts
+/// each from its complete journal, and those jobs end within moments, while its start-up
+/// recovery may still be listing the unfinished jobs (a job that ended meanwhile must not stop
+/// the start). Every restart must listen and every job end SUCCEEDED. The race is narrow: this
+/// passed 1 of 1 also before the fix, so it guards the scenario rather than proving the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_adopted_from_complete_journals_do_not_stop_the_restart() {
+    let mut opts = keep(600);
+    opts.env
+        .push(("AGENTD_TEST_HOLD_END_MS".into(), "600000".into()));
+    let mut s = TestServer::start_with(opts);
+    let run = s.data_dir.join("run");
+    for round in 0..3 {
+        let mut c = s.clients(KEY_A).await;
+        let mut jobs = Vec::new();
+        for _ in 0..6 {
+            let session = c.create_session(&[]).await;
+            jobs.push(c.submit(&session.session_id, "lines 2").await.job_id);
+        }
+        // Each job claimed, and no supervisor but the standby left: every agent has ended.
+        let ended = eventually(Duration::from_secs(60), || {
+            let names: Vec<String> = std::fs::read_dir(&run)
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let claims = names.iter().filter(|n| n.ends_with(".job")).count();
+            let records = names.iter().filter(|n| n.ends_with(".run")).count();
+            claims == jobs.len() && records <= 1
+        })
+        .await;
+        assert!(ended, "round {round}: the jobs' agents never all ended");
+        s.restart();
+        let mut c = s.clients(KEY_A).await;
+        for job in &jobs {
+            let done = c.wait(job).await;
+            assert_eq!(
+                done.state,
+                pb::JobState::Succeeded as i32,
+                "round {round}: {done:?}"
+            );
+        }
+    }
+}
+
 /// Twenty restarts at spread-out moments of a job's life, from before it starts to its last
 /// moments: every job ends SUCCEEDED with its whole output once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
