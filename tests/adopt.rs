@@ -1,6 +1,6 @@
 //! Issue #23: running jobs survive an agentd restart. The server runs with `--on-shutdown keep`
-//! here (the harness defaults to `cancel`); supervisors outlive it, spool their agent's output,
-//! and the next agentd on the same data dir adopts them.
+//! (the product's and the harness's default; `keep()` here sets the adopt timeout); supervisors
+//! outlive it, spool their agent's output, and the next agentd on the same data dir adopts them.
 
 mod common;
 
@@ -158,6 +158,122 @@ async fn an_unjailed_job_survives_kill9_of_agentd() {
         ..keep(600)
     };
     survive_kill9_with(opts, 6, Duration::from_millis(700)).await;
+}
+
+/// The token of the job's supervisor, from its claim next to the run records, once it is there.
+async fn claimed_token(data_dir: &std::path::Path) -> String {
+    let run = data_dir.join("run");
+    let mut token = None;
+    let found = eventually(Duration::from_secs(30), || {
+        token = std::fs::read_dir(&run).ok().and_then(|d| {
+            d.flatten().find_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".job").map(str::to_owned)
+            })
+        });
+        token.is_some()
+    })
+    .await;
+    assert!(found, "the job was never claimed for adoption");
+    token.unwrap_or_default()
+}
+
+/// kill -9 after the agent ended and its supervisor exited, but before agentd stored the job's
+/// end (held there by a test hook): the journal outlives the supervisor until agentd has stored
+/// the end, so the next agentd replays it and the job ends SUCCEEDED with every event once,
+/// not FAILED "the server restarted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill9_between_the_agents_end_and_its_storing_loses_nothing() {
+    let mut opts = keep(600);
+    opts.env
+        .push(("AGENTD_TEST_HOLD_END_MS".into(), "600000".into()));
+    let mut s = TestServer::start_with(opts);
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let rounds = 2;
+    let job = c.submit(&session.session_id, &streaming(rounds)).await;
+    let held = tokio::spawn(hold_stream(s.addr.clone(), job.job_id.clone(), 0));
+    let token = claimed_token(&s.data_dir).await;
+    let record = s.data_dir.join("run").join(format!("{token}.run"));
+    assert!(
+        eventually(Duration::from_secs(30), || !record.exists()).await,
+        "the job's supervisor never exited"
+    );
+    s.kill9();
+    let before = held.await.unwrap();
+    assert!(
+        before.iter().all(|e| kind(e) != "finished"),
+        "the job's end was stored despite the hold"
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let cursor = before.last().map_or(0, |e| e.seq);
+    let after = c.events(&job.job_id, cursor).await;
+    let done = c.get_job(&job.job_id).await;
+    let all = c.events(&job.job_id, 0).await;
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "job {done:?}\nevents {:?}",
+        all.iter().map(kind).collect::<Vec<_>>()
+    );
+    assert_contiguous(&all);
+    assert_eq!(texts(&all), streamed(rounds));
+    let resumed: Vec<pb::JobEvent> = before.into_iter().chain(after).collect();
+    assert_eq!(resumed, all, "the held stream saw a gap or a duplicate");
+    // Stored at last: the claim and the journal are gone.
+    let journal = s.data_dir.join("run").join(format!("{token}.journal"));
+    assert!(
+        eventually(Duration::from_secs(10), || !journal.exists()).await,
+        "the journal outlived the stored end"
+    );
+}
+
+/// Several jobs killed in that window at once, three times over: the restarted agentd adopts
+/// each from its complete journal, and those jobs end within moments, while its start-up
+/// recovery may still be listing the unfinished jobs (a job that ended meanwhile must not stop
+/// the start). Every restart must listen and every job end SUCCEEDED. The race is narrow: this
+/// passed 1 of 1 also before the fix, so it guards the scenario rather than proving the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_adopted_from_complete_journals_do_not_stop_the_restart() {
+    let mut opts = keep(600);
+    opts.env
+        .push(("AGENTD_TEST_HOLD_END_MS".into(), "600000".into()));
+    let mut s = TestServer::start_with(opts);
+    let run = s.data_dir.join("run");
+    for round in 0..3 {
+        let mut c = s.clients(KEY_A).await;
+        let mut jobs = Vec::new();
+        for _ in 0..6 {
+            let session = c.create_session(&[]).await;
+            jobs.push(c.submit(&session.session_id, "lines 2").await.job_id);
+        }
+        // Each job claimed, and no supervisor but the standby left: every agent has ended.
+        let ended = eventually(Duration::from_secs(60), || {
+            let names: Vec<String> = std::fs::read_dir(&run)
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let claims = names.iter().filter(|n| n.ends_with(".job")).count();
+            let records = names.iter().filter(|n| n.ends_with(".run")).count();
+            claims == jobs.len() && records <= 1
+        })
+        .await;
+        assert!(ended, "round {round}: the jobs' agents never all ended");
+        s.restart();
+        let mut c = s.clients(KEY_A).await;
+        for job in &jobs {
+            let done = c.wait(job).await;
+            assert_eq!(
+                done.state,
+                pb::JobState::Succeeded as i32,
+                "round {round}: {done:?}"
+            );
+        }
+    }
 }
 
 /// Twenty restarts at spread-out moments of a job's life, from before it starts to its last
@@ -526,4 +642,95 @@ async fn the_claude_cli_survives_a_restart_mid_tool_call() {
         .filter(|k| **k == "model_call")
         .count();
     assert!(after_result >= 1, "{kinds:?}\nmock log:\n{log}");
+}
+
+/// agentd on the genuine Claude CLI (against the mock model) with adoption on.
+fn claude_server(dir: &std::path::Path) -> (TestServer, std::process::Child) {
+    let claude = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/agents/node_modules/.bin/claude");
+    assert!(claude.exists(), "run scripts/install-agents first");
+    let (mock, base) = mock_model(dir);
+    let config = format!(
+        "[agents.claude]\nkind = \"claude\"\ncommand = {:?}\n[agents.claude.env]\n\
+         ANTHROPIC_BASE_URL = {base:?}\nANTHROPIC_API_KEY = \"sk-ant-adopt-mock-key\"\n\
+         CLAUDE_CODE_MAX_RETRIES = \"0\"\nENABLE_TOOL_SEARCH = \"false\"\n",
+        claude.to_string_lossy()
+    );
+    let mut opts = keep(600);
+    opts.config = Some(config);
+    (TestServer::start_with(opts), mock)
+}
+
+/// An `ask` job of the genuine Claude CLI whose tool call a rule allows is adopted across a
+/// kill -9 in the middle of that call like any other job, and ends SUCCEEDED with its tool call,
+/// result and answer once (the CLI finishes its turn on an input at EOF). Its input ended with the
+/// old agentd, so input and answers are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_job_of_the_claude_cli_is_adopted_across_a_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, mut mock) = claude_server(dir.path());
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: session.session_id.clone(),
+            agent: "claude".into(),
+            prompt: "sleep-tool 4.5".into(),
+            permission_mode: "ask".into(),
+            allow_rules: vec!["Bash".into()],
+            timeout_seconds: 300,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    assert!(
+        eventually(Duration::from_secs(60), || !common::sleepers("4.5")
+            .is_empty())
+        .await,
+        "the tool call never started"
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let refused = c
+        .jobs
+        .send_input(pb::SendInputRequest {
+            job_id: job.job_id.clone(),
+            text: "more".into(),
+        })
+        .await;
+    let all = c.events(&job.job_id, 0).await;
+    let done = c.get_job(&job.job_id).await;
+    let kinds: Vec<&str> = all.iter().map(kind).collect();
+    let _ = mock.kill();
+    let log = std::fs::read_to_string(dir.path().join("mock-model.log")).unwrap_or_default();
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "{done:?}\n{kinds:?}\nmock log:\n{log}"
+    );
+    assert_contiguous(&all);
+    let count = |k: &str| kinds.iter().filter(|x| **x == k).count();
+    assert_eq!(count("tool_call"), 1, "{kinds:?}");
+    assert_eq!(count("tool_result"), 1, "{kinds:?}");
+    // The rule let the tool call through without a question to anyone.
+    assert_eq!(count("permission_request"), 0, "{kinds:?}");
+    assert!(
+        all.iter()
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::PermissionResolved(r)) => Some(r),
+                _ => None,
+            })
+            .all(|r| r.who == "rule" && r.allow),
+        "{kinds:?}"
+    );
+    // Refused with the reason (or because the job had ended meanwhile): never taken silently.
+    let st = refused.expect_err("input taken by an adopted ask job whose input had ended");
+    assert!(
+        ["JOB_NOT_CONTROLLABLE", "JOB_FINISHED"].contains(&common::reason(&st).as_str()),
+        "{st:?}"
+    );
 }

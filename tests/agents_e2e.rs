@@ -1171,6 +1171,9 @@ async fn interrupt_keeps_the_conversation(mut w: World) {
     );
 }
 
+/// kill -9 of agentd while a request waits for its answer. The job is adopted (`--on-shutdown
+/// keep`), but the agent's input ended with the old agentd, so no answer can reach it: the request
+/// is resolved denied by the restart, visibly, and the job fails saying so.
 async fn restart_with_a_pending_request_fails_the_job(mut w: World) {
     let job = w
         .submit(w.ask("write pending-note.txt never written"))
@@ -1184,6 +1187,13 @@ async fn restart_with_a_pending_request_fails_the_job(mut w: World) {
     let why = w.explain(&job, &events);
     assert_eq!(job.reason, "PERMISSION_PENDING_AT_RESTART", "{why}");
     assert!(job.error_message.contains(&req.request_id), "{why}");
+    let r = resolutions(&events);
+    assert_eq!(r.len(), 1, "{why}");
+    assert_eq!(
+        (r[0].request_id.as_str(), r[0].who.as_str(), r[0].allow),
+        (req.request_id.as_str(), "restart", false),
+        "{why}"
+    );
     assert!(
         w.c.download(&w.session, "pending-note.txt").await.is_err(),
         "{why}"

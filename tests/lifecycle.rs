@@ -6,12 +6,16 @@ use agentd::pb;
 use common::*;
 use std::time::Duration;
 
+/// Under `--on-shutdown cancel` (tests/adopt.rs has `keep`, the default).
 #[tokio::test]
 async fn restart_after_kill9_keeps_everything_and_fails_interrupted_jobs() {
-    let mut server = TestServer::start_with(Options {
-        args: vec!["--max-concurrent-jobs".into(), "1".into()],
-        ..Default::default()
-    });
+    let mut server = TestServer::start_with(
+        Options {
+            args: vec!["--max-concurrent-jobs".into(), "1".into()],
+            ..Default::default()
+        }
+        .cancelling(),
+    );
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[("in.txt", b"input")]).await;
     let done = c.submit(&s.session_id, "write out.txt result").await;
@@ -68,7 +72,7 @@ async fn restart_after_kill9_keeps_everything_and_fails_interrupted_jobs() {
 
 #[tokio::test]
 async fn sigterm_drains_running_jobs_and_exits_zero() {
-    let mut server = TestServer::start();
+    let mut server = TestServer::start_with(Options::default().cancelling());
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
     let job = c.submit(&s.session_id, "grandchild 4731 ; sleep 60").await;

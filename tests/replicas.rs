@@ -68,9 +68,15 @@ impl Cluster {
         self.root.path()
     }
 
-    /// Starts replica `name`; returns its index.
+    /// Starts replica `name` (`--on-shutdown keep`, the default); returns its index.
     fn start(&mut self, name: &str, extra: &[&str]) -> usize {
         self.start_env(name, extra, Vec::new())
+    }
+
+    /// Starts replica `name` whose jobs end with it (`--on-shutdown cancel`): the failover tests
+    /// of that mode, where a lost replica's jobs are settled at its lease's expiry.
+    fn start_cancelling(&mut self, name: &str) -> usize {
+        self.start_env(name, &[], vec![cancel_on_shutdown()])
     }
 
     /// Starts replica `name` whose supervisors outlive it (`--on-shutdown keep`, issue #23).
@@ -212,7 +218,7 @@ fn assert_complete(events: &[pb::JobEvent], what: &str) {
 async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
     let mut cl = Cluster::new();
     // A alone first, so that A is the one running the job.
-    let a = cl.start("replica-a", &[]);
+    let a = cl.start_cancelling("replica-a");
     let mut ca = cl.clients(a).await;
     let session = ca.create_session(&[]).await;
     let j1 = ca.submit(&session.session_id, "lines 20 ; sleep 120").await;
@@ -223,8 +229,8 @@ async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
         Duration::from_secs(30),
     )
     .await;
-    let b = cl.start("replica-b", &[]);
-    let c = cl.start("replica-c", &[]);
+    let b = cl.start_cancelling("replica-b");
+    let c = cl.start_cancelling("replica-c");
     let (mut cb, mut cc) = (cl.clients(b).await, cl.clients(c).await);
 
     // Any replica answers, for jobs it does not run too.
@@ -570,7 +576,7 @@ async fn a_lost_replica_job_is_failed_only_after_the_adopt_timeout() {
 )]
 async fn a_replica_restarted_under_its_id_settles_what_it_cannot_adopt() {
     let mut cl = Cluster::new();
-    let a = cl.start("replica-a", &[]);
+    let a = cl.start_cancelling("replica-a");
     let mut ca = cl.clients(a).await;
     let session = ca.create_session(&[]).await;
     let job = ca.submit(&session.session_id, "sleep 120").await;

@@ -700,7 +700,8 @@ async fn assert_nothing_left(w: &World, sleeps: &[&str], within: Duration) {
 
 #[tokio::test]
 async fn kill9_of_agentd_mid_job_leaves_no_process_mount_or_cgroup() {
-    let mut w = World::start(None, stand_in_profiles()).await;
+    // The mode where jobs end with agentd; under `keep` they are adopted (tests/adopt.rs).
+    let mut w = World::start_env(None, stand_in_profiles(), vec![cancel_on_shutdown()]).await;
     let tok = w.target.token.clone();
     for i in 0..3 {
         let s = w.attacker.create_session(&[]).await.session_id;

@@ -94,16 +94,6 @@ impl Core {
                     // Another agentd adopted it, or the lease keeper settled it meanwhile.
                     return;
                 }
-                if job.spec.asks() {
-                    a.kill().await;
-                    self.forget_claim(claim.token).await;
-                    let msg = "agentd restarted: a job under permission_mode ask cannot be \
-                               adopted (its controller and stdin pipe ended with agentd)"
-                        .to_owned();
-                    self.settle_failed(&job.id, self.job_secrets(&job), msg)
-                        .await;
-                    return;
-                }
                 tracing::info!(job = %id, pid = a.pid(), "adopted a running job");
                 self.start_adopted(job, a, claim);
             }

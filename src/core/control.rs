@@ -509,3 +509,121 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// What an adopted `ask` job's event log says about its permission requests (issue #23).
+#[derive(Debug, Default)]
+pub(super) struct Asked {
+    /// Requested and not resolved: the agent waits for an answer, in the order asked.
+    pub open: Vec<(String, String)>,
+    /// Requested or resolved: already in the log.
+    pub known: HashSet<String>,
+}
+
+impl Asked {
+    /// Folds one stored event in.
+    pub(super) fn see(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::PermissionRequest {
+                request_id, tool, ..
+            } => {
+                self.known.insert(request_id.clone());
+                self.open.push((request_id.clone(), tool.clone()));
+            }
+            EventKind::PermissionResolved { request_id, .. } => {
+                self.known.insert(request_id.clone());
+                self.open.retain(|(id, _)| id != request_id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The controller of an adopted `ask` job (issue #23). The agent's input was a FIFO whose only
+/// writer was the previous agentd: it ended with that process, and nothing written now can reach
+/// the agent. So nothing may wait for an answer: every request still open (pending in the log, or
+/// asked in output the previous agentd never got to record) is resolved denied, `who =
+/// "restart"`, as an event, and `deny` ends the job with that message. Requests already in the
+/// log are not asked again when the journal's replay shows them. Answers, input and interrupts
+/// are refused with the reason.
+pub(super) fn start_orphaned(
+    asked: Asked,
+    timeout: std::time::Duration,
+    deny: Arc<dyn Fn(String) + Send + Sync>,
+    events: &mpsc::Sender<Output>,
+) -> (ControlHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel(INBOX);
+    let events = events.downgrade();
+    let task = tokio::spawn(async move {
+        let emit = |kind: EventKind| {
+            let events = events.clone();
+            async move {
+                if let Some(tx) = events.upgrade() {
+                    let _ = tx.send(Output::Event(kind)).await;
+                }
+            }
+        };
+        let Asked { open, mut known } = asked;
+        for (id, tool) in open {
+            let message = restart_denial(&id, &tool);
+            emit(resolved_by_restart(&id, &message)).await;
+            deny(message);
+        }
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Agent(Signal::Permission {
+                    id,
+                    tool,
+                    input,
+                    suggestion,
+                }) if known.insert(id.clone()) => {
+                    emit(EventKind::PermissionRequest {
+                        request_id: id.clone(),
+                        tool: tool.clone(),
+                        input_json: input.to_string(),
+                        suggestion_json: suggestion.map(|v| v.to_string()).unwrap_or_default(),
+                        timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+                    })
+                    .await;
+                    let message = restart_denial(&id, &tool);
+                    emit(resolved_by_restart(&id, &message)).await;
+                    deny(message);
+                }
+                Command::Agent(_) => {}
+                Command::Respond { reply, .. }
+                | Command::Input { reply, .. }
+                | Command::Interrupt { reply } => {
+                    let _ = reply.send(Err(input_lost()));
+                }
+            }
+        }
+    });
+    let handle = ControlHandle {
+        tx,
+        interrupted: Arc::new(AtomicBool::new(false)),
+    };
+    (handle, task)
+}
+
+fn restart_denial(id: &str, tool: &str) -> String {
+    format!(
+        "agentd restarted with permission request {id} ({tool}) pending; the agent's input \
+         ended with the previous agentd, so no answer can reach it: denied by the restart"
+    )
+}
+
+fn resolved_by_restart(id: &str, message: &str) -> EventKind {
+    EventKind::PermissionResolved {
+        request_id: id.to_owned(),
+        who: "restart".to_owned(),
+        allow: false,
+        message: message.to_owned(),
+    }
+}
+
+fn input_lost() -> Error {
+    Error::precondition(
+        Reason::JobNotControllable,
+        "agentd restarted while the job ran: the agent's input ended with the previous agentd, \
+         so the job can no longer be answered, sent input or interrupted (cancel still works)",
+    )
+}

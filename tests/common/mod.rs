@@ -56,7 +56,19 @@ pub struct RunAs {
     pub gid: u32,
 }
 
+/// `--on-shutdown cancel`, for tests about that mode: jobs end with agentd (cancelled on
+/// SIGTERM, failed as interrupted after a kill -9) instead of being adopted by the next one.
+pub fn cancel_on_shutdown() -> (String, String) {
+    ("AGENTD_ON_SHUTDOWN".into(), "cancel".into())
+}
+
 impl Options {
+    /// With [`cancel_on_shutdown`].
+    pub fn cancelling(mut self) -> Options {
+        self.env.push(cancel_on_shutdown());
+        self
+    }
+
     /// Starts the server through `setpriv --reuid U --regid G --clear-groups` (util-linux), with a
     /// data dir owned by that user. The test must run as root to do this, and this machine's test
     /// runs do.
@@ -134,16 +146,18 @@ impl TestServer {
             .env("AGENTD_CLAUDE_BIN", fake_claude())
             .env("AGENTD_KILL_GRACE_SECONDS", "2")
             .env("AGENTD_SHUTDOWN_GRACE_SECONDS", "2")
-            // Jobs die with the server, as the existing tests expect; tests/adopt.rs opts in to
-            // `keep` (issue #23) through `Options::env`.
-            .env("AGENTD_ON_SHUTDOWN", "cancel")
+            // The product's default `--on-shutdown keep` (issue #23): supervisors outlive a killed
+            // agentd. Bounded here, so that a tree a test leaves behind ends on its own even if
+            // the sweep at drop misses it; tests about cancel pass `cancel` in `Options::env`.
+            .env("AGENTD_ADOPT_TIMEOUT", "120")
             .env("AGENTD_LOG", "warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start agentd");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = Stderr::follow(child.stderr.take().expect("stderr"));
         let mut lines = BufReader::new(stdout).lines();
         self.gateway_addr = None;
         let addr = loop {
@@ -156,7 +170,13 @@ impl TestServer {
                         break a.trim().to_owned();
                     }
                 }
-                _ => panic!("agentd exited before listening"),
+                _ => {
+                    let status = child.wait();
+                    panic!(
+                        "agentd exited before listening ({status:?}); its stderr:\n{}",
+                        stderr.tail()
+                    )
+                }
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -174,6 +194,25 @@ impl TestServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Ends the trees of supervisors that outlived the server (`--on-shutdown keep`), so that
+    /// nothing a test started runs on after it: each is told to kill its tree, by its run record.
+    pub fn end_surviving_trees(&self) {
+        let run = self.data_dir.join("run");
+        let Ok(entries) = std::fs::read_dir(&run) else {
+            return;
+        };
+        let tokens: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".run").map(str::to_owned)
+            })
+            .collect();
+        for token in tokens {
+            agentd::runner::adopt::kill_tree(&run, &token, None);
         }
     }
 
@@ -239,6 +278,40 @@ fn hand_over(tmp: &Path, data_dir: &Path, user: RunAs) {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
+        self.end_surviving_trees();
+    }
+}
+
+/// agentd's stderr, passed on to the test's own and its last lines kept, so that a server that
+/// exits before it listens says why in the test's failure.
+#[derive(Clone)]
+struct Stderr(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl Stderr {
+    const KEEP: usize = 200;
+
+    fn follow(pipe: std::process::ChildStderr) -> Stderr {
+        let kept = Stderr(std::sync::Arc::default());
+        let tail = kept.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let mut q = tail.0.lock().unwrap_or_else(|e| e.into_inner());
+                if q.len() == Self::KEEP {
+                    q.pop_front();
+                }
+                q.push_back(line);
+            }
+        });
+        kept
+    }
+
+    /// The last lines, once the reader had a moment to take in what the exit left in the pipe.
+    fn tail(&self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 }
 

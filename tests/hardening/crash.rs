@@ -83,7 +83,8 @@ pub(crate) async fn read_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn kill9_twenty_times_loses_nothing_acknowledged_and_leaves_no_process() {
-    let mut server = TestServer::start();
+    // Jobs end with agentd here; under `keep` they are adopted (tests/adopt.rs).
+    let mut server = TestServer::start_with(Options::default().cancelling());
     let sessions_dir = server.data_dir.join("sessions");
     let mut acked: Vec<Acked> = Vec::new();
     for round in 0..20u32 {
@@ -288,6 +289,8 @@ pub(crate) async fn kill9_in_the_fallback_containment_leaves_nothing_after_resta
         env: vec![
             ("AGENTD_CONTAINMENT".into(), "subreaper".into()),
             ("AGENTD_NO_SANDBOX".into(), "1".into()),
+            // The sweep of what a killed agentd left, not adoption (tests/adopt.rs).
+            cancel_on_shutdown(),
         ],
         ..Default::default()
     });

@@ -21,7 +21,8 @@ pub(crate) enum Seen {
 pub(crate) async fn sigterm_goes_not_serving_refuses_work_and_ends_streams_while_a_client_submits()
 {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let mut server = TestServer::start();
+    // SIGTERM cancels running jobs only under `--on-shutdown cancel`.
+    let mut server = TestServer::start_with(Options::default().cancelling());
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
     let job = c.submit(&s.session_id, "grandchild 6301 ; sleep 60").await;

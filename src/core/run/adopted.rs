@@ -4,9 +4,11 @@
 //! already stored are counted and skipped, so the log goes on with no gap and no duplicate.
 
 use super::finish::FinishFacts;
-use super::pump::Pump;
+use super::pump::{AbortOnDrop, Controlled, Pump};
 use super::sink::Sink;
 use super::verdict::{Ended, verdict};
+use crate::agents::interactive::Interactive;
+use crate::core::control::Asked;
 use crate::core::{Core, RunHandle};
 use crate::domain::{EventKind, Job, JobState, Outcome, Timestamp};
 use crate::error::Result;
@@ -71,13 +73,17 @@ impl Core {
                 .await;
         };
         let limits = &self.config.limits;
+        let protocol = self.protocol_of(job, profile);
+        // The parser the live run used, so that the replay makes the same events.
+        let parser = protocol.as_ref().and_then(|p| p.parser());
         let mut pump = Pump::new(
-            crate::agents::parser(profile),
+            parser.unwrap_or_else(|| crate::agents::parser(profile)),
             job.state.clone(),
             job.conversation_id.clone(),
             (limits.job_output_max_bytes, limits.job_output_max_events),
         );
-        (pump.skip, pump.skip_notices) = self.stored_output_events(job).await?;
+        let stored = self.stored_output_events(job).await?;
+        (pump.skip, pump.skip_notices) = (stored.lines, stored.notices);
         let left = job
             .spec
             .timeout
@@ -93,6 +99,11 @@ impl Core {
         let access = gateway.and_then(|t| self.regrant(job, t, &tx, handle, &budget_hit));
         if let Some(a) = &access {
             sink.secrets.push(a.key().to_owned());
+        }
+        let denied: Arc<OnceLock<String>> = Arc::default();
+        if let Some(protocol) = protocol {
+            pump.control =
+                Some(self.orphan_control(job, handle, protocol, stored.asked, &denied, &tx));
         }
         let running = crate::telemetry::metrics().job_running();
         let run = tokio::spawn(a.run(tx, control));
@@ -112,7 +123,12 @@ impl Core {
         drop(access);
         let summary = pump.parser.summary();
         let stderr_tail: Vec<String> = pump.stderr_tail.iter().cloned().collect();
-        let (outcome, result) = if adopted.adopt_timed_out && adopted.outcome.stop.is_none() {
+        let (outcome, result) = if let Some(message) = denied.get() {
+            let outcome = Outcome::PermissionPending {
+                message: message.clone(),
+            };
+            (outcome, summary.result.clone().unwrap_or_default())
+        } else if adopted.adopt_timed_out && adopted.outcome.stop.is_none() {
             let message = "no agentd adopted the job within the adopt timeout after agentd \
                            stopped; its supervisor ended it";
             let outcome = Outcome::AdoptionTimeout {
@@ -195,27 +211,91 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// How many of a job's stored events came from its agent's output, and how many from the
-    /// jail's notices (the ones a replay of its journal produces again, each in the same order);
-    /// the rest (started, model calls, permission traffic) come from elsewhere.
-    async fn stored_output_events(&self, job: &Job) -> Result<(u64, u64)> {
-        let (mut lines, mut notices) = (0, 0);
+    /// What a job's stored events say (see [`Stored`]).
+    async fn stored_output_events(&self, job: &Job) -> Result<Stored> {
+        let mut stored = Stored::default();
         let mut after = 0;
         loop {
             let events = self.store.read_events(&job.id, after, 1000).await?;
             let Some(last) = events.last() else {
-                return Ok((lines, notices));
+                return Ok(stored);
             };
             after = last.seq;
             for e in &events {
                 if from_output(&e.kind) {
-                    lines += 1;
+                    stored.lines += 1;
                 } else if matches!(e.kind, EventKind::LimitExceeded { .. }) {
-                    notices += 1;
+                    stored.notices += 1;
+                } else {
+                    stored.asked.see(&e.kind);
                 }
             }
         }
     }
+
+    /// The interactive protocol an `ask` job's agent was started with (its parser and the
+    /// requests in its output), for the job's own profile and conversation.
+    fn protocol_of(
+        &self,
+        job: &Job,
+        profile: &crate::agents::AgentProfile,
+    ) -> Option<Arc<dyn Interactive>> {
+        if !job.spec.asks() {
+            return None;
+        }
+        let workspace = self.workspaces.workspace_dir(&job.session_id);
+        let home = self.workspaces.home_dir(&job.session_id);
+        let ctx = crate::agents::LaunchContext {
+            workspace: &workspace,
+            home: &home,
+            resume_conversation: job.conversation_id.as_deref(),
+            jailed: self.config.sandbox.of(&job.spec.agent).is_some(),
+            mcp: &[],
+            images: &[],
+        };
+        crate::agents::interactive::protocol(profile, &job.spec, &ctx).map(Arc::from)
+    }
+
+    /// The adopted `ask` job's controller ([`crate::core::control::start_orphaned`]): a request
+    /// it must deny ends the job through its cancel token, `denied` saying why.
+    fn orphan_control(
+        &self,
+        job: &Job,
+        handle: &RunHandle,
+        protocol: Arc<dyn Interactive>,
+        asked: Asked,
+        denied: &Arc<OnceLock<String>>,
+        tx: &mpsc::Sender<Output>,
+    ) -> Controlled {
+        let timeout = job
+            .spec
+            .control
+            .permission_timeout
+            .unwrap_or(self.config.permission_timeout_default);
+        let (cancel, why) = (handle.cancel.clone(), denied.clone());
+        let deny = Arc::new(move |message: String| {
+            let _ = why.set(message);
+            cancel.cancel();
+        });
+        let (ctl, task) = crate::core::control::start_orphaned(asked, timeout, deny, tx);
+        let _ = handle.control.set(ctl.clone());
+        Controlled {
+            handle: ctl,
+            protocol,
+            _task: AbortOnDrop(task),
+        }
+    }
+}
+
+/// What a job's stored events say for the replay of its journal: how many came from its agent's
+/// output and how many from the jail's notices (the ones a replay produces again, each in the
+/// same order; the rest, started, model calls, permission traffic, come from elsewhere), and its
+/// permission requests.
+#[derive(Default)]
+struct Stored {
+    lines: u64,
+    notices: u64,
+    asked: Asked,
 }
 
 /// Whether an event kind is made from an agent's output lines by the pump.

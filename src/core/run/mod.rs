@@ -38,6 +38,22 @@ const SETTLE_ATTEMPTS: usize = 16;
 const SETTLE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 const SETTLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Holds a job between its agent's end and the storing of that end, for as long as
+/// `AGENTD_TEST_HOLD_END_MS` says: the tests' way into the window where a killed agentd leaves a
+/// finished agent's job RUNNING (issue #23). Unset, as it is outside tests, it costs nothing.
+async fn hold_end_for_tests() {
+    static HOLD: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        std::env::var("AGENTD_TEST_HOLD_END_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(hold) = hold {
+        tokio::time::sleep(*hold).await;
+    }
+}
+
 /// Everything a job needs to start, once `prepare` succeeded.
 struct Prepared<'c> {
     session: Session,
@@ -215,12 +231,10 @@ impl Core {
             // another replica settled it): stop the agent instead of leaving it running
             // unobserved. Dropping the process kills its supervisor and with it the whole tree.
             run.abort();
+            self.forget(claim).await;
             return Err(e);
         }
         let outcome = run.await;
-        if let Some(token) = claim {
-            self.forget_claim(token).await;
-        }
         if let Stdin::File(path) = &stdin {
             // The agent read it (or never will): a large prompt need not linger in its HOME.
             let _ = tokio::fs::remove_file(path).await;
@@ -229,9 +243,11 @@ impl Core {
             Ok(o) => o,
             Err(e) => {
                 let msg = format!("agent supervisor task failed: {e}");
-                return self
+                let finished = self
                     .finish(sink, Some(started), FinishFacts::failed(msg))
                     .await;
+                self.forget(claim).await;
+                return finished;
             }
         };
         let summary = pump.parser.summary();
@@ -294,19 +310,31 @@ impl Core {
                 usage: facts.usage,
             };
             drop(running);
+            // The corrective turn is a new run with its own claim; a restart between the two
+            // fails the job as interrupted, which replaying the first turn could not undo.
+            self.forget(claim).await;
             return Box::pin(self.execute_turn(&next, handle, sink, Some(first))).await;
         }
-        self.record_outputs(job, &p.session, &p.before.tree, Some(&p.before.id))
-            .await?;
-        // Before the job is final: the session's next job may start as soon as it is.
-        if let Some(id) = &facts.conversation_id {
-            self.store
-                .set_agent_conversation(&p.session.id, &job.spec.agent, id, Timestamp::now())
+        hold_end_for_tests().await;
+        let ended = async {
+            self.record_outputs(job, &p.session, &p.before.tree, Some(&p.before.id))
                 .await?;
+            // Before the job is final: the session's next job may start as soon as it is.
+            if let Some(id) = &facts.conversation_id {
+                self.store
+                    .set_agent_conversation(&p.session.id, &job.spec.agent, id, Timestamp::now())
+                    .await?;
+            }
+            // Not running any more once a reader can see it final (a scrape right after must
+            // agree).
+            drop(running);
+            self.finish(sink, Some(started), facts).await
         }
-        // Not running any more once a reader can see it final (a scrape right after must agree).
-        drop(running);
-        self.finish(sink, Some(started), facts).await?;
+        .await;
+        // Only now: until the end is stored, the journal is what a restarted agentd would end
+        // the job from (issue #23).
+        self.forget(claim).await;
+        ended?;
         self.after_finish(job, &p.session).await;
         Ok(())
     }
@@ -485,6 +513,13 @@ impl Core {
             tracing::warn!(job = %job.id, "cannot record the job for adoption; it ends with agentd");
         }
         Some(token.to_owned())
+    }
+
+    /// [`Self::forget_claim`] of a claim that may not have been written.
+    async fn forget(&self, claim: Option<String>) {
+        if let Some(token) = claim {
+            self.forget_claim(token).await;
+        }
     }
 
     /// Removes a finished job's claim and journal.

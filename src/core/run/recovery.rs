@@ -31,7 +31,14 @@ impl Core {
             }
             if let JobState::Running { started } = job.state {
                 let msg = "the server restarted while the job was running".to_owned();
-                self.fail_interrupted(&job, started, msg).await?;
+                match self.fail_interrupted(&job, started, msg).await {
+                    // Ended meanwhile: an adopted job whose journal was complete (its agent had
+                    // ended) finishes within moments, between the listing above and the check
+                    // of `is_running_here`. Failing the start for it made agentd exit before it
+                    // listened (issue #23).
+                    Err(e) if e.reason() == crate::error::Reason::JobFinished => {}
+                    other => other?,
+                }
             }
         }
         Ok(())

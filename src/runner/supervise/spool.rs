@@ -79,7 +79,6 @@ struct Prepared {
 struct Running {
     thread: std::thread::JoinHandle<Spooled>,
     done_w: OwnedFd,
-    journal_path: PathBuf,
     socket_path: PathBuf,
 }
 
@@ -87,8 +86,6 @@ struct Running {
 struct Spooled {
     journal: Writer<File>,
     notices: Notices,
-    /// agentd still reads the pipes: it got everything live, the journal is not needed.
-    piped: bool,
 }
 
 enum State {
@@ -165,18 +162,20 @@ pub fn start() {
     let Ok((done_r, done_w)) = pipe() else {
         return;
     };
-    let (journal_path, socket_path) = (p.journal_path.clone(), p.socket_path.clone());
+    let socket_path = p.socket_path.clone();
     let thread = std::thread::spawn(move || spool(*p, done_r));
     *state = State::Running(Box::new(Running {
         thread,
         done_w,
-        journal_path,
         socket_path,
     }));
 }
 
 /// Once the tree is gone: the rest of the output, then how the agent ended (`end`, the
-/// supervisor's 8-byte encoding). Removes the journal if agentd read everything live.
+/// supervisor's 8-byte encoding). The journal stays even when agentd read everything live: until
+/// agentd has stored the job's end it removes the journal itself (with its claim,
+/// `runner::adopt::forget`), an agentd killed in between leaves the job RUNNING, and the next one
+/// replays this journal to end it as it really ended.
 pub fn finish(end: [u8; 8]) {
     let state = std::mem::replace(&mut *lock(), State::Idle);
     let running = match state {
@@ -196,11 +195,7 @@ pub fn finish(end: [u8; 8]) {
     let _ = std::fs::remove_file(&running.socket_path);
     // The watch's last look comes after the tree is gone.
     spooled.notices.drain(&mut spooled.journal);
-    if spooled.piped {
-        let _ = std::fs::remove_file(&running.journal_path);
-    } else {
-        let _ = spooled.journal.append(Tag::End, &end);
-    }
+    let _ = spooled.journal.append(Tag::End, &end);
 }
 
 fn lock() -> std::sync::MutexGuard<'static, State> {
@@ -387,11 +382,7 @@ fn spool(p: Prepared, done_r: OwnedFd) -> Spooled {
             command(&mut at);
         }
     }
-    Spooled {
-        journal,
-        notices,
-        piped: at.piped.is_some(),
-    }
+    Spooled { journal, notices }
 }
 
 /// The read end of the notice pipe, and a line not yet complete.
