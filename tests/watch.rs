@@ -298,6 +298,74 @@ async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped
     assert_eq!(all.last().map(|e| e.seq), Some(done.last_seq));
 }
 
+/// About how many bytes of events one change carries at most (the server's cap).
+const EVENT_BYTES_CAP: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn include_events_caps_a_change_by_bytes_and_the_rest_streams_from_where_it_stopped() {
+    use prost::Message;
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let session = a.create_session(&[]).await;
+    // Five tool results of 200,000 bytes each (twice that with their raw lines): far fewer than
+    // 1,000 events, about 2 MiB (a StreamJobEvents batch carries them all in one message, which
+    // must stay under the clients' 4 MiB limit).
+    let big = vec!["bash printf '%0200000d' 0"; 5].join(" ; ");
+    let job = a.submit(&session.session_id, &big).await.job_id;
+    let done = a.wait(&job).await;
+    let log = a.events(&job, 0).await;
+    let total: usize = log.iter().map(Message::encoded_len).sum();
+    assert!(
+        log.len() < 100 && total > EVENT_BYTES_CAP * 3 / 2,
+        "{} events, {total} bytes",
+        log.len()
+    );
+    let mut s = watch(
+        &mut a,
+        pb::WatchJobsRequest {
+            after_cursor: Some(0),
+            include_events: true,
+            states: vec![pb::JobState::Succeeded as i32],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    collect(
+        &mut s,
+        &mut seen,
+        Duration::from_secs(30),
+        all_final(std::slice::from_ref(&job)),
+    )
+    .await;
+    assert_eq!(seen.len(), 1);
+    let change = &seen[0];
+    assert!(change.events_truncated, "{total} bytes are over the cap");
+    assert_eq!(change.events_after_seq, 0);
+    let carried = &change.events;
+    let n = carried.len();
+    assert!(n > 0 && n < log.len(), "{n} of {} events", log.len());
+    assert_eq!(carried[..], log[..n], "the log's first events, in order");
+    // Capped by bytes: what it carries fits the cap, and one more event would not have. (The
+    // server counts an event's JSON form, a little larger than the protobuf one measured here.)
+    let bytes: usize = carried.iter().map(Message::encoded_len).sum();
+    assert!(bytes <= EVENT_BYTES_CAP, "{bytes} bytes carried");
+    let next = log[n].encoded_len();
+    assert!(
+        bytes + next > EVENT_BYTES_CAP - 4096,
+        "{bytes} bytes carried, the next event has {next}"
+    );
+    // The rest, from the event log after the last event carried: together, the whole log, each
+    // event once.
+    let last = carried.last().unwrap().seq;
+    let mut all = carried.clone();
+    all.extend(a.events(&job, last).await);
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=done.last_seq).collect::<Vec<_>>());
+    assert_eq!(all, log);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn filters_select_sessions_labels_agents_and_states() {
     let server = TestServer::start_with(Options {
@@ -508,6 +576,163 @@ async fn a_pruned_cursor_is_expired() {
     let first = s.message().await.unwrap().unwrap();
     assert!(first.keepalive && first.cursor >= 3, "{first:?}");
     watch(&mut a, from(first.cursor)).await.unwrap();
+}
+
+/// WaitJob until `job` is final (a job's event stream may start pruned under a short retention).
+async fn wait_final(c: &mut Clients, job: &str) -> pb::Job {
+    let done = c
+        .jobs
+        .wait_job(pb::WaitJobRequest {
+            job_id: job.to_owned(),
+            timeout_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!done.timed_out, "{done:?}");
+    done.job.expect("job")
+}
+
+/// The watch's next change of `job` (others skipped).
+async fn next_change_of(s: &mut Changes, job: &str) -> pb::JobChange {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .unwrap_or_else(|_| panic!("no change of job {job} within 60 s"))
+            .expect("watch message")
+            .expect("the watch stream never ends by itself");
+        if let Some(c) = msg
+            .changes
+            .into_iter()
+            .find(|c| c.job.as_ref().is_some_and(|j| j.job_id == job))
+        {
+            return c;
+        }
+    }
+}
+
+/// A job that runs longer than the retention: its earlier changes outlive the retention while
+/// it runs, so its final change still starts its events right after the ones its RUNNING change
+/// carried (before, they were pruned and the final change carried the job's events from the
+/// start again). A cursor before pruned changes answers CURSOR_EXPIRED instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_outliving_the_retention_gets_each_event_once() {
+    let server = TestServer::start_with(Options {
+        args: [
+            "--event-retention-seconds",
+            "1",
+            "--reaper-interval-seconds",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let mut a = server.clients(KEY_A).await;
+    let with_events = |cursor| pb::WatchJobsRequest {
+        after_cursor: Some(cursor),
+        include_events: true,
+        ..Default::default()
+    };
+    let start = watch(&mut a, pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .message()
+        .await
+        .unwrap()
+        .expect("first message")
+        .cursor;
+    let mut live = watch(&mut a, with_events(start)).await.unwrap();
+    let session = a.create_session(&[]).await;
+    // Runs until the test creates `go` in its workspace.
+    let long = a
+        .submit(
+            &session.session_id,
+            "bash while [ ! -f go ]; do sleep 0.05; done ; lines 3",
+        )
+        .await
+        .job_id;
+    let queued = next_change_of(&mut live, &long).await;
+    let running = next_change_of(&mut live, &long).await;
+    let running_job = running.job.as_ref().unwrap();
+    assert_eq!(running_job.state, pb::JobState::Running as i32);
+    assert!(running_job.last_seq >= 1, "{running:?}");
+    assert_eq!(
+        running.events.last().map(|e| e.seq),
+        Some(running_job.last_seq)
+    );
+
+    // A job that starts and ends after the long one's RUNNING change (in another session, so
+    // it does not queue behind it): once a cursor before its last change has expired, the
+    // pruning has passed the long job's earlier changes too.
+    let other = a.create_session(&[]).await;
+    let marker = a.submit(&other.session_id, "marker").await.job_id;
+    wait_final(&mut a, &marker).await;
+    let mut marker_final = next_change_of(&mut live, &marker).await;
+    while !is_final(marker_final.job.as_ref().unwrap().state) {
+        marker_final = next_change_of(&mut live, &marker).await;
+    }
+    let mut expired = None;
+    for _ in 0..150 {
+        match watch(&mut a, with_events(marker_final.cursor - 1)).await {
+            Err(st) => {
+                expired = Some(st);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let st = expired.expect("the marker's changes are pruned");
+    assert_eq!(reason(&st), "CURSOR_EXPIRED", "{st:?}");
+    assert_eq!(
+        reason(&watch(&mut a, with_events(queued.cursor)).await.unwrap_err()),
+        "CURSOR_EXPIRED"
+    );
+
+    // A second watcher resumes after the marker, the last cursor that is honoured.
+    let mut resumed = watch(&mut a, with_events(marker_final.cursor))
+        .await
+        .unwrap();
+    let ws = server.data_dir.join("sessions").join(&session.session_id);
+    std::fs::write(ws.join("workspace/go"), b"").expect("write go");
+    let done = wait_final(&mut a, &long).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    for s in [&mut live, &mut resumed] {
+        let fin = next_change_of(s, &long).await;
+        let job = fin.job.as_ref().unwrap();
+        assert!(is_final(job.state), "{fin:?}");
+        assert_eq!(
+            fin.events_after_seq, running_job.last_seq,
+            "the final change continues where the RUNNING change stopped"
+        );
+        assert!(!fin.events_truncated);
+        let seqs: Vec<u64> = fin.events.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        assert_eq!(seqs.last(), Some(&job.last_seq));
+        let first = *seqs.first().unwrap();
+        assert!(
+            first > running_job.last_seq,
+            "no event of the RUNNING change again: {seqs:?}"
+        );
+        // The finished job's oldest events may be pruned before a change is read, never twice
+        // sent: if the change starts later than where it continues, the log lost those events.
+        if first > running_job.last_seq + 1 {
+            let gone = a
+                .jobs
+                .stream_job_events(pb::StreamJobEventsRequest {
+                    job_id: long.clone(),
+                    after_seq: running_job.last_seq,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .message()
+                .await
+                .expect_err("the events the change lacks are pruned");
+            assert_eq!(reason(&gone), "CURSOR_EXPIRED", "{gone:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -80,6 +80,7 @@ macro_rules! store_contract_tests {
             change_sequence_per_tenant,
             change_sequence_under_concurrent_writers,
             pruned_changes_expire_cursors,
+            pruning_keeps_the_changes_of_jobs_still_changing,
             change_marks_of_one_job,
             a_failed_final_append_holds_back_its_webhook_until_retried,
             webhook_endpoints_are_tenant_scoped,
@@ -2756,13 +2757,96 @@ pub async fn pruned_changes_expire_cursors(h: &dyn Harness) {
         .await
         .expect_err("cursor 1 is before what was pruned");
     assert_eq!(err.reason(), Reason::CursorExpired);
-    assert_eq!(changes(&*store, "acme", 2).await.len(), 1);
+    // The job's last change is left for the next batch, but a cursor before it has expired
+    // already: that change would come without the marks of the job's earlier ones.
+    let err = store
+        .read_changes(&tenant("acme"), 2, 10)
+        .await
+        .expect_err("cursor 2 is before the last change of a job partly pruned");
+    assert_eq!(err.reason(), Reason::CursorExpired);
     assert_eq!(store.prune_changes(future, 10).await.unwrap(), 1);
     assert!(changes(&*store, "acme", 3).await.is_empty());
     assert!(store.read_changes(&tenant("acme"), 2, 10).await.is_err());
     // The sequence goes on after pruning.
     new_job(&*store, &s, ts(2)).await;
     assert_eq!(changes(&*store, "acme", 3).await.len(), 1);
+}
+
+/// Pruning keeps the changes of a job that is still changing: the job's later change needs
+/// their marks (WatchJobs' `include_events`), else a watcher would get again the events it had
+/// with them. A final job's changes go once its final change is old too, all together as far as
+/// cursors can tell.
+pub async fn pruning_keeps_the_changes_of_jobs_still_changing(h: &dyn Harness) {
+    let store = h.open().await;
+    let acme = tenant("acme");
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let long = new_job(&*store, &s, ts(1)).await;
+    store
+        .append(vec![write(&long, texts(1, 3), Some(running(ts(2))))])
+        .await
+        .unwrap();
+    let short = new_job(&*store, &s, ts(3)).await;
+    finish(&*store, &short, Outcome::Succeeded).await;
+    // Change times are the store's clock: `retained` falls after all five changes so far.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let retained = Timestamp::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        store.prune_changes(retained, 100).await.unwrap(),
+        3,
+        "the finished job's changes go, the running job's stay"
+    );
+    let err = store.read_changes(&acme, 4, 10).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::CursorExpired);
+    assert!(changes(&*store, "acme", 5).await.is_empty());
+    let mark = |seq, state, last_seq| ChangeMark {
+        seq,
+        state,
+        last_seq,
+    };
+    let earlier = vec![mark(1, "QUEUED", 0), mark(2, "RUNNING", 3)];
+    // The job ends after its first changes passed the retention: its final change still finds
+    // them.
+    store
+        .append(vec![write(
+            &long,
+            texts(4, 6),
+            Some(finished(Outcome::Succeeded, None)),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        changes(&*store, "acme", 5).await,
+        vec![(6, long.id.clone(), "SUCCEEDED")]
+    );
+    assert_eq!(
+        store.job_change_marks(&acme, &long.id, 6).await.unwrap(),
+        earlier
+    );
+    assert_eq!(
+        store.prune_changes(retained, 100).await.unwrap(),
+        0,
+        "its final change is retained, so are the others"
+    );
+    assert_eq!(
+        store.job_change_marks(&acme, &long.id, 6).await.unwrap(),
+        earlier
+    );
+    // Once the final change is old too they go; a batch that takes only the first of them
+    // expires the cursors up to the last.
+    let future = Timestamp(Timestamp::now().0 + 60_000_000);
+    assert_eq!(store.prune_changes(future, 1).await.unwrap(), 1);
+    let err = store.read_changes(&acme, 5, 10).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::CursorExpired);
+    assert!(changes(&*store, "acme", 6).await.is_empty());
+    assert_eq!(store.prune_changes(future, 10).await.unwrap(), 2);
+    assert!(
+        store
+            .job_change_marks(&acme, &long.id, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The webhook outbox follows the change sequence, and a job's final change is written in the

@@ -483,7 +483,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ChangeMark>>;
 
     /// Deletes changes older than `before`, at most `limit`, remembering per tenant up to where,
-    /// so that older cursors answer `CursorExpired`. Returns how many were deleted.
+    /// so that older cursors answer `CursorExpired`. Returns how many were deleted. A job's
+    /// changes go only once the job is gone, or final with its final change older than `before`
+    /// too (a later change needs its job's earlier ones as marks, see `job_change_marks`), and
+    /// deleting any of them expires the cursors up to the job's last change.
     async fn prune_changes(&self, before: Timestamp, limit: usize) -> Result<u64>;
 
     /// Inserts a webhook endpoint, or updates the URL, events and secrets of the one with its id

@@ -163,15 +163,23 @@ impl PgStore {
         limit: usize,
     ) -> Result<u64> {
         let c = self.client().await?;
-        // One statement: the rows go and every touched tenant's mark moves in one commit.
+        // One statement: the rows go and every touched tenant's mark moves in one commit. `j`
+        // reads the snapshot from before the delete, so it sees each touched job's last change
+        // even when this batch leaves it for the next (the rules: `Store::prune_changes`).
         let row = c
             .query_one(
                 "WITH d AS (DELETE FROM job_changes WHERE (tenant, seq) IN ( \
-                     SELECT tenant, seq FROM job_changes WHERE time < $1 ORDER BY time LIMIT $2) \
-                   RETURNING tenant, seq), \
+                     SELECT c.tenant, c.seq FROM job_changes c WHERE c.time < $1 \
+                       AND NOT EXISTS (SELECT 1 FROM job_changes l \
+                         WHERE l.job_id = c.job_id AND l.seq > c.seq AND l.time >= $1) \
+                       AND NOT EXISTS (SELECT 1 FROM jobs j \
+                         WHERE j.id = c.job_id AND j.state_name IN ('QUEUED', 'RUNNING')) \
+                     ORDER BY c.time LIMIT $2) \
+                   RETURNING tenant, seq, job_id), \
+                 j AS (SELECT c.tenant, max(c.seq) AS seq FROM job_changes c \
+                   WHERE c.job_id IN (SELECT job_id FROM d) GROUP BY c.tenant), \
                  m AS (UPDATE change_seqs AS s SET pruned_through = greatest(s.pruned_through, \
-                     d.seq) FROM (SELECT tenant, max(seq) AS seq FROM d GROUP BY tenant) AS d \
-                   WHERE s.tenant = d.tenant) \
+                     j.seq) FROM j WHERE s.tenant = j.tenant) \
                  SELECT count(*) FROM d",
                 &[&before.micros(), &int(limit as u64)],
             )

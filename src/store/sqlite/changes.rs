@@ -141,24 +141,44 @@ pub(super) fn job_change_marks(
     .map_err(db)
 }
 
+/// Deletes changes older than `before` of jobs that are gone, or final with their final change
+/// older than `before` too: a job still changing keeps its earlier changes, whose marks its later
+/// change needs (see `Store::prune_changes`). Expires cursors up to the last change of every job
+/// it touched, so a batch that leaves some of a job's changes for the next one never lets a
+/// cursor read the rest without their marks.
 pub(super) fn prune_changes(conn: &Connection, before: Timestamp, limit: usize) -> Result<u64> {
-    let n = conn
+    let gone = conn
         .prepare_cached(
             "DELETE FROM job_changes WHERE (tenant, seq) IN (
-                 SELECT tenant, seq FROM job_changes WHERE time < ?1 ORDER BY time LIMIT ?2)
-             RETURNING tenant, seq",
+                 SELECT c.tenant, c.seq FROM job_changes c
+                 WHERE c.time < ?1
+                   AND NOT EXISTS (SELECT 1 FROM job_changes l
+                                   WHERE l.job_id = c.job_id AND l.seq > c.seq AND l.time >= ?1)
+                   AND NOT EXISTS (SELECT 1 FROM jobs j
+                                   WHERE j.id = c.job_id AND j.state_name IN ('QUEUED', 'RUNNING'))
+                 ORDER BY c.time LIMIT ?2)
+             RETURNING tenant, seq, job_id",
         )
         .and_then(|mut st| {
             st.query_map(params![before.micros(), sql_int(limit as u64)], |r| {
-                Ok((r.get::<_, String>(0)?, uint(r, 1)?))
+                Ok((r.get::<_, String>(0)?, uint(r, 1)?, r.get::<_, String>(2)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(db)?;
-    let mut through: std::collections::HashMap<String, u64> = Default::default();
-    for (tenant, seq) in &n {
-        let e = through.entry(tenant.clone()).or_default();
+    let mut through: std::collections::HashMap<&str, u64> = Default::default();
+    let mut jobs = std::collections::HashSet::new();
+    for (tenant, seq, job) in &gone {
+        let e = through.entry(tenant.as_str()).or_default();
         *e = (*e).max(*seq);
+        if jobs.insert(job.as_str()) {
+            let left: Option<i64> = conn
+                .prepare_cached("SELECT max(seq) FROM job_changes WHERE job_id = ?1")
+                .and_then(|mut st| st.query_row([job], |r| r.get(0)))
+                .map_err(db)?;
+            let left = left.map_or(0, |s| u64::try_from(s).unwrap_or(0));
+            *e = (*e).max(left);
+        }
     }
     for (tenant, seq) in through {
         conn.prepare_cached(
@@ -167,5 +187,5 @@ pub(super) fn prune_changes(conn: &Connection, before: Timestamp, limit: usize) 
         .and_then(|mut st| st.execute(params![tenant, sql_int(seq)]))
         .map_err(db)?;
     }
-    Ok(n.len() as u64)
+    Ok(gone.len() as u64)
 }
