@@ -310,7 +310,7 @@ async fn include_events_caps_a_change_by_bytes_and_the_rest_streams_from_where_i
     // Five tool results of 200,000 bytes each (twice that with their raw lines): far fewer than
     // 1,000 events, about 2 MiB (a StreamJobEvents batch carries them all in one message, which
     // must stay under the clients' 4 MiB limit).
-    let big = vec!["bash printf '%0200000d' 0"; 5].join(" ; ");
+    let big = ["bash printf '%0200000d' 0"; 5].join(" ; ");
     let job = a.submit(&session.session_id, &big).await.job_id;
     let done = a.wait(&job).await;
     let log = a.events(&job, 0).await;
