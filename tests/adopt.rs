@@ -734,3 +734,108 @@ async fn an_ask_job_of_the_claude_cli_is_adopted_across_a_kill9() {
         "{st:?}"
     );
 }
+
+/// A Claude stream-json stand-in whose output holds every kind the pump makes from lines:
+/// thinking, a TodoWrite plan, text deltas and texts. It writes `ready.txt` half way, then
+/// sleeps, so agentd can be killed with part of that output stored.
+const PREVIEWS: &str = r#"#!/bin/sh
+d() { printf '{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"%s"}},"session_id":"s1"}\n' "$1"; }
+a() { printf '{"type":"assistant","message":{"content":[%s]},"session_id":"s1"}\n' "$1"; }
+a '{"type":"thinking","thinking":"let me plan"}'
+a '{"type":"tool_use","id":"t1","name":"TodoWrite","input":{"todos":[{"content":"write","status":"in_progress","activeForm":"writing"}]}}'
+d "a1 "; d "a2 "; d "a3 "
+a '{"type":"text","text":"first"}'
+d "b1 "; d "b2 "
+echo go > ready.txt
+sleep 3
+d "c1 "; d "c2 "
+a '{"type":"text","text":"second"}'
+printf '{"type":"result","subtype":"success","is_error":false,"result":"second","session_id":"s1"}\n'
+"#;
+
+/// The events an adoption skips are counted against the journal it replays: thinking and plan
+/// events count like texts (they were not counted, so the job's last stored events were stored
+/// twice), and deltas, merged as they are stored, are never stored twice (those stored last
+/// before the kill are dropped from the replay until the next complete event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_plans_and_deltas_are_stored_once_across_a_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("previews.sh");
+    std::fs::write(&agent, PREVIEWS).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut opts = keep(600);
+    opts.config = Some(format!(
+        "[agents.previews]\nkind = \"claude\"\ncommand = {:?}\n",
+        agent.to_string_lossy()
+    ));
+    let mut s = TestServer::start_with(opts);
+    let mut c = s.clients(KEY_A).await;
+    let session = c.create_session(&[]).await;
+    let job = c
+        .jobs
+        .submit_job(pb::SubmitJobRequest {
+            session_id: session.session_id.clone(),
+            agent: "previews".into(),
+            prompt: "go".into(),
+            stream_deltas: true,
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    let held = tokio::spawn(hold_stream(s.addr.clone(), job.job_id.clone(), 0));
+    let ws = s.data_dir.join("sessions").join(&session.session_id);
+    written(ws.join("workspace/ready.txt")).await;
+    // What was printed before ready.txt is stored and streamed within milliseconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.kill9();
+    let stored = held.await.unwrap();
+    assert_eq!(
+        texts(&stored),
+        ["first"],
+        "{:?}",
+        stored.iter().map(kind).collect::<Vec<_>>()
+    );
+    s.restart();
+    let mut c = s.clients(KEY_A).await;
+    let done = c.wait(&job.job_id).await;
+    let all = c.events(&job.job_id, 0).await;
+    let kinds: Vec<&str> = all.iter().map(kind).collect();
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "{done:?} {kinds:?}"
+    );
+    assert_contiguous(&all);
+    // What was stored before the kill is still the log's beginning.
+    assert_eq!(all[..stored.len()], stored[..], "{kinds:?}");
+    assert_eq!(texts(&all), ["first", "second"], "{kinds:?}");
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    assert_eq!((count("thinking"), count("plan")), (1, 1), "{kinds:?}");
+    let deltas: String = all
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::TextDelta(d)) => Some(d.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Each piece at most once and in order; the ones stored before the kill all there.
+    let pieces: Vec<&str> = deltas.split_whitespace().collect();
+    let order = ["a1", "a2", "a3", "b1", "b2", "c1", "c2"];
+    let mut at = 0;
+    for p in &pieces {
+        let i = order[at..]
+            .iter()
+            .position(|o| o == p)
+            .unwrap_or_else(|| panic!("delta {p} repeated or out of order: {pieces:?}"));
+        at += i + 1;
+    }
+    // Stored before the kill (the replay drops the pieces after those until the next complete
+    // event, c1 and c2 here: previews only, the text "second" has them).
+    assert!(
+        pieces.starts_with(&["a1", "a2", "a3", "b1", "b2"]),
+        "{pieces:?}"
+    );
+}

@@ -84,6 +84,7 @@ impl Core {
         );
         let stored = self.stored_output_events(job).await?;
         (pump.skip, pump.skip_notices) = (stored.lines, stored.notices);
+        (pump.delta_bytes, pump.drop_deltas) = (stored.delta_bytes, stored.trailing_deltas);
         let left = job
             .spec
             .timeout
@@ -222,8 +223,17 @@ impl Core {
             };
             after = last.seq;
             for e in &events {
-                if from_output(&e.kind) {
+                if super::pump::is_delta_limit(&e.kind) {
+                    stored.delta_bytes = super::pump::DELTA_MAX_BYTES;
+                    stored.trailing_deltas = true;
+                } else if let EventKind::TextDelta { text } | EventKind::ThinkingDelta { text } =
+                    &e.kind
+                {
+                    stored.delta_bytes += text.len() as u64;
+                    stored.trailing_deltas = true;
+                } else if from_output(&e.kind) {
                     stored.lines += 1;
+                    stored.trailing_deltas = false;
                 } else if matches!(e.kind, EventKind::LimitExceeded { .. }) {
                     stored.notices += 1;
                 } else {
@@ -295,21 +305,39 @@ impl Core {
 struct Stored {
     lines: u64,
     notices: u64,
+    /// The bytes of the stored deltas (the budget already spent), and whether the log's last
+    /// output events are deltas (see [`super::pump::Pump::drop_deltas`]).
+    delta_bytes: u64,
+    trailing_deltas: bool,
     asked: Asked,
 }
 
 /// Whether an event kind is made from an agent's output lines by the pump.
 fn from_output(kind: &EventKind) -> bool {
-    matches!(
-        kind,
+    // Every kind named, so that a new one is decided here: one the parser makes but this
+    // misses shifts the replay's count, and the job's last events are stored twice.
+    match kind {
         EventKind::Init { .. }
-            | EventKind::Text { .. }
-            | EventKind::ToolCall { .. }
-            | EventKind::ToolResult { .. }
-            | EventKind::Usage(_)
-            | EventKind::Stderr { .. }
-            | EventKind::Unparsed { .. }
-            | EventKind::Other { .. }
-            | EventKind::Truncated { .. }
-    )
+        | EventKind::Text { .. }
+        | EventKind::ToolCall { .. }
+        | EventKind::ToolResult { .. }
+        | EventKind::Usage(_)
+        | EventKind::Stderr { .. }
+        | EventKind::Unparsed { .. }
+        | EventKind::Other { .. }
+        | EventKind::Truncated { .. }
+        | EventKind::Thinking { .. }
+        | EventKind::Plan { .. } => true,
+        // Deltas are counted apart (merged as stored); the rest come from agentd itself.
+        EventKind::TextDelta { .. }
+        | EventKind::ThinkingDelta { .. }
+        | EventKind::Started { .. }
+        | EventKind::LimitExceeded { .. }
+        | EventKind::Finished { .. }
+        | EventKind::ModelCall(_)
+        | EventKind::EgressDenied { .. }
+        | EventKind::PermissionRequest { .. }
+        | EventKind::PermissionResolved { .. }
+        | EventKind::Input { .. } => false,
+    }
 }

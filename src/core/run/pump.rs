@@ -19,7 +19,15 @@ const MAX_BATCH: usize = 512;
 /// Events parsed ahead while a batch commits; beyond this the pump waits for the store.
 const MAX_PARSED: usize = 4 * MAX_BATCH;
 /// Delta text a job stores (`stream_deltas`); beyond it, deltas are dropped.
-const DELTA_MAX_BYTES: u64 = 1 << 20;
+pub(super) const DELTA_MAX_BYTES: u64 = 1 << 20;
+/// How the `truncated` event that ends a job's deltas begins (an adoption tells it apart from
+/// the output caps' by it).
+const DELTA_LIMIT: &str = "delta limit reached";
+
+/// Whether `kind` is the marker that the job's delta budget ran out.
+pub(super) fn is_delta_limit(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Truncated { reason } if reason.starts_with(DELTA_LIMIT))
+}
 /// Stderr lines kept to explain a failure when the agent gave no error of its own.
 const STDERR_TAIL: usize = 5;
 
@@ -50,12 +58,17 @@ pub(super) struct Pump {
     /// The job's controller, which reads the agent's requests in its output (issue #17).
     pub(super) control: Option<Controlled>,
     /// Delta text stored so far.
-    delta_bytes: u64,
+    /// Delta bytes taken so far; an adopted job starts from what its stored events hold.
+    pub(super) delta_bytes: u64,
     /// Events made from output that a previous agentd stored already: an adopted job's journal
     /// replays them, and they are dropped here, after the caps saw them (issue #23).
     pub(super) skip: u64,
     /// The same for the jail's notices (journaled on their own channel, so counted apart).
     pub(super) skip_notices: u64,
+    /// Adoption: the stored log ends with deltas, which were merged as they were stored and so
+    /// cannot be counted against the journal; the replay drops deltas until its first complete
+    /// event not stored yet. A preview lost in a restart is harmless; one stored twice is not.
+    pub(super) drop_deltas: bool,
 }
 
 /// A controlled job's controller and the protocol its output is read with.
@@ -96,6 +109,7 @@ impl Pump {
             delta_bytes: 0,
             skip: 0,
             skip_notices: 0,
+            drop_deltas: false,
         }
     }
 
@@ -170,6 +184,7 @@ impl Pump {
         if self.skip > 0 {
             self.skip -= 1;
         } else {
+            self.drop_deltas = false;
             self.events.push(sink.event(kind, raw));
         }
     }
@@ -193,7 +208,10 @@ impl Pump {
                     }
                 }
                 if !parsed.is_empty() && parsed.iter().all(|p| p.kind.is_delta()) {
-                    self.take_deltas(sink, parsed);
+                    // Deltas among the events an adoption skips were stored already.
+                    if self.skip == 0 && !self.drop_deltas {
+                        self.take_deltas(sink, parsed);
+                    }
                     return;
                 }
                 match self.cap.admit(line.text.len(), parsed.len()) {
@@ -267,7 +285,7 @@ impl Pump {
             self.delta_bytes += text.len() as u64;
             if self.delta_bytes >= DELTA_MAX_BYTES {
                 let reason = format!(
-                    "delta limit reached ({DELTA_MAX_BYTES} bytes); further deltas were dropped \
+                    "{DELTA_LIMIT} ({DELTA_MAX_BYTES} bytes); further deltas were dropped \
                      (complete text events are kept)"
                 );
                 self.events
