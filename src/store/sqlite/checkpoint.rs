@@ -31,6 +31,10 @@ const INLINE_PAGES: i32 = 16_000;
 pub(super) struct Counts {
     pub(super) background: AtomicU64,
     pub(super) inline: AtomicU64,
+    /// The WAL's length in frames when a background pass last copied all of it (so that the
+    /// next commit starts the WAL over): what a test waits for, since a pass that began before
+    /// the latest commit counts as a pass without having caught up with it.
+    pub(super) caught_up_frames: AtomicU64,
 }
 
 /// Starts the checkpointer for the database at `path` and hands the writer connection's
@@ -89,9 +93,16 @@ fn run(conn: Connection, woken: Receiver<()>, counts: &Counts, turn: &Mutex<()>)
     while woken.recv().is_ok() {
         let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
         // (busy, WAL frames, frames checkpointed); busy is never set by a PASSIVE checkpoint.
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2));
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
         match done {
-            Ok(_) => {
+            Ok((log, copied)) => {
+                if log == copied
+                    && let Ok(frames) = u64::try_from(log)
+                {
+                    counts.caught_up_frames.fetch_max(frames, Ordering::Relaxed);
+                }
                 counts.background.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "store: background checkpoint failed"),
@@ -117,7 +128,7 @@ mod tests {
         let blob = vec![7u8; 64 * 1024];
         let wal = dir.path().join("c.db-wal");
         let mut largest_wal = 0;
-        let (mut seen, mut last_len) = (0, 0);
+        let mut last_len = 0;
         // 40 MiB in 1 MiB transactions: 10,000 pages, five times the wake-up threshold.
         for _ in 0..40 {
             let tx = writer.transaction().unwrap();
@@ -133,18 +144,20 @@ mod tests {
             // background pass keeps the WAL short, not how soon the scheduler runs it.
             std::thread::sleep(std::time::Duration::from_millis(5));
             let wake_bytes = u64::try_from(WAKE_PAGES).unwrap() * 4096;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             let len = std::fs::metadata(&wal).unwrap().len();
-            // The file only grows while no checkpoint has let the WAL start over.
+            // The file only grows while no checkpoint has let the WAL start over. Then wait for a
+            // pass that copied every frame written so far (a pass that began before this commit
+            // and finished after it has not), so the next commit starts the WAL over.
             let growing = len > wake_bytes && len > last_len;
             last_len = len;
+            let frames = len.saturating_sub(32) / (4096 + 24);
             while growing
-                && counts.background.load(Ordering::Relaxed) == seen
+                && counts.caught_up_frames.load(Ordering::Relaxed) < frames
                 && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            seen = counts.background.load(Ordering::Relaxed);
         }
         assert!(counts.background.load(Ordering::Relaxed) >= 1);
         assert_eq!(counts.inline.load(Ordering::Relaxed), 0);
