@@ -2100,6 +2100,11 @@ mod capabilities {
         scenario(an_image_attachment_reaches_the_model(&OPENCODE, true)).await;
     }
 
+    #[tokio::test]
+    async fn gemini_gets_an_image_attachment_as_an_image_when_it_asks() {
+        scenario(an_image_attachment_reaches_the_model(&GEMINI, true)).await;
+    }
+
     /// The newer job fields come from a preset: its system prompt replaces Claude's, its deltas
     /// stream, its attachment reaches the model as an image, and a job cannot set what the
     /// preset does not let it.
