@@ -57,7 +57,6 @@ pub(super) struct Pump {
     events: Vec<JobEvent>,
     /// The job's controller, which reads the agent's requests in its output (issue #17).
     pub(super) control: Option<Controlled>,
-    /// Delta text stored so far.
     /// Delta bytes taken so far; an adopted job starts from what its stored events hold.
     pub(super) delta_bytes: u64,
     /// Events made from output that a previous agentd stored already: an adopted job's journal
