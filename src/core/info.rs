@@ -57,12 +57,21 @@ async fn probe(profile: AgentProfile) -> AgentStatus {
         return status;
     };
     status.available = true;
+    let Some(scratch) = Scratch::create(&profile.name).await else {
+        status.problem = "cannot create a private directory to run `--version` in".to_owned();
+        return status;
+    };
     let run = tokio::process::Command::new(&exe)
         .arg("--version")
+        .env_clear()
+        .envs(probe_env(&profile, &scratch.0))
+        .current_dir(&scratch.0)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    match tokio::time::timeout(Duration::from_secs(10), run).await {
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run).await;
+    scratch.remove().await;
+    match outcome {
         Ok(Ok(out)) if out.status.success() => {
             let text = String::from_utf8_lossy(&out.stdout);
             status.version = text.lines().next().unwrap_or_default().trim().to_owned();
@@ -72,6 +81,45 @@ async fn probe(profile: AgentProfile) -> AgentStatus {
         Err(_) => status.problem = "`--version` did not answer within 10s".to_owned(),
     }
     status
+}
+
+/// `--version` runs the operator's command outside any jail, before any job: it gets none of
+/// agentd's environment (which holds every tenant's API key and the providers' keys), only the
+/// variables a job's agent would get from the server plus the profile's own (minus provider keys,
+/// which a version needs no more than a gateway profile's agent does), and an empty private
+/// directory as its cwd and HOME, so whatever an agent CLI writes at start lands nowhere shared.
+fn probe_env(profile: &AgentProfile, home: &Path) -> Vec<(String, String)> {
+    let mut env = super::env::agent_env(home, &[], &profile.env, &Default::default());
+    env.retain(|(k, _)| !crate::agents::gateway::is_provider_env(k));
+    env
+}
+
+/// The private directory a probe runs in, removed after it.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    async fn create(profile: &str) -> Option<Scratch> {
+        let dir = std::env::temp_dir().join(format!(
+            "agentd-probe-{}-{}",
+            profile
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).ok()?;
+            Some(Scratch(dir))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn remove(self) {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&self.0)).await;
+    }
 }
 
 /// Probes every profile concurrently.
