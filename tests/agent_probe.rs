@@ -4,7 +4,6 @@
 
 mod common;
 
-use agentd::pb;
 use common::*;
 
 /// Records what it was given, then answers like a CLI's `--version`.
@@ -56,19 +55,7 @@ async fn version_probe_gets_no_secret_and_a_private_directory() {
         "the probe's directory {cwd} is left behind"
     );
 
-    let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
-        s.channel().await,
-        |mut r: tonic::Request<()>| {
-            let key = format!("Bearer {KEY_A}").parse().expect("header");
-            r.metadata_mut().insert("authorization", key);
-            Ok(r)
-        },
-    );
-    let got = info
-        .get_server_info(pb::GetServerInfoRequest {})
-        .await
-        .expect("server info")
-        .into_inner();
+    let got = s.server_info().await;
     let spy = got.agents.iter().find(|a| a.name == "spy").expect("spy");
     assert!(spy.available, "{spy:?}");
     assert_eq!(spy.version, "spy-agent 9.9.9");

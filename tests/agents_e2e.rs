@@ -1698,19 +1698,7 @@ async fn agents_without_the_protocol_refuse_ask_naming_the_agent() {
     assert_eq!(reason(&st), "UNSUPPORTED_OPTION");
     assert!(st.message().contains("plain-script"), "{st:?}");
 
-    let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
-        w.server.channel().await,
-        |mut r: tonic::Request<()>| {
-            let key = format!("Bearer {KEY_A}").parse().expect("header");
-            r.metadata_mut().insert("authorization", key);
-            Ok(r)
-        },
-    );
-    let got = info
-        .get_server_info(pb::GetServerInfoRequest {})
-        .await
-        .expect("server info")
-        .into_inner();
+    let got = w.server.server_info().await;
     let controls = |name: &str| {
         let agent = got.agents.iter().find(|a| a.name == name).expect(name);
         agent.controls.clone()
@@ -2190,16 +2178,7 @@ mod capabilities {
 
     /// What GetServerInfo says the agent `name` can do.
     async fn capabilities_of(w: &World, name: &str) -> Vec<String> {
-        let key = ApiKey::bearer(KEY_A);
-        let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
-            w.server.channel().await,
-            key,
-        );
-        let got = info
-            .get_server_info(pb::GetServerInfoRequest {})
-            .await
-            .expect("server info")
-            .into_inner();
+        let got = w.server.server_info().await;
         let agent = got.agents.into_iter().find(|a| a.name == name);
         agent.expect("the agent").capabilities
     }

@@ -615,20 +615,7 @@ async fn server_info_lists_agents_with_versions_and_limits() {
         env: vec![("AGENTD_DEFAULT_AGENT".into(), "claude".into())],
         ..Default::default()
     });
-    let ch = server.channel().await;
-    let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
-        ch,
-        |mut r: tonic::Request<()>| {
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {KEY_A}").parse().unwrap());
-            Ok(r)
-        },
-    );
-    let got = info
-        .get_server_info(pb::GetServerInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let got = server.server_info().await;
     assert_eq!(got.default_agent, "claude");
     let claude = got.agents.iter().find(|a| a.name == "claude").unwrap();
     assert!(claude.available);

@@ -932,19 +932,7 @@ mod probe {
             ),
             ..Default::default()
         });
-        let mut client = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
-            server.channel().await,
-            |mut r: tonic::Request<()>| {
-                r.metadata_mut()
-                    .insert("authorization", format!("Bearer {KEY_A}").parse().unwrap());
-                Ok(r)
-            },
-        );
-        let info = client
-            .get_server_info(pb::GetServerInfoRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let info = server.server_info().await;
         let host = info.sandbox.expect("sandbox support");
         assert!(host.user_namespaces && host.mount_namespaces && host.pid_namespaces);
         assert!(host.network_namespaces && host.seccomp);

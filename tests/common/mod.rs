@@ -253,6 +253,18 @@ impl TestServer {
     pub async fn clients(&self, key: &str) -> Clients {
         Clients::new(self.channel().await, key)
     }
+
+    /// GetServerInfo as tenant A sees it.
+    pub async fn server_info(&self) -> pb::GetServerInfoResponse {
+        let mut info = pb::server_info_service_client::ServerInfoServiceClient::with_interceptor(
+            self.channel().await,
+            ApiKey::bearer(KEY_A),
+        );
+        info.get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .expect("server info")
+            .into_inner()
+    }
 }
 
 /// The setpriv executable (util-linux), or a failure that says what to install.
