@@ -12,6 +12,7 @@ use super::Core;
 use super::jobs::JobView;
 use crate::domain::{JobEvent, JobState, SessionId, TenantId};
 use crate::error::{Error, Reason, Result};
+use crate::events::{MessageBytes, approx_size};
 use crate::store::JobChange;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,11 +24,10 @@ const READ_BATCH: usize = 256;
 /// Messages buffered per watcher: a slow watcher reads the store further behind instead of
 /// holding memory.
 const WATCH_BUFFER: usize = 8;
-/// With `include_events`: most events one change carries, and about how many bytes of events
-/// one message carries (one change alone may pass it by its last event). With the messages
-/// buffered, these bound a watcher's memory.
+/// With `include_events`: most events one change carries; their bytes per message are capped
+/// like every stream's ([`MessageBytes`]). With the messages buffered, these bound a watcher's
+/// memory.
 const EVENTS_PER_CHANGE: usize = 1000;
-const EVENT_BYTES_PER_MESSAGE: usize = 1 << 20;
 const WATCH_BUFFER_WITH_EVENTS: usize = 2;
 /// Events read from the store at a time while filling one change: small, so the byte cap stops
 /// the reading before much is held.
@@ -194,7 +194,7 @@ impl Core {
             changes.borrow_and_update();
             let batch = self.store.read_changes(tenant, cursor, READ_BATCH).await?;
             let full = batch.len() >= READ_BATCH;
-            let (mut out, mut bytes) = (Vec::new(), 0);
+            let (mut out, mut budget) = (Vec::new(), MessageBytes::default());
             for c in batch {
                 cursor = c.seq;
                 if !matcher.matches(self, tenant, &c).await {
@@ -207,14 +207,14 @@ impl Core {
                     (None, 0)
                 };
                 // A change whose events would make the message too big starts the next one.
-                if !out.is_empty() && bytes + size > EVENT_BYTES_PER_MESSAGE {
+                if !budget.add(size) {
                     if tx.send(Ok(WatchItem::Changes(out))).await.is_err() {
                         return Ok(());
                     }
-                    (out, bytes) = (Vec::new(), 0);
+                    (out, budget) = (Vec::new(), MessageBytes::default());
+                    budget.add(size);
                 }
                 out.push(WatchedChange { change: c, events });
-                bytes += size;
             }
             if !out.is_empty() {
                 if tx.send(Ok(WatchItem::Changes(out))).await.is_err() {
@@ -266,7 +266,7 @@ impl Core {
             after_seq,
             ..ChangeEvents::default()
         };
-        let (mut next, mut bytes) = (after_seq, 0);
+        let (mut next, mut budget) = (after_seq, MessageBytes::default());
         'read: while next < until {
             let want = (EVENTS_PER_CHANGE - out.events.len()).clamp(1, EVENTS_READ);
             let read = self.store.read_events(&c.job.id, next, want).await?;
@@ -277,19 +277,15 @@ impl Core {
                 if e.seq > until {
                     break 'read;
                 }
-                let size = approx_size(&e);
-                let full =
-                    out.events.len() >= EVENTS_PER_CHANGE || bytes + size > EVENT_BYTES_PER_MESSAGE;
-                if full && !out.events.is_empty() {
+                if out.events.len() >= EVENTS_PER_CHANGE || !budget.add(approx_size(&e)) {
                     out.truncated = true;
                     break 'read;
                 }
                 next = e.seq;
-                bytes += size;
                 out.events.push(e);
             }
         }
-        Ok((out, bytes))
+        Ok((out, budget.bytes()))
     }
 
     /// The job's last event seq at its latest change before `c` that the watch's state filter
@@ -390,23 +386,4 @@ impl Core {
             }
         }
     }
-}
-
-/// About how many bytes an event takes on the wire: its JSON form, which is no smaller than its
-/// protobuf one for the text that dominates events. Counted without building the JSON.
-fn approx_size(e: &JobEvent) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut n = Count(0);
-    // Serializing plain data into a counter cannot fail; were it to, the raw line still counts.
-    let _ = serde_json::to_writer(&mut n, &e.kind);
-    n.0 + e.raw.as_ref().map_or(0, String::len) + 16
 }
