@@ -33,6 +33,76 @@ const READ_BATCH: usize = 1000;
 const WRITE_QUEUE: usize = 1024;
 /// Most recent committed events kept in memory per job that has readers.
 const WINDOW: usize = 4096;
+/// About how many bytes of events one response message carries (by [`approx_size`]): a quarter
+/// of the 4 MiB that tonic's clients and the generated SDKs accept by default, so that a batch
+/// of large events (tool results) is never a message those clients refuse. An event larger than
+/// this still goes out, alone (see [`MessageBytes`]).
+pub const MESSAGE_BYTES: usize = 1 << 20;
+
+/// About how many bytes an event takes on the wire: its JSON form, which is no smaller than its
+/// protobuf one for the text that dominates events. Counted without building the JSON.
+pub fn approx_size(e: &JobEvent) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Serializing plain data into a counter cannot fail; were it to, the raw line still counts.
+    let _ = serde_json::to_writer(&mut n, &e.kind);
+    n.0 + e.raw.as_ref().map_or(0, String::len) + 16
+}
+
+/// The byte budget of one response message, the one rule for every stream that carries events
+/// (StreamJobEvents, RunJob, Attach, WatchJobs' `include_events`): items are added while their
+/// sizes add up to at most [`MESSAGE_BYTES`], and the first always fits.
+#[derive(Debug, Default)]
+pub struct MessageBytes {
+    bytes: usize,
+    items: usize,
+}
+
+impl MessageBytes {
+    /// Counts an item of `size` bytes if it fits; false when it belongs in the next message.
+    pub fn add(&mut self, size: usize) -> bool {
+        if self.items > 0 && self.bytes + size > MESSAGE_BYTES {
+            return false;
+        }
+        self.items += 1;
+        self.bytes += size;
+        true
+    }
+
+    /// The bytes counted so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Consecutive events cut into messages by [`MessageBytes`], in order.
+fn messages(mut events: Vec<Arc<SharedEvent>>) -> Vec<Vec<Arc<SharedEvent>>> {
+    let mut cuts = Vec::new();
+    let mut budget = MessageBytes::default();
+    for (i, e) in events.iter().enumerate() {
+        if !budget.add(e.size()) {
+            cuts.push(i);
+            budget = MessageBytes::default();
+            budget.add(e.size());
+        }
+    }
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    for at in cuts.into_iter().rev() {
+        out.push(events.split_off(at));
+    }
+    out.push(events);
+    out.reverse();
+    out
+}
 
 /// What a job's readers are told on each wake-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,6 +120,8 @@ struct Mark {
 pub struct SharedEvent {
     pub event: JobEvent,
     encoded: OnceLock<bytes::Bytes>,
+    /// [`approx_size`], also counted once for all readers.
+    size: OnceLock<usize>,
 }
 
 impl SharedEvent {
@@ -57,7 +129,13 @@ impl SharedEvent {
         Arc::new(SharedEvent {
             event,
             encoded: OnceLock::new(),
+            size: OnceLock::new(),
         })
+    }
+
+    /// The event's [`approx_size`].
+    pub fn size(&self) -> usize {
+        *self.size.get_or_init(|| approx_size(&self.event))
     }
 
     /// The event's encoding: `encode`d on the first call, the same bytes afterwards.
@@ -122,9 +200,9 @@ impl Future for Pending {
 /// What a reader of a job's log receives.
 #[derive(Debug)]
 pub enum StreamItem {
-    /// Consecutive events; the batch ends with the job's `Finished` event when the job is done.
-    /// Events from the window are shared with the job's other readers; events read from the
-    /// store are this reader's alone.
+    /// Consecutive events, at most a message's worth ([`MessageBytes`]); the last batch ends
+    /// with the job's `Finished` event when the job is done. Events from the window are shared
+    /// with the job's other readers; events read from the store are this reader's alone.
     Events(Vec<Arc<SharedEvent>>),
     /// Nothing happened for a while: a message that keeps proxies from cutting the stream.
     Keepalive,
@@ -284,7 +362,7 @@ impl EventLog {
             let mut last_sent = tokio::time::Instant::now();
             let quiet = tokio::time::sleep(keepalive);
             tokio::pin!(quiet);
-            let outcome = loop {
+            let outcome = 'follow: loop {
                 let recent = if from_store {
                     Recent::Miss
                 } else {
@@ -318,8 +396,10 @@ impl EventLog {
                 if let Some(last) = events.last().map(|e| &e.event) {
                     cursor = last.seq;
                     let done = last.kind.is_finished();
-                    if tx.send(Ok(StreamItem::Events(events))).await.is_err() {
-                        break Ok(());
+                    for message in messages(events) {
+                        if tx.send(Ok(StreamItem::Events(message))).await.is_err() {
+                            break 'follow Ok(());
+                        }
                     }
                     last_sent = tokio::time::Instant::now();
                     if done {
@@ -360,7 +440,11 @@ impl EventLog {
                         match log.store.read_events(&job, cursor, READ_BATCH).await {
                             Ok(events) if !events.is_empty() => {
                                 let events = events.into_iter().map(SharedEvent::new).collect();
-                                let _ = tx.send(Ok(StreamItem::Events(events))).await;
+                                for message in messages(events) {
+                                    if tx.send(Ok(StreamItem::Events(message))).await.is_err() {
+                                        break;
+                                    }
+                                }
                             }
                             _ => {}
                         }
@@ -494,6 +578,39 @@ mod tests {
             time: Timestamp(seq as i64),
             raw: None,
             kind: EventKind::Text { text: "x".into() },
+        }
+    }
+
+    /// Events are cut into messages of at most [`MESSAGE_BYTES`], in order, each with at least
+    /// one event (one larger than the cap goes alone).
+    #[test]
+    fn messages_hold_at_most_a_message_of_bytes() {
+        let sized = |seq, len| {
+            let mut e = text(seq);
+            e.kind = EventKind::Text {
+                text: "x".repeat(len),
+            };
+            SharedEvent::new(e)
+        };
+        let small: Vec<_> = (1..=1000).map(|s| sized(s, 10)).collect();
+        assert_eq!(messages(small).len(), 1, "small events: one message");
+
+        let third = MESSAGE_BYTES / 3;
+        let events: Vec<_> = [third, third, third, 2 * MESSAGE_BYTES, 10, third]
+            .into_iter()
+            .zip(1..)
+            .map(|(len, seq)| sized(seq, len))
+            .collect();
+        let cut = messages(events);
+        let seqs: Vec<Vec<u64>> = cut
+            .iter()
+            .map(|m| m.iter().map(|e| e.event.seq).collect())
+            .collect();
+        // Three thirds and their overhead pass the cap: the third starts a new message.
+        assert_eq!(seqs, [vec![1, 2], vec![3], vec![4], vec![5, 6]]);
+        for m in &cut {
+            let bytes: usize = m.iter().map(|e| e.size()).sum();
+            assert!(m.len() == 1 || bytes <= MESSAGE_BYTES, "{bytes}");
         }
     }
 

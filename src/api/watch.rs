@@ -48,13 +48,13 @@ pub(super) fn filter(r: &pb::WatchJobsRequest) -> Result<WatchFilter, Status> {
 }
 
 fn change(w: WatchedChange) -> pb::JobChange {
-    let c = w.change;
+    let c = &w.change;
     let events = w.events.unwrap_or_default();
     pb::JobChange {
         cursor: c.seq,
         time: Some(convert::ts(c.time)),
         job: Some(convert::job(JobView {
-            job: c.job,
+            job: c.job.clone(),
             queue_position: None,
             rewound_past: false,
         })),

@@ -100,6 +100,8 @@ pub struct Core {
     /// The webhook outbox, attached once it started (it follows this core's change sequence);
     /// controllers read it when an agent asks for a permission.
     webhooks: Arc<OnceLock<Arc<crate::webhooks::Webhooks>>>,
+    /// Each watched tenant's latest change read, shared by its watchers (`tenant_watch`).
+    feeds: tenant_watch::Feeds,
 }
 
 /// How long a cancel waits for a job owned by another replica to end before answering with the
@@ -188,6 +190,7 @@ impl Core {
             dispatching: tokio::sync::Mutex::new(()),
             gateway,
             webhooks: Arc::new(OnceLock::new()),
+            feeds: tenant_watch::Feeds::default(),
         });
         core.adopt().await;
         core.recover().await?;
