@@ -24,15 +24,7 @@ async fn quiet_streams_get_unnumbered_keepalives() {
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
     let job = c.submit(&s.session_id, "sleep 2.5").await;
-    let mut stream = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.job_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.stream(&job.job_id, 0).await;
     let (mut keepalives, mut events) = (0, Vec::new());
     while let Some(m) = stream.message().await.unwrap() {
         if m.keepalive {
@@ -100,15 +92,7 @@ async fn pruned_cursors_answer_out_of_range() {
     let mut expired = None;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut st = c
-            .jobs
-            .stream_job_events(pb::StreamJobEventsRequest {
-                job_id: job.job_id.clone(),
-                after_seq: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut st = c.stream(&job.job_id, 0).await;
         match st.message().await {
             Err(e) => {
                 expired = Some(e);
