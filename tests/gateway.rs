@@ -223,13 +223,7 @@ impl World {
     }
 
     async fn submit(&mut self, session: &str, agent: &str, prompt: &str) -> pb::Job {
-        self.submit_with(pb::SubmitJobRequest {
-            session_id: session.into(),
-            agent: agent.into(),
-            prompt: prompt.into(),
-            ..Default::default()
-        })
-        .await
+        self.c.submit_to(session, agent, prompt).await
     }
 
     async fn submit_with(&mut self, req: pb::SubmitJobRequest) -> pb::Job {
