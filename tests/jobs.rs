@@ -359,16 +359,7 @@ async fn cancel_and_timeout_leave_no_descendant() {
     let queued = c.submit(&s.session_id, "hi").await;
     assert_eq!(queued.state, pb::JobState::Queued as i32);
     assert!(queued.queue_position >= 1);
-    let cancelled_queued = c
-        .jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: queued.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled_queued = c.cancel(&queued.job_id).await;
     assert_eq!(cancelled_queued.state, pb::JobState::Cancelled as i32);
     let qe = c.events(&queued.job_id, 0).await;
     assert_eq!(
@@ -377,16 +368,7 @@ async fn cancel_and_timeout_leave_no_descendant() {
         "a job cancelled while queued has just its finished event"
     );
 
-    let cancelled = c
-        .jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled = c.cancel(&job.job_id).await;
     assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
     assert!(
         cancelled.error_message.contains("cancel"),

@@ -127,12 +127,8 @@ async fn tenant_job_limit_and_session_queue_limit_carry_retry_info() {
     let s2 = a.create_session(&[]).await;
     let j1 = a.submit(&s1.session_id, "sleep 30").await;
     // Only unclaimed queued jobs count against the session's queue: wait until j1 left the queue.
-    for _ in 0..200 {
-        if a.get_job(&j1.job_id).await.state == pb::JobState::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    a.wait_state(&j1.job_id, pb::JobState::Running, Duration::from_secs(10))
+        .await;
     let j2 = a.submit(&s1.session_id, "sleep 30").await;
     let err = a
         .jobs
@@ -201,12 +197,12 @@ async fn session_queue_limit() {
     let s = a.create_session(&[]).await;
     let running = a.submit(&s.session_id, "sleep 30").await;
     // Wait until the first job left the queue, so exactly one more fits.
-    for _ in 0..100 {
-        if a.get_job(&running.job_id).await.state == pb::JobState::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    a.wait_state(
+        &running.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(10),
+    )
+    .await;
     let _queued = a.submit(&s.session_id, "hi").await;
     let err = a
         .jobs

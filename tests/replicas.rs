@@ -124,13 +124,8 @@ impl Cluster {
         let mut c = self.clients(i).await;
         let session = c.create_session(&[]).await.session_id;
         let job = c.submit(&session, prompt).await;
-        wait_state(
-            &mut c,
-            &job.job_id,
-            pb::JobState::Running,
-            Duration::from_secs(30),
-        )
-        .await;
+        c.wait_state(&job.job_id, pb::JobState::Running, Duration::from_secs(30))
+            .await;
         (c, session, job)
     }
 }
@@ -141,22 +136,6 @@ impl Drop for Cluster {
         for r in &mut self.replicas {
             r.kill9();
         }
-    }
-}
-
-async fn wait_state(c: &mut Clients, job: &str, state: pb::JobState, within: Duration) -> pb::Job {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let j = c.get_job(job).await;
-        if j.state == state as i32 {
-            return j;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job} still {:?} after {within:?}, wanted {state:?}",
-            pb::JobState::try_from(j.state)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -253,13 +232,9 @@ async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
         "settled only after the lease ran out"
     );
     // The queued job was taken by a surviving replica and ran.
-    let j2_final = wait_state(
-        &mut cb,
-        &j2.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await;
+    let j2_final = cb
+        .wait_state(&j2.job_id, pb::JobState::Succeeded, Duration::from_secs(60))
+        .await;
     assert!(j2_final.result.contains("after the loss"), "{j2_final:?}");
     // The lost replica's agent did not outlive it.
     let root = cl.root().to_path_buf();
@@ -281,16 +256,7 @@ async fn cancel_on_one_replica_stops_the_job_running_on_another() {
     let (mut ca, _, job) = cl.running_on(a, "sleep 120").await;
     let b = cl.start("replica-b", &[]);
     let mut cb = cl.clients(b).await;
-    let cancelled = cb
-        .jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .expect("cancel via B")
-        .into_inner()
-        .job
-        .expect("job");
+    let cancelled = cb.cancel(&job.job_id).await;
     assert_eq!(
         cancelled.state,
         pb::JobState::Cancelled as i32,
@@ -345,13 +311,9 @@ async fn fifty_jobs_spread_over_three_replicas_each_run_once_in_session_order() 
         expected.entry(session.clone()).or_default().push(token);
     }
     for (n, job) in jobs.iter().enumerate() {
-        let done = wait_state(
-            &mut clients[(n + 1) % 3],
-            job,
-            pb::JobState::Succeeded,
-            Duration::from_secs(180),
-        )
-        .await;
+        let done = clients[(n + 1) % 3]
+            .wait_state(job, pb::JobState::Succeeded, Duration::from_secs(180))
+            .await;
         assert_eq!(done.job_id, *job);
     }
     for (session, tokens) in &expected {
@@ -481,7 +443,9 @@ async fn a_lost_replica_job_is_failed_only_after_the_adopt_timeout() {
     read_some(&mut cb, &job, 4).await;
     cl.replicas[a].kill9();
     let down = std::time::Instant::now();
-    let done = wait_state(&mut cb, &job, pb::JobState::Failed, Duration::from_secs(60)).await;
+    let done = cb
+        .wait_state(&job, pb::JobState::Failed, Duration::from_secs(60))
+        .await;
     let waited = down.elapsed();
     assert!(
         waited >= Duration::from_secs(adopt_timeout),
@@ -521,21 +485,21 @@ async fn a_replica_restarted_under_its_id_settles_what_it_cannot_adopt() {
     let next = ca.submit(&session, "after the restart").await;
     cl.replicas[a].restart();
     let mut ca = cl.clients(a).await;
-    let done = wait_state(
-        &mut ca,
-        &job.job_id,
-        pb::JobState::Failed,
-        Duration::from_secs(4 * LEASE),
-    )
-    .await;
+    let done = ca
+        .wait_state(
+            &job.job_id,
+            pb::JobState::Failed,
+            Duration::from_secs(4 * LEASE),
+        )
+        .await;
     assert!(done.error_message.contains("server restarted"), "{done:?}");
-    let next = wait_state(
-        &mut ca,
-        &next.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await;
+    let next = ca
+        .wait_state(
+            &next.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(60),
+        )
+        .await;
     assert!(next.result.contains("after the restart"), "{next:?}");
 }
 
@@ -625,13 +589,13 @@ async fn control_answers_reach_the_job_from_any_replica() {
     assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
     assert_eq!(reason(&st), "PERMISSION_DECIDED");
 
-    let done = wait_state(
-        &mut cb,
-        &job.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(150),
-    )
-    .await;
+    let done = cb
+        .wait_state(
+            &job.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(150),
+        )
+        .await;
     let written = cb.download(&session.session_id, "across.txt").await;
     assert_eq!(
         written.ok().as_deref(),
@@ -714,13 +678,13 @@ async fn control_input_and_interrupts_reach_the_job_from_any_replica() {
         .await
         .expect("interrupt through B, delivered by A");
 
-    let done = wait_state(
-        &mut cb,
-        &talking.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(150),
-    )
-    .await;
+    let done = cb
+        .wait_state(
+            &talking.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(150),
+        )
+        .await;
     let requests = mock.requests_text();
     assert_eq!(
         done.result, "I will remember mango.",
@@ -740,22 +704,22 @@ async fn control_input_and_interrupts_reach_the_job_from_any_replica() {
         .collect();
     assert_eq!(inputs, ["remember mango"]);
 
-    let ended = wait_state(
-        &mut ca,
-        &stopped.job_id,
-        pb::JobState::Cancelled,
-        Duration::from_secs(60),
-    )
-    .await;
+    let ended = ca
+        .wait_state(
+            &stopped.job_id,
+            pb::JobState::Cancelled,
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(ended.reason, "INTERRUPTED", "{ended:?}");
     let next = submit_asking(&mut cb, &stop, "recall").await;
-    let next = wait_state(
-        &mut cb,
-        &next.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(150),
-    )
-    .await;
+    let next = cb
+        .wait_state(
+            &next.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(150),
+        )
+        .await;
     assert_eq!(next.result, "You asked me to remember papaya.", "{next:?}");
 
     // Final jobs take no more control, whichever replica is asked.

@@ -475,6 +475,39 @@ impl Clients {
         self.get_job(job).await
     }
 
+    /// CancelJob, expecting it to be taken; the job as the answer gives it.
+    pub async fn cancel(&mut self, job: &str) -> pb::Job {
+        self.jobs
+            .cancel_job(pb::CancelJobRequest { job_id: job.into() })
+            .await
+            .expect("cancel")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    /// Polls `job` until it is in `state`; panics after `within`.
+    pub async fn wait_state(
+        &mut self,
+        job: &str,
+        state: pb::JobState,
+        within: Duration,
+    ) -> pb::Job {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let j = self.get_job(job).await;
+            if j.state == state as i32 {
+                return j;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} still {:?} after {within:?}, wanted {state:?}",
+                pb::JobState::try_from(j.state)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn get_job(&mut self, job: &str) -> pb::Job {
         self.jobs
             .get_job(pb::GetJobRequest { job_id: job.into() })
