@@ -678,6 +678,8 @@ async fn an_ask_job_of_the_claude_cli_is_adopted_across_a_kill9() {
 /// thinking, a TodoWrite plan, text deltas and texts. It writes `ready.txt` half way, then
 /// sleeps, so agentd can be killed with part of that output stored.
 const PREVIEWS: &str = r#"#!/bin/sh
+# agentd's ServerInfo probe runs `<command> --version` in its own working directory.
+[ "$1" = --version ] && { echo previews 1; exit 0; }
 d() { printf '{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"%s"}},"session_id":"s1"}\n' "$1"; }
 a() { printf '{"type":"assistant","message":{"content":[%s]},"session_id":"s1"}\n' "$1"; }
 a '{"type":"thinking","thinking":"let me plan"}'
