@@ -92,18 +92,7 @@ fn toml_str(s: &str) -> String {
 static CLAUDE: Agent = Agent {
     name: "claude",
     bin: "claude",
-    profile: |cli, base| {
-        format!(
-            "[agents.claude]\nkind = \"claude\"\ncommand = {}\n\
-             [agents.claude.env]\n\
-             ANTHROPIC_BASE_URL = {}\n\
-             ANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
-             CLAUDE_CODE_MAX_RETRIES = \"0\"\n\
-             ENABLE_TOOL_SEARCH = \"false\"\n",
-            toml_str(&cli.to_string_lossy()),
-            toml_str(base)
-        )
-    },
+    profile: common::mock_model::claude_profile,
     error_500_text: Some("mock model failure 500"),
     sleep_secs: "3601",
     write_tool: "Write",
@@ -873,16 +862,7 @@ impl World {
         job_id: &str,
         pick: impl Fn(&pb::JobEvent) -> bool,
     ) -> pb::JobEvent {
-        let mut s = self
-            .c
-            .jobs
-            .stream_job_events(pb::StreamJobEventsRequest {
-                job_id: job_id.into(),
-                after_seq: 0,
-            })
-            .await
-            .expect("stream")
-            .into_inner();
+        let mut s = self.c.stream(job_id, 0).await;
         while let Some(msg) = s.message().await.expect("stream message") {
             if let Some(e) = msg.events.into_iter().find(|e| pick(e)) {
                 return e;

@@ -223,24 +223,11 @@ impl World {
     }
 
     async fn submit(&mut self, session: &str, agent: &str, prompt: &str) -> pb::Job {
-        self.submit_with(pb::SubmitJobRequest {
-            session_id: session.into(),
-            agent: agent.into(),
-            prompt: prompt.into(),
-            ..Default::default()
-        })
-        .await
+        self.c.submit_to(session, agent, prompt).await
     }
 
     async fn submit_with(&mut self, req: pb::SubmitJobRequest) -> pb::Job {
-        self.c
-            .jobs
-            .submit_job(req)
-            .await
-            .expect("submit")
-            .into_inner()
-            .job
-            .expect("job")
+        self.c.submit_request(req).await
     }
 
     async fn download(&mut self, session: &str, path: &str) -> String {
@@ -982,19 +969,14 @@ async fn genuine_with(kind: &str, profile: impl FnOnce(&str) -> String) {
         .collect();
     let s = c.create_session(&refs).await.session_id;
     let job = c
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
+        .submit_request(pb::SubmitJobRequest {
             session_id: s.clone(),
             agent: kind.into(),
             prompt: bypass_probe(&mock.addr),
             timeout_seconds: 180,
             ..Default::default()
         })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job
-        .expect("job");
+        .await;
     let events = tokio::time::timeout(Duration::from_secs(240), c.events(&job.job_id, 0))
         .await
         .expect("job within 240s");
@@ -1365,19 +1347,14 @@ async fn trace_logs_never_hold_the_key_or_a_job_token() {
     let s = c.create_session(&[]).await.session_id;
     // Calls that succeed, one over budget (refused by the gateway), and a job that fails.
     let job = c
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
+        .submit_request(pb::SubmitJobRequest {
             session_id: s.clone(),
             agent: "alpha".into(),
             prompt: "token calls=3".into(),
             max_tokens: 150,
             ..Default::default()
         })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job
-        .expect("job");
+        .await;
     let events = c.events(&job.job_id, 0).await;
     let done = c.get_job(&job.job_id).await;
     assert_eq!(done.reason, "BUDGET_EXCEEDED", "{done:?}");
@@ -1410,29 +1387,6 @@ async fn trace_logs_never_hold_the_key_or_a_job_token() {
     assert!(!dump.contains(REAL_KEY), "{dump}");
 }
 
-fn database_url() -> String {
-    std::env::var("AGENTD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn psql(sql: &str) {
-    let st = Command::new("psql")
-        .arg(database_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .status()
-        .expect("run psql");
-    assert!(st.success(), "psql {sql:?} failed on {}", database_url());
-}
-
-/// Drops the test's Postgres schema however the test ends.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
-    }
-}
-
 fn overlap(a: &pb::Job, b: &pb::Job) -> bool {
     let secs = |t: &Option<prost_types::Timestamp>| {
         t.as_ref()
@@ -1445,10 +1399,13 @@ fn overlap(a: &pb::Job, b: &pb::Job) -> bool {
 /// before the agent sees the end of its answer, so a replica's budget check sees every call any
 /// replica finished, and the overspend is bounded by the calls in flight: one per job here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
 async fn two_replicas_hold_a_tenant_budget_to_one_call_in_flight_per_job() {
-    psql("SELECT 1");
-    let schema = Schema(format!("agentd_gw_{}", uuid::Uuid::new_v4().simple()));
-    let store = format!("{}?options=-csearch_path%3D{}", database_url(), schema.0);
+    let schema = common::pg::Schema::new("agentd_gw");
+    let store = schema.store_url();
     let (dir, script) = agent_dir();
     let mock = Mock::start(dir.path());
     let root = tempfile::tempdir().expect("workspace root");

@@ -38,48 +38,6 @@ fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
     }
 }
 
-fn sh(dir: &Path, script: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{script}");
-}
-
-/// `git diff --no-index` of two directories, with git's paths made workspace-relative and the
-/// `index` lines (abbreviated blob ids agentd does not print) left out.
-fn git_diff(root: &Path) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "core.quotepath=off",
-            "diff",
-            "--no-index",
-            "-M",
-            "--no-color",
-            "before",
-            "after",
-        ])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .replace("a/before/", "a/")
-        .replace("b/after/", "b/")
-        // git names both sides from the existing file for additions and deletions.
-        .replace("a/after/", "a/")
-        .replace("b/before/", "b/")
-        .replace("rename from before/", "rename from ")
-        .replace("rename to after/", "rename to ")
-        .lines()
-        .filter(|l| !l.starts_with("index "))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 const START: &[(&str, &[u8])] = &[
     ("a.txt", b"one\ntwo\nthree\nfour\nfive\nsix\nseven\neight\n"),
     ("gone.txt", b"bye\n"),

@@ -13,7 +13,6 @@ use common::*;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const JOB_TIMEOUT_SECONDS: u32 = 180;
@@ -22,7 +21,7 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-use common::mock_model::MockModel as Mock;
+use common::mock_model::{MockModel as Mock, claude_profile};
 
 /// What the scripted model server saw of the CLI's conversations.
 trait Conversations {
@@ -52,20 +51,6 @@ impl Conversations for Mock {
     }
 }
 
-fn claude_profile(cli: &Path, base: &str) -> String {
-    let s = |v: &str| serde_json::to_string(v).unwrap();
-    format!(
-        "[agents.claude]\nkind = \"claude\"\ncommand = {}\n\
-         [agents.claude.env]\n\
-         ANTHROPIC_BASE_URL = {}\n\
-         ANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
-         CLAUDE_CODE_MAX_RETRIES = \"0\"\n\
-         ENABLE_TOOL_SEARCH = \"false\"\n",
-        s(&cli.to_string_lossy()),
-        s(base)
-    )
-}
-
 const START: &[(&str, &[u8])] = &[
     ("edit.txt", b"one\ntwo\nthree\n"),
     ("gone.txt", b"bye\n"),
@@ -80,16 +65,6 @@ const SCRIPTS: [&str; 3] = [
     "rm added.txt && ln -s edit.txt link && printf 'third\\n' > third.txt",
 ];
 
-fn sh(dir: &Path, script: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{script}");
-}
-
 fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
     for (p, c) in files {
         let path = dir.join(p);
@@ -101,27 +76,6 @@ fn write_tree(dir: &Path, files: &[(&str, &[u8])]) {
 
 /// `git diff --no-index -M` of `before` and `after` under `root`, normalised to workspace paths
 /// and without the `index` lines (abbreviated blob ids agentd does not print).
-fn git_diff(root: &Path) -> String {
-    let out = Command::new("git")
-        .args(["-c", "core.quotepath=off", "diff", "--no-index", "-M"])
-        .args(["--no-color", "before", "after"])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .replace("a/before/", "a/")
-        .replace("b/after/", "b/")
-        .replace("a/after/", "a/")
-        .replace("b/before/", "b/")
-        .replace("rename from before/", "rename from ")
-        .replace("rename to after/", "rename to ")
-        .lines()
-        .filter(|l| !l.starts_with("index "))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 async fn job_diff(c: &mut Clients, job: &str) -> String {
     let mut s = c
         .files
@@ -215,19 +169,14 @@ impl World {
     async fn run(&mut self, session: &str, prompt: &str) -> pb::Job {
         let job = self
             .c
-            .jobs
-            .submit_job(pb::SubmitJobRequest {
+            .submit_request(pb::SubmitJobRequest {
                 session_id: session.into(),
                 agent: "claude".into(),
                 prompt: prompt.into(),
                 timeout_seconds: JOB_TIMEOUT_SECONDS,
                 ..Default::default()
             })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+            .await;
         let job = self.c.wait(&job.job_id).await;
         assert_eq!(
             job.state,

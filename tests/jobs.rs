@@ -177,15 +177,7 @@ async fn replay_from_cursor_mid_job_and_after_the_end() {
         .await;
 
     // Read part of the stream while the job runs, then drop it.
-    let mut stream = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.job_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.stream(&job.job_id, 0).await;
     let mut seen: Vec<pb::JobEvent> = Vec::new();
     while seen.len() < 20 {
         let m = stream.message().await.unwrap().unwrap();
@@ -283,14 +275,7 @@ async fn idempotent_create_and_submit_and_listing() {
         .into_inner()
         .job
         .unwrap();
-    let j2 = c
-        .jobs
-        .submit_job(submit)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let j2 = c.submit_request(submit).await;
     assert_eq!(j1.job_id, j2.job_id);
     c.wait(&j1.job_id).await;
 
@@ -374,16 +359,7 @@ async fn cancel_and_timeout_leave_no_descendant() {
     let queued = c.submit(&s.session_id, "hi").await;
     assert_eq!(queued.state, pb::JobState::Queued as i32);
     assert!(queued.queue_position >= 1);
-    let cancelled_queued = c
-        .jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: queued.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled_queued = c.cancel(&queued.job_id).await;
     assert_eq!(cancelled_queued.state, pb::JobState::Cancelled as i32);
     let qe = c.events(&queued.job_id, 0).await;
     assert_eq!(
@@ -392,16 +368,7 @@ async fn cancel_and_timeout_leave_no_descendant() {
         "a job cancelled while queued has just its finished event"
     );
 
-    let cancelled = c
-        .jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled = c.cancel(&job.job_id).await;
     assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
     assert!(
         cancelled.error_message.contains("cancel"),
@@ -713,19 +680,14 @@ env = {{ FOO = "profile" }}
             // Time for a standby to be (re)started, so that the job takes it.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let job = c
-                .jobs
-                .submit_job(pb::SubmitJobRequest {
+                .submit_request(pb::SubmitJobRequest {
                     session_id: s.session_id.clone(),
                     agent: agent.into(),
                     prompt: prompt.into(),
                     env: [("FOO".to_owned(), "job".to_owned())].into(),
                     ..Default::default()
                 })
-                .await
-                .expect("submit")
-                .into_inner()
-                .job
-                .expect("job");
+                .await;
             let events = c.events(&job.job_id, 0).await;
             let t = texts(&events);
             if agent == "envdump" {

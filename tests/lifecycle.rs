@@ -77,15 +77,7 @@ async fn sigterm_drains_running_jobs_and_exits_zero() {
     let s = c.create_session(&[]).await;
     let job = c.submit(&s.session_id, "grandchild 4731 ; sleep 60").await;
     assert!(eventually(Duration::from_secs(10), || !sleepers("4731").is_empty()).await);
-    let mut stream = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.job_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.stream(&job.job_id, 0).await;
     let reader = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Ok(Some(m)) = stream.message().await {

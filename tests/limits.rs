@@ -24,15 +24,7 @@ async fn quiet_streams_get_unnumbered_keepalives() {
     let mut c = server.clients(KEY_A).await;
     let s = c.create_session(&[]).await;
     let job = c.submit(&s.session_id, "sleep 2.5").await;
-    let mut stream = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.job_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.stream(&job.job_id, 0).await;
     let (mut keepalives, mut events) = (0, Vec::new());
     while let Some(m) = stream.message().await.unwrap() {
         if m.keepalive {
@@ -100,15 +92,7 @@ async fn pruned_cursors_answer_out_of_range() {
     let mut expired = None;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut st = c
-            .jobs
-            .stream_job_events(pb::StreamJobEventsRequest {
-                job_id: job.job_id.clone(),
-                after_seq: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut st = c.stream(&job.job_id, 0).await;
         match st.message().await {
             Err(e) => {
                 expired = Some(e);
@@ -143,12 +127,8 @@ async fn tenant_job_limit_and_session_queue_limit_carry_retry_info() {
     let s2 = a.create_session(&[]).await;
     let j1 = a.submit(&s1.session_id, "sleep 30").await;
     // Only unclaimed queued jobs count against the session's queue: wait until j1 left the queue.
-    for _ in 0..200 {
-        if a.get_job(&j1.job_id).await.state == pb::JobState::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    a.wait_state(&j1.job_id, pb::JobState::Running, Duration::from_secs(10))
+        .await;
     let j2 = a.submit(&s1.session_id, "sleep 30").await;
     let err = a
         .jobs
@@ -217,12 +197,12 @@ async fn session_queue_limit() {
     let s = a.create_session(&[]).await;
     let running = a.submit(&s.session_id, "sleep 30").await;
     // Wait until the first job left the queue, so exactly one more fits.
-    for _ in 0..100 {
-        if a.get_job(&running.job_id).await.state == pb::JobState::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    a.wait_state(
+        &running.job_id,
+        pb::JobState::Running,
+        Duration::from_secs(10),
+    )
+    .await;
     let _queued = a.submit(&s.session_id, "hi").await;
     let err = a
         .jobs

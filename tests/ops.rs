@@ -146,14 +146,7 @@ async fn traceparent_reaches_the_agent_environment() {
     });
     req.metadata_mut()
         .insert("traceparent", TRACEPARENT.parse().unwrap());
-    let job = c
-        .jobs
-        .submit_job(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = c.submit_request(req).await;
     let events = c.events(&job.job_id, 0).await;
     let seen = texts(&events);
     assert!(
@@ -169,14 +162,7 @@ async fn traceparent_reaches_the_agent_environment() {
     });
     req.metadata_mut()
         .insert("traceparent", "00-zz-00f067aa0ba902b7-01".parse().unwrap());
-    let job = c
-        .jobs
-        .submit_job(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = c.submit_request(req).await;
     let seen = texts(&c.events(&job.job_id, 0).await);
     assert!(
         seen.contains(&"TRACEPARENT is not set".to_owned()),
@@ -566,14 +552,7 @@ async fn json_logs_carry_request_ids_and_job_trace() {
     });
     req.metadata_mut()
         .insert("traceparent", TRACEPARENT.parse().unwrap());
-    let job = c
-        .jobs
-        .submit_job(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = c.submit_request(req).await;
     c.wait(&job.job_id).await;
     let mut req = tonic::Request::new(pb::GetJobRequest {
         job_id: "job_missing".into(),

@@ -88,14 +88,7 @@ fn vars(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
 }
 
 async fn run(c: &mut Clients, r: pb::SubmitJobRequest) -> (pb::Job, Vec<pb::JobEvent>) {
-    let job = c
-        .jobs
-        .submit_job(r)
-        .await
-        .expect("submit")
-        .into_inner()
-        .job
-        .expect("job");
+    let job = c.submit_request(r).await;
     let events = c.events(&job.job_id, 0).await;
     (c.get_job(&job.job_id).await, events)
 }

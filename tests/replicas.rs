@@ -10,6 +10,8 @@
 mod common;
 
 use agentd::pb;
+use common::mock_model::{MockModel, claude_profile, genuine_claude};
+use common::pg::Schema;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,31 +20,9 @@ use std::time::Duration;
 /// Seconds a replica's lease lasts in these tests (renewed every second).
 const LEASE: u64 = 3;
 
-/// The Postgres of the tests: the variable at run time, else the one the tests were built with
-/// (which is what turned them on).
-fn database_url() -> String {
-    std::env::var("AGENTD_TEST_DATABASE_URL")
-        .ok()
-        .or_else(|| option_env!("AGENTD_TEST_DATABASE_URL").map(String::from))
-        .expect("the replica tests need AGENTD_TEST_DATABASE_URL")
-}
-
-fn psql(sql: &str) {
-    let st = std::process::Command::new("psql")
-        .arg(database_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .status()
-        .expect("run psql");
-    assert!(
-        st.success(),
-        "psql {sql:?} failed on AGENTD_TEST_DATABASE_URL={}",
-        database_url()
-    );
-}
-
 /// Replicas sharing one schema and one workspace root. Dropping it kills them and drops the schema.
 struct Cluster {
-    schema: String,
+    schema: Schema,
     root: tempfile::TempDir,
     replicas: Vec<TestServer>,
     metrics: Vec<String>,
@@ -50,10 +30,8 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
-        psql("SELECT 1");
-        let schema = format!("agentd_r_{}", uuid::Uuid::new_v4().simple());
         Cluster {
-            schema,
+            schema: Schema::new("agentd_r"),
             root: tempfile::tempdir().expect("workspace root"),
             replicas: Vec::new(),
             metrics: Vec::new(),
@@ -61,7 +39,7 @@ impl Cluster {
     }
 
     fn store_url(&self) -> String {
-        format!("{}?options=-csearch_path%3D{}", database_url(), self.schema)
+        self.schema.store_url()
     }
 
     fn root(&self) -> &Path {
@@ -89,6 +67,30 @@ impl Cluster {
     }
 
     fn start_env(&mut self, name: &str, extra: &[&str], env: Vec<(String, String)>) -> usize {
+        self.start_with(
+            name,
+            extra,
+            Options {
+                env,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Starts replica `name` with `config` (TOML: the agent profiles); returns its index.
+    fn start_configured(&mut self, name: &str, config: &str) -> usize {
+        self.start_with(
+            name,
+            &[],
+            Options {
+                config: Some(config.to_owned()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Starts replica `name` on the cluster's store and workspace root, with `opts` besides.
+    fn start_with(&mut self, name: &str, extra: &[&str], opts: Options) -> usize {
         let metrics = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = [
             "--store",
@@ -106,11 +108,8 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.replicas.push(TestServer::start_with(Options {
-            args,
-            env,
-            ..Default::default()
-        }));
+        self.replicas
+            .push(TestServer::start_with(Options { args, ..opts }));
         self.metrics.push(metrics);
         self.replicas.len() - 1
     }
@@ -119,76 +118,37 @@ impl Cluster {
         self.replicas[i].clients(KEY_A).await
     }
 
-    /// Starts replica `name` with `config` (TOML: the agent profiles); returns its index.
-    fn start_configured(&mut self, name: &str, config: &str) -> usize {
-        let args: Vec<String> = [
-            "--store",
-            &self.store_url(),
-            "--workspace-root",
-            &self.root().display().to_string(),
-            "--replica-id",
-            name,
-            "--lease-seconds",
-            &LEASE.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        self.replicas.push(TestServer::start_with(Options {
-            args,
-            config: Some(config.to_owned()),
-            ..Default::default()
-        }));
-        self.replicas.len() - 1
+    /// A new session on replica `i` with a job of `prompt`, once that job runs (on `i` when it is
+    /// the only replica); returns that replica's clients, the session and the job.
+    async fn running_on(&self, i: usize, prompt: &str) -> (Clients, String, pb::Job) {
+        let mut c = self.clients(i).await;
+        let session = c.create_session(&[]).await.session_id;
+        let job = c.submit(&session, prompt).await;
+        c.wait_state(&job.job_id, pb::JobState::Running, Duration::from_secs(30))
+            .await;
+        (c, session, job)
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The schema (a field) is dropped after this, once nothing uses it.
         for r in &mut self.replicas {
             r.kill9();
         }
-        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
-    }
-}
-
-async fn wait_state(c: &mut Clients, job: &str, state: pb::JobState, within: Duration) -> pb::Job {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let j = c.get_job(job).await;
-        if j.state == state as i32 {
-            return j;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job} still {:?} after {within:?}, wanted {state:?}",
-            pb::JobState::try_from(j.state)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Reads a stream until `n` events arrived, returning them (the stream is then dropped, as by a
 /// client whose connection broke).
 async fn read_some(c: &mut Clients, job: &str, n: usize) -> Vec<pb::JobEvent> {
-    let mut s = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.into(),
-            after_seq: 0,
-        })
-        .await
-        .expect("stream")
-        .into_inner();
     let mut out = Vec::new();
-    while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(30), s.message())
-            .await
-            .expect("events within 30s")
-            .expect("stream message")
-            .expect("stream open");
-        out.extend(msg.events);
-    }
+    let what = format!("{n} events");
+    c.follow_until(job, Duration::from_secs(30), &what, |e| {
+        out.push(e.clone());
+        (out.len() >= n).then_some(())
+    })
+    .await;
     out
 }
 
@@ -219,16 +179,7 @@ async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
     let mut cl = Cluster::new();
     // A alone first, so that A is the one running the job.
     let a = cl.start_cancelling("replica-a");
-    let mut ca = cl.clients(a).await;
-    let session = ca.create_session(&[]).await;
-    let j1 = ca.submit(&session.session_id, "lines 20 ; sleep 120").await;
-    wait_state(
-        &mut ca,
-        &j1.job_id,
-        pb::JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (mut ca, session, j1) = cl.running_on(a, "lines 20 ; sleep 120").await;
     let b = cl.start_cancelling("replica-b");
     let c = cl.start_cancelling("replica-c");
     let (mut cb, mut cc) = (cl.clients(b).await, cl.clients(c).await);
@@ -237,7 +188,7 @@ async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
     let seen_by_b = cb.get_job(&j1.job_id).await;
     assert_eq!(seen_by_b.state, pb::JobState::Running as i32);
     // The session's next job, submitted on C, waits behind the running one.
-    let j2 = cc.submit(&session.session_id, "after the loss").await;
+    let j2 = cc.submit(&session, "after the loss").await;
     assert_eq!(j2.state, pb::JobState::Queued as i32);
 
     // Streams on B and C follow the job A runs, live.
@@ -281,13 +232,9 @@ async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
         "settled only after the lease ran out"
     );
     // The queued job was taken by a surviving replica and ran.
-    let j2_final = wait_state(
-        &mut cb,
-        &j2.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await;
+    let j2_final = cb
+        .wait_state(&j2.job_id, pb::JobState::Succeeded, Duration::from_secs(60))
+        .await;
     assert!(j2_final.result.contains("after the loss"), "{j2_final:?}");
     // The lost replica's agent did not outlive it.
     let root = cl.root().to_path_buf();
@@ -306,28 +253,10 @@ async fn a_lost_replica_loses_nothing_and_its_jobs_are_settled_by_the_others() {
 async fn cancel_on_one_replica_stops_the_job_running_on_another() {
     let mut cl = Cluster::new();
     let a = cl.start("replica-a", &[]);
-    let mut ca = cl.clients(a).await;
-    let session = ca.create_session(&[]).await;
-    let job = ca.submit(&session.session_id, "sleep 120").await;
-    wait_state(
-        &mut ca,
-        &job.job_id,
-        pb::JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (mut ca, _, job) = cl.running_on(a, "sleep 120").await;
     let b = cl.start("replica-b", &[]);
     let mut cb = cl.clients(b).await;
-    let cancelled = cb
-        .jobs
-        .cancel_job(pb::CancelJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .expect("cancel via B")
-        .into_inner()
-        .job
-        .expect("job");
+    let cancelled = cb.cancel(&job.job_id).await;
     assert_eq!(
         cancelled.state,
         pb::JobState::Cancelled as i32,
@@ -382,13 +311,9 @@ async fn fifty_jobs_spread_over_three_replicas_each_run_once_in_session_order() 
         expected.entry(session.clone()).or_default().push(token);
     }
     for (n, job) in jobs.iter().enumerate() {
-        let done = wait_state(
-            &mut clients[(n + 1) % 3],
-            job,
-            pb::JobState::Succeeded,
-            Duration::from_secs(180),
-        )
-        .await;
+        let done = clients[(n + 1) % 3]
+            .wait_state(job, pb::JobState::Succeeded, Duration::from_secs(180))
+            .await;
         assert_eq!(done.job_id, *job);
     }
     for (session, tokens) in &expected {
@@ -424,20 +349,6 @@ async fn fifty_jobs_spread_over_three_replicas_each_run_once_in_session_order() 
     );
 }
 
-/// A job that streams for about `rounds` × 0.2 s: each round three texts and a sleep.
-fn streaming(rounds: usize) -> String {
-    vec!["lines 3 ; sleep 0.2"; rounds].join(" ; ")
-}
-
-/// The texts `streaming(rounds)` reports, in order (the stand-in ends its turn with one more).
-fn streamed(rounds: usize) -> Vec<String> {
-    (0..rounds)
-        .flat_map(|_| ["line 1", "line 2", "line 3", "sleeping 0.2s"])
-        .chain(["turn 1: done"])
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Jobs that finished SUCCEEDED on the replica whose metrics listen at `addr`.
 async fn succeeded_on(addr: &str) -> usize {
     sample(
@@ -450,16 +361,7 @@ async fn succeeded_on(addr: &str) -> usize {
 async fn cluster_with_a_job_on_a(adopt_timeout: u64, rounds: usize) -> (Cluster, String) {
     let mut cl = Cluster::new();
     let a = cl.start_keeping("replica-a", adopt_timeout);
-    let mut ca = cl.clients(a).await;
-    let session = ca.create_session(&[]).await;
-    let job = ca.submit(&session.session_id, &streaming(rounds)).await;
-    wait_state(
-        &mut ca,
-        &job.job_id,
-        pb::JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (_, _, job) = cl.running_on(a, &streaming(rounds)).await;
     cl.start_keeping("replica-b", adopt_timeout);
     (cl, job.job_id)
 }
@@ -541,7 +443,9 @@ async fn a_lost_replica_job_is_failed_only_after_the_adopt_timeout() {
     read_some(&mut cb, &job, 4).await;
     cl.replicas[a].kill9();
     let down = std::time::Instant::now();
-    let done = wait_state(&mut cb, &job, pb::JobState::Failed, Duration::from_secs(60)).await;
+    let done = cb
+        .wait_state(&job, pb::JobState::Failed, Duration::from_secs(60))
+        .await;
     let waited = down.elapsed();
     assert!(
         waited >= Duration::from_secs(adopt_timeout),
@@ -577,121 +481,49 @@ async fn a_lost_replica_job_is_failed_only_after_the_adopt_timeout() {
 async fn a_replica_restarted_under_its_id_settles_what_it_cannot_adopt() {
     let mut cl = Cluster::new();
     let a = cl.start_cancelling("replica-a");
-    let mut ca = cl.clients(a).await;
-    let session = ca.create_session(&[]).await;
-    let job = ca.submit(&session.session_id, "sleep 120").await;
-    wait_state(
-        &mut ca,
-        &job.job_id,
-        pb::JobState::Running,
-        Duration::from_secs(30),
-    )
-    .await;
-    let next = ca.submit(&session.session_id, "after the restart").await;
+    let (mut ca, session, job) = cl.running_on(a, "sleep 120").await;
+    let next = ca.submit(&session, "after the restart").await;
     cl.replicas[a].restart();
     let mut ca = cl.clients(a).await;
-    let done = wait_state(
-        &mut ca,
-        &job.job_id,
-        pb::JobState::Failed,
-        Duration::from_secs(4 * LEASE),
-    )
-    .await;
+    let done = ca
+        .wait_state(
+            &job.job_id,
+            pb::JobState::Failed,
+            Duration::from_secs(4 * LEASE),
+        )
+        .await;
     assert!(done.error_message.contains("server restarted"), "{done:?}");
-    let next = wait_state(
-        &mut ca,
-        &next.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await;
+    let next = ca
+        .wait_state(
+            &next.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(60),
+        )
+        .await;
     assert!(next.result.contains("after the restart"), "{next:?}");
 }
 
-/// The scripted model server of `tests/fixtures/mock-model` (see tests/agents_e2e.rs); killed on
-/// drop.
-struct MockModel {
-    child: std::process::Child,
-    base: String,
-}
-
-impl MockModel {
-    fn start(log: &Path) -> MockModel {
-        use std::io::BufRead;
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut child = std::process::Command::new("python3")
-            .arg(root.join("tests/fixtures/mock-model"))
-            .args(["--port", "0", "--log"])
-            .arg(log)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start tests/fixtures/mock-model with python3");
-        let mut banner = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("mock stdout"))
-            .read_line(&mut banner)
-            .expect("mock banner");
-        let addr = banner
-            .trim()
-            .strip_prefix("mock-model listening on ")
-            .unwrap_or_else(|| panic!("unexpected mock banner {banner:?}"))
-            .to_owned();
-        MockModel {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-}
-
-impl Drop for MockModel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The genuine Claude Code (scripts/install-agents) against the mock, as agents_e2e configures it.
-fn genuine_claude(base: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cli = root.join(".cache/agents/node_modules/.bin/claude");
-    assert!(
-        cli.exists(),
-        "{} is missing: run scripts/install-agents",
-        cli.display()
-    );
-    let s = |v: &str| serde_json::to_string(v).expect("string");
-    format!(
-        "[agents.claude]\nkind = \"claude\"\ncommand = {}\n[agents.claude.env]\n\
-         ANTHROPIC_BASE_URL = {}\nANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
-         CLAUDE_CODE_MAX_RETRIES = \"0\"\nENABLE_TOOL_SEARCH = \"false\"\n",
-        s(&cli.to_string_lossy()),
-        s(base)
-    )
+/// A cluster whose replicas will run the genuine Claude Code against the scripted model: the
+/// cluster, the model (its log in the workspace root) and the replicas' config.
+fn claude_cluster() -> (Cluster, MockModel, String) {
+    let cl = Cluster::new();
+    let mock = MockModel::start(cl.root(), &[]);
+    let config = claude_profile(&genuine_claude(), &mock.base);
+    (cl, mock, config)
 }
 
 /// Follows `job` until its first permission request.
 async fn first_permission_request(c: &mut Clients, job: &str) -> pb::PermissionRequest {
-    let mut s = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.into(),
-            after_seq: 0,
-        })
-        .await
-        .expect("stream")
-        .into_inner();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(120), s.message())
-            .await
-            .expect("a permission request within 120s")
-            .expect("stream message")
-            .expect("the job ended without asking");
-        for e in msg.events {
-            if let Some(pb::job_event::Kind::PermissionRequest(r)) = e.kind {
-                return r;
-            }
-        }
-    }
+    c.follow_until(
+        job,
+        Duration::from_secs(120),
+        "a permission request",
+        |e| match &e.kind {
+            Some(pb::job_event::Kind::PermissionRequest(r)) => Some(r.clone()),
+            _ => None,
+        },
+    )
+    .await
 }
 
 /// Two-way control across replicas (issue #17): a job that asks runs on A (genuine Claude Code
@@ -704,18 +536,14 @@ async fn first_permission_request(c: &mut Clients, job: &str) -> pb::PermissionR
     ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
 )]
 async fn control_answers_reach_the_job_from_any_replica() {
-    let mut cl = Cluster::new();
-    let log = cl.root().join("mock-model.log");
-    let mock = MockModel::start(&log);
-    let config = genuine_claude(&mock.base);
+    let (mut cl, mock, config) = claude_cluster();
     let start = |cl: &mut Cluster, name: &str| cl.start_configured(name, &config);
     // A alone first, so that A is the one running the job.
     let a = start(&mut cl, "replica-a");
     let mut ca = cl.clients(a).await;
     let session = ca.create_session(&[]).await;
     let job = ca
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
+        .submit_request(pb::SubmitJobRequest {
             session_id: session.session_id.clone(),
             agent: "claude".into(),
             prompt: "write across.txt answered on another replica".into(),
@@ -724,11 +552,7 @@ async fn control_answers_reach_the_job_from_any_replica() {
             timeout_seconds: 180,
             ..Default::default()
         })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job
-        .expect("job");
+        .await;
     let req = first_permission_request(&mut ca, &job.job_id).await;
     assert_eq!(req.tool, "Write");
     let b = start(&mut cl, "replica-b");
@@ -765,13 +589,13 @@ async fn control_answers_reach_the_job_from_any_replica() {
     assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
     assert_eq!(reason(&st), "PERMISSION_DECIDED");
 
-    let done = wait_state(
-        &mut cb,
-        &job.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(150),
-    )
-    .await;
+    let done = cb
+        .wait_state(
+            &job.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(150),
+        )
+        .await;
     let written = cb.download(&session.session_id, "across.txt").await;
     assert_eq!(
         written.ok().as_deref(),
@@ -788,50 +612,30 @@ async fn control_answers_reach_the_job_from_any_replica() {
         .collect();
     assert_eq!(resolved, [("caller".to_owned(), true)]);
     // The model's next request after the tool carried its result.
-    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    let requests = mock.requests_text();
     assert!(requests.contains("Tool said"), "{requests}");
 }
 
 /// Submits `prompt` under `ask` in `session` (Claude, as `genuine_claude` configures it).
 async fn submit_asking(c: &mut Clients, session: &str, prompt: &str) -> pb::Job {
-    c.jobs
-        .submit_job(pb::SubmitJobRequest {
-            session_id: session.into(),
-            agent: "claude".into(),
-            prompt: prompt.into(),
-            permission_mode: "ask".into(),
-            timeout_seconds: 180,
-            ..Default::default()
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job
-        .expect("job")
+    c.submit_request(pb::SubmitJobRequest {
+        session_id: session.into(),
+        agent: "claude".into(),
+        prompt: prompt.into(),
+        permission_mode: "ask".into(),
+        timeout_seconds: 180,
+        ..Default::default()
+    })
+    .await
 }
 
 /// Follows `job` until its agent reported its start (so the job runs on the replica `c` talks to
 /// when that replica is the only one).
 async fn until_init(c: &mut Clients, job: &str) {
-    let mut s = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.into(),
-            after_seq: 0,
-        })
-        .await
-        .expect("stream")
-        .into_inner();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(120), s.message())
-            .await
-            .expect("the agent started within 120s")
-            .expect("stream message")
-            .expect("the job ended before its agent started");
-        if msg.events.iter().any(|e| kind(e) == "init") {
-            return;
-        }
-    }
+    c.follow_until(job, Duration::from_secs(120), "the agent's start", |e| {
+        (kind(e) == "init").then_some(())
+    })
+    .await
 }
 
 /// SendInput and InterruptJob across replicas (issue #17): two jobs that ask run on A (genuine
@@ -846,10 +650,7 @@ async fn until_init(c: &mut Clients, job: &str) {
     ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
 )]
 async fn control_input_and_interrupts_reach_the_job_from_any_replica() {
-    let mut cl = Cluster::new();
-    let log = cl.root().join("mock-model.log");
-    let mock = MockModel::start(&log);
-    let config = genuine_claude(&mock.base);
+    let (mut cl, mock, config) = claude_cluster();
     let a = cl.start_configured("replica-a", &config);
     let mut ca = cl.clients(a).await;
     let talk = ca.create_session(&[]).await.session_id;
@@ -877,14 +678,14 @@ async fn control_input_and_interrupts_reach_the_job_from_any_replica() {
         .await
         .expect("interrupt through B, delivered by A");
 
-    let done = wait_state(
-        &mut cb,
-        &talking.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(150),
-    )
-    .await;
-    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    let done = cb
+        .wait_state(
+            &talking.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(150),
+        )
+        .await;
+    let requests = mock.requests_text();
     assert_eq!(
         done.result, "I will remember mango.",
         "{done:?}\n{requests}"
@@ -903,22 +704,22 @@ async fn control_input_and_interrupts_reach_the_job_from_any_replica() {
         .collect();
     assert_eq!(inputs, ["remember mango"]);
 
-    let ended = wait_state(
-        &mut ca,
-        &stopped.job_id,
-        pb::JobState::Cancelled,
-        Duration::from_secs(60),
-    )
-    .await;
+    let ended = ca
+        .wait_state(
+            &stopped.job_id,
+            pb::JobState::Cancelled,
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(ended.reason, "INTERRUPTED", "{ended:?}");
     let next = submit_asking(&mut cb, &stop, "recall").await;
-    let next = wait_state(
-        &mut cb,
-        &next.job_id,
-        pb::JobState::Succeeded,
-        Duration::from_secs(150),
-    )
-    .await;
+    let next = cb
+        .wait_state(
+            &next.job_id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(150),
+        )
+        .await;
     assert_eq!(next.result, "You asked me to remember papaya.", "{next:?}");
 
     // Final jobs take no more control, whichever replica is asked.

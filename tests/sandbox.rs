@@ -247,19 +247,14 @@ impl World {
             .session_id;
         let job = self
             .attacker
-            .jobs
-            .submit_job(pb::SubmitJobRequest {
+            .submit_request(pb::SubmitJobRequest {
                 session_id: session.clone(),
                 agent: profile.into(),
                 prompt: prompt.into(),
                 timeout_seconds,
                 ..Default::default()
             })
-            .await
-            .expect("submit")
-            .into_inner()
-            .job
-            .expect("job");
+            .await;
         let events = self.attacker.events(&job.job_id, 0).await;
         let job = self.attacker.get_job(&job.job_id).await;
         let raw_events = wire::events(self.server.channel().await, KEY_B, &job.job_id).await;

@@ -7,19 +7,13 @@
 
 mod common;
 
+use common::pg::{database_url, psql};
 use common::*;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn database_url() -> String {
-    std::env::var("AGENTD_TEST_DATABASE_URL")
-        .ok()
-        .or_else(|| option_env!("AGENTD_TEST_DATABASE_URL").map(String::from))
-        .expect("the store outage test needs AGENTD_TEST_DATABASE_URL")
-}
 
 /// `url` with its `host:port` replaced by `addr` (user, database and options kept).
 fn via(url: &str, addr: &str) -> (String, String) {
@@ -52,15 +46,6 @@ fn relay(listener: TcpListener, target: String) -> JoinHandle<()> {
             });
         }
     })
-}
-
-fn psql(sql: &str) {
-    let st = std::process::Command::new("psql")
-        .arg(database_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .status()
-        .expect("run psql");
-    assert!(st.success(), "psql {sql:?} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

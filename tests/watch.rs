@@ -6,6 +6,7 @@
 mod common;
 
 use agentd::pb;
+use common::pg::Schema;
 use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,6 +23,26 @@ fn from(cursor: u64) -> pb::WatchJobsRequest {
         after_cursor: Some(cursor),
         ..Default::default()
     }
+}
+
+/// From `cursor` on, each change with its events.
+fn with_events(cursor: u64) -> pb::WatchJobsRequest {
+    pb::WatchJobsRequest {
+        include_events: true,
+        ..from(cursor)
+    }
+}
+
+/// The tenant's present cursor: a watch from the present starts with a keepalive carrying it.
+async fn now(c: &mut Clients) -> u64 {
+    watch(c, pb::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .message()
+        .await
+        .unwrap()
+        .expect("first message")
+        .cursor
 }
 
 fn is_final(state: i32) -> bool {
@@ -176,19 +197,7 @@ fn events_per_job(seen: &[pb::JobChange]) -> HashMap<String, Vec<pb::JobEvent>> 
 async fn include_events_gives_every_event_once_across_a_resume() {
     let server = TestServer::start();
     let mut a = server.clients(KEY_A).await;
-    let with_events = |cursor| pb::WatchJobsRequest {
-        after_cursor: Some(cursor),
-        include_events: true,
-        ..Default::default()
-    };
-    let start = watch(&mut a, pb::WatchJobsRequest::default())
-        .await
-        .unwrap()
-        .message()
-        .await
-        .unwrap()
-        .expect("first message")
-        .cursor;
+    let start = now(&mut a).await;
     let mut s = watch(&mut a, with_events(start)).await.unwrap();
     let session = a.create_session(&[]).await;
     let mut jobs = Vec::new();
@@ -254,21 +263,20 @@ async fn include_events_gives_every_event_once_across_a_resume() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped() {
+/// A job of `prompt` run to its end on a fresh server, then watched from the start with its
+/// events: the server, tenant A's clients, the job, and its one change (SUCCEEDED), checked to
+/// carry fewer events than the job has (`events_truncated`) from its first one on.
+async fn one_capped_change(prompt: &str) -> (TestServer, Clients, pb::Job, pb::JobChange) {
     let server = TestServer::start();
     let mut a = server.clients(KEY_A).await;
     let session = a.create_session(&[]).await;
-    let job = a.submit(&session.session_id, "lines 2500").await.job_id;
+    let job = a.submit(&session.session_id, prompt).await.job_id;
     let done = a.wait(&job).await;
-    assert!(done.last_seq > 2500, "{done:?}");
     let mut s = watch(
         &mut a,
         pb::WatchJobsRequest {
-            after_cursor: Some(0),
-            include_events: true,
             states: vec![pb::JobState::Succeeded as i32],
-            ..Default::default()
+            ..with_events(0)
         },
     )
     .await
@@ -281,10 +289,18 @@ async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped
         all_final(std::slice::from_ref(&job)),
     )
     .await;
-    assert_eq!(seen.len(), 1);
-    let change = &seen[0];
-    assert!(change.events_truncated, "2,500 lines are over the cap");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let change = seen.remove(0);
+    assert!(change.events_truncated, "{done:?} is over the cap");
     assert_eq!(change.events_after_seq, 0);
+    (server, a, done, change)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped() {
+    let (_server, mut a, done, change) = one_capped_change("lines 2500").await;
+    let job = &done.job_id;
+    assert!(done.last_seq > 2500, "{done:?}");
     let seqs: Vec<u64> = change.events.iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,
@@ -293,8 +309,8 @@ async fn include_events_caps_a_change_and_the_rest_streams_from_where_it_stopped
     );
     // The rest, from the event log after the last one carried: together, the whole log.
     let mut all = change.events.clone();
-    all.extend(a.events(&job, 1000).await);
-    assert_eq!(all, a.events(&job, 0).await);
+    all.extend(a.events(job, 1000).await);
+    assert_eq!(all, a.events(job, 0).await);
     assert_eq!(all.last().map(|e| e.seq), Some(done.last_seq));
 }
 
@@ -304,45 +320,19 @@ const EVENT_BYTES_CAP: usize = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn include_events_caps_a_change_by_bytes_and_the_rest_streams_from_where_it_stopped() {
     use prost::Message;
-    let server = TestServer::start();
-    let mut a = server.clients(KEY_A).await;
-    let session = a.create_session(&[]).await;
     // Five tool results of 200,000 bytes each (twice that with their raw lines): far fewer than
     // 1,000 events, about 2 MiB (a StreamJobEvents batch carries them all in one message, which
     // must stay under the clients' 4 MiB limit).
     let big = ["bash printf '%0200000d' 0"; 5].join(" ; ");
-    let job = a.submit(&session.session_id, &big).await.job_id;
-    let done = a.wait(&job).await;
-    let log = a.events(&job, 0).await;
+    let (_server, mut a, done, change) = one_capped_change(&big).await;
+    let job = &done.job_id;
+    let log = a.events(job, 0).await;
     let total: usize = log.iter().map(Message::encoded_len).sum();
     assert!(
         log.len() < 100 && total > EVENT_BYTES_CAP * 3 / 2,
         "{} events, {total} bytes",
         log.len()
     );
-    let mut s = watch(
-        &mut a,
-        pb::WatchJobsRequest {
-            after_cursor: Some(0),
-            include_events: true,
-            states: vec![pb::JobState::Succeeded as i32],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let mut seen = Vec::new();
-    collect(
-        &mut s,
-        &mut seen,
-        Duration::from_secs(30),
-        all_final(std::slice::from_ref(&job)),
-    )
-    .await;
-    assert_eq!(seen.len(), 1);
-    let change = &seen[0];
-    assert!(change.events_truncated, "{total} bytes are over the cap");
-    assert_eq!(change.events_after_seq, 0);
     let carried = &change.events;
     let n = carried.len();
     assert!(n > 0 && n < log.len(), "{n} of {} events", log.len());
@@ -360,7 +350,7 @@ async fn include_events_caps_a_change_by_bytes_and_the_rest_streams_from_where_i
     // event once.
     let last = carried.last().unwrap().seq;
     let mut all = carried.clone();
-    all.extend(a.events(&job, last).await);
+    all.extend(a.events(job, last).await);
     let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=done.last_seq).collect::<Vec<_>>());
     assert_eq!(all, log);
@@ -539,9 +529,9 @@ async fn wait_job_answers_when_final_or_when_the_timeout_passes() {
     assert!(!again.timed_out);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pruned_cursor_is_expired() {
-    let server = TestServer::start_with(Options {
+/// A server that keeps changes and events for a second, pruning every second.
+fn short_retention() -> TestServer {
+    TestServer::start_with(Options {
         args: [
             "--event-retention-seconds",
             "1",
@@ -551,22 +541,34 @@ async fn a_pruned_cursor_is_expired() {
         .map(String::from)
         .to_vec(),
         ..Default::default()
-    });
+    })
+}
+
+/// Watches with `req` every 200 ms until the server refuses it (up to `tries` times): the refusal.
+async fn refused(
+    c: &mut Clients,
+    req: pb::WatchJobsRequest,
+    tries: usize,
+) -> Option<tonic::Status> {
+    for _ in 0..tries {
+        match watch(c, req.clone()).await {
+            Err(st) => return Some(st),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pruned_cursor_is_expired() {
+    let server = short_retention();
     let mut a = server.clients(KEY_A).await;
     let session = a.create_session(&[]).await;
     let job = a.submit(&session.session_id, "old").await.job_id;
     a.wait(&job).await;
-    let mut expired = None;
-    for _ in 0..100 {
-        match watch(&mut a, from(0)).await {
-            Err(st) => {
-                expired = Some(st);
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let st = expired.expect("changes older than the retention are pruned");
+    let st = refused(&mut a, from(0), 100)
+        .await
+        .expect("changes older than the retention are pruned");
     assert_eq!(st.code(), Code::OutOfRange, "{st:?}");
     assert_eq!(reason(&st), "CURSOR_EXPIRED");
     // The present is always a valid place to start from.
@@ -618,31 +620,9 @@ async fn next_change_of(s: &mut Changes, job: &str) -> pb::JobChange {
 /// start again). A cursor before pruned changes answers CURSOR_EXPIRED instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_outliving_the_retention_gets_each_event_once() {
-    let server = TestServer::start_with(Options {
-        args: [
-            "--event-retention-seconds",
-            "1",
-            "--reaper-interval-seconds",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    });
+    let server = short_retention();
     let mut a = server.clients(KEY_A).await;
-    let with_events = |cursor| pb::WatchJobsRequest {
-        after_cursor: Some(cursor),
-        include_events: true,
-        ..Default::default()
-    };
-    let start = watch(&mut a, pb::WatchJobsRequest::default())
-        .await
-        .unwrap()
-        .message()
-        .await
-        .unwrap()
-        .expect("first message")
-        .cursor;
+    let start = now(&mut a).await;
     let mut live = watch(&mut a, with_events(start)).await.unwrap();
     let session = a.create_session(&[]).await;
     // Runs until the test creates `go` in its workspace.
@@ -673,17 +653,9 @@ async fn a_job_outliving_the_retention_gets_each_event_once() {
     while !is_final(marker_final.job.as_ref().unwrap().state) {
         marker_final = next_change_of(&mut live, &marker).await;
     }
-    let mut expired = None;
-    for _ in 0..150 {
-        match watch(&mut a, with_events(marker_final.cursor - 1)).await {
-            Err(st) => {
-                expired = Some(st);
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let st = expired.expect("the marker's changes are pruned");
+    let st = refused(&mut a, with_events(marker_final.cursor - 1), 150)
+        .await
+        .expect("the marker's changes are pruned");
     assert_eq!(reason(&st), "CURSOR_EXPIRED", "{st:?}");
     assert_eq!(
         reason(&watch(&mut a, with_events(queued.cursor)).await.unwrap_err()),
@@ -864,32 +836,6 @@ async fn bad_input_and_other_tenants_ids() {
     assert!(quiet.is_err(), "tenant A saw something: {quiet:?}");
 }
 
-/// The Postgres of the tests: the variable at run time, else the one the tests were built with.
-fn database_url() -> String {
-    std::env::var("AGENTD_TEST_DATABASE_URL")
-        .ok()
-        .or_else(|| option_env!("AGENTD_TEST_DATABASE_URL").map(String::from))
-        .expect("the replica tests need AGENTD_TEST_DATABASE_URL")
-}
-
-fn psql(sql: &str) {
-    let st = std::process::Command::new("psql")
-        .arg(database_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .status()
-        .expect("run psql");
-    assert!(st.success(), "psql {sql:?} failed");
-}
-
-/// Drops the test's schema when the test ends, however it ends.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[cfg_attr(
     not(agentd_pg_tests),
@@ -922,11 +868,7 @@ async fn two_postgres_replicas_share_one_sequence() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !all_final(&jobs)(&seen) {
         let cursor = seen.last().map_or(0, |x| x.cursor);
-        let req = pb::WatchJobsRequest {
-            include_events: true,
-            ..from(cursor)
-        };
-        let mut s = watch(&mut c[hop % 2], req).await.unwrap();
+        let mut s = watch(&mut c[hop % 2], with_events(cursor)).await.unwrap();
         let want = seen.len() + 5;
         let done = |got: &[pb::JobChange]| got.len() >= want || all_final(&jobs)(got);
         while !done(&seen) {
@@ -960,8 +902,8 @@ async fn two_postgres_replicas_share_one_sequence() {
 /// A fresh schema in the test Postgres (dropped when the guard goes), a shared workspace root,
 /// and the store URL that selects the schema.
 fn pg_store(prefix: &str) -> (Schema, tempfile::TempDir, String) {
-    let schema = Schema(format!("{prefix}_{}", uuid::Uuid::new_v4().simple()));
-    let url = format!("{}?options=-csearch_path%3D{}", database_url(), schema.0);
+    let schema = Schema::new(prefix);
+    let url = schema.store_url();
     (schema, tempfile::tempdir().unwrap(), url)
 }
 

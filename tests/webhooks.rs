@@ -278,18 +278,13 @@ async fn the_ssrf_guard_refuses_internal_addresses() {
     // resolves to loopback, so no request ever reaches the receiver.
     let s = a.create_session(&[]).await;
     let job = a
-        .jobs
-        .submit_job(pb::SubmitJobRequest {
+        .submit_request(pb::SubmitJobRequest {
             session_id: s.session_id.clone(),
             prompt: "x".into(),
             webhook_url: format!("http://localhost:{port}/job"),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
         .job_id;
     a.wait(&job).await;
     let key = format!("job:{job}");

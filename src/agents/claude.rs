@@ -7,7 +7,6 @@ use super::{
     str_at, text_of, u64_at,
 };
 use crate::domain::{EventKind, JobSpec, Usage};
-use crate::error::{Error, Reason, Result};
 use serde_json::Value;
 
 /// Keeps an unattended CLI quiet and offline apart from its model API.
@@ -35,36 +34,6 @@ const MCP_CONFIG: &str = "agentd-mcp.json";
 
 const SKIP_PERMISSIONS: &str = "--dangerously-skip-permissions";
 const BYPASS_MODE: &str = "bypassPermissions";
-
-pub(super) fn validate(spec: &JobSpec) -> Result<()> {
-    if spec.max_turns == Some(0) {
-        return Err(Error::invalid(
-            Reason::InvalidField,
-            "max_turns",
-            "max_turns must be at least 1",
-        ));
-    }
-    for (field, value) in [
-        ("model", spec.model.as_deref()),
-        ("permission_mode", spec.permission_mode.as_deref()),
-    ] {
-        if value.is_some_and(|v| v.trim().is_empty()) {
-            return Err(Error::invalid(
-                Reason::InvalidField,
-                field,
-                format!("{field} must not be empty when set"),
-            ));
-        }
-    }
-    if spec.allowed_tools.iter().any(|t| t.trim().is_empty()) {
-        return Err(Error::invalid(
-            Reason::InvalidField,
-            "allowed_tools",
-            "allowed_tools must not contain empty names",
-        ));
-    }
-    Ok(())
-}
 
 /// Gives the job's images to Claude as image content blocks: the prompt on stdin becomes one
 /// stream-json user message (`--input-format stream-json`) holding the text and a base64 block per
@@ -325,16 +294,7 @@ impl JsonLines for ClaudeParser {
             ("system", Some("init")) => vec![EventKind::Init {
                 conversation_id: str_at(v, "session_id").unwrap_or_default().to_owned(),
                 model: str_at(v, "model").unwrap_or_default().to_owned(),
-                tools: v
-                    .get("tools")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                tools: strings_at(v, "tools"),
                 agent_version: str_at(v, "claude_code_version")
                     .unwrap_or_default()
                     .to_owned(),
@@ -353,16 +313,7 @@ impl JsonLines for ClaudeParser {
                         .get("structured_output")
                         .filter(|s| !s.is_null())
                         .map(Value::to_string),
-                    errors: v
-                        .get("errors")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(String::from)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    errors: strings_at(v, "errors"),
                     usage: usage.clone(),
                 });
                 vec![EventKind::Usage(usage)]
@@ -485,6 +436,19 @@ fn content_blocks(v: &Value) -> Option<&Vec<Value>> {
         .get("content")?
         .as_array()
         .filter(|a| !a.is_empty())
+}
+
+/// The strings of the array at `key` (none when it is missing; other items skipped).
+fn strings_at(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

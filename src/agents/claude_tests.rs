@@ -1,28 +1,17 @@
 //! Tests of the claude adapter: argv/env for launch, validation, and the parser against real
 //! captured stream-json from Claude Code 2.1 (copied from the shared samples into `testdata/`).
 
-use super::super::tests::{profile, spec};
-use super::super::{AgentKind, LaunchContext, launch, parser, validate};
+use super::super::tests::{ctx, profile, spec};
+use super::super::{AgentKind, launch, parser, validate};
 use super::super::{OutputParser, Parsed};
 use super::*;
 use crate::domain::PlanItem;
-use std::path::Path;
+use crate::error::{Error, Reason};
 
 const STREAM: &str = include_str!("testdata/claude-stream-sample.jsonl");
 const ERROR_529: &str = include_str!("testdata/claude-error-529-sample.jsonl");
 const MAX_TURNS: &str = include_str!("testdata/claude-max-turns-sample.jsonl");
 const SIGINT: &str = include_str!("testdata/claude-sigint-sample.jsonl");
-
-fn ctx(resume: Option<&str>) -> LaunchContext<'_> {
-    LaunchContext {
-        workspace: Path::new("/ws/s1"),
-        home: Path::new("/home/s1"),
-        resume_conversation: resume,
-        jailed: false,
-        mcp: &[],
-        images: &[],
-    }
-}
 
 fn parse_all(text: &str) -> (Vec<Parsed>, Summary) {
     let mut p = parser(&profile(AgentKind::Claude, "claude", &[]));

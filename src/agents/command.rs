@@ -97,7 +97,7 @@ fn tail_start(s: &str, limit: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{profile, spec};
+    use super::super::tests::{profile, refuses_each_option, spec};
     use super::super::{AgentKind, parser, validate};
     use super::*;
     use crate::error::{Error, Reason};
@@ -136,36 +136,17 @@ mod tests {
     fn validate_refuses_each_agent_option_naming_it() {
         let p = profile(AgentKind::Command, "echo", &[]);
         assert!(validate(&p, &spec("hi")).is_ok());
-        type SetOption = fn(&mut JobSpec);
-        let cases: [(&str, SetOption); 5] = [
-            ("model", |s| s.model = Some("m".into())),
-            ("allowed_tools", |s| s.allowed_tools = vec!["Bash".into()]),
-            ("max_turns", |s| s.max_turns = Some(3)),
-            ("append_system_prompt", |s| {
-                s.append_system_prompt = Some("be brief".into())
-            }),
-            ("permission_mode", |s| {
-                s.permission_mode = Some("plan".into())
-            }),
-        ];
-        for (name, set) in cases {
-            let mut s = spec("hi");
-            set(&mut s);
-            match validate(&p, &s) {
-                Err(Error::InvalidArgument {
-                    reason: Reason::UnsupportedOption,
-                    field,
-                    message,
-                }) => {
-                    assert_eq!(field, name);
-                    assert_eq!(
-                        message,
-                        format!("agent \"command\" (kind command) does not support {name}")
-                    );
-                }
-                other => panic!("{name}: expected UNSUPPORTED_OPTION, got {other:?}"),
-            }
-        }
+        refuses_each_option(
+            &p,
+            "agent \"command\" (kind command)",
+            &[
+                "model",
+                "allowed_tools",
+                "max_turns",
+                "append_system_prompt",
+                "permission_mode",
+            ],
+        );
     }
 
     #[test]

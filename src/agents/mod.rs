@@ -294,7 +294,7 @@ pub fn validate(profile: &AgentProfile, spec: &JobSpec) -> Result<()> {
     }
     check_caps(profile, spec)?;
     match profile.kind {
-        AgentKind::Claude => claude::validate(spec),
+        AgentKind::Claude => check_option_values(spec),
         AgentKind::Command => command::validate(profile, spec),
         AgentKind::Codex => codex::validate(profile, spec),
         AgentKind::Opencode => opencode::validate(profile, spec),
@@ -703,6 +703,33 @@ fn other(r#type: impl Into<String>) -> EventKind {
 pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Asserts that `validate` refuses each of `options` (job options a kind cannot honour),
+    /// set on its own, with UNSUPPORTED_OPTION naming it after `who` (`agent "x" (kind y)`).
+    pub(crate) fn refuses_each_option(p: &AgentProfile, who: &str, options: &[&str]) {
+        for &name in options {
+            let mut s = spec("hi");
+            match name {
+                "model" => s.model = Some("m".into()),
+                "allowed_tools" => s.allowed_tools = vec!["Bash".into()],
+                "max_turns" => s.max_turns = Some(3),
+                "append_system_prompt" => s.append_system_prompt = Some("be brief".into()),
+                "permission_mode" => s.permission_mode = Some("plan".into()),
+                other => panic!("no job option {other:?}"),
+            }
+            match validate(p, &s) {
+                Err(Error::InvalidArgument {
+                    reason: Reason::UnsupportedOption,
+                    field,
+                    message,
+                }) => {
+                    assert_eq!(field, name);
+                    assert_eq!(message, format!("{who} does not support {name}"));
+                }
+                other => panic!("{name}: expected UNSUPPORTED_OPTION, got {other:?}"),
+            }
+        }
+    }
 
     pub(crate) fn spec(prompt: &str) -> JobSpec {
         JobSpec {

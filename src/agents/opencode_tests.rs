@@ -1,7 +1,7 @@
 //! Tests of the opencode adapter: argv/env/config for launch, validation, and the parser against
 //! real `opencode run --format json` output of OpenCode 1.18 (copied into `testdata/`).
 
-use super::super::tests::{ctx, kinds, parse_with, profile, spec};
+use super::super::tests::{ctx, kinds, parse_with, profile, refuses_each_option, spec};
 use super::super::{AgentKind, launch, validate};
 use super::super::{OutputParser, Parsed};
 use super::*;
@@ -103,35 +103,16 @@ fn validate_accepts_a_model_and_refuses_the_rest_naming_it() {
     let mut s = spec("hi");
     s.model = Some("mock/mock-model".into());
     assert!(validate(&p, &s).is_ok());
-    type SetOption = fn(&mut JobSpec);
-    let cases: [(&str, SetOption); 4] = [
-        ("allowed_tools", |s| s.allowed_tools = vec!["bash".into()]),
-        ("max_turns", |s| s.max_turns = Some(3)),
-        ("append_system_prompt", |s| {
-            s.append_system_prompt = Some("be brief".into())
-        }),
-        ("permission_mode", |s| {
-            s.permission_mode = Some("plan".into())
-        }),
-    ];
-    for (name, set) in cases {
-        let mut s = spec("hi");
-        set(&mut s);
-        match validate(&p, &s) {
-            Err(Error::InvalidArgument {
-                reason: Reason::UnsupportedOption,
-                field,
-                message,
-            }) => {
-                assert_eq!(field, name);
-                assert_eq!(
-                    message,
-                    format!("agent \"opencode\" (kind opencode) does not support {name}")
-                );
-            }
-            other => panic!("{name}: expected UNSUPPORTED_OPTION, got {other:?}"),
-        }
-    }
+    refuses_each_option(
+        &p,
+        "agent \"opencode\" (kind opencode)",
+        &[
+            "allowed_tools",
+            "max_turns",
+            "append_system_prompt",
+            "permission_mode",
+        ],
+    );
     let mut s = spec("hi");
     s.model = Some(String::new());
     assert!(matches!(

@@ -502,59 +502,35 @@ async fn sessions(
     let mut client = conn.sessions();
     match cmd {
         SessionsCommand::Ls { labels } => {
-            let all = all_pages(|page_token| {
+            let first = pb::ListSessionsRequest {
+                page_size: 1000,
+                label_filter: labels.iter().cloned().collect(),
+                ..Default::default()
+            };
+            let all = all_pages("listing sessions", first, |r| {
                 let mut client = client.clone();
-                let label_filter = labels.iter().cloned().collect();
-                async move {
-                    let r = client
-                        .list_sessions(pb::ListSessionsRequest {
-                            page_size: 1000,
-                            page_token,
-                            label_filter,
-                        })
-                        .await
-                        .map_err(CliError::rpc("listing sessions"))?
-                        .into_inner();
-                    Ok((r.sessions, r.next_page_token))
-                }
+                async move { client.list_sessions(r).await }
             })
             .await?;
-            if json {
-                for s in &all {
-                    p.json(&render::session_json(s)).await;
-                }
-            } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|s| {
-                        let mut labels: Vec<String> =
-                            s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        labels.sort();
-                        vec![
-                            s.session_id.clone(),
-                            render::fmt_time(s.create_time.as_ref()),
-                            render::fmt_time(s.expire_time.as_ref()),
-                            s.file_count.to_string(),
-                            s.total_bytes.to_string(),
-                            s.job_count.to_string(),
-                            if s.running_job_id.is_empty() {
-                                "-".into()
-                            } else {
-                                s.running_job_id.clone()
-                            },
-                            labels.join(","),
-                        ]
-                    })
-                    .collect();
-                p.out(&render::table(
-                    &[
-                        "SESSION", "CREATED", "EXPIRES", "FILES", "BYTES", "JOBS", "RUNNING",
-                        "LABELS",
-                    ],
-                    &rows,
-                ))
-                .await;
-            }
+            let header = [
+                "SESSION", "CREATED", "EXPIRES", "FILES", "BYTES", "JOBS", "RUNNING", "LABELS",
+            ];
+            p.listing(json, &all, render::session_json, &header, |s| {
+                let mut labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                vec![
+                    s.session_id.clone(),
+                    render::fmt_time(s.create_time.as_ref()),
+                    render::fmt_time(s.expire_time.as_ref()),
+                    s.file_count.to_string(),
+                    s.total_bytes.to_string(),
+                    s.job_count.to_string(),
+                    render::or_dash(&s.running_job_id),
+                    labels.join(","),
+                ]
+            })
+            .await;
         }
         SessionsCommand::Get { session_id } => {
             let s = client
@@ -619,51 +595,32 @@ async fn jobs(conn: &Conn, json: bool, cmd: JobsCommand, p: &mut Printer) -> Res
     match cmd {
         JobsCommand::Ls { session_id, states } => {
             let client = conn.jobs();
-            let all = all_pages(|page_token| {
+            let what = format!("listing the jobs of {session_id}");
+            let first = pb::ListJobsRequest {
+                session_id,
+                page_size: 1000,
+                states,
+                ..Default::default()
+            };
+            let all = all_pages(&what, first, |r| {
                 let mut client = client.clone();
-                let (session_id, states) = (session_id.clone(), states.clone());
-                async move {
-                    let what = format!("listing the jobs of {session_id}");
-                    let r = client
-                        .list_jobs(pb::ListJobsRequest {
-                            session_id,
-                            page_size: 1000,
-                            page_token,
-                            states,
-                        })
-                        .await
-                        .map_err(CliError::rpc(what))?
-                        .into_inner();
-                    Ok((r.jobs, r.next_page_token))
-                }
+                async move { client.list_jobs(r).await }
             })
             .await?;
-            if json {
-                for j in &all {
-                    p.json(&render::job_json(j)).await;
-                }
-            } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|j| {
-                        vec![
-                            j.job_id.clone(),
-                            render::state_name(j.state).to_owned(),
-                            j.agent.clone(),
-                            render::fmt_time(j.create_time.as_ref()),
-                            render::between(j.start_time.as_ref(), j.end_time.as_ref())
-                                .map(render::fmt_duration)
-                                .unwrap_or_else(|| "-".into()),
-                            render::one_line(&j.prompt, 50),
-                        ]
-                    })
-                    .collect();
-                p.out(&render::table(
-                    &["JOB", "STATE", "AGENT", "CREATED", "DURATION", "PROMPT"],
-                    &rows,
-                ))
-                .await;
-            }
+            let header = ["JOB", "STATE", "AGENT", "CREATED", "DURATION", "PROMPT"];
+            p.listing(json, &all, render::job_json, &header, |j| {
+                vec![
+                    j.job_id.clone(),
+                    render::state_name(j.state).to_owned(),
+                    j.agent.clone(),
+                    render::fmt_time(j.create_time.as_ref()),
+                    render::between(j.start_time.as_ref(), j.end_time.as_ref())
+                        .map(render::fmt_duration)
+                        .unwrap_or_else(|| "-".into()),
+                    render::one_line(&j.prompt, 50),
+                ]
+            })
+            .await;
             Ok(exit::OK)
         }
         JobsCommand::Get { job_id } => {
@@ -750,40 +707,28 @@ async fn files(
             path,
             sha256,
         } => {
-            let all = all_pages(|page_token| {
+            let what = format!("listing files of {session_id}");
+            let first = pb::ListFilesRequest {
+                session_id,
+                path,
+                include_sha256: sha256,
+                page_size: 10_000,
+                ..Default::default()
+            };
+            let all = all_pages(&what, first, |r| {
                 let mut client = client.clone();
-                let (session_id, path) = (session_id.clone(), path.clone());
-                async move {
-                    let what = format!("listing files of {session_id}");
-                    let r = client
-                        .list_files(pb::ListFilesRequest {
-                            session_id,
-                            path,
-                            include_sha256: sha256,
-                            page_size: 10_000,
-                            page_token,
-                        })
-                        .await
-                        .map_err(CliError::rpc(what))?
-                        .into_inner();
-                    Ok((r.files, r.next_page_token))
-                }
+                async move { client.list_files(r).await }
             })
             .await?;
-            if json {
-                for f in &all {
-                    p.json(&render::file_json(f)).await;
-                }
-            } else {
-                let mut header = vec!["TYPE", "MODE", "SIZE", "MODIFIED"];
-                if sha256 {
-                    header.push("SHA256");
-                }
-                header.push("PATH");
-                let rows: Vec<Vec<String>> =
-                    all.iter().map(|f| render::file_row(f, sha256)).collect();
-                p.out(&render::table(&header, &rows)).await;
+            let mut header = vec!["TYPE", "MODE", "SIZE", "MODIFIED"];
+            if sha256 {
+                header.push("SHA256");
             }
+            header.push("PATH");
+            p.listing(json, &all, render::file_json, &header, |f| {
+                render::file_row(f, sha256)
+            })
+            .await;
         }
         FilesCommand::Get {
             session_id,
@@ -913,50 +858,38 @@ async fn agents(conn: &Conn, json: bool, p: &mut Printer) -> Result<i32, CliErro
         .await
         .map_err(CliError::rpc("getting the server info"))?
         .into_inner();
+    let header = [
+        "AGENT",
+        "KIND",
+        "AVAILABLE",
+        "VERSION",
+        "COMMAND",
+        "PROBLEM",
+    ];
+    let to_json = |a: &pb::AgentInfo| {
+        json!({"type": "agent", "name": a.name, "kind": a.kind,
+               "command": a.command, "available": a.available,
+               "version": a.version, "problem": a.problem,
+               "default": a.name == info.default_agent})
+    };
+    p.listing(json, &info.agents, to_json, &header, |a| {
+        vec![
+            if a.name == info.default_agent {
+                format!("{} (default)", a.name)
+            } else {
+                a.name.clone()
+            },
+            a.kind.clone(),
+            if a.available { "yes" } else { "no" }.into(),
+            render::or_dash(&a.version),
+            a.command.clone(),
+            a.problem.clone(),
+        ]
+    })
+    .await;
     if json {
-        for a in &info.agents {
-            p.json(&json!({"type": "agent", "name": a.name, "kind": a.kind,
-                           "command": a.command, "available": a.available,
-                           "version": a.version, "problem": a.problem,
-                           "default": a.name == info.default_agent}))
-                .await;
-        }
         return Ok(exit::OK);
     }
-    let rows: Vec<Vec<String>> = info
-        .agents
-        .iter()
-        .map(|a| {
-            vec![
-                if a.name == info.default_agent {
-                    format!("{} (default)", a.name)
-                } else {
-                    a.name.clone()
-                },
-                a.kind.clone(),
-                if a.available { "yes" } else { "no" }.into(),
-                if a.version.is_empty() {
-                    "-".into()
-                } else {
-                    a.version.clone()
-                },
-                a.command.clone(),
-                a.problem.clone(),
-            ]
-        })
-        .collect();
-    p.out(&render::table(
-        &[
-            "AGENT",
-            "KIND",
-            "AVAILABLE",
-            "VERSION",
-            "COMMAND",
-            "PROBLEM",
-        ],
-        &rows,
-    ))
-    .await;
     if let Some(l) = &info.limits {
         p.line(&p.style().dim(&format!(
             "agentd {} · {} concurrent jobs · job timeout {}s (max {}s) · session TTL {}s (max {}s)",
@@ -972,21 +905,63 @@ async fn agents(conn: &Conn, json: bool, p: &mut Printer) -> Result<i32, CliErro
     Ok(exit::OK)
 }
 
-/// Every item of a paged listing: `fetch` gets a page token and answers one page and the next
-/// token (empty after the last page).
-async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, CliError>
+/// A listing request that pages with a token.
+trait PagedRequest: Clone {
+    fn set_page_token(&mut self, token: String);
+}
+
+/// A listing's answer: one page of items and the next page's token (empty after the last).
+trait Page {
+    type Item;
+    fn into_page(self) -> (Vec<Self::Item>, String);
+}
+
+macro_rules! paged {
+    ($request:ident, $response:ident, $items:ident: $item:ident) => {
+        impl PagedRequest for pb::$request {
+            fn set_page_token(&mut self, token: String) {
+                self.page_token = token;
+            }
+        }
+
+        impl Page for pb::$response {
+            type Item = pb::$item;
+            fn into_page(self) -> (Vec<pb::$item>, String) {
+                (self.$items, self.next_page_token)
+            }
+        }
+    };
+}
+
+paged!(ListSessionsRequest, ListSessionsResponse, sessions: Session);
+paged!(ListJobsRequest, ListJobsResponse, jobs: Job);
+paged!(ListFilesRequest, ListFilesResponse, files: FileInfo);
+
+/// Every item of a paged listing: `call` sends `first`, then the same request with each next
+/// page's token until a page comes without one.
+async fn all_pages<Q, P, F, Fut>(
+    what: &str,
+    first: Q,
+    mut call: F,
+) -> Result<Vec<P::Item>, CliError>
 where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, String), CliError>>,
+    Q: PagedRequest,
+    P: Page,
+    F: FnMut(Q) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<P>, tonic::Status>>,
 {
     let mut all = Vec::new();
-    let mut token = String::new();
+    let mut request = first;
     loop {
-        let (items, next) = fetch(token).await?;
+        let (items, next) = call(request.clone())
+            .await
+            .map_err(CliError::rpc(what))?
+            .into_inner()
+            .into_page();
         all.extend(items);
         if next.is_empty() {
             return Ok(all);
         }
-        token = next;
+        request.set_page_token(next);
     }
 }

@@ -83,11 +83,7 @@ fn row(p: &pb::Preset) -> Vec<String> {
     vec![
         p.name.clone(),
         if p.read_only { "operator" } else { "yours" }.into(),
-        if p.agent.is_empty() {
-            "-".into()
-        } else {
-            p.agent.clone()
-        },
+        render::or_dash(&p.agent),
         if vars.is_empty() {
             "-".into()
         } else {
@@ -112,18 +108,8 @@ pub(super) async fn presets(
                 .map_err(CliError::rpc("listing presets"))?
                 .into_inner()
                 .presets;
-            if json {
-                for preset in &list {
-                    p.json(&to_json(preset)).await;
-                }
-            } else {
-                let rows: Vec<Vec<String>> = list.iter().map(row).collect();
-                p.out(&render::table(
-                    &["PRESET", "OWNER", "AGENT", "VARIABLES", "DESCRIPTION"],
-                    &rows,
-                ))
-                .await;
-            }
+            let header = ["PRESET", "OWNER", "AGENT", "VARIABLES", "DESCRIPTION"];
+            p.listing(json, &list, to_json, &header, row).await;
         }
         PresetsCommand::Get { name } => {
             let preset = c

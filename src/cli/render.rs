@@ -3,6 +3,7 @@
 //! the JSON objects printed one per line with `--json`. The formatting functions are pure; only
 //! [`Printer`] writes.
 
+use crate::domain::civil_from_days;
 use crate::pb;
 use crate::pb::job_event::Kind;
 use serde_json::{Value, json};
@@ -89,6 +90,26 @@ impl Printer {
 
     pub async fn json(&mut self, v: &Value) {
         self.line(&v.to_string()).await;
+    }
+
+    /// A listing: with `--json` one object a line (`to_json`), else a table of `header` and one
+    /// row per item (`to_row`).
+    pub async fn listing<T>(
+        &mut self,
+        json: bool,
+        items: &[T],
+        to_json: impl Fn(&T) -> Value,
+        header: &[&str],
+        to_row: impl Fn(&T) -> Vec<String>,
+    ) {
+        if json {
+            for item in items {
+                self.json(&to_json(item)).await;
+            }
+        } else {
+            let rows: Vec<Vec<String>> = items.iter().map(to_row).collect();
+            self.out(&table(header, &rows)).await;
+        }
     }
 
     pub async fn err(&mut self, s: &str) {
@@ -358,6 +379,15 @@ pub fn change_name(k: i32) -> &'static str {
     }
 }
 
+/// `s`, or `-` for an empty cell.
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
 /// RFC 3339 in UTC, second precision; empty when unset.
 pub fn fmt_time(ts: Option<&prost_types::Timestamp>) -> String {
     let Some(ts) = ts else {
@@ -372,21 +402,6 @@ pub fn fmt_time(ts: Option<&prost_types::Timestamp>) -> String {
         secs % 3600 / 60,
         secs % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Aligns rows into columns separated by two spaces; the last column is not padded.

@@ -125,28 +125,16 @@ pub(super) async fn webhooks(
                 .map_err(CliError::rpc("listing webhooks"))?
                 .into_inner()
                 .webhooks;
-            if json {
-                for w in &list {
-                    p.json(&hook_json(w)).await;
-                }
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|w| {
-                        vec![
-                            w.id.clone(),
-                            w.url.clone(),
-                            w.events.join(","),
-                            render::fmt_time(w.created.as_ref()),
-                        ]
-                    })
-                    .collect();
-                p.out(&render::table(
-                    &["WEBHOOK", "URL", "EVENTS", "CREATED"],
-                    &rows,
-                ))
-                .await;
-            }
+            let header = ["WEBHOOK", "URL", "EVENTS", "CREATED"];
+            p.listing(json, &list, hook_json, &header, |w| {
+                vec![
+                    w.id.clone(),
+                    w.url.clone(),
+                    w.events.join(","),
+                    render::fmt_time(w.created.as_ref()),
+                ]
+            })
+            .await;
         }
         WebhooksCommand::Delete { webhook_id } => {
             c.delete_webhook(pb::DeleteWebhookRequest {
@@ -190,18 +178,12 @@ pub(super) async fn webhooks(
                 .map_err(CliError::rpc("listing webhook deliveries"))?
                 .into_inner()
                 .deliveries;
-            if json {
-                for d in &list {
-                    p.json(&delivery_json(d)).await;
-                }
-            } else {
-                let rows: Vec<Vec<String>> = list.iter().map(delivery_row).collect();
-                let head = [
-                    "DELIVERY", "WEBHOOK", "EVENT", "JOB", "STATE", "ATTEMPTS", "STATUS",
-                    "LATENCY", "ERROR",
-                ];
-                p.out(&render::table(&head, &rows)).await;
-            }
+            let header = [
+                "DELIVERY", "WEBHOOK", "EVENT", "JOB", "STATE", "ATTEMPTS", "STATUS", "LATENCY",
+                "ERROR",
+            ];
+            p.listing(json, &list, delivery_json, &header, delivery_row)
+                .await;
         }
     }
     Ok(exit::OK)

@@ -7,12 +7,10 @@
 //! whose job was cancelled, deleted or finished meanwhile is told to end its tree; one that
 //! speaks another protocol version is refused and its job failed, never half-attached.
 
-use super::{Core, RunHandle, lock};
+use super::Core;
 use crate::domain::{Job, JobId, JobState};
 use crate::runner::adopt::{self, Attached, Claim, Refusal};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
 
 impl Core {
     /// Adopts every job a previous process left running here; runs before recovery, which then
@@ -131,22 +129,9 @@ impl Core {
 
     /// Registers an adopted job as running here (cancel finds it) and follows it to its end.
     fn start_adopted(self: &Arc<Self>, job: Job, a: Attached, claim: Claim) {
-        let (done_tx, done_rx) = watch::channel(false);
-        let handle = RunHandle {
-            control: Arc::default(),
-            cancel: CancellationToken::new(),
-            reason: Arc::new(OnceLock::new()),
-            done: done_rx,
-        };
-        lock(&self.running).insert(job.id.clone(), handle.clone());
-        let core = Arc::clone(self);
-        self.shutdown.spawn(async move {
-            let id = job.id.clone();
+        self.spawn_running(job.id.clone(), None, |core, handle| async move {
             core.run_adopted(job, &handle, a, claim.gateway).await;
             core.forget_claim(claim.token).await;
-            lock(&core.running).remove(&id);
-            let _ = done_tx.send(true);
-            core.wake.notify_one();
         });
     }
 }

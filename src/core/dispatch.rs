@@ -89,6 +89,24 @@ impl Core {
 
     pub(super) fn start_claimed(self: &Arc<Self>, claimed: Claimed) {
         let Claimed { job, cancel_reason } = claimed;
+        self.spawn_running(job.id.clone(), cancel_reason, |core, handle| async move {
+            core.run_job(job, &handle).await;
+        });
+    }
+
+    /// Runs job `id` here, claimed or adopted alike: registers its handle in `running` (where
+    /// cancel and control find it; `cancel_reason` cancels it before `run` starts), spawns
+    /// `run` on the shutdown tracker, and once `run` has stored the job's end takes the job out
+    /// of `running`, marks it done and wakes the dispatcher.
+    pub(super) fn spawn_running<F, Fut>(
+        self: &Arc<Self>,
+        id: JobId,
+        cancel_reason: Option<String>,
+        run: F,
+    ) where
+        F: FnOnce(Arc<Self>, RunHandle) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (done_tx, done_rx) = watch::channel(false);
         let handle = RunHandle {
             control: Arc::default(),
@@ -100,11 +118,11 @@ impl Core {
             let _ = handle.reason.set(reason);
             handle.cancel.cancel();
         }
-        lock(&self.running).insert(job.id.clone(), handle.clone());
+        lock(&self.running).insert(id.clone(), handle.clone());
+        let run = run(Arc::clone(self), handle);
         let core = Arc::clone(self);
         self.shutdown.spawn(async move {
-            let id = job.id.clone();
-            core.run_job(job, &handle).await;
+            run.await;
             lock(&core.running).remove(&id);
             let _ = done_tx.send(true);
             // A slot and the job's session are free again.

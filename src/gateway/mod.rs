@@ -15,6 +15,7 @@ pub mod meter;
 mod proxy;
 pub(crate) mod upstream;
 
+pub use crate::domain::civil_from_days;
 use crate::domain::{JobId, ModelCall, SessionId, TenantId, Timestamp};
 use crate::store::{DynStore, UsageFilter};
 use config::GatewayConfig;
@@ -379,21 +380,6 @@ pub fn month_start(micros: i64) -> i64 {
     let days = micros.div_euclid(DAY_MICROS);
     let (_, _, day) = civil_from_days(days);
     (days - i64::from(day) + 1) * DAY_MICROS
-}
-
-/// The UTC date (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (Howard
-/// Hinnant's civil-from-days).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Binds `socket` through its directory's descriptor: the data dir may be too long for a socket

@@ -517,4 +517,4 @@ pub struct TenantPreset {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -125,13 +125,7 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::presets::tests::vars;
 
     #[test]
     fn renders_each_placeholder_once_without_rescanning_values() {

@@ -12,7 +12,8 @@ fn preset() -> Preset {
     }
 }
 
-fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+/// Template variables from pairs.
+pub(crate) fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -7,7 +7,7 @@
 
 use super::fsops::{self, DIR_FLAGS, kind_of, open_parent, stat_at};
 use super::path::{normalize_dir, split_parent};
-use crate::domain::FileKind;
+use crate::domain::{FileKind, civil_from_days};
 use crate::error::{Error, Reason, Result};
 use bytes::Bytes;
 use nix::sys::stat::FileStat;
@@ -203,19 +203,6 @@ fn zip_time(secs: i64) -> zip::DateTime {
         (rem % 60) as u8,
     );
     zip::DateTime::from_date_and_time(y, m, d, h, mi, s).unwrap_or_default()
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 pub(super) fn open_out(format: ArchiveFormat, sink: ChunkSink) -> Box<dyn ArchiveOut> {

@@ -62,6 +62,34 @@ impl MockModel {
     }
 }
 
+/// The genuine Claude Code CLI that `scripts/install-agents` puts in `.cache/agents`.
+pub fn genuine_claude() -> PathBuf {
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/agents/node_modules/.bin/claude");
+    assert!(
+        cli.exists(),
+        "{} is missing: run scripts/install-agents",
+        cli.display()
+    );
+    cli
+}
+
+/// The `claude` profile (TOML) that runs Claude Code `cli` against the mock at `base`: no retries
+/// (a failure shows at once) and no tool search (its extra model calls would not be scripted).
+pub fn claude_profile(cli: &Path, base: &str) -> String {
+    // TOML basic strings share JSON's escapes for everything that can occur here.
+    let s = |v: &str| serde_json::to_string(v).expect("string");
+    format!(
+        "[agents.claude]\nkind = \"claude\"\ncommand = {}\n\
+         [agents.claude.env]\n\
+         ANTHROPIC_BASE_URL = {}\n\
+         ANTHROPIC_API_KEY = \"sk-ant-e2e-mock-key\"\n\
+         CLAUDE_CODE_MAX_RETRIES = \"0\"\n\
+         ENABLE_TOOL_SEARCH = \"false\"\n",
+        s(&cli.to_string_lossy()),
+        s(base)
+    )
+}
+
 impl Drop for MockModel {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mock_model;
+pub mod pg;
 pub mod receiver;
 
 use agentd::pb;
@@ -408,13 +409,23 @@ impl Clients {
 
     /// Submits to the named agent profile ("" for the server's default).
     pub async fn submit_to(&mut self, session: &str, agent: &str, prompt: &str) -> pb::Job {
+        self.submit_request(pb::SubmitJobRequest {
+            session_id: session.into(),
+            agent: agent.into(),
+            prompt: prompt.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Submits `request` as it is (with its metadata, if a `tonic::Request`), expecting it to be
+    /// taken.
+    pub async fn submit_request(
+        &mut self,
+        request: impl tonic::IntoRequest<pb::SubmitJobRequest>,
+    ) -> pb::Job {
         self.jobs
-            .submit_job(pb::SubmitJobRequest {
-                session_id: session.into(),
-                agent: agent.into(),
-                prompt: prompt.into(),
-                ..Default::default()
-            })
+            .submit_job(request)
             .await
             .expect("submit")
             .into_inner()
@@ -422,17 +433,48 @@ impl Clients {
             .expect("job")
     }
 
-    /// Streams a job's events after `after` until its `finished` event.
-    pub async fn events(&mut self, job: &str, after: u64) -> Vec<pb::JobEvent> {
-        let mut s = self
-            .jobs
+    /// Follows `job` from its first event until `pick` takes one, within `within`; panics with
+    /// `what` when the time runs out or the job ends first.
+    pub async fn follow_until<T>(
+        &mut self,
+        job: &str,
+        within: Duration,
+        what: &str,
+        mut pick: impl FnMut(&pb::JobEvent) -> Option<T>,
+    ) -> T {
+        let mut s = self.stream(job, 0).await;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, s.message())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not within {within:?}"))
+                .expect("stream message")
+                .unwrap_or_else(|| panic!("{what}: the job ended first"));
+            if let Some(t) = msg.events.iter().find_map(&mut pick) {
+                return t;
+            }
+        }
+    }
+
+    /// StreamJobEvents of `job` after seq `after`.
+    pub async fn stream(
+        &mut self,
+        job: &str,
+        after: u64,
+    ) -> tonic::Streaming<pb::StreamJobEventsResponse> {
+        self.jobs
             .stream_job_events(pb::StreamJobEventsRequest {
                 job_id: job.into(),
                 after_seq: after,
             })
             .await
             .expect("stream")
-            .into_inner();
+            .into_inner()
+    }
+
+    /// Streams a job's events after `after` until its `finished` event.
+    pub async fn events(&mut self, job: &str, after: u64) -> Vec<pb::JobEvent> {
+        let mut s = self.stream(job, after).await;
         let mut out = Vec::new();
         while let Some(msg) = s.message().await.expect("stream message") {
             out.extend(msg.events);
@@ -443,6 +485,39 @@ impl Clients {
     pub async fn wait(&mut self, job: &str) -> pb::Job {
         let _ = self.events(job, 0).await;
         self.get_job(job).await
+    }
+
+    /// CancelJob, expecting it to be taken; the job as the answer gives it.
+    pub async fn cancel(&mut self, job: &str) -> pb::Job {
+        self.jobs
+            .cancel_job(pb::CancelJobRequest { job_id: job.into() })
+            .await
+            .expect("cancel")
+            .into_inner()
+            .job
+            .expect("job")
+    }
+
+    /// Polls `job` until it is in `state`; panics after `within`.
+    pub async fn wait_state(
+        &mut self,
+        job: &str,
+        state: pb::JobState,
+        within: Duration,
+    ) -> pb::Job {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let j = self.get_job(job).await;
+            if j.state == state as i32 {
+                return j;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} still {:?} after {within:?}, wanted {state:?}",
+                pb::JobState::try_from(j.state)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn get_job(&mut self, job: &str) -> pb::Job {
@@ -473,6 +548,21 @@ impl Clients {
         }
         Ok(out)
     }
+}
+
+/// A job for the stand-in agent that streams for about `rounds` × 0.2 s: each round three texts
+/// and a sleep.
+pub fn streaming(rounds: usize) -> String {
+    vec!["lines 3 ; sleep 0.2"; rounds].join(" ; ")
+}
+
+/// The texts `streaming(rounds)` reports, in order (the stand-in ends its turn with one more).
+pub fn streamed(rounds: usize) -> Vec<String> {
+    (0..rounds)
+        .flat_map(|_| ["line 1", "line 2", "line 3", "sleeping 0.2s"])
+        .chain(["turn 1: done"])
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The ErrorInfo reason of a status.
@@ -554,37 +644,40 @@ pub fn texts(events: &[pb::JobEvent]) -> Vec<String> {
         .collect()
 }
 
+/// Every process of the host as (pid, its /proc dir, its command line with spaces for NULs).
+fn procs() -> Vec<(u32, PathBuf, String)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            Some((pid, e.path(), cmd.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// Live (non-zombie) processes whose working directory is `dir` or below it, as (pid, cmdline):
 /// agents run in their workspace, and so do whatever they spawn unless it moves away.
 pub fn procs_under(dir: &Path) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
-            continue;
-        };
-        if !cwd.starts_with(dir) {
-            continue;
-        }
-        let zombie = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if !zombie {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            out.push((pid, cmd.trim().to_owned()));
-        }
-    }
-    out
+    procs()
+        .into_iter()
+        .filter(|(_, proc_dir, _)| {
+            let inside =
+                std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+            let zombie = std::fs::read_to_string(proc_dir.join("stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            inside && !zombie
+        })
+        .map(|(pid, _, cmd)| (pid, cmd))
+        .collect()
 }
 
 /// A `kB` field of /proc/<pid>/status, e.g. `VmRSS` or `VmHWM`.
@@ -790,25 +883,12 @@ pub fn mounts_mentioning(needle: &str) -> Vec<String> {
 /// marker put in a prompt or a shell command finds the agent and every tool process it started.
 pub fn procs_with(token: &str) -> Vec<(u32, String)> {
     let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+    procs()
+        .into_iter()
         // Zombies have an empty cmdline, so anything matching here is alive.
-        if cmd.contains(token) {
-            out.push((pid, cmd.trim().to_owned()));
-        }
-    }
-    out
+        .filter(|(pid, _, cmd)| *pid != me && cmd.contains(token))
+        .map(|(pid, _, cmd)| (pid, cmd))
+        .collect()
 }
 
 /// Whether the processes in cgroup `dir` are all a waiting standby supervisor's (its ns-init keeps
@@ -821,4 +901,48 @@ pub fn is_standbys(dir: &Path) -> bool {
             std::fs::read(format!("/proc/{p}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__supervise-standby"))
         })
+}
+
+/// `git diff --no-index` of two directories, with git's paths made workspace-relative and the
+/// `index` lines (abbreviated blob ids agentd does not print) left out.
+/// (`root` holds the two: `before` and `after`.)
+pub fn git_diff(root: &Path) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "core.quotepath=off",
+            "diff",
+            "--no-index",
+            "-M",
+            "--no-color",
+            "before",
+            "after",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .replace("a/before/", "a/")
+        .replace("b/after/", "b/")
+        // git names both sides from the existing file for additions and deletions.
+        .replace("a/after/", "a/")
+        .replace("b/before/", "b/")
+        .replace("rename from before/", "rename from ")
+        .replace("rename to after/", "rename to ")
+        .lines()
+        .filter(|l| !l.starts_with("index "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Runs `script` with `sh -c` in `dir`, expecting it to succeed.
+pub fn sh(dir: &Path, script: &str) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{script}");
 }

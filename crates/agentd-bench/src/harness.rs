@@ -341,29 +341,36 @@ impl Clients {
         }
     }
 
-    /// Streams `job` from `after_seq` to its `finished` event, calling `each` with every
-    /// message's arrival time and events.
-    pub async fn follow(
+    /// StreamJobEvents of `job` from its first event.
+    pub async fn stream(
         &mut self,
         job: &str,
-        mut each: impl FnMut(u64, &[pb::JobEvent]),
-    ) -> Result<pb::JobFinished> {
-        let mut s = self
+    ) -> Result<tonic::Streaming<pb::StreamJobEventsResponse>> {
+        Ok(self
             .jobs
             .stream_job_events(pb::StreamJobEventsRequest {
                 job_id: job.into(),
                 after_seq: 0,
             })
             .await?
-            .into_inner();
-        while let Some(msg) = s.message().await? {
-            let now = mono_ns();
-            each(now, &msg.events);
-            if let Some(f) = finished(&msg.events) {
-                return Ok(f);
-            }
-        }
-        Err(anyhow!("stream of {job} ended before its finished event"))
+            .into_inner())
+    }
+
+    /// Streams `job` to its `finished` event, calling `each` with every message's arrival time
+    /// and events.
+    pub async fn follow(
+        &mut self,
+        job: &str,
+        each: impl FnMut(u64, &[pb::JobEvent]),
+    ) -> Result<pb::JobFinished> {
+        let s = self.stream(job).await?;
+        until_finished(
+            s,
+            |m| m.events.as_slice(),
+            each,
+            &format!("the stream of {job}"),
+        )
+        .await
     }
 
     /// RunJob: calls `each` like [`Clients::follow`].
@@ -371,9 +378,9 @@ impl Clients {
         &mut self,
         session: &str,
         prompt: &str,
-        mut each: impl FnMut(u64, &[pb::JobEvent]),
+        each: impl FnMut(u64, &[pb::JobEvent]),
     ) -> Result<pb::JobFinished> {
-        let mut s = self
+        let s = self
             .jobs
             .run_job(pb::RunJobRequest {
                 job: Some(pb::SubmitJobRequest {
@@ -384,15 +391,26 @@ impl Clients {
             })
             .await?
             .into_inner();
-        while let Some(msg) = s.message().await? {
-            let now = mono_ns();
-            each(now, &msg.events);
-            if let Some(f) = finished(&msg.events) {
-                return Ok(f);
-            }
-        }
-        Err(anyhow!("RunJob stream ended before its finished event"))
+        until_finished(s, |m| m.events.as_slice(), each, "the RunJob stream").await
     }
+}
+
+/// Reads `s` until a message holds the `finished` event, calling `each` with every message's
+/// arrival time and events (`events` picks them out of a message).
+async fn until_finished<M>(
+    mut s: tonic::Streaming<M>,
+    events: impl Fn(&M) -> &[pb::JobEvent],
+    mut each: impl FnMut(u64, &[pb::JobEvent]),
+    what: &str,
+) -> Result<pb::JobFinished> {
+    while let Some(msg) = s.message().await? {
+        let now = mono_ns();
+        each(now, events(&msg));
+        if let Some(f) = finished(events(&msg)) {
+            return Ok(f);
+        }
+    }
+    Err(anyhow!("{what} ended before its finished event"))
 }
 
 fn finished(events: &[pb::JobEvent]) -> Option<pb::JobFinished> {

@@ -36,7 +36,15 @@ struct Args {
     /// The agentd executable (default: `agentd` next to this one).
     #[arg(long)]
     agentd: Option<PathBuf>,
-    /// Exit with status 1 when a goal is missed.
+    /// Another agentd executable (e.g. the previous build) to compare with: the scenarios run
+    /// against both, alternating, for --runs rounds, and each figure gets the ratio of the two
+    /// and a verdict against the noise between rounds (see BENCHMARKS.md, "How to reproduce").
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Rounds of the comparison with --baseline (each round runs both executables once).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Exit with status 1 when a goal is missed (with --baseline: when a figure is slower).
     #[arg(long)]
     strict: bool,
     /// List the scenarios and exit.
@@ -83,15 +91,17 @@ fn run(args: Args) -> Result<i32> {
         }
     }
     let me = std::env::current_exe().context("own path")?;
-    let agentd = match args.agentd {
-        Some(p) => p,
+    let agentd = match &args.agentd {
+        Some(p) => p.clone(),
         None => me.with_file_name("agentd"),
     };
-    if !agentd.is_file() {
-        bail!(
-            "no agentd executable at {} (build it, or pass --agentd)",
-            agentd.display()
-        );
+    for exe in std::iter::once(&agentd).chain(&args.baseline) {
+        if !exe.is_file() {
+            bail!(
+                "no agentd executable at {} (build it, or pass --agentd)",
+                exe.display()
+            );
+        }
     }
     let env = harness::Env {
         agentd,
@@ -106,6 +116,21 @@ fn run(args: Args) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let code = match &args.baseline {
+        None => measure(&rt, &env, &args),
+        Some(baseline) => compare(&rt, env, baseline.clone(), &args),
+    };
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
+}
+
+/// Runs the chosen scenarios once against `env.agentd`; the failed ones are named in the log.
+fn run_scenarios(
+    rt: &tokio::runtime::Runtime,
+    env: &harness::Env,
+    args: &Args,
+    print_json: bool,
+) -> (Vec<report::Metric>, Vec<&'static str>) {
     let mut metrics = Vec::new();
     let mut failed = Vec::new();
     for s in scenarios::ALL {
@@ -114,14 +139,14 @@ fn run(args: Args) -> Result<i32> {
         }
         eprintln!("agentd-bench: {} …", s.name);
         let started = std::time::Instant::now();
-        match rt.block_on((s.run)(&env)) {
+        match rt.block_on((s.run)(env)) {
             Ok(ms) => {
                 eprintln!(
                     "agentd-bench: {} done in {:.1}s",
                     s.name,
                     started.elapsed().as_secs_f64()
                 );
-                if args.json {
+                if print_json {
                     for m in &ms {
                         println!("{}", m.json());
                     }
@@ -134,7 +159,12 @@ fn run(args: Args) -> Result<i32> {
             }
         }
     }
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    (metrics, failed)
+}
+
+/// The bench proper: agentd against the raw mechanisms, with the goals of issue #8.
+fn measure(rt: &tokio::runtime::Runtime, env: &harness::Env, args: &Args) -> Result<i32> {
+    let (metrics, failed) = run_scenarios(rt, env, args, args.json);
     if !args.json {
         println!(
             "\nagentd-bench{} — {}\n",
@@ -154,6 +184,74 @@ fn run(args: Args) -> Result<i32> {
     }
     if !missed.is_empty() {
         eprintln!("agentd-bench: goals missed: {}", missed.join(", "));
+        if args.strict {
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}
+
+/// `env.agentd` against `baseline`, in the same run: `--runs` rounds, each running the scenarios
+/// against both, the first of the two alternating so that a drift of the machine's load falls on
+/// both alike.
+fn compare(
+    rt: &tokio::runtime::Runtime,
+    env: harness::Env,
+    baseline: PathBuf,
+    args: &Args,
+) -> Result<i32> {
+    let branch = env.agentd.clone();
+    let mut env = env;
+    let mut rounds: [Vec<Vec<report::Metric>>; 2] = [Vec::new(), Vec::new()];
+    let mut failed = Vec::new();
+    for round in 0..args.runs {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            env.agentd = [&branch, &baseline][which].clone();
+            eprintln!(
+                "agentd-bench: round {}/{} with {}",
+                round + 1,
+                args.runs,
+                env.agentd.display()
+            );
+            let (metrics, f) = run_scenarios(rt, &env, args, false);
+            failed.extend(f);
+            rounds[which].push(metrics);
+        }
+    }
+    let [ours, theirs] = rounds;
+    let figures = report::compare(&ours, &theirs);
+    if args.json {
+        for f in &figures {
+            println!("{}", f.json());
+        }
+    } else {
+        println!(
+            "\nagentd-bench{} — this agentd {}, baseline {}, {} rounds — {}\n",
+            if args.quick { " --quick" } else { "" },
+            branch.display(),
+            baseline.display(),
+            args.runs,
+            machine()
+        );
+        print!("{}", report::comparison_table(&figures));
+    }
+    if !failed.is_empty() {
+        failed.sort_unstable();
+        failed.dedup();
+        eprintln!("agentd-bench: scenarios failed: {}", failed.join(", "));
+        return Ok(2);
+    }
+    let slower: Vec<&str> = figures
+        .iter()
+        .filter(|f| f.verdict() == report::Verdict::Slower)
+        .map(|f| f.name.as_str())
+        .collect();
+    if !slower.is_empty() {
+        eprintln!(
+            "agentd-bench: slower than the baseline: {}",
+            slower.join(", ")
+        );
         if args.strict {
             return Ok(1);
         }

@@ -60,14 +60,7 @@ async fn through_agentd(env: &Env, fake: &Path, n: usize) -> Result<Vec<u64>> {
         .job
         .context("no job in the answer")?
         .job_id;
-    let mut s = c
-        .jobs
-        .stream_job_events(pb::StreamJobEventsRequest {
-            job_id: job.clone(),
-            after_seq: 0,
-        })
-        .await?
-        .into_inner();
+    let mut s = c.stream(&job).await?;
     let mut asked_at = None;
     let mut trips = Vec::with_capacity(n);
     while let Some(msg) = s.message().await? {

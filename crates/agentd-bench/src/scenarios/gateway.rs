@@ -153,14 +153,7 @@ pub async fn gateway(env: &Env) -> Result<Vec<Metric>> {
 async fn fetch_token(a: &Agentd, job: &str) -> Result<String> {
     let mut c = a.clients().await?;
     for _ in 0..100 {
-        let mut s = c
-            .jobs
-            .stream_job_events(pb::StreamJobEventsRequest {
-                job_id: job.into(),
-                after_seq: 0,
-            })
-            .await?
-            .into_inner();
+        let mut s = c.stream(job).await?;
         let msg = tokio::time::timeout(Duration::from_millis(500), s.message()).await;
         if let Ok(Ok(Some(m))) = msg {
             for e in m.events {
