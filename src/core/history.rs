@@ -37,14 +37,9 @@ pub struct DiffChunk {
 }
 
 impl Core {
-    /// Snapshots the session's workspace on one side of a job and records it.
-    pub(super) async fn snapshot_job(
-        &self,
-        session: &SessionId,
-        job: &JobId,
-        point: SnapPoint,
-    ) -> Result<Taken> {
-        let prev = self
+    /// The tree of the session's newest snapshot: the listing a new one starts from.
+    pub(super) async fn latest_tree(&self, session: &SessionId) -> Result<Option<String>> {
+        Ok(self
             .store
             .snapshots(&SnapshotFilter {
                 session: Some(session.clone()),
@@ -52,43 +47,31 @@ impl Core {
             })
             .await?
             .pop()
-            .map(|r| r.tree);
-        self.take_snapshot(session, job, point, prev).await
+            .map(|r| r.tree))
     }
 
-    /// The snapshot after a job, over the listing of the one before it (the session's newest: a
-    /// session runs one job at a time), without asking the store for it.
-    pub(super) async fn snapshot_after(
-        &self,
-        session: &SessionId,
-        job: &JobId,
-        before_id: &str,
-    ) -> Result<Taken> {
-        self.take_snapshot(session, job, SnapPoint::After, Some(before_id.to_owned()))
-            .await
-    }
-
-    async fn take_snapshot(
+    /// A snapshot over `prev`'s listing, not recorded yet: the caller stores the row when it
+    /// suits it (a job's before-snapshot, beside its agent's start). Collection keeps the tree
+    /// meanwhile (its `GRACE`).
+    pub(super) async fn take_unrecorded(
         &self,
         session: &SessionId,
         job: &JobId,
         point: SnapPoint,
         prev: Option<String>,
-    ) -> Result<Taken> {
+    ) -> Result<(Taken, SnapshotRow)> {
         let taken = self.workspaces.take_snapshot(session, prev).await?;
-        self.store
-            .put_snapshot(&SnapshotRow {
-                job: job.clone(),
-                point,
-                session: session.clone(),
-                tree: taken.id.clone(),
-                bytes_added: taken.stats.bytes_added,
-                created: Timestamp::now(),
-            })
-            .await?;
+        let row = SnapshotRow {
+            job: job.clone(),
+            point,
+            session: session.clone(),
+            tree: taken.id.clone(),
+            bytes_added: taken.stats.bytes_added,
+            created: Timestamp::now(),
+        };
         tracing::debug!(job = %job, point = point.as_str(), files = taken.stats.files,
             read = taken.stats.files_read, bytes_added = taken.stats.bytes_added, "snapshot taken");
-        Ok(taken)
+        Ok((taken, row))
     }
 
     /// The exact changes between a job's two snapshots.

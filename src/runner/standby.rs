@@ -274,8 +274,10 @@ impl Standby {
     /// supervisor it is complete.
     async fn launch(mut self, spec: &ProcessSpec) -> Result<Process> {
         // Back to the normal priority before it forks the agent (in the fallback mode) and while
-        // it forwards signals; ns-init restores its own once it has the spec.
-        set_policy(self.pid, libc::SCHED_OTHER).map_err(|e| {
+        // it forwards signals; ns-init restores its own once it has the spec. Every thread of it:
+        // the spool thread (adoption) was started while it waited at the idle priority, and it
+        // carries the agent's output to agentd for the whole job.
+        set_process_policy(self.pid, libc::SCHED_OTHER).map_err(|e| {
             Error::internal(format!(
                 "cannot restore the standby supervisor's priority: {e}"
             ))
@@ -322,8 +324,35 @@ impl Standby {
     }
 }
 
-/// Sets the scheduling policy of process `pid` (its only thread: supervisors are single-threaded;
-/// 0 is the calling thread).
+/// Sets the scheduling policy of every thread of process `pid`: its main thread first, so that a
+/// thread it starts from then on inherits the policy, then each thread it had started before
+/// (a policy belongs to a thread, and [`set_policy`] of the pid changes the main one only). A
+/// thread that ended meanwhile is skipped. Reads `/proc/<pid>/task`, which costs a few
+/// microseconds and never touches a disk, so it stays on the caller's thread.
+fn set_process_policy(pid: i32, policy: libc::c_int) -> std::io::Result<()> {
+    set_policy(pid, policy)?;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if tid == pid {
+            continue;
+        }
+        match set_policy(tid, policy) {
+            // Ended since the listing.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Sets the scheduling policy of thread `pid` (a process's pid names its main thread; 0 is the
+/// calling thread).
 #[allow(unsafe_code)]
 pub(super) fn set_policy(pid: i32, policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };

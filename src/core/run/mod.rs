@@ -18,7 +18,7 @@ use crate::domain::{EventKind, Job, JobState, Outcome, Session, Timestamp, Usage
 use crate::error::{Reason, Result};
 use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, Stdin, StopCause};
-use crate::store::{JobUpdate, SnapPoint};
+use crate::store::{JobUpdate, SnapPoint, SnapshotRow};
 use crate::telemetry::{TraceParent, metrics, trace};
 use crate::workspace::history::Taken;
 use finish::FinishFacts;
@@ -64,6 +64,8 @@ struct Prepared<'c> {
     access: Option<(crate::gateway::Access, Vec<(String, String)>)>,
     budget_hit: Arc<OnceLock<String>>,
     before: Taken,
+    /// The before-snapshot's row, when this turn took it: not stored yet.
+    before_row: Option<SnapshotRow>,
     tx: mpsc::Sender<Output>,
     rx: mpsc::Receiver<Output>,
     /// Under permission_mode `ask`: what its controller needs.
@@ -167,18 +169,34 @@ impl Core {
         let stdin = p.spec.stdin.clone();
         let agent_span =
             tracing::info_span!("agent", program = %program, pid = tracing::field::Empty);
-        let process = match self
-            .launcher
-            .spawn(p.spec)
-            .instrument(agent_span.clone())
-            .await
-        {
+        // The before-snapshot's row commits while the agent starts: the snapshot itself (what
+        // the workspace held) was taken before, and nothing reads the row until the job ends.
+        let before_row = p.before_row;
+        let before_row = async {
+            match &before_row {
+                Some(row) => self.store.put_snapshot(row).await,
+                None => Ok(()),
+            }
+        };
+        let (spawned, recorded) = tokio::join!(
+            self.launcher.spawn(p.spec).instrument(agent_span.clone()),
+            before_row,
+        );
+        let process = match spawned {
             Ok(process) => process,
             Err(e) => {
+                recorded?;
                 let msg = format!("cannot start agent {program:?}: {e}");
                 return self.finish(sink, None, FinishFacts::failed(msg)).await;
             }
         };
+        // Without its before-snapshot the job's outputs could not be told: the job fails inside
+        // the server, as when the row was stored before the start, and the agent just started
+        // goes (dropping the process kills its supervisor and with it the tree).
+        if let Err(e) = recorded {
+            drop(process);
+            return Err(e);
+        }
         let started = Timestamp::now();
         agent_span.record("pid", process.pid());
         let gateway_token = p.access.as_ref().map(|(a, _)| a.token.clone());
@@ -317,14 +335,28 @@ impl Core {
         }
         hold_end_for_tests().await;
         let ended = async {
-            self.record_outputs(job, &p.session, &p.before.tree, Some(&p.before.id))
-                .await?;
-            // Before the job is final: the session's next job may start as soon as it is.
-            if let Some(id) = &facts.conversation_id {
-                self.store
-                    .set_agent_conversation(&p.session.id, &job.spec.agent, id, Timestamp::now())
-                    .await?;
-            }
+            // Both before the job is final (its outputs are part of it; the session's next job
+            // may start as soon as it is), and independent of each other: written together, they
+            // share a commit where the store groups what is queued (SQLite's writer).
+            let conversation = async {
+                match &facts.conversation_id {
+                    Some(id) => {
+                        self.store
+                            .set_agent_conversation(
+                                &p.session.id,
+                                &job.spec.agent,
+                                id,
+                                Timestamp::now(),
+                            )
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            tokio::try_join!(
+                self.record_outputs(job, &p.session, &p.before.tree, Some(&p.before.id)),
+                conversation,
+            )?;
             // Not running any more once a reader can see it final (a scrape right after must
             // agree).
             drop(running);
@@ -349,7 +381,25 @@ impl Core {
         sink: &mut Sink<'_>,
         before: Option<Taken>,
     ) -> Result<Prep<'c>> {
-        let Some(session) = self.store.get_session_any(&job.session_id).await? else {
+        // Three independent reads, waited for together: the session; the agent's own
+        // conversation (a session that switched agents must never hand one agent another's id,
+        // #20; a deleted session has none); the listing the before-snapshot starts from (a
+        // corrective turn has its snapshot already).
+        let snapshot_due = before.is_none();
+        let latest_tree = async {
+            if snapshot_due {
+                self.latest_tree(&job.session_id).await
+            } else {
+                Ok(None)
+            }
+        };
+        let (session, resume, latest_tree) = tokio::try_join!(
+            self.store.get_session_any(&job.session_id),
+            self.store
+                .agent_conversation(&job.session_id, &job.spec.agent),
+            latest_tree,
+        )?;
+        let Some(session) = session else {
             return Ok(Prep::Settle(FinishFacts::failed(
                 "session was deleted".into(),
             )));
@@ -366,12 +416,6 @@ impl Core {
         };
         let workspace = self.workspaces.workspace_dir(&session.id);
         let home = self.workspaces.home_dir(&session.id);
-        // The agent's own conversation: a session that switched agents must never hand one
-        // agent another's id (#20).
-        let resume = self
-            .store
-            .agent_conversation(&session.id, &job.spec.agent)
-            .await?;
         let sandbox = self.config.sandbox.of(&job.spec.agent);
         let mut extras = match self.resolve_catalog(&job.spec.catalog, &home) {
             Ok(e) => e,
@@ -423,11 +467,14 @@ impl Core {
             (Some(text), None) => Stdin::File(write_input(&home, text).await?),
             (None, None) => Stdin::Null,
         };
-        let before = match before {
-            Some(taken) => taken,
+        // Its row is stored beside the agent's start (`execute_turn`).
+        let (before, before_row) = match before {
+            Some(taken) => (taken, None),
             None => {
-                self.snapshot_job(&session.id, &job.id, SnapPoint::Before)
-                    .await?
+                let (taken, row) = self
+                    .take_unrecorded(&session.id, &job.id, SnapPoint::Before, latest_tree)
+                    .await?;
+                (taken, Some(row))
             }
         };
 
@@ -482,6 +529,7 @@ impl Core {
             access,
             budget_hit,
             before,
+            before_row,
             tx,
             rx,
             pipe,
@@ -531,8 +579,8 @@ impl Core {
 
     /// What the job changed in the workspace, from its two snapshots, stored with the job. The
     /// after-snapshot is taken over the listing of `before_id` when the caller holds it (a session
-    /// runs one job at a time: it is the session's newest). A snapshot that cannot be taken loses
-    /// the outputs, not the job.
+    /// runs one job at a time: it is the session's newest), without asking the store for it. A
+    /// snapshot that cannot be taken loses the outputs, not the job.
     async fn record_outputs(
         &self,
         job: &Job,
@@ -540,21 +588,35 @@ impl Core {
         before: &crate::workspace::history::Tree,
         before_id: Option<&str>,
     ) -> Result<()> {
-        let after = match before_id {
-            Some(id) => self.snapshot_after(&session.id, &job.id, id).await,
-            None => {
-                self.snapshot_job(&session.id, &job.id, SnapPoint::After)
+        let prev = match before_id {
+            Some(id) => Ok(Some(id.to_owned())),
+            None => self.latest_tree(&session.id).await,
+        };
+        let after = match prev {
+            Ok(prev) => {
+                self.take_unrecorded(&session.id, &job.id, SnapPoint::After, prev)
                     .await
             }
+            Err(e) => Err(e),
         };
-        match after {
-            Ok(after) => {
-                let changes = Self::outputs_of(before, &after.tree);
-                self.store.put_job_outputs(&job.id, &changes).await?;
+        let (after, row) = match after {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace");
+                return Ok(());
             }
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot snapshot workspace"),
+        };
+        let changes = Self::outputs_of(before, &after.tree);
+        // The snapshot's row and the outputs do not depend on each other: written together,
+        // they share a commit where the store groups what is queued (SQLite's writer).
+        let (row_stored, outputs_stored) = tokio::join!(
+            self.store.put_snapshot(&row),
+            self.store.put_job_outputs(&job.id, &changes),
+        );
+        if let Err(e) = row_stored {
+            tracing::warn!(job = %job.id, error = %e, "cannot record the after-snapshot");
         }
-        Ok(())
+        outputs_stored
     }
 
     /// The history's retention, once the job is final: nobody waits for it.

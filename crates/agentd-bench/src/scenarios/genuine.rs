@@ -33,6 +33,9 @@ const PROMPT: &str = "hello";
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 const KINDS: [&str; 4] = ["claude", "codex", "opencode", "gemini"];
 
+/// Extra `[sandbox]` keys for agentd's side (see [`genuine`]).
+const SANDBOX_ENV: &str = "AGENTD_BENCH_GENUINE_SANDBOX";
+
 /// `--agents`: the kinds named, or all four for `all`.
 pub fn agents(names: &[String]) -> Result<Vec<String>> {
     if names.iter().any(|n| n == "all") {
@@ -60,7 +63,12 @@ pub async fn genuine(env: &Env) -> Result<Vec<Metric>> {
         .collect::<Result<Vec<_>>>()?;
     // The direct side calls the model server itself, so agentd's side must too: naming the
     // network keeps a profile that carries a provider key off the default gateway route.
-    let config: String = std::iter::once("[sandbox]\nnetwork = \"host\"\n".to_owned())
+    // `AGENTD_BENCH_GENUINE_SANDBOX`: more `[sandbox]` keys (one per line), to tell what a part
+    // of the jail costs the agent against the same run (`cpu_millis = 0`: no CPU quota).
+    // `enabled = false` cannot be told this way: an unjailed job keeps the host's `TMPDIR`, and
+    // the two sides' environments must match.
+    let extra = std::env::var(SANDBOX_ENV).unwrap_or_default();
+    let config: String = std::iter::once(format!("[sandbox]\nnetwork = \"host\"\n{extra}\n"))
         .chain(profiles.iter().map(toml_of))
         .collect();
     // Where someone who runs agentd from a checkout has its data dir (`./agentd-data`): inside
