@@ -38,6 +38,8 @@ const RECORD_EXT: &str = "run";
 /// How long a sweep keeps killing marked processes (ones that fork while being killed) before it
 /// gives up (a process in uninterruptible sleep cannot die).
 const SWEEP_LIMIT: Duration = Duration::from_secs(10);
+/// How long a start waits for a lock held past its holder's death (see [`lock_file`]).
+const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(3);
 
 /// The directory of run records and the lock, under a data dir.
 pub fn run_dir(data_dir: &Path) -> PathBuf {
@@ -100,31 +102,58 @@ pub fn claim_keeping(
         .truncate(false)
         .open(&lock_path)
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", lock_path.display())))?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((mut file, Errno::EWOULDBLOCK)) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(Error::internal(format!(
-                "another agentd (pid {}) is using the data dir {}: {} is locked",
-                holder.trim(),
-                data_dir.display(),
-                lock_path.display()
-            )));
-        }
-        Err((_, e)) => {
-            return Err(Error::internal(format!(
-                "cannot lock {}: {e}",
-                lock_path.display()
-            )));
-        }
-    };
+    let mut lock = lock_file(file, &lock_path, data_dir)?;
     // For the message a second agentd shows; the lock itself is the flock.
     let _ = lock.set_len(0);
     let _ = lock.rewind();
     let _ = write!(lock, "{}", std::process::id());
     let swept = sweep(&dir, cgroup_parent, adoptable);
     Ok((RunLock { _lock: lock }, swept))
+}
+
+/// Takes the lock on `file`. A lock whose recorded holder is alive belongs to another agentd and
+/// is refused at once; one whose holder is dead is waited for (up to [`DEAD_HOLDER_GRACE`]): a
+/// child the dead agentd was starting shares its open lock file until its `execve` closes it, so
+/// a restart right after a kill -9 could otherwise be refused.
+fn lock_file(mut file: File, lock_path: &Path, data_dir: &Path) -> Result<Flock<File>> {
+    let waited_since = Instant::now();
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((held, Errno::EWOULDBLOCK)) => {
+                file = held;
+                let holder = holder_of(&mut file);
+                let dead = holder.is_some_and(|pid| {
+                    pid != std::process::id() as i32
+                        && kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH)
+                });
+                if dead && waited_since.elapsed() < DEAD_HOLDER_GRACE {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                return Err(Error::internal(format!(
+                    "another agentd (pid {}) is using the data dir {}: {} is locked",
+                    holder.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+                    data_dir.display(),
+                    lock_path.display()
+                )));
+            }
+            Err((_, e)) => {
+                return Err(Error::internal(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        }
+    }
+}
+
+/// The pid the lock's holder wrote into it.
+fn holder_of(file: &mut File) -> Option<i32> {
+    let mut holder = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut holder).ok()?;
+    holder.trim().parse().ok().filter(|pid| *pid > 0)
 }
 
 /// Kills what the records in `dir` describe and removes them; with `adoptable`, leaves alone
@@ -216,26 +245,25 @@ fn kill_marked(tokens: &HashSet<String>) -> usize {
     }
 }
 
+/// The pids `/proc` lists (none when it cannot be read); each may be gone by the time it is read.
+pub(crate) fn proc_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
 /// Live processes (not zombies, whose environ reads empty) carrying one of `tokens`.
 fn marked_processes(tokens: &HashSet<String>, skip: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let prefix = format!("{RUN_TOKEN_ENV}=");
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         if pid == skip {
             continue;
         }
         // Gone already, or not ours to read: skip it.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
         let carries = environ.split(|b| *b == 0).any(|var| {
@@ -390,5 +418,29 @@ mod tests {
         );
         drop(lock);
         claim(dir.path(), None).expect("free again once the holder is gone");
+    }
+
+    /// A restart right after a kill -9 finds the lock held for a moment by a child the dead
+    /// agentd was starting (between fork and exec it shares the lock file): it waits for it
+    /// instead of refusing to start.
+    #[test]
+    fn a_lock_outliving_its_dead_holder_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(claim(dir.path(), None).unwrap());
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let dead = exited.id();
+        exited.wait().unwrap();
+        let path = run_dir(dir.path()).join(LOCK_FILE);
+        std::fs::write(&path, dead.to_string()).unwrap();
+        let child_copy = Flock::lock(File::open(&path).unwrap(), FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(child_copy);
+        });
+        let (lock, _) = claim(dir.path(), None).expect("waited for the dead holder's lock");
+        release.join().unwrap();
+        drop(lock);
     }
 }
