@@ -81,16 +81,21 @@ fn usage(script: &str) -> i32 {
     2
 }
 
+/// Sleeps until tick `i` is due, `interval_us` apart from `start` (drift does not add up).
+fn pace(start: u64, i: u64, interval_us: u64) {
+    let due = start + i * interval_us * 1000;
+    let now = mono_ns();
+    if due > now {
+        std::thread::sleep(Duration::from_nanos(due - now));
+    }
+}
+
 fn ticks(interval_us: u64, count: u64, delay_ms: u64) -> std::io::Result<()> {
     std::thread::sleep(Duration::from_millis(delay_ms));
     let start = mono_ns();
     let mut o = std::io::stdout().lock();
     for i in 0..count {
-        let due = start + i * interval_us * 1000;
-        let now = mono_ns();
-        if due > now {
-            std::thread::sleep(Duration::from_nanos(due - now));
-        }
+        pace(start, i, interval_us);
         writeln!(o, "t {}", mono_ns())?;
         o.flush()?;
     }
@@ -103,11 +108,7 @@ fn claude(interval_us: u64, count: u64, deltas: bool) -> std::io::Result<()> {
     let start = mono_ns();
     let mut o = std::io::stdout().lock();
     for i in 0..count {
-        let due = start + i * interval_us * 1000;
-        let now = mono_ns();
-        if due > now {
-            std::thread::sleep(Duration::from_nanos(due - now));
-        }
+        pace(start, i, interval_us);
         if deltas {
             let delta = format!("d {} ", mono_ns());
             writeln!(

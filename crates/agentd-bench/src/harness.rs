@@ -373,6 +373,25 @@ impl Clients {
         .await
     }
 
+    /// SubmitJob → the stand-in agent's `hello` stamp (ns), following the job to its end.
+    pub async fn submit_to_agent(&mut self, session: &str) -> Result<u64> {
+        let t0 = mono_ns();
+        let job = self.submit(session, "hello").await?;
+        let mut agent = None;
+        succeeded(
+            &self
+                .follow(&job, |_, evs| {
+                    for e in evs {
+                        if let Some(t) = text(e).and_then(|l| stamp(l, "h")) {
+                            agent = Some(t);
+                        }
+                    }
+                })
+                .await?,
+        )?;
+        Ok(agent.context("no hello line")? - t0)
+    }
+
     /// RunJob: calls `each` like [`Clients::follow`].
     pub async fn run(
         &mut self,

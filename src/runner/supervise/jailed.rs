@@ -17,7 +17,7 @@
 
 use super::{
     _exit, Agent, End, SETUP_FAILED, clone_child, decode_jail, decode_spec, enter_place, exec_now,
-    reap_blocking, wait_for,
+    reap_blocking, wait_for, write_all,
 };
 use crate::runner::jail::{self, INSIDE_ID, JailSpec, Network, Shape, fs, seccomp, watch, writes};
 use crate::runner::records::RUN_TOKEN_ENV;
@@ -28,7 +28,7 @@ use nix::sys::prctl;
 use nix::sys::signal::{SigSet, Signal, kill, killpg};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, pipe2, read, setpgid};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The supervisor's side, recording in `run_dir` when given. Returns how the agent (or the tree)
@@ -350,17 +350,6 @@ fn limit(cgroup: Option<&jail::cgroup::JobCgroup>, jail: &JailSpec) -> Result<()
     }
 }
 
-fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Arms (or, with zero, disarms) the SIGALRM tick of the limit watch.
 fn tick(every: std::time::Duration) {
     let tv = libc::timeval {
@@ -444,7 +433,8 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     let spec = read_to_end(job_in).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
     // The supervisor needs the job too (its limits and what to watch); it sets the limits while
     // this side builds the job's root.
-    write_all(&spec_w, &spec).unwrap_or_else(|e| fail(format!("cannot pass the job on: {e}")));
+    write_all(spec_w.as_fd(), &spec)
+        .unwrap_or_else(|e| fail(format!("cannot pass the job on: {e}")));
     drop(spec_w);
     if spec.is_empty() {
         _exit(0);

@@ -19,7 +19,7 @@
 //! The spool runs on a thread of the supervisor, started only after the supervisor's last fork
 //! ([`start`]), so the single-threaded fork rules of the supervisor still hold.
 
-use super::Settings;
+use super::{Settings, write_all};
 use crate::runner::journal::{Tag, Writer};
 use crate::runner::records::RUN_TOKEN_ENV;
 use crate::runner::sockpath;
@@ -435,17 +435,6 @@ fn ring(at: &mut Attach) {
         at.conn = None;
         at.arm();
     }
-}
-
-fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), Errno> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// A would-be adopter: it must speak [`PROTOCOL`] first; only one is attached at a time.

@@ -1,6 +1,8 @@
 //! A job's life: start-up, the whole job, cancellation.
 
-use crate::harness::{Agentd, Env, alive, mono_ns, ms, percentile, stamp, succeeded, text, tree};
+use crate::harness::{
+    Agentd, Clients, Env, alive, mono_ns, ms, percentile, stamp, succeeded, text, tree,
+};
 use crate::report::{Goal, Metric};
 use agentd::pb;
 use anyhow::{Context, Result, bail, ensure};
@@ -29,34 +31,27 @@ async fn direct_hello(env: &Env) -> Result<(u64, u64, u64)> {
     Ok((t_agent - t0, t_line - t0, t_exit - t0))
 }
 
-pub async fn startup(env: &Env) -> Result<Vec<Metric>> {
-    let n = env.size(5, 30);
+/// agentd with a session, after one unmeasured round each way, so that first-use costs (page
+/// cache, connection) count for neither side.
+async fn warmed(env: &Env) -> Result<(Agentd, Clients, String)> {
     let a = Agentd::start(env, &[])?;
     let mut c = a.clients().await?;
     let s = c.session().await?;
-    // One unmeasured round each, so first-use costs (page cache, connection) count for neither.
     direct_hello(env).await?;
     succeeded(&c.run(&s, "hello", |_, _| {}).await?)?;
+    Ok((a, c, s))
+}
+
+pub async fn startup(env: &Env) -> Result<Vec<Metric>> {
+    let n = env.size(5, 30);
+    let (_agentd, mut c, s) = warmed(env).await?;
     let (mut submit, mut first, mut b_start, mut b_line) = (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         let (start, line, _) = direct_hello(env).await?;
         b_start.push(start);
         b_line.push(line);
 
-        let t0 = mono_ns();
-        let job = c.submit(&s, "hello").await?;
-        let mut agent = None;
-        succeeded(
-            &c.follow(&job, |_, evs| {
-                for e in evs {
-                    if let Some(t) = text(e).and_then(|l| stamp(l, "h")) {
-                        agent = Some(t);
-                    }
-                }
-            })
-            .await?,
-        )?;
-        submit.push(agent.context("no hello line")? - t0);
+        submit.push(c.submit_to_agent(&s).await?);
 
         let t0 = mono_ns();
         let mut at = None;
@@ -90,11 +85,7 @@ pub async fn startup(env: &Env) -> Result<Vec<Metric>> {
 
 pub async fn whole_job(env: &Env) -> Result<Vec<Metric>> {
     let n = env.size(5, 30);
-    let a = Agentd::start(env, &[])?;
-    let mut c = a.clients().await?;
-    let s = c.session().await?;
-    direct_hello(env).await?;
-    succeeded(&c.run(&s, "hello", |_, _| {}).await?)?;
+    let (_agentd, mut c, s) = warmed(env).await?;
     let (mut ours, mut base) = (vec![], vec![]);
     for _ in 0..n {
         base.push(direct_hello(env).await?.2);

@@ -3,33 +3,13 @@
 //! agent directly with an equivalent jail. Then a check, not an assumption, that the jailed jobs
 //! left no cgroup directory and no mount behind.
 
-use crate::harness::{
-    Agentd, Clients, Env, TempDir, mono_ns, ms, percentile, stamp, succeeded, text,
-};
+use crate::harness::{Agentd, Env, TempDir, mono_ns, ms, percentile, stamp};
 use crate::report::{Goal, Metric};
 use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
-
-/// SubmitJob → the stand-in agent's `hello` stamp.
-async fn submit_to_agent(c: &mut Clients, session: &str) -> Result<u64> {
-    let t0 = mono_ns();
-    let job = c.submit(session, "hello").await?;
-    let mut agent = None;
-    succeeded(
-        &c.follow(&job, |_, evs| {
-            for e in evs {
-                if let Some(t) = text(e).and_then(|l| stamp(l, "h")) {
-                    agent = Some(t);
-                }
-            }
-        })
-        .await?,
-    )?;
-    Ok(agent.context("no hello line")? - t0)
-}
 
 fn bwrap() -> Result<PathBuf> {
     let p = PathBuf::from("/usr/bin/bwrap");
@@ -192,13 +172,13 @@ async fn measure(env: &Env, n: usize, parent: &str) -> Result<Vec<Metric>> {
     let (mut cj, mut co) = (jailed.clients().await?, open.clients().await?);
     let (sj, so) = (cj.session().await?, co.session().await?);
     // One unmeasured round each, so first-use costs count for none of them.
-    submit_to_agent(&mut cj, &sj).await?;
-    submit_to_agent(&mut co, &so).await?;
+    cj.submit_to_agent(&sj).await?;
+    co.submit_to_agent(&so).await?;
     bwrap_hello(env, ws.path()).await?;
     let (mut j, mut o, mut b) = (vec![], vec![], vec![]);
     for _ in 0..n {
-        j.push(submit_to_agent(&mut cj, &sj).await?);
-        o.push(submit_to_agent(&mut co, &so).await?);
+        j.push(cj.submit_to_agent(&sj).await?);
+        o.push(co.submit_to_agent(&so).await?);
         b.push(bwrap_hello(env, ws.path()).await?);
     }
     // Every job is final; give the cleanup that follows a finished job a moment, then count.
