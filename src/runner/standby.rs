@@ -4,8 +4,8 @@
 //! supervisor, the PID and mount namespaces with their `/proc`, the run record (≈ 2 ms on these
 //! machines, BENCHMARKS.md). None of it depends on the job, so the launcher keeps a *standby*
 //! supervisor that has done all of it and waits on its stdin for the launch spec
-//! ([`supervise::encode_spec`]). A job start then costs writing the spec to a pipe and one fork
-//! inside the namespace. Each standby taken is replaced in the background; when none is ready
+//! ([`supervise::encode_spec`]). A job start then costs writing the spec to a pipe: even the
+//! agent's process is forked ahead and waits for it. Each standby taken is replaced in the background; when none is ready
 //! (a burst of starts, or standbys turned off), a supervisor is started for the job as before,
 //! with the same result.
 //!

@@ -9,11 +9,13 @@
 //!   (before the teardown), and then removes the cgroup;
 //! - **ns-init**, cloned into new user, PID, mount, IPC and UTS (and network) namespaces, builds
 //!   the job-independent root while the supervisor is a standby (and pivots into it there, where
-//!   the kernel allows: see [`fs`]), reads the launch spec from agentd itself on the inherited
-//!   channel and passes it to the supervisor, adds the job's paths meanwhile, pivots if it has
-//!   not, and forks the agent once the supervisor says the limits are set;
-//! - the **agent** drops to [`INSIDE_ID`] with no capabilities, `no_new_privs`, Landlock and
-//!   the seccomp filter, and execs.
+//!   the kernel allows: see [`fs`]), forks the agent ahead of its job, reads the launch spec from
+//!   agentd itself on the inherited channel and passes it to the supervisor and the agent, adds
+//!   the job's paths meanwhile, pivots if it has not, and tells the agent to go once the
+//!   supervisor says the limits are set and watched;
+//! - the **agent**, forked while the supervisor is a standby (so a job's start pays for no fork,
+//!   see [`super::ahead_pipes`]), decodes the spec, waits for the word, drops to [`INSIDE_ID`]
+//!   with no capabilities, `no_new_privs`, Landlock and the seccomp filter, and execs.
 
 use super::{
     _exit, Agent, End, SETUP_FAILED, clone_child, decode_jail, decode_spec, enter_place, exec_now,
@@ -55,9 +57,12 @@ struct Pipes {
     go: (OwnedFd, OwnedFd),
     /// One byte once ns-init has set up everything it can ahead of the job.
     prepared: (OwnedFd, OwnedFd),
+    /// One byte once ns-init is back at the normal priority: what it forks from then on (the
+    /// agent, ahead of its job) is too.
+    raised: (OwnedFd, OwnedFd),
     /// The launch spec as ns-init read it from agentd, then EOF (nothing: no job).
     spec: (OwnedFd, OwnedFd),
-    /// One byte once the job's limits are set (EOF: they could not be).
+    /// One byte once the job's limits are set and watched (EOF: they could not be).
     limited: (OwnedFd, OwnedFd),
     /// One byte once the job's root is entered (EOF: ns-init failed).
     ready: (OwnedFd, OwnedFd),
@@ -70,6 +75,7 @@ fn pipes() -> Result<Pipes, String> {
         status: p(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?,
         go: p(OFlag::O_CLOEXEC)?,
         prepared: p(OFlag::O_CLOEXEC)?,
+        raised: p(OFlag::O_CLOEXEC)?,
         spec: p(OFlag::O_CLOEXEC)?,
         limited: p(OFlag::O_CLOEXEC)?,
         ready: p(OFlag::O_CLOEXEC)?,
@@ -82,6 +88,7 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         status: (status_r, status_w),
         go: (go_r, go_w),
         prepared: (prepared_r, prepared_w),
+        raised: (raised_r, raised_w),
         spec: (spec_r, spec_w),
         limited: (limited_r, limited_w),
         ready: (ready_r, ready_w),
@@ -96,13 +103,14 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     }
     let Some(init) = clone_child(flags)? else {
         drop((
-            life_w, status_r, go_w, prepared_r, spec_r, limited_w, ready_r,
+            life_w, status_r, go_w, prepared_r, raised_w, spec_r, limited_w, ready_r,
         ));
         let pipes = InitPipes {
             life_r,
             status_w,
             go_r,
             prepared_w,
+            raised_r,
             spec_w,
             limited_r,
             ready_w,
@@ -110,7 +118,7 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
         ns_init(shape, root, pipes)
     };
     drop((
-        life_r, status_w, go_r, prepared_w, spec_w, limited_r, ready_w,
+        life_r, status_w, go_r, prepared_w, raised_r, spec_w, limited_r, ready_w,
     ));
     super::spool::start();
     let abandon = |msg: String| {
@@ -130,7 +138,10 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     // job arrives, whichever is first.
     wait_prepared_or_job(&prepared_r);
     let raised = normal_priority(init);
-    drop(prepared_r);
+    if raised.is_ok() {
+        let _ = nix::unistd::write(&raised_w, &[1]);
+    }
+    drop((prepared_r, raised_w));
     let spec = read_to_end(spec_r).map_err(|e| abandon(format!("cannot read the job: {e}")))?;
     if spec.is_empty() {
         // No job (agentd closed the channel: exit 0), or ns-init failed (it said why on stderr).
@@ -150,15 +161,12 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     if let Err(e) = limit(cgroup.as_ref(), &jail) {
         return Err(abandon(e));
     }
-    nix::unistd::write(&limited_w, &[1])
-        .map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
-    drop(limited_w);
     // The job's /tmp, held open so that its fill level can still be read after the job ended.
     // Nothing when ns-init failed (it said why on stderr, and its exit is the job's).
-    let tmp = match read(&ready_r, &mut [0u8; 1]) {
-        Ok(1) => std::fs::File::open(format!("/proc/{init}/root/tmp")).ok(),
-        _ => None,
-    };
+    let entered = matches!(read(&ready_r, &mut [0u8; 1]), Ok(1));
+    let tmp = entered
+        .then(|| std::fs::File::open(format!("/proc/{init}/root/tmp")).ok())
+        .flatten();
     drop(ready_r);
 
     // Writes into /tmp raise SIGIO, so a /tmp filled and emptied between two ticks is seen too;
@@ -168,6 +176,13 @@ fn supervise(shape: Shape, token: &str, root: &Path, handled: &SigSet) -> Result
     let _ = signal_when_readable(&status_r);
     let mut watch = watch::Watch::new(cgroup, jail, tmp, Some(notices));
     tick(watch::TICK);
+    // Only now may the agent start: with the watch in place before its first write, a /tmp it
+    // fills and empties at once is seen too.
+    if entered {
+        nix::unistd::write(&limited_w, &[1])
+            .map_err(|e| abandon(format!("cannot hand over the job: {e}")))?;
+    }
+    drop(limited_w);
     let mut announced = None;
     let end = wait_for(init, handled, |sig| match sig {
         Signal::SIGUSR1 => Some(kill_tree(init)),
@@ -370,6 +385,7 @@ struct InitPipes {
     status_w: OwnedFd,
     go_r: OwnedFd,
     prepared_w: OwnedFd,
+    raised_r: OwnedFd,
     spec_w: OwnedFd,
     limited_r: OwnedFd,
     ready_w: OwnedFd,
@@ -382,6 +398,7 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
         status_w,
         go_r,
         prepared_w,
+        raised_r,
         spec_w,
         limited_r,
         ready_w,
@@ -429,6 +446,27 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     let filters = seccomp::filters().unwrap_or_else(|e| fail(e));
     let _ = nix::unistd::write(&prepared_w, &[1]);
     drop(prepared_w);
+    // Forked at the normal priority (EOF instead: the supervisor could not raise it and gives
+    // the job up when it comes).
+    let _ = read(&raised_r, &mut [0u8; 1]);
+    drop(raised_r);
+    // EOF once the agent exec'd (or died trying).
+    let (execed_r, execed_w) =
+        pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}")));
+    let (ahead, waiting) = super::ahead_pipes().unwrap_or_else(|e| fail(e));
+    let agent_pid = match super::fork_or_err() {
+        Ok(ForkResult::Child) => {
+            // Nothing of the job's hand-over may stay open here: the supervisor reads the spec
+            // to its EOF, and the runner's channel becomes the supervisor's.
+            drop((
+                ahead, job_in, status_w, spec_w, limited_r, ready_w, execed_r,
+            ));
+            agent_ahead(waiting, shape, &filters)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(msg) => fail(msg),
+    };
+    drop((waiting, execed_w));
 
     let spec = read_to_end(job_in).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
     // The supervisor needs the job too (its limits and what to watch); it sets the limits while
@@ -439,9 +477,10 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     if spec.is_empty() {
         _exit(0);
     }
-    let (agent, jail) = match decode_spec(&spec) {
-        Ok((agent, Some(jail))) => (agent, jail),
-        Ok((_, None)) => fail("the job has no jail".into()),
+    let handed = ahead.hand(&spec).unwrap_or_else(|e| fail(e));
+    let jail = match decode_jail(&spec) {
+        Ok(Some(jail)) => jail,
+        Ok(None) => fail("the job has no jail".into()),
         Err(e) => fail(e),
     };
     if !jail.bridges.is_empty() {
@@ -457,12 +496,6 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
         give_to_agent(&jail.workspace);
         give_to_agent(&jail.home);
     }
-    let writable: Vec<PathBuf> = [&jail.workspace, &jail.home]
-        .into_iter()
-        .cloned()
-        .chain(jail.read_write.iter().cloned())
-        .chain(writes::ALWAYS_WRITABLE.iter().map(PathBuf::from))
-        .collect();
     // Not before the job's limits are set.
     if !matches!(read(&limited_r, &mut [0u8; 1]), Ok(1)) {
         _exit(SETUP_FAILED);
@@ -470,23 +503,14 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     drop(limited_r);
     // A standby was set up at the idle priority; the supervisor has put ns-init back at the normal
     // one (see `normal_priority`), which the agent inherits.
+    handed.start().unwrap_or_else(|e| fail(e));
     // The host tree's copy goes once the agent has exec'd (its copy is close-on-exec): closing
     // the last descriptor unmounts it, which is not the job's start to wait for.
-    let host = jail_root.take_host();
-    let execed = host
-        .as_ref()
-        .map(|_| pipe2(OFlag::O_CLOEXEC).unwrap_or_else(|e| fail(format!("pipe: {e}"))));
-    let agent_pid = match super::fork_or_err() {
-        Ok(ForkResult::Child) => exec_jailed(&agent, &jail, shape, &filters, &writable),
-        Ok(ForkResult::Parent { child }) => child,
-        Err(msg) => fail(msg),
-    };
-    if let Some((execed_r, execed_w)) = execed {
-        drop(execed_w);
-        // EOF once the agent exec'd (or died trying).
+    if let Some(host) = jail_root.take_host() {
         while matches!(read(&execed_r, &mut [0u8; 1]), Err(Errno::EINTR)) {}
         drop(host);
     }
+    drop(execed_r);
     let _ = setpgid(agent_pid, agent_pid);
     let end = wait_for(agent_pid, &super::handled_signals(), |sig| {
         if matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
@@ -542,7 +566,31 @@ fn give_to_agent(dir: &Path) {
     }
 }
 
-/// The agent's side of the fork: drop every privilege, lock the jail, exec. Never returns.
+/// The agent, forked ahead of its job (see [`super::ahead_pipes`]): decodes the launch spec
+/// while ns-init prepares the job, then, once told, drops every privilege, locks the jail and
+/// execs.
+fn agent_ahead(waiting: super::Waiting, shape: Shape, filters: &seccomp::Filters) -> ! {
+    let fail = |msg: String| -> ! {
+        let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
+        _exit(SETUP_FAILED)
+    };
+    let (agent, jail, writable) = waiting.job(|spec| match decode_spec(spec) {
+        Ok((agent, Some(jail))) => {
+            let writable: Vec<PathBuf> = [&jail.workspace, &jail.home]
+                .into_iter()
+                .cloned()
+                .chain(jail.read_write.iter().cloned())
+                .chain(writes::ALWAYS_WRITABLE.iter().map(PathBuf::from))
+                .collect();
+            (agent, jail, writable)
+        }
+        Ok((_, None)) => fail("the job has no jail".into()),
+        Err(e) => fail(e),
+    });
+    exec_jailed(&agent, &jail, shape, filters, &writable)
+}
+
+/// The agent's side: drop every privilege, lock the jail, exec. Never returns.
 fn exec_jailed(
     agent: &Agent,
     jail: &JailSpec,

@@ -35,9 +35,10 @@
 //! Started as `agentd __supervise-standby` (no program), the supervisor does everything above that
 //! does not depend on the job (parent check, run record, namespaces, ns-init and its `/proc`)
 //! ahead of time and then waits on its stdin for the launch spec ([`encode_spec`]): program,
-//! arguments, environment and working directory. Whoever forks the agent (ns-init, or the
-//! supervisor in the fallback mode) reads it to EOF, points its stdin at `/dev/null` and goes on as
-//! above. The runner keeps one ready per server ([`super::Launcher`]), which takes a job start's
+//! arguments, environment and working directory. In the namespace modes ns-init has even forked
+//! the agent's process ahead ([`ahead_pipes`]): it reads the spec to EOF, points its stdin at
+//! `/dev/null`, hands the spec to the waiting process and tells it to exec; in the fallback mode
+//! the supervisor reads it and forks the agent as above. The runner keeps one ready per server ([`super::Launcher`]), which takes a job start's
 //! spawn, exec and namespace set-up (≈ 2 ms here) off the path of the job. EOF before any spec means
 //! the standby is not needed: it exits 0 and removes its record.
 //!
@@ -324,27 +325,120 @@ impl Source {
     fn resolve(self) -> Result<Agent, NoAgent> {
         match self {
             Source::Ready(agent) => Ok(agent),
-            Source::Stdin => {
-                let mut spec = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut spec)
-                    .map_err(|e| NoAgent::Failed(format!("cannot read the launch spec: {e}")))?;
-                if spec.is_empty() {
-                    return Err(NoAgent::Unused);
-                }
-                let (agent, _) = decode_spec(&spec).map_err(NoAgent::Failed)?;
-                // The runner may have set this standby up at the idle CPU priority; the agent
-                // inherits whatever this process has when it forks it.
-                super::standby::set_policy(0, libc::SCHED_OTHER).map_err(|e| {
-                    NoAgent::Failed(format!("cannot restore the normal CPU priority: {e}"))
-                })?;
-                let null = std::fs::File::open("/dev/null")
-                    .map_err(|e| NoAgent::Failed(format!("cannot open /dev/null: {e}")))?;
-                nix::unistd::dup2_stdin(&null)
-                    .map_err(|e| NoAgent::Failed(format!("cannot redirect stdin: {e}")))?;
-                Ok(agent)
-            }
+            Source::Stdin => read_launch_spec().map(|(_, agent)| agent),
         }
     }
+}
+
+/// A standby's launch spec, read from stdin to EOF, and its agent; then this process is back at
+/// the normal CPU priority (the runner may have set the standby up at the idle one, and what it
+/// forks inherits it) with `/dev/null` as its stdin.
+fn read_launch_spec() -> Result<(Vec<u8>, Agent), NoAgent> {
+    let mut spec = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut spec)
+        .map_err(|e| NoAgent::Failed(format!("cannot read the launch spec: {e}")))?;
+    if spec.is_empty() {
+        return Err(NoAgent::Unused);
+    }
+    let (agent, _) = decode_spec(&spec).map_err(NoAgent::Failed)?;
+    normal_priority_and_null_stdin().map_err(NoAgent::Failed)?;
+    Ok((spec, agent))
+}
+
+fn normal_priority_and_null_stdin() -> Result<(), String> {
+    super::standby::set_policy(0, libc::SCHED_OTHER)
+        .map_err(|e| format!("cannot restore the normal CPU priority: {e}"))?;
+    let null =
+        std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
+    Ok(())
+}
+
+/// ns-init's side of the agent forked ahead of its job (see [`ahead_pipes`]).
+struct Ahead {
+    /// The launch spec goes in, then EOF.
+    spec: OwnedFd,
+    /// One byte: exec now. EOF (ns-init gone or gave up): exit.
+    start: OwnedFd,
+}
+
+/// The agent-to-be's side.
+struct Waiting {
+    spec: OwnedFd,
+    start: OwnedFd,
+}
+
+/// The pipes to an agent forked while its supervisor is a standby. Forking a process of the
+/// supervisor's size costs about a millisecond on the VMs agentd runs on (its page tables are
+/// copied, then its pages faulted copy-on-write), more than the rest of the hand-over: forked
+/// ahead, the agent-to-be waits for the launch spec (and decodes it while ns-init prepares the
+/// job), then for the word to exec, and the job's start pays neither.
+fn ahead_pipes() -> Result<(Ahead, Waiting), String> {
+    let p = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"));
+    let (spec_r, spec_w) = p()?;
+    let (start_r, start_w) = p()?;
+    Ok((
+        Ahead {
+            spec: spec_w,
+            start: start_w,
+        },
+        Waiting {
+            spec: spec_r,
+            start: start_r,
+        },
+    ))
+}
+
+impl Ahead {
+    /// Hands the agent-to-be its launch spec (which it decodes while this side goes on).
+    fn hand(self, spec: &[u8]) -> Result<Handed, String> {
+        write_all(std::os::fd::AsFd::as_fd(&self.spec), spec)
+            .map_err(|e| format!("cannot hand the agent its job: {e}"))?;
+        // Closing the pipe tells it the spec is whole.
+        drop(self.spec);
+        Ok(Handed(self.start))
+    }
+}
+
+/// An agent-to-be that has its launch spec.
+struct Handed(OwnedFd);
+
+impl Handed {
+    /// Tells it to exec.
+    fn start(self) -> Result<(), String> {
+        nix::unistd::write(&self.0, &[1])
+            .map(drop)
+            .map_err(|e| format!("cannot start the agent: {e}"))
+    }
+}
+
+impl Waiting {
+    /// Reads the launch spec to its end and makes what `prepare` makes of it, then waits for the
+    /// word to exec. Exits quietly when either never comes (no job, or ns-init gave up).
+    fn job<T>(self, prepare: impl FnOnce(&[u8]) -> T) -> T {
+        let mut spec = Vec::new();
+        let read_whole = std::io::Read::read_to_end(&mut std::fs::File::from(self.spec), &mut spec);
+        if read_whole.is_err() || spec.is_empty() {
+            _exit(0)
+        }
+        let prepared = prepare(&spec);
+        if !matches!(read(&self.start, &mut [0u8; 1]), Ok(1)) {
+            _exit(0)
+        }
+        prepared
+    }
+}
+
+/// The agent forked ahead by a PID-namespace standby's ns-init: waits for its job, then execs it.
+fn agent_ahead(waiting: Waiting) -> ! {
+    let fail = |msg: String| -> ! {
+        let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
+        _exit(SETUP_FAILED)
+    };
+    // Its stdin was forked before ns-init let go of the runner's channel.
+    normal_priority_and_null_stdin().unwrap_or_else(|e| fail(e));
+    let agent = waiting.job(|spec| decode_spec(spec).unwrap_or_else(|e| fail(e)).0);
+    exec_agent(&agent, None)
 }
 
 /// Format tag of the launch spec, bumped on any change (the runner and the supervisor may come
@@ -767,6 +861,10 @@ fn ns_init(
     status_w: OwnedFd,
     own_mounts: bool,
 ) -> ! {
+    let fail = |msg: String| -> ! {
+        let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
+        _exit(SETUP_FAILED)
+    };
     if prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         _exit(SETUP_FAILED);
     }
@@ -774,23 +872,39 @@ fn ns_init(
     if !matches!(read(&life_r, &mut [0u8; 1]), Err(Errno::EAGAIN)) {
         _exit(SETUP_FAILED);
     }
-    let agent = match source.resolve() {
-        Ok(agent) => agent,
-        Err(NoAgent::Unused) => _exit(0),
-        Err(NoAgent::Failed(msg)) => {
-            let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
-            _exit(SETUP_FAILED)
+    let agent_pid = match source {
+        Source::Ready(agent) => {
+            if own_mounts {
+                hide_enclosing_repos(&agent);
+            }
+            match fork_or_err() {
+                Ok(ForkResult::Child) => exec_agent(&agent, None),
+                Ok(ForkResult::Parent { child }) => child,
+                Err(msg) => fail(msg),
+            }
         }
-    };
-    if own_mounts {
-        hide_enclosing_repos(&agent);
-    }
-    let agent_pid = match fork_or_err() {
-        Ok(ForkResult::Child) => exec_agent(&agent, None),
-        Ok(ForkResult::Parent { child }) => child,
-        Err(msg) => {
-            let _ = writeln!(std::io::stderr(), "agentd: ns-init: {msg}");
-            _exit(SETUP_FAILED)
+        Source::Stdin => {
+            let (ahead, waiting) = ahead_pipes().unwrap_or_else(|e| fail(e));
+            let pid = match fork_or_err() {
+                Ok(ForkResult::Child) => {
+                    drop((ahead, life_r, status_w));
+                    agent_ahead(waiting)
+                }
+                Ok(ForkResult::Parent { child }) => child,
+                Err(msg) => fail(msg),
+            };
+            drop(waiting);
+            let (spec, agent) = match read_launch_spec() {
+                Ok(read) => read,
+                Err(NoAgent::Unused) => _exit(0),
+                Err(NoAgent::Failed(msg)) => fail(msg),
+            };
+            let handed = ahead.hand(&spec).unwrap_or_else(|e| fail(e));
+            if own_mounts {
+                hide_enclosing_repos(&agent);
+            }
+            handed.start().unwrap_or_else(|e| fail(e));
+            pid
         }
     };
     // Also set here so a signal forwarded right after the fork already reaches the group.

@@ -250,7 +250,6 @@ async fn through_agentd(
     .await
     .map_err(|_| anyhow!("{} job {job} not finished after {JOB_LIMIT:?}", p.name))??;
     crate::harness::succeeded(&followed).with_context(|| format!("{} job {job}", p.name))?;
-    let cpu1 = proc_cpu(a.pid())?;
     let (pid, start) = agent.with_context(|| {
         format!(
             "no exec under supervisor {supervisor:?} seen for {} job {job}",
@@ -262,6 +261,12 @@ async fn through_agentd(
         Some(s) => watch.wait_exit(s, t0, Duration::from_secs(5))?,
         None => exit,
     };
+    // A child's CPU time joins its parent's only once the parent reaped it, and agentd reaps
+    // the supervisor after the job's `finished` (its teardown follows the agent's end).
+    if let Some(s) = supervisor {
+        wait_reaped(s, Duration::from_secs(5)).await?;
+    }
+    let cpu1 = proc_cpu(a.pid())?;
     let first_line = first_line.context("no stdout event")?;
     Ok((
         Sample {
@@ -515,6 +520,18 @@ fn realtime_offset() -> i128 {
 struct Cpu {
     own: u64,
     children: u64,
+}
+
+/// Waits until `pid` is reaped (its `/proc` entry gone, zombie included).
+async fn wait_reaped(pid: u32, limit: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if std::time::Instant::now() > deadline {
+            bail!("supervisor {pid} not reaped after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 /// A process's CPU time (ns): its own, and its reaped children's.
