@@ -15,7 +15,7 @@ use super::{Core, RunHandle};
 use crate::agents::interactive::Interactive;
 use crate::agents::{self, AgentProfile, LaunchContext};
 use crate::domain::{EventKind, Job, JobState, Outcome, Session, Timestamp, Usage};
-use crate::error::{Reason, Result};
+use crate::error::{Error, Reason, Result};
 use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, Stdin, StopCause};
 use crate::store::{JobUpdate, SnapPoint, SnapshotRow};
@@ -438,45 +438,57 @@ impl Core {
         };
         let mut home_files = std::mem::take(&mut launch.files);
         home_files.extend(std::mem::take(&mut extras.placeholders));
-        self.workspaces
-            .write_home_files(&session.id, home_files)
-            .await?;
-        if let Some(rename) = agents::home_renames(profile, &job.spec, &ctx) {
+        let renames = agents::home_renames(profile, &job.spec, &ctx);
+        let home_files = async {
             self.workspaces
-                .rename_home_files(&session.id, rename)
+                .write_home_files(&session.id, home_files)
                 .await?;
-        }
+            if let Some(rename) = renames {
+                self.workspaces
+                    .rename_home_files(&session.id, rename)
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        };
         // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
         let protocol = job
             .spec
             .asks()
             .then(|| agents::interactive::protocol(profile, &job.spec, &ctx))
             .flatten();
-        let mut pipe = None;
-        let stdin = match (&launch.stdin, protocol) {
-            (_, Some(protocol)) => {
-                let (path, sender) = super::control::open_pipe(&home).await?;
-                let text = agents::first_prompt(profile.kind, &job.spec, &images);
-                pipe = Some(AskPipe {
-                    first: protocol.prompt(&text, &images),
-                    protocol: Arc::from(protocol),
-                    sender,
-                });
-                Stdin::File(path)
-            }
-            (Some(text), None) => Stdin::File(write_input(&home, text).await?),
-            (None, None) => Stdin::Null,
+        let input = async {
+            Ok::<_, Error>(match (&launch.stdin, protocol) {
+                (_, Some(protocol)) => {
+                    let (path, sender) = super::control::open_pipe(&home).await?;
+                    let text = agents::first_prompt(profile.kind, &job.spec, &images);
+                    let pipe = AskPipe {
+                        first: protocol.prompt(&text, &images),
+                        protocol: Arc::from(protocol),
+                        sender,
+                    };
+                    (Stdin::File(path), Some(pipe))
+                }
+                (Some(text), None) => (Stdin::File(write_input(&home, text).await?), None),
+                (None, None) => (Stdin::Null, None),
+            })
         };
         // Its row is stored beside the agent's start (`execute_turn`).
-        let (before, before_row) = match before {
-            Some(taken) => (taken, None),
-            None => {
-                let (taken, row) = self
-                    .take_unrecorded(&session.id, &job.id, SnapPoint::Before, latest_tree)
-                    .await?;
-                (taken, Some(row))
-            }
+        let snapshot = async {
+            Ok::<_, Error>(match before {
+                Some(taken) => (taken, None),
+                None => {
+                    let (taken, row) = self
+                        .take_unrecorded(&session.id, &job.id, SnapPoint::Before, latest_tree)
+                        .await?;
+                    (taken, Some(row))
+                }
+            })
         };
+        // HOME's files, the agent's input (also in HOME, under names of agentd's own) and the
+        // workspace's snapshot do not touch one another: blocking work each, waited for together
+        // rather than one thread hand-over after the other on the job's start.
+        let ((), (stdin, pipe), (before, before_row)) =
+            tokio::try_join!(home_files, input, snapshot)?;
 
         let (tx, rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();

@@ -96,23 +96,28 @@ pub(super) const INPUT_FILE: &str = ".agentd-stdin";
 /// agent owns HOME: it may be a symlink to a host file) is removed first and the file created
 /// anew without following links, so agentd never writes through the agent's links.
 pub(super) async fn write_input(home: &std::path::Path, text: &str) -> Result<std::path::PathBuf> {
-    use tokio::io::AsyncWriteExt;
     let path = home.join(INPUT_FILE);
-    match tokio::fs::remove_file(&path).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .await?;
-    file.write_all(text.as_bytes()).await?;
-    file.flush().await?;
-    Ok(path)
+    let text = text.to_owned();
+    // One blocking task for the whole file: with `tokio::fs` each step (remove, open, write,
+    // flush) was a task of its own, a thread hand-over each on the job's start.
+    crate::workspace::blocking(move || -> Result<std::path::PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        file.write_all(text.as_bytes())?;
+        Ok(path)
+    })
+    .await?
 }
 
 /// Replaces operator secret values wherever an agent might echo them.
