@@ -162,49 +162,36 @@ pub async fn watch(env: &Env) -> Result<Vec<Metric>> {
     };
     let mut paced = run(env, Some(rate)).await?;
     let mut flat = run(env, None).await?;
-    let p = |v: &mut Vec<u64>, q| ms(percentile(v, q));
-    Ok(vec![
+    let mut out = vec![
         Metric::new("watch.paced.offered_jobs_per_s", rate, "jobs/s").goal(Goal::None),
         Metric::new("watch.paced.jobs_per_s", paced.jobs_per_s, "jobs/s").goal(Goal::None),
-        Metric::new(
-            "watch.paced.change_to_watcher.p50",
-            p(&mut paced.delays, 50.0),
-            "ms",
-        )
-        .goal(Goal::None),
-        Metric::new(
-            "watch.paced.change_to_watcher.p99",
-            p(&mut paced.delays, 99.0),
-            "ms",
-        )
-        .goal(Goal::AtMost(20.0)),
-        Metric::new("watch.jobs_per_s", flat.jobs_per_s, "jobs/s").goal(Goal::None),
-        Metric::new(
-            "watch.change_to_watcher.p50",
-            p(&mut flat.delays, 50.0),
-            "ms",
-        )
-        .goal(Goal::None),
-        Metric::new(
-            "watch.change_to_watcher.p99",
-            p(&mut flat.delays, 99.0),
-            "ms",
-        )
-        .goal(Goal::None),
-        Metric::new(
-            "watch.webhook_final_to_receipt.p50",
-            p(&mut flat.hooks, 50.0),
-            "ms",
-        )
-        .goal(Goal::None),
-        Metric::new(
-            "watch.webhook_final_to_receipt.p99",
-            p(&mut flat.hooks, 99.0),
-            "ms",
-        )
-        .goal(Goal::None),
-        Metric::new("watch.webhooks_per_s", flat.hooks_per_s, "webhooks/s").goal(Goal::None),
-    ])
+    ];
+    out.extend(p50_p99(
+        "watch.paced.change_to_watcher",
+        &mut paced.delays,
+        Goal::AtMost(20.0),
+    ));
+    out.push(Metric::new("watch.jobs_per_s", flat.jobs_per_s, "jobs/s").goal(Goal::None));
+    out.extend(p50_p99(
+        "watch.change_to_watcher",
+        &mut flat.delays,
+        Goal::None,
+    ));
+    out.extend(p50_p99(
+        "watch.webhook_final_to_receipt",
+        &mut flat.hooks,
+        Goal::None,
+    ));
+    out.push(Metric::new("watch.webhooks_per_s", flat.hooks_per_s, "webhooks/s").goal(Goal::None));
+    Ok(out)
+}
+
+/// `<name>.p50` and `<name>.p99` of delays in ns, in ms; the goal is the p99's.
+fn p50_p99(name: &str, delays: &mut [u64], p99_goal: Goal) -> [Metric; 2] {
+    [
+        Metric::new(&format!("{name}.p50"), ms(percentile(delays, 50.0)), "ms").goal(Goal::None),
+        Metric::new(&format!("{name}.p99"), ms(percentile(delays, 99.0)), "ms").goal(p99_goal),
+    ]
 }
 
 /// One run: `rate` jobs/s on a schedule, or (`None`) each submitted once the previous one was
@@ -256,9 +243,9 @@ async fn run(env: &Env, rate: Option<f64>) -> Result<Run> {
             for i in 0..jobs {
                 tick.tick().await;
                 let (mut c, session) = (c.clone(), ids[i % sessions].clone());
-                submits.push(tokio::spawn(async move {
-                    c.submit(&session, "hello").await
-                }));
+                submits.push(tokio::spawn(
+                    async move { c.submit(&session, "hello").await },
+                ));
             }
             for s in submits {
                 s.await??;
@@ -272,7 +259,10 @@ async fn run(env: &Env, rate: Option<f64>) -> Result<Run> {
         finals = f;
     }
     let took = t0.elapsed().as_secs_f64();
-    ensure!(delays.len() >= jobs * watchers, "watchers saw too few changes");
+    ensure!(
+        delays.len() >= jobs * watchers,
+        "watchers saw too few changes"
+    );
     let (hooks, hooks_per_s) = deliveries(&received, &finals).await?;
     Ok(Run {
         delays,
