@@ -134,6 +134,9 @@ const RATE_ENV: &str = "AGENTD_BENCH_WATCH_RATE";
 /// concurrent jobs), so the server keeps up and two builds see the same change rate.
 const DEFAULT_RATE: f64 = 40.0;
 
+/// The share of the offered rate the paced run must carry for its p99 to count.
+const CARRIED: f64 = 0.9;
+
 /// What one run of the workload measured.
 struct Run {
     /// Change → watcher delays (ns), every watcher's every change.
@@ -164,7 +167,10 @@ pub async fn watch(env: &Env) -> Result<Vec<Metric>> {
     let mut flat = run(env, None).await?;
     let mut out = vec![
         Metric::new("watch.paced.offered_jobs_per_s", rate, "jobs/s").goal(Goal::None),
-        Metric::new("watch.paced.jobs_per_s", paced.jobs_per_s, "jobs/s").goal(Goal::None),
+        // The paced p99 compares builds only if the machine carried the offered rate; below it,
+        // the paced run was saturated too, and this goal says so.
+        Metric::new("watch.paced.jobs_per_s", paced.jobs_per_s, "jobs/s")
+            .goal(Goal::AtLeast(CARRIED * rate)),
     ];
     out.extend(p50_p99(
         "watch.paced.change_to_watcher",
