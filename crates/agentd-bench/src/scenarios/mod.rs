@@ -124,7 +124,7 @@ pub const ALL: &[Scenario] = &[
     scenario!(
         "watch",
         watch::watch,
-        "1,000 jobs finishing while 100 WatchJobs streams follow the tenant: change → watcher p50/p99"
+        "1,000 jobs finishing while 100 WatchJobs streams follow the tenant, submitted at AGENTD_BENCH_WATCH_RATE jobs/s (default 40) and as fast as possible: change → watcher p50/p99; webhook delivery"
     ),
     scenario!(
         "deltas",
