@@ -552,6 +552,16 @@ pub(super) fn start_orphaned(
     events: &mpsc::Sender<Output>,
 ) -> (ControlHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel(INBOX);
+    let Asked { open, mut known } = asked;
+    // Settled here, before the adopted job's output is followed, not in the task below: an agent
+    // that already exited (its input ended with the old agentd) is replayed at once, and the job
+    // must not be judged before its open requests are resolved (the task may not have run yet).
+    // The events channel is new and holds far more than a job's open requests.
+    for (id, tool) in open {
+        let message = restart_denial(&id, &tool);
+        let _ = events.try_send(Output::Event(resolved_by_restart(&id, &message)));
+        deny(message);
+    }
     let events = events.downgrade();
     let task = tokio::spawn(async move {
         let emit = |kind: EventKind| {
@@ -562,12 +572,6 @@ pub(super) fn start_orphaned(
                 }
             }
         };
-        let Asked { open, mut known } = asked;
-        for (id, tool) in open {
-            let message = restart_denial(&id, &tool);
-            emit(resolved_by_restart(&id, &message)).await;
-            deny(message);
-        }
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Agent(Signal::Permission {
