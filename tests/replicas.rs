@@ -357,6 +357,19 @@ async fn succeeded_on(addr: &str) -> usize {
     ) as usize
 }
 
+/// [`succeeded_on`] once it reached `want`, or as it is after 5 s: the counter goes up right
+/// after the job's final write, so a client that already saw the job final may scrape first.
+async fn succeeded_on_reaching(addr: &str, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = succeeded_on(addr).await;
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Starts replica A (supervisors outlive it) with a streaming job running on it, then B.
 async fn cluster_with_a_job_on_a(adopt_timeout: u64, rounds: usize) -> (Cluster, String) {
     let mut cl = Cluster::new();
@@ -390,7 +403,11 @@ async fn a_replica_restarted_within_its_lease_adopts_its_job() {
     assert_eq!(texts(&all), streamed(rounds));
     let held: Vec<pb::JobEvent> = before.into_iter().chain(rest).collect();
     assert_eq!(held, all, "a stream held on B saw a gap or a duplicate");
-    assert_eq!(succeeded_on(&cl.metrics[a]).await, 1, "finished on A");
+    assert_eq!(
+        succeeded_on_reaching(&cl.metrics[a], 1).await,
+        1,
+        "finished on A"
+    );
     assert_eq!(succeeded_on(&cl.metrics[b]).await, 0, "not on B");
 }
 
@@ -424,7 +441,11 @@ async fn a_replica_down_past_its_lease_still_adopts_and_no_other_replica_fails_i
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
     assert_complete(&all, "the adopted job's log");
     assert_eq!(texts(&all), streamed(rounds));
-    assert_eq!(succeeded_on(&cl.metrics[a]).await, 1, "finished on A");
+    assert_eq!(
+        succeeded_on_reaching(&cl.metrics[a], 1).await,
+        1,
+        "finished on A"
+    );
 }
 
 /// A never comes back: its supervisor ends the tree at the adopt timeout, and only then does B
