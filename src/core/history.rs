@@ -6,7 +6,7 @@ use super::Core;
 use crate::domain::{FileChange, JobId, SessionId, TenantId, Timestamp};
 use crate::error::{Error, Reason, Result};
 use crate::store::{SnapPoint, SnapshotFilter, SnapshotRow};
-use crate::workspace::history::{self, Taken, Tree, diff};
+use crate::workspace::history::{self, Basis, Taken, Tree, diff};
 use std::collections::HashSet;
 use tokio::sync::mpsc;
 
@@ -50,17 +50,17 @@ impl Core {
             .map(|r| r.tree))
     }
 
-    /// A snapshot over `prev`'s listing, not recorded yet: the caller stores the row when it
-    /// suits it (a job's before-snapshot, beside its agent's start). Collection keeps the tree
-    /// meanwhile (its `GRACE`).
+    /// A snapshot over `basis`, not recorded yet: the caller stores the row when it suits it (a
+    /// job's before-snapshot, beside its agent's start). Collection keeps the tree meanwhile (its
+    /// `GRACE`).
     pub(super) async fn take_unrecorded(
         &self,
         session: &SessionId,
         job: &JobId,
         point: SnapPoint,
-        prev: Option<String>,
+        basis: Basis,
     ) -> Result<(Taken, SnapshotRow)> {
-        let taken = self.workspaces.take_snapshot(session, prev).await?;
+        let taken = self.workspaces.take_snapshot(session, basis).await?;
         let row = SnapshotRow {
             job: job.clone(),
             point,

@@ -589,21 +589,26 @@ impl Workspaces {
         Ok(self.inner.history.get_or_init(|| h).clone())
     }
 
-    /// Snapshots a session's workspace into the history, reusing `prev`'s unchanged files.
+    /// Snapshots a session's workspace into the history, reusing the unchanged files of `basis`.
     pub async fn take_snapshot(
         &self,
         session: &SessionId,
-        prev: Option<String>,
+        basis: history::Basis,
     ) -> Result<history::Taken> {
         let this = self.clone();
         let session = session.clone();
         blocking(move || {
             let h = this.history()?;
-            let prev = match prev {
-                Some(id) => h.tree(&id).ok(),
-                None => None,
+            let read;
+            let prev = match &basis {
+                history::Basis::Nothing => None,
+                history::Basis::Stored(id) => {
+                    read = h.tree(id).ok();
+                    read.as_ref()
+                }
+                history::Basis::Held(tree) => Some(tree.as_ref()),
             };
-            h.take(this.open_ws(&session)?, prev.as_ref())
+            h.take(this.open_ws(&session)?, prev)
         })
         .await?
     }

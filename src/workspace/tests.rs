@@ -4,6 +4,7 @@ use super::*;
 use crate::domain::ChangeKind;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::symlink;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 
@@ -840,4 +841,40 @@ async fn upload_throughput() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(entries[0].size, n * 64 * 1024);
     println!("{:.0} MB/s", (n * 64 * 1024) as f64 / secs / 1e6);
+}
+
+/// A snapshot over a listing held in memory reuses its unchanged files exactly as one over the
+/// same listing read back from the history, and a changed file is read again under either.
+#[tokio::test]
+async fn a_held_listing_is_reused_like_a_stored_one() {
+    let f = fixture(BIG, &[("a.txt", b"one\n"), ("dir/b.txt", b"two\n")]).await;
+    // Files older than the racy-timestamp margin when the first listing is taken, so that its
+    // stats can be trusted by the snapshots over it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let first =
+        f.ws.take_snapshot(&f.sid, history::Basis::Nothing)
+            .await
+            .unwrap();
+    assert_eq!(first.stats.files_read, 2, "no listing: every file is read");
+    let held =
+        f.ws.take_snapshot(&f.sid, history::Basis::Held(Arc::clone(&first.tree)))
+            .await
+            .unwrap();
+    let stored =
+        f.ws.take_snapshot(&f.sid, history::Basis::Stored(first.id.clone()))
+            .await
+            .unwrap();
+    assert_eq!(held.stats.files_read, 0, "held: nothing read again");
+    assert_eq!(stored.stats.files_read, 0, "stored: nothing read again");
+    assert_eq!(held.tree.entries, first.tree.entries);
+    std::fs::write(f.dir.join("a.txt"), b"changed\n").unwrap();
+    let after =
+        f.ws.take_snapshot(&f.sid, history::Basis::Held(Arc::clone(&first.tree)))
+            .await
+            .unwrap();
+    assert_eq!(after.stats.files_read, 1, "only the changed file is read");
+    let changes = history::changes(&first.tree, &after.tree);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].path, "a.txt");
+    assert_eq!(changes[0].kind, ChangeKind::Modified);
 }

@@ -179,7 +179,7 @@ impl Core {
         let session = self.store.get_session_any(&job.session_id).await?;
         if let Some(session) = &session {
             match self.before_tree(job).await {
-                Ok(before) => self.record_outputs(job, session, &before, None).await?,
+                Ok(before) => self.record_outputs(job, session, Arc::new(before)).await?,
                 Err(e) => {
                     tracing::warn!(job = %job.id, error = %e, "no before-snapshot: the adopted job's outputs are not recorded")
                 }

@@ -20,7 +20,7 @@ use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, Stdin, StopCause};
 use crate::store::{JobUpdate, SnapPoint, SnapshotRow};
 use crate::telemetry::{TraceParent, metrics, trace};
-use crate::workspace::history::Taken;
+use crate::workspace::history::{Basis, Taken, Tree};
 use finish::FinishFacts;
 use pump::Pump;
 use sink::{Sink, write_input};
@@ -354,7 +354,7 @@ impl Core {
                 }
             };
             tokio::try_join!(
-                self.record_outputs(job, &p.session, &p.before.tree, Some(&p.before.id)),
+                self.record_outputs(job, &p.session, Arc::clone(&p.before.tree)),
                 conversation,
             )?;
             // Not running any more once a reader can see it final (a scrape right after must
@@ -478,7 +478,12 @@ impl Core {
                 Some(taken) => (taken, None),
                 None => {
                     let (taken, row) = self
-                        .take_unrecorded(&session.id, &job.id, SnapPoint::Before, latest_tree)
+                        .take_unrecorded(
+                            &session.id,
+                            &job.id,
+                            SnapPoint::Before,
+                            latest_tree.map_or(Basis::Nothing, Basis::Stored),
+                        )
                         .await?;
                     (taken, Some(row))
                 }
@@ -590,27 +595,19 @@ impl Core {
     }
 
     /// What the job changed in the workspace, from its two snapshots, stored with the job. The
-    /// after-snapshot is taken over the listing of `before_id` when the caller holds it (a session
-    /// runs one job at a time: it is the session's newest), without asking the store for it. A
-    /// snapshot that cannot be taken loses the outputs, not the job.
-    async fn record_outputs(
-        &self,
-        job: &Job,
-        session: &Session,
-        before: &crate::workspace::history::Tree,
-        before_id: Option<&str>,
-    ) -> Result<()> {
-        let prev = match before_id {
-            Some(id) => Ok(Some(id.to_owned())),
-            None => self.latest_tree(&session.id).await,
-        };
-        let after = match prev {
-            Ok(prev) => {
-                self.take_unrecorded(&session.id, &job.id, SnapPoint::After, prev)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+    /// after-snapshot starts from the before-snapshot's listing, which the caller holds: neither
+    /// the store is asked for the session's newest snapshot nor its listing read back and parsed
+    /// (for a workspace of many files, a large part of the snapshot's time). A snapshot that
+    /// cannot be taken loses the outputs, not the job.
+    async fn record_outputs(&self, job: &Job, session: &Session, before: Arc<Tree>) -> Result<()> {
+        let after = self
+            .take_unrecorded(
+                &session.id,
+                &job.id,
+                SnapPoint::After,
+                Basis::Held(Arc::clone(&before)),
+            )
+            .await;
         let (after, row) = match after {
             Ok(taken) => taken,
             Err(e) => {
@@ -618,7 +615,7 @@ impl Core {
                 return Ok(());
             }
         };
-        let changes = Self::outputs_of(before, &after.tree);
+        let changes = Self::outputs_of(&before, &after.tree);
         // The snapshot's row and the outputs do not depend on each other: written together,
         // they share a commit where the store groups what is queued (SQLite's writer).
         let (row_stored, outputs_stored) = tokio::join!(

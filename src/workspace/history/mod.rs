@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One entry of a snapshot. Regular files name their content by `blob` (SHA-256 hex); symlinks
 /// keep their `target`. The stat fields let the next snapshot skip unchanged files.
@@ -102,12 +103,28 @@ impl Tree {
     }
 }
 
-/// A snapshot just taken: its id (the SHA-256 of its listing), listing and cost.
+/// A snapshot just taken: its id (the SHA-256 of its listing), listing and cost. The listing is
+/// shared: a job holds its before-snapshot's for its whole run and hands it to its after-snapshot.
 #[derive(Debug, Clone)]
 pub struct Taken {
     pub id: String,
-    pub tree: Tree,
+    pub tree: Arc<Tree>,
     pub stats: TakeStats,
+}
+
+/// The listing a snapshot starts from: a file whose stat matches its entry there is not read
+/// again. Any listing of the same workspace is a safe one (an entry is only reused on a whole
+/// stat match, older than the listing by the racy margin); the closer to the workspace, the
+/// fewer files are read.
+#[derive(Debug, Clone)]
+pub enum Basis {
+    /// None: every file is read (a session's first snapshot).
+    Nothing,
+    /// A listing in the history, by tree id (the session's newest snapshot): read and parsed.
+    Stored(String),
+    /// A listing already in memory (a job's before-snapshot, for its after-snapshot): neither
+    /// read nor parsed again, which for a workspace of many files is most of the listing's cost.
+    Held(Arc<Tree>),
 }
 
 /// Handle on the object store. Every method blocks: call them on blocking threads.
@@ -131,7 +148,11 @@ impl History {
             .map_err(|e| Error::internal(format!("history: cannot encode a tree: {e}")))?;
         let id = hex::encode(Sha256::digest(&json));
         self.cas.put_tree(&id, &json)?;
-        Ok(Taken { id, tree, stats })
+        Ok(Taken {
+            id,
+            tree: Arc::new(tree),
+            stats,
+        })
     }
 
     /// The listing of snapshot `id`; SNAPSHOT_NOT_FOUND once it was collected.

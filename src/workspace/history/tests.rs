@@ -52,7 +52,7 @@ fn identical_content_is_stored_once_and_unchanged_files_are_not_read() {
     );
     // Old enough for the racy-timestamp rule to trust the stat.
     std::thread::sleep(std::time::Duration::from_millis(120));
-    let mut prev = first.tree.clone();
+    let mut prev = Tree::clone(&first.tree);
     prev.taken_ns += 200_000_000;
     f.write("a.txt", "changed\n");
     let second = f.take(Some(&prev));
@@ -70,7 +70,7 @@ fn identical_content_is_stored_once_and_unchanged_files_are_not_read() {
     );
     assert_eq!(
         f.h.tree(&first.id).unwrap(),
-        first.tree,
+        *first.tree,
         "survives a reopen"
     );
 }
