@@ -210,9 +210,11 @@ impl Core {
             .take(mine.len().saturating_sub(KEEP_PER_SESSION))
             .map(|r| (r.job.clone(), r.point))
             .collect();
-        let all = self.store.snapshots(&SnapshotFilter::default()).await?;
-        let mut total: u64 = all.iter().map(|r| r.bytes_added).sum();
-        if total > MAX_HISTORY_BYTES {
+        // Every job's end asks: the store sums, and the rows of every session (up to
+        // `KEEP_PER_SESSION` each) are only read when the total is over the cap.
+        if self.store.snapshot_bytes().await? > MAX_HISTORY_BYTES {
+            let all = self.store.snapshots(&SnapshotFilter::default()).await?;
+            let mut total: u64 = all.iter().map(|r| r.bytes_added).sum();
             evict.extend(over_cap(&all, &mut total, MAX_HISTORY_BYTES));
         }
         if evict.is_empty() {

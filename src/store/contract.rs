@@ -1077,6 +1077,7 @@ pub async fn rewind_holds(h: &dyn Harness) {
 pub async fn snapshots_index(h: &dyn Harness) {
     use crate::store::{SnapPoint, SnapshotFilter};
     let store = h.open().await;
+    assert_eq!(store.snapshot_bytes().await.unwrap(), 0, "no snapshot yet");
     let s1 = new_session(&*store, session("acme", ts(0))).await;
     let s2 = new_session(&*store, session("acme", ts(0))).await;
     let j1 = new_job(&*store, &s1, ts(1)).await;
@@ -1116,6 +1117,11 @@ pub async fn snapshots_index(h: &dyn Harness) {
         .unwrap();
     let got = store.snapshots(&of_job).await.unwrap();
     assert_eq!(got.iter().map(|r| &r.tree[..1]).collect::<String>(), "ad");
+    assert_eq!(
+        store.snapshot_bytes().await.unwrap(),
+        3 * 7,
+        "the sum over every session, the replaced row counted once"
+    );
     let n = store
         .delete_snapshots(&[
             (j1.id.clone(), SnapPoint::Before),
@@ -1125,6 +1131,7 @@ pub async fn snapshots_index(h: &dyn Harness) {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(store.snapshots(&of_job).await.unwrap().len(), 1);
+    assert_eq!(store.snapshot_bytes().await.unwrap(), 2 * 7);
     drop(store);
     let store = h.open().await;
     assert_eq!(

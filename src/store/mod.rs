@@ -420,6 +420,11 @@ pub trait Store: Send + Sync + 'static {
     /// Snapshots matching `filter`, oldest first (by `created`, then job and point).
     async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotRow>>;
 
+    /// What every recorded snapshot added to the history, in bytes (the total retention caps),
+    /// summed by the store: every job's end asks, and the rows themselves are only read when
+    /// the total is over the cap.
+    async fn snapshot_bytes(&self) -> Result<u64>;
+
     /// Forgets these snapshots (the history's collector then frees what only they used);
     /// returns how many rows went.
     async fn delete_snapshots(&self, keys: &[(JobId, SnapPoint)]) -> Result<u64>;

@@ -502,6 +502,10 @@ impl Store for PgStore {
         snapshots::list(self, filter).await
     }
 
+    async fn snapshot_bytes(&self) -> Result<u64> {
+        snapshots::bytes(self).await
+    }
+
     async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
         snapshots::delete(self, keys).await
     }

@@ -337,6 +337,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn snapshot_bytes(&self) -> Result<u64> {
+        self.readers.read(snapshots::bytes).await
+    }
+
     async fn delete_snapshots(&self, keys: &[(JobId, crate::store::SnapPoint)]) -> Result<u64> {
         let keys = keys.to_vec();
         self.writer

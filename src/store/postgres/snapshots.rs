@@ -54,6 +54,19 @@ pub(super) async fn list(store: &PgStore, f: &SnapshotFilter) -> Result<Vec<Snap
         .collect()
 }
 
+pub(super) async fn bytes(store: &PgStore) -> Result<u64> {
+    let rows = store
+        .query(
+            "SELECT coalesce(sum(bytes_added), 0)::BIGINT FROM snapshots",
+            &[],
+        )
+        .await?;
+    match rows.first() {
+        Some(r) => uint(r, 0, "sum(snapshots.bytes_added)"),
+        None => Ok(0),
+    }
+}
+
 pub(super) async fn delete(store: &PgStore, keys: &[(JobId, SnapPoint)]) -> Result<u64> {
     let jobs: Vec<&str> = keys.iter().map(|(j, _)| j.as_str()).collect();
     let points: Vec<&str> = keys.iter().map(|(_, p)| p.as_str()).collect();

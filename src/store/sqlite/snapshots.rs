@@ -71,6 +71,14 @@ pub(super) fn list(conn: &Connection, f: &SnapshotFilter) -> Result<Vec<Snapshot
         .collect()
 }
 
+pub(super) fn bytes(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT coalesce(sum(bytes_added), 0) FROM snapshots")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 pub(super) fn delete(conn: &Connection, keys: &[(JobId, SnapPoint)]) -> Result<u64> {
     let mut st = conn
         .prepare_cached("DELETE FROM snapshots WHERE job_id = ?1 AND point = ?2")
