@@ -589,7 +589,8 @@ impl Workspaces {
         Ok(self.inner.history.get_or_init(|| h).clone())
     }
 
-    /// Snapshots a session's workspace into the history, reusing the unchanged files of `basis`.
+    /// Snapshots a session's workspace into the history, reusing the unchanged files of `basis`
+    /// (a stored listing this process took lately is not read back: `History::listing`).
     pub async fn take_snapshot(
         &self,
         session: &SessionId,
@@ -599,16 +600,12 @@ impl Workspaces {
         let session = session.clone();
         blocking(move || {
             let h = this.history()?;
-            let read;
-            let prev = match &basis {
+            let prev = match basis {
                 history::Basis::Nothing => None,
-                history::Basis::Stored(id) => {
-                    read = h.tree(id).ok();
-                    read.as_ref()
-                }
-                history::Basis::Held(tree) => Some(tree.as_ref()),
+                history::Basis::Stored(id) => h.listing(&id).ok(),
+                history::Basis::Held(tree) => Some(tree),
             };
-            h.take(this.open_ws(&session)?, prev)
+            h.take(this.open_ws(&session)?, prev.as_deref())
         })
         .await?
     }

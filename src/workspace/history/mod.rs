@@ -17,6 +17,7 @@ mod cas;
 mod changes;
 pub mod diff;
 mod gc;
+mod listings;
 mod restore;
 mod take;
 
@@ -120,7 +121,8 @@ pub struct Taken {
 pub enum Basis {
     /// None: every file is read (a session's first snapshot).
     Nothing,
-    /// A listing in the history, by tree id (the session's newest snapshot): read and parsed.
+    /// A listing in the history, by tree id (the session's newest snapshot): read and parsed,
+    /// unless this process took it lately and still holds it.
     Stored(String),
     /// A listing already in memory (a job's before-snapshot, for its after-snapshot): neither
     /// read nor parsed again, which for a workspace of many files is most of the listing's cost.
@@ -131,12 +133,15 @@ pub enum Basis {
 #[derive(Debug, Clone)]
 pub struct History {
     cas: Cas,
+    /// The listings taken lately, shared by every clone of the handle.
+    listings: Arc<listings::Listings>,
 }
 
 impl History {
     pub fn open(dir: &Path) -> Result<History> {
         Ok(History {
             cas: Cas::open(dir)?,
+            listings: Arc::new(listings::Listings::new(listings::ENTRIES)),
         })
     }
 
@@ -148,11 +153,18 @@ impl History {
             .map_err(|e| Error::internal(format!("history: cannot encode a tree: {e}")))?;
         let id = hex::encode(Sha256::digest(&json));
         self.cas.put_tree(&id, &json)?;
-        Ok(Taken {
-            id,
-            tree: Arc::new(tree),
-            stats,
-        })
+        let tree = Arc::new(tree);
+        self.listings.put(&id, &tree);
+        Ok(Taken { id, tree, stats })
+    }
+
+    /// The listing of snapshot `id` as a basis for the next snapshot: the one this process took
+    /// when it is still held, else read back like [`History::tree`].
+    pub fn listing(&self, id: &str) -> Result<Arc<Tree>> {
+        if let Some(tree) = self.listings.get(id) {
+            return Ok(tree);
+        }
+        self.tree(id).map(Arc::new)
     }
 
     /// The listing of snapshot `id`; SNAPSHOT_NOT_FOUND once it was collected.

@@ -217,3 +217,23 @@ fn a_snapshot_restores_byte_for_byte_with_modes_and_links() {
     // An existing destination is refused rather than written through.
     assert!(f.h.restore_into(&t.tree, &dest).is_err());
 }
+
+#[test]
+fn a_listing_taken_lately_is_not_read_back() {
+    let f = fx();
+    f.write("a", "1");
+    let taken = f.take(None);
+    // Gone from disk (as if collected): the handle that took it still holds it, a fresh one
+    // would have to read it.
+    std::fs::remove_file(f.h.cas.tree_path(&taken.id)).unwrap();
+    let held = f.h.listing(&taken.id).unwrap();
+    assert!(
+        Arc::ptr_eq(&held, &taken.tree),
+        "the listing taken, not a parse"
+    );
+    let fresh = History::open(&f._dir.path().join("history")).unwrap();
+    assert_eq!(
+        fresh.listing(&taken.id).unwrap_err().reason(),
+        Reason::SnapshotNotFound
+    );
+}

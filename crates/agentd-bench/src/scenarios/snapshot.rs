@@ -122,7 +122,9 @@ fn run(files: usize, total: usize, changed: usize) -> Result<Vec<Metric>> {
     );
     // What a snapshot over a stored listing pays before it walks: reading that listing back and
     // parsing it. A job's after-snapshot starts from the before-snapshot's listing in memory
-    // (`history::Basis::Held`) and no longer pays it; its before-snapshot still does.
+    // (`history::Basis::Held`), and its before-snapshot from the listing this process took at the
+    // session's previous job (`History::listing`); only a listing another replica or an earlier
+    // process took is read back.
     let t = Instant::now();
     let listing = h.tree(&first.id).map_err(|e| anyhow::anyhow!("{e}"))?;
     let read_back = t.elapsed();
