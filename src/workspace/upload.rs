@@ -20,6 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -90,6 +91,12 @@ pub struct Upload {
     base_files: u64,
     base_bytes: u64,
     staged: Vec<Staged>,
+    /// The staged files' paths and their directories, so a new file's conflicts are found by
+    /// its own path's ancestors instead of a pass over every staged file.
+    paths: StagedPaths,
+    /// One descriptor per directory files went into, shared by its files' targets: an upload of
+    /// 100,000 files (the default cap) must not hold 100,000 descriptors until it commits.
+    parents: HashMap<String, Arc<OwnedFd>>,
     current: Option<Current>,
     /// The error that ended this upload; every later call answers it again.
     failed: Option<Error>,
@@ -105,6 +112,8 @@ impl Upload {
             base_files: files,
             base_bytes: bytes,
             staged: Vec::new(),
+            paths: StagedPaths::default(),
+            parents: HashMap::new(),
             current: None,
             failed: None,
             state: Arc::new(AtomicU8::new(LIVE)),
@@ -261,25 +270,29 @@ impl Upload {
             }
             None => None,
         };
-        for other in &self.staged {
-            let (a, b) = (other.target.rel.as_str(), rel.as_str());
-            if a.len() != b.len() && (is_ancestor(a, b) || is_ancestor(b, a)) {
-                return Err(Error::invalid(
-                    Reason::InvalidPath,
-                    "header.path",
-                    format!("path {rel:?} conflicts with {a:?} uploaded earlier in this request"),
-                ));
-            }
+        if let Some(a) = self.paths.conflict(&rel) {
+            return Err(Error::invalid(
+                Reason::InvalidPath,
+                "header.path",
+                format!("path {rel:?} conflicts with {a:?} uploaded earlier in this request"),
+            ));
         }
         // A later file with the same path wins: drop the earlier temp now.
-        if let Some(i) = self.staged.iter().position(|s| s.target.rel == rel) {
+        if self.paths.files.contains(&rel)
+            && let Some(i) = self.staged.iter().position(|s| s.target.rel == rel)
+        {
             let earlier = self.staged.remove(i);
             remove_temps(vec![earlier.target]).await;
         }
         let mode = header.mode.unwrap_or(DEFAULT_MODE) & 0o777;
         let root = self.root.clone();
         let rel2 = rel.clone();
-        let (target, file) = blocking(move || create_temp(&root, &rel2)).await??;
+        let parent_rel = split_parent(&rel).0.to_owned();
+        let known = self.parents.get(&parent_rel).cloned();
+        let (target, file) = blocking(move || create_temp(&root, &rel2, known)).await??;
+        self.parents
+            .entry(parent_rel)
+            .or_insert_with(|| Arc::clone(&target.parent));
 
         let mut next = self.projected();
         if target.replaces.is_none() {
@@ -370,6 +383,7 @@ impl Upload {
             remove_temps(vec![target]).await;
             return Err(e);
         }
+        self.paths.add(&target.rel);
         self.staged.push(Staged {
             target,
             size,
@@ -437,8 +451,37 @@ impl Drop for Upload {
     }
 }
 
-fn is_ancestor(dir: &str, path: &str) -> bool {
-    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+/// The paths of an upload's staged files, and each directory above them with one file below it.
+#[derive(Default)]
+struct StagedPaths {
+    files: HashSet<String>,
+    dirs: HashMap<String, String>,
+}
+
+impl StagedPaths {
+    fn add(&mut self, rel: &str) {
+        self.files.insert(rel.to_owned());
+        for dir in ancestors(rel) {
+            if self.dirs.contains_key(dir) {
+                break;
+            }
+            self.dirs.insert(dir.to_owned(), rel.to_owned());
+        }
+    }
+
+    /// A staged file that `rel` cannot sit beside: one that is a directory above `rel`, or one
+    /// below `rel` (which makes `rel` a directory).
+    fn conflict(&self, rel: &str) -> Option<&str> {
+        ancestors(rel)
+            .find_map(|dir| self.files.get(dir))
+            .or_else(|| self.dirs.get(rel))
+            .map(String::as_str)
+    }
+}
+
+/// The directories above `rel`, nearest first: `a/b/c` → `a/b`, `a`.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.rmatch_indices('/').map(move |(i, _)| &rel[..i])
 }
 
 fn writer_error(
@@ -463,9 +506,17 @@ async fn remove_temps(targets: Vec<Target>) {
 }
 
 /// Creates the parent directories and a temp file next to the destination.
-fn create_temp(root: &OwnedFd, rel: &str) -> Result<(Target, std::fs::File)> {
+/// `known` is the parent directory when an earlier file of the upload already opened it.
+fn create_temp(
+    root: &OwnedFd,
+    rel: &str,
+    known: Option<Arc<OwnedFd>>,
+) -> Result<(Target, std::fs::File)> {
     let (parent_rel, name) = split_parent(rel);
-    let parent = mkdir_beneath(root.as_fd(), parent_rel, rel)?;
+    let parent = match known {
+        Some(parent) => parent,
+        None => Arc::new(mkdir_beneath(root.as_fd(), parent_rel, rel)?),
+    };
     let replaces = match stat_at(parent.as_fd(), name)? {
         None => None,
         Some(st) => match kind_of(&st) {
@@ -502,7 +553,7 @@ fn create_temp(root: &OwnedFd, rel: &str) -> Result<(Target, std::fs::File)> {
     Ok((
         Target {
             rel: rel.to_owned(),
-            parent: Arc::new(parent),
+            parent,
             name: name.to_owned(),
             temp,
             replaces,
@@ -634,13 +685,66 @@ mod tests {
         v
     }
 
+    /// Files of one directory share its descriptor until the commit, and a path that makes a
+    /// staged file a directory, or sits below one, is refused whichever comes first.
+    #[tokio::test]
+    async fn one_descriptor_per_directory_and_conflicts_by_ancestry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut up = upload(dir.path());
+        for i in 0..30 {
+            let d = ["x", "x/y", ""][i % 3];
+            let path = if d.is_empty() {
+                format!("f{i}")
+            } else {
+                format!("{d}/f{i}")
+            };
+            up.start_file(header(&path)).await.unwrap();
+            up.write_chunk(Bytes::from_static(b"hi")).await.unwrap();
+        }
+        up.start_file(header("x/y/z/last")).await.unwrap();
+        up.finish_current().await.unwrap();
+        let mut fds: Vec<*const OwnedFd> = up
+            .staged
+            .iter()
+            .map(|s| Arc::as_ptr(&s.target.parent))
+            .collect();
+        fds.sort();
+        fds.dedup();
+        assert_eq!(
+            fds.len(),
+            4,
+            "x, x/y, x/y/z and the root: one descriptor each"
+        );
+        for (path, with) in [
+            ("x/f0/below", "x/f0"),
+            ("f2/below/deeper", "f2"),
+            ("x/y/z", "x/y/z/last"),
+        ] {
+            let Err(e) = up.open_file(header(path)).await else {
+                panic!("{path} was taken beside {with}");
+            };
+            assert_eq!(e.reason(), Reason::InvalidPath, "{path}");
+            assert!(e.to_string().contains(&format!("{with:?}")), "{path}: {e}");
+        }
+        // Neither above nor below a staged file: fine, and so is the same path again.
+        for path in ["x/y2/f", "x/f0", "x/yy"] {
+            up.start_file(header(path)).await.unwrap();
+        }
+        let entries = up.commit().await.unwrap();
+        assert_eq!(
+            entries.len(),
+            30 + 1 + 2,
+            "x/f0 once, replaced by the later file"
+        );
+    }
+
     /// What the runtime does with the result of a blocking task whose caller was dropped: the
     /// temp file it created goes with it.
     #[test]
     fn a_dropped_target_removes_its_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let root = OwnedFd::from(std::fs::File::open(dir.path()).unwrap());
-        let (target, file) = create_temp(&root, "sub/a.txt").unwrap();
+        let (target, file) = create_temp(&root, "sub/a.txt", None).unwrap();
         drop(file);
         assert_eq!(names(dir.path()).len(), 1);
         assert!(names(dir.path())[0].starts_with(TEMP_PREFIX));
