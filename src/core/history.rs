@@ -39,15 +39,7 @@ pub struct DiffChunk {
 impl Core {
     /// The tree of the session's newest snapshot: the listing a new one starts from.
     pub(super) async fn latest_tree(&self, session: &SessionId) -> Result<Option<String>> {
-        Ok(self
-            .store
-            .snapshots(&SnapshotFilter {
-                session: Some(session.clone()),
-                job: None,
-            })
-            .await?
-            .pop()
-            .map(|r| r.tree))
+        Ok(self.store.newest_snapshot(session).await?.map(|r| r.tree))
     }
 
     /// A snapshot over `basis`, not recorded yet: the caller stores the row when it suits it (a

@@ -1092,6 +1092,12 @@ pub async fn snapshots_index(h: &dyn Harness) {
     let all = store.snapshots(&SnapshotFilter::default()).await.unwrap();
     let trees: String = all.iter().map(|r| &r.tree[..1]).collect();
     assert_eq!(trees, "acb", "oldest first across sessions");
+    let newest = |s: &crate::domain::Session| {
+        let (store, id) = (&store, s.id.clone());
+        async move { store.newest_snapshot(&id).await.unwrap().map(|r| r.tree) }
+    };
+    assert_eq!(newest(&s1).await.as_deref(), Some(&*"b".repeat(64)));
+    assert_eq!(newest(&s2).await.as_deref(), Some(&*"c".repeat(64)));
     assert_eq!(
         all[0],
         snap(&j1, SnapPoint::Before, 'a', 10),
@@ -1117,6 +1123,7 @@ pub async fn snapshots_index(h: &dyn Harness) {
         .unwrap();
     let got = store.snapshots(&of_job).await.unwrap();
     assert_eq!(got.iter().map(|r| &r.tree[..1]).collect::<String>(), "ad");
+    assert_eq!(newest(&s1).await.as_deref(), Some(&*"d".repeat(64)));
     assert_eq!(
         store.snapshot_bytes().await.unwrap(),
         3 * 7,

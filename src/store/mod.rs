@@ -420,6 +420,10 @@ pub trait Store: Send + Sync + 'static {
     /// Snapshots matching `filter`, oldest first (by `created`, then job and point).
     async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotRow>>;
 
+    /// The session's newest snapshot: the last one [`Store::snapshots`] lists for it, read alone
+    /// (a job's start asks for it, and a session keeps up to 200).
+    async fn newest_snapshot(&self, session: &SessionId) -> Result<Option<SnapshotRow>>;
+
     /// What every recorded snapshot added to the history, in bytes (the total retention caps),
     /// summed by the store: every job's end asks, and the rows themselves are only read when
     /// the total is over the cap.

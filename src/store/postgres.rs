@@ -502,6 +502,13 @@ impl Store for PgStore {
         snapshots::list(self, filter).await
     }
 
+    async fn newest_snapshot(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<crate::store::SnapshotRow>> {
+        snapshots::newest(self, session).await
+    }
+
     async fn snapshot_bytes(&self) -> Result<u64> {
         snapshots::bytes(self).await
     }

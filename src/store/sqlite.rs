@@ -337,6 +337,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn newest_snapshot(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<crate::store::SnapshotRow>> {
+        let session = session.clone();
+        self.readers
+            .read(move |c| snapshots::newest(c, &session))
+            .await
+    }
+
     async fn snapshot_bytes(&self) -> Result<u64> {
         self.readers.read(snapshots::bytes).await
     }

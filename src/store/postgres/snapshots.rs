@@ -38,20 +38,33 @@ pub(super) async fn list(store: &PgStore, f: &SnapshotFilter) -> Result<Vec<Snap
             ],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let point: &str = get(r, 1, "snapshots.point")?;
-            Ok(SnapshotRow {
-                job: JobId::from_trusted(get(r, 0, "snapshots.job_id")?),
-                point: SnapPoint::parse(point)
-                    .ok_or_else(|| Error::internal("store: snapshots.point is not a point"))?,
-                session: SessionId::from_trusted(get(r, 2, "snapshots.session_id")?),
-                tree: get(r, 3, "snapshots.tree")?,
-                bytes_added: uint(r, 4, "snapshots.bytes_added")?,
-                created: Timestamp(get(r, 5, "snapshots.created")?),
-            })
-        })
-        .collect()
+    rows.iter().map(decode).collect()
+}
+
+/// job_id, point, session_id, tree, bytes_added, created.
+fn decode(r: &tokio_postgres::Row) -> Result<SnapshotRow> {
+    let point: &str = get(r, 1, "snapshots.point")?;
+    Ok(SnapshotRow {
+        job: JobId::from_trusted(get(r, 0, "snapshots.job_id")?),
+        point: SnapPoint::parse(point)
+            .ok_or_else(|| Error::internal("store: snapshots.point is not a point"))?,
+        session: SessionId::from_trusted(get(r, 2, "snapshots.session_id")?),
+        tree: get(r, 3, "snapshots.tree")?,
+        bytes_added: uint(r, 4, "snapshots.bytes_added")?,
+        created: Timestamp(get(r, 5, "snapshots.created")?),
+    })
+}
+
+/// The last row `list` would give for the session, by the `(session_id, created)` index.
+pub(super) async fn newest(store: &PgStore, session: &SessionId) -> Result<Option<SnapshotRow>> {
+    let rows = store
+        .query(
+            "SELECT job_id, point, session_id, tree, bytes_added, created FROM snapshots \
+             WHERE session_id = $1 ORDER BY created DESC, job_id DESC, point DESC LIMIT 1",
+            &[&session.as_str()],
+        )
+        .await?;
+    rows.first().map(decode).transpose()
 }
 
 pub(super) async fn bytes(store: &PgStore) -> Result<u64> {

@@ -4,7 +4,7 @@ use super::db;
 use crate::domain::{JobId, SessionId, Timestamp};
 use crate::error::{Error, Result};
 use crate::store::{SnapPoint, SnapshotFilter, SnapshotRow};
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub(super) fn put(conn: &Connection, r: &SnapshotRow) -> Result<()> {
     conn.prepare_cached(
@@ -27,7 +27,12 @@ pub(super) fn put(conn: &Connection, r: &SnapshotRow) -> Result<()> {
     Ok(())
 }
 
-fn row(r: &Row) -> rusqlite::Result<(String, String, String, String, i64, i64)> {
+/// job_id, point, session_id, tree, bytes_added, created.
+type Raw = (String, String, String, String, i64, i64);
+
+const COLUMNS: &str = "job_id, point, session_id, tree, bytes_added, created";
+
+fn row(r: &Row) -> rusqlite::Result<Raw> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -40,11 +45,11 @@ fn row(r: &Row) -> rusqlite::Result<(String, String, String, String, i64, i64)> 
 
 pub(super) fn list(conn: &Connection, f: &SnapshotFilter) -> Result<Vec<SnapshotRow>> {
     let mut st = conn
-        .prepare_cached(
-            "SELECT job_id, point, session_id, tree, bytes_added, created FROM snapshots \
-             WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR session_id = ?2) \
-             ORDER BY created, job_id, point",
-        )
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM snapshots \
+                 WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR session_id = ?2) \
+                 ORDER BY created, job_id, point"
+        ))
         .map_err(db)?;
     let rows = st
         .query_map(
@@ -56,19 +61,32 @@ pub(super) fn list(conn: &Connection, f: &SnapshotFilter) -> Result<Vec<Snapshot
         )
         .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(db)?;
-    rows.into_iter()
-        .map(|(job, point, session, tree, bytes, created)| {
-            Ok(SnapshotRow {
-                job: JobId::from_trusted(job),
-                point: SnapPoint::parse(&point)
-                    .ok_or_else(|| Error::internal("store: snapshots.point is not a point"))?,
-                session: SessionId::from_trusted(session),
-                tree,
-                bytes_added: u64::try_from(bytes).unwrap_or(0),
-                created: Timestamp(created),
-            })
-        })
-        .collect()
+    rows.into_iter().map(decode).collect()
+}
+
+fn decode((job, point, session, tree, bytes, created): Raw) -> Result<SnapshotRow> {
+    Ok(SnapshotRow {
+        job: JobId::from_trusted(job),
+        point: SnapPoint::parse(&point)
+            .ok_or_else(|| Error::internal("store: snapshots.point is not a point"))?,
+        session: SessionId::from_trusted(session),
+        tree,
+        bytes_added: u64::try_from(bytes).unwrap_or(0),
+        created: Timestamp(created),
+    })
+}
+
+/// The last row `list` would give for the session, by the `(session_id, created)` index.
+pub(super) fn newest(conn: &Connection, session: &SessionId) -> Result<Option<SnapshotRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM snapshots WHERE session_id = ?1 \
+         ORDER BY created DESC, job_id DESC, point DESC LIMIT 1"
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut st| st.query_row([session.as_str()], row).optional())
+        .map_err(db)?
+        .map(decode)
+        .transpose()
 }
 
 pub(super) fn bytes(conn: &Connection) -> Result<u64> {
