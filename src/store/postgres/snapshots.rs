@@ -26,12 +26,17 @@ pub(super) async fn put(store: &PgStore, r: &SnapshotRow) -> Result<()> {
     Ok(())
 }
 
+/// The columns [`decode`] reads, in its order.
+const COLUMNS: &str = "job_id, point, session_id, tree, bytes_added, created";
+
 pub(super) async fn list(store: &PgStore, f: &SnapshotFilter) -> Result<Vec<SnapshotRow>> {
     let rows = store
         .query(
-            "SELECT job_id, point, session_id, tree, bytes_added, created FROM snapshots \
-             WHERE ($1::text IS NULL OR job_id = $1) AND ($2::text IS NULL OR session_id = $2) \
-             ORDER BY created, job_id, point",
+            &format!(
+                "SELECT {COLUMNS} FROM snapshots \
+                 WHERE ($1::text IS NULL OR job_id = $1) AND ($2::text IS NULL OR session_id = $2) \
+                 ORDER BY created, job_id, point"
+            ),
             &[
                 &f.job.as_ref().map(JobId::as_str),
                 &f.session.as_ref().map(SessionId::as_str),
@@ -41,7 +46,7 @@ pub(super) async fn list(store: &PgStore, f: &SnapshotFilter) -> Result<Vec<Snap
     rows.iter().map(decode).collect()
 }
 
-/// job_id, point, session_id, tree, bytes_added, created.
+/// A row of [`COLUMNS`].
 fn decode(r: &tokio_postgres::Row) -> Result<SnapshotRow> {
     let point: &str = get(r, 1, "snapshots.point")?;
     Ok(SnapshotRow {
@@ -59,8 +64,10 @@ fn decode(r: &tokio_postgres::Row) -> Result<SnapshotRow> {
 pub(super) async fn newest(store: &PgStore, session: &SessionId) -> Result<Option<SnapshotRow>> {
     let rows = store
         .query(
-            "SELECT job_id, point, session_id, tree, bytes_added, created FROM snapshots \
-             WHERE session_id = $1 ORDER BY created DESC, job_id DESC, point DESC LIMIT 1",
+            &format!(
+                "SELECT {COLUMNS} FROM snapshots WHERE session_id = $1 \
+                 ORDER BY created DESC, job_id DESC, point DESC LIMIT 1"
+            ),
             &[&session.as_str()],
         )
         .await?;

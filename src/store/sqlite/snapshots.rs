@@ -27,7 +27,7 @@ pub(super) fn put(conn: &Connection, r: &SnapshotRow) -> Result<()> {
     Ok(())
 }
 
-/// job_id, point, session_id, tree, bytes_added, created.
+/// A row of [`COLUMNS`], in its order.
 type Raw = (String, String, String, String, i64, i64);
 
 const COLUMNS: &str = "job_id, point, session_id, tree, bytes_added, created";
