@@ -621,9 +621,21 @@ impl Window {
                 }
                 Ok(())
             });
+            // Everything under a directory born in this window was born in it too, whatever the
+            // events say: a file written before the directory's own watch was added is seen only
+            // by its later writes (MODIFIED) or not at all.
             for rel in found {
-                if !self.index.contains_key(&rel) {
-                    self.set(rel, ChangeType::Created);
+                match self.index.get(&rel) {
+                    None => self.set(rel, ChangeType::Created),
+                    Some(&i)
+                        if matches!(
+                            self.pending[i].change,
+                            ChangeType::Modified | ChangeType::Deleted
+                        ) =>
+                    {
+                        self.pending[i].change = ChangeType::Created;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -724,6 +736,34 @@ mod tests {
         }
         let other = notify::Error::io(std::io::Error::from_raw_os_error(libc::EACCES));
         assert_eq!(watch_error(other).reason(), Reason::Internal);
+    }
+
+    #[test]
+    fn a_file_in_a_new_directory_is_created_even_when_only_its_later_write_was_seen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+        std::fs::write(dir.path().join("d/early.txt"), "x").expect("write");
+        std::fs::write(dir.path().join("d/unseen.txt"), "y").expect("write");
+        let mut w = Window::default();
+        // The directory's creation was seen; `early.txt` was written before its watch was
+        // added, so only its second write raised an event; `unseen.txt` raised none.
+        w.new_dirs.push("d".into());
+        w.set("d".into(), ChangeType::Created);
+        w.set("d/early.txt".into(), ChangeType::Modified);
+        let ws = std::fs::File::open(dir.path()).expect("open");
+        let got: Vec<(String, ChangeType)> = w
+            .describe(std::os::fd::AsFd::as_fd(&ws))
+            .into_iter()
+            .map(|e| (e.path, e.change))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("d".into(), ChangeType::Created),
+                ("d/early.txt".into(), ChangeType::Created),
+                ("d/unseen.txt".into(), ChangeType::Created),
+            ]
+        );
     }
 
     #[test]
