@@ -5,6 +5,7 @@
 
 use super::db;
 use crate::error::{Error, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,14 @@ pub(super) fn open_raw(path: &Path) -> Result<Connection> {
         .map_err(|e| Error::internal(format!("store: cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Plans that never depend on the values bound. Without it SQLite (3.54) lets the planner
+    // look at the values of a statement with ORDER BY or LIMIT (the claim, the newest snapshot,
+    // every event and change read) and then compiles the cached statement again whenever a
+    // value differs from the last, which is every time here: ~0.5 ms of SQL compilation on the
+    // writer in each job's claim on the machines of BENCHMARKS.md. agentd never runs ANALYZE,
+    // so those values had nothing to tell the planner anyway.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(db)?;
     Ok(conn)
 }
 
@@ -160,5 +169,35 @@ impl Readers {
         })
         .await
         .map_err(|e| Error::internal(format!("store: read task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// A cached statement whose plan SQLite could tie to its values (ORDER BY with LIMIT, a
+    /// bound LIMIT) runs with other values without being compiled again.
+    #[test]
+    fn new_values_do_not_recompile_a_cached_statement() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("agentd.db");
+        let writer = open_writer(&path).expect("writer");
+        let reader = Readers::new(path).take().expect("reader");
+        for conn in [&writer, &reader] {
+            for sql in [
+                "SELECT job_id FROM snapshots WHERE session_id = ?1 \
+                 ORDER BY created DESC LIMIT 1",
+                "SELECT id FROM jobs ORDER BY pk LIMIT ?1",
+            ] {
+                let mut st = conn.prepare_cached(sql).expect("prepare");
+                for value in 1..=4_i64 {
+                    let mut rows = st.query([value]).expect("query");
+                    while rows.next().expect("row").is_some() {}
+                }
+                assert_eq!(st.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            }
+        }
     }
 }
