@@ -88,9 +88,13 @@ impl Core {
     }
 
     pub(super) fn start_claimed(self: &Arc<Self>, claimed: Claimed) {
-        let Claimed { job, cancel_reason } = claimed;
+        let Claimed {
+            job,
+            cancel_reason,
+            start,
+        } = claimed;
         self.spawn_running(job.id.clone(), cancel_reason, |core, handle| async move {
-            core.run_job(job, &handle).await;
+            core.run_job(job, &handle, start).await;
         });
     }
 

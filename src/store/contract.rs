@@ -62,6 +62,7 @@ macro_rules! store_contract_tests {
             prune_keeps_last_event_of_finished_jobs,
             claims_are_exclusive_across_stores,
             claims_keep_session_order,
+            claims_carry_what_the_start_reads,
             claims_share_slots_fairly_between_tenants,
             claims_respect_the_tenant_running_cap,
             renew_returns_only_owned_unfinished,
@@ -1571,6 +1572,55 @@ pub async fn claims_share_slots_fairly_between_tenants(h: &dyn Harness) {
         .unwrap();
     let got = store.claim_jobs("r1", ts(100), 10).await.unwrap();
     assert_eq!(claimed_ids(&got), job_ids(&[&acme[2], &acme[3], &acme[4]]));
+}
+
+/// What a claim hands over for the job's start, where the backend reads it, is what separate
+/// reads return: the session, the job agent's conversation (not another agent's), the session's
+/// newest snapshot. A store with one writer reads it in the claim's transaction.
+pub async fn claims_carry_what_the_start_reads(h: &dyn Harness) {
+    use crate::store::SnapPoint;
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let first = new_job(&*store, &s, ts(1)).await;
+    finish(&*store, &first, Outcome::Succeeded).await;
+    store
+        .put_snapshot(&snap(&first, SnapPoint::Before, 'a', 2))
+        .await
+        .unwrap();
+    store
+        .put_snapshot(&snap(&first, SnapPoint::After, 'b', 3))
+        .await
+        .unwrap();
+    let next = new_job(&*store, &s, ts(4)).await;
+    let agent = next.spec.agent.clone();
+    store
+        .set_agent_conversation(&s.id, &agent, "c-1", ts(5))
+        .await
+        .unwrap();
+    store
+        .set_agent_conversation(&s.id, "another-agent", "x-1", ts(6))
+        .await
+        .unwrap();
+    let got = store.claim_jobs("r1", ts(100), 10).await.unwrap();
+    assert_eq!(claimed_ids(&got), job_ids(&[&next]));
+    let Some(facts) = &got[0].start else {
+        assert!(
+            store.shared(),
+            "a store with one writer reads them in the claim"
+        );
+        return;
+    };
+    assert_eq!(
+        facts.session,
+        store.get_session_any(&s.id).await.unwrap(),
+        "the session as a read returns it"
+    );
+    assert_eq!(facts.conversation.as_deref(), Some("c-1"));
+    assert_eq!(
+        facts.newest_snapshot,
+        Some(snap(&first, SnapPoint::After, 'b', 3)),
+        "the newest snapshot"
+    );
 }
 
 /// A tenant at its running cap gets no more jobs until one of its own ends; others still do.

@@ -115,6 +115,20 @@ pub struct Claimed {
     pub job: Job,
     /// Set when a cancel was requested before the claim; the job must end without starting.
     pub cancel_reason: Option<String>,
+    /// What the job's start reads besides the job, when the backend read it in the claim's own
+    /// transaction (SQLite's writer does, at no extra round trip); `None`: the runner reads it.
+    pub start: Option<StartFacts>,
+}
+
+/// The rows a job's start needs besides the job itself: its session (`None`: deleted), the
+/// agent's conversation in it ([`Store::agent_conversation`]) and the session's newest snapshot
+/// ([`Store::newest_snapshot`]). Read when the job is claimed, they stay true until it starts:
+/// only a running job of the session changes the last two, and a claimed job is the only one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartFacts {
+    pub session: Option<Session>,
+    pub conversation: Option<String>,
+    pub newest_snapshot: Option<SnapshotRow>,
 }
 
 /// An unfinished job whose owner stopped renewing its lease.

@@ -587,17 +587,9 @@ impl Store for SqliteStore {
     }
 
     async fn agent_conversation(&self, session: &SessionId, agent: &str) -> Result<Option<String>> {
-        let (session, agent) = (session.to_string(), agent.to_owned());
+        let (session, agent) = (session.clone(), agent.to_owned());
         self.readers
-            .read(move |c| {
-                use rusqlite::OptionalExtension;
-                c.prepare_cached(crate::store::conversations::SELECT)
-                    .and_then(|mut st| {
-                        st.query_row(rusqlite::params![session, agent], |r| r.get(0))
-                            .optional()
-                    })
-                    .map_err(db)
-            })
+            .read(move |c| ops::agent_conversation(c, &session, &agent))
             .await
     }
 

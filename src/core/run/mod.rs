@@ -18,7 +18,7 @@ use crate::domain::{EventKind, Job, JobState, Outcome, Session, Timestamp, Usage
 use crate::error::{Error, Reason, Result};
 use crate::runner::jail::{Bridge, Network};
 use crate::runner::{Output, ProcessSpec, RunControl, Stdin, StopCause};
-use crate::store::{JobUpdate, SnapPoint, SnapshotRow};
+use crate::store::{JobUpdate, SnapPoint, SnapshotRow, StartFacts};
 use crate::telemetry::{TraceParent, metrics, trace};
 use crate::workspace::history::{Basis, Taken, Tree};
 use finish::FinishFacts;
@@ -96,7 +96,8 @@ enum Prep<'c> {
 
 impl Core {
     /// Runs one job to its final state. Never fails: every failure becomes the job's outcome.
-    pub(super) async fn run_job(&self, job: Job, handle: &RunHandle) {
+    /// `start`: what the claim already read for the start, if anything.
+    pub(super) async fn run_job(&self, job: Job, handle: &RunHandle, start: Option<StartFacts>) {
         let id = &job.id;
         let profile = self.config.agents.get(&job.spec.agent);
         let secrets: Vec<String> = profile
@@ -128,7 +129,7 @@ impl Core {
             span.record("parent_span_id", tp.parent_id());
         }
         async {
-            match self.execute(&job, handle, &mut sink).await {
+            match self.execute(&job, handle, &mut sink, start).await {
                 Ok(()) => {}
                 // Another replica settled the job after this one lost its lease: expected
                 // fencing, and a final event could not be stored either.
@@ -147,8 +148,14 @@ impl Core {
         .await;
     }
 
-    async fn execute(&self, job: &Job, handle: &RunHandle, sink: &mut Sink<'_>) -> Result<()> {
-        self.execute_turn(job, handle, sink, None).await
+    async fn execute(
+        &self,
+        job: &Job,
+        handle: &RunHandle,
+        sink: &mut Sink<'_>,
+        start: Option<StartFacts>,
+    ) -> Result<()> {
+        self.execute_turn(job, handle, sink, None, start).await
     }
 
     /// One run of the agent; `first` is set for the corrective turn of an `output_schema` job
@@ -159,9 +166,10 @@ impl Core {
         handle: &RunHandle,
         sink: &mut Sink<'_>,
         first: Option<FirstTurn>,
+        start: Option<StartFacts>,
     ) -> Result<()> {
         let before = first.as_ref().map(|f| f.before.clone());
-        let p = match self.prepare(job, handle, sink, before).await? {
+        let p = match self.prepare(job, handle, sink, before, start).await? {
             Prep::Ready(p) => *p,
             Prep::Settle(facts) => return self.finish(sink, None, facts).await,
         };
@@ -331,7 +339,8 @@ impl Core {
             // The corrective turn is a new run with its own claim; a restart between the two
             // fails the job as interrupted, which replaying the first turn could not undo.
             self.forget(claim).await;
-            return Box::pin(self.execute_turn(&next, handle, sink, Some(first))).await;
+            // The conversation just changed: the corrective turn reads its facts anew.
+            return Box::pin(self.execute_turn(&next, handle, sink, Some(first), None)).await;
         }
         hold_end_for_tests().await;
         let ended = async {
@@ -380,25 +389,17 @@ impl Core {
         handle: &RunHandle,
         sink: &mut Sink<'_>,
         before: Option<Taken>,
+        start: Option<StartFacts>,
     ) -> Result<Prep<'c>> {
-        // Three independent reads, waited for together: the session; the agent's own
-        // conversation (a session that switched agents must never hand one agent another's id,
-        // #20; a deleted session has none); the listing the before-snapshot starts from (a
-        // corrective turn has its snapshot already).
         let snapshot_due = before.is_none();
-        let latest_tree = async {
-            if snapshot_due {
-                self.latest_tree(&job.session_id).await
-            } else {
-                Ok(None)
-            }
+        let (session, resume, latest_tree) = match start {
+            Some(f) => (
+                f.session,
+                f.conversation,
+                f.newest_snapshot.filter(|_| snapshot_due).map(|r| r.tree),
+            ),
+            None => self.start_facts(job, snapshot_due).await?,
         };
-        let (session, resume, latest_tree) = tokio::try_join!(
-            self.store.get_session_any(&job.session_id),
-            self.store
-                .agent_conversation(&job.session_id, &job.spec.agent),
-            latest_tree,
-        )?;
         let Some(session) = session else {
             return Ok(Prep::Settle(FinishFacts::failed(
                 "session was deleted".into(),
@@ -551,6 +552,30 @@ impl Core {
             rx,
             pipe,
         })))
+    }
+
+    /// What [`StartFacts`] holds, read here: three independent reads, waited for together. The
+    /// session; the agent's own conversation (a session that switched agents must never hand
+    /// one agent another's id, #20; a deleted session has none); the listing the before-snapshot
+    /// starts from (a corrective turn has its snapshot already).
+    async fn start_facts(
+        &self,
+        job: &Job,
+        snapshot_due: bool,
+    ) -> Result<(Option<Session>, Option<String>, Option<String>)> {
+        let latest_tree = async {
+            if snapshot_due {
+                self.latest_tree(&job.session_id).await
+            } else {
+                Ok(None)
+            }
+        };
+        tokio::try_join!(
+            self.store.get_session_any(&job.session_id),
+            self.store
+                .agent_conversation(&job.session_id, &job.spec.agent),
+            latest_tree,
+        )
     }
 
     /// With adoption on, records which job the supervisor of `token` runs, so that the next

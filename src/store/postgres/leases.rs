@@ -90,6 +90,8 @@ pub(super) async fn claim_within(
             Ok(Claimed {
                 job: rows::job(r)?,
                 cancel_reason: rows::get(r, JOB_COLS, "jobs.cancel_reason")?,
+                // A query of their own would cost the round trip the runner's reads cost.
+                start: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;

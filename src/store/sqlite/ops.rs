@@ -7,7 +7,7 @@ use crate::domain::{
     FileChange, Job, JobEvent, JobId, JobState, PageCursor, Session, SessionId, TenantId, Timestamp,
 };
 use crate::error::{Error, Result};
-use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan, rules};
+use crate::store::{AdmitLimits, Claimed, JobFilter, JobWrite, Orphan, StartFacts, rules};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
@@ -561,9 +561,36 @@ pub(super) fn claim_jobs(
         claim
             .execute(params![pk, replica, lease_until.micros()])
             .map_err(db)?;
-        claimed.push(Claimed { job, cancel_reason });
+        let start = Some(start_facts(conn, &job)?);
+        claimed.push(Claimed {
+            job,
+            cancel_reason,
+            start,
+        });
     }
     Ok(claimed)
+}
+
+/// Read in the claim's transaction, where they cost no thread hand-over of their own.
+fn start_facts(conn: &Connection, job: &Job) -> Result<StartFacts> {
+    Ok(StartFacts {
+        session: get_session(conn, None, &job.session_id)?,
+        conversation: agent_conversation(conn, &job.session_id, &job.spec.agent)?,
+        newest_snapshot: super::snapshots::newest(conn, &job.session_id)?,
+    })
+}
+
+pub(super) fn agent_conversation(
+    conn: &Connection,
+    session: &SessionId,
+    agent: &str,
+) -> Result<Option<String>> {
+    conn.prepare_cached(crate::store::conversations::SELECT)
+        .and_then(|mut st| {
+            st.query_row(params![session.as_str(), agent], |r| r.get(0))
+                .optional()
+        })
+        .map_err(db)
 }
 
 pub(super) fn renew_leases(
