@@ -566,14 +566,19 @@ fn give_to_agent(dir: &Path) {
     }
 }
 
-/// The agent, forked ahead of its job (see [`super::ahead_pipes`]): decodes the launch spec
-/// while ns-init prepares the job, then, once told, drops every privilege, locks the jail and
-/// execs.
+/// The agent, forked ahead of its job (see [`super::ahead_pipes`]). What does not depend on the
+/// job is done while the standby waits: it becomes [`INSIDE_ID`] with no capability,
+/// `no_new_privs`, and installs the system-call filter (whose load alone took ~0.3 ms of the
+/// job's start on the VMs of BENCHMARKS.md). Then it decodes the launch spec while ns-init
+/// prepares the job and, once told, locks the writes to the job's paths and execs.
 fn agent_ahead(waiting: super::Waiting, shape: Shape, filters: &seccomp::Filters) -> ! {
     let fail = |msg: String| -> ! {
         let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
         _exit(SETUP_FAILED)
     };
+    drop_privileges(&shape).unwrap_or_else(|e| fail(e));
+    prctl::set_no_new_privs().unwrap_or_else(|e| fail(format!("no_new_privs: {e}")));
+    filters.apply().unwrap_or_else(|e| fail(e));
     let (agent, jail, writable) = waiting.job(|spec| match decode_spec(spec) {
         Ok((agent, Some(jail))) => {
             let writable: Vec<PathBuf> = [&jail.workspace, &jail.home]
@@ -587,29 +592,23 @@ fn agent_ahead(waiting: super::Waiting, shape: Shape, filters: &seccomp::Filters
         Ok((_, None)) => fail("the job has no jail".into()),
         Err(e) => fail(e),
     });
-    exec_jailed(&agent, &jail, shape, filters, &writable)
+    exec_jailed(&agent, &jail, &writable)
 }
 
-/// The agent's side: drop every privilege, lock the jail, exec. Never returns.
-fn exec_jailed(
-    agent: &Agent,
-    jail: &JailSpec,
-    shape: Shape,
-    filters: &seccomp::Filters,
-    writable: &[PathBuf],
-) -> ! {
+/// The agent's side once its job's root is in place (unprivileged and filtered already): its
+/// working directory and stdin, the file size cap, Landlock over the job's writable paths,
+/// exec. Never returns.
+fn exec_jailed(agent: &Agent, jail: &JailSpec, writable: &[PathBuf]) -> ! {
     let fail = |msg: String| -> ! {
         let _ = writeln!(std::io::stderr(), "agentd: jail: {msg}");
         _exit(SETUP_FAILED)
     };
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     enter_place(agent);
-    drop_privileges(&shape).unwrap_or_else(|e| fail(e));
     if let Some(max) = jail.limits.workspace_bytes {
         // No single file beyond the workspace cap; the total is the supervisor's watch.
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, max, max);
     }
-    prctl::set_no_new_privs().unwrap_or_else(|e| fail(format!("no_new_privs: {e}")));
     match writes::restrict(writable) {
         Ok(true) => {}
         // Fail closed where the kernel has Landlock but refused it.
@@ -617,7 +616,6 @@ fn exec_jailed(
         Ok(false) => fail("landlock is available but was not enforced".into()),
         Err(e) => fail(e),
     }
-    filters.apply().unwrap_or_else(|e| fail(e));
     exec_now(agent)
 }
 
