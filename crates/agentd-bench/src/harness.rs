@@ -168,6 +168,47 @@ pub struct Agentd {
     dir: TempDir,
 }
 
+/// A killed agentd leaves its running jobs' supervisors waiting for a successor to adopt them
+/// (issue #23, up to the adopt timeout, 10 minutes by default); here none will come, since the
+/// data dir goes with the bench. They are told to end their trees (SIGUSR1, what agentd's cancel
+/// sends), so that they still remove their cgroups, and killed if they have not gone within 2 s.
+impl Drop for Agentd {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let needle = format!("{}/", self.dir.path().display());
+        for (signal, pause) in [(libc::SIGUSR1, 2_000), (libc::SIGKILL, 0)] {
+            let left = processes_naming(&needle);
+            for pid in &left {
+                // SAFETY: kill takes a pid and a signal number.
+                unsafe { libc::kill(*pid, signal) };
+            }
+            let deadline = std::time::Instant::now() + Duration::from_millis(pause);
+            while !processes_naming(&needle).is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Processes whose command line names `needle` (a supervisor names its run dir, and the
+/// processes it forks share its command line).
+fn processes_naming(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
 impl Agentd {
     /// Starts agentd on port 0, embedded SQLite in a temp data dir, no API keys (loopback), the
     /// stand-in agent as the default profile `bench`; `extra` are more `serve` flags.
