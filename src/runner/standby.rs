@@ -141,29 +141,71 @@ impl Launcher {
         }
     }
 
-    /// Spawns the agent of `spec`: through a standby when one of its jail's shape is ready, else
-    /// by starting a supervisor for it. Errors as [`Process::spawn`].
+    /// Spawns the agent of `spec` now: [`Launcher::spawn_when`] with nothing to wait for.
     pub async fn spawn(self: &Arc<Self>, spec: ProcessSpec) -> Result<Process> {
-        validate(&spec)?;
+        self.spawn_when(spec, std::future::ready(Ok(()))).await?.0
+    }
+
+    /// Spawns the agent of `spec` once `ready` has completed: through a standby when one of its
+    /// jail's shape is ready, else by starting a supervisor for it. A jailed standby gets the
+    /// spec at once and builds the job's part of the jail while `ready` runs (the caller's last
+    /// work before the agent may run: its files, the workspace's before-snapshot); its agent
+    /// execs only once `ready` succeeded. Elsewhere the spec is handed over after `ready`.
+    ///
+    /// `Err`: `ready` failed, and nothing was started (a staged standby is killed). Otherwise
+    /// `ready`'s value and the spawn's outcome, which errs as [`Process::spawn`].
+    pub async fn spawn_when<T>(
+        self: &Arc<Self>,
+        spec: ProcessSpec,
+        ready: impl Future<Output = Result<T>>,
+    ) -> Result<(Result<Process>, T)> {
+        if let Err(e) = validate(&spec) {
+            return Ok((Err(e), ready.await?));
+        }
         let kind = spec.jail.as_ref().map(|j| j.shape.clone());
         let standby = self.take(kind);
-        let spawned = match standby {
-            Some(standby) => {
+        let (spawned, value) = match standby {
+            Some(mut standby) if spec.jail.is_some() => {
                 let pid = standby.pid;
-                match standby.launch(&spec).await {
-                    Ok(process) => Ok(process),
+                let (staged, value) = tokio::join!(standby.stage(&spec), ready);
+                let value = value?;
+                let spawned = match staged {
+                    Ok(()) => standby.go(&spec).await,
+                    Err(e) => Err(e),
+                };
+                match spawned {
+                    Ok(process) => (Ok(process), value),
                     // It died meanwhile (killed from outside): start one for this job instead.
                     Err(e) => {
                         tracing::warn!(pid, error = %e, "standby supervisor unusable");
-                        self.spawn_fresh(spec).await
+                        (self.spawn_fresh(spec).await, value)
                     }
                 }
             }
-            None => self.spawn_fresh(spec).await,
+            standby => {
+                let value = ready.await?;
+                (self.spawn_now(standby, spec).await, value)
+            }
         };
         // Only now: the replacement's spawn would otherwise delay this job's own start.
         self.warm();
-        spawned
+        Ok((spawned, value))
+    }
+
+    /// Spawns the agent of `spec` now, through `standby` when given.
+    async fn spawn_now(&self, standby: Option<Standby>, spec: ProcessSpec) -> Result<Process> {
+        let Some(standby) = standby else {
+            return self.spawn_fresh(spec).await;
+        };
+        let pid = standby.pid;
+        match standby.launch(&spec).await {
+            Ok(process) => Ok(process),
+            // It died meanwhile (killed from outside): start one for this job instead.
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "standby supervisor unusable");
+                self.spawn_fresh(spec).await
+            }
+        }
     }
 
     /// A supervisor started for this job alone: jailed jobs take their jail through the launch
@@ -270,9 +312,15 @@ impl Launcher {
 }
 
 impl Standby {
-    /// Hands the job to the standby. The spec is written whole and stdin closed, which tells the
-    /// supervisor it is complete.
+    /// Hands the job to the standby at once: the spec, then the word to go.
     async fn launch(mut self, spec: &ProcessSpec) -> Result<Process> {
+        self.stage(spec).await?;
+        self.go(spec).await
+    }
+
+    /// Hands the standby the job's launch spec ([`supervise::frame_spec`]): a jailed one builds
+    /// the job's part of the jail from it and waits for [`Standby::go`]; another starts the agent.
+    async fn stage(&mut self, spec: &ProcessSpec) -> Result<()> {
         // Back to the normal priority before it forks the agent (in the fallback mode) and while
         // it forwards signals; ns-init restores its own once it has the spec. Every thread of it:
         // the spool thread (adoption) was started while it waited at the idle priority, and it
@@ -294,15 +342,30 @@ impl Standby {
             records::RUN_TOKEN_ENV.to_owned(),
             self.leftovers.token.clone(),
         ));
-        let bytes = supervise::encode_spec(
+        let bytes = supervise::frame_spec(&supervise::encode_spec(
             &spec.program,
             &spec.args,
             &env,
             &spec.cwd,
             spec.jail.as_ref().map(|j| &j.spec),
-        );
+        ));
+        self.channel.write_all(&bytes).await.map_err(|e| {
+            Error::internal(format!(
+                "cannot hand the job to the standby supervisor: {e}"
+            ))
+        })
+    }
+
+    /// Lets the staged job start (a jailed one's agent waits for [`supervise::GO`]); closing our
+    /// side of the channel tells the supervisor nothing more comes.
+    async fn go(mut self, spec: &ProcessSpec) -> Result<Process> {
+        let go: &[u8] = if spec.jail.is_some() {
+            &[supervise::GO]
+        } else {
+            &[]
+        };
         let written = async {
-            self.channel.write_all(&bytes).await?;
+            self.channel.write_all(go).await?;
             self.channel.shutdown().await
         }
         .await;

@@ -23,7 +23,7 @@ use crate::telemetry::{TraceParent, metrics, trace};
 use crate::workspace::history::{Basis, Taken, Tree};
 use finish::FinishFacts;
 use pump::Pump;
-use sink::{Sink, write_input};
+use sink::{Sink, input_path, write_input};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -63,11 +63,34 @@ struct Prepared<'c> {
     /// The gateway grant: held while the agent runs, dropped when it ends.
     access: Option<(crate::gateway::Access, Vec<(String, String)>)>,
     budget_hit: Arc<OnceLock<String>>,
+    /// What must be in place before the agent may run ([`Core::ready_to_start`]): awaited while
+    /// the launcher builds the job's jail.
+    ready: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ready>> + Send + 'c>>,
+    tx: mpsc::Sender<Output>,
+    rx: mpsc::Receiver<Output>,
+}
+
+/// What [`Core::ready_to_start`] does: the job's HOME files and renames, its input (a file, or
+/// the pipe of a job that asks), its before-snapshot unless the turn has one.
+struct StartWork {
+    session: crate::domain::SessionId,
+    job: crate::domain::JobId,
+    home: std::path::PathBuf,
+    home_files: Vec<(std::path::PathBuf, Vec<u8>)>,
+    renames: Option<crate::workspace::Rename>,
+    input: Option<String>,
+    /// Under `ask`: the controller's first words and the agent's protocol.
+    asks: Option<(String, Box<dyn Interactive>)>,
+    before: Option<Taken>,
+    /// What the before-snapshot starts from.
+    basis: Basis,
+}
+
+/// What [`Core::ready_to_start`] made.
+struct Ready {
     before: Taken,
     /// The before-snapshot's row, when this turn took it: not stored yet.
     before_row: Option<SnapshotRow>,
-    tx: mpsc::Sender<Output>,
-    rx: mpsc::Receiver<Output>,
     /// Under permission_mode `ask`: what its controller needs.
     pipe: Option<AskPipe>,
 }
@@ -177,19 +200,24 @@ impl Core {
         let stdin = p.spec.stdin.clone();
         let agent_span =
             tracing::info_span!("agent", program = %program, pid = tracing::field::Empty);
+        // The job's jail is built while its files and before-snapshot are made; its agent runs
+        // once they are. When they fail, nothing was started: the job fails inside the server.
+        let (spawned, ready) = self
+            .launcher
+            .spawn_when(p.spec, p.ready)
+            .instrument(agent_span.clone())
+            .await?;
+        let Ready {
+            before,
+            before_row,
+            pipe,
+        } = ready;
         // The before-snapshot's row commits while the agent starts: the snapshot itself (what
         // the workspace held) was taken before, and nothing reads the row until the job ends.
-        let before_row = p.before_row;
-        let before_row = async {
-            match &before_row {
-                Some(row) => self.store.put_snapshot(row).await,
-                None => Ok(()),
-            }
+        let recorded = match &before_row {
+            Some(row) => self.store.put_snapshot(row).await,
+            None => Ok(()),
         };
-        let (spawned, recorded) = tokio::join!(
-            self.launcher.spawn(p.spec).instrument(agent_span.clone()),
-            before_row,
-        );
         let process = match spawned {
             Ok(process) => process,
             Err(e) => {
@@ -240,16 +268,14 @@ impl Core {
         };
         let limits = &self.config.limits;
         // A protocol with its own output (a JSON-RPC agent) has its own parser.
-        let parser = p.pipe.as_ref().and_then(|pipe| pipe.protocol.parser());
+        let parser = pipe.as_ref().and_then(|pipe| pipe.protocol.parser());
         let mut pump = Pump::new(
             parser.unwrap_or_else(|| agents::parser(p.profile)),
             state,
             p.resume,
             (limits.job_output_max_bytes, limits.job_output_max_events),
         );
-        pump.control = p
-            .pipe
-            .map(|pipe| self.start_control(job, handle, &p.session, pipe, &p.tx));
+        pump.control = pipe.map(|pipe| self.start_control(job, handle, &p.session, pipe, &p.tx));
         let run = tokio::spawn(process.run(p.tx, control).instrument(agent_span));
         let mut rx = p.rx;
         if let Err(e) = pump.run(sink, &mut rx, started_write).await {
@@ -331,7 +357,7 @@ impl Core {
             );
             next.last_seq = sink.next_seq - 1;
             let first = FirstTurn {
-                before: p.before,
+                before,
                 started,
                 usage: facts.usage,
             };
@@ -363,7 +389,7 @@ impl Core {
                 }
             };
             tokio::try_join!(
-                self.record_outputs(job, &p.session, Arc::clone(&p.before.tree)),
+                self.record_outputs(job, &p.session, Arc::clone(&before.tree)),
                 conversation,
             )?;
             // Not running any more once a reader can see it final (a scrape right after must
@@ -440,61 +466,34 @@ impl Core {
         let mut home_files = std::mem::take(&mut launch.files);
         home_files.extend(std::mem::take(&mut extras.placeholders));
         let renames = agents::home_renames(profile, &job.spec, &ctx);
-        let home_files = async {
-            self.workspaces
-                .write_home_files(&session.id, home_files)
-                .await?;
-            if let Some(rename) = renames {
-                self.workspaces
-                    .rename_home_files(&session.id, rename)
-                    .await?;
-            }
-            Ok::<_, Error>(())
-        };
-        // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input).
-        let protocol = job
+        // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input); the
+        // controller's first words are the prompt and the job's images, in the protocol's shape.
+        let asks = job
             .spec
             .asks()
             .then(|| agents::interactive::protocol(profile, &job.spec, &ctx))
-            .flatten();
-        let input = async {
-            Ok::<_, Error>(match (&launch.stdin, protocol) {
-                (_, Some(protocol)) => {
-                    let (path, sender) = super::control::open_pipe(&home).await?;
-                    let text = agents::first_prompt(profile.kind, &job.spec, &images);
-                    let pipe = AskPipe {
-                        first: protocol.prompt(&text, &images),
-                        protocol: Arc::from(protocol),
-                        sender,
-                    };
-                    (Stdin::File(path), Some(pipe))
-                }
-                (Some(text), None) => (Stdin::File(write_input(&home, text).await?), None),
-                (None, None) => (Stdin::Null, None),
-            })
+            .flatten()
+            .map(|protocol| {
+                let text = agents::first_prompt(profile.kind, &job.spec, &images);
+                (protocol.prompt(&text, &images), protocol)
+            });
+        let stdin = match (&asks, &launch.stdin) {
+            (Some(_), _) => Stdin::File(super::control::pipe_path(&home)),
+            (None, Some(_)) => Stdin::File(input_path(&home)),
+            (None, None) => Stdin::Null,
         };
-        // Its row is stored beside the agent's start (`execute_turn`).
-        let snapshot = async {
-            Ok::<_, Error>(match before {
-                Some(taken) => (taken, None),
-                None => {
-                    let (taken, row) = self
-                        .take_unrecorded(
-                            &session.id,
-                            &job.id,
-                            SnapPoint::Before,
-                            latest_tree.map_or(Basis::Nothing, Basis::Stored),
-                        )
-                        .await?;
-                    (taken, Some(row))
-                }
-            })
+        let work = StartWork {
+            session: session.id.clone(),
+            job: job.id.clone(),
+            home: home.clone(),
+            home_files,
+            renames,
+            input: launch.stdin.take(),
+            asks,
+            before,
+            basis: latest_tree.map_or(Basis::Nothing, Basis::Stored),
         };
-        // HOME's files, the agent's input (also in HOME, under names of agentd's own) and the
-        // workspace's snapshot do not touch one another: blocking work each, waited for together
-        // rather than one thread hand-over after the other on the job's start.
-        let ((), (stdin, pipe), (before, before_row)) =
-            tokio::try_join!(home_files, input, snapshot)?;
+        let ready = Box::pin(self.ready_to_start(work));
 
         let (tx, rx) = mpsc::channel::<Output>(1024);
         let budget_hit: Arc<OnceLock<String>> = Arc::default();
@@ -546,12 +545,63 @@ impl Core {
             resume,
             access,
             budget_hit,
-            before,
-            before_row,
+            ready,
             tx,
             rx,
-            pipe,
         })))
+    }
+
+    /// HOME's files, the agent's input (also in HOME, under names of agentd's own) and the
+    /// workspace's before-snapshot: the last work before the agent may run. They do not touch one
+    /// another: blocking work each, waited for together rather than one thread hand-over after
+    /// the other on the job's start.
+    async fn ready_to_start(&self, w: StartWork) -> Result<Ready> {
+        let home_files = async {
+            self.workspaces
+                .write_home_files(&w.session, w.home_files)
+                .await?;
+            if let Some(rename) = w.renames {
+                self.workspaces
+                    .rename_home_files(&w.session, rename)
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let input = async {
+            Ok::<_, Error>(match (w.asks, w.input) {
+                (Some((first, protocol)), _) => {
+                    let (_, sender) = super::control::open_pipe(&w.home).await?;
+                    Some(AskPipe {
+                        first,
+                        protocol: Arc::from(protocol),
+                        sender,
+                    })
+                }
+                (None, Some(text)) => {
+                    write_input(&w.home, text).await?;
+                    None
+                }
+                (None, None) => None,
+            })
+        };
+        // Its row is stored once the agent starts (`execute_turn`).
+        let snapshot = async {
+            Ok::<_, Error>(match w.before {
+                Some(taken) => (taken, None),
+                None => {
+                    let (taken, row) = self
+                        .take_unrecorded(&w.session, &w.job, SnapPoint::Before, w.basis)
+                        .await?;
+                    (taken, Some(row))
+                }
+            })
+        };
+        let ((), pipe, (before, before_row)) = tokio::try_join!(home_files, input, snapshot)?;
+        Ok(Ready {
+            before,
+            before_row,
+            pipe,
+        })
     }
 
     /// What [`StartFacts`] holds, read here: three independent reads, waited for together. The

@@ -11,8 +11,10 @@
 //!   the job-independent root while the supervisor is a standby (and pivots into it there, where
 //!   the kernel allows: see [`fs`]), forks the agent ahead of its job, reads the launch spec from
 //!   agentd itself on the inherited channel and passes it to the supervisor and the agent, adds
-//!   the job's paths meanwhile, pivots if it has not, and tells the agent to go once the
-//!   supervisor says the limits are set and watched;
+//!   the job's paths meanwhile, pivots if it has not, and tells the agent to go once agentd's
+//!   word ([`super::GO`], after the spec on the same channel: agentd writes the job's files and
+//!   takes its before-snapshot while the jail is built) has come and the supervisor says the
+//!   limits are set and watched;
 //! - the **agent**, forked while the supervisor is a standby (so a job's start pays for no fork,
 //!   see [`super::ahead_pipes`]), decodes the spec, waits for the word, drops to [`INSIDE_ID`]
 //!   with no capabilities, `no_new_privs`, Landlock and the seccomp filter, and execs.
@@ -468,7 +470,9 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     };
     drop((waiting, execed_w));
 
-    let spec = read_to_end(job_in).unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
+    let mut job_in = std::fs::File::from(job_in);
+    let spec = super::read_framed(&mut job_in)
+        .unwrap_or_else(|e| fail(format!("cannot read the job: {e}")));
     // The supervisor needs the job too (its limits and what to watch); it sets the limits while
     // this side builds the job's root.
     write_all(spec_w.as_fd(), &spec)
@@ -490,6 +494,20 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     fs::enter(&jail_root, &jail).unwrap_or_else(|e| fail(e));
     let _ = nix::unistd::write(&ready_w, &[1]);
     drop(ready_w);
+    // The job's files (HOME's, its input) and its before-snapshot are agentd's to finish first:
+    // the agent must not see the workspace before the snapshot of it, nor HOME half written, and
+    // what is handed to the agent's id below must be all there is.
+    let mut go = [0u8; 1];
+    let told = loop {
+        match job_in.read(&mut go) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => break read,
+        }
+    };
+    if !matches!(told, Ok(1)) || go[0] != super::GO {
+        _exit(SETUP_FAILED);
+    }
+    drop(job_in);
     if shape.host_ids.is_some() {
         // Files agentd wrote (uploads, the agent's config) belong to it; the agent's id must be
         // able to change them.

@@ -68,7 +68,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvpe, fork, getpid, getppid, pipe2, read, setpgid};
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
@@ -334,8 +334,7 @@ impl Source {
 /// the normal CPU priority (the runner may have set the standby up at the idle one, and what it
 /// forks inherits it) with `/dev/null` as its stdin.
 fn read_launch_spec() -> Result<(Vec<u8>, Agent), NoAgent> {
-    let mut spec = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut spec)
+    let spec = read_framed(&mut std::io::stdin().lock())
         .map_err(|e| NoAgent::Failed(format!("cannot read the launch spec: {e}")))?;
     if spec.is_empty() {
         return Err(NoAgent::Unused);
@@ -442,8 +441,50 @@ fn agent_ahead(waiting: Waiting) -> ! {
 }
 
 /// Format tag of the launch spec, bumped on any change (the runner and the supervisor may come
-/// from different builds during an upgrade).
+/// from different builds during an upgrade). The spec's framing on the channel
+/// ([`frame_spec`]) is not part of it: a reader of the other framing fails on the length (or the
+/// tag) instead.
 const SPEC_VERSION: &str = "agentd-launch-2";
+
+/// The largest launch spec a supervisor accepts (prompts and environments are bounded far below).
+const MAX_SPEC_BYTES: u64 = 256 << 20;
+
+/// The launch spec as it goes over a standby's channel: its length (8 bytes, little-endian),
+/// then the spec. The length, not the channel's EOF, ends it, because a jailed standby's channel
+/// carries one more byte after it: the word that the job may start ([`GO`]).
+pub fn frame_spec(spec: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + spec.len());
+    out.extend_from_slice(&(spec.len() as u64).to_le_bytes());
+    out.extend_from_slice(spec);
+    out
+}
+
+/// The byte a jailed standby's ns-init waits for after the spec before its agent may exec: agentd
+/// sends the spec as soon as it is built and this once the job's files and before-snapshot are
+/// in place, so the jail is built while agentd does those. EOF instead: the job was given up.
+pub const GO: u8 = b'g';
+
+/// Reads one framed spec ([`frame_spec`]) and nothing after it; EOF before it: no spec (empty).
+fn read_framed(from: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    match from.read_exact(&mut len) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Vec::new()),
+        other => other?,
+    }
+    let len = u64::from_le_bytes(len);
+    if len > MAX_SPEC_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a launch spec of {len} bytes"),
+        ));
+    }
+    let mut spec = Vec::new();
+    from.by_ref().take(len).read_to_end(&mut spec)?;
+    if spec.len() as u64 != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(spec)
+}
 
 /// The launch spec a standby supervisor reads from stdin: NUL-terminated fields, namely the
 /// version tag, the job's [`JailSpec`] as JSON (empty when unjailed), the working directory, the
@@ -1164,6 +1205,30 @@ mod tests {
         // No PATH given: none is set for the agent either.
         let spec = encode_spec("sh", &[], &[], std::path::Path::new("/"), None);
         assert!(decode_spec(&spec).unwrap().0.place.unwrap().path.is_none());
+    }
+
+    #[test]
+    fn a_framed_spec_is_read_whole_and_nothing_after_it() {
+        let spec = encode_spec(
+            "sh",
+            &["-c".into(), "true".into()],
+            &[],
+            std::path::Path::new("/"),
+            None,
+        );
+        let mut channel = frame_spec(&spec);
+        channel.push(GO);
+        let mut r = channel.as_slice();
+        assert_eq!(read_framed(&mut r).unwrap(), spec);
+        // The word to go stays for whoever reads it next.
+        assert_eq!(r, [GO]);
+        // EOF before a spec: no job.
+        assert!(read_framed(&mut [].as_slice()).unwrap().is_empty());
+        // A spec cut short, and a length no spec has, are errors, not a job.
+        let cut = &frame_spec(&spec)[..spec.len()];
+        assert!(read_framed(&mut &cut[..]).is_err());
+        let huge = (MAX_SPEC_BYTES + 1).to_le_bytes();
+        assert!(read_framed(&mut &huge[..]).is_err());
     }
 
     #[test]
