@@ -455,6 +455,16 @@ impl Core {
         if stored.id == job.id && !started_now {
             self.wake.notify_one();
         }
+        if started_now {
+            // Claimed in the insert's own commit and starting: first in line, which the store
+            // would say too (a claimed job stays QUEUED until its start is stored). Not asked, so
+            // the store's readers leave the CPU to the start that is under way.
+            return Ok(JobView {
+                job: stored,
+                queue_position: Some(1),
+                rewound_past: false,
+            });
+        }
         self.job_view(stored).await
     }
 
