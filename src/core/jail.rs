@@ -59,19 +59,10 @@ pub(super) async fn probe_host(config: &Config) -> Result<HostSupport> {
     Ok(host)
 }
 
-/// The jail for one job of a profile whose sandbox is on. `program` is what the adapter runs and
-/// `path` the agent's `PATH`, against which a bare name is resolved here, so that the
-/// installation it belongs to can be made visible.
-pub(super) fn for_job(
-    config: &Config,
-    sandbox: &Sandbox,
-    program: &str,
-    path: Option<&str>,
-    workspace: &Path,
-    home: &Path,
-) -> Jail {
-    let mut read_only = sandbox.read_only.clone();
-    read_only.extend(installation(program, path));
+/// What no jail may show even where a read-only directory contains it: agentd's data dir, its
+/// config file, its own executable and the supervisor's, resolved once at start (none of them
+/// moves while agentd runs: the store is open in the data dir, the executable is this process's).
+pub(super) fn hidden(config: &Config) -> Vec<PathBuf> {
     let mut hide: Vec<PathBuf> = [
         Some(config.data_dir.clone()),
         config.config_file.clone(),
@@ -84,6 +75,23 @@ pub(super) fn for_job(
     .collect();
     hide.sort();
     hide.dedup();
+    hide
+}
+
+/// The jail for one job of a profile whose sandbox is on. `program` is what the adapter runs and
+/// `path` the agent's `PATH`, against which a bare name is resolved here, so that the
+/// installation it belongs to can be made visible; `hide` is [`hidden`]'s.
+pub(super) fn for_job(
+    config: &Config,
+    hide: &[PathBuf],
+    sandbox: &Sandbox,
+    program: &str,
+    path: Option<&str>,
+    workspace: &Path,
+    home: &Path,
+) -> Jail {
+    let mut read_only = sandbox.read_only.clone();
+    read_only.extend(installation(program, path));
     Jail {
         shape: shape(config, sandbox),
         spec: JailSpec {
@@ -91,7 +99,7 @@ pub(super) fn for_job(
             home: home.to_path_buf(),
             read_only,
             read_write: sandbox.read_write.clone(),
-            hide,
+            hide: hide.to_vec(),
             limits: sandbox.limits,
             bridges: Vec::new(),
             installs: Vec::new(),

@@ -93,6 +93,8 @@ pub struct Core {
     launcher: Arc<Launcher>,
     /// What the host offers the jail, probed at start.
     host: HostSupport,
+    /// What every jail hides ([`jail::hidden`]).
+    jail_hide: Vec<std::path::PathBuf>,
     /// The model gateway, when a profile routes through it.
     gateway: Option<Arc<crate::gateway::Gateway>>,
     /// The config file's presets and catalogs; SIGHUP swaps it (`core::presets`).
@@ -160,6 +162,12 @@ impl Core {
             }
         }
         let host = jail::probe_host(&config).await?;
+        let jail_hide = {
+            let config = Arc::clone(&config);
+            tokio::task::spawn_blocking(move || jail::hidden(&config))
+                .await
+                .map_err(|e| Error::internal(format!("cannot resolve agentd's own paths: {e}")))?
+        };
         let default_jail = config
             .sandbox
             .of(&config.default_agent)
@@ -175,6 +183,7 @@ impl Core {
             catalog,
             agents,
             host,
+            jail_hide,
             launcher,
             config,
             store,

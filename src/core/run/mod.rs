@@ -514,6 +514,7 @@ impl Core {
                 .map(|(_, v)| v.as_str());
             let mut jail = super::jail::for_job(
                 &self.config,
+                &self.jail_hide,
                 sandbox,
                 &launch.program,
                 path,
