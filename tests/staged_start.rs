@@ -224,5 +224,14 @@ async fn when_getting_ready_fails_nothing_runs_and_the_standby_goes() {
         !workspace.join("ran.txt").exists(),
         "the agent ran although agentd was not ready"
     );
+    // The standby it took is replaced, as after a start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while launcher.ready() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no standby replaced the one given up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     launcher.close();
 }

@@ -162,34 +162,51 @@ impl Launcher {
         if let Err(e) = validate(&spec) {
             return Ok((Err(e), ready.await?));
         }
+        let launched = self.launch_when(spec, ready).await;
+        // Only now: the replacement's spawn would otherwise delay this job's own start. Also when
+        // `ready` failed: a standby it staged is gone.
+        self.warm();
+        launched
+    }
+
+    /// [`Launcher::spawn_when`] of a valid spec, without the refill.
+    async fn launch_when<T>(
+        &self,
+        spec: ProcessSpec,
+        ready: impl Future<Output = Result<T>>,
+    ) -> Result<(Result<Process>, T)> {
         let kind = spec.jail.as_ref().map(|j| j.shape.clone());
-        let standby = self.take(kind);
-        let (spawned, value) = match standby {
-            Some(mut standby) if spec.jail.is_some() => {
-                let pid = standby.pid;
-                let (staged, value) = tokio::join!(standby.stage(&spec), ready);
-                let value = value?;
-                let spawned = match staged {
-                    Ok(()) => standby.go(&spec).await,
-                    Err(e) => Err(e),
-                };
-                match spawned {
-                    Ok(process) => (Ok(process), value),
-                    // It died meanwhile (killed from outside): start one for this job instead.
-                    Err(e) => {
-                        tracing::warn!(pid, error = %e, "standby supervisor unusable");
-                        (self.spawn_fresh(spec).await, value)
-                    }
+        // Only a jailed standby builds anything from the spec while `ready` runs; others are
+        // taken once it is done, so a failure leaves them waiting.
+        let mut standby = match kind {
+            Some(_) => match self.take(kind) {
+                Some(standby) => standby,
+                None => {
+                    let value = ready.await?;
+                    return Ok((self.spawn_fresh(spec).await, value));
                 }
-            }
-            standby => {
+            },
+            None => {
                 let value = ready.await?;
-                (self.spawn_now(standby, spec).await, value)
+                return Ok((self.spawn_now(self.take(kind), spec).await, value));
             }
         };
-        // Only now: the replacement's spawn would otherwise delay this job's own start.
-        self.warm();
-        Ok((spawned, value))
+        let pid = standby.pid;
+        let (staged, value) = tokio::join!(standby.stage(&spec), ready);
+        // On failure the staged standby is dropped, which kills it: its agent never runs.
+        let value = value?;
+        let spawned = match staged {
+            Ok(()) => standby.go(&spec).await,
+            Err(e) => Err(e),
+        };
+        match spawned {
+            Ok(process) => Ok((Ok(process), value)),
+            // It died meanwhile (killed from outside): start one for this job instead.
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "standby supervisor unusable");
+                Ok((self.spawn_fresh(spec).await, value))
+            }
+        }
     }
 
     /// Spawns the agent of `spec` now, through `standby` when given.
