@@ -72,6 +72,18 @@ const TRANSPORT_DRAIN: Duration = Duration::from_secs(5);
 /// Largest CreateSession request (inline files); other requests keep tonic's 4 MiB default.
 pub const MAX_CREATE_SESSION_BYTES: usize = 64 << 20;
 
+/// HTTP/2 flow-control windows. h2 charges each received DATA frame under 256 bytes
+/// `256 - payload` bytes until the handler reads it, against a budget of half the connection
+/// window, and closes the whole connection (GOAWAY ENHANCE_YOUR_CALM) when it runs out. A client
+/// streaming tiny messages (an upload of many small files, one message per frame) faster than
+/// its handler writes them may have a stream window of them unread: with hyper's 1 MiB for both,
+/// about 2,400 frames of ~20 bytes closed the connection. A stream window of 256 KiB holds at
+/// most 52,428 of the smallest gRPC message (5 bytes), charged 13.2 MB, within the 16 MiB budget
+/// of a 32 MiB connection window; loopback and LAN uploads are not slowed by the smaller stream
+/// window (the bench's upload and archive scenarios).
+const STREAM_WINDOW: u32 = 256 << 10;
+const CONNECTION_WINDOW: u32 = 32 << 20;
+
 type SessionSvc = pb::session_service_server::SessionServiceServer<SessionApi>;
 type JobSvc = pb::job_service_server::JobServiceServer<JobApi>;
 type FileSvc = pb::file_service_server::FileServiceServer<FileApi>;
@@ -311,6 +323,8 @@ pub async fn serve(
         }};
     }
     let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(t.keepalive_interval)
         .http2_keepalive_timeout(Some(t.keepalive_timeout))
         .accept_http1(t.grpc_web);

@@ -226,3 +226,77 @@ pub(crate) async fn slow_consumer(flood_bytes: u64, deadline: Duration) {
     eprintln!("slow consumer: VmHWM after the catch-up {} MiB", hwm / 1024);
     assert!(hwm < 300 * 1024, "server memory {} MiB", hwm / 1024);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. A client stream of thousands of tiny messages, each in its own HTTP/2 DATA frame, sent
+//    faster than the server writes them: h2 charges every small unread frame against a budget
+//    and closes the whole connection when it runs out (ENHANCE_YOUR_CALM), so agentd's windows
+//    must keep one stream's unread frames within it. Found as `agentd run --dir` of 5,000 small
+//    files failing with a transport error.
+
+/// Yields each message after one `Pending`, so that tonic's encoder (which gathers the messages
+/// that are ready into one frame) sends every message in a DATA frame of its own.
+struct OneFrameEach(std::collections::VecDeque<pb::UploadFilesRequest>, bool);
+
+impl tokio_stream::Stream for OneFrameEach {
+    type Item = pb::UploadFilesRequest;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if !std::mem::replace(&mut self.1, true) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        self.1 = false;
+        std::task::Poll::Ready(self.0.pop_front())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn an_upload_of_many_tiny_files_in_tiny_frames_is_not_cut_off() {
+    const FILES: usize = 10_000;
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[]).await;
+    let mut msgs = std::collections::VecDeque::new();
+    for i in 0..FILES {
+        msgs.push_back(pb::UploadFilesRequest {
+            session_id: if i == 0 {
+                s.session_id.clone()
+            } else {
+                String::new()
+            },
+            part: Some(pb::upload_files_request::Part::Header(
+                pb::UploadFileHeader {
+                    path: format!("d{}/f{i}", i % 50),
+                    ..Default::default()
+                },
+            )),
+        });
+        msgs.push_back(pb::UploadFilesRequest {
+            session_id: String::new(),
+            part: Some(pb::upload_files_request::Part::Chunk(
+                format!("{i}").into_bytes().into(),
+            )),
+        });
+    }
+    let uploaded = c
+        .files
+        .upload_files(OneFrameEach(msgs, false))
+        .await
+        .expect("upload of 10,000 tiny files")
+        .into_inner();
+    assert_eq!(uploaded.files.len(), FILES);
+    let listed = c
+        .files
+        .list_files(pb::ListFilesRequest {
+            session_id: s.session_id.clone(),
+            path: "d7".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.files.len(), FILES / 50, "files of one directory");
+}
