@@ -264,3 +264,83 @@ async fn history_survives_a_restart_and_deleting_the_session_frees_it() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+/// The job's changes as (path, kind) pairs.
+async fn outputs(c: &mut Clients, session: &str, job: &str) -> Vec<(String, i32)> {
+    c.files
+        .get_job_outputs(pb::GetJobOutputsRequest {
+            session_id: session.into(),
+            job_id: job.into(),
+        })
+        .await
+        .expect("outputs")
+        .into_inner()
+        .changes
+        .into_iter()
+        .map(|ch| (ch.path, ch.kind))
+        .collect()
+}
+
+/// A jailed agent runs as ids of its own (agentd as root: unprivileged host ids). What agentd
+/// wrote into the workspace, a session's files and a rewind's restore, is handed to them by the
+/// job's before-snapshot walk: the agent can change it, and the host sees it owned like what the
+/// agent made. A job that changes nothing has no outputs, its two snapshots being one listing.
+#[tokio::test]
+async fn a_jailed_agent_changes_what_agentd_wrote_and_owns_it() {
+    use std::os::unix::fs::MetadataExt;
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[("d/e/up.txt", b"up\n")]).await;
+    let ws = server
+        .data_dir
+        .join("sessions")
+        .join(&s.session_id)
+        .join("workspace");
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(ws.join(p)).expect("stat");
+        (m.uid(), m.gid())
+    };
+    let append = "bash echo more >> d/e/up.txt && mkdir d/e/made && echo new > d/e/made/new.txt";
+    let first = c.submit(&s.session_id, append).await;
+    let done = c.wait(&first.job_id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_eq!(
+        c.download(&s.session_id, "d/e/up.txt").await.unwrap(),
+        b"up\nmore\n"
+    );
+    let agent = owner("d/e/made/new.txt");
+    for p in ["", "d", "d/e", "d/e/up.txt"] {
+        assert_eq!(owner(p), agent, "{p:?} is the agent's");
+    }
+
+    c.sessions
+        .rewind_session(pb::RewindSessionRequest {
+            session_id: s.session_id.clone(),
+            job_id: first.job_id.clone(),
+            point: pb::SnapshotPoint::Before as i32,
+        })
+        .await
+        .expect("rewind");
+    let again = c.submit(&s.session_id, append).await;
+    let done = c.wait(&again.job_id).await;
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "after a rewind: {done:?}"
+    );
+    assert_eq!(
+        c.download(&s.session_id, "d/e/up.txt").await.unwrap(),
+        b"up\nmore\n"
+    );
+    assert_eq!(owner("d/e/up.txt"), agent);
+
+    let idle = c.submit(&s.session_id, "bash true").await;
+    c.wait(&idle.job_id).await;
+    assert_eq!(outputs(&mut c, &s.session_id, &idle.job_id).await, vec![]);
+    let edit = c.submit(&s.session_id, "bash echo x >> d/e/up.txt").await;
+    c.wait(&edit.job_id).await;
+    assert_eq!(
+        outputs(&mut c, &s.session_id, &edit.job_id).await,
+        vec![("d/e/up.txt".to_owned(), pb::ChangeKind::Modified as i32)]
+    );
+}

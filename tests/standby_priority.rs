@@ -110,6 +110,7 @@ fn jail(dir: &Path) -> Jail {
             },
             bridges: Vec::new(),
             installs: Vec::new(),
+            workspace_handed: false,
         },
     }
 }

@@ -51,8 +51,12 @@ impl Core {
         job: &JobId,
         point: SnapPoint,
         basis: Basis,
+        hand_to: Option<(u32, u32)>,
     ) -> Result<(Taken, SnapshotRow)> {
-        let taken = self.workspaces.take_snapshot(session, basis).await?;
+        let taken = self
+            .workspaces
+            .take_snapshot(session, basis, hand_to)
+            .await?;
         let row = SnapshotRow {
             job: job.clone(),
             point,

@@ -103,6 +103,7 @@ pub(super) fn for_job(
             limits: sandbox.limits,
             bridges: Vec::new(),
             installs: Vec::new(),
+            workspace_handed: false,
         },
     }
 }

@@ -590,11 +590,13 @@ impl Workspaces {
     }
 
     /// Snapshots a session's workspace into the history, reusing the unchanged files of `basis`
-    /// (a stored listing this process took lately is not read back: `History::listing`).
+    /// (a stored listing this process took lately is not read back: `History::listing`), and
+    /// handing what is not theirs to `hand_to` on the way (`History::take`).
     pub async fn take_snapshot(
         &self,
         session: &SessionId,
         basis: history::Basis,
+        hand_to: Option<(u32, u32)>,
     ) -> Result<history::Taken> {
         let this = self.clone();
         let session = session.clone();
@@ -605,7 +607,7 @@ impl Workspaces {
                 history::Basis::Stored(id) => h.listing(&id).ok(),
                 history::Basis::Held(tree) => Some(tree),
             };
-            h.take(this.open_ws(&session)?, prev.as_deref())
+            h.take(this.open_ws(&session)?, prev.as_deref(), hand_to)
         })
         .await?
     }

@@ -852,16 +852,16 @@ async fn a_held_listing_is_reused_like_a_stored_one() {
     // stats can be trusted by the snapshots over it.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let first =
-        f.ws.take_snapshot(&f.sid, history::Basis::Nothing)
+        f.ws.take_snapshot(&f.sid, history::Basis::Nothing, None)
             .await
             .unwrap();
     assert_eq!(first.stats.files_read, 2, "no listing: every file is read");
     let held =
-        f.ws.take_snapshot(&f.sid, history::Basis::Held(Arc::clone(&first.tree)))
+        f.ws.take_snapshot(&f.sid, history::Basis::Held(Arc::clone(&first.tree)), None)
             .await
             .unwrap();
     let stored =
-        f.ws.take_snapshot(&f.sid, history::Basis::Stored(first.id.clone()))
+        f.ws.take_snapshot(&f.sid, history::Basis::Stored(first.id.clone()), None)
             .await
             .unwrap();
     assert_eq!(held.stats.files_read, 0, "held: nothing read again");
@@ -869,7 +869,7 @@ async fn a_held_listing_is_reused_like_a_stored_one() {
     assert_eq!(held.tree.entries, first.tree.entries);
     std::fs::write(f.dir.join("a.txt"), b"changed\n").unwrap();
     let after =
-        f.ws.take_snapshot(&f.sid, history::Basis::Held(Arc::clone(&first.tree)))
+        f.ws.take_snapshot(&f.sid, history::Basis::Held(Arc::clone(&first.tree)), None)
             .await
             .unwrap();
     assert_eq!(after.stats.files_read, 1, "only the changed file is read");

@@ -84,6 +84,9 @@ struct StartWork {
     before: Option<Taken>,
     /// What the before-snapshot starts from.
     basis: Basis,
+    /// The jailed agent's host ids, when the before-snapshot's walk hands the workspace to
+    /// them (`JailSpec::workspace_handed`).
+    hand_to: Option<(u32, u32)>,
 }
 
 /// What [`Core::ready_to_start`] made.
@@ -482,6 +485,13 @@ impl Core {
             (None, Some(_)) => Stdin::File(input_path(&home)),
             (None, None) => Stdin::Null,
         };
+        // A jailed agent runs as ids of its own; the before-snapshot's walk gives it what agentd
+        // wrote (the jail would otherwise walk the whole workspace again before the agent runs).
+        let hand_to = self
+            .config
+            .sandbox
+            .host_ids
+            .filter(|_| sandbox.is_some() && before.is_none());
         let work = StartWork {
             session: session.id.clone(),
             job: job.id.clone(),
@@ -492,6 +502,7 @@ impl Core {
             asks,
             before,
             basis: latest_tree.map_or(Basis::Nothing, Basis::Stored),
+            hand_to,
         };
         let ready = Box::pin(self.ready_to_start(work));
 
@@ -522,6 +533,7 @@ impl Core {
                 &home,
             );
             jail.spec.installs = std::mem::take(&mut extras.installs);
+            jail.spec.workspace_handed = hand_to.is_some();
             if let (Some(gw), true) = (&self.gateway, in_netns) {
                 jail.spec.bridges = vec![Bridge {
                     port: BRIDGE_PORT,
@@ -591,7 +603,7 @@ impl Core {
                 Some(taken) => (taken, None),
                 None => {
                     let (taken, row) = self
-                        .take_unrecorded(&w.session, &w.job, SnapPoint::Before, w.basis)
+                        .take_unrecorded(&w.session, &w.job, SnapPoint::Before, w.basis, w.hand_to)
                         .await?;
                     (taken, Some(row))
                 }
@@ -682,6 +694,7 @@ impl Core {
                 &job.id,
                 SnapPoint::After,
                 Basis::Held(Arc::clone(&before)),
+                None,
             )
             .await;
         let (after, row) = match after {

@@ -105,6 +105,10 @@ pub struct JailSpec {
     /// (Claude subagents and skills, #20).
     #[serde(default)]
     pub installs: Vec<Install>,
+    /// agentd's before-snapshot gave the workspace to the agent's ids on its walk (agentd is
+    /// root): only HOME is left for the jail to hand over.
+    #[serde(default)]
+    pub workspace_handed: bool,
 }
 
 /// A directory of the job's HOME that shows exactly `entries`, read-only: an empty read-only

@@ -511,7 +511,9 @@ fn ns_init(shape: Shape, root: &Path, pipes: InitPipes) -> ! {
     if shape.host_ids.is_some() {
         // Files agentd wrote (uploads, the agent's config) belong to it; the agent's id must be
         // able to change them.
-        give_to_agent(&jail.workspace);
+        if !jail.workspace_handed {
+            give_to_agent(&jail.workspace);
+        }
         give_to_agent(&jail.home);
     }
     // Not before the job's limits are set.

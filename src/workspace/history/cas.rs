@@ -112,11 +112,15 @@ impl Cas {
         std::fs::rename(tmp, dest).map_err(|e| io("install an object", e))
     }
 
+    /// Whether tree `id` is stored; found, it is touched (see `gc::GRACE`).
+    pub(crate) fn keep_tree(&self, id: &str) -> bool {
+        touch(&self.tree_path(id))
+    }
+
+    /// Stores listing `json` as tree `id`, replacing one stored under it (the same content with
+    /// older stats) in one rename.
     pub(crate) fn put_tree(&self, id: &str, json: &[u8]) -> Result<()> {
         let dest = self.tree_path(id);
-        if touch(&dest) {
-            return Ok(());
-        }
         let tmp = self.temp();
         std::fs::write(&tmp, json).map_err(|e| io("write a tree", e))?;
         std::fs::rename(&tmp, &dest).map_err(|e| io("install a tree", e))

@@ -1,8 +1,9 @@
 //! The listings this process took lately, by tree id: a session's next snapshot starts from its
 //! newest listing without reading it back and parsing it (for a workspace of 20,000 files that
-//! is ~15 ms on the job's start, `agentd-bench --only snapshot`). A tree id is the hash of the
-//! listing, so an entry can never be stale; a listing whose tree was collected meanwhile is still
-//! a safe basis (see `Basis`). Bounded by the entries held in all, oldest listing out first.
+//! is ~15 ms on the job's start, `agentd-bench --only snapshot`). A tree id names what the listing
+//! shows (see `Tree::id`), so the listing held under an id is the newest taken with it, its stats
+//! the freshest; a listing whose tree was collected meanwhile is still a safe basis (see
+//! `Basis`). Bounded by the entries held in all, oldest listing out first.
 
 use super::Tree;
 use std::collections::{HashMap, VecDeque};
@@ -56,7 +57,12 @@ impl Listings {
             return;
         }
         let mut inner = self.inner();
-        if inner.by_id.contains_key(id) {
+        // The same id again (an unchanged workspace, or one whose stats alone changed): the
+        // newer listing replaces the held one, so the next snapshot compares the freshest stats.
+        if let Some(held) = inner.by_id.get_mut(id) {
+            let old = weight(held);
+            *held = Arc::clone(tree);
+            inner.held = inner.held - old + w;
             return;
         }
         while inner.held + w > self.budget {
@@ -120,5 +126,15 @@ mod tests {
         l.put("d", &tree(4));
         assert!(l.get("b").is_none(), "4 + 4 + 1 + 4 > 10: the oldest went");
         assert!(l.get("c").is_some() && l.get("empty").is_some() && l.get("d").is_some());
+        let newer = tree(4);
+        l.put("c", &newer);
+        assert!(
+            Arc::ptr_eq(&l.get("c").unwrap(), &newer),
+            "the same id again: the newer listing is held"
+        );
+        assert!(
+            l.get("empty").is_some() && l.get("d").is_some(),
+            "in place of the older one, not beside it"
+        );
     }
 }

@@ -102,9 +102,36 @@ impl Tree {
     pub fn blobs(&self) -> impl Iterator<Item = &str> {
         self.entries.values().filter_map(|e| e.blob.as_deref())
     }
+
+    /// The snapshot's id: the SHA-256 of what a client can read of it (each entry's path, kind,
+    /// mode, size, content or target and mtime), not of the stats kept only to skip unchanged
+    /// files next time (ctime, inode, when the walk began). So an unchanged workspace snapshots
+    /// to the same id, and its listing need not be written again.
+    pub fn id(&self) -> String {
+        fn field(h: &mut Sha256, bytes: &[u8]) {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        let mut h = Sha256::new();
+        h.update(b"agentd-tree/2\0");
+        for (path, e) in &self.entries {
+            field(&mut h, path.as_bytes());
+            h.update([match e.kind {
+                FileKind::Regular => b'f',
+                FileKind::Directory => b'd',
+                FileKind::Symlink => b'l',
+            }]);
+            h.update(e.mode.to_le_bytes());
+            h.update(e.size.to_le_bytes());
+            h.update(e.mtime_ns.to_le_bytes());
+            field(&mut h, e.blob.as_deref().unwrap_or_default().as_bytes());
+            field(&mut h, e.target.as_deref().unwrap_or_default().as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
 }
 
-/// A snapshot just taken: its id (the SHA-256 of its listing), listing and cost. The listing is
+/// A snapshot just taken: its id ([`Tree::id`]), listing and cost. The listing is
 /// shared: a job holds its before-snapshot's for its whole run and hands it to its after-snapshot.
 #[derive(Debug, Clone)]
 pub struct Taken {
@@ -146,13 +173,26 @@ impl History {
     }
 
     /// Snapshots the workspace open at `root`; `prev` (the session's latest snapshot) lets
-    /// unchanged files be reused without reading them.
-    pub fn take(&self, root: OwnedFd, prev: Option<&Tree>) -> Result<Taken> {
-        let (tree, stats) = take::take(&self.cas, root, prev)?;
-        let json = serde_json::to_vec(&tree)
-            .map_err(|e| Error::internal(format!("history: cannot encode a tree: {e}")))?;
-        let id = hex::encode(Sha256::digest(&json));
-        self.cas.put_tree(&id, &json)?;
+    /// unchanged files be reused without reading them. With `hand_to` (a jailed job's agent ids
+    /// on a root agentd), the walk also gives every entry not yet theirs to them.
+    pub fn take(
+        &self,
+        root: OwnedFd,
+        prev: Option<&Tree>,
+        hand_to: Option<(u32, u32)>,
+    ) -> Result<Taken> {
+        let (tree, stats) = take::take(&self.cas, root, prev, hand_to)?;
+        let id = tree.id();
+        // Nothing changed since `prev`, down to every stat: its listing, stored under the same
+        // id, is this one (but for when the walk began, whose older value only makes the racy
+        // rule stricter). For a workspace of many files, encoding and writing the listing is
+        // most of a snapshot that reads no file.
+        let unchanged = prev.is_some_and(|p| p.entries == tree.entries);
+        if !(unchanged && self.cas.keep_tree(&id)) {
+            let json = serde_json::to_vec(&tree)
+                .map_err(|e| Error::internal(format!("history: cannot encode a tree: {e}")))?;
+            self.cas.put_tree(&id, &json)?;
+        }
         let tree = Arc::new(tree);
         self.listings.put(&id, &tree);
         Ok(Taken { id, tree, stats })

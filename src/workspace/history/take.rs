@@ -7,9 +7,11 @@ use super::{Tree, TreeEntry};
 use crate::domain::FileKind;
 use crate::error::Result;
 use crate::workspace::fsops::{self, kind_of, mtime_ns};
-use nix::sys::stat::FileStat;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{FileStat, fstatat};
+use nix::unistd::{Gid, Uid, fchown, fchownat};
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// What a snapshot cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,15 +54,47 @@ fn reusable(prev: &TreeEntry, st: &FileStat, size: u64, taken_ns: i64) -> Option
     if same { prev.blob.clone() } else { None }
 }
 
-pub(super) fn take(cas: &Cas, root: OwnedFd, prev: Option<&Tree>) -> Result<(Tree, TakeStats)> {
+/// Gives the entry `name` of `dir` to `ids` when it is not theirs yet; returns its stat after
+/// (the change moved its ctime, which the listing must hold for the next snapshot to trust it).
+/// Best effort, like the jail's own hand-over: an entry that cannot be changed stays as it is.
+fn hand_over(dir: BorrowedFd<'_>, name: &str, st: &FileStat, ids: (u32, u32)) -> Option<FileStat> {
+    if (st.st_uid, st.st_gid) == ids {
+        return None;
+    }
+    let (uid, gid) = (Uid::from_raw(ids.0), Gid::from_raw(ids.1));
+    fchownat(
+        dir,
+        name,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ok()?;
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+}
+
+/// Snapshots the workspace at `root`. With `hand_to`, every entry not owned by those ids (what
+/// agentd wrote: uploads, restores) is given to them on the way, the workspace root included:
+/// the job's agent runs as them and must be able to change its files, and this walk is the one
+/// pass over a workspace that may hold many files before the agent starts.
+pub(super) fn take(
+    cas: &Cas,
+    root: OwnedFd,
+    prev: Option<&Tree>,
+    hand_to: Option<(u32, u32)>,
+) -> Result<(Tree, TakeStats)> {
     let taken_ns = now_ns();
     let mut entries = BTreeMap::new();
     let mut stats = TakeStats::default();
+    if let Some((uid, gid)) = hand_to {
+        let _ = fchown(&root, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    }
     fsops::walk(root, "", &mut |v| {
         let (Some(rel), Some(kind)) = (v.rel, kind_of(v.stat)) else {
             return Ok(());
         };
-        let st = v.stat;
+        let handed = hand_to.and_then(|ids| hand_over(v.dir, v.name, v.stat, ids));
+        let st = handed.as_ref().unwrap_or(v.stat);
         let size = match kind {
             FileKind::Directory => 0,
             _ => u64::try_from(st.st_size).unwrap_or(0),

@@ -27,7 +27,7 @@ impl Fx {
         let fd = crate::workspace::fsops::open_root(&self.ws)
             .unwrap()
             .unwrap();
-        self.h.take(fd, prev).unwrap()
+        self.h.take(fd, prev, None).unwrap()
     }
 }
 
@@ -72,6 +72,56 @@ fn identical_content_is_stored_once_and_unchanged_files_are_not_read() {
         f.h.tree(&first.id).unwrap(),
         *first.tree,
         "survives a reopen"
+    );
+}
+
+#[test]
+fn an_unchanged_workspace_keeps_its_id_and_its_listing_is_not_written_again() {
+    let f = fx();
+    f.write("a", "1");
+    f.write("d/b", "2");
+    let first = f.take(None);
+    let stored = f.h.cas.tree_path(&first.id);
+    let written = std::fs::read(&stored).unwrap();
+    let second = f.take(Some(&first.tree));
+    assert_eq!(second.id, first.id, "same content, same id");
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        written,
+        "the listing it started from stays (its walk time is not rewritten)"
+    );
+    // A stat kept only for the next snapshot changes (the ctime, by setting mtime to itself):
+    // still the same snapshot, but its stored listing now carries the fresher stat.
+    let mtime = std::fs::metadata(f.ws.join("a"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let file = std::fs::File::options()
+        .write(true)
+        .open(f.ws.join("a"))
+        .unwrap();
+    file.set_modified(mtime).unwrap();
+    let third = f.take(Some(&second.tree));
+    assert_eq!(third.id, first.id);
+    assert_ne!(
+        third.tree.get("a").unwrap().ctime_ns,
+        first.tree.get("a").unwrap().ctime_ns
+    );
+    assert_eq!(
+        f.h.tree(&third.id).unwrap(),
+        *third.tree,
+        "rewritten with the newer stats"
+    );
+    assert!(
+        Arc::ptr_eq(&f.h.listing(&third.id).unwrap(), &third.tree),
+        "and held in place of the older listing"
+    );
+    f.write("a", "changed");
+    assert_ne!(
+        f.take(Some(&third.tree)).id,
+        first.id,
+        "new content, new id"
     );
 }
 
@@ -208,7 +258,7 @@ fn a_snapshot_restores_byte_for_byte_with_modes_and_links() {
     assert!(dest.join("empty").is_dir());
     // The copy is the snapshot again, and writing to it leaves the store alone.
     let fd = crate::workspace::fsops::open_root(&dest).unwrap().unwrap();
-    let again = f.h.take(fd, None).unwrap();
+    let again = f.h.take(fd, None, None).unwrap();
     assert!(changes(&t.tree, &again.tree).is_empty());
     std::fs::write(dest.join("top"), "changed").unwrap();
     let mut s = String::new();

@@ -71,7 +71,7 @@ fn take(
 ) -> Result<(Duration, agentd::workspace::history::Taken)> {
     let t = Instant::now();
     let fd: std::os::fd::OwnedFd = std::fs::File::open(tree)?.into();
-    let taken = h.take(fd, prev).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let taken = h.take(fd, prev, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((t.elapsed(), taken))
 }
 
