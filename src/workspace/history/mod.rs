@@ -108,25 +108,33 @@ impl Tree {
     /// files next time (ctime, inode, when the walk began). So an unchanged workspace snapshots
     /// to the same id, and its listing need not be written again.
     pub fn id(&self) -> String {
-        fn field(h: &mut Sha256, bytes: &[u8]) {
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
+        // Encoded into one buffer, hashed in large pieces: a call into the hasher per field
+        // costs more than the hashing itself for a listing of many small entries.
+        fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
+            buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            buf.extend_from_slice(bytes);
         }
         let mut h = Sha256::new();
-        h.update(b"agentd-tree/2\0");
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(b"agentd-tree/2\0");
         for (path, e) in &self.entries {
-            field(&mut h, path.as_bytes());
-            h.update([match e.kind {
+            field(&mut buf, path.as_bytes());
+            buf.push(match e.kind {
                 FileKind::Regular => b'f',
                 FileKind::Directory => b'd',
                 FileKind::Symlink => b'l',
-            }]);
-            h.update(e.mode.to_le_bytes());
-            h.update(e.size.to_le_bytes());
-            h.update(e.mtime_ns.to_le_bytes());
-            field(&mut h, e.blob.as_deref().unwrap_or_default().as_bytes());
-            field(&mut h, e.target.as_deref().unwrap_or_default().as_bytes());
+            });
+            buf.extend_from_slice(&e.mode.to_le_bytes());
+            buf.extend_from_slice(&e.size.to_le_bytes());
+            buf.extend_from_slice(&e.mtime_ns.to_le_bytes());
+            field(&mut buf, e.blob.as_deref().unwrap_or_default().as_bytes());
+            field(&mut buf, e.target.as_deref().unwrap_or_default().as_bytes());
+            if buf.len() >= 1 << 16 {
+                h.update(&buf);
+                buf.clear();
+            }
         }
+        h.update(&buf);
         hex::encode(h.finalize())
     }
 }
