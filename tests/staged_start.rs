@@ -3,8 +3,11 @@
 //! before-snapshot; the agent execs only once those are done, and never when they failed.
 
 use agentd::domain::ExitStatus;
-use agentd::runner::jail::{Jail, JailSpec, Limits, Network, Shape};
+mod common;
+
+use agentd::runner::jail::Jail;
 use agentd::runner::{Launcher, Output, ProcessSpec, RunControl, Supervisor};
+use common::minimal_jail;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,33 +15,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_agentd");
-
-fn jail(dir: &Path) -> Jail {
-    let (workspace, home) = (dir.join("workspace"), dir.join("home"));
-    std::fs::create_dir(&workspace).unwrap();
-    std::fs::create_dir(&home).unwrap();
-    Jail {
-        shape: Shape {
-            network: Network::Host,
-            host_ids: Some((65534, 65534)),
-            cgroup_parent: None,
-        },
-        spec: JailSpec {
-            workspace: workspace.canonicalize().unwrap(),
-            home: home.canonicalize().unwrap(),
-            read_only: Vec::new(),
-            read_write: Vec::new(),
-            hide: Vec::new(),
-            limits: Limits {
-                tmp_bytes: 8 << 20,
-                ..Limits::default()
-            },
-            bridges: Vec::new(),
-            installs: Vec::new(),
-            workspace_handed: false,
-        },
-    }
-}
 
 fn spec(jail: Jail, script: &str) -> ProcessSpec {
     ProcessSpec {
@@ -141,7 +117,7 @@ async fn run(process: agentd::runner::Process) -> (Vec<String>, ExitStatus) {
 async fn the_jail_is_built_while_agentd_gets_ready_and_the_agent_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
-    let jail = jail(dir.path());
+    let jail = minimal_jail(dir.path());
     let workspace = jail.spec.workspace.clone();
     let (launcher, standby) = ready_launcher(&jail, runs.path()).await;
     assert!(
@@ -193,7 +169,7 @@ async fn the_jail_is_built_while_agentd_gets_ready_and_the_agent_waits_for_it() 
 async fn when_getting_ready_fails_nothing_runs_and_the_standby_goes() {
     let dir = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
-    let jail = jail(dir.path());
+    let jail = minimal_jail(dir.path());
     let workspace: PathBuf = jail.spec.workspace.clone();
     let (launcher, standby) = ready_launcher(&jail, runs.path()).await;
     let ready = {

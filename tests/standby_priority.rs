@@ -6,9 +6,11 @@
 //!
 //! A binary of its own: adoption is switched on for the whole test process.
 
-use agentd::runner::jail::{Jail, JailSpec, Limits, Network, Shape};
+mod common;
+
+use agentd::runner::jail::Jail;
 use agentd::runner::{Launcher, Output, ProcessSpec, RunControl, Supervisor};
-use std::path::Path;
+use common::minimal_jail;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -86,33 +88,6 @@ fn idle_is_reversible() -> bool {
     })
     .join()
     .unwrap()
-}
-
-fn jail(dir: &Path) -> Jail {
-    let (workspace, home) = (dir.join("workspace"), dir.join("home"));
-    std::fs::create_dir(&workspace).unwrap();
-    std::fs::create_dir(&home).unwrap();
-    Jail {
-        shape: Shape {
-            network: Network::Host,
-            host_ids: Some((65534, 65534)),
-            cgroup_parent: None,
-        },
-        spec: JailSpec {
-            workspace: workspace.canonicalize().unwrap(),
-            home: home.canonicalize().unwrap(),
-            read_only: Vec::new(),
-            read_write: Vec::new(),
-            hide: Vec::new(),
-            limits: Limits {
-                tmp_bytes: 8 << 20,
-                ..Limits::default()
-            },
-            bridges: Vec::new(),
-            installs: Vec::new(),
-            workspace_handed: false,
-        },
-    }
 }
 
 /// Takes a standby (unjailed, or jailed when `jail` is given) for a job that prints a line and
@@ -214,5 +189,5 @@ async fn every_thread_of_a_standby_runs_the_job_at_normal_priority() {
     agentd::runner::adopt::enable(1 << 20, Duration::from_secs(30));
     check(None, "0.3").await;
     let dir = tempfile::tempdir().unwrap();
-    check(Some(jail(dir.path())), "0.31").await;
+    check(Some(minimal_jail(dir.path())), "0.31").await;
 }

@@ -946,3 +946,33 @@ pub fn sh(dir: &Path, script: &str) {
         .unwrap();
     assert!(st.success(), "{script}");
 }
+
+/// The jail of a runner-level test (no server): the job's workspace and HOME made under `dir`,
+/// the agent as host id 65534 (these tests run as root), an 8 MiB `/tmp`, no cgroup.
+pub fn minimal_jail(dir: &Path) -> agentd::runner::jail::Jail {
+    use agentd::runner::jail::{Jail, JailSpec, Limits, Network, Shape};
+    let (workspace, home) = (dir.join("workspace"), dir.join("home"));
+    std::fs::create_dir(&workspace).unwrap();
+    std::fs::create_dir(&home).unwrap();
+    Jail {
+        shape: Shape {
+            network: Network::Host,
+            host_ids: Some((65534, 65534)),
+            cgroup_parent: None,
+        },
+        spec: JailSpec {
+            workspace: workspace.canonicalize().unwrap(),
+            home: home.canonicalize().unwrap(),
+            read_only: Vec::new(),
+            read_write: Vec::new(),
+            hide: Vec::new(),
+            limits: Limits {
+                tmp_bytes: 8 << 20,
+                ..Limits::default()
+            },
+            bridges: Vec::new(),
+            installs: Vec::new(),
+            workspace_handed: false,
+        },
+    }
+}
