@@ -447,6 +447,7 @@ async fn an_adopted_job_records_its_outputs_and_conversation() {
         .get_job_outputs(pb::GetJobOutputsRequest {
             session_id: session.session_id.clone(),
             job_id: job.job_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("outputs of the adopted job")

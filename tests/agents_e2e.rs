@@ -418,6 +418,7 @@ async fn writes_a_file_seen_in_job_outputs(mut w: World) {
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: w.session.clone(),
                 job_id: job.job_id.clone(),
+                ..Default::default()
             })
             .await
             .expect("outputs")

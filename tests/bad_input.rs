@@ -879,6 +879,7 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: sid.clone(),
                 job_id: jid.clone(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -1068,6 +1069,7 @@ async fn auth_and_tenant_isolation_for_every_rpc_with_an_id() {
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: sb.session_id.clone(),
                 job_id: jid.clone(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),

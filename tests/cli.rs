@@ -635,3 +635,125 @@ async fn files_archive_saves_the_workspace_in_the_format_its_name_asks_for() {
     assert_ne!(o.status.code(), Some(0));
     assert!(!tmp.path().join("b.zip").exists());
 }
+
+/// A job that changed 30,000 files (an `npm install` changes as many) with long paths: its
+/// outputs are more than the 4 MiB a gRPC client accepts in one message, so GetJobOutputs answers
+/// them in pages (each within that size, in path order, none twice), a token is tied to its
+/// listing, and `agentd run --out` follows the pages and downloads every file (in several
+/// archive requests, each within what the server accepts).
+#[tokio::test]
+async fn a_job_that_changed_thirty_thousand_files_is_listed_in_pages_and_downloaded_whole() {
+    const FILES: usize = 30_000;
+    let server = TestServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let make = format!("bash mkdir many && seq -f 'many/%0100g' 1 {FILES} | xargs touch");
+    let o = cli(
+        &url(&server),
+        KEY_A,
+        &["run", "--json", "--out", out.to_str().unwrap(), &make],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(&o));
+    let lines = json_lines(&o);
+    let downloaded = lines
+        .iter()
+        .filter(|l| l["type"] == "output" && l["downloaded"] == true)
+        .count();
+    assert_eq!(downloaded, FILES);
+    let on_disk = std::fs::read_dir(out.join("many")).unwrap().count();
+    assert_eq!(on_disk, FILES);
+    let session = lines
+        .iter()
+        .find_map(|l| l["session_id"].as_str())
+        .unwrap()
+        .to_owned();
+
+    let mut c = server.clients(KEY_A).await;
+    let mut paths: Vec<String> = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: session.clone(),
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(
+            prost::Message::encoded_len(&page) < 4 << 20,
+            "page {pages} is over 4 MiB"
+        );
+        paths.extend(page.changes.into_iter().map(|c| c.path));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages > 3, "{pages} pages");
+    let mut expected: Vec<String> = (1..=FILES).map(|i| format!("many/{i:0100}")).collect();
+    expected.sort();
+    assert_eq!(paths, expected);
+
+    // A small page, then the next from its token.
+    let first = c
+        .files
+        .get_job_outputs(pb::GetJobOutputsRequest {
+            session_id: session.clone(),
+            page_size: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<&str> = first.changes.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(got, expected[..7]);
+    let second = c
+        .files
+        .get_job_outputs(pb::GetJobOutputsRequest {
+            session_id: session.clone(),
+            page_size: 7,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.changes[0].path, expected[7]);
+
+    // A token of ListFiles, a made-up token and a negative size are refused, precisely.
+    let files_token = c
+        .files
+        .list_files(pb::ListFilesRequest {
+            session_id: session.clone(),
+            path: "many".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    for (size, token, want) in [
+        (0, files_token.as_str(), "INVALID_PAGE_TOKEN"),
+        (0, "not-a-token", "INVALID_PAGE_TOKEN"),
+        (-1, "", "INVALID_FIELD"),
+    ] {
+        let err = c
+            .files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: session.clone(),
+                page_size: size,
+                page_token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert_eq!(reason(&err), want, "{err:?}");
+    }
+}

@@ -65,6 +65,7 @@ async fn a_jobs_outputs_and_diff_are_exact_and_match_git() {
         .get_job_outputs(pb::GetJobOutputsRequest {
             session_id: s.session_id.clone(),
             job_id: job.job_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -271,6 +272,7 @@ async fn outputs(c: &mut Clients, session: &str, job: &str) -> Vec<(String, i32)
         .get_job_outputs(pb::GetJobOutputsRequest {
             session_id: session.into(),
             job_id: job.into(),
+            ..Default::default()
         })
         .await
         .expect("outputs")

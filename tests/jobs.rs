@@ -94,6 +94,7 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
         .get_job_outputs(pb::GetJobOutputsRequest {
             session_id: session.session_id.clone(),
             job_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -123,6 +124,7 @@ async fn seed_flow_create_run_stream_list_download_outputs_delete() {
         .get_job_outputs(pb::GetJobOutputsRequest {
             session_id: session.session_id.clone(),
             job_id: job2.job_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -552,6 +554,7 @@ env = { SHELL_TOKEN = "operator-secret-123" }
         .get_job_outputs(pb::GetJobOutputsRequest {
             session_id: s.session_id.clone(),
             job_id: job.job_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -112,6 +112,22 @@ describe("console views", () => {
     await context.close();
   });
 
+  test("a job that changed many files shows them a page at a time", async () => {
+    const { page, context, problems } = await login(browser, server.url, KEY_A);
+    await createSession(page, "case=many");
+    await submitWith(page, { prompt: "bash mkdir many && seq -f 'many/f%04g' 1 620 | xargs touch" });
+    await waitFinal(page, "succeeded");
+    const rows = page.getByLabel("Changed files").getByRole("row");
+    await changeRow(page, "added", "many/f0500").waitFor();
+    assert.equal(await rows.count(), 500, "the first page");
+    await page.getByRole("button", { name: "Show more changes" }).click();
+    await changeRow(page, "added", "many/f0620").waitFor();
+    assert.equal(await rows.count(), 620, "both pages, none twice");
+    assert.equal(await page.getByRole("button", { name: "Show more changes" }).count(), 0, "nothing more to show");
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
   test("presets: listed, and a job submitted with one and its variable", async () => {
     const { page, context } = await login(browser, server.url, KEY_A);
     await page.getByRole("link", { name: "Presets" }).click();

@@ -1,5 +1,5 @@
 // What a finished job changed in its session's workspace: the exact list of changed files
-// (GetJobOutputs: added, modified, deleted, renamed, with sizes) and the unified diff
+// (GetJobOutputs, a page at a time: added, modified, deleted, renamed, with sizes) and the unified diff
 // (GetJobDiff, streamed; cut at MAX_DIFF bytes so a huge rewrite cannot stall the tab).
 import { useEffect, useState } from "preact/hooks";
 import { download, fmtBytes, type Api } from "./api";
@@ -65,16 +65,28 @@ function ChangeRow({ api, sessionId, c }: { api: Api; sessionId: string; c: File
   );
 }
 
+/** Changed files shown at first, and added by each "Show more": a job may change tens of thousands. */
+const CHANGES_PAGE = 500;
+
 export function Changes({ api, jobId, sessionId }: { api: Api; jobId: string; sessionId: string }) {
   const [changes, setChanges] = useState<FileChange[]>();
+  const [next, setNext] = useState("");
   const [diff, setDiff] = useState<{ text: string; truncated: boolean }>();
   const [error, setError] = useState<unknown>();
   useEffect(() => {
     const stop = new AbortController();
-    api.files.getJobOutputs({ sessionId, jobId }, { signal: stop.signal }).then((r) => setChanges(r.changes), setError);
+    api.files.getJobOutputs({ sessionId, jobId, pageSize: CHANGES_PAGE }, { signal: stop.signal }).then((r) => {
+      setChanges(r.changes);
+      setNext(r.nextPageToken);
+    }, setError);
     readDiff(api, jobId, stop.signal).then(setDiff, (e) => stop.signal.aborted || setError(e));
     return () => stop.abort();
   }, [api, jobId, sessionId]);
+  const more = () =>
+    api.files.getJobOutputs({ sessionId, jobId, pageSize: CHANGES_PAGE, pageToken: next }).then((r) => {
+      setChanges((shown) => [...(shown ?? []), ...r.changes]);
+      setNext(r.nextPageToken);
+    }, setError);
   return (
     <section class="card" aria-label="Changes">
       <h3>Changes</h3>
@@ -88,6 +100,11 @@ export function Changes({ api, jobId, sessionId }: { api: Api; jobId: string; se
             ))}
           </tbody>
         </table>
+      )}
+      {next && (
+        <button class="quiet" onClick={more}>
+          Show more changes
+        </button>
       )}
       {diff && <Diff text={diff.text} />}
       {diff?.truncated && <p class="muted">The diff is longer than {fmtBytes(MAX_DIFF)}: cut here.</p>}

@@ -71,13 +71,31 @@ pub fn decode_cursor(kind: &str, token: &str) -> Result<Option<PageCursor>> {
     }))
 }
 
-/// Token for a file listing position (the last path returned).
-pub fn encode_path_token(path: &str) -> String {
-    encode_token("f", path)
+/// Listings in path order, whose tokens hold the last path returned.
+#[derive(Clone, Copy)]
+pub enum PathListing {
+    /// ListFiles.
+    Files,
+    /// GetJobOutputs.
+    Outputs,
 }
 
-pub fn decode_path_token(token: &str) -> Result<Option<String>> {
-    decode_token("f", token)
+impl PathListing {
+    fn kind(self) -> &'static str {
+        match self {
+            PathListing::Files => "f",
+            PathListing::Outputs => "o",
+        }
+    }
+}
+
+/// Token for a position in a listing in path order (the last path returned).
+pub fn encode_path_token(listing: PathListing, path: &str) -> String {
+    encode_token(listing.kind(), path)
+}
+
+pub fn decode_path_token(listing: PathListing, token: &str) -> Result<Option<String>> {
+    decode_token(listing.kind(), token)
 }
 
 pub fn session(v: SessionView) -> pb::Session {
@@ -400,10 +418,16 @@ mod tests {
         assert!(decode_cursor("s", "!!!").is_err());
         assert_eq!(decode_cursor("s", "").unwrap(), None);
         assert_eq!(
-            decode_path_token(&encode_path_token("a/b"))
-                .unwrap()
-                .unwrap(),
+            decode_path_token(
+                PathListing::Files,
+                &encode_path_token(PathListing::Files, "a/b")
+            )
+            .unwrap()
+            .unwrap(),
             "a/b"
         );
+        // A token of one path listing is not one of the other.
+        let outputs = encode_path_token(PathListing::Outputs, "a/b");
+        assert!(decode_path_token(PathListing::Files, &outputs).is_err());
     }
 }

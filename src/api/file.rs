@@ -1,7 +1,8 @@
 //! `agentd.v1.FileService`: streamed uploads and downloads, uploads in unary pieces (for
 //! gRPC-Web), listings, job outputs, deletion; archives both ways and the file watch.
 
-use super::{convert, tenant};
+use super::convert::{self, PathListing};
+use super::tenant;
 use crate::core::{Core, Piece, PiecedUploads};
 use crate::error::{Error, Reason};
 use crate::pb;
@@ -12,6 +13,11 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+
+/// Changes in a page of GetJobOutputs, by default and at most (a page is also cut at about 2 MiB,
+/// see `Core::job_outputs`): large, so a client that does not page yet gets every change of all
+/// but the largest jobs.
+const OUTPUTS_PAGE: usize = 10_000;
 
 /// Largest chunk accepted in an upload, and the size of download chunks.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -208,7 +214,7 @@ impl FileService for FileApi {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
         let limit = convert::page_size(r.page_size, 1000, 10_000)?;
-        let after = convert::decode_path_token(&r.page_token)?;
+        let after = convert::decode_path_token(PathListing::Files, &r.page_token)?;
         let (files, next) = self
             .core
             .list_files(
@@ -223,7 +229,7 @@ impl FileService for FileApi {
         Ok(Response::new(pb::ListFilesResponse {
             files: files.into_iter().map(convert::file).collect(),
             next_page_token: next
-                .map(|p| convert::encode_path_token(&p))
+                .map(|p| convert::encode_path_token(PathListing::Files, &p))
                 .unwrap_or_default(),
         }))
     }
@@ -234,13 +240,18 @@ impl FileService for FileApi {
     ) -> Result<Response<pb::GetJobOutputsResponse>, Status> {
         let tenant = tenant(&req)?;
         let r = req.into_inner();
-        let (job, changes) = self
+        let limit = convert::page_size(r.page_size, OUTPUTS_PAGE, OUTPUTS_PAGE)?;
+        let after = convert::decode_path_token(PathListing::Outputs, &r.page_token)?;
+        let (job, changes, next) = self
             .core
-            .job_outputs(&tenant, &r.session_id, &r.job_id)
+            .job_outputs(&tenant, &r.session_id, &r.job_id, after.as_deref(), limit)
             .await?;
         Ok(Response::new(pb::GetJobOutputsResponse {
             job_id: job.to_string(),
             changes: changes.into_iter().map(convert::change).collect(),
+            next_page_token: next
+                .map(|p| convert::encode_path_token(PathListing::Outputs, &p))
+                .unwrap_or_default(),
         }))
     }
 

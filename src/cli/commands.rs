@@ -282,21 +282,55 @@ async fn submit(
         .ok_or_else(|| CliError::Local("the server returned no job".into()))
 }
 
+/// Every change of a job, page after page.
 async fn outputs(
     conn: &Conn,
     session_id: &str,
     job_id: &str,
 ) -> Result<Vec<pb::FileChange>, CliError> {
-    Ok(conn
-        .files()
-        .get_job_outputs(pb::GetJobOutputsRequest {
-            session_id: session_id.to_owned(),
-            job_id: job_id.to_owned(),
-        })
-        .await
-        .map_err(CliError::rpc("listing the job's outputs"))?
-        .into_inner()
-        .changes)
+    let mut changes = Vec::new();
+    let mut request = pb::GetJobOutputsRequest {
+        session_id: session_id.to_owned(),
+        job_id: job_id.to_owned(),
+        ..Default::default()
+    };
+    loop {
+        let page = conn
+            .files()
+            .get_job_outputs(request.clone())
+            .await
+            .map_err(CliError::rpc("listing the job's outputs"))?
+            .into_inner();
+        changes.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            return Ok(changes);
+        }
+        // The later pages are of the job the first one answered for.
+        request.job_id = page.job_id;
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// Bytes of paths asked for in one DownloadArchive request: a request must fit the 4 MiB the
+/// server accepts, and a job may have changed tens of thousands of files.
+const ARCHIVE_PATH_BYTES: usize = 1 << 20;
+
+/// `paths` cut into the path lists of successive DownloadArchive requests.
+fn archive_batches(paths: Vec<String>) -> Vec<Vec<String>> {
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0;
+    for p in paths {
+        let len = p.len() + 8; // the field's tag and length
+        match batches.last_mut() {
+            Some(b) if bytes + len <= ARCHIVE_PATH_BYTES => b.push(p),
+            _ => {
+                bytes = 0;
+                batches.push(vec![p]);
+            }
+        }
+        bytes += len;
+    }
+    batches
 }
 
 async fn download_outputs(
@@ -335,7 +369,10 @@ async fn download_outputs(
     }
     let kinds: std::collections::HashMap<String, &str> = wanted.iter().cloned().collect();
     let paths = wanted.into_iter().map(|(p, _)| p).collect();
-    let written = archive::unpack_into(&mut conn.files(), session_id, paths, out).await?;
+    let mut written = Vec::new();
+    for batch in archive_batches(paths) {
+        written.extend(archive::unpack_into(&mut conn.files(), session_id, batch, out).await?);
+    }
     for (path, dest, size) in written {
         let kind = kinds.get(&path).copied().unwrap_or("modified");
         if json {

@@ -29,6 +29,38 @@ impl UploadSink {
     }
 }
 
+/// About how many bytes of changes one page of a job's outputs holds: a page must fit the 4 MiB
+/// a gRPC client accepts by default, and paths may be long.
+pub const OUTPUTS_PAGE_BYTES: usize = 2 << 20;
+
+/// How many of `changes` (at least one) go in a page of at most `limit`: each weighs its paths
+/// and link targets plus room for the rest of its message.
+fn fitting(changes: &[FileChange], limit: usize) -> usize {
+    let weight = |c: &FileChange| {
+        let entry = |e: &Option<FileEntry>| {
+            e.as_ref().map_or(0, |e| {
+                e.path.len()
+                    + e.sha256.as_ref().map_or(0, String::len)
+                    + e.symlink_target.as_ref().map_or(0, String::len)
+            })
+        };
+        64 + c.path.len()
+            + c.from_path.as_ref().map_or(0, String::len)
+            + entry(&c.entry)
+            + entry(&c.before)
+    };
+    let mut bytes = 0;
+    let mut n = 0;
+    for c in changes.iter().take(limit) {
+        bytes += weight(c);
+        if n > 0 && bytes > OUTPUTS_PAGE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 impl Core {
     pub async fn begin_upload(&self, tenant: &TenantId, session_id: &str) -> Result<UploadSink> {
         self.check_accepting()?;
@@ -79,12 +111,16 @@ impl Core {
     }
 
     /// The files a job changed; an empty job id means the session's latest succeeded job.
+    /// A page of the files a job changed, in path order: those after `after`, at most `limit`
+    /// and about [`OUTPUTS_PAGE_BYTES`]; with the last path when more follow.
     pub async fn job_outputs(
         &self,
         tenant: &TenantId,
         session_id: &str,
         job_id: &str,
-    ) -> Result<(JobId, Vec<FileChange>)> {
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(JobId, Vec<FileChange>, Option<String>)> {
         let s = self.owned_session(tenant, session_id).await?;
         let job = if job_id.is_empty() {
             self.store
@@ -112,12 +148,15 @@ impl Core {
                 ),
             ));
         }
-        let changes = self
+        // One more than the page tells whether more follow.
+        let mut changes = self
             .store
-            .get_job_outputs(&job.id)
-            .await?
-            .unwrap_or_default();
-        Ok((job.id, changes))
+            .get_job_outputs(&job.id, after, limit.max(1) + 1)
+            .await?;
+        let fit = fitting(&changes, limit.max(1));
+        let next = (changes.len() > fit).then(|| changes[fit - 1].path.clone());
+        changes.truncate(fit);
+        Ok((job.id, changes, next))
     }
 }
 

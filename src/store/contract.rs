@@ -52,6 +52,7 @@ macro_rules! store_contract_tests {
             finished_update_sets_conversation,
             latest_succeeded,
             job_outputs,
+            job_outputs_in_pages,
             snapshots_index,
             rewind_marks,
             rewind_holds,
@@ -1157,7 +1158,7 @@ pub async fn job_outputs(h: &dyn Harness) {
     let store = h.open().await;
     let s = new_session(&*store, session("acme", ts(0))).await;
     let j = new_job(&*store, &s, ts(1)).await;
-    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), None);
+    assert_eq!(all(&*store, &j.id).await, vec![]);
     let changes = vec![
         change("src/z.rs", ChangeKind::Modified),
         change("README.md", ChangeKind::Added),
@@ -1167,19 +1168,82 @@ pub async fn job_outputs(h: &dyn Harness) {
     store.put_job_outputs(&j.id, &changes).await.unwrap();
     let mut sorted = changes.clone();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), Some(sorted));
+    assert_eq!(all(&*store, &j.id).await, sorted);
 
     let replaced = vec![change("only.txt", ChangeKind::Added)];
     store.put_job_outputs(&j.id, &replaced).await.unwrap();
-    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), Some(replaced));
+    assert_eq!(all(&*store, &j.id).await, replaced);
     store.put_job_outputs(&j.id, &[]).await.unwrap();
-    assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), Some(vec![]));
+    assert_eq!(all(&*store, &j.id).await, vec![]);
 
     let err = store
         .put_job_outputs(&JobId::generate(), &changes)
         .await
         .unwrap_err();
     assert_eq!(err.reason(), Reason::JobNotFound);
+}
+
+/// Every change recorded for `job`.
+async fn all(store: &dyn Store, job: &JobId) -> Vec<FileChange> {
+    store.get_job_outputs(job, None, 1_000_000).await.unwrap()
+}
+
+/// A job that changed thousands of files is read a page at a time, across the parts it is
+/// stored in, in bytewise path order (uppercase before lowercase, '/' before letters), and a
+/// shorter record replaces every part of a longer one.
+pub async fn job_outputs_in_pages(h: &dyn Harness) {
+    let store = h.open().await;
+    let s = new_session(&*store, session("acme", ts(0))).await;
+    let j = new_job(&*store, &s, ts(1)).await;
+    let mut changes: Vec<FileChange> = (0..2_500)
+        .map(|i| change(&format!("d{}/f{i:05}", i % 7), ChangeKind::Added))
+        .chain(["B", "a", "a/b", "a-b", "Z/z", "é"].map(|p| change(p, ChangeKind::Modified)))
+        .collect();
+    changes.reverse();
+    store.put_job_outputs(&j.id, &changes).await.unwrap();
+    let mut expected: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+    expected.sort();
+    for limit in [1, 7, 999, 1_000, 1_001, 2_506, 5_000] {
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let after = seen.last().cloned();
+            let page = store
+                .get_job_outputs(&j.id, after.as_deref(), limit)
+                .await
+                .unwrap();
+            assert!(page.len() <= limit, "a page of {limit} held {}", page.len());
+            let done = page.len() < limit;
+            seen.extend(page.into_iter().map(|c| c.path));
+            if done || limit == 1 && seen.len() > 40 {
+                break;
+            }
+        }
+        if limit == 1 {
+            assert_eq!(seen, expected[..seen.len()], "pages of one");
+        } else {
+            assert_eq!(seen, expected, "pages of {limit}");
+        }
+    }
+    // From the middle of a part, and after the last path.
+    let mid = &expected[1_234];
+    let page = store.get_job_outputs(&j.id, Some(mid), 3).await.unwrap();
+    let paths: Vec<&str> = page.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, expected[1_235..1_238]);
+    let last = expected.last().unwrap();
+    assert!(
+        store
+            .get_job_outputs(&j.id, Some(last), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    store
+        .put_job_outputs(&j.id, &[change("only.txt", ChangeKind::Added)])
+        .await
+        .unwrap();
+    let page = store.get_job_outputs(&j.id, None, 5_000).await.unwrap();
+    assert_eq!(page, vec![change("only.txt", ChangeKind::Added)]);
 }
 
 pub async fn delete_session_cascades(h: &dyn Harness) {
@@ -1211,7 +1275,13 @@ pub async fn delete_session_cascades(h: &dyn Harness) {
     for j in [&j1, &j2] {
         assert_eq!(store.get_job(&j.id).await.unwrap(), None);
         assert!(store.read_events(&j.id, 0, 100).await.unwrap().is_empty());
-        assert_eq!(store.get_job_outputs(&j.id).await.unwrap(), None);
+        assert!(
+            store
+                .get_job_outputs(&j.id, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
     assert!(
         store
@@ -1225,7 +1295,10 @@ pub async fn delete_session_cascades(h: &dyn Harness) {
     // The other session is untouched.
     assert!(store.get_session_any(&keep.id).await.unwrap().is_some());
     assert_eq!(store.read_events(&k.id, 0, 100).await.unwrap(), texts(1, 3));
-    assert!(store.get_job_outputs(&k.id).await.unwrap().is_some());
+    assert_eq!(
+        store.get_job_outputs(&k.id, None, 10).await.unwrap(),
+        vec![change("b", ChangeKind::Added)]
+    );
     // Its events still append after the neighbour's deletion.
     store
         .append(vec![write(&k, texts(4, 4), None)])
@@ -1267,8 +1340,8 @@ pub async fn survives_reopen(h: &dyn Harness) {
         texts(1, 50)
     );
     assert_eq!(
-        store.get_job_outputs(&j.id).await.unwrap(),
-        Some(vec![change("x", ChangeKind::Added)])
+        store.get_job_outputs(&j.id, None, 10).await.unwrap(),
+        vec![change("x", ChangeKind::Added)]
     );
     // Idempotency keys survive too.
     let mut retry = session("acme", ts(5));

@@ -425,8 +425,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records the files a job changed (replacing any earlier record for that job).
     async fn put_job_outputs(&self, job: &JobId, changes: &[FileChange]) -> Result<()>;
 
-    /// The files a job changed, in path order; `None` if none were recorded for it.
-    async fn get_job_outputs(&self, job: &JobId) -> Result<Option<Vec<FileChange>>>;
+    /// The files a job changed, in path order: those after `after`, at most `limit`; none when
+    /// none were recorded for it.
+    async fn get_job_outputs(
+        &self,
+        job: &JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileChange>>;
 
     /// Records a snapshot (replacing the row of the same job and point).
     async fn put_snapshot(&self, row: &SnapshotRow) -> Result<()>;

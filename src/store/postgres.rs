@@ -487,8 +487,13 @@ impl Store for PgStore {
         jobs::put_outputs(self, job, changes).await
     }
 
-    async fn get_job_outputs(&self, job: &JobId) -> Result<Option<Vec<FileChange>>> {
-        jobs::get_outputs(self, job).await
+    async fn get_job_outputs(
+        &self,
+        job: &JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileChange>> {
+        jobs::get_outputs(self, job, after, limit).await
     }
 
     async fn put_snapshot(&self, row: &crate::store::SnapshotRow) -> Result<()> {

@@ -1,9 +1,10 @@
 //! The rules both store backends enforce, written once: admission (a session's queue, a tenant's
 //! active jobs, a rewind holding the session), rewind holds (no job queued or running, one rewind
 //! at a time) and the append checks (the job exists, its log is open, the events continue it),
-//! with their reasons and messages. The backends only count and lock; the verdict is here.
+//! with their reasons and messages. The backends only count and lock; the verdict is here. Also
+//! how a job's outputs are cut into stored parts and read back a page at a time.
 
-use crate::domain::{JobEvent, JobId, SessionId, TenantId, Timestamp};
+use crate::domain::{FileChange, JobEvent, JobId, SessionId, TenantId, Timestamp};
 use crate::error::{Error, Reason, Result};
 use std::time::Duration;
 
@@ -122,6 +123,61 @@ pub(crate) fn check_append(
         expected += 1;
     }
     Ok(expected - 1)
+}
+
+/// Changes per stored part of a job's outputs: a page reads a few parts, never the whole list.
+pub(crate) const OUTPUT_PART: usize = 1000;
+
+/// One stored part of a job's outputs: its last path, and its changes as JSON.
+pub(crate) struct OutputPart {
+    pub last_path: String,
+    pub changes: String,
+}
+
+/// A job's outputs as stored: sorted by path, cut into parts of [`OUTPUT_PART`] (none when
+/// nothing changed).
+pub(crate) fn output_parts(changes: &[FileChange]) -> Result<Vec<OutputPart>> {
+    let mut sorted: Vec<&FileChange> = changes.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    sorted
+        .chunks(OUTPUT_PART)
+        .map(|part| {
+            let changes = serde_json::to_string(part)
+                .map_err(|e| Error::internal(format!("store: cannot encode job outputs: {e}")))?;
+            let last_path = part.last().map(|c| c.path.clone()).unwrap_or_default();
+            Ok(OutputPart { last_path, changes })
+        })
+        .collect()
+}
+
+/// How many parts, from the first that ends after the page's start, hold a page of `limit`
+/// changes: a part may hold fewer than [`OUTPUT_PART`] (the first is entered midway, and a list
+/// stored before parts existed is one part of any length), hence the two more.
+pub(crate) fn output_parts_for(limit: usize) -> usize {
+    limit / OUTPUT_PART + 2
+}
+
+/// A page out of the parts read (JSON, in part order): the changes after `after`, at most
+/// `limit`.
+pub(crate) fn outputs_page<'a>(
+    parts: impl IntoIterator<Item = &'a str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<FileChange>> {
+    let mut page = Vec::new();
+    for json in parts {
+        let changes: Vec<FileChange> = serde_json::from_str(json).map_err(|_| {
+            Error::internal("store: a part of a job's outputs does not hold valid JSON")
+        })?;
+        let fresh = changes
+            .into_iter()
+            .filter(|c| after.is_none_or(|a| c.path.as_str() > a));
+        page.extend(fresh.take(limit - page.len()));
+        if page.len() == limit {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 #[cfg(test)]

@@ -315,10 +315,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn get_job_outputs(&self, job: &JobId) -> Result<Option<Vec<FileChange>>> {
-        let job = job.clone();
+    async fn get_job_outputs(
+        &self,
+        job: &JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileChange>> {
+        let (job, after) = (job.clone(), after.map(str::to_owned));
         self.readers
-            .read(move |c| ops::get_job_outputs(c, &job))
+            .read(move |c| ops::get_job_outputs(c, &job, after.as_deref(), limit))
             .await
     }
 
@@ -731,6 +736,15 @@ mod tests {
         let (s1, s2) = (SessionId::generate(), SessionId::generate());
         let (old_queued, old_running, behind) =
             (JobId::generate(), JobId::generate(), JobId::generate());
+        let old_outputs: Vec<crate::domain::FileChange> = ["a.txt", "b/c.txt"]
+            .map(|path| crate::domain::FileChange {
+                path: path.into(),
+                kind: crate::domain::ChangeKind::Deleted,
+                entry: None,
+                from_path: None,
+                before: None,
+            })
+            .to_vec();
         {
             let raw = rusqlite::Connection::open(&path).unwrap();
             raw.execute_batch(include_str!("migrations/sqlite/0001_init.sql"))
@@ -764,9 +778,35 @@ mod tests {
                 )
                 .unwrap();
             }
+            // Outputs as one list per job, as stored before they were cut into parts.
+            for (id, changes) in [(&old_queued, &old_outputs), (&old_running, &vec![])] {
+                raw.execute(
+                    "INSERT INTO job_outputs (job_pk, changes) SELECT pk, ?2 FROM jobs WHERE id = ?1",
+                    rusqlite::params![id.as_str(), serde_json::to_string(changes).unwrap()],
+                )
+                .unwrap();
+            }
         }
 
         let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.get_job_outputs(&old_queued, None, 10).await.unwrap(),
+            old_outputs
+        );
+        assert_eq!(
+            store
+                .get_job_outputs(&old_queued, Some("a.txt"), 10)
+                .await
+                .unwrap(),
+            old_outputs[1..]
+        );
+        assert!(
+            store
+                .get_job_outputs(&old_running, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let version: i64 = rusqlite::Connection::open(&path)
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -691,6 +691,7 @@ async fn symlinks(f: &mut Fixture) {
         c.files.get_job_outputs(pb::GetJobOutputsRequest {
             session_id: sid.clone(),
             job_id: setup.job_id.clone(),
+            ..Default::default()
         }),
     )
     .await
@@ -1495,6 +1496,7 @@ async fn states_and_cursors(f: &mut Fixture) {
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: s_nojob.clone(),
                 job_id: String::new(),
+                ..Default::default()
             })
             .await,
         Want::Err(NotFound, "NO_SUCCEEDED_JOB"),
@@ -1505,6 +1507,7 @@ async fn states_and_cursors(f: &mut Fixture) {
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: s_nojob,
                 job_id: done.job_id.clone(),
+                ..Default::default()
             })
             .await,
         Want::Err(NotFound, "JOB_NOT_FOUND"),
@@ -1516,6 +1519,7 @@ async fn states_and_cursors(f: &mut Fixture) {
             .get_job_outputs(pb::GetJobOutputsRequest {
                 session_id: eid.clone(),
                 job_id: running.job_id.clone(),
+                ..Default::default()
             })
             .await,
         Want::Err(FailedPrecondition, "JOB_NOT_FINISHED"),

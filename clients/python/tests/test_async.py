@@ -14,10 +14,25 @@ import pytest
 import agentd
 from agentd.v1 import file_pb2, job_pb2
 from conftest import KEY_A, Proxy, Server
+from test_sync import MAKE_MANY, MANY
 
 
 def run_async(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_async_outputs_gathers_every_page(server: Server) -> None:
+    async def main() -> None:
+        async with agentd.AsyncClient(f"http://{server.address}", api_key=KEY_A) as c:
+            session = await c.create_session({})
+            run = c.run(session.session_id, MAKE_MANY)
+            _ = [e async for e in run]
+            assert run.job is not None and run.job.state == job_pb2.JOB_STATE_SUCCEEDED
+            outputs = await c.outputs(session.session_id, run.job.job_id)
+            assert outputs.next_page_token == ""
+            assert [ch.path for ch in outputs.changes] == [f"many/f{i:05d}" for i in range(1, MANY + 1)]
+
+    run_async(main())
 
 
 def test_async_seed_flow(server: Server, tmp_path: Path) -> None:

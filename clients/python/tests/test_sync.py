@@ -29,6 +29,21 @@ def assert_contiguous(events: list[agentd.JobEvent], first: int = 1) -> None:
     assert [e.seq for e in events] == list(range(first, first + len(events)))
 
 
+# More changes than one page of GetJobOutputs holds (10,000).
+MANY = 10_050
+MAKE_MANY = f"bash mkdir many && seq -f 'many/f%05g' 1 {MANY} | xargs touch"
+
+
+def test_outputs_gathers_every_page(client: agentd.Client) -> None:
+    session = client.create_session({})
+    run = client.run(session.session_id, MAKE_MANY)
+    list(run)
+    assert run.job is not None and run.job.state == job_pb2.JOB_STATE_SUCCEEDED
+    outputs = client.outputs(session.session_id)
+    assert outputs.job_id == run.job.job_id and outputs.next_page_token == ""
+    assert [c.path for c in outputs.changes] == [f"many/f{i:05d}" for i in range(1, MANY + 1)]
+
+
 def test_seed_flow(client: agentd.Client, tmp_path: Path) -> None:
     session = client.create_session({"README.md": "hello\n", "data/in.bin": b"\x00\x01"}, labels={"t": "seed"})
     assert session.session_id.startswith("ses_")

@@ -573,9 +573,16 @@ export function createAgentdClient(options: AgentdClientOptions = {}) {
       return Buffer.concat(parts).toString("utf8");
     },
 
-    /** What a job changed (default: the session's latest succeeded job). */
+    /** What a job changed (default: the session's latest succeeded job): every page, as one response. */
     async outputs(sessionId: string, jobId = ""): Promise<GetJobOutputsResponse> {
-      return files.getJobOutputs({ sessionId, jobId });
+      const out = await files.getJobOutputs({ sessionId, jobId });
+      while (out.nextPageToken) {
+        // The later pages are of the first page's job: a session's latest succeeded job may change.
+        const page = await files.getJobOutputs({ sessionId, jobId: out.jobId, pageToken: out.nextPageToken });
+        for (const c of page.changes) out.changes.push(c);
+        out.nextPageToken = page.nextPageToken;
+      }
+      return out;
     },
 
     /** Downloads every file the job added or modified into `destDir`; resolves to local paths. */

@@ -150,6 +150,21 @@ describe("@agentd/client", () => {
     await rejectsWith(client.getSession(session.sessionId), Code.NotFound, "SESSION_NOT_FOUND");
   });
 
+  test("outputs gathers every page of a job that changed many files", async () => {
+    const many = 10_050; // more than one page of GetJobOutputs holds (10,000)
+    const session = await client.createSession({ files: {} });
+    const run = client.run(session.sessionId, `bash mkdir many && seq -f 'many/f%05g' 1 ${many} | xargs touch`);
+    await collect(run);
+    assert.equal(run.job.state, JobState.SUCCEEDED);
+    const outputs = await client.outputs(session.sessionId);
+    assert.equal(outputs.jobId, run.job.jobId);
+    assert.equal(outputs.nextPageToken, "");
+    assert.deepEqual(
+      outputs.changes.map((c) => c.path),
+      range(1, many).map((i) => `many/f${String(i).padStart(5, "0")}`),
+    );
+  });
+
   test("server info", async () => {
     const info = await client.serverInfo();
     assert.ok(info.version);

@@ -239,37 +239,62 @@ pub(super) async fn put_outputs(
     job: &JobId,
     changes: &[FileChange],
 ) -> Result<()> {
-    let mut sorted: Vec<&FileChange> = changes.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let changes = to_json(&sorted, "job outputs")?;
-    let n = store
-        .execute(
-            "INSERT INTO job_outputs (job_pk, changes) SELECT pk, $2 FROM jobs WHERE id = $1 \
-             ON CONFLICT (job_pk) DO UPDATE SET changes = excluded.changes",
-            &[&job.as_str(), &changes],
-        )
-        .await?;
-    if n == 0 {
+    let parts = rules::output_parts(changes)?;
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    let st = tx
+        .prepare_cached("SELECT pk FROM jobs WHERE id = $1")
+        .await
+        .map_err(db)?;
+    let Some(row) = tx.query_opt(&st, &[&job.as_str()]).await.map_err(db)? else {
         return Err(Error::job_not_found(job.as_str()));
-    }
-    Ok(())
+    };
+    let pk: i64 = rows::get(&row, 0, "jobs.pk")?;
+    let st = tx
+        .prepare_cached("DELETE FROM job_output_parts WHERE job_pk = $1")
+        .await
+        .map_err(db)?;
+    tx.execute(&st, &[&pk]).await.map_err(db)?;
+    let (numbers, last_paths, jsons): (Vec<i32>, Vec<&str>, Vec<&str>) = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let n = i32::try_from(i).unwrap_or(i32::MAX);
+            (n, p.last_path.as_str(), p.changes.as_str())
+        })
+        .collect();
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO job_output_parts (job_pk, part, last_path, changes) \
+             SELECT $1, * FROM unnest($2::integer[], $3::text[], $4::text[])",
+        )
+        .await
+        .map_err(db)?;
+    tx.execute(&st, &[&pk, &numbers, &last_paths, &jsons])
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)
 }
 
-pub(super) async fn get_outputs(store: &PgStore, job: &JobId) -> Result<Option<Vec<FileChange>>> {
+pub(super) async fn get_outputs(
+    store: &PgStore,
+    job: &JobId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<FileChange>> {
+    // '' sorts before every path: the first page reads from the first part.
+    let parts = rows::int(rules::output_parts_for(limit) as u64);
     let rows = store
         .query(
-            "SELECT changes FROM job_outputs \
-             WHERE job_pk = (SELECT pk FROM jobs WHERE id = $1)",
-            &[&job.as_str()],
+            "SELECT changes FROM job_output_parts \
+             WHERE job_pk = (SELECT pk FROM jobs WHERE id = $1) AND last_path > $2 \
+             ORDER BY part LIMIT $3",
+            &[&job.as_str(), &after.unwrap_or(""), &parts],
         )
         .await?;
-    match rows.first() {
-        Some(r) => {
-            let text: &str = rows::get(r, 0, "job_outputs.changes")?;
-            serde_json::from_str(text).map(Some).map_err(|_| {
-                Error::internal("store: column job_outputs.changes does not hold valid JSON")
-            })
-        }
-        None => Ok(None),
-    }
+    let jsons = rows
+        .iter()
+        .map(|r| rows::get::<&str>(r, 0, "job_output_parts.changes"))
+        .collect::<Result<Vec<_>>>()?;
+    rules::outputs_page(jsons, after, limit)
 }

@@ -24,6 +24,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0022_rewind_holds.sql"),
     include_str!("../migrations/postgres/0020_lease_gen.sql"),
     include_str!("../migrations/postgres/0023_job_changes_by_job.sql"),
+    include_str!("../migrations/postgres/0024_job_output_parts.sql"),
 ];
 
 /// First key of the migration advisory lock (the second is the schema's hash): "agnt".

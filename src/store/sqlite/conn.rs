@@ -27,6 +27,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0022_rewind_holds.sql"),
     include_str!("../migrations/sqlite/0020_lease_gen.sql"),
     include_str!("../migrations/sqlite/0023_job_changes_by_job.sql"),
+    include_str!("../migrations/sqlite/0024_job_output_parts.sql"),
 ];
 
 /// How long a connection waits for a lock held by another connection (a second process, a

@@ -264,7 +264,7 @@ pub(super) fn delete_session(conn: &Connection, id: &SessionId) -> Result<()> {
     // Explicit deletes, children first: cheaper than letting each cascade level discover its rows.
     for sql in [
         "DELETE FROM events WHERE job_pk IN (SELECT pk FROM jobs WHERE session_id = ?1)",
-        "DELETE FROM job_outputs WHERE job_pk IN (SELECT pk FROM jobs WHERE session_id = ?1)",
+        "DELETE FROM job_output_parts WHERE job_pk IN (SELECT pk FROM jobs WHERE session_id = ?1)",
         "DELETE FROM jobs WHERE session_id = ?1",
         "DELETE FROM sessions WHERE id = ?1",
     ] {
@@ -906,30 +906,52 @@ pub(super) fn put_job_outputs(
     job: &JobId,
     changes: &[FileChange],
 ) -> Result<()> {
-    let mut sorted: Vec<&FileChange> = changes.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let changes = to_json(&sorted, "job outputs")?;
-    // `WHERE true` resolves the parsing ambiguity between a SELECT's join and the upsert clause.
-    let n = conn
-        .prepare_cached(
-            "INSERT INTO job_outputs (job_pk, changes) SELECT pk, ?2 FROM jobs WHERE id = ?1 AND true \
-             ON CONFLICT (job_pk) DO UPDATE SET changes = excluded.changes",
-        )
-        .and_then(|mut st| st.execute(params![job.as_str(), changes]))
+    let parts = rules::output_parts(changes)?;
+    let pk: i64 = conn
+        .prepare_cached("SELECT pk FROM jobs WHERE id = ?1")
+        .and_then(|mut st| st.query_row([job.as_str()], |r| r.get(0)).optional())
+        .map_err(db)?
+        .ok_or_else(|| Error::job_not_found(job.as_str()))?;
+    conn.prepare_cached("DELETE FROM job_output_parts WHERE job_pk = ?1")
+        .and_then(|mut st| st.execute([pk]))
         .map_err(db)?;
-    if n == 0 {
-        return Err(Error::job_not_found(job.as_str()));
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO job_output_parts (job_pk, part, last_path, changes) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(db)?;
+    for (i, p) in parts.iter().enumerate() {
+        st.execute(params![pk, sql_int(i as u64), p.last_path, p.changes])
+            .map_err(db)?;
     }
     Ok(())
 }
 
-pub(super) fn get_job_outputs(conn: &Connection, job: &JobId) -> Result<Option<Vec<FileChange>>> {
+pub(super) fn get_job_outputs(
+    conn: &Connection,
+    job: &JobId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<FileChange>> {
     let mut st = conn
         .prepare_cached(
-            "SELECT changes FROM job_outputs WHERE job_pk = (SELECT pk FROM jobs WHERE id = ?1)",
+            "SELECT changes FROM job_output_parts \
+             WHERE job_pk = (SELECT pk FROM jobs WHERE id = ?1) AND last_path > ?2 \
+             ORDER BY part LIMIT ?3",
         )
         .map_err(db)?;
-    st.query_row([job.as_str()], |r| json_col(r, 0, "job_outputs.changes"))
-        .optional()
-        .map_err(db)
+    // '' sorts before every path: the first page reads from the first part.
+    let parts: Vec<String> = st
+        .query_map(
+            params![
+                job.as_str(),
+                after.unwrap_or(""),
+                sql_int(rules::output_parts_for(limit) as u64)
+            ],
+            |r| r.get(0),
+        )
+        .and_then(|rows| rows.collect())
+        .map_err(db)?;
+    rules::outputs_page(parts.iter().map(String::as_str), after, limit)
 }

@@ -519,7 +519,11 @@ class AsyncClient:
 
     async def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
         req = file_pb2.GetJobOutputsRequest(session_id=session_id, job_id=job_id)
-        return await _call(self.files.GetJobOutputs(req))
+        out = await _call(self.files.GetJobOutputs(req))
+        while out.next_page_token:
+            _common.next_outputs_request(req, out)
+            _common.add_outputs_page(out, await _call(self.files.GetJobOutputs(req)))
+        return out
 
     async def download_outputs(
         self, session_id: str, dest_dir: StrPath, job_id: str = ""

@@ -488,9 +488,14 @@ class Client:
         return out.decode("utf-8", errors="replace")
 
     def outputs(self, session_id: str, job_id: str = "") -> file_pb2.GetJobOutputsResponse:
-        """What a job changed (default: the session's latest succeeded job)."""
+        """What a job changed (default: the session's latest succeeded job): every page, as one
+        response."""
         req = file_pb2.GetJobOutputsRequest(session_id=session_id, job_id=job_id)
-        return _call(lambda: self.files.GetJobOutputs(req))
+        out = _call(lambda: self.files.GetJobOutputs(req))
+        while out.next_page_token:
+            _common.next_outputs_request(req, out)
+            _common.add_outputs_page(out, _call(lambda: self.files.GetJobOutputs(req)))
+        return out
 
     def download_outputs(self, session_id: str, dest_dir: StrPath, job_id: str = "") -> list[Path]:
         """Downloads every file the job added or modified into ``dest_dir`` (keeping relative

@@ -257,6 +257,23 @@ def safe_local_path(dest_dir: StrPath, remote_path: str) -> Path:
     return Path(dest_dir).joinpath(*rel.parts)
 
 
+def next_outputs_request(
+    req: file_pb2.GetJobOutputsRequest, page: file_pb2.GetJobOutputsResponse
+) -> None:
+    """Turns ``req`` into the request for the page after ``page``: of the job that page was of,
+    since a session's latest succeeded job may change between pages."""
+    req.job_id = page.job_id
+    req.page_token = page.next_page_token
+
+
+def add_outputs_page(
+    out: file_pb2.GetJobOutputsResponse, page: file_pb2.GetJobOutputsResponse
+) -> None:
+    """Appends ``page`` to the pages gathered in ``out``."""
+    out.changes.extend(page.changes)
+    out.next_page_token = page.next_page_token
+
+
 def output_paths(outputs: file_pb2.GetJobOutputsResponse) -> list[str]:
     """The regular files a job added or modified (deleted files have nothing to download)."""
     return [

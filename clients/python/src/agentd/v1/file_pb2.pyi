@@ -539,19 +539,32 @@ class GetJobOutputsRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     job_id: _builtins.str
     """The job; empty means the session's latest succeeded job."""
+    page_size: _builtins.int
+    """At most this many changes (default and maximum 10000). A page also ends at about 2 MiB of
+    paths, so it fits what a gRPC client accepts by default.
+    """
+    page_token: _builtins.str
+    """Opaque token from a previous response's `next_page_token`. Ask the later pages for the job
+    the first one answered for (its `job_id`): a session's latest succeeded job may change
+    between pages.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -565,8 +578,11 @@ class GetJobOutputsResponse(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job the changes belong to."""
+    next_page_token: _builtins.str
+    """Set when more changes follow: pass it as `page_token` for the next page."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileChange]:
         """The changed files, in path order."""
@@ -576,10 +592,11 @@ class GetJobOutputsResponse(_message.Message):
         *,
         job_id: _builtins.str = ...,
         changes: _abc.Iterable[Global___FileChange] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "job_id", b"job_id", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

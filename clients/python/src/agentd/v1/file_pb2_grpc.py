@@ -117,7 +117,7 @@ class FileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJobOutputs(self, request, context):
-        """Lists the files a job added, modified or deleted.
+        """Lists the files a job added, modified or deleted, in path order, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,7 @@ class FileServiceStub:
     ListFiles: _grpc.UnaryUnaryMultiCallable[_file_pb2.ListFilesRequest, _file_pb2.ListFilesResponse]
     """Lists the files under a directory of the workspace, recursively."""
     GetJobOutputs: _grpc.UnaryUnaryMultiCallable[_file_pb2.GetJobOutputsRequest, _file_pb2.GetJobOutputsResponse]
-    """Lists the files a job added, modified or deleted."""
+    """Lists the files a job added, modified or deleted, in path order, a page at a time."""
     DeleteFile: _grpc.UnaryUnaryMultiCallable[_file_pb2.DeleteFileRequest, _file_pb2.DeleteFileResponse]
     """Deletes one file, or a directory with `recursive`."""
     UploadFileChunk: _grpc.UnaryUnaryMultiCallable[_file_pb2.UploadFileChunkRequest, _file_pb2.UploadFileChunkResponse]
@@ -104,7 +104,7 @@ class FileServiceAsyncStub(FileServiceStub):
     ListFiles: _aio.UnaryUnaryMultiCallable[_file_pb2.ListFilesRequest, _file_pb2.ListFilesResponse]  # type: ignore[assignment]
     """Lists the files under a directory of the workspace, recursively."""
     GetJobOutputs: _aio.UnaryUnaryMultiCallable[_file_pb2.GetJobOutputsRequest, _file_pb2.GetJobOutputsResponse]  # type: ignore[assignment]
-    """Lists the files a job added, modified or deleted."""
+    """Lists the files a job added, modified or deleted, in path order, a page at a time."""
     DeleteFile: _aio.UnaryUnaryMultiCallable[_file_pb2.DeleteFileRequest, _file_pb2.DeleteFileResponse]  # type: ignore[assignment]
     """Deletes one file, or a directory with `recursive`."""
     UploadFileChunk: _aio.UnaryUnaryMultiCallable[_file_pb2.UploadFileChunkRequest, _file_pb2.UploadFileChunkResponse]  # type: ignore[assignment]
@@ -184,7 +184,7 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _file_pb2.GetJobOutputsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_file_pb2.GetJobOutputsResponse, _abc.Awaitable[_file_pb2.GetJobOutputsResponse]]:
-        """Lists the files a job added, modified or deleted."""
+        """Lists the files a job added, modified or deleted, in path order, a page at a time."""
 
     @_abc_1.abstractmethod
     def DeleteFile(

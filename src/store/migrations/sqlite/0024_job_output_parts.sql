@@ -1,0 +1,16 @@
+-- A job's outputs in parts of at most 1,000 changes, in path order, so a page of GetJobOutputs
+-- reads the parts it needs instead of the whole list (a job that ran `npm install` changes tens
+-- of thousands of files); a job that changed nothing has no part. `last_path` is the part's last
+-- path: a page after a path skips every part of the job that ends before it.
+-- A list stored before this migration becomes its job's only part.
+CREATE TABLE job_output_parts (
+    job_pk    INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+    part      INTEGER NOT NULL,
+    last_path TEXT NOT NULL,
+    changes   TEXT NOT NULL,                   -- JSON array of domain::FileChange, path order
+    PRIMARY KEY (job_pk, part)
+) WITHOUT ROWID;
+INSERT INTO job_output_parts (job_pk, part, last_path, changes)
+    SELECT job_pk, 0, COALESCE(json_extract(changes, '$[#-1].path'), ''), changes
+    FROM job_outputs WHERE json_array_length(changes) > 0;
+DROP TABLE job_outputs;
