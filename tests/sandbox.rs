@@ -530,19 +530,43 @@ async fn tmp_limit_fails_writes_with_enospc() {
 async fn workspace_limit_refuses_a_big_file_and_stops_the_job_past_the_total() {
     let mut w = World::start(None, stand_in_profiles()).await;
     let attempts = [attacks::legit(&w.target), attacks::fill_workspace()].concat();
-    let run = w.attack("tight", &attempts).await;
+    stopped_past_the_workspace_cap(
+        &mut w,
+        &attempts,
+        &["fill_workspace_one_file", "fill_workspace_total"],
+    )
+    .await;
+}
+
+/// The private HOME lasts as long as the session: filling it counts toward the same cap, or a job
+/// could fill the host's disk through it.
+#[tokio::test]
+async fn home_counts_toward_the_workspace_cap() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::fill_home()].concat();
+    stopped_past_the_workspace_cap(&mut w, &attempts, &["fill_home_total"]).await;
+}
+
+/// Runs `attempts` in the `tight` profile, where the `filling` ones pass the workspace cap: the
+/// job is stopped and fails with LIMIT_EXCEEDED, after its legitimate work.
+async fn stopped_past_the_workspace_cap(
+    w: &mut World,
+    attempts: &[Attempt],
+    filling: &[&'static str],
+) {
+    let run = w.attack("tight", attempts).await;
     // Once the total passes the cap the job is stopped, before the attempt running then can
     // report (with the 16 MiB one-file attempt already, if the check comes in between): a
     // missing marker stands for "stopped", which fails the write and never says "survived".
     let mut outcomes = run.outcomes.clone();
-    for name in ["fill_workspace_one_file", "fill_workspace_total"] {
+    for &name in filling {
         outcomes.entry(name.into()).or_insert_with(|| Outcome {
             rc: -1,
             out: "(the job was stopped before the attempt reported: File size limit exceeded)"
                 .into(),
         });
     }
-    let (table, failed) = attacks::judge(&attempts, &outcomes, baseline());
+    let (table, failed) = attacks::judge(attempts, &outcomes, baseline());
     assert!(
         failed.is_empty(),
         "failed: {failed:?}\n{table}\n{}",

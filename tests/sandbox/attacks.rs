@@ -736,6 +736,18 @@ pub fn fill_workspace() -> Vec<Attempt> {
     ]
 }
 
+/// Over a 16 MiB `workspace_mb`: two files of 10 MiB in the session's private HOME, which lasts
+/// as long as the session and so counts toward the same total: the job is stopped.
+pub fn fill_home() -> Vec<Attempt> {
+    vec![Attempt::new(
+        "fill_home_total",
+        "dd if=/dev/zero of=\"$HOME/fill-1.bin\" bs=1M count=10 && dd if=/dev/zero \
+         of=\"$HOME/fill-2.bin\" bs=1M count=10 && sleep 8 && echo survived",
+        Expect::lacks(&["survived"]),
+        Expect::contains("survived"),
+    )]
+}
+
 /// The attempts named, in the order named (panics on an unknown name: a typo must not shrink a
 /// suite silently).
 pub fn pick(all: &[Attempt], names: &[&str]) -> Vec<Attempt> {

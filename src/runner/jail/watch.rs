@@ -2,7 +2,8 @@
 //! counters, the free space of its `/tmp` and (less often) the size of its workspace, and writes
 //! a [`Notice`] for each limit that was hit. Memory and process limits are enforced by the
 //! kernel (the OOM killer, a refused fork); `/tmp` by its tmpfs size; the workspace cap by a
-//! per-file size limit and, for the total, by stopping the job here.
+//! per-file size limit and, for the total of the workspace and the private HOME, by stopping the
+//! job here.
 
 use super::cgroup::JobCgroup;
 use super::{JailSpec, Notice, TreeEnd, Word};
@@ -197,14 +198,17 @@ impl Watch {
         let Some(cap) = self.spec.limits.workspace_bytes else {
             return false;
         };
-        let used = disk_usage(&self.spec.workspace);
+        // The private HOME lasts as long as the session, like the workspace: left out, it would
+        // let a job fill the host's disk (and the store's) past any cap.
+        let used = disk_usage(&self.spec.workspace) + disk_usage(&self.spec.home);
         if used <= cap {
             return false;
         }
         self.notify(Notice::new(
             "workspace",
             format!(
-                "workspace limit exceeded: {} MiB used of {} MiB; the job was stopped",
+                "workspace limit exceeded: {} MiB used of {} MiB (workspace and HOME); the job \
+                 was stopped",
                 used.div_ceil(MIB),
                 cap / MIB
             ),
