@@ -35,6 +35,10 @@ const BRIDGE_PORT: u16 = 4317;
 /// Attempts to record the failure of a job that failed inside the server, and their backoff
 /// (about a minute in all).
 const SETTLE_ATTEMPTS: usize = 16;
+/// A workspace of this many entries leaves tens of MB freed behind a job's snapshots (two
+/// listings, the diff, the outputs' JSON), which glibc's per-thread arenas keep: a job that made
+/// 100,000 files left agentd at 158 MB resident, 55 MB after `malloc_trim`.
+const LARGE_WORKSPACE: usize = 20_000;
 const SETTLE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 const SETTLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -714,6 +718,11 @@ impl Core {
         if let Err(e) = row_stored {
             tracing::warn!(job = %job.id, error = %e, "cannot record the after-snapshot");
         }
+        if after.tree.entries.len() >= LARGE_WORKSPACE {
+            drop(changes);
+            // Nobody waits for it: trimming a large heap takes a few ms.
+            drop(tokio::task::spawn_blocking(give_back_freed_memory));
+        }
         outputs_stored
     }
 
@@ -777,3 +786,17 @@ impl Core {
         }
     }
 }
+
+/// Returns the heap's free pages to the kernel, so a container's memory limit sees what agentd
+/// holds, not what it once held.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory of glibc's own arenas; it takes no pointer.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_freed_memory() {}
