@@ -757,3 +757,55 @@ async fn a_job_that_changed_thirty_thousand_files_is_listed_in_pages_and_downloa
         assert_eq!(reason(&err), want, "{err:?}");
     }
 }
+
+/// Paths may be 4 KiB long: 2,200 files with paths of about 2.2 KB are more than 4 MiB, so a
+/// ListFiles page of the maximum size is also cut at about 2 MiB and every page stays within
+/// what a gRPC client accepts, in path order, none twice.
+#[tokio::test]
+async fn a_listing_of_long_paths_comes_in_pages_a_client_accepts() {
+    const FILES: usize = 2_200;
+    let server = TestServer::start();
+    let make = format!(
+        "bash d=$(printf 'a%.0s' $(seq 250)) && p=$d/$d/$d/$d/$d/$d/$d/$d && mkdir -p $p && \
+         cd $p && seq -f '%0200g' 1 {FILES} | xargs touch"
+    );
+    let o = cli(&url(&server), KEY_A, &["run", "--json", &make]);
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", stderr(&o));
+    let session = json_lines(&o)
+        .iter()
+        .find_map(|l| l["session_id"].as_str().map(str::to_owned))
+        .unwrap();
+    let mut c = server.clients(KEY_A).await;
+    let (mut paths, mut token, mut pages) = (Vec::<String>::new(), String::new(), 0);
+    loop {
+        let page = c
+            .files
+            .list_files(pb::ListFilesRequest {
+                session_id: session.clone(),
+                page_size: 10_000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(prost::Message::encoded_len(&page) < 4 << 20, "page {pages}");
+        paths.extend(page.files.into_iter().map(|f| f.path));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages >= 3, "{pages} pages");
+    let files: Vec<&String> = paths.iter().filter(|p| p.len() > 2_000).collect();
+    assert_eq!(
+        files.len(),
+        FILES + 1,
+        "the files and the deepest directory"
+    );
+    let mut sorted = paths.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(paths, sorted, "path order, none twice");
+}

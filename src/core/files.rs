@@ -29,31 +29,31 @@ impl UploadSink {
     }
 }
 
-/// About how many bytes of changes one page of a job's outputs holds: a page must fit the 4 MiB
-/// a gRPC client accepts by default, and paths may be long.
-pub const OUTPUTS_PAGE_BYTES: usize = 2 << 20;
+/// About how many bytes of paths one page of a file listing or of a job's outputs holds: a page
+/// must fit the 4 MiB a gRPC client accepts by default, and a path may be 4 KiB long.
+pub const PAGE_BYTES: usize = 2 << 20;
 
-/// How many of `changes` (at least one) go in a page of at most `limit`: each weighs its paths
-/// and link targets plus room for the rest of its message.
-fn fitting(changes: &[FileChange], limit: usize) -> usize {
-    let weight = |c: &FileChange| {
-        let entry = |e: &Option<FileEntry>| {
-            e.as_ref().map_or(0, |e| {
-                e.path.len()
-                    + e.sha256.as_ref().map_or(0, String::len)
-                    + e.symlink_target.as_ref().map_or(0, String::len)
-            })
-        };
-        64 + c.path.len()
-            + c.from_path.as_ref().map_or(0, String::len)
-            + entry(&c.entry)
-            + entry(&c.before)
-    };
+/// What an entry weighs against [`PAGE_BYTES`]: its strings plus room for the rest.
+fn entry_weight(e: &FileEntry) -> usize {
+    64 + e.path.len()
+        + e.sha256.as_ref().map_or(0, String::len)
+        + e.symlink_target.as_ref().map_or(0, String::len)
+}
+
+fn change_weight(c: &FileChange) -> usize {
+    c.path.len()
+        + c.from_path.as_ref().map_or(0, String::len)
+        + c.entry.as_ref().map_or(0, entry_weight)
+        + c.before.as_ref().map_or(0, entry_weight)
+}
+
+/// How many of `items` (at least one) go in a page of at most `limit` and about [`PAGE_BYTES`].
+fn fitting<T>(items: &[T], limit: usize, weight: impl Fn(&T) -> usize) -> usize {
     let mut bytes = 0;
     let mut n = 0;
-    for c in changes.iter().take(limit) {
-        bytes += weight(c);
-        if n > 0 && bytes > OUTPUTS_PAGE_BYTES {
+    for item in items.iter().take(limit) {
+        bytes += weight(item);
+        if n > 0 && bytes > PAGE_BYTES {
             break;
         }
         n += 1;
@@ -84,6 +84,8 @@ impl Core {
             .await
     }
 
+    /// A page of the entries under `dir`, in path order: after `after`, at most `limit` and
+    /// about [`PAGE_BYTES`]; with the last path when more follow.
     pub async fn list_files(
         &self,
         tenant: &TenantId,
@@ -94,9 +96,17 @@ impl Core {
         limit: usize,
     ) -> Result<(Vec<FileEntry>, Option<String>)> {
         let s = self.owned_session(tenant, session_id).await?;
-        self.workspaces
+        let (mut files, next) = self
+            .workspaces
             .list(&s.id, dir, include_sha256, after, limit)
-            .await
+            .await?;
+        let fit = fitting(&files, files.len(), entry_weight);
+        if fit < files.len() {
+            files.truncate(fit);
+            let next = files.last().map(|f| f.path.clone());
+            return Ok((files, next));
+        }
+        Ok((files, next))
     }
 
     pub async fn delete_file(
@@ -112,7 +122,7 @@ impl Core {
 
     /// The files a job changed; an empty job id means the session's latest succeeded job.
     /// A page of the files a job changed, in path order: those after `after`, at most `limit`
-    /// and about [`OUTPUTS_PAGE_BYTES`]; with the last path when more follow.
+    /// and about [`PAGE_BYTES`]; with the last path when more follow.
     pub async fn job_outputs(
         &self,
         tenant: &TenantId,
@@ -153,7 +163,7 @@ impl Core {
             .store
             .get_job_outputs(&job.id, after, limit.max(1) + 1)
             .await?;
-        let fit = fitting(&changes, limit.max(1));
+        let fit = fitting(&changes, limit.max(1), change_weight);
         let next = (changes.len() > fit).then(|| changes[fit - 1].path.clone());
         changes.truncate(fit);
         Ok((job.id, changes, next))

@@ -441,7 +441,9 @@ class ListFilesRequest(_message.Message):
     include_sha256: _builtins.bool
     """Whether to compute each regular file's SHA-256."""
     page_size: _builtins.int
-    """Maximum number of entries to return (1-10000); 0 means 1000."""
+    """Maximum number of entries to return (1-10000); 0 means 1000. A page also ends at about
+    2 MiB of paths, so it fits what a gRPC client accepts by default.
+    """
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`."""
     def __init__(

@@ -361,7 +361,8 @@ export type ListFilesRequest = Message<"agentd.v1.ListFilesRequest"> & {
   includeSha256: boolean;
 
   /**
-   * Maximum number of entries to return (1-10000); 0 means 1000.
+   * Maximum number of entries to return (1-10000); 0 means 1000. A page also ends at about
+   * 2 MiB of paths, so it fits what a gRPC client accepts by default.
    *
    * @generated from field: int32 page_size = 4;
    */
