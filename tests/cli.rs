@@ -640,7 +640,7 @@ async fn files_archive_saves_the_workspace_in_the_format_its_name_asks_for() {
 /// outputs are more than the 4 MiB a gRPC client accepts in one message, so GetJobOutputs answers
 /// them in pages (each within that size, in path order, none twice), a token is tied to its
 /// listing, and `agentd run --out` follows the pages and downloads every file (in several
-/// archive requests, each within what the server accepts).
+/// archive requests, each within what the server accepts), and its diff streams whole.
 #[tokio::test]
 async fn a_job_that_changed_thirty_thousand_files_is_listed_in_pages_and_downloaded_whole() {
     const FILES: usize = 30_000;
@@ -667,6 +667,27 @@ async fn a_job_that_changed_thirty_thousand_files_is_listed_in_pages_and_downloa
         .find_map(|l| l["session_id"].as_str())
         .unwrap()
         .to_owned();
+    let job = lines
+        .iter()
+        .find_map(|l| l["job_id"].as_str())
+        .unwrap()
+        .to_owned();
+
+    // The diff names every file. It copied both listings once per file before (minutes of CPU
+    // for 60,000 files); the bound is forty times what it takes now, to end a hang, not to time.
+    let diff = Command::new("timeout")
+        .args(["120", env!("CARGO_BIN_EXE_agentd"), "diff", &job])
+        .env("AGENTD_URL", url(&server))
+        .env("AGENTD_API_KEY", KEY_A)
+        .output()
+        .unwrap();
+    assert_eq!(diff.status.code(), Some(0), "{}", stderr(&diff));
+    assert_eq!(
+        stdout(&diff).matches("diff --git a/many/").count(),
+        FILES,
+        "{}",
+        stderr(&diff)
+    );
 
     let mut c = server.clients(KEY_A).await;
     let mut paths: Vec<String> = Vec::new();
