@@ -73,7 +73,7 @@ fn stand_in_profiles() -> Vec<Profile> {
         Profile::stand_in("offline", "network = \"none\"\n"),
         Profile::stand_in(
             "tight",
-            "memory_mb = 64\nmax_pids = 64\ntmp_mb = 8\nworkspace_mb = 16\n",
+            "memory_mb = 64\nmax_pids = 64\ntmp_mb = 8\nworkspace_mb = 16\nworkspace_files = 2000\n",
         ),
     ]
 }
@@ -547,6 +547,16 @@ async fn home_counts_toward_the_workspace_cap() {
     stopped_past_the_workspace_cap(&mut w, &attempts, &["fill_home_total"]).await;
 }
 
+/// Every file, directory and link is an entry in the job's snapshots, held in agentd's memory:
+/// a job that makes empty files without end (no byte cap sees them) is stopped at
+/// `workspace_files`.
+#[tokio::test]
+async fn workspace_files_stops_a_job_that_makes_files_without_end() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::fill_entries()].concat();
+    stopped_past_the_workspace_cap(&mut w, &attempts, &["fill_workspace_files"]).await;
+}
+
 /// Runs `attempts` in the `tight` profile, where the `filling` ones pass the workspace cap: the
 /// job is stopped and fails with LIMIT_EXCEEDED, after its legitimate work.
 async fn stopped_past_the_workspace_cap(
@@ -946,6 +956,7 @@ mod probe {
             config: Some(
                 "[agents.offline]\nkind = \"claude\"\n\
                  [agents.offline.sandbox]\nnetwork = \"none\"\nmemory_mb = 64\n\
+                 workspace_files = 5000\n\
                  [agents.open]\nkind = \"claude\"\n[agents.open.sandbox]\nenabled = false\n"
                     .into(),
             ),
@@ -975,11 +986,23 @@ mod probe {
         assert!(claude.enabled, "on by default");
         assert_eq!(claude.network, "host");
         assert_eq!(
-            (claude.memory_mb, claude.max_pids, claude.tmp_mb),
-            (4096, 1024, 512)
+            (
+                claude.memory_mb,
+                claude.max_pids,
+                claude.tmp_mb,
+                claude.workspace_files
+            ),
+            (4096, 1024, 512, 200_000)
         );
         let offline = sandbox("offline");
-        assert_eq!((offline.network.as_str(), offline.memory_mb), ("none", 64));
+        assert_eq!(
+            (
+                offline.network.as_str(),
+                offline.memory_mb,
+                offline.workspace_files
+            ),
+            ("none", 64, 5000)
+        );
         assert!(!sandbox("open").enabled, "the explicit opt-out");
     }
 

@@ -110,6 +110,7 @@ fn sandbox(s: Option<&crate::config::Sandbox>) -> pb::AgentSandbox {
         cpu_millis: s.limits.cpu_millis.unwrap_or(0),
         tmp_mb: s.limits.tmp_bytes >> 20,
         workspace_mb: mb(s.limits.workspace_bytes),
+        workspace_files: s.limits.workspace_files.unwrap_or(0),
         read_only: paths(&s.read_only),
         read_write: paths(&s.read_write),
     }

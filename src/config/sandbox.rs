@@ -13,6 +13,9 @@ const MAX_PIDS: u64 = 1024;
 const CPU_MILLIS: u64 = 2000;
 const TMP_MB: u64 = 512;
 const WORKSPACE_MB: u64 = 10240;
+/// Twice what an upload may bring (`--max-files-per-session`): room for what a job makes, while
+/// the job's two snapshots (about 2 KB of agentd's memory per entry at their peak) stay bounded.
+const WORKSPACE_FILES: u64 = 200_000;
 const CGROUP_PARENT: &str = "agentd";
 /// Host uid and gid of jailed agents when agentd runs as root: far above the ids of any
 /// distribution's users, and owned by nobody else on the host.
@@ -31,6 +34,7 @@ pub(super) struct FileSandbox {
     cpu_millis: Option<u64>,
     tmp_mb: Option<u64>,
     workspace_mb: Option<u64>,
+    workspace_files: Option<u64>,
     #[serde(default)]
     read_only: Vec<PathBuf>,
     #[serde(default)]
@@ -192,6 +196,10 @@ fn merge(
                 pick(own.workspace_mb, global.workspace_mb, WORKSPACE_MB),
                 MIB,
             ),
+            workspace_files: bounded(
+                pick(own.workspace_files, global.workspace_files, WORKSPACE_FILES),
+                1,
+            ),
         },
         read_only,
         read_write,
@@ -215,7 +223,8 @@ mod tests {
     #[test]
     fn profile_keys_override_the_server_defaults_which_override_built_ins() {
         let global = parse("memory_mb = 100\nnetwork = \"none\"\ntmp_mb = 8");
-        let own = parse("memory_mb = 50\nmax_pids = 0\nread_only = [\"/usr\"]");
+        let own =
+            parse("memory_mb = 50\nmax_pids = 0\nread_only = [\"/usr\"]\nworkspace_files = 9");
         let cfg = resolve(
             Some(global),
             BTreeMap::from([("a".to_owned(), Some(own)), ("b".to_owned(), None)]),
@@ -228,11 +237,13 @@ mod tests {
         assert_eq!(a.limits.memory_bytes, Some(50 * MIB));
         assert_eq!(a.limits.max_pids, None, "0 means unbounded");
         assert_eq!(a.limits.tmp_bytes, 8 * MIB);
+        assert_eq!(a.limits.workspace_files, Some(9));
         assert_eq!(a.read_only, vec![PathBuf::from("/usr")]);
         let b = &cfg.profiles["b"];
         assert_eq!(b.limits.memory_bytes, Some(100 * MIB));
         assert_eq!(b.limits.max_pids, Some(MAX_PIDS));
         assert_eq!(b.limits.workspace_bytes, Some(WORKSPACE_MB * MIB));
+        assert_eq!(b.limits.workspace_files, Some(WORKSPACE_FILES));
         assert_eq!(cfg.cgroup_parent, "agentd");
     }
 

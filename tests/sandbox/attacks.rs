@@ -748,6 +748,17 @@ pub fn fill_home() -> Vec<Attempt> {
     )]
 }
 
+/// Over a `workspace_files` of 2,000: 5,000 empty files, which no byte count sees: the job is
+/// stopped.
+pub fn fill_entries() -> Vec<Attempt> {
+    vec![Attempt::new(
+        "fill_workspace_files",
+        "mkdir many && seq -f 'many/%g' 1 5000 | xargs touch && sleep 8 && echo survived",
+        Expect::lacks(&["survived"]),
+        Expect::contains("survived"),
+    )]
+}
+
 /// The attempts named, in the order named (panics on an unknown name: a typo must not shrink a
 /// suite silently).
 pub fn pick(all: &[Attempt], names: &[&str]) -> Vec<Attempt> {

@@ -80,6 +80,10 @@ pub struct Limits {
     pub tmp_bytes: u64,
     /// What the workspace may hold in all; also the largest file the agent may write.
     pub workspace_bytes: Option<u64>,
+    /// How many files, directories and links the workspace and HOME may hold together: every
+    /// one of them is an entry in the job's snapshots, held in agentd's memory.
+    #[serde(default)]
+    pub workspace_files: Option<u64>,
 }
 
 /// The job's part of the jail, sent with the launch spec. Every path is absolute and canonical

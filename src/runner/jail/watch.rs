@@ -2,8 +2,8 @@
 //! counters, the free space of its `/tmp` and (less often) the size of its workspace, and writes
 //! a [`Notice`] for each limit that was hit. Memory and process limits are enforced by the
 //! kernel (the OOM killer, a refused fork); `/tmp` by its tmpfs size; the workspace cap by a
-//! per-file size limit and, for the total of the workspace and the private HOME, by stopping the
-//! job here.
+//! per-file size limit and, for the total of the workspace and the private HOME (bytes, and
+//! entries: each is held in memory by the job's snapshots), by stopping the job here.
 
 use super::cgroup::JobCgroup;
 use super::{JailSpec, Notice, TreeEnd, Word};
@@ -195,23 +195,30 @@ impl Watch {
     }
 
     fn workspace_over(&mut self) -> bool {
-        let Some(cap) = self.spec.limits.workspace_bytes else {
-            return false;
-        };
-        // The private HOME lasts as long as the session, like the workspace: left out, it would
-        // let a job fill the host's disk (and the store's) past any cap.
-        let used = disk_usage(&self.spec.workspace) + disk_usage(&self.spec.home);
-        if used <= cap {
+        let limits = self.spec.limits;
+        if limits.workspace_bytes.is_none() && limits.workspace_files.is_none() {
             return false;
         }
+        // The private HOME lasts as long as the session, like the workspace: left out, it would
+        // let a job fill the host's disk (and the store's) past any cap.
+        let used = disk_usage(&self.spec.workspace).plus(disk_usage(&self.spec.home));
+        let over = if let Some(cap) = limits.workspace_bytes.filter(|&cap| used.bytes > cap) {
+            format!(
+                "{} MiB used of {} MiB (workspace and HOME)",
+                used.bytes.div_ceil(MIB),
+                cap / MIB
+            )
+        } else if let Some(cap) = limits.workspace_files.filter(|&cap| used.entries > cap) {
+            format!(
+                "{} files, directories and links of {cap} (workspace and HOME)",
+                used.entries
+            )
+        } else {
+            return false;
+        };
         self.notify(Notice::new(
             "workspace",
-            format!(
-                "workspace limit exceeded: {} MiB used of {} MiB (workspace and HOME); the job \
-                 was stopped",
-                used.div_ceil(MIB),
-                cap / MIB
-            ),
+            format!("workspace limit exceeded: {over}; the job was stopped"),
             true,
         ));
         true
@@ -265,14 +272,34 @@ fn describe(pid: i32) -> Option<(i32, String)> {
     Some((inner, name))
 }
 
-/// Bytes allocated to the files under `dir` (not following symlinks).
-pub fn disk_usage(dir: &Path) -> u64 {
+/// What the entries under a directory take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes allocated to them.
+    pub bytes: u64,
+    /// Files, directories and links, the directory itself left out.
+    pub entries: u64,
+}
+
+impl Usage {
+    fn plus(self, other: Usage) -> Usage {
+        Usage {
+            bytes: self.bytes + other.bytes,
+            entries: self.entries + other.entries,
+        }
+    }
+}
+
+/// What the entries under `dir` take (not following symlinks).
+pub fn disk_usage(dir: &Path) -> Usage {
     use std::os::unix::fs::MetadataExt;
     walkdir::WalkDir::new(dir)
         .follow_links(false)
         .into_iter()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
+        .filter_map(|e| Some((e.depth(), e.metadata().ok()?)))
+        .fold(Usage::default(), |u, (depth, m)| Usage {
+            bytes: u.bytes + m.blocks() * 512,
+            entries: u.entries + u64::from(depth > 0),
+        })
 }

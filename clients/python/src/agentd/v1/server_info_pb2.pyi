@@ -161,6 +161,7 @@ class AgentSandbox(_message.Message):
     WORKSPACE_MB_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
     READ_WRITE_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FILES_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """False only when the operator opted out (`enabled = false` or `--no-sandbox`)."""
     network: _builtins.str
@@ -171,6 +172,8 @@ class AgentSandbox(_message.Message):
     cpu_millis: _builtins.int
     tmp_mb: _builtins.int
     workspace_mb: _builtins.int
+    workspace_files: _builtins.int
+    """Files, directories and links the workspace and the private HOME may hold together."""
     @_builtins.property
     def read_only(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Extra host paths visible read-only and read-write."""
@@ -189,10 +192,11 @@ class AgentSandbox(_message.Message):
         workspace_mb: _builtins.int = ...,
         read_only: _abc.Iterable[_builtins.str] | None = ...,
         read_write: _abc.Iterable[_builtins.str] | None = ...,
+        workspace_files: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "enabled", b"enabled", "max_pids", b"max_pids", "memory_mb", b"memory_mb", "network", b"network", "read_only", b"read_only", "read_write", b"read_write", "tmp_mb", b"tmp_mb", "workspace_mb", b"workspace_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_millis", b"cpu_millis", "enabled", b"enabled", "max_pids", b"max_pids", "memory_mb", b"memory_mb", "network", b"network", "read_only", b"read_only", "read_write", b"read_write", "tmp_mb", b"tmp_mb", "workspace_files", b"workspace_files", "workspace_mb", b"workspace_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
