@@ -120,9 +120,9 @@ impl Core {
         self.workspaces.delete(&s.id, path, recursive).await
     }
 
-    /// The files a job changed; an empty job id means the session's latest succeeded job.
-    /// A page of the files a job changed, in path order: those after `after`, at most `limit`
-    /// and about [`PAGE_BYTES`]; with the last path when more follow.
+    /// A page of the files a job changed (an empty job id means the session's latest succeeded
+    /// job), in path order: those after `after`, at most `limit` and about [`PAGE_BYTES`]; with
+    /// the last path when more follow.
     pub async fn job_outputs(
         &self,
         tenant: &TenantId,

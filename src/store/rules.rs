@@ -151,8 +151,8 @@ pub(crate) fn output_parts(changes: &[FileChange]) -> Result<Vec<OutputPart>> {
 }
 
 /// How many parts, from the first that ends after the page's start, hold a page of `limit`
-/// changes: a part may hold fewer than [`OUTPUT_PART`] (the first is entered midway, and a list
-/// stored before parts existed is one part of any length), hence the two more.
+/// changes: the first is entered midway and the last may be short, hence the two more (a list
+/// stored before parts existed is one part, of any length).
 pub(crate) fn output_parts_for(limit: usize) -> usize {
     limit / OUTPUT_PART + 2
 }
