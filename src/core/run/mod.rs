@@ -35,12 +35,12 @@ const BRIDGE_PORT: u16 = 4317;
 /// Attempts to record the failure of a job that failed inside the server, and their backoff
 /// (about a minute in all).
 const SETTLE_ATTEMPTS: usize = 16;
+const SETTLE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const SETTLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// A workspace of this many entries leaves tens of MB freed behind a job's snapshots (two
 /// listings, the diff, the outputs' JSON), which glibc's per-thread arenas keep: a job that made
 /// 100,000 files left agentd at 158 MB resident, 55 MB after `malloc_trim`.
 const LARGE_WORKSPACE: usize = 20_000;
-const SETTLE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
-const SETTLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Holds a job between its agent's end and the storing of that end, for as long as
 /// `AGENTD_TEST_HOLD_END_MS` says: the tests' way into the window where a killed agentd leaves a
