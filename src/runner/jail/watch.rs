@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 
 /// How often the supervisor looks (its SIGALRM interval).
 pub const TICK: Duration = Duration::from_millis(250);
-/// The workspace is measured this often (a walk of the tree).
-const WORKSPACE_EVERY: u32 = 4;
+/// The workspace is measured this often (a walk of the tree)...
+const WORKSPACE_EVERY: Duration = Duration::from_secs(1);
+/// ...or, for a tree whose walk takes long, so that walking takes at most a tenth of the time:
+/// 200,000 entries take a few hundred ms to walk, and the supervisor's CPU is outside the job's
+/// quota.
+const WORKSPACE_SHARE: u32 = 10;
 /// A limit hit again within this long is not reported again.
 const REPEAT_AFTER: Duration = Duration::from_secs(5);
 
@@ -35,7 +39,8 @@ pub struct Watch {
     /// The jail's `/tmp`, opened through ns-init's root.
     tmp: Option<std::fs::File>,
     out: Option<std::fs::File>,
-    ticks: u32,
+    /// When the workspace is measured next.
+    next_walk: Instant,
     oom_kills: u64,
     pids_hits: u64,
     last_pids_notice: Option<Instant>,
@@ -58,7 +63,7 @@ impl Watch {
             spec,
             tmp,
             out,
-            ticks: 0,
+            next_walk: Instant::now() + WORKSPACE_EVERY,
             oom_kills: 0,
             pids_hits: 0,
             last_pids_notice: None,
@@ -69,10 +74,9 @@ impl Watch {
     }
 
     pub fn tick(&mut self) -> Verdict {
-        self.ticks += 1;
         self.memory_and_pids();
         self.tmp();
-        if self.ticks.is_multiple_of(WORKSPACE_EVERY) && !self.stopped && self.workspace_over() {
+        if !self.stopped && Instant::now() >= self.next_walk && self.workspace_over() {
             self.stopped = true;
             return Verdict::Stop;
         }
@@ -201,7 +205,9 @@ impl Watch {
         }
         // The private HOME lasts as long as the session, like the workspace: left out, it would
         // let a job fill the host's disk (and the store's) past any cap.
+        let began = Instant::now();
         let used = disk_usage(&self.spec.workspace).plus(disk_usage(&self.spec.home));
+        self.next_walk = Instant::now() + WORKSPACE_EVERY.max(began.elapsed() * WORKSPACE_SHARE);
         let over = if let Some(cap) = limits.workspace_bytes.filter(|&cap| used.bytes > cap) {
             format!(
                 "{} MiB used of {} MiB (workspace and HOME)",
