@@ -2,7 +2,7 @@
 //! delegates to the workspace, which owns path safety and limits.
 
 use super::Core;
-use crate::domain::{FileChange, FileEntry, JobId, TenantId};
+use crate::domain::{FileChange, FileEntry, JobId, TenantId, page_fit};
 use crate::error::{Error, Reason, Result};
 use crate::store::SnapPoint;
 use crate::workspace::{
@@ -29,38 +29,6 @@ impl UploadSink {
     }
 }
 
-/// About how many bytes of paths one page of a file listing or of a job's outputs holds: a page
-/// must fit the 4 MiB a gRPC client accepts by default, and a path may be 4 KiB long.
-pub const PAGE_BYTES: usize = 2 << 20;
-
-/// What an entry weighs against [`PAGE_BYTES`]: its strings plus room for the rest.
-fn entry_weight(e: &FileEntry) -> usize {
-    64 + e.path.len()
-        + e.sha256.as_ref().map_or(0, String::len)
-        + e.symlink_target.as_ref().map_or(0, String::len)
-}
-
-fn change_weight(c: &FileChange) -> usize {
-    c.path.len()
-        + c.from_path.as_ref().map_or(0, String::len)
-        + c.entry.as_ref().map_or(0, entry_weight)
-        + c.before.as_ref().map_or(0, entry_weight)
-}
-
-/// How many of `items` (at least one) go in a page of at most `limit` and about [`PAGE_BYTES`].
-fn fitting<T>(items: &[T], limit: usize, weight: impl Fn(&T) -> usize) -> usize {
-    let mut bytes = 0;
-    let mut n = 0;
-    for item in items.iter().take(limit) {
-        bytes += weight(item);
-        if n > 0 && bytes > PAGE_BYTES {
-            break;
-        }
-        n += 1;
-    }
-    n
-}
-
 impl Core {
     pub async fn begin_upload(&self, tenant: &TenantId, session_id: &str) -> Result<UploadSink> {
         self.check_accepting()?;
@@ -85,7 +53,7 @@ impl Core {
     }
 
     /// A page of the entries under `dir`, in path order: after `after`, at most `limit` and
-    /// about [`PAGE_BYTES`]; with the last path when more follow.
+    /// about [`PAGE_BYTES`](crate::domain::PAGE_BYTES); with the last path when more follow.
     pub async fn list_files(
         &self,
         tenant: &TenantId,
@@ -96,17 +64,9 @@ impl Core {
         limit: usize,
     ) -> Result<(Vec<FileEntry>, Option<String>)> {
         let s = self.owned_session(tenant, session_id).await?;
-        let (mut files, next) = self
-            .workspaces
+        self.workspaces
             .list(&s.id, dir, include_sha256, after, limit)
-            .await?;
-        let fit = fitting(&files, files.len(), entry_weight);
-        if fit < files.len() {
-            files.truncate(fit);
-            let next = files.last().map(|f| f.path.clone());
-            return Ok((files, next));
-        }
-        Ok((files, next))
+            .await
     }
 
     pub async fn delete_file(
@@ -121,8 +81,8 @@ impl Core {
     }
 
     /// A page of the files a job changed (an empty job id means the session's latest succeeded
-    /// job), in path order: those after `after`, at most `limit` and about [`PAGE_BYTES`]; with
-    /// the last path when more follow.
+    /// job), in path order: those after `after`, at most `limit` and about
+    /// [`PAGE_BYTES`](crate::domain::PAGE_BYTES); with the last path when more follow.
     pub async fn job_outputs(
         &self,
         tenant: &TenantId,
@@ -163,7 +123,7 @@ impl Core {
             .store
             .get_job_outputs(&job.id, after, limit.max(1) + 1)
             .await?;
-        let fit = fitting(&changes, limit.max(1), change_weight);
+        let fit = page_fit(&changes, limit.max(1), FileChange::page_weight);
         let next = (changes.len() > fit).then(|| changes[fit - 1].path.clone());
         changes.truncate(fit);
         Ok((job.id, changes, next))

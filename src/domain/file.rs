@@ -50,3 +50,40 @@ pub struct FileChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<FileEntry>,
 }
+
+/// About how many bytes of paths one page of a file listing or of a job's outputs holds: a page
+/// must fit the 4 MiB a gRPC client accepts by default, and a path may be 4 KiB long.
+pub const PAGE_BYTES: usize = 2 << 20;
+
+impl FileEntry {
+    /// What the entry weighs against [`PAGE_BYTES`]: its strings plus room for the rest.
+    pub fn page_weight(&self) -> usize {
+        64 + self.path.len()
+            + self.sha256.as_ref().map_or(0, String::len)
+            + self.symlink_target.as_ref().map_or(0, String::len)
+    }
+}
+
+impl FileChange {
+    /// What the change weighs against [`PAGE_BYTES`].
+    pub fn page_weight(&self) -> usize {
+        self.path.len()
+            + self.from_path.as_ref().map_or(0, String::len)
+            + self.entry.as_ref().map_or(0, FileEntry::page_weight)
+            + self.before.as_ref().map_or(0, FileEntry::page_weight)
+    }
+}
+
+/// How many of `items` (at least one) go in a page of at most `limit` and about [`PAGE_BYTES`].
+pub fn page_fit<T>(items: &[T], limit: usize, weight: impl Fn(&T) -> usize) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for item in items.iter().take(limit) {
+        bytes += weight(item);
+        if n > 0 && bytes > PAGE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}

@@ -7,7 +7,7 @@ mod job;
 pub mod permission;
 
 pub use event::{EventKind, ExitStatus, FinalState, JobEvent, ModelCall, PlanItem, Usage};
-pub use file::{ChangeKind, FileChange, FileEntry, FileKind};
+pub use file::{ChangeKind, FileChange, FileEntry, FileKind, PAGE_BYTES, page_fit};
 pub use job::{
     CatalogSelection, Finished, Job, JobBudget, JobCaps, JobControl, JobSpec, JobState, Outcome,
     PERMISSION_ASK, compile_output_schema,

@@ -30,7 +30,7 @@ pub use snapshot::{SnapEntry, Snapshot};
 pub use upload::Upload;
 pub use watch::{ChangeType, RESET_MARKER, RING_EVENTS, Subscription, WatchEvent};
 
-use crate::domain::{FileChange, FileEntry, FileKind, SessionId};
+use crate::domain::{FileChange, FileEntry, FileKind, SessionId, page_fit};
 use crate::error::{Error, Reason, Result};
 use bytes::Bytes;
 use fsops::{DIR_FLAGS, kind_of, open_parent, stat_at};
@@ -258,7 +258,8 @@ impl Workspaces {
     /// Lists everything beneath `dir`, recursively, sorted by path: regular files, directories and
     /// symlinks (never followed); upload temp files and special files are left out. Entries come
     /// after the cursor `after` (a path), at most `limit` of them (`0` means
-    /// [`DEFAULT_LIST_LIMIT`]); the second value is the cursor of the next page, if any.
+    /// [`DEFAULT_LIST_LIMIT`]) and about [`PAGE_BYTES`](crate::domain::PAGE_BYTES); the second
+    /// value is the cursor of the next page, if any.
     pub async fn list(
         &self,
         session: &SessionId,
@@ -306,8 +307,17 @@ impl Workspaces {
                 Ok(())
             })?;
             entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-            let next = if entries.len() > limit {
-                entries.truncate(limit);
+            // A page also ends at about 2 MiB of paths, counting the hashes still to come.
+            let hash = |e: &FileEntry| {
+                if include_sha256 && e.kind == FileKind::Regular {
+                    64
+                } else {
+                    0
+                }
+            };
+            let fit = page_fit(&entries, limit, |e| e.page_weight() + hash(e));
+            let next = if entries.len() > fit {
+                entries.truncate(fit);
                 entries.last().map(|e| e.path.clone())
             } else {
                 None
