@@ -557,13 +557,118 @@ async fn workspace_files_stops_a_job_that_makes_files_without_end() {
     stopped_past_the_workspace_cap(&mut w, &attempts, &["fill_workspace_files"]).await;
 }
 
+/// A sparse file takes no blocks but is read and stored whole by the job's snapshots: it counts
+/// its full size toward the cap (a 5 GB one passed unseen and took 30 s and 5 GB of the host's
+/// disk in the session's history).
+#[tokio::test]
+async fn a_sparse_file_counts_its_full_size_toward_the_workspace_cap() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::fill_sparse()].concat();
+    let run = stopped_past_the_workspace_cap(&mut w, &attempts, &["fill_workspace_sparse"]).await;
+    assert!(
+        baseline() || run.job.error_message.contains("MiB used of 16 MiB"),
+        "{}",
+        explain(&run)
+    );
+}
+
+/// A job nesting directories past PATH_MAX is stopped, and what such a job leaves (it can nest
+/// thousands of levels before the limit watch looks) is listed to the bound and deleted whole
+/// without taking agentd down: deleting a tree 20,000 deep overflowed the stack of the thread
+/// doing it, and DeleteFile and DeleteSession each took the whole server down with it.
+#[tokio::test]
+async fn a_tree_nested_past_path_max_stops_the_job_and_is_deleted_whole() {
+    let mut w = World::start(None, stand_in_profiles()).await;
+    let attempts = [attacks::legit(&w.target), attacks::nest()].concat();
+    let run = stopped_past_the_workspace_cap(&mut w, &attempts, &["nest_past_path_max"]).await;
+    assert!(
+        baseline()
+            || run
+                .job
+                .error_message
+                .contains("a path longer than 4096 bytes"),
+        "{}",
+        explain(&run)
+    );
+    let ws = w.target.ws_root.join(&run.session).join("workspace");
+    nest_on_host(&ws, 30_000);
+    let mut paths = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = w
+            .attacker
+            .files
+            .list_files(pb::ListFilesRequest {
+                session_id: run.session.clone(),
+                page_size: 10_000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListFiles of a deep tree")
+            .into_inner();
+        paths.extend(page.files.into_iter().map(|f| f.path));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let longest = paths.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest <= 4096, "a path of {longest} bytes was listed");
+    assert!(paths.iter().any(|p| p == "legit.txt"), "{:?}", &paths[..3]);
+    for dir in ["dddd", "deep"] {
+        w.attacker
+            .files
+            .delete_file(pb::DeleteFileRequest {
+                session_id: run.session.clone(),
+                path: dir.into(),
+                recursive: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("DeleteFile {dir}: {e}"));
+    }
+    assert!(!ws.join("deep").exists() && !ws.join("dddd").exists());
+    nest_on_host(&ws, 30_000);
+    w.attacker
+        .sessions
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: run.session.clone(),
+        })
+        .await
+        .expect("DeleteSession of a deep tree");
+    assert!(!ws.exists(), "the session's directory is gone");
+    w.assert_server_healthy().await;
+}
+
+/// `levels` directories `deep/deep/…` in `ws`, made on the host as a job could have (through
+/// relative steps: their paths pass PATH_MAX), owned like the rest of the workspace.
+fn nest_on_host(ws: &Path, levels: u32) {
+    let code = format!(
+        "import os, sys\n\
+         st = os.stat('.')\n\
+         for _ in range({levels}):\n    \
+             os.mkdir('deep'); os.chown('deep', st.st_uid, st.st_gid); os.chdir('deep')\n\
+         open('leaf', 'w').close()\n"
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .current_dir(ws)
+        .status()
+        .expect("python3");
+    assert!(
+        status.success(),
+        "nesting {levels} levels in {}",
+        ws.display()
+    );
+}
+
 /// Runs `attempts` in the `tight` profile, where the `filling` ones pass the workspace cap: the
 /// job is stopped and fails with LIMIT_EXCEEDED, after its legitimate work.
 async fn stopped_past_the_workspace_cap(
     w: &mut World,
     attempts: &[Attempt],
     filling: &[&'static str],
-) {
+) -> Run {
     let run = w.attack("tight", attempts).await;
     // Once the total passes the cap the job is stopped, before the attempt running then can
     // report (with the 16 MiB one-file attempt already, if the check comes in between): a
@@ -597,7 +702,7 @@ async fn stopped_past_the_workspace_cap(
             "{}",
             explain(&run)
         );
-        return;
+        return run;
     }
     w.assert_limit_event(&run, "workspace");
     assert_eq!(
@@ -622,6 +727,7 @@ async fn stopped_past_the_workspace_cap(
         "Job.reason must be LIMIT_EXCEEDED, is {reason:?}\n{}",
         explain(&run)
     );
+    run
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or, where the kernel lacks it, one `openat` per
 //! component with `O_NOFOLLOW`. Callers run these on blocking threads only.
 
-use super::path::{TEMP_PREFIX, link_stays_inside, split_parent};
+use super::path::{MAX_PATH_BYTES, TEMP_PREFIX, link_stays_inside, split_parent};
 use crate::domain::{FileEntry, FileKind, Timestamp};
 use crate::error::{Error, Reason, Result};
 use nix::errno::Errno;
@@ -382,9 +382,12 @@ pub(crate) fn mkdir_beneath(root: BorrowedFd<'_>, rel: &str, field_path: &str) -
 
 /// One entry met by [`walk`].
 pub(crate) struct Visit<'a> {
-    /// Path relative to the workspace root; `None` when a component is not UTF-8 (such entries
-    /// still count towards usage but cannot be named by clients).
+    /// Path relative to the workspace root; `None` when a component is not UTF-8 or the path is
+    /// longer than [`MAX_PATH_BYTES`] (such entries still count towards usage but cannot be named
+    /// by clients).
     pub rel: Option<&'a str>,
+    /// The path is longer than [`MAX_PATH_BYTES`]; a directory this deep is not descended into.
+    pub too_deep: bool,
     pub name: &'a str,
     pub dir: BorrowedFd<'a>,
     pub stat: &'a FileStat,
@@ -393,22 +396,49 @@ pub(crate) struct Visit<'a> {
 /// Visits every entry beneath the directory `start` (whose path is `prefix`), depth first,
 /// never following symlinks and skipping upload temp files. Directories are opened lazily so
 /// only the ancestors of pending entries hold descriptors.
+///
+/// No directory whose path is longer than [`MAX_PATH_BYTES`] is descended into. No client can
+/// name what is below it, and an agent can nest directories without end: each level's path is as
+/// long as all the levels above it, so the paths of a tree 20,000 deep take 400 MB, and every
+/// level holds a descriptor while its siblings wait.
 pub(crate) fn walk(
     start: OwnedFd,
     prefix: &str,
+    visit: &mut dyn FnMut(&Visit<'_>) -> Result<()>,
+) -> Result<()> {
+    walk_with(start, prefix, Some(TEMP_PREFIX), visit)
+}
+
+/// [`walk`], agentd's own upload temp files included: what a job's limit watch counts, where a
+/// name must not hide what it holds.
+pub(crate) fn walk_all(
+    start: OwnedFd,
+    visit: &mut dyn FnMut(&Visit<'_>) -> Result<()>,
+) -> Result<()> {
+    walk_with(start, "", None, visit)
+}
+
+fn walk_with(
+    start: OwnedFd,
+    prefix: &str,
+    skip: Option<&str>,
     visit: &mut dyn FnMut(&Visit<'_>) -> Result<()>,
 ) -> Result<()> {
     struct Pending {
         parent: Option<Arc<OwnedFd>>,
         name: OsString,
         rel: Option<String>,
+        /// The path's length in bytes, UTF-8 or not.
+        len: usize,
     }
     let mut start = Some(start);
     let mut stack = vec![Pending {
         parent: None,
         name: OsString::from("."),
         rel: Some(prefix.to_owned()),
+        len: prefix.len(),
     }];
+    let skip = skip.map(str::as_bytes);
     while let Some(pending) = stack.pop() {
         let fd = match (&pending.parent, start.take()) {
             (None, Some(fd)) => fd,
@@ -426,45 +456,38 @@ pub(crate) fn walk(
             (None, None) => continue,
         };
         let fd = Arc::new(fd);
-        let reader = fd
-            .try_clone()
-            .map_err(|e| Error::internal(format!("cannot duplicate directory fd: {e}")))?;
-        let mut dir = nix::dir::Dir::from_fd(reader)
-            .map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;
-        let mut names: Vec<OsString> = Vec::new();
-        for entry in dir.iter() {
-            let entry =
-                entry.map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." || name.starts_with(TEMP_PREFIX.as_bytes()) {
-                continue;
-            }
-            names.push(std::ffi::OsStr::from_bytes(name).to_owned());
-        }
-        drop(dir);
+        let names = read_names(&fd, skip)?;
         for name in names {
             let st = match fstatat(fd.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(Error::internal(format!("cannot stat entry: {e}"))),
             };
+            let len = match pending.len {
+                0 => name.len(),
+                n => n + 1 + name.len(),
+            };
+            let too_deep = len > MAX_PATH_BYTES;
             let name_str = name.to_str();
             let rel = match (&pending.rel, name_str) {
+                _ if too_deep => None,
                 (Some(p), Some(n)) if p.is_empty() => Some(n.to_owned()),
                 (Some(p), Some(n)) => Some(format!("{p}/{n}")),
                 _ => None,
             };
             visit(&Visit {
                 rel: rel.as_deref(),
+                too_deep,
                 name: name_str.unwrap_or(""),
                 dir: fd.as_fd(),
                 stat: &st,
             })?;
-            if kind_of(&st) == Some(FileKind::Directory) {
+            if !too_deep && kind_of(&st) == Some(FileKind::Directory) {
                 stack.push(Pending {
                     parent: Some(fd.clone()),
                     name,
                     rel,
+                    len,
                 });
             }
         }
@@ -472,49 +495,21 @@ pub(crate) fn walk(
     Ok(())
 }
 
-/// Removes the entry `name` of `dir` (a directory is emptied first, depth first, through
-/// descriptors only). Returns how many non-directory entries were removed.
-pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<u64> {
-    use nix::unistd::{UnlinkatFlags, unlinkat};
-    let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::ENOENT) => return Ok(0),
-        Err(e) => return Err(Error::internal(format!("cannot stat entry: {e}"))),
-    };
-    if kind_of(&st) != Some(FileKind::Directory) {
-        return match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
-            Ok(()) => Ok(1),
-            Err(Errno::ENOENT) => Ok(0),
-            Err(e) => Err(Error::internal(format!("cannot remove entry: {e}"))),
-        };
-    }
-    let fd = match openat(dir, name, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(0),
-        Err(e) => return Err(Error::internal(format!("cannot open directory: {e}"))),
-    };
+/// The names in directory `fd` but `.`, `..` and those starting with `skip`.
+pub(crate) fn read_names(fd: &OwnedFd, skip: Option<&[u8]>) -> Result<Vec<OsString>> {
+    let reader = fd
+        .try_clone()
+        .map_err(|e| Error::internal(format!("cannot duplicate directory fd: {e}")))?;
+    let mut dir = nix::dir::Dir::from_fd(reader)
+        .map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;
     let mut names = Vec::new();
-    {
-        let reader = fd
-            .try_clone()
-            .map_err(|e| Error::internal(format!("cannot duplicate directory fd: {e}")))?;
-        let mut d = nix::dir::Dir::from_fd(reader)
-            .map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;
-        for entry in d.iter() {
-            let entry =
-                entry.map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;
-            let n = entry.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push(std::ffi::OsStr::from_bytes(n).to_owned());
-            }
+    for entry in dir.iter() {
+        let entry = entry.map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." || skip.is_some_and(|s| name.starts_with(s)) {
+            continue;
         }
+        names.push(std::ffi::OsStr::from_bytes(name).to_owned());
     }
-    let mut removed = 0;
-    for child in names {
-        removed += remove_tree(fd.as_fd(), &child)?;
-    }
-    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(removed),
-        Err(e) => Err(Error::internal(format!("cannot remove directory: {e}"))),
-    }
+    Ok(names)
 }

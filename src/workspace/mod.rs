@@ -12,10 +12,11 @@ mod archive;
 mod archive_extract;
 mod archive_tree;
 mod archive_upload;
-mod fsops;
+pub(crate) mod fsops;
 pub mod history;
 mod home;
 mod path;
+mod remove;
 mod rewind;
 mod snapshot;
 mod upload;
@@ -526,7 +527,7 @@ impl Workspaces {
                 };
             }
             if recursive {
-                return fsops::remove_tree(parent.as_fd(), std::ffi::OsStr::new(name));
+                return remove::remove_tree(parent.as_fd(), std::ffi::OsStr::new(name));
             }
             match nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
             {
@@ -708,29 +709,9 @@ fn populate(ws_dir: &Path, home_dir: &Path, files: Vec<(String, NewFile)>) -> Re
 }
 
 /// Removes a session directory; absent is fine. An agent may leave directories without write
-/// permission, so a failed first attempt restores owner permissions and tries again.
+/// permission, or nested far past PATH_MAX: see [`remove`].
 fn remove_session_dir(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
-    }
-    for entry in walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-    {
-        if entry.file_type().is_dir() {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
-        }
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::internal(format!(
-            "cannot remove session directory: {e}"
-        ))),
-    }
+    remove::remove_dir(dir)
 }
 
 #[cfg(test)]

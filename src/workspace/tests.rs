@@ -878,3 +878,55 @@ async fn a_held_listing_is_reused_like_a_stored_one() {
     assert_eq!(changes[0].path, "a.txt");
     assert_eq!(changes[0].kind, ChangeKind::Modified);
 }
+
+/// An agent can nest directories far past PATH_MAX. Listing such a tree stops where paths pass
+/// MAX_PATH_BYTES (no client could name what is below, and each level's path is as long as all
+/// above it), and deleting it, a directory or the whole session, removes every level.
+#[tokio::test]
+async fn a_tree_nested_past_path_max_is_listed_to_the_bound_and_deleted_whole() {
+    let f = fixture(BIG, &[("keep.txt", b"k")]).await;
+    super::remove::tests::chain(&f.dir, 5_000);
+    // Some 4 MB of paths: more than one page.
+    let mut entries = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) =
+            f.ws.list(&f.sid, "", false, after.as_deref(), 10_000)
+                .await
+                .unwrap();
+        entries.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let longest = entries.iter().map(|e| e.path.len()).max().unwrap_or(0);
+    assert!(
+        longest <= MAX_PATH_BYTES,
+        "a path of {longest} bytes was listed"
+    );
+    // `d/`… up to the bound: 2,048 levels, the file at the first, not the leaf.
+    let dirs = entries
+        .iter()
+        .filter(|e| e.kind == FileKind::Directory)
+        .count();
+    assert_eq!(dirs, MAX_PATH_BYTES / 2, "levels listed");
+    assert!(entries.iter().any(|e| e.path == "d/f"));
+    assert!(entries.iter().any(|e| e.path == "keep.txt"));
+    assert!(!entries.iter().any(|e| e.path.ends_with("/leaf")));
+
+    assert_eq!(
+        f.ws.delete(&f.sid, "d", true).await.unwrap(),
+        6,
+        "five files and the leaf"
+    );
+    let (entries, _) = f.ws.list(&f.sid, "", false, None, 0).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        ["keep.txt"]
+    );
+
+    super::remove::tests::chain(&f.dir, 30_000);
+    f.ws.remove(&f.sid).await.unwrap();
+    assert!(!f.dir.exists());
+}

@@ -759,6 +759,30 @@ pub fn fill_entries() -> Vec<Attempt> {
     )]
 }
 
+/// Over a 16 MiB `workspace_mb`: two sparse files of 12 MiB. They take no blocks, but the job's
+/// snapshots and downloads read and store every byte: the job is stopped.
+pub fn fill_sparse() -> Vec<Attempt> {
+    vec![Attempt::new(
+        "fill_workspace_sparse",
+        "truncate -s 12M sparse-1.bin && truncate -s 12M sparse-2.bin && sleep 8 && echo survived",
+        Expect::lacks(&["survived"]),
+        Expect::contains("survived"),
+    )]
+}
+
+/// Directories nested past PATH_MAX: 1,500 levels of `dddd`, 7,500 bytes of path in fewer
+/// entries than `workspace_files`. No client could name the bottom, and each level costs every
+/// walk of agentd's its whole path again: the job is stopped.
+pub fn nest() -> Vec<Attempt> {
+    vec![Attempt::new(
+        "nest_past_path_max",
+        "python3 -c 'import os\nfor _ in range(1500):\n    os.mkdir(\"dddd\"); os.chdir(\"dddd\")' \
+         && sleep 8 && echo survived",
+        Expect::lacks(&["survived"]),
+        Expect::contains("survived"),
+    )]
+}
+
 /// The attempts named, in the order named (panics on an unknown name: a typo must not shrink a
 /// suite silently).
 pub fn pick(all: &[Attempt], names: &[&str]) -> Vec<Attempt> {

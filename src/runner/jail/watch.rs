@@ -3,10 +3,15 @@
 //! a [`Notice`] for each limit that was hit. Memory and process limits are enforced by the
 //! kernel (the OOM killer, a refused fork); `/tmp` by its tmpfs size; the workspace cap by a
 //! per-file size limit and, for the total of the workspace and the private HOME (bytes, and
-//! entries: each is held in memory by the job's snapshots), by stopping the job here.
+//! entries: each is held in memory by the job's snapshots), by stopping the job here, as for a
+//! path longer than `MAX_PATH_BYTES` (which no client can name, and which costs agentd's walks
+//! memory for each level at each level below it).
 
 use super::cgroup::JobCgroup;
 use super::{JailSpec, Notice, TreeEnd, Word};
+use crate::domain::FileKind;
+use crate::workspace::MAX_PATH_BYTES;
+use crate::workspace::fsops;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -200,9 +205,6 @@ impl Watch {
 
     fn workspace_over(&mut self) -> bool {
         let limits = self.spec.limits;
-        if limits.workspace_bytes.is_none() && limits.workspace_files.is_none() {
-            return false;
-        }
         // The private HOME lasts as long as the session, like the workspace: left out, it would
         // let a job fill the host's disk (and the store's) past any cap.
         let began = Instant::now();
@@ -219,6 +221,10 @@ impl Watch {
                 "{} files, directories and links of {cap} (workspace and HOME)",
                 used.entries
             )
+        } else if used.too_deep {
+            // Nested this deep, no client could name it, and every walk of agentd's would pay
+            // for each level again at every level below it.
+            format!("a path longer than {MAX_PATH_BYTES} bytes (workspace and HOME)")
         } else {
             return false;
         };
@@ -281,10 +287,13 @@ fn describe(pid: i32) -> Option<(i32, String)> {
 /// What the entries under a directory take.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Bytes allocated to them.
+    /// Bytes they take, or will when agentd copies them: a sparse file counts its full size,
+    /// since the job's snapshots and downloads read and store every byte of it.
     pub bytes: u64,
     /// Files, directories and links, the directory itself left out.
     pub entries: u64,
+    /// Some path is longer than [`MAX_PATH_BYTES`] (not walked below it).
+    pub too_deep: bool,
 }
 
 impl Usage {
@@ -292,20 +301,76 @@ impl Usage {
         Usage {
             bytes: self.bytes + other.bytes,
             entries: self.entries + other.entries,
+            too_deep: self.too_deep || other.too_deep,
         }
     }
 }
 
-/// What the entries under `dir` take (not following symlinks).
+/// What the entries under `dir` take (not following symlinks). Walked through descriptors, as
+/// agentd's own walks do: a path-based walk cannot reach past PATH_MAX, where a job could hide
+/// what it writes.
 pub fn disk_usage(dir: &Path) -> Usage {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| Some((e.depth(), e.metadata().ok()?)))
-        .fold(Usage::default(), |u, (depth, m)| Usage {
-            bytes: u.bytes + m.blocks() * 512,
-            entries: u.entries + u64::from(depth > 0),
-        })
+    let mut u = Usage::default();
+    let Ok(Some(root)) = fsops::open_root(dir) else {
+        return u;
+    };
+    let _ = fsops::walk_all(root, &mut |v| {
+        let st = v.stat;
+        let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+        let bytes = match fsops::kind_of(st) {
+            Some(FileKind::Regular) => allocated.max(u64::try_from(st.st_size).unwrap_or(0)),
+            _ => allocated,
+        };
+        u.bytes = u.bytes.saturating_add(bytes);
+        u.entries += 1;
+        u.too_deep |= v.too_deep;
+        Ok(())
+    });
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_file_counts_its_full_size_and_no_name_hides_a_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let sparse = std::fs::File::create(tmp.path().join("sparse.bin")).expect("create");
+        sparse.set_len(64 * MIB).expect("truncate");
+        let hidden = format!("{}x", crate::workspace::TEMP_PREFIX);
+        std::fs::create_dir(tmp.path().join("sub")).expect("mkdir");
+        std::fs::write(tmp.path().join("sub").join(hidden), vec![1u8; 8192]).expect("write");
+        let u = disk_usage(tmp.path());
+        assert_eq!(u.entries, 3);
+        assert!(u.bytes >= 64 * MIB + 8192, "{u:?}");
+        assert!(!u.too_deep);
+    }
+
+    #[test]
+    fn a_path_past_the_bound_is_found_through_descriptors() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // `aaaa/` × 1,000: 5,000 bytes, past PATH_MAX too (a path-based walk could not see it).
+        let mut dir = nix::fcntl::open(tmp.path(), fsops::DIR_FLAGS, nix::sys::stat::Mode::empty())
+            .expect("open");
+        for _ in 0..1000 {
+            nix::sys::stat::mkdirat(
+                &dir,
+                "aaaa",
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            )
+            .expect("mkdir");
+            dir = nix::fcntl::openat(
+                &dir,
+                "aaaa",
+                fsops::DIR_FLAGS,
+                nix::sys::stat::Mode::empty(),
+            )
+            .expect("open");
+        }
+        let u = disk_usage(tmp.path());
+        assert!(u.too_deep, "{u:?}");
+        // Not walked below the bound: 4096 / 5 levels, and the one past it.
+        assert_eq!(u.entries, 820, "{u:?}");
+    }
 }
