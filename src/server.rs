@@ -37,6 +37,10 @@ pub enum ServeError {
     },
     #[error("store: {0}")]
     Store(crate::error::Error),
+    /// The core refused to start (a profile's sandbox the host cannot give, a store read at
+    /// start): its message says what, and it is not always the store.
+    #[error("cannot start: {0}")]
+    Start(crate::error::Error),
     #[error("{0}")]
     RunDir(crate::error::Error),
     #[error("reflection: {0}")]
@@ -272,7 +276,7 @@ pub async fn serve(
     }
     let core = Core::start(config.clone(), store.clone(), shutdown.clone(), gateway)
         .await
-        .map_err(ServeError::Store)?;
+        .map_err(ServeError::Start)?;
     let webhooks = crate::webhooks::Webhooks::start(
         store.clone(),
         config.webhooks.clone(),
