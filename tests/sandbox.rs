@@ -995,6 +995,113 @@ mod non_root {
         );
     }
 
+    /// An unprivileged agentd owns what its agents write, but their modes bind it: one
+    /// `chmod 000` in a job made every later job of the session fail before its agent ran (the
+    /// before-snapshot could not read the file), and ListFiles and DownloadFile answer INTERNAL.
+    /// agentd now lends itself the owner's permissions for each read and gives the modes back.
+    #[tokio::test]
+    async fn files_an_agent_closed_to_everyone_stay_readable_to_agentd_unprivileged() {
+        let mut w = World::start(Some(UNPRIVILEGED), stand_in_profiles()).await;
+        let c = &mut w.attacker;
+        let s = c.create_session(&[]).await.session_id;
+        let closing = "bash mkdir -p locked/inner ro && echo hidden > locked/inner/a.txt && echo \
+                       secret > closed.txt && echo old > ro/old.txt && chmod 555 ro && chmod \
+                       000 closed.txt locked/inner locked";
+        let job = c.submit_to(&s, "jailed", closing).await;
+        let job = c.wait(&job.job_id).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        let outputs = c
+            .files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: s.clone(),
+                job_id: job.job_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetJobOutputs")
+            .into_inner();
+        let mut changed: Vec<String> = outputs.changes.into_iter().map(|c| c.path).collect();
+        changed.sort();
+        assert_eq!(changed, ["closed.txt", "locked/inner/a.txt", "ro/old.txt"]);
+        let listed = c
+            .files
+            .list_files(pb::ListFilesRequest {
+                session_id: s.clone(),
+                include_sha256: true,
+                ..Default::default()
+            })
+            .await
+            .expect("ListFiles")
+            .into_inner();
+        let mut paths: Vec<&str> = listed.files.iter().map(|f| f.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "closed.txt",
+                "locked",
+                "locked/inner",
+                "locked/inner/a.txt",
+                "ro",
+                "ro/old.txt"
+            ]
+        );
+        assert_eq!(download_text(c, &s, "closed.txt").await, "secret\n");
+        assert_eq!(download_text(c, &s, "locked/inner/a.txt").await, "hidden\n");
+        // The workspace is its user's: a directory the agent made read-only takes uploads and
+        // deletions through the API, as it does when agentd runs as root.
+        let header = pb::UploadFilesRequest {
+            session_id: s.clone(),
+            part: Some(pb::upload_files_request::Part::Header(
+                pb::UploadFileHeader {
+                    path: "ro/new.txt".into(),
+                    ..Default::default()
+                },
+            )),
+        };
+        let chunk = pb::UploadFilesRequest {
+            session_id: String::new(),
+            part: Some(pb::upload_files_request::Part::Chunk(
+                b"new\n".to_vec().into(),
+            )),
+        };
+        c.files
+            .upload_files(tokio_stream::iter([header, chunk]))
+            .await
+            .expect("upload into a read-only directory");
+        c.files
+            .delete_file(pb::DeleteFileRequest {
+                session_id: s.clone(),
+                path: "ro/old.txt".into(),
+                recursive: false,
+            })
+            .await
+            .expect("delete from a read-only directory");
+        assert_eq!(download_text(c, &s, "ro/new.txt").await, "new\n");
+        // The next job starts (its before-snapshot reads everything), finds the modes as they
+        // were left, and changed nothing.
+        let next = c
+            .submit_to(&s, "jailed", "bash stat -c '%a %n' closed.txt locked ro")
+            .await;
+        let next = c.wait(&next.job_id).await;
+        assert_eq!(next.state, pb::JobState::Succeeded as i32, "{next:?}");
+        let said = format!("{:?}", c.events(&next.job_id, 0).await);
+        for line in ["0 closed.txt", "0 locked", "555 ro"] {
+            assert!(said.contains(line), "{line:?} not in {said}");
+        }
+        let outputs = c
+            .files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: s.clone(),
+                job_id: next.job_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetJobOutputs")
+            .into_inner();
+        assert!(outputs.changes.is_empty(), "{:?}", outputs.changes);
+    }
+
     #[tokio::test]
     async fn memory_limit_works_with_agentd_unprivileged() {
         let mut w = World::start(Some(UNPRIVILEGED), stand_in_profiles()).await;

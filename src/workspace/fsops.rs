@@ -3,6 +3,7 @@
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or, where the kernel lacks it, one `openat` per
 //! component with `O_NOFOLLOW`. Callers run these on blocking threads only.
 
+use super::owner::{self, LentDir};
 use super::path::{MAX_PATH_BYTES, TEMP_PREFIX, link_stays_inside, split_parent};
 use crate::domain::{FileEntry, FileKind, Timestamp};
 use crate::error::{Error, Reason, Result};
@@ -65,6 +66,9 @@ pub(crate) fn open_beneath(root: BorrowedFd<'_>, rel: &str, flags: OFlag) -> nix
                     NO_OPENAT2.store(true, Ordering::Relaxed);
                     break;
                 }
+                // A directory on the way (or the target) whose mode denies agentd, which may
+                // own it: one component at a time, lending the owner's permissions.
+                Err(Errno::EACCES) => return open_beneath_fallback(root, rel, flags),
                 other => return other,
             }
         }
@@ -93,13 +97,13 @@ pub(crate) fn open_beneath_fallback(
             Some(fd) => fd.as_fd(),
             None => root,
         };
-        current = Some(openat(dir, component, DIR_FLAGS, Mode::empty())?);
+        current = Some(owner::openat_owned(dir, component, DIR_FLAGS)?);
     }
     let dir = match &current {
         Some(fd) => fd.as_fd(),
         None => root,
     };
-    openat(dir, name, flags, Mode::empty())
+    owner::openat_owned(dir, name, flags)
 }
 
 /// Opens the directory that contains `rel`'s last component; errors are explained.
@@ -114,7 +118,7 @@ pub(crate) fn open_parent(
 
 /// `lstat` of one name in an open directory; `None` when absent.
 pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &str) -> Result<Option<FileStat>> {
-    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+    match owner::in_dir(dir, |dir| fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(Error::internal(format!("cannot stat {name:?}: {e}"))),
@@ -284,7 +288,7 @@ pub(crate) fn open_regular(
     name: &str,
     rel: &str,
 ) -> Result<(std::fs::File, FileStat)> {
-    let fd = match openat(dir, name, READ_FLAGS, Mode::empty()) {
+    let fd = match owner::openat_owned(dir, name, READ_FLAGS) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Err(not_found(rel)),
         Err(Errno::ELOOP) => {
@@ -346,11 +350,14 @@ pub(crate) fn mkdir_beneath(root: BorrowedFd<'_>, rel: &str, field_path: &str) -
         };
         let mut attempt = 0;
         let fd = loop {
-            match openat(dir, *component, DIR_FLAGS, Mode::empty()) {
+            match owner::openat_owned(dir, *component, DIR_FLAGS) {
                 Ok(fd) => break fd,
                 Err(Errno::ENOENT) if attempt < 3 => {
                     attempt += 1;
-                    match mkdirat(dir, *component, Mode::from_bits_truncate(0o755)) {
+                    let made = owner::in_dir(dir, |dir| {
+                        mkdirat(dir, *component, Mode::from_bits_truncate(0o755))
+                    });
+                    match made {
                         Ok(()) | Err(Errno::EEXIST) => continue,
                         Err(e) => {
                             return Err(Error::internal(format!(
@@ -425,7 +432,7 @@ fn walk_with(
     visit: &mut dyn FnMut(&Visit<'_>) -> Result<()>,
 ) -> Result<()> {
     struct Pending {
-        parent: Option<Arc<OwnedFd>>,
+        parent: Option<Arc<LentDir>>,
         name: OsString,
         rel: Option<String>,
         /// The path's length in bytes, UTF-8 or not.
@@ -442,21 +449,21 @@ fn walk_with(
     while let Some(pending) = stack.pop() {
         let fd = match (&pending.parent, start.take()) {
             (None, Some(fd)) => fd,
-            (Some(parent), _) => match openat(
-                parent.as_fd(),
-                pending.name.as_os_str(),
-                DIR_FLAGS,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                // Replaced or removed since we saw it: there is nothing (safe) to descend into.
-                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
-                Err(e) => return Err(Error::internal(format!("cannot open directory: {e}"))),
-            },
+            (Some(parent), _) => {
+                match owner::openat_owned(parent.as_fd(), pending.name.as_os_str(), DIR_FLAGS) {
+                    Ok(fd) => fd,
+                    // Replaced or removed since we saw it: there is nothing (safe) to descend into.
+                    // Or closed to agentd even as its owner (not agentd's): the rest of the tree is
+                    // still walked, so one such directory cannot break every listing and snapshot.
+                    Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EACCES) => continue,
+                    Err(e) => return Err(Error::internal(format!("cannot open directory: {e}"))),
+                }
+            }
             (None, None) => continue,
         };
-        let fd = Arc::new(fd);
-        let names = read_names(&fd, skip)?;
+        // Held while its entries are visited and its subdirectories wait to be opened.
+        let fd = Arc::new(LentDir::new(fd));
+        let names = read_names(fd.as_fd(), skip)?;
         for name in names {
             let st = match fstatat(fd.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
@@ -496,9 +503,9 @@ fn walk_with(
 }
 
 /// The names in directory `fd` but `.`, `..` and those starting with `skip`.
-pub(crate) fn read_names(fd: &OwnedFd, skip: Option<&[u8]>) -> Result<Vec<OsString>> {
+pub(crate) fn read_names(fd: BorrowedFd<'_>, skip: Option<&[u8]>) -> Result<Vec<OsString>> {
     let reader = fd
-        .try_clone()
+        .try_clone_to_owned()
         .map_err(|e| Error::internal(format!("cannot duplicate directory fd: {e}")))?;
     let mut dir = nix::dir::Dir::from_fd(reader)
         .map_err(|e| Error::internal(format!("cannot read directory: {e}")))?;

@@ -8,6 +8,7 @@
 //! which replaces a planted link itself rather than its target.
 
 use super::fsops::{self, mkdir_beneath};
+use super::owner;
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, RenameFlags, openat, renameat, renameat2};
@@ -28,24 +29,32 @@ pub(super) fn write_files(home: &Path, files: &[(std::path::PathBuf, Vec<u8>)]) 
         };
         let parent = mkdir_beneath(root.as_fd(), parent_rel, &rel)?;
         let temp = format!("{}{}", super::TEMP_PREFIX, uuid::Uuid::new_v4().simple());
-        let fd = openat(
-            parent.as_fd(),
-            temp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
+        // The agent may have left a directory here read-only: agentd, its owner, still writes.
+        let fd = owner::in_dir(parent.as_fd(), |dir| {
+            openat(
+                dir,
+                temp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        })
         .map_err(|e| Error::internal(format!("cannot create {rel:?} in HOME: {e}")))?;
         let mut file = std::fs::File::from(fd);
         let written = file.write_all(content).and_then(|()| file.sync_data());
         let renamed = written.map_err(|e| e.to_string()).and_then(|()| {
-            renameat(parent.as_fd(), temp.as_str(), parent.as_fd(), name).map_err(|e| e.to_string())
+            owner::in_dir(parent.as_fd(), |dir| {
+                renameat(dir, temp.as_str(), dir, name)
+            })
+            .map_err(|e| e.to_string())
         });
         if let Err(e) = renamed {
-            let _ = nix::unistd::unlinkat(
-                parent.as_fd(),
-                temp.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            let _ = owner::in_dir(parent.as_fd(), |dir| {
+                nix::unistd::unlinkat(dir, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+            });
             return Err(Error::internal(format!(
                 "cannot write {rel:?} in HOME: {e}"
             )));

@@ -15,6 +15,7 @@ mod archive_upload;
 pub(crate) mod fsops;
 pub mod history;
 mod home;
+mod owner;
 mod path;
 mod remove;
 mod rewind;
@@ -516,11 +517,10 @@ impl Workspaces {
             let (_, name) = path::split_parent(&rel);
             let st = stat_at(parent.as_fd(), name)?.ok_or_else(|| fsops::not_found(&rel))?;
             if kind_of(&st) != Some(FileKind::Directory) {
-                return match nix::unistd::unlinkat(
-                    parent.as_fd(),
-                    name,
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                ) {
+                let removed = owner::in_dir(parent.as_fd(), |dir| {
+                    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                });
+                return match removed {
                     Ok(()) => Ok(1),
                     Err(Errno::ENOENT) => Err(fsops::not_found(&rel)),
                     Err(e) => Err(Error::internal(format!("cannot delete {rel:?}: {e}"))),
@@ -529,8 +529,10 @@ impl Workspaces {
             if recursive {
                 return remove::remove_tree(parent.as_fd(), std::ffi::OsStr::new(name));
             }
-            match nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)
-            {
+            let removed = owner::in_dir(parent.as_fd(), |dir| {
+                nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
+            });
+            match removed {
                 Ok(()) => Ok(0),
                 Err(Errno::ENOTEMPTY | Errno::EEXIST) => Err(Error::precondition(
                     Reason::DirectoryNotEmpty,

@@ -122,7 +122,7 @@ fn open_level(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Level>> {
     {
         let _ = fchmod(&fd, Mode::from_bits_truncate(0o700));
     }
-    let left = read_names(&fd, None)?;
+    let left = read_names(fd.as_fd(), None)?;
     Ok(Some(Level {
         fd,
         name: name.to_owned(),
@@ -175,7 +175,9 @@ fn spill(
 
 /// Unlinks `name` of `dir`; true when it was there.
 fn unlink(dir: BorrowedFd<'_>, name: &OsStr, how: UnlinkatFlags) -> Result<bool> {
-    match unlinkat(dir, name, how) {
+    // `dir` may be one the agent left read-only above the tree (the tree's own levels were
+    // given their permissions back when opened).
+    match super::owner::in_dir(dir, |dir| unlinkat(dir, name, how)) {
         Ok(()) => Ok(true),
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(Error::internal(format!("cannot remove entry: {e}"))),

@@ -11,6 +11,7 @@
 //! that starts the renames, that its upload was not abandoned.
 
 use super::fsops::{self, kind_of, mkdir_beneath, stat_at};
+use super::owner;
 use super::path::{TEMP_PREFIX, normalize_path, split_parent};
 use super::{UploadHeader, WorkspaceLimits, blocking};
 use crate::domain::{FileEntry, FileKind};
@@ -55,11 +56,14 @@ impl Drop for Target {
         if self.renamed {
             return;
         }
-        match nix::unistd::unlinkat(
-            self.parent.as_fd(),
-            self.temp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
+        let removed = owner::in_dir(self.parent.as_fd(), |dir| {
+            nix::unistd::unlinkat(
+                dir,
+                self.temp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )
+        });
+        match removed {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(e) => {
                 tracing::warn!(path = %self.rel, error = %e, "could not remove upload temp file")
@@ -543,12 +547,14 @@ fn create_temp(
         },
     };
     let temp = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    let fd = openat(
-        parent.as_fd(),
-        temp.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
+    let fd = owner::in_dir(parent.as_fd(), |dir| {
+        openat(
+            dir,
+            temp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+    })
     .map_err(|e| Error::internal(format!("cannot create a temp file for {rel:?}: {e}")))?;
     Ok((
         Target {
@@ -621,12 +627,10 @@ fn commit_blocking(mut staged: Vec<Staged>, state: &AtomicU8) -> Result<Vec<File
     }
     for s in &mut staged {
         let t = &mut s.target;
-        if let Err(e) = renameat(
-            t.parent.as_fd(),
-            t.temp.as_str(),
-            t.parent.as_fd(),
-            t.name.as_str(),
-        ) {
+        let moved = owner::in_dir(t.parent.as_fd(), |dir| {
+            renameat(dir, t.temp.as_str(), dir, t.name.as_str())
+        });
+        if let Err(e) = moved {
             return Err(Error::internal(format!(
                 "cannot move {:?} into place: {e}",
                 t.rel
