@@ -1081,14 +1081,13 @@ mod non_root {
         // The next job starts (its before-snapshot reads everything), finds the modes as they
         // were left, and changed nothing.
         let next = c
-            .submit_to(&s, "jailed", "bash stat -c '%a %n' closed.txt locked ro")
+            .submit_to(&s, "jailed", "bash stat -c 'mode-%a' closed.txt locked ro")
             .await;
         let next = c.wait(&next.job_id).await;
         assert_eq!(next.state, pb::JobState::Succeeded as i32, "{next:?}");
         let said = format!("{:?}", c.events(&next.job_id, 0).await);
-        for line in ["0 closed.txt", "0 locked", "555 ro"] {
-            assert!(said.contains(line), "{line:?} not in {said}");
-        }
+        assert_eq!(said.matches("mode-0\\n").count(), 2, "{said}");
+        assert!(said.contains("mode-555"), "{said}");
         let outputs = c
             .files
             .get_job_outputs(pb::GetJobOutputsRequest {
@@ -1100,6 +1099,45 @@ mod non_root {
             .expect("GetJobOutputs")
             .into_inner();
         assert!(outputs.changes.is_empty(), "{:?}", outputs.changes);
+        // A job may close the workspace itself: its own snapshot, the listing and the next job's
+        // start still work (that agent then cannot enter it: its own doing, said as such).
+        let closes = c.submit_to(&s, "jailed", "bash chmod 000 .").await;
+        let closes = c.wait(&closes.job_id).await;
+        assert_eq!(closes.state, pb::JobState::Succeeded as i32, "{closes:?}");
+        let shut_out = c.submit_to(&s, "jailed", "bash true").await;
+        let shut_out = c.wait(&shut_out.job_id).await;
+        assert!(
+            shut_out
+                .error_message
+                .contains("cannot enter the working directory"),
+            "{shut_out:?}"
+        );
+        // Every mode lent was given back.
+        let listed = c
+            .files
+            .list_files(pb::ListFilesRequest {
+                session_id: s.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListFiles")
+            .into_inner();
+        let modes: Vec<(&str, u32)> = listed
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("closed.txt", 0),
+                ("locked", 0),
+                ("locked/inner", 0),
+                ("locked/inner/a.txt", 0o644),
+                ("ro", 0o555),
+                ("ro/new.txt", 0o644)
+            ]
+        );
     }
 
     #[tokio::test]

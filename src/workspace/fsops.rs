@@ -38,7 +38,16 @@ const READ_FLAGS: OFlag = OFlag::O_RDONLY
 /// Opens a session's workspace directory itself (trusted server path, last component not
 /// followed). `None` when it does not exist.
 pub(crate) fn open_root(dir: &Path) -> Result<Option<OwnedFd>> {
-    match nix::fcntl::open(dir, DIR_FLAGS, Mode::empty()) {
+    let opened = match nix::fcntl::open(dir, DIR_FLAGS, Mode::empty()) {
+        // A job may have closed its own workspace or HOME (`chmod 000 .`); agentd owns both.
+        Err(Errno::EACCES) => match (dir.parent(), dir.file_name()) {
+            (Some(parent), Some(name)) => nix::fcntl::open(parent, DIR_FLAGS, Mode::empty())
+                .and_then(|parent| owner::openat_owned(parent.as_fd(), name, DIR_FLAGS)),
+            _ => Err(Errno::EACCES),
+        },
+        other => other,
+    };
+    match opened {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(Error::internal(format!(
@@ -88,7 +97,7 @@ pub(crate) fn open_beneath_fallback(
 ) -> nix::Result<OwnedFd> {
     let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     if rel.is_empty() {
-        return openat(root, ".", flags, Mode::empty());
+        return owner::openat_owned(root, ".", flags);
     }
     let (parent, name) = split_parent(rel);
     let mut current: Option<OwnedFd> = None;
