@@ -1010,17 +1010,7 @@ mod non_root {
         let job = c.submit_to(&s, "jailed", closing).await;
         let job = c.wait(&job.job_id).await;
         assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
-        let outputs = c
-            .files
-            .get_job_outputs(pb::GetJobOutputsRequest {
-                session_id: s.clone(),
-                job_id: job.job_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetJobOutputs")
-            .into_inner();
-        let mut changed: Vec<String> = outputs.changes.into_iter().map(|c| c.path).collect();
+        let mut changed = changed_paths(c, &s, &job.job_id).await;
         changed.sort();
         assert_eq!(changed, ["closed.txt", "locked/inner/a.txt", "ro/old.txt"]);
         let listed = c
@@ -1088,17 +1078,8 @@ mod non_root {
         let said = format!("{:?}", c.events(&next.job_id, 0).await);
         assert_eq!(said.matches("mode-0\\n").count(), 2, "{said}");
         assert!(said.contains("mode-555"), "{said}");
-        let outputs = c
-            .files
-            .get_job_outputs(pb::GetJobOutputsRequest {
-                session_id: s.clone(),
-                job_id: next.job_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetJobOutputs")
-            .into_inner();
-        assert!(outputs.changes.is_empty(), "{:?}", outputs.changes);
+        let changed = changed_paths(c, &s, &next.job_id).await;
+        assert!(changed.is_empty(), "{changed:?}");
         // A job may close the workspace itself: its own snapshot, the listing and the next job's
         // start still work (that agent then cannot enter it: its own doing, said as such).
         let closes = c.submit_to(&s, "jailed", "bash chmod 000 .").await;
@@ -1138,6 +1119,21 @@ mod non_root {
                 ("ro/new.txt", 0o644)
             ]
         );
+    }
+
+    /// The paths a job changed (one page).
+    async fn changed_paths(c: &mut Clients, session: &str, job: &str) -> Vec<String> {
+        let outputs = c
+            .files
+            .get_job_outputs(pb::GetJobOutputsRequest {
+                session_id: session.into(),
+                job_id: job.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetJobOutputs")
+            .into_inner();
+        outputs.changes.into_iter().map(|c| c.path).collect()
     }
 
     #[tokio::test]

@@ -193,29 +193,19 @@ pub(super) mod tests {
     /// paths are far past PATH_MAX), with a file `f` at every 1,000th level, from the first,
     /// and `leaf` at the bottom.
     pub(in crate::workspace) fn chain(root: &Path, depth: usize) {
+        let touch = |dir: &OwnedFd, name: &str| {
+            let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC;
+            drop(openat(dir, name, flags, Mode::from_bits_truncate(0o644)).expect("create file"));
+        };
         let mut fd = nix::fcntl::open(root, DIR_FLAGS, Mode::empty()).expect("open root");
         for i in 0..depth {
             nix::sys::stat::mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).expect("mkdir");
             fd = openat(&fd, "d", DIR_FLAGS, Mode::empty()).expect("open level");
             if i % 1000 == 0 {
-                let f = openat(
-                    &fd,
-                    "f",
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o644),
-                )
-                .expect("create file");
-                drop(f);
+                touch(&fd, "f");
             }
         }
-        let f = openat(
-            &fd,
-            "leaf",
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
-        )
-        .expect("create leaf");
-        drop(f);
+        touch(&fd, "leaf");
     }
 
     /// 30,000 levels on a thread with a 128 KiB stack: one frame per level would overflow it
