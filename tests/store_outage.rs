@@ -123,3 +123,71 @@ async fn a_lost_postgres_answers_unavailable_with_retry_info_then_recovers() {
     drop(server);
     psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
 }
+
+/// A job whose end could not be stored (the store was gone until agentd gave up retrying, about a
+/// minute) is failed once the store is back: its own replica kept renewing its lease, so it stayed
+/// RUNNING until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(agentd_pg_tests),
+    ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
+)]
+async fn a_job_that_ended_during_an_outage_is_failed_once_the_store_is_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+    let addr = listener.local_addr().expect("relay addr").to_string();
+    let schema = format!("agentd_o_{}", uuid::Uuid::new_v4().simple());
+    let (url, target) = via(&database_url(), &addr);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let mut up = relay(listener, target.clone());
+    let server = TestServer::start_with(Options {
+        args: vec![
+            "--store".into(),
+            store,
+            "--lease-seconds".into(),
+            "3".into(),
+        ],
+        ..Default::default()
+    });
+    let mut c = server.clients(KEY_A).await;
+    let session = c.create_session(&[]).await.session_id;
+    let job = c.submit(&session, "bash sleep 2").await;
+    c.wait_state(
+        &job.job_id,
+        agentd::pb::JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    up.abort();
+    let _ = (&mut up).await;
+    // The agent ends meanwhile; agentd retries storing its end for about a minute, then gives up.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let listener = TcpListener::bind(&addr).await.expect("rebind relay");
+    let _up = relay(listener, target);
+    let mut last = None;
+    for _ in 0..150 {
+        if let Some(got) = c
+            .jobs
+            .get_job(agentd::pb::GetJobRequest {
+                job_id: job.job_id.clone(),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().job)
+        {
+            if got.state == agentd::pb::JobState::Failed as i32 {
+                assert!(
+                    got.error_message.contains("store was unavailable"),
+                    "{got:?}"
+                );
+                drop(server);
+                psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                return;
+            }
+            last = Some(got);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the job was not settled within 15 s of the store's return: {last:?}");
+}

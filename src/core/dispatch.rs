@@ -139,13 +139,16 @@ impl Core {
     pub(super) async fn keep_leases(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.timing.lease / 3);
         let mut suspects = HashSet::new();
+        let mut unrun = HashSet::new();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.shutdown.triggered() => return,
             }
-            self.renew(&mut suspects).await;
+            if let Some(owned) = self.renew(&mut suspects).await {
+                self.settle_unrun(&owned, &mut unrun).await;
+            }
             self.poll_cancel_requests().await;
             self.settle_orphans(Timestamp::now()).await;
         }
@@ -155,7 +158,8 @@ impl Core {
     /// the renewed set: a job that just finished here normally is also missing for the moment
     /// between its final write and its removal from `running`, so only a job missing twice in a
     /// row (a third of a lease apart) and finished in the store counts as taken away.
-    async fn renew(&self, suspects: &mut HashSet<JobId>) {
+    /// Returns the jobs whose lease was renewed.
+    async fn renew(&self, suspects: &mut HashSet<JobId>) -> Option<HashSet<JobId>> {
         let owned = match self
             .store
             .renew_leases(&self.config.replica_id, self.lease_until())
@@ -164,7 +168,7 @@ impl Core {
             Ok(ids) => ids.into_iter().collect::<HashSet<JobId>>(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew job leases");
-                return;
+                return None;
             }
         };
         // A job that is running here but no longer ours was settled by another replica (our lease
@@ -185,6 +189,33 @@ impl Core {
             }
         }
         *suspects = missing;
+        Some(owned)
+    }
+
+    /// Fails the jobs this replica holds in the store but runs no more: a run whose end could
+    /// not be stored (the store was unavailable until `settle_failed` gave up). Nobody else
+    /// would settle them, since the renewals keep their leases alive; they stayed RUNNING until
+    /// a restart. `unrun` carries the ones seen at the last renewal: a job is registered as
+    /// running right after its claim commits, so only one missing twice in a row (a third of a
+    /// lease apart) is taken for one whose run ended.
+    async fn settle_unrun(&self, owned: &HashSet<JobId>, unrun: &mut HashSet<JobId>) {
+        let now: HashSet<JobId> = owned
+            .iter()
+            .filter(|j| !self.is_running_here(j))
+            .cloned()
+            .collect();
+        for job in now.intersection(unrun) {
+            tracing::warn!(job = %job, "a job ended here without its end stored: failing it");
+            self.settle_failed(
+                job,
+                Vec::new(),
+                "the job ended while the store was unavailable, and how it ended could not be \
+                 recorded"
+                    .into(),
+            )
+            .await;
+        }
+        *unrun = now;
     }
 
     async fn poll_cancel_requests(&self) {
