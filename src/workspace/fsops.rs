@@ -476,7 +476,8 @@ fn walk_with(
         for name in names {
             let st = match fstatat(fd.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
-                Err(Errno::ENOENT) => continue,
+                // Gone, or in a directory agentd could read but not search, not even as owner.
+                Err(Errno::ENOENT | Errno::EACCES) => continue,
                 Err(e) => return Err(Error::internal(format!("cannot stat entry: {e}"))),
             };
             let len = match pending.len {

@@ -16,9 +16,10 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FchmodatFlags, FileStat, Mode, fchmod, fchmodat, fstat};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-/// Whether modes bind agentd at all.
+/// Whether modes bind agentd at all (its user does not change while it runs).
 fn bound() -> bool {
-    !nix::unistd::geteuid().is_root()
+    static BOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BOUND.get_or_init(|| !nix::unistd::geteuid().is_root())
 }
 
 /// What the owner is lent: read and write, and search for a directory.
@@ -44,6 +45,12 @@ pub(crate) struct LentDir {
 
 impl LentDir {
     pub(crate) fn new(fd: OwnedFd) -> LentDir {
+        if !bound() {
+            return LentDir {
+                fd,
+                give_back: None,
+            };
+        }
         let give_back = fstat(&fd).ok().as_ref().and_then(needs_lending);
         if let Some(mode) = give_back {
             let lent = Mode::from_bits_truncate(mode.bits() | 0o700);

@@ -308,7 +308,9 @@ impl Usage {
 
 /// What the entries under `dir` take (not following symlinks). Walked through descriptors, as
 /// agentd's own walks do: a path-based walk cannot reach past PATH_MAX, where a job could hide
-/// what it writes.
+/// what it writes. Like them, a non-root supervisor lends itself the owner's permissions on a
+/// directory the job closed (`chmod 000`), which must not hide bytes either: the job can see that
+/// mode changed for the moment the walk is inside it.
 pub fn disk_usage(dir: &Path) -> Usage {
     let mut u = Usage::default();
     let Ok(Some(root)) = fsops::open_root(dir) else {
