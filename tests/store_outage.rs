@@ -48,28 +48,74 @@ fn relay(listener: TcpListener, target: String) -> JoinHandle<()> {
     })
 }
 
+/// agentd on a Postgres schema of its own, reached through the test's relay.
+struct Outage {
+    server: TestServer,
+    /// The relay's address, and the Postgres it relays to.
+    addr: String,
+    target: String,
+    up: Option<JoinHandle<()>>,
+    schema: String,
+}
+
+impl Outage {
+    async fn start(args: &[&str]) -> Outage {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr").to_string();
+        let schema = format!("agentd_o_{}", uuid::Uuid::new_v4().simple());
+        let (url, target) = via(&database_url(), &addr);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store = format!("{url}{sep}options=-csearch_path%3D{schema}");
+        let up = relay(listener, target.clone());
+        let mut all = vec!["--store".to_owned(), store];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let server = TestServer::start_with(Options {
+            args: all,
+            ..Default::default()
+        });
+        Outage {
+            server,
+            addr,
+            target,
+            up: Some(up),
+            schema,
+        }
+    }
+
+    /// Cuts every connection and stops listening, as a database host going away would.
+    async fn cut(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            up.abort();
+            let _ = (&mut up).await;
+        }
+    }
+
+    /// Listens again at the same address.
+    async fn restore(&mut self) {
+        let listener = TcpListener::bind(&self.addr).await.expect("rebind relay");
+        self.up = Some(relay(listener, self.target.clone()));
+    }
+
+    /// Stops agentd and drops its schema.
+    fn end(self) {
+        let schema = self.schema.clone();
+        drop(self);
+        psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(agentd_pg_tests),
     ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
 )]
 async fn a_lost_postgres_answers_unavailable_with_retry_info_then_recovers() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-    let addr = listener.local_addr().expect("relay addr").to_string();
-    let schema = format!("agentd_o_{}", uuid::Uuid::new_v4().simple());
-    let (url, target) = via(&database_url(), &addr);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    let mut up = relay(listener, target.clone());
-    let server = TestServer::start_with(Options {
-        args: vec!["--store".into(), store],
-        ..Default::default()
-    });
+    let mut db = Outage::start(&[]).await;
+    let server = &db.server;
     let mut c = server.clients(KEY_A).await;
     let session = c.create_session(&[]).await;
 
-    up.abort();
-    let _ = (&mut up).await;
+    db.cut().await;
     for (what, got) in [
         (
             "CreateSession",
@@ -97,11 +143,14 @@ async fn a_lost_postgres_answers_unavailable_with_retry_info_then_recovers() {
             "{what}: RetryInfo with a delay, got {retry:?}"
         );
         // Neither the database's address nor its user reaches the caller.
-        assert!(!st.message().contains(&target), "{what}: {}", st.message());
+        assert!(
+            !st.message().contains(&db.target),
+            "{what}: {}",
+            st.message()
+        );
     }
 
-    let listener = TcpListener::bind(&addr).await.expect("rebind relay");
-    let _up = relay(listener, target);
+    db.restore().await;
     let mut back = false;
     for _ in 0..100 {
         let got = c
@@ -120,8 +169,7 @@ async fn a_lost_postgres_answers_unavailable_with_retry_info_then_recovers() {
         back,
         "the store never came back after the relay listened again"
     );
-    drop(server);
-    psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    db.end();
 }
 
 /// A job whose end could not be stored (the store was gone until agentd gave up retrying, about a
@@ -133,22 +181,8 @@ async fn a_lost_postgres_answers_unavailable_with_retry_info_then_recovers() {
     ignore = "needs Postgres: set AGENTD_TEST_DATABASE_URL (scripts/test does)"
 )]
 async fn a_job_that_ended_during_an_outage_is_failed_once_the_store_is_back() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-    let addr = listener.local_addr().expect("relay addr").to_string();
-    let schema = format!("agentd_o_{}", uuid::Uuid::new_v4().simple());
-    let (url, target) = via(&database_url(), &addr);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    let mut up = relay(listener, target.clone());
-    let server = TestServer::start_with(Options {
-        args: vec![
-            "--store".into(),
-            store,
-            "--lease-seconds".into(),
-            "3".into(),
-        ],
-        ..Default::default()
-    });
+    let mut db = Outage::start(&["--lease-seconds", "3"]).await;
+    let server = &db.server;
     let mut c = server.clients(KEY_A).await;
     let session = c.create_session(&[]).await.session_id;
     let job = c.submit(&session, "bash sleep 2").await;
@@ -159,12 +193,10 @@ async fn a_job_that_ended_during_an_outage_is_failed_once_the_store_is_back() {
     )
     .await;
 
-    up.abort();
-    let _ = (&mut up).await;
+    db.cut().await;
     // The agent ends meanwhile; agentd retries storing its end for about a minute, then gives up.
     tokio::time::sleep(Duration::from_secs(70)).await;
-    let listener = TcpListener::bind(&addr).await.expect("rebind relay");
-    let _up = relay(listener, target);
+    db.restore().await;
     let mut last = None;
     for _ in 0..150 {
         if let Some(got) = c
@@ -181,8 +213,7 @@ async fn a_job_that_ended_during_an_outage_is_failed_once_the_store_is_back() {
                     got.error_message.contains("store was unavailable"),
                     "{got:?}"
                 );
-                drop(server);
-                psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                db.end();
                 return;
             }
             last = Some(got);
