@@ -16,10 +16,10 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FchmodatFlags, FileStat, Mode, fchmod, fchmodat, fstat};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-/// Whether modes bind agentd at all (its user does not change while it runs).
+/// Whether modes bind agentd at all: this thread's own credentials (one system call, no file
+/// access), which is what the kernel checks.
 fn bound() -> bool {
-    static BOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *BOUND.get_or_init(|| !nix::unistd::geteuid().is_root())
+    !nix::unistd::geteuid().is_root()
 }
 
 /// What the owner is lent: read and write, and search for a directory.

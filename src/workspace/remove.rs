@@ -14,11 +14,11 @@ use super::path::TEMP_PREFIX;
 use crate::domain::FileKind;
 use crate::error::{Error, Result};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{AtFlags, RenameFlags, renameat2};
 use nix::sys::stat::{Mode, fchmod, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 /// Directories held open at once while removing one tree.
@@ -100,20 +100,12 @@ pub(crate) fn remove_dir(path: &Path) -> Result<()> {
 }
 
 /// Opens directory `name` of `dir` to empty it, and reads what is in it. An agent may have left
-/// it without permissions for its owner: they are given back first (agentd's user owns what a
-/// jailed agent writes). `None` when it is gone.
+/// it without permissions for its owner: the open lends them (`owner`), and the directory keeps
+/// them, since it goes. `None` when it is gone.
 fn open_level(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Level>> {
-    let fd = match openat(dir, name, DIR_FLAGS, Mode::empty()) {
+    let fd = match super::owner::openat_owned(dir, name, DIR_FLAGS) {
         Ok(fd) => fd,
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
-        Err(Errno::EACCES) => {
-            restore_access(dir, name);
-            match openat(dir, name, DIR_FLAGS, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
-                Err(e) => return Err(Error::internal(format!("cannot open directory: {e}"))),
-            }
-        }
         Err(e) => return Err(Error::internal(format!("cannot open directory: {e}"))),
     };
     // Without write and search permission nothing in it could be removed.
@@ -128,23 +120,6 @@ fn open_level(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Level>> {
         name: name.to_owned(),
         left,
     }))
-}
-
-/// Gives the owner of directory `name` of `dir` read, write and search permission, through a
-/// path-only descriptor: what is changed is the directory just opened, never what a symlink put
-/// there since points to.
-fn restore_access(dir: BorrowedFd<'_>, name: &OsStr) {
-    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    if let Ok(fd) = openat(dir, name, flags, Mode::empty()) {
-        // This thread's own view: a blocking thread may hold other credentials than the process.
-        let path = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
-        let _ = nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            path.as_str(),
-            Mode::from_bits_truncate(0o700),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        );
-    }
 }
 
 /// Moves directory `name` of `from` into `top` under a fresh name of agentd's own (which
@@ -187,6 +162,7 @@ fn unlink(dir: BorrowedFd<'_>, name: &OsStr, how: UnlinkatFlags) -> Result<bool>
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use nix::fcntl::{OFlag, openat};
     use std::os::unix::fs::PermissionsExt;
 
     /// A chain of `depth` directories named `d` under `root`, made through descriptors (its
