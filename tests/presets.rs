@@ -532,7 +532,20 @@ fn hangup(server: &TestServer) {
 #[tokio::test]
 async fn subagents_and_skills_are_visible_but_read_only() {
     let cat = Catalog::new();
-    let (_server, mut c, session) = start(&cat, "").await;
+    let (server, mut c, session) = start(&cat, "").await;
+    // Through a standby that is ready: it builds the jail, installs included, while agentd
+    // still makes the job's files (a race once lost there: the installs' directories must
+    // exist before the standby gets the job). A first job has the server start one.
+    let (warm, _) = run(
+        &mut c,
+        pb::SubmitJobRequest {
+            prompt: "bash true".into(),
+            ..req(&session)
+        },
+    )
+    .await;
+    assert_eq!(warm.state, pb::JobState::Succeeded as i32, "{warm:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let script = "cat ~/.claude/agents/reviewer.md ~/.claude/skills/greeter/SKILL.md; \
                   echo pwned > ~/.claude/agents/reviewer.md || echo write-refused; \
                   touch ~/.claude/agents/extra.md || echo add-refused; \
@@ -572,6 +585,9 @@ async fn subagents_and_skills_are_visible_but_read_only() {
         "---\nname: reviewer\ndescription: reviews code\n---\nYou review.\n"
     );
     assert!(cat.dir.path().join("greeter/SKILL.md").exists());
+    // Had the standby failed on the installs, agentd would have started the job afresh.
+    let log = server.log_tail();
+    assert!(!log.contains("standby supervisor unusable"), "{log}");
 }
 
 #[tokio::test]

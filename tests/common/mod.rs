@@ -36,6 +36,8 @@ pub struct TestServer {
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
     run_as: Option<RunAs>,
+    /// The running server's stderr (its log).
+    stderr: Option<Stderr>,
 }
 
 #[derive(Default, Clone)]
@@ -110,6 +112,7 @@ impl TestServer {
             extra_args,
             extra_env: opts.env,
             run_as: opts.run_as,
+            stderr: None,
         };
         s.spawn();
         s
@@ -184,6 +187,12 @@ impl TestServer {
         std::thread::spawn(move || for _ in lines {});
         self.addr = addr;
         self.child = Some(child);
+        self.stderr = Some(stderr);
+    }
+
+    /// The last lines the running server logged (at `warn` and above).
+    pub fn log_tail(&self) -> String {
+        self.stderr.as_ref().map(Stderr::tail).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

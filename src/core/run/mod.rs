@@ -470,8 +470,12 @@ impl Core {
             Ok(l) => l,
             Err(e) => return Ok(Prep::Settle(FinishFacts::failed(e.to_string()))),
         };
-        let mut home_files = std::mem::take(&mut launch.files);
-        home_files.extend(std::mem::take(&mut extras.placeholders));
+        // A jailed standby mounts each install on its directory while `ready` runs: the
+        // directories must exist before the spec reaches it, not as part of `ready`.
+        self.workspaces
+            .write_home_files(&session.id, std::mem::take(&mut extras.placeholders))
+            .await?;
+        let home_files = std::mem::take(&mut launch.files);
         let renames = agents::home_renames(profile, &job.spec, &ctx);
         // Under `ask` the agent reads a pipe its controller writes (prompt, answers, input); the
         // controller's first words are the prompt and the job's images, in the protocol's shape.
