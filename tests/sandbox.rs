@@ -616,6 +616,18 @@ async fn a_tree_nested_past_path_max_stops_the_job_and_is_deleted_whole() {
     let longest = paths.iter().map(String::len).max().unwrap_or(0);
     assert!(longest <= 4096, "a path of {longest} bytes was listed");
     assert!(paths.iter().any(|p| p == "legit.txt"), "{:?}", &paths[..3]);
+    // WatchFiles follows the tree as far as its paths can be named (it was refused, INTERNAL,
+    // when its watch looked directories up by path), and sees both trees go.
+    let mut changes = w
+        .attacker
+        .files
+        .watch_files(pb::WatchFilesRequest {
+            session_id: run.session.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchFiles of a deep tree")
+        .into_inner();
     for dir in ["dddd", "deep"] {
         w.attacker
             .files
@@ -628,6 +640,25 @@ async fn a_tree_nested_past_path_max_stops_the_job_and_is_deleted_whole() {
             .unwrap_or_else(|e| panic!("DeleteFile {dir}: {e}"));
     }
     assert!(!ws.join("deep").exists() && !ws.join("dddd").exists());
+    let mut gone = Vec::new();
+    while gone.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), changes.message())
+            .await
+            .expect("both deletions are watched")
+            .expect("the watch goes on")
+            .and_then(|m| m.event)
+            .expect("an event");
+        assert!(
+            event.path.len() <= 4096,
+            "a path of {} bytes was watched",
+            event.path.len()
+        );
+        if event.kind == pb::FileEventKind::Deleted as i32 && !event.path.contains('/') {
+            gone.push(event.path);
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, ["dddd", "deep"]);
     nest_on_host(&ws, 30_000);
     w.attacker
         .sessions
@@ -1038,6 +1069,17 @@ mod non_root {
         );
         assert_eq!(download_text(c, &s, "closed.txt").await, "secret\n");
         assert_eq!(download_text(c, &s, "locked/inner/a.txt").await, "hidden\n");
+        // WatchFiles watches the closed directories too (agentd needs read permission for
+        // each directory's watch: it lends itself the owner's, as for a listing).
+        let mut changes = c
+            .files
+            .watch_files(pb::WatchFilesRequest {
+                session_id: s.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("WatchFiles of closed directories")
+            .into_inner();
         // The workspace is its user's: a directory the agent made read-only takes uploads and
         // deletions through the API, as it does when agentd runs as root.
         let header = pb::UploadFilesRequest {
@@ -1068,6 +1110,37 @@ mod non_root {
             .await
             .expect("delete from a read-only directory");
         assert_eq!(download_text(c, &s, "ro/new.txt").await, "new\n");
+        c.files
+            .delete_file(pb::DeleteFileRequest {
+                session_id: s.clone(),
+                path: "locked/inner/a.txt".into(),
+                recursive: false,
+            })
+            .await
+            .expect("delete from a closed directory");
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l| l == "deleted locked/inner/a.txt") {
+            let event = tokio::time::timeout(Duration::from_secs(20), changes.message())
+                .await
+                .unwrap_or_else(|_| panic!("not all changes watched: {seen:?}"))
+                .expect("the watch goes on")
+                .and_then(|m| m.event)
+                .expect("an event");
+            let kind = match pb::FileEventKind::try_from(event.kind) {
+                Ok(pb::FileEventKind::Created) => "created",
+                Ok(pb::FileEventKind::Deleted) => "deleted",
+                other => panic!("{other:?} {}", event.path),
+            };
+            seen.push(format!("{kind} {}", event.path));
+        }
+        assert_eq!(
+            seen,
+            [
+                "created ro/new.txt",
+                "deleted ro/old.txt",
+                "deleted locked/inner/a.txt"
+            ]
+        );
         // The next job starts (its before-snapshot reads everything), finds the modes as they
         // were left, and changed nothing.
         let next = c
@@ -1114,7 +1187,6 @@ mod non_root {
                 ("closed.txt", 0),
                 ("locked", 0),
                 ("locked/inner", 0),
-                ("locked/inner/a.txt", 0o644),
                 ("ro", 0o555),
                 ("ro/new.txt", 0o644)
             ]

@@ -212,3 +212,107 @@ async fn history3_a_rewind_resets_the_stream_and_it_watches_the_restored_workspa
         .collect();
     assert_eq!(again, ["reset", "created new.txt", "deleted seed.txt"]);
 }
+
+/// Attack: a job links its workspace to the host's session root (every tenant's workspaces), then
+/// its tenant watches the session. The watch must not follow the link (agentd's own view of the
+/// host is not the jail's): nothing another tenant's job changes reaches the stream, nor any
+/// path below the link.
+#[tokio::test]
+async fn a_link_to_the_host_in_the_workspace_is_not_watched_through() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let victim = a.create_session(&[("secret.txt", b"one")]).await;
+    let own = b.create_session(&[]).await;
+    let root = server.data_dir.join("sessions");
+    let linked = b
+        .submit(
+            &own.session_id,
+            &format!("bash ln -s {} hostlink && ln -s / slash", root.display()),
+        )
+        .await;
+    assert_eq!(
+        b.wait(&linked.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    let mut stream = watch(&mut b, &own.session_id, &[], 0).await.unwrap();
+    let touched = a
+        .submit(
+            &victim.session_id,
+            "bash echo two >> secret.txt && mkdir fresh && echo x > fresh/f.txt",
+        )
+        .await;
+    assert_eq!(
+        a.wait(&touched.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    let done = b.submit(&own.session_id, "write done.txt yes").await;
+    let got = until(&mut stream, "created done.txt").await;
+    assert_eq!(
+        b.wait(&done.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    let labels: Vec<String> = got.iter().map(label).collect();
+    assert_eq!(
+        labels.last().map(String::as_str),
+        Some("created done.txt"),
+        "{labels:?}"
+    );
+    for e in &got {
+        for p in [&e.path, &e.from_path] {
+            assert!(
+                !p.starts_with("hostlink/") && !p.starts_with("slash/"),
+                "the watch followed a link out of the workspace: {labels:?}"
+            );
+        }
+    }
+}
+
+/// A workspace that grows past the directories a watch follows ends its streams with a stable
+/// reason (not a watch that silently misses changes), is refused while it stays that large, and
+/// is watched again once it shrank. One tenant's tree cannot take the host's inotify watches.
+#[tokio::test]
+async fn a_workspace_past_the_watched_directories_bound_ends_the_stream_with_a_reason() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let s = a.create_session(&[]).await;
+    let mut stream = watch(&mut a, &s.session_id, &[], 0).await.unwrap();
+    let grow = a
+        .submit(
+            &s.session_id,
+            "bash mkdir -p many && cd many && seq 1 20000 | sed s/^/d/ | xargs mkdir",
+        )
+        .await;
+    assert_eq!(
+        a.wait(&grow.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let err = ended.expect_err("it ends with an error");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(reason(&err), "WATCH_LIMIT_REACHED");
+    let err = watch(&mut a, &s.session_id, &[], 0).await.unwrap_err();
+    assert_eq!(reason(&err), "WATCH_LIMIT_REACHED", "{err:?}");
+    let shrink = a.submit(&s.session_id, "bash rm -rf many").await;
+    assert_eq!(
+        a.wait(&shrink.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    let mut again = watch(&mut a, &s.session_id, &[], 0).await.unwrap();
+    let last = a.submit(&s.session_id, "write back.txt yes").await;
+    let got = until(&mut again, "created back.txt").await;
+    assert_eq!(got.last().map(label).as_deref(), Some("created back.txt"));
+    assert_eq!(
+        a.wait(&last.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+}

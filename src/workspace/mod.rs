@@ -501,7 +501,7 @@ impl Workspaces {
         let ws = blocking(move || this.open_ws(&s)).await??;
         self.inner
             .watches
-            .subscribe(session, self.workspace_dir(session), ws, paths, after_seq)
+            .subscribe(session, ws, paths, after_seq)
             .await
     }
 

@@ -57,10 +57,7 @@ impl Workspaces {
     }
 
     async fn rearm_watch(&self, session: &SessionId, ws: std::os::fd::OwnedFd) {
-        self.inner
-            .watches
-            .rearm(session, self.workspace_dir(session), ws)
-            .await;
+        self.inner.watches.rearm(session, ws).await;
     }
 
     /// Copies the files `rels` (relative to HOME) of `from`'s HOME into `to`'s HOME at
