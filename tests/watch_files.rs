@@ -316,3 +316,39 @@ async fn a_workspace_past_the_watched_directories_bound_ends_the_stream_with_a_r
         pb::JobState::Succeeded as i32
     );
 }
+
+/// One tenant cannot take every watch the host allows: past its bound of watched sessions its
+/// next WatchFiles is refused with a stable reason, and another tenant still watches.
+#[tokio::test]
+async fn a_tenant_watches_a_bounded_number_of_sessions_and_others_still_watch() {
+    let server = TestServer::start();
+    let mut a = server.clients(KEY_A).await;
+    let mut b = server.clients(KEY_B).await;
+    let mut held = Vec::new();
+    for _ in 0..agentd::workspace::MAX_WATCHED_PER_TENANT {
+        let s = a.create_session(&[]).await;
+        held.push(
+            watch(&mut a, &s.session_id, &[], 0)
+                .await
+                .expect("within the bound"),
+        );
+    }
+    let one_more = a.create_session(&[]).await;
+    let err = watch(&mut a, &one_more.session_id, &[], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(reason(&err), "WATCH_LIMIT_REACHED");
+    let theirs = b.create_session(&[]).await;
+    let mut stream = watch(&mut b, &theirs.session_id, &[], 0)
+        .await
+        .expect("B still watches");
+    let job = b.submit(&theirs.session_id, "write b.txt yes").await;
+    let got = until(&mut stream, "created b.txt").await;
+    assert_eq!(got.last().map(label).as_deref(), Some("created b.txt"));
+    assert_eq!(
+        b.wait(&job.job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    drop(held);
+}

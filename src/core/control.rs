@@ -120,15 +120,15 @@ impl Notify {
     }
 }
 
-/// Creates the FIFO the agent reads as its stdin (replacing whatever an earlier job left at that
-/// name, without following links) and opens its write end. Opened read-write so that the open
-/// neither blocks nor fails before the agent opens its end, and the agent never sees EOF before
-/// agentd closes it.
 /// Where [`open_pipe`] makes the agent's input pipe.
 pub(super) fn pipe_path(home: &Path) -> PathBuf {
     home.join(PIPE_FILE)
 }
 
+/// Creates the FIFO the agent reads as its stdin (replacing whatever an earlier job left at that
+/// name, without following links) and opens its write end. Opened read-write so that the open
+/// neither blocks nor fails before the agent opens its end, and the agent never sees EOF before
+/// agentd closes it.
 pub(super) async fn open_pipe(home: &Path) -> Result<(PathBuf, pipe::Sender)> {
     let path = pipe_path(home);
     let made = path.clone();

@@ -182,7 +182,10 @@ impl Core {
         after_seq: u64,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent>>> {
         let s = self.owned_session(tenant, session_id).await?;
-        let sub = self.workspaces.watch(&s.id, paths, after_seq).await?;
+        let sub = self
+            .workspaces
+            .watch(tenant, &s.id, paths, after_seq)
+            .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(pump_watch(sub, tx, self.streams_stop.clone()));
         Ok(rx)

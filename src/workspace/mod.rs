@@ -30,9 +30,12 @@ pub use home::Rename;
 pub use path::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, normalize_dir, normalize_path};
 pub use snapshot::{SnapEntry, Snapshot};
 pub use upload::Upload;
-pub use watch::{ChangeType, RESET_MARKER, RING_EVENTS, Subscription, WatchEvent};
+pub use watch::{
+    ChangeType, MAX_WATCHED, MAX_WATCHED_PER_TENANT, RESET_MARKER, RING_EVENTS, Subscription,
+    WatchEvent,
+};
 
-use crate::domain::{FileChange, FileEntry, FileKind, SessionId, page_fit};
+use crate::domain::{FileChange, FileEntry, FileKind, SessionId, TenantId, page_fit};
 use crate::error::{Error, Reason, Result};
 use bytes::Bytes;
 use fsops::{DIR_FLAGS, kind_of, open_parent, stat_at};
@@ -492,6 +495,7 @@ impl Workspaces {
     /// Subscribes to the workspace's file changes after `after_seq` (0: from now on).
     pub async fn watch(
         &self,
+        tenant: &TenantId,
         session: &SessionId,
         paths: &[String],
         after_seq: u64,
@@ -501,7 +505,7 @@ impl Workspaces {
         let ws = blocking(move || this.open_ws(&s)).await??;
         self.inner
             .watches
-            .subscribe(session, ws, paths, after_seq)
+            .subscribe(tenant, session, ws, paths, after_seq)
             .await
     }
 

@@ -75,11 +75,13 @@ class FileServiceStub:
     over a short window, each with a sequence number. Content changes only: a change of mode,
     owner or times alone is not reported. A stream resumed with `after_seq` gets
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
-    (CURSOR_EXPIRED). A workspace with more than 16,384 directories, or a host whose inotify
-    limits are reached, fails the call with RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED); a workspace
-    growing past that bound while streaming ends the stream with the same status, after the
-    changes seen until then. An OVERFLOW event says changes were lost and the client should list
-    the files again. Symlinks are reported, never followed. When the session is rewound the stream
+    (CURSOR_EXPIRED). A workspace with more than 16,384 directories, a tenant watching 16
+    sessions already (64 for the server; a session's watch ends a minute after its last stream),
+    or a host whose inotify limits are reached fails the call with RESOURCE_EXHAUSTED
+    (WATCH_LIMIT_REACHED); a workspace growing past that bound while streaming ends the stream
+    with the same status, after the changes seen until then. An OVERFLOW event says changes were
+    lost and the client should list the files again. Symlinks are reported, never followed.
+    When the session is rewound the stream
     follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
     reset marker) instead of the rewind's individual changes.
     """
@@ -136,11 +138,13 @@ class FileServiceAsyncStub(FileServiceStub):
     over a short window, each with a sequence number. Content changes only: a change of mode,
     owner or times alone is not reported. A stream resumed with `after_seq` gets
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
-    (CURSOR_EXPIRED). A workspace with more than 16,384 directories, or a host whose inotify
-    limits are reached, fails the call with RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED); a workspace
-    growing past that bound while streaming ends the stream with the same status, after the
-    changes seen until then. An OVERFLOW event says changes were lost and the client should list
-    the files again. Symlinks are reported, never followed. When the session is rewound the stream
+    (CURSOR_EXPIRED). A workspace with more than 16,384 directories, a tenant watching 16
+    sessions already (64 for the server; a session's watch ends a minute after its last stream),
+    or a host whose inotify limits are reached fails the call with RESOURCE_EXHAUSTED
+    (WATCH_LIMIT_REACHED); a workspace growing past that bound while streaming ends the stream
+    with the same status, after the changes seen until then. An OVERFLOW event says changes were
+    lost and the client should list the files again. Symlinks are reported, never followed.
+    When the session is rewound the stream
     follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
     reset marker) instead of the rewind's individual changes.
     """
@@ -248,11 +252,13 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         over a short window, each with a sequence number. Content changes only: a change of mode,
         owner or times alone is not reported. A stream resumed with `after_seq` gets
         every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
-        (CURSOR_EXPIRED). A workspace with more than 16,384 directories, or a host whose inotify
-        limits are reached, fails the call with RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED); a workspace
-        growing past that bound while streaming ends the stream with the same status, after the
-        changes seen until then. An OVERFLOW event says changes were lost and the client should list
-        the files again. Symlinks are reported, never followed. When the session is rewound the stream
+        (CURSOR_EXPIRED). A workspace with more than 16,384 directories, a tenant watching 16
+        sessions already (64 for the server; a session's watch ends a minute after its last stream),
+        or a host whose inotify limits are reached fails the call with RESOURCE_EXHAUSTED
+        (WATCH_LIMIT_REACHED); a workspace growing past that bound while streaming ends the stream
+        with the same status, after the changes seen until then. An OVERFLOW event says changes were
+        lost and the client should list the files again. Symlinks are reported, never followed.
+        When the session is rewound the stream
         follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
         reset marker) instead of the rewind's individual changes.
         """
