@@ -388,6 +388,36 @@ impl World {
 }
 
 /// A file of a session's workspace as text, or why it could not be downloaded.
+/// UploadArchive of a tar of `entries` into the workspace's root.
+async fn upload_tar(c: &mut Clients, session: &str, entries: &[(&str, &[u8])]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, *data).expect("tar entry");
+    }
+    let header = pb::UploadArchiveRequest {
+        session_id: session.into(),
+        part: Some(pb::upload_archive_request::Part::Header(
+            pb::UploadArchiveHeader {
+                format: pb::ArchiveFormat::Tar as i32,
+                dest: String::new(),
+            },
+        )),
+    };
+    let chunk = pb::UploadArchiveRequest {
+        session_id: String::new(),
+        part: Some(pb::upload_archive_request::Part::Chunk(
+            b.into_inner().expect("tar").into(),
+        )),
+    };
+    c.files
+        .upload_archive(tokio_stream::iter([header, chunk]))
+        .await
+        .unwrap_or_else(|e| panic!("UploadArchive of {entries:?}: {e}"));
+}
+
 async fn download_text(c: &mut Clients, session: &str, path: &str) -> String {
     match c.download(session, path).await {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -1141,6 +1171,14 @@ mod non_root {
                 "deleted locked/inner/a.txt"
             ]
         );
+        // An archive merges into the closed directories too.
+        upload_tar(
+            c,
+            &s,
+            &[("ro/arch.txt", b"a\n"), ("locked/inner/b.txt", b"b\n")],
+        )
+        .await;
+        assert_eq!(download_text(c, &s, "locked/inner/b.txt").await, "b\n");
         // The next job starts (its before-snapshot reads everything), finds the modes as they
         // were left, and changed nothing.
         let next = c
@@ -1166,6 +1204,7 @@ mod non_root {
                 .contains("cannot enter the working directory"),
             "{shut_out:?}"
         );
+        upload_tar(c, &s, &[("top.txt", b"t\n")]).await;
         // Every mode lent was given back.
         let listed = c
             .files
@@ -1187,8 +1226,11 @@ mod non_root {
                 ("closed.txt", 0),
                 ("locked", 0),
                 ("locked/inner", 0),
+                ("locked/inner/b.txt", 0o644),
                 ("ro", 0o555),
-                ("ro/new.txt", 0o644)
+                ("ro/arch.txt", 0o644),
+                ("ro/new.txt", 0o644),
+                ("top.txt", 0o644)
             ]
         );
     }

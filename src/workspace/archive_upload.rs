@@ -13,6 +13,7 @@ use super::archive_extract::{
     self, ArchiveLimits, CHANNEL_CHUNKS, ChunkSource, ExtractSummary, Extractor, Staging,
 };
 use super::fsops::{self, DIR_FLAGS, kind_of, mkdir_beneath, stat_at};
+use super::owner;
 use super::{WorkspaceLimits, WsUsage};
 use crate::domain::FileKind;
 use crate::error::{Error, Reason, Result};
@@ -201,21 +202,27 @@ fn check_conflicts(staged: BorrowedFd<'_>, ws: BorrowedFd<'_>, prefix: &str) -> 
     Ok(())
 }
 
+/// Opens a directory of the staged tree, or of the workspace, where a job may have closed it to
+/// everyone (agentd owns it: [`owner`]).
 fn open_dir(dir: BorrowedFd<'_>, name: &OsString, rel: &str) -> Result<OwnedFd> {
-    openat(dir, name.as_os_str(), DIR_FLAGS, Mode::empty())
+    owner::openat_owned(dir, name.as_os_str(), DIR_FLAGS)
         .map_err(|e| Error::internal(format!("cannot open directory {rel:?}: {e}")))
 }
 
 fn move_entries(staged: BorrowedFd<'_>, ws: BorrowedFd<'_>, prefix: &str) -> Result<()> {
     for name in names_of(staged)? {
         let rel = join(prefix, &name);
-        match renameat2(
-            staged,
-            name.as_os_str(),
-            ws,
-            name.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        // Into a directory a job may have made read-only: agentd owns it.
+        let moved = owner::in_dir(ws, |ws| {
+            renameat2(
+                staged,
+                name.as_os_str(),
+                ws,
+                name.as_os_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            )
+        });
+        match moved {
             Ok(()) => continue,
             Err(Errno::EEXIST) => {}
             Err(e) => return Err(Error::internal(format!("cannot move {rel:?} in: {e}"))),
@@ -226,8 +233,10 @@ fn move_entries(staged: BorrowedFd<'_>, ws: BorrowedFd<'_>, prefix: &str) -> Res
             let (a, b) = (open_dir(staged, &name, &rel)?, open_dir(ws, &name, &rel)?);
             move_entries(a.as_fd(), b.as_fd(), &rel)?;
         } else {
-            renameat(staged, name.as_os_str(), ws, name.as_os_str())
-                .map_err(|e| Error::internal(format!("cannot move {rel:?} in: {e}")))?;
+            owner::in_dir(ws, |ws| {
+                renameat(staged, name.as_os_str(), ws, name.as_os_str())
+            })
+            .map_err(|e| Error::internal(format!("cannot move {rel:?} in: {e}")))?;
         }
     }
     Ok(())
