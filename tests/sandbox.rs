@@ -1235,6 +1235,36 @@ mod non_root {
         );
     }
 
+    /// A job may close its own HOME, and everything in it: the session goes on. agentd writes the
+    /// next job's files into HOME as its owner, and deleting the session removes it all.
+    #[tokio::test]
+    async fn a_job_that_closes_its_home_does_not_brick_the_session() {
+        let mut w = World::start(Some(UNPRIVILEGED), stand_in_profiles()).await;
+        let c = &mut w.attacker;
+        let s = c.create_session(&[]).await.session_id;
+        let closing = "bash mkdir -p ~/.cache/deep && echo x > ~/.cache/deep/f && chmod 000 \
+                       ~/.cache/deep ~/.cache ~/.claude ~";
+        // (The stand-in then cannot keep its conversation log: its own doing.)
+        let job = c.submit_to(&s, "jailed", closing).await;
+        let job = c.wait(&job.job_id).await;
+        assert!(job.error_message.contains("Permission denied"), "{job:?}");
+        let next = c.submit_to(&s, "jailed", "bash echo still-here").await;
+        let next = c.wait(&next.job_id).await;
+        assert!(
+            next.start_time.is_some() && !next.error_message.contains("internal"),
+            "agentd failed the job itself: {next:?}"
+        );
+        let home = w.target.ws_root.join(&s).join("home");
+        c.sessions
+            .delete_session(pb::DeleteSessionRequest {
+                session_id: s.clone(),
+            })
+            .await
+            .expect("DeleteSession of a closed HOME");
+        assert!(!home.exists(), "HOME is gone with its session");
+        w.assert_server_healthy().await;
+    }
+
     /// The paths a job changed (one page).
     async fn changed_paths(c: &mut Clients, session: &str, job: &str) -> Vec<String> {
         let outputs = c

@@ -125,32 +125,18 @@ pub(super) fn pipe_path(home: &Path) -> PathBuf {
     home.join(PIPE_FILE)
 }
 
-/// Creates the FIFO the agent reads as its stdin (replacing whatever an earlier job left at that
-/// name, without following links) and opens its write end. Opened read-write so that the open
-/// neither blocks nor fails before the agent opens its end, and the agent never sees EOF before
-/// agentd closes it.
-pub(super) async fn open_pipe(home: &Path) -> Result<(PathBuf, pipe::Sender)> {
-    let path = pipe_path(home);
-    let made = path.clone();
-    tokio::task::spawn_blocking(move || make_fifo(&made))
-        .await
-        .map_err(|e| Error::internal(format!("creating the agent's input pipe failed: {e}")))??;
-    // agentd just made the node and no process of the session runs; the open checks it is
-    // still a FIFO.
-    let sender = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(&path)?;
-    Ok((path, sender))
-}
-
-fn make_fifo(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| Error::internal(format!("cannot create the agent's input pipe: {e}")))
+/// Creates the FIFO the agent reads as its stdin in the session's HOME (replacing whatever an
+/// earlier job left at that name, without following links) and opens its write end. Opened
+/// read-write so that the open neither blocks nor fails before the agent opens its end, and the
+/// agent never sees EOF before agentd closes it.
+pub(super) async fn open_pipe(
+    workspaces: &crate::workspace::Workspaces,
+    session: &crate::domain::SessionId,
+) -> Result<pipe::Sender> {
+    let fd = workspaces.home_fifo(session, PIPE_FILE).await?;
+    // Checks it is a FIFO open for writing.
+    pipe::Sender::from_owned_fd(fd)
+        .map_err(|e| Error::internal(format!("cannot open the agent's input pipe: {e}")))
 }
 
 /// Starts a controller writing to `pipe`, its first words `first` (the protocol's prompt

@@ -391,7 +391,8 @@ pub(crate) fn mkdir_beneath(root: BorrowedFd<'_>, rel: &str, field_path: &str) -
     }
     match current {
         Some(fd) => Ok(fd),
-        None => openat(root, ".", DIR_FLAGS, Mode::empty())
+        // A job may have closed the directory itself: agentd owns it.
+        None => owner::openat_owned(root, ".", DIR_FLAGS)
             .map_err(|e| Error::internal(format!("cannot reopen workspace: {e}"))),
     }
 }

@@ -14,51 +14,88 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::Mode;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
-/// Writes each `(path, content)` with mode 0600, where every path lies under `home`.
+/// Writes each `(path, content)` with mode 0600, where every path lies under `home`, durably.
 pub(super) fn write_files(home: &Path, files: &[(std::path::PathBuf, Vec<u8>)]) -> Result<()> {
-    let root = fsops::open_root(home)?
-        .ok_or_else(|| Error::internal("the session's home directory is missing".to_owned()))?;
+    let root = open_home(home)?;
     for (path, content) in files {
         let rel = relative(home, path)?;
-        let (parent_rel, name) = match rel.rsplit_once('/') {
-            Some((p, n)) => (p, n),
-            None => ("", rel.as_str()),
-        };
-        let parent = mkdir_beneath(root.as_fd(), parent_rel, &rel)?;
-        let temp = format!("{}{}", super::TEMP_PREFIX, uuid::Uuid::new_v4().simple());
-        // The agent may have left a directory here read-only: agentd, its owner, still writes.
-        let fd = owner::in_dir(parent.as_fd(), |dir| {
-            openat(
-                dir,
-                temp.as_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-        })
-        .map_err(|e| Error::internal(format!("cannot create {rel:?} in HOME: {e}")))?;
-        let mut file = std::fs::File::from(fd);
-        let written = file.write_all(content).and_then(|()| file.sync_data());
-        let renamed = written.map_err(|e| e.to_string()).and_then(|()| {
-            owner::in_dir(parent.as_fd(), |dir| {
-                renameat(dir, temp.as_str(), dir, name)
-            })
-            .map_err(|e| e.to_string())
-        });
-        if let Err(e) = renamed {
-            let _ = owner::in_dir(parent.as_fd(), |dir| {
-                nix::unistd::unlinkat(dir, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
-            });
-            return Err(Error::internal(format!(
-                "cannot write {rel:?} in HOME: {e}"
-            )));
+        write_one(root.as_fd(), &rel, content, true)?;
+    }
+    Ok(())
+}
+
+/// Writes `content` as `name` in HOME's top directory (mode 0600), not durably: a job's input,
+/// which matters only while the job runs.
+pub(super) fn write_top_file(home: &Path, name: &str, content: &[u8]) -> Result<()> {
+    let root = open_home(home)?;
+    write_one(root.as_fd(), name, content, false)
+}
+
+/// Makes a FIFO named `name` in HOME's top directory (replacing whatever an earlier job left
+/// there, links included) and opens it read-write, non-blocking.
+pub(super) fn make_fifo(home: &Path, name: &str) -> Result<OwnedFd> {
+    let root = open_home(home)?;
+    let made = owner::in_dir(root.as_fd(), |dir| {
+        match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
         }
+        nix::unistd::mkfifoat(dir, name, Mode::from_bits_truncate(0o600))
+    });
+    made.map_err(|e| Error::internal(format!("cannot create {name:?} in HOME: {e}")))?;
+    owner::openat_owned(
+        root.as_fd(),
+        name,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+    )
+    .map_err(|e| Error::internal(format!("cannot open {name:?} in HOME: {e}")))
+}
+
+/// The session's HOME, open; a job may have closed it (agentd owns it).
+fn open_home(home: &Path) -> Result<OwnedFd> {
+    fsops::open_root(home)?
+        .ok_or_else(|| Error::internal("the session's home directory is missing".to_owned()))
+}
+
+/// Replaces `rel` beneath `root` by a fresh file holding `content`, through a temp file renamed
+/// over it (a link planted there is replaced, never written through).
+fn write_one(root: BorrowedFd<'_>, rel: &str, content: &[u8], durable: bool) -> Result<()> {
+    let (parent_rel, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", rel),
+    };
+    let parent = mkdir_beneath(root, parent_rel, rel)?;
+    let temp = format!("{}{}", super::TEMP_PREFIX, uuid::Uuid::new_v4().simple());
+    // The agent may have left a directory here read-only: agentd, its owner, still writes.
+    let fd = owner::in_dir(parent.as_fd(), |dir| {
+        openat(
+            dir,
+            temp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+    })
+    .map_err(|e| Error::internal(format!("cannot create {rel:?} in HOME: {e}")))?;
+    let mut file = std::fs::File::from(fd);
+    let written = file
+        .write_all(content)
+        .and_then(|()| if durable { file.sync_data() } else { Ok(()) });
+    let renamed = written.map_err(|e| e.to_string()).and_then(|()| {
+        owner::in_dir(parent.as_fd(), |dir| {
+            renameat(dir, temp.as_str(), dir, name)
+        })
+        .map_err(|e| e.to_string())
+    });
+    if let Err(e) = renamed {
+        let _ = owner::in_dir(parent.as_fd(), |dir| {
+            nix::unistd::unlinkat(dir, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+        });
+        return Err(Error::internal(format!(
+            "cannot write {rel:?} in HOME: {e}"
+        )));
     }
     Ok(())
 }

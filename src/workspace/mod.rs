@@ -563,6 +563,29 @@ impl Workspaces {
         blocking(move || home::write_files(&home, &files)).await?
     }
 
+    /// Writes a job's input as `name` in the session's HOME (not durably: it matters only while
+    /// the job runs), never through a symlink the agent left there.
+    pub async fn write_home_input(
+        &self,
+        session: &SessionId,
+        name: &'static str,
+        content: Vec<u8>,
+    ) -> Result<()> {
+        let home = self.home_dir(session);
+        blocking(move || home::write_top_file(&home, name, &content)).await?
+    }
+
+    /// Makes the FIFO `name` in the session's HOME (replacing whatever is there) and opens it
+    /// read-write, non-blocking.
+    pub async fn home_fifo(
+        &self,
+        session: &SessionId,
+        name: &'static str,
+    ) -> Result<std::os::fd::OwnedFd> {
+        let home = self.home_dir(session);
+        blocking(move || home::make_fifo(&home, name)).await?
+    }
+
     /// Renames files of the agent's own state in the session's HOME (see [`Rename`]); returns how
     /// many.
     pub async fn rename_home_files(&self, session: &SessionId, rename: Rename) -> Result<usize> {

@@ -23,7 +23,7 @@ use crate::telemetry::{TraceParent, metrics, trace};
 use crate::workspace::history::{Basis, Taken, Tree};
 use finish::FinishFacts;
 use pump::Pump;
-use sink::{Sink, input_path, write_input};
+use sink::{INPUT_FILE, Sink, input_path};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -79,7 +79,6 @@ struct Prepared<'c> {
 struct StartWork {
     session: crate::domain::SessionId,
     job: crate::domain::JobId,
-    home: std::path::PathBuf,
     home_files: Vec<(std::path::PathBuf, Vec<u8>)>,
     renames: Option<crate::workspace::Rename>,
     input: Option<String>,
@@ -503,7 +502,6 @@ impl Core {
         let work = StartWork {
             session: session.id.clone(),
             job: job.id.clone(),
-            home: home.clone(),
             home_files,
             renames,
             input: launch.stdin.take(),
@@ -591,7 +589,7 @@ impl Core {
         let input = async {
             Ok::<_, Error>(match (w.asks, w.input) {
                 (Some((first, protocol)), _) => {
-                    let (_, sender) = super::control::open_pipe(&w.home).await?;
+                    let sender = super::control::open_pipe(&self.workspaces, &w.session).await?;
                     Some(AskPipe {
                         first,
                         protocol: Arc::from(protocol),
@@ -599,7 +597,9 @@ impl Core {
                     })
                 }
                 (None, Some(text)) => {
-                    write_input(&w.home, text).await?;
+                    self.workspaces
+                        .write_home_input(&w.session, INPUT_FILE, text.into_bytes())
+                        .await?;
                     None
                 }
                 (None, None) => None,

@@ -92,39 +92,9 @@ impl InFlight {
 /// the same path inside its jail.
 pub(super) const INPUT_FILE: &str = ".agentd-stdin";
 
-/// Where [`write_input`] writes the agent's input.
+/// Where the agent's input is written (`Workspaces::write_home_input`).
 pub(super) fn input_path(home: &std::path::Path) -> std::path::PathBuf {
     home.join(INPUT_FILE)
-}
-
-/// Writes the agent's stdin text into its HOME. Whatever an earlier job left at that name (the
-/// agent owns HOME: it may be a symlink to a host file) is removed first and the file created
-/// anew without following links, so agentd never writes through the agent's links.
-pub(super) async fn write_input(
-    home: &std::path::Path,
-    text: String,
-) -> Result<std::path::PathBuf> {
-    let path = input_path(home);
-    // One blocking task for the whole file: with `tokio::fs` each step (remove, open, write,
-    // flush) was a task of its own, a thread hand-over each on the job's start.
-    crate::workspace::blocking(move || -> Result<std::path::PathBuf> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)?;
-        file.write_all(text.as_bytes())?;
-        Ok(path)
-    })
-    .await?
 }
 
 /// Replaces operator secret values wherever an agent might echo them.
