@@ -222,6 +222,10 @@ pub fn sweep_one(dir: &Path, token: &str, cgroup_parent: Option<&str>) -> usize 
     let killed = kill_marked(&HashSet::from([token.to_owned()]));
     let _ = std::fs::remove_file(path);
     remove_jail_leftovers(dir, token, cgroup_parent);
+    // Its output journal and adoption socket: this agentd ran the job (or never gave it one, a
+    // standby), so no later one adopts it.
+    let _ = std::fs::remove_file(super::supervise::spool::journal_path(dir, token));
+    let _ = std::fs::remove_file(super::supervise::spool::socket_path(dir, token));
     killed
 }
 
@@ -377,6 +381,36 @@ mod tests {
         assert_eq!(stat_field(stat, 22), Some("98765"));
         assert_eq!(stat_field("garbage", 4), None);
         assert!(start_time(std::process::id() as i32).is_some());
+    }
+
+    /// What a SIGKILLed supervisor (a standby, or a job's) leaves in the run dir: its record,
+    /// jail root, output journal and adoption socket. Its own agentd's sweep removes them all.
+    #[test]
+    fn sweeping_a_dead_supervisor_leaves_nothing_in_the_run_dir() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = "00112233445566778899aabbccddeeff";
+        let dead = Record {
+            pid: i32::MAX - 1,
+            start: 1,
+        };
+        std::fs::write(record_path(dir.path(), token), dead.render()).expect("record");
+        std::fs::create_dir(dir.path().join(format!("{token}.root"))).expect("root");
+        std::fs::write(
+            super::super::supervise::spool::journal_path(dir.path(), token),
+            b"j",
+        )
+        .expect("journal");
+        let _socket = std::os::unix::net::UnixListener::bind(
+            super::super::supervise::spool::socket_path(dir.path(), token),
+        )
+        .expect("socket");
+        sweep_one(dir.path(), token, None);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
