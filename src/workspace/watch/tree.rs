@@ -51,6 +51,7 @@ pub(super) enum Change {
     Failed(Error),
 }
 
+#[cfg(test)]
 impl PartialEq for Change {
     fn eq(&self, other: &Change) -> bool {
         match (self, other) {
@@ -105,6 +106,7 @@ pub(super) fn arm(ws: BorrowedFd<'_>, send: Box<dyn FnMut(Change) + Send>) -> Re
             },
         )]),
         children: HashMap::new(),
+        missed: Vec::new(),
     };
     tree.rescan()?;
     let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -148,7 +150,23 @@ struct Tree {
     nodes: HashMap<WatchDescriptor, Node>,
     /// (parent, name) → the watch of that directory.
     children: HashMap<(WatchDescriptor, String), WatchDescriptor>,
+    /// New directories not found where the tree thought they were: an ancestor may have been
+    /// renamed meanwhile, an event the tree has not read yet. Tried again after each read, a few
+    /// times, with the paths as the tree knows them then.
+    missed: Vec<Missed>,
 }
+
+/// A new directory (`name` in `parent`) that could not be opened yet.
+struct Missed {
+    parent: WatchDescriptor,
+    name: String,
+    tries: u8,
+}
+
+/// Reads after which a missed directory is given up (it was removed again).
+const MISSED_TRIES: u8 = 3;
+/// Missed directories held at most; beyond, changes may be missed (an OVERFLOW).
+const MISSED_MAX: usize = 1024;
 
 /// What a watch asks for. IN_ONLYDIR: whatever the path names must be a directory.
 fn mask() -> AddWatchFlags {
@@ -163,6 +181,15 @@ fn mask() -> AddWatchFlags {
 /// One of agentd's temp names (uploads, archives, tree removal): never reported, never watched.
 fn is_temp(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX)
+}
+
+/// What [`Tree::add_new`] did.
+enum Added {
+    Yes,
+    /// Not there (yet): in [`Tree::missed`].
+    NotFound,
+    /// Not to be watched, or not a directory any more.
+    No,
 }
 
 /// A directory that moved away from where it was (its rename's first half).
@@ -264,6 +291,39 @@ impl Tree {
         if let Some(from) = moved {
             self.moved_out(from, send);
         }
+        self.retry_missed(send)
+    }
+
+    /// Tries the missed directories again, now that this read's renames are known; one found is
+    /// reported created where it is (its contents are the coalescer's to find).
+    fn retry_missed(&mut self, send: &mut dyn FnMut(Change)) -> Result<()> {
+        for m in std::mem::take(&mut self.missed) {
+            if !self.nodes.contains_key(&m.parent)
+                || self.children.contains_key(&(m.parent, m.name.clone()))
+            {
+                continue;
+            }
+            match self.add_new(m.parent, &m.name, send)? {
+                Added::Yes => {
+                    if let Some(rel) = self.visible(m.parent, &m.name) {
+                        send(Change::Created { rel, dir: true });
+                    }
+                }
+                // `add_new` recorded it afresh: count this try.
+                Added::NotFound => {
+                    let tries = m.tries + 1;
+                    if let Some(again) = self
+                        .missed
+                        .iter_mut()
+                        .find(|x| x.parent == m.parent && x.name == m.name)
+                    {
+                        again.tries = tries;
+                    }
+                }
+                Added::No => {}
+            }
+        }
+        self.missed.retain(|m| m.tries < MISSED_TRIES);
         Ok(())
     }
 
@@ -285,7 +345,9 @@ impl Tree {
                 Some(wd) => self.unwatch(wd),
                 // Never watched (beyond the bound, or under a name that could not be, such as
                 // agentd's temp names): watch it now.
-                None => self.add_new(parent, &name, send)?,
+                None => {
+                    self.add_new(parent, &name, send)?;
+                }
             }
         }
         let new = self.visible(parent, &name);
@@ -330,25 +392,47 @@ impl Tree {
         parent: WatchDescriptor,
         name: &str,
         send: &mut dyn FnMut(Change),
-    ) -> Result<()> {
+    ) -> Result<Added> {
         if is_temp(name) {
-            return Ok(());
+            return Ok(Added::No);
         }
         let Some(rel) = self.path(parent, name) else {
-            return Ok(());
+            return Ok(Added::No);
         };
         if rel.len() > MAX_PATH_BYTES {
-            return Ok(());
+            return Ok(Added::No);
         }
-        let Ok(fd) = fsops::open_beneath(self.ws.as_fd(), &rel, DIR_FLAGS) else {
-            // Gone again, or replaced by something that is not a directory.
-            return Ok(());
+        let fd = match fsops::open_beneath(self.ws.as_fd(), &rel, DIR_FLAGS) {
+            Ok(fd) => fd,
+            // Removed again, or an ancestor was renamed and the tree has not read it yet.
+            Err(Errno::ENOENT) => return Ok(self.miss(parent, name, send)),
+            // Replaced by something that is not a directory (a link included).
+            Err(_) => return Ok(Added::No),
         };
         let Some(wd) = self.watch_fd(fd.as_fd(), parent, name)? else {
             send(Change::Lost);
-            return Ok(());
+            return Ok(Added::No);
         };
-        self.add_subtree(fd, &rel, wd)
+        self.add_subtree(fd, &rel, wd)?;
+        Ok(Added::Yes)
+    }
+
+    /// Records a new directory not found, to be tried again after this read.
+    fn miss(&mut self, parent: WatchDescriptor, name: &str, send: &mut dyn FnMut(Change)) -> Added {
+        if self.missed.len() >= MISSED_MAX {
+            send(Change::Lost);
+        } else if !self
+            .missed
+            .iter()
+            .any(|m| m.parent == parent && m.name == name)
+        {
+            self.missed.push(Missed {
+                parent,
+                name: name.to_owned(),
+                tries: 0,
+            });
+        }
+        Added::NotFound
     }
 
     /// Watches whatever directory the tree does not watch yet.
@@ -569,6 +653,30 @@ mod tests {
             }),
             "{got:?}"
         );
+        assert_eq!(got.last(), Some(&want), "{got:?}");
+    }
+
+    #[test]
+    fn a_directory_made_and_moved_before_its_event_is_read_is_watched_where_it_went() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("a")).expect("mkdir");
+        let (_w, rx) = start(dir.path());
+        // Faster than the watch's thread: when it reads that `a/b` was made, `a` is `c` already.
+        std::fs::create_dir(dir.path().join("a/b")).expect("mkdir");
+        std::fs::rename(dir.path().join("a"), dir.path().join("c")).expect("rename");
+        let renamed = Change::Renamed {
+            from: "a".into(),
+            to: "c".into(),
+        };
+        let got = until(&rx, &renamed);
+        assert_eq!(got.last(), Some(&renamed), "{got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(dir.path().join("c/b/f.txt"), "x").expect("write");
+        let want = Change::Created {
+            rel: "c/b/f.txt".into(),
+            dir: false,
+        };
+        let got = until(&rx, &want);
         assert_eq!(got.last(), Some(&want), "{got:?}");
     }
 
