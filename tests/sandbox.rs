@@ -418,6 +418,37 @@ async fn upload_tar(c: &mut Clients, session: &str, entries: &[(&str, &[u8])]) {
         .unwrap_or_else(|e| panic!("UploadArchive of {entries:?}: {e}"));
 }
 
+/// DownloadArchive (tar) of the whole workspace, as (path, content) of its regular files.
+async fn download_tar(c: &mut Clients, session: &str) -> Vec<(String, Vec<u8>)> {
+    let mut stream = c
+        .files
+        .download_archive(pb::DownloadArchiveRequest {
+            session_id: session.into(),
+            format: pb::ArchiveFormat::Tar as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("DownloadArchive")
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(msg) = stream.message().await.expect("archive chunk") {
+        bytes.extend_from_slice(&msg.chunk);
+    }
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    let mut files = Vec::new();
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("tar entry");
+        if entry.header().entry_type().is_file() {
+            let path = entry.path().expect("path").to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).expect("content");
+            files.push((path, content));
+        }
+    }
+    files.sort();
+    files
+}
+
 async fn download_text(c: &mut Clients, session: &str, path: &str) -> String {
     match c.download(session, path).await {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -1179,6 +1210,18 @@ mod non_root {
         )
         .await;
         assert_eq!(download_text(c, &s, "locked/inner/b.txt").await, "b\n");
+        // And the whole workspace downloads as an archive, closed files included.
+        let archived = download_tar(c, &s).await;
+        let want: Vec<(String, Vec<u8>)> = [
+            ("closed.txt", "secret\n"),
+            ("locked/inner/b.txt", "b\n"),
+            ("ro/arch.txt", "a\n"),
+            ("ro/new.txt", "new\n"),
+        ]
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(archived, want);
         // The next job starts (its before-snapshot reads everything), finds the modes as they
         // were left, and changed nothing.
         let next = c
@@ -1233,6 +1276,40 @@ mod non_root {
                 ("top.txt", 0o644)
             ]
         );
+        // The closing job's snapshot forks into a new session, and the closed workspace (`.`
+        // included) is rewound to it: both restore the closed modes, both list and download.
+        let forked = c
+            .sessions
+            .fork_session(pb::ForkSessionRequest {
+                job_id: job.job_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ForkSession of a job that closed files")
+            .into_inner()
+            .session
+            .expect("session")
+            .session_id;
+        c.sessions
+            .rewind_session(pb::RewindSessionRequest {
+                session_id: s.clone(),
+                job_id: job.job_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("RewindSession of a closed workspace");
+        for session in [&forked, &s] {
+            assert_eq!(download_text(c, session, "closed.txt").await, "secret\n");
+            assert_eq!(
+                download_text(c, session, "locked/inner/a.txt").await,
+                "hidden\n"
+            );
+            let rerun = c
+                .submit_to(session, "jailed", "bash cat closed.txt || echo shut")
+                .await;
+            let rerun = c.wait(&rerun.job_id).await;
+            assert_eq!(rerun.state, pb::JobState::Succeeded as i32, "{rerun:?}");
+        }
     }
 
     /// A job may close its own HOME, and everything in it: the session goes on. agentd writes the
