@@ -712,6 +712,39 @@ mod tests {
         );
     }
 
+    /// More short-lived directories than the bound, never many at once (a package manager's
+    /// temp dirs): each one's watch is forgotten with it, so the watch goes on.
+    #[test]
+    fn directories_made_and_removed_by_the_thousand_do_not_count_against_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_w, rx) = start(dir.path());
+        for i in 0..MAX_DIRS + 2_000 {
+            let d = dir.path().join(format!("t{i}"));
+            std::fs::create_dir(&d).expect("mkdir");
+            std::fs::write(d.join("f"), "x").expect("write");
+            std::fs::remove_file(d.join("f")).expect("rm");
+            std::fs::remove_dir(&d).expect("rmdir");
+        }
+        std::fs::write(dir.path().join("last.txt"), "x").expect("write");
+        let want = Change::Created {
+            rel: "last.txt".into(),
+            dir: false,
+        };
+        let mut failed = None;
+        let mut seen = false;
+        while let Ok(c) = rx.recv_timeout(Duration::from_secs(20)) {
+            if let Change::Failed(e) = &c {
+                failed = Some(e.to_string());
+            }
+            if c == want {
+                seen = true;
+                break;
+            }
+        }
+        assert_eq!(failed, None);
+        assert!(seen, "the last write was not seen");
+    }
+
     #[test]
     fn more_directories_than_the_bound_are_refused_with_a_stable_reason() {
         let dir = tempfile::tempdir().expect("temp dir");
