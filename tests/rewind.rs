@@ -370,3 +370,37 @@ async fn history3_submit_raced_against_rewind_never_sees_a_half_rewound_workspac
     assert!(rewound > 0, "no rewind got in");
     assert!(held > 0, "no submit met a rewind's hold");
 }
+
+/// A job may leave paths up to the API's 4,096 bytes: its snapshot is forked and rewound to
+/// whole, though the restore's own directory makes every such path longer than the kernel's
+/// PATH_MAX.
+#[tokio::test]
+async fn a_snapshot_with_paths_near_the_limit_forks_and_rewinds() {
+    let server = TestServer::start();
+    let mut c = server.clients(KEY_A).await;
+    let s = c.create_session(&[("a.txt", b"a\n")]).await.session_id;
+    // 20 directories of 200 bytes and a file: a path of 4,019 + 1 + 60 = 4,080 bytes.
+    let deep = format!("{}/{}", vec!["d".repeat(200); 20].join("/"), "f".repeat(60));
+    assert_eq!(deep.len(), 4_080);
+    let job = run(
+        &mut c,
+        &s,
+        &format!(
+            "bash python3 -c \"import os; p='{deep}'; os.makedirs(os.path.dirname(p)); \
+             open(p, 'w').write('deep')\""
+        ),
+    )
+    .await;
+    assert_eq!(file(&mut c, &s, &deep).await.as_deref(), Some("deep"));
+    let forked = fork(&mut c, &job.job_id, pb::SnapshotPoint::After)
+        .await
+        .expect("ForkSession of a snapshot with a 4,080-byte path")
+        .session
+        .expect("session")
+        .session_id;
+    assert_eq!(file(&mut c, &forked, &deep).await.as_deref(), Some("deep"));
+    rewind(&mut c, &s, &job.job_id, pb::SnapshotPoint::After)
+        .await
+        .expect("RewindSession to a snapshot with a 4,080-byte path");
+    assert_eq!(file(&mut c, &s, &deep).await.as_deref(), Some("deep"));
+}
