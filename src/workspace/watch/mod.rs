@@ -20,7 +20,10 @@
 //! clients already treat as "list the files again". Raw events carry the generation of the
 //! inotify watcher that saw them, so nothing of the old tree leaks past the marker.
 
+mod bounds;
 mod tree;
+
+pub use bounds::{MAX_WATCHED, MAX_WATCHED_PER_TENANT};
 
 use super::fsops::{self, kind_of, open_parent, stat_at};
 use super::path::{normalize_dir, split_parent};
@@ -44,11 +47,6 @@ const MAX_PENDING: usize = 2048;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How long a watch outlives its last stream, so a reconnecting client can resume.
 const LINGER: Duration = Duration::from_secs(60);
-/// Sessions one tenant may watch at once, and the whole server. Each watch holds an inotify
-/// instance (the host allows 128 per user by default, shared with the jails' supervisors) and a
-/// thread: without a bound one tenant's streams could take them all.
-pub const MAX_WATCHED_PER_TENANT: usize = 16;
-pub const MAX_WATCHED: usize = 64;
 /// The `from_path` of the OVERFLOW event published when a rewind replaced the workspace.
 pub const RESET_MARKER: &str = "(rewound)";
 
@@ -104,41 +102,15 @@ struct SessionWatch {
     /// Kept alive with the watch; dropping it stops inotify (and the coalescer, once the watch
     /// itself is gone).
     watcher: Mutex<Option<tree::TreeWatch>>,
-    /// Its place in the counts of watched sessions.
-    _slot: Slot,
-}
-
-/// How many sessions are watched, per tenant and in all.
-#[derive(Default)]
-struct Slots {
-    per_tenant: HashMap<TenantId, usize>,
-    total: usize,
-}
-
-/// One watched session's place in [`Slots`], given back when its watch is dropped.
-struct Slot {
-    slots: Arc<Mutex<Slots>>,
-    tenant: TenantId,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut slots = lock(&self.slots);
-        slots.total = slots.total.saturating_sub(1);
-        if let Some(n) = slots.per_tenant.get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                slots.per_tenant.remove(&self.tenant);
-            }
-        }
-    }
+    /// Its place in the counts of watched sessions, through which its directories are counted.
+    slot: bounds::Slot,
 }
 
 /// Every session's watch. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Watches {
     map: Arc<Mutex<HashMap<SessionId, Arc<SessionWatch>>>>,
-    slots: Arc<Mutex<Slots>>,
+    bounds: bounds::Bounds,
 }
 
 impl std::fmt::Debug for Watches {
@@ -213,11 +185,11 @@ impl Watches {
         session: &SessionId,
         ws: OwnedFd,
     ) -> Result<Arc<SessionWatch>> {
-        let slot = self.take_slot(tenant)?;
+        let slot = self.bounds.session(tenant)?;
         let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
         let ws = Arc::new(ws);
-        let watcher = arm(raw_tx.clone(), overflow.clone(), 0, ws.clone()).await?;
+        let watcher = arm(raw_tx.clone(), overflow.clone(), 0, ws.clone(), slot.dirs()).await?;
         let first = u64::try_from(now_micros()).unwrap_or(1).max(1);
         let (published, _) = watch::channel(first - 1);
         let sw = Arc::new(SessionWatch {
@@ -234,7 +206,7 @@ impl Watches {
             raw_tx,
             ws: Mutex::new(ws),
             watcher: Mutex::new(Some(watcher)),
-            _slot: slot,
+            slot,
         });
         let mut map = lock(&self.map);
         if let Some(w) = map.get(session)
@@ -247,35 +219,6 @@ impl Watches {
         drop(map);
         tokio::spawn(coalesce(Arc::downgrade(&sw), raw_rx));
         Ok(sw)
-    }
-
-    /// A place for one more watched session of `tenant`, within the bounds.
-    fn take_slot(&self, tenant: &TenantId) -> Result<Slot> {
-        let mut slots = lock(&self.slots);
-        let mine = slots.per_tenant.get(tenant).copied().unwrap_or(0);
-        let full = if mine >= MAX_WATCHED_PER_TENANT {
-            Some(format!(
-                "this tenant watches {mine} sessions already, the most it may at once (a watch \
-                 ends a minute after its last stream); close a stream or retry later"
-            ))
-        } else if slots.total >= MAX_WATCHED {
-            Some(format!(
-                "the server watches {MAX_WATCHED} sessions already, the most it may at once; \
-                 retry later"
-            ))
-        } else {
-            None
-        };
-        if let Some(message) = full {
-            return Err(Error::exhausted(Reason::WatchLimitReached, message));
-        }
-        slots.total += 1;
-        *slots.per_tenant.entry(tenant.clone()).or_default() += 1;
-        drop(slots);
-        Ok(Slot {
-            slots: self.slots.clone(),
-            tenant: tenant.clone(),
-        })
     }
 
     /// The session's workspace directory is about to be replaced (a rewind): from now on the
@@ -301,6 +244,7 @@ impl Watches {
             sw.overflow.clone(),
             generation,
             ws.clone(),
+            sw.slot.dirs(),
         )
         .await;
         match armed {
@@ -366,6 +310,7 @@ async fn arm(
     overflow: Arc<AtomicBool>,
     generation: u64,
     ws: Arc<OwnedFd>,
+    budget: bounds::DirBudget,
 ) -> Result<tree::TreeWatch> {
     super::blocking(move || {
         let send = move |change: tree::Change| {
@@ -377,7 +322,7 @@ async fn arm(
                 overflow.store(true, Ordering::Relaxed);
             }
         };
-        tree::arm(ws.as_fd(), Box::new(send))
+        tree::arm(ws.as_fd(), budget, Box::new(send))
     })
     .await?
 }
@@ -784,37 +729,6 @@ mod tests {
                 ("d/unseen.txt".into(), ChangeType::Created),
             ]
         );
-    }
-
-    #[test]
-    fn watched_sessions_are_bounded_per_tenant_and_in_all_and_given_back() {
-        let w = Watches::default();
-        let t = |i: usize| TenantId(format!("t{i}"));
-        let mut held: Vec<Slot> = (0..MAX_WATCHED_PER_TENANT)
-            .map(|_| w.take_slot(&t(0)).expect("within the tenant's bound"))
-            .collect();
-        let Err(e) = w.take_slot(&t(0)) else {
-            panic!("a tenant passed its bound");
-        };
-        assert_eq!(e.reason(), Reason::WatchLimitReached);
-        assert!(e.to_string().contains("this tenant"), "{e}");
-        held.pop();
-        held.push(w.take_slot(&t(0)).expect("a slot given back is free again"));
-        let mut i = 1;
-        while held.len() < MAX_WATCHED {
-            held.push(
-                w.take_slot(&t(i / MAX_WATCHED_PER_TENANT + 1))
-                    .expect("free"),
-            );
-            i += 1;
-        }
-        let Err(e) = w.take_slot(&t(999)) else {
-            panic!("the server passed its bound");
-        };
-        assert!(e.to_string().contains("the server"), "{e}");
-        drop(held);
-        assert_eq!(lock(&w.slots).total, 0);
-        assert!(lock(&w.slots).per_tenant.is_empty());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 use super::super::fsops::{self, DIR_FLAGS};
 use super::super::owner::{self, LentDir};
 use super::super::path::{MAX_PATH_BYTES, TEMP_PREFIX, split_parent};
+use super::bounds::DirBudget;
 use crate::domain::FileKind;
 use crate::error::{Error, Reason, Result};
 use nix::errno::Errno;
@@ -70,7 +71,11 @@ pub(super) struct TreeWatch {
 
 /// Watches the workspace open at `ws` and everything below it, then reports changes to `send`
 /// from a thread of its own until the returned value is dropped (blocking: the initial walk).
-pub(super) fn arm(ws: BorrowedFd<'_>, send: Box<dyn FnMut(Change) + Send>) -> Result<TreeWatch> {
+pub(super) fn arm(
+    ws: BorrowedFd<'_>,
+    mut budget: DirBudget,
+    send: Box<dyn FnMut(Change) + Send>,
+) -> Result<TreeWatch> {
     let ino =
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| match e {
             Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM => host_limit(),
@@ -94,6 +99,10 @@ pub(super) fn arm(ws: BorrowedFd<'_>, send: Box<dyn FnMut(Change) + Send>) -> Re
             e => Error::internal(format!("cannot watch the workspace: {e}")),
         })?;
     drop(lent);
+    if let Err(e) = budget.take() {
+        let _ = ino.rm_watch(root);
+        return Err(e);
+    }
     let mut tree = Tree {
         ino,
         ws,
@@ -107,6 +116,7 @@ pub(super) fn arm(ws: BorrowedFd<'_>, send: Box<dyn FnMut(Change) + Send>) -> Re
         )]),
         children: HashMap::new(),
         missed: Vec::new(),
+        budget,
     };
     tree.rescan()?;
     let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -154,6 +164,8 @@ struct Tree {
     /// renamed meanwhile, an event the tree has not read yet. Tried again after each read, a few
     /// times, with the paths as the tree knows them then.
     missed: Vec<Missed>,
+    /// One of the tenant's directories per node (given back as nodes go, and with the tree).
+    budget: DirBudget,
 }
 
 /// A new directory (`name` in `parent`) that could not be opened yet.
@@ -513,9 +525,16 @@ impl Tree {
         parent: WatchDescriptor,
         name: &str,
     ) -> Result<WatchDescriptor> {
-        if !self.nodes.contains_key(&wd) && self.nodes.len() >= MAX_DIRS {
-            let _ = self.ino.rm_watch(wd);
-            return Err(too_many_dirs());
+        if !self.nodes.contains_key(&wd) {
+            let room = if self.nodes.len() >= MAX_DIRS {
+                Err(too_many_dirs())
+            } else {
+                self.budget.take()
+            };
+            if let Err(e) = room {
+                let _ = self.ino.rm_watch(wd);
+                return Err(e);
+            }
         }
         Ok(self.place(wd, parent, name))
     }
@@ -549,9 +568,11 @@ impl Tree {
 
     /// The watch `wd` is gone (its directory was deleted, or its watch removed).
     fn forget(&mut self, wd: WatchDescriptor) {
-        if let Some(node) = self.nodes.remove(&wd)
-            && let Some(p) = node.parent
-        {
+        let Some(node) = self.nodes.remove(&wd) else {
+            return;
+        };
+        self.budget.give();
+        if let Some(p) = node.parent {
             let key = (p, node.name);
             if self.children.get(&key) == Some(&wd) {
                 self.children.remove(&key);
@@ -603,15 +624,26 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
+    use super::super::bounds::Bounds;
     use super::*;
+    use crate::domain::TenantId;
     use std::sync::mpsc;
     use std::time::Duration;
+
+    /// A budget as large as the host's share.
+    fn budget() -> DirBudget {
+        let slot = Bounds::default()
+            .session(&TenantId("t".into()))
+            .expect("slot");
+        slot.dirs()
+    }
 
     fn start(dir: &std::path::Path) -> (TreeWatch, mpsc::Receiver<Change>) {
         let (tx, rx) = mpsc::channel();
         let ws = std::fs::File::open(dir).expect("open");
         let w = arm(
             ws.as_fd(),
+            budget(),
             Box::new(move |c| {
                 let _ = tx.send(c);
             }),
@@ -745,6 +777,61 @@ mod tests {
         assert!(seen, "the last write was not seen");
     }
 
+    /// Each watched directory holds one of the tenant's: given back when it goes, and past the
+    /// tenant's bound the watch stops with the reason.
+    #[test]
+    fn watched_directories_are_counted_against_the_tenants_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for d in ["a", "b", "c"] {
+            std::fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
+        let bounds = Bounds::with_dirs(8);
+        let slot = bounds.session(&TenantId("t".into())).expect("slot");
+        let (tx, rx) = mpsc::channel();
+        let ws = std::fs::File::open(dir.path()).expect("open");
+        let w = arm(
+            ws.as_fd(),
+            slot.dirs(),
+            Box::new(move |c| {
+                let _ = tx.send(c);
+            }),
+        )
+        .expect("arm");
+        assert_eq!(
+            bounds.held().1,
+            4,
+            "the workspace and its three directories"
+        );
+        std::fs::remove_dir(dir.path().join("a")).expect("rmdir");
+        let gone = Change::Deleted("a".into());
+        assert_eq!(until(&rx, &gone).last(), Some(&gone));
+        settles(&bounds, 3);
+        for i in 0..6 {
+            std::fs::create_dir(dir.path().join(format!("n{i}"))).expect("mkdir");
+        }
+        let got = until(&rx, &Change::Failed(too_many_dirs()));
+        match got.last() {
+            Some(Change::Failed(e)) => {
+                assert_eq!(e.reason(), Reason::WatchLimitReached);
+                assert!(e.to_string().contains("this tenant"), "{e}");
+            }
+            other => panic!("the watch went on: {other:?} {got:?}"),
+        }
+        drop(w);
+        // The stopped tree's directories went back with it.
+        settles(&bounds, 0);
+    }
+
+    /// Waits (a little) for the directories held to come to `want`: the tree's thread forgets a
+    /// directory when the kernel says its watch is gone, which may come after its deletion.
+    fn settles(bounds: &Bounds, want: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while bounds.held().1 != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(bounds.held().1, want);
+    }
+
     #[test]
     fn more_directories_than_the_bound_are_refused_with_a_stable_reason() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -752,7 +839,7 @@ mod tests {
             std::fs::create_dir(dir.path().join(format!("d{i}"))).expect("mkdir");
         }
         let ws = std::fs::File::open(dir.path()).expect("open");
-        let Err(e) = arm(ws.as_fd(), Box::new(|_| {})) else {
+        let Err(e) = arm(ws.as_fd(), budget(), Box::new(|_| {})) else {
             panic!("armed over the bound");
         };
         assert_eq!(e.reason(), Reason::WatchLimitReached, "{e}");

@@ -76,10 +76,11 @@ class FileServiceStub:
     owner or times alone is not reported. A stream resumed with `after_seq` gets
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
     (CURSOR_EXPIRED). A workspace with more than 16,384 directories, a tenant watching 16
-    sessions already (64 for the server; a session's watch ends a minute after its last stream),
-    or a host whose inotify limits are reached fails the call with RESOURCE_EXHAUSTED
-    (WATCH_LIMIT_REACHED); a workspace growing past that bound while streaming ends the stream
-    with the same status, after the changes seen until then. An OVERFLOW event says changes were
+    sessions already (64 for the server; a session's watch ends a minute after its last stream)
+    or whose watches follow a quarter of the directories the server allows itself (half the
+    host's inotify watches), or a host whose inotify limits are reached fails the call with
+    RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED); a workspace growing past such a bound while
+    streaming ends the stream with the same status, after the changes seen until then. An OVERFLOW event says changes were
     lost and the client should list the files again. Symlinks are reported, never followed.
     When the session is rewound the stream
     follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
@@ -139,10 +140,11 @@ class FileServiceAsyncStub(FileServiceStub):
     owner or times alone is not reported. A stream resumed with `after_seq` gets
     every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
     (CURSOR_EXPIRED). A workspace with more than 16,384 directories, a tenant watching 16
-    sessions already (64 for the server; a session's watch ends a minute after its last stream),
-    or a host whose inotify limits are reached fails the call with RESOURCE_EXHAUSTED
-    (WATCH_LIMIT_REACHED); a workspace growing past that bound while streaming ends the stream
-    with the same status, after the changes seen until then. An OVERFLOW event says changes were
+    sessions already (64 for the server; a session's watch ends a minute after its last stream)
+    or whose watches follow a quarter of the directories the server allows itself (half the
+    host's inotify watches), or a host whose inotify limits are reached fails the call with
+    RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED); a workspace growing past such a bound while
+    streaming ends the stream with the same status, after the changes seen until then. An OVERFLOW event says changes were
     lost and the client should list the files again. Symlinks are reported, never followed.
     When the session is rewound the stream
     follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
@@ -253,10 +255,11 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         owner or times alone is not reported. A stream resumed with `after_seq` gets
         every later change still held (the last 4096 per session); older ones answer OUT_OF_RANGE
         (CURSOR_EXPIRED). A workspace with more than 16,384 directories, a tenant watching 16
-        sessions already (64 for the server; a session's watch ends a minute after its last stream),
-        or a host whose inotify limits are reached fails the call with RESOURCE_EXHAUSTED
-        (WATCH_LIMIT_REACHED); a workspace growing past that bound while streaming ends the stream
-        with the same status, after the changes seen until then. An OVERFLOW event says changes were
+        sessions already (64 for the server; a session's watch ends a minute after its last stream)
+        or whose watches follow a quarter of the directories the server allows itself (half the
+        host's inotify watches), or a host whose inotify limits are reached fails the call with
+        RESOURCE_EXHAUSTED (WATCH_LIMIT_REACHED); a workspace growing past such a bound while
+        streaming ends the stream with the same status, after the changes seen until then. An OVERFLOW event says changes were
         lost and the client should list the files again. Symlinks are reported, never followed.
         When the session is rewound the stream
         follows the restored workspace and sends one OVERFLOW event with `from_path` "(rewound)" (the
