@@ -11,7 +11,6 @@ mod common;
 use agentd::pb;
 use common::*;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -110,48 +109,6 @@ fn dir_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                 todo.push(p);
             } else {
                 out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
-/// The session's workspace as DownloadArchive streams it, in [`dir_tree`]'s shape.
-async fn workspace(c: &mut Clients, session: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut s = c
-        .files
-        .download_archive(pb::DownloadArchiveRequest {
-            session_id: session.into(),
-            format: pb::ArchiveFormat::Tar as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(m) = s.message().await.unwrap() {
-        bytes.extend_from_slice(&m.chunk);
-    }
-    let mut out = BTreeMap::new();
-    let mut a = tar::Archive::new(&bytes[..]);
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_owned();
-        match e.header().entry_type() {
-            tar::EntryType::Directory => {}
-            tar::EntryType::Symlink => {
-                let t = e.link_name().unwrap().unwrap().display().to_string();
-                out.insert(path, format!("-> {t}").into_bytes());
-            }
-            _ => {
-                let mut content = Vec::new();
-                e.read_to_end(&mut content).unwrap();
-                out.insert(path, content);
             }
         }
     }
@@ -279,14 +236,14 @@ async fn scenario(w: &mut World) {
         assert_eq!(ours, git_diff(cmp.path()), "job {}'s diff", i + 1);
         jobs.push(job);
     }
-    assert_eq!(workspace(&mut w.c, &sid).await, dir_tree(&tree(3)));
+    assert_eq!(w.c.workspace_archive(&sid).await, dir_tree(&tree(3)));
     // Each Claude job ends with its own conversation (resumed with --fork-session).
     assert_ne!(jobs[0].conversation_id, jobs[1].conversation_id);
     assert_ne!(jobs[1].conversation_id, jobs[2].conversation_id);
 
     // Back to before job 2: job 1's bytes, and job 1's conversation continues.
     rewind(&mut w.c, &sid, &jobs[1].job_id, pb::SnapshotPoint::Before).await;
-    assert_eq!(workspace(&mut w.c, &sid).await, dir_tree(&tree(1)));
+    assert_eq!(w.c.workspace_archive(&sid).await, dir_tree(&tree(1)));
     let p4 = "bash printf 'after the rewind\\n' > four.txt";
     w.run(&sid, p4).await;
     let sent = w.sent_with(p4);
@@ -299,11 +256,11 @@ async fn scenario(w: &mut World) {
     }
     let mut want = dir_tree(&tree(1));
     want.insert("four.txt".into(), b"after the rewind\n".to_vec());
-    assert_eq!(workspace(&mut w.c, &sid).await, want);
+    assert_eq!(w.c.workspace_archive(&sid).await, want);
 
     // A fork from after job 2 (rewound past, its snapshot kept): job 2's tree and conversation.
     let child = fork(&mut w.c, &jobs[1].job_id, pb::SnapshotPoint::After).await;
-    assert_eq!(workspace(&mut w.c, &child).await, dir_tree(&tree(2)));
+    assert_eq!(w.c.workspace_archive(&child).await, dir_tree(&tree(2)));
     let p5 = "bash printf 'forked\\n' > edit.txt";
     w.run(&child, p5).await;
     let sent = w.sent_with(p5);
@@ -317,7 +274,7 @@ async fn scenario(w: &mut World) {
     );
     let mut forked = dir_tree(&tree(2));
     forked.insert("edit.txt".into(), b"forked\n".to_vec());
-    assert_eq!(workspace(&mut w.c, &child).await, forked);
+    assert_eq!(w.c.workspace_archive(&child).await, forked);
     // The parent is untouched by its fork.
-    assert_eq!(workspace(&mut w.c, &sid).await, want);
+    assert_eq!(w.c.workspace_archive(&sid).await, want);
 }

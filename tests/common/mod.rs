@@ -372,6 +372,53 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// The session's workspace as DownloadArchive (tar) streams it: each regular file's content
+    /// and each symlink as `-> target`, by path (directories left out).
+    pub async fn workspace_archive(
+        &mut self,
+        session: &str,
+    ) -> std::collections::BTreeMap<String, Vec<u8>> {
+        use std::io::Read;
+        let mut s = self
+            .files
+            .download_archive(pb::DownloadArchiveRequest {
+                session_id: session.into(),
+                format: pb::ArchiveFormat::Tar as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(m) = s.message().await.unwrap() {
+            bytes.extend_from_slice(&m.chunk);
+        }
+        let mut out = std::collections::BTreeMap::new();
+        let mut a = tar::Archive::new(&bytes[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned();
+            match e.header().entry_type() {
+                tar::EntryType::Directory => {}
+                tar::EntryType::Symlink => {
+                    let t = e.link_name().unwrap().unwrap().display().to_string();
+                    out.insert(path, format!("-> {t}").into_bytes());
+                }
+                _ => {
+                    let mut content = Vec::new();
+                    e.read_to_end(&mut content).unwrap();
+                    out.insert(path, content);
+                }
+            }
+        }
+        out
+    }
+
     pub fn new(ch: Channel, key: &str) -> Clients {
         let k = ApiKey(if key.is_empty() {
             None
