@@ -35,6 +35,19 @@ const READ_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOCTTY)
     .union(OFlag::O_CLOEXEC);
 
+/// Creates a fresh file (mode 0600) under one of agentd's temp names in `dir`, never through a
+/// link, as its owner where a job closed `dir`: what is written there is renamed into place.
+/// Returns its name and the file.
+pub(crate) fn create_temp(dir: BorrowedFd<'_>) -> nix::Result<(String, std::fs::File)> {
+    let temp = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = owner::in_dir(dir, |dir| {
+        openat(dir, temp.as_str(), flags, Mode::from_bits_truncate(0o600))
+    })?;
+    Ok((temp, std::fs::File::from(fd)))
+}
+
 /// Opens a session's workspace directory itself (trusted server path, last component not
 /// followed). `None` when it does not exist.
 pub(crate) fn open_root(dir: &Path) -> Result<Option<OwnedFd>> {

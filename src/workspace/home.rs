@@ -68,18 +68,9 @@ fn write_one(root: BorrowedFd<'_>, rel: &str, content: &[u8], durable: bool) -> 
         None => ("", rel),
     };
     let parent = mkdir_beneath(root, parent_rel, rel)?;
-    let temp = format!("{}{}", super::TEMP_PREFIX, uuid::Uuid::new_v4().simple());
     // The agent may have left a directory here read-only: agentd, its owner, still writes.
-    let fd = owner::in_dir(parent.as_fd(), |dir| {
-        openat(
-            dir,
-            temp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-    })
-    .map_err(|e| Error::internal(format!("cannot create {rel:?} in HOME: {e}")))?;
-    let mut file = std::fs::File::from(fd);
+    let (temp, mut file) = fsops::create_temp(parent.as_fd())
+        .map_err(|e| Error::internal(format!("cannot create {rel:?} in HOME: {e}")))?;
     let written = file
         .write_all(content)
         .and_then(|()| if durable { file.sync_data() } else { Ok(()) });

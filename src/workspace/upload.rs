@@ -12,14 +12,13 @@
 
 use super::fsops::{self, kind_of, mkdir_beneath, stat_at};
 use super::owner;
-use super::path::{TEMP_PREFIX, normalize_path, split_parent};
+use super::path::{normalize_path, split_parent};
 use super::{UploadHeader, WorkspaceLimits, blocking};
 use crate::domain::{FileEntry, FileKind};
 use crate::error::{Error, Reason, Result};
 use bytes::Bytes;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat, renameat};
-use nix::sys::stat::Mode;
+use nix::fcntl::renameat;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -546,16 +545,8 @@ fn create_temp(
             None => return Err(fsops::not_regular(rel)),
         },
     };
-    let temp = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    let fd = owner::in_dir(parent.as_fd(), |dir| {
-        openat(
-            dir,
-            temp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-    })
-    .map_err(|e| Error::internal(format!("cannot create a temp file for {rel:?}: {e}")))?;
+    let (temp, file) = fsops::create_temp(parent.as_fd())
+        .map_err(|e| Error::internal(format!("cannot create a temp file for {rel:?}: {e}")))?;
     Ok((
         Target {
             rel: rel.to_owned(),
@@ -565,7 +556,7 @@ fn create_temp(
             replaces,
             renamed: false,
         },
-        std::fs::File::from(fd),
+        file,
     ))
 }
 
@@ -656,6 +647,7 @@ fn commit_blocking(mut staged: Vec<Staged>, state: &AtomicU8) -> Result<Vec<File
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::path::TEMP_PREFIX;
     use std::path::Path;
 
     fn upload(dir: &Path) -> Upload {
